@@ -1,0 +1,263 @@
+"""The Backend interface: the op set every backend implements.
+
+Rules shared by every op:
+- arrays are the backend's native arrays (numpy.ndarray, cupy.ndarray, pyopencl Array);
+- every op writes into an ``out``-style buffer it is given and allocates nothing itself;
+  ops that need temporaries take a :class:`Workspace` (``ws``) that caches them;
+- ``accumulate=True`` means ``out += result`` instead of ``out = result`` (gradients into
+  a junction or a shared param add up);
+- layouts are PyTorch's: activations NCHW / (N, features), Linear weight (out, in),
+  Conv weight (out, in/groups, kh, kw).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here (missing package, GPU or OpenCL platform)."""
+
+
+class Workspace:
+    """Temporaries for backend ops, made on first use and reused afterwards.
+
+    One workspace belongs to one Context (or one optimizer), so ops that run one after
+    another can share buffers while separate contexts never race on them.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[tuple, Any] = {}
+
+    def get(self, backend: "Backend", tag: str, shape: tuple, dtype) -> Any:
+        key = (tag, tuple(shape), np.dtype(dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = backend.empty(shape, dtype)
+            self._buffers[key] = buf
+        return buf
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+class Backend(abc.ABC):
+    """The op set a layer may use. Subclasses count allocations in ``allocations``."""
+
+    name: str = "abstract"
+    #: dtypes this backend computes in
+    dtypes: tuple = (np.float32,)
+
+    def __init__(self) -> None:
+        self.allocations = 0
+
+    def __repr__(self) -> str:
+        return f"<juicepy backend {self.name!r}>"
+
+    # ---------------------------------------------------------------- memory
+    @abc.abstractmethod
+    def empty(self, shape, dtype=np.float32): ...
+
+    @abc.abstractmethod
+    def zeros(self, shape, dtype=np.float32): ...
+
+    @abc.abstractmethod
+    def from_host(self, host: np.ndarray):
+        """A new device array holding a copy of ``host``."""
+
+    @abc.abstractmethod
+    def write(self, dst, host: np.ndarray) -> None:
+        """Copy a host array into an existing device array of the same size."""
+
+    @abc.abstractmethod
+    def to_host(self, src) -> np.ndarray:
+        """A host (NumPy) copy of ``src``."""
+
+    @abc.abstractmethod
+    def copy(self, src, dst) -> None: ...
+
+    @abc.abstractmethod
+    def fill(self, dst, value: float) -> None: ...
+
+    @abc.abstractmethod
+    def reshape(self, arr, shape):
+        """A view of ``arr`` with another shape (same element count, no copy)."""
+
+    @abc.abstractmethod
+    def flat_view(self, flat, offset: int, shape):
+        """A view of ``shape`` into the 1-D array ``flat`` starting at element ``offset``."""
+
+    @abc.abstractmethod
+    def is_array(self, x) -> bool:
+        """Whether ``x`` is an array of this backend (else it is taken as host data)."""
+
+    def synchronize(self) -> None:
+        """Wait for queued work (no-op on synchronous backends)."""
+
+    def release(self) -> None:
+        """Give cached device memory back (memory pools)."""
+
+    # ------------------------------------------------------------ arithmetic
+    @abc.abstractmethod
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
+        """out = alpha * op(a) @ op(b) + beta * out, 2-D."""
+
+    @abc.abstractmethod
+    def add(self, a, b, out) -> None:
+        """out = a + b (same shapes)."""
+
+    @abc.abstractmethod
+    def scale(self, x, alpha: float, out) -> None:
+        """out = alpha * x."""
+
+    @abc.abstractmethod
+    def add_bias(self, out, bias) -> None:
+        """out[:, c, ...] += bias[c]: bias broadcast along axis 1."""
+
+    @abc.abstractmethod
+    def bias_grad(self, dy, dbias, accumulate=False, ws=None) -> None:
+        """dbias[c] (+)= sum of dy over every axis but 1."""
+
+    @abc.abstractmethod
+    def sum_all(self, x, out) -> None:
+        """out[0] = sum of every element of x (out has shape (1,))."""
+
+    @abc.abstractmethod
+    def all_finite(self, x) -> bool:
+        """True when x holds no NaN or Inf (reads one flag back)."""
+
+    # ------------------------------------------------------------ activations
+    # Backward ops take the forward *output* y where it determines the derivative.
+    @abc.abstractmethod
+    def relu(self, x, out) -> None: ...
+
+    @abc.abstractmethod
+    def relu_backward(self, y, dy, dx, accumulate=False, ws=None) -> None: ...
+
+    @abc.abstractmethod
+    def leaky_relu(self, x, out, slope: float) -> None: ...
+
+    @abc.abstractmethod
+    def leaky_relu_backward(self, x, dy, dx, slope: float, accumulate=False, ws=None) -> None: ...
+
+    @abc.abstractmethod
+    def sigmoid(self, x, out) -> None: ...
+
+    @abc.abstractmethod
+    def sigmoid_backward(self, y, dy, dx, accumulate=False, ws=None) -> None: ...
+
+    @abc.abstractmethod
+    def tanh(self, x, out) -> None: ...
+
+    @abc.abstractmethod
+    def tanh_backward(self, y, dy, dx, accumulate=False, ws=None) -> None: ...
+
+    # softmax family: rows of a 2-D (N, C) array
+    @abc.abstractmethod
+    def softmax(self, x, out, ws=None) -> None: ...
+
+    @abc.abstractmethod
+    def softmax_backward(self, y, dy, dx, accumulate=False, ws=None) -> None:
+        """dx = y * (dy - sum(dy * y, axis=1))."""
+
+    @abc.abstractmethod
+    def log_softmax(self, x, out, ws=None) -> None: ...
+
+    @abc.abstractmethod
+    def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None) -> None:
+        """dx = dy - exp(y) * sum(dy, axis=1)."""
+
+    # ----------------------------------------------------------------- losses
+    # Each writes the per-row loss into ``losses`` (N,) and the gradient of
+    # ``grad_scale * sum(losses)`` with respect to its input into ``dx``.
+    @abc.abstractmethod
+    def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale: float, ws=None) -> None:
+        """losses[i] = logsumexp(logits[i]) - logits[i, labels[i]];
+        dx = grad_scale * (softmax(logits) - onehot(labels)). labels: int32 (N,)."""
+
+    @abc.abstractmethod
+    def nll_loss(self, logp, labels, losses, dx, grad_scale: float, ws=None) -> None:
+        """losses[i] = -logp[i, labels[i]]; dx = -grad_scale * onehot(labels)."""
+
+    @abc.abstractmethod
+    def mse_loss(self, pred, target, losses, dx, grad_scale: float, ws=None) -> None:
+        """pred, target (N, ...): losses[i] = sum over the row of (pred-target)^2; dx = 2*grad_scale*(pred-target)."""
+
+    # ---------------------------------------------------------------- dropout
+    @abc.abstractmethod
+    def dropout(self, x, out, mask, p: float, seed: int, counter: int, ws=None) -> None:
+        """mask[i] = keep_i / (1 - p), keep_i = (h_i >> 8) >= keep_threshold(p), where
+        h_i = hash32(i ^ stream_key(seed, counter)) (see :mod:`juicepy.backends.rng`; the same
+        bits on every backend); out = x * mask."""
+
+    @abc.abstractmethod
+    def mul(self, a, b, out, accumulate=False, ws=None) -> None:
+        """out (+)= a * b elementwise (dropout backward: dx = dy * mask)."""
+
+    # -------------------------------------------------------------- optimizers
+    @abc.abstractmethod
+    def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
+                   weight_decay, first_step, ws=None) -> None:
+        """torch.optim.SGD's update, in place on param (and the momentum buffer ``buf``)."""
+
+    @abc.abstractmethod
+    def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
+                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None) -> None:
+        """torch.optim.Adam's (decoupled=False) or AdamW's (decoupled=True) update, in place.
+        ``step`` is the 1-based step count after this update."""
+
+    # ------------------------------------------------------------ convolution
+    # NCHW; weight (O, C/groups, kh, kw); padding is a pair of ints (already resolved).
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None) -> None:
+        raise NotImplementedError(f"{self.name}: conv2d")
+
+    def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
+                             accumulate=False, ws=None) -> None:
+        raise NotImplementedError(f"{self.name}: conv2d_backward_data")
+
+    def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
+                               accumulate=False, ws=None) -> None:
+        raise NotImplementedError(f"{self.name}: conv2d_backward_filter")
+
+    # ---------------------------------------------------------------- pooling
+    def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None) -> None:
+        """argmax (int32, shape of out) records the flat h*W+w index of each max in its plane."""
+        raise NotImplementedError(f"{self.name}: max_pool2d")
+
+    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None) -> None:
+        raise NotImplementedError(f"{self.name}: max_pool2d_backward")
+
+    def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None) -> None:
+        raise NotImplementedError(f"{self.name}: avg_pool2d")
+
+    def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
+                            accumulate=False, ws=None) -> None:
+        raise NotImplementedError(f"{self.name}: avg_pool2d_backward")
+
+    # ------------------------------------------------------------ batch norm
+    # x (N, C, *spatial); statistics per channel (axis 1).
+    def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
+                         momentum, eps, ws=None) -> None:
+        """Normalise with batch statistics; store them in mean/invstd for the backward;
+        update running stats torch-style (unbiased variance)."""
+        raise NotImplementedError(f"{self.name}: batch_norm_train")
+
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None) -> None:
+        raise NotImplementedError(f"{self.name}: batch_norm_infer")
+
+    def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+                            accumulate_dx=False, accumulate_params=False, ws=None) -> None:
+        """dx may be None (input gradient not needed)."""
+        raise NotImplementedError(f"{self.name}: batch_norm_backward")
+
+    # ---------------------------------------------------------- composition
+    def copy_channels(self, src, dst, offset: int, accumulate=False) -> None:
+        """dst[:, offset:offset+C_src] (+)= src (concatenate along axis 1)."""
+        raise NotImplementedError(f"{self.name}: copy_channels")
+
+    def slice_channels(self, src, dst, offset: int, accumulate=False) -> None:
+        """dst (+)= src[:, offset:offset+C_dst] (split along axis 1)."""
+        raise NotImplementedError(f"{self.name}: slice_channels")

@@ -1,0 +1,338 @@
+"""The NumPy backend: every op with ``out=`` buffers, so a steady-state step makes no arrays."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import rng
+from .base import Backend, Workspace
+
+def _scratch(ws: Workspace | None, backend, tag, shape, dtype):
+    if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
+        return np.empty(shape, dtype)
+    return ws.get(backend, tag, shape, dtype)
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    dtypes = (np.float32, np.float64)
+
+    # ---------------------------------------------------------------- memory
+    def empty(self, shape, dtype=np.float32):
+        self.allocations += 1
+        return np.empty(shape, dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        self.allocations += 1
+        return np.zeros(shape, dtype)
+
+    def from_host(self, host):
+        self.allocations += 1
+        return np.array(host, copy=True, order="C")
+
+    def write(self, dst, host):
+        np.copyto(dst, np.asarray(host).reshape(dst.shape), casting="same_kind")
+
+    def to_host(self, src):
+        return np.array(src, copy=True)
+
+    def copy(self, src, dst):
+        np.copyto(dst, src)
+
+    def fill(self, dst, value):
+        dst.fill(value)
+
+    def reshape(self, arr, shape):
+        view = arr.view()
+        view.shape = shape  # raises rather than copying when a view is impossible
+        return view
+
+    def flat_view(self, flat, offset, shape):
+        size = math.prod(shape)
+        return self.reshape(flat[offset:offset + size], shape)
+
+    def is_array(self, x):
+        return isinstance(x, np.ndarray)
+
+    # ------------------------------------------------------------ arithmetic
+    def _into(self, out, accumulate, ws, tag="acc"):
+        """Where an op writes its result: ``out`` itself, or a scratch to add afterwards."""
+        return _scratch(ws, self, tag, out.shape, out.dtype) if accumulate else out
+
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
+        a = a.T if trans_a else a
+        b = b.T if trans_b else b
+        if beta == 0.0:
+            np.matmul(a, b, out=out)
+            if alpha != 1.0:
+                out *= alpha
+            return
+        tmp = _scratch(ws, self, "gemm", out.shape, out.dtype)
+        np.matmul(a, b, out=tmp)
+        if alpha != 1.0:
+            tmp *= alpha
+        if beta != 1.0:
+            out *= beta
+        out += tmp
+
+    def add(self, a, b, out):
+        np.add(a, b, out=out)
+
+    def scale(self, x, alpha, out):
+        np.multiply(x, alpha, out=out)
+
+    def mul(self, a, b, out, accumulate=False, ws=None):
+        if accumulate:
+            tmp = _scratch(ws, self, "mul", out.shape, out.dtype)
+            np.multiply(a, b, out=tmp)
+            out += tmp
+        else:
+            np.multiply(a, b, out=out)
+
+    @staticmethod
+    def _channel_shape(arr):
+        return (1, arr.shape[1]) + (1,) * (arr.ndim - 2)
+
+    def add_bias(self, out, bias):
+        out += bias.reshape(self._channel_shape(out))
+
+    def bias_grad(self, dy, dbias, accumulate=False, ws=None):
+        axes = (0,) + tuple(range(2, dy.ndim))
+        target = self._into(dbias, accumulate, ws)
+        np.sum(dy, axis=axes, out=target)
+        if accumulate:
+            dbias += target
+
+    def sum_all(self, x, out):
+        out[0] = np.sum(x)
+
+    def all_finite(self, x):
+        # min/max propagate NaN and expose +-Inf without building a boolean array
+        return bool(x.size == 0 or (math.isfinite(np.max(x)) and math.isfinite(np.min(x))))
+
+    # ------------------------------------------------------------ activations
+    def _mask_product(self, cond_into, dy, dx, accumulate, ws, scale_false=0.0):
+        """dx (+)= dy where the condition holds, dy * scale_false elsewhere."""
+        mask = _scratch(ws, self, "mask", dy.shape, np.bool_)
+        cond_into(mask)
+        target = self._into(dx, accumulate, ws)
+        if scale_false == 0.0:
+            np.multiply(dy, mask, out=target)
+        else:
+            np.multiply(dy, scale_false, out=target)
+            np.copyto(target, dy, where=mask)
+        if accumulate:
+            dx += target
+
+    def relu(self, x, out):
+        np.maximum(x, 0, out=out)
+
+    def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._mask_product(lambda m: np.greater(y, 0, out=m), dy, dx, accumulate, ws)
+
+    def leaky_relu(self, x, out, slope):
+        np.multiply(x, slope, out=out)
+        # slope * x is the smaller of the two for x < 0 exactly when slope <= 1
+        (np.maximum if slope <= 1 else np.minimum)(x, out, out=out)
+
+    def leaky_relu_backward(self, x, dy, dx, slope, accumulate=False, ws=None):
+        self._mask_product(lambda m: np.greater(x, 0, out=m), dy, dx, accumulate, ws, slope)
+
+    def sigmoid(self, x, out):
+        # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x))
+        np.multiply(x, 0.5, out=out)
+        np.tanh(out, out=out)
+        out += 1.0
+        out *= 0.5
+
+    def sigmoid_backward(self, y, dy, dx, accumulate=False, ws=None):
+        target = self._into(dx, accumulate, ws)
+        np.subtract(1.0, y, out=target)
+        target *= y
+        target *= dy
+        if accumulate:
+            dx += target
+
+    def tanh(self, x, out):
+        np.tanh(x, out=out)
+
+    def tanh_backward(self, y, dy, dx, accumulate=False, ws=None):
+        target = self._into(dx, accumulate, ws)
+        np.multiply(y, y, out=target)
+        np.subtract(1.0, target, out=target)
+        target *= dy
+        if accumulate:
+            dx += target
+
+    def _row_scratch(self, ws, tag, x):
+        return _scratch(ws, self, tag, (x.shape[0], 1), x.dtype)
+
+    def softmax(self, x, out, ws=None):
+        rowmax = self._row_scratch(ws, "rowmax", x)
+        np.max(x, axis=1, keepdims=True, out=rowmax)
+        np.subtract(x, rowmax, out=out)
+        np.exp(out, out=out)
+        rowsum = self._row_scratch(ws, "rowsum", x)
+        np.sum(out, axis=1, keepdims=True, out=rowsum)
+        out /= rowsum
+
+    def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
+        target = self._into(dx, accumulate, ws)
+        np.multiply(dy, y, out=target)
+        dot = self._row_scratch(ws, "rowsum", y)
+        np.sum(target, axis=1, keepdims=True, out=dot)
+        np.subtract(dy, dot, out=target)
+        target *= y
+        if accumulate:
+            dx += target
+
+    def log_softmax(self, x, out, ws=None):
+        rowmax = self._row_scratch(ws, "rowmax", x)
+        np.max(x, axis=1, keepdims=True, out=rowmax)
+        np.subtract(x, rowmax, out=out)
+        expd = _scratch(ws, self, "exp", x.shape, x.dtype)
+        np.exp(out, out=expd)
+        rowsum = self._row_scratch(ws, "rowsum", x)
+        np.sum(expd, axis=1, keepdims=True, out=rowsum)
+        np.log(rowsum, out=rowsum)
+        out -= rowsum
+
+    def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
+        target = self._into(dx, accumulate, ws)
+        np.exp(y, out=target)
+        total = self._row_scratch(ws, "rowsum", y)
+        np.sum(dy, axis=1, keepdims=True, out=total)
+        target *= total
+        np.subtract(dy, target, out=target)
+        if accumulate:
+            dx += target
+
+    # ----------------------------------------------------------------- losses
+    def _rows(self, ws, n):
+        rows = _scratch(ws, self, "rows", (n,), np.intp)
+        rows[...] = np.arange(n)  # cheap next to the rows of a batch; keeps ws stateless
+        return rows
+
+    def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
+        n = logits.shape[0]
+        rowmax = self._row_scratch(ws, "rowmax", logits)
+        np.max(logits, axis=1, keepdims=True, out=rowmax)
+        np.subtract(logits, rowmax, out=dx)
+        np.exp(dx, out=dx)
+        rowsum = self._row_scratch(ws, "rowsum", logits)
+        np.sum(dx, axis=1, keepdims=True, out=rowsum)
+        dx /= rowsum
+        rows = self._rows(ws, n)
+        np.log(rowsum[:, 0], out=losses)
+        losses += rowmax[:, 0]
+        losses -= logits[rows, labels]
+        dx[rows, labels] -= 1.0
+        dx *= grad_scale
+
+    def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
+        rows = self._rows(ws, logp.shape[0])
+        np.negative(logp[rows, labels], out=losses)
+        dx.fill(0.0)
+        dx[rows, labels] = -grad_scale
+
+    def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
+        np.subtract(pred, target, out=dx)
+        sq = _scratch(ws, self, "sq", dx.shape, dx.dtype)
+        np.multiply(dx, dx, out=sq)
+        np.sum(sq.reshape(sq.shape[0], -1), axis=1, out=losses)
+        dx *= 2.0 * grad_scale
+
+    # ---------------------------------------------------------------- dropout
+    def dropout(self, x, out, mask, p, seed, counter, ws=None):
+        n = x.size
+        bits = _scratch(ws, self, "rng_bits", (n,), np.uint32)
+        tmp = _scratch(ws, self, "rng_tmp", (n,), np.uint32)
+        bits[...] = np.arange(n, dtype=np.uint32)
+        np.bitwise_xor(bits, np.uint32(rng.stream_key(seed, counter)), out=bits)
+        rng.hash32_inplace(bits, tmp)
+        np.right_shift(bits, 8, out=bits)
+        keep = _scratch(ws, self, "rng_keep", (n,), np.bool_)
+        np.greater_equal(bits, rng.keep_threshold(p), out=keep)
+        flat_mask = mask.reshape(-1)
+        np.multiply(keep, 1.0 / (1.0 - p) if p < 1.0 else 0.0, out=flat_mask)
+        np.multiply(x, mask, out=out)
+
+    # -------------------------------------------------------------- optimizers
+    def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
+                   weight_decay, first_step, ws=None):
+        g = grad
+        if weight_decay != 0.0:
+            g = _scratch(ws, self, "sgd_g", param.shape, param.dtype)
+            np.multiply(param, weight_decay, out=g)
+            g += grad
+        if momentum != 0.0:
+            if first_step:
+                np.copyto(buf, g)
+            else:
+                buf *= momentum
+                if dampening == 0.0:
+                    buf += g
+                else:
+                    tmp = _scratch(ws, self, "sgd_tmp", param.shape, param.dtype)
+                    np.multiply(g, 1.0 - dampening, out=tmp)
+                    buf += tmp
+            if nesterov:
+                step_dir = _scratch(ws, self, "sgd_dir", param.shape, param.dtype)
+                np.multiply(buf, momentum, out=step_dir)
+                step_dir += g
+                g = step_dir
+            else:
+                g = buf
+        tmp = _scratch(ws, self, "sgd_tmp", param.shape, param.dtype)
+        np.multiply(g, lr, out=tmp)
+        param -= tmp
+
+    def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
+                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None):
+        tmp = _scratch(ws, self, "adam_tmp", param.shape, param.dtype)
+        g = grad
+        if weight_decay != 0.0:
+            if decoupled:
+                param *= 1.0 - lr * weight_decay
+            else:
+                g = _scratch(ws, self, "adam_g", param.shape, param.dtype)
+                np.multiply(param, weight_decay, out=g)
+                g += grad
+        # exp_avg.lerp_(g, 1 - beta1)
+        np.subtract(g, exp_avg, out=tmp)
+        tmp *= 1.0 - beta1
+        exp_avg += tmp
+        # exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        exp_avg_sq *= beta2
+        np.multiply(g, 1.0 - beta2, out=tmp)
+        tmp *= g
+        exp_avg_sq += tmp
+        second = exp_avg_sq
+        if max_exp_avg_sq is not None:
+            np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            second = max_exp_avg_sq
+        bias_correction1 = 1.0 - beta1 ** step
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        np.sqrt(second, out=tmp)
+        tmp *= 1.0 / bias_correction2_sqrt
+        tmp += eps
+        np.divide(exp_avg, tmp, out=tmp)
+        tmp *= lr / bias_correction1
+        param -= tmp
+
+    # ---------------------------------------------------------- composition
+    def copy_channels(self, src, dst, offset, accumulate=False):
+        region = dst[:, offset:offset + src.shape[1]]
+        if accumulate:
+            region += src
+        else:
+            region[...] = src
+
+    def slice_channels(self, src, dst, offset, accumulate=False):
+        region = src[:, offset:offset + dst.shape[1]]
+        if accumulate:
+            dst += region
+        else:
+            dst[...] = region

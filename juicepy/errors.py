@@ -1,0 +1,28 @@
+"""Exceptions juicepy raises for bad input; each message names the place, the expected and the actual."""
+
+
+class JuicepyError(Exception):
+    """Base class of juicepy's own errors."""
+
+
+class ShapeError(JuicepyError, ValueError):
+    """An array or a layer's input has the wrong shape."""
+
+
+class DTypeError(JuicepyError, TypeError):
+    """An array has the wrong dtype."""
+
+
+class LabelError(JuicepyError, ValueError):
+    """Integer labels out of range for the loss."""
+
+
+class NonFiniteError(JuicepyError, FloatingPointError):
+    """NaN or Inf where the guard forbids it (inputs or loss)."""
+
+
+class WeightsError(JuicepyError, KeyError):
+    """A weights dict names an unknown param, misses one or has a wrong shape."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""

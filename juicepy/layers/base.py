@@ -1,0 +1,79 @@
+"""The Layer base class: static description (shapes, params) plus compute methods that get the
+backend and a per-placement context on every call."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..net.descriptor import GraphBuilder, Junction
+
+
+class Layer:
+    """A leaf layer. Subclasses override :meth:`infer_shape` (or :meth:`build`),
+    :meth:`compute_output` and :meth:`compute_gradients`.
+
+    The backend is an argument of every compute call and is never stored. ``ctx`` is the
+    :class:`~juicepy.net.context.NodeContext` of one placement of this layer: it hands out the
+    input/output buffers, their gradients, param arrays and scratch space.
+    """
+
+    n_inputs = 1
+
+    def __init__(self) -> None:
+        self._built_for: tuple | None = None
+
+    # --------------------------------------------------------------- building
+    def __call__(self, *values):
+        """Apply to symbolic values of the functional graph builder (``juicepy.Input``)."""
+        from ..net.functional import apply_layer
+
+        return apply_layer(self, values)
+
+    def expand(self, graph: GraphBuilder, path: str, inputs: list[Junction]) -> list[Junction]:
+        in_shapes = [j.unit_shape for j in inputs]
+        if len(in_shapes) != self.n_inputs:
+            raise ShapeError(f"{path or '<root>'}: {type(self).__name__} takes {self.n_inputs} "
+                             f"input(s), got {len(in_shapes)}")
+        if self._built_for is None:
+            out_shapes = [tuple(s) for s in self.build(in_shapes, path, graph)]
+            self._built_for = (in_shapes, out_shapes, graph.dtype)
+        else:
+            built_in, out_shapes, built_dtype = self._built_for
+            if built_in != in_shapes:
+                raise ShapeError(
+                    f"{path or '<root>'}: {type(self).__name__} is shared and was built for input "
+                    f"unit shape(s) {built_in}, got {in_shapes}")
+            if built_dtype != graph.dtype:
+                raise ShapeError(f"{path}: shared layer built for {built_dtype}, used with {graph.dtype}")
+        return graph.add_node(self, path, inputs, out_shapes, self.params())
+
+    def build(self, input_shapes: list[tuple], path: str, graph: GraphBuilder) -> list[tuple]:
+        """Infer output unit shapes (raise ShapeError naming ``path``) and create params."""
+        return [self.infer_shape(input_shapes[0], path, graph)]
+
+    def infer_shape(self, unit_shape: tuple, path: str, graph: GraphBuilder) -> tuple:
+        return unit_shape
+
+    def params(self) -> dict:
+        """Local name -> LearnableParams (trainable params and non-trained buffers)."""
+        return {}
+
+    def setup(self, backend, ctx) -> None:
+        """Make per-placement buffers with ``ctx.buffer`` (called once per context)."""
+
+    # -------------------------------------------------------------- computing
+    def compute_output(self, backend, ctx) -> None:
+        raise NotImplementedError(type(self).__name__)
+
+    def compute_gradients(self, backend, ctx) -> None:
+        raise NotImplementedError(type(self).__name__)
+
+    # ------------------------------------------------------------ description
+    def config(self) -> dict:
+        """The constructor arguments that recreate this layer (for network definitions)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,62 @@
+"""Linear: y = x @ W.T + b with PyTorch's (out, in) weight layout."""
+
+from __future__ import annotations
+
+from .. import init as initializers
+from ..errors import ShapeError
+from ..net.params import LearnableParams
+from .base import Layer
+
+
+class Linear(Layer):
+    def __init__(self, out_features: int, bias: bool = True, in_features: int | None = None,
+                 weight_init="torch", bias_init="torch"):
+        super().__init__()
+        self.out_features = int(out_features)
+        self.use_bias = bool(bias)
+        self.in_features = in_features
+        self.weight_init = weight_init
+        self.bias_init = bias_init
+        self.weight: LearnableParams | None = None
+        self.bias: LearnableParams | None = None
+
+    def infer_shape(self, unit_shape, path, graph):
+        if len(unit_shape) != 1:
+            raise ShapeError(f"{path}: Linear expects unit shape (features,), got {unit_shape}; "
+                             f"put a Flatten before it")
+        fan_in = unit_shape[0]
+        if self.in_features is not None and self.in_features != fan_in:
+            raise ShapeError(f"{path}: Linear expects unit shape ({self.in_features},), got {unit_shape}")
+        self.in_features = fan_in
+        shape = (self.out_features, fan_in)
+        self.weight = LearnableParams(initializers.make(self.weight_init, graph.rng, shape, fan_in,
+                                                        self.out_features, graph.dtype))
+        if self.use_bias:
+            self.bias = LearnableParams(initializers.make(self.bias_init, graph.rng, (self.out_features,),
+                                                          fan_in, self.out_features, graph.dtype))
+        return (self.out_features,)
+
+    def params(self):
+        return {"weight": self.weight, "bias": self.bias} if self.use_bias else {"weight": self.weight}
+
+    def compute_output(self, backend, ctx):
+        y = ctx.output()
+        backend.gemm(ctx.input(), ctx.param(self.weight), y, trans_b=True)
+        if self.use_bias:
+            backend.add_bias(y, ctx.param(self.bias))
+
+    def compute_gradients(self, backend, ctx):
+        dy = ctx.output_grad()
+        dw, acc = ctx.param_grad(self.weight)
+        if dw is not None:
+            backend.gemm(dy, ctx.input(), dw, trans_a=True, beta=float(acc), ws=ctx.ws)
+        if self.use_bias:
+            db, acc = ctx.param_grad(self.bias)
+            if db is not None:
+                backend.bias_grad(dy, db, accumulate=acc, ws=ctx.ws)
+        dx, acc = ctx.input_grad()
+        if dx is not None:
+            backend.gemm(dy, ctx.param(self.weight), dx, beta=float(acc), ws=ctx.ws)
+
+    def config(self):
+        return {"out_features": self.out_features, "bias": self.use_bias, "in_features": self.in_features}

@@ -1,0 +1,54 @@
+"""Flatten and Reshape: change the unit shape, keep the batch axis."""
+
+from __future__ import annotations
+
+import math
+
+from ..errors import ShapeError
+from .base import Layer
+
+
+class Reshape(Layer):
+    def __init__(self, shape):
+        super().__init__()
+        self.shape = tuple(int(d) for d in shape)
+        if sum(d == -1 for d in self.shape) > 1:
+            raise ValueError(f"Reshape: at most one -1 in {self.shape}")
+
+    def infer_shape(self, unit_shape, path, graph):
+        size = math.prod(unit_shape)
+        known = math.prod(d for d in self.shape if d != -1)
+        if -1 in self.shape:
+            if known == 0 or size % known:
+                raise ShapeError(f"{path}: cannot reshape unit shape {unit_shape} ({size} values) to {self.shape}")
+            return tuple(size // known if d == -1 else d for d in self.shape)
+        if known != size:
+            raise ShapeError(f"{path}: cannot reshape unit shape {unit_shape} ({size} values) to {self.shape}")
+        return self.shape
+
+    def compute_output(self, backend, ctx):
+        y = ctx.output()
+        backend.copy(backend.reshape(ctx.input(), y.shape), y)
+
+    def compute_gradients(self, backend, ctx):
+        dx, acc = ctx.input_grad()
+        if dx is None:
+            return
+        dy = backend.reshape(ctx.output_grad(), dx.shape)
+        if acc:
+            backend.add(dx, dy, dx)
+        else:
+            backend.copy(dy, dx)
+
+    def config(self):
+        return {"shape": list(self.shape)}
+
+
+class Flatten(Reshape):
+    """(batch, *unit) -> (batch, prod(unit)), like torch.nn.Flatten()."""
+
+    def __init__(self):
+        super().__init__((-1,))
+
+    def config(self):
+        return {}

@@ -1,0 +1,251 @@
+"""Context: every buffer of one invocation (one backend, one explicit batch size).
+
+All data and gradient buffers, per-layer buffers and param-gradient storage are allocated when
+the context is made; forward and backward passes afterwards only write into them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..backends.base import Workspace
+from ..backends.rng import stream_key
+from ..errors import ShapeError
+
+
+@dataclass(eq=False)
+class Segment:
+    """Params whose data and gradients are each one contiguous flat array on a backend:
+    the unit an optimizer updates with one fused op."""
+
+    params: list
+    data: object
+    grad: object
+    lr_mult: float
+    size: int
+    offsets: list  # element offset of each param inside data/grad
+
+
+class NodeContext:
+    """What one placement of a layer sees of the context (the ``ctx`` of compute methods)."""
+
+    __slots__ = ("_ctx", "node", "path", "inputs", "outputs", "_in_idx", "_out_idx", "_buffers",
+                 "ws", "batch_size", "_seed")
+
+    def __init__(self, ctx: "Context", node):
+        self._ctx = ctx
+        self.node = node
+        self.path = node.path
+        d = node.descriptor
+        self.inputs = [ctx._data[j.index] for j in d.inputs]
+        self.outputs = [ctx._data[j.index] for j in d.outputs]
+        self._in_idx = [j.index for j in d.inputs]
+        self._out_idx = [j.index for j in d.outputs]
+        self._buffers: dict = {}
+        self.ws = ctx.ws
+        self.batch_size = ctx.batch_size
+        self._seed = stream_key(ctx.network.seed, node.index)
+
+    # buffers of the junctions
+    def input(self, i: int = 0):
+        return self.inputs[i]
+
+    def output(self, i: int = 0):
+        return self.outputs[i]
+
+    @property
+    def training(self) -> bool:
+        return self._ctx.training
+
+    @property
+    def input_shapes(self) -> list:
+        return self.node.descriptor.input_shapes
+
+    @property
+    def output_shapes(self) -> list:
+        return self.node.descriptor.output_shapes
+
+    def output_grad(self, i: int = 0):
+        """Gradient of the loss w.r.t. output i (zeros if nothing downstream used it)."""
+        ctx = self._ctx
+        j = self._out_idx[i]
+        if not ctx._written[j]:
+            ctx.backend.fill(ctx._grads[j], 0.0)
+            ctx._written[j] = True
+        return ctx._grads[j]
+
+    def input_grad(self, i: int = 0):
+        """(buffer, accumulate) for the gradient w.r.t. input i, or (None, False) when no one
+        needs it. The first writer overwrites, later writers (fan-out) accumulate."""
+        ctx = self._ctx
+        j = self._in_idx[i]
+        buf = ctx._grads[j]
+        if buf is None:
+            return None, False
+        accumulate = ctx._written[j]
+        ctx._written[j] = True
+        return buf, accumulate
+
+    # params
+    def param(self, p):
+        return p.on(self._ctx.backend)
+
+    def param_grad(self, p):
+        """(buffer, accumulate) for a param's gradient, or (None, False) when not trained here."""
+        ctx = self._ctx
+        slot = ctx._param_slot.get(p)
+        if slot is None:
+            return None, False
+        accumulate = ctx._param_written[slot]
+        ctx._param_written[slot] = True
+        return ctx._param_grad_views[slot], accumulate
+
+    def mark_param_written(self, p) -> None:
+        """A layer updated a param in place (BatchNorm's running statistics)."""
+        p.mark_written(self._ctx.backend)
+
+    # per-placement storage and randomness
+    def buffer(self, name: str, shape, dtype=None):
+        """A buffer owned by this placement, made once (call from ``Layer.setup``)."""
+        buf = self._buffers.get(name)
+        if buf is None:
+            dtype = self._ctx.dtype if dtype is None else dtype
+            buf = self._ctx.backend.empty(tuple(shape), dtype)
+            self._buffers[name] = buf
+        return buf
+
+    def random_stream(self) -> tuple[int, int]:
+        """(seed, counter) for counter-based random numbers: fixed per placement, new each pass."""
+        return self._seed, self._ctx.step
+
+
+class Context:
+    """Buffers for running ``network`` on ``backend`` with exactly ``batch_size`` rows."""
+
+    def __init__(self, network, backend, batch_size: int, training: bool = False,
+                 input_grads: bool = False):
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.network = network
+        self.backend = backend
+        self.batch_size = int(batch_size)
+        self.training = training
+        self.dtype = network.dtype
+        self.step = 0  # forward passes in training mode: drives dropout's random stream
+        self.ws = Workspace()
+        n = self.batch_size
+        self._data = [backend.empty((n,) + j.unit_shape, j.dtype) for j in network.junctions]
+        input_ids = {j.index for j in network.inputs}
+        self._grads = [
+            backend.empty((n,) + j.unit_shape, j.dtype)
+            if training and (input_grads or j.index not in input_ids) else None
+            for j in network.junctions
+        ]
+        self._written = [False] * len(network.junctions)
+        self.segments: list[Segment] = []
+        self._param_slot: dict = {}
+        self._param_grad_views: list = []
+        self._param_written: list = []
+        network.materialize(backend)
+        if training:
+            self._make_param_grads()
+        self._plan = [(node.layer, NodeContext(self, node)) for node in network.nodes]
+        for layer, nctx in self._plan:
+            layer.setup(backend, nctx)
+
+    def _make_param_grads(self) -> None:
+        backend = self.backend
+        for group in self.network.param_groups(backend):
+            grad_flat = backend.empty((group.size,), group.params[0].dtype)
+            views = [backend.flat_view(grad_flat, off, p.shape) for p, off in zip(group.params, group.offsets)]
+            for p, view in zip(group.params, views):
+                self._param_slot[p] = len(self._param_grad_views)
+                self._param_grad_views.append(view)
+                self._param_written.append(False)
+            self.segments.extend(_split_by_lr(backend, group, grad_flat))
+
+    # ------------------------------------------------------------ running
+    def set_inputs(self, inputs: list) -> None:
+        """Copy already validated inputs (host arrays or this backend's arrays) in."""
+        for junction, value in zip(self.network.inputs, inputs):
+            buf = self._data[junction.index]
+            if self.backend.is_array(value):
+                self.backend.copy(value, buf)
+            else:
+                self.backend.write(buf, value)
+
+    def forward(self) -> None:
+        backend = self.backend
+        for layer, nctx in self._plan:
+            layer.compute_output(backend, nctx)
+        if self.training:
+            self.step += 1
+
+    def begin_backward(self) -> None:
+        """Clear the 'written' marks; the caller then writes the output gradients."""
+        self._written[:] = [False] * len(self._written)
+        self._param_written[:] = [False] * len(self._param_written)
+
+    def output_gradient(self, i: int = 0):
+        """The buffer a loss writes d(loss)/d(output i) into (marks it written)."""
+        j = self.network.outputs[i].index
+        self._written[j] = True
+        return self._grads[j]
+
+    def backward(self) -> None:
+        backend = self.backend
+        for layer, nctx in reversed(self._plan):
+            layer.compute_gradients(backend, nctx)
+        for slot, written in enumerate(self._param_written):
+            if not written:  # a param that no layer used in this pass gets a zero gradient
+                backend.fill(self._param_grad_views[slot], 0.0)
+
+    # ---------------------------------------------------------- inspecting
+    def _junction(self, path):
+        net = self.network
+        if path is None:
+            return net.outputs[0]
+        if path == "<input>":
+            return net.inputs[0]
+        node = net.node(path)
+        return node.descriptor.outputs[0]
+
+    def output(self, path: str | None = None):
+        """The backend array holding a layer's output (default: the network's output)."""
+        return self._data[self._junction(path).index]
+
+    def gradient(self, path: str | None = None):
+        """The backend array holding d(loss)/d(layer output) after a backward pass."""
+        buf = self._grads[self._junction(path).index]
+        if buf is None:
+            raise ValueError(f"{path}: this context keeps no gradients (training=False)")
+        return buf
+
+    def input_gradient(self, i: int = 0):
+        buf = self._grads[self.network.inputs[i].index]
+        if buf is None:
+            raise ValueError("context made without input_grads=True")
+        return buf
+
+    def param_gradient(self, name: str):
+        p = self.network.param(name)
+        slot = self._param_slot.get(p)
+        if slot is None:
+            raise ValueError(f"{name}: no gradient kept for it in this context")
+        return self._param_grad_views[slot]
+
+    def check_batch(self, n: int, what: str = "inputs") -> None:
+        if n != self.batch_size:
+            raise ShapeError(f"{what}: batch of {n} rows given to a context sized for {self.batch_size}")
+
+
+def _split_by_lr(backend, group, grad_flat) -> list[Segment]:
+    """One segment for the whole group where every param shares its lr multiplier."""
+    if len({p.lr_mult for p in group.params}) == 1:
+        return [Segment(group.params, group.data, grad_flat, group.params[0].lr_mult, group.size,
+                        group.offsets)]
+    segments = []
+    for p, off in zip(group.params, group.offsets):
+        segments.append(Segment([p], backend.flat_view(group.data, off, (p.size,)),
+                                backend.flat_view(grad_flat, off, (p.size,)), p.lr_mult, p.size, [0]))
+    return segments

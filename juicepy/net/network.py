@@ -1,0 +1,280 @@
+"""Network: the static graph of a model plus its params, independent of any backend or batch size."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import DTypeError, NonFiniteError, ShapeError, WeightsError
+from .context import Context
+from .descriptor import GraphBuilder
+
+_ALIGN = 64  # elements: params in a flat block start on 256-byte boundaries (float32)
+
+
+@dataclass(eq=False)
+class ParamGroup:
+    """Trainable params stored contiguously in one flat array on one backend."""
+
+    params: list
+    data: object
+    size: int
+    offsets: list
+
+
+def _as_shape_list(input_shape) -> list[tuple]:
+    if len(input_shape) and all(isinstance(s, (tuple, list)) for s in input_shape):
+        return [tuple(int(d) for d in s) for s in input_shape]
+    return [tuple(int(d) for d in input_shape)]
+
+
+class Network:
+    """A model's static graph: built once from a root layer and the input unit shape(s).
+
+    Shapes are inferred layer by layer from ``input_shape`` (without the batch axis); a
+    mismatch raises :class:`~juicepy.errors.ShapeError` naming the layer path.
+    """
+
+    max_batch = 1024  # rows per inference context in transform()
+
+    def __init__(self, root, input_shape, dtype=np.float32, seed: int = 0):
+        self.root = root
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise DTypeError(f"network dtype must be a float type, got {self.dtype}")
+        self.seed = int(seed)
+        graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
+        self.inputs = [graph.junction(shape, "<input>") for shape in _as_shape_list(input_shape)]
+        self.outputs = list(root.expand(graph, "", self.inputs))
+        self._finish(graph)
+
+    @classmethod
+    def from_graph(cls, root, graph: GraphBuilder, inputs, outputs, seed: int = 0) -> "Network":
+        """A network over a graph someone else expanded (the functional builder)."""
+        self = cls.__new__(cls)
+        self.root = root
+        self.dtype = graph.dtype
+        self.seed = int(seed)
+        self.inputs = list(inputs)
+        self.outputs = list(outputs)
+        self._finish(graph)
+        return self
+
+    def _finish(self, graph: GraphBuilder) -> None:
+        self.junctions = graph.junctions
+        self.nodes = graph.nodes
+        self.params = graph.params  # dotted path -> LearnableParams, each distinct param once
+        self._nodes_by_path = {n.path: n for n in self.nodes}
+        self._groups: dict = {}
+        self._contexts: dict = {}
+        self._lock = threading.RLock()
+
+    # -------------------------------------------------------------- shapes
+    @property
+    def input_shape(self) -> tuple:
+        return self.inputs[0].unit_shape
+
+    @property
+    def output_shape(self) -> tuple:
+        return self.outputs[0].unit_shape
+
+    @property
+    def input_shapes(self) -> list:
+        return [j.unit_shape for j in self.inputs]
+
+    @property
+    def output_shapes(self) -> list:
+        return [j.unit_shape for j in self.outputs]
+
+    def node(self, path: str):
+        try:
+            return self._nodes_by_path[path]
+        except KeyError:
+            raise KeyError(f"no layer at path {path!r}; layers: {', '.join(self._nodes_by_path)}") from None
+
+    def param(self, name: str):
+        try:
+            return self.params[name]
+        except KeyError:
+            raise WeightsError(f"no param {name!r}; params: {', '.join(self.params)}") from None
+
+    def trainable_params(self) -> dict:
+        return {k: p for k, p in self.params.items() if p.trainable}
+
+    def num_params(self, trainable_only: bool = True) -> int:
+        return sum(p.size for p in self.params.values() if p.trainable or not trainable_only)
+
+    # ------------------------------------------------------- param storage
+    def materialize(self, backend) -> None:
+        """Put every param on ``backend``; trainable ones new there share one flat array so
+        optimizers update them with a single fused op."""
+        with self._lock:
+            if backend in self._groups:
+                return
+            groups = []
+            trainable = [p for p in self.params.values() if p.trainable]
+            fresh = [p for p in trainable if not p.has_storage(backend)]
+            for dtype in sorted({p.dtype.str for p in fresh}):
+                members = [p for p in fresh if p.dtype.str == dtype]
+                offsets, size = [], 0
+                for p in members:
+                    offsets.append(size)
+                    size += -(-p.size // _ALIGN) * _ALIGN
+                flat = backend.zeros((size,), np.dtype(dtype))  # zeroed gaps stay zero forever
+                for p, off in zip(members, offsets):
+                    p.attach(backend, backend.flat_view(flat, off, p.shape))
+                groups.append(ParamGroup(members, flat, size, offsets))
+            for p in trainable:
+                if p not in fresh:  # shared with a network that placed it already
+                    groups.append(ParamGroup([p], backend.reshape(p.on(backend), (p.size,)), p.size, [0]))
+            for p in self.params.values():
+                if not p.trainable:
+                    p.on(backend)
+            self._groups[backend] = groups
+
+    def param_groups(self, backend) -> list[ParamGroup]:
+        self.materialize(backend)
+        return self._groups[backend]
+
+    def release(self, backend) -> None:
+        """Drop this network's contexts and param copies on ``backend`` (host keeps the data)."""
+        with self._lock:
+            self._contexts = {k: v for k, v in self._contexts.items() if k[0] is not backend}
+            for p in self.params.values():
+                p.release(backend)
+            self._groups.pop(backend, None)
+            backend.release()
+
+    # ------------------------------------------------------------ contexts
+    def context(self, backend, batch_size: int, training: bool = False, input_grads: bool = False) -> Context:
+        """A new context (all buffers for ``batch_size`` rows on ``backend``)."""
+        return Context(self, backend, batch_size, training=training, input_grads=input_grads)
+
+    def check_inputs(self, inputs, backend=None, batch_size: int | None = None,
+                     check_finite: bool = False) -> list:
+        """Inputs as a list, validated against the input unit shapes and dtype."""
+        if len(self.inputs) == 1 and not isinstance(inputs, (list, tuple)):
+            inputs = [inputs]
+        inputs = list(inputs)
+        if len(inputs) != len(self.inputs):
+            raise ShapeError(f"network takes {len(self.inputs)} input(s), got {len(inputs)}")
+        checked = []
+        for i, (x, junction) in enumerate(zip(inputs, self.inputs)):
+            name = "input" if len(self.inputs) == 1 else f"input {i}"
+            on_device = backend is not None and backend.is_array(x)
+            if not on_device:
+                x = np.asarray(x)
+            check_array(name, x, junction.unit_shape, self.dtype, batch_size)
+            if check_finite:
+                finite = backend.all_finite(x) if on_device else _host_finite(x)
+                if not finite:
+                    raise NonFiniteError(f"{name}: contains NaN or Inf (the finite-input guard is on)")
+            checked.append(x)
+        return checked
+
+    def transform(self, backend, inputs, check_finite: bool = False):
+        """Inference (eval mode) on any number of rows; returns host array(s)."""
+        from ..backends import backend as get_backend
+
+        backend = get_backend(backend)
+        xs = self.check_inputs(inputs, backend, check_finite=check_finite)
+        n = int(xs[0].shape[0])
+        if any(int(x.shape[0]) != n for x in xs):
+            raise ShapeError(f"inputs have different row counts: {[x.shape[0] for x in xs]}")
+        results = [np.empty((n,) + j.unit_shape, self.dtype) for j in self.outputs]
+        start = 0
+        while start < n:
+            rows = min(self.max_batch, n - start)
+            with self._lock:
+                ctx = self._inference_context(backend, rows)
+                ctx.set_inputs([x[start:start + rows] for x in xs])
+                ctx.forward()
+                for i, out in enumerate(results):
+                    j = self.outputs[i].index
+                    out[start:start + rows] = backend.to_host(ctx._data[j])
+            start += rows
+        return results[0] if len(results) == 1 else results
+
+    def _inference_context(self, backend, rows: int) -> Context:
+        key = (backend, rows)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = Context(self, backend, rows, training=False)
+        return ctx
+
+    # -------------------------------------------------------------- weights
+    def get_weights(self, keys=None) -> dict:
+        """Host copies of params and buffers by dotted path (PyTorch layouts)."""
+        names = list(self.params) if keys is None else list(keys)
+        for k in names:
+            if k not in self.params:
+                raise WeightsError(f"get_weights: unknown param {k!r}; known: {', '.join(self.params)}")
+        return {k: self.params[k].numpy() for k in names}
+
+    def set_weights(self, weights: dict, strict: bool = False) -> None:
+        """Update the params that ``weights`` names (all checked before any is written).
+
+        Values may be NumPy arrays or PyTorch tensors, so an equivalent torch model's
+        ``state_dict()`` loads as is. ``strict=True`` also requires every param to be named.
+        """
+        staged = {}
+        for key, value in weights.items():
+            if key not in self.params:
+                raise WeightsError(f"set_weights: unknown param {key!r}; known: {', '.join(self.params)}")
+            array = to_numpy(value)
+            param = self.params[key]
+            if array.shape != param.shape:
+                raise WeightsError(f"set_weights: {key!r} expects shape {param.shape}, got {array.shape}")
+            if array.dtype.kind not in "fiub":
+                raise WeightsError(f"set_weights: {key!r} expects a numeric array, got dtype {array.dtype}")
+            staged[key] = array
+        if strict:
+            missing = [k for k in self.params if k not in staged]
+            if missing:
+                raise WeightsError(f"set_weights: missing params {', '.join(missing)}")
+        for key, array in staged.items():
+            self.params[key].set(array)
+
+    # -------------------------------------------------------------- summary
+    def summary(self) -> str:
+        rows = [("path", "layer", "output shape", "params")]
+        for node in self.nodes:
+            count = sum(p.size for p in node.descriptor.params.values() if p.trainable)
+            shapes = ", ".join(str(s) for s in node.descriptor.output_shapes)
+            rows.append((node.path or "<root>", type(node.layer).__name__, shapes, f"{count:,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.append(f"input {self.input_shapes}  output {self.output_shapes}  "
+                     f"trainable params {self.num_params():,}  dtype {self.dtype}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Network {self.input_shapes} -> {self.output_shapes}, {len(self.nodes)} layers>"
+
+
+def to_numpy(value) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def _host_finite(x: np.ndarray) -> bool:
+    if x.size == 0:
+        return True
+    return math.isfinite(float(np.max(x))) and math.isfinite(float(np.min(x)))
+
+
+def check_array(name: str, x, unit_shape: tuple, dtype, batch_size: int | None = None) -> None:
+    """Raise a clear error unless x is (batch, *unit_shape) of ``dtype``."""
+    shape = tuple(x.shape)
+    if len(shape) != len(unit_shape) + 1 or shape[1:] != tuple(unit_shape):
+        raise ShapeError(f"{name}: expected shape (batch, {', '.join(map(str, unit_shape))}), got {shape}")
+    if batch_size is not None and shape[0] != batch_size:
+        raise ShapeError(f"{name}: expected a batch of {batch_size} rows, got {shape[0]}")
+    if np.dtype(x.dtype) != np.dtype(dtype):
+        raise DTypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {np.dtype(x.dtype)} "
+                         f"(convert with x.astype(np.{np.dtype(dtype).name}))")

@@ -1,0 +1,205 @@
+"""Gradient checks and backend parity for layers and losses.
+
+Write the layer once; ``check_layer`` then proves it: output shapes, finite-difference gradients
+of inputs and params (float64 on NumPy), determinism, and parity of every other available backend
+with NumPy (float32, same weights).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backends import available_backends, backend as get_backend
+from ..net.network import Network
+
+
+@dataclass
+class LayerReport:
+    output_shapes: list
+    max_input_error: float = 0.0
+    max_param_error: float = 0.0
+    parity: dict = field(default_factory=dict)  # backend name -> max abs difference
+
+
+def _loss_and_grads(net, backend, x, upstream, step, need_params=True):
+    """sum(output * upstream) and its analytic gradients for inputs and params."""
+    ctx = net.context(backend, x[0].shape[0], training=True, input_grads=True)
+    ctx.step = step
+    ctx.set_inputs(x)
+    ctx.forward()
+    outputs = [backend.to_host(ctx._data[j.index]) for j in net.outputs]
+    ctx.begin_backward()
+    for i, g in enumerate(upstream):
+        backend.write(ctx.output_gradient(i), g)
+    ctx.backward()
+    input_grads = [backend.to_host(ctx.input_gradient(i)) for i in range(len(net.inputs))]
+    param_grads = {name: backend.to_host(ctx.param_gradient(name))
+                   for name, p in net.params.items() if p.trainable} if need_params else {}
+    return outputs, input_grads, param_grads
+
+
+def _objective(ctx, backend, x, upstream, step):
+    net = ctx.network
+    ctx.step = step
+    ctx.set_inputs(x)
+    ctx.forward()
+    return sum(float(np.sum(backend.to_host(ctx._data[j.index]).astype(np.float64) * g))
+               for j, g in zip(net.outputs, upstream))
+
+
+def _sample(size, limit, rng):
+    return np.arange(size) if size <= limit else rng.choice(size, limit, replace=False)
+
+
+def numeric_check(net, backend, x, upstream, eps=1e-6, max_coords=60, seed=0, step=0):
+    """Compare analytic and central-difference gradients; returns (input error, param error):
+    the largest |analytic - numeric| / max(1, |numeric|) over the sampled coordinates."""
+    rng = np.random.default_rng(seed)
+    _, input_grads, param_grads = _loss_and_grads(net, backend, x, upstream, step)
+    ctx = net.context(backend, x[0].shape[0], training=True)
+    worst_in = 0.0
+    for k, xk in enumerate(x):
+        flat = xk.reshape(-1)
+        for idx in _sample(flat.size, max_coords, rng):
+            orig = flat[idx]
+            flat[idx] = orig + eps
+            plus = _objective(ctx, backend, x, upstream, step)
+            flat[idx] = orig - eps
+            minus = _objective(ctx, backend, x, upstream, step)
+            flat[idx] = orig
+            numeric = (plus - minus) / (2 * eps)
+            worst_in = max(worst_in, abs(input_grads[k].reshape(-1)[idx] - numeric) / max(1.0, abs(numeric)))
+    worst_p = 0.0
+    for name, grad in param_grads.items():
+        p = net.params[name]
+        data = p.numpy()
+        flat = data.reshape(-1)
+        for idx in _sample(flat.size, max_coords, rng):
+            orig = flat[idx]
+            flat[idx] = orig + eps
+            p.set(data)
+            plus = _objective(ctx, backend, x, upstream, step)
+            flat[idx] = orig - eps
+            p.set(data)
+            minus = _objective(ctx, backend, x, upstream, step)
+            flat[idx] = orig
+            p.set(data)
+            numeric = (plus - minus) / (2 * eps)
+            worst_p = max(worst_p, abs(grad.reshape(-1)[idx] - numeric) / max(1.0, abs(numeric)))
+    return worst_in, worst_p
+
+
+def random_inputs(net, batch_size, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return [(rng.standard_normal((batch_size,) + j.unit_shape) * scale).astype(net.dtype) for j in net.inputs]
+
+
+def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: int = 0,
+                expected_output_shape=None, grad_tol: float = 1e-5, parity_tol: float = 1e-4,
+                max_coords: int = 60, input_scale: float = 1.0, inputs=None) -> LayerReport:
+    """Prove a layer: shapes, finite-difference gradients (float64, NumPy), determinism and
+    parity of each backend in ``backends`` (default: every available one) with NumPy.
+
+    ``layer`` is deep-copied for each network, so the object passed in stays unbuilt.
+    ``inputs`` (optional host arrays) replace the random ones, e.g. to keep away from kinks.
+    Raises AssertionError with the details on any failure.
+    """
+    numpy_backend = get_backend("numpy")
+    net64 = Network(copy.deepcopy(layer), input_shape, dtype=np.float64, seed=seed)
+    report = LayerReport(output_shapes=net64.output_shapes)
+    if expected_output_shape is not None:
+        expected = [tuple(expected_output_shape)] if not isinstance(expected_output_shape[0], (tuple, list)) \
+            else [tuple(s) for s in expected_output_shape]
+        assert net64.output_shapes == expected, f"output unit shapes {net64.output_shapes}, expected {expected}"
+
+    x64 = [a.astype(np.float64) for a in inputs] if inputs is not None else random_inputs(net64, batch_size, seed, input_scale)
+    rng = np.random.default_rng(seed + 1)
+    upstream = [rng.standard_normal((x64[0].shape[0],) + j.unit_shape) for j in net64.outputs]
+
+    # shapes of the buffers the context made
+    out64, in_grads, p_grads = _loss_and_grads(net64, numpy_backend, x64, upstream, step=0)
+    for out, j in zip(out64, net64.outputs):
+        assert out.shape == (x64[0].shape[0],) + j.unit_shape, f"output buffer shape {out.shape}"
+    for g, xk in zip(in_grads, x64):
+        assert g.shape == xk.shape, f"input gradient shape {g.shape}, input {xk.shape}"
+
+    report.max_input_error, report.max_param_error = numeric_check(
+        net64, numpy_backend, x64, upstream, max_coords=max_coords, seed=seed)
+    assert report.max_input_error < grad_tol, f"input gradient off by {report.max_input_error:.3g}"
+    assert report.max_param_error < grad_tol, f"param gradient off by {report.max_param_error:.3g}"
+
+    # determinism: same inputs, same step -> bit-identical results
+    again = _loss_and_grads(net64, numpy_backend, x64, upstream, step=0)
+    for a, b in zip(out64, again[0]):
+        assert np.array_equal(a, b), "forward is not deterministic"
+
+    # parity with NumPy in float32, the same params object on every backend
+    net32 = Network(copy.deepcopy(layer), input_shape, dtype=np.float32, seed=seed)
+    x32 = [a.astype(np.float32) for a in x64]
+    up32 = [u.astype(np.float32) for u in upstream]
+    reference = _loss_and_grads(net32, numpy_backend, x32, up32, step=0)
+    names = available_backends() if backends is None else list(backends)
+    for name in names:
+        if name == "numpy":
+            continue
+        other = get_backend(name)
+        got = _loss_and_grads(net32, other, x32, up32, step=0)
+        worst = 0.0
+        for ref_group, got_group, what in zip(reference, got, ("output", "input grad", "param grad")):
+            ref_items = ref_group.items() if isinstance(ref_group, dict) else enumerate(ref_group)
+            for key, ref in ref_items:
+                diff = float(np.max(np.abs(got_group[key] - ref) / (1.0 + np.abs(ref)))) if ref.size else 0.0
+                assert diff < parity_tol, f"{name}: {what} {key} differs from numpy by {diff:.3g}"
+                worst = max(worst, diff)
+        report.parity[name] = worst
+    return report
+
+
+def check_loss(loss, output_shape, targets, backends=None, seed: int = 0, grad_tol: float = 1e-6,
+               parity_tol: float = 1e-5, outputs=None):
+    """Finite-difference check of a loss's gradient (float64) and parity across backends.
+
+    ``targets`` is a host array for a batch; returns the float64 mean loss on NumPy.
+    """
+    numpy_backend = get_backend("numpy")
+    batch = len(targets)
+    rng = np.random.default_rng(seed)
+    z = outputs.astype(np.float64) if outputs is not None else rng.standard_normal((batch,) + tuple(output_shape))
+
+    def run(backend, values, dtype):
+        values = values.astype(dtype)
+        tgt = np.asarray(targets)
+        tgt = tgt.astype(dtype) if tgt.dtype.kind == "f" else tgt
+        tgt = loss.check_targets(tgt, tuple(output_shape), batch, dtype)
+        dev_out = backend.from_host(values)
+        dev_tgt = backend.from_host(tgt)
+        losses = backend.empty((batch,), dtype)
+        dx = backend.empty(values.shape, dtype)
+        count = loss.count(batch, tuple(output_shape))
+        loss.compute(backend, dev_out, dev_tgt, losses, dx, 1.0 / count, None)
+        return float(np.sum(backend.to_host(losses))) / count, backend.to_host(dx)
+
+    value, grad = run(numpy_backend, z, np.float64)
+    eps = 1e-6
+    flat = z.reshape(-1)
+    for idx in _sample(flat.size, 80, rng):
+        orig = flat[idx]
+        flat[idx] = orig + eps
+        plus = run(numpy_backend, z, np.float64)[0]
+        flat[idx] = orig - eps
+        minus = run(numpy_backend, z, np.float64)[0]
+        flat[idx] = orig
+        numeric = (plus - minus) / (2 * eps)
+        err = abs(grad.reshape(-1)[idx] - numeric) / max(1.0, abs(numeric))
+        assert err < grad_tol, f"{type(loss).__name__}: gradient off by {err:.3g} at {idx}"
+    ref_value, ref_grad = run(numpy_backend, z, np.float32)
+    for name in (available_backends() if backends is None else backends):
+        if name == "numpy":
+            continue
+        got_value, got_grad = run(get_backend(name), z, np.float32)
+        assert abs(got_value - ref_value) <= parity_tol * (1 + abs(ref_value)), f"{name}: loss {got_value} vs {ref_value}"
+        assert np.allclose(got_grad, ref_grad, rtol=parity_tol, atol=parity_tol), f"{name}: loss gradient differs"
+    return value

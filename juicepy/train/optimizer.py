@@ -1,0 +1,49 @@
+"""Optimizer base: state per segment (a flat run of params), updates as fused backend ops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..backends.base import Workspace
+
+
+@dataclass(eq=False)
+class OptimizerState:
+    """Everything an optimizer keeps for one network on one backend."""
+
+    step: int = 0
+    buffers: list = field(default_factory=list)  # per segment: dict name -> flat array
+    ws: Workspace = field(default_factory=Workspace)
+
+
+class Optimizer:
+    """Subclasses list their per-param state in ``state_names`` and implement ``update``."""
+
+    state_names: tuple = ()
+
+    def __init__(self, lr: float):
+        if lr < 0:
+            raise ValueError(f"learning rate must be >= 0, got {lr}")
+        self.lr = float(lr)
+
+    def hyperparams(self) -> dict:
+        raise NotImplementedError
+
+    def init_state(self, backend, segments) -> OptimizerState:
+        state = OptimizerState()
+        for seg in segments:
+            state.buffers.append({name: backend.zeros((seg.size,), seg.params[0].dtype)
+                                  for name in self.state_names})
+        return state
+
+    def step(self, backend, state: OptimizerState, segments) -> None:
+        state.step += 1
+        for seg, buffers in zip(segments, state.buffers):
+            self.update(backend, seg, buffers, state, self.lr * seg.lr_mult)
+
+    def update(self, backend, segment, buffers: dict, state: OptimizerState, lr: float) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparams().items())
+        return f"{type(self).__name__}({args})"
