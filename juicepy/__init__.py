@@ -3,10 +3,11 @@
 from . import errors, init, layers, train
 from .backends import available_backends, backend, register_backend, registered_backends
 from .net import Context, LearnableParams, Network
+from .net.functional import Input, concat
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Network", "Context", "LearnableParams", "backend", "available_backends", "register_backend",
+    "Network", "Input", "concat", "Context", "LearnableParams", "backend", "available_backends", "register_backend",
     "registered_backends", "layers", "train", "errors", "init", "__version__",
 ]

@@ -18,21 +18,25 @@ class Layer:
     input/output buffers, their gradients, param arrays and scratch space.
     """
 
-    n_inputs = 1
+    n_inputs = 1  # None: any number >= 1 (merge layers)
 
     def __init__(self) -> None:
         self._built_for: tuple | None = None
 
     # --------------------------------------------------------------- building
-    def __call__(self, *values):
-        """Apply to symbolic values of the functional graph builder (``juicepy.Input``)."""
+    def __call__(self, *values, name: str | None = None):
+        """Apply to symbolic values of the functional graph builder (``juicepy.Input``);
+        ``name`` fixes this layer's path in the network (default: type name and a counter)."""
         from ..net.functional import apply_layer
 
-        return apply_layer(self, values)
+        return apply_layer(self, values, name=name)
 
     def expand(self, graph: GraphBuilder, path: str, inputs: list[Junction]) -> list[Junction]:
         in_shapes = [j.unit_shape for j in inputs]
-        if len(in_shapes) != self.n_inputs:
+        if self.n_inputs is None:
+            if not in_shapes:
+                raise ShapeError(f"{path or '<root>'}: {type(self).__name__} needs at least one input")
+        elif len(in_shapes) != self.n_inputs:
             raise ShapeError(f"{path or '<root>'}: {type(self).__name__} takes {self.n_inputs} "
                              f"input(s), got {len(in_shapes)}")
         if self._built_for is None:
@@ -71,8 +75,16 @@ class Layer:
 
     # ------------------------------------------------------------ description
     def config(self) -> dict:
-        """The constructor arguments that recreate this layer (for network definitions)."""
+        """The constructor arguments that recreate this layer (for network definitions).
+
+        Values may be JSON types, tuples, and other Layer objects (containers list their
+        children here; a tied layer names the layer it shares weights with)."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Layer":
+        """The inverse of :meth:`config` (override when the constructor differs)."""
+        return cls(**config)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())

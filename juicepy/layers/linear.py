@@ -60,3 +60,59 @@ class Linear(Layer):
 
     def config(self):
         return {"out_features": self.out_features, "bias": self.use_bias, "in_features": self.in_features}
+
+
+class TiedLinear(Layer):
+    """y = x @ W + b where W is another Linear's weight (out, in): the transposed map, as in a
+    tied autoencoder's decoder. The weight is one param: its gradients from both layers add up
+    and it is saved, listed and updated once (under the encoder's path)."""
+
+    def __init__(self, tied_to: Linear, bias: bool = True, bias_init="zeros"):
+        super().__init__()
+        if not isinstance(tied_to, Linear):
+            raise TypeError(f"TiedLinear ties to a Linear layer, got {type(tied_to).__name__}")
+        self.tied_to = tied_to
+        self.use_bias = bool(bias)
+        self.bias_init = bias_init
+        self.bias: LearnableParams | None = None
+
+    @property
+    def weight(self) -> LearnableParams:
+        return self.tied_to.weight
+
+    def infer_shape(self, unit_shape, path, graph):
+        encoder = self.tied_to
+        if encoder.weight is None:
+            raise ShapeError(f"{path}: TiedLinear's tied_to layer must be placed (built) before it")
+        if tuple(unit_shape) != (encoder.out_features,):
+            raise ShapeError(f"{path}: TiedLinear expects unit shape ({encoder.out_features},) "
+                             f"(the tied layer's output), got {unit_shape}")
+        if self.use_bias:
+            self.bias = LearnableParams(initializers.make(self.bias_init, graph.rng, (encoder.in_features,),
+                                                          encoder.out_features, encoder.in_features, graph.dtype))
+        return (encoder.in_features,)
+
+    def params(self):
+        return {"weight": self.weight, "bias": self.bias} if self.use_bias else {"weight": self.weight}
+
+    def compute_output(self, backend, ctx):
+        y = ctx.output()
+        backend.gemm(ctx.input(), ctx.param(self.weight), y)
+        if self.use_bias:
+            backend.add_bias(y, ctx.param(self.bias))
+
+    def compute_gradients(self, backend, ctx):
+        dy = ctx.output_grad()
+        dw, acc = ctx.param_grad(self.weight)
+        if dw is not None:  # dW = x.T @ dy, shape (out, in) of the tied weight
+            backend.gemm(ctx.input(), dy, dw, trans_a=True, beta=float(acc), ws=ctx.ws)
+        if self.use_bias:
+            db, acc = ctx.param_grad(self.bias)
+            if db is not None:
+                backend.bias_grad(dy, db, accumulate=acc, ws=ctx.ws)
+        dx, acc = ctx.input_grad()
+        if dx is not None:
+            backend.gemm(dy, ctx.param(self.weight), dx, trans_b=True, beta=float(acc), ws=ctx.ws)
+
+    def config(self):
+        return {"tied_to": self.tied_to, "bias": self.use_bias}

@@ -36,6 +36,13 @@ class Sequential(Layer):
     def __iter__(self):
         return iter(self.children.values())
 
+    def config(self):
+        return {"children": dict(self.children)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(dict(config["children"]))
+
     def __repr__(self):
         inner = ",\n  ".join(f"{k}: {v!r}" for k, v in self.children.items())
         return f"Sequential(\n  {inner}\n)"

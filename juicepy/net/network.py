@@ -40,7 +40,18 @@ class Network:
 
     max_batch = 1024  # rows per inference context in transform()
 
-    def __init__(self, root, input_shape, dtype=np.float32, seed: int = 0):
+    def __init__(self, root=None, input_shape=None, dtype=np.float32, seed: int = 0, *,
+                 inputs=None, outputs=None):
+        if inputs is not None or outputs is not None:  # the functional builder
+            if root is not None or input_shape is not None or inputs is None or outputs is None:
+                raise TypeError("Network takes either (root, input_shape) or inputs= and outputs= "
+                                "(symbolic values from juicepy.Input)")
+            from ..layers.graph import Graph
+
+            root = Graph(inputs, outputs)
+            input_shape = root.input_shapes
+        elif root is None or input_shape is None:
+            raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
         self.root = root
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":

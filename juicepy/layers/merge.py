@@ -1,0 +1,113 @@
+"""Merge layers: several inputs, one output (skip connections, branches, the functional `+`)."""
+
+from __future__ import annotations
+
+from ..errors import ShapeError
+from .base import Layer
+
+
+def _pass_gradient(backend, dy, dx, accumulate) -> None:
+    """dx (+)= dy."""
+    if accumulate:
+        backend.add(dx, dy, dx)
+    else:
+        backend.copy(dy, dx)
+
+
+class Identity(Layer):
+    """Passes its input through (the skip path of a residual block)."""
+
+    def compute_output(self, backend, ctx):
+        backend.copy(ctx.input(), ctx.output())
+
+    def compute_gradients(self, backend, ctx):
+        dx, acc = ctx.input_grad()
+        if dx is not None:
+            _pass_gradient(backend, ctx.output_grad(), dx, acc)
+
+
+class Add(Layer):
+    """Elementwise sum of any number of inputs of one unit shape."""
+
+    n_inputs = None
+
+    def build(self, input_shapes, path, graph):
+        first = input_shapes[0]
+        for i, shape in enumerate(input_shapes[1:], start=1):
+            if shape != first:
+                raise ShapeError(f"{path or '<root>'}: Add expects every input to have unit shape "
+                                 f"{first} (input 0), got {shape} for input {i}")
+        return [first]
+
+    def compute_output(self, backend, ctx):
+        y = ctx.output()
+        if len(ctx.inputs) == 1:
+            backend.copy(ctx.input(0), y)
+            return
+        backend.add(ctx.input(0), ctx.input(1), y)
+        for x in ctx.inputs[2:]:
+            backend.add(y, x, y)
+
+    def compute_gradients(self, backend, ctx):
+        dy = ctx.output_grad()
+        for i in range(len(ctx.inputs)):
+            dx, acc = ctx.input_grad(i)
+            if dx is not None:
+                _pass_gradient(backend, dy, dx, acc)
+
+
+class Multiply(Layer):
+    """Elementwise product of two inputs of one unit shape (gating)."""
+
+    n_inputs = 2
+
+    def build(self, input_shapes, path, graph):
+        a, b = input_shapes
+        if a != b:
+            raise ShapeError(f"{path or '<root>'}: Multiply expects both inputs to have one unit shape, "
+                             f"got {a} and {b}")
+        return [a]
+
+    def compute_output(self, backend, ctx):
+        backend.mul(ctx.input(0), ctx.input(1), ctx.output(), ws=ctx.ws)
+
+    def compute_gradients(self, backend, ctx):
+        dy = ctx.output_grad()
+        for i, other in ((0, 1), (1, 0)):
+            dx, acc = ctx.input_grad(i)
+            if dx is not None:
+                backend.mul(dy, ctx.input(other), dx, accumulate=acc, ws=ctx.ws)
+
+
+class Concat(Layer):
+    """Concatenation along axis 1 (channels / features); other axes must agree."""
+
+    n_inputs = None
+
+    def build(self, input_shapes, path, graph):
+        first = input_shapes[0]
+        if len(first) < 1:
+            raise ShapeError(f"{path or '<root>'}: Concat needs inputs with a channel axis, got unit shape {first}")
+        for i, shape in enumerate(input_shapes[1:], start=1):
+            if len(shape) != len(first) or shape[1:] != first[1:]:
+                raise ShapeError(f"{path or '<root>'}: Concat expects unit shapes (C, {', '.join(map(str, first[1:]))})"
+                                 f" like input 0 {first}, got {shape} for input {i}")
+        return [(sum(s[0] for s in input_shapes),) + tuple(first[1:])]
+
+    def _offsets(self, ctx):
+        offset = 0
+        for shape in ctx.input_shapes:
+            yield offset
+            offset += shape[0]
+
+    def compute_output(self, backend, ctx):
+        y = ctx.output()
+        for x, offset in zip(ctx.inputs, self._offsets(ctx)):
+            backend.copy_channels(x, y, offset)
+
+    def compute_gradients(self, backend, ctx):
+        dy = ctx.output_grad()
+        for i, offset in enumerate(self._offsets(ctx)):
+            dx, acc = ctx.input_grad(i)
+            if dx is not None:
+                backend.slice_channels(dy, dx, offset, accumulate=acc)
