@@ -2,11 +2,14 @@
 
 Layers take one by name (``"glorot_uniform"``) or as a callable; ``"torch"`` reproduces
 PyTorch's defaults for Linear/Conv (kaiming_uniform with a=sqrt(5), bias U(+-1/sqrt(fan_in))).
+:func:`apply` re-initialises a built network's params by path pattern (per layer or subgraph).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
+import zlib
 from typing import Callable
 
 import numpy as np
@@ -87,3 +90,72 @@ def make(init, rng, shape, fan_in, fan_out, dtype) -> np.ndarray:
     if values.shape != tuple(shape):
         raise ValueError(f"initialiser returned shape {values.shape}, expected {tuple(shape)}")
     return values.astype(dtype)
+
+
+def fans(shape) -> tuple[int, int]:
+    """(fan_in, fan_out) of a weight in PyTorch's layout: (out, in, *kernel); 1-D: (n, n)."""
+    shape = tuple(shape)
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    receptive = math.prod(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def _param_rng(seed: int, path: str) -> np.random.Generator:
+    # one stream per (seed, path): a param's values do not depend on which other params are set
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(path.encode())])
+
+
+def _matches(pattern: str, path: str) -> bool:
+    return fnmatch.fnmatchcase(path, pattern) or path.startswith(pattern + ".")
+
+
+def apply(network, rules: dict, seed: int = 0) -> list[str]:
+    """Re-initialise params of ``network`` by dotted-path pattern; returns the paths it set.
+
+    ``rules`` maps a pattern to an initialiser. A pattern is an fnmatch glob over param paths
+    ("encoder.*", "*.bias") or a layer/subgraph path ("encoder" means every param under it);
+    for each param the first matching rule wins. An initialiser is a name from ``BY_NAME``,
+    a callable ``(rng, shape, fan_in, fan_out)``, or an array (pretrained values, shape
+    checked). Random values come from a generator seeded by ``(seed, param path)``, so the
+    same call gives the same weights. Every check runs before any param is written; a pattern
+    that matches no param is an error (a typo would otherwise pass silently).
+    """
+    from .errors import WeightsError
+
+    params = network.params
+    staged, used = {}, set()
+    for path, param in params.items():
+        for pattern, rule in rules.items():
+            if _matches(pattern, path):
+                used.add(pattern)
+                staged[path] = _values(rule, param, path, seed, WeightsError)
+                break
+    unused = [p for p in rules if p not in used]
+    if unused:
+        raise WeightsError(f"init.apply: pattern(s) {', '.join(map(repr, unused))} match no param; "
+                           f"params: {', '.join(params)}")
+    for path, values in staged.items():
+        params[path].set(values)
+    return list(staged)
+
+
+def _values(rule, param, path, seed, error):
+    if isinstance(rule, (str,)) or callable(rule):
+        fan_in, fan_out = fans(param.shape)
+        values = np.asarray(resolve(rule)(_param_rng(seed, path), param.shape, fan_in, fan_out))
+    else:
+        values = np.asarray(rule.detach().cpu().numpy() if hasattr(rule, "detach") else rule)
+    if values.shape != param.shape:
+        raise error(f"init.apply: {path!r} expects shape {param.shape}, got {values.shape}")
+    return values.astype(param.dtype)
+
+
+def from_pretrained(network, arrays: dict, prefix: str = "", strict: bool = False) -> list[str]:
+    """Load pretrained arrays into the params under ``prefix`` ("encoder" loads
+    ``arrays["0.weight"]`` into "encoder.0.weight"); returns the paths it set."""
+    weights = {(f"{prefix}.{k}" if prefix else k): v for k, v in arrays.items()}
+    network.set_weights(weights, strict=strict)
+    return list(weights)
