@@ -8,9 +8,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends import backend as get_backend
-from ..errors import NonFiniteError
+from ..errors import NonFiniteError, WeightsError
 from ..net.context import Context
+from .metrics import accuracy
 from .optimizer import Optimizer, OptimizerState
+
+
+@dataclass(eq=False)
+class EvalState:
+    """Buffers for computing the loss without training: an eval-mode context and loss buffers."""
+
+    context: Context
+    targets: object
+    losses: object
+    loss_sum: object
+    dx: object
 
 
 @dataclass(eq=False)
@@ -29,6 +41,10 @@ class Trainer:
 
     ``check_finite`` (on by default) refuses inputs holding NaN/Inf and a non-finite loss;
     every check runs before any weight or optimizer state changes.
+
+    For tools, :meth:`run_training` / :meth:`run_inference` take a data source and return
+    (loss, score) per step; :meth:`state_dict` / :meth:`load_state_dict` carry the optimizer
+    state, the step and the dropout counter through checkpoints (``juicepy.save``).
     """
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True):
@@ -41,6 +57,8 @@ class Trainer:
         self.batch_size = int(batch_size)
         self.check_finite = check_finite
         self._states: dict = {}
+        self._eval_states: dict = {}
+        self._pending_state: dict | None = None  # from load_state_dict, for the next new state
 
     def state(self, backend) -> TrainState:
         """The training state on ``backend`` (made on first use; later steps reuse it)."""
@@ -57,6 +75,9 @@ class Trainer:
                 loss_sum=backend.empty((1,), net.dtype),
                 optimizer=self.optimizer.init_state(backend, ctx.segments),
             )
+            if self._pending_state is not None:
+                self._restore(backend, st, self._pending_state)
+                self._pending_state = None
             self._states[backend] = st
         return st
 
@@ -93,6 +114,136 @@ class Trainer:
             for p in seg.params:
                 p.mark_written(backend)
         return loss, ctx.output()
+
+    def evaluate_minibatch(self, backend, inputs, targets):
+        """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs)."""
+        backend = get_backend(backend)
+        xs = self.network.check_inputs(inputs, backend, self.batch_size, check_finite=self.check_finite)
+        targets = self.check_targets(targets, backend)
+        st = self._eval_states.get(backend)
+        if st is None:
+            net, n = self.network, self.batch_size
+            ctx = Context(net, backend, n, training=False)
+            st = self._eval_states[backend] = EvalState(
+                context=ctx,
+                targets=backend.empty((n,) + self.loss.target_shape(net.output_shape), self.loss.target_dtype(net.dtype)),
+                losses=backend.empty((n,), net.dtype), loss_sum=backend.empty((1,), net.dtype),
+                dx=backend.empty((n,) + net.output_shape, net.dtype))
+        ctx = st.context
+        ctx.set_inputs(xs)
+        if backend.is_array(targets):
+            backend.copy(targets, st.targets)
+        else:
+            backend.write(st.targets, targets)
+        ctx.forward()
+        count = self.loss.count(self.batch_size, self.network.output_shape)
+        self.loss.compute(backend, ctx.output(), st.targets, st.losses, st.dx, 1.0 / count, ctx.ws)
+        backend.sum_all(st.losses, st.loss_sum)
+        return float(backend.to_host(st.loss_sum)[0]) / count, ctx.output()
+
+    # ------------------------------------------------------ tool interface
+    def score(self, outputs, targets) -> float | None:
+        """The step's score for tools: accuracy when the loss takes class labels, else None."""
+        if self.loss.target_shape(self.network.output_shape) != ():
+            return None
+        return accuracy(np.asarray(outputs), np.asarray(targets))
+
+    def run_training(self, backend, data, n_steps: int) -> list[tuple[float, float | None]]:
+        """Train ``n_steps`` minibatches from ``data``; returns (loss, score) per step.
+
+        ``data`` is a Dataset (its shuffled batches, epoch after epoch) or any re-iterable of
+        (inputs, targets) batches of ``batch_size`` rows, restarted when it runs out.
+        """
+        backend = get_backend(backend)
+        results = []
+        for x, y in self._batches(data, n_steps):
+            loss, outputs = self.train_minibatch(backend, x, y)
+            results.append((loss, self.score(backend.to_host(outputs), y)))
+        return results
+
+    def run_inference(self, backend, data, n_steps: int) -> list[tuple[float, float | None]]:
+        """Evaluate ``n_steps`` minibatches from ``data`` (eval mode, weights unchanged);
+        returns (loss, score) per step. ``data`` as in :meth:`run_training`."""
+        backend = get_backend(backend)
+        results = []
+        for x, y in self._batches(data, n_steps):
+            loss, outputs = self.evaluate_minibatch(backend, x, y)
+            results.append((loss, self.score(backend.to_host(outputs), y)))
+        return results
+
+    def _batches(self, data, n_steps: int):
+        if n_steps < 0:
+            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        epoch, made = 0, 0
+        while made < n_steps:
+            source = data.batches(self.batch_size, epoch=epoch) if hasattr(data, "batches") else iter(data)
+            before = made
+            for batch in source:
+                if made == n_steps:
+                    return
+                yield batch
+                made += 1
+            if made == before:
+                raise ValueError("the data source yielded no batch")
+            epoch += 1
+
+    # ------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Host copies of the training state: ``step`` (optimizer steps), ``dropout_step`` (the
+        counter of the random stream) and ``optimizer``: {param path: {state name: array}}
+        (torch names: exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer). Taken from the
+        backend that has made the most steps."""
+        if not self._states:
+            pending = self._pending_state
+            return pending if pending is not None else {"step": 0, "dropout_step": 0, "optimizer": {}}
+        backend, st = max(self._states.items(), key=lambda item: item[1].optimizer.step)
+        paths = {id(p): path for path, p in self.network.params.items()}
+        optimizer = {}
+        for seg, buffers in zip(st.context.segments, st.optimizer.buffers):
+            for name, flat in buffers.items():
+                host = backend.to_host(flat)
+                for p, off in zip(seg.params, seg.offsets):
+                    optimizer.setdefault(paths[id(p)], {})[name] = host[off:off + p.size].reshape(p.shape).copy()
+        return {"step": st.optimizer.step, "dropout_step": st.context.step, "optimizer": optimizer}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` output (checked first): applied to the states on every
+        backend used so far and to the next one made."""
+        self._check_state(state)
+        for backend, st in self._states.items():
+            self._restore(backend, st, state)
+        self._pending_state = None if self._states else state
+
+    def _check_state(self, state: dict) -> None:
+        trainable = self.network.trainable_params()
+        optimizer = state.get("optimizer", {})
+        unknown = [k for k in optimizer if k not in trainable]
+        if unknown:
+            raise WeightsError(f"optimizer state for unknown param(s) {', '.join(unknown)}")
+        if int(state.get("step", 0)) > 0:
+            for path, p in trainable.items():
+                for name in self.optimizer.state_names:
+                    value = optimizer.get(path, {}).get(name)
+                    if value is None:
+                        raise WeightsError(f"optimizer state: {path!r} misses {name!r} "
+                                           f"({type(self.optimizer).__name__} keeps {', '.join(self.optimizer.state_names)})")
+                    if tuple(np.shape(value)) != p.shape:
+                        raise WeightsError(f"optimizer state: {path}.{name} expects shape {p.shape}, "
+                                           f"got {tuple(np.shape(value))}")
+
+    def _restore(self, backend, st: TrainState, state: dict) -> None:
+        paths = {id(p): path for path, p in self.network.params.items()}
+        optimizer = state.get("optimizer", {})
+        for seg, buffers in zip(st.context.segments, st.optimizer.buffers):
+            for name, flat in buffers.items():
+                host = np.zeros(seg.size, flat.dtype)
+                for p, off in zip(seg.params, seg.offsets):
+                    value = optimizer.get(paths[id(p)], {}).get(name)
+                    if value is not None:
+                        host[off:off + p.size] = np.asarray(value).reshape(-1)
+                backend.write(flat, host)
+        st.optimizer.step = int(state.get("step", 0))
+        st.context.step = int(state.get("dropout_step", 0))
 
     def _loss_and_output_grad(self, backend, st: TrainState) -> float:
         ctx = st.context

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy import layers as L
+from juicepy.data import Dataset
+from juicepy.errors import WeightsError
+from juicepy.train import SGD, Adam, Trainer
+
+
+def _data(n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int64)
+    return x, y
+
+
+def _trainer(opt=None):
+    net = jp.Network(L.Sequential(L.Linear(16), L.ReLU(), L.Dropout(0.2), L.Linear(2)), (6,), seed=3)
+    return Trainer(net, L.SoftmaxCrossEntropy(), opt or Adam(lr=1e-2), batch_size=16)
+
+
+def test_run_training_returns_loss_and_accuracy_per_step(backend):
+    x, y = _data()
+    trainer = _trainer()
+    results = trainer.run_training(backend, Dataset(x, y, classes=2), n_steps=40)
+    assert len(results) == 40  # 4 batches per epoch: the source restarts for 10 epochs
+    losses = [loss for loss, _ in results]
+    assert all(0.0 <= score <= 1.0 for _, score in results)
+    assert np.mean(losses[-4:]) < np.mean(losses[:4])
+    assert trainer.steps == 40
+
+
+def test_run_inference_leaves_weights_alone_and_matches_transform(backend):
+    x, y = _data()
+    trainer = _trainer()
+    before = trainer.network.get_weights()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    results = trainer.run_inference(backend, batches, n_steps=6)
+    assert len(results) == 6 and results[0] == results[4]  # the list restarts after 4 batches
+    for k, v in trainer.network.get_weights().items():
+        np.testing.assert_array_equal(v, before[k])
+    logits = trainer.network.transform(backend, x[:16])
+    expected_acc = float(np.mean(np.argmax(logits, 1) == y[:16]))
+    assert results[0][1] == pytest.approx(expected_acc)
+    z = logits - logits.max(1, keepdims=True)
+    nll = -(z - np.log(np.exp(z).sum(1, keepdims=True)))[np.arange(16), y[:16]].mean()
+    assert results[0][0] == pytest.approx(float(nll), rel=1e-5)
+
+
+def test_score_is_none_for_regression():
+    net = jp.Network(L.Linear(3), (3,))
+    trainer = Trainer(net, L.MSE(), SGD(lr=0.1), batch_size=4)
+    x = np.ones((4, 3), np.float32)
+    (loss, score), = trainer.run_training("numpy", [(x, x)], n_steps=1)
+    assert score is None and loss > 0
+
+
+def test_empty_data_source_is_an_error():
+    with pytest.raises(ValueError, match="yielded no batch"):
+        _trainer().run_training("numpy", [], n_steps=1)
+
+
+def test_state_dict_round_trip_continues_identically():
+    x, y = _data()
+    batches = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 64, 16)]
+    a = _trainer()
+    a.run_training("numpy", batches, 5)
+    state, weights = a.state_dict(), a.network.get_weights()
+    assert state["step"] == 5 and state["dropout_step"] == 5
+    assert set(state["optimizer"]["0.weight"]) == {"exp_avg", "exp_avg_sq"}
+    b = _trainer()
+    b.network.set_weights(weights)
+    b.load_state_dict(state)
+    ra = a.run_training("numpy", batches, 3)
+    rb = b.run_training("numpy", batches, 3)
+    assert ra == rb
+    for k, v in a.network.get_weights().items():
+        np.testing.assert_array_equal(v, b.network.get_weights()[k])
+
+
+def test_bad_state_is_refused():
+    trainer = _trainer()
+    state = _trainer().state_dict()
+    state["step"] = 2
+    with pytest.raises(WeightsError, match=r"'0.weight' misses 'exp_avg'"):
+        trainer.load_state_dict(state)
+    with pytest.raises(WeightsError, match="unknown param"):
+        trainer.load_state_dict({"step": 0, "optimizer": {"nope.weight": {}}})
