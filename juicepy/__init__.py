@@ -3,11 +3,13 @@
 from . import errors, init, layers, train
 from .backends import available_backends, backend, register_backend, registered_backends
 from .net import Context, LearnableParams, Network
+from .io import Checkpoint, load, register_layer, save
 from .net.functional import Input, concat
+from .predictor import Predictor
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Network", "Input", "concat", "Context", "LearnableParams", "backend", "available_backends", "register_backend",
+    "Network", "Input", "concat", "Context", "save", "load", "Checkpoint", "register_layer", "Predictor", "LearnableParams", "backend", "available_backends", "register_backend",
     "registered_backends", "layers", "train", "errors", "init", "__version__",
 ]

@@ -26,3 +26,11 @@ class WeightsError(JuicepyError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0]) if self.args else ""
+
+
+class DefinitionError(JuicepyError, ValueError):
+    """A network definition names an unknown layer type or cannot be encoded or read."""
+
+
+class CheckpointError(JuicepyError, ValueError):
+    """A checkpoint or weights file is truncated, corrupted or not a juicepy file."""

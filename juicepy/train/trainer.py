@@ -256,8 +256,10 @@ class Trainer:
 
     @property
     def steps(self) -> int:
-        """Optimizer steps taken (the most on any one backend; 0 before the first)."""
-        return max((st.optimizer.step for st in self._states.values()), default=0)
+        """Optimizer steps taken (the most on any one backend; 0 before the first), counting
+        those of a loaded state."""
+        pending = self._pending_state["step"] if self._pending_state is not None else 0
+        return max((st.optimizer.step for st in self._states.values()), default=pending)
 
     def __repr__(self) -> str:
         return f"<Trainer {self.loss!r} {self.optimizer!r} batch_size={self.batch_size}>"
