@@ -56,10 +56,44 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
     train.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and dropout (default 0)")
     train.add_argument("--save", default=None, metavar="PATH",
-                       help="write the trained weights to PATH (safetensors, atomic)")
+                       help="write a checkpoint (definition, weights, optimizer state, epoch) to PATH "
+                            "after every epoch (safetensors, atomic: a failed save keeps the previous one)")
+    train.add_argument("--resume", default=None, metavar="PATH",
+                       help="continue from a checkpoint written by --save: its network, optimizer, "
+                            "dataset and seed; --epochs is the total to reach")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
     train.set_defaults(run=cmd_train)
+
+    predict = commands.add_parser(
+        "predict", help="run a saved network on inputs from a .npy file",
+        description="Load a checkpoint (juicepy train --save, juicepy.save) and run it on FILE.npy "
+                    "(rows x input unit shape, float32). Prints the arg-max class of each row, or "
+                    "writes the raw outputs with --output.")
+    _add_backend_flags(predict)
+    predict.add_argument("--model", required=True, metavar="PATH", help="checkpoint file to load")
+    predict.add_argument("--input", required=True, metavar="FILE", help=".npy file of input rows")
+    predict.add_argument("--output", default=None, metavar="FILE", help="write the outputs to this .npy file")
+    predict.set_defaults(run=cmd_predict)
+
+    prof = commands.add_parser(
+        "profile", help="time every layer's forward and backward pass",
+        description="Per-layer forward and backward time (median over --steps runs) of a zoo model "
+                    "or a checkpoint on one backend and batch size.")
+    _add_backend_flags(prof)
+    prof.add_argument("--model", default="mlp", metavar="NAME|PATH",
+                      help=f"zoo model ({', '.join(sorted(MODELS))}) or a checkpoint file (default mlp)")
+    prof.add_argument("--dataset", default="digits", choices=DATASETS,
+                      help="gives a zoo model its input shape and classes (default digits)")
+    prof.add_argument("--batch-size", type=int, default=64, help="rows per step (default 64)")
+    prof.add_argument("--steps", type=int, default=10, help="timed runs (default 10)")
+    prof.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    prof.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
+    prof.set_defaults(run=cmd_profile)
     return parser
+
+
+# input unit shape and classes of each dataset, so profiling needs no data files
+DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10)}
 
 
 def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
@@ -82,28 +116,92 @@ def cmd_train(args) -> int:
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
+    first_epoch, model_name = 0, args.model
+    if args.resume:
+        checkpoint = jp.load(args.resume)
+        if checkpoint.trainer is None:
+            raise ValueError(f"{args.resume}: holds no trainer state; save it with juicepy train --save")
+        meta = checkpoint.metadata
+        network, trainer = checkpoint.network, checkpoint.trainer
+        first_epoch = int(meta.get("epoch", 0))
+        args.dataset, args.seed = meta.get("dataset", args.dataset), int(meta.get("seed", args.seed))
+        model_name = meta.get("model", "?")
     train_set, test_set = load_dataset(args.dataset, data_dir=args.data, download=not args.no_download,
                                        seed=args.seed)
-    network = jp.Network(build_model(args.model, train_set.input_shape, train_set.classes),
-                         input_shape=train_set.input_shape, seed=args.seed)
-    trainer = Trainer(network, SoftmaxCrossEntropy(),
-                      make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
-                      batch_size=args.batch_size)
-    print(f"{args.model} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
+    if not args.resume:
+        network = jp.Network(build_model(args.model, train_set.input_shape, train_set.classes),
+                             input_shape=train_set.input_shape, seed=args.seed)
+        trainer = Trainer(network, SoftmaxCrossEntropy(),
+                          make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
+                          batch_size=args.batch_size)
+    print(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
           f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
-    for epoch in range(args.epochs):
+    if args.resume:
+        print(f"resuming from {args.resume} after epoch {first_epoch} (step {trainer.steps})")
+    for epoch in range(first_epoch, args.epochs):
         stats = fit_epoch(trainer, backend, train_set, epoch=epoch, seed=args.seed,
                           progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
         if args.no_progress:
             print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
                   f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
+        if args.save:
+            jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
+                                                            "dataset": args.dataset, "model": model_name})
     test_accuracy = evaluate(network, backend, test_set)
     print(f"test accuracy: {test_accuracy:.4f}")
     if args.save:
-        from .io import save_weights
+        print(f"saved checkpoint to {args.save}")
+    return 0
 
-        save_weights(args.save, network)
-        print(f"saved weights to {args.save}")
+
+def cmd_predict(args) -> int:
+    import numpy as np
+
+    import juicepy as jp
+
+    _apply_backend_flags(args)
+    backend = jp.backend(args.backend)
+    network = jp.load(args.model).network
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{args.input}: cannot read a .npy array ({err})") from err
+    if x.ndim == len(network.input_shape):  # one row without the batch axis
+        x = x[None]
+    if x.dtype != network.dtype and x.dtype.kind in "fiu":
+        x = x.astype(network.dtype)
+    outputs = network.transform(backend, x)
+    if args.output:
+        np.save(args.output, outputs)
+        print(f"wrote outputs {outputs.shape} to {args.output}")
+    elif len(network.output_shape) == 1:
+        for row, cls in enumerate(np.argmax(outputs, axis=1)):
+            print(f"{row}\t{cls}")
+    else:
+        print(f"outputs of shape {outputs.shape}; pass --output FILE.npy to keep them")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from pathlib import Path
+
+    import juicepy as jp
+    from .models import MODELS, build_model
+    from .profile import format_table, profile
+
+    _apply_backend_flags(args)
+    backend = jp.backend(args.backend)
+    if args.model in MODELS:
+        shape, classes = DATASET_SHAPES[args.dataset]
+        network = jp.Network(build_model(args.model, shape, classes), input_shape=shape, seed=args.seed)
+    elif Path(args.model).is_file():
+        network = jp.load(args.model).network
+    else:
+        raise ValueError(f"--model {args.model!r} is neither a zoo model ({', '.join(sorted(MODELS))}) "
+                         f"nor a checkpoint file")
+    rows = profile(network, backend, args.batch_size, steps=args.steps, warmup=args.warmup, seed=args.seed)
+    print(format_table(rows, title=f"{args.model} on {backend.name}, batch {args.batch_size}, "
+                                   f"median of {args.steps} steps"))
     return 0
 
 
