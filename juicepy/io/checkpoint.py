@@ -53,7 +53,7 @@ def save(path, network, trainer=None, metadata: dict | None = None) -> None:
     """Write ``network`` (and ``trainer``'s state, when given) to ``path`` atomically."""
     if trainer is not None and trainer.network is not network:
         raise ValueError("save: the trainer trains another network than the one given")
-    tensors = {f"model.{k}": np.ascontiguousarray(v) for k, v in network.get_weights().items()}
+    tensors = {f"model.{k}": _contiguous(v) for k, v in network.get_weights().items()}
     meta = {"juicepy.format": FORMAT, "juicepy.version": VERSION,
             "juicepy.network": definition_json(network, indent=None),
             "juicepy.metadata": json.dumps(metadata or {})}
@@ -61,7 +61,7 @@ def save(path, network, trainer=None, metadata: dict | None = None) -> None:
         state = trainer.state_dict()
         for param_path, buffers in state["optimizer"].items():
             for name, value in buffers.items():
-                tensors[f"optimizer.{param_path}.{name}"] = np.ascontiguousarray(value)
+                tensors[f"optimizer.{param_path}.{name}"] = _contiguous(value)
         meta["juicepy.trainer"] = json.dumps({
             "loss": {"type": type_name(LOSSES, "loss", trainer.loss), "config": trainer.loss.config()},
             "optimizer": {"type": type_name(OPTIMIZERS, "optimizer", trainer.optimizer),
@@ -75,6 +75,11 @@ def save(path, network, trainer=None, metadata: dict | None = None) -> None:
             _write(f, payload)
 
 
+def _contiguous(value) -> np.ndarray:
+    # np.ascontiguousarray would turn a 0-d buffer (BatchNorm's num_batches_tracked) into 1-d
+    return np.array(value, order="C", copy=True)
+
+
 def _write(f, payload: bytes) -> None:
     view = memoryview(payload)
     for start in range(0, len(view), _CHUNK):
@@ -86,7 +91,7 @@ def _digest(tensors: dict) -> str:
     for name in sorted(tensors):
         t = tensors[name]
         h.update(f"{name}|{t.dtype.str}|{t.shape}|".encode())
-        h.update(np.ascontiguousarray(t).tobytes())
+        h.update(t.tobytes())  # C order whatever the layout
     return h.hexdigest()
 
 

@@ -163,3 +163,25 @@ def test_save_refuses_a_foreign_trainer(tmp_path):
     a, b = _trainer(Adam()), _trainer(Adam())
     with pytest.raises(ValueError, match="another network"):
         jp.save(tmp_path / "x.safetensors", a.network, b)
+
+
+class _WithScalarBuffer(L.Identity):
+    """An Identity holding a 0-d int64 buffer, like BatchNorm's num_batches_tracked."""
+
+    def params(self):
+        if not hasattr(self, "_count"):
+            self._count = jp.LearnableParams(np.array(7, np.int64), trainable=False)
+        return {"count": self._count}
+
+
+def test_zero_dim_buffers_keep_their_shape(tmp_path):
+    jp.register_layer(_WithScalarBuffer, name="test_checkpoint.WithScalarBuffer")
+    try:
+        net = jp.Network(L.Sequential(L.Linear(2), _WithScalarBuffer()), (3,))
+        jp.save(tmp_path / "s.st", net)
+        loaded = jp.load(tmp_path / "s.st").network
+    finally:
+        from juicepy.io.registry import LAYERS
+        LAYERS.pop("test_checkpoint.WithScalarBuffer")
+    count = loaded.get_weights()["1.count"]
+    assert count.shape == () and count.dtype == np.int64 and int(count) == 7
