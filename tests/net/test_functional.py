@@ -107,3 +107,20 @@ def test_functional_gradients(rng):
     h = L.Tanh()(L.Linear(4)(x))
     y = jp.concat(h, L.Linear(2)(x)) + L.Linear(6)(h)
     check_layer(L.Graph(x, y), (3,), expected_output_shape=(6,))
+
+
+def test_training_steps_on_composed_networks_allocate_nothing(backend):
+    from juicepy.train import Adam, Trainer
+
+    x = jp.Input((6,))
+    enc = L.Linear(8)
+    h = L.ReLU()(enc(x))
+    branches = L.Branches(L.Linear(8), L.Sequential(L.Linear(8), L.Tanh()), L.Identity(), merge="concat")
+    y = L.Linear(6)(branches(h)) + L.TiedLinear(enc)(L.Residual(L.Linear(8))(h) * h)
+    trainer = Trainer(jp.Network(inputs=x, outputs=y), L.MSE(), Adam(), batch_size=4)
+    xv = np.random.default_rng(0).standard_normal((4, 6)).astype(np.float32)
+    trainer.train_minibatch(backend, xv, xv)
+    before = backend.allocations
+    for _ in range(3):
+        trainer.train_minibatch(backend, xv, xv)
+    assert backend.allocations == before
