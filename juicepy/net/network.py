@@ -251,13 +251,18 @@ class Network:
 
     # -------------------------------------------------------------- summary
     def summary(self) -> str:
-        rows = [("path", "layer", "output shape", "params")]
+        rows = [("path", "layer", "output shape", "params", "inputs from")]
+        listed = set()
         for node in self.nodes:
-            count = sum(p.size for p in node.descriptor.params.values() if p.trainable)
+            # a param shared with an earlier layer (tied or reused weights) is counted there
+            fresh = [p for p in node.descriptor.params.values() if p.trainable and id(p) not in listed]
+            listed.update(id(p) for p in node.descriptor.params.values())
+            count = sum(p.size for p in fresh)
             shapes = ", ".join(str(s) for s in node.descriptor.output_shapes)
-            rows.append((node.path or "<root>", type(node.layer).__name__, shapes, f"{count:,}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+            sources = ", ".join(j.producer or "<root>" for j in node.descriptor.inputs)
+            rows.append((node.path or "<root>", type(node.layer).__name__, shapes, f"{count:,}", sources))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.append(f"input {self.input_shapes}  output {self.output_shapes}  "
                      f"trainable params {self.num_params():,}  dtype {self.dtype}")

@@ -124,3 +124,16 @@ def test_training_steps_on_composed_networks_allocate_nothing(backend):
     for _ in range(3):
         trainer.train_minibatch(backend, xv, xv)
     assert backend.allocations == before
+
+
+def test_summary_shows_wiring_and_counts_shared_weights_once():
+    x = jp.Input((6,))
+    enc = L.Linear(4)
+    y = L.TiedLinear(enc)(L.ReLU()(enc(x))) + L.Linear(6)(x)
+    net = jp.Network(inputs=x, outputs=y)
+    lines = net.summary().splitlines()
+    rows = {line.split()[0]: line.split() for line in lines[2:-1]}
+    assert rows["add"][-2:] == ["tied_linear,", "linear_1"]
+    assert rows["linear"][-1] == "<input>"
+    assert rows["tied_linear"][3] == "6"  # its bias only: the weight is the encoder's
+    assert sum(int(r[3].replace(",", "")) for r in rows.values()) == net.num_params() == 76
