@@ -10,6 +10,6 @@ from .predictor import Predictor
 __version__ = "0.1.0"
 
 __all__ = [
-    "Network", "Input", "concat", "Context", "save", "load", "Checkpoint", "register_layer", "Predictor", "LearnableParams", "backend", "available_backends", "register_backend",
-    "registered_backends", "layers", "train", "errors", "init", "__version__",
+    "Network", "Input", "concat", "Context", "LearnableParams", "save", "load", "Checkpoint",
+    "register_layer", "Predictor", "backend", "available_backends", "register_backend", "registered_backends", "layers", "train", "errors", "init", "__version__",
 ]
