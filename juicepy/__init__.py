@@ -11,5 +11,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Network", "Input", "concat", "Context", "LearnableParams", "save", "load", "Checkpoint",
-    "register_layer", "Predictor", "backend", "available_backends", "register_backend", "registered_backends", "layers", "train", "errors", "init", "__version__",
+    "register_layer", "Predictor", "backend", "available_backends", "register_backend",
+    "registered_backends", "layers", "train", "errors", "init", "__version__",
 ]
