@@ -63,3 +63,45 @@ def test_branches_match_torch(rng):
     xt = torch.from_numpy(x)
     expected = torch.cat([a(xt), torch.relu(b(xt))], dim=1).detach().numpy()
     np.testing.assert_allclose(net.transform("numpy", x), expected, rtol=1e-5, atol=1e-6)
+
+
+class Difference(L.Layer):
+    """A user's own merge layer: the first input minus the second, through backend ops only."""
+
+    n_inputs = 2
+
+    def compute_output(self, backend, ctx):
+        y = ctx.output()
+        backend.scale(ctx.input(1), -1.0, y)
+        backend.add(y, ctx.input(0), y)
+
+    def compute_gradients(self, backend, ctx):
+        dy = ctx.output_grad()
+        for i, sign in ((0, 1.0), (1, -1.0)):
+            dx, acc = ctx.input_grad(i)
+            if dx is None:
+                continue
+            if acc:
+                scratch = ctx.ws.get(backend, "difference", dx.shape, dx.dtype)
+                backend.scale(dy, sign, scratch)
+                backend.add(dx, scratch, dx)
+            else:
+                backend.scale(dy, sign, dx)
+
+
+def test_user_merge_layer_in_branches_and_checkpoint(tmp_path):
+    block = L.Branches(L.Linear(3), L.Sequential(L.Linear(3), L.Tanh()), merge=Difference())
+    check_layer(block, (4,), expected_output_shape=(3,))
+    net = jp.Network(block, (4,))
+    x = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32)
+    w = net.get_weights()
+    expected = (x @ w["0.weight"].T + w["0.bias"]) - np.tanh(x @ w["1.0.weight"].T + w["1.0.bias"])
+    np.testing.assert_allclose(net.transform("numpy", x), expected, rtol=1e-5, atol=1e-6)
+    jp.register_layer(Difference, name="test_branches.Difference")
+    try:
+        jp.save(tmp_path / "d.st", net)
+        np.testing.assert_array_equal(jp.load(tmp_path / "d.st").network.transform("numpy", x),
+                                      net.transform("numpy", x))
+    finally:
+        from juicepy.io.registry import LAYERS
+        LAYERS.pop("test_branches.Difference")
