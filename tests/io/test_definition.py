@@ -70,9 +70,12 @@ class Scale(L.Layer):
 
     def compute_gradients(self, backend, ctx):
         dx, acc = ctx.input_grad()
-        if dx is not None:
-            assert not acc
-            backend.scale(ctx.output_grad(), self.factor, dx)
+        if dx is None:
+            return
+        target = ctx.ws.get(backend, "scale", dx.shape, dx.dtype) if acc else dx
+        backend.scale(ctx.output_grad(), self.factor, target)
+        if acc:
+            backend.add(dx, target, dx)
 
     def config(self):
         return {"factor": self.factor}
