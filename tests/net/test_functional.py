@@ -44,8 +44,10 @@ def test_intermediates_by_path_after_forward():
     ctx.begin_backward()
     b.write(ctx.output_gradient(), np.ones((2, 4), np.float32))
     ctx.backward()
-    # d(out)/d(linear) = 1 (skip) + relu path; at least the skip path's ones show up
-    assert ctx.gradient("linear").shape == (2, 4)
+    h = xv @ w["linear.weight"].T + w["linear.bias"]
+    dy = np.ones((2, 4), np.float32)
+    expected = dy + (dy @ w["linear_1.weight"]) * (h > 0)  # the skip path plus the ReLU path
+    np.testing.assert_allclose(b.to_host(ctx.gradient("linear")), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(b.to_host(ctx.gradient("add")), np.ones((2, 4), np.float32))
 
 
