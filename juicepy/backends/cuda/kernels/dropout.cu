@@ -11,7 +11,7 @@ __global__ void dropout_forward(const real* x, real* out, real* mask, i64 n, uns
                                 real keep_scale) {
     const unsigned int key = stream_key(seed, (unsigned long long)(counter_base + *counter_shift));
     GRID_STRIDE(i, n) {
-        const unsigned int bits = hash32((unsigned int)i ^ key) >> 8;
+        const unsigned int bits = hash32(hash32((unsigned int)i ^ key) + JUICEPY_GOLDEN) >> 8;
         const real m = bits >= threshold ? keep_scale : (real)0;
         mask[i] = m;
         out[i] = x[i] * m;

@@ -1,5 +1,5 @@
-// The counter-based stream of juicepy/backends/rng.py, line for line: lowbias32 of
-// (element index ^ stream_key(seed, counter)). Every backend draws the same bits.
+// The counter-based stream of juicepy/backends/rng.py, line for line: element i draws
+// hash32(hash32(i ^ stream_key(seed, counter)) + GOLDEN). Every backend draws the same bits.
 #pragma once
 
 #define JUICEPY_GOLDEN 0x9E3779B9u
