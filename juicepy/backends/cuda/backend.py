@@ -382,7 +382,7 @@ class CudaBackend(Backend):
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
         """The counter read at run time is ``counter + shift`` (shift: 0, or a replay's offset)."""
         self._check_same("dropout", x, out, mask)
-        keep_scale = np.float32(1.0 / (1.0 - p)) if p < 1.0 else 0.0  # float32 like the NumPy mask
+        keep_scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0  # rounded to the dtype, as NumPy's mask *= scale
         self._launch(x.dtype, "dropout_forward", x.size,
                      (x, out, mask, np.int64(x.size), np.uint32(seed & 0xFFFFFFFF), np.int64(counter),
                       self._shift(), np.uint32(rng.keep_threshold(p)), self._real(x.dtype, keep_scale)))

@@ -42,7 +42,7 @@ def module_source() -> str:
         if name in seen:
             return ""
         seen.add(name)
-        return _INCLUDE.sub(inline, (KERNEL_DIR / name).read_text())
+        return _INCLUDE.sub(inline, (KERNEL_DIR / name).read_text().replace("#pragma once\n", ""))
 
     parts = [_INCLUDE.sub(inline, (KERNEL_DIR / name).read_text()) for name in SOURCE_FILES]
     return "\n".join(parts)

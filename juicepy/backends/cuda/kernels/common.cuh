@@ -7,6 +7,10 @@
 
 typedef long long i64;
 
+// NVRTC has no <math.h> macros: infinity and NaN by their bits.
+#define JP_INF __int_as_float(0x7f800000)
+#define JP_NAN __int_as_float(0x7fffffff)
+
 #define GRID_STRIDE(i, n) \
     for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)blockDim.x * gridDim.x)
 
@@ -46,7 +50,7 @@ __device__ real block_max(real v, real* scratch32) {
     if (lane == 0) scratch32[warp] = v;
     __syncthreads();
     const int warps = (blockDim.x + 31) >> 5;
-    v = threadIdx.x < warps ? scratch32[threadIdx.x] : (real)(-INFINITY);
+    v = threadIdx.x < warps ? scratch32[threadIdx.x] : (real)(-JP_INF);
     if (warp == 0) v = warp_max(v);
     if (threadIdx.x == 0) scratch32[0] = v;
     __syncthreads();

@@ -21,7 +21,7 @@ __global__ void max_pool_forward(const real* x, real* out, int* argmax, POOL_GEO
         const i64 p = i / out_plane, pos = i - p * out_plane;
         const int oy = pos / g.out_w, ox = pos - (i64)oy * g.out_w;
         const real* plane = x + p * g.height * g.width;
-        real best = -INFINITY;
+        real best = (real)(-JP_INF);
         int where = -1;
         for (int ky = 0; ky < g.kh; ++ky) {
             const int y = oy * g.sh - g.ph + ky;

@@ -8,7 +8,7 @@ __global__ void softmax_forward(const real* x, real* y, i64 cols) {
     __shared__ real scratch[32];
     const real* xr = x + blockIdx.x * cols;
     real* yr = y + blockIdx.x * cols;
-    real m = -INFINITY;
+    real m = (real)(-JP_INF);
     for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = nan_max(m, xr[c]);
     m = block_max(m, scratch);
     real s = 0;
@@ -38,7 +38,7 @@ __global__ void log_softmax_forward(const real* x, real* y, i64 cols) {
     __shared__ real scratch[32];
     const real* xr = x + blockIdx.x * cols;
     real* yr = y + blockIdx.x * cols;
-    real m = -INFINITY;
+    real m = (real)(-JP_INF);
     for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = nan_max(m, xr[c]);
     m = block_max(m, scratch);
     real s = 0;
@@ -67,7 +67,7 @@ __global__ void softmax_cross_entropy(const real* logits, const int* labels, rea
     __shared__ real scratch[32];
     const i64 base = blockIdx.x * cols;
     const int label = labels[blockIdx.x];
-    real m = -INFINITY;
+    real m = (real)(-JP_INF);
     for (i64 c = threadIdx.x; c < cols; c += blockDim.x) m = nan_max(m, logits[base + c]);
     m = block_max(m, scratch);
     real s = 0;
@@ -84,7 +84,7 @@ __global__ void softmax_cross_entropy(const real* logits, const int* labels, rea
     }
     if (threadIdx.x == 0) {
         const bool valid = label >= 0 && label < cols;
-        losses[blockIdx.x] = valid ? (log(s) + m) - logits[base + label] : (real)NAN;
+        losses[blockIdx.x] = valid ? (log(s) + m) - logits[base + label] : (real)JP_NAN;
     }
 }
 
@@ -96,7 +96,7 @@ __global__ void nll_loss(const real* logp, const int* labels, real* losses, real
         const int label = labels[r];
         dx[i] = c == label ? -grad_scale : (real)0;
         if (c == label) losses[r] = -logp[i];
-        if (c == 0 && (label < 0 || label >= cols)) losses[r] = (real)NAN;
+        if (c == 0 && (label < 0 || label >= cols)) losses[r] = (real)JP_NAN;
     }
 }
 
