@@ -8,6 +8,7 @@ can be captured as a CUDA graph (:meth:`CudaBackend.capture`). Arrays must be C-
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import threading
@@ -24,6 +25,20 @@ INSTALL_HINT = ("install CuPy for your CUDA toolkit: pip install 'juicepy[cuda12
 _BLOCK = 256
 _MAX_BLOCKS = 65535 * 4  # grid-stride loops cover the rest
 _NULL = np.uint64(0)  # a null pointer kernel argument
+_CUBLAS_WORKSPACE_BYTES = 32 << 20  # what cuBLAS asks for on Hopper
+
+
+def _cublas_set_workspace():
+    """cublasSetWorkspace_v2 from the libcublas CuPy loaded (CuPy does not wrap it), or None."""
+    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
+        try:
+            fn = ctypes.CDLL(name).cublasSetWorkspace_v2
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
+        fn.restype = ctypes.c_int
+        return fn
+    return None
 
 
 def _import_cupy():
@@ -99,6 +114,7 @@ class CudaBackend(Backend):
         except Exception as exc:  # the cuBLAS library of the CUDA toolkit is missing
             raise BackendUnavailable(f"cuda backend: cuBLAS cannot be loaded ({exc}); {INSTALL_HINT}") from exc
         self._cublas = cublas
+        self._cublas_workspace = None  # made at the first capture
         self.device = cupy.cuda.Device(self.device_index)
         self.device.use()
         self._kernels: dict = {}
@@ -242,6 +258,11 @@ class CudaBackend(Backend):
         scalars = np.array([alpha, beta], out.dtype)  # host pointer mode: read during the call
         handle = self._cp.cuda.device.get_cublas_handle()
         cublas.setStream(handle, self._cp.cuda.get_current_stream().ptr)
+        if self._cublas_workspace is not None and getattr(self._local, "shift", None) is not None:
+            # while capturing: a fixed workspace, so cuBLAS records no allocation into the graph
+            # (setStream above put the handle back on its default workspace)
+            set_workspace, buffer = self._cublas_workspace
+            set_workspace(handle, buffer.data.ptr, buffer.nbytes)
         cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
         # Row-major out = op(a) @ op(b) is column-major out^T = op(b)^T @ op(a)^T.
         gemm_fn(handle, cublas.CUBLAS_OP_T if trans_b else cublas.CUBLAS_OP_N,
@@ -552,6 +573,10 @@ class CudaBackend(Backend):
         """
         cp = self._cp
         shift = self.zeros((1,), np.int64)
+        if self._cublas_workspace is None:
+            set_workspace = _cublas_set_workspace()
+            if set_workspace is not None:  # else cuBLAS manages its workspace inside the graph
+                self._cublas_workspace = (set_workspace, self.empty((_CUBLAS_WORKSPACE_BYTES,), np.uint8))
         stream = cp.cuda.Stream(non_blocking=True)
         cp.cuda.get_current_stream().synchronize()
         self._local.shift = shift
