@@ -156,3 +156,27 @@ def test_release_empties_the_pools(standin):
     backend, log = standin
     backend.release()
     assert log.count("free_all_blocks") == 2
+
+
+def test_cublas_gets_a_fixed_workspace_only_while_capturing(standin, monkeypatch, rng):
+    from juicepy.backends.cuda import backend as cuda_module
+
+    calls = []
+    monkeypatch.setattr(cuda_module, "_cublas_set_workspace", lambda: lambda *args: calls.append(args))
+    backend, _ = standin
+    a, out = backend.from_host(rng.standard_normal((3, 3)).astype(np.float32)), backend.zeros((3, 3))
+    backend.gemm(a, a, out)
+    assert calls == []
+    backend.capture(lambda: backend.gemm(a, a, out))
+    assert len(calls) == 1 and calls[0][2] == 32 << 20
+    backend.gemm(a, a, out)  # eager again: cuBLAS back on its own workspace
+    assert len(calls) == 1
+
+
+def test_a_failing_capture_is_a_capture_error_and_leaves_eager_mode(standin):
+    backend, log = standin
+    with pytest.raises(CaptureError, match="could not be captured") as err:
+        backend.capture(lambda: 1 / 0)
+    assert isinstance(err.value.__cause__, ZeroDivisionError)
+    backend.relu(backend.zeros((4,)), backend.zeros((4,)))
+    assert log[-1] == "relu_forward"  # ran, not recorded
