@@ -87,3 +87,24 @@ def test_bad_state_is_refused():
         trainer.load_state_dict(state)
     with pytest.raises(WeightsError, match="unknown param"):
         trainer.load_state_dict({"step": 0, "optimizer": {"nope.weight": {}}})
+
+
+def test_restored_state_steps_once_op_by_op_before_recording_a_graph(monkeypatch):
+    # CUDA's host side through the CPU stand-in for CuPy: a restored state already counts
+    # steps, but its workspaces are cold, so its first step must not be captured
+    from juicepy.backends.cuda.backend import CudaBackend
+    from juicepy.testing import cupy_standin
+
+    x, y = _data()
+    source = _trainer()
+    source.run_training("numpy", [(x[:16], y[:16])], 3)
+    log = cupy_standin.install(monkeypatch)
+    backend = CudaBackend()
+    restored = _trainer()
+    restored.network.set_weights(source.network.get_weights())
+    restored.load_state_dict(source.state_dict())
+    graphs = lambda: [entry for entry in log if isinstance(entry, tuple)]  # noqa: E731
+    restored.train_minibatch(backend, x[:16], y[:16])
+    assert graphs() == [] and restored.steps == 4
+    restored.train_minibatch(backend, x[:16], y[:16])
+    assert len(graphs()) == 1 and restored.steps == 5
