@@ -62,7 +62,16 @@ def _numpy() -> Backend:
     return NumpyBackend()
 
 
+def _opencl() -> Backend:
+    # the package import itself needs nothing beyond NumPy; pyopencl is imported (and its
+    # absence reported as BackendUnavailable) when the backend is made
+    from .opencl import OpenCLBackend
+
+    return OpenCLBackend()
+
+
 register_backend("numpy", _numpy)
+register_backend("opencl", _opencl)
 
 __all__ = [
     "Backend",
