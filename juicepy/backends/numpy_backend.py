@@ -9,10 +9,17 @@ import numpy as np
 from . import rng
 from .base import Backend, Workspace
 
-def _scratch(ws: Workspace | None, backend, tag, shape, dtype):
+def _scratch(ws: Workspace | None, backend, tag, shape, dtype, init=None):
     if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
-        return np.empty(shape, dtype)
-    return ws.get(backend, tag, shape, dtype)
+        buf = np.empty(shape, dtype)
+        if init is not None:
+            init(buf)
+        return buf
+    return ws.get(backend, tag, shape, dtype, init)
+
+
+def _fill_arange(buf) -> None:
+    buf[...] = np.arange(buf.size, dtype=buf.dtype).reshape(buf.shape)
 
 
 class NumpyBackend(Backend):
@@ -130,7 +137,12 @@ class NumpyBackend(Backend):
         np.maximum(x, 0, out=out)
 
     def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._mask_product(lambda m: np.greater(y, 0, out=m), dy, dx, accumulate, ws)
+        # y = relu(x) >= 0, so sign(y) is exactly the 0/1 derivative, with no bool casts
+        target = self._into(dx, accumulate, ws)
+        np.sign(y, out=target)
+        target *= dy
+        if accumulate:
+            dx += target
 
     def leaky_relu(self, x, out, slope):
         np.multiply(x, slope, out=out)
@@ -210,13 +222,16 @@ class NumpyBackend(Backend):
             dx += target
 
     # ----------------------------------------------------------------- losses
-    def _rows(self, ws, n):
-        rows = _scratch(ws, self, "rows", (n,), np.intp)
-        rows[...] = np.arange(n)  # cheap next to the rows of a batch; keeps ws stateless
-        return rows
+    def _label_index(self, ws, labels, classes):
+        """Flat indices i*C + labels[i] of the labelled entries (a cached int buffer)."""
+        n = labels.shape[0]
+        index = _scratch(ws, self, "label_index", (n,), np.intp)
+        offsets = _scratch(ws, self, "row_offsets", (n,), np.intp,
+                           lambda buf: np.multiply(np.arange(n), classes, out=buf))
+        np.add(offsets, labels, out=index)
+        return index
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
-        n = logits.shape[0]
         rowmax = self._row_scratch(ws, "rowmax", logits)
         np.max(logits, axis=1, keepdims=True, out=rowmax)
         np.subtract(logits, rowmax, out=dx)
@@ -224,18 +239,24 @@ class NumpyBackend(Backend):
         rowsum = self._row_scratch(ws, "rowsum", logits)
         np.sum(dx, axis=1, keepdims=True, out=rowsum)
         dx /= rowsum
-        rows = self._rows(ws, n)
+        index = self._label_index(ws, labels, logits.shape[1])
+        picked = _scratch(ws, self, "picked", losses.shape, losses.dtype)
         np.log(rowsum[:, 0], out=losses)
         losses += rowmax[:, 0]
-        losses -= logits[rows, labels]
-        dx[rows, labels] -= 1.0
+        np.take(logits.reshape(-1), index, out=picked)
+        losses -= picked
+        flat_dx = dx.reshape(-1)
+        np.take(flat_dx, index, out=picked)
+        picked -= 1.0
+        np.put(flat_dx, index, picked)
         dx *= grad_scale
 
     def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
-        rows = self._rows(ws, logp.shape[0])
-        np.negative(logp[rows, labels], out=losses)
+        index = self._label_index(ws, labels, logp.shape[1])
+        np.take(logp.reshape(-1), index, out=losses)
+        np.negative(losses, out=losses)
         dx.fill(0.0)
-        dx[rows, labels] = -grad_scale
+        np.put(dx.reshape(-1), index, -grad_scale)
 
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
         np.subtract(pred, target, out=dx)
@@ -247,16 +268,17 @@ class NumpyBackend(Backend):
     # ---------------------------------------------------------------- dropout
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
         n = x.size
+        index = _scratch(ws, self, "rng_index", (n,), np.uint32, _fill_arange)
         bits = _scratch(ws, self, "rng_bits", (n,), np.uint32)
         tmp = _scratch(ws, self, "rng_tmp", (n,), np.uint32)
-        bits[...] = np.arange(n, dtype=np.uint32)
-        np.bitwise_xor(bits, np.uint32(rng.stream_key(seed, counter)), out=bits)
-        rng.hash32_inplace(bits, tmp)
+        np.copyto(bits, index)
+        rng.element_bits(bits, rng.stream_key(seed, counter), tmp)
         np.right_shift(bits, 8, out=bits)
         keep = _scratch(ws, self, "rng_keep", (n,), np.bool_)
-        np.greater_equal(bits, rng.keep_threshold(p), out=keep)
+        np.greater_equal(bits, np.uint32(rng.keep_threshold(p)), out=keep)
         flat_mask = mask.reshape(-1)
-        np.multiply(keep, 1.0 / (1.0 - p) if p < 1.0 else 0.0, out=flat_mask)
+        np.copyto(flat_mask, keep)
+        flat_mask *= 1.0 / (1.0 - p) if p < 1.0 else 0.0
         np.multiply(x, mask, out=out)
 
     # -------------------------------------------------------------- optimizers
