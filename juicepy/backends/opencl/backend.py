@@ -51,6 +51,8 @@ class OpenCLBackend(Backend):
         self.context = cl.Context([self.device])
         self.queue = cl.CommandQueue(self.context)
         self.is_cpu = bool(self.device.type & cl.device_type.CPU)
+        # "packed": one work-item per big tile (CPU drivers); "cooperative": 16x16 work-groups (GPUs)
+        self.gemm_variant = "packed" if self.is_cpu else "cooperative"
         self._gemm_tiles = CPU_GEMM if self.is_cpu else GPU_GEMM
         self._programs = ProgramCache(cl, self.context, self.device, {"gemm.cl": self._gemm_tiles})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
@@ -187,7 +189,7 @@ class OpenCLBackend(Backend):
             return
         args = (m, n, k, a[0], a[1], lda, int(bool(trans_a)), b[0], b[1], ldb, int(bool(trans_b)),
                 c[0], c[1], ldc, float(alpha), float(beta))
-        if self.is_cpu:
+        if self.gemm_variant == "packed":
             tiles = self._gemm_tiles
             grid = (-(-n // tiles["BN"]), -(-m // tiles["BM"]))
             self._kernel("gemm.cl", "gemm_tiled")(self.queue, grid, (1, 1), *args)

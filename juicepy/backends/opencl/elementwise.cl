@@ -118,7 +118,9 @@ __kernel void tanh_bwd(const int n, __global const float *y, const int y_off,
 }
 
 // ---------------------------------------------------------------------- dropout
-// lowbias32, line for line as juicepy/backends/rng.py
+// lowbias32 and the two-round element draw, line for line as juicepy/backends/rng.py
+#define GOLDEN 0x9E3779B9u
+
 inline uint hash32(uint x)
 {
     x ^= x >> 16;
@@ -134,7 +136,7 @@ __kernel void dropout_fwd(const int n, __global const float *x, const int x_off,
                           const uint key, const uint threshold, const float keep_scale)
 {
     GID_CHECK(n)
-    const uint bits = hash32((uint)i ^ key) >> 8;
+    const uint bits = hash32(hash32((uint)i ^ key) + GOLDEN) >> 8;
     const float m = bits >= threshold ? keep_scale : 0.0f;
     mask[m_off + i] = m;
     out[o_off + i] = x[x_off + i] * m;
