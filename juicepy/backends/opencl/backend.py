@@ -9,6 +9,7 @@ in order on one queue; only ``to_host`` and ``all_finite`` wait for it.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 
@@ -22,6 +23,8 @@ _I32 = np.dtype(np.int32)
 _WG = 256          # work-group size of the elementwise kernels
 _REDUCE_WG = 256   # must match REDUCE_WG in rows.cl
 _GPU_TILE = 16     # must match TS in gemm.cl
+_NR = 32           # must match NR in gemm.cl
+_PACK_WG = 64      # work-group size along K of the pack kernels
 
 
 def _round_up(n: int, m: int) -> int:
@@ -54,6 +57,8 @@ class OpenCLBackend(Backend):
         # "packed": one work-item per big tile (CPU drivers); "cooperative": 16x16 work-groups (GPUs)
         self.gemm_variant = "packed" if self.is_cpu else "cooperative"
         self._gemm_tiles = CPU_GEMM if self.is_cpu else GPU_GEMM
+        self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
+        self._gemm_lock = threading.Lock()
         self._programs = ProgramCache(cl, self.context, self.device, {"gemm.cl": self._gemm_tiles})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)
@@ -176,9 +181,9 @@ class OpenCLBackend(Backend):
         if k != kb or out.shape != (m, n):
             raise ValueError(f"opencl gemm: op(a) {(m, k)} @ op(b) {(kb, n)} does not give out {out.shape}")
         self._gemm(m, n, k, self._ref(a), a.shape[1], trans_a, self._ref(b), b.shape[1], trans_b,
-                   self._ref(out), n, alpha, beta)
+                   self._ref(out), n, alpha, beta, ws)
 
-    def _gemm(self, m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, alpha, beta):
+    def _gemm(self, m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, alpha, beta, ws=None):
         """C = alpha * op(A) @ op(B) + beta * C on (buffer, offset) operands with leading dims."""
         if m == 0 or n == 0:
             return
@@ -187,15 +192,26 @@ class OpenCLBackend(Backend):
                 raise ValueError("opencl gemm: K == 0 on a strided output")
             self._launch_flat("elementwise.cl", "scale_f32", m * n, *c, float(beta), *c)
             return
-        args = (m, n, k, a[0], a[1], lda, int(bool(trans_a)), b[0], b[1], ldb, int(bool(trans_b)),
-                c[0], c[1], ldc, float(alpha), float(beta))
-        if self.gemm_variant == "packed":
-            tiles = self._gemm_tiles
-            grid = (-(-n // tiles["BN"]), -(-m // tiles["BM"]))
-            self._kernel("gemm.cl", "gemm_tiled")(self.queue, grid, (1, 1), *args)
-        else:
+        if self.gemm_variant == "cooperative":
             grid = (_round_up(n, _GPU_TILE), _round_up(m, _GPU_TILE))
-            self._kernel("gemm.cl", "gemm_tiled_gpu")(self.queue, grid, (_GPU_TILE, _GPU_TILE), *args)
+            self._kernel("gemm.cl", "gemm_tiled_gpu")(
+                self.queue, grid, (_GPU_TILE, _GPU_TILE), m, n, k, a[0], a[1], lda, int(bool(trans_a)),
+                b[0], b[1], ldb, int(bool(trans_b)), c[0], c[1], ldc, float(alpha), float(beta))
+            return
+        tiles = self._gemm_tiles
+        a_panels, b_panels = -(-m // tiles["MR"]), -(-n // _NR)
+        with self._gemm_lock:  # the backend's own pack buffers are shared when no ws is given
+            ws = ws if ws is not None else self._gemm_ws
+            ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), _F32)
+            bp = ws.get(self, "gemm_pack_b", (b_panels * _NR * k,), _F32)
+            pack_grid = _round_up(k, _PACK_WG)
+            self._kernel("gemm.cl", "pack_a")(self.queue, (pack_grid, a_panels), (_PACK_WG, 1), m, k, a[0], a[1],
+                                              lda, int(bool(trans_a)), ap.base_data, 0)
+            self._kernel("gemm.cl", "pack_b")(self.queue, (pack_grid, b_panels), (_PACK_WG, 1), n, k, b[0], b[1],
+                                              ldb, int(bool(trans_b)), bp.base_data, 0)
+            grid = (-(-n // tiles["BN"]), -(-m // tiles["BM"]))
+            self._kernel("gemm.cl", "gemm_packed")(self.queue, grid, (1, 1), m, n, k, ap.base_data, 0,
+                                                   bp.base_data, 0, c[0], c[1], ldc, float(alpha), float(beta))
 
     def add(self, a, b, out):
         self._check_same("add", a, b, out)
@@ -405,7 +421,7 @@ class OpenCLBackend(Backend):
         for g in range(groups):
             self._gemm(og, cols, kg, (wb[0], wb[1] + g * og * kg), kg, False,
                        (cb[0], cb[1] + g * kg * cols), cols, False,
-                       (yb[0], yb[1] + g * og * cols), cols, 1.0, 0.0)
+                       (yb[0], yb[1] + g * og * cols), cols, 1.0, 0.0, ws)
         self._swap_nc(y_cn, o, n, ho * wo, out)
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
@@ -422,7 +438,7 @@ class OpenCLBackend(Backend):
         for g in range(groups):
             self._gemm(kg, cols, og, (wb[0], wb[1] + g * og * kg), kg, True,
                        (db[0], db[1] + g * og * cols), cols, False,
-                       (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0)
+                       (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
         self._launch_flat("conv.cl", "col2im", dx.size, *self._ref(dcol), n, c, h, wd, ho, wo, kh, kw,
                           sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
 
@@ -440,7 +456,7 @@ class OpenCLBackend(Backend):
         for g in range(groups):
             self._gemm(og, kg, cols, (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, True,
-                       (wb[0], wb[1] + g * og * kg), kg, 1.0, float(bool(accumulate)))
+                       (wb[0], wb[1] + g * og * kg), kg, 1.0, float(bool(accumulate)), ws)
 
     # ---------------------------------------------------------------- pooling
     @staticmethod

@@ -1,16 +1,20 @@
 // GEMM: C = alpha * op(A) @ op(B) + beta * C, row-major, float32.
 //
-// Tuned for CPU OpenCL drivers (PoCL): one work-item per work-group owns a BM x BN tile of C.
-// For each BK slice of K it packs the A and B tiles into local memory in micro-panel order
-// (transposes and edge zero-padding happen here, so the inner loop is branch-free), then a
-// register-blocked micro-kernel (MR rows x 2 float16 vectors) runs FMAs out of the panels.
+// CPU drivers (PoCL) run three kernels:
+//  1. pack_a / pack_b copy op(A) and op(B) once into micro-panel order ([M/MR][K][MR] and
+//     [N/NR][K][NR], zero-padded), so transposes and edges are dealt with in one pass;
+//  2. gemm_packed: one work-item per work-group owns a BM x BN tile of C; for each BK slice of
+//     K it stages its panels in local memory (contiguous copies) and a register-blocked
+//     micro-kernel (MR rows x 2 float16 vectors, 24 accumulators) runs FMAs out of them.
 // Partial sums of the tile live in local memory between K slices.
+// (Wide vector builtins such as vload16/fma are out-of-line calls in PoCL, hence plain
+// float16 pointers and a * b + c, which contracts to FMA.)
 
 #ifndef BM
-#define BM 64
+#define BM 96
 #endif
 #ifndef BN
-#define BN 64
+#define BN 128
 #endif
 #ifndef BK
 #define BK 256
@@ -20,27 +24,50 @@
 #endif
 #define NR 32
 
+#if MR == 8
+#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#elif MR == 12
+#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#else
+#error "MR must be 8 or 12"
+#endif
+
 #define ACC_ROW(r) float16 c##r##_0, c##r##_1;
 #define ZERO_ROW(r) c##r##_0 = (float16)(0.0f); c##r##_1 = (float16)(0.0f);
 #define LOAD_ROW(r) c##r##_0 = ct[(r) * (BN / 16)]; c##r##_1 = ct[(r) * (BN / 16) + 1];
 #define STORE_ROW(r) ct[(r) * (BN / 16)] = c##r##_0; ct[(r) * (BN / 16) + 1] = c##r##_1;
 #define FMA_ROW(r) { const float a = ap[r]; c##r##_0 += a * b0; c##r##_1 += a * b1; }
-#if MR == 8
-#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#elif MR == 12
-#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
-#elif MR == 14
-#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13)
-#else
-#error "MR must be 8, 12 or 14"
-#endif
+
+// Ap[p][k][r] = op(A)[p*MR + r, k]; one work-item per (k, panel)
+__kernel void pack_a(const int M, const int K, __global const float *A, const int a_off, const int lda,
+                     const int trans_a, __global float *Ap, const int p_off)
+{
+    const int k = get_global_id(0), p = get_global_id(1);
+    if (k >= K) return;
+    __global float *dst = Ap + p_off + ((size_t)p * K + k) * MR;
+    for (int r = 0; r < MR; ++r) {
+        const int m = p * MR + r;
+        dst[r] = m < M ? A[a_off + (trans_a ? (size_t)k * lda + m : (size_t)m * lda + k)] : 0.0f;
+    }
+}
+
+// Bp[q][k][c] = op(B)[k, q*NR + c]
+__kernel void pack_b(const int N, const int K, __global const float *B, const int b_off, const int ldb,
+                     const int trans_b, __global float *Bp, const int p_off)
+{
+    const int k = get_global_id(0), q = get_global_id(1);
+    if (k >= K) return;
+    __global float *dst = Bp + p_off + ((size_t)q * K + k) * NR;
+    for (int c = 0; c < NR; ++c) {
+        const int n = q * NR + c;
+        dst[c] = n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
+    }
+}
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void gemm_tiled(const int M, const int N, const int K,
-                __global const float *A, const int a_off, const int lda, const int trans_a,
-                __global const float *B, const int b_off, const int ldb, const int trans_b,
-                __global float *C, const int c_off, const int ldc,
-                const float alpha, const float beta)
+void gemm_packed(const int M, const int N, const int K,
+                 __global const float *Ap, const int ap_off, __global const float *Bp, const int bp_off,
+                 __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
     // float16 declarations keep the panels 64-byte aligned for whole-vector loads
     __local float16 a_store[BM * BK / 16];   // [BM/MR][BK][MR]
@@ -48,70 +75,34 @@ void gemm_tiled(const int M, const int N, const int K,
     __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
     __local float *a_pack = (__local float *)a_store;
     __local float *b_pack = (__local float *)b_store;
-    __local float *c_tile = (__local float *)c_store;
 
     const int row0 = get_group_id(1) * BM;
     const int col0 = get_group_id(0) * BN;
-    A += a_off;
-    B += b_off;
+    const int a_panels = min(BM, M - row0 + MR - 1) / MR;   // panels holding rows < M
+    const int b_panels = min(BN, N - col0 + NR - 1) / NR;
+    Ap += ap_off + (size_t)(row0 / MR) * K * MR;
+    Bp += bp_off + (size_t)(col0 / NR) * K * NR;
     C += c_off;
 
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
-        // pack A: element (m, k) of op(A) is A[m*lda + k] or, transposed, A[k*lda + m]
-        for (int i0 = 0; i0 < BM; i0 += MR) {
-            __local float *panel = a_pack + (i0 / MR) * (BK * MR);
-            if (trans_a && row0 + i0 + MR <= M) {
-                for (int k = 0; k < kc; ++k) {
-                    __global const float *src = A + (size_t)(k0 + k) * lda + row0 + i0;
-                    for (int r = 0; r < MR; ++r) panel[k * MR + r] = src[r];
-                }
-            } else {
-                for (int r = 0; r < MR; ++r) {
-                    const int m = row0 + i0 + r;
-                    if (m >= M) {
-                        for (int k = 0; k < kc; ++k) panel[k * MR + r] = 0.0f;
-                    } else if (trans_a) {
-                        for (int k = 0; k < kc; ++k) panel[k * MR + r] = A[(size_t)(k0 + k) * lda + m];
-                    } else {
-                        __global const float *src = A + (size_t)m * lda + k0;
-                        for (int k = 0; k < kc; ++k) panel[k * MR + r] = src[k];
-                    }
-                }
-            }
+        for (int i = 0; i < a_panels; ++i) {
+            __global const float *src = Ap + ((size_t)i * K + k0) * MR;
+            __local float *dst = a_pack + i * (BK * MR);
+            for (int e = 0; e < kc * MR; ++e) dst[e] = src[e];
         }
-        // pack B: element (k, n) of op(B) is B[k*ldb + n] or, transposed, B[n*ldb + k]
-        for (int j0 = 0; j0 < BN; j0 += NR) {
-            __local float *panel = b_pack + (j0 / NR) * (BK * NR);
-            if (!trans_b && col0 + j0 + NR <= N) {
-                for (int k = 0; k < kc; ++k) {
-                    __global const float *src = B + (size_t)(k0 + k) * ldb + col0 + j0;
-                    for (int c = 0; c < NR; ++c) panel[k * NR + c] = src[c];
-                }
-            } else {
-                for (int c = 0; c < NR; ++c) {
-                    const int n = col0 + j0 + c;
-                    if (n >= N) {
-                        for (int k = 0; k < kc; ++k) panel[k * NR + c] = 0.0f;
-                    } else if (trans_b) {
-                        __global const float *src = B + (size_t)n * ldb + k0;
-                        for (int k = 0; k < kc; ++k) panel[k * NR + c] = src[k];
-                    } else {
-                        for (int k = 0; k < kc; ++k) panel[k * NR + c] = B[(size_t)(k0 + k) * ldb + n];
-                    }
-                }
-            }
+        for (int j = 0; j < b_panels; ++j) {
+            __global const float *src = Bp + ((size_t)j * K + k0) * NR;
+            __local float *dst = b_pack + j * (BK * NR);
+            for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
         }
-        // micro-kernel over every MR x NR block of the tile
-        for (int i0 = 0; i0 < BM; i0 += MR) {
-            if (row0 + i0 >= M) break;
-            for (int j0 = 0; j0 < BN; j0 += NR) {
-                if (col0 + j0 >= N) break;
-                __local float16 *ct = c_store + (i0 * BN + j0) / 16;
+        for (int i = 0; i < a_panels; ++i) {
+            for (int j = 0; j < b_panels; ++j) {
+                __local float16 *ct = c_store + (i * MR * BN + j * NR) / 16;
                 ROWS(ACC_ROW)
                 if (k0 == 0) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) }
-                __local const float *ap = a_pack + (i0 / MR) * (BK * MR);
-                __local const float16 *bp = b_store + (j0 / NR) * (BK * NR / 16);
+                __local const float *ap = a_pack + i * (BK * MR);
+                __local const float16 *bp = b_store + j * (BK * NR / 16);
                 for (int k = 0; k < kc; ++k) {
                     const float16 b0 = bp[0];
                     const float16 b1 = bp[1];
@@ -124,6 +115,7 @@ void gemm_tiled(const int M, const int N, const int K,
         }
     }
     // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
+    __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(BM, M - row0);
     const int cols = min(BN, N - col0);
     for (int i = 0; i < rows; ++i) {
