@@ -1,7 +1,6 @@
-"""One training step (forward, loss, backward, Adam) of an MLP 784-512-512-10 at batch 128,
-per backend, in the same run (torch as an outside reference where importable).
+"""MLP training steps: juicepy on every backend vs PyTorch CPU eager vs hand-written NumPy.
 
-    pytest bench/test_bench_mlp.py --benchmark-columns=min,median,mean
+    pytest bench/test_bench_mlp.py --benchmark-json=mlp.json && python bench/report.py mlp.json
 """
 
 import numpy as np
@@ -11,41 +10,106 @@ import juicepy as jp
 from juicepy import layers as L
 from juicepy.train import Adam, Trainer
 
-BATCH = 128
+from benchutil import torch_or_none
+from handwritten import HandwrittenMLP
+
+SMALL = (784, 512, 512, 10)
+WIDE = (784, 4096, 4096, 10)
 
 
-def _batch():
-    rng = np.random.default_rng(0)
-    return rng.standard_normal((BATCH, 784)).astype(np.float32), rng.integers(0, 10, BATCH)
+def _data(batch, sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((batch, sizes[0])).astype(np.float32), rng.integers(0, sizes[-1], batch)
 
 
-def test_mlp_adam_step(benchmark, backend):
-    net = jp.Network(L.Sequential(L.Linear(512), L.ReLU(), L.Linear(512), L.ReLU(), L.Linear(10)),
-                     input_shape=(784,))
-    trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=BATCH)
-    x, y = _batch()
-    first = trainer.train_minibatch(backend, x, y)[0]  # contexts, kernels and optimizer state made here
-    benchmark.group = "mlp 784-512-512-10 batch 128 adam step"
-    last = benchmark(lambda: trainer.train_minibatch(backend, x, y)[0])
-    benchmark.extra_info["steps_per_s"] = round(1.0 / benchmark.stats.stats.median, 1)
-    assert last < first  # the steps trained
+def _juicepy_trainer(sizes, batch):
+    parts = []
+    for width in sizes[1:-1]:
+        parts += [L.Linear(width), L.ReLU()]
+    net = jp.Network(L.Sequential(*parts, L.Linear(sizes[-1])), input_shape=(sizes[0],))
+    return Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=batch)
 
 
-def test_torch_mlp_adam_step_reference(benchmark):
-    torch = pytest.importorskip("torch", reason="torch is not installed: no outside reference")
-    model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
-                                torch.nn.ReLU(), torch.nn.Linear(512, 10))
+def _torch_step(torch, sizes, batch):
+    mods = []
+    for a, b in zip(sizes[:-2], sizes[1:-1]):
+        mods += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-2], sizes[-1]))
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x, y = (torch.from_numpy(v) for v in _batch())
     loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = _data(batch, sizes)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
     def step():
-        opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xt), yt)
         loss.backward()
         opt.step()
         return loss.item()
 
-    benchmark.group = "mlp 784-512-512-10 batch 128 adam step"
+    return step
+
+
+def train_flops(sizes, batch):
+    """Multiply-adds x2 of forward, weight gradients and input gradients (none for layer 1)."""
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    per = [2 * batch * a * b for a, b in layers]
+    return 3 * sum(per) - per[0]
+
+
+@pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
+def test_mlp_step_juicepy(benchmark, backend):
+    trainer = _juicepy_trainer(SMALL, 128)
+    x, y = _data(128, SMALL)
+    trainer.train_minibatch(backend, x, y)
+    benchmark(trainer.train_minibatch, backend, x, y)
+
+
+@pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
+def test_mlp_step_torch(benchmark):
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("PyTorch is not installed: no torch reference in this run")
+    step = _torch_step(torch, SMALL, 128)
+    step()
     benchmark(step)
-    benchmark.extra_info["steps_per_s"] = round(1.0 / benchmark.stats.stats.median, 1)
+
+
+@pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
+def test_mlp_step_handwritten_numpy(benchmark):
+    mlp = HandwrittenMLP(SMALL)
+    x, y = _data(128, SMALL)
+    mlp.step(x, y)
+    benchmark(mlp.step, x, y)
+
+
+@pytest.mark.benchmark(group="wide mlp 784-4096-4096-10 b256 adam step")
+def test_wide_mlp_step_juicepy(benchmark, backend):
+    trainer = _juicepy_trainer(WIDE, 256)
+    x, y = _data(256, WIDE)
+    trainer.train_minibatch(backend, x, y)
+    benchmark.pedantic(trainer.train_minibatch, (backend, x, y), rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["flops"] = train_flops(WIDE, 256)
+
+
+@pytest.mark.benchmark(group="wide mlp 784-4096-4096-10 b256 adam step")
+def test_wide_mlp_step_torch(benchmark):
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("PyTorch is not installed: no torch reference in this run")
+    step = _torch_step(torch, WIDE, 256)
+    step()
+    benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["flops"] = train_flops(WIDE, 256)
+
+
+@pytest.mark.benchmark(group="wide mlp 784-4096-4096-10 b256 adam step")
+def test_numpy_float32_matmul_reference(benchmark):
+    """NumPy's own float32 GEMM throughput on the step's biggest product (256x4096 @ 4096x4096)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((256, 4096)).astype(np.float32)
+    b = rng.standard_normal((4096, 4096)).astype(np.float32)
+    out = np.empty((256, 4096), np.float32)
+    np.matmul(a, b, out=out)
+    benchmark.pedantic(np.matmul, (a, b), {"out": out}, rounds=20, iterations=1, warmup_rounds=2)
+    benchmark.extra_info["flops"] = 2 * 256 * 4096 * 4096

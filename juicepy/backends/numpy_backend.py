@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import rng
 from .base import Backend, Workspace
+
+try:  # fused optimizer kernels, built by setup.py where a C compiler exists
+    if os.environ.get("JUICEPY_CPU_KERNELS", "c") == "numpy":
+        raise ImportError("pure NumPy requested by JUICEPY_CPU_KERNELS=numpy")
+    from . import _cpu_kernels
+except ImportError:
+    _cpu_kernels = None
 
 def _scratch(ws: Workspace | None, backend, tag, shape, dtype, init=None):
     if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
@@ -16,6 +26,56 @@ def _scratch(ws: Workspace | None, backend, tag, shape, dtype, init=None):
             init(buf)
         return buf
     return ws.get(backend, tag, shape, dtype, init)
+
+
+# Optimizer updates run over the flat param block in chunks small enough that a dozen passes
+# stay in L2 cache, spread over threads: NumPy releases the GIL inside ufunc loops.
+CHUNK = 65536
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _threads() -> int:
+    return max(1, int(os.environ.get("JUICEPY_NUM_THREADS", 0)) or (os.cpu_count() or 1))
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="juicepy-numpy")
+        return _POOL
+
+
+def _chunked(size: int, work, *, min_parallel: int = 4 * CHUNK) -> None:
+    """Call work(lo, hi, lane) over [0, size) in CHUNK pieces; lanes run in parallel threads
+    and each lane owns its scratch, so lanes never share temporaries."""
+    lanes = min(_threads(), -(-size // CHUNK)) if size >= min_parallel else 1
+
+    def run_lane(lane):
+        for lo in range(lane * CHUNK, size, lanes * CHUNK):
+            work(lo, min(lo + CHUNK, size), lane)
+
+    if lanes == 1:
+        run_lane(0)
+        return
+    futures = [_pool().submit(run_lane, lane) for lane in range(1, lanes)]
+    run_lane(0)
+    for future in futures:
+        future.result()
+
+
+def _split(size: int, work) -> None:
+    """Call work(lo, hi) on one contiguous part per thread (one-pass fused kernels)."""
+    lanes = min(_threads(), max(1, size // CHUNK))
+    bounds = [size * k // lanes for k in range(lanes + 1)]
+    if lanes == 1:
+        work(0, size)
+        return
+    futures = [_pool().submit(work, bounds[k], bounds[k + 1]) for k in range(1, lanes)]
+    work(bounds[0], bounds[1])
+    for future in futures:
+        future.result()
 
 
 def _fill_arange(buf) -> None:
@@ -282,67 +342,99 @@ class NumpyBackend(Backend):
         np.multiply(x, mask, out=out)
 
     # -------------------------------------------------------------- optimizers
+    def _lane_scratch(self, ws, tag, lane, n, dtype):
+        return _scratch(ws, self, f"{tag}{lane}", (CHUNK,), dtype)[:n]
+
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
                    weight_decay, first_step, ws=None):
-        g = grad
-        if weight_decay != 0.0:
-            g = _scratch(ws, self, "sgd_g", param.shape, param.dtype)
-            np.multiply(param, weight_decay, out=g)
-            g += grad
-        if momentum != 0.0:
-            if first_step:
-                np.copyto(buf, g)
-            else:
-                buf *= momentum
-                if dampening == 0.0:
-                    buf += g
+        p_all, g_all = param.reshape(-1), grad.reshape(-1)
+        b_all = buf.reshape(-1) if buf is not None else None
+        if _cpu_kernels is not None:
+            _split(p_all.size, lambda lo, hi: _cpu_kernels.sgd(
+                p_all[lo:hi], g_all[lo:hi], b_all[lo:hi] if b_all is not None else None, lr,
+                momentum, 1.0 - dampening, weight_decay, nesterov, first_step))
+            return
+
+        def work(lo, hi, lane):
+            p, g = p_all[lo:hi], g_all[lo:hi]
+            tmp = self._lane_scratch(ws, "sgd_tmp", lane, hi - lo, p.dtype)
+            if weight_decay != 0.0:
+                d = self._lane_scratch(ws, "sgd_g", lane, hi - lo, p.dtype)
+                np.multiply(p, weight_decay, out=d)
+                d += g
+                g = d
+            if momentum != 0.0:
+                b = b_all[lo:hi]
+                if first_step:
+                    np.copyto(b, g)
                 else:
-                    tmp = _scratch(ws, self, "sgd_tmp", param.shape, param.dtype)
-                    np.multiply(g, 1.0 - dampening, out=tmp)
-                    buf += tmp
-            if nesterov:
-                step_dir = _scratch(ws, self, "sgd_dir", param.shape, param.dtype)
-                np.multiply(buf, momentum, out=step_dir)
-                step_dir += g
-                g = step_dir
-            else:
-                g = buf
-        tmp = _scratch(ws, self, "sgd_tmp", param.shape, param.dtype)
-        np.multiply(g, lr, out=tmp)
-        param -= tmp
+                    b *= momentum
+                    if dampening == 0.0:
+                        b += g
+                    else:
+                        np.multiply(g, 1.0 - dampening, out=tmp)
+                        b += tmp
+                if nesterov:
+                    np.multiply(b, momentum, out=tmp)
+                    tmp += g
+                    g = tmp
+                else:
+                    g = b
+            np.multiply(g, lr, out=tmp)
+            p -= tmp
+
+        _chunked(p_all.size, work)
 
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
                     weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None):
-        tmp = _scratch(ws, self, "adam_tmp", param.shape, param.dtype)
-        g = grad
-        if weight_decay != 0.0:
-            if decoupled:
-                param *= 1.0 - lr * weight_decay
-            else:
-                g = _scratch(ws, self, "adam_g", param.shape, param.dtype)
-                np.multiply(param, weight_decay, out=g)
-                g += grad
-        # exp_avg.lerp_(g, 1 - beta1)
-        np.subtract(g, exp_avg, out=tmp)
-        tmp *= 1.0 - beta1
-        exp_avg += tmp
-        # exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        exp_avg_sq *= beta2
-        np.multiply(g, 1.0 - beta2, out=tmp)
-        tmp *= g
-        exp_avg_sq += tmp
-        second = exp_avg_sq
-        if max_exp_avg_sq is not None:
-            np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            second = max_exp_avg_sq
+        p_all, g_all = param.reshape(-1), grad.reshape(-1)
+        m_all, v_all = exp_avg.reshape(-1), exp_avg_sq.reshape(-1)
+        vmax_all = max_exp_avg_sq.reshape(-1) if max_exp_avg_sq is not None else None
         bias_correction1 = 1.0 - beta1 ** step
         bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
-        np.sqrt(second, out=tmp)
-        tmp *= 1.0 / bias_correction2_sqrt
-        tmp += eps
-        np.divide(exp_avg, tmp, out=tmp)
-        tmp *= lr / bias_correction1
-        param -= tmp
+        # torch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps); the same with one pass fewer:
+        step_size = lr / bias_correction1 * bias_correction2_sqrt
+        eps_scaled = eps * bias_correction2_sqrt
+        if _cpu_kernels is not None:
+            l2 = 0.0 if decoupled else weight_decay
+            shrink = 1.0 - lr * weight_decay if decoupled else 1.0
+            _split(p_all.size, lambda lo, hi: _cpu_kernels.adam(
+                p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi],
+                vmax_all[lo:hi] if vmax_all is not None else None, 1.0 - beta1, beta2, 1.0 - beta2,
+                step_size, eps_scaled, l2, shrink))
+            return
+
+        def work(lo, hi, lane):
+            p, g, m, v = p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi]
+            tmp = self._lane_scratch(ws, "adam_tmp", lane, hi - lo, p.dtype)
+            if weight_decay != 0.0:
+                if decoupled:
+                    p *= 1.0 - lr * weight_decay
+                else:
+                    d = self._lane_scratch(ws, "adam_g", lane, hi - lo, p.dtype)
+                    np.multiply(p, weight_decay, out=d)
+                    d += g
+                    g = d
+            # exp_avg.lerp_(g, 1 - beta1)
+            np.subtract(g, m, out=tmp)
+            tmp *= 1.0 - beta1
+            m += tmp
+            # exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            v *= beta2
+            np.multiply(g, 1.0 - beta2, out=tmp)
+            tmp *= g
+            v += tmp
+            second = v
+            if vmax_all is not None:
+                second = vmax_all[lo:hi]
+                np.maximum(second, v, out=second)
+            np.sqrt(second, out=tmp)
+            tmp += eps_scaled
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+        _chunked(p_all.size, work)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
