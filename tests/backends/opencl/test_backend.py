@@ -263,7 +263,8 @@ def test_sgd_steps_match_numpy(ocl, npb, rng, hp):
             b.sgd_update(p, g, m, first_step=step == 0, ws=ws, **hp)
         results.append((b.to_host(p), b.to_host(m)))
     np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
+    if hp["momentum"] != 0.0:  # without momentum the buffer is not part of the update
+        np.testing.assert_allclose(results[1][1], results[0][1], rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("decoupled,weight_decay,amsgrad", [(False, 0.0, False), (False, 1e-2, False),
