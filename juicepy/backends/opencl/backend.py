@@ -24,11 +24,19 @@ _WG = 256          # work-group size of the elementwise kernels
 _REDUCE_WG = 256   # must match REDUCE_WG in rows.cl
 _GPU_TILE = 16     # must match TS in gemm.cl
 _NR = 32           # must match NR in gemm.cl
-_PACK_WG = 64      # work-group size along K of the pack kernels
+_PACK_WG = 64      # work-group size along K of pack_a
+_PACK_ROWS = 16    # rows of K per work-group of pack_b
 
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+def _even_tile(size: int, most: int, step: int) -> int:
+    """The tile (a multiple of ``step``, at most ``most``) that cuts ``size`` into as few, most
+    nearly equal pieces as possible: 128 rows become 72 + 56, not 96 + 32."""
+    pieces = -(-size // most)
+    return min(most, _round_up(-(-size // pieces), step))
 
 
 def _pair(v) -> tuple[int, int]:
@@ -207,11 +215,15 @@ class OpenCLBackend(Backend):
             pack_grid = _round_up(k, _PACK_WG)
             self._kernel("gemm.cl", "pack_a")(self.queue, (pack_grid, a_panels), (_PACK_WG, 1), m, k, a[0], a[1],
                                               lda, int(bool(trans_a)), ap.base_data, 0)
-            self._kernel("gemm.cl", "pack_b")(self.queue, (pack_grid, b_panels), (_PACK_WG, 1), n, k, b[0], b[1],
-                                              ldb, int(bool(trans_b)), bp.base_data, 0)
-            grid = (-(-n // tiles["BN"]), -(-m // tiles["BM"]))
-            self._kernel("gemm.cl", "gemm_packed")(self.queue, grid, (1, 1), m, n, k, ap.base_data, 0,
-                                                   bp.base_data, 0, c[0], c[1], ldc, float(alpha), float(beta))
+            self._kernel("gemm.cl", "pack_b")(self.queue, (_NR, _round_up(k, _PACK_ROWS), b_panels),
+                                              (_NR, _PACK_ROWS, 1), n, k, b[0], b[1], ldb, int(bool(trans_b)),
+                                              bp.base_data, 0)
+            tile_m = _even_tile(m, tiles["BM"], tiles["MR"])
+            tile_n = _even_tile(n, tiles["BN"], _NR)
+            grid = (-(-n // tile_n), -(-m // tile_m))
+            self._kernel("gemm.cl", "gemm_packed")(self.queue, grid, (1, 1), m, n, k, tile_m, tile_n,
+                                                   ap.base_data, 0, bp.base_data, 0, c[0], c[1], ldc,
+                                                   float(alpha), float(beta))
 
     def add(self, a, b, out):
         self._check_same("add", a, b, out)

@@ -51,21 +51,22 @@ __kernel void pack_a(const int M, const int K, __global const float *A, const in
     }
 }
 
-// Bp[q][k][c] = op(B)[k, q*NR + c]
+// Bp[q][k][c] = op(B)[k, q*NR + c]; one work-item per element, c fastest, so CPU drivers
+// vectorise the copy along c (contiguous stores; contiguous loads too unless B is transposed)
 __kernel void pack_b(const int N, const int K, __global const float *B, const int b_off, const int ldb,
                      const int trans_b, __global float *Bp, const int p_off)
 {
-    const int k = get_global_id(0), q = get_global_id(1);
+    const int c = get_global_id(0), k = get_global_id(1), q = get_global_id(2);
     if (k >= K) return;
-    __global float *dst = Bp + p_off + ((size_t)q * K + k) * NR;
-    for (int c = 0; c < NR; ++c) {
-        const int n = q * NR + c;
-        dst[c] = n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
-    }
+    const int n = q * NR + c;
+    Bp[p_off + ((size_t)q * K + k) * NR + c] =
+        n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
 }
 
+// tile_m (a multiple of MR, <= BM) and tile_n (a multiple of NR, <= BN) are chosen per call
+// so the tiles split C evenly between the CPU threads.
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void gemm_packed(const int M, const int N, const int K,
+void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
                  __global const float *Ap, const int ap_off, __global const float *Bp, const int bp_off,
                  __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
@@ -76,10 +77,10 @@ void gemm_packed(const int M, const int N, const int K,
     __local float *a_pack = (__local float *)a_store;
     __local float *b_pack = (__local float *)b_store;
 
-    const int row0 = get_group_id(1) * BM;
-    const int col0 = get_group_id(0) * BN;
-    const int a_panels = min(BM, M - row0 + MR - 1) / MR;   // panels holding rows < M
-    const int b_panels = min(BN, N - col0 + NR - 1) / NR;
+    const int row0 = get_group_id(1) * tile_m;
+    const int col0 = get_group_id(0) * tile_n;
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;   // panels holding rows < M
+    const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
     Bp += bp_off + (size_t)(col0 / NR) * K * NR;
     C += c_off;
@@ -116,8 +117,8 @@ void gemm_packed(const int M, const int N, const int K,
     }
     // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
     __local const float *c_tile = (__local const float *)c_store;
-    const int rows = min(BM, M - row0);
-    const int cols = min(BN, N - col0);
+    const int rows = min(tile_m, M - row0);
+    const int cols = min(tile_n, N - col0);
     for (int i = 0; i < rows; ++i) {
         __global float *dst = C + (size_t)(row0 + i) * ldc + col0;
         __local const float *src = c_tile + i * BN;
