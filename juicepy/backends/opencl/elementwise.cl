@@ -4,6 +4,17 @@
 #pragma OPENCL FP_CONTRACT OFF
 
 #define GID_CHECK(n) const int i = get_global_id(0); if (i >= (n)) return;
+
+// Some CPU drivers (PoCL) call fmax/sqrt out of line, which stops them vectorising a kernel
+// across work-items; selects and the compiler's own sqrt (correctly rounded, like NumPy's) don't.
+// The selects propagate NaN as NumPy's maximum does.
+#define MAX_NAN(a, b) ((a) < (b) ? (b) : (a))
+#define MIN_NAN(a, b) ((a) > (b) ? (b) : (a))
+#if defined(__clang__)
+#define SQRT(x) __builtin_sqrtf(x)
+#else
+#define SQRT(x) sqrt(x)
+#endif
 #define STORE(o, i, r, acc) { if (acc) (o)[i] += (r); else (o)[i] = (r); }
 
 __kernel void fill_f32(const int n, __global float *out, const int o_off, const float value)
@@ -61,7 +72,7 @@ __kernel void relu_fwd(const int n, __global const float *x, const int x_off,
                        __global float *out, const int o_off)
 {
     GID_CHECK(n)
-    out[o_off + i] = fmax(x[x_off + i], 0.0f);
+    out[o_off + i] = MAX_NAN(x[x_off + i], 0.0f);
 }
 
 // dx (+)= dy where y > 0 (relu) or x > 0 (leaky relu), dy * slope elsewhere
@@ -81,7 +92,7 @@ __kernel void leaky_relu_fwd(const int n, __global const float *x, const int x_o
     GID_CHECK(n)
     const float v = x[x_off + i];
     const float s = v * slope;
-    out[o_off + i] = slope <= 1.0f ? fmax(v, s) : fmin(v, s);
+    out[o_off + i] = slope <= 1.0f ? MAX_NAN(v, s) : MIN_NAN(v, s);
 }
 
 __kernel void sigmoid_fwd(const int n, __global const float *x, const int x_off,
@@ -190,10 +201,10 @@ __kernel void adam_step(const int n, __global float *param, const int p_off,
     v = v + g * one_minus_beta2 * g;
     exp_avg_sq[v_off + i] = v;
     if (amsgrad) {
-        v = fmax(max_sq[x_off + i], v);
+        v = MAX_NAN(v, max_sq[x_off + i]);
         max_sq[x_off + i] = v;
     }
-    const float denom = sqrt(v) * inv_bc2_sqrt + eps;
+    const float denom = SQRT(v) * inv_bc2_sqrt + eps;
     param[p_off + i] = p - (m / denom) * step_size;
 }
 
