@@ -247,7 +247,13 @@ class OpenCLBackend(Backend):
         _, channels, inner = self._channels(out)
         if bias.size != channels:
             raise ValueError(f"opencl add_bias: bias of {bias.size} for {channels} channels")
-        self._elementwise("add_bias", out.size, out, bias, channels, inner)
+        if inner == 1:
+            rows = out.shape[0]
+            self._kernel("elementwise.cl", "add_bias_rows")(
+                self.queue, (_round_up(channels, 64), _round_up(rows, 4)), (64, 4), rows, channels,
+                *self._ref(out), *self._ref(bias))
+        else:
+            self._elementwise("add_bias", out.size, out, bias, channels, inner)
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         rows, channels, inner = self._channels(dy)

@@ -59,6 +59,15 @@ __kernel void mul_f32(const int n, __global const float *a, const int a_off,
     STORE(out, o_off + i, a[a_off + i] * b[b_off + i], acc)
 }
 
+// out[r, c] += bias[c]: a 2-D launch (channels, rows) needs no integer division per element
+__kernel void add_bias_rows(const int rows, const int channels, __global float *out, const int o_off,
+                            __global const float *bias, const int b_off)
+{
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= channels || r >= rows) return;
+    out[o_off + (size_t)r * channels + c] += bias[b_off + c];
+}
+
 // out[(r, c, s)] += bias[c] for rows x channels x inner elements
 __kernel void add_bias(const int n, __global float *out, const int o_off,
                        __global const float *bias, const int b_off, const int channels, const int inner)
