@@ -14,8 +14,8 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import Backend, Workspace
-from .device import import_pyopencl, pick_device
+from ..base import Backend, BackendUnavailable, Workspace
+from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .programs import CPU_GEMM, GPU_GEMM, ProgramCache
 
 _F32 = np.dtype(np.float32)
@@ -59,8 +59,12 @@ class OpenCLBackend(Backend):
         self._array_type = cl_array.Array
         self._cl_array = cl_array
         self.device = device if device is not None else pick_device(cl)
-        self.context = cl.Context([self.device])
-        self.queue = cl.CommandQueue(self.context)
+        try:
+            self.context = cl.Context([self.device])
+            self.queue = cl.CommandQueue(self.context)
+        except cl.Error as exc:
+            raise BackendUnavailable(f"opencl backend: cannot open {self.device.name!r} ({exc}); "
+                                     f"{INSTALL_HINT}") from None
         self.is_cpu = bool(self.device.type & cl.device_type.CPU)
         # "packed": one work-item per big tile (CPU drivers); "cooperative": 16x16 work-groups (GPUs)
         self.gemm_variant = "packed" if self.is_cpu else "cooperative"
