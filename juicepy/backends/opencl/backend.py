@@ -93,6 +93,15 @@ class OpenCLBackend(Backend):
             return
         self._kernel(filename, name)(self.queue, (_round_up(n, _WG),), (_WG,), n, *args)
 
+    def _launch_rows(self, filename, name, inner, outer, *args):
+        """A (inner, *outer) grid: work-item (i, ...) owns element i of each outer row, so CPU
+        drivers vectorise along contiguous memory and no kernel divides per element."""
+        if inner <= 0 or 0 in outer:
+            return
+        local = min(64, _round_up(inner, 8))
+        grid = (_round_up(inner, local),) + tuple(outer)
+        self._kernel(filename, name)(self.queue, grid, (local,) + (1,) * len(outer), inner, *args)
+
     def _elementwise(self, name, n, *arrays_and_scalars):
         args = []
         for x in arrays_and_scalars:
@@ -257,7 +266,8 @@ class OpenCLBackend(Backend):
                 self.queue, (_round_up(channels, 64), _round_up(rows, 4)), (64, 4), rows, channels,
                 *self._ref(out), *self._ref(bias))
         else:
-            self._elementwise("add_bias", out.size, out, bias, channels, inner)
+            self._launch_rows("elementwise.cl", "add_bias", inner, (channels, out.shape[0]),
+                              *self._ref(out), *self._ref(bias))
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         rows, channels, inner = self._channels(dy)
@@ -423,13 +433,13 @@ class OpenCLBackend(Backend):
     def _im2col(self, x, geo, ws):
         n, c, h, w, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         col = self._scratch(ws, "conv_col", (c * kh * kw, n * ho * wo))
-        self._launch_flat("conv.cl", "im2col", col.size, *self._ref(x), n, c, h, w, ho, wo, kh, kw,
+        self._launch_rows("conv.cl", "im2col", ho * wo, (n,), *self._ref(x), n, c, h, w, ho, wo, kh, kw,
                           sh, sw, ph, pw, dh, dw, *self._ref(col))
         return col
 
     def _swap_nc(self, src, a0, a1, inner, dst, accumulate=False):
         """(a0, a1, inner) -> (a1, a0, inner)."""
-        self._launch_flat("conv.cl", "swap_batch_channels", src.size, *self._ref(src), a0, a1, inner,
+        self._launch_rows("conv.cl", "swap_batch_channels", inner, (a1, a0), *self._ref(src), a0, a1,
                           *self._ref(dst), int(accumulate))
 
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
@@ -461,8 +471,8 @@ class OpenCLBackend(Backend):
             self._gemm(kg, cols, og, (wb[0], wb[1] + g * og * kg), kg, True,
                        (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
-        self._launch_flat("conv.cl", "col2im", dx.size, *self._ref(dcol), n, c, h, wd, ho, wo, kh, kw,
-                          sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
+        self._launch_rows("conv.cl", "col2im", h * wd, (n * c,), *self._ref(dcol), n, c, h, wd, ho, wo,
+                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
@@ -497,8 +507,9 @@ class OpenCLBackend(Backend):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
         if argmax.dtype != _I32 or argmax.shape != out.shape:
             raise ValueError(f"opencl max_pool2d: argmax must be int32 {out.shape}, got {argmax.dtype}{argmax.shape}")
-        self._launch_flat("conv.cl", "max_pool", out.size, *self._ref(x), *geo, *self._ref(out),
-                          *self._ref(argmax))
+        planes = out.shape[0] * out.shape[1]
+        self._launch_rows("conv.cl", "max_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
+                          *self._ref(out), *self._ref(argmax))
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
         planes = dx.shape[0] * dx.shape[1]
@@ -510,13 +521,15 @@ class OpenCLBackend(Backend):
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "avg_pool2d")
-        self._launch_flat("conv.cl", "avg_pool", out.size, *self._ref(x), *geo, int(bool(count_include_pad)),
-                          *self._ref(out))
+        planes = out.shape[0] * out.shape[1]
+        self._launch_rows("conv.cl", "avg_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
+                          int(bool(count_include_pad)), *self._ref(out))
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
         geo = self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "avg_pool2d_backward")
-        self._launch_flat("conv.cl", "avg_pool_bwd", dx.size, *self._ref(dy), *geo,
+        planes = dx.shape[0] * dx.shape[1]
+        self._launch_rows("conv.cl", "avg_pool_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *geo,
                           int(bool(count_include_pad)), *self._ref(dx), int(accumulate))
 
     # ------------------------------------------------------------ batch norm

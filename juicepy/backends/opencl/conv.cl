@@ -3,72 +3,90 @@
 
 #define STORE(o, i, v, acc) { if (acc) (o)[i] += (v); else (o)[i] = (v); }
 
-__kernel void im2col(const int total, __global const float *x, const int x_off,
+// One work-item per output position (n, oh, ow) walks every (c, ki, kj) row: one division per
+// work-item, and consecutive work-items touch consecutive columns (CPU drivers vectorise that).
+// Launched as (Ho * Wo rounded up, N).
+__kernel void im2col(const int spatial, __global const float *x, const int x_off,
                      const int N, const int C, const int H, const int W, const int Ho, const int Wo,
                      const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                      const int dh, const int dw, __global float *col, const int c_off)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int spatial = Ho * Wo;
-    const int j = i % (N * spatial);          // column: (n, oh, ow)
-    const int row = i / (N * spatial);        // row: (c, ki, kj)
-    const int ow = j % Wo, oh = (j / Wo) % Ho, n = j / spatial;
-    const int kj = row % kw, ki = (row / kw) % kh, c = row / (kw * kh);
-    const int h = oh * sh - ph + ki * dh;
-    const int w = ow * sw - pw + kj * dw;
-    float v = 0.0f;
-    if (h >= 0 && h < H && w >= 0 && w < W) v = x[x_off + (((size_t)n * C + c) * H + h) * W + w];
-    col[c_off + i] = v;
+    const int j = get_global_id(0), n = get_global_id(1);
+    if (j >= spatial) return;
+    const int oh = j / Wo, ow = j - oh * Wo;
+    const size_t cols = (size_t)N * spatial;
+    __global float *dst = col + c_off + (size_t)n * spatial + j;
+    __global const float *xn = x + x_off + (size_t)n * C * H * W;
+    for (int c = 0; c < C; ++c) {
+        __global const float *xc = xn + (size_t)c * H * W;
+        for (int ki = 0; ki < kh; ++ki) {
+            const int h = oh * sh - ph + ki * dh;
+            const bool h_in = h >= 0 && h < H;
+            for (int kj = 0; kj < kw; ++kj) {
+                const int w = ow * sw - pw + kj * dw;
+                *dst = (h_in && w >= 0 && w < W) ? xc[h * W + w] : 0.0f;
+                dst += cols;
+            }
+        }
+    }
 }
 
-// dx[n, c, h, w] (+)= every col entry that im2col read from (n, c, h, w): a gather, no atomics
-__kernel void col2im(const int total, __global const float *col, const int c_off,
+// dx[n, c, h, w] (+)= every col entry that im2col read from (n, c, h, w): a gather, no atomics.
+// Launched as (H * W rounded up, N * C).
+__kernel void col2im(const int plane, __global const float *col, const int c_off,
                      const int N, const int C, const int H, const int W, const int Ho, const int Wo,
                      const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                      const int dh, const int dw, __global float *dx, const int x_off, const int acc)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int w = i % W, h = (i / W) % H, c = (i / (W * H)) % C, n = i / (W * H * C);
-    const int cols = N * Ho * Wo;
+    const int i = get_global_id(0), nc = get_global_id(1);
+    if (i >= plane) return;
+    const int h = i / W, w = i - h * W;
+    const int n = nc / C, c = nc - n * C;
+    const size_t cols = (size_t)N * Ho * Wo;
+    __global const float *src = col + c_off + (size_t)c * kh * kw * cols + (size_t)n * Ho * Wo;
     float v = 0.0f;
     for (int ki = 0; ki < kh; ++ki) {
-        const int hh = h + ph - ki * dh;
-        if (hh < 0 || hh % sh) continue;
-        const int oh = hh / sh;
+        int oh = h + ph - ki * dh;
+        if (oh < 0) continue;
+        if (sh > 1) {
+            if (oh % sh) continue;
+            oh /= sh;
+        }
         if (oh >= Ho) continue;
         for (int kj = 0; kj < kw; ++kj) {
-            const int ww = w + pw - kj * dw;
-            if (ww < 0 || ww % sw) continue;
-            const int ow = ww / sw;
+            int ow = w + pw - kj * dw;
+            if (ow < 0) continue;
+            if (sw > 1) {
+                if (ow % sw) continue;
+                ow /= sw;
+            }
             if (ow >= Wo) continue;
-            const int row = (c * kh + ki) * kw + kj;
-            v += col[c_off + (size_t)row * cols + ((size_t)n * Ho + oh) * Wo + ow];
+            v += src[(size_t)(ki * kw + kj) * cols + oh * Wo + ow];
         }
     }
-    STORE(dx, x_off + i, v, acc)
+    STORE(dx, x_off + (size_t)nc * plane + i, v, acc)
 }
 
-// (N, C, S) -> (C, N, S) and back; `acc` adds into the destination
-__kernel void swap_batch_channels(const int total, __global const float *src, const int s_off,
-                                  const int A0, const int A1, const int S,
+// (A0, A1, S) -> (A1, A0, S); `acc` adds into the destination. Launched as (S rounded up, A1, A0).
+__kernel void swap_batch_channels(const int S, __global const float *src, const int s_off,
+                                  const int A0, const int A1,
                                   __global float *dst, const int d_off, const int acc)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int s = i % S, b = (i / S) % A1, a = i / (S * A1);   // src index (a, b, s)
-    STORE(dst, d_off + ((size_t)b * A0 + a) * S + s, src[s_off + i], acc)
+    const int s = get_global_id(0), b = get_global_id(1), a = get_global_id(2);
+    if (s >= S) return;
+    STORE(dst, d_off + ((size_t)b * A0 + a) * S + s, src[s_off + ((size_t)a * A1 + b) * S + s], acc)
 }
 
-__kernel void max_pool(const int total, __global const float *x, const int x_off,
+// Pooling kernels are launched as (Ho * Wo or H * W rounded up, N * C planes).
+__kernel void max_pool(const int spatial, __global const float *x, const int x_off,
                        const int H, const int W, const int Ho, const int Wo,
                        const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                        __global float *out, const int o_off, __global int *argmax, const int a_off)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int ow = i % Wo, oh = (i / Wo) % Ho, plane = i / (Wo * Ho);
+    const int j = get_global_id(0), plane = get_global_id(1);
+    if (j >= spatial) return;
+    const int oh = j / Wo, ow = j - oh * Wo;
+    const size_t i = (size_t)plane * spatial + j;
     __global const float *xp = x + x_off + (size_t)plane * H * W;
     const int h0 = oh * sh - ph, w0 = ow * sw - pw;
     float best = -INFINITY;
@@ -114,14 +132,15 @@ inline int pool_divisor(int h0, int w0, int H, int W, int kh, int kw, int ph, in
     return (h1 - h0) * (w1 - w0);
 }
 
-__kernel void avg_pool(const int total, __global const float *x, const int x_off,
+__kernel void avg_pool(const int spatial, __global const float *x, const int x_off,
                        const int H, const int W, const int Ho, const int Wo,
                        const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                        const int include_pad, __global float *out, const int o_off)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int ow = i % Wo, oh = (i / Wo) % Ho, plane = i / (Wo * Ho);
+    const int j = get_global_id(0), plane = get_global_id(1);
+    if (j >= spatial) return;
+    const int oh = j / Wo, ow = j - oh * Wo;
+    const size_t i = (size_t)plane * spatial + j;
     __global const float *xp = x + x_off + (size_t)plane * H * W;
     const int h0 = oh * sh - ph, w0 = ow * sw - pw;
     float s = 0.0f;
@@ -130,14 +149,15 @@ __kernel void avg_pool(const int total, __global const float *x, const int x_off
     out[o_off + i] = s / (float)pool_divisor(h0, w0, H, W, kh, kw, ph, pw, include_pad);
 }
 
-__kernel void avg_pool_bwd(const int total, __global const float *dy, const int dy_off,
+__kernel void avg_pool_bwd(const int spatial, __global const float *dy, const int dy_off,
                            const int H, const int W, const int Ho, const int Wo,
                            const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                            const int include_pad, __global float *dx, const int dx_off, const int acc)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int w = i % W, h = (i / W) % H, plane = i / (W * H);
+    const int j = get_global_id(0), plane = get_global_id(1);
+    if (j >= spatial) return;
+    const int h = j / W, w = j - h * W;
+    const size_t i = (size_t)plane * spatial + j;
     __global const float *dyp = dy + dy_off + (size_t)plane * Ho * Wo;
     // outputs whose window [o*s - p, o*s - p + k) holds h
     const int oh_lo = max(0, (h + ph - kh + sh) / sh), oh_hi = min(Ho - 1, (h + ph) / sh);

@@ -68,12 +68,14 @@ __kernel void add_bias_rows(const int rows, const int channels, __global float *
     out[o_off + (size_t)r * channels + c] += bias[b_off + c];
 }
 
-// out[(r, c, s)] += bias[c] for rows x channels x inner elements
-__kernel void add_bias(const int n, __global float *out, const int o_off,
-                       __global const float *bias, const int b_off, const int channels, const int inner)
+// out[r, c, s] += bias[c] for rows x channels x inner elements; launched as (inner rounded up,
+// channels, rows)
+__kernel void add_bias(const int inner, __global float *out, const int o_off,
+                       __global const float *bias, const int b_off)
 {
-    GID_CHECK(n)
-    out[o_off + i] += bias[b_off + (i / inner) % channels];
+    const int s = get_global_id(0), c = get_global_id(1), r = get_global_id(2);
+    if (s >= inner) return;
+    out[o_off + ((size_t)r * get_global_size(1) + c) * inner + s] += bias[b_off + c];
 }
 
 // ------------------------------------------------------------------ activations
