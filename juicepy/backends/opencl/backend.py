@@ -39,6 +39,14 @@ def _even_tile(size: int, most: int, step: int) -> int:
     return min(most, _round_up(-(-size // pieces), step))
 
 
+def _k_splits(tiles: int, k: int, bk: int) -> int:
+    """How many K ranges to sum separately when C has too few tiles to keep the CPU threads
+    busy (a conv weight gradient: a few outputs, K = batch * pixels)."""
+    if tiles >= 8 or k < 4 * bk:
+        return 1
+    return max(1, min(-(-16 // tiles), k // (2 * bk)))
+
+
 def _pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         a, b = v
@@ -233,10 +241,21 @@ class OpenCLBackend(Backend):
                                               bp.base_data, 0)
             tile_m = _even_tile(m, tiles["BM"], tiles["MR"])
             tile_n = _even_tile(n, tiles["BN"], _NR)
-            grid = (-(-n // tile_n), -(-m // tile_m))
-            self._kernel("gemm.cl", "gemm_packed")(self.queue, grid, (1, 1), m, n, k, tile_m, tile_n,
-                                                   ap.base_data, 0, bp.base_data, 0, c[0], c[1], ldc,
-                                                   float(alpha), float(beta))
+            grid = [-(-n // tile_n), -(-m // tile_m), 1]
+            splits = _k_splits(grid[0] * grid[1], k, tiles["BK"])
+            k_chunk = _round_up(-(-k // splits), tiles["BK"])
+            splits = -(-k // k_chunk)
+            kernel = self._kernel("gemm.cl", "gemm_packed")
+            if splits == 1:
+                kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k, ap.base_data, 0,
+                       bp.base_data, 0, c[0], c[1], ldc, float(alpha), float(beta))
+                return
+            grid[2] = splits
+            slabs = ws.get(self, "gemm_split", (splits * m * n,), _F32)
+            kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k_chunk, ap.base_data, 0,
+                   bp.base_data, 0, slabs.base_data, 0, n, 1.0, 0.0)
+            self._launch_flat("gemm.cl", "gemm_split_sum", m * n, splits, slabs.base_data, c[0], c[1], n,
+                              ldc, float(alpha), float(beta))
 
     def add(self, a, b, out):
         self._check_same("add", a, b, out)
@@ -433,7 +452,7 @@ class OpenCLBackend(Backend):
     def _im2col(self, x, geo, ws):
         n, c, h, w, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         col = self._scratch(ws, "conv_col", (c * kh * kw, n * ho * wo))
-        self._launch_rows("conv.cl", "im2col", ho * wo, (n,), *self._ref(x), n, c, h, w, ho, wo, kh, kw,
+        self._launch_rows("conv.cl", "im2col", ho, (c * kh * kw, n), *self._ref(x), n, c, h, w, wo, kh, kw,
                           sh, sw, ph, pw, dh, dw, *self._ref(col))
         return col
 
@@ -471,7 +490,7 @@ class OpenCLBackend(Backend):
             self._gemm(kg, cols, og, (wb[0], wb[1] + g * og * kg), kg, True,
                        (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
-        self._launch_rows("conv.cl", "col2im", h * wd, (n * c,), *self._ref(dcol), n, c, h, wd, ho, wo,
+        self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
                           kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,

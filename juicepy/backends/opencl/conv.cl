@@ -3,68 +3,59 @@
 
 #define STORE(o, i, v, acc) { if (acc) (o)[i] += (v); else (o)[i] = (v); }
 
-// One work-item per output position (n, oh, ow) walks every (c, ki, kj) row: one division per
-// work-item, and consecutive work-items touch consecutive columns (CPU drivers vectorise that).
-// Launched as (Ho * Wo rounded up, N).
-__kernel void im2col(const int spatial, __global const float *x, const int x_off,
-                     const int N, const int C, const int H, const int W, const int Ho, const int Wo,
+// One work-item per (output row oh, col row (c, ki, kj), image n) copies a row of Wo values:
+// the inner loop runs along contiguous memory, which CPU drivers vectorise (a loop inside a
+// kernel keeps them from vectorising across work-items). Launched as (Ho rounded up, C*kh*kw, N).
+__kernel void im2col(const int Ho, __global const float *x, const int x_off,
+                     const int N, const int C, const int H, const int W, const int Wo,
                      const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                      const int dh, const int dw, __global float *col, const int c_off)
 {
-    const int j = get_global_id(0), n = get_global_id(1);
-    if (j >= spatial) return;
-    const int oh = j / Wo, ow = j - oh * Wo;
-    const size_t cols = (size_t)N * spatial;
-    __global float *dst = col + c_off + (size_t)n * spatial + j;
-    __global const float *xn = x + x_off + (size_t)n * C * H * W;
-    for (int c = 0; c < C; ++c) {
-        __global const float *xc = xn + (size_t)c * H * W;
-        for (int ki = 0; ki < kh; ++ki) {
-            const int h = oh * sh - ph + ki * dh;
-            const bool h_in = h >= 0 && h < H;
-            for (int kj = 0; kj < kw; ++kj) {
-                const int w = ow * sw - pw + kj * dw;
-                *dst = (h_in && w >= 0 && w < W) ? xc[h * W + w] : 0.0f;
-                dst += cols;
-            }
-        }
+    const int oh = get_global_id(0), row = get_global_id(1), n = get_global_id(2);
+    if (oh >= Ho) return;
+    const int kj = row % kw, ki = (row / kw) % kh, c = row / (kw * kh);
+    const int h = oh * sh - ph + ki * dh;
+    __global float *dst = col + c_off + (size_t)row * N * Ho * Wo + ((size_t)n * Ho + oh) * Wo;
+    if (h < 0 || h >= H) {
+        for (int ow = 0; ow < Wo; ++ow) dst[ow] = 0.0f;
+        return;
+    }
+    __global const float *src = x + x_off + (((size_t)n * C + c) * H + h) * W;
+    const int w0 = kj * dw - pw;
+    for (int ow = 0; ow < Wo; ++ow) {
+        const int w = w0 + ow * sw;
+        dst[ow] = (w >= 0 && w < W) ? src[w] : 0.0f;
     }
 }
 
-// dx[n, c, h, w] (+)= every col entry that im2col read from (n, c, h, w): a gather, no atomics.
-// Launched as (H * W rounded up, N * C).
-__kernel void col2im(const int plane, __global const float *col, const int c_off,
-                     const int N, const int C, const int H, const int W, const int Ho, const int Wo,
+// dx[n, c, h, :] (+)= every col entry that im2col read from that input row; one work-item per
+// (h, n*C + c) owns its row, so there are no races. Launched as (H rounded up, N * C).
+__kernel void col2im(const int H, __global const float *col, const int c_off,
+                     const int N, const int C, const int W, const int Ho, const int Wo,
                      const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                      const int dh, const int dw, __global float *dx, const int x_off, const int acc)
 {
-    const int i = get_global_id(0), nc = get_global_id(1);
-    if (i >= plane) return;
-    const int h = i / W, w = i - h * W;
+    const int h = get_global_id(0), nc = get_global_id(1);
+    if (h >= H) return;
     const int n = nc / C, c = nc - n * C;
+    __global float *dst = dx + x_off + ((size_t)nc * H + h) * W;
+    if (!acc) for (int w = 0; w < W; ++w) dst[w] = 0.0f;
     const size_t cols = (size_t)N * Ho * Wo;
-    __global const float *src = col + c_off + (size_t)c * kh * kw * cols + (size_t)n * Ho * Wo;
-    float v = 0.0f;
     for (int ki = 0; ki < kh; ++ki) {
         int oh = h + ph - ki * dh;
-        if (oh < 0) continue;
-        if (sh > 1) {
-            if (oh % sh) continue;
-            oh /= sh;
-        }
+        if (oh < 0 || oh % sh) continue;
+        oh /= sh;
         if (oh >= Ho) continue;
         for (int kj = 0; kj < kw; ++kj) {
-            int ow = w + pw - kj * dw;
-            if (ow < 0) continue;
-            if (sw > 1) {
-                if (ow % sw) continue;
-                ow /= sw;
+            __global const float *src = col + c_off + ((size_t)(c * kh + ki) * kw + kj) * cols
+                                        + ((size_t)n * Ho + oh) * Wo;
+            const int w0 = kj * dw - pw;
+            for (int ow = 0; ow < Wo; ++ow) {
+                const int w = w0 + ow * sw;
+                if (w >= 0 && w < W) dst[w] += src[ow];
             }
-            if (ow >= Wo) continue;
-            v += src[(size_t)(ki * kw + kj) * cols + oh * Wo + ow];
         }
     }
-    STORE(dx, x_off + (size_t)nc * plane + i, v, acc)
 }
 
 // (A0, A1, S) -> (A1, A0, S); `acc` adds into the destination. Launched as (S rounded up, A1, A0).
@@ -98,7 +89,7 @@ __kernel void max_pool(const int spatial, __global const float *x, const int x_o
             const int w = w0 + kj;
             if (w < 0 || w >= W) continue;
             const float v = xp[h * W + w];
-            if (where < 0 || v > best || isnan(v)) {   // first maximum wins; NaN wins (torch)
+            if (where < 0 || v > best || v != v) {   // first maximum wins; NaN wins (torch)
                 best = v;
                 where = h * W + w;
             }

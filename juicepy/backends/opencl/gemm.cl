@@ -64,9 +64,12 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 }
 
 // tile_m (a multiple of MR, <= BM) and tile_n (a multiple of NR, <= BN) are chosen per call
-// so the tiles split C evenly between the CPU threads.
+// so the tiles split C evenly between the CPU threads. Split-K (few tiles, long K): group z of
+// dimension 2 sums K range [z * k_chunk, (z + 1) * k_chunk) into its own (M, N) slab of C,
+// at element offset z * M * N; gemm_split_sum adds the slabs up afterwards.
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
+                 const int k_chunk,
                  __global const float *Ap, const int ap_off, __global const float *Bp, const int bp_off,
                  __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
@@ -81,12 +84,14 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
     const int col0 = get_group_id(0) * tile_n;
     const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;   // panels holding rows < M
     const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+    const int k_begin = get_group_id(2) * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
     Bp += bp_off + (size_t)(col0 / NR) * K * NR;
-    C += c_off;
+    C += c_off + (size_t)get_group_id(2) * M * N;
 
-    for (int k0 = 0; k0 < K; k0 += BK) {
-        const int kc = min(BK, K - k0);
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        const int kc = min(BK, k_end - k0);
         for (int i = 0; i < a_panels; ++i) {
             __global const float *src = Ap + ((size_t)i * K + k0) * MR;
             __local float *dst = a_pack + i * (BK * MR);
@@ -101,7 +106,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
             for (int j = 0; j < b_panels; ++j) {
                 __local float16 *ct = c_store + (i * MR * BN + j * NR) / 16;
                 ROWS(ACC_ROW)
-                if (k0 == 0) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) }
+                if (k0 == k_begin) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) }
                 __local const float *ap = a_pack + i * (BK * MR);
                 __local const float16 *bp = b_store + j * (BK * NR / 16);
                 for (int k = 0; k < kc; ++k) {
@@ -128,6 +133,19 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
             for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j];
         }
     }
+}
+
+// C = alpha * (sum of the `splits` (M, N) slabs of P) + beta * C; one work-item per element
+__kernel void gemm_split_sum(const int total, const int splits, __global const float *P,
+                             __global float *C, const int c_off, const int N, const int ldc,
+                             const float alpha, const float beta)
+{
+    const int i = get_global_id(0);
+    if (i >= total) return;
+    float s = 0.0f;
+    for (int z = 0; z < splits; ++z) s += P[(size_t)z * total + i];
+    __global float *dst = C + c_off + (size_t)(i / N) * ldc + i % N;
+    *dst = beta == 0.0f ? alpha * s : alpha * s + beta * *dst;
 }
 
 // Classic cooperative tiling for GPUs (their local memory is too small for the CPU tiles):

@@ -7,7 +7,7 @@ import pytest
 from juicepy.backends.opencl import OpenCLBackend
 
 SIZES = [(1, 1, 1), (1, 7, 33), (7, 33, 1), (33, 1, 7), (33, 1000, 7), (1000, 7, 33), (7, 1000, 33),
-         (97, 129, 257), (96, 128, 256), (200, 130, 513)]
+         (97, 129, 257), (96, 128, 256), (200, 130, 513), (6, 25, 5000), (13, 40, 2100)]
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
 
@@ -92,3 +92,18 @@ def test_cooperative_gpu_variant(ocl, rng, m, n, k, ta, tb):
     coop.gemm_variant = "cooperative"
     a, b, c = operands(rng, m, n, k, ta, tb)
     assert_close(run_gemm(coop, a, b, c, ta, tb, 1.5, 0.5), reference(a, b, c, ta, tb, 1.5, 0.5), k)
+
+
+@pytest.mark.parametrize("ta,tb", TRANSPOSES)
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, -1.0)])
+def test_split_k_for_few_tiles_and_long_k(ocl, rng, ta, tb, alpha, beta):
+    """A few outputs over a long K (a conv weight gradient) is summed in K slabs in parallel."""
+    from juicepy.backends import Workspace
+
+    m, n, k = 6, 25, 7000
+    a, b, c = operands(rng, m, n, k, ta, tb)
+    ws = Workspace()
+    out = ocl.from_host(c)
+    ocl.gemm(ocl.from_host(a), ocl.from_host(b), out, ta, tb, alpha, beta, ws=ws)
+    assert any(key[0] == "gemm_split" for key in ws._buffers)  # the split-K path ran
+    assert_close(ocl.to_host(out), reference(a, b, c, ta, tb, alpha, beta), k)
