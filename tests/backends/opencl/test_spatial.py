@@ -1,4 +1,4 @@
-"""Convolution, pooling and batch-norm kernels (juicepy/backends/opencl/conv.cl, norm.cl)
+"""Convolution, pooling and batch norm (juicepy/backends/opencl/spatial.py, conv.cl, norm.cl)
 against straightforward NumPy loop references."""
 
 import numpy as np
