@@ -3,7 +3,8 @@
 Arrays are ``pyopencl.array.Array`` objects, always C-contiguous. Kernels take each array as
 its base buffer plus an element offset, so views into the flat param buffer cost nothing
 (``Array.data`` on an offset view would make a sub-buffer on every call). Work is queued
-in order on one queue; only ``to_host`` and ``all_finite`` wait for it.
+in order on one queue; only host transfers (``write``, ``to_host``) and ``all_finite`` wait
+for it. GEMM launching lives in gemm.py, convolution/pooling/batch norm in spatial.py.
 """
 
 from __future__ import annotations
