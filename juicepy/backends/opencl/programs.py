@@ -20,6 +20,21 @@ def source(filename: str) -> str:
     return resources.files(__package__).joinpath(filename).read_text()
 
 
+class _Launcher:
+    """A kernel whose argument setting and enqueue happen under one lock: a pyopencl Kernel
+    keeps its arguments between calls, so two threads launching it at once could mix them."""
+
+    __slots__ = ("kernel", "_lock")
+
+    def __init__(self, kernel, lock):
+        self.kernel = kernel
+        self._lock = lock
+
+    def __call__(self, queue, global_size, local_size, *args):
+        with self._lock:
+            return self.kernel(queue, global_size, local_size, *args)
+
+
 class ProgramCache:
     """Kernels by (file, name) for one context; each file is built on first use."""
 
@@ -31,6 +46,7 @@ class ProgramCache:
         self._kernels: dict = {}
         self._programs: dict = {}
         self._lock = threading.Lock()
+        self._launch_lock = threading.Lock()
 
     def _build(self, filename: str):
         options = ["-cl-kernel-arg-info"]
@@ -50,9 +66,9 @@ class ProgramCache:
             program = self._programs.get(filename)
             if program is None:
                 program = self._programs[filename] = self._build(filename)
-            k = getattr(program, name)
-            k.set_scalar_arg_dtypes([self._scalar_type(k, i) for i in range(k.num_args)])
-            self._kernels[key] = k
+            kernel = self._cl.Kernel(program, name)
+            kernel.set_scalar_arg_dtypes([self._scalar_type(kernel, i) for i in range(kernel.num_args)])
+            k = self._kernels[key] = _Launcher(kernel, self._launch_lock)
             return k
 
     def _scalar_type(self, kernel, index):
