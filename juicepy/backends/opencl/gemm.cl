@@ -6,6 +6,8 @@
 //  2. gemm_packed: one work-item per work-group owns a BM x BN tile of C; for each BK slice of
 //     K it stages its panels in local memory (contiguous copies) and a register-blocked
 //     micro-kernel (MR rows x 2 float16 vectors, 24 accumulators) runs FMAs out of them.
+//     Where B is not transposed its rows already run along the panel, so packing it is
+//     skipped: b_ld > 0 says Bp is B itself and tiles are staged straight from it.
 // Partial sums of the tile live in local memory between K slices.
 // (Wide vector builtins such as vload16/fma are out-of-line calls in PoCL, hence plain
 // float16 pointers and a * b + c, which contracts to FMA.)
@@ -70,7 +72,8 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
                  const int k_chunk,
-                 __global const float *Ap, const int ap_off, __global const float *Bp, const int bp_off,
+                 __global const float *Ap, const int ap_off,
+                 __global const float *Bp, const int bp_off, const int b_ld,
                  __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
     // float16 declarations keep the panels 64-byte aligned for whole-vector loads
@@ -87,7 +90,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
     const int k_begin = get_group_id(2) * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
-    Bp += bp_off + (size_t)(col0 / NR) * K * NR;
+    Bp += bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
     C += c_off + (size_t)get_group_id(2) * M * N;
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
@@ -98,9 +101,21 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
             for (int e = 0; e < kc * MR; ++e) dst[e] = src[e];
         }
         for (int j = 0; j < b_panels; ++j) {
-            __global const float *src = Bp + ((size_t)j * K + k0) * NR;
             __local float *dst = b_pack + j * (BK * NR);
-            for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
+            if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]: each k holds NR consecutive columns
+                const int n0 = col0 + j * NR, live = min(NR, N - n0);
+                for (int k = 0; k < kc; ++k) {
+                    __global const float *src = Bp + (size_t)(k0 + k) * b_ld + n0;
+                    if (live == NR) {
+                        for (int c = 0; c < NR; ++c) dst[k * NR + c] = src[c];
+                    } else {
+                        for (int c = 0; c < NR; ++c) dst[k * NR + c] = c < live ? src[c] : 0.0f;
+                    }
+                }
+            } else {
+                __global const float *src = Bp + ((size_t)j * K + k0) * NR;
+                for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
+            }
         }
         for (int i = 0; i < a_panels; ++i) {
             for (int j = 0; j < b_panels; ++j) {

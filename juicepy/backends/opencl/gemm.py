@@ -29,6 +29,10 @@ def k_splits(tiles: int, k: int, bk: int) -> int:
 class GemmOps:
     """gemm() and the raw-operand _gemm() the convolutions call."""
 
+    #: stage tiles of B (not transposed) straight from B instead of packing it first (A^T
+    #: staged the same way measured slower on PoCL: 12-wide rows, so A is always packed)
+    direct_staging = True
+
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
         if a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
             raise ValueError(f"opencl gemm: 2-D arrays expected, got {a.shape}, {b.shape} -> {out.shape}")
@@ -59,13 +63,19 @@ class GemmOps:
         with self._gemm_lock:  # the backend's own pack buffers are shared when no ws is given
             ws = ws if ws is not None else self._gemm_ws
             ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), F32)
-            bp = ws.get(self, "gemm_pack_b", (b_panels * NR * k,), F32)
-            pack_grid = round_up(k, PACK_WG)
-            self._kernel("gemm.cl", "pack_a")(self.queue, (pack_grid, a_panels), (PACK_WG, 1), m, k, a[0], a[1],
-                                              lda, int(bool(trans_a)), ap.base_data, 0)
-            self._kernel("gemm.cl", "pack_b")(self.queue, (NR, round_up(k, PACK_ROWS), b_panels),
-                                              (NR, PACK_ROWS, 1), n, k, b[0], b[1], ldb, int(bool(trans_b)),
-                                              bp.base_data, 0)
+            self._kernel("gemm.cl", "pack_a")(self.queue, (round_up(k, PACK_WG), a_panels), (PACK_WG, 1),
+                                              m, k, a[0], a[1], lda, int(bool(trans_a)), ap.base_data, 0)
+            a_src = (ap.base_data, 0)
+            # (pointer, offset, leading dim) of B for the compute kernel: B itself (ld > 0) where
+            # its rows already run along the panel, else a packed copy (ld = 0)
+            if not trans_b and self.direct_staging:
+                b_src = (b[0], b[1], ldb)
+            else:
+                bp = ws.get(self, "gemm_pack_b", (b_panels * NR * k,), F32)
+                self._kernel("gemm.cl", "pack_b")(self.queue, (NR, round_up(k, PACK_ROWS), b_panels),
+                                                  (NR, PACK_ROWS, 1), n, k, b[0], b[1], ldb, int(bool(trans_b)),
+                                                  bp.base_data, 0)
+                b_src = (bp.base_data, 0, 0)
             tile_m = even_tile(m, tiles["BM"], tiles["MR"])
             tile_n = even_tile(n, tiles["BN"], NR)
             grid = [-(-n // tile_n), -(-m // tile_m), 1]
@@ -74,12 +84,12 @@ class GemmOps:
             splits = -(-k // k_chunk)
             kernel = self._kernel("gemm.cl", "gemm_packed")
             if splits == 1:
-                kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k, ap.base_data, 0,
-                       bp.base_data, 0, c[0], c[1], ldc, float(alpha), float(beta))
+                kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k, *a_src, *b_src,
+                       c[0], c[1], ldc, float(alpha), float(beta))
                 return
             grid[2] = splits
             slabs = ws.get(self, "gemm_split", (splits * m * n,), F32)
-            kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k_chunk, ap.base_data, 0,
-                   bp.base_data, 0, slabs.base_data, 0, n, 1.0, 0.0)
+            kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k_chunk, *a_src, *b_src,
+                   slabs.base_data, 0, n, 1.0, 0.0)
             self._launch_flat("gemm.cl", "gemm_split_sum", m * n, splits, slabs.base_data, c[0], c[1], n,
                               ldc, float(alpha), float(beta))
