@@ -202,8 +202,8 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
                 self.queue, (_round_up(channels, 64), _round_up(rows, 4)), (64, 4), rows, channels,
                 *self._ref(out), *self._ref(bias))
         else:
-            self._launch_rows("elementwise.cl", "add_bias", inner, (channels, out.shape[0]),
-                              *self._ref(out), *self._ref(bias))
+            self._launch_rows("elementwise.cl", "add_bias", channels, (out.shape[0],),
+                              *self._ref(out), *self._ref(bias), inner)
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         rows, channels, inner = self._channels(dy)

@@ -68,14 +68,16 @@ __kernel void add_bias_rows(const int rows, const int channels, __global float *
     out[o_off + (size_t)r * channels + c] += bias[b_off + c];
 }
 
-// out[r, c, s] += bias[c] for rows x channels x inner elements; launched as (inner rounded up,
-// channels, rows)
-__kernel void add_bias(const int inner, __global float *out, const int o_off,
-                       __global const float *bias, const int b_off)
+// out[r, c, :] += bias[c] for rows x channels x inner elements: one work-item per (c, r)
+// image plane, its loop running along the plane. Launched as (channels rounded up, rows).
+__kernel void add_bias(const int channels, __global float *out, const int o_off,
+                       __global const float *bias, const int b_off, const int inner)
 {
-    const int s = get_global_id(0), c = get_global_id(1), r = get_global_id(2);
-    if (s >= inner) return;
-    out[o_off + ((size_t)r * get_global_size(1) + c) * inner + s] += bias[b_off + c];
+    const int c = get_global_id(0), r = get_global_id(1);
+    if (c >= channels) return;
+    __global float *p = out + o_off + ((size_t)r * channels + c) * inner;
+    const float v = bias[b_off + c];
+    for (int s = 0; s < inner; ++s) p[s] += v;
 }
 
 // ------------------------------------------------------------------ activations
