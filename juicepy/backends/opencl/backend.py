@@ -209,6 +209,11 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
         rows, channels, inner = self._channels(dy)
         if dbias.size != channels:
             raise ValueError(f"opencl bias_grad: dbias of {dbias.size} for {channels} channels")
+        if inner > 1:  # images: sum each (row, channel) plane in parallel first, then the rows
+            partial = self._scratch(ws, "bias_planes", (rows, channels))
+            self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
+                              *self._ref(partial))
+            dy, inner = partial, 1
         self._kernel("rows.cl", "bias_grad")(
             self.queue, (_round_up(channels, 64),), (64,), rows, channels, inner,
             *self._ref(dy), *self._ref(dbias), int(accumulate))
