@@ -68,34 +68,35 @@ __kernel void swap_batch_channels(const int S, __global const float *src, const 
     STORE(dst, d_off + ((size_t)b * A0 + a) * S + s, src[s_off + ((size_t)a * A1 + b) * S + s], acc)
 }
 
-// Pooling forward: one work-item per (output row oh, plane) sweeps the window positions in
-// scan order and updates the whole output row at each, so the inner loop runs along ow
-// (vectorised on CPU drivers). Launched as (Ho rounded up, N * C planes).
-__kernel void max_pool(const int Ho, __global const float *x, const int x_off,
-                       const int H, const int W, const int Wo,
+// Pooling kernels are launched as (Ho * Wo or H * W rounded up, N * C planes).
+__kernel void max_pool(const int spatial, __global const float *x, const int x_off,
+                       const int H, const int W, const int Ho, const int Wo,
                        const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                        __global float *out, const int o_off, __global int *argmax, const int a_off)
 {
-    const int oh = get_global_id(0), plane = get_global_id(1);
-    if (oh >= Ho) return;
+    const int j = get_global_id(0), plane = get_global_id(1);
+    if (j >= spatial) return;
+    const int oh = j / Wo, ow = j - oh * Wo;
+    const size_t i = (size_t)plane * spatial + j;
     __global const float *xp = x + x_off + (size_t)plane * H * W;
-    const size_t row = ((size_t)plane * Ho + oh) * Wo;
-    __global float *best = out + o_off + row;
-    __global int *where = argmax + a_off + row;
-    for (int ow = 0; ow < Wo; ++ow) { best[ow] = -INFINITY; where[ow] = -1; }
+    const int h0 = oh * sh - ph, w0 = ow * sw - pw;
+    float best = -INFINITY;
+    int where = -1;
     for (int ki = 0; ki < kh; ++ki) {
-        const int h = oh * sh - ph + ki;
+        const int h = h0 + ki;
         if (h < 0 || h >= H) continue;
         for (int kj = 0; kj < kw; ++kj) {
-            for (int ow = 0; ow < Wo; ++ow) {
-                const int w = ow * sw - pw + kj;
-                if (w < 0 || w >= W) continue;
-                const float v = xp[h * W + w];
-                // first maximum in scan order wins; NaN wins (torch)
-                if (where[ow] < 0 || v > best[ow] || v != v) { best[ow] = v; where[ow] = h * W + w; }
+            const int w = w0 + kj;
+            if (w < 0 || w >= W) continue;
+            const float v = xp[h * W + w];
+            if (where < 0 || v > best || v != v) {   // first maximum wins; NaN wins (torch)
+                best = v;
+                where = h * W + w;
             }
         }
     }
+    out[o_off + i] = best;
+    argmax[a_off + i] = where;
 }
 
 // one work-item per (n, c) plane scatters its outputs' gradients (planes never overlap)
@@ -122,27 +123,21 @@ inline int pool_divisor(int h0, int w0, int H, int W, int kh, int kw, int ph, in
     return (h1 - h0) * (w1 - w0);
 }
 
-__kernel void avg_pool(const int Ho, __global const float *x, const int x_off,
-                       const int H, const int W, const int Wo,
+__kernel void avg_pool(const int spatial, __global const float *x, const int x_off,
+                       const int H, const int W, const int Ho, const int Wo,
                        const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                        const int include_pad, __global float *out, const int o_off)
 {
-    const int oh = get_global_id(0), plane = get_global_id(1);
-    if (oh >= Ho) return;
+    const int j = get_global_id(0), plane = get_global_id(1);
+    if (j >= spatial) return;
+    const int oh = j / Wo, ow = j - oh * Wo;
+    const size_t i = (size_t)plane * spatial + j;
     __global const float *xp = x + x_off + (size_t)plane * H * W;
-    __global float *sum = out + o_off + ((size_t)plane * Ho + oh) * Wo;
-    for (int ow = 0; ow < Wo; ++ow) sum[ow] = 0.0f;
-    const int h0 = oh * sh - ph;
-    for (int h = max(h0, 0); h < min(h0 + kh, H); ++h) {
-        for (int kj = 0; kj < kw; ++kj) {
-            for (int ow = 0; ow < Wo; ++ow) {
-                const int w = ow * sw - pw + kj;
-                if (w >= 0 && w < W) sum[ow] += xp[h * W + w];
-            }
-        }
-    }
-    for (int ow = 0; ow < Wo; ++ow)
-        sum[ow] /= (float)pool_divisor(h0, ow * sw - pw, H, W, kh, kw, ph, pw, include_pad);
+    const int h0 = oh * sh - ph, w0 = ow * sw - pw;
+    float s = 0.0f;
+    for (int h = max(h0, 0); h < min(h0 + kh, H); ++h)
+        for (int w = max(w0, 0); w < min(w0 + kw, W); ++w) s += xp[h * W + w];
+    out[o_off + i] = s / (float)pool_divisor(h0, w0, H, W, kh, kw, ph, pw, include_pad);
 }
 
 // one work-item per input element gathers from the outputs whose window holds it;

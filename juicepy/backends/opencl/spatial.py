@@ -112,8 +112,7 @@ class SpatialOps:
         if argmax.dtype != I32 or argmax.shape != out.shape:
             raise ValueError(f"opencl max_pool2d: argmax must be int32 {out.shape}, got {argmax.dtype}{argmax.shape}")
         planes = out.shape[0] * out.shape[1]
-        h, w, ho, wo = geo[:4]
-        self._launch_rows("conv.cl", "max_pool", ho, (planes,), *self._ref(x), h, w, wo, *geo[4:],
+        self._launch_rows("conv.cl", "max_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
@@ -127,8 +126,7 @@ class SpatialOps:
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "avg_pool2d")
         planes = out.shape[0] * out.shape[1]
-        h, w, ho, wo = geo[:4]
-        self._launch_rows("conv.cl", "avg_pool", ho, (planes,), *self._ref(x), h, w, wo, *geo[4:],
+        self._launch_rows("conv.cl", "avg_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
                           int(bool(count_include_pad)), *self._ref(out))
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
