@@ -285,3 +285,50 @@ def test_batch_norm_without_affine_or_input_gradient(ocl, rng):
     dy = rng.standard_normal(shape).astype(np.float32)
     ocl.batch_norm_backward(dev_x, ocl.from_host(dy), None, mean, invstd, None, dg, None)
     np.testing.assert_allclose(ocl.to_host(dg), (dy * y_ref).sum(axis=(0, 2)), rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------- torch parity
+def test_conv_pool_batch_norm_match_torch(ocl, rng):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    F = torch.nn.functional
+    x = rng.standard_normal((2, 4, 11, 9)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 2)).astype(np.float32)
+    stride, padding, dilation, groups = (2, 1), (1, 2), (2, 1), 2
+    xt = torch.tensor(x, requires_grad=True)
+    wt = torch.tensor(w, requires_grad=True)
+    yt = F.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.tensor(dy))
+    ws = Workspace()
+    y, dx, dw = ocl.empty(tuple(yt.shape)), ocl.empty(x.shape), ocl.empty(w.shape)
+    dev_x, dev_w, dev_dy = ocl.from_host(x), ocl.from_host(w), ocl.from_host(dy)
+    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
+    ocl.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
+    ocl.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
+    np.testing.assert_allclose(ocl.to_host(y), yt.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ocl.to_host(dx), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ocl.to_host(dw), wt.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+    pooled, idx = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
+    out, arg = ocl.empty(tuple(pooled.shape)), ocl.empty(tuple(pooled.shape), np.int32)
+    ocl.max_pool2d(dev_x, out, arg, (3, 3), (2, 2), (1, 1))
+    np.testing.assert_array_equal(ocl.to_host(out), pooled.numpy())
+    np.testing.assert_array_equal(ocl.to_host(arg), idx.numpy())
+    for include in (True, False):
+        avg = F.avg_pool2d(torch.tensor(x), 3, 2, 1, count_include_pad=include)
+        got = ocl.empty(tuple(avg.shape))
+        ocl.avg_pool2d(dev_x, got, (3, 3), (2, 2), (1, 1), include)
+        np.testing.assert_allclose(ocl.to_host(got), avg.numpy(), rtol=1e-5, atol=1e-6)
+
+    gamma, beta = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    rm, rv = np.zeros(4, np.float32), np.ones(4, np.float32)
+    rmt, rvt = torch.tensor(rm), torch.tensor(rv)
+    bn = F.batch_norm(torch.tensor(x), rmt, rvt, torch.tensor(gamma), torch.tensor(beta), training=True,
+                      momentum=0.1, eps=1e-5)
+    dev_rm, dev_rv = ocl.from_host(rm), ocl.from_host(rv)
+    out, mean, invstd = ocl.empty(x.shape), ocl.empty((4,)), ocl.empty((4,))
+    ocl.batch_norm_train(dev_x, ocl.from_host(gamma), ocl.from_host(beta), out, mean, invstd, dev_rm, dev_rv,
+                         0.1, 1e-5, ws)
+    np.testing.assert_allclose(ocl.to_host(out), bn.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ocl.to_host(dev_rm), rmt.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ocl.to_host(dev_rv), rvt.numpy(), rtol=1e-5, atol=1e-6)
