@@ -150,6 +150,86 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
     }
 }
 
+// C = alpha * A @ B^T + beta * C without packing: rows of A (M, K) and of B (N, K) both run
+// along K, so tiles are staged as plain row copies and a 4 x 4 micro-kernel keeps 16 float16
+// dot-product accumulators over k (summed across lanes once per K slice). tile_m and tile_n are
+// multiples of 4; split-K works as in gemm_packed.
+#define DOT_ROWS(X) X(0) X(1) X(2) X(3)
+#define DOT_ACC(r) float16 d##r##_0 = (float16)(0.0f), d##r##_1 = (float16)(0.0f), \
+                           d##r##_2 = (float16)(0.0f), d##r##_3 = (float16)(0.0f);
+#define DOT_FMA(r) { const float16 a = ar[(r) * (BK / 16) + kk]; \
+                     d##r##_0 += a * b0; d##r##_1 += a * b1; d##r##_2 += a * b2; d##r##_3 += a * b3; }
+#define LANE_SUM(v) ({ const float8 h8 = (v).lo + (v).hi; const float4 h4 = h8.lo + h8.hi; \
+                       const float2 h2 = h4.lo + h4.hi; h2.x + h2.y; })
+#define DOT_STORE(r) { __local float *cr = c_tile + (i0 + (r)) * BN + j0; \
+                       const float s0 = LANE_SUM(d##r##_0), s1 = LANE_SUM(d##r##_1), \
+                                   s2 = LANE_SUM(d##r##_2), s3 = LANE_SUM(d##r##_3); \
+                       if (first) { cr[0] = s0; cr[1] = s1; cr[2] = s2; cr[3] = s3; } \
+                       else { cr[0] += s0; cr[1] += s1; cr[2] += s2; cr[3] += s3; } }
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
+             __global const float *A, const int a_off, const int lda,
+             __global const float *B, const int b_off, const int ldb,
+             __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
+{
+    __local float16 a_store[BM * BK / 16];   // [tile_m][BK]
+    __local float16 b_store[BN * BK / 16];   // [tile_n][BK]
+    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
+    __local float *c_tile = (__local float *)c_store;
+
+    const int row0 = get_group_id(1) * tile_m;
+    const int col0 = get_group_id(0) * tile_n;
+    const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
+    const int rows4 = (rows + 3) & ~3, cols4 = (cols + 3) & ~3;
+    const int k_begin = get_group_id(2) * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    A += a_off;
+    B += b_off;
+    C += c_off + (size_t)get_group_id(2) * M * N;
+
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        const int kc = min(BK, k_end - k0), kc16 = (kc + 15) & ~15;
+        for (int i = 0; i < rows4; ++i) {   // rows past M and columns past kc stage as zeros
+            __local float *dst = (__local float *)a_store + i * BK;
+            __global const float *src = A + (size_t)(row0 + i) * lda + k0;
+            const int live = i < rows ? kc : 0;
+            for (int e = 0; e < live; ++e) dst[e] = src[e];
+            for (int e = live; e < kc16; ++e) dst[e] = 0.0f;
+        }
+        for (int j = 0; j < cols4; ++j) {
+            __local float *dst = (__local float *)b_store + j * BK;
+            __global const float *src = B + (size_t)(col0 + j) * ldb + k0;
+            const int live = j < cols ? kc : 0;
+            for (int e = 0; e < live; ++e) dst[e] = src[e];
+            for (int e = live; e < kc16; ++e) dst[e] = 0.0f;
+        }
+        const int first = k0 == k_begin;
+        for (int i0 = 0; i0 < rows4; i0 += 4) {
+            __local const float16 *ar = a_store + i0 * (BK / 16);
+            for (int j0 = 0; j0 < cols4; j0 += 4) {
+                __local const float16 *br = b_store + j0 * (BK / 16);
+                DOT_ROWS(DOT_ACC)
+                for (int kk = 0; kk < kc16 / 16; ++kk) {
+                    const float16 b0 = br[kk], b1 = br[BK / 16 + kk];
+                    const float16 b2 = br[2 * (BK / 16) + kk], b3 = br[3 * (BK / 16) + kk];
+                    DOT_ROWS(DOT_FMA)
+                }
+                DOT_ROWS(DOT_STORE)
+            }
+        }
+    }
+    for (int i = 0; i < rows; ++i) {
+        __global float *dst = C + (size_t)(row0 + i) * ldc + col0;
+        __local const float *src = c_tile + i * BN;
+        if (beta == 0.0f) {
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j];
+        } else {
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j];
+        }
+    }
+}
+
 // C = alpha * (sum of the `splits` (M, N) slabs of P) + beta * C; one work-item per element
 __kernel void gemm_split_sum(const int total, const int splits, __global const float *P,
                              __global float *C, const int c_off, const int N, const int ldc,

@@ -7,7 +7,8 @@ import pytest
 from juicepy.backends.opencl import OpenCLBackend
 
 SIZES = [(1, 1, 1), (1, 7, 33), (7, 33, 1), (33, 1, 7), (33, 1000, 7), (1000, 7, 33), (7, 1000, 33),
-         (97, 129, 257), (96, 128, 256), (200, 130, 513), (6, 25, 5000), (13, 40, 2100)]
+         (97, 129, 257), (96, 128, 256), (200, 130, 513), (6, 25, 5000), (13, 40, 2100),
+         (600, 520, 40)]  # the last has more outputs than gemm_nt takes: A @ B^T goes the packed way
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
 
