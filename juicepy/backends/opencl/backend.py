@@ -30,7 +30,10 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
     name = "opencl"
     dtypes = (np.float32,)
 
-    def __init__(self, device=None):
+    def __init__(self, device=None, gemm_variant: str | None = None):
+        """``device``: a pyopencl Device (default: see :func:`pick_device`). ``gemm_variant``:
+        "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default by
+        device type."""
         super().__init__()
         cl = import_pyopencl()
         import pyopencl.array as cl_array
@@ -46,9 +49,13 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
             raise BackendUnavailable(f"opencl backend: cannot open {self.device.name!r} ({exc}); "
                                      f"{INSTALL_HINT}") from None
         self.is_cpu = bool(self.device.type & cl.device_type.CPU)
-        # "packed": one work-item per big tile (CPU drivers); "cooperative": 16x16 work-groups (GPUs)
-        self.gemm_variant = "packed" if self.is_cpu else "cooperative"
-        self._gemm_tiles = CPU_GEMM if self.is_cpu else GPU_GEMM
+        if gemm_variant is None:
+            gemm_variant = "packed" if self.is_cpu else "cooperative"
+        if gemm_variant not in ("packed", "cooperative"):
+            raise ValueError(f"gemm_variant must be 'packed' or 'cooperative', got {gemm_variant!r}")
+        self.gemm_variant = gemm_variant
+        # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs
+        self._gemm_tiles = CPU_GEMM if gemm_variant == "packed" else GPU_GEMM
         self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
         self._gemm_lock = threading.Lock()
         self._programs = ProgramCache(cl, self.context, self.device, {"gemm.cl": self._gemm_tiles})

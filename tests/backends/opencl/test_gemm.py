@@ -89,8 +89,7 @@ def test_shape_mismatch_is_refused(ocl):
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
 def test_cooperative_gpu_variant(ocl, rng, m, n, k, ta, tb):
     """The 16x16 work-group kernel GPUs use, run here on whatever device there is."""
-    coop = OpenCLBackend(ocl.device)
-    coop.gemm_variant = "cooperative"
+    coop = OpenCLBackend(ocl.device, gemm_variant="cooperative")
     a, b, c = operands(rng, m, n, k, ta, tb)
     assert_close(run_gemm(coop, a, b, c, ta, tb, 1.5, 0.5), reference(a, b, c, ta, tb, 1.5, 0.5), k)
 

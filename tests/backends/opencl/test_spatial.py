@@ -332,3 +332,25 @@ def test_conv_pool_batch_norm_match_torch(ocl, rng):
     np.testing.assert_allclose(ocl.to_host(out), bn.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ocl.to_host(dev_rm), rmt.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ocl.to_host(dev_rv), rvt.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_convolution_with_the_gpu_gemm(ocl, rng):
+    """Convolutions on the cooperative GEMM GPUs get (run here on whatever device there is)."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    gpu_style = OpenCLBackend(ocl.device, gemm_variant="cooperative")
+    stride, padding, dilation, groups = (2, 1), (1, 2), (1, 2), 2
+    x = rng.standard_normal((2, 4, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    y_ref = conv_ref(x, w, stride, padding, dilation, groups)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, dw_ref = conv_grads_ref(x, w, dy, stride, padding, dilation, groups)
+    ws = Workspace()
+    dev_x, dev_w, dev_dy = (gpu_style.from_host(a) for a in (x, w, dy))
+    y, dx, dw = gpu_style.empty(y_ref.shape), gpu_style.empty(x.shape), gpu_style.empty(w.shape)
+    gpu_style.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
+    gpu_style.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
+    gpu_style.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
+    np.testing.assert_allclose(gpu_style.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gpu_style.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gpu_style.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)

@@ -132,3 +132,23 @@ def test_training_steps_match_torch(ocl, make_ours, make_theirs):
         assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
     for k, v in net.get_weights().items():
         np.testing.assert_allclose(v, ref.state_dict()[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_gpu_configuration_trains_like_numpy(ocl):
+    """The kernels and tile sizes a GPU device gets (cooperative GEMM, small local tiles), run
+    here on whatever device there is: the same training steps as NumPy."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    gpu_style = OpenCLBackend(ocl.device, gemm_variant="cooperative")
+    want_losses, want = _steps(jp.backend("numpy"), Adam(lr=1e-2))
+    got_losses, got = _steps(gpu_style, Adam(lr=1e-2))
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_unknown_gemm_variant_is_refused(ocl):
+    from juicepy.backends.opencl import OpenCLBackend
+
+    with pytest.raises(ValueError, match="gemm_variant"):
+        OpenCLBackend(ocl.device, gemm_variant="fast")
