@@ -61,6 +61,7 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
         self._programs = ProgramCache(cl, self.context, self.device, {"gemm.cl": self._gemm_tiles})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)
+        self._flag_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"<juicepy backend 'opencl' {self.device.platform.name} / {self.device.name}>"
@@ -234,10 +235,11 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
             return True
         if x.dtype != _F32:
             raise TypeError(f"opencl all_finite: float32 expected, got {x.dtype}")
-        self._kernel("rows.cl", "all_finite")(self.queue, (_REDUCE_WG,), (_REDUCE_WG,), x.size,
-                                              *self._ref(x), self._flag.base_data)
-        self._cl.enqueue_copy(self.queue, self._flag_host, self._flag.base_data, is_blocking=True)
-        return bool(self._flag_host[0])
+        with self._flag_lock:  # one flag buffer per backend
+            self._kernel("rows.cl", "all_finite")(self.queue, (_REDUCE_WG,), (_REDUCE_WG,), x.size,
+                                                  *self._ref(x), self._flag.base_data)
+            self._cl.enqueue_copy(self.queue, self._flag_host, self._flag.base_data, is_blocking=True)
+            return bool(self._flag_host[0])
 
     # ------------------------------------------------------------ activations
     def relu(self, x, out):
