@@ -2,15 +2,19 @@
 
 from .activation import LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .base import Layer
+from .conv import Conv1d, Conv2d
 from .dropout import Dropout
 from .linear import Linear
 from .loss import (MSE, CrossEntropyLoss, Loss, MSELoss, NegativeLogLikelihood, NLLLoss,
                    SoftmaxCrossEntropy)
+from .norm import BatchNorm1d, BatchNorm2d
+from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from .reshape import Flatten, Reshape
 from .sequential import Sequential
 
 __all__ = [
-    "Layer", "Linear", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Dropout",
+    "Layer", "Linear", "Conv1d", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d",
+    "BatchNorm1d", "BatchNorm2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax", "Dropout",
     "Flatten", "Reshape", "Sequential", "Loss", "SoftmaxCrossEntropy", "CrossEntropyLoss",
     "NegativeLogLikelihood", "NLLLoss", "MSE", "MSELoss",
 ]
