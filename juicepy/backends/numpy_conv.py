@@ -1,9 +1,9 @@
 """Convolution, pooling and batch-norm kernels of the NumPy backend.
 
 Convolution is im2col + GEMM. The strided windows of the (padded) input are copied into a
-workspace matrix laid out (groups, C/groups*kh*kw, N*Ho*Wo), so each group is ONE GEMM for the
-whole batch (depthwise convolutions make G GEMMs, not N*G). col2im adds the column matrix back
-with one strided add per kernel offset. Pooling loops over the kh*kw kernel offsets only.
+workspace matrix laid out (N, groups, C/groups*kh*kw, Ho*Wo), so one batched matmul writes the
+NCHW output (no transposed copies of activations or gradients). im2col is one strided copy and
+col2im one strided add per kernel offset. Pooling loops over the kh*kw kernel offsets only.
 Every temporary comes from the caller's Workspace, so a steady-state step allocates no arrays
 beyond NumPy's own small index temporaries.
 """
@@ -52,96 +52,142 @@ def _offset_view(xp, i, j, stride, out_hw):
     return xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
 
 
-def _im2col(backend, x, kernel, stride, padding, dilation, groups, out_hw, ws):
-    """Columns (G, C/G*kh*kw, N*Ho*Wo) of the input windows."""
-    n, c = x.shape[:2]
-    kh, kw = kernel
-    ho, wo = out_hw
-    xp = _padded(backend, x, padding, 0.0, ws, "conv_xpad")
-    cols = scratch(ws, backend, "conv_cols", (groups, c // groups * kh * kw, n * ho * wo), x.dtype)
-    sn, sc, srow, scol = xp.strides
-    windows = as_strided(xp, (c, kh, kw, n, ho, wo),
-                         (sc, srow * dilation[0], scol * dilation[1], sn, srow * stride[0], scol * stride[1]),
-                         writeable=False)
-    np.copyto(_view(cols, (c, kh, kw, n, ho, wo)), windows)
+class _ConvPlan:
+    """Shapes of one convolution and its column layout.
+
+    With a horizontal stride of 1 the columns span the full padded width Wp instead of Wo
+    ("wide rows"): each kernel offset then reads, and col2im writes, runs of whole padded rows,
+    contiguous in memory, which NumPy copies and adds several times faster than Wo-long pieces.
+    The Wp - Wo extra columns of every row hold values no output uses: forward drops them,
+    the backward passes see zeros there (the output gradient is zero-extended).
+    """
+
+    def __init__(self, x_shape, w_shape, out_hw, stride, padding, dilation, groups):
+        self.n, self.c, self.h, self.w = x_shape
+        self.o, self.cg, self.kh, self.kw = w_shape
+        self.ho, self.wo = out_hw
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.hp, self.wp = self.h + 2 * padding[0], self.w + 2 * padding[1]
+        self.wide = stride[1] == 1
+        self.wq = self.wp if self.wide else self.wo  # columns per output row
+        # wide rows of the last plane run on past its end by up to (kw-1)*dw elements
+        self.tail = (self.kw - 1) * dilation[1] if self.wide else 0
+        self.padded = bool(self.tail or padding[0] or padding[1])
+        self.cols_shape = (self.n, groups, self.cg * self.kh * self.kw, self.ho * self.wq)
+
+    def weight(self, w):
+        return _view(w, (self.groups, self.o // self.groups, self.cg * self.kh * self.kw))
+
+    def windows(self, flat):
+        """The (N, C, kh, kw, Ho, Wq) view of the flat padded planes: what each kernel offset
+        reads for each output position (read-only: windows overlap)."""
+        item = flat.itemsize
+        plane = self.hp * self.wp
+        return as_strided(flat, (self.n, self.c, self.kh, self.kw, self.ho, self.wq),
+                          (self.c * plane * item, plane * item, self.dilation[0] * self.wp * item,
+                           self.dilation[1] * item, self.stride[0] * self.wp * item, self.stride[1] * item),
+                          writeable=False)
+
+    def offset_view(self, flat, i, j):
+        """The writable (N, C, Ho, Wq) view of the flat padded planes kernel offset (i, j) touches."""
+        item = flat.itemsize
+        plane = self.hp * self.wp
+        start = i * self.dilation[0] * self.wp + j * self.dilation[1]
+        return as_strided(flat[start:], (self.n, self.c, self.ho, self.wq),
+                          (self.c * plane * item, plane * item, self.stride[0] * self.wp * item,
+                           self.stride[1] * item))
+
+    def padded_flat(self, ws, backend, tag, dtype):
+        """A workspace array of N*C padded planes plus the tail, and its (N, C, Hp, Wp) view."""
+        size = self.n * self.c * self.hp * self.wp
+        flat = scratch(ws, backend, tag, (size + self.tail,), dtype)
+        return flat, _view(flat[:size], (self.n, self.c, self.hp, self.wp))
+
+
+def _padded_input(backend, plan, x, ws):
+    """x as flat padded planes (zero borders and tail), or x itself where nothing is added."""
+    if not plan.padded:
+        return x
+    ph, pw = plan.padding
+    flat, xp = plan.padded_flat(ws, backend, "conv_xpad", x.dtype)
+    # borders and tail only: the interior is overwritten right below
+    if ph:
+        xp[:, :, :ph] = 0.0
+        xp[:, :, plan.h + ph:] = 0.0
+    if pw:
+        xp[:, :, ph:plan.h + ph, :pw] = 0.0
+        xp[:, :, ph:plan.h + ph, plan.w + pw:] = 0.0
+    flat[flat.size - plan.tail:] = 0.0
+    xp[:, :, ph:plan.h + ph, pw:plan.w + pw] = x
+    return flat
+
+
+def _im2col(backend, plan, x, ws):
+    """Columns (N, G, C/G*kh*kw, Ho*Wq) of the input windows: per sample, the GEMM operand
+    whose product with the (G, O/G, C/G*kh*kw) weights is the output in NCHW order."""
+    source = _padded_input(backend, plan, x, ws)
+    flat = source if source.ndim == 1 else _view(source, (source.size,))
+    cols = scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
+    np.copyto(_view(cols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wq)), plan.windows(flat))
     return cols
 
 
-def _channels_first(backend, dy, ws):
-    """dy (N, O, Ho, Wo) as (O, N*Ho*Wo): the GEMM operand layout of the columns."""
-    n, o = dy.shape[:2]
-    plane = dy.size // (n * o)
-    if n == 1:
-        return _view(dy, (o, plane))
-    dyt = scratch(ws, backend, "conv_dyT", (o, n, plane), dy.dtype)
-    np.copyto(dyt, _view(dy, (n, o, plane)).transpose(1, 0, 2))
-    return _view(dyt, (o, n * plane))
+def _grad_columns(backend, plan, dy, ws):
+    """dy as (N, G, O/G, Ho*Wq): zero-extended to the wide rows where they are wider."""
+    if plan.wq == plan.wo:
+        return _view(dy, (plan.n, plan.groups, plan.o // plan.groups, plan.ho * plan.wo))
+    wide = scratch(ws, backend, "conv_dy_wide", (plan.n, plan.o, plan.ho, plan.wq), dy.dtype)
+    wide[..., plan.wo:] = 0.0
+    wide[..., :plan.wo] = dy
+    return _view(wide, (plan.n, plan.groups, plan.o // plan.groups, plan.ho * plan.wq))
 
 
 def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
-    n = x.shape[0]
-    o, cg, kh, kw = w.shape
-    ho, wo = out.shape[2:]
-    og = o // groups
-    cols = _im2col(backend, x, (kh, kw), stride, padding, dilation, groups, (ho, wo), ws)
-    weights = _view(w, (groups, og, cg * kh * kw))
-    if n == 1:  # (O, Ho*Wo) is already the NCHW layout of one sample
-        np.matmul(weights, cols, out=_view(out, (groups, og, ho * wo)))
+    plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
+    cols = _im2col(backend, plan, x, ws)
+    og = plan.o // groups
+    if plan.wq == plan.wo:
+        np.matmul(plan.weight(w), cols, out=_view(out, (plan.n, groups, og, plan.ho * plan.wo)))
         return
-    res = scratch(ws, backend, "conv_res", (groups, og, n * ho * wo), out.dtype)
-    np.matmul(weights, cols, out=res)
-    np.copyto(_view(out, (n, o, ho * wo)), _view(res, (o, n, ho * wo)).transpose(1, 0, 2))
+    wide = scratch(ws, backend, "conv_out_wide", (plan.n, groups, og, plan.ho * plan.wq), out.dtype)
+    np.matmul(plan.weight(w), cols, out=wide)
+    np.copyto(out, _view(wide, (plan.n, plan.o, plan.ho, plan.wq))[..., :plan.wo])
 
 
-def _col2im(backend, dcols, dx, kernel, stride, padding, dilation, accumulate, ws):
-    """dx (+)= the column matrix (C, kh, kw, N, Ho, Wo) added back into the input planes."""
-    n, c, h, w = dx.shape
-    kh, kw = kernel
-    ph, pw = padding
-    ho, wo = dcols.shape[-2:]
-    padded = bool(ph or pw)
-    if padded:
-        target = scratch(ws, backend, "conv_dxpad", (n, c, h + 2 * ph, w + 2 * pw), dx.dtype)
-        target.fill(0.0)
+def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
+    plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
+    dcols = scratch(ws, backend, "conv_cols", plan.cols_shape, dx.dtype)
+    np.matmul(plan.weight(w).transpose(0, 2, 1), _grad_columns(backend, plan, dy, ws), out=dcols)
+    # col2im: add each kernel offset's columns back where they were read from
+    if plan.padded:
+        flat, target = plan.padded_flat(ws, backend, "conv_dxpad", dx.dtype)
+        flat.fill(0.0)
     else:
-        target = dx
+        flat, target = _view(dx, (dx.size,)), dx
         if not accumulate:
-            target.fill(0.0)
-    for i in range(kh):
-        for j in range(kw):
-            region = _offset_view(target, i * dilation[0], j * dilation[1], stride, (ho, wo))
-            region += dcols[:, i, j].transpose(1, 0, 2, 3)
-    if padded:
-        interior = target[:, :, ph:ph + h, pw:pw + w]
+            dx.fill(0.0)
+    by_offset = _view(dcols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wq))
+    for i in range(plan.kh):
+        for j in range(plan.kw):
+            region = plan.offset_view(flat, i, j)
+            region += by_offset[:, :, i, j]
+    if plan.padded:
+        ph, pw = plan.padding
+        interior = target[:, :, ph:ph + plan.h, pw:pw + plan.w]
         if accumulate:
             dx += interior
         else:
             np.copyto(dx, interior)
 
 
-def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
-    n, c = dx.shape[:2]
-    o, cg, kh, kw = w.shape
-    ho, wo = dy.shape[2:]
-    og = o // groups
-    dyt = _channels_first(backend, dy, ws)
-    dcols = scratch(ws, backend, "conv_cols", (groups, cg * kh * kw, n * ho * wo), dx.dtype)
-    np.matmul(_view(w, (groups, og, cg * kh * kw)).transpose(0, 2, 1),
-              _view(dyt, (groups, og, n * ho * wo)), out=dcols)
-    _col2im(backend, _view(dcols, (c, kh, kw, n, ho, wo)), dx, (kh, kw), stride, padding,
-            dilation, accumulate, ws)
-
-
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
-    n = x.shape[0]
-    o, cg, kh, kw = dw.shape
-    ho, wo = dy.shape[2:]
-    og = o // groups
-    cols = _im2col(backend, x, (kh, kw), stride, padding, dilation, groups, (ho, wo), ws)
-    dyt = _channels_first(backend, dy, ws)
+    plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
+    cols = _im2col(backend, plan, x, ws)
+    og, kg = plan.o // groups, plan.cg * plan.kh * plan.kw
+    per_sample = scratch(ws, backend, "conv_dw_n", (plan.n, groups, og, kg), dw.dtype)
+    np.matmul(_grad_columns(backend, plan, dy, ws), cols.transpose(0, 1, 3, 2), out=per_sample)
     target = scratch(ws, backend, "conv_dw", dw.shape, dw.dtype) if accumulate else dw
-    np.matmul(_view(dyt, (groups, og, n * ho * wo)), cols.transpose(0, 2, 1),
-              out=_view(target, (groups, og, cg * kh * kw)))
+    np.sum(per_sample, axis=0, out=_view(target, (groups, og, kg)))
     if accumulate:
         dw += target
 
@@ -170,6 +216,7 @@ def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
     xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
     table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
     mask = scratch(ws, backend, "pool_mask", out.shape, np.bool_)
+    step = scratch(ws, backend, "pool_step", out.shape, np.int32)
     for i in range(kh):
         for j in range(kw):
             window = _offset_view(xp, i, j, stride, out_hw)
@@ -177,10 +224,13 @@ def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
                 np.copyto(out, window)
                 np.copyto(argmax, table[0, 0])
                 continue
-            # strictly greater: the first maximum in scan order wins, as in PyTorch
+            # strictly greater: the first maximum in scan order wins, as in PyTorch; arithmetic
+            # blends, because copies with a random where= mask are several times slower
             np.greater(window, out, out=mask)
-            np.copyto(out, window, where=mask)
-            np.copyto(argmax, table[i, j], where=mask)
+            np.maximum(out, window, out=out)
+            np.subtract(table[i, j], argmax, out=step)
+            np.multiply(step, mask, out=step)
+            argmax += step
 
 
 def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
