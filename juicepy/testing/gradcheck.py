@@ -41,6 +41,12 @@ def _loss_and_grads(net, backend, x, upstream, step, need_params=True):
     return outputs, input_grads, param_grads
 
 
+def forward_backward(net, backend, inputs, upstream, step: int = 0):
+    """One training-mode forward and backward pass of ``net`` on host ``inputs`` with the output
+    gradients ``upstream``; returns host copies (outputs, input gradients, {param name: gradient})."""
+    return _loss_and_grads(net, backend, list(inputs), list(upstream), step)
+
+
 def _objective(ctx, backend, x, upstream, step):
     net = ctx.network
     ctx.step = step
