@@ -8,14 +8,6 @@ import juicepy as jp
 AVAILABLE = jp.available_backends()
 
 
-def torch_or_none():
-    try:
-        import torch
-    except ImportError:
-        return None
-    return torch
-
-
 @pytest.fixture(params=AVAILABLE)
 def backend(request):
     return jp.backend(request.param)

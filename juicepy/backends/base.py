@@ -32,11 +32,15 @@ class Workspace:
     def __init__(self) -> None:
         self._buffers: dict[tuple, Any] = {}
 
-    def get(self, backend: "Backend", tag: str, shape: tuple, dtype) -> Any:
+    def get(self, backend: "Backend", tag: str, shape: tuple, dtype, init=None) -> Any:
+        """The buffer for (tag, shape, dtype); ``init(buf)`` fills a new one once (constants
+        such as index ranges), later calls get it back as it was left."""
         key = (tag, tuple(shape), np.dtype(dtype).str)
         buf = self._buffers.get(key)
         if buf is None:
             buf = backend.empty(shape, dtype)
+            if init is not None:
+                init(buf)
             self._buffers[key] = buf
         return buf
 
@@ -190,7 +194,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def dropout(self, x, out, mask, p: float, seed: int, counter: int, ws=None) -> None:
         """mask[i] = keep_i / (1 - p), keep_i = (h_i >> 8) >= keep_threshold(p), where
-        h_i = hash32(i ^ stream_key(seed, counter)) (see :mod:`juicepy.backends.rng`; the same
+        h_i = hash32(hash32(i ^ stream_key(seed, counter)) + 0x9E3779B9) (see :mod:`juicepy.backends.rng`; the same
         bits on every backend); out = x * mask."""
 
     @abc.abstractmethod

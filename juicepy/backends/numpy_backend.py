@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -10,6 +13,47 @@ from . import rng
 from . import numpy_conv
 from .base import Backend
 from .numpy_workspace import scratch as _scratch
+
+
+# Optimizer updates run over the flat param block in chunks small enough that a dozen passes
+# stay in L2 cache, spread over threads: NumPy releases the GIL inside ufunc loops.
+CHUNK = 65536
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _threads() -> int:
+    return max(1, int(os.environ.get("JUICEPY_NUM_THREADS", 0)) or (os.cpu_count() or 1))
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="juicepy-numpy")
+        return _POOL
+
+
+def _chunked(size: int, work, *, min_parallel: int = 4 * CHUNK) -> None:
+    """Call work(lo, hi, lane) over [0, size) in CHUNK pieces; lanes run in parallel threads
+    and each lane owns its scratch, so lanes never share temporaries."""
+    lanes = min(_threads(), -(-size // CHUNK)) if size >= min_parallel else 1
+
+    def run_lane(lane):
+        for lo in range(lane * CHUNK, size, lanes * CHUNK):
+            work(lo, min(lo + CHUNK, size), lane)
+
+    if lanes == 1:
+        run_lane(0)
+        return
+    futures = [_pool().submit(run_lane, lane) for lane in range(1, lanes)]
+    run_lane(0)
+    for future in futures:
+        future.result()
+
+
+def _fill_arange(buf) -> None:
+    buf[...] = np.arange(buf.size, dtype=buf.dtype).reshape(buf.shape)
 
 
 class NumpyBackend(Backend):
@@ -127,7 +171,12 @@ class NumpyBackend(Backend):
         np.maximum(x, 0, out=out)
 
     def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._mask_product(lambda m: np.greater(y, 0, out=m), dy, dx, accumulate, ws)
+        # y = relu(x) >= 0, so sign(y) is exactly the 0/1 derivative, with no bool casts
+        target = self._into(dx, accumulate, ws)
+        np.sign(y, out=target)
+        target *= dy
+        if accumulate:
+            dx += target
 
     def leaky_relu(self, x, out, slope):
         np.multiply(x, slope, out=out)
@@ -207,13 +256,16 @@ class NumpyBackend(Backend):
             dx += target
 
     # ----------------------------------------------------------------- losses
-    def _rows(self, ws, n):
-        rows = _scratch(ws, self, "rows", (n,), np.intp)
-        rows[...] = np.arange(n)  # cheap next to the rows of a batch; keeps ws stateless
-        return rows
+    def _label_index(self, ws, labels, classes):
+        """Flat indices i*C + labels[i] of the labelled entries (a cached int buffer)."""
+        n = labels.shape[0]
+        index = _scratch(ws, self, "label_index", (n,), np.intp)
+        offsets = _scratch(ws, self, "row_offsets", (n,), np.intp,
+                           lambda buf: np.multiply(np.arange(n), classes, out=buf))
+        np.add(offsets, labels, out=index)
+        return index
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
-        n = logits.shape[0]
         rowmax = self._row_scratch(ws, "rowmax", logits)
         np.max(logits, axis=1, keepdims=True, out=rowmax)
         np.subtract(logits, rowmax, out=dx)
@@ -221,18 +273,24 @@ class NumpyBackend(Backend):
         rowsum = self._row_scratch(ws, "rowsum", logits)
         np.sum(dx, axis=1, keepdims=True, out=rowsum)
         dx /= rowsum
-        rows = self._rows(ws, n)
+        index = self._label_index(ws, labels, logits.shape[1])
+        picked = _scratch(ws, self, "picked", losses.shape, losses.dtype)
         np.log(rowsum[:, 0], out=losses)
         losses += rowmax[:, 0]
-        losses -= logits[rows, labels]
-        dx[rows, labels] -= 1.0
+        np.take(logits.reshape(-1), index, out=picked)
+        losses -= picked
+        flat_dx = dx.reshape(-1)
+        np.take(flat_dx, index, out=picked)
+        picked -= 1.0
+        np.put(flat_dx, index, picked)
         dx *= grad_scale
 
     def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
-        rows = self._rows(ws, logp.shape[0])
-        np.negative(logp[rows, labels], out=losses)
+        index = self._label_index(ws, labels, logp.shape[1])
+        np.take(logp.reshape(-1), index, out=losses)
+        np.negative(losses, out=losses)
         dx.fill(0.0)
-        dx[rows, labels] = -grad_scale
+        np.put(dx.reshape(-1), index, -grad_scale)
 
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
         np.subtract(pred, target, out=dx)
@@ -244,80 +302,100 @@ class NumpyBackend(Backend):
     # ---------------------------------------------------------------- dropout
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
         n = x.size
+        index = _scratch(ws, self, "rng_index", (n,), np.uint32, _fill_arange)
         bits = _scratch(ws, self, "rng_bits", (n,), np.uint32)
         tmp = _scratch(ws, self, "rng_tmp", (n,), np.uint32)
-        bits[...] = np.arange(n, dtype=np.uint32)
-        np.bitwise_xor(bits, np.uint32(rng.stream_key(seed, counter)), out=bits)
-        rng.hash32_inplace(bits, tmp)
+        np.copyto(bits, index)
+        rng.element_bits(bits, rng.stream_key(seed, counter), tmp)
         np.right_shift(bits, 8, out=bits)
         keep = _scratch(ws, self, "rng_keep", (n,), np.bool_)
-        np.greater_equal(bits, rng.keep_threshold(p), out=keep)
+        np.greater_equal(bits, np.uint32(rng.keep_threshold(p)), out=keep)
         flat_mask = mask.reshape(-1)
-        np.multiply(keep, 1.0 / (1.0 - p) if p < 1.0 else 0.0, out=flat_mask)
+        np.copyto(flat_mask, keep)
+        flat_mask *= 1.0 / (1.0 - p) if p < 1.0 else 0.0
         np.multiply(x, mask, out=out)
 
     # -------------------------------------------------------------- optimizers
+    def _lane_scratch(self, ws, tag, lane, n, dtype):
+        return _scratch(ws, self, f"{tag}{lane}", (CHUNK,), dtype)[:n]
+
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
                    weight_decay, first_step, ws=None):
-        g = grad
-        if weight_decay != 0.0:
-            g = _scratch(ws, self, "sgd_g", param.shape, param.dtype)
-            np.multiply(param, weight_decay, out=g)
-            g += grad
-        if momentum != 0.0:
-            if first_step:
-                np.copyto(buf, g)
-            else:
-                buf *= momentum
-                if dampening == 0.0:
-                    buf += g
+        p_all, g_all = param.reshape(-1), grad.reshape(-1)
+        b_all = buf.reshape(-1) if buf is not None else None
+
+        def work(lo, hi, lane):
+            p, g = p_all[lo:hi], g_all[lo:hi]
+            tmp = self._lane_scratch(ws, "sgd_tmp", lane, hi - lo, p.dtype)
+            if weight_decay != 0.0:
+                d = self._lane_scratch(ws, "sgd_g", lane, hi - lo, p.dtype)
+                np.multiply(p, weight_decay, out=d)
+                d += g
+                g = d
+            if momentum != 0.0:
+                b = b_all[lo:hi]
+                if first_step:
+                    np.copyto(b, g)
                 else:
-                    tmp = _scratch(ws, self, "sgd_tmp", param.shape, param.dtype)
-                    np.multiply(g, 1.0 - dampening, out=tmp)
-                    buf += tmp
-            if nesterov:
-                step_dir = _scratch(ws, self, "sgd_dir", param.shape, param.dtype)
-                np.multiply(buf, momentum, out=step_dir)
-                step_dir += g
-                g = step_dir
-            else:
-                g = buf
-        tmp = _scratch(ws, self, "sgd_tmp", param.shape, param.dtype)
-        np.multiply(g, lr, out=tmp)
-        param -= tmp
+                    b *= momentum
+                    if dampening == 0.0:
+                        b += g
+                    else:
+                        np.multiply(g, 1.0 - dampening, out=tmp)
+                        b += tmp
+                if nesterov:
+                    np.multiply(b, momentum, out=tmp)
+                    tmp += g
+                    g = tmp
+                else:
+                    g = b
+            np.multiply(g, lr, out=tmp)
+            p -= tmp
+
+        _chunked(p_all.size, work)
 
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
                     weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None):
-        tmp = _scratch(ws, self, "adam_tmp", param.shape, param.dtype)
-        g = grad
-        if weight_decay != 0.0:
-            if decoupled:
-                param *= 1.0 - lr * weight_decay
-            else:
-                g = _scratch(ws, self, "adam_g", param.shape, param.dtype)
-                np.multiply(param, weight_decay, out=g)
-                g += grad
-        # exp_avg.lerp_(g, 1 - beta1)
-        np.subtract(g, exp_avg, out=tmp)
-        tmp *= 1.0 - beta1
-        exp_avg += tmp
-        # exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        exp_avg_sq *= beta2
-        np.multiply(g, 1.0 - beta2, out=tmp)
-        tmp *= g
-        exp_avg_sq += tmp
-        second = exp_avg_sq
-        if max_exp_avg_sq is not None:
-            np.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            second = max_exp_avg_sq
+        p_all, g_all = param.reshape(-1), grad.reshape(-1)
+        m_all, v_all = exp_avg.reshape(-1), exp_avg_sq.reshape(-1)
+        vmax_all = max_exp_avg_sq.reshape(-1) if max_exp_avg_sq is not None else None
         bias_correction1 = 1.0 - beta1 ** step
         bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
-        np.sqrt(second, out=tmp)
-        tmp *= 1.0 / bias_correction2_sqrt
-        tmp += eps
-        np.divide(exp_avg, tmp, out=tmp)
-        tmp *= lr / bias_correction1
-        param -= tmp
+        # torch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps); the same with one pass fewer:
+        step_size = lr / bias_correction1 * bias_correction2_sqrt
+        eps_scaled = eps * bias_correction2_sqrt
+
+        def work(lo, hi, lane):
+            p, g, m, v = p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi]
+            tmp = self._lane_scratch(ws, "adam_tmp", lane, hi - lo, p.dtype)
+            if weight_decay != 0.0:
+                if decoupled:
+                    p *= 1.0 - lr * weight_decay
+                else:
+                    d = self._lane_scratch(ws, "adam_g", lane, hi - lo, p.dtype)
+                    np.multiply(p, weight_decay, out=d)
+                    d += g
+                    g = d
+            # exp_avg.lerp_(g, 1 - beta1)
+            np.subtract(g, m, out=tmp)
+            tmp *= 1.0 - beta1
+            m += tmp
+            # exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            v *= beta2
+            np.multiply(g, 1.0 - beta2, out=tmp)
+            tmp *= g
+            v += tmp
+            second = v
+            if vmax_all is not None:
+                second = vmax_all[lo:hi]
+                np.maximum(second, v, out=second)
+            np.sqrt(second, out=tmp)
+            tmp += eps_scaled
+            np.divide(m, tmp, out=tmp)
+            tmp *= step_size
+            p -= tmp
+
+        _chunked(p_all.size, work)
 
     # ------------------------------------------------------------ convolution
     # The kernels live in numpy_conv; these methods only pass the workspace through.

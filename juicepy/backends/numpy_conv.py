@@ -195,15 +195,18 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
 # ---------------------------------------------------------------- pooling
 def _pool_index(backend, ws, in_hw, kernel, stride, padding, out_hw):
     """int32 (kh, kw, Ho, Wo): the flat h*W+w input index kernel offset (i, j) reads for each
-    output pixel (negative or past the plane inside the padding)."""
+    output pixel (negative or past the plane inside the padding). Made once per geometry."""
     h, w = in_hw
     kh, kw = kernel
     ho, wo = out_hw
-    table = scratch(ws, backend, "pool_index", (kh, kw, ho, wo), np.int32)
-    rows = np.arange(kh)[:, None] + np.arange(ho)[None, :] * stride[0] - padding[0]  # (kh, Ho)
-    cols = np.arange(kw)[:, None] + np.arange(wo)[None, :] * stride[1] - padding[1]  # (kw, Wo)
-    np.add((rows * w)[:, None, :, None], cols[None, :, None, :], out=table, casting="unsafe")
-    return table
+
+    def fill(table):
+        rows = np.arange(kh)[:, None] + np.arange(ho)[None, :] * stride[0] - padding[0]  # (kh, Ho)
+        cols = np.arange(kw)[:, None] + np.arange(wo)[None, :] * stride[1] - padding[1]  # (kw, Wo)
+        np.add((rows * w)[:, None, :, None], cols[None, :, None, :], out=table, casting="unsafe")
+
+    tag = f"pool_index {tuple(in_hw)} {tuple(stride)} {tuple(padding)}"
+    return scratch(ws, backend, tag, (kh, kw, ho, wo), np.int32, init=fill)
 
 
 def _is_global(x_hw, kernel, padding, out_hw):
@@ -238,8 +241,8 @@ def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
     planes = n * c
     per_plane = dy.size // planes
     flat_index = scratch(ws, backend, "pool_flat", (planes, per_plane), np.intp)
-    plane_start = scratch(ws, backend, "pool_base", (planes, 1), np.intp)
-    plane_start[:, 0] = np.arange(0, planes * h * w, h * w)
+    plane_start = scratch(ws, backend, f"pool_base {h * w}", (planes, 1), np.intp,
+                          init=lambda buf: np.copyto(buf[:, 0], np.arange(0, planes * h * w, h * w)))
     np.add(_view(argmax, (planes, per_plane)), plane_start, out=flat_index)
     if not accumulate:
         dx.fill(0.0)

@@ -2,8 +2,9 @@
 
 Dropout masks come from a stateless hash of (seed, counter, element index), so the NumPy,
 OpenCL and CUDA backends draw bit-identical masks and a step is reproducible from its seed and
-counter alone. The hash is Chris Wellons' "lowbias32"; kernels in other backends copy it
-line for line.
+counter alone. The hash is Chris Wellons' "lowbias32"; element i draws
+``hash32(hash32(i ^ key) + GOLDEN)`` (two rounds: one round leaves a small correlation between
+neighbouring indices). Kernels in other backends copy this line for line.
 """
 
 from __future__ import annotations
@@ -40,11 +41,18 @@ def hash32_inplace(x: np.ndarray, tmp: np.ndarray) -> None:
     np.bitwise_xor(x, tmp, out=x)
 
 
+def element_bits(bits: np.ndarray, key: int, tmp: np.ndarray) -> None:
+    """In place: element indices -> their 32 random bits under ``key``."""
+    np.bitwise_xor(bits, np.uint32(key), out=bits)
+    hash32_inplace(bits, tmp)
+    np.add(bits, np.uint32(GOLDEN), out=bits)
+    hash32_inplace(bits, tmp)
+
+
 def uniform_hash(seed: int, counter: int, n: int) -> np.ndarray:
     """Reference: n uniforms in [0, 1) as float32 (24 random bits each)."""
     bits = np.arange(n, dtype=np.uint32)
-    np.bitwise_xor(bits, np.uint32(stream_key(seed, counter)), out=bits)
-    hash32_inplace(bits, np.empty_like(bits))
+    element_bits(bits, stream_key(seed, counter), np.empty_like(bits))
     return (bits >> 8).astype(np.float32) * np.float32(1.0 / 16777216.0)
 
 

@@ -156,7 +156,7 @@ class Context:
     def _make_param_grads(self) -> None:
         backend = self.backend
         for group in self.network.param_groups(backend):
-            grad_flat = backend.empty((group.size,), group.params[0].dtype)
+            grad_flat = backend.zeros((group.size,), group.params[0].dtype)  # alignment gaps stay 0
             views = [backend.flat_view(grad_flat, off, p.shape) for p, off in zip(group.params, group.offsets)]
             for p, view in zip(group.params, views):
                 self._param_slot[p] = len(self._param_grad_views)

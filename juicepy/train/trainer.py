@@ -61,7 +61,7 @@ class Trainer:
         return st
 
     def check_targets(self, targets, backend):
-        on_device = backend.is_array(targets)
+        on_device = backend.is_array(targets) and not isinstance(targets, np.ndarray)
         host = backend.to_host(targets) if on_device else np.asarray(targets)
         checked = self.loss.check_targets(host, self.network.output_shape, self.batch_size, self.network.dtype)
         return targets if on_device and checked.dtype == targets.dtype else checked

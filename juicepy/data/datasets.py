@@ -1,0 +1,70 @@
+"""In-memory datasets with seeded shuffling and fixed-size batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class Dataset:
+    """Inputs ``x`` (N, *unit_shape) float32 and integer labels ``y`` (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    name: str = "dataset"
+    classes: int = 0
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
+        if not self.classes:
+            self.classes = int(self.y.max()) + 1 if len(self.y) else 0
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.x.shape[1:])
+
+    def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
+                drop_last: bool = True):
+        """Yield (x, y) batches; the order depends only on (seed, epoch).
+
+        ``drop_last`` keeps every batch at exactly ``batch_size`` rows, as a Trainer needs.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        n = len(self)
+        order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+        stop = n - n % batch_size if drop_last else n
+        for start in range(0, stop, batch_size):
+            idx = order[start:start + batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def split(self, fraction: float, seed: int = 0) -> tuple["Dataset", "Dataset"]:
+        """A seeded random split into (first, second) with ``fraction`` of the rows in first."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        cut = int(round(len(self) * fraction))
+        a, b = order[:cut], order[cut:]
+        return (Dataset(self.x[a], self.y[a], f"{self.name}[:{cut}]", self.classes),
+                Dataset(self.x[b], self.y[b], f"{self.name}[{cut}:]", self.classes))
+
+
+_DIGITS = Path(__file__).with_name("digits.npz")
+
+
+def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """The UCI optical-recognition handwritten digits (as shipped by scikit-learn): 1,797
+    8x8 images, 10 classes, embedded in the package. Returns (train, test), x in [0, 1]
+    with shape (N, 1, 8, 8)."""
+    with np.load(_DIGITS) as data:
+        images, labels = data["images"], data["labels"]
+    x = (images.astype(np.float32) / 16.0)[:, None, :, :]
+    full = Dataset(x, labels.astype(np.int64), "digits", 10)
+    train, test = full.split(1.0 - test_fraction, seed=seed)
+    train.name, test.name = "digits-train", "digits-test"
+    return train, test

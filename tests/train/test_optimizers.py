@@ -1,0 +1,126 @@
+"""Optimizer updates against values worked out by hand, and against torch.optim."""
+
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy import layers as L
+from juicepy.net.context import Segment
+from juicepy.net.params import LearnableParams
+from juicepy.train import SGD, Adam, AdamW, Trainer
+
+
+def _run(opt, grads, backend, p0=1.0):
+    """Apply ``opt`` to a one-element param with the given gradient sequence."""
+    p = LearnableParams(np.array([p0], np.float64))
+    data = p.on(backend)
+    grad = backend.from_host(np.zeros(1))
+    seg = Segment([p], data, grad, 1.0, 1, [0])
+    state = opt.init_state(backend, [seg])
+    out = []
+    for g in grads:
+        backend.write(grad, np.array([g]))
+        opt.step(backend, state, [seg])
+        out.append(float(backend.to_host(data)[0]))
+    return out
+
+
+def test_sgd_plain(numpy_backend):
+    # p <- p - lr * g: 1 - 0.1*0.5 = 0.95, then 0.95 - 0.1*(-1) = 1.05
+    assert _run(SGD(lr=0.1), [0.5, -1.0], numpy_backend) == pytest.approx([0.95, 1.05])
+
+
+def test_sgd_momentum(numpy_backend):
+    # buf = g = 0.5, p = 0.95; buf = 0.9*0.5 + 0.5 = 0.95, p = 0.95 - 0.095 = 0.855
+    assert _run(SGD(lr=0.1, momentum=0.9), [0.5, 0.5], numpy_backend) == pytest.approx([0.95, 0.855])
+
+
+def test_sgd_nesterov(numpy_backend):
+    # step 1: buf = 0.5, d = 0.5 + 0.9*0.5 = 0.95, p = 1 - 0.095 = 0.905
+    # step 2: buf = 0.95, d = 0.5 + 0.855 = 1.355, p = 0.905 - 0.1355 = 0.7695
+    assert _run(SGD(lr=0.1, momentum=0.9, nesterov=True), [0.5, 0.5], numpy_backend) == pytest.approx([0.905, 0.7695])
+
+
+def test_sgd_dampening_and_weight_decay(numpy_backend):
+    # g' = g + wd*p = 0.5 + 0.1 = 0.6; buf = 0.6 (first step ignores dampening); p = 1 - 0.06 = 0.94
+    # g' = 0.5 + 0.094 = 0.594; buf = 0.9*0.6 + 0.5*0.594 = 0.837; p = 0.94 - 0.0837 = 0.8563
+    opt = SGD(lr=0.1, momentum=0.9, dampening=0.5, weight_decay=0.1)
+    assert _run(opt, [0.5, 0.5], numpy_backend) == pytest.approx([0.94, 0.8563])
+
+
+def test_adam_constant_gradient_moves_lr_per_step(numpy_backend):
+    # with bias correction, m_hat = g and v_hat = g^2 for a constant g: each step is lr * g/(|g|+eps)
+    got = _run(Adam(lr=0.01), [0.5, 0.5, 0.5], numpy_backend)
+    assert got == pytest.approx([0.99, 0.98, 0.97], abs=1e-9)
+
+
+def test_adam_first_steps_by_hand(numpy_backend):
+    # step 1, g=0.5: m=0.05, v=0.00025, m_hat=0.5, v_hat=0.25 -> p = 1 - 0.1*0.5/(0.5+1e-8)
+    # step 2, g=-1:  m=0.045-0.1=-0.055, v=0.00024975+0.001=0.00124975
+    #                m_hat=-0.055/0.19, v_hat=0.00124975/0.001999 -> p -= 0.1*m_hat/(sqrt(v_hat)+1e-8)
+    p1 = 1 - 0.1 * 0.5 / (0.5 + 1e-8)
+    m_hat, v_hat = -0.055 / 0.19, 0.00124975 / 0.001999
+    p2 = p1 - 0.1 * m_hat / (np.sqrt(v_hat) + 1e-8)
+    assert _run(Adam(lr=0.1), [0.5, -1.0], numpy_backend) == pytest.approx([p1, p2], rel=1e-12)
+
+
+def test_adam_l2_vs_adamw_decoupled(numpy_backend):
+    # Adam folds wd*p into g: g = 0.5 + 0.5*1 = 1.0, one step moves lr: p = 1 - 0.01
+    assert _run(Adam(lr=0.01, weight_decay=0.5), [0.5], numpy_backend) == pytest.approx([0.99], abs=1e-9)
+    # AdamW shrinks first, p = 1*(1 - 0.01*0.5) = 0.995, then moves lr: 0.985
+    assert _run(AdamW(lr=0.01, weight_decay=0.5), [0.5], numpy_backend) == pytest.approx([0.985], abs=1e-9)
+
+
+def test_amsgrad_uses_running_max(numpy_backend):
+    # after a big gradient the max of v keeps later steps small
+    plain = _run(Adam(lr=0.1), [10.0, 0.1, 0.1], numpy_backend)
+    ams = _run(Adam(lr=0.1, amsgrad=True), [10.0, 0.1, 0.1], numpy_backend)
+    assert plain[0] == pytest.approx(ams[0])
+    assert abs(ams[2] - ams[1]) < abs(plain[2] - plain[1])
+
+
+def test_invalid_hyperparameters():
+    with pytest.raises(ValueError, match="Nesterov"):
+        SGD(nesterov=True)
+    with pytest.raises(ValueError, match="betas"):
+        Adam(betas=(1.0, 0.9))
+    with pytest.raises(ValueError, match="learning rate"):
+        Adam(lr=-1)
+
+
+def _torch_pair(torch, seed=0):
+    torch.manual_seed(seed)
+    ref = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    net = jp.Network(L.Sequential(L.Linear(16), L.Tanh(), L.Linear(4)), input_shape=(6,))
+    net.set_weights(ref.state_dict(), strict=True)
+    return ref, net
+
+
+@pytest.mark.parametrize("name,ours,theirs", [
+    ("sgd", lambda: SGD(lr=0.1), lambda p, t: t.optim.SGD(p, lr=0.1)),
+    ("sgd_momentum_wd", lambda: SGD(lr=0.05, momentum=0.9, weight_decay=1e-3),
+     lambda p, t: t.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=1e-3)),
+    ("nesterov", lambda: SGD(lr=0.05, momentum=0.8, nesterov=True),
+     lambda p, t: t.optim.SGD(p, lr=0.05, momentum=0.8, nesterov=True)),
+    ("adam", lambda: Adam(lr=1e-2), lambda p, t: t.optim.Adam(p, lr=1e-2)),
+    ("adam_l2_amsgrad", lambda: Adam(lr=1e-2, weight_decay=1e-2, amsgrad=True),
+     lambda p, t: t.optim.Adam(p, lr=1e-2, weight_decay=1e-2, amsgrad=True)),
+    ("adamw", lambda: AdamW(lr=1e-2, weight_decay=0.1), lambda p, t: t.optim.AdamW(p, lr=1e-2, weight_decay=0.1)),
+])
+def test_several_steps_match_torch(name, ours, theirs, numpy_backend, rng):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    ref, net = _torch_pair(torch)
+    trainer = Trainer(net, L.SoftmaxCrossEntropy(), ours(), batch_size=8)
+    opt = theirs(ref.parameters(), torch)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(5):
+        x = rng.standard_normal((8, 6)).astype(np.float32)
+        y = rng.integers(0, 4, 8)
+        loss, _ = trainer.train_minibatch(numpy_backend, x, y)
+        opt.zero_grad()
+        ref_loss = loss_fn(ref(torch.tensor(x)), torch.tensor(y))
+        ref_loss.backward()
+        opt.step()
+        assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
+    for k, v in net.get_weights().items():
+        np.testing.assert_allclose(v, ref.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
