@@ -53,111 +53,130 @@ def _offset_view(xp, i, j, stride, out_hw):
 
 
 class _ConvPlan:
-    """Shapes of one convolution and its column layout.
+    """Shapes of one convolution (or of the rows [lo, hi) of its batch one thread works on)."""
 
-    With a horizontal stride of 1 the columns span the full padded width Wp instead of Wo
-    ("wide rows"): each kernel offset then reads, and col2im writes, runs of whole padded rows,
-    contiguous in memory, which NumPy copies and adds several times faster than Wo-long pieces.
-    The Wp - Wo extra columns of every row hold values no output uses: forward drops them,
-    the backward passes see zeros there (the output gradient is zero-extended).
-    """
-
-    def __init__(self, x_shape, w_shape, out_hw, stride, padding, dilation, groups):
+    def __init__(self, x_shape, w_shape, out_hw, stride, padding, dilation, groups, lane=0):
+        self.lane = lane  # threads working on slices of one batch keep separate temporaries
         self.n, self.c, self.h, self.w = x_shape
         self.o, self.cg, self.kh, self.kw = w_shape
         self.ho, self.wo = out_hw
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.hp, self.wp = self.h + 2 * padding[0], self.w + 2 * padding[1]
-        self.wide = stride[1] == 1
-        self.wq = self.wp if self.wide else self.wo  # columns per output row
-        # wide rows of the last plane run on past its end by up to (kw-1)*dw elements
-        self.tail = (self.kw - 1) * dilation[1] if self.wide else 0
-        self.padded = bool(self.tail or padding[0] or padding[1])
-        self.cols_shape = (self.n, groups, self.cg * self.kh * self.kw, self.ho * self.wq)
+        self.padded = bool(padding[0] or padding[1])
+        self.cols_shape = (self.n, groups, self.cg * self.kh * self.kw, self.ho * self.wo)
+
+    def scratch(self, ws, backend, tag, shape, dtype):
+        return scratch(ws, backend, f"{tag}/{self.lane}", shape, dtype)
 
     def weight(self, w):
         return _view(w, (self.groups, self.o // self.groups, self.cg * self.kh * self.kw))
 
     def windows(self, flat):
-        """The (N, C, kh, kw, Ho, Wq) view of the flat padded planes: what each kernel offset
+        """The (N, C, kh, kw, Ho, Wo) view of the flat padded planes: what each kernel offset
         reads for each output position (read-only: windows overlap)."""
         item = flat.itemsize
         plane = self.hp * self.wp
-        return as_strided(flat, (self.n, self.c, self.kh, self.kw, self.ho, self.wq),
+        return as_strided(flat, (self.n, self.c, self.kh, self.kw, self.ho, self.wo),
                           (self.c * plane * item, plane * item, self.dilation[0] * self.wp * item,
                            self.dilation[1] * item, self.stride[0] * self.wp * item, self.stride[1] * item),
                           writeable=False)
 
     def offset_view(self, flat, i, j):
-        """The writable (N, C, Ho, Wq) view of the flat padded planes kernel offset (i, j) touches."""
+        """The writable (N, C, Ho, Wo) view of the flat padded planes kernel offset (i, j) touches."""
         item = flat.itemsize
         plane = self.hp * self.wp
         start = i * self.dilation[0] * self.wp + j * self.dilation[1]
-        return as_strided(flat[start:], (self.n, self.c, self.ho, self.wq),
+        return as_strided(flat[start:], (self.n, self.c, self.ho, self.wo),
                           (self.c * plane * item, plane * item, self.stride[0] * self.wp * item,
                            self.stride[1] * item))
 
     def padded_flat(self, ws, backend, tag, dtype):
-        """A workspace array of N*C padded planes plus the tail, and its (N, C, Hp, Wp) view."""
-        size = self.n * self.c * self.hp * self.wp
-        flat = scratch(ws, backend, tag, (size + self.tail,), dtype)
-        return flat, _view(flat[:size], (self.n, self.c, self.hp, self.wp))
+        """A workspace array of N*C padded planes, flat and as its (N, C, Hp, Wp) view."""
+        flat = self.scratch(ws, backend, tag, (self.n * self.c * self.hp * self.wp,), dtype)
+        return flat, _view(flat, (self.n, self.c, self.hp, self.wp))
 
 
 def _padded_input(backend, plan, x, ws):
-    """x as flat padded planes (zero borders and tail), or x itself where nothing is added."""
+    """x as flat padded planes (zero borders), or x itself without padding."""
     if not plan.padded:
         return x
     ph, pw = plan.padding
     flat, xp = plan.padded_flat(ws, backend, "conv_xpad", x.dtype)
-    # borders and tail only: the interior is overwritten right below
+    # borders only: the interior is overwritten right below
     if ph:
         xp[:, :, :ph] = 0.0
         xp[:, :, plan.h + ph:] = 0.0
     if pw:
         xp[:, :, ph:plan.h + ph, :pw] = 0.0
         xp[:, :, ph:plan.h + ph, plan.w + pw:] = 0.0
-    flat[flat.size - plan.tail:] = 0.0
     xp[:, :, ph:plan.h + ph, pw:plan.w + pw] = x
     return flat
 
 
 def _im2col(backend, plan, x, ws):
-    """Columns (N, G, C/G*kh*kw, Ho*Wq) of the input windows: per sample, the GEMM operand
+    """Columns (N, G, C/G*kh*kw, Ho*Wo) of the input windows: per sample, the GEMM operand
     whose product with the (G, O/G, C/G*kh*kw) weights is the output in NCHW order."""
     source = _padded_input(backend, plan, x, ws)
     flat = source if source.ndim == 1 else _view(source, (source.size,))
-    cols = scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
-    np.copyto(_view(cols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wq)), plan.windows(flat))
+    cols = plan.scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
+    np.copyto(_view(cols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wo)), plan.windows(flat))
     return cols
 
 
-def _grad_columns(backend, plan, dy, ws):
-    """dy as (N, G, O/G, Ho*Wq): zero-extended to the wide rows where they are wider."""
-    if plan.wq == plan.wo:
-        return _view(dy, (plan.n, plan.groups, plan.o // plan.groups, plan.ho * plan.wo))
-    wide = scratch(ws, backend, "conv_dy_wide", (plan.n, plan.o, plan.ho, plan.wq), dy.dtype)
-    wide[..., plan.wo:] = 0.0
-    wide[..., :plan.wo] = dy
-    return _view(wide, (plan.n, plan.groups, plan.o // plan.groups, plan.ho * plan.wq))
+def _grad_columns(plan, dy):
+    """dy (N, O, Ho, Wo) as the (N, G, O/G, Ho*Wo) GEMM operand (a view)."""
+    return _view(dy, (plan.n, plan.groups, plan.o // plan.groups, plan.ho * plan.wo))
+
+
+#: column elements per thread below which splitting a batch costs more than it saves
+MIN_LANE_COLUMNS = 1 << 17
+
+
+def _run_lanes(n: int, columns_per_row: int, work) -> int:
+    """work(lo, hi, lane) over batch rows [0, n), split into lanes that run in parallel threads
+    when the batch is big enough (NumPy and BLAS release the GIL); returns the lane count."""
+    from .numpy_backend import _pool, _threads  # lazily: numpy_backend imports this module
+
+    lanes = min(_threads(), n, max(1, n * columns_per_row // MIN_LANE_COLUMNS))
+    if lanes == 1:
+        work(0, n, 0)
+        return 1
+    bounds = [n * k // lanes for k in range(lanes + 1)]
+    futures = [_pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
+    work(bounds[0], bounds[1], 0)
+    for future in futures:
+        future.result()
+    return lanes
+
+
+def _columns_per_row(x_shape, w_shape, out_hw):
+    return w_shape[1] * w_shape[2] * w_shape[3] * (x_shape[1] // w_shape[1]) * out_hw[0] * out_hw[1]
 
 
 def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
-    plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
+    def lane(lo, hi, k):
+        plan = _ConvPlan(x[lo:hi].shape, w.shape, out.shape[2:], stride, padding, dilation, groups, k)
+        _forward_rows(backend, plan, x[lo:hi], w, out[lo:hi], ws)
+
+    _run_lanes(x.shape[0], _columns_per_row(x.shape, w.shape, out.shape[2:]), lane)
+
+
+def _forward_rows(backend, plan, x, w, out, ws):
     cols = _im2col(backend, plan, x, ws)
-    og = plan.o // groups
-    if plan.wq == plan.wo:
-        np.matmul(plan.weight(w), cols, out=_view(out, (plan.n, groups, og, plan.ho * plan.wo)))
-        return
-    wide = scratch(ws, backend, "conv_out_wide", (plan.n, groups, og, plan.ho * plan.wq), out.dtype)
-    np.matmul(plan.weight(w), cols, out=wide)
-    np.copyto(out, _view(wide, (plan.n, plan.o, plan.ho, plan.wq))[..., :plan.wo])
+    np.matmul(plan.weight(w), cols, out=_grad_columns(plan, out))
 
 
 def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
-    plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
-    dcols = scratch(ws, backend, "conv_cols", plan.cols_shape, dx.dtype)
-    np.matmul(plan.weight(w).transpose(0, 2, 1), _grad_columns(backend, plan, dy, ws), out=dcols)
+    def lane(lo, hi, k):
+        plan = _ConvPlan(dx[lo:hi].shape, w.shape, dy.shape[2:], stride, padding, dilation, groups, k)
+        _backward_data_rows(backend, plan, dy[lo:hi], w, dx[lo:hi], accumulate, ws)
+
+    _run_lanes(dx.shape[0], _columns_per_row(dx.shape, w.shape, dy.shape[2:]), lane)
+
+
+def _backward_data_rows(backend, plan, dy, w, dx, accumulate, ws):
+    dcols = plan.scratch(ws, backend, "conv_cols", plan.cols_shape, dx.dtype)
+    np.matmul(plan.weight(w).transpose(0, 2, 1), _grad_columns(plan, dy), out=dcols)
     # col2im: add each kernel offset's columns back where they were read from
     if plan.padded:
         flat, target = plan.padded_flat(ws, backend, "conv_dxpad", dx.dtype)
@@ -166,7 +185,7 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
         flat, target = _view(dx, (dx.size,)), dx
         if not accumulate:
             dx.fill(0.0)
-    by_offset = _view(dcols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wq))
+    by_offset = _view(dcols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wo))
     for i in range(plan.kh):
         for j in range(plan.kw):
             region = plan.offset_view(flat, i, j)
@@ -181,15 +200,26 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
 
 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
-    plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
-    cols = _im2col(backend, plan, x, ws)
-    og, kg = plan.o // groups, plan.cg * plan.kh * plan.kw
-    per_sample = scratch(ws, backend, "conv_dw_n", (plan.n, groups, og, kg), dw.dtype)
-    np.matmul(_grad_columns(backend, plan, dy, ws), cols.transpose(0, 1, 3, 2), out=per_sample)
-    target = scratch(ws, backend, "conv_dw", dw.shape, dw.dtype) if accumulate else dw
-    np.sum(per_sample, axis=0, out=_view(target, (groups, og, kg)))
-    if accumulate:
-        dw += target
+    o, cg, kh, kw = dw.shape
+    og, kg = o // groups, cg * kh * kw
+    partial = {}
+
+    def lane(lo, hi, k):
+        plan = _ConvPlan(x[lo:hi].shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups, k)
+        cols = _im2col(backend, plan, x[lo:hi], ws)
+        per_row = plan.scratch(ws, backend, "conv_dw_rows", (plan.n, groups, og, kg), dw.dtype)
+        np.matmul(_grad_columns(plan, dy[lo:hi]), cols.transpose(0, 1, 3, 2), out=per_row)
+        partial[k] = plan.scratch(ws, backend, "conv_dw", dw.shape, dw.dtype)
+        np.sum(per_row, axis=0, out=_view(partial[k], (groups, og, kg)))
+
+    lanes = _run_lanes(x.shape[0], _columns_per_row(x.shape, dw.shape, dy.shape[2:]), lane)
+    # the lanes' sums are added in lane order, so results do not depend on thread timing
+    if not accumulate:
+        np.copyto(dw, partial[0])
+    else:
+        dw += partial[0]
+    for k in range(1, lanes):
+        dw += partial[k]
 
 
 # ---------------------------------------------------------------- pooling
