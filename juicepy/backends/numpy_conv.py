@@ -65,8 +65,8 @@ class _ConvPlan:
         self.padded = bool(padding[0] or padding[1])
         self.cols_shape = (self.n, groups, self.cg * self.kh * self.kw, self.ho * self.wo)
 
-    def scratch(self, ws, backend, tag, shape, dtype):
-        return scratch(ws, backend, f"{tag}/{self.lane}", shape, dtype)
+    def scratch(self, ws, backend, tag, shape, dtype, init=None):
+        return scratch(ws, backend, f"{tag}/{self.lane}", shape, dtype, init)
 
     def weight(self, w):
         return _view(w, (self.groups, self.o // self.groups, self.cg * self.kh * self.kw))
@@ -113,14 +113,42 @@ def _padded_input(backend, plan, x, ws):
     return flat
 
 
-def _im2col(backend, plan, x, ws):
+#: largest column matrix (elements) kept from the forward pass for the weight gradient
+SAVED_COLUMNS_LIMIT = 1 << 22
+
+
+def _im2col(backend, plan, x, ws, reuse=False):
     """Columns (N, G, C/G*kh*kw, Ho*Wo) of the input windows: per sample, the GEMM operand
-    whose product with the (G, O/G, C/G*kh*kw) weights is the output in NCHW order."""
+    whose product with the (G, O/G, C/G*kh*kw) weights is the output in NCHW order.
+
+    Columns up to SAVED_COLUMNS_LIMIT are kept per input buffer and geometry, with a copy of
+    the input they came from; ``reuse=True`` (the weight gradient) takes them back when the
+    input still equals that copy, instead of copying the windows again.
+    """
+    n_cols = plan.n * plan.groups * plan.cols_shape[2] * plan.cols_shape[3]
+    if n_cols > SAVED_COLUMNS_LIMIT:
+        cols = plan.scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
+        _fill_columns(backend, plan, x, cols, ws)
+        return cols
+    key = (f"{x.__array_interface__['data'][0]} {x.shape} {x.strides} {plan.kh}x{plan.kw} {plan.stride} "
+           f"{plan.padding} {plan.dilation} {plan.groups}")
+    cols = plan.scratch(ws, backend, "conv_saved_cols " + key, plan.cols_shape, x.dtype)
+    # NaN never compares equal: a new snapshot cannot pass for the input
+    source = plan.scratch(ws, backend, "conv_saved_x " + key, x.shape, x.dtype, init=lambda buf: buf.fill(np.nan))
+    if reuse:
+        same = plan.scratch(ws, backend, "conv_same", x.shape, np.bool_)
+        np.equal(x, source, out=same)
+        if same.all():
+            return cols
+    _fill_columns(backend, plan, x, cols, ws)
+    np.copyto(source, x)
+    return cols
+
+
+def _fill_columns(backend, plan, x, cols, ws):
     source = _padded_input(backend, plan, x, ws)
     flat = source if source.ndim == 1 else _view(source, (source.size,))
-    cols = plan.scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
     np.copyto(_view(cols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wo)), plan.windows(flat))
-    return cols
 
 
 def _grad_columns(plan, dy):
@@ -206,7 +234,7 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
 
     def lane(lo, hi, k):
         plan = _ConvPlan(x[lo:hi].shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups, k)
-        cols = _im2col(backend, plan, x[lo:hi], ws)
+        cols = _im2col(backend, plan, x[lo:hi], ws, reuse=True)
         per_row = plan.scratch(ws, backend, "conv_dw_rows", (plan.n, groups, og, kg), dw.dtype)
         np.matmul(_grad_columns(plan, dy[lo:hi]), cols.transpose(0, 1, 3, 2), out=per_row)
         partial[k] = plan.scratch(ws, backend, "conv_dw", dw.shape, dw.dtype)
