@@ -81,15 +81,6 @@ class _ConvPlan:
                            self.dilation[1] * item, self.stride[0] * self.wp * item, self.stride[1] * item),
                           writeable=False)
 
-    def offset_view(self, flat, i, j):
-        """The writable (N, C, Ho, Wo) view of the flat padded planes kernel offset (i, j) touches."""
-        item = flat.itemsize
-        plane = self.hp * self.wp
-        start = i * self.dilation[0] * self.wp + j * self.dilation[1]
-        return as_strided(flat[start:], (self.n, self.c, self.ho, self.wo),
-                          (self.c * plane * item, plane * item, self.stride[0] * self.wp * item,
-                           self.stride[1] * item))
-
     def padded_flat(self, ws, backend, tag, dtype):
         """A workspace array of N*C padded planes, flat and as its (N, C, Hp, Wp) view."""
         flat = self.scratch(ws, backend, tag, (self.n * self.c * self.hp * self.wp,), dtype)
@@ -195,36 +186,29 @@ def _forward_rows(backend, plan, x, w, out, ws):
 
 
 def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
-    def lane(lo, hi, k):
-        plan = _ConvPlan(dx[lo:hi].shape, w.shape, dy.shape[2:], stride, padding, dilation, groups, k)
-        _backward_data_rows(backend, plan, dy[lo:hi], w, dx[lo:hi], accumulate, ws)
-
-    _run_lanes(dx.shape[0], _columns_per_row(dx.shape, w.shape, dy.shape[2:]), lane)
-
-
-def _backward_data_rows(backend, plan, dy, w, dx, accumulate, ws):
-    dcols = plan.scratch(ws, backend, "conv_cols", plan.cols_shape, dx.dtype)
-    np.matmul(plan.weight(w).transpose(0, 2, 1), _grad_columns(plan, dy), out=dcols)
-    # col2im: add each kernel offset's columns back where they were read from
-    if plan.padded:
-        flat, target = plan.padded_flat(ws, backend, "conv_dxpad", dx.dtype)
-        flat.fill(0.0)
-    else:
-        flat, target = _view(dx, (dx.size,)), dx
-        if not accumulate:
-            dx.fill(0.0)
-    by_offset = _view(dcols, (plan.n, plan.c, plan.kh, plan.kw, plan.ho, plan.wo))
+    """One GEMM per group in a batch-innermost (C, H, W, N) layout: col2im then adds runs of
+    Wo*N contiguous values per kernel offset instead of Wo-long pieces per sample."""
+    plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
+    n, c, o = plan.n, plan.c, plan.o
+    ho, wo = plan.ho, plan.wo
+    dy_t = scratch(ws, backend, "conv_dy_t", (o, ho, wo, n), dy.dtype)
+    np.copyto(dy_t, dy.transpose(1, 2, 3, 0))
+    dcols = scratch(ws, backend, "conv_dcols_t", (groups, plan.cg * plan.kh * plan.kw, ho * wo * n), dx.dtype)
+    np.matmul(plan.weight(w).transpose(0, 2, 1), _view(dy_t, (groups, o // groups, ho * wo * n)), out=dcols)
+    target = scratch(ws, backend, "conv_dx_t", (c, plan.hp, plan.wp, n), dx.dtype)
+    target.fill(0.0)
+    by_offset = _view(dcols, (c, plan.kh, plan.kw, ho, wo, n))
+    (sh, sw), (dh, dw) = stride, dilation
     for i in range(plan.kh):
         for j in range(plan.kw):
-            region = plan.offset_view(flat, i, j)
-            region += by_offset[:, :, i, j]
-    if plan.padded:
-        ph, pw = plan.padding
-        interior = target[:, :, ph:ph + plan.h, pw:pw + plan.w]
-        if accumulate:
-            dx += interior
-        else:
-            np.copyto(dx, interior)
+            region = target[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            region += by_offset[:, i, j]
+    ph, pw = padding
+    interior = target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2)
+    if accumulate:
+        dx += interior
+    else:
+        np.copyto(dx, interior)
 
 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
