@@ -6,7 +6,7 @@ import os
 import threading
 from typing import Callable
 
-from .base import Backend, BackendUnavailable, Workspace
+from .base import Backend, BackendUnavailable, CaptureError, Workspace
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _INSTANCES: dict[str, Backend] = {}
@@ -62,11 +62,20 @@ def _numpy() -> Backend:
     return NumpyBackend()
 
 
+def _cuda() -> Backend:
+    # the package imports CuPy only inside CudaBackend(), which raises BackendUnavailable
+    from .cuda import CudaBackend
+
+    return CudaBackend()
+
+
 register_backend("numpy", _numpy)
+register_backend("cuda", _cuda)
 
 __all__ = [
     "Backend",
     "BackendUnavailable",
+    "CaptureError",
     "Workspace",
     "available_backends",
     "backend",

@@ -22,6 +22,10 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run here (missing package, GPU or OpenCL platform)."""
 
 
+class CaptureError(RuntimeError):
+    """A backend could not record a sequence of ops as a replayable graph."""
+
+
 class Workspace:
     """Temporaries for backend ops, made on first use and reused afterwards.
 
@@ -202,6 +206,9 @@ class Backend(abc.ABC):
         """out (+)= a * b elementwise (dropout backward: dx = dy * mask)."""
 
     # -------------------------------------------------------------- optimizers
+    # Optimizers pass ``guard`` (a (1,) array holding the step's summed loss) only where the
+    # backend captures graphs (``can_capture``): when it is not finite the update is skipped and
+    # param and state stay unchanged, the NaN guard of a step the host cannot stop midway.
     @abc.abstractmethod
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
                    weight_decay, first_step, ws=None) -> None:
@@ -212,6 +219,18 @@ class Backend(abc.ABC):
                     weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None) -> None:
         """torch.optim.Adam's (decoupled=False) or AdamW's (decoupled=True) update, in place.
         ``step`` is the 1-based step count after this update."""
+
+    # ------------------------------------------------------------- graphs
+    #: whether :meth:`capture` can record ops for replay (CUDA graphs); the trainer and
+    #: ``Network.transform`` then replay whole steps instead of issuing every op
+    can_capture: bool = False
+
+    def capture(self, fn):
+        """Record the device work of ``fn()`` (no host sync, no allocation inside) and return a
+        graph whose ``replay(shift)`` re-runs it; the dropout ``counter`` and optimizer ``step``
+        arguments recorded with value v run as v + shift. The captured work itself does not run.
+        Raises :class:`CaptureError` where it cannot."""
+        raise CaptureError(f"{self.name}: this backend does not capture graphs")
 
     # ------------------------------------------------------------ convolution
     # NCHW; weight (O, C/groups, kh, kw); padding is a pair of ints (already resolved).

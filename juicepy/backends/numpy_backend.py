@@ -14,6 +14,13 @@ from . import numpy_conv
 from .base import Backend
 from .numpy_workspace import scratch as _scratch
 
+try:  # fused optimizer kernels, built by setup.py where a C compiler exists
+    if os.environ.get("JUICEPY_CPU_KERNELS", "c") == "numpy":
+        raise ImportError("pure NumPy requested by JUICEPY_CPU_KERNELS=numpy")
+    from . import _cpu_kernels
+except ImportError:
+    _cpu_kernels = None
+
 
 # Optimizer updates run over the flat param block in chunks small enough that a dozen passes
 # stay in L2 cache, spread over threads: NumPy releases the GIL inside ufunc loops.
@@ -48,6 +55,19 @@ def _chunked(size: int, work, *, min_parallel: int = 4 * CHUNK) -> None:
         return
     futures = [_pool().submit(run_lane, lane) for lane in range(1, lanes)]
     run_lane(0)
+    for future in futures:
+        future.result()
+
+
+def _split(size: int, work) -> None:
+    """Call work(lo, hi) on one contiguous part per thread (one-pass fused kernels)."""
+    lanes = min(_threads(), max(1, size // CHUNK))
+    bounds = [size * k // lanes for k in range(lanes + 1)]
+    if lanes == 1:
+        work(0, size)
+        return
+    futures = [_pool().submit(work, bounds[k], bounds[k + 1]) for k in range(1, lanes)]
+    work(bounds[0], bounds[1])
     for future in futures:
         future.result()
 
@@ -323,6 +343,11 @@ class NumpyBackend(Backend):
                    weight_decay, first_step, ws=None):
         p_all, g_all = param.reshape(-1), grad.reshape(-1)
         b_all = buf.reshape(-1) if buf is not None else None
+        if _cpu_kernels is not None:
+            _split(p_all.size, lambda lo, hi: _cpu_kernels.sgd(
+                p_all[lo:hi], g_all[lo:hi], b_all[lo:hi] if b_all is not None else None, lr,
+                momentum, 1.0 - dampening, weight_decay, nesterov, first_step))
+            return
 
         def work(lo, hi, lane):
             p, g = p_all[lo:hi], g_all[lo:hi]
@@ -364,6 +389,14 @@ class NumpyBackend(Backend):
         # torch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps); the same with one pass fewer:
         step_size = lr / bias_correction1 * bias_correction2_sqrt
         eps_scaled = eps * bias_correction2_sqrt
+        if _cpu_kernels is not None:
+            l2 = 0.0 if decoupled else weight_decay
+            shrink = 1.0 - lr * weight_decay if decoupled else 1.0
+            _split(p_all.size, lambda lo, hi: _cpu_kernels.adam(
+                p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi],
+                vmax_all[lo:hi] if vmax_all is not None else None, 1.0 - beta1, beta2, 1.0 - beta2,
+                step_size, eps_scaled, l2, shrink))
+            return
 
         def work(lo, hi, lane):
             p, g, m, v = p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi]

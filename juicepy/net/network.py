@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import DTypeError, NonFiniteError, ShapeError, WeightsError
 from .context import Context
 from .descriptor import GraphBuilder
+from .replay import GraphReplay, graphs_wanted
 
 _ALIGN = 64  # elements: params in a flat block start on 256-byte boundaries (float32)
 
@@ -39,6 +40,9 @@ class Network:
     """
 
     max_batch = 1024  # rows per inference context in transform()
+    #: replay each inference context's forward pass as a recorded graph where the backend
+    #: captures them (CUDA); ``$JUICEPY_GRAPHS=0`` turns it off everywhere
+    graphs = True
 
     def __init__(self, root, input_shape, dtype=np.float32, seed: int = 0):
         self.root = root
@@ -70,6 +74,7 @@ class Network:
         self._nodes_by_path = {n.path: n for n in self.nodes}
         self._groups: dict = {}
         self._contexts: dict = {}
+        self._replays: dict = {}  # (backend, rows) -> GraphReplay of that inference context
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- shapes
@@ -143,6 +148,7 @@ class Network:
         """Drop this network's contexts and param copies on ``backend`` (host keeps the data)."""
         with self._lock:
             self._contexts = {k: v for k, v in self._contexts.items() if k[0] is not backend}
+            self._replays = {k: v for k, v in self._replays.items() if k[0] is not backend}
             for p in self.params.values():
                 p.release(backend)
             self._groups.pop(backend, None)
@@ -191,12 +197,27 @@ class Network:
             with self._lock:
                 ctx = self._inference_context(backend, rows)
                 ctx.set_inputs([x[start:start + rows] for x in xs])
-                ctx.forward()
+                self._forward(backend, ctx)
                 for i, out in enumerate(results):
                     j = self.outputs[i].index
                     out[start:start + rows] = backend.to_host(ctx._data[j])
             start += rows
         return results[0] if len(results) == 1 else results
+
+    def _forward(self, backend, ctx: Context) -> None:
+        """ctx.forward(), replayed from a recorded graph from the second pass on where it can be."""
+        if not graphs_wanted(self.graphs, backend):
+            ctx.forward()
+            return
+        key = (backend, ctx.batch_size)
+        rep = self._replays.get(key)
+        if rep is None:
+            rep = self._replays[key] = GraphReplay(self, backend)
+        if rep.failure is None and rep.eager_runs > 0 and (rep.ready(()) or rep.record((), ctx.forward)):
+            rep.replay()
+            return
+        rep.eager_runs += 1  # the first pass fills workspaces and compiles kernels
+        ctx.forward()
 
     def _inference_context(self, backend, rows: int) -> Context:
         key = (backend, rows)

@@ -36,12 +36,16 @@ class Optimizer:
                                   for name in self.state_names})
         return state
 
-    def step(self, backend, state: OptimizerState, segments) -> None:
+    def step(self, backend, state: OptimizerState, segments, guard=None) -> None:
+        """``guard``: a (1,) device array (the summed loss); the update is skipped on device when
+        it is not finite (only for backends that capture graphs, see Backend.sgd_update)."""
         state.step += 1
+        extra = {} if guard is None else {"guard": guard}
         for seg, buffers in zip(segments, state.buffers):
-            self.update(backend, seg, buffers, state, self.lr * seg.lr_mult)
+            self.update(backend, seg, buffers, state, self.lr * seg.lr_mult, **extra)
 
-    def update(self, backend, segment, buffers: dict, state: OptimizerState, lr: float) -> None:
+    def update(self, backend, segment, buffers: dict, state: OptimizerState, lr: float, **extra) -> None:
+        """``extra`` holds the backend op's optional arguments (``guard``): pass them on."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 from ..backends import backend as get_backend
 from ..errors import NonFiniteError
 from ..net.context import Context
+from ..net.replay import GraphReplay, graphs_wanted
 from .optimizer import Optimizer, OptimizerState
 
 
@@ -22,6 +23,7 @@ class TrainState:
     losses: object
     loss_sum: object
     optimizer: OptimizerState
+    replay: GraphReplay | None = None  # the recorded step, on backends that capture graphs
 
 
 class Trainer:
@@ -29,9 +31,14 @@ class Trainer:
 
     ``check_finite`` (on by default) refuses inputs holding NaN/Inf and a non-finite loss;
     every check runs before any weight or optimizer state changes.
+
+    ``graphs`` (on by default; ``$JUICEPY_GRAPHS=0`` turns it off everywhere): on a backend that
+    captures graphs (CUDA) the second step records forward, loss, backward and optimizer update
+    as one graph and later steps replay it, with the same results as issuing every op.
     """
 
-    def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True):
+    def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
+                 graphs: bool = True):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         loss.check_output(network.output_shape)
@@ -40,6 +47,7 @@ class Trainer:
         self.optimizer = optimizer
         self.batch_size = int(batch_size)
         self.check_finite = check_finite
+        self.graphs = graphs
         self._states: dict = {}
 
     def state(self, backend) -> TrainState:
@@ -56,6 +64,7 @@ class Trainer:
                 losses=backend.empty((n,), net.dtype),
                 loss_sum=backend.empty((1,), net.dtype),
                 optimizer=self.optimizer.init_state(backend, ctx.segments),
+                replay=GraphReplay(net, backend) if backend.can_capture else None,
             )
             self._states[backend] = st
         return st
@@ -81,27 +90,74 @@ class Trainer:
             backend.copy(targets, st.targets)
         else:
             backend.write(st.targets, targets)
-        ctx.forward()
-        loss = self._loss_and_output_grad(backend, st)
-        if self.check_finite and not math.isfinite(loss):
-            ctx.step -= 1  # the refused step does not advance the dropout stream either
-            raise NonFiniteError(f"loss is {loss} at step {st.optimizer.step + 1}; weights and optimizer "
-                                 f"state were left unchanged (check_finite guard)")
-        ctx.backward()
-        self.optimizer.step(backend, st.optimizer, ctx.segments)
+        loss = self._replayed_step(backend, st) if graphs_wanted(self.graphs, backend) else None
+        if loss is None:
+            ctx.forward()
+            loss = self._loss_and_output_grad(backend, st)
+            if self.check_finite and not math.isfinite(loss):
+                ctx.step -= 1  # the refused step does not advance the dropout stream either
+                self._refuse(loss, st)
+            ctx.backward()
+            self.optimizer.step(backend, st.optimizer, ctx.segments)
         for seg in ctx.segments:
             for p in seg.params:
                 p.mark_written(backend)
         return loss, ctx.output()
 
-    def _loss_and_output_grad(self, backend, st: TrainState) -> float:
+    def _refuse(self, loss: float, st: TrainState):
+        raise NonFiniteError(f"loss is {loss} at step {st.optimizer.step + 1}; weights and optimizer "
+                             f"state were left unchanged (check_finite guard)")
+
+    def _loss_to_device(self, backend, st: TrainState) -> int:
+        """Loss, output gradient and the summed loss in st.loss_sum; returns the mean's count."""
         ctx = st.context
         count = self.loss.count(self.batch_size, self.network.output_shape)
         ctx.begin_backward()
         self.loss.compute(backend, ctx.output(), st.targets, st.losses, ctx.output_gradient(),
                           1.0 / count, ctx.ws)
         backend.sum_all(st.losses, st.loss_sum)
+        return count
+
+    def _loss_and_output_grad(self, backend, st: TrainState) -> float:
+        count = self._loss_to_device(backend, st)
         return float(backend.to_host(st.loss_sum)[0]) / count
+
+    def _replayed_step(self, backend, st: TrainState) -> float | None:
+        """The step as a replayed graph; None where it must run op by op (first step, failed capture).
+
+        The recording bakes in the hyperparameters (a change records again); the dropout counter
+        and optimizer step advance through the replay's shift. With check_finite the optimizer
+        kernels skip the update on device when the summed loss is not finite, so a refused
+        step leaves weights and optimizer state unchanged, as the op-by-op path does.
+        """
+        rep, ctx, opt = st.replay, st.context, st.optimizer
+        if rep is None or rep.failure is not None or opt.step == 0:
+            return None  # the first step runs op by op: it fills workspaces and compiles kernels
+        key = (self.check_finite, repr(self.optimizer.hyperparams()), ctx.step - opt.step)
+        if not rep.ready(key):
+            ctx_step, opt_step = ctx.step, opt.step
+            guard = st.loss_sum if self.check_finite else None
+
+            def body():
+                ctx.forward()
+                self._loss_to_device(backend, st)
+                ctx.backward()
+                self.optimizer.step(backend, opt, ctx.segments, guard=guard)
+
+            recorded = rep.record(key, body)
+            ctx.step, opt.step = ctx_step, opt_step  # recording ran the host side only
+            if not recorded:
+                return None
+            rep.base_step = opt_step
+        rep.replay(opt.step - rep.base_step)
+        ctx.step += 1
+        opt.step += 1
+        loss = float(backend.to_host(st.loss_sum)[0]) / self.loss.count(self.batch_size, self.network.output_shape)
+        if self.check_finite and not math.isfinite(loss):
+            ctx.step -= 1
+            opt.step -= 1
+            self._refuse(loss, st)
+        return loss
 
     @property
     def steps(self) -> int:

@@ -1,0 +1,178 @@
+/* Fused optimizer kernels for the NumPy backend: one pass over param, grad and state where
+ * NumPy needs a dozen. Optional: setup.py builds it when a C compiler is present, and the
+ * backend falls back to NumPy ufuncs otherwise. The GIL is released inside each kernel so the
+ * backend can run lanes of one flat block on several threads.
+ *
+ * Formulas are torch.optim's, in the same form as numpy_backend.py's fallback:
+ *   Adam:  m += (g - m)(1 - b1);  v = b2 v + (1 - b2) g^2;
+ *          p -= step_size * m / (sqrt(v) + eps_scaled)
+ *          with step_size = lr / bc1 * sqrt(bc2), eps_scaled = eps * sqrt(bc2)
+ *   SGD:   torch.optim.SGD with momentum, dampening, Nesterov, weight decay.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+#define DEFINE_ADAM(NAME, T, SQRT)                                                           \
+    VECTOR_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m,          \
+                                   T *restrict v, T *restrict vmax, Py_ssize_t n, T c1, T b2, \
+                                   T c2, T step_size, T eps_scaled, T l2, T shrink)           \
+    {                                                                                         \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                  \
+            T pi = p[i] * shrink;                                                             \
+            T gi = g[i] + l2 * pi;                                                            \
+            T mi = m[i] + (gi - m[i]) * c1;                                                   \
+            T vi = v[i] * b2 + c2 * gi * gi;                                                  \
+            T second = vi;                                                                    \
+            if (vmax) {                                                                       \
+                second = vmax[i] > vi ? vmax[i] : vi;                                         \
+                vmax[i] = second;                                                             \
+            }                                                                                 \
+            m[i] = mi;                                                                        \
+            v[i] = vi;                                                                        \
+            p[i] = pi - step_size * mi / (SQRT(second) + eps_scaled);                        \
+        }                                                                                     \
+    }
+
+DEFINE_ADAM(adam_f32, float, sqrtf)
+DEFINE_ADAM(adam_f64, double, sqrt)
+
+#define DEFINE_SGD(NAME, T)                                                                   \
+    VECTOR_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict buf,        \
+                                   Py_ssize_t n, T lr, T momentum, T damp, T wd, int nesterov, \
+                                   int first)                                                 \
+    {                                                                                         \
+        for (Py_ssize_t i = 0; i < n; i++) {                                                  \
+            T gi = g[i] + wd * p[i];                                                          \
+            if (buf) {                                                                        \
+                T bi = first ? gi : buf[i] * momentum + damp * gi;                            \
+                buf[i] = bi;                                                                  \
+                gi = nesterov ? gi + momentum * bi : bi;                                      \
+            }                                                                                 \
+            p[i] -= lr * gi;                                                                  \
+        }                                                                                     \
+    }
+
+DEFINE_SGD(sgd_f32, float)
+DEFINE_SGD(sgd_f64, double)
+
+/* Buffers: writable, C-contiguous, all of one itemsize (4 or 8) and one length. */
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a contiguous%s float buffer", name,
+                     writable ? " writable" : "");
+        return -1;
+    }
+    if (!view->format || (strcmp(view->format, "f") && strcmp(view->format, "d"))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected float32 or float64, got format '%s'", name,
+                     view->format ? view->format : "?");
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static int same_layout(Py_buffer *a, Py_buffer *b, const char *name)
+{
+    if (a->itemsize != b->itemsize || a->len != b->len) {
+        PyErr_Format(PyExc_ValueError, "%s: dtype or length differs from the param's", name);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_adam(PyObject *self, PyObject *args)
+{
+    PyObject *po, *go, *mo, *vo, *vmaxo;
+    double c1, b2, c2, step_size, eps_scaled, l2, shrink;
+    if (!PyArg_ParseTuple(args, "OOOOOddddddd", &po, &go, &mo, &vo, &vmaxo, &c1, &b2, &c2,
+                          &step_size, &eps_scaled, &l2, &shrink))
+        return NULL;
+    Py_buffer p, g, m, v, vmax;
+    int have_vmax = vmaxo != Py_None, got = 0;
+    if (get_buffer(po, &p, 1, "param") < 0) return NULL;
+    got = 1;
+    if (get_buffer(go, &g, 0, "grad") < 0 || (got = 2, same_layout(&p, &g, "grad") < 0)) goto fail;
+    if (get_buffer(mo, &m, 1, "exp_avg") < 0 || (got = 3, same_layout(&p, &m, "exp_avg") < 0)) goto fail;
+    if (get_buffer(vo, &v, 1, "exp_avg_sq") < 0 || (got = 4, same_layout(&p, &v, "exp_avg_sq") < 0)) goto fail;
+    if (have_vmax && (get_buffer(vmaxo, &vmax, 1, "max_exp_avg_sq") < 0 ||
+                      (got = 5, same_layout(&p, &vmax, "max_exp_avg_sq") < 0)))
+        goto fail;
+    Py_ssize_t n = p.len / p.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (p.itemsize == 4)
+        adam_f32(p.buf, g.buf, m.buf, v.buf, have_vmax ? vmax.buf : NULL, n, (float)c1, (float)b2,
+                 (float)c2, (float)step_size, (float)eps_scaled, (float)l2, (float)shrink);
+    else
+        adam_f64(p.buf, g.buf, m.buf, v.buf, have_vmax ? vmax.buf : NULL, n, c1, b2, c2,
+                 step_size, eps_scaled, l2, shrink);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&p); PyBuffer_Release(&g); PyBuffer_Release(&m); PyBuffer_Release(&v);
+    if (have_vmax) PyBuffer_Release(&vmax);
+    Py_RETURN_NONE;
+fail:
+    if (got >= 1) PyBuffer_Release(&p);
+    if (got >= 2) PyBuffer_Release(&g);
+    if (got >= 3) PyBuffer_Release(&m);
+    if (got >= 4) PyBuffer_Release(&v);
+    if (got >= 5) PyBuffer_Release(&vmax);
+    return NULL;
+}
+
+static PyObject *py_sgd(PyObject *self, PyObject *args)
+{
+    PyObject *po, *go, *bo;
+    double lr, momentum, damp, wd;
+    int nesterov, first;
+    if (!PyArg_ParseTuple(args, "OOOddddpp", &po, &go, &bo, &lr, &momentum, &damp, &wd,
+                          &nesterov, &first))
+        return NULL;
+    Py_buffer p, g, b;
+    int have_buf = bo != Py_None, got = 0;
+    if (get_buffer(po, &p, 1, "param") < 0) return NULL;
+    got = 1;
+    if (get_buffer(go, &g, 0, "grad") < 0 || (got = 2, same_layout(&p, &g, "grad") < 0)) goto fail;
+    if (have_buf && (get_buffer(bo, &b, 1, "momentum_buffer") < 0 ||
+                     (got = 3, same_layout(&p, &b, "momentum_buffer") < 0)))
+        goto fail;
+    Py_ssize_t n = p.len / p.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (p.itemsize == 4)
+        sgd_f32(p.buf, g.buf, have_buf ? b.buf : NULL, n, (float)lr, (float)momentum, (float)damp,
+                (float)wd, nesterov, first);
+    else
+        sgd_f64(p.buf, g.buf, have_buf ? b.buf : NULL, n, lr, momentum, damp, wd, nesterov, first);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&p); PyBuffer_Release(&g);
+    if (have_buf) PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+fail:
+    if (got >= 1) PyBuffer_Release(&p);
+    if (got >= 2) PyBuffer_Release(&g);
+    if (got >= 3) PyBuffer_Release(&b);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"adam", py_adam, METH_VARARGS,
+     "adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq|None, c1, beta2, c2, step_size, "
+     "eps_scaled, l2, shrink): one fused Adam/AdamW pass, in place"},
+    {"sgd", py_sgd, METH_VARARGS,
+     "sgd(param, grad, momentum_buffer|None, lr, momentum, 1-dampening, weight_decay, nesterov, "
+     "first_step): one fused SGD pass, in place"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_kernels",
+                                    "Fused CPU optimizer kernels for the NumPy backend.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__cpu_kernels(void) { return PyModule_Create(&module); }

@@ -1,0 +1,84 @@
+// Batch norm over x (N, C, inner): statistics per channel, one block per channel.
+#include "common.cuh"
+
+__device__ __forceinline__ i64 bn_index(i64 k, i64 c, i64 channels, i64 inner) {
+    return ((k / inner) * channels + c) * inner + (k % inner);
+}
+
+extern "C" {
+
+// Normalise with batch statistics, keep mean/invstd for the backward pass and update the
+// running statistics torch-style (running_var tracks the unbiased variance); running_mean
+// may be null (no running statistics).
+__global__ void batch_norm_train(const real* x, const real* gamma, const real* beta, real* out,
+                                 real* mean, real* invstd, real* running_mean, real* running_var,
+                                 i64 batch, i64 channels, i64 inner, real momentum,
+                                 real one_minus_momentum, real unbiased_momentum, real eps) {
+    __shared__ real scratch[32];
+    const i64 c = blockIdx.x, count = batch * inner;
+    real s = 0;
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) s += x[bn_index(k, c, channels, inner)];
+    const real mu = block_sum(s, scratch) / (real)count;
+    real q = 0;
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
+        const real d = x[bn_index(k, c, channels, inner)] - mu;
+        q += d * d;
+    }
+    const real var = block_sum(q, scratch) / (real)count;
+    const real inv = (real)1 / sqrt(var + eps);
+    if (threadIdx.x == 0) {
+        mean[c] = mu;
+        invstd[c] = inv;
+        if (running_mean != nullptr) {
+            running_mean[c] = running_mean[c] * one_minus_momentum + mu * momentum;
+            running_var[c] = running_var[c] * one_minus_momentum + var * unbiased_momentum;
+        }
+    }
+    const real scale = gamma[c] * inv, shift = beta[c];
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
+        const i64 j = bn_index(k, c, channels, inner);
+        out[j] = (x[j] - mu) * scale + shift;
+    }
+}
+
+__global__ void batch_norm_infer(const real* x, const real* gamma, const real* beta,
+                                 const real* running_mean, const real* running_var, real eps,
+                                 real* out, i64 n, i64 channels, i64 inner) {
+    GRID_STRIDE(i, n) {
+        const i64 c = (i / inner) % channels;
+        const real scale = gamma[c] / sqrt(running_var[c] + eps);
+        out[i] = x[i] * scale + (beta[c] - running_mean[c] * scale);
+    }
+}
+
+// dbeta = sum(dy), dgamma = sum(dy * xhat) (either may be null; acc_params adds into them);
+// dx (may be null) = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)).
+__global__ void batch_norm_backward(const real* x, const real* dy, const real* gamma, const real* mean,
+                                    const real* invstd, real* dx, real* dgamma, real* dbeta,
+                                    i64 batch, i64 channels, i64 inner, int acc_dx, int acc_params) {
+    __shared__ real scratch[32];
+    const i64 c = blockIdx.x, count = batch * inner;
+    const real mu = mean[c], inv = invstd[c];
+    real s_dy = 0, s_dy_xhat = 0;
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
+        const i64 j = bn_index(k, c, channels, inner);
+        s_dy += dy[j];
+        s_dy_xhat += dy[j] * ((x[j] - mu) * inv);
+    }
+    s_dy = block_sum(s_dy, scratch);
+    s_dy_xhat = block_sum(s_dy_xhat, scratch);
+    if (threadIdx.x == 0) {
+        if (dbeta != nullptr) dbeta[c] = acc_params ? dbeta[c] + s_dy : s_dy;
+        if (dgamma != nullptr) dgamma[c] = acc_params ? dgamma[c] + s_dy_xhat : s_dy_xhat;
+    }
+    if (dx == nullptr) return;
+    const real coef = gamma[c] * inv * ((real)1 / (real)count);
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
+        const i64 j = bn_index(k, c, channels, inner);
+        const real xhat = (x[j] - mu) * inv;
+        const real v = (dy[j] * (real)count - (xhat * s_dy_xhat + s_dy)) * coef;
+        dx[j] = acc_dx ? dx[j] + v : v;
+    }
+}
+
+}  // extern "C"

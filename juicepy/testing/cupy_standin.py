@@ -1,0 +1,229 @@
+"""A stand-in for CuPy that runs on the CPU, for checking the CUDA backend's plumbing where no
+GPU exists.
+
+It does NOT execute the CUDA kernels. Every kernel launch is checked against the C signature of
+the kernel it names (parsed from the real sources): argument count, and for each argument the C
+type it will be read as (a wrong NumPy scalar type would be silently misread on a GPU). GEMMs
+run for real through a column-major cuBLAS emulation, so the row-major mapping is checked too.
+Arrays are NumPy arrays with CuPy's ``data.ptr`` / ``get`` / ``set``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import re
+import types
+
+import numpy as np
+
+from juicepy.backends.cuda import kernels
+
+
+class FakeArray(np.ndarray):
+    """A NumPy array that answers CuPy's ndarray API used by the backend."""
+
+    @property
+    def data(self):  # CuPy: a MemoryPointer with .ptr
+        return types.SimpleNamespace(ptr=self.ctypes.data)
+
+    def get(self):
+        return np.array(self, copy=True).view(np.ndarray)
+
+    def set(self, host):
+        assert host.shape == self.shape and host.dtype == self.dtype, (host.shape, host.dtype, self.shape, self.dtype)
+        self[...] = host
+
+
+def _signatures() -> dict:
+    """kernel name -> list of C parameter types, from the assembled source (macros expanded)."""
+    source = kernels.module_source()
+    macros = {}
+    for match in re.finditer(r"#define (\w+_ARGS) ((?:.*\\\n)*.*)", source):
+        macros[match.group(1)] = match.group(2).replace("\\\n", " ")
+    signatures = {}
+    for match in re.finditer(r"__global__ void (\w+)\(([^)]*)\)", source):
+        params = match.group(2)
+        for name, text in macros.items():
+            params = params.replace(name, text)
+        types_ = []
+        for param in params.split(","):
+            words = param.replace("*", " * ").split()
+            ctype = " ".join(w for w in words[:-1] if w != "const").replace(" *", "*")
+            types_.append(ctype)
+        signatures[match.group(1)] = types_
+    return signatures
+
+
+SIGNATURES = _signatures()
+_SCALARS = {"i64": np.int64, "int": np.int32, "unsigned int": np.uint32, "double": np.float64}
+
+
+class FakeKernel:
+    def __init__(self, name, real, log):
+        self.name = name
+        self.real = np.float32 if real == "float" else np.float64
+        self.params = SIGNATURES[name]
+        self.log = log
+
+    def _check(self, i, ctype, arg):
+        where = f"{self.name} argument {i} ({ctype})"
+        if ctype.endswith("*"):
+            base = ctype[:-1].strip()
+            if isinstance(arg, np.uint64):
+                assert arg == 0, f"{where}: a non-null raw pointer"
+                return
+            assert isinstance(arg, FakeArray), f"{where}: got {type(arg).__name__}"
+            expected = {"real": self.real, "int": np.int32, "i64": np.int64}[base]
+            assert arg.dtype == expected, f"{where}: array of {arg.dtype}, kernel reads {np.dtype(expected)}"
+            assert arg.flags.c_contiguous, f"{where}: not contiguous"
+            return
+        expected = self.real if ctype == "real" else _SCALARS[ctype]
+        assert type(arg) is expected, f"{where}: got {type(arg).__name__}, kernel reads {np.dtype(expected)}"
+
+    def __call__(self, grid, block, args):
+        assert len(grid) == 1 and len(block) == 1 and grid[0] >= 1, (self.name, grid, block)
+        assert block[0] % 32 == 0 and block[0] <= 1024, (self.name, block)
+        assert len(args) == len(self.params), f"{self.name}: {len(args)} arguments, kernel takes {len(self.params)}"
+        for i, (ctype, arg) in enumerate(zip(self.params, args)):
+            self._check(i, ctype, arg)
+        self.log.append(self.name)
+
+
+class FakeModule:
+    def __init__(self, code, options, log):
+        assert code == kernels.module_source()
+        self.real = next(o.split("=")[1] for o in options if o.startswith("-Dreal="))
+        self.log = log
+
+    def get_function(self, name):
+        if name not in SIGNATURES:
+            raise KeyError(f"no kernel {name!r} in the sources")
+        return FakeKernel(name, self.real, self.log)
+
+
+def _matrix(ptr, dtype, rows, cols, ld):
+    """The column-major rows x cols matrix at ptr with leading dimension ld, as a NumPy view."""
+    itemsize = np.dtype(dtype).itemsize
+    size = ld * (cols - 1) + rows
+    buf = (ctypes.c_byte * (size * itemsize)).from_address(ptr)
+    flat = np.frombuffer(buf, dtype)
+    return np.lib.stride_tricks.as_strided(flat, (rows, cols), (itemsize, ld * itemsize))
+
+
+def _gemm(dtype):
+    def gemm(handle, transa, transb, m, n, k, alpha_ptr, a, lda, b, ldb, beta_ptr, c, ldc):
+        alpha = np.frombuffer((ctypes.c_byte * np.dtype(dtype).itemsize).from_address(alpha_ptr), dtype)[0]
+        beta = np.frombuffer((ctypes.c_byte * np.dtype(dtype).itemsize).from_address(beta_ptr), dtype)[0]
+        op_a = _matrix(a, dtype, k, m, lda).T if transa else _matrix(a, dtype, m, k, lda)
+        op_b = _matrix(b, dtype, n, k, ldb).T if transb else _matrix(b, dtype, k, n, ldb)
+        for ld, rows in ((lda, k if transa else m), (ldb, n if transb else k), (ldc, m)):
+            assert ld >= max(1, rows), "leading dimension smaller than the rows"
+        out = _matrix(c, dtype, m, n, ldc)
+        result = alpha * (op_a @ op_b) + (beta * out if beta != 0 else 0)
+        out[...] = result
+    return gemm
+
+
+def install(monkeypatch) -> list:
+    """Put the stand-in in sys.modules for ``cupy`` and ``cupy_backends``; returns the launch log."""
+    import sys
+
+    log: list = []
+    allocator: list = [None]
+
+    def make(shape, dtype, fill=None):
+        if allocator[0] is not None:
+            allocator[0](int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        arr = np.zeros(shape, dtype).view(FakeArray)  # kernels do not run: keep contents tame
+        if fill is not None:
+            arr.fill(fill)
+        return arr
+
+    @contextlib.contextmanager
+    def using_allocator(fn):
+        allocator[0] = fn
+        try:
+            yield
+        finally:
+            allocator[0] = None
+
+    class Graph:
+        def __init__(self, launches):
+            self.launches = launches
+
+        def launch(self, stream=None):
+            log.append(("graph", len(self.launches)))
+
+    class Stream:
+        ptr = 1234
+
+        def __init__(self, non_blocking=False):
+            self.capturing_from = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def synchronize(self):
+            pass
+
+        def begin_capture(self):
+            self.capturing_from = len(log)
+
+        def end_capture(self):
+            graph = Graph(log[self.capturing_from:])
+            del log[self.capturing_from:]  # captured work does not run
+            return graph
+
+    class Device:
+        def __init__(self, index):
+            self.index = index
+
+        def use(self):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    pool = types.SimpleNamespace(free_all_blocks=lambda: log.append("free_all_blocks"))
+    cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+        Device=Device, Stream=Stream, using_allocator=using_allocator,
+        get_current_stream=lambda: Stream(),
+        device=types.SimpleNamespace(get_cublas_handle=lambda: 1),
+    )
+    cupy = types.ModuleType("cupy")
+    cupy.ndarray = FakeArray
+    cupy.cuda = cuda
+    cupy.empty = lambda shape, dtype=np.float32: make(shape, dtype)
+    cupy.zeros = lambda shape, dtype=np.float32: make(shape, dtype, 0)
+    cupy.array = lambda host, copy=True: _copy_in(make, host)
+    cupy.copyto = lambda dst, src: np.copyto(dst, src)
+    cupy.RawModule = lambda code, options: FakeModule(code, options, log)
+    cupy.get_default_memory_pool = lambda: pool
+    cupy.get_default_pinned_memory_pool = lambda: pool
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
+    cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T, cublas.CUBLAS_POINTER_MODE_HOST = 0, 1, 0
+    cublas.sgemm, cublas.dgemm = _gemm(np.float32), _gemm(np.float64)
+    cublas.setStream = lambda handle, stream: None
+    cublas.setPointerMode = lambda handle, mode: None
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.cublas = cublas
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy_backends", types.ModuleType("cupy_backends"))
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda", types.ModuleType("cupy_backends.cuda"))
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs", libs)
+    monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", cublas)
+    return log
+
+
+def _copy_in(make, host):
+    arr = make(host.shape, host.dtype)
+    arr[...] = host
+    return arr

@@ -1,0 +1,19 @@
+"""Builds the optional fused CPU kernels; everything else is in pyproject.toml.
+
+``optional=True``: where no C compiler exists the build goes on without them and the NumPy
+backend uses its pure-NumPy fallback.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "juicepy.backends._cpu_kernels",
+            ["juicepy/backends/_cpu_kernels.c"],
+            # -fno-math-errno lets GCC vectorise sqrt; no -ffast-math, so IEEE results stay exact
+            extra_compile_args=["-O3", "-fno-math-errno", "-std=c99"],
+            optional=True,
+        )
+    ]
+)
