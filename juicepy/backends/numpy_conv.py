@@ -1,11 +1,16 @@
 """Convolution, pooling and batch-norm kernels of the NumPy backend.
 
-Convolution is im2col + GEMM. The strided windows of the (padded) input are copied into a
-workspace matrix laid out (N, groups, C/groups*kh*kw, Ho*Wo), so one batched matmul writes the
-NCHW output (no transposed copies of activations or gradients). im2col is one strided copy and
-col2im one strided add per kernel offset. Pooling loops over the kh*kw kernel offsets only.
-Every temporary comes from the caller's Workspace, so a steady-state step allocates no arrays
-beyond NumPy's own small index temporaries.
+Convolution is im2col + GEMM, with no loop over samples or pixels:
+
+- forward and weight gradient: the strided windows of the (padded) input are copied into
+  columns laid out (N, groups, C/groups*kh*kw, Ho*Wo), so one batched matmul writes the NCHW
+  output directly; big batches are split over threads. The forward's columns are kept (up to
+  SAVED_COLUMNS_LIMIT) for the weight gradient of the same input;
+- input gradient: one GEMM per group in a batch-innermost (C, H, W, N) layout, then col2im adds
+  each kernel offset's columns back as runs of Wo*N contiguous values.
+
+Pooling loops over the kh*kw kernel offsets only. Every temporary comes from the caller's
+Workspace, so a steady-state step allocates no arrays beyond NumPy's small index temporaries.
 """
 
 from __future__ import annotations
