@@ -178,6 +178,9 @@ def _columns_per_row(x_shape, w_shape, out_hw):
 
 
 def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
+    if _is_depthwise(x, w, groups):
+        _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws)
+        return
     def lane(lo, hi, k):
         plan = _ConvPlan(x[lo:hi].shape, w.shape, out.shape[2:], stride, padding, dilation, groups, k)
         _forward_rows(backend, plan, x[lo:hi], w, out[lo:hi], ws)
@@ -193,6 +196,9 @@ def _forward_rows(backend, plan, x, w, out, ws):
 def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     """One GEMM per group in a batch-innermost (C, H, W, N) layout: col2im then adds runs of
     Wo*N contiguous values per kernel offset instead of Wo-long pieces per sample."""
+    if _is_depthwise(dx, w, groups):
+        _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate, ws)
+        return
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
     n, c, o = plan.n, plan.c, plan.o
     ho, wo = plan.ho, plan.wo
@@ -217,6 +223,9 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
 
 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
+    if _is_depthwise(x, dw, groups):
+        _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
+        return
     o, cg, kh, kw = dw.shape
     og, kg = o // groups, cg * kh * kw
     partial = {}
@@ -237,6 +246,86 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
         dw += partial[0]
     for k in range(1, lanes):
         dw += partial[k]
+
+
+# ------------------------------------------------------ depthwise convolution
+# One input channel and one output channel per group: a GEMM would have an inner dimension of 1,
+# so these loop over the kernel offsets and scale whole (N, C, Ho, Wo) windows instead.
+def _is_depthwise(x, w, groups):
+    return groups > 1 and groups == x.shape[1] == w.shape[0] and w.shape[1] == 1
+
+
+def _tap(w, i, j):
+    """Kernel weight (i, j) of every channel, shaped to scale (N, C, H, W) arrays."""
+    return w[:, 0, i, j].reshape(1, -1, 1, 1)
+
+
+def _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws):
+    def lane(lo, hi, k):
+        xp = _padded(backend, x[lo:hi], padding, 0.0, ws, f"conv_xpad/{k}")
+        rows = out[lo:hi]
+        term = scratch(ws, backend, f"conv_dw_term/{k}", rows.shape, out.dtype)
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                window = _offset_view(xp, i * dilation[0], j * dilation[1], stride, out.shape[2:])
+                if i == 0 and j == 0:
+                    np.multiply(window, _tap(w, 0, 0), out=rows)
+                else:
+                    np.multiply(window, _tap(w, i, j), out=term)
+                    rows += term
+
+    _run_lanes(x.shape[0], out[0].size * w.shape[2] * w.shape[3], lane)
+
+
+def _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate, ws):
+    c, h, wd = dx.shape[1:]
+    ph, pw = padding
+
+    def lane(lo, hi, k):
+        rows = dx[lo:hi]
+        if ph or pw:
+            target = scratch(ws, backend, f"conv_dxpad/{k}", (hi - lo, c, h + 2 * ph, wd + 2 * pw), dx.dtype)
+            target.fill(0.0)
+        else:
+            target = rows
+            if not accumulate:
+                rows.fill(0.0)
+        term = scratch(ws, backend, f"conv_dw_term/{k}", (hi - lo,) + dy.shape[1:], dy.dtype)
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                np.multiply(dy[lo:hi], _tap(w, i, j), out=term)
+                region = _offset_view(target, i * dilation[0], j * dilation[1], stride, dy.shape[2:])
+                region += term
+        if ph or pw:
+            interior = target[:, :, ph:ph + h, pw:pw + wd]
+            if accumulate:
+                rows += interior
+            else:
+                np.copyto(rows, interior)
+
+    _run_lanes(dx.shape[0], dy[0].size * w.shape[2] * w.shape[3], lane)
+
+
+def _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws):
+    c, _, kh, kw = dw.shape
+    partial = {}
+
+    def lane(lo, hi, k):
+        xp = _padded(backend, x[lo:hi], padding, 0.0, ws, f"conv_xpad/{k}")
+        partial[k] = taps = scratch(ws, backend, f"conv_dw_taps/{k}", (c, kh, kw), dw.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                window = _offset_view(xp, i * dilation[0], j * dilation[1], stride, dy.shape[2:])
+                np.einsum("nchw,nchw->c", window, dy[lo:hi], out=taps[:, i, j])
+
+    lanes = _run_lanes(x.shape[0], dy[0].size * kh * kw, lane)
+    # lane order, not thread timing, fixes the summation order
+    if accumulate:
+        dw += _view(partial[0], dw.shape)
+    else:
+        np.copyto(dw, _view(partial[0], dw.shape))
+    for k in range(1, lanes):
+        dw += _view(partial[k], dw.shape)
 
 
 # ---------------------------------------------------------------- pooling

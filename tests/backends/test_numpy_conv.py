@@ -24,11 +24,12 @@ def _conv_all(b, x, w, geometry, ws):
     return out, dx, dw
 
 
-def test_batch_split_over_threads_matches_one_lane(b, monkeypatch):
+@pytest.mark.parametrize("out_channels, groups", [(6, 2), (4, 4)], ids=["grouped", "depthwise"])
+def test_batch_split_over_threads_matches_one_lane(b, monkeypatch, out_channels, groups):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 4, 9, 8))
-    w = rng.standard_normal((6, 2, 3, 3))
-    geometry = ((2, 2), (1, 1), (1, 1), 2)
+    w = rng.standard_normal((out_channels, 4 // groups, 3, 3))
+    geometry = ((2, 2), (1, 1), (1, 1), groups)
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "1")
     single = _conv_all(b, x, w, geometry, Workspace())
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "3")
