@@ -109,8 +109,9 @@ def _padded_input(backend, plan, x, ws):
     return flat
 
 
-#: largest column matrix (elements) kept from the forward pass for the weight gradient
-SAVED_COLUMNS_LIMIT = 1 << 22
+#: largest column matrix (elements; 8 MB of float32) kept from the forward pass for the weight
+#: gradient: each conv of each context keeps its own, so this bounds the memory it costs
+SAVED_COLUMNS_LIMIT = 1 << 21
 
 
 def _im2col(backend, plan, x, ws, reuse=False):
