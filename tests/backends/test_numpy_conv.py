@@ -14,8 +14,14 @@ def b():
     return jp.backend("numpy")
 
 
+def _out_len(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
 def _conv_all(b, x, w, geometry, ws):
-    out = np.empty((x.shape[0], w.shape[0], 5, 4), x.dtype)
+    (sh, sw), (ph, pw), (dh, dw), _ = geometry
+    out = np.empty((x.shape[0], w.shape[0], _out_len(x.shape[2], w.shape[2], sh, ph, dh),
+                    _out_len(x.shape[3], w.shape[3], sw, pw, dw)), x.dtype)
     b.conv2d(x, w, out, *geometry, ws=ws)
     dy = np.cos(out)
     dx, dw = np.empty_like(x), np.empty_like(w)
@@ -78,3 +84,31 @@ def test_batch_norm_backward_without_input_gradient_and_accumulating_params(b):
     xhat = (x - mean.reshape(1, 3, 1, 1)) * invstd.reshape(1, 3, 1, 1)
     np.testing.assert_allclose(dbeta, 1 + dy.sum(axis=(0, 2, 3)))
     np.testing.assert_allclose(dgamma, 1 + (dy * xhat).sum(axis=(0, 2, 3)))
+
+
+def test_weight_gradient_never_uses_columns_of_a_changed_input(b):
+    """The forward's columns are reused only while the input still equals the copy kept with them."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 2, 6, 6))
+    w = rng.standard_normal((4, 2, 3, 3))
+    dy = rng.standard_normal((3, 4, 6, 6))
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    ws = Workspace()
+    b.conv2d(x, w, np.empty((3, 4, 6, 6)), *geometry, ws=ws)
+    x[1, 0, 2, 3] += 1.0  # written in place after the forward pass
+    reused, fresh = np.empty_like(w), np.empty_like(w)
+    b.conv2d_backward_filter(x, dy, reused, *geometry, ws=ws)
+    b.conv2d_backward_filter(x, dy, fresh, *geometry, ws=Workspace())
+    np.testing.assert_array_equal(reused, fresh)
+
+
+def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 7, 6))
+    w = rng.standard_normal((4, 2, 3, 2))
+    geometry = ((2, 1), (1, 0), (1, 2), 1)
+    kept = _conv_all(b, x, w, geometry, Workspace())
+    monkeypatch.setattr(numpy_conv, "SAVED_COLUMNS_LIMIT", 0)
+    recomputed = _conv_all(b, x, w, geometry, Workspace())
+    for a, c in zip(kept, recomputed):
+        np.testing.assert_array_equal(a, c)
