@@ -4,12 +4,12 @@ Convolution is im2col + GEMM, with no loop over samples or pixels:
 
 - forward and weight gradient: the strided windows of the (padded) input are copied into
   columns laid out (N, groups, C/groups*kh*kw, Ho*Wo), so one batched matmul writes the NCHW
-  output directly; big batches are split over threads. The forward's columns are kept (up to
+  output directly. The forward's columns are kept (up to
   SAVED_COLUMNS_LIMIT) for the weight gradient of the same input;
 - input gradient: one GEMM per group in a batch-innermost (C, H, W, N) layout, then col2im adds
   each kernel offset's columns back as runs of Wo*N contiguous values.
 
-Pooling loops over the kh*kw kernel offsets only. Every temporary comes from the caller's
+Depthwise convolutions and pooling loop over the kh*kw kernel offsets only. Every temporary comes from the caller's
 Workspace, so a steady-state step allocates no arrays beyond NumPy's small index temporaries.
 """
 
@@ -58,10 +58,9 @@ def _offset_view(xp, i, j, stride, out_hw):
 
 
 class _ConvPlan:
-    """Shapes of one convolution (or of the rows [lo, hi) of its batch one thread works on)."""
+    """Shapes of one convolution and views of its padded input planes."""
 
-    def __init__(self, x_shape, w_shape, out_hw, stride, padding, dilation, groups, lane=0):
-        self.lane = lane  # threads working on slices of one batch keep separate temporaries
+    def __init__(self, x_shape, w_shape, out_hw, stride, padding, dilation, groups):
         self.n, self.c, self.h, self.w = x_shape
         self.o, self.cg, self.kh, self.kw = w_shape
         self.ho, self.wo = out_hw
@@ -69,9 +68,6 @@ class _ConvPlan:
         self.hp, self.wp = self.h + 2 * padding[0], self.w + 2 * padding[1]
         self.padded = bool(padding[0] or padding[1])
         self.cols_shape = (self.n, groups, self.cg * self.kh * self.kw, self.ho * self.wo)
-
-    def scratch(self, ws, backend, tag, shape, dtype, init=None):
-        return scratch(ws, backend, f"{tag}/{self.lane}", shape, dtype, init)
 
     def weight(self, w):
         return _view(w, (self.groups, self.o // self.groups, self.cg * self.kh * self.kw))
@@ -88,7 +84,7 @@ class _ConvPlan:
 
     def padded_flat(self, ws, backend, tag, dtype):
         """A workspace array of N*C padded planes, flat and as its (N, C, Hp, Wp) view."""
-        flat = self.scratch(ws, backend, tag, (self.n * self.c * self.hp * self.wp,), dtype)
+        flat = scratch(ws, backend, tag, (self.n * self.c * self.hp * self.wp,), dtype)
         return flat, _view(flat, (self.n, self.c, self.hp, self.wp))
 
 
@@ -124,16 +120,16 @@ def _im2col(backend, plan, x, ws, reuse=False):
     """
     n_cols = plan.n * plan.groups * plan.cols_shape[2] * plan.cols_shape[3]
     if n_cols > SAVED_COLUMNS_LIMIT:
-        cols = plan.scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
+        cols = scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
         _fill_columns(backend, plan, x, cols, ws)
         return cols
     key = (f"{x.__array_interface__['data'][0]} {x.shape} {x.strides} {plan.kh}x{plan.kw} {plan.stride} "
            f"{plan.padding} {plan.dilation} {plan.groups}")
-    cols = plan.scratch(ws, backend, "conv_saved_cols " + key, plan.cols_shape, x.dtype)
+    cols = scratch(ws, backend, "conv_saved_cols " + key, plan.cols_shape, x.dtype)
     # NaN never compares equal: a new snapshot cannot pass for the input
-    source = plan.scratch(ws, backend, "conv_saved_x " + key, x.shape, x.dtype, init=lambda buf: buf.fill(np.nan))
+    source = scratch(ws, backend, "conv_saved_x " + key, x.shape, x.dtype, init=lambda buf: buf.fill(np.nan))
     if reuse:
-        same = plan.scratch(ws, backend, "conv_same", x.shape, np.bool_)
+        same = scratch(ws, backend, "conv_same", x.shape, np.bool_)
         np.equal(x, source, out=same)
         if same.all():
             return cols
@@ -153,43 +149,11 @@ def _grad_columns(plan, dy):
     return _view(dy, (plan.n, plan.groups, plan.o // plan.groups, plan.ho * plan.wo))
 
 
-#: column elements per thread below which splitting a batch costs more than it saves
-MIN_LANE_COLUMNS = 1 << 17
-
-
-def _run_lanes(n: int, columns_per_row: int, work) -> int:
-    """work(lo, hi, lane) over batch rows [0, n), split into lanes that run in parallel threads
-    when the batch is big enough (NumPy and BLAS release the GIL); returns the lane count."""
-    from .numpy_backend import _pool, _threads  # lazily: numpy_backend imports this module
-
-    lanes = min(_threads(), n, max(1, n * columns_per_row // MIN_LANE_COLUMNS))
-    if lanes == 1:
-        work(0, n, 0)
-        return 1
-    bounds = [n * k // lanes for k in range(lanes + 1)]
-    futures = [_pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
-    work(bounds[0], bounds[1], 0)
-    for future in futures:
-        future.result()
-    return lanes
-
-
-def _columns_per_row(x_shape, w_shape, out_hw):
-    return w_shape[1] * w_shape[2] * w_shape[3] * (x_shape[1] // w_shape[1]) * out_hw[0] * out_hw[1]
-
-
 def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
     if _is_depthwise(x, w, groups):
         _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws)
         return
-    def lane(lo, hi, k):
-        plan = _ConvPlan(x[lo:hi].shape, w.shape, out.shape[2:], stride, padding, dilation, groups, k)
-        _forward_rows(backend, plan, x[lo:hi], w, out[lo:hi], ws)
-
-    _run_lanes(x.shape[0], _columns_per_row(x.shape, w.shape, out.shape[2:]), lane)
-
-
-def _forward_rows(backend, plan, x, w, out, ws):
+    plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
     cols = _im2col(backend, plan, x, ws)
     np.matmul(plan.weight(w), cols, out=_grad_columns(plan, out))
 
@@ -229,29 +193,42 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
         return
     o, cg, kh, kw = dw.shape
     og, kg = o // groups, cg * kh * kw
-    partial = {}
-
-    def lane(lo, hi, k):
-        plan = _ConvPlan(x[lo:hi].shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups, k)
-        cols = _im2col(backend, plan, x[lo:hi], ws, reuse=True)
-        per_row = plan.scratch(ws, backend, "conv_dw_rows", (plan.n, groups, og, kg), dw.dtype)
-        np.matmul(_grad_columns(plan, dy[lo:hi]), cols.transpose(0, 1, 3, 2), out=per_row)
-        partial[k] = plan.scratch(ws, backend, "conv_dw", dw.shape, dw.dtype)
-        np.sum(per_row, axis=0, out=_view(partial[k], (groups, og, kg)))
-
-    lanes = _run_lanes(x.shape[0], _columns_per_row(x.shape, dw.shape, dy.shape[2:]), lane)
-    # the lanes' sums are added in lane order, so results do not depend on thread timing
-    if not accumulate:
-        np.copyto(dw, partial[0])
-    else:
-        dw += partial[0]
-    for k in range(1, lanes):
-        dw += partial[k]
+    plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
+    cols = _im2col(backend, plan, x, ws, reuse=True)
+    per_row = scratch(ws, backend, "conv_dw_rows", (plan.n, groups, og, kg), dw.dtype)
+    np.matmul(_grad_columns(plan, dy), cols.transpose(0, 1, 3, 2), out=per_row)
+    target = scratch(ws, backend, "conv_dw", dw.shape, dw.dtype) if accumulate else dw
+    np.sum(per_row, axis=0, out=_view(target, (groups, og, kg)))
+    if accumulate:
+        dw += target
 
 
 # ------------------------------------------------------ depthwise convolution
 # One input channel and one output channel per group: a GEMM would have an inner dimension of 1,
 # so these loop over the kernel offsets and scale whole (N, C, Ho, Wo) windows instead.
+#: window elements per thread below which splitting a batch costs more than it saves
+MIN_LANE_WORK = 1 << 17
+
+
+def _run_lanes(n: int, work_per_row: int, work) -> int:
+    """work(lo, hi, lane) over batch rows [0, n), split into lanes that run in parallel threads
+    when the batch is big enough (NumPy releases the GIL); returns the lane count. Only the
+    depthwise kernels split: with BLAS in the loop, its own threads and these oversubscribe
+    the cores (slower in A/B timings)."""
+    from .numpy_backend import _pool, _threads  # lazily: numpy_backend imports this module
+
+    lanes = min(_threads(), n, max(1, n * work_per_row // MIN_LANE_WORK))
+    if lanes == 1:
+        work(0, n, 0)
+        return 1
+    bounds = [n * k // lanes for k in range(lanes + 1)]
+    futures = [_pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
+    work(bounds[0], bounds[1], 0)
+    for future in futures:
+        future.result()
+    return lanes
+
+
 def _is_depthwise(x, w, groups):
     return groups > 1 and groups == x.shape[1] == w.shape[0] and w.shape[1] == 1
 

@@ -1,4 +1,4 @@
-"""The NumPy convolution / pooling / batch-norm kernels at the op level: batch split over threads,
+"""The NumPy convolution / pooling / batch-norm kernels at the op level: depthwise batch split over threads,
 accumulate flags, and ops called without a workspace."""
 
 import numpy as np
@@ -30,16 +30,15 @@ def _conv_all(b, x, w, geometry, ws):
     return out, dx, dw
 
 
-@pytest.mark.parametrize("out_channels, groups", [(6, 2), (4, 4)], ids=["grouped", "depthwise"])
-def test_batch_split_over_threads_matches_one_lane(b, monkeypatch, out_channels, groups):
+def test_depthwise_batch_split_over_threads_matches_one_lane(b, monkeypatch):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((7, 4, 9, 8))
-    w = rng.standard_normal((out_channels, 4 // groups, 3, 3))
-    geometry = ((2, 2), (1, 1), (1, 1), groups)
+    w = rng.standard_normal((4, 1, 3, 3))
+    geometry = ((2, 2), (1, 1), (1, 1), 4)
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "1")
     single = _conv_all(b, x, w, geometry, Workspace())
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "3")
-    monkeypatch.setattr(numpy_conv, "MIN_LANE_COLUMNS", 1)
+    monkeypatch.setattr(numpy_conv, "MIN_LANE_WORK", 1)
     assert numpy_conv._run_lanes(7, 1, lambda lo, hi, k: None) == 3
     split = _conv_all(b, x, w, geometry, Workspace())
     for a, c in zip(single, split):
