@@ -4,13 +4,14 @@ Convolution is im2col + GEMM, with no loop over samples or pixels:
 
 - forward and weight gradient: the strided windows of the (padded) input are copied into
   columns laid out (N, groups, C/groups*kh*kw, Ho*Wo), so one batched matmul writes the NCHW
-  output directly. The forward's columns are kept (up to
-  SAVED_COLUMNS_LIMIT) for the weight gradient of the same input;
+  output directly. The forward's columns are kept (up to SAVED_COLUMNS_LIMIT) for the weight
+  gradient of the same input;
 - input gradient: one GEMM per group in a batch-innermost (C, H, W, N) layout, then col2im adds
   each kernel offset's columns back as runs of Wo*N contiguous values.
 
-Depthwise convolutions and pooling loop over the kh*kw kernel offsets only. Every temporary comes from the caller's
-Workspace, so a steady-state step allocates no arrays beyond NumPy's small index temporaries.
+Depthwise convolutions and pooling loop over the kh*kw kernel offsets only. Every temporary
+comes from the caller's Workspace, so a steady-state step allocates no arrays beyond NumPy's
+small index temporaries.
 """
 
 from __future__ import annotations
@@ -412,7 +413,8 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
     if count_include_pad:
         np.multiply(dy, 1.0 / (kh * kw), out=share)
     else:
-        np.divide(dy, _valid_counts(backend, ws, (h, w), kernel, stride, padding, out_hw, dy.dtype), out=share)
+        counts = _valid_counts(backend, ws, (h, w), kernel, stride, padding, out_hw, dy.dtype)
+        np.divide(dy, counts, out=share)
     padded = bool(ph or pw)
     if padded:
         target = scratch(ws, backend, "pool_dxpad", (n, c, h + 2 * ph, w + 2 * pw), dx.dtype)

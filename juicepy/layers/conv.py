@@ -52,7 +52,8 @@ class Conv2d(Layer):
             raise ValueError(f"Conv2d: out_channels and groups must be >= 1, got "
                              f"{self.out_channels} and {self.groups}")
         if self.out_channels % self.groups:
-            raise ValueError(f"Conv2d: out_channels {self.out_channels} is not divisible by groups {self.groups}")
+            raise ValueError(f"Conv2d: out_channels {self.out_channels} is not divisible by "
+                             f"groups {self.groups}")
         if padding == "same":
             if self.stride != (1, 1):
                 raise ValueError(f"Conv2d: padding='same' needs stride 1, got {self.stride}")
@@ -91,9 +92,11 @@ class Conv2d(Layer):
             raise ShapeError(f"{path}: Conv2d expects unit shape (channels, height, width), got {unit_shape}")
         channels = unit_shape[0]
         if self.in_channels is not None and self.in_channels != channels:
-            raise ShapeError(f"{path}: Conv2d expects {self.in_channels} input channels, got unit shape {unit_shape}")
+            raise ShapeError(f"{path}: Conv2d expects {self.in_channels} input channels, "
+                             f"got unit shape {unit_shape}")
         if channels % self.groups:
-            raise ShapeError(f"{path}: Conv2d input channels {channels} are not divisible by groups {self.groups}")
+            raise ShapeError(f"{path}: Conv2d input channels {channels} are not divisible by "
+                             f"groups {self.groups}")
         out_hw = self.output_hw(unit_shape[1:], path)
         self.in_channels = channels
         self._make_params(graph, self.weight_shape())

@@ -104,7 +104,8 @@ class _BatchNorm(Layer):
             dgamma, acc_params = ctx.param_grad(self.weight)
             dbeta, acc_beta = ctx.param_grad(self.bias)
             if (dgamma is None) != (dbeta is None) or (dgamma is not None and acc_params != acc_beta):
-                raise RuntimeError(f"{ctx.path}: weight and bias gradients must be kept (and shared) together")
+                raise RuntimeError(f"{ctx.path}: weight and bias gradients must be kept "
+                                   f"(and shared) together")
         dx, acc_dx = ctx.input_grad()
         if dx is None and dgamma is None:
             return

@@ -1,5 +1,5 @@
-"""The NumPy convolution / pooling / batch-norm kernels at the op level: depthwise batch split over threads,
-accumulate flags, and ops called without a workspace."""
+"""The NumPy convolution / pooling / batch-norm kernels at the op level: the depthwise batch split
+over threads, kept forward columns, accumulate flags, and ops called without a workspace."""
 
 import numpy as np
 import pytest
