@@ -85,7 +85,9 @@ def test_batch_norm_backward_without_input_gradient_and_accumulating_params(b):
     np.testing.assert_allclose(dgamma, 1 + (dy * xhat).sum(axis=(0, 2, 3)))
 
 
-def test_weight_gradient_never_uses_columns_of_a_changed_input(b):
+@pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
+def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, depth_limit):
+    monkeypatch.setattr(numpy_conv, "BATCH_INNER_MIN_DEPTH", depth_limit)
     """The forward's columns are reused only while the input still equals the copy kept with them."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 2, 6, 6))
@@ -101,7 +103,9 @@ def test_weight_gradient_never_uses_columns_of_a_changed_input(b):
     np.testing.assert_array_equal(reused, fresh)
 
 
-def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch):
+@pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
+def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch, depth_limit):
+    monkeypatch.setattr(numpy_conv, "BATCH_INNER_MIN_DEPTH", depth_limit)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 2, 7, 6))
     w = rng.standard_normal((4, 2, 3, 2))
