@@ -1,5 +1,5 @@
-/* Fused optimizer kernels for the NumPy backend: one pass over param, grad and state where
- * NumPy needs a dozen. Optional: setup.py builds it when a C compiler is present, and the
+/* Fused kernels for the NumPy backend: one pass over param, grad and state where NumPy needs a
+ * dozen (optimizers), one pass where it needs a mask and a product (ReLU backward). Optional: setup.py builds it when a C compiler is present, and the
  * backend falls back to NumPy ufuncs otherwise. The GIL is released inside each kernel so the
  * backend can run lanes of one flat block on several threads.
  *
@@ -61,6 +61,19 @@ DEFINE_ADAM(adam_f64, double, sqrt)
 
 DEFINE_SGD(sgd_f32, float)
 DEFINE_SGD(sgd_f64, double)
+
+#define DEFINE_RELU_BACKWARD(NAME, T)                                                         \
+    VECTOR_CLONES static void NAME(const T *restrict y, const T *restrict dy, T *restrict dx,    \
+                                   Py_ssize_t n, int accumulate)                                 \
+    {                                                                                           \
+        if (accumulate)                                                                         \
+            for (Py_ssize_t i = 0; i < n; i++) dx[i] += y[i] > 0 ? dy[i] : (T)0;                \
+        else                                                                                    \
+            for (Py_ssize_t i = 0; i < n; i++) dx[i] = y[i] > 0 ? dy[i] : (T)0;                 \
+    }
+
+DEFINE_RELU_BACKWARD(relu_backward_f32, float)
+DEFINE_RELU_BACKWARD(relu_backward_f64, double)
 
 /* Buffers: writable, C-contiguous, all of one itemsize (4 or 8) and one length. */
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *name)
@@ -161,7 +174,37 @@ fail:
     return NULL;
 }
 
+static PyObject *py_relu_backward(PyObject *self, PyObject *args)
+{
+    PyObject *yo, *dyo, *dxo;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOOp", &yo, &dyo, &dxo, &accumulate))
+        return NULL;
+    Py_buffer y, dy, dx;
+    int got = 0;
+    if (get_buffer(dxo, &dx, 1, "dx") < 0) return NULL;
+    got = 1;
+    if (get_buffer(yo, &y, 0, "y") < 0 || (got = 2, same_layout(&dx, &y, "y") < 0)) goto fail;
+    if (get_buffer(dyo, &dy, 0, "dy") < 0 || (got = 3, same_layout(&dx, &dy, "dy") < 0)) goto fail;
+    Py_ssize_t n = dx.len / dx.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (dx.itemsize == 4)
+        relu_backward_f32(y.buf, dy.buf, dx.buf, n, accumulate);
+    else
+        relu_backward_f64(y.buf, dy.buf, dx.buf, n, accumulate);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&dx); PyBuffer_Release(&y); PyBuffer_Release(&dy);
+    Py_RETURN_NONE;
+fail:
+    if (got >= 1) PyBuffer_Release(&dx);
+    if (got >= 2) PyBuffer_Release(&y);
+    if (got >= 3) PyBuffer_Release(&dy);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
+    {"relu_backward", py_relu_backward, METH_VARARGS,
+     "relu_backward(y, dy, dx, accumulate): dx (+)= dy where y > 0, in one pass"},
     {"adam", py_adam, METH_VARARGS,
      "adam(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq|None, c1, beta2, c2, step_size, "
      "eps_scaled, l2, shrink): one fused Adam/AdamW pass, in place"},
@@ -172,7 +215,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_kernels",
-                                    "Fused CPU optimizer kernels for the NumPy backend.", -1,
+                                    "Fused CPU kernels (optimizers, ReLU backward) for the NumPy backend.", -1,
                                     methods};
 
 PyMODINIT_FUNC PyInit__cpu_kernels(void) { return PyModule_Create(&module); }

@@ -191,12 +191,10 @@ class NumpyBackend(Backend):
         np.maximum(x, 0, out=out)
 
     def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
-        # y = relu(x) >= 0, so sign(y) is exactly the 0/1 derivative, with no bool casts
-        target = self._into(dx, accumulate, ws)
-        np.sign(y, out=target)
-        target *= dy
-        if accumulate:
-            dx += target
+        if _cpu_kernels is not None and y.flags.c_contiguous and dy.flags.c_contiguous and dx.flags.c_contiguous:
+            _cpu_kernels.relu_backward(y, dy, dx, accumulate)
+            return
+        self._mask_product(lambda m: np.greater(y, 0, out=m), dy, dx, accumulate, ws)
 
     def leaky_relu(self, x, out, slope):
         np.multiply(x, slope, out=out)

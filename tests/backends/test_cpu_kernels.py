@@ -83,3 +83,24 @@ def test_kernels_refuse_mismatched_buffers():
     with pytest.raises(TypeError, match="param: expected a contiguous writable"):
         k.adam(np.zeros(8, np.float32)[::2], np.zeros(4, np.float32), np.zeros(4, np.float32),
                np.zeros(4, np.float32), None, 0.1, 0.999, 0.001, 0.1, 1e-8, 0.0, 1.0)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_fused_relu_backward_matches_numpy(dtype, accumulate):
+    rng = np.random.default_rng(2)
+    y = np.maximum(rng.standard_normal((7, 33)), 0).astype(dtype)
+    dy = rng.standard_normal((7, 33)).astype(dtype)
+    start = rng.standard_normal((7, 33)).astype(dtype)
+    results = []
+    for kernels in (nb._cpu_kernels, None):
+        dx = start.copy()
+        saved, nb._cpu_kernels = nb._cpu_kernels, kernels
+        try:
+            nb.NumpyBackend().relu_backward(y, dy, dx, accumulate, Workspace())
+        finally:
+            nb._cpu_kernels = saved
+        results.append(dx)
+    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_array_equal(results[0], (start if accumulate else 0) + np.where(y > 0, dy, 0))
