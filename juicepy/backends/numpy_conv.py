@@ -10,17 +10,26 @@ Convolution is im2col + GEMM, with no loop over samples or pixels:
 - input gradient: one GEMM per group, batch-innermost, then col2im adds each kernel offset's
   columns back as runs of Wo*N contiguous values.
 
-Depthwise convolutions and pooling loop over the kh*kw kernel offsets only. Every temporary
-comes from the caller's Workspace, so a steady-state step allocates no arrays beyond NumPy's
-small index temporaries.
+Depthwise convolutions and pooling loop over the kh*kw kernel offsets only; max pooling runs in
+one C pass instead where _pool_kernels was built. Every temporary comes from the caller's
+Workspace, so a steady-state step allocates no arrays beyond NumPy's small index temporaries.
 """
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .numpy_workspace import scratch
+
+try:  # one-pass max pooling, built by setup.py where a C compiler exists
+    if os.environ.get("JUICEPY_CPU_KERNELS", "c") == "numpy":
+        raise ImportError("pure NumPy requested by JUICEPY_CPU_KERNELS=numpy")
+    from . import _pool_kernels
+except ImportError:
+    _pool_kernels = None
 
 
 def _view(arr, shape):
@@ -357,9 +366,18 @@ def _is_global(x_hw, kernel, padding, out_hw):
     return tuple(kernel) == tuple(x_hw) and tuple(padding) == (0, 0) and tuple(out_hw) == (1, 1)
 
 
+def _c_pooling(*arrays) -> bool:
+    return _pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
+        and arrays[0].dtype in (np.float32, np.float64)
+
+
 def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
     kh, kw = kernel
     out_hw = out.shape[2:]
+    if _c_pooling(x, out, argmax):
+        n, c, h, w = x.shape
+        _pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
+        return
     xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
     table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
     mask = scratch(ws, backend, "pool_mask", out.shape, np.bool_)
@@ -384,6 +402,9 @@ def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
     n, c, h, w = dx.shape
     planes = n * c
     per_plane = dy.size // planes
+    if _c_pooling(dx, dy, argmax):
+        _pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
+        return
     flat_index = scratch(ws, backend, "pool_flat", (planes, per_plane), np.intp)
     plane_start = scratch(ws, backend, f"pool_base {h * w}", (planes, 1), np.intp,
                           init=lambda buf: np.copyto(buf[:, 0], np.arange(0, planes * h * w, h * w)))

@@ -6,8 +6,19 @@ import pytest
 
 import juicepy as jp
 from juicepy import layers as L
+from juicepy.backends import numpy_conv
 from juicepy.errors import ShapeError
 from juicepy.testing import check_layer, forward_backward, random_inputs
+
+
+@pytest.fixture(autouse=True, params=["c-kernels", "numpy"])
+def max_pool_path(request, monkeypatch):
+    """Every test runs on both NumPy-backend max-pool paths: the C kernels and the ufuncs."""
+    if request.param == "numpy":
+        monkeypatch.setattr(numpy_conv, "_pool_kernels", None)
+    elif numpy_conv._pool_kernels is None:
+        pytest.skip("the C pool kernels are not built here (no C compiler at install time)")
+    return request.param
 
 
 def out_len(size, k, s, p):
@@ -202,3 +213,20 @@ def test_global_avg_pool_matches_torch_adaptive_pool():
     ref = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x), 1).flatten(1).numpy()
     np.testing.assert_allclose(jp.Network(L.GlobalAvgPool2d(), (4, 5, 7)).transform("numpy", x), ref,
                                rtol=1e-5, atol=1e-6)
+
+
+def test_c_max_pool_follows_torch_on_nan_and_all_minus_infinity(max_pool_path):
+    if max_pool_path != "c-kernels":
+        pytest.skip("NaN and all--inf windows follow PyTorch only in the C kernels")
+    b = jp.backend("numpy")
+    x = np.full((1, 1, 3, 3), -np.inf)
+    x[0, 0, 2, 2] = np.nan
+    out = np.empty((1, 1, 2, 2))
+    argmax = np.empty((1, 1, 2, 2), np.int32)
+    b.max_pool2d(x, out, argmax, (2, 2), (2, 2), (1, 1))
+    # windows of padding and -inf keep their first position inside the plane; NaN wins
+    np.testing.assert_array_equal(argmax[0, 0], [[0, 1], [3, 8]])
+    assert np.isnan(out[0, 0, 1, 1]) and np.all(out[0, 0].ravel()[:3] == -np.inf)
+    dx = np.empty_like(x)
+    b.max_pool2d_backward(np.ones_like(out), argmax, dx)
+    assert dx.sum() == 4 and dx[0, 0, 2, 2] == 1
