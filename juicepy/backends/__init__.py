@@ -62,6 +62,14 @@ def _numpy() -> Backend:
     return NumpyBackend()
 
 
+def _opencl() -> Backend:
+    # the package import itself needs nothing beyond NumPy; pyopencl is imported (and its
+    # absence reported as BackendUnavailable) when the backend is made
+    from .opencl import OpenCLBackend
+
+    return OpenCLBackend()
+
+
 def _cuda() -> Backend:
     # the package imports CuPy only inside CudaBackend(), which raises BackendUnavailable
     from .cuda import CudaBackend
@@ -70,6 +78,7 @@ def _cuda() -> Backend:
 
 
 register_backend("numpy", _numpy)
+register_backend("opencl", _opencl)
 register_backend("cuda", _cuda)
 
 __all__ = [

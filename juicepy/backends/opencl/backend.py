@@ -1,0 +1,383 @@
+"""The OpenCL backend: every op of :class:`~juicepy.backends.base.Backend` as OpenCL kernels.
+
+Arrays are ``pyopencl.array.Array`` objects, always C-contiguous. Kernels take each array as
+its base buffer plus an element offset, so views into the flat param buffer cost nothing
+(``Array.data`` on an offset view would make a sub-buffer on every call). Work is queued
+in order on one queue; only host transfers (``write``, ``to_host``) and ``all_finite`` wait
+for it. GEMM launching lives in gemm.py, convolution/pooling/batch norm in spatial.py.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from .. import rng
+from ..base import Backend, BackendUnavailable, Workspace
+from .device import INSTALL_HINT, import_pyopencl, pick_device
+from .gemm import GemmOps
+from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
+from .programs import CPU_GEMM, GPU_GEMM, ProgramCache
+from .spatial import SpatialOps
+
+_WG = 256          # work-group size of the elementwise kernels
+_REDUCE_WG = 256   # must match REDUCE_WG in rows.cl
+
+
+class OpenCLBackend(GemmOps, SpatialOps, Backend):
+    name = "opencl"
+    dtypes = (np.float32,)
+
+    def __init__(self, device=None, gemm_variant: str | None = None):
+        """``device``: a pyopencl Device (default: see :func:`pick_device`). ``gemm_variant``:
+        "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default by
+        device type."""
+        super().__init__()
+        cl = import_pyopencl()
+        import pyopencl.array as cl_array
+
+        self._cl = cl
+        self._array_type = cl_array.Array
+        self._cl_array = cl_array
+        self.device = device if device is not None else pick_device(cl)
+        try:
+            self.context = cl.Context([self.device])
+            self.queue = cl.CommandQueue(self.context)
+        except cl.Error as exc:
+            raise BackendUnavailable(f"opencl backend: cannot open {self.device.name!r} ({exc}); "
+                                     f"{INSTALL_HINT}") from None
+        self.is_cpu = bool(self.device.type & cl.device_type.CPU)
+        if gemm_variant is None:
+            gemm_variant = "packed" if self.is_cpu else "cooperative"
+        if gemm_variant not in ("packed", "cooperative"):
+            raise ValueError(f"gemm_variant must be 'packed' or 'cooperative', got {gemm_variant!r}")
+        self.gemm_variant = gemm_variant
+        # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs
+        self._gemm_tiles = CPU_GEMM if gemm_variant == "packed" else GPU_GEMM
+        self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
+        self._gemm_lock = threading.Lock()
+        self._programs = ProgramCache(cl, self.context, self.device, {"gemm.cl": self._gemm_tiles})
+        self._flag = self.empty((1,), np.int32)  # all_finite's answer
+        self._flag_host = np.empty((1,), np.int32)
+        self._flag_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<juicepy backend 'opencl' {self.device.platform.name} / {self.device.name}>"
+
+    # --------------------------------------------------------------- plumbing
+    def _kernel(self, filename, name):
+        return self._programs.kernel(filename, name)
+
+    @staticmethod
+    def _ref(a):
+        """(base buffer, element offset) of an array: how every kernel takes its arrays."""
+        return a.base_data, a.offset // a.dtype.itemsize
+
+    def _launch_flat(self, filename, name, n, *args):
+        """One work-item per element, ``n`` first, then the kernel's other arguments."""
+        if n <= 0:
+            return
+        self._kernel(filename, name)(self.queue, (_round_up(n, _WG),), (_WG,), n, *args)
+
+    def _launch_rows(self, filename, name, inner, outer, *args):
+        """A (inner, *outer) grid: work-item (i, ...) owns element i of each outer row, so CPU
+        drivers vectorise along contiguous memory and no kernel divides per element."""
+        if inner <= 0 or 0 in outer:
+            return
+        local = min(64, _round_up(inner, 8))
+        grid = (_round_up(inner, local),) + tuple(outer)
+        self._kernel(filename, name)(self.queue, grid, (local,) + (1,) * len(outer), inner, *args)
+
+    def _elementwise(self, name, n, *arrays_and_scalars):
+        args = []
+        for x in arrays_and_scalars:
+            if isinstance(x, self._array_type):
+                args.extend(self._ref(x))
+            else:
+                args.append(x)
+        self._launch_flat("elementwise.cl", name, n, *args)
+
+    @staticmethod
+    def _check_same(op, *arrays):
+        size = arrays[0].size
+        for a in arrays[1:]:
+            if a.size != size:
+                raise ValueError(f"opencl {op}: arrays of {size} and {a.size} elements")
+
+    def _scratch(self, ws, tag, shape, dtype=np.float32):
+        if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
+            return self.empty(shape, dtype)
+        return ws.get(self, tag, shape, dtype)
+
+    # ---------------------------------------------------------------- memory
+    def empty(self, shape, dtype=np.float32):
+        dtype = np.dtype(dtype)
+        if dtype.kind == "f" and dtype != _F32:
+            raise TypeError(f"opencl backend computes in float32; got an array of {dtype} "
+                            f"(build the network with dtype=np.float32)")
+        shape = tuple(int(s) for s in shape) if isinstance(shape, (tuple, list)) else (int(shape),)
+        self.allocations += 1
+        return self._cl_array.empty(self.queue, shape, dtype)
+
+    def zeros(self, shape, dtype=np.float32):
+        arr = self.empty(shape, dtype)
+        self.fill(arr, 0)
+        return arr
+
+    def from_host(self, host):
+        host = np.ascontiguousarray(host)
+        if host.dtype == np.float64:  # host data in the one float type this backend computes in
+            host = host.astype(np.float32)
+        arr = self.empty(host.shape, host.dtype)
+        if host.size:
+            arr.set(host, queue=self.queue)
+        return arr
+
+    def write(self, dst, host):
+        host = np.asarray(host)
+        if host.size != dst.size:
+            raise ValueError(f"opencl write: {host.size} elements into an array of {dst.size}")
+        if dst.size:
+            dst.set(np.ascontiguousarray(host, dtype=dst.dtype).reshape(dst.shape), queue=self.queue)
+
+    def to_host(self, src):
+        if src.size == 0:
+            return np.empty(src.shape, src.dtype)
+        return src.get(queue=self.queue)
+
+    def copy(self, src, dst):
+        if src.dtype != dst.dtype or src.size != dst.size:
+            raise ValueError(f"opencl copy: {src.dtype}{src.shape} into {dst.dtype}{dst.shape}")
+        if src.size:
+            self._cl.enqueue_copy(self.queue, dst.base_data, src.base_data, byte_count=src.nbytes,
+                                  src_offset=src.offset, dst_offset=dst.offset)
+
+    def fill(self, dst, value):
+        if dst.size == 0:
+            return
+        if dst.dtype == _F32:
+            self._elementwise("fill_f32", dst.size, dst, float(value))
+        else:
+            pattern = np.array([value], dtype=dst.dtype)
+            self._cl.enqueue_fill_buffer(self.queue, dst.base_data, pattern, dst.offset, dst.nbytes)
+
+    def reshape(self, arr, shape):
+        shape = tuple(int(s) for s in shape)
+        if math.prod(shape) != arr.size:
+            raise ValueError(f"opencl reshape: cannot view {arr.shape} as {shape}")
+        return arr.reshape(shape)
+
+    def flat_view(self, flat, offset, shape):
+        size = math.prod(shape)
+        if flat.ndim != 1 or offset < 0 or offset + size > flat.size:
+            raise ValueError(f"opencl flat_view: {shape} at {offset} outside an array of {flat.shape}")
+        return flat[offset:offset + size].reshape(tuple(shape))
+
+    def is_array(self, x):
+        return isinstance(x, self._array_type)
+
+    def synchronize(self):
+        self.queue.finish()
+
+    # ------------------------------------------------------------ arithmetic
+    def add(self, a, b, out):
+        self._check_same("add", a, b, out)
+        self._elementwise("add_f32", out.size, a, b, out)
+
+    def scale(self, x, alpha, out):
+        self._check_same("scale", x, out)
+        self._elementwise("scale_f32", out.size, x, float(alpha), out)
+
+    def mul(self, a, b, out, accumulate=False, ws=None):
+        self._check_same("mul", a, b, out)
+        self._elementwise("mul_f32", out.size, a, b, out, int(accumulate))
+
+    @staticmethod
+    def _channels(arr):
+        """(rows, channels, inner) of an array whose axis 1 holds the channels."""
+        rows, channels = arr.shape[0], arr.shape[1]
+        return rows, channels, arr.size // max(1, rows * channels)
+
+    def add_bias(self, out, bias):
+        _, channels, inner = self._channels(out)
+        if bias.size != channels:
+            raise ValueError(f"opencl add_bias: bias of {bias.size} for {channels} channels")
+        if inner == 1:
+            rows = out.shape[0]
+            self._kernel("elementwise.cl", "add_bias_rows")(
+                self.queue, (_round_up(channels, 64), _round_up(rows, 4)), (64, 4), rows, channels,
+                *self._ref(out), *self._ref(bias))
+        else:
+            self._launch_rows("elementwise.cl", "add_bias", channels, (out.shape[0],),
+                              *self._ref(out), *self._ref(bias), inner)
+
+    def bias_grad(self, dy, dbias, accumulate=False, ws=None):
+        rows, channels, inner = self._channels(dy)
+        if dbias.size != channels:
+            raise ValueError(f"opencl bias_grad: dbias of {dbias.size} for {channels} channels")
+        if inner > 1:  # images: sum each (row, channel) plane in parallel first, then the rows
+            partial = self._scratch(ws, "bias_planes", (rows, channels))
+            self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
+                              *self._ref(partial))
+            dy, inner = partial, 1
+        self._kernel("rows.cl", "bias_grad")(
+            self.queue, (_round_up(channels, 64),), (64,), rows, channels, inner,
+            *self._ref(dy), *self._ref(dbias), int(accumulate))
+
+    def sum_all(self, x, out):
+        self._kernel("rows.cl", "sum_all")(self.queue, (_REDUCE_WG,), (_REDUCE_WG,), x.size,
+                                           *self._ref(x), *self._ref(out))
+
+    def all_finite(self, x):
+        if x.size == 0:
+            return True
+        if x.dtype != _F32:
+            raise TypeError(f"opencl all_finite: float32 expected, got {x.dtype}")
+        with self._flag_lock:  # one flag buffer per backend
+            self._kernel("rows.cl", "all_finite")(self.queue, (_REDUCE_WG,), (_REDUCE_WG,), x.size,
+                                                  *self._ref(x), self._flag.base_data)
+            self._cl.enqueue_copy(self.queue, self._flag_host, self._flag.base_data, is_blocking=True)
+            return bool(self._flag_host[0])
+
+    # ------------------------------------------------------------ activations
+    def relu(self, x, out):
+        self._check_same("relu", x, out)
+        self._elementwise("relu_fwd", out.size, x, out)
+
+    def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._check_same("relu_backward", y, dy, dx)
+        self._elementwise("step_bwd", dx.size, y, dy, dx, 0.0, int(accumulate))
+
+    def leaky_relu(self, x, out, slope):
+        self._check_same("leaky_relu", x, out)
+        self._elementwise("leaky_relu_fwd", out.size, x, out, float(slope))
+
+    def leaky_relu_backward(self, x, dy, dx, slope, accumulate=False, ws=None):
+        self._check_same("leaky_relu_backward", x, dy, dx)
+        self._elementwise("step_bwd", dx.size, x, dy, dx, float(slope), int(accumulate))
+
+    def sigmoid(self, x, out):
+        self._check_same("sigmoid", x, out)
+        self._elementwise("sigmoid_fwd", out.size, x, out)
+
+    def sigmoid_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._check_same("sigmoid_backward", y, dy, dx)
+        self._elementwise("sigmoid_bwd", dx.size, y, dy, dx, int(accumulate))
+
+    def tanh(self, x, out):
+        self._check_same("tanh", x, out)
+        self._elementwise("tanh_fwd", out.size, x, out)
+
+    def tanh_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._check_same("tanh_backward", y, dy, dx)
+        self._elementwise("tanh_bwd", dx.size, y, dy, dx, int(accumulate))
+
+    def _rows(self, name, rows, *args):
+        if rows:
+            self._kernel("rows.cl", name)(self.queue, (_round_up(rows, 64),), (64,), rows, *args)
+
+    @staticmethod
+    def _row_shape(op, x):
+        if x.ndim != 2:
+            raise ValueError(f"opencl {op}: (rows, classes) expected, got {x.shape}")
+        return x.shape
+
+    def softmax(self, x, out, ws=None):
+        rows, cols = self._row_shape("softmax", x)
+        self._check_same("softmax", x, out)
+        self._rows("softmax_rows", rows, cols, *self._ref(x), *self._ref(out), 0)
+
+    def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
+        rows, cols = self._row_shape("softmax_backward", y)
+        self._check_same("softmax_backward", y, dy, dx)
+        self._rows("softmax_rows_bwd", rows, cols, *self._ref(y), *self._ref(dy), *self._ref(dx), 0,
+                   int(accumulate))
+
+    def log_softmax(self, x, out, ws=None):
+        rows, cols = self._row_shape("log_softmax", x)
+        self._check_same("log_softmax", x, out)
+        self._rows("softmax_rows", rows, cols, *self._ref(x), *self._ref(out), 1)
+
+    def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
+        rows, cols = self._row_shape("log_softmax_backward", y)
+        self._check_same("log_softmax_backward", y, dy, dx)
+        self._rows("softmax_rows_bwd", rows, cols, *self._ref(y), *self._ref(dy), *self._ref(dx), 1,
+                   int(accumulate))
+
+    # ----------------------------------------------------------------- losses
+    def _check_labels(self, op, x, labels, losses, dx):
+        rows, cols = self._row_shape(op, x)
+        if labels.dtype != _I32 or labels.size != rows:
+            raise ValueError(f"opencl {op}: labels must be int32 ({rows},), got {labels.dtype}{labels.shape}")
+        self._check_same(op, x, dx)
+        if losses.size != rows:
+            raise ValueError(f"opencl {op}: losses must hold {rows} rows, got {losses.shape}")
+        return rows, cols
+
+    def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
+        rows, cols = self._check_labels("softmax_cross_entropy", logits, labels, losses, dx)
+        self._rows("softmax_xent", rows, cols, *self._ref(logits), *self._ref(labels), *self._ref(losses),
+                   *self._ref(dx), float(grad_scale))
+
+    def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
+        rows, cols = self._check_labels("nll_loss", logp, labels, losses, dx)
+        self._rows("nll", rows, cols, *self._ref(logp), *self._ref(labels), *self._ref(losses),
+                   *self._ref(dx), float(grad_scale))
+
+    def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
+        self._check_same("mse_loss", pred, target, dx)
+        rows = pred.shape[0]
+        if losses.size != rows:
+            raise ValueError(f"opencl mse_loss: losses must hold {rows} rows, got {losses.shape}")
+        cols = pred.size // max(1, rows)
+        self._rows("mse", rows, cols, *self._ref(pred), *self._ref(target), *self._ref(losses),
+                   *self._ref(dx), float(np.float32(2.0 * grad_scale)))
+
+    # ---------------------------------------------------------------- dropout
+    def dropout(self, x, out, mask, p, seed, counter, ws=None):
+        self._check_same("dropout", x, out, mask)
+        keep_scale = float(np.float32(1.0 / (1.0 - p))) if p < 1.0 else 0.0
+        self._elementwise("dropout_fwd", x.size, x, out, mask, rng.stream_key(seed, counter),
+                          rng.keep_threshold(p), keep_scale)
+
+    # -------------------------------------------------------------- optimizers
+    def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
+                   weight_decay, first_step, ws=None):
+        self._check_same("sgd_update", param, grad, *([buf] if momentum != 0.0 else []))
+        momentum_buf = buf if buf is not None else param  # never touched without momentum
+        self._elementwise("sgd_step", param.size, param, grad, momentum_buf, float(lr), float(momentum),
+                          float(np.float32(1.0 - dampening)), int(bool(nesterov)), float(weight_decay),
+                          int(bool(first_step)))
+
+    def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
+                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None):
+        self._check_same("adam_update", param, grad, exp_avg, exp_avg_sq,
+                         *([max_exp_avg_sq] if max_exp_avg_sq is not None else []))
+        amsgrad = max_exp_avg_sq is not None
+        f32 = np.float32  # each factor rounded to float32 once, as NumPy does with Python scalars
+        self._elementwise(
+            "adam_step", param.size, param, grad, exp_avg, exp_avg_sq,
+            max_exp_avg_sq if amsgrad else exp_avg_sq, int(amsgrad),
+            float(f32(1.0 - beta1)), float(beta2), float(f32(1.0 - beta2)), float(eps), float(weight_decay),
+            int(bool(decoupled)), float(f32(1.0 - lr * weight_decay)),
+            float(f32(1.0 / math.sqrt(1.0 - beta2 ** step))), float(f32(lr / (1.0 - beta1 ** step))))
+
+    # ---------------------------------------------------------- composition
+    def copy_channels(self, src, dst, offset, accumulate=False):
+        rows, src_c, inner = self._channels(src)
+        if dst.shape[0] != rows or offset + src_c > dst.shape[1] or dst.size != rows * dst.shape[1] * inner:
+            raise ValueError(f"opencl copy_channels: {src.shape} into {dst.shape} at channel {offset}")
+        self._elementwise("copy_channels", src.size, src, src_c, dst, dst.shape[1], int(offset), inner,
+                          int(accumulate))
+
+    def slice_channels(self, src, dst, offset, accumulate=False):
+        rows, dst_c, inner = self._channels(dst)
+        if src.shape[0] != rows or offset + dst_c > src.shape[1] or src.size != rows * src.shape[1] * inner:
+            raise ValueError(f"opencl slice_channels: {dst.shape} from {src.shape} at channel {offset}")
+        self._elementwise("slice_channels", dst.size, src, src.shape[1], dst, dst_c, int(offset), inner,
+                          int(accumulate))
+
+
+__all__ = ["OpenCLBackend", "Workspace"]

@@ -1,0 +1,276 @@
+// GEMM: C = alpha * op(A) @ op(B) + beta * C, row-major, float32.
+//
+// CPU drivers (PoCL) run three kernels:
+//  1. pack_a / pack_b copy op(A) and op(B) once into micro-panel order ([M/MR][K][MR] and
+//     [N/NR][K][NR], zero-padded), so transposes and edges are dealt with in one pass;
+//  2. gemm_packed: one work-item per work-group owns a BM x BN tile of C; for each BK slice of
+//     K it stages its panels in local memory (contiguous copies) and a register-blocked
+//     micro-kernel (MR rows x 2 float16 vectors, 24 accumulators) runs FMAs out of them.
+//     Where B is not transposed its rows already run along the panel, so packing it is
+//     skipped: b_ld > 0 says Bp is B itself and tiles are staged straight from it.
+// Partial sums of the tile live in local memory between K slices.
+// (Wide vector builtins such as vload16/fma are out-of-line calls in PoCL, hence plain
+// float16 pointers and a * b + c, which contracts to FMA.)
+
+#ifndef BM
+#define BM 96
+#endif
+#ifndef BN
+#define BN 128
+#endif
+#ifndef BK
+#define BK 256
+#endif
+#ifndef MR
+#define MR 12
+#endif
+#define NR 32
+
+#if MR == 8
+#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
+#elif MR == 12
+#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
+#else
+#error "MR must be 8 or 12"
+#endif
+
+#define ACC_ROW(r) float16 c##r##_0, c##r##_1;
+#define ZERO_ROW(r) c##r##_0 = (float16)(0.0f); c##r##_1 = (float16)(0.0f);
+#define LOAD_ROW(r) c##r##_0 = ct[(r) * (BN / 16)]; c##r##_1 = ct[(r) * (BN / 16) + 1];
+#define STORE_ROW(r) ct[(r) * (BN / 16)] = c##r##_0; ct[(r) * (BN / 16) + 1] = c##r##_1;
+#define FMA_ROW(r) { const float a = ap[r]; c##r##_0 += a * b0; c##r##_1 += a * b1; }
+
+// Ap[p][k][r] = op(A)[p*MR + r, k]; one work-item per (k, panel)
+__kernel void pack_a(const int M, const int K, __global const float *A, const int a_off, const int lda,
+                     const int trans_a, __global float *Ap, const int p_off)
+{
+    const int k = get_global_id(0), p = get_global_id(1);
+    if (k >= K) return;
+    __global float *dst = Ap + p_off + ((size_t)p * K + k) * MR;
+    for (int r = 0; r < MR; ++r) {
+        const int m = p * MR + r;
+        dst[r] = m < M ? A[a_off + (trans_a ? (size_t)k * lda + m : (size_t)m * lda + k)] : 0.0f;
+    }
+}
+
+// Bp[q][k][c] = op(B)[k, q*NR + c]; one work-item per element, c fastest, so CPU drivers
+// vectorise the copy along c (contiguous stores; contiguous loads too unless B is transposed)
+__kernel void pack_b(const int N, const int K, __global const float *B, const int b_off, const int ldb,
+                     const int trans_b, __global float *Bp, const int p_off)
+{
+    const int c = get_global_id(0), k = get_global_id(1), q = get_global_id(2);
+    if (k >= K) return;
+    const int n = q * NR + c;
+    Bp[p_off + ((size_t)q * K + k) * NR + c] =
+        n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
+}
+
+// tile_m (a multiple of MR, <= BM) and tile_n (a multiple of NR, <= BN) are chosen per call
+// so the tiles split C evenly between the CPU threads. Split-K (few tiles, long K): group z of
+// dimension 2 sums K range [z * k_chunk, (z + 1) * k_chunk) into its own (M, N) slab of C,
+// at element offset z * M * N; gemm_split_sum adds the slabs up afterwards.
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
+                 const int k_chunk,
+                 __global const float *Ap, const int ap_off,
+                 __global const float *Bp, const int bp_off, const int b_ld,
+                 __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
+{
+    // float16 declarations keep the panels 64-byte aligned for whole-vector loads
+    __local float16 a_store[BM * BK / 16];   // [BM/MR][BK][MR]
+    __local float16 b_store[BK * BN / 16];   // [BN/NR][BK][NR]
+    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
+    __local float *a_pack = (__local float *)a_store;
+    __local float *b_pack = (__local float *)b_store;
+
+    const int row0 = get_group_id(1) * tile_m;
+    const int col0 = get_group_id(0) * tile_n;
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;   // panels holding rows < M
+    const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+    const int k_begin = get_group_id(2) * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    Ap += ap_off + (size_t)(row0 / MR) * K * MR;
+    Bp += bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
+    C += c_off + (size_t)get_group_id(2) * M * N;
+
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        const int kc = min(BK, k_end - k0);
+        for (int i = 0; i < a_panels; ++i) {
+            __global const float *src = Ap + ((size_t)i * K + k0) * MR;
+            __local float *dst = a_pack + i * (BK * MR);
+            for (int e = 0; e < kc * MR; ++e) dst[e] = src[e];
+        }
+        for (int j = 0; j < b_panels; ++j) {
+            __local float *dst = b_pack + j * (BK * NR);
+            if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]: each k holds NR consecutive columns
+                const int n0 = col0 + j * NR, live = min(NR, N - n0);
+                for (int k = 0; k < kc; ++k) {
+                    __global const float *src = Bp + (size_t)(k0 + k) * b_ld + n0;
+                    if (live == NR) {
+                        for (int c = 0; c < NR; ++c) dst[k * NR + c] = src[c];
+                    } else {
+                        for (int c = 0; c < NR; ++c) dst[k * NR + c] = c < live ? src[c] : 0.0f;
+                    }
+                }
+            } else {
+                __global const float *src = Bp + ((size_t)j * K + k0) * NR;
+                for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
+            }
+        }
+        for (int i = 0; i < a_panels; ++i) {
+            for (int j = 0; j < b_panels; ++j) {
+                __local float16 *ct = c_store + (i * MR * BN + j * NR) / 16;
+                ROWS(ACC_ROW)
+                if (k0 == k_begin) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) }
+                __local const float *ap = a_pack + i * (BK * MR);
+                __local const float16 *bp = b_store + j * (BK * NR / 16);
+                for (int k = 0; k < kc; ++k) {
+                    const float16 b0 = bp[0];
+                    const float16 b1 = bp[1];
+                    ROWS(FMA_ROW)
+                    ap += MR;
+                    bp += NR / 16;
+                }
+                ROWS(STORE_ROW)
+            }
+        }
+    }
+    // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
+    __local const float *c_tile = (__local const float *)c_store;
+    const int rows = min(tile_m, M - row0);
+    const int cols = min(tile_n, N - col0);
+    for (int i = 0; i < rows; ++i) {
+        __global float *dst = C + (size_t)(row0 + i) * ldc + col0;
+        __local const float *src = c_tile + i * BN;
+        if (beta == 0.0f) {
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j];
+        } else {
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j];
+        }
+    }
+}
+
+// C = alpha * A @ B^T + beta * C without packing: rows of A (M, K) and of B (N, K) both run
+// along K, so tiles are staged as plain row copies and a 4 x 4 micro-kernel keeps 16 float16
+// dot-product accumulators over k (summed across lanes once per K slice). tile_m and tile_n are
+// multiples of 4; split-K works as in gemm_packed.
+#define DOT_ROWS(X) X(0) X(1) X(2) X(3)
+#define DOT_ACC(r) float16 d##r##_0 = (float16)(0.0f), d##r##_1 = (float16)(0.0f), \
+                           d##r##_2 = (float16)(0.0f), d##r##_3 = (float16)(0.0f);
+#define DOT_FMA(r) { const float16 a = ar[(r) * (BK / 16) + kk]; \
+                     d##r##_0 += a * b0; d##r##_1 += a * b1; d##r##_2 += a * b2; d##r##_3 += a * b3; }
+#define LANE_SUM(v) ({ const float8 h8 = (v).lo + (v).hi; const float4 h4 = h8.lo + h8.hi; \
+                       const float2 h2 = h4.lo + h4.hi; h2.x + h2.y; })
+#define DOT_STORE(r) { __local float *cr = c_tile + (i0 + (r)) * BN + j0; \
+                       const float s0 = LANE_SUM(d##r##_0), s1 = LANE_SUM(d##r##_1), \
+                                   s2 = LANE_SUM(d##r##_2), s3 = LANE_SUM(d##r##_3); \
+                       if (first) { cr[0] = s0; cr[1] = s1; cr[2] = s2; cr[3] = s3; } \
+                       else { cr[0] += s0; cr[1] += s1; cr[2] += s2; cr[3] += s3; } }
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
+             __global const float *A, const int a_off, const int lda,
+             __global const float *B, const int b_off, const int ldb,
+             __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
+{
+    __local float16 a_store[BM * BK / 16];   // [tile_m][BK]
+    __local float16 b_store[BN * BK / 16];   // [tile_n][BK]
+    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
+    __local float *c_tile = (__local float *)c_store;
+
+    const int row0 = get_group_id(1) * tile_m;
+    const int col0 = get_group_id(0) * tile_n;
+    const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
+    const int rows4 = (rows + 3) & ~3, cols4 = (cols + 3) & ~3;
+    const int k_begin = get_group_id(2) * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    A += a_off;
+    B += b_off;
+    C += c_off + (size_t)get_group_id(2) * M * N;
+
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        const int kc = min(BK, k_end - k0), kc16 = (kc + 15) & ~15;
+        for (int i = 0; i < rows4; ++i) {   // rows past M and columns past kc stage as zeros
+            __local float *dst = (__local float *)a_store + i * BK;
+            __global const float *src = A + (size_t)(row0 + i) * lda + k0;
+            const int live = i < rows ? kc : 0;
+            for (int e = 0; e < live; ++e) dst[e] = src[e];
+            for (int e = live; e < kc16; ++e) dst[e] = 0.0f;
+        }
+        for (int j = 0; j < cols4; ++j) {
+            __local float *dst = (__local float *)b_store + j * BK;
+            __global const float *src = B + (size_t)(col0 + j) * ldb + k0;
+            const int live = j < cols ? kc : 0;
+            for (int e = 0; e < live; ++e) dst[e] = src[e];
+            for (int e = live; e < kc16; ++e) dst[e] = 0.0f;
+        }
+        const int first = k0 == k_begin;
+        for (int i0 = 0; i0 < rows4; i0 += 4) {
+            __local const float16 *ar = a_store + i0 * (BK / 16);
+            for (int j0 = 0; j0 < cols4; j0 += 4) {
+                __local const float16 *br = b_store + j0 * (BK / 16);
+                DOT_ROWS(DOT_ACC)
+                for (int kk = 0; kk < kc16 / 16; ++kk) {
+                    const float16 b0 = br[kk], b1 = br[BK / 16 + kk];
+                    const float16 b2 = br[2 * (BK / 16) + kk], b3 = br[3 * (BK / 16) + kk];
+                    DOT_ROWS(DOT_FMA)
+                }
+                DOT_ROWS(DOT_STORE)
+            }
+        }
+    }
+    for (int i = 0; i < rows; ++i) {
+        __global float *dst = C + (size_t)(row0 + i) * ldc + col0;
+        __local const float *src = c_tile + i * BN;
+        if (beta == 0.0f) {
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j];
+        } else {
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j];
+        }
+    }
+}
+
+// C = alpha * (sum of the `splits` (M, N) slabs of P) + beta * C; one work-item per element
+__kernel void gemm_split_sum(const int total, const int splits, __global const float *P,
+                             __global float *C, const int c_off, const int N, const int ldc,
+                             const float alpha, const float beta)
+{
+    const int i = get_global_id(0);
+    if (i >= total) return;
+    float s = 0.0f;
+    for (int z = 0; z < splits; ++z) s += P[(size_t)z * total + i];
+    __global float *dst = C + c_off + (size_t)(i / N) * ldc + i % N;
+    *dst = beta == 0.0f ? alpha * s : alpha * s + beta * *dst;
+}
+
+// Classic cooperative tiling for GPUs (their local memory is too small for the CPU tiles):
+// a TS x TS work-group stages TS x TS tiles of op(A) and op(B) in local memory.
+#define TS 16
+__kernel __attribute__((reqd_work_group_size(TS, TS, 1)))
+void gemm_tiled_gpu(const int M, const int N, const int K,
+                    __global const float *A, const int a_off, const int lda, const int trans_a,
+                    __global const float *B, const int b_off, const int ldb, const int trans_b,
+                    __global float *C, const int c_off, const int ldc,
+                    const float alpha, const float beta)
+{
+    __local float a_tile[TS][TS + 1];
+    __local float b_tile[TS][TS + 1];
+    const int tx = get_local_id(0), ty = get_local_id(1);
+    const int col = get_group_id(0) * TS + tx;
+    const int row = get_group_id(1) * TS + ty;
+    float total = 0.0f;
+    for (int k0 = 0; k0 < K; k0 += TS) {
+        const int ka = k0 + tx, kb = k0 + ty;
+        a_tile[ty][tx] = (row < M && ka < K)
+            ? A[a_off + (trans_a ? (size_t)ka * lda + row : (size_t)row * lda + ka)] : 0.0f;
+        b_tile[ty][tx] = (col < N && kb < K)
+            ? B[b_off + (trans_b ? (size_t)col * ldb + kb : (size_t)kb * ldb + col)] : 0.0f;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        for (int k = 0; k < TS; ++k) total += a_tile[ty][k] * b_tile[k][tx];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (row < M && col < N) {
+        __global float *dst = C + c_off + (size_t)row * ldc + col;
+        *dst = beta == 0.0f ? alpha * total : alpha * total + beta * *dst;
+    }
+}

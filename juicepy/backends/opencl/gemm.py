@@ -1,0 +1,110 @@
+"""Launching the GEMM kernels of gemm.cl: packing, tile sizes, split-K (a mixin of the backend)."""
+
+from __future__ import annotations
+
+from .layout import F32, round_up
+
+GPU_TILE = 16     # must match TS in gemm.cl
+NR = 32           # must match NR in gemm.cl
+PACK_WG = 64      # work-group size along K of pack_a
+PACK_ROWS = 16    # rows of K per work-group of pack_b
+# A @ B^T with at most this many outputs runs gemm_nt (no packing): on PoCL it measured as fast
+# as the packed kernel at 128 x 512 outputs, 1.4-3x faster on thin outputs (128 x 10, 64 x 120,
+# conv weight gradients) and slower from 512 x 512 up
+DOT_MAX_OUTPUTS = 128 * 512
+
+
+def even_tile(size: int, most: int, step: int) -> int:
+    """The tile (a multiple of ``step``, at most ``most``) that cuts ``size`` into as few, most
+    nearly equal pieces as possible: 128 rows become 72 + 56, not 96 + 32."""
+    pieces = -(-size // most)
+    return min(most, round_up(-(-size // pieces), step))
+
+
+def k_splits(tiles: int, k: int, bk: int) -> int:
+    """How many K ranges to sum separately when C has too few tiles to keep the CPU threads
+    busy (a conv weight gradient: a few outputs, K = batch * pixels)."""
+    if tiles >= 8 or k < 4 * bk:
+        return 1
+    return max(1, min(-(-16 // tiles), k // (2 * bk)))
+
+
+
+class GemmOps:
+    """gemm() and the raw-operand _gemm() the convolutions call."""
+
+    #: stage tiles of B (not transposed) straight from B instead of packing it first (A^T
+    #: staged the same way measured slower on PoCL: 12-wide rows, so A is always packed)
+    direct_staging = True
+
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
+        if a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
+            raise ValueError(f"opencl gemm: 2-D arrays expected, got {a.shape}, {b.shape} -> {out.shape}")
+        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+        kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+        if k != kb or out.shape != (m, n):
+            raise ValueError(f"opencl gemm: op(a) {(m, k)} @ op(b) {(kb, n)} does not give out {out.shape}")
+        self._gemm(m, n, k, self._ref(a), a.shape[1], trans_a, self._ref(b), b.shape[1], trans_b,
+                   self._ref(out), n, alpha, beta, ws)
+
+    def _gemm(self, m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, alpha, beta, ws=None):
+        """C = alpha * op(A) @ op(B) + beta * C on (buffer, offset) operands with leading dims."""
+        if m == 0 or n == 0:
+            return
+        if k == 0:  # nothing to multiply: only the beta term remains
+            if ldc != n:
+                raise ValueError("opencl gemm: K == 0 on a strided output")
+            self._launch_flat("elementwise.cl", "scale_f32", m * n, *c, float(beta), *c)
+            return
+        if self.gemm_variant == "cooperative":
+            grid = (round_up(n, GPU_TILE), round_up(m, GPU_TILE))
+            self._kernel("gemm.cl", "gemm_tiled_gpu")(
+                self.queue, grid, (GPU_TILE, GPU_TILE), m, n, k, a[0], a[1], lda, int(bool(trans_a)),
+                b[0], b[1], ldb, int(bool(trans_b)), c[0], c[1], ldc, float(alpha), float(beta))
+            return
+        tiles = self._gemm_tiles
+        with self._gemm_lock:  # the backend's own pack buffers are shared when no ws is given
+            ws = ws if ws is not None else self._gemm_ws
+            if trans_b and not trans_a and m * n <= DOT_MAX_OUTPUTS:
+                # rows of A and B both run along K: no packing at all
+                tile_m, tile_n = even_tile(m, tiles["BM"], 4), even_tile(n, tiles["BN"], 4)
+                self._gemm_tiles_run("gemm_nt", m, n, k, tile_m, tile_n, (a[0], a[1], lda), (b[0], b[1], ldb),
+                                     c, ldc, alpha, beta, ws)
+                return
+            a_panels, b_panels = -(-m // tiles["MR"]), -(-n // NR)
+            ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), F32)
+            self._kernel("gemm.cl", "pack_a")(self.queue, (round_up(k, PACK_WG), a_panels), (PACK_WG, 1),
+                                              m, k, a[0], a[1], lda, int(bool(trans_a)), ap.base_data, 0)
+            # (pointer, offset, leading dim) of B for the compute kernel: B itself (ld > 0) where
+            # its rows already run along the panel, else a packed copy (ld = 0)
+            if not trans_b and self.direct_staging:
+                b_src = (b[0], b[1], ldb)
+            else:
+                bp = ws.get(self, "gemm_pack_b", (b_panels * NR * k,), F32)
+                self._kernel("gemm.cl", "pack_b")(self.queue, (NR, round_up(k, PACK_ROWS), b_panels),
+                                                  (NR, PACK_ROWS, 1), n, k, b[0], b[1], ldb, int(bool(trans_b)),
+                                                  bp.base_data, 0)
+                b_src = (bp.base_data, 0, 0)
+            tile_m = even_tile(m, tiles["BM"], tiles["MR"])
+            tile_n = even_tile(n, tiles["BN"], NR)
+            self._gemm_tiles_run("gemm_packed", m, n, k, tile_m, tile_n, (ap.base_data, 0), b_src,
+                                 c, ldc, alpha, beta, ws)
+
+    def _gemm_tiles_run(self, name, m, n, k, tile_m, tile_n, a_src, b_src, c, ldc, alpha, beta, ws):
+        """Launch a one-work-item-per-tile kernel over C, split along K when C has few tiles."""
+        bk = self._gemm_tiles["BK"]
+        grid = [-(-n // tile_n), -(-m // tile_m), 1]
+        splits = k_splits(grid[0] * grid[1], k, bk)
+        k_chunk = round_up(-(-k // splits), bk)
+        splits = -(-k // k_chunk)
+        kernel = self._kernel("gemm.cl", name)
+        if splits == 1:
+            kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k, *a_src, *b_src,
+                   c[0], c[1], ldc, float(alpha), float(beta))
+            return
+        grid[2] = splits
+        slabs = ws.get(self, "gemm_split", (splits * m * n,), F32)
+        kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k_chunk, *a_src, *b_src,
+               slabs.base_data, 0, n, 1.0, 0.0)
+        self._launch_flat("gemm.cl", "gemm_split_sum", m * n, splits, slabs.base_data, c[0], c[1], n,
+                          ldc, float(alpha), float(beta))

@@ -1,0 +1,122 @@
+// Batch normalisation over (N, C, S): statistics per channel, one work-item per channel
+// for the reductions, one per element for the elementwise passes. torch semantics.
+#pragma OPENCL FP_CONTRACT OFF
+
+#define STORE(o, i, v, acc) { if (acc) (o)[i] += (v); else (o)[i] = (v); }
+
+// Sums over one contiguous plane with eight running sums (independent adds the compiler can
+// vectorise, instead of one chain of dependent adds).
+#define EIGHT_WAY_SUM(n, TERM)                                                              \
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f; \
+    int s = 0;                                                                              \
+    for (; s + 8 <= (n); s += 8) {                                                          \
+        a0 += TERM(s); a1 += TERM(s + 1); a2 += TERM(s + 2); a3 += TERM(s + 3);             \
+        a4 += TERM(s + 4); a5 += TERM(s + 5); a6 += TERM(s + 6); a7 += TERM(s + 7);         \
+    }                                                                                       \
+    for (; s < (n); ++s) a0 += TERM(s);                                                     \
+    return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+
+inline float plane_sum(__global const float *p, const int n)
+{
+#define TERM_X(i) p[i]
+    EIGHT_WAY_SUM(n, TERM_X)
+#undef TERM_X
+}
+
+inline float plane_sq_dev(__global const float *p, const int n, const float mu)
+{
+#define TERM_SQ(i) ((p[i] - mu) * (p[i] - mu))
+    EIGHT_WAY_SUM(n, TERM_SQ)
+#undef TERM_SQ
+}
+
+inline float plane_dot_xhat(__global const float *g, __global const float *p, const int n, const float mu,
+                            const float is)
+{
+#define TERM_DOT(i) (g[i] * ((p[i] - mu) * is))
+    EIGHT_WAY_SUM(n, TERM_DOT)
+#undef TERM_DOT
+}
+
+// mean and invstd (biased variance) of each channel; running stats updated with the unbiased one
+__kernel void bn_stats(const int N, const int C, const int S, __global const float *x, const int x_off,
+                       __global float *mean, const int m_off, __global float *invstd, const int i_off,
+                       __global float *run_mean, const int rm_off, __global float *run_var, const int rv_off,
+                       const int has_running, const float momentum, const float eps)
+{
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    const int count = N * S;
+    float total = 0.0f;
+    for (int n = 0; n < N; ++n) total += plane_sum(x + x_off + ((size_t)n * C + c) * S, S);
+    const float mu = total / (float)count;
+    float sq = 0.0f;
+    for (int n = 0; n < N; ++n) sq += plane_sq_dev(x + x_off + ((size_t)n * C + c) * S, S, mu);
+    const float var = sq / (float)count;
+    mean[m_off + c] = mu;
+    invstd[i_off + c] = 1.0f / sqrt(var + eps);
+    if (has_running) {
+        const float unbiased = count > 1 ? sq / (float)(count - 1) : var;
+        run_mean[rm_off + c] = (1.0f - momentum) * run_mean[rm_off + c] + momentum * mu;
+        run_var[rv_off + c] = (1.0f - momentum) * run_var[rv_off + c] + momentum * unbiased;
+    }
+}
+
+// out = (x - mean[c]) * scale[c] * gamma[c] + beta[c]; `from_var` turns scale into 1/sqrt(var + eps)
+__kernel void bn_apply(const int total, const int C, const int S, __global const float *x, const int x_off,
+                       __global const float *mean, const int m_off, __global const float *scale, const int s_off,
+                       const int from_var, const float eps,
+                       __global const float *gamma, const int g_off, __global const float *beta, const int b_off,
+                       const int has_gamma, const int has_beta, __global float *out, const int o_off)
+{
+    const int i = get_global_id(0);
+    if (i >= total) return;
+    const int c = (i / S) % C;
+    const float sc = from_var ? 1.0f / sqrt(scale[s_off + c] + eps) : scale[s_off + c];
+    float v = (x[x_off + i] - mean[m_off + c]) * sc;
+    if (has_gamma) v = v * gamma[g_off + c];
+    if (has_beta) v = v + beta[b_off + c];
+    out[o_off + i] = v;
+}
+
+// sums[c] = sum(dy), sums[C + c] = sum(dy * xhat); dgamma/dbeta (+)= them where given
+__kernel void bn_bwd_reduce(const int N, const int C, const int S, __global const float *x, const int x_off,
+                            __global const float *dy, const int dy_off,
+                            __global const float *mean, const int m_off, __global const float *invstd, const int i_off,
+                            __global float *sums, const int s_off,
+                            __global float *dgamma, const int dg_off, __global float *dbeta, const int db_off,
+                            const int has_dgamma, const int has_dbeta, const int acc)
+{
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    const float mu = mean[m_off + c], is = invstd[i_off + c];
+    float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
+    for (int n = 0; n < N; ++n) {
+        const size_t base = ((size_t)n * C + c) * S;
+        sum_dy += plane_sum(dy + dy_off + base, S);
+        sum_dy_xhat += plane_dot_xhat(dy + dy_off + base, x + x_off + base, S, mu, is);
+    }
+    sums[s_off + c] = sum_dy;
+    sums[s_off + C + c] = sum_dy_xhat;
+    if (has_dbeta) STORE(dbeta, db_off + c, sum_dy, acc)
+    if (has_dgamma) STORE(dgamma, dg_off + c, sum_dy_xhat, acc)
+}
+
+// dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
+__kernel void bn_bwd_data(const int total, const int C, const int S, const int count,
+                          __global const float *x, const int x_off, __global const float *dy, const int dy_off,
+                          __global const float *mean, const int m_off, __global const float *invstd, const int i_off,
+                          __global const float *sums, const int s_off,
+                          __global const float *gamma, const int g_off, const int has_gamma,
+                          __global float *dx, const int dx_off, const int acc)
+{
+    const int i = get_global_id(0);
+    if (i >= total) return;
+    const int c = (i / S) % C;
+    const float is = invstd[i_off + c];
+    const float xhat = (x[x_off + i] - mean[m_off + c]) * is;
+    const float g = has_gamma ? gamma[g_off + c] : 1.0f;
+    const float m = (float)count;
+    const float v = (g * is / m) * (m * dy[dy_off + i] - sums[s_off + c] - xhat * sums[s_off + C + c]);
+    STORE(dx, dx_off + i, v, acc)
+}

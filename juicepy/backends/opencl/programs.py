@@ -1,0 +1,81 @@
+"""OpenCL programs: the .cl files next to this module, compiled once per context and cached."""
+
+from __future__ import annotations
+
+import threading
+from importlib import resources
+
+import numpy as np
+
+# OpenCL C scalar type -> the NumPy type pyopencl packs a Python number into
+_SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32}
+
+# CPU drivers (PoCL) get big packed tiles (their local memory is ordinary cache-backed RAM);
+# GPUs only use the cooperative kernel, so the CPU tiles are shrunk to fit their local memory.
+CPU_GEMM = {"BM": 96, "BN": 128, "BK": 256, "MR": 12}
+GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12}
+
+
+def source(filename: str) -> str:
+    return resources.files(__package__).joinpath(filename).read_text()
+
+
+class _Launcher:
+    """A kernel whose argument setting and enqueue happen under one lock: a pyopencl Kernel
+    keeps its arguments between calls, so two threads launching it at once could mix them."""
+
+    __slots__ = ("kernel", "_lock")
+
+    def __init__(self, kernel, lock):
+        self.kernel = kernel
+        self._lock = lock
+
+    def __call__(self, queue, global_size, local_size, *args):
+        with self._lock:
+            return self.kernel(queue, global_size, local_size, *args)
+
+
+class ProgramCache:
+    """Kernels by (file, name) for one context; each file is built on first use."""
+
+    def __init__(self, cl, context, device, defines: dict[str, dict]):
+        self._cl = cl
+        self._context = context
+        self._device = device
+        self._defines = defines
+        self._kernels: dict = {}
+        self._programs: dict = {}
+        self._lock = threading.Lock()
+        self._launch_lock = threading.Lock()
+
+    def _build(self, filename: str):
+        options = ["-cl-kernel-arg-info"]
+        options += [f"-D{k}={v}" for k, v in self._defines.get(filename, {}).items()]
+        try:
+            return self._cl.Program(self._context, source(filename)).build(options=options,
+                                                                          devices=[self._device])
+        except self._cl.RuntimeError as exc:
+            raise RuntimeError(f"opencl backend: building {filename} for {self._device.name} failed:\n{exc}") from exc
+
+    def kernel(self, filename: str, name: str):
+        key = (filename, name)
+        k = self._kernels.get(key)
+        if k is not None:
+            return k
+        with self._lock:
+            program = self._programs.get(filename)
+            if program is None:
+                program = self._programs[filename] = self._build(filename)
+            kernel = self._cl.Kernel(program, name)
+            kernel.set_scalar_arg_dtypes([self._scalar_type(kernel, i) for i in range(kernel.num_args)])
+            k = self._kernels[key] = _Launcher(kernel, self._launch_lock)
+            return k
+
+    def _scalar_type(self, kernel, index):
+        type_name = kernel.get_arg_info(index, self._cl.kernel_arg_info.TYPE_NAME).strip()
+        if type_name.endswith("*"):
+            return None
+        try:
+            return _SCALARS[type_name]
+        except KeyError:
+            raise TypeError(f"kernel {kernel.function_name}: unsupported scalar argument type {type_name!r}") from None

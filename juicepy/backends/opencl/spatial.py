@@ -1,0 +1,190 @@
+"""Convolution (im2col / col2im around the GEMM), pooling and batch norm: the launches of
+conv.cl and norm.cl (a mixin of the backend)."""
+
+from __future__ import annotations
+
+from .layout import I32, round_up
+
+
+def pair(v) -> tuple[int, int]:
+    if isinstance(v, (tuple, list)):
+        a, b = v
+        return int(a), int(b)
+    return int(v), int(v)
+
+
+
+
+class SpatialOps:
+    """NCHW convolution, pooling and batch normalisation."""
+
+    # ------------------------------------------------------------ convolution
+    @staticmethod
+    def _conv_geometry(x_shape, w_shape, y_shape, stride, padding, dilation, groups, op):
+        n, c, h, w = x_shape
+        o, cg, kh, kw = w_shape
+        sh, sw = pair(stride)
+        ph, pw = pair(padding)
+        dh, dw = pair(dilation)
+        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+        if c != cg * groups or o % groups or tuple(y_shape) != (n, o, ho, wo):
+            raise ValueError(f"opencl {op}: input {tuple(x_shape)}, weight {tuple(w_shape)}, groups {groups}, "
+                             f"stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)} give output "
+                             f"{(n, o, ho, wo)}, got {tuple(y_shape)}")
+        return (n, c, h, w, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw)
+
+    def _im2col(self, x, geo, ws):
+        n, c, h, w, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        col = self._scratch(ws, "conv_col", (c * kh * kw, n * ho * wo))
+        self._launch_rows("conv.cl", "im2col", ho, (c * kh * kw, n), *self._ref(x), n, c, h, w, wo, kh, kw,
+                          sh, sw, ph, pw, dh, dw, *self._ref(col))
+        return col
+
+    def _swap_nc(self, src, a0, a1, inner, dst, accumulate=False):
+        """(a0, a1, inner) -> (a1, a0, inner)."""
+        self._launch_rows("conv.cl", "swap_batch_channels", inner, (a1, a0), *self._ref(src), a0, a1,
+                          *self._ref(dst), int(accumulate))
+
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+        geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
+        n, c, _, _, o, kh, kw, ho, wo = geo[:9]
+        col = self._im2col(x, geo, ws)
+        cols = n * ho * wo
+        og, kg = o // groups, (c // groups) * kh * kw
+        y_cn = self._scratch(ws, "conv_cn", (o, cols))   # output as (O, N * Ho * Wo)
+        wb, cb, yb = self._ref(w), self._ref(col), self._ref(y_cn)
+        for g in range(groups):
+            self._gemm(og, cols, kg, (wb[0], wb[1] + g * og * kg), kg, False,
+                       (cb[0], cb[1] + g * kg * cols), cols, False,
+                       (yb[0], yb[1] + g * og * cols), cols, 1.0, 0.0, ws)
+        self._swap_nc(y_cn, o, n, ho * wo, out)
+
+    def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
+                             accumulate=False, ws=None):
+        geo = self._conv_geometry(dx.shape, w.shape, dy.shape, stride, padding, dilation, groups,
+                                  "conv2d_backward_data")
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        cols = n * ho * wo
+        og, kg = o // groups, (c // groups) * kh * kw
+        dy_cn = self._scratch(ws, "conv_cn", (o, cols))
+        self._swap_nc(dy, n, o, ho * wo, dy_cn)
+        dcol = self._scratch(ws, "conv_col", (c * kh * kw, cols))
+        wb, db, cb = self._ref(w), self._ref(dy_cn), self._ref(dcol)
+        for g in range(groups):
+            self._gemm(kg, cols, og, (wb[0], wb[1] + g * og * kg), kg, True,
+                       (db[0], db[1] + g * og * cols), cols, False,
+                       (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
+        self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
+                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
+
+    def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
+                               accumulate=False, ws=None):
+        geo = self._conv_geometry(x.shape, dw.shape, dy.shape, stride, padding, dilation, groups,
+                                  "conv2d_backward_filter")
+        n, c, _, _, o, kh, kw, ho, wo = geo[:9]
+        cols = n * ho * wo
+        og, kg = o // groups, (c // groups) * kh * kw
+        col = self._im2col(x, geo, ws)
+        dy_cn = self._scratch(ws, "conv_cn", (o, cols))
+        self._swap_nc(dy, n, o, ho * wo, dy_cn)
+        wb, db, cb = self._ref(dw), self._ref(dy_cn), self._ref(col)
+        for g in range(groups):
+            self._gemm(og, kg, cols, (db[0], db[1] + g * og * cols), cols, False,
+                       (cb[0], cb[1] + g * kg * cols), cols, True,
+                       (wb[0], wb[1] + g * og * kg), kg, 1.0, float(bool(accumulate)), ws)
+
+    # ---------------------------------------------------------------- pooling
+    @staticmethod
+    def _pool_geometry(x_shape, y_shape, kernel, stride, padding, op):
+        n, c, h, w = x_shape
+        kh, kw = pair(kernel)
+        sh, sw = pair(stride if stride is not None else kernel)
+        ph, pw = pair(padding)
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if tuple(y_shape) != (n, c, ho, wo):
+            raise ValueError(f"opencl {op}: input {tuple(x_shape)}, kernel {(kh, kw)}, stride {(sh, sw)}, "
+                             f"padding {(ph, pw)} give {(n, c, ho, wo)}, got {tuple(y_shape)}")
+        return h, w, ho, wo, kh, kw, sh, sw, ph, pw
+
+    def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
+        geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
+        if argmax.dtype != I32 or argmax.shape != out.shape:
+            raise ValueError(f"opencl max_pool2d: argmax must be int32 {out.shape}, got {argmax.dtype}{argmax.shape}")
+        planes = out.shape[0] * out.shape[1]
+        self._launch_rows("conv.cl", "max_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
+                          *self._ref(out), *self._ref(argmax))
+
+    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+        planes = dx.shape[0] * dx.shape[1]
+        if dy.shape[:2] != dx.shape[:2] or argmax.shape != dy.shape:
+            raise ValueError(f"opencl max_pool2d_backward: dy {dy.shape}, argmax {argmax.shape}, dx {dx.shape}")
+        self._kernel("conv.cl", "max_pool_bwd")(
+            self.queue, (round_up(planes, 64),), (64,), planes, dx.shape[2] * dx.shape[3],
+            dy.shape[2] * dy.shape[3], *self._ref(dy), *self._ref(argmax), *self._ref(dx), int(accumulate))
+
+    def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
+        geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "avg_pool2d")
+        planes = out.shape[0] * out.shape[1]
+        self._launch_rows("conv.cl", "avg_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
+                          int(bool(count_include_pad)), *self._ref(out))
+
+    def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
+                            accumulate=False, ws=None):
+        geo = self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "avg_pool2d_backward")
+        planes = dx.shape[0] * dx.shape[1]
+        self._launch_rows("conv.cl", "avg_pool_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *geo,
+                          int(bool(count_include_pad)), *self._ref(dx), int(accumulate))
+
+    # ------------------------------------------------------------ batch norm
+    def _optional(self, a):
+        """(buffer, offset, present) for an optional per-channel array."""
+        if a is None:
+            return self._flag.base_data, 0, 0
+        return (*self._ref(a), 1)
+
+    def _bn_shape(self, x, op, *per_channel):
+        n, c, s = self._channels(x)
+        for a in per_channel:
+            if a is not None and a.size != c:
+                raise ValueError(f"opencl {op}: per-channel array of {a.size} for {c} channels")
+        return n, c, s
+
+    def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
+                         momentum, eps, ws=None):
+        n, c, s = self._bn_shape(x, "batch_norm_train", gamma, beta, mean, invstd, running_mean, running_var)
+        self._check_same("batch_norm_train", x, out)
+        has_running = running_mean is not None and running_var is not None
+        rm = self._ref(running_mean) if has_running else (self._flag.base_data, 0)
+        rv = self._ref(running_var) if has_running else (self._flag.base_data, 0)
+        self._kernel("norm.cl", "bn_stats")(
+            self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(mean),
+            *self._ref(invstd), *rm, *rv, int(has_running), float(0.1 if momentum is None else momentum),
+            float(eps))
+        g, b = self._optional(gamma), self._optional(beta)
+        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
+                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
+
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+        _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
+        self._check_same("batch_norm_infer", x, out)
+        g, b = self._optional(gamma), self._optional(beta)
+        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(running_mean),
+                          *self._ref(running_var), 1, float(eps), g[0], g[1], b[0], b[1], g[2], b[2],
+                          *self._ref(out))
+
+    def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+                            accumulate_dx=False, accumulate_params=False, ws=None):
+        n, c, s = self._bn_shape(x, "batch_norm_backward", gamma, mean, invstd, dgamma, dbeta)
+        self._check_same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        sums = self._scratch(ws, "bn_sums", (2 * c,))
+        dg, db = self._optional(dgamma), self._optional(dbeta)
+        self._kernel("norm.cl", "bn_bwd_reduce")(
+            self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
+            *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
+            int(accumulate_params))
+        if dx is not None:
+            g = self._optional(gamma)
+            self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, n * s, *self._ref(x), *self._ref(dy),
+                              *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
+                              *self._ref(dx), int(accumulate_dx))
