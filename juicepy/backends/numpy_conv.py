@@ -385,21 +385,34 @@ def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
     xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
     table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
     mask = scratch(ws, backend, "pool_mask", out.shape, np.bool_)
+    nan = scratch(ws, backend, "pool_nan", out.shape, np.bool_)
     step = scratch(ws, backend, "pool_step", out.shape, np.int32)
+    # PyTorch's rules: start at -inf on the window's first position inside the plane, take a
+    # strictly greater value (the first maximum in scan order) or a NaN (the last NaN), so
+    # padding never wins; arithmetic blends, as copies with a random where= mask are slower
+    out.fill(-np.inf)
+    np.copyto(argmax, _first_inside(backend, ws, x.shape[2:], stride, padding, out_hw))
     for i in range(kh):
         for j in range(kw):
             window = _offset_view(xp, i, j, stride, out_hw)
-            if i == 0 and j == 0:
-                np.copyto(out, window)
-                np.copyto(argmax, table[0, 0])
-                continue
-            # strictly greater: the first maximum in scan order wins, as in PyTorch; arithmetic
-            # blends, because copies with a random where= mask are several times slower
             np.greater(window, out, out=mask)
-            np.maximum(out, window, out=out)
+            np.isnan(window, out=nan)
+            mask |= nan
+            np.maximum(out, window, out=out)  # NaN propagates, as the mask says
             np.subtract(table[i, j], argmax, out=step)
             np.multiply(step, mask, out=step)
             argmax += step
+
+
+def _first_inside(backend, ws, in_hw, stride, padding, out_hw):
+    """int32 (Ho, Wo): flat index of each window's first position inside the plane."""
+    def fill(first):
+        rows = np.maximum(np.arange(out_hw[0]) * stride[0] - padding[0], 0)
+        cols = np.maximum(np.arange(out_hw[1]) * stride[1] - padding[1], 0)
+        np.add((rows * in_hw[1])[:, None], cols[None, :], out=first, casting="unsafe")
+
+    tag = f"pool_first {tuple(in_hw)} {tuple(stride)} {tuple(padding)}"
+    return scratch(ws, backend, tag, tuple(out_hw), np.int32, init=fill)
 
 
 def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):

@@ -215,9 +215,7 @@ def test_global_avg_pool_matches_torch_adaptive_pool():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_c_max_pool_follows_torch_on_nan_and_all_minus_infinity(max_pool_path):
-    if max_pool_path != "c-kernels":
-        pytest.skip("NaN and all--inf windows follow PyTorch only in the C kernels")
+def test_max_pool_follows_torch_on_nan_and_all_minus_infinity():
     b = jp.backend("numpy")
     x = np.full((1, 1, 3, 3), -np.inf)
     x[0, 0, 2, 2] = np.nan
@@ -230,3 +228,15 @@ def test_c_max_pool_follows_torch_on_nan_and_all_minus_infinity(max_pool_path):
     dx = np.empty_like(x)
     b.max_pool2d_backward(np.ones_like(out), argmax, dx)
     assert dx.sum() == 4 and dx[0, 0, 2, 2] == 1
+
+
+def test_max_pool_nan_matches_torch():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
+    x[0, 0, 1, 1] = x[0, 0, 1, 2] = x[0, 1, 4, 4] = np.nan
+    out = np.empty((1, 2, 3, 3), np.float32)
+    argmax = np.empty(out.shape, np.int32)
+    jp.backend("numpy").max_pool2d(x, out, argmax, (3, 3), (2, 2), (1, 1))
+    ref, ref_idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(out, ref.numpy())
+    np.testing.assert_array_equal(argmax, ref_idx.numpy())
