@@ -14,6 +14,12 @@ setup(
             # -fno-math-errno lets GCC vectorise sqrt; no -ffast-math, so IEEE results stay exact
             extra_compile_args=["-O3", "-fno-math-errno", "-std=c99"],
             optional=True,
-        )
+        ),
+        Extension(
+            "juicepy.backends._pool_kernels",
+            ["juicepy/backends/_pool_kernels.c"],
+            extra_compile_args=["-O3", "-std=c99"],
+            optional=True,
+        ),
     ]
 )

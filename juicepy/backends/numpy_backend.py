@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import rng
-from .base import Backend, Workspace
+from . import numpy_conv
+from .base import Backend
+from .numpy_workspace import scratch as _scratch
 
 try:  # fused optimizer kernels, built by setup.py where a C compiler exists
     if os.environ.get("JUICEPY_CPU_KERNELS", "c") == "numpy":
@@ -18,14 +20,6 @@ try:  # fused optimizer kernels, built by setup.py where a C compiler exists
     from . import _cpu_kernels
 except ImportError:
     _cpu_kernels = None
-
-def _scratch(ws: Workspace | None, backend, tag, shape, dtype, init=None):
-    if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
-        buf = np.empty(shape, dtype)
-        if init is not None:
-            init(buf)
-        return buf
-    return ws.get(backend, tag, shape, dtype, init)
 
 
 # Optimizer updates run over the flat param block in chunks small enough that a dozen passes
@@ -433,6 +427,48 @@ class NumpyBackend(Backend):
             p -= tmp
 
         _chunked(p_all.size, work)
+
+    # ------------------------------------------------------------ convolution
+    # The kernels live in numpy_conv; these methods only pass the workspace through.
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+        numpy_conv.conv2d(self, x, w, out, stride, padding, dilation, groups, ws)
+
+    def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
+                             accumulate=False, ws=None):
+        numpy_conv.conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
+
+    def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
+                               accumulate=False, ws=None):
+        numpy_conv.conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
+
+    # ---------------------------------------------------------------- pooling
+    def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
+        numpy_conv.max_pool2d(self, x, out, argmax, kernel, stride, padding, ws)
+
+    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+        numpy_conv.max_pool2d_backward(self, dy, argmax, dx, accumulate, ws)
+
+    def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
+        numpy_conv.avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad, ws)
+
+    def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
+                            accumulate=False, ws=None):
+        numpy_conv.avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad,
+                                       accumulate, ws)
+
+    # ------------------------------------------------------------ batch norm
+    def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
+                         momentum, eps, ws=None):
+        numpy_conv.batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean,
+                                    running_var, momentum, eps, ws)
+
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+        numpy_conv.batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws)
+
+    def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+                            accumulate_dx=False, accumulate_params=False, ws=None):
+        numpy_conv.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+                                       accumulate_dx, accumulate_params, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .lenet import lenet
 from .mlp import mlp
 
 MODELS: dict[str, Callable] = {}
@@ -25,5 +26,6 @@ def build_model(name: str, input_shape: tuple, classes: int):
 
 
 register_model("mlp", mlp)
+register_model("lenet", lenet)
 
-__all__ = ["MODELS", "build_model", "register_model", "mlp"]
+__all__ = ["MODELS", "build_model", "register_model", "lenet", "mlp"]

@@ -41,6 +41,12 @@ def _loss_and_grads(net, backend, x, upstream, step, need_params=True):
     return outputs, input_grads, param_grads
 
 
+def forward_backward(net, backend, inputs, upstream, step: int = 0):
+    """One training-mode forward and backward pass of ``net`` on host ``inputs`` with the output
+    gradients ``upstream``; returns host copies (outputs, input gradients, {param name: gradient})."""
+    return _loss_and_grads(net, backend, list(inputs), list(upstream), step)
+
+
 def _objective(ctx, backend, x, upstream, step):
     net = ctx.network
     ctx.step = step
@@ -92,19 +98,34 @@ def numeric_check(net, backend, x, upstream, eps=1e-6, max_coords=60, seed=0, st
     return worst_in, worst_p
 
 
-def random_inputs(net, batch_size, seed=0, scale=1.0):
+def random_inputs(net, batch_size, seed=0, scale=1.0, distinct=False):
+    """Standard-normal inputs times ``scale``; ``distinct=True`` gives a shuffled even grid in
+    [-scale, scale] instead, so no two values are closer than 2*scale/size and a finite-difference
+    step never reorders them (no near-ties for max pooling)."""
     rng = np.random.default_rng(seed)
-    return [(rng.standard_normal((batch_size,) + j.unit_shape) * scale).astype(net.dtype) for j in net.inputs]
+    inputs = []
+    for j in net.inputs:
+        shape = (batch_size,) + j.unit_shape
+        if distinct:
+            size = int(np.prod(shape))
+            values = (rng.permutation(size) / max(size - 1, 1) * 2.0 - 1.0) * scale
+            inputs.append(values.reshape(shape).astype(net.dtype))
+        else:
+            inputs.append((rng.standard_normal(shape) * scale).astype(net.dtype))
+    return inputs
 
 
 def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: int = 0,
                 expected_output_shape=None, grad_tol: float = 1e-5, parity_tol: float = 1e-4,
-                max_coords: int = 60, input_scale: float = 1.0, inputs=None) -> LayerReport:
+                max_coords: int = 60, input_scale: float = 1.0, inputs=None,
+                distinct_inputs: bool = False) -> LayerReport:
     """Prove a layer: shapes, finite-difference gradients (float64, NumPy), determinism and
     parity of each backend in ``backends`` (default: every available one) with NumPy.
 
     ``layer`` is deep-copied for each network, so the object passed in stays unbuilt.
-    ``inputs`` (optional host arrays) replace the random ones, e.g. to keep away from kinks.
+    ``inputs`` (optional host arrays) replace the random ones, e.g. to keep away from kinks;
+    ``distinct_inputs=True`` draws well-separated random values (max pooling: no near-ties).
+    Layers that behave differently in training (BatchNorm, Dropout) are checked in training mode.
     Raises AssertionError with the details on any failure.
     """
     numpy_backend = get_backend("numpy")
@@ -115,7 +136,7 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
             else [tuple(s) for s in expected_output_shape]
         assert net64.output_shapes == expected, f"output unit shapes {net64.output_shapes}, expected {expected}"
 
-    x64 = [a.astype(np.float64) for a in inputs] if inputs is not None else random_inputs(net64, batch_size, seed, input_scale)
+    x64 = [a.astype(np.float64) for a in inputs] if inputs is not None else random_inputs(net64, batch_size, seed, input_scale, distinct_inputs)
     rng = np.random.default_rng(seed + 1)
     upstream = [rng.standard_normal((x64[0].shape[0],) + j.unit_shape) for j in net64.outputs]
 

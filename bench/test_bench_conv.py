@@ -1,0 +1,74 @@
+"""Single conv layers, forward + backward (input and weight gradients), juicepy on every backend
+vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin and a strided one.
+
+    pytest bench/test_bench_conv.py --benchmark-json=conv.json && python bench/report.py conv.json
+"""
+
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy import layers as L
+
+from benchutil import torch_or_none
+
+BATCH = 32
+# name -> (in channels, H=W, Conv2d arguments)
+CASES = {
+    "3x3 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1)),
+    "depthwise 3x3 64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1, groups=64)),
+    "strided 3x3 s2 64->128 32x32 b32": (64, 32, dict(out_channels=128, kernel_size=3, stride=2, padding=1)),
+}
+
+
+def _flops(channels, size, args, out_hw):
+    """Multiply-adds x2 of forward, input gradient and weight gradient."""
+    k = args["kernel_size"]
+    per_output = channels // args.get("groups", 1) * k * k
+    return 3 * 2 * BATCH * args["out_channels"] * out_hw[0] * out_hw[1] * per_output
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_fwd_bwd_juicepy(benchmark, backend, case):
+    channels, size, args = CASES[case]
+    benchmark.group = f"conv {case} fwd+bwd"
+    net = jp.Network(L.Conv2d(**args), (channels, size, size))
+    ctx = net.context(backend, BATCH, training=True, input_grads=True)
+    rng = np.random.default_rng(0)
+    ctx.set_inputs([rng.standard_normal((BATCH, channels, size, size), dtype=np.float32)])
+    upstream = backend.from_host(rng.standard_normal((BATCH,) + net.output_shape, dtype=np.float32))
+
+    def step():
+        ctx.forward()
+        ctx.begin_backward()
+        backend.copy(upstream, ctx.output_gradient())
+        ctx.backward()
+        backend.synchronize()
+
+    step()
+    benchmark(step)
+    benchmark.extra_info["flops"] = _flops(channels, size, args, net.output_shape[1:])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_fwd_bwd_torch(benchmark, case):
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("PyTorch is not installed: no torch reference in this run")
+    channels, size, args = CASES[case]
+    benchmark.group = f"conv {case} fwd+bwd"
+    conv = torch.nn.Conv2d(channels, **args)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((BATCH, channels, size, size), dtype=np.float32)).requires_grad_(True)
+    with torch.no_grad():
+        out_shape = conv(x).shape
+    upstream = torch.from_numpy(rng.standard_normal(tuple(out_shape), dtype=np.float32))
+
+    def step():
+        x.grad = None
+        conv.zero_grad(set_to_none=True)
+        conv(x).backward(upstream)
+
+    step()
+    benchmark(step)
+    benchmark.extra_info["flops"] = _flops(channels, size, args, tuple(out_shape[2:]))

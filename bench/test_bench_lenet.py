@@ -1,0 +1,87 @@
+"""LeNet-5 (batch 64, 1x28x28, Adam): one training step and forward-only, juicepy on every
+backend vs PyTorch CPU eager (default thread count) in the same group.
+
+    pytest bench/test_bench_lenet.py --benchmark-json=lenet.json && python bench/report.py lenet.json
+"""
+
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy import layers as L
+from juicepy.models import lenet
+from juicepy.train import Adam, Trainer
+
+from benchutil import torch_or_none
+
+BATCH = 64
+SHAPE = (1, 28, 28)
+STEP = "lenet-5 b64 1x28x28 adam step"
+FORWARD = "lenet-5 b64 1x28x28 forward"
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.random((BATCH,) + SHAPE, dtype=np.float32), rng.integers(0, 10, BATCH)
+
+
+def _torch_lenet(torch):
+    nn = torch.nn
+    return nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+@pytest.mark.benchmark(group=STEP)
+def test_lenet_step_juicepy(benchmark, backend):
+    net = jp.Network(lenet(SHAPE, 10), SHAPE)
+    trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=BATCH)
+    x, y = _data()
+    trainer.train_minibatch(backend, x, y)
+    benchmark(trainer.train_minibatch, backend, x, y)
+
+
+@pytest.mark.benchmark(group=STEP)
+def test_lenet_step_torch(benchmark):
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("PyTorch is not installed: no torch reference in this run")
+    model = _torch_lenet(torch)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = _data()
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(xt), yt)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    step()
+    benchmark(step)
+
+
+@pytest.mark.benchmark(group=FORWARD)
+def test_lenet_forward_juicepy(benchmark, backend):
+    net = jp.Network(lenet(SHAPE, 10), SHAPE)
+    x, _ = _data()
+    net.transform(backend, x)
+    benchmark(net.transform, backend, x)
+
+
+@pytest.mark.benchmark(group=FORWARD)
+def test_lenet_forward_torch(benchmark):
+    torch = torch_or_none()
+    if torch is None:
+        pytest.skip("PyTorch is not installed: no torch reference in this run")
+    model = _torch_lenet(torch).eval()
+    xt = torch.from_numpy(_data()[0])
+
+    def forward():
+        with torch.no_grad():
+            return model(xt).numpy()  # a host array, as transform returns
+
+    forward()
+    benchmark(forward)

@@ -1,0 +1,590 @@
+"""Convolution, pooling and batch-norm kernels of the NumPy backend.
+
+Convolution is im2col + GEMM, with no loop over samples or pixels:
+
+- the strided windows of the (padded) input are copied into a column matrix, per sample
+  (N, groups, C/groups*kh*kw, Ho*Wo) for shallow kernels, or batch-innermost
+  (groups, C/groups*kh*kw, Ho*Wo*N) from a (C, H, W, N) copy of the input, so each group is one
+  GEMM over the whole batch (see _ConvPlan). The forward's columns are kept (up to
+  SAVED_COLUMNS_LIMIT) for the weight gradient of the same input;
+- input gradient: one GEMM per group, batch-innermost, then col2im adds each kernel offset's
+  columns back as runs of Wo*N contiguous values.
+
+Depthwise convolutions and pooling loop over the kh*kw kernel offsets only; max pooling runs in
+one C pass instead where _pool_kernels was built. Every temporary comes from the caller's
+Workspace, so a steady-state step allocates no arrays beyond NumPy's small index temporaries.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from .numpy_workspace import scratch
+
+try:  # one-pass max pooling, built by setup.py where a C compiler exists
+    if os.environ.get("JUICEPY_CPU_KERNELS", "c") == "numpy":
+        raise ImportError("pure NumPy requested by JUICEPY_CPU_KERNELS=numpy")
+    from . import _pool_kernels
+except ImportError:
+    _pool_kernels = None
+
+
+def _view(arr, shape):
+    """A reshaped view; raises instead of silently copying (an ``out=`` target must be a view)."""
+    view = arr.view()
+    view.shape = shape
+    return view
+
+
+def _channel_shape(x):
+    return (1, x.shape[1]) + (1,) * (x.ndim - 2)
+
+
+def _fill_borders(planes, padding, in_hw, h_axis, fill) -> None:
+    """Set the padding rows/columns of ``planes`` (H at axis ``h_axis``, W right after it)."""
+    ph, pw = padding
+    h, w = in_hw
+    lead = (slice(None),) * h_axis
+    if ph:
+        planes[lead + (slice(0, ph),)] = fill
+        planes[lead + (slice(h + ph, None),)] = fill
+    if pw:
+        planes[lead + (slice(ph, h + ph), slice(0, pw))] = fill
+        planes[lead + (slice(ph, h + ph), slice(w + pw, None))] = fill
+
+
+def _padded(backend, x, padding, fill, ws, tag):
+    """``x`` with ``padding`` rows/columns of ``fill`` around each plane (a workspace copy)."""
+    ph, pw = padding
+    if ph == 0 and pw == 0:
+        return x
+    n, c, h, w = x.shape
+    xp = scratch(ws, backend, tag, (n, c, h + 2 * ph, w + 2 * pw), x.dtype)
+    _fill_borders(xp, padding, (h, w), 2, fill)  # the interior is overwritten right below
+    xp[:, :, ph:h + ph, pw:w + pw] = x
+    return xp
+
+
+def _offset_view(xp, i, j, stride, out_hw):
+    """The (N, C, Ho, Wo) strided view of what kernel offset (i, j) (already dilated) reads."""
+    sh, sw = stride
+    ho, wo = out_hw
+    return xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+
+
+#: reduction depth C/groups*kh*kw from which a convolution runs batch-innermost; below it the
+#: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (LeNet's 1->6 5x5
+#: layer: 0.9 vs 2.2 ms for forward + weight gradient; its 6->16 layer: 1.8 vs 1.2 ms)
+BATCH_INNER_MIN_DEPTH = 64
+
+
+class _ConvPlan:
+    """Shapes of one convolution and the layout of its columns.
+
+    Per-sample: columns (N, G, Kg, Ho*Wo) cut from the NCHW input; one batched matmul with the
+    (G, O/G, Kg) weights writes the NCHW output directly. Batch-innermost: columns
+    (G, Kg, Ho*Wo*N) cut from a (C, H, W, N) copy of the input; each group is one GEMM over the
+    whole batch, and window copies and col2im adds move runs of Wo*N values at a time.
+    (Kg = C/G*kh*kw.)
+    """
+
+    def __init__(self, x_shape, w_shape, out_hw, stride, padding, dilation, groups):
+        self.n, self.c, self.h, self.w = x_shape
+        self.o, self.cg, self.kh, self.kw = w_shape
+        self.ho, self.wo = out_hw
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.hp, self.wp = self.h + 2 * padding[0], self.w + 2 * padding[1]
+        self.depth = self.cg * self.kh * self.kw
+        self.batch_inner = self.depth >= BATCH_INNER_MIN_DEPTH
+        if self.batch_inner:
+            self.cols_shape = (groups, self.depth, self.ho * self.wo * self.n)
+        else:
+            self.cols_shape = (self.n, groups, self.depth, self.ho * self.wo)
+
+    def weight(self, w):
+        return _view(w, (self.groups, self.o // self.groups, self.depth))
+
+    def windows(self, planes):
+        """Read-only view of what each kernel offset reads for each output position (windows
+        overlap): (N, C, kh, kw, Ho, Wo) of (N, C, Hp, Wp) planes, or batch-innermost
+        (C, kh, kw, Ho, Wo, N) of (C, Hp, Wp, N) planes."""
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        if self.batch_inner:
+            s_c, s_row, s_col, s_n = planes.strides
+            head, tail = ((self.c,), (s_c,)), ((self.n,), (s_n,))
+        else:
+            s_n, s_c, s_row, s_col = planes.strides
+            head, tail = ((self.n, self.c), (s_n, s_c)), ((), ())
+        shape = head[0] + (self.kh, self.kw, self.ho, self.wo) + tail[0]
+        strides = head[1] + (s_row * dh, s_col * dw, s_row * sh, s_col * sw) + tail[1]
+        return as_strided(planes, shape, strides, writeable=False)
+
+
+def _input_planes(backend, plan, x, ws):
+    """The windows' source: x zero-padded, as (N, C, Hp, Wp) (x itself when nothing is added)
+    or batch-innermost as (C, Hp, Wp, N), in workspace copies."""
+    ph, pw = plan.padding
+    if plan.batch_inner:
+        planes = scratch(ws, backend, "conv_x_t", (plan.c, plan.hp, plan.wp, plan.n), x.dtype)
+        _fill_borders(planes, plan.padding, (plan.h, plan.w), 1, 0.0)
+        np.copyto(planes[:, ph:ph + plan.h, pw:pw + plan.w], x.transpose(1, 2, 3, 0))
+        return planes
+    return _padded(backend, x, plan.padding, 0.0, ws, "conv_xpad")
+
+
+#: largest column matrix (elements; 8 MB of float32) kept from the forward pass for the weight
+#: gradient: each conv of each context keeps its own, so this bounds the memory it costs
+SAVED_COLUMNS_LIMIT = 1 << 21
+
+
+def _im2col(backend, plan, x, ws, reuse=False):
+    """The columns (``plan.cols_shape``) of the input windows.
+
+    Columns up to SAVED_COLUMNS_LIMIT are kept per input buffer and geometry, with a copy of
+    the input they came from; ``reuse=True`` (the weight gradient) takes them back when the
+    input still equals that copy, instead of copying the windows again.
+    """
+    if plan.n * plan.groups * plan.depth * plan.ho * plan.wo > SAVED_COLUMNS_LIMIT:
+        cols = scratch(ws, backend, "conv_cols", plan.cols_shape, x.dtype)
+        _fill_columns(backend, plan, x, cols, ws)
+        return cols
+    key = (f"{x.__array_interface__['data'][0]} {x.shape} {x.strides} {plan.kh}x{plan.kw} {plan.stride} "
+           f"{plan.padding} {plan.dilation} {plan.groups}")
+    cols = scratch(ws, backend, "conv_saved_cols " + key, plan.cols_shape, x.dtype)
+    # NaN never compares equal: a new snapshot cannot pass for the input
+    source = scratch(ws, backend, "conv_saved_x " + key, x.shape, x.dtype, init=lambda buf: buf.fill(np.nan))
+    if reuse:
+        same = scratch(ws, backend, "conv_same", x.shape, np.bool_)
+        np.equal(x, source, out=same)
+        if same.all():
+            return cols
+    _fill_columns(backend, plan, x, cols, ws)
+    np.copyto(source, x)
+    return cols
+
+
+def _fill_columns(backend, plan, x, cols, ws):
+    windows = plan.windows(_input_planes(backend, plan, x, ws))
+    np.copyto(_view(cols, windows.shape), windows)
+
+
+def _grad_per_sample(plan, dy):
+    """dy (N, O, Ho, Wo) as the (N, G, O/G, Ho*Wo) GEMM operand (a view)."""
+    return _view(dy, (plan.n, plan.groups, plan.o // plan.groups, plan.ho * plan.wo))
+
+
+def _grad_batch_inner(backend, plan, dy, ws):
+    """dy as the (G, O/G, Ho*Wo*N) GEMM operand: a batch-innermost workspace copy."""
+    dy_t = scratch(ws, backend, "conv_dy_t", (plan.o, plan.ho, plan.wo, plan.n), dy.dtype)
+    np.copyto(dy_t, dy.transpose(1, 2, 3, 0))
+    return _view(dy_t, (plan.groups, plan.o // plan.groups, plan.ho * plan.wo * plan.n))
+
+
+def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
+    if _is_depthwise(x, w, groups):
+        _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws)
+        return
+    plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
+    cols = _im2col(backend, plan, x, ws)
+    if not plan.batch_inner:
+        np.matmul(plan.weight(w), cols, out=_grad_per_sample(plan, out))
+        return
+    result = scratch(ws, backend, "conv_out_t", (groups, plan.o // groups, cols.shape[2]), out.dtype)
+    np.matmul(plan.weight(w), cols, out=result)
+    np.copyto(out, _view(result, (plan.o, plan.ho, plan.wo, plan.n)).transpose(3, 0, 1, 2))
+
+
+def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
+    """Always batch-innermost: one GEMM per group, then col2im adds runs of Wo*N contiguous
+    values per kernel offset instead of Wo-long pieces per sample."""
+    if _is_depthwise(dx, w, groups):
+        _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate, ws)
+        return
+    plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
+    n, c, ho, wo = plan.n, plan.c, plan.ho, plan.wo
+    dcols = scratch(ws, backend, "conv_dcols_t", (groups, plan.depth, ho * wo * n), dx.dtype)
+    np.matmul(plan.weight(w).transpose(0, 2, 1), _grad_batch_inner(backend, plan, dy, ws), out=dcols)
+    target = scratch(ws, backend, "conv_dx_t", (c, plan.hp, plan.wp, n), dx.dtype)
+    target.fill(0.0)
+    by_offset = _view(dcols, (c, plan.kh, plan.kw, ho, wo, n))
+    (sh, sw), (dh, dw) = stride, dilation
+    for i in range(plan.kh):
+        for j in range(plan.kw):
+            region = target[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+            region += by_offset[:, i, j]
+    ph, pw = padding
+    interior = target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2)
+    if accumulate:
+        dx += interior
+    else:
+        np.copyto(dx, interior)
+
+
+def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
+    if _is_depthwise(x, dw, groups):
+        _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
+        return
+    plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
+    og = plan.o // groups
+    cols = _im2col(backend, plan, x, ws, reuse=True)
+    target = scratch(ws, backend, "conv_dw", dw.shape, dw.dtype) if accumulate else dw
+    as_groups = _view(target, (groups, og, plan.depth))
+    if plan.batch_inner:
+        # cols @ dy^T into a (G, Kg, O/G) scratch then a small transposed copy: BLAS runs this
+        # orientation of the long-reduction product markedly faster (0.26 vs 0.45 ms in LeNet)
+        transposed = scratch(ws, backend, "conv_dw_t", (groups, plan.depth, og), dw.dtype)
+        np.matmul(cols, _grad_batch_inner(backend, plan, dy, ws).transpose(0, 2, 1), out=transposed)
+        np.copyto(as_groups, transposed.transpose(0, 2, 1))
+    else:
+        per_sample = scratch(ws, backend, "conv_dw_rows", (plan.n, groups, og, plan.depth), dw.dtype)
+        np.matmul(_grad_per_sample(plan, dy), cols.transpose(0, 1, 3, 2), out=per_sample)
+        np.sum(per_sample, axis=0, out=as_groups)
+    if accumulate:
+        dw += target
+
+
+# ------------------------------------------------------ depthwise convolution
+# One input channel and one output channel per group: a GEMM would have an inner dimension of 1,
+# so these loop over the kernel offsets and scale whole (N, C, Ho, Wo) windows instead.
+#: window elements per thread below which splitting a batch costs more than it saves
+MIN_LANE_WORK = 1 << 17
+
+
+def _run_lanes(n: int, work_per_row: int, work) -> int:
+    """work(lo, hi, lane) over batch rows [0, n), split into lanes that run in parallel threads
+    when the batch is big enough (NumPy releases the GIL); returns the lane count. Only the
+    depthwise kernels split: with BLAS in the loop, its own threads and these oversubscribe
+    the cores (slower in A/B timings)."""
+    from .numpy_backend import _pool, _threads  # lazily: numpy_backend imports this module
+
+    lanes = min(_threads(), n, max(1, n * work_per_row // MIN_LANE_WORK))
+    if lanes == 1:
+        work(0, n, 0)
+        return 1
+    bounds = [n * k // lanes for k in range(lanes + 1)]
+    futures = [_pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
+    work(bounds[0], bounds[1], 0)
+    for future in futures:
+        future.result()
+    return lanes
+
+
+def _is_depthwise(x, w, groups):
+    return groups > 1 and groups == x.shape[1] == w.shape[0] and w.shape[1] == 1
+
+
+def _tap(w, i, j):
+    """Kernel weight (i, j) of every channel, shaped to scale (N, C, H, W) arrays."""
+    return w[:, 0, i, j].reshape(1, -1, 1, 1)
+
+
+def _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws):
+    def lane(lo, hi, k):
+        xp = _padded(backend, x[lo:hi], padding, 0.0, ws, f"conv_xpad/{k}")
+        rows = out[lo:hi]
+        term = scratch(ws, backend, f"conv_dw_term/{k}", rows.shape, out.dtype)
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                window = _offset_view(xp, i * dilation[0], j * dilation[1], stride, out.shape[2:])
+                if i == 0 and j == 0:
+                    np.multiply(window, _tap(w, 0, 0), out=rows)
+                else:
+                    np.multiply(window, _tap(w, i, j), out=term)
+                    rows += term
+
+    _run_lanes(x.shape[0], out[0].size * w.shape[2] * w.shape[3], lane)
+
+
+def _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate, ws):
+    c, h, wd = dx.shape[1:]
+    ph, pw = padding
+
+    def lane(lo, hi, k):
+        rows = dx[lo:hi]
+        if ph or pw:
+            target = scratch(ws, backend, f"conv_dxpad/{k}", (hi - lo, c, h + 2 * ph, wd + 2 * pw), dx.dtype)
+            target.fill(0.0)
+        else:
+            target = rows
+            if not accumulate:
+                rows.fill(0.0)
+        term = scratch(ws, backend, f"conv_dw_term/{k}", (hi - lo,) + dy.shape[1:], dy.dtype)
+        for i in range(w.shape[2]):
+            for j in range(w.shape[3]):
+                np.multiply(dy[lo:hi], _tap(w, i, j), out=term)
+                region = _offset_view(target, i * dilation[0], j * dilation[1], stride, dy.shape[2:])
+                region += term
+        if ph or pw:
+            interior = target[:, :, ph:ph + h, pw:pw + wd]
+            if accumulate:
+                rows += interior
+            else:
+                np.copyto(rows, interior)
+
+    _run_lanes(dx.shape[0], dy[0].size * w.shape[2] * w.shape[3], lane)
+
+
+def _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws):
+    c, _, kh, kw = dw.shape
+    partial = {}
+
+    def lane(lo, hi, k):
+        xp = _padded(backend, x[lo:hi], padding, 0.0, ws, f"conv_xpad/{k}")
+        partial[k] = taps = scratch(ws, backend, f"conv_dw_taps/{k}", (c, kh, kw), dw.dtype)
+        for i in range(kh):
+            for j in range(kw):
+                window = _offset_view(xp, i * dilation[0], j * dilation[1], stride, dy.shape[2:])
+                np.einsum("nchw,nchw->c", window, dy[lo:hi], out=taps[:, i, j])
+
+    lanes = _run_lanes(x.shape[0], dy[0].size * kh * kw, lane)
+    # lane order, not thread timing, fixes the summation order
+    if accumulate:
+        dw += _view(partial[0], dw.shape)
+    else:
+        np.copyto(dw, _view(partial[0], dw.shape))
+    for k in range(1, lanes):
+        dw += _view(partial[k], dw.shape)
+
+
+# ---------------------------------------------------------------- pooling
+def _pool_index(backend, ws, in_hw, kernel, stride, padding, out_hw):
+    """int32 (kh, kw, Ho, Wo): the flat h*W+w input index kernel offset (i, j) reads for each
+    output pixel (negative or past the plane inside the padding). Made once per geometry."""
+    h, w = in_hw
+    kh, kw = kernel
+    ho, wo = out_hw
+
+    def fill(table):
+        rows = np.arange(kh)[:, None] + np.arange(ho)[None, :] * stride[0] - padding[0]  # (kh, Ho)
+        cols = np.arange(kw)[:, None] + np.arange(wo)[None, :] * stride[1] - padding[1]  # (kw, Wo)
+        np.add((rows * w)[:, None, :, None], cols[None, :, None, :], out=table, casting="unsafe")
+
+    tag = f"pool_index {tuple(in_hw)} {tuple(stride)} {tuple(padding)}"
+    return scratch(ws, backend, tag, (kh, kw, ho, wo), np.int32, init=fill)
+
+
+def _is_global(x_hw, kernel, padding, out_hw):
+    return tuple(kernel) == tuple(x_hw) and tuple(padding) == (0, 0) and tuple(out_hw) == (1, 1)
+
+
+def _c_pooling(*arrays) -> bool:
+    return _pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
+        and arrays[0].dtype in (np.float32, np.float64)
+
+
+def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
+    kh, kw = kernel
+    out_hw = out.shape[2:]
+    if _c_pooling(x, out, argmax):
+        n, c, h, w = x.shape
+        _pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
+        return
+    xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
+    table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
+    mask = scratch(ws, backend, "pool_mask", out.shape, np.bool_)
+    nan = scratch(ws, backend, "pool_nan", out.shape, np.bool_)
+    step = scratch(ws, backend, "pool_step", out.shape, np.int32)
+    # PyTorch's rules: start at -inf on the window's first position inside the plane, take a
+    # strictly greater value (the first maximum in scan order) or a NaN (the last NaN), so
+    # padding never wins; arithmetic blends, as copies with a random where= mask are slower
+    out.fill(-np.inf)
+    np.copyto(argmax, _first_inside(backend, ws, x.shape[2:], stride, padding, out_hw))
+    for i in range(kh):
+        for j in range(kw):
+            window = _offset_view(xp, i, j, stride, out_hw)
+            np.greater(window, out, out=mask)
+            np.isnan(window, out=nan)
+            mask |= nan
+            np.maximum(out, window, out=out)  # NaN propagates, as the mask says
+            np.subtract(table[i, j], argmax, out=step)
+            np.multiply(step, mask, out=step)
+            argmax += step
+
+
+def _first_inside(backend, ws, in_hw, stride, padding, out_hw):
+    """int32 (Ho, Wo): flat index of each window's first position inside the plane."""
+    def fill(first):
+        rows = np.maximum(np.arange(out_hw[0]) * stride[0] - padding[0], 0)
+        cols = np.maximum(np.arange(out_hw[1]) * stride[1] - padding[1], 0)
+        np.add((rows * in_hw[1])[:, None], cols[None, :], out=first, casting="unsafe")
+
+    tag = f"pool_first {tuple(in_hw)} {tuple(stride)} {tuple(padding)}"
+    return scratch(ws, backend, tag, tuple(out_hw), np.int32, init=fill)
+
+
+def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
+    n, c, h, w = dx.shape
+    planes = n * c
+    per_plane = dy.size // planes
+    if _c_pooling(dx, dy, argmax):
+        _pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
+        return
+    flat_index = scratch(ws, backend, "pool_flat", (planes, per_plane), np.intp)
+    plane_start = scratch(ws, backend, f"pool_base {h * w}", (planes, 1), np.intp,
+                          init=lambda buf: np.copyto(buf[:, 0], np.arange(0, planes * h * w, h * w)))
+    np.add(_view(argmax, (planes, per_plane)), plane_start, out=flat_index)
+    if not accumulate:
+        dx.fill(0.0)
+    # windows may overlap (stride < kernel): add.at sums repeated indices
+    np.add.at(_view(dx, (dx.size,)), _view(flat_index, (flat_index.size,)), _view(dy, (dy.size,)))
+
+
+def _valid_counts(backend, ws, in_hw, kernel, stride, padding, out_hw, dtype):
+    """(Ho, Wo): how many input pixels (padding excluded) each window covers."""
+    per_axis = []
+    for size, k, s, p, o in zip(in_hw, kernel, stride, padding, out_hw):
+        start = np.arange(o) * s - p
+        per_axis.append(np.minimum(start + k, size) - np.maximum(start, 0))
+    counts = scratch(ws, backend, "pool_counts", tuple(out_hw), dtype)
+    np.multiply(per_axis[0][:, None], per_axis[1][None, :], out=counts, casting="unsafe")
+    return counts
+
+
+def avg_pool2d(backend, x, out, kernel, stride, padding, count_include_pad, ws):
+    kh, kw = kernel
+    out_hw = out.shape[2:]
+    if _is_global(x.shape[2:], kernel, padding, out_hw):
+        np.mean(x, axis=(2, 3), out=_view(out, out.shape[:2]))
+        return
+    xp = _padded(backend, x, padding, 0.0, ws, "pool_xpad")
+    for i in range(kh):
+        for j in range(kw):
+            window = _offset_view(xp, i, j, stride, out_hw)
+            if i == 0 and j == 0:
+                np.copyto(out, window)
+            else:
+                out += window
+    if count_include_pad:  # floor mode: every window lies inside the padded input
+        out *= 1.0 / (kh * kw)
+    else:
+        out /= _valid_counts(backend, ws, x.shape[2:], kernel, stride, padding, out_hw, out.dtype)
+
+
+def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_pad, accumulate, ws):
+    n, c, h, w = dx.shape
+    kh, kw = kernel
+    ph, pw = padding
+    out_hw = dy.shape[2:]
+    if _is_global((h, w), kernel, padding, out_hw):
+        share = scratch(ws, backend, "pool_dy", dy.shape, dy.dtype)
+        np.multiply(dy, 1.0 / (h * w), out=share)
+        if accumulate:
+            dx += share
+        else:
+            np.copyto(dx, share)
+        return
+    share = scratch(ws, backend, "pool_dy", dy.shape, dy.dtype)
+    if count_include_pad:
+        np.multiply(dy, 1.0 / (kh * kw), out=share)
+    else:
+        counts = _valid_counts(backend, ws, (h, w), kernel, stride, padding, out_hw, dy.dtype)
+        np.divide(dy, counts, out=share)
+    padded = bool(ph or pw)
+    if padded:
+        target = scratch(ws, backend, "pool_dxpad", (n, c, h + 2 * ph, w + 2 * pw), dx.dtype)
+        target.fill(0.0)
+    else:
+        target = dx
+        if not accumulate:
+            target.fill(0.0)
+    for i in range(kh):
+        for j in range(kw):
+            region = _offset_view(target, i, j, stride, out_hw)
+            region += share
+    if padded:
+        interior = target[:, :, ph:ph + h, pw:pw + w]
+        if accumulate:
+            dx += interior
+        else:
+            np.copyto(dx, interior)
+
+
+# ------------------------------------------------------------ batch norm
+def _stat_axes(x):
+    return (0,) + tuple(range(2, x.ndim))
+
+
+def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
+                     momentum, eps, ws):
+    axes = _stat_axes(x)
+    shape = _channel_shape(x)
+    count = x.size // x.shape[1]
+    channels = (x.shape[1],)
+    np.mean(x, axis=axes, out=mean)
+    centered = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
+    np.subtract(x, _view(mean, shape), out=centered)
+    squares = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
+    np.multiply(centered, centered, out=squares)
+    var = scratch(ws, backend, "bn_var", channels, x.dtype)
+    np.mean(squares, axis=axes, out=var)  # biased: what normalising uses
+    if running_mean is not None:
+        step = scratch(ws, backend, "bn_step", channels, x.dtype)
+        np.multiply(mean, momentum, out=step)
+        running_mean *= 1.0 - momentum
+        running_mean += step
+        # running_var tracks the unbiased estimate, as PyTorch
+        np.multiply(var, momentum * count / max(count - 1, 1), out=step)
+        running_var *= 1.0 - momentum
+        running_var += step
+    np.add(var, eps, out=invstd)
+    np.sqrt(invstd, out=invstd)
+    np.reciprocal(invstd, out=invstd)
+    scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
+    np.multiply(gamma, invstd, out=scale)
+    np.multiply(centered, _view(scale, shape), out=out)
+    out += _view(beta, shape)
+
+
+def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, out, ws):
+    shape = _channel_shape(x)
+    channels = (x.shape[1],)
+    scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
+    np.add(running_var, eps, out=scale)
+    np.sqrt(scale, out=scale)
+    np.divide(gamma, scale, out=scale)
+    shift = scratch(ws, backend, "bn_shift", channels, x.dtype)
+    np.multiply(running_mean, scale, out=shift)
+    np.subtract(beta, shift, out=shift)
+    np.multiply(x, _view(scale, shape), out=out)
+    out += _view(shift, shape)
+
+
+def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+                        accumulate_dx, accumulate_params, ws):
+    axes = _stat_axes(x)
+    shape = _channel_shape(x)
+    count = x.size // x.shape[1]
+    channels = (x.shape[1],)
+    xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
+    np.subtract(x, _view(mean, shape), out=xhat)
+    xhat *= _view(invstd, shape)
+    sum_dy = scratch(ws, backend, "bn_sum_dy", channels, x.dtype)
+    np.sum(dy, axis=axes, out=sum_dy)
+    product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
+    np.multiply(dy, xhat, out=product)
+    sum_dy_xhat = scratch(ws, backend, "bn_sum_dy_xhat", channels, x.dtype)
+    np.sum(product, axis=axes, out=sum_dy_xhat)
+    for grad, value in ((dbeta, sum_dy), (dgamma, sum_dy_xhat)):
+        if grad is None:
+            continue
+        if accumulate_params:
+            grad += value
+        else:
+            np.copyto(grad, value)
+    if dx is None:
+        return
+    # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
+    coef = scratch(ws, backend, "bn_coef", channels, x.dtype)
+    np.multiply(gamma, invstd, out=coef)
+    coef *= 1.0 / count
+    np.multiply(xhat, _view(sum_dy_xhat, shape), out=product)
+    product += _view(sum_dy, shape)
+    target = scratch(ws, backend, "bn_dx", x.shape, x.dtype) if accumulate_dx else dx
+    np.multiply(dy, float(count), out=target)
+    target -= product
+    target *= _view(coef, shape)
+    if accumulate_dx:
+        dx += target

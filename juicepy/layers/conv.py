@@ -1,0 +1,196 @@
+"""Conv2d and Conv1d (NCHW / NCL) with PyTorch's weight layout (out, in/groups, kh, kw)."""
+
+from __future__ import annotations
+
+from .. import init as initializers
+from ..errors import ShapeError
+from ..net.params import LearnableParams
+from .base import Layer
+
+
+def as_pair(value, what: str) -> tuple:
+    """An int or a pair of ints as a pair of ints."""
+    if isinstance(value, int):
+        pair = (value, value)
+    else:
+        pair = tuple(value)
+        if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
+            raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
+    return tuple(int(v) for v in pair)
+
+
+def output_length(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """Output length along one axis (floor mode, as PyTorch)."""
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class Conv2d(Layer):
+    """2-D convolution over (C, H, W) inputs; ``in_channels`` is inferred from the input.
+
+    ``padding`` is an int, a pair, or ``"same"`` (stride 1, odd dilated kernel: the padding is
+    the same on both sides, so the output keeps the input's height and width).
+    """
+
+    def __init__(self, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, weight_init="torch", bias_init="torch",
+                 in_channels: int | None = None):
+        super().__init__()
+        self.out_channels = int(out_channels)
+        self.kernel_size = as_pair(kernel_size, "kernel_size")
+        self.stride = as_pair(stride, "stride")
+        self.dilation = as_pair(dilation, "dilation")
+        self.groups = int(groups)
+        self.use_bias = bool(bias)
+        self.weight_init = weight_init
+        self.bias_init = bias_init
+        self.in_channels = in_channels
+        for what, pair in (("kernel_size", self.kernel_size), ("stride", self.stride),
+                           ("dilation", self.dilation)):
+            if min(pair) < 1:
+                raise ValueError(f"Conv2d: {what} must be >= 1, got {pair}")
+        if self.out_channels < 1 or self.groups < 1:
+            raise ValueError(f"Conv2d: out_channels and groups must be >= 1, got "
+                             f"{self.out_channels} and {self.groups}")
+        if self.out_channels % self.groups:
+            raise ValueError(f"Conv2d: out_channels {self.out_channels} is not divisible by "
+                             f"groups {self.groups}")
+        if padding == "same":
+            if self.stride != (1, 1):
+                raise ValueError(f"Conv2d: padding='same' needs stride 1, got {self.stride}")
+            span = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
+            if any(s % 2 for s in span):
+                raise ValueError(f"Conv2d: padding='same' needs an odd (dilated) kernel so both sides "
+                                 f"pad equally; kernel {self.kernel_size} dilation {self.dilation}")
+            self.padding_arg = "same"
+            self.padding = (span[0] // 2, span[1] // 2)
+        elif isinstance(padding, str):
+            raise ValueError(f"Conv2d: padding must be an int, a pair or 'same', got {padding!r}")
+        else:
+            self.padding_arg = padding if isinstance(padding, int) else list(padding)
+            self.padding = as_pair(padding, "padding")
+            if min(self.padding) < 0:
+                raise ValueError(f"Conv2d: padding must be >= 0, got {self.padding}")
+        self.weight: LearnableParams | None = None
+        self.bias: LearnableParams | None = None
+
+    def _describe(self) -> str:
+        return (f"{type(self).__name__}(kernel {self.kernel_size}, stride {self.stride}, "
+                f"padding {self.padding}, dilation {self.dilation})")
+
+    def output_hw(self, in_hw: tuple, path: str) -> tuple:
+        out = tuple(output_length(s, k, st, p, d) for s, k, st, p, d in
+                    zip(in_hw, self.kernel_size, self.stride, self.padding, self.dilation))
+        if min(out) < 1:
+            padded = tuple(s + 2 * p for s, p in zip(in_hw, self.padding))
+            span = tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+            raise ShapeError(f"{path}: {self._describe()} needs a padded input of at least {span}, "
+                             f"got {padded} from input {tuple(in_hw)}")
+        return out
+
+    def infer_shape(self, unit_shape, path, graph):
+        if len(unit_shape) != 3:
+            raise ShapeError(f"{path}: Conv2d expects unit shape (channels, height, width), got {unit_shape}")
+        channels = unit_shape[0]
+        if self.in_channels is not None and self.in_channels != channels:
+            raise ShapeError(f"{path}: Conv2d expects {self.in_channels} input channels, "
+                             f"got unit shape {unit_shape}")
+        if channels % self.groups:
+            raise ShapeError(f"{path}: Conv2d input channels {channels} are not divisible by "
+                             f"groups {self.groups}")
+        out_hw = self.output_hw(unit_shape[1:], path)
+        self.in_channels = channels
+        self._make_params(graph, self.weight_shape())
+        return (self.out_channels,) + out_hw
+
+    def weight_shape(self) -> tuple:
+        return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+
+    def _make_params(self, graph, shape) -> None:
+        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        fan_out = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        self.weight = LearnableParams(initializers.make(self.weight_init, graph.rng, shape, fan_in,
+                                                        fan_out, graph.dtype))
+        if self.use_bias:
+            self.bias = LearnableParams(initializers.make(self.bias_init, graph.rng, (self.out_channels,),
+                                                          fan_in, fan_out, graph.dtype))
+
+    def params(self):
+        return {"weight": self.weight, "bias": self.bias} if self.use_bias else {"weight": self.weight}
+
+    # Conv1d overrides these two to see its (N, C, L) buffers as (N, C, 1, L)
+    def _as_4d(self, backend, array):
+        return array
+
+    def _weight(self, backend, array):
+        return array
+
+    def compute_output(self, backend, ctx):
+        y = self._as_4d(backend, ctx.output())
+        stride, padding, dilation = self.stride, self.padding, self.dilation
+        backend.conv2d(self._as_4d(backend, ctx.input()), self._weight(backend, ctx.param(self.weight)), y,
+                       stride, padding, dilation, self.groups, ws=ctx.ws)
+        if self.use_bias:
+            backend.add_bias(y, ctx.param(self.bias))
+
+    def compute_gradients(self, backend, ctx):
+        dy = self._as_4d(backend, ctx.output_grad())
+        stride, padding, dilation = self.stride, self.padding, self.dilation
+        dw, acc = ctx.param_grad(self.weight)
+        if dw is not None:
+            backend.conv2d_backward_filter(self._as_4d(backend, ctx.input()), dy, self._weight(backend, dw),
+                                           stride, padding, dilation, self.groups, accumulate=acc, ws=ctx.ws)
+        if self.use_bias:
+            db, acc = ctx.param_grad(self.bias)
+            if db is not None:
+                backend.bias_grad(dy, db, accumulate=acc, ws=ctx.ws)
+        dx, acc = ctx.input_grad()
+        if dx is not None:
+            backend.conv2d_backward_data(dy, self._weight(backend, ctx.param(self.weight)),
+                                         self._as_4d(backend, dx), stride, padding, dilation,
+                                         self.groups, accumulate=acc, ws=ctx.ws)
+
+    def config(self):
+        return {"out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                "stride": list(self.stride), "padding": self.padding_arg, "dilation": list(self.dilation),
+                "groups": self.groups, "bias": self.use_bias, "in_channels": self.in_channels}
+
+
+class Conv1d(Conv2d):
+    """1-D convolution over (C, L) inputs, weight (out, in/groups, k) as torch.nn.Conv1d;
+    runs as a Conv2d with a 1 x k kernel on (N, C, 1, L) views."""
+
+    def __init__(self, out_channels: int, kernel_size: int, stride: int = 1, padding=0, dilation: int = 1,
+                 groups: int = 1, bias: bool = True, weight_init="torch", bias_init="torch",
+                 in_channels: int | None = None):
+        for what, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+            if not isinstance(value, int):
+                raise ValueError(f"Conv1d: {what} must be an int, got {value!r}")
+        if not (padding == "same" or isinstance(padding, int)):
+            raise ValueError(f"Conv1d: padding must be an int or 'same', got {padding!r}")
+        pad2 = padding if padding == "same" else (0, padding)
+        super().__init__(out_channels, (1, kernel_size), (1, stride), pad2, (1, dilation), groups, bias,
+                         weight_init, bias_init, in_channels)
+        self.padding_arg = padding
+
+    def infer_shape(self, unit_shape, path, graph):
+        if len(unit_shape) != 2:
+            raise ShapeError(f"{path}: Conv1d expects unit shape (channels, length), got {unit_shape}")
+        channels, length = unit_shape
+        out = super().infer_shape((channels, 1, length), path, graph)
+        return (out[0], out[2])
+
+    def weight_shape(self) -> tuple:
+        return (self.out_channels, self.in_channels // self.groups, self.kernel_size[1])
+
+    def _as_4d(self, backend, array):
+        n, c, length = array.shape
+        return backend.reshape(array, (n, c, 1, length))
+
+    def _weight(self, backend, array):
+        o, c, k = array.shape
+        return backend.reshape(array, (o, c, 1, k))
+
+    def config(self):
+        return {"out_channels": self.out_channels, "kernel_size": self.kernel_size[1],
+                "stride": self.stride[1], "padding": self.padding_arg, "dilation": self.dilation[1],
+                "groups": self.groups, "bias": self.use_bias, "in_channels": self.in_channels}

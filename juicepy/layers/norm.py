@@ -1,0 +1,132 @@
+"""BatchNorm1d and BatchNorm2d with PyTorch's semantics and state_dict names.
+
+Training normalises with the batch statistics (biased variance) and updates the running
+statistics (unbiased variance, ``momentum`` 0.1, or a cumulative average when it is None);
+evaluation normalises with the running statistics. running_mean, running_var and
+num_batches_tracked are non-trainable params: saved and loaded with the weights, never trained.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..net.params import LearnableParams
+from .base import Layer
+
+
+class _BatchNorm(Layer):
+    #: accepted unit-shape ranks and how to name them in errors
+    ranks: tuple = ()
+    expects: str = ""
+
+    def __init__(self, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
+                 num_features: int | None = None):
+        super().__init__()
+        if momentum is not None and not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None, got {momentum}")
+        if eps <= 0.0:
+            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
+        self.momentum = None if momentum is None else float(momentum)
+        self.eps = float(eps)
+        self.affine = bool(affine)
+        self.num_features = num_features
+        self.weight = self.bias = None
+        self.running_mean = self.running_var = self.num_batches_tracked = None
+
+    def infer_shape(self, unit_shape, path, graph):
+        name = type(self).__name__
+        if len(unit_shape) not in self.ranks:
+            raise ShapeError(f"{path}: {name} expects unit shape {self.expects}, got {unit_shape}")
+        channels = unit_shape[0]
+        if self.num_features is not None and self.num_features != channels:
+            raise ShapeError(f"{path}: {name} expects {self.num_features} features (channels), "
+                             f"got unit shape {unit_shape}")
+        self.num_features = channels
+        dtype = graph.dtype
+        if self.affine:
+            self.weight = LearnableParams(np.ones(channels, dtype))
+            self.bias = LearnableParams(np.zeros(channels, dtype))
+        self.running_mean = LearnableParams(np.zeros(channels, dtype), trainable=False)
+        self.running_var = LearnableParams(np.ones(channels, dtype), trainable=False)
+        self.num_batches_tracked = LearnableParams(np.zeros((), np.int64), trainable=False)
+        return unit_shape
+
+    def params(self):
+        stats = {"running_mean": self.running_mean, "running_var": self.running_var,
+                 "num_batches_tracked": self.num_batches_tracked}
+        return {"weight": self.weight, "bias": self.bias, **stats} if self.affine else stats
+
+    def setup(self, backend, ctx):
+        unit = ctx.input_shapes[0]
+        per_channel = ctx.batch_size * math.prod(unit[1:])
+        if ctx.training and per_channel < 2:
+            raise ShapeError(f"{ctx.path}: {type(self).__name__} in training needs more than one value per "
+                             f"channel, got batch {ctx.batch_size} with unit shape {unit}")
+        channels = (self.num_features,)
+        ctx.buffer("mean", channels)
+        ctx.buffer("invstd", channels)
+        if not self.affine:  # the kernels take gamma and beta: a fixed scale of 1 and shift of 0
+            backend.fill(ctx.buffer("ones", channels), 1.0)
+            backend.fill(ctx.buffer("zeros", channels), 0.0)
+
+    def _scale_shift(self, ctx):
+        if self.affine:
+            return ctx.param(self.weight), ctx.param(self.bias)
+        return ctx.buffer("ones", None), ctx.buffer("zeros", None)
+
+    def _next_momentum(self) -> float:
+        """Count this batch; the weight of its statistics in the running ones."""
+        tracked = int(self.num_batches_tracked.numpy()) + 1
+        self.num_batches_tracked.set(tracked)
+        return 1.0 / tracked if self.momentum is None else self.momentum
+
+    def compute_output(self, backend, ctx):
+        gamma, beta = self._scale_shift(ctx)
+        running_mean, running_var = ctx.param(self.running_mean), ctx.param(self.running_var)
+        if ctx.training:
+            backend.batch_norm_train(ctx.input(), gamma, beta, ctx.output(), ctx.buffer("mean", None),
+                                     ctx.buffer("invstd", None), running_mean, running_var,
+                                     self._next_momentum(), self.eps, ws=ctx.ws)
+            ctx.mark_param_written(self.running_mean)
+            ctx.mark_param_written(self.running_var)
+        else:
+            backend.batch_norm_infer(ctx.input(), gamma, beta, running_mean, running_var, self.eps,
+                                     ctx.output(), ws=ctx.ws)
+
+    def compute_gradients(self, backend, ctx):
+        gamma, _ = self._scale_shift(ctx)
+        dgamma = dbeta = None
+        acc_params = False
+        if self.affine:
+            dgamma, acc_params = ctx.param_grad(self.weight)
+            dbeta, acc_beta = ctx.param_grad(self.bias)
+            if (dgamma is None) != (dbeta is None) or (dgamma is not None and acc_params != acc_beta):
+                raise RuntimeError(f"{ctx.path}: weight and bias gradients must be kept "
+                                   f"(and shared) together")
+        dx, acc_dx = ctx.input_grad()
+        if dx is None and dgamma is None:
+            return
+        backend.batch_norm_backward(ctx.input(), ctx.output_grad(), gamma, ctx.buffer("mean", None),
+                                    ctx.buffer("invstd", None), dx, dgamma, dbeta,
+                                    accumulate_dx=acc_dx, accumulate_params=acc_params, ws=ctx.ws)
+
+    def config(self):
+        return {"momentum": self.momentum, "eps": self.eps, "affine": self.affine,
+                "num_features": self.num_features}
+
+
+class BatchNorm2d(_BatchNorm):
+    """Per-channel normalisation of (C, H, W) inputs."""
+
+    ranks = (3,)
+    expects = "(channels, height, width)"
+
+
+class BatchNorm1d(_BatchNorm):
+    """Per-feature normalisation of (C,) inputs (after a Linear) or (C, L) sequences."""
+
+    ranks = (1, 2)
+    expects = "(features,) or (channels, length)"

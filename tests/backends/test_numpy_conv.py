@@ -1,0 +1,117 @@
+"""The NumPy convolution / pooling / batch-norm kernels at the op level: the depthwise batch split
+over threads, kept forward columns, accumulate flags, and ops called without a workspace."""
+
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy.backends import numpy_conv
+from juicepy.backends.base import Workspace
+
+
+@pytest.fixture
+def b():
+    return jp.backend("numpy")
+
+
+def _out_len(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _conv_all(b, x, w, geometry, ws):
+    (sh, sw), (ph, pw), (dh, dw), _ = geometry
+    out = np.empty((x.shape[0], w.shape[0], _out_len(x.shape[2], w.shape[2], sh, ph, dh),
+                    _out_len(x.shape[3], w.shape[3], sw, pw, dw)), x.dtype)
+    b.conv2d(x, w, out, *geometry, ws=ws)
+    dy = np.cos(out)
+    dx, dw = np.empty_like(x), np.empty_like(w)
+    b.conv2d_backward_data(dy, w, dx, *geometry, ws=ws)
+    b.conv2d_backward_filter(x, dy, dw, *geometry, ws=ws)
+    return out, dx, dw
+
+
+def test_depthwise_batch_split_over_threads_matches_one_lane(b, monkeypatch):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, 4, 9, 8))
+    w = rng.standard_normal((4, 1, 3, 3))
+    geometry = ((2, 2), (1, 1), (1, 1), 4)
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "1")
+    single = _conv_all(b, x, w, geometry, Workspace())
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "3")
+    monkeypatch.setattr(numpy_conv, "MIN_LANE_WORK", 1)
+    assert numpy_conv._run_lanes(7, 1, lambda lo, hi, k: None) == 3
+    split = _conv_all(b, x, w, geometry, Workspace())
+    for a, c in zip(single, split):
+        np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
+
+
+def test_small_batches_stay_on_one_thread(b, monkeypatch):
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "4")
+    lanes = []
+    assert numpy_conv._run_lanes(2, 10, lambda lo, hi, k: lanes.append((lo, hi, k))) == 1
+    assert lanes == [(0, 2, 0)]
+
+
+def test_pool_backward_ops_accumulate(b):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 7, 6))
+    out = np.empty((2, 3, 4, 3))
+    argmax = np.empty(out.shape, np.int32)
+    b.max_pool2d(x, out, argmax, (3, 2), (2, 2), (1, 1))
+    dy = rng.standard_normal(out.shape)
+    for backward in (lambda dx, acc: b.max_pool2d_backward(dy, argmax, dx, accumulate=acc),
+                     lambda dx, acc: b.avg_pool2d_backward(dy, dx, (3, 2), (2, 2), (1, 1), True, accumulate=acc)):
+        fresh = np.empty_like(x)
+        backward(fresh, False)
+        start = rng.standard_normal(x.shape)
+        summed = start.copy()
+        backward(summed, True)
+        np.testing.assert_allclose(summed, start + fresh, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_backward_without_input_gradient_and_accumulating_params(b):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 3, 2, 2))
+    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
+    out, mean, invstd = np.empty_like(x), np.empty(3), np.empty(3)
+    b.batch_norm_train(x, gamma, beta, out, mean, invstd, None, None, 0.1, 1e-5)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)))
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(x.var(axis=(0, 2, 3)) + 1e-5))
+    dy = rng.standard_normal(x.shape)
+    dgamma, dbeta = np.ones(3), np.ones(3)
+    b.batch_norm_backward(x, dy, gamma, mean, invstd, None, dgamma, dbeta, accumulate_params=True)
+    xhat = (x - mean.reshape(1, 3, 1, 1)) * invstd.reshape(1, 3, 1, 1)
+    np.testing.assert_allclose(dbeta, 1 + dy.sum(axis=(0, 2, 3)))
+    np.testing.assert_allclose(dgamma, 1 + (dy * xhat).sum(axis=(0, 2, 3)))
+
+
+@pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
+def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, depth_limit):
+    monkeypatch.setattr(numpy_conv, "BATCH_INNER_MIN_DEPTH", depth_limit)
+    """The forward's columns are reused only while the input still equals the copy kept with them."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 2, 6, 6))
+    w = rng.standard_normal((4, 2, 3, 3))
+    dy = rng.standard_normal((3, 4, 6, 6))
+    geometry = ((1, 1), (1, 1), (1, 1), 1)
+    ws = Workspace()
+    b.conv2d(x, w, np.empty((3, 4, 6, 6)), *geometry, ws=ws)
+    x[1, 0, 2, 3] += 1.0  # written in place after the forward pass
+    reused, fresh = np.empty_like(w), np.empty_like(w)
+    b.conv2d_backward_filter(x, dy, reused, *geometry, ws=ws)
+    b.conv2d_backward_filter(x, dy, fresh, *geometry, ws=Workspace())
+    np.testing.assert_array_equal(reused, fresh)
+
+
+@pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
+def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch, depth_limit):
+    monkeypatch.setattr(numpy_conv, "BATCH_INNER_MIN_DEPTH", depth_limit)
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 7, 6))
+    w = rng.standard_normal((4, 2, 3, 2))
+    geometry = ((2, 1), (1, 0), (1, 2), 1)
+    kept = _conv_all(b, x, w, geometry, Workspace())
+    monkeypatch.setattr(numpy_conv, "SAVED_COLUMNS_LIMIT", 0)
+    recomputed = _conv_all(b, x, w, geometry, Workspace())
+    for a, c in zip(kept, recomputed):
+        np.testing.assert_array_equal(a, c)
