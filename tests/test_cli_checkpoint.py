@@ -76,3 +76,10 @@ def test_new_commands_explain_every_flag():
         sub = parser._subparsers._group_actions[0].choices[name]
         for action in sub._actions:
             assert action.dest == "help" or action.help, f"{name} --{action.dest} has no help text"
+
+
+@pytest.mark.parametrize("model", ["lenet", "resnet"])
+def test_profile_zoo_cnns(model, capsys):
+    assert main(["profile", "--model", model, "--backend", "numpy", "--steps", "1", "--warmup", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "Conv2d" in out and out.strip().splitlines()[-1].startswith("total")

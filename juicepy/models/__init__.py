@@ -9,6 +9,7 @@ from typing import Callable
 
 from .lenet import lenet
 from .mlp import mlp
+from .resnet import resnet
 
 MODELS: dict[str, Callable] = {}
 
@@ -27,5 +28,6 @@ def build_model(name: str, input_shape: tuple, classes: int):
 
 register_model("mlp", mlp)
 register_model("lenet", lenet)
+register_model("resnet", resnet)
 
-__all__ = ["MODELS", "build_model", "register_model", "lenet", "mlp"]
+__all__ = ["MODELS", "build_model", "register_model", "lenet", "mlp", "resnet"]
