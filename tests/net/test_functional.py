@@ -139,3 +139,19 @@ def test_summary_shows_wiring_and_counts_shared_weights_once():
     assert rows["linear"][-1] == "<input>"
     assert rows["tied_linear"][3] == "6"  # its bias only: the weight is the encoder's
     assert sum(int(r[3].replace(",", "")) for r in rows.values()) == net.num_params() == 76
+
+
+def test_the_issue_example_with_convolutions(backend):
+    x = jp.Input((1, 28, 28))
+    h = L.Conv2d(8, 3)(x)
+    y = h + L.Conv2d(8, 3, padding=1)(h)
+    net = jp.Network(inputs=x, outputs=y)
+    assert net.output_shape == (8, 26, 26)
+    assert [n.path for n in net.nodes] == ["conv2d", "conv2d_1", "add"]
+    xv = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    b = jp.backend(backend)
+    ctx = net.context(b, 2)
+    ctx.set_inputs([xv])
+    ctx.forward()
+    hv, cv = b.to_host(ctx.output("conv2d")), b.to_host(ctx.output("conv2d_1"))
+    np.testing.assert_allclose(b.to_host(ctx.output()), hv + cv, rtol=1e-6, atol=1e-6)
