@@ -19,6 +19,9 @@ class Layer:
     """
 
     n_inputs = 1  # None: any number >= 1 (merge layers)
+    #: False when compute_output changes host-side state each pass (BatchNorm's batch counter):
+    #: a recorded graph would not replay that, so such networks run op by op
+    capturable = True
 
     def __init__(self) -> None:
         self._built_for: tuple | None = None

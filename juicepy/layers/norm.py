@@ -22,6 +22,8 @@ class _BatchNorm(Layer):
     ranks: tuple = ()
     expects: str = ""
 
+    capturable = False  # num_batches_tracked is counted on the host in each training pass
+
     def __init__(self, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
                  num_features: int | None = None):
         super().__init__()

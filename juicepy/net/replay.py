@@ -50,6 +50,11 @@ class GraphReplay:
 
     def record(self, key, body) -> bool:
         """Capture ``body()`` (its device work does not run); False when it cannot be captured."""
+        host_state = [n.path for n in self.network.nodes if not getattr(n.layer, "capturable", True)]
+        if host_state:
+            self.graph, self.key = None, None
+            self.failure = f"layers keeping host-side state cannot be replayed: {', '.join(host_state)}"
+            return False
         self.sync_params()  # no host-to-device copy may happen inside the capture
         before = {p: p.version for p in self.network.params.values()}
         try:

@@ -214,3 +214,20 @@ def test_a_step_that_cannot_be_captured_runs_op_by_op():
     trainer, losses = _train(backend, Adam(lr=1e-2), steps=4)
     assert losses == eager_losses
     assert trainer.state(backend).replay.failure == "not today"
+
+
+def test_layers_with_host_state_are_not_replayed():
+    """BatchNorm counts its batches on the host: its network runs op by op, exactly as eager."""
+    def bn_trainer():
+        net = jp.Network(L.Sequential(L.Linear(16), L.BatchNorm1d(), L.ReLU(), L.Linear(5)), input_shape=(12,))
+        return Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), batch_size=16)
+
+    tape, plain = TapeBackend(), NumpyBackend()
+    replayed, eager = bn_trainer(), bn_trainer()
+    for x, y in _batches(5):
+        assert replayed.train_minibatch(tape, x, y)[0] == eager.train_minibatch(plain, x, y)[0]
+    assert tape.captures == 0
+    assert "1" in replayed.state(tape).replay.failure and "host-side state" in replayed.state(tape).replay.failure
+    for k, v in eager.network.get_weights().items():
+        np.testing.assert_array_equal(replayed.network.get_weights()[k], v, err_msg=k)
+    assert int(replayed.network.get_weights()["1.num_batches_tracked"]) == 5
