@@ -94,3 +94,34 @@ def test_train_on_numpy_serve_on_every_backend(backend):
     p = jp.Predictor(_net(5), backend)
     p.swap(net)
     np.testing.assert_allclose(p.transform(x), net.transform("numpy", x), rtol=1e-4, atol=1e-5)
+
+
+def test_swap_and_new_requests_do_not_wait_for_a_request_in_flight():
+    old, new = _net(0), _net(1)
+    p = jp.Predictor(old, "numpy")
+    x = np.ones((4, 8), np.float32)
+    expected_old, expected_new = old.transform("numpy", x), new.transform("numpy", x)
+    results, entered = {}, threading.Event()
+    run_old = old.transform
+
+    def traced(*args, **kwargs):
+        entered.set()
+        return run_old(*args, **kwargs)
+
+    old.transform = traced
+    old._lock.acquire()  # the old network is busy: a request on it stays in flight
+    try:
+        stuck = threading.Thread(target=lambda: results.__setitem__("stuck", p.transform(x)))
+        stuck.start()
+        assert entered.wait(timeout=30)
+        swapper = threading.Thread(target=lambda: results.__setitem__("swap", p.swap(new, warmup_rows=4)))
+        swapper.start()
+        swapper.join(timeout=30)
+        assert not swapper.is_alive(), "swap waited for the request in flight"
+        np.testing.assert_array_equal(p.transform(x), expected_new)  # served while the old one is busy
+        assert "stuck" not in results
+    finally:
+        old._lock.release()
+    stuck.join(timeout=30)
+    np.testing.assert_array_equal(results["stuck"], expected_old)  # finished on the network it began on
+    assert results["swap"] is old
