@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass
 
 import numpy as np
 
+from ..backends.numpy_backend import host_all_finite
 from ..errors import DTypeError, NonFiniteError, ShapeError, WeightsError
 from .context import Context
 from .descriptor import GraphBuilder
@@ -186,7 +186,7 @@ class Network:
                 x = np.asarray(x)
             check_array(name, x, junction.unit_shape, self.dtype, batch_size)
             if check_finite:
-                finite = backend.all_finite(x) if on_device else _host_finite(x)
+                finite = backend.all_finite(x) if on_device else host_all_finite(x)
                 if not finite:
                     raise NonFiniteError(f"{name}: contains NaN or Inf (the finite-input guard is on)")
             checked.append(x)
@@ -297,12 +297,6 @@ def to_numpy(value) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
         value = value.detach().cpu().numpy()
     return np.asarray(value)
-
-
-def _host_finite(x: np.ndarray) -> bool:
-    if x.size == 0:
-        return True
-    return math.isfinite(float(np.max(x))) and math.isfinite(float(np.min(x)))
 
 
 def check_array(name: str, x, unit_shape: tuple, dtype, batch_size: int | None = None) -> None:
