@@ -3,8 +3,6 @@ backend and a per-placement context on every call."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..errors import ShapeError
 from ..net.descriptor import GraphBuilder, Junction
 

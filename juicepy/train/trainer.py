@@ -103,15 +103,10 @@ class Trainer:
         The outputs array belongs to the context and is overwritten by the next step.
         """
         backend = get_backend(backend)
-        xs = self.network.check_inputs(inputs, backend, self.batch_size, check_finite=self.check_finite)
-        targets = self.check_targets(targets, backend)
+        xs, targets = self._checked_batch(backend, inputs, targets)
         st = self.state(backend)
         ctx = st.context
-        ctx.set_inputs(xs)
-        if backend.is_array(targets):
-            backend.copy(targets, st.targets)
-        else:
-            backend.write(st.targets, targets)
+        self._load_batch(backend, ctx, st.targets, xs, targets)
         loss = self._replayed_step(backend, st) if graphs_wanted(self.graphs, backend) else None
         if loss is None:
             ctx.forward()
@@ -130,8 +125,7 @@ class Trainer:
     def evaluate_minibatch(self, backend, inputs, targets):
         """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs)."""
         backend = get_backend(backend)
-        xs = self.network.check_inputs(inputs, backend, self.batch_size, check_finite=self.check_finite)
-        targets = self.check_targets(targets, backend)
+        xs, targets = self._checked_batch(backend, inputs, targets)
         st = self._eval_states.get(backend)
         if st is None:
             net, n = self.network, self.batch_size
@@ -142,16 +136,31 @@ class Trainer:
                 losses=backend.empty((n,), net.dtype), loss_sum=backend.empty((1,), net.dtype),
                 dx=backend.empty((n,) + net.output_shape, net.dtype))
         ctx = st.context
+        self._load_batch(backend, ctx, st.targets, xs, targets)
+        ctx.forward()
+        count = self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, st.dx)
+        return float(backend.to_host(st.loss_sum)[0]) / count, ctx.output()
+
+    def _checked_batch(self, backend, inputs, targets):
+        """Validate a batch (raises before anything changes); returns (inputs list, targets)."""
+        xs = self.network.check_inputs(inputs, backend, self.batch_size, check_finite=self.check_finite)
+        return xs, self.check_targets(targets, backend)
+
+    @staticmethod
+    def _load_batch(backend, ctx, target_buffer, xs, targets) -> None:
         ctx.set_inputs(xs)
         if backend.is_array(targets):
-            backend.copy(targets, st.targets)
+            backend.copy(targets, target_buffer)
         else:
-            backend.write(st.targets, targets)
-        ctx.forward()
+            backend.write(target_buffer, targets)
+
+    def _summed_loss(self, backend, ctx, targets, losses, loss_sum, dx) -> int:
+        """Per-row losses, d(mean loss)/d(output) into dx and their sum into loss_sum, on the
+        device; returns the count the mean divides by."""
         count = self.loss.count(self.batch_size, self.network.output_shape)
-        self.loss.compute(backend, ctx.output(), st.targets, st.losses, st.dx, 1.0 / count, ctx.ws)
-        backend.sum_all(st.losses, st.loss_sum)
-        return float(backend.to_host(st.loss_sum)[0]) / count, ctx.output()
+        self.loss.compute(backend, ctx.output(), targets, losses, dx, 1.0 / count, ctx.ws)
+        backend.sum_all(losses, loss_sum)
+        return count
 
     # ------------------------------------------------------ tool interface
     def score(self, outputs, targets) -> float | None:
@@ -264,12 +273,8 @@ class Trainer:
     def _loss_to_device(self, backend, st: TrainState) -> int:
         """Loss, output gradient and the summed loss in st.loss_sum; returns the mean's count."""
         ctx = st.context
-        count = self.loss.count(self.batch_size, self.network.output_shape)
         ctx.begin_backward()
-        self.loss.compute(backend, ctx.output(), st.targets, st.losses, ctx.output_gradient(),
-                          1.0 / count, ctx.ws)
-        backend.sum_all(st.losses, st.loss_sum)
-        return count
+        return self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, ctx.output_gradient())
 
     def _loss_and_output_grad(self, backend, st: TrainState) -> float:
         count = self._loss_to_device(backend, st)
