@@ -4,7 +4,7 @@ import pytest
 import juicepy as jp
 from juicepy import layers as L
 from juicepy.errors import ShapeError
-from juicepy.testing import check_layer
+from juicepy.testing import check_layer, forward_backward
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -45,16 +45,11 @@ def test_linear_torch_parity(numpy_backend, rng):
     net.set_weights(ref.state_dict(), strict=True)
     x = rng.standard_normal((4, 5)).astype(np.float32)
     g = rng.standard_normal((4, 7)).astype(np.float32)
-    ctx = net.context(numpy_backend, 4, training=True, input_grads=True)
-    ctx.set_inputs([x])
-    ctx.forward()
-    ctx.begin_backward()
-    numpy_backend.write(ctx.output_gradient(), g)
-    ctx.backward()
+    outputs, input_grads, param_grads = forward_backward(net, numpy_backend, [x], [g])
     xt = torch.tensor(x, requires_grad=True)
     yt = ref(xt)
     yt.backward(torch.tensor(g))
-    np.testing.assert_allclose(ctx.output(), yt.detach().numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ctx.input_gradient(), xt.grad.numpy(), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(ctx.param_gradient("0.weight"), ref[0].weight.grad.numpy(), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(ctx.param_gradient("0.bias"), ref[0].bias.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(outputs[0], yt.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(input_grads[0], xt.grad.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(param_grads["0.weight"], ref[0].weight.grad.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(param_grads["0.bias"], ref[0].bias.grad.numpy(), rtol=1e-5, atol=1e-5)
