@@ -11,7 +11,7 @@ import juicepy as jp
 from juicepy import layers as L
 from juicepy.train import Adam, Trainer
 
-from benchutil import torch_or_none
+from benchutil import require_torch, torch_adam_step
 
 IN, WIDTH, CLASSES, BATCH = 256, 256, 10, 128
 GROUP = f"residual+concat mlp {IN}-{WIDTH}x3-{CLASSES} b{BATCH} adam step"
@@ -45,20 +45,7 @@ def _torch_step(torch):
             h = torch.cat([h, torch.relu(self.c(h))], dim=1)
             return self.out(h)
 
-    model = Model()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = nn.CrossEntropyLoss()
-    x, y = _data()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xt), yt)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
+    return torch_adam_step(torch, Model(), *_data())
 
 
 @pytest.mark.benchmark(group=GROUP)
@@ -71,12 +58,7 @@ def test_composed_step_juicepy(benchmark, backend):
 
 @pytest.mark.benchmark(group=GROUP)
 def test_composed_step_torch(benchmark):
-    torch = torch_or_none()
-    if torch is None:
-        pytest.skip("PyTorch is not installed: no torch reference in this run")
-    step = _torch_step(torch)
-    step()
-    benchmark(step)
+    benchmark(_torch_step(require_torch()))
 
 
 @pytest.mark.benchmark(group="serving 64 rows: Predictor vs Network.transform")

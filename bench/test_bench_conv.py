@@ -10,7 +10,7 @@ import pytest
 import juicepy as jp
 from juicepy import layers as L
 
-from benchutil import torch_or_none
+from benchutil import require_torch
 
 BATCH = 32
 # name -> (in channels, H=W, Conv2d arguments)
@@ -52,9 +52,7 @@ def test_conv_fwd_bwd_juicepy(benchmark, backend, case):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_conv_fwd_bwd_torch(benchmark, case):
-    torch = torch_or_none()
-    if torch is None:
-        pytest.skip("PyTorch is not installed: no torch reference in this run")
+    torch = require_torch()
     channels, size, args = CASES[case]
     benchmark.group = f"conv {case} fwd+bwd"
     conv = torch.nn.Conv2d(channels, **args)

@@ -12,7 +12,7 @@ from juicepy import layers as L
 from juicepy.models import lenet
 from juicepy.train import Adam, Trainer
 
-from benchutil import torch_or_none
+from benchutil import require_torch, torch_adam_step
 
 BATCH = 64
 SHAPE = (1, 28, 28)
@@ -43,24 +43,8 @@ def test_lenet_step_juicepy(benchmark, backend):
 
 @pytest.mark.benchmark(group=STEP)
 def test_lenet_step_torch(benchmark):
-    torch = torch_or_none()
-    if torch is None:
-        pytest.skip("PyTorch is not installed: no torch reference in this run")
-    model = _torch_lenet(torch)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x, y = _data()
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xt), yt)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    step()
-    benchmark(step)
+    torch = require_torch()
+    benchmark(torch_adam_step(torch, _torch_lenet(torch), *_data()))
 
 
 @pytest.mark.benchmark(group=FORWARD)
@@ -73,9 +57,7 @@ def test_lenet_forward_juicepy(benchmark, backend):
 
 @pytest.mark.benchmark(group=FORWARD)
 def test_lenet_forward_torch(benchmark):
-    torch = torch_or_none()
-    if torch is None:
-        pytest.skip("PyTorch is not installed: no torch reference in this run")
+    torch = require_torch()
     model = _torch_lenet(torch).eval()
     xt = torch.from_numpy(_data()[0])
 

@@ -10,7 +10,7 @@ import juicepy as jp
 from juicepy import layers as L
 from juicepy.train import Adam, Trainer
 
-from benchutil import torch_or_none
+from benchutil import require_torch, torch_adam_step
 from handwritten import HandwrittenMLP
 
 SMALL = (784, 512, 512, 10)
@@ -35,19 +35,7 @@ def _torch_step(torch, sizes, batch):
     for a, b in zip(sizes[:-2], sizes[1:-1]):
         mods += [torch.nn.Linear(a, b), torch.nn.ReLU()]
     model = torch.nn.Sequential(*mods, torch.nn.Linear(sizes[-2], sizes[-1]))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    x, y = _data(batch, sizes)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(xt), yt)
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    return step
+    return torch_adam_step(torch, model, *_data(batch, sizes))
 
 
 def train_flops(sizes, batch):
@@ -67,12 +55,7 @@ def test_mlp_step_juicepy(benchmark, backend):
 
 @pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
 def test_mlp_step_torch(benchmark):
-    torch = torch_or_none()
-    if torch is None:
-        pytest.skip("PyTorch is not installed: no torch reference in this run")
-    step = _torch_step(torch, SMALL, 128)
-    step()
-    benchmark(step)
+    benchmark(_torch_step(require_torch(), SMALL, 128))
 
 
 @pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
@@ -94,11 +77,7 @@ def test_wide_mlp_step_juicepy(benchmark, backend):
 
 @pytest.mark.benchmark(group="wide mlp 784-4096-4096-10 b256 adam step")
 def test_wide_mlp_step_torch(benchmark):
-    torch = torch_or_none()
-    if torch is None:
-        pytest.skip("PyTorch is not installed: no torch reference in this run")
-    step = _torch_step(torch, WIDE, 256)
-    step()
+    step = _torch_step(require_torch(), WIDE, 256)
     benchmark.pedantic(step, rounds=10, iterations=1, warmup_rounds=1)
     benchmark.extra_info["flops"] = train_flops(WIDE, 256)
 

@@ -13,7 +13,6 @@ the same static Node/Junction graph every other container produces.
 from __future__ import annotations
 
 import itertools
-import re
 
 from ..errors import ShapeError
 
