@@ -90,3 +90,11 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
         return f"{type(self).__name__}({args})"
+
+
+def bias_gradient(backend, ctx, bias, dy) -> None:
+    """d(loss)/d(bias) from the output gradient ``dy`` into the bias's gradient buffer (added
+    to it where another placement wrote first); nothing where the bias is not trained here."""
+    db, accumulate = ctx.param_grad(bias)
+    if db is not None:
+        backend.bias_grad(dy, db, accumulate=accumulate, ws=ctx.ws)

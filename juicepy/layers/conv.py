@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import init as initializers
 from ..errors import ShapeError
 from ..net.params import LearnableParams
-from .base import Layer
+from .base import Layer, bias_gradient
 
 
 def as_pair(value, what: str) -> tuple:
@@ -140,9 +140,7 @@ class Conv2d(Layer):
             backend.conv2d_backward_filter(self._as_4d(backend, ctx.input()), dy, self._weight(backend, dw),
                                            stride, padding, dilation, self.groups, accumulate=acc, ws=ctx.ws)
         if self.use_bias:
-            db, acc = ctx.param_grad(self.bias)
-            if db is not None:
-                backend.bias_grad(dy, db, accumulate=acc, ws=ctx.ws)
+            bias_gradient(backend, ctx, self.bias, dy)
         dx, acc = ctx.input_grad()
         if dx is not None:
             backend.conv2d_backward_data(dy, self._weight(backend, ctx.param(self.weight)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .. import init as initializers
 from ..errors import ShapeError
 from ..net.params import LearnableParams
-from .base import Layer
+from .base import Layer, bias_gradient
 
 
 class Linear(Layer):
@@ -51,9 +51,7 @@ class Linear(Layer):
         if dw is not None:
             backend.gemm(dy, ctx.input(), dw, trans_a=True, beta=float(acc), ws=ctx.ws)
         if self.use_bias:
-            db, acc = ctx.param_grad(self.bias)
-            if db is not None:
-                backend.bias_grad(dy, db, accumulate=acc, ws=ctx.ws)
+            bias_gradient(backend, ctx, self.bias, dy)
         dx, acc = ctx.input_grad()
         if dx is not None:
             backend.gemm(dy, ctx.param(self.weight), dx, beta=float(acc), ws=ctx.ws)
@@ -107,9 +105,7 @@ class TiedLinear(Layer):
         if dw is not None:  # dW = x.T @ dy, shape (out, in) of the tied weight
             backend.gemm(ctx.input(), dy, dw, trans_a=True, beta=float(acc), ws=ctx.ws)
         if self.use_bias:
-            db, acc = ctx.param_grad(self.bias)
-            if db is not None:
-                backend.bias_grad(dy, db, accumulate=acc, ws=ctx.ws)
+            bias_gradient(backend, ctx, self.bias, dy)
         dx, acc = ctx.input_grad()
         if dx is not None:
             backend.gemm(dy, ctx.param(self.weight), dx, trans_b=True, beta=float(acc), ws=ctx.ws)

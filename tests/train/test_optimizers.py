@@ -107,8 +107,10 @@ def _torch_pair(torch, seed=0):
      lambda p, t: t.optim.Adam(p, lr=1e-2, weight_decay=1e-2, amsgrad=True)),
     ("adamw", lambda: AdamW(lr=1e-2, weight_decay=0.1), lambda p, t: t.optim.AdamW(p, lr=1e-2, weight_decay=0.1)),
 ])
-def test_several_steps_match_torch(name, ours, theirs, numpy_backend, rng):
+def test_several_steps_match_torch(name, ours, theirs, backend, rng):
+    """On every backend present: float32 kernels other than NumPy's may round differently."""
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    weight_tol = 1e-5 if backend.name == "numpy" else 1e-4
     ref, net = _torch_pair(torch)
     trainer = Trainer(net, L.SoftmaxCrossEntropy(), ours(), batch_size=8)
     opt = theirs(ref.parameters(), torch)
@@ -116,11 +118,11 @@ def test_several_steps_match_torch(name, ours, theirs, numpy_backend, rng):
     for _ in range(5):
         x = rng.standard_normal((8, 6)).astype(np.float32)
         y = rng.integers(0, 4, 8)
-        loss, _ = trainer.train_minibatch(numpy_backend, x, y)
+        loss, _ = trainer.train_minibatch(backend, x, y)
         opt.zero_grad()
         ref_loss = loss_fn(ref(torch.tensor(x)), torch.tensor(y))
         ref_loss.backward()
         opt.step()
         assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
     for k, v in net.get_weights().items():
-        np.testing.assert_allclose(v, ref.state_dict()[k].numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+        np.testing.assert_allclose(v, ref.state_dict()[k].numpy(), rtol=weight_tol, atol=weight_tol / 10, err_msg=k)

@@ -104,36 +104,6 @@ def test_steady_state_step_allocates_nothing_and_reads_back_only_the_loss(ocl, m
     assert reads == [(1,)] * 3  # the loss scalar, once per step
 
 
-@pytest.mark.parametrize("make_ours,make_theirs", [
-    (lambda: Adam(lr=1e-2, weight_decay=1e-2, amsgrad=True),
-     lambda p, t: t.optim.Adam(p, lr=1e-2, weight_decay=1e-2, amsgrad=True)),
-    (lambda: AdamW(lr=1e-2, weight_decay=0.1), lambda p, t: t.optim.AdamW(p, lr=1e-2, weight_decay=0.1)),
-    (lambda: SGD(lr=0.05, momentum=0.9, nesterov=True), lambda p, t: t.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True)),
-], ids=["adam-l2-amsgrad", "adamw", "sgd-nesterov"])
-def test_training_steps_match_torch(ocl, make_ours, make_theirs):
-    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
-    torch.manual_seed(0)
-    ref = torch.nn.Sequential(torch.nn.Linear(12, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.Sigmoid(),
-                              torch.nn.Linear(32, 5))
-    net = jp.Network(L.Sequential(L.Linear(32), L.ReLU(), L.Linear(32), L.Sigmoid(), L.Linear(5)), input_shape=(12,))
-    net.set_weights(ref.state_dict(), strict=True)
-    trainer = Trainer(net, L.SoftmaxCrossEntropy(), make_ours(), batch_size=16)
-    opt = make_theirs(ref.parameters(), torch)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    rng = np.random.default_rng(4)
-    for _ in range(6):
-        x = rng.standard_normal((16, 12)).astype(np.float32)
-        y = rng.integers(0, 5, 16)
-        loss, _ = trainer.train_minibatch(ocl, x, y)
-        opt.zero_grad()
-        ref_loss = loss_fn(ref(torch.tensor(x)), torch.tensor(y))
-        ref_loss.backward()
-        opt.step()
-        assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
-    for k, v in net.get_weights().items():
-        np.testing.assert_allclose(v, ref.state_dict()[k].numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
-
-
 def test_gpu_configuration_trains_like_numpy(ocl):
     """The kernels and tile sizes a GPU device gets (cooperative GEMM, small local tiles), run
     here on whatever device there is: the same training steps as NumPy."""
