@@ -10,16 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import rng
-from . import numpy_conv
+from . import cpu_extensions, numpy_conv
 from .base import Backend
 from .numpy_workspace import scratch as _scratch
 
-try:  # fused optimizer kernels, built by setup.py where a C compiler exists
-    if os.environ.get("JUICEPY_CPU_KERNELS", "c") == "numpy":
-        raise ImportError("pure NumPy requested by JUICEPY_CPU_KERNELS=numpy")
-    from . import _cpu_kernels
-except ImportError:
-    _cpu_kernels = None
+_cpu_kernels = cpu_extensions.load("_cpu_kernels")  # fused optimizers, ReLU backward
 
 
 # Optimizer updates run over the flat param block in chunks small enough that a dozen passes

@@ -17,19 +17,14 @@ Workspace, so a steady-state step allocates no arrays beyond NumPy's small index
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import cpu_extensions
 from .numpy_workspace import scratch
 
-try:  # one-pass max pooling, built by setup.py where a C compiler exists
-    if os.environ.get("JUICEPY_CPU_KERNELS", "c") == "numpy":
-        raise ImportError("pure NumPy requested by JUICEPY_CPU_KERNELS=numpy")
-    from . import _pool_kernels
-except ImportError:
-    _pool_kernels = None
+_pool_kernels = cpu_extensions.load("_pool_kernels")  # one-pass max pooling
 
 
 def _view(arr, shape):

@@ -175,20 +175,18 @@ class Trainer:
         ``data`` is a Dataset (its shuffled batches, epoch after epoch) or any re-iterable of
         (inputs, targets) batches of ``batch_size`` rows, restarted when it runs out.
         """
-        backend = get_backend(backend)
-        results = []
-        for x, y in self._batches(data, n_steps):
-            loss, outputs = self.train_minibatch(backend, x, y)
-            results.append((loss, self.score(backend.to_host(outputs), y)))
-        return results
+        return self._run(self.train_minibatch, backend, data, n_steps)
 
     def run_inference(self, backend, data, n_steps: int) -> list[tuple[float, float | None]]:
         """Evaluate ``n_steps`` minibatches from ``data`` (eval mode, weights unchanged);
         returns (loss, score) per step. ``data`` as in :meth:`run_training`."""
+        return self._run(self.evaluate_minibatch, backend, data, n_steps)
+
+    def _run(self, step, backend, data, n_steps: int) -> list[tuple[float, float | None]]:
         backend = get_backend(backend)
         results = []
         for x, y in self._batches(data, n_steps):
-            loss, outputs = self.evaluate_minibatch(backend, x, y)
+            loss, outputs = step(backend, x, y)
             results.append((loss, self.score(backend.to_host(outputs), y)))
         return results
 

@@ -345,9 +345,10 @@ class CudaBackend(Backend):
     def tanh_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._backward("tanh_backward", y, dy, dx, accumulate)
 
-    def _rows(self, name, x, args):
+    def _rows(self, name, x, args, trailing=()):
+        """One block per row of x: kernel(*args, cols, *trailing)."""
         rows, cols = x.shape
-        self._launch(x.dtype, name, 0, args + (np.int64(cols),), block=_row_block(cols), grid=rows)
+        self._launch(x.dtype, name, 0, args + (np.int64(cols),) + trailing, block=_row_block(cols), grid=rows)
 
     def softmax(self, x, out, ws=None):
         self._check_same("softmax", x, out)
@@ -355,9 +356,7 @@ class CudaBackend(Backend):
 
     def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._check_same("softmax_backward", y, dy, dx)
-        rows, cols = y.shape
-        self._launch(y.dtype, "softmax_backward", 0, (y, dy, dx, np.int64(cols), np.int32(accumulate)),
-                     block=_row_block(cols), grid=rows)
+        self._rows("softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     def log_softmax(self, x, out, ws=None):
         self._check_same("log_softmax", x, out)
@@ -365,9 +364,7 @@ class CudaBackend(Backend):
 
     def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._check_same("log_softmax_backward", y, dy, dx)
-        rows, cols = y.shape
-        self._launch(y.dtype, "log_softmax_backward", 0, (y, dy, dx, np.int64(cols), np.int32(accumulate)),
-                     block=_row_block(cols), grid=rows)
+        self._rows("log_softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     # ----------------------------------------------------------------- losses
     def _labels(self, labels, rows, what):
