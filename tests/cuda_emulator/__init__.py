@@ -166,25 +166,32 @@ def _compiler_version(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
 
 
-def asan_runtime() -> str | None:
-    """The path of the compiler's AddressSanitizer runtime (to preload), or None."""
+def _runtime_library(name: str) -> str | None:
     cxx = compiler()
     if cxx is None:
         return None
-    path = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    path = subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True).stdout.strip()
     return path if os.path.isabs(path) and os.path.exists(path) else None
 
 
-def asan_environment() -> dict:
-    """Environment for a Python process that loads sanitizer builds."""
+def asan_runtime() -> str | None:
+    """The path of the compiler's AddressSanitizer runtime (to preload), or None."""
+    return _runtime_library("libasan.so")
+
+
+def asan_environment(log_path: str | None = None) -> dict:
+    """Environment for a Python process that loads sanitizer builds (reports go to
+    ``log_path.<pid>`` when given, else to stderr)."""
     runtime = asan_runtime()
     if runtime is None:
         raise EmulatorError("the compiler has no AddressSanitizer runtime (libasan.so)")
     env = dict(os.environ)
-    env["LD_PRELOAD"] = runtime
+    # libstdc++ right after the runtime: ASan must find __cxa_throw for C++ extensions that throw
+    env["LD_PRELOAD"] = " ".join(p for p in (runtime, _runtime_library("libstdc++.so")) if p)
     # Python and NumPy themselves are not leak-clean; the fibers switch stacks (annotated)
-    env["ASAN_OPTIONS"] = "detect_leaks=0:detect_stack_use_after_return=0:abort_on_error=0:halt_on_error=1"
-    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
+    options = "detect_leaks=0:detect_stack_use_after_return=0:halt_on_error=1"
+    env["ASAN_OPTIONS"] = options + (f":log_path={log_path}" if log_path else "")
+    env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1" + (f":log_path={log_path}" if log_path else "")
     return env
 
 

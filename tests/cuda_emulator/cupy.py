@@ -222,6 +222,16 @@ class Emulator:
         self.launches = 0
         self.array_type = type("DeviceArray", (DeviceArray,), {"emulator": self})
 
+    @contextlib.contextmanager
+    def scheduled(self, schedule):
+        """Run launches with another schedule for a while ("forward" for long training runs
+        whose every kernel the op tests already run both ways)."""
+        previous, self.schedule = self.schedule, schedule
+        try:
+            yield
+        finally:
+            self.schedule = previous
+
     def module(self, code, options):
         key = (code, options)
         with self._lock:
@@ -378,6 +388,11 @@ class _Device:
 
     def __exit__(self, *exc):
         return False
+
+
+def active() -> Emulator | None:
+    """The emulator behind ``import cupy`` in this process, or None (real CuPy, or none)."""
+    return getattr(sys.modules.get("cupy"), "emulator", None)
 
 
 def install(setitem) -> Emulator:

@@ -224,8 +224,9 @@ class CudaBackend(SpatialOps, Backend):
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         n, c, inner = channels_inner(dy)
+        # one block per channel, as many threads as its batch * spatial values need (no idle warps)
         self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner),
-                                                np.int32(accumulate)), grid=c)
+                                                np.int32(accumulate)), block=_row_block(n * inner), grid=c)
 
     def sum_all(self, x, out):
         self._launch(x.dtype, "sum_all", 0, (x, out, np.int64(x.size)), grid=1)
