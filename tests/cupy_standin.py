@@ -102,6 +102,24 @@ class FakeModule:
         return FakeKernel(name, self.real, self.log)
 
 
+class Device:
+    """cupy.cuda.Device of a machine with one GPU (index 0)."""
+
+    def __init__(self, index=0):
+        if index != 0:
+            raise RuntimeError(f"cudaErrorInvalidDevice: device {index} (this stand-in has one)")
+        self.id = index
+
+    def use(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def _matrix(ptr, dtype, rows, cols, ld):
     """The column-major rows x cols matrix at ptr with leading dimension ld, as a NumPy view."""
     itemsize = np.dtype(dtype).itemsize
@@ -217,19 +235,6 @@ def install(monkeypatch) -> list:
             graph = Graph(log[self.capturing_from:])
             del log[self.capturing_from:]  # captured work does not run
             return graph
-
-    class Device:
-        def __init__(self, index):
-            self.index = index
-
-        def use(self):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
 
     pool = types.SimpleNamespace(free_all_blocks=lambda: log.append("free_all_blocks"))
     cuda = types.SimpleNamespace(

@@ -25,7 +25,7 @@ import weakref
 import numpy as np
 
 import cupy_standin
-from cupy_standin import CublasError, FakeArray, gemm_column_major
+from cupy_standin import CublasError, Device, FakeArray, gemm_column_major
 
 from . import EmulatorError, Module
 
@@ -327,12 +327,13 @@ class Emulator:
     def cupy_module(self):
         cuda = types.SimpleNamespace(
             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=CUDARuntimeError),
-            Device=_Device, Stream=lambda non_blocking=False: self._stream(non_blocking),
+            Device=Device, Stream=lambda non_blocking=False: self._stream(non_blocking),
             using_allocator=self.using_allocator, get_current_stream=self.current_stream,
             device=types.SimpleNamespace(get_cublas_handle=self.cublas_handle),
         )
         cupy = types.ModuleType("cupy")
         cupy.__doc__ = "CuPy on the CUDA emulator (tests/cuda_emulator/cupy.py)"
+        cupy.__version__ = "the CUDA emulator (tests/cuda_emulator)"
         cupy.ndarray = self.array_type
         cupy.cuda = cuda
         cupy.empty, cupy.zeros, cupy.array, cupy.copyto = self.empty, self.zeros, self.array, self.copyto
@@ -372,22 +373,6 @@ class Emulator:
         cublas.setStream = lambda handle, stream: self.cublas_handles[handle].__setitem__("stream", stream)
         cublas.setPointerMode = lambda handle, mode: self.cublas_handles[handle].__setitem__("pointer_mode", mode)
         return cublas
-
-
-class _Device:
-    def __init__(self, index=0):
-        if index != 0:
-            raise CUDARuntimeError(f"cudaErrorInvalidDevice: device {index} (the emulator has one)")
-        self.id = index
-
-    def use(self):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def active() -> Emulator | None:

@@ -4,15 +4,16 @@
 #      only from the wheels carried beside the checkout (docs/cuda.md says how to fetch them);
 #   2. the whole test suite with the real GPU (the CPU emulator off), no CUDA test skipped;
 #   3. the CUDA benchmarks (bench/test_bench_cuda.py) against PyTorch eager CUDA and cuBLAS;
-#   4. a JSON and a markdown report (GPU, driver, CUDA, CuPy, every figure).
-# It stops at the first failure; every step's log stays in the output folder.
+#   4. a JSON and a markdown report (GPU, driver, CUDA, CuPy, every figure, the goals).
+# It stops at the first failure; every step's log stays in the output folder. Goals missed
+# (speed, share of cuBLAS, allocations) fail the last step after the report is written.
 #
 #   bash tests/gpu/acceptance.sh [--wheels DIR] [--out DIR] [--dry-run]
 #
 # --wheels DIR  the wheel folder (default: ../juicepy-wheels beside the checkout)
 # --out DIR     where logs and reports go (default: acceptance-<UTC time>/ in the checkout)
 # --dry-run     no GPU: in the current environment, the CUDA tests and the benchmark code on the
-#               CPU emulator (figures meaningless), the report marked as a dry run
+#               CPU emulator (one round each, figures meaningless), the report marked as a dry run
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -31,6 +32,7 @@ done
 OUT=${OUT:-"$ROOT/acceptance-$(date -u +%Y%m%dT%H%M%SZ)"}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+rm -f "$OUT/failed.json"
 START=$(date +%s)
 
 step() {  # step NAME COMMAND...: run it with its log in $OUT/NAME.log; stop the run if it fails
@@ -49,7 +51,8 @@ step() {  # step NAME COMMAND...: run it with its log in $OUT/NAME.log; stop the
 if [ "$DRY_RUN" = 1 ]; then
     PY=python
     export JUICEPY_CUDA_EMULATOR=1
-    BENCH_ARGS=(--benchmark-disable)
+    BENCH_ARGS=(--benchmark-min-rounds=1 --benchmark-max-time=0.000001 --benchmark-warmup=off)
+    BENCH_ENV=(env JUICEPY_CUDA_EMULATOR_SCHEDULE=forward)  # the code once; every kernel ran both ways in the tests
     step environment python -c "import juicepy, numpy; print('dry run in', juicepy.__file__)"
 else
     command -v nvidia-smi > /dev/null || { echo "acceptance: no nvidia-smi: not a GPU machine (use --dry-run)" >&2; exit 1; }
@@ -62,10 +65,11 @@ else
         nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cuda-nvrtc-cu12
     export JUICEPY_CUDA_EMULATOR=0
     BENCH_ARGS=(--benchmark-min-rounds=20 --benchmark-max-time=0.5 --benchmark-warmup=on)
+    BENCH_ENV=(env)
 fi
 
 # The backend must start, or every CUDA test would skip.
-step cuda-backend "$PY" -c "import juicepy as jp; print(jp.backend('cuda'))"
+step cuda-backend "$PY" tests/gpu/acceptance_report.py check-backend
 if [ "$DRY_RUN" = 1 ]; then
     step tests "$PY" -m pytest -x -q -rs -p no:cacheprovider tests/backends/cuda tests/cuda_emulator
 else
@@ -73,7 +77,7 @@ else
 fi
 # Nothing CUDA-related may be skipped (the skip reasons are in the summary of -rs).
 step no-cuda-skips "$PY" tests/gpu/acceptance_report.py check-skips "$OUT/tests.log"
-step benchmarks "$PY" -m pytest -x -q -p no:cacheprovider bench/test_bench_cuda.py "${BENCH_ARGS[@]}" \
+step benchmarks "${BENCH_ENV[@]}" "$PY" -m pytest -x -q -p no:cacheprovider bench/test_bench_cuda.py "${BENCH_ARGS[@]}" \
     --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,rounds --benchmark-group-by=group
 step report "$PY" tests/gpu/acceptance_report.py report "$OUT" --dry-run="$DRY_RUN" --seconds=$(( $(date +%s) - START ))
 echo "acceptance: passed in $(( $(date +%s) - START )) s; reports: $OUT/report.md, $OUT/report.json"

@@ -1,5 +1,7 @@
 """The GPU acceptance run's checks and reports (called by tests/gpu/acceptance.sh).
 
+    python tests/gpu/acceptance_report.py check-backend        the cuda backend starts (on the emulator
+                                                                with JUICEPY_CUDA_EMULATOR=1), or fail
     python tests/gpu/acceptance_report.py check-skips TESTS_LOG    fail if a CUDA-related test was skipped
     python tests/gpu/acceptance_report.py report OUT [--dry-run=0|1] [--seconds=N]
         read OUT/bench.json, write OUT/report.json and OUT/report.md: the machine (GPU, driver,
@@ -29,7 +31,29 @@ def cuda_skips(log: str) -> list[str]:
             if (m := _CUDA_SKIP.search(line)) and (_CUDA_WORDS.search(m.group(1)) or _CUDA_WORDS.search(m.group(2)))]
 
 
+def use_emulator_if_asked() -> None:
+    """Install the CPU emulator as cupy where JUICEPY_CUDA_EMULATOR=1 (a dry run), as the tests do."""
+    import os
+
+    if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1" and "cupy" not in sys.modules:
+        import pytest
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from cuda_emulator import cupy as emulated
+
+        emulated.install(pytest.MonkeyPatch().setitem)
+
+
+def check_backend() -> str:
+    """Start the cuda backend as the tests will."""
+    use_emulator_if_asked()
+    import juicepy as jp
+
+    return f"{jp.backend('cuda')!r}; {machine()}"
+
+
 def machine() -> dict:
+    use_emulator_if_asked()
     info = {"python": platform.python_version(), "platform": platform.platform()}
     try:
         import cupy
@@ -121,6 +145,7 @@ def markdown(report: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-backend")
     skips = sub.add_parser("check-skips")
     skips.add_argument("log", type=Path)
     rep = sub.add_parser("report")
@@ -128,6 +153,9 @@ def main(argv=None) -> int:
     rep.add_argument("--dry-run", type=int, default=0)
     rep.add_argument("--seconds", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.command == "check-backend":
+        print(check_backend())
+        return 0
     if args.command == "check-skips":
         found = cuda_skips(args.log.read_text())
         for line in found:
@@ -139,6 +167,10 @@ def main(argv=None) -> int:
     (args.out / "report.json").write_text(json.dumps(report, indent=2))
     (args.out / "report.md").write_text(markdown(report))
     print(markdown(report))
+    missed = [name for name, goal in report["goals"].items() if goal.get("met") is False]
+    if missed and not args.dry_run:
+        print(f"GOALS NOT MET: {', '.join(missed)} (the report has every figure)")
+        return 3
     return 0
 
 
