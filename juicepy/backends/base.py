@@ -7,7 +7,12 @@ Rules shared by every op:
 - ``accumulate=True`` means ``out += result`` instead of ``out = result`` (gradients into
   a junction or a shared param add up);
 - layouts are PyTorch's: activations NCHW / (N, features), Linear weight (out, in),
-  Conv weight (out, in/groups, kh, kw).
+  Conv weight (out, in/groups, kh, kw);
+- a bad argument raises ValueError (TypeError for a dtype the backend does not compute in)
+  whose message starts "<backend> backend <op>: " and names the expected and the actual.
+
+Helpers every backend shares (scratch buffers, the (rows, channels, inner) view, same-shape
+checks, output-size arithmetic) live here, once.
 """
 
 from __future__ import annotations
@@ -49,9 +54,6 @@ class Workspace:
             self._buffers[key] = buf
         return buf
 
-    def clear(self) -> None:
-        self._buffers.clear()
-
 
 def scratch(ws: Workspace | None, backend: "Backend", tag: str, shape, dtype, init=None) -> Any:
     """The workspace buffer for (tag, shape, dtype); callers outside a context (tests, tools)
@@ -73,6 +75,20 @@ def channels_inner(arr) -> tuple[int, int, int]:
     """(batch, channels, inner) of an (N, C, *spatial) array: the view per-channel ops work on."""
     inner = math.prod(arr.shape[2:]) if arr.ndim > 2 else 1
     return arr.shape[0], arr.shape[1], inner
+
+
+def check_same(backend_name: str, op: str, *arrays) -> None:
+    """Raise ValueError unless every array has the first one's shape and dtype."""
+    shape, dtype = tuple(arrays[0].shape), arrays[0].dtype
+    for a in arrays[1:]:
+        if tuple(a.shape) != shape or a.dtype != dtype:
+            raise ValueError(f"{backend_name} backend {op}: arrays must share one shape and dtype, got "
+                             f"{', '.join(f'{tuple(x.shape)} {x.dtype}' for x in arrays)}")
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """Output length along one axis of a convolution or pooling window (floor mode, as PyTorch)."""
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class Backend(abc.ABC):
@@ -228,18 +244,25 @@ class Backend(abc.ABC):
     def mul(self, a, b, out, accumulate=False, ws=None) -> None:
         """out (+)= a * b elementwise (dropout backward: dx = dy * mask)."""
 
+    def store(self, src, dst, accumulate=False) -> None:
+        """dst (+)= src: a result into a gradient buffer that another writer may have filled."""
+        if accumulate:
+            self.add(dst, src, dst)
+        else:
+            self.copy(src, dst)
+
     # -------------------------------------------------------------- optimizers
-    # Optimizers pass ``guard`` (a (1,) array holding the step's summed loss) only where the
-    # backend captures graphs (``can_capture``): when it is not finite the update is skipped and
-    # param and state stay unchanged, the NaN guard of a step the host cannot stop midway.
+    # ``guard``: None, or a (1,) array holding the step's summed loss; when it is not finite the
+    # update is skipped and param and state stay unchanged (the NaN guard of a step the host
+    # cannot stop midway: optimizers pass it where the backend captures graphs, ``can_capture``).
     @abc.abstractmethod
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
-                   weight_decay, first_step, ws=None) -> None:
+                   weight_decay, first_step, ws=None, guard=None) -> None:
         """torch.optim.SGD's update, in place on param (and the momentum buffer ``buf``)."""
 
     @abc.abstractmethod
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
-                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None) -> None:
+                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None) -> None:
         """torch.optim.Adam's (decoupled=False) or AdamW's (decoupled=True) update, in place.
         ``step`` is the 1-based step count after this update."""
 
@@ -253,35 +276,35 @@ class Backend(abc.ABC):
         graph whose ``replay(shift)`` re-runs it; the dropout ``counter`` and optimizer ``step``
         arguments recorded with value v run as v + shift. The captured work itself does not run.
         Raises :class:`CaptureError` where it cannot."""
-        raise CaptureError(f"{self.name}: this backend does not capture graphs")
+        raise CaptureError(f"{self.name} backend capture: this backend does not capture graphs")
 
     # ------------------------------------------------------------ convolution
     # NCHW; weight (O, C/groups, kh, kw); padding is a pair of ints (already resolved).
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: conv2d")
+        raise NotImplementedError(f"{self.name} backend conv2d: not implemented")
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: conv2d_backward_data")
+        raise NotImplementedError(f"{self.name} backend conv2d_backward_data: not implemented")
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: conv2d_backward_filter")
+        raise NotImplementedError(f"{self.name} backend conv2d_backward_filter: not implemented")
 
     # ---------------------------------------------------------------- pooling
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None) -> None:
         """argmax (int32, shape of out) records the flat h*W+w index of each max in its plane."""
-        raise NotImplementedError(f"{self.name}: max_pool2d")
+        raise NotImplementedError(f"{self.name} backend max_pool2d: not implemented")
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: max_pool2d_backward")
+        raise NotImplementedError(f"{self.name} backend max_pool2d_backward: not implemented")
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: avg_pool2d")
+        raise NotImplementedError(f"{self.name} backend avg_pool2d: not implemented")
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: avg_pool2d_backward")
+        raise NotImplementedError(f"{self.name} backend avg_pool2d_backward: not implemented")
 
     # ------------------------------------------------------------ batch norm
     # x (N, C, *spatial); statistics per channel (axis 1).
@@ -289,21 +312,21 @@ class Backend(abc.ABC):
                          momentum, eps, ws=None) -> None:
         """Normalise with batch statistics; store them in mean/invstd for the backward;
         update running stats torch-style (unbiased variance)."""
-        raise NotImplementedError(f"{self.name}: batch_norm_train")
+        raise NotImplementedError(f"{self.name} backend batch_norm_train: not implemented")
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: batch_norm_infer")
+        raise NotImplementedError(f"{self.name} backend batch_norm_infer: not implemented")
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None) -> None:
         """dx may be None (input gradient not needed)."""
-        raise NotImplementedError(f"{self.name}: batch_norm_backward")
+        raise NotImplementedError(f"{self.name} backend batch_norm_backward: not implemented")
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset: int, accumulate=False) -> None:
         """dst[:, offset:offset+C_src] (+)= src (concatenate along axis 1)."""
-        raise NotImplementedError(f"{self.name}: copy_channels")
+        raise NotImplementedError(f"{self.name} backend copy_channels: not implemented")
 
     def slice_channels(self, src, dst, offset: int, accumulate=False) -> None:
         """dst (+)= src[:, offset:offset+C_dst] (split along axis 1)."""
-        raise NotImplementedError(f"{self.name}: slice_channels")
+        raise NotImplementedError(f"{self.name} backend slice_channels: not implemented")

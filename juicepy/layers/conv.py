@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import init as initializers
+from ..backends.base import conv_output_size
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer, bias_gradient
@@ -17,11 +18,6 @@ def as_pair(value, what: str) -> tuple:
         if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
             raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
     return tuple(int(v) for v in pair)
-
-
-def output_length(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """Output length along one axis (floor mode, as PyTorch)."""
-    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class Conv2d(Layer):
@@ -78,7 +74,7 @@ class Conv2d(Layer):
                 f"padding {self.padding}, dilation {self.dilation})")
 
     def output_hw(self, in_hw: tuple, path: str) -> tuple:
-        out = tuple(output_length(s, k, st, p, d) for s, k, st, p, d in
+        out = tuple(conv_output_size(s, k, st, p, d) for s, k, st, p, d in
                     zip(in_hw, self.kernel_size, self.stride, self.padding, self.dilation))
         if min(out) < 1:
             padded = tuple(s + 2 * p for s, p in zip(in_hw, self.padding))

@@ -6,7 +6,8 @@ import numpy as np
 
 from ..errors import ShapeError
 from .base import Layer
-from .conv import as_pair, output_length
+from ..backends.base import conv_output_size
+from .conv import as_pair
 
 
 class _Pool2d(Layer):
@@ -28,7 +29,7 @@ class _Pool2d(Layer):
         name = type(self).__name__
         if len(unit_shape) != 3:
             raise ShapeError(f"{path}: {name} expects unit shape (channels, height, width), got {unit_shape}")
-        out_hw = tuple(output_length(s, k, st, p) for s, k, st, p in
+        out_hw = tuple(conv_output_size(s, k, st, p) for s, k, st, p in
                        zip(unit_shape[1:], self.kernel_size, self.stride, self.padding))
         if min(out_hw) < 1:
             padded = tuple(s + 2 * p for s, p in zip(unit_shape[1:], self.padding))

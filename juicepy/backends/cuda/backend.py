@@ -14,7 +14,7 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import Backend, BackendUnavailable, channels_inner
+from ..base import Backend, BackendUnavailable, channels_inner, check_same
 from .capture import GraphCapture
 from .device import (BLOCK, INSTALL_HINT, MAX_BLOCKS, NULL, device_index, import_cupy)
 from .kernels import KernelSet, real_type
@@ -100,18 +100,8 @@ class CudaBackend(SpatialOps, Backend):
         shift = self._graphs.shift
         return self._zero_shift if shift is None else shift
 
-    def _scratch(self, ws, tag, shape, dtype):
-        if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
-            return self._cp.empty(shape, dtype)
-        return ws.get(self, tag, shape, dtype)
-
-    @staticmethod
-    def _check_same(what, *arrays):
-        shape, dtype = arrays[0].shape, arrays[0].dtype
-        for a in arrays[1:]:
-            if a.shape != shape or a.dtype != dtype:
-                raise ValueError(f"cuda backend {what}: shapes/dtypes differ: "
-                                 f"{[(x.shape, str(x.dtype)) for x in arrays]}")
+    def _same(self, op, *arrays):
+        check_same(self.name, op, *arrays)
 
     # ---------------------------------------------------------------- memory
     def empty(self, shape, dtype=np.float32):
@@ -206,15 +196,15 @@ class CudaBackend(SpatialOps, Backend):
                 scalars.ctypes.data + scalars.itemsize, out.data.ptr, self._ld(out, "out"))
 
     def add(self, a, b, out):
-        self._check_same("add", a, b, out)
+        self._same("add", a, b, out)
         self._launch(out.dtype, "add_arrays", out.size, (a, b, out, np.int64(out.size)))
 
     def scale(self, x, alpha, out):
-        self._check_same("scale", x, out)
+        self._same("scale", x, out)
         self._launch(out.dtype, "scale_array", out.size, (x, self._real(out.dtype, alpha), out, np.int64(out.size)))
 
     def mul(self, a, b, out, accumulate=False, ws=None):
-        self._check_same("mul", a, b, out)
+        self._same("mul", a, b, out)
         self._launch(out.dtype, "mul_arrays", out.size, (a, b, out, np.int64(out.size), np.int32(accumulate)))
 
     def add_bias(self, out, bias):
@@ -241,11 +231,11 @@ class CudaBackend(SpatialOps, Backend):
 
     # ------------------------------------------------------------ activations
     def _unary(self, name, x, out):
-        self._check_same(name, x, out)
+        self._same(name, x, out)
         self._launch(out.dtype, name, out.size, (x, out, np.int64(out.size)))
 
     def _backward(self, name, y, dy, dx, accumulate, *extra):
-        self._check_same(name, y, dy, dx)
+        self._same(name, y, dy, dx)
         self._launch(dx.dtype, name, dx.size, (y, dy, dx, np.int64(dx.size)) + extra + (np.int32(accumulate),))
 
     def relu(self, x, out):
@@ -255,7 +245,7 @@ class CudaBackend(SpatialOps, Backend):
         self._backward("relu_backward", y, dy, dx, accumulate)
 
     def leaky_relu(self, x, out, slope):
-        self._check_same("leaky_relu", x, out)
+        self._same("leaky_relu", x, out)
         self._launch(out.dtype, "leaky_relu_forward", out.size,
                      (x, out, np.int64(out.size), self._real(out.dtype, slope)))
 
@@ -280,19 +270,19 @@ class CudaBackend(SpatialOps, Backend):
         self._launch(x.dtype, name, 0, args + (np.int64(cols),) + trailing, block=_row_block(cols), grid=rows)
 
     def softmax(self, x, out, ws=None):
-        self._check_same("softmax", x, out)
+        self._same("softmax", x, out)
         self._rows("softmax_forward", x, (x, out))
 
     def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("softmax_backward", y, dy, dx)
+        self._same("softmax_backward", y, dy, dx)
         self._rows("softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     def log_softmax(self, x, out, ws=None):
-        self._check_same("log_softmax", x, out)
+        self._same("log_softmax", x, out)
         self._rows("log_softmax_forward", x, (x, out))
 
     def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("log_softmax_backward", y, dy, dx)
+        self._same("log_softmax_backward", y, dy, dx)
         self._rows("log_softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     # ----------------------------------------------------------------- losses
@@ -304,7 +294,7 @@ class CudaBackend(SpatialOps, Backend):
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
         rows, cols = logits.shape
-        self._check_same("softmax_cross_entropy", logits, dx)
+        self._same("softmax_cross_entropy", logits, dx)
         labels = self._labels(labels, rows, "softmax_cross_entropy")
         self._launch(logits.dtype, "softmax_cross_entropy", 0,
                      (logits, labels, losses, dx, np.int64(cols), self._real(dx.dtype, grad_scale)),
@@ -312,13 +302,13 @@ class CudaBackend(SpatialOps, Backend):
 
     def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
         rows, cols = logp.shape
-        self._check_same("nll_loss", logp, dx)
+        self._same("nll_loss", logp, dx)
         labels = self._labels(labels, rows, "nll_loss")
         self._launch(logp.dtype, "nll_loss", logp.size,
                      (logp, labels, losses, dx, np.int64(rows), np.int64(cols), self._real(dx.dtype, grad_scale)))
 
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
-        self._check_same("mse_loss", pred, target, dx)
+        self._same("mse_loss", pred, target, dx)
         rows = pred.shape[0]
         cols = pred.size // rows if rows else 0
         self._launch(pred.dtype, "mse_loss", 0,
@@ -328,7 +318,7 @@ class CudaBackend(SpatialOps, Backend):
     # ---------------------------------------------------------------- dropout
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
         """The counter read at run time is ``counter + shift`` (shift: 0, or a replay's offset)."""
-        self._check_same("dropout", x, out, mask)
+        self._same("dropout", x, out, mask)
         keep_scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0  # rounded to the dtype, as NumPy's mask *= scale
         self._launch(x.dtype, "dropout_forward", x.size,
                      (x, out, mask, np.int64(x.size), np.uint32(seed & 0xFFFFFFFF), np.int64(counter),
@@ -337,7 +327,7 @@ class CudaBackend(SpatialOps, Backend):
     # -------------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
                    weight_decay, first_step, ws=None, guard=None):
-        self._check_same("sgd_update", param, grad)
+        self._same("sgd_update", param, grad)
         r = lambda v: self._real(param.dtype, v)  # noqa: E731
         use_momentum = momentum != 0.0
         self._launch(param.dtype, "sgd_update", param.size,
@@ -349,7 +339,7 @@ class CudaBackend(SpatialOps, Backend):
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
                     weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None):
         """The step read at run time is ``step + shift`` (see :meth:`dropout`)."""
-        self._check_same("adam_update", param, grad, exp_avg, exp_avg_sq)
+        self._same("adam_update", param, grad, exp_avg, exp_avg_sq)
         self._launch(param.dtype, "adam_update", param.size,
                      (param, grad, exp_avg, exp_avg_sq, NULL if max_exp_avg_sq is None else max_exp_avg_sq,
                       np.int64(param.size), np.float64(lr), np.float64(beta1), np.float64(beta2),

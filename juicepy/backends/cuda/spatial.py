@@ -7,20 +7,16 @@ import abc
 
 import numpy as np
 
-from ..base import channels_inner
+from ..base import channels_inner, scratch
 from .device import NULL
 
 
-class SpatialOps:
+class SpatialOps(abc.ABC):
     """The spatial ops. They rely on this plumbing of the backend class they are mixed into:"""
 
     @abc.abstractmethod
     def _launch(self, dtype, name, threads, args, block=None, grid=None):
         """Run kernel ``name`` of dtype's module over ``threads`` elements or ``grid`` blocks."""
-
-    @abc.abstractmethod
-    def _scratch(self, ws, tag, shape, dtype):
-        """A workspace temporary (fresh where ``ws`` is None)."""
 
     @abc.abstractmethod
     def _real(self, dtype, value):
@@ -40,7 +36,7 @@ class SpatialOps:
     def _im2col(self, x, kernel_hw, out_hw, stride, padding, dilation, ws, tag):
         n, c = x.shape[:2]
         rows, cols = c * kernel_hw[0] * kernel_hw[1], n * out_hw[0] * out_hw[1]
-        col = self._scratch(ws, tag, (rows, cols), x.dtype)
+        col = scratch(ws, self, tag, (rows, cols), x.dtype)
         geom = self._conv_geometry(x.shape, (0, 0) + tuple(kernel_hw), out_hw, stride, padding, dilation)
         self._launch(x.dtype, "im2col", col.size, (x, col) + geom)
         return col
@@ -48,7 +44,7 @@ class SpatialOps:
     def _to_channel_major(self, y, ws, tag):
         """(N, C, *spatial) -> scratch (C, N * prod(spatial))."""
         n, c, inner = channels_inner(y)
-        dst = self._scratch(ws, tag, (c, n * inner), y.dtype)
+        dst = scratch(ws, self, tag, (c, n * inner), y.dtype)
         self._launch(y.dtype, "batch_to_channel_major", y.size, (y, dst, np.int64(n), np.int64(c), np.int64(inner)))
         return dst
 
@@ -57,7 +53,7 @@ class SpatialOps:
         out_hw = out.shape[2:]
         col = self._im2col(x, (kh, kw), out_hw, stride, padding, dilation, ws, "conv_col")
         n, _, inner = channels_inner(out)
-        result = self._scratch(ws, "conv_result", (o, n * inner), out.dtype)
+        result = scratch(ws, self, "conv_result", (o, n * inner), out.dtype)
         w2 = w.reshape(o, cg * kh * kw)
         og, kg = o // groups, cg * kh * kw
         for g in range(groups):
@@ -71,7 +67,7 @@ class SpatialOps:
         out_hw = dy.shape[2:]
         dy_cm = self._to_channel_major(dy, ws, "conv_dy")
         og, kg = o // groups, cg * kh * kw
-        dcol = self._scratch(ws, "conv_col", (dx.shape[1] * kh * kw, dy_cm.shape[1]), dx.dtype)
+        dcol = scratch(ws, self, "conv_col", (dx.shape[1] * kh * kw, dy_cm.shape[1]), dx.dtype)
         w2 = w.reshape(o, kg)
         for g in range(groups):
             self.gemm(w2[g * og:(g + 1) * og], dy_cm[g * og:(g + 1) * og], dcol[g * kg:(g + 1) * kg], trans_a=True)
