@@ -91,6 +91,81 @@ def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: in
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def check_gemm(backend_name: str, a, b, out, trans_a: bool, trans_b: bool) -> tuple[int, int, int]:
+    """(m, n, k) of out (m, n) = op(a) (m, k) @ op(b) (k, n); ValueError unless the shapes and dtypes fit."""
+    if a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
+        raise ValueError(f"{backend_name} backend gemm: 2-D arrays expected, got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)} -> {tuple(out.shape)}")
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k != kb or tuple(out.shape) != (m, n) or not (a.dtype == b.dtype == out.dtype):
+        raise ValueError(f"{backend_name} backend gemm: op(a) {(m, k)} @ op(b) {(kb, n)} does not give out "
+                         f"{tuple(out.shape)} (dtypes {a.dtype}, {b.dtype}, {out.dtype})")
+    return m, n, k
+
+
+def check_conv_shapes(backend_name: str, op: str, x_shape, w_shape, y_shape, stride, padding, dilation,
+                      groups) -> None:
+    """Raise ValueError unless input (N, C, H, W), weight (O, C/groups, kh, kw) and output
+    (N, O, Ho, Wo) fit the geometry."""
+    if len(x_shape) != 4 or len(w_shape) != 4 or len(y_shape) != 4:
+        raise ValueError(f"{backend_name} backend {op}: 4-D input, weight and output expected, got "
+                         f"{tuple(x_shape)}, {tuple(w_shape)}, {tuple(y_shape)}")
+    n, c, h, w = x_shape
+    o, cg, kh, kw = w_shape
+    expected = (n, o, conv_output_size(h, kh, stride[0], padding[0], dilation[0]),
+                conv_output_size(w, kw, stride[1], padding[1], dilation[1]))
+    if c != cg * groups or o % groups or tuple(y_shape) != expected:
+        raise ValueError(f"{backend_name} backend {op}: input {tuple(x_shape)}, weight {tuple(w_shape)}, "
+                         f"groups {groups}, stride {tuple(stride)}, padding {tuple(padding)}, dilation "
+                         f"{tuple(dilation)} give output {expected}, got {tuple(y_shape)}")
+
+
+def check_pool_shapes(backend_name: str, op: str, x_shape, y_shape, kernel, stride, padding) -> None:
+    """Raise ValueError unless output (N, C, Ho, Wo) is what pooling (N, C, H, W) gives."""
+    if len(x_shape) != 4 or len(y_shape) != 4:
+        raise ValueError(f"{backend_name} backend {op}: 4-D input and output expected, got "
+                         f"{tuple(x_shape)}, {tuple(y_shape)}")
+    n, c, h, w = x_shape
+    expected = (n, c, conv_output_size(h, kernel[0], stride[0], padding[0]),
+                conv_output_size(w, kernel[1], stride[1], padding[1]))
+    if tuple(y_shape) != expected:
+        raise ValueError(f"{backend_name} backend {op}: input {tuple(x_shape)}, kernel {tuple(kernel)}, stride "
+                         f"{tuple(stride)}, padding {tuple(padding)} give {expected}, got {tuple(y_shape)}")
+
+
+def check_argmax(backend_name: str, op: str, argmax, shape) -> None:
+    """Raise ValueError unless ``argmax`` is int32 of ``shape`` (max pooling's indices)."""
+    if argmax.dtype != np.int32 or tuple(argmax.shape) != tuple(shape):
+        raise ValueError(f"{backend_name} backend {op}: argmax must be int32 of shape {tuple(shape)}, "
+                         f"got {argmax.dtype} {tuple(argmax.shape)}")
+
+
+def check_per_channel(backend_name: str, op: str, x, *arrays) -> None:
+    """Raise ValueError unless every array given (None skipped) holds one value per channel of x."""
+    channels = x.shape[1]
+    for a in arrays:
+        if a is not None and tuple(a.shape) != (channels,):
+            raise ValueError(f"{backend_name} backend {op}: per-channel arrays of shape ({channels},) "
+                             f"expected for input {tuple(x.shape)}, got {tuple(a.shape)}")
+
+
+def check_channel_range(backend_name: str, op: str, part, whole, offset: int) -> None:
+    """Raise ValueError unless ``part`` fits ``whole`` at channel ``offset`` (other axes equal)."""
+    if (part.shape[0] != whole.shape[0] or part.shape[2:] != whole.shape[2:] or offset < 0
+            or offset + part.shape[1] > whole.shape[1] or part.dtype != whole.dtype):
+        raise ValueError(f"{backend_name} backend {op}: {tuple(part.shape)} {part.dtype} does not fit "
+                         f"{tuple(whole.shape)} {whole.dtype} at channel {offset}")
+
+
+def check_view(backend_name: str, flat, offset: int, shape) -> None:
+    """Raise ValueError unless ``shape`` at ``offset`` lies inside the 1-D array ``flat``."""
+    size = math.prod(shape)
+    if flat.ndim != 1 or offset < 0 or offset + size > flat.shape[0]:
+        raise ValueError(f"{backend_name} backend flat_view: {tuple(shape)} at {offset} lies outside an "
+                         f"array of {tuple(flat.shape)}")
+
+
 class Backend(abc.ABC):
     """The op set a layer may use. Subclasses count allocations in ``allocations``."""
 

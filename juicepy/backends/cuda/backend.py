@@ -14,7 +14,8 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import Backend, BackendUnavailable, channels_inner, check_same
+from ..base import (Backend, BackendUnavailable, channels_inner, check_channel_range, check_gemm, check_same,
+                    check_view)
 from .capture import GraphCapture
 from .device import (BLOCK, INSTALL_HINT, MAX_BLOCKS, NULL, device_index, import_cupy)
 from .kernels import KernelSet, real_type
@@ -131,6 +132,8 @@ class CudaBackend(SpatialOps, Backend):
         return src.get()
 
     def copy(self, src, dst):
+        if src.shape != dst.shape:
+            raise ValueError(f"cuda backend copy: {src.shape} into {dst.shape}")
         self._cp.copyto(dst, src)
 
     def fill(self, dst, value):
@@ -142,8 +145,8 @@ class CudaBackend(SpatialOps, Backend):
         return arr.reshape(shape)
 
     def flat_view(self, flat, offset, shape):
-        size = math.prod(shape)
-        return flat[offset:offset + size].reshape(shape)
+        check_view(self.name, flat, offset, shape)
+        return flat[offset:offset + math.prod(shape)].reshape(shape)
 
     def is_array(self, x):
         return isinstance(x, self._cp.ndarray)
@@ -167,11 +170,7 @@ class CudaBackend(SpatialOps, Backend):
         return max(a.strides[0] // item if a.shape[0] > 1 else a.shape[1], a.shape[1], 1)
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
-        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-        kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
-        if k != kb or out.shape != (m, n) or not (a.dtype == b.dtype == out.dtype):
-            raise ValueError(f"cuda backend gemm: op(a) {(m, k)} @ op(b) {(kb, n)} into {out.shape}, "
-                             f"dtypes {a.dtype}, {b.dtype}, {out.dtype}")
+        m, n, k = check_gemm(self.name, a, b, out, trans_a, trans_b)
         if m == 0 or n == 0:
             return
         if k == 0:  # cuBLAS would scale by beta; do it explicitly for clarity
@@ -209,11 +208,15 @@ class CudaBackend(SpatialOps, Backend):
 
     def add_bias(self, out, bias):
         _, c, inner = channels_inner(out)
+        if bias.shape != (c,) or bias.dtype != out.dtype:
+            raise ValueError(f"cuda backend add_bias: bias of {bias.dtype} {bias.shape} for {c} channels of {out.dtype}")
         self._launch(out.dtype, "add_bias", out.size,
                      (out, bias, np.int64(out.size), np.int64(c), np.int64(inner)))
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         n, c, inner = channels_inner(dy)
+        if dbias.shape != (c,) or dbias.dtype != dy.dtype:
+            raise ValueError(f"cuda backend bias_grad: dbias of {dbias.dtype} {dbias.shape} for {c} channels of {dy.dtype}")
         self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner),
                                                 np.int32(accumulate)), grid=c)
 
@@ -310,6 +313,8 @@ class CudaBackend(SpatialOps, Backend):
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
         self._same("mse_loss", pred, target, dx)
         rows = pred.shape[0]
+        if losses.shape != (rows,):
+            raise ValueError(f"cuda backend mse_loss: losses must have shape ({rows},), got {losses.shape}")
         cols = pred.size // rows if rows else 0
         self._launch(pred.dtype, "mse_loss", 0,
                      (pred, target, losses, dx, np.int64(cols), self._real(dx.dtype, 2.0 * grad_scale)),
@@ -348,12 +353,14 @@ class CudaBackend(SpatialOps, Backend):
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "copy_channels", src, dst, offset)
         n, c_src, inner = channels_inner(src)
         self._launch(src.dtype, "copy_channels", src.size,
                      (src, dst, np.int64(src.size), np.int64(c_src), np.int64(dst.shape[1]), np.int64(offset),
                       np.int64(inner), np.int32(accumulate)))
 
     def slice_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "slice_channels", dst, src, offset)
         n, c_dst, inner = channels_inner(dst)
         self._launch(dst.dtype, "slice_channels", dst.size,
                      (src, dst, np.int64(dst.size), np.int64(src.shape[1]), np.int64(c_dst), np.int64(offset),

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 from .. import rng
-from ..base import Backend, check_same, host_all_finite
+from ..base import (Backend, check_argmax, check_channel_range, check_conv_shapes, check_gemm, check_per_channel, check_pool_shapes,
+                    check_same, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, spatial
 from .threads import CHUNK, chunked as _chunked, split as _split
@@ -51,12 +52,17 @@ class NumpyBackend(Backend):
         return np.array(host, copy=True, order="C")
 
     def write(self, dst, host):
-        np.copyto(dst, np.asarray(host).reshape(dst.shape), casting="same_kind")
+        host = np.asarray(host)
+        if host.size != dst.size:
+            raise ValueError(f"numpy backend write: {host.size} values for an array of {dst.size}")
+        np.copyto(dst, host.reshape(dst.shape), casting="same_kind")
 
     def to_host(self, src):
         return np.array(src, copy=True)
 
     def copy(self, src, dst):
+        if src.shape != dst.shape:
+            raise ValueError(f"numpy backend copy: {src.shape} into {dst.shape}")
         np.copyto(dst, src)
 
     def fill(self, dst, value):
@@ -64,12 +70,16 @@ class NumpyBackend(Backend):
 
     def reshape(self, arr, shape):
         view = arr.view()
-        view.shape = shape  # raises rather than copying when a view is impossible
+        try:
+            view.shape = shape  # raises rather than copying when a view is impossible
+        except (AttributeError, ValueError) as exc:
+            raise ValueError(f"numpy backend reshape: no view of {arr.shape} (strides {arr.strides}) "
+                             f"as {tuple(shape)}: {exc}") from None
         return view
 
     def flat_view(self, flat, offset, shape):
-        size = math.prod(shape)
-        return self.reshape(flat[offset:offset + size], shape)
+        check_view(self.name, flat, offset, shape)
+        return self.reshape(flat[offset:offset + math.prod(shape)], shape)
 
     def is_array(self, x):
         return isinstance(x, np.ndarray)
@@ -80,6 +90,7 @@ class NumpyBackend(Backend):
         return _scratch(ws, self, tag, out.shape, out.dtype) if accumulate else out
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
+        check_gemm(self.name, a, b, out, trans_a, trans_b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
         if beta == 0.0:
@@ -333,6 +344,7 @@ class NumpyBackend(Backend):
                    weight_decay, first_step, ws=None, guard=None):
         if guard is not None and not host_all_finite(guard):
             return
+        self._same("sgd_update", param, grad, *([buf] if momentum != 0.0 else []))
         p_all, g_all = param.reshape(-1), grad.reshape(-1)
         b_all = buf.reshape(-1) if buf is not None else None
         c = self.cpu_kernels
@@ -376,6 +388,8 @@ class NumpyBackend(Backend):
                     weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None):
         if guard is not None and not host_all_finite(guard):
             return
+        self._same("adam_update", param, grad, exp_avg, exp_avg_sq,
+                   *([max_exp_avg_sq] if max_exp_avg_sq is not None else []))
         p_all, g_all = param.reshape(-1), grad.reshape(-1)
         m_all, v_all = exp_avg.reshape(-1), exp_avg_sq.reshape(-1)
         vmax_all = max_exp_avg_sq.reshape(-1) if max_exp_avg_sq is not None else None
@@ -429,58 +443,68 @@ class NumpyBackend(Backend):
     # ------------------------------------------------------------ convolution
     # The kernels live in spatial.py; these methods only pass the workspace through.
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+        check_conv_shapes(self.name, "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
         spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws)
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
+        check_conv_shapes(self.name, "conv2d_backward_data", dx.shape, w.shape, dy.shape, stride, padding,
+                          dilation, groups)
         spatial.conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
+        check_conv_shapes(self.name, "conv2d_backward_filter", x.shape, dw.shape, dy.shape, stride, padding,
+                          dilation, groups)
         spatial.conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
 
     # ---------------------------------------------------------------- pooling
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
+        check_pool_shapes(self.name, "max_pool2d", x.shape, out.shape, kernel, stride, padding)
+        check_argmax(self.name, "max_pool2d", argmax, out.shape)
         spatial.max_pool2d(self, x, out, argmax, kernel, stride, padding, ws)
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+        check_argmax(self.name, "max_pool2d_backward", argmax, dy.shape)
+        if dy.shape[:2] != dx.shape[:2]:
+            raise ValueError(f"numpy backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
         spatial.max_pool2d_backward(self, dy, argmax, dx, accumulate, ws)
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
+        check_pool_shapes(self.name, "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
         spatial.avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad, ws)
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
+        check_pool_shapes(self.name, "avg_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         spatial.avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad,
                                        accumulate, ws)
 
     # ------------------------------------------------------------ batch norm
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None):
+        self._same("batch_norm_train", x, out)
+        check_per_channel(self.name, "batch_norm_train", x, gamma, beta, mean, invstd, running_mean, running_var)
         spatial.batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean,
                                     running_var, momentum, eps, ws)
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+        self._same("batch_norm_infer", x, out)
+        check_per_channel(self.name, "batch_norm_infer", x, gamma, beta, running_mean, running_var)
         spatial.batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None):
+        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        check_per_channel(self.name, "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
         spatial.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                                        accumulate_dx, accumulate_params, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
-        _check_channel_range("copy_channels", src, dst, offset)
+        check_channel_range(self.name, "copy_channels", src, dst, offset)
         self.store(src, dst[:, offset:offset + src.shape[1]], accumulate)
 
     def slice_channels(self, src, dst, offset, accumulate=False):
-        _check_channel_range("slice_channels", dst, src, offset)
+        check_channel_range(self.name, "slice_channels", dst, src, offset)
         self.store(src[:, offset:offset + dst.shape[1]], dst, accumulate)
-
-
-def _check_channel_range(op, part, whole, offset):
-    """``part`` fits ``whole`` at channel ``offset`` (every other axis equal)."""
-    if (part.shape[0] != whole.shape[0] or part.shape[2:] != whole.shape[2:] or offset < 0
-            or offset + part.shape[1] > whole.shape[1] or part.dtype != whole.dtype):
-        raise ValueError(f"numpy backend {op}: {part.shape} {part.dtype} does not fit {whole.shape} "
-                         f"{whole.dtype} at channel {offset}")

@@ -431,7 +431,10 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
     if _is_global((h, w), kernel, padding, out_hw):
         share = scratch(ws, backend, "pool_dy", dy.shape, dy.dtype)
         np.multiply(dy, 1.0 / (h * w), out=share)
-        backend.store(share, dx, accumulate)
+        if accumulate:  # each (1, 1) share broadcasts over its whole plane
+            dx += share
+        else:
+            np.copyto(dx, share)
         return
     share = scratch(ws, backend, "pool_dy", dy.shape, dy.dtype)
     if count_include_pad:

@@ -15,7 +15,8 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import Backend, BackendUnavailable, Workspace, channels_inner, check_same, scratch
+from ..base import (Backend, BackendUnavailable, Workspace, channels_inner, check_channel_range, check_same,
+                    check_view, scratch)
 from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
@@ -139,7 +140,7 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
         return src.get(queue=self.queue)
 
     def copy(self, src, dst):
-        if src.dtype != dst.dtype or src.size != dst.size:
+        if src.dtype != dst.dtype or src.shape != dst.shape:
             raise ValueError(f"opencl backend copy: {src.dtype}{src.shape} into {dst.dtype}{dst.shape}")
         if src.size:
             self._cl.enqueue_copy(self.queue, dst.base_data, src.base_data, byte_count=src.nbytes,
@@ -161,10 +162,8 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
         return arr.reshape(shape)
 
     def flat_view(self, flat, offset, shape):
-        size = math.prod(shape)
-        if flat.ndim != 1 or offset < 0 or offset + size > flat.size:
-            raise ValueError(f"opencl backend flat_view: {shape} at {offset} outside an array of {flat.shape}")
-        return flat[offset:offset + size].reshape(tuple(shape))
+        check_view(self.name, flat, offset, shape)
+        return flat[offset:offset + math.prod(shape)].reshape(tuple(shape))
 
     def is_array(self, x):
         return isinstance(x, self._array_type)
@@ -359,16 +358,14 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "copy_channels", src, dst, offset)
         rows, src_c, inner = channels_inner(src)
-        if dst.shape[0] != rows or offset + src_c > dst.shape[1] or dst.size != rows * dst.shape[1] * inner:
-            raise ValueError(f"opencl backend copy_channels: {src.shape} into {dst.shape} at channel {offset}")
         self._elementwise("copy_channels", src.size, src, src_c, dst, dst.shape[1], int(offset), inner,
                           int(accumulate))
 
     def slice_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "slice_channels", dst, src, offset)
         rows, dst_c, inner = channels_inner(dst)
-        if src.shape[0] != rows or offset + dst_c > src.shape[1] or src.size != rows * src.shape[1] * inner:
-            raise ValueError(f"opencl backend slice_channels: {dst.shape} from {src.shape} at channel {offset}")
         self._elementwise("slice_channels", dst.size, src, src.shape[1], dst, dst_c, int(offset), inner,
                           int(accumulate))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 
+from ..base import check_gemm
 from .layout import F32, round_up
 
 GPU_TILE = 16     # must match TS in gemm.cl
@@ -54,12 +55,7 @@ class GemmOps(abc.ABC):
     direct_staging = True
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
-        if a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
-            raise ValueError(f"opencl backend gemm: 2-D arrays expected, got {a.shape}, {b.shape} -> {out.shape}")
-        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-        kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
-        if k != kb or out.shape != (m, n):
-            raise ValueError(f"opencl backend gemm: op(a) {(m, k)} @ op(b) {(kb, n)} does not give out {out.shape}")
+        m, n, k = check_gemm("opencl", a, b, out, trans_a, trans_b)
         self._gemm(m, n, k, self._ref(a), a.shape[1], trans_a, self._ref(b), b.shape[1], trans_b,
                    self._ref(out), n, alpha, beta, ws)
 

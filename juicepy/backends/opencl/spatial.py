@@ -7,8 +7,9 @@ import abc
 
 import numpy as np
 
-from ..base import channels_inner, conv_output_size, scratch
-from .layout import I32, round_up
+from ..base import (channels_inner, check_argmax, check_conv_shapes, check_per_channel, check_pool_shapes,
+                    scratch)
+from .layout import round_up
 
 
 def pair(v) -> tuple[int, int]:
@@ -49,16 +50,11 @@ class SpatialOps(abc.ABC):
     # ------------------------------------------------------------ convolution
     @staticmethod
     def _conv_geometry(x_shape, w_shape, y_shape, stride, padding, dilation, groups, op):
+        (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+        check_conv_shapes("opencl", op, x_shape, w_shape, y_shape, (sh, sw), (ph, pw), (dh, dw), groups)
         n, c, h, w = x_shape
-        o, cg, kh, kw = w_shape
-        sh, sw = pair(stride)
-        ph, pw = pair(padding)
-        dh, dw = pair(dilation)
-        ho, wo = conv_output_size(h, kh, sh, ph, dh), conv_output_size(w, kw, sw, pw, dw)
-        if c != cg * groups or o % groups or tuple(y_shape) != (n, o, ho, wo):
-            raise ValueError(f"opencl backend {op}: input {tuple(x_shape)}, weight {tuple(w_shape)}, groups {groups}, "
-                             f"stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)} give output "
-                             f"{(n, o, ho, wo)}, got {tuple(y_shape)}")
+        o, _, kh, kw = w_shape
+        ho, wo = y_shape[2:]
         return (n, c, h, w, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw)
 
     def _im2col(self, x, geo, ws):
@@ -124,28 +120,24 @@ class SpatialOps(abc.ABC):
     # ---------------------------------------------------------------- pooling
     @staticmethod
     def _pool_geometry(x_shape, y_shape, kernel, stride, padding, op):
-        n, c, h, w = x_shape
-        kh, kw = pair(kernel)
-        sh, sw = pair(stride if stride is not None else kernel)
-        ph, pw = pair(padding)
-        ho, wo = conv_output_size(h, kh, sh, ph), conv_output_size(w, kw, sw, pw)
-        if tuple(y_shape) != (n, c, ho, wo):
-            raise ValueError(f"opencl backend {op}: input {tuple(x_shape)}, kernel {(kh, kw)}, stride {(sh, sw)}, "
-                             f"padding {(ph, pw)} give {(n, c, ho, wo)}, got {tuple(y_shape)}")
+        (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride if stride is not None else kernel), pair(padding)
+        check_pool_shapes("opencl", op, x_shape, y_shape, (kh, kw), (sh, sw), (ph, pw))
+        h, w = x_shape[2:]
+        ho, wo = y_shape[2:]
         return h, w, ho, wo, kh, kw, sh, sw, ph, pw
 
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
-        if argmax.dtype != I32 or argmax.shape != out.shape:
-            raise ValueError(f"opencl backend max_pool2d: argmax must be int32 {out.shape}, got {argmax.dtype}{argmax.shape}")
+        check_argmax("opencl", "max_pool2d", argmax, out.shape)
         planes = out.shape[0] * out.shape[1]
         self._launch_rows("conv.cl", "max_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
         planes = dx.shape[0] * dx.shape[1]
-        if dy.shape[:2] != dx.shape[:2] or argmax.shape != dy.shape:
-            raise ValueError(f"opencl backend max_pool2d_backward: dy {dy.shape}, argmax {argmax.shape}, dx {dx.shape}")
+        check_argmax("opencl", "max_pool2d_backward", argmax, dy.shape)
+        if dy.shape[:2] != dx.shape[:2]:
+            raise ValueError(f"opencl backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
         self._kernel("conv.cl", "max_pool_bwd")(
             self.queue, (round_up(planes, 64),), (64,), planes, dx.shape[2] * dx.shape[3],
             dy.shape[2] * dy.shape[3], *self._ref(dy), *self._ref(argmax), *self._ref(dx), int(accumulate))
@@ -171,11 +163,8 @@ class SpatialOps(abc.ABC):
         return (*self._ref(a), 1)
 
     def _bn_shape(self, x, op, *per_channel):
-        n, c, s = channels_inner(x)
-        for a in per_channel:
-            if a is not None and a.size != c:
-                raise ValueError(f"opencl backend {op}: per-channel array of {a.size} for {c} channels")
-        return n, c, s
+        check_per_channel("opencl", op, x, *per_channel)
+        return channels_inner(x)
 
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None):

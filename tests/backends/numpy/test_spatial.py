@@ -56,7 +56,7 @@ def test_small_batches_stay_on_one_thread(b, monkeypatch):
 def test_pool_backward_ops_accumulate(b):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 3, 7, 6))
-    out = np.empty((2, 3, 4, 3))
+    out = np.empty((2, 3, 4, 4))
     argmax = np.empty(out.shape, np.int32)
     b.max_pool2d(x, out, argmax, (3, 2), (2, 2), (1, 1))
     dy = rng.standard_normal(out.shape)
