@@ -2,8 +2,21 @@ import numpy as np
 import pytest
 
 import juicepy as jp
+from juicepy.backends import BackendUnavailable
+from juicepy.backends.numpy import NumpyBackend
 
 AVAILABLE = jp.available_backends()
+
+#: Every backend the conformance suite (tests/backends/test_ops.py) runs on: id -> factory. A
+#: factory raises BackendUnavailable where its backend cannot start here (the cases then skip,
+#: saying why). Adding a backend here is all it takes to run the whole suite on it.
+OPS_BACKENDS = {
+    "numpy": lambda: NumpyBackend(kernels="c"),            # the C kernels where they were built
+    "numpy-fallback": lambda: NumpyBackend(kernels="numpy"),  # the pure-NumPy paths
+    "opencl": lambda: jp.backend("opencl"),
+    "cuda": lambda: jp.backend("cuda"),
+}
+_ops_instances: dict = {}
 
 
 def pytest_report_header(config):
@@ -14,6 +27,21 @@ def pytest_report_header(config):
 def backend(request):
     """Every backend that starts on this machine (numpy always)."""
     return jp.backend(request.param)
+
+
+@pytest.fixture(params=list(OPS_BACKENDS))
+def ops_backend(request):
+    """One backend of OPS_BACKENDS (one instance per id for the session)."""
+    name = request.param
+    if name not in _ops_instances:
+        try:
+            _ops_instances[name] = OPS_BACKENDS[name]()
+        except BackendUnavailable as exc:
+            _ops_instances[name] = exc
+    got = _ops_instances[name]
+    if isinstance(got, BackendUnavailable):
+        pytest.skip(f"{name} cannot start here: {got}")
+    return got
 
 
 @pytest.fixture
