@@ -61,6 +61,9 @@ class _BatchNorm(Layer):
                  "num_batches_tracked": self.num_batches_tracked}
         return {"weight": self.weight, "bias": self.bias, **stats} if self.affine else stats
 
+    def training_state(self):
+        return [self.running_mean, self.running_var, self.num_batches_tracked]
+
     def setup(self, backend, ctx):
         unit = ctx.input_shapes[0]
         per_channel = ctx.batch_size * math.prod(unit[1:])

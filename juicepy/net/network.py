@@ -88,6 +88,12 @@ class Network:
         self._replays: dict = {}  # (backend, rows) -> GraphReplay of that inference context
         self._lock = threading.RLock()
 
+    @property
+    def lock(self):
+        """Held by whatever reads or writes the params as a whole (training steps, inference,
+        get/set_weights, checkpoint snapshots), so none of them sees half a step."""
+        return self._lock
+
     # -------------------------------------------------------------- shapes
     @property
     def input_shape(self) -> tuple:
@@ -150,6 +156,12 @@ class Network:
                 if not p.trainable:
                     p.on(backend)
             self._groups[backend] = groups
+
+    def placement(self, backend):
+        """The current placement of the trainable params on ``backend`` (their flat blocks),
+        None before :meth:`materialize` or after :meth:`release`: a context made under
+        another placement no longer holds the params."""
+        return self._groups.get(backend)
 
     def param_groups(self, backend) -> list[ParamGroup]:
         self.materialize(backend)
@@ -244,7 +256,8 @@ class Network:
         for k in names:
             if k not in self.params:
                 raise WeightsError(f"get_weights: unknown param {k!r}; known: {', '.join(self.params)}")
-        return {k: self.params[k].numpy() for k in names}
+        with self._lock:  # all of one step, never half of one
+            return {k: self.params[k].numpy() for k in names}
 
     def set_weights(self, weights: dict, strict: bool = False) -> None:
         """Update the params that ``weights`` names (all checked before any is written).
@@ -267,8 +280,9 @@ class Network:
             missing = [k for k in self.params if k not in staged]
             if missing:
                 raise WeightsError(f"set_weights: missing params {', '.join(missing)}")
-        for key, array in staged.items():
-            self.params[key].set(array)
+        with self._lock:
+            for key, array in staged.items():
+                self.params[key].set(array)
 
     # -------------------------------------------------------------- summary
     def summary(self) -> str:

@@ -108,6 +108,29 @@ class LearnableParams:
         self._version += 1
         self._device_version[backend] = self._version
 
+    def save_into(self, backend, device_copy, host_copy) -> bool:
+        """Copy the current data into ``device_copy`` (on ``backend``) when the copy there is
+        current, else into ``host_copy``; returns whether it went to the device. Allocates
+        nothing: the copies are made once by the caller (a Context's step backup)."""
+        with self._lock:
+            array = self._device.get(backend)
+            if array is not None and self._device_version[backend] == self._version:
+                backend.copy(array, device_copy)
+                return True
+            self._sync_host()
+            np.copyto(host_copy, self._host)
+            return False
+
+    def restore_from(self, backend, on_device: bool, device_copy, host_copy) -> None:
+        """Make what :meth:`save_into` saved the current data again."""
+        if not on_device:
+            self.set(host_copy)
+            return
+        with self._lock:
+            backend.copy(device_copy, self._device[backend])
+            self._version += 1
+            self._device_version[backend] = self._version
+
     def release(self, backend) -> None:
         """Drop the copy on ``backend`` (after syncing it to the host if it is the freshest)."""
         with self._lock:
