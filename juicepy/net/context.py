@@ -138,6 +138,9 @@ class Context:
                  input_grads: bool = False):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        # placing the params first refuses a dtype the backend does not compute in before
+        # any buffer is made
+        self.placement = network.param_groups(backend)
         self.network = network
         self.backend = backend
         self.batch_size = int(batch_size)
@@ -158,7 +161,6 @@ class Context:
         self._param_slot: dict = {}
         self._param_grad_views: list = []
         self._param_written: list = []
-        self.placement = network.param_groups(backend)
         if training:
             self._make_param_grads()
         self._plan = [(node.layer, NodeContext(self, node)) for node in network.nodes]

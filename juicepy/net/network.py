@@ -13,6 +13,8 @@ from .context import Context
 from .descriptor import GraphBuilder
 from .replay import GraphReplay, graphs_wanted
 
+#: every dtype some backend computes in (each lists its own in Backend.dtypes)
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ALIGN = 64  # elements: params in a flat block start on 256-byte boundaries (float32)
 
 
@@ -58,8 +60,9 @@ class Network:
             raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
         self.root = root
         self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise DTypeError(f"network dtype must be a float type, got {self.dtype}")
+        if self.dtype not in DTYPES:
+            raise DTypeError(f"network dtype must be one of {', '.join(d.name for d in DTYPES)} (the dtypes "
+                             f"juicepy's backends compute in), got {self.dtype.name}")
         self.seed = int(seed)
         graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
         self.inputs = [graph.junction(shape, "<input>") for shape in _as_shape_list(input_shape)]
@@ -136,6 +139,10 @@ class Network:
         with self._lock:
             if backend in self._groups:
                 return
+            if self.dtype not in [np.dtype(d) for d in backend.dtypes]:
+                raise DTypeError(f"network dtype {self.dtype.name}: the {backend.name} backend computes in "
+                                 f"{', '.join(np.dtype(d).name for d in backend.dtypes)} only; build the "
+                                 f"network with dtype=np.{np.dtype(backend.dtypes[0]).name} or use another backend")
             groups = []
             trainable = [p for p in self.params.values() if p.trainable]
             fresh = [p for p in trainable if not p.has_storage(backend)]
