@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 
+from ..arguments import number
+
 
 class LearnableParams:
     """One learnable tensor (or a non-trained buffer such as BatchNorm's running mean).
@@ -19,7 +21,7 @@ class LearnableParams:
     def __init__(self, data, name: str = "", lr_mult: float = 1.0, trainable: bool = True):
         host = np.array(data, copy=True, order="C")
         self.name = name
-        self.lr_mult = float(lr_mult)
+        self.lr_mult = number(f"param {name or '?'}", "lr_mult", lr_mult, low=0.0)
         self.trainable = trainable
         self._host = host
         self._version = 0

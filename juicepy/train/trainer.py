@@ -125,6 +125,7 @@ class Trainer:
         from another thread sees whole steps only.
         """
         backend = get_backend(backend)
+        self.optimizer.check()  # hyper-parameters may have been changed since the last step
         xs, targets = self._checked_batch(backend, inputs, targets)
         with self.network.lock:
             st = self.state(backend)
