@@ -247,7 +247,7 @@ class Trainer:
         with self.network.lock:
             if self._active is None:
                 pending = self._pending_state
-                return pending if pending is not None else {"step": 0, "dropout_step": 0, "optimizer": {}}
+                return _copied(pending) if pending is not None else {"step": 0, "dropout_step": 0, "optimizer": {}}
             return self._host_state(self._active, self._states[self._active])
 
     def snapshot(self) -> tuple[dict, dict]:
@@ -270,6 +270,7 @@ class Trainer:
         """Restore :meth:`state_dict` output (checked first) into the current state, or into
         the first one made when no step ran yet."""
         self._check_state(state)
+        state = _copied(state)  # later changes to the caller's arrays do not reach the trainer
         with self.network.lock:
             if self._active is None:
                 self._pending_state = state
@@ -282,6 +283,14 @@ class Trainer:
         unknown = [k for k in optimizer if k not in trainable]
         if unknown:
             raise WeightsError(f"optimizer state for unknown param(s) {', '.join(unknown)}")
+        kept = ", ".join(self.optimizer.state_names) or "no state"
+        for path, buffers in optimizer.items():
+            for name, value in buffers.items():
+                if name not in self.optimizer.state_names:
+                    raise WeightsError(f"optimizer state: {path}.{name}: {type(self.optimizer).__name__} keeps {kept}")
+                if tuple(np.shape(value)) != trainable[path].shape:
+                    raise WeightsError(f"optimizer state: {path}.{name} expects shape {trainable[path].shape}, "
+                                       f"got {tuple(np.shape(value))}")
         if int(state.get("step", 0)) > 0:
             for path, p in trainable.items():
                 for name in self.optimizer.state_names:
@@ -289,9 +298,6 @@ class Trainer:
                     if value is None:
                         raise WeightsError(f"optimizer state: {path!r} misses {name!r} "
                                            f"({type(self.optimizer).__name__} keeps {', '.join(self.optimizer.state_names)})")
-                    if tuple(np.shape(value)) != p.shape:
-                        raise WeightsError(f"optimizer state: {path}.{name} expects shape {p.shape}, "
-                                           f"got {tuple(np.shape(value))}")
 
     def _restore(self, backend, st: TrainState, state: dict) -> None:
         paths = {id(p): path for path, p in self.network.params.items()}
@@ -365,3 +371,9 @@ class Trainer:
 
     def __repr__(self) -> str:
         return f"<Trainer {self.loss!r} {self.optimizer!r} batch_size={self.batch_size}>"
+
+
+def _copied(state: dict) -> dict:
+    """A copy of a training state dict whose arrays the caller cannot change any more."""
+    return {**state, "optimizer": {path: {name: np.array(value, copy=True) for name, value in buffers.items()}
+                                   for path, buffers in state.get("optimizer", {}).items()}}
