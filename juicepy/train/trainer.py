@@ -61,7 +61,7 @@ class Trainer:
         loss.check_output(network.output_shape)
         self.network = network
         self.loss = loss
-        self.optimizer = optimizer
+        self._optimizer = optimizer
         self.batch_size = int(batch_size)
         self.check_finite = check_finite
         self.graphs = graphs
@@ -69,6 +69,19 @@ class Trainer:
         self._active = None  # the backend whose TrainState holds the current optimizer state
         self._eval_states: dict = {}
         self._pending_state: dict | None = None  # from load_state_dict, for the next new state
+
+    @property
+    def optimizer(self) -> Optimizer:
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Optimizer) -> None:
+        """Another optimizer, before the first step only: the optimizer state (moments, step)
+        belongs to the optimizer the steps ran with. Hyper-parameters may change any time."""
+        if self._states or self._pending_state is not None:
+            raise RuntimeError(f"Trainer.optimizer: cannot replace {self._optimizer!r} with {optimizer!r} after "
+                               f"{self.steps} step(s); make a new Trainer (and load the weights into it)")
+        self._optimizer = optimizer
 
     def state(self, backend) -> TrainState:
         """The training state on ``backend``, which becomes the trainer's current backend.
@@ -142,13 +155,12 @@ class Trainer:
                     if self.check_finite and not math.isfinite(loss):
                         self._refuse(loss, st)
                     ctx.backward()
+                    self.optimizer.step(backend, opt, ctx.segments)
             except BaseException:
                 ctx.restore_state()
                 opt.step = opt_step
                 raise
-            if eager:
-                self.optimizer.step(backend, opt, ctx.segments)
-                st.warmed = True
+            st.warmed = st.warmed or eager
             for seg in ctx.segments:
                 for p in seg.params:
                     p.mark_written(backend)

@@ -218,3 +218,18 @@ def _copy_of(net):
                       input_shape=(4,))
     copy.set_weights(net.get_weights(), strict=True)
     return copy
+
+
+def test_replacing_the_optimizer_after_training_started_is_refused():
+    """The optimizer state (moments, step) belongs to the optimizer the steps ran with; a new
+    optimizer object would find buffers it does not know, mid-step."""
+    trainer = _trained([jp.backend("numpy")], steps=2)
+    with pytest.raises(RuntimeError, match=r"Trainer.optimizer: cannot replace Adam\(.*\) with SGD\(.*\) after "
+                                           r"2 step\(s\); make a new Trainer"):
+        trainer.optimizer = SGD(lr=0.1, momentum=0.9)
+    trainer.train_minibatch("numpy", *_batch(3))
+    assert trainer.steps == 3 and isinstance(trainer.optimizer, Adam)
+    fresh = Trainer(_mlp(), L.SoftmaxCrossEntropy(), Adam(), batch_size=8)
+    fresh.optimizer = SGD(lr=0.1)  # before the first step it is just a setting
+    fresh.train_minibatch("numpy", *_batch(3))
+    assert fresh.state_dict()["optimizer"] == {}  # plain SGD keeps no state
