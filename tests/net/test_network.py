@@ -153,3 +153,20 @@ def test_a_dtype_the_backend_does_not_compute_in_is_refused_when_placed(backend)
     assert trainer.steps == 0 and trainer.state_dict()["dropout_step"] == 0
     trainer.train_minibatch("numpy", np.ones((2, 4)), np.ones((2, 3)))  # fine where float64 runs
     assert trainer.steps == 1
+
+
+def test_net_imports_nothing_above_it():
+    """net/ sits below layers/: none of its modules imports from juicepy.layers (or higher)."""
+    import ast
+    import pathlib
+
+    import juicepy.net
+
+    above = ("layers", "train", "io", "testing", "models", "predictor", "profile", "cli")
+    for path in pathlib.Path(juicepy.net.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert (node.module or "").split(".")[0] not in above, f"{path.name} imports ..{node.module}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith("juicepy.") and n.split(".")[1] in above for n in names), path.name
