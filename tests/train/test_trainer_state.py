@@ -56,14 +56,20 @@ def _everything(trainer, backend):
             "step": state["step"], "dropout_step": state["dropout_step"], "steps": trainer.steps}
 
 
-def _assert_same(before, after, where=""):
-    """Bit-identical, recursively through dicts of arrays and numbers."""
+def _assert_same(before, after, where="", compare=np.testing.assert_array_equal):
+    """Equal (bit-identical by default), recursively through dicts of arrays and numbers."""
     if isinstance(before, dict):
         assert before.keys() == after.keys(), where
         for k in before:
-            _assert_same(before[k], after[k], f"{where}.{k}")
+            _assert_same(before[k], after[k], f"{where}.{k}", compare)
     else:
-        np.testing.assert_array_equal(after, before, err_msg=where)
+        compare(after, before, err_msg=where)
+
+
+def _assert_close(expected, got, where=""):
+    """Equal up to float32 rounding."""
+    _assert_same(expected, got, where, lambda a, b, err_msg: np.testing.assert_allclose(
+        a, b, rtol=1e-4, atol=1e-6, err_msg=err_msg))
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
@@ -104,15 +110,6 @@ def _trained(backends, steps=8, make_net=_mlp, make_opt=lambda: Adam(lr=1e-2)):
     for i, (x, y) in enumerate(_batches(steps)):
         trainer.train_minibatch(backends[i % len(backends)], x, y)
     return trainer
-
-
-def _assert_close(a, b, where=""):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _assert_close(a[k], b[k], f"{where}.{k}")
-    else:
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=where)
 
 
 @pytest.mark.skipif("opencl" not in jp.available_backends(), reason="needs a second backend (OpenCL: pip install '.[opencl]')")
