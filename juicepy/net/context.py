@@ -227,6 +227,15 @@ class Context:
                 self._param_written.append(False)
             self.segments.extend(_split_by_lr(backend, group, grad_flat))
 
+    def check_lr_mults(self) -> None:
+        """Params were grouped by their lr multiplier when the context was made: refuse a
+        multiplier changed since (it would be silently ignored)."""
+        for seg in self.segments:
+            for p in seg.params:
+                if p.lr_mult != seg.lr_mult:
+                    raise ValueError(f"param {p.name}: lr_mult changed from {seg.lr_mult} to {p.lr_mult} after "
+                                     f"training started; set it before the first step (or make a new Trainer)")
+
     @property
     def stale(self) -> bool:
         """The network released its params from this backend after the context was made, so

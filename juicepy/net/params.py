@@ -21,7 +21,7 @@ class LearnableParams:
     def __init__(self, data, name: str = "", lr_mult: float = 1.0, trainable: bool = True):
         host = np.array(data, copy=True, order="C")
         self.name = name
-        self.lr_mult = number(f"param {name or '?'}", "lr_mult", lr_mult, low=0.0)
+        self.lr_mult = lr_mult
         self.trainable = trainable
         self._host = host
         self._version = 0
@@ -33,6 +33,15 @@ class LearnableParams:
     def __repr__(self) -> str:
         kind = "LearnableParams" if self.trainable else "Buffer"
         return f"<{kind} {self.name or '?'} {self.shape} {self.dtype}>"
+
+    @property
+    def lr_mult(self) -> float:
+        """Multiplier of the optimizer's learning rate for this param (0 freezes it)."""
+        return self._lr_mult
+
+    @lr_mult.setter
+    def lr_mult(self, value) -> None:
+        self._lr_mult = number(f"param {self.name or '?'}", "lr_mult", value, low=0.0)
 
     @property
     def shape(self) -> tuple:

@@ -143,6 +143,7 @@ class Trainer:
         with self.network.lock:
             st = self.state(backend)
             ctx, opt = st.context, st.optimizer
+            ctx.check_lr_mults()
             self._load_batch(backend, ctx, st.targets, xs, targets)
             ctx.save_state()
             opt_step = opt.step

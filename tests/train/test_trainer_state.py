@@ -230,3 +230,16 @@ def test_replacing_the_optimizer_after_training_started_is_refused():
     fresh.optimizer = SGD(lr=0.1)  # before the first step it is just a setting
     fresh.train_minibatch("numpy", *_batch(3))
     assert fresh.state_dict()["optimizer"] == {}  # plain SGD keeps no state
+
+
+def test_lr_mult_changed_after_training_started_is_refused_not_ignored():
+    """A context groups params by their lr multiplier when it is made; a later change would be
+    silently ignored, so the next step refuses it, naming the param."""
+    trainer = _trained([jp.backend("numpy")], steps=1)
+    before = _everything(trainer, "numpy")
+    trainer.network.param("0.weight").lr_mult = 0.5
+    with pytest.raises(ValueError, match=r"param 0.weight: lr_mult changed from 1.0 to 0.5 after training started"):
+        trainer.train_minibatch("numpy", *_batch(3))
+    _assert_same(before, _everything(trainer, "numpy"))
+    with pytest.raises(ValueError, match=r"param 0.bias: lr_mult must be a finite number >= 0, got nan"):
+        trainer.network.param("0.bias").lr_mult = float("nan")
