@@ -325,6 +325,7 @@ class Trainer:
                 backend.write(flat, host)
         st.optimizer.step = int(state.get("step", 0))
         st.context.step = int(state.get("dropout_step", 0))
+        st.warmed = False  # a recording may bake in what differs at this step (SGD's first step)
 
     def _refuse(self, loss: float, st: TrainState):
         raise NonFiniteError(f"loss is {loss} at step {st.optimizer.step + 1}; the step was refused: weights, "

@@ -248,3 +248,18 @@ def test_refused_step_of_a_batchnorm_network_on_a_capturing_backend_changes_noth
     for k, v in before.items():
         np.testing.assert_array_equal(net.get_weights()[k], v, err_msg=k)
     assert (trainer.state_dict()["step"], trainer.state_dict()["dropout_step"]) == (state["step"], state["dropout_step"]) == (3, 3)
+
+
+def test_a_state_restored_over_a_recorded_step_runs_its_first_step_op_by_op():
+    """Loading a fresh state (step 0) after a step was recorded: SGD's first momentum step skips
+    the dampening the recorded later ones apply, so it must not be replayed."""
+    make = lambda: SGD(lr=0.1, momentum=0.9, dampening=0.5)  # noqa: E731
+    backend = TapeBackend()
+    trainer, _ = _train(backend, make(), steps=3)
+    trainer.load_state_dict({"step": 0, "dropout_step": 0, "optimizer": {}})
+    reference = Trainer(_net(), L.SoftmaxCrossEntropy(), make(), batch_size=16)
+    reference.network.set_weights(trainer.network.get_weights())
+    for x, y in _batches(3, seed=5):
+        assert trainer.train_minibatch(backend, x, y)[0] == reference.train_minibatch(jp.backend("numpy"), x, y)[0]
+    for k, v in reference.network.get_weights().items():
+        np.testing.assert_array_equal(trainer.network.get_weights()[k], v, err_msg=k)
