@@ -158,7 +158,10 @@ def _values(rule, param, path, seed, error):
         values = np.asarray(rule.detach().cpu().numpy() if hasattr(rule, "detach") else rule)
     if values.shape != param.shape:
         raise error(f"init.apply: {path!r} expects shape {param.shape}, got {values.shape}")
-    return values.astype(param.dtype)
+    try:
+        return param.coerced(values)
+    except ValueError as err:
+        raise error(f"init.apply: {path!r} {err}") from None
 
 
 def from_pretrained(network, arrays: dict, prefix: str = "", strict: bool = False) -> list[str]:

@@ -279,7 +279,10 @@ class Network:
                 raise WeightsError(f"set_weights: {key!r} expects shape {param.shape}, got {array.shape}")
             if array.dtype.kind not in "fiub":
                 raise WeightsError(f"set_weights: {key!r} expects a numeric array, got dtype {array.dtype}")
-            staged[key] = array
+            try:
+                staged[key] = param.coerced(array)
+            except ValueError as err:
+                raise WeightsError(f"set_weights: {key!r} {err}") from None
         if strict:
             missing = [k for k in self.params if k not in staged]
             if missing:

@@ -77,6 +77,17 @@ class LearnableParams:
             self._host[...] = backend.to_host(self._device[backend])
             self._host_version = self._version
 
+    def coerced(self, data) -> np.ndarray:
+        """``data`` cast to this param's dtype; ValueError when it holds a value the dtype
+        cannot (an integer param is a count: whole numbers >= 0, not 2.7, NaN or -1)."""
+        data = np.asarray(data)
+        if self.dtype.kind in "iu" and data.size:
+            with np.errstate(invalid="ignore"):
+                bad = (data < 0) | ((data != np.round(data)) if data.dtype.kind in "fc" else False)
+            if np.any(bad):
+                raise ValueError(f"holds counts ({self.dtype}), got {np.asarray(data)[bad].flat[0].item()!r}")
+        return data.astype(self.dtype)
+
     def set(self, data) -> None:
         """Overwrite the data from a host array of the same shape (cast to this dtype)."""
         data = np.asarray(data)

@@ -170,3 +170,20 @@ def test_net_imports_nothing_above_it():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 assert not any(n.startswith("juicepy.") and n.split(".")[1] in above for n in names), path.name
+
+
+@pytest.mark.parametrize("value,message", [(2.7, "2.7"), (float("nan"), "nan"), (-1, "-1")])
+def test_an_integer_buffer_refuses_values_it_cannot_hold_before_any_write(value, message):
+    """BatchNorm's batch counter is an int64: 2.7 would be truncated and NaN become garbage."""
+    net = jp.Network(L.Sequential(L.Linear(4), L.BatchNorm1d()), input_shape=(3,))
+    before = net.get_weights()
+    bad = {"0.weight": np.zeros((4, 3)), "1.num_batches_tracked": np.array(value)}
+    with pytest.raises(WeightsError, match=rf"set_weights: '1.num_batches_tracked' holds counts \(int64\), "
+                                           rf"got {message}"):
+        net.set_weights(bad)
+    with pytest.raises(WeightsError, match=rf"init.apply: '1.num_batches_tracked' holds counts \(int64\), got {message}"):
+        jp.init.apply(net, {"0.weight": "zeros", "1.num_batches_tracked": np.array(value)})
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.get_weights()[k], v, err_msg=k)
+    net.set_weights({"1.num_batches_tracked": np.array(3.0)})  # a whole float is a count
+    assert net.get_weights()["1.num_batches_tracked"] == 3
