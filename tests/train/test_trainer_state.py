@@ -114,7 +114,7 @@ def _trained(backends, steps=8, make_net=_mlp, make_opt=lambda: Adam(lr=1e-2)):
 
 @pytest.mark.skipif("opencl" not in jp.available_backends(), reason="needs a second backend (OpenCL: pip install '.[opencl]')")
 @pytest.mark.parametrize("make_opt", [lambda: Adam(lr=1e-2), lambda: SGD(lr=0.1, momentum=0.9, nesterov=True)])
-def test_alternating_backends_keep_one_optimizer_state(make_opt):
+def test_alternating_backends_keep_one_optimizer_state(make_opt, tmp_path):
     """8 steps alternating NumPy and OpenCL equal 8 steps on NumPy: the optimizer moments, the
     step and the dropout counter move with the weights."""
     numpy_backend, opencl = jp.backend("numpy"), jp.backend("opencl")
@@ -125,6 +125,10 @@ def test_alternating_backends_keep_one_optimizer_state(make_opt):
     assert (got["step"], got["dropout_step"]) == (expected["step"], expected["dropout_step"]) == (8, 8)
     _assert_close(expected["optimizer"], got["optimizer"], "optimizer")
     _assert_close(reference.network.get_weights(), alternating.network.get_weights(), "weights")
+    jp.save(tmp_path / "alternating.safetensors", alternating.network, alternating)
+    resumed = jp.load(tmp_path / "alternating.safetensors").trainer
+    assert resumed.steps == 8
+    _assert_close(expected, resumed.state_dict(), "checkpoint")
 
 
 @pytest.mark.parametrize("make_net", [_mlp, _bn_net])
