@@ -199,7 +199,8 @@ class Backend(abc.ABC):
         """A host (NumPy) copy of ``src``."""
 
     @abc.abstractmethod
-    def copy(self, src, dst) -> None: ...
+    def copy(self, src, dst) -> None:
+        """dst = src: the same number of elements (a 0-d array and its (1,) device copy agree)."""
 
     @abc.abstractmethod
     def fill(self, dst, value: float) -> None: ...

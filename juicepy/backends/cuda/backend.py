@@ -132,9 +132,9 @@ class CudaBackend(SpatialOps, Backend):
         return src.get()
 
     def copy(self, src, dst):
-        if src.shape != dst.shape:
+        if src.size != dst.size:
             raise ValueError(f"cuda backend copy: {src.shape} into {dst.shape}")
-        self._cp.copyto(dst, src)
+        self._cp.copyto(dst, src if src.shape == dst.shape else src.reshape(dst.shape))
 
     def fill(self, dst, value):
         dst.fill(value)

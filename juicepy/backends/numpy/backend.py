@@ -61,9 +61,9 @@ class NumpyBackend(Backend):
         return np.array(src, copy=True)
 
     def copy(self, src, dst):
-        if src.shape != dst.shape:
+        if src.size != dst.size:
             raise ValueError(f"numpy backend copy: {src.shape} into {dst.shape}")
-        np.copyto(dst, src)
+        np.copyto(dst, src if src.shape == dst.shape else src.reshape(dst.shape))
 
     def fill(self, dst, value):
         dst.fill(value)

@@ -140,7 +140,7 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
         return src.get(queue=self.queue)
 
     def copy(self, src, dst):
-        if src.dtype != dst.dtype or src.shape != dst.shape:
+        if src.dtype != dst.dtype or src.size != dst.size:
             raise ValueError(f"opencl backend copy: {src.dtype}{src.shape} into {dst.dtype}{dst.shape}")
         if src.size:
             self._cl.enqueue_copy(self.queue, dst.base_data, src.base_data, byte_count=src.nbytes,
