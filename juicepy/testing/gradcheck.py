@@ -157,7 +157,7 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
     upstream = [rng.standard_normal((x64[0].shape[0],) + j.unit_shape) for j in net64.outputs]
 
     # shapes of the buffers the context made
-    out64, in_grads, p_grads = _loss_and_grads(net64, numpy_backend, x64, upstream, step=0)
+    out64, in_grads, _ = _loss_and_grads(net64, numpy_backend, x64, upstream, step=0)
     for out, j in zip(out64, net64.outputs):
         assert out.shape == (x64[0].shape[0],) + j.unit_shape, f"output buffer shape {out.shape}"
     oracle = None
