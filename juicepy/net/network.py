@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,9 @@ class Network:
     """
 
     max_batch = 1024  # rows per inference context in transform()
+    #: inference contexts kept per backend for a network with a layer that mixes rows (which
+    #: must run every request size exactly); the least recently used one goes first
+    max_exact_contexts = 4
     #: replay each inference context's forward pass as a recorded graph where the backend
     #: captures them (CUDA); ``$JUICEPY_GRAPHS=0`` turns it off everywhere
     graphs = True
@@ -84,8 +88,11 @@ class Network:
         self.params = graph.params  # dotted path -> LearnableParams, each distinct param once
         self._nodes_by_path = {n.path: n for n in self.nodes}
         self._groups: dict = {}
-        self._contexts: dict = {}
-        self._replays: dict = {}  # (backend, rows) -> GraphReplay of that inference context
+        # (backend, capacity) -> inference Context / GraphReplay of it, least recently used first
+        self._contexts: OrderedDict = OrderedDict()
+        self._replays: dict = {}
+        # eval mode never mixes rows: a request may run padded inside a bigger context
+        self._rows_independent = all(getattr(n.layer, "rows_independent", True) for n in self.nodes)
         self._lock = threading.RLock()
 
     # -------------------------------------------------------------- shapes
@@ -158,7 +165,7 @@ class Network:
     def release(self, backend) -> None:
         """Drop this network's contexts and param copies on ``backend`` (host keeps the data)."""
         with self._lock:
-            self._contexts = {k: v for k, v in self._contexts.items() if k[0] is not backend}
+            self._contexts = OrderedDict((k, v) for k, v in self._contexts.items() if k[0] is not backend)
             self._replays = {k: v for k, v in self._replays.items() if k[0] is not backend}
             for p in self.params.values():
                 p.release(backend)
@@ -193,7 +200,11 @@ class Network:
         return checked
 
     def transform(self, backend, inputs, check_finite: bool = False):
-        """Inference (eval mode) on any number of rows; returns host array(s)."""
+        """Inference (eval mode) on any number of rows; returns host array(s).
+
+        Requests run in contexts of power-of-two capacities up to ``max_batch`` rows (a smaller
+        request padded with zero rows), so serving every size from 1 to N keeps about 2N rows
+        of buffers, not one context per size."""
         from ..backends import backend as get_backend
 
         backend = get_backend(backend)
@@ -207,13 +218,21 @@ class Network:
             rows = min(self.max_batch, n - start)
             with self._lock:
                 ctx = self._inference_context(backend, rows)
-                ctx.set_inputs([x[start:start + rows] for x in xs])
+                for junction, x in zip(self.inputs, xs):
+                    buf = ctx._data[junction.index]
+                    _write_rows(backend, buf, x[start:start + rows])
+                    if rows < ctx.batch_size:
+                        backend.fill(_rows(backend, buf, rows, ctx.batch_size), 0.0)
                 self._forward(backend, ctx)
-                for i, out in enumerate(results):
-                    j = self.outputs[i].index
-                    out[start:start + rows] = backend.to_host(ctx._data[j])
+                for out, junction in zip(results, self.outputs):
+                    out[start:start + rows] = backend.to_host(_rows(backend, ctx._data[junction.index], 0, rows))
             start += rows
         return results[0] if len(results) == 1 else results
+
+    def inference_capacities(self, backend) -> list[int]:
+        """Row capacities of the inference contexts transform() keeps on ``backend``."""
+        with self._lock:
+            return [capacity for b, capacity in self._contexts if b is backend]
 
     def _forward(self, backend, ctx: Context) -> None:
         """ctx.forward(), replayed from a recorded graph from the second pass on where it can be."""
@@ -231,10 +250,20 @@ class Network:
         ctx.forward()
 
     def _inference_context(self, backend, rows: int) -> Context:
-        key = (backend, rows)
-        ctx = self._contexts.get(key)
+        if self._rows_independent:
+            capacity = min(1 << (rows - 1).bit_length(), self.max_batch)  # rows <= max_batch
+        else:
+            capacity = rows
+        key = (backend, capacity)
+        ctx = self._contexts.pop(key, None)
         if ctx is None:
-            ctx = self._contexts[key] = Context(self, backend, rows, training=False)
+            ctx = Context(self, backend, capacity, training=False)
+        self._contexts[key] = ctx  # now the most recently used
+        if not self._rows_independent:
+            kept = [k for k in self._contexts if k[0] is backend]
+            for old in kept[:-self.max_exact_contexts]:
+                del self._contexts[old]
+                self._replays.pop(old, None)
         return ctx
 
     # -------------------------------------------------------------- weights
@@ -291,6 +320,21 @@ class Network:
 
     def __repr__(self) -> str:
         return f"<Network {self.input_shapes} -> {self.output_shapes}, {len(self.nodes)} layers>"
+
+
+def _rows(backend, buf, start: int, stop: int):
+    """A view of rows start..stop of a context buffer."""
+    row = buf.size // buf.shape[0]
+    return backend.flat_view(backend.reshape(buf, (buf.size,)), start * row, (stop - start,) + tuple(buf.shape[1:]))
+
+
+def _write_rows(backend, buf, x) -> None:
+    """Copy x (host or this backend's array) into the first rows of ``buf``."""
+    dst = buf if x.shape[0] == buf.shape[0] else _rows(backend, buf, 0, x.shape[0])
+    if backend.is_array(x):
+        backend.copy(x, dst)
+    else:
+        backend.write(dst, x)
 
 
 def to_numpy(value) -> np.ndarray:
