@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from .. import init as initializers
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer
@@ -47,13 +48,15 @@ class _BatchNorm(Layer):
             raise ShapeError(f"{path}: {name} expects {self.num_features} features (channels), "
                              f"got unit shape {unit_shape}")
         self.num_features = channels
-        dtype = graph.dtype
+        def fill(init, shape, dtype=graph.dtype):
+            return initializers.make(init, graph.rng, shape, channels, channels, dtype)
+
         if self.affine:
-            self.weight = LearnableParams(np.ones(channels, dtype))
-            self.bias = LearnableParams(np.zeros(channels, dtype))
-        self.running_mean = LearnableParams(np.zeros(channels, dtype), trainable=False)
-        self.running_var = LearnableParams(np.ones(channels, dtype), trainable=False)
-        self.num_batches_tracked = LearnableParams(np.zeros((), np.int64), trainable=False)
+            self.weight = LearnableParams(fill("ones", (channels,)))
+            self.bias = LearnableParams(fill("zeros", (channels,)))
+        self.running_mean = LearnableParams(fill("zeros", (channels,)), trainable=False)
+        self.running_var = LearnableParams(fill("ones", (channels,)), trainable=False)
+        self.num_batches_tracked = LearnableParams(fill("zeros", (), np.int64), trainable=False)
         return unit_shape
 
     def params(self):
