@@ -42,3 +42,8 @@ class CheckpointWeightsError(CheckpointError, WeightsError):
 
 class CheckpointDefinitionError(CheckpointError, DefinitionError):
     """A checkpoint's network definition cannot be rebuilt (unknown layer type, bad config)."""
+
+
+class ArgumentError(JuicepyError, TypeError, ValueError):
+    """A constructor or function argument of the wrong type or out of range (catch it as either
+    a TypeError or a ValueError)."""

@@ -159,7 +159,9 @@ def apply(network, rules: dict, seed: int = 0) -> list[str]:
     that matches no param is an error (a typo would otherwise pass silently).
     """
     from .errors import WeightsError
+    from .validate import integer
 
+    seed = integer("init.apply", "seed", seed)
     params = network.params
     staged, used = {}, set()
     for path, param in params.items():

@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 
+from . import validate
 from .backends import backend as get_backend
 from .errors import ShapeError
 
@@ -48,6 +49,7 @@ class Predictor:
         of that many zero rows first, so the new network's first real request finds its
         context already made.
         """
+        warmup_rows = validate.optional_integer("Predictor.swap", "warmup_rows", warmup_rows, 0)
         with self._swap_lock:
             old = self._network
             problems = []

@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .. import init as initializers
+from .. import validate
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer
@@ -34,8 +35,8 @@ class _BatchNorm(Layer):
             raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
         self.momentum = None if momentum is None else float(momentum)
         self.eps = float(eps)
-        self.affine = bool(affine)
-        self.num_features = num_features
+        self.affine = validate.flag(type(self).__name__, "affine", affine)
+        self.num_features = validate.optional_integer(type(self).__name__, "num_features", num_features, 1)
         self.weight = self.bias = None
         self.running_mean = self.running_var = self.num_batches_tracked = None
 

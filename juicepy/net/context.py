@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..backends.base import Workspace
 from ..backends.rng import stream_key
+from .. import validate
 from ..errors import ShapeError
 
 
@@ -124,11 +125,9 @@ class Context:
 
     def __init__(self, network, backend, batch_size: int, training: bool = False,
                  input_grads: bool = False):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = validate.integer("Context", "batch_size", batch_size, 1)
         self.network = network
         self.backend = backend
-        self.batch_size = int(batch_size)
         self.training = training
         self.dtype = network.dtype
         self.step = 0  # forward passes in training mode: drives dropout's random stream

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 
-from ..errors import ShapeError
+from .. import validate
 
 _sequence = itertools.count()  # creation order: always a valid topological order of calls
 
@@ -48,9 +48,7 @@ class Symbol:
 
 def Input(shape, name: str | None = None) -> Symbol:
     """A network input of unit shape ``shape`` (no batch axis)."""
-    shape = tuple(int(d) for d in shape)
-    if any(d < 1 for d in shape):
-        raise ShapeError(f"Input: unit shape must be positive, got {shape}")
+    shape = validate.shape("Input", "shape", shape)
     return Symbol(input_shape=shape, name=name)
 
 

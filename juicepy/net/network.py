@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backends.numpy_backend import host_all_finite
-from ..errors import DTypeError, NonFiniteError, ShapeError, WeightsError
+from .. import validate
+from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError, WeightsError
 from .context import Context
 from .descriptor import GraphBuilder
 from .replay import GraphReplay, graphs_wanted
@@ -28,9 +29,10 @@ class ParamGroup:
 
 
 def _as_shape_list(input_shape) -> list[tuple]:
-    if len(input_shape) and all(isinstance(s, (tuple, list)) for s in input_shape):
-        return [tuple(int(d) for d in s) for s in input_shape]
-    return [tuple(int(d) for d in input_shape)]
+    if isinstance(input_shape, (tuple, list)) and len(input_shape) and all(
+            isinstance(s, (tuple, list)) for s in input_shape):
+        return [validate.shape("Network", "input_shape", s) for s in input_shape]
+    return [validate.shape("Network", "input_shape", input_shape)]
 
 
 class Network:
@@ -60,11 +62,13 @@ class Network:
             input_shape = root.input_shapes
         elif root is None or input_shape is None:
             raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
+        if not hasattr(root, "expand"):
+            raise ArgumentError(f"Network: root must be a Layer, got {root!r} ({type(root).__name__})")
         self.root = root
         self.dtype = np.dtype(dtype)
         if self.dtype.kind != "f":
             raise DTypeError(f"network dtype must be a float type, got {self.dtype}")
-        self.seed = int(seed)
+        self.seed = validate.integer("Network", "seed", seed)
         graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
         self.inputs = [graph.junction(shape, "<input>") for shape in _as_shape_list(input_shape)]
         self.outputs = list(root.expand(graph, "", self.inputs))
@@ -175,19 +179,31 @@ class Network:
     # ------------------------------------------------------------ contexts
     def context(self, backend, batch_size: int, training: bool = False, input_grads: bool = False) -> Context:
         """A new context (all buffers for ``batch_size`` rows on ``backend``)."""
-        return Context(self, backend, batch_size, training=training, input_grads=input_grads)
+        from ..backends import backend as get_backend
+
+        return Context(self, get_backend(backend), batch_size, training=training, input_grads=input_grads)
 
     def check_inputs(self, inputs, backend=None, batch_size: int | None = None,
                      check_finite: bool = False) -> list:
-        """Inputs as a list, validated against the input unit shapes and dtype."""
+        """Inputs as a list, validated against the input unit shapes and dtype.
+
+        One input is an array; several are a list or tuple of arrays. A nested list of numbers
+        (``x.tolist()``) is refused rather than read as a list of inputs."""
+        given = inputs
         if len(self.inputs) == 1 and not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
         inputs = list(inputs)
+        names = ["input"] if len(self.inputs) == 1 else [f"input {i}" for i in range(len(self.inputs))]
+        for name, x, junction in zip(names, inputs, self.inputs):
+            if not hasattr(x, "shape") or not hasattr(x, "dtype"):  # ndarray, device array, tensor
+                shape = ", ".join(["batch", *map(str, junction.unit_shape)])
+                what = given if len(self.inputs) == 1 else x  # a list of rows, not a list of inputs
+                raise ArgumentError(f"{name} must be an array of shape ({shape}) and dtype {self.dtype}, got "
+                                    f"{validate.describe(what)}; convert with np.asarray(x, dtype=np.{self.dtype.name})")
         if len(inputs) != len(self.inputs):
             raise ShapeError(f"network takes {len(self.inputs)} input(s), got {len(inputs)}")
         checked = []
-        for i, (x, junction) in enumerate(zip(inputs, self.inputs)):
-            name = "input" if len(self.inputs) == 1 else f"input {i}"
+        for name, x, junction in zip(names, inputs, self.inputs):
             on_device = backend is not None and backend.is_array(x)
             if not on_device:
                 x = np.asarray(x)
@@ -208,6 +224,7 @@ class Network:
         from ..backends import backend as get_backend
 
         backend = get_backend(backend)
+        check_finite = validate.flag("transform", "check_finite", check_finite)
         xs = self.check_inputs(inputs, backend, check_finite=check_finite)
         n = int(xs[0].shape[0])
         if any(int(x.shape[0]) != n for x in xs):
@@ -268,7 +285,11 @@ class Network:
 
     # -------------------------------------------------------------- weights
     def get_weights(self, keys=None) -> dict:
-        """Host copies of params and buffers by dotted path (PyTorch layouts)."""
+        """Host copies of params and buffers by dotted path (PyTorch layouts); ``keys``: a list
+        of paths (default: all)."""
+        if isinstance(keys, (str, bytes)) or not (keys is None or hasattr(keys, "__iter__")):
+            raise ArgumentError(f"get_weights: keys must be a list of param paths, got {keys!r} "
+                                f"({type(keys).__name__}); for one param pass keys=[{keys!r}]")
         names = list(self.params) if keys is None else list(keys)
         for k in names:
             if k not in self.params:
@@ -281,16 +302,21 @@ class Network:
         Values may be NumPy arrays or PyTorch tensors, so an equivalent torch model's
         ``state_dict()`` loads as is. ``strict=True`` also requires every param to be named.
         """
+        if not hasattr(weights, "items"):
+            raise ArgumentError(f"set_weights: weights must be a dict of param path -> array, got "
+                                f"{validate.describe(weights)}")
         staged = {}
         for key, value in weights.items():
             if key not in self.params:
                 raise WeightsError(f"set_weights: unknown param {key!r}; known: {', '.join(self.params)}")
-            array = to_numpy(value)
+            array = to_numpy(value, f"set_weights: {key!r}")
             param = self.params[key]
             if array.shape != param.shape:
                 raise WeightsError(f"set_weights: {key!r} expects shape {param.shape}, got {array.shape}")
             if array.dtype.kind not in "fiub":
                 raise WeightsError(f"set_weights: {key!r} expects a numeric array, got dtype {array.dtype}")
+            if param.dtype.kind in "iu" and array.dtype.kind not in "iub":
+                raise WeightsError(f"set_weights: {key!r} expects integer values, got {array.dtype}")
             staged[key] = array
         if strict:
             missing = [k for k in self.params if k not in staged]
@@ -337,10 +363,21 @@ def _write_rows(backend, buf, x) -> None:
         backend.write(dst, x)
 
 
-def to_numpy(value) -> np.ndarray:
+def to_numpy(value, name: str = "value") -> np.ndarray:
+    """A host array of a NumPy array or a PyTorch tensor (bfloat16 widened exactly to float32)."""
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
-        value = value.detach().cpu().numpy()
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; float32 holds it exactly
+            tensor = tensor.float()
+        try:
+            return tensor.numpy()
+        except TypeError as err:  # float8 and other dtypes NumPy cannot hold
+            raise WeightsError(f"{name}: a tensor of {tensor.dtype} has no NumPy equivalent; convert it "
+                               f"first, e.g. tensor.float() ({err})") from None
     return np.asarray(value)
+
+
+
 
 
 def check_array(name: str, x, unit_shape: tuple, dtype, batch_size: int | None = None) -> None:

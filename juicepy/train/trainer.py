@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import validate
 from ..backends import backend as get_backend
 from ..errors import NonFiniteError, WeightsError
 from ..net.context import Context
@@ -56,13 +57,14 @@ class Trainer:
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
                  graphs: bool = True):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = validate.integer("Trainer", "batch_size", batch_size, 1)
+        check_finite = validate.flag("Trainer", "check_finite", check_finite)
+        graphs = validate.flag("Trainer", "graphs", graphs)
         loss.check_output(network.output_shape)
         self.network = network
         self.loss = loss
         self.optimizer = optimizer
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.check_finite = check_finite
         self.graphs = graphs
         self._states: dict = {}
@@ -191,8 +193,7 @@ class Trainer:
         return results
 
     def _batches(self, data, n_steps: int):
-        if n_steps < 0:
-            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        validate.integer("Trainer", "n_steps", n_steps, 0)
         epoch, made = 0, 0
         while made < n_steps:
             source = data.batches(self.batch_size, epoch=epoch) if hasattr(data, "batches") else iter(data)
@@ -234,6 +235,8 @@ class Trainer:
         self._pending_state = None if self._states else state
 
     def _check_state(self, state: dict) -> None:
+        for counter in ("step", "dropout_step"):
+            validate.integer("load_state_dict", counter, state.get(counter, 0), 0)
         trainable = self.network.trainable_params()
         optimizer = state.get("optimizer", {})
         unknown = [k for k in optimizer if k not in trainable]
