@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import juicepy as jp
+import juicepy.profile
 from juicepy import layers as L
 from juicepy import validate
 from juicepy.errors import ArgumentError
@@ -88,7 +89,28 @@ ENTRY_POINTS = [
     (lambda: _trainer().run_training("numpy", [], 2.5), "n_steps", "2.5 (float)"),
     (lambda: jp.init.apply(_net(), {"*.bias": "zeros"}, seed=0.5), "init.apply: seed", "0.5 (float)"),
     (lambda: jp.Predictor(_net(), "numpy").swap(_net(), warmup_rows=2.5), "swap: warmup_rows", "2.5 (float)"),
+    (lambda: jp.Network(L.Linear(2), (3,), dtype="float99"), "Network: dtype", "'float99' (str)"),
+    (lambda: _with_max_batch(0).transform("numpy", np.zeros((2, 5), np.float32)), "Network: max_batch", "0"),
+    (lambda: _with_max_batch(2.5).transform("numpy", np.zeros((2, 5), np.float32)), "Network: max_batch",
+     "2.5 (float)"),
+    (lambda: jp.profile.profile(_net(), "numpy", batch_size=2.5), "profile: batch_size", "2.5 (float)"),
+    (lambda: jp.profile.profile(_net(), "numpy", 4, steps=0), "profile: steps", "0"),
+    (lambda: jp.profile.profile(_net(), "numpy", 4, warmup=-1), "profile: warmup", "-1"),
+    (lambda: next(_digits().batches(2.5)), "batches: batch_size", "2.5 (float)"),
+    (lambda: next(_digits().batches(0)), "batches: batch_size", "0"),
 ]
+
+
+def _with_max_batch(value):
+    net = _net()
+    net.max_batch = value  # a class attribute users set; checked when transform reads it
+    return net
+
+
+def _digits():
+    from juicepy.data import load_digits
+
+    return load_digits()[1]
 
 
 @pytest.mark.parametrize("make, where, actual", LAYERS + ENTRY_POINTS,

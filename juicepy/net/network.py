@@ -65,7 +65,11 @@ class Network:
         if not hasattr(root, "expand"):
             raise ArgumentError(f"Network: root must be a Layer, got {root!r} ({type(root).__name__})")
         self.root = root
-        self.dtype = np.dtype(dtype)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise ArgumentError(f"Network: dtype must be a NumPy float dtype such as np.float32, got "
+                                f"{validate.describe(dtype)}") from None
         if self.dtype.kind != "f":
             raise DTypeError(f"network dtype must be a float type, got {self.dtype}")
         self.seed = validate.integer("Network", "seed", seed)
@@ -225,6 +229,7 @@ class Network:
 
         backend = get_backend(backend)
         check_finite = validate.flag("transform", "check_finite", check_finite)
+        max_batch = validate.integer("Network", "max_batch", self.max_batch, 1)
         xs = self.check_inputs(inputs, backend, check_finite=check_finite)
         n = int(xs[0].shape[0])
         if any(int(x.shape[0]) != n for x in xs):
@@ -232,9 +237,9 @@ class Network:
         results = [np.empty((n,) + j.unit_shape, self.dtype) for j in self.outputs]
         start = 0
         while start < n:
-            rows = min(self.max_batch, n - start)
+            rows = min(max_batch, n - start)
             with self._lock:
-                ctx = self._inference_context(backend, rows)
+                ctx = self._inference_context(backend, rows, max_batch)
                 for junction, x in zip(self.inputs, xs):
                     buf = ctx._data[junction.index]
                     _write_rows(backend, buf, x[start:start + rows])
@@ -266,9 +271,9 @@ class Network:
         rep.eager_runs += 1  # the first pass fills workspaces and compiles kernels
         ctx.forward()
 
-    def _inference_context(self, backend, rows: int) -> Context:
+    def _inference_context(self, backend, rows: int, max_batch: int) -> Context:
         if self._rows_independent:
-            capacity = min(1 << (rows - 1).bit_length(), self.max_batch)  # rows <= max_batch
+            capacity = min(1 << (rows - 1).bit_length(), max_batch)  # rows <= max_batch
         else:
             capacity = rows
         key = (backend, capacity)
