@@ -58,9 +58,9 @@ def number(owner: str, name: str, value, low: float | None = None, high: float |
     string, NaN or Inf is refused."""
     parts = []
     if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low}")
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
     if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high}")
+        parts.append(f"{'<' if high_open else '<='} {high:g}")
     expected = "a finite number" + (" " + " and ".join(parts) if parts else "")
     if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
         raise ArgumentError(f"{_name(owner, name)} must be {expected}, got {describe(value)}")

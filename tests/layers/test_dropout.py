@@ -60,5 +60,5 @@ def test_extreme_probabilities(backend, p):
 
 
 def test_invalid_probability():
-    with pytest.raises(ValueError, match="Dropout: p must be a finite number >= 0.0 and <= 1.0, got 1.5"):
+    with pytest.raises(ValueError, match="Dropout: p must be a finite number >= 0 and <= 1, got 1.5"):
         L.Dropout(1.5)
