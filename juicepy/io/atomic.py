@@ -13,6 +13,7 @@ stays.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
@@ -72,6 +73,8 @@ def atomic_path(path):
     success fsync it and rename it over the target (then fsync the folder), on failure delete
     it and leave the target as it was."""
     path = Path(os.path.realpath(path))
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "is a directory; name a file to write", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     tmp = path.parent / temporary_name(path.name)

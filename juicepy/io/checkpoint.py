@@ -27,7 +27,8 @@ from safetensors.numpy import load as load_tensors
 from safetensors.numpy import save as save_tensors
 
 from .. import init as initializers
-from ..errors import CheckpointDefinitionError, CheckpointError, CheckpointWeightsError, DefinitionError, WeightsError
+from ..errors import ArgumentError, CheckpointDefinitionError, CheckpointError, CheckpointWeightsError, DefinitionError, WeightsError
+from ..validate import describe
 from .atomic import atomic_path
 from .definition import build_network, definition_json
 from .registry import LOSSES, OPTIMIZERS, lookup, type_name
@@ -59,10 +60,11 @@ def save(path, network, trainer=None, metadata: dict | None = None) -> None:
     """Write ``network`` (and ``trainer``'s state, when given) to ``path`` atomically."""
     if trainer is not None and trainer.network is not network:
         raise ValueError("save: the trainer trains another network than the one given")
+    extras = _metadata_json(metadata)
     tensors = {f"model.{k}": _contiguous(v) for k, v in network.get_weights().items()}
     meta = {"juicepy.format": FORMAT, "juicepy.version": VERSION,
             "juicepy.network": definition_json(network, indent=None),
-            "juicepy.metadata": json.dumps(metadata or {})}
+            "juicepy.metadata": extras}
     if trainer is not None:
         state = trainer.state_dict()
         for param_path, buffers in state["optimizer"].items():
@@ -79,6 +81,21 @@ def save(path, network, trainer=None, metadata: dict | None = None) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             _write(f, payload)
+
+
+def _metadata_json(metadata) -> str:
+    """The caller's metadata as JSON that loads back as the same dict, or an ArgumentError."""
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise ArgumentError(f"save: metadata must be a dict of JSON values, got {describe(metadata)}")
+    odd = [k for k in metadata if not isinstance(k, str)]
+    if odd:  # JSON would turn them into strings: the loaded dict would differ
+        raise ArgumentError(f"save: metadata keys must be strings, got {describe(odd[0])}")
+    try:
+        return json.dumps(metadata)
+    except (TypeError, ValueError) as err:
+        raise ArgumentError(f"save: metadata is not JSON ({err})") from err
 
 
 def _contiguous(value) -> np.ndarray:
@@ -108,7 +125,7 @@ def _digest(tensors: dict, meta: dict | None = None) -> str:
 def read(path) -> tuple[dict, dict]:
     """(tensors, metadata) of a checkpoint file, verified: a truncated, corrupted or foreign
     file raises :class:`~juicepy.errors.CheckpointError` naming it."""
-    data = _read_file(path)
+    data = read_file(path)
     (header_len,) = struct.unpack("<Q", data[:8])
     try:
         header = json.loads(data[8:8 + header_len])
@@ -139,8 +156,8 @@ def read(path) -> tuple[dict, dict]:
     return tensors, meta
 
 
-def _read_file(path) -> bytes:
-    """The whole file, once its 8-byte header length is known to fit in it."""
+def read_file(path, what: str = "checkpoint") -> bytes:
+    """The whole safetensors file, once its 8-byte header length is known to fit in it."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -152,11 +169,11 @@ def _read_file(path) -> bytes:
                 raise CheckpointError(f"{path}: truncated (header claims {header_len} bytes, file has {size - 8})")
             return head + f.read()
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
+        raise CheckpointError(f"{path}: no such {what} file") from None
     except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint file") from None
+        raise CheckpointError(f"{path}: is a directory, not a {what} file") from None
     except OSError as err:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({err.strerror or err})") from err
+        raise CheckpointError(f"{path}: cannot read the {what} ({err.strerror or err})") from err
 
 
 def _brief(value) -> str:

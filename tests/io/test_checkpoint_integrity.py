@@ -264,3 +264,32 @@ def test_unreadable_paths_are_checkpoint_errors(tmp_path):
         jp.load(tmp_path)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
         jp.load(tmp_path / "absent.safetensors")
+
+
+@pytest.mark.parametrize("metadata, needle", [
+    ([1, 2], "metadata must be a dict"), ({"a": object()}, "not JSON"), ({1: "a"}, "keys must be strings"),
+])
+def test_save_refuses_metadata_that_would_not_load_and_writes_nothing(tmp_path, metadata, needle):
+    net, trainer = _small_trained()
+    with pytest.raises(jp.errors.ArgumentError, match=needle):
+        jp.save(tmp_path / "ck.safetensors", net, trainer, metadata=metadata)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_saving_onto_a_directory_is_a_clear_error_that_leaks_nothing(tmp_path):
+    net, _ = _small_trained()
+    (tmp_path / "d").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        jp.save(tmp_path / "d", net)
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and list((tmp_path / "d").iterdir()) == []
+
+
+def test_corrupted_weights_files_are_checkpoint_errors(tmp_path):
+    net, _ = _small_trained()
+    path = tmp_path / "w.safetensors"
+    jp.io.save_weights(path, net)
+    path.write_bytes(path.read_bytes()[:-7])
+    with pytest.raises(CheckpointError, match=f"{path}: cannot read weights"):
+        jp.io.load_weights(path, net)
+    with pytest.raises(CheckpointError, match="is a directory"):
+        jp.io.load_weights(tmp_path, net)
