@@ -21,7 +21,7 @@ class Reshape(Layer):
                                 f"{shape!r} ({type(shape).__name__})")
         self.shape = tuple(int(d) for d in shape)
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         size = math.prod(unit_shape)
         known = math.prod(d for d in self.shape if d != -1)
         if -1 in self.shape:
@@ -37,7 +37,7 @@ class Reshape(Layer):
         backend.copy(backend.reshape(ctx.input(), y.shape), y)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is None:
             return
         dy = backend.reshape(ctx.output_grad(), dx.shape)

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.numpy_backend import host_all_finite
 from .. import validate
+from ..backends.base import host_all_finite
 from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError, WeightsError
 from .context import Context
 from .descriptor import GraphBuilder
@@ -56,9 +56,7 @@ class Network:
             if root is not None or input_shape is not None or inputs is None or outputs is None:
                 raise TypeError("Network takes either (root, input_shape) or inputs= and outputs= "
                                 "(symbolic values from juicepy.Input)")
-            from ..layers.graph import Graph
-
-            root = Graph(inputs, outputs)
+            root = _functional_root(inputs, outputs)
             input_shape = root.input_shapes
         elif root is None or input_shape is None:
             raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
@@ -241,13 +239,13 @@ class Network:
             with self._lock:
                 ctx = self._inference_context(backend, rows, max_batch)
                 for junction, x in zip(self.inputs, xs):
-                    buf = ctx._data[junction.index]
+                    buf = ctx.data(junction)
                     _write_rows(backend, buf, x[start:start + rows])
                     if rows < ctx.batch_size:
                         backend.fill(_rows(backend, buf, rows, ctx.batch_size), 0.0)
                 self._forward(backend, ctx)
                 for out, junction in zip(results, self.outputs):
-                    out[start:start + rows] = backend.to_host(_rows(backend, ctx._data[junction.index], 0, rows))
+                    out[start:start + rows] = backend.to_host(_rows(backend, ctx.data(junction), 0, rows))
             start += rows
         return results[0] if len(results) == 1 else results
 
@@ -351,6 +349,17 @@ class Network:
 
     def __repr__(self) -> str:
         return f"<Network {self.input_shapes} -> {self.output_shapes}, {len(self.nodes)} layers>"
+
+
+def _functional_root(inputs, outputs):
+    """The container of the functional builder's calls. The symbolic values make it themselves
+    (``juicepy.layers.graph.Symbol.graph``), so net/ needs nothing from layers/."""
+    first = outputs[0] if isinstance(outputs, (list, tuple)) and outputs else outputs
+    make = getattr(first, "graph", None)
+    if make is None:
+        raise TypeError(f"Network outputs=: expected symbolic values (from juicepy.Input or a layer call), "
+                        f"got {type(first).__name__}")
+    return make(inputs, outputs)
 
 
 def _rows(backend, buf, start: int, stop: int):

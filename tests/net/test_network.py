@@ -216,3 +216,20 @@ def test_a_layer_that_mixes_rows_runs_exact_sizes_in_a_few_contexts(numpy_backen
         got = net.transform(numpy_backend, x[:rows])
         np.testing.assert_allclose(got.mean(axis=0), 0.0, atol=1e-5)  # not diluted by padding rows
     assert len(net.inference_capacities(numpy_backend)) <= net.max_exact_contexts
+
+
+def test_net_imports_nothing_above_it():
+    """net/ sits below layers/: none of its modules imports from juicepy.layers (or higher)."""
+    import ast
+    import pathlib
+
+    import juicepy.net
+
+    above = ("layers", "train", "io", "testing", "models", "predictor", "profile", "cli")
+    for path in pathlib.Path(juicepy.net.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert (node.module or "").split(".")[0] not in above, f"{path.name} imports ..{node.module}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith("juicepy.") and n.split(".")[1] in above for n in names), path.name
