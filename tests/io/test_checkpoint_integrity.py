@@ -136,20 +136,21 @@ def _drop(field):
     return lambda meta: meta.pop(field)
 
 
-def _trainer_edit(fn):
+def _json_edit(field, fn):
+    """An edit of the JSON document in metadata ``field`` by ``fn(document)``."""
     def edit(meta):
-        settings = json.loads(meta["juicepy.trainer"])
-        fn(settings)
-        meta["juicepy.trainer"] = json.dumps(settings)
+        doc = json.loads(meta[field])
+        fn(doc)
+        meta[field] = json.dumps(doc)
     return edit
+
+
+def _trainer_edit(fn):
+    return _json_edit("juicepy.trainer", fn)
 
 
 def _network_edit(fn):
-    def edit(meta):
-        doc = json.loads(meta["juicepy.network"])
-        fn(doc)
-        meta["juicepy.network"] = json.dumps(doc)
-    return edit
+    return _json_edit("juicepy.network", fn)
 
 
 MALFORMED = {
@@ -206,16 +207,21 @@ def test_weights_of_the_wrong_dtype_are_refused(small, tmp_path):
         jp.load(bad)
 
 
+def _peak_bytes_of_refused_load(path, match) -> int:
+    """Peak traced allocation of a jp.load(path) that must fail with a CheckpointError."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError, match=match):
+            jp.load(path)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_header_length_is_checked_before_the_file_is_read(tmp_path):
     path = tmp_path / "huge.safetensors"
     path.write_bytes(struct.pack("<Q", 1 << 40) + b"\0" * (32 << 20))
-    tracemalloc.start()
-    try:
-        with pytest.raises(CheckpointError, match="truncated"):
-            jp.load(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_bytes_of_refused_load(path, "truncated")
     assert peak < (1 << 20), peak
 
 
@@ -227,13 +233,7 @@ def test_a_small_file_describing_a_huge_network_is_refused_before_allocating(sma
         doc["layers"][1]["config"]["in_features"] = None
     bad = _rewrite(small, tmp_path / "huge.safetensors", edit_meta=_network_edit(huge))
     assert bad.stat().st_size < 8192
-    tracemalloc.start()
-    try:
-        with pytest.raises(CheckpointError, match=r"shape \(4000, 10000\)"):
-            jp.load(bad)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    peak = _peak_bytes_of_refused_load(bad, r"shape \(4000, 10000\)")
     assert peak < (4 << 20), peak
 
 
