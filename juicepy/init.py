@@ -158,10 +158,14 @@ def apply(network, rules: dict, seed: int = 0) -> list[str]:
     same call gives the same weights. Every check runs before any param is written; a pattern
     that matches no param is an error (a typo would otherwise pass silently).
     """
-    from .errors import WeightsError
+    from .errors import ArgumentError, WeightsError
     from .validate import integer
 
     seed = integer("init.apply", "seed", seed)
+    if not isinstance(rules, dict):
+        from .validate import describe
+
+        raise ArgumentError(f"init.apply: rules must be a dict of pattern -> initialiser, got {describe(rules)}")
     params = network.params
     staged, used = {}, set()
     for path, param in params.items():

@@ -78,6 +78,13 @@ def flag(owner: str, name: str, value) -> bool:
     return bool(value)
 
 
+def instance(owner: str, name: str, value, cls: type, expected: str):
+    """``value`` when it is a ``cls``, else an error saying it must be ``expected``."""
+    if not isinstance(value, cls):
+        raise ArgumentError(f"{_name(owner, name)} must be {expected}, got {describe(value)}")
+    return value
+
+
 def pair(owner: str, name: str, value, minimum: int) -> tuple[int, int]:
     """An integer or a pair of integers (each >= minimum) as a pair."""
     if is_integer(value):

@@ -98,6 +98,15 @@ ENTRY_POINTS = [
     (lambda: jp.profile.profile(_net(), "numpy", 4, warmup=-1), "profile: warmup", "-1"),
     (lambda: next(_digits().batches(2.5)), "batches: batch_size", "2.5 (float)"),
     (lambda: next(_digits().batches(0)), "batches: batch_size", "0"),
+    (lambda: Trainer(_net(), Adam(), L.SoftmaxCrossEntropy(), 4), "Trainer: loss", "(Adam)"),
+    (lambda: Trainer(_net(), L.SoftmaxCrossEntropy(), "adam", 4), "Trainer: optimizer", "'adam' (str)"),
+    (lambda: Trainer(L.Linear(3), L.SoftmaxCrossEntropy(), Adam(), 4), "Trainer: network", "(Linear)"),
+    (lambda: jp.save("unused.safetensors", L.Linear(3)), "save: network", "(Linear)"),
+    (lambda: jp.save("unused.safetensors", _net(), trainer="t"), "save: trainer", "'t' (str)"),
+    (lambda: jp.Predictor(L.Linear(3), "numpy"), "Predictor: network", "(Linear)"),
+    (lambda: jp.Predictor(_net(), "numpy").swap("ck.safetensors"), "Predictor.swap: network", "(str)"),
+    (lambda: _net().set_weights({}, strict="yes"), "set_weights: strict", "'yes' (str)"),
+    (lambda: jp.init.apply(_net(), ["*.bias"]), "init.apply: rules", "['*.bias'] (list)"),
 ]
 
 

@@ -28,6 +28,7 @@ from safetensors.numpy import save as save_tensors
 
 from .. import init as initializers
 from ..errors import ArgumentError, CheckpointDefinitionError, CheckpointError, CheckpointWeightsError, DefinitionError, WeightsError
+from .. import validate
 from ..validate import describe
 from .atomic import atomic_path
 from .definition import build_network, definition_json
@@ -58,6 +59,12 @@ class Checkpoint:
 
 def save(path, network, trainer=None, metadata: dict | None = None) -> None:
     """Write ``network`` (and ``trainer``'s state, when given) to ``path`` atomically."""
+    from ..net.network import Network
+    from ..train.trainer import Trainer
+
+    validate.instance("save", "network", network, Network, "a juicepy.Network")
+    if trainer is not None:
+        validate.instance("save", "trainer", trainer, Trainer, "a juicepy.train.Trainer or None")
     if trainer is not None and trainer.network is not network:
         raise ValueError("save: the trainer trains another network than the one given")
     extras = _metadata_json(metadata)

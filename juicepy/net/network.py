@@ -308,6 +308,7 @@ class Network:
         if not hasattr(weights, "items"):
             raise ArgumentError(f"set_weights: weights must be a dict of param path -> array, got "
                                 f"{validate.describe(weights)}")
+        strict = validate.flag("set_weights", "strict", strict)
         staged = {}
         for key, value in weights.items():
             if key not in self.params:

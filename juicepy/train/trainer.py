@@ -57,6 +57,12 @@ class Trainer:
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
                  graphs: bool = True):
+        from ..layers.loss import Loss
+        from ..net.network import Network
+
+        validate.instance("Trainer", "network", network, Network, "a juicepy.Network")
+        validate.instance("Trainer", "loss", loss, Loss, "a loss such as juicepy.layers.SoftmaxCrossEntropy()")
+        validate.instance("Trainer", "optimizer", optimizer, Optimizer, "an optimizer such as juicepy.train.Adam()")
         batch_size = validate.integer("Trainer", "batch_size", batch_size, 1)
         check_finite = validate.flag("Trainer", "check_finite", check_finite)
         graphs = validate.flag("Trainer", "graphs", graphs)
