@@ -11,7 +11,7 @@ from . import __version__
 
 
 def _argument(convert, check):
-    """An argparse type: ``convert`` the text, then ``check`` it (a juicepy.validate helper);
+    """An argparse type: ``convert`` the text, then ``check`` it (a juicepy.arguments helper);
     a refused value becomes argparse's usage error ("argument --epochs: must be ...")."""
     def parse(text: str):
         from .errors import ArgumentError
@@ -29,13 +29,13 @@ def _argument(convert, check):
 
 
 def _count(minimum: int):
-    from .validate import integer
+    from .arguments import integer
 
     return _argument(int, lambda value: integer("", "", value, minimum))
 
 
 def _real(low: float, low_open: bool = False):
-    from .validate import number
+    from .arguments import number
 
     return _argument(float, lambda value: number("", "", value, low, low_open=low_open))
 
@@ -198,7 +198,7 @@ def _resume_settings(args, meta: dict) -> tuple[int, str]:
     and against the flags given; sets args.dataset and args.seed."""
     from .data import DATASETS
     from .errors import ArgumentError
-    from .validate import describe, integer
+    from .arguments import describe, integer
 
     where = f"{args.resume}: metadata"
     epoch = integer(where, "epoch", meta.get("epoch", 0), 0)

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from . import validate
+from . import arguments
 from .backends import backend as get_backend
 from .errors import ShapeError
 
@@ -25,7 +25,7 @@ class Predictor:
     def __init__(self, network, backend=None):
         from .net.network import Network
 
-        validate.instance("Predictor", "network", network, Network, "a juicepy.Network")
+        arguments.instance("Predictor", "network", network, Network, "a juicepy.Network")
         self._backend = get_backend(backend)
         self._swap_lock = threading.Lock()  # serialises swaps only, never requests
         network.materialize(self._backend)
@@ -54,8 +54,8 @@ class Predictor:
         """
         from .net.network import Network
 
-        validate.instance("Predictor.swap", "network", network, Network, "a juicepy.Network")
-        warmup_rows = validate.optional_integer("Predictor.swap", "warmup_rows", warmup_rows, 0)
+        arguments.instance("Predictor.swap", "network", network, Network, "a juicepy.Network")
+        warmup_rows = arguments.optional_integer("Predictor.swap", "warmup_rows", warmup_rows, 0)
         with self._swap_lock:
             old = self._network
             problems = []

@@ -44,7 +44,7 @@ def backend(name: str | Backend | None = None) -> Backend:
         name = os.environ.get(ENV_VAR) or "numpy"
     elif not isinstance(name, str):
         from ..errors import ArgumentError
-        from ..validate import describe
+        from ..arguments import describe
 
         raise ArgumentError(f"backend must be a backend name ({', '.join(registered_backends())}) or a "
                             f"Backend, got {describe(name)}; the backend is the first "

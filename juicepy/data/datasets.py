@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import validate
+from .. import arguments
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Dataset:
 
         ``drop_last`` keeps every batch at exactly ``batch_size`` rows, as a Trainer needs.
         """
-        batch_size = validate.integer(f"{self.name}.batches", "batch_size", batch_size, 1)
+        batch_size = arguments.integer(f"{self.name}.batches", "batch_size", batch_size, 1)
         n = len(self)
         order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_last else n

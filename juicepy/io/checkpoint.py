@@ -28,8 +28,8 @@ from safetensors.numpy import save as save_tensors
 
 from .. import init as initializers
 from ..errors import ArgumentError, CheckpointDefinitionError, CheckpointError, CheckpointWeightsError, DefinitionError, WeightsError
-from .. import validate
-from ..validate import describe
+from .. import arguments
+from ..arguments import describe
 from .atomic import atomic_path
 from .definition import build_network, definition_json
 from .registry import LOSSES, OPTIMIZERS, lookup, type_name
@@ -62,18 +62,19 @@ def save(path, network, trainer=None, metadata: dict | None = None) -> None:
     from ..net.network import Network
     from ..train.trainer import Trainer
 
-    validate.instance("save", "network", network, Network, "a juicepy.Network")
+    arguments.instance("save", "network", network, Network, "a juicepy.Network")
     if trainer is not None:
-        validate.instance("save", "trainer", trainer, Trainer, "a juicepy.train.Trainer or None")
+        arguments.instance("save", "trainer", trainer, Trainer, "a juicepy.train.Trainer or None")
     if trainer is not None and trainer.network is not network:
         raise ValueError("save: the trainer trains another network than the one given")
     extras = _metadata_json(metadata)
-    tensors = {f"model.{k}": _contiguous(v) for k, v in network.get_weights().items()}
+    # weights and trainer state of one step, even while another thread trains
+    weights, state = trainer.snapshot() if trainer is not None else (network.get_weights(), None)
+    tensors = {f"model.{k}": _contiguous(v) for k, v in weights.items()}
     meta = {"juicepy.format": FORMAT, "juicepy.version": VERSION,
             "juicepy.network": definition_json(network, indent=None),
             "juicepy.metadata": extras}
     if trainer is not None:
-        state = trainer.state_dict()
         for param_path, buffers in state["optimizer"].items():
             for name, value in buffers.items():
                 tensors[f"optimizer.{param_path}.{name}"] = _contiguous(value)

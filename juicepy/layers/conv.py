@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .. import init as initializers
-from .. import validate
+from .. import arguments
 from ..errors import ArgumentError, ShapeError
 from ..net.params import LearnableParams
 from .base import Layer, bias_gradient
@@ -26,15 +26,15 @@ class Conv2d(Layer):
                  in_channels: int | None = None):
         super().__init__()
         name = type(self).__name__
-        self.out_channels = validate.integer(name, "out_channels", out_channels, 1)
-        self.kernel_size = validate.pair(name, "kernel_size", kernel_size, 1)
-        self.stride = validate.pair(name, "stride", stride, 1)
-        self.dilation = validate.pair(name, "dilation", dilation, 1)
-        self.groups = validate.integer(name, "groups", groups, 1)
-        self.use_bias = validate.flag(name, "bias", bias)
-        self.weight_init = validate.initializer(name, "weight_init", weight_init)
-        self.bias_init = validate.initializer(name, "bias_init", bias_init)
-        self.in_channels = validate.optional_integer(name, "in_channels", in_channels, 1)
+        self.out_channels = arguments.integer(name, "out_channels", out_channels, 1)
+        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1)
+        self.stride = arguments.pair(name, "stride", stride, 1)
+        self.dilation = arguments.pair(name, "dilation", dilation, 1)
+        self.groups = arguments.integer(name, "groups", groups, 1)
+        self.use_bias = arguments.flag(name, "bias", bias)
+        self.weight_init = arguments.initializer(name, "weight_init", weight_init)
+        self.bias_init = arguments.initializer(name, "bias_init", bias_init)
+        self.in_channels = arguments.optional_integer(name, "in_channels", in_channels, 1)
         if self.out_channels % self.groups:
             raise ArgumentError(f"{name}: out_channels {self.out_channels} is not divisible by "
                                 f"groups {self.groups}")
@@ -50,8 +50,8 @@ class Conv2d(Layer):
         elif isinstance(padding, str):
             raise ArgumentError(f"{name}: padding must be an integer, a pair or 'same', got {padding!r}")
         else:
-            self.padding = validate.pair(name, "padding", padding, 0)
-            self.padding_arg = int(padding) if validate.is_integer(padding) else list(self.padding)
+            self.padding = arguments.pair(name, "padding", padding, 0)
+            self.padding_arg = int(padding) if arguments.is_integer(padding) else list(self.padding)
         self.weight: LearnableParams | None = None
         self.bias: LearnableParams | None = None
 
@@ -142,9 +142,9 @@ class Conv1d(Conv2d):
                  groups: int = 1, bias: bool = True, weight_init="torch", bias_init="torch",
                  in_channels: int | None = None):
         for what, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
-            validate.integer("Conv1d", what, value, 1)
+            arguments.integer("Conv1d", what, value, 1)
         if not (isinstance(padding, str) and padding == "same"):
-            validate.integer("Conv1d", "padding (an integer or 'same')", padding, 0)
+            arguments.integer("Conv1d", "padding (an integer or 'same')", padding, 0)
         pad2 = padding if padding == "same" else (0, padding)
         super().__init__(out_channels, (1, kernel_size), (1, stride), pad2, (1, dilation), groups, bias,
                          weight_init, bias_init, in_channels)

@@ -3,14 +3,14 @@ on every backend."""
 
 from __future__ import annotations
 
-from .. import validate
+from ..arguments import number
 from .base import Layer
 
 
 class Dropout(Layer):
     def __init__(self, p: float = 0.5):
         super().__init__()
-        self.p = validate.number("Dropout", "p", p, 0.0, 1.0)
+        self.p = number("Dropout", "p", p, low=0.0, high=1.0)
 
     def setup(self, backend, ctx):
         if ctx.training:

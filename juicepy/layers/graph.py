@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from .. import validate
+from .. import arguments
 from ..errors import ShapeError
 from ..net.descriptor import join_path
 from .base import Layer
@@ -59,7 +59,7 @@ class Symbol:
 
 def Input(shape, name: str | None = None) -> Symbol:
     """A network input of unit shape ``shape`` (no batch axis)."""
-    shape = validate.shape("Input", "shape", shape)
+    shape = arguments.shape("Input", "shape", shape)
     return Symbol(input_shape=shape, name=name)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from .base import Layer
-from .. import validate
+from .. import arguments
 from .conv import output_length
 
 
@@ -14,10 +14,10 @@ class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         name = type(self).__name__
-        self.kernel_size = validate.pair(name, "kernel_size", kernel_size, 1)
-        self.stride = self.kernel_size if stride is None else validate.pair(name, "stride", stride, 1)
+        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else arguments.pair(name, "stride", stride, 1)
         self.stride_arg = stride
-        self.padding = validate.pair(name, "padding", padding, 0)
+        self.padding = arguments.pair(name, "padding", padding, 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
                              f"{self.kernel_size} (every window must touch the input)")
@@ -61,7 +61,7 @@ class AvgPool2d(_Pool2d):
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad: bool = True):
         super().__init__(kernel_size, stride, padding)
-        self.count_include_pad = validate.flag(type(self).__name__, "count_include_pad", count_include_pad)
+        self.count_include_pad = arguments.flag(type(self).__name__, "count_include_pad", count_include_pad)
 
     def compute_output(self, backend, ctx):
         backend.avg_pool2d(ctx.input(), ctx.output(), self.kernel_size, self.stride, self.padding,

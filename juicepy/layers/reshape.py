@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .. import validate
+from .. import arguments
 from ..errors import ArgumentError, ShapeError
 from .base import Layer
 
@@ -12,13 +12,13 @@ from .base import Layer
 class Reshape(Layer):
     def __init__(self, shape):
         super().__init__()
-        if validate.is_integer(shape):
+        if arguments.is_integer(shape):
             shape = (shape,)
         dims_ok = isinstance(shape, (tuple, list)) and all(
-            validate.is_integer(d) and (d >= 1 or d == -1) for d in shape)
+            arguments.is_integer(d) and (d >= 1 or d == -1) for d in shape)
         if not dims_ok or sum(d == -1 for d in shape) > 1:
             raise ArgumentError(f"Reshape: shape must be a tuple of integers >= 1 with at most one -1, got "
-                                f"{shape!r} ({type(shape).__name__})")
+                                f"{arguments.describe(shape)}")
         self.shape = tuple(int(d) for d in shape)
 
     def infer_shape(self, unit_shape, path):

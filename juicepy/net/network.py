@@ -8,13 +8,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import validate
+from .. import arguments
 from ..backends.base import host_all_finite
 from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError, WeightsError
 from .context import Context
 from .descriptor import GraphBuilder
 from .replay import GraphReplay, graphs_wanted
 
+#: every dtype some backend computes in (each lists its own in Backend.dtypes)
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ALIGN = 64  # elements: params in a flat block start on 256-byte boundaries (float32)
 
 
@@ -31,8 +33,8 @@ class ParamGroup:
 def _as_shape_list(input_shape) -> list[tuple]:
     if isinstance(input_shape, (tuple, list)) and len(input_shape) and all(
             isinstance(s, (tuple, list)) for s in input_shape):
-        return [validate.shape("Network", "input_shape", s) for s in input_shape]
-    return [validate.shape("Network", "input_shape", input_shape)]
+        return [arguments.shape("Network", "input_shape", s) for s in input_shape]
+    return [arguments.shape("Network", "input_shape", input_shape)]
 
 
 class Network:
@@ -61,16 +63,17 @@ class Network:
         elif root is None or input_shape is None:
             raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
         if not hasattr(root, "expand"):
-            raise ArgumentError(f"Network: root must be a Layer, got {root!r} ({type(root).__name__})")
+            raise ArgumentError(f"Network: root must be a Layer, got {arguments.describe(root)}")
         self.root = root
         try:
             self.dtype = np.dtype(dtype)
         except TypeError:
             raise ArgumentError(f"Network: dtype must be a NumPy float dtype such as np.float32, got "
-                                f"{validate.describe(dtype)}") from None
-        if self.dtype.kind != "f":
-            raise DTypeError(f"network dtype must be a float type, got {self.dtype}")
-        self.seed = validate.integer("Network", "seed", seed)
+                                f"{arguments.describe(dtype)}") from None
+        if self.dtype not in DTYPES:
+            raise DTypeError(f"network dtype must be one of {', '.join(d.name for d in DTYPES)} (the dtypes "
+                             f"juicepy's backends compute in), got {self.dtype.name}")
+        self.seed = arguments.integer("Network", "seed", seed)
         graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
         self.inputs = [graph.junction(shape, "<input>") for shape in _as_shape_list(input_shape)]
         self.outputs = list(root.expand(graph, "", self.inputs))
@@ -100,6 +103,12 @@ class Network:
         # eval mode never mixes rows: a request may run padded inside a bigger context
         self._rows_independent = all(getattr(n.layer, "rows_independent", True) for n in self.nodes)
         self._lock = threading.RLock()
+
+    @property
+    def lock(self):
+        """Held by whatever reads or writes the params as a whole (training steps, inference,
+        get/set_weights, checkpoint snapshots), so none of them sees half a step."""
+        return self._lock
 
     # -------------------------------------------------------------- shapes
     @property
@@ -143,6 +152,10 @@ class Network:
         with self._lock:
             if backend in self._groups:
                 return
+            if self.dtype not in [np.dtype(d) for d in backend.dtypes]:
+                raise DTypeError(f"network dtype {self.dtype.name}: the {backend.name} backend computes in "
+                                 f"{', '.join(np.dtype(d).name for d in backend.dtypes)} only; build the "
+                                 f"network with dtype=np.{np.dtype(backend.dtypes[0]).name} or use another backend")
             groups = []
             trainable = [p for p in self.params.values() if p.trainable]
             fresh = [p for p in trainable if not p.has_storage(backend)]
@@ -163,6 +176,12 @@ class Network:
                 if not p.trainable:
                     p.on(backend)
             self._groups[backend] = groups
+
+    def placement(self, backend):
+        """The current placement of the trainable params on ``backend`` (their flat blocks),
+        None before :meth:`materialize` or after :meth:`release`: a context made under
+        another placement no longer holds the params."""
+        return self._groups.get(backend)
 
     def param_groups(self, backend) -> list[ParamGroup]:
         self.materialize(backend)
@@ -201,7 +220,7 @@ class Network:
                 shape = ", ".join(["batch", *map(str, junction.unit_shape)])
                 what = given if len(self.inputs) == 1 else x  # a list of rows, not a list of inputs
                 raise ArgumentError(f"{name} must be an array of shape ({shape}) and dtype {self.dtype}, got "
-                                    f"{validate.describe(what)}; convert with np.asarray(x, dtype=np.{self.dtype.name})")
+                                    f"{arguments.describe(what)}; convert with np.asarray(x, dtype=np.{self.dtype.name})")
         if len(inputs) != len(self.inputs):
             raise ShapeError(f"network takes {len(self.inputs)} input(s), got {len(inputs)}")
         checked = []
@@ -226,8 +245,8 @@ class Network:
         from ..backends import backend as get_backend
 
         backend = get_backend(backend)
-        check_finite = validate.flag("transform", "check_finite", check_finite)
-        max_batch = validate.integer("Network", "max_batch", self.max_batch, 1)
+        check_finite = arguments.flag("transform", "check_finite", check_finite)
+        max_batch = arguments.integer("Network", "max_batch", self.max_batch, 1)
         xs = self.check_inputs(inputs, backend, check_finite=check_finite)
         n = int(xs[0].shape[0])
         if any(int(x.shape[0]) != n for x in xs):
@@ -291,13 +310,14 @@ class Network:
         """Host copies of params and buffers by dotted path (PyTorch layouts); ``keys``: a list
         of paths (default: all)."""
         if isinstance(keys, (str, bytes)) or not (keys is None or hasattr(keys, "__iter__")):
-            raise ArgumentError(f"get_weights: keys must be a list of param paths, got {keys!r} "
-                                f"({type(keys).__name__}); for one param pass keys=[{keys!r}]")
+            raise ArgumentError(f"get_weights: keys must be a list of param paths, got {arguments.describe(keys)}; "
+                                f"for one param pass keys=[{keys!r}]")
         names = list(self.params) if keys is None else list(keys)
         for k in names:
             if k not in self.params:
                 raise WeightsError(f"get_weights: unknown param {k!r}; known: {', '.join(self.params)}")
-        return {k: self.params[k].numpy() for k in names}
+        with self._lock:  # all of one step, never half of one
+            return {k: self.params[k].numpy() for k in names}
 
     def set_weights(self, weights: dict, strict: bool = False) -> None:
         """Update the params that ``weights`` names (all checked before any is written).
@@ -307,8 +327,8 @@ class Network:
         """
         if not hasattr(weights, "items"):
             raise ArgumentError(f"set_weights: weights must be a dict of param path -> array, got "
-                                f"{validate.describe(weights)}")
-        strict = validate.flag("set_weights", "strict", strict)
+                                f"{arguments.describe(weights)}")
+        strict = arguments.flag("set_weights", "strict", strict)
         staged = {}
         for key, value in weights.items():
             if key not in self.params:
@@ -319,15 +339,17 @@ class Network:
                 raise WeightsError(f"set_weights: {key!r} expects shape {param.shape}, got {array.shape}")
             if array.dtype.kind not in "fiub":
                 raise WeightsError(f"set_weights: {key!r} expects a numeric array, got dtype {array.dtype}")
-            if param.dtype.kind in "iu" and array.dtype.kind not in "iub":
-                raise WeightsError(f"set_weights: {key!r} expects integer values, got {array.dtype}")
-            staged[key] = array
+            try:
+                staged[key] = param.coerced(array)
+            except ValueError as err:
+                raise WeightsError(f"set_weights: {key!r} {err}") from None
         if strict:
             missing = [k for k in self.params if k not in staged]
             if missing:
                 raise WeightsError(f"set_weights: missing params {', '.join(missing)}")
-        for key, array in staged.items():
-            self.params[key].set(array)
+        with self._lock:
+            for key, array in staged.items():
+                self.params[key].set(array)
 
     # -------------------------------------------------------------- summary
     def summary(self) -> str:

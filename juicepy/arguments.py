@@ -1,9 +1,9 @@
-"""Argument checks shared by every layer constructor and public entry point.
+"""Argument checks shared by every layer constructor, optimizer and public entry point.
 
 Each returns the value in its canonical type or raises :class:`~juicepy.errors.ArgumentError`
-(a TypeError and a ValueError) naming the owner and argument, what was expected and what came:
-``Linear: out_features must be an integer >= 1, got 2.7 (float)``. Python's int() and float()
-would silently truncate 2.7, turn True into 1 and accept "0.5"; these do none of that.
+(both a TypeError and a ValueError) naming the owner and argument, what it must be and what
+came: ``Linear: out_features must be an integer >= 1, got float 2.7``. Python's int() and
+float() would silently truncate 2.7, turn True into 1 and accept "0.5"; these do none of that.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from .errors import ArgumentError
 
 
 def describe(value) -> str:
-    """A short, one-line description of a value for error messages: ``2.7 (float)``."""
+    """A short, one-line description of a value for error messages: ``float 2.7``; a list
+    holding lists, ``a list of 3 lists`` (rows where arrays were expected)."""
     if isinstance(value, (list, tuple)) and value and not all(is_integer(v) for v in value):
         kinds = sorted({type(v).__name__ for v in value})
         if any(k in ("list", "tuple", "dict", "ndarray") for k in kinds):
@@ -25,7 +26,7 @@ def describe(value) -> str:
     text = " ".join(repr(value).split())
     if len(text) > 60:
         text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
+    return f"{type(value).__name__} {text}"
 
 
 def _name(owner: str, name: str) -> str:
@@ -53,21 +54,27 @@ def optional_integer(owner: str, name: str, value, minimum: int | None = None) -
 
 
 def number(owner: str, name: str, value, low: float | None = None, high: float | None = None,
-           low_open: bool = False, high_open: bool = False) -> float:
-    """``value`` as a finite float inside [low, high] (ends open where asked); a bool, a
-    string, NaN or Inf is refused."""
-    parts = []
-    if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low:g}")
-    if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high:g}")
-    expected = "a finite number" + (" " + " and ".join(parts) if parts else "")
-    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)):
-        raise ArgumentError(f"{_name(owner, name)} must be {expected}, got {describe(value)}")
+           low_open: bool = False, high_open: bool = False, none_ok: bool = False) -> float | None:
+    """``value`` as a float: a real number (not a bool or a string), finite and within
+    [low, high] (``low_open``/``high_open`` exclude the bound); None too where ``none_ok``."""
+    or_none = " or None" if none_ok else ""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ArgumentError(f"{_name(owner, name)} must be a number{or_none}, got {describe(value)}")
     value = float(value)
-    if (not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
-            or (high is not None and (value >= high if high_open else value > high))):
-        raise ArgumentError(f"{_name(owner, name)} must be {expected}, got {value}")
+    inside = math.isfinite(value) and (low is None or value > low or (value == low and not low_open)) \
+        and (high is None or value < high or (value == high and not high_open))
+    if not inside:
+        if low is not None and high is not None:
+            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            bounds = f" {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            bounds = f" {'<' if high_open else '<='} {high:g}"
+        else:
+            bounds = ""
+        raise ArgumentError(f"{_name(owner, name)} must be a finite number{bounds}{or_none}, got {value!r}")
     return value
 
 
