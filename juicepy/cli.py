@@ -28,6 +28,8 @@ def _apply_backend_flags(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import MODELS
+    from .serve.server import (DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
+                               DEFAULT_MAX_CONNECTIONS)
 
     parser = argparse.ArgumentParser(
         prog="juicepy",
@@ -74,6 +76,37 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--input", required=True, metavar="FILE", help=".npy file of input rows")
     predict.add_argument("--output", default=None, metavar="FILE", help="write the outputs to this .npy file")
     predict.set_defaults(run=cmd_predict)
+
+    serve = commands.add_parser(
+        "serve", help="serve a checkpoint over HTTP (predict, health, hot swaps)",
+        description="Serve a checkpoint over HTTP. POST /predict takes rows as JSON (nested lists or "
+                    "{\"inputs\": ...}) or an .npy body and answers in the same form; GET /health "
+                    "describes the served network; POST /swap {\"path\": ...} swaps in another "
+                    "checkpoint with the same input/output unit shapes (409 otherwise). Concurrent "
+                    "small requests are micro-batched. Stops cleanly on SIGINT/SIGTERM.")
+    _add_backend_flags(serve)
+    serve.add_argument("model", metavar="MODEL", help="checkpoint file (juicepy train --save, juicepy.save)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--watch", action="store_true",
+                       help="swap in MODEL whenever its file is replaced (juicepy train --save rewrites "
+                            "it atomically every epoch)")
+    serve.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
+                       help="seconds between looks at MODEL with --watch (default 1)")
+    serve.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+                       help=f"most rows micro-batching joins into one transform; 1 turns it off "
+                            f"(default {DEFAULT_MAX_BATCH})")
+    serve.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
+                       help=f"longest a request waits for others to join its batch "
+                            f"(default {DEFAULT_BATCH_WAIT_MS:g})")
+    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                       help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    serve.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                       help=f"open connections beyond this get 503 (default {DEFAULT_MAX_CONNECTIONS})")
+    serve.add_argument("--no-finite-check", action="store_true",
+                       help="accept inputs holding NaN or Inf (refused with 400 by default)")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+    serve.set_defaults(run=cmd_serve)
 
     prof = commands.add_parser(
         "profile", help="time every layer's forward and backward pass",
@@ -202,6 +235,30 @@ def cmd_profile(args) -> int:
     rows = profile(network, backend, args.batch_size, steps=args.steps, warmup=args.warmup, seed=args.seed)
     print(format_table(rows, title=f"{args.model} on {backend.name}, batch {args.batch_size}, "
                                    f"median of {args.steps} steps"))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from .serve import ModelServer
+
+    _apply_backend_flags(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = ModelServer(args.model, args.backend, args.host, args.port, watch=args.watch,
+                             watch_interval_s=args.watch_interval, max_batch=args.max_batch,
+                             batch_wait_ms=args.batch_wait_ms, max_body_bytes=args.max_body_bytes,
+                             max_connections=args.max_connections, check_finite=not args.no_finite_check)
+    except OSError as err:  # the address is taken or not ours
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror or err})") from None
+    health = server.health()
+    print(f"serving {args.model} ({health['inputs'][0]['shape']} -> {health['outputs'][0]['shape']}, "
+          f"step {health['checkpoint']['step']}) on {server.url} with backend "
+          f"{health['backend']}{', watching it' if args.watch else ''}; Ctrl-C stops", flush=True)
+    server.serve_until_signal()
+    print("stopped", flush=True)
     return 0
 
 
