@@ -64,6 +64,12 @@ class MicroBatcher:
             raise item.error
         return item.outputs
 
+    @property
+    def pending(self) -> int:
+        """Requests waiting for the worker."""
+        with self._wake:
+            return len(self._queue)
+
     def close(self) -> None:
         """Answer what is queued, then stop the worker."""
         with self._wake:

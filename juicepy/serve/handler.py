@@ -118,7 +118,10 @@ class PredictionHandler(BaseHTTPRequestHandler):
             raise BadRequest(400, f"Content-Length {self.headers.get('Content-Length')!r} is not a byte count") from None
         if length > limit:
             raise BadRequest(413, f"body of {length} bytes is over the limit of {limit} (--max-body-bytes)")
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except TimeoutError:
+            raise BadRequest(408, f"the body did not arrive within {self.timeout} s") from None
         self._body_read = True
         if len(body) != length:
             raise BadRequest(400, f"body ended after {len(body)} of {length} bytes")

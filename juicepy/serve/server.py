@@ -58,6 +58,10 @@ class ModelServer:
         return self._http.server_address[1]
 
     @property
+    def open_connections(self) -> int:
+        return self._http.open_connections
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
