@@ -2,17 +2,22 @@
 
 A single worker thread takes the oldest waiting request and every request queued behind it,
 up to ``max_rows`` rows in all, concatenates their inputs, runs one transform and hands each
-request its rows of the outputs. When fewer than ``max_rows`` rows are waiting, the worker
-waits for more until the oldest request has waited ``max_wait_s`` (the bound on the latency
-micro-batching adds); a request that already waited that long while the worker was busy
-leaves with whatever is queued at once. Under load, batches therefore form from the requests
-that arrive while the previous batch runs, without any added wait.
+request its rows of the outputs. Under load, batches form from the requests that arrive while
+the previous batch runs, without any added wait.
+
+The worker waits for more only while other requests are *arriving* (announced by
+:meth:`MicroBatcher.arriving`: their bodies are being read and checked), and only until the
+oldest request of the batch has waited ``max_wait_s``: the bound on the latency
+micro-batching adds. Waiting when nothing is on its way would only add latency: with a few
+clients that each wait for their answer before asking again, every client may already be in
+the batch.
 
 Requests of ``max_rows`` rows or more gain nothing from company and run on their own thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -28,6 +33,29 @@ class _Pending:
         self.done = threading.Event()
         self.outputs = self.error = None
 
+    def result(self) -> list:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.outputs
+
+
+class Arrival:
+    """A request on its way to the batcher: :meth:`submit` its inputs once they are checked,
+    or leave the ``with`` block without (a refused request)."""
+
+    def __init__(self, batcher: "MicroBatcher"):
+        self._batcher, self._counted = batcher, True
+
+    def submit(self, inputs: list) -> list:
+        """Outputs for ``inputs``; blocks until they are ready."""
+        return self._batcher._submit(inputs, self)
+
+    def _leave(self) -> None:  # called with the batcher's lock held
+        if self._counted:
+            self._counted = False
+            self._batcher._arriving -= 1
+
 
 class MicroBatcher:
     """Runs ``run(inputs) -> outputs`` (lists of arrays, one per network input / output) for
@@ -40,6 +68,7 @@ class MicroBatcher:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
         self._run, self.max_rows, self.max_wait_s = run, int(max_rows), float(max_wait_s)
         self._queue: deque[_Pending] = deque()
+        self._arriving = 0  # announced requests not yet queued
         self._wake = threading.Condition()
         self._closed = False
         self.batches = 0  # transforms run by the worker
@@ -47,22 +76,38 @@ class MicroBatcher:
         self._worker = threading.Thread(target=self._loop, name="juicepy-microbatcher", daemon=True)
         self._worker.start()
 
+    @contextlib.contextmanager
+    def arriving(self):
+        """Announce a request while its body is read and checked; yields an :class:`Arrival`."""
+        arrival = Arrival(self)
+        with self._wake:
+            self._arriving += 1
+        try:
+            yield arrival
+        finally:
+            with self._wake:
+                arrival._leave()
+                self._wake.notify()
+
     def submit(self, inputs: list) -> list:
         """Outputs for ``inputs`` (validated arrays with equal row counts); blocks until they
         are ready and raises what the transform raised."""
+        with self.arriving() as arrival:
+            return arrival.submit(inputs)
+
+    def _submit(self, inputs: list, arrival: Arrival) -> list:
         rows = int(inputs[0].shape[0])
-        if rows >= self.max_rows:
-            return self._run(inputs)
         item = _Pending(inputs, rows)
         with self._wake:
+            arrival._leave()  # queued from now on (or run alone), no longer arriving
             if self._closed:
                 raise RuntimeError("the micro-batcher is closed (the server is stopping)")
-            self._queue.append(item)
+            if rows < self.max_rows:
+                self._queue.append(item)
             self._wake.notify()
-        item.done.wait()
-        if item.error is not None:
-            raise item.error
-        return item.outputs
+        if rows >= self.max_rows:
+            return self._run(inputs)
+        return item.result()
 
     @property
     def pending(self) -> int:
@@ -102,7 +147,7 @@ class MicroBatcher:
                     rows += item.rows
                     continue
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._closed:
+                if remaining <= 0 or self._closed or self._arriving == 0:
                     break
                 self._wake.wait(remaining)
             return batch

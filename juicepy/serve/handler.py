@@ -27,6 +27,9 @@ class PredictionHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "juicepy-serve"
     timeout = 30  # seconds a connection may sit idle or stall mid-request, then it is closed
+    # headers and body go out in separate writes: without TCP_NODELAY the body waits for the
+    # client's delayed ACK (about 40 ms a request)
+    disable_nagle_algorithm = True
 
     def __getattr__(self, name):
         # BaseHTTPRequestHandler answers a method it has no do_<METHOD> for with 501; any
@@ -73,16 +76,17 @@ class PredictionHandler(BaseHTTPRequestHandler):
     def _predict(self, app):
         model = app.model
         network = model.network
-        decoded = decode(self._body(app.max_body_bytes), self.headers.get("Content-Type"),
-                         len(network.inputs), len(network.outputs), network.dtype)
-        try:
-            inputs = model.check_inputs(decoded.inputs)
-        except JuicepyError as err:  # shape, dtype, NaN with the guard on
-            raise BadRequest(400, str(err)) from None
-        rows = {int(x.shape[0]) for x in inputs}
-        if len(rows) > 1:
-            raise BadRequest(400, f"inputs have different row counts: {sorted(rows)}")
-        outputs = app.run(inputs)
+        with app.arriving() as arrival:  # the micro-batcher may wait for this request
+            decoded = decode(self._body(app.max_body_bytes), self.headers.get("Content-Type"),
+                             len(network.inputs), len(network.outputs), network.dtype)
+            try:
+                inputs = model.check_inputs(decoded.inputs)
+            except JuicepyError as err:  # shape, dtype, NaN with the guard on
+                raise BadRequest(400, str(err)) from None
+            rows = {int(x.shape[0]) for x in inputs}
+            if len(rows) > 1:
+                raise BadRequest(400, f"inputs have different row counts: {sorted(rows)}")
+            outputs = arrival.submit(inputs)
         body, content_type = encode(outputs, decoded.form)
         self._send(200, body, content_type)
 

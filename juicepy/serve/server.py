@@ -3,6 +3,7 @@ and stopped together."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -18,6 +19,13 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_BATCH_WAIT_MS = 1.0
 DEFAULT_MAX_BODY_BYTES = 16 << 20
 DEFAULT_MAX_CONNECTIONS = 64
+
+
+class _Unbatched:
+    """What :meth:`ModelServer.arriving` yields with micro-batching off."""
+
+    def __init__(self, run):
+        self.submit = run
 
 
 class ModelServer:
@@ -66,11 +74,12 @@ class ModelServer:
         return f"http://{self.host}:{self.port}"
 
     # ------------------------------------------------------------ requests
-    def run(self, inputs: list) -> list:
-        """Outputs for validated inputs: through the micro-batcher when it is on."""
+    def arriving(self):
+        """A request on its way: ``with server.arriving() as a: ... a.submit(inputs)`` runs
+        the validated inputs, through the micro-batcher when it is on."""
         if self._batcher is not None:
-            return self._batcher.submit(inputs)
-        return self.model.transform(inputs)
+            return self._batcher.arriving()
+        return contextlib.nullcontext(_Unbatched(self.model.transform))
 
     def health(self) -> dict:
         doc = self.model.health()
