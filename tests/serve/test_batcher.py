@@ -115,3 +115,49 @@ def test_close_answers_what_is_queued_then_refuses():
 def test_bad_settings_are_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
         MicroBatcher(lambda x: x, **kwargs)
+
+
+def test_the_worker_waits_for_a_request_that_is_arriving():
+    run = Recorder()
+    run.gate.set()
+    batcher = MicroBatcher(run, max_rows=8, max_wait_s=30.0)
+    try:
+        with batcher.arriving() as arrival:  # a request whose body is still being read
+            threads, results = _submit_all(batcher, [np.ones((1, 2))])
+            while not run.calls and batcher.pending == 0:  # wait until the first is queued or taken
+                threading.Event().wait(0.001)
+            second = arrival.submit([np.zeros((2, 2))])
+        threads[0].join()
+    finally:
+        batcher.close()
+    assert run.calls == [3], "the arriving request should have joined the first one's batch"
+    np.testing.assert_array_equal(second[0], np.zeros((2, 2)))
+    np.testing.assert_array_equal(results[0][0], np.full((1, 2), 2.0))
+
+
+def test_no_wait_when_nothing_is_arriving():
+    run = Recorder()
+    run.gate.set()
+    batcher = MicroBatcher(run, max_rows=8, max_wait_s=600.0)
+    try:
+        threads, results = _submit_all(batcher, [np.ones((1, 2))])
+        threads[0].join(timeout=60)  # far below the 600 s bound: nobody else was on the way
+        assert not threads[0].is_alive(), "a lone request waited for company that was not coming"
+    finally:
+        batcher.close()
+    assert run.calls == [1]
+
+
+def test_a_refused_arrival_stops_counting():
+    run = Recorder()
+    run.gate.set()
+    batcher = MicroBatcher(run, max_rows=8, max_wait_s=600.0)
+    try:
+        with pytest.raises(ValueError):
+            with batcher.arriving():
+                raise ValueError("bad body")  # never submitted
+        threads, _ = _submit_all(batcher, [np.ones((1, 2))])
+        threads[0].join(timeout=60)
+        assert not threads[0].is_alive(), "the worker still waited for the refused request"
+    finally:
+        batcher.close()
