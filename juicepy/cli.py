@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from a checkpoint written by --save: its network, optimizer, "
                             "dataset and seed; --epochs is the total to reach")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    train.add_argument("--log", default=None, metavar="FILE",
+                       help="write per-epoch metrics (train/test loss and accuracy, samples/s) to FILE "
+                            "after every epoch: CSV for .csv, JSON lines for .jsonl")
+    train.add_argument("--plot", default=None, metavar="PNG",
+                       help="draw train/test loss and accuracy per epoch to this PNG after every epoch "
+                            "(needs matplotlib: pip install 'juicepy[plot]')")
     train.set_defaults(run=cmd_train)
 
     predict = commands.add_parser(
@@ -145,7 +151,8 @@ def cmd_train(args) -> int:
     from .layers import SoftmaxCrossEntropy
     from .models import build_model
     from .train import Trainer
-    from .train.loop import evaluate, fit_epoch
+    from .train.history import TrainingHistory
+    from .train.loop import evaluate, evaluate_loss, fit_epoch
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
@@ -167,6 +174,7 @@ def cmd_train(args) -> int:
         trainer = Trainer(network, SoftmaxCrossEntropy(),
                           make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
                           batch_size=args.batch_size)
+    history = TrainingHistory(args.log, args.plot, title=f"{model_name} on {args.dataset}, {backend.name}")
     print(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
           f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
     if args.resume:
@@ -177,6 +185,8 @@ def cmd_train(args) -> int:
         if args.no_progress:
             print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
                   f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
+        if history.wanted:
+            history.record(epoch + 1, stats, *evaluate_loss(network, trainer.loss, backend, test_set))
         if args.save:
             jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
                                                             "dataset": args.dataset, "model": model_name})

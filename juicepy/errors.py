@@ -34,3 +34,7 @@ class DefinitionError(JuicepyError, ValueError):
 
 class CheckpointError(JuicepyError, ValueError):
     """A checkpoint or weights file is truncated, corrupted or not a juicepy file."""
+
+
+class MissingExtraError(JuicepyError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the extra."""
