@@ -99,9 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "it atomically every epoch)")
     serve.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
                        help="seconds between looks at MODEL with --watch (default 1)")
-    serve.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+    serve.add_argument("--max-batch", type=int, default=None, metavar="N",
                        help=f"most rows micro-batching joins into one transform; 1 turns it off "
-                            f"(default {DEFAULT_MAX_BATCH})")
+                            f"(default {DEFAULT_MAX_BATCH}, but off on the numpy backend, where it "
+                            f"measured no faster)")
     serve.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
                        help=f"longest a request waits for others to join its batch "
                             f"(default {DEFAULT_BATCH_WAIT_MS:g})")

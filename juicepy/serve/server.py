@@ -16,6 +16,11 @@ from .watcher import CheckpointWatcher
 log = logging.getLogger("juicepy.serve")
 
 DEFAULT_MAX_BATCH = 32
+# Micro-batching pays where one transform has a fixed cost (kernel launches, transfers and
+# synchronisation on a device). On the NumPy backend a batch-1 transform costs little beside
+# parsing the request, and a few-row GEMM wakes BLAS threads that then compete with the request
+# threads, so it is off there by default (bench/test_bench_serve.py measures both).
+BATCHING_BACKENDS_OFF = ("numpy",)
 DEFAULT_BATCH_WAIT_MS = 1.0
 DEFAULT_MAX_BODY_BYTES = 16 << 20
 DEFAULT_MAX_CONNECTIONS = 64
@@ -31,17 +36,18 @@ class _Unbatched:
 class ModelServer:
     """Serves a checkpoint over HTTP: ``POST /predict``, ``GET /health``, ``POST /swap``.
 
-    ``max_batch`` rows is the most micro-batching joins into one transform (1 turns it off);
+    ``max_batch`` rows is the most micro-batching joins into one transform (1 turns it off;
+    None: :data:`DEFAULT_MAX_BATCH`, or off on the backends in :data:`BATCHING_BACKENDS_OFF`);
     ``batch_wait_ms`` bounds how long a request waits for others to join it. ``port=0`` takes
     a free port (see :attr:`port`). Use as a context manager, or ``start()`` / ``stop()``.
     """
 
     def __init__(self, path, backend=None, host: str = "127.0.0.1", port: int = 8000, *,
                  watch: bool = False, watch_interval_s: float = 1.0,
-                 max_batch: int = DEFAULT_MAX_BATCH, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+                 max_batch: int | None = None, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, check_finite: bool = True):
-        for name, value, low in (("max_batch", max_batch, 1), ("max_body_bytes", max_body_bytes, 1),
+        for name, value, low in (("max_batch", 1 if max_batch is None else max_batch, 1), ("max_body_bytes", max_body_bytes, 1),
                                  ("max_connections", max_connections, 1)):
             if int(value) < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -49,6 +55,8 @@ class ModelServer:
             raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
         self.path = path
         self.model = ServedModel(path, backend, check_finite=check_finite)
+        if max_batch is None:
+            max_batch = 1 if self.model.predictor.backend.name in BATCHING_BACKENDS_OFF else DEFAULT_MAX_BATCH
         self.max_batch, self.batch_wait_ms = int(max_batch), float(batch_wait_ms)
         self.max_body_bytes = int(max_body_bytes)
         self.tracker = InFlight()

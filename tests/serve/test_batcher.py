@@ -121,18 +121,20 @@ def test_the_worker_waits_for_a_request_that_is_arriving():
     run = Recorder()
     run.gate.set()
     batcher = MicroBatcher(run, max_rows=8, max_wait_s=30.0)
+    first = []
     try:
-        with batcher.arriving() as arrival:  # a request whose body is still being read
-            threads, results = _submit_all(batcher, [np.ones((1, 2))])
-            while not run.calls and batcher.pending == 0:  # wait until the first is queued or taken
-                threading.Event().wait(0.001)
-            second = arrival.submit([np.zeros((2, 2))])
-        threads[0].join()
+        # two requests announced (bodies being read); whichever is queued first, the other is
+        # still arriving then, so the worker waits for it and runs both as one transform
+        with batcher.arriving() as a, batcher.arriving() as b:
+            thread = threading.Thread(target=lambda: first.append(a.submit([np.ones((1, 2))])))
+            thread.start()
+            second = b.submit([np.zeros((2, 2))])
+            thread.join()
     finally:
         batcher.close()
     assert run.calls == [3], "the arriving request should have joined the first one's batch"
     np.testing.assert_array_equal(second[0], np.zeros((2, 2)))
-    np.testing.assert_array_equal(results[0][0], np.full((1, 2), 2.0))
+    np.testing.assert_array_equal(first[0][0], np.full((1, 2), 2.0))
 
 
 def test_no_wait_when_nothing_is_arriving():

@@ -131,3 +131,10 @@ def test_memory_does_not_grow_with_requests(checkpoint, connect, max_batch):
 def test_bad_settings_are_refused(checkpoint, kwargs, words):
     with pytest.raises(ValueError, match=words):
         ModelServer(checkpoint[0], "numpy", port=0, **kwargs)
+
+
+def test_micro_batching_is_on_by_default_except_on_numpy(checkpoint, backend, connect):
+    with ModelServer(checkpoint[0], backend, port=0) as server:
+        batching = connect(server).health()["micro_batching"]
+    assert batching["on"] == (backend.name != "numpy")
+    assert batching["max_batch"] == (1 if backend.name == "numpy" else 32)
