@@ -104,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                             f"(default {DEFAULT_MAX_BATCH}, but off on the numpy backend, where it "
                             f"measured no faster)")
     serve.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
-                       help=f"longest a request waits for others to join its batch "
-                            f"(default {DEFAULT_BATCH_WAIT_MS:g})")
+                       help=f"longest a request waits for requests being received to join its batch "
+                            f"(default {DEFAULT_BATCH_WAIT_MS:g}: batches form from the requests that "
+                            f"queue while the previous one runs)")
     serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                        help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
     serve.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
