@@ -75,6 +75,8 @@ def vs_numpy_backend(groups: dict) -> list[tuple[str, str, float]]:
 
 def _bars(ax, rows, title, xlabel):
     """Horizontal bars on a log axis, one cluster per workload under its name in bold."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     ax.set_title(title, fontsize=10)
     if not rows:
         ax.text(0.5, 0.5, "no such benchmarks in this file", ha="center", va="center", transform=ax.transAxes)
@@ -98,6 +100,9 @@ def _bars(ax, rows, title, xlabel):
     ax.set_ylim(y - 0.5, -0.7)  # first workload at the top
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(xlabel)
     for p, v in zip(positions, values):
         ax.text(v, p, f" {v:.2f}x", va="center", fontsize=7)
