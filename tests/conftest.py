@@ -1,3 +1,5 @@
+import sys
+
 import numpy as np
 import pytest
 
@@ -52,3 +54,34 @@ def numpy_backend():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(name="assert_png")
+def assert_png_fixture():
+    """assert_png(path): a PNG of non-trivial size whose pixels are not one flat colour;
+    returns (width, height). Skips where the plot extra (matplotlib) is not installed."""
+    import struct
+
+    pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
+    from juicepy.plot import require_pyplot
+
+    def check(path, min_bytes=10_000):
+        data = path.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+        assert len(data) > min_bytes, f"{path} has only {len(data)} bytes"
+        width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+        pixels = require_pyplot("the test").imread(path)
+        assert pixels.shape[:2] == (height, width)
+        assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20, "a flat image"
+        return width, height
+
+    return check
+
+
+@pytest.fixture
+def no_matplotlib(monkeypatch):
+    """Imports of matplotlib fail, as where the plot extra is not installed."""
+    for name in list(sys.modules):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
