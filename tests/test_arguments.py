@@ -80,6 +80,8 @@ ENTRY_POINTS = [
      "str 'yes'"),
     (lambda: _net().context("numpy", 2.5), "Context: batch_size", "float 2.5"),
     (lambda: _net().context("numpy", -3), "Context: batch_size", "-3"),
+    (lambda: _net().context("numpy", 4, training="yes"), "Context: training", "str 'yes'"),
+    (lambda: jp.LearnableParams(np.zeros(3), trainable="no"), "LearnableParams: trainable", "str 'no'"),
     (lambda: _net().transform("numpy", np.zeros((2, 5), np.float32), check_finite="no"), "transform: check_finite",
      "'no'"),
     (lambda: _net().transform(3, np.zeros((2, 5), np.float32)), "backend", "int 3"),
