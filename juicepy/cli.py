@@ -206,7 +206,7 @@ def _resume_settings(args, meta: dict) -> tuple[int, str]:
     dataset = meta.get("dataset", args.dataset or "digits")
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ArgumentError(f"{where}: dataset must be one of {', '.join(DATASETS)}, got {describe(dataset)}")
-    model = meta.get("model", "?")
+    model = meta.get("model", args.model or "?")  # saved through the API: no name, the params decide
     if not isinstance(model, str):
         raise ArgumentError(f"{where}: model must be a model name, got {describe(model)}")
     if args.model is not None and args.model != model:

@@ -34,10 +34,13 @@ def inputs(tmp_path):
     return path
 
 
-def _with_metadata(src, dst, **changes):
+def _with_metadata(src, dst, drop=(), **changes):
+    """A copy of checkpoint src whose caller metadata has ``changes`` and lacks ``drop``."""
     tensors, meta = ckpt.read(src)
     extras = json.loads(meta["juicepy.metadata"])
     extras.update(changes)
+    for key in drop:
+        extras.pop(key)
     meta["juicepy.metadata"] = json.dumps(extras)
     meta["juicepy.sha256"] = ckpt._digest(tensors, meta)
     dst.write_bytes(save_tensors(tensors, metadata=meta))
@@ -158,6 +161,9 @@ def test_resume_of_another_architecture_fails_before_training(trained, tmp_path,
     _one_error_line(capsys, str(other), "input unit shape (1, 28, 28)", "digits", "(1, 8, 8)")
     assert main(["train", "--epochs", "3", "--resume", str(trained), "--dataset", "mnist", "--no-progress"]) == 1
     _one_error_line(capsys, str(trained), "'digits'", "--dataset mnist")
+    unnamed = _with_metadata(trained, tmp_path / "unnamed.safetensors", drop=["model"])  # as the API saves
+    assert main(["train", "--epochs", "3", "--resume", str(unnamed), "--model", "lenet", "--no-progress"]) == 1
+    _one_error_line(capsys, str(unnamed), "not those of the zoo's 'lenet'")
 
 
 def test_errors_from_a_real_process_are_one_line_and_status_1(trained, inputs, tmp_path):
