@@ -59,6 +59,8 @@ def _apply_backend_flags(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import MODELS
+    from .serve.server import (DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
+                               DEFAULT_MAX_CONNECTIONS)
 
     parser = argparse.ArgumentParser(
         prog="juicepy",
@@ -95,6 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from a checkpoint written by --save: its network, optimizer, "
                             "dataset and seed; --epochs is the total to reach")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    train.add_argument("--log", default=None, metavar="FILE",
+                       help="write per-epoch metrics (train/test loss and accuracy, samples/s) to FILE "
+                            "after every epoch: CSV for .csv, JSON lines for .jsonl")
+    train.add_argument("--plot", default=None, metavar="PNG",
+                       help="draw train/test loss and accuracy per epoch to this PNG after every epoch "
+                            "(needs matplotlib: pip install 'juicepy[plot]')")
     train.set_defaults(run=cmd_train)
 
     predict = commands.add_parser(
@@ -110,6 +118,39 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--check-finite", action="store_true",
                          help="refuse input rows holding NaN or Inf (default: run them and warn)")
     predict.set_defaults(run=cmd_predict)
+
+    serve = commands.add_parser(
+        "serve", help="serve a checkpoint over HTTP (predict, health, hot swaps)",
+        description="Serve a checkpoint over HTTP. POST /predict takes rows as JSON (nested lists or "
+                    "{\"inputs\": ...}) or an .npy body and answers in the same form; GET /health "
+                    "describes the served network; POST /swap {\"path\": ...} swaps in another "
+                    "checkpoint with the same input/output unit shapes (409 otherwise). Concurrent "
+                    "small requests are micro-batched. Stops cleanly on SIGINT/SIGTERM.")
+    _add_backend_flags(serve)
+    serve.add_argument("model", metavar="MODEL", help="checkpoint file (juicepy train --save, juicepy.save)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--watch", action="store_true",
+                       help="swap in MODEL whenever its file is replaced (juicepy train --save rewrites "
+                            "it atomically every epoch)")
+    serve.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
+                       help="seconds between looks at MODEL with --watch (default 1)")
+    serve.add_argument("--max-batch", type=int, default=None, metavar="N",
+                       help=f"most rows micro-batching joins into one transform; 1 turns it off "
+                            f"(default {DEFAULT_MAX_BATCH}, but off on the numpy backend, where it "
+                            f"measured no faster)")
+    serve.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
+                       help=f"longest a request waits for requests being received to join its batch "
+                            f"(default {DEFAULT_BATCH_WAIT_MS:g}: batches form from the requests that "
+                            f"queue while the previous one runs)")
+    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                       help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    serve.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                       help=f"open connections beyond this get 503 (default {DEFAULT_MAX_CONNECTIONS})")
+    serve.add_argument("--no-finite-check", action="store_true",
+                       help="accept inputs holding NaN or Inf (refused with 400 by default)")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+    serve.set_defaults(run=cmd_serve)
 
     prof = commands.add_parser(
         "profile", help="time every layer's forward and backward pass",
@@ -148,7 +189,8 @@ def cmd_train(args) -> int:
     from .layers import SoftmaxCrossEntropy
     from .models import build_model
     from .train import Trainer
-    from .train.loop import evaluate, fit_epoch
+    from .train.history import TrainingHistory
+    from .train.loop import evaluate, evaluate_loss, fit_epoch
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
@@ -173,6 +215,7 @@ def cmd_train(args) -> int:
         trainer = Trainer(network, SoftmaxCrossEntropy(),
                           make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
                           batch_size=args.batch_size)
+    history = TrainingHistory(args.log, args.plot, title=f"{model_name} on {args.dataset}, {backend.name}")
     print(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
           f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
     if args.resume:
@@ -183,6 +226,8 @@ def cmd_train(args) -> int:
         if args.no_progress:
             print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
                   f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
+        if history.wanted:
+            history.record(epoch + 1, stats, *evaluate_loss(network, trainer.loss, backend, test_set))
         if args.save:
             jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
                                                             "dataset": args.dataset, "model": model_name})
@@ -304,6 +349,30 @@ def cmd_profile(args) -> int:
     rows = profile(network, backend, args.batch_size, steps=args.steps, warmup=args.warmup, seed=args.seed)
     print(format_table(rows, title=f"{args.model} on {backend.name}, batch {args.batch_size}, "
                                    f"median of {args.steps} steps"))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    import logging
+
+    from .serve import ModelServer
+
+    _apply_backend_flags(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = ModelServer(args.model, args.backend, args.host, args.port, watch=args.watch,
+                             watch_interval_s=args.watch_interval, max_batch=args.max_batch,
+                             batch_wait_ms=args.batch_wait_ms, max_body_bytes=args.max_body_bytes,
+                             max_connections=args.max_connections, check_finite=not args.no_finite_check)
+    except OSError as err:  # the address is taken or not ours
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror or err})") from None
+    health = server.health()
+    print(f"serving {args.model} ({health['inputs'][0]['shape']} -> {health['outputs'][0]['shape']}, "
+          f"step {health['checkpoint']['step']}) on {server.url} with backend "
+          f"{health['backend']}{', watching it' if args.watch else ''}; Ctrl-C stops", flush=True)
+    server.serve_until_signal()
+    print("stopped", flush=True)
     return 0
 
 

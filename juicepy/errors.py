@@ -47,3 +47,7 @@ class CheckpointDefinitionError(CheckpointError, DefinitionError):
 class ArgumentError(JuicepyError, TypeError, ValueError):
     """A constructor or function argument of the wrong type or out of range (catch it as either
     a TypeError or a ValueError)."""
+
+
+class MissingExtraError(JuicepyError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the extra."""

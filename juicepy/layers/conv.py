@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from .. import init as initializers
 from .. import arguments
+from .. import init as initializers
+from ..backends.base import conv_output_size
 from ..errors import ArgumentError, ShapeError
 from ..net.params import LearnableParams
 from .base import Layer, bias_gradient
-
-
-def output_length(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """Output length along one axis (floor mode, as PyTorch)."""
-    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class Conv2d(Layer):
@@ -60,7 +56,7 @@ class Conv2d(Layer):
                 f"padding {self.padding}, dilation {self.dilation})")
 
     def output_hw(self, in_hw: tuple, path: str) -> tuple:
-        out = tuple(output_length(s, k, st, p, d) for s, k, st, p, d in
+        out = tuple(conv_output_size(s, k, st, p, d) for s, k, st, p, d in
                     zip(in_hw, self.kernel_size, self.stride, self.padding, self.dilation))
         if min(out) < 1:
             padded = tuple(s + 2 * p for s, p in zip(in_hw, self.padding))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import arguments
+from ..backends.base import conv_output_size
 from ..errors import ShapeError
 from .base import Layer
-from .. import arguments
-from .conv import output_length
 
 
 class _Pool2d(Layer):
@@ -26,7 +26,7 @@ class _Pool2d(Layer):
         name = type(self).__name__
         if len(unit_shape) != 3:
             raise ShapeError(f"{path}: {name} expects unit shape (channels, height, width), got {unit_shape}")
-        out_hw = tuple(output_length(s, k, st, p) for s, k, st, p in
+        out_hw = tuple(conv_output_size(s, k, st, p) for s, k, st, p in
                        zip(unit_shape[1:], self.kernel_size, self.stride, self.padding))
         if min(out_hw) < 1:
             padded = tuple(s + 2 * p for s, p in zip(unit_shape[1:], self.padding))

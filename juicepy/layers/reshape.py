@@ -40,11 +40,7 @@ class Reshape(Layer):
         dx, acc = ctx.input_grad_target()
         if dx is None:
             return
-        dy = backend.reshape(ctx.output_grad(), dx.shape)
-        if acc:
-            backend.add(dx, dy, dx)
-        else:
-            backend.copy(dy, dx)
+        backend.store(backend.reshape(ctx.output_grad(), dx.shape), dx, acc)
 
     def config(self):
         return {"shape": list(self.shape)}
