@@ -28,10 +28,10 @@ def _argument(convert, check):
     return parse
 
 
-def _count(minimum: int):
+def _count(minimum: int, maximum: int | None = None):
     from .arguments import integer
 
-    return _argument(int, lambda value: integer("", "", value, minimum))
+    return _argument(int, lambda value: integer("", "", value, minimum, maximum))
 
 
 def _real(low: float, low_open: bool = False):
@@ -129,23 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flags(serve)
     serve.add_argument("model", metavar="MODEL", help="checkpoint file (juicepy train --save, juicepy.save)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=_count(0, 65535), default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--watch", action="store_true",
                        help="swap in MODEL whenever its file is replaced (juicepy train --save rewrites "
                             "it atomically every epoch)")
-    serve.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
+    serve.add_argument("--watch-interval", type=_real(0.0, low_open=True), default=1.0, metavar="S",
                        help="seconds between looks at MODEL with --watch (default 1)")
-    serve.add_argument("--max-batch", type=int, default=None, metavar="N",
+    serve.add_argument("--max-batch", type=_count(1), default=None, metavar="N",
                        help=f"most rows micro-batching joins into one transform; 1 turns it off "
                             f"(default {DEFAULT_MAX_BATCH}, but off on the numpy backend, where it "
                             f"measured no faster)")
-    serve.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
+    serve.add_argument("--batch-wait-ms", type=_real(0.0), default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
                        help=f"longest a request waits for requests being received to join its batch "
                             f"(default {DEFAULT_BATCH_WAIT_MS:g}: batches form from the requests that "
                             f"queue while the previous one runs)")
-    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+    serve.add_argument("--max-body-bytes", type=_count(1), default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                        help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
-    serve.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+    serve.add_argument("--max-connections", type=_count(1), default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                        help=f"open connections beyond this get 503 (default {DEFAULT_MAX_CONNECTIONS})")
     serve.add_argument("--no-finite-check", action="store_true",
                        help="accept inputs holding NaN or Inf (refused with 400 by default)")
