@@ -194,8 +194,8 @@ def cmd_train(args) -> int:
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
-    if args.save and Path(args.save).is_dir():
-        raise ValueError(f"--save {args.save}: is a directory; name a checkpoint file in it")
+    for flag, path in (("--save", args.save), ("--log", args.log), ("--plot", args.plot)):
+        _check_output_path(flag, path)  # now, not after the first epoch
     first_epoch, model_name = 0, args.model or "mlp"
     if args.resume:
         checkpoint = jp.load(args.resume)
@@ -236,6 +236,17 @@ def cmd_train(args) -> int:
     if args.save:
         print(f"saved checkpoint to {args.save}")
     return 0
+
+
+def _check_output_path(flag: str, path) -> None:
+    """Refuse an output file that cannot be written: a directory, or in a folder that does not exist."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {path.parent} does not exist")
 
 
 def _resume_settings(args, meta: dict) -> tuple[int, str]:
@@ -297,8 +308,7 @@ def cmd_predict(args) -> int:
     output = None
     if args.output:
         output = Path(args.output if args.output.endswith(".npy") else args.output + ".npy")  # as np.save names it
-        if not output.parent.is_dir():
-            raise ValueError(f"--output {args.output}: folder {output.parent} does not exist")
+        _check_output_path("--output", output)
     network = jp.load(args.model).network
     try:
         x = np.load(args.input, allow_pickle=False)

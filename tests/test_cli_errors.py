@@ -86,9 +86,12 @@ def test_output_into_a_missing_folder_is_one_line(trained, inputs, tmp_path, cap
     assert not (tmp_path / "missing").exists()
 
 
-def test_save_onto_a_directory_fails_before_training(tmp_path, capsys):
-    assert main(TRAIN + ["--save", str(tmp_path)]) == 1
-    _one_error_line(capsys, "--save", str(tmp_path), "is a directory")
+@pytest.mark.parametrize("flag", ["--save", "--log", "--plot"])
+def test_train_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys, flag):
+    assert main(TRAIN + [flag, str(tmp_path)]) == 1
+    _one_error_line(capsys, flag, str(tmp_path), "is a directory")
+    assert main(TRAIN + [flag, str(tmp_path / "missing" / "out.x")]) == 1
+    _one_error_line(capsys, flag, str(tmp_path / "missing"), "does not exist")
     assert "epoch 1/1" not in capsys.readouterr().out
 
 
