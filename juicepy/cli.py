@@ -402,6 +402,9 @@ def main(argv=None) -> int:
         message = " ".join(str(err).split())  # one line, whatever the error's text holds
         print(f"juicepy: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints already written are complete (atomic saves)
+        print("juicepy: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -198,3 +198,14 @@ def test_errors_from_a_real_process_are_one_line_and_status_1(trained, inputs, t
     proc = subprocess.run([sys.executable, "-m", "juicepy", "predict", "--model", str(trained), "--input",
                            str(tmp_path / "nan.npy"), "--check-finite"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("juicepy: error: input: contains NaN or Inf")
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys, monkeypatch):
+    import juicepy.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_profile", interrupted)
+    assert main(["profile", "--steps", "1"]) == 130
+    assert capsys.readouterr().err == "juicepy: interrupted\n"
