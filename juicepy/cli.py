@@ -28,10 +28,10 @@ def _argument(convert, check):
     return parse
 
 
-def _count(minimum: int):
+def _count(minimum: int, maximum: int | None = None):
     from .arguments import integer
 
-    return _argument(int, lambda value: integer("", "", value, minimum))
+    return _argument(int, lambda value: integer("", "", value, minimum, maximum))
 
 
 def _real(low: float, low_open: bool = False):
@@ -129,23 +129,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flags(serve)
     serve.add_argument("model", metavar="MODEL", help="checkpoint file (juicepy train --save, juicepy.save)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=_count(0, 65535), default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--watch", action="store_true",
                        help="swap in MODEL whenever its file is replaced (juicepy train --save rewrites "
                             "it atomically every epoch)")
-    serve.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
+    serve.add_argument("--watch-interval", type=_real(0.0, low_open=True), default=1.0, metavar="S",
                        help="seconds between looks at MODEL with --watch (default 1)")
-    serve.add_argument("--max-batch", type=int, default=None, metavar="N",
+    serve.add_argument("--max-batch", type=_count(1), default=None, metavar="N",
                        help=f"most rows micro-batching joins into one transform; 1 turns it off "
                             f"(default {DEFAULT_MAX_BATCH}, but off on the numpy backend, where it "
                             f"measured no faster)")
-    serve.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
+    serve.add_argument("--batch-wait-ms", type=_real(0.0), default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
                        help=f"longest a request waits for requests being received to join its batch "
                             f"(default {DEFAULT_BATCH_WAIT_MS:g}: batches form from the requests that "
                             f"queue while the previous one runs)")
-    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+    serve.add_argument("--max-body-bytes", type=_count(1), default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                        help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
-    serve.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+    serve.add_argument("--max-connections", type=_count(1), default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                        help=f"open connections beyond this get 503 (default {DEFAULT_MAX_CONNECTIONS})")
     serve.add_argument("--no-finite-check", action="store_true",
                        help="accept inputs holding NaN or Inf (refused with 400 by default)")
@@ -194,8 +194,8 @@ def cmd_train(args) -> int:
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
-    if args.save and Path(args.save).is_dir():
-        raise ValueError(f"--save {args.save}: is a directory; name a checkpoint file in it")
+    for flag, path in (("--save", args.save), ("--log", args.log), ("--plot", args.plot)):
+        _check_output_path(flag, path)  # now, not after the first epoch
     first_epoch, model_name = 0, args.model or "mlp"
     if args.resume:
         checkpoint = jp.load(args.resume)
@@ -238,6 +238,17 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_output_path(flag: str, path) -> None:
+    """Refuse an output file that cannot be written: a directory, or in a folder that does not exist."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {path.parent} does not exist")
+
+
 def _resume_settings(args, meta: dict) -> tuple[int, str]:
     """(epochs done, model name) from a --resume checkpoint's metadata, checked field by field
     and against the flags given; sets args.dataset and args.seed."""
@@ -251,7 +262,7 @@ def _resume_settings(args, meta: dict) -> tuple[int, str]:
     dataset = meta.get("dataset", args.dataset or "digits")
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ArgumentError(f"{where}: dataset must be one of {', '.join(DATASETS)}, got {describe(dataset)}")
-    model = meta.get("model", "?")
+    model = meta.get("model", args.model or "?")  # saved through the API: no name, the params decide
     if not isinstance(model, str):
         raise ArgumentError(f"{where}: model must be a model name, got {describe(model)}")
     if args.model is not None and args.model != model:
@@ -297,8 +308,7 @@ def cmd_predict(args) -> int:
     output = None
     if args.output:
         output = Path(args.output if args.output.endswith(".npy") else args.output + ".npy")  # as np.save names it
-        if not output.parent.is_dir():
-            raise ValueError(f"--output {args.output}: folder {output.parent} does not exist")
+        _check_output_path("--output", output)
     network = jp.load(args.model).network
     try:
         x = np.load(args.input, allow_pickle=False)
@@ -392,6 +402,9 @@ def main(argv=None) -> int:
         message = " ".join(str(err).split())  # one line, whatever the error's text holds
         print(f"juicepy: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints already written are complete (atomic saves)
+        print("juicepy: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

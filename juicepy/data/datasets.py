@@ -48,6 +48,8 @@ class Dataset:
 
     def split(self, fraction: float, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """A seeded random split into (first, second) with ``fraction`` of the rows in first."""
+        fraction = arguments.number(f"{self.name}.split", "fraction", fraction, 0.0, 1.0)
+        seed = arguments.integer(f"{self.name}.split", "seed", seed)
         order = np.random.default_rng(seed).permutation(len(self))
         cut = int(round(len(self) * fraction))
         a, b = order[:cut], order[cut:]
@@ -62,6 +64,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dat
     """The UCI optical-recognition handwritten digits (as shipped by scikit-learn): 1,797
     8x8 images, 10 classes, embedded in the package. Returns (train, test), x in [0, 1]
     with shape (N, 1, 8, 8)."""
+    test_fraction = arguments.number("load_digits", "test_fraction", test_fraction, 0.0, 1.0)
     with np.load(_DIGITS) as data:
         images, labels = data["images"], data["labels"]
     x = (images.astype(np.float32) / 16.0)[:, None, :, :]

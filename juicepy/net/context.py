@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..arguments import integer
+from ..arguments import flag, integer
 from ..backends.base import Workspace
 from ..backends.rng import stream_key
 
@@ -173,6 +173,7 @@ class Context:
     def __init__(self, network, backend, batch_size: int, training: bool = False,
                  input_grads: bool = False):
         self.batch_size = integer("Context", "batch_size", batch_size, 1)
+        training, input_grads = flag("Context", "training", training), flag("Context", "input_grads", input_grads)
         # placing the params first refuses a dtype the backend does not compute in before
         # any buffer is made
         self.placement = network.param_groups(backend)
