@@ -34,3 +34,7 @@ class DefinitionError(JuicepyError, ValueError):
 
 class CheckpointError(JuicepyError, ValueError):
     """A checkpoint or weights file is truncated, corrupted or not a juicepy file."""
+
+
+class DistributedError(JuicepyError, RuntimeError):
+    """Another rank of a data-parallel job failed, or ranks disagree (a collective cannot go on)."""

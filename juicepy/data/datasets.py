@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..distributed.sharding import shard_order
+
 
 @dataclass
 class Dataset:
@@ -31,15 +33,18 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                drop_last: bool = True):
+                drop_last: bool = True, rank: int = 0, size: int = 1):
         """Yield (x, y) batches; the order depends only on (seed, epoch).
 
         ``drop_last`` keeps every batch at exactly ``batch_size`` rows, as a Trainer needs.
+        ``rank`` / ``size``: this rank's share of a data-parallel job (DistributedSampler
+        semantics, see :mod:`juicepy.distributed.sharding`): every rank yields the same number
+        of batches.
         """
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = len(self)
-        order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+        order = shard_order(len(self), rank, size, seed=seed, epoch=epoch, shuffle=shuffle)
+        n = len(order)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]

@@ -45,6 +45,8 @@ class NodeContext:
         self.ws = ctx.ws
         self.batch_size = ctx.batch_size
         self._seed = stream_key(ctx.network.seed, node.index)
+        if ctx.rank:  # each rank of a data-parallel job draws its own (reproducible) stream
+            self._seed = stream_key(self._seed, ctx.rank)
 
     # buffers of the junctions
     def input(self, i: int = 0):
@@ -118,15 +120,32 @@ class NodeContext:
         """(seed, counter) for counter-based random numbers: fixed per placement, new each pass."""
         return self._seed, self._ctx.step
 
+    # data-parallel jobs
+    @property
+    def ranks(self) -> int:
+        """How many replicas train together (1 without a communicator)."""
+        comm = self._ctx.communicator
+        return 1 if comm is None else comm.size
+
+    def allreduce(self, flat) -> None:
+        """Sum the 1-D buffer ``flat`` over the replicas, in place (a no-op for one replica)."""
+        comm = self._ctx.communicator
+        if comm is not None and comm.size > 1:
+            comm.allreduce(self._ctx.backend, flat)
+
 
 class Context:
     """Buffers for running ``network`` on ``backend`` with exactly ``batch_size`` rows."""
 
     def __init__(self, network, backend, batch_size: int, training: bool = False,
-                 input_grads: bool = False):
+                 input_grads: bool = False, communicator=None):
+        """``communicator``: the replicas of a data-parallel job (juicepy.distributed), for
+        layers that reduce over ranks (synchronised BatchNorm) and per-rank random streams."""
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.network = network
+        self.communicator = communicator
+        self.rank = 0 if communicator is None else communicator.rank
         self.backend = backend
         self.batch_size = int(batch_size)
         self.training = training

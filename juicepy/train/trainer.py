@@ -11,6 +11,7 @@ from ..backends import backend as get_backend
 from ..errors import NonFiniteError, WeightsError
 from ..net.context import Context
 from ..net.replay import GraphReplay, graphs_wanted
+from .data_parallel import DataParallel
 from .metrics import accuracy
 from .optimizer import Optimizer, OptimizerState
 
@@ -37,6 +38,7 @@ class TrainState:
     optimizer: OptimizerState
     replay: GraphReplay | None = None  # the recorded step, on backends that capture graphs
     warmed: bool = False  # one step ran op by op here (a restored state has step > 0 but is cold)
+    replicas_synced: bool = False  # rank 0's state went to every rank (data-parallel jobs)
 
 
 class Trainer:
@@ -52,10 +54,16 @@ class Trainer:
     For tools, :meth:`run_training` / :meth:`run_inference` take a data source and return
     (loss, score) per step; :meth:`state_dict` / :meth:`load_state_dict` carry the optimizer
     state, the step and the dropout counter through checkpoints (``juicepy.save``).
+
+    ``communicator`` (``juicepy.distributed.communicator()``): this trainer is one replica of a
+    data-parallel job. ``batch_size`` is then per rank; before the first step every rank takes
+    rank 0's weights and optimizer state; each step averages the gradients over ranks before
+    the same update runs on every rank, and returns the loss averaged over ranks. A batch refused
+    on one rank is refused on every rank. Graph replay is off in a job of more than one rank.
     """
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
-                 graphs: bool = True):
+                 graphs: bool = True, communicator=None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         loss.check_output(network.output_shape)
@@ -65,6 +73,7 @@ class Trainer:
         self.batch_size = int(batch_size)
         self.check_finite = check_finite
         self.graphs = graphs
+        self.communicator = communicator
         self._states: dict = {}
         self._eval_states: dict = {}
         self._pending_state: dict | None = None  # from load_state_dict, for the next new state
@@ -75,7 +84,7 @@ class Trainer:
         st = self._states.get(backend)
         if st is None:
             net, n = self.network, self.batch_size
-            ctx = Context(net, backend, n, training=True)
+            ctx = Context(net, backend, n, training=True, communicator=self.communicator)
             target_shape = (n,) + self.loss.target_shape(net.output_shape)
             st = TrainState(
                 context=ctx,
@@ -103,18 +112,24 @@ class Trainer:
         The outputs array belongs to the context and is overwritten by the next step.
         """
         backend = get_backend(backend)
-        xs, targets = self._checked_batch(backend, inputs, targets)
+        replicas = self._replicas
+        xs, targets = replicas.checked(lambda: self._checked_batch(backend, inputs, targets), "training step")
         st = self.state(backend)
         ctx = st.context
+        if not st.replicas_synced:
+            replicas.synchronize(backend, self.network, ctx, st.optimizer)
+            st.replicas_synced = True
         self._load_batch(backend, ctx, st.targets, xs, targets)
-        loss = self._replayed_step(backend, st) if graphs_wanted(self.graphs, backend) else None
+        replay = graphs_wanted(self.graphs, backend) and not replicas.active
+        loss = self._replayed_step(backend, st) if replay else None
         if loss is None:
             ctx.forward()
-            loss = self._loss_and_output_grad(backend, st)
+            loss = replicas.mean(self._loss_and_output_grad(backend, st))
             if self.check_finite and not math.isfinite(loss):
                 ctx.step -= 1  # the refused step does not advance the dropout stream either
                 self._refuse(loss, st)
             ctx.backward()
+            replicas.average_gradients(backend, ctx.segments)
             self.optimizer.step(backend, st.optimizer, ctx.segments)
             st.warmed = True
         for seg in ctx.segments:
@@ -123,9 +138,10 @@ class Trainer:
         return loss, ctx.output()
 
     def evaluate_minibatch(self, backend, inputs, targets):
-        """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs)."""
+        """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs).
+        In a data-parallel job the loss is the mean over ranks."""
         backend = get_backend(backend)
-        xs, targets = self._checked_batch(backend, inputs, targets)
+        xs, targets = self._replicas.checked(lambda: self._checked_batch(backend, inputs, targets), "evaluation")
         st = self._eval_states.get(backend)
         if st is None:
             net, n = self.network, self.batch_size
@@ -139,7 +155,11 @@ class Trainer:
         self._load_batch(backend, ctx, st.targets, xs, targets)
         ctx.forward()
         count = self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, st.dx)
-        return float(backend.to_host(st.loss_sum)[0]) / count, ctx.output()
+        return self._replicas.mean(float(backend.to_host(st.loss_sum)[0]) / count), ctx.output()
+
+    @property
+    def _replicas(self) -> DataParallel:
+        return DataParallel(self.communicator)
 
     def _checked_batch(self, backend, inputs, targets):
         """Validate a batch (raises before anything changes); returns (inputs list, targets)."""
@@ -195,7 +215,8 @@ class Trainer:
             raise ValueError(f"n_steps must be >= 0, got {n_steps}")
         epoch, made = 0, 0
         while made < n_steps:
-            source = data.batches(self.batch_size, epoch=epoch) if hasattr(data, "batches") else iter(data)
+            source = (data.batches(self.batch_size, epoch=epoch, **self._replicas.shard)
+                      if hasattr(data, "batches") else iter(data))
             before = made
             for batch in source:
                 if made == n_steps:
@@ -231,6 +252,7 @@ class Trainer:
         self._check_state(state)
         for backend, st in self._states.items():
             self._restore(backend, st, state)
+            st.replicas_synced = False
         self._pending_state = None if self._states else state
 
     def _check_state(self, state: dict) -> None:
