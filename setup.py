@@ -9,15 +9,15 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "juicepy.backends._cpu_kernels",
-            ["juicepy/backends/_cpu_kernels.c"],
+            "juicepy.backends.numpy._cpu_kernels",
+            ["juicepy/backends/numpy/_cpu_kernels.c"],
             # -fno-math-errno lets GCC vectorise sqrt; no -ffast-math, so IEEE results stay exact
             extra_compile_args=["-O3", "-fno-math-errno", "-std=c99"],
             optional=True,
         ),
         Extension(
-            "juicepy.backends._pool_kernels",
-            ["juicepy/backends/_pool_kernels.c"],
+            "juicepy.backends.numpy._pool_kernels",
+            ["juicepy/backends/numpy/_pool_kernels.c"],
             extra_compile_args=["-O3", "-std=c99"],
             optional=True,
         ),

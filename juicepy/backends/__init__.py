@@ -57,7 +57,7 @@ def backend(name: str | Backend | None = None) -> Backend:
 
 
 def _numpy() -> Backend:
-    from .numpy_backend import NumpyBackend
+    from .numpy import NumpyBackend
 
     return NumpyBackend()
 

@@ -13,6 +13,7 @@ Rules shared by every op:
 from __future__ import annotations
 
 import abc
+import math
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,28 @@ class Workspace:
 
     def clear(self) -> None:
         self._buffers.clear()
+
+
+def scratch(ws: Workspace | None, backend: "Backend", tag: str, shape, dtype, init=None) -> Any:
+    """The workspace buffer for (tag, shape, dtype); callers outside a context (tests, tools)
+    pass ``ws=None`` and get a fresh temporary. ``init(buf)`` fills a new buffer once."""
+    if ws is None:
+        buf = backend.empty(tuple(shape), dtype)
+        if init is not None:
+            init(buf)
+        return buf
+    return ws.get(backend, tag, shape, dtype, init)
+
+
+def host_all_finite(x: np.ndarray) -> bool:
+    """No NaN or Inf in x: min/max propagate NaN and expose +-Inf without a boolean array."""
+    return bool(x.size == 0 or (math.isfinite(np.max(x)) and math.isfinite(np.min(x))))
+
+
+def channels_inner(arr) -> tuple[int, int, int]:
+    """(batch, channels, inner) of an (N, C, *spatial) array: the view per-channel ops work on."""
+    inner = math.prod(arr.shape[2:]) if arr.ndim > 2 else 1
+    return arr.shape[0], arr.shape[1], inner
 
 
 class Backend(abc.ABC):

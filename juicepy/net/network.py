@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends.numpy_backend import host_all_finite
+from ..backends.base import host_all_finite
 from ..errors import DTypeError, NonFiniteError, ShapeError, WeightsError
 from .context import Context
 from .descriptor import GraphBuilder

@@ -2,7 +2,7 @@ import pytest
 
 import juicepy as jp
 from juicepy.backends import BackendUnavailable, register_backend
-from juicepy.backends.numpy_backend import NumpyBackend
+from juicepy.backends.numpy import NumpyBackend
 
 
 def test_numpy_is_default_and_shared():

@@ -6,7 +6,7 @@ import pytest
 
 import juicepy as jp
 from juicepy import layers as L
-from juicepy.backends import numpy_conv
+from juicepy.backends.numpy import spatial as numpy_spatial
 from juicepy.errors import ShapeError
 from juicepy.testing import check_layer, forward_backward
 from juicepy.train import Adam, Trainer
@@ -94,7 +94,7 @@ def _resolved_padding(padding, kernel, dilation):
 @pytest.mark.parametrize("config", GRID, ids=[str(i) for i in range(len(GRID))])
 def test_conv2d_matches_loop_reference(config, layout, monkeypatch):
     # the NumPy kernels pick a column layout by kernel depth: force each one on every config
-    monkeypatch.setattr(numpy_conv, "BATCH_INNER_MIN_DEPTH", 1 if layout == "batch-inner" else 10**9)
+    monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", 1 if layout == "batch-inner" else 10**9)
     n, c, h, w, o, k, s, p, d, g = config
     layer = L.Conv2d(o, k, stride=s, padding=p, dilation=d, groups=g)
     net = jp.Network(layer, (c, h, w), dtype=np.float64, seed=3)

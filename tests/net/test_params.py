@@ -1,6 +1,6 @@
 import numpy as np
 
-from juicepy.backends.numpy_backend import NumpyBackend
+from juicepy.backends.numpy import NumpyBackend
 from juicepy.net.params import LearnableParams
 
 

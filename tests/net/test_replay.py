@@ -15,7 +15,7 @@ import pytest
 import juicepy as jp
 from juicepy import layers as L
 from juicepy.backends.base import CaptureError
-from juicepy.backends.numpy_backend import NumpyBackend
+from juicepy.backends.numpy import NumpyBackend
 from juicepy.errors import NonFiniteError
 from juicepy.train import SGD, Adam, AdamW, Trainer
 

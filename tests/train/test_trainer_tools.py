@@ -93,7 +93,7 @@ def test_restored_state_steps_once_op_by_op_before_recording_a_graph(monkeypatch
     # CUDA's host side through the CPU stand-in for CuPy: a restored state already counts
     # steps, but its workspaces are cold, so its first step must not be captured
     from juicepy.backends.cuda.backend import CudaBackend
-    from juicepy.testing import cupy_standin
+    import cupy_standin
 
     x, y = _data()
     source = _trainer()

@@ -1,5 +1,5 @@
 /* Max pooling for the NumPy backend in one pass (NumPy needs about five per kernel offset to
- * keep the argmax). Optional: setup.py builds it where a C compiler exists; numpy_conv.py
+ * keep the argmax). Optional: setup.py builds it where a C compiler exists; spatial.py
  * falls back to its NumPy version otherwise or when JUICEPY_CPU_KERNELS=numpy.
  *
  * PyTorch's rules: each window scans its rows then columns inside the input (padding never

@@ -1,4 +1,4 @@
-"""The CUDA backend's host side, run against a CPU stand-in for CuPy (juicepy.testing.cupy_standin).
+"""The CUDA backend's host side, run against a CPU stand-in for CuPy (tests/cupy_standin.py).
 
 No kernel runs here: each launch is checked against the C signature of the kernel it names, so
 an argument of the wrong count or C type (which a GPU would silently misread) fails. GEMMs run
@@ -13,7 +13,7 @@ import juicepy as jp
 from juicepy import layers as L
 from juicepy.backends.base import CaptureError
 from juicepy.backends.cuda.backend import CudaBackend
-from juicepy.testing import cupy_standin
+import cupy_standin
 from juicepy.train import SGD, Adam, AdamW, Trainer
 
 
@@ -159,10 +159,10 @@ def test_release_empties_the_pools(standin):
 
 
 def test_cublas_gets_a_fixed_workspace_only_while_capturing(standin, monkeypatch, rng):
-    from juicepy.backends.cuda import backend as cuda_module
+    from juicepy.backends.cuda import capture as cuda_capture
 
     calls = []
-    monkeypatch.setattr(cuda_module, "_cublas_set_workspace", lambda: lambda *args: calls.append(args))
+    monkeypatch.setattr(cuda_capture, "cublas_set_workspace", lambda: lambda *args: calls.append(args))
     backend, _ = standin
     a, out = backend.from_host(rng.standard_normal((3, 3)).astype(np.float32)), backend.zeros((3, 3))
     backend.gemm(a, a, out)

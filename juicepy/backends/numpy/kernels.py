@@ -1,4 +1,4 @@
-"""The optional C extensions of the NumPy backend, built by setup.py where a C compiler exists."""
+"""The optional C extensions of the NumPy backend (_cpu_kernels.c, _pool_kernels.c beside this file), built by setup.py where a C compiler exists."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ ENV_VAR = "JUICEPY_CPU_KERNELS"
 
 
 def load(name: str):
-    """The extension module ``juicepy.backends.<name>``, or None where it was not built or
+    """The extension module ``juicepy.backends.numpy.<name>``, or None where it was not built or
     ``$JUICEPY_CPU_KERNELS=numpy`` asks for the pure-NumPy paths."""
     if os.environ.get(ENV_VAR, "c") == "numpy":
         return None

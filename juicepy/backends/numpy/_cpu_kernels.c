@@ -3,7 +3,7 @@
  * backend falls back to NumPy ufuncs otherwise. The GIL is released inside each kernel so the
  * backend can run lanes of one flat block on several threads.
  *
- * Formulas are torch.optim's, in the same form as numpy_backend.py's fallback:
+ * Formulas are torch.optim's, in the same form as backend.py's fallback:
  *   Adam:  m += (g - m)(1 - b1);  v = b2 v + (1 - b2) g^2;
  *          p -= step_size * m / (sqrt(v) + eps_scaled)
  *          with step_size = lr / bc1 * sqrt(bc2), eps_scaled = eps * sqrt(bc2)

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-import juicepy.backends.numpy_backend as nb
+import juicepy.backends.numpy.backend as nb
 from juicepy.backends import Workspace
 
 needs_kernels = pytest.mark.skipif(nb._cpu_kernels is None,
-                                   reason="juicepy.backends._cpu_kernels is not loaded (not built for lack of a C compiler, or JUICEPY_CPU_KERNELS=numpy)")
+                                   reason="juicepy.backends.numpy._cpu_kernels is not loaded (not built for lack of a C compiler, or JUICEPY_CPU_KERNELS=numpy)")
 
 ADAM = [dict(weight_decay=0.0, decoupled=False), dict(weight_decay=0.1, decoupled=False),
         dict(weight_decay=0.1, decoupled=True), dict(weight_decay=0.0, decoupled=False, amsgrad=True)]

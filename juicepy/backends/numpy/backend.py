@@ -3,79 +3,16 @@
 from __future__ import annotations
 
 import math
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import rng
-from . import cpu_extensions, numpy_conv
-from .base import Backend
-from .numpy_workspace import scratch as _scratch
+from .. import rng
+from ..base import Backend, host_all_finite
+from ..base import scratch as _scratch
+from . import kernels, spatial
+from .threads import CHUNK, chunked as _chunked, split as _split
 
-_cpu_kernels = cpu_extensions.load("_cpu_kernels")  # fused optimizers, ReLU backward
-
-
-# Optimizer updates run over the flat param block in chunks small enough that a dozen passes
-# stay in L2 cache, spread over threads: NumPy releases the GIL inside ufunc loops.
-CHUNK = 65536
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _threads() -> int:
-    return max(1, int(os.environ.get("JUICEPY_NUM_THREADS", 0)) or (os.cpu_count() or 1))
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=_threads(), thread_name_prefix="juicepy-numpy")
-        return _POOL
-
-
-def _chunked(size: int, work, *, min_parallel: int = 4 * CHUNK) -> None:
-    """Call work(lo, hi, lane) over [0, size) in CHUNK pieces; lanes run in parallel threads
-    and each lane owns its scratch, so lanes never share temporaries."""
-    lanes = min(_threads(), -(-size // CHUNK)) if size >= min_parallel else 1
-
-    def run_lane(lane):
-        for lo in range(lane * CHUNK, size, lanes * CHUNK):
-            work(lo, min(lo + CHUNK, size), lane)
-
-    if lanes == 1:
-        run_lane(0)
-        return
-    futures = [_pool().submit(run_lane, lane) for lane in range(1, lanes)]
-    run_lane(0)
-    for future in futures:
-        future.result()
-
-
-# Below this many elements a second lane loses: right after a step's GEMMs the other core is
-# still held by OpenBLAS's spinning threads (measured: Adam over 670K params 0.42 ms on one lane,
-# 0.50 ms on two, inside a training step; over 20M params 21 ms on one, 11 ms on two).
-SPLIT_MIN = 1 << 22
-
-
-def _split(size: int, work) -> None:
-    """Call work(lo, hi) on one contiguous part per thread (one-pass fused kernels)."""
-    lanes = min(_threads(), max(1, size // CHUNK)) if size >= SPLIT_MIN else 1
-    bounds = [size * k // lanes for k in range(lanes + 1)]
-    if lanes == 1:
-        work(0, size)
-        return
-    futures = [_pool().submit(work, bounds[k], bounds[k + 1]) for k in range(1, lanes)]
-    work(bounds[0], bounds[1])
-    for future in futures:
-        future.result()
-
-
-def host_all_finite(x: np.ndarray) -> bool:
-    """No NaN or Inf in x: min/max propagate NaN and expose +-Inf without a boolean array."""
-    return bool(x.size == 0 or (math.isfinite(np.max(x)) and math.isfinite(np.min(x))))
+_cpu_kernels = kernels.load("_cpu_kernels")  # fused optimizers, ReLU backward
 
 
 def _fill_arange(buf) -> None:
@@ -434,45 +371,45 @@ class NumpyBackend(Backend):
         _chunked(p_all.size, work)
 
     # ------------------------------------------------------------ convolution
-    # The kernels live in numpy_conv; these methods only pass the workspace through.
+    # The kernels live in spatial.py; these methods only pass the workspace through.
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
-        numpy_conv.conv2d(self, x, w, out, stride, padding, dilation, groups, ws)
+        spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws)
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
-        numpy_conv.conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
+        spatial.conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
-        numpy_conv.conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
+        spatial.conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
 
     # ---------------------------------------------------------------- pooling
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
-        numpy_conv.max_pool2d(self, x, out, argmax, kernel, stride, padding, ws)
+        spatial.max_pool2d(self, x, out, argmax, kernel, stride, padding, ws)
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
-        numpy_conv.max_pool2d_backward(self, dy, argmax, dx, accumulate, ws)
+        spatial.max_pool2d_backward(self, dy, argmax, dx, accumulate, ws)
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
-        numpy_conv.avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad, ws)
+        spatial.avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad, ws)
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
-        numpy_conv.avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad,
+        spatial.avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad,
                                        accumulate, ws)
 
     # ------------------------------------------------------------ batch norm
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None):
-        numpy_conv.batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean,
+        spatial.batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean,
                                     running_var, momentum, eps, ws)
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
-        numpy_conv.batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws)
+        spatial.batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None):
-        numpy_conv.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+        spatial.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                                        accumulate_dx, accumulate_params, ws)
 
     # ---------------------------------------------------------- composition

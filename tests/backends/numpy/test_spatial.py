@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import juicepy as jp
-from juicepy.backends import numpy_conv
+from juicepy.backends.numpy import spatial as numpy_spatial
+from juicepy.backends.numpy import threads as numpy_threads
 from juicepy.backends.base import Workspace
 
 
@@ -38,8 +39,8 @@ def test_depthwise_batch_split_over_threads_matches_one_lane(b, monkeypatch):
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "1")
     single = _conv_all(b, x, w, geometry, Workspace())
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "3")
-    monkeypatch.setattr(numpy_conv, "MIN_LANE_WORK", 1)
-    assert numpy_conv._run_lanes(7, 1, lambda lo, hi, k: None) == 3
+    monkeypatch.setattr(numpy_threads, "MIN_LANE_WORK", 1)
+    assert numpy_threads.run_lanes(7, 1, lambda lo, hi, k: None) == 3
     split = _conv_all(b, x, w, geometry, Workspace())
     for a, c in zip(single, split):
         np.testing.assert_allclose(a, c, rtol=1e-12, atol=1e-12)
@@ -48,7 +49,7 @@ def test_depthwise_batch_split_over_threads_matches_one_lane(b, monkeypatch):
 def test_small_batches_stay_on_one_thread(b, monkeypatch):
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "4")
     lanes = []
-    assert numpy_conv._run_lanes(2, 10, lambda lo, hi, k: lanes.append((lo, hi, k))) == 1
+    assert numpy_threads.run_lanes(2, 10, lambda lo, hi, k: lanes.append((lo, hi, k))) == 1
     assert lanes == [(0, 2, 0)]
 
 
@@ -87,7 +88,7 @@ def test_batch_norm_backward_without_input_gradient_and_accumulating_params(b):
 
 @pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
 def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, depth_limit):
-    monkeypatch.setattr(numpy_conv, "BATCH_INNER_MIN_DEPTH", depth_limit)
+    monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", depth_limit)
     """The forward's columns are reused only while the input still equals the copy kept with them."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 2, 6, 6))
@@ -105,13 +106,13 @@ def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, d
 
 @pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
 def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch, depth_limit):
-    monkeypatch.setattr(numpy_conv, "BATCH_INNER_MIN_DEPTH", depth_limit)
+    monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", depth_limit)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 2, 7, 6))
     w = rng.standard_normal((4, 2, 3, 2))
     geometry = ((2, 1), (1, 0), (1, 2), 1)
     kept = _conv_all(b, x, w, geometry, Workspace())
-    monkeypatch.setattr(numpy_conv, "SAVED_COLUMNS_LIMIT", 0)
+    monkeypatch.setattr(numpy_spatial, "SAVED_COLUMNS_LIMIT", 0)
     recomputed = _conv_all(b, x, w, geometry, Workspace())
     for a, c in zip(kept, recomputed):
         np.testing.assert_array_equal(a, c)

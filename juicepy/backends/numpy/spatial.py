@@ -21,10 +21,11 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import cpu_extensions
-from .numpy_workspace import scratch
+from ..base import scratch
+from . import kernels
+from .threads import run_lanes as _run_lanes
 
-_pool_kernels = cpu_extensions.load("_pool_kernels")  # one-pass max pooling
+_pool_kernels = kernels.load("_pool_kernels")  # one-pass max pooling
 
 
 def _view(arr, shape):
@@ -244,29 +245,6 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
 # ------------------------------------------------------ depthwise convolution
 # One input channel and one output channel per group: a GEMM would have an inner dimension of 1,
 # so these loop over the kernel offsets and scale whole (N, C, Ho, Wo) windows instead.
-#: window elements per thread below which splitting a batch costs more than it saves
-MIN_LANE_WORK = 1 << 17
-
-
-def _run_lanes(n: int, work_per_row: int, work) -> int:
-    """work(lo, hi, lane) over batch rows [0, n), split into lanes that run in parallel threads
-    when the batch is big enough (NumPy releases the GIL); returns the lane count. Only the
-    depthwise kernels split: with BLAS in the loop, its own threads and these oversubscribe
-    the cores (slower in A/B timings)."""
-    from .numpy_backend import _pool, _threads  # lazily: numpy_backend imports this module
-
-    lanes = min(_threads(), n, max(1, n * work_per_row // MIN_LANE_WORK))
-    if lanes == 1:
-        work(0, n, 0)
-        return 1
-    bounds = [n * k // lanes for k in range(lanes + 1)]
-    futures = [_pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
-    work(bounds[0], bounds[1], 0)
-    for future in futures:
-        future.result()
-    return lanes
-
-
 def _is_depthwise(x, w, groups):
     return groups > 1 and groups == x.shape[1] == w.shape[0] and w.shape[1] == 1
 

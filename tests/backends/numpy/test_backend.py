@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from juicepy.backends import Workspace
-from juicepy.backends.numpy_backend import NumpyBackend
+from juicepy.backends.numpy import NumpyBackend
 from juicepy.backends.rng import _hash32_scalar, hash32_inplace, keep_threshold, stream_key, uniform_hash
 
 

@@ -1,0 +1,149 @@
+"""Convolution (im2col + cuBLAS GEMM), pooling and batch norm of the CUDA backend, as a mixin
+of :class:`~juicepy.backends.cuda.backend.CudaBackend`."""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from ..base import channels_inner
+from .device import NULL
+
+
+class SpatialOps:
+    """The spatial ops. They rely on this plumbing of the backend class they are mixed into:"""
+
+    @abc.abstractmethod
+    def _launch(self, dtype, name, threads, args, block=None, grid=None):
+        """Run kernel ``name`` of dtype's module over ``threads`` elements or ``grid`` blocks."""
+
+    @abc.abstractmethod
+    def _scratch(self, ws, tag, shape, dtype):
+        """A workspace temporary (fresh where ``ws`` is None)."""
+
+    @abc.abstractmethod
+    def _real(self, dtype, value):
+        """``value`` as the kernel's real scalar type for ``dtype``."""
+
+    @abc.abstractmethod
+    def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
+        """cuBLAS GEMM (Backend.gemm)."""
+
+    # ------------------------------------------------------------ convolution
+    def _conv_geometry(self, x_shape, w_shape, out_hw, stride, padding, dilation):
+        n, c, h, w = x_shape
+        _, _, kh, kw = w_shape
+        return tuple(np.int32(v) for v in (n, c, h, w, out_hw[0], out_hw[1], kh, kw, stride[0], stride[1],
+                                           padding[0], padding[1], dilation[0], dilation[1]))
+
+    def _im2col(self, x, kernel_hw, out_hw, stride, padding, dilation, ws, tag):
+        n, c = x.shape[:2]
+        rows, cols = c * kernel_hw[0] * kernel_hw[1], n * out_hw[0] * out_hw[1]
+        col = self._scratch(ws, tag, (rows, cols), x.dtype)
+        geom = self._conv_geometry(x.shape, (0, 0) + tuple(kernel_hw), out_hw, stride, padding, dilation)
+        self._launch(x.dtype, "im2col", col.size, (x, col) + geom)
+        return col
+
+    def _to_channel_major(self, y, ws, tag):
+        """(N, C, *spatial) -> scratch (C, N * prod(spatial))."""
+        n, c, inner = channels_inner(y)
+        dst = self._scratch(ws, tag, (c, n * inner), y.dtype)
+        self._launch(y.dtype, "batch_to_channel_major", y.size, (y, dst, np.int64(n), np.int64(c), np.int64(inner)))
+        return dst
+
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+        o, cg, kh, kw = w.shape
+        out_hw = out.shape[2:]
+        col = self._im2col(x, (kh, kw), out_hw, stride, padding, dilation, ws, "conv_col")
+        n, _, inner = channels_inner(out)
+        result = self._scratch(ws, "conv_result", (o, n * inner), out.dtype)
+        w2 = w.reshape(o, cg * kh * kw)
+        og, kg = o // groups, cg * kh * kw
+        for g in range(groups):
+            self.gemm(w2[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg], result[g * og:(g + 1) * og])
+        self._launch(out.dtype, "channel_to_batch_major", out.size,
+                     (result, out, np.int64(n), np.int64(o), np.int64(inner), np.int32(0)))
+
+    def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
+                             accumulate=False, ws=None):
+        o, cg, kh, kw = w.shape
+        out_hw = dy.shape[2:]
+        dy_cm = self._to_channel_major(dy, ws, "conv_dy")
+        og, kg = o // groups, cg * kh * kw
+        dcol = self._scratch(ws, "conv_col", (dx.shape[1] * kh * kw, dy_cm.shape[1]), dx.dtype)
+        w2 = w.reshape(o, kg)
+        for g in range(groups):
+            self.gemm(w2[g * og:(g + 1) * og], dy_cm[g * og:(g + 1) * og], dcol[g * kg:(g + 1) * kg], trans_a=True)
+        geom = self._conv_geometry(dx.shape, w.shape, out_hw, stride, padding, dilation)
+        self._launch(dx.dtype, "col2im", dx.size, (dcol, dx) + geom + (np.int32(accumulate),))
+
+    def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
+                               accumulate=False, ws=None):
+        o, cg, kh, kw = dw.shape
+        col = self._im2col(x, (kh, kw), dy.shape[2:], stride, padding, dilation, ws, "conv_col")
+        dy_cm = self._to_channel_major(dy, ws, "conv_dy")
+        og, kg = o // groups, cg * kh * kw
+        dw2 = dw.reshape(o, kg)
+        for g in range(groups):
+            self.gemm(dy_cm[g * og:(g + 1) * og], col[g * kg:(g + 1) * kg], dw2[g * og:(g + 1) * og],
+                      trans_b=True, beta=1.0 if accumulate else 0.0)
+
+    # ---------------------------------------------------------------- pooling
+    @staticmethod
+    def _pool_geometry(x_shape, out_hw, kernel, stride, padding):
+        n, c, h, w = x_shape
+        return tuple(np.int32(v) for v in (n * c, h, w, out_hw[0], out_hw[1], kernel[0], kernel[1],
+                                           stride[0], stride[1], padding[0], padding[1]))
+
+    def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
+        if argmax.dtype != np.int32 or argmax.shape != out.shape:
+            raise ValueError(f"cuda backend max_pool2d: argmax must be int32 of shape {out.shape}, "
+                             f"got {argmax.dtype} {argmax.shape}")
+        geom = self._pool_geometry(x.shape, out.shape[2:], kernel, stride, padding)
+        self._launch(x.dtype, "max_pool_forward", out.size, (x, out, argmax) + geom)
+
+    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+        planes = dx.shape[0] * dx.shape[1]
+        in_plane = dx.shape[2] * dx.shape[3]
+        out_plane = dy.shape[2] * dy.shape[3]
+        self._launch(dx.dtype, "max_pool_backward", planes,
+                     (dy, argmax, dx, np.int64(planes), np.int64(in_plane), np.int64(out_plane),
+                      np.int32(accumulate)), block=64)
+
+    def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
+        geom = self._pool_geometry(x.shape, out.shape[2:], kernel, stride, padding)
+        self._launch(x.dtype, "avg_pool_forward", out.size, (x, out) + geom + (np.int32(count_include_pad),))
+
+    def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
+                            accumulate=False, ws=None):
+        geom = self._pool_geometry(dx.shape, dy.shape[2:], kernel, stride, padding)
+        self._launch(dx.dtype, "avg_pool_backward", dx.size,
+                     (dy, dx) + geom + (np.int32(count_include_pad), np.int32(accumulate)))
+
+    # ------------------------------------------------------------ batch norm
+    def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
+                         momentum, eps, ws=None):
+        n, c, inner = channels_inner(x)
+        count = n * inner
+        r = lambda v: self._real(x.dtype, v)  # noqa: E731
+        self._launch(x.dtype, "batch_norm_train", 0,
+                     (x, gamma, beta, out, mean, invstd,
+                      NULL if running_mean is None else running_mean,
+                      NULL if running_var is None else running_var,
+                      np.int64(n), np.int64(c), np.int64(inner), r(momentum), r(1.0 - momentum),
+                      r(momentum * count / max(count - 1, 1)), r(eps)), grid=c)
+
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+        n, c, inner = channels_inner(x)
+        self._launch(x.dtype, "batch_norm_infer", x.size,
+                     (x, gamma, beta, running_mean, running_var, self._real(x.dtype, eps), out,
+                      np.int64(x.size), np.int64(c), np.int64(inner)))
+
+    def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
+                            accumulate_dx=False, accumulate_params=False, ws=None):
+        n, c, inner = channels_inner(x)
+        opt = lambda a: NULL if a is None else a  # noqa: E731
+        self._launch(x.dtype, "batch_norm_backward", 0,
+                     (x, dy, gamma, mean, invstd, opt(dx), opt(dgamma), opt(dbeta), np.int64(n), np.int64(c),
+                      np.int64(inner), np.int32(accumulate_dx), np.int32(accumulate_params)), grid=c)
