@@ -143,7 +143,10 @@ def launch_workers(args, argv: list) -> int:
         elif not arg.startswith("--workers="):
             rest.append(arg)
     command = [mpiexec_path(), "-n", str(args.workers), sys.executable, "-m", "mpi4py", "-m", "juicepy"] + rest
-    return subprocess.call(command)
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # the ranks share this machine's cores: no oversubscribed BLAS
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    return subprocess.call(command, env=env)
 
 
 def _job_communicator(args):
@@ -219,9 +222,8 @@ def train_job(args, comm) -> int:
             say(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
                 f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
         if args.save and lead:
-            jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
-                                                            "dataset": args.dataset, "model": model_name,
-                                                            "ranks": comm.size})
+            meta = {"epoch": epoch + 1, "seed": args.seed, "dataset": args.dataset, "model": model_name}
+            jp.save(args.save, network, trainer, metadata=meta | ({"ranks": comm.size} if comm.size > 1 else {}))
     test_accuracy = evaluate(network, backend, test_set, comm)
     say(f"test accuracy: {test_accuracy:.4f}")
     if args.save:
