@@ -412,6 +412,24 @@ class NumpyBackend(Backend):
         spatial.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                                        accumulate_dx, accumulate_params, ws)
 
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        spatial.batch_norm_sums(self, x, shift, sums, ws)
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        spatial.batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum,
+                                 eps, ws)
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        spatial.batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws)
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        spatial.batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws)
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        spatial.batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws)
+
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
         region = dst[:, offset:offset + src.shape[1]]

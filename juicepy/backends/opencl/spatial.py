@@ -145,10 +145,14 @@ class SpatialOps:
 
     def _bn_shape(self, x, op, *per_channel):
         n, c, s = self._channels(x)
+        self._check_channels(op, c, *per_channel)
+        return n, c, s
+
+    @staticmethod
+    def _check_channels(op, c, *per_channel):
         for a in per_channel:
             if a is not None and a.size != c:
                 raise ValueError(f"opencl {op}: per-channel array of {a.size} for {c} channels")
-        return n, c, s
 
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None):
@@ -175,16 +179,58 @@ class SpatialOps:
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None):
-        n, c, s = self._bn_shape(x, "batch_norm_backward", gamma, mean, invstd, dgamma, dbeta)
-        self._check_same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        n, c, s = self._bn_shape(x, "batch_norm_backward", gamma)
         sums = self._scratch(ws, "bn_sums", (2 * c,))
+        self.batch_norm_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws)
+        if dx is not None:
+            self.batch_norm_backward_data(x, dy, gamma, mean, invstd, sums, n * s, dx, accumulate_dx, ws)
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        n, c, s = self._bn_shape(x, "batch_norm_backward_reduce", mean, invstd, dgamma, dbeta)
+        self._check_same("batch_norm_backward_reduce", x, dy)
+        self._check_sums("batch_norm_backward_reduce", sums, c)
         dg, db = self._optional(dgamma), self._optional(dbeta)
         self._kernel("norm.cl", "bn_bwd_reduce")(
             self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
             *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
             int(accumulate_params))
-        if dx is not None:
-            g = self._optional(gamma)
-            self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, n * s, *self._ref(x), *self._ref(dy),
-                              *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
-                              *self._ref(dx), int(accumulate_dx))
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        n, c, s = self._bn_shape(x, "batch_norm_backward_data", gamma, mean, invstd)
+        self._check_same("batch_norm_backward_data", x, dy, dx)
+        self._check_sums("batch_norm_backward_data", sums, c)
+        g = self._optional(gamma)
+        self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, int(count), *self._ref(x), *self._ref(dy),
+                          *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
+                          *self._ref(dx), int(accumulate))
+
+    @staticmethod
+    def _check_sums(op, sums, channels):
+        if sums.size != 2 * channels:
+            raise ValueError(f"opencl {op}: sums must hold 2 x {channels} channels, got {sums.size} elements")
+
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        n, c, s = self._bn_shape(x, "batch_norm_sums", shift)
+        self._check_sums("batch_norm_sums", sums, c)
+        self._kernel("norm.cl", "bn_sums")(self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x),
+                                          *self._ref(shift), *self._ref(sums))
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        c = mean.size
+        self._check_channels("batch_norm_stats", c, shift, invstd, running_mean, running_var)
+        self._check_sums("batch_norm_stats", sums, c)
+        has_running = running_mean is not None and running_var is not None
+        rm = self._ref(running_mean) if has_running else (self._flag.base_data, 0)
+        rv = self._ref(running_var) if has_running else (self._flag.base_data, 0)
+        self._kernel("norm.cl", "bn_stats_from_sums")(
+            self.queue, (round_up(c, 64),), (64,), c, float(count), *self._ref(sums), *self._ref(shift),
+            *self._ref(mean), *self._ref(invstd), *rm, *rv, int(has_running), float(momentum), float(eps))
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        _, c, s = self._bn_shape(x, "batch_norm_apply", gamma, beta, mean, invstd)
+        self._check_same("batch_norm_apply", x, out)
+        g, b = self._optional(gamma), self._optional(beta)
+        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
+                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
