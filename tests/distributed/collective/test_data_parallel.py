@@ -25,7 +25,12 @@ def mlp(seed=0, dropout=0.0):
     return jp.Network(L.Sequential(*parts), input_shape=(2, 3, 3), seed=seed)
 
 
-NETS = {"mlp": mlp}
+def conv_bn(seed=0):
+    return jp.Network(L.Sequential(L.Conv2d(4, 3, padding=1, bias=False), L.BatchNorm2d(sync=True), L.ReLU(),
+                                   L.Flatten(), L.Linear(3)), input_shape=(2, 3, 3), seed=seed)
+
+
+NETS = {"mlp": mlp, "conv-bn-sync": conv_bn}
 
 
 def global_batch(step, rows):
@@ -72,7 +77,28 @@ def test_ranks_with_batch_b_match_one_process_with_the_global_batch(comm, on_eve
             ref_loss, _ = ref.train_minibatch(numpy_backend, x, y)
             assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (step, loss, ref_loss)
             assert replicas_identical(comm, dist.network), f"replicas differ after step {step + 1}"
-        assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
+        got, want = dist.network.get_weights(), ref.network.get_weights()
+        assert_close_weights(got, want)
+        if net == "conv-bn-sync":  # running statistics of the global batch, equal on every rank
+            assert int(got["1.num_batches_tracked"]) == 10
+            assert rel_err(got["1.running_var"], want["1.running_var"]) < 1e-5
+    on_every_rank(body)
+
+
+def test_per_rank_batch_norm_differs_from_synchronised(comm, on_every_rank, numpy_backend):
+    """Without sync each rank normalises with its own statistics: the replicas' running
+    statistics then differ (the documented default)."""
+    if comm.size == 1:
+        pytest.skip("needs two ranks (run by tests/distributed/test_launch.py)")
+
+    def body():
+        local = jp.Network(L.Sequential(L.Conv2d(4, 3, padding=1, bias=False), L.BatchNorm2d(), L.ReLU(),
+                                        L.Flatten(), L.Linear(3)), input_shape=(2, 3, 3))
+        trainer = Trainer(local, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=comm)
+        x, y = global_batch(0, comm.size * B)
+        trainer.train_minibatch(numpy_backend, own_rows(comm, x), own_rows(comm, y))
+        means = comm.allgather_object(local.get_weights()["1.running_mean"])
+        assert not np.array_equal(means[0], means[1])
     on_every_rank(body)
 
 
