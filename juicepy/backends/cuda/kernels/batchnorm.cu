@@ -81,4 +81,89 @@ __global__ void batch_norm_backward(const real* x, const real* dy, const real* g
     }
 }
 
+// Synchronised batch norm: per-channel sums that the caller adds up over ranks between kernels.
+// sums[c] = sum(x - shift[c]), sums[C + c] = sum((x - shift[c])^2); one block per channel.
+__global__ void batch_norm_sums(const real* x, const real* shift, real* sums, i64 batch, i64 channels,
+                                i64 inner) {
+    __shared__ real scratch[32];
+    const i64 c = blockIdx.x, count = batch * inner;
+    const real mu = shift[c];
+    real s = 0, q = 0;
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
+        const real d = x[bn_index(k, c, channels, inner)] - mu;
+        s += d;
+        q += d * d;
+    }
+    s = block_sum(s, scratch);
+    q = block_sum(q, scratch);
+    if (threadIdx.x == 0) {
+        sums[c] = s;
+        sums[channels + c] = q;
+    }
+}
+
+// mean = shift + sums[c] / count, biased var = sums[C + c] / count - (sums[c] / count)^2 (>= 0);
+// shift may be mean or running_mean itself: each thread reads its channel's shift first.
+// running_mean may be null (no running statistics).
+__global__ void batch_norm_stats(const real* sums, const real* shift, real* mean, real* invstd,
+                                 real* running_mean, real* running_var, i64 channels, real count,
+                                 real momentum, real one_minus_momentum, real unbiased_momentum, real eps) {
+    GRID_STRIDE(c, channels) {
+        const real d = sums[c] / count;
+        real var = sums[channels + c] / count - d * d;
+        if (var < (real)0) var = 0;
+        const real mu = shift[c] + d;
+        mean[c] = mu;
+        invstd[c] = (real)1 / sqrt(var + eps);
+        if (running_mean != nullptr) {
+            running_mean[c] = running_mean[c] * one_minus_momentum + mu * momentum;
+            running_var[c] = running_var[c] * one_minus_momentum + var * unbiased_momentum;
+        }
+    }
+}
+
+__global__ void batch_norm_apply(const real* x, const real* gamma, const real* beta, const real* mean,
+                                 const real* invstd, real* out, i64 n, i64 channels, i64 inner) {
+    GRID_STRIDE(i, n) {
+        const i64 c = (i / inner) % channels;
+        out[i] = (x[i] - mean[c]) * (gamma[c] * invstd[c]) + beta[c];
+    }
+}
+
+// sums[c] = sum(dy), sums[C + c] = sum(dy * xhat); dbeta / dgamma (may be null) (+)= them
+__global__ void batch_norm_backward_reduce(const real* x, const real* dy, const real* mean, const real* invstd,
+                                           real* sums, real* dgamma, real* dbeta, i64 batch, i64 channels,
+                                           i64 inner, int acc_params) {
+    __shared__ real scratch[32];
+    const i64 c = blockIdx.x, count = batch * inner;
+    const real mu = mean[c], inv = invstd[c];
+    real s_dy = 0, s_dy_xhat = 0;
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
+        const i64 j = bn_index(k, c, channels, inner);
+        s_dy += dy[j];
+        s_dy_xhat += dy[j] * ((x[j] - mu) * inv);
+    }
+    s_dy = block_sum(s_dy, scratch);
+    s_dy_xhat = block_sum(s_dy_xhat, scratch);
+    if (threadIdx.x == 0) {
+        sums[c] = s_dy;
+        sums[channels + c] = s_dy_xhat;
+        if (dbeta != nullptr) dbeta[c] = acc_params ? dbeta[c] + s_dy : s_dy;
+        if (dgamma != nullptr) dgamma[c] = acc_params ? dgamma[c] + s_dy_xhat : s_dy_xhat;
+    }
+}
+
+// dx (+)= gamma * invstd / M * (M * dy - sums[c] - xhat * sums[C + c]), M = count over every rank
+__global__ void batch_norm_backward_data(const real* x, const real* dy, const real* gamma, const real* mean,
+                                         const real* invstd, const real* sums, real* dx, i64 n, i64 channels,
+                                         i64 inner, real count, int acc_dx) {
+    GRID_STRIDE(i, n) {
+        const i64 c = (i / inner) % channels;
+        const real inv = invstd[c];
+        const real xhat = (x[i] - mean[c]) * inv;
+        const real v = (dy[i] * count - (xhat * sums[channels + c] + sums[c])) * (gamma[c] * inv / count);
+        dx[i] = acc_dx ? dx[i] + v : v;
+    }
+}
+
 }  // extern "C"
