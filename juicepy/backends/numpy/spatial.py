@@ -493,18 +493,7 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
     np.multiply(centered, centered, out=squares)
     var = scratch(ws, backend, "bn_var", channels, x.dtype)
     np.mean(squares, axis=axes, out=var)  # biased: what normalising uses
-    if running_mean is not None:
-        step = scratch(ws, backend, "bn_step", channels, x.dtype)
-        np.multiply(mean, momentum, out=step)
-        running_mean *= 1.0 - momentum
-        running_mean += step
-        # running_var tracks the unbiased estimate, as PyTorch
-        np.multiply(var, momentum * count / max(count - 1, 1), out=step)
-        running_var *= 1.0 - momentum
-        running_var += step
-    np.add(var, eps, out=invstd)
-    np.sqrt(invstd, out=invstd)
-    np.reciprocal(invstd, out=invstd)
+    _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
     scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
     np.multiply(gamma, invstd, out=scale)
     np.multiply(centered, _view(scale, shape), out=out)
@@ -593,18 +582,25 @@ def batch_norm_stats(backend, sums, count, shift, mean, invstd, running_mean, ru
     np.divide(sums[:c], count, out=offset)
     var = scratch(ws, backend, "bn_var", (c,), mean.dtype)
     np.divide(sums[c:], count, out=var)
-    square = scratch(ws, backend, "bn_step", (c,), mean.dtype)
+    square = scratch(ws, backend, "bn_square", (c,), mean.dtype)
     np.multiply(offset, offset, out=square)
     var -= square
     np.maximum(var, 0.0, out=var)
     np.add(shift, offset, out=mean)  # before the running mean (which may be the shift) moves
+    _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
+
+
+def _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws):
+    """Running statistics torch-style (running_var tracks the unbiased variance), and
+    invstd = 1 / sqrt(var + eps) from the biased ``var``."""
     if running_mean is not None:
-        np.multiply(mean, momentum, out=square)
+        step = scratch(ws, backend, "bn_step", mean.shape, mean.dtype)
+        np.multiply(mean, momentum, out=step)
         running_mean *= 1.0 - momentum
-        running_mean += square
-        np.multiply(var, momentum * count / max(count - 1, 1), out=square)
+        running_mean += step
+        np.multiply(var, momentum * count / max(count - 1, 1), out=step)
         running_var *= 1.0 - momentum
-        running_var += square
+        running_var += step
     np.add(var, eps, out=invstd)
     np.sqrt(invstd, out=invstd)
     np.reciprocal(invstd, out=invstd)

@@ -5,6 +5,30 @@ __device__ __forceinline__ i64 bn_index(i64 k, i64 c, i64 channels, i64 inner) {
     return ((k / inner) * channels + c) * inner + (k % inner);
 }
 
+// sum(dy) and sum(dy * xhat) of this block's channel (every thread gets both); thread 0
+// stores them into dbeta / dgamma (either may be null; acc_params adds into them)
+__device__ void channel_grad_sums(const real* x, const real* dy, const real* mean, const real* invstd, i64 batch,
+                                  i64 channels, i64 inner, real* dgamma, real* dbeta, int acc_params,
+                                  real* s_dy, real* s_dy_xhat) {
+    __shared__ real scratch[32];
+    const i64 c = blockIdx.x, count = batch * inner;
+    const real mu = mean[c], inv = invstd[c];
+    real a = 0, b = 0;
+    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
+        const i64 j = bn_index(k, c, channels, inner);
+        a += dy[j];
+        b += dy[j] * ((x[j] - mu) * inv);
+    }
+    a = block_sum(a, scratch);
+    b = block_sum(b, scratch);
+    if (threadIdx.x == 0) {
+        if (dbeta != nullptr) dbeta[c] = acc_params ? dbeta[c] + a : a;
+        if (dgamma != nullptr) dgamma[c] = acc_params ? dgamma[c] + b : b;
+    }
+    *s_dy = a;
+    *s_dy_xhat = b;
+}
+
 extern "C" {
 
 // Normalise with batch statistics, keep mean/invstd for the backward pass and update the
@@ -56,22 +80,11 @@ __global__ void batch_norm_infer(const real* x, const real* gamma, const real* b
 __global__ void batch_norm_backward(const real* x, const real* dy, const real* gamma, const real* mean,
                                     const real* invstd, real* dx, real* dgamma, real* dbeta,
                                     i64 batch, i64 channels, i64 inner, int acc_dx, int acc_params) {
-    __shared__ real scratch[32];
+    real s_dy, s_dy_xhat;
+    channel_grad_sums(x, dy, mean, invstd, batch, channels, inner, dgamma, dbeta, acc_params, &s_dy, &s_dy_xhat);
+    if (dx == nullptr) return;
     const i64 c = blockIdx.x, count = batch * inner;
     const real mu = mean[c], inv = invstd[c];
-    real s_dy = 0, s_dy_xhat = 0;
-    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
-        const i64 j = bn_index(k, c, channels, inner);
-        s_dy += dy[j];
-        s_dy_xhat += dy[j] * ((x[j] - mu) * inv);
-    }
-    s_dy = block_sum(s_dy, scratch);
-    s_dy_xhat = block_sum(s_dy_xhat, scratch);
-    if (threadIdx.x == 0) {
-        if (dbeta != nullptr) dbeta[c] = acc_params ? dbeta[c] + s_dy : s_dy;
-        if (dgamma != nullptr) dgamma[c] = acc_params ? dgamma[c] + s_dy_xhat : s_dy_xhat;
-    }
-    if (dx == nullptr) return;
     const real coef = gamma[c] * inv * ((real)1 / (real)count);
     for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
         const i64 j = bn_index(k, c, channels, inner);
@@ -134,22 +147,11 @@ __global__ void batch_norm_apply(const real* x, const real* gamma, const real* b
 __global__ void batch_norm_backward_reduce(const real* x, const real* dy, const real* mean, const real* invstd,
                                            real* sums, real* dgamma, real* dbeta, i64 batch, i64 channels,
                                            i64 inner, int acc_params) {
-    __shared__ real scratch[32];
-    const i64 c = blockIdx.x, count = batch * inner;
-    const real mu = mean[c], inv = invstd[c];
-    real s_dy = 0, s_dy_xhat = 0;
-    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
-        const i64 j = bn_index(k, c, channels, inner);
-        s_dy += dy[j];
-        s_dy_xhat += dy[j] * ((x[j] - mu) * inv);
-    }
-    s_dy = block_sum(s_dy, scratch);
-    s_dy_xhat = block_sum(s_dy_xhat, scratch);
+    real s_dy, s_dy_xhat;
+    channel_grad_sums(x, dy, mean, invstd, batch, channels, inner, dgamma, dbeta, acc_params, &s_dy, &s_dy_xhat);
     if (threadIdx.x == 0) {
-        sums[c] = s_dy;
-        sums[channels + c] = s_dy_xhat;
-        if (dbeta != nullptr) dbeta[c] = acc_params ? dbeta[c] + s_dy : s_dy;
-        if (dgamma != nullptr) dgamma[c] = acc_params ? dgamma[c] + s_dy_xhat : s_dy_xhat;
+        sums[blockIdx.x] = s_dy;
+        sums[channels + blockIdx.x] = s_dy_xhat;
     }
 }
 
