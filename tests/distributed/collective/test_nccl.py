@@ -35,3 +35,26 @@ def test_nccl_communicator_reduces_and_broadcasts_device_buffers(comm, on_every_
         with pytest.raises(Exception, match="NCCL cannot reduce dtype bool"):
             nccl._dtype(np.bool_)
     on_every_rank(body)
+
+
+def test_communicator_picks_nccl_for_cuda_ranks_when_cupy_has_it(comm, on_every_rank, monkeypatch):
+    """With CuPy's NCCL importable (the fake here), a multi-rank job on the cuda backend gets the
+    NCCL communicator; one rank, or another backend, gets MPI."""
+    import sys
+    import types
+
+    from juicepy.distributed import communicator, communicators
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(nccl=fake_nccl, get_current_stream=lambda: types.SimpleNamespace(ptr=7))
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cupy.cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", fake_nccl)
+    monkeypatch.setattr(communicators, "_WORLD", {})
+
+    def body():
+        chosen = communicator("cuda")
+        assert chosen.kind == ("nccl" if comm.size > 1 else "mpi")
+        assert communicator("cuda") is chosen  # made once: creating one is collective
+        assert communicator("numpy").kind == "mpi"
+    on_every_rank(body)

@@ -226,11 +226,17 @@ def _nccl_available() -> bool:
     return bool(getattr(nccl, "available", True))
 
 
+_WORLD: dict = {}  # kind -> the process's communicator of that kind (making one is collective)
+
+
 def communicator(backend=None) -> Communicator:
     """The communicator over ``MPI.COMM_WORLD``: NCCL when ``backend`` is the CUDA backend, the
     job has more than one rank and CuPy's NCCL binding loads; MPI otherwise; a size-1
     ``kind == "local"`` communicator without mpi4py. ``$JUICEPY_DISTRIBUTED=0`` forces the
-    size-1 one (for a process started by mpiexec that must not join the job)."""
+    size-1 one (for a process started by mpiexec that must not join the job).
+
+    Collective the first time for each kind (every rank must call it); later calls return the
+    same object."""
     if os.environ.get("JUICEPY_DISTRIBUTED", "1") == "0":
         return Communicator()
     try:
@@ -240,6 +246,7 @@ def communicator(backend=None) -> Communicator:
     from mpi4py import MPI
 
     name = getattr(backend, "name", backend)
-    if name == "cuda" and MPI.COMM_WORLD.size > 1 and _nccl_available():
-        return NCCLCommunicator()
-    return MPICommunicator()
+    kind = "nccl" if name == "cuda" and MPI.COMM_WORLD.size > 1 and _nccl_available() else "mpi"
+    if kind not in _WORLD:
+        _WORLD[kind] = NCCLCommunicator() if kind == "nccl" else MPICommunicator()
+    return _WORLD[kind]
