@@ -257,3 +257,24 @@ def test_training_over_nccl_matches_one_process_with_the_global_batch(comm, on_e
             assert replicas_identical(comm, dist.network)
         assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
     on_every_rank(body)
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
+def test_a_device_backend_stages_gradients_through_the_host(comm, on_every_rank, net):
+    """OpenCL ranks (PoCL here): gradients and the sync-BatchNorm sums go through host buffers;
+    the result matches one OpenCL process with the global batch."""
+    if "opencl" not in jp.available_backends():
+        pytest.skip("no OpenCL platform (pip install '.[opencl]')")
+
+    def body():
+        cl = jp.backend("opencl")
+        n = comm.size * B
+        dist = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=comm)
+        ref = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), n)
+        for step in range(5):
+            x, y = global_batch(step, n)
+            dist.train_minibatch(cl, own_rows(comm, x), own_rows(comm, y))
+            ref.train_minibatch(cl, x, y)
+        assert replicas_identical(comm, dist.network)
+        assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
+    on_every_rank(body)
