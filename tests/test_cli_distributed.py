@@ -22,12 +22,14 @@ def reported_accuracy(text: str) -> float:
     return float(found[0])
 
 
-def test_two_workers_reach_the_accuracy_of_one_process_at_the_same_global_batch(capfd):
+def test_two_workers_reach_the_accuracy_of_one_process_at_the_same_global_batch():
     mpiexec_or_skip()
-    assert main(TRAIN + ["--batch-size", "64"]) == 0
-    alone = reported_accuracy(capfd.readouterr().out)
-    assert main(TRAIN + ["--batch-size", "32", "--workers", "2"]) == 0
-    out = capfd.readouterr().out
+    one = run_job(juicepy_command() + TRAIN + ["--batch-size", "64"])  # one thread, like each worker
+    assert one.returncode == 0, one.stderr
+    alone = reported_accuracy(one.stdout)
+    two = run_job(juicepy_command() + TRAIN + ["--batch-size", "32", "--workers", "2"])
+    assert two.returncode == 0, two.stderr
+    out = two.stdout
     assert "data-parallel: 2 ranks (mpi), batch 32 per rank, 64 per step" in out
     assert out.count("epoch 10/10") == 1
     assert abs(reported_accuracy(out) - alone) <= 0.03 and alone > 0.9
