@@ -278,3 +278,17 @@ def test_a_device_backend_stages_gradients_through_the_host(comm, on_every_rank,
         assert replicas_identical(comm, dist.network)
         assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
     on_every_rank(body)
+
+
+def test_a_data_parallel_step_allocates_no_backend_buffers(comm, on_every_rank):
+    """After the first step, steps with the gradient allreduce and sync-BatchNorm's reductions
+    allocate nothing on the backend (device arrays are staged through reused host buffers)."""
+    def body():
+        for name in [b for b in ("numpy", "opencl") if b in jp.available_backends()]:
+            backend = jp.backend(name)
+            trainer = Trainer(conv_bn(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=comm)
+            run_steps(trainer, comm, backend, range(2))
+            before = backend.allocations
+            run_steps(trainer, comm, backend, range(2, 5))
+            assert backend.allocations == before, (name, backend.allocations - before)
+    on_every_rank(body)
