@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import DistributedError
 
 #: gradients are reduced in buckets of at most this many bytes (PyTorch DDP's default size):
-#: bounds the host staging buffers of device backends and lets MPI pipeline large blocks
+#: bounds the host copies of device backends' arrays and lets MPI pipeline large blocks
 BUCKET_BYTES = 25 * 1024 * 1024
 
 
@@ -107,7 +107,6 @@ class MPICommunicator(Communicator):
         local.Free()
         super().__init__(self.comm.rank, self.comm.size, local_rank)
         self.bucket_bytes = int(bucket_bytes)
-        self._staging: dict = {}  # dtype -> host buffer of one bucket (reused every step)
 
     def _op(self, op: str):
         if op not in _MPI_OPS:
@@ -118,28 +117,19 @@ class MPICommunicator(Communicator):
         step = max(1, self.bucket_bytes // itemsize)
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
-    def _host_bucket(self, dtype, n: int) -> np.ndarray:
-        dtype = np.dtype(dtype)
-        buf = self._staging.get(dtype.str)
-        if buf is None or len(buf) < n:
-            buf = self._staging[dtype.str] = np.empty(n, dtype)
-        return buf[:n]
-
     def allreduce(self, backend, array, average: bool = False) -> None:
         if array.ndim != 1:
             raise ValueError(f"allreduce takes a 1-D array (a flat block), got shape {tuple(array.shape)}")
         if self.size > 1:
-            flat = array
-            if isinstance(flat, np.ndarray):
+            if isinstance(array, np.ndarray):
                 # every bucket in flight at once: MPI pipelines them (no overlap with backward)
-                requests = [self.comm.Iallreduce(self.MPI.IN_PLACE, flat[lo:hi], self.MPI.SUM)
-                            for lo, hi in self._buckets(flat.size, flat.itemsize)]
+                requests = [self.comm.Iallreduce(self.MPI.IN_PLACE, array[lo:hi], self.MPI.SUM)
+                            for lo, hi in self._buckets(array.size, array.itemsize)]
                 self.MPI.Request.Waitall(requests)
-            else:
-                for lo, hi in self._buckets(flat.size, np.dtype(flat.dtype).itemsize):
-                    view = backend.flat_view(flat, lo, (hi - lo,))
-                    host = self._host_bucket(flat.dtype, hi - lo)
-                    host[...] = backend.to_host(view)
+            else:  # a device array: through the host one bucket at a time (bounded host memory)
+                for lo, hi in self._buckets(array.size, np.dtype(array.dtype).itemsize):
+                    view = backend.flat_view(array, lo, (hi - lo,))
+                    host = np.ascontiguousarray(backend.to_host(view))
                     self.comm.Allreduce(self.MPI.IN_PLACE, host, self.MPI.SUM)
                     backend.write(view, host)
         super().allreduce(backend, array, average)
