@@ -64,21 +64,27 @@ def replicas_identical(comm, network) -> bool:
     return all(p == prints[0] for p in prints)
 
 
+def train_side_by_side(comm, backend, dist, ref, steps=10):
+    """``dist`` (batch B per rank) and ``ref`` (one process, the global batch) on the same global
+    batches; the replicas must be bit-identical after every step and match ``ref`` at the end."""
+    n = comm.size * B
+    for step in range(steps):
+        x, y = global_batch(step, n)
+        loss, _ = dist.train_minibatch(backend, own_rows(comm, x), own_rows(comm, y))
+        ref_loss, _ = ref.train_minibatch(backend, x, y)
+        assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (step, loss, ref_loss)
+        assert replicas_identical(comm, dist.network), f"replicas differ after step {step + 1}"
+    assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
+
+
 @pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_ranks_with_batch_b_match_one_process_with_the_global_batch(comm, on_every_rank, numpy_backend, net, opt):
     def body():
-        n = comm.size * B
         dist = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), OPTIMIZERS[opt](), B, communicator=comm)
-        ref = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), OPTIMIZERS[opt](), n)
-        for step in range(10):
-            x, y = global_batch(step, n)
-            loss, _ = dist.train_minibatch(numpy_backend, own_rows(comm, x), own_rows(comm, y))
-            ref_loss, _ = ref.train_minibatch(numpy_backend, x, y)
-            assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (step, loss, ref_loss)
-            assert replicas_identical(comm, dist.network), f"replicas differ after step {step + 1}"
+        ref = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), OPTIMIZERS[opt](), comm.size * B)
+        train_side_by_side(comm, numpy_backend, dist, ref)
         got, want = dist.network.get_weights(), ref.network.get_weights()
-        assert_close_weights(got, want)
         if net == "conv-bn-sync":  # running statistics of the global batch, equal on every rank
             assert int(got["1.num_batches_tracked"]) == 10
             assert rel_err(got["1.running_var"], want["1.running_var"]) < 1e-5
@@ -247,15 +253,9 @@ def test_training_over_nccl_matches_one_process_with_the_global_batch(comm, on_e
 
     def body():
         nccl = NCCLCommunicator(nccl=fake_nccl, stream=lambda: 0, pointer=lambda a: a.ctypes.data)
-        n = comm.size * B
         dist = Trainer(mlp(seed=comm.rank), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=nccl)
-        ref = Trainer(mlp(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), n)
-        for step in range(10):
-            x, y = global_batch(step, n)
-            dist.train_minibatch(numpy_backend, own_rows(comm, x), own_rows(comm, y))
-            ref.train_minibatch(numpy_backend, x, y)
-            assert replicas_identical(comm, dist.network)
-        assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
+        ref = Trainer(mlp(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), comm.size * B)
+        train_side_by_side(comm, numpy_backend, dist, ref)
     on_every_rank(body)
 
 
@@ -267,22 +267,15 @@ def test_a_device_backend_stages_gradients_through_the_host(comm, on_every_rank,
         pytest.skip("no OpenCL platform (pip install '.[opencl]')")
 
     def body():
-        cl = jp.backend("opencl")
-        n = comm.size * B
         dist = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=comm)
-        ref = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), n)
-        for step in range(5):
-            x, y = global_batch(step, n)
-            dist.train_minibatch(cl, own_rows(comm, x), own_rows(comm, y))
-            ref.train_minibatch(cl, x, y)
-        assert replicas_identical(comm, dist.network)
-        assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
+        ref = Trainer(NETS[net](), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), comm.size * B)
+        train_side_by_side(comm, jp.backend("opencl"), dist, ref, steps=5)
     on_every_rank(body)
 
 
 def test_a_data_parallel_step_allocates_no_backend_buffers(comm, on_every_rank):
     """After the first step, steps with the gradient allreduce and sync-BatchNorm's reductions
-    allocate nothing on the backend (device arrays are staged through reused host buffers)."""
+    allocate nothing on the backend (device arrays go through host copies)."""
     def body():
         for name in [b for b in ("numpy", "opencl") if b in jp.available_backends()]:
             backend = jp.backend(name)
