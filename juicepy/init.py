@@ -108,7 +108,12 @@ def _param_rng(seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(path.encode())])
 
 
-def _matches(pattern: str, path: str) -> bool:
+def _matches(pattern: str, path: str, trainable: bool = True) -> bool:
+    """Whether ``pattern`` selects the param at ``path``. A non-trained buffer (BatchNorm's
+    running statistics) is selected only by a pattern that ends in its name ("bn.running_var",
+    "*.running_var"): "*" or a layer path means the weights, never the statistics."""
+    if not trainable:
+        return fnmatch.fnmatchcase(path, pattern) and pattern.rsplit(".", 1)[-1] == path.rsplit(".", 1)[-1]
     return fnmatch.fnmatchcase(path, pattern) or path.startswith(pattern + ".")
 
 
@@ -117,7 +122,8 @@ def apply(network, rules: dict, seed: int = 0) -> list[str]:
 
     ``rules`` maps a pattern to an initialiser. A pattern is an fnmatch glob over param paths
     ("encoder.*", "*.bias") or a layer/subgraph path ("encoder" means every param under it);
-    for each param the first matching rule wins. An initialiser is a name from ``BY_NAME``,
+    for each param the first matching rule wins. Non-trained buffers (BatchNorm's running
+    statistics) are set only by a pattern ending in their name ("*.running_var"). An initialiser is a name from ``BY_NAME``,
     a callable ``(rng, shape, fan_in, fan_out)``, or an array (pretrained values, shape
     checked). Random values come from a generator seeded by ``(seed, param path)``, so the
     same call gives the same weights. Every check runs before any param is written; a pattern
@@ -129,16 +135,18 @@ def apply(network, rules: dict, seed: int = 0) -> list[str]:
     staged, used = {}, set()
     for path, param in params.items():
         for pattern, rule in rules.items():
-            if _matches(pattern, path):
+            if _matches(pattern, path, param.trainable):
                 used.add(pattern)
                 staged[path] = _values(rule, param, path, seed, WeightsError)
                 break
     unused = [p for p in rules if p not in used]
     if unused:
-        raise WeightsError(f"init.apply: pattern(s) {', '.join(map(repr, unused))} match no param; "
+        raise WeightsError(f"init.apply: pattern(s) {', '.join(map(repr, unused))} match no param "
+                           f"(buffers are matched only by a pattern ending in their name); "
                            f"params: {', '.join(params)}")
-    for path, values in staged.items():
-        params[path].set(values)
+    with network.lock:
+        for path, values in staged.items():
+            params[path].set(values)
     return list(staged)
 
 
@@ -150,7 +158,10 @@ def _values(rule, param, path, seed, error):
         values = np.asarray(rule.detach().cpu().numpy() if hasattr(rule, "detach") else rule)
     if values.shape != param.shape:
         raise error(f"init.apply: {path!r} expects shape {param.shape}, got {values.shape}")
-    return values.astype(param.dtype)
+    try:
+        return param.coerced(values)
+    except ValueError as err:
+        raise error(f"init.apply: {path!r} {err}") from None
 
 
 def from_pretrained(network, arrays: dict, prefix: str = "", strict: bool = False) -> list[str]:

@@ -39,6 +39,17 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
     plan = ctx.plan
     forward = [[] for _ in plan]
     backward = [[] for _ in plan]
+    ctx.save_state()  # the passes below must not change the network (BatchNorm's statistics)
+    try:
+        _run(backend, ctx, plan, upstream, warmup, steps, forward, backward)
+    finally:
+        ctx.restore_state()
+    return [LayerTiming(nctx.path or "<root>", type(layer).__name__, nctx.output_shapes[0],
+                        statistics.median(f), statistics.median(b))
+            for (layer, nctx), f, b in zip(plan, forward, backward)]
+
+
+def _run(backend, ctx, plan, upstream, warmup, steps, forward, backward) -> None:
     for run in range(warmup + steps):
         keep = run >= warmup
         for k, (layer, nctx) in enumerate(plan):
@@ -54,9 +65,6 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
             elapsed = _timed(backend, layer.compute_gradients, nctx)
             if keep:
                 backward[k].append(elapsed)
-    return [LayerTiming(nctx.path or "<root>", type(layer).__name__, nctx.output_shapes[0],
-                        statistics.median(f), statistics.median(b))
-            for (layer, nctx), f, b in zip(plan, forward, backward)]
 
 
 def _timed(backend, method, nctx) -> float:

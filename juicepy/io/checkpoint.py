@@ -53,12 +53,13 @@ def save(path, network, trainer=None, metadata: dict | None = None) -> None:
     """Write ``network`` (and ``trainer``'s state, when given) to ``path`` atomically."""
     if trainer is not None and trainer.network is not network:
         raise ValueError("save: the trainer trains another network than the one given")
-    tensors = {f"model.{k}": _contiguous(v) for k, v in network.get_weights().items()}
+    # weights and trainer state of one step, even while another thread trains
+    weights, state = trainer.snapshot() if trainer is not None else (network.get_weights(), None)
+    tensors = {f"model.{k}": _contiguous(v) for k, v in weights.items()}
     meta = {"juicepy.format": FORMAT, "juicepy.version": VERSION,
             "juicepy.network": definition_json(network, indent=None),
             "juicepy.metadata": json.dumps(metadata or {})}
     if trainer is not None:
-        state = trainer.state_dict()
         for param_path, buffers in state["optimizer"].items():
             for name, value in buffers.items():
                 tensors[f"optimizer.{param_path}.{name}"] = _contiguous(value)

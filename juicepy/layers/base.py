@@ -76,6 +76,12 @@ class Layer:
         """Local name -> LearnableParams (trainable params and non-trained buffers)."""
         return {}
 
+    def training_state(self) -> list:
+        """The params a training forward pass changes in place (BatchNorm's running statistics
+        and batch counter). A training Context saves them before each step and puts them back
+        when the step fails or is refused, so such a step changes nothing."""
+        return []
+
     def setup(self, backend, ctx) -> None:
         """Make per-placement buffers with ``ctx.make_buffer`` (called once per context)."""
 

@@ -3,15 +3,14 @@ on every backend."""
 
 from __future__ import annotations
 
+from ..arguments import number
 from .base import Layer
 
 
 class Dropout(Layer):
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout probability must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = number("Dropout", "p", p, low=0.0, high=1.0)
 
     def setup(self, backend, ctx):
         if ctx.training:

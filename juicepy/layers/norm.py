@@ -19,6 +19,7 @@ import math
 
 import numpy as np
 
+from ..arguments import flag, number
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer
@@ -34,13 +35,10 @@ class _BatchNorm(Layer):
     def __init__(self, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
                  num_features: int | None = None, sync: bool = False):
         super().__init__()
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None, got {momentum}")
-        if eps <= 0.0:
-            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
-        self.momentum = None if momentum is None else float(momentum)
-        self.eps = float(eps)
-        self.affine = bool(affine)
+        name = type(self).__name__
+        self.momentum = number(name, "momentum", momentum, low=0.0, high=1.0, none_ok=True)
+        self.eps = number(name, "eps", eps, low=0.0, low_open=True)
+        self.affine = flag(name, "affine", affine)
         self.num_features = num_features
         self.sync = bool(sync)
         self.weight = self.bias = None
@@ -69,6 +67,9 @@ class _BatchNorm(Layer):
         stats = {"running_mean": self.running_mean, "running_var": self.running_var,
                  "num_batches_tracked": self.num_batches_tracked}
         return {"weight": self.weight, "bias": self.bias, **stats} if self.affine else stats
+
+    def training_state(self):
+        return [self.running_mean, self.running_var, self.num_batches_tracked]
 
     def setup(self, backend, ctx):
         unit = ctx.input_shapes[0]

@@ -13,6 +13,8 @@ from .context import Context
 from .descriptor import GraphBuilder
 from .replay import GraphReplay, graphs_wanted
 
+#: every dtype some backend computes in (each lists its own in Backend.dtypes)
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ALIGN = 64  # elements: params in a flat block start on 256-byte boundaries (float32)
 
 
@@ -56,8 +58,9 @@ class Network:
             raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
         self.root = root
         self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise DTypeError(f"network dtype must be a float type, got {self.dtype}")
+        if self.dtype not in DTYPES:
+            raise DTypeError(f"network dtype must be one of {', '.join(d.name for d in DTYPES)} (the dtypes "
+                             f"juicepy's backends compute in), got {self.dtype.name}")
         self.seed = int(seed)
         graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
         self.inputs = [graph.junction(shape, "<input>") for shape in _as_shape_list(input_shape)]
@@ -85,6 +88,12 @@ class Network:
         self._contexts: dict = {}
         self._replays: dict = {}  # (backend, rows) -> GraphReplay of that inference context
         self._lock = threading.RLock()
+
+    @property
+    def lock(self):
+        """Held by whatever reads or writes the params as a whole (training steps, inference,
+        get/set_weights, checkpoint snapshots), so none of them sees half a step."""
+        return self._lock
 
     # -------------------------------------------------------------- shapes
     @property
@@ -128,6 +137,10 @@ class Network:
         with self._lock:
             if backend in self._groups:
                 return
+            if self.dtype not in [np.dtype(d) for d in backend.dtypes]:
+                raise DTypeError(f"network dtype {self.dtype.name}: the {backend.name} backend computes in "
+                                 f"{', '.join(np.dtype(d).name for d in backend.dtypes)} only; build the "
+                                 f"network with dtype=np.{np.dtype(backend.dtypes[0]).name} or use another backend")
             groups = []
             trainable = [p for p in self.params.values() if p.trainable]
             fresh = [p for p in trainable if not p.has_storage(backend)]
@@ -148,6 +161,12 @@ class Network:
                 if not p.trainable:
                     p.on(backend)
             self._groups[backend] = groups
+
+    def placement(self, backend):
+        """The current placement of the trainable params on ``backend`` (their flat blocks),
+        None before :meth:`materialize` or after :meth:`release`: a context made under
+        another placement no longer holds the params."""
+        return self._groups.get(backend)
 
     def param_groups(self, backend) -> list[ParamGroup]:
         self.materialize(backend)
@@ -241,7 +260,8 @@ class Network:
         for k in names:
             if k not in self.params:
                 raise WeightsError(f"get_weights: unknown param {k!r}; known: {', '.join(self.params)}")
-        return {k: self.params[k].numpy() for k in names}
+        with self._lock:  # all of one step, never half of one
+            return {k: self.params[k].numpy() for k in names}
 
     def set_weights(self, weights: dict, strict: bool = False) -> None:
         """Update the params that ``weights`` names (all checked before any is written).
@@ -259,13 +279,17 @@ class Network:
                 raise WeightsError(f"set_weights: {key!r} expects shape {param.shape}, got {array.shape}")
             if array.dtype.kind not in "fiub":
                 raise WeightsError(f"set_weights: {key!r} expects a numeric array, got dtype {array.dtype}")
-            staged[key] = array
+            try:
+                staged[key] = param.coerced(array)
+            except ValueError as err:
+                raise WeightsError(f"set_weights: {key!r} {err}") from None
         if strict:
             missing = [k for k in self.params if k not in staged]
             if missing:
                 raise WeightsError(f"set_weights: missing params {', '.join(missing)}")
-        for key, array in staged.items():
-            self.params[key].set(array)
+        with self._lock:
+            for key, array in staged.items():
+                self.params[key].set(array)
 
     # -------------------------------------------------------------- summary
     def summary(self) -> str:

@@ -46,7 +46,7 @@ def test_build_time_shape_mismatch_names_layer_and_both_shapes():
 
 
 def test_float_dtype_required():
-    with pytest.raises(DTypeError, match="float type"):
+    with pytest.raises(DTypeError, match="must be one of float32, float64 .*, got int32"):
         jp.Network(L.Linear(2), input_shape=(3,), dtype=np.int32)
 
 
@@ -117,6 +117,44 @@ def test_multiple_inputs_are_counted():
         net.check_inputs([np.zeros((1, 5), np.float32)] * 2)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
+def test_dtypes_no_backend_computes_in_are_refused_at_build(dtype):
+    with pytest.raises(DTypeError, match=rf"network dtype must be one of float32, float64 \(the dtypes juicepy's "
+                                         rf"backends compute in\), got {np.dtype(dtype).name}"):
+        jp.Network(L.Sequential(L.Linear(3), L.Dropout(0.2)), input_shape=(4,), dtype=dtype)
+
+
+class _Float32Only(type(jp.backend("numpy"))):
+    """A backend that computes in float32 only, as the OpenCL one does."""
+
+    name = "float32-only"
+    dtypes = (np.float32,)
+
+
+def _backends_without_float64():
+    return [_Float32Only()] + [jp.backend(b) for b in jp.available_backends()
+                               if np.float64 not in jp.backend(b).dtypes]
+
+
+@pytest.mark.parametrize("backend", _backends_without_float64(), ids=lambda b: b.name)
+def test_a_dtype_the_backend_does_not_compute_in_is_refused_when_placed(backend):
+    """Refused before a context, a counter or a param copy is made on that backend."""
+    from juicepy.train import SGD, Trainer
+
+    net = jp.Network(L.Sequential(L.Linear(3), L.Dropout(0.2)), input_shape=(4,), dtype=np.float64)
+    trainer = Trainer(net, L.MSE(), SGD(lr=0.1), batch_size=2)
+    message = rf"network dtype float64: the {backend.name} backend computes in float32 only"
+    before = backend.allocations
+    with pytest.raises(DTypeError, match=message):
+        trainer.train_minibatch(backend, np.ones((2, 4)), np.ones((2, 3)))
+    with pytest.raises(DTypeError, match=message):
+        net.transform(backend, np.ones((2, 4)))
+    assert backend.allocations == before
+    assert trainer.steps == 0 and trainer.state_dict()["dropout_step"] == 0
+    trainer.train_minibatch("numpy", np.ones((2, 4)), np.ones((2, 3)))  # fine where float64 runs
+    assert trainer.steps == 1
+
+
 def test_net_imports_nothing_above_it():
     """net/ sits below layers/: none of its modules imports from juicepy.layers (or higher)."""
     import ast
@@ -132,3 +170,20 @@ def test_net_imports_nothing_above_it():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 assert not any(n.startswith("juicepy.") and n.split(".")[1] in above for n in names), path.name
+
+
+@pytest.mark.parametrize("value,message", [(2.7, "2.7"), (float("nan"), "nan"), (-1, "-1")])
+def test_an_integer_buffer_refuses_values_it_cannot_hold_before_any_write(value, message):
+    """BatchNorm's batch counter is an int64: 2.7 would be truncated and NaN become garbage."""
+    net = jp.Network(L.Sequential(L.Linear(4), L.BatchNorm1d()), input_shape=(3,))
+    before = net.get_weights()
+    bad = {"0.weight": np.zeros((4, 3)), "1.num_batches_tracked": np.array(value)}
+    with pytest.raises(WeightsError, match=rf"set_weights: '1.num_batches_tracked' holds counts \(int64\), "
+                                           rf"got {message}"):
+        net.set_weights(bad)
+    with pytest.raises(WeightsError, match=rf"init.apply: '1.num_batches_tracked' holds counts \(int64\), got {message}"):
+        jp.init.apply(net, {"0.weight": "zeros", "1.num_batches_tracked": np.array(value)})
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.get_weights()[k], v, err_msg=k)
+    net.set_weights({"1.num_batches_tracked": np.array(3.0)})  # a whole float is a count
+    assert net.get_weights()["1.num_batches_tracked"] == 3
