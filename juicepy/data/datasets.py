@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import arguments
 from ..distributed.sharding import shard_order
 
 
@@ -41,8 +42,7 @@ class Dataset:
         semantics, see :mod:`juicepy.distributed.sharding`): every rank yields the same number
         of batches.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = arguments.integer(f"{self.name}.batches", "batch_size", batch_size, 1)
         order = shard_order(len(self), rank, size, seed=seed, epoch=epoch, shuffle=shuffle)
         n = len(order)
         stop = n - n % batch_size if drop_last else n

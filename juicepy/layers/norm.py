@@ -19,7 +19,8 @@ import math
 
 import numpy as np
 
-from ..arguments import flag, number
+from .. import init as initializers
+from ..arguments import flag, number, optional_integer
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer
@@ -39,8 +40,8 @@ class _BatchNorm(Layer):
         self.momentum = number(name, "momentum", momentum, low=0.0, high=1.0, none_ok=True)
         self.eps = number(name, "eps", eps, low=0.0, low_open=True)
         self.affine = flag(name, "affine", affine)
-        self.num_features = num_features
-        self.sync = bool(sync)
+        self.num_features = optional_integer(name, "num_features", num_features, 1)
+        self.sync = flag(name, "sync", sync)
         self.weight = self.bias = None
         self.running_mean = self.running_var = self.num_batches_tracked = None
 
@@ -55,13 +56,16 @@ class _BatchNorm(Layer):
 
     def create_params(self, input_shapes, graph):
         channels = self.num_features = input_shapes[0][0]
-        dtype = graph.dtype
+
+        def fill(init, shape, dtype=graph.dtype):
+            return initializers.make(init, graph.rng, shape, channels, channels, dtype)
+
         if self.affine:
-            self.weight = LearnableParams(np.ones(channels, dtype))
-            self.bias = LearnableParams(np.zeros(channels, dtype))
-        self.running_mean = LearnableParams(np.zeros(channels, dtype), trainable=False)
-        self.running_var = LearnableParams(np.ones(channels, dtype), trainable=False)
-        self.num_batches_tracked = LearnableParams(np.zeros((), np.int64), trainable=False)
+            self.weight = LearnableParams(fill("ones", (channels,)))
+            self.bias = LearnableParams(fill("zeros", (channels,)))
+        self.running_mean = LearnableParams(fill("zeros", (channels,)), trainable=False)
+        self.running_var = LearnableParams(fill("ones", (channels,)), trainable=False)
+        self.num_batches_tracked = LearnableParams(fill("zeros", (), np.int64), trainable=False)
 
     def params(self):
         stats = {"running_mean": self.running_mean, "running_var": self.running_var,

@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..arguments import integer
 from ..backends.base import Workspace
 from ..backends.rng import stream_key
 
@@ -188,8 +189,7 @@ class Context:
                  input_grads: bool = False, communicator=None):
         """``communicator``: the replicas of a data-parallel job (juicepy.distributed), for
         layers that reduce over ranks (synchronised BatchNorm) and per-rank random streams."""
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = integer("Context", "batch_size", batch_size, 1)
         # placing the params first refuses a dtype the backend does not compute in before
         # any buffer is made
         self.placement = network.param_groups(backend)
@@ -197,7 +197,6 @@ class Context:
         self.communicator = communicator
         self.rank = 0 if communicator is None else communicator.rank
         self.backend = backend
-        self.batch_size = int(batch_size)
         self.training = training
         self.dtype = network.dtype
         self.step = 0  # forward passes in training mode: drives dropout's random stream

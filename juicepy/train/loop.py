@@ -12,6 +12,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..backends import backend as get_backend
+from ..backends.base import Workspace
 from ..distributed.sharding import shard_rows
 from .data_parallel import DataParallel
 from .metrics import accuracy
@@ -60,3 +61,16 @@ def evaluate(network, backend, dataset, communicator=None) -> float:
     correct = int(np.sum(np.argmax(network.transform(backend, x), axis=1) == y)) if len(y) else 0
     correct, total = communicator.allreduce_host(np.array([correct, len(y)]))
     return float(correct / total) if total else float("nan")
+
+
+def evaluate_loss(network, loss, backend, dataset) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``network`` (eval mode) on every row of ``dataset``; the loss
+    runs on the NumPy backend over the host outputs, so no batch size is involved."""
+    outputs = network.transform(backend, dataset.x)
+    host = get_backend("numpy")
+    targets = loss.check_targets(np.asarray(dataset.y), network.output_shape, len(dataset), network.dtype)
+    losses = np.empty(len(dataset), network.dtype)
+    grads = np.empty_like(outputs)
+    count = loss.count(len(dataset), network.output_shape)
+    loss.compute(host, outputs, targets, losses, grads, 1.0 / count, Workspace())
+    return float(losses.sum(dtype=np.float64)) / count, accuracy(outputs, dataset.y)

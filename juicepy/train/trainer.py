@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import arguments
 from ..backends import backend as get_backend
+from ..distributed import Communicator
 from ..errors import NonFiniteError, WeightsError
 from ..net.context import Context
 from ..net.replay import GraphReplay, graphs_wanted
@@ -64,13 +66,23 @@ class Trainer:
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
                  graphs: bool = True, communicator=None):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        from ..layers.loss import Loss
+        from ..net.network import Network
+
+        arguments.instance("Trainer", "network", network, Network, "a juicepy.Network")
+        arguments.instance("Trainer", "loss", loss, Loss, "a loss such as juicepy.layers.SoftmaxCrossEntropy()")
+        arguments.instance("Trainer", "optimizer", optimizer, Optimizer, "an optimizer such as juicepy.train.Adam()")
+        batch_size = arguments.integer("Trainer", "batch_size", batch_size, 1)
+        check_finite = arguments.flag("Trainer", "check_finite", check_finite)
+        graphs = arguments.flag("Trainer", "graphs", graphs)
+        if communicator is not None:
+            arguments.instance("Trainer", "communicator", communicator, Communicator,
+                               "None or a juicepy.distributed.communicator()")
         loss.check_output(network.output_shape)
         self.network = network
         self.loss = loss
         self._optimizer = optimizer
-        self.batch_size = int(batch_size)
+        self.batch_size = batch_size
         self.check_finite = check_finite
         self.graphs = graphs
         self.communicator = communicator
@@ -262,8 +274,7 @@ class Trainer:
         return results
 
     def _batches(self, data, n_steps: int):
-        if n_steps < 0:
-            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        arguments.integer("Trainer", "n_steps", n_steps, 0)
         epoch, made = 0, 0
         while made < n_steps:
             source = (data.batches(self.batch_size, epoch=epoch, **self._replicas.shard)
@@ -319,6 +330,8 @@ class Trainer:
                 st.replicas_synced = False
 
     def _check_state(self, state: dict) -> None:
+        for counter in ("step", "dropout_step"):
+            arguments.integer("load_state_dict", counter, state.get(counter, 0), 0)
         trainable = self.network.trainable_params()
         optimizer = state.get("optimizer", {})
         unknown = [k for k in optimizer if k not in trainable]

@@ -190,10 +190,10 @@ def test_conv2d_shape_errors_name_the_layer(layer, shape, needle):
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(out_channels=4, kernel_size=3, padding="same", stride=2), "needs stride 1"),
     (dict(out_channels=4, kernel_size=2, padding="same"), "odd (dilated) kernel"),
-    (dict(out_channels=4, kernel_size=3, padding="valid"), "int, a pair or 'same'"),
+    (dict(out_channels=4, kernel_size=3, padding="valid"), "an integer, a pair or 'same'"),
     (dict(out_channels=5, kernel_size=3, groups=2), "not divisible by groups"),
     (dict(out_channels=4, kernel_size=0), "kernel_size must be >= 1"),
-    (dict(out_channels=4, kernel_size=(3, 3, 3)), "pair of ints"),
+    (dict(out_channels=4, kernel_size=(3, 3, 3)), "pair of integers"),
     (dict(out_channels=4, kernel_size=3, padding=-1), "padding must be >= 0"),
 ])
 def test_conv2d_bad_arguments(kwargs, needle):

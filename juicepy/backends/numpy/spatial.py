@@ -22,10 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..base import scratch
-from . import kernels
 from .threads import run_lanes as _run_lanes
-
-_pool_kernels = kernels.load("_pool_kernels")  # one-pass max pooling
 
 
 def _view(arr, shape):
@@ -35,7 +32,8 @@ def _view(arr, shape):
     return view
 
 
-def _channel_shape(x):
+def channel_shape(x):
+    """(1, C, 1, ...): the shape that broadcasts a per-channel vector over an (N, C, ...) array."""
     return (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
@@ -72,8 +70,8 @@ def _offset_view(xp, i, j, stride, out_hw):
 
 
 #: reduction depth C/groups*kh*kw from which a convolution runs batch-innermost; below it the
-#: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (LeNet's 1->6 5x5
-#: layer: 0.9 vs 2.2 ms for forward + weight gradient; its 6->16 layer: 1.8 vs 1.2 ms)
+#: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (measured in
+#: docs/numpy.md)
 BATCH_INNER_MIN_DEPTH = 64
 
 
@@ -212,11 +210,7 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
             region = target[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
             region += by_offset[:, i, j]
     ph, pw = padding
-    interior = target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2)
-    if accumulate:
-        dx += interior
-    else:
-        np.copyto(dx, interior)
+    backend.store(target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2), dx, accumulate)
 
 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
@@ -230,7 +224,7 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
     as_groups = _view(target, (groups, og, plan.depth))
     if plan.batch_inner:
         # cols @ dy^T into a (G, Kg, O/G) scratch then a small transposed copy: BLAS runs this
-        # orientation of the long-reduction product markedly faster (0.26 vs 0.45 ms in LeNet)
+        # orientation of the long-reduction product markedly faster (docs/numpy.md)
         transposed = scratch(ws, backend, "conv_dw_t", (groups, plan.depth, og), dw.dtype)
         np.matmul(cols, _grad_batch_inner(backend, plan, dy, ws).transpose(0, 2, 1), out=transposed)
         np.copyto(as_groups, transposed.transpose(0, 2, 1))
@@ -291,11 +285,7 @@ def _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accu
                 region = _offset_view(target, i * dilation[0], j * dilation[1], stride, dy.shape[2:])
                 region += term
         if ph or pw:
-            interior = target[:, :, ph:ph + h, pw:pw + wd]
-            if accumulate:
-                rows += interior
-            else:
-                np.copyto(rows, interior)
+            backend.store(target[:, :, ph:ph + h, pw:pw + wd], rows, accumulate)
 
     _run_lanes(dx.shape[0], dy[0].size * w.shape[2] * w.shape[3], lane)
 
@@ -314,10 +304,7 @@ def _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, ac
 
     lanes = _run_lanes(x.shape[0], dy[0].size * kh * kw, lane)
     # lane order, not thread timing, fixes the summation order
-    if accumulate:
-        dw += _view(partial[0], dw.shape)
-    else:
-        np.copyto(dw, _view(partial[0], dw.shape))
+    backend.store(_view(partial[0], dw.shape), dw, accumulate)
     for k in range(1, lanes):
         dw += _view(partial[k], dw.shape)
 
@@ -343,17 +330,17 @@ def _is_global(x_hw, kernel, padding, out_hw):
     return tuple(kernel) == tuple(x_hw) and tuple(padding) == (0, 0) and tuple(out_hw) == (1, 1)
 
 
-def _c_pooling(*arrays) -> bool:
-    return _pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
+def _c_pooling(backend, *arrays) -> bool:
+    return backend.pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
         and arrays[0].dtype in (np.float32, np.float64)
 
 
 def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
     kh, kw = kernel
     out_hw = out.shape[2:]
-    if _c_pooling(x, out, argmax):
+    if _c_pooling(backend, x, out, argmax):
         n, c, h, w = x.shape
-        _pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
+        backend.pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
         return
     xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
     table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
@@ -392,8 +379,8 @@ def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
     n, c, h, w = dx.shape
     planes = n * c
     per_plane = dy.size // planes
-    if _c_pooling(dx, dy, argmax):
-        _pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
+    if _c_pooling(backend, dx, dy, argmax):
+        backend.pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
         return
     flat_index = scratch(ws, backend, "pool_flat", (planes, per_plane), np.intp)
     plane_start = scratch(ws, backend, f"pool_base {h * w}", (planes, 1), np.intp,
@@ -444,7 +431,7 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
     if _is_global((h, w), kernel, padding, out_hw):
         share = scratch(ws, backend, "pool_dy", dy.shape, dy.dtype)
         np.multiply(dy, 1.0 / (h * w), out=share)
-        if accumulate:
+        if accumulate:  # each (1, 1) share broadcasts over its whole plane
             dx += share
         else:
             np.copyto(dx, share)
@@ -468,11 +455,7 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
             region = _offset_view(target, i, j, stride, out_hw)
             region += share
     if padded:
-        interior = target[:, :, ph:ph + h, pw:pw + w]
-        if accumulate:
-            dx += interior
-        else:
-            np.copyto(dx, interior)
+        backend.store(target[:, :, ph:ph + h, pw:pw + w], dx, accumulate)
 
 
 # ------------------------------------------------------------ batch norm
@@ -483,7 +466,7 @@ def _stat_axes(x):
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                      momentum, eps, ws):
     axes = _stat_axes(x)
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     count = x.size // x.shape[1]
     channels = (x.shape[1],)
     np.mean(x, axis=axes, out=mean)
@@ -501,7 +484,7 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
 
 
 def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, out, ws):
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     channels = (x.shape[1],)
     scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
     np.add(running_var, eps, out=scale)
@@ -525,7 +508,7 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
 
 def _xhat(backend, x, mean, invstd, ws):
     xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     np.subtract(x, _view(mean, shape), out=xhat)
     xhat *= _view(invstd, shape)
     return xhat
@@ -540,17 +523,13 @@ def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta
     np.multiply(dy, _xhat(backend, x, mean, invstd, ws), out=product)
     np.sum(product, axis=axes, out=sum_dy_xhat)
     for grad, value in ((dbeta, sum_dy), (dgamma, sum_dy_xhat)):
-        if grad is None:
-            continue
-        if accumulate_params:
-            grad += value
-        else:
-            np.copyto(grad, value)
+        if grad is not None:
+            backend.store(value, grad, accumulate_params)
 
 
 def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws):
     # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     c = x.shape[1]
     coef = scratch(ws, backend, "bn_coef", (c,), x.dtype)
     np.multiply(gamma, invstd, out=coef)
@@ -570,7 +549,7 @@ def batch_norm_sums(backend, x, shift, sums, ws):
     axes = _stat_axes(x)
     c = x.shape[1]
     d = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
-    np.subtract(x, _view(shift, _channel_shape(x)), out=d)
+    np.subtract(x, _view(shift, channel_shape(x)), out=d)
     np.sum(d, axis=axes, out=sums[:c])
     np.multiply(d, d, out=d)
     np.sum(d, axis=axes, out=sums[c:])
@@ -607,7 +586,7 @@ def _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, 
 
 
 def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws):
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     scale = scratch(ws, backend, "bn_scale", (x.shape[1],), x.dtype)
     np.multiply(gamma, invstd, out=scale)
     np.subtract(x, _view(mean, shape), out=out)
