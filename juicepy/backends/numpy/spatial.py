@@ -26,6 +26,7 @@ from . import kernels
 from .threads import run_lanes as _run_lanes
 
 _pool_kernels = kernels.load("_pool_kernels")  # one-pass max pooling
+_conv_kernels = kernels.load("_conv_kernels")  # im2col/col2im from NCHW, direct depthwise
 
 
 def _view(arr, shape):
@@ -180,6 +181,12 @@ def _grad_batch_inner(backend, plan, dy, ws):
 
 
 def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
+    if _c_conv(x, w, out):
+        if _is_depthwise(x, w, groups):
+            _c_depthwise_forward(x, w, out, stride, padding, dilation)
+        else:
+            _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws)
+        return
     if _is_depthwise(x, w, groups):
         _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws)
         return
@@ -196,6 +203,12 @@ def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
 def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     """Always batch-innermost: one GEMM per group, then col2im adds runs of Wo*N contiguous
     values per kernel offset instead of Wo-long pieces per sample."""
+    if _c_conv(dy, w, dx):
+        if _is_depthwise(dx, w, groups):
+            _c_depthwise_backward_data(dy, w, dx, stride, padding, dilation, accumulate)
+        else:
+            _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
+        return
     if _is_depthwise(dx, w, groups):
         _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate, ws)
         return
@@ -220,6 +233,12 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
 
 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
+    if _c_conv(x, dy, dw):
+        if _is_depthwise(x, dw, groups):
+            _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
+        else:
+            _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
+        return
     if _is_depthwise(x, dw, groups):
         _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
         return
@@ -320,6 +339,147 @@ def _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, ac
         np.copyto(dw, _view(partial[0], dw.shape))
     for k in range(1, lanes):
         dw += _view(partial[k], dw.shape)
+
+# --------------------------------------------------- convolution with the C kernels
+# Where _conv_kernels was built: im2col reads the NCHW input directly (padding in the copy)
+# into chunks of columns small enough to stay in L2 while their GEMM runs, so no
+# full-size column matrix or transposed copy of the input or gradient is ever made.
+def _c_conv(*arrays) -> bool:
+    dtype = arrays[0].dtype
+    return _conv_kernels is not None and dtype in (np.float32, np.float64) \
+        and all(a.flags.c_contiguous and a.dtype == dtype for a in arrays)
+
+
+def _geometry(in_chw, kernel, stride, padding, dilation, out_hw):
+    """The C kernels' geometry tuple (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)."""
+    return tuple(in_chw) + tuple(kernel) + tuple(stride) + tuple(padding) + tuple(dilation) + tuple(out_hw)
+
+
+#: elements in one chunk of columns (1 MB of float32): copied, then multiplied while in L2
+COLUMN_CHUNK = 1 << 18
+
+
+def _chunks(plan, whole_samples=False):
+    """(n0, n1, r0, r1): several whole samples per chunk, or bands of output rows of one sample
+    (whole single samples with ``whole_samples``)."""
+    per_row = plan.groups * plan.depth * plan.wo
+    per_sample = per_row * plan.ho
+    if per_sample <= COLUMN_CHUNK or whole_samples:
+        step = max(1, COLUMN_CHUNK // per_sample)
+        for n0 in range(0, plan.n, step):
+            yield n0, min(plan.n, n0 + step), 0, plan.ho
+        return
+    rows = max(1, COLUMN_CHUNK // per_row)
+    for n in range(plan.n):
+        for r0 in range(0, plan.ho, rows):
+            yield n, n + 1, r0, min(plan.ho, r0 + rows)
+
+
+def _chunk_columns(backend, plan, x, geometry, chunk, ws):
+    """The columns of one chunk as a (samples, G, Kg, pixels) view of a workspace buffer."""
+    n0, n1, r0, r1 = chunk
+    pixels = (r1 - r0) * plan.wo
+    buf = scratch(ws, backend, "conv_chunk_cols", (COLUMN_CHUNK,), x.dtype) \
+        if plan.groups * plan.depth * pixels * (n1 - n0) <= COLUMN_CHUNK else \
+        scratch(ws, backend, "conv_sample_cols", (plan.groups * plan.depth * pixels,), x.dtype)
+    size = (n1 - n0) * plan.groups * plan.depth * pixels
+    _conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, plan.groups * plan.depth * pixels, pixels)
+    return _view(buf[:size], (n1 - n0, plan.groups, plan.depth, pixels))
+
+
+def _chunk_of(plan, a, chunk):
+    """Rows ``chunk`` of an (N, O, Ho, Wo) array as a (samples, G, O/G, pixels) view."""
+    n0, n1, r0, r1 = chunk
+    rows = _view(a[n0:n1], (n1 - n0, a.shape[1], plan.ho * plan.wo))[:, :, r0 * plan.wo:r1 * plan.wo]
+    return _view(rows, (n1 - n0, plan.groups, a.shape[1] // plan.groups, (r1 - r0) * plan.wo))
+
+
+def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
+    plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
+    geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
+    weight = plan.weight(w)
+    for chunk in _chunks(plan):
+        np.matmul(weight, _chunk_columns(backend, plan, x, geometry, chunk, ws), out=_chunk_of(plan, out, chunk))
+
+
+def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
+    plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
+    geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
+    og = plan.o // groups
+    total = scratch(ws, backend, "conv_dw", dw.shape, dw.dtype) if accumulate else dw
+    as_groups = _view(total, (groups, og, plan.depth))
+    part = scratch(ws, backend, "conv_dw_part", as_groups.shape, dw.dtype)
+    for index, chunk in enumerate(_chunks(plan)):
+        cols = _chunk_columns(backend, plan, x, geometry, chunk, ws)
+        per_sample = scratch(ws, backend, "conv_dw_rows", (cols.shape[0],) + as_groups.shape, dw.dtype)
+        np.matmul(_chunk_of(plan, dy, chunk), cols.transpose(0, 1, 3, 2), out=per_sample)
+        # samples in order, chunk after chunk: a fixed summation order
+        np.sum(per_sample, axis=0, out=as_groups if index == 0 else part)
+        if index:
+            as_groups += part
+    if accumulate:
+        dw += total
+
+
+def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
+    plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
+    geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
+    weight_t = plan.weight(w).transpose(0, 2, 1)
+    per_sample = plan.groups * plan.depth * plan.ho * plan.wo
+    for chunk in _chunks(plan, whole_samples=True):
+        n0, n1 = chunk[:2]
+        dcols = scratch(ws, backend, "conv_dcols", (max(1, COLUMN_CHUNK // per_sample) * per_sample,), dx.dtype)
+        view = _view(dcols[:(n1 - n0) * per_sample], (n1 - n0, groups, plan.depth, plan.ho * plan.wo))
+        np.matmul(weight_t, _chunk_of(plan, dy, chunk), out=view)
+        _conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, groups * plan.depth * plan.ho * plan.wo,
+                             plan.ho * plan.wo, accumulate)
+
+
+def _grid_padding(kernel, padding, dilation):
+    """Padding of the stride-1 input gradient seen as a conv of dy with the flipped taps."""
+    return tuple(d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation))
+
+
+def _c_depthwise_forward(x, w, out, stride, padding, dilation):
+    n, c = x.shape[:2]
+    geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
+    work = out[0, 0].size * w.shape[2] * w.shape[3]
+    if tuple(stride) == (1, 1):
+        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_grid(
+            x, w, out, geometry, n, lo, hi, False, False))
+    else:
+        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi))
+
+
+def _c_depthwise_backward_data(dy, w, dx, stride, padding, dilation, accumulate):
+    n, c = dx.shape[:2]
+    work = dy[0, 0].size * w.shape[2] * w.shape[3]
+    flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
+    if tuple(stride) == (1, 1) and min(flipped_padding) >= 0:
+        geometry = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
+        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_grid(
+            dy, w, dx, geometry, n, lo, hi, True, accumulate))
+    else:
+        geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
+        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_backward_data(
+            dy, w, dx, geometry, n, lo, hi, accumulate))
+
+
+def _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws):
+    n, c = x.shape[:2]
+    geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
+    work = n * dy[0, 0].size * dw.shape[2] * dw.shape[3]
+    if tuple(stride) == (1, 1):
+        _run_lanes(c, work, lambda lo, hi, k: _conv_kernels.depthwise_grid_filter(
+            x, dy, dw, geometry, n, lo, hi, accumulate))
+        return
+    taps = dw.shape[2] * dw.shape[3]
+
+    def lane(lo, hi, k):
+        partial = scratch(ws, backend, f"conv_dw_partial/{k}", (taps * dy.shape[3],), dw.dtype)
+        _conv_kernels.depthwise_backward_filter(x, dy, dw, partial, geometry, n, lo, hi, accumulate)
+
+    _run_lanes(c, work, lane)
 
 
 # ---------------------------------------------------------------- pooling
