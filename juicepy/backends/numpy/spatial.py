@@ -369,7 +369,8 @@ def _chunks(plan, whole_samples=False):
         for n0 in range(0, plan.n, step):
             yield n0, min(plan.n, n0 + step), 0, plan.ho
         return
-    rows = max(1, COLUMN_CHUNK // per_row)
+    bands = -(-plan.ho // max(1, COLUMN_CHUNK // per_row))
+    rows = -(-plan.ho // bands)  # even bands: a short last band makes a thin GEMM
     for n in range(plan.n):
         for r0 in range(0, plan.ho, rows):
             yield n, n + 1, r0, min(plan.ho, r0 + rows)
@@ -406,19 +407,23 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
     plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
     geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
     og = plan.o // groups
-    total = scratch(ws, backend, "conv_dw", dw.shape, dw.dtype) if accumulate else dw
-    as_groups = _view(total, (groups, og, plan.depth))
-    part = scratch(ws, backend, "conv_dw_part", as_groups.shape, dw.dtype)
+    # cols @ dy^T, (Kg, O/G) per group, then one small transposed copy: BLAS runs this
+    # orientation of the long-reduction product faster (20.4 vs 25.1 ms, 3x3 64->64 b32)
+    total = scratch(ws, backend, "conv_dw_t", (groups, plan.depth, og), dw.dtype)
+    part = scratch(ws, backend, "conv_dw_part", total.shape, dw.dtype)
     for index, chunk in enumerate(_chunks(plan)):
         cols = _chunk_columns(backend, plan, x, geometry, chunk, ws)
-        per_sample = scratch(ws, backend, "conv_dw_rows", (cols.shape[0],) + as_groups.shape, dw.dtype)
-        np.matmul(_chunk_of(plan, dy, chunk), cols.transpose(0, 1, 3, 2), out=per_sample)
+        per_sample = scratch(ws, backend, "conv_dw_rows", (cols.shape[0],) + total.shape, dw.dtype)
+        np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
         # samples in order, chunk after chunk: a fixed summation order
-        np.sum(per_sample, axis=0, out=as_groups if index == 0 else part)
+        np.sum(per_sample, axis=0, out=total if index == 0 else part)
         if index:
-            as_groups += part
+            total += part
+    as_groups = _view(dw, (groups, og, plan.depth))
     if accumulate:
-        dw += total
+        as_groups += total.transpose(0, 2, 1)
+    else:
+        np.copyto(as_groups, total.transpose(0, 2, 1))
 
 
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
