@@ -362,6 +362,92 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64, pad_plane_f64, double, vf64)
 DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32, pad_plane_f32, float, vf32)
 DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, vf64)
 
+/* Direct stride-1 convolution on the padded grid, for every group: the Cg input planes of a
+ * sample's group are copied zero-padded into a buffer (Cg x Hp x Wp, plus slack), and each
+ * block of OB output channels x NV vectors of grid positions sums over input channels and
+ * taps in registers (one load of a shifted input vector feeds OB multiply-adds). No column
+ * matrix and no packing pass, which is what a GEMM with few output channels per group loses
+ * its time on. Weights are packed once per call as [group][block][c][tap][OB] (zeros past
+ * O/G); with ``flip`` they are read as the input gradient's: output and input channels
+ * swapped, taps reversed (dx is this conv of dy padded by (k - 1)*d - p). */
+/* 8 output channels x 3 vectors: 24 sums in registers (fastest of 4x4, 6x4, 8x3, 8x2, 12x2
+ * on AVX-512; an AVX2 build would spill them, so spatial.py uses this only with AVX-512) */
+#define OB 8
+#define NV 3
+
+#define DEFINE_DIRECT_GRID(NAME, PAD, T, V)                                                    \
+    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
+                                  const Geometry *g, I groups, I o, I n0, I n1, int flip,     \
+                                  int accumulate)                                             \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), block = NV * lanes;                                    \
+        const Grid s = make_grid(g, block);                                                   \
+        const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
+        const I blocks = (og + OB - 1) / OB, plane = s.buffer;                                \
+        T *buf = malloc((size_t)(cg * plane + OB * s.span) * sizeof(T));                      \
+        T *packed = calloc((size_t)(groups * blocks * cg * taps * OB), sizeof(T));            \
+        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        if (!buf || !packed || !offset) {                                                     \
+            free(buf); free(packed); free(offset);                                            \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grid = buf + cg * plane;                                                           \
+        tap_offsets(g, &s, offset);                                                           \
+        for (I gr = 0; gr < groups; gr++)                                                     \
+            for (I j = 0; j < og; j++)                                                        \
+                for (I c = 0; c < cg; c++)                                                    \
+                    for (I t = 0; t < taps; t++) {                                            \
+                        /* forward: w[O][Cg]; flipped: w[C][O/G] read as [j = input ch][c] */ \
+                        T value = flip ? w[((gr * cg + c) * og + j) * taps + taps - 1 - t]    \
+                                       : w[((gr * og + j) * cg + c) * taps + t];              \
+                        packed[(((gr * blocks + j / OB) * cg + c) * taps + t) * OB + j % OB] = value; \
+                    }                                                                         \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I gr = 0; gr < groups; gr++) {                                               \
+                for (I c = 0; c < cg; c++)                                                    \
+                    PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * plane, g, &s); \
+                for (I ob = 0; ob < blocks; ob++) {                                           \
+                    const T *wb = packed + (gr * blocks + ob) * cg * taps * OB;               \
+                    for (I b = 0; b < s.span; b += block) {                                   \
+                        V a[OB][NV];                                                          \
+                        for (int r = 0; r < OB; r++)                                          \
+                            for (int v = 0; v < NV; v++) a[r][v] = (V){0};                    \
+                        for (I c = 0; c < cg; c++) {                                          \
+                            const T *src = buf + c * plane + b;                               \
+                            const T *wt = wb + c * taps * OB;                                 \
+                            for (I t = 0; t < taps; t++) {                                    \
+                                const T *p = src + offset[t];                                 \
+                                V xv[NV];                                                     \
+                                for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + v * lanes); \
+                                for (int r = 0; r < OB; r++) {                                \
+                                    const T k = wt[t * OB + r];                               \
+                                    for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];        \
+                                }                                                             \
+                            }                                                                 \
+                        }                                                                     \
+                        for (int r = 0; r < OB; r++)                                          \
+                            for (int v = 0; v < NV; v++)                                      \
+                                memcpy(grid + r * s.span + b + v * lanes, &a[r][v], sizeof(V)); \
+                    }                                                                         \
+                    for (int r = 0; r < OB && ob * OB + r < og; r++) {                        \
+                        T *dst = out + (n * o + gr * og + ob * OB + r) * g->ho * g->wo;       \
+                        const T *src = grid + r * s.span;                                     \
+                        for (I row = 0; row < g->ho; row++) {                                 \
+                            if (accumulate)                                                   \
+                                for (I q = 0; q < g->wo; q++) dst[row * g->wo + q] += src[row * s.wp + q]; \
+                            else                                                              \
+                                memcpy(dst + row * g->wo, src + row * s.wp, (size_t)g->wo * sizeof(T)); \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        free(buf); free(packed); free(offset);                                                \
+        return 0;                                                                             \
+    }
+
+DEFINE_DIRECT_GRID(direct_grid_f32, pad_plane_f32, float, vf32)
+DEFINE_DIRECT_GRID(direct_grid_f64, pad_plane_f64, double, vf64)
+
 /* ------------------------------------------------------------------ Python glue */
 
 static int parse_geometry(PyObject *tuple, Geometry *g)
@@ -608,7 +694,39 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_direct_grid(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *wo, *oo, *go;
+    Geometry g;
+    I groups, o, n, n0, n1;
+    int flip, accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnpp", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip, &accumulate))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (groups < 1 || g.c % groups || o % groups) {
+        PyErr_Format(PyExc_ValueError, "direct_grid: %zd input and %zd output channels do not split into %zd groups",
+                     g.c, o, groups);
+        return NULL;
+    }
+    Py_buffer x, w, out;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, o * (g.c / groups) * g.kh * g.kw, "w",
+                  oo, &out, 1, n * o * g.ho * g.wo, "out") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        failed = direct_grid_f32(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+    else
+        failed = direct_grid_f64(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &w, &out);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"direct_grid", py_direct_grid, METH_VARARGS,
+     "direct_grid(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate): samples [n0, n1) "
+     "of a stride-1 grouped conv computed directly (flip: the input gradient, x = dy)"},
     {"im2col", py_im2col, METH_VARARGS,
      "im2col(x, cols, geometry, N, n0, n1, r0, r1, sample_stride, row_stride): the windows of "
      "samples [n0, n1) and output rows [r0, r1) of NCHW x as columns (zeros in the padding)"},
@@ -634,4 +752,19 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_conv_kernels",
                                     "im2col/col2im and depthwise convolution for the NumPy backend.",
                                     -1, methods};
 
-PyMODINIT_FUNC PyInit__conv_kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__conv_kernels(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    int wide = 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    wide = __builtin_cpu_supports("avx512f") != 0;
+#endif
+    /* the direct kernel keeps 24 vector sums in registers: only AVX-512 has enough of them */
+    if (PyModule_AddIntConstant(m, "wide_registers", wide) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

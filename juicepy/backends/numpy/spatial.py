@@ -23,6 +23,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..base import scratch
 from . import kernels
+from .threads import gemm_lanes as _gemm_lanes
+from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
 
 _pool_kernels = kernels.load("_pool_kernels")  # one-pass max pooling
@@ -359,33 +361,37 @@ def _geometry(in_chw, kernel, stride, padding, dilation, out_hw):
 COLUMN_CHUNK = 1 << 18
 
 
-def _chunks(plan, whole_samples=False):
-    """(n0, n1, r0, r1): several whole samples per chunk, or bands of output rows of one sample
-    (whole single samples with ``whole_samples``)."""
+def _chunks(plan, lanes, whole_samples=False):
+    """[(n0, n1, r0, r1)]: several whole samples per chunk, or bands of output rows of one sample
+    (whole single samples with ``whole_samples``); whole-sample chunks come in a multiple of
+    ``lanes`` so the lanes get equal shares."""
     per_row = plan.groups * plan.depth * plan.wo
     per_sample = per_row * plan.ho
     if per_sample <= COLUMN_CHUNK or whole_samples:
-        step = max(1, COLUMN_CHUNK // per_sample)
-        for n0 in range(0, plan.n, step):
-            yield n0, min(plan.n, n0 + step), 0, plan.ho
-        return
+        count = -(-plan.n * per_sample // COLUMN_CHUNK)
+        count = min(plan.n, -(-count // lanes) * lanes)
+        step = -(-plan.n // count)
+        return [(n0, min(plan.n, n0 + step), 0, plan.ho) for n0 in range(0, plan.n, step)]
     bands = -(-plan.ho // max(1, COLUMN_CHUNK // per_row))
     rows = -(-plan.ho // bands)  # even bands: a short last band makes a thin GEMM
-    for n in range(plan.n):
-        for r0 in range(0, plan.ho, rows):
-            yield n, n + 1, r0, min(plan.ho, r0 + rows)
+    return [(n, n + 1, r0, min(plan.ho, r0 + rows)) for n in range(plan.n) for r0 in range(0, plan.ho, rows)]
 
 
-def _chunk_columns(backend, plan, x, geometry, chunk, ws):
-    """The columns of one chunk as a (samples, G, Kg, pixels) view of a workspace buffer."""
+def _columns_size(plan, chunks):
+    """Elements of the largest chunk's columns: the size of each lane's column buffer."""
+    return max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * plan.groups * plan.depth * plan.wo
+
+
+def _chunk_columns(backend, plan, x, geometry, chunk, size, lane, ws):
+    """The columns of one chunk as a (samples, G, Kg, pixels) view of lane ``lane``'s buffer."""
     n0, n1, r0, r1 = chunk
     pixels = (r1 - r0) * plan.wo
-    buf = scratch(ws, backend, "conv_chunk_cols", (COLUMN_CHUNK,), x.dtype) \
-        if plan.groups * plan.depth * pixels * (n1 - n0) <= COLUMN_CHUNK else \
-        scratch(ws, backend, "conv_sample_cols", (plan.groups * plan.depth * pixels,), x.dtype)
-    size = (n1 - n0) * plan.groups * plan.depth * pixels
-    _conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, plan.groups * plan.depth * pixels, pixels)
-    return _view(buf[:size], (n1 - n0, plan.groups, plan.depth, pixels))
+    per_sample = plan.groups * plan.depth * pixels
+    if _pointwise(plan):
+        return _chunk_of(plan, x, chunk)
+    buf = scratch(ws, backend, f"conv_cols/{lane}", (size,), x.dtype)
+    _conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, per_sample, pixels)
+    return _view(buf[:(n1 - n0) * per_sample], (n1 - n0, plan.groups, plan.depth, pixels))
 
 
 def _chunk_of(plan, a, chunk):
@@ -395,49 +401,93 @@ def _chunk_of(plan, a, chunk):
     return _view(rows, (n1 - n0, plan.groups, a.shape[1] // plan.groups, (r1 - r0) * plan.wo))
 
 
+def _direct(stride, padding) -> bool:
+    """Whether the direct kernel computes this stride-1 conv (forward, or its input gradient
+    with ``padding`` (k - 1)*d - p): it needs AVX-512's registers to beat im2col + GEMM."""
+    return bool(_conv_kernels.wide_registers) and tuple(stride) == (1, 1) and min(padding) >= 0
+
+
+def _pointwise(plan) -> bool:
+    """A 1x1, stride-1, unpadded conv: its columns are the input itself."""
+    return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
+
+
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
     geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
+    if _direct(stride, padding) and not _pointwise(plan):
+        _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: _conv_kernels.direct_grid(
+            x, w, out, geometry, groups, plan.o, plan.n, lo, hi, False, False))
+        return
     weight = plan.weight(w)
-    for chunk in _chunks(plan):
-        np.matmul(weight, _chunk_columns(backend, plan, x, geometry, chunk, ws), out=_chunk_of(plan, out, chunk))
+    chunks = _chunks(plan, _gemm_lanes())
+    size = _columns_size(plan, chunks)
+
+    def lane(lo, hi, k):
+        for chunk in chunks[lo:hi]:
+            cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
+            np.matmul(weight, cols, out=_chunk_of(plan, out, chunk))
+
+    _run_gemm_pieces(len(chunks), lane)
 
 
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
     geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
     og = plan.o // groups
+    chunks = _chunks(plan, _gemm_lanes())
+    size = _columns_size(plan, chunks)
+    totals = {}
+
     # cols @ dy^T, (Kg, O/G) per group, then one small transposed copy: BLAS runs this
     # orientation of the long-reduction product faster (20.4 vs 25.1 ms, 3x3 64->64 b32)
-    total = scratch(ws, backend, "conv_dw_t", (groups, plan.depth, og), dw.dtype)
-    part = scratch(ws, backend, "conv_dw_part", total.shape, dw.dtype)
-    for index, chunk in enumerate(_chunks(plan)):
-        cols = _chunk_columns(backend, plan, x, geometry, chunk, ws)
-        per_sample = scratch(ws, backend, "conv_dw_rows", (cols.shape[0],) + total.shape, dw.dtype)
-        np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
-        # samples in order, chunk after chunk: a fixed summation order
-        np.sum(per_sample, axis=0, out=total if index == 0 else part)
-        if index:
-            total += part
+    def lane(lo, hi, k):
+        totals[k] = total = scratch(ws, backend, f"conv_dw_t/{k}", (groups, plan.depth, og), dw.dtype)
+        part = scratch(ws, backend, f"conv_dw_part/{k}", total.shape, dw.dtype)
+        for index, chunk in enumerate(chunks[lo:hi]):
+            cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
+            per_sample = scratch(ws, backend, f"conv_dw_rows/{k}", (cols.shape[0],) + total.shape, dw.dtype)
+            np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
+            np.sum(per_sample, axis=0, out=total if index == 0 else part)
+            if index:
+                total += part
+
+    lanes = _run_gemm_pieces(len(chunks), lane)
+    # lane order, chunk order within a lane: a fixed summation order for a given lane count
+    for k in range(1, lanes):
+        totals[0] += totals[k]
     as_groups = _view(dw, (groups, og, plan.depth))
     if accumulate:
-        as_groups += total.transpose(0, 2, 1)
+        as_groups += totals[0].transpose(0, 2, 1)
     else:
-        np.copyto(as_groups, total.transpose(0, 2, 1))
+        np.copyto(as_groups, totals[0].transpose(0, 2, 1))
 
 
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
+    flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
+    if _direct(stride, flipped_padding) and not _pointwise(plan):
+        # dx is the stride-1 conv of dy with the taps flipped and the channels swapped
+        flipped = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
+        _run_lanes(plan.n, dx[0].size * plan.o // groups * plan.kh * plan.kw,
+                   lambda lo, hi, k: _conv_kernels.direct_grid(dy, w, dx, flipped, groups, plan.c, plan.n,
+                                                               lo, hi, True, accumulate))
+        return
     geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
     weight_t = plan.weight(w).transpose(0, 2, 1)
     per_sample = plan.groups * plan.depth * plan.ho * plan.wo
-    for chunk in _chunks(plan, whole_samples=True):
-        n0, n1 = chunk[:2]
-        dcols = scratch(ws, backend, "conv_dcols", (max(1, COLUMN_CHUNK // per_sample) * per_sample,), dx.dtype)
-        view = _view(dcols[:(n1 - n0) * per_sample], (n1 - n0, groups, plan.depth, plan.ho * plan.wo))
-        np.matmul(weight_t, _chunk_of(plan, dy, chunk), out=view)
-        _conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, groups * plan.depth * plan.ho * plan.wo,
-                             plan.ho * plan.wo, accumulate)
+    chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)
+    most = max(n1 - n0 for n0, n1, _, _ in chunks)
+
+    def lane(lo, hi, k):
+        dcols = scratch(ws, backend, f"conv_dcols/{k}", (most * per_sample,), dx.dtype)
+        for chunk in chunks[lo:hi]:
+            n0, n1 = chunk[:2]
+            view = _view(dcols[:(n1 - n0) * per_sample], (n1 - n0, groups, plan.depth, plan.ho * plan.wo))
+            np.matmul(weight_t, _chunk_of(plan, dy, chunk), out=view)
+            _conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate)
+
+    _run_gemm_pieces(len(chunks), lane)
 
 
 def _grid_padding(kernel, padding, dilation):
