@@ -448,6 +448,74 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
 DEFINE_DIRECT_GRID(direct_grid_f32, pad_plane_f32, float, vf32)
 DEFINE_DIRECT_GRID(direct_grid_f64, pad_plane_f64, double, vf64)
 
+/* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and grid
+ * positions of dy[o] (on the grid, zero past Wo) times the shifted padded x[c]. Blocks of
+ * FO output channels x FT taps keep one vector of partial sums each in registers over a whole
+ * grid, then add their lanes (in order) into dw. Output channels and taps are padded to whole
+ * blocks with zero dy planes and tap offset 0; those sums are dropped. */
+#define FO 8
+#define FT 3
+
+#define DEFINE_DIRECT_GRID_FILTER(NAME, PAD, T, V)                                             \
+    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+                                  const Geometry *g, I groups, I o, I n0, I n1, int accumulate) \
+    {                                                                                          \
+        const I lanes = VLANES(V, T);                                                         \
+        const Grid s = make_grid(g, lanes);                                                   \
+        const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
+        const I oblocks = (og + FO - 1) / FO, tblocks = (taps + FT - 1) / FT;                 \
+        const I plane = s.buffer;                                                             \
+        T *buf = malloc((size_t)(cg * plane + oblocks * FO * s.span) * sizeof(T));            \
+        I *offset = calloc((size_t)(tblocks * FT), sizeof(I));                                \
+        if (!buf || !offset) {                                                                \
+            free(buf); free(offset);                                                          \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grad = buf + cg * plane;                                                           \
+        tap_offsets(g, &s, offset);                                                           \
+        memset(grad, 0, (size_t)(oblocks * FO * s.span) * sizeof(T));                         \
+        if (!accumulate) memset(dw, 0, (size_t)(o * cg * taps) * sizeof(T));                  \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I gr = 0; gr < groups; gr++) {                                               \
+                for (I c = 0; c < cg; c++)                                                    \
+                    PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * plane, g, &s); \
+                for (I j = 0; j < og; j++)                                                    \
+                    for (I r = 0; r < g->ho; r++)                                             \
+                        memcpy(grad + j * s.span + r * s.wp,                                  \
+                               dy + ((n * o + gr * og + j) * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
+                /* a block's 8 dy planes stay in L1 while every input channel passes by */   \
+                for (I ob = 0; ob < oblocks; ob++)                                            \
+                    for (I c = 0; c < cg; c++)                                                \
+                        for (I tb = 0; tb < tblocks; tb++) {                                  \
+                            V a[FO][FT];                                                      \
+                            for (int r = 0; r < FO; r++)                                      \
+                                for (int u = 0; u < FT; u++) a[r][u] = (V){0};                \
+                            const T *src = buf + c * plane;                                   \
+                            const T *e0 = grad + ob * FO * s.span;                            \
+                            const I *off = offset + tb * FT;                                  \
+                            for (I b = 0; b < s.span; b += lanes) {                           \
+                                V xv[FT];                                                     \
+                                for (int u = 0; u < FT; u++) xv[u] = LOADV(V, src + b + off[u]); \
+                                for (int r = 0; r < FO; r++) {                                \
+                                    const V ev = LOADV(V, e0 + r * s.span + b);               \
+                                    for (int u = 0; u < FT; u++) a[r][u] += ev * xv[u];       \
+                                }                                                             \
+                            }                                                                 \
+                            for (int r = 0; r < FO && ob * FO + r < og; r++)                  \
+                                for (int u = 0; u < FT && tb * FT + u < taps; u++) {          \
+                                    T sum = 0;                                                \
+                                    for (I l = 0; l < lanes; l++) sum += a[r][u][l];          \
+                                    dw[((gr * og + ob * FO + r) * cg + c) * taps + tb * FT + u] += sum; \
+                                }                                                             \
+                        }                                                                     \
+            }                                                                                 \
+        free(buf); free(offset);                                                              \
+        return 0;                                                                             \
+    }
+
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32, pad_plane_f32, float, vf32)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64, pad_plane_f64, double, vf64)
+
 /* ------------------------------------------------------------------ Python glue */
 
 static int parse_geometry(PyObject *tuple, Geometry *g)
@@ -723,7 +791,39 @@ static PyObject *py_direct_grid(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *dyo, *dwo, *go;
+    Geometry g;
+    I groups, o, n, n0, n1;
+    int accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnp", &xo, &dyo, &dwo, &go, &groups, &o, &n, &n0, &n1, &accumulate))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (groups < 1 || g.c % groups || o % groups) {
+        PyErr_Format(PyExc_ValueError, "direct_grid_filter: %zd input and %zd output channels do not split "
+                     "into %zd groups", g.c, o, groups);
+        return NULL;
+    }
+    Py_buffer x, dy, dw;
+    if (get_three(dwo, &dw, 1, o * (g.c / groups) * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
+                  dyo, &dy, 0, n * o * g.ho * g.wo, "dy") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (dw.itemsize == 4)
+        failed = direct_grid_filter_f32(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+    else
+        failed = direct_grid_filter_f64(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dw, &x, &dy);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
+     "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
+     "weight gradient of samples [n0, n1), computed directly"},
     {"direct_grid", py_direct_grid, METH_VARARGS,
      "direct_grid(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate): samples [n0, n1) "
      "of a stride-1 grouped conv computed directly (flip: the input gradient, x = dy)"},

@@ -18,6 +18,8 @@ Workspace, so a steady-state step allocates no arrays beyond NumPy's small index
 from __future__ import annotations
 
 
+import time
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -432,8 +434,53 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
 
 
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
-    plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], stride, padding, dilation, groups)
-    geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
+    """The weight gradient by the direct kernel or by im2col + GEMM, whichever ran faster on
+    this geometry (timed once per workspace; neither wins everywhere: the direct kernel on
+    5x5 and grouped layers, the GEMM on 3x3 64->64)."""
+    candidates = [_gemm_backward_filter]
+    if _direct(stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
+        candidates.append(_direct_backward_filter)
+    args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
+    if len(candidates) > 1 and ws is not None:
+        key = f"conv_filter_choice {x.shape} {dw.shape} {dy.shape} {stride} {padding} {dilation} {groups}"
+        choice = scratch(ws, backend, key, (1,), np.int8,
+                         init=lambda buf: buf.fill(_fastest(candidates, args, dw.dtype, ws)))[0]
+    else:
+        choice = 0
+    candidates[choice](*args, dw, accumulate, ws)
+
+
+def _fastest(candidates, args, dtype, ws) -> int:
+    """Index of the candidate with the shortest of two timed runs (into a scratch target)."""
+    target = scratch(ws, args[0], "conv_filter_trial", args[3], dtype)
+    times = []
+    for run in candidates:
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            run(*args, target, False, ws)
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
+    return times.index(min(times))
+
+
+def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
+    geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
+    o, n = w_shape[0], x.shape[0]
+    partial = {}
+
+    def lane(lo, hi, k):
+        partial[k] = target = dw if k == 0 else scratch(ws, backend, f"conv_dw_direct/{k}", dw.shape, dw.dtype)
+        _conv_kernels.direct_grid_filter(x, dy, target, geometry, groups, o, n, lo, hi, accumulate and k == 0)
+
+    lanes = _run_lanes(n, dy[0].size * x.shape[1] // groups * w_shape[2] * w_shape[3], lane)
+    for k in range(1, lanes):  # lane order: a fixed summation order for a given lane count
+        dw += partial[k]
+
+
+def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
+    plan = _ConvPlan(x.shape, w_shape, dy.shape[2:], stride, padding, dilation, groups)
+    geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     og = plan.o // groups
     chunks = _chunks(plan, _gemm_lanes())
     size = _columns_size(plan, chunks)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import juicepy as jp
+from juicepy.backends.base import Workspace
 from juicepy.backends.numpy import spatial as numpy_spatial
 
 kernels = numpy_spatial._conv_kernels
@@ -25,17 +26,17 @@ def _out_len(size, k, s, p, d):
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-def _all_three(x, w, dy_seed, geometry, accumulate_into=None):
+def _all_three(x, w, dy_seed, geometry, accumulate_into=None, ws=None):
     b = jp.backend("numpy")
     stride, padding, dilation, groups = geometry
     out = np.empty((x.shape[0], w.shape[0], _out_len(x.shape[2], w.shape[2], stride, padding, dilation),
                     _out_len(x.shape[3], w.shape[3], stride, padding, dilation)), x.dtype)
     pairs = [(stride,) * 2, (padding,) * 2, (dilation,) * 2, groups]
-    b.conv2d(x, w, out, *pairs)
+    b.conv2d(x, w, out, *pairs, ws=ws)
     dy = np.random.default_rng(dy_seed).standard_normal(out.shape).astype(x.dtype)
     dx, dw = (np.zeros_like(x), np.zeros_like(w)) if accumulate_into is None else accumulate_into
-    b.conv2d_backward_data(dy, w, dx, *pairs, accumulate=accumulate_into is not None)
-    b.conv2d_backward_filter(x, dy, dw, *pairs, accumulate=accumulate_into is not None)
+    b.conv2d_backward_data(dy, w, dx, *pairs, accumulate=accumulate_into is not None, ws=ws)
+    b.conv2d_backward_filter(x, dy, dw, *pairs, accumulate=accumulate_into is not None, ws=ws)
     return out, dx, dw
 
 
@@ -57,6 +58,25 @@ def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
     summed = _all_three(x, w, 1, (s, p, d, g), accumulate_into=tuple(a.copy() for a in start))
     np.testing.assert_allclose(summed[1], start[0] + reference[1], rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(summed[2], start[1] + reference[2], rtol=1e-10, atol=1e-10)
+
+
+@needs_kernels
+@pytest.mark.parametrize("choice", [0, 1], ids=["gemm", "direct"])
+def test_both_weight_gradient_algorithms_match_the_fallback(choice, monkeypatch):
+    """The measured choice picks one per geometry; each must be right, alone and accumulating."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 9, 8))
+    w = rng.standard_normal((8, 3, 3, 3))
+    monkeypatch.setattr(numpy_spatial._conv_kernels, "wide_registers", 1)
+    monkeypatch.setattr(numpy_spatial, "_fastest", lambda *args: choice)
+    ws = Workspace()
+    fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
+    summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)
+    monkeypatch.setattr(numpy_spatial, "_conv_kernels", None)
+    reference = _all_three(x, w, 5, (1, 1, 1, 2))
+    for got, want in zip(fast, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(summed[2], reference[2] + 1, rtol=1e-10, atol=1e-10)
 
 
 @needs_kernels
