@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import arguments
+
 
 @dataclass
 class Dataset:
@@ -36,8 +38,7 @@ class Dataset:
 
         ``drop_last`` keeps every batch at exactly ``batch_size`` rows, as a Trainer needs.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        batch_size = arguments.integer(f"{self.name}.batches", "batch_size", batch_size, 1)
         n = len(self)
         order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
         stop = n - n % batch_size if drop_last else n

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from .. import init as initializers
+from ..arguments import flag, number, optional_integer
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer
@@ -27,14 +29,11 @@ class _BatchNorm(Layer):
     def __init__(self, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
                  num_features: int | None = None):
         super().__init__()
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None, got {momentum}")
-        if eps <= 0.0:
-            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
-        self.momentum = None if momentum is None else float(momentum)
-        self.eps = float(eps)
-        self.affine = bool(affine)
-        self.num_features = num_features
+        name = type(self).__name__
+        self.momentum = number(name, "momentum", momentum, low=0.0, high=1.0, none_ok=True)
+        self.eps = number(name, "eps", eps, low=0.0, low_open=True)
+        self.affine = flag(name, "affine", affine)
+        self.num_features = optional_integer(name, "num_features", num_features, 1)
         self.weight = self.bias = None
         self.running_mean = self.running_var = self.num_batches_tracked = None
 
@@ -49,18 +48,24 @@ class _BatchNorm(Layer):
 
     def create_params(self, input_shapes, graph):
         channels = self.num_features = input_shapes[0][0]
-        dtype = graph.dtype
+
+        def fill(init, shape, dtype=graph.dtype):
+            return initializers.make(init, graph.rng, shape, channels, channels, dtype)
+
         if self.affine:
-            self.weight = LearnableParams(np.ones(channels, dtype))
-            self.bias = LearnableParams(np.zeros(channels, dtype))
-        self.running_mean = LearnableParams(np.zeros(channels, dtype), trainable=False)
-        self.running_var = LearnableParams(np.ones(channels, dtype), trainable=False)
-        self.num_batches_tracked = LearnableParams(np.zeros((), np.int64), trainable=False)
+            self.weight = LearnableParams(fill("ones", (channels,)))
+            self.bias = LearnableParams(fill("zeros", (channels,)))
+        self.running_mean = LearnableParams(fill("zeros", (channels,)), trainable=False)
+        self.running_var = LearnableParams(fill("ones", (channels,)), trainable=False)
+        self.num_batches_tracked = LearnableParams(fill("zeros", (), np.int64), trainable=False)
 
     def params(self):
         stats = {"running_mean": self.running_mean, "running_var": self.running_var,
                  "num_batches_tracked": self.num_batches_tracked}
         return {"weight": self.weight, "bias": self.bias, **stats} if self.affine else stats
+
+    def training_state(self):
+        return [self.running_mean, self.running_var, self.num_batches_tracked]
 
     def setup(self, backend, ctx):
         unit = ctx.input_shapes[0]

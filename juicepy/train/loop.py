@@ -8,6 +8,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..backends import backend as get_backend
+from ..backends.base import Workspace
 from .metrics import accuracy
 
 
@@ -38,3 +39,16 @@ def fit_epoch(trainer, backend, dataset, epoch: int = 0, seed: int = 0, progress
 def evaluate(network, backend, dataset) -> float:
     """Test accuracy of ``network`` (eval mode) on ``dataset``."""
     return accuracy(network.transform(backend, dataset.x), dataset.y)
+
+
+def evaluate_loss(network, loss, backend, dataset) -> tuple[float, float]:
+    """(mean loss, accuracy) of ``network`` (eval mode) on every row of ``dataset``; the loss
+    runs on the NumPy backend over the host outputs, so no batch size is involved."""
+    outputs = network.transform(backend, dataset.x)
+    host = get_backend("numpy")
+    targets = loss.check_targets(np.asarray(dataset.y), network.output_shape, len(dataset), network.dtype)
+    losses = np.empty(len(dataset), network.dtype)
+    grads = np.empty_like(outputs)
+    count = loss.count(len(dataset), network.output_shape)
+    loss.compute(host, outputs, targets, losses, grads, 1.0 / count, Workspace())
+    return float(losses.sum(dtype=np.float64)) / count, accuracy(outputs, dataset.y)

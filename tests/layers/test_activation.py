@@ -88,3 +88,13 @@ def test_torch_parity(ours, theirs, rng):
     yt.backward(torch.tensor(g))
     np.testing.assert_allclose(outputs[0], yt.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(input_grads[0], xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("slope,error,message", [
+    (float("nan"), ValueError, r"LeakyReLU: negative_slope must be a finite number, got nan"),
+    (float("-inf"), ValueError, r"LeakyReLU: negative_slope must be a finite number, got -inf"),
+    ("0.1", TypeError, r"LeakyReLU: negative_slope must be a number, got str '0.1'"),
+])
+def test_leaky_relu_refuses_a_slope_that_is_not_a_finite_number(slope, error, message):
+    with pytest.raises(error, match=message):
+        L.LeakyReLU(slope)

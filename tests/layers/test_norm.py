@@ -182,3 +182,17 @@ def test_torch_conv_bn_state_dict_loads_as_is():
                                   L.MaxPool2d(2), L.Flatten(), L.Linear(5)), (2, 6, 6))
     net.set_weights(model.state_dict(), strict=True)
     np.testing.assert_allclose(net.transform("numpy", x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(eps=float("nan")), ValueError, r"BatchNorm1d: eps must be a finite number > 0, got nan"),
+    (dict(eps=0.0), ValueError, r"BatchNorm1d: eps must be a finite number > 0, got 0.0"),
+    (dict(eps=-1e-5), ValueError, r"BatchNorm1d: eps must be a finite number > 0, got -1e-05"),
+    (dict(momentum=1.5), ValueError, r"BatchNorm1d: momentum must be a finite number in \[0, 1\] or None, got 1.5"),
+    (dict(momentum=float("nan")), ValueError, r"BatchNorm1d: momentum must be a finite number in \[0, 1\] or None, got nan"),
+    (dict(momentum="0.1"), TypeError, r"BatchNorm1d: momentum must be a number or None, got str '0.1'"),
+    (dict(affine="no"), TypeError, r"BatchNorm1d: affine must be True or False, got str 'no'"),
+])
+def test_bad_settings_are_refused_with_the_argument_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        L.BatchNorm1d(**kwargs)

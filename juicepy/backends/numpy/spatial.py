@@ -24,13 +24,9 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..base import scratch
-from . import kernels
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
-
-_pool_kernels = kernels.load("_pool_kernels")  # one-pass max pooling
-_conv_kernels = kernels.load("_conv_kernels")  # im2col/col2im from NCHW, direct depthwise
 
 
 def _view(arr, shape):
@@ -40,7 +36,8 @@ def _view(arr, shape):
     return view
 
 
-def _channel_shape(x):
+def channel_shape(x):
+    """(1, C, 1, ...): the shape that broadcasts a per-channel vector over an (N, C, ...) array."""
     return (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
@@ -77,8 +74,8 @@ def _offset_view(xp, i, j, stride, out_hw):
 
 
 #: reduction depth C/groups*kh*kw from which a convolution runs batch-innermost; below it the
-#: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (LeNet's 1->6 5x5
-#: layer: 0.9 vs 2.2 ms for forward + weight gradient; its 6->16 layer: 1.8 vs 1.2 ms)
+#: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (measured in
+#: docs/numpy.md)
 BATCH_INNER_MIN_DEPTH = 64
 
 
@@ -185,9 +182,9 @@ def _grad_batch_inner(backend, plan, dy, ws):
 
 
 def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
-    if _c_conv(x, w, out):
+    if _c_conv(backend, x, w, out):
         if _is_depthwise(x, w, groups):
-            _c_depthwise_forward(x, w, out, stride, padding, dilation)
+            _c_depthwise_forward(backend, x, w, out, stride, padding, dilation)
         else:
             _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws)
         return
@@ -207,9 +204,9 @@ def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
 def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     """Always batch-innermost: one GEMM per group, then col2im adds runs of Wo*N contiguous
     values per kernel offset instead of Wo-long pieces per sample."""
-    if _c_conv(dy, w, dx):
+    if _c_conv(backend, dy, w, dx):
         if _is_depthwise(dx, w, groups):
-            _c_depthwise_backward_data(dy, w, dx, stride, padding, dilation, accumulate)
+            _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate)
         else:
             _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
         return
@@ -229,15 +226,11 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
             region = target[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
             region += by_offset[:, i, j]
     ph, pw = padding
-    interior = target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2)
-    if accumulate:
-        dx += interior
-    else:
-        np.copyto(dx, interior)
+    backend.store(target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2), dx, accumulate)
 
 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
-    if _c_conv(x, dy, dw):
+    if _c_conv(backend, x, dy, dw):
         if _is_depthwise(x, dw, groups):
             _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
         else:
@@ -253,7 +246,7 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
     as_groups = _view(target, (groups, og, plan.depth))
     if plan.batch_inner:
         # cols @ dy^T into a (G, Kg, O/G) scratch then a small transposed copy: BLAS runs this
-        # orientation of the long-reduction product markedly faster (0.26 vs 0.45 ms in LeNet)
+        # orientation of the long-reduction product markedly faster (docs/numpy.md)
         transposed = scratch(ws, backend, "conv_dw_t", (groups, plan.depth, og), dw.dtype)
         np.matmul(cols, _grad_batch_inner(backend, plan, dy, ws).transpose(0, 2, 1), out=transposed)
         np.copyto(as_groups, transposed.transpose(0, 2, 1))
@@ -314,11 +307,7 @@ def _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accu
                 region = _offset_view(target, i * dilation[0], j * dilation[1], stride, dy.shape[2:])
                 region += term
         if ph or pw:
-            interior = target[:, :, ph:ph + h, pw:pw + wd]
-            if accumulate:
-                rows += interior
-            else:
-                np.copyto(rows, interior)
+            backend.store(target[:, :, ph:ph + h, pw:pw + wd], rows, accumulate)
 
     _run_lanes(dx.shape[0], dy[0].size * w.shape[2] * w.shape[3], lane)
 
@@ -337,20 +326,17 @@ def _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, ac
 
     lanes = _run_lanes(x.shape[0], dy[0].size * kh * kw, lane)
     # lane order, not thread timing, fixes the summation order
-    if accumulate:
-        dw += _view(partial[0], dw.shape)
-    else:
-        np.copyto(dw, _view(partial[0], dw.shape))
+    backend.store(_view(partial[0], dw.shape), dw, accumulate)
     for k in range(1, lanes):
         dw += _view(partial[k], dw.shape)
 
 # --------------------------------------------------- convolution with the C kernels
-# Where _conv_kernels was built: im2col reads the NCHW input directly (padding in the copy)
+# Where _conv_kernels was built (backend.conv_kernels): im2col reads the NCHW input directly (padding in the copy)
 # into chunks of columns small enough to stay in L2 while their GEMM runs, so no
 # full-size column matrix or transposed copy of the input or gradient is ever made.
-def _c_conv(*arrays) -> bool:
+def _c_conv(backend, *arrays) -> bool:
     dtype = arrays[0].dtype
-    return _conv_kernels is not None and dtype in (np.float32, np.float64) \
+    return backend.conv_kernels is not None and dtype in (np.float32, np.float64) \
         and all(a.flags.c_contiguous and a.dtype == dtype for a in arrays)
 
 
@@ -392,7 +378,7 @@ def _chunk_columns(backend, plan, x, geometry, chunk, size, lane, ws):
     if _pointwise(plan):
         return _chunk_of(plan, x, chunk)
     buf = scratch(ws, backend, f"conv_cols/{lane}", (size,), x.dtype)
-    _conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, per_sample, pixels)
+    backend.conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, per_sample, pixels)
     return _view(buf[:(n1 - n0) * per_sample], (n1 - n0, plan.groups, plan.depth, pixels))
 
 
@@ -403,10 +389,10 @@ def _chunk_of(plan, a, chunk):
     return _view(rows, (n1 - n0, plan.groups, a.shape[1] // plan.groups, (r1 - r0) * plan.wo))
 
 
-def _direct(stride, padding) -> bool:
+def _direct(backend, stride, padding) -> bool:
     """Whether the direct kernel computes this stride-1 conv (forward, or its input gradient
     with ``padding`` (k - 1)*d - p): it needs AVX-512's registers to beat im2col + GEMM."""
-    return bool(_conv_kernels.wide_registers) and tuple(stride) == (1, 1) and min(padding) >= 0
+    return bool(backend.conv_kernels.wide_registers) and tuple(stride) == (1, 1) and min(padding) >= 0
 
 
 def _pointwise(plan) -> bool:
@@ -417,8 +403,8 @@ def _pointwise(plan) -> bool:
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
     geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
-    if _direct(stride, padding) and not _pointwise(plan):
-        _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: _conv_kernels.direct_grid(
+    if _direct(backend, stride, padding) and not _pointwise(plan):
+        _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_grid(
             x, w, out, geometry, groups, plan.o, plan.n, lo, hi, False, False))
         return
     weight = plan.weight(w)
@@ -438,7 +424,7 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
     this geometry (timed once per workspace; neither wins everywhere: the direct kernel on
     5x5 and grouped layers, the GEMM on 3x3 64->64)."""
     candidates = [_gemm_backward_filter]
-    if _direct(stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
+    if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         candidates.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     if len(candidates) > 1 and ws is not None:
@@ -471,7 +457,7 @@ def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, 
 
     def lane(lo, hi, k):
         partial[k] = target = dw if k == 0 else scratch(ws, backend, f"conv_dw_direct/{k}", dw.shape, dw.dtype)
-        _conv_kernels.direct_grid_filter(x, dy, target, geometry, groups, o, n, lo, hi, accumulate and k == 0)
+        backend.conv_kernels.direct_grid_filter(x, dy, target, geometry, groups, o, n, lo, hi, accumulate and k == 0)
 
     lanes = _run_lanes(n, dy[0].size * x.shape[1] // groups * w_shape[2] * w_shape[3], lane)
     for k in range(1, lanes):  # lane order: a fixed summation order for a given lane count
@@ -503,21 +489,17 @@ def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, gr
     # lane order, chunk order within a lane: a fixed summation order for a given lane count
     for k in range(1, lanes):
         totals[0] += totals[k]
-    as_groups = _view(dw, (groups, og, plan.depth))
-    if accumulate:
-        as_groups += totals[0].transpose(0, 2, 1)
-    else:
-        np.copyto(as_groups, totals[0].transpose(0, 2, 1))
+    backend.store(totals[0].transpose(0, 2, 1), _view(dw, (groups, og, plan.depth)), accumulate)
 
 
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
     flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
-    if _direct(stride, flipped_padding) and not _pointwise(plan):
+    if _direct(backend, stride, flipped_padding) and not _pointwise(plan):
         # dx is the stride-1 conv of dy with the taps flipped and the channels swapped
         flipped = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
         _run_lanes(plan.n, dx[0].size * plan.o // groups * plan.kh * plan.kw,
-                   lambda lo, hi, k: _conv_kernels.direct_grid(dy, w, dx, flipped, groups, plan.c, plan.n,
+                   lambda lo, hi, k: backend.conv_kernels.direct_grid(dy, w, dx, flipped, groups, plan.c, plan.n,
                                                                lo, hi, True, accumulate))
         return
     geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
@@ -532,7 +514,7 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
             n0, n1 = chunk[:2]
             view = _view(dcols[:(n1 - n0) * per_sample], (n1 - n0, groups, plan.depth, plan.ho * plan.wo))
             np.matmul(weight_t, _chunk_of(plan, dy, chunk), out=view)
-            _conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate)
+            backend.conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate)
 
     _run_gemm_pieces(len(chunks), lane)
 
@@ -542,28 +524,28 @@ def _grid_padding(kernel, padding, dilation):
     return tuple(d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation))
 
 
-def _c_depthwise_forward(x, w, out, stride, padding, dilation):
+def _c_depthwise_forward(backend, x, w, out, stride, padding, dilation):
     n, c = x.shape[:2]
     geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
     work = out[0, 0].size * w.shape[2] * w.shape[3]
     if tuple(stride) == (1, 1):
-        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_grid(
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid(
             x, w, out, geometry, n, lo, hi, False, False))
     else:
-        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi))
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi))
 
 
-def _c_depthwise_backward_data(dy, w, dx, stride, padding, dilation, accumulate):
+def _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate):
     n, c = dx.shape[:2]
     work = dy[0, 0].size * w.shape[2] * w.shape[3]
     flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
     if tuple(stride) == (1, 1) and min(flipped_padding) >= 0:
         geometry = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
-        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_grid(
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid(
             dy, w, dx, geometry, n, lo, hi, True, accumulate))
     else:
         geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
-        _run_lanes(n * c, work, lambda lo, hi, k: _conv_kernels.depthwise_backward_data(
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_backward_data(
             dy, w, dx, geometry, n, lo, hi, accumulate))
 
 
@@ -572,14 +554,14 @@ def _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, 
     geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
     work = n * dy[0, 0].size * dw.shape[2] * dw.shape[3]
     if tuple(stride) == (1, 1):
-        _run_lanes(c, work, lambda lo, hi, k: _conv_kernels.depthwise_grid_filter(
+        _run_lanes(c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid_filter(
             x, dy, dw, geometry, n, lo, hi, accumulate))
         return
     taps = dw.shape[2] * dw.shape[3]
 
     def lane(lo, hi, k):
         partial = scratch(ws, backend, f"conv_dw_partial/{k}", (taps * dy.shape[3],), dw.dtype)
-        _conv_kernels.depthwise_backward_filter(x, dy, dw, partial, geometry, n, lo, hi, accumulate)
+        backend.conv_kernels.depthwise_backward_filter(x, dy, dw, partial, geometry, n, lo, hi, accumulate)
 
     _run_lanes(c, work, lane)
 
@@ -605,17 +587,17 @@ def _is_global(x_hw, kernel, padding, out_hw):
     return tuple(kernel) == tuple(x_hw) and tuple(padding) == (0, 0) and tuple(out_hw) == (1, 1)
 
 
-def _c_pooling(*arrays) -> bool:
-    return _pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
+def _c_pooling(backend, *arrays) -> bool:
+    return backend.pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
         and arrays[0].dtype in (np.float32, np.float64)
 
 
 def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
     kh, kw = kernel
     out_hw = out.shape[2:]
-    if _c_pooling(x, out, argmax):
+    if _c_pooling(backend, x, out, argmax):
         n, c, h, w = x.shape
-        _pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
+        backend.pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
         return
     xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
     table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
@@ -654,8 +636,8 @@ def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
     n, c, h, w = dx.shape
     planes = n * c
     per_plane = dy.size // planes
-    if _c_pooling(dx, dy, argmax):
-        _pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
+    if _c_pooling(backend, dx, dy, argmax):
+        backend.pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
         return
     flat_index = scratch(ws, backend, "pool_flat", (planes, per_plane), np.intp)
     plane_start = scratch(ws, backend, f"pool_base {h * w}", (planes, 1), np.intp,
@@ -706,7 +688,7 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
     if _is_global((h, w), kernel, padding, out_hw):
         share = scratch(ws, backend, "pool_dy", dy.shape, dy.dtype)
         np.multiply(dy, 1.0 / (h * w), out=share)
-        if accumulate:
+        if accumulate:  # each (1, 1) share broadcasts over its whole plane
             dx += share
         else:
             np.copyto(dx, share)
@@ -730,11 +712,7 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
             region = _offset_view(target, i, j, stride, out_hw)
             region += share
     if padded:
-        interior = target[:, :, ph:ph + h, pw:pw + w]
-        if accumulate:
-            dx += interior
-        else:
-            np.copyto(dx, interior)
+        backend.store(target[:, :, ph:ph + h, pw:pw + w], dx, accumulate)
 
 
 # ------------------------------------------------------------ batch norm
@@ -745,7 +723,7 @@ def _stat_axes(x):
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                      momentum, eps, ws):
     axes = _stat_axes(x)
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     count = x.size // x.shape[1]
     channels = (x.shape[1],)
     np.mean(x, axis=axes, out=mean)
@@ -774,7 +752,7 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
 
 
 def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, out, ws):
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     channels = (x.shape[1],)
     scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
     np.add(running_var, eps, out=scale)
@@ -790,7 +768,7 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                         accumulate_dx, accumulate_params, ws):
     axes = _stat_axes(x)
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     count = x.size // x.shape[1]
     channels = (x.shape[1],)
     xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
@@ -803,12 +781,8 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
     sum_dy_xhat = scratch(ws, backend, "bn_sum_dy_xhat", channels, x.dtype)
     np.sum(product, axis=axes, out=sum_dy_xhat)
     for grad, value in ((dbeta, sum_dy), (dgamma, sum_dy_xhat)):
-        if grad is None:
-            continue
-        if accumulate_params:
-            grad += value
-        else:
-            np.copyto(grad, value)
+        if grad is not None:
+            backend.store(value, grad, accumulate_params)
     if dx is None:
         return
     # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))

@@ -94,8 +94,9 @@ def test_every_op_launches_its_kernels_with_matching_arguments(standin, dtype):
     pooled, argmax = z(2, 4, 4, 4), z(2, 4, 4, 4, dt=np.int32)
     backend.max_pool2d(xi, pooled, argmax, (2, 2), (2, 2), (0, 0))
     backend.max_pool2d_backward(pooled, argmax, xi, accumulate=True)
-    backend.avg_pool2d(xi, pooled, (3, 2), (2, 2), (1, 0), count_include_pad=False)
-    backend.avg_pool2d_backward(pooled, xi, (3, 2), (2, 2), (1, 0), count_include_pad=False, accumulate=True)
+    averaged = z(2, 4, 5, 4)
+    backend.avg_pool2d(xi, averaged, (3, 2), (2, 2), (1, 0), count_include_pad=False)
+    backend.avg_pool2d_backward(averaged, xi, (3, 2), (2, 2), (1, 0), count_include_pad=False, accumulate=True)
     c = (z(4),) * 2
     backend.batch_norm_train(xi, *c, z(2, 4, 9, 8), z(4), z(4), z(4), z(4), 0.1, 1e-5)
     backend.batch_norm_train(xi, *c, z(2, 4, 9, 8), z(4), z(4), None, None, 0.1, 1e-5)

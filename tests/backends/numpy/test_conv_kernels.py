@@ -10,7 +10,7 @@ import juicepy as jp
 from juicepy.backends.base import Workspace
 from juicepy.backends.numpy import spatial as numpy_spatial
 
-kernels = numpy_spatial._conv_kernels
+kernels = jp.backend("numpy").conv_kernels
 needs_kernels = pytest.mark.skipif(kernels is None, reason="juicepy.backends.numpy._conv_kernels is not loaded "
                                    "(not built for lack of a C compiler, or JUICEPY_CPU_KERNELS=numpy)")
 
@@ -48,12 +48,12 @@ def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
     x = rng.standard_normal((n, c, h, w_))
     w = rng.standard_normal((o, c // g, k, k))
     fast = _all_three(x.astype(np.float32), w.astype(np.float32), 1, (s, p, d, g))
-    monkeypatch.setattr(numpy_spatial, "_conv_kernels", None)
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
     reference = _all_three(x, w, 1, (s, p, d, g))
     for got, want in zip(fast, reference):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
     # accumulate adds to what the gradients hold
-    monkeypatch.setattr(numpy_spatial, "_conv_kernels", kernels)
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", kernels)
     start = (rng.standard_normal(x.shape), rng.standard_normal(w.shape))
     summed = _all_three(x, w, 1, (s, p, d, g), accumulate_into=tuple(a.copy() for a in start))
     np.testing.assert_allclose(summed[1], start[0] + reference[1], rtol=1e-10, atol=1e-10)
@@ -67,12 +67,12 @@ def test_both_weight_gradient_algorithms_match_the_fallback(choice, monkeypatch)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6, 9, 8))
     w = rng.standard_normal((8, 3, 3, 3))
-    monkeypatch.setattr(numpy_spatial._conv_kernels, "wide_registers", 1)
+    monkeypatch.setattr(kernels, "wide_registers", 1)
     monkeypatch.setattr(numpy_spatial, "_fastest", lambda *args: choice)
     ws = Workspace()
     fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
     summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)
-    monkeypatch.setattr(numpy_spatial, "_conv_kernels", None)
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
     reference = _all_three(x, w, 5, (1, 1, 1, 2))
     for got, want in zip(fast, reference):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
