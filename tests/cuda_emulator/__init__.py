@@ -198,9 +198,9 @@ def asan_environment(log_path: str | None = None) -> dict:
 class Kernel:
     """One compiled kernel: its name and the C type of each parameter ("f32", "p:i32", ...)."""
 
-    def __init__(self, module, index, name, kinds):
+    def __init__(self, module, info, name, kinds):
         self.module, self.name, self.kinds = module, name, kinds
-        self.index = index  # the address of its KernelInfo in the module
+        self.info = info  # the address of its KernelInfo in the module
 
     def marshal(self, args) -> list:
         """ctypes values for ``args``: pointers as ints (or objects with ``.data.ptr``), scalars
@@ -232,13 +232,10 @@ class Kernel:
         block3 = (ctypes.c_uint * 3)(*(tuple(block) + (1, 1, 1))[:3])
         argv = (ctypes.c_void_p * max(len(values), 1))(*[ctypes.addressof(v) for v in values])
         error = ctypes.create_string_buffer(2048)
-        rc = self.module._launch(self.index, grid3, block3, ctypes.c_size_t(shared_mem), argv,
-                                           int(reverse), int(workers), error, ctypes.c_size_t(len(error)))
+        rc = self.module.runtime.jp_emu_launch(self.info, grid3, block3, ctypes.c_size_t(shared_mem), argv,
+                                               int(reverse), int(workers), error, ctypes.c_size_t(len(error)))
         if rc != 0:
             raise EmulatorError(self.module.explain(error.value.decode()))
-
-    def __call__(self, grid, block, args, shared_mem=0, reverse=False):
-        self.launch(grid, block, self.marshal(args), shared_mem, reverse)
 
 
 class _KernelInfo(ctypes.Structure):
@@ -264,7 +261,7 @@ class Module:
         self.path = build_library(code, options, sanitize)
         lib = self.lib = ctypes.CDLL(str(self.path))
         lib.jp_emu_kernel.restype = ctypes.POINTER(_KernelInfo)
-        self._launch = runtime.jp_emu_launch
+        self.runtime = runtime
         self.kernels = {}
         for i in range(lib.jp_emu_kernel_count()):
             info = lib.jp_emu_kernel(i)
