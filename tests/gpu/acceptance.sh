@@ -12,7 +12,7 @@
 #
 # --wheels DIR  the wheel folder (default: ../juicepy-wheels beside the checkout)
 # --out DIR     where logs and reports go (default: acceptance-<UTC time>/ in the checkout)
-# --dry-run     no GPU: in the current environment, the CUDA tests and the benchmark code on the
+# --dry-run     no GPU: in the current environment, the CUDA-related tests and the benchmark code on the
 #               CPU emulator (one round each, figures meaningless), the report marked as a dry run
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -71,7 +71,9 @@ fi
 # The backend must start, or every CUDA test would skip.
 step cuda-backend "$PY" tests/gpu/acceptance_report.py check-backend
 if [ "$DRY_RUN" = 1 ]; then
-    step tests "$PY" -m pytest -x -q -rs -p no:cacheprovider tests/backends/cuda tests/cuda_emulator
+    # every CUDA-related test: tests/backends/cuda, the [cuda] cases of the conformance suite and
+    # of every backend-parametrized test, the emulator's own tests
+    step tests "$PY" -m pytest -x -q -rs -p no:cacheprovider tests -k "cuda or emulator or nvrtc or sanitizer"
 else
     step tests "$PY" -m pytest -x -q -rs -p no:cacheprovider
 fi
