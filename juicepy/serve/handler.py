@@ -191,7 +191,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.app = app
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set = set()
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.Condition()
         super().__init__(address, PredictionHandler)
 
     def process_request(self, request, client_address):
@@ -222,9 +222,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             if request in self._open:
                 self._open.discard(request)
                 self._slots.release()
+                self._open_lock.notify_all()
 
-    def close_connections(self) -> None:
-        """Shut every open connection down (their threads then end)."""
+    def close_connections(self, timeout: float) -> bool:
+        """Shut every open connection down and wait up to ``timeout`` for their threads to
+        finish; True when all did."""
         with self._open_lock:
             sockets = list(self._open)
         for sock in sockets:
@@ -232,6 +234,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        with self._open_lock:
+            return self._open_lock.wait_for(lambda: not self._open, timeout)
 
     @property
     def open_connections(self) -> int:

@@ -8,6 +8,8 @@ import logging
 import signal
 import threading
 
+from .. import arguments as A
+from ..errors import ArgumentError
 from .batcher import MicroBatcher
 from .handler import BoundedHTTPServer, InFlight
 from .model import ServedModel
@@ -47,23 +49,27 @@ class ModelServer:
                  max_batch: int | None = None, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, check_finite: bool = True):
-        for name, value, low in (("max_batch", 1 if max_batch is None else max_batch, 1), ("max_body_bytes", max_body_bytes, 1),
-                                 ("max_connections", max_connections, 1)):
-            if int(value) < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        if batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
+        owner = "ModelServer"
+        port = A.integer(owner, "port", port, 0)
+        if port > 65535:
+            raise ArgumentError(f"{owner}: port must be an integer in [0, 65535], got {port}")
+        max_batch = A.optional_integer(owner, "max_batch", max_batch, 1)
+        batch_wait_ms = A.number(owner, "batch_wait_ms", batch_wait_ms, low=0)
+        watch_interval_s = A.number(owner, "watch_interval_s", watch_interval_s, low=0, low_open=True)
+        max_body_bytes = A.integer(owner, "max_body_bytes", max_body_bytes, 1)
+        max_connections = A.integer(owner, "max_connections", max_connections, 1)
+        watch, check_finite = A.flag(owner, "watch", watch), A.flag(owner, "check_finite", check_finite)
         self.path = path
         self.model = ServedModel(path, backend, check_finite=check_finite)
         if max_batch is None:
             max_batch = 1 if self.model.predictor.backend.name in BATCHING_BACKENDS_OFF else DEFAULT_MAX_BATCH
-        self.max_batch, self.batch_wait_ms = int(max_batch), float(batch_wait_ms)
-        self.max_body_bytes = int(max_body_bytes)
+        self.max_batch, self.batch_wait_ms = max_batch, batch_wait_ms
+        self.max_body_bytes = max_body_bytes
         self.tracker = InFlight()
         self.stopping = False
         self._watch, self._watch_interval_s = watch, watch_interval_s
         self._batcher = self._watcher = self._thread = None
-        self._http = BoundedHTTPServer((host, port), self, int(max_connections))
+        self._http = BoundedHTTPServer((host, port), self, max_connections)
 
     @property
     def host(self) -> str:
@@ -118,7 +124,8 @@ class ModelServer:
             self._thread.join()
         if not self.tracker.wait_idle(grace_s):
             log.warning("stop: requests still running after %.0f s; closing their connections", grace_s)
-        self._http.close_connections()
+        if not self._http.close_connections(timeout=5.0):
+            log.warning("stop: some connection threads had not ended after 5 s")
         self._http.server_close()
         if self._watcher is not None:
             self._watcher.close()
