@@ -93,7 +93,7 @@ class PredictionHandler(BaseHTTPRequestHandler):
     def _swap(self, app):
         try:
             doc = json.loads(self._body(app.max_body_bytes))
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             raise BadRequest(400, f"malformed JSON body ({err}); send {{\"path\": \"ck.safetensors\"}}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("path"), str):
             raise BadRequest(400, "send {\"path\": \"ck.safetensors\"}: the checkpoint to serve")
