@@ -69,6 +69,9 @@ class PredictionHandler(BaseHTTPRequestHandler):
                     self._swap(app)
             except BadRequest as err:
                 self._send_error(err.status, str(err), err.headers)
+            except ConnectionError:  # the client hung up: nobody to answer
+                self.close_connection = True
+                log.debug("%s %s: the client closed the connection", self.command, self.path)
             except Exception as err:  # a bug or a backend failure: answer, log, keep serving
                 log.exception("%s %s failed", self.command, self.path)
                 self._send_error(500, f"internal error: {type(err).__name__}: {err}")
@@ -210,6 +213,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         except BaseException:
             self._forget(request)
             raise
+
+    def handle_error(self, request, client_address):
+        log.exception("connection from %s failed", client_address[0])
 
     def process_request_thread(self, request, client_address):
         try:
