@@ -24,7 +24,7 @@ from collections import deque
 
 import numpy as np
 
-from .. import arguments as A
+from .. import arguments
 
 
 class _Pending:
@@ -64,8 +64,8 @@ class MicroBatcher:
     requests from many threads, batching the small ones."""
 
     def __init__(self, run, max_rows: int, max_wait_s: float):
-        self.max_rows = A.integer("MicroBatcher", "max_rows", max_rows, 2)  # 1 would batch nothing
-        self.max_wait_s = A.number("MicroBatcher", "max_wait_s", max_wait_s, low=0)
+        self.max_rows = arguments.integer("MicroBatcher", "max_rows", max_rows, 2)  # 1 would batch nothing
+        self.max_wait_s = arguments.number("MicroBatcher", "max_wait_s", max_wait_s, low=0)
         self._run = run
         self._queue: deque[_Pending] = deque()
         self._arriving = 0  # announced requests not yet queued

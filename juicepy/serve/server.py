@@ -8,8 +8,7 @@ import logging
 import signal
 import threading
 
-from .. import arguments as A
-from ..errors import ArgumentError
+from .. import arguments
 from .batcher import MicroBatcher
 from .handler import BoundedHTTPServer, InFlight
 from .model import ServedModel
@@ -50,15 +49,14 @@ class ModelServer:
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, check_finite: bool = True):
         owner = "ModelServer"
-        port = A.integer(owner, "port", port, 0)
-        if port > 65535:
-            raise ArgumentError(f"{owner}: port must be an integer in [0, 65535], got {port}")
-        max_batch = A.optional_integer(owner, "max_batch", max_batch, 1)
-        batch_wait_ms = A.number(owner, "batch_wait_ms", batch_wait_ms, low=0)
-        watch_interval_s = A.number(owner, "watch_interval_s", watch_interval_s, low=0, low_open=True)
-        max_body_bytes = A.integer(owner, "max_body_bytes", max_body_bytes, 1)
-        max_connections = A.integer(owner, "max_connections", max_connections, 1)
-        watch, check_finite = A.flag(owner, "watch", watch), A.flag(owner, "check_finite", check_finite)
+        max_batch = arguments.optional_integer(owner, "max_batch", max_batch, 1)
+        max_body_bytes = arguments.integer(owner, "max_body_bytes", max_body_bytes, 1)
+        max_connections = arguments.integer(owner, "max_connections", max_connections, 1)
+        batch_wait_ms = arguments.number(owner, "batch_wait_ms", batch_wait_ms, low=0.0)
+        watch_interval_s = arguments.number(owner, "watch_interval_s", watch_interval_s, low=0.0, low_open=True)
+        port = arguments.integer(owner, "port", port, 0, 65535)
+        watch = arguments.flag(owner, "watch", watch)
+        check_finite = arguments.flag(owner, "check_finite", check_finite)
         self.path = path
         self.model = ServedModel(path, backend, check_finite=check_finite)
         if max_batch is None:

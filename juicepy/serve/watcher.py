@@ -12,7 +12,7 @@ import logging
 import os
 import threading
 
-from .. import arguments as A
+from .. import arguments
 
 log = logging.getLogger("juicepy.serve")
 
@@ -29,7 +29,7 @@ class CheckpointWatcher:
     """Polls ``path`` every ``interval_s`` and calls ``swap(path)`` when the file changed."""
 
     def __init__(self, path, swap, interval_s: float = 1.0):
-        self.interval_s = A.number("CheckpointWatcher", "interval_s", interval_s, low=0, low_open=True)
+        self.interval_s = arguments.number("CheckpointWatcher", "interval_s", interval_s, low=0, low_open=True)
         self.path, self._swap = os.fspath(path), swap
         self._seen = file_signature(self.path)  # the file the server started with
         self._stop = threading.Event()
