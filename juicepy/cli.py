@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", default=None, metavar="PNG",
                        help="draw train/test loss and accuracy per epoch to this PNG after every epoch "
                             "(needs matplotlib: pip install 'juicepy[plot]')")
+    train.add_argument("--workers", type=_count(1), default=1, metavar="N",
+                       help="data-parallel processes on this machine: launches `mpiexec -n N` itself "
+                            "(needs juicepy[distributed]); --batch-size is per worker. Or start the "
+                            "job yourself: mpiexec -n N juicepy train ... (default 1)")
     train.set_defaults(run=cmd_train)
 
     predict = commands.add_parser(
@@ -183,7 +189,70 @@ def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
     return Adam(lr=lr, weight_decay=weight_decay)
 
 
+def mpiexec_path() -> str:
+    """mpiexec of this environment (MPICH's wheel puts it beside python), else the one on PATH."""
+    beside = Path(sys.executable).with_name("mpiexec")
+    found = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if found is None:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("--workers needs mpiexec: pip install 'juicepy[distributed]' (mpi4py and MPICH)")
+    return found
+
+
+def launch_workers(args, argv: list) -> int:
+    """Run this command again under ``mpiexec -n N`` (with mpi4py's abort-on-exception runner)."""
+    started = next((os.environ[k] for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if k in os.environ), None)
+    if started is not None:
+        raise ValueError(f"--workers: this process is already one of {started} MPI ranks; "
+                         f"drop --workers when starting the job with mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("--workers needs mpi4py: pip install 'juicepy[distributed]'") from None
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            rest.append(arg)
+    command = [mpiexec_path(), "-n", str(args.workers), sys.executable, "-m", "mpi4py", "-m", "juicepy"] + rest
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # the ranks share this machine's cores: no oversubscribed BLAS
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    return subprocess.call(command, env=env)
+
+
+def _job_communicator(args):
+    """The data-parallel job this process belongs to (size 1 outside mpiexec); on CUDA each
+    rank takes the GPU of its local rank unless --cuda-device says otherwise."""
+    from .distributed import communicator
+
+    comm = communicator(args.backend or os.environ.get("JUICEPY_BACKEND"))
+    if comm.size > 1 and args.cuda_device is None and "JUICEPY_CUDA_DEVICE" not in os.environ:
+        os.environ["JUICEPY_CUDA_DEVICE"] = str(comm.local_rank)
+    return comm
+
+
 def cmd_train(args) -> int:
+    comm = _job_communicator(args)
+    if comm.size == 1:
+        return train_job(args, comm)
+    try:
+        return train_job(args, comm)
+    except BaseException as err:  # one rank failing must end the job, not leave the others waiting
+        message = " ".join(str(err).split())
+        print(f"juicepy: error on rank {comm.rank} of {comm.size}: {type(err).__name__}: {message}",
+              file=sys.stderr, flush=True)
+        comm.abort(1)
+        raise
+
+
+def train_job(args, comm) -> int:
     import juicepy as jp
     from .data import load_dataset
     from .layers import SoftmaxCrossEntropy
@@ -196,6 +265,11 @@ def cmd_train(args) -> int:
     backend = jp.backend(args.backend)
     for flag, path in (("--save", args.save), ("--log", args.log), ("--plot", args.plot)):
         _check_output_path(flag, path)  # now, not after the first epoch
+    lead = comm.rank == 0  # only rank 0 prints, logs and writes checkpoints
+
+    def say(text: str) -> None:
+        if lead:
+            print(text, flush=True)
     first_epoch, model_name = 0, args.model or "mlp"
     if args.resume:
         checkpoint = jp.load(args.resume)
@@ -203,6 +277,7 @@ def cmd_train(args) -> int:
             raise ValueError(f"{args.resume}: holds no trainer state; save it with juicepy train --save")
         network, trainer = checkpoint.network, checkpoint.trainer
         first_epoch, model_name = _resume_settings(args, checkpoint.metadata)
+        trainer.communicator = comm
     else:
         args.dataset = args.dataset or "digits"
     train_set, test_set = load_dataset(args.dataset, data_dir=args.data, download=not args.no_download,
@@ -214,27 +289,31 @@ def cmd_train(args) -> int:
                              input_shape=train_set.input_shape, seed=args.seed)
         trainer = Trainer(network, SoftmaxCrossEntropy(),
                           make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
-                          batch_size=args.batch_size)
-    history = TrainingHistory(args.log, args.plot, title=f"{model_name} on {args.dataset}, {backend.name}")
-    print(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
-          f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
+                          batch_size=args.batch_size, communicator=comm)
+    history = TrainingHistory(args.log if lead else None, args.plot if lead else None,
+                              title=f"{model_name} on {args.dataset}, {backend.name}")
+    say(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
+        f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
+    if comm.size > 1:
+        say(f"data-parallel: {comm.size} ranks ({comm.kind}), batch {trainer.batch_size} per rank, "
+            f"{trainer.batch_size * comm.size} per step")
     if args.resume:
-        print(f"resuming from {args.resume} after epoch {first_epoch} (step {trainer.steps})")
+        say(f"resuming from {args.resume} after epoch {first_epoch} (step {trainer.steps})")
     for epoch in range(first_epoch, args.epochs):
         stats = fit_epoch(trainer, backend, train_set, epoch=epoch, seed=args.seed,
                           progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
         if args.no_progress:
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
-                  f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
+            say(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
+                f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
         if history.wanted:
             history.record(epoch + 1, stats, *evaluate_loss(network, trainer.loss, backend, test_set))
-        if args.save:
-            jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
-                                                            "dataset": args.dataset, "model": model_name})
-    test_accuracy = evaluate(network, backend, test_set)
-    print(f"test accuracy: {test_accuracy:.4f}")
+        if args.save and lead:
+            meta = {"epoch": epoch + 1, "seed": args.seed, "dataset": args.dataset, "model": model_name}
+            jp.save(args.save, network, trainer, metadata=meta | ({"ranks": comm.size} if comm.size > 1 else {}))
+    test_accuracy = evaluate(network, backend, test_set, comm)
+    say(f"test accuracy: {test_accuracy:.4f}")
     if args.save:
-        print(f"saved checkpoint to {args.save}")
+        say(f"saved checkpoint to {args.save}")
     return 0
 
 
@@ -397,6 +476,8 @@ def main(argv=None) -> int:
     from .errors import JuicepyError
 
     try:
+        if getattr(args, "workers", 1) != 1:
+            return launch_workers(args, sys.argv[1:] if argv is None else list(argv))
         return args.run(args)
     except (BackendUnavailable, DatasetUnavailable, JuicepyError, ValueError, OSError) as err:
         message = " ".join(str(err).split())  # one line, whatever the error's text holds

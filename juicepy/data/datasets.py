@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import arguments
+from ..distributed.sharding import shard_order
 
 
 @dataclass
@@ -33,14 +34,17 @@ class Dataset:
         return tuple(self.x.shape[1:])
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                drop_last: bool = True):
+                drop_last: bool = True, rank: int = 0, size: int = 1):
         """Yield (x, y) batches; the order depends only on (seed, epoch).
 
         ``drop_last`` keeps every batch at exactly ``batch_size`` rows, as a Trainer needs.
+        ``rank`` / ``size``: this rank's share of a data-parallel job (DistributedSampler
+        semantics, see :mod:`juicepy.distributed.sharding`): every rank yields the same number
+        of batches.
         """
         batch_size = arguments.integer(f"{self.name}.batches", "batch_size", batch_size, 1)
-        n = len(self)
-        order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+        order = shard_order(len(self), rank, size, seed=seed, epoch=epoch, shuffle=shuffle)
+        n = len(order)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
