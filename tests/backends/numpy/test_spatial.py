@@ -55,8 +55,10 @@ def test_small_batches_stay_on_one_thread(b, monkeypatch):
 
 @pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
 def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, depth_limit):
+    """The forward's columns are reused only while the input still equals the copy kept with them
+    (the NumPy layouts; the C kernels keep no columns)."""
+    monkeypatch.setattr(b, "conv_kernels", None)
     monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", depth_limit)
-    """The forward's columns are reused only while the input still equals the copy kept with them."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 2, 6, 6))
     w = rng.standard_normal((4, 2, 3, 3))
@@ -73,6 +75,7 @@ def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, d
 
 @pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
 def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch, depth_limit):
+    monkeypatch.setattr(b, "conv_kernels", None)
     monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", depth_limit)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 2, 7, 6))
