@@ -3,7 +3,7 @@
 No kernel runs here: each launch is checked against the C signature of the kernel it names, so
 an argument of the wrong count or C type (which a GPU would silently misread) fails. GEMMs run
 through a column-major cuBLAS emulation and are compared with NumPy. On a GPU machine,
-tests/backends/test_cuda.py checks the results of the kernels themselves.
+tests/backends/test_ops.py checks the results of the kernels themselves.
 """
 
 import numpy as np
