@@ -5,6 +5,17 @@ from __future__ import annotations
 
 from .layout import I32, round_up
 
+# Direct kernels (conv_direct_* in conv.cl) instead of im2col + GEMM when a group's GEMM would
+# be thin: its inner dimension (channels per group x taps) at most this long...
+DIRECT_MAX_INNER = 32
+# ...or, for a forward pass (the input gradient counts as the forward pass of the transposed
+# convolution), few outputs per group with an inner dimension short enough that the column
+# matrix costs more than the direct loops (LeNet's second layer: 16 outputs, 6 x 25 inner)
+DIRECT_MAX_OUTPUTS, DIRECT_MAX_INNER_FEW_OUTPUTS = 16, 256
+# work-items the direct weight gradient aims at (images are split into chunks to reach it)
+DIRECT_FILTER_ITEMS = 1024
+CONV_ALGORITHMS = ("auto", "direct", "gemm")
+
 
 def pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
@@ -13,10 +24,43 @@ def pair(v) -> tuple[int, int]:
     return int(v), int(v)
 
 
-
-
 class SpatialOps:
     """NCHW convolution, pooling and batch normalisation."""
+
+    #: "direct", "gemm", or "auto": direct kernels for thin groups on CPU drivers (GPUs keep
+    #: the GEMM: their direct loops would run one row per work-item)
+    conv_algorithm = "auto"
+
+    def _use_direct(self, geo, groups, op) -> bool:
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "direct"
+        if self.gemm_variant != "packed":
+            return False
+        c, o, kh, kw = geo[1], geo[4], geo[5], geo[6]
+        if op == "data":   # the transposed convolution: the roles of C and O swap
+            c, o = o, c
+        inner, outputs = c // groups * kh * kw, o // groups
+        if inner <= DIRECT_MAX_INNER:
+            return True
+        return op != "filter" and outputs <= DIRECT_MAX_OUTPUTS and inner <= DIRECT_MAX_INNER_FEW_OUTPUTS
+
+    def _padded(self, src, top, left, hp, wp, lanes_past, ws):
+        """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
+        with room after the last plane for the vector loads that run past a row's end."""
+        planes, h, w = src.shape[0] * src.shape[1], src.shape[2], src.shape[3]
+        out = self._scratch(ws, "conv_padded", (planes * hp * wp + lanes_past + wp,))
+        self._launch_rows("conv.cl", "pad_planes", hp, (planes,), *self._ref(src), h, w, wp, top, left,
+                          out.base_data)
+        return out
+
+    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws):
+        """conv_direct_fwd over x padded by the geometry's padding."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
+        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dw, ws)
+        self._kernel("conv.cl", "conv_direct_fwd")(
+            self.queue, (n * o,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
+            c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
 
     # ------------------------------------------------------------ convolution
     @staticmethod
@@ -48,7 +92,10 @@ class SpatialOps:
 
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
-        n, c, _, _, o, kh, kw, ho, wo = geo[:9]
+        n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        if self._use_direct(geo, groups, "forward"):
+            self._direct_forward(x, w, out, geo, groups, False, False, ws)
+            return
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
@@ -65,6 +112,15 @@ class SpatialOps:
         geo = self._conv_geometry(dx.shape, w.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_data")
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        if self._use_direct(geo, groups, "data"):
+            if sh == sw == 1:   # the forward convolution of dy with the flipped weights
+                flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
+                self._direct_forward(dy, w, dx, flipped, groups, True, accumulate, ws)
+            else:
+                self._launch_rows("conv.cl", "conv_direct_bwd_data", h, (n * c,), *self._ref(dy), *self._ref(w),
+                                  *self._ref(dx), c, wd, o, ho, wo, c // groups, o // groups, kh, kw,
+                                  sh, sw, ph, pw, dh, dw, int(accumulate))
+            return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
         dy_cn = self._scratch(ws, "conv_cn", (o, cols))
@@ -82,7 +138,10 @@ class SpatialOps:
                                accumulate=False, ws=None):
         geo = self._conv_geometry(x.shape, dw.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_filter")
-        n, c, _, _, o, kh, kw, ho, wo = geo[:9]
+        n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        if self._use_direct(geo, groups, "filter"):
+            self._direct_filter(x, dy, dw, geo, groups, accumulate, ws)
+            return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
         col = self._im2col(x, geo, ws)
@@ -93,6 +152,20 @@ class SpatialOps:
             self._gemm(og, kg, cols, (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, True,
                        (wb[0], wb[1] + g * og * kg), kg, 1.0, float(bool(accumulate)), ws)
+
+    def _direct_filter(self, x, dy, dw, geo, groups, accumulate, ws):
+        n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        sh, sw, ph, pw, dh, dwl = geo[9:]
+        taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
+        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // (taps * weights)))
+        part = self._scratch(ws, "conv_filter_part", (chunks * dw.size,))
+        hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
+        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
+        self._kernel("conv.cl", "conv_direct_bwd_filter")(
+            self.queue, (taps, weights, chunks), (1, 1, 1), taps, xp.base_data, *self._ref(dy),
+            *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
+        self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
+                          *self._ref(dw), int(accumulate))
 
     # ---------------------------------------------------------------- pooling
     @staticmethod

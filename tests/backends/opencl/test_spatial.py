@@ -99,12 +99,27 @@ CONV_CASES = [
     ((3, 6, 7, 7), (6, 3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise
     ((2, 2, 6, 5), (3, 1, 1), (1, 2), (0, 0), (1, 1), 1),  # 1x1
     ((1, 3, 11, 10), (5, 5, 4), (3, 2), (2, 1), (1, 2), 1),
+    ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),  # depthwise x2, padded past the kernel
 ]
+
+
+@pytest.fixture(scope="module", params=["auto", "direct", "direct-8-lanes", "gemm"])
+def conv_ocl(request, ocl):
+    """The backend with each convolution algorithm forced (and chosen per shape); the direct
+    kernels also with 8-lane vectors (what AVX2 devices get)."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    if request.param == "auto":
+        return ocl
+    if request.param == "direct-8-lanes":
+        return OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=8)
+    return OpenCLBackend(ocl.device, conv_algorithm=request.param)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_conv2d_forward_and_backward(ocl, rng, case, accumulate):
+def test_conv2d_forward_and_backward(conv_ocl, rng, case, accumulate):
+    ocl = conv_ocl
     xs, (o, kh, kw), stride, padding, dilation, groups = case
     n, c, h, w = xs
     x = rng.standard_normal(xs).astype(np.float32)
@@ -127,6 +142,15 @@ def test_conv2d_forward_and_backward(ocl, rng, case, accumulate):
     ocl.conv2d_backward_filter(dev_x, ocl.from_host(dy), dw, stride, padding, dilation, groups, accumulate, ws)
     np.testing.assert_allclose(ocl.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ocl.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_settings_are_checked(ocl):
+    from juicepy.backends.opencl import OpenCLBackend
+
+    with pytest.raises(ValueError, match="conv_algorithm must be one of .*'winograd'"):
+        OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    with pytest.raises(ValueError, match="vector_width must be 8 or 16, got 4"):
+        OpenCLBackend(ocl.device, vector_width=4)
 
 
 def test_conv2d_refuses_a_wrong_output_shape(ocl):
