@@ -65,6 +65,36 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
         n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
 }
 
+// Copy the a_panels packed MR-row panels of A for K range [k0, k0 + kc) into local memory.
+// (Macros, not functions: PoCL compiled the micro-kernel behind a function ~30% slower.)
+#define STAGE_A(a_pack, Ap, K, k0, kc, a_panels) \
+    for (int i = 0; i < (a_panels); ++i) { \
+        __global const float *src = (Ap) + ((size_t)i * (K) + (k0)) * MR; \
+        __local float *dst = (a_pack) + i * (BK * MR); \
+        for (int e = 0; e < (kc) * MR; ++e) dst[e] = src[e]; \
+    }
+
+// The register-blocked micro-kernel over every (MR x NR) block of the tile: partial sums of
+// the staged K slice added into c_store (set, on the first slice).
+#define MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, first) \
+    for (int i = 0; i < (a_panels); ++i) { \
+        for (int j = 0; j < (b_panels); ++j) { \
+            __local float16 *ct = (c_store) + (i * MR * BN + j * NR) / 16; \
+            ROWS(ACC_ROW) \
+            if (first) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) } \
+            __local const float *ap = (a_pack) + i * (BK * MR); \
+            __local const float16 *bp = (b_store) + j * (BK * NR / 16); \
+            for (int k = 0; k < (kc); ++k) { \
+                const float16 b0 = bp[0]; \
+                const float16 b1 = bp[1]; \
+                ROWS(FMA_ROW) \
+                ap += MR; \
+                bp += NR / 16; \
+            } \
+            ROWS(STORE_ROW) \
+        } \
+    }
+
 // tile_m (a multiple of MR, <= BM) and tile_n (a multiple of NR, <= BN) are chosen per call
 // so the tiles split C evenly between the CPU threads. Split-K (few tiles, long K): group z of
 // dimension 2 sums K range [z * k_chunk, (z + 1) * k_chunk) into its own (M, N) slab of C,
@@ -95,11 +125,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0);
-        for (int i = 0; i < a_panels; ++i) {
-            __global const float *src = Ap + ((size_t)i * K + k0) * MR;
-            __local float *dst = a_pack + i * (BK * MR);
-            for (int e = 0; e < kc * MR; ++e) dst[e] = src[e];
-        }
+        STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
         for (int j = 0; j < b_panels; ++j) {
             __local float *dst = b_pack + j * (BK * NR);
             if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]: each k holds NR consecutive columns
@@ -117,23 +143,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
                 for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
             }
         }
-        for (int i = 0; i < a_panels; ++i) {
-            for (int j = 0; j < b_panels; ++j) {
-                __local float16 *ct = c_store + (i * MR * BN + j * NR) / 16;
-                ROWS(ACC_ROW)
-                if (k0 == k_begin) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) }
-                __local const float *ap = a_pack + i * (BK * MR);
-                __local const float16 *bp = b_store + j * (BK * NR / 16);
-                for (int k = 0; k < kc; ++k) {
-                    const float16 b0 = bp[0];
-                    const float16 b1 = bp[1];
-                    ROWS(FMA_ROW)
-                    ap += MR;
-                    bp += NR / 16;
-                }
-                ROWS(STORE_ROW)
-            }
-        }
+        MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
     }
     // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
     __local const float *c_tile = (__local const float *)c_store;
@@ -147,6 +157,121 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
         } else {
             for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j];
         }
+    }
+}
+
+// Ap[p][k][r] = A'[p*MR + r, k] for the input gradient of a convolution group: A'[c, (o, t)]
+// = w[o, c, taps - 1 - t] (the transposed, flipped weights; w starts at the group's first
+// output). One work-item per (k, panel), like pack_a.
+__kernel void pack_a_flipped(const int M, const int K, __global const float *w, const int w_off,
+                             const int taps, __global float *Ap, const int p_off)
+{
+    const int k = get_global_id(0), p = get_global_id(1);
+    if (k >= K) return;
+    const int o = k / taps, t = taps - 1 - (k - o * taps);
+    __global float *dst = Ap + p_off + ((size_t)p * K + k) * MR;
+    for (int r = 0; r < MR; ++r) {
+        const int m = p * MR + r;
+        dst[r] = m < M ? w[w_off + ((size_t)o * M + m) * taps + t] : 0.0f;
+    }
+}
+
+inline int first_inside(const int off, const int s) { return off < 0 ? (-off + s - 1) / s : 0; }
+inline int last_inside(const int off, const int s, const int size, const int outputs)
+{
+    return size - off <= 0 ? 0 : min(outputs, (size - off + s - 1) / s);
+}
+
+// Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
+// X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
+// packed weights (M = outputs of the group, K = channels x taps). It is gemm_packed with the
+// column matrix never written: B's panels are gathered from X while they are staged (a panel's
+// 32 columns are runs of consecutive pixels of output rows), and C is stored straight into
+// the NCHW output. x_off and y_off point at the group's first channel.
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n,
+               __global const float *Ap, const int ap_off,
+               __global const float *X, const int x_off, __global float *Y, const int y_off,
+               const int C, const int H, const int W, const int O, const int Ho, const int Wo,
+               const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
+               const int dh, const int dw, const float alpha, const float beta)
+{
+    __local float16 a_store[BM * BK / 16];   // [BM/MR][BK][MR]
+    __local float16 b_store[BK * BN / 16];   // [BN/NR][BK][NR]
+    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
+    __local float *a_pack = (__local float *)a_store;
+    __local float *b_pack = (__local float *)b_store;
+
+    const int row0 = get_group_id(1) * tile_m;
+    const int col0 = get_group_id(0) * tile_n;
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;
+    const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+    const int pixels = Ho * Wo, taps = kh * kw;
+    Ap += ap_off + (size_t)(row0 / MR) * K * MR;
+
+    // a run: up to NR columns of one output row; for each, where it starts in the panel, its
+    // length, the image plane it reads, and its first input row and column (before the tap)
+    int run_at[NR], run_len[NR], run_h[NR], run_w[NR];
+    size_t run_x[NR];
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        const int kc = min(BK, K - k0);
+        STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+        for (int j = 0; j < b_panels; ++j) {
+            int runs = 0;
+            for (int c = 0, col = col0 + j * NR; c < NR && col < N; ++runs) {
+                const int img = col / pixels, pix = col - img * pixels, oh = pix / Wo, ow = pix - oh * Wo;
+                const int len = min(NR - c, Wo - ow);
+                run_at[runs] = c;
+                run_len[runs] = len;
+                run_h[runs] = oh * sh - ph;
+                run_w[runs] = ow * sw - pw;
+                run_x[runs] = x_off + (size_t)img * C * H * W;
+                c += len;
+                col += len;
+            }
+            const int filled = runs ? run_at[runs - 1] + run_len[runs - 1] : 0;
+            __local float *panel = b_pack + j * (BK * NR);
+            for (int k = 0; k < kc; ++k) {
+                const int kk = k0 + k, ci = kk / taps, t = kk - ci * taps, ki = t / kw, kj = t - ki * kw;
+                __local float *dst = panel + k * NR;
+                for (int r = 0; r < runs; ++r) {
+                    __local float *d = dst + run_at[r];
+                    const int len = run_len[r], h = run_h[r] + ki * dh, off = run_w[r] + kj * dw;
+                    if (h < 0 || h >= H) {
+                        for (int q = 0; q < len; ++q) d[q] = 0.0f;
+                        continue;
+                    }
+                    __global const float *src = X + run_x[r] + ((size_t)ci * H + h) * W + off;
+                    const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, W, len));
+                    for (int q = 0; q < lo; ++q) d[q] = 0.0f;
+                    if (sw == 1) {
+                        for (int q = lo; q < hi; ++q) d[q] = src[q];
+                    } else {
+                        for (int q = lo; q < hi; ++q) d[q] = src[q * sw];
+                    }
+                    for (int q = hi; q < len; ++q) d[q] = 0.0f;
+                }
+                for (int q = filled; q < NR; ++q) dst[q] = 0.0f;
+            }
+        }
+        MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)
+    }
+    // write back into NCHW: column (n, pixel) of row o is Y[n, o, pixel]
+    __local const float *c_tile = (__local const float *)c_store;
+    const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
+    for (int c = 0; c < cols;) {
+        const int col = col0 + c, img = col / pixels, pix = col - img * pixels;
+        const int len = min(cols - c, pixels - pix);
+        for (int i = 0; i < rows; ++i) {
+            __global float *dst = Y + y_off + ((size_t)img * O + row0 + i) * pixels + pix;
+            __local const float *src = c_tile + i * BN + c;
+            if (beta == 0.0f) {
+                for (int q = 0; q < len; ++q) dst[q] = alpha * src[q];
+            } else {
+                for (int q = 0; q < len; ++q) dst[q] = alpha * src[q] + beta * dst[q];
+            }
+        }
+        c += len;
     }
 }
 

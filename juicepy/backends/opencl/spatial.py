@@ -9,12 +9,12 @@ from .layout import I32, round_up
 # be thin: its inner dimension (channels per group x taps) at most this long...
 DIRECT_MAX_INNER = 32
 # ...or, for a forward pass (the input gradient counts as the forward pass of the transposed
-# convolution), few outputs per group with an inner dimension short enough that the column
-# matrix costs more than the direct loops (LeNet's second layer: 16 outputs, 6 x 25 inner)
-DIRECT_MAX_OUTPUTS, DIRECT_MAX_INNER_FEW_OUTPUTS = 16, 256
+# convolution), few outputs and few input channels per group (LeNet's second layer: 16
+# outputs, 6 channels; a 4-group 64-channel layer, 16 and 16, measured faster as a GEMM)
+DIRECT_MAX_OUTPUTS, DIRECT_MAX_CHANNELS_FEW_OUTPUTS = 16, 8
 # work-items the direct weight gradient aims at (images are split into chunks to reach it)
 DIRECT_FILTER_ITEMS = 1024
-CONV_ALGORITHMS = ("auto", "direct", "gemm")
+CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
 
 
 def pair(v) -> tuple[int, int]:
@@ -27,9 +27,15 @@ def pair(v) -> tuple[int, int]:
 class SpatialOps:
     """NCHW convolution, pooling and batch normalisation."""
 
-    #: "direct", "gemm", or "auto": direct kernels for thin groups on CPU drivers (GPUs keep
-    #: the GEMM: their direct loops would run one row per work-item)
+    #: "direct", "implicit" (GEMM tiles gathered from the input: no column matrix), "gemm"
+    #: (im2col + GEMM), or "auto": direct kernels for thin groups on CPU drivers, else the
+    #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
+
+    def _use_implicit(self) -> bool:
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "implicit"
+        return self.gemm_variant == "packed"
 
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
@@ -42,7 +48,7 @@ class SpatialOps:
         inner, outputs = c // groups * kh * kw, o // groups
         if inner <= DIRECT_MAX_INNER:
             return True
-        return op != "filter" and outputs <= DIRECT_MAX_OUTPUTS and inner <= DIRECT_MAX_INNER_FEW_OUTPUTS
+        return op != "filter" and outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
         """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
@@ -96,6 +102,14 @@ class SpatialOps:
         if self._use_direct(geo, groups, "forward"):
             self._direct_forward(x, w, out, geo, groups, False, False, ws)
             return
+        if self._use_implicit():
+            og, cg = o // groups, c // groups
+            (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
+            for g in range(groups):
+                self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, xb, xo + g * cg * h * wd, yb,
+                                yo + g * og * ho * wo, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo), (kh, kw),
+                                geo[9:], 0.0, ws)
+            return
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
@@ -112,6 +126,16 @@ class SpatialOps:
         geo = self._conv_geometry(dx.shape, w.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_data")
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        if sh == sw == 1 and self._use_implicit() and not self._use_direct(geo, groups, "data"):
+            # the forward convolution of dy with the transposed, flipped weights
+            og, cg = o // groups, c // groups
+            (db, do), (wb, wo_), (xb, xo) = self._ref(dy), self._ref(w), self._ref(dx)
+            args = (1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
+            for g in range(groups):
+                self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, True, db, do + g * og * ho * wo, xb,
+                                xo + g * cg * h * wd, cg, og * kh * kw, (n, o, ho, wo), (c, h, wd), (kh, kw),
+                                args, float(bool(accumulate)), ws)
+            return
         if self._use_direct(geo, groups, "data"):
             if sh == sw == 1:   # the forward convolution of dy with the flipped weights
                 flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)

@@ -103,7 +103,7 @@ CONV_CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["auto", "direct", "direct-8-lanes", "gemm"])
+@pytest.fixture(scope="module", params=["auto", "direct", "direct-8-lanes", "implicit", "gemm"])
 def conv_ocl(request, ocl):
     """The backend with each convolution algorithm forced (and chosen per shape); the direct
     kernels also with 8-lane vectors (what AVX2 devices get)."""
@@ -142,6 +142,34 @@ def test_conv2d_forward_and_backward(conv_ocl, rng, case, accumulate):
     ocl.conv2d_backward_filter(dev_x, ocl.from_host(dy), dw, stride, padding, dilation, groups, accumulate, ws)
     np.testing.assert_allclose(ocl.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ocl.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups: inner dimension past one
+    # K slice (256) and outputs past one tile of rows (96), odd widths, several images per tile
+    ((3, 40, 7, 9), (100, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 64, 9, 5), (96, 3, 3), (2, 1), (1, 2), (1, 2), 2),
+    ((2, 8, 12, 12), (16, 5, 5), (1, 1), (2, 2), (1, 1), 1),
+], ids=["k360-m100", "grouped-strided", "5x5"])
+def test_larger_convolutions_match_torch(conv_ocl, rng, case):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    ocl = conv_ocl
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
+    xt, wt = torch.tensor(x, dtype=torch.float64, requires_grad=True), torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    ws = Workspace()
+    y, dx, dw = ocl.empty(tuple(yt.shape)), ocl.empty(x.shape), ocl.empty(w.shape)
+    dev_x, dev_w, dev_dy = ocl.from_host(x), ocl.from_host(w), ocl.from_host(dy)
+    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
+    ocl.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
+    ocl.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
+    np.testing.assert_allclose(ocl.to_host(y), yt.detach().numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ocl.to_host(dx), xt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(ocl.to_host(dw), wt.grad.numpy(), rtol=1e-4, atol=1e-3)
 
 
 def test_conv_settings_are_checked(ocl):
