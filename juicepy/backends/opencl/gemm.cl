@@ -65,6 +65,18 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
         n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
 }
 
+// write back: C = alpha * acc + beta * C (C is not read when beta == 0)
+#define STORE_C_TILE(C_, ldc_) \
+    for (int i = 0; i < rows; ++i) { \
+        __global float *dst = (C_) + (size_t)(row0 + i) * (ldc_) + col0; \
+        __local const float *src = c_tile + i * BN; \
+        if (beta == 0.0f) { \
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j]; \
+        } else { \
+            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j]; \
+        } \
+    }
+
 // Copy the a_panels packed MR-row panels of A for K range [k0, k0 + kc) into local memory.
 // (Macros, not functions: PoCL compiled the micro-kernel behind a function ~30% slower.)
 #define STAGE_A(a_pack, Ap, K, k0, kc, a_panels) \
@@ -145,19 +157,10 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
         }
         MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
     }
-    // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0);
     const int cols = min(tile_n, N - col0);
-    for (int i = 0; i < rows; ++i) {
-        __global float *dst = C + (size_t)(row0 + i) * ldc + col0;
-        __local const float *src = c_tile + i * BN;
-        if (beta == 0.0f) {
-            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j];
-        } else {
-            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j];
-        }
-    }
+    STORE_C_TILE(C, ldc)
 }
 
 // Ap[p][k][r] = A'[p*MR + r, k] for the input gradient of a convolution group: A'[c, (o, t)]
@@ -181,6 +184,25 @@ inline int last_inside(const int off, const int s, const int size, const int out
 {
     return size - off <= 0 ? 0 : min(outputs, (size - off + s - 1) / s);
 }
+
+// d[0, len) = row h of the input plane `plane`, from column off in steps of sw; zeros where
+// the row or a column falls outside the plane (the padding)
+#define GATHER_RUN(d_, len_, h_, off_, plane) { \
+    __local float *d = (d_); \
+    const int len = (len_), h = (h_), off = (off_); \
+    if (h < 0 || h >= H) { \
+        for (int q = 0; q < len; ++q) d[q] = 0.0f; \
+    } else { \
+        __global const float *src = (plane) + (size_t)h * W + off; \
+        const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, W, len)); \
+        for (int q = 0; q < lo; ++q) d[q] = 0.0f; \
+        if (sw == 1) { \
+            for (int q = lo; q < hi; ++q) d[q] = src[q]; \
+        } else { \
+            for (int q = lo; q < hi; ++q) d[q] = src[q * sw]; \
+        } \
+        for (int q = hi; q < len; ++q) d[q] = 0.0f; \
+    } }
 
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
 // X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
@@ -234,23 +256,9 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
             for (int k = 0; k < kc; ++k) {
                 const int kk = k0 + k, ci = kk / taps, t = kk - ci * taps, ki = t / kw, kj = t - ki * kw;
                 __local float *dst = panel + k * NR;
-                for (int r = 0; r < runs; ++r) {
-                    __local float *d = dst + run_at[r];
-                    const int len = run_len[r], h = run_h[r] + ki * dh, off = run_w[r] + kj * dw;
-                    if (h < 0 || h >= H) {
-                        for (int q = 0; q < len; ++q) d[q] = 0.0f;
-                        continue;
-                    }
-                    __global const float *src = X + run_x[r] + ((size_t)ci * H + h) * W + off;
-                    const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, W, len));
-                    for (int q = 0; q < lo; ++q) d[q] = 0.0f;
-                    if (sw == 1) {
-                        for (int q = lo; q < hi; ++q) d[q] = src[q];
-                    } else {
-                        for (int q = lo; q < hi; ++q) d[q] = src[q * sw];
-                    }
-                    for (int q = hi; q < len; ++q) d[q] = 0.0f;
-                }
+                for (int r = 0; r < runs; ++r)
+                    GATHER_RUN(dst + run_at[r], run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
+                               X + run_x[r] + (size_t)ci * H * W)
                 for (int q = filled; q < NR; ++q) dst[q] = 0.0f;
             }
         }
@@ -292,6 +300,23 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                        if (first) { cr[0] = s0; cr[1] = s1; cr[2] = s2; cr[3] = s3; } \
                        else { cr[0] += s0; cr[1] += s1; cr[2] += s2; cr[3] += s3; } }
 
+// the 4 x 4 dot-product micro-kernel over the staged (rows4 x kc16) and (cols4 x kc16) rows
+#define DOT_TILES(first_) { \
+    const int first = (first_); \
+    for (int i0 = 0; i0 < rows4; i0 += 4) { \
+        __local const float16 *ar = a_store + i0 * (BK / 16); \
+        for (int j0 = 0; j0 < cols4; j0 += 4) { \
+            __local const float16 *br = b_store + j0 * (BK / 16); \
+            DOT_ROWS(DOT_ACC) \
+            for (int kk = 0; kk < kc16 / 16; ++kk) { \
+                const float16 b0 = br[kk], b1 = br[BK / 16 + kk]; \
+                const float16 b2 = br[2 * (BK / 16) + kk], b3 = br[3 * (BK / 16) + kk]; \
+                DOT_ROWS(DOT_FMA) \
+            } \
+            DOT_ROWS(DOT_STORE) \
+        } \
+    } }
+
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
              __global const float *A, const int a_off, const int lda,
@@ -329,30 +354,80 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
             for (int e = 0; e < live; ++e) dst[e] = src[e];
             for (int e = live; e < kc16; ++e) dst[e] = 0.0f;
         }
-        const int first = k0 == k_begin;
-        for (int i0 = 0; i0 < rows4; i0 += 4) {
-            __local const float16 *ar = a_store + i0 * (BK / 16);
-            for (int j0 = 0; j0 < cols4; j0 += 4) {
-                __local const float16 *br = b_store + j0 * (BK / 16);
-                DOT_ROWS(DOT_ACC)
-                for (int kk = 0; kk < kc16 / 16; ++kk) {
-                    const float16 b0 = br[kk], b1 = br[BK / 16 + kk];
-                    const float16 b2 = br[2 * (BK / 16) + kk], b3 = br[3 * (BK / 16) + kk];
-                    DOT_ROWS(DOT_FMA)
+        DOT_TILES(k0 == k_begin)
+    }
+    STORE_C_TILE(C, ldc)
+}
+
+// Weight gradient of one convolution group as an implicit A @ B^T (gemm_nt's tiles):
+// dW[o, (c, ki, kj)] = sum over k = (n, oh, ow) of dy[n, o, oh, ow] * X[n, c, oh * sh - ph + ki * dh,
+// ow * sw - pw + kj * dw]. Rows of both operands are staged straight from the NCHW arrays, run
+// by run (a run: consecutive k within one output row), so neither a column matrix nor a
+// channels-first copy of dy is written. a_off / b_off point at the group's first channel;
+// split-K over dimension 2 as in gemm_nt.
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
+                      __global const float *A, const int a_off, __global const float *X, const int x_off,
+                      const int C, const int H, const int W, const int O, const int Ho, const int Wo,
+                      const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
+                      const int dh, const int dw,
+                      __global float *Cm, const int c_off, const int ldc, const float alpha, const float beta)
+{
+    __local float16 a_store[BM * BK / 16];   // [tile_m][BK]
+    __local float16 b_store[BN * BK / 16];   // [tile_n][BK]
+    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
+    __local float *c_tile = (__local float *)c_store;
+
+    const int row0 = get_group_id(1) * tile_m;
+    const int col0 = get_group_id(0) * tile_n;
+    const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
+    const int rows4 = (rows + 3) & ~3, cols4 = (cols + 3) & ~3;
+    const int k_begin = get_group_id(2) * k_chunk;
+    const int k_end = min(K, k_begin + k_chunk);
+    const int pixels = Ho * Wo, taps = kh * kw;
+    Cm += c_off + (size_t)get_group_id(2) * M * N;
+
+    int run_at[BK], run_len[BK], run_h[BK], run_w[BK];
+    size_t run_dy[BK], run_x[BK];
+    for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+        const int kc = min(BK, k_end - k0), kc16 = (kc + 15) & ~15;
+        int runs = 0;
+        for (int e = 0, k = k0; e < kc; ++runs) {
+            const int img = k / pixels, pix = k - img * pixels, oh = pix / Wo, ow = pix - oh * Wo;
+            const int len = min(kc - e, Wo - ow);
+            run_at[runs] = e;
+            run_len[runs] = len;
+            run_h[runs] = oh * sh - ph;
+            run_w[runs] = ow * sw - pw;
+            run_dy[runs] = a_off + (size_t)img * O * pixels + pix;
+            run_x[runs] = x_off + (size_t)img * C * H * W;
+            e += len;
+            k += len;
+        }
+        for (int i = 0; i < rows4; ++i) {   // rows past M and columns past kc stage as zeros
+            __local float *dst = (__local float *)a_store + i * BK;
+            if (i < rows) {
+                for (int r = 0; r < runs; ++r) {
+                    __global const float *src = A + run_dy[r] + (size_t)(row0 + i) * pixels;
+                    __local float *d = dst + run_at[r];
+                    for (int q = 0; q < run_len[r]; ++q) d[q] = src[q];
                 }
-                DOT_ROWS(DOT_STORE)
             }
+            for (int e = i < rows ? kc : 0; e < kc16; ++e) dst[e] = 0.0f;
         }
-    }
-    for (int i = 0; i < rows; ++i) {
-        __global float *dst = C + (size_t)(row0 + i) * ldc + col0;
-        __local const float *src = c_tile + i * BN;
-        if (beta == 0.0f) {
-            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j];
-        } else {
-            for (int j = 0; j < cols; ++j) dst[j] = alpha * src[j] + beta * dst[j];
+        for (int j = 0; j < cols4; ++j) {
+            __local float *dst = (__local float *)b_store + j * BK;
+            if (j < cols) {
+                const int kk = col0 + j, ci = kk / taps, t = kk - ci * taps, ki = t / kw, kj = t - ki * kw;
+                for (int r = 0; r < runs; ++r)
+                    GATHER_RUN(dst + run_at[r], run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
+                               X + run_x[r] + (size_t)ci * H * W)
+            }
+            for (int e = j < cols ? kc : 0; e < kc16; ++e) dst[e] = 0.0f;
         }
+        DOT_TILES(k0 == k_begin)
     }
+    STORE_C_TILE(Cm, ldc)
 }
 
 // C = alpha * (sum of the `splits` (M, N) slabs of P) + beta * C; one work-item per element

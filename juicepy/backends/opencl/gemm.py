@@ -119,6 +119,21 @@ class GemmOps:
                 ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
                 *conv_args, 1.0, float(beta))
 
+    def _conv_filter_gemm(self, x, x_off, dy, dy_off, dw, dw_off, m, n, x_geo, y_hw, kernel, conv_args,
+                          beta, ws=None):
+        """The weight gradient of one convolution group as an implicit A @ B^T
+        (conv_filter_gemm in gemm.cl): dy's rows and the input's gathered pixels are staged
+        straight from the NCHW buffers; split along K like gemm_nt."""
+        batch, c, h, wd = x_geo
+        o, ho, wo = y_hw
+        tiles = self._gemm_tiles
+        with self._gemm_lock:
+            ws = ws if ws is not None else self._gemm_ws
+            self._gemm_tiles_run("conv_filter_gemm", m, n, batch * ho * wo, even_tile(m, tiles["BM"], 4),
+                                 even_tile(n, tiles["BN"], 4), (dy, dy_off),
+                                 (x, x_off, c, h, wd, o, ho, wo, *kernel, *conv_args), (dw, dw_off), n, 1.0,
+                                 beta, ws)
+
     def _gemm_tiles_run(self, name, m, n, k, tile_m, tile_n, a_src, b_src, c, ldc, alpha, beta, ws):
         """Launch a one-work-item-per-tile kernel over C, split along K when C has few tiles."""
         bk = self._gemm_tiles["BK"]

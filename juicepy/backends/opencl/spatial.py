@@ -166,6 +166,14 @@ class SpatialOps:
         if self._use_direct(geo, groups, "filter"):
             self._direct_filter(x, dy, dw, geo, groups, accumulate, ws)
             return
+        if self._use_implicit():
+            og, cg = o // groups, c // groups
+            (xb, xo), (db, do), (wb, wo_) = self._ref(x), self._ref(dy), self._ref(dw)
+            for g in range(groups):
+                self._conv_filter_gemm(xb, xo + g * cg * h * wd, db, do + g * og * ho * wo, wb,
+                                       wo_ + g * og * cg * kh * kw, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo),
+                                       (kh, kw), geo[9:], float(bool(accumulate)), ws)
+            return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
         col = self._im2col(x, geo, ws)
