@@ -7,9 +7,11 @@ PyTorch's defaults for Linear/Conv (kaiming_uniform with a=sqrt(5), bias U(+-1/s
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import zlib
+from contextvars import ContextVar
 from typing import Callable
 
 import numpy as np
@@ -85,7 +87,40 @@ def resolve(init) -> Initializer:
         raise ValueError(f"unknown initialiser {init!r}; known: {', '.join(BY_NAME)}") from None
 
 
+class _Budget:
+    """Elements that a network built from a file may still allocate (see :func:`values_from_file`)."""
+
+    def __init__(self, elements: int, refuse):
+        self.left = elements
+        self.refuse = refuse
+
+    def take(self, shape) -> None:
+        size = math.prod(shape)
+        if size > self.left:
+            self.refuse(tuple(shape), size, self.left)
+        self.left -= size
+
+
+_FROM_FILE: ContextVar = ContextVar("juicepy_values_from_file", default=None)
+
+
+@contextlib.contextmanager
+def values_from_file(elements: int, refuse):
+    """While a network is built whose every param a file will overwrite: initialisers do not
+    run (params start as zeros), and a param beyond the ``elements`` the file holds calls
+    ``refuse(shape, size, left)`` (which raises) before anything is allocated."""
+    token = _FROM_FILE.set(_Budget(elements, refuse))
+    try:
+        yield
+    finally:
+        _FROM_FILE.reset(token)
+
+
 def make(init, rng, shape, fan_in, fan_out, dtype) -> np.ndarray:
+    budget = _FROM_FILE.get()
+    if budget is not None:
+        budget.take(shape)
+        return np.zeros(shape, dtype)
     values = np.asarray(resolve(init)(rng, tuple(shape), fan_in, fan_out))
     if values.shape != tuple(shape):
         raise ValueError(f"initialiser returned shape {values.shape}, expected {tuple(shape)}")
@@ -129,8 +164,14 @@ def apply(network, rules: dict, seed: int = 0) -> list[str]:
     same call gives the same weights. Every check runs before any param is written; a pattern
     that matches no param is an error (a typo would otherwise pass silently).
     """
-    from .errors import WeightsError
+    from .errors import ArgumentError, WeightsError
+    from .arguments import integer
 
+    seed = integer("init.apply", "seed", seed)
+    if not isinstance(rules, dict):
+        from .arguments import describe
+
+        raise ArgumentError(f"init.apply: rules must be a dict of pattern -> initialiser, got {describe(rules)}")
     params = network.params
     staged, used = {}, set()
     for path, param in params.items():

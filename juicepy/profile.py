@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import arguments
 from .backends import backend as get_backend
 
 
@@ -27,8 +28,9 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
     """Time every layer placement of ``network`` (training mode, random inputs and output
     gradients); rows follow the forward order. The backend is synchronised around each layer,
     so asynchronous GPU work is charged to the layer that queued it."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    batch_size = arguments.integer("profile", "batch_size", batch_size, 1)
+    steps = arguments.integer("profile", "steps", steps, 1)
+    warmup = arguments.integer("profile", "warmup", warmup, 0)
     backend = get_backend(backend)
     ctx = network.context(backend, batch_size, training=True)
     rng = np.random.default_rng(seed)

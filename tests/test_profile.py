@@ -33,7 +33,7 @@ def test_profile_allocates_nothing_after_the_context():
 
 def test_profile_refuses_zero_steps():
     net = jp.Network(L.Linear(2), (2,))
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="profile: steps must be an integer >= 1, got 0"):
         profile(net, "numpy", 2, steps=0)
 
 

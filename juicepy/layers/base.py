@@ -21,6 +21,9 @@ class Layer:
     #: False when compute_output changes host-side state each pass (BatchNorm's batch counter):
     #: a recorded graph would not replay that, so such networks run op by op
     capturable = True
+    #: False when, in eval mode, an output row depends on other rows of the batch: transform()
+    #: then runs each request size exactly instead of padded inside a bigger context
+    rows_independent = True
 
     def __init__(self) -> None:
         self._built_for: tuple | None = None

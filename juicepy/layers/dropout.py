@@ -29,10 +29,8 @@ class Dropout(Layer):
             return
         if self.p > 0.0:
             backend.mul(ctx.output_grad(), ctx.buffer("mask"), dx, acc, ctx.ws)
-        elif acc:
-            backend.add(dx, ctx.output_grad(), dx)
         else:
-            backend.copy(ctx.output_grad(), dx)
+            backend.store(ctx.output_grad(), dx, acc)
 
     def config(self):
         return {"p": self.p}

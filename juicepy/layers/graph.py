@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import re
 
+from .. import arguments
 from ..errors import ShapeError
 from ..net.descriptor import join_path
 from .base import Layer
@@ -58,9 +59,7 @@ class Symbol:
 
 def Input(shape, name: str | None = None) -> Symbol:
     """A network input of unit shape ``shape`` (no batch axis)."""
-    shape = tuple(int(d) for d in shape)
-    if any(d < 1 for d in shape):
-        raise ShapeError(f"Input: unit shape must be positive, got {shape}")
+    shape = arguments.shape("Input", "shape", shape)
     return Symbol(input_shape=shape, name=name)
 
 

@@ -35,11 +35,11 @@ class Adam(Optimizer):
         return {"lr": self.lr, "betas": (self.beta1, self.beta2), "eps": self.eps,
                 "weight_decay": self.weight_decay, "amsgrad": self.amsgrad}
 
-    def update(self, backend, seg, buffers, state, lr, **extra):
+    def update(self, backend, seg, buffers, state, lr, guard=None):
         backend.adam_update(seg.data, seg.grad, buffers["exp_avg"], buffers["exp_avg_sq"], lr=lr,
                             beta1=self.beta1, beta2=self.beta2, eps=self.eps,
                             weight_decay=self.weight_decay, decoupled=self.decoupled, step=state.step,
-                            max_exp_avg_sq=buffers.get("max_exp_avg_sq"), ws=state.ws, **extra)
+                            max_exp_avg_sq=buffers.get("max_exp_avg_sq"), ws=state.ws, guard=guard)
 
 
 class AdamW(Adam):

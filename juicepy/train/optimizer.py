@@ -49,12 +49,11 @@ class Optimizer:
         """``guard``: a (1,) device array (the summed loss); the update is skipped on device when
         it is not finite (only for backends that capture graphs, see Backend.sgd_update)."""
         state.step += 1
-        extra = {} if guard is None else {"guard": guard}
         for seg, buffers in zip(segments, state.buffers):
-            self.update(backend, seg, buffers, state, self.lr * seg.lr_mult, **extra)
+            self.update(backend, seg, buffers, state, self.lr * seg.lr_mult, guard)
 
-    def update(self, backend, segment, buffers: dict, state: OptimizerState, lr: float, **extra) -> None:
-        """``extra`` holds the backend op's optional arguments (``guard``): pass them on."""
+    def update(self, backend, segment, buffers: dict, state: OptimizerState, lr: float, guard=None) -> None:
+        """One fused backend update of ``segment``; ``guard`` goes to the backend op as is."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

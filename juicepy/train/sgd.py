@@ -36,7 +36,7 @@ class SGD(Optimizer):
         return {"lr": self.lr, "momentum": self.momentum, "dampening": self.dampening,
                 "nesterov": self.nesterov, "weight_decay": self.weight_decay}
 
-    def update(self, backend, seg, buffers, state, lr, **extra):
+    def update(self, backend, seg, buffers, state, lr, guard=None):
         backend.sgd_update(seg.data, seg.grad, buffers.get("momentum_buffer"), lr=lr,
                            momentum=self.momentum, dampening=self.dampening, nesterov=self.nesterov,
-                           weight_decay=self.weight_decay, first_step=state.step == 1, ws=state.ws, **extra)
+                           weight_decay=self.weight_decay, first_step=state.step == 1, ws=state.ws, guard=guard)

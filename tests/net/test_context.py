@@ -96,7 +96,7 @@ def test_unused_output_gets_zero_gradient(numpy_backend, rng):
 
 def test_batch_size_must_be_positive(numpy_backend):
     net = jp.Network(L.Linear(3), input_shape=(4,))
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="Context: batch_size must be an integer >= 1, got 0"):
         net.context(numpy_backend, 0)
 
 

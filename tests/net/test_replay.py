@@ -233,6 +233,17 @@ def test_layers_with_host_state_are_not_replayed():
     assert int(replayed.network.get_weights()["1.num_batches_tracked"]) == 5
 
 
+def test_transform_replays_are_bounded_like_its_contexts():
+    net = _net(dropout=0.5)
+    x = np.random.default_rng(5).standard_normal((300, 12)).astype(np.float32)
+    backend = TapeBackend()
+    for _ in range(2):  # the second round replays
+        for rows in range(1, 301):
+            np.testing.assert_allclose(net.transform(backend, x[:rows]), net.transform("numpy", x[:rows]),
+                                       rtol=1e-5, atol=1e-6)
+    assert backend.captures <= 10  # one recording per power-of-two capacity, none per request size
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
 def test_refused_step_of_a_batchnorm_network_on_a_capturing_backend_changes_nothing():
     """Such networks run op by op on a capturing backend; a refused step there restores the

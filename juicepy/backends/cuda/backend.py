@@ -14,7 +14,8 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import Backend, BackendUnavailable, channels_inner
+from ..base import (Backend, BackendUnavailable, channels_inner, check_channel_range, check_gemm, check_same,
+                    check_view)
 from .capture import GraphCapture
 from .device import (BLOCK, INSTALL_HINT, MAX_BLOCKS, NULL, device_index, import_cupy)
 from .kernels import KernelSet, real_type
@@ -100,18 +101,8 @@ class CudaBackend(SpatialOps, Backend):
         shift = self._graphs.shift
         return self._zero_shift if shift is None else shift
 
-    def _scratch(self, ws, tag, shape, dtype):
-        if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
-            return self._cp.empty(shape, dtype)
-        return ws.get(self, tag, shape, dtype)
-
-    @staticmethod
-    def _check_same(what, *arrays):
-        shape, dtype = arrays[0].shape, arrays[0].dtype
-        for a in arrays[1:]:
-            if a.shape != shape or a.dtype != dtype:
-                raise ValueError(f"cuda backend {what}: shapes/dtypes differ: "
-                                 f"{[(x.shape, str(x.dtype)) for x in arrays]}")
+    def _same(self, op, *arrays):
+        check_same(self.name, op, *arrays)
 
     # ---------------------------------------------------------------- memory
     def empty(self, shape, dtype=np.float32):
@@ -141,7 +132,9 @@ class CudaBackend(SpatialOps, Backend):
         return src.get()
 
     def copy(self, src, dst):
-        self._cp.copyto(dst, src)
+        if src.size != dst.size:
+            raise ValueError(f"cuda backend copy: {src.shape} into {dst.shape}")
+        self._cp.copyto(dst, src if src.shape == dst.shape else src.reshape(dst.shape))
 
     def fill(self, dst, value):
         dst.fill(value)
@@ -152,8 +145,8 @@ class CudaBackend(SpatialOps, Backend):
         return arr.reshape(shape)
 
     def flat_view(self, flat, offset, shape):
-        size = math.prod(shape)
-        return flat[offset:offset + size].reshape(shape)
+        check_view(self.name, flat, offset, shape)
+        return flat[offset:offset + math.prod(shape)].reshape(shape)
 
     def is_array(self, x):
         return isinstance(x, self._cp.ndarray)
@@ -177,11 +170,7 @@ class CudaBackend(SpatialOps, Backend):
         return max(a.strides[0] // item if a.shape[0] > 1 else a.shape[1], a.shape[1], 1)
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
-        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-        kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
-        if k != kb or out.shape != (m, n) or not (a.dtype == b.dtype == out.dtype):
-            raise ValueError(f"cuda backend gemm: op(a) {(m, k)} @ op(b) {(kb, n)} into {out.shape}, "
-                             f"dtypes {a.dtype}, {b.dtype}, {out.dtype}")
+        m, n, k = check_gemm(self.name, a, b, out, trans_a, trans_b)
         if m == 0 or n == 0:
             return
         if k == 0:  # cuBLAS would scale by beta; do it explicitly for clarity
@@ -206,24 +195,28 @@ class CudaBackend(SpatialOps, Backend):
                 scalars.ctypes.data + scalars.itemsize, out.data.ptr, self._ld(out, "out"))
 
     def add(self, a, b, out):
-        self._check_same("add", a, b, out)
+        self._same("add", a, b, out)
         self._launch(out.dtype, "add_arrays", out.size, (a, b, out, np.int64(out.size)))
 
     def scale(self, x, alpha, out):
-        self._check_same("scale", x, out)
+        self._same("scale", x, out)
         self._launch(out.dtype, "scale_array", out.size, (x, self._real(out.dtype, alpha), out, np.int64(out.size)))
 
     def mul(self, a, b, out, accumulate=False, ws=None):
-        self._check_same("mul", a, b, out)
+        self._same("mul", a, b, out)
         self._launch(out.dtype, "mul_arrays", out.size, (a, b, out, np.int64(out.size), np.int32(accumulate)))
 
     def add_bias(self, out, bias):
         _, c, inner = channels_inner(out)
+        if bias.shape != (c,) or bias.dtype != out.dtype:
+            raise ValueError(f"cuda backend add_bias: bias of {bias.dtype} {bias.shape} for {c} channels of {out.dtype}")
         self._launch(out.dtype, "add_bias", out.size,
                      (out, bias, np.int64(out.size), np.int64(c), np.int64(inner)))
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         n, c, inner = channels_inner(dy)
+        if dbias.shape != (c,) or dbias.dtype != dy.dtype:
+            raise ValueError(f"cuda backend bias_grad: dbias of {dbias.dtype} {dbias.shape} for {c} channels of {dy.dtype}")
         self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner),
                                                 np.int32(accumulate)), grid=c)
 
@@ -241,11 +234,11 @@ class CudaBackend(SpatialOps, Backend):
 
     # ------------------------------------------------------------ activations
     def _unary(self, name, x, out):
-        self._check_same(name, x, out)
+        self._same(name, x, out)
         self._launch(out.dtype, name, out.size, (x, out, np.int64(out.size)))
 
     def _backward(self, name, y, dy, dx, accumulate, *extra):
-        self._check_same(name, y, dy, dx)
+        self._same(name, y, dy, dx)
         self._launch(dx.dtype, name, dx.size, (y, dy, dx, np.int64(dx.size)) + extra + (np.int32(accumulate),))
 
     def relu(self, x, out):
@@ -255,7 +248,7 @@ class CudaBackend(SpatialOps, Backend):
         self._backward("relu_backward", y, dy, dx, accumulate)
 
     def leaky_relu(self, x, out, slope):
-        self._check_same("leaky_relu", x, out)
+        self._same("leaky_relu", x, out)
         self._launch(out.dtype, "leaky_relu_forward", out.size,
                      (x, out, np.int64(out.size), self._real(out.dtype, slope)))
 
@@ -280,19 +273,19 @@ class CudaBackend(SpatialOps, Backend):
         self._launch(x.dtype, name, 0, args + (np.int64(cols),) + trailing, block=_row_block(cols), grid=rows)
 
     def softmax(self, x, out, ws=None):
-        self._check_same("softmax", x, out)
+        self._same("softmax", x, out)
         self._rows("softmax_forward", x, (x, out))
 
     def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("softmax_backward", y, dy, dx)
+        self._same("softmax_backward", y, dy, dx)
         self._rows("softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     def log_softmax(self, x, out, ws=None):
-        self._check_same("log_softmax", x, out)
+        self._same("log_softmax", x, out)
         self._rows("log_softmax_forward", x, (x, out))
 
     def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("log_softmax_backward", y, dy, dx)
+        self._same("log_softmax_backward", y, dy, dx)
         self._rows("log_softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     # ----------------------------------------------------------------- losses
@@ -304,7 +297,7 @@ class CudaBackend(SpatialOps, Backend):
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
         rows, cols = logits.shape
-        self._check_same("softmax_cross_entropy", logits, dx)
+        self._same("softmax_cross_entropy", logits, dx)
         labels = self._labels(labels, rows, "softmax_cross_entropy")
         self._launch(logits.dtype, "softmax_cross_entropy", 0,
                      (logits, labels, losses, dx, np.int64(cols), self._real(dx.dtype, grad_scale)),
@@ -312,14 +305,16 @@ class CudaBackend(SpatialOps, Backend):
 
     def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
         rows, cols = logp.shape
-        self._check_same("nll_loss", logp, dx)
+        self._same("nll_loss", logp, dx)
         labels = self._labels(labels, rows, "nll_loss")
         self._launch(logp.dtype, "nll_loss", logp.size,
                      (logp, labels, losses, dx, np.int64(rows), np.int64(cols), self._real(dx.dtype, grad_scale)))
 
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
-        self._check_same("mse_loss", pred, target, dx)
+        self._same("mse_loss", pred, target, dx)
         rows = pred.shape[0]
+        if losses.shape != (rows,):
+            raise ValueError(f"cuda backend mse_loss: losses must have shape ({rows},), got {losses.shape}")
         cols = pred.size // rows if rows else 0
         self._launch(pred.dtype, "mse_loss", 0,
                      (pred, target, losses, dx, np.int64(cols), self._real(dx.dtype, 2.0 * grad_scale)),
@@ -328,7 +323,7 @@ class CudaBackend(SpatialOps, Backend):
     # ---------------------------------------------------------------- dropout
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
         """The counter read at run time is ``counter + shift`` (shift: 0, or a replay's offset)."""
-        self._check_same("dropout", x, out, mask)
+        self._same("dropout", x, out, mask)
         keep_scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0  # rounded to the dtype, as NumPy's mask *= scale
         self._launch(x.dtype, "dropout_forward", x.size,
                      (x, out, mask, np.int64(x.size), np.uint32(seed & 0xFFFFFFFF), np.int64(counter),
@@ -337,7 +332,7 @@ class CudaBackend(SpatialOps, Backend):
     # -------------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
                    weight_decay, first_step, ws=None, guard=None):
-        self._check_same("sgd_update", param, grad)
+        self._same("sgd_update", param, grad)
         r = lambda v: self._real(param.dtype, v)  # noqa: E731
         use_momentum = momentum != 0.0
         self._launch(param.dtype, "sgd_update", param.size,
@@ -349,7 +344,7 @@ class CudaBackend(SpatialOps, Backend):
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
                     weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None):
         """The step read at run time is ``step + shift`` (see :meth:`dropout`)."""
-        self._check_same("adam_update", param, grad, exp_avg, exp_avg_sq)
+        self._same("adam_update", param, grad, exp_avg, exp_avg_sq)
         self._launch(param.dtype, "adam_update", param.size,
                      (param, grad, exp_avg, exp_avg_sq, NULL if max_exp_avg_sq is None else max_exp_avg_sq,
                       np.int64(param.size), np.float64(lr), np.float64(beta1), np.float64(beta2),
@@ -358,12 +353,14 @@ class CudaBackend(SpatialOps, Backend):
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "copy_channels", src, dst, offset)
         n, c_src, inner = channels_inner(src)
         self._launch(src.dtype, "copy_channels", src.size,
                      (src, dst, np.int64(src.size), np.int64(c_src), np.int64(dst.shape[1]), np.int64(offset),
                       np.int64(inner), np.int32(accumulate)))
 
     def slice_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "slice_channels", dst, src, offset)
         n, c_dst, inner = channels_inner(dst)
         self._launch(dst.dtype, "slice_channels", dst.size,
                      (src, dst, np.int64(dst.size), np.int64(src.shape[1]), np.int64(c_dst), np.int64(offset),
