@@ -119,22 +119,37 @@ __kernel void pad_planes(const int Hp, __global const float *restrict src, const
     for (int q = hi; q < Wp; ++q) row[q] = 0.0f;
 }
 
-#define DIRECT_ROWS(LOAD) \
+// one vector of outputs into the row at yr (added to it when acc), lanes past Wo left alone
+#define DIRECT_STORE(s, yr) { \
+    if (acc) s += Wo - ow0 >= VEC ? *(__global floatv_u *)(yr) : tail_of(yr, Wo - ow0); \
+    if (Wo - ow0 >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - ow0); }
+
+// OUTS (1 or 4) output planes at once: each loaded input vector feeds OUTS accumulators
+#define DIRECT_ROWS(LOAD, OUTS) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
-            floatv s = (floatv)(0.0f); \
+            floatv s0 = (floatv)(0.0f), s1 = s0, s2 = s0, s3 = s0; \
             for (int ci = 0; ci < cg; ++ci) { \
                 __global const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
                 __global const float *wp = w0 + ci * w_ci; \
                 for (int ki = 0; ki < kh; ++ki) { \
                     __global const float *xr = xc + (size_t)ki * dh * Wp; \
                     __global const float *wr = wp + ki * kw * wstep; \
-                    for (int kj = 0; kj < kw; ++kj) s += LOAD * wr[kj * wstep]; \
+                    for (int kj = 0; kj < kw; ++kj) { \
+                        const floatv v = LOAD; \
+                        const int t = kj * wstep; \
+                        s0 += v * wr[t]; \
+                        if (OUTS == 4) { s1 += v * wr[w_o + t]; s2 += v * wr[2 * w_o + t]; s3 += v * wr[3 * w_o + t]; } \
+                    } \
                 } \
             } \
             __global float *yr = yp + (size_t)oh * Wo + ow0; \
-            if (acc) s += Wo - ow0 >= VEC ? *(__global floatv_u *)yr : tail_of(yr, Wo - ow0); \
-            if (Wo - ow0 >= VEC) *(__global floatv_u *)yr = s; else store_tail(yr, s, Wo - ow0); \
+            DIRECT_STORE(s0, yr) \
+            if (OUTS == 4) { \
+                DIRECT_STORE(s1, yr + (size_t)Ho * Wo) \
+                DIRECT_STORE(s2, yr + (size_t)2 * Ho * Wo) \
+                DIRECT_STORE(s3, yr + (size_t)3 * Ho * Wo) \
+            } \
         } \
     }
 
@@ -151,37 +166,41 @@ inline void store_tail(__global float *p, const floatv v, const int live)
     for (int j = 0; j < live; ++j) p[j] = v[j];
 }
 
-// y[n, o] (+)= sum over the group's channels and taps of the padded input xp (planes of
-// Hp x Wp). flip: the weights are those of the convolution this one is the input gradient
-// of (w[o', c', kh-1-ki, kw-1-kj], the groups' channel roles swapped). One work-item per
-// output plane (n, o), one per work-group: a kernel whose work-items hold vectors is not
-// vectorised again across work-items. Launched as (N * O).
-__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void conv_direct_fwd(__global const float *restrict xp,
-                     __global const float *restrict w, const int w_off,
-                     __global float *restrict y, const int y_off,
-                     const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo,
-                     const int cg, const int og, const int kh, const int kw,
-                     const int sh, const int sw, const int dh, const int dw,
-                     const int flip, const int acc)
-{
-    const int no = get_global_id(0);
-    const int n = no / O, o = no - n * O, g = o / og, ol = o - g * og;
-    const int taps = kh * kw, wstep = flip ? -1 : 1;
-    // flipped: output channel o is input channel g*og+ol of the original, input channel ci
-    // the original's output g*cg+ci
-    __global const float *w0 = w + w_off + (flip ? ((size_t)(g * cg) * og + ol) * taps + taps - 1
-                                                  : (size_t)o * cg * taps);
-    const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps;
-    __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp;
-    __global float *yp = y + y_off + (size_t)no * Ho * Wo;
-    // the loops are written out twice so that the common stride 1 loads whole vectors
-    if (sw == 1) {
-        DIRECT_ROWS(LOAD_UNIT(xr + kj * dw))
-    } else {
-        DIRECT_ROWS(LANES_AT(xr + kj * dw, sw))
-    }
+// y[n, o .. o + OUTS) (+)= sum over the group's channels and taps of the padded input xp
+// (planes of Hp x Wp). flip: the weights are those of the convolution this one is the input
+// gradient of (w[o', c', kh-1-ki, kw-1-kj], the groups' channel roles swapped). One work-item
+// per OUTS output planes, one per work-group: a kernel whose work-items hold vectors is not
+// vectorised again across work-items. Launched as (N * O / OUTS); OUTS divides the outputs
+// per group.
+#define DIRECT_KERNEL(name, OUTS) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
+          __global float *restrict y, const int y_off, \
+          const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
+          const int cg, const int og, const int kh, const int kw, \
+          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
+{ \
+    const int first = get_global_id(0) * OUTS; \
+    const int n = first / O, o = first - n * O, g = o / og, ol = o - g * og; \
+    const int taps = kh * kw, wstep = flip ? -1 : 1; \
+    /* flipped: output channel o is input channel g*og+ol of the original, input channel ci */ \
+    /* the original's output g*cg+ci */ \
+    __global const float *w0 = w + w_off + (flip ? ((size_t)(g * cg) * og + ol) * taps + taps - 1 \
+                                                  : (size_t)o * cg * taps); \
+    const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
+    const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
+    __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp; \
+    __global float *yp = y + y_off + (size_t)first * Ho * Wo; \
+    /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
+    if (sw == 1) { \
+        DIRECT_ROWS(LOAD_UNIT(xr + kj * dw), OUTS) \
+    } else { \
+        DIRECT_ROWS(LANES_AT(xr + kj * dw, sw), OUTS) \
+    } \
 }
+
+DIRECT_KERNEL(conv_direct_fwd, 1)
+DIRECT_KERNEL(conv_direct_fwd4, 4)
 
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).

@@ -253,13 +253,19 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
             }
             const int filled = runs ? run_at[runs - 1] + run_len[runs - 1] : 0;
             __local float *panel = b_pack + j * (BK * NR);
+            // k = (ci, ki, kj) counted up instead of divided out per k (integer division per
+            // row of 32 gathered values cost as much as the gathering with few output rows)
+            int ci = k0 / taps, ki = (k0 - ci * taps) / kw, kj = k0 - ci * taps - ki * kw;
             for (int k = 0; k < kc; ++k) {
-                const int kk = k0 + k, ci = kk / taps, t = kk - ci * taps, ki = t / kw, kj = t - ki * kw;
                 __local float *dst = panel + k * NR;
                 for (int r = 0; r < runs; ++r)
                     GATHER_RUN(dst + run_at[r], run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
                                X + run_x[r] + (size_t)ci * H * W)
                 for (int q = filled; q < NR; ++q) dst[q] = 0.0f;
+                if (++kj == kw) {
+                    kj = 0;
+                    if (++ki == kh) { ki = 0; ++ci; }
+                }
             }
         }
         MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)

@@ -106,8 +106,9 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dw, ws)
-        self._kernel("conv.cl", "conv_direct_fwd")(
-            self.queue, (n * o,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
+        outs = 4 if (o // groups) % 4 == 0 else 1   # output planes per work-item
+        self._kernel("conv.cl", "conv_direct_fwd4" if outs == 4 else "conv_direct_fwd")(
+            self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
             c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
 
     # ------------------------------------------------------------ convolution
