@@ -286,35 +286,38 @@ __kernel void conv_direct_filter_sum(const int total, const int chunks,
     dw[dw_off + i] = acc ? dw[dw_off + i] + s : s;
 }
 
-// Pooling kernels are launched as (Ho * Wo or H * W rounded up, N * C planes).
-__kernel void max_pool(const int spatial, __global const float *x, const int x_off,
+// Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).
+// One work-item per output row (oh, plane): the row's maxima and their indices are kept in
+// the output row itself and updated tap by tap in a loop along the row, which the compiler
+// vectorises (stores are unconditional selects). Launched as (Ho rounded up, N * C planes).
+__kernel void max_pool(const int rows, __global const float *x, const int x_off,
                        const int H, const int W, const int Ho, const int Wo,
                        const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                        __global float *out, const int o_off, __global int *argmax, const int a_off)
 {
-    const int j = get_global_id(0), plane = get_global_id(1);
-    if (j >= spatial) return;
-    const int oh = j / Wo, ow = j - oh * Wo;
-    const size_t i = (size_t)plane * spatial + j;
+    const int oh = get_global_id(0), plane = get_global_id(1);
+    if (oh >= rows) return;
     __global const float *xp = x + x_off + (size_t)plane * H * W;
-    const int h0 = oh * sh - ph, w0 = ow * sw - pw;
-    float best = -INFINITY;
-    int where = -1;
+    __global float *best = out + o_off + ((size_t)plane * Ho + oh) * Wo;
+    __global int *where = argmax + a_off + ((size_t)plane * Ho + oh) * Wo;
+    for (int ow = 0; ow < Wo; ++ow) {
+        best[ow] = -INFINITY;
+        where[ow] = -1;
+    }
     for (int ki = 0; ki < kh; ++ki) {
-        const int h = h0 + ki;
+        const int h = oh * sh - ph + ki;
         if (h < 0 || h >= H) continue;
-        for (int kj = 0; kj < kw; ++kj) {
-            const int w = w0 + kj;
-            if (w < 0 || w >= W) continue;
-            const float v = xp[h * W + w];
-            if (where < 0 || v > best || v != v) {   // first maximum wins; NaN wins (torch)
-                best = v;
-                where = h * W + w;
+        for (int kj = 0; kj < kw; ++kj) {   // taps in scan order: the first maximum wins
+            const int off = kj - pw, hi = last_inside(off, sw, W, Wo);
+            __global const float *xr = xp + (size_t)h * W + off;
+            for (int ow = first_inside(off, sw); ow < hi; ++ow) {
+                const float v = xr[ow * sw], b = best[ow];
+                const int w = where[ow], take = w < 0 || v > b || v != v;   // NaN wins (torch)
+                best[ow] = take ? v : b;
+                where[ow] = take ? h * W + off + ow * sw : w;
             }
         }
     }
-    out[o_off + i] = best;
-    argmax[a_off + i] = where;
 }
 
 // one work-item per (n, c) plane scatters its outputs' gradients (planes never overlap)

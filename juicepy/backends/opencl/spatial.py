@@ -11,13 +11,18 @@ from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_c
                     check_pool_shapes, scratch)
 from .layout import round_up
 
-# Direct kernels (conv_direct_* in conv.cl) instead of im2col + GEMM when a group's GEMM would
-# be thin: its inner dimension (channels per group x taps) at most this long...
+# Direct kernels (conv_direct_* in conv.cl) instead of a GEMM when a group's GEMM would be thin,
+# for a forward pass (the input gradient counts as the forward pass of the transposed
+# convolution): its inner dimension (channels per group x taps) at most this long...
 DIRECT_MAX_INNER = 32
-# ...or, for a forward pass (the input gradient counts as the forward pass of the transposed
-# convolution), few outputs and few input channels per group (LeNet's second layer: 16
-# outputs, 6 channels; a 4-group 64-channel layer, 16 and 16, measured faster as a GEMM)
+# ...or fewer outputs per group than the GEMM micro-kernel's rows (LeNet's 16 -> 6 input
+# gradient: the rest of each 12-row panel would be padding)...
+DIRECT_MIN_GEMM_ROWS = 12
+# ...or few outputs and few input channels per group (LeNet's second layer: 16 outputs, 6
+# channels; a 4-group 64-channel layer, 16 and 16, measured faster as a GEMM).
 DIRECT_MAX_OUTPUTS, DIRECT_MAX_CHANNELS_FEW_OUTPUTS = 16, 8
+# Weight gradients go direct only for depthwise layers (one channel per group): LeNet's first
+# layer (25 taps, 6 outputs) measured faster as the implicit A @ B^T.
 # work-items the direct weight gradient aims at (images are split into chunks to reach it)
 DIRECT_FILTER_ITEMS = 1024
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
@@ -88,9 +93,11 @@ class SpatialOps(abc.ABC):
         if op == "data":   # the transposed convolution: the roles of C and O swap
             c, o = o, c
         inner, outputs = c // groups * kh * kw, o // groups
-        if inner <= DIRECT_MAX_INNER:
+        if op == "filter":
+            return c == o == groups   # depthwise
+        if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
             return True
-        return op != "filter" and outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
+        return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
         """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
@@ -249,7 +256,7 @@ class SpatialOps(abc.ABC):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
         check_argmax("opencl", "max_pool2d", argmax, out.shape)
         planes = out.shape[0] * out.shape[1]
-        self._launch_rows("conv.cl", "max_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
+        self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
