@@ -65,6 +65,19 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
         n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
 }
 
+// local panels and this work-group's tile (kernels in gemm_packed's shape); float16
+// declarations keep the panels 64-byte aligned for whole-vector loads
+#define PACKED_TILE_SETUP \
+    __local float16 a_store[BM * BK / 16];   /* [BM/MR][BK][MR] */ \
+    __local float16 b_store[BK * BN / 16];   /* [BN/NR][BK][NR] */ \
+    __local float16 c_store[BM * BN / 16];   /* [BM][BN] partial sums */ \
+    __local float *a_pack = (__local float *)a_store; \
+    __local float *b_pack = (__local float *)b_store; \
+    const int row0 = get_group_id(1) * tile_m; \
+    const int col0 = get_group_id(0) * tile_n; \
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;   /* panels holding rows < M */ \
+    const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+
 // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
 #define STORE_C_TILE(C_, ldc_) \
     for (int i = 0; i < rows; ++i) { \
@@ -118,17 +131,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
                  __global const float *Bp, const int bp_off, const int b_ld,
                  __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
-    // float16 declarations keep the panels 64-byte aligned for whole-vector loads
-    __local float16 a_store[BM * BK / 16];   // [BM/MR][BK][MR]
-    __local float16 b_store[BK * BN / 16];   // [BN/NR][BK][NR]
-    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
-    __local float *a_pack = (__local float *)a_store;
-    __local float *b_pack = (__local float *)b_store;
-
-    const int row0 = get_group_id(1) * tile_m;
-    const int col0 = get_group_id(0) * tile_n;
-    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;   // panels holding rows < M
-    const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+    PACKED_TILE_SETUP
     const int k_begin = get_group_id(2) * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
@@ -204,6 +207,25 @@ inline int last_inside(const int off, const int s, const int size, const int out
         for (int q = hi; q < len; ++q) d[q] = 0.0f; \
     } }
 
+// Split `count` consecutive output positions (n, oh, ow) from `start`, stopping at `end`, into
+// runs inside one output row: run r covers [run_at[r], run_at[r] + run_len[r]) of the count,
+// image run_img[r] from pixel run_pix[r], reading input row run_h[r] and column run_w[r] +
+// (the tap's offsets); leaves their number in `runs`.
+#define SPLIT_RUNS(start, count, end) \
+    runs = 0; \
+    for (int e = 0, k = (start); e < (count) && k < (end); ++runs) { \
+        const int img = k / pixels, pix = k - img * pixels, oh = pix / Wo, ow = pix - oh * Wo; \
+        const int len = min((count) - e, Wo - ow); \
+        run_at[runs] = e; \
+        run_len[runs] = len; \
+        run_h[runs] = oh * sh - ph; \
+        run_w[runs] = ow * sw - pw; \
+        run_img[runs] = img; \
+        run_pix[runs] = pix; \
+        e += len; \
+        k += len; \
+    }
+
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
 // X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
 // packed weights (M = outputs of the group, K = channels x taps). It is gemm_packed with the
@@ -218,39 +240,19 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                const int dh, const int dw, const float alpha, const float beta)
 {
-    __local float16 a_store[BM * BK / 16];   // [BM/MR][BK][MR]
-    __local float16 b_store[BK * BN / 16];   // [BN/NR][BK][NR]
-    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
-    __local float *a_pack = (__local float *)a_store;
-    __local float *b_pack = (__local float *)b_store;
-
-    const int row0 = get_group_id(1) * tile_m;
-    const int col0 = get_group_id(0) * tile_n;
-    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;
-    const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+    PACKED_TILE_SETUP
     const int pixels = Ho * Wo, taps = kh * kw;
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
 
     // a run: up to NR columns of one output row; for each, where it starts in the panel, its
     // length, the image plane it reads, and its first input row and column (before the tap)
-    int run_at[NR], run_len[NR], run_h[NR], run_w[NR];
-    size_t run_x[NR];
+    int run_at[NR], run_len[NR], run_h[NR], run_w[NR], run_img[NR], run_pix[NR];
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
         STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
         for (int j = 0; j < b_panels; ++j) {
-            int runs = 0;
-            for (int c = 0, col = col0 + j * NR; c < NR && col < N; ++runs) {
-                const int img = col / pixels, pix = col - img * pixels, oh = pix / Wo, ow = pix - oh * Wo;
-                const int len = min(NR - c, Wo - ow);
-                run_at[runs] = c;
-                run_len[runs] = len;
-                run_h[runs] = oh * sh - ph;
-                run_w[runs] = ow * sw - pw;
-                run_x[runs] = x_off + (size_t)img * C * H * W;
-                c += len;
-                col += len;
-            }
+            int runs;
+            SPLIT_RUNS(col0 + j * NR, NR, N)
             const int filled = runs ? run_at[runs - 1] + run_len[runs - 1] : 0;
             __local float *panel = b_pack + j * (BK * NR);
             // k = (ci, ki, kj) counted up instead of divided out per k (integer division per
@@ -260,7 +262,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                 __local float *dst = panel + k * NR;
                 for (int r = 0; r < runs; ++r)
                     GATHER_RUN(dst + run_at[r], run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
-                               X + run_x[r] + (size_t)ci * H * W)
+                               X + x_off + ((size_t)run_img[r] * C + ci) * H * W)
                 for (int q = filled; q < NR; ++q) dst[q] = 0.0f;
                 if (++kj == kw) {
                     kj = 0;
@@ -306,6 +308,19 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                        if (first) { cr[0] = s0; cr[1] = s1; cr[2] = s2; cr[3] = s3; } \
                        else { cr[0] += s0; cr[1] += s1; cr[2] += s2; cr[3] += s3; } }
 
+// local tiles and this work-group's rows, columns and K range (kernels in gemm_nt's shape)
+#define NT_TILE_SETUP \
+    __local float16 a_store[BM * BK / 16];   /* [tile_m][BK] */ \
+    __local float16 b_store[BN * BK / 16];   /* [tile_n][BK] */ \
+    __local float16 c_store[BM * BN / 16];   /* [BM][BN] partial sums */ \
+    __local float *c_tile = (__local float *)c_store; \
+    const int row0 = get_group_id(1) * tile_m; \
+    const int col0 = get_group_id(0) * tile_n; \
+    const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0); \
+    const int rows4 = (rows + 3) & ~3, cols4 = (cols + 3) & ~3; \
+    const int k_begin = get_group_id(2) * k_chunk; \
+    const int k_end = min(K, k_begin + k_chunk);
+
 // the 4 x 4 dot-product micro-kernel over the staged (rows4 x kc16) and (cols4 x kc16) rows
 #define DOT_TILES(first_) { \
     const int first = (first_); \
@@ -329,17 +344,7 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
              __global const float *B, const int b_off, const int ldb,
              __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
-    __local float16 a_store[BM * BK / 16];   // [tile_m][BK]
-    __local float16 b_store[BN * BK / 16];   // [tile_n][BK]
-    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
-    __local float *c_tile = (__local float *)c_store;
-
-    const int row0 = get_group_id(1) * tile_m;
-    const int col0 = get_group_id(0) * tile_n;
-    const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
-    const int rows4 = (rows + 3) & ~3, cols4 = (cols + 3) & ~3;
-    const int k_begin = get_group_id(2) * k_chunk;
-    const int k_end = min(K, k_begin + k_chunk);
+    NT_TILE_SETUP
     A += a_off;
     B += b_off;
     C += c_off + (size_t)get_group_id(2) * M * N;
@@ -379,42 +384,20 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                       const int dh, const int dw,
                       __global float *Cm, const int c_off, const int ldc, const float alpha, const float beta)
 {
-    __local float16 a_store[BM * BK / 16];   // [tile_m][BK]
-    __local float16 b_store[BN * BK / 16];   // [tile_n][BK]
-    __local float16 c_store[BM * BN / 16];   // [BM][BN] partial sums
-    __local float *c_tile = (__local float *)c_store;
-
-    const int row0 = get_group_id(1) * tile_m;
-    const int col0 = get_group_id(0) * tile_n;
-    const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
-    const int rows4 = (rows + 3) & ~3, cols4 = (cols + 3) & ~3;
-    const int k_begin = get_group_id(2) * k_chunk;
-    const int k_end = min(K, k_begin + k_chunk);
+    NT_TILE_SETUP
     const int pixels = Ho * Wo, taps = kh * kw;
     Cm += c_off + (size_t)get_group_id(2) * M * N;
 
-    int run_at[BK], run_len[BK], run_h[BK], run_w[BK];
-    size_t run_dy[BK], run_x[BK];
+    int run_at[BK], run_len[BK], run_h[BK], run_w[BK], run_img[BK], run_pix[BK];
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0), kc16 = (kc + 15) & ~15;
-        int runs = 0;
-        for (int e = 0, k = k0; e < kc; ++runs) {
-            const int img = k / pixels, pix = k - img * pixels, oh = pix / Wo, ow = pix - oh * Wo;
-            const int len = min(kc - e, Wo - ow);
-            run_at[runs] = e;
-            run_len[runs] = len;
-            run_h[runs] = oh * sh - ph;
-            run_w[runs] = ow * sw - pw;
-            run_dy[runs] = a_off + (size_t)img * O * pixels + pix;
-            run_x[runs] = x_off + (size_t)img * C * H * W;
-            e += len;
-            k += len;
-        }
+        int runs;
+        SPLIT_RUNS(k0, kc, K)
         for (int i = 0; i < rows4; ++i) {   // rows past M and columns past kc stage as zeros
             __local float *dst = (__local float *)a_store + i * BK;
             if (i < rows) {
                 for (int r = 0; r < runs; ++r) {
-                    __global const float *src = A + run_dy[r] + (size_t)(row0 + i) * pixels;
+                    __global const float *src = A + a_off + ((size_t)run_img[r] * O + row0 + i) * pixels + run_pix[r];
                     __local float *d = dst + run_at[r];
                     for (int q = 0; q < run_len[r]; ++q) d[q] = src[q];
                 }
@@ -427,7 +410,7 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                 const int kk = col0 + j, ci = kk / taps, t = kk - ci * taps, ki = t / kw, kj = t - ki * kw;
                 for (int r = 0; r < runs; ++r)
                     GATHER_RUN(dst + run_at[r], run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
-                               X + run_x[r] + (size_t)ci * H * W)
+                               X + x_off + ((size_t)run_img[r] * C + ci) * H * W)
             }
             for (int e = j < cols ? kc : 0; e < kc16; ++e) dst[e] = 0.0f;
         }

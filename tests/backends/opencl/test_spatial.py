@@ -58,14 +58,13 @@ def conv_grads_ref(x, w, dy, stride, padding, dilation, groups):
 
 # --------------------------------------------------------------------- convolution
 CONV_CASES = [
-    # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups
-    ((2, 3, 8, 8), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),
-    ((1, 1, 5, 7), (2, 2, 3), (2, 1), (0, 1), (1, 1), 1),
-    ((2, 4, 9, 6), (6, 3, 3), (2, 2), (1, 2), (2, 1), 2),
-    ((3, 6, 7, 7), (6, 3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise
-    ((2, 2, 6, 5), (3, 1, 1), (1, 2), (0, 0), (1, 1), 1),  # 1x1
-    ((1, 3, 11, 10), (5, 5, 4), (3, 2), (2, 1), (1, 2), 1),
-    ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),  # depthwise x2, padded past the kernel
+    # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups: each algorithm's branches
+    ((2, 3, 8, 8), (8, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # four output planes per work-item
+    ((2, 8, 7, 9), (4, 3, 3), (1, 1), (2, 1), (2, 1), 1),     # input gradient: four per work-item
+    ((1, 2, 9, 10), (3, 3, 2), (2, 3), (1, 0), (1, 2), 1),    # strided: the row-loop input gradient
+    ((3, 6, 7, 7), (12, 3, 3), (1, 1), (1, 1), (1, 1), 6),    # depthwise, two outputs per channel
+    ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),     # padded past the kernel
+    ((2, 4, 5, 21), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, rows past 16 lanes
 ]
 
 
@@ -109,6 +108,17 @@ def test_conv2d_forward_and_backward(conv_ocl, rng, case, accumulate):
     np.testing.assert_allclose(ocl.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)
 
 
+def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
+    """y, dx and dw (host arrays) of one convolution and its gradients on ``ocl``."""
+    ws = Workspace()
+    y, dx, dw = ocl.empty(dy.shape), ocl.empty(x.shape), ocl.empty(w.shape)
+    dev_x, dev_w, dev_dy = ocl.from_host(x), ocl.from_host(w), ocl.from_host(dy)
+    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
+    ocl.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
+    ocl.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
+    return ocl.to_host(y), ocl.to_host(dx), ocl.to_host(dw)
+
+
 @pytest.mark.parametrize("case", [
     # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups: inner dimension past one
     # K slice (256) and outputs past one tile of rows (96), odd widths, several images per tile
@@ -126,15 +136,10 @@ def test_larger_convolutions_match_torch(conv_ocl, rng, case):
     yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
     dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.tensor(dy, dtype=torch.float64))
-    ws = Workspace()
-    y, dx, dw = ocl.empty(tuple(yt.shape)), ocl.empty(x.shape), ocl.empty(w.shape)
-    dev_x, dev_w, dev_dy = ocl.from_host(x), ocl.from_host(w), ocl.from_host(dy)
-    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
-    ocl.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
-    ocl.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
-    np.testing.assert_allclose(ocl.to_host(y), yt.detach().numpy(), rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(ocl.to_host(dx), xt.grad.numpy(), rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(ocl.to_host(dw), wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    y, dx, dw = conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=1e-3)
 
 
 def test_conv_settings_are_checked(ocl):
@@ -203,16 +208,12 @@ def test_conv_pool_batch_norm_match_torch(ocl, rng):
     yt = F.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
     dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.tensor(dy))
-    ws = Workspace()
-    y, dx, dw = ocl.empty(tuple(yt.shape)), ocl.empty(x.shape), ocl.empty(w.shape)
-    dev_x, dev_w, dev_dy = ocl.from_host(x), ocl.from_host(w), ocl.from_host(dy)
-    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
-    ocl.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
-    ocl.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
-    np.testing.assert_allclose(ocl.to_host(y), yt.detach().numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(ocl.to_host(dx), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(ocl.to_host(dw), wt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    y, dx, dw = conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
+    ws, dev_x = Workspace(), ocl.from_host(x)
     pooled, idx = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
     out, arg = ocl.empty(tuple(pooled.shape)), ocl.empty(tuple(pooled.shape), np.int32)
     ocl.max_pool2d(dev_x, out, arg, (3, 3), (2, 2), (1, 1))
