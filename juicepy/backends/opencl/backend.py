@@ -72,7 +72,8 @@ class OpenCLBackend(GemmOps, SpatialOps, Backend):
             raise ValueError(f"vector_width must be 8 or 16, got {vector_width!r}")
         self._conv_vec = vector_width
         self._programs = ProgramCache(cl, self.context, self.device,
-                                      {"gemm.cl": self._gemm_tiles, "conv.cl": {"VEC": self._conv_vec}})
+                                      {"gemm.cl": self._gemm_tiles, "gemm.cl:mr8": {**self._gemm_tiles, "MR": 8},
+                                       "conv.cl": {"VEC": self._conv_vec}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)
         self._flag_lock = threading.Lock()

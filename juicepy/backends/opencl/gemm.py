@@ -112,20 +112,25 @@ class GemmOps(abc.ABC):
         kh, kw = kernel
         cols = n * ho * wo
         tiles = self._gemm_tiles
+        # 8-row panels where they waste fewer padded rows than the default (16 outputs per group)
+        mr = tiles["MR"]
+        program = "gemm.cl"
+        if mr == 12 and round_up(m, 8) < round_up(m, 12):
+            mr, program = 8, "gemm.cl:mr8"
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
-            a_panels = -(-m // tiles["MR"])
-            ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), F32)
+            a_panels = -(-m // mr)
+            ap = ws.get(self, "gemm_pack_a", (a_panels * mr * k,), F32)
             grid = (round_up(k, PACK_WG), a_panels)
             if flipped:
-                self._kernel("gemm.cl", "pack_a_flipped")(self.queue, grid, (PACK_WG, 1), m, k, w,
-                                                          w_off, kh * kw, ap.base_data, 0)
+                self._kernel(program, "pack_a_flipped")(self.queue, grid, (PACK_WG, 1), m, k, w,
+                                                        w_off, kh * kw, ap.base_data, 0)
             else:
-                self._kernel("gemm.cl", "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, k, 0,
-                                                  ap.base_data, 0)
-            tile_m = even_tile(m, tiles["BM"], tiles["MR"])
+                self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, k, 0,
+                                                ap.base_data, 0)
+            tile_m = even_tile(m, tiles["BM"], mr)
             tile_n = even_tile(cols, tiles["BN"], NR)
-            self._kernel("gemm.cl", "conv_gemm")(
+            self._kernel(program, "conv_gemm")(
                 self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
                 ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
                 *conv_args, 1.0, float(beta))
