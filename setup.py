@@ -22,6 +22,12 @@ setup(
             optional=True,
         ),
         Extension(
+            "juicepy.backends.numpy._norm_kernels",
+            ["juicepy/backends/numpy/_norm_kernels.c"],
+            extra_compile_args=["-O3", "-std=c99"],
+            optional=True,
+        ),
+        Extension(
             "juicepy.backends.numpy._conv_kernels",
             ["juicepy/backends/numpy/_conv_kernels.c"],
             # gnu99: GCC vector extensions and statement expressions

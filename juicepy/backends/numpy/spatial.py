@@ -23,7 +23,7 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..base import scratch
+from ..base import channels_inner, scratch
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
@@ -720,32 +720,67 @@ def _stat_axes(x):
     return (0,) + tuple(range(2, x.ndim))
 
 
+#: elements per channel and sample below which the C batch-norm passes (vectorised along a
+#: plane) give way to NumPy's whole-array ufuncs (BatchNorm1d's (N, C) input has one)
+NORM_MIN_INNER = 16
+
+
+def _c_norm(backend, x, *arrays) -> bool:
+    return backend.norm_kernels is not None and x.ndim > 2 and channels_inner(x)[2] >= NORM_MIN_INNER \
+        and x.dtype in (np.float32, np.float64) \
+        and all(a.flags.c_contiguous and a.dtype == x.dtype for a in (x,) + arrays)
+
+
+def _channel_lanes(x, work) -> None:
+    """work(c0, c1) over channel ranges of x, split over threads for big enough inputs."""
+    n, c, inner = channels_inner(x)
+    _run_lanes(c, n * inner, lambda lo, hi, k: work(lo, hi))
+
+
+def _update_running(backend, mean, var, running_mean, running_var, momentum, count, ws):
+    if running_mean is None:
+        return
+    step = scratch(ws, backend, "bn_step", mean.shape, mean.dtype)
+    np.multiply(mean, momentum, out=step)
+    running_mean *= 1.0 - momentum
+    running_mean += step
+    # running_var tracks the unbiased estimate, as PyTorch
+    np.multiply(var, momentum * count / max(count - 1, 1), out=step)
+    running_var *= 1.0 - momentum
+    running_var += step
+
+
+def _invstd(var, eps, out):
+    np.add(var, eps, out=out)
+    np.sqrt(out, out=out)
+    np.reciprocal(out, out=out)
+
+
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                      momentum, eps, ws):
-    axes = _stat_axes(x)
-    shape = channel_shape(x)
     count = x.size // x.shape[1]
     channels = (x.shape[1],)
+    var = scratch(ws, backend, "bn_var", channels, x.dtype)
+    scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
+    if _c_norm(backend, x, gamma, beta, out, mean, invstd):
+        n, c, inner = channels_inner(x)
+        kernels = backend.norm_kernels
+        _channel_lanes(x, lambda c0, c1: kernels.stats(x, mean, var, n, c, inner, c0, c1))
+        _update_running(backend, mean, var, running_mean, running_var, momentum, count, ws)
+        _invstd(var, eps, invstd)
+        np.multiply(gamma, invstd, out=scale)
+        _channel_lanes(x, lambda c0, c1: kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1))
+        return
+    axes = _stat_axes(x)
+    shape = channel_shape(x)
     np.mean(x, axis=axes, out=mean)
     centered = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
     np.subtract(x, _view(mean, shape), out=centered)
     squares = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
     np.multiply(centered, centered, out=squares)
-    var = scratch(ws, backend, "bn_var", channels, x.dtype)
     np.mean(squares, axis=axes, out=var)  # biased: what normalising uses
-    if running_mean is not None:
-        step = scratch(ws, backend, "bn_step", channels, x.dtype)
-        np.multiply(mean, momentum, out=step)
-        running_mean *= 1.0 - momentum
-        running_mean += step
-        # running_var tracks the unbiased estimate, as PyTorch
-        np.multiply(var, momentum * count / max(count - 1, 1), out=step)
-        running_var *= 1.0 - momentum
-        running_var += step
-    np.add(var, eps, out=invstd)
-    np.sqrt(invstd, out=invstd)
-    np.reciprocal(invstd, out=invstd)
-    scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
+    _update_running(backend, mean, var, running_mean, running_var, momentum, count, ws)
+    _invstd(var, eps, invstd)
     np.multiply(gamma, invstd, out=scale)
     np.multiply(centered, _view(scale, shape), out=out)
     out += _view(beta, shape)
@@ -758,6 +793,11 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
     np.add(running_var, eps, out=scale)
     np.sqrt(scale, out=scale)
     np.divide(gamma, scale, out=scale)
+    if _c_norm(backend, x, out, running_mean, scale, beta):
+        n, c, inner = channels_inner(x)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
+                                                                      n, c, inner, c0, c1))
+        return
     shift = scratch(ws, backend, "bn_shift", channels, x.dtype)
     np.multiply(running_mean, scale, out=shift)
     np.subtract(beta, shift, out=shift)
@@ -771,24 +811,34 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
     shape = channel_shape(x)
     count = x.size // x.shape[1]
     channels = (x.shape[1],)
-    xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
-    np.subtract(x, _view(mean, shape), out=xhat)
-    xhat *= _view(invstd, shape)
     sum_dy = scratch(ws, backend, "bn_sum_dy", channels, x.dtype)
-    np.sum(dy, axis=axes, out=sum_dy)
-    product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
-    np.multiply(dy, xhat, out=product)
     sum_dy_xhat = scratch(ws, backend, "bn_sum_dy_xhat", channels, x.dtype)
-    np.sum(product, axis=axes, out=sum_dy_xhat)
+    coef = scratch(ws, backend, "bn_coef", channels, x.dtype)
+    c_path = _c_norm(backend, x, dy, gamma, mean, invstd, *(() if dx is None else (dx,)))
+    if c_path:
+        n, c, inner = channels_inner(x)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_sums(
+            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1))
+    else:
+        xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
+        np.subtract(x, _view(mean, shape), out=xhat)
+        xhat *= _view(invstd, shape)
+        np.sum(dy, axis=axes, out=sum_dy)
+        product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
+        np.multiply(dy, xhat, out=product)
+        np.sum(product, axis=axes, out=sum_dy_xhat)
     for grad, value in ((dbeta, sum_dy), (dgamma, sum_dy_xhat)):
         if grad is not None:
             backend.store(value, grad, accumulate_params)
     if dx is None:
         return
     # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
-    coef = scratch(ws, backend, "bn_coef", channels, x.dtype)
     np.multiply(gamma, invstd, out=coef)
     coef *= 1.0 / count
+    if c_path:
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_dx(
+            x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, n, c, inner, c0, c1, accumulate_dx))
+        return
     np.multiply(xhat, _view(sum_dy_xhat, shape), out=product)
     product += _view(sum_dy, shape)
     target = scratch(ws, backend, "bn_dx", x.shape, x.dtype) if accumulate_dx else dx
