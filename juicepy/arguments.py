@@ -38,13 +38,16 @@ def is_integer(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def integer(owner: str, name: str, value, minimum: int | None = None) -> int:
-    """``value`` as an int: an integer (not a bool, not a float such as 2.7 or 3.0) >= minimum."""
-    bound = "" if minimum is None else f" >= {minimum}"
+def integer(owner: str, name: str, value, minimum: int | None = None, maximum: int | None = None) -> int:
+    """``value`` as an int: an integer (not a bool, not a float such as 2.7 or 3.0) within
+    [minimum, maximum]."""
+    bound = " and ".join(b for b in ("" if minimum is None else f">= {minimum}",
+                                     "" if maximum is None else f"<= {maximum}") if b)
+    bound = f" {bound}" if bound else ""
     if not is_integer(value):
         raise ArgumentError(f"{_name(owner, name)} must be an integer{bound}, got {describe(value)}")
     value = int(value)
-    if minimum is not None and value < minimum:
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
         raise ArgumentError(f"{_name(owner, name)} must be an integer{bound}, got {value}")
     return value
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,10 +30,10 @@ def _argument(convert, check):
     return parse
 
 
-def _count(minimum: int):
+def _count(minimum: int, maximum: int | None = None):
     from .arguments import integer
 
-    return _argument(int, lambda value: integer("", "", value, minimum))
+    return _argument(int, lambda value: integer("", "", value, minimum, maximum))
 
 
 def _real(low: float, low_open: bool = False):
@@ -103,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", default=None, metavar="PNG",
                        help="draw train/test loss and accuracy per epoch to this PNG after every epoch "
                             "(needs matplotlib: pip install 'juicepy[plot]')")
+    train.add_argument("--workers", type=_count(1), default=1, metavar="N",
+                       help="data-parallel processes on this machine: launches `mpiexec -n N` itself "
+                            "(needs juicepy[distributed]); --batch-size is per worker. Or start the "
+                            "job yourself: mpiexec -n N juicepy train ... (default 1)")
     train.set_defaults(run=cmd_train)
 
     predict = commands.add_parser(
@@ -129,23 +135,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flags(serve)
     serve.add_argument("model", metavar="MODEL", help="checkpoint file (juicepy train --save, juicepy.save)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=_count(0, 65535), default=8000, help="port (default 8000; 0 picks a free one)")
     serve.add_argument("--watch", action="store_true",
                        help="swap in MODEL whenever its file is replaced (juicepy train --save rewrites "
                             "it atomically every epoch)")
-    serve.add_argument("--watch-interval", type=float, default=1.0, metavar="S",
+    serve.add_argument("--watch-interval", type=_real(0.0, low_open=True), default=1.0, metavar="S",
                        help="seconds between looks at MODEL with --watch (default 1)")
-    serve.add_argument("--max-batch", type=int, default=None, metavar="N",
+    serve.add_argument("--max-batch", type=_count(1), default=None, metavar="N",
                        help=f"most rows micro-batching joins into one transform; 1 turns it off "
                             f"(default {DEFAULT_MAX_BATCH}, but off on the numpy backend, where it "
                             f"measured no faster)")
-    serve.add_argument("--batch-wait-ms", type=float, default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
+    serve.add_argument("--batch-wait-ms", type=_real(0.0), default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
                        help=f"longest a request waits for requests being received to join its batch "
                             f"(default {DEFAULT_BATCH_WAIT_MS:g}: batches form from the requests that "
                             f"queue while the previous one runs)")
-    serve.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+    serve.add_argument("--max-body-bytes", type=_count(1), default=DEFAULT_MAX_BODY_BYTES, metavar="N",
                        help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
-    serve.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+    serve.add_argument("--max-connections", type=_count(1), default=DEFAULT_MAX_CONNECTIONS, metavar="N",
                        help=f"open connections beyond this get 503 (default {DEFAULT_MAX_CONNECTIONS})")
     serve.add_argument("--no-finite-check", action="store_true",
                        help="accept inputs holding NaN or Inf (refused with 400 by default)")
@@ -183,7 +189,70 @@ def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
     return Adam(lr=lr, weight_decay=weight_decay)
 
 
+def mpiexec_path() -> str:
+    """mpiexec of this environment (MPICH's wheel puts it beside python), else the one on PATH."""
+    beside = Path(sys.executable).with_name("mpiexec")
+    found = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if found is None:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("--workers needs mpiexec: pip install 'juicepy[distributed]' (mpi4py and MPICH)")
+    return found
+
+
+def launch_workers(args, argv: list) -> int:
+    """Run this command again under ``mpiexec -n N`` (with mpi4py's abort-on-exception runner)."""
+    started = next((os.environ[k] for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if k in os.environ), None)
+    if started is not None:
+        raise ValueError(f"--workers: this process is already one of {started} MPI ranks; "
+                         f"drop --workers when starting the job with mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("--workers needs mpi4py: pip install 'juicepy[distributed]'") from None
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            rest.append(arg)
+    command = [mpiexec_path(), "-n", str(args.workers), sys.executable, "-m", "mpi4py", "-m", "juicepy"] + rest
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # the ranks share this machine's cores: no oversubscribed BLAS
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    return subprocess.call(command, env=env)
+
+
+def _job_communicator(args):
+    """The data-parallel job this process belongs to (size 1 outside mpiexec); on CUDA each
+    rank takes the GPU of its local rank unless --cuda-device says otherwise."""
+    from .distributed import communicator
+
+    comm = communicator(args.backend or os.environ.get("JUICEPY_BACKEND"))
+    if comm.size > 1 and args.cuda_device is None and "JUICEPY_CUDA_DEVICE" not in os.environ:
+        os.environ["JUICEPY_CUDA_DEVICE"] = str(comm.local_rank)
+    return comm
+
+
 def cmd_train(args) -> int:
+    comm = _job_communicator(args)
+    if comm.size == 1:
+        return train_job(args, comm)
+    try:
+        return train_job(args, comm)
+    except BaseException as err:  # one rank failing must end the job, not leave the others waiting
+        message = " ".join(str(err).split())
+        print(f"juicepy: error on rank {comm.rank} of {comm.size}: {type(err).__name__}: {message}",
+              file=sys.stderr, flush=True)
+        comm.abort(1)
+        raise
+
+
+def train_job(args, comm) -> int:
     import juicepy as jp
     from .data import load_dataset
     from .layers import SoftmaxCrossEntropy
@@ -194,8 +263,13 @@ def cmd_train(args) -> int:
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
-    if args.save and Path(args.save).is_dir():
-        raise ValueError(f"--save {args.save}: is a directory; name a checkpoint file in it")
+    for flag, path in (("--save", args.save), ("--log", args.log), ("--plot", args.plot)):
+        _check_output_path(flag, path)  # now, not after the first epoch
+    lead = comm.rank == 0  # only rank 0 prints, logs and writes checkpoints
+
+    def say(text: str) -> None:
+        if lead:
+            print(text, flush=True)
     first_epoch, model_name = 0, args.model or "mlp"
     if args.resume:
         checkpoint = jp.load(args.resume)
@@ -203,6 +277,7 @@ def cmd_train(args) -> int:
             raise ValueError(f"{args.resume}: holds no trainer state; save it with juicepy train --save")
         network, trainer = checkpoint.network, checkpoint.trainer
         first_epoch, model_name = _resume_settings(args, checkpoint.metadata)
+        trainer.communicator = comm
     else:
         args.dataset = args.dataset or "digits"
     train_set, test_set = load_dataset(args.dataset, data_dir=args.data, download=not args.no_download,
@@ -214,28 +289,43 @@ def cmd_train(args) -> int:
                              input_shape=train_set.input_shape, seed=args.seed)
         trainer = Trainer(network, SoftmaxCrossEntropy(),
                           make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
-                          batch_size=args.batch_size)
-    history = TrainingHistory(args.log, args.plot, title=f"{model_name} on {args.dataset}, {backend.name}")
-    print(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
-          f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
+                          batch_size=args.batch_size, communicator=comm)
+    history = TrainingHistory(args.log if lead else None, args.plot if lead else None,
+                              title=f"{model_name} on {args.dataset}, {backend.name}")
+    say(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
+        f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
+    if comm.size > 1:
+        say(f"data-parallel: {comm.size} ranks ({comm.kind}), batch {trainer.batch_size} per rank, "
+            f"{trainer.batch_size * comm.size} per step")
     if args.resume:
-        print(f"resuming from {args.resume} after epoch {first_epoch} (step {trainer.steps})")
+        say(f"resuming from {args.resume} after epoch {first_epoch} (step {trainer.steps})")
     for epoch in range(first_epoch, args.epochs):
         stats = fit_epoch(trainer, backend, train_set, epoch=epoch, seed=args.seed,
                           progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
         if args.no_progress:
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
-                  f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
+            say(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
+                f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
         if history.wanted:
             history.record(epoch + 1, stats, *evaluate_loss(network, trainer.loss, backend, test_set))
-        if args.save:
-            jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
-                                                            "dataset": args.dataset, "model": model_name})
-    test_accuracy = evaluate(network, backend, test_set)
-    print(f"test accuracy: {test_accuracy:.4f}")
+        if args.save and lead:
+            meta = {"epoch": epoch + 1, "seed": args.seed, "dataset": args.dataset, "model": model_name}
+            jp.save(args.save, network, trainer, metadata=meta | ({"ranks": comm.size} if comm.size > 1 else {}))
+    test_accuracy = evaluate(network, backend, test_set, comm)
+    say(f"test accuracy: {test_accuracy:.4f}")
     if args.save:
-        print(f"saved checkpoint to {args.save}")
+        say(f"saved checkpoint to {args.save}")
     return 0
+
+
+def _check_output_path(flag: str, path) -> None:
+    """Refuse an output file that cannot be written: a directory, or in a folder that does not exist."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {path.parent} does not exist")
 
 
 def _resume_settings(args, meta: dict) -> tuple[int, str]:
@@ -251,7 +341,7 @@ def _resume_settings(args, meta: dict) -> tuple[int, str]:
     dataset = meta.get("dataset", args.dataset or "digits")
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ArgumentError(f"{where}: dataset must be one of {', '.join(DATASETS)}, got {describe(dataset)}")
-    model = meta.get("model", "?")
+    model = meta.get("model", args.model or "?")  # saved through the API: no name, the params decide
     if not isinstance(model, str):
         raise ArgumentError(f"{where}: model must be a model name, got {describe(model)}")
     if args.model is not None and args.model != model:
@@ -297,8 +387,7 @@ def cmd_predict(args) -> int:
     output = None
     if args.output:
         output = Path(args.output if args.output.endswith(".npy") else args.output + ".npy")  # as np.save names it
-        if not output.parent.is_dir():
-            raise ValueError(f"--output {args.output}: folder {output.parent} does not exist")
+        _check_output_path("--output", output)
     network = jp.load(args.model).network
     try:
         x = np.load(args.input, allow_pickle=False)
@@ -387,11 +476,16 @@ def main(argv=None) -> int:
     from .errors import JuicepyError
 
     try:
+        if getattr(args, "workers", 1) != 1:
+            return launch_workers(args, sys.argv[1:] if argv is None else list(argv))
         return args.run(args)
     except (BackendUnavailable, DatasetUnavailable, JuicepyError, ValueError, OSError) as err:
         message = " ".join(str(err).split())  # one line, whatever the error's text holds
         print(f"juicepy: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints already written are complete (atomic saves)
+        print("juicepy: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

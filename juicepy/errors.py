@@ -51,3 +51,7 @@ class ArgumentError(JuicepyError, TypeError, ValueError):
 
 class MissingExtraError(JuicepyError, ImportError):
     """An optional feature needs a package that is not installed; the message names the extra."""
+
+
+class DistributedError(JuicepyError, RuntimeError):
+    """Another rank of a data-parallel job failed, or ranks disagree (a collective cannot go on)."""

@@ -34,10 +34,13 @@ def inputs(tmp_path):
     return path
 
 
-def _with_metadata(src, dst, **changes):
+def _with_metadata(src, dst, drop=(), **changes):
+    """A copy of checkpoint src whose caller metadata has ``changes`` and lacks ``drop``."""
     tensors, meta = ckpt.read(src)
     extras = json.loads(meta["juicepy.metadata"])
     extras.update(changes)
+    for key in drop:
+        extras.pop(key)
     meta["juicepy.metadata"] = json.dumps(extras)
     meta["juicepy.sha256"] = ckpt._digest(tensors, meta)
     dst.write_bytes(save_tensors(tensors, metadata=meta))
@@ -83,9 +86,12 @@ def test_output_into_a_missing_folder_is_one_line(trained, inputs, tmp_path, cap
     assert not (tmp_path / "missing").exists()
 
 
-def test_save_onto_a_directory_fails_before_training(tmp_path, capsys):
-    assert main(TRAIN + ["--save", str(tmp_path)]) == 1
-    _one_error_line(capsys, "--save", str(tmp_path), "is a directory")
+@pytest.mark.parametrize("flag", ["--save", "--log", "--plot"])
+def test_train_outputs_that_cannot_be_written_fail_before_training(tmp_path, capsys, flag):
+    assert main(TRAIN + [flag, str(tmp_path)]) == 1
+    _one_error_line(capsys, flag, str(tmp_path), "is a directory")
+    assert main(TRAIN + [flag, str(tmp_path / "missing" / "out.x")]) == 1
+    _one_error_line(capsys, flag, str(tmp_path / "missing"), "does not exist")
     assert "epoch 1/1" not in capsys.readouterr().out
 
 
@@ -158,6 +164,9 @@ def test_resume_of_another_architecture_fails_before_training(trained, tmp_path,
     _one_error_line(capsys, str(other), "input unit shape (1, 28, 28)", "digits", "(1, 8, 8)")
     assert main(["train", "--epochs", "3", "--resume", str(trained), "--dataset", "mnist", "--no-progress"]) == 1
     _one_error_line(capsys, str(trained), "'digits'", "--dataset mnist")
+    unnamed = _with_metadata(trained, tmp_path / "unnamed.safetensors", drop=["model"])  # as the API saves
+    assert main(["train", "--epochs", "3", "--resume", str(unnamed), "--model", "lenet", "--no-progress"]) == 1
+    _one_error_line(capsys, str(unnamed), "not those of the zoo's 'lenet'")
 
 
 def test_errors_from_a_real_process_are_one_line_and_status_1(trained, inputs, tmp_path):
@@ -189,3 +198,14 @@ def test_errors_from_a_real_process_are_one_line_and_status_1(trained, inputs, t
     proc = subprocess.run([sys.executable, "-m", "juicepy", "predict", "--model", str(trained), "--input",
                            str(tmp_path / "nan.npy"), "--check-finite"], capture_output=True, text=True)
     assert proc.returncode == 1 and proc.stderr.startswith("juicepy: error: input: contains NaN or Inf")
+
+
+def test_ctrl_c_is_one_line_and_status_130(capsys, monkeypatch):
+    import juicepy.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_profile", interrupted)
+    assert main(["profile", "--steps", "1"]) == 130
+    assert capsys.readouterr().err == "juicepy: interrupted\n"

@@ -150,6 +150,18 @@ def check_per_channel(backend_name: str, op: str, x, *arrays) -> None:
                              f"expected for input {tuple(x.shape)}, got {tuple(a.shape)}")
 
 
+def check_batch_norm_sums(backend_name: str, op: str, sums, channels: int, *per_channel) -> None:
+    """Raise ValueError unless ``sums`` is the flat (2 * channels,) block of synchronised batch
+    norm and every per-channel array given (None skipped) is (channels,)."""
+    if tuple(sums.shape) != (2 * channels,):
+        raise ValueError(f"{backend_name} backend {op}: sums of shape ({2 * channels},) expected for "
+                         f"{channels} channels, got {tuple(sums.shape)}")
+    for a in per_channel:
+        if a is not None and tuple(a.shape) != (channels,):
+            raise ValueError(f"{backend_name} backend {op}: per-channel arrays of shape ({channels},) "
+                             f"expected, got {tuple(a.shape)}")
+
+
 def check_channel_range(backend_name: str, op: str, part, whole, offset: int) -> None:
     """Raise ValueError unless ``part`` fits ``whole`` at channel ``offset`` (other axes equal)."""
     if (part.shape[0] != whole.shape[0] or part.shape[2:] != whole.shape[2:] or offset < 0
@@ -397,6 +409,38 @@ class Backend(abc.ABC):
                             accumulate_dx=False, accumulate_params=False, ws=None) -> None:
         """dx may be None (input gradient not needed)."""
         raise NotImplementedError(f"{self.name} backend batch_norm_backward: not implemented")
+
+    # Synchronised batch norm (statistics over the replicas of a data-parallel job) splits the
+    # ops above at the per-channel sums, which the caller sums over ranks in between. ``sums``
+    # is a flat (2 * C,) array: row 0 in sums[:C], row 1 in sums[C:]. ``count`` is the number of
+    # values per channel over every rank.
+    def batch_norm_sums(self, x, shift, sums, ws=None) -> None:
+        """sums[:C] = sum of (x - shift[c]), sums[C:] = sum of (x - shift[c])^2 per channel.
+        A shift near the mean (the same on every rank) keeps E[d^2] - E[d]^2 accurate."""
+        raise NotImplementedError(f"{self.name}: batch_norm_sums")
+
+    def batch_norm_stats(self, sums, count: int, shift, mean, invstd, running_mean, running_var,
+                         momentum, eps, ws=None) -> None:
+        """Per channel: d = sums[c] / count; mean = shift + d; biased var = max(sums[C+c] / count
+        - d^2, 0); invstd = 1 / sqrt(var + eps); running stats updated torch-style (unbiased
+        variance; running_mean None: none). ``shift`` may be ``mean`` or ``running_mean`` itself:
+        it is read before either is written."""
+        raise NotImplementedError(f"{self.name}: batch_norm_stats")
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None) -> None:
+        """out = (x - mean[c]) * invstd[c] * gamma[c] + beta[c]."""
+        raise NotImplementedError(f"{self.name}: batch_norm_apply")
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None) -> None:
+        """sums[:C] = sum of dy, sums[C:] = sum of dy * xhat per channel (xhat = (x - mean) *
+        invstd); dbeta / dgamma (+)= those local sums where given."""
+        raise NotImplementedError(f"{self.name}: batch_norm_backward_reduce")
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count: int, dx,
+                                 accumulate=False, ws=None) -> None:
+        """dx (+)= gamma * invstd * (dy - sums[c] / count - xhat * sums[C + c] / count)."""
+        raise NotImplementedError(f"{self.name}: batch_norm_backward_data")
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset: int, accumulate=False) -> None:

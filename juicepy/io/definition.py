@@ -140,6 +140,20 @@ def save_definition(path, network) -> None:
 
 
 def load_definition(path):
-    """A Network (fresh weights) from a JSON definition file."""
-    with open(path, encoding="utf-8") as f:
-        return build_network(f.read())
+    """A Network (fresh weights) from a JSON definition file; a file that cannot be read or
+    rebuilt raises a DefinitionError naming it."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise DefinitionError(f"{path}: no such definition file") from None
+    except IsADirectoryError:
+        raise DefinitionError(f"{path}: is a directory, not a definition file") from None
+    except OSError as err:
+        raise DefinitionError(f"{path}: cannot read the definition ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise DefinitionError(f"{path}: not UTF-8 text ({err})") from None
+    try:
+        return build_network(text)
+    except DefinitionError as err:
+        raise DefinitionError(f"{path}: {err}") from err

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..arguments import integer
+from ..arguments import flag, integer
 from ..backends.base import Workspace
 from ..backends.rng import stream_key
 
@@ -81,6 +81,8 @@ class NodeContext:
         self.ws = ctx.ws
         self.batch_size = ctx.batch_size
         self._seed = stream_key(ctx.network.seed, node.index)
+        if ctx.rank:  # each rank of a data-parallel job draws its own (reproducible) stream
+            self._seed = stream_key(self._seed, ctx.rank)
 
     # data of the junctions
     def input(self, i: int = 0):
@@ -166,17 +168,35 @@ class NodeContext:
         """(seed, counter) for counter-based random numbers: fixed per placement, new each pass."""
         return self._seed, self._ctx.step
 
+    # data-parallel jobs
+    @property
+    def ranks(self) -> int:
+        """How many replicas train together (1 without a communicator)."""
+        comm = self._ctx.communicator
+        return 1 if comm is None else comm.size
+
+    def allreduce(self, flat) -> None:
+        """Sum the 1-D buffer ``flat`` over the replicas, in place (a no-op for one replica)."""
+        comm = self._ctx.communicator
+        if comm is not None and comm.size > 1:
+            comm.allreduce(self._ctx.backend, flat)
+
 
 class Context:
     """Buffers for running ``network`` on ``backend`` with exactly ``batch_size`` rows."""
 
     def __init__(self, network, backend, batch_size: int, training: bool = False,
-                 input_grads: bool = False):
+                 input_grads: bool = False, communicator=None):
+        """``communicator``: the replicas of a data-parallel job (juicepy.distributed), for
+        layers that reduce over ranks (synchronised BatchNorm) and per-rank random streams."""
         self.batch_size = integer("Context", "batch_size", batch_size, 1)
+        training, input_grads = flag("Context", "training", training), flag("Context", "input_grads", input_grads)
         # placing the params first refuses a dtype the backend does not compute in before
         # any buffer is made
         self.placement = network.param_groups(backend)
         self.network = network
+        self.communicator = communicator
+        self.rank = 0 if communicator is None else communicator.rank
         self.backend = backend
         self.training = training
         self.dtype = network.dtype

@@ -79,18 +79,6 @@ class Network:
         self.outputs = list(root.expand(graph, "", self.inputs))
         self._finish(graph)
 
-    @classmethod
-    def from_graph(cls, root, graph: GraphBuilder, inputs, outputs, seed: int = 0) -> "Network":
-        """A network over a graph someone else expanded (the functional builder)."""
-        self = cls.__new__(cls)
-        self.root = root
-        self.dtype = graph.dtype
-        self.seed = int(seed)
-        self.inputs = list(inputs)
-        self.outputs = list(outputs)
-        self._finish(graph)
-        return self
-
     def _finish(self, graph: GraphBuilder) -> None:
         self.junctions = graph.junctions
         self.nodes = graph.nodes

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from ..arguments import number
+from ..arguments import flag, number
 
 
 class LearnableParams:
@@ -22,7 +22,7 @@ class LearnableParams:
         host = np.array(data, copy=True, order="C")
         self.name = name
         self.lr_mult = lr_mult
-        self.trainable = trainable
+        self.trainable = flag("LearnableParams", "trainable", trainable)
         self._host = host
         self._version = 0
         self._host_version = 0

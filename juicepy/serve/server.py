@@ -8,6 +8,7 @@ import logging
 import signal
 import threading
 
+from .. import arguments
 from .batcher import MicroBatcher
 from .handler import BoundedHTTPServer, InFlight
 from .model import ServedModel
@@ -47,12 +48,15 @@ class ModelServer:
                  max_batch: int | None = None, batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS, check_finite: bool = True):
-        for name, value, low in (("max_batch", 1 if max_batch is None else max_batch, 1), ("max_body_bytes", max_body_bytes, 1),
-                                 ("max_connections", max_connections, 1)):
-            if int(value) < low:
-                raise ValueError(f"{name} must be >= {low}, got {value}")
-        if batch_wait_ms < 0:
-            raise ValueError(f"batch_wait_ms must be >= 0, got {batch_wait_ms}")
+        owner = "ModelServer"
+        max_batch = arguments.optional_integer(owner, "max_batch", max_batch, 1)
+        max_body_bytes = arguments.integer(owner, "max_body_bytes", max_body_bytes, 1)
+        max_connections = arguments.integer(owner, "max_connections", max_connections, 1)
+        batch_wait_ms = arguments.number(owner, "batch_wait_ms", batch_wait_ms, low=0.0)
+        watch_interval_s = arguments.number(owner, "watch_interval_s", watch_interval_s, low=0.0, low_open=True)
+        port = arguments.integer(owner, "port", port, 0, 65535)
+        watch = arguments.flag(owner, "watch", watch)
+        check_finite = arguments.flag(owner, "check_finite", check_finite)
         self.path = path
         self.model = ServedModel(path, backend, check_finite=check_finite)
         if max_batch is None:

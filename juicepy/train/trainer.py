@@ -9,9 +9,11 @@ import numpy as np
 
 from .. import arguments
 from ..backends import backend as get_backend
+from ..distributed import Communicator
 from ..errors import NonFiniteError, WeightsError
 from ..net.context import Context
 from ..net.replay import GraphReplay, graphs_wanted
+from .data_parallel import DataParallel
 from .metrics import accuracy
 from .optimizer import Optimizer, OptimizerState
 
@@ -38,6 +40,7 @@ class TrainState:
     optimizer: OptimizerState
     replay: GraphReplay | None = None  # the recorded step, on backends that capture graphs
     warmed: bool = False  # one step ran op by op here (a restored state has step > 0 but is cold)
+    replicas_synced: bool = False  # rank 0's state went to every rank (data-parallel jobs)
 
 
 class Trainer:
@@ -53,10 +56,16 @@ class Trainer:
     For tools, :meth:`run_training` / :meth:`run_inference` take a data source and return
     (loss, score) per step; :meth:`state_dict` / :meth:`load_state_dict` carry the optimizer
     state, the step and the dropout counter through checkpoints (``juicepy.save``).
+
+    ``communicator`` (``juicepy.distributed.communicator()``): this trainer is one replica of a
+    data-parallel job. ``batch_size`` is then per rank; before the first step every rank takes
+    rank 0's weights and optimizer state; each step averages the gradients over ranks before
+    the same update runs on every rank, and returns the loss averaged over ranks. A batch refused
+    on one rank is refused on every rank. Graph replay is off in a job of more than one rank.
     """
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
-                 graphs: bool = True):
+                 graphs: bool = True, communicator=None):
         from ..layers.loss import Loss
         from ..net.network import Network
 
@@ -66,6 +75,9 @@ class Trainer:
         batch_size = arguments.integer("Trainer", "batch_size", batch_size, 1)
         check_finite = arguments.flag("Trainer", "check_finite", check_finite)
         graphs = arguments.flag("Trainer", "graphs", graphs)
+        if communicator is not None:
+            arguments.instance("Trainer", "communicator", communicator, Communicator,
+                               "None or a juicepy.distributed.communicator()")
         loss.check_output(network.output_shape)
         self.network = network
         self.loss = loss
@@ -73,6 +85,7 @@ class Trainer:
         self.batch_size = batch_size
         self.check_finite = check_finite
         self.graphs = graphs
+        self.communicator = communicator
         self._states: dict = {}  # backend -> TrainState (buffers kept for switching back)
         self._active = None  # the backend whose TrainState holds the current optimizer state
         self._eval_states: dict = {}
@@ -107,6 +120,7 @@ class Trainer:
             st = self._states[backend] = self._new_state(backend)
         if carried is not None:
             self._restore(backend, st, carried)
+        st.replicas_synced = False  # a made or moved state goes to every rank again
         self._active, self._pending_state = backend, None
         return st
 
@@ -119,7 +133,7 @@ class Trainer:
 
     def _new_state(self, backend) -> TrainState:
         net, n = self.network, self.batch_size
-        ctx = Context(net, backend, n, training=True)
+        ctx = Context(net, backend, n, training=True, communicator=self.communicator)
         target_shape = (n,) + self.loss.target_shape(net.output_shape)
         return TrainState(
             context=ctx,
@@ -146,24 +160,34 @@ class Trainer:
         from another thread sees whole steps only.
         """
         backend = get_backend(backend)
-        self.optimizer.check()  # hyper-parameters may have been changed since the last step
-        xs, targets = self._checked_batch(backend, inputs, targets)
+        replicas = self._replicas
+
+        def check():
+            self.optimizer.check()  # hyper-parameters may have been changed since the last step
+            return self._checked_batch(backend, inputs, targets)
+
+        xs, targets = replicas.checked(check, "training step")
         with self.network.lock:
             st = self.state(backend)
             ctx, opt = st.context, st.optimizer
             ctx.check_lr_mults()
+            if not st.replicas_synced:
+                replicas.synchronize(backend, self.network, ctx, opt)
+                st.replicas_synced = True
             self._load_batch(backend, ctx, st.targets, xs, targets)
             ctx.save_state()
             opt_step = opt.step
             try:
-                loss = self._replayed_step(backend, st) if graphs_wanted(self.graphs, backend) else None
+                replay = graphs_wanted(self.graphs, backend) and not replicas.active
+                loss = self._replayed_step(backend, st) if replay else None
                 eager = loss is None
                 if eager:
                     ctx.forward()
-                    loss = self._loss_and_output_grad(backend, st)
+                    loss = replicas.mean(self._loss_and_output_grad(backend, st))
                     if self.check_finite and not math.isfinite(loss):
                         self._refuse(loss, st)
                     ctx.backward()
+                    replicas.average_gradients(backend, ctx.segments)
                     self.optimizer.step(backend, opt, ctx.segments)
             except BaseException:
                 ctx.restore_state()
@@ -176,9 +200,10 @@ class Trainer:
             return loss, ctx.output()
 
     def evaluate_minibatch(self, backend, inputs, targets):
-        """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs)."""
+        """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs).
+        In a data-parallel job the loss is the mean over ranks."""
         backend = get_backend(backend)
-        xs, targets = self._checked_batch(backend, inputs, targets)
+        xs, targets = self._replicas.checked(lambda: self._checked_batch(backend, inputs, targets), "evaluation")
         with self.network.lock:
             st = self._eval_states.get(backend)
             if st is None or st.context.stale:
@@ -193,7 +218,11 @@ class Trainer:
             self._load_batch(backend, ctx, st.targets, xs, targets)
             ctx.forward()
             count = self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, st.dx)
-            return float(backend.to_host(st.loss_sum)[0]) / count, ctx.output()
+            return self._replicas.mean(float(backend.to_host(st.loss_sum)[0]) / count), ctx.output()
+
+    @property
+    def _replicas(self) -> DataParallel:
+        return DataParallel(self.communicator)
 
     def _checked_batch(self, backend, inputs, targets):
         """Validate a batch (raises before anything changes); returns (inputs list, targets)."""
@@ -248,7 +277,8 @@ class Trainer:
         arguments.integer("Trainer", "n_steps", n_steps, 0)
         epoch, made = 0, 0
         while made < n_steps:
-            source = data.batches(self.batch_size, epoch=epoch) if hasattr(data, "batches") else iter(data)
+            source = (data.batches(self.batch_size, epoch=epoch, **self._replicas.shard)
+                      if hasattr(data, "batches") else iter(data))
             before = made
             for batch in source:
                 if made == n_steps:
@@ -295,7 +325,9 @@ class Trainer:
             if self._active is None:
                 self._pending_state = state
             else:
-                self._restore(self._active, self._states[self._active], state)
+                st = self._states[self._active]
+                self._restore(self._active, st, state)
+                st.replicas_synced = False
 
     def _check_state(self, state: dict) -> None:
         for counter in ("step", "dropout_step"):

@@ -787,6 +787,128 @@ def test_batch_norm_refuses_a_wrong_channel_count(ops_backend):
         b.batch_norm_backward(x, b.zeros((2, 3, 5)), c, c, c, None, c, c)
 
 
+# ============================================================ synchronised batch norm
+# The layer runs: sums about zero -> stats (the mean) -> sums about the mean -> stats (+ running)
+# -> apply; each ``sums`` would be summed over ranks in between. Here count is what the sums cover.
+SYNC_SHAPES = [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 7)]
+
+
+@pytest.mark.parametrize("shape", SYNC_SHAPES)
+def test_batch_norm_sums_stats_and_apply(ops_backend, dtype, rng, shape):
+    c = shape[1]
+    axes = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    count = math.prod(shape) // c
+    x = rng.standard_normal(shape) * 2 + 50  # |mean| >> std: the second pass keeps the variance exact
+    gamma, beta, rm0, rv0 = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    eps, momentum = 1e-5, 0.3
+    placed = Placed(ops_backend, [x, np.zeros(c), np.zeros(2 * c), np.zeros(2 * c), np.zeros(c), np.zeros(c),
+                                  rm0, rv0, gamma, beta, np.zeros(shape)], dtype, "view")
+    dev_x, zero, first, second, mean, invstd, rm, rv, dev_g, dev_b, out = placed.devs
+    ws = Workspace()
+    ops_backend.batch_norm_sums(dev_x, zero, first, ws=ws)
+    first_host = placed.host(2)
+    ops_backend.batch_norm_stats(first, count, zero, mean, invstd, None, None, 0.0, eps, ws=ws)
+    ops_backend.batch_norm_sums(dev_x, mean, second, ws=ws)
+    ops_backend.batch_norm_stats(second, count, mean, mean, invstd, rm, rv, momentum, eps, ws=ws)
+    ops_backend.batch_norm_apply(dev_x, dev_g, dev_b, mean, invstd, out, ws=ws)
+
+    mu, var = x.mean(axis=axes), x.var(axis=axes)
+    np.testing.assert_allclose(first_host, np.concatenate([x.sum(axis=axes), (x * x).sum(axis=axes)]),
+                               **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(4), mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(5), 1 / np.sqrt(var + eps), **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(6), (1 - momentum) * rm0 + momentum * mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(7), (1 - momentum) * rv0 + momentum * var * count / max(count - 1, 1),
+                               **tolerance(dtype, scale=10))
+    xhat = (x - mu.reshape(bshape)) / np.sqrt(var.reshape(bshape) + eps)
+    np.testing.assert_allclose(placed.host(10), xhat * gamma.reshape(bshape) + beta.reshape(bshape),
+                               **tolerance(dtype, scale=50))
+    placed.check_sentinels()
+
+
+def test_batch_norm_stats_shifts_reads_before_writing_and_clamps(ops_backend, dtype, rng):
+    c, count, momentum, eps = 5, 37, 0.3, 1e-3
+    values = rng.standard_normal((count, c)) * 1.5 + 0.25
+    shift = rng.standard_normal(c) * 0.1
+    d = values - shift
+    sums = np.concatenate([d.sum(axis=0), (d * d).sum(axis=0)])
+    rv0 = rng.uniform(0.5, 2, c)
+    # the shift is the running mean itself: read before it moves
+    dev_sums, rm, rv, mean, invstd = upload(ops_backend, sums, shift, rv0, np.zeros(c), np.zeros(c), dtype=dtype)
+    ops_backend.batch_norm_stats(dev_sums, count, rm, mean, invstd, rm, rv, momentum, eps)
+    mu = values.mean(axis=0)
+    np.testing.assert_allclose(ops_backend.to_host(mean), mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(ops_backend.to_host(invstd), 1 / np.sqrt(values.var(axis=0) + eps), **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(ops_backend.to_host(rm), (1 - momentum) * shift + momentum * mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(ops_backend.to_host(rv), (1 - momentum) * rv0 + momentum * values.var(axis=0, ddof=1),
+                               **tolerance(dtype, scale=10))
+    # rounding can make E[d^2] - E[d]^2 negative: the variance is clamped at zero
+    dev_sums, zero, mean, invstd = upload(ops_backend, [4.0, 3.99], np.zeros(1), np.zeros(1), np.zeros(1), dtype=dtype)
+    ops_backend.batch_norm_stats(dev_sums, 4, zero, mean, invstd, None, None, 0.1, 1e-5)
+    np.testing.assert_allclose(ops_backend.to_host(invstd), [1 / np.sqrt(1e-5)], rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SYNC_SHAPES)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_batch_norm_backward_reduce_and_data(ops_backend, dtype, rng, shape, accumulate):
+    c = shape[1]
+    axes = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    x, dy, dx0 = rng.standard_normal(shape), rng.standard_normal(shape), rng.standard_normal(shape)
+    mean, invstd, gamma = rng.standard_normal(c), rng.uniform(0.5, 2, c), rng.uniform(0.5, 2, c)
+    dg0, db0, other = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(2 * c) * 3
+    placed = Placed(ops_backend, [x, dy, mean, invstd, np.zeros(2 * c), dg0, db0, gamma, dx0], dtype, "view")
+    dev_x, dev_dy, dev_mean, dev_inv, sums, dg, db, dev_g, dx = placed.devs
+    ws = Workspace()
+    ops_backend.batch_norm_backward_reduce(dev_x, dev_dy, dev_mean, dev_inv, sums, dg, db,
+                                           accumulate_params=accumulate, ws=ws)
+    xhat = (x - mean.reshape(bshape)) * invstd.reshape(bshape)
+    local = np.concatenate([dy.sum(axis=axes), (dy * xhat).sum(axis=axes)])
+    np.testing.assert_allclose(placed.host(4), local, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(5), (dg0 if accumulate else 0) + local[c:], **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(6), (db0 if accumulate else 0) + local[:c], **tolerance(dtype, scale=10))
+    # as if another rank had added its sums: the input gradient uses the global ones
+    total = local + other
+    ops_backend.write(sums, total.astype(dtype))
+    count = 2 * math.prod(shape) // c
+    ops_backend.batch_norm_backward_data(dev_x, dev_dy, dev_g, dev_mean, dev_inv, sums, count, dx,
+                                         accumulate=accumulate, ws=ws)
+    grad = (gamma * invstd).reshape(bshape) * (dy - total[:c].reshape(bshape) / count
+                                               - xhat * total[c:].reshape(bshape) / count)
+    np.testing.assert_allclose(placed.host(8), (dx0 if accumulate else 0) + grad, **tolerance(dtype, scale=10))
+    placed.check_sentinels()
+
+
+def test_batch_norm_backward_reduce_without_param_gradients(ops_backend, rng):
+    b = ops_backend
+    x, dy = rng.standard_normal((3, 2, 4)), rng.standard_normal((3, 2, 4))
+    dev_x, dev_dy, mean, invstd = upload(b, x, dy, np.zeros(2), np.ones(2), dtype=np.float32)
+    sums = b.zeros((4,))
+    b.batch_norm_backward_reduce(dev_x, dev_dy, mean, invstd, sums)
+    np.testing.assert_allclose(b.to_host(sums), np.concatenate([dy.sum(axis=(0, 2)), (dy * x).sum(axis=(0, 2))]),
+                               **tolerance(np.float32, scale=10))
+
+
+def test_synchronised_batch_norm_ops_refuse_bad_arguments(ops_backend):
+    b = ops_backend
+    x, c, wrong, sums, short = b.zeros((2, 3, 4)), b.zeros((3,)), b.zeros((4,)), b.zeros((6,)), b.zeros((5,))
+    with bad_argument(b, "batch_norm_sums"):
+        b.batch_norm_sums(x, c, short)
+    with bad_argument(b, "batch_norm_sums"):
+        b.batch_norm_sums(x, wrong, sums)
+    with bad_argument(b, "batch_norm_stats"):
+        b.batch_norm_stats(short, 8, c, c, c, None, None, 0.1, 1e-5)
+    with bad_argument(b, "batch_norm_stats"):
+        b.batch_norm_stats(sums, 8, c, c, c, wrong, c, 0.1, 1e-5)
+    with bad_argument(b, "batch_norm_apply"):
+        b.batch_norm_apply(x, c, c, c, c, b.zeros((2, 3, 5)))
+    with bad_argument(b, "batch_norm_backward_reduce"):
+        b.batch_norm_backward_reduce(x, x, c, c, short)
+    with bad_argument(b, "batch_norm_backward_data"):
+        b.batch_norm_backward_data(x, x, wrong, c, c, sums, 8, b.zeros((2, 3, 4)))
+
+
 # ====================================================================== composition
 @pytest.mark.parametrize("shape", [(3, 7), (2, 5, 3, 4)])
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -820,6 +942,7 @@ def test_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
     pooled, argmax = f(2, 6, 3, 3), b.zeros((2, 6, 3, 3), np.int32)
     rows, labels, losses = f(5, 7), b.from_host(np.arange(5, dtype=np.int32)), f(5)
     c, mean, invstd, rm, rv, bn_out = f(4), f(4), f(4), f(4), b.from_host(np.ones(4, np.float32)), f(2, 4, 6, 6)
+    sums = f(8)
     p, g, m1, m2 = f(50), f(50), f(50), b.from_host(np.ones(50, np.float32))  # exp_avg_sq >= 0
     pooled_rows, bias6, rows_dx, rows_dx2, part, dg, db = f(5, 5), f(6), f(5, 7), f(5, 7), f(2, 2, 6, 6), f(4), f(4)
     ws = Workspace()
@@ -836,6 +959,11 @@ def test_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
         b.avg_pool2d_backward(pooled, y, (2, 2), (2, 2), (0, 0), False, True, ws=ws)
         b.batch_norm_train(dx, c, c, bn_out, mean, invstd, rm, rv, 0.1, 1e-5, ws=ws)
         b.batch_norm_backward(dx, bn_out, c, mean, invstd, x, dg, db, True, True, ws=ws)
+        b.batch_norm_sums(dx, mean, sums, ws=ws)
+        b.batch_norm_stats(sums, 72, mean, mean, invstd, rm, rv, 0.1, 1e-5, ws=ws)
+        b.batch_norm_apply(dx, c, c, mean, invstd, bn_out, ws=ws)
+        b.batch_norm_backward_reduce(dx, bn_out, mean, invstd, sums, dg, db, True, ws=ws)
+        b.batch_norm_backward_data(dx, bn_out, c, mean, invstd, sums, 72, x, True, ws=ws)
         b.softmax_cross_entropy(rows, labels, losses, rows_dx, 0.2, ws=ws)
         b.log_softmax(rows, rows_dx, ws=ws)
         b.log_softmax_backward(rows_dx, rows, rows_dx2, True, ws=ws)
@@ -880,6 +1008,9 @@ COVERAGE = {
     "max_pool2d": "test_max_pool2d", "max_pool2d_backward": "test_max_pool2d", "avg_pool2d": "test_avg_pool2d",
     "avg_pool2d_backward": "test_avg_pool2d", **{op: "test_batch_norm" for op in
                                                  ("batch_norm_train", "batch_norm_infer", "batch_norm_backward")},
+    **{op: "test_batch_norm_sums_stats_and_apply" for op in ("batch_norm_sums", "batch_norm_stats", "batch_norm_apply")},
+    "batch_norm_backward_reduce": "test_batch_norm_backward_reduce_and_data",
+    "batch_norm_backward_data": "test_batch_norm_backward_reduce_and_data",
     "copy_channels": "test_copy_and_slice_channels", "slice_channels": "test_copy_and_slice_channels",
 }
 

@@ -124,10 +124,10 @@ def test_memory_does_not_grow_with_requests(checkpoint, connect, max_batch):
     assert grown < 60_000, f"memory grew by {grown} bytes over 240 requests"
 
 
-@pytest.mark.parametrize("kwargs,words", [({"max_batch": 0}, "max_batch must be >= 1"),
-                                          ({"batch_wait_ms": -1}, "batch_wait_ms must be >= 0"),
-                                          ({"max_body_bytes": 0}, "max_body_bytes must be >= 1"),
-                                          ({"max_connections": 0}, "max_connections must be >= 1")])
+@pytest.mark.parametrize("kwargs,words", [({"max_batch": 0}, "max_batch must be an integer >= 1"),
+                                          ({"batch_wait_ms": -1}, "batch_wait_ms must be a finite number >= 0"),
+                                          ({"max_body_bytes": 0}, "max_body_bytes must be an integer >= 1"),
+                                          ({"max_connections": 0}, "max_connections must be an integer >= 1")])
 def test_bad_settings_are_refused(checkpoint, kwargs, words):
     with pytest.raises(ValueError, match=words):
         ModelServer(checkpoint[0], "numpy", port=0, **kwargs)
@@ -138,3 +138,40 @@ def test_micro_batching_is_on_by_default_except_on_numpy(checkpoint, backend, co
         batching = connect(server).health()["micro_batching"]
     assert batching["on"] == (backend.name != "numpy")
     assert batching["max_batch"] == (1 if backend.name == "numpy" else 32)
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    (dict(max_batch=2.5), "ModelServer: max_batch must be an integer >= 1, got float 2.5"),
+    (dict(max_batch=0), "ModelServer: max_batch must be an integer >= 1, got 0"),
+    (dict(max_body_bytes=True), "ModelServer: max_body_bytes must be an integer >= 1, got bool True"),
+    (dict(max_connections=0), "ModelServer: max_connections must be an integer >= 1, got 0"),
+    (dict(batch_wait_ms=float("nan")), "ModelServer: batch_wait_ms must be a finite number >= 0, got nan"),
+    (dict(watch_interval_s=0), "ModelServer: watch_interval_s must be a finite number > 0, got 0.0"),
+    (dict(watch_interval_s="1"), "ModelServer: watch_interval_s must be a number, got str '1'"),
+    (dict(port=70000), "ModelServer: port must be an integer >= 0 and <= 65535, got 70000"),
+    (dict(port=-1), "ModelServer: port must be an integer >= 0 and <= 65535, got -1"),
+    (dict(watch="yes"), "ModelServer: watch must be True or False, got str 'yes'"),
+    (dict(check_finite=0), "ModelServer: check_finite must be True or False, got int 0"),
+])
+def test_bad_settings_are_refused_by_name_before_loading(tmp_path, kwargs, needle):
+    from juicepy.errors import ArgumentError
+    from juicepy.serve import ModelServer
+
+    with pytest.raises(ArgumentError) as err:
+        ModelServer(tmp_path / "not-loaded.safetensors", "numpy", **kwargs)
+    assert str(err.value) == needle
+
+
+@pytest.mark.parametrize("flag, value, needle", [
+    ("--max-batch", "0", "argument --max-batch: must be an integer >= 1, got 0"),
+    ("--port", "70000", "argument --port: must be an integer >= 0 and <= 65535, got 70000"),
+    ("--watch-interval", "nan", "argument --watch-interval: must be a finite number > 0, got nan"),
+    ("--batch-wait-ms", "-1", "argument --batch-wait-ms: must be a finite number >= 0, got -1.0"),
+    ("--max-connections", "2.5", "argument --max-connections: must be an integer >= 1, got str '2.5'"),
+])
+def test_serve_flags_out_of_range_are_usage_errors(tmp_path, capsys, flag, value, needle):
+    from juicepy.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", str(tmp_path / "ck.safetensors"), flag, value])
+    assert exit_.value.code == 2 and needle in capsys.readouterr().err

@@ -4,7 +4,6 @@ trains are consistent."""
 
 import sys
 import threading
-import types
 
 import numpy as np
 import pytest
@@ -14,28 +13,10 @@ from juicepy import layers as L
 from juicepy.errors import NonFiniteError
 from juicepy.train import SGD, Adam, Trainer
 
-BACKEND_PATHS = ["numpy-c-kernels", "numpy-plain"] + [b for b in jp.available_backends() if b != "numpy"]
-
-
-def _loaded_cpu_kernels():
-    """(module, attribute) of every optional C-kernel module the NumPy backend loaded."""
-    found = []
-    for name, module in list(sys.modules.items()):
-        if name.startswith("juicepy.backends"):
-            found += [(module, attr) for attr, value in list(vars(module).items())
-                      if attr.startswith("_") and attr.endswith("_kernels") and isinstance(value, types.ModuleType)]
-    return found
-
-
-@pytest.fixture(params=BACKEND_PATHS)
-def any_backend(request, monkeypatch):
-    """Every backend present, the NumPy one on both its CPU-kernel paths."""
-    if request.param == "numpy-c-kernels" and not _loaded_cpu_kernels():
-        pytest.skip("the C kernels are not loaded (not built for lack of a C compiler, or JUICEPY_CPU_KERNELS=numpy)")
-    if request.param == "numpy-plain":
-        for module, attr in _loaded_cpu_kernels():
-            monkeypatch.setattr(module, attr, None)
-    return jp.backend("numpy" if request.param.startswith("numpy") else request.param)
+@pytest.fixture
+def any_backend(ops_backend):
+    """Every backend present, the NumPy one on both its CPU-kernel paths (tests/conftest.py)."""
+    return ops_backend
 
 
 def _bn_net(seed=0):

@@ -7,8 +7,8 @@ import abc
 
 import numpy as np
 
-from ..base import (channels_inner, check_argmax, check_conv_shapes, check_per_channel, check_pool_shapes,
-                    scratch)
+from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
+                    check_pool_shapes, scratch)
 from .device import NULL
 
 
@@ -163,3 +163,47 @@ class SpatialOps(abc.ABC):
         self._launch(x.dtype, "batch_norm_backward", 0,
                      (x, dy, gamma, mean, invstd, opt(dx), opt(dgamma), opt(dbeta), np.int64(n), np.int64(c),
                       np.int64(inner), np.int32(accumulate_dx), np.int32(accumulate_params)), grid=c)
+
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        check_per_channel("cuda", "batch_norm_sums", x, shift)
+        check_batch_norm_sums("cuda", "batch_norm_sums", sums, x.shape[1])
+        n, c, inner = channels_inner(x)
+        self._launch(x.dtype, "batch_norm_sums", 0, (x, shift, sums, np.int64(n), np.int64(c), np.int64(inner)),
+                     grid=c)
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        check_batch_norm_sums("cuda", "batch_norm_stats", sums, mean.shape[0], shift, invstd, running_mean,
+                              running_var)
+        r = lambda v: self._real(mean.dtype, v)  # noqa: E731
+        self._launch(mean.dtype, "batch_norm_stats", mean.size,
+                     (sums, shift, mean, invstd, NULL if running_mean is None else running_mean,
+                      NULL if running_var is None else running_var, np.int64(mean.size), r(count), r(momentum),
+                      r(1.0 - momentum), r(momentum * count / max(count - 1, 1)), r(eps)))
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        self._same("batch_norm_apply", x, out)
+        check_per_channel("cuda", "batch_norm_apply", x, gamma, beta, mean, invstd)
+        _, c, inner = channels_inner(x)
+        self._launch(x.dtype, "batch_norm_apply", x.size,
+                     (x, gamma, beta, mean, invstd, out, np.int64(x.size), np.int64(c), np.int64(inner)))
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        self._same("batch_norm_backward_reduce", x, dy)
+        check_per_channel("cuda", "batch_norm_backward_reduce", x, mean, invstd, dgamma, dbeta)
+        check_batch_norm_sums("cuda", "batch_norm_backward_reduce", sums, x.shape[1])
+        n, c, inner = channels_inner(x)
+        opt = lambda a: NULL if a is None else a  # noqa: E731
+        self._launch(x.dtype, "batch_norm_backward_reduce", 0,
+                     (x, dy, mean, invstd, sums, opt(dgamma), opt(dbeta), np.int64(n), np.int64(c), np.int64(inner),
+                      np.int32(accumulate_params)), grid=c)
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        self._same("batch_norm_backward_data", x, dy, dx)
+        check_per_channel("cuda", "batch_norm_backward_data", x, gamma, mean, invstd)
+        check_batch_norm_sums("cuda", "batch_norm_backward_data", sums, x.shape[1])
+        _, c, inner = channels_inner(x)
+        self._launch(x.dtype, "batch_norm_backward_data", x.size,
+                     (x, dy, gamma, mean, invstd, sums, dx, np.int64(x.size), np.int64(c), np.int64(inner),
+                      self._real(x.dtype, count), np.int32(accumulate)))

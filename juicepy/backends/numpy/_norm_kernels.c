@@ -108,15 +108,15 @@ DEFINE_AFFINE(affine_f64, double)
 DEFINE_BACKWARD_SUMS(backward_sums_f32, float)
 DEFINE_BACKWARD_SUMS(backward_sums_f64, double)
 
-/* dx[:, c] (+)= coef[c] * (M dy - sum_dy[c] - xhat * sum_dy_xhat[c]), xhat = (x - mean) invstd */
+/* dx[:, c] (+)= coef[c] * (M dy - sum_dy[c] - xhat * sum_dy_xhat[c]), xhat = (x - mean) invstd,
+ * M = ``count`` (the values per channel over every replica under synchronised batch norm) */
 #define DEFINE_BACKWARD_DX(NAME, T)                                                            \
     VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict dy,                 \
                                    const T *restrict mean, const T *restrict invstd,          \
                                    const T *restrict coef, const T *restrict sum_dy,          \
-                                   const T *restrict sum_dy_xhat, T *restrict dx, I n, I c,   \
-                                   I inner, I c0, I c1, int accumulate)                       \
+                                   const T *restrict sum_dy_xhat, T *restrict dx, T count,  \
+                                   I n, I c, I inner, I c0, I c1, int accumulate)             \
     {                                                                                          \
-        const T count = (T)(n * inner);                                                       \
         for (I s = 0; s < n; s++)                                                             \
             for (I ch = c0; ch < c1; ch++) {                                                  \
                 const T *p = x + (s * c + ch) * inner, *e = dy + (s * c + ch) * inner;        \
@@ -254,9 +254,10 @@ static PyObject *py_backward_dx(PyObject *self, PyObject *args)
 {
     PyObject *o[8];
     I n, c, inner, c0, c1;
+    double count;
     int accumulate;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOnnnnnp", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                          &n, &c, &inner, &c0, &c1, &accumulate))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &count, &n, &c, &inner, &c0, &c1, &accumulate))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[8];
@@ -267,10 +268,10 @@ static PyObject *py_backward_dx(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     if (v[0].itemsize == 4)
         backward_dx_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                        n, c, inner, c0, c1, accumulate);
+                        (float)count, n, c, inner, c0, c1, accumulate);
     else
         backward_dx_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                        n, c, inner, c0, c1, accumulate);
+                        count, n, c, inner, c0, c1, accumulate);
     Py_END_ALLOW_THREADS
     release(8, v);
     Py_RETURN_NONE;
@@ -284,8 +285,8 @@ static PyMethodDef methods[] = {
     {"backward_sums", py_backward_sums, METH_VARARGS,
      "backward_sums(x, dy, mean, invstd, sum_dy, sum_dy_xhat, N, C, inner, c0, c1)"},
     {"backward_dx", py_backward_dx, METH_VARARGS,
-     "backward_dx(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, N, C, inner, c0, c1, accumulate): "
-     "dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat)"},
+     "backward_dx(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
+     "accumulate): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat)"},
     {NULL, NULL, 0, NULL},
 };
 

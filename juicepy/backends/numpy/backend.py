@@ -7,8 +7,8 @@ import math
 import numpy as np
 
 from .. import rng
-from ..base import (Backend, check_argmax, check_channel_range, check_conv_shapes, check_gemm, check_per_channel, check_pool_shapes,
-                    check_same, check_view, host_all_finite)
+from ..base import (Backend, check_argmax, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
+                    check_per_channel, check_pool_shapes, check_same, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, spatial
 from .threads import CHUNK, chunked as _chunked, split as _split
@@ -502,6 +502,36 @@ class NumpyBackend(Backend):
         check_per_channel(self.name, "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
         spatial.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                                        accumulate_dx, accumulate_params, ws)
+
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        check_per_channel(self.name, "batch_norm_sums", x, shift)
+        check_batch_norm_sums(self.name, "batch_norm_sums", sums, x.shape[1])
+        spatial.batch_norm_sums(self, x, shift, sums, ws)
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        check_batch_norm_sums(self.name, "batch_norm_stats", sums, mean.shape[0], shift, invstd, running_mean,
+                              running_var)
+        spatial.batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum,
+                                 eps, ws)
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        self._same("batch_norm_apply", x, out)
+        check_per_channel(self.name, "batch_norm_apply", x, gamma, beta, mean, invstd)
+        spatial.batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws)
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        self._same("batch_norm_backward_reduce", x, dy)
+        check_per_channel(self.name, "batch_norm_backward_reduce", x, mean, invstd, dgamma, dbeta)
+        check_batch_norm_sums(self.name, "batch_norm_backward_reduce", sums, x.shape[1])
+        spatial.batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws)
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        self._same("batch_norm_backward_data", x, dy, dx)
+        check_per_channel(self.name, "batch_norm_backward_data", x, gamma, mean, invstd)
+        check_batch_norm_sums(self.name, "batch_norm_backward_data", sums, x.shape[1])
+        spatial.batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):

@@ -737,50 +737,28 @@ def _channel_lanes(x, work) -> None:
     _run_lanes(c, n * inner, lambda lo, hi, k: work(lo, hi))
 
 
-def _update_running(backend, mean, var, running_mean, running_var, momentum, count, ws):
-    if running_mean is None:
-        return
-    step = scratch(ws, backend, "bn_step", mean.shape, mean.dtype)
-    np.multiply(mean, momentum, out=step)
-    running_mean *= 1.0 - momentum
-    running_mean += step
-    # running_var tracks the unbiased estimate, as PyTorch
-    np.multiply(var, momentum * count / max(count - 1, 1), out=step)
-    running_var *= 1.0 - momentum
-    running_var += step
-
-
-def _invstd(var, eps, out):
-    np.add(var, eps, out=out)
-    np.sqrt(out, out=out)
-    np.reciprocal(out, out=out)
-
-
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                      momentum, eps, ws):
-    count = x.size // x.shape[1]
-    channels = (x.shape[1],)
-    var = scratch(ws, backend, "bn_var", channels, x.dtype)
-    scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
-    if _c_norm(backend, x, gamma, beta, out, mean, invstd):
-        n, c, inner = channels_inner(x)
-        kernels = backend.norm_kernels
-        _channel_lanes(x, lambda c0, c1: kernels.stats(x, mean, var, n, c, inner, c0, c1))
-        _update_running(backend, mean, var, running_mean, running_var, momentum, count, ws)
-        _invstd(var, eps, invstd)
-        np.multiply(gamma, invstd, out=scale)
-        _channel_lanes(x, lambda c0, c1: kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1))
-        return
     axes = _stat_axes(x)
     shape = channel_shape(x)
+    count = x.size // x.shape[1]
+    channels = (x.shape[1],)
+    if _c_norm(backend, x, gamma, beta, out, mean, invstd):
+        n, c, inner = channels_inner(x)
+        var = scratch(ws, backend, "bn_var", channels, x.dtype)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.stats(x, mean, var, n, c, inner, c0, c1))
+        _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
+        batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws)
+        return
     np.mean(x, axis=axes, out=mean)
     centered = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
     np.subtract(x, _view(mean, shape), out=centered)
     squares = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
     np.multiply(centered, centered, out=squares)
+    var = scratch(ws, backend, "bn_var", channels, x.dtype)
     np.mean(squares, axis=axes, out=var)  # biased: what normalising uses
-    _update_running(backend, mean, var, running_mean, running_var, momentum, count, ws)
-    _invstd(var, eps, invstd)
+    _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
+    scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
     np.multiply(gamma, invstd, out=scale)
     np.multiply(centered, _view(scale, shape), out=out)
     out += _view(beta, shape)
@@ -807,43 +785,110 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
 
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                         accumulate_dx, accumulate_params, ws):
-    axes = _stat_axes(x)
+    sums = scratch(ws, backend, "bn_grad_sums", (2 * x.shape[1],), x.dtype)
+    batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws)
+    if dx is not None:
+        batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, x.size // x.shape[1], dx,
+                                 accumulate_dx, ws)
+
+
+def _xhat(backend, x, mean, invstd, ws):
+    xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
     shape = channel_shape(x)
-    count = x.size // x.shape[1]
-    channels = (x.shape[1],)
-    sum_dy = scratch(ws, backend, "bn_sum_dy", channels, x.dtype)
-    sum_dy_xhat = scratch(ws, backend, "bn_sum_dy_xhat", channels, x.dtype)
-    coef = scratch(ws, backend, "bn_coef", channels, x.dtype)
-    c_path = _c_norm(backend, x, dy, gamma, mean, invstd, *(() if dx is None else (dx,)))
-    if c_path:
-        n, c, inner = channels_inner(x)
+    np.subtract(x, _view(mean, shape), out=xhat)
+    xhat *= _view(invstd, shape)
+    return xhat
+
+
+def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws):
+    axes = _stat_axes(x)
+    c = x.shape[1]
+    sum_dy, sum_dy_xhat = sums[:c], sums[c:]
+    if _c_norm(backend, x, dy, mean, invstd, sums):
+        n, _, inner = channels_inner(x)
         _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_sums(
             x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1))
     else:
-        xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
-        np.subtract(x, _view(mean, shape), out=xhat)
-        xhat *= _view(invstd, shape)
         np.sum(dy, axis=axes, out=sum_dy)
         product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
-        np.multiply(dy, xhat, out=product)
+        np.multiply(dy, _xhat(backend, x, mean, invstd, ws), out=product)
         np.sum(product, axis=axes, out=sum_dy_xhat)
     for grad, value in ((dbeta, sum_dy), (dgamma, sum_dy_xhat)):
         if grad is not None:
             backend.store(value, grad, accumulate_params)
-    if dx is None:
-        return
+
+
+def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws):
     # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
+    shape = channel_shape(x)
+    c = x.shape[1]
+    coef = scratch(ws, backend, "bn_coef", (c,), x.dtype)
     np.multiply(gamma, invstd, out=coef)
     coef *= 1.0 / count
-    if c_path:
+    if _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx):
+        n, _, inner = channels_inner(x)
         _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_dx(
-            x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, n, c, inner, c0, c1, accumulate_dx))
+            x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate))
         return
-    np.multiply(xhat, _view(sum_dy_xhat, shape), out=product)
-    product += _view(sum_dy, shape)
-    target = scratch(ws, backend, "bn_dx", x.shape, x.dtype) if accumulate_dx else dx
+    product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
+    np.multiply(_xhat(backend, x, mean, invstd, ws), _view(sums[c:], shape), out=product)
+    product += _view(sums[:c], shape)
+    target = scratch(ws, backend, "bn_dx", x.shape, x.dtype) if accumulate else dx
     np.multiply(dy, float(count), out=target)
     target -= product
     target *= _view(coef, shape)
-    if accumulate_dx:
+    if accumulate:
         dx += target
+
+
+def batch_norm_sums(backend, x, shift, sums, ws):
+    axes = _stat_axes(x)
+    c = x.shape[1]
+    d = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
+    np.subtract(x, _view(shift, channel_shape(x)), out=d)
+    np.sum(d, axis=axes, out=sums[:c])
+    np.multiply(d, d, out=d)
+    np.sum(d, axis=axes, out=sums[c:])
+
+
+def batch_norm_stats(backend, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps, ws):
+    c = mean.shape[0]
+    offset = scratch(ws, backend, "bn_offset", (c,), mean.dtype)
+    np.divide(sums[:c], count, out=offset)
+    var = scratch(ws, backend, "bn_var", (c,), mean.dtype)
+    np.divide(sums[c:], count, out=var)
+    square = scratch(ws, backend, "bn_square", (c,), mean.dtype)
+    np.multiply(offset, offset, out=square)
+    var -= square
+    np.maximum(var, 0.0, out=var)
+    np.add(shift, offset, out=mean)  # before the running mean (which may be the shift) moves
+    _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
+
+
+def _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws):
+    """Running statistics torch-style (running_var tracks the unbiased variance), and
+    invstd = 1 / sqrt(var + eps) from the biased ``var``."""
+    if running_mean is not None:
+        step = scratch(ws, backend, "bn_step", mean.shape, mean.dtype)
+        np.multiply(mean, momentum, out=step)
+        running_mean *= 1.0 - momentum
+        running_mean += step
+        np.multiply(var, momentum * count / max(count - 1, 1), out=step)
+        running_var *= 1.0 - momentum
+        running_var += step
+    np.add(var, eps, out=invstd)
+    np.sqrt(invstd, out=invstd)
+    np.reciprocal(invstd, out=invstd)
+
+
+def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws):
+    shape = channel_shape(x)
+    scale = scratch(ws, backend, "bn_scale", (x.shape[1],), x.dtype)
+    np.multiply(gamma, invstd, out=scale)
+    if _c_norm(backend, x, beta, mean, out):
+        n, c, inner = channels_inner(x)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1))
+        return
+    np.subtract(x, _view(mean, shape), out=out)
+    out *= _view(scale, shape)
+    out += _view(beta, shape)

@@ -11,9 +11,8 @@ GPU_TILE = 16     # must match TS in gemm.cl
 NR = 32           # must match NR in gemm.cl
 PACK_WG = 64      # work-group size along K of pack_a
 PACK_ROWS = 16    # rows of K per work-group of pack_b
-# A @ B^T with at most this many outputs runs gemm_nt (no packing): on PoCL it measured as fast
-# as the packed kernel at 128 x 512 outputs, 1.4-3x faster on thin outputs (128 x 10, 64 x 120,
-# conv weight gradients) and slower from 512 x 512 up
+# A @ B^T with at most this many outputs runs gemm_nt (no packing): it beats packing on thin
+# outputs (conv weight gradients) and loses on large ones (measurements in docs/opencl.md)
 DOT_MAX_OUTPUTS = 128 * 512
 
 

@@ -7,8 +7,8 @@ import abc
 
 import numpy as np
 
-from ..base import (channels_inner, check_argmax, check_conv_shapes, check_per_channel, check_pool_shapes,
-                    scratch)
+from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
+                    check_pool_shapes, scratch)
 from .layout import round_up
 
 
@@ -194,13 +194,58 @@ class SpatialOps(abc.ABC):
         n, c, s = self._bn_shape(x, "batch_norm_backward", gamma, mean, invstd, dgamma, dbeta)
         self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
         sums = scratch(ws, self, "bn_sums", (2 * c,), np.float32)
+        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params)
+        if dx is not None:
+            self._bn_backward_data(x, dy, gamma, mean, invstd, sums, n * s, dx, accumulate_dx)
+
+    def _bn_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params):
+        n, c, s = channels_inner(x)
         dg, db = self._optional(dgamma), self._optional(dbeta)
         self._kernel("norm.cl", "bn_bwd_reduce")(
             self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
             *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
             int(accumulate_params))
-        if dx is not None:
-            g = self._optional(gamma)
-            self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, n * s, *self._ref(x), *self._ref(dy),
-                              *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
-                              *self._ref(dx), int(accumulate_dx))
+
+    def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate):
+        _, c, s = channels_inner(x)
+        g = self._optional(gamma)
+        self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, int(count), *self._ref(x), *self._ref(dy),
+                          *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
+                          *self._ref(dx), int(accumulate))
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        self._same("batch_norm_backward_reduce", x, dy)
+        self._bn_shape(x, "batch_norm_backward_reduce", mean, invstd, dgamma, dbeta)
+        check_batch_norm_sums("opencl", "batch_norm_backward_reduce", sums, x.shape[1])
+        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params)
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        self._same("batch_norm_backward_data", x, dy, dx)
+        self._bn_shape(x, "batch_norm_backward_data", gamma, mean, invstd)
+        check_batch_norm_sums("opencl", "batch_norm_backward_data", sums, x.shape[1])
+        self._bn_backward_data(x, dy, gamma, mean, invstd, sums, count, dx, accumulate)
+
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        n, c, s = self._bn_shape(x, "batch_norm_sums", shift)
+        check_batch_norm_sums("opencl", "batch_norm_sums", sums, c)
+        self._kernel("norm.cl", "bn_sums")(self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x),
+                                          *self._ref(shift), *self._ref(sums))
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        c = mean.shape[0]
+        check_batch_norm_sums("opencl", "batch_norm_stats", sums, c, shift, invstd, running_mean, running_var)
+        has_running = running_mean is not None and running_var is not None
+        rm = self._ref(running_mean) if has_running else (self._flag.base_data, 0)
+        rv = self._ref(running_var) if has_running else (self._flag.base_data, 0)
+        self._kernel("norm.cl", "bn_stats_from_sums")(
+            self.queue, (round_up(c, 64),), (64,), c, float(count), *self._ref(sums), *self._ref(shift),
+            *self._ref(mean), *self._ref(invstd), *rm, *rv, int(has_running), float(momentum), float(eps))
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        _, c, s = self._bn_shape(x, "batch_norm_apply", gamma, beta, mean, invstd)
+        self._same("batch_norm_apply", x, out)
+        g, b = self._optional(gamma), self._optional(beta)
+        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
+                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))

@@ -102,6 +102,13 @@ def test_every_op_launches_its_kernels_with_matching_arguments(standin, dtype):
     backend.batch_norm_train(xi, *c, z(2, 4, 9, 8), z(4), z(4), None, None, 0.1, 1e-5)
     backend.batch_norm_infer(xi, *c, z(4), z(4), 1e-5, z(2, 4, 9, 8))
     backend.batch_norm_backward(xi, z(2, 4, 9, 8), z(4), z(4), z(4), None, z(4), z(4))
+    backend.batch_norm_sums(xi, z(4), z(8))
+    backend.batch_norm_stats(z(8), 144, z(4), z(4), z(4), z(4), z(4), 0.1, 1e-5)
+    backend.batch_norm_stats(z(8), 144, z(4), z(4), z(4), None, None, 0.0, 1e-5)
+    backend.batch_norm_apply(xi, *c, z(4), z(4), z(2, 4, 9, 8))
+    backend.batch_norm_backward_reduce(xi, z(2, 4, 9, 8), z(4), z(4), z(8), z(4), z(4), accumulate_params=True)
+    backend.batch_norm_backward_reduce(xi, z(2, 4, 9, 8), z(4), z(4), z(8))
+    backend.batch_norm_backward_data(xi, z(2, 4, 9, 8), z(4), z(4), z(4), z(8), 144, z(2, 4, 9, 8), accumulate=True)
     backend.copy_channels(z(2, 3, 4), z(2, 7, 4), 2, accumulate=True)
     backend.slice_channels(z(2, 7, 4), z(2, 3, 4), 4)
     launched = {entry for entry in log if isinstance(entry, str)}
