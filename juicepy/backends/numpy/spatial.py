@@ -400,13 +400,52 @@ def _pointwise(plan) -> bool:
     return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
 
 
+def _measured_choice(backend, ws, op, key, count, trial, target_shape, dtype) -> int:
+    """Which of ``count`` algorithms to run for this op and geometry: the fastest of two timed
+    runs each (``trial(index, target)`` into a scratch target), measured on first use and kept
+    as a workspace entry, so a Context measures once; 0 without a workspace. Neither the direct
+    kernel nor im2col + GEMM wins everywhere (plane size, channels per group, kernel size)."""
+    if count == 1 or ws is None:
+        return 0
+
+    def measure(choice):
+        target = scratch(ws, backend, f"conv_trial {op}", target_shape, dtype)
+        times = []
+        for index in range(count):
+            best = float("inf")
+            for _ in range(2):
+                start = time.perf_counter()
+                trial(index, target)
+                best = min(best, time.perf_counter() - start)
+            times.append(best)
+        choice.fill(times.index(min(times)))
+
+    return int(scratch(ws, backend, f"conv_choice {op} {key}", (1,), np.int8, init=measure)[0])
+
+
+def _choice_key(x_shape, w_shape, stride, padding, dilation, groups):
+    return f"{tuple(x_shape)} {tuple(w_shape)} {tuple(stride)} {tuple(padding)} {tuple(dilation)} {groups}"
+
+
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
-    geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
+    runs = [_gemm_forward]
     if _direct(backend, stride, padding) and not _pointwise(plan):
-        _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_grid(
-            x, w, out, geometry, groups, plan.o, plan.n, lo, hi, False, False))
-        return
+        runs.append(_direct_forward)
+    args = (backend, x, w, plan, ws)
+    choice = _measured_choice(backend, ws, "forward", _choice_key(x.shape, w.shape, stride, padding, dilation, groups),
+                              len(runs), lambda i, target: runs[i](*args, target), out.shape, out.dtype)
+    runs[choice](*args, out)
+
+
+def _direct_forward(backend, x, w, plan, ws, out):
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
+    _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_grid(
+        x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False))
+
+
+def _gemm_forward(backend, x, w, plan, ws, out):
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     weight = plan.weight(w)
     chunks = _chunks(plan, _gemm_lanes())
     size = _columns_size(plan, chunks)
@@ -420,34 +459,13 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
 
 
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
-    """The weight gradient by the direct kernel or by im2col + GEMM, whichever ran faster on
-    this geometry (timed once per workspace; neither wins everywhere: the direct kernel on
-    5x5 and grouped layers, the GEMM on 3x3 64->64)."""
-    candidates = [_gemm_backward_filter]
+    runs = [_gemm_backward_filter]
     if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
-        candidates.append(_direct_backward_filter)
+        runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
-    if len(candidates) > 1 and ws is not None:
-        key = f"conv_filter_choice {x.shape} {dw.shape} {dy.shape} {stride} {padding} {dilation} {groups}"
-        choice = scratch(ws, backend, key, (1,), np.int8,
-                         init=lambda buf: buf.fill(_fastest(candidates, args, dw.dtype, ws)))[0]
-    else:
-        choice = 0
-    candidates[choice](*args, dw, accumulate, ws)
-
-
-def _fastest(candidates, args, dtype, ws) -> int:
-    """Index of the candidate with the shortest of two timed runs (into a scratch target)."""
-    target = scratch(ws, args[0], "conv_filter_trial", args[3], dtype)
-    times = []
-    for run in candidates:
-        best = float("inf")
-        for _ in range(2):
-            start = time.perf_counter()
-            run(*args, target, False, ws)
-            best = min(best, time.perf_counter() - start)
-        times.append(best)
-    return times.index(min(times))
+    choice = _measured_choice(backend, ws, "filter", _choice_key(x.shape, dw.shape, stride, padding, dilation, groups),
+                              len(runs), lambda i, target: runs[i](*args, target, False, ws), dw.shape, dw.dtype)
+    runs[choice](*args, dw, accumulate, ws)
 
 
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -494,15 +512,27 @@ def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, gr
 
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
-    flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
-    if _direct(backend, stride, flipped_padding) and not _pointwise(plan):
-        # dx is the stride-1 conv of dy with the taps flipped and the channels swapped
-        flipped = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
-        _run_lanes(plan.n, dx[0].size * plan.o // groups * plan.kh * plan.kw,
-                   lambda lo, hi, k: backend.conv_kernels.direct_grid(dy, w, dx, flipped, groups, plan.c, plan.n,
-                                                               lo, hi, True, accumulate))
-        return
-    geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
+    runs = [_gemm_backward_data]
+    if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
+        runs.append(_direct_backward_data)
+    args = (backend, dy, w, plan)
+    choice = _measured_choice(backend, ws, "data", _choice_key(dx.shape, w.shape, stride, padding, dilation, groups),
+                              len(runs), lambda i, target: runs[i](*args, target, False, ws), dx.shape, dx.dtype)
+    runs[choice](*args, dx, accumulate, ws)
+
+
+def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    """dx as the stride-1 conv of dy with the taps flipped and the channels swapped."""
+    flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
+                        plan.dilation, dx.shape[2:])
+    _run_lanes(plan.n, dx[0].size * plan.o // plan.groups * plan.kh * plan.kw,
+               lambda lo, hi, k: backend.conv_kernels.direct_grid(dy, w, dx, flipped, plan.groups, plan.c, plan.n,
+                                                                   lo, hi, True, accumulate))
+
+
+def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    geometry = _geometry(dx.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, dy.shape[2:])
+    groups = plan.groups
     weight_t = plan.weight(w).transpose(0, 2, 1)
     per_sample = plan.groups * plan.depth * plan.ho * plan.wo
     chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)
