@@ -8,15 +8,7 @@
  * GIL is released inside. Sums add each plane in float vectors, then the planes in double, in
  * a fixed order.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <string.h>
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+#include "_kernels.h"
 
 typedef Py_ssize_t I;
 
