@@ -400,11 +400,16 @@ def _pointwise(plan) -> bool:
     return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
 
 
+#: timed runs per candidate of a measured choice: the best of three rides out most of the noise
+#: of a machine shared with other jobs
+TRIALS = 3
+
+
 def _measured_choice(backend, ws, op, key, count, trial, target_shape, dtype) -> int:
-    """Which of ``count`` algorithms to run for this op and geometry: the fastest of two timed
-    runs each (``trial(index, target)`` into a scratch target), measured on first use and kept
-    as a workspace entry, so a Context measures once; 0 without a workspace. Neither the direct
-    kernel nor im2col + GEMM wins everywhere (plane size, channels per group, kernel size)."""
+    """Which of ``count`` algorithms to run for this op and geometry: the one with the shortest of
+    TRIALS timed runs (``trial(index, target)`` into a scratch target), measured on first use and
+    kept as a workspace entry, so a Context measures once; 0 without a workspace. Neither the
+    direct kernel nor im2col + GEMM wins everywhere (plane size, channels per group, kernel size)."""
     if count == 1 or ws is None:
         return 0
 
@@ -413,7 +418,7 @@ def _measured_choice(backend, ws, op, key, count, trial, target_shape, dtype) ->
         times = []
         for index in range(count):
             best = float("inf")
-            for _ in range(2):
+            for _ in range(TRIALS):
                 start = time.perf_counter()
                 trial(index, target)
                 best = min(best, time.perf_counter() - start)
