@@ -299,6 +299,57 @@ class Backend(abc.ABC):
         """dx may be None (input gradient not needed)."""
         raise NotImplementedError(f"{self.name}: batch_norm_backward")
 
+    # ------------------------------------------------------------ sequences
+    # Recurrent layers keep their per-step arrays time-major, (T, N, ...), so every step is a
+    # contiguous (N, ...) block; these ops move between that and the batch-first layer layout.
+    def swap_leading_axes(self, src, dst, accumulate=False) -> None:
+        """dst[j, i, ...] (+)= src[i, j, ...]: src (A, B, *rest) into dst (B, A, *rest)."""
+        raise NotImplementedError(f"{self.name}: swap_leading_axes")
+
+    def embedding(self, indices, weight, out) -> None:
+        """out[k, :] = weight[indices[k], :]; indices int32 (M,) already checked to lie in
+        [0, V), weight (V, D), out (M, D)."""
+        raise NotImplementedError(f"{self.name}: embedding")
+
+    def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None) -> None:
+        """dweight (+)= the scatter-sum of the rows of dy (M, D) into rows indices[k] of
+        dweight (V, D); the row ``padding_idx`` (if given) is left as it was (zero when not
+        accumulating): it gets no gradient."""
+        raise NotImplementedError(f"{self.name}: embedding_backward")
+
+    # -------------------------------------------------------- recurrent cells
+    # One time step for a batch of N rows, every array a contiguous (N, k*H) block, gate order
+    # PyTorch's. ``xw`` is the step's input projection x_t @ W_ih^T + b_ih (the layer makes it
+    # for all steps with one GEMM), ``hw`` = h_prev @ W_hh^T (one GEMM per step, no bias),
+    # ``bias_hh`` the hidden bias (G*H,) or None. Sigmoid is 0.5 * (1 + tanh(x / 2)).
+    def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity: str) -> None:
+        """h = act(xw + hw + b_hh), act "tanh" or "relu" (its backward is tanh_/relu_backward)."""
+        raise NotImplementedError(f"{self.name}: rnn_cell")
+
+    def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None) -> None:
+        """xw, hw, gates (N, 4H); c_prev, c, h (N, H). With a = xw + hw + b_hh:
+        gates = [sigmoid(a_i), sigmoid(a_f), tanh(a_g), sigmoid(a_o)] (kept for the backward),
+        c = f * c_prev + i * g, h = o * tanh(c)."""
+        raise NotImplementedError(f"{self.name}: lstm_cell")
+
+    def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None) -> None:
+        """From dh, dc (gradients of this step's h and c; dc carries the later steps' part) to
+        dgates (N, 4H), the gradient of the pre-activations a (= of xw, hw and both biases),
+        and dc_prev = dc_total * f. ``dc_prev`` may be ``dc`` itself (updated in place)."""
+        raise NotImplementedError(f"{self.name}: lstm_cell_backward")
+
+    def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None) -> None:
+        """xw, hw (N, 3H); gates (N, 4H) receives [r, z, n, hn] for the backward, where
+        r = sigmoid(xw_r + hw_r + b_hr), z likewise, hn = hw_n + b_hn,
+        n = tanh(xw_n + r * hn) (torch's reset inside the product), h = (1 - z) * n + z * h_prev."""
+        raise NotImplementedError(f"{self.name}: gru_cell")
+
+    def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None) -> None:
+        """From dh (gradient of this step's h) to dxw (N, 3H), the gradient of xw (and b_ih),
+        dhw (N, 3H), that of hw + b_hh, and dh_prev = dh * z, the direct path only (the layer
+        adds dhw @ W_hh). ``dh_prev`` may be ``dh`` itself."""
+        raise NotImplementedError(f"{self.name}: gru_cell_backward")
+
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset: int, accumulate=False) -> None:
         """dst[:, offset:offset+C_src] (+)= src (concatenate along axis 1)."""

@@ -356,6 +356,67 @@ class CudaBackend(SpatialOps, Backend):
                       self._real(param.dtype, eps), np.float64(weight_decay), np.int32(bool(decoupled)),
                       np.int64(step), self._shift(), NULL if guard is None else guard))
 
+    # ------------------------------------------------------------ sequences
+    def swap_leading_axes(self, src, dst, accumulate=False):
+        a_len, b_len = src.shape[0], src.shape[1]
+        rest = src.size // max(1, a_len * b_len)
+        if dst.shape[:2] != (b_len, a_len) or dst.size != src.size or dst.dtype != src.dtype:
+            raise ValueError(f"cuda backend swap_leading_axes: {src.shape} into {dst.shape}")
+        self._launch(dst.dtype, "swap_leading_axes", dst.size,
+                     (src, dst, np.int64(dst.size), np.int64(a_len), np.int64(b_len), np.int64(rest),
+                      np.int32(accumulate)))
+
+    def _embedding_shapes(self, what, indices, table, rows):
+        if indices.dtype != np.int32 or indices.ndim != 1 or rows.shape != (indices.size, table.shape[1]):
+            raise ValueError(f"cuda backend {what}: int32 indices (M,) and rows (M, {table.shape[1]}) "
+                             f"expected, got {indices.dtype}{indices.shape} and {rows.shape}")
+
+    def embedding(self, indices, weight, out):
+        self._embedding_shapes("embedding", indices, weight, out)
+        self._launch(out.dtype, "embedding_gather", out.size,
+                     (indices, weight, out, np.int64(out.size), np.int64(weight.shape[1])))
+
+    def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None):
+        self._embedding_shapes("embedding_backward", indices, dweight, dy)
+        vocab, dim = dweight.shape
+        self._launch(dweight.dtype, "embedding_scatter", dim,
+                     (indices, dy, dweight, np.int64(indices.size), np.int64(vocab), np.int64(dim),
+                      np.int32(-1 if padding_idx is None else padding_idx), np.int32(accumulate)))
+
+    def _cell(self, name, out, args):
+        rows, hidden = out.shape
+        self._launch(out.dtype, name, out.size, args + (np.int64(out.size), np.int64(hidden)))
+
+    def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self._check_same("rnn_cell", xw, hw, h)
+        self._launch(h.dtype, "rnn_cell", h.size,
+                     (xw, hw, NULL if bias_hh is None else bias_hh, h, np.int64(h.size), np.int64(h.shape[1]),
+                      np.int32(nonlinearity == "relu")))
+
+    def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None):
+        self._check_same("lstm_cell", xw, hw, gates)
+        self._check_same("lstm_cell", c_prev, c, h)
+        self._cell("lstm_cell", c, (xw, hw, NULL if bias_hh is None else bias_hh, c_prev, gates, c, h))
+
+    def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None):
+        self._check_same("lstm_cell_backward", gates, dgates)
+        self._check_same("lstm_cell_backward", c_prev, c, dh, dc, dc_prev)
+        self._cell("lstm_cell_backward", c, (gates, c_prev, c, dh, dc, dgates, dc_prev))
+
+    def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None):
+        self._check_same("gru_cell", xw, hw)
+        self._check_same("gru_cell", h_prev, h)
+        if gates.shape != (h.shape[0], 4 * h.shape[1]):
+            raise ValueError(f"cuda backend gru_cell: gates must be {(h.shape[0], 4 * h.shape[1])}, got {gates.shape}")
+        self._cell("gru_cell", h, (xw, hw, NULL if bias_hh is None else bias_hh, h_prev, gates, h))
+
+    def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
+        self._check_same("gru_cell_backward", dxw, dhw)
+        self._check_same("gru_cell_backward", h_prev, dh, dh_prev)
+        self._cell("gru_cell_backward", h_prev, (gates, h_prev, dh, dxw, dhw, dh_prev))
+
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
         n, c_src, inner = channels_inner(src)

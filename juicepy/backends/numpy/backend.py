@@ -9,7 +9,7 @@ import numpy as np
 from .. import rng
 from ..base import Backend, host_all_finite
 from ..base import scratch as _scratch
-from . import kernels, spatial
+from . import kernels, recurrent, spatial
 from .threads import CHUNK, chunked as _chunked, split as _split
 
 _cpu_kernels = kernels.load("_cpu_kernels")  # fused optimizers, ReLU backward
@@ -411,6 +411,32 @@ class NumpyBackend(Backend):
                             accumulate_dx=False, accumulate_params=False, ws=None):
         spatial.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                                        accumulate_dx, accumulate_params, ws)
+
+    # ------------------------------------------------------------ sequences
+    # The kernels live in recurrent.py.
+    def swap_leading_axes(self, src, dst, accumulate=False):
+        recurrent.swap_leading_axes(self, src, dst, accumulate)
+
+    def embedding(self, indices, weight, out):
+        recurrent.embedding(self, indices, weight, out)
+
+    def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None):
+        recurrent.embedding_backward(self, indices, dy, dweight, padding_idx, accumulate, ws)
+
+    def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity):
+        recurrent.rnn_cell(self, xw, hw, bias_hh, h, nonlinearity)
+
+    def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None):
+        recurrent.lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws)
+
+    def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None):
+        recurrent.lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws)
+
+    def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None):
+        recurrent.gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws)
+
+    def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
+        recurrent.gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
