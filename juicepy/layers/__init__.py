@@ -12,6 +12,7 @@ from .loss import (MSE, CrossEntropyLoss, Loss, MSELoss, NegativeLogLikelihood, 
                    SoftmaxCrossEntropy)
 from .norm import BatchNorm1d, BatchNorm2d
 from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
+from .recurrent import GRU, LSTM, RNN, LastStep, MeanOverTime
 from .reshape import Flatten, Reshape
 from .sequential import Sequential
 
@@ -20,5 +21,5 @@ __all__ = [
     "BatchNorm1d", "BatchNorm2d", "ReLU", "LeakyReLU", "Sigmoid", "Tanh", "Softmax", "LogSoftmax",
     "Dropout", "Identity", "Add", "Concat", "Multiply", "Branches", "Residual", "Graph",
     "Flatten", "Reshape", "Sequential", "Loss", "SoftmaxCrossEntropy", "CrossEntropyLoss",
-    "NegativeLogLikelihood", "NLLLoss", "MSE", "MSELoss",
+    "NegativeLogLikelihood", "NLLLoss", "MSE", "MSELoss", "RNN", "LSTM", "GRU", "LastStep", "MeanOverTime",
 ]
