@@ -56,6 +56,7 @@ def network_definition(network) -> dict:
     root = ref(network.root)
     return {"format": FORMAT, "version": VERSION, "dtype": np.dtype(network.dtype).name,
             "seed": network.seed, "input_shapes": [list(s) for s in network.input_shapes],
+            "input_dtypes": [np.dtype(d).name for d in network.input_dtypes],
             "root": root, "layers": table}
 
 
@@ -110,7 +111,8 @@ def build_network(doc):
 
         root = decode(doc["root"], "root")
         shapes = [tuple(s) for s in doc["input_shapes"]]
-        return Network(root, shapes, dtype=np.dtype(doc["dtype"]), seed=int(doc.get("seed", 0)))
+        return Network(root, shapes, dtype=np.dtype(doc["dtype"]), seed=int(doc.get("seed", 0)),
+                       input_dtype=doc.get("input_dtypes"))
     except (KeyError, TypeError) as err:
         raise DefinitionError(f"malformed network definition: {type(err).__name__} {err}") from err
 

@@ -5,6 +5,7 @@ from .base import Layer
 from .branches import Branches, Residual
 from .conv import Conv1d, Conv2d
 from .dropout import Dropout
+from .embedding import Embedding
 from .graph import Graph
 from .linear import Linear, TiedLinear
 from .merge import Add, Concat, Identity, Multiply
@@ -22,4 +23,5 @@ __all__ = [
     "Dropout", "Identity", "Add", "Concat", "Multiply", "Branches", "Residual", "Graph",
     "Flatten", "Reshape", "Sequential", "Loss", "SoftmaxCrossEntropy", "CrossEntropyLoss",
     "NegativeLogLikelihood", "NLLLoss", "MSE", "MSELoss", "RNN", "LSTM", "GRU", "LastStep", "MeanOverTime",
+    "Embedding",
 ]

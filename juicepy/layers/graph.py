@@ -39,6 +39,11 @@ class Graph(Layer):
     def input_shapes(self) -> list:
         return [s.input_shape for s in self.inputs]
 
+    @property
+    def input_dtypes(self) -> list:
+        """Each input's declared dtype (None: the network's float type)."""
+        return [s.dtype for s in self.inputs]
+
     def _collect(self) -> list:
         listed = {id(s) for s in self.inputs}
         seen, calls, stack = set(), [], list(self.outputs)
@@ -104,6 +109,7 @@ class Graph(Layer):
             ids[id(call.output)] = len(self.inputs) + k
         return {
             "inputs": [list(s) for s in self.input_shapes],
+            "input_dtypes": [None if d is None else d.name for d in self.input_dtypes],
             "calls": [{"layer": c.layer, "args": [ids[id(a)] for a in c.args], "name": name}
                       for c, name in zip(self.calls, self.paths)],
             "outputs": [ids[id(s)] for s in self.outputs],
@@ -111,7 +117,8 @@ class Graph(Layer):
 
     @classmethod
     def from_config(cls, config):
-        symbols = [Input(shape) for shape in config["inputs"]]
+        dtypes = config.get("input_dtypes") or [None] * len(config["inputs"])
+        symbols = [Input(shape, dtype=dt) for shape, dt in zip(config["inputs"], dtypes)]
         for call in config["calls"]:
             symbols.append(apply_layer(call["layer"], [symbols[i] for i in call["args"]], name=call["name"]))
         return Graph(symbols[:len(config["inputs"])], [symbols[i] for i in config["outputs"]])

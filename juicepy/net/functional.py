@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
+
 from ..errors import ShapeError
 
 _sequence = itertools.count()  # creation order: always a valid topological order of calls
@@ -22,12 +24,13 @@ _sequence = itertools.count()  # creation order: always a valid topological orde
 class Symbol:
     """A symbolic value: a network input or the output of one layer call."""
 
-    __slots__ = ("call", "input_shape", "name", "_seq")
+    __slots__ = ("call", "input_shape", "name", "dtype", "_seq")
 
-    def __init__(self, call=None, input_shape=None, name=None):
+    def __init__(self, call=None, input_shape=None, name=None, dtype=None):
         self.call = call
         self.input_shape = input_shape
         self.name = name
+        self.dtype = dtype
         self._seq = next(_sequence)
 
     def __add__(self, other):
@@ -46,12 +49,13 @@ class Symbol:
         return f"<Symbol {type(self.call.layer).__name__} output>"
 
 
-def Input(shape, name: str | None = None) -> Symbol:
-    """A network input of unit shape ``shape`` (no batch axis)."""
+def Input(shape, name: str | None = None, dtype=None) -> Symbol:
+    """A network input of unit shape ``shape`` (no batch axis); ``dtype`` an integer type for
+    indices (an Embedding reads them), default the network's float type."""
     shape = tuple(int(d) for d in shape)
     if any(d < 1 for d in shape):
         raise ShapeError(f"Input: unit shape must be positive, got {shape}")
-    return Symbol(input_shape=shape, name=name)
+    return Symbol(input_shape=shape, name=name, dtype=None if dtype is None else np.dtype(dtype))
 
 
 def concat(*values, name: str | None = None) -> Symbol:
