@@ -41,7 +41,7 @@ def test_conv_fwd_bwd_juicepy(benchmark, backend, case):
     def step():
         ctx.forward()
         ctx.begin_backward()
-        backend.copy(upstream, ctx.output_gradient())
+        backend.copy(upstream, ctx.loss_grad())
         ctx.backward()
         backend.synchronize()
 

@@ -4,7 +4,7 @@ from . import errors, init, layers, train
 from .backends import available_backends, backend, register_backend, registered_backends
 from .net import Context, LearnableParams, Network
 from .io import Checkpoint, load, register_layer, save
-from .net.functional import Input, concat
+from .layers.graph import Input, concat
 from .predictor import Predictor
 
 __version__ = "0.1.0"

@@ -37,7 +37,7 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
                     for j in network.inputs])
     upstream = [rng.standard_normal((batch_size,) + j.unit_shape).astype(network.dtype)
                 for j in network.outputs]
-    plan = ctx._plan
+    plan = ctx.plan
     forward = [[] for _ in plan]
     backward = [[] for _ in plan]
     for run in range(warmup + steps):
@@ -49,7 +49,7 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
         ctx.step += 1
         ctx.begin_backward()
         for i, g in enumerate(upstream):
-            backend.write(ctx.output_gradient(i), g)
+            backend.write(ctx.loss_grad(i), g)
         for k in reversed(range(len(plan))):
             layer, nctx = plan[k]
             elapsed = _timed(backend, layer.compute_gradients, nctx)

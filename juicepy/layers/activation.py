@@ -11,7 +11,7 @@ class ReLU(Layer):
         backend.relu(ctx.input(), ctx.output())
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.relu_backward(ctx.output(), ctx.output_grad(), dx, acc, ctx.ws)
 
@@ -25,7 +25,7 @@ class LeakyReLU(Layer):
         backend.leaky_relu(ctx.input(), ctx.output(), self.negative_slope)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.leaky_relu_backward(ctx.input(), ctx.output_grad(), dx, self.negative_slope, acc, ctx.ws)
 
@@ -38,7 +38,7 @@ class Sigmoid(Layer):
         backend.sigmoid(ctx.input(), ctx.output())
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.sigmoid_backward(ctx.output(), ctx.output_grad(), dx, acc, ctx.ws)
 
@@ -48,7 +48,7 @@ class Tanh(Layer):
         backend.tanh(ctx.input(), ctx.output())
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.tanh_backward(ctx.output(), ctx.output_grad(), dx, acc, ctx.ws)
 
@@ -56,7 +56,7 @@ class Tanh(Layer):
 class _RowWise(Layer):
     """Softmax-like layers normalise each row of a (batch, classes) input."""
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) != 1:
             raise ShapeError(f"{path}: {type(self).__name__} expects unit shape (classes,), got {unit_shape}")
         return unit_shape
@@ -67,7 +67,7 @@ class Softmax(_RowWise):
         backend.softmax(ctx.input(), ctx.output(), ctx.ws)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.softmax_backward(ctx.output(), ctx.output_grad(), dx, acc, ctx.ws)
 
@@ -77,6 +77,6 @@ class LogSoftmax(_RowWise):
         backend.log_softmax(ctx.input(), ctx.output(), ctx.ws)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.log_softmax_backward(ctx.output(), ctx.output_grad(), dx, acc, ctx.ws)

@@ -8,8 +8,9 @@ from ..net.descriptor import GraphBuilder, Junction
 
 
 class Layer:
-    """A leaf layer. Subclasses override :meth:`infer_shape` (or :meth:`build`),
-    :meth:`compute_output` and :meth:`compute_gradients`.
+    """A leaf layer. Subclasses override :meth:`infer_shape` (or :meth:`infer_shapes` for several
+    inputs), :meth:`create_params` when they learn something, :meth:`compute_output` and
+    :meth:`compute_gradients`.
 
     The backend is an argument of every compute call and is never stored. ``ctx`` is the
     :class:`~juicepy.net.context.NodeContext` of one placement of this layer: it hands out the
@@ -29,10 +30,14 @@ class Layer:
     # --------------------------------------------------------------- building
     def __call__(self, *values, name: str | None = None):
         """Apply to symbolic values of the functional graph builder (``juicepy.Input``);
-        ``name`` fixes this layer's path in the network (default: type name and a counter)."""
-        from ..net.functional import apply_layer
-
-        return apply_layer(self, values, name=name)
+        ``name`` fixes this layer's path in the network (default: type name and a counter).
+        The values record the call themselves (see :mod:`juicepy.layers.graph`)."""
+        record = getattr(values[0], "record_call", None) if values else None
+        if record is None:
+            got = type(values[0]).__name__ if values else "no inputs"
+            raise TypeError(f"{type(self).__name__}(...): expected a symbolic value (from juicepy.Input or a "
+                            f"layer call), got {got}")
+        return record(self, values, name)
 
     def expand(self, graph: GraphBuilder, path: str, inputs: list[Junction]) -> list[Junction]:
         in_shapes = [j.unit_shape for j in inputs]
@@ -51,7 +56,8 @@ class Layer:
                     f"{path or '<root>'}: {type(self).__name__} takes float values, got integer indices "
                     f"({j.dtype}); an Embedding turns indices into vectors")
         if self._built_for is None:
-            out_shapes = [tuple(s) for s in self.build(in_shapes, path, graph)]
+            out_shapes = [tuple(s) for s in self.infer_shapes(in_shapes, path)]
+            self.create_params(in_shapes, graph)
             self._built_for = (in_shapes, out_shapes, graph.dtype)
         else:
             built_in, out_shapes, built_dtype = self._built_for
@@ -63,12 +69,18 @@ class Layer:
                 raise ShapeError(f"{path}: shared layer built for {built_dtype}, used with {graph.dtype}")
         return graph.add_node(self, path, inputs, out_shapes, self.params())
 
-    def build(self, input_shapes: list[tuple], path: str, graph: GraphBuilder) -> list[tuple]:
-        """Infer output unit shapes (raise ShapeError naming ``path``) and create params."""
-        return [self.infer_shape(input_shapes[0], path, graph)]
+    def infer_shapes(self, input_shapes: list[tuple], path: str) -> list[tuple]:
+        """Output unit shapes from the input unit shapes; raise ShapeError naming ``path``.
+        Only checks and computes: params are made in :meth:`create_params`."""
+        return [self.infer_shape(input_shapes[0], path)]
 
-    def infer_shape(self, unit_shape: tuple, path: str, graph: GraphBuilder) -> tuple:
+    def infer_shape(self, unit_shape: tuple, path: str) -> tuple:
+        """:meth:`infer_shapes` for a layer with one input and one output."""
         return unit_shape
+
+    def create_params(self, input_shapes: list[tuple], graph: GraphBuilder) -> None:
+        """Make this layer's params for these (already checked) input unit shapes, drawing
+        initial values from ``graph.rng`` in ``graph.dtype``. Called once, on the first placement."""
 
     def params(self) -> dict:
         """Local name -> LearnableParams (trainable params and non-trained buffers)."""
@@ -79,7 +91,7 @@ class Layer:
         ``index`` of this layer) before anything changes: raise naming ``path``."""
 
     def setup(self, backend, ctx) -> None:
-        """Make per-placement buffers with ``ctx.buffer`` (called once per context)."""
+        """Make per-placement buffers with ``ctx.make_buffer`` (called once per context)."""
 
     # -------------------------------------------------------------- computing
     def compute_output(self, backend, ctx) -> None:
@@ -109,6 +121,6 @@ class Layer:
 def bias_gradient(backend, ctx, bias, dy) -> None:
     """d(loss)/d(bias) from the output gradient ``dy`` into the bias's gradient buffer (added
     to it where another placement wrote first); nothing where the bias is not trained here."""
-    db, accumulate = ctx.param_grad(bias)
+    db, accumulate = ctx.param_grad_target(bias)
     if db is not None:
         backend.bias_grad(dy, db, accumulate=accumulate, ws=ctx.ws)

@@ -87,7 +87,7 @@ class Conv2d(Layer):
                              f"got {padded} from input {tuple(in_hw)}")
         return out
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) != 3:
             raise ShapeError(f"{path}: Conv2d expects unit shape (channels, height, width), got {unit_shape}")
         channels = unit_shape[0]
@@ -97,15 +97,14 @@ class Conv2d(Layer):
         if channels % self.groups:
             raise ShapeError(f"{path}: Conv2d input channels {channels} are not divisible by "
                              f"groups {self.groups}")
-        out_hw = self.output_hw(unit_shape[1:], path)
-        self.in_channels = channels
-        self._make_params(graph, self.weight_shape())
-        return (self.out_channels,) + out_hw
+        return (self.out_channels,) + self.output_hw(unit_shape[1:], path)
 
     def weight_shape(self) -> tuple:
         return (self.out_channels, self.in_channels // self.groups) + self.kernel_size
 
-    def _make_params(self, graph, shape) -> None:
+    def create_params(self, input_shapes, graph):
+        self.in_channels = input_shapes[0][0]
+        shape = self.weight_shape()
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         fan_out = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         self.weight = LearnableParams(initializers.make(self.weight_init, graph.rng, shape, fan_in,
@@ -135,13 +134,13 @@ class Conv2d(Layer):
     def compute_gradients(self, backend, ctx):
         dy = self._as_4d(backend, ctx.output_grad())
         stride, padding, dilation = self.stride, self.padding, self.dilation
-        dw, acc = ctx.param_grad(self.weight)
+        dw, acc = ctx.param_grad_target(self.weight)
         if dw is not None:
             backend.conv2d_backward_filter(self._as_4d(backend, ctx.input()), dy, self._weight(backend, dw),
                                            stride, padding, dilation, self.groups, accumulate=acc, ws=ctx.ws)
         if self.use_bias:
             bias_gradient(backend, ctx, self.bias, dy)
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.conv2d_backward_data(dy, self._weight(backend, ctx.param(self.weight)),
                                          self._as_4d(backend, dx), stride, padding, dilation,
@@ -170,11 +169,11 @@ class Conv1d(Conv2d):
                          weight_init, bias_init, in_channels)
         self.padding_arg = padding
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) != 2:
             raise ShapeError(f"{path}: Conv1d expects unit shape (channels, length), got {unit_shape}")
         channels, length = unit_shape
-        out = super().infer_shape((channels, 1, length), path, graph)
+        out = super().infer_shape((channels, 1, length), path)
         return (out[0], out[2])
 
     def weight_shape(self) -> tuple:

@@ -15,21 +15,21 @@ class Dropout(Layer):
 
     def setup(self, backend, ctx):
         if ctx.training:
-            ctx.buffer("mask", (ctx.batch_size,) + ctx.input_shapes[0])
+            ctx.make_buffer("mask", (ctx.batch_size,) + ctx.input_shapes[0])
 
     def compute_output(self, backend, ctx):
         if ctx.training and self.p > 0.0:
             seed, counter = ctx.random_stream()
-            backend.dropout(ctx.input(), ctx.output(), ctx.buffer("mask", None), self.p, seed, counter, ctx.ws)
+            backend.dropout(ctx.input(), ctx.output(), ctx.buffer("mask"), self.p, seed, counter, ctx.ws)
         else:
             backend.copy(ctx.input(), ctx.output())
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is None:
             return
         if self.p > 0.0:
-            backend.mul(ctx.output_grad(), ctx.buffer("mask", None), dx, acc, ctx.ws)
+            backend.mul(ctx.output_grad(), ctx.buffer("mask"), dx, acc, ctx.ws)
         elif acc:
             backend.add(dx, ctx.output_grad(), dx)
         else:

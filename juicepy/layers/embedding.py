@@ -37,16 +37,18 @@ class Embedding(Layer):
         self.weight_init = weight_init
         self.weight: LearnableParams | None = None
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) < 1:
             raise ShapeError(f"{path}: Embedding expects unit shape (seq_len,), got {tuple(unit_shape)}")
+        return tuple(unit_shape) + (self.embedding_dim,)
+
+    def create_params(self, input_shapes, graph):
         init = initializers.normal(1.0) if self.weight_init == "normal" else self.weight_init
         shape = (self.num_embeddings, self.embedding_dim)
         values = initializers.make(init, graph.rng, shape, self.num_embeddings, self.embedding_dim, graph.dtype)
         if self.padding_idx is not None:
             values[self.padding_idx] = 0.0
         self.weight = LearnableParams(values)
-        return tuple(unit_shape) + (self.embedding_dim,)
 
     def params(self):
         return {"weight": self.weight}
@@ -69,7 +71,7 @@ class Embedding(Layer):
                           backend.reshape(ctx.output(), (rows, self.embedding_dim)))
 
     def compute_gradients(self, backend, ctx):
-        dw, acc = ctx.param_grad(self.weight)
+        dw, acc = ctx.param_grad_target(self.weight)
         if dw is None:
             return
         indices, rows = self._flat(backend, ctx)

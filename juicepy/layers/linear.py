@@ -20,21 +20,22 @@ class Linear(Layer):
         self.weight: LearnableParams | None = None
         self.bias: LearnableParams | None = None
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) not in (1, 2):
             raise ShapeError(f"{path}: Linear expects unit shape (features,) or (seq_len, features), got "
                              f"{unit_shape}; put a Flatten before it")
-        fan_in = unit_shape[-1]
-        if self.in_features is not None and self.in_features != fan_in:
+        if self.in_features is not None and self.in_features != unit_shape[-1]:
             raise ShapeError(f"{path}: Linear expects unit shape ({self.in_features},), got {unit_shape}")
-        self.in_features = fan_in
+        return tuple(unit_shape[:-1]) + (self.out_features,)
+
+    def create_params(self, input_shapes, graph):
+        fan_in = self.in_features = input_shapes[0][-1]
         shape = (self.out_features, fan_in)
         self.weight = LearnableParams(initializers.make(self.weight_init, graph.rng, shape, fan_in,
                                                         self.out_features, graph.dtype))
         if self.use_bias:
             self.bias = LearnableParams(initializers.make(self.bias_init, graph.rng, (self.out_features,),
                                                           fan_in, self.out_features, graph.dtype))
-        return tuple(unit_shape[:-1]) + (self.out_features,)
 
     def params(self):
         return {"weight": self.weight, "bias": self.bias} if self.use_bias else {"weight": self.weight}
@@ -54,12 +55,12 @@ class Linear(Layer):
 
     def compute_gradients(self, backend, ctx):
         dy = self._rows(backend, ctx, ctx.output_grad())
-        dw, acc = ctx.param_grad(self.weight)
+        dw, acc = ctx.param_grad_target(self.weight)
         if dw is not None:
             backend.gemm(dy, self._rows(backend, ctx, ctx.input()), dw, trans_a=True, beta=float(acc), ws=ctx.ws)
         if self.use_bias:
             bias_gradient(backend, ctx, self.bias, dy)
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.gemm(dy, ctx.param(self.weight), self._rows(backend, ctx, dx), beta=float(acc), ws=ctx.ws)
 
@@ -85,17 +86,20 @@ class TiedLinear(Layer):
     def weight(self) -> LearnableParams:
         return self.tied_to.weight
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         encoder = self.tied_to
         if encoder.weight is None:
             raise ShapeError(f"{path}: TiedLinear's tied_to layer must be placed (built) before it")
         if tuple(unit_shape) != (encoder.out_features,):
             raise ShapeError(f"{path}: TiedLinear expects unit shape ({encoder.out_features},) "
                              f"(the tied layer's output), got {unit_shape}")
+        return (encoder.in_features,)
+
+    def create_params(self, input_shapes, graph):
+        encoder = self.tied_to
         if self.use_bias:
             self.bias = LearnableParams(initializers.make(self.bias_init, graph.rng, (encoder.in_features,),
                                                           encoder.out_features, encoder.in_features, graph.dtype))
-        return (encoder.in_features,)
 
     def params(self):
         return {"weight": self.weight, "bias": self.bias} if self.use_bias else {"weight": self.weight}
@@ -108,12 +112,12 @@ class TiedLinear(Layer):
 
     def compute_gradients(self, backend, ctx):
         dy = ctx.output_grad()
-        dw, acc = ctx.param_grad(self.weight)
+        dw, acc = ctx.param_grad_target(self.weight)
         if dw is not None:  # dW = x.T @ dy, shape (out, in) of the tied weight
             backend.gemm(ctx.input(), dy, dw, trans_a=True, beta=float(acc), ws=ctx.ws)
         if self.use_bias:
             bias_gradient(backend, ctx, self.bias, dy)
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.gemm(dy, ctx.param(self.weight), dx, trans_b=True, beta=float(acc), ws=ctx.ws)
 

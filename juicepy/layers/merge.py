@@ -21,7 +21,7 @@ class Identity(Layer):
         backend.copy(ctx.input(), ctx.output())
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             _pass_gradient(backend, ctx.output_grad(), dx, acc)
 
@@ -31,7 +31,7 @@ class Add(Layer):
 
     n_inputs = None
 
-    def build(self, input_shapes, path, graph):
+    def infer_shapes(self, input_shapes, path):
         first = input_shapes[0]
         for i, shape in enumerate(input_shapes[1:], start=1):
             if shape != first:
@@ -51,7 +51,7 @@ class Add(Layer):
     def compute_gradients(self, backend, ctx):
         dy = ctx.output_grad()
         for i in range(len(ctx.inputs)):
-            dx, acc = ctx.input_grad(i)
+            dx, acc = ctx.input_grad_target(i)
             if dx is not None:
                 _pass_gradient(backend, dy, dx, acc)
 
@@ -61,7 +61,7 @@ class Multiply(Layer):
 
     n_inputs = 2
 
-    def build(self, input_shapes, path, graph):
+    def infer_shapes(self, input_shapes, path):
         a, b = input_shapes
         if a != b:
             raise ShapeError(f"{path or '<root>'}: Multiply expects both inputs to have one unit shape, "
@@ -74,7 +74,7 @@ class Multiply(Layer):
     def compute_gradients(self, backend, ctx):
         dy = ctx.output_grad()
         for i, other in ((0, 1), (1, 0)):
-            dx, acc = ctx.input_grad(i)
+            dx, acc = ctx.input_grad_target(i)
             if dx is not None:
                 backend.mul(dy, ctx.input(other), dx, accumulate=acc, ws=ctx.ws)
 
@@ -84,7 +84,7 @@ class Concat(Layer):
 
     n_inputs = None
 
-    def build(self, input_shapes, path, graph):
+    def infer_shapes(self, input_shapes, path):
         first = input_shapes[0]
         if len(first) < 1:
             raise ShapeError(f"{path or '<root>'}: Concat needs inputs with a channel axis, got unit shape {first}")
@@ -108,6 +108,6 @@ class Concat(Layer):
     def compute_gradients(self, backend, ctx):
         dy = ctx.output_grad()
         for i, offset in enumerate(self._offsets(ctx)):
-            dx, acc = ctx.input_grad(i)
+            dx, acc = ctx.input_grad_target(i)
             if dx is not None:
                 backend.slice_channels(dy, dx, offset, accumulate=acc)

@@ -38,15 +38,17 @@ class _BatchNorm(Layer):
         self.weight = self.bias = None
         self.running_mean = self.running_var = self.num_batches_tracked = None
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         name = type(self).__name__
         if len(unit_shape) not in self.ranks:
             raise ShapeError(f"{path}: {name} expects unit shape {self.expects}, got {unit_shape}")
-        channels = unit_shape[0]
-        if self.num_features is not None and self.num_features != channels:
+        if self.num_features is not None and self.num_features != unit_shape[0]:
             raise ShapeError(f"{path}: {name} expects {self.num_features} features (channels), "
                              f"got unit shape {unit_shape}")
-        self.num_features = channels
+        return unit_shape
+
+    def create_params(self, input_shapes, graph):
+        channels = self.num_features = input_shapes[0][0]
         dtype = graph.dtype
         if self.affine:
             self.weight = LearnableParams(np.ones(channels, dtype))
@@ -54,7 +56,6 @@ class _BatchNorm(Layer):
         self.running_mean = LearnableParams(np.zeros(channels, dtype), trainable=False)
         self.running_var = LearnableParams(np.ones(channels, dtype), trainable=False)
         self.num_batches_tracked = LearnableParams(np.zeros((), np.int64), trainable=False)
-        return unit_shape
 
     def params(self):
         stats = {"running_mean": self.running_mean, "running_var": self.running_var,
@@ -68,16 +69,16 @@ class _BatchNorm(Layer):
             raise ShapeError(f"{ctx.path}: {type(self).__name__} in training needs more than one value per "
                              f"channel, got batch {ctx.batch_size} with unit shape {unit}")
         channels = (self.num_features,)
-        ctx.buffer("mean", channels)
-        ctx.buffer("invstd", channels)
+        ctx.make_buffer("mean", channels)
+        ctx.make_buffer("invstd", channels)
         if not self.affine:  # the kernels take gamma and beta: a fixed scale of 1 and shift of 0
-            backend.fill(ctx.buffer("ones", channels), 1.0)
-            backend.fill(ctx.buffer("zeros", channels), 0.0)
+            backend.fill(ctx.make_buffer("ones", channels), 1.0)
+            backend.fill(ctx.make_buffer("zeros", channels), 0.0)
 
     def _scale_shift(self, ctx):
         if self.affine:
             return ctx.param(self.weight), ctx.param(self.bias)
-        return ctx.buffer("ones", None), ctx.buffer("zeros", None)
+        return ctx.buffer("ones"), ctx.buffer("zeros")
 
     def _next_momentum(self) -> float:
         """Count this batch; the weight of its statistics in the running ones."""
@@ -89,8 +90,8 @@ class _BatchNorm(Layer):
         gamma, beta = self._scale_shift(ctx)
         running_mean, running_var = ctx.param(self.running_mean), ctx.param(self.running_var)
         if ctx.training:
-            backend.batch_norm_train(ctx.input(), gamma, beta, ctx.output(), ctx.buffer("mean", None),
-                                     ctx.buffer("invstd", None), running_mean, running_var,
+            backend.batch_norm_train(ctx.input(), gamma, beta, ctx.output(), ctx.buffer("mean"),
+                                     ctx.buffer("invstd"), running_mean, running_var,
                                      self._next_momentum(), self.eps, ws=ctx.ws)
             ctx.mark_param_written(self.running_mean)
             ctx.mark_param_written(self.running_var)
@@ -103,16 +104,16 @@ class _BatchNorm(Layer):
         dgamma = dbeta = None
         acc_params = False
         if self.affine:
-            dgamma, acc_params = ctx.param_grad(self.weight)
-            dbeta, acc_beta = ctx.param_grad(self.bias)
+            dgamma, acc_params = ctx.param_grad_target(self.weight)
+            dbeta, acc_beta = ctx.param_grad_target(self.bias)
             if (dgamma is None) != (dbeta is None) or (dgamma is not None and acc_params != acc_beta):
                 raise RuntimeError(f"{ctx.path}: weight and bias gradients must be kept "
                                    f"(and shared) together")
-        dx, acc_dx = ctx.input_grad()
+        dx, acc_dx = ctx.input_grad_target()
         if dx is None and dgamma is None:
             return
-        backend.batch_norm_backward(ctx.input(), ctx.output_grad(), gamma, ctx.buffer("mean", None),
-                                    ctx.buffer("invstd", None), dx, dgamma, dbeta,
+        backend.batch_norm_backward(ctx.input(), ctx.output_grad(), gamma, ctx.buffer("mean"),
+                                    ctx.buffer("invstd"), dx, dgamma, dbeta,
                                     accumulate_dx=acc_dx, accumulate_params=acc_params, ws=ctx.ws)
 
     def config(self):

@@ -24,7 +24,7 @@ class _Pool2d(Layer):
             raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
                              f"{self.kernel_size} (every window must touch the input)")
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         name = type(self).__name__
         if len(unit_shape) != 3:
             raise ShapeError(f"{path}: {name} expects unit shape (channels, height, width), got {unit_shape}")
@@ -45,16 +45,16 @@ class MaxPool2d(_Pool2d):
     """Max over each window; the position of each maximum is kept for the backward pass."""
 
     def setup(self, backend, ctx):
-        ctx.buffer("argmax", (ctx.batch_size,) + ctx.output_shapes[0], np.int32)
+        ctx.make_buffer("argmax", (ctx.batch_size,) + ctx.output_shapes[0], np.int32)
 
     def compute_output(self, backend, ctx):
-        backend.max_pool2d(ctx.input(), ctx.output(), ctx.buffer("argmax", None), self.kernel_size,
+        backend.max_pool2d(ctx.input(), ctx.output(), ctx.buffer("argmax"), self.kernel_size,
                            self.stride, self.padding, ws=ctx.ws)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
-            backend.max_pool2d_backward(ctx.output_grad(), ctx.buffer("argmax", None), dx,
+            backend.max_pool2d_backward(ctx.output_grad(), ctx.buffer("argmax"), dx,
                                         accumulate=acc, ws=ctx.ws)
 
 
@@ -70,7 +70,7 @@ class AvgPool2d(_Pool2d):
                            self.count_include_pad, ws=ctx.ws)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.avg_pool2d_backward(ctx.output_grad(), dx, self.kernel_size, self.stride, self.padding,
                                         self.count_include_pad, accumulate=acc, ws=ctx.ws)
@@ -82,22 +82,23 @@ class AvgPool2d(_Pool2d):
 class GlobalAvgPool2d(Layer):
     """(C, H, W) -> (C,): the mean of each channel plane (torch: AdaptiveAvgPool2d(1) + Flatten)."""
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) != 3:
             raise ShapeError(f"{path}: GlobalAvgPool2d expects unit shape (channels, height, width), "
                              f"got {unit_shape}")
-        self._plane = tuple(unit_shape[1:])
         return (unit_shape[0],)
 
     def _as_4d(self, backend, array):
         return backend.reshape(array, array.shape + (1, 1))
 
     def compute_output(self, backend, ctx):
-        backend.avg_pool2d(ctx.input(), self._as_4d(backend, ctx.output()), self._plane, self._plane,
+        plane = ctx.input_shapes[0][1:]
+        backend.avg_pool2d(ctx.input(), self._as_4d(backend, ctx.output()), plane, plane,
                            (0, 0), True, ws=ctx.ws)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is not None:
-            backend.avg_pool2d_backward(self._as_4d(backend, ctx.output_grad()), dx, self._plane, self._plane,
+            plane = ctx.input_shapes[0][1:]
+            backend.avg_pool2d_backward(self._as_4d(backend, ctx.output_grad()), dx, plane, plane,
                                         (0, 0), True, accumulate=acc, ws=ctx.ws)

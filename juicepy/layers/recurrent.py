@@ -50,14 +50,17 @@ class _Recurrent(Layer):
         self.seq_len = None
 
     # ------------------------------------------------------------ building
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         name = type(self).__name__
         if len(unit_shape) != 2:
             raise ShapeError(f"{path}: {name} expects unit shape (seq_len, features), got {tuple(unit_shape)}")
-        seq_len, features = unit_shape
-        if self.input_size is not None and self.input_size != features:
+        if self.input_size is not None and self.input_size != unit_shape[1]:
             raise ShapeError(f"{path}: {name} expects unit shape (seq_len, {self.input_size}), got {tuple(unit_shape)}")
-        self.input_size, self.seq_len = features, seq_len
+        return (unit_shape[0], self.directions * self.hidden_size)
+
+    def create_params(self, input_shapes, graph):
+        self.seq_len, features = input_shapes[0]
+        self.input_size = features
         hidden, rows = self.hidden_size, self.gate_blocks * self.hidden_size
         params = {}
         for layer in range(self.num_layers):
@@ -72,7 +75,6 @@ class _Recurrent(Layer):
                     params[kind + suffix] = LearnableParams(initializers.make(
                         initializers.torch_default, graph.rng, shape, hidden, rows, graph.dtype))
         self._params = params
-        return (seq_len, self.directions * hidden)
 
     @staticmethod
     def _suffix(layer: int, direction: int) -> str:
@@ -94,19 +96,19 @@ class _Recurrent(Layer):
 
     def setup(self, backend, ctx):
         n, t, hid = ctx.batch_size, self.seq_len, self.hidden_size
-        ctx.buffer("x_tm", (t, n, self.input_size))
+        ctx.make_buffer("x_tm", (t, n, self.input_size))
         for layer in range(self.num_layers):
             for d in range(self.directions):
-                ctx.buffer(f"xw{layer}.{d}", (t, n, self.gate_blocks * hid))
-                ctx.buffer(f"h{layer}.{d}", (t + 1, n, hid))
+                ctx.make_buffer(f"xw{layer}.{d}", (t, n, self.gate_blocks * hid))
+                ctx.make_buffer(f"h{layer}.{d}", (t + 1, n, hid))
                 if self.kept_gates:
-                    ctx.buffer(f"gates{layer}.{d}", (t, n, self.kept_gates * hid))
+                    ctx.make_buffer(f"gates{layer}.{d}", (t, n, self.kept_gates * hid))
                 self._setup_cell(ctx, layer, d)
             if self.directions == 2:
-                ctx.buffer(f"out{layer}", (t, n, 2 * hid))
+                ctx.make_buffer(f"out{layer}", (t, n, 2 * hid))
             if self._drops_after(ctx, layer):
-                ctx.buffer(f"dropped{layer}", (t, n, self.directions * hid))
-                ctx.buffer(f"mask{layer}", (t, n, self.directions * hid))
+                ctx.make_buffer(f"dropped{layer}", (t, n, self.directions * hid))
+                ctx.make_buffer(f"mask{layer}", (t, n, self.directions * hid))
 
     def _setup_cell(self, ctx, layer, d) -> None:
         """Extra per-direction buffers of a cell type (the LSTM's cell states)."""
@@ -115,14 +117,14 @@ class _Recurrent(Layer):
     def _layer_output(self, ctx, layer):
         """The time-major (T, N, D*H) output of one stacked layer."""
         if self.directions == 2:
-            return ctx.buffer(f"out{layer}", None)
-        return ctx.buffer(f"h{layer}.0", None)[1:]
+            return ctx.buffer(f"out{layer}")
+        return ctx.buffer(f"h{layer}.0")[1:]
 
     def _layer_input(self, ctx, layer):
         if layer == 0:
-            return ctx.buffer("x_tm", None)
+            return ctx.buffer("x_tm")
         if self._drops_after(ctx, layer - 1):
-            return ctx.buffer(f"dropped{layer - 1}", None)
+            return ctx.buffer(f"dropped{layer - 1}")
         return self._layer_output(ctx, layer - 1)
 
     @staticmethod
@@ -133,29 +135,29 @@ class _Recurrent(Layer):
             yield k, t, (t, t + 1) if d == 0 else (t + 1, t)
 
     def compute_output(self, backend, ctx):
-        backend.swap_leading_axes(ctx.input(), ctx.buffer("x_tm", None))
+        backend.swap_leading_axes(ctx.input(), ctx.buffer("x_tm"))
         for layer in range(self.num_layers):
             x = self._layer_input(ctx, layer)
             for d in range(self.directions):
                 self._forward_direction(backend, ctx, layer, d, x)
             if self._drops_after(ctx, layer):
                 seed, counter = ctx.random_stream()
-                backend.dropout(self._layer_output(ctx, layer), ctx.buffer(f"dropped{layer}", None),
-                                ctx.buffer(f"mask{layer}", None), self.dropout, stream_key(seed, layer),
+                backend.dropout(self._layer_output(ctx, layer), ctx.buffer(f"dropped{layer}"),
+                                ctx.buffer(f"mask{layer}"), self.dropout, stream_key(seed, layer),
                                 counter, ctx.ws)
         backend.swap_leading_axes(self._layer_output(ctx, self.num_layers - 1), ctx.output())
 
     def _forward_direction(self, backend, ctx, layer, d, x):
         t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
         w_ih, w_hh, b_ih, b_hh = (ctx.param(p) if p is not None else None for p in self._weights(layer, d))
-        xw = ctx.buffer(f"xw{layer}.{d}", None)
+        xw = ctx.buffer(f"xw{layer}.{d}")
         xw2 = backend.reshape(xw, (t_len * n, self.gate_blocks * hid))
         backend.gemm(backend.reshape(x, (t_len * n, self._in_features(layer))), w_ih, xw2, trans_b=True, ws=ctx.ws)
         if b_ih is not None:
             backend.add_bias(xw2, b_ih)
-        hs = ctx.buffer(f"h{layer}.{d}", None)
+        hs = ctx.buffer(f"h{layer}.{d}")
         hw = scratch(ctx.ws, backend, "rnn_hw", (n, self.gate_blocks * hid), ctx.output().dtype)
-        out = ctx.buffer(f"out{layer}", None) if self.directions == 2 else None
+        out = ctx.buffer(f"out{layer}") if self.directions == 2 else None
         backend.fill(hs[0 if d == 0 else t_len], 0.0)
         self._begin_forward(backend, ctx, layer, d)
         for k, t, (prev, cur) in self._steps(t_len, d):
@@ -173,7 +175,7 @@ class _Recurrent(Layer):
     # ----------------------------------------------------------- backward
     def compute_gradients(self, backend, ctx):
         t_len, n, hid, dirs = self.seq_len, ctx.batch_size, self.hidden_size, self.directions
-        dx, dx_acc = ctx.input_grad()
+        dx, dx_acc = ctx.input_grad_target()
         dout = scratch(ctx.ws, backend, f"rnn_dseq{self.num_layers - 1}", (t_len, n, dirs * hid), ctx.output().dtype)
         backend.swap_leading_axes(ctx.output_grad(), dout)
         for layer in reversed(range(self.num_layers)):
@@ -186,7 +188,7 @@ class _Recurrent(Layer):
                 self._backward_direction(backend, ctx, layer, d, x, dout, din, d > 0)
             if layer > 0:
                 if self._drops_after(ctx, layer - 1):
-                    backend.mul(din, ctx.buffer(f"mask{layer - 1}", None), din)
+                    backend.mul(din, ctx.buffer(f"mask{layer - 1}"), din)
                 dout = din
         if dx is not None:
             backend.swap_leading_axes(din, dx, accumulate=dx_acc)
@@ -196,7 +198,7 @@ class _Recurrent(Layer):
         rows = t_len * n
         params = self._weights(layer, d)
         w_ih, w_hh = ctx.param(params[0]), ctx.param(params[1])
-        hs = ctx.buffer(f"h{layer}.{d}", None)
+        hs = ctx.buffer(f"h{layer}.{d}")
         dh = scratch(ctx.ws, backend, "rnn_dh", (n, hid), ctx.output().dtype)
         dx_pre, dh_pre = self._pre_grads(backend, ctx)
         for k, t, (prev, cur) in reversed(list(self._steps(t_len, d))):
@@ -206,17 +208,17 @@ class _Recurrent(Layer):
                 backend.gemm(dh_pre[t], w_hh, dh, beta=float(self.direct_state_path), ws=ctx.ws)
         dxp2 = backend.reshape(dx_pre, (rows, self.gate_blocks * hid))
         dhp2 = backend.reshape(dh_pre, (rows, self.gate_blocks * hid))
-        gw, acc = ctx.param_grad(params[0])
+        gw, acc = ctx.param_grad_target(params[0])
         if gw is not None:
             backend.gemm(dxp2, backend.reshape(x, (rows, self._in_features(layer))), gw, trans_a=True,
                          beta=float(acc), ws=ctx.ws)
-        gw, acc = ctx.param_grad(params[1])
+        gw, acc = ctx.param_grad_target(params[1])
         if gw is not None:
             h_prev = hs[0:t_len] if d == 0 else hs[1:t_len + 1]
             backend.gemm(dhp2, backend.reshape(h_prev, (rows, hid)), gw, trans_a=True, beta=float(acc), ws=ctx.ws)
         for bias, grads in ((params[2], dxp2), (params[3], dhp2)):
             if bias is not None:
-                gb, acc = ctx.param_grad(bias)
+                gb, acc = ctx.param_grad_target(bias)
                 if gb is not None:
                     backend.bias_grad(grads, gb, accumulate=acc, ws=ctx.ws)
         if din is not None:
@@ -268,23 +270,23 @@ class LSTM(_Recurrent):
     kept_gates = 4
 
     def _setup_cell(self, ctx, layer, d):
-        ctx.buffer(f"c{layer}.{d}", (self.seq_len + 1, ctx.batch_size, self.hidden_size))
+        ctx.make_buffer(f"c{layer}.{d}", (self.seq_len + 1, ctx.batch_size, self.hidden_size))
 
     def _begin_forward(self, backend, ctx, layer, d):
-        backend.fill(ctx.buffer(f"c{layer}.{d}", None)[0 if d == 0 else self.seq_len], 0.0)
+        backend.fill(ctx.buffer(f"c{layer}.{d}")[0 if d == 0 else self.seq_len], 0.0)
 
     def _cell(self, backend, ctx, layer, d, t, prev, cur, xw_t, hw, b_hh, hs):
-        cs = ctx.buffer(f"c{layer}.{d}", None)
-        backend.lstm_cell(xw_t, hw, b_hh, cs[prev], ctx.buffer(f"gates{layer}.{d}", None)[t], cs[cur], hs[cur],
+        cs = ctx.buffer(f"c{layer}.{d}")
+        backend.lstm_cell(xw_t, hw, b_hh, cs[prev], ctx.buffer(f"gates{layer}.{d}")[t], cs[cur], hs[cur],
                           ws=ctx.ws)
 
     def _cell_backward(self, backend, ctx, layer, d, t, prev, cur, hs, dh, first):
-        cs = ctx.buffer(f"c{layer}.{d}", None)
+        cs = ctx.buffer(f"c{layer}.{d}")
         dc = scratch(ctx.ws, backend, "rnn_dc", (ctx.batch_size, self.hidden_size), ctx.output().dtype)
         if first:
             backend.fill(dc, 0.0)
         pre, _ = self._pre_grads(backend, ctx)
-        backend.lstm_cell_backward(ctx.buffer(f"gates{layer}.{d}", None)[t], cs[prev], cs[cur], dh, dc, pre[t], dc,
+        backend.lstm_cell_backward(ctx.buffer(f"gates{layer}.{d}")[t], cs[prev], cs[cur], dh, dc, pre[t], dc,
                                    ws=ctx.ws)
 
 
@@ -301,11 +303,11 @@ class GRU(_Recurrent):
                 scratch(ctx.ws, backend, "rnn_dpre_h", shape, ctx.output().dtype))
 
     def _cell(self, backend, ctx, layer, d, t, prev, cur, xw_t, hw, b_hh, hs):
-        backend.gru_cell(xw_t, hw, b_hh, hs[prev], ctx.buffer(f"gates{layer}.{d}", None)[t], hs[cur], ws=ctx.ws)
+        backend.gru_cell(xw_t, hw, b_hh, hs[prev], ctx.buffer(f"gates{layer}.{d}")[t], hs[cur], ws=ctx.ws)
 
     def _cell_backward(self, backend, ctx, layer, d, t, prev, cur, hs, dh, first):
         dxw, dhw = self._pre_grads(backend, ctx)
-        backend.gru_cell_backward(ctx.buffer(f"gates{layer}.{d}", None)[t], hs[prev], dh, dxw[t], dhw[t], dh,
+        backend.gru_cell_backward(ctx.buffer(f"gates{layer}.{d}")[t], hs[prev], dh, dxw[t], dhw[t], dh,
                                   ws=ctx.ws)
 
 
@@ -313,7 +315,7 @@ class GRU(_Recurrent):
 class LastStep(Layer):
     """The output of the last time step: (seq_len, features) -> (features,)."""
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) != 2:
             raise ShapeError(f"{path}: LastStep expects unit shape (seq_len, features), got {tuple(unit_shape)}")
         return (unit_shape[1],)
@@ -327,7 +329,7 @@ class LastStep(Layer):
         backend.slice_channels(flat, ctx.output(), offset)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is None:
             return
         if not acc:
@@ -339,7 +341,7 @@ class LastStep(Layer):
 class MeanOverTime(Layer):
     """The mean over the time steps: (seq_len, features) -> (features,)."""
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         if len(unit_shape) != 2:
             raise ShapeError(f"{path}: MeanOverTime expects unit shape (seq_len, features), got {tuple(unit_shape)}")
         return (unit_shape[1],)
@@ -362,7 +364,7 @@ class MeanOverTime(Layer):
                      backend.reshape(ctx.output(), (1, ctx.batch_size * features)), ws=ctx.ws)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is None:
             return
         seq_len, features = ctx.input_shapes[0]

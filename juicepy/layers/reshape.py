@@ -15,7 +15,7 @@ class Reshape(Layer):
         if sum(d == -1 for d in self.shape) > 1:
             raise ValueError(f"Reshape: at most one -1 in {self.shape}")
 
-    def infer_shape(self, unit_shape, path, graph):
+    def infer_shape(self, unit_shape, path):
         size = math.prod(unit_shape)
         known = math.prod(d for d in self.shape if d != -1)
         if -1 in self.shape:
@@ -31,7 +31,7 @@ class Reshape(Layer):
         backend.copy(backend.reshape(ctx.input(), y.shape), y)
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is None:
             return
         dy = backend.reshape(ctx.output_grad(), dx.shape)

@@ -7,10 +7,10 @@ the context is made; forward and backward passes afterwards only write into them
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..backends.base import Workspace
 from ..backends.rng import stream_key
-from ..errors import ShapeError
 
 
 @dataclass(eq=False)
@@ -26,11 +26,33 @@ class Segment:
     offsets: list  # element offset of each param inside data/grad
 
 
+class GradTarget(NamedTuple):
+    """Where a layer writes a gradient: the buffer (None when nothing needs this gradient) and
+    whether to add to it (another placement wrote first: fan-out, shared params) or overwrite."""
+
+    buffer: object
+    accumulate: bool
+
+
+_NOT_KEPT = GradTarget(None, False)
+
+
 class NodeContext:
-    """What one placement of a layer sees of the context (the ``ctx`` of compute methods)."""
+    """What one placement of a layer sees of the context (the ``ctx`` of compute methods).
+
+    The vocabulary, the same here and on :class:`Context`:
+
+    - ``input(i)``, ``output(i)``, ``param(p)``: data buffers.
+    - ``*_grad``: a gradient buffer to read (``output_grad(i)``: d(loss)/d(output i)).
+    - ``*_grad_target``: a :class:`GradTarget` ``(buffer, accumulate)`` for a gradient the layer
+      writes (``input_grad_target(i)``, ``param_grad_target(p)``); the buffer is None when
+      nothing needs that gradient.
+    - ``make_buffer(name, shape)`` in ``Layer.setup`` creates a per-placement buffer;
+      ``buffer(name)`` looks it up in the compute methods.
+    """
 
     __slots__ = ("_ctx", "node", "path", "inputs", "outputs", "_in_idx", "_out_idx", "_buffers",
-                 "ws", "batch_size", "_seed")
+                 "_setting_up", "ws", "batch_size", "_seed")
 
     def __init__(self, ctx: "Context", node):
         self._ctx = ctx
@@ -42,11 +64,12 @@ class NodeContext:
         self._in_idx = [j.index for j in d.inputs]
         self._out_idx = [j.index for j in d.outputs]
         self._buffers: dict = {}
+        self._setting_up = False
         self.ws = ctx.ws
         self.batch_size = ctx.batch_size
         self._seed = stream_key(ctx.network.seed, node.index)
 
-    # buffers of the junctions
+    # data of the junctions
     def input(self, i: int = 0):
         return self.inputs[i]
 
@@ -65,8 +88,9 @@ class NodeContext:
     def output_shapes(self) -> list:
         return self.node.descriptor.output_shapes
 
+    # gradients of the junctions
     def output_grad(self, i: int = 0):
-        """Gradient of the loss w.r.t. output i (zeros if nothing downstream used it)."""
+        """d(loss)/d(output i) to read (zeros if nothing downstream used the output)."""
         ctx = self._ctx
         j = self._out_idx[i]
         if not ctx._written[j]:
@@ -74,45 +98,56 @@ class NodeContext:
             ctx._written[j] = True
         return ctx._grads[j]
 
-    def input_grad(self, i: int = 0):
-        """(buffer, accumulate) for the gradient w.r.t. input i, or (None, False) when no one
-        needs it. The first writer overwrites, later writers (fan-out) accumulate."""
+    def input_grad_target(self, i: int = 0) -> GradTarget:
+        """Where d(loss)/d(input i) goes. The first writer overwrites, later writers (fan-out)
+        accumulate; the buffer is None when no one needs this gradient."""
         ctx = self._ctx
         j = self._in_idx[i]
         buf = ctx._grads[j]
         if buf is None:
-            return None, False
+            return _NOT_KEPT
         accumulate = ctx._written[j]
         ctx._written[j] = True
-        return buf, accumulate
+        return GradTarget(buf, accumulate)
 
     # params
     def param(self, p):
         return p.on(self._ctx.backend)
 
-    def param_grad(self, p):
-        """(buffer, accumulate) for a param's gradient, or (None, False) when not trained here."""
+    def param_grad_target(self, p) -> GradTarget:
+        """Where a param's gradient goes; the buffer is None when it is not trained here."""
         ctx = self._ctx
         slot = ctx._param_slot.get(p)
         if slot is None:
-            return None, False
+            return _NOT_KEPT
         accumulate = ctx._param_written[slot]
         ctx._param_written[slot] = True
-        return ctx._param_grad_views[slot], accumulate
+        return GradTarget(ctx._param_grad_views[slot], accumulate)
 
     def mark_param_written(self, p) -> None:
         """A layer updated a param in place (BatchNorm's running statistics)."""
         p.mark_written(self._ctx.backend)
 
     # per-placement storage and randomness
-    def buffer(self, name: str, shape, dtype=None):
-        """A buffer owned by this placement, made once (call from ``Layer.setup``)."""
-        buf = self._buffers.get(name)
-        if buf is None:
-            dtype = self._ctx.dtype if dtype is None else dtype
-            buf = self._ctx.backend.empty(tuple(shape), dtype)
-            self._buffers[name] = buf
+    def make_buffer(self, name: str, shape, dtype=None):
+        """Create a buffer owned by this placement (only in ``Layer.setup``: a step allocates
+        nothing); returns it. ``dtype`` defaults to the network's."""
+        if not self._setting_up:
+            raise RuntimeError(f"{self.path}: make_buffer({name!r}) outside Layer.setup; buffers are made "
+                               f"once when the context is, and looked up with buffer({name!r})")
+        if name in self._buffers:
+            raise ValueError(f"{self.path}: buffer {name!r} made twice")
+        dtype = self._ctx.dtype if dtype is None else dtype
+        buf = self._buffers[name] = self._ctx.backend.empty(tuple(shape), dtype)
         return buf
+
+    def buffer(self, name: str):
+        """A buffer this placement made in ``setup``."""
+        try:
+            return self._buffers[name]
+        except KeyError:
+            raise KeyError(f"{self.path}: no buffer {name!r} (made in setup: "
+                           f"{', '.join(self._buffers) or 'none'})") from None
 
     def random_stream(self) -> tuple[int, int]:
         """(seed, counter) for counter-based random numbers: fixed per placement, new each pass."""
@@ -151,7 +186,9 @@ class Context:
             self._make_param_grads()
         self._plan = [(node.layer, NodeContext(self, node)) for node in network.nodes]
         for layer, nctx in self._plan:
+            nctx._setting_up = True
             layer.setup(backend, nctx)
+            nctx._setting_up = False
 
     def _make_param_grads(self) -> None:
         backend = self.backend
@@ -186,8 +223,9 @@ class Context:
         self._written[:] = [False] * len(self._written)
         self._param_written[:] = [False] * len(self._param_written)
 
-    def output_gradient(self, i: int = 0):
-        """The buffer a loss writes d(loss)/d(output i) into (marks it written)."""
+    def loss_grad(self, i: int = 0):
+        """The buffer a loss writes d(loss)/d(network output i) into (after ``begin_backward``;
+        marks it written)."""
         j = self.network.outputs[i].index
         self._written[j] = True
         return self._grads[j]
@@ -201,6 +239,25 @@ class Context:
                 backend.fill(self._param_grad_views[slot], 0.0)
 
     # ---------------------------------------------------------- inspecting
+    @property
+    def plan(self) -> tuple:
+        """(layer, NodeContext) of every placement in forward order (profilers step through it)."""
+        return tuple(self._plan)
+
+    def data(self, junction):
+        """The backend array holding a junction's values (``network.inputs[i]``, ``outputs[i]``, ...)."""
+        return self._data[junction.index]
+
+    def grad(self, junction):
+        """The backend array holding d(loss)/d(junction) after a backward pass."""
+        buf = self._grads[junction.index]
+        if buf is None:
+            if not self.training:
+                raise ValueError(f"{junction.producer}: this context keeps no gradients (training=False)")
+            raise ValueError(f"{junction.producer}: no gradient kept for the network inputs "
+                             f"(make the context with input_grads=True)")
+        return buf
+
     def _junction(self, path):
         net = self.network
         if path is None:
@@ -212,31 +269,23 @@ class Context:
 
     def output(self, path: str | None = None):
         """The backend array holding a layer's output (default: the network's output)."""
-        return self._data[self._junction(path).index]
+        return self.data(self._junction(path))
 
-    def gradient(self, path: str | None = None):
+    def output_grad(self, path: str | None = None):
         """The backend array holding d(loss)/d(layer output) after a backward pass."""
-        buf = self._grads[self._junction(path).index]
-        if buf is None:
-            raise ValueError(f"{path}: this context keeps no gradients (training=False)")
-        return buf
+        return self.grad(self._junction(path))
 
-    def input_gradient(self, i: int = 0):
-        buf = self._grads[self.network.inputs[i].index]
-        if buf is None:
-            raise ValueError("context made without input_grads=True")
-        return buf
+    def input_grad(self, i: int = 0):
+        """d(loss)/d(network input i) after a backward pass (needs ``input_grads=True``)."""
+        return self.grad(self.network.inputs[i])
 
-    def param_gradient(self, name: str):
+    def param_grad(self, name: str):
+        """The gradient buffer of the param at dotted path ``name``."""
         p = self.network.param(name)
         slot = self._param_slot.get(p)
         if slot is None:
             raise ValueError(f"{name}: no gradient kept for it in this context")
         return self._param_grad_views[slot]
-
-    def check_batch(self, n: int, what: str = "inputs") -> None:
-        if n != self.batch_size:
-            raise ShapeError(f"{what}: batch of {n} rows given to a context sized for {self.batch_size}")
 
 
 def _split_by_lr(backend, group, grad_flat) -> list[Segment]:

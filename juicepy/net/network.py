@@ -68,9 +68,7 @@ class Network:
             if root is not None or input_shape is not None or inputs is None or outputs is None:
                 raise TypeError("Network takes either (root, input_shape) or inputs= and outputs= "
                                 "(symbolic values from juicepy.Input)")
-            from ..layers.graph import Graph
-
-            root = Graph(inputs, outputs)
+            root = _functional_root(inputs, outputs)
             input_shape = root.input_shapes
             input_dtype = root.input_dtypes
         elif root is None or input_shape is None:
@@ -252,9 +250,8 @@ class Network:
                 ctx = self._inference_context(backend, rows)
                 ctx.set_inputs([x[start:start + rows] for x in xs])
                 self._forward(backend, ctx)
-                for i, out in enumerate(results):
-                    j = self.outputs[i].index
-                    out[start:start + rows] = backend.to_host(ctx._data[j])
+                for out, junction in zip(results, self.outputs):
+                    out[start:start + rows] = backend.to_host(ctx.data(junction))
             start += rows
         return results[0] if len(results) == 1 else results
 
@@ -335,6 +332,17 @@ class Network:
 
     def __repr__(self) -> str:
         return f"<Network {self.input_shapes} -> {self.output_shapes}, {len(self.nodes)} layers>"
+
+
+def _functional_root(inputs, outputs):
+    """The container of the functional builder's calls. The symbolic values make it themselves
+    (``juicepy.layers.graph.Symbol.graph``), so net/ needs nothing from layers/."""
+    first = outputs[0] if isinstance(outputs, (list, tuple)) and outputs else outputs
+    make = getattr(first, "graph", None)
+    if make is None:
+        raise TypeError(f"Network outputs=: expected symbolic values (from juicepy.Input or a layer call), "
+                        f"got {type(first).__name__}")
+    return make(inputs, outputs)
 
 
 def to_numpy(value) -> np.ndarray:

@@ -30,14 +30,14 @@ def _loss_and_grads(net, backend, x, upstream, step, need_params=True):
     ctx.step = step
     ctx.set_inputs(x)
     ctx.forward()
-    outputs = [backend.to_host(ctx._data[j.index]) for j in net.outputs]
+    outputs = [backend.to_host(ctx.data(j)) for j in net.outputs]
     ctx.begin_backward()
     for i, g in enumerate(upstream):
-        backend.write(ctx.output_gradient(i), g)
+        backend.write(ctx.loss_grad(i), g)
     ctx.backward()
-    input_grads = [backend.to_host(ctx.input_gradient(i)) if j.dtype.kind == "f" else None  # no gradient of indices
+    input_grads = [backend.to_host(ctx.input_grad(i)) if j.dtype.kind == "f" else None  # no gradient of indices
                    for i, j in enumerate(net.inputs)]
-    param_grads = {name: backend.to_host(ctx.param_gradient(name))
+    param_grads = {name: backend.to_host(ctx.param_grad(name))
                    for name, p in net.params.items() if p.trainable} if need_params else {}
     return outputs, input_grads, param_grads
 
@@ -53,7 +53,7 @@ def _objective(ctx, backend, x, upstream, step):
     ctx.step = step
     ctx.set_inputs(x)
     ctx.forward()
-    return sum(float(np.sum(backend.to_host(ctx._data[j.index]).astype(np.float64) * g))
+    return sum(float(np.sum(backend.to_host(ctx.data(j)).astype(np.float64) * g))
                for j, g in zip(net.outputs, upstream))
 
 

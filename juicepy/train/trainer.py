@@ -272,7 +272,7 @@ class Trainer:
         """Loss, output gradient and the summed loss in st.loss_sum; returns the mean's count."""
         ctx = st.context
         ctx.begin_backward()
-        return self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, ctx.output_gradient())
+        return self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, ctx.loss_grad())
 
     def _loss_and_output_grad(self, backend, st: TrainState) -> float:
         count = self._loss_to_device(backend, st)

@@ -69,7 +69,7 @@ class Scale(L.Layer):
         backend.scale(ctx.input(), self.factor, ctx.output())
 
     def compute_gradients(self, backend, ctx):
-        dx, acc = ctx.input_grad()
+        dx, acc = ctx.input_grad_target()
         if dx is None:
             return
         target = ctx.ws.get(backend, "scale", dx.shape, dx.dtype) if acc else dx

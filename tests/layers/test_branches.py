@@ -78,7 +78,7 @@ class Difference(L.Layer):
     def compute_gradients(self, backend, ctx):
         dy = ctx.output_grad()
         for i, sign in ((0, 1.0), (1, -1.0)):
-            dx, acc = ctx.input_grad(i)
+            dx, acc = ctx.input_grad_target(i)
             if dx is None:
                 continue
             if acc:

@@ -47,14 +47,14 @@ def test_tied_gradients_add_up():
     ctx.set_inputs([x])
     ctx.forward()
     ctx.begin_backward()
-    b.write(ctx.output_gradient(), dy)
+    b.write(ctx.loss_grad(), dy)
     ctx.backward()
     w = net.get_weights()
     h = np.tanh(x @ w["0.weight"].T + w["0.bias"])
     dh = dy @ w["0.weight"].T
     dpre = dh * (1 - h * h)
     expected = h.T @ dy + dpre.T @ x
-    np.testing.assert_allclose(ctx.param_gradient("0.weight"), expected, rtol=1e-10)
+    np.testing.assert_allclose(ctx.param_grad("0.weight"), expected, rtol=1e-10)
 
 
 def test_tied_layer_trains_weight_once():

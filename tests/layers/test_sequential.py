@@ -40,14 +40,14 @@ def test_shared_layer_is_one_set_of_weights_with_summed_gradients(numpy_backend,
     ctx.set_inputs([x])
     ctx.forward()
     ctx.begin_backward()
-    numpy_backend.write(ctx.output_gradient(), g)
+    numpy_backend.write(ctx.loss_grad(), g)
     ctx.backward()
     w, b = net.get_weights()["0.weight"], net.get_weights()["0.bias"]
     h = np.tanh(x @ w.T + b)
     dh = (g @ w) * (1 - h ** 2)
     expected_dw = g.T @ h + dh.T @ x  # both placements add into one gradient
-    np.testing.assert_allclose(ctx.param_gradient("0.weight"), expected_dw, rtol=1e-10)
-    np.testing.assert_allclose(ctx.param_gradient("0.bias"), g.sum(0) + dh.sum(0), rtol=1e-10)
+    np.testing.assert_allclose(ctx.param_grad("0.weight"), expected_dw, rtol=1e-10)
+    np.testing.assert_allclose(ctx.param_grad("0.bias"), g.sum(0) + dh.sum(0), rtol=1e-10)
 
 
 def test_shared_layer_gradient_check():

@@ -5,7 +5,6 @@ import pytest
 
 import juicepy as jp
 from juicepy import layers as L
-from juicepy.errors import ShapeError
 from juicepy.train import Adam, Trainer
 
 
@@ -60,10 +59,10 @@ def test_intermediate_outputs_and_gradients_readable(numpy_backend, rng):
     np.testing.assert_allclose(ctx.output("0"), x @ w0.T + b0)
     np.testing.assert_allclose(ctx.output("1"), np.maximum(x @ w0.T + b0, 0))
     ctx.begin_backward()
-    numpy_backend.fill(ctx.output_gradient(), 1.0)
+    numpy_backend.fill(ctx.loss_grad(), 1.0)
     ctx.backward()
     w2 = net.get_weights()["2.weight"]
-    np.testing.assert_allclose(ctx.gradient("1"), np.ones((2, 3)) @ w2)
+    np.testing.assert_allclose(ctx.output_grad("1"), np.ones((2, 3)) @ w2)
     with pytest.raises(KeyError, match="no layer at path '7'"):
         ctx.output("7")
 
@@ -72,7 +71,7 @@ def test_inference_context_keeps_no_gradients(numpy_backend):
     net = jp.Network(L.Linear(3), input_shape=(4,))
     ctx = net.context(numpy_backend, 2)
     with pytest.raises(ValueError, match="keeps no gradients"):
-        ctx.gradient()
+        ctx.output_grad()
 
 
 def test_unused_output_gets_zero_gradient(numpy_backend, rng):
@@ -81,10 +80,10 @@ def test_unused_output_gets_zero_gradient(numpy_backend, rng):
     ctx = net.context(numpy_backend, 2, training=True)
     ctx.set_inputs([rng.standard_normal((2, 4))])
     ctx.forward()
-    ctx._grads[net.outputs[0].index][...] = np.nan  # garbage that must not leak into param grads
+    ctx.grad(net.outputs[0])[...] = np.nan  # garbage that must not leak into param grads
     ctx.begin_backward()
     ctx.backward()
-    np.testing.assert_array_equal(ctx.param_gradient("0.weight"), 0.0)
+    np.testing.assert_array_equal(ctx.param_grad("0.weight"), 0.0)
 
 
 def test_batch_size_must_be_positive(numpy_backend):
@@ -93,7 +92,52 @@ def test_batch_size_must_be_positive(numpy_backend):
         net.context(numpy_backend, 0)
 
 
-def test_check_batch_message(numpy_backend):
-    ctx = jp.Network(L.Linear(3), input_shape=(4,)).context(numpy_backend, 8)
-    with pytest.raises(ShapeError, match="batch of 5 rows given to a context sized for 8"):
-        ctx.check_batch(5)
+class _Scratchy(L.Layer):
+    """Makes a buffer in setup, or (``late=True``) tries to in a compute method."""
+
+    def __init__(self, late=False):
+        super().__init__()
+        self.late = late
+
+    def setup(self, backend, ctx):
+        if not self.late:
+            ctx.make_buffer("twice", (ctx.batch_size,) + ctx.input_shapes[0])
+
+    def compute_output(self, backend, ctx):
+        if self.late:
+            ctx.make_buffer("late", (1,))
+        twice = ctx.buffer("twice")
+        backend.scale(ctx.input(), 2.0, twice)
+        backend.copy(twice, ctx.output())
+
+
+def test_buffers_are_made_in_setup_and_looked_up_after(numpy_backend):
+    net = jp.Network(_Scratchy(), input_shape=(3,), dtype=np.float64)
+    ctx = net.context(numpy_backend, 2)
+    ctx.set_inputs([np.ones((2, 3))])
+    ctx.forward()
+    np.testing.assert_array_equal(ctx.output(), 2.0)
+    node_ctx = ctx.plan[0][1]
+    with pytest.raises(KeyError, match=r"no buffer 'other' \(made in setup: twice\)"):
+        node_ctx.buffer("other")
+    late = jp.Network(_Scratchy(late=True), input_shape=(3,)).context(numpy_backend, 2)
+    with pytest.raises(RuntimeError, match=r"make_buffer\('late'\) outside Layer.setup"):
+        late.forward()
+
+
+def test_gradient_vocabulary(numpy_backend, rng):
+    """Reads are ``*_grad`` buffers; what a layer writes is a ``*_grad_target`` (buffer, accumulate)."""
+    net = jp.Network(L.Linear(2), input_shape=(3,), dtype=np.float64)
+    ctx = net.context(numpy_backend, 4, training=True)
+    ctx.set_inputs([rng.standard_normal((4, 3))])
+    ctx.forward()
+    ctx.begin_backward()
+    numpy_backend.fill(ctx.loss_grad(), 1.0)
+    node_ctx = ctx.plan[0][1]
+    assert node_ctx.input_grad_target() == (None, False)  # the network input keeps no gradient
+    target = node_ctx.param_grad_target(net.param("weight"))
+    assert target.buffer is ctx.param_grad("weight") and target.accumulate is False
+    assert node_ctx.param_grad_target(net.param("weight")).accumulate is True  # a second writer adds
+    assert ctx.output_grad() is node_ctx.output_grad()
+    with pytest.raises(ValueError, match="input_grads=True"):
+        ctx.input_grad()

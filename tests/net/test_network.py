@@ -115,3 +115,20 @@ def test_multiple_inputs_are_counted():
     net = _net()
     with pytest.raises(ShapeError, match="network takes 1 input"):
         net.check_inputs([np.zeros((1, 5), np.float32)] * 2)
+
+
+def test_net_imports_nothing_above_it():
+    """net/ sits below layers/: none of its modules imports from juicepy.layers (or higher)."""
+    import ast
+    import pathlib
+
+    import juicepy.net
+
+    above = ("layers", "train", "io", "testing", "models", "predictor", "profile", "cli")
+    for path in pathlib.Path(juicepy.net.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert (node.module or "").split(".")[0] not in above, f"{path.name} imports ..{node.module}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith("juicepy.") and n.split(".")[1] in above for n in names), path.name

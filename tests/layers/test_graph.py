@@ -42,13 +42,13 @@ def test_intermediates_by_path_after_forward():
     w = net.get_weights()
     np.testing.assert_allclose(b.to_host(ctx.output("linear")), xv @ w["linear.weight"].T + w["linear.bias"], rtol=1e-6)
     ctx.begin_backward()
-    b.write(ctx.output_gradient(), np.ones((2, 4), np.float32))
+    b.write(ctx.loss_grad(), np.ones((2, 4), np.float32))
     ctx.backward()
     h = xv @ w["linear.weight"].T + w["linear.bias"]
     dy = np.ones((2, 4), np.float32)
     expected = dy + (dy @ w["linear_1.weight"]) * (h > 0)  # the skip path plus the ReLU path
-    np.testing.assert_allclose(b.to_host(ctx.gradient("linear")), expected, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(b.to_host(ctx.gradient("add")), np.ones((2, 4), np.float32))
+    np.testing.assert_allclose(b.to_host(ctx.output_grad("linear")), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(b.to_host(ctx.output_grad("add")), np.ones((2, 4), np.float32))
 
 
 def test_named_calls_shared_layers_and_concat():
