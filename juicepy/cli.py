@@ -47,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder holding the MNIST-format IDX files (plain or .gz)")
     train.add_argument("--no-download", action="store_true",
                        help="never download a dataset; fail if its files are not local")
-    train.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
-    train.add_argument("--batch-size", type=int, default=64, help="rows per step (default 64)")
-    train.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="passes over the training set (default 20; mackey-glass 4, adding 5)")
+    train.add_argument("--batch-size", type=int, default=None, help="rows per step (default 64; mackey-glass, adding 32)")
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3; mackey-glass, adding 3e-3)")
     train.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"],
                        help="optimizer (default adam)")
     train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
@@ -93,7 +94,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # input unit shape and classes of each dataset, so profiling needs no data files
-DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10)}
+DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+                  "mackey-glass": ((10, 1), 1), "adding": ((10,), 19)}
+TOKEN_DATASETS = {"adding": 20}  # token datasets and their vocabulary
+
+
+# training defaults where a dataset needs others than (epochs 20, batch 64, lr 1e-3)
+TRAIN_DEFAULTS = {"mackey-glass": {"epochs": 4, "batch_size": 32, "lr": 3e-3},
+                  "adding": {"epochs": 5, "batch_size": 32, "lr": 3e-3}}
+
+
+def _fill_train_defaults(args) -> None:
+    chosen = {"epochs": 20, "batch_size": 64, "lr": 1e-3, **TRAIN_DEFAULTS.get(args.dataset, {})}
+    for key, value in chosen.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
@@ -109,10 +124,10 @@ def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
 def cmd_train(args) -> int:
     import juicepy as jp
     from .data import load_dataset
-    from .layers import SoftmaxCrossEntropy
+    from .layers import MSE, SoftmaxCrossEntropy
     from .models import build_model
     from .train import Trainer
-    from .train.loop import evaluate, fit_epoch
+    from .train.loop import evaluate, fit_epoch, mean_squared_error, previous_value_mse
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
@@ -126,12 +141,15 @@ def cmd_train(args) -> int:
         first_epoch = int(meta.get("epoch", 0))
         args.dataset, args.seed = meta.get("dataset", args.dataset), int(meta.get("seed", args.seed))
         model_name = meta.get("model", "?")
+    _fill_train_defaults(args)
     train_set, test_set = load_dataset(args.dataset, data_dir=args.data, download=not args.no_download,
                                        seed=args.seed)
     if not args.resume:
-        network = jp.Network(build_model(args.model, train_set.input_shape, train_set.classes),
-                             input_shape=train_set.input_shape, seed=args.seed)
-        trainer = Trainer(network, SoftmaxCrossEntropy(),
+        network = jp.Network(build_model(args.model, train_set.input_shape, train_set.outputs, vocab=train_set.vocab),
+                             input_shape=train_set.input_shape, seed=args.seed,
+                             input_dtype=train_set.x.dtype if train_set.x.dtype.kind in "iu" else None)
+        loss = MSE() if train_set.task == "regression" else SoftmaxCrossEntropy()
+        trainer = Trainer(network, loss,
                           make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
                           batch_size=args.batch_size)
     print(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
@@ -142,13 +160,17 @@ def cmd_train(args) -> int:
         stats = fit_epoch(trainer, backend, train_set, epoch=epoch, seed=args.seed,
                           progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
         if args.no_progress:
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
-                  f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
+            score = "" if stats["accuracy"] is None else f" accuracy {stats['accuracy']:.4f}"
+            print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4g}{score} "
+                  f"{stats['samples_per_s']:,.0f} samples/s")
         if args.save:
             jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
                                                             "dataset": args.dataset, "model": model_name})
-    test_accuracy = evaluate(network, backend, test_set)
-    print(f"test accuracy: {test_accuracy:.4f}")
+    if test_set.task == "regression":
+        mse, baseline = mean_squared_error(network, backend, test_set), previous_value_mse(test_set)
+        print(f"test MSE: {mse:.3e} (previous-value baseline {baseline:.3e}; {mse / baseline:.3f} of it)")
+    else:
+        print(f"test accuracy: {evaluate(network, backend, test_set):.4f}")
     if args.save:
         print(f"saved checkpoint to {args.save}")
     return 0
@@ -168,7 +190,10 @@ def cmd_predict(args) -> int:
         raise ValueError(f"{args.input}: cannot read a .npy array ({err})") from err
     if x.ndim == len(network.input_shape):  # one row without the batch axis
         x = x[None]
-    if x.dtype != network.dtype and x.dtype.kind in "fiu":
+    if network.input_dtypes[0].kind == "i":
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"{args.input}: the network reads integer tokens, got {x.dtype} values")
+    elif x.dtype != network.dtype and x.dtype.kind in "fiu":
         x = x.astype(network.dtype)
     outputs = network.transform(backend, x)
     if args.output:
@@ -185,6 +210,8 @@ def cmd_predict(args) -> int:
 def cmd_profile(args) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     import juicepy as jp
     from .models import MODELS, build_model
     from .profile import format_table, profile
@@ -193,7 +220,9 @@ def cmd_profile(args) -> int:
     backend = jp.backend(args.backend)
     if args.model in MODELS:
         shape, classes = DATASET_SHAPES[args.dataset]
-        network = jp.Network(build_model(args.model, shape, classes), input_shape=shape, seed=args.seed)
+        vocab = TOKEN_DATASETS.get(args.dataset, 0)
+        network = jp.Network(build_model(args.model, shape, classes, vocab=vocab), input_shape=shape, seed=args.seed,
+                             input_dtype=np.int64 if vocab else None)
     elif Path(args.model).is_file():
         network = jp.load(args.model).network
     else:
