@@ -21,5 +21,12 @@ setup(
             extra_compile_args=["-O3", "-std=c99"],
             optional=True,
         ),
+        Extension(
+            "juicepy.backends.numpy._conv_kernels",
+            ["juicepy/backends/numpy/_conv_kernels.c"],
+            # gnu99: GCC vector extensions and statement expressions
+            extra_compile_args=["-O3", "-std=gnu99"],
+            optional=True,
+        ),
     ]
 )

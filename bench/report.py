@@ -1,20 +1,27 @@
 """Print each benchmark group of a pytest-benchmark JSON file as ratios to its fastest entry,
-with GFLOP/s where a benchmark recorded its flops in extra_info.
+with GFLOP/s where a benchmark recorded its flops in extra_info; ``--chart PNG`` also draws
+juicepy's time relative to PyTorch, and each backend's time relative to the NumPy backend,
+per workload (needs the plot extra: pip install 'juicepy[plot]').
 
-    python bench/report.py results.json
+    python bench/report.py results.json [--chart speed.png]
 """
 
+import argparse
 import json
 import sys
 from collections import defaultdict
 
 
-def main(path: str) -> None:
+def load_groups(path: str) -> dict:
     with open(path) as f:
         data = json.load(f)
     groups = defaultdict(list)
     for bench in data["benchmarks"]:
         groups[bench["group"]].append(bench)
+    return groups
+
+
+def print_table(groups: dict) -> None:
     for group, benches in groups.items():
         print(f"\n{group}")
         best = min(b["stats"]["median"] for b in benches)
@@ -25,5 +32,115 @@ def main(path: str) -> None:
             print(f"  {b['name']:<60} {median * 1e3:9.3f} ms  x{median / best:5.2f}{rate}")
 
 
+def _backend(bench) -> str | None:
+    return (bench.get("params") or {}).get("backend")
+
+
+def _variant(bench) -> str:
+    """The benchmark's function and its params other than the backend: what backends share."""
+    others = {k: v for k, v in (bench.get("params") or {}).items() if k != "backend"}
+    return bench["name"].split("[")[0] + "".join(f" {v}" for v in others.values())
+
+
+def _label(bench) -> str:
+    """The backend and the other params, less those the group's name already says."""
+    others = [str(v) for k, v in (bench.get("params") or {}).items() if k != "backend" and str(v) not in bench["group"]]
+    return ", ".join([_backend(bench)] + others)
+
+
+def vs_torch(groups: dict) -> list[tuple[str, str, float]]:
+    """(workload, juicepy entry, its median / PyTorch's) for groups with a PyTorch entry."""
+    rows = []
+    for group, benches in groups.items():
+        torch = [b["stats"]["median"] for b in benches if "torch" in b["name"] and _backend(b) is None]
+        if not torch:
+            continue
+        for b in benches:
+            if _backend(b) is not None:
+                rows.append((group, _label(b), b["stats"]["median"] / min(torch)))
+    return rows
+
+
+def vs_numpy_backend(groups: dict) -> list[tuple[str, str, float]]:
+    """(workload, entry, its median / the same benchmark's on the NumPy backend) for every
+    benchmark run on another backend too."""
+    rows = []
+    for group, benches in groups.items():
+        numpy = {_variant(b): b["stats"]["median"] for b in benches if _backend(b) == "numpy"}
+        others = [b for b in benches if _backend(b) not in (None, "numpy") and _variant(b) in numpy]
+        for b in sorted(others, key=_variant):
+            rows.append((group, _label(b), b["stats"]["median"] / numpy[_variant(b)]))
+    return rows
+
+
+def _bars(ax, rows, title, xlabel):
+    """Horizontal bars on a log axis, one cluster per workload under its name in bold."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_title(title, fontsize=10)
+    if not rows:
+        ax.text(0.5, 0.5, "no such benchmarks in this file", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+        return
+    labels, positions, values, colors = [], [], [], []
+    y = 0
+    for i, group in enumerate(dict.fromkeys(r[0] for r in rows)):
+        labels.append((y, group, True))
+        y += 1
+        for _, label, value in (r for r in rows if r[0] == group):
+            labels.append((y, label, False))
+            positions.append(y)
+            values.append(value)
+            colors.append(f"C{i % 10}")
+            y += 1
+    ax.barh(positions, values, color=colors)
+    ax.set_yticks([p for p, _, _ in labels], [text for _, text, _ in labels], fontsize=7)
+    for tick, (_, _, heading) in zip(ax.get_yticklabels(), labels):
+        tick.set_fontweight("bold" if heading else "normal")
+    ax.set_ylim(y - 0.5, -0.7)  # first workload at the top
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(xlabel)
+    for p, v in zip(positions, values):
+        ax.text(v, p, f" {v:.2f}x", va="center", fontsize=7)
+    ax.grid(axis="x", alpha=0.3, which="both")
+
+
+def draw_chart(groups: dict, path: str) -> None:
+    from juicepy.plot import require_pyplot, save_figure
+
+    plt = require_pyplot("--chart")
+    torch_rows, backend_rows = vs_torch(groups), vs_numpy_backend(groups)
+    lines = [len(rows) + len({r[0] for r in rows}) for rows in (torch_rows, backend_rows)]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, max(1.5 + 0.16 * sum(lines), 4)), layout="constrained",
+                                      height_ratios=[max(n, 1) for n in lines])
+    _bars(top, torch_rows, "juicepy vs PyTorch (same workload, same run)", "juicepy time / PyTorch time (lower is better)")
+    _bars(bottom, backend_rows, "backends vs the NumPy backend", "time / NumPy backend's time (lower is better)")
+    save_figure(fig, path)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("results", nargs="?", default="results.json", help="pytest-benchmark JSON file")
+    parser.add_argument("--chart", metavar="PNG", help="also draw the ratios to this PNG")
+    args = parser.parse_args(argv)
+    groups = load_groups(args.results)
+    if args.chart:  # fail before printing when the plot extra is missing
+        from juicepy.errors import MissingExtraError
+
+        try:
+            draw_chart(groups, args.chart)
+        except MissingExtraError as err:
+            print(f"report.py: error: {err}", file=sys.stderr)
+            return 1
+    print_table(groups)
+    if args.chart:
+        print(f"\nwrote {args.chart}")
+    return 0
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "results.json")
+    sys.exit(main())

@@ -1,5 +1,6 @@
-"""Single conv layers, forward + backward (input and weight gradients), juicepy on every backend
-vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin and a strided one.
+"""Single conv layers, forward + backward (input and weight gradients) and forward only, juicepy
+on every backend vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin, a
+strided one, pointwise 1x1, 5x5, dilated and grouped.
 
     pytest bench/test_bench_conv.py --benchmark-json=conv.json && python bench/report.py conv.json
 """
@@ -18,6 +19,10 @@ CASES = {
     "3x3 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1)),
     "depthwise 3x3 64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1, groups=64)),
     "strided 3x3 s2 64->128 32x32 b32": (64, 32, dict(out_channels=128, kernel_size=3, stride=2, padding=1)),
+    "1x1 64->128 32x32 b32": (64, 32, dict(out_channels=128, kernel_size=1)),
+    "5x5 32->32 32x32 b32": (32, 32, dict(out_channels=32, kernel_size=5, padding=2)),
+    "dilated 3x3 d2 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=2, dilation=2)),
+    "grouped 3x3 g4 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1, groups=4)),
 }
 
 
@@ -70,3 +75,37 @@ def test_conv_fwd_bwd_torch(benchmark, case):
     step()
     benchmark(step)
     benchmark.extra_info["flops"] = _flops(channels, size, args, tuple(out_shape[2:]))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_forward_juicepy(benchmark, backend, case):
+    channels, size, args = CASES[case]
+    benchmark.group = f"conv {case} forward"
+    net = jp.Network(L.Conv2d(**args), (channels, size, size))
+    ctx = net.context(backend, BATCH)
+    rng = np.random.default_rng(0)
+    ctx.set_inputs([rng.standard_normal((BATCH, channels, size, size), dtype=np.float32)])
+
+    def forward():
+        ctx.forward()
+        backend.synchronize()
+
+    forward()
+    benchmark(forward)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_forward_torch(benchmark, case):
+    torch = require_torch()
+    channels, size, args = CASES[case]
+    benchmark.group = f"conv {case} forward"
+    conv = torch.nn.Conv2d(channels, **args)
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((BATCH, channels, size, size), dtype=np.float32))
+
+    def forward():
+        with torch.no_grad():
+            conv(x)
+
+    forward()
+    benchmark(forward)

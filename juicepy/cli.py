@@ -4,9 +4,42 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 from . import __version__
+
+
+def _argument(convert, check):
+    """An argparse type: ``convert`` the text, then ``check`` it (a juicepy.arguments helper);
+    a refused value becomes argparse's usage error ("argument --epochs: must be ...")."""
+    def parse(text: str):
+        from .errors import ArgumentError
+
+        try:
+            value = convert(text)
+        except ValueError:
+            value = text  # the check names it as the string it is
+        try:
+            return check(value)
+        except ArgumentError as err:
+            raise argparse.ArgumentTypeError(str(err).strip()) from None
+    parse.__name__ = convert.__name__  # argparse names the type in its messages
+    return parse
+
+
+def _count(minimum: int, maximum: int | None = None):
+    from .arguments import integer
+
+    return _argument(int, lambda value: integer("", "", value, minimum, maximum))
+
+
+def _real(low: float, low_open: bool = False):
+    from .arguments import number
+
+    return _argument(float, lambda value: number("", "", value, low, low_open=low_open))
 
 
 def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +61,8 @@ def _apply_backend_flags(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import MODELS
+    from .serve.server import (DEFAULT_BATCH_WAIT_MS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY_BYTES,
+                               DEFAULT_MAX_CONNECTIONS)
 
     parser = argparse.ArgumentParser(
         prog="juicepy",
@@ -40,21 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model from the zoo; prints a progress bar (loss, accuracy, samples/s) "
                     "per epoch and the test accuracy at the end.")
     _add_backend_flags(train)
-    train.add_argument("--model", default="mlp", choices=sorted(MODELS), help="model from the zoo (default mlp)")
-    train.add_argument("--dataset", default="digits", choices=DATASETS,
-                       help="digits is embedded (no download); mnist/fashion-mnist read IDX files (default digits)")
+    train.add_argument("--model", default=None, choices=sorted(MODELS),
+                       help="model from the zoo (default mlp; with --resume: the checkpoint's, which it must match)")
+    train.add_argument("--dataset", default=None, choices=DATASETS,
+                       help="digits is embedded (no download); mnist/fashion-mnist read IDX files (default digits; "
+                            "with --resume: the checkpoint's, which it must match)")
     train.add_argument("--data", default=None, metavar="DIR",
                        help="folder holding the MNIST-format IDX files (plain or .gz)")
     train.add_argument("--no-download", action="store_true",
                        help="never download a dataset; fail if its files are not local")
-    train.add_argument("--epochs", type=int, default=None,
+    train.add_argument("--epochs", type=_count(1), default=None,
                        help="passes over the training set (default 20; mackey-glass 4, adding 5)")
-    train.add_argument("--batch-size", type=int, default=None, help="rows per step (default 64; mackey-glass, adding 32)")
-    train.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3; mackey-glass, adding 3e-3)")
+    train.add_argument("--batch-size", type=_count(1), default=None,
+                       help="rows per step (default 64; mackey-glass, adding 32)")
+    train.add_argument("--lr", type=_real(0.0, low_open=True), default=None,
+                       help="learning rate (default 1e-3; mackey-glass, adding 3e-3)")
     train.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"],
                        help="optimizer (default adam)")
-    train.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="weight decay (default 0)")
+    train.add_argument("--momentum", type=_real(0.0), default=0.9, help="SGD momentum (default 0.9)")
+    train.add_argument("--weight-decay", type=_real(0.0), default=0.0, help="weight decay (default 0)")
     train.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and dropout (default 0)")
     train.add_argument("--save", default=None, metavar="PATH",
                        help="write a checkpoint (definition, weights, optimizer state, epoch) to PATH "
@@ -63,6 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue from a checkpoint written by --save: its network, optimizer, "
                             "dataset and seed; --epochs is the total to reach")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch)")
+    train.add_argument("--log", default=None, metavar="FILE",
+                       help="write per-epoch metrics (train/test loss and accuracy, samples/s) to FILE "
+                            "after every epoch: CSV for .csv, JSON lines for .jsonl")
+    train.add_argument("--plot", default=None, metavar="PNG",
+                       help="draw train/test loss and accuracy per epoch to this PNG after every epoch "
+                            "(needs matplotlib: pip install 'juicepy[plot]')")
+    train.add_argument("--workers", type=_count(1), default=1, metavar="N",
+                       help="data-parallel processes on this machine: launches `mpiexec -n N` itself "
+                            "(needs juicepy[distributed]); --batch-size is per worker. Or start the "
+                            "job yourself: mpiexec -n N juicepy train ... (default 1)")
     train.set_defaults(run=cmd_train)
 
     predict = commands.add_parser(
@@ -73,8 +122,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend_flags(predict)
     predict.add_argument("--model", required=True, metavar="PATH", help="checkpoint file to load")
     predict.add_argument("--input", required=True, metavar="FILE", help=".npy file of input rows")
-    predict.add_argument("--output", default=None, metavar="FILE", help="write the outputs to this .npy file")
+    predict.add_argument("--output", default=None, metavar="FILE",
+                         help="write the outputs to this .npy file (.npy is appended when missing)")
+    predict.add_argument("--check-finite", action="store_true",
+                         help="refuse input rows holding NaN or Inf (default: run them and warn)")
     predict.set_defaults(run=cmd_predict)
+
+    serve = commands.add_parser(
+        "serve", help="serve a checkpoint over HTTP (predict, health, hot swaps)",
+        description="Serve a checkpoint over HTTP. POST /predict takes rows as JSON (nested lists or "
+                    "{\"inputs\": ...}) or an .npy body and answers in the same form; GET /health "
+                    "describes the served network; POST /swap {\"path\": ...} swaps in another "
+                    "checkpoint with the same input/output unit shapes (409 otherwise). Concurrent "
+                    "small requests are micro-batched. Stops cleanly on SIGINT/SIGTERM.")
+    _add_backend_flags(serve)
+    serve.add_argument("model", metavar="MODEL", help="checkpoint file (juicepy train --save, juicepy.save)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=_count(0, 65535), default=8000, help="port (default 8000; 0 picks a free one)")
+    serve.add_argument("--watch", action="store_true",
+                       help="swap in MODEL whenever its file is replaced (juicepy train --save rewrites "
+                            "it atomically every epoch)")
+    serve.add_argument("--watch-interval", type=_real(0.0, low_open=True), default=1.0, metavar="S",
+                       help="seconds between looks at MODEL with --watch (default 1)")
+    serve.add_argument("--max-batch", type=_count(1), default=None, metavar="N",
+                       help=f"most rows micro-batching joins into one transform; 1 turns it off "
+                            f"(default {DEFAULT_MAX_BATCH}, but off on the numpy backend, where it "
+                            f"measured no faster)")
+    serve.add_argument("--batch-wait-ms", type=_real(0.0), default=DEFAULT_BATCH_WAIT_MS, metavar="MS",
+                       help=f"longest a request waits for requests being received to join its batch "
+                            f"(default {DEFAULT_BATCH_WAIT_MS:g}: batches form from the requests that "
+                            f"queue while the previous one runs)")
+    serve.add_argument("--max-body-bytes", type=_count(1), default=DEFAULT_MAX_BODY_BYTES, metavar="N",
+                       help=f"larger request bodies get 413 (default {DEFAULT_MAX_BODY_BYTES})")
+    serve.add_argument("--max-connections", type=_count(1), default=DEFAULT_MAX_CONNECTIONS, metavar="N",
+                       help=f"open connections beyond this get 503 (default {DEFAULT_MAX_CONNECTIONS})")
+    serve.add_argument("--no-finite-check", action="store_true",
+                       help="accept inputs holding NaN or Inf (refused with 400 by default)")
+    serve.add_argument("--verbose", action="store_true", help="log every request")
+    serve.set_defaults(run=cmd_serve)
 
     prof = commands.add_parser(
         "profile", help="time every layer's forward and backward pass",
@@ -85,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help=f"zoo model ({', '.join(sorted(MODELS))}) or a checkpoint file (default mlp)")
     prof.add_argument("--dataset", default="digits", choices=DATASETS,
                       help="gives a zoo model its input shape and classes (default digits)")
-    prof.add_argument("--batch-size", type=int, default=64, help="rows per step (default 64)")
-    prof.add_argument("--steps", type=int, default=10, help="timed runs (default 10)")
-    prof.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
+    prof.add_argument("--batch-size", type=_count(1), default=64, help="rows per step (default 64)")
+    prof.add_argument("--steps", type=_count(1), default=10, help="timed runs (default 10)")
+    prof.add_argument("--warmup", type=_count(0), default=2, help="untimed runs first (default 2)")
     prof.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
     prof.set_defaults(run=cmd_profile)
     return parser
@@ -97,8 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
 DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
                   "mackey-glass": ((10, 1), 1), "adding": ((10,), 19)}
 TOKEN_DATASETS = {"adding": 20}  # token datasets and their vocabulary
-
-
 # training defaults where a dataset needs others than (epochs 20, batch 64, lr 1e-3)
 TRAIN_DEFAULTS = {"mackey-glass": {"epochs": 4, "batch_size": 32, "lr": 3e-3},
                   "adding": {"epochs": 5, "batch_size": 32, "lr": 3e-3}}
@@ -121,59 +204,198 @@ def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
     return Adam(lr=lr, weight_decay=weight_decay)
 
 
+def mpiexec_path() -> str:
+    """mpiexec of this environment (MPICH's wheel puts it beside python), else the one on PATH."""
+    beside = Path(sys.executable).with_name("mpiexec")
+    found = str(beside) if beside.is_file() else shutil.which("mpiexec")
+    if found is None:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("--workers needs mpiexec: pip install 'juicepy[distributed]' (mpi4py and MPICH)")
+    return found
+
+
+def launch_workers(args, argv: list) -> int:
+    """Run this command again under ``mpiexec -n N`` (with mpi4py's abort-on-exception runner)."""
+    started = next((os.environ[k] for k in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE") if k in os.environ), None)
+    if started is not None:
+        raise ValueError(f"--workers: this process is already one of {started} MPI ranks; "
+                         f"drop --workers when starting the job with mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("--workers needs mpi4py: pip install 'juicepy[distributed]'") from None
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--workers":
+            skip = True
+        elif not arg.startswith("--workers="):
+            rest.append(arg)
+    command = [mpiexec_path(), "-n", str(args.workers), sys.executable, "-m", "mpi4py", "-m", "juicepy"] + rest
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:  # the ranks share this machine's cores: no oversubscribed BLAS
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    return subprocess.call(command, env=env)
+
+
+def _job_communicator(args):
+    """The data-parallel job this process belongs to (size 1 outside mpiexec); on CUDA each
+    rank takes the GPU of its local rank unless --cuda-device says otherwise."""
+    from .distributed import communicator
+
+    comm = communicator(args.backend or os.environ.get("JUICEPY_BACKEND"))
+    if comm.size > 1 and args.cuda_device is None and "JUICEPY_CUDA_DEVICE" not in os.environ:
+        os.environ["JUICEPY_CUDA_DEVICE"] = str(comm.local_rank)
+    return comm
+
+
 def cmd_train(args) -> int:
+    comm = _job_communicator(args)
+    if comm.size == 1:
+        return train_job(args, comm)
+    try:
+        return train_job(args, comm)
+    except BaseException as err:  # one rank failing must end the job, not leave the others waiting
+        message = " ".join(str(err).split())
+        print(f"juicepy: error on rank {comm.rank} of {comm.size}: {type(err).__name__}: {message}",
+              file=sys.stderr, flush=True)
+        comm.abort(1)
+        raise
+
+
+def train_job(args, comm) -> int:
     import juicepy as jp
     from .data import load_dataset
     from .layers import MSE, SoftmaxCrossEntropy
     from .models import build_model
     from .train import Trainer
-    from .train.loop import evaluate, fit_epoch, mean_squared_error, previous_value_mse
+    from .train.history import TrainingHistory
+    from .train.loop import evaluate, evaluate_loss, fit_epoch, mean_squared_error, previous_value_mse
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
-    first_epoch, model_name = 0, args.model
+    for flag, path in (("--save", args.save), ("--log", args.log), ("--plot", args.plot)):
+        _check_output_path(flag, path)  # now, not after the first epoch
+    lead = comm.rank == 0  # only rank 0 prints, logs and writes checkpoints
+
+    def say(text: str) -> None:
+        if lead:
+            print(text, flush=True)
+    first_epoch, model_name = 0, args.model or "mlp"
     if args.resume:
         checkpoint = jp.load(args.resume)
         if checkpoint.trainer is None:
             raise ValueError(f"{args.resume}: holds no trainer state; save it with juicepy train --save")
-        meta = checkpoint.metadata
         network, trainer = checkpoint.network, checkpoint.trainer
-        first_epoch = int(meta.get("epoch", 0))
-        args.dataset, args.seed = meta.get("dataset", args.dataset), int(meta.get("seed", args.seed))
-        model_name = meta.get("model", "?")
+        first_epoch, model_name = _resume_settings(args, checkpoint.metadata)
+        trainer.communicator = comm
+    else:
+        args.dataset = args.dataset or "digits"
     _fill_train_defaults(args)
     train_set, test_set = load_dataset(args.dataset, data_dir=args.data, download=not args.no_download,
                                        seed=args.seed)
-    if not args.resume:
-        network = jp.Network(build_model(args.model, train_set.input_shape, train_set.outputs, vocab=train_set.vocab),
+    if args.resume:
+        _check_resumed_network(args, network, model_name, train_set)
+    else:
+        network = jp.Network(build_model(model_name, train_set.input_shape, train_set.outputs, vocab=train_set.vocab),
                              input_shape=train_set.input_shape, seed=args.seed,
                              input_dtype=train_set.x.dtype if train_set.x.dtype.kind in "iu" else None)
         loss = MSE() if train_set.task == "regression" else SoftmaxCrossEntropy()
         trainer = Trainer(network, loss,
                           make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
-                          batch_size=args.batch_size)
-    print(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
-          f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
+                          batch_size=args.batch_size, communicator=comm)
+    history = TrainingHistory(args.log if lead else None, args.plot if lead else None,
+                              title=f"{model_name} on {args.dataset}, {backend.name}")
+    say(f"{model_name} on {args.dataset} ({len(train_set)} train / {len(test_set)} test), "
+        f"backend {backend.name}, {network.num_params():,} params, {trainer.optimizer!r}")
+    if comm.size > 1:
+        say(f"data-parallel: {comm.size} ranks ({comm.kind}), batch {trainer.batch_size} per rank, "
+            f"{trainer.batch_size * comm.size} per step")
     if args.resume:
-        print(f"resuming from {args.resume} after epoch {first_epoch} (step {trainer.steps})")
+        say(f"resuming from {args.resume} after epoch {first_epoch} (step {trainer.steps})")
     for epoch in range(first_epoch, args.epochs):
         stats = fit_epoch(trainer, backend, train_set, epoch=epoch, seed=args.seed,
                           progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
         if args.no_progress:
             score = "" if stats["accuracy"] is None else f" accuracy {stats['accuracy']:.4f}"
-            print(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4g}{score} "
-                  f"{stats['samples_per_s']:,.0f} samples/s")
-        if args.save:
-            jp.save(args.save, network, trainer, metadata={"epoch": epoch + 1, "seed": args.seed,
-                                                            "dataset": args.dataset, "model": model_name})
+            say(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4g}{score} "
+                f"{stats['samples_per_s']:,.0f} samples/s")
+        if history.wanted:
+            history.record(epoch + 1, stats, *evaluate_loss(network, trainer.loss, backend, test_set))
+        if args.save and lead:
+            meta = {"epoch": epoch + 1, "seed": args.seed, "dataset": args.dataset, "model": model_name}
+            jp.save(args.save, network, trainer, metadata=meta | ({"ranks": comm.size} if comm.size > 1 else {}))
     if test_set.task == "regression":
         mse, baseline = mean_squared_error(network, backend, test_set), previous_value_mse(test_set)
-        print(f"test MSE: {mse:.3e} (previous-value baseline {baseline:.3e}; {mse / baseline:.3f} of it)")
+        say(f"test MSE: {mse:.3e} (previous-value baseline {baseline:.3e}; {mse / baseline:.3f} of it)")
     else:
-        print(f"test accuracy: {evaluate(network, backend, test_set):.4f}")
+        say(f"test accuracy: {evaluate(network, backend, test_set, comm):.4f}")
     if args.save:
-        print(f"saved checkpoint to {args.save}")
+        say(f"saved checkpoint to {args.save}")
     return 0
+
+
+def _check_output_path(flag: str, path) -> None:
+    """Refuse an output file that cannot be written: a directory, or in a folder that does not exist."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory; name a file in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"{flag} {path}: folder {path.parent} does not exist")
+
+
+def _resume_settings(args, meta: dict) -> tuple[int, str]:
+    """(epochs done, model name) from a --resume checkpoint's metadata, checked field by field
+    and against the flags given; sets args.dataset and args.seed."""
+    from .data import DATASETS
+    from .errors import ArgumentError
+    from .arguments import describe, integer
+
+    where = f"{args.resume}: metadata"
+    epoch = integer(where, "epoch", meta.get("epoch", 0), 0)
+    seed = integer(where, "seed", meta.get("seed", args.seed))
+    dataset = meta.get("dataset", args.dataset or "digits")
+    if not isinstance(dataset, str) or dataset not in DATASETS:
+        raise ArgumentError(f"{where}: dataset must be one of {', '.join(DATASETS)}, got {describe(dataset)}")
+    model = meta.get("model", args.model or "?")  # saved through the API: no name, the params decide
+    if not isinstance(model, str):
+        raise ArgumentError(f"{where}: model must be a model name, got {describe(model)}")
+    if args.model is not None and args.model != model:
+        raise ValueError(f"{args.resume}: holds a {model!r} network; --model {args.model} asks for another "
+                         f"architecture (leave --model out to continue the checkpoint's)")
+    if args.dataset is not None and args.dataset != dataset:
+        raise ValueError(f"{args.resume}: was trained on {dataset!r}; --dataset {args.dataset} asks for "
+                         f"another (leave --dataset out to continue on the checkpoint's)")
+    args.dataset, args.seed = dataset, seed
+    return epoch, model
+
+
+def _check_resumed_network(args, network, model_name: str, train_set) -> None:
+    """Refuse, before any step, a resumed network that cannot train on ``train_set``."""
+    from .models import MODELS, build_model
+
+    problems = []
+    if network.input_shape != train_set.input_shape:
+        problems.append(f"input unit shape {network.input_shape}, {args.dataset} has {train_set.input_shape}")
+    if network.output_shape != (train_set.outputs,):
+        problems.append(f"output unit shape {network.output_shape}, {args.dataset} has {train_set.outputs} outputs")
+    if not problems and model_name in MODELS:
+        zoo = build_model(model_name, train_set.input_shape, train_set.outputs, vocab=train_set.vocab)
+        import juicepy as jp
+
+        tokens = train_set.x.dtype if train_set.x.dtype.kind in "iu" else None
+        expected = {k: p.shape for k, p in jp.Network(zoo, train_set.input_shape, input_dtype=tokens).params.items()}
+        actual = {k: p.shape for k, p in network.params.items()}
+        if expected != actual:
+            problems.append(f"its params are not those of the zoo's {model_name!r}")
+    if problems:
+        raise ValueError(f"{args.resume}: cannot resume on {args.dataset}: " + "; ".join(problems))
 
 
 def cmd_predict(args) -> int:
@@ -181,8 +403,14 @@ def cmd_predict(args) -> int:
 
     import juicepy as jp
 
+    from .io.atomic import atomic_path
+
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
+    output = None
+    if args.output:
+        output = Path(args.output if args.output.endswith(".npy") else args.output + ".npy")  # as np.save names it
+        _check_output_path("--output", output)
     network = jp.load(args.model).network
     try:
         x = np.load(args.input, allow_pickle=False)
@@ -195,10 +423,19 @@ def cmd_predict(args) -> int:
             raise ValueError(f"{args.input}: the network reads integer tokens, got {x.dtype} values")
     elif x.dtype != network.dtype and x.dtype.kind in "fiu":
         x = x.astype(network.dtype)
-    outputs = network.transform(backend, x)
-    if args.output:
-        np.save(args.output, outputs)
-        print(f"wrote outputs {outputs.shape} to {args.output}")
+    bad = np.empty(0, int)
+    if not args.check_finite and x.dtype.kind == "f" and x.ndim > 1:
+        bad = np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))
+        if bad.size:
+            shown = ", ".join(map(str, bad[:10])) + (f" and {bad.size - 10} more" if bad.size > 10 else "")
+            print(f"juicepy: warning: {args.input}: row{'s' if bad.size > 1 else ''} {shown} {'hold' if bad.size > 1 else 'holds'} NaN or Inf; "
+                  f"their outputs are not meaningful (--check-finite refuses such input)", file=sys.stderr)
+    with np.errstate(all="ignore" if bad.size else "warn"):  # warned once above, not per NumPy op
+        outputs = network.transform(backend, x, check_finite=args.check_finite)
+    if output is not None:
+        with atomic_path(output) as tmp, open(tmp, "wb") as f:
+            np.save(f, outputs)
+        print(f"wrote outputs {outputs.shape} to {output}")
     elif len(network.output_shape) == 1:
         for row, cls in enumerate(np.argmax(outputs, axis=1)):
             print(f"{row}\t{cls}")
@@ -234,6 +471,30 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import logging
+
+    from .serve import ModelServer
+
+    _apply_backend_flags(args)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        server = ModelServer(args.model, args.backend, args.host, args.port, watch=args.watch,
+                             watch_interval_s=args.watch_interval, max_batch=args.max_batch,
+                             batch_wait_ms=args.batch_wait_ms, max_body_bytes=args.max_body_bytes,
+                             max_connections=args.max_connections, check_finite=not args.no_finite_check)
+    except OSError as err:  # the address is taken or not ours
+        raise ValueError(f"cannot listen on {args.host}:{args.port} ({err.strerror or err})") from None
+    health = server.health()
+    print(f"serving {args.model} ({health['inputs'][0]['shape']} -> {health['outputs'][0]['shape']}, "
+          f"step {health['checkpoint']['step']}) on {server.url} with backend "
+          f"{health['backend']}{', watching it' if args.watch else ''}; Ctrl-C stops", flush=True)
+    server.serve_until_signal()
+    print("stopped", flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -245,10 +506,16 @@ def main(argv=None) -> int:
     from .errors import JuicepyError
 
     try:
+        if getattr(args, "workers", 1) != 1:
+            return launch_workers(args, sys.argv[1:] if argv is None else list(argv))
         return args.run(args)
-    except (BackendUnavailable, DatasetUnavailable, JuicepyError, ValueError) as err:
-        print(f"juicepy: error: {err}", file=sys.stderr)
+    except (BackendUnavailable, DatasetUnavailable, JuicepyError, ValueError, OSError) as err:
+        message = " ".join(str(err).split())  # one line, whatever the error's text holds
+        print(f"juicepy: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: checkpoints already written are complete (atomic saves)
+        print("juicepy: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

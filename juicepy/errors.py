@@ -38,3 +38,24 @@ class DefinitionError(JuicepyError, ValueError):
 
 class CheckpointError(JuicepyError, ValueError):
     """A checkpoint or weights file is truncated, corrupted or not a juicepy file."""
+
+
+class CheckpointWeightsError(CheckpointError, WeightsError):
+    """A checkpoint's weights or optimizer state do not fit the network it defines."""
+
+
+class CheckpointDefinitionError(CheckpointError, DefinitionError):
+    """A checkpoint's network definition cannot be rebuilt (unknown layer type, bad config)."""
+
+
+class ArgumentError(JuicepyError, TypeError, ValueError):
+    """A constructor or function argument of the wrong type or out of range (catch it as either
+    a TypeError or a ValueError)."""
+
+
+class MissingExtraError(JuicepyError, ImportError):
+    """An optional feature needs a package that is not installed; the message names the extra."""
+
+
+class DistributedError(JuicepyError, RuntimeError):
+    """Another rank of a data-parallel job failed, or ranks disagree (a collective cannot go on)."""

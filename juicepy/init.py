@@ -7,9 +7,11 @@ PyTorch's defaults for Linear/Conv (kaiming_uniform with a=sqrt(5), bias U(+-1/s
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
 import zlib
+from contextvars import ContextVar
 from typing import Callable
 
 import numpy as np
@@ -85,7 +87,40 @@ def resolve(init) -> Initializer:
         raise ValueError(f"unknown initialiser {init!r}; known: {', '.join(BY_NAME)}") from None
 
 
+class _Budget:
+    """Elements that a network built from a file may still allocate (see :func:`values_from_file`)."""
+
+    def __init__(self, elements: int, refuse):
+        self.left = elements
+        self.refuse = refuse
+
+    def take(self, shape) -> None:
+        size = math.prod(shape)
+        if size > self.left:
+            self.refuse(tuple(shape), size, self.left)
+        self.left -= size
+
+
+_FROM_FILE: ContextVar = ContextVar("juicepy_values_from_file", default=None)
+
+
+@contextlib.contextmanager
+def values_from_file(elements: int, refuse):
+    """While a network is built whose every param a file will overwrite: initialisers do not
+    run (params start as zeros), and a param beyond the ``elements`` the file holds calls
+    ``refuse(shape, size, left)`` (which raises) before anything is allocated."""
+    token = _FROM_FILE.set(_Budget(elements, refuse))
+    try:
+        yield
+    finally:
+        _FROM_FILE.reset(token)
+
+
 def make(init, rng, shape, fan_in, fan_out, dtype) -> np.ndarray:
+    budget = _FROM_FILE.get()
+    if budget is not None:
+        budget.take(shape)
+        return np.zeros(shape, dtype)
     values = np.asarray(resolve(init)(rng, tuple(shape), fan_in, fan_out))
     if values.shape != tuple(shape):
         raise ValueError(f"initialiser returned shape {values.shape}, expected {tuple(shape)}")
@@ -108,7 +143,12 @@ def _param_rng(seed: int, path: str) -> np.random.Generator:
     return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(path.encode())])
 
 
-def _matches(pattern: str, path: str) -> bool:
+def _matches(pattern: str, path: str, trainable: bool = True) -> bool:
+    """Whether ``pattern`` selects the param at ``path``. A non-trained buffer (BatchNorm's
+    running statistics) is selected only by a pattern that ends in its name ("bn.running_var",
+    "*.running_var"): "*" or a layer path means the weights, never the statistics."""
+    if not trainable:
+        return fnmatch.fnmatchcase(path, pattern) and pattern.rsplit(".", 1)[-1] == path.rsplit(".", 1)[-1]
     return fnmatch.fnmatchcase(path, pattern) or path.startswith(pattern + ".")
 
 
@@ -117,28 +157,37 @@ def apply(network, rules: dict, seed: int = 0) -> list[str]:
 
     ``rules`` maps a pattern to an initialiser. A pattern is an fnmatch glob over param paths
     ("encoder.*", "*.bias") or a layer/subgraph path ("encoder" means every param under it);
-    for each param the first matching rule wins. An initialiser is a name from ``BY_NAME``,
+    for each param the first matching rule wins. Non-trained buffers (BatchNorm's running
+    statistics) are set only by a pattern ending in their name ("*.running_var"). An initialiser is a name from ``BY_NAME``,
     a callable ``(rng, shape, fan_in, fan_out)``, or an array (pretrained values, shape
     checked). Random values come from a generator seeded by ``(seed, param path)``, so the
     same call gives the same weights. Every check runs before any param is written; a pattern
     that matches no param is an error (a typo would otherwise pass silently).
     """
-    from .errors import WeightsError
+    from .errors import ArgumentError, WeightsError
+    from .arguments import integer
 
+    seed = integer("init.apply", "seed", seed)
+    if not isinstance(rules, dict):
+        from .arguments import describe
+
+        raise ArgumentError(f"init.apply: rules must be a dict of pattern -> initialiser, got {describe(rules)}")
     params = network.params
     staged, used = {}, set()
     for path, param in params.items():
         for pattern, rule in rules.items():
-            if _matches(pattern, path):
+            if _matches(pattern, path, param.trainable):
                 used.add(pattern)
                 staged[path] = _values(rule, param, path, seed, WeightsError)
                 break
     unused = [p for p in rules if p not in used]
     if unused:
-        raise WeightsError(f"init.apply: pattern(s) {', '.join(map(repr, unused))} match no param; "
+        raise WeightsError(f"init.apply: pattern(s) {', '.join(map(repr, unused))} match no param "
+                           f"(buffers are matched only by a pattern ending in their name); "
                            f"params: {', '.join(params)}")
-    for path, values in staged.items():
-        params[path].set(values)
+    with network.lock:
+        for path, values in staged.items():
+            params[path].set(values)
     return list(staged)
 
 
@@ -150,7 +199,10 @@ def _values(rule, param, path, seed, error):
         values = np.asarray(rule.detach().cpu().numpy() if hasattr(rule, "detach") else rule)
     if values.shape != param.shape:
         raise error(f"init.apply: {path!r} expects shape {param.shape}, got {values.shape}")
-    return values.astype(param.dtype)
+    try:
+        return param.coerced(values)
+    except ValueError as err:
+        raise error(f"init.apply: {path!r} {err}") from None
 
 
 def from_pretrained(network, arrays: dict, prefix: str = "", strict: bool = False) -> list[str]:

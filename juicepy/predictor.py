@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 
+from . import arguments
 from .backends import backend as get_backend
 from .errors import ShapeError
 
@@ -22,6 +23,9 @@ class Predictor:
     """
 
     def __init__(self, network, backend=None):
+        from .net.network import Network
+
+        arguments.instance("Predictor", "network", network, Network, "a juicepy.Network")
         self._backend = get_backend(backend)
         self._swap_lock = threading.Lock()  # serialises swaps only, never requests
         network.materialize(self._backend)
@@ -48,6 +52,10 @@ class Predictor:
         of that many zero rows first, so the new network's first real request finds its
         context already made.
         """
+        from .net.network import Network
+
+        arguments.instance("Predictor.swap", "network", network, Network, "a juicepy.Network")
+        warmup_rows = arguments.optional_integer("Predictor.swap", "warmup_rows", warmup_rows, 0)
         with self._swap_lock:
             old = self._network
             problems = []

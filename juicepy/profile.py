@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import arguments
 from .backends import backend as get_backend
 
 
@@ -27,8 +28,9 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
     """Time every layer placement of ``network`` (training mode, random inputs and output
     gradients); rows follow the forward order. The backend is synchronised around each layer,
     so asynchronous GPU work is charged to the layer that queued it."""
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
+    batch_size = arguments.integer("profile", "batch_size", batch_size, 1)
+    steps = arguments.integer("profile", "steps", steps, 1)
+    warmup = arguments.integer("profile", "warmup", warmup, 0)
     backend = get_backend(backend)
     ctx = network.context(backend, batch_size, training=True)
     rng = np.random.default_rng(seed)
@@ -40,6 +42,17 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
     plan = ctx.plan
     forward = [[] for _ in plan]
     backward = [[] for _ in plan]
+    ctx.save_state()  # the passes below must not change the network (BatchNorm's statistics)
+    try:
+        _run(backend, ctx, plan, upstream, warmup, steps, forward, backward)
+    finally:
+        ctx.restore_state()
+    return [LayerTiming(nctx.path or "<root>", type(layer).__name__, nctx.output_shapes[0],
+                        statistics.median(f), statistics.median(b))
+            for (layer, nctx), f, b in zip(plan, forward, backward)]
+
+
+def _run(backend, ctx, plan, upstream, warmup, steps, forward, backward) -> None:
     for run in range(warmup + steps):
         keep = run >= warmup
         for k, (layer, nctx) in enumerate(plan):
@@ -55,9 +68,6 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
             elapsed = _timed(backend, layer.compute_gradients, nctx)
             if keep:
                 backward[k].append(elapsed)
-    return [LayerTiming(nctx.path or "<root>", type(layer).__name__, nctx.output_shapes[0],
-                        statistics.median(f), statistics.median(b))
-            for (layer, nctx), f, b in zip(plan, forward, backward)]
 
 
 def _timed(backend, method, nctx) -> float:

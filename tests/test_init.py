@@ -75,3 +75,32 @@ def test_fans_follow_torch():
     torch = pytest.importorskip("torch")
     w = torch.empty(8, 3, 5, 5)
     assert jp.init.fans(w.shape) == torch.nn.init._calculate_fan_in_and_fan_out(w)
+
+
+def _bn_net():
+    return jp.Network(L.Sequential({"conv": L.Conv2d(4, 3), "bn": L.BatchNorm2d(), "head": L.Flatten()}),
+                      (2, 6, 6))
+
+
+@pytest.mark.parametrize("pattern", ["*", "bn", "bn.*"])
+def test_patterns_leave_non_trained_buffers_alone(pattern):
+    """BatchNorm's running statistics are buffers, not trained params: "*" or a layer path
+    re-initialises the weights under it, never the statistics (a normal-initialised running_var
+    would go negative and every eval output NaN)."""
+    net = _bn_net()
+    before = net.get_weights()
+    set_paths = jp.init.apply(net, {pattern: "he_normal"}, seed=3)
+    assert not any("running" in p or "num_batches" in p for p in set_paths)
+    after = net.get_weights()
+    for k in ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked"):
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)
+    assert not np.array_equal(after["bn.weight"], before["bn.weight"])
+    assert np.isfinite(net.transform("numpy", np.ones((2, 2, 6, 6), np.float32))).all()
+
+
+def test_a_buffer_named_explicitly_is_set():
+    net = _bn_net()
+    assert jp.init.apply(net, {"bn.running_var": np.full(4, 2.0), "*.running_mean": "ones"}) == \
+        ["bn.running_mean", "bn.running_var"]
+    np.testing.assert_array_equal(net.get_weights()["bn.running_var"], 2.0)
+    np.testing.assert_array_equal(net.get_weights()["bn.running_mean"], 1.0)

@@ -125,3 +125,16 @@ def test_swap_and_new_requests_do_not_wait_for_a_request_in_flight():
     stuck.join(timeout=30)
     np.testing.assert_array_equal(results["stuck"], expected_old)  # finished on the network it began on
     assert results["swap"] is old
+
+
+def test_serving_every_request_size_keeps_a_few_contexts(backend):
+    net = _net(0)
+    net.max_batch = 1024
+    predictor = jp.Predictor(net, backend)
+    x = np.random.default_rng(3).standard_normal((300, 8)).astype(np.float32)
+    expected = net.transform(backend, x)
+    before = backend.allocations
+    for rows in range(1, 301):
+        np.testing.assert_allclose(predictor.transform(x[:rows]), expected[:rows], rtol=1e-5, atol=1e-6)
+    assert sorted(net.inference_capacities(backend)) == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+    assert backend.allocations - before < 10 * 20  # nine more contexts of a few buffers each, not 299

@@ -33,5 +33,18 @@ def test_profile_allocates_nothing_after_the_context():
 
 def test_profile_refuses_zero_steps():
     net = jp.Network(L.Linear(2), (2,))
-    with pytest.raises(ValueError, match="steps must be >= 1"):
+    with pytest.raises(ValueError, match="profile: steps must be an integer >= 1, got 0"):
         profile(net, "numpy", 2, steps=0)
+
+
+def test_profiling_leaves_the_network_as_it_was(backend):
+    """Profiling runs training-mode passes; BatchNorm's running statistics and batch counter
+    of the profiled (perhaps trained) network must not change."""
+    import numpy as np
+
+    net = jp.Network(L.Sequential(L.Linear(16), L.BatchNorm1d(), L.Dropout(0.5), L.Linear(4)), (8,))
+    before = net.get_weights()
+    profile(net, backend, batch_size=8, steps=2, warmup=1)
+    after = net.get_weights()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k], err_msg=k)

@@ -42,6 +42,13 @@ def backend(name: str | Backend | None = None) -> Backend:
         return name
     if name is None:
         name = os.environ.get(ENV_VAR) or "numpy"
+    elif not isinstance(name, str):
+        from ..errors import ArgumentError
+        from ..arguments import describe
+
+        raise ArgumentError(f"backend must be a backend name ({', '.join(registered_backends())}) or a "
+                            f"Backend, got {describe(name)}; the backend is the first "
+                            f"argument: transform(backend, inputs), train_minibatch(backend, x, y)")
     key = name.lower()
     with _LOCK:
         if key in _INSTANCES:

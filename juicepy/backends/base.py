@@ -7,7 +7,12 @@ Rules shared by every op:
 - ``accumulate=True`` means ``out += result`` instead of ``out = result`` (gradients into
   a junction or a shared param add up);
 - layouts are PyTorch's: activations NCHW / (N, features), Linear weight (out, in),
-  Conv weight (out, in/groups, kh, kw).
+  Conv weight (out, in/groups, kh, kw);
+- a bad argument raises ValueError (TypeError for a dtype the backend does not compute in)
+  whose message starts "<backend> backend <op>: " and names the expected and the actual.
+
+Helpers every backend shares (scratch buffers, the (rows, channels, inner) view, same-shape
+checks, output-size arithmetic) live here, once.
 """
 
 from __future__ import annotations
@@ -49,9 +54,6 @@ class Workspace:
             self._buffers[key] = buf
         return buf
 
-    def clear(self) -> None:
-        self._buffers.clear()
-
 
 def scratch(ws: Workspace | None, backend: "Backend", tag: str, shape, dtype, init=None) -> Any:
     """The workspace buffer for (tag, shape, dtype); callers outside a context (tests, tools)
@@ -73,6 +75,146 @@ def channels_inner(arr) -> tuple[int, int, int]:
     """(batch, channels, inner) of an (N, C, *spatial) array: the view per-channel ops work on."""
     inner = math.prod(arr.shape[2:]) if arr.ndim > 2 else 1
     return arr.shape[0], arr.shape[1], inner
+
+
+def check_same(backend_name: str, op: str, *arrays) -> None:
+    """Raise ValueError unless every array has the first one's shape and dtype."""
+    shape, dtype = tuple(arrays[0].shape), arrays[0].dtype
+    for a in arrays[1:]:
+        if tuple(a.shape) != shape or a.dtype != dtype:
+            raise ValueError(f"{backend_name} backend {op}: arrays must share one shape and dtype, got "
+                             f"{', '.join(f'{tuple(x.shape)} {x.dtype}' for x in arrays)}")
+
+
+def check_swap(backend_name: str, src, dst) -> None:
+    """Raise ValueError unless dst is src with its two leading axes swapped (same dtype)."""
+    want = (src.shape[1], src.shape[0]) + tuple(src.shape[2:]) if src.ndim >= 2 else None
+    if want is None or tuple(dst.shape) != want or dst.dtype != src.dtype:
+        raise ValueError(f"{backend_name} backend swap_leading_axes: src {tuple(src.shape)} {src.dtype} needs dst "
+                         f"{want} of the same dtype, got {tuple(dst.shape)} {dst.dtype}")
+
+
+def check_embedding(backend_name: str, op: str, indices, table, rows) -> None:
+    """Raise ValueError unless indices are int32 (M,), table (V, D) and rows (M, D) of its dtype."""
+    if (np.dtype(indices.dtype) != np.int32 or indices.ndim != 1 or table.ndim != 2
+            or tuple(rows.shape) != (indices.size, table.shape[1]) or rows.dtype != table.dtype):
+        raise ValueError(f"{backend_name} backend {op}: int32 indices (M,), a table (V, D) and rows (M, D) of "
+                         f"one dtype expected, got {indices.dtype} {tuple(indices.shape)}, {table.dtype} "
+                         f"{tuple(table.shape)}, {rows.dtype} {tuple(rows.shape)}")
+
+
+def check_cell(backend_name: str, op: str, state, blocks: dict, bias=None, bias_blocks: int = 0) -> None:
+    """Raise ValueError unless ``state`` is (N, H) and each array of ``blocks`` {k: [arrays]} is
+    (N, k*H) of its dtype; an optional ``bias`` is (bias_blocks*H,)."""
+    if state.ndim != 2:
+        raise ValueError(f"{backend_name} backend {op}: (rows, hidden) states expected, got {tuple(state.shape)}")
+    rows, hidden = state.shape
+    for k, arrays in blocks.items():
+        for a in arrays:
+            if tuple(a.shape) != (rows, k * hidden) or a.dtype != state.dtype:
+                raise ValueError(f"{backend_name} backend {op}: ({rows}, {k * hidden}) {state.dtype} expected for "
+                                 f"states ({rows}, {hidden}), got {tuple(a.shape)} {a.dtype}")
+    if bias is not None and (tuple(bias.shape) != (bias_blocks * hidden,) or bias.dtype != state.dtype):
+        raise ValueError(f"{backend_name} backend {op}: bias ({bias_blocks * hidden},) expected, got "
+                         f"{tuple(bias.shape)} {bias.dtype}")
+
+
+def check_nonlinearity(backend_name: str, nonlinearity: str) -> None:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"{backend_name} backend rnn_cell: nonlinearity must be 'tanh' or 'relu', "
+                         f"got {nonlinearity!r}")
+
+
+def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
+    """Output length along one axis of a convolution or pooling window (floor mode, as PyTorch)."""
+    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def check_gemm(backend_name: str, a, b, out, trans_a: bool, trans_b: bool) -> tuple[int, int, int]:
+    """(m, n, k) of out (m, n) = op(a) (m, k) @ op(b) (k, n); ValueError unless the shapes and dtypes fit."""
+    if a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
+        raise ValueError(f"{backend_name} backend gemm: 2-D arrays expected, got {tuple(a.shape)}, "
+                         f"{tuple(b.shape)} -> {tuple(out.shape)}")
+    m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
+    kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
+    if k != kb or tuple(out.shape) != (m, n) or not (a.dtype == b.dtype == out.dtype):
+        raise ValueError(f"{backend_name} backend gemm: op(a) {(m, k)} @ op(b) {(kb, n)} does not give out "
+                         f"{tuple(out.shape)} (dtypes {a.dtype}, {b.dtype}, {out.dtype})")
+    return m, n, k
+
+
+def check_conv_shapes(backend_name: str, op: str, x_shape, w_shape, y_shape, stride, padding, dilation,
+                      groups) -> None:
+    """Raise ValueError unless input (N, C, H, W), weight (O, C/groups, kh, kw) and output
+    (N, O, Ho, Wo) fit the geometry."""
+    if len(x_shape) != 4 or len(w_shape) != 4 or len(y_shape) != 4:
+        raise ValueError(f"{backend_name} backend {op}: 4-D input, weight and output expected, got "
+                         f"{tuple(x_shape)}, {tuple(w_shape)}, {tuple(y_shape)}")
+    n, c, h, w = x_shape
+    o, cg, kh, kw = w_shape
+    expected = (n, o, conv_output_size(h, kh, stride[0], padding[0], dilation[0]),
+                conv_output_size(w, kw, stride[1], padding[1], dilation[1]))
+    if c != cg * groups or o % groups or tuple(y_shape) != expected:
+        raise ValueError(f"{backend_name} backend {op}: input {tuple(x_shape)}, weight {tuple(w_shape)}, "
+                         f"groups {groups}, stride {tuple(stride)}, padding {tuple(padding)}, dilation "
+                         f"{tuple(dilation)} give output {expected}, got {tuple(y_shape)}")
+
+
+def check_pool_shapes(backend_name: str, op: str, x_shape, y_shape, kernel, stride, padding) -> None:
+    """Raise ValueError unless output (N, C, Ho, Wo) is what pooling (N, C, H, W) gives."""
+    if len(x_shape) != 4 or len(y_shape) != 4:
+        raise ValueError(f"{backend_name} backend {op}: 4-D input and output expected, got "
+                         f"{tuple(x_shape)}, {tuple(y_shape)}")
+    n, c, h, w = x_shape
+    expected = (n, c, conv_output_size(h, kernel[0], stride[0], padding[0]),
+                conv_output_size(w, kernel[1], stride[1], padding[1]))
+    if tuple(y_shape) != expected:
+        raise ValueError(f"{backend_name} backend {op}: input {tuple(x_shape)}, kernel {tuple(kernel)}, stride "
+                         f"{tuple(stride)}, padding {tuple(padding)} give {expected}, got {tuple(y_shape)}")
+
+
+def check_argmax(backend_name: str, op: str, argmax, shape) -> None:
+    """Raise ValueError unless ``argmax`` is int32 of ``shape`` (max pooling's indices)."""
+    if argmax.dtype != np.int32 or tuple(argmax.shape) != tuple(shape):
+        raise ValueError(f"{backend_name} backend {op}: argmax must be int32 of shape {tuple(shape)}, "
+                         f"got {argmax.dtype} {tuple(argmax.shape)}")
+
+
+def check_per_channel(backend_name: str, op: str, x, *arrays) -> None:
+    """Raise ValueError unless every array given (None skipped) holds one value per channel of x."""
+    channels = x.shape[1]
+    for a in arrays:
+        if a is not None and tuple(a.shape) != (channels,):
+            raise ValueError(f"{backend_name} backend {op}: per-channel arrays of shape ({channels},) "
+                             f"expected for input {tuple(x.shape)}, got {tuple(a.shape)}")
+
+
+def check_batch_norm_sums(backend_name: str, op: str, sums, channels: int, *per_channel) -> None:
+    """Raise ValueError unless ``sums`` is the flat (2 * channels,) block of synchronised batch
+    norm and every per-channel array given (None skipped) is (channels,)."""
+    if tuple(sums.shape) != (2 * channels,):
+        raise ValueError(f"{backend_name} backend {op}: sums of shape ({2 * channels},) expected for "
+                         f"{channels} channels, got {tuple(sums.shape)}")
+    for a in per_channel:
+        if a is not None and tuple(a.shape) != (channels,):
+            raise ValueError(f"{backend_name} backend {op}: per-channel arrays of shape ({channels},) "
+                             f"expected, got {tuple(a.shape)}")
+
+
+def check_channel_range(backend_name: str, op: str, part, whole, offset: int) -> None:
+    """Raise ValueError unless ``part`` fits ``whole`` at channel ``offset`` (other axes equal)."""
+    if (part.shape[0] != whole.shape[0] or part.shape[2:] != whole.shape[2:] or offset < 0
+            or offset + part.shape[1] > whole.shape[1] or part.dtype != whole.dtype):
+        raise ValueError(f"{backend_name} backend {op}: {tuple(part.shape)} {part.dtype} does not fit "
+                         f"{tuple(whole.shape)} {whole.dtype} at channel {offset}")
+
+
+def check_view(backend_name: str, flat, offset: int, shape) -> None:
+    """Raise ValueError unless ``shape`` at ``offset`` lies inside the 1-D array ``flat``."""
+    size = math.prod(shape)
+    if flat.ndim != 1 or offset < 0 or offset + size > flat.shape[0]:
+        raise ValueError(f"{backend_name} backend flat_view: {tuple(shape)} at {offset} lies outside an "
+                         f"array of {tuple(flat.shape)}")
 
 
 class Backend(abc.ABC):
@@ -108,7 +250,8 @@ class Backend(abc.ABC):
         """A host (NumPy) copy of ``src``."""
 
     @abc.abstractmethod
-    def copy(self, src, dst) -> None: ...
+    def copy(self, src, dst) -> None:
+        """dst = src: the same number of elements (a 0-d array and its (1,) device copy agree)."""
 
     @abc.abstractmethod
     def fill(self, dst, value: float) -> None: ...
@@ -228,18 +371,25 @@ class Backend(abc.ABC):
     def mul(self, a, b, out, accumulate=False, ws=None) -> None:
         """out (+)= a * b elementwise (dropout backward: dx = dy * mask)."""
 
+    def store(self, src, dst, accumulate=False) -> None:
+        """dst (+)= src: a result into a gradient buffer that another writer may have filled."""
+        if accumulate:
+            self.add(dst, src, dst)
+        else:
+            self.copy(src, dst)
+
     # -------------------------------------------------------------- optimizers
-    # Optimizers pass ``guard`` (a (1,) array holding the step's summed loss) only where the
-    # backend captures graphs (``can_capture``): when it is not finite the update is skipped and
-    # param and state stay unchanged, the NaN guard of a step the host cannot stop midway.
+    # ``guard``: None, or a (1,) array holding the step's summed loss; when it is not finite the
+    # update is skipped and param and state stay unchanged (the NaN guard of a step the host
+    # cannot stop midway: optimizers pass it where the backend captures graphs, ``can_capture``).
     @abc.abstractmethod
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
-                   weight_decay, first_step, ws=None) -> None:
+                   weight_decay, first_step, ws=None, guard=None) -> None:
         """torch.optim.SGD's update, in place on param (and the momentum buffer ``buf``)."""
 
     @abc.abstractmethod
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
-                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None) -> None:
+                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None) -> None:
         """torch.optim.Adam's (decoupled=False) or AdamW's (decoupled=True) update, in place.
         ``step`` is the 1-based step count after this update."""
 
@@ -253,35 +403,35 @@ class Backend(abc.ABC):
         graph whose ``replay(shift)`` re-runs it; the dropout ``counter`` and optimizer ``step``
         arguments recorded with value v run as v + shift. The captured work itself does not run.
         Raises :class:`CaptureError` where it cannot."""
-        raise CaptureError(f"{self.name}: this backend does not capture graphs")
+        raise CaptureError(f"{self.name} backend capture: this backend does not capture graphs")
 
     # ------------------------------------------------------------ convolution
     # NCHW; weight (O, C/groups, kh, kw); padding is a pair of ints (already resolved).
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: conv2d")
+        raise NotImplementedError(f"{self.name} backend conv2d: not implemented")
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: conv2d_backward_data")
+        raise NotImplementedError(f"{self.name} backend conv2d_backward_data: not implemented")
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: conv2d_backward_filter")
+        raise NotImplementedError(f"{self.name} backend conv2d_backward_filter: not implemented")
 
     # ---------------------------------------------------------------- pooling
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None) -> None:
         """argmax (int32, shape of out) records the flat h*W+w index of each max in its plane."""
-        raise NotImplementedError(f"{self.name}: max_pool2d")
+        raise NotImplementedError(f"{self.name} backend max_pool2d: not implemented")
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: max_pool2d_backward")
+        raise NotImplementedError(f"{self.name} backend max_pool2d_backward: not implemented")
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: avg_pool2d")
+        raise NotImplementedError(f"{self.name} backend avg_pool2d: not implemented")
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: avg_pool2d_backward")
+        raise NotImplementedError(f"{self.name} backend avg_pool2d_backward: not implemented")
 
     # ------------------------------------------------------------ batch norm
     # x (N, C, *spatial); statistics per channel (axis 1).
@@ -289,15 +439,47 @@ class Backend(abc.ABC):
                          momentum, eps, ws=None) -> None:
         """Normalise with batch statistics; store them in mean/invstd for the backward;
         update running stats torch-style (unbiased variance)."""
-        raise NotImplementedError(f"{self.name}: batch_norm_train")
+        raise NotImplementedError(f"{self.name} backend batch_norm_train: not implemented")
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None) -> None:
-        raise NotImplementedError(f"{self.name}: batch_norm_infer")
+        raise NotImplementedError(f"{self.name} backend batch_norm_infer: not implemented")
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None) -> None:
         """dx may be None (input gradient not needed)."""
-        raise NotImplementedError(f"{self.name}: batch_norm_backward")
+        raise NotImplementedError(f"{self.name} backend batch_norm_backward: not implemented")
+
+    # Synchronised batch norm (statistics over the replicas of a data-parallel job) splits the
+    # ops above at the per-channel sums, which the caller sums over ranks in between. ``sums``
+    # is a flat (2 * C,) array: row 0 in sums[:C], row 1 in sums[C:]. ``count`` is the number of
+    # values per channel over every rank.
+    def batch_norm_sums(self, x, shift, sums, ws=None) -> None:
+        """sums[:C] = sum of (x - shift[c]), sums[C:] = sum of (x - shift[c])^2 per channel.
+        A shift near the mean (the same on every rank) keeps E[d^2] - E[d]^2 accurate."""
+        raise NotImplementedError(f"{self.name}: batch_norm_sums")
+
+    def batch_norm_stats(self, sums, count: int, shift, mean, invstd, running_mean, running_var,
+                         momentum, eps, ws=None) -> None:
+        """Per channel: d = sums[c] / count; mean = shift + d; biased var = max(sums[C+c] / count
+        - d^2, 0); invstd = 1 / sqrt(var + eps); running stats updated torch-style (unbiased
+        variance; running_mean None: none). ``shift`` may be ``mean`` or ``running_mean`` itself:
+        it is read before either is written."""
+        raise NotImplementedError(f"{self.name}: batch_norm_stats")
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None) -> None:
+        """out = (x - mean[c]) * invstd[c] * gamma[c] + beta[c]."""
+        raise NotImplementedError(f"{self.name}: batch_norm_apply")
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None) -> None:
+        """sums[:C] = sum of dy, sums[C:] = sum of dy * xhat per channel (xhat = (x - mean) *
+        invstd); dbeta / dgamma (+)= those local sums where given."""
+        raise NotImplementedError(f"{self.name}: batch_norm_backward_reduce")
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count: int, dx,
+                                 accumulate=False, ws=None) -> None:
+        """dx (+)= gamma * invstd * (dy - sums[c] / count - xhat * sums[C + c] / count)."""
+        raise NotImplementedError(f"{self.name}: batch_norm_backward_data")
 
     # ------------------------------------------------------------ sequences
     # Recurrent layers keep their per-step arrays time-major, (T, N, ...), so every step is a
@@ -353,8 +535,8 @@ class Backend(abc.ABC):
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset: int, accumulate=False) -> None:
         """dst[:, offset:offset+C_src] (+)= src (concatenate along axis 1)."""
-        raise NotImplementedError(f"{self.name}: copy_channels")
+        raise NotImplementedError(f"{self.name} backend copy_channels: not implemented")
 
     def slice_channels(self, src, dst, offset: int, accumulate=False) -> None:
         """dst (+)= src[:, offset:offset+C_dst] (split along axis 1)."""
-        raise NotImplementedError(f"{self.name}: slice_channels")
+        raise NotImplementedError(f"{self.name} backend slice_channels: not implemented")

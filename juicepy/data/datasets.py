@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import arguments
+from ..distributed.sharding import shard_order
+
 
 @dataclass
 class Dataset:
@@ -41,15 +44,17 @@ class Dataset:
         return self.classes if self.task == "classification" else int(np.prod(self.y.shape[1:]))
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
-                drop_last: bool = True):
+                drop_last: bool = True, rank: int = 0, size: int = 1):
         """Yield (x, y) batches; the order depends only on (seed, epoch).
 
         ``drop_last`` keeps every batch at exactly ``batch_size`` rows, as a Trainer needs.
+        ``rank`` / ``size``: this rank's share of a data-parallel job (DistributedSampler
+        semantics, see :mod:`juicepy.distributed.sharding`): every rank yields the same number
+        of batches.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        n = len(self)
-        order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+        batch_size = arguments.integer(f"{self.name}.batches", "batch_size", batch_size, 1)
+        order = shard_order(len(self), rank, size, seed=seed, epoch=epoch, shuffle=shuffle)
+        n = len(order)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             idx = order[start:start + batch_size]
@@ -57,6 +62,8 @@ class Dataset:
 
     def split(self, fraction: float, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """A seeded random split into (first, second) with ``fraction`` of the rows in first."""
+        fraction = arguments.number(f"{self.name}.split", "fraction", fraction, 0.0, 1.0)
+        seed = arguments.integer(f"{self.name}.split", "seed", seed)
         order = np.random.default_rng(seed).permutation(len(self))
         cut = int(round(len(self) * fraction))
         a, b = order[:cut], order[cut:]
@@ -71,6 +78,7 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dat
     """The UCI optical-recognition handwritten digits (as shipped by scikit-learn): 1,797
     8x8 images, 10 classes, embedded in the package. Returns (train, test), x in [0, 1]
     with shape (N, 1, 8, 8)."""
+    test_fraction = arguments.number("load_digits", "test_fraction", test_fraction, 0.0, 1.0)
     with np.load(_DIGITS) as data:
         images, labels = data["images"], data["labels"]
     x = (images.astype(np.float32) / 16.0)[:, None, :, :]

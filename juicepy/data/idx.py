@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import math
 import os
 import shutil
 import tempfile
@@ -59,7 +60,7 @@ def read_idx(path) -> np.ndarray:
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_DTYPES[code])
-    expected = header + int(np.prod(dims)) * dtype.itemsize
+    expected = header + math.prod(dims) * dtype.itemsize  # Python ints: no int64 wrap-around
     if len(raw) != expected:
         raise ValueError(f"{path}: IDX header says {dims} ({expected} bytes), file has {len(raw)} bytes")
     return np.frombuffer(raw, dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))

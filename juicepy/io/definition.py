@@ -79,6 +79,8 @@ def build_network(doc):
         raise DefinitionError(f"network definition version {doc.get('version')!r}; this juicepy reads {VERSION}")
     try:
         table = doc["layers"]
+        if not isinstance(table, list):
+            raise DefinitionError(f"layers must be a list, got {type(table).__name__}")
         built: dict = {}
 
         def decode(value, where):
@@ -91,13 +93,17 @@ def build_network(doc):
             return value
 
         def layer(key, where):
+            if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < len(table):
+                raise DefinitionError(f"{where}: layer reference {key!r} out of range (0..{len(table) - 1})")
             if key in built:
                 if built[key] is None:
                     raise DefinitionError(f"{where}: layer {key} refers back to itself (a cycle)")
                 return built[key]
-            if not isinstance(key, int) or not 0 <= key < len(table):
-                raise DefinitionError(f"{where}: layer reference {key!r} out of range (0..{len(table) - 1})")
             spec = table[key]
+            if not isinstance(spec, dict) or not isinstance(spec.get("type"), str) \
+                    or not isinstance(spec.get("config", {}), dict):
+                raise DefinitionError(f"layers[{key}] must be an object {{\"type\": name, \"config\": object}}, "
+                                      f"got {spec!r}")
             cls = lookup(LAYERS, "layer", spec["type"])
             built[key] = None  # marks "being built"
             config = decode(spec.get("config", {}), f"layers[{key}] ({spec['type']})")
@@ -110,11 +116,21 @@ def build_network(doc):
             return obj
 
         root = decode(doc["root"], "root")
-        shapes = [tuple(s) for s in doc["input_shapes"]]
-        return Network(root, shapes, dtype=np.dtype(doc["dtype"]), seed=int(doc.get("seed", 0)),
+        input_shapes = doc["input_shapes"]
+        if not isinstance(input_shapes, list) or not all(
+                isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in s)
+                for s in input_shapes):
+            raise DefinitionError(f"input_shapes must be a list of lists of positive integers, got {input_shapes!r}")
+        seed = doc.get("seed", 0)
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise DefinitionError(f"seed must be an integer, got {seed!r}")
+        return Network(root, [tuple(s) for s in input_shapes], dtype=np.dtype(doc["dtype"]), seed=seed,
                        input_dtype=doc.get("input_dtypes"))
-    except (KeyError, TypeError) as err:
-        raise DefinitionError(f"malformed network definition: {type(err).__name__} {err}") from err
+    except DefinitionError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:
+        # a ShapeError or DTypeError too: the definition does not build a consistent network
+        raise DefinitionError(f"malformed network definition: {type(err).__name__}: {err}") from err
 
 
 def save_definition(path, network) -> None:
@@ -126,6 +142,20 @@ def save_definition(path, network) -> None:
 
 
 def load_definition(path):
-    """A Network (fresh weights) from a JSON definition file."""
-    with open(path, encoding="utf-8") as f:
-        return build_network(f.read())
+    """A Network (fresh weights) from a JSON definition file; a file that cannot be read or
+    rebuilt raises a DefinitionError naming it."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except FileNotFoundError:
+        raise DefinitionError(f"{path}: no such definition file") from None
+    except IsADirectoryError:
+        raise DefinitionError(f"{path}: is a directory, not a definition file") from None
+    except OSError as err:
+        raise DefinitionError(f"{path}: cannot read the definition ({err.strerror or err})") from err
+    except UnicodeDecodeError as err:
+        raise DefinitionError(f"{path}: not UTF-8 text ({err})") from None
+    try:
+        return build_network(text)
+    except DefinitionError as err:
+        raise DefinitionError(f"{path}: {err}") from err

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load as load_tensors
+from safetensors.numpy import save_file
 
-from ..errors import WeightsError
+from ..errors import CheckpointWeightsError
 from .atomic import atomic_path
+from .checkpoint import read_file
 
 
 def save_weights(path, network) -> None:
@@ -17,8 +19,9 @@ def save_weights(path, network) -> None:
 
 def load_weights(path, network, strict: bool = True) -> None:
     """Load weights saved by :func:`save_weights` (or a torch model saved with safetensors)."""
+    data = read_file(path, "weights")
     try:
-        tensors = load_file(str(path))
+        tensors = load_tensors(data)
     except Exception as err:  # safetensors reports truncation/corruption with its own types
-        raise WeightsError(f"{path}: cannot read weights ({err})") from err
+        raise CheckpointWeightsError(f"{path}: cannot read weights ({err})") from err
     network.set_weights(tensors, strict=strict)

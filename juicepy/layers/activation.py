@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..arguments import number
 from ..errors import ShapeError
 from .base import Layer
 
@@ -19,7 +20,7 @@ class ReLU(Layer):
 class LeakyReLU(Layer):
     def __init__(self, negative_slope: float = 0.01):
         super().__init__()
-        self.negative_slope = float(negative_slope)
+        self.negative_slope = number("LeakyReLU", "negative_slope", negative_slope)
 
     def compute_output(self, backend, ctx):
         backend.leaky_relu(ctx.input(), ctx.output(), self.negative_slope)

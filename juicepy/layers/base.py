@@ -23,6 +23,9 @@ class Layer:
     #: False when compute_output changes host-side state each pass (BatchNorm's batch counter):
     #: a recorded graph would not replay that, so such networks run op by op
     capturable = True
+    #: False when, in eval mode, an output row depends on other rows of the batch: transform()
+    #: then runs each request size exactly instead of padded inside a bigger context
+    rows_independent = True
 
     def __init__(self) -> None:
         self._built_for: tuple | None = None
@@ -89,6 +92,12 @@ class Layer:
     def check_input_values(self, path: str, index: int, values) -> None:
         """Refuse bad integer inputs (host array ``values`` of network input feeding input
         ``index`` of this layer) before anything changes: raise naming ``path``."""
+
+    def training_state(self) -> list:
+        """The params a training forward pass changes in place (BatchNorm's running statistics
+        and batch counter). A training Context saves them before each step and puts them back
+        when the step fails or is refused, so such a step changes nothing."""
+        return []
 
     def setup(self, backend, ctx) -> None:
         """Make per-placement buffers with ``ctx.make_buffer`` (called once per context)."""

@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
+from .. import arguments
 from .. import init as initializers
-from ..errors import ShapeError
+from ..backends.base import conv_output_size
+from ..errors import ArgumentError, ShapeError
 from ..net.params import LearnableParams
 from .base import Layer, bias_gradient
-
-
-def as_pair(value, what: str) -> tuple:
-    """An int or a pair of ints as a pair of ints."""
-    if isinstance(value, int):
-        pair = (value, value)
-    else:
-        pair = tuple(value)
-        if len(pair) != 2 or not all(isinstance(v, int) for v in pair):
-            raise ValueError(f"{what} must be an int or a pair of ints, got {value!r}")
-    return tuple(int(v) for v in pair)
-
-
-def output_length(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
-    """Output length along one axis (floor mode, as PyTorch)."""
-    return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
 
 
 class Conv2d(Layer):
@@ -35,41 +21,33 @@ class Conv2d(Layer):
                  groups: int = 1, bias: bool = True, weight_init="torch", bias_init="torch",
                  in_channels: int | None = None):
         super().__init__()
-        self.out_channels = int(out_channels)
-        self.kernel_size = as_pair(kernel_size, "kernel_size")
-        self.stride = as_pair(stride, "stride")
-        self.dilation = as_pair(dilation, "dilation")
-        self.groups = int(groups)
-        self.use_bias = bool(bias)
-        self.weight_init = weight_init
-        self.bias_init = bias_init
-        self.in_channels = in_channels
-        for what, pair in (("kernel_size", self.kernel_size), ("stride", self.stride),
-                           ("dilation", self.dilation)):
-            if min(pair) < 1:
-                raise ValueError(f"Conv2d: {what} must be >= 1, got {pair}")
-        if self.out_channels < 1 or self.groups < 1:
-            raise ValueError(f"Conv2d: out_channels and groups must be >= 1, got "
-                             f"{self.out_channels} and {self.groups}")
+        name = type(self).__name__
+        self.out_channels = arguments.integer(name, "out_channels", out_channels, 1)
+        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1)
+        self.stride = arguments.pair(name, "stride", stride, 1)
+        self.dilation = arguments.pair(name, "dilation", dilation, 1)
+        self.groups = arguments.integer(name, "groups", groups, 1)
+        self.use_bias = arguments.flag(name, "bias", bias)
+        self.weight_init = arguments.initializer(name, "weight_init", weight_init)
+        self.bias_init = arguments.initializer(name, "bias_init", bias_init)
+        self.in_channels = arguments.optional_integer(name, "in_channels", in_channels, 1)
         if self.out_channels % self.groups:
-            raise ValueError(f"Conv2d: out_channels {self.out_channels} is not divisible by "
-                             f"groups {self.groups}")
+            raise ArgumentError(f"{name}: out_channels {self.out_channels} is not divisible by "
+                                f"groups {self.groups}")
         if padding == "same":
             if self.stride != (1, 1):
-                raise ValueError(f"Conv2d: padding='same' needs stride 1, got {self.stride}")
+                raise ArgumentError(f"{name}: padding='same' needs stride 1, got {self.stride}")
             span = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
             if any(s % 2 for s in span):
-                raise ValueError(f"Conv2d: padding='same' needs an odd (dilated) kernel so both sides "
-                                 f"pad equally; kernel {self.kernel_size} dilation {self.dilation}")
+                raise ArgumentError(f"{name}: padding='same' needs an odd (dilated) kernel so both sides "
+                                    f"pad equally; kernel {self.kernel_size} dilation {self.dilation}")
             self.padding_arg = "same"
             self.padding = (span[0] // 2, span[1] // 2)
         elif isinstance(padding, str):
-            raise ValueError(f"Conv2d: padding must be an int, a pair or 'same', got {padding!r}")
+            raise ArgumentError(f"{name}: padding must be an integer, a pair or 'same', got {padding!r}")
         else:
-            self.padding_arg = padding if isinstance(padding, int) else list(padding)
-            self.padding = as_pair(padding, "padding")
-            if min(self.padding) < 0:
-                raise ValueError(f"Conv2d: padding must be >= 0, got {self.padding}")
+            self.padding = arguments.pair(name, "padding", padding, 0)
+            self.padding_arg = int(padding) if arguments.is_integer(padding) else list(self.padding)
         self.weight: LearnableParams | None = None
         self.bias: LearnableParams | None = None
 
@@ -78,7 +56,7 @@ class Conv2d(Layer):
                 f"padding {self.padding}, dilation {self.dilation})")
 
     def output_hw(self, in_hw: tuple, path: str) -> tuple:
-        out = tuple(output_length(s, k, st, p, d) for s, k, st, p, d in
+        out = tuple(conv_output_size(s, k, st, p, d) for s, k, st, p, d in
                     zip(in_hw, self.kernel_size, self.stride, self.padding, self.dilation))
         if min(out) < 1:
             padded = tuple(s + 2 * p for s, p in zip(in_hw, self.padding))
@@ -160,10 +138,9 @@ class Conv1d(Conv2d):
                  groups: int = 1, bias: bool = True, weight_init="torch", bias_init="torch",
                  in_channels: int | None = None):
         for what, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
-            if not isinstance(value, int):
-                raise ValueError(f"Conv1d: {what} must be an int, got {value!r}")
-        if not (padding == "same" or isinstance(padding, int)):
-            raise ValueError(f"Conv1d: padding must be an int or 'same', got {padding!r}")
+            arguments.integer("Conv1d", what, value, 1)
+        if not (isinstance(padding, str) and padding == "same"):
+            arguments.integer("Conv1d", "padding (an integer or 'same')", padding, 0)
         pad2 = padding if padding == "same" else (0, padding)
         super().__init__(out_channels, (1, kernel_size), (1, stride), pad2, (1, dilation), groups, bias,
                          weight_init, bias_init, in_channels)

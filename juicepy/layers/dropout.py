@@ -3,15 +3,14 @@ on every backend."""
 
 from __future__ import annotations
 
+from ..arguments import number
 from .base import Layer
 
 
 class Dropout(Layer):
     def __init__(self, p: float = 0.5):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout probability must be in [0, 1], got {p}")
-        self.p = float(p)
+        self.p = number("Dropout", "p", p, low=0.0, high=1.0)
 
     def setup(self, backend, ctx):
         if ctx.training:
@@ -30,10 +29,8 @@ class Dropout(Layer):
             return
         if self.p > 0.0:
             backend.mul(ctx.output_grad(), ctx.buffer("mask"), dx, acc, ctx.ws)
-        elif acc:
-            backend.add(dx, ctx.output_grad(), dx)
         else:
-            backend.copy(ctx.output_grad(), dx)
+            backend.store(ctx.output_grad(), dx, acc)
 
     def config(self):
         return {"p": self.p}

@@ -18,6 +18,7 @@ import re
 
 import numpy as np
 
+from .. import arguments
 from ..errors import ShapeError
 from ..net.descriptor import join_path
 from .base import Layer
@@ -62,9 +63,7 @@ class Symbol:
 def Input(shape, name: str | None = None, dtype=None) -> Symbol:
     """A network input of unit shape ``shape`` (no batch axis); ``dtype`` an integer type for
     indices (an Embedding reads them), default the network's float type."""
-    shape = tuple(int(d) for d in shape)
-    if any(d < 1 for d in shape):
-        raise ShapeError(f"Input: unit shape must be positive, got {shape}")
+    shape = arguments.shape("Input", "shape", shape)
     return Symbol(input_shape=shape, name=name, dtype=None if dtype is None else np.dtype(dtype))
 
 

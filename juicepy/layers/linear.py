@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .. import init as initializers
+from .. import arguments
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer, bias_gradient
@@ -12,11 +13,11 @@ class Linear(Layer):
     def __init__(self, out_features: int, bias: bool = True, in_features: int | None = None,
                  weight_init="torch", bias_init="torch"):
         super().__init__()
-        self.out_features = int(out_features)
-        self.use_bias = bool(bias)
-        self.in_features = in_features
-        self.weight_init = weight_init
-        self.bias_init = bias_init
+        self.out_features = arguments.integer("Linear", "out_features", out_features, 1)
+        self.use_bias = arguments.flag("Linear", "bias", bias)
+        self.in_features = arguments.optional_integer("Linear", "in_features", in_features, 1)
+        self.weight_init = arguments.initializer("Linear", "weight_init", weight_init)
+        self.bias_init = arguments.initializer("Linear", "bias_init", bias_init)
         self.weight: LearnableParams | None = None
         self.bias: LearnableParams | None = None
 
@@ -78,8 +79,8 @@ class TiedLinear(Layer):
         if not isinstance(tied_to, Linear):
             raise TypeError(f"TiedLinear ties to a Linear layer, got {type(tied_to).__name__}")
         self.tied_to = tied_to
-        self.use_bias = bool(bias)
-        self.bias_init = bias_init
+        self.use_bias = arguments.flag("TiedLinear", "bias", bias)
+        self.bias_init = arguments.initializer("TiedLinear", "bias_init", bias_init)
         self.bias: LearnableParams | None = None
 
     @property

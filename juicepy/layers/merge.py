@@ -6,14 +6,6 @@ from ..errors import ShapeError
 from .base import Layer
 
 
-def _pass_gradient(backend, dy, dx, accumulate) -> None:
-    """dx (+)= dy."""
-    if accumulate:
-        backend.add(dx, dy, dx)
-    else:
-        backend.copy(dy, dx)
-
-
 class Identity(Layer):
     """Passes its input through (the skip path of a residual block)."""
 
@@ -23,7 +15,7 @@ class Identity(Layer):
     def compute_gradients(self, backend, ctx):
         dx, acc = ctx.input_grad_target()
         if dx is not None:
-            _pass_gradient(backend, ctx.output_grad(), dx, acc)
+            backend.store(ctx.output_grad(), dx, acc)
 
 
 class Add(Layer):
@@ -53,7 +45,7 @@ class Add(Layer):
         for i in range(len(ctx.inputs)):
             dx, acc = ctx.input_grad_target(i)
             if dx is not None:
-                _pass_gradient(backend, dy, dx, acc)
+                backend.store(dy, dx, acc)
 
 
 class Multiply(Layer):

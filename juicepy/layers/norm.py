@@ -4,6 +4,13 @@ Training normalises with the batch statistics (biased variance) and updates the 
 statistics (unbiased variance, ``momentum`` 0.1, or a cumulative average when it is None);
 evaluation normalises with the running statistics. running_mean, running_var and
 num_batches_tracked are non-trainable params: saved and loaded with the weights, never trained.
+
+In a data-parallel job (``Trainer(communicator=...)``) each rank normalises with the statistics
+of its own share of the batch by default, as torch's BatchNorm under DDP. ``sync=True``
+(ChainerMN's MultiNodeBatchNormalization, torch's SyncBatchNorm) normalises with the statistics
+of the whole global batch: the per-channel sums are summed over ranks before normalising and the
+gradient sums before the input gradient, so the running statistics stay identical on every rank
+and N ranks with batch B train like one process with batch N*B.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ import math
 
 import numpy as np
 
+from .. import init as initializers
+from ..arguments import flag, number, optional_integer
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .base import Layer
@@ -25,16 +34,14 @@ class _BatchNorm(Layer):
     capturable = False  # num_batches_tracked is counted on the host in each training pass
 
     def __init__(self, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
-                 num_features: int | None = None):
+                 num_features: int | None = None, sync: bool = False):
         super().__init__()
-        if momentum is not None and not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"{type(self).__name__}: momentum must be in [0, 1] or None, got {momentum}")
-        if eps <= 0.0:
-            raise ValueError(f"{type(self).__name__}: eps must be > 0, got {eps}")
-        self.momentum = None if momentum is None else float(momentum)
-        self.eps = float(eps)
-        self.affine = bool(affine)
-        self.num_features = num_features
+        name = type(self).__name__
+        self.momentum = number(name, "momentum", momentum, low=0.0, high=1.0, none_ok=True)
+        self.eps = number(name, "eps", eps, low=0.0, low_open=True)
+        self.affine = flag(name, "affine", affine)
+        self.num_features = optional_integer(name, "num_features", num_features, 1)
+        self.sync = flag(name, "sync", sync)
         self.weight = self.bias = None
         self.running_mean = self.running_var = self.num_batches_tracked = None
 
@@ -49,18 +56,24 @@ class _BatchNorm(Layer):
 
     def create_params(self, input_shapes, graph):
         channels = self.num_features = input_shapes[0][0]
-        dtype = graph.dtype
+
+        def fill(init, shape, dtype=graph.dtype):
+            return initializers.make(init, graph.rng, shape, channels, channels, dtype)
+
         if self.affine:
-            self.weight = LearnableParams(np.ones(channels, dtype))
-            self.bias = LearnableParams(np.zeros(channels, dtype))
-        self.running_mean = LearnableParams(np.zeros(channels, dtype), trainable=False)
-        self.running_var = LearnableParams(np.ones(channels, dtype), trainable=False)
-        self.num_batches_tracked = LearnableParams(np.zeros((), np.int64), trainable=False)
+            self.weight = LearnableParams(fill("ones", (channels,)))
+            self.bias = LearnableParams(fill("zeros", (channels,)))
+        self.running_mean = LearnableParams(fill("zeros", (channels,)), trainable=False)
+        self.running_var = LearnableParams(fill("ones", (channels,)), trainable=False)
+        self.num_batches_tracked = LearnableParams(fill("zeros", (), np.int64), trainable=False)
 
     def params(self):
         stats = {"running_mean": self.running_mean, "running_var": self.running_var,
                  "num_batches_tracked": self.num_batches_tracked}
         return {"weight": self.weight, "bias": self.bias, **stats} if self.affine else stats
+
+    def training_state(self):
+        return [self.running_mean, self.running_var, self.num_batches_tracked]
 
     def setup(self, backend, ctx):
         unit = ctx.input_shapes[0]
@@ -71,6 +84,9 @@ class _BatchNorm(Layer):
         channels = (self.num_features,)
         ctx.make_buffer("mean", channels)
         ctx.make_buffer("invstd", channels)
+        if self.sync and ctx.training:
+            ctx.make_buffer("sums", (2 * self.num_features,))  # flat: summed over ranks in one call
+            backend.fill(ctx.make_buffer("no_shift", channels), 0.0)
         if not self.affine:  # the kernels take gamma and beta: a fixed scale of 1 and shift of 0
             backend.fill(ctx.make_buffer("ones", channels), 1.0)
             backend.fill(ctx.make_buffer("zeros", channels), 0.0)
@@ -90,14 +106,35 @@ class _BatchNorm(Layer):
         gamma, beta = self._scale_shift(ctx)
         running_mean, running_var = ctx.param(self.running_mean), ctx.param(self.running_var)
         if ctx.training:
-            backend.batch_norm_train(ctx.input(), gamma, beta, ctx.output(), ctx.buffer("mean"),
-                                     ctx.buffer("invstd"), running_mean, running_var,
-                                     self._next_momentum(), self.eps, ws=ctx.ws)
+            if self.sync:
+                self._synced_forward(backend, ctx, gamma, beta, running_mean, running_var)
+            else:
+                backend.batch_norm_train(ctx.input(), gamma, beta, ctx.output(), ctx.buffer("mean"),
+                                         ctx.buffer("invstd"), running_mean, running_var,
+                                         self._next_momentum(), self.eps, ws=ctx.ws)
             ctx.mark_param_written(self.running_mean)
             ctx.mark_param_written(self.running_var)
         else:
             backend.batch_norm_infer(ctx.input(), gamma, beta, running_mean, running_var, self.eps,
                                      ctx.output(), ws=ctx.ws)
+
+    def _count(self, ctx) -> int:
+        """Values per channel in the global batch (every rank's batch has the same size)."""
+        return ctx.batch_size * math.prod(ctx.input_shapes[0][1:]) * ctx.ranks
+
+    def _synced_forward(self, backend, ctx, gamma, beta, running_mean, running_var):
+        """Two passes, each one small allreduce: the global mean, then the sums of squares about
+        it (the variance from raw sums of squares would cancel badly when |mean| >> std)."""
+        sums, mean, invstd = ctx.buffer("sums"), ctx.buffer("mean"), ctx.buffer("invstd")
+        x, count, zero = ctx.input(), self._count(ctx), ctx.buffer("no_shift")
+        backend.batch_norm_sums(x, zero, sums, ws=ctx.ws)
+        ctx.allreduce(sums)
+        backend.batch_norm_stats(sums, count, zero, mean, invstd, None, None, 0.0, self.eps, ws=ctx.ws)
+        backend.batch_norm_sums(x, mean, sums, ws=ctx.ws)
+        ctx.allreduce(sums)
+        backend.batch_norm_stats(sums, count, mean, mean, invstd, running_mean, running_var,
+                                 self._next_momentum(), self.eps, ws=ctx.ws)
+        backend.batch_norm_apply(ctx.input(), gamma, beta, mean, invstd, ctx.output(), ws=ctx.ws)
 
     def compute_gradients(self, backend, ctx):
         gamma, _ = self._scale_shift(ctx)
@@ -112,13 +149,24 @@ class _BatchNorm(Layer):
         dx, acc_dx = ctx.input_grad_target()
         if dx is None and dgamma is None:
             return
+        if self.sync:
+            # local sums give this rank's dgamma/dbeta (the trainer averages param gradients);
+            # the input gradient needs them summed over ranks
+            sums, mean, invstd = ctx.buffer("sums"), ctx.buffer("mean"), ctx.buffer("invstd")
+            backend.batch_norm_backward_reduce(ctx.input(), ctx.output_grad(), mean, invstd, sums, dgamma, dbeta,
+                                               accumulate_params=acc_params, ws=ctx.ws)
+            if dx is not None:
+                ctx.allreduce(sums)
+                backend.batch_norm_backward_data(ctx.input(), ctx.output_grad(), gamma, mean, invstd, sums,
+                                                 self._count(ctx), dx, accumulate=acc_dx, ws=ctx.ws)
+            return
         backend.batch_norm_backward(ctx.input(), ctx.output_grad(), gamma, ctx.buffer("mean"),
                                     ctx.buffer("invstd"), dx, dgamma, dbeta,
                                     accumulate_dx=acc_dx, accumulate_params=acc_params, ws=ctx.ws)
 
     def config(self):
         return {"momentum": self.momentum, "eps": self.eps, "affine": self.affine,
-                "num_features": self.num_features}
+                "num_features": self.num_features, "sync": self.sync}
 
 
 class BatchNorm2d(_BatchNorm):

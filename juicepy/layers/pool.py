@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import arguments
+from ..backends.base import conv_output_size
 from ..errors import ShapeError
 from .base import Layer
-from .conv import as_pair, output_length
 
 
 class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
-        self.kernel_size = as_pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else as_pair(stride, "stride")
-        self.stride_arg = stride
-        self.padding = as_pair(padding, "padding")
         name = type(self).__name__
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"{name}: kernel_size and stride must be >= 1 and padding >= 0, got "
-                             f"{self.kernel_size}, {self.stride}, {self.padding}")
+        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else arguments.pair(name, "stride", stride, 1)
+        self.stride_arg = stride
+        self.padding = arguments.pair(name, "padding", padding, 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
                              f"{self.kernel_size} (every window must touch the input)")
@@ -28,7 +26,7 @@ class _Pool2d(Layer):
         name = type(self).__name__
         if len(unit_shape) != 3:
             raise ShapeError(f"{path}: {name} expects unit shape (channels, height, width), got {unit_shape}")
-        out_hw = tuple(output_length(s, k, st, p) for s, k, st, p in
+        out_hw = tuple(conv_output_size(s, k, st, p) for s, k, st, p in
                        zip(unit_shape[1:], self.kernel_size, self.stride, self.padding))
         if min(out_hw) < 1:
             padded = tuple(s + 2 * p for s, p in zip(unit_shape[1:], self.padding))
@@ -63,7 +61,7 @@ class AvgPool2d(_Pool2d):
 
     def __init__(self, kernel_size, stride=None, padding=0, count_include_pad: bool = True):
         super().__init__(kernel_size, stride, padding)
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = arguments.flag(type(self).__name__, "count_include_pad", count_include_pad)
 
     def compute_output(self, backend, ctx):
         backend.avg_pool2d(ctx.input(), ctx.output(), self.kernel_size, self.stride, self.padding,

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import math
 
-from ..errors import ShapeError
+from .. import arguments
+from ..errors import ArgumentError, ShapeError
 from .base import Layer
 
 
 class Reshape(Layer):
     def __init__(self, shape):
         super().__init__()
+        if arguments.is_integer(shape):
+            shape = (shape,)
+        dims_ok = isinstance(shape, (tuple, list)) and all(
+            arguments.is_integer(d) and (d >= 1 or d == -1) for d in shape)
+        if not dims_ok or sum(d == -1 for d in shape) > 1:
+            raise ArgumentError(f"Reshape: shape must be a tuple of integers >= 1 with at most one -1, got "
+                                f"{arguments.describe(shape)}")
         self.shape = tuple(int(d) for d in shape)
-        if sum(d == -1 for d in self.shape) > 1:
-            raise ValueError(f"Reshape: at most one -1 in {self.shape}")
 
     def infer_shape(self, unit_shape, path):
         size = math.prod(unit_shape)
@@ -34,11 +40,7 @@ class Reshape(Layer):
         dx, acc = ctx.input_grad_target()
         if dx is None:
             return
-        dy = backend.reshape(ctx.output_grad(), dx.shape)
-        if acc:
-            backend.add(dx, dy, dx)
-        else:
-            backend.copy(dy, dx)
+        backend.store(backend.reshape(ctx.output_grad(), dx.shape), dx, acc)
 
     def config(self):
         return {"shape": list(self.shape)}

@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
+
+from ..arguments import flag, integer
 from ..backends.base import Workspace
 from ..backends.rng import stream_key
 
@@ -24,6 +27,16 @@ class Segment:
     lr_mult: float
     size: int
     offsets: list  # element offset of each param inside data/grad
+
+
+@dataclass(eq=False)
+class _StateBackup:
+    """Room, made once, for the value of one param a training forward changes in place."""
+
+    param: object
+    device: object  # on the context's backend
+    host: object  # numpy array
+    on_device: bool = False  # where the last save went
 
 
 class GradTarget(NamedTuple):
@@ -68,6 +81,8 @@ class NodeContext:
         self.ws = ctx.ws
         self.batch_size = ctx.batch_size
         self._seed = stream_key(ctx.network.seed, node.index)
+        if ctx.rank:  # each rank of a data-parallel job draws its own (reproducible) stream
+            self._seed = stream_key(self._seed, ctx.rank)
 
     # data of the junctions
     def input(self, i: int = 0):
@@ -153,17 +168,36 @@ class NodeContext:
         """(seed, counter) for counter-based random numbers: fixed per placement, new each pass."""
         return self._seed, self._ctx.step
 
+    # data-parallel jobs
+    @property
+    def ranks(self) -> int:
+        """How many replicas train together (1 without a communicator)."""
+        comm = self._ctx.communicator
+        return 1 if comm is None else comm.size
+
+    def allreduce(self, flat) -> None:
+        """Sum the 1-D buffer ``flat`` over the replicas, in place (a no-op for one replica)."""
+        comm = self._ctx.communicator
+        if comm is not None and comm.size > 1:
+            comm.allreduce(self._ctx.backend, flat)
+
 
 class Context:
     """Buffers for running ``network`` on ``backend`` with exactly ``batch_size`` rows."""
 
     def __init__(self, network, backend, batch_size: int, training: bool = False,
-                 input_grads: bool = False):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+                 input_grads: bool = False, communicator=None):
+        """``communicator``: the replicas of a data-parallel job (juicepy.distributed), for
+        layers that reduce over ranks (synchronised BatchNorm) and per-rank random streams."""
+        self.batch_size = integer("Context", "batch_size", batch_size, 1)
+        training, input_grads = flag("Context", "training", training), flag("Context", "input_grads", input_grads)
+        # placing the params first refuses a dtype the backend does not compute in before
+        # any buffer is made
+        self.placement = network.param_groups(backend)
         self.network = network
+        self.communicator = communicator
+        self.rank = 0 if communicator is None else communicator.rank
         self.backend = backend
-        self.batch_size = int(batch_size)
         self.training = training
         self.dtype = network.dtype
         self.step = 0  # forward passes in training mode: drives dropout's random stream
@@ -181,7 +215,6 @@ class Context:
         self._param_slot: dict = {}
         self._param_grad_views: list = []
         self._param_written: list = []
-        network.materialize(backend)
         if training:
             self._make_param_grads()
         self._plan = [(node.layer, NodeContext(self, node)) for node in network.nodes]
@@ -189,6 +222,18 @@ class Context:
             nctx._setting_up = True
             layer.setup(backend, nctx)
             nctx._setting_up = False
+        self._backups = self._make_backups() if training else []
+        self._saved_step = 0
+
+    def _make_backups(self) -> list[_StateBackup]:
+        seen, backups = set(), []
+        for layer, _ in self._plan:
+            for p in layer.training_state():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    backups.append(_StateBackup(p, self.backend.empty(p.shape, p.dtype),
+                                                np.empty(p.shape, p.dtype)))
+        return backups
 
     def _make_param_grads(self) -> None:
         backend = self.backend
@@ -201,6 +246,21 @@ class Context:
                 self._param_written.append(False)
             self.segments.extend(_split_by_lr(backend, group, grad_flat))
 
+    def check_lr_mults(self) -> None:
+        """Params were grouped by their lr multiplier when the context was made: refuse a
+        multiplier changed since (it would be silently ignored)."""
+        for seg in self.segments:
+            for p in seg.params:
+                if p.lr_mult != seg.lr_mult:
+                    raise ValueError(f"param {p.name}: lr_mult changed from {seg.lr_mult} to {p.lr_mult} after "
+                                     f"training started; set it before the first step (or make a new Trainer)")
+
+    @property
+    def stale(self) -> bool:
+        """The network released its params from this backend after the context was made, so
+        the context's param blocks are no longer theirs (Network.release)."""
+        return self.network.placement(self.backend) is not self.placement
+
     # ------------------------------------------------------------ running
     def set_inputs(self, inputs: list) -> None:
         """Copy already validated inputs (host arrays or this backend's arrays) in."""
@@ -210,6 +270,20 @@ class Context:
                 self.backend.copy(value, buf)
             else:
                 self.backend.write(buf, value)
+
+    def save_state(self) -> None:
+        """Remember what a training step changes outside the optimizer: the step counter (the
+        dropout stream) and the params layers update in the forward pass (``training_state``).
+        Copies into buffers made with the context: nothing is allocated."""
+        self._saved_step = self.step
+        for b in self._backups:
+            b.on_device = b.param.save_into(self.backend, b.device, b.host)
+
+    def restore_state(self) -> None:
+        """Undo the step since :meth:`save_state` (it failed or was refused)."""
+        self.step = self._saved_step
+        for b in self._backups:
+            b.param.restore_from(self.backend, b.on_device, b.device, b.host)
 
     def forward(self) -> None:
         backend = self.backend

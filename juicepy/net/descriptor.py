@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import ShapeError
 from .params import LearnableParams
 
 
@@ -87,7 +86,3 @@ class GraphBuilder:
                 self.params[full] = param
         return outputs
 
-
-def check_unit_shape(path: str, what: str, expected, actual) -> None:
-    if tuple(expected) != tuple(actual):
-        raise ShapeError(f"{path or '<root>'}: {what} expects unit shape {tuple(expected)}, got {tuple(actual)}")

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import arguments
 from ..backends.base import host_all_finite
-from ..errors import DTypeError, NonFiniteError, ShapeError, WeightsError
+from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError, WeightsError
 from .context import Context
 from .descriptor import GraphBuilder
 from .replay import GraphReplay, graphs_wanted
 
+#: every dtype some backend computes in (each lists its own in Backend.dtypes)
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _ALIGN = 64  # elements: params in a flat block start on 256-byte boundaries (float32)
 
 
@@ -45,9 +49,10 @@ def _input_dtypes(input_dtype, count: int, dtype: np.dtype) -> list:
 
 
 def _as_shape_list(input_shape) -> list[tuple]:
-    if len(input_shape) and all(isinstance(s, (tuple, list)) for s in input_shape):
-        return [tuple(int(d) for d in s) for s in input_shape]
-    return [tuple(int(d) for d in input_shape)]
+    if isinstance(input_shape, (tuple, list)) and len(input_shape) and all(
+            isinstance(s, (tuple, list)) for s in input_shape):
+        return [arguments.shape("Network", "input_shape", s) for s in input_shape]
+    return [arguments.shape("Network", "input_shape", input_shape)]
 
 
 class Network:
@@ -58,6 +63,9 @@ class Network:
     """
 
     max_batch = 1024  # rows per inference context in transform()
+    #: inference contexts kept per backend for a network with a layer that mixes rows (which
+    #: must run every request size exactly); the least recently used one goes first
+    max_exact_contexts = 4
     #: replay each inference context's forward pass as a recorded graph where the backend
     #: captures them (CUDA); ``$JUICEPY_GRAPHS=0`` turns it off everywhere
     graphs = True
@@ -73,29 +81,24 @@ class Network:
             input_dtype = root.input_dtypes
         elif root is None or input_shape is None:
             raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
+        if not hasattr(root, "expand"):
+            raise ArgumentError(f"Network: root must be a Layer, got {arguments.describe(root)}")
         self.root = root
-        self.dtype = np.dtype(dtype)
-        if self.dtype.kind != "f":
-            raise DTypeError(f"network dtype must be a float type, got {self.dtype}")
-        self.seed = int(seed)
+        try:
+            self.dtype = np.dtype(dtype)
+        except TypeError:
+            raise ArgumentError(f"Network: dtype must be a NumPy float dtype such as np.float32, got "
+                                f"{arguments.describe(dtype)}") from None
+        if self.dtype not in DTYPES:
+            raise DTypeError(f"network dtype must be one of {', '.join(d.name for d in DTYPES)} (the dtypes "
+                             f"juicepy's backends compute in), got {self.dtype.name}")
+        self.seed = arguments.integer("Network", "seed", seed)
         graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
         shapes = _as_shape_list(input_shape)
         self.inputs = [graph.junction(shape, "<input>", d)
                        for shape, d in zip(shapes, _input_dtypes(input_dtype, len(shapes), self.dtype))]
         self.outputs = list(root.expand(graph, "", self.inputs))
         self._finish(graph)
-
-    @classmethod
-    def from_graph(cls, root, graph: GraphBuilder, inputs, outputs, seed: int = 0) -> "Network":
-        """A network over a graph someone else expanded (the functional builder)."""
-        self = cls.__new__(cls)
-        self.root = root
-        self.dtype = graph.dtype
-        self.seed = int(seed)
-        self.inputs = list(inputs)
-        self.outputs = list(outputs)
-        self._finish(graph)
-        return self
 
     def _finish(self, graph: GraphBuilder) -> None:
         self.junctions = graph.junctions
@@ -106,9 +109,18 @@ class Network:
         self._index_readers = {j.index: [(k, n) for n in self.nodes for k, i in enumerate(n.descriptor.inputs)
                                          if i is j] for j in self.inputs if j.dtype.kind == "i"}
         self._groups: dict = {}
-        self._contexts: dict = {}
-        self._replays: dict = {}  # (backend, rows) -> GraphReplay of that inference context
+        # (backend, capacity) -> inference Context / GraphReplay of it, least recently used first
+        self._contexts: OrderedDict = OrderedDict()
+        self._replays: dict = {}
+        # eval mode never mixes rows: a request may run padded inside a bigger context
+        self._rows_independent = all(getattr(n.layer, "rows_independent", True) for n in self.nodes)
         self._lock = threading.RLock()
+
+    @property
+    def lock(self):
+        """Held by whatever reads or writes the params as a whole (training steps, inference,
+        get/set_weights, checkpoint snapshots), so none of them sees half a step."""
+        return self._lock
 
     # -------------------------------------------------------------- shapes
     @property
@@ -157,6 +169,10 @@ class Network:
         with self._lock:
             if backend in self._groups:
                 return
+            if self.dtype not in [np.dtype(d) for d in backend.dtypes]:
+                raise DTypeError(f"network dtype {self.dtype.name}: the {backend.name} backend computes in "
+                                 f"{', '.join(np.dtype(d).name for d in backend.dtypes)} only; build the "
+                                 f"network with dtype=np.{np.dtype(backend.dtypes[0]).name} or use another backend")
             groups = []
             trainable = [p for p in self.params.values() if p.trainable]
             fresh = [p for p in trainable if not p.has_storage(backend)]
@@ -178,6 +194,12 @@ class Network:
                     p.on(backend)
             self._groups[backend] = groups
 
+    def placement(self, backend):
+        """The current placement of the trainable params on ``backend`` (their flat blocks),
+        None before :meth:`materialize` or after :meth:`release`: a context made under
+        another placement no longer holds the params."""
+        return self._groups.get(backend)
+
     def param_groups(self, backend) -> list[ParamGroup]:
         self.materialize(backend)
         return self._groups[backend]
@@ -185,7 +207,7 @@ class Network:
     def release(self, backend) -> None:
         """Drop this network's contexts and param copies on ``backend`` (host keeps the data)."""
         with self._lock:
-            self._contexts = {k: v for k, v in self._contexts.items() if k[0] is not backend}
+            self._contexts = OrderedDict((k, v) for k, v in self._contexts.items() if k[0] is not backend)
             self._replays = {k: v for k, v in self._replays.items() if k[0] is not backend}
             for p in self.params.values():
                 p.release(backend)
@@ -195,19 +217,31 @@ class Network:
     # ------------------------------------------------------------ contexts
     def context(self, backend, batch_size: int, training: bool = False, input_grads: bool = False) -> Context:
         """A new context (all buffers for ``batch_size`` rows on ``backend``)."""
-        return Context(self, backend, batch_size, training=training, input_grads=input_grads)
+        from ..backends import backend as get_backend
+
+        return Context(self, get_backend(backend), batch_size, training=training, input_grads=input_grads)
 
     def check_inputs(self, inputs, backend=None, batch_size: int | None = None,
                      check_finite: bool = False) -> list:
-        """Inputs as a list, validated against the input unit shapes and dtype."""
+        """Inputs as a list, validated against the input unit shapes and dtype.
+
+        One input is an array; several are a list or tuple of arrays. A nested list of numbers
+        (``x.tolist()``) is refused rather than read as a list of inputs."""
+        given = inputs
         if len(self.inputs) == 1 and not isinstance(inputs, (list, tuple)):
             inputs = [inputs]
         inputs = list(inputs)
+        names = ["input"] if len(self.inputs) == 1 else [f"input {i}" for i in range(len(self.inputs))]
+        for name, x, junction in zip(names, inputs, self.inputs):
+            if not hasattr(x, "shape") or not hasattr(x, "dtype"):  # ndarray, device array, tensor
+                shape = ", ".join(["batch", *map(str, junction.unit_shape)])
+                what = given if len(self.inputs) == 1 else x  # a list of rows, not a list of inputs
+                raise ArgumentError(f"{name} must be an array of shape ({shape}) and dtype {self.dtype}, got "
+                                    f"{arguments.describe(what)}; convert with np.asarray(x, dtype=np.{self.dtype.name})")
         if len(inputs) != len(self.inputs):
             raise ShapeError(f"network takes {len(self.inputs)} input(s), got {len(inputs)}")
         checked = []
-        for i, (x, junction) in enumerate(zip(inputs, self.inputs)):
-            name = "input" if len(self.inputs) == 1 else f"input {i}"
+        for name, x, junction in zip(names, inputs, self.inputs):
             on_device = backend is not None and backend.is_array(x)
             if not on_device:
                 x = np.asarray(x)
@@ -234,10 +268,16 @@ class Network:
         return x if on_device else host.astype(junction.dtype, copy=False)
 
     def transform(self, backend, inputs, check_finite: bool = False):
-        """Inference (eval mode) on any number of rows; returns host array(s)."""
+        """Inference (eval mode) on any number of rows; returns host array(s).
+
+        Requests run in contexts of power-of-two capacities up to ``max_batch`` rows (a smaller
+        request padded with zero rows), so serving every size from 1 to N keeps about 2N rows
+        of buffers, not one context per size."""
         from ..backends import backend as get_backend
 
         backend = get_backend(backend)
+        check_finite = arguments.flag("transform", "check_finite", check_finite)
+        max_batch = arguments.integer("Network", "max_batch", self.max_batch, 1)
         xs = self.check_inputs(inputs, backend, check_finite=check_finite)
         n = int(xs[0].shape[0])
         if any(int(x.shape[0]) != n for x in xs):
@@ -245,15 +285,24 @@ class Network:
         results = [np.empty((n,) + j.unit_shape, self.dtype) for j in self.outputs]
         start = 0
         while start < n:
-            rows = min(self.max_batch, n - start)
+            rows = min(max_batch, n - start)
             with self._lock:
-                ctx = self._inference_context(backend, rows)
-                ctx.set_inputs([x[start:start + rows] for x in xs])
+                ctx = self._inference_context(backend, rows, max_batch)
+                for junction, x in zip(self.inputs, xs):
+                    buf = ctx.data(junction)
+                    _write_rows(backend, buf, x[start:start + rows])
+                    if rows < ctx.batch_size:
+                        backend.fill(_rows(backend, buf, rows, ctx.batch_size), 0.0)
                 self._forward(backend, ctx)
                 for out, junction in zip(results, self.outputs):
-                    out[start:start + rows] = backend.to_host(ctx.data(junction))
+                    out[start:start + rows] = backend.to_host(_rows(backend, ctx.data(junction), 0, rows))
             start += rows
         return results[0] if len(results) == 1 else results
+
+    def inference_capacities(self, backend) -> list[int]:
+        """Row capacities of the inference contexts transform() keeps on ``backend``."""
+        with self._lock:
+            return [capacity for b, capacity in self._contexts if b is backend]
 
     def _forward(self, backend, ctx: Context) -> None:
         """ctx.forward(), replayed from a recorded graph from the second pass on where it can be."""
@@ -270,21 +319,36 @@ class Network:
         rep.eager_runs += 1  # the first pass fills workspaces and compiles kernels
         ctx.forward()
 
-    def _inference_context(self, backend, rows: int) -> Context:
-        key = (backend, rows)
-        ctx = self._contexts.get(key)
+    def _inference_context(self, backend, rows: int, max_batch: int) -> Context:
+        if self._rows_independent:
+            capacity = min(1 << (rows - 1).bit_length(), max_batch)  # rows <= max_batch
+        else:
+            capacity = rows
+        key = (backend, capacity)
+        ctx = self._contexts.pop(key, None)
         if ctx is None:
-            ctx = self._contexts[key] = Context(self, backend, rows, training=False)
+            ctx = Context(self, backend, capacity, training=False)
+        self._contexts[key] = ctx  # now the most recently used
+        if not self._rows_independent:
+            kept = [k for k in self._contexts if k[0] is backend]
+            for old in kept[:-self.max_exact_contexts]:
+                del self._contexts[old]
+                self._replays.pop(old, None)
         return ctx
 
     # -------------------------------------------------------------- weights
     def get_weights(self, keys=None) -> dict:
-        """Host copies of params and buffers by dotted path (PyTorch layouts)."""
+        """Host copies of params and buffers by dotted path (PyTorch layouts); ``keys``: a list
+        of paths (default: all)."""
+        if isinstance(keys, (str, bytes)) or not (keys is None or hasattr(keys, "__iter__")):
+            raise ArgumentError(f"get_weights: keys must be a list of param paths, got {arguments.describe(keys)}; "
+                                f"for one param pass keys=[{keys!r}]")
         names = list(self.params) if keys is None else list(keys)
         for k in names:
             if k not in self.params:
                 raise WeightsError(f"get_weights: unknown param {k!r}; known: {', '.join(self.params)}")
-        return {k: self.params[k].numpy() for k in names}
+        with self._lock:  # all of one step, never half of one
+            return {k: self.params[k].numpy() for k in names}
 
     def set_weights(self, weights: dict, strict: bool = False) -> None:
         """Update the params that ``weights`` names (all checked before any is written).
@@ -292,23 +356,31 @@ class Network:
         Values may be NumPy arrays or PyTorch tensors, so an equivalent torch model's
         ``state_dict()`` loads as is. ``strict=True`` also requires every param to be named.
         """
+        if not hasattr(weights, "items"):
+            raise ArgumentError(f"set_weights: weights must be a dict of param path -> array, got "
+                                f"{arguments.describe(weights)}")
+        strict = arguments.flag("set_weights", "strict", strict)
         staged = {}
         for key, value in weights.items():
             if key not in self.params:
                 raise WeightsError(f"set_weights: unknown param {key!r}; known: {', '.join(self.params)}")
-            array = to_numpy(value)
+            array = to_numpy(value, f"set_weights: {key!r}")
             param = self.params[key]
             if array.shape != param.shape:
                 raise WeightsError(f"set_weights: {key!r} expects shape {param.shape}, got {array.shape}")
             if array.dtype.kind not in "fiub":
                 raise WeightsError(f"set_weights: {key!r} expects a numeric array, got dtype {array.dtype}")
-            staged[key] = array
+            try:
+                staged[key] = param.coerced(array)
+            except ValueError as err:
+                raise WeightsError(f"set_weights: {key!r} {err}") from None
         if strict:
             missing = [k for k in self.params if k not in staged]
             if missing:
                 raise WeightsError(f"set_weights: missing params {', '.join(missing)}")
-        for key, array in staged.items():
-            self.params[key].set(array)
+        with self._lock:
+            for key, array in staged.items():
+                self.params[key].set(array)
 
     # -------------------------------------------------------------- summary
     def summary(self) -> str:
@@ -345,10 +417,36 @@ def _functional_root(inputs, outputs):
     return make(inputs, outputs)
 
 
-def to_numpy(value) -> np.ndarray:
+def _rows(backend, buf, start: int, stop: int):
+    """A view of rows start..stop of a context buffer."""
+    row = buf.size // buf.shape[0]
+    return backend.flat_view(backend.reshape(buf, (buf.size,)), start * row, (stop - start,) + tuple(buf.shape[1:]))
+
+
+def _write_rows(backend, buf, x) -> None:
+    """Copy x (host or this backend's array) into the first rows of ``buf``."""
+    dst = buf if x.shape[0] == buf.shape[0] else _rows(backend, buf, 0, x.shape[0])
+    if backend.is_array(x):
+        backend.copy(x, dst)
+    else:
+        backend.write(dst, x)
+
+
+def to_numpy(value, name: str = "value") -> np.ndarray:
+    """A host array of a NumPy array or a PyTorch tensor (bfloat16 widened exactly to float32)."""
     if hasattr(value, "detach"):  # a torch tensor, without importing torch
-        value = value.detach().cpu().numpy()
+        tensor = value.detach().cpu()
+        if str(tensor.dtype) == "torch.bfloat16":  # NumPy has no bfloat16; float32 holds it exactly
+            tensor = tensor.float()
+        try:
+            return tensor.numpy()
+        except TypeError as err:  # float8 and other dtypes NumPy cannot hold
+            raise WeightsError(f"{name}: a tensor of {tensor.dtype} has no NumPy equivalent; convert it "
+                               f"first, e.g. tensor.float() ({err})") from None
     return np.asarray(value)
+
+
+
 
 
 def check_array(name: str, x, unit_shape: tuple, dtype, batch_size: int | None = None) -> None:

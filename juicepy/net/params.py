@@ -6,6 +6,8 @@ import threading
 
 import numpy as np
 
+from ..arguments import flag, number
+
 
 class LearnableParams:
     """One learnable tensor (or a non-trained buffer such as BatchNorm's running mean).
@@ -19,8 +21,8 @@ class LearnableParams:
     def __init__(self, data, name: str = "", lr_mult: float = 1.0, trainable: bool = True):
         host = np.array(data, copy=True, order="C")
         self.name = name
-        self.lr_mult = float(lr_mult)
-        self.trainable = trainable
+        self.lr_mult = lr_mult
+        self.trainable = flag("LearnableParams", "trainable", trainable)
         self._host = host
         self._version = 0
         self._host_version = 0
@@ -31,6 +33,15 @@ class LearnableParams:
     def __repr__(self) -> str:
         kind = "LearnableParams" if self.trainable else "Buffer"
         return f"<{kind} {self.name or '?'} {self.shape} {self.dtype}>"
+
+    @property
+    def lr_mult(self) -> float:
+        """Multiplier of the optimizer's learning rate for this param (0 freezes it)."""
+        return self._lr_mult
+
+    @lr_mult.setter
+    def lr_mult(self, value) -> None:
+        self._lr_mult = number(f"param {self.name or '?'}", "lr_mult", value, low=0.0)
 
     @property
     def shape(self) -> tuple:
@@ -65,6 +76,17 @@ class LearnableParams:
             backend = self._freshest_device()
             self._host[...] = backend.to_host(self._device[backend])
             self._host_version = self._version
+
+    def coerced(self, data) -> np.ndarray:
+        """``data`` cast to this param's dtype; ValueError when it holds a value the dtype
+        cannot (an integer param is a count: whole numbers >= 0, not 2.7, NaN or -1)."""
+        data = np.asarray(data)
+        if self.dtype.kind in "iu" and data.size:
+            with np.errstate(invalid="ignore"):
+                bad = (data < 0) | ((data != np.round(data)) if data.dtype.kind in "fc" else False)
+            if np.any(bad):
+                raise ValueError(f"holds counts ({self.dtype}), got {np.asarray(data)[bad].flat[0].item()!r}")
+        return data.astype(self.dtype)
 
     def set(self, data) -> None:
         """Overwrite the data from a host array of the same shape (cast to this dtype)."""
@@ -107,6 +129,29 @@ class LearnableParams:
         """The copy on ``backend`` was updated in place (by an optimizer or a layer)."""
         self._version += 1
         self._device_version[backend] = self._version
+
+    def save_into(self, backend, device_copy, host_copy) -> bool:
+        """Copy the current data into ``device_copy`` (on ``backend``) when the copy there is
+        current, else into ``host_copy``; returns whether it went to the device. Allocates
+        nothing: the copies are made once by the caller (a Context's step backup)."""
+        with self._lock:
+            array = self._device.get(backend)
+            if array is not None and self._device_version[backend] == self._version:
+                backend.copy(array, device_copy)
+                return True
+            self._sync_host()
+            np.copyto(host_copy, self._host)
+            return False
+
+    def restore_from(self, backend, on_device: bool, device_copy, host_copy) -> None:
+        """Make what :meth:`save_into` saved the current data again."""
+        if not on_device:
+            self.set(host_copy)
+            return
+        with self._lock:
+            backend.copy(device_copy, self._device[backend])
+            self._version += 1
+            self._device_version[backend] = self._version
 
     def release(self, backend) -> None:
         """Drop the copy on ``backend`` (after syncing it to the host if it is the freshest)."""

@@ -1,8 +1,9 @@
 """Gradient checks and backend parity for layers and losses.
 
 Write the layer once; ``check_layer`` then proves it: output shapes, finite-difference gradients
-of inputs and params (float64 on NumPy), determinism, and parity of every other available backend
-with NumPy (float32, same weights).
+of inputs and params (float64 on NumPy), determinism, parity of every other available backend
+with NumPy (float32, same weights) and, given ``expected=``, the forward against an oracle.
+Every finite difference goes through :func:`finite_difference_error`.
 """
 
 from __future__ import annotations
@@ -61,43 +62,52 @@ def _sample(size, limit, rng):
     return np.arange(size) if size <= limit else rng.choice(size, limit, replace=False)
 
 
+def finite_difference_error(flat, analytic, objective, indices, eps=1e-6, changed=None) -> float:
+    """The largest |analytic - numeric| / max(1, |numeric|) over ``indices`` of the 1-D array
+    ``flat``, where numeric is the central difference of ``objective()`` with flat[idx] moved by
+    +-eps (``changed()`` runs after each move, e.g. to push a param's new value)."""
+    worst = 0.0
+    for idx in indices:
+        orig = flat[idx]
+        values = []
+        for moved in (orig + eps, orig - eps):
+            flat[idx] = moved
+            if changed is not None:
+                changed()
+            values.append(objective())
+        flat[idx] = orig
+        if changed is not None:
+            changed()
+        numeric = (values[0] - values[1]) / (2 * eps)
+        worst = max(worst, abs(analytic[idx] - numeric) / max(1.0, abs(numeric)))
+    return worst
+
+
 def numeric_check(net, backend, x, upstream, eps=1e-6, max_coords=60, seed=0, step=0):
     """Compare analytic and central-difference gradients; returns (input error, param error):
     the largest |analytic - numeric| / max(1, |numeric|) over the sampled coordinates."""
     rng = np.random.default_rng(seed)
     _, input_grads, param_grads = _loss_and_grads(net, backend, x, upstream, step)
     ctx = net.context(backend, x[0].shape[0], training=True)
+
+    def objective():
+        return _objective(ctx, backend, x, upstream, step)
+
     worst_in = 0.0
-    for k, xk in enumerate(x):
-        if xk.dtype.kind != "f":
+    for xk, grad in zip(x, input_grads):
+        if grad is None:  # indices: nothing to differentiate
             continue
         flat = xk.reshape(-1)
-        for idx in _sample(flat.size, max_coords, rng):
-            orig = flat[idx]
-            flat[idx] = orig + eps
-            plus = _objective(ctx, backend, x, upstream, step)
-            flat[idx] = orig - eps
-            minus = _objective(ctx, backend, x, upstream, step)
-            flat[idx] = orig
-            numeric = (plus - minus) / (2 * eps)
-            worst_in = max(worst_in, abs(input_grads[k].reshape(-1)[idx] - numeric) / max(1.0, abs(numeric)))
+        worst_in = max(worst_in, finite_difference_error(flat, grad.reshape(-1), objective,
+                                                         _sample(flat.size, max_coords, rng), eps))
     worst_p = 0.0
     for name, grad in param_grads.items():
         p = net.params[name]
         data = p.numpy()
         flat = data.reshape(-1)
-        for idx in _sample(flat.size, max_coords, rng):
-            orig = flat[idx]
-            flat[idx] = orig + eps
-            p.set(data)
-            plus = _objective(ctx, backend, x, upstream, step)
-            flat[idx] = orig - eps
-            p.set(data)
-            minus = _objective(ctx, backend, x, upstream, step)
-            flat[idx] = orig
-            p.set(data)
-            numeric = (plus - minus) / (2 * eps)
-            worst_p = max(worst_p, abs(grad.reshape(-1)[idx] - numeric) / max(1.0, abs(numeric)))
+        worst_p = max(worst_p, finite_difference_error(flat, grad.reshape(-1), objective,
+                                                       _sample(flat.size, max_coords, rng), eps,
+                                                       changed=lambda p=p, data=data: p.set(data)))
     return worst_in, worst_p
 
 
@@ -123,9 +133,15 @@ def random_inputs(net, batch_size, seed=0, scale=1.0, distinct=False):
 def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: int = 0,
                 expected_output_shape=None, grad_tol: float = 1e-5, parity_tol: float = 1e-4,
                 max_coords: int = 60, input_scale: float = 1.0, inputs=None,
-                distinct_inputs: bool = False) -> LayerReport:
+                distinct_inputs: bool = False, expected=None, expected_tol: float = 1e-8) -> LayerReport:
     """Prove a layer: shapes, finite-difference gradients (float64, NumPy), determinism and
     parity of each backend in ``backends`` (default: every available one) with NumPy.
+
+    ``expected(inputs, weights)``, optional, is a forward oracle written independently of the
+    layer (Chainer's forward_expected): it gets the float64 host inputs and the network's weights
+    by dotted path ("weight", "0.bias") and returns the expected output (a list for several
+    outputs). NumPy's float64 output must match it within ``expected_tol`` and every other
+    backend's float32 output within ``parity_tol``.
 
     ``layer`` is deep-copied for each network, so the object passed in stays unbuilt.
     ``inputs`` (optional host arrays) replace the random ones, e.g. to keep away from kinks;
@@ -140,18 +156,26 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
     net64 = Network(copy.deepcopy(layer), input_shape, dtype=np.float64, seed=seed, input_dtype=input_dtype)
     report = LayerReport(output_shapes=net64.output_shapes)
     if expected_output_shape is not None:
-        expected = [tuple(expected_output_shape)] if not isinstance(expected_output_shape[0], (tuple, list)) \
+        want_shapes = [tuple(expected_output_shape)] if not isinstance(expected_output_shape[0], (tuple, list)) \
             else [tuple(s) for s in expected_output_shape]
-        assert net64.output_shapes == expected, f"output unit shapes {net64.output_shapes}, expected {expected}"
+        assert net64.output_shapes == want_shapes, f"output unit shapes {net64.output_shapes}, expected {want_shapes}"
 
     x64 = [_as_float(a, np.float64) for a in inputs] if inputs is not None else random_inputs(net64, batch_size, seed, input_scale, distinct_inputs)
     rng = np.random.default_rng(seed + 1)
     upstream = [rng.standard_normal((x64[0].shape[0],) + j.unit_shape) for j in net64.outputs]
 
     # shapes of the buffers the context made
-    out64, in_grads, p_grads = _loss_and_grads(net64, numpy_backend, x64, upstream, step=0)
+    out64, in_grads, _ = _loss_and_grads(net64, numpy_backend, x64, upstream, step=0)
     for out, j in zip(out64, net64.outputs):
         assert out.shape == (x64[0].shape[0],) + j.unit_shape, f"output buffer shape {out.shape}"
+    oracle = None
+    if expected is not None:
+        oracle = expected([a.copy() for a in x64], net64.get_weights())
+        oracle = [np.asarray(o, np.float64) for o in (oracle if isinstance(oracle, (list, tuple)) else [oracle])]
+        for k, (out, want) in enumerate(zip(out64, oracle)):
+            assert out.shape == want.shape, f"output {k}: shape {out.shape}, expected {want.shape}"
+            diff = float(np.max(np.abs(out - want) / (1.0 + np.abs(want)))) if want.size else 0.0
+            assert diff < expected_tol, f"numpy: output {k} differs from expected by {diff:.3g}"
     for g, xk in zip(in_grads, x64):
         assert g is None or g.shape == xk.shape, f"input gradient shape {g.shape}, input {xk.shape}"
 
@@ -177,6 +201,9 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
         other = get_backend(name)
         got = _loss_and_grads(net32, other, x32, up32, step=0)
         worst = 0.0
+        for k, want in enumerate(oracle or []):
+            diff = float(np.max(np.abs(got[0][k] - want) / (1.0 + np.abs(want)))) if want.size else 0.0
+            assert diff < parity_tol, f"{name}: output {k} differs from expected by {diff:.3g}"
         for ref_group, got_group, what in zip(reference, got, ("output", "input grad", "param grad")):
             ref_items = ref_group.items() if isinstance(ref_group, dict) else enumerate(ref_group)
             for key, ref in ref_items:
@@ -220,18 +247,9 @@ def check_loss(loss, output_shape, targets, backends=None, seed: int = 0, grad_t
         return float(np.sum(backend.to_host(losses))) / count, backend.to_host(dx)
 
     value, grad = run(numpy_backend, z, np.float64)
-    eps = 1e-6
-    flat = z.reshape(-1)
-    for idx in _sample(flat.size, 80, rng):
-        orig = flat[idx]
-        flat[idx] = orig + eps
-        plus = run(numpy_backend, z, np.float64)[0]
-        flat[idx] = orig - eps
-        minus = run(numpy_backend, z, np.float64)[0]
-        flat[idx] = orig
-        numeric = (plus - minus) / (2 * eps)
-        err = abs(grad.reshape(-1)[idx] - numeric) / max(1.0, abs(numeric))
-        assert err < grad_tol, f"{type(loss).__name__}: gradient off by {err:.3g} at {idx}"
+    error = finite_difference_error(z.reshape(-1), grad.reshape(-1), lambda: run(numpy_backend, z, np.float64)[0],
+                                    _sample(z.size, 80, rng))
+    assert error < grad_tol, f"{type(loss).__name__}: gradient off by {error:.3g}"
     ref_value, ref_grad = run(numpy_backend, z, np.float32)
     for name in (available_backends() if backends is None else backends):
         if name == "numpy":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..arguments import number
 from ..backends.base import Workspace
 
 
@@ -22,9 +23,17 @@ class Optimizer:
     state_names: tuple = ()
 
     def __init__(self, lr: float):
-        if lr < 0:
-            raise ValueError(f"learning rate must be >= 0, got {lr}")
-        self.lr = float(lr)
+        self.lr = lr
+
+    def check(self) -> None:
+        """Validate the hyper-parameters as they are now (they may have been changed since the
+        optimizer was made); raises TypeError/ValueError naming the argument. The Trainer calls
+        it before every step, so a bad value never reaches the weights."""
+        self.lr = number(self._owner, "lr", self.lr, low=0.0)
+
+    @property
+    def _owner(self) -> str:
+        return type(self).__name__
 
     def hyperparams(self) -> dict:
         raise NotImplementedError
@@ -40,12 +49,11 @@ class Optimizer:
         """``guard``: a (1,) device array (the summed loss); the update is skipped on device when
         it is not finite (only for backends that capture graphs, see Backend.sgd_update)."""
         state.step += 1
-        extra = {} if guard is None else {"guard": guard}
         for seg, buffers in zip(segments, state.buffers):
-            self.update(backend, seg, buffers, state, self.lr * seg.lr_mult, **extra)
+            self.update(backend, seg, buffers, state, self.lr * seg.lr_mult, guard)
 
-    def update(self, backend, segment, buffers: dict, state: OptimizerState, lr: float, **extra) -> None:
-        """``extra`` holds the backend op's optional arguments (``guard``): pass them on."""
+    def update(self, backend, segment, buffers: dict, state: OptimizerState, lr: float, guard=None) -> None:
+        """One fused backend update of ``segment``; ``guard`` goes to the backend op as is."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import arguments
 from ..backends import backend as get_backend
+from ..distributed import Communicator
 from ..errors import NonFiniteError, WeightsError
 from ..net.context import Context
 from ..net.replay import GraphReplay, graphs_wanted
+from .data_parallel import DataParallel
 from .metrics import accuracy
 from .optimizer import Optimizer, OptimizerState
 
@@ -37,6 +40,7 @@ class TrainState:
     optimizer: OptimizerState
     replay: GraphReplay | None = None  # the recorded step, on backends that capture graphs
     warmed: bool = False  # one step ran op by op here (a restored state has step > 0 but is cold)
+    replicas_synced: bool = False  # rank 0's state went to every rank (data-parallel jobs)
 
 
 class Trainer:
@@ -52,44 +56,93 @@ class Trainer:
     For tools, :meth:`run_training` / :meth:`run_inference` take a data source and return
     (loss, score) per step; :meth:`state_dict` / :meth:`load_state_dict` carry the optimizer
     state, the step and the dropout counter through checkpoints (``juicepy.save``).
+
+    ``communicator`` (``juicepy.distributed.communicator()``): this trainer is one replica of a
+    data-parallel job. ``batch_size`` is then per rank; before the first step every rank takes
+    rank 0's weights and optimizer state; each step averages the gradients over ranks before
+    the same update runs on every rank, and returns the loss averaged over ranks. A batch refused
+    on one rank is refused on every rank. Graph replay is off in a job of more than one rank.
     """
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
-                 graphs: bool = True):
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+                 graphs: bool = True, communicator=None):
+        from ..layers.loss import Loss
+        from ..net.network import Network
+
+        arguments.instance("Trainer", "network", network, Network, "a juicepy.Network")
+        arguments.instance("Trainer", "loss", loss, Loss, "a loss such as juicepy.layers.SoftmaxCrossEntropy()")
+        arguments.instance("Trainer", "optimizer", optimizer, Optimizer, "an optimizer such as juicepy.train.Adam()")
+        batch_size = arguments.integer("Trainer", "batch_size", batch_size, 1)
+        check_finite = arguments.flag("Trainer", "check_finite", check_finite)
+        graphs = arguments.flag("Trainer", "graphs", graphs)
+        if communicator is not None:
+            arguments.instance("Trainer", "communicator", communicator, Communicator,
+                               "None or a juicepy.distributed.communicator()")
         loss.check_output(network.output_shape)
         self.network = network
         self.loss = loss
-        self.optimizer = optimizer
-        self.batch_size = int(batch_size)
+        self._optimizer = optimizer
+        self.batch_size = batch_size
         self.check_finite = check_finite
         self.graphs = graphs
-        self._states: dict = {}
+        self.communicator = communicator
+        self._states: dict = {}  # backend -> TrainState (buffers kept for switching back)
+        self._active = None  # the backend whose TrainState holds the current optimizer state
         self._eval_states: dict = {}
         self._pending_state: dict | None = None  # from load_state_dict, for the next new state
 
+    @property
+    def optimizer(self) -> Optimizer:
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: Optimizer) -> None:
+        """Another optimizer, before the first step only: the optimizer state (moments, step)
+        belongs to the optimizer the steps ran with. Hyper-parameters may change any time."""
+        if self._states or self._pending_state is not None:
+            raise RuntimeError(f"Trainer.optimizer: cannot replace {self._optimizer!r} with {optimizer!r} after "
+                               f"{self.steps} step(s); make a new Trainer (and load the weights into it)")
+        self._optimizer = optimizer
+
     def state(self, backend) -> TrainState:
-        """The training state on ``backend`` (made on first use; later steps reuse it)."""
+        """The training state on ``backend``, which becomes the trainer's current backend.
+
+        One trainer keeps one optimizer state: when a step runs on another backend than the
+        last one, the optimizer moments, the step and the dropout counter move there with the
+        weights. A state whose network was released from its backend (``Network.release``) is
+        made again, carrying them over."""
         backend = get_backend(backend)
         st = self._states.get(backend)
-        if st is None:
-            net, n = self.network, self.batch_size
-            ctx = Context(net, backend, n, training=True)
-            target_shape = (n,) + self.loss.target_shape(net.output_shape)
-            st = TrainState(
-                context=ctx,
-                targets=backend.empty(target_shape, self.loss.target_dtype(net.dtype)),
-                losses=backend.empty((n,), net.dtype),
-                loss_sum=backend.empty((1,), net.dtype),
-                optimizer=self.optimizer.init_state(backend, ctx.segments),
-                replay=GraphReplay(net, backend) if backend.can_capture else None,
-            )
-            if self._pending_state is not None:
-                self._restore(backend, st, self._pending_state)
-                self._pending_state = None
-            self._states[backend] = st
+        if st is not None and backend is self._active and not st.context.stale:
+            return st
+        carried = self._carried_state()
+        if st is None or st.context.stale:
+            st = self._states[backend] = self._new_state(backend)
+        if carried is not None:
+            self._restore(backend, st, carried)
+        st.replicas_synced = False  # a made or moved state goes to every rank again
+        self._active, self._pending_state = backend, None
         return st
+
+    def _carried_state(self) -> dict | None:
+        """What a state made or moved to now starts from: the current backend's state, else
+        one loaded with load_state_dict, else None (a fresh start)."""
+        if self._active is not None:
+            return self._host_state(self._active, self._states[self._active])
+        return self._pending_state
+
+    def _new_state(self, backend) -> TrainState:
+        net, n = self.network, self.batch_size
+        ctx = Context(net, backend, n, training=True, communicator=self.communicator)
+        target_shape = (n,) + self.loss.target_shape(net.output_shape)
+        return TrainState(
+            context=ctx,
+            targets=backend.empty(target_shape, self.loss.target_dtype(net.dtype)),
+            losses=backend.empty((n,), net.dtype),
+            loss_sum=backend.empty((1,), net.dtype),
+            optimizer=self.optimizer.init_state(backend, ctx.segments),
+            replay=GraphReplay(net, backend) if backend.can_capture else None,
+        )
 
     def check_targets(self, targets, backend):
         on_device = backend.is_array(targets) and not isinstance(targets, np.ndarray)
@@ -100,46 +153,76 @@ class Trainer:
     def train_minibatch(self, backend, inputs, targets):
         """One step; returns (mean loss as a float, the outputs as a backend array).
 
-        The outputs array belongs to the context and is overwritten by the next step.
+        The outputs array belongs to the context and is overwritten by the next step. A step
+        that fails or is refused (non-finite loss with ``check_finite``) changes nothing: not
+        the weights, the buffers layers update (BatchNorm's statistics), the optimizer state,
+        the step or the dropout counter. Steps hold ``network.lock``, so a checkpoint taken
+        from another thread sees whole steps only.
         """
         backend = get_backend(backend)
-        xs, targets = self._checked_batch(backend, inputs, targets)
-        st = self.state(backend)
-        ctx = st.context
-        self._load_batch(backend, ctx, st.targets, xs, targets)
-        loss = self._replayed_step(backend, st) if graphs_wanted(self.graphs, backend) else None
-        if loss is None:
-            ctx.forward()
-            loss = self._loss_and_output_grad(backend, st)
-            if self.check_finite and not math.isfinite(loss):
-                ctx.step -= 1  # the refused step does not advance the dropout stream either
-                self._refuse(loss, st)
-            ctx.backward()
-            self.optimizer.step(backend, st.optimizer, ctx.segments)
-            st.warmed = True
-        for seg in ctx.segments:
-            for p in seg.params:
-                p.mark_written(backend)
-        return loss, ctx.output()
+        replicas = self._replicas
+
+        def check():
+            self.optimizer.check()  # hyper-parameters may have been changed since the last step
+            return self._checked_batch(backend, inputs, targets)
+
+        xs, targets = replicas.checked(check, "training step")
+        with self.network.lock:
+            st = self.state(backend)
+            ctx, opt = st.context, st.optimizer
+            ctx.check_lr_mults()
+            if not st.replicas_synced:
+                replicas.synchronize(backend, self.network, ctx, opt)
+                st.replicas_synced = True
+            self._load_batch(backend, ctx, st.targets, xs, targets)
+            ctx.save_state()
+            opt_step = opt.step
+            try:
+                replay = graphs_wanted(self.graphs, backend) and not replicas.active
+                loss = self._replayed_step(backend, st) if replay else None
+                eager = loss is None
+                if eager:
+                    ctx.forward()
+                    loss = replicas.mean(self._loss_and_output_grad(backend, st))
+                    if self.check_finite and not math.isfinite(loss):
+                        self._refuse(loss, st)
+                    ctx.backward()
+                    replicas.average_gradients(backend, ctx.segments)
+                    self.optimizer.step(backend, opt, ctx.segments)
+            except BaseException:
+                ctx.restore_state()
+                opt.step = opt_step
+                raise
+            st.warmed = st.warmed or eager
+            for seg in ctx.segments:
+                for p in seg.params:
+                    p.mark_written(backend)
+            return loss, ctx.output()
 
     def evaluate_minibatch(self, backend, inputs, targets):
-        """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs)."""
+        """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs).
+        In a data-parallel job the loss is the mean over ranks."""
         backend = get_backend(backend)
-        xs, targets = self._checked_batch(backend, inputs, targets)
-        st = self._eval_states.get(backend)
-        if st is None:
-            net, n = self.network, self.batch_size
-            ctx = Context(net, backend, n, training=False)
-            st = self._eval_states[backend] = EvalState(
-                context=ctx,
-                targets=backend.empty((n,) + self.loss.target_shape(net.output_shape), self.loss.target_dtype(net.dtype)),
-                losses=backend.empty((n,), net.dtype), loss_sum=backend.empty((1,), net.dtype),
-                dx=backend.empty((n,) + net.output_shape, net.dtype))
-        ctx = st.context
-        self._load_batch(backend, ctx, st.targets, xs, targets)
-        ctx.forward()
-        count = self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, st.dx)
-        return float(backend.to_host(st.loss_sum)[0]) / count, ctx.output()
+        xs, targets = self._replicas.checked(lambda: self._checked_batch(backend, inputs, targets), "evaluation")
+        with self.network.lock:
+            st = self._eval_states.get(backend)
+            if st is None or st.context.stale:
+                net, n = self.network, self.batch_size
+                ctx = Context(net, backend, n, training=False)
+                st = self._eval_states[backend] = EvalState(
+                    context=ctx,
+                    targets=backend.empty((n,) + self.loss.target_shape(net.output_shape), self.loss.target_dtype(net.dtype)),
+                    losses=backend.empty((n,), net.dtype), loss_sum=backend.empty((1,), net.dtype),
+                    dx=backend.empty((n,) + net.output_shape, net.dtype))
+            ctx = st.context
+            self._load_batch(backend, ctx, st.targets, xs, targets)
+            ctx.forward()
+            count = self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, st.dx)
+            return self._replicas.mean(float(backend.to_host(st.loss_sum)[0]) / count), ctx.output()
+
+    @property
+    def _replicas(self) -> DataParallel:
+        return DataParallel(self.communicator)
 
     def _checked_batch(self, backend, inputs, targets):
         """Validate a batch (raises before anything changes); returns (inputs list, targets)."""
@@ -191,11 +274,11 @@ class Trainer:
         return results
 
     def _batches(self, data, n_steps: int):
-        if n_steps < 0:
-            raise ValueError(f"n_steps must be >= 0, got {n_steps}")
+        arguments.integer("Trainer", "n_steps", n_steps, 0)
         epoch, made = 0, 0
         while made < n_steps:
-            source = data.batches(self.batch_size, epoch=epoch) if hasattr(data, "batches") else iter(data)
+            source = (data.batches(self.batch_size, epoch=epoch, **self._replicas.shard)
+                      if hasattr(data, "batches") else iter(data))
             before = made
             for batch in source:
                 if made == n_steps:
@@ -210,12 +293,20 @@ class Trainer:
     def state_dict(self) -> dict:
         """Host copies of the training state: ``step`` (optimizer steps), ``dropout_step`` (the
         counter of the random stream) and ``optimizer``: {param path: {state name: array}}
-        (torch names: exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer). Taken from the
-        backend that has made the most steps."""
-        if not self._states:
-            pending = self._pending_state
-            return pending if pending is not None else {"step": 0, "dropout_step": 0, "optimizer": {}}
-        backend, st = max(self._states.items(), key=lambda item: item[1].optimizer.step)
+        (torch names: exp_avg, exp_avg_sq, max_exp_avg_sq, momentum_buffer)."""
+        with self.network.lock:
+            if self._active is None:
+                pending = self._pending_state
+                return _copied(pending) if pending is not None else {"step": 0, "dropout_step": 0, "optimizer": {}}
+            return self._host_state(self._active, self._states[self._active])
+
+    def snapshot(self) -> tuple[dict, dict]:
+        """(network weights, :meth:`state_dict`) of one and the same step, even while another
+        thread trains (what ``juicepy.save`` writes)."""
+        with self.network.lock:
+            return self.network.get_weights(), self.state_dict()
+
+    def _host_state(self, backend, st: TrainState) -> dict:
         paths = {id(p): path for path, p in self.network.params.items()}
         optimizer = {}
         for seg, buffers in zip(st.context.segments, st.optimizer.buffers):
@@ -226,19 +317,34 @@ class Trainer:
         return {"step": st.optimizer.step, "dropout_step": st.context.step, "optimizer": optimizer}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` output (checked first): applied to the states on every
-        backend used so far and to the next one made."""
+        """Restore :meth:`state_dict` output (checked first) into the current state, or into
+        the first one made when no step ran yet."""
         self._check_state(state)
-        for backend, st in self._states.items():
-            self._restore(backend, st, state)
-        self._pending_state = None if self._states else state
+        state = _copied(state)  # later changes to the caller's arrays do not reach the trainer
+        with self.network.lock:
+            if self._active is None:
+                self._pending_state = state
+            else:
+                st = self._states[self._active]
+                self._restore(self._active, st, state)
+                st.replicas_synced = False
 
     def _check_state(self, state: dict) -> None:
+        for counter in ("step", "dropout_step"):
+            arguments.integer("load_state_dict", counter, state.get(counter, 0), 0)
         trainable = self.network.trainable_params()
         optimizer = state.get("optimizer", {})
         unknown = [k for k in optimizer if k not in trainable]
         if unknown:
             raise WeightsError(f"optimizer state for unknown param(s) {', '.join(unknown)}")
+        kept = ", ".join(self.optimizer.state_names) or "no state"
+        for path, buffers in optimizer.items():
+            for name, value in buffers.items():
+                if name not in self.optimizer.state_names:
+                    raise WeightsError(f"optimizer state: {path}.{name}: {type(self.optimizer).__name__} keeps {kept}")
+                if tuple(np.shape(value)) != trainable[path].shape:
+                    raise WeightsError(f"optimizer state: {path}.{name} expects shape {trainable[path].shape}, "
+                                       f"got {tuple(np.shape(value))}")
         if int(state.get("step", 0)) > 0:
             for path, p in trainable.items():
                 for name in self.optimizer.state_names:
@@ -246,9 +352,6 @@ class Trainer:
                     if value is None:
                         raise WeightsError(f"optimizer state: {path!r} misses {name!r} "
                                            f"({type(self.optimizer).__name__} keeps {', '.join(self.optimizer.state_names)})")
-                    if tuple(np.shape(value)) != p.shape:
-                        raise WeightsError(f"optimizer state: {path}.{name} expects shape {p.shape}, "
-                                           f"got {tuple(np.shape(value))}")
 
     def _restore(self, backend, st: TrainState, state: dict) -> None:
         paths = {id(p): path for path, p in self.network.params.items()}
@@ -263,10 +366,11 @@ class Trainer:
                 backend.write(flat, host)
         st.optimizer.step = int(state.get("step", 0))
         st.context.step = int(state.get("dropout_step", 0))
+        st.warmed = False  # a recording may bake in what differs at this step (SGD's first step)
 
     def _refuse(self, loss: float, st: TrainState):
-        raise NonFiniteError(f"loss is {loss} at step {st.optimizer.step + 1}; weights and optimizer "
-                             f"state were left unchanged (check_finite guard)")
+        raise NonFiniteError(f"loss is {loss} at step {st.optimizer.step + 1}; the step was refused: weights, "
+                             f"buffers, optimizer state and counters were left unchanged (check_finite guard)")
 
     def _loss_to_device(self, backend, st: TrainState) -> int:
         """Loss, output gradient and the summed loss in st.loss_sum; returns the mean's count."""
@@ -310,17 +414,21 @@ class Trainer:
         opt.step += 1
         loss = float(backend.to_host(st.loss_sum)[0]) / self.loss.count(self.batch_size, self.network.output_shape)
         if self.check_finite and not math.isfinite(loss):
-            ctx.step -= 1
-            opt.step -= 1
-            self._refuse(loss, st)
+            self._refuse(loss, st)  # the caller restores the counters
         return loss
 
     @property
     def steps(self) -> int:
-        """Optimizer steps taken (the most on any one backend; 0 before the first), counting
-        those of a loaded state."""
-        pending = self._pending_state["step"] if self._pending_state is not None else 0
-        return max((st.optimizer.step for st in self._states.values()), default=pending)
+        """Optimizer steps taken (0 before the first), counting those of a loaded state."""
+        if self._active is not None:
+            return self._states[self._active].optimizer.step
+        return int(self._pending_state["step"]) if self._pending_state is not None else 0
 
     def __repr__(self) -> str:
         return f"<Trainer {self.loss!r} {self.optimizer!r} batch_size={self.batch_size}>"
+
+
+def _copied(state: dict) -> dict:
+    """A copy of a training state dict whose arrays the caller cannot change any more."""
+    return {**state, "optimizer": {path: {name: np.array(value, copy=True) for name, value in buffers.items()}
+                                   for path, buffers in state.get("optimizer", {}).items()}}

@@ -43,7 +43,7 @@ def test_shuffle_depends_on_seed_and_epoch_only():
 def test_dataset_validation():
     with pytest.raises(ValueError, match="3 inputs but 2 labels"):
         Dataset(np.zeros((3, 1)), np.zeros(2, int))
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         next(Dataset(np.zeros((3, 1)), np.zeros(3, int)).batches(0))
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")

@@ -121,3 +121,11 @@ def test_unreachable_host_gives_clear_message(tmp_path, monkeypatch):
     sources = {"mnist": {"url": "http://127.0.0.1:9/", "md5": {"train-images-idx3-ubyte.gz": "x"}}}
     with pytest.raises(DatasetUnavailable, match="downloading .* failed .*--data DIR"):
         load_mnist("mnist", sources=sources)
+
+
+def test_dimensions_whose_product_overflows_int64_are_refused(tmp_path):
+    path = tmp_path / "huge-idx3-ubyte"
+    dims = (1 << 16,) * 4  # 2**64 elements: np.prod wraps to 0 and would "match" an empty body
+    path.write_bytes(bytes([0, 0, 0x08, 4]) + b"".join(d.to_bytes(4, "big") for d in dims))
+    with pytest.raises(ValueError, match=r"IDX header says \(65536, 65536, 65536, 65536\) \(18446744073709551636 bytes\)"):
+        read_idx(path)

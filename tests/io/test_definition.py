@@ -120,3 +120,17 @@ def test_register_refuses_a_second_class_under_one_name():
 def test_bad_definitions_are_clear_errors(bad, match):
     with pytest.raises(DefinitionError, match=match):
         build_network(bad)
+
+
+def test_unreadable_or_malformed_definition_files_name_the_file(tmp_path):
+    with pytest.raises(DefinitionError, match=f"{tmp_path}: is a directory"):
+        load_definition(tmp_path)
+    with pytest.raises(DefinitionError, match="absent.json: no such definition file"):
+        load_definition(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    for text, needle in [(b"{not json", "not valid JSON"), (b"\xff\xfe", "not UTF-8"),
+                         (b'{"format": "juicepy.network", "version": 1, "layers": 3, "root": {"$layer": 0}}',
+                          "layers must be a list")]:
+        bad.write_bytes(text)
+        with pytest.raises(DefinitionError, match=f"{bad}: .*{needle}"):
+            load_definition(bad)

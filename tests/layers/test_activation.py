@@ -10,9 +10,20 @@ ACTIVATIONS = [L.ReLU, lambda: L.LeakyReLU(0.1), L.Sigmoid, L.Tanh, L.Softmax, L
 IDS = ["relu", "leaky_relu", "sigmoid", "tanh", "softmax", "log_softmax"]
 
 
-@pytest.mark.parametrize("make", ACTIVATIONS, ids=IDS)
-def test_gradients_shapes_parity(make):
-    check_layer(make(), (7,), batch_size=4, expected_output_shape=(7,))
+def _softmax(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+#: forward oracles written without the layers: f(x) of one (batch, 7) float64 input
+FORMULAS = [lambda x: np.maximum(x, 0), lambda x: np.where(x > 0, x, 0.1 * x), lambda x: 1 / (1 + np.exp(-x)),
+            np.tanh, _softmax, lambda x: np.log(_softmax(x))]
+
+
+@pytest.mark.parametrize("make,formula", list(zip(ACTIVATIONS, FORMULAS)), ids=IDS)
+def test_gradients_shapes_parity(make, formula):
+    check_layer(make(), (7,), batch_size=4, expected_output_shape=(7,),
+                expected=lambda inputs, weights: formula(inputs[0]))
 
 
 @pytest.mark.parametrize("make", [L.ReLU, L.Sigmoid, L.Tanh, lambda: L.LeakyReLU(0.2)], ids=IDS[:3] + ["leaky"])
@@ -88,3 +99,13 @@ def test_torch_parity(ours, theirs, rng):
     yt.backward(torch.tensor(g))
     np.testing.assert_allclose(outputs[0], yt.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(input_grads[0], xt.grad.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("slope,error,message", [
+    (float("nan"), ValueError, r"LeakyReLU: negative_slope must be a finite number, got nan"),
+    (float("-inf"), ValueError, r"LeakyReLU: negative_slope must be a finite number, got -inf"),
+    ("0.1", TypeError, r"LeakyReLU: negative_slope must be a number, got str '0.1'"),
+])
+def test_leaky_relu_refuses_a_slope_that_is_not_a_finite_number(slope, error, message):
+    with pytest.raises(error, match=message):
+        L.LeakyReLU(slope)

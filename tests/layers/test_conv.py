@@ -90,11 +90,19 @@ def _resolved_padding(padding, kernel, dilation):
     return _pair(padding)
 
 
-@pytest.mark.parametrize("layout", ["per-sample", "batch-inner"])
+@pytest.mark.parametrize("layout", ["c-kernels", "c-kernels row bands", "per-sample", "batch-inner"])
 @pytest.mark.parametrize("config", GRID, ids=[str(i) for i in range(len(GRID))])
 def test_conv2d_matches_loop_reference(config, layout, monkeypatch):
-    # the NumPy kernels pick a column layout by kernel depth: force each one on every config
-    monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", 1 if layout == "batch-inner" else 10**9)
+    if layout.startswith("c-kernels"):
+        if jp.backend("numpy").conv_kernels is None:
+            pytest.skip("the C conv kernels are not loaded (not built for lack of a C compiler, "
+                        "or JUICEPY_CPU_KERNELS=numpy)")
+        # chunks of one output row: every sample is cut into row bands
+        monkeypatch.setattr(numpy_spatial, "COLUMN_CHUNK", 1 if layout.endswith("bands") else 1 << 18)
+    else:
+        # the NumPy kernels pick a column layout by kernel depth: force each one on every config
+        monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+        monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", 1 if layout == "batch-inner" else 10**9)
     n, c, h, w, o, k, s, p, d, g = config
     layer = L.Conv2d(o, k, stride=s, padding=p, dilation=d, groups=g)
     net = jp.Network(layer, (c, h, w), dtype=np.float64, seed=3)
@@ -190,10 +198,10 @@ def test_conv2d_shape_errors_name_the_layer(layer, shape, needle):
 @pytest.mark.parametrize("kwargs, needle", [
     (dict(out_channels=4, kernel_size=3, padding="same", stride=2), "needs stride 1"),
     (dict(out_channels=4, kernel_size=2, padding="same"), "odd (dilated) kernel"),
-    (dict(out_channels=4, kernel_size=3, padding="valid"), "int, a pair or 'same'"),
+    (dict(out_channels=4, kernel_size=3, padding="valid"), "an integer, a pair or 'same'"),
     (dict(out_channels=5, kernel_size=3, groups=2), "not divisible by groups"),
     (dict(out_channels=4, kernel_size=0), "kernel_size must be >= 1"),
-    (dict(out_channels=4, kernel_size=(3, 3, 3)), "pair of ints"),
+    (dict(out_channels=4, kernel_size=(3, 3, 3)), "pair of integers"),
     (dict(out_channels=4, kernel_size=3, padding=-1), "padding must be >= 0"),
 ])
 def test_conv2d_bad_arguments(kwargs, needle):

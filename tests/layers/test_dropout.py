@@ -59,6 +59,12 @@ def test_extreme_probabilities(backend, p):
     np.testing.assert_array_equal(y, x if p == 0.0 else np.zeros_like(x))
 
 
-def test_invalid_probability():
-    with pytest.raises(ValueError, match="Dropout probability"):
-        L.Dropout(1.5)
+@pytest.mark.parametrize("p,error,message", [
+    (float("nan"), ValueError, r"Dropout: p must be a finite number in \[0, 1\], got nan"),
+    (1.5, ValueError, r"Dropout: p must be a finite number in \[0, 1\], got 1.5"),
+    (-0.1, ValueError, r"Dropout: p must be a finite number in \[0, 1\], got -0.1"),
+    ("0.5", TypeError, r"Dropout: p must be a number, got str '0.5'"),
+])
+def test_bad_probability_is_refused_with_the_argument_named(p, error, message):
+    with pytest.raises(error, match=message):
+        L.Dropout(p)

@@ -27,7 +27,9 @@ def _train_forward(net, x):
 
 
 @pytest.mark.parametrize("layer, shape", [(L.BatchNorm2d(), (3, 4, 5)), (L.BatchNorm1d(), (6,)),
-                                          (L.BatchNorm1d(), (3, 7))], ids=["2d", "1d-features", "1d-sequence"])
+                                          (L.BatchNorm1d(), (3, 7)), (L.BatchNorm2d(sync=True), (3, 4, 5)),
+                                          (L.BatchNorm1d(sync=True), (6,))],
+                         ids=["2d", "1d-features", "1d-sequence", "2d-sync", "1d-sync"])
 def test_training_normalises_with_batch_statistics(layer, shape):
     net = jp.Network(layer, shape, dtype=np.float64)
     rng = np.random.default_rng(0)
@@ -46,9 +48,10 @@ def test_training_normalises_with_batch_statistics(layer, shape):
     np.testing.assert_allclose(y.var(axis=_axes(y)), var / (var + 1e-5), rtol=1e-10)
 
 
-def test_running_statistics_follow_the_textbook_updates():
+@pytest.mark.parametrize("sync", [False, True], ids=["local", "sync"])
+def test_running_statistics_follow_the_textbook_updates(sync):
     momentum, eps = 0.3, 1e-3
-    net = jp.Network(L.BatchNorm2d(momentum=momentum, eps=eps), (2, 3, 3), dtype=np.float64)
+    net = jp.Network(L.BatchNorm2d(momentum=momentum, eps=eps, sync=sync), (2, 3, 3), dtype=np.float64)
     rng = np.random.default_rng(1)
     running_mean, running_var = np.zeros(2), np.ones(2)
     for step in range(4):
@@ -71,8 +74,9 @@ def test_running_statistics_follow_the_textbook_updates():
     assert int(net.get_weights()["num_batches_tracked"]) == 4  # evaluation does not count
 
 
-def test_momentum_none_is_a_cumulative_average():
-    net = jp.Network(L.BatchNorm1d(momentum=None), (3,), dtype=np.float64)
+@pytest.mark.parametrize("sync", [False, True], ids=["local", "sync"])
+def test_momentum_none_is_a_cumulative_average(sync):
+    net = jp.Network(L.BatchNorm1d(momentum=None, sync=sync), (3,), dtype=np.float64)
     rng = np.random.default_rng(2)
     batches = [rng.standard_normal((6, 3)) + k for k in range(3)]
     for x in batches:
@@ -100,8 +104,10 @@ def test_train_and_eval_differ_and_the_trainer_updates_running_stats():
 
 @pytest.mark.parametrize("layer, shape", [
     (L.BatchNorm2d(), (3, 4, 5)), (L.BatchNorm1d(), (5,)), (L.BatchNorm1d(), (2, 6)),
-    (L.BatchNorm2d(affine=False), (2, 3, 3)), (L.BatchNorm2d(momentum=None, eps=1e-3), (2, 3, 3))],
-    ids=["2d", "1d", "1d-seq", "no-affine", "cumulative"])
+    (L.BatchNorm2d(affine=False), (2, 3, 3)), (L.BatchNorm2d(momentum=None, eps=1e-3), (2, 3, 3)),
+    (L.BatchNorm2d(sync=True), (3, 4, 5)), (L.BatchNorm1d(sync=True), (5,)),
+    (L.BatchNorm2d(affine=False, sync=True), (2, 3, 3))],
+    ids=["2d", "1d", "1d-seq", "no-affine", "cumulative", "2d-sync", "1d-sync", "no-affine-sync"])
 def test_batchnorm_gradcheck_and_backend_parity(layer, shape):
     report = check_layer(layer, shape, batch_size=4, max_coords=40)
     assert report.output_shapes == [shape]
@@ -134,8 +140,9 @@ def test_batchnorm_errors():
 
 
 # ------------------------------------------------------------------ PyTorch
+@pytest.mark.parametrize("sync", [False, True], ids=["local", "sync"])
 @pytest.mark.parametrize("kind", ["2d", "1d"])
-def test_batchnorm_matches_torch_train_eval_and_state_dict(kind):
+def test_batchnorm_matches_torch_train_eval_and_state_dict(kind, sync):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     shape = (3, 5, 4) if kind == "2d" else (3,)
@@ -143,7 +150,7 @@ def test_batchnorm_matches_torch_train_eval_and_state_dict(kind):
     with torch.no_grad():
         tbn.weight.uniform_(0.5, 1.5)
         tbn.bias.uniform_(-1, 1)
-    net = jp.Network((L.BatchNorm2d if kind == "2d" else L.BatchNorm1d)(momentum=0.2), shape)
+    net = jp.Network((L.BatchNorm2d if kind == "2d" else L.BatchNorm1d)(momentum=0.2, sync=sync), shape)
     net.set_weights(tbn.state_dict(), strict=True)
     rng = np.random.default_rng(0)
     for step in range(3):
@@ -182,3 +189,17 @@ def test_torch_conv_bn_state_dict_loads_as_is():
                                   L.MaxPool2d(2), L.Flatten(), L.Linear(5)), (2, 6, 6))
     net.set_weights(model.state_dict(), strict=True)
     np.testing.assert_allclose(net.transform("numpy", x.numpy()), model(x).detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,error,message", [
+    (dict(eps=float("nan")), ValueError, r"BatchNorm1d: eps must be a finite number > 0, got nan"),
+    (dict(eps=0.0), ValueError, r"BatchNorm1d: eps must be a finite number > 0, got 0.0"),
+    (dict(eps=-1e-5), ValueError, r"BatchNorm1d: eps must be a finite number > 0, got -1e-05"),
+    (dict(momentum=1.5), ValueError, r"BatchNorm1d: momentum must be a finite number in \[0, 1\] or None, got 1.5"),
+    (dict(momentum=float("nan")), ValueError, r"BatchNorm1d: momentum must be a finite number in \[0, 1\] or None, got nan"),
+    (dict(momentum="0.1"), TypeError, r"BatchNorm1d: momentum must be a number or None, got str '0.1'"),
+    (dict(affine="no"), TypeError, r"BatchNorm1d: affine must be True or False, got str 'no'"),
+])
+def test_bad_settings_are_refused_with_the_argument_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        L.BatchNorm1d(**kwargs)

@@ -6,7 +6,6 @@ import pytest
 
 import juicepy as jp
 from juicepy import layers as L
-from juicepy.backends.numpy import spatial as numpy_spatial
 from juicepy.errors import ShapeError
 from juicepy.testing import check_layer, forward_backward, random_inputs
 
@@ -14,9 +13,10 @@ from juicepy.testing import check_layer, forward_backward, random_inputs
 @pytest.fixture(autouse=True, params=["c-kernels", "numpy"])
 def max_pool_path(request, monkeypatch):
     """Every test runs on both NumPy-backend max-pool paths: the C kernels and the ufuncs."""
+    shared = jp.backend("numpy")
     if request.param == "numpy":
-        monkeypatch.setattr(numpy_spatial, "_pool_kernels", None)
-    elif numpy_spatial._pool_kernels is None:
+        monkeypatch.setattr(shared, "pool_kernels", None)
+    elif shared.pool_kernels is None:
         pytest.skip("the C pool kernels are not loaded (not built for lack of a C compiler, or JUICEPY_CPU_KERNELS=numpy)")
     return request.param
 

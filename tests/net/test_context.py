@@ -13,8 +13,15 @@ def _mlp():
                       input_shape=(20,))
 
 
-def test_training_step_allocates_no_backend_buffers(backend, rng):
-    trainer = Trainer(_mlp(), L.SoftmaxCrossEntropy(), Adam(), batch_size=16)
+def _bn_mlp():
+    """With BatchNorm: each step also saves its running statistics (for a refused step)."""
+    return jp.Network(L.Sequential(L.Linear(64), L.BatchNorm1d(), L.ReLU(), L.Dropout(0.2), L.Linear(10)),
+                      input_shape=(20,))
+
+
+@pytest.mark.parametrize("make_net", [_mlp, _bn_mlp])
+def test_training_step_allocates_no_backend_buffers(backend, rng, make_net):
+    trainer = Trainer(make_net(), L.SoftmaxCrossEntropy(), Adam(), batch_size=16)
     x = rng.standard_normal((16, 20)).astype(np.float32)
     y = rng.integers(0, 10, 16)
     trainer.train_minibatch(backend, x, y)  # makes the context and the optimizer state
@@ -24,8 +31,8 @@ def test_training_step_allocates_no_backend_buffers(backend, rng):
     assert backend.allocations == before
 
 
-def _step_peak_bytes(backend, batch, rng):
-    trainer = Trainer(_mlp(), L.SoftmaxCrossEntropy(), Adam(), batch_size=batch)
+def _step_peak_bytes(backend, batch, rng, make_net=_mlp):
+    trainer = Trainer(make_net(), L.SoftmaxCrossEntropy(), Adam(), batch_size=batch)
     x = rng.standard_normal((batch, 20)).astype(np.float32)
     y = rng.integers(0, 10, batch).astype(np.int32)
     trainer.train_minibatch(backend, x, y)
@@ -40,11 +47,12 @@ def _step_peak_bytes(backend, batch, rng):
         tracemalloc.stop()
 
 
-def test_numpy_step_allocates_nothing_that_grows_with_the_batch(numpy_backend, rng):
+@pytest.mark.parametrize("make_net", [_mlp, _bn_mlp])
+def test_numpy_step_allocates_nothing_that_grows_with_the_batch(numpy_backend, rng, make_net):
     """Stronger than the counter: NumPy reports every array to tracemalloc. A steady-state step
     may make small Python objects and NumPy's fixed-size iterator buffers (8192 elements at
     most, whatever the array size), but no array that grows with the batch."""
-    small, large = _step_peak_bytes(numpy_backend, 256, rng), _step_peak_bytes(numpy_backend, 4096, rng)
+    small, large = _step_peak_bytes(numpy_backend, 256, rng, make_net), _step_peak_bytes(numpy_backend, 4096, rng, make_net)
     smallest_growth_of_an_activation = (4096 - 256) * 10 * 4  # the logits
     assert large - small < smallest_growth_of_an_activation / 100, (small, large)
 
@@ -88,7 +96,7 @@ def test_unused_output_gets_zero_gradient(numpy_backend, rng):
 
 def test_batch_size_must_be_positive(numpy_backend):
     net = jp.Network(L.Linear(3), input_shape=(4,))
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="Context: batch_size must be an integer >= 1, got 0"):
         net.context(numpy_backend, 0)
 
 

@@ -18,7 +18,7 @@ def test_transform_any_number_of_rows(backend, rng):
     assert full.shape == (150, 3)
     np.testing.assert_allclose(net.transform(backend, x[:1]), full[:1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(net.transform(backend, x[70:71]), full[70:71], rtol=1e-5, atol=1e-6)
-    assert set(k[1] for k in net._contexts) == {64, 22, 1}
+    assert sorted(net.inference_capacities(backend)) == [1, 32, 64]
 
 
 def test_transform_matches_host_math(numpy_backend, rng):
@@ -46,7 +46,7 @@ def test_build_time_shape_mismatch_names_layer_and_both_shapes():
 
 
 def test_float_dtype_required():
-    with pytest.raises(DTypeError, match="float type"):
+    with pytest.raises(DTypeError, match="must be one of float32, float64 .*, got int32"):
         jp.Network(L.Linear(2), input_shape=(3,), dtype=np.int32)
 
 
@@ -117,6 +117,145 @@ def test_multiple_inputs_are_counted():
         net.check_inputs([np.zeros((1, 5), np.float32)] * 2)
 
 
+def _every_layer_net():
+    """Every kind of leaf layer that runs in eval mode, so row independence is proven for each."""
+    x = jp.Input((2, 8, 8))
+    h = L.Conv2d(4, 3, padding=1)(x)
+    h = L.ReLU()(L.BatchNorm2d()(h))
+    h = jp.concat(L.MaxPool2d(2)(h), L.AvgPool2d(2)(h))
+    h = L.Flatten()(L.Conv2d(4, 3, groups=2)(h))
+    h = L.Dropout(0.5)(L.LeakyReLU(0.1)(L.Linear(12)(h)))
+    h = h + L.Tanh()(L.Linear(12)(h))
+    h = L.Multiply()(h, L.Sigmoid()(L.Identity()(h)))
+    encoder = L.Linear(6)
+    h = L.TiedLinear(encoder)(encoder(h))
+    seq = L.Flatten()(L.Conv1d(2, 3)(L.Reshape((3, 4))(h)))
+    return jp.Network(inputs=x, outputs=L.LogSoftmax()(L.Linear(5)(L.BatchNorm1d()(seq))), seed=3)
+
+
+def test_every_layer_is_row_independent_in_eval_mode(backend, rng):
+    """transform may run a small request padded inside a bigger context only because no layer
+    mixes rows in eval mode; this proves it for every layer kind (the padded rows are garbage)."""
+    net = _every_layer_net()
+    with_stats = {k: rng.uniform(0.5, 2.0, v.shape).astype(v.dtype) if k.endswith("running_var") else v
+                  for k, v in net.get_weights().items()}
+    net.set_weights(with_stats)
+    x = rng.standard_normal((13, 2, 8, 8)).astype(np.float32)
+    alone = np.concatenate([net.transform(backend, x[i:i + 1]) for i in range(13)])
+    ctx = net.context(backend, 16)  # an explicit context, its last three rows never written
+    ctx.set_inputs([np.concatenate([x, 100 * rng.standard_normal((3, 2, 8, 8)).astype(np.float32)])])
+    ctx.forward()
+    np.testing.assert_allclose(backend.to_host(ctx.output())[:13], alone, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(net.transform(backend, x), alone, rtol=2e-5, atol=2e-6)
+
+
+def _small_conv_net():
+    return jp.Network(L.Sequential(L.Conv2d(8, 3, padding=1), L.BatchNorm2d(), L.ReLU(), L.MaxPool2d(2),
+                                   L.Flatten(), L.Dropout(0.2), L.Linear(10)), (3, 16, 16), seed=5)
+
+
+def test_serving_every_request_size_keeps_memory_bounded(backend, rng):
+    """Requests of 1..300 rows once each: a few contexts at power-of-two capacities, not one per size."""
+    x = rng.standard_normal((300, 3, 16, 16)).astype(np.float32)
+    one = _small_conv_net()
+    before = backend.allocations
+    expected = one.transform(backend, x)
+    single = backend.allocations - before  # params, one context and its workspaces
+
+    net = _small_conv_net()
+    before = backend.allocations
+    for rows in range(1, 301):
+        np.testing.assert_allclose(net.transform(backend, x[:rows]), expected[:rows], rtol=1e-4, atol=1e-5)
+    # capacities 1, 2, 4, ..., 512: ten contexts, each at most as big as the one for 300 rows
+    assert backend.allocations - before <= 10 * single
+    assert len(net.inference_capacities(backend)) <= 10
+
+
+def test_serving_every_request_size_bounds_peak_host_memory(numpy_backend, rng):
+    import tracemalloc
+
+    x = rng.standard_normal((300, 3, 16, 16)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        net = _small_conv_net()
+        net.transform(numpy_backend, x)
+        _, one_request = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for rows in range(1, 301):
+            net.transform(numpy_backend, x[:rows])
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # the 512-row context serves 257..300, the smaller ones together hold less than it does
+    assert peak <= 2.5 * one_request, (peak, one_request)
+
+
+def test_inference_capacities_stay_within_max_batch(numpy_backend, rng):
+    net = _net()
+    net.max_batch = 100
+    x = rng.standard_normal((250, 5)).astype(np.float32)
+    full = net.transform(numpy_backend, x)
+    np.testing.assert_allclose(net.transform(numpy_backend, x[:70]), full[:70], rtol=1e-5, atol=1e-6)
+    assert sorted(net.inference_capacities(numpy_backend)) == [64, 100]
+
+
+class _MixesRows(L.Identity):
+    """A layer whose eval output depends on other rows (each row minus the batch mean)."""
+
+    rows_independent = False
+
+    def compute_output(self, backend, ctx):
+        host = backend.to_host(ctx.input())
+        backend.write(ctx.output(), host - host.mean(axis=0, keepdims=True))
+
+
+def test_a_layer_that_mixes_rows_runs_exact_sizes_in_a_few_contexts(numpy_backend, rng):
+    net = jp.Network(L.Sequential(L.Linear(4), _MixesRows()), (5,))
+    x = rng.standard_normal((40, 5)).astype(np.float32)
+    for rows in range(1, 41):
+        got = net.transform(numpy_backend, x[:rows])
+        np.testing.assert_allclose(got.mean(axis=0), 0.0, atol=1e-5)  # not diluted by padding rows
+    assert len(net.inference_capacities(numpy_backend)) <= net.max_exact_contexts
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.longdouble])
+def test_dtypes_no_backend_computes_in_are_refused_at_build(dtype):
+    with pytest.raises(DTypeError, match=rf"network dtype must be one of float32, float64 \(the dtypes juicepy's "
+                                         rf"backends compute in\), got {np.dtype(dtype).name}"):
+        jp.Network(L.Sequential(L.Linear(3), L.Dropout(0.2)), input_shape=(4,), dtype=dtype)
+
+
+class _Float32Only(type(jp.backend("numpy"))):
+    """A backend that computes in float32 only, as the OpenCL one does."""
+
+    name = "float32-only"
+    dtypes = (np.float32,)
+
+
+def _backends_without_float64():
+    return [_Float32Only()] + [jp.backend(b) for b in jp.available_backends()
+                               if np.float64 not in jp.backend(b).dtypes]
+
+
+@pytest.mark.parametrize("backend", _backends_without_float64(), ids=lambda b: b.name)
+def test_a_dtype_the_backend_does_not_compute_in_is_refused_when_placed(backend):
+    """Refused before a context, a counter or a param copy is made on that backend."""
+    from juicepy.train import SGD, Trainer
+
+    net = jp.Network(L.Sequential(L.Linear(3), L.Dropout(0.2)), input_shape=(4,), dtype=np.float64)
+    trainer = Trainer(net, L.MSE(), SGD(lr=0.1), batch_size=2)
+    message = rf"network dtype float64: the {backend.name} backend computes in float32 only"
+    before = backend.allocations
+    with pytest.raises(DTypeError, match=message):
+        trainer.train_minibatch(backend, np.ones((2, 4)), np.ones((2, 3)))
+    with pytest.raises(DTypeError, match=message):
+        net.transform(backend, np.ones((2, 4)))
+    assert backend.allocations == before
+    assert trainer.steps == 0 and trainer.state_dict()["dropout_step"] == 0
+    trainer.train_minibatch("numpy", np.ones((2, 4)), np.ones((2, 3)))  # fine where float64 runs
+    assert trainer.steps == 1
+
+
 def test_net_imports_nothing_above_it():
     """net/ sits below layers/: none of its modules imports from juicepy.layers (or higher)."""
     import ast
@@ -132,3 +271,20 @@ def test_net_imports_nothing_above_it():
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
                 assert not any(n.startswith("juicepy.") and n.split(".")[1] in above for n in names), path.name
+
+
+@pytest.mark.parametrize("value,message", [(2.7, "2.7"), (float("nan"), "nan"), (-1, "-1")])
+def test_an_integer_buffer_refuses_values_it_cannot_hold_before_any_write(value, message):
+    """BatchNorm's batch counter is an int64: 2.7 would be truncated and NaN become garbage."""
+    net = jp.Network(L.Sequential(L.Linear(4), L.BatchNorm1d()), input_shape=(3,))
+    before = net.get_weights()
+    bad = {"0.weight": np.zeros((4, 3)), "1.num_batches_tracked": np.array(value)}
+    with pytest.raises(WeightsError, match=rf"set_weights: '1.num_batches_tracked' holds counts \(int64\), "
+                                           rf"got {message}"):
+        net.set_weights(bad)
+    with pytest.raises(WeightsError, match=rf"init.apply: '1.num_batches_tracked' holds counts \(int64\), got {message}"):
+        jp.init.apply(net, {"0.weight": "zeros", "1.num_batches_tracked": np.array(value)})
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.get_weights()[k], v, err_msg=k)
+    net.set_weights({"1.num_batches_tracked": np.array(3.0)})  # a whole float is a count
+    assert net.get_weights()["1.num_batches_tracked"] == 3

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from juicepy.backends.numpy import NumpyBackend
 from juicepy.net.params import LearnableParams
@@ -49,3 +50,9 @@ def test_set_rejects_wrong_shape():
     p = LearnableParams(np.zeros((2, 3)), name="layer.weight")
     with pytest.raises(ValueError, match=r"param layer.weight: expected shape \(2, 3\), got \(3, 2\)"):
         p.set(np.zeros((3, 2)))
+
+
+@pytest.mark.parametrize("lr_mult,message", [(float("nan"), "got nan"), (-1.0, "got -1.0"), (float("inf"), "got inf")])
+def test_lr_mult_must_be_a_finite_number_at_least_zero(lr_mult, message):
+    with pytest.raises(ValueError, match=rf"param w: lr_mult must be a finite number >= 0, {message}"):
+        LearnableParams(np.zeros(3), name="w", lr_mult=lr_mult)

@@ -231,3 +231,46 @@ def test_layers_with_host_state_are_not_replayed():
     for k, v in eager.network.get_weights().items():
         np.testing.assert_array_equal(replayed.network.get_weights()[k], v, err_msg=k)
     assert int(replayed.network.get_weights()["1.num_batches_tracked"]) == 5
+
+
+def test_transform_replays_are_bounded_like_its_contexts():
+    net = _net(dropout=0.5)
+    x = np.random.default_rng(5).standard_normal((300, 12)).astype(np.float32)
+    backend = TapeBackend()
+    for _ in range(2):  # the second round replays
+        for rows in range(1, 301):
+            np.testing.assert_allclose(net.transform(backend, x[:rows]), net.transform("numpy", x[:rows]),
+                                       rtol=1e-5, atol=1e-6)
+    assert backend.captures <= 10  # one recording per power-of-two capacity, none per request size
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
+def test_refused_step_of_a_batchnorm_network_on_a_capturing_backend_changes_nothing():
+    """Such networks run op by op on a capturing backend; a refused step there restores the
+    running statistics and the batch counter as on any backend."""
+    net = jp.Network(L.Sequential(L.Linear(16), L.BatchNorm1d(), L.ReLU(), L.Linear(5)), input_shape=(12,))
+    trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), batch_size=16)
+    backend = TapeBackend()
+    for x, y in _batches(3):
+        trainer.train_minibatch(backend, x, y)
+    before, state = net.get_weights(), trainer.state_dict()
+    with pytest.raises(NonFiniteError, match="left unchanged"):
+        trainer.train_minibatch(backend, np.full((16, 12), 3e38, np.float32), np.zeros(16, np.int64))
+    for k, v in before.items():
+        np.testing.assert_array_equal(net.get_weights()[k], v, err_msg=k)
+    assert (trainer.state_dict()["step"], trainer.state_dict()["dropout_step"]) == (state["step"], state["dropout_step"]) == (3, 3)
+
+
+def test_a_state_restored_over_a_recorded_step_runs_its_first_step_op_by_op():
+    """Loading a fresh state (step 0) after a step was recorded: SGD's first momentum step skips
+    the dampening the recorded later ones apply, so it must not be replayed."""
+    make = lambda: SGD(lr=0.1, momentum=0.9, dampening=0.5)  # noqa: E731
+    backend = TapeBackend()
+    trainer, _ = _train(backend, make(), steps=3)
+    trainer.load_state_dict({"step": 0, "dropout_step": 0, "optimizer": {}})
+    reference = Trainer(_net(), L.SoftmaxCrossEntropy(), make(), batch_size=16)
+    reference.network.set_weights(trainer.network.get_weights())
+    for x, y in _batches(3, seed=5):
+        assert trainer.train_minibatch(backend, x, y)[0] == reference.train_minibatch(jp.backend("numpy"), x, y)[0]
+    for k, v in reference.network.get_weights().items():
+        np.testing.assert_array_equal(trainer.network.get_weights()[k], v, err_msg=k)

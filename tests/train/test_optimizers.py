@@ -79,15 +79,6 @@ def test_amsgrad_uses_running_max(numpy_backend):
     assert abs(ams[2] - ams[1]) < abs(plain[2] - plain[1])
 
 
-def test_invalid_hyperparameters():
-    with pytest.raises(ValueError, match="Nesterov"):
-        SGD(nesterov=True)
-    with pytest.raises(ValueError, match="betas"):
-        Adam(betas=(1.0, 0.9))
-    with pytest.raises(ValueError, match="learning rate"):
-        Adam(lr=-1)
-
-
 def _torch_pair(torch, seed=0):
     torch.manual_seed(seed)
     ref = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
@@ -126,3 +117,77 @@ def test_several_steps_match_torch(name, ours, theirs, backend, rng):
         assert loss == pytest.approx(ref_loss.item(), rel=1e-5)
     for k, v in net.get_weights().items():
         np.testing.assert_allclose(v, ref.state_dict()[k].numpy(), rtol=weight_tol, atol=weight_tol / 10, err_msg=k)
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: SGD(lr=NAN), r"SGD: lr must be a finite number >= 0, got nan"),
+    (lambda: SGD(lr=INF), r"SGD: lr must be a finite number >= 0, got inf"),
+    (lambda: SGD(lr=-0.1), r"SGD: lr must be a finite number >= 0, got -0.1"),
+    (lambda: SGD(momentum=-0.9), r"SGD: momentum must be a finite number >= 0, got -0.9"),
+    (lambda: SGD(momentum=NAN), r"SGD: momentum must be a finite number >= 0, got nan"),
+    (lambda: SGD(dampening=1.5), r"SGD: dampening must be a finite number in \[0, 1\], got 1.5"),
+    (lambda: SGD(weight_decay=-1e-4), r"SGD: weight_decay must be a finite number >= 0, got -0.0001"),
+    (lambda: SGD(nesterov=True), r"SGD: nesterov needs momentum > 0 and dampening 0, got momentum 0.0, dampening 0.0"),
+    (lambda: SGD(momentum=0.9, dampening=0.1, nesterov=True), r"SGD: nesterov needs momentum > 0 and dampening 0"),
+    (lambda: Adam(lr=NAN), r"Adam: lr must be a finite number >= 0, got nan"),
+    (lambda: Adam(eps=0.0), r"Adam: eps must be a finite number > 0, got 0.0"),
+    (lambda: Adam(eps=NAN), r"Adam: eps must be a finite number > 0, got nan"),
+    (lambda: Adam(weight_decay=-0.1), r"Adam: weight_decay must be a finite number >= 0, got -0.1"),
+    (lambda: Adam(betas=(1.0, 0.999)), r"Adam: betas\[0\] must be a finite number in \[0, 1\), got 1.0"),
+    (lambda: Adam(betas=(0.9, -0.1)), r"Adam: betas\[1\] must be a finite number in \[0, 1\), got -0.1"),
+    (lambda: Adam(betas=(0.9, NAN)), r"Adam: betas\[1\] must be a finite number in \[0, 1\), got nan"),
+    (lambda: Adam(betas=(0.9,)), r"Adam: betas must be a pair \(beta1, beta2\), got \(0.9,\)"),
+    (lambda: AdamW(lr=-1.0), r"AdamW: lr must be a finite number >= 0, got -1.0"),
+])
+def test_bad_hyperparameters_are_refused_with_the_argument_named(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: SGD(lr="0.1"), r"SGD: lr must be a number, got str '0.1'"),
+    (lambda: Adam(eps=None), r"Adam: eps must be a number, got NoneType None"),
+    (lambda: SGD(nesterov="yes", momentum=0.9), r"SGD: nesterov must be True or False, got str 'yes'"),
+    (lambda: Adam(amsgrad=1), r"Adam: amsgrad must be True or False, got int 1"),
+])
+def test_hyperparameters_that_are_not_numbers_are_refused(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_hyperparameters_accepted_by_torch_are_accepted():
+    SGD(lr=0.0, momentum=0.0, dampening=1.0, weight_decay=0.0)
+    SGD(lr=1, momentum=0.9, nesterov=True)
+    Adam(lr=0.0, betas=[0.0, 0.0], eps=1e-30)
+    AdamW(betas=np.array([0.5, 0.5]), weight_decay=0)
+
+
+@pytest.mark.parametrize("attr,value,message", [
+    ("lr", float("nan"), r"Adam: lr must be a finite number >= 0, got nan"),
+    ("eps", -1.0, r"Adam: eps must be a finite number > 0, got -1.0"),
+    ("beta2", 1.0, r"Adam: betas\[1\] must be a finite number in \[0, 1\), got 1.0"),
+])
+def test_hyperparameters_changed_later_are_checked_before_the_step(numpy_backend, attr, value, message):
+    net = jp.Network(L.Sequential(L.Linear(4), L.Dropout(0.2), L.Linear(2)), input_shape=(3,))
+    trainer = Trainer(net, L.MSE(), Adam(lr=1e-2), batch_size=4)
+    x, t = np.ones((4, 3), np.float32), np.zeros((4, 2), np.float32)
+    trainer.train_minibatch(numpy_backend, x, t)
+    weights, state = net.get_weights(), trainer.state_dict()
+    setattr(trainer.optimizer, attr, value)
+    with pytest.raises(ValueError, match=message):
+        trainer.train_minibatch(numpy_backend, x, t)
+    for k, v in weights.items():
+        np.testing.assert_array_equal(net.get_weights()[k], v, err_msg=k)
+    assert (trainer.state_dict()["step"], trainer.state_dict()["dropout_step"]) == (state["step"], state["dropout_step"])
+
+
+def test_momentum_switched_on_later_is_refused(numpy_backend):
+    """An SGD made without momentum keeps no momentum buffer: turning momentum on later would
+    silently do nothing."""
+    opt = SGD(lr=0.1)
+    opt.momentum = 0.9
+    with pytest.raises(ValueError, match=r"SGD: momentum 0.9 set after the optimizer was made without momentum"):
+        opt.check()

@@ -108,3 +108,46 @@ def test_restored_state_steps_once_op_by_op_before_recording_a_graph(monkeypatch
     assert graphs() == [] and restored.steps == 4
     restored.train_minibatch(backend, x[:16], y[:16])
     assert len(graphs()) == 1 and restored.steps == 5
+
+
+@pytest.mark.parametrize("step", [0, 3])
+def test_a_state_that_cannot_be_restored_whole_is_refused_before_any_part_is(step):
+    """A wrong shape or a state name the optimizer does not keep, however many steps: refused
+    whole, with the current state untouched (not some buffers restored and others not)."""
+    trainer = _trainer()
+    x, y = _data()
+    trainer.run_training("numpy", [(x[:16], y[:16])], 2)
+    before = trainer.state_dict()
+    good = {k: {n: v + 1 for n, v in bufs.items()} for k, bufs in before["optimizer"].items()}
+    last = list(good)[-1]
+    for broken, message in [
+        ({**good, last: {"exp_avg": np.zeros(3), "exp_avg_sq": good[last]["exp_avg_sq"]}},
+         rf"optimizer state: {last}.exp_avg expects shape"),
+        ({**good, last: {**good[last], "momentum_buffer": good[last]["exp_avg"]}},
+         rf"optimizer state: {last}.momentum_buffer: Adam keeps exp_avg, exp_avg_sq"),
+    ]:
+        with pytest.raises(WeightsError, match=message):
+            trainer.load_state_dict({"step": step, "dropout_step": step, "optimizer": broken})
+        after = trainer.state_dict()
+        assert (after["step"], after["dropout_step"]) == (2, 2)
+        for k, bufs in before["optimizer"].items():
+            for n, v in bufs.items():
+                np.testing.assert_array_equal(after["optimizer"][k][n], v, err_msg=f"{k}.{n}")
+
+
+def test_a_loaded_state_is_a_copy():
+    """Arrays the caller reuses after load_state_dict do not change the trainer's state."""
+    source = _trainer()
+    x, y = _data()
+    source.run_training("numpy", [(x[:16], y[:16])], 2)
+    state = source.state_dict()
+    trainer = _trainer()
+    trainer.load_state_dict(state)
+    expected = {k: {n: v.copy() for n, v in b.items()} for k, b in state["optimizer"].items()}
+    for bufs in state["optimizer"].values():
+        for v in bufs.values():
+            v[...] = 7.0
+    got = trainer.state_dict()["optimizer"]
+    for k, bufs in expected.items():
+        for n, v in bufs.items():
+            np.testing.assert_array_equal(got[k][n], v)

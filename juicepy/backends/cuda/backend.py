@@ -14,7 +14,9 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import Backend, BackendUnavailable, channels_inner
+from ..base import (Backend, BackendUnavailable, channels_inner, check_cell, check_embedding, check_nonlinearity,
+                    check_swap, check_channel_range, check_gemm, check_same,
+                    check_view)
 from .capture import GraphCapture
 from .device import (BLOCK, INSTALL_HINT, MAX_BLOCKS, NULL, device_index, import_cupy)
 from .kernels import KernelSet, real_type
@@ -100,18 +102,8 @@ class CudaBackend(SpatialOps, Backend):
         shift = self._graphs.shift
         return self._zero_shift if shift is None else shift
 
-    def _scratch(self, ws, tag, shape, dtype):
-        if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
-            return self._cp.empty(shape, dtype)
-        return ws.get(self, tag, shape, dtype)
-
-    @staticmethod
-    def _check_same(what, *arrays):
-        shape, dtype = arrays[0].shape, arrays[0].dtype
-        for a in arrays[1:]:
-            if a.shape != shape or a.dtype != dtype:
-                raise ValueError(f"cuda backend {what}: shapes/dtypes differ: "
-                                 f"{[(x.shape, str(x.dtype)) for x in arrays]}")
+    def _same(self, op, *arrays):
+        check_same(self.name, op, *arrays)
 
     # ---------------------------------------------------------------- memory
     def empty(self, shape, dtype=np.float32):
@@ -141,7 +133,9 @@ class CudaBackend(SpatialOps, Backend):
         return src.get()
 
     def copy(self, src, dst):
-        self._cp.copyto(dst, src)
+        if src.size != dst.size:
+            raise ValueError(f"cuda backend copy: {src.shape} into {dst.shape}")
+        self._cp.copyto(dst, src if src.shape == dst.shape else src.reshape(dst.shape))
 
     def fill(self, dst, value):
         dst.fill(value)
@@ -152,8 +146,8 @@ class CudaBackend(SpatialOps, Backend):
         return arr.reshape(shape)
 
     def flat_view(self, flat, offset, shape):
-        size = math.prod(shape)
-        return flat[offset:offset + size].reshape(shape)
+        check_view(self.name, flat, offset, shape)
+        return flat[offset:offset + math.prod(shape)].reshape(shape)
 
     def is_array(self, x):
         return isinstance(x, self._cp.ndarray)
@@ -177,11 +171,7 @@ class CudaBackend(SpatialOps, Backend):
         return max(a.strides[0] // item if a.shape[0] > 1 else a.shape[1], a.shape[1], 1)
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
-        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-        kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
-        if k != kb or out.shape != (m, n) or not (a.dtype == b.dtype == out.dtype):
-            raise ValueError(f"cuda backend gemm: op(a) {(m, k)} @ op(b) {(kb, n)} into {out.shape}, "
-                             f"dtypes {a.dtype}, {b.dtype}, {out.dtype}")
+        m, n, k = check_gemm(self.name, a, b, out, trans_a, trans_b)
         if m == 0 or n == 0:
             return
         if k == 0:  # cuBLAS would scale by beta; do it explicitly for clarity
@@ -206,24 +196,28 @@ class CudaBackend(SpatialOps, Backend):
                 scalars.ctypes.data + scalars.itemsize, out.data.ptr, self._ld(out, "out"))
 
     def add(self, a, b, out):
-        self._check_same("add", a, b, out)
+        self._same("add", a, b, out)
         self._launch(out.dtype, "add_arrays", out.size, (a, b, out, np.int64(out.size)))
 
     def scale(self, x, alpha, out):
-        self._check_same("scale", x, out)
+        self._same("scale", x, out)
         self._launch(out.dtype, "scale_array", out.size, (x, self._real(out.dtype, alpha), out, np.int64(out.size)))
 
     def mul(self, a, b, out, accumulate=False, ws=None):
-        self._check_same("mul", a, b, out)
+        self._same("mul", a, b, out)
         self._launch(out.dtype, "mul_arrays", out.size, (a, b, out, np.int64(out.size), np.int32(accumulate)))
 
     def add_bias(self, out, bias):
         _, c, inner = channels_inner(out)
+        if bias.shape != (c,) or bias.dtype != out.dtype:
+            raise ValueError(f"cuda backend add_bias: bias of {bias.dtype} {bias.shape} for {c} channels of {out.dtype}")
         self._launch(out.dtype, "add_bias", out.size,
                      (out, bias, np.int64(out.size), np.int64(c), np.int64(inner)))
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         n, c, inner = channels_inner(dy)
+        if dbias.shape != (c,) or dbias.dtype != dy.dtype:
+            raise ValueError(f"cuda backend bias_grad: dbias of {dbias.dtype} {dbias.shape} for {c} channels of {dy.dtype}")
         self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner),
                                                 np.int32(accumulate)), grid=c)
 
@@ -241,11 +235,11 @@ class CudaBackend(SpatialOps, Backend):
 
     # ------------------------------------------------------------ activations
     def _unary(self, name, x, out):
-        self._check_same(name, x, out)
+        self._same(name, x, out)
         self._launch(out.dtype, name, out.size, (x, out, np.int64(out.size)))
 
     def _backward(self, name, y, dy, dx, accumulate, *extra):
-        self._check_same(name, y, dy, dx)
+        self._same(name, y, dy, dx)
         self._launch(dx.dtype, name, dx.size, (y, dy, dx, np.int64(dx.size)) + extra + (np.int32(accumulate),))
 
     def relu(self, x, out):
@@ -255,7 +249,7 @@ class CudaBackend(SpatialOps, Backend):
         self._backward("relu_backward", y, dy, dx, accumulate)
 
     def leaky_relu(self, x, out, slope):
-        self._check_same("leaky_relu", x, out)
+        self._same("leaky_relu", x, out)
         self._launch(out.dtype, "leaky_relu_forward", out.size,
                      (x, out, np.int64(out.size), self._real(out.dtype, slope)))
 
@@ -280,19 +274,19 @@ class CudaBackend(SpatialOps, Backend):
         self._launch(x.dtype, name, 0, args + (np.int64(cols),) + trailing, block=_row_block(cols), grid=rows)
 
     def softmax(self, x, out, ws=None):
-        self._check_same("softmax", x, out)
+        self._same("softmax", x, out)
         self._rows("softmax_forward", x, (x, out))
 
     def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("softmax_backward", y, dy, dx)
+        self._same("softmax_backward", y, dy, dx)
         self._rows("softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     def log_softmax(self, x, out, ws=None):
-        self._check_same("log_softmax", x, out)
+        self._same("log_softmax", x, out)
         self._rows("log_softmax_forward", x, (x, out))
 
     def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("log_softmax_backward", y, dy, dx)
+        self._same("log_softmax_backward", y, dy, dx)
         self._rows("log_softmax_backward", y, (y, dy, dx), (np.int32(accumulate),))
 
     # ----------------------------------------------------------------- losses
@@ -304,7 +298,7 @@ class CudaBackend(SpatialOps, Backend):
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
         rows, cols = logits.shape
-        self._check_same("softmax_cross_entropy", logits, dx)
+        self._same("softmax_cross_entropy", logits, dx)
         labels = self._labels(labels, rows, "softmax_cross_entropy")
         self._launch(logits.dtype, "softmax_cross_entropy", 0,
                      (logits, labels, losses, dx, np.int64(cols), self._real(dx.dtype, grad_scale)),
@@ -312,14 +306,16 @@ class CudaBackend(SpatialOps, Backend):
 
     def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
         rows, cols = logp.shape
-        self._check_same("nll_loss", logp, dx)
+        self._same("nll_loss", logp, dx)
         labels = self._labels(labels, rows, "nll_loss")
         self._launch(logp.dtype, "nll_loss", logp.size,
                      (logp, labels, losses, dx, np.int64(rows), np.int64(cols), self._real(dx.dtype, grad_scale)))
 
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
-        self._check_same("mse_loss", pred, target, dx)
+        self._same("mse_loss", pred, target, dx)
         rows = pred.shape[0]
+        if losses.shape != (rows,):
+            raise ValueError(f"cuda backend mse_loss: losses must have shape ({rows},), got {losses.shape}")
         cols = pred.size // rows if rows else 0
         self._launch(pred.dtype, "mse_loss", 0,
                      (pred, target, losses, dx, np.int64(cols), self._real(dx.dtype, 2.0 * grad_scale)),
@@ -328,7 +324,7 @@ class CudaBackend(SpatialOps, Backend):
     # ---------------------------------------------------------------- dropout
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
         """The counter read at run time is ``counter + shift`` (shift: 0, or a replay's offset)."""
-        self._check_same("dropout", x, out, mask)
+        self._same("dropout", x, out, mask)
         keep_scale = 1.0 / (1.0 - p) if p < 1.0 else 0.0  # rounded to the dtype, as NumPy's mask *= scale
         self._launch(x.dtype, "dropout_forward", x.size,
                      (x, out, mask, np.int64(x.size), np.uint32(seed & 0xFFFFFFFF), np.int64(counter),
@@ -337,7 +333,7 @@ class CudaBackend(SpatialOps, Backend):
     # -------------------------------------------------------------- optimizers
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
                    weight_decay, first_step, ws=None, guard=None):
-        self._check_same("sgd_update", param, grad)
+        self._same("sgd_update", param, grad)
         r = lambda v: self._real(param.dtype, v)  # noqa: E731
         use_momentum = momentum != 0.0
         self._launch(param.dtype, "sgd_update", param.size,
@@ -349,7 +345,7 @@ class CudaBackend(SpatialOps, Backend):
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
                     weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None):
         """The step read at run time is ``step + shift`` (see :meth:`dropout`)."""
-        self._check_same("adam_update", param, grad, exp_avg, exp_avg_sq)
+        self._same("adam_update", param, grad, exp_avg, exp_avg_sq)
         self._launch(param.dtype, "adam_update", param.size,
                      (param, grad, exp_avg, exp_avg_sq, NULL if max_exp_avg_sq is None else max_exp_avg_sq,
                       np.int64(param.size), np.float64(lr), np.float64(beta1), np.float64(beta2),
@@ -358,73 +354,60 @@ class CudaBackend(SpatialOps, Backend):
 
     # ------------------------------------------------------------ sequences
     def swap_leading_axes(self, src, dst, accumulate=False):
-        a_len, b_len = src.shape[0], src.shape[1]
-        rest = src.size // max(1, a_len * b_len)
-        if dst.shape[:2] != (b_len, a_len) or dst.size != src.size or dst.dtype != src.dtype:
-            raise ValueError(f"cuda backend swap_leading_axes: {src.shape} into {dst.shape}")
+        check_swap(self.name, src, dst)
+        rest = src.size // max(1, src.shape[0] * src.shape[1])
         self._launch(dst.dtype, "swap_leading_axes", dst.size,
-                     (src, dst, np.int64(dst.size), np.int64(a_len), np.int64(b_len), np.int64(rest),
+                     (src, dst, np.int64(dst.size), np.int64(src.shape[0]), np.int64(src.shape[1]), np.int64(rest),
                       np.int32(accumulate)))
 
-    def _embedding_shapes(self, what, indices, table, rows):
-        if indices.dtype != np.int32 or indices.ndim != 1 or rows.shape != (indices.size, table.shape[1]):
-            raise ValueError(f"cuda backend {what}: int32 indices (M,) and rows (M, {table.shape[1]}) "
-                             f"expected, got {indices.dtype}{indices.shape} and {rows.shape}")
-
     def embedding(self, indices, weight, out):
-        self._embedding_shapes("embedding", indices, weight, out)
+        check_embedding(self.name, "embedding", indices, weight, out)
         self._launch(out.dtype, "embedding_gather", out.size,
                      (indices, weight, out, np.int64(out.size), np.int64(weight.shape[1])))
 
     def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None):
-        self._embedding_shapes("embedding_backward", indices, dweight, dy)
+        check_embedding(self.name, "embedding_backward", indices, dweight, dy)
         vocab, dim = dweight.shape
         self._launch(dweight.dtype, "embedding_scatter", dim,
                      (indices, dy, dweight, np.int64(indices.size), np.int64(vocab), np.int64(dim),
                       np.int32(-1 if padding_idx is None else padding_idx), np.int32(accumulate)))
 
-    def _cell(self, name, out, args):
-        rows, hidden = out.shape
-        self._launch(out.dtype, name, out.size, args + (np.int64(out.size), np.int64(hidden)))
+    def _cell(self, name, state, args):
+        self._launch(state.dtype, name, state.size, args + (np.int64(state.size), np.int64(state.shape[1])))
 
     def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self._check_same("rnn_cell", xw, hw, h)
+        check_nonlinearity(self.name, nonlinearity)
+        check_cell(self.name, "rnn_cell", h, {1: [xw, hw, h]}, bias_hh, 1)
         self._launch(h.dtype, "rnn_cell", h.size,
                      (xw, hw, NULL if bias_hh is None else bias_hh, h, np.int64(h.size), np.int64(h.shape[1]),
                       np.int32(nonlinearity == "relu")))
 
     def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None):
-        self._check_same("lstm_cell", xw, hw, gates)
-        self._check_same("lstm_cell", c_prev, c, h)
+        check_cell(self.name, "lstm_cell", c, {1: [c_prev, c, h], 4: [xw, hw, gates]}, bias_hh, 4)
         self._cell("lstm_cell", c, (xw, hw, NULL if bias_hh is None else bias_hh, c_prev, gates, c, h))
 
     def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None):
-        self._check_same("lstm_cell_backward", gates, dgates)
-        self._check_same("lstm_cell_backward", c_prev, c, dh, dc, dc_prev)
+        check_cell(self.name, "lstm_cell_backward", c, {1: [c_prev, c, dh, dc, dc_prev], 4: [gates, dgates]})
         self._cell("lstm_cell_backward", c, (gates, c_prev, c, dh, dc, dgates, dc_prev))
 
     def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None):
-        self._check_same("gru_cell", xw, hw)
-        self._check_same("gru_cell", h_prev, h)
-        if gates.shape != (h.shape[0], 4 * h.shape[1]):
-            raise ValueError(f"cuda backend gru_cell: gates must be {(h.shape[0], 4 * h.shape[1])}, got {gates.shape}")
+        check_cell(self.name, "gru_cell", h, {1: [h_prev, h], 3: [xw, hw], 4: [gates]}, bias_hh, 3)
         self._cell("gru_cell", h, (xw, hw, NULL if bias_hh is None else bias_hh, h_prev, gates, h))
 
     def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
-        self._check_same("gru_cell_backward", dxw, dhw)
-        self._check_same("gru_cell_backward", h_prev, dh, dh_prev)
+        check_cell(self.name, "gru_cell_backward", h_prev, {1: [h_prev, dh, dh_prev], 3: [dxw, dhw], 4: [gates]})
         self._cell("gru_cell_backward", h_prev, (gates, h_prev, dh, dxw, dhw, dh_prev))
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "copy_channels", src, dst, offset)
         n, c_src, inner = channels_inner(src)
         self._launch(src.dtype, "copy_channels", src.size,
                      (src, dst, np.int64(src.size), np.int64(c_src), np.int64(dst.shape[1]), np.int64(offset),
                       np.int64(inner), np.int32(accumulate)))
 
     def slice_channels(self, src, dst, offset, accumulate=False):
+        check_channel_range(self.name, "slice_channels", dst, src, offset)
         n, c_dst, inner = channels_inner(dst)
         self._launch(dst.dtype, "slice_channels", dst.size,
                      (src, dst, np.int64(dst.size), np.int64(src.shape[1]), np.int64(c_dst), np.int64(offset),

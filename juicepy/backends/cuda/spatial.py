@@ -7,11 +7,12 @@ import abc
 
 import numpy as np
 
-from ..base import channels_inner
+from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
+                    check_pool_shapes, scratch)
 from .device import NULL
 
 
-class SpatialOps:
+class SpatialOps(abc.ABC):
     """The spatial ops. They rely on this plumbing of the backend class they are mixed into:"""
 
     @abc.abstractmethod
@@ -19,12 +20,12 @@ class SpatialOps:
         """Run kernel ``name`` of dtype's module over ``threads`` elements or ``grid`` blocks."""
 
     @abc.abstractmethod
-    def _scratch(self, ws, tag, shape, dtype):
-        """A workspace temporary (fresh where ``ws`` is None)."""
-
-    @abc.abstractmethod
     def _real(self, dtype, value):
         """``value`` as the kernel's real scalar type for ``dtype``."""
+
+    @abc.abstractmethod
+    def _same(self, op, *arrays):
+        """Raise unless the arrays share one shape and dtype."""
 
     @abc.abstractmethod
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
@@ -40,7 +41,7 @@ class SpatialOps:
     def _im2col(self, x, kernel_hw, out_hw, stride, padding, dilation, ws, tag):
         n, c = x.shape[:2]
         rows, cols = c * kernel_hw[0] * kernel_hw[1], n * out_hw[0] * out_hw[1]
-        col = self._scratch(ws, tag, (rows, cols), x.dtype)
+        col = scratch(ws, self, tag, (rows, cols), x.dtype)
         geom = self._conv_geometry(x.shape, (0, 0) + tuple(kernel_hw), out_hw, stride, padding, dilation)
         self._launch(x.dtype, "im2col", col.size, (x, col) + geom)
         return col
@@ -48,16 +49,17 @@ class SpatialOps:
     def _to_channel_major(self, y, ws, tag):
         """(N, C, *spatial) -> scratch (C, N * prod(spatial))."""
         n, c, inner = channels_inner(y)
-        dst = self._scratch(ws, tag, (c, n * inner), y.dtype)
+        dst = scratch(ws, self, tag, (c, n * inner), y.dtype)
         self._launch(y.dtype, "batch_to_channel_major", y.size, (y, dst, np.int64(n), np.int64(c), np.int64(inner)))
         return dst
 
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+        check_conv_shapes("cuda", "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
         o, cg, kh, kw = w.shape
         out_hw = out.shape[2:]
         col = self._im2col(x, (kh, kw), out_hw, stride, padding, dilation, ws, "conv_col")
         n, _, inner = channels_inner(out)
-        result = self._scratch(ws, "conv_result", (o, n * inner), out.dtype)
+        result = scratch(ws, self, "conv_result", (o, n * inner), out.dtype)
         w2 = w.reshape(o, cg * kh * kw)
         og, kg = o // groups, cg * kh * kw
         for g in range(groups):
@@ -67,11 +69,13 @@ class SpatialOps:
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
+        check_conv_shapes("cuda", "conv2d_backward_data", dx.shape, w.shape, dy.shape, stride, padding, dilation,
+                          groups)
         o, cg, kh, kw = w.shape
         out_hw = dy.shape[2:]
         dy_cm = self._to_channel_major(dy, ws, "conv_dy")
         og, kg = o // groups, cg * kh * kw
-        dcol = self._scratch(ws, "conv_col", (dx.shape[1] * kh * kw, dy_cm.shape[1]), dx.dtype)
+        dcol = scratch(ws, self, "conv_col", (dx.shape[1] * kh * kw, dy_cm.shape[1]), dx.dtype)
         w2 = w.reshape(o, kg)
         for g in range(groups):
             self.gemm(w2[g * og:(g + 1) * og], dy_cm[g * og:(g + 1) * og], dcol[g * kg:(g + 1) * kg], trans_a=True)
@@ -80,6 +84,8 @@ class SpatialOps:
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
+        check_conv_shapes("cuda", "conv2d_backward_filter", x.shape, dw.shape, dy.shape, stride, padding,
+                          dilation, groups)
         o, cg, kh, kw = dw.shape
         col = self._im2col(x, (kh, kw), dy.shape[2:], stride, padding, dilation, ws, "conv_col")
         dy_cm = self._to_channel_major(dy, ws, "conv_dy")
@@ -97,13 +103,15 @@ class SpatialOps:
                                            stride[0], stride[1], padding[0], padding[1]))
 
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
-        if argmax.dtype != np.int32 or argmax.shape != out.shape:
-            raise ValueError(f"cuda backend max_pool2d: argmax must be int32 of shape {out.shape}, "
-                             f"got {argmax.dtype} {argmax.shape}")
+        check_pool_shapes("cuda", "max_pool2d", x.shape, out.shape, kernel, stride, padding)
+        check_argmax("cuda", "max_pool2d", argmax, out.shape)
         geom = self._pool_geometry(x.shape, out.shape[2:], kernel, stride, padding)
         self._launch(x.dtype, "max_pool_forward", out.size, (x, out, argmax) + geom)
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+        check_argmax("cuda", "max_pool2d_backward", argmax, dy.shape)
+        if dy.shape[:2] != dx.shape[:2]:
+            raise ValueError(f"cuda backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
         planes = dx.shape[0] * dx.shape[1]
         in_plane = dx.shape[2] * dx.shape[3]
         out_plane = dy.shape[2] * dy.shape[3]
@@ -112,11 +120,13 @@ class SpatialOps:
                       np.int32(accumulate)), block=64)
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
+        check_pool_shapes("cuda", "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
         geom = self._pool_geometry(x.shape, out.shape[2:], kernel, stride, padding)
         self._launch(x.dtype, "avg_pool_forward", out.size, (x, out) + geom + (np.int32(count_include_pad),))
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
+        check_pool_shapes("cuda", "avg_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         geom = self._pool_geometry(dx.shape, dy.shape[2:], kernel, stride, padding)
         self._launch(dx.dtype, "avg_pool_backward", dx.size,
                      (dy, dx) + geom + (np.int32(count_include_pad), np.int32(accumulate)))
@@ -124,6 +134,8 @@ class SpatialOps:
     # ------------------------------------------------------------ batch norm
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None):
+        self._same("batch_norm_train", x, out)
+        check_per_channel("cuda", "batch_norm_train", x, gamma, beta, mean, invstd, running_mean, running_var)
         n, c, inner = channels_inner(x)
         count = n * inner
         r = lambda v: self._real(x.dtype, v)  # noqa: E731
@@ -135,6 +147,8 @@ class SpatialOps:
                       r(momentum * count / max(count - 1, 1)), r(eps)), grid=c)
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+        self._same("batch_norm_infer", x, out)
+        check_per_channel("cuda", "batch_norm_infer", x, gamma, beta, running_mean, running_var)
         n, c, inner = channels_inner(x)
         self._launch(x.dtype, "batch_norm_infer", x.size,
                      (x, gamma, beta, running_mean, running_var, self._real(x.dtype, eps), out,
@@ -142,8 +156,54 @@ class SpatialOps:
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None):
+        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        check_per_channel("cuda", "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
         n, c, inner = channels_inner(x)
         opt = lambda a: NULL if a is None else a  # noqa: E731
         self._launch(x.dtype, "batch_norm_backward", 0,
                      (x, dy, gamma, mean, invstd, opt(dx), opt(dgamma), opt(dbeta), np.int64(n), np.int64(c),
                       np.int64(inner), np.int32(accumulate_dx), np.int32(accumulate_params)), grid=c)
+
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        check_per_channel("cuda", "batch_norm_sums", x, shift)
+        check_batch_norm_sums("cuda", "batch_norm_sums", sums, x.shape[1])
+        n, c, inner = channels_inner(x)
+        self._launch(x.dtype, "batch_norm_sums", 0, (x, shift, sums, np.int64(n), np.int64(c), np.int64(inner)),
+                     grid=c)
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        check_batch_norm_sums("cuda", "batch_norm_stats", sums, mean.shape[0], shift, invstd, running_mean,
+                              running_var)
+        r = lambda v: self._real(mean.dtype, v)  # noqa: E731
+        self._launch(mean.dtype, "batch_norm_stats", mean.size,
+                     (sums, shift, mean, invstd, NULL if running_mean is None else running_mean,
+                      NULL if running_var is None else running_var, np.int64(mean.size), r(count), r(momentum),
+                      r(1.0 - momentum), r(momentum * count / max(count - 1, 1)), r(eps)))
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        self._same("batch_norm_apply", x, out)
+        check_per_channel("cuda", "batch_norm_apply", x, gamma, beta, mean, invstd)
+        _, c, inner = channels_inner(x)
+        self._launch(x.dtype, "batch_norm_apply", x.size,
+                     (x, gamma, beta, mean, invstd, out, np.int64(x.size), np.int64(c), np.int64(inner)))
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        self._same("batch_norm_backward_reduce", x, dy)
+        check_per_channel("cuda", "batch_norm_backward_reduce", x, mean, invstd, dgamma, dbeta)
+        check_batch_norm_sums("cuda", "batch_norm_backward_reduce", sums, x.shape[1])
+        n, c, inner = channels_inner(x)
+        opt = lambda a: NULL if a is None else a  # noqa: E731
+        self._launch(x.dtype, "batch_norm_backward_reduce", 0,
+                     (x, dy, mean, invstd, sums, opt(dgamma), opt(dbeta), np.int64(n), np.int64(c), np.int64(inner),
+                      np.int32(accumulate_params)), grid=c)
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        self._same("batch_norm_backward_data", x, dy, dx)
+        check_per_channel("cuda", "batch_norm_backward_data", x, gamma, mean, invstd)
+        check_batch_norm_sums("cuda", "batch_norm_backward_data", sums, x.shape[1])
+        _, c, inner = channels_inner(x)
+        self._launch(x.dtype, "batch_norm_backward_data", x.size,
+                     (x, dy, gamma, mean, invstd, sums, dx, np.int64(x.size), np.int64(c), np.int64(inner),
+                      self._real(x.dtype, count), np.int32(accumulate)))

@@ -7,12 +7,11 @@ import math
 import numpy as np
 
 from .. import rng
-from ..base import Backend, host_all_finite
+from ..base import (Backend, check_argmax, check_cell, check_embedding, check_nonlinearity, check_swap, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
+                    check_per_channel, check_pool_shapes, check_same, check_view, host_all_finite)
 from ..base import scratch as _scratch
-from . import kernels, recurrent, spatial
+from . import kernels as _kernels, recurrent, spatial
 from .threads import CHUNK, chunked as _chunked, split as _split
-
-_cpu_kernels = kernels.load("_cpu_kernels")  # fused optimizers, ReLU backward
 
 
 def _fill_arange(buf) -> None:
@@ -22,6 +21,24 @@ def _fill_arange(buf) -> None:
 class NumpyBackend(Backend):
     name = "numpy"
     dtypes = (np.float32, np.float64)
+
+    def __init__(self, kernels: str | None = None):
+        """``kernels``: "c" runs the optional C extensions where they were built (fused
+        optimizers, ReLU backward, max pooling, convolution), "numpy" the pure-NumPy paths; default
+        ``$JUICEPY_CPU_KERNELS``, else "c"."""
+        super().__init__()
+        self.kernels = _kernels.choice(kernels)
+        self.cpu_kernels = _kernels.load("_cpu_kernels", self.kernels)  # None: not built or not wanted
+        self.pool_kernels = _kernels.load("_pool_kernels", self.kernels)
+        self.conv_kernels = _kernels.load("_conv_kernels", self.kernels)
+
+    def __repr__(self) -> str:
+        loaded = (self.cpu_kernels, self.pool_kernels, self.conv_kernels)
+        c_paths = "C kernels" if any(k is not None for k in loaded) else "pure NumPy"
+        return f"<juicepy backend 'numpy' ({c_paths})>"
+
+    def _same(self, op, *arrays):
+        check_same(self.name, op, *arrays)
 
     # ---------------------------------------------------------------- memory
     def empty(self, shape, dtype=np.float32):
@@ -37,25 +54,34 @@ class NumpyBackend(Backend):
         return np.array(host, copy=True, order="C")
 
     def write(self, dst, host):
-        np.copyto(dst, np.asarray(host).reshape(dst.shape), casting="same_kind")
+        host = np.asarray(host)
+        if host.size != dst.size:
+            raise ValueError(f"numpy backend write: {host.size} values for an array of {dst.size}")
+        np.copyto(dst, host.reshape(dst.shape), casting="same_kind")
 
     def to_host(self, src):
         return np.array(src, copy=True)
 
     def copy(self, src, dst):
-        np.copyto(dst, src)
+        if src.size != dst.size:
+            raise ValueError(f"numpy backend copy: {src.shape} into {dst.shape}")
+        np.copyto(dst, src if src.shape == dst.shape else src.reshape(dst.shape))
 
     def fill(self, dst, value):
         dst.fill(value)
 
     def reshape(self, arr, shape):
         view = arr.view()
-        view.shape = shape  # raises rather than copying when a view is impossible
+        try:
+            view.shape = shape  # raises rather than copying when a view is impossible
+        except (AttributeError, ValueError) as exc:
+            raise ValueError(f"numpy backend reshape: no view of {arr.shape} (strides {arr.strides}) "
+                             f"as {tuple(shape)}: {exc}") from None
         return view
 
     def flat_view(self, flat, offset, shape):
-        size = math.prod(shape)
-        return self.reshape(flat[offset:offset + size], shape)
+        check_view(self.name, flat, offset, shape)
+        return self.reshape(flat[offset:offset + math.prod(shape)], shape)
 
     def is_array(self, x):
         return isinstance(x, np.ndarray)
@@ -66,6 +92,7 @@ class NumpyBackend(Backend):
         return _scratch(ws, self, tag, out.shape, out.dtype) if accumulate else out
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
+        check_gemm(self.name, a, b, out, trans_a, trans_b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
         if beta == 0.0:
@@ -82,12 +109,15 @@ class NumpyBackend(Backend):
         out += tmp
 
     def add(self, a, b, out):
+        self._same("add", a, b, out)
         np.add(a, b, out=out)
 
     def scale(self, x, alpha, out):
+        self._same("scale", x, out)
         np.multiply(x, alpha, out=out)
 
     def mul(self, a, b, out, accumulate=False, ws=None):
+        self._same("mul", a, b, out)
         if accumulate:
             tmp = _scratch(ws, self, "mul", out.shape, out.dtype)
             np.multiply(a, b, out=tmp)
@@ -95,14 +125,14 @@ class NumpyBackend(Backend):
         else:
             np.multiply(a, b, out=out)
 
-    @staticmethod
-    def _channel_shape(arr):
-        return (1, arr.shape[1]) + (1,) * (arr.ndim - 2)
-
     def add_bias(self, out, bias):
-        out += bias.reshape(self._channel_shape(out))
+        if bias.shape != (out.shape[1],):
+            raise ValueError(f"numpy backend add_bias: bias must have shape ({out.shape[1]},), got {bias.shape}")
+        out += bias.reshape(spatial.channel_shape(out))
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
+        if dbias.shape != (dy.shape[1],):
+            raise ValueError(f"numpy backend bias_grad: dbias must have shape ({dy.shape[1]},), got {dbias.shape}")
         axes = (0,) + tuple(range(2, dy.ndim))
         target = self._into(dbias, accumulate, ws)
         np.sum(dy, axis=axes, out=target)
@@ -130,23 +160,29 @@ class NumpyBackend(Backend):
             dx += target
 
     def relu(self, x, out):
+        self._same("relu", x, out)
         np.maximum(x, 0, out=out)
 
     def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
-        if _cpu_kernels is not None and y.flags.c_contiguous and dy.flags.c_contiguous and dx.flags.c_contiguous:
-            _cpu_kernels.relu_backward(y, dy, dx, accumulate)
+        self._same("relu_backward", y, dy, dx)
+        c = self.cpu_kernels
+        if c is not None and y.flags.c_contiguous and dy.flags.c_contiguous and dx.flags.c_contiguous:
+            c.relu_backward(y, dy, dx, accumulate)
             return
         self._mask_product(lambda m: np.greater(y, 0, out=m), dy, dx, accumulate, ws)
 
     def leaky_relu(self, x, out, slope):
+        self._same("leaky_relu", x, out)
         np.multiply(x, slope, out=out)
         # slope * x is the smaller of the two for x < 0 exactly when slope <= 1
         (np.maximum if slope <= 1 else np.minimum)(x, out, out=out)
 
     def leaky_relu_backward(self, x, dy, dx, slope, accumulate=False, ws=None):
+        self._same("leaky_relu_backward", x, dy, dx)
         self._mask_product(lambda m: np.greater(x, 0, out=m), dy, dx, accumulate, ws, slope)
 
     def sigmoid(self, x, out):
+        self._same("sigmoid", x, out)
         # 0.5 * (1 + tanh(x / 2)) never overflows, unlike 1 / (1 + exp(-x))
         np.multiply(x, 0.5, out=out)
         np.tanh(out, out=out)
@@ -154,6 +190,7 @@ class NumpyBackend(Backend):
         out *= 0.5
 
     def sigmoid_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._same("sigmoid_backward", y, dy, dx)
         target = self._into(dx, accumulate, ws)
         np.subtract(1.0, y, out=target)
         target *= y
@@ -162,9 +199,11 @@ class NumpyBackend(Backend):
             dx += target
 
     def tanh(self, x, out):
+        self._same("tanh", x, out)
         np.tanh(x, out=out)
 
     def tanh_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._same("tanh_backward", y, dy, dx)
         target = self._into(dx, accumulate, ws)
         np.multiply(y, y, out=target)
         np.subtract(1.0, target, out=target)
@@ -172,10 +211,16 @@ class NumpyBackend(Backend):
         if accumulate:
             dx += target
 
+    def _rows(self, op, *arrays):
+        if arrays[0].ndim != 2:
+            raise ValueError(f"numpy backend {op}: (rows, classes) expected, got {arrays[0].shape}")
+        self._same(op, *arrays)
+
     def _row_scratch(self, ws, tag, x):
         return _scratch(ws, self, tag, (x.shape[0], 1), x.dtype)
 
     def softmax(self, x, out, ws=None):
+        self._rows("softmax", x, out)
         rowmax = self._row_scratch(ws, "rowmax", x)
         np.max(x, axis=1, keepdims=True, out=rowmax)
         np.subtract(x, rowmax, out=out)
@@ -185,6 +230,7 @@ class NumpyBackend(Backend):
         out /= rowsum
 
     def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._rows("softmax_backward", y, dy, dx)
         target = self._into(dx, accumulate, ws)
         np.multiply(dy, y, out=target)
         dot = self._row_scratch(ws, "rowsum", y)
@@ -195,6 +241,7 @@ class NumpyBackend(Backend):
             dx += target
 
     def log_softmax(self, x, out, ws=None):
+        self._rows("log_softmax", x, out)
         rowmax = self._row_scratch(ws, "rowmax", x)
         np.max(x, axis=1, keepdims=True, out=rowmax)
         np.subtract(x, rowmax, out=out)
@@ -206,6 +253,7 @@ class NumpyBackend(Backend):
         out -= rowsum
 
     def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
+        self._rows("log_softmax_backward", y, dy, dx)
         target = self._into(dx, accumulate, ws)
         np.exp(y, out=target)
         total = self._row_scratch(ws, "rowsum", y)
@@ -216,6 +264,15 @@ class NumpyBackend(Backend):
             dx += target
 
     # ----------------------------------------------------------------- losses
+    def _check_labels(self, op, x, labels, losses, dx):
+        self._rows(op, x, dx)
+        rows = x.shape[0]
+        if labels.dtype != np.int32 or labels.shape != (rows,):
+            raise ValueError(f"numpy backend {op}: labels must be int32 of shape ({rows},), "
+                             f"got {labels.dtype} {labels.shape}")
+        if losses.shape != (rows,):
+            raise ValueError(f"numpy backend {op}: losses must have shape ({rows},), got {losses.shape}")
+
     def _label_index(self, ws, labels, classes):
         """Flat indices i*C + labels[i] of the labelled entries (a cached int buffer)."""
         n = labels.shape[0]
@@ -226,6 +283,7 @@ class NumpyBackend(Backend):
         return index
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
+        self._check_labels("softmax_cross_entropy", logits, labels, losses, dx)
         rowmax = self._row_scratch(ws, "rowmax", logits)
         np.max(logits, axis=1, keepdims=True, out=rowmax)
         np.subtract(logits, rowmax, out=dx)
@@ -246,6 +304,7 @@ class NumpyBackend(Backend):
         dx *= grad_scale
 
     def nll_loss(self, logp, labels, losses, dx, grad_scale, ws=None):
+        self._check_labels("nll_loss", logp, labels, losses, dx)
         index = self._label_index(ws, labels, logp.shape[1])
         np.take(logp.reshape(-1), index, out=losses)
         np.negative(losses, out=losses)
@@ -253,6 +312,9 @@ class NumpyBackend(Backend):
         np.put(dx.reshape(-1), index, -grad_scale)
 
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
+        self._same("mse_loss", pred, target, dx)
+        if losses.shape != pred.shape[:1]:
+            raise ValueError(f"numpy backend mse_loss: losses must have shape {pred.shape[:1]}, got {losses.shape}")
         np.subtract(pred, target, out=dx)
         sq = _scratch(ws, self, "sq", dx.shape, dx.dtype)
         np.multiply(dx, dx, out=sq)
@@ -261,6 +323,7 @@ class NumpyBackend(Backend):
 
     # ---------------------------------------------------------------- dropout
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
+        self._same("dropout", x, out, mask)
         n = x.size
         index = _scratch(ws, self, "rng_index", (n,), np.uint32, _fill_arange)
         bits = _scratch(ws, self, "rng_bits", (n,), np.uint32)
@@ -280,11 +343,15 @@ class NumpyBackend(Backend):
         return _scratch(ws, self, f"{tag}{lane}", (CHUNK,), dtype)[:n]
 
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
-                   weight_decay, first_step, ws=None):
+                   weight_decay, first_step, ws=None, guard=None):
+        if guard is not None and not host_all_finite(guard):
+            return
+        self._same("sgd_update", param, grad, *([buf] if momentum != 0.0 else []))
         p_all, g_all = param.reshape(-1), grad.reshape(-1)
         b_all = buf.reshape(-1) if buf is not None else None
-        if _cpu_kernels is not None:
-            _split(p_all.size, lambda lo, hi: _cpu_kernels.sgd(
+        c = self.cpu_kernels
+        if c is not None:
+            _split(p_all.size, lambda lo, hi: c.sgd(
                 p_all[lo:hi], g_all[lo:hi], b_all[lo:hi] if b_all is not None else None, lr,
                 momentum, 1.0 - dampening, weight_decay, nesterov, first_step))
             return
@@ -320,7 +387,11 @@ class NumpyBackend(Backend):
         _chunked(p_all.size, work)
 
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
-                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None):
+                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None):
+        if guard is not None and not host_all_finite(guard):
+            return
+        self._same("adam_update", param, grad, exp_avg, exp_avg_sq,
+                   *([max_exp_avg_sq] if max_exp_avg_sq is not None else []))
         p_all, g_all = param.reshape(-1), grad.reshape(-1)
         m_all, v_all = exp_avg.reshape(-1), exp_avg_sq.reshape(-1)
         vmax_all = max_exp_avg_sq.reshape(-1) if max_exp_avg_sq is not None else None
@@ -329,10 +400,11 @@ class NumpyBackend(Backend):
         # torch: p -= lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps); the same with one pass fewer:
         step_size = lr / bias_correction1 * bias_correction2_sqrt
         eps_scaled = eps * bias_correction2_sqrt
-        if _cpu_kernels is not None:
+        c = self.cpu_kernels
+        if c is not None:
             l2 = 0.0 if decoupled else weight_decay
             shrink = 1.0 - lr * weight_decay if decoupled else 1.0
-            _split(p_all.size, lambda lo, hi: _cpu_kernels.adam(
+            _split(p_all.size, lambda lo, hi: c.adam(
                 p_all[lo:hi], g_all[lo:hi], m_all[lo:hi], v_all[lo:hi],
                 vmax_all[lo:hi] if vmax_all is not None else None, 1.0 - beta1, beta2, 1.0 - beta2,
                 step_size, eps_scaled, l2, shrink))
@@ -373,82 +445,133 @@ class NumpyBackend(Backend):
     # ------------------------------------------------------------ convolution
     # The kernels live in spatial.py; these methods only pass the workspace through.
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+        check_conv_shapes(self.name, "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
         spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws)
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
+        check_conv_shapes(self.name, "conv2d_backward_data", dx.shape, w.shape, dy.shape, stride, padding,
+                          dilation, groups)
         spatial.conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
+        check_conv_shapes(self.name, "conv2d_backward_filter", x.shape, dw.shape, dy.shape, stride, padding,
+                          dilation, groups)
         spatial.conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
 
     # ---------------------------------------------------------------- pooling
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
+        check_pool_shapes(self.name, "max_pool2d", x.shape, out.shape, kernel, stride, padding)
+        check_argmax(self.name, "max_pool2d", argmax, out.shape)
         spatial.max_pool2d(self, x, out, argmax, kernel, stride, padding, ws)
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+        check_argmax(self.name, "max_pool2d_backward", argmax, dy.shape)
+        if dy.shape[:2] != dx.shape[:2]:
+            raise ValueError(f"numpy backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
         spatial.max_pool2d_backward(self, dy, argmax, dx, accumulate, ws)
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
+        check_pool_shapes(self.name, "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
         spatial.avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad, ws)
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
+        check_pool_shapes(self.name, "avg_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         spatial.avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad,
                                        accumulate, ws)
 
     # ------------------------------------------------------------ batch norm
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None):
+        self._same("batch_norm_train", x, out)
+        check_per_channel(self.name, "batch_norm_train", x, gamma, beta, mean, invstd, running_mean, running_var)
         spatial.batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean,
                                     running_var, momentum, eps, ws)
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+        self._same("batch_norm_infer", x, out)
+        check_per_channel(self.name, "batch_norm_infer", x, gamma, beta, running_mean, running_var)
         spatial.batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None):
+        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        check_per_channel(self.name, "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
         spatial.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                                        accumulate_dx, accumulate_params, ws)
+
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        check_per_channel(self.name, "batch_norm_sums", x, shift)
+        check_batch_norm_sums(self.name, "batch_norm_sums", sums, x.shape[1])
+        spatial.batch_norm_sums(self, x, shift, sums, ws)
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        check_batch_norm_sums(self.name, "batch_norm_stats", sums, mean.shape[0], shift, invstd, running_mean,
+                              running_var)
+        spatial.batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum,
+                                 eps, ws)
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        self._same("batch_norm_apply", x, out)
+        check_per_channel(self.name, "batch_norm_apply", x, gamma, beta, mean, invstd)
+        spatial.batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws)
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        self._same("batch_norm_backward_reduce", x, dy)
+        check_per_channel(self.name, "batch_norm_backward_reduce", x, mean, invstd, dgamma, dbeta)
+        check_batch_norm_sums(self.name, "batch_norm_backward_reduce", sums, x.shape[1])
+        spatial.batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws)
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        self._same("batch_norm_backward_data", x, dy, dx)
+        check_per_channel(self.name, "batch_norm_backward_data", x, gamma, mean, invstd)
+        check_batch_norm_sums(self.name, "batch_norm_backward_data", sums, x.shape[1])
+        spatial.batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws)
 
     # ------------------------------------------------------------ sequences
     # The kernels live in recurrent.py.
     def swap_leading_axes(self, src, dst, accumulate=False):
+        check_swap(self.name, src, dst)
         recurrent.swap_leading_axes(self, src, dst, accumulate)
 
     def embedding(self, indices, weight, out):
+        check_embedding(self.name, "embedding", indices, weight, out)
         recurrent.embedding(self, indices, weight, out)
 
     def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None):
+        check_embedding(self.name, "embedding_backward", indices, dweight, dy)
         recurrent.embedding_backward(self, indices, dy, dweight, padding_idx, accumulate, ws)
 
     def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity):
+        check_nonlinearity(self.name, nonlinearity)
+        check_cell(self.name, "rnn_cell", h, {1: [xw, hw, h]}, bias_hh, 1)
         recurrent.rnn_cell(self, xw, hw, bias_hh, h, nonlinearity)
 
     def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None):
+        check_cell(self.name, "lstm_cell", c, {1: [c_prev, c, h], 4: [xw, hw, gates]}, bias_hh, 4)
         recurrent.lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws)
 
     def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None):
+        check_cell(self.name, "lstm_cell_backward", c, {1: [c_prev, c, dh, dc, dc_prev], 4: [gates, dgates]})
         recurrent.lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws)
 
     def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None):
+        check_cell(self.name, "gru_cell", h, {1: [h_prev, h], 3: [xw, hw], 4: [gates]}, bias_hh, 3)
         recurrent.gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws)
 
     def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
+        check_cell(self.name, "gru_cell_backward", h_prev, {1: [h_prev, dh, dh_prev], 3: [dxw, dhw], 4: [gates]})
         recurrent.gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
-        region = dst[:, offset:offset + src.shape[1]]
-        if accumulate:
-            region += src
-        else:
-            region[...] = src
+        check_channel_range(self.name, "copy_channels", src, dst, offset)
+        self.store(src, dst[:, offset:offset + src.shape[1]], accumulate)
 
     def slice_channels(self, src, dst, offset, accumulate=False):
-        region = src[:, offset:offset + dst.shape[1]]
-        if accumulate:
-            dst += region
-        else:
-            dst[...] = region
+        check_channel_range(self.name, "slice_channels", dst, src, offset)
+        self.store(src[:, offset:offset + dst.shape[1]], dst, accumulate)

@@ -52,10 +52,8 @@ def rnn_cell(backend, xw, hw, bias_hh, h, nonlinearity):
     _preactivation(xw, hw, bias_hh, h)
     if nonlinearity == "tanh":
         np.tanh(h, out=h)
-    elif nonlinearity == "relu":
-        np.maximum(h, 0, out=h)
     else:
-        raise ValueError(f"rnn_cell: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        np.maximum(h, 0, out=h)
 
 
 def lstm_cell(backend, xw, hw, bias_hh, c_prev, gates, c, h, ws):

@@ -18,14 +18,15 @@ Workspace, so a steady-state step allocates no arrays beyond NumPy's small index
 from __future__ import annotations
 
 
+import time
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..base import scratch
-from . import kernels
+from .threads import gemm_lanes as _gemm_lanes
+from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
-
-_pool_kernels = kernels.load("_pool_kernels")  # one-pass max pooling
 
 
 def _view(arr, shape):
@@ -35,7 +36,8 @@ def _view(arr, shape):
     return view
 
 
-def _channel_shape(x):
+def channel_shape(x):
+    """(1, C, 1, ...): the shape that broadcasts a per-channel vector over an (N, C, ...) array."""
     return (1, x.shape[1]) + (1,) * (x.ndim - 2)
 
 
@@ -72,8 +74,8 @@ def _offset_view(xp, i, j, stride, out_hw):
 
 
 #: reduction depth C/groups*kh*kw from which a convolution runs batch-innermost; below it the
-#: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (LeNet's 1->6 5x5
-#: layer: 0.9 vs 2.2 ms for forward + weight gradient; its 6->16 layer: 1.8 vs 1.2 ms)
+#: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (measured in
+#: docs/numpy.md)
 BATCH_INNER_MIN_DEPTH = 64
 
 
@@ -180,6 +182,12 @@ def _grad_batch_inner(backend, plan, dy, ws):
 
 
 def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
+    if _c_conv(backend, x, w, out):
+        if _is_depthwise(x, w, groups):
+            _c_depthwise_forward(backend, x, w, out, stride, padding, dilation)
+        else:
+            _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws)
+        return
     if _is_depthwise(x, w, groups):
         _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws)
         return
@@ -196,6 +204,12 @@ def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
 def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     """Always batch-innermost: one GEMM per group, then col2im adds runs of Wo*N contiguous
     values per kernel offset instead of Wo-long pieces per sample."""
+    if _c_conv(backend, dy, w, dx):
+        if _is_depthwise(dx, w, groups):
+            _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate)
+        else:
+            _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
+        return
     if _is_depthwise(dx, w, groups):
         _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate, ws)
         return
@@ -212,14 +226,16 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
             region = target[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
             region += by_offset[:, i, j]
     ph, pw = padding
-    interior = target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2)
-    if accumulate:
-        dx += interior
-    else:
-        np.copyto(dx, interior)
+    backend.store(target[:, ph:ph + plan.h, pw:pw + plan.w].transpose(3, 0, 1, 2), dx, accumulate)
 
 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
+    if _c_conv(backend, x, dy, dw):
+        if _is_depthwise(x, dw, groups):
+            _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
+        else:
+            _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
+        return
     if _is_depthwise(x, dw, groups):
         _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
         return
@@ -230,7 +246,7 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
     as_groups = _view(target, (groups, og, plan.depth))
     if plan.batch_inner:
         # cols @ dy^T into a (G, Kg, O/G) scratch then a small transposed copy: BLAS runs this
-        # orientation of the long-reduction product markedly faster (0.26 vs 0.45 ms in LeNet)
+        # orientation of the long-reduction product markedly faster (docs/numpy.md)
         transposed = scratch(ws, backend, "conv_dw_t", (groups, plan.depth, og), dw.dtype)
         np.matmul(cols, _grad_batch_inner(backend, plan, dy, ws).transpose(0, 2, 1), out=transposed)
         np.copyto(as_groups, transposed.transpose(0, 2, 1))
@@ -291,11 +307,7 @@ def _depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accu
                 region = _offset_view(target, i * dilation[0], j * dilation[1], stride, dy.shape[2:])
                 region += term
         if ph or pw:
-            interior = target[:, :, ph:ph + h, pw:pw + wd]
-            if accumulate:
-                rows += interior
-            else:
-                np.copyto(rows, interior)
+            backend.store(target[:, :, ph:ph + h, pw:pw + wd], rows, accumulate)
 
     _run_lanes(dx.shape[0], dy[0].size * w.shape[2] * w.shape[3], lane)
 
@@ -314,12 +326,244 @@ def _depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, ac
 
     lanes = _run_lanes(x.shape[0], dy[0].size * kh * kw, lane)
     # lane order, not thread timing, fixes the summation order
-    if accumulate:
-        dw += _view(partial[0], dw.shape)
-    else:
-        np.copyto(dw, _view(partial[0], dw.shape))
+    backend.store(_view(partial[0], dw.shape), dw, accumulate)
     for k in range(1, lanes):
         dw += _view(partial[k], dw.shape)
+
+# --------------------------------------------------- convolution with the C kernels
+# Where _conv_kernels was built (backend.conv_kernels): im2col reads the NCHW input directly (padding in the copy)
+# into chunks of columns small enough to stay in L2 while their GEMM runs, so no
+# full-size column matrix or transposed copy of the input or gradient is ever made.
+def _c_conv(backend, *arrays) -> bool:
+    dtype = arrays[0].dtype
+    return backend.conv_kernels is not None and dtype in (np.float32, np.float64) \
+        and all(a.flags.c_contiguous and a.dtype == dtype for a in arrays)
+
+
+def _geometry(in_chw, kernel, stride, padding, dilation, out_hw):
+    """The C kernels' geometry tuple (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)."""
+    return tuple(in_chw) + tuple(kernel) + tuple(stride) + tuple(padding) + tuple(dilation) + tuple(out_hw)
+
+
+#: elements in one chunk of columns (1 MB of float32): copied, then multiplied while in L2
+COLUMN_CHUNK = 1 << 18
+
+
+def _chunks(plan, lanes, whole_samples=False):
+    """[(n0, n1, r0, r1)]: several whole samples per chunk, or bands of output rows of one sample
+    (whole single samples with ``whole_samples``); whole-sample chunks come in a multiple of
+    ``lanes`` so the lanes get equal shares."""
+    per_row = plan.groups * plan.depth * plan.wo
+    per_sample = per_row * plan.ho
+    if per_sample <= COLUMN_CHUNK or whole_samples:
+        count = -(-plan.n * per_sample // COLUMN_CHUNK)
+        count = min(plan.n, -(-count // lanes) * lanes)
+        step = -(-plan.n // count)
+        return [(n0, min(plan.n, n0 + step), 0, plan.ho) for n0 in range(0, plan.n, step)]
+    bands = -(-plan.ho // max(1, COLUMN_CHUNK // per_row))
+    rows = -(-plan.ho // bands)  # even bands: a short last band makes a thin GEMM
+    return [(n, n + 1, r0, min(plan.ho, r0 + rows)) for n in range(plan.n) for r0 in range(0, plan.ho, rows)]
+
+
+def _columns_size(plan, chunks):
+    """Elements of the largest chunk's columns: the size of each lane's column buffer."""
+    return max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * plan.groups * plan.depth * plan.wo
+
+
+def _chunk_columns(backend, plan, x, geometry, chunk, size, lane, ws):
+    """The columns of one chunk as a (samples, G, Kg, pixels) view of lane ``lane``'s buffer."""
+    n0, n1, r0, r1 = chunk
+    pixels = (r1 - r0) * plan.wo
+    per_sample = plan.groups * plan.depth * pixels
+    if _pointwise(plan):
+        return _chunk_of(plan, x, chunk)
+    buf = scratch(ws, backend, f"conv_cols/{lane}", (size,), x.dtype)
+    backend.conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, per_sample, pixels)
+    return _view(buf[:(n1 - n0) * per_sample], (n1 - n0, plan.groups, plan.depth, pixels))
+
+
+def _chunk_of(plan, a, chunk):
+    """Rows ``chunk`` of an (N, O, Ho, Wo) array as a (samples, G, O/G, pixels) view."""
+    n0, n1, r0, r1 = chunk
+    rows = _view(a[n0:n1], (n1 - n0, a.shape[1], plan.ho * plan.wo))[:, :, r0 * plan.wo:r1 * plan.wo]
+    return _view(rows, (n1 - n0, plan.groups, a.shape[1] // plan.groups, (r1 - r0) * plan.wo))
+
+
+def _direct(backend, stride, padding) -> bool:
+    """Whether the direct kernel computes this stride-1 conv (forward, or its input gradient
+    with ``padding`` (k - 1)*d - p): it needs AVX-512's registers to beat im2col + GEMM."""
+    return bool(backend.conv_kernels.wide_registers) and tuple(stride) == (1, 1) and min(padding) >= 0
+
+
+def _pointwise(plan) -> bool:
+    """A 1x1, stride-1, unpadded conv: its columns are the input itself."""
+    return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
+
+
+def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
+    plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
+    geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
+    if _direct(backend, stride, padding) and not _pointwise(plan):
+        _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_grid(
+            x, w, out, geometry, groups, plan.o, plan.n, lo, hi, False, False))
+        return
+    weight = plan.weight(w)
+    chunks = _chunks(plan, _gemm_lanes())
+    size = _columns_size(plan, chunks)
+
+    def lane(lo, hi, k):
+        for chunk in chunks[lo:hi]:
+            cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
+            np.matmul(weight, cols, out=_chunk_of(plan, out, chunk))
+
+    _run_gemm_pieces(len(chunks), lane)
+
+
+def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
+    """The weight gradient by the direct kernel or by im2col + GEMM, whichever ran faster on
+    this geometry (timed once per workspace; neither wins everywhere: the direct kernel on
+    5x5 and grouped layers, the GEMM on 3x3 64->64)."""
+    candidates = [_gemm_backward_filter]
+    if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
+        candidates.append(_direct_backward_filter)
+    args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
+    if len(candidates) > 1 and ws is not None:
+        key = f"conv_filter_choice {x.shape} {dw.shape} {dy.shape} {stride} {padding} {dilation} {groups}"
+        choice = scratch(ws, backend, key, (1,), np.int8,
+                         init=lambda buf: buf.fill(_fastest(candidates, args, dw.dtype, ws)))[0]
+    else:
+        choice = 0
+    candidates[choice](*args, dw, accumulate, ws)
+
+
+def _fastest(candidates, args, dtype, ws) -> int:
+    """Index of the candidate with the shortest of two timed runs (into a scratch target)."""
+    target = scratch(ws, args[0], "conv_filter_trial", args[3], dtype)
+    times = []
+    for run in candidates:
+        best = float("inf")
+        for _ in range(2):
+            start = time.perf_counter()
+            run(*args, target, False, ws)
+            best = min(best, time.perf_counter() - start)
+        times.append(best)
+    return times.index(min(times))
+
+
+def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
+    geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
+    o, n = w_shape[0], x.shape[0]
+    partial = {}
+
+    def lane(lo, hi, k):
+        partial[k] = target = dw if k == 0 else scratch(ws, backend, f"conv_dw_direct/{k}", dw.shape, dw.dtype)
+        backend.conv_kernels.direct_grid_filter(x, dy, target, geometry, groups, o, n, lo, hi, accumulate and k == 0)
+
+    lanes = _run_lanes(n, dy[0].size * x.shape[1] // groups * w_shape[2] * w_shape[3], lane)
+    for k in range(1, lanes):  # lane order: a fixed summation order for a given lane count
+        dw += partial[k]
+
+
+def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
+    plan = _ConvPlan(x.shape, w_shape, dy.shape[2:], stride, padding, dilation, groups)
+    geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
+    og = plan.o // groups
+    chunks = _chunks(plan, _gemm_lanes())
+    size = _columns_size(plan, chunks)
+    totals = {}
+
+    # cols @ dy^T, (Kg, O/G) per group, then one small transposed copy: BLAS runs this
+    # orientation of the long-reduction product faster (20.4 vs 25.1 ms, 3x3 64->64 b32)
+    def lane(lo, hi, k):
+        totals[k] = total = scratch(ws, backend, f"conv_dw_t/{k}", (groups, plan.depth, og), dw.dtype)
+        part = scratch(ws, backend, f"conv_dw_part/{k}", total.shape, dw.dtype)
+        for index, chunk in enumerate(chunks[lo:hi]):
+            cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
+            per_sample = scratch(ws, backend, f"conv_dw_rows/{k}", (cols.shape[0],) + total.shape, dw.dtype)
+            np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
+            np.sum(per_sample, axis=0, out=total if index == 0 else part)
+            if index:
+                total += part
+
+    lanes = _run_gemm_pieces(len(chunks), lane)
+    # lane order, chunk order within a lane: a fixed summation order for a given lane count
+    for k in range(1, lanes):
+        totals[0] += totals[k]
+    backend.store(totals[0].transpose(0, 2, 1), _view(dw, (groups, og, plan.depth)), accumulate)
+
+
+def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
+    plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
+    flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
+    if _direct(backend, stride, flipped_padding) and not _pointwise(plan):
+        # dx is the stride-1 conv of dy with the taps flipped and the channels swapped
+        flipped = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
+        _run_lanes(plan.n, dx[0].size * plan.o // groups * plan.kh * plan.kw,
+                   lambda lo, hi, k: backend.conv_kernels.direct_grid(dy, w, dx, flipped, groups, plan.c, plan.n,
+                                                               lo, hi, True, accumulate))
+        return
+    geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
+    weight_t = plan.weight(w).transpose(0, 2, 1)
+    per_sample = plan.groups * plan.depth * plan.ho * plan.wo
+    chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)
+    most = max(n1 - n0 for n0, n1, _, _ in chunks)
+
+    def lane(lo, hi, k):
+        dcols = scratch(ws, backend, f"conv_dcols/{k}", (most * per_sample,), dx.dtype)
+        for chunk in chunks[lo:hi]:
+            n0, n1 = chunk[:2]
+            view = _view(dcols[:(n1 - n0) * per_sample], (n1 - n0, groups, plan.depth, plan.ho * plan.wo))
+            np.matmul(weight_t, _chunk_of(plan, dy, chunk), out=view)
+            backend.conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate)
+
+    _run_gemm_pieces(len(chunks), lane)
+
+
+def _grid_padding(kernel, padding, dilation):
+    """Padding of the stride-1 input gradient seen as a conv of dy with the flipped taps."""
+    return tuple(d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation))
+
+
+def _c_depthwise_forward(backend, x, w, out, stride, padding, dilation):
+    n, c = x.shape[:2]
+    geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
+    work = out[0, 0].size * w.shape[2] * w.shape[3]
+    if tuple(stride) == (1, 1):
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid(
+            x, w, out, geometry, n, lo, hi, False, False))
+    else:
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi))
+
+
+def _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate):
+    n, c = dx.shape[:2]
+    work = dy[0, 0].size * w.shape[2] * w.shape[3]
+    flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
+    if tuple(stride) == (1, 1) and min(flipped_padding) >= 0:
+        geometry = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid(
+            dy, w, dx, geometry, n, lo, hi, True, accumulate))
+    else:
+        geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
+        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_backward_data(
+            dy, w, dx, geometry, n, lo, hi, accumulate))
+
+
+def _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws):
+    n, c = x.shape[:2]
+    geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
+    work = n * dy[0, 0].size * dw.shape[2] * dw.shape[3]
+    if tuple(stride) == (1, 1):
+        _run_lanes(c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid_filter(
+            x, dy, dw, geometry, n, lo, hi, accumulate))
+        return
+    taps = dw.shape[2] * dw.shape[3]
+
+    def lane(lo, hi, k):
+        partial = scratch(ws, backend, f"conv_dw_partial/{k}", (taps * dy.shape[3],), dw.dtype)
+        backend.conv_kernels.depthwise_backward_filter(x, dy, dw, partial, geometry, n, lo, hi, accumulate)
+
+    _run_lanes(c, work, lane)
 
 
 # ---------------------------------------------------------------- pooling
@@ -343,17 +587,17 @@ def _is_global(x_hw, kernel, padding, out_hw):
     return tuple(kernel) == tuple(x_hw) and tuple(padding) == (0, 0) and tuple(out_hw) == (1, 1)
 
 
-def _c_pooling(*arrays) -> bool:
-    return _pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
+def _c_pooling(backend, *arrays) -> bool:
+    return backend.pool_kernels is not None and all(a.flags.c_contiguous for a in arrays) \
         and arrays[0].dtype in (np.float32, np.float64)
 
 
 def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
     kh, kw = kernel
     out_hw = out.shape[2:]
-    if _c_pooling(x, out, argmax):
+    if _c_pooling(backend, x, out, argmax):
         n, c, h, w = x.shape
-        _pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
+        backend.pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
         return
     xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
     table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
@@ -392,8 +636,8 @@ def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
     n, c, h, w = dx.shape
     planes = n * c
     per_plane = dy.size // planes
-    if _c_pooling(dx, dy, argmax):
-        _pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
+    if _c_pooling(backend, dx, dy, argmax):
+        backend.pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
         return
     flat_index = scratch(ws, backend, "pool_flat", (planes, per_plane), np.intp)
     plane_start = scratch(ws, backend, f"pool_base {h * w}", (planes, 1), np.intp,
@@ -444,7 +688,7 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
     if _is_global((h, w), kernel, padding, out_hw):
         share = scratch(ws, backend, "pool_dy", dy.shape, dy.dtype)
         np.multiply(dy, 1.0 / (h * w), out=share)
-        if accumulate:
+        if accumulate:  # each (1, 1) share broadcasts over its whole plane
             dx += share
         else:
             np.copyto(dx, share)
@@ -468,11 +712,7 @@ def avg_pool2d_backward(backend, dy, dx, kernel, stride, padding, count_include_
             region = _offset_view(target, i, j, stride, out_hw)
             region += share
     if padded:
-        interior = target[:, :, ph:ph + h, pw:pw + w]
-        if accumulate:
-            dx += interior
-        else:
-            np.copyto(dx, interior)
+        backend.store(target[:, :, ph:ph + h, pw:pw + w], dx, accumulate)
 
 
 # ------------------------------------------------------------ batch norm
@@ -483,7 +723,7 @@ def _stat_axes(x):
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                      momentum, eps, ws):
     axes = _stat_axes(x)
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     count = x.size // x.shape[1]
     channels = (x.shape[1],)
     np.mean(x, axis=axes, out=mean)
@@ -493,18 +733,7 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
     np.multiply(centered, centered, out=squares)
     var = scratch(ws, backend, "bn_var", channels, x.dtype)
     np.mean(squares, axis=axes, out=var)  # biased: what normalising uses
-    if running_mean is not None:
-        step = scratch(ws, backend, "bn_step", channels, x.dtype)
-        np.multiply(mean, momentum, out=step)
-        running_mean *= 1.0 - momentum
-        running_mean += step
-        # running_var tracks the unbiased estimate, as PyTorch
-        np.multiply(var, momentum * count / max(count - 1, 1), out=step)
-        running_var *= 1.0 - momentum
-        running_var += step
-    np.add(var, eps, out=invstd)
-    np.sqrt(invstd, out=invstd)
-    np.reciprocal(invstd, out=invstd)
+    _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
     scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
     np.multiply(gamma, invstd, out=scale)
     np.multiply(centered, _view(scale, shape), out=out)
@@ -512,7 +741,7 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
 
 
 def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, out, ws):
-    shape = _channel_shape(x)
+    shape = channel_shape(x)
     channels = (x.shape[1],)
     scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
     np.add(running_var, eps, out=scale)
@@ -527,37 +756,96 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
 
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                         accumulate_dx, accumulate_params, ws):
-    axes = _stat_axes(x)
-    shape = _channel_shape(x)
-    count = x.size // x.shape[1]
-    channels = (x.shape[1],)
+    sums = scratch(ws, backend, "bn_grad_sums", (2 * x.shape[1],), x.dtype)
+    batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws)
+    if dx is not None:
+        batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, x.size // x.shape[1], dx,
+                                 accumulate_dx, ws)
+
+
+def _xhat(backend, x, mean, invstd, ws):
     xhat = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
+    shape = channel_shape(x)
     np.subtract(x, _view(mean, shape), out=xhat)
     xhat *= _view(invstd, shape)
-    sum_dy = scratch(ws, backend, "bn_sum_dy", channels, x.dtype)
+    return xhat
+
+
+def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws):
+    axes = _stat_axes(x)
+    c = x.shape[1]
+    sum_dy, sum_dy_xhat = sums[:c], sums[c:]
     np.sum(dy, axis=axes, out=sum_dy)
     product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
-    np.multiply(dy, xhat, out=product)
-    sum_dy_xhat = scratch(ws, backend, "bn_sum_dy_xhat", channels, x.dtype)
+    np.multiply(dy, _xhat(backend, x, mean, invstd, ws), out=product)
     np.sum(product, axis=axes, out=sum_dy_xhat)
     for grad, value in ((dbeta, sum_dy), (dgamma, sum_dy_xhat)):
-        if grad is None:
-            continue
-        if accumulate_params:
-            grad += value
-        else:
-            np.copyto(grad, value)
-    if dx is None:
-        return
+        if grad is not None:
+            backend.store(value, grad, accumulate_params)
+
+
+def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws):
     # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
-    coef = scratch(ws, backend, "bn_coef", channels, x.dtype)
+    shape = channel_shape(x)
+    c = x.shape[1]
+    coef = scratch(ws, backend, "bn_coef", (c,), x.dtype)
     np.multiply(gamma, invstd, out=coef)
     coef *= 1.0 / count
-    np.multiply(xhat, _view(sum_dy_xhat, shape), out=product)
-    product += _view(sum_dy, shape)
-    target = scratch(ws, backend, "bn_dx", x.shape, x.dtype) if accumulate_dx else dx
+    product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
+    np.multiply(_xhat(backend, x, mean, invstd, ws), _view(sums[c:], shape), out=product)
+    product += _view(sums[:c], shape)
+    target = scratch(ws, backend, "bn_dx", x.shape, x.dtype) if accumulate else dx
     np.multiply(dy, float(count), out=target)
     target -= product
     target *= _view(coef, shape)
-    if accumulate_dx:
+    if accumulate:
         dx += target
+
+
+def batch_norm_sums(backend, x, shift, sums, ws):
+    axes = _stat_axes(x)
+    c = x.shape[1]
+    d = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
+    np.subtract(x, _view(shift, channel_shape(x)), out=d)
+    np.sum(d, axis=axes, out=sums[:c])
+    np.multiply(d, d, out=d)
+    np.sum(d, axis=axes, out=sums[c:])
+
+
+def batch_norm_stats(backend, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps, ws):
+    c = mean.shape[0]
+    offset = scratch(ws, backend, "bn_offset", (c,), mean.dtype)
+    np.divide(sums[:c], count, out=offset)
+    var = scratch(ws, backend, "bn_var", (c,), mean.dtype)
+    np.divide(sums[c:], count, out=var)
+    square = scratch(ws, backend, "bn_square", (c,), mean.dtype)
+    np.multiply(offset, offset, out=square)
+    var -= square
+    np.maximum(var, 0.0, out=var)
+    np.add(shift, offset, out=mean)  # before the running mean (which may be the shift) moves
+    _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
+
+
+def _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws):
+    """Running statistics torch-style (running_var tracks the unbiased variance), and
+    invstd = 1 / sqrt(var + eps) from the biased ``var``."""
+    if running_mean is not None:
+        step = scratch(ws, backend, "bn_step", mean.shape, mean.dtype)
+        np.multiply(mean, momentum, out=step)
+        running_mean *= 1.0 - momentum
+        running_mean += step
+        np.multiply(var, momentum * count / max(count - 1, 1), out=step)
+        running_var *= 1.0 - momentum
+        running_var += step
+    np.add(var, eps, out=invstd)
+    np.sqrt(invstd, out=invstd)
+    np.reciprocal(invstd, out=invstd)
+
+
+def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws):
+    shape = channel_shape(x)
+    scale = scratch(ws, backend, "bn_scale", (x.shape[1],), x.dtype)
+    np.multiply(gamma, invstd, out=scale)
+    np.subtract(x, _view(mean, shape), out=out)
+    out *= _view(scale, shape)
+    out += _view(beta, shape)

@@ -6,6 +6,12 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+try:
+    from threadpoolctl import ThreadpoolController
+except ImportError:  # a declared dependency; without it GEMM-heavy ops run on one lane
+    ThreadpoolController = None
 
 # Optimizer updates run over the flat param block in chunks small enough that a dozen passes
 # stay in L2 cache.
@@ -80,4 +86,62 @@ def run_lanes(n: int, work_per_row: int, work) -> int:
     work(bounds[0], bounds[1], 0)
     for future in futures:
         future.result()
+    return lanes
+
+
+_BLAS_LOCK = threading.Lock()
+_blas_state = {"controller": None, "depth": 0, "limiter": None}
+
+
+def _blas_controller():
+    """threadpoolctl's handle on the BLAS libraries loaded in this process (found once), or
+    None without threadpoolctl."""
+    if ThreadpoolController is None:
+        return None
+    if _blas_state["controller"] is None:
+        _blas_state["controller"] = ThreadpoolController().select(user_api="blas")
+    return _blas_state["controller"]
+
+
+@contextmanager
+def single_threaded_blas():
+    """BLAS calls run on the calling thread only (process-wide, restored by the last of any
+    overlapping users), so lanes that each call BLAS do not oversubscribe the cores."""
+    with _BLAS_LOCK:
+        if _blas_state["depth"] == 0:
+            _blas_state["limiter"] = _blas_controller().limit(limits=1)
+        _blas_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _blas_state["depth"] -= 1
+            if _blas_state["depth"] == 0:
+                _blas_state["limiter"].restore_original_limits()
+                _blas_state["limiter"] = None
+
+
+def gemm_lanes() -> int:
+    """Lanes for run_gemm_pieces: the thread count where BLAS threads can be limited, else 1."""
+    with _BLAS_LOCK:
+        return num_threads() if _blas_controller() is not None else 1
+
+
+def run_gemm_pieces(count: int, work) -> int:
+    """work(lo, hi, lane) over pieces [0, count) of an op whose pieces each run an im2col copy
+    and a GEMM: one contiguous range of pieces per lane, each lane with a single-threaded BLAS,
+    so the whole op is one parallel region (one sync) instead of one per GEMM, and each core
+    keeps its own pieces in its cache. Returns the lane count."""
+    lanes = min(gemm_lanes(), count)
+    if lanes <= 1:
+        work(0, count, 0)
+        return 1
+    bounds = [count * k // lanes for k in range(lanes + 1)]
+    with single_threaded_blas():
+        futures = [pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
+        try:
+            work(bounds[0], bounds[1], 0)
+        finally:
+            for future in futures:
+                future.result()
     return lanes

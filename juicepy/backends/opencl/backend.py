@@ -16,7 +16,8 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import Backend, BackendUnavailable, Workspace
+from ..base import (Backend, BackendUnavailable, Workspace, channels_inner, check_channel_range, check_same,
+                    check_view, scratch)
 from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
@@ -101,17 +102,8 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                 args.append(x)
         self._launch_flat("elementwise.cl", name, n, *args)
 
-    @staticmethod
-    def _check_same(op, *arrays):
-        size = arrays[0].size
-        for a in arrays[1:]:
-            if a.size != size:
-                raise ValueError(f"opencl {op}: arrays of {size} and {a.size} elements")
-
-    def _scratch(self, ws, tag, shape, dtype=np.float32):
-        if ws is None:  # callers outside a context (tests, tools) get a fresh temporary
-            return self.empty(shape, dtype)
-        return ws.get(self, tag, shape, dtype)
+    def _same(self, op, *arrays):
+        check_same(self.name, op, *arrays)
 
     # ---------------------------------------------------------------- memory
     def empty(self, shape, dtype=np.float32):
@@ -140,7 +132,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     def write(self, dst, host):
         host = np.asarray(host)
         if host.size != dst.size:
-            raise ValueError(f"opencl write: {host.size} elements into an array of {dst.size}")
+            raise ValueError(f"opencl backend write: {host.size} elements into an array of {dst.size}")
         if dst.size:
             dst.set(np.ascontiguousarray(host, dtype=dst.dtype).reshape(dst.shape), queue=self.queue)
 
@@ -151,7 +143,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
 
     def copy(self, src, dst):
         if src.dtype != dst.dtype or src.size != dst.size:
-            raise ValueError(f"opencl copy: {src.dtype}{src.shape} into {dst.dtype}{dst.shape}")
+            raise ValueError(f"opencl backend copy: {src.dtype}{src.shape} into {dst.dtype}{dst.shape}")
         if src.size:
             self._cl.enqueue_copy(self.queue, dst.base_data, src.base_data, byte_count=src.nbytes,
                                   src_offset=src.offset, dst_offset=dst.offset)
@@ -168,14 +160,12 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     def reshape(self, arr, shape):
         shape = tuple(int(s) for s in shape)
         if math.prod(shape) != arr.size:
-            raise ValueError(f"opencl reshape: cannot view {arr.shape} as {shape}")
+            raise ValueError(f"opencl backend reshape: cannot view {arr.shape} as {shape}")
         return arr.reshape(shape)
 
     def flat_view(self, flat, offset, shape):
-        size = math.prod(shape)
-        if flat.ndim != 1 or offset < 0 or offset + size > flat.size:
-            raise ValueError(f"opencl flat_view: {shape} at {offset} outside an array of {flat.shape}")
-        return flat[offset:offset + size].reshape(tuple(shape))
+        check_view(self.name, flat, offset, shape)
+        return flat[offset:offset + math.prod(shape)].reshape(tuple(shape))
 
     def is_array(self, x):
         return isinstance(x, self._array_type)
@@ -185,27 +175,21 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
 
     # ------------------------------------------------------------ arithmetic
     def add(self, a, b, out):
-        self._check_same("add", a, b, out)
+        self._same("add", a, b, out)
         self._elementwise("add_f32", out.size, a, b, out)
 
     def scale(self, x, alpha, out):
-        self._check_same("scale", x, out)
+        self._same("scale", x, out)
         self._elementwise("scale_f32", out.size, x, float(alpha), out)
 
     def mul(self, a, b, out, accumulate=False, ws=None):
-        self._check_same("mul", a, b, out)
+        self._same("mul", a, b, out)
         self._elementwise("mul_f32", out.size, a, b, out, int(accumulate))
 
-    @staticmethod
-    def _channels(arr):
-        """(rows, channels, inner) of an array whose axis 1 holds the channels."""
-        rows, channels = arr.shape[0], arr.shape[1]
-        return rows, channels, arr.size // max(1, rows * channels)
-
     def add_bias(self, out, bias):
-        _, channels, inner = self._channels(out)
+        _, channels, inner = channels_inner(out)
         if bias.size != channels:
-            raise ValueError(f"opencl add_bias: bias of {bias.size} for {channels} channels")
+            raise ValueError(f"opencl backend add_bias: bias of {bias.size} for {channels} channels")
         if inner == 1:
             rows = out.shape[0]
             self._kernel("elementwise.cl", "add_bias_rows")(
@@ -216,11 +200,11 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                               *self._ref(out), *self._ref(bias), inner)
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
-        rows, channels, inner = self._channels(dy)
+        rows, channels, inner = channels_inner(dy)
         if dbias.size != channels:
-            raise ValueError(f"opencl bias_grad: dbias of {dbias.size} for {channels} channels")
+            raise ValueError(f"opencl backend bias_grad: dbias of {dbias.size} for {channels} channels")
         if inner > 1:  # images: sum each (row, channel) plane in parallel first, then the rows
-            partial = self._scratch(ws, "bias_planes", (rows, channels))
+            partial = scratch(ws, self, "bias_planes", (rows, channels), _F32)
             self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
                               *self._ref(partial))
             dy, inner = partial, 1
@@ -236,7 +220,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         if x.size == 0:
             return True
         if x.dtype != _F32:
-            raise TypeError(f"opencl all_finite: float32 expected, got {x.dtype}")
+            raise TypeError(f"opencl backend all_finite: float32 expected, got {x.dtype}")
         with self._flag_lock:  # one flag buffer per backend
             self._kernel("rows.cl", "all_finite")(self.queue, (_REDUCE_WG,), (_REDUCE_WG,), x.size,
                                                   *self._ref(x), self._flag.base_data)
@@ -245,35 +229,35 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
 
     # ------------------------------------------------------------ activations
     def relu(self, x, out):
-        self._check_same("relu", x, out)
+        self._same("relu", x, out)
         self._elementwise("relu_fwd", out.size, x, out)
 
     def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("relu_backward", y, dy, dx)
+        self._same("relu_backward", y, dy, dx)
         self._elementwise("step_bwd", dx.size, y, dy, dx, 0.0, int(accumulate))
 
     def leaky_relu(self, x, out, slope):
-        self._check_same("leaky_relu", x, out)
+        self._same("leaky_relu", x, out)
         self._elementwise("leaky_relu_fwd", out.size, x, out, float(slope))
 
     def leaky_relu_backward(self, x, dy, dx, slope, accumulate=False, ws=None):
-        self._check_same("leaky_relu_backward", x, dy, dx)
+        self._same("leaky_relu_backward", x, dy, dx)
         self._elementwise("step_bwd", dx.size, x, dy, dx, float(slope), int(accumulate))
 
     def sigmoid(self, x, out):
-        self._check_same("sigmoid", x, out)
+        self._same("sigmoid", x, out)
         self._elementwise("sigmoid_fwd", out.size, x, out)
 
     def sigmoid_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("sigmoid_backward", y, dy, dx)
+        self._same("sigmoid_backward", y, dy, dx)
         self._elementwise("sigmoid_bwd", dx.size, y, dy, dx, int(accumulate))
 
     def tanh(self, x, out):
-        self._check_same("tanh", x, out)
+        self._same("tanh", x, out)
         self._elementwise("tanh_fwd", out.size, x, out)
 
     def tanh_backward(self, y, dy, dx, accumulate=False, ws=None):
-        self._check_same("tanh_backward", y, dy, dx)
+        self._same("tanh_backward", y, dy, dx)
         self._elementwise("tanh_bwd", dx.size, y, dy, dx, int(accumulate))
 
     def _rows(self, name, rows, *args):
@@ -283,28 +267,28 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     @staticmethod
     def _row_shape(op, x):
         if x.ndim != 2:
-            raise ValueError(f"opencl {op}: (rows, classes) expected, got {x.shape}")
+            raise ValueError(f"opencl backend {op}: (rows, classes) expected, got {x.shape}")
         return x.shape
 
     def softmax(self, x, out, ws=None):
         rows, cols = self._row_shape("softmax", x)
-        self._check_same("softmax", x, out)
+        self._same("softmax", x, out)
         self._rows("softmax_rows", rows, cols, *self._ref(x), *self._ref(out), 0)
 
     def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
         rows, cols = self._row_shape("softmax_backward", y)
-        self._check_same("softmax_backward", y, dy, dx)
+        self._same("softmax_backward", y, dy, dx)
         self._rows("softmax_rows_bwd", rows, cols, *self._ref(y), *self._ref(dy), *self._ref(dx), 0,
                    int(accumulate))
 
     def log_softmax(self, x, out, ws=None):
         rows, cols = self._row_shape("log_softmax", x)
-        self._check_same("log_softmax", x, out)
+        self._same("log_softmax", x, out)
         self._rows("softmax_rows", rows, cols, *self._ref(x), *self._ref(out), 1)
 
     def log_softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
         rows, cols = self._row_shape("log_softmax_backward", y)
-        self._check_same("log_softmax_backward", y, dy, dx)
+        self._same("log_softmax_backward", y, dy, dx)
         self._rows("softmax_rows_bwd", rows, cols, *self._ref(y), *self._ref(dy), *self._ref(dx), 1,
                    int(accumulate))
 
@@ -312,10 +296,10 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     def _check_labels(self, op, x, labels, losses, dx):
         rows, cols = self._row_shape(op, x)
         if labels.dtype != _I32 or labels.size != rows:
-            raise ValueError(f"opencl {op}: labels must be int32 ({rows},), got {labels.dtype}{labels.shape}")
-        self._check_same(op, x, dx)
+            raise ValueError(f"opencl backend {op}: labels must be int32 ({rows},), got {labels.dtype}{labels.shape}")
+        self._same(op, x, dx)
         if losses.size != rows:
-            raise ValueError(f"opencl {op}: losses must hold {rows} rows, got {losses.shape}")
+            raise ValueError(f"opencl backend {op}: losses must hold {rows} rows, got {losses.shape}")
         return rows, cols
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
@@ -329,33 +313,41 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                    *self._ref(dx), float(grad_scale))
 
     def mse_loss(self, pred, target, losses, dx, grad_scale, ws=None):
-        self._check_same("mse_loss", pred, target, dx)
+        self._same("mse_loss", pred, target, dx)
         rows = pred.shape[0]
         if losses.size != rows:
-            raise ValueError(f"opencl mse_loss: losses must hold {rows} rows, got {losses.shape}")
+            raise ValueError(f"opencl backend mse_loss: losses must hold {rows} rows, got {losses.shape}")
         cols = pred.size // max(1, rows)
         self._rows("mse", rows, cols, *self._ref(pred), *self._ref(target), *self._ref(losses),
                    *self._ref(dx), float(np.float32(2.0 * grad_scale)))
 
     # ---------------------------------------------------------------- dropout
     def dropout(self, x, out, mask, p, seed, counter, ws=None):
-        self._check_same("dropout", x, out, mask)
+        self._same("dropout", x, out, mask)
         keep_scale = float(np.float32(1.0 / (1.0 - p))) if p < 1.0 else 0.0
         self._elementwise("dropout_fwd", x.size, x, out, mask, rng.stream_key(seed, counter),
                           rng.keep_threshold(p), keep_scale)
 
     # -------------------------------------------------------------- optimizers
+    def _guard_tripped(self, guard) -> bool:
+        """The update is skipped: ``guard`` (the step's summed loss) is given and not finite."""
+        return guard is not None and not self.all_finite(guard)
+
     def sgd_update(self, param, grad, buf, *, lr, momentum, dampening, nesterov,
-                   weight_decay, first_step, ws=None):
-        self._check_same("sgd_update", param, grad, *([buf] if momentum != 0.0 else []))
+                   weight_decay, first_step, ws=None, guard=None):
+        if self._guard_tripped(guard):
+            return
+        self._same("sgd_update", param, grad, *([buf] if momentum != 0.0 else []))
         momentum_buf = buf if buf is not None else param  # never touched without momentum
         self._elementwise("sgd_step", param.size, param, grad, momentum_buf, float(lr), float(momentum),
                           float(np.float32(1.0 - dampening)), int(bool(nesterov)), float(weight_decay),
                           int(bool(first_step)))
 
     def adam_update(self, param, grad, exp_avg, exp_avg_sq, *, lr, beta1, beta2, eps,
-                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None):
-        self._check_same("adam_update", param, grad, exp_avg, exp_avg_sq,
+                    weight_decay, decoupled, step, max_exp_avg_sq=None, ws=None, guard=None):
+        if self._guard_tripped(guard):
+            return
+        self._same("adam_update", param, grad, exp_avg, exp_avg_sq,
                          *([max_exp_avg_sq] if max_exp_avg_sq is not None else []))
         amsgrad = max_exp_avg_sq is not None
         f32 = np.float32  # each factor rounded to float32 once, as NumPy does with Python scalars
@@ -368,16 +360,14 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
-        rows, src_c, inner = self._channels(src)
-        if dst.shape[0] != rows or offset + src_c > dst.shape[1] or dst.size != rows * dst.shape[1] * inner:
-            raise ValueError(f"opencl copy_channels: {src.shape} into {dst.shape} at channel {offset}")
+        check_channel_range(self.name, "copy_channels", src, dst, offset)
+        rows, src_c, inner = channels_inner(src)
         self._elementwise("copy_channels", src.size, src, src_c, dst, dst.shape[1], int(offset), inner,
                           int(accumulate))
 
     def slice_channels(self, src, dst, offset, accumulate=False):
-        rows, dst_c, inner = self._channels(dst)
-        if src.shape[0] != rows or offset + dst_c > src.shape[1] or src.size != rows * src.shape[1] * inner:
-            raise ValueError(f"opencl slice_channels: {dst.shape} from {src.shape} at channel {offset}")
+        check_channel_range(self.name, "slice_channels", dst, src, offset)
+        rows, dst_c, inner = channels_inner(dst)
         self._elementwise("slice_channels", dst.size, src, src.shape[1], dst, dst_c, int(offset), inner,
                           int(accumulate))
 

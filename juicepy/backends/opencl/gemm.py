@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import abc
+
+from ..base import check_gemm
 from .layout import F32, round_up
 
 GPU_TILE = 16     # must match TS in gemm.cl
 NR = 32           # must match NR in gemm.cl
 PACK_WG = 64      # work-group size along K of pack_a
 PACK_ROWS = 16    # rows of K per work-group of pack_b
-# A @ B^T with at most this many outputs runs gemm_nt (no packing): on PoCL it measured as fast
-# as the packed kernel at 128 x 512 outputs, 1.4-3x faster on thin outputs (128 x 10, 64 x 120,
-# conv weight gradients) and slower from 512 x 512 up
+# A @ B^T with at most this many outputs runs gemm_nt (no packing): it beats packing on thin
+# outputs (conv weight gradients) and loses on large ones (measurements in docs/opencl.md)
 DOT_MAX_OUTPUTS = 128 * 512
 
 
@@ -30,20 +32,29 @@ def k_splits(tiles: int, k: int, bk: int) -> int:
 
 
 
-class GemmOps:
-    """gemm() and the raw-operand _gemm() the convolutions call."""
+class GemmOps(abc.ABC):
+    """gemm() and the raw-operand _gemm() the convolutions call. They rely on this plumbing of
+    the backend class they are mixed into (and its ``queue``, ``gemm_variant``, ``_gemm_tiles``,
+    ``_gemm_lock`` and ``_gemm_ws`` attributes):"""
+
+    @abc.abstractmethod
+    def _kernel(self, filename, name):
+        """The compiled kernel ``name`` of ``filename`` (cached)."""
+
+    @abc.abstractmethod
+    def _ref(self, a):
+        """(base buffer, element offset) of an array."""
+
+    @abc.abstractmethod
+    def _launch_flat(self, filename, name, n, *args):
+        """One work-item per element."""
 
     #: stage tiles of B (not transposed) straight from B instead of packing it first (A^T
     #: staged the same way measured slower on PoCL: 12-wide rows, so A is always packed)
     direct_staging = True
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
-        if a.ndim != 2 or b.ndim != 2 or out.ndim != 2:
-            raise ValueError(f"opencl gemm: 2-D arrays expected, got {a.shape}, {b.shape} -> {out.shape}")
-        m, k = (a.shape[1], a.shape[0]) if trans_a else a.shape
-        kb, n = (b.shape[1], b.shape[0]) if trans_b else b.shape
-        if k != kb or out.shape != (m, n):
-            raise ValueError(f"opencl gemm: op(a) {(m, k)} @ op(b) {(kb, n)} does not give out {out.shape}")
+        m, n, k = check_gemm("opencl", a, b, out, trans_a, trans_b)
         self._gemm(m, n, k, self._ref(a), a.shape[1], trans_a, self._ref(b), b.shape[1], trans_b,
                    self._ref(out), n, alpha, beta, ws)
 
@@ -53,7 +64,7 @@ class GemmOps:
             return
         if k == 0:  # nothing to multiply: only the beta term remains
             if ldc != n:
-                raise ValueError("opencl gemm: K == 0 on a strided output")
+                raise ValueError("opencl backend gemm: K == 0 on a strided output")
             self._launch_flat("elementwise.cl", "scale_f32", m * n, *c, float(beta), *c)
             return
         if self.gemm_variant == "cooperative":

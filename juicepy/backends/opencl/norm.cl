@@ -23,6 +23,13 @@ inline float plane_sum(__global const float *p, const int n)
 #undef TERM_X
 }
 
+inline float plane_dev(__global const float *p, const int n, const float mu)
+{
+#define TERM_DEV(i) (p[i] - mu)
+    EIGHT_WAY_SUM(n, TERM_DEV)
+#undef TERM_DEV
+}
+
 inline float plane_sq_dev(__global const float *p, const int n, const float mu)
 {
 #define TERM_SQ(i) ((p[i] - mu) * (p[i] - mu))
@@ -119,4 +126,44 @@ __kernel void bn_bwd_data(const int total, const int C, const int S, const int c
     const float m = (float)count;
     const float v = (g * is / m) * (m * dy[dy_off + i] - sums[s_off + c] - xhat * sums[s_off + C + c]);
     STORE(dx, dx_off + i, v, acc)
+}
+
+// Synchronised batch norm: per-channel sums a caller adds up over ranks between the kernels.
+// sums[c] = sum(x - shift[c]), sums[C + c] = sum((x - shift[c])^2)
+__kernel void bn_sums(const int N, const int C, const int S, __global const float *x, const int x_off,
+                      __global const float *shift, const int sh_off, __global float *sums, const int s_off)
+{
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    const float mu = shift[sh_off + c];
+    float total = 0.0f, sq = 0.0f;
+    for (int n = 0; n < N; ++n) {
+        __global const float *p = x + x_off + ((size_t)n * C + c) * S;
+        total += plane_dev(p, S, mu);
+        sq += plane_sq_dev(p, S, mu);
+    }
+    sums[s_off + c] = total;
+    sums[s_off + C + c] = sq;
+}
+
+// mean = shift + sums[c] / count, biased var = sums[C + c] / count - (sums[c] / count)^2;
+// shift may be the mean or the running mean itself (read before either is written)
+__kernel void bn_stats_from_sums(const int C, const float count, __global const float *sums, const int s_off,
+                                 __global const float *shift, const int sh_off,
+                                 __global float *mean, const int m_off, __global float *invstd, const int i_off,
+                                 __global float *run_mean, const int rm_off, __global float *run_var, const int rv_off,
+                                 const int has_running, const float momentum, const float eps)
+{
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    const float d = sums[s_off + c] / count;
+    const float var = fmax(sums[s_off + C + c] / count - d * d, 0.0f);
+    const float mu = shift[sh_off + c] + d;
+    mean[m_off + c] = mu;
+    invstd[i_off + c] = 1.0f / sqrt(var + eps);
+    if (has_running) {
+        const float unbiased = count > 1.0f ? var * (count / (count - 1.0f)) : var;
+        run_mean[rm_off + c] = (1.0f - momentum) * run_mean[rm_off + c] + momentum * mu;
+        run_var[rv_off + c] = (1.0f - momentum) * run_var[rv_off + c] + momentum * unbiased;
+    }
 }

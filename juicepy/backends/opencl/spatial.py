@@ -3,7 +3,13 @@ conv.cl and norm.cl (a mixin of the backend)."""
 
 from __future__ import annotations
 
-from .layout import I32, round_up
+import abc
+
+import numpy as np
+
+from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
+                    check_pool_shapes, scratch)
+from .layout import round_up
 
 
 def pair(v) -> tuple[int, int]:
@@ -13,30 +19,47 @@ def pair(v) -> tuple[int, int]:
     return int(v), int(v)
 
 
+class SpatialOps(abc.ABC):
+    """NCHW convolution, pooling and batch normalisation. They rely on this plumbing of the
+    backend class they are mixed into (and its ``queue`` and ``_flag`` attributes):"""
 
+    @abc.abstractmethod
+    def _kernel(self, filename, name):
+        """The compiled kernel ``name`` of ``filename`` (cached)."""
 
-class SpatialOps:
-    """NCHW convolution, pooling and batch normalisation."""
+    @abc.abstractmethod
+    def _ref(self, a):
+        """(base buffer, element offset) of an array."""
+
+    @abc.abstractmethod
+    def _launch_flat(self, filename, name, n, *args):
+        """One work-item per element."""
+
+    @abc.abstractmethod
+    def _launch_rows(self, filename, name, inner, outer, *args):
+        """An (inner, *outer) grid."""
+
+    @abc.abstractmethod
+    def _gemm(self, m, n, k, a, lda, trans_a, b, ldb, trans_b, c, ldc, alpha, beta, ws=None):
+        """GEMM on (buffer, offset) operands (GemmOps)."""
+
+    @abc.abstractmethod
+    def _same(self, op, *arrays):
+        """Raise unless the arrays share one shape and dtype."""
 
     # ------------------------------------------------------------ convolution
     @staticmethod
     def _conv_geometry(x_shape, w_shape, y_shape, stride, padding, dilation, groups, op):
+        (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
+        check_conv_shapes("opencl", op, x_shape, w_shape, y_shape, (sh, sw), (ph, pw), (dh, dw), groups)
         n, c, h, w = x_shape
-        o, cg, kh, kw = w_shape
-        sh, sw = pair(stride)
-        ph, pw = pair(padding)
-        dh, dw = pair(dilation)
-        ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-        wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-        if c != cg * groups or o % groups or tuple(y_shape) != (n, o, ho, wo):
-            raise ValueError(f"opencl {op}: input {tuple(x_shape)}, weight {tuple(w_shape)}, groups {groups}, "
-                             f"stride {(sh, sw)}, padding {(ph, pw)}, dilation {(dh, dw)} give output "
-                             f"{(n, o, ho, wo)}, got {tuple(y_shape)}")
+        o, _, kh, kw = w_shape
+        ho, wo = y_shape[2:]
         return (n, c, h, w, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw)
 
     def _im2col(self, x, geo, ws):
         n, c, h, w, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
-        col = self._scratch(ws, "conv_col", (c * kh * kw, n * ho * wo))
+        col = scratch(ws, self, "conv_col", (c * kh * kw, n * ho * wo), np.float32)
         self._launch_rows("conv.cl", "im2col", ho, (c * kh * kw, n), *self._ref(x), n, c, h, w, wo, kh, kw,
                           sh, sw, ph, pw, dh, dw, *self._ref(col))
         return col
@@ -52,7 +75,7 @@ class SpatialOps:
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
-        y_cn = self._scratch(ws, "conv_cn", (o, cols))   # output as (O, N * Ho * Wo)
+        y_cn = scratch(ws, self, "conv_cn", (o, cols), np.float32)   # output as (O, N * Ho * Wo)
         wb, cb, yb = self._ref(w), self._ref(col), self._ref(y_cn)
         for g in range(groups):
             self._gemm(og, cols, kg, (wb[0], wb[1] + g * og * kg), kg, False,
@@ -67,9 +90,9 @@ class SpatialOps:
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
-        dy_cn = self._scratch(ws, "conv_cn", (o, cols))
+        dy_cn = scratch(ws, self, "conv_cn", (o, cols), np.float32)
         self._swap_nc(dy, n, o, ho * wo, dy_cn)
-        dcol = self._scratch(ws, "conv_col", (c * kh * kw, cols))
+        dcol = scratch(ws, self, "conv_col", (c * kh * kw, cols), np.float32)
         wb, db, cb = self._ref(w), self._ref(dy_cn), self._ref(dcol)
         for g in range(groups):
             self._gemm(kg, cols, og, (wb[0], wb[1] + g * og * kg), kg, True,
@@ -86,7 +109,7 @@ class SpatialOps:
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
         col = self._im2col(x, geo, ws)
-        dy_cn = self._scratch(ws, "conv_cn", (o, cols))
+        dy_cn = scratch(ws, self, "conv_cn", (o, cols), np.float32)
         self._swap_nc(dy, n, o, ho * wo, dy_cn)
         wb, db, cb = self._ref(dw), self._ref(dy_cn), self._ref(col)
         for g in range(groups):
@@ -97,28 +120,24 @@ class SpatialOps:
     # ---------------------------------------------------------------- pooling
     @staticmethod
     def _pool_geometry(x_shape, y_shape, kernel, stride, padding, op):
-        n, c, h, w = x_shape
-        kh, kw = pair(kernel)
-        sh, sw = pair(stride if stride is not None else kernel)
-        ph, pw = pair(padding)
-        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if tuple(y_shape) != (n, c, ho, wo):
-            raise ValueError(f"opencl {op}: input {tuple(x_shape)}, kernel {(kh, kw)}, stride {(sh, sw)}, "
-                             f"padding {(ph, pw)} give {(n, c, ho, wo)}, got {tuple(y_shape)}")
+        (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride if stride is not None else kernel), pair(padding)
+        check_pool_shapes("opencl", op, x_shape, y_shape, (kh, kw), (sh, sw), (ph, pw))
+        h, w = x_shape[2:]
+        ho, wo = y_shape[2:]
         return h, w, ho, wo, kh, kw, sh, sw, ph, pw
 
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
-        if argmax.dtype != I32 or argmax.shape != out.shape:
-            raise ValueError(f"opencl max_pool2d: argmax must be int32 {out.shape}, got {argmax.dtype}{argmax.shape}")
+        check_argmax("opencl", "max_pool2d", argmax, out.shape)
         planes = out.shape[0] * out.shape[1]
         self._launch_rows("conv.cl", "max_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
         planes = dx.shape[0] * dx.shape[1]
-        if dy.shape[:2] != dx.shape[:2] or argmax.shape != dy.shape:
-            raise ValueError(f"opencl max_pool2d_backward: dy {dy.shape}, argmax {argmax.shape}, dx {dx.shape}")
+        check_argmax("opencl", "max_pool2d_backward", argmax, dy.shape)
+        if dy.shape[:2] != dx.shape[:2]:
+            raise ValueError(f"opencl backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
         self._kernel("conv.cl", "max_pool_bwd")(
             self.queue, (round_up(planes, 64),), (64,), planes, dx.shape[2] * dx.shape[3],
             dy.shape[2] * dy.shape[3], *self._ref(dy), *self._ref(argmax), *self._ref(dx), int(accumulate))
@@ -144,22 +163,19 @@ class SpatialOps:
         return (*self._ref(a), 1)
 
     def _bn_shape(self, x, op, *per_channel):
-        n, c, s = self._channels(x)
-        for a in per_channel:
-            if a is not None and a.size != c:
-                raise ValueError(f"opencl {op}: per-channel array of {a.size} for {c} channels")
-        return n, c, s
+        check_per_channel("opencl", op, x, *per_channel)
+        return channels_inner(x)
 
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None):
         n, c, s = self._bn_shape(x, "batch_norm_train", gamma, beta, mean, invstd, running_mean, running_var)
-        self._check_same("batch_norm_train", x, out)
+        self._same("batch_norm_train", x, out)
         has_running = running_mean is not None and running_var is not None
         rm = self._ref(running_mean) if has_running else (self._flag.base_data, 0)
         rv = self._ref(running_var) if has_running else (self._flag.base_data, 0)
         self._kernel("norm.cl", "bn_stats")(
             self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(mean),
-            *self._ref(invstd), *rm, *rv, int(has_running), float(0.1 if momentum is None else momentum),
+            *self._ref(invstd), *rm, *rv, int(has_running), float(momentum),
             float(eps))
         g, b = self._optional(gamma), self._optional(beta)
         self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
@@ -167,7 +183,7 @@ class SpatialOps:
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
         _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
-        self._check_same("batch_norm_infer", x, out)
+        self._same("batch_norm_infer", x, out)
         g, b = self._optional(gamma), self._optional(beta)
         self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(running_mean),
                           *self._ref(running_var), 1, float(eps), g[0], g[1], b[0], b[1], g[2], b[2],
@@ -176,15 +192,60 @@ class SpatialOps:
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None):
         n, c, s = self._bn_shape(x, "batch_norm_backward", gamma, mean, invstd, dgamma, dbeta)
-        self._check_same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
-        sums = self._scratch(ws, "bn_sums", (2 * c,))
+        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        sums = scratch(ws, self, "bn_sums", (2 * c,), np.float32)
+        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params)
+        if dx is not None:
+            self._bn_backward_data(x, dy, gamma, mean, invstd, sums, n * s, dx, accumulate_dx)
+
+    def _bn_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params):
+        n, c, s = channels_inner(x)
         dg, db = self._optional(dgamma), self._optional(dbeta)
         self._kernel("norm.cl", "bn_bwd_reduce")(
             self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
             *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
             int(accumulate_params))
-        if dx is not None:
-            g = self._optional(gamma)
-            self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, n * s, *self._ref(x), *self._ref(dy),
-                              *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
-                              *self._ref(dx), int(accumulate_dx))
+
+    def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate):
+        _, c, s = channels_inner(x)
+        g = self._optional(gamma)
+        self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, int(count), *self._ref(x), *self._ref(dy),
+                          *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
+                          *self._ref(dx), int(accumulate))
+
+    def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
+                                   accumulate_params=False, ws=None):
+        self._same("batch_norm_backward_reduce", x, dy)
+        self._bn_shape(x, "batch_norm_backward_reduce", mean, invstd, dgamma, dbeta)
+        check_batch_norm_sums("opencl", "batch_norm_backward_reduce", sums, x.shape[1])
+        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params)
+
+    def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
+        self._same("batch_norm_backward_data", x, dy, dx)
+        self._bn_shape(x, "batch_norm_backward_data", gamma, mean, invstd)
+        check_batch_norm_sums("opencl", "batch_norm_backward_data", sums, x.shape[1])
+        self._bn_backward_data(x, dy, gamma, mean, invstd, sums, count, dx, accumulate)
+
+    def batch_norm_sums(self, x, shift, sums, ws=None):
+        n, c, s = self._bn_shape(x, "batch_norm_sums", shift)
+        check_batch_norm_sums("opencl", "batch_norm_sums", sums, c)
+        self._kernel("norm.cl", "bn_sums")(self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x),
+                                          *self._ref(shift), *self._ref(sums))
+
+    def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
+                         ws=None):
+        c = mean.shape[0]
+        check_batch_norm_sums("opencl", "batch_norm_stats", sums, c, shift, invstd, running_mean, running_var)
+        has_running = running_mean is not None and running_var is not None
+        rm = self._ref(running_mean) if has_running else (self._flag.base_data, 0)
+        rv = self._ref(running_var) if has_running else (self._flag.base_data, 0)
+        self._kernel("norm.cl", "bn_stats_from_sums")(
+            self.queue, (round_up(c, 64),), (64,), c, float(count), *self._ref(sums), *self._ref(shift),
+            *self._ref(mean), *self._ref(invstd), *rm, *rv, int(has_running), float(momentum), float(eps))
+
+    def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
+        _, c, s = self._bn_shape(x, "batch_norm_apply", gamma, beta, mean, invstd)
+        self._same("batch_norm_apply", x, out)
+        g, b = self._optional(gamma), self._optional(beta)
+        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
+                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))

@@ -53,43 +53,12 @@ def test_small_batches_stay_on_one_thread(b, monkeypatch):
     assert lanes == [(0, 2, 0)]
 
 
-def test_pool_backward_ops_accumulate(b):
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 3, 7, 6))
-    out = np.empty((2, 3, 4, 3))
-    argmax = np.empty(out.shape, np.int32)
-    b.max_pool2d(x, out, argmax, (3, 2), (2, 2), (1, 1))
-    dy = rng.standard_normal(out.shape)
-    for backward in (lambda dx, acc: b.max_pool2d_backward(dy, argmax, dx, accumulate=acc),
-                     lambda dx, acc: b.avg_pool2d_backward(dy, dx, (3, 2), (2, 2), (1, 1), True, accumulate=acc)):
-        fresh = np.empty_like(x)
-        backward(fresh, False)
-        start = rng.standard_normal(x.shape)
-        summed = start.copy()
-        backward(summed, True)
-        np.testing.assert_allclose(summed, start + fresh, rtol=1e-12, atol=1e-12)
-
-
-def test_batch_norm_backward_without_input_gradient_and_accumulating_params(b):
-    rng = np.random.default_rng(2)
-    x = rng.standard_normal((4, 3, 2, 2))
-    gamma, beta = rng.standard_normal(3), rng.standard_normal(3)
-    out, mean, invstd = np.empty_like(x), np.empty(3), np.empty(3)
-    b.batch_norm_train(x, gamma, beta, out, mean, invstd, None, None, 0.1, 1e-5)
-    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)))
-    np.testing.assert_allclose(invstd, 1 / np.sqrt(x.var(axis=(0, 2, 3)) + 1e-5))
-    dy = rng.standard_normal(x.shape)
-    dgamma, dbeta = np.ones(3), np.ones(3)
-    b.batch_norm_backward(x, dy, gamma, mean, invstd, None, dgamma, dbeta, accumulate_params=True)
-    xhat = (x - mean.reshape(1, 3, 1, 1)) * invstd.reshape(1, 3, 1, 1)
-    np.testing.assert_allclose(dbeta, 1 + dy.sum(axis=(0, 2, 3)))
-    np.testing.assert_allclose(dgamma, 1 + (dy * xhat).sum(axis=(0, 2, 3)))
-
-
 @pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
 def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, depth_limit):
+    """The forward's columns are reused only while the input still equals the copy kept with them
+    (the NumPy layouts; the C kernels keep no columns)."""
+    monkeypatch.setattr(b, "conv_kernels", None)
     monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", depth_limit)
-    """The forward's columns are reused only while the input still equals the copy kept with them."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((3, 2, 6, 6))
     w = rng.standard_normal((4, 2, 3, 3))
@@ -106,6 +75,7 @@ def test_weight_gradient_never_uses_columns_of_a_changed_input(b, monkeypatch, d
 
 @pytest.mark.parametrize("depth_limit", [1, 10**9], ids=["batch-inner", "per-sample"])
 def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch, depth_limit):
+    monkeypatch.setattr(b, "conv_kernels", None)
     monkeypatch.setattr(numpy_spatial, "BATCH_INNER_MIN_DEPTH", depth_limit)
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 2, 7, 6))

@@ -1,0 +1,150 @@
+"""Data-parallel step time at 1 and 2 ranks (one thread each): the scaling of juicepy.distributed.
+
+Run as a table (launches ``mpiexec -n 1`` and ``-n 2`` itself):
+
+    python bench/distributed_step.py [--steps 20] [--models mlp,wide-mlp,lenet]
+
+or as one job (what the table launches; rank 0 prints one JSON line):
+
+    mpiexec -n 2 python -m mpi4py bench/distributed_step.py --job mlp --steps 20
+
+Each timed step starts after a barrier; its time is the slowest rank's. The allreduce time is
+the time spent in the gradient allreduce inside the step (waiting for the slower rank
+included); "alone" times the same allreduce with every rank entering together. Scaling efficiency = 2-rank
+samples/s / (2 x 1-rank samples/s), with the batch per rank fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+# model: (batch per rank, input unit shape, builder)
+MODELS = {
+    "mlp": (128, (784,), "784-512-512-10"),
+    "wide-mlp": (256, (784,), "784-4096-4096-10"),
+    "lenet": (64, (1, 28, 28), "lenet-5"),
+}
+
+
+def build(model: str):
+    import juicepy as jp
+    from juicepy import layers as L
+    from juicepy.models import lenet
+
+    batch, shape, desc = MODELS[model]
+    if model == "lenet":
+        return jp.Network(lenet(shape, 10), shape), batch
+    widths = [int(w) for w in desc.split("-")[1:]]
+    parts = []
+    for width in widths[:-1]:
+        parts += [L.Linear(width), L.ReLU()]
+    return jp.Network(L.Sequential(*parts, L.Linear(widths[-1])), input_shape=shape), batch
+
+
+def run_job(model: str, steps: int, warmup: int) -> dict | None:
+    """One rank's part of the job; rank 0 returns the figures."""
+    import juicepy as jp
+    from juicepy import layers as L
+    from juicepy.distributed import communicator
+    from juicepy.train import Adam, Trainer
+
+    comm = communicator()
+    network, batch = build(model)
+    trainer = Trainer(network, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=batch, communicator=comm)
+    backend = jp.backend("numpy")
+    rng = np.random.default_rng(comm.rank)
+    x = rng.standard_normal((batch,) + network.input_shape).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+
+    in_allreduce = [0.0]
+    allreduce = comm.allreduce
+
+    def timed_allreduce(*args, **kwargs):  # instrument the gradient allreduce for this measurement
+        start = time.perf_counter()
+        allreduce(*args, **kwargs)
+        in_allreduce[0] += time.perf_counter() - start
+
+    comm.allreduce = timed_allreduce
+    for _ in range(warmup):
+        trainer.train_minibatch(backend, x, y)
+    step_times, reduce_times = [], []
+    for _ in range(steps):
+        comm.barrier()
+        in_allreduce[0] = 0.0
+        start = time.perf_counter()
+        trainer.train_minibatch(backend, x, y)
+        elapsed = time.perf_counter() - start
+        slowest = comm.allreduce_host(np.array([elapsed, in_allreduce[0]]), "max")
+        step_times.append(slowest[0])
+        reduce_times.append(slowest[1])
+    alone = []  # the gradient allreduce by itself, every rank entering together
+    segments = trainer.state(backend).context.segments
+    for _ in range(steps):
+        comm.barrier()
+        start = time.perf_counter()
+        for seg in segments:
+            allreduce(backend, seg.grad, average=True)
+        alone.append(comm.allreduce_host(np.array([time.perf_counter() - start]), "max")[0])
+    if comm.rank != 0:
+        return None
+    step = float(np.median(step_times))
+    return {"model": model, "ranks": comm.size, "batch_per_rank": batch, "steps": steps,
+            "step_s": step, "samples_per_s": comm.size * batch / step,
+            "allreduce_s": float(np.median(reduce_times)) if comm.size > 1 else 0.0,
+            "allreduce_alone_s": float(np.median(alone)) if comm.size > 1 else 0.0,
+            "params": network.num_params()}
+
+
+def launch(model: str, ranks: int, steps: int, warmup: int, timeout: float = 600) -> dict:
+    """Run one job under mpiexec (one thread per rank); the rank-0 figures."""
+    from juicepy.cli import mpiexec_path
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    for key in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE"):
+        env.pop(key, None)
+    command = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()),
+               "--job", model, "--steps", str(steps), "--warmup", str(warmup)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def scaling(model: str, steps: int, warmup: int) -> dict:
+    one, two = launch(model, 1, steps, warmup), launch(model, 2, steps, warmup)
+    return {"model": model, "one": one, "two": two,
+            "efficiency": two["samples_per_s"] / (2 * one["samples_per_s"])}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--job", choices=sorted(MODELS), help="run one job's rank (under mpiexec)")
+    parser.add_argument("--models", default=",".join(MODELS), help="models of the table")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    args = parser.parse_args(argv)
+    if args.job:
+        figures = run_job(args.job, args.steps, args.warmup)
+        if figures is not None:
+            print(json.dumps(figures), flush=True)
+        return
+    print(f"{'model':<28} {'1 rank ms':>10} {'2 ranks ms':>11} {'efficiency':>11} {'allreduce ms':>13} "
+          f"{'alone ms':>9}")
+    for model in args.models.split(","):
+        row = scaling(model, args.steps, args.warmup)
+        batch, _, desc = MODELS[model]
+        print(f"{desc + f' b{batch}/rank':<28} {row['one']['step_s'] * 1e3:10.2f} {row['two']['step_s'] * 1e3:11.2f} "
+              f"{row['efficiency'] * 100:10.1f}% {row['two']['allreduce_s'] * 1e3:13.2f} "
+              f"{row['two']['allreduce_alone_s'] * 1e3:9.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

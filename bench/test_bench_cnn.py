@@ -1,0 +1,109 @@
+"""Convolutional networks on 3x32x32 inputs (batch 32, Adam): a CIFAR-shaped CNN (3x conv-BN-ReLU-
+max-pool, then a linear classifier) and the zoo's ResNet, one training step and forward-only,
+juicepy on every backend vs the same model in PyTorch CPU eager in the same group.
+
+    pytest bench/test_bench_cnn.py --benchmark-json=cnn.json && python bench/report.py cnn.json
+"""
+
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy import layers as L
+from juicepy.models import resnet
+from juicepy.train import Adam, Trainer
+
+from benchutil import require_torch, torch_adam_step
+
+BATCH, SHAPE, CLASSES = 32, (3, 32, 32), 10
+WIDTHS = (32, 64, 128)
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((BATCH,) + SHAPE, dtype=np.float32), rng.integers(0, CLASSES, BATCH)
+
+
+def _cnn():
+    layers = []
+    for width in WIDTHS:
+        layers += [L.Conv2d(width, 3, padding=1), L.BatchNorm2d(), L.ReLU(), L.MaxPool2d(2)]
+    return L.Sequential(*layers, L.Flatten(), L.Linear(CLASSES))
+
+
+def _torch_cnn(torch):
+    nn = torch.nn
+    layers, channels = [], SHAPE[0]
+    for width in WIDTHS:
+        layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
+        channels = width
+    side = SHAPE[1] >> len(WIDTHS)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * side * side, CLASSES))
+
+
+def _torch_resnet(torch, widths=(16, 32, 64)):
+    """juicepy.models.resnet's architecture (one basic block per stage) in PyTorch."""
+    nn = torch.nn
+
+    class Block(nn.Module):
+        def __init__(self, cin, cout, stride):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout),
+                                      nn.ReLU(), nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+            self.shortcut = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                             if stride != 1 or cin != cout else nn.Identity())
+
+        def forward(self, x):
+            return torch.relu(self.body(x) + self.shortcut(x))
+
+    blocks, channels = [], widths[0]
+    for i, width in enumerate(widths):
+        blocks.append(Block(channels, width, 2 if i else 1))
+        channels = width
+    return nn.Sequential(nn.Conv2d(SHAPE[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU(),
+                         *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, CLASSES))
+
+
+MODELS = {"cifar cnn 3x(conv-bn-relu-pool)": (_cnn, _torch_cnn),
+          "resnet 16-32-64": (lambda: resnet(SHAPE, CLASSES), _torch_resnet)}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_step_juicepy(benchmark, backend, model):
+    benchmark.group = f"{model} b{BATCH} 3x32x32 adam step"
+    trainer = Trainer(jp.Network(MODELS[model][0](), SHAPE), L.SoftmaxCrossEntropy(), Adam(lr=1e-3),
+                      batch_size=BATCH)
+    x, y = _data()
+    trainer.train_minibatch(backend, x, y)
+    benchmark(trainer.train_minibatch, backend, x, y)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_step_torch(benchmark, model):
+    torch = require_torch()
+    benchmark.group = f"{model} b{BATCH} 3x32x32 adam step"
+    benchmark(torch_adam_step(torch, MODELS[model][1](torch), *_data()))
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_forward_juicepy(benchmark, backend, model):
+    benchmark.group = f"{model} b{BATCH} 3x32x32 forward"
+    net = jp.Network(MODELS[model][0](), SHAPE)
+    x, _ = _data()
+    net.transform(backend, x)
+    benchmark(net.transform, backend, x)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_forward_torch(benchmark, model):
+    torch = require_torch()
+    benchmark.group = f"{model} b{BATCH} 3x32x32 forward"
+    net = MODELS[model][1](torch).eval()
+    xt = torch.from_numpy(_data()[0])
+
+    def forward():
+        with torch.no_grad():
+            return net(xt).numpy()  # a host array, as transform returns
+
+    forward()
+    benchmark(forward)

@@ -1,0 +1,870 @@
+/* Convolution kernels for the NumPy backend: im2col/col2im straight from and to NCHW planes
+ * (padding handled in the copy, no padded copy of the input), and direct depthwise kernels
+ * (a GEMM with an inner dimension of kh*kw wastes most of its work on packing).
+ * Optional: setup.py builds it where a C compiler exists; spatial.py falls back to its NumPy
+ * versions otherwise or when JUICEPY_CPU_KERNELS=numpy.
+ *
+ * Every kernel takes a range (samples, planes or channels) so spatial.py can split one call
+ * over threads; the GIL is released inside. Sums run in a fixed order (no thread-dependent
+ * reductions), so results do not depend on the lane count.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECTOR_CLONES
+#endif
+
+typedef Py_ssize_t I;
+
+/* One convolution: input planes C x H x W, kernel kh x kw, output Ho x Wo. */
+typedef struct {
+    I c, h, w, kh, kw, sh, sw, ph, pw, dh, dw, ho, wo;
+} Geometry;
+
+/* Output columns q in [*lo, *hi) read input column q*sw + offset inside [0, w). */
+static void valid_columns(I offset, I sw, I w, I wo, I *lo, I *hi)
+{
+    I a = offset >= 0 ? 0 : (-offset + sw - 1) / sw;
+    I b = w - 1 - offset < 0 ? 0 : (w - 1 - offset) / sw + 1;
+    if (b > wo) b = wo;
+    if (a > b) a = b;
+    *lo = a;
+    *hi = b;
+}
+
+/* cols[(n - n0)*sn + ((c*kh + i)*kw + j)*sk + (ho - r0)*Wo + q] = x[n, c, ho*sh + i*dh - ph,
+ * q*sw + j*dw - pw] (0 in the padding), for samples [n0, n1) and output rows [r0, r1). */
+#define DEFINE_IM2COL(NAME, T)                                                                 \
+    VECTOR_CLONES static void NAME(const T *restrict x, T *restrict cols, const Geometry *g,  \
+                                   I n0, I n1, I r0, I r1, I sn, I sk)                        \
+    {                                                                                          \
+        const I rows = r1 - r0;                                                               \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I c = 0; c < g->c; c++) {                                                    \
+                const T *plane = x + (n * g->c + c) * g->h * g->w;                            \
+                for (I i = 0; i < g->kh; i++)                                                 \
+                    for (I j = 0; j < g->kw; j++) {                                           \
+                        T *dst = cols + (n - n0) * sn + ((c * g->kh + i) * g->kw + j) * sk;   \
+                        const I offset = j * g->dw - g->pw;                                   \
+                        I lo, hi;                                                             \
+                        valid_columns(offset, g->sw, g->w, g->wo, &lo, &hi);                  \
+                        for (I r = 0; r < rows; r++) {                                        \
+                            T *d = dst + r * g->wo;                                           \
+                            const I row = (r0 + r) * g->sh + i * g->dh - g->ph;               \
+                            if (row < 0 || row >= g->h) {                                     \
+                                memset(d, 0, (size_t)g->wo * sizeof(T));                      \
+                                continue;                                                     \
+                            }                                                                 \
+                            const T *src = plane + row * g->w;                                \
+                            for (I q = 0; q < lo; q++) d[q] = 0;                              \
+                            if (g->sw == 1)                                                   \
+                                memcpy(d + lo, src + lo + offset, (size_t)(hi - lo) * sizeof(T)); \
+                            else if (g->sw == 2)                                              \
+                                for (I q = lo; q < hi; q++) d[q] = src[2 * q + offset];       \
+                            else                                                              \
+                                for (I q = lo; q < hi; q++) d[q] = src[q * g->sw + offset];   \
+                            for (I q = hi; q < g->wo; q++) d[q] = 0;                          \
+                        }                                                                     \
+                    }                                                                         \
+            }                                                                                 \
+    }
+
+DEFINE_IM2COL(im2col_f32, float)
+DEFINE_IM2COL(im2col_f64, double)
+
+/* The adjoint of im2col over whole samples [n0, n1): dx[n] (+)= every column added back to
+ * the input position it was read from (padding positions dropped). */
+#define DEFINE_COL2IM(NAME, T)                                                                 \
+    VECTOR_CLONES static void NAME(const T *restrict cols, T *restrict dx, const Geometry *g, \
+                                   I n0, I n1, I sn, I sk, int accumulate)                    \
+    {                                                                                          \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I c = 0; c < g->c; c++) {                                                    \
+                T *plane = dx + (n * g->c + c) * g->h * g->w;                                 \
+                if (!accumulate) memset(plane, 0, (size_t)(g->h * g->w) * sizeof(T));         \
+                for (I i = 0; i < g->kh; i++)                                                 \
+                    for (I j = 0; j < g->kw; j++) {                                           \
+                        const T *src = cols + (n - n0) * sn + ((c * g->kh + i) * g->kw + j) * sk; \
+                        const I offset = j * g->dw - g->pw;                                   \
+                        I lo, hi;                                                             \
+                        valid_columns(offset, g->sw, g->w, g->wo, &lo, &hi);                  \
+                        for (I r = 0; r < g->ho; r++) {                                       \
+                            const I row = r * g->sh + i * g->dh - g->ph;                      \
+                            if (row < 0 || row >= g->h) continue;                             \
+                            T *d = plane + row * g->w;                                        \
+                            const T *s = src + r * g->wo;                                     \
+                            if (g->sw == 1)                                                   \
+                                for (I q = lo; q < hi; q++) d[q + offset] += s[q];            \
+                            else                                                              \
+                                for (I q = lo; q < hi; q++) d[q * g->sw + offset] += s[q];    \
+                        }                                                                     \
+                    }                                                                         \
+            }                                                                                 \
+    }
+
+DEFINE_COL2IM(col2im_f32, float)
+DEFINE_COL2IM(col2im_f64, double)
+
+/* Depthwise (one input channel per output channel), any stride, planes p = n*C + c in
+ * [p0, p1): out[p] = sum over taps of w[c, i, j] * x[p] at the tap's strided positions. */
+#define DEFINE_DEPTHWISE_FORWARD(NAME, T)                                                      \
+    VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict w, T *restrict out, \
+                                   const Geometry *g, I p0, I p1)                             \
+    {                                                                                          \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T *plane = x + p * g->h * g->w;                                             \
+            const T *taps = w + (p % g->c) * g->kh * g->kw;                                   \
+            for (I r = 0; r < g->ho; r++) {                                                   \
+                T *o = out + (p * g->ho + r) * g->wo;                                         \
+                memset(o, 0, (size_t)g->wo * sizeof(T));                                      \
+                for (I i = 0; i < g->kh; i++) {                                               \
+                    const I row = r * g->sh + i * g->dh - g->ph;                              \
+                    if (row < 0 || row >= g->h) continue;                                     \
+                    const T *src = plane + row * g->w;                                        \
+                    for (I j = 0; j < g->kw; j++) {                                           \
+                        const I offset = j * g->dw - g->pw;                                   \
+                        const T tap = taps[i * g->kw + j];                                    \
+                        I lo, hi;                                                             \
+                        valid_columns(offset, g->sw, g->w, g->wo, &lo, &hi);                  \
+                        for (I q = lo; q < hi; q++) o[q] += tap * src[q * g->sw + offset];    \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_DEPTHWISE_FORWARD(depthwise_forward_f32, float)
+DEFINE_DEPTHWISE_FORWARD(depthwise_forward_f64, double)
+
+/* dx[p] (+)= each tap times dy[p], added back where the tap read, any stride, planes [p0, p1). */
+#define DEFINE_DEPTHWISE_BACKWARD_DATA(NAME, T)                                                \
+    VECTOR_CLONES static void NAME(const T *restrict dy, const T *restrict w, T *restrict dx, \
+                                   const Geometry *g, I p0, I p1, int accumulate)             \
+    {                                                                                          \
+        for (I p = p0; p < p1; p++) {                                                         \
+            T *plane = dx + p * g->h * g->w;                                                  \
+            const T *taps = w + (p % g->c) * g->kh * g->kw;                                   \
+            if (!accumulate) memset(plane, 0, (size_t)(g->h * g->w) * sizeof(T));             \
+            for (I r = 0; r < g->ho; r++) {                                                   \
+                const T *s = dy + (p * g->ho + r) * g->wo;                                    \
+                for (I i = 0; i < g->kh; i++) {                                               \
+                    const I row = r * g->sh + i * g->dh - g->ph;                              \
+                    if (row < 0 || row >= g->h) continue;                                     \
+                    T *d = plane + row * g->w;                                                \
+                    for (I j = 0; j < g->kw; j++) {                                           \
+                        const I offset = j * g->dw - g->pw;                                   \
+                        const T tap = taps[i * g->kw + j];                                    \
+                        I lo, hi;                                                             \
+                        valid_columns(offset, g->sw, g->w, g->wo, &lo, &hi);                  \
+                        for (I q = lo; q < hi; q++) d[q * g->sw + offset] += tap * s[q];      \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_DEPTHWISE_BACKWARD_DATA(depthwise_backward_data_f32, float)
+DEFINE_DEPTHWISE_BACKWARD_DATA(depthwise_backward_data_f64, double)
+
+/* dw[c] (+)= sum over samples and output pixels of x window * dy, any stride, channels
+ * [c0, c1). Each tap keeps a row of partial sums (lane q of the output row) so the inner loop
+ * vectorises without reassociating; the rows are summed once per channel. ``partial`` holds
+ * kh*kw*Wo values. */
+#define DEFINE_DEPTHWISE_BACKWARD_FILTER(NAME, T)                                              \
+    VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict dy, T *restrict dw, \
+                                   T *restrict partial, const Geometry *g, I n, I c0, I c1,   \
+                                   int accumulate)                                            \
+    {                                                                                          \
+        const I taps = g->kh * g->kw;                                                         \
+        for (I c = c0; c < c1; c++) {                                                         \
+            memset(partial, 0, (size_t)(taps * g->wo) * sizeof(T));                           \
+            for (I s = 0; s < n; s++) {                                                       \
+                const I p = s * g->c + c;                                                     \
+                const T *plane = x + p * g->h * g->w;                                         \
+                for (I r = 0; r < g->ho; r++) {                                               \
+                    const T *e = dy + (p * g->ho + r) * g->wo;                                \
+                    for (I i = 0; i < g->kh; i++) {                                           \
+                        const I row = r * g->sh + i * g->dh - g->ph;                          \
+                        if (row < 0 || row >= g->h) continue;                                 \
+                        const T *src = plane + row * g->w;                                    \
+                        for (I j = 0; j < g->kw; j++) {                                       \
+                            const I offset = j * g->dw - g->pw;                               \
+                            T *acc = partial + (i * g->kw + j) * g->wo;                       \
+                            I lo, hi;                                                         \
+                            valid_columns(offset, g->sw, g->w, g->wo, &lo, &hi);              \
+                            for (I q = lo; q < hi; q++) acc[q] += src[q * g->sw + offset] * e[q]; \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+            for (I t = 0; t < taps; t++) {                                                    \
+                T sum = 0;                                                                    \
+                for (I q = 0; q < g->wo; q++) sum += partial[t * g->wo + q];                  \
+                dw[c * taps + t] = accumulate ? dw[c * taps + t] + sum : sum;                 \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f32, float)
+DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f64, double)
+
+/* Stride 1 depthwise on a padded grid: each plane is copied, zero-padded, into a (Hp x Wp)
+ * buffer, and the output is computed at every column of that width (Ho x Wp, the last Wp - Wo
+ * columns dropped), so each tap is one long shifted multiply-add over blocks of four vectors
+ * whose sums stay in registers, instead of a short loop per row. The backward data pass is
+ * the same kernel on dy with the taps flipped and padding (k - 1)*d - p. */
+typedef float vf32 __attribute__((vector_size(64)));
+typedef double vf64 __attribute__((vector_size(64)));
+#define VLANES(V, T) ((I)(sizeof(V) / sizeof(T)))
+#define BLOCK(V, T) (4 * VLANES(V, T))
+#define LOADV(V, P) ({ V v_; memcpy(&v_, (P), sizeof v_); v_; })
+
+typedef struct {
+    I hp, wp, grid, span, buffer;
+} Grid;
+
+/* ``block``: values per block; the grid is computed in whole blocks (span values), and every
+ * block reads up to the largest tap offset past its end, so the buffer is zero there. */
+static Grid make_grid(const Geometry *g, I block)
+{
+    Grid r;
+    r.hp = g->h + 2 * g->ph;
+    r.wp = g->w + 2 * g->pw;
+    r.grid = g->ho * r.wp;
+    r.span = (r.grid + block - 1) / block * block;
+    r.buffer = r.span + (g->kh - 1) * g->dh * r.wp + (g->kw - 1) * g->dw;
+    if (r.buffer < r.hp * r.wp) r.buffer = r.hp * r.wp;
+    return r;
+}
+
+static void tap_offsets(const Geometry *g, const Grid *s, I *offset)
+{
+    for (I i = 0; i < g->kh; i++)
+        for (I j = 0; j < g->kw; j++) offset[i * g->kw + j] = i * g->dh * s->wp + j * g->dw;
+}
+
+#define DEFINE_PAD_PLANE(NAME, T)                                                              \
+    static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Grid *s) \
+    {                                                                                          \
+        memset(buf, 0, (size_t)s->buffer * sizeof(T));                                        \
+        for (I r = 0; r < g->h; r++)                                                          \
+            memcpy(buf + (r + g->ph) * s->wp + g->pw, plane + r * g->w, (size_t)g->w * sizeof(T)); \
+    }
+
+DEFINE_PAD_PLANE(pad_plane_f32, float)
+DEFINE_PAD_PLANE(pad_plane_f64, double)
+
+/* out[p] (+)= the taps (reversed when ``flip``) over padded x[p], planes [p0, p1), stride 1.
+ * Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_DEPTHWISE_GRID(NAME, PAD, T, V)                                                 \
+    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
+                                  const Geometry *g, I p0, I p1, int flip, int accumulate)    \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
+        const Grid s = make_grid(g, block);                                                   \
+        const I taps = g->kh * g->kw;                                                         \
+        T *buf = malloc((size_t)(s.buffer + s.span) * sizeof(T));                             \
+        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        if (!buf || !offset) {                                                                \
+            free(buf); free(offset);                                                          \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grid = buf + s.buffer;                                                             \
+        tap_offsets(g, &s, offset);                                                           \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T *k = w + (p % g->c) * taps;                                               \
+            PAD(x + p * g->h * g->w, buf, g, &s);                                             \
+            for (I b = 0; b < s.span; b += block) {                                           \
+                V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
+                for (I t = 0; t < taps; t++) {                                                \
+                    const T tap = k[flip ? taps - 1 - t : t];                                 \
+                    const T *src = buf + b + offset[t];                                       \
+                    a0 += tap * LOADV(V, src);                                                \
+                    a1 += tap * LOADV(V, src + lanes);                                        \
+                    a2 += tap * LOADV(V, src + 2 * lanes);                                    \
+                    a3 += tap * LOADV(V, src + 3 * lanes);                                    \
+                }                                                                             \
+                memcpy(grid + b, &a0, sizeof a0);                                             \
+                memcpy(grid + b + lanes, &a1, sizeof a1);                                     \
+                memcpy(grid + b + 2 * lanes, &a2, sizeof a2);                                 \
+                memcpy(grid + b + 3 * lanes, &a3, sizeof a3);                                 \
+            }                                                                                 \
+            T *o = out + p * g->ho * g->wo;                                                   \
+            for (I r = 0; r < g->ho; r++) {                                                   \
+                if (accumulate)                                                               \
+                    for (I q = 0; q < g->wo; q++) o[r * g->wo + q] += grid[r * s.wp + q];     \
+                else                                                                          \
+                    memcpy(o + r * g->wo, grid + r * s.wp, (size_t)g->wo * sizeof(T));        \
+            }                                                                                 \
+        }                                                                                     \
+        free(buf); free(offset);                                                              \
+        return 0;                                                                             \
+    }
+
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32, pad_plane_f32, float, vf32)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64, pad_plane_f64, double, vf64)
+
+/* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
+ * padded x[s, c], channels [c0, c1), stride 1. Each tap sums into four vectors per sample,
+ * folded into one row of partial sums, summed once per channel: a fixed order. */
+#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, PAD, T, V)                                          \
+    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+                                  const Geometry *g, I n, I c0, I c1, int accumulate)         \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
+        const Grid s = make_grid(g, block);                                                   \
+        const I taps = g->kh * g->kw;                                                         \
+        T *buf = malloc((size_t)(s.buffer + s.span + taps * lanes) * sizeof(T));              \
+        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        if (!buf || !offset) {                                                                \
+            free(buf); free(offset);                                                          \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grad = buf + s.buffer, *acc = grad + s.span;                                       \
+        tap_offsets(g, &s, offset);                                                           \
+        memset(grad, 0, (size_t)s.span * sizeof(T));                                          \
+        for (I c = c0; c < c1; c++) {                                                         \
+            memset(acc, 0, (size_t)(taps * lanes) * sizeof(T));                               \
+            for (I smp = 0; smp < n; smp++) {                                                 \
+                const I p = smp * g->c + c;                                                   \
+                PAD(x + p * g->h * g->w, buf, g, &s);                                         \
+                for (I r = 0; r < g->ho; r++)                                                 \
+                    memcpy(grad + r * s.wp, dy + (p * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
+                for (I t = 0; t < taps; t++) {                                                \
+                    V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                 \
+                    const T *src = buf + offset[t];                                           \
+                    for (I b = 0; b < s.span; b += block) {                                   \
+                        a0 += LOADV(V, src + b) * LOADV(V, grad + b);                         \
+                        a1 += LOADV(V, src + b + lanes) * LOADV(V, grad + b + lanes);         \
+                        a2 += LOADV(V, src + b + 2 * lanes) * LOADV(V, grad + b + 2 * lanes); \
+                        a3 += LOADV(V, src + b + 3 * lanes) * LOADV(V, grad + b + 3 * lanes); \
+                    }                                                                         \
+                    V sum = (a0 + a1) + (a2 + a3);                                            \
+                    T *a = acc + t * lanes;                                                   \
+                    for (I u = 0; u < lanes; u++) a[u] += sum[u];                             \
+                }                                                                             \
+            }                                                                                 \
+            for (I t = 0; t < taps; t++) {                                                    \
+                T sum = 0;                                                                    \
+                for (I u = 0; u < lanes; u++) sum += acc[t * lanes + u];                      \
+                dw[c * taps + t] = accumulate ? dw[c * taps + t] + sum : sum;                 \
+            }                                                                                 \
+        }                                                                                     \
+        free(buf); free(offset);                                                              \
+        return 0;                                                                             \
+    }
+
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32, pad_plane_f32, float, vf32)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, vf64)
+
+/* Direct stride-1 convolution on the padded grid, for every group: the Cg input planes of a
+ * sample's group are copied zero-padded into a buffer (Cg x Hp x Wp, plus slack), and each
+ * block of OB output channels x NV vectors of grid positions sums over input channels and
+ * taps in registers (one load of a shifted input vector feeds OB multiply-adds). No column
+ * matrix and no packing pass, which is what a GEMM with few output channels per group loses
+ * its time on. Weights are packed once per call as [group][block][c][tap][OB] (zeros past
+ * O/G); with ``flip`` they are read as the input gradient's: output and input channels
+ * swapped, taps reversed (dx is this conv of dy padded by (k - 1)*d - p). */
+/* 8 output channels x 3 vectors: 24 sums in registers (fastest of 4x4, 6x4, 8x3, 8x2, 12x2
+ * on AVX-512; an AVX2 build would spill them, so spatial.py uses this only with AVX-512) */
+#define OB 8
+#define NV 3
+
+#define DEFINE_DIRECT_GRID(NAME, PAD, T, V)                                                    \
+    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
+                                  const Geometry *g, I groups, I o, I n0, I n1, int flip,     \
+                                  int accumulate)                                             \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), block = NV * lanes;                                    \
+        const Grid s = make_grid(g, block);                                                   \
+        const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
+        const I blocks = (og + OB - 1) / OB, plane = s.buffer;                                \
+        T *buf = malloc((size_t)(cg * plane + OB * s.span) * sizeof(T));                      \
+        T *packed = calloc((size_t)(groups * blocks * cg * taps * OB), sizeof(T));            \
+        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        if (!buf || !packed || !offset) {                                                     \
+            free(buf); free(packed); free(offset);                                            \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grid = buf + cg * plane;                                                           \
+        tap_offsets(g, &s, offset);                                                           \
+        for (I gr = 0; gr < groups; gr++)                                                     \
+            for (I j = 0; j < og; j++)                                                        \
+                for (I c = 0; c < cg; c++)                                                    \
+                    for (I t = 0; t < taps; t++) {                                            \
+                        /* forward: w[O][Cg]; flipped: w[C][O/G] read as [j = input ch][c] */ \
+                        T value = flip ? w[((gr * cg + c) * og + j) * taps + taps - 1 - t]    \
+                                       : w[((gr * og + j) * cg + c) * taps + t];              \
+                        packed[(((gr * blocks + j / OB) * cg + c) * taps + t) * OB + j % OB] = value; \
+                    }                                                                         \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I gr = 0; gr < groups; gr++) {                                               \
+                for (I c = 0; c < cg; c++)                                                    \
+                    PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * plane, g, &s); \
+                for (I ob = 0; ob < blocks; ob++) {                                           \
+                    const T *wb = packed + (gr * blocks + ob) * cg * taps * OB;               \
+                    for (I b = 0; b < s.span; b += block) {                                   \
+                        V a[OB][NV];                                                          \
+                        for (int r = 0; r < OB; r++)                                          \
+                            for (int v = 0; v < NV; v++) a[r][v] = (V){0};                    \
+                        for (I c = 0; c < cg; c++) {                                          \
+                            const T *src = buf + c * plane + b;                               \
+                            const T *wt = wb + c * taps * OB;                                 \
+                            for (I t = 0; t < taps; t++) {                                    \
+                                const T *p = src + offset[t];                                 \
+                                V xv[NV];                                                     \
+                                for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + v * lanes); \
+                                for (int r = 0; r < OB; r++) {                                \
+                                    const T k = wt[t * OB + r];                               \
+                                    for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];        \
+                                }                                                             \
+                            }                                                                 \
+                        }                                                                     \
+                        for (int r = 0; r < OB; r++)                                          \
+                            for (int v = 0; v < NV; v++)                                      \
+                                memcpy(grid + r * s.span + b + v * lanes, &a[r][v], sizeof(V)); \
+                    }                                                                         \
+                    for (int r = 0; r < OB && ob * OB + r < og; r++) {                        \
+                        T *dst = out + (n * o + gr * og + ob * OB + r) * g->ho * g->wo;       \
+                        const T *src = grid + r * s.span;                                     \
+                        for (I row = 0; row < g->ho; row++) {                                 \
+                            if (accumulate)                                                   \
+                                for (I q = 0; q < g->wo; q++) dst[row * g->wo + q] += src[row * s.wp + q]; \
+                            else                                                              \
+                                memcpy(dst + row * g->wo, src + row * s.wp, (size_t)g->wo * sizeof(T)); \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        free(buf); free(packed); free(offset);                                                \
+        return 0;                                                                             \
+    }
+
+DEFINE_DIRECT_GRID(direct_grid_f32, pad_plane_f32, float, vf32)
+DEFINE_DIRECT_GRID(direct_grid_f64, pad_plane_f64, double, vf64)
+
+/* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and grid
+ * positions of dy[o] (on the grid, zero past Wo) times the shifted padded x[c]. Blocks of
+ * FO output channels x FT taps keep one vector of partial sums each in registers over a whole
+ * grid, then add their lanes (in order) into dw. Output channels and taps are padded to whole
+ * blocks with zero dy planes and tap offset 0; those sums are dropped. */
+#define FO 8
+#define FT 3
+
+#define DEFINE_DIRECT_GRID_FILTER(NAME, PAD, T, V)                                             \
+    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+                                  const Geometry *g, I groups, I o, I n0, I n1, int accumulate) \
+    {                                                                                          \
+        const I lanes = VLANES(V, T);                                                         \
+        const Grid s = make_grid(g, lanes);                                                   \
+        const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
+        const I oblocks = (og + FO - 1) / FO, tblocks = (taps + FT - 1) / FT;                 \
+        const I plane = s.buffer;                                                             \
+        T *buf = malloc((size_t)(cg * plane + oblocks * FO * s.span) * sizeof(T));            \
+        I *offset = calloc((size_t)(tblocks * FT), sizeof(I));                                \
+        if (!buf || !offset) {                                                                \
+            free(buf); free(offset);                                                          \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grad = buf + cg * plane;                                                           \
+        tap_offsets(g, &s, offset);                                                           \
+        memset(grad, 0, (size_t)(oblocks * FO * s.span) * sizeof(T));                         \
+        if (!accumulate) memset(dw, 0, (size_t)(o * cg * taps) * sizeof(T));                  \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I gr = 0; gr < groups; gr++) {                                               \
+                for (I c = 0; c < cg; c++)                                                    \
+                    PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * plane, g, &s); \
+                for (I j = 0; j < og; j++)                                                    \
+                    for (I r = 0; r < g->ho; r++)                                             \
+                        memcpy(grad + j * s.span + r * s.wp,                                  \
+                               dy + ((n * o + gr * og + j) * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
+                /* a block's 8 dy planes stay in L1 while every input channel passes by */   \
+                for (I ob = 0; ob < oblocks; ob++)                                            \
+                    for (I c = 0; c < cg; c++)                                                \
+                        for (I tb = 0; tb < tblocks; tb++) {                                  \
+                            V a[FO][FT];                                                      \
+                            for (int r = 0; r < FO; r++)                                      \
+                                for (int u = 0; u < FT; u++) a[r][u] = (V){0};                \
+                            const T *src = buf + c * plane;                                   \
+                            const T *e0 = grad + ob * FO * s.span;                            \
+                            const I *off = offset + tb * FT;                                  \
+                            for (I b = 0; b < s.span; b += lanes) {                           \
+                                V xv[FT];                                                     \
+                                for (int u = 0; u < FT; u++) xv[u] = LOADV(V, src + b + off[u]); \
+                                for (int r = 0; r < FO; r++) {                                \
+                                    const V ev = LOADV(V, e0 + r * s.span + b);               \
+                                    for (int u = 0; u < FT; u++) a[r][u] += ev * xv[u];       \
+                                }                                                             \
+                            }                                                                 \
+                            for (int r = 0; r < FO && ob * FO + r < og; r++)                  \
+                                for (int u = 0; u < FT && tb * FT + u < taps; u++) {          \
+                                    T sum = 0;                                                \
+                                    for (I l = 0; l < lanes; l++) sum += a[r][u][l];          \
+                                    dw[((gr * og + ob * FO + r) * cg + c) * taps + tb * FT + u] += sum; \
+                                }                                                             \
+                        }                                                                     \
+            }                                                                                 \
+        free(buf); free(offset);                                                              \
+        return 0;                                                                             \
+    }
+
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32, pad_plane_f32, float, vf32)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64, pad_plane_f64, double, vf64)
+
+/* ------------------------------------------------------------------ Python glue */
+
+static int parse_geometry(PyObject *tuple, Geometry *g)
+{
+    return PyArg_ParseTuple(tuple, "nnnnnnnnnnnnn;geometry: (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo)",
+                            &g->c, &g->h, &g->w, &g->kh, &g->kw, &g->sh, &g->sw, &g->ph, &g->pw,
+                            &g->dh, &g->dw, &g->ho, &g->wo);
+}
+
+/* A C-contiguous buffer of at least ``count`` items of format ``fmt`` (NULL: its own format,
+ * which must be float32 "f" or float64 "d"). */
+static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *fmt, I count,
+                      const char *name)
+{
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, view, flags) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a contiguous%s buffer", name,
+                     writable ? " writable" : "");
+        return -1;
+    }
+    const char *have = view->format ? view->format : "?";
+    int ok = fmt ? strcmp(have, fmt) == 0 : (strcmp(have, "f") == 0 || strcmp(have, "d") == 0);
+    if (!ok || view->len < count * view->itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected at least %zd items of format '%s', got %zd of '%s'",
+                     name, count, fmt ? fmt : "f or d",
+                     view->len / (view->itemsize ? view->itemsize : 1), have);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_range(I lo, I hi, I limit, const char *name)
+{
+    if (lo < 0 || hi < lo || hi > limit) {
+        PyErr_Format(PyExc_ValueError, "%s: range [%zd, %zd) is not inside [0, %zd]", name, lo, hi, limit);
+        return -1;
+    }
+    return 0;
+}
+
+/* Three buffers: ``a`` (its format is the call's), ``b`` and ``c`` of the same format. */
+static int get_three(PyObject *ao, Py_buffer *a, int wa, I na, const char *name_a,
+                     PyObject *bo, Py_buffer *b, int wb, I nb, const char *name_b,
+                     PyObject *co, Py_buffer *c, int wc, I nc, const char *name_c)
+{
+    if (get_buffer(ao, a, wa, NULL, na, name_a) < 0) return -1;
+    if (get_buffer(bo, b, wb, a->format, nb, name_b) < 0) {
+        PyBuffer_Release(a);
+        return -1;
+    }
+    if (co && get_buffer(co, c, wc, a->format, nc, name_c) < 0) {
+        PyBuffer_Release(a); PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static void release_three(Py_buffer *a, Py_buffer *b, Py_buffer *c)
+{
+    PyBuffer_Release(a);
+    PyBuffer_Release(b);
+    if (c) PyBuffer_Release(c);
+}
+
+static PyObject *py_im2col(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *co, *go;
+    Geometry g;
+    I n, n0, n1, r0, r1, sn, sk;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnn", &xo, &co, &go, &n, &n0, &n1, &r0, &r1, &sn, &sk)) return NULL;
+    if (!parse_geometry(go, &g)) return NULL;
+    if (check_range(n0, n1, n, "samples") < 0 || check_range(r0, r1, g.ho, "rows") < 0) return NULL;
+    I k = g.c * g.kh * g.kw, rows = r1 - r0;
+    if (sk < rows * g.wo || (n1 - n0 > 1 && sn < k * rows * g.wo && sn < rows * g.wo)) {
+        PyErr_SetString(PyExc_ValueError, "im2col: the column strides overlap");
+        return NULL;
+    }
+    I need = n1 > n0 ? (n1 - n0 - 1) * sn + (k - 1) * sk + rows * g.wo : 0;
+    Py_buffer x, cols;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", co, &cols, 1, need, "cols", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        im2col_f32(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
+    else
+        im2col_f64(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &cols, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_col2im(PyObject *self, PyObject *args)
+{
+    PyObject *co, *xo, *go;
+    Geometry g;
+    I n, n0, n1, sn, sk;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnp", &co, &xo, &go, &n, &n0, &n1, &sn, &sk, &accumulate)) return NULL;
+    if (!parse_geometry(go, &g)) return NULL;
+    if (check_range(n0, n1, n, "samples") < 0) return NULL;
+    I k = g.c * g.kh * g.kw;
+    I need = n1 > n0 ? (n1 - n0 - 1) * sn + (k - 1) * sk + g.ho * g.wo : 0;
+    Py_buffer dx, cols;
+    if (get_three(xo, &dx, 1, n * g.c * g.h * g.w, "dx", co, &cols, 0, need, "cols", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (dx.itemsize == 4)
+        col2im_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+    else
+        col2im_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dx, &cols, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_depthwise_forward(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *wo, *oo, *go;
+    Geometry g;
+    I n, p0, p1;
+    if (!PyArg_ParseTuple(args, "OOOOnnn", &xo, &wo, &oo, &go, &n, &p0, &p1)) return NULL;
+    if (!parse_geometry(go, &g) || check_range(p0, p1, n * g.c, "planes") < 0) return NULL;
+    Py_buffer x, w, out;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, g.c * g.kh * g.kw, "w",
+                  oo, &out, 1, n * g.c * g.ho * g.wo, "out") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        depthwise_forward_f32(x.buf, w.buf, out.buf, &g, p0, p1);
+    else
+        depthwise_forward_f64(x.buf, w.buf, out.buf, &g, p0, p1);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &w, &out);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_depthwise_backward_data(PyObject *self, PyObject *args)
+{
+    PyObject *dyo, *wo, *dxo, *go;
+    Geometry g;
+    I n, p0, p1;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOOOnnnp", &dyo, &wo, &dxo, &go, &n, &p0, &p1, &accumulate)) return NULL;
+    if (!parse_geometry(go, &g) || check_range(p0, p1, n * g.c, "planes") < 0) return NULL;
+    Py_buffer dy, w, dx;
+    if (get_three(dxo, &dx, 1, n * g.c * g.h * g.w, "dx", wo, &w, 0, g.c * g.kh * g.kw, "w",
+                  dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (dx.itemsize == 4)
+        depthwise_backward_data_f32(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
+    else
+        depthwise_backward_data_f64(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dx, &w, &dy);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_depthwise_backward_filter(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *dyo, *dwo, *po, *go;
+    Geometry g;
+    I n, c0, c1;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnp", &xo, &dyo, &dwo, &po, &go, &n, &c0, &c1, &accumulate))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_range(c0, c1, g.c, "channels") < 0) return NULL;
+    Py_buffer x, dy, dw, partial;
+    if (get_three(dwo, &dw, 1, g.c * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
+                  dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
+        return NULL;
+    if (get_buffer(po, &partial, 1, dw.format, g.kh * g.kw * g.wo, "partial") < 0) {
+        release_three(&dw, &x, &dy);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (dw.itemsize == 4)
+        depthwise_backward_filter_f32(x.buf, dy.buf, dw.buf, partial.buf, &g, n, c0, c1, accumulate);
+    else
+        depthwise_backward_filter_f64(x.buf, dy.buf, dw.buf, partial.buf, &g, n, c0, c1, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dw, &x, &dy);
+    PyBuffer_Release(&partial);
+    Py_RETURN_NONE;
+}
+
+static int check_grid(const Geometry *g)
+{
+    if (g->sh != 1 || g->sw != 1 || g->ph < 0 || g->pw < 0 ||
+        g->ho != g->h + 2 * g->ph - (g->kh - 1) * g->dh || g->wo != g->w + 2 * g->pw - (g->kw - 1) * g->dw) {
+        PyErr_SetString(PyExc_ValueError, "depthwise grid kernels: need stride 1, padding >= 0 "
+                        "and the Ho, Wo of that geometry");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_depthwise_grid(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *wo, *oo, *go;
+    Geometry g;
+    I n, p0, p1;
+    int flip, accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnpp", &xo, &wo, &oo, &go, &n, &p0, &p1, &flip, &accumulate)) return NULL;
+    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(p0, p1, n * g.c, "planes") < 0)
+        return NULL;
+    Py_buffer x, w, out;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, g.c * g.kh * g.kw, "w",
+                  oo, &out, 1, n * g.c * g.ho * g.wo, "out") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        failed = depthwise_grid_f32(x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+    else
+        failed = depthwise_grid_f64(x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &w, &out);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *dyo, *dwo, *go;
+    Geometry g;
+    I n, c0, c1;
+    int accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnp", &xo, &dyo, &dwo, &go, &n, &c0, &c1, &accumulate)) return NULL;
+    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(c0, c1, g.c, "channels") < 0)
+        return NULL;
+    Py_buffer x, dy, dw;
+    if (get_three(dwo, &dw, 1, g.c * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
+                  dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (dw.itemsize == 4)
+        failed = depthwise_grid_filter_f32(x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+    else
+        failed = depthwise_grid_filter_f64(x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dw, &x, &dy);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_direct_grid(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *wo, *oo, *go;
+    Geometry g;
+    I groups, o, n, n0, n1;
+    int flip, accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnpp", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip, &accumulate))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (groups < 1 || g.c % groups || o % groups) {
+        PyErr_Format(PyExc_ValueError, "direct_grid: %zd input and %zd output channels do not split into %zd groups",
+                     g.c, o, groups);
+        return NULL;
+    }
+    Py_buffer x, w, out;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, o * (g.c / groups) * g.kh * g.kw, "w",
+                  oo, &out, 1, n * o * g.ho * g.wo, "out") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        failed = direct_grid_f32(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+    else
+        failed = direct_grid_f64(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &w, &out);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *dyo, *dwo, *go;
+    Geometry g;
+    I groups, o, n, n0, n1;
+    int accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnp", &xo, &dyo, &dwo, &go, &groups, &o, &n, &n0, &n1, &accumulate))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (groups < 1 || g.c % groups || o % groups) {
+        PyErr_Format(PyExc_ValueError, "direct_grid_filter: %zd input and %zd output channels do not split "
+                     "into %zd groups", g.c, o, groups);
+        return NULL;
+    }
+    Py_buffer x, dy, dw;
+    if (get_three(dwo, &dw, 1, o * (g.c / groups) * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
+                  dyo, &dy, 0, n * o * g.ho * g.wo, "dy") < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (dw.itemsize == 4)
+        failed = direct_grid_filter_f32(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+    else
+        failed = direct_grid_filter_f64(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dw, &x, &dy);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
+     "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
+     "weight gradient of samples [n0, n1), computed directly"},
+    {"direct_grid", py_direct_grid, METH_VARARGS,
+     "direct_grid(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate): samples [n0, n1) "
+     "of a stride-1 grouped conv computed directly (flip: the input gradient, x = dy)"},
+    {"im2col", py_im2col, METH_VARARGS,
+     "im2col(x, cols, geometry, N, n0, n1, r0, r1, sample_stride, row_stride): the windows of "
+     "samples [n0, n1) and output rows [r0, r1) of NCHW x as columns (zeros in the padding)"},
+    {"col2im", py_col2im, METH_VARARGS,
+     "col2im(cols, dx, geometry, N, n0, n1, sample_stride, row_stride, accumulate): dx (+)= "
+     "the columns of samples [n0, n1) added back to the positions they were read from"},
+    {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
+     "depthwise_forward(x, w, out, geometry, N, p0, p1): planes [p0, p1) of a depthwise conv"},
+    {"depthwise_backward_data", py_depthwise_backward_data, METH_VARARGS,
+     "depthwise_backward_data(dy, w, dx, geometry, N, p0, p1, accumulate)"},
+    {"depthwise_backward_filter", py_depthwise_backward_filter, METH_VARARGS,
+     "depthwise_backward_filter(x, dy, dw, partial, geometry, N, c0, c1, accumulate)"},
+    {"depthwise_grid", py_depthwise_grid, METH_VARARGS,
+     "depthwise_grid(x, w, out, geometry, N, p0, p1, flip, accumulate): planes [p0, p1) of a "
+     "stride-1 depthwise conv (flip: taps reversed, the input gradient as a conv of dy)"},
+    {"depthwise_grid_filter", py_depthwise_grid_filter, METH_VARARGS,
+     "depthwise_grid_filter(x, dy, dw, geometry, N, c0, c1, accumulate): stride-1 depthwise "
+     "weight gradient of channels [c0, c1)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_conv_kernels",
+                                    "im2col/col2im and depthwise convolution for the NumPy backend.",
+                                    -1, methods};
+
+PyMODINIT_FUNC PyInit__conv_kernels(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    int wide = 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+    __builtin_cpu_init();
+    wide = __builtin_cpu_supports("avx512f") != 0;
+#endif
+    /* the direct kernel keeps 24 vector sums in registers: only AVX-512 has enough of them */
+    if (PyModule_AddIntConstant(m, "wide_registers", wide) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

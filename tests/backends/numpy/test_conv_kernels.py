@@ -1,0 +1,114 @@
+"""The optional C convolution kernels (_conv_kernels.c) at the op level: float32 results against
+the float64 NumPy fallback, the stride-1 grid kernels against the strided ones, and clear errors
+for buffers that do not fit the geometry. (The conv grid in tests/layers/test_conv.py checks both
+paths against a loop reference.)"""
+
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy.backends.base import Workspace
+from juicepy.backends.numpy import spatial as numpy_spatial
+
+kernels = jp.backend("numpy").conv_kernels
+needs_kernels = pytest.mark.skipif(kernels is None, reason="juicepy.backends.numpy._conv_kernels is not loaded "
+                                   "(not built for lack of a C compiler, or JUICEPY_CPU_KERNELS=numpy)")
+
+# (batch, C, H, W, out, kernel, stride, padding, dilation, groups)
+CASES = [(3, 8, 11, 9, 8, 3, 1, 1, 1, 8),     # depthwise, grid kernels
+         (2, 6, 10, 10, 6, 3, 2, 1, 1, 6),    # depthwise, strided kernels
+         (2, 4, 9, 9, 4, 5, 1, 4, 2, 4),      # depthwise, padding past (k-1)*d: strided data kernel
+         (2, 6, 12, 10, 8, 3, 1, 1, 1, 2),    # grouped GEMM path
+         (3, 5, 8, 8, 7, 1, 1, 0, 1, 1)]      # pointwise
+
+
+def _out_len(size, k, s, p, d):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def _all_three(x, w, dy_seed, geometry, accumulate_into=None, ws=None):
+    b = jp.backend("numpy")
+    stride, padding, dilation, groups = geometry
+    out = np.empty((x.shape[0], w.shape[0], _out_len(x.shape[2], w.shape[2], stride, padding, dilation),
+                    _out_len(x.shape[3], w.shape[3], stride, padding, dilation)), x.dtype)
+    pairs = [(stride,) * 2, (padding,) * 2, (dilation,) * 2, groups]
+    b.conv2d(x, w, out, *pairs, ws=ws)
+    dy = np.random.default_rng(dy_seed).standard_normal(out.shape).astype(x.dtype)
+    dx, dw = (np.zeros_like(x), np.zeros_like(w)) if accumulate_into is None else accumulate_into
+    b.conv2d_backward_data(dy, w, dx, *pairs, accumulate=accumulate_into is not None, ws=ws)
+    b.conv2d_backward_filter(x, dy, dw, *pairs, accumulate=accumulate_into is not None, ws=ws)
+    return out, dx, dw
+
+
+@needs_kernels
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
+    n, c, h, w_, o, k, s, p, d, g = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, w_))
+    w = rng.standard_normal((o, c // g, k, k))
+    fast = _all_three(x.astype(np.float32), w.astype(np.float32), 1, (s, p, d, g))
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 1, (s, p, d, g))
+    for got, want in zip(fast, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+    # accumulate adds to what the gradients hold
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", kernels)
+    start = (rng.standard_normal(x.shape), rng.standard_normal(w.shape))
+    summed = _all_three(x, w, 1, (s, p, d, g), accumulate_into=tuple(a.copy() for a in start))
+    np.testing.assert_allclose(summed[1], start[0] + reference[1], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(summed[2], start[1] + reference[2], rtol=1e-10, atol=1e-10)
+
+
+@needs_kernels
+@pytest.mark.parametrize("choice", [0, 1], ids=["gemm", "direct"])
+def test_both_weight_gradient_algorithms_match_the_fallback(choice, monkeypatch):
+    """The measured choice picks one per geometry; each must be right, alone and accumulating."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 6, 9, 8))
+    w = rng.standard_normal((8, 3, 3, 3))
+    monkeypatch.setattr(kernels, "wide_registers", 1)
+    monkeypatch.setattr(numpy_spatial, "_fastest", lambda *args: choice)
+    ws = Workspace()
+    fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
+    summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 5, (1, 1, 1, 2))
+    for got, want in zip(fast, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(summed[2], reference[2] + 1, rtol=1e-10, atol=1e-10)
+
+
+@needs_kernels
+def test_grid_and_strided_depthwise_kernels_agree():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 9, 7))
+    w = rng.standard_normal((3, 1, 3, 3))
+    geometry = (3, 9, 7, 3, 3, 1, 1, 1, 1, 1, 1, 9, 7)
+    grid, strided = np.empty((2, 3, 9, 7)), np.empty((2, 3, 9, 7))
+    kernels.depthwise_grid(x, w, grid, geometry, 2, 0, 6, False, False)
+    kernels.depthwise_forward(x, w, strided, geometry, 2, 0, 6)
+    np.testing.assert_allclose(grid, strided, rtol=1e-12, atol=1e-12)
+    dy = rng.standard_normal(grid.shape)
+    dw_grid, dw_strided = np.empty(w.shape), np.empty(w.shape)
+    kernels.depthwise_grid_filter(x, dy, dw_grid, geometry, 2, 0, 3, False)
+    kernels.depthwise_backward_filter(x, dy, dw_strided, np.empty(3 * 3 * 7), geometry, 2, 0, 3, False)
+    np.testing.assert_allclose(dw_grid, dw_strided, rtol=1e-12, atol=1e-12)
+
+
+@needs_kernels
+def test_kernels_refuse_buffers_that_do_not_fit():
+    x = np.zeros((2, 3, 5, 5), np.float32)
+    geometry = (3, 5, 5, 3, 3, 1, 1, 1, 1, 1, 1, 5, 5)
+    with pytest.raises(ValueError, match="cols: expected at least 675 items"):
+        kernels.im2col(x, np.zeros(674, np.float32), geometry, 2, 0, 1, 0, 5, 675, 25)
+    with pytest.raises(ValueError, match="cols: expected at least 675 items of format 'f'"):
+        kernels.im2col(x, np.zeros(675, np.float64), geometry, 2, 0, 1, 0, 5, 675, 25)
+    with pytest.raises(ValueError, match=r"samples: range \[0, 3\)"):
+        kernels.im2col(x, np.zeros(2025, np.float32), geometry, 2, 0, 3, 0, 5, 675, 25)
+    with pytest.raises(ValueError, match="need stride 1"):
+        kernels.depthwise_grid(x, np.zeros((3, 1, 3, 3), np.float32), np.zeros((2, 3, 3, 3), np.float32),
+                               (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 3, 3), 2, 0, 6, False, False)
+    with pytest.raises(TypeError, match="x: expected a contiguous buffer"):
+        kernels.depthwise_forward(np.zeros((2, 3, 5, 10), np.float32)[..., ::2], np.zeros((3, 1, 3, 3), np.float32),
+                                  np.zeros((2, 3, 5, 5), np.float32), geometry, 2, 0, 6)

@@ -1,0 +1,1194 @@
+"""The conformance suite: every op of juicepy/backends/base.py on every backend of the
+``ops_backend`` fixture (tests/conftest.py), each checked against a float64 NumPy reference written
+here (never against another backend): accumulate on and off, odd sizes, operands that are views at
+offsets inside one flat buffer, float32 and float64 where the backend computes in them, and bad
+arguments (a ValueError or TypeError whose message starts "<backend> backend <op>:").
+
+Backend-specific behaviour (device choice, program cache, graph capture, GEMM variants) is tested
+beside this file, under tests/backends/<backend>/.
+"""
+
+import inspect
+import math
+
+import numpy as np
+import pytest
+
+from juicepy.backends import CaptureError, Workspace
+from juicepy.backends.base import Backend
+from juicepy.backends.rng import keep_threshold, uniform_hash
+
+SENTINEL = 7.25  # what view layouts leave between and around the operands; must survive every op
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request, ops_backend):
+    dt = np.dtype(request.param)
+    if dt not in [np.dtype(d) for d in ops_backend.dtypes]:
+        pytest.skip(f"{ops_backend.name} computes in {', '.join(np.dtype(d).name for d in ops_backend.dtypes)} only")
+    return dt
+
+
+def tolerance(dtype, scale=1.0):
+    """assert_allclose tolerances for a result computed in ``dtype`` (``scale`` for long sums)."""
+    return dict(rtol=2e-5 * scale, atol=2e-5 * scale) if dtype == np.float32 else dict(rtol=1e-11 * scale, atol=1e-11 * scale)
+
+
+class Placed:
+    """Host arrays put on a backend, each its own array ("fresh") or views at odd offsets into one
+    flat buffer filled with SENTINEL around them ("view")."""
+
+    def __init__(self, backend, arrays, dtype, layout):
+        self.backend = backend
+        host = [np.asarray(a, dtype) for a in arrays]
+        if layout == "fresh":
+            self.flat, self.devs = None, [backend.from_host(a) for a in host]
+            return
+        offsets, at = [], 5
+        for a in host:
+            offsets.append(at)
+            at += a.size + 3
+        self.flat = backend.from_host(np.full(at + 2, SENTINEL, dtype))
+        self.spans = [(o, o + a.size) for o, a in zip(offsets, host)]
+        self.devs = []
+        for a, o in zip(host, offsets):
+            view = backend.flat_view(self.flat, o, a.shape)
+            backend.write(view, a)
+            self.devs.append(view)
+
+    def host(self, i):
+        return self.backend.to_host(self.devs[i]).astype(np.float64)
+
+    def check_sentinels(self):
+        if self.flat is None:
+            return
+        flat = self.backend.to_host(self.flat)
+        outside = np.ones(flat.size, bool)
+        for lo, hi in self.spans:
+            outside[lo:hi] = False
+        np.testing.assert_array_equal(flat[outside], SENTINEL, err_msg="an op wrote outside its operands")
+
+
+def upload(backend, *arrays, dtype):
+    return [backend.from_host(np.asarray(a, dtype)) for a in arrays]
+
+
+def bad_argument(backend, op):
+    """pytest.raises for a refused argument of ``op``: the message starts with the convention."""
+    return pytest.raises((ValueError, TypeError), match=rf"^{backend.name} backend {op}:")
+
+
+LAYOUTS = ["fresh", "view"]
+SHAPES = [(1,), (7, 33), (3, 4, 5, 6), (1000,)]
+
+
+# ========================================================================== memory
+def test_memory_round_trip(ops_backend, dtype, rng):
+    b = ops_backend
+    host = rng.standard_normal((3, 5)).astype(dtype)
+    a = b.from_host(host)
+    assert b.is_array(a) and not b.is_array(host.tolist())
+    np.testing.assert_array_equal(b.to_host(a), host)
+    b.write(a, host * 2)
+    np.testing.assert_array_equal(b.to_host(a), host * 2)
+    c = b.empty((3, 5), dtype)
+    assert tuple(c.shape) == (3, 5) and np.dtype(c.dtype) == dtype
+    b.copy(a, c)
+    np.testing.assert_array_equal(b.to_host(c), host * 2)
+    b.fill(c, 1.5)
+    np.testing.assert_array_equal(b.to_host(c), np.full((3, 5), 1.5, dtype))
+    np.testing.assert_array_equal(b.to_host(b.zeros((4,), dtype)), np.zeros(4))
+    ints = b.zeros((7,), np.int32)
+    b.fill(ints, 3)
+    np.testing.assert_array_equal(b.to_host(ints), np.full(7, 3, np.int32))
+    b.synchronize()
+    b.release()  # gives cached memory back; live arrays stay intact
+    np.testing.assert_array_equal(b.to_host(a), host * 2)
+
+
+def test_allocations_are_counted_and_views_are_free(ops_backend):
+    b = ops_backend
+    before = b.allocations
+    flat = b.zeros((256,))
+    b.empty((4, 4))
+    b.from_host(np.ones(3, np.float32))
+    assert b.allocations == before + 3
+    views = [b.flat_view(flat, 64, (8, 8)), b.reshape(flat, (16, 16))]
+    assert b.allocations == before + 3 and tuple(views[0].shape) == (8, 8)
+
+
+def test_reshape_and_flat_view_share_storage(ops_backend, dtype):
+    b = ops_backend
+    flat = b.from_host(np.arange(200, dtype=dtype))
+    view = b.flat_view(flat, 61, (4, 8))
+    np.testing.assert_array_equal(b.to_host(view), np.arange(61, 93).reshape(4, 8))
+    b.fill(view, -1.0)
+    host = b.to_host(flat)
+    assert np.all(host[61:93] == -1) and np.all(host[:61] == np.arange(61)) and np.all(host[93:] == np.arange(93, 200))
+    again = b.reshape(view, (32,))
+    b.write(again, np.zeros(32, dtype))
+    assert np.all(b.to_host(flat)[61:93] == 0)
+
+
+def test_memory_ops_refuse_bad_arguments(ops_backend):
+    b = ops_backend
+    flat = b.zeros((200,))
+    with bad_argument(b, "flat_view"):
+        b.flat_view(flat, 190, (4, 8))
+    with bad_argument(b, "reshape"):
+        b.reshape(b.zeros((4, 8)), (5, 7))
+    with bad_argument(b, "write"):
+        b.write(b.zeros((3,)), np.ones(4, np.float32))
+    with bad_argument(b, "copy"):
+        b.copy(b.zeros((3,)), b.zeros((4,)))
+
+
+# ======================================================================= arithmetic
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 3), (33, 17, 65)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, -1.5)])
+def test_gemm(ops_backend, dtype, rng, m, n, k, trans_a, trans_b, alpha, beta):
+    a = rng.standard_normal((k, m) if trans_a else (m, k))
+    b_ = rng.standard_normal((n, k) if trans_b else (k, n))
+    out0 = rng.standard_normal((m, n))
+    want = alpha * ((a.T if trans_a else a) @ (b_.T if trans_b else b_)) + beta * out0
+    placed = Placed(ops_backend, [a, b_, out0], dtype, "view")
+    ops_backend.gemm(*placed.devs, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta, ws=Workspace())
+    np.testing.assert_allclose(placed.host(2), want, **tolerance(dtype, scale=math.sqrt(k)))
+    placed.check_sentinels()
+
+
+def test_gemm_beta_zero_ignores_nan_in_out(ops_backend, rng):
+    a, b_ = rng.standard_normal((4, 6)), rng.standard_normal((6, 5))
+    da, db, out = upload(ops_backend, a, b_, np.full((4, 5), np.nan), dtype=np.float32)
+    ops_backend.gemm(da, db, out)
+    np.testing.assert_allclose(ops_backend.to_host(out), a @ b_, **tolerance(np.float32))
+
+
+def test_gemm_refuses_bad_shapes(ops_backend):
+    b = ops_backend
+    with bad_argument(b, "gemm"):
+        b.gemm(b.zeros((3, 4)), b.zeros((5, 2)), b.zeros((3, 2)))
+    with bad_argument(b, "gemm"):
+        b.gemm(b.zeros((3, 4)), b.zeros((4, 2)), b.zeros((2, 3)))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_add_scale_mul(ops_backend, dtype, rng, shape, layout, accumulate):
+    a, c, out0 = (rng.standard_normal(shape) for _ in range(3))
+    placed = Placed(ops_backend, [a, c, out0, np.zeros(shape), np.zeros(shape)], dtype, layout)
+    da, dc, dout, s1, s2 = placed.devs
+    ops_backend.add(da, dc, s1)
+    ops_backend.scale(da, -0.75, s2)
+    ops_backend.mul(da, dc, dout, accumulate, Workspace())
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(placed.host(3), a + c, **tol)
+    np.testing.assert_allclose(placed.host(4), -0.75 * a, **tol)
+    np.testing.assert_allclose(placed.host(2), (out0 if accumulate else 0) + a * c, **tol)
+    placed.check_sentinels()
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_add_bias_and_bias_grad(ops_backend, dtype, rng, shape, accumulate):
+    out0, bias, db0 = rng.standard_normal(shape), rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    placed = Placed(ops_backend, [out0, bias, db0], dtype, "view")
+    out, dbias, db = placed.devs
+    ops_backend.add_bias(out, dbias)
+    ops_backend.bias_grad(out, db, accumulate, Workspace())
+    with_bias = out0 + bias.reshape(bshape)
+    axes = (0,) + tuple(range(2, len(shape)))
+    np.testing.assert_allclose(placed.host(0), with_bias, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(2), (db0 if accumulate else 0) + with_bias.sum(axis=axes),
+                               **tolerance(dtype, scale=10))
+    placed.check_sentinels()
+
+
+def test_bias_ops_refuse_a_wrong_channel_count(ops_backend):
+    b = ops_backend
+    with bad_argument(b, "add_bias"):
+        b.add_bias(b.zeros((4, 3)), b.zeros((4,)))
+    with bad_argument(b, "bias_grad"):
+        b.bias_grad(b.zeros((4, 3, 2)), b.zeros((2,)))
+
+
+@pytest.mark.parametrize("n", [1, 255, 256, 257, 100_003])
+def test_sum_all(ops_backend, dtype, rng, n):
+    x = rng.standard_normal(n)
+    dx, out = upload(ops_backend, x, np.zeros(1), dtype=dtype)
+    ops_backend.sum_all(dx, out)
+    assert math.isclose(float(ops_backend.to_host(out)[0]), float(x.sum()),
+                        rel_tol=1e-5 if dtype == np.float32 else 1e-12, abs_tol=1e-3 if dtype == np.float32 else 1e-9)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_all_finite(ops_backend, dtype, rng, bad):
+    b = ops_backend
+    x = rng.standard_normal(1001).astype(dtype)
+    assert b.all_finite(b.from_host(x))
+    assert b.all_finite(b.from_host(np.full(3, np.finfo(dtype).max, dtype)))  # huge but finite
+    x[777] = bad
+    dev = b.from_host(x)
+    assert not b.all_finite(dev)
+    assert b.all_finite(b.flat_view(dev, 0, (700,)))  # the bad element lies outside the view
+    assert b.all_finite(b.empty((0,), dtype))
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_store(ops_backend, dtype, rng, accumulate):
+    src, dst0 = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    placed = Placed(ops_backend, [src, dst0], dtype, "view")
+    ops_backend.store(*placed.devs, accumulate=accumulate)
+    np.testing.assert_allclose(placed.host(1), src + (dst0 if accumulate else 0), **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def test_elementwise_ops_refuse_mismatched_arrays(ops_backend):
+    b = ops_backend
+    x, y, wrong = b.zeros((4, 5)), b.zeros((4, 5)), b.zeros((5, 4))
+    with bad_argument(b, "add"):
+        b.add(x, y, wrong)
+    with bad_argument(b, "scale"):
+        b.scale(x, 2.0, b.zeros((20,)))
+    with bad_argument(b, "mul"):
+        b.mul(x, wrong, y)
+    with bad_argument(b, "relu"):
+        b.relu(x, wrong)
+    with bad_argument(b, "tanh_backward"):
+        b.tanh_backward(x, y, wrong)
+
+
+# ====================================================================== activations
+def _activation_reference(op, x, dy, slope):
+    if op == "relu":
+        y = np.maximum(x, 0)
+        return y, np.where(y > 0, dy, 0.0)
+    if op == "leaky_relu":
+        return np.where(x > 0, x, slope * x), np.where(x > 0, dy, slope * dy)
+    if op == "sigmoid":
+        y = 1.0 / (1.0 + np.exp(-x))
+        return y, dy * y * (1 - y)
+    y = np.tanh(x)
+    return y, dy * (1 - y * y)
+
+
+@pytest.mark.parametrize("op,slope", [("relu", None), ("leaky_relu", 0.1), ("leaky_relu", 1.5),
+                                      ("sigmoid", None), ("tanh", None)])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_activation_forward_and_backward(ops_backend, dtype, rng, op, slope, shape, layout, accumulate):
+    x = rng.standard_normal(shape) * 3
+    if op == "sigmoid":
+        x.reshape(-1)[0] = -200.0  # 1 / (1 + exp(200)) must not overflow
+    x = x.astype(dtype).astype(np.float64)  # the reference sees the values the backend sees
+    dy, dx0 = rng.standard_normal(shape), rng.standard_normal(shape)
+    placed = Placed(ops_backend, [x, np.zeros(shape), dy, dx0], dtype, layout)
+    dev_x, dev_y, dev_dy, dev_dx = placed.devs
+    ws = Workspace()
+    if op == "leaky_relu":
+        ops_backend.leaky_relu(dev_x, dev_y, slope)
+        ops_backend.leaky_relu_backward(dev_x, dev_dy, dev_dx, slope, accumulate, ws)
+    else:
+        getattr(ops_backend, op)(dev_x, dev_y)
+        getattr(ops_backend, op + "_backward")(dev_y, dev_dy, dev_dx, accumulate, ws)
+    y_ref, dx_ref = _activation_reference(op, x, dy, slope)
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(placed.host(1), y_ref, **tol)
+    np.testing.assert_allclose(placed.host(3), (dx0 if accumulate else 0) + dx_ref, **tol)
+    placed.check_sentinels()
+
+
+# ================================================================= row-wise (softmax)
+ROWS = [(1, 1), (4, 10), (33, 7), (3, 1000)]
+
+
+def _softmax_reference(x):
+    e = np.exp(x - x.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("shape", ROWS)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_softmax_family(ops_backend, dtype, rng, op, shape, layout, accumulate):
+    x = (rng.standard_normal(shape) * 5 + 40).astype(dtype).astype(np.float64)  # large: needs the max shift
+    dy, dx0 = rng.standard_normal(shape), rng.standard_normal(shape)
+    placed = Placed(ops_backend, [x, np.zeros(shape), dy, dx0], dtype, layout)
+    ws = Workspace()
+    getattr(ops_backend, op)(placed.devs[0], placed.devs[1], ws)
+    getattr(ops_backend, op + "_backward")(placed.devs[1], placed.devs[2], placed.devs[3], accumulate, ws)
+    p = _softmax_reference(x)
+    if op == "softmax":
+        y_ref, dx_ref = p, p * (dy - (dy * p).sum(axis=1, keepdims=True))
+    else:
+        y_ref, dx_ref = np.log(p), dy - p * dy.sum(axis=1, keepdims=True)
+    tol = tolerance(dtype, scale=5)
+    np.testing.assert_allclose(placed.host(1), y_ref, **tol)
+    np.testing.assert_allclose(placed.host(3), (dx0 if accumulate else 0) + dx_ref, **tol)
+    placed.check_sentinels()
+
+
+def test_row_ops_refuse_mismatched_arrays(ops_backend):
+    b = ops_backend
+    with bad_argument(b, "softmax"):
+        b.softmax(b.zeros((4, 5)), b.zeros((4, 6)))
+    with bad_argument(b, "log_softmax_backward"):
+        b.log_softmax_backward(b.zeros((4, 5)), b.zeros((4, 5)), b.zeros((5, 4)))
+
+
+# =========================================================================== losses
+@pytest.mark.parametrize("rows,classes", [(1, 1), (8, 10), (33, 7), (5, 1000)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_softmax_cross_entropy_and_nll(ops_backend, dtype, rng, rows, classes, layout):
+    logits = (rng.standard_normal((rows, classes)) * 4).astype(dtype).astype(np.float64)
+    labels = rng.integers(0, classes, rows).astype(np.int32)
+    placed = Placed(ops_backend, [logits, np.zeros(rows), np.full((rows, classes), 9.0), np.zeros(rows),
+                                  np.full((rows, classes), 9.0)], dtype, layout)
+    dev_logits, losses, dx, losses2, dx2 = placed.devs
+    dev_labels = ops_backend.from_host(labels)
+    ws = Workspace()
+    ops_backend.softmax_cross_entropy(dev_logits, dev_labels, losses, dx, 1.0 / rows, ws)
+    ops_backend.nll_loss(dev_logits, dev_labels, losses2, dx2, 0.5, ws)
+    onehot = np.eye(classes)[labels]
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    lse = np.log(np.exp(shifted).sum(axis=1)) + logits.max(axis=1)
+    tol = tolerance(dtype, scale=5)
+    np.testing.assert_allclose(placed.host(1), lse - logits[np.arange(rows), labels], **tol)
+    np.testing.assert_allclose(placed.host(2), (_softmax_reference(logits) - onehot) / rows, **tol)
+    np.testing.assert_allclose(placed.host(3), -logits[np.arange(rows), labels], **tol)
+    np.testing.assert_allclose(placed.host(4), -0.5 * onehot, **tol)
+    placed.check_sentinels()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (6, 3), (4, 2, 3, 5)])
+def test_mse_loss(ops_backend, dtype, rng, shape):
+    pred, target = rng.standard_normal(shape), rng.standard_normal(shape)
+    placed = Placed(ops_backend, [pred, target, np.zeros(shape[0]), np.zeros(shape)], dtype, "view")
+    ops_backend.mse_loss(*placed.devs, 0.25, Workspace())
+    diff = pred - target
+    tol = tolerance(dtype, scale=5)
+    np.testing.assert_allclose(placed.host(2), (diff ** 2).reshape(shape[0], -1).sum(axis=1), **tol)
+    np.testing.assert_allclose(placed.host(3), 2 * 0.25 * diff, **tol)
+    placed.check_sentinels()
+
+
+def test_losses_refuse_bad_labels_and_shapes(ops_backend):
+    b = ops_backend
+    with bad_argument(b, "softmax_cross_entropy"):
+        b.softmax_cross_entropy(b.zeros((2, 3)), b.zeros((2,), np.int64), b.zeros((2,)), b.zeros((2, 3)), 1.0)
+    with bad_argument(b, "nll_loss"):
+        b.nll_loss(b.zeros((2, 3)), b.zeros((3,), np.int32), b.zeros((2,)), b.zeros((2, 3)), 1.0)
+    with bad_argument(b, "mse_loss"):
+        b.mse_loss(b.zeros((2, 3)), b.zeros((2, 3)), b.zeros((3,)), b.zeros((2, 3)), 1.0)
+
+
+# ========================================================================== dropout
+@pytest.mark.parametrize("n", [1, 255, 4099])
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 1.0])
+@pytest.mark.parametrize("seed,counter", [(0, 0), (12345, 7), (2**32 - 1, 2**31)])
+def test_dropout_follows_the_documented_stream(ops_backend, dtype, rng, n, p, seed, counter):
+    x = rng.standard_normal(n)
+    placed = Placed(ops_backend, [x, np.zeros(n), np.zeros(n)], dtype, "view")
+    ops_backend.dropout(*placed.devs, p, seed, counter, Workspace())
+    # kept where the element's 24 random bits reach the threshold (juicepy/backends/rng.py)
+    kept = uniform_hash(seed, counter, n) * 16777216.0 >= keep_threshold(p) if p < 1.0 else np.zeros(n, bool)
+    scale = np.asarray(1.0 / (1.0 - p), dtype) if p < 1.0 else 0.0
+    np.testing.assert_array_equal(placed.host(2), np.where(kept, scale, 0.0))
+    np.testing.assert_allclose(placed.host(1), np.where(kept, x.astype(dtype) * scale, 0.0), **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def test_dropout_refuses_mismatched_arrays(ops_backend):
+    b = ops_backend
+    with bad_argument(b, "dropout"):
+        b.dropout(b.zeros((10,)), b.zeros((10,)), b.zeros((9,)), 0.5, 0, 0)
+
+
+# ======================================================================= optimizers
+def _sgd_reference(p, grads, buf, lr, momentum, dampening, nesterov, weight_decay):
+    p = p.copy()
+    for step, g in enumerate(grads):
+        g = g + weight_decay * p
+        if momentum != 0.0:
+            buf = g.copy() if step == 0 else momentum * buf + (1 - dampening) * g
+            g = g + momentum * buf if nesterov else buf
+        p = p - lr * g
+    return p, buf
+
+
+SGD_CASES = [dict(lr=0.1, momentum=0.0, dampening=0.0, nesterov=False, weight_decay=0.0),
+             dict(lr=0.05, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0),
+             dict(lr=0.05, momentum=0.9, dampening=0.1, nesterov=False, weight_decay=1e-2),
+             dict(lr=0.01, momentum=0.8, dampening=0.0, nesterov=True, weight_decay=5e-3)]
+
+
+@pytest.mark.parametrize("hp", SGD_CASES, ids=["plain", "momentum", "dampening_wd", "nesterov_wd"])
+@pytest.mark.parametrize("n", [1, 1001])
+def test_sgd_update(ops_backend, dtype, rng, hp, n):
+    p0 = rng.standard_normal(n)
+    grads = [rng.standard_normal(n) for _ in range(4)]
+    placed = Placed(ops_backend, [p0, np.zeros(n), np.zeros(n)], dtype, "view")
+    p, g, buf = placed.devs
+    ws = Workspace()
+    for step, gh in enumerate(grads):
+        ops_backend.write(g, gh.astype(dtype))
+        ops_backend.sgd_update(p, g, buf if hp["momentum"] else None, first_step=step == 0, ws=ws, **hp)
+    want_p, want_buf = _sgd_reference(p0, grads, None, **hp)
+    np.testing.assert_allclose(placed.host(0), want_p, **tolerance(dtype))
+    if hp["momentum"]:
+        np.testing.assert_allclose(placed.host(2), want_buf, **tolerance(dtype))
+    else:  # without momentum the buffer is not part of the update
+        np.testing.assert_array_equal(placed.host(2), 0.0)
+    placed.check_sentinels()
+
+
+def _adam_reference(p, grads, lr, beta1, beta2, eps, weight_decay, decoupled, amsgrad):
+    p, m, v = p.copy(), np.zeros_like(p), np.zeros_like(p)
+    vmax = np.zeros_like(p)
+    for step, g in enumerate(grads, start=1):
+        if weight_decay:
+            if decoupled:
+                p = p * (1 - lr * weight_decay)
+            else:
+                g = g + weight_decay * p
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        vmax = np.maximum(vmax, v)
+        denom = np.sqrt(vmax if amsgrad else v) / math.sqrt(1 - beta2 ** step) + eps
+        p = p - lr / (1 - beta1 ** step) * m / denom
+    return p, m, v, vmax
+
+
+@pytest.mark.parametrize("decoupled,weight_decay,amsgrad", [(False, 0.0, False), (False, 1e-2, False),
+                                                            (True, 1e-2, False), (True, 1e-2, True),
+                                                            (False, 0.0, True)],
+                         ids=["adam", "adam_l2", "adamw", "adamw_amsgrad", "amsgrad"])
+@pytest.mark.parametrize("n", [1, 777])
+def test_adam_update(ops_backend, dtype, rng, decoupled, weight_decay, amsgrad, n):
+    p0 = rng.standard_normal(n)
+    grads = [rng.standard_normal(n) * 10 ** rng.uniform(-3, 1) for _ in range(5)]
+    placed = Placed(ops_backend, [p0, np.zeros(n), np.zeros(n), np.zeros(n), np.zeros(n)], dtype, "view")
+    p, g, m, v, vmax = placed.devs
+    ws = Workspace()
+    hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
+    for step, gh in enumerate(grads, start=1):
+        ops_backend.write(g, gh.astype(dtype))
+        ops_backend.adam_update(p, g, m, v, step=step, max_exp_avg_sq=vmax if amsgrad else None, ws=ws, **hp)
+    want = _adam_reference(p0, grads, amsgrad=amsgrad, **hp)
+    tol = tolerance(dtype, scale=5)
+    for i, ref in zip((0, 2, 3), want[:3]):
+        np.testing.assert_allclose(placed.host(i), ref, **tol)
+    np.testing.assert_allclose(placed.host(4), want[3] if amsgrad else 0.0, **tol)
+    placed.check_sentinels()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_optimizer_guard_skips_the_update_on_a_non_finite_loss(ops_backend, dtype, rng, bad):
+    b = ops_backend
+    p0, g0 = rng.standard_normal(100), rng.standard_normal(100)
+    p, g, buf, m, v = upload(b, p0, g0, np.zeros(100), np.zeros(100), np.zeros(100), dtype=dtype)
+    sgd = dict(lr=0.1, momentum=0.9, dampening=0.0, nesterov=False, weight_decay=0.0, first_step=True)
+    adam = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, step=1)
+    refused = b.from_host(np.array([bad], dtype))
+    b.sgd_update(p, g, buf, guard=refused, **sgd)
+    b.adam_update(p, g, m, v, guard=refused, **adam)
+    for arr, want in ((p, p0), (buf, 0.0), (m, 0.0), (v, 0.0)):
+        np.testing.assert_array_equal(b.to_host(arr), np.asarray(want, dtype) + np.zeros(100, dtype))
+    b.sgd_update(p, g, buf, guard=b.from_host(np.array([3.0], dtype)), **sgd)
+    np.testing.assert_allclose(b.to_host(p).astype(np.float64), p0 - 0.1 * g0.astype(dtype), **tolerance(dtype))
+
+
+def test_optimizer_updates_refuse_mismatched_arrays(ops_backend):
+    b = ops_backend
+    with bad_argument(b, "sgd_update"):
+        b.sgd_update(b.zeros((4,)), b.zeros((5,)), None, lr=0.1, momentum=0.0, dampening=0.0, nesterov=False,
+                     weight_decay=0.0, first_step=True)
+    with bad_argument(b, "adam_update"):
+        b.adam_update(b.zeros((4,)), b.zeros((4,)), b.zeros((3,)), b.zeros((4,)), lr=0.1, beta1=0.9,
+                      beta2=0.999, eps=1e-8, weight_decay=0.0, decoupled=False, step=1)
+
+
+# =========================================================================== graphs
+def test_capture(ops_backend):
+    b = ops_backend
+    x = b.from_host(np.arange(6, dtype=np.float32))
+    y = b.zeros((6,))
+    if not b.can_capture:
+        with pytest.raises(CaptureError, match=rf"^{b.name} backend capture:"):
+            b.capture(lambda: b.scale(x, 2.0, y))
+        return
+    graph = b.capture(lambda: b.scale(x, 2.0, y))
+    np.testing.assert_array_equal(b.to_host(y), 0.0)  # recording runs nothing
+    graph.replay(0)
+    b.synchronize()
+    np.testing.assert_array_equal(b.to_host(y), 2.0 * np.arange(6))
+
+
+# ====================================================================== convolution
+def _out(size, k, s, p, d=1):
+    return (size + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def conv_reference(x, w, stride, padding, dilation, groups):
+    """y[n, o, i, j] = sum over c, ki, kj of w[o, c, ki, kj] * padded x[n, g*cg + c, i*s + ki*d, j*s + kj*d]."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho, wo = _out(h, kh, sh, ph, dh), _out(wd, kw, sw, pw, dw)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = np.zeros((n, o, ho, wo))
+    og = o // groups
+    for g in range(groups):
+        for ki in range(kh):
+            for kj in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, ki * dh:ki * dh + sh * (ho - 1) + 1:sh,
+                           kj * dw:kj * dw + sw * (wo - 1) + 1:sw]
+                y[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, w[g * og:(g + 1) * og, :, ki, kj])
+    return y
+
+
+def conv_grads_reference(x, w, dy, stride, padding, dilation, groups):
+    """dx and dw of sum(conv(x, w) * dy): the same windows, run backwards."""
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    (sh, sw), (ph, pw), (dh, dw_) = stride, padding, dilation
+    ho, wo = dy.shape[2:]
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    dxp, dw = np.zeros_like(xp), np.zeros(w.shape)
+    og = o // groups
+    for g in range(groups):
+        for ki in range(kh):
+            for kj in range(kw):
+                rows = slice(ki * dh, ki * dh + sh * (ho - 1) + 1, sh)
+                cols = slice(kj * dw_, kj * dw_ + sw * (wo - 1) + 1, sw)
+                dyg = dy[:, g * og:(g + 1) * og]
+                dxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nohw,oc->nchw", dyg, w[g * og:(g + 1) * og, :, ki, kj])
+                dw[g * og:(g + 1) * og, :, ki, kj] += np.einsum("nohw,nchw->oc", dyg, xp[:, g * cg:(g + 1) * cg, rows, cols])
+    return dxp[:, :, ph:ph + h, pw:pw + wd], dw
+
+
+CONV_CASES = [
+    # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups
+    ((2, 3, 8, 8), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((1, 1, 5, 7), (2, 2, 3), (2, 1), (0, 1), (1, 1), 1),
+    ((2, 4, 9, 6), (6, 3, 3), (2, 2), (1, 2), (2, 1), 2),
+    ((3, 6, 7, 7), (6, 3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise
+    ((2, 2, 6, 5), (3, 1, 1), (1, 2), (0, 0), (1, 1), 1),  # 1x1
+    ((1, 3, 11, 10), (5, 5, 4), (3, 2), (2, 1), (1, 2), 1),
+    ((2, 8, 6, 6), (16, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # depth 72: NumPy's batch-innermost layout
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_conv2d_and_its_gradients(ops_backend, dtype, rng, case, accumulate):
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((o, xs[1] // groups, kh, kw))
+    y_ref = conv_reference(x, w, stride, padding, dilation, groups)
+    dy = rng.standard_normal(y_ref.shape)
+    dx0, dw0 = rng.standard_normal(x.shape), rng.standard_normal(w.shape)
+    dx_ref, dw_ref = conv_grads_reference(x, w, dy, stride, padding, dilation, groups)
+    placed = Placed(ops_backend, [x, w, np.zeros(y_ref.shape), dy, dx0, dw0], dtype, "view")
+    dev_x, dev_w, y, dev_dy, dx, dw = placed.devs
+    ws = Workspace()
+    ops_backend.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws=ws)
+    ops_backend.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, accumulate, ws=ws)
+    ops_backend.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, accumulate, ws=ws)
+    tol = tolerance(dtype, scale=10)
+    np.testing.assert_allclose(placed.host(2), y_ref, **tol)
+    np.testing.assert_allclose(placed.host(4), (dx0 if accumulate else 0) + dx_ref, **tol)
+    np.testing.assert_allclose(placed.host(5), (dw0 if accumulate else 0) + dw_ref, **tol)
+    placed.check_sentinels()
+
+
+def test_conv2d_refuses_a_wrong_geometry(ops_backend):
+    b = ops_backend
+    x, w = b.zeros((2, 3, 8, 8)), b.zeros((4, 3, 3, 3))
+    with bad_argument(b, "conv2d"):
+        b.conv2d(x, w, b.zeros((2, 4, 8, 8)), (1, 1), (0, 0), (1, 1), 1)
+    with bad_argument(b, "conv2d_backward_data"):
+        b.conv2d_backward_data(b.zeros((2, 4, 6, 6)), w, b.zeros((2, 3, 8, 8)), (1, 1), (0, 0), (1, 1), 3)
+    with bad_argument(b, "conv2d_backward_filter"):
+        b.conv2d_backward_filter(x, b.zeros((2, 4, 5, 6)), w, (1, 1), (0, 0), (1, 1), 1)
+
+
+# ========================================================================== pooling
+def pool_reference(x, kernel, stride, padding, mode, count_include_pad=True):
+    """Windows clipped to the plane; max: the first maximum in scan order and its flat h*W+w index."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = _out(h, kh, sh, ph), _out(w, kw, sw, pw)
+    y, arg = np.zeros((n, c, ho, wo)), np.zeros((n, c, ho, wo), np.int64)
+    for i in range(ho):
+        for j in range(wo):
+            h0, w0 = i * sh - ph, j * sw - pw
+            hs, ws = range(max(h0, 0), min(h0 + kh, h)), range(max(w0, 0), min(w0 + kw, w))
+            window = x[:, :, hs.start:hs.stop, ws.start:ws.stop].reshape(n, c, -1)
+            if mode == "max":
+                k = window.argmax(axis=2)
+                y[:, :, i, j] = window.max(axis=2)
+                arg[:, :, i, j] = (hs.start + k // len(ws)) * w + ws.start + k % len(ws)
+            else:
+                y[:, :, i, j] = window.sum(axis=2) / (kh * kw if count_include_pad else window.shape[2])
+    return y, arg
+
+
+def avg_pool_grad_reference(dy, x_shape, kernel, stride, padding, count_include_pad):
+    n, c, h, w = x_shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    dx = np.zeros(x_shape)
+    for i in range(dy.shape[2]):
+        for j in range(dy.shape[3]):
+            h0, w0 = i * sh - ph, j * sw - pw
+            hs, ws = slice(max(h0, 0), min(h0 + kh, h)), slice(max(w0, 0), min(w0 + kw, w))
+            div = kh * kw if count_include_pad else (hs.stop - hs.start) * (ws.stop - ws.start)
+            dx[:, :, hs, ws] += dy[:, :, i:i + 1, j:j + 1] / div
+    return dx
+
+
+POOL_CASES = [
+    ((2, 3, 8, 8), (2, 2), (2, 2), (0, 0)),
+    ((1, 2, 7, 9), (3, 3), (2, 2), (1, 1)),
+    ((2, 1, 6, 5), (3, 2), (1, 2), (1, 0)),
+    ((1, 4, 5, 5), (5, 5), (1, 1), (2, 2)),
+    ((2, 3, 4, 6), (4, 6), (4, 6), (0, 0)),  # global: one window per plane
+]
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_max_pool2d(ops_backend, dtype, rng, case, accumulate):
+    shape, kernel, stride, padding = case
+    x = rng.permutation(np.arange(math.prod(shape), dtype=np.float64)).reshape(shape) / 7  # no ties
+    y_ref, arg_ref = pool_reference(x, kernel, stride, padding, "max")
+    dy, dx0 = rng.standard_normal(y_ref.shape), rng.standard_normal(shape)
+    dx_ref = dx0.copy() if accumulate else np.zeros(shape)
+    planes = dx_ref.reshape(shape[0] * shape[1], -1)
+    for plane, grads, where in zip(planes, dy.reshape(len(planes), -1), arg_ref.reshape(len(planes), -1)):
+        np.add.at(plane, where, grads)
+    placed = Placed(ops_backend, [x, np.zeros(y_ref.shape), dy, dx0], dtype, "view")
+    argmax = ops_backend.zeros(y_ref.shape, np.int32)
+    ops_backend.max_pool2d(placed.devs[0], placed.devs[1], argmax, kernel, stride, padding, ws=Workspace())
+    ops_backend.max_pool2d_backward(placed.devs[2], argmax, placed.devs[3], accumulate, ws=Workspace())
+    np.testing.assert_array_equal(placed.host(1), y_ref.astype(dtype))
+    np.testing.assert_array_equal(ops_backend.to_host(argmax), arg_ref)
+    np.testing.assert_allclose(placed.host(3), dx_ref, **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def test_max_pool2d_ties_pick_the_first_maximum(ops_backend):
+    b = ops_backend
+    y, arg = b.empty((1, 1, 2, 2)), b.empty((1, 1, 2, 2), np.int32)
+    b.max_pool2d(b.zeros((1, 1, 4, 4)), y, arg, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(b.to_host(arg).reshape(-1), [0, 2, 8, 10])
+
+
+@pytest.mark.parametrize("case", POOL_CASES, ids=str)
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_avg_pool2d(ops_backend, dtype, rng, case, count_include_pad, accumulate):
+    shape, kernel, stride, padding = case
+    x = rng.standard_normal(shape)
+    y_ref, _ = pool_reference(x, kernel, stride, padding, "avg", count_include_pad)
+    dy, dx0 = rng.standard_normal(y_ref.shape), rng.standard_normal(shape)
+    dx_ref = avg_pool_grad_reference(dy, shape, kernel, stride, padding, count_include_pad)
+    placed = Placed(ops_backend, [x, np.zeros(y_ref.shape), dy, dx0], dtype, "view")
+    ops_backend.avg_pool2d(placed.devs[0], placed.devs[1], kernel, stride, padding, count_include_pad, ws=Workspace())
+    ops_backend.avg_pool2d_backward(placed.devs[2], placed.devs[3], kernel, stride, padding, count_include_pad,
+                                    accumulate, ws=Workspace())
+    tol = tolerance(dtype)
+    np.testing.assert_allclose(placed.host(1), y_ref, **tol)
+    np.testing.assert_allclose(placed.host(3), (dx0 if accumulate else 0) + dx_ref, **tol)
+    placed.check_sentinels()
+
+
+def test_pooling_refuses_bad_arguments(ops_backend):
+    b = ops_backend
+    x = b.zeros((1, 2, 6, 6))
+    with bad_argument(b, "max_pool2d"):
+        b.max_pool2d(x, b.zeros((1, 2, 3, 3)), b.zeros((1, 2, 3, 3), np.float32), (2, 2), (2, 2), (0, 0))
+    with bad_argument(b, "max_pool2d_backward"):
+        b.max_pool2d_backward(b.zeros((1, 2, 3, 3)), b.zeros((1, 2, 2, 2), np.int32), x)
+    with bad_argument(b, "avg_pool2d"):
+        b.avg_pool2d(x, b.zeros((1, 2, 2, 2)), (2, 2), (2, 2), (0, 0))
+    with bad_argument(b, "avg_pool2d_backward"):
+        b.avg_pool2d_backward(b.zeros((1, 2, 2, 2)), x, (2, 2), (2, 2), (0, 0))
+
+
+# ======================================================================= batch norm
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 2, 3, 3), (8, 1, 2, 2), (3, 2, 7)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_batch_norm(ops_backend, dtype, rng, shape, accumulate):
+    c = shape[1]
+    axes = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    count = math.prod(shape) // c
+    x = rng.standard_normal(shape) * 2 + 1
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    rm0, rv0 = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    dy, dx0, dg0, db0 = rng.standard_normal(shape), rng.standard_normal(shape), rng.standard_normal(c), rng.standard_normal(c)
+    eps, momentum = 1e-5, 0.1
+    placed = Placed(ops_backend, [x, gamma, beta, rm0, rv0, np.zeros(shape), np.zeros(c), np.zeros(c),
+                                  np.zeros(shape), dy, dx0, dg0, db0], dtype, "view")
+    dev_x, dev_g, dev_b, rm, rv, out, mean, invstd, inferred, dev_dy, dx, dg, db = placed.devs
+    ws = Workspace()
+    ops_backend.batch_norm_train(dev_x, dev_g, dev_b, out, mean, invstd, rm, rv, momentum, eps, ws=ws)
+    ops_backend.batch_norm_infer(dev_x, dev_g, dev_b, rm, rv, eps, inferred, ws=ws)
+    ops_backend.batch_norm_backward(dev_x, dev_dy, dev_g, mean, invstd, dx, dg, db, accumulate, accumulate, ws=ws)
+
+    mu, var = x.mean(axis=axes), x.var(axis=axes)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mu.reshape(bshape)) * inv.reshape(bshape)
+    rm_ref = (1 - momentum) * rm0 + momentum * mu
+    rv_ref = (1 - momentum) * rv0 + momentum * var * count / max(count - 1, 1)  # unbiased, as torch
+    sum_dy, sum_dy_xhat = dy.sum(axis=axes), (dy * xhat).sum(axis=axes)
+    dx_ref = (gamma * inv / count).reshape(bshape) * (count * dy - sum_dy.reshape(bshape) - xhat * sum_dy_xhat.reshape(bshape))
+    tol = tolerance(dtype, scale=10)
+    np.testing.assert_allclose(placed.host(5), xhat * gamma.reshape(bshape) + beta.reshape(bshape), **tol)
+    np.testing.assert_allclose(placed.host(6), mu, **tol)
+    np.testing.assert_allclose(placed.host(7), inv, **tol)
+    np.testing.assert_allclose(placed.host(3), rm_ref, **tol)
+    np.testing.assert_allclose(placed.host(4), rv_ref, **tol)
+    np.testing.assert_allclose(placed.host(8), (x - rm_ref.reshape(bshape)) / np.sqrt(rv_ref.reshape(bshape) + eps)
+                               * gamma.reshape(bshape) + beta.reshape(bshape), **tol)
+    np.testing.assert_allclose(placed.host(10), (dx0 if accumulate else 0) + dx_ref, **tol)
+    np.testing.assert_allclose(placed.host(11), (dg0 if accumulate else 0) + sum_dy_xhat, **tol)
+    np.testing.assert_allclose(placed.host(12), (db0 if accumulate else 0) + sum_dy, **tol)
+    placed.check_sentinels()
+
+
+def test_batch_norm_backward_without_the_input_gradient(ops_backend, rng):
+    b = ops_backend
+    x, dy = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 3, 2, 2))
+    dev_x, gamma, beta, out, mean, invstd = upload(b, x, np.ones(3), np.zeros(3), np.zeros(x.shape), np.zeros(3),
+                                                   np.zeros(3), dtype=np.float32)
+    b.batch_norm_train(dev_x, gamma, beta, out, mean, invstd, None, None, 0.1, 1e-5)
+    dg, db = b.zeros((3,)), b.zeros((3,))
+    b.batch_norm_backward(dev_x, b.from_host(dy.astype(np.float32)), gamma, mean, invstd, None, dg, db)
+    xhat = (x - x.mean(axis=(0, 2, 3), keepdims=True)) / np.sqrt(x.var(axis=(0, 2, 3), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(b.to_host(db), dy.sum(axis=(0, 2, 3)), **tolerance(np.float32, scale=10))
+    np.testing.assert_allclose(b.to_host(dg), (dy * xhat).sum(axis=(0, 2, 3)), **tolerance(np.float32, scale=10))
+
+
+def test_batch_norm_refuses_a_wrong_channel_count(ops_backend):
+    b = ops_backend
+    x, c, wrong = b.zeros((2, 3, 4)), b.zeros((3,)), b.zeros((4,))
+    with bad_argument(b, "batch_norm_train"):
+        b.batch_norm_train(x, c, c, b.zeros((2, 3, 4)), c, c, wrong, c, 0.1, 1e-5)
+    with bad_argument(b, "batch_norm_infer"):
+        b.batch_norm_infer(x, wrong, c, c, c, 1e-5, b.zeros((2, 3, 4)))
+    with bad_argument(b, "batch_norm_backward"):
+        b.batch_norm_backward(x, b.zeros((2, 3, 5)), c, c, c, None, c, c)
+
+
+# ============================================================ synchronised batch norm
+# The layer runs: sums about zero -> stats (the mean) -> sums about the mean -> stats (+ running)
+# -> apply; each ``sums`` would be summed over ranks in between. Here count is what the sums cover.
+SYNC_SHAPES = [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 7)]
+
+
+@pytest.mark.parametrize("shape", SYNC_SHAPES)
+def test_batch_norm_sums_stats_and_apply(ops_backend, dtype, rng, shape):
+    c = shape[1]
+    axes = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    count = math.prod(shape) // c
+    x = rng.standard_normal(shape) * 2 + 50  # |mean| >> std: the second pass keeps the variance exact
+    gamma, beta, rm0, rv0 = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    eps, momentum = 1e-5, 0.3
+    placed = Placed(ops_backend, [x, np.zeros(c), np.zeros(2 * c), np.zeros(2 * c), np.zeros(c), np.zeros(c),
+                                  rm0, rv0, gamma, beta, np.zeros(shape)], dtype, "view")
+    dev_x, zero, first, second, mean, invstd, rm, rv, dev_g, dev_b, out = placed.devs
+    ws = Workspace()
+    ops_backend.batch_norm_sums(dev_x, zero, first, ws=ws)
+    first_host = placed.host(2)
+    ops_backend.batch_norm_stats(first, count, zero, mean, invstd, None, None, 0.0, eps, ws=ws)
+    ops_backend.batch_norm_sums(dev_x, mean, second, ws=ws)
+    ops_backend.batch_norm_stats(second, count, mean, mean, invstd, rm, rv, momentum, eps, ws=ws)
+    ops_backend.batch_norm_apply(dev_x, dev_g, dev_b, mean, invstd, out, ws=ws)
+
+    mu, var = x.mean(axis=axes), x.var(axis=axes)
+    np.testing.assert_allclose(first_host, np.concatenate([x.sum(axis=axes), (x * x).sum(axis=axes)]),
+                               **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(4), mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(5), 1 / np.sqrt(var + eps), **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(6), (1 - momentum) * rm0 + momentum * mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(7), (1 - momentum) * rv0 + momentum * var * count / max(count - 1, 1),
+                               **tolerance(dtype, scale=10))
+    xhat = (x - mu.reshape(bshape)) / np.sqrt(var.reshape(bshape) + eps)
+    np.testing.assert_allclose(placed.host(10), xhat * gamma.reshape(bshape) + beta.reshape(bshape),
+                               **tolerance(dtype, scale=50))
+    placed.check_sentinels()
+
+
+def test_batch_norm_stats_shifts_reads_before_writing_and_clamps(ops_backend, dtype, rng):
+    c, count, momentum, eps = 5, 37, 0.3, 1e-3
+    values = rng.standard_normal((count, c)) * 1.5 + 0.25
+    shift = rng.standard_normal(c) * 0.1
+    d = values - shift
+    sums = np.concatenate([d.sum(axis=0), (d * d).sum(axis=0)])
+    rv0 = rng.uniform(0.5, 2, c)
+    # the shift is the running mean itself: read before it moves
+    dev_sums, rm, rv, mean, invstd = upload(ops_backend, sums, shift, rv0, np.zeros(c), np.zeros(c), dtype=dtype)
+    ops_backend.batch_norm_stats(dev_sums, count, rm, mean, invstd, rm, rv, momentum, eps)
+    mu = values.mean(axis=0)
+    np.testing.assert_allclose(ops_backend.to_host(mean), mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(ops_backend.to_host(invstd), 1 / np.sqrt(values.var(axis=0) + eps), **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(ops_backend.to_host(rm), (1 - momentum) * shift + momentum * mu, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(ops_backend.to_host(rv), (1 - momentum) * rv0 + momentum * values.var(axis=0, ddof=1),
+                               **tolerance(dtype, scale=10))
+    # rounding can make E[d^2] - E[d]^2 negative: the variance is clamped at zero
+    dev_sums, zero, mean, invstd = upload(ops_backend, [4.0, 3.99], np.zeros(1), np.zeros(1), np.zeros(1), dtype=dtype)
+    ops_backend.batch_norm_stats(dev_sums, 4, zero, mean, invstd, None, None, 0.1, 1e-5)
+    np.testing.assert_allclose(ops_backend.to_host(invstd), [1 / np.sqrt(1e-5)], rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", SYNC_SHAPES)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_batch_norm_backward_reduce_and_data(ops_backend, dtype, rng, shape, accumulate):
+    c = shape[1]
+    axes = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    x, dy, dx0 = rng.standard_normal(shape), rng.standard_normal(shape), rng.standard_normal(shape)
+    mean, invstd, gamma = rng.standard_normal(c), rng.uniform(0.5, 2, c), rng.uniform(0.5, 2, c)
+    dg0, db0, other = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal(2 * c) * 3
+    placed = Placed(ops_backend, [x, dy, mean, invstd, np.zeros(2 * c), dg0, db0, gamma, dx0], dtype, "view")
+    dev_x, dev_dy, dev_mean, dev_inv, sums, dg, db, dev_g, dx = placed.devs
+    ws = Workspace()
+    ops_backend.batch_norm_backward_reduce(dev_x, dev_dy, dev_mean, dev_inv, sums, dg, db,
+                                           accumulate_params=accumulate, ws=ws)
+    xhat = (x - mean.reshape(bshape)) * invstd.reshape(bshape)
+    local = np.concatenate([dy.sum(axis=axes), (dy * xhat).sum(axis=axes)])
+    np.testing.assert_allclose(placed.host(4), local, **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(5), (dg0 if accumulate else 0) + local[c:], **tolerance(dtype, scale=10))
+    np.testing.assert_allclose(placed.host(6), (db0 if accumulate else 0) + local[:c], **tolerance(dtype, scale=10))
+    # as if another rank had added its sums: the input gradient uses the global ones
+    total = local + other
+    ops_backend.write(sums, total.astype(dtype))
+    count = 2 * math.prod(shape) // c
+    ops_backend.batch_norm_backward_data(dev_x, dev_dy, dev_g, dev_mean, dev_inv, sums, count, dx,
+                                         accumulate=accumulate, ws=ws)
+    grad = (gamma * invstd).reshape(bshape) * (dy - total[:c].reshape(bshape) / count
+                                               - xhat * total[c:].reshape(bshape) / count)
+    np.testing.assert_allclose(placed.host(8), (dx0 if accumulate else 0) + grad, **tolerance(dtype, scale=10))
+    placed.check_sentinels()
+
+
+def test_batch_norm_backward_reduce_without_param_gradients(ops_backend, rng):
+    b = ops_backend
+    x, dy = rng.standard_normal((3, 2, 4)), rng.standard_normal((3, 2, 4))
+    dev_x, dev_dy, mean, invstd = upload(b, x, dy, np.zeros(2), np.ones(2), dtype=np.float32)
+    sums = b.zeros((4,))
+    b.batch_norm_backward_reduce(dev_x, dev_dy, mean, invstd, sums)
+    np.testing.assert_allclose(b.to_host(sums), np.concatenate([dy.sum(axis=(0, 2)), (dy * x).sum(axis=(0, 2))]),
+                               **tolerance(np.float32, scale=10))
+
+
+def test_synchronised_batch_norm_ops_refuse_bad_arguments(ops_backend):
+    b = ops_backend
+    x, c, wrong, sums, short = b.zeros((2, 3, 4)), b.zeros((3,)), b.zeros((4,)), b.zeros((6,)), b.zeros((5,))
+    with bad_argument(b, "batch_norm_sums"):
+        b.batch_norm_sums(x, c, short)
+    with bad_argument(b, "batch_norm_sums"):
+        b.batch_norm_sums(x, wrong, sums)
+    with bad_argument(b, "batch_norm_stats"):
+        b.batch_norm_stats(short, 8, c, c, c, None, None, 0.1, 1e-5)
+    with bad_argument(b, "batch_norm_stats"):
+        b.batch_norm_stats(sums, 8, c, c, c, wrong, c, 0.1, 1e-5)
+    with bad_argument(b, "batch_norm_apply"):
+        b.batch_norm_apply(x, c, c, c, c, b.zeros((2, 3, 5)))
+    with bad_argument(b, "batch_norm_backward_reduce"):
+        b.batch_norm_backward_reduce(x, x, c, c, short)
+    with bad_argument(b, "batch_norm_backward_data"):
+        b.batch_norm_backward_data(x, x, wrong, c, c, sums, 8, b.zeros((2, 3, 4)))
+
+
+# ====================================================================== composition
+@pytest.mark.parametrize("shape", [(3, 7), (2, 5, 3, 4)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_copy_and_slice_channels(ops_backend, dtype, rng, shape, accumulate):
+    part = (shape[0], 2) + shape[2:]
+    dst0, src, whole, piece0 = (rng.standard_normal(s) for s in (shape, part, shape, part))
+    placed = Placed(ops_backend, [dst0, src, whole, piece0], dtype, "view")
+    ops_backend.copy_channels(placed.devs[1], placed.devs[0], 3, accumulate=accumulate)
+    ops_backend.slice_channels(placed.devs[2], placed.devs[3], 3, accumulate=accumulate)
+    want = dst0.copy()
+    want[:, 3:5] = (want[:, 3:5] if accumulate else 0) + src
+    np.testing.assert_allclose(placed.host(0), want, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(3), (piece0 if accumulate else 0) + whole[:, 3:5], **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def test_channel_ops_refuse_an_out_of_range_offset(ops_backend):
+    b = ops_backend
+    with bad_argument(b, "copy_channels"):
+        b.copy_channels(b.zeros((3, 2, 4)), b.zeros((3, 7, 4)), 6)
+    with bad_argument(b, "slice_channels"):
+        b.slice_channels(b.zeros((3, 7, 4)), b.zeros((3, 2, 5)), 0)
+
+
+# ======================================================================== sequences
+def _sig(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (4, 2, 1, 3), (1, 7, 6), (5, 3)])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_swap_leading_axes(ops_backend, dtype, rng, shape, accumulate, layout):
+    src = rng.standard_normal(shape)
+    dst0 = rng.standard_normal((shape[1], shape[0]) + shape[2:])
+    placed = Placed(ops_backend, [src, dst0], dtype, layout)
+    ops_backend.swap_leading_axes(placed.devs[0], placed.devs[1], accumulate=accumulate)
+    np.testing.assert_allclose(placed.host(1), np.swapaxes(src, 0, 1) + (dst0 if accumulate else 0), **tolerance(dtype))
+    placed.check_sentinels()
+
+
+@pytest.mark.parametrize("padding_idx", [None, 2])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_embedding_gather_and_scatter(ops_backend, dtype, rng, padding_idx, accumulate, layout):
+    idx = np.array([2, 0, 2, 5, 5, 5, 1, 2, 8], np.int32)  # repeats add up; rows 3, 4, 6, 7 unused
+    weight, dy, dw0 = rng.standard_normal((9, 4)), rng.standard_normal((idx.size, 4)), rng.standard_normal((9, 4))
+    out0 = rng.standard_normal((idx.size, 4))
+    placed = Placed(ops_backend, [weight, out0, dy, dw0], dtype, layout)
+    indices = ops_backend.from_host(idx)
+    ops_backend.embedding(indices, placed.devs[0], placed.devs[1])
+    np.testing.assert_array_equal(placed.host(1), weight.astype(dtype)[idx])
+    ops_backend.embedding_backward(indices, placed.devs[2], placed.devs[3], padding_idx, accumulate)
+    want = dw0.copy() if accumulate else np.zeros((9, 4))
+    for k, i in enumerate(idx):
+        if i != padding_idx:
+            want[i] += dy[k]
+    np.testing.assert_allclose(placed.host(3), want, **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def _lstm_reference(xw, hw, b, c_prev, dh, dc):
+    hid = c_prev.shape[1]
+    a = xw + hw + (0.0 if b is None else b)
+    i, f, g, o = (a[:, k * hid:(k + 1) * hid] for k in range(4))
+    i, f, g, o = _sig(i), _sig(f), np.tanh(g), _sig(o)
+    c = f * c_prev + i * g
+    tc = np.tanh(c)
+    dct = dc + dh * o * (1 - tc ** 2)
+    dgates = np.concatenate([dct * g * i * (1 - i), dct * c_prev * f * (1 - f), dct * i * (1 - g ** 2),
+                             dh * tc * o * (1 - o)], axis=1)
+    return np.concatenate([i, f, g, o], axis=1), c, o * tc, dgates, dct * f
+
+
+def _gru_reference(xw, hw, b, h_prev, dh):
+    hid = h_prev.shape[1]
+    b = np.zeros(3 * hid) if b is None else b
+    r = _sig(xw[:, :hid] + hw[:, :hid] + b[:hid])
+    z = _sig(xw[:, hid:2 * hid] + hw[:, hid:2 * hid] + b[hid:2 * hid])
+    hn = hw[:, 2 * hid:] + b[2 * hid:]
+    n = np.tanh(xw[:, 2 * hid:] + r * hn)  # torch: the reset gate multiplies W_hn h + b_hn
+    dn = dh * (1 - z) * (1 - n ** 2)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    dr = dn * hn * r * (1 - r)
+    return (np.concatenate([r, z, n, hn], axis=1), (1 - z) * n + z * h_prev,
+            np.concatenate([dr, dz, dn], axis=1), np.concatenate([dr, dz, dn * r], axis=1), dh * z)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rnn_cell(ops_backend, dtype, rng, nonlinearity, with_bias, layout):
+    n, hid = 5, 7
+    xw, hw, b, h0 = (rng.standard_normal(s) for s in ((n, hid), (n, hid), (hid,), (n, hid)))
+    placed = Placed(ops_backend, [xw, hw, b, h0], dtype, layout)
+    ops_backend.rnn_cell(placed.devs[0], placed.devs[1], placed.devs[2] if with_bias else None, placed.devs[3],
+                         nonlinearity)
+    a = xw + hw + (b if with_bias else 0.0)
+    np.testing.assert_allclose(placed.host(3), np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0),
+                               **tolerance(dtype))
+    placed.check_sentinels()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lstm_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
+    n, hid = 6, 5
+    xw, hw, b = rng.standard_normal((n, 4 * hid)) * 2, rng.standard_normal((n, 4 * hid)), rng.standard_normal(4 * hid)
+    c_prev, dh, dc = (rng.standard_normal((n, hid)) for _ in range(3))
+    gates_ref, c_ref, h_ref, dg_ref, dcp_ref = _lstm_reference(xw, hw, b if with_bias else None, c_prev, dh, dc)
+    junk = rng.standard_normal((n, 4 * hid)), rng.standard_normal((n, hid))
+    placed = Placed(ops_backend, [xw, hw, b, c_prev, junk[0], junk[1], junk[1], gates_ref, c_ref, dh, dc, junk[0]],
+                    dtype, layout)
+    d = placed.devs
+    ops_backend.lstm_cell(d[0], d[1], d[2] if with_bias else None, d[3], d[4], d[5], d[6])
+    for i, want in ((4, gates_ref), (5, c_ref), (6, h_ref)):
+        np.testing.assert_allclose(placed.host(i), want, **tolerance(dtype))
+    ops_backend.lstm_cell_backward(d[7], d[3], d[8], d[9], d[10], d[11], d[10])  # dc_prev over dc, in place
+    np.testing.assert_allclose(placed.host(11), dg_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(10), dcp_ref, **tolerance(dtype))
+    placed.check_sentinels()
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gru_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
+    n, hid = 4, 6
+    xw, hw, b = rng.standard_normal((n, 3 * hid)) * 2, rng.standard_normal((n, 3 * hid)), rng.standard_normal(3 * hid)
+    h_prev, dh = rng.standard_normal((n, hid)), rng.standard_normal((n, hid))
+    gates_ref, h_ref, dxw_ref, dhw_ref, dhp_ref = _gru_reference(xw, hw, b if with_bias else None, h_prev, dh)
+    junk = rng.standard_normal((n, 4 * hid)), rng.standard_normal((n, hid)), rng.standard_normal((n, 3 * hid))
+    placed = Placed(ops_backend, [xw, hw, b, h_prev, junk[0], junk[1], gates_ref, dh, junk[2], junk[2]], dtype, layout)
+    d = placed.devs
+    ops_backend.gru_cell(d[0], d[1], d[2] if with_bias else None, d[3], d[4], d[5])
+    np.testing.assert_allclose(placed.host(4), gates_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(5), h_ref, **tolerance(dtype))
+    ops_backend.gru_cell_backward(d[6], d[3], d[7], d[8], d[9], d[7])  # dh_prev over dh, in place
+    np.testing.assert_allclose(placed.host(8), dxw_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(9), dhw_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(7), dhp_ref, **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def test_sequence_ops_refuse_bad_arguments(ops_backend):
+    b = ops_backend
+    z = lambda *s: b.zeros(s)  # noqa: E731
+    with bad_argument(b, "swap_leading_axes"):
+        b.swap_leading_axes(z(2, 3, 4), z(2, 3, 4))
+    with bad_argument(b, "embedding"):
+        b.embedding(b.zeros((5,), np.int32), z(7, 3), z(4, 3))
+    with bad_argument(b, "embedding_backward"):
+        b.embedding_backward(z(5), z(5, 3), z(7, 3))  # float indices
+    with bad_argument(b, "rnn_cell"):
+        b.rnn_cell(z(2, 3), z(2, 3), None, z(2, 3), "gelu")
+    with bad_argument(b, "rnn_cell"):
+        b.rnn_cell(z(2, 3), z(2, 3), z(4), z(2, 3), "tanh")
+    with bad_argument(b, "lstm_cell"):
+        b.lstm_cell(z(2, 12), z(2, 12), None, z(2, 3), z(2, 9), z(2, 3), z(2, 3))
+    with bad_argument(b, "lstm_cell_backward"):
+        b.lstm_cell_backward(z(2, 12), z(2, 3), z(2, 3), z(2, 4), z(2, 3), z(2, 12), z(2, 3))
+    with bad_argument(b, "gru_cell"):
+        b.gru_cell(z(2, 9), z(2, 9), None, z(2, 3), z(2, 9), z(2, 3))  # gates need 4 blocks
+    with bad_argument(b, "gru_cell_backward"):
+        b.gru_cell_backward(z(2, 12), z(2, 3), z(2, 3), z(2, 12), z(2, 9), z(2, 3))
+
+
+def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
+    b = ops_backend
+    f = lambda *shape: b.from_host(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    n, hid, ws = 4, 3, Workspace()
+    lstm = (f(n, 4 * hid), f(n, 4 * hid), f(4 * hid), f(n, hid), f(n, 4 * hid), f(n, hid), f(n, hid))
+    gru = (f(n, 3 * hid), f(n, 3 * hid), f(3 * hid), f(n, hid), f(n, 4 * hid), f(n, hid))
+    dxw, dhw, dh, dc, dg = f(n, 3 * hid), f(n, 3 * hid), f(n, hid), f(n, hid), f(n, 4 * hid)
+    idx, emb, dy, dw = b.from_host(np.array([1, 0, 1], np.int32)), f(3, 5), f(3, 5), f(4, 5)
+    tm, bm = f(2, 3, 4), f(3, 2, 4)
+
+    def step():
+        b.lstm_cell(*lstm, ws=ws)
+        b.lstm_cell_backward(lstm[4], lstm[3], lstm[5], dh, dc, dg, dc, ws=ws)
+        b.gru_cell(*gru, ws=ws)
+        b.gru_cell_backward(gru[4], gru[3], dh, dxw, dhw, dh, ws=ws)
+        b.rnn_cell(dh, dh, None, dc, "tanh")
+        b.embedding(idx, dw, emb)
+        b.embedding_backward(idx, dy, dw, padding_idx=1, accumulate=True, ws=ws)
+        b.swap_leading_axes(tm, bm, accumulate=True)
+
+    step()
+    before = b.allocations
+    step()
+    assert b.allocations == before
+
+
+# ====================================================================== allocations
+def test_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
+    """A training step reuses its workspace: the second run of every op through it allocates nothing."""
+    b = ops_backend
+    f = lambda *shape: b.from_host(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    x, w, y, dx, dw = f(2, 4, 6, 6), f(6, 2, 3, 3), f(2, 6, 6, 6), f(2, 4, 6, 6), f(6, 2, 3, 3)
+    pooled, argmax = f(2, 6, 3, 3), b.zeros((2, 6, 3, 3), np.int32)
+    rows, labels, losses = f(5, 7), b.from_host(np.arange(5, dtype=np.int32)), f(5)
+    c, mean, invstd, rm, rv, bn_out = f(4), f(4), f(4), f(4), b.from_host(np.ones(4, np.float32)), f(2, 4, 6, 6)
+    sums = f(8)
+    p, g, m1, m2 = f(50), f(50), f(50), b.from_host(np.ones(50, np.float32))  # exp_avg_sq >= 0
+    pooled_rows, bias6, rows_dx, rows_dx2, part, dg, db = f(5, 5), f(6), f(5, 7), f(5, 7), f(2, 2, 6, 6), f(4), f(4)
+    ws = Workspace()
+
+    def step():
+        b.gemm(rows, rows, pooled_rows, trans_b=True, alpha=0.5, beta=1.0, ws=ws)
+        b.conv2d(x, w, y, (1, 1), (1, 1), (1, 1), 2, ws=ws)
+        b.conv2d_backward_filter(x, y, dw, (1, 1), (1, 1), (1, 1), 2, True, ws=ws)
+        b.conv2d_backward_data(y, w, dx, (1, 1), (1, 1), (1, 1), 2, True, ws=ws)
+        b.bias_grad(y, bias6, True, ws=ws)
+        b.max_pool2d(y, pooled, argmax, (2, 2), (2, 2), (0, 0), ws=ws)
+        b.max_pool2d_backward(pooled, argmax, y, True, ws=ws)
+        b.avg_pool2d(y, pooled, (2, 2), (2, 2), (0, 0), False, ws=ws)
+        b.avg_pool2d_backward(pooled, y, (2, 2), (2, 2), (0, 0), False, True, ws=ws)
+        b.batch_norm_train(dx, c, c, bn_out, mean, invstd, rm, rv, 0.1, 1e-5, ws=ws)
+        b.batch_norm_backward(dx, bn_out, c, mean, invstd, x, dg, db, True, True, ws=ws)
+        b.batch_norm_sums(dx, mean, sums, ws=ws)
+        b.batch_norm_stats(sums, 72, mean, mean, invstd, rm, rv, 0.1, 1e-5, ws=ws)
+        b.batch_norm_apply(dx, c, c, mean, invstd, bn_out, ws=ws)
+        b.batch_norm_backward_reduce(dx, bn_out, mean, invstd, sums, dg, db, True, ws=ws)
+        b.batch_norm_backward_data(dx, bn_out, c, mean, invstd, sums, 72, x, True, ws=ws)
+        b.softmax_cross_entropy(rows, labels, losses, rows_dx, 0.2, ws=ws)
+        b.log_softmax(rows, rows_dx, ws=ws)
+        b.log_softmax_backward(rows_dx, rows, rows_dx2, True, ws=ws)
+        b.mse_loss(rows, rows_dx, losses, rows_dx2, 0.1, ws=ws)
+        b.dropout(p, g, m1, 0.3, 1, 2, ws=ws)
+        b.mul(p, g, m1, True, ws=ws)
+        b.relu_backward(p, g, m1, True, ws=ws)
+        b.sigmoid_backward(p, g, m1, True, ws=ws)
+        b.sgd_update(p, g, m1, lr=0.1, momentum=0.9, dampening=0.0, nesterov=True, weight_decay=0.1,
+                     first_step=False, ws=ws)
+        b.adam_update(p, g, m1, m2, lr=0.1, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.1, decoupled=False,
+                      step=2, ws=ws)
+        b.copy_channels(part, y, 1, True)
+        b.slice_channels(y, part, 3, True)
+        b.store(p, g, True)
+
+    step()
+    before = b.allocations
+    step()
+    assert b.allocations == before
+
+
+# ========================================================================= coverage
+#: every public op of base.py -> the tests above that check it
+COVERAGE = {
+    "empty": "test_memory_round_trip", "zeros": "test_memory_round_trip", "from_host": "test_memory_round_trip",
+    "write": "test_memory_round_trip", "to_host": "test_memory_round_trip", "copy": "test_memory_round_trip",
+    "fill": "test_memory_round_trip", "is_array": "test_memory_round_trip", "synchronize": "test_memory_round_trip",
+    "release": "test_memory_round_trip", "reshape": "test_reshape_and_flat_view_share_storage",
+    "flat_view": "test_reshape_and_flat_view_share_storage", "gemm": "test_gemm", "add": "test_add_scale_mul",
+    "scale": "test_add_scale_mul", "mul": "test_add_scale_mul", "add_bias": "test_add_bias_and_bias_grad",
+    "bias_grad": "test_add_bias_and_bias_grad", "sum_all": "test_sum_all", "all_finite": "test_all_finite",
+    "store": "test_store",
+    **{op: "test_activation_forward_and_backward"
+       for op in ("relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward",
+                  "tanh", "tanh_backward")},
+    **{op: "test_softmax_family" for op in ("softmax", "softmax_backward", "log_softmax", "log_softmax_backward")},
+    "softmax_cross_entropy": "test_softmax_cross_entropy_and_nll", "nll_loss": "test_softmax_cross_entropy_and_nll",
+    "mse_loss": "test_mse_loss", "dropout": "test_dropout_follows_the_documented_stream",
+    "sgd_update": "test_sgd_update", "adam_update": "test_adam_update", "capture": "test_capture",
+    **{op: "test_conv2d_and_its_gradients" for op in ("conv2d", "conv2d_backward_data", "conv2d_backward_filter")},
+    "max_pool2d": "test_max_pool2d", "max_pool2d_backward": "test_max_pool2d", "avg_pool2d": "test_avg_pool2d",
+    "avg_pool2d_backward": "test_avg_pool2d", **{op: "test_batch_norm" for op in
+                                                 ("batch_norm_train", "batch_norm_infer", "batch_norm_backward")},
+    **{op: "test_batch_norm_sums_stats_and_apply" for op in ("batch_norm_sums", "batch_norm_stats", "batch_norm_apply")},
+    "batch_norm_backward_reduce": "test_batch_norm_backward_reduce_and_data",
+    "batch_norm_backward_data": "test_batch_norm_backward_reduce_and_data",
+    "copy_channels": "test_copy_and_slice_channels", "slice_channels": "test_copy_and_slice_channels",
+    "swap_leading_axes": "test_swap_leading_axes", "embedding": "test_embedding_gather_and_scatter",
+    "embedding_backward": "test_embedding_gather_and_scatter", "rnn_cell": "test_rnn_cell",
+    "lstm_cell": "test_lstm_cell_and_backward", "lstm_cell_backward": "test_lstm_cell_and_backward",
+    "gru_cell": "test_gru_cell_and_backward", "gru_cell_backward": "test_gru_cell_and_backward",
+}
+
+
+def test_every_op_of_the_contract_has_a_case():
+    ops = {name for name, member in inspect.getmembers(Backend, callable) if not name.startswith("_")}
+    assert sorted(ops - set(COVERAGE)) == [], "ops of base.py without a conformance case"
+    assert sorted(set(COVERAGE) - ops) == [], "cases for ops base.py no longer declares"
+    assert all(callable(globals().get(test)) for test in COVERAGE.values())

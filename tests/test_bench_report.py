@@ -1,0 +1,56 @@
+"""bench/report.py: the table, the --chart PNG of ratios, and the missing-extra message."""
+
+import json
+
+import pytest
+
+import report  # bench/ is on the test path (pyproject)
+
+
+def _bench(name, group, median, backend=None, **params):
+    if backend is not None:
+        params = {"backend": backend, **params}
+    suffix = "[" + "-".join(str(v) for v in params.values()) + "]" if params else ""
+    return {"name": name + suffix, "group": group, "params": params or None,
+            "stats": {"median": median}, "extra_info": {}}
+
+
+RESULTS = {"benchmarks": [
+    _bench("test_step_juicepy", "mlp step", 0.003, "numpy"),
+    _bench("test_step_juicepy", "mlp step", 0.0036, "opencl"),
+    _bench("test_step_torch", "mlp step", 0.0030),
+    _bench("test_step_handwritten_numpy", "mlp step", 0.006),
+    _bench("test_lenet_juicepy", "lenet step", 0.005, "numpy"),
+    _bench("test_lenet_torch", "lenet step", 0.004),
+    _bench("test_serve", "serve", 0.2, "numpy", mode="batched"),
+    _bench("test_serve", "serve", 0.3, "numpy", mode="unbatched"),
+    _bench("test_serve", "serve", 0.25, "opencl", mode="batched"),
+]}
+
+
+def test_ratios_per_workload():
+    groups = {}
+    for b in RESULTS["benchmarks"]:
+        groups.setdefault(b["group"], []).append(b)
+    assert report.vs_torch(groups) == [("mlp step", "numpy", pytest.approx(1.0)),
+                                       ("mlp step", "opencl", pytest.approx(1.2)),
+                                       ("lenet step", "numpy", pytest.approx(1.25))]
+    assert report.vs_numpy_backend(groups) == [("mlp step", "opencl", pytest.approx(1.2)),
+                                               ("serve", "opencl, batched", pytest.approx(1.25))]
+
+
+def test_chart_and_table(tmp_path, capsys, assert_png):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RESULTS))
+    assert report.main([str(path), "--chart", str(tmp_path / "speed.png")]) == 0
+    out = capsys.readouterr().out
+    assert "mlp step" in out and "x 1.20" in out and "wrote" in out
+    assert_png(tmp_path / "speed.png")
+
+
+def test_chart_without_matplotlib_names_the_extra(tmp_path, capsys, no_matplotlib):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RESULTS))
+    assert report.main([str(path), "--chart", str(tmp_path / "speed.png")]) == 1
+    assert "pip install 'juicepy[plot]'" in capsys.readouterr().err
+    assert not (tmp_path / "speed.png").exists()
