@@ -79,9 +79,9 @@ def channels_inner(arr) -> tuple[int, int, int]:
 
 def check_same(backend_name: str, op: str, *arrays) -> None:
     """Raise ValueError unless every array has the first one's shape and dtype."""
-    shape, dtype = tuple(arrays[0].shape), arrays[0].dtype
+    shape, dtype = arrays[0].shape, arrays[0].dtype  # shapes are tuples on every backend
     for a in arrays[1:]:
-        if tuple(a.shape) != shape or a.dtype != dtype:
+        if a.shape != shape or a.dtype != dtype:
             raise ValueError(f"{backend_name} backend {op}: arrays must share one shape and dtype, got "
                              f"{', '.join(f'{tuple(x.shape)} {x.dtype}' for x in arrays)}")
 

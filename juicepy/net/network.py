@@ -270,9 +270,11 @@ class Network:
     def transform(self, backend, inputs, check_finite: bool = False):
         """Inference (eval mode) on any number of rows; returns host array(s).
 
-        Requests run in contexts of power-of-two capacities up to ``max_batch`` rows (a smaller
-        request padded with zero rows), so serving every size from 1 to N keeps about 2N rows
-        of buffers, not one context per size."""
+        Requests run in contexts of power-of-two capacities up to ``max_batch`` rows, so serving
+        every size from 1 to N keeps at most 2N rows of buffers, not one context per size. A
+        pass of r rows runs in the context of the next power of two (the rest zero rows) when r is
+        more than 1.5 times the power of two below it, else the lower power of two runs first and
+        the rest follows: at most a third of the rows computed are padding."""
         from ..backends import backend as get_backend
 
         backend = get_backend(backend)
@@ -286,6 +288,9 @@ class Network:
         start = 0
         while start < n:
             rows = min(max_batch, n - start)
+            low = 1 << (rows.bit_length() - 1)  # the largest power of two <= rows
+            if self._rows_independent and low < rows <= low + low // 2:
+                rows = low  # padding the pass to 2 * low would be mostly padding: run low rows first
             with self._lock:
                 ctx = self._inference_context(backend, rows, max_batch)
                 for junction, x in zip(self.inputs, xs):

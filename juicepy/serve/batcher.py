@@ -24,6 +24,8 @@ from collections import deque
 
 import numpy as np
 
+from .. import arguments
+
 
 class _Pending:
     __slots__ = ("inputs", "rows", "arrived", "done", "outputs", "error")
@@ -62,11 +64,9 @@ class MicroBatcher:
     requests from many threads, batching the small ones."""
 
     def __init__(self, run, max_rows: int, max_wait_s: float):
-        if max_rows < 2:
-            raise ValueError(f"max_rows must be >= 2 to batch anything, got {max_rows}")
-        if max_wait_s < 0:
-            raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
-        self._run, self.max_rows, self.max_wait_s = run, int(max_rows), float(max_wait_s)
+        self.max_rows = arguments.integer("MicroBatcher", "max_rows", max_rows, 2)  # 1 would batch nothing
+        self.max_wait_s = arguments.number("MicroBatcher", "max_wait_s", max_wait_s, low=0)
+        self._run = run
         self._queue: deque[_Pending] = deque()
         self._arriving = 0  # announced requests not yet queued
         self._wake = threading.Condition()

@@ -61,6 +61,8 @@ def _json_inputs(body: bytes, n_inputs: int, dtype) -> Decoded:
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as err:
         raise BadRequest(400, f"malformed JSON body ({err})") from None
+    except RecursionError:
+        raise BadRequest(400, "malformed JSON body (nested too deeply)") from None
     form = "list"
     if isinstance(doc, dict):
         unknown = sorted(set(doc) - {"inputs"})

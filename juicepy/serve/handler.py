@@ -69,6 +69,9 @@ class PredictionHandler(BaseHTTPRequestHandler):
                     self._swap(app)
             except BadRequest as err:
                 self._send_error(err.status, str(err), err.headers)
+            except ConnectionError:  # the client hung up: nobody to answer
+                self.close_connection = True
+                log.debug("%s %s: the client closed the connection", self.command, self.path)
             except Exception as err:  # a bug or a backend failure: answer, log, keep serving
                 log.exception("%s %s failed", self.command, self.path)
                 self._send_error(500, f"internal error: {type(err).__name__}: {err}")
@@ -93,7 +96,7 @@ class PredictionHandler(BaseHTTPRequestHandler):
     def _swap(self, app):
         try:
             doc = json.loads(self._body(app.max_body_bytes))
-        except (ValueError, UnicodeDecodeError) as err:
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             raise BadRequest(400, f"malformed JSON body ({err}); send {{\"path\": \"ck.safetensors\"}}") from None
         if not isinstance(doc, dict) or not isinstance(doc.get("path"), str):
             raise BadRequest(400, "send {\"path\": \"ck.safetensors\"}: the checkpoint to serve")
@@ -191,7 +194,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self.app = app
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: set = set()
-        self._open_lock = threading.Lock()
+        self._open_lock = threading.Condition()
         super().__init__(address, PredictionHandler)
 
     def process_request(self, request, client_address):
@@ -211,6 +214,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self._forget(request)
             raise
 
+    def handle_error(self, request, client_address):
+        log.exception("connection from %s failed", client_address[0])
+
     def process_request_thread(self, request, client_address):
         try:
             super().process_request_thread(request, client_address)
@@ -222,9 +228,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             if request in self._open:
                 self._open.discard(request)
                 self._slots.release()
+                self._open_lock.notify_all()
 
-    def close_connections(self) -> None:
-        """Shut every open connection down (their threads then end)."""
+    def close_connections(self, timeout: float) -> bool:
+        """Shut every open connection down and wait up to ``timeout`` for their threads to
+        finish; True when all did."""
         with self._open_lock:
             sockets = list(self._open)
         for sock in sockets:
@@ -232,6 +240,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        with self._open_lock:
+            return self._open_lock.wait_for(lambda: not self._open, timeout)
 
     @property
     def open_connections(self) -> int:

@@ -61,13 +61,13 @@ class ModelServer:
         self.model = ServedModel(path, backend, check_finite=check_finite)
         if max_batch is None:
             max_batch = 1 if self.model.predictor.backend.name in BATCHING_BACKENDS_OFF else DEFAULT_MAX_BATCH
-        self.max_batch, self.batch_wait_ms = int(max_batch), float(batch_wait_ms)
-        self.max_body_bytes = int(max_body_bytes)
+        self.max_batch, self.batch_wait_ms = max_batch, batch_wait_ms
+        self.max_body_bytes = max_body_bytes
         self.tracker = InFlight()
         self.stopping = False
         self._watch, self._watch_interval_s = watch, watch_interval_s
         self._batcher = self._watcher = self._thread = None
-        self._http = BoundedHTTPServer((host, port), self, int(max_connections))
+        self._http = BoundedHTTPServer((host, port), self, max_connections)
 
     @property
     def host(self) -> str:
@@ -122,7 +122,8 @@ class ModelServer:
             self._thread.join()
         if not self.tracker.wait_idle(grace_s):
             log.warning("stop: requests still running after %.0f s; closing their connections", grace_s)
-        self._http.close_connections()
+        if not self._http.close_connections(timeout=5.0):
+            log.warning("stop: some connection threads had not ended after 5 s")
         self._http.server_close()
         if self._watcher is not None:
             self._watcher.close()

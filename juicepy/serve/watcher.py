@@ -12,6 +12,8 @@ import logging
 import os
 import threading
 
+from .. import arguments
+
 log = logging.getLogger("juicepy.serve")
 
 
@@ -27,9 +29,8 @@ class CheckpointWatcher:
     """Polls ``path`` every ``interval_s`` and calls ``swap(path)`` when the file changed."""
 
     def __init__(self, path, swap, interval_s: float = 1.0):
-        if interval_s <= 0:
-            raise ValueError(f"interval_s must be > 0, got {interval_s}")
-        self.path, self._swap, self.interval_s = os.fspath(path), swap, float(interval_s)
+        self.interval_s = arguments.number("CheckpointWatcher", "interval_s", interval_s, low=0, low_open=True)
+        self.path, self._swap = os.fspath(path), swap
         self._seen = file_signature(self.path)  # the file the server started with
         self._stop = threading.Event()
         self.failures = 0

@@ -110,8 +110,8 @@ def test_close_answers_what_is_queued_then_refuses():
         batcher.submit([np.zeros((1, 1))])
 
 
-@pytest.mark.parametrize("kwargs,words", [({"max_rows": 1, "max_wait_s": 0}, "max_rows must be >= 2"),
-                                          ({"max_rows": 4, "max_wait_s": -1}, "max_wait_s must be >= 0")])
+@pytest.mark.parametrize("kwargs,words", [({"max_rows": 1, "max_wait_s": 0}, "max_rows must be an integer >= 2"),
+                                          ({"max_rows": 4, "max_wait_s": -1}, "max_wait_s must be a finite number >= 0")])
 def test_bad_settings_are_refused(kwargs, words):
     with pytest.raises(ValueError, match=words):
         MicroBatcher(lambda x: x, **kwargs)

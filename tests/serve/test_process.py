@@ -51,3 +51,16 @@ def test_serve_reports_a_taken_port_and_a_missing_checkpoint(checkpoint, tmp_pat
     run = subprocess.run([sys.executable, "-m", "juicepy", "serve", str(tmp_path / "none.safetensors")],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 1 and "no such checkpoint file" in run.stderr
+
+
+def test_serve_help_explains_every_flag():
+    from juicepy.cli import build_parser
+
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    for action in serve._actions:
+        if action.dest != "help":
+            assert action.help, f"--{action.dest} has no help text"
+    text = serve.format_help()
+    for flag in ("--backend", "--host", "--port", "--watch", "--max-batch", "--batch-wait-ms", "--max-body-bytes",
+                 "--max-connections", "--no-finite-check"):
+        assert flag in text

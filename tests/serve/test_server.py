@@ -25,7 +25,13 @@ def test_stop_ends_every_thread_and_frees_the_port(checkpoint, connect):
     client = connect(server)
     assert client.health()["watching"] == str(checkpoint[0])
     server.stop()
+    # a thread that has handed back its connection may still be returning: give it a moment
+    for _ in range(500):
+        if set(_server_threads()) <= before:
+            break
+        threading.Event().wait(0.01)
     assert set(_server_threads()) <= before
+    assert server.open_connections == 0
     with pytest.raises(OSError):
         socket.create_connection((server.host, server.port), timeout=5).close()
 
@@ -124,13 +130,18 @@ def test_memory_does_not_grow_with_requests(checkpoint, connect, max_batch):
     assert grown < 60_000, f"memory grew by {grown} bytes over 240 requests"
 
 
-@pytest.mark.parametrize("kwargs,words", [({"max_batch": 0}, "max_batch must be an integer >= 1"),
-                                          ({"batch_wait_ms": -1}, "batch_wait_ms must be a finite number >= 0"),
-                                          ({"max_body_bytes": 0}, "max_body_bytes must be an integer >= 1"),
-                                          ({"max_connections": 0}, "max_connections must be an integer >= 1")])
+@pytest.mark.parametrize("kwargs,words", [
+    ({"max_batch": 0}, "ModelServer: max_batch must be an integer >= 1, got 0"),
+    ({"max_batch": 2.5}, "max_batch must be an integer >= 1, got float 2.5"),
+    ({"batch_wait_ms": -1}, "batch_wait_ms must be a finite number >= 0, got -1"),
+    ({"watch_interval_s": 0}, "watch_interval_s must be a finite number > 0, got 0"),
+    ({"max_body_bytes": 0}, "max_body_bytes must be an integer >= 1, got 0"),
+    ({"max_connections": 0}, "max_connections must be an integer >= 1, got 0"),
+    ({"port": 70000}, "port must be an integer >= 0 and <= 65535, got 70000"),
+    ({"watch": "yes"}, "watch must be True or False")])
 def test_bad_settings_are_refused(checkpoint, kwargs, words):
     with pytest.raises(ValueError, match=words):
-        ModelServer(checkpoint[0], "numpy", port=0, **kwargs)
+        ModelServer(checkpoint[0], "numpy", **{"port": 0, **kwargs})
 
 
 def test_micro_batching_is_on_by_default_except_on_numpy(checkpoint, backend, connect):

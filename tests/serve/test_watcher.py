@@ -47,5 +47,5 @@ def test_a_failing_swap_is_counted_and_skipped_until_the_file_changes(tmp_path, 
 
 
 def test_interval_must_be_positive(tmp_path):
-    with pytest.raises(ValueError, match="interval_s must be > 0"):
+    with pytest.raises(ValueError, match="interval_s must be a finite number > 0"):
         CheckpointWatcher(tmp_path / "x", Swaps(), interval_s=0)
