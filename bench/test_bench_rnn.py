@@ -78,26 +78,23 @@ def _rounds(benchmark, fn):
     benchmark.pedantic(fn, rounds=5, iterations=1, warmup_rounds=1)
 
 
+def _group(benchmark, kind, mode):
+    benchmark.group = f"{kind} s{SEQ} b{BATCH} i{FEATURES} h{HIDDEN} {mode}"
+
+
+@pytest.mark.parametrize("mode", ["adam step", "forward"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_rnn_train_step_juicepy(benchmark, backend, kind):
-    benchmark.group = f"{kind} s{SEQ} b{BATCH} i{FEATURES} h{HIDDEN} adam step"
-    _rounds(benchmark, _juicepy_step(backend, kind))
+def test_rnn_juicepy(benchmark, backend, kind, mode):
+    _group(benchmark, kind, mode)
+    _rounds(benchmark, (_juicepy_step if mode == "adam step" else _juicepy_forward)(backend, kind))
 
 
+@pytest.mark.parametrize("mode", ["adam step", "forward"])
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_rnn_train_step_torch(benchmark, kind):
-    benchmark.group = f"{kind} s{SEQ} b{BATCH} i{FEATURES} h{HIDDEN} adam step"
-    torch = require_torch()
-    _rounds(benchmark, torch_adam_step(torch, _torch_model(torch, kind), *_data()))
-
-
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_rnn_forward_juicepy(benchmark, backend, kind):
-    benchmark.group = f"{kind} s{SEQ} b{BATCH} i{FEATURES} h{HIDDEN} forward"
-    _rounds(benchmark, _juicepy_forward(backend, kind))
-
-
-@pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_rnn_forward_torch(benchmark, kind):
-    benchmark.group = f"{kind} s{SEQ} b{BATCH} i{FEATURES} h{HIDDEN} forward"
-    _rounds(benchmark, _torch_forward(kind))
+def test_rnn_torch(benchmark, kind, mode):
+    _group(benchmark, kind, mode)
+    if mode == "forward":
+        _rounds(benchmark, _torch_forward(kind))
+    else:
+        torch = require_torch()
+        _rounds(benchmark, torch_adam_step(torch, _torch_model(torch, kind), *_data()))

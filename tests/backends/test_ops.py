@@ -970,6 +970,13 @@ def test_embedding_gather_and_scatter(ops_backend, dtype, rng, padding_idx, accu
     placed.check_sentinels()
 
 
+def _cell_inputs(rng, n, hid, blocks):
+    """xw (spread wider, so some gates sit near their flat ends), hw and b_hh of a cell with
+    ``blocks`` gate blocks."""
+    return (rng.standard_normal((n, blocks * hid)) * 2, rng.standard_normal((n, blocks * hid)),
+            rng.standard_normal(blocks * hid))
+
+
 def _lstm_reference(xw, hw, b, c_prev, dh, dc):
     hid = c_prev.shape[1]
     a = xw + hw + (0.0 if b is None else b)
@@ -1012,11 +1019,14 @@ def test_rnn_cell(ops_backend, dtype, rng, nonlinearity, with_bias, layout):
     placed.check_sentinels()
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("layout", LAYOUTS)
+#: the cases of every fused cell: with and without the hidden bias, fresh arrays and views
+CELL_CASES = pytest.mark.parametrize("with_bias, layout", [(b, lay) for b in (True, False) for lay in LAYOUTS])
+
+
+@CELL_CASES
 def test_lstm_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
     n, hid = 6, 5
-    xw, hw, b = rng.standard_normal((n, 4 * hid)) * 2, rng.standard_normal((n, 4 * hid)), rng.standard_normal(4 * hid)
+    xw, hw, b = _cell_inputs(rng, n, hid, 4)
     c_prev, dh, dc = (rng.standard_normal((n, hid)) for _ in range(3))
     gates_ref, c_ref, h_ref, dg_ref, dcp_ref = _lstm_reference(xw, hw, b if with_bias else None, c_prev, dh, dc)
     junk = rng.standard_normal((n, 4 * hid)), rng.standard_normal((n, hid))
@@ -1032,11 +1042,10 @@ def test_lstm_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
     placed.check_sentinels()
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-@pytest.mark.parametrize("layout", LAYOUTS)
+@CELL_CASES
 def test_gru_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
     n, hid = 4, 6
-    xw, hw, b = rng.standard_normal((n, 3 * hid)) * 2, rng.standard_normal((n, 3 * hid)), rng.standard_normal(3 * hid)
+    xw, hw, b = _cell_inputs(rng, n, hid, 3)
     h_prev, dh = rng.standard_normal((n, hid)), rng.standard_normal((n, hid))
     gates_ref, h_ref, dxw_ref, dhw_ref, dhp_ref = _gru_reference(xw, hw, b if with_bias else None, h_prev, dh)
     junk = rng.standard_normal((n, 4 * hid)), rng.standard_normal((n, hid)), rng.standard_normal((n, 3 * hid))
