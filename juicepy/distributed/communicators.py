@@ -27,6 +27,12 @@ from ..errors import DistributedError
 BUCKET_BYTES = 25 * 1024 * 1024
 
 
+def check_flat(array) -> None:
+    """Collectives work on flat blocks (the trainer's gradient block is one)."""
+    if array.ndim != 1:
+        raise ValueError(f"allreduce takes a 1-D array (a flat block), got shape {tuple(array.shape)}")
+
+
 class Communicator:
     """The ranks of one job. ``rank`` / ``size`` over all processes, ``local_rank`` among the
     processes of this machine (the GPU a rank uses), ``kind`` the transport."""
@@ -43,6 +49,7 @@ class Communicator:
     def allreduce(self, backend, array, average: bool = False) -> None:
         """Sum (or average) the 1-D ``array`` over every rank, in place; every rank gets the
         same bits."""
+        check_flat(array)
         if average and self.size > 1:
             backend.scale(array, 1.0 / self.size, array)
 
@@ -118,8 +125,7 @@ class MPICommunicator(Communicator):
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
     def allreduce(self, backend, array, average: bool = False) -> None:
-        if array.ndim != 1:
-            raise ValueError(f"allreduce takes a 1-D array (a flat block), got shape {tuple(array.shape)}")
+        check_flat(array)
         if self.size > 1:
             if isinstance(array, np.ndarray):
                 # every bucket in flight at once: MPI pipelines them (no overlap with backward)
@@ -196,6 +202,7 @@ class NCCLCommunicator(MPICommunicator):
         return codes[name]
 
     def allreduce(self, backend, array, average: bool = False) -> None:
+        check_flat(array)
         if self.size > 1:
             ptr = self._pointer(array)
             self.nccl_comm.allReduce(ptr, ptr, int(array.size), self._dtype(array.dtype),
