@@ -178,3 +178,20 @@ def test_sequence_classifier_learns_a_memory_task(numpy_backend):
         for k in range(0, 256, 32):
             trainer.train_minibatch(numpy_backend, x[k:k + 32], y[k:k + 32])
     assert np.mean(np.argmax(net.transform(numpy_backend, x), axis=1) == y) > 0.95
+
+
+def test_save_load_summary_and_profile(tmp_path, numpy_backend, rng):
+    from juicepy.profile import profile
+
+    net = jp.Network(L.Sequential(L.GRU(5, num_layers=2, bidirectional=True, dropout=0.1), L.Linear(3),
+                                  L.MeanOverTime(), L.Linear(2)), (4, 3), seed=3)
+    x = rng.standard_normal((6, 4, 3)).astype(np.float32)
+    path = tmp_path / "gru.juicepy"
+    jp.save(path, net)
+    loaded = jp.load(path).network
+    assert repr(loaded.root[0]) == repr(net.root[0])
+    np.testing.assert_array_equal(loaded.transform(numpy_backend, x), net.transform(numpy_backend, x))
+    summary = net.summary()
+    assert "GRU" in summary and "MeanOverTime" in summary and "(4, 10)" in summary
+    rows = profile(net, numpy_backend, 4, steps=1, warmup=0)
+    assert [r.layer for r in rows] == ["GRU", "Linear", "MeanOverTime", "Linear"]
