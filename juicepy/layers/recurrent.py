@@ -155,6 +155,9 @@ class _Recurrent(Layer):
         backend.gemm(backend.reshape(x, (t_len * n, self._in_features(layer))), w_ih, xw2, trans_b=True, ws=ctx.ws)
         if b_ih is not None:
             backend.add_bias(xw2, b_ih)
+            if not self.reset_reads_bias:  # b_hh simply adds: once for all steps, not once per step
+                backend.add_bias(xw2, b_hh)
+                b_hh = None
         hs = ctx.buffer(f"h{layer}.{d}")
         hw = scratch(ctx.ws, backend, "rnn_hw", (n, self.gate_blocks * hid), ctx.output().dtype)
         out = ctx.buffer(f"out{layer}") if self.directions == 2 else None
@@ -225,6 +228,8 @@ class _Recurrent(Layer):
             backend.gemm(dxp2, w_ih, backend.reshape(din, (rows, self._in_features(layer))),
                          beta=float(din_acc), ws=ctx.ws)
 
+    #: whether the cell needs b_hh apart from the input projection (GRU: b_hn sits inside r * (...))
+    reset_reads_bias = False
     #: whether the cell's backward already wrote a direct term into dh (GRU: dh * z), so the
     #: recurrent GEMM adds to it rather than overwriting
     direct_state_path = False
@@ -296,6 +301,7 @@ class GRU(_Recurrent):
     gate_blocks = 3
     kept_gates = 4  # r, z, n and hn = W_hn h + b_hn
     direct_state_path = True
+    reset_reads_bias = True
 
     def _pre_grads(self, backend, ctx):
         shape = (self.seq_len, ctx.batch_size, 3 * self.hidden_size)
