@@ -11,6 +11,7 @@ setup(
         Extension(
             "juicepy.backends.numpy._cpu_kernels",
             ["juicepy/backends/numpy/_cpu_kernels.c"],
+            depends=["juicepy/backends/numpy/_kernels.h"],
             # -fno-math-errno lets GCC vectorise sqrt; no -ffast-math, so IEEE results stay exact
             extra_compile_args=["-O3", "-fno-math-errno", "-std=c99"],
             optional=True,
@@ -22,8 +23,16 @@ setup(
             optional=True,
         ),
         Extension(
+            "juicepy.backends.numpy._norm_kernels",
+            ["juicepy/backends/numpy/_norm_kernels.c"],
+            depends=["juicepy/backends/numpy/_kernels.h"],
+            extra_compile_args=["-O3", "-std=c99"],
+            optional=True,
+        ),
+        Extension(
             "juicepy.backends.numpy._conv_kernels",
             ["juicepy/backends/numpy/_conv_kernels.c"],
+            depends=["juicepy/backends/numpy/_kernels.h"],
             # gnu99: GCC vector extensions and statement expressions
             extra_compile_args=["-O3", "-std=gnu99"],
             optional=True,

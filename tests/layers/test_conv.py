@@ -97,8 +97,13 @@ def test_conv2d_matches_loop_reference(config, layout, monkeypatch):
         if jp.backend("numpy").conv_kernels is None:
             pytest.skip("the C conv kernels are not loaded (not built for lack of a C compiler, "
                         "or JUICEPY_CPU_KERNELS=numpy)")
-        # chunks of one output row: every sample is cut into row bands
-        monkeypatch.setattr(numpy_spatial, "COLUMN_CHUNK", 1 if layout.endswith("bands") else 1 << 18)
+        # "c-kernels": the direct kernels wherever they apply; "row bands": im2col + GEMM on
+        # chunks of one output row, so every sample is cut into row bands
+        bands = layout.endswith("bands")
+        monkeypatch.setattr(numpy_spatial, "COLUMN_CHUNK", 1 if bands else 1 << 18)
+        monkeypatch.setattr(jp.backend("numpy").conv_kernels, "wide_registers", 1)
+        monkeypatch.setattr(numpy_spatial, "_measured_choice",
+                            lambda backend, ws, op, key, count, *rest: 0 if bands else count - 1)
     else:
         # the NumPy kernels pick a column layout by kernel depth: force each one on every config
         monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)

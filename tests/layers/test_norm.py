@@ -7,7 +7,22 @@ import pytest
 import juicepy as jp
 from juicepy import layers as L
 from juicepy.errors import ShapeError
+from juicepy.backends.numpy import spatial as numpy_spatial
 from juicepy.testing import check_layer, forward_backward
+
+
+@pytest.fixture(autouse=True, params=["c-kernels", "numpy"])
+def batch_norm_path(request, monkeypatch):
+    """Every test runs on both NumPy-backend batch-norm paths: the C passes (on every input
+    size, however small its planes) and the ufuncs."""
+    shared = jp.backend("numpy")
+    if request.param == "numpy":
+        monkeypatch.setattr(shared, "norm_kernels", None)
+    elif shared.norm_kernels is None:
+        pytest.skip("the C norm kernels are not loaded (not built for lack of a C compiler, or JUICEPY_CPU_KERNELS=numpy)")
+    else:
+        monkeypatch.setattr(numpy_spatial, "NORM_MIN_INNER", 1)
+    return request.param
 
 
 def _axes(x):

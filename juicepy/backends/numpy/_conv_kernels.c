@@ -8,16 +8,7 @@
  * over threads; the GIL is released inside. Sums run in a fixed order (no thread-dependent
  * reductions), so results do not depend on the lane count.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <stdlib.h>
-#include <string.h>
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+#include "_kernels.h"
 
 typedef Py_ssize_t I;
 
@@ -370,8 +361,8 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
  * its time on. Weights are packed once per call as [group][block][c][tap][OB] (zeros past
  * O/G); with ``flip`` they are read as the input gradient's: output and input channels
  * swapped, taps reversed (dx is this conv of dy padded by (k - 1)*d - p). */
-/* 8 output channels x 3 vectors: 24 sums in registers (fastest of 4x4, 6x4, 8x3, 8x2, 12x2
- * on AVX-512; an AVX2 build would spill them, so spatial.py uses this only with AVX-512) */
+/* 8 output channels x 3 vectors: 24 sums in registers (the fastest blocking measured, see
+ * docs/numpy.md; an AVX2 build would spill them, so spatial.py uses this only with AVX-512) */
 #define OB 8
 #define NV 3
 

@@ -9,15 +9,7 @@
  *          with step_size = lr / bc1 * sqrt(bc2), eps_scaled = eps * sqrt(bc2)
  *   SGD:   torch.optim.SGD with momentum, dampening, Nesterov, weight decay.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <math.h>
-
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECTOR_CLONES
-#endif
+#include "_kernels.h"
 
 #define DEFINE_ADAM(NAME, T, SQRT)                                                           \
     VECTOR_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m,          \

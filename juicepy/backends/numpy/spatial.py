@@ -23,7 +23,7 @@ import time
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..base import scratch
+from ..base import channels_inner, scratch
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
@@ -400,13 +400,57 @@ def _pointwise(plan) -> bool:
     return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
 
 
+#: timed runs per candidate of a measured choice: the best of three rides out most of the noise
+#: of a machine shared with other jobs
+TRIALS = 3
+
+
+def _measured_choice(backend, ws, op, key, count, trial, target_shape, dtype) -> int:
+    """Which of ``count`` algorithms to run for this op and geometry: the one with the shortest of
+    TRIALS timed runs (``trial(index, target)`` into a scratch target), measured on first use and
+    kept as a workspace entry, so a Context measures once; 0 without a workspace. Neither the
+    direct kernel nor im2col + GEMM wins everywhere (plane size, channels per group, kernel size)."""
+    if count == 1 or ws is None:
+        return 0
+
+    def measure(choice):
+        target = scratch(ws, backend, f"conv_trial {op}", target_shape, dtype)
+        times = []
+        for index in range(count):
+            best = float("inf")
+            for _ in range(TRIALS):
+                start = time.perf_counter()
+                trial(index, target)
+                best = min(best, time.perf_counter() - start)
+            times.append(best)
+        choice.fill(times.index(min(times)))
+
+    return int(scratch(ws, backend, f"conv_choice {op} {key}", (1,), np.int8, init=measure)[0])
+
+
+def _choice_key(x_shape, w_shape, stride, padding, dilation, groups):
+    return f"{tuple(x_shape)} {tuple(w_shape)} {tuple(stride)} {tuple(padding)} {tuple(dilation)} {groups}"
+
+
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
-    geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
+    runs = [_gemm_forward]
     if _direct(backend, stride, padding) and not _pointwise(plan):
-        _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_grid(
-            x, w, out, geometry, groups, plan.o, plan.n, lo, hi, False, False))
-        return
+        runs.append(_direct_forward)
+    args = (backend, x, w, plan, ws)
+    choice = _measured_choice(backend, ws, "forward", _choice_key(x.shape, w.shape, stride, padding, dilation, groups),
+                              len(runs), lambda i, target: runs[i](*args, target), out.shape, out.dtype)
+    runs[choice](*args, out)
+
+
+def _direct_forward(backend, x, w, plan, ws, out):
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
+    _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_grid(
+        x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False))
+
+
+def _gemm_forward(backend, x, w, plan, ws, out):
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     weight = plan.weight(w)
     chunks = _chunks(plan, _gemm_lanes())
     size = _columns_size(plan, chunks)
@@ -420,34 +464,13 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
 
 
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
-    """The weight gradient by the direct kernel or by im2col + GEMM, whichever ran faster on
-    this geometry (timed once per workspace; neither wins everywhere: the direct kernel on
-    5x5 and grouped layers, the GEMM on 3x3 64->64)."""
-    candidates = [_gemm_backward_filter]
+    runs = [_gemm_backward_filter]
     if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
-        candidates.append(_direct_backward_filter)
+        runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
-    if len(candidates) > 1 and ws is not None:
-        key = f"conv_filter_choice {x.shape} {dw.shape} {dy.shape} {stride} {padding} {dilation} {groups}"
-        choice = scratch(ws, backend, key, (1,), np.int8,
-                         init=lambda buf: buf.fill(_fastest(candidates, args, dw.dtype, ws)))[0]
-    else:
-        choice = 0
-    candidates[choice](*args, dw, accumulate, ws)
-
-
-def _fastest(candidates, args, dtype, ws) -> int:
-    """Index of the candidate with the shortest of two timed runs (into a scratch target)."""
-    target = scratch(ws, args[0], "conv_filter_trial", args[3], dtype)
-    times = []
-    for run in candidates:
-        best = float("inf")
-        for _ in range(2):
-            start = time.perf_counter()
-            run(*args, target, False, ws)
-            best = min(best, time.perf_counter() - start)
-        times.append(best)
-    return times.index(min(times))
+    choice = _measured_choice(backend, ws, "filter", _choice_key(x.shape, dw.shape, stride, padding, dilation, groups),
+                              len(runs), lambda i, target: runs[i](*args, target, False, ws), dw.shape, dw.dtype)
+    runs[choice](*args, dw, accumulate, ws)
 
 
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -494,15 +517,27 @@ def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, gr
 
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
-    flipped_padding = _grid_padding(w.shape[2:], padding, dilation)
-    if _direct(backend, stride, flipped_padding) and not _pointwise(plan):
-        # dx is the stride-1 conv of dy with the taps flipped and the channels swapped
-        flipped = _geometry(dy.shape[1:], w.shape[2:], stride, flipped_padding, dilation, dx.shape[2:])
-        _run_lanes(plan.n, dx[0].size * plan.o // groups * plan.kh * plan.kw,
-                   lambda lo, hi, k: backend.conv_kernels.direct_grid(dy, w, dx, flipped, groups, plan.c, plan.n,
-                                                               lo, hi, True, accumulate))
-        return
-    geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
+    runs = [_gemm_backward_data]
+    if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
+        runs.append(_direct_backward_data)
+    args = (backend, dy, w, plan)
+    choice = _measured_choice(backend, ws, "data", _choice_key(dx.shape, w.shape, stride, padding, dilation, groups),
+                              len(runs), lambda i, target: runs[i](*args, target, False, ws), dx.shape, dx.dtype)
+    runs[choice](*args, dx, accumulate, ws)
+
+
+def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    """dx as the stride-1 conv of dy with the taps flipped and the channels swapped."""
+    flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
+                        plan.dilation, dx.shape[2:])
+    _run_lanes(plan.n, dx[0].size * plan.o // plan.groups * plan.kh * plan.kw,
+               lambda lo, hi, k: backend.conv_kernels.direct_grid(dy, w, dx, flipped, plan.groups, plan.c, plan.n,
+                                                                   lo, hi, True, accumulate))
+
+
+def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    geometry = _geometry(dx.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, dy.shape[2:])
+    groups = plan.groups
     weight_t = plan.weight(w).transpose(0, 2, 1)
     per_sample = plan.groups * plan.depth * plan.ho * plan.wo
     chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)
@@ -720,12 +755,36 @@ def _stat_axes(x):
     return (0,) + tuple(range(2, x.ndim))
 
 
+#: elements per channel and sample below which the C batch-norm passes (vectorised along a
+#: plane) give way to NumPy's whole-array ufuncs (BatchNorm1d's (N, C) input has one)
+NORM_MIN_INNER = 16
+
+
+def _c_norm(backend, x, *arrays) -> bool:
+    return backend.norm_kernels is not None and x.ndim > 2 and channels_inner(x)[2] >= NORM_MIN_INNER \
+        and x.dtype in (np.float32, np.float64) \
+        and all(a.flags.c_contiguous and a.dtype == x.dtype for a in (x,) + arrays)
+
+
+def _channel_lanes(x, work) -> None:
+    """work(c0, c1) over channel ranges of x, split over threads for big enough inputs."""
+    n, c, inner = channels_inner(x)
+    _run_lanes(c, n * inner, lambda lo, hi, k: work(lo, hi))
+
+
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                      momentum, eps, ws):
     axes = _stat_axes(x)
     shape = channel_shape(x)
     count = x.size // x.shape[1]
     channels = (x.shape[1],)
+    if _c_norm(backend, x, gamma, beta, out, mean, invstd):
+        n, c, inner = channels_inner(x)
+        var = scratch(ws, backend, "bn_var", channels, x.dtype)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.stats(x, mean, var, n, c, inner, c0, c1))
+        _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
+        batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws)
+        return
     np.mean(x, axis=axes, out=mean)
     centered = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
     np.subtract(x, _view(mean, shape), out=centered)
@@ -747,6 +806,11 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
     np.add(running_var, eps, out=scale)
     np.sqrt(scale, out=scale)
     np.divide(gamma, scale, out=scale)
+    if _c_norm(backend, x, out, running_mean, scale, beta):
+        n, c, inner = channels_inner(x)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
+                                                                      n, c, inner, c0, c1))
+        return
     shift = scratch(ws, backend, "bn_shift", channels, x.dtype)
     np.multiply(running_mean, scale, out=shift)
     np.subtract(beta, shift, out=shift)
@@ -775,10 +839,15 @@ def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta
     axes = _stat_axes(x)
     c = x.shape[1]
     sum_dy, sum_dy_xhat = sums[:c], sums[c:]
-    np.sum(dy, axis=axes, out=sum_dy)
-    product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
-    np.multiply(dy, _xhat(backend, x, mean, invstd, ws), out=product)
-    np.sum(product, axis=axes, out=sum_dy_xhat)
+    if _c_norm(backend, x, dy, mean, invstd, sums):
+        n, _, inner = channels_inner(x)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_sums(
+            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1))
+    else:
+        np.sum(dy, axis=axes, out=sum_dy)
+        product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
+        np.multiply(dy, _xhat(backend, x, mean, invstd, ws), out=product)
+        np.sum(product, axis=axes, out=sum_dy_xhat)
     for grad, value in ((dbeta, sum_dy), (dgamma, sum_dy_xhat)):
         if grad is not None:
             backend.store(value, grad, accumulate_params)
@@ -791,6 +860,11 @@ def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, d
     coef = scratch(ws, backend, "bn_coef", (c,), x.dtype)
     np.multiply(gamma, invstd, out=coef)
     coef *= 1.0 / count
+    if _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx):
+        n, _, inner = channels_inner(x)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_dx(
+            x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate))
+        return
     product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
     np.multiply(_xhat(backend, x, mean, invstd, ws), _view(sums[c:], shape), out=product)
     product += _view(sums[:c], shape)
@@ -846,6 +920,10 @@ def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws):
     shape = channel_shape(x)
     scale = scratch(ws, backend, "bn_scale", (x.shape[1],), x.dtype)
     np.multiply(gamma, invstd, out=scale)
+    if _c_norm(backend, x, beta, mean, out):
+        n, c, inner = channels_inner(x)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1))
+        return
     np.subtract(x, _view(mean, shape), out=out)
     out *= _view(scale, shape)
     out += _view(beta, shape)

@@ -23,7 +23,7 @@ from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
 from .programs import CPU_GEMM, GPU_GEMM, ProgramCache
 from .recurrent import RecurrentOps
-from .spatial import SpatialOps
+from .spatial import CONV_ALGORITHMS, SpatialOps
 
 _WG = 256          # work-group size of the elementwise kernels
 _REDUCE_WG = 256   # must match REDUCE_WG in rows.cl
@@ -33,10 +33,13 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     name = "opencl"
     dtypes = (np.float32,)
 
-    def __init__(self, device=None, gemm_variant: str | None = None):
+    def __init__(self, device=None, gemm_variant: str | None = None, conv_algorithm: str = "auto",
+                 vector_width: int | None = None):
         """``device``: a pyopencl Device (default: see :func:`pick_device`). ``gemm_variant``:
         "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default by
-        device type."""
+        device type. ``conv_algorithm``: "direct" (row loops, no column matrix), "gemm" (im2col + GEMM) or "auto"
+        (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
+        convolutions' vectors; default the device's preferred width (16 on AVX-512, else 8)."""
         super().__init__()
         cl = import_pyopencl()
         import pyopencl.array as cl_array
@@ -57,11 +60,22 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         if gemm_variant not in ("packed", "cooperative"):
             raise ValueError(f"gemm_variant must be 'packed' or 'cooperative', got {gemm_variant!r}")
         self.gemm_variant = gemm_variant
+        if conv_algorithm not in CONV_ALGORITHMS:
+            raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}")
+        self.conv_algorithm = conv_algorithm
         # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs
         self._gemm_tiles = CPU_GEMM if gemm_variant == "packed" else GPU_GEMM
         self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
         self._gemm_lock = threading.Lock()
-        self._programs = ProgramCache(cl, self.context, self.device, {"gemm.cl": self._gemm_tiles})
+        # direct convolutions keep a row's outputs in vectors of the device's preferred width
+        if vector_width is None:
+            vector_width = 16 if self.device.preferred_vector_width_float >= 16 else 8
+        if vector_width not in (8, 16):
+            raise ValueError(f"vector_width must be 8 or 16, got {vector_width!r}")
+        self._conv_vec = vector_width
+        self._programs = ProgramCache(cl, self.context, self.device,
+                                      {"gemm.cl": self._gemm_tiles, "gemm.cl:mr8": {**self._gemm_tiles, "MR": 8},
+                                       "conv.cl": {"VEC": self._conv_vec}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)
         self._flag_lock = threading.Lock()

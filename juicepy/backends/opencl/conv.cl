@@ -1,7 +1,14 @@
-// Convolution by im2col / col2im around the GEMM, and 2-D pooling. NCHW float32.
+// Convolution by im2col / col2im around the GEMM, direct convolution, and 2-D pooling. NCHW float32.
 // col layout: (C * kh * kw, N * Ho * Wo), row (c, ki, kj), column (n, oh, ow).
 
 #define STORE(o, i, v, acc) { if (acc) (o)[i] += (v); else (o)[i] = (v); }
+
+// Output columns ow whose input column ow * s + off lies inside [0, size): [first, last).
+inline int first_inside(const int off, const int s) { return off < 0 ? (-off + s - 1) / s : 0; }
+inline int last_inside(const int off, const int s, const int size, const int outputs)
+{
+    return size - off <= 0 ? 0 : min(outputs, (size - off + s - 1) / s);
+}
 
 // One work-item per (output row oh, col row (c, ki, kj), image n) copies a row of Wo values:
 // the inner loop runs along contiguous memory, which CPU drivers vectorise (a loop inside a
@@ -20,12 +27,12 @@ __kernel void im2col(const int Ho, __global const float *x, const int x_off,
         for (int ow = 0; ow < Wo; ++ow) dst[ow] = 0.0f;
         return;
     }
-    __global const float *src = x + x_off + (((size_t)n * C + c) * H + h) * W;
-    const int w0 = kj * dw - pw;
-    for (int ow = 0; ow < Wo; ++ow) {
-        const int w = w0 + ow * sw;
-        dst[ow] = (w >= 0 && w < W) ? src[w] : 0.0f;
-    }
+    __global const float *src = x + x_off + (((size_t)n * C + c) * H + h) * W + kj * dw - pw;
+    // padding on the left, the columns inside the row, padding on the right: three plain loops
+    const int lo = first_inside(kj * dw - pw, sw), hi = last_inside(kj * dw - pw, sw, W, Wo);
+    for (int ow = 0; ow < min(lo, Wo); ++ow) dst[ow] = 0.0f;
+    for (int ow = lo; ow < hi; ++ow) dst[ow] = src[ow * sw];
+    for (int ow = max(lo, hi); ow < Wo; ++ow) dst[ow] = 0.0f;
 }
 
 // dx[n, c, h, :] (+)= every col entry that im2col read from that input row; one work-item per
@@ -49,11 +56,8 @@ __kernel void col2im(const int H, __global const float *col, const int c_off,
         for (int kj = 0; kj < kw; ++kj) {
             __global const float *src = col + c_off + ((size_t)(c * kh + ki) * kw + kj) * cols
                                         + ((size_t)n * Ho + oh) * Wo;
-            const int w0 = kj * dw - pw;
-            for (int ow = 0; ow < Wo; ++ow) {
-                const int w = w0 + ow * sw;
-                if (w >= 0 && w < W) dst[w] += src[ow];
-            }
+            const int off = kj * dw - pw, hi = last_inside(off, sw, W, Wo);
+            for (int ow = first_inside(off, sw); ow < hi; ++ow) dst[ow * sw + off] += src[ow];
         }
     }
 }
@@ -68,35 +72,252 @@ __kernel void swap_batch_channels(const int S, __global const float *src, const 
     STORE(dst, d_off + ((size_t)b * A0 + a) * S + s, src[s_off + ((size_t)a * A1 + b) * S + s], acc)
 }
 
-// Pooling kernels are launched as (Ho * Wo or H * W rounded up, N * C planes).
-__kernel void max_pool(const int spatial, __global const float *x, const int x_off,
+// Direct convolution for few channels per group (depthwise, LeNet's first layer): no column
+// matrix and no GEMM whose inner dimension would be 9 or 25; groups as in torch. The input is
+// first copied into zero-padded planes, so the loops read without bounds checks; each
+// work-item keeps VEC consecutive outputs of a row in one vector register and adds one
+// vector of taps after another (VEC: the device's preferred float vector width, 16 on
+// AVX-512, 8 on AVX2). Loads are spelled out lane by lane, which the compiler turns into one
+// vector load where the stride is 1 (vloadn is an out-of-line call in PoCL).
+#ifndef VEC
+#define VEC 16
+#endif
+#define VTYPE_(n) float##n
+#define VTYPE(n) VTYPE_(n)
+typedef VTYPE(VEC) floatv;
+#if VEC == 16
+#define LANES_AT(p, s) (floatv)((p)[0], (p)[s], (p)[2 * (s)], (p)[3 * (s)], (p)[4 * (s)], (p)[5 * (s)], \
+    (p)[6 * (s)], (p)[7 * (s)], (p)[8 * (s)], (p)[9 * (s)], (p)[10 * (s)], (p)[11 * (s)], (p)[12 * (s)], \
+    (p)[13 * (s)], (p)[14 * (s)], (p)[15 * (s)])
+#elif VEC == 8
+#define LANES_AT(p, s) (floatv)((p)[0], (p)[s], (p)[2 * (s)], (p)[3 * (s)], (p)[4 * (s)], (p)[5 * (s)], \
+    (p)[6 * (s)], (p)[7 * (s)])
+#else
+#error "VEC must be 8 or 16"
+#endif
+// a vector type aligned like a float: one unaligned vector load or store
+typedef floatv floatv_u __attribute__((aligned(4)));
+#define LOAD_UNIT(p) (*(__global const floatv_u *)(p))
+
+// Zero-padded planes: dst[plane][r][q] = src[plane][r - top][q - left] inside src, else 0
+// (a negative top/left crops). One work-item per padded row; launched as (Hp rounded up, planes).
+__kernel void pad_planes(const int Hp, __global const float *restrict src, const int s_off,
+                         const int H, const int W, const int Wp, const int top, const int left,
+                         __global float *restrict dst)
+{
+    const int r = get_global_id(0), plane = get_global_id(1), h = r - top;
+    if (r >= Hp) return;
+    __global float *row = dst + ((size_t)plane * Hp + r) * Wp;
+    if (h < 0 || h >= H) {
+        for (int q = 0; q < Wp; ++q) row[q] = 0.0f;
+        return;
+    }
+    __global const float *from = src + s_off + ((size_t)plane * H + h) * W - left;
+    const int lo = min(max(left, 0), Wp), hi = max(lo, min(Wp, W + left));
+    for (int q = 0; q < lo; ++q) row[q] = 0.0f;
+    for (int q = lo; q < hi; ++q) row[q] = from[q];
+    for (int q = hi; q < Wp; ++q) row[q] = 0.0f;
+}
+
+// one vector of outputs into the row at yr (added to it when acc), lanes past Wo left alone
+#define DIRECT_STORE(s, yr) { \
+    if (acc) s += Wo - ow0 >= VEC ? *(__global floatv_u *)(yr) : tail_of(yr, Wo - ow0); \
+    if (Wo - ow0 >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - ow0); }
+
+// OUTS (1 or 4) output planes at once: each loaded input vector feeds OUTS accumulators
+#define DIRECT_ROWS(LOAD, OUTS) \
+    for (int oh = 0; oh < Ho; ++oh) { \
+        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
+            floatv s0 = (floatv)(0.0f), s1 = s0, s2 = s0, s3 = s0; \
+            for (int ci = 0; ci < cg; ++ci) { \
+                __global const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
+                __global const float *wp = w0 + ci * w_ci; \
+                for (int ki = 0; ki < kh; ++ki) { \
+                    __global const float *xr = xc + (size_t)ki * dh * Wp; \
+                    __global const float *wr = wp + ki * kw * wstep; \
+                    for (int kj = 0; kj < kw; ++kj) { \
+                        const floatv v = LOAD; \
+                        const int t = kj * wstep; \
+                        s0 += v * wr[t]; \
+                        if (OUTS == 4) { s1 += v * wr[w_o + t]; s2 += v * wr[2 * w_o + t]; s3 += v * wr[3 * w_o + t]; } \
+                    } \
+                } \
+            } \
+            __global float *yr = yp + (size_t)oh * Wo + ow0; \
+            DIRECT_STORE(s0, yr) \
+            if (OUTS == 4) { \
+                DIRECT_STORE(s1, yr + (size_t)Ho * Wo) \
+                DIRECT_STORE(s2, yr + (size_t)2 * Ho * Wo) \
+                DIRECT_STORE(s3, yr + (size_t)3 * Ho * Wo) \
+            } \
+        } \
+    }
+
+// the first `live` (< VEC) lanes of a row end
+inline floatv tail_of(__global const float *p, const int live)
+{
+    floatv v = (floatv)(0.0f);
+    for (int j = 0; j < live; ++j) v[j] = p[j];
+    return v;
+}
+
+inline void store_tail(__global float *p, const floatv v, const int live)
+{
+    for (int j = 0; j < live; ++j) p[j] = v[j];
+}
+
+// y[n, o .. o + OUTS) (+)= sum over the group's channels and taps of the padded input xp
+// (planes of Hp x Wp). flip: the weights are those of the convolution this one is the input
+// gradient of (w[o', c', kh-1-ki, kw-1-kj], the groups' channel roles swapped). One work-item
+// per OUTS output planes, one per work-group: a kernel whose work-items hold vectors is not
+// vectorised again across work-items. Launched as (N * O / OUTS); OUTS divides the outputs
+// per group.
+#define DIRECT_KERNEL(name, OUTS) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
+          __global float *restrict y, const int y_off, \
+          const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
+          const int cg, const int og, const int kh, const int kw, \
+          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
+{ \
+    const int first = get_global_id(0) * OUTS; \
+    const int n = first / O, o = first - n * O, g = o / og, ol = o - g * og; \
+    const int taps = kh * kw, wstep = flip ? -1 : 1; \
+    /* flipped: output channel o is input channel g*og+ol of the original, input channel ci */ \
+    /* the original's output g*cg+ci */ \
+    __global const float *w0 = w + w_off + (flip ? ((size_t)(g * cg) * og + ol) * taps + taps - 1 \
+                                                  : (size_t)o * cg * taps); \
+    const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
+    const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
+    __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp; \
+    __global float *yp = y + y_off + (size_t)first * Ho * Wo; \
+    /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
+    if (sw == 1) { \
+        DIRECT_ROWS(LOAD_UNIT(xr + kj * dw), OUTS) \
+    } else { \
+        DIRECT_ROWS(LANES_AT(xr + kj * dw, sw), OUTS) \
+    } \
+}
+
+DIRECT_KERNEL(conv_direct_fwd, 1)
+DIRECT_KERNEL(conv_direct_fwd4, 4)
+
+// dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
+// owns its row, so nothing races. Launched as (H rounded up, N * C).
+__kernel void conv_direct_bwd_data(const int H, __global const float *restrict dy, const int dy_off,
+                                   __global const float *restrict w, const int w_off,
+                                   __global float *restrict dx, const int dx_off,
+                                   const int C, const int W, const int O, const int Ho, const int Wo,
+                                   const int cg, const int og, const int kh, const int kw,
+                                   const int sh, const int sw, const int ph, const int pw,
+                                   const int dh, const int dw, const int acc)
+{
+    const int h = get_global_id(0), nc = get_global_id(1);
+    if (h >= H) return;
+    const int n = nc / C, c = nc - n * C, g = c / cg, ci = c - g * cg;
+    __global float *dxr = dx + dx_off + ((size_t)nc * H + h) * W;
+    if (!acc) for (int x = 0; x < W; ++x) dxr[x] = 0.0f;
+    for (int o = g * og; o < (g + 1) * og; ++o) {
+        __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo;
+        __global const float *wp = w + w_off + ((size_t)o * cg + ci) * kh * kw;
+        for (int ki = 0; ki < kh; ++ki) {
+            const int t = h + ph - ki * dh;
+            if (t < 0 || t % sh) continue;
+            const int oh = t / sh;
+            if (oh >= Ho) continue;
+            __global const float *dyr = dyp + (size_t)oh * Wo;
+            for (int kj = 0; kj < kw; ++kj) {
+                const float wv = wp[ki * kw + kj];
+                const int off = kj * dw - pw;
+                const int hi = last_inside(off, sw, W, Wo);
+                for (int ow = first_inside(off, sw); ow < hi; ++ow) dxr[ow * sw + off] += dyr[ow] * wv;
+            }
+        }
+    }
+}
+
+// Weight gradient in two passes. Pass 1: work-item (tap, o * cg + ci, chunk) sums
+// dy[n, o] * (the padded x[n, c] shifted by the tap) over the images n = chunk, chunk + chunks,
+// ... into part[chunk][o * cg + ci][tap], VEC outputs of a row at a time.
+__kernel void conv_direct_bwd_filter(const int taps, __global const float *restrict xp,
+                                     __global const float *restrict dy, const int dy_off,
+                                     __global float *restrict part, const int p_off,
+                                     const int N, const int C, const int Hp, const int Wp, const int O,
+                                     const int Ho, const int Wo, const int cg, const int og,
+                                     const int kh, const int kw, const int sh, const int sw,
+                                     const int dh, const int dw)
+{
+    const int tap = get_global_id(0), oc = get_global_id(1), chunk = get_global_id(2);
+    if (tap >= taps) return;
+    const int chunks = get_global_size(2);
+    const int o = oc / cg, ci = oc - o * cg, c = (o / og) * cg + ci;
+    const int ki = tap / kw, kj = tap - ki * kw;
+    const int whole = Wo / VEC * VEC;
+    floatv s = (floatv)(0.0f);
+    for (int n = chunk; n < N; n += chunks) {
+        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp + kj * dw;
+        __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo;
+        for (int oh = 0; oh < Ho; ++oh) {
+            __global const float *xr = xc + (size_t)oh * sh * Wp;
+            __global const float *dyr = dyp + (size_t)oh * Wo;
+            for (int ow = 0; ow < whole; ow += VEC) s += LOAD_UNIT(dyr + ow) * (sw == 1 ? LOAD_UNIT(xr + ow) : LANES_AT(xr + ow * sw, sw));
+            if (whole < Wo) {   // the row's last lanes: read what is there, count only the live ones
+                floatv d = (floatv)(0.0f), v = (sw == 1 ? LOAD_UNIT(xr + whole) : LANES_AT(xr + whole * sw, sw));
+                for (int j = 0; j < Wo - whole; ++j) d[j] = dyr[whole + j];
+                for (int j = Wo - whole; j < VEC; ++j) v[j] = 0.0f;
+                s += d * v;
+            }
+        }
+    }
+    float total = 0.0f;
+    for (int j = 0; j < VEC; ++j) total += s[j];
+    part[p_off + ((size_t)chunk * get_global_size(1) + oc) * taps + tap] = total;
+}
+
+// Pass 2: dw[i] (+)= sum over the chunks of part[chunk][i]; one work-item per weight.
+__kernel void conv_direct_filter_sum(const int total, const int chunks,
+                                     __global const float *restrict part, const int p_off,
+                                     __global float *restrict dw, const int dw_off, const int acc)
+{
+    const int i = get_global_id(0);
+    if (i >= total) return;
+    float s = 0.0f;
+    for (int z = 0; z < chunks; ++z) s += part[p_off + (size_t)z * total + i];
+    dw[dw_off + i] = acc ? dw[dw_off + i] + s : s;
+}
+
+// Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).
+// One work-item per output row (oh, plane): the row's maxima and their indices are kept in
+// the output row itself and updated tap by tap in a loop along the row, which the compiler
+// vectorises (stores are unconditional selects). Launched as (Ho rounded up, N * C planes).
+__kernel void max_pool(const int rows, __global const float *x, const int x_off,
                        const int H, const int W, const int Ho, const int Wo,
                        const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                        __global float *out, const int o_off, __global int *argmax, const int a_off)
 {
-    const int j = get_global_id(0), plane = get_global_id(1);
-    if (j >= spatial) return;
-    const int oh = j / Wo, ow = j - oh * Wo;
-    const size_t i = (size_t)plane * spatial + j;
+    const int oh = get_global_id(0), plane = get_global_id(1);
+    if (oh >= rows) return;
     __global const float *xp = x + x_off + (size_t)plane * H * W;
-    const int h0 = oh * sh - ph, w0 = ow * sw - pw;
-    float best = -INFINITY;
-    int where = -1;
+    __global float *best = out + o_off + ((size_t)plane * Ho + oh) * Wo;
+    __global int *where = argmax + a_off + ((size_t)plane * Ho + oh) * Wo;
+    for (int ow = 0; ow < Wo; ++ow) {
+        best[ow] = -INFINITY;
+        where[ow] = -1;
+    }
     for (int ki = 0; ki < kh; ++ki) {
-        const int h = h0 + ki;
+        const int h = oh * sh - ph + ki;
         if (h < 0 || h >= H) continue;
-        for (int kj = 0; kj < kw; ++kj) {
-            const int w = w0 + kj;
-            if (w < 0 || w >= W) continue;
-            const float v = xp[h * W + w];
-            if (where < 0 || v > best || v != v) {   // first maximum wins; NaN wins (torch)
-                best = v;
-                where = h * W + w;
+        for (int kj = 0; kj < kw; ++kj) {   // taps in scan order: the first maximum wins
+            const int off = kj - pw, hi = last_inside(off, sw, W, Wo);
+            __global const float *xr = xp + (size_t)h * W + off;
+            for (int ow = first_inside(off, sw); ow < hi; ++ow) {
+                const float v = xr[ow * sw], b = best[ow];
+                const int w = where[ow], take = w < 0 || v > b || v != v;   // NaN wins (torch)
+                best[ow] = take ? v : b;
+                where[ow] = take ? h * W + off + ow * sw : w;
             }
         }
     }
-    out[o_off + i] = best;
-    argmax[a_off + i] = where;
 }
 
 // one work-item per (n, c) plane scatters its outputs' gradients (planes never overlap)

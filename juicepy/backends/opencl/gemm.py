@@ -101,6 +101,55 @@ class GemmOps(abc.ABC):
             self._gemm_tiles_run("gemm_packed", m, n, k, tile_m, tile_n, (ap.base_data, 0), b_src,
                                  c, ldc, alpha, beta, ws)
 
+    def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
+                   beta, ws=None):
+        """One group of a convolution as an implicit GEMM (conv_gemm in gemm.cl) on raw buffers: the weights
+        (from element ``w_off`` of ``w``; ``flipped``: transposed and flipped, for an input
+        gradient) are packed, the input's pixels are gathered as the tiles are staged, and the
+        (m, N * pixels) result is stored into NCHW ``y`` from element ``y_off``."""
+        n, c, h, wd = x_geo
+        o, ho, wo = y_hw
+        kh, kw = kernel
+        cols = n * ho * wo
+        tiles = self._gemm_tiles
+        # 8-row panels where they waste fewer padded rows than the default (16 outputs per group)
+        mr = tiles["MR"]
+        program = "gemm.cl"
+        if mr == 12 and round_up(m, 8) < round_up(m, 12):
+            mr, program = 8, "gemm.cl:mr8"
+        with self._gemm_lock:
+            ws = ws if ws is not None else self._gemm_ws
+            a_panels = -(-m // mr)
+            ap = ws.get(self, "gemm_pack_a", (a_panels * mr * k,), F32)
+            grid = (round_up(k, PACK_WG), a_panels)
+            if flipped:
+                self._kernel(program, "pack_a_flipped")(self.queue, grid, (PACK_WG, 1), m, k, w,
+                                                        w_off, kh * kw, ap.base_data, 0)
+            else:
+                self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, k, 0,
+                                                ap.base_data, 0)
+            tile_m = even_tile(m, tiles["BM"], mr)
+            tile_n = even_tile(cols, tiles["BN"], NR)
+            self._kernel(program, "conv_gemm")(
+                self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
+                ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
+                *conv_args, 1.0, float(beta))
+
+    def _conv_filter_gemm(self, x, x_off, dy, dy_off, dw, dw_off, m, n, x_geo, y_hw, kernel, conv_args,
+                          beta, ws=None):
+        """The weight gradient of one convolution group as an implicit A @ B^T
+        (conv_filter_gemm in gemm.cl): dy's rows and the input's gathered pixels are staged
+        straight from the NCHW buffers; split along K like gemm_nt."""
+        batch, c, h, wd = x_geo
+        o, ho, wo = y_hw
+        tiles = self._gemm_tiles
+        with self._gemm_lock:
+            ws = ws if ws is not None else self._gemm_ws
+            self._gemm_tiles_run("conv_filter_gemm", m, n, batch * ho * wo, even_tile(m, tiles["BM"], 4),
+                                 even_tile(n, tiles["BN"], 4), (dy, dy_off),
+                                 (x, x_off, c, h, wd, o, ho, wo, *kernel, *conv_args), (dw, dw_off), n, 1.0,
+                                 beta, ws)
+
     def _gemm_tiles_run(self, name, m, n, k, tile_m, tile_n, a_src, b_src, c, ldc, alpha, beta, ws):
         """Launch a one-work-item-per-tile kernel over C, split along K when C has few tiles."""
         bk = self._gemm_tiles["BK"]

@@ -49,11 +49,13 @@ class ProgramCache:
         self._launch_lock = threading.Lock()
 
     def _build(self, filename: str):
+        """``filename`` may name a variant, "file.cl:variant": the same source built with the
+        defines given under that key."""
         options = ["-cl-kernel-arg-info"]
         options += [f"-D{k}={v}" for k, v in self._defines.get(filename, {}).items()]
         try:
-            return self._cl.Program(self._context, source(filename)).build(options=options,
-                                                                          devices=[self._device])
+            return self._cl.Program(self._context, source(filename.split(":")[0])).build(
+                options=options, devices=[self._device])
         except self._cl.RuntimeError as exc:
             raise RuntimeError(f"opencl backend: building {filename} for {self._device.name} failed:\n{exc}") from exc
 

@@ -11,6 +11,22 @@ from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_c
                     check_pool_shapes, scratch)
 from .layout import round_up
 
+# Direct kernels (conv_direct_* in conv.cl) instead of a GEMM when a group's GEMM would be thin,
+# for a forward pass (the input gradient counts as the forward pass of the transposed
+# convolution): its inner dimension (channels per group x taps) at most this long...
+DIRECT_MAX_INNER = 32
+# ...or fewer outputs per group than the GEMM micro-kernel's rows (LeNet's 16 -> 6 input
+# gradient: the rest of each 12-row panel would be padding)...
+DIRECT_MIN_GEMM_ROWS = 12
+# ...or few outputs and few input channels per group (LeNet's second layer: 16 outputs, 6
+# channels; a 4-group 64-channel layer, 16 and 16, measured faster as a GEMM).
+DIRECT_MAX_OUTPUTS, DIRECT_MAX_CHANNELS_FEW_OUTPUTS = 16, 8
+# Weight gradients go direct only for depthwise layers (one channel per group): LeNet's first
+# layer (25 taps, 6 outputs) measured faster as the implicit A @ B^T.
+# work-items the direct weight gradient aims at (images are split into chunks to reach it)
+DIRECT_FILTER_ITEMS = 1024
+CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
+
 
 def pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
@@ -21,7 +37,8 @@ def pair(v) -> tuple[int, int]:
 
 class SpatialOps(abc.ABC):
     """NCHW convolution, pooling and batch normalisation. They rely on this plumbing of the
-    backend class they are mixed into (and its ``queue`` and ``_flag`` attributes):"""
+    backend class they are mixed into (and its ``queue``, ``_flag``, ``gemm_variant`` and
+    ``_conv_vec`` attributes):"""
 
     @abc.abstractmethod
     def _kernel(self, filename, name):
@@ -47,6 +64,60 @@ class SpatialOps(abc.ABC):
     def _same(self, op, *arrays):
         """Raise unless the arrays share one shape and dtype."""
 
+    @abc.abstractmethod
+    def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
+                   beta, ws=None):
+        """One convolution group as an implicit GEMM (GemmOps)."""
+
+    @abc.abstractmethod
+    def _conv_filter_gemm(self, x, x_off, dy, dy_off, dw, dw_off, m, n, x_geo, y_hw, kernel, conv_args,
+                          beta, ws=None):
+        """One convolution group's weight gradient as an implicit A @ B^T (GemmOps)."""
+
+    #: "direct", "implicit" (GEMM tiles gathered from the input: no column matrix), "gemm"
+    #: (im2col + GEMM), or "auto": direct kernels for thin groups on CPU drivers, else the
+    #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
+    conv_algorithm = "auto"
+
+    def _use_implicit(self) -> bool:
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "implicit"
+        return self.gemm_variant == "packed"
+
+    def _use_direct(self, geo, groups, op) -> bool:
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "direct"
+        if self.gemm_variant != "packed":
+            return False
+        c, o, kh, kw = geo[1], geo[4], geo[5], geo[6]
+        if op == "data":   # the transposed convolution: the roles of C and O swap
+            c, o = o, c
+        inner, outputs = c // groups * kh * kw, o // groups
+        if op == "filter":
+            return c == o == groups   # depthwise
+        if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
+            return True
+        return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
+
+    def _padded(self, src, top, left, hp, wp, lanes_past, ws):
+        """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
+        with room after the last plane for the vector loads that run past a row's end."""
+        planes, h, w = src.shape[0] * src.shape[1], src.shape[2], src.shape[3]
+        out = scratch(ws, self, "conv_padded", (planes * hp * wp + lanes_past + wp,), np.float32)
+        self._launch_rows("conv.cl", "pad_planes", hp, (planes,), *self._ref(src), h, w, wp, top, left,
+                          out.base_data)
+        return out
+
+    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws):
+        """conv_direct_fwd over x padded by the geometry's padding."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
+        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dw, ws)
+        outs = 4 if (o // groups) % 4 == 0 else 1   # output planes per work-item
+        self._kernel("conv.cl", "conv_direct_fwd4" if outs == 4 else "conv_direct_fwd")(
+            self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
+            c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
+
     # ------------------------------------------------------------ convolution
     @staticmethod
     def _conv_geometry(x_shape, w_shape, y_shape, stride, padding, dilation, groups, op):
@@ -71,7 +142,18 @@ class SpatialOps(abc.ABC):
 
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
-        n, c, _, _, o, kh, kw, ho, wo = geo[:9]
+        n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        if self._use_direct(geo, groups, "forward"):
+            self._direct_forward(x, w, out, geo, groups, False, False, ws)
+            return
+        if self._use_implicit():
+            og, cg = o // groups, c // groups
+            (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
+            for g in range(groups):
+                self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, xb, xo + g * cg * h * wd, yb,
+                                yo + g * og * ho * wo, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo), (kh, kw),
+                                geo[9:], 0.0, ws)
+            return
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
@@ -88,6 +170,25 @@ class SpatialOps(abc.ABC):
         geo = self._conv_geometry(dx.shape, w.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_data")
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        if sh == sw == 1 and self._use_implicit() and not self._use_direct(geo, groups, "data"):
+            # the forward convolution of dy with the transposed, flipped weights
+            og, cg = o // groups, c // groups
+            (db, do), (wb, wo_), (xb, xo) = self._ref(dy), self._ref(w), self._ref(dx)
+            args = (1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
+            for g in range(groups):
+                self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, True, db, do + g * og * ho * wo, xb,
+                                xo + g * cg * h * wd, cg, og * kh * kw, (n, o, ho, wo), (c, h, wd), (kh, kw),
+                                args, float(bool(accumulate)), ws)
+            return
+        if self._use_direct(geo, groups, "data"):
+            if sh == sw == 1:   # the forward convolution of dy with the flipped weights
+                flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
+                self._direct_forward(dy, w, dx, flipped, groups, True, accumulate, ws)
+            else:
+                self._launch_rows("conv.cl", "conv_direct_bwd_data", h, (n * c,), *self._ref(dy), *self._ref(w),
+                                  *self._ref(dx), c, wd, o, ho, wo, c // groups, o // groups, kh, kw,
+                                  sh, sw, ph, pw, dh, dw, int(accumulate))
+            return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
         dy_cn = scratch(ws, self, "conv_cn", (o, cols), np.float32)
@@ -105,7 +206,18 @@ class SpatialOps(abc.ABC):
                                accumulate=False, ws=None):
         geo = self._conv_geometry(x.shape, dw.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_filter")
-        n, c, _, _, o, kh, kw, ho, wo = geo[:9]
+        n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        if self._use_direct(geo, groups, "filter"):
+            self._direct_filter(x, dy, dw, geo, groups, accumulate, ws)
+            return
+        if self._use_implicit():
+            og, cg = o // groups, c // groups
+            (xb, xo), (db, do), (wb, wo_) = self._ref(x), self._ref(dy), self._ref(dw)
+            for g in range(groups):
+                self._conv_filter_gemm(xb, xo + g * cg * h * wd, db, do + g * og * ho * wo, wb,
+                                       wo_ + g * og * cg * kh * kw, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo),
+                                       (kh, kw), geo[9:], float(bool(accumulate)), ws)
+            return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
         col = self._im2col(x, geo, ws)
@@ -116,6 +228,20 @@ class SpatialOps(abc.ABC):
             self._gemm(og, kg, cols, (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, True,
                        (wb[0], wb[1] + g * og * kg), kg, 1.0, float(bool(accumulate)), ws)
+
+    def _direct_filter(self, x, dy, dw, geo, groups, accumulate, ws):
+        n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        sh, sw, ph, pw, dh, dwl = geo[9:]
+        taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
+        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // (taps * weights)))
+        part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
+        hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
+        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
+        self._kernel("conv.cl", "conv_direct_bwd_filter")(
+            self.queue, (taps, weights, chunks), (1, 1, 1), taps, xp.base_data, *self._ref(dy),
+            *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
+        self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
+                          *self._ref(dw), int(accumulate))
 
     # ---------------------------------------------------------------- pooling
     @staticmethod
@@ -130,7 +256,7 @@ class SpatialOps(abc.ABC):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
         check_argmax("opencl", "max_pool2d", argmax, out.shape)
         planes = out.shape[0] * out.shape[1]
-        self._launch_rows("conv.cl", "max_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
+        self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
     def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):

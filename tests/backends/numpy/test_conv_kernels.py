@@ -62,21 +62,41 @@ def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
 
 @needs_kernels
 @pytest.mark.parametrize("choice", [0, 1], ids=["gemm", "direct"])
-def test_both_weight_gradient_algorithms_match_the_fallback(choice, monkeypatch):
-    """The measured choice picks one per geometry; each must be right, alone and accumulating."""
+def test_both_algorithms_of_each_op_match_the_fallback(choice, monkeypatch):
+    """The measured choice picks one per op and geometry; each must be right, alone and
+    accumulating."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6, 9, 8))
     w = rng.standard_normal((8, 3, 3, 3))
     monkeypatch.setattr(kernels, "wide_registers", 1)
-    monkeypatch.setattr(numpy_spatial, "_fastest", lambda *args: choice)
+    monkeypatch.setattr(numpy_spatial, "_measured_choice", lambda backend, ws, op, key, count, *rest: choice)
     ws = Workspace()
     fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
-    summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)
+    summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
     monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
     reference = _all_three(x, w, 5, (1, 1, 1, 2))
     for got, want in zip(fast, reference):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(summed[2], reference[2] + 1, rtol=1e-10, atol=1e-10)
+
+
+@needs_kernels
+def test_the_measured_choice_is_made_once_per_workspace_and_geometry(monkeypatch):
+    timed = []
+    monkeypatch.setattr(numpy_spatial.time, "perf_counter", lambda: timed.append(1) or float(len(timed)))
+    monkeypatch.setattr(kernels, "wide_registers", 1)
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((2, 4, 6, 6)), rng.standard_normal((4, 4, 3, 3))
+    ws = Workspace()
+    _all_three(x, w, 7, (1, 1, 1, 1), ws=ws)
+    # two candidates x TRIALS timed runs x two clock reads, for each of the three ops
+    once = 3 * 2 * numpy_spatial.TRIALS * 2
+    assert len(timed) == once
+    _all_three(x, w, 7, (1, 1, 1, 1), ws=ws)
+    assert len(timed) == once
+    _all_three(x, w, 7, (1, 1, 1, 1), ws=Workspace())  # a new context measures again
+    assert len(timed) == 2 * once
 
 
 @needs_kernels

@@ -16,6 +16,17 @@ def test_every_kernel_file_ships_with_the_package():
         assert "__kernel" in programs.source(name)
 
 
+def test_a_variant_is_the_same_source_built_with_its_own_defines(ocl, monkeypatch):
+    built = []
+    real = programs.source
+    monkeypatch.setattr(programs, "source", lambda name: built.append(name) or real(name))
+    cache = programs.ProgramCache(ocl._cl, ocl.context, ocl.device,
+                                  {"conv.cl": {"VEC": 16}, "conv.cl:narrow": {"VEC": 8}})
+    wide, narrow = cache.kernel("conv.cl", "conv_direct_fwd"), cache.kernel("conv.cl:narrow", "conv_direct_fwd")
+    assert built == ["conv.cl", "conv.cl"] and wide is not narrow
+    assert cache.kernel("conv.cl:narrow", "conv_direct_fwd") is narrow
+
+
 def test_a_build_failure_names_the_file_and_device(ocl, monkeypatch):
     cache = programs.ProgramCache(ocl._cl, ocl.context, ocl.device, {})
     monkeypatch.setattr(programs, "source", lambda name: "__kernel void broken( { }")

@@ -1,6 +1,7 @@
 """What only the OpenCL spatial ops do (their results on every backend are proven by
-tests/backends/test_ops.py): no allocation in steady state, optional batch-norm parameters,
-torch parity of a whole conv stack, and convolution through the GPU GEMM variant."""
+tests/backends/test_ops.py): each convolution algorithm forced (direct, implicit GEMM, im2col
++ GEMM), no allocation in steady state, optional batch-norm parameters, torch parity of a
+whole conv stack, and convolution through the GPU GEMM variant."""
 
 import numpy as np
 import pytest
@@ -56,6 +57,100 @@ def conv_grads_ref(x, w, dy, stride, padding, dilation, groups):
 
 
 # --------------------------------------------------------------------- convolution
+CONV_CASES = [
+    # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups: each algorithm's branches
+    ((2, 3, 8, 8), (8, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # four output planes per work-item
+    ((2, 8, 7, 9), (4, 3, 3), (1, 1), (2, 1), (2, 1), 1),     # input gradient: four per work-item
+    ((1, 2, 9, 10), (3, 3, 2), (2, 3), (1, 0), (1, 2), 1),    # strided: the row-loop input gradient
+    ((3, 6, 7, 7), (12, 3, 3), (1, 1), (1, 1), (1, 1), 6),    # depthwise, two outputs per channel
+    ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),     # padded past the kernel
+    ((2, 4, 5, 21), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, rows past 16 lanes
+]
+
+
+@pytest.fixture(scope="module", params=["direct", "direct-8-lanes", "implicit", "gemm"])
+def conv_ocl(request, ocl):
+    """The backend with each convolution algorithm forced (tests/backends/test_ops.py checks
+    the one chosen per shape); the direct kernels also with 8-lane vectors (what AVX2 devices
+    get)."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    if request.param == "direct-8-lanes":
+        return OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=8)
+    return OpenCLBackend(ocl.device, conv_algorithm=request.param)
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_conv2d_forward_and_backward(conv_ocl, rng, case, accumulate):
+    ocl = conv_ocl
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    n, c, h, w = xs
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, c // groups, kh, kw)).astype(np.float32)
+    y_ref = conv_ref(x, wt, stride, padding, dilation, groups)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, stride, padding, dilation, groups)
+    dx0 = rng.standard_normal(x.shape).astype(np.float32)
+    dw0 = rng.standard_normal(wt.shape).astype(np.float32)
+    if accumulate:
+        dx_ref, dw_ref = dx_ref + dx0, dw_ref + dw0
+
+    ws = Workspace()
+    dev_x, dev_w = ocl.from_host(x), ocl.from_host(wt)
+    y = ocl.empty(y_ref.shape)
+    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
+    np.testing.assert_allclose(ocl.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+    dx, dw = ocl.from_host(dx0), ocl.from_host(dw0)
+    ocl.conv2d_backward_data(ocl.from_host(dy), dev_w, dx, stride, padding, dilation, groups, accumulate, ws)
+    ocl.conv2d_backward_filter(dev_x, ocl.from_host(dy), dw, stride, padding, dilation, groups, accumulate, ws)
+    np.testing.assert_allclose(ocl.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ocl.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)
+
+
+def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
+    """y, dx and dw (host arrays) of one convolution and its gradients on ``ocl``."""
+    ws = Workspace()
+    y, dx, dw = ocl.empty(dy.shape), ocl.empty(x.shape), ocl.empty(w.shape)
+    dev_x, dev_w, dev_dy = ocl.from_host(x), ocl.from_host(w), ocl.from_host(dy)
+    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
+    ocl.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
+    ocl.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
+    return ocl.to_host(y), ocl.to_host(dx), ocl.to_host(dw)
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), (O, kh, kw), stride, padding, dilation, groups: inner dimension past one
+    # K slice (256) and outputs past one tile of rows (96), odd widths, several images per tile
+    ((3, 40, 7, 9), (100, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((2, 64, 9, 5), (96, 3, 3), (2, 1), (1, 2), (1, 2), 2),
+    ((2, 8, 12, 12), (16, 5, 5), (1, 1), (2, 2), (1, 1), 1),
+], ids=["k360-m100", "grouped-strided", "5x5"])
+def test_larger_convolutions_match_torch(conv_ocl, rng, case):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    ocl = conv_ocl
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
+    xt, wt = torch.tensor(x, dtype=torch.float64, requires_grad=True), torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    y, dx, dw = conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=1e-3)
+
+
+def test_conv_settings_are_checked(ocl):
+    from juicepy.backends.opencl import OpenCLBackend
+
+    with pytest.raises(ValueError, match="conv_algorithm must be one of .*'winograd'"):
+        OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    with pytest.raises(ValueError, match="vector_width must be 8 or 16, got 4"):
+        OpenCLBackend(ocl.device, vector_width=4)
+
+
 def test_conv2d_steady_state_allocates_nothing(ocl, rng):
     x = ocl.from_host(rng.standard_normal((2, 3, 8, 8)).astype(np.float32))
     w = ocl.from_host(rng.standard_normal((4, 3, 3, 3)).astype(np.float32))
@@ -113,16 +208,12 @@ def test_conv_pool_batch_norm_match_torch(ocl, rng):
     yt = F.conv2d(xt, wt, stride=stride, padding=padding, dilation=dilation, groups=groups)
     dy = rng.standard_normal(tuple(yt.shape)).astype(np.float32)
     yt.backward(torch.tensor(dy))
-    ws = Workspace()
-    y, dx, dw = ocl.empty(tuple(yt.shape)), ocl.empty(x.shape), ocl.empty(w.shape)
-    dev_x, dev_w, dev_dy = ocl.from_host(x), ocl.from_host(w), ocl.from_host(dy)
-    ocl.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws)
-    ocl.conv2d_backward_data(dev_dy, dev_w, dx, stride, padding, dilation, groups, False, ws)
-    ocl.conv2d_backward_filter(dev_x, dev_dy, dw, stride, padding, dilation, groups, False, ws)
-    np.testing.assert_allclose(ocl.to_host(y), yt.detach().numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(ocl.to_host(dx), xt.grad.numpy(), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(ocl.to_host(dw), wt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    y, dx, dw = conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dw, wt.grad.numpy(), rtol=1e-4, atol=1e-4)
 
+    ws, dev_x = Workspace(), ocl.from_host(x)
     pooled, idx = F.max_pool2d(torch.tensor(x), 3, 2, 1, return_indices=True)
     out, arg = ocl.empty(tuple(pooled.shape)), ocl.empty(tuple(pooled.shape), np.int32)
     ocl.max_pool2d(dev_x, out, arg, (3, 3), (2, 2), (1, 1))

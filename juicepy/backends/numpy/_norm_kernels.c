@@ -1,0 +1,288 @@
+/* Batch-norm passes for the NumPy backend, per channel over (N, C, inner) arrays: statistics in
+ * two passes over the planes (NumPy needs a centered copy and a squared copy of the whole
+ * input), the normalising affine map in one pass, and the backward's two sums and its input
+ * gradient in one pass each. Optional: setup.py builds it where a C compiler exists;
+ * spatial.py falls back to its NumPy version otherwise or when JUICEPY_CPU_KERNELS=numpy.
+ *
+ * Every kernel takes a channel range [c0, c1) so spatial.py can split a call over threads; the
+ * GIL is released inside. Sums add each plane in float vectors, then the planes in double, in
+ * a fixed order.
+ */
+#include "_kernels.h"
+
+typedef Py_ssize_t I;
+
+/* sum over a plane of f(i): four lanes of partial sums the compiler vectorises without
+ * reassociating, then the lanes and the tail in order */
+#define PLANE_SUM(T, RESULT, COUNT, EXPR)                                                      \
+    do {                                                                                       \
+        T s0_[16] = {0}, s1_[16] = {0};                                                        \
+        I i = 0;                                                                               \
+        for (; i + 32 <= (COUNT); i += 32) {                                                   \
+            for (int l_ = 0; l_ < 16; l_++) {                                                  \
+                { const I k = i + l_; s0_[l_] += (EXPR); }                                     \
+                { const I k = i + 16 + l_; s1_[l_] += (EXPR); }                                \
+            }                                                                                  \
+        }                                                                                      \
+        double total_ = 0;                                                                     \
+        for (int l_ = 0; l_ < 16; l_++) total_ += (double)s0_[l_] + (double)s1_[l_];           \
+        for (; i < (COUNT); i++) { const I k = i; total_ += (EXPR); }                         \
+        RESULT = total_;                                                                       \
+    } while (0)
+
+/* mean[c] and the biased var[c] of x[:, c] */
+#define DEFINE_STATS(NAME, T)                                                                  \
+    VECTOR_CLONES static void NAME(const T *restrict x, T *restrict mean, T *restrict var,    \
+                                   I n, I c, I inner, I c0, I c1)                             \
+    {                                                                                          \
+        const double count = (double)(n * inner);                                             \
+        for (I ch = c0; ch < c1; ch++) {                                                      \
+            double sum = 0, squares = 0, part;                                                \
+            for (I s = 0; s < n; s++) {                                                       \
+                const T *p = x + (s * c + ch) * inner;                                        \
+                PLANE_SUM(T, part, inner, p[k]);                                              \
+                sum += part;                                                                  \
+            }                                                                                 \
+            const T m = (T)(sum / count);                                                     \
+            for (I s = 0; s < n; s++) {                                                       \
+                const T *p = x + (s * c + ch) * inner;                                        \
+                PLANE_SUM(T, part, inner, (p[k] - m) * (p[k] - m));                           \
+                squares += part;                                                              \
+            }                                                                                 \
+            mean[ch] = m;                                                                     \
+            var[ch] = (T)(squares / count);                                                   \
+        }                                                                                     \
+    }
+
+DEFINE_STATS(stats_f32, float)
+DEFINE_STATS(stats_f64, double)
+
+/* out[:, c] = (x[:, c] - center[c]) * scale[c] + shift[c] */
+#define DEFINE_AFFINE(NAME, T)                                                                 \
+    VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict center,             \
+                                   const T *restrict scale, const T *restrict shift,          \
+                                   T *restrict out, I n, I c, I inner, I c0, I c1)            \
+    {                                                                                          \
+        for (I s = 0; s < n; s++)                                                             \
+            for (I ch = c0; ch < c1; ch++) {                                                  \
+                const T *p = x + (s * c + ch) * inner;                                        \
+                T *o = out + (s * c + ch) * inner;                                            \
+                const T m = center[ch], a = scale[ch], b = shift[ch];                         \
+                for (I i = 0; i < inner; i++) o[i] = (p[i] - m) * a + b;                      \
+            }                                                                                 \
+    }
+
+DEFINE_AFFINE(affine_f32, float)
+DEFINE_AFFINE(affine_f64, double)
+
+/* sum_dy[c] = sum dy[:, c]; sum_dy_xhat[c] = sum dy * (x - mean) * invstd */
+#define DEFINE_BACKWARD_SUMS(NAME, T)                                                          \
+    VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict dy,                 \
+                                   const T *restrict mean, const T *restrict invstd,          \
+                                   T *restrict sum_dy, T *restrict sum_dy_xhat,               \
+                                   I n, I c, I inner, I c0, I c1)                             \
+    {                                                                                          \
+        for (I ch = c0; ch < c1; ch++) {                                                      \
+            double a = 0, b = 0, part;                                                        \
+            const T m = mean[ch];                                                             \
+            for (I s = 0; s < n; s++) {                                                       \
+                const T *p = x + (s * c + ch) * inner, *e = dy + (s * c + ch) * inner;        \
+                PLANE_SUM(T, part, inner, e[k]);                                              \
+                a += part;                                                                    \
+                PLANE_SUM(T, part, inner, e[k] * (p[k] - m));                                 \
+                b += part;                                                                    \
+            }                                                                                 \
+            sum_dy[ch] = (T)a;                                                                \
+            sum_dy_xhat[ch] = (T)(b * invstd[ch]);                                            \
+        }                                                                                     \
+    }
+
+DEFINE_BACKWARD_SUMS(backward_sums_f32, float)
+DEFINE_BACKWARD_SUMS(backward_sums_f64, double)
+
+/* dx[:, c] (+)= coef[c] * (M dy - sum_dy[c] - xhat * sum_dy_xhat[c]), xhat = (x - mean) invstd,
+ * M = ``count`` (the values per channel over every replica under synchronised batch norm) */
+#define DEFINE_BACKWARD_DX(NAME, T)                                                            \
+    VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict dy,                 \
+                                   const T *restrict mean, const T *restrict invstd,          \
+                                   const T *restrict coef, const T *restrict sum_dy,          \
+                                   const T *restrict sum_dy_xhat, T *restrict dx, T count,  \
+                                   I n, I c, I inner, I c0, I c1, int accumulate)             \
+    {                                                                                          \
+        for (I s = 0; s < n; s++)                                                             \
+            for (I ch = c0; ch < c1; ch++) {                                                  \
+                const T *p = x + (s * c + ch) * inner, *e = dy + (s * c + ch) * inner;        \
+                T *d = dx + (s * c + ch) * inner;                                             \
+                const T m = mean[ch], is = invstd[ch], k = coef[ch], a = sum_dy[ch];          \
+                const T b = sum_dy_xhat[ch];                                                  \
+                if (accumulate)                                                               \
+                    for (I i = 0; i < inner; i++) d[i] += k * (count * e[i] - a - (p[i] - m) * is * b); \
+                else                                                                          \
+                    for (I i = 0; i < inner; i++) d[i] = k * (count * e[i] - a - (p[i] - m) * is * b); \
+            }                                                                                 \
+    }
+
+DEFINE_BACKWARD_DX(backward_dx_f32, float)
+DEFINE_BACKWARD_DX(backward_dx_f64, double)
+
+/* ------------------------------------------------------------------ Python glue */
+
+#define MAX_BUFFERS 8
+
+/* Buffers of one float format: ``objs[i]`` must hold ``counts[i]`` items, C-contiguous,
+ * writable where ``writable[i]``. Releases what it got on failure. */
+static int get_buffers(int count, PyObject **objs, Py_buffer *views, const I *counts,
+                       const int *writable, const char *const *names)
+{
+    const char *fmt = NULL;
+    for (int i = 0; i < count; i++) {
+        int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable[i] ? PyBUF_WRITABLE : 0);
+        const char *problem = NULL;
+        if (PyObject_GetBuffer(objs[i], &views[i], flags) < 0) {
+            PyErr_Format(PyExc_TypeError, "%s: expected a contiguous%s buffer", names[i],
+                         writable[i] ? " writable" : "");
+            problem = "";
+        } else {
+            const char *have = views[i].format ? views[i].format : "?";
+            if (!fmt && (strcmp(have, "f") == 0 || strcmp(have, "d") == 0)) fmt = have;
+            if (!fmt || strcmp(have, fmt) || views[i].len != counts[i] * views[i].itemsize) {
+                PyErr_Format(PyExc_ValueError, "%s: expected %zd items of format '%s', got %zd of '%s'",
+                             names[i], counts[i], fmt ? fmt : "f or d",
+                             views[i].len / (views[i].itemsize ? views[i].itemsize : 1), have);
+                PyBuffer_Release(&views[i]);
+                problem = "";
+            }
+        }
+        if (problem) {
+            for (int j = 0; j < i; j++) PyBuffer_Release(&views[j]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void release(int count, Py_buffer *views)
+{
+    for (int i = 0; i < count; i++) PyBuffer_Release(&views[i]);
+}
+
+static int check_channels(I n, I c, I inner, I c0, I c1)
+{
+    if (n < 0 || c < 0 || inner < 0 || c0 < 0 || c1 < c0 || c1 > c) {
+        PyErr_Format(PyExc_ValueError, "channels [%zd, %zd) are not inside [0, %zd) (N %zd, inner %zd)",
+                     c0, c1, c, n, inner);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_stats(PyObject *self, PyObject *args)
+{
+    PyObject *o[3];
+    I n, c, inner, c0, c1;
+    if (!PyArg_ParseTuple(args, "OOOnnnnn", &o[0], &o[1], &o[2], &n, &c, &inner, &c0, &c1)) return NULL;
+    if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
+    Py_buffer v[3];
+    const I counts[] = {n * c * inner, c, c};
+    const int writable[] = {0, 1, 1};
+    const char *const names[] = {"x", "mean", "var"};
+    if (get_buffers(3, o, v, counts, writable, names) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        stats_f32(v[0].buf, v[1].buf, v[2].buf, n, c, inner, c0, c1);
+    else
+        stats_f64(v[0].buf, v[1].buf, v[2].buf, n, c, inner, c0, c1);
+    Py_END_ALLOW_THREADS
+    release(3, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_affine(PyObject *self, PyObject *args)
+{
+    PyObject *o[5];
+    I n, c, inner, c0, c1;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnnn", &o[0], &o[1], &o[2], &o[3], &o[4], &n, &c, &inner, &c0, &c1))
+        return NULL;
+    if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
+    Py_buffer v[5];
+    const I counts[] = {n * c * inner, c, c, c, n * c * inner};
+    const int writable[] = {0, 0, 0, 0, 1};
+    const char *const names[] = {"x", "center", "scale", "shift", "out"};
+    if (get_buffers(5, o, v, counts, writable, names) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        affine_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1);
+    else
+        affine_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1);
+    Py_END_ALLOW_THREADS
+    release(5, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backward_sums(PyObject *self, PyObject *args)
+{
+    PyObject *o[6];
+    I n, c, inner, c0, c1;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnn", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n, &c, &inner,
+                          &c0, &c1))
+        return NULL;
+    if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
+    Py_buffer v[6];
+    const I counts[] = {n * c * inner, n * c * inner, c, c, c, c};
+    const int writable[] = {0, 0, 0, 0, 1, 1};
+    const char *const names[] = {"x", "dy", "mean", "invstd", "sum_dy", "sum_dy_xhat"};
+    if (get_buffers(6, o, v, counts, writable, names) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        backward_sums_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
+    else
+        backward_sums_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
+    Py_END_ALLOW_THREADS
+    release(6, v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_backward_dx(PyObject *self, PyObject *args)
+{
+    PyObject *o[8];
+    I n, c, inner, c0, c1;
+    double count;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &count, &n, &c, &inner, &c0, &c1, &accumulate))
+        return NULL;
+    if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
+    Py_buffer v[8];
+    const I counts[] = {n * c * inner, n * c * inner, c, c, c, c, c, n * c * inner};
+    const int writable[] = {0, 0, 0, 0, 0, 0, 0, 1};
+    const char *const names[] = {"x", "dy", "mean", "invstd", "coef", "sum_dy", "sum_dy_xhat", "dx"};
+    if (get_buffers(8, o, v, counts, writable, names) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        backward_dx_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                        (float)count, n, c, inner, c0, c1, accumulate);
+    else
+        backward_dx_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                        count, n, c, inner, c0, c1, accumulate);
+    Py_END_ALLOW_THREADS
+    release(8, v);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"stats", py_stats, METH_VARARGS,
+     "stats(x, mean, var, N, C, inner, c0, c1): per-channel mean and biased variance"},
+    {"affine", py_affine, METH_VARARGS,
+     "affine(x, center, scale, shift, out, N, C, inner, c0, c1): out = (x - center) * scale + shift"},
+    {"backward_sums", py_backward_sums, METH_VARARGS,
+     "backward_sums(x, dy, mean, invstd, sum_dy, sum_dy_xhat, N, C, inner, c0, c1)"},
+    {"backward_dx", py_backward_dx, METH_VARARGS,
+     "backward_dx(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
+     "accumulate): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_norm_kernels",
+                                    "Batch-norm passes for the NumPy backend.", -1, methods};
+
+PyMODINIT_FUNC PyInit__norm_kernels(void) { return PyModule_Create(&module); }
