@@ -195,3 +195,26 @@ def test_save_load_summary_and_profile(tmp_path, numpy_backend, rng):
     assert "GRU" in summary and "MeanOverTime" in summary and "(4, 10)" in summary
     rows = profile(net, numpy_backend, 4, steps=1, warmup=0)
     assert [r.layer for r in rows] == ["GRU", "Linear", "MeanOverTime", "Linear"]
+
+
+def test_training_steps_keep_host_memory_flat(numpy_backend, rng):
+    """On NumPy every buffer is host memory: after warm-up, steps neither grow the traced memory
+    nor make large temporaries (the per-step gates and states live in the Context)."""
+    import tracemalloc
+
+    net = jp.Network(L.Sequential(L.Embedding(20, 8), L.LSTM(32, num_layers=2, bidirectional=True, dropout=0.1),
+                                  L.LastStep(), L.Linear(3)), (12,), input_dtype=np.int64)
+    trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=16)
+    x, y = rng.integers(0, 20, (16, 12)), rng.integers(0, 3, 16)
+    tracemalloc.start()
+    try:
+        for _ in range(20):
+            trainer.train_minibatch(numpy_backend, x, y)
+        base, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        for _ in range(100):
+            trainer.train_minibatch(numpy_backend, x, y)
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert current - base < 32_000 and peak - base < 128_000, (base, current - base, peak - base)
