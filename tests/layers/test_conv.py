@@ -102,8 +102,7 @@ def test_conv2d_matches_loop_reference(config, layout, monkeypatch):
         bands = layout.endswith("bands")
         monkeypatch.setattr(numpy_spatial, "COLUMN_CHUNK", 1 if bands else 1 << 18)
         monkeypatch.setattr(jp.backend("numpy").conv_kernels, "wide_registers", 1)
-        monkeypatch.setattr(numpy_spatial, "_measured_choice",
-                            lambda backend, ws, op, key, count, *rest: 0 if bands else count - 1)
+        monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: 0 if bands else count - 1)
     else:
         # the NumPy kernels pick a column layout by kernel depth: force each one on every config
         monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)

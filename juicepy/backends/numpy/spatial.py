@@ -18,7 +18,6 @@ Workspace, so a steady-state step allocates no arrays beyond NumPy's small index
 from __future__ import annotations
 
 
-import time
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -400,36 +399,21 @@ def _pointwise(plan) -> bool:
     return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
 
 
-#: timed runs per candidate of a measured choice: the best of three rides out most of the noise
-#: of a machine shared with other jobs
-TRIALS = 3
+#: output plane (Ho*Wo) from which the direct kernel computes a weight gradient faster than
+#: im2col + GEMM (measurements in docs/numpy.md)
+DIRECT_FILTER_MIN_PLANE = 512
 
 
-def _measured_choice(backend, ws, op, key, count, trial, target_shape, dtype) -> int:
-    """Which of ``count`` algorithms to run for this op and geometry: the one with the shortest of
-    TRIALS timed runs (``trial(index, target)`` into a scratch target), measured on first use and
-    kept as a workspace entry, so a Context measures once; 0 without a workspace. Neither the
-    direct kernel nor im2col + GEMM wins everywhere (plane size, channels per group, kernel size)."""
-    if count == 1 or ws is None:
+def _algorithm(op: str, count: int, out_hw, dilation) -> int:
+    """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel (where it
+    applies). Fixed by the geometry, never timed, so every run of a network (a resumed one, one
+    in another process) computes the same bits. The direct kernel wins every forward and input
+    gradient measured; for the weight gradient only on large, undilated output planes."""
+    if count == 1:
         return 0
-
-    def measure(choice):
-        target = scratch(ws, backend, f"conv_trial {op}", target_shape, dtype)
-        times = []
-        for index in range(count):
-            best = float("inf")
-            for _ in range(TRIALS):
-                start = time.perf_counter()
-                trial(index, target)
-                best = min(best, time.perf_counter() - start)
-            times.append(best)
-        choice.fill(times.index(min(times)))
-
-    return int(scratch(ws, backend, f"conv_choice {op} {key}", (1,), np.int8, init=measure)[0])
-
-
-def _choice_key(x_shape, w_shape, stride, padding, dilation, groups):
-    return f"{tuple(x_shape)} {tuple(w_shape)} {tuple(stride)} {tuple(padding)} {tuple(dilation)} {groups}"
+    if op == "filter" and (out_hw[0] * out_hw[1] < DIRECT_FILTER_MIN_PLANE or max(dilation) > 1):
+        return 0
+    return 1
 
 
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
@@ -438,9 +422,7 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     if _direct(backend, stride, padding) and not _pointwise(plan):
         runs.append(_direct_forward)
     args = (backend, x, w, plan, ws)
-    choice = _measured_choice(backend, ws, "forward", _choice_key(x.shape, w.shape, stride, padding, dilation, groups),
-                              len(runs), lambda i, target: runs[i](*args, target), out.shape, out.dtype)
-    runs[choice](*args, out)
+    runs[_algorithm("forward", len(runs), out.shape[2:], dilation)](*args, out)
 
 
 def _direct_forward(backend, x, w, plan, ws, out):
@@ -468,9 +450,7 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
     if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
-    choice = _measured_choice(backend, ws, "filter", _choice_key(x.shape, dw.shape, stride, padding, dilation, groups),
-                              len(runs), lambda i, target: runs[i](*args, target, False, ws), dw.shape, dw.dtype)
-    runs[choice](*args, dw, accumulate, ws)
+    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation)](*args, dw, accumulate, ws)
 
 
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -521,9 +501,7 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
     args = (backend, dy, w, plan)
-    choice = _measured_choice(backend, ws, "data", _choice_key(dx.shape, w.shape, stride, padding, dilation, groups),
-                              len(runs), lambda i, target: runs[i](*args, target, False, ws), dx.shape, dx.dtype)
-    runs[choice](*args, dx, accumulate, ws)
+    runs[_algorithm("data", len(runs), dy.shape[2:], dilation)](*args, dx, accumulate, ws)
 
 
 def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):

@@ -63,13 +63,12 @@ def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
 @needs_kernels
 @pytest.mark.parametrize("choice", [0, 1], ids=["gemm", "direct"])
 def test_both_algorithms_of_each_op_match_the_fallback(choice, monkeypatch):
-    """The measured choice picks one per op and geometry; each must be right, alone and
-    accumulating."""
+    """The geometry picks one per op; each must be right, alone and accumulating."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6, 9, 8))
     w = rng.standard_normal((8, 3, 3, 3))
     monkeypatch.setattr(kernels, "wide_registers", 1)
-    monkeypatch.setattr(numpy_spatial, "_measured_choice", lambda backend, ws, op, key, count, *rest: choice)
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: choice)
     ws = Workspace()
     fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
     summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
@@ -81,22 +80,25 @@ def test_both_algorithms_of_each_op_match_the_fallback(choice, monkeypatch):
     np.testing.assert_allclose(summed[2], reference[2] + 1, rtol=1e-10, atol=1e-10)
 
 
+def test_the_algorithm_is_fixed_by_the_geometry():
+    """Never timed: two runs of one network (a resumed one, another process) take the same path."""
+    choose = numpy_spatial._algorithm
+    assert choose("forward", 1, (32, 32), (1, 1)) == 0  # only im2col + GEMM applies
+    assert choose("forward", 2, (4, 4), (2, 2)) == choose("data", 2, (4, 4), (2, 2)) == 1
+    assert choose("filter", 2, (32, 32), (1, 1)) == 1
+    assert choose("filter", 2, (8, 8), (1, 1)) == 0  # small planes: GEMM
+    assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated: GEMM
+
+
 @needs_kernels
-def test_the_measured_choice_is_made_once_per_workspace_and_geometry(monkeypatch):
-    timed = []
-    monkeypatch.setattr(numpy_spatial.time, "perf_counter", lambda: timed.append(1) or float(len(timed)))
+def test_two_contexts_compute_the_same_bits(monkeypatch):
     monkeypatch.setattr(kernels, "wide_registers", 1)
     rng = np.random.default_rng(6)
-    x, w = rng.standard_normal((2, 4, 6, 6)), rng.standard_normal((4, 4, 3, 3))
-    ws = Workspace()
-    _all_three(x, w, 7, (1, 1, 1, 1), ws=ws)
-    # two candidates x TRIALS timed runs x two clock reads, for each of the three ops
-    once = 3 * 2 * numpy_spatial.TRIALS * 2
-    assert len(timed) == once
-    _all_three(x, w, 7, (1, 1, 1, 1), ws=ws)
-    assert len(timed) == once
-    _all_three(x, w, 7, (1, 1, 1, 1), ws=Workspace())  # a new context measures again
-    assert len(timed) == 2 * once
+    x, w = rng.standard_normal((2, 4, 24, 24)), rng.standard_normal((4, 4, 3, 3))
+    first = _all_three(x, w, 7, (1, 1, 1, 1), ws=Workspace())
+    second = _all_three(x, w, 7, (1, 1, 1, 1), ws=Workspace())
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
 
 
 @needs_kernels
