@@ -84,9 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder holding the MNIST-format IDX files (plain or .gz)")
     train.add_argument("--no-download", action="store_true",
                        help="never download a dataset; fail if its files are not local")
-    train.add_argument("--epochs", type=_count(1), default=20, help="passes over the training set (default 20)")
-    train.add_argument("--batch-size", type=_count(1), default=64, help="rows per step (default 64)")
-    train.add_argument("--lr", type=_real(0.0, low_open=True), default=1e-3, help="learning rate (default 1e-3)")
+    train.add_argument("--epochs", type=_count(1), default=None,
+                       help="passes over the training set (default 20; mackey-glass 4, adding 5)")
+    train.add_argument("--batch-size", type=_count(1), default=None,
+                       help="rows per step (default 64; mackey-glass, adding 32)")
+    train.add_argument("--lr", type=_real(0.0, low_open=True), default=None,
+                       help="learning rate (default 1e-3; mackey-glass, adding 3e-3)")
     train.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd"],
                        help="optimizer (default adam)")
     train.add_argument("--momentum", type=_real(0.0), default=0.9, help="SGD momentum (default 0.9)")
@@ -176,7 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # input unit shape and classes of each dataset, so profiling needs no data files
-DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10)}
+DATASET_SHAPES = {"digits": ((1, 8, 8), 10), "mnist": ((1, 28, 28), 10), "fashion-mnist": ((1, 28, 28), 10),
+                  "mackey-glass": ((10, 1), 1), "adding": ((10,), 19)}
+TOKEN_DATASETS = {"adding": 20}  # token datasets and their vocabulary
+# training defaults where a dataset needs others than (epochs 20, batch 64, lr 1e-3)
+TRAIN_DEFAULTS = {"mackey-glass": {"epochs": 4, "batch_size": 32, "lr": 3e-3},
+                  "adding": {"epochs": 5, "batch_size": 32, "lr": 3e-3}}
+
+
+def _fill_train_defaults(args) -> None:
+    chosen = {"epochs": 20, "batch_size": 64, "lr": 1e-3, **TRAIN_DEFAULTS.get(args.dataset, {})}
+    for key, value in chosen.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
 
 def make_optimizer(name: str, lr: float, momentum: float, weight_decay: float):
@@ -255,11 +270,11 @@ def cmd_train(args) -> int:
 def train_job(args, comm) -> int:
     import juicepy as jp
     from .data import load_dataset
-    from .layers import SoftmaxCrossEntropy
+    from .layers import MSE, SoftmaxCrossEntropy
     from .models import build_model
     from .train import Trainer
     from .train.history import TrainingHistory
-    from .train.loop import evaluate, evaluate_loss, fit_epoch
+    from .train.loop import evaluate, evaluate_loss, fit_epoch, mean_squared_error, previous_value_mse
 
     _apply_backend_flags(args)
     backend = jp.backend(args.backend)
@@ -280,14 +295,17 @@ def train_job(args, comm) -> int:
         trainer.communicator = comm
     else:
         args.dataset = args.dataset or "digits"
+    _fill_train_defaults(args)
     train_set, test_set = load_dataset(args.dataset, data_dir=args.data, download=not args.no_download,
                                        seed=args.seed)
     if args.resume:
         _check_resumed_network(args, network, model_name, train_set)
     else:
-        network = jp.Network(build_model(model_name, train_set.input_shape, train_set.classes),
-                             input_shape=train_set.input_shape, seed=args.seed)
-        trainer = Trainer(network, SoftmaxCrossEntropy(),
+        network = jp.Network(build_model(model_name, train_set.input_shape, train_set.outputs, vocab=train_set.vocab),
+                             input_shape=train_set.input_shape, seed=args.seed,
+                             input_dtype=train_set.x.dtype if train_set.x.dtype.kind in "iu" else None)
+        loss = MSE() if train_set.task == "regression" else SoftmaxCrossEntropy()
+        trainer = Trainer(network, loss,
                           make_optimizer(args.optimizer, args.lr, args.momentum, args.weight_decay),
                           batch_size=args.batch_size, communicator=comm)
     history = TrainingHistory(args.log if lead else None, args.plot if lead else None,
@@ -303,15 +321,19 @@ def train_job(args, comm) -> int:
         stats = fit_epoch(trainer, backend, train_set, epoch=epoch, seed=args.seed,
                           progress=not args.no_progress, desc=f"epoch {epoch + 1}/{args.epochs}")
         if args.no_progress:
-            say(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4f} "
-                f"accuracy {stats['accuracy']:.4f} {stats['samples_per_s']:,.0f} samples/s")
+            score = "" if stats["accuracy"] is None else f" accuracy {stats['accuracy']:.4f}"
+            say(f"epoch {epoch + 1}/{args.epochs}: loss {stats['loss']:.4g}{score} "
+                f"{stats['samples_per_s']:,.0f} samples/s")
         if history.wanted:
             history.record(epoch + 1, stats, *evaluate_loss(network, trainer.loss, backend, test_set))
         if args.save and lead:
             meta = {"epoch": epoch + 1, "seed": args.seed, "dataset": args.dataset, "model": model_name}
             jp.save(args.save, network, trainer, metadata=meta | ({"ranks": comm.size} if comm.size > 1 else {}))
-    test_accuracy = evaluate(network, backend, test_set, comm)
-    say(f"test accuracy: {test_accuracy:.4f}")
+    if test_set.task == "regression":
+        mse, baseline = mean_squared_error(network, backend, test_set), previous_value_mse(test_set)
+        say(f"test MSE: {mse:.3e} (previous-value baseline {baseline:.3e}; {mse / baseline:.3f} of it)")
+    else:
+        say(f"test accuracy: {evaluate(network, backend, test_set, comm):.4f}")
     if args.save:
         say(f"saved checkpoint to {args.save}")
     return 0
@@ -361,13 +383,14 @@ def _check_resumed_network(args, network, model_name: str, train_set) -> None:
     problems = []
     if network.input_shape != train_set.input_shape:
         problems.append(f"input unit shape {network.input_shape}, {args.dataset} has {train_set.input_shape}")
-    if network.output_shape != (train_set.classes,):
-        problems.append(f"output unit shape {network.output_shape}, {args.dataset} has {train_set.classes} classes")
+    if network.output_shape != (train_set.outputs,):
+        problems.append(f"output unit shape {network.output_shape}, {args.dataset} has {train_set.outputs} outputs")
     if not problems and model_name in MODELS:
-        zoo = build_model(model_name, train_set.input_shape, train_set.classes)
+        zoo = build_model(model_name, train_set.input_shape, train_set.outputs, vocab=train_set.vocab)
         import juicepy as jp
 
-        expected = {k: p.shape for k, p in jp.Network(zoo, train_set.input_shape).params.items()}
+        tokens = train_set.x.dtype if train_set.x.dtype.kind in "iu" else None
+        expected = {k: p.shape for k, p in jp.Network(zoo, train_set.input_shape, input_dtype=tokens).params.items()}
         actual = {k: p.shape for k, p in network.params.items()}
         if expected != actual:
             problems.append(f"its params are not those of the zoo's {model_name!r}")
@@ -395,7 +418,10 @@ def cmd_predict(args) -> int:
         raise ValueError(f"{args.input}: cannot read a .npy array ({err})") from err
     if x.ndim == len(network.input_shape):  # one row without the batch axis
         x = x[None]
-    if x.dtype != network.dtype and x.dtype.kind in "fiu":
+    if network.input_dtypes[0].kind == "i":
+        if x.dtype.kind not in "iu":
+            raise ValueError(f"{args.input}: the network reads integer tokens, got {x.dtype} values")
+    elif x.dtype != network.dtype and x.dtype.kind in "fiu":
         x = x.astype(network.dtype)
     bad = np.empty(0, int)
     if not args.check_finite and x.dtype.kind == "f" and x.ndim > 1:
@@ -421,6 +447,8 @@ def cmd_predict(args) -> int:
 def cmd_profile(args) -> int:
     from pathlib import Path
 
+    import numpy as np
+
     import juicepy as jp
     from .models import MODELS, build_model
     from .profile import format_table, profile
@@ -429,7 +457,9 @@ def cmd_profile(args) -> int:
     backend = jp.backend(args.backend)
     if args.model in MODELS:
         shape, classes = DATASET_SHAPES[args.dataset]
-        network = jp.Network(build_model(args.model, shape, classes), input_shape=shape, seed=args.seed)
+        vocab = TOKEN_DATASETS.get(args.dataset, 0)
+        network = jp.Network(build_model(args.model, shape, classes, vocab=vocab), input_shape=shape, seed=args.seed,
+                             input_dtype=np.int64 if vocab else None)
     elif Path(args.model).is_file():
         network = jp.load(args.model).network
     else:

@@ -17,6 +17,10 @@ class LabelError(JuicepyError, ValueError):
     """Integer labels out of range for the loss."""
 
 
+class IndicesError(JuicepyError, ValueError):
+    """Integer inputs out of range for the layer that reads them (an Embedding)."""
+
+
 class NonFiniteError(JuicepyError, FloatingPointError):
     """NaN or Inf where the guard forbids it (inputs or loss)."""
 

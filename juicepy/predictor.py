@@ -63,6 +63,9 @@ class Predictor:
                 problems.append(f"input unit shapes {network.input_shapes}, serving {old.input_shapes}")
             if network.output_shapes != old.output_shapes:
                 problems.append(f"output unit shapes {network.output_shapes}, serving {old.output_shapes}")
+            if network.input_dtypes != old.input_dtypes:
+                problems.append(f"input dtypes {[str(d) for d in network.input_dtypes]}, serving "
+                                f"{[str(d) for d in old.input_dtypes]}")
             if np.dtype(network.dtype) != np.dtype(old.dtype):
                 problems.append(f"dtype {np.dtype(network.dtype)}, serving {np.dtype(old.dtype)}")
             if problems:
@@ -70,8 +73,8 @@ class Predictor:
                                  "); the old network keeps serving")
             network.materialize(self._backend)
             if warmup_rows:
-                network.transform(self._backend, [np.zeros((warmup_rows,) + s, network.dtype)
-                                                  for s in network.input_shapes])
+                network.transform(self._backend, [np.zeros((warmup_rows,) + s, d)  # index 0 is valid
+                                                  for s, d in zip(network.input_shapes, network.input_dtypes)])
             self._network = network
             return old
 

@@ -35,6 +35,7 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
     ctx = network.context(backend, batch_size, training=True)
     rng = np.random.default_rng(seed)
     ctx.set_inputs([rng.standard_normal((batch_size,) + j.unit_shape).astype(network.dtype)
+                    if j.dtype.kind == "f" else np.zeros((batch_size,) + j.unit_shape, j.dtype)  # index 0 is valid
                     for j in network.inputs])
     upstream = [rng.standard_normal((batch_size,) + j.unit_shape).astype(network.dtype)
                 for j in network.outputs]

@@ -58,3 +58,37 @@ def test_missing_dataset_is_a_clear_error(tmp_path, capsys, monkeypatch):
 def test_argument_errors(argv):
     with pytest.raises(SystemExit):
         main(argv)
+
+
+def test_train_lstm_on_mackey_glass_reports_mse_beside_the_baseline(capsys):
+    assert main(["train", "--model", "lstm", "--dataset", "mackey-glass", "--epochs", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm on mackey-glass (35192 train / 8798 test)" in out and "lr=0.003" in out
+    mse = float(out.split("test MSE:")[1].split()[0])
+    baseline = float(out.split("previous-value baseline")[1].split(";")[0])
+    assert baseline == pytest.approx(1.337e-3, rel=1e-3)
+    assert mse < 0.5 * baseline  # one epoch; the default four reach about 0.02 of it
+
+
+def test_train_embedding_gru_on_the_adding_problem_then_predict(tmp_path, capsys):
+    import numpy as np
+
+    save = tmp_path / "adding.safetensors"
+    assert main(["train", "--model", "embedding-gru", "--dataset", "adding", "--epochs", "1", "--no-progress",
+                 "--save", str(save)]) == 0
+    out = capsys.readouterr().out
+    assert "embedding-gru on adding (8192 train / 2048 test)" in out
+    assert float(out.split("test accuracy:")[1].split()[0]) > 0.3  # chance is 1/19; five epochs reach 1.0
+    tokens = tmp_path / "tokens.npy"
+    np.save(tokens, np.array([[3, 14, 0, 0, 0, 0, 0, 12, 0, 0]]))  # marked digits 4 and 2
+    assert main(["predict", "--model", str(save), "--input", str(tokens)]) == 0
+    row, cls = capsys.readouterr().out.split()
+    assert row == "0" and 0 <= int(cls) <= 18
+    np.save(tokens, np.zeros((1, 10), np.float32))
+    assert main(["predict", "--model", str(save), "--input", str(tokens)]) == 1
+    assert "reads integer tokens" in capsys.readouterr().err
+
+
+def test_embedding_gru_needs_a_token_dataset(capsys):
+    assert main(["train", "--model", "embedding-gru", "--dataset", "digits", "--epochs", "1"]) == 1
+    assert "token sequences" in capsys.readouterr().err

@@ -142,8 +142,8 @@ def test_predict_warns_on_non_finite_rows_and_can_refuse_them(trained, tmp_path,
     ("epoch", "x", "epoch must be an integer >= 0, got str 'x'"),
     ("epoch", -2, "epoch must be an integer >= 0, got -2"),
     ("seed", 1.5, "seed must be an integer, got float 1.5"),
-    ("dataset", "cifar", "dataset must be one of digits, mnist, fashion-mnist, got str 'cifar'"),
-    ("dataset", 7, "dataset must be one of digits, mnist, fashion-mnist, got int 7"),
+    ("dataset", "cifar", "dataset must be one of digits, mnist, fashion-mnist, mackey-glass, adding, got str 'cifar'"),
+    ("dataset", 7, "dataset must be one of digits, mnist, fashion-mnist, mackey-glass, adding, got int 7"),
     ("model", ["mlp"], "model must be a model name, got list ['mlp']"),
 ])
 def test_resume_with_malformed_metadata_names_file_and_field(trained, tmp_path, capsys, field, value, needle):

@@ -86,6 +86,45 @@ def check_same(backend_name: str, op: str, *arrays) -> None:
                              f"{', '.join(f'{tuple(x.shape)} {x.dtype}' for x in arrays)}")
 
 
+def check_swap(backend_name: str, src, dst) -> None:
+    """Raise ValueError unless dst is src with its two leading axes swapped (same dtype)."""
+    want = (src.shape[1], src.shape[0]) + tuple(src.shape[2:]) if src.ndim >= 2 else None
+    if want is None or tuple(dst.shape) != want or dst.dtype != src.dtype:
+        raise ValueError(f"{backend_name} backend swap_leading_axes: src {tuple(src.shape)} {src.dtype} needs dst "
+                         f"{want} of the same dtype, got {tuple(dst.shape)} {dst.dtype}")
+
+
+def check_embedding(backend_name: str, op: str, indices, table, rows) -> None:
+    """Raise ValueError unless indices are int32 (M,), table (V, D) and rows (M, D) of its dtype."""
+    if (np.dtype(indices.dtype) != np.int32 or indices.ndim != 1 or table.ndim != 2
+            or tuple(rows.shape) != (indices.size, table.shape[1]) or rows.dtype != table.dtype):
+        raise ValueError(f"{backend_name} backend {op}: int32 indices (M,), a table (V, D) and rows (M, D) of "
+                         f"one dtype expected, got {indices.dtype} {tuple(indices.shape)}, {table.dtype} "
+                         f"{tuple(table.shape)}, {rows.dtype} {tuple(rows.shape)}")
+
+
+def check_cell(backend_name: str, op: str, state, blocks: dict, bias=None, bias_blocks: int = 0) -> None:
+    """Raise ValueError unless ``state`` is (N, H) and each array of ``blocks`` {k: [arrays]} is
+    (N, k*H) of its dtype; an optional ``bias`` is (bias_blocks*H,)."""
+    if state.ndim != 2:
+        raise ValueError(f"{backend_name} backend {op}: (rows, hidden) states expected, got {tuple(state.shape)}")
+    rows, hidden = state.shape
+    for k, arrays in blocks.items():
+        for a in arrays:
+            if tuple(a.shape) != (rows, k * hidden) or a.dtype != state.dtype:
+                raise ValueError(f"{backend_name} backend {op}: ({rows}, {k * hidden}) {state.dtype} expected for "
+                                 f"states ({rows}, {hidden}), got {tuple(a.shape)} {a.dtype}")
+    if bias is not None and (tuple(bias.shape) != (bias_blocks * hidden,) or bias.dtype != state.dtype):
+        raise ValueError(f"{backend_name} backend {op}: bias ({bias_blocks * hidden},) expected, got "
+                         f"{tuple(bias.shape)} {bias.dtype}")
+
+
+def check_nonlinearity(backend_name: str, nonlinearity: str) -> None:
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"{backend_name} backend rnn_cell: nonlinearity must be 'tanh' or 'relu', "
+                         f"got {nonlinearity!r}")
+
+
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
     """Output length along one axis of a convolution or pooling window (floor mode, as PyTorch)."""
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
@@ -441,6 +480,57 @@ class Backend(abc.ABC):
                                  accumulate=False, ws=None) -> None:
         """dx (+)= gamma * invstd * (dy - sums[c] / count - xhat * sums[C + c] / count)."""
         raise NotImplementedError(f"{self.name}: batch_norm_backward_data")
+
+    # ------------------------------------------------------------ sequences
+    # Recurrent layers keep their per-step arrays time-major, (T, N, ...), so every step is a
+    # contiguous (N, ...) block; these ops move between that and the batch-first layer layout.
+    def swap_leading_axes(self, src, dst, accumulate=False) -> None:
+        """dst[j, i, ...] (+)= src[i, j, ...]: src (A, B, *rest) into dst (B, A, *rest)."""
+        raise NotImplementedError(f"{self.name}: swap_leading_axes")
+
+    def embedding(self, indices, weight, out) -> None:
+        """out[k, :] = weight[indices[k], :]; indices int32 (M,) already checked to lie in
+        [0, V), weight (V, D), out (M, D)."""
+        raise NotImplementedError(f"{self.name}: embedding")
+
+    def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None) -> None:
+        """dweight (+)= the scatter-sum of the rows of dy (M, D) into rows indices[k] of
+        dweight (V, D); the row ``padding_idx`` (if given) is left as it was (zero when not
+        accumulating): it gets no gradient."""
+        raise NotImplementedError(f"{self.name}: embedding_backward")
+
+    # -------------------------------------------------------- recurrent cells
+    # One time step for a batch of N rows, every array a contiguous (N, k*H) block, gate order
+    # PyTorch's. ``xw`` is the step's input projection x_t @ W_ih^T + b_ih (the layer makes it
+    # for all steps with one GEMM), ``hw`` = h_prev @ W_hh^T (one GEMM per step, no bias),
+    # ``bias_hh`` the hidden bias (G*H,) or None. Sigmoid is 0.5 * (1 + tanh(x / 2)).
+    def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity: str) -> None:
+        """h = act(xw + hw + b_hh), act "tanh" or "relu" (its backward is tanh_/relu_backward)."""
+        raise NotImplementedError(f"{self.name}: rnn_cell")
+
+    def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None) -> None:
+        """xw, hw, gates (N, 4H); c_prev, c, h (N, H). With a = xw + hw + b_hh:
+        gates = [sigmoid(a_i), sigmoid(a_f), tanh(a_g), sigmoid(a_o)] (kept for the backward),
+        c = f * c_prev + i * g, h = o * tanh(c)."""
+        raise NotImplementedError(f"{self.name}: lstm_cell")
+
+    def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None) -> None:
+        """From dh, dc (gradients of this step's h and c; dc carries the later steps' part) to
+        dgates (N, 4H), the gradient of the pre-activations a (= of xw, hw and both biases),
+        and dc_prev = dc_total * f. ``dc_prev`` may be ``dc`` itself (updated in place)."""
+        raise NotImplementedError(f"{self.name}: lstm_cell_backward")
+
+    def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None) -> None:
+        """xw, hw (N, 3H); gates (N, 4H) receives [r, z, n, hn] for the backward, where
+        r = sigmoid(xw_r + hw_r + b_hr), z likewise, hn = hw_n + b_hn,
+        n = tanh(xw_n + r * hn) (torch's reset inside the product), h = (1 - z) * n + z * h_prev."""
+        raise NotImplementedError(f"{self.name}: gru_cell")
+
+    def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None) -> None:
+        """From dh (gradient of this step's h) to dxw (N, 3H), the gradient of xw (and b_ih),
+        dhw (N, 3H), that of hw + b_hh, and dh_prev = dh * z, the direct path only (the layer
+        adds dhw @ W_hh). ``dh_prev`` may be ``dh`` itself."""
+        raise NotImplementedError(f"{self.name}: gru_cell_backward")
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset: int, accumulate=False) -> None:

@@ -13,17 +13,22 @@ from ..distributed.sharding import shard_order
 
 @dataclass
 class Dataset:
-    """Inputs ``x`` (N, *unit_shape) float32 and integer labels ``y`` (N,)."""
+    """Inputs ``x`` (N, *unit_shape) (float32, or integer tokens below ``vocab``) and targets
+    ``y``: integer labels (N,) for ``task="classification"``, float rows for ``"regression"``."""
 
     x: np.ndarray
     y: np.ndarray
     name: str = "dataset"
     classes: int = 0
+    task: str = "classification"
+    vocab: int = 0  # token inputs: how many distinct tokens (an Embedding's num_embeddings)
 
     def __post_init__(self):
         if len(self.x) != len(self.y):
             raise ValueError(f"{self.name}: {len(self.x)} inputs but {len(self.y)} labels")
-        if not self.classes:
+        if self.task not in ("classification", "regression"):
+            raise ValueError(f"{self.name}: task must be 'classification' or 'regression', got {self.task!r}")
+        if not self.classes and self.task == "classification":
             self.classes = int(self.y.max()) + 1 if len(self.y) else 0
 
     def __len__(self) -> int:
@@ -32,6 +37,11 @@ class Dataset:
     @property
     def input_shape(self) -> tuple:
         return tuple(self.x.shape[1:])
+
+    @property
+    def outputs(self) -> int:
+        """The width a model's output needs: the classes, or the regression target's size."""
+        return self.classes if self.task == "classification" else int(np.prod(self.y.shape[1:]))
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
                 drop_last: bool = True, rank: int = 0, size: int = 1):
@@ -57,8 +67,8 @@ class Dataset:
         order = np.random.default_rng(seed).permutation(len(self))
         cut = int(round(len(self) * fraction))
         a, b = order[:cut], order[cut:]
-        return (Dataset(self.x[a], self.y[a], f"{self.name}[:{cut}]", self.classes),
-                Dataset(self.x[b], self.y[b], f"{self.name}[{cut}:]", self.classes))
+        return (Dataset(self.x[a], self.y[a], f"{self.name}[:{cut}]", self.classes, self.task, self.vocab),
+                Dataset(self.x[b], self.y[b], f"{self.name}[{cut}:]", self.classes, self.task, self.vocab))
 
 
 _DIGITS = Path(__file__).with_name("digits.npz")

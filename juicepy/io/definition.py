@@ -56,6 +56,7 @@ def network_definition(network) -> dict:
     root = ref(network.root)
     return {"format": FORMAT, "version": VERSION, "dtype": np.dtype(network.dtype).name,
             "seed": network.seed, "input_shapes": [list(s) for s in network.input_shapes],
+            "input_dtypes": [np.dtype(d).name for d in network.input_dtypes],
             "root": root, "layers": table}
 
 
@@ -123,7 +124,8 @@ def build_network(doc):
         seed = doc.get("seed", 0)
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise DefinitionError(f"seed must be an integer, got {seed!r}")
-        return Network(root, [tuple(s) for s in input_shapes], dtype=np.dtype(doc["dtype"]), seed=seed)
+        return Network(root, [tuple(s) for s in input_shapes], dtype=np.dtype(doc["dtype"]), seed=seed,
+                       input_dtype=doc.get("input_dtypes"))
     except DefinitionError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, IndexError, RecursionError) as err:

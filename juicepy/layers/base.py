@@ -3,7 +3,7 @@ backend and a per-placement context on every call."""
 
 from __future__ import annotations
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from ..net.descriptor import GraphBuilder, Junction
 
 
@@ -18,6 +18,8 @@ class Layer:
     """
 
     n_inputs = 1  # None: any number >= 1 (merge layers)
+    #: True for layers that read integer indices (Embedding) instead of float values
+    integer_input = False
     #: False when compute_output changes host-side state each pass (BatchNorm's batch counter):
     #: a recorded graph would not replay that, so such networks run op by op
     capturable = True
@@ -48,6 +50,14 @@ class Layer:
         elif len(in_shapes) != self.n_inputs:
             raise ShapeError(f"{path or '<root>'}: {type(self).__name__} takes {self.n_inputs} "
                              f"input(s), got {len(in_shapes)}")
+        for j in inputs:
+            if (j.dtype.kind in "iu") != self.integer_input:
+                raise DTypeError(
+                    f"{path or '<root>'}: {type(self).__name__} takes integer indices, got {j.dtype} values; "
+                    f"declare the network input as integers (input_dtype=np.int64 or Input(..., dtype=np.int64))"
+                    if self.integer_input else
+                    f"{path or '<root>'}: {type(self).__name__} takes float values, got integer indices "
+                    f"({j.dtype}); an Embedding turns indices into vectors")
         if self._built_for is None:
             out_shapes = [tuple(s) for s in self.infer_shapes(in_shapes, path)]
             self.create_params(in_shapes, graph)
@@ -78,6 +88,10 @@ class Layer:
     def params(self) -> dict:
         """Local name -> LearnableParams (trainable params and non-trained buffers)."""
         return {}
+
+    def check_input_values(self, path: str, index: int, values) -> None:
+        """Refuse bad integer inputs (host array ``values`` of network input feeding input
+        ``index`` of this layer) before anything changes: raise naming ``path``."""
 
     def training_state(self) -> list:
         """The params a training forward pass changes in place (BatchNorm's running statistics

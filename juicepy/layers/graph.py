@@ -16,6 +16,8 @@ from __future__ import annotations
 import itertools
 import re
 
+import numpy as np
+
 from .. import arguments
 from ..errors import ShapeError
 from ..net.descriptor import join_path
@@ -28,12 +30,13 @@ _sequence = itertools.count()  # creation order: always a valid topological orde
 class Symbol:
     """A symbolic value: a network input or the output of one layer call."""
 
-    __slots__ = ("call", "input_shape", "name", "_seq")
+    __slots__ = ("call", "input_shape", "name", "dtype", "_seq")
 
-    def __init__(self, call=None, input_shape=None, name=None):
+    def __init__(self, call=None, input_shape=None, name=None, dtype=None):
         self.call = call
         self.input_shape = input_shape
         self.name = name
+        self.dtype = dtype
         self._seq = next(_sequence)
 
     def __add__(self, other):
@@ -57,10 +60,11 @@ class Symbol:
         return f"<Symbol {type(self.call.layer).__name__} output>"
 
 
-def Input(shape, name: str | None = None) -> Symbol:
-    """A network input of unit shape ``shape`` (no batch axis)."""
+def Input(shape, name: str | None = None, dtype=None) -> Symbol:
+    """A network input of unit shape ``shape`` (no batch axis); ``dtype`` an integer type for
+    indices (an Embedding reads them), default the network's float type."""
     shape = arguments.shape("Input", "shape", shape)
-    return Symbol(input_shape=shape, name=name)
+    return Symbol(input_shape=shape, name=name, dtype=None if dtype is None else np.dtype(dtype))
 
 
 def concat(*values, name: str | None = None) -> Symbol:
@@ -127,6 +131,11 @@ class Graph(Layer):
     def input_shapes(self) -> list:
         return [s.input_shape for s in self.inputs]
 
+    @property
+    def input_dtypes(self) -> list:
+        """Each input's declared dtype (None: the network's float type)."""
+        return [s.dtype for s in self.inputs]
+
     def _collect(self) -> list:
         listed = {id(s) for s in self.inputs}
         seen, calls, stack = set(), [], list(self.outputs)
@@ -192,6 +201,7 @@ class Graph(Layer):
             ids[id(call.output)] = len(self.inputs) + k
         return {
             "inputs": [list(s) for s in self.input_shapes],
+            "input_dtypes": [None if d is None else d.name for d in self.input_dtypes],
             "calls": [{"layer": c.layer, "args": [ids[id(a)] for a in c.args], "name": name}
                       for c, name in zip(self.calls, self.paths)],
             "outputs": [ids[id(s)] for s in self.outputs],
@@ -199,7 +209,8 @@ class Graph(Layer):
 
     @classmethod
     def from_config(cls, config):
-        symbols = [Input(shape) for shape in config["inputs"]]
+        dtypes = config.get("input_dtypes") or [None] * len(config["inputs"])
+        symbols = [Input(shape, dtype=dt) for shape, dt in zip(config["inputs"], dtypes)]
         for call in config["calls"]:
             symbols.append(apply_layer(call["layer"], [symbols[i] for i in call["args"]], name=call["name"]))
         return Graph(symbols[:len(config["inputs"])], [symbols[i] for i in config["outputs"]])

@@ -22,15 +22,15 @@ class Linear(Layer):
         self.bias: LearnableParams | None = None
 
     def infer_shape(self, unit_shape, path):
-        if len(unit_shape) != 1:
-            raise ShapeError(f"{path}: Linear expects unit shape (features,), got {unit_shape}; "
-                             f"put a Flatten before it")
-        if self.in_features is not None and self.in_features != unit_shape[0]:
+        if len(unit_shape) not in (1, 2):
+            raise ShapeError(f"{path}: Linear expects unit shape (features,) or (seq_len, features), got "
+                             f"{unit_shape}; put a Flatten before it")
+        if self.in_features is not None and self.in_features != unit_shape[-1]:
             raise ShapeError(f"{path}: Linear expects unit shape ({self.in_features},), got {unit_shape}")
-        return (self.out_features,)
+        return tuple(unit_shape[:-1]) + (self.out_features,)
 
     def create_params(self, input_shapes, graph):
-        fan_in = self.in_features = input_shapes[0][0]
+        fan_in = self.in_features = input_shapes[0][-1]
         shape = (self.out_features, fan_in)
         self.weight = LearnableParams(initializers.make(self.weight_init, graph.rng, shape, fan_in,
                                                         self.out_features, graph.dtype))
@@ -41,22 +41,29 @@ class Linear(Layer):
     def params(self):
         return {"weight": self.weight, "bias": self.bias} if self.use_bias else {"weight": self.weight}
 
+    @staticmethod
+    def _rows(backend, ctx, arr):
+        """A (seq_len, features) unit acts on its last axis, as torch's Linear: one row per step."""
+        if arr.ndim == 2:
+            return arr
+        return backend.reshape(arr, (ctx.batch_size * arr.shape[1], arr.shape[2]))
+
     def compute_output(self, backend, ctx):
-        y = ctx.output()
-        backend.gemm(ctx.input(), ctx.param(self.weight), y, trans_b=True)
+        y = self._rows(backend, ctx, ctx.output())
+        backend.gemm(self._rows(backend, ctx, ctx.input()), ctx.param(self.weight), y, trans_b=True)
         if self.use_bias:
             backend.add_bias(y, ctx.param(self.bias))
 
     def compute_gradients(self, backend, ctx):
-        dy = ctx.output_grad()
+        dy = self._rows(backend, ctx, ctx.output_grad())
         dw, acc = ctx.param_grad_target(self.weight)
         if dw is not None:
-            backend.gemm(dy, ctx.input(), dw, trans_a=True, beta=float(acc), ws=ctx.ws)
+            backend.gemm(dy, self._rows(backend, ctx, ctx.input()), dw, trans_a=True, beta=float(acc), ws=ctx.ws)
         if self.use_bias:
             bias_gradient(backend, ctx, self.bias, dy)
         dx, acc = ctx.input_grad_target()
         if dx is not None:
-            backend.gemm(dy, ctx.param(self.weight), dx, beta=float(acc), ws=ctx.ws)
+            backend.gemm(dy, ctx.param(self.weight), self._rows(backend, ctx, dx), beta=float(acc), ws=ctx.ws)
 
     def config(self):
         return {"out_features": self.out_features, "bias": self.use_bias, "in_features": self.in_features}

@@ -207,7 +207,7 @@ class Context:
         input_ids = {j.index for j in network.inputs}
         self._grads = [
             backend.empty((n,) + j.unit_shape, j.dtype)
-            if training and (input_grads or j.index not in input_ids) else None
+            if training and j.dtype.kind == "f" and (input_grads or j.index not in input_ids) else None
             for j in network.junctions
         ]
         self._written = [False] * len(network.junctions)

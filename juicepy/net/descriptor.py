@@ -66,8 +66,10 @@ class GraphBuilder:
         self.params: dict[str, LearnableParams] = {}  # first path of each distinct param
         self._param_ids: set[int] = set()
 
-    def junction(self, unit_shape, producer: str) -> Junction:
-        j = Junction(len(self.junctions), tuple(int(d) for d in unit_shape), self.dtype, producer)
+    def junction(self, unit_shape, producer: str, dtype=None) -> Junction:
+        """A new junction; ``dtype`` defaults to the graph's float type (int32: indices)."""
+        dtype = self.dtype if dtype is None else np.dtype(dtype)
+        j = Junction(len(self.junctions), tuple(int(d) for d in unit_shape), dtype, producer)
         self.junctions.append(j)
         return j
 

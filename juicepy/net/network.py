@@ -30,6 +30,24 @@ class ParamGroup:
     offsets: list
 
 
+def _input_dtypes(input_dtype, count: int, dtype: np.dtype) -> list:
+    """The junction dtype of each input: the network's float type, or int32 for indices."""
+    given = input_dtype if isinstance(input_dtype, (list, tuple)) else [input_dtype] * count
+    if len(given) != count:
+        raise ShapeError(f"input_dtype lists {len(given)} dtype(s) for {count} input(s)")
+    dtypes = []
+    for i, d in enumerate(given):
+        d = dtype if d is None else np.dtype(d)
+        if d.kind in "iu":
+            dtypes.append(np.dtype(np.int32))  # indices travel as int32 on every backend
+        elif d == dtype:
+            dtypes.append(d)
+        else:
+            raise DTypeError(f"input {i}: input_dtype must be an integer type (indices) or the network's "
+                             f"{dtype}, got {d}")
+    return dtypes
+
+
 def _as_shape_list(input_shape) -> list[tuple]:
     if isinstance(input_shape, (tuple, list)) and len(input_shape) and all(
             isinstance(s, (tuple, list)) for s in input_shape):
@@ -53,13 +71,14 @@ class Network:
     graphs = True
 
     def __init__(self, root=None, input_shape=None, dtype=np.float32, seed: int = 0, *,
-                 inputs=None, outputs=None):
+                 input_dtype=None, inputs=None, outputs=None):
         if inputs is not None or outputs is not None:  # the functional builder
             if root is not None or input_shape is not None or inputs is None or outputs is None:
                 raise TypeError("Network takes either (root, input_shape) or inputs= and outputs= "
                                 "(symbolic values from juicepy.Input)")
             root = _functional_root(inputs, outputs)
             input_shape = root.input_shapes
+            input_dtype = root.input_dtypes
         elif root is None or input_shape is None:
             raise TypeError("Network needs a root layer and the input unit shape (or inputs=, outputs=)")
         if not hasattr(root, "expand"):
@@ -75,7 +94,9 @@ class Network:
                              f"juicepy's backends compute in), got {self.dtype.name}")
         self.seed = arguments.integer("Network", "seed", seed)
         graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
-        self.inputs = [graph.junction(shape, "<input>") for shape in _as_shape_list(input_shape)]
+        shapes = _as_shape_list(input_shape)
+        self.inputs = [graph.junction(shape, "<input>", d)
+                       for shape, d in zip(shapes, _input_dtypes(input_dtype, len(shapes), self.dtype))]
         self.outputs = list(root.expand(graph, "", self.inputs))
         self._finish(graph)
 
@@ -84,6 +105,9 @@ class Network:
         self.nodes = graph.nodes
         self.params = graph.params  # dotted path -> LearnableParams, each distinct param once
         self._nodes_by_path = {n.path: n for n in self.nodes}
+        # (layer input index, node) of every placement reading each integer network input
+        self._index_readers = {j.index: [(k, n) for n in self.nodes for k, i in enumerate(n.descriptor.inputs)
+                                         if i is j] for j in self.inputs if j.dtype.kind == "i"}
         self._groups: dict = {}
         # (backend, capacity) -> inference Context / GraphReplay of it, least recently used first
         self._contexts: OrderedDict = OrderedDict()
@@ -110,6 +134,11 @@ class Network:
     @property
     def input_shapes(self) -> list:
         return [j.unit_shape for j in self.inputs]
+
+    @property
+    def input_dtypes(self) -> list:
+        """Each input's dtype: the network's float type, or int32 for indices."""
+        return [j.dtype for j in self.inputs]
 
     @property
     def output_shapes(self) -> list:
@@ -216,13 +245,27 @@ class Network:
             on_device = backend is not None and backend.is_array(x)
             if not on_device:
                 x = np.asarray(x)
-            check_array(name, x, junction.unit_shape, self.dtype, batch_size)
+            check_array(name, x, junction.unit_shape, junction.dtype, batch_size)
+            if junction.dtype.kind == "i":
+                checked.append(self._checked_indices(name, x, junction, backend, on_device))
+                continue
             if check_finite:
                 finite = backend.all_finite(x) if on_device else host_all_finite(x)
                 if not finite:
                     raise NonFiniteError(f"{name}: contains NaN or Inf (the finite-input guard is on)")
             checked.append(x)
         return checked
+
+    def _checked_indices(self, name, x, junction, backend, on_device):
+        """Integer inputs: every layer reading them checks the values (an Embedding its range);
+        host arrays come back as int32, the dtype the device buffers hold."""
+        on_device = on_device and not isinstance(x, np.ndarray)  # NumPy's "device" arrays are host arrays
+        if on_device and np.dtype(x.dtype) != junction.dtype:
+            raise DTypeError(f"{name}: a device array of indices must be {junction.dtype}, got {x.dtype}")
+        host = backend.to_host(x) if on_device else x
+        for k, node in self._index_readers[junction.index]:
+            node.layer.check_input_values(node.path, k, host)
+        return x if on_device else host.astype(junction.dtype, copy=False)
 
     def transform(self, backend, inputs, check_finite: bool = False):
         """Inference (eval mode) on any number of rows; returns host array(s).
@@ -359,7 +402,8 @@ class Network:
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         lines.insert(1, "  ".join("-" * w for w in widths))
-        lines.append(f"input {self.input_shapes}  output {self.output_shapes}  "
+        ints = [i for i, j in enumerate(self.inputs) if j.dtype.kind == "i"]
+        lines.append(f"input {self.input_shapes}{f' (integer indices: input {ints})' if ints else ''}  output {self.output_shapes}  "
                      f"trainable params {self.num_params():,}  dtype {self.dtype}")
         return "\n".join(lines)
 
@@ -417,6 +461,10 @@ def check_array(name: str, x, unit_shape: tuple, dtype, batch_size: int | None =
         raise ShapeError(f"{name}: expected shape (batch, {', '.join(map(str, unit_shape))}), got {shape}")
     if batch_size is not None and shape[0] != batch_size:
         raise ShapeError(f"{name}: expected a batch of {batch_size} rows, got {shape[0]}")
+    if np.dtype(dtype).kind == "i":
+        if np.dtype(x.dtype).kind not in "iu":
+            raise DTypeError(f"{name}: expected integer indices, got dtype {np.dtype(x.dtype)}")
+        return
     if np.dtype(x.dtype) != np.dtype(dtype):
         raise DTypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {np.dtype(x.dtype)} "
                          f"(convert with x.astype(np.{np.dtype(dtype).name}))")

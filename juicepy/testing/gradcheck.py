@@ -36,7 +36,8 @@ def _loss_and_grads(net, backend, x, upstream, step, need_params=True):
     for i, g in enumerate(upstream):
         backend.write(ctx.loss_grad(i), g)
     ctx.backward()
-    input_grads = [backend.to_host(ctx.input_grad(i)) for i in range(len(net.inputs))]
+    input_grads = [backend.to_host(ctx.input_grad(i)) if j.dtype.kind == "f" else None  # no gradient of indices
+                   for i, j in enumerate(net.inputs)]
     param_grads = {name: backend.to_host(ctx.param_grad(name))
                    for name, p in net.params.items() if p.trainable} if need_params else {}
     return outputs, input_grads, param_grads
@@ -94,6 +95,8 @@ def numeric_check(net, backend, x, upstream, eps=1e-6, max_coords=60, seed=0, st
 
     worst_in = 0.0
     for xk, grad in zip(x, input_grads):
+        if grad is None:  # indices: nothing to differentiate
+            continue
         flat = xk.reshape(-1)
         worst_in = max(worst_in, finite_difference_error(flat, grad.reshape(-1), objective,
                                                          _sample(flat.size, max_coords, rng), eps))
@@ -116,6 +119,8 @@ def random_inputs(net, batch_size, seed=0, scale=1.0, distinct=False):
     inputs = []
     for j in net.inputs:
         shape = (batch_size,) + j.unit_shape
+        if j.dtype.kind != "f":
+            raise ValueError("random_inputs: the network takes integer indices; pass inputs= with valid ones")
         if distinct:
             size = int(np.prod(shape))
             values = (rng.permutation(size) / max(size - 1, 1) * 2.0 - 1.0) * scale
@@ -145,14 +150,17 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
     Raises AssertionError with the details on any failure.
     """
     numpy_backend = get_backend("numpy")
-    net64 = Network(copy.deepcopy(layer), input_shape, dtype=np.float64, seed=seed)
+    # integer arrays among ``inputs`` are indices (an Embedding's): those inputs are declared integer
+    input_dtype = None if inputs is None else [np.asarray(a).dtype if np.asarray(a).dtype.kind in "iu" else None
+                                               for a in inputs]
+    net64 = Network(copy.deepcopy(layer), input_shape, dtype=np.float64, seed=seed, input_dtype=input_dtype)
     report = LayerReport(output_shapes=net64.output_shapes)
     if expected_output_shape is not None:
         want_shapes = [tuple(expected_output_shape)] if not isinstance(expected_output_shape[0], (tuple, list)) \
             else [tuple(s) for s in expected_output_shape]
         assert net64.output_shapes == want_shapes, f"output unit shapes {net64.output_shapes}, expected {want_shapes}"
 
-    x64 = [a.astype(np.float64) for a in inputs] if inputs is not None else random_inputs(net64, batch_size, seed, input_scale, distinct_inputs)
+    x64 = [_as_float(a, np.float64) for a in inputs] if inputs is not None else random_inputs(net64, batch_size, seed, input_scale, distinct_inputs)
     rng = np.random.default_rng(seed + 1)
     upstream = [rng.standard_normal((x64[0].shape[0],) + j.unit_shape) for j in net64.outputs]
 
@@ -169,7 +177,7 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
             diff = float(np.max(np.abs(out - want) / (1.0 + np.abs(want)))) if want.size else 0.0
             assert diff < expected_tol, f"numpy: output {k} differs from expected by {diff:.3g}"
     for g, xk in zip(in_grads, x64):
-        assert g.shape == xk.shape, f"input gradient shape {g.shape}, input {xk.shape}"
+        assert g is None or g.shape == xk.shape, f"input gradient shape {g.shape}, input {xk.shape}"
 
     report.max_input_error, report.max_param_error = numeric_check(
         net64, numpy_backend, x64, upstream, max_coords=max_coords, seed=seed)
@@ -182,8 +190,8 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
         assert np.array_equal(a, b), "forward is not deterministic"
 
     # parity with NumPy in float32, the same params object on every backend
-    net32 = Network(copy.deepcopy(layer), input_shape, dtype=np.float32, seed=seed)
-    x32 = [a.astype(np.float32) for a in x64]
+    net32 = Network(copy.deepcopy(layer), input_shape, dtype=np.float32, seed=seed, input_dtype=input_dtype)
+    x32 = [_as_float(a, np.float32) for a in x64]
     up32 = [u.astype(np.float32) for u in upstream]
     reference = _loss_and_grads(net32, numpy_backend, x32, up32, step=0)
     names = available_backends() if backends is None else list(backends)
@@ -199,11 +207,19 @@ def check_layer(layer, input_shape, backends=None, batch_size: int = 2, seed: in
         for ref_group, got_group, what in zip(reference, got, ("output", "input grad", "param grad")):
             ref_items = ref_group.items() if isinstance(ref_group, dict) else enumerate(ref_group)
             for key, ref in ref_items:
+                if ref is None:  # indices have no gradient
+                    continue
                 diff = float(np.max(np.abs(got_group[key] - ref) / (1.0 + np.abs(ref)))) if ref.size else 0.0
                 assert diff < parity_tol, f"{name}: {what} {key} differs from numpy by {diff:.3g}"
                 worst = max(worst, diff)
         report.parity[name] = worst
     return report
+
+
+def _as_float(a, dtype):
+    """Float inputs in ``dtype``; integer indices stay as they are."""
+    a = np.asarray(a)
+    return a.astype(dtype) if a.dtype.kind == "f" else a
 
 
 def check_loss(loss, output_shape, targets, backends=None, seed: int = 0, grad_tol: float = 1e-6,

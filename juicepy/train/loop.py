@@ -21,7 +21,8 @@ from .metrics import accuracy
 def fit_epoch(trainer, backend, dataset, epoch: int = 0, seed: int = 0, progress: bool = True,
               desc: str | None = None) -> dict:
     """One pass over ``dataset`` in shuffled batches of ``trainer.batch_size`` (the last partial
-    batch is dropped); returns mean loss, train accuracy and samples/s (all ranks together)."""
+    batch is dropped); returns mean loss, train accuracy (None for a regression dataset) and
+    samples/s (all ranks together)."""
     backend = get_backend(backend)
     replicas = DataParallel(trainer.communicator)
     shard = replicas.shard
@@ -34,21 +35,26 @@ def fit_epoch(trainer, backend, dataset, epoch: int = 0, seed: int = 0, progress
                disable=not progress or shard.get("rank", 0) != 0,
                desc=desc or f"epoch {epoch + 1}", leave=True, dynamic_ncols=True)
     losses, correct, seen = 0.0, 0, 0
+    classify = getattr(dataset, "task", "classification") == "classification"
     start = time.perf_counter()
     for x, y in dataset.batches(trainer.batch_size, shuffle=True, seed=seed, epoch=epoch, **shard):
         loss, outputs = trainer.train_minibatch(backend, x, y)  # loss: the mean over ranks
         losses += loss * len(y)
-        correct += int(np.sum(np.argmax(backend.to_host(outputs), axis=1) == y))
         seen += len(y)
         bar.update(len(y) * size)
-        bar.set_postfix(loss=f"{losses / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+        if classify:
+            correct += int(np.sum(np.argmax(backend.to_host(outputs), axis=1) == y))
+            bar.set_postfix(loss=f"{losses / seen:.4f}", acc=f"{correct / seen:.3f}", refresh=False)
+        else:
+            bar.set_postfix(loss=f"{losses / seen:.3g}", refresh=False)
     elapsed = time.perf_counter() - start
     bar.close()
     if replicas.active:
         correct, seen_all = (int(v) for v in trainer.communicator.allreduce_host(np.array([correct, seen])))
         elapsed = float(trainer.communicator.allreduce_host(np.array([elapsed]), "max")[0])
-        return {"loss": losses / seen, "accuracy": correct / seen_all, "samples_per_s": seen_all / elapsed}
-    return {"loss": losses / seen, "accuracy": correct / seen, "samples_per_s": seen / elapsed}
+        return {"loss": losses / seen, "accuracy": correct / seen_all if classify else None,
+                "samples_per_s": seen_all / elapsed}
+    return {"loss": losses / seen, "accuracy": correct / seen if classify else None, "samples_per_s": seen / elapsed}
 
 
 def evaluate(network, backend, dataset, communicator=None) -> float:
@@ -73,4 +79,17 @@ def evaluate_loss(network, loss, backend, dataset) -> tuple[float, float]:
     grads = np.empty_like(outputs)
     count = loss.count(len(dataset), network.output_shape)
     loss.compute(host, outputs, targets, losses, grads, 1.0 / count, Workspace())
-    return float(losses.sum(dtype=np.float64)) / count, accuracy(outputs, dataset.y)
+    classify = getattr(dataset, "task", "classification") == "classification"
+    return float(losses.sum(dtype=np.float64)) / count, accuracy(outputs, dataset.y) if classify else None
+
+
+def mean_squared_error(network, backend, dataset) -> float:
+    """Mean squared error of ``network`` (eval mode) on a regression ``dataset``."""
+    pred = network.transform(backend, dataset.x).astype(np.float64)
+    return float(np.mean((pred - dataset.y.reshape(pred.shape)) ** 2))
+
+
+def previous_value_mse(dataset) -> float:
+    """The baseline of next-value prediction: the last input step as the forecast."""
+    last = dataset.x[:, -1].astype(np.float64).reshape(dataset.y.shape)
+    return float(np.mean((last - dataset.y) ** 2))

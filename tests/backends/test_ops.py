@@ -933,6 +933,183 @@ def test_channel_ops_refuse_an_out_of_range_offset(ops_backend):
         b.slice_channels(b.zeros((3, 7, 4)), b.zeros((3, 2, 5)), 0)
 
 
+# ======================================================================== sequences
+def _sig(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4), (4, 2, 1, 3), (1, 7, 6), (5, 3)])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_swap_leading_axes(ops_backend, dtype, rng, shape, accumulate, layout):
+    src = rng.standard_normal(shape)
+    dst0 = rng.standard_normal((shape[1], shape[0]) + shape[2:])
+    placed = Placed(ops_backend, [src, dst0], dtype, layout)
+    ops_backend.swap_leading_axes(placed.devs[0], placed.devs[1], accumulate=accumulate)
+    np.testing.assert_allclose(placed.host(1), np.swapaxes(src, 0, 1) + (dst0 if accumulate else 0), **tolerance(dtype))
+    placed.check_sentinels()
+
+
+@pytest.mark.parametrize("padding_idx", [None, 2])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_embedding_gather_and_scatter(ops_backend, dtype, rng, padding_idx, accumulate, layout):
+    idx = np.array([2, 0, 2, 5, 5, 5, 1, 2, 8], np.int32)  # repeats add up; rows 3, 4, 6, 7 unused
+    weight, dy, dw0 = rng.standard_normal((9, 4)), rng.standard_normal((idx.size, 4)), rng.standard_normal((9, 4))
+    out0 = rng.standard_normal((idx.size, 4))
+    placed = Placed(ops_backend, [weight, out0, dy, dw0], dtype, layout)
+    indices = ops_backend.from_host(idx)
+    ops_backend.embedding(indices, placed.devs[0], placed.devs[1])
+    np.testing.assert_array_equal(placed.host(1), weight.astype(dtype)[idx])
+    ops_backend.embedding_backward(indices, placed.devs[2], placed.devs[3], padding_idx, accumulate)
+    want = dw0.copy() if accumulate else np.zeros((9, 4))
+    for k, i in enumerate(idx):
+        if i != padding_idx:
+            want[i] += dy[k]
+    np.testing.assert_allclose(placed.host(3), want, **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def _cell_inputs(rng, n, hid, blocks):
+    """xw (spread wider, so some gates sit near their flat ends), hw and b_hh of a cell with
+    ``blocks`` gate blocks."""
+    return (rng.standard_normal((n, blocks * hid)) * 2, rng.standard_normal((n, blocks * hid)),
+            rng.standard_normal(blocks * hid))
+
+
+def _lstm_reference(xw, hw, b, c_prev, dh, dc):
+    hid = c_prev.shape[1]
+    a = xw + hw + (0.0 if b is None else b)
+    i, f, g, o = (a[:, k * hid:(k + 1) * hid] for k in range(4))
+    i, f, g, o = _sig(i), _sig(f), np.tanh(g), _sig(o)
+    c = f * c_prev + i * g
+    tc = np.tanh(c)
+    dct = dc + dh * o * (1 - tc ** 2)
+    dgates = np.concatenate([dct * g * i * (1 - i), dct * c_prev * f * (1 - f), dct * i * (1 - g ** 2),
+                             dh * tc * o * (1 - o)], axis=1)
+    return np.concatenate([i, f, g, o], axis=1), c, o * tc, dgates, dct * f
+
+
+def _gru_reference(xw, hw, b, h_prev, dh):
+    hid = h_prev.shape[1]
+    b = np.zeros(3 * hid) if b is None else b
+    r = _sig(xw[:, :hid] + hw[:, :hid] + b[:hid])
+    z = _sig(xw[:, hid:2 * hid] + hw[:, hid:2 * hid] + b[hid:2 * hid])
+    hn = hw[:, 2 * hid:] + b[2 * hid:]
+    n = np.tanh(xw[:, 2 * hid:] + r * hn)  # torch: the reset gate multiplies W_hn h + b_hn
+    dn = dh * (1 - z) * (1 - n ** 2)
+    dz = dh * (h_prev - n) * z * (1 - z)
+    dr = dn * hn * r * (1 - r)
+    return (np.concatenate([r, z, n, hn], axis=1), (1 - z) * n + z * h_prev,
+            np.concatenate([dr, dz, dn], axis=1), np.concatenate([dr, dz, dn * r], axis=1), dh * z)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rnn_cell(ops_backend, dtype, rng, nonlinearity, with_bias, layout):
+    n, hid = 5, 7
+    xw, hw, b, h0 = (rng.standard_normal(s) for s in ((n, hid), (n, hid), (hid,), (n, hid)))
+    placed = Placed(ops_backend, [xw, hw, b, h0], dtype, layout)
+    ops_backend.rnn_cell(placed.devs[0], placed.devs[1], placed.devs[2] if with_bias else None, placed.devs[3],
+                         nonlinearity)
+    a = xw + hw + (b if with_bias else 0.0)
+    np.testing.assert_allclose(placed.host(3), np.tanh(a) if nonlinearity == "tanh" else np.maximum(a, 0),
+                               **tolerance(dtype))
+    placed.check_sentinels()
+
+
+#: the cases of every fused cell: with and without the hidden bias, fresh arrays and views
+CELL_CASES = pytest.mark.parametrize("with_bias, layout", [(b, lay) for b in (True, False) for lay in LAYOUTS])
+
+
+@CELL_CASES
+def test_lstm_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
+    n, hid = 6, 5
+    xw, hw, b = _cell_inputs(rng, n, hid, 4)
+    c_prev, dh, dc = (rng.standard_normal((n, hid)) for _ in range(3))
+    gates_ref, c_ref, h_ref, dg_ref, dcp_ref = _lstm_reference(xw, hw, b if with_bias else None, c_prev, dh, dc)
+    junk = rng.standard_normal((n, 4 * hid)), rng.standard_normal((n, hid))
+    placed = Placed(ops_backend, [xw, hw, b, c_prev, junk[0], junk[1], junk[1], gates_ref, c_ref, dh, dc, junk[0]],
+                    dtype, layout)
+    d = placed.devs
+    ops_backend.lstm_cell(d[0], d[1], d[2] if with_bias else None, d[3], d[4], d[5], d[6])
+    for i, want in ((4, gates_ref), (5, c_ref), (6, h_ref)):
+        np.testing.assert_allclose(placed.host(i), want, **tolerance(dtype))
+    ops_backend.lstm_cell_backward(d[7], d[3], d[8], d[9], d[10], d[11], d[10])  # dc_prev over dc, in place
+    np.testing.assert_allclose(placed.host(11), dg_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(10), dcp_ref, **tolerance(dtype))
+    placed.check_sentinels()
+
+
+@CELL_CASES
+def test_gru_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
+    n, hid = 4, 6
+    xw, hw, b = _cell_inputs(rng, n, hid, 3)
+    h_prev, dh = rng.standard_normal((n, hid)), rng.standard_normal((n, hid))
+    gates_ref, h_ref, dxw_ref, dhw_ref, dhp_ref = _gru_reference(xw, hw, b if with_bias else None, h_prev, dh)
+    junk = rng.standard_normal((n, 4 * hid)), rng.standard_normal((n, hid)), rng.standard_normal((n, 3 * hid))
+    placed = Placed(ops_backend, [xw, hw, b, h_prev, junk[0], junk[1], gates_ref, dh, junk[2], junk[2]], dtype, layout)
+    d = placed.devs
+    ops_backend.gru_cell(d[0], d[1], d[2] if with_bias else None, d[3], d[4], d[5])
+    np.testing.assert_allclose(placed.host(4), gates_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(5), h_ref, **tolerance(dtype))
+    ops_backend.gru_cell_backward(d[6], d[3], d[7], d[8], d[9], d[7])  # dh_prev over dh, in place
+    np.testing.assert_allclose(placed.host(8), dxw_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(9), dhw_ref, **tolerance(dtype))
+    np.testing.assert_allclose(placed.host(7), dhp_ref, **tolerance(dtype))
+    placed.check_sentinels()
+
+
+def test_sequence_ops_refuse_bad_arguments(ops_backend):
+    b = ops_backend
+    z = lambda *s: b.zeros(s)  # noqa: E731
+    with bad_argument(b, "swap_leading_axes"):
+        b.swap_leading_axes(z(2, 3, 4), z(2, 3, 4))
+    with bad_argument(b, "embedding"):
+        b.embedding(b.zeros((5,), np.int32), z(7, 3), z(4, 3))
+    with bad_argument(b, "embedding_backward"):
+        b.embedding_backward(z(5), z(5, 3), z(7, 3))  # float indices
+    with bad_argument(b, "rnn_cell"):
+        b.rnn_cell(z(2, 3), z(2, 3), None, z(2, 3), "gelu")
+    with bad_argument(b, "rnn_cell"):
+        b.rnn_cell(z(2, 3), z(2, 3), z(4), z(2, 3), "tanh")
+    with bad_argument(b, "lstm_cell"):
+        b.lstm_cell(z(2, 12), z(2, 12), None, z(2, 3), z(2, 9), z(2, 3), z(2, 3))
+    with bad_argument(b, "lstm_cell_backward"):
+        b.lstm_cell_backward(z(2, 12), z(2, 3), z(2, 3), z(2, 4), z(2, 3), z(2, 12), z(2, 3))
+    with bad_argument(b, "gru_cell"):
+        b.gru_cell(z(2, 9), z(2, 9), None, z(2, 3), z(2, 9), z(2, 3))  # gates need 4 blocks
+    with bad_argument(b, "gru_cell_backward"):
+        b.gru_cell_backward(z(2, 12), z(2, 3), z(2, 3), z(2, 12), z(2, 9), z(2, 3))
+
+
+def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
+    b = ops_backend
+    f = lambda *shape: b.from_host(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
+    n, hid, ws = 4, 3, Workspace()
+    lstm = (f(n, 4 * hid), f(n, 4 * hid), f(4 * hid), f(n, hid), f(n, 4 * hid), f(n, hid), f(n, hid))
+    gru = (f(n, 3 * hid), f(n, 3 * hid), f(3 * hid), f(n, hid), f(n, 4 * hid), f(n, hid))
+    dxw, dhw, dh, dc, dg = f(n, 3 * hid), f(n, 3 * hid), f(n, hid), f(n, hid), f(n, 4 * hid)
+    idx, emb, dy, dw = b.from_host(np.array([1, 0, 1], np.int32)), f(3, 5), f(3, 5), f(4, 5)
+    tm, bm = f(2, 3, 4), f(3, 2, 4)
+
+    def step():
+        b.lstm_cell(*lstm, ws=ws)
+        b.lstm_cell_backward(lstm[4], lstm[3], lstm[5], dh, dc, dg, dc, ws=ws)
+        b.gru_cell(*gru, ws=ws)
+        b.gru_cell_backward(gru[4], gru[3], dh, dxw, dhw, dh, ws=ws)
+        b.rnn_cell(dh, dh, None, dc, "tanh")
+        b.embedding(idx, dw, emb)
+        b.embedding_backward(idx, dy, dw, padding_idx=1, accumulate=True, ws=ws)
+        b.swap_leading_axes(tm, bm, accumulate=True)
+
+    step()
+    before = b.allocations
+    step()
+    assert b.allocations == before
+
+
 # ====================================================================== allocations
 def test_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
     """A training step reuses its workspace: the second run of every op through it allocates nothing."""
@@ -1012,6 +1189,10 @@ COVERAGE = {
     "batch_norm_backward_reduce": "test_batch_norm_backward_reduce_and_data",
     "batch_norm_backward_data": "test_batch_norm_backward_reduce_and_data",
     "copy_channels": "test_copy_and_slice_channels", "slice_channels": "test_copy_and_slice_channels",
+    "swap_leading_axes": "test_swap_leading_axes", "embedding": "test_embedding_gather_and_scatter",
+    "embedding_backward": "test_embedding_gather_and_scatter", "rnn_cell": "test_rnn_cell",
+    "lstm_cell": "test_lstm_cell_and_backward", "lstm_cell_backward": "test_lstm_cell_and_backward",
+    "gru_cell": "test_gru_cell_and_backward", "gru_cell_backward": "test_gru_cell_and_backward",
 }
 
 

@@ -88,7 +88,7 @@ def test_graph_nests_in_sequential_and_sequential_in_graph():
 def test_errors_are_clear():
     x = jp.Input((4,))
     with pytest.raises(ShapeError, match=r"^linear_1: Linear expects unit shape \(features,\)"):
-        jp.Network(inputs=x, outputs=L.Linear(3)(L.Reshape((2, 2))(L.Linear(4)(x))))
+        jp.Network(inputs=x, outputs=L.Linear(3)(L.Reshape((2, 2, 1))(L.Linear(4)(x))))
     with pytest.raises(TypeError, match="expected a symbolic value"):
         L.Linear(3)(np.zeros((2, 4)))
     other = jp.Input((4,))

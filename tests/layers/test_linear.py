@@ -30,8 +30,9 @@ def test_linear_default_init_is_torch_uniform_bound():
 
 
 def test_linear_rejects_unflattened_input_naming_path():
-    with pytest.raises(ShapeError, match=r"^1: Linear expects unit shape \(features,\), got \(2, 3\)"):
-        jp.Network(L.Sequential(L.ReLU(), L.Linear(4)), input_shape=(2, 3))
+    with pytest.raises(ShapeError, match=r"^1: Linear expects unit shape \(features,\) or \(seq_len, features\), "
+                                         r"got \(2, 3, 5\); put a Flatten"):
+        jp.Network(L.Sequential(L.ReLU(), L.Linear(4)), input_shape=(2, 3, 5))
 
 
 def test_linear_declared_in_features_mismatch():

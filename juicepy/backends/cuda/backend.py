@@ -14,7 +14,8 @@ import threading
 import numpy as np
 
 from .. import rng
-from ..base import (Backend, BackendUnavailable, channels_inner, check_channel_range, check_gemm, check_same,
+from ..base import (Backend, BackendUnavailable, channels_inner, check_cell, check_embedding, check_nonlinearity,
+                    check_swap, check_channel_range, check_gemm, check_same,
                     check_view)
 from .capture import GraphCapture
 from .device import (BLOCK, INSTALL_HINT, MAX_BLOCKS, NULL, device_index, import_cupy)
@@ -355,6 +356,52 @@ class CudaBackend(SpatialOps, Backend):
                       np.int64(param.size), np.float64(lr), np.float64(beta1), np.float64(beta2),
                       self._real(param.dtype, eps), np.float64(weight_decay), np.int32(bool(decoupled)),
                       np.int64(step), self._shift(), NULL if guard is None else guard))
+
+    # ------------------------------------------------------------ sequences
+    def swap_leading_axes(self, src, dst, accumulate=False):
+        check_swap(self.name, src, dst)
+        rest = src.size // max(1, src.shape[0] * src.shape[1])
+        self._launch(dst.dtype, "swap_leading_axes", dst.size,
+                     (src, dst, np.int64(dst.size), np.int64(src.shape[0]), np.int64(src.shape[1]), np.int64(rest),
+                      np.int32(accumulate)))
+
+    def embedding(self, indices, weight, out):
+        check_embedding(self.name, "embedding", indices, weight, out)
+        self._launch(out.dtype, "embedding_gather", out.size,
+                     (indices, weight, out, np.int64(out.size), np.int64(weight.shape[1])))
+
+    def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None):
+        check_embedding(self.name, "embedding_backward", indices, dweight, dy)
+        vocab, dim = dweight.shape
+        self._launch(dweight.dtype, "embedding_scatter", dim,
+                     (indices, dy, dweight, np.int64(indices.size), np.int64(vocab), np.int64(dim),
+                      np.int32(-1 if padding_idx is None else padding_idx), np.int32(accumulate)))
+
+    def _cell(self, name, state, args):
+        self._launch(state.dtype, name, state.size, args + (np.int64(state.size), np.int64(state.shape[1])))
+
+    def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity):
+        check_nonlinearity(self.name, nonlinearity)
+        check_cell(self.name, "rnn_cell", h, {1: [xw, hw, h]}, bias_hh, 1)
+        self._launch(h.dtype, "rnn_cell", h.size,
+                     (xw, hw, NULL if bias_hh is None else bias_hh, h, np.int64(h.size), np.int64(h.shape[1]),
+                      np.int32(nonlinearity == "relu")))
+
+    def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None):
+        check_cell(self.name, "lstm_cell", c, {1: [c_prev, c, h], 4: [xw, hw, gates]}, bias_hh, 4)
+        self._cell("lstm_cell", c, (xw, hw, NULL if bias_hh is None else bias_hh, c_prev, gates, c, h))
+
+    def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None):
+        check_cell(self.name, "lstm_cell_backward", c, {1: [c_prev, c, dh, dc, dc_prev], 4: [gates, dgates]})
+        self._cell("lstm_cell_backward", c, (gates, c_prev, c, dh, dc, dgates, dc_prev))
+
+    def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None):
+        check_cell(self.name, "gru_cell", h, {1: [h_prev, h], 3: [xw, hw], 4: [gates]}, bias_hh, 3)
+        self._cell("gru_cell", h, (xw, hw, NULL if bias_hh is None else bias_hh, h_prev, gates, h))
+
+    def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
+        check_cell(self.name, "gru_cell_backward", h_prev, {1: [h_prev, dh, dh_prev], 3: [dxw, dhw], 4: [gates]})
+        self._cell("gru_cell_backward", h_prev, (gates, h_prev, dh, dxw, dhw, dh_prev))
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):

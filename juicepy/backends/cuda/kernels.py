@@ -16,7 +16,7 @@ import numpy as np
 
 KERNEL_DIR = Path(__file__).with_name("kernels")
 SOURCE_FILES = ("elementwise.cu", "rowwise.cu", "dropout.cu", "optim.cu", "conv.cu", "pool.cu",
-                "batchnorm.cu")
+                "batchnorm.cu", "recurrent.cu")
 # No FMA contraction: the fused kernels then round like the NumPy backend's separate operations.
 COMPILE_OPTIONS = ("--fmad=false",)
 _INCLUDE = re.compile(r'^#include "([\w.]+)"\s*$', re.MULTILINE)

@@ -7,10 +7,10 @@ import math
 import numpy as np
 
 from .. import rng
-from ..base import (Backend, check_argmax, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
+from ..base import (Backend, check_argmax, check_cell, check_embedding, check_nonlinearity, check_swap, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
                     check_per_channel, check_pool_shapes, check_same, check_view, host_all_finite)
 from ..base import scratch as _scratch
-from . import kernels as _kernels, spatial
+from . import kernels as _kernels, recurrent, spatial
 from .threads import CHUNK, chunked as _chunked, split as _split
 
 
@@ -532,6 +532,41 @@ class NumpyBackend(Backend):
         check_per_channel(self.name, "batch_norm_backward_data", x, gamma, mean, invstd)
         check_batch_norm_sums(self.name, "batch_norm_backward_data", sums, x.shape[1])
         spatial.batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws)
+
+    # ------------------------------------------------------------ sequences
+    # The kernels live in recurrent.py.
+    def swap_leading_axes(self, src, dst, accumulate=False):
+        check_swap(self.name, src, dst)
+        recurrent.swap_leading_axes(self, src, dst, accumulate)
+
+    def embedding(self, indices, weight, out):
+        check_embedding(self.name, "embedding", indices, weight, out)
+        recurrent.embedding(self, indices, weight, out)
+
+    def embedding_backward(self, indices, dy, dweight, padding_idx=None, accumulate=False, ws=None):
+        check_embedding(self.name, "embedding_backward", indices, dweight, dy)
+        recurrent.embedding_backward(self, indices, dy, dweight, padding_idx, accumulate, ws)
+
+    def rnn_cell(self, xw, hw, bias_hh, h, nonlinearity):
+        check_nonlinearity(self.name, nonlinearity)
+        check_cell(self.name, "rnn_cell", h, {1: [xw, hw, h]}, bias_hh, 1)
+        recurrent.rnn_cell(self, xw, hw, bias_hh, h, nonlinearity)
+
+    def lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws=None):
+        check_cell(self.name, "lstm_cell", c, {1: [c_prev, c, h], 4: [xw, hw, gates]}, bias_hh, 4)
+        recurrent.lstm_cell(self, xw, hw, bias_hh, c_prev, gates, c, h, ws)
+
+    def lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws=None):
+        check_cell(self.name, "lstm_cell_backward", c, {1: [c_prev, c, dh, dc, dc_prev], 4: [gates, dgates]})
+        recurrent.lstm_cell_backward(self, gates, c_prev, c, dh, dc, dgates, dc_prev, ws)
+
+    def gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws=None):
+        check_cell(self.name, "gru_cell", h, {1: [h_prev, h], 3: [xw, hw], 4: [gates]}, bias_hh, 3)
+        recurrent.gru_cell(self, xw, hw, bias_hh, h_prev, gates, h, ws)
+
+    def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
+        check_cell(self.name, "gru_cell_backward", h_prev, {1: [h_prev, dh, dh_prev], 3: [dxw, dhw], 4: [gates]})
+        recurrent.gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):

@@ -4,7 +4,8 @@ Arrays are ``pyopencl.array.Array`` objects, always C-contiguous. Kernels take e
 its base buffer plus an element offset, so views into the flat param buffer cost nothing
 (``Array.data`` on an offset view would make a sub-buffer on every call). Work is queued
 in order on one queue; only host transfers (``write``, ``to_host``) and ``all_finite`` wait
-for it. GEMM launching lives in gemm.py, convolution/pooling/batch norm in spatial.py.
+for it. GEMM launching lives in gemm.py, convolution/pooling/batch norm in spatial.py, sequence ops
+in recurrent.py.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
 from .programs import CPU_GEMM, GPU_GEMM, ProgramCache
+from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
 
 _WG = 256          # work-group size of the elementwise kernels
 _REDUCE_WG = 256   # must match REDUCE_WG in rows.cl
 
 
-class OpenCLBackend(GemmOps, SpatialOps, Backend):
+class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     name = "opencl"
     dtypes = (np.float32,)
 

@@ -111,6 +111,7 @@ def test_every_op_launches_its_kernels_with_matching_arguments(standin, dtype):
     backend.batch_norm_backward_data(xi, z(2, 4, 9, 8), z(4), z(4), z(4), z(8), 144, z(2, 4, 9, 8), accumulate=True)
     backend.copy_channels(z(2, 3, 4), z(2, 7, 4), 2, accumulate=True)
     backend.slice_channels(z(2, 7, 4), z(2, 3, 4), 4)
+    _launch_sequence_ops(backend, z)
     launched = {entry for entry in log if isinstance(entry, str)}
     assert launched >= set(cupy_standin.SIGNATURES) - {"fill_array"}, \
         f"never launched: {set(cupy_standin.SIGNATURES) - launched}"
@@ -188,3 +189,28 @@ def test_a_failing_capture_is_a_capture_error_and_leaves_eager_mode(standin):
     assert isinstance(err.value.__cause__, ZeroDivisionError)
     backend.relu(backend.zeros((4,)), backend.zeros((4,)))
     assert log[-1] == "relu_forward"  # ran, not recorded
+
+
+def _launch_sequence_ops(backend, z):
+    n, hid = 3, 5
+    backend.swap_leading_axes(z(2, 3, 4), z(3, 2, 4), accumulate=True)
+    idx = backend.zeros((6,), np.int32)
+    backend.embedding(idx, z(7, 4), z(6, 4))
+    backend.embedding_backward(idx, z(6, 4), z(7, 4), padding_idx=0, accumulate=False)
+    backend.embedding_backward(idx, z(6, 4), z(7, 4))
+    for bias in (z(hid), None):
+        backend.rnn_cell(z(n, hid), z(n, hid), bias, z(n, hid), "relu")
+    for bias in (z(4 * hid), None):
+        backend.lstm_cell(z(n, 4 * hid), z(n, 4 * hid), bias, z(n, hid), z(n, 4 * hid), z(n, hid), z(n, hid))
+    backend.lstm_cell_backward(z(n, 4 * hid), z(n, hid), z(n, hid), z(n, hid), z(n, hid), z(n, 4 * hid), z(n, hid))
+    for bias in (z(3 * hid), None):
+        backend.gru_cell(z(n, 3 * hid), z(n, 3 * hid), bias, z(n, hid), z(n, 4 * hid), z(n, hid))
+    backend.gru_cell_backward(z(n, 4 * hid), z(n, hid), z(n, hid), z(n, 3 * hid), z(n, 3 * hid), z(n, hid))
+
+
+def test_rnn_cell_refuses_an_unknown_nonlinearity(standin):
+    backend, _ = standin
+    z = lambda *s: backend.zeros(s, np.float32)  # noqa: E731
+    n, hid = 3, 5
+    with pytest.raises(ValueError, match="nonlinearity"):
+        backend.rnn_cell(z(n, hid), z(n, hid), None, z(n, hid), "gelu")
