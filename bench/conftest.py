@@ -1,11 +1,26 @@
 """Benchmarks are parametrized over every backend that starts here, so new backends join the
-same tables. Run: pytest bench --benchmark-group-by=group --benchmark-columns=min,median,mean"""
+same tables. Run: pytest bench --benchmark-group-by=group --benchmark-columns=min,median,mean
+
+JUICEPY_CUDA_EMULATOR=1 (explicitly; never by default here) runs the cuda backend on the CPU
+emulator of tests/cuda_emulator: a dry run of the benchmark code, its timings meaningless."""
+
+import os
 
 import pytest
 
 import juicepy as jp
 
+_SESSION_PATCH = pytest.MonkeyPatch()
+if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
+    from cuda_emulator import cupy as emulated_cupy
+
+    emulated_cupy.install(_SESSION_PATCH.setitem)
+
 AVAILABLE = jp.available_backends()
+
+
+def pytest_unconfigure(config):
+    _SESSION_PATCH.undo()
 
 
 @pytest.fixture(params=AVAILABLE)

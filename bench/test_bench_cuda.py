@@ -1,10 +1,12 @@
 """CUDA training-step benchmarks: juicepy op by op vs graph replay vs PyTorch eager on the same
-GPU, and the wide MLP against the throughput of its own GEMMs on cuBLAS in the same run.
+GPU, the wide MLP against the throughput of its own GEMMs on cuBLAS in the same run, and the
+device allocations of a steady step (recorded in extra_info, asserted 0).
 
-Run on a GPU machine:
+Run on a GPU machine (or all of it at once: bash tests/gpu/acceptance.sh):
     pytest bench/test_bench_cuda.py --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
 Compare within one group and one run (ratios), never across machines. Everything is skipped
-without a CUDA device.
+without a CUDA device (JUICEPY_CUDA_EMULATOR=1 runs it on the CPU emulator: a dry run of the
+code, not a measurement).
 """
 
 import numpy as np
@@ -13,7 +15,7 @@ import pytest
 import juicepy as jp
 from juicepy import layers as L
 from juicepy.backends import BackendUnavailable
-from juicepy.train import SGD, Trainer
+from juicepy.train import Adam, Trainer
 
 try:
     CUDA = jp.backend("cuda")
@@ -44,15 +46,25 @@ def _data(shape, batch, classes=10, seed=0):
 
 
 def _juicepy_step(benchmark, net, batch, graphs):
+    import cupy
+
     x, y = _data(net.input_shape, batch)
-    trainer = Trainer(net, L.SoftmaxCrossEntropy(), SGD(lr=0.01, momentum=0.9), batch_size=batch, graphs=graphs)
+    trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=batch, graphs=graphs)
     xd, yd = CUDA.from_host(x), CUDA.from_host(y)  # device-resident batch, as the torch side
     for _ in range(3):  # warm-up: kernels compiled, graph recorded
         trainer.train_minibatch(CUDA, xd, yd)
     if graphs:
         assert trainer.state(CUDA).replay.graph is not None, trainer.state(CUDA).replay.failure
+    pool = cupy.get_default_memory_pool()
+    CUDA.synchronize()
+    before, steps_before = (CUDA.allocations, pool.total_bytes()), trainer.steps
     benchmark(lambda: trainer.train_minibatch(CUDA, xd, yd))  # reads the loss: synchronizes
+    CUDA.synchronize()
+    steps = trainer.steps - steps_before
     benchmark.extra_info["steps"] = trainer.steps
+    benchmark.extra_info["device_allocations_per_step"] = (CUDA.allocations - before[0]) / steps
+    benchmark.extra_info["pool_bytes_growth"] = pool.total_bytes() - before[1]
+    assert (CUDA.allocations, pool.total_bytes()) == before, "a steady training step allocated device memory"
 
 
 def _torch_step(benchmark, model_fn, shape, batch):
@@ -60,7 +72,7 @@ def _torch_step(benchmark, model_fn, shape, batch):
     if not torch.cuda.is_available():
         pytest.skip("this PyTorch build has no CUDA")
     model = model_fn(torch.nn).cuda()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = _data(shape, batch)
     xd, yd = torch.from_numpy(x).cuda(), torch.from_numpy(y).long().cuda()
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -121,10 +133,15 @@ def _wide_gemm_flops(batch):
     return 2 * sum(per) + sum(per[1:])
 
 
+def _record_tflops(benchmark, batch):
+    if benchmark.stats is not None:  # None under --benchmark-disable (a dry run of the code)
+        benchmark.extra_info["gemm_tflops"] = _wide_gemm_flops(batch) / benchmark.stats.stats.min / 1e12
+
+
 @pytest.mark.benchmark(group="wide mlp 784-4096-4096-10 batch 1024")
 def test_wide_mlp_step(benchmark):
     _juicepy_step(benchmark, _mlp(WIDE), 1024, graphs=True)
-    benchmark.extra_info["gemm_tflops"] = _wide_gemm_flops(1024) / benchmark.stats.stats.min / 1e12
+    _record_tflops(benchmark, 1024)
 
 
 @pytest.mark.benchmark(group="wide mlp 784-4096-4096-10 batch 1024")
@@ -148,4 +165,4 @@ def test_wide_mlp_gemms_alone_cublas(benchmark):
 
     gemms()
     benchmark(gemms)
-    benchmark.extra_info["gemm_tflops"] = _wide_gemm_flops(batch) / benchmark.stats.stats.min / 1e12
+    _record_tflops(benchmark, batch)

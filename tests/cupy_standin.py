@@ -102,6 +102,24 @@ class FakeModule:
         return FakeKernel(name, self.real, self.log)
 
 
+class Device:
+    """cupy.cuda.Device of a machine with one GPU (index 0)."""
+
+    def __init__(self, index=0):
+        if index != 0:
+            raise RuntimeError(f"cudaErrorInvalidDevice: device {index} (this stand-in has one)")
+        self.id = index
+
+    def use(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def _matrix(ptr, dtype, rows, cols, ld):
     """The column-major rows x cols matrix at ptr with leading dimension ld, as a NumPy view."""
     itemsize = np.dtype(dtype).itemsize
@@ -111,17 +129,57 @@ def _matrix(ptr, dtype, rows, cols, ld):
     return np.lib.stride_tricks.as_strided(flat, (rows, cols), (itemsize, ld * itemsize))
 
 
+class CublasError(RuntimeError):
+    """What cuBLAS would return as an error status."""
+
+
+def gemm_column_major(dtype, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, check_range=None):
+    """cublas<t>gemm on host memory, argument by argument as cuBLAS documents it:
+    C = alpha * op(A) @ op(B) + beta * C, every matrix column-major at its pointer with its
+    leading dimension; op(X) is X (CUBLAS_OP_N = 0) or its transpose (CUBLAS_OP_T = 1,
+    CUBLAS_OP_C = 2 for real types). CUBLAS_STATUS_INVALID_VALUE cases raise CublasError; with
+    beta == 0, C is not read. ``check_range(ptr, nbytes, what)`` may check each matrix lies in
+    device memory."""
+    name = "sgemm" if np.dtype(dtype) == np.float32 else "dgemm"
+    if transa not in (0, 1, 2) or transb not in (0, 1, 2):
+        raise CublasError(f"cuBLAS {name}: CUBLAS_STATUS_INVALID_VALUE (transa={transa}, transb={transb})")
+    if m < 0 or n < 0 or k < 0:
+        raise CublasError(f"cuBLAS {name}: CUBLAS_STATUS_INVALID_VALUE (m={m}, n={n}, k={k})")
+    a_rows, a_cols = (m, k) if transa == 0 else (k, m)
+    b_rows, b_cols = (k, n) if transb == 0 else (n, k)
+    for what, ld, rows in (("lda", lda, a_rows), ("ldb", ldb, b_rows), ("ldc", ldc, m)):
+        if ld < max(1, rows):
+            raise CublasError(f"cuBLAS {name}: CUBLAS_STATUS_INVALID_VALUE ({what}={ld} < max(1, {rows}))")
+    if m == 0 or n == 0 or ((alpha == 0 or k == 0) and beta == 1):
+        return
+    itemsize = np.dtype(dtype).itemsize
+    if check_range is not None:
+        for what, ptr, ld, rows, cols in (("A", a, lda, a_rows, a_cols), ("B", b, ldb, b_rows, b_cols),
+                                          ("C", c, ldc, m, n)):
+            if rows and cols and (what == "C" or (alpha != 0 and k != 0)):
+                check_range(ptr, (ld * (cols - 1) + rows) * itemsize, f"cuBLAS {name} {what}")
+    out = _matrix(c, dtype, m, n, ldc)
+    if alpha == 0 or k == 0:
+        product = np.zeros((m, n), dtype)
+    else:
+        op_a = _matrix(a, dtype, a_rows, a_cols, lda)
+        op_b = _matrix(b, dtype, b_rows, b_cols, ldb)
+        with np.errstate(all="ignore"):  # a GPU does not warn about overflow either
+            product = (op_a.T if transa else op_a) @ (op_b.T if transb else op_b)
+    result = dtype(alpha) * product
+    if beta != 0:
+        result = result + dtype(beta) * out
+    out[...] = result
+
+
+def _host_scalar(ptr, dtype):
+    return np.frombuffer((ctypes.c_byte * np.dtype(dtype).itemsize).from_address(ptr), dtype)[0]
+
+
 def _gemm(dtype):
     def gemm(handle, transa, transb, m, n, k, alpha_ptr, a, lda, b, ldb, beta_ptr, c, ldc):
-        alpha = np.frombuffer((ctypes.c_byte * np.dtype(dtype).itemsize).from_address(alpha_ptr), dtype)[0]
-        beta = np.frombuffer((ctypes.c_byte * np.dtype(dtype).itemsize).from_address(beta_ptr), dtype)[0]
-        op_a = _matrix(a, dtype, k, m, lda).T if transa else _matrix(a, dtype, m, k, lda)
-        op_b = _matrix(b, dtype, n, k, ldb).T if transb else _matrix(b, dtype, k, n, ldb)
-        for ld, rows in ((lda, k if transa else m), (ldb, n if transb else k), (ldc, m)):
-            assert ld >= max(1, rows), "leading dimension smaller than the rows"
-        out = _matrix(c, dtype, m, n, ldc)
-        result = alpha * (op_a @ op_b) + (beta * out if beta != 0 else 0)
-        out[...] = result
+        gemm_column_major(dtype, transa, transb, m, n, k, _host_scalar(alpha_ptr, dtype), a, lda, b, ldb,
+                          _host_scalar(beta_ptr, dtype), c, ldc)
     return gemm
 
 
@@ -177,19 +235,6 @@ def install(monkeypatch) -> list:
             graph = Graph(log[self.capturing_from:])
             del log[self.capturing_from:]  # captured work does not run
             return graph
-
-    class Device:
-        def __init__(self, index):
-            self.index = index
-
-        def use(self):
-            pass
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
 
     pool = types.SimpleNamespace(free_all_blocks=lambda: log.append("free_all_blocks"))
     cuda = types.SimpleNamespace(

@@ -215,28 +215,30 @@ def test_global_avg_pool_matches_torch_adaptive_pool():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_max_pool_follows_torch_on_nan_and_all_minus_infinity():
-    b = jp.backend("numpy")
-    x = np.full((1, 1, 3, 3), -np.inf)
+def test_max_pool_follows_torch_on_nan_and_all_minus_infinity(backend):
+    dtype = np.float64 if np.float64 in backend.dtypes else np.float32
+    x = np.full((1, 1, 3, 3), -np.inf, dtype)
     x[0, 0, 2, 2] = np.nan
-    out = np.empty((1, 1, 2, 2))
-    argmax = np.empty((1, 1, 2, 2), np.int32)
-    b.max_pool2d(x, out, argmax, (2, 2), (2, 2), (1, 1))
+    out = backend.zeros((1, 1, 2, 2), dtype)
+    argmax = backend.zeros((1, 1, 2, 2), np.int32)
+    backend.max_pool2d(backend.from_host(x), out, argmax, (2, 2), (2, 2), (1, 1))
     # windows of padding and -inf keep their first position inside the plane; NaN wins
-    np.testing.assert_array_equal(argmax[0, 0], [[0, 1], [3, 8]])
-    assert np.isnan(out[0, 0, 1, 1]) and np.all(out[0, 0].ravel()[:3] == -np.inf)
-    dx = np.empty_like(x)
-    b.max_pool2d_backward(np.ones_like(out), argmax, dx)
+    np.testing.assert_array_equal(backend.to_host(argmax)[0, 0], [[0, 1], [3, 8]])
+    host = backend.to_host(out)
+    assert np.isnan(host[0, 0, 1, 1]) and np.all(host[0, 0].ravel()[:3] == -np.inf)
+    dx = backend.zeros(x.shape, dtype)
+    backend.max_pool2d_backward(backend.from_host(np.ones(out.shape, dtype)), argmax, dx)
+    dx = backend.to_host(dx)
     assert dx.sum() == 4 and dx[0, 0, 2, 2] == 1
 
 
-def test_max_pool_nan_matches_torch():
+def test_max_pool_nan_matches_torch(backend):
     torch = pytest.importorskip("torch")
     x = np.random.default_rng(0).standard_normal((1, 2, 5, 5)).astype(np.float32)
     x[0, 0, 1, 1] = x[0, 0, 1, 2] = x[0, 1, 4, 4] = np.nan
-    out = np.empty((1, 2, 3, 3), np.float32)
-    argmax = np.empty(out.shape, np.int32)
-    jp.backend("numpy").max_pool2d(x, out, argmax, (3, 3), (2, 2), (1, 1))
+    out = backend.zeros((1, 2, 3, 3), np.float32)
+    argmax = backend.zeros(out.shape, np.int32)
+    backend.max_pool2d(backend.from_host(x), out, argmax, (3, 3), (2, 2), (1, 1))
     ref, ref_idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 3, 2, 1, return_indices=True)
-    np.testing.assert_array_equal(out, ref.numpy())
-    np.testing.assert_array_equal(argmax, ref_idx.numpy())
+    np.testing.assert_array_equal(backend.to_host(out), ref.numpy())
+    np.testing.assert_array_equal(backend.to_host(argmax), ref_idx.numpy())

@@ -141,6 +141,9 @@ class CudaBackend(SpatialOps, Backend):
         dst.fill(value)
 
     def reshape(self, arr, shape):
+        shape = tuple(int(s) for s in shape)
+        if math.prod(shape) != arr.size:
+            raise ValueError(f"cuda backend reshape: cannot view {arr.shape} as {shape}")
         if not arr.flags.c_contiguous:
             raise ValueError(f"cuda backend reshape: array with strides {arr.strides} has no view of shape {shape}")
         return arr.reshape(shape)
@@ -218,8 +221,9 @@ class CudaBackend(SpatialOps, Backend):
         n, c, inner = channels_inner(dy)
         if dbias.shape != (c,) or dbias.dtype != dy.dtype:
             raise ValueError(f"cuda backend bias_grad: dbias of {dbias.dtype} {dbias.shape} for {c} channels of {dy.dtype}")
+        # one block per channel, as many threads as its batch * spatial values need (no idle warps)
         self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner),
-                                                np.int32(accumulate)), grid=c)
+                                                np.int32(accumulate)), block=_row_block(n * inner), grid=c)
 
     def sum_all(self, x, out):
         self._launch(x.dtype, "sum_all", 0, (x, out, np.int64(x.size)), grid=1)
@@ -234,16 +238,17 @@ class CudaBackend(SpatialOps, Backend):
             return bool(int(flag.get()[0]))
 
     # ------------------------------------------------------------ activations
-    def _unary(self, name, x, out):
-        self._same(name, x, out)
-        self._launch(out.dtype, name, out.size, (x, out, np.int64(out.size)))
+    def _unary(self, op, x, out):
+        """Forward activation ``op`` through its kernel ``<op>_forward``; errors name the op."""
+        self._same(op, x, out)
+        self._launch(out.dtype, f"{op}_forward", out.size, (x, out, np.int64(out.size)))
 
     def _backward(self, name, y, dy, dx, accumulate, *extra):
         self._same(name, y, dy, dx)
         self._launch(dx.dtype, name, dx.size, (y, dy, dx, np.int64(dx.size)) + extra + (np.int32(accumulate),))
 
     def relu(self, x, out):
-        self._unary("relu_forward", x, out)
+        self._unary("relu", x, out)
 
     def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._backward("relu_backward", y, dy, dx, accumulate)
@@ -257,13 +262,13 @@ class CudaBackend(SpatialOps, Backend):
         self._backward("leaky_relu_backward", x, dy, dx, accumulate, self._real(dx.dtype, slope))
 
     def sigmoid(self, x, out):
-        self._unary("sigmoid_forward", x, out)
+        self._unary("sigmoid", x, out)
 
     def sigmoid_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._backward("sigmoid_backward", y, dy, dx, accumulate)
 
     def tanh(self, x, out):
-        self._unary("tanh_forward", x, out)
+        self._unary("tanh", x, out)
 
     def tanh_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._backward("tanh_backward", y, dy, dx, accumulate)

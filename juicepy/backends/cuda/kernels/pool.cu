@@ -13,7 +13,7 @@ struct PoolGeom {
 extern "C" {
 
 // argmax holds the flat y * W + x index of each maximum inside its plane; the first maximum in
-// scan order wins (strictly greater replaces), as in PyTorch.
+// scan order wins (strictly greater replaces), and a NaN wins, a later NaN too, as in PyTorch.
 __global__ void max_pool_forward(const real* x, real* out, int* argmax, POOL_GEOM_ARGS) {
     const PoolGeom g = POOL_GEOM;
     const i64 out_plane = (i64)g.out_h * g.out_w;
@@ -30,7 +30,7 @@ __global__ void max_pool_forward(const real* x, real* out, int* argmax, POOL_GEO
                 const int xx = ox * g.sw - g.pw + kx;
                 if (xx < 0 || xx >= g.width) continue;
                 const real v = plane[y * g.width + xx];
-                if (where < 0 || v > best) {
+                if (where < 0 || v > best || v != v) {
                     best = v;
                     where = y * g.width + xx;
                 }

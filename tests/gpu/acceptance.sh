@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The CUDA backend's acceptance run on a machine with an NVIDIA GPU and no network:
+#   1. a fresh venv with the cuda12 extra, the test tools and a CUDA build of PyTorch, installed
+#      only from the wheels carried beside the checkout (docs/cuda.md says how to fetch them);
+#   2. the whole test suite with the real GPU (the CPU emulator off), no CUDA test skipped;
+#   3. the CUDA benchmarks (bench/test_bench_cuda.py) against PyTorch eager CUDA and cuBLAS;
+#   4. a JSON and a markdown report (GPU, driver, CUDA, CuPy, every figure, the goals).
+# It stops at the first failure; every step's log stays in the output folder. Goals missed
+# (speed, share of cuBLAS, allocations) fail the last step after the report is written.
+#
+#   bash tests/gpu/acceptance.sh [--wheels DIR] [--out DIR] [--dry-run]
+#
+# --wheels DIR  the wheel folder (default: ../juicepy-wheels beside the checkout)
+# --out DIR     where logs and reports go (default: acceptance-<UTC time>/ in the checkout)
+# --dry-run     no GPU: in the current environment, the CUDA-related tests and the benchmark code on the
+#               CPU emulator (one round each, figures meaningless), the report marked as a dry run
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$(pwd)
+WHEELS="$ROOT/../juicepy-wheels"
+OUT=""
+DRY_RUN=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --wheels) WHEELS=$(cd "$2" && pwd); shift 2 ;;
+        --out) OUT="$2"; shift 2 ;;
+        --dry-run) DRY_RUN=1; shift ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "acceptance: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+OUT=${OUT:-"$ROOT/acceptance-$(date -u +%Y%m%dT%H%M%SZ)"}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+rm -f "$OUT/failed.json"
+START=$(date +%s)
+
+step() {  # step NAME COMMAND...: run it with its log in $OUT/NAME.log; stop the run if it fails
+    local name=$1
+    shift
+    echo "== $name ($(( $(date +%s) - START )) s)"
+    if ! "$@" > "$OUT/$name.log" 2>&1; then
+        echo "acceptance: step '$name' FAILED; its log: $OUT/$name.log" >&2
+        tail -n 40 "$OUT/$name.log" >&2
+        echo "{\"failed_step\": \"$name\", \"log\": \"$OUT/$name.log\"}" > "$OUT/failed.json"
+        exit 1
+    fi
+    tail -n 3 "$OUT/$name.log"
+}
+
+if [ "$DRY_RUN" = 1 ]; then
+    PY=python
+    export JUICEPY_CUDA_EMULATOR=1
+    BENCH_ARGS=(--benchmark-min-rounds=1 --benchmark-max-time=0.000001 --benchmark-warmup=off)
+    BENCH_ENV=(env JUICEPY_CUDA_EMULATOR_SCHEDULE=forward)  # the code once; every kernel ran both ways in the tests
+    step environment python -c "import juicepy, numpy; print('dry run in', juicepy.__file__)"
+else
+    command -v nvidia-smi > /dev/null || { echo "acceptance: no nvidia-smi: not a GPU machine (use --dry-run)" >&2; exit 1; }
+    [ -d "$WHEELS" ] || { echo "acceptance: no wheel folder $WHEELS (see docs/cuda.md, 'GPU acceptance run')" >&2; exit 1; }
+    step gpu nvidia-smi
+    step venv python3 -m venv "$OUT/venv"
+    PY="$OUT/venv/bin/python"
+    # offline: only the carried wheels; torch's CUDA build and CuPy's CUDA libraries included
+    step install "$PY" -m pip install --no-index --find-links "$WHEELS" -e ".[dev,cuda12]" torch \
+        nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cuda-nvrtc-cu12
+    export JUICEPY_CUDA_EMULATOR=0
+    BENCH_ARGS=(--benchmark-min-rounds=20 --benchmark-max-time=0.5 --benchmark-warmup=on)
+    BENCH_ENV=(env)
+fi
+
+# The backend must start, or every CUDA test would skip.
+step cuda-backend "$PY" tests/gpu/acceptance_report.py check-backend
+if [ "$DRY_RUN" = 1 ]; then
+    # every CUDA-related test: tests/backends/cuda, the [cuda] cases of the conformance suite and
+    # of every backend-parametrized test, the emulator's own tests
+    step tests "$PY" -m pytest -x -q -rs -p no:cacheprovider tests -k "cuda or emulator or nvrtc or sanitizer"
+else
+    step tests "$PY" -m pytest -x -q -rs -p no:cacheprovider
+fi
+# Nothing CUDA-related may be skipped (the skip reasons are in the summary of -rs).
+step no-cuda-skips "$PY" tests/gpu/acceptance_report.py check-skips "$OUT/tests.log"
+step benchmarks "${BENCH_ENV[@]}" "$PY" -m pytest -x -q -p no:cacheprovider bench/test_bench_cuda.py "${BENCH_ARGS[@]}" \
+    --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,rounds --benchmark-group-by=group
+step report "$PY" tests/gpu/acceptance_report.py report "$OUT" --dry-run="$DRY_RUN" --seconds=$(( $(date +%s) - START ))
+echo "acceptance: passed in $(( $(date +%s) - START )) s; reports: $OUT/report.md, $OUT/report.json"

@@ -1,0 +1,178 @@
+"""The GPU acceptance run's checks and reports (called by tests/gpu/acceptance.sh).
+
+    python tests/gpu/acceptance_report.py check-backend        the cuda backend starts (on the emulator
+                                                                with JUICEPY_CUDA_EMULATOR=1), or fail
+    python tests/gpu/acceptance_report.py check-skips TESTS_LOG    fail if a CUDA-related test was skipped
+    python tests/gpu/acceptance_report.py report OUT [--dry-run=0|1] [--seconds=N]
+        read OUT/bench.json, write OUT/report.json and OUT/report.md: the machine (GPU, driver,
+        CUDA, CuPy, PyTorch), every benchmark figure, and the issue's goals with pass/fail
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+
+# The goals of issue 11: juicepy with graph replay at least 1.25x faster than PyTorch eager,
+# the wide MLP at >= 80 % of its own GEMMs on cuBLAS, no device allocation in a steady step.
+SPEEDUP_GOAL = 1.25
+CUBLAS_SHARE_GOAL = 0.80
+_CUDA_SKIP = re.compile(r"SKIPPED \[\d+\] (\S+): (.*)")
+_CUDA_WORDS = re.compile(r"cuda|cupy|gpu|nvrtc|emulator", re.IGNORECASE)
+
+
+def cuda_skips(log: str) -> list[str]:
+    """The skip lines of ``pytest -rs`` output that concern CUDA (by file or by reason)."""
+    return [line for line in log.splitlines()
+            if (m := _CUDA_SKIP.search(line)) and (_CUDA_WORDS.search(m.group(1)) or _CUDA_WORDS.search(m.group(2)))]
+
+
+def use_emulator_if_asked() -> None:
+    """Install the CPU emulator as cupy where JUICEPY_CUDA_EMULATOR=1 (a dry run), as the tests do."""
+    import os
+
+    if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1" and "cupy" not in sys.modules:
+        import pytest
+
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from cuda_emulator import cupy as emulated
+
+        emulated.install(pytest.MonkeyPatch().setitem)
+
+
+def check_backend() -> str:
+    """Start the cuda backend as the tests will."""
+    use_emulator_if_asked()
+    import juicepy as jp
+
+    return f"{jp.backend('cuda')!r}; {machine()}"
+
+
+def machine() -> dict:
+    use_emulator_if_asked()
+    info = {"python": platform.python_version(), "platform": platform.platform()}
+    try:
+        import cupy
+
+        info["cupy"] = cupy.__version__
+        emulator = getattr(cupy, "emulator", None)
+        if emulator is not None:
+            info["gpu"] = "none: the CPU emulator (tests/cuda_emulator)"
+        else:
+            runtime = cupy.cuda.runtime
+            props = runtime.getDeviceProperties(cupy.cuda.Device().id)
+            name = props["name"]
+            info["gpu"] = name.decode() if isinstance(name, bytes) else name
+            info["compute_capability"] = f"{props['major']}.{props['minor']}"
+            info["driver_cuda_version"] = runtime.driverGetVersion()
+            info["runtime_cuda_version"] = runtime.runtimeGetVersion()
+            info["nvrtc_version"] = list(cupy.cuda.nvrtc.getVersion())
+    except Exception as exc:  # a dry run without the emulator's cupy, or a broken install: say so
+        info["cupy_error"] = f"{type(exc).__name__}: {exc}"
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_cuda"] = torch.version.cuda
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def _by_name(benchmarks):
+    return {b["name"]: b for b in benchmarks}
+
+
+def _median(bench):
+    return bench["stats"]["median"] if bench.get("stats") else None
+
+
+def figures(bench_json: dict) -> dict:
+    """Every benchmark's median and extra info, and the goal ratios where both sides ran."""
+    benches = _by_name(bench_json.get("benchmarks", []))
+    rows = {name: {"group": b.get("group"), "median_s": _median(b), "min_s": (b.get("stats") or {}).get("min"),
+                   "rounds": (b.get("stats") or {}).get("rounds"), **b.get("extra_info", {})}
+            for name, b in benches.items()}
+    goals = {}
+
+    def ratio(slow, fast):
+        a, b = rows.get(slow, {}).get("median_s"), rows.get(fast, {}).get("median_s")
+        return a / b if a and b else None
+
+    for model in ("mlp", "lenet"):
+        torch_name = f"test_{model}_step_torch_eager"
+        speedup = ratio(torch_name, f"test_{model}_step[juicepy-graph]")
+        goals[f"{model}_speedup_vs_torch_eager"] = {"value": speedup, "goal": f">= {SPEEDUP_GOAL}",
+                                                    "met": speedup is not None and speedup >= SPEEDUP_GOAL}
+        goals[f"{model}_replay_vs_eager"] = {"value": ratio(f"test_{model}_step[juicepy-eager]",
+                                                            f"test_{model}_step[juicepy-graph]"), "goal": "report"}
+    wide, ceiling = rows.get("test_wide_mlp_step", {}), rows.get("test_wide_mlp_gemms_alone_cublas", {})
+    share = (wide["gemm_tflops"] / ceiling["gemm_tflops"]
+             if wide.get("gemm_tflops") and ceiling.get("gemm_tflops") else None)
+    goals["wide_mlp_share_of_cublas"] = {"value": share, "goal": f">= {CUBLAS_SHARE_GOAL}",
+                                         "met": share is not None and share >= CUBLAS_SHARE_GOAL}
+    allocations = [r["device_allocations_per_step"] for r in rows.values() if "device_allocations_per_step" in r]
+    goals["device_allocations_per_steady_step"] = {"value": max(allocations) if allocations else None,
+                                                   "goal": "0", "met": bool(allocations) and max(allocations) == 0}
+    return {"benchmarks": rows, "goals": goals}
+
+
+def markdown(report: dict) -> str:
+    lines = ["# juicepy CUDA acceptance run", ""]
+    if report["dry_run"]:
+        lines += ["**DRY RUN on the CPU emulator: no GPU; the timings below measure the emulator, not CUDA.**", ""]
+    lines += ["| machine | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in report["machine"].items()]
+    lines += ["", f"Whole run: {report['seconds']} s.", "", "## Goals", "", "| goal | value | target | met |",
+              "|---|---|---|---|"]
+    for name, goal in report["goals"].items():
+        value = goal["value"]
+        shown = "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        lines.append(f"| {name} | {shown} | {goal['goal']} | {goal.get('met', '')} |")
+    lines += ["", "## Benchmarks", "", "| benchmark | group | median ms | min ms | rounds | extra |",
+              "|---|---|---|---|---|---|"]
+    for name, row in report["benchmarks"].items():
+        extra = {k: v for k, v in row.items() if k not in ("group", "median_s", "min_s", "rounds")}
+        ms = lambda s: "n/a" if s is None else f"{s * 1e3:.3f}"  # noqa: E731
+        lines.append(f"| {name} | {row['group']} | {ms(row['median_s'])} | {ms(row['min_s'])} | {row['rounds']} | "
+                     f"{json.dumps(extra)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("check-backend")
+    skips = sub.add_parser("check-skips")
+    skips.add_argument("log", type=Path)
+    rep = sub.add_parser("report")
+    rep.add_argument("out", type=Path)
+    rep.add_argument("--dry-run", type=int, default=0)
+    rep.add_argument("--seconds", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.command == "check-backend":
+        print(check_backend())
+        return 0
+    if args.command == "check-skips":
+        found = cuda_skips(args.log.read_text())
+        for line in found:
+            print(line)
+        print(f"{len(found)} CUDA-related skips")
+        return 1 if found else 0
+    bench = json.loads((args.out / "bench.json").read_text())
+    report = {"dry_run": bool(args.dry_run), "seconds": args.seconds, "machine": machine(), **figures(bench)}
+    (args.out / "report.json").write_text(json.dumps(report, indent=2))
+    (args.out / "report.md").write_text(markdown(report))
+    print(markdown(report))
+    missed = [name for name, goal in report["goals"].items() if goal.get("met") is False]
+    if missed and not args.dry_run:
+        print(f"GOALS NOT MET: {', '.join(missed)} (the report has every figure)")
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

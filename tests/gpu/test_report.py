@@ -1,0 +1,48 @@
+"""The acceptance run's report: which skips count as CUDA skips, and the goal arithmetic."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gpu import acceptance_report as report
+
+
+def test_cuda_skips_are_found_by_file_or_reason():
+    log = "\n".join([
+        "SKIPPED [1] tests/backends/cuda/test_backend.py:80: nvcc not installed",
+        "SKIPPED [2] tests/layers/test_conv.py:12: no CUDA device (cupy missing)",
+        "SKIPPED [1] tests/backends/opencl/test_device.py:9: no OpenCL here",
+        "SKIPPED [1] tests/layers/test_pool.py:20: the C pool kernels are not loaded",
+    ])
+    assert [line.split("]")[1].split(":")[0].strip() for line in report.cuda_skips(log)] == [
+        "tests/backends/cuda/test_backend.py", "tests/layers/test_conv.py"]
+
+
+def _bench(name, group, median, **extra):
+    return {"name": name, "group": group, "stats": {"median": median, "min": median * 0.9, "rounds": 20},
+            "extra_info": extra}
+
+
+def test_goals_are_ratios_within_the_run(tmp_path):
+    benches = [
+        _bench("test_mlp_step[juicepy-eager]", "mlp", 2e-3, device_allocations_per_step=0.0),
+        _bench("test_mlp_step[juicepy-graph]", "mlp", 1e-3, device_allocations_per_step=0.0),
+        _bench("test_mlp_step_torch_eager", "mlp", 1.5e-3),
+        _bench("test_lenet_step[juicepy-graph]", "lenet", 1e-3, device_allocations_per_step=0.0),
+        _bench("test_lenet_step_torch_eager", "lenet", 1.1e-3),
+        _bench("test_wide_mlp_step", "wide", 1e-2, gemm_tflops=40.0),
+        _bench("test_wide_mlp_gemms_alone_cublas", "wide", 8e-3, gemm_tflops=50.0),
+    ]
+    (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": benches}))
+    result = subprocess.run([sys.executable, str(Path(report.__file__)), "report", str(tmp_path), "--dry-run=1"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    goals = json.loads((tmp_path / "report.json").read_text())["goals"]
+    assert goals["mlp_speedup_vs_torch_eager"]["value"] == 1.5 and goals["mlp_speedup_vs_torch_eager"]["met"]
+    assert abs(goals["lenet_speedup_vs_torch_eager"]["value"] - 1.1) < 1e-12
+    assert not goals["lenet_speedup_vs_torch_eager"]["met"]
+    assert goals["mlp_replay_vs_eager"]["value"] == 2.0
+    assert goals["wide_mlp_share_of_cublas"]["value"] == 0.8 and goals["wide_mlp_share_of_cublas"]["met"]
+    assert goals["device_allocations_per_steady_step"]["met"]
+    assert "DRY RUN" in (tmp_path / "report.md").read_text()
