@@ -220,8 +220,9 @@ class NumpyBackend(Backend):
     def _row_scratch(self, ws, tag, x):
         return _scratch(ws, self, tag, (x.shape[0], 1), x.dtype)
 
-    def softmax(self, x, out, ws=None):
-        self._rows("softmax", x, out)
+    def _softmax_rows(self, x, out, ws):
+        """out = softmax of each row of x (shifted by the row max, so exp never overflows);
+        returns the (rowmax, rowsum) scratch columns, which the cross-entropy reuses."""
         rowmax = self._row_scratch(ws, "rowmax", x)
         np.max(x, axis=1, keepdims=True, out=rowmax)
         np.subtract(x, rowmax, out=out)
@@ -229,6 +230,11 @@ class NumpyBackend(Backend):
         rowsum = self._row_scratch(ws, "rowsum", x)
         np.sum(out, axis=1, keepdims=True, out=rowsum)
         out /= rowsum
+        return rowmax, rowsum
+
+    def softmax(self, x, out, ws=None):
+        self._rows("softmax", x, out)
+        self._softmax_rows(x, out, ws)
 
     def softmax_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._rows("softmax_backward", y, dy, dx)
@@ -285,13 +291,7 @@ class NumpyBackend(Backend):
 
     def softmax_cross_entropy(self, logits, labels, losses, dx, grad_scale, ws=None):
         self._check_labels("softmax_cross_entropy", logits, labels, losses, dx)
-        rowmax = self._row_scratch(ws, "rowmax", logits)
-        np.max(logits, axis=1, keepdims=True, out=rowmax)
-        np.subtract(logits, rowmax, out=dx)
-        np.exp(dx, out=dx)
-        rowsum = self._row_scratch(ws, "rowsum", logits)
-        np.sum(dx, axis=1, keepdims=True, out=rowsum)
-        dx /= rowsum
+        rowmax, rowsum = self._softmax_rows(logits, dx, ws)
         index = self._label_index(ws, labels, logits.shape[1])
         picked = _scratch(ws, self, "picked", losses.shape, losses.dtype)
         np.log(rowsum[:, 0], out=losses)
