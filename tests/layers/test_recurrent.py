@@ -159,7 +159,9 @@ def test_steady_training_step_allocates_nothing(backend, kind, rng):
     trainer = Trainer(net, L.MSE(), Adam(lr=1e-3), batch_size=4)
     x = rng.standard_normal((4, 6, 3)).astype(np.float32)
     y = rng.standard_normal((4, 1)).astype(np.float32)
-    for _ in range(2):  # the second step records the step graph where the backend captures them
+    # warm-up: the first step makes the context and optimizer state; where the backend captures,
+    # the second records the step as a graph
+    for _ in range(2):
         trainer.train_minibatch(backend, x, y)
     before = backend.allocations
     for _ in range(3):
