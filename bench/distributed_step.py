@@ -49,14 +49,17 @@ def build(model: str):
     return jp.Network(L.Sequential(*parts, L.Linear(widths[-1])), input_shape=shape), batch
 
 
-def run_job(model: str, steps: int, warmup: int) -> dict | None:
-    """One rank's part of the job; rank 0 returns the figures."""
+def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None) -> dict | None:
+    """One rank's part of the job; rank 0 returns the figures. ``bucket_mb``: the gradient
+    allreduce's bucket size instead of juicepy.distributed.BUCKET_BYTES."""
     import juicepy as jp
     from juicepy import layers as L
     from juicepy.distributed import communicator
     from juicepy.train import Adam, Trainer
 
     comm = communicator()
+    if bucket_mb is not None and comm.kind == "mpi":
+        comm.bucket_bytes = int(bucket_mb * 2**20)
     network, batch = build(model)
     trainer = Trainer(network, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=batch, communicator=comm)
     backend = jp.backend("numpy")
@@ -91,7 +94,7 @@ def run_job(model: str, steps: int, warmup: int) -> dict | None:
         comm.barrier()
         start = time.perf_counter()
         for seg in segments:
-            allreduce(backend, seg.grad, average=True)
+            allreduce(backend, seg.grad)  # as in the step: a sum (the loss gradient carries 1 / N)
         alone.append(comm.allreduce_host(np.array([time.perf_counter() - start]), "max")[0])
     if comm.rank != 0:
         return None
@@ -103,23 +106,27 @@ def run_job(model: str, steps: int, warmup: int) -> dict | None:
             "params": network.num_params()}
 
 
-def launch(model: str, ranks: int, steps: int, warmup: int, timeout: float = 600) -> dict:
+def launch(model: str, ranks: int, steps: int, warmup: int, timeout: float = 600,
+           bucket_mb: float | None = None) -> dict:
     """Run one job under mpiexec (one thread per rank); the rank-0 figures."""
     from juicepy.cli import mpiexec_path
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    # one thread per rank: BLAS's and the NumPy backend's own lanes (which default to every core)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", JUICEPY_NUM_THREADS="1")
     for key in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE"):
         env.pop(key, None)
     command = [mpiexec_path(), "-n", str(ranks), sys.executable, "-m", "mpi4py", str(Path(__file__).resolve()),
                "--job", model, "--steps", str(steps), "--warmup", str(warmup)]
+    if bucket_mb is not None:
+        command += ["--bucket-mb", str(bucket_mb)]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def scaling(model: str, steps: int, warmup: int) -> dict:
-    one, two = launch(model, 1, steps, warmup), launch(model, 2, steps, warmup)
+def scaling(model: str, steps: int, warmup: int, bucket_mb: float | None = None) -> dict:
+    one, two = launch(model, 1, steps, warmup), launch(model, 2, steps, warmup, bucket_mb=bucket_mb)
     return {"model": model, "one": one, "two": two,
             "efficiency": two["samples_per_s"] / (2 * one["samples_per_s"])}
 
@@ -130,16 +137,17 @@ def main(argv=None) -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="models of the table")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--bucket-mb", type=float, help="gradient allreduce bucket size (default: BUCKET_BYTES)")
     args = parser.parse_args(argv)
     if args.job:
-        figures = run_job(args.job, args.steps, args.warmup)
+        figures = run_job(args.job, args.steps, args.warmup, args.bucket_mb)
         if figures is not None:
             print(json.dumps(figures), flush=True)
         return
     print(f"{'model':<28} {'1 rank ms':>10} {'2 ranks ms':>11} {'efficiency':>11} {'allreduce ms':>13} "
           f"{'alone ms':>9}")
     for model in args.models.split(","):
-        row = scaling(model, args.steps, args.warmup)
+        row = scaling(model, args.steps, args.warmup, args.bucket_mb)
         batch, _, desc = MODELS[model]
         print(f"{desc + f' b{batch}/rank':<28} {row['one']['step_s'] * 1e3:10.2f} {row['two']['step_s'] * 1e3:11.2f} "
               f"{row['efficiency'] * 100:10.1f}% {row['two']['allreduce_s'] * 1e3:13.2f} "
