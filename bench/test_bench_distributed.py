@@ -25,6 +25,9 @@ def test_data_parallel_scaling(benchmark, model):
     for key in ("step_s", "samples_per_s", "allreduce_s", "allreduce_alone_s"):
         benchmark.extra_info[f"1 rank {key}"] = row["one"][key]
         benchmark.extra_info[f"2 ranks {key}"] = row["two"][key]
+    for phase in row["two"]["phases_s"]:
+        benchmark.extra_info[f"1 rank {phase}_s"] = row["one"]["phases_s"][phase]
+        benchmark.extra_info[f"2 ranks {phase}_s"] = row["two"]["phases_s"][phase]
     benchmark.extra_info["efficiency"] = row["efficiency"]
     assert row["one"]["ranks"] == 1 and row["two"]["ranks"] == 2
     print(f"\n{model}: 1 rank {row['one']['step_s'] * 1e3:.2f} ms, 2 ranks {row['two']['step_s'] * 1e3:.2f} ms, "

@@ -237,8 +237,11 @@ def launch_workers(args, argv: list) -> int:
             rest.append(arg)
     command = [mpiexec_path(), "-n", str(args.workers), sys.executable, "-m", "mpi4py", "-m", "juicepy"] + rest
     env = dict(os.environ)
-    if "OMP_NUM_THREADS" not in env:  # the ranks share this machine's cores: no oversubscribed BLAS
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))
+    share = str(max(1, (os.cpu_count() or 1) // args.workers))
+    # the ranks share this machine's cores: neither BLAS nor the NumPy backend's own lanes
+    # (juicepy/backends/numpy/threads.py) may oversubscribe them
+    for variable in ("OMP_NUM_THREADS", "JUICEPY_NUM_THREADS"):
+        env.setdefault(variable, share)
     return subprocess.call(command, env=env)
 
 

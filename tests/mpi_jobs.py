@@ -24,7 +24,8 @@ def mpiexec_or_skip() -> str:
 
 def mpi_env() -> dict:
     # one thread per rank (the ranks share the cores); the children form their own job
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", POCL_MAX_PTHREAD_COUNT="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", POCL_MAX_PTHREAD_COUNT="1",
+               JUICEPY_NUM_THREADS="1")
     for key in ("PMI_SIZE", "PMI_RANK", "OMPI_COMM_WORLD_SIZE", "JUICEPY_DISTRIBUTED"):
         env.pop(key, None)
     return env

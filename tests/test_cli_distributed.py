@@ -64,3 +64,25 @@ def test_workers_inside_a_running_job_is_refused(monkeypatch, capsys):
     monkeypatch.setenv("PMI_SIZE", "2")
     assert main(TRAIN + ["--workers", "2"]) == 1
     assert "already one of 2 MPI ranks" in capsys.readouterr().err
+
+
+def test_workers_share_the_cores_between_blas_and_the_numpy_lanes(monkeypatch):
+    """Each of N workers gets cores / N threads for BLAS and for the NumPy backend's own lanes
+    (which default to every core), unless the caller set them."""
+    import os
+    import subprocess
+
+    import pytest
+
+    pytest.importorskip("mpi4py", reason="--workers needs mpi4py (pip install '.[distributed]')")
+    mpiexec_or_skip()
+    seen = {}
+    monkeypatch.setattr(subprocess, "call", lambda command, env: seen.update(env) or 0)
+    for key in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "OMP_NUM_THREADS", "JUICEPY_NUM_THREADS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert main(TRAIN + ["--workers", "2"]) == 0
+    assert seen["OMP_NUM_THREADS"] == seen["JUICEPY_NUM_THREADS"] == "4"
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "3")
+    assert main(TRAIN + ["--workers", "4"]) == 0
+    assert seen["OMP_NUM_THREADS"] == "2" and seen["JUICEPY_NUM_THREADS"] == "3"

@@ -5,8 +5,9 @@ and shard the data with ``dataset.batches(..., rank=comm.rank, size=comm.size)``
 docs/distributed.md.
 """
 
-from .communicators import BUCKET_BYTES, Communicator, MPICommunicator, NCCLCommunicator, communicator
+from .communicators import (BUCKET_BYTES, HOST_BUCKET_BYTES, Communicator, MPICommunicator, NCCLCommunicator,
+                            communicator)
 from .sharding import shard_order, shard_rows
 
-__all__ = ["BUCKET_BYTES", "Communicator", "MPICommunicator", "NCCLCommunicator", "communicator",
-           "shard_order", "shard_rows"]
+__all__ = ["BUCKET_BYTES", "HOST_BUCKET_BYTES", "Communicator", "MPICommunicator", "NCCLCommunicator",
+           "communicator", "shard_order", "shard_rows"]

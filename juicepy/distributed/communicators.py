@@ -22,9 +22,13 @@ import numpy as np
 
 from ..errors import DistributedError
 
-#: gradients are reduced in buckets of at most this many bytes (PyTorch DDP's default size):
-#: bounds the host copies of device backends' arrays and lets MPI pipeline large blocks
+#: device arrays reduced over MPI go through host buffers of at most this many bytes (PyTorch
+#: DDP's default bucket size): bounds the host memory a step uses
 BUCKET_BYTES = 25 * 1024 * 1024
+#: NumPy arrays are reduced in place in buckets of at most this many bytes: MPICH's
+#: shared-memory allreduce of two ranks then keeps its halves and temporaries in cache, where
+#: 25 MB buckets stream them through memory (docs/distributed.md has the A/B)
+HOST_BUCKET_BYTES = 2 * 1024 * 1024
 
 
 def check_flat(array) -> None:
@@ -104,7 +108,9 @@ class MPICommunicator(Communicator):
 
     kind = "mpi"
 
-    def __init__(self, comm=None, bucket_bytes: int = BUCKET_BYTES):
+    def __init__(self, comm=None, bucket_bytes: int | None = None):
+        """``bucket_bytes``: the bucket size for every array; by default HOST_BUCKET_BYTES for
+        NumPy arrays and BUCKET_BYTES for the host copies of device arrays."""
         from mpi4py import MPI
 
         self.MPI = MPI
@@ -113,25 +119,25 @@ class MPICommunicator(Communicator):
         local_rank = local.rank
         local.Free()
         super().__init__(self.comm.rank, self.comm.size, local_rank)
-        self.bucket_bytes = int(bucket_bytes)
+        self.bucket_bytes = None if bucket_bytes is None else int(bucket_bytes)
 
     def _op(self, op: str):
         if op not in _MPI_OPS:
             raise ValueError(f"reduction op must be one of {', '.join(_MPI_OPS)}, got {op!r}")
         return {"sum": self.MPI.SUM, "min": self.MPI.MIN, "max": self.MPI.MAX}[op]
 
-    def _buckets(self, n: int, itemsize: int):
-        step = max(1, self.bucket_bytes // itemsize)
+    def _buckets(self, n: int, itemsize: int, default: int = BUCKET_BYTES):
+        step = max(1, (default if self.bucket_bytes is None else self.bucket_bytes) // itemsize)
         return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
     def allreduce(self, backend, array, average: bool = False) -> None:
         check_flat(array)
         if self.size > 1:
             if isinstance(array, np.ndarray):
-                # every bucket in flight at once: MPI pipelines them (no overlap with backward)
-                requests = [self.comm.Iallreduce(self.MPI.IN_PLACE, array[lo:hi], self.MPI.SUM)
-                            for lo, hi in self._buckets(array.size, array.itemsize)]
-                self.MPI.Request.Waitall(requests)
+                # one blocking allreduce per bucket, in place; all buckets in flight at once
+                # (Iallreduce) interleave them through memory and take longer (docs/distributed.md)
+                for lo, hi in self._buckets(array.size, array.itemsize, HOST_BUCKET_BYTES):
+                    self.comm.Allreduce(self.MPI.IN_PLACE, array[lo:hi], self.MPI.SUM)
             else:  # a device array: through the host one bucket at a time (bounded host memory)
                 for lo, hi in self._buckets(array.size, np.dtype(array.dtype).itemsize):
                     view = backend.flat_view(array, lo, (hi - lo,))

@@ -9,8 +9,11 @@ each hook is a no-op, so single-process training runs exactly as before:
   every rank before the first step (and after a state is loaded);
 - :meth:`DataParallel.mean`: the step's loss averaged over ranks (so a non-finite loss on one
   rank refuses the step on all of them);
-- :meth:`DataParallel.average_gradients`: between backward and the optimizer update, the mean
-  of every flat gradient block over ranks; every rank then applies the same fused update.
+- :attr:`DataParallel.grad_scale`: the factor 1 / N the loss gradient carries, so that the
+  backward pass yields each rank's share of the mean gradient;
+- :meth:`DataParallel.reduce_gradients`: between backward and the optimizer update, every flat
+  gradient block summed over ranks (which makes it the mean over ranks, with no pass over the
+  block to divide it); every rank then applies the same fused update.
 """
 
 from __future__ import annotations
@@ -47,10 +50,19 @@ class DataParallel:
             return value
         return self.communicator.sum(value) / self.communicator.size
 
-    def average_gradients(self, backend, segments) -> None:
+    @property
+    def grad_scale(self) -> float:
+        """What the loss gradient is multiplied by: 1 / N in a job of N ranks, else 1. Backward
+        is linear in the loss gradient, so the parameter gradients come out divided by N (exactly
+        so for N a power of two) and their sum over ranks is the mean the optimizer takes; the
+        division costs nothing instead of a pass over every gradient block."""
+        return 1.0 / self.communicator.size if self.active else 1.0
+
+    def reduce_gradients(self, backend, segments) -> None:
+        """Sum every flat gradient block over ranks (already scaled by :attr:`grad_scale`)."""
         if self.active:
             for seg in segments:
-                self.communicator.allreduce(backend, seg.grad, average=True)
+                self.communicator.allreduce(backend, seg.grad)
 
     def synchronize(self, backend, network, context, optimizer_state) -> None:
         """Every rank takes rank 0's params (trainable blocks and buffers such as running

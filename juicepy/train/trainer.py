@@ -59,9 +59,10 @@ class Trainer:
 
     ``communicator`` (``juicepy.distributed.communicator()``): this trainer is one replica of a
     data-parallel job. ``batch_size`` is then per rank; before the first step every rank takes
-    rank 0's weights and optimizer state; each step averages the gradients over ranks before
-    the same update runs on every rank, and returns the loss averaged over ranks. A batch refused
-    on one rank is refused on every rank. Graph replay is off in a job of more than one rank.
+    rank 0's weights and optimizer state; each step averages the gradients over ranks (the loss
+    gradient carries the 1 / N, the allreduce sums) before the same update runs on every rank,
+    and returns the loss averaged over ranks. A batch refused on one rank is refused on every
+    rank. Graph replay is off in a job of more than one rank.
     """
 
     def __init__(self, network, loss, optimizer: Optimizer, batch_size: int, check_finite: bool = True,
@@ -183,11 +184,11 @@ class Trainer:
                 eager = loss is None
                 if eager:
                     ctx.forward()
-                    loss = replicas.mean(self._loss_and_output_grad(backend, st))
+                    loss = replicas.mean(self._loss_and_output_grad(backend, st, replicas.grad_scale))
                     if self.check_finite and not math.isfinite(loss):
                         self._refuse(loss, st)
                     ctx.backward()
-                    replicas.average_gradients(backend, ctx.segments)
+                    replicas.reduce_gradients(backend, ctx.segments)
                     self.optimizer.step(backend, opt, ctx.segments)
             except BaseException:
                 ctx.restore_state()
@@ -237,11 +238,11 @@ class Trainer:
         else:
             backend.write(target_buffer, targets)
 
-    def _summed_loss(self, backend, ctx, targets, losses, loss_sum, dx) -> int:
-        """Per-row losses, d(mean loss)/d(output) into dx and their sum into loss_sum, on the
-        device; returns the count the mean divides by."""
+    def _summed_loss(self, backend, ctx, targets, losses, loss_sum, dx, grad_scale: float = 1.0) -> int:
+        """Per-row losses, d(mean loss)/d(output) x ``grad_scale`` into dx and their sum into
+        loss_sum, on the device; returns the count the mean divides by."""
         count = self.loss.count(self.batch_size, self.network.output_shape)
-        self.loss.compute(backend, ctx.output(), targets, losses, dx, 1.0 / count, ctx.ws)
+        self.loss.compute(backend, ctx.output(), targets, losses, dx, grad_scale / count, ctx.ws)
         backend.sum_all(losses, loss_sum)
         return count
 
@@ -372,14 +373,15 @@ class Trainer:
         raise NonFiniteError(f"loss is {loss} at step {st.optimizer.step + 1}; the step was refused: weights, "
                              f"buffers, optimizer state and counters were left unchanged (check_finite guard)")
 
-    def _loss_to_device(self, backend, st: TrainState) -> int:
-        """Loss, output gradient and the summed loss in st.loss_sum; returns the mean's count."""
+    def _loss_to_device(self, backend, st: TrainState, grad_scale: float = 1.0) -> int:
+        """Loss, output gradient (times ``grad_scale``, DataParallel.grad_scale) and the summed
+        loss in st.loss_sum; returns the mean's count."""
         ctx = st.context
         ctx.begin_backward()
-        return self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, ctx.loss_grad())
+        return self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, ctx.loss_grad(), grad_scale)
 
-    def _loss_and_output_grad(self, backend, st: TrainState) -> float:
-        count = self._loss_to_device(backend, st)
+    def _loss_and_output_grad(self, backend, st: TrainState, grad_scale: float = 1.0) -> float:
+        count = self._loss_to_device(backend, st, grad_scale)
         return float(backend.to_host(st.loss_sum)[0]) / count
 
     def _replayed_step(self, backend, st: TrainState) -> float | None:

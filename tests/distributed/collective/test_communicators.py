@@ -53,6 +53,24 @@ def test_buckets_split_a_large_block_and_give_the_same_sum(comm, on_every_rank, 
     on_every_rank(body)
 
 
+def test_default_buckets_are_small_for_numpy_arrays_and_large_for_device_copies(comm, on_every_rank, numpy_backend):
+    """NumPy blocks go to MPI in HOST_BUCKET_BYTES pieces (the sum is the same), device arrays'
+    host copies in BUCKET_BYTES pieces."""
+    if comm.kind != "mpi":
+        pytest.skip("needs mpi4py (pip install '.[distributed]')")
+    from juicepy.distributed import BUCKET_BYTES, HOST_BUCKET_BYTES
+
+    def body():
+        n = 5 * HOST_BUCKET_BYTES // 8  # two and a half buckets of float32
+        assert len(comm._buckets(n, 4, HOST_BUCKET_BYTES)) == 3 and len(comm._buckets(n, 4)) == 1
+        assert len(comm._buckets(BUCKET_BYTES // 4 + 1, 4)) == 2
+        x = np.arange(n, dtype=np.float32) % 1000 * (comm.rank + 1)
+        comm.allreduce(numpy_backend, x)
+        expected = np.arange(n, dtype=np.float32) % 1000 * sum(r + 1 for r in range(comm.size))
+        np.testing.assert_array_equal(x, expected)
+    on_every_rank(body)
+
+
 def test_device_arrays_are_staged_through_the_host(comm, on_every_rank):
     """A non-NumPy backend's arrays go through host buckets (OpenCL on PoCL here)."""
     if "opencl" not in jp.available_backends():
