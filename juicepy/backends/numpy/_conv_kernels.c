@@ -209,8 +209,29 @@ DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f64, double)
  * columns dropped), so each tap is one long shifted multiply-add over blocks of four vectors
  * whose sums stay in registers, instead of a short loop per row. The backward data pass is
  * the same kernel on dy with the taps flipped and padding (k - 1)*d - p. */
-typedef float vf32 __attribute__((vector_size(64)));
-typedef double vf64 __attribute__((vector_size(64)));
+/* The grid kernels below use GCC vector types, which a target_clones build would lower to the
+ * same width on every target (a 64-byte vector on AVX2 goes through the stack, element by
+ * element). So each is built three times instead, with the vector width and register blocking
+ * of its instruction set, and the widest one the CPU runs is picked at module load (isa). */
+typedef float vf32x16 __attribute__((vector_size(64)));
+typedef double vf64x8 __attribute__((vector_size(64)));
+typedef float vf32x8 __attribute__((vector_size(32)));
+typedef double vf64x4 __attribute__((vector_size(32)));
+typedef float vf32x4 __attribute__((vector_size(16)));
+typedef double vf64x2 __attribute__((vector_size(16)));
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define ISA_512 __attribute__((target("avx512f,avx2,fma")))
+#define ISA_256 __attribute__((target("avx2,fma")))
+#define ISA_128
+#else
+#define ISA_512
+#define ISA_256
+#define ISA_128
+#endif
+/* 2: AVX-512 (with FMA), 1: AVX2 with FMA, 0: baseline x86-64 (or another architecture) */
+static int isa = 0;
+#define ISA_CALL(NAME, ...) \
+    (isa == 2 ? NAME##_512(__VA_ARGS__) : isa == 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 #define VLANES(V, T) ((I)(sizeof(V) / sizeof(T)))
 #define BLOCK(V, T) (4 * VLANES(V, T))
 #define LOADV(V, P) ({ V v_; memcpy(&v_, (P), sizeof v_); v_; })
@@ -252,8 +273,8 @@ DEFINE_PAD_PLANE(pad_plane_f64, double)
 
 /* out[p] (+)= the taps (reversed when ``flip``) over padded x[p], planes [p0, p1), stride 1.
  * Returns -1 when its scratch cannot be allocated. */
-#define DEFINE_DEPTHWISE_GRID(NAME, PAD, T, V)                                                 \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
+#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, PAD, T, V)                                                 \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
                                   const Geometry *g, I p0, I p1, int flip, int accumulate)    \
     {                                                                                          \
         const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
@@ -297,14 +318,18 @@ DEFINE_PAD_PLANE(pad_plane_f64, double)
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32, pad_plane_f32, float, vf32)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64, pad_plane_f64, double, vf64)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, pad_plane_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, pad_plane_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, pad_plane_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, pad_plane_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, pad_plane_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, pad_plane_f64, double, vf64x2)
 
 /* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
  * padded x[s, c], channels [c0, c1), stride 1. Each tap sums into four vectors per sample,
  * folded into one row of partial sums, summed once per channel: a fixed order. */
-#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, PAD, T, V)                                          \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, PAD, T, V)                                          \
+    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
                                   const Geometry *g, I n, I c0, I c1, int accumulate)         \
     {                                                                                          \
         const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
@@ -350,8 +375,12 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64, pad_plane_f64, double, vf64)
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32, pad_plane_f32, float, vf32)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, vf64)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2)
 
 /* Direct stride-1 convolution on the padded grid, for every group: the Cg input planes of a
  * sample's group are copied zero-padded into a buffer (Cg x Hp x Wp, plus slack), and each
@@ -363,11 +392,9 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
  * swapped, taps reversed (dx is this conv of dy padded by (k - 1)*d - p). */
 /* 8 output channels x 3 vectors: 24 sums in registers (the fastest blocking measured, see
  * docs/numpy.md; an AVX2 build would spill them, so spatial.py uses this only with AVX-512) */
-#define OB 8
-#define NV 3
 
-#define DEFINE_DIRECT_GRID(NAME, PAD, T, V)                                                    \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
+#define DEFINE_DIRECT_GRID(NAME, ATTR, PAD, T, V, OB, NV)                                                    \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
                                   const Geometry *g, I groups, I o, I n0, I n1, int flip,     \
                                   int accumulate)                                             \
     {                                                                                          \
@@ -377,13 +404,16 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
         const I blocks = (og + OB - 1) / OB, plane = s.buffer;                                \
         T *buf = malloc((size_t)(cg * plane + OB * s.span) * sizeof(T));                      \
         T *packed = calloc((size_t)(groups * blocks * cg * taps * OB), sizeof(T));            \
-        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        I *offset = malloc((size_t)(cg * taps) * sizeof(I));                                  \
         if (!buf || !packed || !offset) {                                                     \
             free(buf); free(packed); free(offset);                                            \
             return -1;                                                                        \
         }                                                                                     \
         T *grid = buf + cg * plane;                                                           \
+        /* one offset per (input channel, tap): the sum runs as one flat loop */             \
         tap_offsets(g, &s, offset);                                                           \
+        for (I c = cg - 1; c >= 0; c--)                                                       \
+            for (I t = 0; t < taps; t++) offset[c * taps + t] = c * plane + offset[t];        \
         for (I gr = 0; gr < groups; gr++)                                                     \
             for (I j = 0; j < og; j++)                                                        \
                 for (I c = 0; c < cg; c++)                                                    \
@@ -403,17 +433,14 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
                         V a[OB][NV];                                                          \
                         for (int r = 0; r < OB; r++)                                          \
                             for (int v = 0; v < NV; v++) a[r][v] = (V){0};                    \
-                        for (I c = 0; c < cg; c++) {                                          \
-                            const T *src = buf + c * plane + b;                               \
-                            const T *wt = wb + c * taps * OB;                                 \
-                            for (I t = 0; t < taps; t++) {                                    \
-                                const T *p = src + offset[t];                                 \
-                                V xv[NV];                                                     \
-                                for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + v * lanes); \
-                                for (int r = 0; r < OB; r++) {                                \
-                                    const T k = wt[t * OB + r];                               \
-                                    for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];        \
-                                }                                                             \
+                        const T *src = buf + b, *wt = wb;                                     \
+                        for (I u = 0; u < cg * taps; u++, wt += OB) {                         \
+                            const T *p = src + offset[u];                                     \
+                            V xv[NV];                                                         \
+                            for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + v * lanes);     \
+                            for (int r = 0; r < OB; r++) {                                    \
+                                const T k = wt[r];                                            \
+                                for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];            \
                             }                                                                 \
                         }                                                                     \
                         for (int r = 0; r < OB; r++)                                          \
@@ -436,19 +463,21 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID(direct_grid_f32, pad_plane_f32, float, vf32)
-DEFINE_DIRECT_GRID(direct_grid_f64, pad_plane_f64, double, vf64)
+DEFINE_DIRECT_GRID(direct_grid_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3)
+DEFINE_DIRECT_GRID(direct_grid_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3)
+DEFINE_DIRECT_GRID(direct_grid_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3)
+DEFINE_DIRECT_GRID(direct_grid_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3)
+DEFINE_DIRECT_GRID(direct_grid_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2)
+DEFINE_DIRECT_GRID(direct_grid_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2)
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and grid
  * positions of dy[o] (on the grid, zero past Wo) times the shifted padded x[c]. Blocks of
  * FO output channels x FT taps keep one vector of partial sums each in registers over a whole
  * grid, then add their lanes (in order) into dw. Output channels and taps are padded to whole
  * blocks with zero dy planes and tap offset 0; those sums are dropped. */
-#define FO 8
-#define FT 3
 
-#define DEFINE_DIRECT_GRID_FILTER(NAME, PAD, T, V)                                             \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, T, V, FO, FT)                                             \
+    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
                                   const Geometry *g, I groups, I o, I n0, I n1, int accumulate) \
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
@@ -504,8 +533,12 @@ DEFINE_DIRECT_GRID(direct_grid_f64, pad_plane_f64, double, vf64)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32, pad_plane_f32, float, vf32)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64, pad_plane_f64, double, vf64)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2)
 
 /* ------------------------------------------------------------------ Python glue */
 
@@ -720,9 +753,9 @@ static PyObject *py_depthwise_grid(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (x.itemsize == 4)
-        failed = depthwise_grid_f32(x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+        failed = ISA_CALL(depthwise_grid_f32, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
     else
-        failed = depthwise_grid_f64(x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+        failed = ISA_CALL(depthwise_grid_f64, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
@@ -744,9 +777,9 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (dw.itemsize == 4)
-        failed = depthwise_grid_filter_f32(x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+        failed = ISA_CALL(depthwise_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
     else
-        failed = depthwise_grid_filter_f64(x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+        failed = ISA_CALL(depthwise_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();
@@ -773,9 +806,9 @@ static PyObject *py_direct_grid(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (x.itemsize == 4)
-        failed = direct_grid_f32(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = ISA_CALL(direct_grid_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
     else
-        failed = direct_grid_f64(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = ISA_CALL(direct_grid_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
@@ -802,9 +835,9 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (dw.itemsize == 4)
-        failed = direct_grid_filter_f32(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+        failed = ISA_CALL(direct_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
     else
-        failed = direct_grid_filter_f64(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+        failed = ISA_CALL(direct_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();
@@ -847,13 +880,15 @@ PyMODINIT_FUNC PyInit__conv_kernels(void)
 {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    int wide = 0;
-#if defined(__GNUC__) && defined(__x86_64__)
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
     __builtin_cpu_init();
-    wide = __builtin_cpu_supports("avx512f") != 0;
+    if (__builtin_cpu_supports("avx512f"))
+        isa = 2;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        isa = 1;
 #endif
-    /* the direct kernel keeps 24 vector sums in registers: only AVX-512 has enough of them */
-    if (PyModule_AddIntConstant(m, "wide_registers", wide) < 0) {
+    /* spatial.py picks algorithms by it: the direct kernels need a wide enough vector unit */
+    if (PyModule_AddIntConstant(m, "isa", isa) < 0) {
         Py_DECREF(m);
         return NULL;
     }

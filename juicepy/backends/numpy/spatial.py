@@ -390,8 +390,9 @@ def _chunk_of(plan, a, chunk):
 
 def _direct(backend, stride, padding) -> bool:
     """Whether the direct kernel computes this stride-1 conv (forward, or its input gradient
-    with ``padding`` (k - 1)*d - p): it needs AVX-512's registers to beat im2col + GEMM."""
-    return bool(backend.conv_kernels.wide_registers) and tuple(stride) == (1, 1) and min(padding) >= 0
+    with ``padding`` (k - 1)*d - p): it needs AVX2 with FMA or AVX-512 (``isa`` >= 1) to beat
+    im2col + GEMM."""
+    return backend.conv_kernels.isa >= 1 and tuple(stride) == (1, 1) and min(padding) >= 0
 
 
 def _pointwise(plan) -> bool:
@@ -404,14 +405,16 @@ def _pointwise(plan) -> bool:
 DIRECT_FILTER_MIN_PLANE = 512
 
 
-def _algorithm(op: str, count: int, out_hw, dilation) -> int:
+def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2) -> int:
     """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel (where it
-    applies). Fixed by the geometry, never timed, so every run of a network (a resumed one, one
-    in another process) computes the same bits. The direct kernel wins every forward and input
-    gradient measured; for the weight gradient only on large, undilated output planes."""
+    applies). Fixed by the geometry and the instruction set the C kernels were loaded for
+    (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one machine (a
+    resumed one, one in another process) computes the same bits. The direct kernel wins every
+    forward and input gradient measured; for the weight gradient only on large output planes,
+    and with AVX-512 only undilated ones (docs/numpy.md)."""
     if count == 1:
         return 0
-    if op == "filter" and (out_hw[0] * out_hw[1] < DIRECT_FILTER_MIN_PLANE or max(dilation) > 1):
+    if op == "filter" and (out_hw[0] * out_hw[1] < DIRECT_FILTER_MIN_PLANE or (isa >= 2 and max(dilation) > 1)):
         return 0
     return 1
 
@@ -422,7 +425,7 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     if _direct(backend, stride, padding) and not _pointwise(plan):
         runs.append(_direct_forward)
     args = (backend, x, w, plan, ws)
-    runs[_algorithm("forward", len(runs), out.shape[2:], dilation)](*args, out)
+    runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
 
 
 def _direct_forward(backend, x, w, plan, ws, out):
@@ -450,7 +453,7 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
     if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
-    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation)](*args, dw, accumulate, ws)
+    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dw, accumulate, ws)
 
 
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -501,7 +504,7 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
     args = (backend, dy, w, plan)
-    runs[_algorithm("data", len(runs), dy.shape[2:], dilation)](*args, dx, accumulate, ws)
+    runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
 
 
 def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):

@@ -67,7 +67,7 @@ def test_both_algorithms_of_each_op_match_the_fallback(choice, monkeypatch):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6, 9, 8))
     w = rng.standard_normal((8, 3, 3, 3))
-    monkeypatch.setattr(kernels, "wide_registers", 1)
+    monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: choice)
     ws = Workspace()
     fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
@@ -87,12 +87,14 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     assert choose("forward", 2, (4, 4), (2, 2)) == choose("data", 2, (4, 4), (2, 2)) == 1
     assert choose("filter", 2, (32, 32), (1, 1)) == 1
     assert choose("filter", 2, (8, 8), (1, 1)) == 0  # small planes: GEMM
-    assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated: GEMM
+    assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated, AVX-512: GEMM
+    assert choose("filter", 2, (32, 32), (2, 2), 1) == 1  # dilated, AVX2: direct
+    assert choose("filter", 2, (8, 8), (1, 1), 1) == 0
 
 
 @needs_kernels
 def test_two_contexts_compute_the_same_bits(monkeypatch):
-    monkeypatch.setattr(kernels, "wide_registers", 1)
+    monkeypatch.setattr(kernels, "isa", 2)
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal((2, 4, 24, 24)), rng.standard_normal((4, 4, 3, 3))
     first = _all_three(x, w, 7, (1, 1, 1, 1), ws=Workspace())
