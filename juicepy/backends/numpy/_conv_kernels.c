@@ -241,16 +241,20 @@ typedef struct {
 } Grid;
 
 /* ``block``: values per block; the grid is computed in whole blocks (span values), and every
- * block reads up to the largest tap offset past its end, so the buffer is zero there. */
+ * block reads up to the largest tap offset past its end, so the buffer is zero there.
+ * Rows are W + pw apart, not W + 2*pw: one gap of pw zeros is both a row's right padding and
+ * the next row's left padding (reads reach pw columns either side of a row), so the grid
+ * wastes pw columns per row instead of 2*pw (unless Wo is wider). Value (row, col) of the
+ * padded plane is at (row + ph)*wp + col + pw. */
 static Grid make_grid(const Geometry *g, I block)
 {
     Grid r;
     r.hp = g->h + 2 * g->ph;
-    r.wp = g->w + 2 * g->pw;
+    r.wp = g->w + g->pw > g->wo ? g->w + g->pw : g->wo;
     r.grid = g->ho * r.wp;
     r.span = (r.grid + block - 1) / block * block;
     r.buffer = r.span + (g->kh - 1) * g->dh * r.wp + (g->kw - 1) * g->dw;
-    if (r.buffer < r.hp * r.wp) r.buffer = r.hp * r.wp;
+    if (r.buffer < r.hp * r.wp + g->pw) r.buffer = r.hp * r.wp + g->pw;
     return r;
 }
 
