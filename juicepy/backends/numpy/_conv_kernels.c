@@ -101,6 +101,50 @@ DEFINE_IM2COL(im2col_f64, double)
 DEFINE_COL2IM(col2im_f32, float)
 DEFINE_COL2IM(col2im_f64, double)
 
+/* out[p] += bias[p % C] over planes p in [p0, p1) of ``inner`` values each (p = n*C + c). */
+#define DEFINE_BIAS_ADD(NAME, T)                                                               \
+    VECTOR_CLONES static void NAME(T *restrict out, const T *restrict bias, I c, I inner,     \
+                                   I p0, I p1)                                                \
+    {                                                                                          \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T b = bias[p % c];                                                          \
+            T *o = out + p * inner;                                                           \
+            for (I i = 0; i < inner; i++) o[i] += b;                                          \
+        }                                                                                     \
+    }
+
+DEFINE_BIAS_ADD(bias_add_f32, float)
+DEFINE_BIAS_ADD(bias_add_f64, double)
+
+/* db[ch] (+)= the sum of dy over samples and positions, channels [c0, c1). Each plane sums
+ * into 16 independent running sums (vectorised without reassociating), folded in a fixed
+ * order, and the planes add up in sample order in double: the bits never depend on how the
+ * channels are split over threads. */
+#define BIAS_SUMS 16
+#define DEFINE_BIAS_GRAD(NAME, T)                                                              \
+    VECTOR_CLONES static void NAME(const T *restrict dy, T *restrict db, I n, I c, I inner,   \
+                                   I c0, I c1, int accumulate)                                \
+    {                                                                                          \
+        for (I ch = c0; ch < c1; ch++) {                                                      \
+            double total = 0;                                                                 \
+            for (I s = 0; s < n; s++) {                                                       \
+                const T *src = dy + (s * c + ch) * inner;                                     \
+                T acc[BIAS_SUMS] = {0};                                                       \
+                I i = 0;                                                                      \
+                for (; i + BIAS_SUMS <= inner; i += BIAS_SUMS)                                \
+                    for (int u = 0; u < BIAS_SUMS; u++) acc[u] += src[i + u];                 \
+                T sum = 0;                                                                    \
+                for (; i < inner; i++) sum += src[i];                                         \
+                for (int u = 0; u < BIAS_SUMS; u++) sum += acc[u];                            \
+                total += sum;                                                                 \
+            }                                                                                 \
+            db[ch] = accumulate ? (T)(db[ch] + total) : (T)total;                             \
+        }                                                                                     \
+    }
+
+DEFINE_BIAS_GRAD(bias_grad_f32, float)
+DEFINE_BIAS_GRAD(bias_grad_f64, double)
+
 /* Depthwise (one input channel per output channel), any stride, planes p = n*C + c in
  * [p0, p1): out[p] = sum over taps of w[c, i, j] * x[p] at the tap's strided positions. */
 #define DEFINE_DEPTHWISE_FORWARD(NAME, T)                                                      \
@@ -660,6 +704,45 @@ static PyObject *py_col2im(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_bias_add(PyObject *self, PyObject *args)
+{
+    PyObject *oo, *bo;
+    I n, c, inner, p0, p1;
+    if (!PyArg_ParseTuple(args, "OOnnnnn", &oo, &bo, &n, &c, &inner, &p0, &p1)) return NULL;
+    if (n < 0 || c < 1 || inner < 0 || check_range(p0, p1, n * c, "planes") < 0) return NULL;
+    Py_buffer out, bias;
+    if (get_three(oo, &out, 1, n * c * inner, "out", bo, &bias, 0, c, "bias", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        bias_add_f32(out.buf, bias.buf, c, inner, p0, p1);
+    else
+        bias_add_f64(out.buf, bias.buf, c, inner, p0, p1);
+    Py_END_ALLOW_THREADS
+    release_three(&out, &bias, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bias_grad(PyObject *self, PyObject *args)
+{
+    PyObject *yo, *bo;
+    I n, c, inner, c0, c1;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOnnnnnp", &yo, &bo, &n, &c, &inner, &c0, &c1, &accumulate)) return NULL;
+    if (n < 0 || c < 1 || inner < 0 || check_range(c0, c1, c, "channels") < 0) return NULL;
+    Py_buffer dy, db;
+    if (get_three(yo, &dy, 0, n * c * inner, "dy", bo, &db, 1, c, "dbias", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (dy.itemsize == 4)
+        bias_grad_f32(dy.buf, db.buf, n, c, inner, c0, c1, accumulate);
+    else
+        bias_grad_f64(dy.buf, db.buf, n, c, inner, c0, c1, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dy, &db, NULL);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_depthwise_forward(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wo, *oo, *go;
@@ -861,6 +944,11 @@ static PyMethodDef methods[] = {
     {"col2im", py_col2im, METH_VARARGS,
      "col2im(cols, dx, geometry, N, n0, n1, sample_stride, row_stride, accumulate): dx (+)= "
      "the columns of samples [n0, n1) added back to the positions they were read from"},
+    {"bias_add", py_bias_add, METH_VARARGS,
+     "bias_add(out, bias, N, C, inner, p0, p1): planes [p0, p1) of (N, C, inner) out += bias[c]"},
+    {"bias_grad", py_bias_grad, METH_VARARGS,
+     "bias_grad(dy, dbias, N, C, inner, c0, c1, accumulate): dbias[c] (+)= the sum of dy's "
+     "channel c, channels [c0, c1)"},
     {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
      "depthwise_forward(x, w, out, geometry, N, p0, p1): planes [p0, p1) of a depthwise conv"},
     {"depthwise_backward_data", py_depthwise_backward_data, METH_VARARGS,
@@ -877,7 +965,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_conv_kernels",
-                                    "im2col/col2im and depthwise convolution for the NumPy backend.",
+                                    "im2col/col2im, direct and depthwise convolution and bias passes for the NumPy backend.",
                                     -1, methods};
 
 PyMODINIT_FUNC PyInit__conv_kernels(void)

@@ -257,6 +257,38 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
         dw += target
 
 
+# ------------------------------------------------------------- conv bias
+#: values per (sample, channel) plane from which the bias ops run as C passes over whole
+#: planes, split over threads; thinner (N, C) layouts (a Linear layer's) stay NumPy ufuncs
+BIAS_MIN_INNER = 16
+
+
+def _c_bias(backend, y, *arrays) -> bool:
+    return backend.conv_kernels is not None and y.ndim > 2 and channels_inner(y)[2] >= BIAS_MIN_INNER \
+        and y.dtype in (np.float32, np.float64) \
+        and all(a.flags.c_contiguous and a.dtype == y.dtype for a in (y,) + arrays)
+
+
+def add_bias(backend, out, bias) -> bool:
+    """out += bias per channel with the C pass, over threads; False where it does not apply."""
+    if not _c_bias(backend, out, bias):
+        return False
+    n, c, inner = channels_inner(out)
+    _run_lanes(n * c, inner, lambda lo, hi, k: backend.conv_kernels.bias_add(out, bias, n, c, inner, lo, hi))
+    return True
+
+
+def bias_grad(backend, dy, dbias, accumulate) -> bool:
+    """dbias (+)= dy summed per channel with the C pass (each channel wholly on one thread, so
+    the bits do not depend on the thread count); False where it does not apply."""
+    if not _c_bias(backend, dy, dbias):
+        return False
+    n, c, inner = channels_inner(dy)
+    _run_lanes(c, n * inner, lambda lo, hi, k: backend.conv_kernels.bias_grad(dy, dbias, n, c, inner, lo, hi,
+                                                                             accumulate))
+    return True
+
+
 # ------------------------------------------------------ depthwise convolution
 # One input channel and one output channel per group: a GEMM would have an inner dimension of 1,
 # so these loop over the kernel offsets and scale whole (N, C, Ho, Wo) windows instead.

@@ -9,6 +9,7 @@ import pytest
 import juicepy as jp
 from juicepy.backends.base import Workspace
 from juicepy.backends.numpy import spatial as numpy_spatial
+from juicepy.backends.numpy import threads as numpy_threads
 
 kernels = jp.backend("numpy").conv_kernels
 needs_kernels = pytest.mark.skipif(kernels is None, reason="juicepy.backends.numpy._conv_kernels is not loaded "
@@ -136,3 +137,38 @@ def test_kernels_refuse_buffers_that_do_not_fit():
     with pytest.raises(TypeError, match="x: expected a contiguous buffer"):
         kernels.depthwise_forward(np.zeros((2, 3, 5, 10), np.float32)[..., ::2], np.zeros((3, 1, 3, 3), np.float32),
                                   np.zeros((2, 3, 5, 5), np.float32), geometry, 2, 0, 6)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_bias_passes_match_the_fallback(dtype, accumulate, monkeypatch):
+    """The C bias add and bias gradient (planes of >= BIAS_MIN_INNER values, over threads) against
+    NumPy's, and the same bits on one thread as split over every lane."""
+    rng = np.random.default_rng(8)
+    b = jp.backend("numpy")
+    shape = (5, 7, 9, 11)  # inner 99: not a whole number of the kernel's 16 running sums
+    y0, bias, db0 = rng.standard_normal(shape).astype(dtype), rng.standard_normal(7).astype(dtype), \
+        rng.standard_normal(7).astype(dtype)
+    results = []
+    for kernels_on, lanes in ((True, None), (True, 1), (False, None)):
+        with monkeypatch.context() as m:
+            if not kernels_on:
+                m.setattr(b, "conv_kernels", None)
+            if lanes:
+                m.setenv("JUICEPY_NUM_THREADS", str(lanes))
+            else:  # split this small array over every lane
+                m.setattr(numpy_threads, "MIN_LANE_WORK", 1)
+            assert numpy_spatial._c_bias(b, y0) == kernels_on
+            y, db = y0.copy(), db0.copy()
+            b.add_bias(y, bias)
+            b.bias_grad(y, db, accumulate, Workspace())
+            results.append((y, db))
+    (y_c, db_c), (y_one, db_one), (y_np, db_np) = results
+    np.testing.assert_array_equal(y_c, y_one)
+    np.testing.assert_array_equal(db_c, db_one)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(y_c, y_np, **tol)
+    np.testing.assert_allclose(db_c, db_np, **tol)
+    expected = y0.astype(np.float64) + bias.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(db_c, (db0 if accumulate else 0) + expected.sum(axis=(0, 2, 3)), **tol)
