@@ -588,6 +588,161 @@ DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, do
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2)
 
+/* Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (any dilation d): each tile of 2x2
+ * outputs, d apart, is A^T [(G g G^T) . (B^T x B)] A of the 4x4 inputs under it, so the 36
+ * multiply-adds per output channel and input channel become 16 per tile (9/4 fewer), done as
+ * 16 GEMMs (one per transformed position k) by BLAS between these transforms:
+ * u[k][a][b] (out x in channels), v[k][b][p] and m[k][a][p] over the tiles p of a chunk of
+ * samples. Along each axis tiles come in groups of d: group q covers outputs q*2d .. q*2d+2d-1,
+ * tile t of it outputs t + q*2d and t + q*2d + d. */
+static I wino_origin(I t, I d) { return t / d * 2 * d + t % d; }
+
+/* u[k][a][b] = (G g G^T)[k] of the 3x3 taps of a = out channel, b = in channel (``flip``: w
+ * is (B, A, 3, 3) and its taps are reversed, the input gradient's conv of dy). */
+#define DEFINE_WINOGRAD_WEIGHTS(NAME, T)                                                       \
+    static void NAME(const T *restrict w, T *restrict u, I na, I nb, int flip)                \
+    {                                                                                          \
+        for (I a = 0; a < na; a++)                                                            \
+            for (I b = 0; b < nb; b++) {                                                      \
+                T k[3][3], t[4][3];                                                           \
+                for (int i = 0; i < 3; i++)                                                   \
+                    for (int j = 0; j < 3; j++)                                               \
+                        k[i][j] = flip ? w[(b * na + a) * 9 + (2 - i) * 3 + (2 - j)]          \
+                                       : w[(a * nb + b) * 9 + i * 3 + j];                    \
+                for (int j = 0; j < 3; j++) {                                                 \
+                    t[0][j] = k[0][j];                                                        \
+                    t[1][j] = (T)0.5 * (k[0][j] + k[1][j] + k[2][j]);                         \
+                    t[2][j] = (T)0.5 * (k[0][j] - k[1][j] + k[2][j]);                         \
+                    t[3][j] = k[2][j];                                                        \
+                }                                                                             \
+                for (int i = 0; i < 4; i++) {                                                 \
+                    T r[4] = {t[i][0], (T)0.5 * (t[i][0] + t[i][1] + t[i][2]),                \
+                              (T)0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};               \
+                    for (int j = 0; j < 4; j++) u[((i * 4 + j) * na + a) * nb + b] = r[j];     \
+                }                                                                             \
+            }                                                                                 \
+    }
+
+DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f32, float)
+DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
+
+/* v[k][c][p] = (B^T x B)[k] of every tile p of samples [n0, n1) (p = (n - n0)*th*tw +
+ * ty*tw + tx) and channel c, read from a zero-padded copy of each plane. Returns -1 when its
+ * scratch cannot be allocated. */
+#define DEFINE_WINOGRAD_INPUT(NAME, T)                                                         \
+    VECTOR_CLONES static int NAME(const T *restrict x, T *restrict v, const Geometry *g,      \
+                                  I n0, I n1, I th, I tw, I ks)                               \
+    {                                                                                          \
+        const I dh = g->dh, dw = g->dw, tiles = th * tw, np = (n1 - n0) * tiles;             \
+        I hb = wino_origin(th - 1, dh) + 3 * dh + 1, wb = wino_origin(tw - 1, dw) + 3 * dw + 1; \
+        if (hb < g->h + g->ph) hb = g->h + g->ph;                                             \
+        if (wb < g->w + g->pw) wb = g->w + g->pw;                                             \
+        T *buf = malloc((size_t)(hb * wb + 4 * wb) * sizeof(T));                              \
+        I *col = malloc((size_t)tw * sizeof(I));                                              \
+        if (!buf || !col) {                                                                   \
+            free(buf); free(col);                                                             \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *rows = buf + hb * wb;                                                              \
+        for (I tx = 0; tx < tw; tx++) col[tx] = wino_origin(tx, dw);                          \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I c = 0; c < g->c; c++) {                                                    \
+                const T *plane = x + (n * g->c + c) * g->h * g->w;                            \
+                memset(buf, 0, (size_t)(hb * wb) * sizeof(T));                                \
+                for (I r = 0; r < g->h; r++)                                                  \
+                    memcpy(buf + (r + g->ph) * wb + g->pw, plane + r * g->w, (size_t)g->w * sizeof(T)); \
+                T *dst = v + c * np + (n - n0) * tiles;                                       \
+                for (I ty = 0; ty < th; ty++, dst += tw) {                                    \
+                    const T *r0 = buf + wino_origin(ty, dh) * wb;                             \
+                    const T *r1 = r0 + dh * wb, *r2 = r1 + dh * wb, *r3 = r2 + dh * wb;       \
+                    T *t0 = rows, *t1 = rows + wb, *t2 = rows + 2 * wb, *t3 = rows + 3 * wb;  \
+                    for (I q = 0; q < wb; q++) {                                              \
+                        t0[q] = r0[q] - r2[q];                                                \
+                        t1[q] = r1[q] + r2[q];                                                \
+                        t2[q] = r2[q] - r1[q];                                                \
+                        t3[q] = r1[q] - r3[q];                                                \
+                    }                                                                         \
+                    for (int i = 0; i < 4; i++) {                                             \
+                        const T *t = rows + i * wb;                                           \
+                        T *o0 = dst + (4 * i) * ks, *o1 = o0 + ks, *o2 = o1 + ks, *o3 = o2 + ks; \
+                        if (dw == 1)                                                          \
+                            for (I tx = 0; tx < tw; tx++) {                                   \
+                                const T *e = t + 2 * tx;                                      \
+                                o0[tx] = e[0] - e[2];                                         \
+                                o1[tx] = e[1] + e[2];                                         \
+                                o2[tx] = e[2] - e[1];                                         \
+                                o3[tx] = e[1] - e[3];                                         \
+                            }                                                                 \
+                        else                                                                  \
+                            for (I tx = 0; tx < tw; tx++) {                                   \
+                                const T *e = t + col[tx];                                     \
+                                const T e0 = e[0], e1 = e[dw], e2 = e[2 * dw], e3 = e[3 * dw]; \
+                                o0[tx] = e0 - e2;                                             \
+                                o1[tx] = e1 + e2;                                             \
+                                o2[tx] = e2 - e1;                                             \
+                                o3[tx] = e1 - e3;                                             \
+                            }                                                                 \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        free(buf); free(col);                                                                 \
+        return 0;                                                                             \
+    }
+
+DEFINE_WINOGRAD_INPUT(winograd_input_f32, float)
+DEFINE_WINOGRAD_INPUT(winograd_input_f64, double)
+
+/* out[n, a] (+)= A^T m[.][a][p] A of every tile p of samples [n0, n1): the 2x2 outputs d
+ * apart, those past Ho x Wo dropped. */
+#define DEFINE_WINOGRAD_OUTPUT(NAME, T)                                                        \
+    VECTOR_CLONES static int NAME(const T *restrict m, T *restrict out, const Geometry *g,    \
+                                  I o, I n0, I n1, I th, I tw, I ks, int accumulate)          \
+    {                                                                                          \
+        const I dh = g->dh, dw = g->dw, tiles = th * tw, np = (n1 - n0) * tiles;             \
+        T *rows = malloc((size_t)(4 * tw) * sizeof(T));                                       \
+        if (!rows) return -1;                                                                 \
+        T *y00 = rows, *y01 = rows + tw, *y10 = rows + 2 * tw, *y11 = rows + 3 * tw;         \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I a = 0; a < o; a++) {                                                       \
+                T *plane = out + (n * o + a) * g->ho * g->wo;                                 \
+                if (!accumulate) memset(plane, 0, (size_t)(g->ho * g->wo) * sizeof(T));       \
+                const T *src = m + a * np + (n - n0) * tiles;                                 \
+                for (I ty = 0; ty < th; ty++) {                                               \
+                    const T *e = src + ty * tw;                                               \
+                    for (I tx = 0; tx < tw; tx++) {                                           \
+                        T s0[4], s1[4];                                                       \
+                        for (int j = 0; j < 4; j++) {                                         \
+                            const T a0 = e[j * ks + tx], a1 = e[(4 + j) * ks + tx];           \
+                            const T a2 = e[(8 + j) * ks + tx], a3 = e[(12 + j) * ks + tx];    \
+                            s0[j] = a0 + a1 + a2;                                             \
+                            s1[j] = a1 - a2 - a3;                                             \
+                        }                                                                     \
+                        y00[tx] = s0[0] + s0[1] + s0[2];                                      \
+                        y01[tx] = s0[1] - s0[2] - s0[3];                                      \
+                        y10[tx] = s1[0] + s1[1] + s1[2];                                      \
+                        y11[tx] = s1[1] - s1[2] - s1[3];                                      \
+                    }                                                                         \
+                    const I r0 = wino_origin(ty, dh), r1 = r0 + dh;                           \
+                    for (I tx = 0; tx < tw; tx++) {                                           \
+                        const I x0 = wino_origin(tx, dw), x1 = x0 + dw;                       \
+                        if (r0 < g->ho) {                                                     \
+                            if (x0 < g->wo) plane[r0 * g->wo + x0] += y00[tx];                \
+                            if (x1 < g->wo) plane[r0 * g->wo + x1] += y01[tx];                \
+                        }                                                                     \
+                        if (r1 < g->ho) {                                                     \
+                            if (x0 < g->wo) plane[r1 * g->wo + x0] += y10[tx];                \
+                            if (x1 < g->wo) plane[r1 * g->wo + x1] += y11[tx];                \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        free(rows);                                                                           \
+        return 0;                                                                             \
+    }
+
+DEFINE_WINOGRAD_OUTPUT(winograd_output_f32, float)
+DEFINE_WINOGRAD_OUTPUT(winograd_output_f64, double)
+
 /* ------------------------------------------------------------------ Python glue */
 
 static int parse_geometry(PyObject *tuple, Geometry *g)
@@ -740,6 +895,99 @@ static PyObject *py_bias_grad(PyObject *self, PyObject *args)
         bias_grad_f64(dy.buf, db.buf, n, c, inner, c0, c1, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&dy, &db, NULL);
+    Py_RETURN_NONE;
+}
+
+static int check_winograd(const Geometry *g, I th, I tw)
+{
+    if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph < 0 || g->pw < 0 ||
+        g->ho != g->h + 2 * g->ph - 2 * g->dh || g->wo != g->w + 2 * g->pw - 2 * g->dw ||
+        th != (g->ho + 2 * g->dh - 1) / (2 * g->dh) * g->dh || tw != (g->wo + 2 * g->dw - 1) / (2 * g->dw) * g->dw) {
+        PyErr_SetString(PyExc_ValueError, "winograd kernels: need a 3x3 kernel, stride 1, padding >= 0, "
+                        "the Ho, Wo of that geometry and its tile counts");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *uo;
+    I na, nb;
+    int flip;
+    if (!PyArg_ParseTuple(args, "OOnnp", &wo, &uo, &na, &nb, &flip)) return NULL;
+    if (na < 1 || nb < 1) {
+        PyErr_SetString(PyExc_ValueError, "winograd_weights: channel counts must be positive");
+        return NULL;
+    }
+    Py_buffer w, u;
+    if (get_three(wo, &w, 0, na * nb * 9, "w", uo, &u, 1, 16 * na * nb, "u", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (w.itemsize == 4)
+        winograd_weights_f32(w.buf, u.buf, na, nb, flip);
+    else
+        winograd_weights_f64(w.buf, u.buf, na, nb, flip);
+    Py_END_ALLOW_THREADS
+    release_three(&w, &u, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_winograd_input(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *vo, *go;
+    Geometry g;
+    I n, n0, n1, th, tw, ks;
+    int failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &xo, &vo, &go, &n, &n0, &n1, &th, &tw, &ks)) return NULL;
+    if (!parse_geometry(go, &g) || check_winograd(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    if (ks < g.c * (n1 - n0) * th * tw) {
+        PyErr_SetString(PyExc_ValueError, "winograd_input: the slices of v overlap");
+        return NULL;
+    }
+    Py_buffer x, v;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", vo, &v, 1, 15 * ks + g.c * (n1 - n0) * th * tw, "v",
+                  NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        failed = winograd_input_f32(x.buf, v.buf, &g, n0, n1, th, tw, ks);
+    else
+        failed = winograd_input_f64(x.buf, v.buf, &g, n0, n1, th, tw, ks);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &v, NULL);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_winograd_output(PyObject *self, PyObject *args)
+{
+    PyObject *mo, *oo, *go;
+    Geometry g;
+    I o, n, n0, n1, th, tw, ks;
+    int accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnp", &mo, &oo, &go, &o, &n, &n0, &n1, &th, &tw, &ks, &accumulate))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_winograd(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
+        PyErr_SetString(PyExc_ValueError, "winograd_output: need a positive channel count and slices of m "
+                        "that do not overlap");
+        return NULL;
+    }
+    Py_buffer out, m;
+    if (get_three(oo, &out, 1, n * o * g.ho * g.wo, "out", mo, &m, 0, 15 * ks + o * (n1 - n0) * th * tw, "m",
+                  NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        failed = winograd_output_f32(m.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate);
+    else
+        failed = winograd_output_f64(m.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&out, &m, NULL);
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -944,6 +1192,15 @@ static PyMethodDef methods[] = {
     {"col2im", py_col2im, METH_VARARGS,
      "col2im(cols, dx, geometry, N, n0, n1, sample_stride, row_stride, accumulate): dx (+)= "
      "the columns of samples [n0, n1) added back to the positions they were read from"},
+    {"winograd_weights", py_winograd_weights, METH_VARARGS,
+     "winograd_weights(w, u, A, B, flip): u[16][A][B], the F(2x2, 3x3) transform of the taps "
+     "(flip: w is (B, A, 3, 3), taps reversed)"},
+    {"winograd_input", py_winograd_input, METH_VARARGS,
+     "winograd_input(x, v, geometry, N, n0, n1, th, tw, ks): v[16][C][tiles of samples [n0, n1)], "
+     "the 16 slices ks apart"},
+    {"winograd_output", py_winograd_output, METH_VARARGS,
+     "winograd_output(m, out, geometry, O, N, n0, n1, th, tw, ks, accumulate): out (+)= the tiles "
+     "m[16][O][tiles] (slices ks apart) of samples [n0, n1) transformed back"},
     {"bias_add", py_bias_add, METH_VARARGS,
      "bias_add(out, bias, N, C, inner, p0, p1): planes [p0, p1) of (N, C, inner) out += bias[c]"},
     {"bias_grad", py_bias_grad, METH_VARARGS,

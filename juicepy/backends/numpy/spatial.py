@@ -438,17 +438,18 @@ DIRECT_FILTER_MIN_PLANE = 512
 
 
 def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2) -> int:
-    """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel (where it
-    applies). Fixed by the geometry and the instruction set the C kernels were loaded for
-    (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one machine (a
-    resumed one, one in another process) computes the same bits. The direct kernel wins every
-    forward and input gradient measured; for the weight gradient only on large output planes,
-    and with AVX-512 only undilated ones (docs/numpy.md)."""
+    """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel, 2
+    Winograd (where they apply). Fixed by the geometry and the instruction set the C kernels
+    were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
+    machine (a resumed one, one in another process) computes the same bits. Winograd, where it
+    applies, wins every forward and input gradient measured, then the direct kernel; for the
+    weight gradient the direct kernel wins only on large output planes, and with AVX-512 only
+    undilated ones (docs/numpy.md)."""
     if count == 1:
         return 0
     if op == "filter" and (out_hw[0] * out_hw[1] < DIRECT_FILTER_MIN_PLANE or (isa >= 2 and max(dilation) > 1)):
         return 0
-    return 1
+    return count - 1
 
 
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
@@ -456,6 +457,8 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     runs = [_gemm_forward]
     if _direct(backend, stride, padding) and not _pointwise(plan):
         runs.append(_direct_forward)
+        if _winograd(plan, plan.c, plan.o):
+            runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
     runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
 
@@ -535,6 +538,8 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs = [_gemm_backward_data]
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
+        if _winograd(plan, plan.o, plan.c):
+            runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
     runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
 
@@ -565,6 +570,61 @@ def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
             backend.conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate)
 
     _run_gemm_pieces(len(chunks), lane)
+
+
+#: fewest input and output channels for Winograd: with fewer, its 16 GEMMs are too thin for
+#: BLAS and the direct kernel wins
+WINOGRAD_MIN_CHANNELS = 16
+#: tiles per chunk of samples: the transformed input and product of a chunk (16 x channels x
+#: tiles each) stay in cache between the transforms and the GEMMs
+WINOGRAD_TILES = 256
+
+
+def _winograd(plan, n_in, n_out) -> bool:
+    """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
+    applies: stride 1, padding >= 0, AVX2 or AVX-512): 3x3, ungrouped, channels enough."""
+    return (plan.kh, plan.kw, plan.groups) == (3, 3, 1) and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS
+
+
+def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
+    """dst (+)= the stride-1 3x3 conv of src (``geometry``) with w, as Winograd F(2x2, 3x3):
+    per chunk of samples, one lane transforms the input tiles, runs the 16 GEMMs with the
+    transformed taps on its own core, and transforms the products back into dst."""
+    n = src.shape[0]
+    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
+    th, tw = -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
+    tiles = th * tw
+    u = scratch(ws, backend, "conv_wino_u", (16, n_out, n_in), w.dtype)
+    backend.conv_kernels.winograd_weights(w, u, n_out, n_in, flip)
+    per = max(1, min(n, WINOGRAD_TILES // tiles))
+    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+
+    # the 16 slices of v and m lie a cache line more than their size apart: whole multiples
+    # of 4 KiB would put their rows in the same L1 sets
+    vs, ms = n_in * per * tiles + 16, n_out * per * tiles + 16
+
+    def lane(lo, hi, k):
+        v = scratch(ws, backend, f"conv_wino_v/{k}", (16, vs), src.dtype)
+        m = scratch(ws, backend, f"conv_wino_m/{k}", (16, ms), src.dtype)
+        for n0, n1 in chunks[lo:hi]:
+            p = (n1 - n0) * tiles
+            backend.conv_kernels.winograd_input(src, v, geometry, n, n0, n1, th, tw, vs)
+            np.matmul(u, _view(v[:, :n_in * p], (16, n_in, p)), out=_view(m[:, :n_out * p], (16, n_out, p)))
+            backend.conv_kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate)
+
+    _run_gemm_pieces(len(chunks), lane)
+
+
+def _winograd_forward(backend, x, w, plan, ws, out):
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
+    _winograd_run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws)
+
+
+def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    """dx as the stride-1 conv of dy with the taps flipped and the channels swapped."""
+    flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
+                        plan.dilation, dx.shape[2:])
+    _winograd_run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
 
 
 def _grid_padding(kernel, padding, dilation):

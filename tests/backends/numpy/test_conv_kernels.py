@@ -62,19 +62,29 @@ def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
 
 
 @needs_kernels
-@pytest.mark.parametrize("choice", [0, 1], ids=["gemm", "direct"])
-def test_both_algorithms_of_each_op_match_the_fallback(choice, monkeypatch):
-    """The geometry picks one per op; each must be right, alone and accumulating."""
+@pytest.mark.parametrize("choice", [0, 1, 2], ids=["gemm", "direct", "winograd"])
+@pytest.mark.parametrize("geometry", [(1, 1, 1, 2), (1, 1, 1, 1), (1, 2, 2, 1)], ids=["grouped", "plain", "dilated"])
+def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkeypatch):
+    """The geometry picks one per op; each must be right, alone and accumulating (Winograd
+    only where it applies: ungrouped; the weight gradient has no Winograd)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6, 9, 8))
-    w = rng.standard_normal((8, 3, 3, 3))
+    w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
     monkeypatch.setattr(kernels, "isa", 2)
-    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: choice)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    counts = []
+
+    def choose(op, count, *rest):
+        counts.append(count)
+        return min(choice, count - 1)
+
+    monkeypatch.setattr(numpy_spatial, "_algorithm", choose)
     ws = Workspace()
-    fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
-    summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    fast = _all_three(x, w, 5, geometry, ws=ws)
+    summed = _all_three(x, w, 5, geometry, accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    assert max(counts) == (2 if geometry[3] > 1 else 3)
     monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    reference = _all_three(x, w, 5, (1, 1, 1, 2))
+    reference = _all_three(x, w, 5, geometry)
     for got, want in zip(fast, reference):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10)
@@ -85,6 +95,7 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
     assert choose("forward", 1, (32, 32), (1, 1)) == 0  # only im2col + GEMM applies
+    assert choose("forward", 3, (32, 32), (1, 1), 1) == choose("data", 3, (32, 32), (2, 2)) == 2  # Winograd
     assert choose("forward", 2, (4, 4), (2, 2)) == choose("data", 2, (4, 4), (2, 2)) == 1
     assert choose("filter", 2, (32, 32), (1, 1)) == 1
     assert choose("filter", 2, (8, 8), (1, 1)) == 0  # small planes: GEMM
