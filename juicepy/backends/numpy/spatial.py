@@ -457,7 +457,7 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     runs = [_gemm_forward]
     if _direct(backend, stride, padding) and not _pointwise(plan):
         runs.append(_direct_forward)
-        if _winograd(plan, plan.c, plan.o):
+        if _winograd(backend, plan, plan.c, plan.o):
             runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
     runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
@@ -538,7 +538,7 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs = [_gemm_backward_data]
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
-        if _winograd(plan, plan.o, plan.c):
+        if _winograd(backend, plan, plan.o, plan.c):
             runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
     runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
@@ -580,10 +580,12 @@ WINOGRAD_MIN_CHANNELS = 16
 WINOGRAD_TILES = 256
 
 
-def _winograd(plan, n_in, n_out) -> bool:
+def _winograd(backend, plan, n_in, n_out) -> bool:
     """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
-    applies: stride 1, padding >= 0, AVX2 or AVX-512): 3x3, ungrouped, channels enough."""
-    return (plan.kh, plan.kw, plan.groups) == (3, 3, 1) and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS
+    applies: stride 1, padding >= 0): 3x3, ungrouped, channels enough, and AVX2 (``isa`` 1),
+    where it was measured to win; AVX-512 machines keep the direct kernel until measured."""
+    return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS
 
 
 def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
