@@ -190,7 +190,7 @@ def test_add_scale_mul(ops_backend, dtype, rng, shape, layout, accumulate):
     placed.check_sentinels()
 
 
-@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64), (3, 4, 5, 6)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_add_bias_and_bias_grad(ops_backend, dtype, rng, shape, accumulate):
     out0, bias, db0 = rng.standard_normal(shape), rng.standard_normal(shape[1]), rng.standard_normal(shape[1])

@@ -97,11 +97,12 @@ def test_conv2d_matches_loop_reference(config, layout, monkeypatch):
         if jp.backend("numpy").conv_kernels is None:
             pytest.skip("the C conv kernels are not loaded (not built for lack of a C compiler, "
                         "or JUICEPY_CPU_KERNELS=numpy)")
-        # "c-kernels": the direct kernels wherever they apply; "row bands": im2col + GEMM on
+        # "c-kernels": Winograd or else the direct kernels wherever they apply; "row bands": im2col + GEMM on
         # chunks of one output row, so every sample is cut into row bands
         bands = layout.endswith("bands")
         monkeypatch.setattr(numpy_spatial, "COLUMN_CHUNK", 1 if bands else 1 << 18)
-        monkeypatch.setattr(jp.backend("numpy").conv_kernels, "wide_registers", 1)
+        monkeypatch.setattr(jp.backend("numpy").conv_kernels, "isa", 1)  # AVX2: every algorithm applies
+        monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)  # Winograd wherever it applies
         monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: 0 if bands else count - 1)
     else:
         # the NumPy kernels pick a column layout by kernel depth: force each one on every config

@@ -101,6 +101,50 @@ DEFINE_IM2COL(im2col_f64, double)
 DEFINE_COL2IM(col2im_f32, float)
 DEFINE_COL2IM(col2im_f64, double)
 
+/* out[p] += bias[p % C] over planes p in [p0, p1) of ``inner`` values each (p = n*C + c). */
+#define DEFINE_BIAS_ADD(NAME, T)                                                               \
+    VECTOR_CLONES static void NAME(T *restrict out, const T *restrict bias, I c, I inner,     \
+                                   I p0, I p1)                                                \
+    {                                                                                          \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T b = bias[p % c];                                                          \
+            T *o = out + p * inner;                                                           \
+            for (I i = 0; i < inner; i++) o[i] += b;                                          \
+        }                                                                                     \
+    }
+
+DEFINE_BIAS_ADD(bias_add_f32, float)
+DEFINE_BIAS_ADD(bias_add_f64, double)
+
+/* db[ch] (+)= the sum of dy over samples and positions, channels [c0, c1). Each plane sums
+ * into 16 independent running sums (vectorised without reassociating), folded in a fixed
+ * order, and the planes add up in sample order in double: the bits never depend on how the
+ * channels are split over threads. */
+#define BIAS_SUMS 16
+#define DEFINE_BIAS_GRAD(NAME, T)                                                              \
+    VECTOR_CLONES static void NAME(const T *restrict dy, T *restrict db, I n, I c, I inner,   \
+                                   I c0, I c1, int accumulate)                                \
+    {                                                                                          \
+        for (I ch = c0; ch < c1; ch++) {                                                      \
+            double total = 0;                                                                 \
+            for (I s = 0; s < n; s++) {                                                       \
+                const T *src = dy + (s * c + ch) * inner;                                     \
+                T acc[BIAS_SUMS] = {0};                                                       \
+                I i = 0;                                                                      \
+                for (; i + BIAS_SUMS <= inner; i += BIAS_SUMS)                                \
+                    for (int u = 0; u < BIAS_SUMS; u++) acc[u] += src[i + u];                 \
+                T sum = 0;                                                                    \
+                for (; i < inner; i++) sum += src[i];                                         \
+                for (int u = 0; u < BIAS_SUMS; u++) sum += acc[u];                            \
+                total += sum;                                                                 \
+            }                                                                                 \
+            db[ch] = accumulate ? (T)(db[ch] + total) : (T)total;                             \
+        }                                                                                     \
+    }
+
+DEFINE_BIAS_GRAD(bias_grad_f32, float)
+DEFINE_BIAS_GRAD(bias_grad_f64, double)
+
 /* Depthwise (one input channel per output channel), any stride, planes p = n*C + c in
  * [p0, p1): out[p] = sum over taps of w[c, i, j] * x[p] at the tap's strided positions. */
 #define DEFINE_DEPTHWISE_FORWARD(NAME, T)                                                      \
@@ -209,8 +253,29 @@ DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f64, double)
  * columns dropped), so each tap is one long shifted multiply-add over blocks of four vectors
  * whose sums stay in registers, instead of a short loop per row. The backward data pass is
  * the same kernel on dy with the taps flipped and padding (k - 1)*d - p. */
-typedef float vf32 __attribute__((vector_size(64)));
-typedef double vf64 __attribute__((vector_size(64)));
+/* The grid kernels below use GCC vector types, which a target_clones build would lower to the
+ * same width on every target (a 64-byte vector on AVX2 goes through the stack, element by
+ * element). So each is built three times instead, with the vector width and register blocking
+ * of its instruction set, and the widest one the CPU runs is picked at module load (isa). */
+typedef float vf32x16 __attribute__((vector_size(64)));
+typedef double vf64x8 __attribute__((vector_size(64)));
+typedef float vf32x8 __attribute__((vector_size(32)));
+typedef double vf64x4 __attribute__((vector_size(32)));
+typedef float vf32x4 __attribute__((vector_size(16)));
+typedef double vf64x2 __attribute__((vector_size(16)));
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define ISA_512 __attribute__((target("avx512f,avx2,fma")))
+#define ISA_256 __attribute__((target("avx2,fma")))
+#define ISA_128
+#else
+#define ISA_512
+#define ISA_256
+#define ISA_128
+#endif
+/* 2: AVX-512 (with FMA), 1: AVX2 with FMA, 0: baseline x86-64 (or another architecture) */
+static int isa = 0;
+#define ISA_CALL(NAME, ...) \
+    (isa == 2 ? NAME##_512(__VA_ARGS__) : isa == 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 #define VLANES(V, T) ((I)(sizeof(V) / sizeof(T)))
 #define BLOCK(V, T) (4 * VLANES(V, T))
 #define LOADV(V, P) ({ V v_; memcpy(&v_, (P), sizeof v_); v_; })
@@ -220,16 +285,20 @@ typedef struct {
 } Grid;
 
 /* ``block``: values per block; the grid is computed in whole blocks (span values), and every
- * block reads up to the largest tap offset past its end, so the buffer is zero there. */
+ * block reads up to the largest tap offset past its end, so the buffer is zero there.
+ * Rows are W + pw apart, not W + 2*pw: one gap of pw zeros is both a row's right padding and
+ * the next row's left padding (reads reach pw columns either side of a row), so the grid
+ * wastes pw columns per row instead of 2*pw (unless Wo is wider). Value (row, col) of the
+ * padded plane is at (row + ph)*wp + col + pw. */
 static Grid make_grid(const Geometry *g, I block)
 {
     Grid r;
     r.hp = g->h + 2 * g->ph;
-    r.wp = g->w + 2 * g->pw;
+    r.wp = g->w + g->pw > g->wo ? g->w + g->pw : g->wo;
     r.grid = g->ho * r.wp;
     r.span = (r.grid + block - 1) / block * block;
     r.buffer = r.span + (g->kh - 1) * g->dh * r.wp + (g->kw - 1) * g->dw;
-    if (r.buffer < r.hp * r.wp) r.buffer = r.hp * r.wp;
+    if (r.buffer < r.hp * r.wp + g->pw) r.buffer = r.hp * r.wp + g->pw;
     return r;
 }
 
@@ -252,8 +321,8 @@ DEFINE_PAD_PLANE(pad_plane_f64, double)
 
 /* out[p] (+)= the taps (reversed when ``flip``) over padded x[p], planes [p0, p1), stride 1.
  * Returns -1 when its scratch cannot be allocated. */
-#define DEFINE_DEPTHWISE_GRID(NAME, PAD, T, V)                                                 \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
+#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, PAD, T, V)                                                 \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
                                   const Geometry *g, I p0, I p1, int flip, int accumulate)    \
     {                                                                                          \
         const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
@@ -297,14 +366,18 @@ DEFINE_PAD_PLANE(pad_plane_f64, double)
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32, pad_plane_f32, float, vf32)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64, pad_plane_f64, double, vf64)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, pad_plane_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, pad_plane_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, pad_plane_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, pad_plane_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, pad_plane_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, pad_plane_f64, double, vf64x2)
 
 /* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
  * padded x[s, c], channels [c0, c1), stride 1. Each tap sums into four vectors per sample,
  * folded into one row of partial sums, summed once per channel: a fixed order. */
-#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, PAD, T, V)                                          \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, PAD, T, V)                                          \
+    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
                                   const Geometry *g, I n, I c0, I c1, int accumulate)         \
     {                                                                                          \
         const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
@@ -350,8 +423,12 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64, pad_plane_f64, double, vf64)
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32, pad_plane_f32, float, vf32)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, vf64)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2)
 
 /* Direct stride-1 convolution on the padded grid, for every group: the Cg input planes of a
  * sample's group are copied zero-padded into a buffer (Cg x Hp x Wp, plus slack), and each
@@ -363,11 +440,9 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
  * swapped, taps reversed (dx is this conv of dy padded by (k - 1)*d - p). */
 /* 8 output channels x 3 vectors: 24 sums in registers (the fastest blocking measured, see
  * docs/numpy.md; an AVX2 build would spill them, so spatial.py uses this only with AVX-512) */
-#define OB 8
-#define NV 3
 
-#define DEFINE_DIRECT_GRID(NAME, PAD, T, V)                                                    \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
+#define DEFINE_DIRECT_GRID(NAME, ATTR, PAD, T, V, OB, NV)                                                    \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
                                   const Geometry *g, I groups, I o, I n0, I n1, int flip,     \
                                   int accumulate)                                             \
     {                                                                                          \
@@ -377,13 +452,16 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
         const I blocks = (og + OB - 1) / OB, plane = s.buffer;                                \
         T *buf = malloc((size_t)(cg * plane + OB * s.span) * sizeof(T));                      \
         T *packed = calloc((size_t)(groups * blocks * cg * taps * OB), sizeof(T));            \
-        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        I *offset = malloc((size_t)(cg * taps) * sizeof(I));                                  \
         if (!buf || !packed || !offset) {                                                     \
             free(buf); free(packed); free(offset);                                            \
             return -1;                                                                        \
         }                                                                                     \
         T *grid = buf + cg * plane;                                                           \
+        /* one offset per (input channel, tap): the sum runs as one flat loop */             \
         tap_offsets(g, &s, offset);                                                           \
+        for (I c = cg - 1; c >= 0; c--)                                                       \
+            for (I t = 0; t < taps; t++) offset[c * taps + t] = c * plane + offset[t];        \
         for (I gr = 0; gr < groups; gr++)                                                     \
             for (I j = 0; j < og; j++)                                                        \
                 for (I c = 0; c < cg; c++)                                                    \
@@ -403,17 +481,14 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
                         V a[OB][NV];                                                          \
                         for (int r = 0; r < OB; r++)                                          \
                             for (int v = 0; v < NV; v++) a[r][v] = (V){0};                    \
-                        for (I c = 0; c < cg; c++) {                                          \
-                            const T *src = buf + c * plane + b;                               \
-                            const T *wt = wb + c * taps * OB;                                 \
-                            for (I t = 0; t < taps; t++) {                                    \
-                                const T *p = src + offset[t];                                 \
-                                V xv[NV];                                                     \
-                                for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + v * lanes); \
-                                for (int r = 0; r < OB; r++) {                                \
-                                    const T k = wt[t * OB + r];                               \
-                                    for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];        \
-                                }                                                             \
+                        const T *src = buf + b, *wt = wb;                                     \
+                        for (I u = 0; u < cg * taps; u++, wt += OB) {                         \
+                            const T *p = src + offset[u];                                     \
+                            V xv[NV];                                                         \
+                            for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + v * lanes);     \
+                            for (int r = 0; r < OB; r++) {                                    \
+                                const T k = wt[r];                                            \
+                                for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];            \
                             }                                                                 \
                         }                                                                     \
                         for (int r = 0; r < OB; r++)                                          \
@@ -436,19 +511,21 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64, pad_plane_f64, double, v
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID(direct_grid_f32, pad_plane_f32, float, vf32)
-DEFINE_DIRECT_GRID(direct_grid_f64, pad_plane_f64, double, vf64)
+DEFINE_DIRECT_GRID(direct_grid_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3)
+DEFINE_DIRECT_GRID(direct_grid_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3)
+DEFINE_DIRECT_GRID(direct_grid_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3)
+DEFINE_DIRECT_GRID(direct_grid_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3)
+DEFINE_DIRECT_GRID(direct_grid_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2)
+DEFINE_DIRECT_GRID(direct_grid_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2)
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and grid
  * positions of dy[o] (on the grid, zero past Wo) times the shifted padded x[c]. Blocks of
  * FO output channels x FT taps keep one vector of partial sums each in registers over a whole
  * grid, then add their lanes (in order) into dw. Output channels and taps are padded to whole
  * blocks with zero dy planes and tap offset 0; those sums are dropped. */
-#define FO 8
-#define FT 3
 
-#define DEFINE_DIRECT_GRID_FILTER(NAME, PAD, T, V)                                             \
-    VECTOR_CLONES static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, T, V, FO, FT)                                             \
+    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
                                   const Geometry *g, I groups, I o, I n0, I n1, int accumulate) \
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
@@ -504,8 +581,167 @@ DEFINE_DIRECT_GRID(direct_grid_f64, pad_plane_f64, double, vf64)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32, pad_plane_f32, float, vf32)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64, pad_plane_f64, double, vf64)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2)
+
+/* Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (any dilation d): each tile of 2x2
+ * outputs, d apart, is A^T [(G g G^T) . (B^T x B)] A of the 4x4 inputs under it, so the 36
+ * multiply-adds per output channel and input channel become 16 per tile (9/4 fewer), done as
+ * 16 GEMMs (one per transformed position k) by BLAS between these transforms:
+ * u[k][a][b] (out x in channels), v[k][b][p] and m[k][a][p] over the tiles p of a chunk of
+ * samples. Along each axis tiles come in groups of d: group q covers outputs q*2d .. q*2d+2d-1,
+ * tile t of it outputs t + q*2d and t + q*2d + d. */
+static I wino_origin(I t, I d) { return t / d * 2 * d + t % d; }
+
+/* u[k][a][b] = (G g G^T)[k] of the 3x3 taps of a = out channel, b = in channel (``flip``: w
+ * is (B, A, 3, 3) and its taps are reversed, the input gradient's conv of dy). */
+#define DEFINE_WINOGRAD_WEIGHTS(NAME, T)                                                       \
+    static void NAME(const T *restrict w, T *restrict u, I na, I nb, int flip)                \
+    {                                                                                          \
+        for (I a = 0; a < na; a++)                                                            \
+            for (I b = 0; b < nb; b++) {                                                      \
+                T k[3][3], t[4][3];                                                           \
+                for (int i = 0; i < 3; i++)                                                   \
+                    for (int j = 0; j < 3; j++)                                               \
+                        k[i][j] = flip ? w[(b * na + a) * 9 + (2 - i) * 3 + (2 - j)]          \
+                                       : w[(a * nb + b) * 9 + i * 3 + j];                    \
+                for (int j = 0; j < 3; j++) {                                                 \
+                    t[0][j] = k[0][j];                                                        \
+                    t[1][j] = (T)0.5 * (k[0][j] + k[1][j] + k[2][j]);                         \
+                    t[2][j] = (T)0.5 * (k[0][j] - k[1][j] + k[2][j]);                         \
+                    t[3][j] = k[2][j];                                                        \
+                }                                                                             \
+                for (int i = 0; i < 4; i++) {                                                 \
+                    T r[4] = {t[i][0], (T)0.5 * (t[i][0] + t[i][1] + t[i][2]),                \
+                              (T)0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};               \
+                    for (int j = 0; j < 4; j++) u[((i * 4 + j) * na + a) * nb + b] = r[j];     \
+                }                                                                             \
+            }                                                                                 \
+    }
+
+DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f32, float)
+DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
+
+/* v[k][c][p] = (B^T x B)[k] of every tile p of samples [n0, n1) (p = (n - n0)*th*tw +
+ * ty*tw + tx) and channel c, read from a zero-padded copy of each plane. Returns -1 when its
+ * scratch cannot be allocated. */
+#define DEFINE_WINOGRAD_INPUT(NAME, T)                                                         \
+    VECTOR_CLONES static int NAME(const T *restrict x, T *restrict v, const Geometry *g,      \
+                                  I n0, I n1, I th, I tw, I ks)                               \
+    {                                                                                          \
+        const I dh = g->dh, dw = g->dw, tiles = th * tw, np = (n1 - n0) * tiles;             \
+        I hb = wino_origin(th - 1, dh) + 3 * dh + 1, wb = wino_origin(tw - 1, dw) + 3 * dw + 1; \
+        if (hb < g->h + g->ph) hb = g->h + g->ph;                                             \
+        if (wb < g->w + g->pw) wb = g->w + g->pw;                                             \
+        T *buf = malloc((size_t)(hb * wb + 4 * wb) * sizeof(T));                              \
+        I *col = malloc((size_t)tw * sizeof(I));                                              \
+        if (!buf || !col) {                                                                   \
+            free(buf); free(col);                                                             \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *rows = buf + hb * wb;                                                              \
+        for (I tx = 0; tx < tw; tx++) col[tx] = wino_origin(tx, dw);                          \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I c = 0; c < g->c; c++) {                                                    \
+                const T *plane = x + (n * g->c + c) * g->h * g->w;                            \
+                memset(buf, 0, (size_t)(hb * wb) * sizeof(T));                                \
+                for (I r = 0; r < g->h; r++)                                                  \
+                    memcpy(buf + (r + g->ph) * wb + g->pw, plane + r * g->w, (size_t)g->w * sizeof(T)); \
+                T *dst = v + c * np + (n - n0) * tiles;                                       \
+                for (I ty = 0; ty < th; ty++, dst += tw) {                                    \
+                    const T *r0 = buf + wino_origin(ty, dh) * wb;                             \
+                    const T *r1 = r0 + dh * wb, *r2 = r1 + dh * wb, *r3 = r2 + dh * wb;       \
+                    T *t0 = rows, *t1 = rows + wb, *t2 = rows + 2 * wb, *t3 = rows + 3 * wb;  \
+                    for (I q = 0; q < wb; q++) {                                              \
+                        t0[q] = r0[q] - r2[q];                                                \
+                        t1[q] = r1[q] + r2[q];                                                \
+                        t2[q] = r2[q] - r1[q];                                                \
+                        t3[q] = r1[q] - r3[q];                                                \
+                    }                                                                         \
+                    for (int i = 0; i < 4; i++) {                                             \
+                        const T *t = rows + i * wb;                                           \
+                        T *o0 = dst + (4 * i) * ks, *o1 = o0 + ks, *o2 = o1 + ks, *o3 = o2 + ks; \
+                        if (dw == 1)                                                          \
+                            for (I tx = 0; tx < tw; tx++) {                                   \
+                                const T *e = t + 2 * tx;                                      \
+                                o0[tx] = e[0] - e[2];                                         \
+                                o1[tx] = e[1] + e[2];                                         \
+                                o2[tx] = e[2] - e[1];                                         \
+                                o3[tx] = e[1] - e[3];                                         \
+                            }                                                                 \
+                        else                                                                  \
+                            for (I tx = 0; tx < tw; tx++) {                                   \
+                                const T *e = t + col[tx];                                     \
+                                const T e0 = e[0], e1 = e[dw], e2 = e[2 * dw], e3 = e[3 * dw]; \
+                                o0[tx] = e0 - e2;                                             \
+                                o1[tx] = e1 + e2;                                             \
+                                o2[tx] = e2 - e1;                                             \
+                                o3[tx] = e1 - e3;                                             \
+                            }                                                                 \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        free(buf); free(col);                                                                 \
+        return 0;                                                                             \
+    }
+
+DEFINE_WINOGRAD_INPUT(winograd_input_f32, float)
+DEFINE_WINOGRAD_INPUT(winograd_input_f64, double)
+
+/* out[n, a] (+)= A^T m[.][a][p] A of every tile p of samples [n0, n1): the 2x2 outputs d
+ * apart, those past Ho x Wo dropped. */
+#define DEFINE_WINOGRAD_OUTPUT(NAME, T)                                                        \
+    VECTOR_CLONES static int NAME(const T *restrict m, T *restrict out, const Geometry *g,    \
+                                  I o, I n0, I n1, I th, I tw, I ks, int accumulate)          \
+    {                                                                                          \
+        const I dh = g->dh, dw = g->dw, tiles = th * tw, np = (n1 - n0) * tiles;             \
+        T *rows = malloc((size_t)(4 * tw) * sizeof(T));                                       \
+        if (!rows) return -1;                                                                 \
+        T *y00 = rows, *y01 = rows + tw, *y10 = rows + 2 * tw, *y11 = rows + 3 * tw;         \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I a = 0; a < o; a++) {                                                       \
+                T *plane = out + (n * o + a) * g->ho * g->wo;                                 \
+                if (!accumulate) memset(plane, 0, (size_t)(g->ho * g->wo) * sizeof(T));       \
+                const T *src = m + a * np + (n - n0) * tiles;                                 \
+                for (I ty = 0; ty < th; ty++) {                                               \
+                    const T *e = src + ty * tw;                                               \
+                    for (I tx = 0; tx < tw; tx++) {                                           \
+                        T s0[4], s1[4];                                                       \
+                        for (int j = 0; j < 4; j++) {                                         \
+                            const T a0 = e[j * ks + tx], a1 = e[(4 + j) * ks + tx];           \
+                            const T a2 = e[(8 + j) * ks + tx], a3 = e[(12 + j) * ks + tx];    \
+                            s0[j] = a0 + a1 + a2;                                             \
+                            s1[j] = a1 - a2 - a3;                                             \
+                        }                                                                     \
+                        y00[tx] = s0[0] + s0[1] + s0[2];                                      \
+                        y01[tx] = s0[1] - s0[2] - s0[3];                                      \
+                        y10[tx] = s1[0] + s1[1] + s1[2];                                      \
+                        y11[tx] = s1[1] - s1[2] - s1[3];                                      \
+                    }                                                                         \
+                    const I r0 = wino_origin(ty, dh), r1 = r0 + dh;                           \
+                    for (I tx = 0; tx < tw; tx++) {                                           \
+                        const I x0 = wino_origin(tx, dw), x1 = x0 + dw;                       \
+                        if (r0 < g->ho) {                                                     \
+                            if (x0 < g->wo) plane[r0 * g->wo + x0] += y00[tx];                \
+                            if (x1 < g->wo) plane[r0 * g->wo + x1] += y01[tx];                \
+                        }                                                                     \
+                        if (r1 < g->ho) {                                                     \
+                            if (x0 < g->wo) plane[r1 * g->wo + x0] += y10[tx];                \
+                            if (x1 < g->wo) plane[r1 * g->wo + x1] += y11[tx];                \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        free(rows);                                                                           \
+        return 0;                                                                             \
+    }
+
+DEFINE_WINOGRAD_OUTPUT(winograd_output_f32, float)
+DEFINE_WINOGRAD_OUTPUT(winograd_output_f64, double)
 
 /* ------------------------------------------------------------------ Python glue */
 
@@ -623,6 +859,138 @@ static PyObject *py_col2im(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_bias_add(PyObject *self, PyObject *args)
+{
+    PyObject *oo, *bo;
+    I n, c, inner, p0, p1;
+    if (!PyArg_ParseTuple(args, "OOnnnnn", &oo, &bo, &n, &c, &inner, &p0, &p1)) return NULL;
+    if (n < 0 || c < 1 || inner < 0 || check_range(p0, p1, n * c, "planes") < 0) return NULL;
+    Py_buffer out, bias;
+    if (get_three(oo, &out, 1, n * c * inner, "out", bo, &bias, 0, c, "bias", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        bias_add_f32(out.buf, bias.buf, c, inner, p0, p1);
+    else
+        bias_add_f64(out.buf, bias.buf, c, inner, p0, p1);
+    Py_END_ALLOW_THREADS
+    release_three(&out, &bias, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_bias_grad(PyObject *self, PyObject *args)
+{
+    PyObject *yo, *bo;
+    I n, c, inner, c0, c1;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOnnnnnp", &yo, &bo, &n, &c, &inner, &c0, &c1, &accumulate)) return NULL;
+    if (n < 0 || c < 1 || inner < 0 || check_range(c0, c1, c, "channels") < 0) return NULL;
+    Py_buffer dy, db;
+    if (get_three(yo, &dy, 0, n * c * inner, "dy", bo, &db, 1, c, "dbias", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (dy.itemsize == 4)
+        bias_grad_f32(dy.buf, db.buf, n, c, inner, c0, c1, accumulate);
+    else
+        bias_grad_f64(dy.buf, db.buf, n, c, inner, c0, c1, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&dy, &db, NULL);
+    Py_RETURN_NONE;
+}
+
+static int check_winograd(const Geometry *g, I th, I tw)
+{
+    if (g->kh != 3 || g->kw != 3 || g->sh != 1 || g->sw != 1 || g->ph < 0 || g->pw < 0 ||
+        g->ho != g->h + 2 * g->ph - 2 * g->dh || g->wo != g->w + 2 * g->pw - 2 * g->dw ||
+        th != (g->ho + 2 * g->dh - 1) / (2 * g->dh) * g->dh || tw != (g->wo + 2 * g->dw - 1) / (2 * g->dw) * g->dw) {
+        PyErr_SetString(PyExc_ValueError, "winograd kernels: need a 3x3 kernel, stride 1, padding >= 0, "
+                        "the Ho, Wo of that geometry and its tile counts");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *uo;
+    I na, nb;
+    int flip;
+    if (!PyArg_ParseTuple(args, "OOnnp", &wo, &uo, &na, &nb, &flip)) return NULL;
+    if (na < 1 || nb < 1) {
+        PyErr_SetString(PyExc_ValueError, "winograd_weights: channel counts must be positive");
+        return NULL;
+    }
+    Py_buffer w, u;
+    if (get_three(wo, &w, 0, na * nb * 9, "w", uo, &u, 1, 16 * na * nb, "u", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (w.itemsize == 4)
+        winograd_weights_f32(w.buf, u.buf, na, nb, flip);
+    else
+        winograd_weights_f64(w.buf, u.buf, na, nb, flip);
+    Py_END_ALLOW_THREADS
+    release_three(&w, &u, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_winograd_input(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *vo, *go;
+    Geometry g;
+    I n, n0, n1, th, tw, ks;
+    int failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &xo, &vo, &go, &n, &n0, &n1, &th, &tw, &ks)) return NULL;
+    if (!parse_geometry(go, &g) || check_winograd(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    if (ks < g.c * (n1 - n0) * th * tw) {
+        PyErr_SetString(PyExc_ValueError, "winograd_input: the slices of v overlap");
+        return NULL;
+    }
+    Py_buffer x, v;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", vo, &v, 1, 15 * ks + g.c * (n1 - n0) * th * tw, "v",
+                  NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        failed = winograd_input_f32(x.buf, v.buf, &g, n0, n1, th, tw, ks);
+    else
+        failed = winograd_input_f64(x.buf, v.buf, &g, n0, n1, th, tw, ks);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &v, NULL);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_winograd_output(PyObject *self, PyObject *args)
+{
+    PyObject *mo, *oo, *go;
+    Geometry g;
+    I o, n, n0, n1, th, tw, ks;
+    int accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnp", &mo, &oo, &go, &o, &n, &n0, &n1, &th, &tw, &ks, &accumulate))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_winograd(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
+        PyErr_SetString(PyExc_ValueError, "winograd_output: need a positive channel count and slices of m "
+                        "that do not overlap");
+        return NULL;
+    }
+    Py_buffer out, m;
+    if (get_three(oo, &out, 1, n * o * g.ho * g.wo, "out", mo, &m, 0, 15 * ks + o * (n1 - n0) * th * tw, "m",
+                  NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        failed = winograd_output_f32(m.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate);
+    else
+        failed = winograd_output_f64(m.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate);
+    Py_END_ALLOW_THREADS
+    release_three(&out, &m, NULL);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_depthwise_forward(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wo, *oo, *go;
@@ -720,9 +1088,9 @@ static PyObject *py_depthwise_grid(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (x.itemsize == 4)
-        failed = depthwise_grid_f32(x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+        failed = ISA_CALL(depthwise_grid_f32, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
     else
-        failed = depthwise_grid_f64(x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+        failed = ISA_CALL(depthwise_grid_f64, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
@@ -744,9 +1112,9 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (dw.itemsize == 4)
-        failed = depthwise_grid_filter_f32(x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+        failed = ISA_CALL(depthwise_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
     else
-        failed = depthwise_grid_filter_f64(x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+        failed = ISA_CALL(depthwise_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();
@@ -773,9 +1141,9 @@ static PyObject *py_direct_grid(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (x.itemsize == 4)
-        failed = direct_grid_f32(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = ISA_CALL(direct_grid_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
     else
-        failed = direct_grid_f64(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = ISA_CALL(direct_grid_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
@@ -802,9 +1170,9 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (dw.itemsize == 4)
-        failed = direct_grid_filter_f32(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+        failed = ISA_CALL(direct_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
     else
-        failed = direct_grid_filter_f64(x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
+        failed = ISA_CALL(direct_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();
@@ -824,6 +1192,20 @@ static PyMethodDef methods[] = {
     {"col2im", py_col2im, METH_VARARGS,
      "col2im(cols, dx, geometry, N, n0, n1, sample_stride, row_stride, accumulate): dx (+)= "
      "the columns of samples [n0, n1) added back to the positions they were read from"},
+    {"winograd_weights", py_winograd_weights, METH_VARARGS,
+     "winograd_weights(w, u, A, B, flip): u[16][A][B], the F(2x2, 3x3) transform of the taps "
+     "(flip: w is (B, A, 3, 3), taps reversed)"},
+    {"winograd_input", py_winograd_input, METH_VARARGS,
+     "winograd_input(x, v, geometry, N, n0, n1, th, tw, ks): v[16][C][tiles of samples [n0, n1)], "
+     "the 16 slices ks apart"},
+    {"winograd_output", py_winograd_output, METH_VARARGS,
+     "winograd_output(m, out, geometry, O, N, n0, n1, th, tw, ks, accumulate): out (+)= the tiles "
+     "m[16][O][tiles] (slices ks apart) of samples [n0, n1) transformed back"},
+    {"bias_add", py_bias_add, METH_VARARGS,
+     "bias_add(out, bias, N, C, inner, p0, p1): planes [p0, p1) of (N, C, inner) out += bias[c]"},
+    {"bias_grad", py_bias_grad, METH_VARARGS,
+     "bias_grad(dy, dbias, N, C, inner, c0, c1, accumulate): dbias[c] (+)= the sum of dy's "
+     "channel c, channels [c0, c1)"},
     {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
      "depthwise_forward(x, w, out, geometry, N, p0, p1): planes [p0, p1) of a depthwise conv"},
     {"depthwise_backward_data", py_depthwise_backward_data, METH_VARARGS,
@@ -840,20 +1222,22 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_conv_kernels",
-                                    "im2col/col2im and depthwise convolution for the NumPy backend.",
+                                    "im2col/col2im, direct and depthwise convolution and bias passes for the NumPy backend.",
                                     -1, methods};
 
 PyMODINIT_FUNC PyInit__conv_kernels(void)
 {
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
-    int wide = 0;
-#if defined(__GNUC__) && defined(__x86_64__)
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
     __builtin_cpu_init();
-    wide = __builtin_cpu_supports("avx512f") != 0;
+    if (__builtin_cpu_supports("avx512f"))
+        isa = 2;
+    else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        isa = 1;
 #endif
-    /* the direct kernel keeps 24 vector sums in registers: only AVX-512 has enough of them */
-    if (PyModule_AddIntConstant(m, "wide_registers", wide) < 0) {
+    /* spatial.py picks algorithms by it: the direct kernels need a wide enough vector unit */
+    if (PyModule_AddIntConstant(m, "isa", isa) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -129,11 +129,14 @@ class NumpyBackend(Backend):
     def add_bias(self, out, bias):
         if bias.shape != (out.shape[1],):
             raise ValueError(f"numpy backend add_bias: bias must have shape ({out.shape[1]},), got {bias.shape}")
-        out += bias.reshape(spatial.channel_shape(out))
+        if not spatial.add_bias(self, out, bias):
+            out += bias.reshape(spatial.channel_shape(out))
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
         if dbias.shape != (dy.shape[1],):
             raise ValueError(f"numpy backend bias_grad: dbias must have shape ({dy.shape[1]},), got {dbias.shape}")
+        if spatial.bias_grad(self, dy, dbias, accumulate):
+            return
         axes = (0,) + tuple(range(2, dy.ndim))
         target = self._into(dbias, accumulate, ws)
         np.sum(dy, axis=axes, out=target)

@@ -257,6 +257,38 @@ def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups
         dw += target
 
 
+# ------------------------------------------------------------- conv bias
+#: values per (sample, channel) plane from which the bias ops run as C passes over whole
+#: planes, split over threads; thinner (N, C) layouts (a Linear layer's) stay NumPy ufuncs
+BIAS_MIN_INNER = 16
+
+
+def _c_bias(backend, y, *arrays) -> bool:
+    return backend.conv_kernels is not None and y.ndim > 2 and channels_inner(y)[2] >= BIAS_MIN_INNER \
+        and y.dtype in (np.float32, np.float64) \
+        and all(a.flags.c_contiguous and a.dtype == y.dtype for a in (y,) + arrays)
+
+
+def add_bias(backend, out, bias) -> bool:
+    """out += bias per channel with the C pass, over threads; False where it does not apply."""
+    if not _c_bias(backend, out, bias):
+        return False
+    n, c, inner = channels_inner(out)
+    _run_lanes(n * c, inner, lambda lo, hi, k: backend.conv_kernels.bias_add(out, bias, n, c, inner, lo, hi))
+    return True
+
+
+def bias_grad(backend, dy, dbias, accumulate) -> bool:
+    """dbias (+)= dy summed per channel with the C pass (each channel wholly on one thread, so
+    the bits do not depend on the thread count); False where it does not apply."""
+    if not _c_bias(backend, dy, dbias):
+        return False
+    n, c, inner = channels_inner(dy)
+    _run_lanes(c, n * inner, lambda lo, hi, k: backend.conv_kernels.bias_grad(dy, dbias, n, c, inner, lo, hi,
+                                                                             accumulate))
+    return True
+
+
 # ------------------------------------------------------ depthwise convolution
 # One input channel and one output channel per group: a GEMM would have an inner dimension of 1,
 # so these loop over the kernel offsets and scale whole (N, C, Ho, Wo) windows instead.
@@ -390,8 +422,9 @@ def _chunk_of(plan, a, chunk):
 
 def _direct(backend, stride, padding) -> bool:
     """Whether the direct kernel computes this stride-1 conv (forward, or its input gradient
-    with ``padding`` (k - 1)*d - p): it needs AVX-512's registers to beat im2col + GEMM."""
-    return bool(backend.conv_kernels.wide_registers) and tuple(stride) == (1, 1) and min(padding) >= 0
+    with ``padding`` (k - 1)*d - p): it needs AVX2 with FMA or AVX-512 (``isa`` >= 1) to beat
+    im2col + GEMM."""
+    return backend.conv_kernels.isa >= 1 and tuple(stride) == (1, 1) and min(padding) >= 0
 
 
 def _pointwise(plan) -> bool:
@@ -404,16 +437,19 @@ def _pointwise(plan) -> bool:
 DIRECT_FILTER_MIN_PLANE = 512
 
 
-def _algorithm(op: str, count: int, out_hw, dilation) -> int:
-    """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel (where it
-    applies). Fixed by the geometry, never timed, so every run of a network (a resumed one, one
-    in another process) computes the same bits. The direct kernel wins every forward and input
-    gradient measured; for the weight gradient only on large, undilated output planes."""
+def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2) -> int:
+    """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel, 2
+    Winograd (where they apply). Fixed by the geometry and the instruction set the C kernels
+    were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
+    machine (a resumed one, one in another process) computes the same bits. Winograd, where it
+    applies, wins every forward and input gradient measured, then the direct kernel; for the
+    weight gradient the direct kernel wins only on large output planes, and with AVX-512 only
+    undilated ones (docs/numpy.md)."""
     if count == 1:
         return 0
-    if op == "filter" and (out_hw[0] * out_hw[1] < DIRECT_FILTER_MIN_PLANE or max(dilation) > 1):
+    if op == "filter" and (out_hw[0] * out_hw[1] < DIRECT_FILTER_MIN_PLANE or (isa >= 2 and max(dilation) > 1)):
         return 0
-    return 1
+    return count - 1
 
 
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
@@ -421,8 +457,10 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     runs = [_gemm_forward]
     if _direct(backend, stride, padding) and not _pointwise(plan):
         runs.append(_direct_forward)
+        if _winograd(backend, plan, plan.c, plan.o):
+            runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
-    runs[_algorithm("forward", len(runs), out.shape[2:], dilation)](*args, out)
+    runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
 
 
 def _direct_forward(backend, x, w, plan, ws, out):
@@ -450,7 +488,7 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
     if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
-    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation)](*args, dw, accumulate, ws)
+    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dw, accumulate, ws)
 
 
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -500,8 +538,10 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs = [_gemm_backward_data]
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
+        if _winograd(backend, plan, plan.o, plan.c):
+            runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
-    runs[_algorithm("data", len(runs), dy.shape[2:], dilation)](*args, dx, accumulate, ws)
+    runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
 
 
 def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):
@@ -530,6 +570,63 @@ def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
             backend.conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate)
 
     _run_gemm_pieces(len(chunks), lane)
+
+
+#: fewest input and output channels for Winograd: with fewer, its 16 GEMMs are too thin for
+#: BLAS and the direct kernel wins
+WINOGRAD_MIN_CHANNELS = 16
+#: tiles per chunk of samples: the transformed input and product of a chunk (16 x channels x
+#: tiles each) stay in cache between the transforms and the GEMMs
+WINOGRAD_TILES = 256
+
+
+def _winograd(backend, plan, n_in, n_out) -> bool:
+    """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
+    applies: stride 1, padding >= 0): 3x3, ungrouped, channels enough, and AVX2 (``isa`` 1),
+    where it was measured to win; AVX-512 machines keep the direct kernel until measured."""
+    return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS
+
+
+def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
+    """dst (+)= the stride-1 3x3 conv of src (``geometry``) with w, as Winograd F(2x2, 3x3):
+    per chunk of samples, one lane transforms the input tiles, runs the 16 GEMMs with the
+    transformed taps on its own core, and transforms the products back into dst."""
+    n = src.shape[0]
+    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
+    th, tw = -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
+    tiles = th * tw
+    u = scratch(ws, backend, "conv_wino_u", (16, n_out, n_in), w.dtype)
+    backend.conv_kernels.winograd_weights(w, u, n_out, n_in, flip)
+    per = max(1, min(n, WINOGRAD_TILES // tiles))
+    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+
+    # the 16 slices of v and m lie a cache line more than their size apart: whole multiples
+    # of 4 KiB would put their rows in the same L1 sets
+    vs, ms = n_in * per * tiles + 16, n_out * per * tiles + 16
+
+    def lane(lo, hi, k):
+        v = scratch(ws, backend, f"conv_wino_v/{k}", (16, vs), src.dtype)
+        m = scratch(ws, backend, f"conv_wino_m/{k}", (16, ms), src.dtype)
+        for n0, n1 in chunks[lo:hi]:
+            p = (n1 - n0) * tiles
+            backend.conv_kernels.winograd_input(src, v, geometry, n, n0, n1, th, tw, vs)
+            np.matmul(u, _view(v[:, :n_in * p], (16, n_in, p)), out=_view(m[:, :n_out * p], (16, n_out, p)))
+            backend.conv_kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate)
+
+    _run_gemm_pieces(len(chunks), lane)
+
+
+def _winograd_forward(backend, x, w, plan, ws, out):
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
+    _winograd_run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws)
+
+
+def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    """dx as the stride-1 conv of dy with the taps flipped and the channels swapped."""
+    flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
+                        plan.dilation, dx.shape[2:])
+    _winograd_run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
 
 
 def _grid_padding(kernel, padding, dilation):

@@ -9,6 +9,7 @@ import pytest
 import juicepy as jp
 from juicepy.backends.base import Workspace
 from juicepy.backends.numpy import spatial as numpy_spatial
+from juicepy.backends.numpy import threads as numpy_threads
 
 kernels = jp.backend("numpy").conv_kernels
 needs_kernels = pytest.mark.skipif(kernels is None, reason="juicepy.backends.numpy._conv_kernels is not loaded "
@@ -61,19 +62,29 @@ def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
 
 
 @needs_kernels
-@pytest.mark.parametrize("choice", [0, 1], ids=["gemm", "direct"])
-def test_both_algorithms_of_each_op_match_the_fallback(choice, monkeypatch):
-    """The geometry picks one per op; each must be right, alone and accumulating."""
+@pytest.mark.parametrize("choice", [0, 1, 2], ids=["gemm", "direct", "winograd"])
+@pytest.mark.parametrize("geometry", [(1, 1, 1, 2), (1, 1, 1, 1), (1, 2, 2, 1)], ids=["grouped", "plain", "dilated"])
+def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkeypatch):
+    """The geometry picks one per op; each must be right, alone and accumulating (Winograd
+    only where it applies: ungrouped; the weight gradient has no Winograd)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6, 9, 8))
-    w = rng.standard_normal((8, 3, 3, 3))
-    monkeypatch.setattr(kernels, "wide_registers", 1)
-    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: choice)
+    w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
+    monkeypatch.setattr(kernels, "isa", 1)  # AVX2: all three algorithms apply
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    counts = []
+
+    def choose(op, count, *rest):
+        counts.append(count)
+        return min(choice, count - 1)
+
+    monkeypatch.setattr(numpy_spatial, "_algorithm", choose)
     ws = Workspace()
-    fast = _all_three(x, w, 5, (1, 1, 1, 2), ws=ws)
-    summed = _all_three(x, w, 5, (1, 1, 1, 2), accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    fast = _all_three(x, w, 5, geometry, ws=ws)
+    summed = _all_three(x, w, 5, geometry, accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    assert max(counts) == (2 if geometry[3] > 1 else 3)
     monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    reference = _all_three(x, w, 5, (1, 1, 1, 2))
+    reference = _all_three(x, w, 5, geometry)
     for got, want in zip(fast, reference):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10)
@@ -84,15 +95,18 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
     assert choose("forward", 1, (32, 32), (1, 1)) == 0  # only im2col + GEMM applies
+    assert choose("forward", 3, (32, 32), (1, 1), 1) == choose("data", 3, (32, 32), (2, 2)) == 2  # Winograd
     assert choose("forward", 2, (4, 4), (2, 2)) == choose("data", 2, (4, 4), (2, 2)) == 1
     assert choose("filter", 2, (32, 32), (1, 1)) == 1
     assert choose("filter", 2, (8, 8), (1, 1)) == 0  # small planes: GEMM
-    assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated: GEMM
+    assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated, AVX-512: GEMM
+    assert choose("filter", 2, (32, 32), (2, 2), 1) == 1  # dilated, AVX2: direct
+    assert choose("filter", 2, (8, 8), (1, 1), 1) == 0
 
 
 @needs_kernels
 def test_two_contexts_compute_the_same_bits(monkeypatch):
-    monkeypatch.setattr(kernels, "wide_registers", 1)
+    monkeypatch.setattr(kernels, "isa", 2)
     rng = np.random.default_rng(6)
     x, w = rng.standard_normal((2, 4, 24, 24)), rng.standard_normal((4, 4, 3, 3))
     first = _all_three(x, w, 7, (1, 1, 1, 1), ws=Workspace())
@@ -134,3 +148,38 @@ def test_kernels_refuse_buffers_that_do_not_fit():
     with pytest.raises(TypeError, match="x: expected a contiguous buffer"):
         kernels.depthwise_forward(np.zeros((2, 3, 5, 10), np.float32)[..., ::2], np.zeros((3, 1, 3, 3), np.float32),
                                   np.zeros((2, 3, 5, 5), np.float32), geometry, 2, 0, 6)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_bias_passes_match_the_fallback(dtype, accumulate, monkeypatch):
+    """The C bias add and bias gradient (planes of >= BIAS_MIN_INNER values, over threads) against
+    NumPy's, and the same bits on one thread as split over every lane."""
+    rng = np.random.default_rng(8)
+    b = jp.backend("numpy")
+    shape = (5, 7, 9, 11)  # inner 99: not a whole number of the kernel's 16 running sums
+    y0, bias, db0 = rng.standard_normal(shape).astype(dtype), rng.standard_normal(7).astype(dtype), \
+        rng.standard_normal(7).astype(dtype)
+    results = []
+    for kernels_on, lanes in ((True, None), (True, 1), (False, None)):
+        with monkeypatch.context() as m:
+            if not kernels_on:
+                m.setattr(b, "conv_kernels", None)
+            if lanes:
+                m.setenv("JUICEPY_NUM_THREADS", str(lanes))
+            else:  # split this small array over every lane
+                m.setattr(numpy_threads, "MIN_LANE_WORK", 1)
+            assert numpy_spatial._c_bias(b, y0) == kernels_on
+            y, db = y0.copy(), db0.copy()
+            b.add_bias(y, bias)
+            b.bias_grad(y, db, accumulate, Workspace())
+            results.append((y, db))
+    (y_c, db_c), (y_one, db_one), (y_np, db_np) = results
+    np.testing.assert_array_equal(y_c, y_one)
+    np.testing.assert_array_equal(db_c, db_one)
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-11)
+    np.testing.assert_allclose(y_c, y_np, **tol)
+    np.testing.assert_allclose(db_c, db_np, **tol)
+    expected = y0.astype(np.float64) + bias.reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(db_c, (db0 if accumulate else 0) + expected.sum(axis=(0, 2, 3)), **tol)
