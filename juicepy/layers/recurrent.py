@@ -154,10 +154,12 @@ class _Recurrent(Layer):
         xw2 = backend.reshape(xw, (t_len * n, self.gate_blocks * hid))
         backend.gemm(backend.reshape(x, (t_len * n, self._in_features(layer))), w_ih, xw2, trans_b=True, ws=ctx.ws)
         if b_ih is not None:
-            backend.add_bias(xw2, b_ih)
-            if not self.reset_reads_bias:  # b_hh simply adds: once for all steps, not once per step
-                backend.add_bias(xw2, b_hh)
-                b_hh = None
+            if self.reset_reads_bias:
+                backend.add_bias(xw2, b_ih)
+            else:  # the biases simply add: the cell adds their sum, no pass over all steps' xw
+                b_sum = scratch(ctx.ws, backend, "rnn_bias", tuple(b_ih.shape), b_ih.dtype)
+                backend.add(b_ih, b_hh, b_sum)
+                b_hh = b_sum
         hs = ctx.buffer(f"h{layer}.{d}")
         hw = scratch(ctx.ws, backend, "rnn_hw", (n, self.gate_blocks * hid), ctx.output().dtype)
         out = ctx.buffer(f"out{layer}") if self.directions == 2 else None
