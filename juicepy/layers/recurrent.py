@@ -221,11 +221,20 @@ class _Recurrent(Layer):
         if gw is not None:
             h_prev = hs[0:t_len] if d == 0 else hs[1:t_len + 1]
             backend.gemm(dhp2, backend.reshape(h_prev, (rows, hid)), gw, trans_a=True, beta=float(acc), ws=ctx.ws)
-        for bias, grads in ((params[2], dxp2), (params[3], dhp2)):
-            if bias is not None:
-                gb, acc = ctx.param_grad_target(bias)
-                if gb is not None:
-                    backend.bias_grad(grads, gb, accumulate=acc, ws=ctx.ws)
+        targets = [(ctx.param_grad_target(bias), grads) for bias, grads in ((params[2], dxp2), (params[3], dhp2))
+                   if bias is not None]
+        targets = [(gb, acc, grads) for (gb, acc), grads in targets if gb is not None]
+        if len(targets) == 2 and dx_pre is dh_pre:  # b_ih and b_hh get the same gradient: one reduction
+            total = scratch(ctx.ws, backend, "rnn_dbias", tuple(targets[0][0].shape), ctx.output().dtype)
+            backend.bias_grad(dxp2, total, ws=ctx.ws)
+            for gb, acc, _ in targets:
+                if acc:
+                    backend.add(gb, total, gb)
+                else:
+                    backend.copy(total, gb)
+        else:
+            for gb, acc, grads in targets:
+                backend.bias_grad(grads, gb, accumulate=acc, ws=ctx.ws)
         if din is not None:
             backend.gemm(dxp2, w_ih, backend.reshape(din, (rows, self._in_features(layer))),
                          beta=float(din_acc), ws=ctx.ws)
