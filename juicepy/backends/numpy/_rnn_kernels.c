@@ -7,8 +7,8 @@
  * float32 runs 8 lanes at a time with GCC vector extensions and its own exp (Cephes' expf
  * polynomial) and tanh (Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2 / (e^2x + 1)
  * above), because libm's tanhf/expf do not vectorise without -ffast-math; both stay within a few
- * float32 ulps. A row's tail is padded into a full vector, so every element goes through the
- * same formula wherever it sits and results do not depend on the hidden size or alignment.
+ * float32 ulps. Each tanh pass pads its tail into full vectors, so every element's tanh is the
+ * same formula wherever it sits; the cheap arithmetic around it runs a scalar tail.
  * float64 calls libm per element (exact to double rounding, like NumPy's fallback).
  */
 #include "_kernels.h"
@@ -116,7 +116,7 @@ INLINE void tanh_span(float *dst, const float *src, I len)
 }
 
 /* Elementwise passes over a row in 8-column vectors, and a scalar tail with the same
- * arithmetic (no transcendental in these, so the two agree exactly). */
+ * arithmetic (no transcendental in these). */
 #define ROW_LOOP(J, LEN, VBODY, SBODY)                         \
     do {                                                       \
         I J = 0;                                               \
