@@ -37,5 +37,13 @@ setup(
             extra_compile_args=["-O3", "-std=gnu99"],
             optional=True,
         ),
+        Extension(
+            "juicepy.backends.numpy._rnn_kernels",
+            ["juicepy/backends/numpy/_rnn_kernels.c"],
+            depends=["juicepy/backends/numpy/_kernels.h"],
+            # gnu99: GCC vector extensions; FMA contraction in the clones that have FMA
+            extra_compile_args=["-O3", "-std=gnu99", "-fno-math-errno", "-ffp-contract=fast"],
+            optional=True,
+        ),
     ]
 )

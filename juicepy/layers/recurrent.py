@@ -154,10 +154,12 @@ class _Recurrent(Layer):
         xw2 = backend.reshape(xw, (t_len * n, self.gate_blocks * hid))
         backend.gemm(backend.reshape(x, (t_len * n, self._in_features(layer))), w_ih, xw2, trans_b=True, ws=ctx.ws)
         if b_ih is not None:
-            backend.add_bias(xw2, b_ih)
-            if not self.reset_reads_bias:  # b_hh simply adds: once for all steps, not once per step
-                backend.add_bias(xw2, b_hh)
-                b_hh = None
+            if self.reset_reads_bias:
+                backend.add_bias(xw2, b_ih)
+            else:  # the biases simply add: the cell adds their sum, no pass over all steps' xw
+                b_sum = scratch(ctx.ws, backend, "rnn_bias", tuple(b_ih.shape), b_ih.dtype)
+                backend.add(b_ih, b_hh, b_sum)
+                b_hh = b_sum
         hs = ctx.buffer(f"h{layer}.{d}")
         hw = scratch(ctx.ws, backend, "rnn_hw", (n, self.gate_blocks * hid), ctx.output().dtype)
         out = ctx.buffer(f"out{layer}") if self.directions == 2 else None
@@ -219,11 +221,20 @@ class _Recurrent(Layer):
         if gw is not None:
             h_prev = hs[0:t_len] if d == 0 else hs[1:t_len + 1]
             backend.gemm(dhp2, backend.reshape(h_prev, (rows, hid)), gw, trans_a=True, beta=float(acc), ws=ctx.ws)
-        for bias, grads in ((params[2], dxp2), (params[3], dhp2)):
-            if bias is not None:
-                gb, acc = ctx.param_grad_target(bias)
-                if gb is not None:
-                    backend.bias_grad(grads, gb, accumulate=acc, ws=ctx.ws)
+        targets = [(ctx.param_grad_target(bias), grads) for bias, grads in ((params[2], dxp2), (params[3], dhp2))
+                   if bias is not None]
+        targets = [(gb, acc, grads) for (gb, acc), grads in targets if gb is not None]
+        if len(targets) == 2 and dx_pre is dh_pre:  # b_ih and b_hh get the same gradient: one reduction
+            total = scratch(ctx.ws, backend, "rnn_dbias", tuple(targets[0][0].shape), ctx.output().dtype)
+            backend.bias_grad(dxp2, total, ws=ctx.ws)
+            for gb, acc, _ in targets:
+                if acc:
+                    backend.add(gb, total, gb)
+                else:
+                    backend.copy(total, gb)
+        else:
+            for gb, acc, grads in targets:
+                backend.bias_grad(grads, gb, accumulate=acc, ws=ctx.ws)
         if din is not None:
             backend.gemm(dxp2, w_ih, backend.reshape(din, (rows, self._in_features(layer))),
                          beta=float(din_acc), ws=ctx.ws)

@@ -24,7 +24,7 @@ class NumpyBackend(Backend):
 
     def __init__(self, kernels: str | None = None):
         """``kernels``: "c" runs the optional C extensions where they were built (fused
-        optimizers, ReLU backward, max pooling, convolution, batch norm), "numpy" the pure-NumPy
+        optimizers, ReLU backward, max pooling, convolution, batch norm, recurrent cells), "numpy" the pure-NumPy
         paths; default ``$JUICEPY_CPU_KERNELS``, else "c"."""
         super().__init__()
         self.kernels = _kernels.choice(kernels)
@@ -32,9 +32,10 @@ class NumpyBackend(Backend):
         self.pool_kernels = _kernels.load("_pool_kernels", self.kernels)
         self.conv_kernels = _kernels.load("_conv_kernels", self.kernels)
         self.norm_kernels = _kernels.load("_norm_kernels", self.kernels)
+        self.rnn_kernels = _kernels.load("_rnn_kernels", self.kernels)
 
     def __repr__(self) -> str:
-        loaded = (self.cpu_kernels, self.pool_kernels, self.conv_kernels, self.norm_kernels)
+        loaded = (self.cpu_kernels, self.pool_kernels, self.conv_kernels, self.norm_kernels, self.rnn_kernels)
         c_paths = "C kernels" if any(k is not None for k in loaded) else "pure NumPy"
         return f"<juicepy backend 'numpy' ({c_paths})>"
 

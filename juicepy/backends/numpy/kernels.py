@@ -1,5 +1,5 @@
 """The optional C extensions of the NumPy backend (_cpu_kernels.c, _pool_kernels.c,
-_conv_kernels.c, _norm_kernels.c beside this file), built by setup.py where a C compiler exists."""
+_conv_kernels.c, _norm_kernels.c, _rnn_kernels.c beside this file), built by setup.py where a C compiler exists."""
 
 from __future__ import annotations
 

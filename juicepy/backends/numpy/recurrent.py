@@ -1,6 +1,10 @@
 """Sequence ops of the NumPy backend: axis swaps, embedding lookup/scatter and the fused
 recurrent cells (see the contract in backends/base.py). Every op writes into its out
-arrays; temporaries come from the caller's workspace."""
+arrays; temporaries come from the caller's workspace.
+
+The cells run as one C call (_rnn_kernels.c) where that extension was built and every operand
+is C-contiguous (always so for the layers' per-step blocks); otherwise as the NumPy ufunc passes
+below, which are also the ``kernels="numpy"`` fallback."""
 
 from __future__ import annotations
 
@@ -48,7 +52,22 @@ def _preactivation(xw, hw, bias_hh, out):
         out += bias_hh
 
 
+def _fused(backend, *arrays):
+    """The C cells, where built and every operand (None aside) is C-contiguous; else None."""
+    k = backend.rnn_kernels
+    if k is None:
+        return None
+    for a in arrays:
+        if a is not None and not a.flags.c_contiguous:
+            return None
+    return k
+
+
 def rnn_cell(backend, xw, hw, bias_hh, h, nonlinearity):
+    k = _fused(backend, xw, hw, bias_hh, h)
+    if k is not None:
+        k.rnn_cell(xw, hw, bias_hh, h, h.shape[0], h.shape[1], nonlinearity == "relu")
+        return
     _preactivation(xw, hw, bias_hh, h)
     if nonlinearity == "tanh":
         np.tanh(h, out=h)
@@ -57,6 +76,10 @@ def rnn_cell(backend, xw, hw, bias_hh, h, nonlinearity):
 
 
 def lstm_cell(backend, xw, hw, bias_hh, c_prev, gates, c, h, ws):
+    k = _fused(backend, xw, hw, bias_hh, c_prev, gates, c, h)
+    if k is not None:
+        k.lstm_cell(xw, hw, bias_hh, c_prev, gates, c, h, c.shape[0], c.shape[1])
+        return
     hidden = c.shape[1]
     _preactivation(xw, hw, bias_hh, gates)
     # sigmoid(a) = 0.5 + 0.5 * tanh(a / 2) on i, f, o and tanh(a) on g: one tanh pass over all
@@ -84,6 +107,10 @@ def _gate_constants(ws, backend, dtype, hidden):
 
 
 def lstm_cell_backward(backend, gates, c_prev, c, dh, dc, dgates, dc_prev, ws):
+    k = _fused(backend, gates, c_prev, c, dh, dc, dgates, dc_prev)
+    if k is not None:
+        k.lstm_cell_backward(gates, c_prev, c, dh, dc, dgates, dc_prev, c.shape[0], c.shape[1])
+        return
     hidden = c.shape[1]
     i, f, g, o = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
     di, df, dg, do = (dgates[:, k * hidden:(k + 1) * hidden] for k in range(4))
@@ -117,6 +144,10 @@ def _times_sigmoid_slope(d, s, tmp):
 
 
 def gru_cell(backend, xw, hw, bias_hh, h_prev, gates, h, ws):
+    k = _fused(backend, xw, hw, bias_hh, h_prev, gates, h)
+    if k is not None:
+        k.gru_cell(xw, hw, bias_hh, h_prev, gates, h, h.shape[0], h.shape[1])
+        return
     hidden = h.shape[1]
     rz, n, hn = gates[:, :2 * hidden], gates[:, 2 * hidden:3 * hidden], gates[:, 3 * hidden:]
     np.add(xw[:, :2 * hidden], hw[:, :2 * hidden], out=rz)
@@ -137,6 +168,10 @@ def gru_cell(backend, xw, hw, bias_hh, h_prev, gates, h, ws):
 
 
 def gru_cell_backward(backend, gates, h_prev, dh, dxw, dhw, dh_prev, ws):
+    k = _fused(backend, gates, h_prev, dh, dxw, dhw, dh_prev)
+    if k is not None:
+        k.gru_cell_backward(gates, h_prev, dh, dxw, dhw, dh_prev, h_prev.shape[0], h_prev.shape[1])
+        return
     hidden = h_prev.shape[1]
     r, z, n, hn = (gates[:, k * hidden:(k + 1) * hidden] for k in range(4))
     dr, dz, dn = (dxw[:, k * hidden:(k + 1) * hidden] for k in range(3))

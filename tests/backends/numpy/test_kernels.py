@@ -94,3 +94,68 @@ def test_fused_relu_backward_matches_numpy(dtype, accumulate):
         results.append(dx)
     np.testing.assert_array_equal(results[0], results[1])
     np.testing.assert_array_equal(results[0], (start if accumulate else 0) + np.where(y > 0, dy, 0))
+
+
+needs_rnn_kernels = pytest.mark.skipif(FUSED.rnn_kernels is None,
+                                       reason="juicepy.backends.numpy._rnn_kernels was not built (no C compiler)")
+
+
+def _cell_run(backend, dtype, rows, hid, with_bias):
+    """Every fused cell op forward and backward on fixed data; the outputs, as float64."""
+    rng = np.random.default_rng(hid)
+    f = lambda *shape, s=1.0: (rng.standard_normal(shape) * s).astype(dtype)  # noqa: E731
+    xw4, hw4, b4, c_prev, dh, dc = f(rows, 4 * hid, s=3.0), f(rows, 4 * hid), f(4 * hid), f(rows, hid), \
+        f(rows, hid), f(rows, hid)
+    xw3, hw3, b3, h_prev = f(rows, 3 * hid, s=3.0), f(rows, 3 * hid), f(3 * hid), f(rows, hid)
+    out = {}
+    gates, c, h = np.empty_like(xw4), np.empty_like(c_prev), np.empty_like(c_prev)
+    backend.lstm_cell(xw4, hw4, b4 if with_bias else None, c_prev, gates, c, h, ws=Workspace())
+    dgates, dcp = np.empty_like(xw4), dc.copy()
+    backend.lstm_cell_backward(gates, c_prev, c, dh, dcp, dgates, dcp, ws=Workspace())
+    out.update(lstm_gates=gates, lstm_c=c, lstm_h=h, lstm_dgates=dgates, lstm_dc_prev=dcp)
+    ggates, gh = np.empty((rows, 4 * hid), dtype), np.empty_like(h_prev)
+    backend.gru_cell(xw3, hw3, b3 if with_bias else None, h_prev, ggates, gh, ws=Workspace())
+    dxw, dhw, dhp = np.empty_like(xw3), np.empty_like(xw3), dh.copy()
+    backend.gru_cell_backward(ggates, h_prev, dhp, dxw, dhw, dhp, ws=Workspace())
+    out.update(gru_gates=ggates, gru_h=gh, gru_dxw=dxw, gru_dhw=dhw, gru_dh_prev=dhp)
+    for act in ("tanh", "relu"):
+        rh = np.empty_like(h_prev)
+        backend.rnn_cell(xw3[:, :hid].copy(), hw3[:, :hid].copy(), b3[:hid] if with_bias else None, rh, act)
+        out["rnn_" + act] = rh
+    return {k: v.astype(np.float64) for k, v in out.items()}
+
+
+@needs_rnn_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hid", [1, 8, 21, 64])  # tails only, full vectors only, both, several groups
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_cells_match_numpy(dtype, hid, with_bias):
+    fused, plain = _cell_run(FUSED, dtype, 5, hid, with_bias), _cell_run(PLAIN, dtype, 5, hid, with_bias)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-13)
+    for name in plain:
+        np.testing.assert_allclose(fused[name], plain[name], err_msg=name, **tol)
+
+
+@needs_rnn_kernels
+def test_fused_tanh_is_accurate_over_the_float32_range():
+    """The C cells' own float32 tanh (the RNN cell is act(xw)) against float64 tanh, far into
+    both saturated ends and down to tiny arguments, where tanh(x) ~ x must keep its digits."""
+    x = np.concatenate([np.linspace(-100, 100, 20001), np.linspace(-1, 1, 20001),
+                        np.logspace(-30, 1, 501), -np.logspace(-30, 1, 501)]).astype(np.float32)
+    x = x[: x.size // 3 * 3].reshape(-1, 3)
+    h = np.empty_like(x)
+    FUSED.rnn_cell(x, np.zeros_like(x), None, h, "tanh")
+    want = np.tanh(x.astype(np.float64))
+    assert np.all(np.abs(h - want) <= 2 * np.spacing(np.abs(want).astype(np.float32)))
+
+
+@needs_rnn_kernels
+def test_fused_cells_refuse_mismatched_buffers():
+    k = FUSED.rnn_kernels
+    z = lambda *s, dt=np.float32: np.zeros(s, dt)  # noqa: E731
+    with pytest.raises(ValueError, match="c_prev"):
+        k.lstm_cell(z(2, 12), z(2, 12), None, z(2, 4), z(2, 12), z(2, 3), z(2, 3), 2, 3)
+    with pytest.raises(ValueError, match="xw"):
+        k.gru_cell(z(2, 9, dt=np.float64), z(2, 9), None, z(2, 3), z(2, 12), z(2, 3), 2, 3)
+    with pytest.raises(TypeError, match="dgates"):
+        k.lstm_cell_backward(z(2, 12), z(2, 3), z(2, 3), z(2, 3), z(2, 3), z(4, 12)[::2], z(2, 3), 2, 3)

@@ -1,0 +1,566 @@
+/* Fused recurrent cells for the NumPy backend: one pass per time step over the gates where the
+ * NumPy fallback (recurrent.py) needs a dozen ufunc passes, each with its own Python call.
+ * Optional: setup.py builds it when a C compiler is present; recurrent.py falls back to NumPy
+ * otherwise or when JUICEPY_CPU_KERNELS=numpy. Formulas and argument order are those of the
+ * cell ops in backends/base.py; the GIL is released inside each kernel.
+ *
+ * float32 runs 8 lanes at a time with GCC vector extensions and its own exp (Cephes' expf
+ * polynomial) and tanh (Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2 / (e^2x + 1)
+ * above), because libm's tanhf/expf do not vectorise without -ffast-math; both stay within a few
+ * float32 ulps. Each tanh pass pads its tail into full vectors, so every element's tanh is the
+ * same formula wherever it sits; the cheap arithmetic around it runs a scalar tail.
+ * float64 calls libm per element (exact to double rounding, like NumPy's fallback).
+ */
+#include "_kernels.h"
+
+/* The vector helpers are always inlined into the kernels, so no vector crosses a call: the
+ * warning about the AVX calling convention does not apply. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+/* Own clones with FMA (x86-64-v3 = AVX2 + FMA): the exp and tanh polynomials are chains of
+ * multiply-adds, and fusing them nearly halves a step's cell time. Contraction is on for this
+ * file only (setup.py), so the rounding differs between the clones, i.e. between CPU
+ * generations, as OpenBLAS's GEMMs already do; on one machine results stay deterministic. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define RNN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define RNN_CLONES
+#endif
+
+typedef Py_ssize_t I;
+typedef float vf __attribute__((vector_size(32)));
+typedef int vi __attribute__((vector_size(32)));
+#define W 8
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE vf splat(float x) { return (vf){x, x, x, x, x, x, x, x}; }
+
+INLINE vf load(const float *p)
+{
+    vf v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+INLINE void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+
+INLINE vf vmin(vf a, vf b) { return (vf)(((vi)(a < b) & (vi)a) | (~(vi)(a < b) & (vi)b)); }
+INLINE vf vmax(vf a, vf b) { return (vf)(((vi)(a > b) & (vi)a) | (~(vi)(a > b) & (vi)b)); }
+INLINE vf vselect(vi mask, vf a, vf b) { return (vf)((mask & (vi)a) | (~mask & (vi)b)); }
+
+/* e^x: x = n ln2 + r with |r| <= ln2 / 2, e^r by Cephes' degree-7 polynomial, 2^n from the
+ * exponent bits. Clamped so that 2^n stays a normal float. */
+INLINE vf vexp(vf x)
+{
+    x = vmin(vmax(x, splat(-87.3f)), splat(88.3f));
+    const vf shifter = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    vf n = (x * splat(1.44269504088896341f) + shifter) - shifter;
+    vf r = x - n * splat(0.693359375f);
+    r = r - n * splat(-2.12194440e-4f);
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + splat(1.3981999507e-3f);
+    p = p * r + splat(8.3334519073e-3f);
+    p = p * r + splat(4.1665795894e-2f);
+    p = p * r + splat(1.6666665459e-1f);
+    p = p * r + splat(5.0000001201e-1f);
+    p = p * (r * r) + r + splat(1.0f);
+    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    return p * (vf)bits;
+}
+
+static double sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+/* tanh of U vectors in lockstep: one tanh is a chain of ~35 dependent operations, so a lone
+ * chain leaves the vector units idle; U independent chains side by side fill them. */
+#define U 4
+INLINE void vtanh_u(vf *y)
+{
+    vf ax[U], e[U];
+    vi sign[U];
+    for (int k = 0; k < U; k++) {
+        sign[k] = (vi)y[k] & (vi)splat(-0.0f);
+        ax[k] = (vf)((vi)y[k] & ~(vi)splat(-0.0f));
+    }
+    for (int k = 0; k < U; k++) e[k] = vexp(ax[k] + ax[k]);
+    for (int k = 0; k < U; k++) {
+        vf big = (vf)((vi)(splat(1.0f) - splat(2.0f) / (e[k] + splat(1.0f))) | sign[k]);
+        vf z = y[k] * y[k];
+        vf p = splat(-5.70498872745e-3f);
+        p = p * z + splat(2.06390887954e-2f);
+        p = p * z - splat(5.37397155531e-2f);
+        p = p * z + splat(1.33314422036e-1f);
+        p = p * z - splat(3.33332819422e-1f);
+        y[k] = vselect((vi)(ax[k] < splat(0.625f)), p * z * y[k] + y[k], big);
+    }
+}
+
+/* dst = tanh(src) over len contiguous floats (dst may be src). The tail is padded into a full
+ * group, so every element goes through the same formula wherever it sits. */
+INLINE void tanh_span(float *dst, const float *src, I len)
+{
+    I j = 0;
+    vf y[U];
+    for (; j + U * W <= len; j += U * W) {
+        for (int k = 0; k < U; k++) y[k] = load(src + j + k * W);
+        vtanh_u(y);
+        for (int k = 0; k < U; k++) store(dst + j + k * W, y[k]);
+    }
+    if (j < len) {
+        float t[U * W] = {0};
+        memcpy(t, src + j, (size_t)(len - j) * sizeof(float));
+        for (int k = 0; k < U; k++) y[k] = load(t + k * W);
+        vtanh_u(y);
+        for (int k = 0; k < U; k++) store(t + k * W, y[k]);
+        memcpy(dst + j, t, (size_t)(len - j) * sizeof(float));
+    }
+}
+
+/* Elementwise passes over a row in 8-column vectors, and a scalar tail with the same
+ * arithmetic (no transcendental in these). */
+#define ROW_LOOP(J, LEN, VBODY, SBODY)                         \
+    do {                                                       \
+        I J = 0;                                               \
+        for (; J + W <= (LEN); J += W) { VBODY; }              \
+        for (; J < (LEN); J++) { SBODY; }                      \
+    } while (0)
+
+/* Columns processed per block of a row: the pre-activations and tanh(c) of one block stay in L1. */
+#define BLOCK 512
+
+/* ---------------------------------------------------------------- RNN: h = act(xw + hw + b) */
+RNN_CLONES static void rnn_f32(const float *xw, const float *hw, const float *b, float *h, I rows,
+                                  I hid, int relu)
+{
+    for (I n = 0; n < rows; n++) {
+        const float *x = xw + n * hid, *y = hw ? hw + n * hid : NULL;
+        float *o = h + n * hid;
+        ROW_LOOP(j, hid,
+                 vf a = load(x + j); if (y) a += load(y + j); if (b) a += load(b + j);
+                 store(o + j, relu ? vmax(a, splat(0.0f)) : a),
+                 float a = x[j]; if (y) a += y[j]; if (b) a += b[j];
+                 o[j] = relu ? (a > 0.0f ? a : 0.0f) : a);
+        if (!relu) tanh_span(o, o, hid);
+    }
+}
+
+/* ---------------------------------------------------------------- LSTM (gate order i, f, g, o) */
+/* sigmoid(a) = 0.5 + 0.5 tanh(a / 2): the four gates of a row are then one tanh pass. */
+RNN_CLONES static void lstm_f32(const float *xw, const float *hw, const float *b,
+                                   const float *c_prev, float *gates, float *c, float *h, I rows, I hid)
+{
+    for (I n = 0; n < rows; n++) {
+        const float *x = xw + n * 4 * hid, *y = hw ? hw + n * 4 * hid : NULL;
+        float *g = gates + n * 4 * hid, *cn = c + n * hid, *hn = h + n * hid;
+        const float *cp = c_prev + n * hid;
+        for (int k = 0; k < 4; k++) {
+            const float s = k == 2 ? 1.0f : 0.5f;
+            const float *xk = x + k * hid, *yk = y ? y + k * hid : NULL, *bk = b ? b + k * hid : NULL;
+            float *gk = g + k * hid;
+            ROW_LOOP(j, hid,
+                     vf a = load(xk + j); if (yk) a += load(yk + j); if (bk) a += load(bk + j);
+                     store(gk + j, a * splat(s)),
+                     float a = xk[j]; if (yk) a += yk[j]; if (bk) a += bk[j]; gk[j] = a * s);
+        }
+        tanh_span(g, g, 4 * hid);
+        float *gi = g, *gf = g + hid, *gg = g + 2 * hid, *go = g + 3 * hid;
+        ROW_LOOP(j, hid,
+                 vf i = load(gi + j) * splat(0.5f) + splat(0.5f);
+                 vf f = load(gf + j) * splat(0.5f) + splat(0.5f);
+                 vf o = load(go + j) * splat(0.5f) + splat(0.5f);
+                 store(gi + j, i); store(gf + j, f); store(go + j, o);
+                 store(cn + j, f * load(cp + j) + i * load(gg + j)),
+                 float i = gi[j] * 0.5f + 0.5f; float f = gf[j] * 0.5f + 0.5f;
+                 float o = go[j] * 0.5f + 0.5f;
+                 gi[j] = i; gf[j] = f; go[j] = o; cn[j] = f * cp[j] + i * gg[j]);
+        tanh_span(hn, cn, hid);
+        ROW_LOOP(j, hid, store(hn + j, load(go + j) * load(hn + j)), hn[j] = go[j] * hn[j]);
+    }
+}
+
+/* dc_prev may be dc itself: every element is read before it is written. */
+RNN_CLONES static void lstm_backward_f32(const float *gates, const float *c_prev, const float *c,
+                                            const float *dh, const float *dc, float *dgates,
+                                            float *dc_prev, I rows, I hid)
+{
+    float tc[BLOCK];
+    for (I n = 0; n < rows; n++)
+        for (I j0 = 0; j0 < hid; j0 += BLOCK) {
+            const I len = hid - j0 < BLOCK ? hid - j0 : BLOCK, at = n * hid + j0;
+            const float *g = gates + n * 4 * hid + j0, *cp = c_prev + at, *vdh = dh + at, *vdc = dc + at;
+            const float *gi = g, *gf = g + hid, *gg = g + 2 * hid, *go = g + 3 * hid;
+            float *d = dgates + n * 4 * hid + j0, *dcp = dc_prev + at;
+            float *di = d, *df = d + hid, *dg = d + 2 * hid, *dO = d + 3 * hid;
+            tanh_span(tc, c + at, len);
+            ROW_LOOP(j, len,
+                     const vf one = splat(1.0f);
+                     vf i = load(gi + j); vf f = load(gf + j); vf gv = load(gg + j); vf o = load(go + j);
+                     vf t = load(tc + j); vf e = load(vdh + j);
+                     vf dct = load(vdc + j) + e * o * (one - t * t);
+                     store(di + j, dct * gv * i * (one - i));
+                     store(df + j, dct * load(cp + j) * f * (one - f));
+                     store(dg + j, dct * i * (one - gv * gv));
+                     store(dO + j, e * t * o * (one - o));
+                     store(dcp + j, dct * f),
+                     float i = gi[j]; float f = gf[j]; float gv = gg[j]; float o = go[j];
+                     float t = tc[j]; float e = vdh[j];
+                     float dct = vdc[j] + e * o * (1.0f - t * t);
+                     di[j] = dct * gv * i * (1.0f - i);
+                     df[j] = dct * cp[j] * f * (1.0f - f);
+                     dg[j] = dct * i * (1.0f - gv * gv);
+                     dO[j] = e * t * o * (1.0f - o);
+                     dcp[j] = dct * f);
+        }
+}
+
+/* ---------------------------------------------------------------- GRU (gate order r, z, n) */
+RNN_CLONES static void gru_f32(const float *xw, const float *hw, const float *b,
+                                  const float *h_prev, float *gates, float *h, I rows, I hid)
+{
+    for (I n = 0; n < rows; n++) {
+        const float *x = xw + n * 3 * hid, *y = hw ? hw + n * 3 * hid : NULL, *hp = h_prev + n * hid;
+        float *g = gates + n * 4 * hid, *out = h + n * hid;
+        for (int k = 0; k < 2; k++) {  /* r, z: sigmoid(a) = 0.5 + 0.5 tanh(a / 2) */
+            const float *xk = x + k * hid, *yk = y ? y + k * hid : NULL, *bk = b ? b + k * hid : NULL;
+            float *gk = g + k * hid;
+            ROW_LOOP(j, hid,
+                     vf a = load(xk + j); if (yk) a += load(yk + j); if (bk) a += load(bk + j);
+                     store(gk + j, a * splat(0.5f)),
+                     float a = xk[j]; if (yk) a += yk[j]; if (bk) a += bk[j]; gk[j] = a * 0.5f);
+        }
+        tanh_span(g, g, 2 * hid);
+        const float *xn = x + 2 * hid, *yn = y ? y + 2 * hid : NULL, *bn = b ? b + 2 * hid : NULL;
+        float *gr = g, *gz = g + hid, *gn = g + 2 * hid, *ghn = g + 3 * hid;
+        ROW_LOOP(j, hid,
+                 vf r = load(gr + j) * splat(0.5f) + splat(0.5f);
+                 vf z = load(gz + j) * splat(0.5f) + splat(0.5f);
+                 vf hn = yn ? load(yn + j) : splat(0.0f); if (bn) hn += load(bn + j);
+                 store(gr + j, r); store(gz + j, z); store(ghn + j, hn);
+                 store(gn + j, load(xn + j) + r * hn),
+                 float r = gr[j] * 0.5f + 0.5f; float z = gz[j] * 0.5f + 0.5f;
+                 float hn = yn ? yn[j] : 0.0f; if (bn) hn += bn[j];
+                 gr[j] = r; gz[j] = z; ghn[j] = hn; gn[j] = xn[j] + r * hn);
+        tanh_span(gn, gn, hid);
+        ROW_LOOP(j, hid,
+                 vf z = load(gz + j);
+                 store(out + j, (splat(1.0f) - z) * load(gn + j) + z * load(hp + j)),
+                 float z = gz[j]; out[j] = (1.0f - z) * gn[j] + z * hp[j]);
+    }
+}
+
+/* dh_prev may be dh itself: every element is read before it is written. */
+RNN_CLONES static void gru_backward_f32(const float *gates, const float *h_prev, const float *dh,
+                                           float *dxw, float *dhw, float *dh_prev, I rows, I hid)
+{
+    for (I n = 0; n < rows; n++) {
+        const float *g = gates + n * 4 * hid, *hp = h_prev + n * hid, *vdh = dh + n * hid;
+        const float *gr = g, *gz = g + hid, *gn = g + 2 * hid, *ghn = g + 3 * hid;
+        float *dx = dxw + n * 3 * hid, *dy = dhw + n * 3 * hid, *dhp = dh_prev + n * hid;
+        ROW_LOOP(j, hid,
+                 const vf one = splat(1.0f);
+                 vf r = load(gr + j); vf z = load(gz + j); vf nn = load(gn + j); vf hn = load(ghn + j);
+                 vf e = load(vdh + j);
+                 vf dn = e * (one - z) * (one - nn * nn);
+                 vf dz = e * (load(hp + j) - nn) * z * (one - z);
+                 vf dr = dn * hn * r * (one - r);
+                 store(dx + j, dr); store(dx + hid + j, dz); store(dx + 2 * hid + j, dn);
+                 store(dy + j, dr); store(dy + hid + j, dz); store(dy + 2 * hid + j, dn * r);
+                 store(dhp + j, e * z),
+                 float r = gr[j]; float z = gz[j]; float nn = gn[j]; float hn = ghn[j]; float e = vdh[j];
+                 float dn = e * (1.0f - z) * (1.0f - nn * nn);
+                 float dz = e * (hp[j] - nn) * z * (1.0f - z);
+                 float dr = dn * hn * r * (1.0f - r);
+                 dx[j] = dr; dx[hid + j] = dz; dx[2 * hid + j] = dn;
+                 dy[j] = dr; dy[hid + j] = dz; dy[2 * hid + j] = dn * r;
+                 dhp[j] = e * z);
+    }
+}
+
+/* ---------------------------------------------------------------- float64 */
+static void rnn_f64(const double *xw, const double *hw, const double *b, double *h, I rows, I hid,
+                    int relu)
+{
+    for (I n = 0; n < rows; n++)
+        for (I j = 0; j < hid; j++) {
+            I at = n * hid + j;
+            double a = xw[at] + (hw ? hw[at] : 0.0) + (b ? b[j] : 0.0);
+            h[at] = relu ? (a > 0.0 ? a : 0.0) : tanh(a);
+        }
+}
+
+static void lstm_f64(const double *xw, const double *hw, const double *b, const double *c_prev,
+                     double *gates, double *c, double *h, I rows, I hid)
+{
+    for (I n = 0; n < rows; n++)
+        for (I j = 0; j < hid; j++) {
+            double a[4];
+            for (int k = 0; k < 4; k++) {
+                I at = n * 4 * hid + k * hid + j;
+                a[k] = xw[at] + (hw ? hw[at] : 0.0) + (b ? b[k * hid + j] : 0.0);
+            }
+            double gi = sigmoid_d(a[0]), gf = sigmoid_d(a[1]), gg = tanh(a[2]), go = sigmoid_d(a[3]);
+            double *g = gates + n * 4 * hid + j;
+            g[0] = gi; g[hid] = gf; g[2 * hid] = gg; g[3 * hid] = go;
+            double cn = gf * c_prev[n * hid + j] + gi * gg;
+            c[n * hid + j] = cn;
+            h[n * hid + j] = go * tanh(cn);
+        }
+}
+
+static void lstm_backward_f64(const double *gates, const double *c_prev, const double *c,
+                              const double *dh, const double *dc, double *dgates, double *dc_prev,
+                              I rows, I hid)
+{
+    for (I n = 0; n < rows; n++)
+        for (I j = 0; j < hid; j++) {
+            const double *g = gates + n * 4 * hid + j;
+            double *d = dgates + n * 4 * hid + j;
+            I at = n * hid + j;
+            double gi = g[0], gf = g[hid], gg = g[2 * hid], go = g[3 * hid];
+            double tc = tanh(c[at]), vdh = dh[at];
+            double dct = dc[at] + vdh * go * (1.0 - tc * tc);
+            d[0] = dct * gg * gi * (1.0 - gi);
+            d[hid] = dct * c_prev[at] * gf * (1.0 - gf);
+            d[2 * hid] = dct * gi * (1.0 - gg * gg);
+            d[3 * hid] = vdh * tc * go * (1.0 - go);
+            dc_prev[at] = dct * gf;
+        }
+}
+
+static void gru_f64(const double *xw, const double *hw, const double *b, const double *h_prev,
+                    double *gates, double *h, I rows, I hid)
+{
+    for (I n = 0; n < rows; n++)
+        for (I j = 0; j < hid; j++) {
+            const double *x = xw + n * 3 * hid + j, *y = hw ? hw + n * 3 * hid + j : NULL;
+            double ar = x[0] + (y ? y[0] : 0.0) + (b ? b[j] : 0.0);
+            double az = x[hid] + (y ? y[hid] : 0.0) + (b ? b[hid + j] : 0.0);
+            double hn = (y ? y[2 * hid] : 0.0) + (b ? b[2 * hid + j] : 0.0);
+            double r = sigmoid_d(ar), z = sigmoid_d(az), nn = tanh(x[2 * hid] + r * hn);
+            double *g = gates + n * 4 * hid + j;
+            g[0] = r; g[hid] = z; g[2 * hid] = nn; g[3 * hid] = hn;
+            h[n * hid + j] = (1.0 - z) * nn + z * h_prev[n * hid + j];
+        }
+}
+
+static void gru_backward_f64(const double *gates, const double *h_prev, const double *dh,
+                             double *dxw, double *dhw, double *dh_prev, I rows, I hid)
+{
+    for (I n = 0; n < rows; n++)
+        for (I j = 0; j < hid; j++) {
+            const double *g = gates + n * 4 * hid + j;
+            double *dx = dxw + n * 3 * hid + j, *dy = dhw + n * 3 * hid + j;
+            I at = n * hid + j;
+            double r = g[0], z = g[hid], nn = g[2 * hid], hn = g[3 * hid], vdh = dh[at];
+            double dn = vdh * (1.0 - z) * (1.0 - nn * nn);
+            double dz = vdh * (h_prev[at] - nn) * z * (1.0 - z);
+            double dr = dn * hn * r * (1.0 - r);
+            dx[0] = dr; dx[hid] = dz; dx[2 * hid] = dn;
+            dy[0] = dr; dy[hid] = dz; dy[2 * hid] = dn * r;
+            dh_prev[at] = vdh * z;
+        }
+}
+
+/* ---------------------------------------------------------------- argument handling */
+#define MAX_ARGS 8
+
+/* The buffers of one call: each C-contiguous, of one float format (4 or 8 bytes), writable where
+ * asked, with the given element count; None allowed where optional. */
+typedef struct {
+    Py_buffer views[MAX_ARGS];
+    int held[MAX_ARGS];
+    int count;
+    Py_ssize_t itemsize;
+} Args;
+
+static void release(Args *a)
+{
+    for (int i = 0; i < a->count; i++)
+        if (a->held[i]) PyBuffer_Release(&a->views[i]);
+}
+
+/* Adds obj (None where optional) as the next buffer; returns its data pointer or NULL (None, or
+ * an error with *failed set). */
+static void *take(Args *a, PyObject *obj, const char *name, int writable, int optional,
+                  Py_ssize_t count, int *failed)
+{
+    int i = a->count++;
+    a->held[i] = 0;
+    if (*failed) return NULL;
+    if (obj == Py_None && optional) return NULL;
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    Py_buffer *v = &a->views[i];
+    if (PyObject_GetBuffer(obj, v, flags) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a contiguous%s float buffer", name,
+                     writable ? " writable" : "");
+        *failed = 1;
+        return NULL;
+    }
+    a->held[i] = 1;
+    if (!v->format || (strcmp(v->format, "f") && strcmp(v->format, "d"))) {
+        PyErr_Format(PyExc_TypeError, "%s: expected float32 or float64, got format '%s'", name,
+                     v->format ? v->format : "?");
+        *failed = 1;
+        return NULL;
+    }
+    if (a->itemsize == 0) a->itemsize = v->itemsize;
+    if (v->itemsize != a->itemsize || v->len != count * v->itemsize) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd elements of the cell's dtype", name, count);
+        *failed = 1;
+        return NULL;
+    }
+    return v->buf;
+}
+
+static int sizes(I rows, I hid)
+{
+    if (rows < 0 || hid < 1) {
+        PyErr_SetString(PyExc_ValueError, "rows must be >= 0 and hidden >= 1");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_rnn_cell(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo, *bo, *ho;
+    I rows, hid;
+    int relu;
+    if (!PyArg_ParseTuple(args, "OOOOnnp", &xo, &yo, &bo, &ho, &rows, &hid, &relu) || sizes(rows, hid) < 0)
+        return NULL;
+    Args a = {.count = 0, .itemsize = 0};
+    int failed = 0;
+    void *h = take(&a, ho, "h", 1, 0, rows * hid, &failed);
+    void *xw = take(&a, xo, "xw", 0, 0, rows * hid, &failed);
+    void *hw = take(&a, yo, "hw", 0, 1, rows * hid, &failed);
+    void *b = take(&a, bo, "bias_hh", 0, 1, hid, &failed);
+    if (failed) { release(&a); return NULL; }
+    Py_ssize_t size = a.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (size == 4) rnn_f32(xw, hw, b, h, rows, hid, relu);
+    else rnn_f64(xw, hw, b, h, rows, hid, relu);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lstm_cell(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo, *bo, *cpo, *go, *co, *ho;
+    I rows, hid;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnn", &xo, &yo, &bo, &cpo, &go, &co, &ho, &rows, &hid) ||
+        sizes(rows, hid) < 0)
+        return NULL;
+    Args a = {.count = 0, .itemsize = 0};
+    int failed = 0;
+    void *c = take(&a, co, "c", 1, 0, rows * hid, &failed);
+    void *xw = take(&a, xo, "xw", 0, 0, rows * 4 * hid, &failed);
+    void *hw = take(&a, yo, "hw", 0, 1, rows * 4 * hid, &failed);
+    void *b = take(&a, bo, "bias_hh", 0, 1, 4 * hid, &failed);
+    void *cp = take(&a, cpo, "c_prev", 0, 0, rows * hid, &failed);
+    void *g = take(&a, go, "gates", 1, 0, rows * 4 * hid, &failed);
+    void *h = take(&a, ho, "h", 1, 0, rows * hid, &failed);
+    if (failed) { release(&a); return NULL; }
+    Py_ssize_t size = a.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (size == 4) lstm_f32(xw, hw, b, cp, g, c, h, rows, hid);
+    else lstm_f64(xw, hw, b, cp, g, c, h, rows, hid);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_lstm_cell_backward(PyObject *self, PyObject *args)
+{
+    PyObject *go, *cpo, *co, *dho, *dco, *dgo, *dcpo;
+    I rows, hid;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnn", &go, &cpo, &co, &dho, &dco, &dgo, &dcpo, &rows, &hid) ||
+        sizes(rows, hid) < 0)
+        return NULL;
+    Args a = {.count = 0, .itemsize = 0};
+    int failed = 0;
+    void *c = take(&a, co, "c", 0, 0, rows * hid, &failed);
+    void *g = take(&a, go, "gates", 0, 0, rows * 4 * hid, &failed);
+    void *cp = take(&a, cpo, "c_prev", 0, 0, rows * hid, &failed);
+    void *dh = take(&a, dho, "dh", 0, 0, rows * hid, &failed);
+    void *dc = take(&a, dco, "dc", 0, 0, rows * hid, &failed);
+    void *dg = take(&a, dgo, "dgates", 1, 0, rows * 4 * hid, &failed);
+    void *dcp = take(&a, dcpo, "dc_prev", 1, 0, rows * hid, &failed);
+    if (failed) { release(&a); return NULL; }
+    Py_ssize_t size = a.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (size == 4) lstm_backward_f32(g, cp, c, dh, dc, dg, dcp, rows, hid);
+    else lstm_backward_f64(g, cp, c, dh, dc, dg, dcp, rows, hid);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gru_cell(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo, *bo, *hpo, *go, *ho;
+    I rows, hid;
+    if (!PyArg_ParseTuple(args, "OOOOOOnn", &xo, &yo, &bo, &hpo, &go, &ho, &rows, &hid) ||
+        sizes(rows, hid) < 0)
+        return NULL;
+    Args a = {.count = 0, .itemsize = 0};
+    int failed = 0;
+    void *h = take(&a, ho, "h", 1, 0, rows * hid, &failed);
+    void *xw = take(&a, xo, "xw", 0, 0, rows * 3 * hid, &failed);
+    void *hw = take(&a, yo, "hw", 0, 1, rows * 3 * hid, &failed);
+    void *b = take(&a, bo, "bias_hh", 0, 1, 3 * hid, &failed);
+    void *hp = take(&a, hpo, "h_prev", 0, 0, rows * hid, &failed);
+    void *g = take(&a, go, "gates", 1, 0, rows * 4 * hid, &failed);
+    if (failed) { release(&a); return NULL; }
+    Py_ssize_t size = a.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (size == 4) gru_f32(xw, hw, b, hp, g, h, rows, hid);
+    else gru_f64(xw, hw, b, hp, g, h, rows, hid);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_gru_cell_backward(PyObject *self, PyObject *args)
+{
+    PyObject *go, *hpo, *dho, *dxo, *dyo, *dhpo;
+    I rows, hid;
+    if (!PyArg_ParseTuple(args, "OOOOOOnn", &go, &hpo, &dho, &dxo, &dyo, &dhpo, &rows, &hid) ||
+        sizes(rows, hid) < 0)
+        return NULL;
+    Args a = {.count = 0, .itemsize = 0};
+    int failed = 0;
+    void *hp = take(&a, hpo, "h_prev", 0, 0, rows * hid, &failed);
+    void *g = take(&a, go, "gates", 0, 0, rows * 4 * hid, &failed);
+    void *dh = take(&a, dho, "dh", 0, 0, rows * hid, &failed);
+    void *dx = take(&a, dxo, "dxw", 1, 0, rows * 3 * hid, &failed);
+    void *dy = take(&a, dyo, "dhw", 1, 0, rows * 3 * hid, &failed);
+    void *dhp = take(&a, dhpo, "dh_prev", 1, 0, rows * hid, &failed);
+    if (failed) { release(&a); return NULL; }
+    Py_ssize_t size = a.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (size == 4) gru_backward_f32(g, hp, dh, dx, dy, dhp, rows, hid);
+    else gru_backward_f64(g, hp, dh, dx, dy, dhp, rows, hid);
+    Py_END_ALLOW_THREADS
+    release(&a);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"rnn_cell", py_rnn_cell, METH_VARARGS,
+     "rnn_cell(xw, hw|None, bias_hh|None, h, rows, hidden, relu): h = act(xw + hw + b_hh)"},
+    {"lstm_cell", py_lstm_cell, METH_VARARGS,
+     "lstm_cell(xw, hw|None, bias_hh|None, c_prev, gates, c, h, rows, hidden): one LSTM step"},
+    {"lstm_cell_backward", py_lstm_cell_backward, METH_VARARGS,
+     "lstm_cell_backward(gates, c_prev, c, dh, dc, dgates, dc_prev, rows, hidden); dc_prev may be dc"},
+    {"gru_cell", py_gru_cell, METH_VARARGS,
+     "gru_cell(xw, hw|None, bias_hh|None, h_prev, gates, h, rows, hidden): one GRU step"},
+    {"gru_cell_backward", py_gru_cell_backward, METH_VARARGS,
+     "gru_cell_backward(gates, h_prev, dh, dxw, dhw, dh_prev, rows, hidden); dh_prev may be dh"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_rnn_kernels",
+                                    "Fused recurrent cells (RNN, LSTM, GRU) for the NumPy backend.", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__rnn_kernels(void) { return PyModule_Create(&module); }
