@@ -436,17 +436,22 @@ class Backend(abc.ABC):
     # ------------------------------------------------------------ batch norm
     # x (N, C, *spatial); statistics per channel (axis 1).
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
-                         momentum, eps, ws=None) -> None:
+                         momentum, eps, ws=None, relu=False) -> None:
         """Normalise with batch statistics; store them in mean/invstd for the backward;
-        update running stats torch-style (unbiased variance)."""
+        update running stats torch-style (unbiased variance). ``relu``: out = max(normalised,
+        0), a ReLU after the batch norm in the same op (NaN stays NaN)."""
         raise NotImplementedError(f"{self.name} backend batch_norm_train: not implemented")
 
-    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None) -> None:
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False) -> None:
+        """Normalise with the running statistics; ``relu`` as in batch_norm_train."""
         raise NotImplementedError(f"{self.name} backend batch_norm_infer: not implemented")
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
-                            accumulate_dx=False, accumulate_params=False, ws=None) -> None:
-        """dx may be None (input gradient not needed)."""
+                            accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None) -> None:
+        """dx may be None (input gradient not needed). ``relu_out``: the output y of a ReLU applied
+        to this batch norm's output (batch_norm_train(..., relu=True)); dy is then d(loss)/dy and
+        the gradient at the batch norm's output is dy where y > 0, 0 elsewhere (the ReLU's
+        backward in the same op)."""
         raise NotImplementedError(f"{self.name} backend batch_norm_backward: not implemented")
 
     # Synchronised batch norm (statistics over the replicas of a data-parallel job) splits the

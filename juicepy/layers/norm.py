@@ -23,6 +23,7 @@ from .. import init as initializers
 from ..arguments import flag, number, optional_integer
 from ..errors import ShapeError
 from ..net.params import LearnableParams
+from .activation import ReLU
 from .base import Layer
 
 
@@ -102,21 +103,30 @@ class _BatchNorm(Layer):
         self.num_batches_tracked.set(tracked)
         return 1.0 / tracked if self.momentum is None else self.momentum
 
+    def fuses(self, consumer) -> bool:
+        return type(consumer) is ReLU and not self.sync  # a subclass may compute something else
+
     def compute_output(self, backend, ctx):
+        self._normalise(backend, ctx, ctx.output(), False)
+
+    def compute_output_fused(self, backend, ctx, consumer_ctx):
+        self._normalise(backend, ctx, consumer_ctx.output(), True)
+
+    def _normalise(self, backend, ctx, out, relu):
         gamma, beta = self._scale_shift(ctx)
         running_mean, running_var = ctx.param(self.running_mean), ctx.param(self.running_var)
         if ctx.training:
             if self.sync:
                 self._synced_forward(backend, ctx, gamma, beta, running_mean, running_var)
             else:
-                backend.batch_norm_train(ctx.input(), gamma, beta, ctx.output(), ctx.buffer("mean"),
+                backend.batch_norm_train(ctx.input(), gamma, beta, out, ctx.buffer("mean"),
                                          ctx.buffer("invstd"), running_mean, running_var,
-                                         self._next_momentum(), self.eps, ws=ctx.ws)
+                                         self._next_momentum(), self.eps, ws=ctx.ws, relu=relu)
             ctx.mark_param_written(self.running_mean)
             ctx.mark_param_written(self.running_var)
         else:
             backend.batch_norm_infer(ctx.input(), gamma, beta, running_mean, running_var, self.eps,
-                                     ctx.output(), ws=ctx.ws)
+                                     out, ws=ctx.ws, relu=relu)
 
     def _count(self, ctx) -> int:
         """Values per channel in the global batch (every rank's batch has the same size)."""
@@ -137,6 +147,14 @@ class _BatchNorm(Layer):
         backend.batch_norm_apply(ctx.input(), gamma, beta, mean, invstd, ctx.output(), ws=ctx.ws)
 
     def compute_gradients(self, backend, ctx):
+        self._gradients(backend, ctx, ctx.output_grad, None)
+
+    def compute_gradients_fused(self, backend, ctx, consumer_ctx):
+        self._gradients(backend, ctx, consumer_ctx.output_grad, consumer_ctx.output())
+
+    def _gradients(self, backend, ctx, output_grad, relu_out):
+        """``output_grad()``: the gradient to read (called only when one is needed, as it zero-
+        fills an unwritten one); ``relu_out``: the fused ReLU's output, or None."""
         gamma, _ = self._scale_shift(ctx)
         dgamma = dbeta = None
         acc_params = False
@@ -153,16 +171,17 @@ class _BatchNorm(Layer):
             # local sums give this rank's dgamma/dbeta (the trainer averages param gradients);
             # the input gradient needs them summed over ranks
             sums, mean, invstd = ctx.buffer("sums"), ctx.buffer("mean"), ctx.buffer("invstd")
-            backend.batch_norm_backward_reduce(ctx.input(), ctx.output_grad(), mean, invstd, sums, dgamma, dbeta,
+            backend.batch_norm_backward_reduce(ctx.input(), output_grad(), mean, invstd, sums, dgamma, dbeta,
                                                accumulate_params=acc_params, ws=ctx.ws)
             if dx is not None:
                 ctx.allreduce(sums)
-                backend.batch_norm_backward_data(ctx.input(), ctx.output_grad(), gamma, mean, invstd, sums,
+                backend.batch_norm_backward_data(ctx.input(), output_grad(), gamma, mean, invstd, sums,
                                                  self._count(ctx), dx, accumulate=acc_dx, ws=ctx.ws)
             return
-        backend.batch_norm_backward(ctx.input(), ctx.output_grad(), gamma, ctx.buffer("mean"),
+        backend.batch_norm_backward(ctx.input(), output_grad(), gamma, ctx.buffer("mean"),
                                     ctx.buffer("invstd"), dx, dgamma, dbeta,
-                                    accumulate_dx=acc_dx, accumulate_params=acc_params, ws=ctx.ws)
+                                    accumulate_dx=acc_dx, accumulate_params=acc_params, ws=ctx.ws,
+                                    relu_out=relu_out)
 
     def config(self):
         return {"momentum": self.momentum, "eps": self.eps, "affine": self.affine,

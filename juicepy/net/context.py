@@ -224,6 +224,37 @@ class Context:
             nctx._setting_up = False
         self._backups = self._make_backups() if training else []
         self._saved_step = 0
+        self._steps = self._fused_steps() if self.fuse else [(layer, nctx, None) for layer, nctx in self._plan]
+
+    #: run a layer and the one reading its output as one op where the layer offers it
+    #: (``Layer.fuses``); the results are the same bits either way
+    fuse = True
+
+    def _fused_steps(self) -> list:
+        """(layer, NodeContext, consumer's NodeContext or None) in forward order: a placement
+        absorbs the next one when that is the only reader of its only output, which is not a
+        network output."""
+        network = self.network
+        readers: dict = {}
+        for node in network.nodes:
+            for j in node.descriptor.inputs:
+                readers[j.index] = readers.get(j.index, 0) + 1
+        outputs = {j.index for j in network.outputs}
+        steps, k = [], 0
+        while k < len(self._plan):
+            layer, nctx = self._plan[k]
+            if k + 1 < len(self._plan):
+                consumer, cctx = self._plan[k + 1]
+                made = nctx.node.descriptor.outputs
+                taken = cctx.node.descriptor.inputs
+                if (len(made) == 1 and len(taken) == 1 and taken[0] is made[0] and readers[made[0].index] == 1
+                        and made[0].index not in outputs and layer.fuses(consumer)):
+                    steps.append((layer, nctx, cctx))
+                    k += 2
+                    continue
+            steps.append((layer, nctx, None))
+            k += 1
+        return steps
 
     def _make_backups(self) -> list[_StateBackup]:
         seen, backups = set(), []
@@ -287,8 +318,11 @@ class Context:
 
     def forward(self) -> None:
         backend = self.backend
-        for layer, nctx in self._plan:
-            layer.compute_output(backend, nctx)
+        for layer, nctx, consumer in self._steps:
+            if consumer is None:
+                layer.compute_output(backend, nctx)
+            else:
+                layer.compute_output_fused(backend, nctx, consumer)
         if self.training:
             self.step += 1
 
@@ -306,8 +340,11 @@ class Context:
 
     def backward(self) -> None:
         backend = self.backend
-        for layer, nctx in reversed(self._plan):
-            layer.compute_gradients(backend, nctx)
+        for layer, nctx, consumer in reversed(self._steps):
+            if consumer is None:
+                layer.compute_gradients(backend, nctx)
+            else:
+                layer.compute_gradients_fused(backend, nctx, consumer)
         for slot, written in enumerate(self._param_written):
             if not written:  # a param that no layer used in this pass gets a zero gradient
                 backend.fill(self._param_grad_views[slot], 0.0)

@@ -763,6 +763,52 @@ def test_batch_norm(ops_backend, dtype, rng, shape, accumulate):
     placed.check_sentinels()
 
 
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 33)])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_batch_norm_with_a_fused_relu(ops_backend, dtype, rng, shape, accumulate):
+    """relu=True: out = max(batch norm, 0) (NaN kept); relu_out: dy is a following ReLU's output
+    gradient, the batch norm's backward reads it masked where that output is <= 0."""
+    c = shape[1]
+    axes = (0,) + tuple(range(2, len(shape)))
+    bshape = (1, -1) + (1,) * (len(shape) - 2)
+    count = math.prod(shape) // c
+    x = rng.standard_normal(shape) * 2 + 1
+    first = (0, 0) + (0,) * (len(shape) - 2)
+    x_clean = x.copy()
+    x[first] = np.nan  # channel 0's statistics turn NaN: the ReLU must keep them NaN
+    gamma, beta = rng.standard_normal(c), rng.standard_normal(c)
+    rm0, rv0 = rng.standard_normal(c), rng.uniform(0.5, 2, c)
+    dy, dx0, dg0, db0 = rng.standard_normal(shape), rng.standard_normal(shape), rng.standard_normal(c), rng.standard_normal(c)
+    eps = 1e-5
+    placed = Placed(ops_backend, [x, x_clean, gamma, beta, rm0, rv0, np.zeros(shape), np.zeros(shape), np.zeros(c),
+                                  np.zeros(c), np.zeros(shape), dy, dx0, dg0, db0], dtype, "view")
+    dev_x, dev_clean, dev_g, dev_b, rm, rv, out, out_clean, mean, invstd, inferred, dev_dy, dx, dg, db = placed.devs
+    ws = Workspace()
+    ops_backend.batch_norm_infer(dev_x, dev_g, dev_b, rm, rv, eps, inferred, ws=ws, relu=True)
+    ops_backend.batch_norm_train(dev_x, dev_g, dev_b, out, mean, invstd, None, None, 0.1, eps, ws=ws, relu=True)
+    ops_backend.batch_norm_train(dev_clean, dev_g, dev_b, out_clean, mean, invstd, None, None, 0.1, eps, ws=ws,
+                                 relu=True)
+    ops_backend.batch_norm_backward(dev_clean, dev_dy, dev_g, mean, invstd, dx, dg, db, accumulate, accumulate,
+                                    ws=ws, relu_out=out_clean)
+
+    infer_ref = (x - rm0.reshape(bshape)) / np.sqrt(rv0.reshape(bshape) + eps) * gamma.reshape(bshape) + beta.reshape(bshape)
+    mu, var = x_clean.mean(axis=axes), x_clean.var(axis=axes)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat = (x_clean - mu.reshape(bshape)) * inv.reshape(bshape)
+    y = xhat * gamma.reshape(bshape) + beta.reshape(bshape)
+    g = np.where(y > 0, dy, 0.0)  # the ReLU's backward
+    sum_g, sum_g_xhat = g.sum(axis=axes), (g * xhat).sum(axis=axes)
+    dx_ref = (gamma * inv / count).reshape(bshape) * (count * g - sum_g.reshape(bshape) - xhat * sum_g_xhat.reshape(bshape))
+    tol = tolerance(dtype, scale=10)
+    np.testing.assert_allclose(placed.host(10), np.maximum(infer_ref, 0), **tol)  # NaN where x is, compared as NaN
+    assert np.isnan(placed.host(6)[:, 0]).all() and not np.isnan(placed.host(6)[:, 1:]).any()
+    np.testing.assert_allclose(placed.host(7), np.maximum(y, 0), **tol)
+    np.testing.assert_allclose(placed.host(12), (dx0 if accumulate else 0) + dx_ref, **tol)
+    np.testing.assert_allclose(placed.host(13), (dg0 if accumulate else 0) + sum_g_xhat, **tol)
+    np.testing.assert_allclose(placed.host(14), (db0 if accumulate else 0) + sum_g, **tol)
+    placed.check_sentinels()
+
+
 def test_batch_norm_backward_without_the_input_gradient(ops_backend, rng):
     b = ops_backend
     x, dy = rng.standard_normal((4, 3, 2, 2)), rng.standard_normal((4, 3, 2, 2))

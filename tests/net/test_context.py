@@ -152,3 +152,50 @@ def test_gradient_vocabulary(numpy_backend, rng):
     assert ctx.output_grad() is node_ctx.output_grad()
     with pytest.raises(ValueError, match="input_grads=True"):
         ctx.input_grad()
+
+
+def _conv_bn_relu():
+    return jp.Network(L.Sequential(L.Conv2d(6, 3, padding=1), L.BatchNorm2d(), L.ReLU(), L.MaxPool2d(2),
+                                   L.Conv2d(4, 3, padding=1), L.BatchNorm2d(affine=False), L.ReLU(),
+                                   L.Flatten(), L.Linear(5)), input_shape=(3, 8, 8), seed=3)
+
+
+@pytest.mark.parametrize("kernels", ["c", "numpy"])
+def test_fused_batch_norm_relu_computes_the_same_bits_as_the_two_layers(rng, monkeypatch, kernels):
+    """A BatchNorm whose only reader is a ReLU runs both as one op (Context._steps): training
+    steps, running statistics and inference give exactly what the layers give one by one."""
+    from juicepy.backends.numpy import NumpyBackend, spatial
+    from juicepy.net.context import Context
+
+    backend = NumpyBackend(kernels=kernels)
+    monkeypatch.setattr(spatial, "NORM_MIN_INNER", 1)  # the C passes on the 4x4 planes too
+    x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 5, 8)
+    results = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(Context, "fuse", fuse)
+        net = _conv_bn_relu()
+        trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=0.01), batch_size=8)
+        losses = [trainer.train_minibatch(backend, x, y)[0] for _ in range(3)]  # (loss, outputs)
+        ctx = net.context(backend, 8, training=True)
+        fused = [type(layer).__name__ for layer, _, consumer in ctx._steps if consumer is not None]
+        assert fused == (["BatchNorm2d", "BatchNorm2d"] if fuse else [])
+        results[fuse] = (losses, net.get_weights(), net.transform(backend, x))
+    (losses, weights, out), (losses0, weights0, out0) = results[True], results[False]
+    assert losses == losses0
+    np.testing.assert_array_equal(out, out0)
+    for name in weights0:
+        np.testing.assert_array_equal(weights[name], weights0[name], err_msg=name)
+
+
+def test_a_batch_norm_whose_output_is_read_twice_or_is_a_network_output_is_not_fused():
+    from juicepy.net.context import Context
+
+    nets = {0: [L.Sequential(L.Linear(4), L.BatchNorm1d(), L.Branches(L.ReLU(), L.Identity())),  # two readers
+                L.Sequential(L.Linear(4), L.BatchNorm1d()),  # the network's output
+                L.Sequential(L.Linear(4), L.BatchNorm1d(sync=True), L.ReLU())],  # sums over ranks in between
+            1: [L.Sequential(L.Linear(4), L.BatchNorm1d(), L.ReLU())]}
+    for fused, roots in nets.items():
+        for root in roots:
+            ctx = Context(jp.Network(root, input_shape=(3,)), jp.backend("numpy"), 4, training=True)
+            assert sum(consumer is not None for _, _, consumer in ctx._steps) == fused, root

@@ -133,7 +133,7 @@ class SpatialOps(abc.ABC):
 
     # ------------------------------------------------------------ batch norm
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
-                         momentum, eps, ws=None):
+                         momentum, eps, ws=None, relu=False):
         self._same("batch_norm_train", x, out)
         check_per_channel("cuda", "batch_norm_train", x, gamma, beta, mean, invstd, running_mean, running_var)
         n, c, inner = channels_inner(x)
@@ -145,17 +145,26 @@ class SpatialOps(abc.ABC):
                       NULL if running_var is None else running_var,
                       np.int64(n), np.int64(c), np.int64(inner), r(momentum), r(1.0 - momentum),
                       r(momentum * count / max(count - 1, 1)), r(eps)), grid=c)
+        if relu:  # the ReLU after it, as its own op
+            self.relu(out, out)
 
-    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False):
         self._same("batch_norm_infer", x, out)
         check_per_channel("cuda", "batch_norm_infer", x, gamma, beta, running_mean, running_var)
         n, c, inner = channels_inner(x)
         self._launch(x.dtype, "batch_norm_infer", x.size,
                      (x, gamma, beta, running_mean, running_var, self._real(x.dtype, eps), out,
                       np.int64(x.size), np.int64(c), np.int64(inner)))
+        if relu:
+            self.relu(out, out)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
-                            accumulate_dx=False, accumulate_params=False, ws=None):
+                            accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
+        if relu_out is not None:  # the ReLU's backward first, as its own op
+            self._same("batch_norm_backward", dy, relu_out)
+            masked = scratch(ws, self, "bn_relu_dy", dy.shape, dy.dtype)
+            self.relu_backward(relu_out, dy, masked, False, ws)
+            dy = masked
         self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
         check_per_channel("cuda", "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
         n, c, inner = channels_inner(x)

@@ -67,6 +67,17 @@ DEFINE_SGD(sgd_f64, double)
 DEFINE_RELU_BACKWARD(relu_backward_f32, float)
 DEFINE_RELU_BACKWARD(relu_backward_f64, double)
 
+/* x < 0 ? 0 : x keeps NaN (and -0.0) as np.maximum(x, 0) does; NumPy's maximum against a
+ * Python scalar runs a slower mixed-type loop */
+#define DEFINE_RELU(NAME, T)                                                                  \
+    VECTOR_CLONES static void NAME(const T *restrict x, T *restrict y, Py_ssize_t n)          \
+    {                                                                                         \
+        for (Py_ssize_t i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i];                     \
+    }
+
+DEFINE_RELU(relu_f32, float)
+DEFINE_RELU(relu_f64, double)
+
 /* Buffers: writable, C-contiguous, all of one itemsize (4 or 8) and one length. */
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *name)
 {
@@ -194,7 +205,34 @@ fail:
     return NULL;
 }
 
+static PyObject *py_relu(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *yo;
+    if (!PyArg_ParseTuple(args, "OO", &xo, &yo))
+        return NULL;
+    Py_buffer x, y;
+    if (get_buffer(yo, &y, 1, "out") < 0) return NULL;
+    if (get_buffer(xo, &x, 0, "x") < 0) {
+        PyBuffer_Release(&y);
+        return NULL;
+    }
+    if (same_layout(&y, &x, "x") < 0) {
+        PyBuffer_Release(&y); PyBuffer_Release(&x);
+        return NULL;
+    }
+    Py_ssize_t n = y.len / y.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (y.itemsize == 4)
+        relu_f32(x.buf, y.buf, n);
+    else
+        relu_f64(x.buf, y.buf, n);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&y); PyBuffer_Release(&x);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"relu", py_relu, METH_VARARGS, "relu(x, out): out = max(x, 0), NaN kept"},
     {"relu_backward", py_relu_backward, METH_VARARGS,
      "relu_backward(y, dy, dx, accumulate): dx (+)= dy where y > 0, in one pass"},
     {"adam", py_adam, METH_VARARGS,

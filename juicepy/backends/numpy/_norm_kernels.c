@@ -57,40 +57,59 @@ typedef Py_ssize_t I;
 DEFINE_STATS(stats_f32, float)
 DEFINE_STATS(stats_f64, double)
 
-/* out[:, c] = (x[:, c] - center[c]) * scale[c] + shift[c] */
+/* out[:, c] = (x[:, c] - center[c]) * scale[c] + shift[c], then max(out, 0) where ``relu``
+ * (a ReLU after the batch norm in the same pass; v < 0 ? 0 : v keeps NaN as np.maximum) */
 #define DEFINE_AFFINE(NAME, T)                                                                 \
     VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict center,             \
                                    const T *restrict scale, const T *restrict shift,          \
-                                   T *restrict out, I n, I c, I inner, I c0, I c1)            \
+                                   T *restrict out, I n, I c, I inner, I c0, I c1, int relu)  \
     {                                                                                          \
         for (I s = 0; s < n; s++)                                                             \
             for (I ch = c0; ch < c1; ch++) {                                                  \
                 const T *p = x + (s * c + ch) * inner;                                        \
                 T *o = out + (s * c + ch) * inner;                                            \
                 const T m = center[ch], a = scale[ch], b = shift[ch];                         \
-                for (I i = 0; i < inner; i++) o[i] = (p[i] - m) * a + b;                      \
+                if (relu)                                                                     \
+                    for (I i = 0; i < inner; i++) {                                           \
+                        const T v = (p[i] - m) * a + b;                                       \
+                        o[i] = v < 0 ? (T)0 : v;                                              \
+                    }                                                                         \
+                else                                                                          \
+                    for (I i = 0; i < inner; i++) o[i] = (p[i] - m) * a + b;                  \
             }                                                                                 \
     }
 
 DEFINE_AFFINE(affine_f32, float)
 DEFINE_AFFINE(affine_f64, double)
 
+/* The gradient at the batch norm's output: dy itself, or, where a ReLU follows in the same pass
+ * (``y`` its output), dy where y > 0 and 0 elsewhere, as relu_backward writes it */
+#define GRAD(T, Y, E, K) ((Y) ? ((Y)[K] > 0 ? (E)[K] : (T)0) : (E)[K])
+
 /* sum_dy[c] = sum dy[:, c]; sum_dy_xhat[c] = sum dy * (x - mean) * invstd */
 #define DEFINE_BACKWARD_SUMS(NAME, T)                                                          \
     VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict dy,                 \
-                                   const T *restrict mean, const T *restrict invstd,          \
-                                   T *restrict sum_dy, T *restrict sum_dy_xhat,               \
-                                   I n, I c, I inner, I c0, I c1)                             \
+                                   const T *restrict y, const T *restrict mean,               \
+                                   const T *restrict invstd, T *restrict sum_dy,              \
+                                   T *restrict sum_dy_xhat, I n, I c, I inner, I c0, I c1)    \
     {                                                                                          \
         for (I ch = c0; ch < c1; ch++) {                                                      \
             double a = 0, b = 0, part;                                                        \
             const T m = mean[ch];                                                             \
             for (I s = 0; s < n; s++) {                                                       \
-                const T *p = x + (s * c + ch) * inner, *e = dy + (s * c + ch) * inner;        \
-                PLANE_SUM(T, part, inner, e[k]);                                              \
-                a += part;                                                                    \
-                PLANE_SUM(T, part, inner, e[k] * (p[k] - m));                                 \
-                b += part;                                                                    \
+                const I at = (s * c + ch) * inner;                                            \
+                const T *p = x + at, *e = dy + at, *r = y ? y + at : NULL;                    \
+                if (r) {                                                                      \
+                    PLANE_SUM(T, part, inner, GRAD(T, r, e, k));                              \
+                    a += part;                                                                \
+                    PLANE_SUM(T, part, inner, GRAD(T, r, e, k) * (p[k] - m));                 \
+                    b += part;                                                                \
+                } else {                                                                      \
+                    PLANE_SUM(T, part, inner, e[k]);                                          \
+                    a += part;                                                                \
+                    PLANE_SUM(T, part, inner, e[k] * (p[k] - m));                             \
+                    b += part;                                                                \
+                }                                                                             \
             }                                                                                 \
             sum_dy[ch] = (T)a;                                                                \
             sum_dy_xhat[ch] = (T)(b * invstd[ch]);                                            \
@@ -104,18 +123,26 @@ DEFINE_BACKWARD_SUMS(backward_sums_f64, double)
  * M = ``count`` (the values per channel over every replica under synchronised batch norm) */
 #define DEFINE_BACKWARD_DX(NAME, T)                                                            \
     VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict dy,                 \
-                                   const T *restrict mean, const T *restrict invstd,          \
+                                   const T *restrict y, const T *restrict mean,               \
+                                   const T *restrict invstd,                                  \
                                    const T *restrict coef, const T *restrict sum_dy,          \
-                                   const T *restrict sum_dy_xhat, T *restrict dx, T count,  \
+                                   const T *restrict sum_dy_xhat, T *restrict dx, T count,    \
                                    I n, I c, I inner, I c0, I c1, int accumulate)             \
     {                                                                                          \
         for (I s = 0; s < n; s++)                                                             \
             for (I ch = c0; ch < c1; ch++) {                                                  \
-                const T *p = x + (s * c + ch) * inner, *e = dy + (s * c + ch) * inner;        \
-                T *d = dx + (s * c + ch) * inner;                                             \
+                const I at = (s * c + ch) * inner;                                            \
+                const T *p = x + at, *e = dy + at, *r = y ? y + at : NULL;                    \
+                T *d = dx + at;                                                               \
                 const T m = mean[ch], is = invstd[ch], k = coef[ch], a = sum_dy[ch];          \
                 const T b = sum_dy_xhat[ch];                                                  \
-                if (accumulate)                                                               \
+                if (r && accumulate)                                                          \
+                    for (I i = 0; i < inner; i++)                                             \
+                        d[i] += k * (count * GRAD(T, r, e, i) - a - (p[i] - m) * is * b);     \
+                else if (r)                                                                   \
+                    for (I i = 0; i < inner; i++)                                             \
+                        d[i] = k * (count * GRAD(T, r, e, i) - a - (p[i] - m) * is * b);      \
+                else if (accumulate)                                                          \
                     for (I i = 0; i < inner; i++) d[i] += k * (count * e[i] - a - (p[i] - m) * is * b); \
                 else                                                                          \
                     for (I i = 0; i < inner; i++) d[i] = k * (count * e[i] - a - (p[i] - m) * is * b); \
@@ -201,7 +228,9 @@ static PyObject *py_affine(PyObject *self, PyObject *args)
 {
     PyObject *o[5];
     I n, c, inner, c0, c1;
-    if (!PyArg_ParseTuple(args, "OOOOOnnnnn", &o[0], &o[1], &o[2], &o[3], &o[4], &n, &c, &inner, &c0, &c1))
+    int relu = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnnn|p", &o[0], &o[1], &o[2], &o[3], &o[4], &n, &c, &inner, &c0, &c1,
+                          &relu))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[5];
@@ -211,61 +240,92 @@ static PyObject *py_affine(PyObject *self, PyObject *args)
     if (get_buffers(5, o, v, counts, writable, names) < 0) return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (v[0].itemsize == 4)
-        affine_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1);
+        affine_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1, relu);
     else
-        affine_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1);
+        affine_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1, relu);
     Py_END_ALLOW_THREADS
     release(5, v);
     Py_RETURN_NONE;
 }
 
+/* The optional ReLU output ``y`` (None: no ReLU): a buffer like x, or NULL */
+static int optional_like(PyObject *obj, Py_buffer *view, const Py_buffer *like, const char *name)
+{
+    if (obj == Py_None) return 0;
+    const char *fmt = like->format ? like->format : "?";
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyErr_Format(PyExc_TypeError, "%s: expected a contiguous buffer", name);
+        return -1;
+    }
+    if (!view->format || strcmp(view->format, fmt) || view->len != like->len) {
+        PyErr_Format(PyExc_ValueError, "%s: expected the format and length of x", name);
+        PyBuffer_Release(view);
+        return -1;
+    }
+    return 1;
+}
+
 static PyObject *py_backward_sums(PyObject *self, PyObject *args)
 {
-    PyObject *o[6];
+    PyObject *o[6], *yo = Py_None;
     I n, c, inner, c0, c1;
-    if (!PyArg_ParseTuple(args, "OOOOOOnnnnn", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n, &c, &inner,
-                          &c0, &c1))
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnn|O", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n, &c, &inner,
+                          &c0, &c1, &yo))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
-    Py_buffer v[6];
+    Py_buffer v[6], yv;
     const I counts[] = {n * c * inner, n * c * inner, c, c, c, c};
     const int writable[] = {0, 0, 0, 0, 1, 1};
     const char *const names[] = {"x", "dy", "mean", "invstd", "sum_dy", "sum_dy_xhat"};
     if (get_buffers(6, o, v, counts, writable, names) < 0) return NULL;
+    int has_y = optional_like(yo, &yv, &v[0], "y");
+    if (has_y < 0) {
+        release(6, v);
+        return NULL;
+    }
+    const void *y = has_y ? yv.buf : NULL;
     Py_BEGIN_ALLOW_THREADS
     if (v[0].itemsize == 4)
-        backward_sums_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
+        backward_sums_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
     else
-        backward_sums_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
+        backward_sums_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
     Py_END_ALLOW_THREADS
     release(6, v);
+    if (has_y) PyBuffer_Release(&yv);
     Py_RETURN_NONE;
 }
 
 static PyObject *py_backward_dx(PyObject *self, PyObject *args)
 {
-    PyObject *o[8];
+    PyObject *o[8], *yo = Py_None;
     I n, c, inner, c0, c1;
     double count;
     int accumulate;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                          &count, &n, &c, &inner, &c0, &c1, &accumulate))
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp|O", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &count, &n, &c, &inner, &c0, &c1, &accumulate, &yo))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
-    Py_buffer v[8];
+    Py_buffer v[8], yv;
     const I counts[] = {n * c * inner, n * c * inner, c, c, c, c, c, n * c * inner};
     const int writable[] = {0, 0, 0, 0, 0, 0, 0, 1};
     const char *const names[] = {"x", "dy", "mean", "invstd", "coef", "sum_dy", "sum_dy_xhat", "dx"};
     if (get_buffers(8, o, v, counts, writable, names) < 0) return NULL;
+    int has_y = optional_like(yo, &yv, &v[0], "y");
+    if (has_y < 0) {
+        release(8, v);
+        return NULL;
+    }
+    const void *y = has_y ? yv.buf : NULL;
     Py_BEGIN_ALLOW_THREADS
     if (v[0].itemsize == 4)
-        backward_dx_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+        backward_dx_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
                         (float)count, n, c, inner, c0, c1, accumulate);
     else
-        backward_dx_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+        backward_dx_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
                         count, n, c, inner, c0, c1, accumulate);
     Py_END_ALLOW_THREADS
     release(8, v);
+    if (has_y) PyBuffer_Release(&yv);
     Py_RETURN_NONE;
 }
 
@@ -273,12 +333,14 @@ static PyMethodDef methods[] = {
     {"stats", py_stats, METH_VARARGS,
      "stats(x, mean, var, N, C, inner, c0, c1): per-channel mean and biased variance"},
     {"affine", py_affine, METH_VARARGS,
-     "affine(x, center, scale, shift, out, N, C, inner, c0, c1): out = (x - center) * scale + shift"},
+     "affine(x, center, scale, shift, out, N, C, inner, c0, c1, relu=False): out = (x - center) * "
+     "scale + shift, max(out, 0) where relu"},
     {"backward_sums", py_backward_sums, METH_VARARGS,
-     "backward_sums(x, dy, mean, invstd, sum_dy, sum_dy_xhat, N, C, inner, c0, c1)"},
+     "backward_sums(x, dy, mean, invstd, sum_dy, sum_dy_xhat, N, C, inner, c0, c1, y=None): y, a "
+     "ReLU's output after the batch norm, masks dy where y <= 0"},
     {"backward_dx", py_backward_dx, METH_VARARGS,
      "backward_dx(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
-     "accumulate): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat)"},
+     "accumulate, y=None): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat), dy masked where y <= 0"},
     {NULL, NULL, 0, NULL},
 };
 

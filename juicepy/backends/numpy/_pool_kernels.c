@@ -72,6 +72,42 @@ typedef struct {
 DEFINE_MAX_POOL(max_pool_f32, float)
 DEFINE_MAX_POOL(max_pool_f64, double)
 
+/* The common 2x2 stride-2 unpadded window, unrolled: the generic kernel's row scans cost it four
+ * passes over each output row plus the -inf start. Same scan order and NaN rule. */
+#define TAKE(T, V, K, C, KC)                                                                  \
+    do {                                                                                      \
+        T c_ = (C);                                                                           \
+        int t_ = (c_ > V) | (c_ != c_);                                                       \
+        V = t_ ? c_ : V;                                                                      \
+        K = t_ ? (KC) : K;                                                                    \
+    } while (0)
+
+#define DEFINE_MAX_POOL_2X2(NAME, T)                                                          \
+    VECTOR_CLONES static void NAME(const T *restrict x, T *restrict out, int *restrict argmax,  \
+                                   const Geometry *g)                                         \
+    {                                                                                         \
+        const Py_ssize_t h = g->h, w = g->w, ho = g->ho, wo = g->wo;                          \
+        for (Py_ssize_t p = 0; p < g->planes; p++)                                            \
+            for (Py_ssize_t i = 0; i < ho; i++) {                                             \
+                const T *r0 = x + p * h * w + 2 * i * w, *r1 = r0 + w;                        \
+                T *value = out + (p * ho + i) * wo;                                           \
+                int *best = argmax + (p * ho + i) * wo;                                       \
+                const int base = (int)(2 * i * w);                                            \
+                for (Py_ssize_t j = 0; j < wo; j++) {                                         \
+                    T v = r0[2 * j];                                                          \
+                    int k = base + (int)(2 * j);                                              \
+                    TAKE(T, v, k, r0[2 * j + 1], k + 1);                                      \
+                    TAKE(T, v, k, r1[2 * j], base + (int)(w + 2 * j));                        \
+                    TAKE(T, v, k, r1[2 * j + 1], base + (int)(w + 2 * j + 1));                \
+                    value[j] = v;                                                             \
+                    best[j] = k;                                                              \
+                }                                                                             \
+            }                                                                                 \
+    }
+
+DEFINE_MAX_POOL_2X2(max_pool_2x2_f32, float)
+DEFINE_MAX_POOL_2X2(max_pool_2x2_f64, double)
+
 #define DEFINE_MAX_POOL_BACKWARD(NAME, T)                                                     \
     static void NAME(const T *restrict dy, const int *restrict argmax, T *restrict dx,        \
                      Py_ssize_t planes, Py_ssize_t per_plane, Py_ssize_t plane_size,          \
@@ -131,8 +167,13 @@ static PyObject *py_max_pool(PyObject *self, PyObject *args)
         PyBuffer_Release(&x); PyBuffer_Release(&out);
         return NULL;
     }
+    int two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
     Py_BEGIN_ALLOW_THREADS
-    if (fmt[0] == 'f')
+    if (two && fmt[0] == 'f')
+        max_pool_2x2_f32(x.buf, out.buf, argmax.buf, &g);
+    else if (two)
+        max_pool_2x2_f64(x.buf, out.buf, argmax.buf, &g);
+    else if (fmt[0] == 'f')
         max_pool_f32(x.buf, out.buf, argmax.buf, &g);
     else
         max_pool_f64(x.buf, out.buf, argmax.buf, &g);

@@ -11,7 +11,7 @@ from ..base import (Backend, check_argmax, check_cell, check_embedding, check_no
                     check_per_channel, check_pool_shapes, check_same, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
-from .threads import CHUNK, chunked as _chunked, split as _split
+from .threads import CHUNK, chunked as _chunked, run_lanes as _run_lanes, split as _split
 
 
 def _fill_arange(buf) -> None:
@@ -166,13 +166,19 @@ class NumpyBackend(Backend):
 
     def relu(self, x, out):
         self._same("relu", x, out)
+        c = self.cpu_kernels
+        if c is not None and x.flags.c_contiguous and out.flags.c_contiguous:
+            xs, outs = x.reshape(-1), out.reshape(-1)
+            _run_lanes(xs.size, 1, lambda lo, hi, k: c.relu(xs[lo:hi], outs[lo:hi]))
+            return
         np.maximum(x, 0, out=out)
 
     def relu_backward(self, y, dy, dx, accumulate=False, ws=None):
         self._same("relu_backward", y, dy, dx)
         c = self.cpu_kernels
         if c is not None and y.flags.c_contiguous and dy.flags.c_contiguous and dx.flags.c_contiguous:
-            c.relu_backward(y, dy, dx, accumulate)
+            ys, dys, dxs = y.reshape(-1), dy.reshape(-1), dx.reshape(-1)
+            _run_lanes(ys.size, 1, lambda lo, hi, k: c.relu_backward(ys[lo:hi], dys[lo:hi], dxs[lo:hi], accumulate))
             return
         self._mask_product(lambda m: np.greater(y, 0, out=m), dy, dx, accumulate, ws)
 
@@ -489,23 +495,24 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------ batch norm
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
-                         momentum, eps, ws=None):
+                         momentum, eps, ws=None, relu=False):
         self._same("batch_norm_train", x, out)
         check_per_channel(self.name, "batch_norm_train", x, gamma, beta, mean, invstd, running_mean, running_var)
         spatial.batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean,
-                                    running_var, momentum, eps, ws)
+                                 running_var, momentum, eps, ws, relu)
 
-    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False):
         self._same("batch_norm_infer", x, out)
         check_per_channel(self.name, "batch_norm_infer", x, gamma, beta, running_mean, running_var)
-        spatial.batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws)
+        spatial.batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws, relu)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
-                            accumulate_dx=False, accumulate_params=False, ws=None):
-        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+                            accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
+        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []),
+                   *([relu_out] if relu_out is not None else []))
         check_per_channel(self.name, "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
         spatial.batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
-                                       accumulate_dx, accumulate_params, ws)
+                                    accumulate_dx, accumulate_params, ws, relu_out)
 
     def batch_norm_sums(self, x, shift, sums, ws=None):
         check_per_channel(self.name, "batch_norm_sums", x, shift)

@@ -707,7 +707,13 @@ def max_pool2d(backend, x, out, argmax, kernel, stride, padding, ws):
     out_hw = out.shape[2:]
     if _c_pooling(backend, x, out, argmax):
         n, c, h, w = x.shape
-        backend.pool_kernels.max_pool(x, out, argmax, n * c, h, w, *out_hw, kh, kw, *stride, *padding)
+        xs, outs, argmaxes = (_view(a, (n * c, a.shape[2] * a.shape[3])) for a in (x, out, argmax))
+
+        def lane(lo, hi, k):
+            backend.pool_kernels.max_pool(xs[lo:hi], outs[lo:hi], argmaxes[lo:hi], hi - lo, h, w, *out_hw,
+                                          kh, kw, *stride, *padding)
+
+        _run_lanes(n * c, h * w, lane)
         return
     xp = _padded(backend, x, padding, -np.inf, ws, "pool_xpad")
     table = _pool_index(backend, ws, x.shape[2:], kernel, stride, padding, out_hw)
@@ -747,7 +753,13 @@ def max_pool2d_backward(backend, dy, argmax, dx, accumulate, ws):
     planes = n * c
     per_plane = dy.size // planes
     if _c_pooling(backend, dx, dy, argmax):
-        backend.pool_kernels.max_pool_backward(dy, argmax, dx, planes, per_plane, h * w, accumulate)
+        dys, argmaxes, dxs = (_view(a, (planes, a.shape[2] * a.shape[3])) for a in (dy, argmax, dx))
+
+        def lane(lo, hi, k):
+            backend.pool_kernels.max_pool_backward(dys[lo:hi], argmaxes[lo:hi], dxs[lo:hi], hi - lo, per_plane,
+                                                   h * w, accumulate)
+
+        _run_lanes(planes, h * w, lane)
         return
     flat_index = scratch(ws, backend, "pool_flat", (planes, per_plane), np.intp)
     plane_start = scratch(ws, backend, f"pool_base {h * w}", (planes, 1), np.intp,
@@ -848,7 +860,7 @@ def _channel_lanes(x, work) -> None:
 
 
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
-                     momentum, eps, ws):
+                     momentum, eps, ws, relu=False):
     axes = _stat_axes(x)
     shape = channel_shape(x)
     count = x.size // x.shape[1]
@@ -858,7 +870,7 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
         var = scratch(ws, backend, "bn_var", channels, x.dtype)
         _channel_lanes(x, lambda c0, c1: backend.norm_kernels.stats(x, mean, var, n, c, inner, c0, c1))
         _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
-        batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws)
+        batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws, relu)
         return
     np.mean(x, axis=axes, out=mean)
     centered = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
@@ -872,9 +884,11 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
     np.multiply(gamma, invstd, out=scale)
     np.multiply(centered, _view(scale, shape), out=out)
     out += _view(beta, shape)
+    if relu:
+        np.maximum(out, 0, out=out)
 
 
-def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, out, ws):
+def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, out, ws, relu=False):
     shape = channel_shape(x)
     channels = (x.shape[1],)
     scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
@@ -884,22 +898,30 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
     if _c_norm(backend, x, out, running_mean, scale, beta):
         n, c, inner = channels_inner(x)
         _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
-                                                                      n, c, inner, c0, c1))
+                                                                      n, c, inner, c0, c1, relu))
         return
     shift = scratch(ws, backend, "bn_shift", channels, x.dtype)
     np.multiply(running_mean, scale, out=shift)
     np.subtract(beta, shift, out=shift)
     np.multiply(x, _view(scale, shape), out=out)
     out += _view(shift, shape)
+    if relu:
+        np.maximum(out, 0, out=out)
 
 
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
-                        accumulate_dx, accumulate_params, ws):
+                        accumulate_dx, accumulate_params, ws, relu_out=None):
     sums = scratch(ws, backend, "bn_grad_sums", (2 * x.shape[1],), x.dtype)
-    batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws)
+    if relu_out is not None and not _c_norm(backend, x, dy, relu_out, gamma, mean, invstd,
+                                            *([dx] if dx is not None else [])):
+        # the NumPy path (relu_out is read by the C kernels only) masks dy into a scratch first
+        masked = scratch(ws, backend, "bn_relu_dy", dy.shape, dy.dtype)
+        backend.relu_backward(relu_out, dy, masked, False, ws)
+        dy, relu_out = masked, None
+    batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws, relu_out)
     if dx is not None:
         batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, x.size // x.shape[1], dx,
-                                 accumulate_dx, ws)
+                                 accumulate_dx, ws, relu_out)
 
 
 def _xhat(backend, x, mean, invstd, ws):
@@ -910,14 +932,16 @@ def _xhat(backend, x, mean, invstd, ws):
     return xhat
 
 
-def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws):
+def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws,
+                               relu_out=None):
+    """``relu_out`` (C kernels only): a ReLU's output after the batch norm, dy its gradient"""
     axes = _stat_axes(x)
     c = x.shape[1]
     sum_dy, sum_dy_xhat = sums[:c], sums[c:]
     if _c_norm(backend, x, dy, mean, invstd, sums):
         n, _, inner = channels_inner(x)
         _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_sums(
-            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1))
+            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1, relu_out))
     else:
         np.sum(dy, axis=axes, out=sum_dy)
         product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
@@ -928,7 +952,7 @@ def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta
             backend.store(value, grad, accumulate_params)
 
 
-def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws):
+def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, ws, relu_out=None):
     # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
     shape = channel_shape(x)
     c = x.shape[1]
@@ -938,7 +962,8 @@ def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, d
     if _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx):
         n, _, inner = channels_inner(x)
         _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_dx(
-            x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate))
+            x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate,
+            relu_out))
         return
     product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
     np.multiply(_xhat(backend, x, mean, invstd, ws), _view(sums[c:], shape), out=product)
@@ -991,14 +1016,17 @@ def _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, 
     np.reciprocal(invstd, out=invstd)
 
 
-def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws):
+def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws, relu=False):
     shape = channel_shape(x)
     scale = scratch(ws, backend, "bn_scale", (x.shape[1],), x.dtype)
     np.multiply(gamma, invstd, out=scale)
     if _c_norm(backend, x, beta, mean, out):
         n, c, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1))
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1,
+                                                                      relu))
         return
     np.subtract(x, _view(mean, shape), out=out)
     out *= _view(scale, shape)
     out += _view(beta, shape)
+    if relu:
+        np.maximum(out, 0, out=out)

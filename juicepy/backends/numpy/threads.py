@@ -20,9 +20,12 @@ _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
 
 
+_CPU_COUNT = os.cpu_count() or 1  # os.cpu_count() reads sysfs on every call: once per op adds up
+
+
 def num_threads() -> int:
     """Lanes to use: ``$JUICEPY_NUM_THREADS``, else the machine's core count."""
-    return max(1, int(os.environ.get("JUICEPY_NUM_THREADS", 0)) or (os.cpu_count() or 1))
+    return max(1, int(os.environ.get("JUICEPY_NUM_THREADS", 0)) or _CPU_COUNT)
 
 
 def pool() -> ThreadPoolExecutor:

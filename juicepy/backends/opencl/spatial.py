@@ -293,7 +293,7 @@ class SpatialOps(abc.ABC):
         return channels_inner(x)
 
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
-                         momentum, eps, ws=None):
+                         momentum, eps, ws=None, relu=False):
         n, c, s = self._bn_shape(x, "batch_norm_train", gamma, beta, mean, invstd, running_mean, running_var)
         self._same("batch_norm_train", x, out)
         has_running = running_mean is not None and running_var is not None
@@ -306,17 +306,26 @@ class SpatialOps(abc.ABC):
         g, b = self._optional(gamma), self._optional(beta)
         self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
                           *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
+        if relu:  # the ReLU after it, as its own op
+            self.relu(out, out)
 
-    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None):
+    def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False):
         _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
         self._same("batch_norm_infer", x, out)
         g, b = self._optional(gamma), self._optional(beta)
         self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(running_mean),
                           *self._ref(running_var), 1, float(eps), g[0], g[1], b[0], b[1], g[2], b[2],
                           *self._ref(out))
+        if relu:
+            self.relu(out, out)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
-                            accumulate_dx=False, accumulate_params=False, ws=None):
+                            accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
+        if relu_out is not None:  # the ReLU's backward first, as its own op
+            self._same("batch_norm_backward", dy, relu_out)
+            masked = scratch(ws, self, "bn_relu_dy", dy.shape, dy.dtype)
+            self.relu_backward(relu_out, dy, masked, False, ws)
+            dy = masked
         n, c, s = self._bn_shape(x, "batch_norm_backward", gamma, mean, invstd, dgamma, dbeta)
         self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
         sums = scratch(ws, self, "bn_sums", (2 * c,), np.float32)
