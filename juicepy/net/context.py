@@ -224,6 +224,7 @@ class Context:
             nctx._setting_up = False
         self._backups = self._make_backups() if training else []
         self._saved_step = 0
+        self._fused_away: dict = {}
         self._steps = self._fused_steps() if self.fuse else [(layer, nctx, None) for layer, nctx in self._plan]
 
     #: run a layer and the one reading its output as one op where the layer offers it
@@ -241,6 +242,7 @@ class Context:
                 readers[j.index] = readers.get(j.index, 0) + 1
         outputs = {j.index for j in network.outputs}
         steps, k = [], 0
+        self._fused_away = {}  # junction index -> path of the layer that absorbed its producer
         while k < len(self._plan):
             layer, nctx = self._plan[k]
             if k + 1 < len(self._plan):
@@ -250,6 +252,7 @@ class Context:
                 if (len(made) == 1 and len(taken) == 1 and taken[0] is made[0] and readers[made[0].index] == 1
                         and made[0].index not in outputs and layer.fuses(consumer)):
                     steps.append((layer, nctx, cctx))
+                    self._fused_away[made[0].index] = cctx.path
                     k += 2
                     continue
             steps.append((layer, nctx, None))
@@ -357,10 +360,12 @@ class Context:
 
     def data(self, junction):
         """The backend array holding a junction's values (``network.inputs[i]``, ``outputs[i]``, ...)."""
+        self._check_kept(junction)
         return self._data[junction.index]
 
     def grad(self, junction):
         """The backend array holding d(loss)/d(junction) after a backward pass."""
+        self._check_kept(junction)
         buf = self._grads[junction.index]
         if buf is None:
             if not self.training:
@@ -368,6 +373,13 @@ class Context:
             raise ValueError(f"{junction.producer}: no gradient kept for the network inputs "
                              f"(make the context with input_grads=True)")
         return buf
+
+    def _check_kept(self, junction) -> None:
+        # a fused pair never writes the junction between them: refuse rather than hand out stale values
+        consumer = self._fused_away.get(junction.index)
+        if consumer is not None:
+            raise ValueError(f"{junction.producer}: its output is not kept in this context, it runs fused "
+                             f"with {consumer} (set Context.fuse = False before making the context to read it)")
 
     def _junction(self, path):
         net = self.network

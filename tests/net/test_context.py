@@ -1,3 +1,4 @@
+import re
 import tracemalloc
 
 import numpy as np
@@ -199,3 +200,23 @@ def test_a_batch_norm_whose_output_is_read_twice_or_is_a_network_output_is_not_f
         for root in roots:
             ctx = Context(jp.Network(root, input_shape=(3,)), jp.backend("numpy"), 4, training=True)
             assert sum(consumer is not None for _, _, consumer in ctx._steps) == fused, root
+
+
+def test_reading_the_output_a_fusion_skips_is_an_error_not_stale_values(monkeypatch):
+    """The BatchNorm of a fused BatchNorm + ReLU never writes its own output or its gradient:
+    the context refuses to hand those buffers out, names the fused pair, and keeps them when
+    fusion is off."""
+    from juicepy.net.context import Context
+
+    net = _conv_bn_relu()
+    backend = jp.backend("numpy")
+    ctx = Context(net, backend, 2, training=True)
+    fused_pairs = [(nctx.path, cctx.path) for _, nctx, cctx in ctx._steps if cctx is not None]
+    bn_path, relu_path = fused_pairs[0]
+    for read in (ctx.output, ctx.output_grad):
+        with pytest.raises(ValueError, match=re.escape(f"{bn_path}: its output is not kept") + ".*" + re.escape(f"fused with {relu_path}")):
+            read(bn_path)
+    ctx.output(relu_path)  # the fused op writes the consumer's output
+    monkeypatch.setattr(Context, "fuse", False)
+    unfused = Context(net, backend, 2, training=True)
+    assert unfused.output(bn_path).shape == ctx.output(relu_path).shape
