@@ -68,16 +68,18 @@ CONV_CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["direct", "direct-8-lanes", "implicit", "gemm"])
+@pytest.fixture(scope="module", params=["direct", "direct-8-lanes", "implicit", "implicit-8-lanes",
+                                        "implicit-16-lanes", "gemm"])
 def conv_ocl(request, ocl):
     """The backend with each convolution algorithm forced (tests/backends/test_ops.py checks
-    the one chosen per shape); the direct kernels also with 8-lane vectors (what AVX2 devices
-    get)."""
+    the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
+    vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's)."""
     from juicepy.backends.opencl import OpenCLBackend
 
-    if request.param == "direct-8-lanes":
-        return OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=8)
-    return OpenCLBackend(ocl.device, conv_algorithm=request.param)
+    algorithm, _, lanes = request.param.partition("-")
+    if lanes:
+        return OpenCLBackend(ocl.device, conv_algorithm=algorithm, vector_width=int(lanes.split("-")[0]))
+    return OpenCLBackend(ocl.device, conv_algorithm=algorithm)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
