@@ -31,6 +31,18 @@
 #ifndef MR
 #define MR 12
 #endif
+// STAGE_B_ROWS: tiles of B read straight from B (and conv_gemm's gathered ones) are staged k
+// by k across all the tile's panels, each k's row read once, in order; panel by panel, each
+// k reads one 64-byte piece of rows that lie a row (or plane) apart, and on AVX2 those reads
+// were half of gemm_packed's time (not measured on AVX-512 devices, which keep the panel order).
+// DIRECT_PACKED: where both operands are packed, the micro-kernel reads their panels where
+// they are instead of copying them to local memory first (measured on AVX2 only, likewise).
+#ifndef STAGE_B_ROWS
+#define STAGE_B_ROWS 0
+#endif
+#ifndef DIRECT_PACKED
+#define DIRECT_PACKED 0
+#endif
 // rows x columns of the dot-product micro-kernel of gemm_nt / conv_filter_gemm
 #ifndef DR
 #define DR 4
@@ -129,31 +141,11 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
     }
 
 // The register-blocked micro-kernel over every (MR x NR) block of the tile: partial sums of
-// the staged K slice added into c_store (set, on the first slice).
-#ifndef DIRECT_A
-#define DIRECT_A 0
-#endif
-#ifndef DIRECT_PACKED
-#define DIRECT_PACKED 0
-#endif
-#ifndef STAGE_B_ROWS
-#define STAGE_B_ROWS 0
-#endif
-#ifndef B_PANEL_OUTER
-#define B_PANEL_OUTER 0
-#endif
-#if B_PANEL_OUTER
-#define MICRO_LOOPS(a_panels, b_panels) \
-    for (int j = 0; j < (b_panels); ++j) \
-        for (int i = 0; i < (a_panels); ++i)
-#else
-#define MICRO_LOOPS(a_panels, b_panels) \
-    for (int i = 0; i < (a_panels); ++i) \
-        for (int j = 0; j < (b_panels); ++j)
-#endif
+// the K slice added into c_store (set, on the first slice); A's panels start at a_base, one
+// every a_step floats, B's at b_base, one every b_step vectors, in address spaces AQ and BQ.
 #define MICRO_TILES(AQ, a_base, a_step, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first) \
-    MICRO_LOOPS(a_panels, b_panels) { \
-        { \
+    for (int i = 0; i < (a_panels); ++i) { \
+        for (int j = 0; j < (b_panels); ++j) { \
             __local floatv *ct = (c_store) + (i * MR * BN + j * NR) / VW; \
             ROWS(ACC_ROW) \
             if (first) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) } \
@@ -200,11 +192,9 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
             continue;
         }
 #endif
-#if !DIRECT_A
         STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
-#endif
 #if STAGE_B_ROWS
-        if (b_ld) {
+        if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]
             const int width = b_panels * NR, live = min(width, N - col0);
             for (int k = 0; k < kc; ++k) {
                 __global const float *src = Bp + (size_t)(k0 + k) * b_ld + col0;
@@ -236,12 +226,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
                 for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
             }
         }
-#if DIRECT_A
-        MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __local, b_store, BK * NR / VW,
-                    c_store, a_panels, b_panels, kc, k0 == k_begin)
-#else
         MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
-#endif
     }
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0);
@@ -413,9 +398,9 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 // C = alpha * A @ B^T + beta * C without packing: rows of A (M, K) and of B (N, K) both run
 // along K, so tiles are staged as plain row copies and a DR x DC micro-kernel keeps DR * DC
 // vector dot-product accumulators over k (summed across lanes once per K slice): 4 x 4 float16
-// on AVX-512, 3 x 4 float8 on AVX2 (12 accumulators + 4 B vectors, A read by the FMAs from
-// memory: all 16 ymm registers). tile_m and tile_n are multiples of DR and DC; split-K works
-// as in gemm_packed.
+// on AVX-512, 2 x 4 float8 on AVX2 (8 accumulators + 4 B vectors + 1 A: 3 x 4 needs 17 ymm
+// registers and LLVM spilled an accumulator, a store and reload in every iteration). tile_m
+// and tile_n are multiples of DR and DC; split-K works as in gemm_packed.
 #if DR == 2
 #define DOT_ROWS(X) X(0) X(1)
 #elif DR == 3
