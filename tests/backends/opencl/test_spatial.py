@@ -127,7 +127,10 @@ def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     ((3, 40, 7, 9), (100, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     ((2, 64, 9, 5), (96, 3, 3), (2, 1), (1, 2), (1, 2), 2),
     ((2, 8, 12, 12), (16, 5, 5), (1, 1), (2, 2), (1, 1), 1),
-], ids=["k360-m100", "grouped-strided", "5x5"])
+    # stride 2 along rows of 20 outputs: runs gathered 8 at a time, the row's end one by one
+    ((2, 8, 11, 41), (16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),
+], ids=["k360-m100", "grouped-strided", "5x5", "stride2-rows", "stride2-dilated-grouped"])
 def test_larger_convolutions_match_torch(conv_ocl, rng, case):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     ocl = conv_ocl
