@@ -562,7 +562,9 @@ __kernel void gemm_split_sum(const int total, const int splits, __global const f
                              const float alpha, const float beta)
 {
     const int i = get_global_id(0);
-    if (i >= total) return;
+    // asked per work-group first, so PoCL's vectorised work-group loop is unswitched instead
+    // of masking every load and store (see GID_CHECK in elementwise.cl)
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)total && i >= total) return;
     float s = 0.0f;
     for (int z = 0; z < splits; ++z) s += P[(size_t)z * total + i];
     __global float *dst = C + c_off + (size_t)(i / N) * ldc + i % N;
