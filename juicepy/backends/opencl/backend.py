@@ -21,7 +21,7 @@ from ..base import (Backend, BackendUnavailable, Workspace, channels_inner, chec
 from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
-from .programs import CPU_GEMM, GPU_GEMM, ProgramCache
+from .programs import ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache
 from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
 
@@ -39,7 +39,9 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default by
         device type. ``conv_algorithm``: "direct" (row loops, no column matrix), "gemm" (im2col + GEMM) or "auto"
         (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
-        convolutions' vectors; default the device's preferred width (16 on AVX-512, else 8)."""
+        convolutions' vectors and of the packed GEMM's micro-kernels (16: 12 x 32 tiles for
+        AVX-512's 32 registers; 8: 6 x 16 for AVX2's 16); default the device's preferred width
+        (16 on AVX-512, else 8)."""
         super().__init__()
         cl = import_pyopencl()
         import pyopencl.array as cl_array
@@ -63,18 +65,20 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}")
         self.conv_algorithm = conv_algorithm
-        # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs
-        self._gemm_tiles = CPU_GEMM if gemm_variant == "packed" else GPU_GEMM
-        self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
-        self._gemm_lock = threading.Lock()
-        # direct convolutions keep a row's outputs in vectors of the device's preferred width
+        # direct convolutions keep a row's outputs in vectors of the device's preferred width,
+        # and the packed GEMM sizes its register tiles by it
         if vector_width is None:
             vector_width = 16 if self.device.preferred_vector_width_float >= 16 else 8
         if vector_width not in (8, 16):
             raise ValueError(f"vector_width must be 8 or 16, got {vector_width!r}")
         self._conv_vec = vector_width
+        # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs
+        self._gemm_tiles = CPU_GEMM[vector_width] if gemm_variant == "packed" else GPU_GEMM
+        self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
+        self._gemm_lock = threading.Lock()
         self._programs = ProgramCache(cl, self.context, self.device,
-                                      {"gemm.cl": self._gemm_tiles, "gemm.cl:mr8": {**self._gemm_tiles, "MR": 8},
+                                      {"gemm.cl": self._gemm_tiles,
+                                       "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]]},
                                        "conv.cl": {"VEC": self._conv_vec}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)

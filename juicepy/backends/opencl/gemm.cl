@@ -5,13 +5,20 @@
 //     [N/NR][K][NR], zero-padded), so transposes and edges are dealt with in one pass;
 //  2. gemm_packed: one work-item per work-group owns a BM x BN tile of C; for each BK slice of
 //     K it stages its panels in local memory (contiguous copies) and a register-blocked
-//     micro-kernel (MR rows x 2 float16 vectors, 24 accumulators) runs FMAs out of them.
-//     Where B is not transposed its rows already run along the panel, so packing it is
+//     micro-kernel (MR rows x 2 vectors of VW floats, 2 * MR accumulators) runs FMAs out of
+//     them. Where B is not transposed its rows already run along the panel, so packing it is
 //     skipped: b_ld > 0 says Bp is B itself and tiles are staged straight from it.
 // Partial sums of the tile live in local memory between K slices.
+// The micro-kernel's shape follows the vector registers: VW = 16 with MR = 12 (24 float16
+// accumulators: 24 of AVX-512's 32 zmm registers) and VW = 8 with MR = 6 (12 float8
+// accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16 ymm registers; a float16 on AVX2
+// is two ymm registers, so the 12 x 32 kernel would spill half its accumulators).
 // (Wide vector builtins such as vload16/fma are out-of-line calls in PoCL, hence plain
-// float16 pointers and a * b + c, which contracts to FMA.)
+// vector pointers and a * b + c, which contracts to FMA.)
 
+#ifndef VW
+#define VW 16
+#endif
 #ifndef BM
 #define BM 96
 #endif
@@ -24,20 +31,54 @@
 #ifndef MR
 #define MR 12
 #endif
-#define NR 32
+// STAGE_B_ROWS: tiles of B read straight from B (and conv_gemm's gathered ones) are staged k
+// by k across all the tile's panels, each k's row read once, in order; panel by panel, each
+// k reads one 64-byte piece of rows that lie a row (or plane) apart, and on AVX2 those reads
+// were half of gemm_packed's time (not measured on AVX-512 devices, which keep the panel order).
+// DIRECT_PACKED: where both operands are packed, the micro-kernel reads their panels where
+// they are instead of copying them to local memory first (measured on AVX2 only, likewise).
+#ifndef STAGE_B_ROWS
+#define STAGE_B_ROWS 0
+#endif
+#ifndef DIRECT_PACKED
+#define DIRECT_PACKED 0
+#endif
+// rows x columns of the dot-product micro-kernel of gemm_nt / conv_filter_gemm
+#ifndef DR
+#define DR 4
+#endif
+#ifndef DC
+#define DC 4
+#endif
 
-#if MR == 8
+#if VW == 16
+typedef float16 floatv;
+#define LANE_SUM(v) ({ const float8 h8 = (v).lo + (v).hi; const float4 h4 = h8.lo + h8.hi; \
+                       const float2 h2 = h4.lo + h4.hi; h2.x + h2.y; })
+#elif VW == 8
+typedef float8 floatv;
+#define LANE_SUM(v) ({ const float4 h4 = (v).lo + (v).hi; const float2 h2 = h4.lo + h4.hi; h2.x + h2.y; })
+#else
+#error "VW must be 8 or 16"
+#endif
+#define NR (2 * VW)
+
+#if MR == 4
+#define ROWS(X) X(0) X(1) X(2) X(3)
+#elif MR == 6
+#define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5)
+#elif MR == 8
 #define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #elif MR == 12
 #define ROWS(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11)
 #else
-#error "MR must be 8 or 12"
+#error "MR must be 4, 6, 8 or 12"
 #endif
 
-#define ACC_ROW(r) float16 c##r##_0, c##r##_1;
-#define ZERO_ROW(r) c##r##_0 = (float16)(0.0f); c##r##_1 = (float16)(0.0f);
-#define LOAD_ROW(r) c##r##_0 = ct[(r) * (BN / 16)]; c##r##_1 = ct[(r) * (BN / 16) + 1];
-#define STORE_ROW(r) ct[(r) * (BN / 16)] = c##r##_0; ct[(r) * (BN / 16) + 1] = c##r##_1;
+#define ACC_ROW(r) floatv c##r##_0, c##r##_1;
+#define ZERO_ROW(r) c##r##_0 = (floatv)(0.0f); c##r##_1 = (floatv)(0.0f);
+#define LOAD_ROW(r) c##r##_0 = ct[(r) * (BN / VW)]; c##r##_1 = ct[(r) * (BN / VW) + 1];
+#define STORE_ROW(r) ct[(r) * (BN / VW)] = c##r##_0; ct[(r) * (BN / VW) + 1] = c##r##_1;
 #define FMA_ROW(r) { const float a = ap[r]; c##r##_0 += a * b0; c##r##_1 += a * b1; }
 
 // Ap[p][k][r] = op(A)[p*MR + r, k]; one work-item per (k, panel)
@@ -65,12 +106,12 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
         n < N ? B[b_off + (trans_b ? (size_t)n * ldb + k : (size_t)k * ldb + n)] : 0.0f;
 }
 
-// local panels and this work-group's tile (kernels in gemm_packed's shape); float16
-// declarations keep the panels 64-byte aligned for whole-vector loads
+// local panels and this work-group's tile (kernels in gemm_packed's shape); vector-typed
+// declarations keep the panels aligned for whole-vector loads
 #define PACKED_TILE_SETUP \
-    __local float16 a_store[BM * BK / 16];   /* [BM/MR][BK][MR] */ \
-    __local float16 b_store[BK * BN / 16];   /* [BN/NR][BK][NR] */ \
-    __local float16 c_store[BM * BN / 16];   /* [BM][BN] partial sums */ \
+    __local floatv a_store[BM * BK / VW];   /* [BM/MR][BK][MR] */ \
+    __local floatv b_store[BK * BN / VW];   /* [BN/NR][BK][NR] */ \
+    __local floatv c_store[BM * BN / VW];   /* [BM][BN] partial sums */ \
     __local float *a_pack = (__local float *)a_store; \
     __local float *b_pack = (__local float *)b_store; \
     const int row0 = get_group_id(1) * tile_m; \
@@ -100,25 +141,29 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
     }
 
 // The register-blocked micro-kernel over every (MR x NR) block of the tile: partial sums of
-// the staged K slice added into c_store (set, on the first slice).
-#define MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, first) \
+// the K slice added into c_store (set, on the first slice); A's panels start at a_base, one
+// every a_step floats, B's at b_base, one every b_step vectors, in address spaces AQ and BQ.
+#define MICRO_TILES(AQ, a_base, a_step, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first) \
     for (int i = 0; i < (a_panels); ++i) { \
         for (int j = 0; j < (b_panels); ++j) { \
-            __local float16 *ct = (c_store) + (i * MR * BN + j * NR) / 16; \
+            __local floatv *ct = (c_store) + (i * MR * BN + j * NR) / VW; \
             ROWS(ACC_ROW) \
             if (first) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) } \
-            __local const float *ap = (a_pack) + i * (BK * MR); \
-            __local const float16 *bp = (b_store) + j * (BK * NR / 16); \
+            AQ const float *ap = (a_base) + i * (a_step); \
+            BQ const floatv *bp = (BQ const floatv *)(b_base) + j * (b_step); \
             for (int k = 0; k < (kc); ++k) { \
-                const float16 b0 = bp[0]; \
-                const float16 b1 = bp[1]; \
+                const floatv b0 = bp[0]; \
+                const floatv b1 = bp[1]; \
                 ROWS(FMA_ROW) \
                 ap += MR; \
-                bp += NR / 16; \
+                bp += 2; \
             } \
             ROWS(STORE_ROW) \
         } \
     }
+// ...on panels staged in local memory
+#define MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, first) \
+    MICRO_TILES(__local, a_pack, BK * MR, __local, b_store, BK * NR / VW, c_store, a_panels, b_panels, kc, first)
 
 // tile_m (a multiple of MR, <= BM) and tile_n (a multiple of NR, <= BN) are chosen per call
 // so the tiles split C evenly between the CPU threads. Split-K (few tiles, long K): group z of
@@ -140,7 +185,30 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0);
+#if DIRECT_PACKED
+        if (!b_ld) {   // both operands packed: the micro-kernel reads the panels where they are
+            MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __global, Bp + (size_t)k0 * NR,
+                        (size_t)K * NR / VW, c_store, a_panels, b_panels, kc, k0 == k_begin)
+            continue;
+        }
+#endif
         STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+#if STAGE_B_ROWS
+        if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]
+            const int width = b_panels * NR, live = min(width, N - col0);
+            for (int k = 0; k < kc; ++k) {
+                __global const float *src = Bp + (size_t)(k0 + k) * b_ld + col0;
+                __local float *dst = b_pack + k * NR;
+                if (live == width) {
+                    for (int j = 0; j < b_panels; ++j)
+                        for (int c = 0; c < NR; ++c) dst[j * (BK * NR) + c] = src[j * NR + c];
+                } else {
+                    for (int j = 0; j < b_panels; ++j)
+                        for (int c = 0; c < NR; ++c) dst[j * (BK * NR) + c] = j * NR + c < live ? src[j * NR + c] : 0.0f;
+                }
+            }
+        } else
+#endif
         for (int j = 0; j < b_panels; ++j) {
             __local float *dst = b_pack + j * (BK * NR);
             if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]: each k holds NR consecutive columns
@@ -158,7 +226,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
                 for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
             }
         }
-        MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
+        MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
     }
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0);
@@ -188,6 +256,23 @@ inline int last_inside(const int off, const int s, const int size, const int out
     return size - off <= 0 ? 0 : min(outputs, (size - off + s - 1) / s);
 }
 
+// GATHER_STRIDE2: stride-2 runs are gathered 8 at a time as the even lanes of 16 consecutive
+// floats (scalar strided loads were a third of a strided convolution's time on AVX2; not
+// measured on AVX-512 devices, which keep the scalar loop), while the 16 lie inside the row
+#ifndef GATHER_STRIDE2
+#define GATHER_STRIDE2 0
+#endif
+#if GATHER_STRIDE2
+typedef float8 float8_u __attribute__((aligned(4)));
+typedef float16 float16_u __attribute__((aligned(4)));
+#define GATHER_STRIDE2_VECTORS \
+    if (sw == 2) \
+        for (; q + 8 <= hi && off + 2 * q + 16 <= W; q += 8) \
+            *(__local float8_u *)(d + q) = (*(__global const float16_u *)(src + 2 * q)).even;
+#else
+#define GATHER_STRIDE2_VECTORS
+#endif
+
 // d[0, len) = row h of the input plane `plane`, from column off in steps of sw; zeros where
 // the row or a column falls outside the plane (the padding)
 #define GATHER_RUN(d_, len_, h_, off_, plane) { \
@@ -202,7 +287,9 @@ inline int last_inside(const int off, const int s, const int size, const int out
         if (sw == 1) { \
             for (int q = lo; q < hi; ++q) d[q] = src[q]; \
         } else { \
-            for (int q = lo; q < hi; ++q) d[q] = src[q * sw]; \
+            int q = lo; \
+            GATHER_STRIDE2_VECTORS \
+            for (; q < hi; ++q) d[q] = src[q * sw]; \
         } \
         for (int q = hi; q < len; ++q) d[q] = 0.0f; \
     } }
@@ -211,12 +298,14 @@ inline int last_inside(const int off, const int s, const int size, const int out
 // runs inside one output row: run r covers [run_at[r], run_at[r] + run_len[r]) of the count,
 // image run_img[r] from pixel run_pix[r], reading input row run_h[r] and column run_w[r] +
 // (the tap's offsets); leaves their number in `runs`.
-#define SPLIT_RUNS(start, count, end) \
-    runs = 0; \
+#define SPLIT_RUNS(start, count, end) SPLIT_RUNS_INTO(0, 0, start, count, end)
+// ...as runs first, first + 1, ... of the arrays, with at0 added to run_at
+#define SPLIT_RUNS_INTO(first, at0, start, count, end) \
+    runs = (first); \
     for (int e = 0, k = (start); e < (count) && k < (end); ++runs) { \
         const int img = k / pixels, pix = k - img * pixels, oh = pix / Wo, ow = pix - oh * Wo; \
         const int len = min((count) - e, Wo - ow); \
-        run_at[runs] = e; \
+        run_at[runs] = (at0) + e; \
         run_len[runs] = len; \
         run_h[runs] = oh * sh - ph; \
         run_w[runs] = ow * sw - pw; \
@@ -246,6 +335,39 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 
     // a run: up to NR columns of one output row; for each, where it starts in the panel, its
     // length, the image plane it reads, and its first input row and column (before the tap)
+#if STAGE_B_ROWS
+    // Every panel's runs at once (run_at: offset in b_pack), then the tile is gathered k by k
+    // across all its panels, so each k reads its input rows once, in order (panel by panel,
+    // each k's piece of a panel is 64 bytes of rows a plane apart: on 8-lane devices those
+    // reads dominated the kernel)
+    int run_at[BN], run_len[BN], run_h[BN], run_w[BN], run_img[BN], run_pix[BN];
+    int fill_from[BN / NR];   // per panel: its first column past the runs (zeros from there)
+    int runs = 0;
+    for (int j = 0; j < b_panels; ++j) {
+        const int first = runs;
+        SPLIT_RUNS_INTO(first, j * (BK * NR), col0 + j * NR, NR, N)
+        fill_from[j] = runs > first ? run_at[runs - 1] + run_len[runs - 1] - j * (BK * NR) : 0;
+    }
+    for (int k0 = 0; k0 < K; k0 += BK) {
+        const int kc = min(BK, K - k0);
+        STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+        int ci = k0 / taps, ki = (k0 - ci * taps) / kw, kj = k0 - ci * taps - ki * kw;
+        for (int k = 0; k < kc; ++k) {
+            for (int r = 0; r < runs; ++r)
+                GATHER_RUN(b_pack + run_at[r] + k * NR, run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
+                           X + x_off + ((size_t)run_img[r] * C + ci) * H * W)
+            for (int j = 0; j < b_panels; ++j) {
+                __local float *dst = b_pack + j * (BK * NR) + k * NR;
+                for (int q = fill_from[j]; q < NR; ++q) dst[q] = 0.0f;
+            }
+            if (++kj == kw) {
+                kj = 0;
+                if (++ki == kh) { ki = 0; ++ci; }
+            }
+        }
+        MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)
+    }
+#else
     int run_at[NR], run_len[NR], run_h[NR], run_w[NR], run_img[NR], run_pix[NR];
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
@@ -270,8 +392,9 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                 }
             }
         }
-        MICRO_TILES(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)
+        MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)
     }
+#endif
     // write back into NCHW: column (n, pixel) of row o is Y[n, o, pixel]
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
@@ -292,46 +415,60 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 }
 
 // C = alpha * A @ B^T + beta * C without packing: rows of A (M, K) and of B (N, K) both run
-// along K, so tiles are staged as plain row copies and a 4 x 4 micro-kernel keeps 16 float16
-// dot-product accumulators over k (summed across lanes once per K slice). tile_m and tile_n are
-// multiples of 4; split-K works as in gemm_packed.
+// along K, so tiles are staged as plain row copies and a DR x DC micro-kernel keeps DR * DC
+// vector dot-product accumulators over k (summed across lanes once per K slice): 4 x 4 float16
+// on AVX-512, 2 x 4 float8 on AVX2 (8 accumulators + 4 B vectors + 1 A: 3 x 4 needs 17 ymm
+// registers and LLVM spilled an accumulator, a store and reload in every iteration). tile_m
+// and tile_n are multiples of DR and DC; split-K works as in gemm_packed.
+#if DR == 2
+#define DOT_ROWS(X) X(0) X(1)
+#elif DR == 3
+#define DOT_ROWS(X) X(0) X(1) X(2)
+#elif DR == 4
 #define DOT_ROWS(X) X(0) X(1) X(2) X(3)
-#define DOT_ACC(r) float16 d##r##_0 = (float16)(0.0f), d##r##_1 = (float16)(0.0f), \
-                           d##r##_2 = (float16)(0.0f), d##r##_3 = (float16)(0.0f);
-#define DOT_FMA(r) { const float16 a = ar[(r) * (BK / 16) + kk]; \
-                     d##r##_0 += a * b0; d##r##_1 += a * b1; d##r##_2 += a * b2; d##r##_3 += a * b3; }
-#define LANE_SUM(v) ({ const float8 h8 = (v).lo + (v).hi; const float4 h4 = h8.lo + h8.hi; \
-                       const float2 h2 = h4.lo + h4.hi; h2.x + h2.y; })
-#define DOT_STORE(r) { __local float *cr = c_tile + (i0 + (r)) * BN + j0; \
-                       const float s0 = LANE_SUM(d##r##_0), s1 = LANE_SUM(d##r##_1), \
-                                   s2 = LANE_SUM(d##r##_2), s3 = LANE_SUM(d##r##_3); \
-                       if (first) { cr[0] = s0; cr[1] = s1; cr[2] = s2; cr[3] = s3; } \
-                       else { cr[0] += s0; cr[1] += s1; cr[2] += s2; cr[3] += s3; } }
+#else
+#error "DR must be 2, 3 or 4"
+#endif
+#if DC == 2
+#define DOT_COLS(X, r) X(r, 0) X(r, 1)
+#elif DC == 4
+#define DOT_COLS(X, r) X(r, 0) X(r, 1) X(r, 2) X(r, 3)
+#else
+#error "DC must be 2 or 4"
+#endif
+#define DOT_ACC1(r, j) floatv d##r##_##j = (floatv)(0.0f);
+#define DOT_ACC(r) DOT_COLS(DOT_ACC1, r)
+#define DOT_LOAD_B(r, j) const floatv b##j = br[(j) * (BK / VW) + kk];
+#define DOT_FMA1(r, j) d##r##_##j += a * b##j;
+#define DOT_FMA(r) { const floatv a = ar[(r) * (BK / VW) + kk]; DOT_COLS(DOT_FMA1, r) }
+#define DOT_STORE1(r, j) { const float s = LANE_SUM(d##r##_##j); \
+                           if (first) cr[j] = s; else cr[j] += s; }
+#define DOT_STORE(r) { __local float *cr = c_tile + (i0 + (r)) * BN + j0; DOT_COLS(DOT_STORE1, r) }
 
-// local tiles and this work-group's rows, columns and K range (kernels in gemm_nt's shape)
+// local tiles and this work-group's rows, columns and K range (kernels in gemm_nt's shape);
+// rows_dr and cols_dc: rows and columns rounded up to the micro-kernel's
 #define NT_TILE_SETUP \
-    __local float16 a_store[BM * BK / 16];   /* [tile_m][BK] */ \
-    __local float16 b_store[BN * BK / 16];   /* [tile_n][BK] */ \
-    __local float16 c_store[BM * BN / 16];   /* [BM][BN] partial sums */ \
+    __local floatv a_store[BM * BK / VW];   /* [tile_m][BK] */ \
+    __local floatv b_store[BN * BK / VW];   /* [tile_n][BK] */ \
+    __local floatv c_store[BM * BN / VW];   /* [BM][BN] partial sums */ \
     __local float *c_tile = (__local float *)c_store; \
     const int row0 = get_group_id(1) * tile_m; \
     const int col0 = get_group_id(0) * tile_n; \
     const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0); \
-    const int rows4 = (rows + 3) & ~3, cols4 = (cols + 3) & ~3; \
+    const int rows_dr = (rows + DR - 1) / DR * DR, cols_dc = (cols + DC - 1) / DC * DC; \
     const int k_begin = get_group_id(2) * k_chunk; \
     const int k_end = min(K, k_begin + k_chunk);
 
-// the 4 x 4 dot-product micro-kernel over the staged (rows4 x kc16) and (cols4 x kc16) rows
+// the DR x DC dot-product micro-kernel over the staged (rows_dr x kcv) and (cols_dc x kcv) rows
 #define DOT_TILES(first_) { \
     const int first = (first_); \
-    for (int i0 = 0; i0 < rows4; i0 += 4) { \
-        __local const float16 *ar = a_store + i0 * (BK / 16); \
-        for (int j0 = 0; j0 < cols4; j0 += 4) { \
-            __local const float16 *br = b_store + j0 * (BK / 16); \
+    for (int i0 = 0; i0 < rows_dr; i0 += DR) { \
+        __local const floatv *ar = a_store + i0 * (BK / VW); \
+        for (int j0 = 0; j0 < cols_dc; j0 += DC) { \
+            __local const floatv *br = b_store + j0 * (BK / VW); \
             DOT_ROWS(DOT_ACC) \
-            for (int kk = 0; kk < kc16 / 16; ++kk) { \
-                const float16 b0 = br[kk], b1 = br[BK / 16 + kk]; \
-                const float16 b2 = br[2 * (BK / 16) + kk], b3 = br[3 * (BK / 16) + kk]; \
+            for (int kk = 0; kk < kcv / VW; ++kk) { \
+                DOT_COLS(DOT_LOAD_B, _) \
                 DOT_ROWS(DOT_FMA) \
             } \
             DOT_ROWS(DOT_STORE) \
@@ -350,20 +487,20 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
     C += c_off + (size_t)get_group_id(2) * M * N;
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        const int kc = min(BK, k_end - k0), kc16 = (kc + 15) & ~15;
-        for (int i = 0; i < rows4; ++i) {   // rows past M and columns past kc stage as zeros
+        const int kc = min(BK, k_end - k0), kcv = (kc + VW - 1) / VW * VW;
+        for (int i = 0; i < rows_dr; ++i) {   // rows past M and columns past kc stage as zeros
             __local float *dst = (__local float *)a_store + i * BK;
             __global const float *src = A + (size_t)(row0 + i) * lda + k0;
             const int live = i < rows ? kc : 0;
             for (int e = 0; e < live; ++e) dst[e] = src[e];
-            for (int e = live; e < kc16; ++e) dst[e] = 0.0f;
+            for (int e = live; e < kcv; ++e) dst[e] = 0.0f;
         }
-        for (int j = 0; j < cols4; ++j) {
+        for (int j = 0; j < cols_dc; ++j) {
             __local float *dst = (__local float *)b_store + j * BK;
             __global const float *src = B + (size_t)(col0 + j) * ldb + k0;
             const int live = j < cols ? kc : 0;
             for (int e = 0; e < live; ++e) dst[e] = src[e];
-            for (int e = live; e < kc16; ++e) dst[e] = 0.0f;
+            for (int e = live; e < kcv; ++e) dst[e] = 0.0f;
         }
         DOT_TILES(k0 == k_begin)
     }
@@ -390,10 +527,10 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
 
     int run_at[BK], run_len[BK], run_h[BK], run_w[BK], run_img[BK], run_pix[BK];
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-        const int kc = min(BK, k_end - k0), kc16 = (kc + 15) & ~15;
+        const int kc = min(BK, k_end - k0), kcv = (kc + VW - 1) / VW * VW;
         int runs;
         SPLIT_RUNS(k0, kc, K)
-        for (int i = 0; i < rows4; ++i) {   // rows past M and columns past kc stage as zeros
+        for (int i = 0; i < rows_dr; ++i) {   // rows past M and columns past kc stage as zeros
             __local float *dst = (__local float *)a_store + i * BK;
             if (i < rows) {
                 for (int r = 0; r < runs; ++r) {
@@ -402,9 +539,9 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                     for (int q = 0; q < run_len[r]; ++q) d[q] = src[q];
                 }
             }
-            for (int e = i < rows ? kc : 0; e < kc16; ++e) dst[e] = 0.0f;
+            for (int e = i < rows ? kc : 0; e < kcv; ++e) dst[e] = 0.0f;
         }
-        for (int j = 0; j < cols4; ++j) {
+        for (int j = 0; j < cols_dc; ++j) {
             __local float *dst = (__local float *)b_store + j * BK;
             if (j < cols) {
                 const int kk = col0 + j, ci = kk / taps, t = kk - ci * taps, ki = t / kw, kj = t - ki * kw;
@@ -412,7 +549,7 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                     GATHER_RUN(dst + run_at[r], run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
                                X + x_off + ((size_t)run_img[r] * C + ci) * H * W)
             }
-            for (int e = j < cols ? kc : 0; e < kc16; ++e) dst[e] = 0.0f;
+            for (int e = j < cols ? kc : 0; e < kcv; ++e) dst[e] = 0.0f;
         }
         DOT_TILES(k0 == k_begin)
     }
@@ -425,7 +562,9 @@ __kernel void gemm_split_sum(const int total, const int splits, __global const f
                              const float alpha, const float beta)
 {
     const int i = get_global_id(0);
-    if (i >= total) return;
+    // asked per work-group first, so PoCL's vectorised work-group loop is unswitched instead
+    // of masking every load and store (see GID_CHECK in elementwise.cl)
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)total && i >= total) return;
     float s = 0.0f;
     for (int z = 0; z < splits; ++z) s += P[(size_t)z * total + i];
     __global float *dst = C + c_off + (size_t)(i / N) * ldc + i % N;

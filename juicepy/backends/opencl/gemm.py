@@ -6,9 +6,9 @@ import abc
 
 from ..base import check_gemm
 from .layout import F32, round_up
+from .programs import ALT_MR
 
 GPU_TILE = 16     # must match TS in gemm.cl
-NR = 32           # must match NR in gemm.cl
 PACK_WG = 64      # work-group size along K of pack_a
 PACK_ROWS = 16    # rows of K per work-group of pack_b
 # A @ B^T with at most this many outputs runs gemm_nt (no packing): it beats packing on thin
@@ -74,15 +74,16 @@ class GemmOps(abc.ABC):
                 b[0], b[1], ldb, int(bool(trans_b)), c[0], c[1], ldc, float(alpha), float(beta))
             return
         tiles = self._gemm_tiles
+        nr = 2 * tiles["VW"]  # columns of a B panel: NR in gemm.cl
         with self._gemm_lock:  # the backend's own pack buffers are shared when no ws is given
             ws = ws if ws is not None else self._gemm_ws
             if trans_b and not trans_a and m * n <= DOT_MAX_OUTPUTS:
                 # rows of A and B both run along K: no packing at all
-                tile_m, tile_n = even_tile(m, tiles["BM"], 4), even_tile(n, tiles["BN"], 4)
+                tile_m, tile_n = even_tile(m, tiles["BM"], tiles["DR"]), even_tile(n, tiles["BN"], tiles["DC"])
                 self._gemm_tiles_run("gemm_nt", m, n, k, tile_m, tile_n, (a[0], a[1], lda), (b[0], b[1], ldb),
                                      c, ldc, alpha, beta, ws)
                 return
-            a_panels, b_panels = -(-m // tiles["MR"]), -(-n // NR)
+            a_panels, b_panels = -(-m // tiles["MR"]), -(-n // nr)
             ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), F32)
             self._kernel("gemm.cl", "pack_a")(self.queue, (round_up(k, PACK_WG), a_panels), (PACK_WG, 1),
                                               m, k, a[0], a[1], lda, int(bool(trans_a)), ap.base_data, 0)
@@ -91,13 +92,13 @@ class GemmOps(abc.ABC):
             if not trans_b and self.direct_staging:
                 b_src = (b[0], b[1], ldb)
             else:
-                bp = ws.get(self, "gemm_pack_b", (b_panels * NR * k,), F32)
-                self._kernel("gemm.cl", "pack_b")(self.queue, (NR, round_up(k, PACK_ROWS), b_panels),
-                                                  (NR, PACK_ROWS, 1), n, k, b[0], b[1], ldb, int(bool(trans_b)),
+                bp = ws.get(self, "gemm_pack_b", (b_panels * nr * k,), F32)
+                self._kernel("gemm.cl", "pack_b")(self.queue, (nr, round_up(k, PACK_ROWS), b_panels),
+                                                  (nr, PACK_ROWS, 1), n, k, b[0], b[1], ldb, int(bool(trans_b)),
                                                   bp.base_data, 0)
                 b_src = (bp.base_data, 0, 0)
             tile_m = even_tile(m, tiles["BM"], tiles["MR"])
-            tile_n = even_tile(n, tiles["BN"], NR)
+            tile_n = even_tile(n, tiles["BN"], nr)
             self._gemm_tiles_run("gemm_packed", m, n, k, tile_m, tile_n, (ap.base_data, 0), b_src,
                                  c, ldc, alpha, beta, ws)
 
@@ -112,11 +113,12 @@ class GemmOps(abc.ABC):
         kh, kw = kernel
         cols = n * ho * wo
         tiles = self._gemm_tiles
-        # 8-row panels where they waste fewer padded rows than the default (16 outputs per group)
-        mr = tiles["MR"]
+        # shorter panels where they waste fewer padded rows than the default (16 outputs per
+        # group: 8-row panels instead of 12-row ones, 4-row instead of 6-row)
+        mr, alt = tiles["MR"], ALT_MR.get(tiles["MR"])
         program = "gemm.cl"
-        if mr == 12 and round_up(m, 8) < round_up(m, 12):
-            mr, program = 8, "gemm.cl:mr8"
+        if alt and round_up(m, alt) < round_up(m, mr):
+            mr, program = alt, "gemm.cl:mr_alt"
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
             a_panels = -(-m // mr)
@@ -129,7 +131,7 @@ class GemmOps(abc.ABC):
                 self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, k, 0,
                                                 ap.base_data, 0)
             tile_m = even_tile(m, tiles["BM"], mr)
-            tile_n = even_tile(cols, tiles["BN"], NR)
+            tile_n = even_tile(cols, tiles["BN"], 2 * tiles["VW"])
             self._kernel(program, "conv_gemm")(
                 self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
                 ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
@@ -145,8 +147,8 @@ class GemmOps(abc.ABC):
         tiles = self._gemm_tiles
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
-            self._gemm_tiles_run("conv_filter_gemm", m, n, batch * ho * wo, even_tile(m, tiles["BM"], 4),
-                                 even_tile(n, tiles["BN"], 4), (dy, dy_off),
+            self._gemm_tiles_run("conv_filter_gemm", m, n, batch * ho * wo, even_tile(m, tiles["BM"], tiles["DR"]),
+                                 even_tile(n, tiles["BN"], tiles["DC"]), (dy, dy_off),
                                  (x, x_off, c, h, wd, o, ho, wo, *kernel, *conv_args), (dw, dw_off), n, 1.0,
                                  beta, ws)
 

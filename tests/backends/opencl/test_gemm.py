@@ -12,6 +12,13 @@ SIZES = [(1, 1, 1), (1, 7, 33), (7, 33, 1), (33, 1, 7), (33, 1000, 7), (1000, 7,
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
 
+@pytest.fixture(scope="module", params=[8, 16], ids=["8-lanes", "16-lanes"])
+def gemm_ocl(request, ocl):
+    """The backend with each packed-GEMM kernel shape (6 x 16 float8 tiles for AVX2, 12 x 32
+    float16 for AVX-512), whichever this device would pick: both must be right anywhere."""
+    return OpenCLBackend(ocl.device, vector_width=request.param)
+
+
 def reference(a, b, c, ta, tb, alpha, beta):
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     return alpha * ((a64.T if ta else a64) @ (b64.T if tb else b64)) + beta * c.astype(np.float64)
@@ -37,17 +44,17 @@ def assert_close(got, want, k):
 
 @pytest.mark.parametrize("m,n,k", SIZES)
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
-def test_awkward_sizes_and_transposes(ocl, rng, m, n, k, ta, tb):
+def test_awkward_sizes_and_transposes(gemm_ocl, rng, m, n, k, ta, tb):
     a, b, c = operands(rng, m, n, k, ta, tb)
-    assert_close(run_gemm(ocl, a, b, c, ta, tb, 1.0, 0.0), reference(a, b, c, ta, tb, 1.0, 0.0), k)
+    assert_close(run_gemm(gemm_ocl, a, b, c, ta, tb, 1.0, 0.0), reference(a, b, c, ta, tb, 1.0, 0.0), k)
 
 
 @pytest.mark.parametrize("alpha,beta", [(1.0, 1.0), (0.5, -2.0), (-1.5, 0.25), (0.0, 1.0), (2.0, 0.0)])
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
-def test_alpha_beta(ocl, rng, alpha, beta, ta, tb):
+def test_alpha_beta(gemm_ocl, rng, alpha, beta, ta, tb):
     m, n, k = 45, 70, 129
     a, b, c = operands(rng, m, n, k, ta, tb)
-    assert_close(run_gemm(ocl, a, b, c, ta, tb, alpha, beta), reference(a, b, c, ta, tb, alpha, beta), k)
+    assert_close(run_gemm(gemm_ocl, a, b, c, ta, tb, alpha, beta), reference(a, b, c, ta, tb, alpha, beta), k)
 
 
 def test_beta_zero_ignores_nan_in_out(ocl, rng):
@@ -96,12 +103,13 @@ def test_cooperative_gpu_variant(ocl, rng, m, n, k, ta, tb):
 
 @pytest.mark.parametrize("ta,tb", TRANSPOSES)
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, -1.0)])
-def test_split_k_for_few_tiles_and_long_k(ocl, rng, ta, tb, alpha, beta):
+def test_split_k_for_few_tiles_and_long_k(gemm_ocl, rng, ta, tb, alpha, beta):
     """A few outputs over a long K (a conv weight gradient) is summed in K slabs in parallel."""
     from juicepy.backends import Workspace
 
     m, n, k = 6, 25, 7000
     a, b, c = operands(rng, m, n, k, ta, tb)
+    ocl = gemm_ocl
     ws = Workspace()
     out = ocl.from_host(c)
     ocl.gemm(ocl.from_host(a), ocl.from_host(b), out, ta, tb, alpha, beta, ws=ws)
@@ -111,11 +119,28 @@ def test_split_k_for_few_tiles_and_long_k(ocl, rng, ta, tb, alpha, beta):
 
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (33, 1000, 7), (97, 129, 257), (6, 25, 5000)])
 @pytest.mark.parametrize("ta", [False, True])
-def test_packed_b_instead_of_direct_staging(ocl, rng, m, n, k, ta):
+def test_packed_b_instead_of_direct_staging(gemm_ocl, rng, m, n, k, ta):
     """B (not transposed) is normally staged straight from memory; the packed route gives the same."""
-    packed = OpenCLBackend(ocl.device)
+    packed = OpenCLBackend(gemm_ocl.device, vector_width=gemm_ocl._conv_vec)
     packed.direct_staging = False
     a, b, c = operands(rng, m, n, k, ta, False)
     want = reference(a, b, c, ta, False, 1.0, 0.5)
     assert_close(run_gemm(packed, a, b, c, ta, False, 1.0, 0.5), want, k)
-    assert_close(run_gemm(ocl, a, b, c, ta, False, 1.0, 0.5), want, k)
+    assert_close(run_gemm(gemm_ocl, a, b, c, ta, False, 1.0, 0.5), want, k)
+
+
+def test_kernel_shape_follows_the_device_vector_width(ocl):
+    """AVX-512 devices (16 preferred float lanes) get the 12 x 32 float16 tiles, others the
+    6 x 16 float8 ones; the choice is the device's, never a timing."""
+    want = 16 if ocl.device.preferred_vector_width_float >= 16 else 8
+    assert ocl._gemm_tiles["VW"] == want
+    assert ocl._gemm_tiles["MR"] == {16: 12, 8: 6}[want]
+    assert OpenCLBackend(ocl.device, vector_width=8)._gemm_tiles["MR"] == 6
+    assert OpenCLBackend(ocl.device, vector_width=16)._gemm_tiles["MR"] == 12
+
+
+@pytest.mark.parametrize("m,n,k,tb", [(97, 129, 257, False), (45, 70, 600, True), (600, 520, 40, True)])
+def test_results_are_bitwise_repeatable(gemm_ocl, rng, m, n, k, tb):
+    a, b, c = operands(rng, m, n, k, False, tb)
+    first = run_gemm(gemm_ocl, a, b, c, False, tb, 1.0, 0.5)
+    np.testing.assert_array_equal(run_gemm(gemm_ocl, a, b, c, False, tb, 1.0, 0.5), first)

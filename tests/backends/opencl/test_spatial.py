@@ -68,16 +68,18 @@ CONV_CASES = [
 ]
 
 
-@pytest.fixture(scope="module", params=["direct", "direct-8-lanes", "implicit", "gemm"])
+@pytest.fixture(scope="module", params=["direct", "direct-8-lanes", "implicit", "implicit-8-lanes",
+                                        "implicit-16-lanes", "gemm"])
 def conv_ocl(request, ocl):
     """The backend with each convolution algorithm forced (tests/backends/test_ops.py checks
-    the one chosen per shape); the direct kernels also with 8-lane vectors (what AVX2 devices
-    get)."""
+    the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
+    vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's)."""
     from juicepy.backends.opencl import OpenCLBackend
 
-    if request.param == "direct-8-lanes":
-        return OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=8)
-    return OpenCLBackend(ocl.device, conv_algorithm=request.param)
+    algorithm, _, lanes = request.param.partition("-")
+    if lanes:
+        return OpenCLBackend(ocl.device, conv_algorithm=algorithm, vector_width=int(lanes.split("-")[0]))
+    return OpenCLBackend(ocl.device, conv_algorithm=algorithm)
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
@@ -125,7 +127,10 @@ def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     ((3, 40, 7, 9), (100, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     ((2, 64, 9, 5), (96, 3, 3), (2, 1), (1, 2), (1, 2), 2),
     ((2, 8, 12, 12), (16, 5, 5), (1, 1), (2, 2), (1, 1), 1),
-], ids=["k360-m100", "grouped-strided", "5x5"])
+    # stride 2 along rows of 20 outputs: runs gathered 8 at a time, the row's end one by one
+    ((2, 8, 11, 41), (16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),
+], ids=["k360-m100", "grouped-strided", "5x5", "stride2-rows", "stride2-dilated-grouped"])
 def test_larger_convolutions_match_torch(conv_ocl, rng, case):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     ocl = conv_ocl
