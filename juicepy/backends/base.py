@@ -66,6 +66,15 @@ def scratch(ws: Workspace | None, backend: "Backend", tag: str, shape, dtype, in
     return ws.get(backend, tag, shape, dtype, init)
 
 
+def relu_masked_grad(backend: "Backend", op: str, dy, relu_out, ws: Workspace | None) -> Any:
+    """dy taken back through the ReLU that a fused op applied (output ``relu_out``), for
+    backends whose fused op runs the ReLU's backward as its own op first."""
+    backend._same(op, dy, relu_out)
+    masked = scratch(ws, backend, f"{op} relu dy", dy.shape, dy.dtype)
+    backend.relu_backward(relu_out, dy, masked, False, ws)
+    return masked
+
+
 def host_all_finite(x: np.ndarray) -> bool:
     """No NaN or Inf in x: min/max propagate NaN and expose +-Inf without a boolean array."""
     return bool(x.size == 0 or (math.isfinite(np.max(x)) and math.isfinite(np.min(x))))

@@ -8,7 +8,7 @@ import abc
 import numpy as np
 
 from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
-                    check_pool_shapes, scratch)
+                    check_pool_shapes, relu_masked_grad, scratch)
 from .device import NULL
 
 
@@ -160,11 +160,8 @@ class SpatialOps(abc.ABC):
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
-        if relu_out is not None:  # the ReLU's backward first, as its own op
-            self._same("batch_norm_backward", dy, relu_out)
-            masked = scratch(ws, self, "bn_relu_dy", dy.shape, dy.dtype)
-            self.relu_backward(relu_out, dy, masked, False, ws)
-            dy = masked
+        if relu_out is not None:
+            dy = relu_masked_grad(self, "batch_norm_backward", dy, relu_out, ws)
         self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
         check_per_channel("cuda", "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
         n, c, inner = channels_inner(x)
