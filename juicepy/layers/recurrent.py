@@ -228,10 +228,7 @@ class _Recurrent(Layer):
             total = scratch(ctx.ws, backend, "rnn_dbias", tuple(targets[0][0].shape), ctx.output().dtype)
             backend.bias_grad(dxp2, total, ws=ctx.ws)
             for gb, acc, _ in targets:
-                if acc:
-                    backend.add(gb, total, gb)
-                else:
-                    backend.copy(total, gb)
+                backend.store(total, gb, acc)
         else:
             for gb, acc, grads in targets:
                 backend.bias_grad(grads, gb, accumulate=acc, ws=ctx.ws)

@@ -224,8 +224,10 @@ class Context:
             nctx._setting_up = False
         self._backups = self._make_backups() if training else []
         self._saved_step = 0
-        self._fused_away: dict = {}
         self._steps = self._fused_steps() if self.fuse else [(layer, nctx, None) for layer, nctx in self._plan]
+        # junction index -> path of the layer that absorbed its producer (never written)
+        self._fused_away = {nctx.node.descriptor.outputs[0].index: cctx.path
+                            for _, nctx, cctx in self._steps if cctx is not None}
 
     #: run a layer and the one reading its output as one op where the layer offers it
     #: (``Layer.fuses``); the results are the same bits either way
@@ -242,7 +244,6 @@ class Context:
                 readers[j.index] = readers.get(j.index, 0) + 1
         outputs = {j.index for j in network.outputs}
         steps, k = [], 0
-        self._fused_away = {}  # junction index -> path of the layer that absorbed its producer
         while k < len(self._plan):
             layer, nctx = self._plan[k]
             if k + 1 < len(self._plan):
@@ -252,7 +253,6 @@ class Context:
                 if (len(made) == 1 and len(taken) == 1 and taken[0] is made[0] and readers[made[0].index] == 1
                         and made[0].index not in outputs and layer.fuses(consumer)):
                     steps.append((layer, nctx, cctx))
-                    self._fused_away[made[0].index] = cctx.path
                     k += 2
                     continue
             steps.append((layer, nctx, None))
