@@ -82,13 +82,17 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None)
     def timed(phase, call):
         def run(*args, **kwargs):
             start = time.perf_counter()
-            call(*args, **kwargs)
+            result = call(*args, **kwargs)
             spent[phase] += time.perf_counter() - start
+            return result
         return run
 
-    ctx, optimizer, allreduce = trainer.state(backend).context, trainer.optimizer, comm.allreduce
+    ctx, optimizer = trainer.state(backend).context, trainer.optimizer
+    allreduce, reduce_scatter, allgather_parts = comm.allreduce, comm.reduce_scatter, comm.allgather_parts
     ctx.forward, ctx.backward = timed("forward", ctx.forward), timed("backward", ctx.backward)
     optimizer.step, comm.allreduce = timed("update", optimizer.step), timed("allreduce", allreduce)
+    # a sharded update (shared memory) reduce-scatters the gradients and allgathers the params
+    comm.reduce_scatter, comm.allgather_parts = timed("allreduce", reduce_scatter), timed("allreduce", allgather_parts)
     step_times, phase_times = [], []
     for _ in range(steps):
         comm.barrier()
@@ -104,8 +108,11 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None)
     for _ in range(steps):
         comm.barrier()
         start = time.perf_counter()
-        for seg in segments:
-            allreduce(backend, seg.grad)  # as in the step: a sum (the loss gradient carries 1 / N)
+        for seg in segments:  # as in the step: a sum (the loss gradient carries 1 / N)
+            if reduce_scatter(backend, seg.grad) is not None:  # sharded: then the params' allgather
+                allgather_parts(backend, seg.grad, seg.data)
+            else:
+                allreduce(backend, seg.grad)
         alone.append(comm.allreduce_host(np.array([time.perf_counter() - start]), "max")[0])
     if comm.rank != 0:
         return None
