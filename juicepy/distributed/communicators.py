@@ -35,6 +35,9 @@ HOST_BUCKET_BYTES = 2 * 1024 * 1024
 #: shared-memory reductions split a block between the ranks at multiples of this many bytes
 #: (whole pages: no two ranks write the same cache line or page)
 SHARED_ALIGN_BYTES = 4096
+#: the sharded update reduces, updates and stages its part in chunks of this many bytes, so the
+#: update and the staging copy read what the step before wrote from cache (docs/distributed.md)
+SHARED_CHUNK_BYTES = 1024 * 1024
 #: $JUICEPY_SHARED_MEMORY / MPICommunicator(shared_memory=): "1" (default): gradient blocks in
 #: shared memory, reduce-scatter, each rank updates its part, allgather of the params;
 #: "allreduce": the blocks reduced in shared memory, every rank updates all of it; "0": MPI_Allreduce
@@ -83,17 +86,19 @@ class Communicator:
         """Where a training context keeps a flat gradient block (:meth:`shared_block`)."""
         return self.shared_block(backend, size, dtype)
 
-    def reduce_scatter(self, backend, array):
+    def reduce_scatter(self, backend, array, then=None):
         """Collective on a :meth:`shared_block` (or a contiguous piece of one) when
         :attr:`shards_update`: sums this rank's part of ``array`` over the ranks in place and
-        returns its (start, end) in ``array``; the other parts are left as they are. None (and
-        nothing done) for any other array: the caller allreduces it instead."""
+        returns its (start, end) in ``array``; the other parts are left as they are. ``then(a, b)``
+        runs on each reduced chunk [a, b) of the part as soon as it is summed. None (and nothing
+        done) for any other array: the caller allreduces it instead."""
         return None
 
-    def allgather_parts(self, backend, array, values) -> None:
+    def allgather_parts(self, backend, array, values, staged: bool = False) -> None:
         """Collective after :meth:`reduce_scatter` of ``array``: ``values`` (as long as
         ``array``) gets every other rank's part of itself, while this rank's part goes to the
-        others; ``array``'s own part is used as scratch."""
+        others through ``array``'s own part (used as scratch; ``staged``: the caller copied
+        its part of ``values`` there already)."""
         raise NotImplementedError
 
     def part(self, array, rank: int):
@@ -228,27 +233,34 @@ class SharedBlocks:
         per = -(-(hi - lo) // (n * step)) * step
         return [(min(hi, lo + r * per), min(hi, lo + (r + 1) * per)) for r in range(n)]
 
-    def reduce_part(self, entry, lo: int, hi: int) -> tuple[int, int]:
+    def reduce_part(self, entry, lo: int, hi: int, then=None) -> tuple[int, int]:
         """Reduce-scatter: this rank's part [a, b) of elements [lo, hi) of its block becomes
         the sum over the ranks (added in rank order, skipping its own); returns (a, b). The
-        rank reads only the other ranks' part of its own index, which no one writes now."""
+        rank reads only the other ranks' part of its own index, which no one writes now.
+        ``then(c, d)``, if given, runs on each reduced chunk [c, d) of the part (SHARED_CHUNK_BYTES)
+        while it is still in cache."""
         arrays, rank = entry[4], self.node.rank
         own = arrays[rank]
         self.fence()  # every rank's block holds its final gradient
         a, b = self.parts(lo, hi, entry[3])[rank]
-        for r, other in enumerate(arrays):
-            if r != rank and b > a:
-                np.add(own[a:b], other[a:b], out=own[a:b])
+        step = max(1, SHARED_CHUNK_BYTES // entry[3]) if then is not None else max(1, b - a)
+        for c in range(a, b, step):
+            d = min(b, c + step)
+            for r, other in enumerate(arrays):
+                if r != rank:
+                    np.add(own[c:d], other[c:d], out=own[c:d])
+            if then is not None:
+                then(c, d)
         return a, b
 
-    def gather_parts(self, entry, lo: int, hi: int, values) -> None:
+    def gather_parts(self, entry, lo: int, hi: int, values, staged: bool = False) -> None:
         """Allgather: ``values`` (an array of hi - lo elements, this rank's part already final
         in it) gets every other rank's part of it. Each rank stages its part in its own block
-        (whose part it has consumed), and the others copy it from there."""
+        (whose part it has consumed; ``staged``: the caller did), and the others copy it from there."""
         arrays, rank = entry[4], self.node.rank
         parts = self.parts(lo, hi, entry[3])
         a, b = parts[rank]
-        if b > a:
+        if b > a and not staged:
             np.copyto(arrays[rank][a:b], values[a - lo:b - lo])
         self.fence()  # every part is staged
         for r, other in enumerate(arrays):
@@ -319,17 +331,18 @@ class MPICommunicator(Communicator):
             return None
         return self.shared.allocate(int(size), dtype)
 
-    def reduce_scatter(self, backend, array):
+    def reduce_scatter(self, backend, array, then=None):
         found = self.shared.find(array) if self.shared is not None and self.shards_update else None
         if found is None:
             return None
         entry, lo = found
-        a, b = self.shared.reduce_part(entry, lo, lo + array.size)
+        each = None if then is None else (lambda c, d: then(c - lo, d - lo))
+        a, b = self.shared.reduce_part(entry, lo, lo + array.size, each)
         return a - lo, b - lo
 
-    def allgather_parts(self, backend, array, values) -> None:
+    def allgather_parts(self, backend, array, values, staged: bool = False) -> None:
         entry, lo = self.shared.find(array)
-        self.shared.gather_parts(entry, lo, lo + array.size, values)
+        self.shared.gather_parts(entry, lo, lo + array.size, values, staged)
 
     def part(self, array, rank: int):
         found = self.shared.find(array) if self.shared is not None else None

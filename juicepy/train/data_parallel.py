@@ -91,30 +91,31 @@ class DataParallel:
             optimizer.step(backend, state, segments)
             return
         comm = self.communicator
-        parts = []
-        for seg in segments:
-            part = comm.reduce_scatter(backend, seg.grad)
-            if part is None:
+        start = state.step
+
+        def update_chunk(seg, buffers):
+            def run(a, b):
+                # each chunk is updated as soon as it is reduced, then staged for the allgather,
+                # while it is in cache; every chunk takes the step's number
+                mine = OptimizerState(step=start, ws=state.ws)
+                mine.buffers.append({name: backend.flat_view(flat, a, (b - a,)) for name, flat in buffers.items()})
+                data, grad = backend.flat_view(seg.data, a, (b - a,)), backend.flat_view(seg.grad, a, (b - a,))
+                optimizer.step(backend, mine, [type(seg)(seg.params, data, grad, seg.lr_mult, b - a, [])])
+                backend.copy(data, grad)
+            return run
+
+        sharded, rest = [], []  # segments not in shared memory are allreduced and updated whole
+        for seg, buffers in zip(segments, state.buffers):
+            if comm.reduce_scatter(backend, seg.grad, update_chunk(seg, buffers)) is None:
                 comm.allreduce(backend, seg.grad)
-            parts.append(part)
-        mine = OptimizerState(step=state.step, ws=state.ws)
-        sliced = []
-        for seg, buffers, part in zip(segments, state.buffers, parts):
-            if part is None:
-                sliced.append(seg)
-                mine.buffers.append(buffers)
-                continue
-            a, b = part
-            if b == a:
-                continue
-            sliced.append(type(seg)(seg.params, backend.flat_view(seg.data, a, (b - a,)),
-                                    backend.flat_view(seg.grad, a, (b - a,)), seg.lr_mult, b - a, []))
-            mine.buffers.append({name: backend.flat_view(flat, a, (b - a,)) for name, flat in buffers.items()})
-        optimizer.step(backend, mine, sliced)
-        state.step = mine.step
-        for seg, part in zip(segments, parts):
-            if part is not None:
-                comm.allgather_parts(backend, seg.grad, seg.data)
+                rest.append((seg, buffers))
+            else:
+                sharded.append(seg)
+        whole = OptimizerState(step=start, ws=state.ws, buffers=[buffers for _, buffers in rest])
+        optimizer.step(backend, whole, [seg for seg, _ in rest])  # also counts the step
+        state.step = whole.step
+        for seg in sharded:
+            comm.allgather_parts(backend, seg.grad, seg.data, staged=True)
 
     def host_buffer(self, backend, flat):
         """A host copy of optimizer buffer ``flat`` with each part as its owner rank keeps it

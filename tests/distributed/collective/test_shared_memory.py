@@ -18,7 +18,9 @@ from juicepy.distributed import MPICommunicator  # noqa: E402
 
 B = 6  # rows per rank
 OPTIMIZERS = {"adam": lambda: Adam(lr=1e-2), "sgd-momentum": lambda: SGD(lr=5e-2, momentum=0.9)}
-MODES = ["1", "allreduce", "0"]  # sharded update, shared-memory allreduce, MPI_Allreduce
+# sharded update (the wide net's part in one chunk, or in 4 KB chunks), shared-memory
+# allreduce, MPI_Allreduce
+MODES = ["1", "1-chunked", "allreduce", "0"]
 
 
 def global_batch(step, rows):
@@ -98,9 +100,15 @@ def test_shared_blocks_sum_whole_blocks_and_pieces(comm, on_every_rank, numpy_ba
 
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 @pytest.mark.parametrize("mode", MODES)
-def test_every_path_matches_one_process_with_bit_identical_replicas(comm, on_every_rank, numpy_backend, opt, mode):
+def test_every_path_matches_one_process_with_bit_identical_replicas(comm, on_every_rank, numpy_backend, opt, mode,
+                                                                    monkeypatch):
+    if mode == "1-chunked":
+        from juicepy.distributed import communicators
+
+        monkeypatch.setattr(communicators, "SHARED_CHUNK_BYTES", 4096)  # 6-7 chunks per part
+
     def body():
-        mpi = MPICommunicator(shared_memory=mode)
+        mpi = MPICommunicator(shared_memory=mode.split("-")[0])
         dist = Trainer(wide(seed=comm.rank), L.SoftmaxCrossEntropy(), OPTIMIZERS[opt](), B, communicator=mpi)
         ref = Trainer(wide(), L.SoftmaxCrossEntropy(), OPTIMIZERS[opt](), comm.size * B)
         for step in range(10):
