@@ -11,7 +11,10 @@ or as one job (what the table launches; rank 0 prints one JSON line):
 Each timed step starts after a barrier; its time is the slowest rank's. The allreduce time is
 the time spent in the gradient allreduce inside the step (waiting for the slower rank
 included); "alone" times the same allreduce with every rank entering together. The step's
-forward, backward, allreduce and update are also timed apart (printed under the table).
+forward, backward, allreduce and update are also timed apart (printed under the table). With the
+sharded update (shared memory, the default on one machine) "allreduce" is the gradients'
+reduce-scatter plus the updated params' allgather, and "update" the optimizer on this rank's
+part (run chunk by chunk inside the reduce-scatter; its time is taken out of "allreduce"); ``JUICEPY_SHARED_MEMORY=allreduce`` or ``=0`` selects the other paths for an A/B.
 Scaling efficiency = 2-rank samples/s / (2 x 1-rank samples/s), with the batch per rank fixed
 and one thread per rank (BLAS and the NumPy backend's lanes).
 """
@@ -79,16 +82,25 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None)
     # small collectives, batch checks), instrumented for this measurement only
     spent = dict.fromkeys(PHASES, 0.0)
 
+    nested = [0.0]  # time of timed calls inside the running one (the sharded update runs inside the reduce-scatter)
+
     def timed(phase, call):
         def run(*args, **kwargs):
+            outer, nested[0] = nested[0], 0.0
             start = time.perf_counter()
-            call(*args, **kwargs)
-            spent[phase] += time.perf_counter() - start
+            result = call(*args, **kwargs)
+            elapsed = time.perf_counter() - start
+            spent[phase] += elapsed - nested[0]
+            nested[0] = outer + elapsed
+            return result
         return run
 
-    ctx, optimizer, allreduce = trainer.state(backend).context, trainer.optimizer, comm.allreduce
+    ctx, optimizer = trainer.state(backend).context, trainer.optimizer
+    allreduce, reduce_scatter, allgather_parts = comm.allreduce, comm.reduce_scatter, comm.allgather_parts
     ctx.forward, ctx.backward = timed("forward", ctx.forward), timed("backward", ctx.backward)
     optimizer.step, comm.allreduce = timed("update", optimizer.step), timed("allreduce", allreduce)
+    # a sharded update (shared memory) reduce-scatters the gradients and allgathers the params
+    comm.reduce_scatter, comm.allgather_parts = timed("allreduce", reduce_scatter), timed("allreduce", allgather_parts)
     step_times, phase_times = [], []
     for _ in range(steps):
         comm.barrier()
@@ -104,8 +116,11 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None)
     for _ in range(steps):
         comm.barrier()
         start = time.perf_counter()
-        for seg in segments:
-            allreduce(backend, seg.grad)  # as in the step: a sum (the loss gradient carries 1 / N)
+        for seg in segments:  # as in the step: a sum (the loss gradient carries 1 / N)
+            if reduce_scatter(backend, seg.grad) is not None:  # sharded: then the params' allgather
+                allgather_parts(backend, seg.grad, seg.data)
+            else:
+                allreduce(backend, seg.grad)
         alone.append(comm.allreduce_host(np.array([time.perf_counter() - start]), "max")[0])
     if comm.rank != 0:
         return None
@@ -115,7 +130,17 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None)
             "step_s": step, "samples_per_s": comm.size * batch / step,
             "allreduce_s": phases["allreduce"] if comm.size > 1 else 0.0,
             "allreduce_alone_s": float(np.median(alone)) if comm.size > 1 else 0.0,
-            "phases_s": phases, "params": network.num_params()}
+            "phases_s": phases, "params": network.num_params(),
+            "path": _path(comm)}
+
+
+def _path(comm) -> str:
+    """How the gradients were averaged ($JUICEPY_SHARED_MEMORY chooses; docs/distributed.md)."""
+    if comm.size == 1:
+        return "none"
+    if getattr(comm, "shared", None) is None:
+        return "MPI_Allreduce"
+    return "shared memory, sharded update" if comm.shards_update else "shared memory allreduce"
 
 
 def launch(model: str, ranks: int, steps: int, warmup: int, timeout: float = 600,
@@ -173,7 +198,8 @@ def main(argv=None) -> None:
         print(f"{desc + f' b{batch}/rank':<28} {row['one']['step_s'] * 1e3:10.2f} {row['two']['step_s'] * 1e3:11.2f} "
               f"{row['efficiency'] * 100:10.1f}% {row['two']['allreduce_s'] * 1e3:13.2f} "
               f"{row['two']['allreduce_alone_s'] * 1e3:9.2f}", flush=True)
-    print("\nms per step, 1 rank -> 2 ranks (each the slowest rank's):")
+    print(f"\n2-rank gradient path: {rows[0]['two']['path']}" if rows else "")
+    print("ms per step, 1 rank -> 2 ranks (each the slowest rank's):")
     for row in rows:
         one, two = row["one"]["phases_s"], row["two"]["phases_s"]
         print(f"{row['model']:<10} " + "  ".join(f"{p} {one[p] * 1e3:.2f} -> {two[p] * 1e3:.2f}" for p in PHASES))

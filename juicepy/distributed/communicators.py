@@ -5,8 +5,10 @@ collectives here keep the replicas equal (broadcast before the first step, avera
 after every backward). Two kinds share one interface:
 
 - ``MPICommunicator`` (``kind == "mpi"``): mpi4py over ``MPI.COMM_WORLD``, for every backend.
-  NumPy arrays go to MPI as they are; other backends' arrays are staged through host buffers
-  one bucket at a time.
+  When every rank runs on one machine, the NumPy gradient blocks of a training context live in
+  an MPI-3 shared-memory window (:meth:`MPICommunicator.gradient_block`) and are reduced there
+  by plain memory reads (:class:`SharedBlocks`); other NumPy arrays go to ``MPI_Allreduce`` as
+  they are; other backends' arrays are staged through host buffers one bucket at a time.
 - ``NCCLCommunicator`` (``kind == "nccl"``): CuPy's NCCL binding for the CUDA backend; the
   unique id is broadcast over MPI, which also carries the small host-side collectives.
 
@@ -17,6 +19,7 @@ collectives return their input.
 from __future__ import annotations
 
 import os
+import weakref
 
 import numpy as np
 
@@ -29,6 +32,16 @@ BUCKET_BYTES = 25 * 1024 * 1024
 #: shared-memory allreduce of two ranks then keeps its halves and temporaries in cache, where
 #: 25 MB buckets stream them through memory (docs/distributed.md has the A/B)
 HOST_BUCKET_BYTES = 2 * 1024 * 1024
+#: shared-memory reductions split a block between the ranks at multiples of this many bytes
+#: (whole pages: no two ranks write the same cache line or page)
+SHARED_ALIGN_BYTES = 4096
+#: the sharded update reduces, updates and stages its part in chunks of this many bytes, so the
+#: update and the staging copy read what the step before wrote from cache (docs/distributed.md)
+SHARED_CHUNK_BYTES = 1024 * 1024
+#: $JUICEPY_SHARED_MEMORY / MPICommunicator(shared_memory=): "1" (default): gradient blocks in
+#: shared memory, reduce-scatter, each rank updates its part, allgather of the params;
+#: "allreduce": the blocks reduced in shared memory, every rank updates all of it; "0": MPI_Allreduce
+SHARED_MEMORY_MODES = ("1", "true", "shard", "allreduce", "0", "false")
 
 
 def check_flat(array) -> None:
@@ -59,6 +72,39 @@ class Communicator:
 
     def broadcast(self, backend, array, root: int = 0) -> None:
         """Overwrite ``array`` on every rank with its value on ``root``."""
+
+    #: the optimizer update is split between the ranks (reduce_scatter / allgather_parts)
+    shards_update = False
+
+    def shared_block(self, backend, size: int, dtype):
+        """A zeroed flat array of ``size`` elements that the collectives below reduce in place
+        without copies (shared memory), or None where the backend's own ``zeros`` is the right
+        place (the default). Collective: every rank asks for the same blocks in the same order."""
+        return None
+
+    def gradient_block(self, backend, size: int, dtype):
+        """Where a training context keeps a flat gradient block (:meth:`shared_block`)."""
+        return self.shared_block(backend, size, dtype)
+
+    def reduce_scatter(self, backend, array, then=None):
+        """Collective on a :meth:`shared_block` (or a contiguous piece of one) when
+        :attr:`shards_update`: sums this rank's part of ``array`` over the ranks in place and
+        returns its (start, end) in ``array``; the other parts are left as they are. ``then(a, b)``
+        runs on each reduced chunk [a, b) of the part as soon as it is summed. None (and nothing
+        done) for any other array: the caller allreduces it instead."""
+        return None
+
+    def allgather_parts(self, backend, array, values, staged: bool = False) -> None:
+        """Collective after :meth:`reduce_scatter` of ``array``: ``values`` (as long as
+        ``array``) gets every other rank's part of itself, while this rank's part goes to the
+        others through ``array``'s own part (used as scratch; ``staged``: the caller copied
+        its part of ``values`` there already)."""
+        raise NotImplementedError
+
+    def part(self, array, rank: int):
+        """(rank ``rank``'s copy of its part of the shared block piece ``array``, (start, end))
+        or None: lets one rank read what another rank keeps, without a collective."""
+        return None
 
     # --------------------------------------------------------- host values
     def allreduce_host(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
@@ -100,6 +146,147 @@ class Communicator:
         raise SystemExit(code)
 
 
+class SharedBlocks:
+    """Flat blocks in MPI-3 shared-memory windows over the ranks of one machine, summed over
+    the ranks without MPI messages.
+
+    Each rank's block is its own segment of one window (``MPI_Win_allocate_shared``), mapped
+    into every rank of the node. A sum is a reduce-scatter followed by an allgather, both plain
+    memory traffic: rank r adds the other ranks' part r into its own part r (in rank order),
+    then copies every other rank's reduced part into its own block. Every part is reduced by
+    one rank only, so every rank ends with the same bits. Barriers with ``MPI_Win_sync`` on
+    both sides order the phases (the unified memory model's recipe for load/store access).
+
+    Windows are freed collectively: a block whose array is gone is freed at the next
+    allocation once it is gone on every rank.
+    """
+
+    def __init__(self, node, MPI):
+        self.node, self.MPI = node, MPI
+        self._blocks: list = []  # [window, start address, end address, itemsize, every rank's array, alive]
+
+    def allocate(self, size: int, dtype) -> np.ndarray:
+        MPI, node = self.MPI, self.node
+        self._free_dead()
+        dtype = np.dtype(dtype)
+        info = MPI.Info.Create()
+        info.Set("alloc_shared_noncontig", "true")  # each rank's segment page-aligned, on its own pages
+        try:
+            win = MPI.Win.Allocate_shared(size * dtype.itemsize, dtype.itemsize, info, comm=node)
+        finally:
+            info.Free()
+        win.Lock_all(MPI.MODE_NOCHECK)  # passive-target epoch for the window's lifetime: load/store + Win_sync
+        arrays = []
+        for r in range(node.size):
+            buf, _ = win.Shared_query(r)
+            arrays.append(np.frombuffer(buf, dtype, count=size))
+        # the caller's array is another object on the same memory: when the caller drops it
+        # (its context is gone) the window may go too
+        own = np.frombuffer(win.Shared_query(node.rank)[0], dtype, count=size)
+        own.fill(0)  # alignment gaps between params must read 0 for ever
+        start = own.__array_interface__["data"][0]
+        entry = [win, start, start + own.nbytes, dtype.itemsize, arrays, True]
+        self._blocks.append(entry)
+        weakref.finalize(own, _mark_dead, entry)  # noqa: B023 - the entry of this block
+        self.fence()
+        return own
+
+    def _free_dead(self) -> None:
+        """Free the windows whose arrays are gone on every rank (collective, same order)."""
+        if not self._blocks:
+            return
+        MPI = self.MPI
+        dead = np.array([0 if entry[5] else 1 for entry in self._blocks], np.int32)
+        self.node.Allreduce(MPI.IN_PLACE, dead, MPI.MIN)
+        kept = []
+        for entry, gone in zip(self._blocks, dead):
+            if gone:
+                entry[0].Unlock_all()
+                entry[0].Free()
+            else:
+                kept.append(entry)
+        self._blocks = kept
+
+    def find(self, array):
+        """(block entry, element offset) when ``array`` is a contiguous piece of a block here."""
+        if not isinstance(array, np.ndarray) or not array.flags.c_contiguous or not self._blocks:
+            return None
+        address = array.__array_interface__["data"][0]
+        for entry in self._blocks:
+            _, start, end, itemsize, arrays, _ = entry
+            if start <= address < end and array.dtype == arrays[0].dtype and address + array.nbytes <= end:
+                return entry, (address - start) // itemsize
+        return None
+
+    def fence(self) -> None:
+        """Every rank's stores to the windows before this are seen by every rank's loads after it."""
+        for entry in self._blocks:
+            entry[0].Sync()
+        self.node.Barrier()
+        for entry in self._blocks:
+            entry[0].Sync()
+
+    def parts(self, lo: int, hi: int, itemsize: int) -> list:
+        """[lo, hi) split into one part per rank, at page multiples."""
+        n = self.node.size
+        step = max(1, SHARED_ALIGN_BYTES // itemsize)
+        per = -(-(hi - lo) // (n * step)) * step
+        return [(min(hi, lo + r * per), min(hi, lo + (r + 1) * per)) for r in range(n)]
+
+    def reduce_part(self, entry, lo: int, hi: int, then=None) -> tuple[int, int]:
+        """Reduce-scatter: this rank's part [a, b) of elements [lo, hi) of its block becomes
+        the sum over the ranks (added in rank order, skipping its own); returns (a, b). The
+        rank reads only the other ranks' part of its own index, which no one writes now.
+        ``then(c, d)``, if given, runs on each reduced chunk [c, d) of the part (SHARED_CHUNK_BYTES)
+        while it is still in cache."""
+        arrays, rank = entry[4], self.node.rank
+        own = arrays[rank]
+        self.fence()  # every rank's block holds its final gradient
+        a, b = self.parts(lo, hi, entry[3])[rank]
+        step = max(1, SHARED_CHUNK_BYTES // entry[3]) if then is not None else max(1, b - a)
+        for c in range(a, b, step):
+            d = min(b, c + step)
+            for r, other in enumerate(arrays):
+                if r != rank:
+                    np.add(own[c:d], other[c:d], out=own[c:d])
+            if then is not None:
+                then(c, d)
+        return a, b
+
+    def gather_parts(self, entry, lo: int, hi: int, values, staged: bool = False) -> None:
+        """Allgather: ``values`` (an array of hi - lo elements, this rank's part already final
+        in it) gets every other rank's part of it. Each rank stages its part in its own block
+        (whose part it has consumed; ``staged``: the caller did), and the others copy it from there."""
+        arrays, rank = entry[4], self.node.rank
+        parts = self.parts(lo, hi, entry[3])
+        a, b = parts[rank]
+        if b > a and not staged:
+            np.copyto(arrays[rank][a:b], values[a - lo:b - lo])
+        self.fence()  # every part is staged
+        for r, other in enumerate(arrays):
+            a, b = parts[r]
+            if r != rank and b > a:
+                np.copyto(values[a - lo:b - lo], other[a:b])
+        self.fence()  # no rank writes its block again (next backward) while another still reads it
+
+    def allreduce(self, entry, lo: int, hi: int) -> None:
+        """Sum elements [lo, hi) of every rank's block over the ranks, in place on every rank."""
+        arrays, rank = entry[4], self.node.rank
+        own = arrays[rank]
+        parts = self.parts(lo, hi, entry[3])
+        self.reduce_part(entry, lo, hi)
+        self.fence()  # every part is reduced
+        for r, other in enumerate(arrays):
+            a, b = parts[r]
+            if r != rank and b > a:
+                np.copyto(own[a:b], other[a:b])
+        self.fence()  # no rank writes its block again (next backward) while another still reads it
+
+
+def _mark_dead(entry) -> None:
+    entry[5] = False
+
+
 _MPI_OPS = ("sum", "min", "max")
 
 
@@ -108,18 +295,62 @@ class MPICommunicator(Communicator):
 
     kind = "mpi"
 
-    def __init__(self, comm=None, bucket_bytes: int | None = None):
+    def __init__(self, comm=None, bucket_bytes: int | None = None, shared_memory: bool | None = None):
         """``bucket_bytes``: the bucket size for every array; by default HOST_BUCKET_BYTES for
-        NumPy arrays and BUCKET_BYTES for the host copies of device arrays."""
+        NumPy arrays and BUCKET_BYTES for the host copies of device arrays.
+
+        ``shared_memory``: NumPy gradient blocks in MPI-3 shared memory, reduced by memory reads
+        (:class:`SharedBlocks`), when every rank of ``comm`` runs on this machine. Default: on,
+        unless ``$JUICEPY_SHARED_MEMORY`` is 0. Ranks spread over several machines always take
+        ``MPI_Allreduce``."""
         from mpi4py import MPI
 
         self.MPI = MPI
         self.comm = MPI.COMM_WORLD if comm is None else comm
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
-        local_rank = local.rank
-        local.Free()
-        super().__init__(self.comm.rank, self.comm.size, local_rank)
+        super().__init__(self.comm.rank, self.comm.size, local.rank)
         self.bucket_bytes = None if bucket_bytes is None else int(bucket_bytes)
+        if shared_memory is None:
+            shared_memory = os.environ.get("JUICEPY_SHARED_MEMORY", "1")
+        shared_memory = str(shared_memory).lower()
+        if shared_memory not in SHARED_MEMORY_MODES:
+            raise ValueError(f"shared_memory (or $JUICEPY_SHARED_MEMORY) must be one of "
+                             f"{', '.join(SHARED_MEMORY_MODES)}, got {shared_memory!r}")
+        #: each rank updates only its part of a shared gradient block (see DataParallel)
+        self.shards_update = shared_memory in ("1", "true", "shard") and self.size > 1
+        # collective decision: a rank never takes a path another rank does not
+        one_node = self.comm.allreduce(int(local.size == self.comm.size), op=MPI.MIN) == 1
+        if shared_memory not in ("0", "false") and one_node and self.size > 1:
+            self.shared = SharedBlocks(local, MPI)
+        else:
+            self.shared = None
+            local.Free()
+
+    def shared_block(self, backend, size: int, dtype):
+        if self.shared is None or getattr(backend, "name", None) != "numpy":
+            return None
+        return self.shared.allocate(int(size), dtype)
+
+    def reduce_scatter(self, backend, array, then=None):
+        found = self.shared.find(array) if self.shared is not None and self.shards_update else None
+        if found is None:
+            return None
+        entry, lo = found
+        each = None if then is None else (lambda c, d: then(c - lo, d - lo))
+        a, b = self.shared.reduce_part(entry, lo, lo + array.size, each)
+        return a - lo, b - lo
+
+    def allgather_parts(self, backend, array, values, staged: bool = False) -> None:
+        entry, lo = self.shared.find(array)
+        self.shared.gather_parts(entry, lo, lo + array.size, values, staged)
+
+    def part(self, array, rank: int):
+        found = self.shared.find(array) if self.shared is not None else None
+        if found is None:
+            return None
+        entry, lo = found
+        a, b = self.shared.parts(lo, lo + array.size, entry[3])[rank]
+        return entry[4][rank][a:b], (a - lo, b - lo)
 
     def _op(self, op: str):
         if op not in _MPI_OPS:
@@ -132,7 +363,11 @@ class MPICommunicator(Communicator):
 
     def allreduce(self, backend, array, average: bool = False) -> None:
         check_flat(array)
-        if self.size > 1:
+        found = self.shared.find(array) if self.shared is not None and self.size > 1 else None
+        if found is not None:
+            entry, lo = found
+            self.shared.allreduce(entry, lo, lo + array.size)
+        elif self.size > 1:
             if isinstance(array, np.ndarray):
                 # one blocking allreduce per bucket, in place; all buckets in flight at once
                 # (Iallreduce) interleave them through memory and take longer (docs/distributed.md)
@@ -183,7 +418,7 @@ class NCCLCommunicator(MPICommunicator):
     kind = "nccl"
 
     def __init__(self, comm=None, nccl=None, stream=None, pointer=None):
-        super().__init__(comm)
+        super().__init__(comm, shared_memory="0")  # device blocks stay on the device
         if nccl is None:
             from cupy.cuda import nccl
         if stream is None:
@@ -197,6 +432,9 @@ class NCCLCommunicator(MPICommunicator):
         unique_id = nccl.get_unique_id() if self.rank == 0 else None
         unique_id = self.comm.bcast(unique_id, root=0)  # NCCL's rendezvous goes over MPI
         self.nccl_comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
+
+    def shared_block(self, backend, size: int, dtype):
+        return None  # NCCL reduces device blocks where the backend put them
 
     def _dtype(self, dtype) -> int:
         codes = {"float32": self.nccl.NCCL_FLOAT32, "float64": self.nccl.NCCL_FLOAT64,

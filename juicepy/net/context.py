@@ -271,8 +271,14 @@ class Context:
 
     def _make_param_grads(self) -> None:
         backend = self.backend
+        # a data-parallel communicator may keep the blocks where it reduces them without
+        # copies (shared memory between the ranks of one machine)
+        shared = getattr(self.communicator, "gradient_block", None)
         for group in self.network.param_groups(backend):
-            grad_flat = backend.zeros((group.size,), group.params[0].dtype)  # alignment gaps stay 0
+            dtype = group.params[0].dtype
+            grad_flat = shared(backend, group.size, dtype) if shared is not None else None
+            if grad_flat is None:
+                grad_flat = backend.zeros((group.size,), dtype)  # alignment gaps stay 0
             views = [backend.flat_view(grad_flat, off, p.shape) for p, off in zip(group.params, group.offsets)]
             for p, view in zip(group.params, views):
                 self._param_slot[p] = len(self._param_grad_views)

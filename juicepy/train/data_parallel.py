@@ -13,10 +13,17 @@ each hook is a no-op, so single-process training runs exactly as before:
   backward pass yields each rank's share of the mean gradient;
 - :meth:`DataParallel.reduce_gradients`: between backward and the optimizer update, every flat
   gradient block summed over ranks (which makes it the mean over ranks, with no pass over the
-  block to divide it); every rank then applies the same fused update.
+  block to divide it); every rank then applies the same fused update;
+- :meth:`DataParallel.update`: that, or, where the communicator keeps the blocks in memory the
+  ranks share (``Communicator.shards_update``), a sharded update: each block is
+  reduce-scattered, each rank runs the fused update on its part only (params and optimizer
+  state) and the updated params are allgathered. Each rank's optimizer state is then current
+  in its own part only; :meth:`DataParallel.host_buffer` reads every part from its owner.
 """
 
 from __future__ import annotations
+
+from .optimizer import OptimizerState
 
 
 class DataParallel:
@@ -63,6 +70,67 @@ class DataParallel:
         if self.active:
             for seg in segments:
                 self.communicator.allreduce(backend, seg.grad)
+
+    def zeros(self, backend):
+        """The allocator for optimizer buffers: shared blocks where the update is sharded (so
+        that rank 0 can read the parts other ranks keep current), else None (backend.zeros)."""
+        comm = self.communicator
+        if not self.active or not comm.shards_update:
+            return None
+
+        def zeros(shape, dtype):
+            (size,) = shape
+            block = comm.shared_block(backend, size, dtype)
+            return block if block is not None else backend.zeros(shape, dtype)
+        return zeros
+
+    def update(self, backend, optimizer, state: OptimizerState, segments) -> None:
+        """Average the gradients over ranks and run the optimizer update (see the module doc)."""
+        if not self.active or not self.communicator.shards_update:
+            self.reduce_gradients(backend, segments)
+            optimizer.step(backend, state, segments)
+            return
+        comm = self.communicator
+        start = state.step
+
+        def update_chunk(seg, buffers):
+            def run(a, b):
+                # each chunk is updated as soon as it is reduced, then staged for the allgather,
+                # while it is in cache; every chunk takes the step's number
+                mine = OptimizerState(step=start, ws=state.ws)
+                mine.buffers.append({name: backend.flat_view(flat, a, (b - a,)) for name, flat in buffers.items()})
+                data, grad = backend.flat_view(seg.data, a, (b - a,)), backend.flat_view(seg.grad, a, (b - a,))
+                optimizer.step(backend, mine, [type(seg)(seg.params, data, grad, seg.lr_mult, b - a, [])])
+                backend.copy(data, grad)
+            return run
+
+        sharded, rest = [], []  # segments not in shared memory are allreduced and updated whole
+        for seg, buffers in zip(segments, state.buffers):
+            if comm.reduce_scatter(backend, seg.grad, update_chunk(seg, buffers)) is None:
+                comm.allreduce(backend, seg.grad)
+                rest.append((seg, buffers))
+            else:
+                sharded.append(seg)
+        whole = OptimizerState(step=start, ws=state.ws, buffers=[buffers for _, buffers in rest])
+        optimizer.step(backend, whole, [seg for seg, _ in rest])  # also counts the step
+        state.step = whole.step
+        for seg in sharded:
+            comm.allgather_parts(backend, seg.grad, seg.data, staged=True)
+
+    def host_buffer(self, backend, flat):
+        """A host copy of optimizer buffer ``flat`` with each part as its owner rank keeps it
+        (sharded update), or None where this rank's own copy is what to read. Needs no
+        collective: the other ranks' parts are read from shared memory; they change only
+        inside a step, which no rank finishes before every rank has entered it. Only valid
+        once the replicas were synchronised (before, each rank's whole copy is its own)."""
+        comm = self.communicator
+        if not self.active or not comm.shards_update or comm.part(flat, 0) is None:
+            return None
+        host = backend.to_host(flat)
+        for r in range(comm.size):
+            values, (a, b) = comm.part(flat, r)
+            host[a:b] = values
+        return host
 
     def synchronize(self, backend, network, context, optimizer_state) -> None:
         """Every rank takes rank 0's params (trainable blocks and buffers such as running

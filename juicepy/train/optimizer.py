@@ -38,11 +38,13 @@ class Optimizer:
     def hyperparams(self) -> dict:
         raise NotImplementedError
 
-    def init_state(self, backend, segments) -> OptimizerState:
+    def init_state(self, backend, segments, zeros=None) -> OptimizerState:
+        """Zeroed buffers for ``segments``; ``zeros(shape, dtype)`` allocates them instead of
+        ``backend.zeros`` (a data-parallel job's shared memory)."""
+        zeros = zeros or backend.zeros
         state = OptimizerState()
         for seg in segments:
-            state.buffers.append({name: backend.zeros((seg.size,), seg.params[0].dtype)
-                                  for name in self.state_names})
+            state.buffers.append({name: zeros((seg.size,), seg.params[0].dtype) for name in self.state_names})
         return state
 
     def step(self, backend, state: OptimizerState, segments, guard=None) -> None:

@@ -141,7 +141,7 @@ class Trainer:
             targets=backend.empty(target_shape, self.loss.target_dtype(net.dtype)),
             losses=backend.empty((n,), net.dtype),
             loss_sum=backend.empty((1,), net.dtype),
-            optimizer=self.optimizer.init_state(backend, ctx.segments),
+            optimizer=self.optimizer.init_state(backend, ctx.segments, zeros=self._replicas.zeros(backend)),
             replay=GraphReplay(net, backend) if backend.can_capture else None,
         )
 
@@ -188,8 +188,7 @@ class Trainer:
                     if self.check_finite and not math.isfinite(loss):
                         self._refuse(loss, st)
                     ctx.backward()
-                    replicas.reduce_gradients(backend, ctx.segments)
-                    self.optimizer.step(backend, opt, ctx.segments)
+                    replicas.update(backend, self.optimizer, opt, ctx.segments)
             except BaseException:
                 ctx.restore_state()
                 opt.step = opt_step
@@ -310,9 +309,13 @@ class Trainer:
     def _host_state(self, backend, st: TrainState) -> dict:
         paths = {id(p): path for path, p in self.network.params.items()}
         optimizer = {}
+        replicas = self._replicas
         for seg, buffers in zip(st.context.segments, st.optimizer.buffers):
             for name, flat in buffers.items():
-                host = backend.to_host(flat)
+                # after a sharded data-parallel update each rank's buffers are current in its part only
+                host = replicas.host_buffer(backend, flat) if st.replicas_synced else None
+                if host is None:
+                    host = backend.to_host(flat)
                 for p, off in zip(seg.params, seg.offsets):
                     optimizer.setdefault(paths[id(p)], {})[name] = host[off:off + p.size].reshape(p.shape).copy()
         return {"step": st.optimizer.step, "dropout_step": st.context.step, "optimizer": optimizer}
