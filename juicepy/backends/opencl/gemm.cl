@@ -144,6 +144,8 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 // the K slice added into c_store (set, on the first slice); A's panels start at a_base, one
 // every a_step floats, B's at b_base, one every b_step vectors, in address spaces AQ and BQ.
 #define MICRO_TILES(AQ, a_base, a_step, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first) \
+    MICRO_TILES_AK(AQ, a_base, a_step, MR, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first)
+#define MICRO_TILES_AK(AQ, a_base, a_step, a_kstep, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first) \
     for (int i = 0; i < (a_panels); ++i) { \
         for (int j = 0; j < (b_panels); ++j) { \
             __local floatv *ct = (c_store) + (i * MR * BN + j * NR) / VW; \
@@ -155,7 +157,7 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
                 const floatv b0 = bp[0]; \
                 const floatv b1 = bp[1]; \
                 ROWS(FMA_ROW) \
-                ap += MR; \
+                ap += (a_kstep); \
                 bp += 2; \
             } \
             ROWS(STORE_ROW) \
@@ -172,27 +174,41 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
                  const int k_chunk,
-                 __global const float *Ap, const int ap_off,
+                 __global const float *Ap, const int ap_off, const int a_ld,
                  __global const float *Bp, const int bp_off, const int b_ld,
                  __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
     PACKED_TILE_SETUP
     const int k_begin = get_group_id(2) * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
-    Ap += ap_off + (size_t)(row0 / MR) * K * MR;
+    Ap += ap_off + (a_ld ? 0 : (size_t)(row0 / MR) * K * MR);
     Bp += bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
     C += c_off + (size_t)get_group_id(2) * M * N;
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0);
 #if DIRECT_PACKED
-        if (!b_ld) {   // both operands packed: the micro-kernel reads the panels where they are
+        if (!a_ld && !b_ld) {   // both operands packed: the micro-kernel reads the panels where they are
             MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __global, Bp + (size_t)k0 * NR,
                         (size_t)K * NR / VW, c_store, a_panels, b_panels, kc, k0 == k_begin)
             continue;
         }
 #endif
-        STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+        // a_ld > 0 (STAGE_A_T in gemm.py): Ap is A itself, transposed, op(A)[m, k] = A[k * a_ld + m]:
+        // each k's tile rows are staged as one contiguous run (a_pack is [BK][BM] then, the
+        // micro-kernel stepping BM floats per k); in packed panel order each k would land in
+        // a_panels pieces of MR floats, a slower copy on AVX2 than packing A^T beforehand
+        if (a_ld) {
+            const int width = a_panels * MR, live = min(width, M - row0);
+            for (int k = 0; k < kc; ++k) {
+                __global const float *src = Ap + (size_t)(k0 + k) * a_ld + row0;
+                __local float *dst = a_pack + k * BM;
+                for (int e = 0; e < live; ++e) dst[e] = src[e];
+                for (int e = live; e < width; ++e) dst[e] = 0.0f;
+            }
+        } else {
+            STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+        }
 #if STAGE_B_ROWS
         if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]
             const int width = b_panels * NR, live = min(width, N - col0);
@@ -226,7 +242,10 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
                 for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
             }
         }
-        MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
+        if (a_ld)
+            MICRO_TILES_AK(__local, a_pack, MR, BM, __local, b_store, BK * NR / VW, c_store, a_panels, b_panels, kc, k0 == k_begin)
+        else
+            MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
     }
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0);
