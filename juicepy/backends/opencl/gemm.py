@@ -50,7 +50,8 @@ class GemmOps(abc.ABC):
         """One work-item per element."""
 
     #: stage tiles of B (not transposed) straight from B instead of packing it first; where
-    #: the tiles say STAGE_A_T (8-lane devices), tiles of A^T too (see gemm_packed)
+    #: the tiles say so (8-lane devices), tiles of A^T (STAGE_A_T) and of an A of at most
+    #: STAGE_A_ROWS rows (a recurrent step's batch, whose packing cost as much as its tiles) too
     direct_staging = True
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
@@ -88,12 +89,14 @@ class GemmOps(abc.ABC):
             # rows already run along the panel, so its tiles are staged straight from A (packing
             # it read each panel's k-th row piece a whole row of A apart)
             if trans_a and self.direct_staging and tiles.get("STAGE_A_T"):
-                a_src = (a[0], a[1], lda)
+                a_src = (a[0], a[1], lda, 1)
+            elif not trans_a and self.direct_staging and m <= tiles.get("STAGE_A_ROWS", 0):
+                a_src = (a[0], a[1], lda, 0)
             else:
                 ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), F32)
                 self._kernel("gemm.cl", "pack_a")(self.queue, (round_up(k, PACK_WG), a_panels), (PACK_WG, 1),
                                                   m, k, a[0], a[1], lda, int(bool(trans_a)), ap.base_data, 0)
-                a_src = (ap.base_data, 0, 0)
+                a_src = (ap.base_data, 0, 0, 0)
             # (pointer, offset, leading dim) of B for the compute kernel: B itself (ld > 0) where
             # its rows already run along the panel, else a packed copy (ld = 0)
             if not trans_b and self.direct_staging:
