@@ -56,7 +56,7 @@ __kernel void swap_leading_axes(const int rest, __global const float *src, const
                                 const int b_len, const int acc)
 {
     const int r = get_global_id(0), j = get_global_id(1), i = get_global_id(2);
-    if (r >= rest) return;
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)rest && r >= rest) return;  // see CELL_CHECK
     const float v = src[s_off + ((size_t)i * b_len + j) * rest + r];
     STORE(dst, d_off + ((size_t)j * a_len + i) * rest + r, v, acc)
 }
@@ -67,7 +67,7 @@ __kernel void embedding_gather(const int dim, __global const int *idx, const int
                                __global float *out, const int o_off)
 {
     const int d = get_global_id(0), k = get_global_id(1);
-    if (d >= dim) return;
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)dim && d >= dim) return;  // see CELL_CHECK
     out[o_off + (size_t)k * dim + d] = w[w_off + (size_t)idx[i_off + k] * dim + d];
 }
 
