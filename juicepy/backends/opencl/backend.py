@@ -27,6 +27,7 @@ from .spatial import CONV_ALGORITHMS, SpatialOps
 
 _WG = 256          # work-group size of the elementwise kernels
 _REDUCE_WG = 256   # must match REDUCE_WG in rows.cl
+_BIAS_CHUNK = 64   # rows per partial sum of bias_grad (column_sums in rows.cl)
 
 
 class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
@@ -226,6 +227,12 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
                               *self._ref(partial))
             dy, inner = partial, 1
+        if inner == 1 and rows > 2 * _BIAS_CHUNK:  # many rows: sum chunks of rows in parallel first
+            chunks = -(-rows // _BIAS_CHUNK)
+            partial = scratch(ws, self, "bias_chunks", (chunks, channels), _F32)
+            self._kernel("rows.cl", "column_sums")(self.queue, (chunks,), (1,), channels, *self._ref(dy), rows,
+                                                   _BIAS_CHUNK, *self._ref(partial))
+            dy, rows = partial, chunks
         self._kernel("rows.cl", "bias_grad")(
             self.queue, (_round_up(channels, 64),), (64,), rows, channels, inner,
             *self._ref(dy), *self._ref(dbias), int(accumulate))

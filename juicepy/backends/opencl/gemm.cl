@@ -79,7 +79,7 @@ typedef float8 floatv;
 #define ZERO_ROW(r) c##r##_0 = (floatv)(0.0f); c##r##_1 = (floatv)(0.0f);
 #define LOAD_ROW(r) c##r##_0 = ct[(r) * (BN / VW)]; c##r##_1 = ct[(r) * (BN / VW) + 1];
 #define STORE_ROW(r) ct[(r) * (BN / VW)] = c##r##_0; ct[(r) * (BN / VW) + 1] = c##r##_1;
-#define FMA_ROW(r) { const float a = ap[r]; c##r##_0 += a * b0; c##r##_1 += a * b1; }
+#define FMA_ROW(r) { const float a = ap[(r) * a_rs]; c##r##_0 += a * b0; c##r##_1 += a * b1; }
 
 // Ap[p][k][r] = op(A)[p*MR + r, k]; one work-item per (k, panel)
 __kernel void pack_a(const int M, const int K, __global const float *A, const int a_off, const int lda,
@@ -144,7 +144,11 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 // the K slice added into c_store (set, on the first slice); A's panels start at a_base, one
 // every a_step floats, B's at b_base, one every b_step vectors, in address spaces AQ and BQ.
 #define MICRO_TILES(AQ, a_base, a_step, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first) \
+    MICRO_TILES_AK(AQ, a_base, a_step, 1, MR, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first)
+// ...with A's row r of a panel a_rstride floats from row 0 and each k a_kstep floats on
+#define MICRO_TILES_AK(AQ, a_base, a_step, a_rstride, a_kstep, BQ, b_base, b_step, c_store, a_panels, b_panels, kc, first) \
     for (int i = 0; i < (a_panels); ++i) { \
+        const int a_rs = (a_rstride); \
         for (int j = 0; j < (b_panels); ++j) { \
             __local floatv *ct = (c_store) + (i * MR * BN + j * NR) / VW; \
             ROWS(ACC_ROW) \
@@ -155,7 +159,7 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
                 const floatv b0 = bp[0]; \
                 const floatv b1 = bp[1]; \
                 ROWS(FMA_ROW) \
-                ap += MR; \
+                ap += (a_kstep); \
                 bp += 2; \
             } \
             ROWS(STORE_ROW) \
@@ -172,27 +176,53 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
                  const int k_chunk,
-                 __global const float *Ap, const int ap_off,
+                 __global const float *Ap, const int ap_off, const int a_ld, const int a_trans,
                  __global const float *Bp, const int bp_off, const int b_ld,
                  __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
 {
     PACKED_TILE_SETUP
     const int k_begin = get_group_id(2) * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
-    Ap += ap_off + (size_t)(row0 / MR) * K * MR;
+    Ap += ap_off + (a_ld ? 0 : (size_t)(row0 / MR) * K * MR);
     Bp += bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
     C += c_off + (size_t)get_group_id(2) * M * N;
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0);
 #if DIRECT_PACKED
-        if (!b_ld) {   // both operands packed: the micro-kernel reads the panels where they are
+        if (!a_ld && !b_ld) {   // both operands packed: the micro-kernel reads the panels where they are
             MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __global, Bp + (size_t)k0 * NR,
                         (size_t)K * NR / VW, c_store, a_panels, b_panels, kc, k0 == k_begin)
             continue;
         }
 #endif
-        STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+        // a_ld > 0: Ap is A itself, op(A)[m, k] = A[k * a_ld + m] when a_trans (STAGE_A_T in
+        // gemm.py), else A[m * a_ld + k] (STAGE_A_ROWS). Each k's (or each row's) run is staged
+        // as one contiguous copy, so a_pack holds [BK][BM] (A^T) or [BM][BK] (A) and the
+        // micro-kernel steps through it accordingly; in packed panel order each k would land in
+        // a_panels pieces of MR floats, a slower copy on AVX2 than packing A beforehand.
+        if (a_ld && a_trans) {
+            const int width = a_panels * MR, live = min(width, M - row0);
+            for (int k = 0; k < kc; ++k) {
+                __global const float *src = Ap + (size_t)(k0 + k) * a_ld + row0;
+                __local float *dst = a_pack + k * BM;
+                for (int e = 0; e < live; ++e) dst[e] = src[e];
+                for (int e = live; e < width; ++e) dst[e] = 0.0f;
+            }
+        } else if (a_ld) {
+            const int width = a_panels * MR, live = min(width, M - row0);
+            for (int m = 0; m < width; ++m) {
+                __global const float *src = Ap + (size_t)(row0 + m) * a_ld + k0;
+                __local float *dst = a_pack + m * BK;
+                if (m < live) {
+                    for (int e = 0; e < kc; ++e) dst[e] = src[e];
+                } else {
+                    for (int e = 0; e < kc; ++e) dst[e] = 0.0f;
+                }
+            }
+        } else {
+            STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+        }
 #if STAGE_B_ROWS
         if (b_ld) {   // op(B)[k, n] = B[k * b_ld + n]
             const int width = b_panels * NR, live = min(width, N - col0);
@@ -226,7 +256,12 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
                 for (int e = 0; e < kc * NR; ++e) dst[e] = src[e];
             }
         }
-        MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
+        if (a_ld && a_trans)
+            MICRO_TILES_AK(__local, a_pack, MR, 1, BM, __local, b_store, BK * NR / VW, c_store, a_panels, b_panels, kc, k0 == k_begin)
+        else if (a_ld)
+            MICRO_TILES_AK(__local, a_pack, MR * BK, BK, 1, __local, b_store, BK * NR / VW, c_store, a_panels, b_panels, kc, k0 == k_begin)
+        else
+            MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == k_begin)
     }
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0);

@@ -49,8 +49,9 @@ class GemmOps(abc.ABC):
     def _launch_flat(self, filename, name, n, *args):
         """One work-item per element."""
 
-    #: stage tiles of B (not transposed) straight from B instead of packing it first (A^T
-    #: staged the same way measured slower on PoCL: 12-wide rows, so A is always packed)
+    #: stage tiles of B (not transposed) straight from B instead of packing it first; where
+    #: the tiles say so (8-lane devices), tiles of A^T (STAGE_A_T) and of an A of at most
+    #: STAGE_A_ROWS rows (a recurrent step's batch, whose packing cost as much as its tiles) too
     direct_staging = True
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
@@ -84,9 +85,18 @@ class GemmOps(abc.ABC):
                                      c, ldc, alpha, beta, ws)
                 return
             a_panels, b_panels = -(-m // tiles["MR"]), -(-n // nr)
-            ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), F32)
-            self._kernel("gemm.cl", "pack_a")(self.queue, (round_up(k, PACK_WG), a_panels), (PACK_WG, 1),
-                                              m, k, a[0], a[1], lda, int(bool(trans_a)), ap.base_data, 0)
+            # (pointer, offset, leading dim) of A for the compute kernel, as for B below: A^T's
+            # rows already run along the panel, so its tiles are staged straight from A (packing
+            # it read each panel's k-th row piece a whole row of A apart)
+            if trans_a and self.direct_staging and tiles.get("STAGE_A_T"):
+                a_src = (a[0], a[1], lda, 1)
+            elif not trans_a and self.direct_staging and m <= tiles.get("STAGE_A_ROWS", 0):
+                a_src = (a[0], a[1], lda, 0)
+            else:
+                ap = ws.get(self, "gemm_pack_a", (a_panels * tiles["MR"] * k,), F32)
+                self._kernel("gemm.cl", "pack_a")(self.queue, (round_up(k, PACK_WG), a_panels), (PACK_WG, 1),
+                                                  m, k, a[0], a[1], lda, int(bool(trans_a)), ap.base_data, 0)
+                a_src = (ap.base_data, 0, 0, 0)
             # (pointer, offset, leading dim) of B for the compute kernel: B itself (ld > 0) where
             # its rows already run along the panel, else a packed copy (ld = 0)
             if not trans_b and self.direct_staging:
@@ -99,7 +109,7 @@ class GemmOps(abc.ABC):
                 b_src = (bp.base_data, 0, 0)
             tile_m = even_tile(m, tiles["BM"], tiles["MR"])
             tile_n = even_tile(n, tiles["BN"], nr)
-            self._gemm_tiles_run("gemm_packed", m, n, k, tile_m, tile_n, (ap.base_data, 0), b_src,
+            self._gemm_tiles_run("gemm_packed", m, n, k, tile_m, tile_n, a_src, b_src,
                                  c, ldc, alpha, beta, ws)
 
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,

@@ -13,12 +13,13 @@ _SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32}
 # CPU drivers (PoCL) get big packed tiles (their local memory is ordinary cache-backed RAM),
 # with micro-kernels shaped by the vector width (VW floats; see gemm.cl): 12 x 32 and 4 x 4
 # float16 for 16-lane devices (AVX-512), 6 x 16 and 2 x 4 float8 for 8-lane ones (AVX2);
-# STAGE_B_ROWS, DIRECT_PACKED and GATHER_STRIDE2 (gemm.cl) were measured on AVX2 only, so 16-lane devices keep
-# the staging they had.
+# STAGE_B_ROWS, DIRECT_PACKED, GATHER_STRIDE2, STAGE_A_T and STAGE_A_ROWS (gemm.cl, gemm.py) were
+# measured on AVX2 only, so 16-lane devices keep the staging they had.
 # GPUs only use the cooperative kernel, so the CPU tiles are shrunk to fit their local memory.
 CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4},
             8: {"BM": 96, "BN": 128, "BK": 256, "MR": 6, "VW": 8, "DR": 2, "DC": 4,
-                "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1}}
+                "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1,
+                "STAGE_A_ROWS": 96}}
 GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4}
 # rows of the second build of gemm.cl ("gemm.cl:mr_alt") whose panels the implicit-GEMM
 # convolution takes where they pad fewer rows than MR (16 outputs per group), per MR

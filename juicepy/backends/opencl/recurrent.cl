@@ -5,7 +5,50 @@
 #pragma OPENCL FP_CONTRACT OFF
 
 #define STORE(o, i, r, acc) { if (acc) (o)[i] += (r); else (o)[i] = (r); }
-#define SIGMOID(a) ((tanh((a) * 0.5f) + 1.0f) * 0.5f)
+#define SIGMOID(a) ((tanh_f((a) * 0.5f) + 1.0f) * 0.5f)
+
+// The cells' bounds check is asked per work-group first (as GID_CHECK in elementwise.cl): a
+// per-item check alone makes PoCL mask every load and store of the vectorised work-group loop.
+#define CELL_CHECK(hid) const int j = get_global_id(0), n = get_global_id(1); \
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)(hid) && j >= (hid)) return;
+// Without a bias b is a valid stand-in buffer (xw), read but not used: a load under the
+// condition would be a masked one.
+#define BIAS(load) ({ const float bv = (load); has_bias ? bv : 0.0f; })
+
+// PoCL calls tanh (and exp) out of line, one element at a time, which stops it vectorising a
+// cell across work-items: the cells' tanh is written out instead, as the NumPy backend's C
+// kernels do (Cephes' tanhf: an odd polynomial below |x| = 0.625, 1 - 2 / (e^2|x| + 1) above,
+// e^x by Cephes' expf polynomial with 2^n from the exponent bits), within a few float32 ulps.
+inline float exp_f(float x)
+{
+    x = x < -87.3f ? -87.3f : (x > 88.3f ? 88.3f : x);
+    const float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to integer
+    float r = x - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    return p * as_float(((int)n + 127) << 23);
+}
+
+inline float tanh_f(const float y)
+{
+    // sign and magnitude by bits: PoCL calls fabs and copysign out of line too
+    const int sign = as_int(y) & (int)0x80000000;
+    const float ax = as_float(as_int(y) & 0x7fffffff);
+    const float big = as_float(as_int(1.0f - 2.0f / (exp_f(ax + ax) + 1.0f)) | sign);
+    const float z = y * y;
+    float p = -5.70498872745e-3f;
+    p = p * z + 2.06390887954e-2f;
+    p = p * z - 5.37397155531e-2f;
+    p = p * z + 1.33314422036e-1f;
+    p = p * z - 3.33332819422e-1f;
+    return ax < 0.625f ? p * z * y + y : big;
+}
 
 // dst (B, A, R)[j, i, r] (+)= src (A, B, R)[i, j, r]; one work-item per (r, j, i)
 __kernel void swap_leading_axes(const int rest, __global const float *src, const int s_off,
@@ -13,7 +56,7 @@ __kernel void swap_leading_axes(const int rest, __global const float *src, const
                                 const int b_len, const int acc)
 {
     const int r = get_global_id(0), j = get_global_id(1), i = get_global_id(2);
-    if (r >= rest) return;
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)rest && r >= rest) return;  // see CELL_CHECK
     const float v = src[s_off + ((size_t)i * b_len + j) * rest + r];
     STORE(dst, d_off + ((size_t)j * a_len + i) * rest + r, v, acc)
 }
@@ -24,7 +67,7 @@ __kernel void embedding_gather(const int dim, __global const int *idx, const int
                                __global float *out, const int o_off)
 {
     const int d = get_global_id(0), k = get_global_id(1);
-    if (d >= dim) return;
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)dim && d >= dim) return;  // see CELL_CHECK
     out[o_off + (size_t)k * dim + d] = w[w_off + (size_t)idx[i_off + k] * dim + d];
 }
 
@@ -51,11 +94,10 @@ __kernel void rnn_cell(const int hid, __global const float *xw, const int x_off,
                        const int b_off, const int has_bias, __global float *h, const int h_off,
                        const int relu)
 {
-    const int j = get_global_id(0), n = get_global_id(1);
-    if (j >= hid) return;
+    CELL_CHECK(hid)
     const size_t e = (size_t)n * hid + j;
-    const float a = xw[x_off + e] + hw[hw_off + e] + (has_bias ? b[b_off + j] : 0.0f);
-    h[h_off + e] = relu ? (a < 0.0f ? 0.0f : a) : tanh(a);
+    const float a = xw[x_off + e] + hw[hw_off + e] + BIAS(b[b_off + j]);
+    h[h_off + e] = relu ? (a < 0.0f ? 0.0f : a) : tanh_f(a);
 }
 
 __kernel void lstm_cell(const int hid, __global const float *xw, const int x_off,
@@ -64,22 +106,20 @@ __kernel void lstm_cell(const int hid, __global const float *xw, const int x_off
                         const int cp_off, __global float *gates, const int g_off,
                         __global float *c, const int c_off, __global float *h, const int h_off)
 {
-    const int j = get_global_id(0), n = get_global_id(1);
-    if (j >= hid) return;
+    CELL_CHECK(hid)
     const size_t row = (size_t)n * 4 * hid, e = (size_t)n * hid + j;
-    float a[4];
-    for (int k = 0; k < 4; ++k) {
-        const size_t q = row + (size_t)k * hid + j;
-        a[k] = xw[x_off + q] + hw[hw_off + q] + (has_bias ? b[b_off + k * hid + j] : 0.0f);
-    }
-    const float i = SIGMOID(a[0]), f = SIGMOID(a[1]), g = tanh(a[2]), o = SIGMOID(a[3]);
+    // four named gates, not a private array: PoCL kept the array in memory and did not
+    // vectorise the kernel across work-items
+#define GATE(k) (xw[x_off + row + (k) * hid + j] + hw[hw_off + row + (k) * hid + j] + BIAS(b[b_off + (k) * hid + j]))
+    const float i = SIGMOID(GATE(0)), f = SIGMOID(GATE(1)), g = tanh_f(GATE(2)), o = SIGMOID(GATE(3));
+#undef GATE
     gates[g_off + row + j] = i;
     gates[g_off + row + hid + j] = f;
     gates[g_off + row + 2 * hid + j] = g;
     gates[g_off + row + 3 * hid + j] = o;
     const float cv = f * c_prev[cp_off + e] + i * g;
     c[c_off + e] = cv;
-    h[h_off + e] = o * tanh(cv);
+    h[h_off + e] = o * tanh_f(cv);
 }
 
 __kernel void lstm_cell_bwd(const int hid, __global const float *gates, const int g_off,
@@ -90,12 +130,11 @@ __kernel void lstm_cell_bwd(const int hid, __global const float *gates, const in
                             __global float *dgates, const int dg_off,
                             __global float *dc_prev, const int dcp_off)
 {
-    const int j = get_global_id(0), n = get_global_id(1);
-    if (j >= hid) return;
+    CELL_CHECK(hid)
     const size_t row = (size_t)n * 4 * hid, e = (size_t)n * hid + j;
     const float i = gates[g_off + row + j], f = gates[g_off + row + hid + j];
     const float g = gates[g_off + row + 2 * hid + j], o = gates[g_off + row + 3 * hid + j];
-    const float tc = tanh(c[c_off + e]), d = dh[dh_off + e];
+    const float tc = tanh_f(c[c_off + e]), d = dh[dh_off + e];
     const float dct = dc[dc_off + e] + d * o * (1.0f - tc * tc);
     dgates[dg_off + row + j] = dct * g * (i * (1.0f - i));
     dgates[dg_off + row + hid + j] = dct * c_prev[cp_off + e] * (f * (1.0f - f));
@@ -110,16 +149,15 @@ __kernel void gru_cell(const int hid, __global const float *xw, const int x_off,
                        const int hp_off, __global float *gates, const int g_off,
                        __global float *h, const int h_off)
 {
-    const int j = get_global_id(0), n = get_global_id(1);
-    if (j >= hid) return;
+    CELL_CHECK(hid)
     const size_t row3 = (size_t)n * 3 * hid, row4 = (size_t)n * 4 * hid, e = (size_t)n * hid + j;
-    const float br = has_bias ? b[b_off + j] : 0.0f;
-    const float bz = has_bias ? b[b_off + hid + j] : 0.0f;
-    const float bn = has_bias ? b[b_off + 2 * hid + j] : 0.0f;
+    const float br = BIAS(b[b_off + j]);
+    const float bz = BIAS(b[b_off + hid + j]);
+    const float bn = BIAS(b[b_off + 2 * hid + j]);
     const float r = SIGMOID(xw[x_off + row3 + j] + hw[hw_off + row3 + j] + br);
     const float z = SIGMOID(xw[x_off + row3 + hid + j] + hw[hw_off + row3 + hid + j] + bz);
     const float hn = hw[hw_off + row3 + 2 * hid + j] + bn;
-    const float nv = tanh(r * hn + xw[x_off + row3 + 2 * hid + j]);
+    const float nv = tanh_f(r * hn + xw[x_off + row3 + 2 * hid + j]);
     gates[g_off + row4 + j] = r;
     gates[g_off + row4 + hid + j] = z;
     gates[g_off + row4 + 2 * hid + j] = nv;
@@ -133,8 +171,7 @@ __kernel void gru_cell_bwd(const int hid, __global const float *gates, const int
                            __global float *dxw, const int dx_off, __global float *dhw,
                            const int dhw_off, __global float *dh_prev, const int dhp_off)
 {
-    const int j = get_global_id(0), n = get_global_id(1);
-    if (j >= hid) return;
+    CELL_CHECK(hid)
     const size_t row3 = (size_t)n * 3 * hid, row4 = (size_t)n * 4 * hid, e = (size_t)n * hid + j;
     const float r = gates[g_off + row4 + j], z = gates[g_off + row4 + hid + j];
     const float nv = gates[g_off + row4 + 2 * hid + j], hn = gates[g_off + row4 + 3 * hid + j];

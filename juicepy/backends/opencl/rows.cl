@@ -122,15 +122,41 @@ __kernel void plane_sums(const int channels, __global const float *dy, const int
     partial[p_off + plane] = row_sum(dy + dy_off + plane * inner, inner);
 }
 
+// partial[z, c] = sum of dy[r, c] over the rows r of chunk z ([z * chunk, (z + 1) * chunk)), in
+// row order; one work-item per chunk walks its rows whole. (One work-item per column walked a
+// column: PoCL runs a work-group's work-items as the outer loop, so each load crossed to a row
+// 4 KB on, missing the TLB and aliasing in L1.)
+__kernel void column_sums(const int channels, __global const float *dy, const int dy_off, const int rows,
+                          const int chunk, __global float *partial, const int p_off)
+{
+    const int z = get_global_id(0);
+    const int begin = z * chunk, end = min(rows, begin + chunk);
+    __global float *dst = partial + p_off + (size_t)z * channels;
+    __global const float *src = dy + dy_off + (size_t)begin * channels;
+    for (int c = 0; c < channels; ++c) dst[c] = src[c];
+    for (int r = begin + 1; r < end; ++r) {
+        src += channels;
+        for (int c = 0; c < channels; ++c) dst[c] += src[c];
+    }
+}
+
 // dbias[c] (+)= sum over rows and inner elements of dy (rows, channels, inner)
 __kernel void bias_grad(const int rows, const int channels, const int inner,
                         __global const float *dy, const int dy_off,
                         __global float *db, const int db_off, const int acc)
 {
+    // bounds asked per work-group first and a plain column walk where inner == 1 (the sum
+    // row_sum gives for one element): a per-item check and the row_sum loop made PoCL mask
+    // or scalarise every load of the vectorised work-group loop
     const int c = get_global_id(0);
-    if (c >= channels) return;
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)channels && c >= channels) return;
     float total = 0.0f;
-    for (int r = 0; r < rows; ++r) total += row_sum(dy + dy_off + ((size_t)r * channels + c) * inner, inner);
+    if (inner == 1) {
+        __global const float *col = dy + dy_off + c;
+        for (int r = 0; r < rows; ++r) total += col[(size_t)r * channels];
+    } else {
+        for (int r = 0; r < rows; ++r) total += row_sum(dy + dy_off + ((size_t)r * channels + c) * inner, inner);
+    }
     STORE(db, db_off + c, total, acc)
 }
 

@@ -4,6 +4,7 @@ combination, alpha/beta, offsets into flat buffers, and both kernel variants."""
 import numpy as np
 import pytest
 
+from juicepy.backends import Workspace
 from juicepy.backends.opencl import OpenCLBackend
 
 SIZES = [(1, 1, 1), (1, 7, 33), (7, 33, 1), (33, 1, 7), (33, 1000, 7), (1000, 7, 33), (7, 1000, 33),
@@ -105,7 +106,6 @@ def test_cooperative_gpu_variant(ocl, rng, m, n, k, ta, tb):
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, -1.0)])
 def test_split_k_for_few_tiles_and_long_k(gemm_ocl, rng, ta, tb, alpha, beta):
     """A few outputs over a long K (a conv weight gradient) is summed in K slabs in parallel."""
-    from juicepy.backends import Workspace
 
     m, n, k = 6, 25, 7000
     a, b, c = operands(rng, m, n, k, ta, tb)
@@ -127,6 +127,24 @@ def test_packed_b_instead_of_direct_staging(gemm_ocl, rng, m, n, k, ta):
     want = reference(a, b, c, ta, False, 1.0, 0.5)
     assert_close(run_gemm(packed, a, b, c, ta, False, 1.0, 0.5), want, k)
     assert_close(run_gemm(gemm_ocl, a, b, c, ta, False, 1.0, 0.5), want, k)
+
+
+@pytest.mark.parametrize("m,n,k,ta", [(64, 256, 1024, False), (61, 70, 300, False), (96, 33, 513, False),
+                                      (1024, 256, 2048, True), (97, 129, 257, True), (5, 40, 700, True)])
+def test_a_staged_straight_from_memory(ocl, rng, m, n, k, ta):
+    """On 8-lane tiles A^T, and A with at most STAGE_A_ROWS rows (a recurrent step's batch),
+    are staged into the tiles straight from A: no pack_a pass, the packed route's results."""
+    direct = OpenCLBackend(ocl.device, vector_width=8)
+    packed = OpenCLBackend(ocl.device, vector_width=8)
+    packed.direct_staging = False
+    a, b, c = operands(rng, m, n, k, ta, False)
+    want = reference(a, b, c, ta, False, 1.0, 0.5)
+    ws = Workspace()
+    out = direct.from_host(c)
+    direct.gemm(direct.from_host(a), direct.from_host(b), out, ta, False, 1.0, 0.5, ws=ws)
+    assert not any(key[0] == "gemm_pack_a" for key in ws._buffers)
+    assert_close(direct.to_host(out), want, k)
+    assert_close(run_gemm(packed, a, b, c, ta, False, 1.0, 0.5), want, k)
 
 
 def test_kernel_shape_follows_the_device_vector_width(ocl):
