@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import rng
 from ..base import (Backend, check_argmax, check_cell, check_embedding, check_nonlinearity, check_swap, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
-                    check_per_channel, check_pool_shapes, check_same, check_view, host_all_finite)
+                    check_per_channel, check_pool_shapes, check_same, check_sequence, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
 from .threads import CHUNK, chunked as _chunked, run_lanes as _run_lanes, split as _split
@@ -578,6 +578,29 @@ class NumpyBackend(Backend):
     def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
         check_cell(self.name, "gru_cell_backward", h_prev, {1: [h_prev, dh, dh_prev], 3: [dxw, dhw], 4: [gates]})
         recurrent.gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws)
+
+    # The whole recurrence in one C call where it can run there (float32, contiguous operands,
+    # kernels built); otherwise base.py's composition of gemm and the cell ops above.
+    def lstm_sequence(self, xw, w_hh, bias_hh, h, c, gates, reverse=False, ws=None):
+        check_sequence(self.name, "lstm_sequence", w_hh, h, {1: [c[1:]], 4: [xw, gates]}, bias_hh)
+        if not recurrent.sequence(self, False, xw, w_hh, bias_hh, h, c, gates, reverse, ws):
+            super().lstm_sequence(xw, w_hh, bias_hh, h, c, gates, reverse, ws)
+
+    def lstm_sequence_backward(self, w_hh, gates, c, dout, offset, dgates, reverse=False, ws=None):
+        check_sequence(self.name, "lstm_sequence_backward", w_hh, c, {4: [gates, dgates]}, dout=dout, offset=offset)
+        if not recurrent.sequence_backward(self, False, w_hh, gates, c, dout, offset, dgates, None, reverse, ws):
+            super().lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
+
+    def gru_sequence(self, xw, w_hh, bias_hh, h, gates, reverse=False, ws=None):
+        check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
+        if not recurrent.sequence(self, True, xw, w_hh, bias_hh, h, None, gates, reverse, ws):
+            super().gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
+
+    def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None):
+        check_sequence(self.name, "gru_sequence_backward", w_hh, h, {3: [dxw, dhw], 4: [gates]}, dout=dout,
+                       offset=offset)
+        if not recurrent.sequence_backward(self, True, w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws):
+            super().gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
