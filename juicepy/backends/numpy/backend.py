@@ -11,7 +11,11 @@ from ..base import (Backend, check_argmax, check_cell, check_embedding, check_no
                     check_per_channel, check_pool_shapes, check_same, check_sequence, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
-from .threads import CHUNK, chunked as _chunked, run_lanes as _run_lanes, split as _split
+from .threads import CHUNK, chunked as _chunked, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes, split as _split
+
+#: multiply-adds from which a GEMM splits its rows over the lanes, and the fewest rows per piece
+GEMM_SPLIT_MIN = 1 << 21
+GEMM_SPLIT_ROWS = 16
 
 
 def _fill_arange(buf) -> None:
@@ -97,18 +101,28 @@ class NumpyBackend(Backend):
         check_gemm(self.name, a, b, out, trans_a, trans_b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
-        if beta == 0.0:
-            np.matmul(a, b, out=out)
+        tmp = None if beta == 0.0 else _scratch(ws, self, "gemm", out.shape, out.dtype)
+
+        def rows(lo, hi, lane=0):
+            dst = out[lo:hi] if tmp is None else tmp[lo:hi]
+            np.matmul(a[lo:hi], b, out=dst)
             if alpha != 1.0:
-                out *= alpha
+                dst *= alpha
+            if tmp is not None:
+                if beta != 1.0:
+                    out[lo:hi] *= beta
+                out[lo:hi] += dst
+
+        m, k = a.shape
+        if m * k * b.shape[1] < GEMM_SPLIT_MIN or m < 2 * GEMM_SPLIT_ROWS:
+            rows(0, m)
             return
-        tmp = _scratch(ws, self, "gemm", out.shape, out.dtype)
-        np.matmul(a, b, out=tmp)
-        if alpha != 1.0:
-            tmp *= alpha
-        if beta != 1.0:
-            out *= beta
-        out += tmp
+        # Big products run as row ranges on the backend's own lanes, each with a single-threaded
+        # BLAS: BLAS's own worker threads keep spinning for a long while after each call and
+        # would take a core from the fused kernels that split over the lanes (the recurrent
+        # sequences), which then run at a fraction of their speed.
+        pieces = max(1, m // GEMM_SPLIT_ROWS)
+        _run_gemm_pieces(pieces, lambda lo, hi, lane: rows(m * lo // pieces, m * hi // pieces))
 
     def add(self, a, b, out):
         self._same("add", a, b, out)
