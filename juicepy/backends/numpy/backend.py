@@ -13,8 +13,9 @@ from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
 from .threads import CHUNK, chunked as _chunked, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes, split as _split
 
-#: multiply-adds from which a GEMM splits its rows over the lanes, and the fewest rows per piece
-GEMM_SPLIT_MIN = 1 << 21
+#: multiply-adds from which a GEMM splits its rows over the lanes (below it BLAS's own threads are
+#: faster: measured in docs/numpy.md), and the fewest rows per piece
+GEMM_SPLIT_MIN = 1 << 26
 GEMM_SPLIT_ROWS = 16
 
 

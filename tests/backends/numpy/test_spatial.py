@@ -95,6 +95,7 @@ def test_big_gemm_split_over_lanes_matches_float64(monkeypatch, trans_a, trans_b
     ranges are uneven); every row range gets alpha, beta and the transposes right."""
     from juicepy.backends.numpy import backend as numpy_backend
     monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+    monkeypatch.setattr(numpy_backend, "GEMM_SPLIT_MIN", 1 << 21)  # small operands, same path
     m, k, n = 301, 129, 70
     assert m * k * n >= numpy_backend.GEMM_SPLIT_MIN
     rng = np.random.default_rng(3)
