@@ -42,7 +42,8 @@ setup(
             ["juicepy/backends/numpy/_rnn_kernels.c"],
             depends=["juicepy/backends/numpy/_kernels.h"],
             # gnu99: GCC vector extensions; FMA contraction in the clones that have FMA
-            extra_compile_args=["-O3", "-std=gnu99", "-fno-math-errno", "-ffp-contract=fast"],
+            extra_compile_args=["-O3", "-std=gnu99", "-fno-math-errno", "-ffp-contract=fast", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         ),
     ]

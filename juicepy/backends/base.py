@@ -128,6 +128,37 @@ def check_cell(backend_name: str, op: str, state, blocks: dict, bias=None, bias_
                          f"{tuple(bias.shape)} {bias.dtype}")
 
 
+def check_sequence(backend_name: str, op: str, w_hh, states, blocks: dict, bias=None, dout=None,
+                   offset: int = 0) -> tuple[int, int, int]:
+    """Raise ValueError unless ``states`` is (T+1, N, H), w_hh (G*H, H) with G = len(bias) / H
+    or the LSTM's/GRU's count, each array of ``blocks`` {k: [arrays]} (T, N, k*H), ``bias``
+    (G*H,) and ``dout`` (T, N, C) with H columns from ``offset``, all of one dtype; (T, N, H)."""
+    if states.ndim != 3 or states.shape[0] < 2:
+        raise ValueError(f"{backend_name} backend {op}: states (T+1, N, H) with T >= 1 expected, got {tuple(states.shape)}")
+    steps, rows, hidden = states.shape[0] - 1, states.shape[1], states.shape[2]
+    gates = w_hh.shape[0] // hidden if w_hh.ndim == 2 else 0
+    arrays = [(a, (steps, rows, k * hidden)) for k, group in blocks.items() for a in group]
+    arrays.append((w_hh, (gates * hidden, hidden)))
+    if bias is not None:
+        arrays.append((bias, (gates * hidden,)))
+    for a, want in arrays:
+        if tuple(a.shape) != want or a.dtype != states.dtype:
+            raise ValueError(f"{backend_name} backend {op}: {want} {states.dtype} expected for states "
+                             f"{tuple(states.shape)}, got {tuple(a.shape)} {a.dtype}")
+    if dout is not None and (dout.ndim != 3 or tuple(dout.shape[:2]) != (steps, rows) or dout.dtype != states.dtype
+                             or not 0 <= offset <= dout.shape[2] - hidden):
+        raise ValueError(f"{backend_name} backend {op}: dout ({steps}, {rows}, C >= offset + {hidden}) "
+                         f"{states.dtype} expected, got {tuple(dout.shape)} {dout.dtype} at offset {offset}")
+    return steps, rows, hidden
+
+
+def _sequence_steps(steps: int, reverse: bool):
+    """(processing index, time, previous state index, new state index) in processing order."""
+    for k in range(steps):
+        t = steps - 1 - k if reverse else k
+        yield k, t, (t + 1, t) if reverse else (t, t + 1)
+
+
 def check_nonlinearity(backend_name: str, nonlinearity: str) -> None:
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"{backend_name} backend rnn_cell: nonlinearity must be 'tanh' or 'relu', "
@@ -545,6 +576,68 @@ class Backend(abc.ABC):
         dhw (N, 3H), that of hw + b_hh, and dh_prev = dh * z, the direct path only (the layer
         adds dhw @ W_hh). ``dh_prev`` may be ``dh`` itself."""
         raise NotImplementedError(f"{self.name}: gru_cell_backward")
+
+    # ------------------------------------------------------ recurrent sequences
+    # All T steps of one direction of an LSTM or GRU layer, time-major: ``xw`` (T, N, G*H) the
+    # input projections of every step (b_ih added, or both biases where ``bias_hh`` is None),
+    # ``w_hh`` (G*H, H). State buffers (T+1, N, H): going forward, step t enters from index t
+    # and writes t + 1; with ``reverse`` it enters from t + 1 and writes t; the op itself zeroes
+    # the initial state. Here they are composed of gemm and the cell ops, one GEMM and one cell
+    # per step; a backend may run the whole recurrence as one kernel.
+    def lstm_sequence(self, xw, w_hh, bias_hh, h, c, gates, reverse=False, ws=None) -> None:
+        """h, c (T+1, N, H) as above; gates (T, N, 4H) receives every step's lstm_cell gates."""
+        steps, rows, hidden = check_sequence(self.name, "lstm_sequence", w_hh, h, {1: [c[1:]], 4: [xw, gates]},
+                                             bias_hh)
+        hw = scratch(ws, self, "rnn_hw", (rows, 4 * hidden), xw.dtype)
+        for k, t, (prev, cur) in _sequence_steps(steps, reverse):
+            if k == 0:
+                self.fill(h[prev], 0.0)
+                self.fill(c[prev], 0.0)
+                self.fill(hw, 0.0)
+            else:
+                self.gemm(h[prev], w_hh, hw, trans_b=True, ws=ws)
+            self.lstm_cell(xw[t], hw, bias_hh, c[prev], gates[t], c[cur], h[cur], ws=ws)
+
+    def lstm_sequence_backward(self, w_hh, gates, c, dout, offset, dgates, reverse=False, ws=None) -> None:
+        """dout (T, N, C): the gradient of the time-major layer output, this direction's h in
+        columns [offset, offset + H). dgates (T, N, 4H) receives the gradient of every step's
+        pre-activations (of xw, of h_prev @ W_hh^T and of both biases)."""
+        steps, rows, hidden = check_sequence(self.name, "lstm_sequence_backward", w_hh, c, {4: [gates, dgates]},
+                                             dout=dout, offset=offset)
+        dh = scratch(ws, self, "rnn_dh", (rows, hidden), c.dtype)
+        dc = scratch(ws, self, "rnn_dc", (rows, hidden), c.dtype)
+        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
+            self.slice_channels(dout[t], dh, offset, accumulate=k < steps - 1)
+            if k == steps - 1:
+                self.fill(dc, 0.0)
+            self.lstm_cell_backward(gates[t], c[prev], c[cur], dh, dc, dgates[t], dc, ws=ws)
+            if k > 0:  # the gradient into the previous state (none into the zero initial one)
+                self.gemm(dgates[t], w_hh, dh, ws=ws)
+
+    def gru_sequence(self, xw, w_hh, bias_hh, h, gates, reverse=False, ws=None) -> None:
+        """h (T+1, N, H) as above; gates (T, N, 4H) receives every step's gru_cell gates. xw
+        holds b_ih only: b_hn sits inside the reset product, so ``bias_hh`` stays apart."""
+        steps, rows, hidden = check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
+        hw = scratch(ws, self, "rnn_hw", (rows, 3 * hidden), xw.dtype)
+        for k, t, (prev, cur) in _sequence_steps(steps, reverse):
+            if k == 0:
+                self.fill(h[prev], 0.0)
+                self.fill(hw, 0.0)
+            else:
+                self.gemm(h[prev], w_hh, hw, trans_b=True, ws=ws)
+            self.gru_cell(xw[t], hw, bias_hh, h[prev], gates[t], h[cur], ws=ws)
+
+    def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None) -> None:
+        """dout as for lstm_sequence_backward; dxw, dhw (T, N, 3H) receive every step's
+        gru_cell_backward gradients of xw (and b_ih) and of hw + b_hh."""
+        steps, rows, hidden = check_sequence(self.name, "gru_sequence_backward", w_hh, h,
+                                             {3: [dxw, dhw], 4: [gates]}, dout=dout, offset=offset)
+        dh = scratch(ws, self, "rnn_dh", (rows, hidden), h.dtype)
+        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
+            self.slice_channels(dout[t], dh, offset, accumulate=k < steps - 1)
+            self.gru_cell_backward(gates[t], h[prev], dh, dxw[t], dhw[t], dh, ws=ws)
+            if k > 0:  # adds to the direct path dh * z that the cell left in dh
+                self.gemm(dhw[t], w_hh, dh, beta=1.0, ws=ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset: int, accumulate=False) -> None:

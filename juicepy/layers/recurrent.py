@@ -161,21 +161,24 @@ class _Recurrent(Layer):
                 backend.add(b_ih, b_hh, b_sum)
                 b_hh = b_sum
         hs = ctx.buffer(f"h{layer}.{d}")
-        hw = scratch(ctx.ws, backend, "rnn_hw", (n, self.gate_blocks * hid), ctx.output().dtype)
-        out = ctx.buffer(f"out{layer}") if self.directions == 2 else None
+        self._recurrence(backend, ctx, layer, d, xw, w_hh, b_hh, hs)
+        if self.directions == 2:
+            states = hs[1:] if d == 0 else hs[:t_len]
+            backend.copy_channels(backend.reshape(states, (t_len * n, hid)),
+                                  backend.reshape(ctx.buffer(f"out{layer}"), (t_len * n, 2 * hid)), d * hid)
+
+    def _recurrence(self, backend, ctx, layer, d, xw, w_hh, b_hh, hs) -> None:
+        """Every step of one direction from a zero state: one GEMM with W_hh and one cell per
+        step (the LSTM and GRU hand the whole loop to one backend op)."""
+        t_len, n = self.seq_len, ctx.batch_size
+        hw = scratch(ctx.ws, backend, "rnn_hw", (n, self.gate_blocks * self.hidden_size), ctx.output().dtype)
         backend.fill(hs[0 if d == 0 else t_len], 0.0)
-        self._begin_forward(backend, ctx, layer, d)
         for k, t, (prev, cur) in self._steps(t_len, d):
             if k == 0:
                 backend.fill(hw, 0.0)  # zero initial state
             else:
                 backend.gemm(hs[prev], w_hh, hw, trans_b=True, ws=ctx.ws)
             self._cell(backend, ctx, layer, d, t, prev, cur, xw[t], hw, b_hh, hs)
-            if out is not None:
-                backend.copy_channels(hs[cur], out[t], d * hid)
-
-    def _begin_forward(self, backend, ctx, layer, d) -> None:
-        """Zero the extra initial states of a cell type."""
 
     # ----------------------------------------------------------- backward
     def compute_gradients(self, backend, ctx):
@@ -204,13 +207,8 @@ class _Recurrent(Layer):
         params = self._weights(layer, d)
         w_ih, w_hh = ctx.param(params[0]), ctx.param(params[1])
         hs = ctx.buffer(f"h{layer}.{d}")
-        dh = scratch(ctx.ws, backend, "rnn_dh", (n, hid), ctx.output().dtype)
         dx_pre, dh_pre = self._pre_grads(backend, ctx)
-        for k, t, (prev, cur) in reversed(list(self._steps(t_len, d))):
-            backend.slice_channels(dout[t], dh, d * hid, accumulate=k < t_len - 1)
-            self._cell_backward(backend, ctx, layer, d, t, prev, cur, hs, dh, k == t_len - 1)
-            if k > 0:  # the gradient into the previous state (none into the zero initial one)
-                backend.gemm(dh_pre[t], w_hh, dh, beta=float(self.direct_state_path), ws=ctx.ws)
+        self._recurrence_backward(backend, ctx, layer, d, w_hh, hs, dout)
         dxp2 = backend.reshape(dx_pre, (rows, self.gate_blocks * hid))
         dhp2 = backend.reshape(dh_pre, (rows, self.gate_blocks * hid))
         gw, acc = ctx.param_grad_target(params[0])
@@ -236,11 +234,19 @@ class _Recurrent(Layer):
             backend.gemm(dxp2, w_ih, backend.reshape(din, (rows, self._in_features(layer))),
                          beta=float(din_acc), ws=ctx.ws)
 
+    def _recurrence_backward(self, backend, ctx, layer, d, w_hh, hs, dout) -> None:
+        """The pre-activation gradients (``_pre_grads``) of every step of one direction."""
+        t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
+        dh = scratch(ctx.ws, backend, "rnn_dh", (n, hid), ctx.output().dtype)
+        _, dh_pre = self._pre_grads(backend, ctx)
+        for k, t, (prev, cur) in reversed(list(self._steps(t_len, d))):
+            backend.slice_channels(dout[t], dh, d * hid, accumulate=k < t_len - 1)
+            self._cell_backward(backend, ctx, layer, d, t, prev, cur, hs, dh, k == t_len - 1)
+            if k > 0:  # the gradient into the previous state (none into the zero initial one)
+                backend.gemm(dh_pre[t], w_hh, dh, ws=ctx.ws)
+
     #: whether the cell needs b_hh apart from the input projection (GRU: b_hn sits inside r * (...))
     reset_reads_bias = False
-    #: whether the cell's backward already wrote a direct term into dh (GRU: dh * z), so the
-    #: recurrent GEMM adds to it rather than overwriting
-    direct_state_path = False
 
     def _pre_grads(self, backend, ctx):
         """(gradient of xw, gradient of hw + b_hh) for all steps, (T, N, G*H) each."""
@@ -285,22 +291,14 @@ class LSTM(_Recurrent):
     def _setup_cell(self, ctx, layer, d):
         ctx.make_buffer(f"c{layer}.{d}", (self.seq_len + 1, ctx.batch_size, self.hidden_size))
 
-    def _begin_forward(self, backend, ctx, layer, d):
-        backend.fill(ctx.buffer(f"c{layer}.{d}")[0 if d == 0 else self.seq_len], 0.0)
+    def _recurrence(self, backend, ctx, layer, d, xw, w_hh, b_hh, hs):
+        backend.lstm_sequence(xw, w_hh, b_hh, hs, ctx.buffer(f"c{layer}.{d}"), ctx.buffer(f"gates{layer}.{d}"),
+                              reverse=d == 1, ws=ctx.ws)
 
-    def _cell(self, backend, ctx, layer, d, t, prev, cur, xw_t, hw, b_hh, hs):
-        cs = ctx.buffer(f"c{layer}.{d}")
-        backend.lstm_cell(xw_t, hw, b_hh, cs[prev], ctx.buffer(f"gates{layer}.{d}")[t], cs[cur], hs[cur],
-                          ws=ctx.ws)
-
-    def _cell_backward(self, backend, ctx, layer, d, t, prev, cur, hs, dh, first):
-        cs = ctx.buffer(f"c{layer}.{d}")
-        dc = scratch(ctx.ws, backend, "rnn_dc", (ctx.batch_size, self.hidden_size), ctx.output().dtype)
-        if first:
-            backend.fill(dc, 0.0)
+    def _recurrence_backward(self, backend, ctx, layer, d, w_hh, hs, dout):
         pre, _ = self._pre_grads(backend, ctx)
-        backend.lstm_cell_backward(ctx.buffer(f"gates{layer}.{d}")[t], cs[prev], cs[cur], dh, dc, pre[t], dc,
-                                   ws=ctx.ws)
+        backend.lstm_sequence_backward(w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"c{layer}.{d}"), dout,
+                                       d * self.hidden_size, pre, reverse=d == 1, ws=ctx.ws)
 
 
 class GRU(_Recurrent):
@@ -308,7 +306,6 @@ class GRU(_Recurrent):
 
     gate_blocks = 3
     kept_gates = 4  # r, z, n and hn = W_hn h + b_hn
-    direct_state_path = True
     reset_reads_bias = True
 
     def _pre_grads(self, backend, ctx):
@@ -316,13 +313,13 @@ class GRU(_Recurrent):
         return (scratch(ctx.ws, backend, "rnn_dpre", shape, ctx.output().dtype),
                 scratch(ctx.ws, backend, "rnn_dpre_h", shape, ctx.output().dtype))
 
-    def _cell(self, backend, ctx, layer, d, t, prev, cur, xw_t, hw, b_hh, hs):
-        backend.gru_cell(xw_t, hw, b_hh, hs[prev], ctx.buffer(f"gates{layer}.{d}")[t], hs[cur], ws=ctx.ws)
+    def _recurrence(self, backend, ctx, layer, d, xw, w_hh, b_hh, hs):
+        backend.gru_sequence(xw, w_hh, b_hh, hs, ctx.buffer(f"gates{layer}.{d}"), reverse=d == 1, ws=ctx.ws)
 
-    def _cell_backward(self, backend, ctx, layer, d, t, prev, cur, hs, dh, first):
+    def _recurrence_backward(self, backend, ctx, layer, d, w_hh, hs, dout):
         dxw, dhw = self._pre_grads(backend, ctx)
-        backend.gru_cell_backward(ctx.buffer(f"gates{layer}.{d}")[t], hs[prev], dh, dxw[t], dhw[t], dh,
-                                  ws=ctx.ws)
+        backend.gru_sequence_backward(w_hh, ctx.buffer(f"gates{layer}.{d}"), hs, dout, d * self.hidden_size, dxw,
+                                      dhw, reverse=d == 1, ws=ctx.ws)
 
 
 # ------------------------------------------------------------------ heads over time

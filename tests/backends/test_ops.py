@@ -1107,6 +1107,73 @@ def test_gru_cell_and_backward(ops_backend, dtype, rng, with_bias, layout):
     placed.check_sentinels()
 
 
+def _sequence_reference(gru, xw, w, b, dout, offset, reverse):
+    """Every step of one LSTM/GRU direction from zero states, and its backward from dout's
+    columns [offset, offset + H), by the cell references above: (h, c, gates, dx_pre, dh_pre)."""
+    steps, rows = xw.shape[:2]
+    hid = w.shape[1]
+    h, c = np.zeros((steps + 1, rows, hid)), np.zeros((steps + 1, rows, hid))
+    gates, order = np.zeros((steps, rows, 4 * hid)), []
+    for k in range(steps):
+        t = steps - 1 - k if reverse else k
+        prev, cur = (t + 1, t) if reverse else (t, t + 1)
+        order.append((t, prev, cur))
+        hw = h[prev] @ w.T
+        if gru:
+            gates[t], h[cur] = _gru_reference(xw[t], hw, b, h[prev], np.zeros((rows, hid)))[:2]
+        else:
+            gates[t], c[cur], h[cur] = _lstm_reference(xw[t], hw, b, c[prev], np.zeros((rows, hid)),
+                                                       np.zeros((rows, hid)))[:3]
+    blocks = 3 if gru else 4
+    dx_pre, dh_pre = np.zeros((steps, rows, blocks * hid)), np.zeros((steps, rows, blocks * hid))
+    dh, dc = np.zeros((rows, hid)), np.zeros((rows, hid))
+    for t, prev, cur in reversed(order):
+        dh = dh + dout[t][:, offset:offset + hid]
+        hw = h[prev] @ w.T
+        if gru:
+            _, _, dx_pre[t], dh_pre[t], direct = _gru_reference(xw[t], hw, b, h[prev], dh)
+            dh = direct + dh_pre[t] @ w
+        else:
+            dx_pre[t], dc = _lstm_reference(xw[t], hw, b, c[prev], dh, dc)[3:]
+            dh_pre[t] = dx_pre[t]
+            dh = dx_pre[t] @ w
+    return h, c, gates, dx_pre, dh_pre
+
+
+@pytest.mark.parametrize("gru", [False, True], ids=["lstm", "gru"])
+@pytest.mark.parametrize("steps, rows, hid, reverse, with_bias", [(4, 5, 7, False, True), (3, 7, 37, True, False),
+                                                                 (1, 2, 3, True, True)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lstm_and_gru_sequences(ops_backend, dtype, rng, gru, steps, rows, hid, reverse, with_bias, layout):
+    blocks = 3 if gru else 4
+    xw = rng.standard_normal((steps, rows, blocks * hid)) * 2
+    w = rng.standard_normal((blocks * hid, hid)) / np.sqrt(hid) * 1.5
+    b = rng.standard_normal(blocks * hid)
+    offset = hid  # this direction's columns of a bidirectional layer's output gradient
+    dout = rng.standard_normal((steps, rows, 2 * hid + 1))
+    h_ref, c_ref, g_ref, dx_ref, dh_ref = _sequence_reference(gru, xw, w, b if with_bias else None, dout, offset,
+                                                              reverse)
+    junk = lambda *shape: rng.standard_normal(shape)  # noqa: E731  (the ops overwrite, or zero, all of it)
+    arrays = [xw, w, b, junk(steps + 1, rows, hid), junk(steps + 1, rows, hid), junk(steps, rows, 4 * hid), dout,
+              junk(steps, rows, blocks * hid), junk(steps, rows, blocks * hid)]
+    placed = Placed(ops_backend, arrays, dtype, layout)
+    d = placed.devs
+    bias = d[2] if with_bias else None
+    tol = tolerance(dtype, scale=20)
+    if gru:
+        ops_backend.gru_sequence(d[0], d[1], bias, d[3], d[5], reverse=reverse)
+        ops_backend.gru_sequence_backward(d[1], d[5], d[3], d[6], offset, d[7], d[8], reverse=reverse)
+        np.testing.assert_allclose(placed.host(8), dh_ref, **tol)
+    else:
+        ops_backend.lstm_sequence(d[0], d[1], bias, d[3], d[4], d[5], reverse=reverse)
+        ops_backend.lstm_sequence_backward(d[1], d[5], d[4], d[6], offset, d[7], reverse=reverse)
+        np.testing.assert_allclose(placed.host(4), c_ref, **tol)
+    np.testing.assert_allclose(placed.host(3), h_ref, **tol)
+    np.testing.assert_allclose(placed.host(5), g_ref, **tol)
+    np.testing.assert_allclose(placed.host(7), dx_ref, **tol)
+    placed.check_sentinels()
+
+
 def test_sequence_ops_refuse_bad_arguments(ops_backend):
     b = ops_backend
     z = lambda *s: b.zeros(s)  # noqa: E731
@@ -1128,6 +1195,14 @@ def test_sequence_ops_refuse_bad_arguments(ops_backend):
         b.gru_cell(z(2, 9), z(2, 9), None, z(2, 3), z(2, 9), z(2, 3))  # gates need 4 blocks
     with bad_argument(b, "gru_cell_backward"):
         b.gru_cell_backward(z(2, 12), z(2, 3), z(2, 3), z(2, 12), z(2, 9), z(2, 3))
+    with bad_argument(b, "lstm_sequence"):
+        b.lstm_sequence(z(4, 2, 12), z(12, 3), None, z(5, 2, 3), z(5, 2, 3), z(4, 2, 9))  # gates need 4 blocks
+    with bad_argument(b, "lstm_sequence_backward"):
+        b.lstm_sequence_backward(z(12, 3), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 1, z(4, 2, 12))  # offset + H > C
+    with bad_argument(b, "gru_sequence"):
+        b.gru_sequence(z(4, 2, 9), z(9, 3), z(12), z(5, 2, 3), z(4, 2, 12))  # bias of 4 blocks
+    with bad_argument(b, "gru_sequence_backward"):
+        b.gru_sequence_backward(z(9, 4), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 0, z(4, 2, 9), z(4, 2, 9))
 
 
 def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
@@ -1139,6 +1214,10 @@ def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, r
     dxw, dhw, dh, dc, dg = f(n, 3 * hid), f(n, 3 * hid), f(n, hid), f(n, hid), f(n, 4 * hid)
     idx, emb, dy, dw = b.from_host(np.array([1, 0, 1], np.int32)), f(3, 5), f(3, 5), f(4, 5)
     tm, bm = f(2, 3, 4), f(3, 2, 4)
+    t = 3
+    seq_lstm = (f(t, n, 4 * hid), f(4 * hid, hid), f(4 * hid), f(t + 1, n, hid), f(t + 1, n, hid), f(t, n, 4 * hid))
+    seq_gru = (f(t, n, 3 * hid), f(3 * hid, hid), f(3 * hid), f(t + 1, n, hid), f(t, n, 4 * hid))
+    seq_dout, seq_d1, seq_d2, seq_d4 = f(t, n, hid), f(t, n, 3 * hid), f(t, n, 3 * hid), f(t, n, 4 * hid)
 
     def step():
         b.lstm_cell(*lstm, ws=ws)
@@ -1149,6 +1228,10 @@ def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, r
         b.embedding(idx, dw, emb)
         b.embedding_backward(idx, dy, dw, padding_idx=1, accumulate=True, ws=ws)
         b.swap_leading_axes(tm, bm, accumulate=True)
+        b.lstm_sequence(*seq_lstm, reverse=True, ws=ws)
+        b.lstm_sequence_backward(seq_lstm[1], seq_lstm[5], seq_lstm[4], seq_dout, 0, seq_d4, reverse=True, ws=ws)
+        b.gru_sequence(*seq_gru, ws=ws)
+        b.gru_sequence_backward(seq_gru[1], seq_gru[4], seq_gru[3], seq_dout, 0, seq_d1, seq_d2, ws=ws)
 
     step()
     before = b.allocations
@@ -1239,6 +1322,8 @@ COVERAGE = {
     "embedding_backward": "test_embedding_gather_and_scatter", "rnn_cell": "test_rnn_cell",
     "lstm_cell": "test_lstm_cell_and_backward", "lstm_cell_backward": "test_lstm_cell_and_backward",
     "gru_cell": "test_gru_cell_and_backward", "gru_cell_backward": "test_gru_cell_and_backward",
+    **{op: "test_lstm_and_gru_sequences" for op in ("lstm_sequence", "lstm_sequence_backward", "gru_sequence",
+                                                   "gru_sequence_backward")},
 }
 
 

@@ -360,6 +360,407 @@ static void gru_backward_f64(const double *gates, const double *h_prev, const do
         }
 }
 
+/* ---------------------------------------------------------------- whole sequences (float32) */
+/* All T steps of one direction in one call, for LSTM and GRU. The hidden units are split over
+ * the threads in chunks of 16; each thread owns its units' gate columns: per step it multiplies
+ * h_{t-1} by its own slice of W_hh^T (packed once per call, own micro-kernel: a BLAS call per
+ * slice would fork and join its own threads every step) and runs the cell on its units while
+ * the gates are still in its cache. The threads meet once per step, when the new h is complete.
+ *
+ * The backward splits the same way: each thread turns its units' dh into their dgates, then
+ * multiplies those gate columns by the matching rows of W_hh, a partial dh_{t-1} over all units;
+ * the next step sums the threads' partials in thread order (deterministic for a fixed thread
+ * count). Partials alternate between two buffers, so one meeting per step suffices there too. */
+#include <pthread.h>
+#include <sched.h>
+
+#define NR 16 /* columns of a packed weight panel: two vectors */
+#define MR 6  /* rows of a micro-tile: 12 accumulators, 2 panel vectors and a broadcast in 16 registers */
+
+/* C[mr x 16] = A[mr x K] (row stride lda) times one packed panel B[K][16]; C row stride ldc. */
+INLINE void tile(int mr, I K, const float *A, I lda, const float *B, float *C, I ldc)
+{
+    vf acc0[MR], acc1[MR];
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) acc0[r] = acc1[r] = splat(0.0f);
+    for (I k = 0; k < K; k++) {
+        const vf b0 = load(B + k * NR), b1 = load(B + k * NR + W);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            const float a = A[r * lda + k]; /* scalar times vector: one vbroadcastss */
+            acc0[r] += a * b0;
+            acc1[r] += a * b1;
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        store(C + r * ldc, acc0[r]);
+        store(C + r * ldc + W, acc1[r]);
+    }
+}
+
+/* C[M x 16 panels] = A[M x K] times ``panels`` packed panels stored one after another. */
+INLINE void gemm_panels(I M, I K, const float *A, I lda, const float *B, I panels, float *C, I ldc)
+{
+    for (I p = 0; p < panels; p++) {
+        const float *bp = B + p * K * NR;
+        float *cp = C + p * NR;
+        I m = 0;
+        for (; m + MR <= M; m += MR) tile(MR, K, A + m * lda, lda, bp, cp + m * ldc, ldc);
+        switch (M - m) {
+        case 1: tile(1, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
+        case 2: tile(2, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
+        case 3: tile(3, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
+        case 4: tile(4, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
+        case 5: tile(5, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
+        default: break;
+        }
+    }
+}
+
+/* A barrier that spins (the threads meet every few hundred microseconds), yielding the core
+ * after a while so that an oversubscribed machine still makes progress. */
+typedef struct {
+    int count, generation, parties;
+} Barrier;
+
+static void barrier_wait(Barrier *b)
+{
+    if (b->parties == 1) return;
+    int gen = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->parties) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->generation, gen + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    for (long spins = 0; __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == gen; spins++) {
+        if (spins < 20000) __builtin_ia32_pause();
+        else sched_yield();
+    }
+}
+
+/* One call's geometry and operands. Gate blocks G: 4 for the LSTM (i, f, g, o), 3 for the GRU's
+ * W_hh (r, z, n); the GRU keeps 4 blocks of gates (r, z, n, hn). */
+typedef struct {
+    int gru, G, threads, reverse, backward;
+    I T, N, H, chunks, slice, hpad; /* slice: a thread's padded unit count; hpad: H padded to 16 */
+    const float *xw, *w, *b;        /* forward: xw (T, N, G*H), w (G*H, H), b (G*H) or NULL */
+    float *hs, *cs, *gates;         /* (T+1, N, H), (T+1, N, H) (LSTM only), (T, N, 4H | 4H) */
+    const float *dout;              /* backward: (T, N, dstride), this direction's dh at doff */
+    I dstride, doff;
+    float *dx, *dhw;                /* (T, N, G*H): dgates (LSTM: one array), GRU: dxw and dhw */
+    float *scratch;
+    I per_thread;
+    Barrier barrier;
+    int go; /* lanes wait for 1 (run) or -1 (quit) */
+} Seq;
+
+typedef struct {
+    Seq *s;
+    int tid;
+} Lane;
+
+/* The thread's units [j0, j1) and its chunk count. */
+static void units(const Seq *s, int tid, I *j0, I *j1, I *nch)
+{
+    I c0 = s->chunks * tid / s->threads, c1 = s->chunks * (tid + 1) / s->threads;
+    *j0 = c0 * NR;
+    *j1 = c1 * NR < s->H ? c1 * NR : s->H;
+    *nch = c1 - c0;
+}
+
+/* Floats of scratch one thread needs, and the partial dh buffers all threads share (backward). */
+static I per_thread_floats(int G, I N, I H, I slice, I hpad, int backward)
+{
+    if (!backward) return G * slice * H + N * G * slice;           /* packed W_hh^T, gate sums */
+    return hpad * G * slice + N * G * slice + N * slice * 2 + slice; /* packed W_hh, dgates, dc|dh direct, dh row */
+}
+
+static I shared_floats(I N, I hpad, int threads, int backward) { return backward ? 2 * threads * N * hpad : 0; }
+
+/* W_hh^T's columns of the thread's units, per gate block, as 16-column panels (zero past j1). */
+static void pack_forward(const Seq *s, I j0, I j1, I nch, float *out)
+{
+    const I H = s->H;
+    for (int k = 0; k < s->G; k++)
+        for (I c = 0; c < nch; c++) {
+            float *panel = out + (k * nch + c) * H * NR;
+            for (int u = 0; u < NR; u++) {
+                I j = j0 + c * NR + u;
+                const float *row = j < j1 ? s->w + (k * H + j) * H : NULL;
+                for (I kk = 0; kk < H; kk++) panel[kk * NR + u] = row ? row[kk] : 0.0f;
+            }
+        }
+}
+
+/* The rows of W_hh of the thread's gate columns (row k * slice + jj for unit j0 + jj of block
+ * k; zero past j1), as 16-column panels over H (zero past H). */
+static void pack_backward(const Seq *s, I j0, I j1, float *out)
+{
+    const I H = s->H, K = s->G * s->slice;
+    for (I p = 0; p < s->hpad / NR; p++)
+        for (int k = 0; k < s->G; k++)
+            for (I jj = 0; jj < s->slice; jj++) {
+                float *dst = out + (p * K + k * s->slice + jj) * NR;
+                I j = j0 + jj;
+                for (int u = 0; u < NR; u++) {
+                    I col = p * NR + u;
+                    dst[u] = j < j1 && col < H ? s->w[(k * H + j) * H + col] : 0.0f;
+                }
+            }
+}
+
+INLINE void step_index(const Seq *s, I k, I *t, I *prev, I *cur)
+{
+    *t = s->reverse ? s->T - 1 - k : k;
+    *prev = s->reverse ? *t + 1 : *t;
+    *cur = s->reverse ? *t : *t + 1;
+}
+
+RNN_CLONES static void forward_lane(Seq *s, int tid)
+{
+    I j0, j1, nch;
+    units(s, tid, &j0, &j1, &nch);
+    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, ld = G * SP;
+    float *pack = s->scratch + tid * s->per_thread, *acc = pack + G * SP * H;
+    pack_forward(s, j0, j1, nch, pack);
+    for (I k = 0; k < s->T; k++) {
+        I t, prev, cur;
+        step_index(s, k, &t, &prev, &cur);
+        float *hp = s->hs + prev * N * H, *hc = s->hs + cur * N * H;
+        float *cp = s->cs ? s->cs + prev * N * H : NULL, *cc = s->cs ? s->cs + cur * N * H : NULL;
+        if (k == 0) { /* zero initial states: no product, and this thread's units start at zero */
+            memset(acc, 0, (size_t)(N * ld) * sizeof(float));
+            for (I m = 0; m < N; m++) {
+                memset(hp + m * H + j0, 0, (size_t)w * sizeof(float));
+                if (cp) memset(cp + m * H + j0, 0, (size_t)w * sizeof(float));
+            }
+        } else {
+            for (int q = 0; q < G; q++) /* block q's sums start at column q * SP */
+                gemm_panels(N, H, hp, H, pack + q * nch * H * NR, nch, acc + q * SP, ld);
+        }
+        for (I m = 0; m < N; m++) {
+            float *a = acc + m * ld;
+            const float *x = s->xw + (t * N + m) * G * H + j0, *b = s->b ? s->b + j0 : NULL;
+            float *g = s->gates + (t * N + m) * 4 * H + j0;
+            const I at = m * H + j0;
+            if (!s->gru) {
+                for (int q = 0; q < 4; q++) {
+                    const float sc = q == 2 ? 1.0f : 0.5f;
+                    const float *xq = x + q * H, *bq = b ? b + q * H : NULL;
+                    float *aq = a + q * SP;
+                    ROW_LOOP(j, w,
+                             vf v = load(xq + j) + load(aq + j); if (bq) v += load(bq + j);
+                             store(aq + j, v * splat(sc)),
+                             float v = xq[j] + aq[j]; if (bq) v += bq[j]; aq[j] = v * sc);
+                }
+                tanh_span(a, a, 4 * SP);
+                const float *ai = a, *af = a + SP, *ag = a + 2 * SP, *ao = a + 3 * SP, *vcp = cp + at;
+                float *gi = g, *gf = g + H, *gg = g + 2 * H, *go = g + 3 * H, *vc = cc + at, *vh = hc + at;
+                ROW_LOOP(j, w,
+                         vf i = load(ai + j) * splat(0.5f) + splat(0.5f);
+                         vf f = load(af + j) * splat(0.5f) + splat(0.5f);
+                         vf gv = load(ag + j);
+                         vf o = load(ao + j) * splat(0.5f) + splat(0.5f);
+                         store(gi + j, i); store(gf + j, f); store(gg + j, gv); store(go + j, o);
+                         store(vc + j, f * load(vcp + j) + i * gv),
+                         float i = ai[j] * 0.5f + 0.5f; float f = af[j] * 0.5f + 0.5f; float gv = ag[j];
+                         float o = ao[j] * 0.5f + 0.5f;
+                         gi[j] = i; gf[j] = f; gg[j] = gv; go[j] = o; vc[j] = f * vcp[j] + i * gv);
+                tanh_span(vh, vc, w);
+                ROW_LOOP(j, w, store(vh + j, load(go + j) * load(vh + j)), vh[j] = go[j] * vh[j]);
+            } else {
+                for (int q = 0; q < 2; q++) {
+                    const float *xq = x + q * H, *bq = b ? b + q * H : NULL;
+                    float *aq = a + q * SP;
+                    ROW_LOOP(j, w,
+                             vf v = load(xq + j) + load(aq + j); if (bq) v += load(bq + j);
+                             store(aq + j, v * splat(0.5f)),
+                             float v = xq[j] + aq[j]; if (bq) v += bq[j]; aq[j] = v * 0.5f);
+                }
+                tanh_span(a, a, 2 * SP);
+                const float *ar = a, *az = a + SP, *an = a + 2 * SP, *xn = x + 2 * H;
+                const float *bn = b ? b + 2 * H : NULL, *vhp = hp + at;
+                float *gr = g, *gz = g + H, *gn = g + 2 * H, *ghn = g + 3 * H, *vh = hc + at;
+                ROW_LOOP(j, w,
+                         vf r = load(ar + j) * splat(0.5f) + splat(0.5f);
+                         vf z = load(az + j) * splat(0.5f) + splat(0.5f);
+                         vf hn = load(an + j); if (bn) hn += load(bn + j);
+                         store(gr + j, r); store(gz + j, z); store(ghn + j, hn);
+                         store(gn + j, load(xn + j) + r * hn),
+                         float r = ar[j] * 0.5f + 0.5f; float z = az[j] * 0.5f + 0.5f;
+                         float hn = an[j]; if (bn) hn += bn[j];
+                         gr[j] = r; gz[j] = z; ghn[j] = hn; gn[j] = xn[j] + r * hn);
+                tanh_span(gn, gn, w);
+                ROW_LOOP(j, w,
+                         vf z = load(gz + j);
+                         store(vh + j, (splat(1.0f) - z) * load(gn + j) + z * load(vhp + j)),
+                         float z = gz[j]; vh[j] = (1.0f - z) * gn[j] + z * vhp[j]);
+            }
+        }
+        barrier_wait(&s->barrier); /* the new h is complete before any thread multiplies it */
+    }
+}
+
+RNN_CLONES static void backward_lane(Seq *s, int tid)
+{
+    I j0, j1, nch;
+    units(s, tid, &j0, &j1, &nch);
+    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, K = G * SP, hp = s->hpad;
+    float *pack = s->scratch + tid * s->per_thread, *d = pack + hp * K, *carry = d + N * K;
+    float *row = carry + 2 * N * SP; /* carry: dc (LSTM) or dh * z (GRU) of this thread's units */
+    float *partials = s->scratch + s->threads * s->per_thread; /* [2][threads][N][hpad] */
+    pack_backward(s, j0, j1, pack);
+    memset(d, 0, (size_t)(N * K) * sizeof(float));
+    memset(carry, 0, (size_t)(N * SP) * sizeof(float));
+    int par = 0;
+    for (I k = s->T - 1; k >= 0; k--) {
+        I t, prev, cur;
+        step_index(s, k, &t, &prev, &cur);
+        const int later = k < s->T - 1; /* a later step passed its gradient back */
+        for (I m = 0; m < N; m++) {
+            const float *e = s->dout + (t * N + m) * s->dstride + s->doff + j0;
+            float *dh = row, *cy = carry + m * SP;
+            if (later) {
+                ROW_LOOP(j, w, store(dh + j, load(e + j)), dh[j] = e[j]);
+                if (s->gru) ROW_LOOP(j, w, store(dh + j, load(dh + j) + load(cy + j)), dh[j] += cy[j]);
+                for (int th = 0; th < s->threads; th++) {
+                    const float *pt = partials + ((par * s->threads + th) * N + m) * hp + j0;
+                    ROW_LOOP(j, w, store(dh + j, load(dh + j) + load(pt + j)), dh[j] += pt[j]);
+                }
+            } else {
+                ROW_LOOP(j, w, store(dh + j, load(e + j)), dh[j] = e[j]);
+            }
+            const float *g = s->gates + (t * N + m) * 4 * H + j0;
+            float *dr = d + m * K;
+            const I at = m * H + j0;
+            if (!s->gru) {
+                const float *gi = g, *gf = g + H, *gg = g + 2 * H, *go = g + 3 * H;
+                const float *vcp = s->cs + prev * N * H + at, *vc = s->cs + cur * N * H + at;
+                float *tc = dr + 3 * SP; /* tanh(c) waits in the o block, which is written last */
+                tanh_span(tc, vc, w);
+                float *o1 = s->dx + (t * N + m) * 4 * H + j0;
+                float *di = o1, *df = o1 + H, *dg = o1 + 2 * H, *dO = o1 + 3 * H;
+                float *pi = dr, *pf = dr + SP, *pg = dr + 2 * SP, *po = dr + 3 * SP;
+                ROW_LOOP(j, w,
+                         const vf one = splat(1.0f);
+                         vf i = load(gi + j); vf f = load(gf + j); vf gv = load(gg + j); vf o = load(go + j);
+                         vf tt = load(tc + j); vf ev = load(dh + j);
+                         vf dct = load(cy + j) + ev * o * (one - tt * tt);
+                         vf vi_ = dct * gv * i * (one - i); vf vf_ = dct * load(vcp + j) * f * (one - f);
+                         vf vg = dct * i * (one - gv * gv); vf vo = ev * tt * o * (one - o);
+                         store(di + j, vi_); store(df + j, vf_); store(dg + j, vg); store(dO + j, vo);
+                         store(pi + j, vi_); store(pf + j, vf_); store(pg + j, vg); store(po + j, vo);
+                         store(cy + j, dct * f),
+                         float i = gi[j]; float f = gf[j]; float gv = gg[j]; float o = go[j];
+                         float tt = tc[j]; float ev = dh[j];
+                         float dct = cy[j] + ev * o * (1.0f - tt * tt);
+                         float vi_ = dct * gv * i * (1.0f - i); float vf_ = dct * vcp[j] * f * (1.0f - f);
+                         float vg = dct * i * (1.0f - gv * gv); float vo = ev * tt * o * (1.0f - o);
+                         di[j] = vi_; df[j] = vf_; dg[j] = vg; dO[j] = vo;
+                         pi[j] = vi_; pf[j] = vf_; pg[j] = vg; po[j] = vo;
+                         cy[j] = dct * f);
+            } else {
+                const float *gr = g, *gz = g + H, *gn = g + 2 * H, *ghn = g + 3 * H;
+                const float *vhp = s->hs + prev * N * H + at;
+                float *x1 = s->dx + (t * N + m) * 3 * H + j0, *y1 = s->dhw + (t * N + m) * 3 * H + j0;
+                float *pr = dr, *pz = dr + SP, *pn = dr + 2 * SP;
+                ROW_LOOP(j, w,
+                         const vf one = splat(1.0f);
+                         vf r = load(gr + j); vf z = load(gz + j); vf nn = load(gn + j); vf hn = load(ghn + j);
+                         vf ev = load(dh + j);
+                         vf dn = ev * (one - z) * (one - nn * nn);
+                         vf dz = ev * (load(vhp + j) - nn) * z * (one - z);
+                         vf dr_ = dn * hn * r * (one - r);
+                         vf dnr = dn * r;
+                         store(x1 + j, dr_); store(x1 + H + j, dz); store(x1 + 2 * H + j, dn);
+                         store(y1 + j, dr_); store(y1 + H + j, dz); store(y1 + 2 * H + j, dnr);
+                         store(pr + j, dr_); store(pz + j, dz); store(pn + j, dnr);
+                         store(cy + j, ev * z),
+                         float r = gr[j]; float z = gz[j]; float nn = gn[j]; float hn = ghn[j]; float ev = dh[j];
+                         float dn = ev * (1.0f - z) * (1.0f - nn * nn);
+                         float dz = ev * (vhp[j] - nn) * z * (1.0f - z);
+                         float dr_ = dn * hn * r * (1.0f - r);
+                         float dnr = dn * r;
+                         x1[j] = dr_; x1[H + j] = dz; x1[2 * H + j] = dn;
+                         y1[j] = dr_; y1[H + j] = dz; y1[2 * H + j] = dnr;
+                         pr[j] = dr_; pz[j] = dz; pn[j] = dnr;
+                         cy[j] = ev * z);
+            }
+        }
+        if (k > 0) { /* the gradient into the previous state (none into the zero initial one) */
+            gemm_panels(N, K, d, K, pack, hp / NR, partials + ((1 - par) * s->threads + tid) * N * hp, hp);
+            barrier_wait(&s->barrier);
+            par = 1 - par;
+        }
+    }
+}
+
+static void *lane_main(void *arg)
+{
+    Lane *l = arg;
+    if (l->s->backward) backward_lane(l->s, l->tid);
+    else forward_lane(l->s, l->tid);
+    return NULL;
+}
+
+/* Threads actually used: no more than there are 16-unit chunks. */
+#define MAX_LANES 64
+static int seq_threads(I H, int threads)
+{
+    I chunks = (H + NR - 1) / NR;
+    if (threads < 1) threads = 1;
+    if (threads > MAX_LANES) threads = MAX_LANES;
+    return threads < chunks ? threads : (int)chunks;
+}
+
+static void seq_geometry(Seq *s, int G, I N, I H, int threads, int backward)
+{
+    s->G = G;
+    s->N = N;
+    s->H = H;
+    s->backward = backward;
+    s->threads = seq_threads(H, threads);
+    s->chunks = (H + NR - 1) / NR;
+    s->slice = ((s->chunks + s->threads - 1) / s->threads) * NR;
+    s->hpad = s->chunks * NR;
+    s->per_thread = per_thread_floats(G, N, H, s->slice, s->hpad, backward);
+}
+
+static I seq_scratch_floats(const Seq *s)
+{
+    return s->threads * s->per_thread + shared_floats(s->N, s->hpad, s->threads, s->backward);
+}
+
+/* Runs lanes 1.. in their own threads and lane 0 here. Every lane waits for the go before it
+ * touches anything, so where a thread would not start the others quit and nothing has changed:
+ * returns 0, or -1 then. */
+static void *lane_start(void *arg)
+{
+    Lane *l = arg;
+    int go;
+    for (long spins = 0; (go = __atomic_load_n(&l->s->go, __ATOMIC_ACQUIRE)) == 0; spins++)
+        if (spins > 2000) sched_yield();
+    return go > 0 ? lane_main(arg) : NULL;
+}
+
+static int seq_run(Seq *s)
+{
+    pthread_t ids[MAX_LANES];
+    Lane lanes[MAX_LANES];
+    int started = 1;
+    s->barrier = (Barrier){0, 0, s->threads};
+    s->go = 0;
+    for (int k = 0; k < s->threads; k++) lanes[k] = (Lane){s, k};
+    for (; started < s->threads; started++)
+        if (pthread_create(&ids[started], NULL, lane_start, &lanes[started]) != 0) break;
+    int ok = started == s->threads;
+    __atomic_store_n(&s->go, ok ? 1 : -1, __ATOMIC_RELEASE);
+    if (ok) lane_main(&lanes[0]);
+    for (int k = 1; k < started; k++) pthread_join(ids[k], NULL);
+    return ok ? 0 : -1;
+}
+
 /* ---------------------------------------------------------------- argument handling */
 #define MAX_ARGS 8
 
@@ -545,6 +946,110 @@ static PyObject *py_gru_cell_backward(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+
+/* ---------------------------------------------------------------- whole-sequence entry points */
+static int seq_sizes(I T, I N, I H, int threads)
+{
+    if (T < 1 || N < 1 || H < 1 || threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "steps, rows, hidden and threads must be >= 1");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *seq_finish(Args *a, Seq *s, void *scratch)
+{
+    if (a->itemsize != 4) {
+        release(a);
+        PyErr_SetString(PyExc_TypeError, "the sequence kernels compute in float32 only");
+        return NULL;
+    }
+    s->scratch = scratch;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = seq_run(s);
+    Py_END_ALLOW_THREADS
+    release(a);
+    if (rc < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "could not start the sequence kernel's threads");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_sequence_scratch(PyObject *self, PyObject *args)
+{
+    int gru, backward, threads;
+    I N, H;
+    if (!PyArg_ParseTuple(args, "ppnni", &gru, &backward, &N, &H, &threads) || seq_sizes(1, N, H, threads) < 0)
+        return NULL;
+    Seq s;
+    seq_geometry(&s, gru ? 3 : 4, N, H, threads, backward);
+    return PyLong_FromSsize_t(seq_scratch_floats(&s));
+}
+
+static PyObject *py_sequence(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *wo, *bo, *ho, *co, *go, *so;
+    I T, N, H;
+    int gru, reverse, threads;
+    if (!PyArg_ParseTuple(args, "pOOOOOOnnnpiO", &gru, &xo, &wo, &bo, &ho, &co, &go, &T, &N, &H, &reverse,
+                          &threads, &so) || seq_sizes(T, N, H, threads) < 0)
+        return NULL;
+    Seq s = {0};
+    const int G = gru ? 3 : 4;
+    seq_geometry(&s, G, N, H, threads, 0);
+    s.gru = gru;
+    s.T = T;
+    s.reverse = reverse;
+    Args a = {.count = 0, .itemsize = 0};
+    int failed = 0;
+    s.xw = take(&a, xo, "xw", 0, 0, T * N * G * H, &failed);
+    s.w = take(&a, wo, "w_hh", 0, 0, G * H * H, &failed);
+    s.b = take(&a, bo, "bias_hh", 0, 1, G * H, &failed);
+    s.hs = take(&a, ho, "h", 1, 0, (T + 1) * N * H, &failed);
+    s.cs = gru ? NULL : take(&a, co, "c", 1, 0, (T + 1) * N * H, &failed);
+    s.gates = take(&a, go, "gates", 1, 0, T * N * 4 * H, &failed);
+    void *scratch = take(&a, so, "scratch", 1, 0, seq_scratch_floats(&s), &failed);
+    if (failed) { release(&a); return NULL; }
+    return seq_finish(&a, &s, scratch);
+}
+
+static PyObject *py_sequence_backward(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *go, *sto, *dout, *dxo, *dyo, *so;
+    I T, N, H, dstride, doff;
+    int gru, reverse, threads;
+    if (!PyArg_ParseTuple(args, "pOOOOnnOOnnnpiO", &gru, &wo, &go, &sto, &dout, &dstride, &doff, &dxo, &dyo, &T,
+                          &N, &H, &reverse, &threads, &so) || seq_sizes(T, N, H, threads) < 0)
+        return NULL;
+    if (doff < 0 || doff + H > dstride) {
+        PyErr_SetString(PyExc_ValueError, "dout: columns [offset, offset + hidden) must lie in its rows");
+        return NULL;
+    }
+    Seq s = {0};
+    const int G = gru ? 3 : 4;
+    seq_geometry(&s, G, N, H, threads, 1);
+    s.gru = gru;
+    s.T = T;
+    s.reverse = reverse;
+    s.dstride = dstride;
+    s.doff = doff;
+    Args a = {.count = 0, .itemsize = 0};
+    int failed = 0;
+    s.w = take(&a, wo, "w_hh", 0, 0, G * H * H, &failed);
+    s.gates = take(&a, go, "gates", 0, 0, T * N * 4 * H, &failed);
+    float *states = take(&a, sto, gru ? "h" : "c", 0, 0, (T + 1) * N * H, &failed);
+    s.dout = take(&a, dout, "dout", 0, 0, T * N * dstride, &failed);
+    s.dx = take(&a, dxo, gru ? "dxw" : "dgates", 1, 0, T * N * G * H, &failed);
+    s.dhw = gru ? take(&a, dyo, "dhw", 1, 0, T * N * G * H, &failed) : NULL;
+    void *scratch = take(&a, so, "scratch", 1, 0, seq_scratch_floats(&s), &failed);
+    if (failed) { release(&a); return NULL; }
+    if (gru) s.hs = states;
+    else s.cs = states;
+    return seq_finish(&a, &s, scratch);
+}
+
 static PyMethodDef methods[] = {
     {"rnn_cell", py_rnn_cell, METH_VARARGS,
      "rnn_cell(xw, hw|None, bias_hh|None, h, rows, hidden, relu): h = act(xw + hw + b_hh)"},
@@ -556,6 +1061,14 @@ static PyMethodDef methods[] = {
      "gru_cell(xw, hw|None, bias_hh|None, h_prev, gates, h, rows, hidden): one GRU step"},
     {"gru_cell_backward", py_gru_cell_backward, METH_VARARGS,
      "gru_cell_backward(gates, h_prev, dh, dxw, dhw, dh_prev, rows, hidden); dh_prev may be dh"},
+    {"sequence_scratch", py_sequence_scratch, METH_VARARGS,
+     "sequence_scratch(gru, backward, rows, hidden, threads): float32 elements of scratch a sequence call needs"},
+    {"sequence", py_sequence, METH_VARARGS,
+     "sequence(gru, xw, w_hh, bias_hh|None, h, c|None, gates, steps, rows, hidden, reverse, threads, scratch): "
+     "all steps of one direction, from zero states"},
+    {"sequence_backward", py_sequence_backward, METH_VARARGS,
+     "sequence_backward(gru, w_hh, gates, c|h, dout, dout_stride, dout_offset, dgates|dxw, None|dhw, steps, rows, "
+     "hidden, reverse, threads, scratch): the pre-activation gradients of all steps"},
     {NULL, NULL, 0, NULL},
 };
 

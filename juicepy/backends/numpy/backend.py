@@ -8,10 +8,15 @@ import numpy as np
 
 from .. import rng
 from ..base import (Backend, check_argmax, check_cell, check_embedding, check_nonlinearity, check_swap, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
-                    check_per_channel, check_pool_shapes, check_same, check_view, host_all_finite)
+                    check_per_channel, check_pool_shapes, check_same, check_sequence, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
-from .threads import CHUNK, chunked as _chunked, run_lanes as _run_lanes, split as _split
+from .threads import CHUNK, chunked as _chunked, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes, split as _split
+
+#: multiply-adds from which a GEMM splits its rows over the lanes (below it BLAS's own threads are
+#: faster: measured in docs/numpy.md), and the fewest rows per piece
+GEMM_SPLIT_MIN = 1 << 26
+GEMM_SPLIT_ROWS = 16
 
 
 def _fill_arange(buf) -> None:
@@ -97,18 +102,28 @@ class NumpyBackend(Backend):
         check_gemm(self.name, a, b, out, trans_a, trans_b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
-        if beta == 0.0:
-            np.matmul(a, b, out=out)
+        tmp = None if beta == 0.0 else _scratch(ws, self, "gemm", out.shape, out.dtype)
+
+        def rows(lo, hi, lane=0):
+            dst = out[lo:hi] if tmp is None else tmp[lo:hi]
+            np.matmul(a[lo:hi], b, out=dst)
             if alpha != 1.0:
-                out *= alpha
+                dst *= alpha
+            if tmp is not None:
+                if beta != 1.0:
+                    out[lo:hi] *= beta
+                out[lo:hi] += dst
+
+        m, k = a.shape
+        if m * k * b.shape[1] < GEMM_SPLIT_MIN or m < 2 * GEMM_SPLIT_ROWS:
+            rows(0, m)
             return
-        tmp = _scratch(ws, self, "gemm", out.shape, out.dtype)
-        np.matmul(a, b, out=tmp)
-        if alpha != 1.0:
-            tmp *= alpha
-        if beta != 1.0:
-            out *= beta
-        out += tmp
+        # Big products run as row ranges on the backend's own lanes, each with a single-threaded
+        # BLAS: BLAS's own worker threads keep spinning for a long while after each call and
+        # would take a core from the fused kernels that split over the lanes (the recurrent
+        # sequences), which then run at a fraction of their speed.
+        pieces = max(1, m // GEMM_SPLIT_ROWS)
+        _run_gemm_pieces(pieces, lambda lo, hi, lane: rows(m * lo // pieces, m * hi // pieces))
 
     def add(self, a, b, out):
         self._same("add", a, b, out)
@@ -578,6 +593,29 @@ class NumpyBackend(Backend):
     def gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws=None):
         check_cell(self.name, "gru_cell_backward", h_prev, {1: [h_prev, dh, dh_prev], 3: [dxw, dhw], 4: [gates]})
         recurrent.gru_cell_backward(self, gates, h_prev, dh, dxw, dhw, dh_prev, ws)
+
+    # The whole recurrence in one C call where it can run there (float32, contiguous operands,
+    # kernels built); otherwise base.py's composition of gemm and the cell ops above.
+    def lstm_sequence(self, xw, w_hh, bias_hh, h, c, gates, reverse=False, ws=None):
+        check_sequence(self.name, "lstm_sequence", w_hh, h, {1: [c[1:]], 4: [xw, gates]}, bias_hh)
+        if not recurrent.sequence(self, False, xw, w_hh, bias_hh, h, c, gates, reverse, ws):
+            super().lstm_sequence(xw, w_hh, bias_hh, h, c, gates, reverse, ws)
+
+    def lstm_sequence_backward(self, w_hh, gates, c, dout, offset, dgates, reverse=False, ws=None):
+        check_sequence(self.name, "lstm_sequence_backward", w_hh, c, {4: [gates, dgates]}, dout=dout, offset=offset)
+        if not recurrent.sequence_backward(self, False, w_hh, gates, c, dout, offset, dgates, None, reverse, ws):
+            super().lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
+
+    def gru_sequence(self, xw, w_hh, bias_hh, h, gates, reverse=False, ws=None):
+        check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
+        if not recurrent.sequence(self, True, xw, w_hh, bias_hh, h, None, gates, reverse, ws):
+            super().gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
+
+    def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None):
+        check_sequence(self.name, "gru_sequence_backward", w_hh, h, {3: [dxw, dhw], 4: [gates]}, dout=dout,
+                       offset=offset)
+        if not recurrent.sequence_backward(self, True, w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws):
+            super().gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):

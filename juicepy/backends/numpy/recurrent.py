@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..base import scratch
+from .threads import num_threads
 
 
 def swap_leading_axes(backend, src, dst, accumulate):
@@ -189,3 +190,38 @@ def gru_cell_backward(backend, gates, h_prev, dh, dxw, dhw, dh_prev, ws):
     np.copyto(dhw[:, :2 * hidden], dxw[:, :2 * hidden])
     np.multiply(dn, r, out=dhw[:, 2 * hidden:])
     np.multiply(dh, z, out=dh_prev)
+
+
+def _sequence_kernels(backend, *arrays):
+    """The C kernels where the whole recurrence can run there: float32 (the kernels' GEMM is
+    single precision) and every operand C-contiguous; else None."""
+    k = _fused(backend, *arrays)
+    if k is None or any(a is not None and a.dtype != np.float32 for a in arrays):
+        return None
+    return k
+
+
+def sequence(backend, gru, xw, w_hh, bias_hh, h, c, gates, reverse, ws):
+    """All steps of one LSTM/GRU direction in one C call; False where it cannot run there."""
+    k = _sequence_kernels(backend, xw, w_hh, bias_hh, h, c, gates)
+    if k is None:
+        return False
+    steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
+    threads = num_threads()
+    buf = scratch(ws, backend, "rnn_sequence", (k.sequence_scratch(gru, False, rows, hidden, threads),), np.float32)
+    k.sequence(gru, xw, w_hh, bias_hh, h, c, gates, steps, rows, hidden, reverse, threads, buf)
+    return True
+
+
+def sequence_backward(backend, gru, w_hh, gates, states, dout, offset, dx, dhw, reverse, ws):
+    """The backward of ``sequence`` in one C call; False where it cannot run there."""
+    k = _sequence_kernels(backend, w_hh, gates, states, dout, dx, dhw)
+    if k is None:
+        return False
+    steps, rows, hidden = states.shape[0] - 1, states.shape[1], states.shape[2]
+    threads = num_threads()
+    buf = scratch(ws, backend, "rnn_sequence_backward",
+                  (k.sequence_scratch(gru, True, rows, hidden, threads),), np.float32)
+    k.sequence_backward(gru, w_hh, gates, states, dout, dout.shape[2], offset, dx, dhw, steps, rows, hidden,
+                        reverse, threads, buf)
+    return True

@@ -159,3 +159,58 @@ def test_fused_cells_refuse_mismatched_buffers():
         k.gru_cell(z(2, 9, dt=np.float64), z(2, 9), None, z(2, 3), z(2, 12), z(2, 3), 2, 3)
     with pytest.raises(TypeError, match="dgates"):
         k.lstm_cell_backward(z(2, 12), z(2, 3), z(2, 3), z(2, 3), z(2, 3), z(4, 12)[::2], z(2, 3), 2, 3)
+
+
+def _sequence_run(backend, gru, steps, rows, hid, reverse):
+    """One LSTM/GRU direction forward and backward through the sequence ops; outputs as float64."""
+    rng = np.random.default_rng(hid)
+    blocks = 3 if gru else 4
+    f = lambda *shape, s=1.0: (rng.standard_normal(shape) * s).astype(np.float32)  # noqa: E731
+    xw, w, b = f(steps, rows, blocks * hid, s=2.0), f(blocks * hid, hid, s=1.5 / np.sqrt(hid)), f(blocks * hid)
+    dout = f(steps, rows, 2 * hid)
+    h, c, gates = (np.zeros((steps + 1, rows, hid), np.float32), np.zeros((steps + 1, rows, hid), np.float32),
+                   np.zeros((steps, rows, 4 * hid), np.float32))
+    dx, dhw = np.zeros((steps, rows, blocks * hid), np.float32), np.zeros((steps, rows, blocks * hid), np.float32)
+    ws = Workspace()
+    if gru:
+        backend.gru_sequence(xw, w, b, h, gates, reverse=reverse, ws=ws)
+        backend.gru_sequence_backward(w, gates, h, dout, hid, dx, dhw, reverse=reverse, ws=ws)
+    else:
+        backend.lstm_sequence(xw, w, b, h, c, gates, reverse=reverse, ws=ws)
+        backend.lstm_sequence_backward(w, gates, c, dout, hid, dx, reverse=reverse, ws=ws)
+    return {name: a.astype(np.float64) for name, a in dict(h=h, c=c, gates=gates, dx=dx, dhw=dhw).items()}
+
+
+@needs_rnn_kernels
+@pytest.mark.parametrize("gru", [False, True], ids=["lstm", "gru"])
+@pytest.mark.parametrize("threads", [1, 2, 3])  # 3: lanes of unequal unit counts for hid 40
+@pytest.mark.parametrize("steps, rows, hid, reverse", [(5, 7, 40, False), (3, 13, 5, True), (2, 64, 256, False)])
+def test_fused_sequences_match_numpy_for_any_thread_count(monkeypatch, gru, threads, steps, rows, hid, reverse):
+    """The one-call recurrences (own GEMM, hidden units split over the lanes) agree with base.py's
+    composition of NumPy GEMMs and cells, and repeat bit for bit."""
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", str(threads))
+    fused, again = (_sequence_run(FUSED, gru, steps, rows, hid, reverse) for _ in range(2))
+    plain = _sequence_run(PLAIN, gru, steps, rows, hid, reverse)
+    for name in plain:
+        np.testing.assert_allclose(fused[name], plain[name], rtol=1e-4, atol=2e-5, err_msg=name)
+        np.testing.assert_array_equal(fused[name], again[name], err_msg=name)
+
+
+@needs_rnn_kernels
+def test_fused_sequences_refuse_mismatched_buffers():
+    k = FUSED.rnn_kernels
+    z = lambda *s, dt=np.float32: np.zeros(s, dt)  # noqa: E731
+    scratch = z(k.sequence_scratch(False, False, 2, 3, 1))
+    with pytest.raises(ValueError, match="gates"):
+        k.sequence(False, z(4, 2, 12), z(12, 3), None, z(5, 2, 3), z(5, 2, 3), z(4, 2, 9), 4, 2, 3, False, 1, scratch)
+    one_lane = z(k.sequence_scratch(False, False, 2, 40, 1))  # 40 units: 3 chunks, so 2 lanes lay out otherwise
+    with pytest.raises(ValueError, match="scratch"):
+        k.sequence(False, z(4, 2, 160), z(160, 40), None, z(5, 2, 40), z(5, 2, 40), z(4, 2, 160), 4, 2, 40, False, 2,
+                   one_lane)
+    with pytest.raises(TypeError, match="float32"):
+        k.sequence(True, z(4, 2, 9, dt=np.float64), z(9, 3, dt=np.float64), None, z(5, 2, 3, dt=np.float64), None,
+                   z(4, 2, 12, dt=np.float64), 4, 2, 3, False, 1,
+                   z(k.sequence_scratch(True, False, 2, 3, 1), dt=np.float64))
+    with pytest.raises(ValueError, match="dout"):
+        k.sequence_backward(True, z(9, 3), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 3, 1, z(4, 2, 9), z(4, 2, 9), 4, 2, 3,
+                            False, 1, z(k.sequence_scratch(True, True, 2, 3, 1)))

@@ -86,3 +86,23 @@ def test_kept_columns_give_the_same_gradient_as_recomputed_ones(b, monkeypatch, 
     recomputed = _conv_all(b, x, w, geometry, Workspace())
     for a, c in zip(kept, recomputed):
         np.testing.assert_array_equal(a, c)
+
+
+@pytest.mark.parametrize("trans_a, trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.0), (0.5, 1.0), (1.0, 0.25)])
+def test_big_gemm_split_over_lanes_matches_float64(monkeypatch, trans_a, trans_b, alpha, beta):
+    """GEMMs above GEMM_SPLIT_MIN run as row ranges on the lanes (an odd row count, so the
+    ranges are uneven); every row range gets alpha, beta and the transposes right."""
+    from juicepy.backends.numpy import backend as numpy_backend
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+    monkeypatch.setattr(numpy_backend, "GEMM_SPLIT_MIN", 1 << 21)  # small operands, same path
+    m, k, n = 301, 129, 70
+    assert m * k * n >= numpy_backend.GEMM_SPLIT_MIN
+    rng = np.random.default_rng(3)
+    a, b, out0 = rng.standard_normal((k, m) if trans_a else (m, k)), rng.standard_normal((n, k) if trans_b else (k, n)), \
+        rng.standard_normal((m, n))
+    backend = jp.backend("numpy")
+    out = out0.astype(np.float32)
+    backend.gemm(a.astype(np.float32), b.astype(np.float32), out, trans_a, trans_b, alpha, beta)
+    want = alpha * (a.T if trans_a else a) @ (b.T if trans_b else b) + beta * out0
+    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
