@@ -21,11 +21,29 @@ DIRECT_MIN_GEMM_ROWS = 12
 # ...or few outputs and few input channels per group (LeNet's second layer: 16 outputs, 6
 # channels; a 4-group 64-channel layer, 16 and 16, measured faster as a GEMM).
 DIRECT_MAX_OUTPUTS, DIRECT_MAX_CHANNELS_FEW_OUTPUTS = 16, 8
+# ...or, on 8-lane devices (AVX2), any stride-1 pass with at most this many outputs per group:
+# with 8 independent accumulators per work-item (conv.cl's U) the direct kernel beat the
+# implicit GEMM there on 5x5 32->32 and 4-group 64->64 layers and tied it on 3x3 64->64 (whose
+# GEMM rows amortise the gathering better); not measured on 16-lane devices, which keep the
+# rules above.
+DIRECT_MAX_OUTPUTS_8_LANES = 32
 # Weight gradients go direct only for depthwise layers (one channel per group): LeNet's first
 # layer (25 taps, 6 outputs) measured faster as the implicit A @ B^T.
 # work-items the direct weight gradient aims at (images are split into chunks to reach it)
 DIRECT_FILTER_ITEMS = 1024
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
+
+
+def direct_unroll(outs: int, vectors: int) -> int:
+    """Vectors of a row each work-item of the direct forward kernel computes at once (U in
+    conv.cl) for ``outs`` output planes and rows of ``vectors`` vectors: enough independent
+    accumulators (outs x U) to hide the FMA's latency, 8 where the row is long enough; a last
+    vector partly past the row costs no more than the chain it replaces would have waited."""
+    if vectors <= 1:
+        return 1
+    if outs == 4 or vectors == 2:
+        return 2
+    return 4
 
 
 def pair(v) -> tuple[int, int]:
@@ -97,6 +115,8 @@ class SpatialOps(abc.ABC):
             return c == o == groups   # depthwise
         if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
             return True
+        if self._conv_vec == 8 and geo[9] == geo[10] == 1 and outputs <= DIRECT_MAX_OUTPUTS_8_LANES:
+            return True
         return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
@@ -112,9 +132,11 @@ class SpatialOps(abc.ABC):
         """conv_direct_fwd over x padded by the geometry's padding."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
-        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dw, ws)
         outs = 4 if (o // groups) % 4 == 0 else 1   # output planes per work-item
-        self._kernel("conv.cl", "conv_direct_fwd4" if outs == 4 else "conv_direct_fwd")(
+        unroll = direct_unroll(outs, -(-wo // self._conv_vec))
+        xp = self._padded(x, ph, pw, hp, wp, unroll * self._conv_vec * sw + kw * dw, ws)
+        name = ("conv_direct_fwd4" if outs == 4 else "conv_direct_fwd") + ("" if unroll == 1 else f"_u{unroll}")
+        self._kernel("conv.cl", name)(
             self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
             c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
 

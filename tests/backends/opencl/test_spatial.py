@@ -65,6 +65,9 @@ CONV_CASES = [
     ((3, 6, 7, 7), (12, 3, 3), (1, 1), (1, 1), (1, 1), 6),    # depthwise, two outputs per channel
     ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),     # padded past the kernel
     ((2, 4, 5, 21), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, rows past 16 lanes
+    # rows of several vectors, computed 2 or 4 vectors at a time, the last one partly past the row
+    ((2, 3, 5, 37), (3, 3, 3), (1, 2), (1, 1), (1, 1), 3),    # depthwise, strided: 19 outputs a row
+    ((1, 2, 4, 45), (6, 3, 3), (1, 1), (1, 1), (1, 2), 2),    # three outputs per group, dilated: 43
 ]
 
 
