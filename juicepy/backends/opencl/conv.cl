@@ -302,6 +302,50 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
     part[p_off + ((size_t)chunk * get_global_size(1) + oc) * taps + tap] = total;
 }
 
+// Pass 1 for stride 1 and a row of KW taps known when compiled: work-item (ki, o * cg + ci,
+// chunk) sums the whole row of taps ki at once, so each loaded dy vector feeds KW accumulators
+// (the kernel above reloads dy for every tap), two vectors of a row at a time: 2 * KW
+// independent chains of FMAs. Rows of whole pairs of vectors only (Wo a multiple of 2 * VEC).
+// Writes part as the kernel above does.
+#define FR_ACC(j) floatv a##j = (floatv)(0.0f), b##j = a##j;
+#define FR_FMA(j) a##j += d0 * LOAD_UNIT(xr + ow + j * dw); b##j += d1 * LOAD_UNIT(xr + ow + VEC + j * dw);
+#define FR_STORE(j) { const floatv v = a##j + b##j; float total = 0.0f; \
+    for (int q = 0; q < VEC; ++q) total += v[q]; \
+    dst[j] = total; }
+#define TAPS_3(X) X(0) X(1) X(2)
+#define TAPS_5(X) X(0) X(1) X(2) X(3) X(4)
+#define FILTER_ROW_KERNEL(name, KW) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(const int rows, __global const float *restrict xp, \
+          __global const float *restrict dy, const int dy_off, \
+          __global float *restrict part, const int p_off, \
+          const int N, const int C, const int Hp, const int Wp, const int O, \
+          const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
+          const int dw) \
+{ \
+    const int ki = get_global_id(0), oc = get_global_id(1), chunk = get_global_id(2); \
+    const int chunks = get_global_size(2); \
+    const int o = oc / cg, ci = oc - o * cg, c = (o / og) * cg + ci; \
+    TAPS_##KW(FR_ACC) \
+    for (int n = chunk; n < N; n += chunks) { \
+        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp; \
+        __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo; \
+        for (int oh = 0; oh < Ho; ++oh) { \
+            __global const float *xr = xc + (size_t)oh * Wp; \
+            __global const float *dyr = dyp + (size_t)oh * Wo; \
+            for (int ow = 0; ow < Wo; ow += 2 * VEC) { \
+                const floatv d0 = LOAD_UNIT(dyr + ow), d1 = LOAD_UNIT(dyr + ow + VEC); \
+                TAPS_##KW(FR_FMA) \
+            } \
+        } \
+    } \
+    __global float *dst = part + p_off + ((size_t)chunk * get_global_size(1) + oc) * kh * KW + ki * KW; \
+    TAPS_##KW(FR_STORE) \
+}
+
+FILTER_ROW_KERNEL(conv_direct_bwd_filter_k3, 3)
+FILTER_ROW_KERNEL(conv_direct_bwd_filter_k5, 5)
+
 // Pass 2: dw[i] (+)= sum over the chunks of part[chunk][i]; one work-item per weight.
 __kernel void conv_direct_filter_sum(const int total, const int chunks,
                                      __global const float *restrict part, const int p_off,

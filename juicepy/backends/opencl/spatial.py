@@ -29,6 +29,11 @@ DIRECT_MAX_OUTPUTS, DIRECT_MAX_CHANNELS_FEW_OUTPUTS = 16, 8
 DIRECT_MAX_OUTPUTS_8_LANES = 32
 # Weight gradients go direct only for depthwise layers (one channel per group): LeNet's first
 # layer (25 taps, 6 outputs) measured faster as the implicit A @ B^T.
+# kernel widths with a direct weight-gradient kernel per row of taps (conv_direct_bwd_filter_k*
+# in conv.cl; stride 1; _filter_by_rows). On 8-lane devices it also computes the weight
+# gradients of groups of at most DIRECT_MAX_OUTPUTS_8_LANES outputs (5x5 32->32, 4-group
+# 64->64: faster than the implicit A @ B^T there).
+FILTER_ROW_TAPS = (3, 5)
 # work-items the direct weight gradient aims at (images are split into chunks to reach it)
 DIRECT_FILTER_ITEMS = 1024
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
@@ -112,12 +117,21 @@ class SpatialOps(abc.ABC):
             c, o = o, c
         inner, outputs = c // groups * kh * kw, o // groups
         if op == "filter":
-            return c == o == groups   # depthwise
+            if c == o == groups:   # depthwise
+                return True
+            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_MAX_OUTPUTS_8_LANES
         if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
             return True
         if self._conv_vec == 8 and geo[9] == geo[10] == 1 and outputs <= DIRECT_MAX_OUTPUTS_8_LANES:
             return True
         return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
+
+    def _filter_by_rows(self, geo) -> bool:
+        """Whether conv_direct_bwd_filter_k* computes this weight gradient: stride 1, a kernel
+        width it was built for, and rows of whole pairs of vectors (its loop over a row's last
+        lanes reads them one by one: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
+        kw, wo, sh, sw = geo[6], geo[8], geo[9], geo[10]
+        return sh == sw == 1 and kw in FILTER_ROW_TAPS and wo % (2 * self._conv_vec) == 0
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
         """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
@@ -255,13 +269,21 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
-        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // (taps * weights)))
+        by_rows = self._filter_by_rows(geo)   # a work-item per row of taps
+        items = kh * weights if by_rows else taps * weights
+        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
-        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
-        self._kernel("conv.cl", "conv_direct_bwd_filter")(
-            self.queue, (taps, weights, chunks), (1, 1, 1), taps, xp.base_data, *self._ref(dy),
-            *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
+        if by_rows:
+            xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
+            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}")(
+                self.queue, (kh, weights, chunks), (1, 1, 1), kh, xp.base_data, *self._ref(dy),
+                *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
+        else:
+            xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
+            self._kernel("conv.cl", "conv_direct_bwd_filter")(
+                self.queue, (taps, weights, chunks), (1, 1, 1), taps, xp.base_data, *self._ref(dy),
+                *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
         self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
                           *self._ref(dw), int(accumulate))
 
