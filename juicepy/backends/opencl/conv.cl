@@ -358,6 +358,32 @@ __kernel void conv_direct_filter_sum(const int total, const int chunks,
     dw[dw_off + i] = acc ? dw[dw_off + i] + s : s;
 }
 
+// 2x2 windows, stride 2, no padding, H = 2 Ho and W = 2 Wo (LeNet's and most CNNs' pooling):
+// one work-item per output and no loops, so CPU drivers vectorise the work-group's items;
+// the same taps in the same order as max_pool (the first maximum wins, a NaN wins). Output
+// row `row` of all planes reads input rows 2 row and 2 row + 1. Launched as (Wo rounded up,
+// N * C * Ho).
+__kernel void max_pool_2x2(const int Wo, __global const float *x, const int x_off, const int Ho,
+                           __global float *out, const int o_off, __global int *argmax, const int a_off)
+{
+    const int ow = get_global_id(0), row = get_global_id(1);
+    // asked per work-group first (see GID_CHECK in elementwise.cl)
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)Wo && ow >= Wo) return;
+    const int W = 2 * Wo, top = 2 * (row % Ho) * W + 2 * ow;
+    __global const float *xr = x + x_off + (size_t)2 * row * W + 2 * ow;
+    const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
+    float b = v0;
+    int w = top;
+    int take = v1 > b || v1 != v1;
+    b = take ? v1 : b; w = take ? top + 1 : w;
+    take = v2 > b || v2 != v2;
+    b = take ? v2 : b; w = take ? top + W : w;
+    take = v3 > b || v3 != v3;
+    b = take ? v3 : b; w = take ? top + W + 1 : w;
+    out[o_off + (size_t)row * Wo + ow] = b;
+    argmax[a_off + (size_t)row * Wo + ow] = w;
+}
+
 // Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).
 // One work-item per output row (oh, plane): the row's maxima and their indices are kept in
 // the output row itself and updated tap by tap in a loop along the row, which the compiler

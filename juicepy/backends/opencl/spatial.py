@@ -300,6 +300,11 @@ class SpatialOps(abc.ABC):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
         check_argmax("opencl", "max_pool2d", argmax, out.shape)
         planes = out.shape[0] * out.shape[1]
+        h, w, ho, wo = geo[:4]
+        if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
+            self._launch_rows("conv.cl", "max_pool_2x2", wo, (planes * ho,), *self._ref(x), ho,
+                              *self._ref(out), *self._ref(argmax))
+            return
         self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
