@@ -658,6 +658,8 @@ POOL_CASES = [
     ((2, 1, 6, 5), (3, 2), (1, 2), (1, 0)),
     ((1, 4, 5, 5), (5, 5), (1, 1), (2, 2)),
     ((2, 3, 4, 6), (4, 6), (4, 6), (0, 0)),  # global: one window per plane
+    ((2, 2, 6, 38), (2, 2), (2, 2), (0, 0)),  # 2x2 windows tiling the plane, 19 outputs a row
+    ((1, 2, 9, 7), (2, 2), (2, 2), (0, 0)),   # 2x2 windows, the last row and column left out
 ]
 
 

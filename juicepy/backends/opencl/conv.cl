@@ -119,37 +119,55 @@ __kernel void pad_planes(const int Hp, __global const float *restrict src, const
     for (int q = hi; q < Wp; ++q) row[q] = 0.0f;
 }
 
-// one vector of outputs into the row at yr (added to it when acc), lanes past Wo left alone
-#define DIRECT_STORE(s, yr) { \
-    if (acc) s += Wo - ow0 >= VEC ? *(__global floatv_u *)(yr) : tail_of(yr, Wo - ow0); \
-    if (Wo - ow0 >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - ow0); }
+// one vector of outputs (columns from col) into the row at yr (added to it when acc), lanes
+// past Wo left alone, nothing when the vector lies wholly past Wo
+#define DIRECT_STORE(s, yr, col) if ((col) < Wo) { \
+    if (acc) s += Wo - (col) >= VEC ? *(__global floatv_u *)(yr) : tail_of(yr, Wo - (col)); \
+    if (Wo - (col) >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - (col)); }
 
-// OUTS (1 or 4) output planes at once: each loaded input vector feeds OUTS accumulators
-#define DIRECT_ROWS(LOAD, OUTS) \
+// OUTS (1 or 4) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
+// loaded input vector feeds OUTS accumulators, and the OUTS * U accumulators are independent
+// chains of FMAs (one chain per vector waits out the FMA's latency at every tap)
+#define DIRECT_FMA(acc_, v_, u, OUTS) { \
+    const floatv v = (v_); \
+    acc_##u##0 += v * w0; \
+    if (OUTS == 4) { acc_##u##1 += v * w1; acc_##u##2 += v * w2; acc_##u##3 += v * w3; } }
+#define DIRECT_STORES(u, OUTS) { \
+    __global float *yu = yr + u * VEC; \
+    DIRECT_STORE(s##u##0, yu, ow0 + u * VEC) \
+    if (OUTS == 4) { \
+        DIRECT_STORE(s##u##1, yu + (size_t)Ho * Wo, ow0 + u * VEC) \
+        DIRECT_STORE(s##u##2, yu + (size_t)2 * Ho * Wo, ow0 + u * VEC) \
+        DIRECT_STORE(s##u##3, yu + (size_t)3 * Ho * Wo, ow0 + u * VEC) \
+    } }
+#define DIRECT_ROWS(LOAD, OUTS, U) \
     for (int oh = 0; oh < Ho; ++oh) { \
-        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
-            floatv s0 = (floatv)(0.0f), s1 = s0, s2 = s0, s3 = s0; \
+        for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
+            /* all 16 declared so that every expansion compiles; the unused ones are dropped */ \
+            floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00, \
+                   s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00, s32 = s00, s33 = s00; \
             for (int ci = 0; ci < cg; ++ci) { \
                 __global const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
-                __global const float *wp = w0 + ci * w_ci; \
+                __global const float *wp = w0p + ci * w_ci; \
                 for (int ki = 0; ki < kh; ++ki) { \
                     __global const float *xr = xc + (size_t)ki * dh * Wp; \
                     __global const float *wr = wp + ki * kw * wstep; \
                     for (int kj = 0; kj < kw; ++kj) { \
-                        const floatv v = LOAD; \
                         const int t = kj * wstep; \
-                        s0 += v * wr[t]; \
-                        if (OUTS == 4) { s1 += v * wr[w_o + t]; s2 += v * wr[2 * w_o + t]; s3 += v * wr[3 * w_o + t]; } \
+                        const float w0 = wr[t]; \
+                        const float w1 = OUTS == 4 ? wr[w_o + t] : 0.0f, w2 = OUTS == 4 ? wr[2 * w_o + t] : 0.0f, \
+                                    w3 = OUTS == 4 ? wr[3 * w_o + t] : 0.0f; \
+                        __global const float *xv = xr + kj * dw; \
+                        DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
+                        if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
+                        if (U == 4) { DIRECT_FMA(s, LOAD(xv + 2 * VEC * sw), 2, OUTS) DIRECT_FMA(s, LOAD(xv + 3 * VEC * sw), 3, OUTS) } \
                     } \
                 } \
             } \
             __global float *yr = yp + (size_t)oh * Wo + ow0; \
-            DIRECT_STORE(s0, yr) \
-            if (OUTS == 4) { \
-                DIRECT_STORE(s1, yr + (size_t)Ho * Wo) \
-                DIRECT_STORE(s2, yr + (size_t)2 * Ho * Wo) \
-                DIRECT_STORE(s3, yr + (size_t)3 * Ho * Wo) \
-            } \
+            DIRECT_STORES(0, OUTS) \
+            if (U >= 2) DIRECT_STORES(1, OUTS) \
+            if (U == 4) { DIRECT_STORES(2, OUTS) DIRECT_STORES(3, OUTS) } \
         } \
     }
 
@@ -172,7 +190,7 @@ inline void store_tail(__global float *p, const floatv v, const int live)
 // per OUTS output planes, one per work-group: a kernel whose work-items hold vectors is not
 // vectorised again across work-items. Launched as (N * O / OUTS); OUTS divides the outputs
 // per group.
-#define DIRECT_KERNEL(name, OUTS) \
+#define DIRECT_KERNEL(name, OUTS, U) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
           __global float *restrict y, const int y_off, \
@@ -185,7 +203,7 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
     const int taps = kh * kw, wstep = flip ? -1 : 1; \
     /* flipped: output channel o is input channel g*og+ol of the original, input channel ci */ \
     /* the original's output g*cg+ci */ \
-    __global const float *w0 = w + w_off + (flip ? ((size_t)(g * cg) * og + ol) * taps + taps - 1 \
+    __global const float *w0p = w + w_off + (flip ? ((size_t)(g * cg) * og + ol) * taps + taps - 1 \
                                                   : (size_t)o * cg * taps); \
     const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
     const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
@@ -193,14 +211,18 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
     __global float *yp = y + y_off + (size_t)first * Ho * Wo; \
     /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
     if (sw == 1) { \
-        DIRECT_ROWS(LOAD_UNIT(xr + kj * dw), OUTS) \
+        DIRECT_ROWS(LOAD_UNIT, OUTS, U) \
     } else { \
-        DIRECT_ROWS(LANES_AT(xr + kj * dw, sw), OUTS) \
+        DIRECT_ROWS(LOAD_STRIDED, OUTS, U) \
     } \
 }
 
-DIRECT_KERNEL(conv_direct_fwd, 1)
-DIRECT_KERNEL(conv_direct_fwd4, 4)
+#define LOAD_STRIDED(p) LANES_AT(p, sw)
+DIRECT_KERNEL(conv_direct_fwd, 1, 1)
+DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2)
+DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4)
+DIRECT_KERNEL(conv_direct_fwd4, 4, 1)
+DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2)
 
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).
@@ -253,14 +275,19 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
     const int o = oc / cg, ci = oc - o * cg, c = (o / og) * cg + ci;
     const int ki = tap / kw, kj = tap - ki * kw;
     const int whole = Wo / VEC * VEC;
-    floatv s = (floatv)(0.0f);
+    floatv s = (floatv)(0.0f), s2 = s;
     for (int n = chunk; n < N; n += chunks) {
         __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp + kj * dw;
         __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo;
         for (int oh = 0; oh < Ho; ++oh) {
             __global const float *xr = xc + (size_t)oh * sh * Wp;
             __global const float *dyr = dyp + (size_t)oh * Wo;
-            for (int ow = 0; ow < whole; ow += VEC) s += LOAD_UNIT(dyr + ow) * (sw == 1 ? LOAD_UNIT(xr + ow) : LANES_AT(xr + ow * sw, sw));
+            int ow = 0;
+            for (; ow + 2 * VEC <= whole; ow += 2 * VEC) {   // two chains of FMAs: half the latency waited
+                s += LOAD_UNIT(dyr + ow) * (sw == 1 ? LOAD_UNIT(xr + ow) : LANES_AT(xr + ow * sw, sw));
+                s2 += LOAD_UNIT(dyr + ow + VEC) * (sw == 1 ? LOAD_UNIT(xr + ow + VEC) : LANES_AT(xr + (ow + VEC) * sw, sw));
+            }
+            if (ow < whole) s += LOAD_UNIT(dyr + ow) * (sw == 1 ? LOAD_UNIT(xr + ow) : LANES_AT(xr + ow * sw, sw));
             if (whole < Wo) {   // the row's last lanes: read what is there, count only the live ones
                 floatv d = (floatv)(0.0f), v = (sw == 1 ? LOAD_UNIT(xr + whole) : LANES_AT(xr + whole * sw, sw));
                 for (int j = 0; j < Wo - whole; ++j) d[j] = dyr[whole + j];
@@ -269,10 +296,55 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
             }
         }
     }
+    s += s2;
     float total = 0.0f;
     for (int j = 0; j < VEC; ++j) total += s[j];
     part[p_off + ((size_t)chunk * get_global_size(1) + oc) * taps + tap] = total;
 }
+
+// Pass 1 for stride 1 and a row of KW taps known when compiled: work-item (ki, o * cg + ci,
+// chunk) sums the whole row of taps ki at once, so each loaded dy vector feeds KW accumulators
+// (the kernel above reloads dy for every tap), two vectors of a row at a time: 2 * KW
+// independent chains of FMAs. Rows of whole pairs of vectors only (Wo a multiple of 2 * VEC).
+// Writes part as the kernel above does.
+#define FR_ACC(j) floatv a##j = (floatv)(0.0f), b##j = a##j;
+#define FR_FMA(j) a##j += d0 * LOAD_UNIT(xr + ow + j * dw); b##j += d1 * LOAD_UNIT(xr + ow + VEC + j * dw);
+#define FR_STORE(j) { const floatv v = a##j + b##j; float total = 0.0f; \
+    for (int q = 0; q < VEC; ++q) total += v[q]; \
+    dst[j] = total; }
+#define TAPS_3(X) X(0) X(1) X(2)
+#define TAPS_5(X) X(0) X(1) X(2) X(3) X(4)
+#define FILTER_ROW_KERNEL(name, KW) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(const int rows, __global const float *restrict xp, \
+          __global const float *restrict dy, const int dy_off, \
+          __global float *restrict part, const int p_off, \
+          const int N, const int C, const int Hp, const int Wp, const int O, \
+          const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
+          const int dw) \
+{ \
+    const int ki = get_global_id(0), oc = get_global_id(1), chunk = get_global_id(2); \
+    const int chunks = get_global_size(2); \
+    const int o = oc / cg, ci = oc - o * cg, c = (o / og) * cg + ci; \
+    TAPS_##KW(FR_ACC) \
+    for (int n = chunk; n < N; n += chunks) { \
+        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp; \
+        __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo; \
+        for (int oh = 0; oh < Ho; ++oh) { \
+            __global const float *xr = xc + (size_t)oh * Wp; \
+            __global const float *dyr = dyp + (size_t)oh * Wo; \
+            for (int ow = 0; ow < Wo; ow += 2 * VEC) { \
+                const floatv d0 = LOAD_UNIT(dyr + ow), d1 = LOAD_UNIT(dyr + ow + VEC); \
+                TAPS_##KW(FR_FMA) \
+            } \
+        } \
+    } \
+    __global float *dst = part + p_off + ((size_t)chunk * get_global_size(1) + oc) * kh * KW + ki * KW; \
+    TAPS_##KW(FR_STORE) \
+}
+
+FILTER_ROW_KERNEL(conv_direct_bwd_filter_k3, 3)
+FILTER_ROW_KERNEL(conv_direct_bwd_filter_k5, 5)
 
 // Pass 2: dw[i] (+)= sum over the chunks of part[chunk][i]; one work-item per weight.
 __kernel void conv_direct_filter_sum(const int total, const int chunks,
@@ -284,6 +356,32 @@ __kernel void conv_direct_filter_sum(const int total, const int chunks,
     float s = 0.0f;
     for (int z = 0; z < chunks; ++z) s += part[p_off + (size_t)z * total + i];
     dw[dw_off + i] = acc ? dw[dw_off + i] + s : s;
+}
+
+// 2x2 windows, stride 2, no padding, H = 2 Ho and W = 2 Wo (LeNet's and most CNNs' pooling):
+// one work-item per output and no loops, so CPU drivers vectorise the work-group's items;
+// the same taps in the same order as max_pool (the first maximum wins, a NaN wins). Output
+// row `row` of all planes reads input rows 2 row and 2 row + 1. Launched as (Wo rounded up,
+// N * C * Ho).
+__kernel void max_pool_2x2(const int Wo, __global const float *x, const int x_off, const int Ho,
+                           __global float *out, const int o_off, __global int *argmax, const int a_off)
+{
+    const int ow = get_global_id(0), row = get_global_id(1);
+    // asked per work-group first (see GID_CHECK in elementwise.cl)
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)Wo && ow >= Wo) return;
+    const int W = 2 * Wo, top = 2 * (row % Ho) * W + 2 * ow;
+    __global const float *xr = x + x_off + (size_t)2 * row * W + 2 * ow;
+    const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
+    float b = v0;
+    int w = top;
+    int take = v1 > b || v1 != v1;
+    b = take ? v1 : b; w = take ? top + 1 : w;
+    take = v2 > b || v2 != v2;
+    b = take ? v2 : b; w = take ? top + W : w;
+    take = v3 > b || v3 != v3;
+    b = take ? v3 : b; w = take ? top + W + 1 : w;
+    out[o_off + (size_t)row * Wo + ow] = b;
+    argmax[a_off + (size_t)row * Wo + ow] = w;
 }
 
 // Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).

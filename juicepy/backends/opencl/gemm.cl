@@ -36,7 +36,8 @@
 // k reads one 64-byte piece of rows that lie a row (or plane) apart, and on AVX2 those reads
 // were half of gemm_packed's time (not measured on AVX-512 devices, which keep the panel order).
 // DIRECT_PACKED: where both operands are packed, the micro-kernel reads their panels where
-// they are instead of copying them to local memory first (measured on AVX2 only, likewise).
+// they are instead of copying them to local memory first, and conv_gemm reads its packed
+// weights in place (measured on AVX2 only, likewise).
 #ifndef STAGE_B_ROWS
 #define STAGE_B_ROWS 0
 #endif
@@ -385,7 +386,9 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     }
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
+#if !DIRECT_PACKED
         STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
+#endif
         int ci = k0 / taps, ki = (k0 - ci * taps) / kw, kj = k0 - ci * taps - ki * kw;
         for (int k = 0; k < kc; ++k) {
             for (int r = 0; r < runs; ++r)
@@ -400,7 +403,12 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                 if (++ki == kh) { ki = 0; ++ci; }
             }
         }
+#if DIRECT_PACKED   // the packed weights are read where they are, like gemm_packed's panels
+        MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __local, b_store, BK * NR / VW, c_store,
+                    a_panels, b_panels, kc, k0 == 0)
+#else
         MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)
+#endif
     }
 #else
     int run_at[NR], run_len[NR], run_h[NR], run_w[NR], run_img[NR], run_pix[NR];

@@ -21,11 +21,34 @@ DIRECT_MIN_GEMM_ROWS = 12
 # ...or few outputs and few input channels per group (LeNet's second layer: 16 outputs, 6
 # channels; a 4-group 64-channel layer, 16 and 16, measured faster as a GEMM).
 DIRECT_MAX_OUTPUTS, DIRECT_MAX_CHANNELS_FEW_OUTPUTS = 16, 8
+# ...or, on 8-lane devices (AVX2), any stride-1 pass with at most this many outputs per group:
+# with 8 independent accumulators per work-item (conv.cl's U) the direct kernel beat the
+# implicit GEMM there on 5x5 32->32 and 4-group 64->64 layers and tied it on 3x3 64->64 (whose
+# GEMM rows amortise the gathering better); not measured on 16-lane devices, which keep the
+# rules above.
+DIRECT_MAX_OUTPUTS_8_LANES = 32
 # Weight gradients go direct only for depthwise layers (one channel per group): LeNet's first
 # layer (25 taps, 6 outputs) measured faster as the implicit A @ B^T.
+# kernel widths with a direct weight-gradient kernel per row of taps (conv_direct_bwd_filter_k*
+# in conv.cl; stride 1; _filter_by_rows). On 8-lane devices it also computes the weight
+# gradients of groups of at most DIRECT_MAX_OUTPUTS_8_LANES outputs (5x5 32->32, 4-group
+# 64->64: faster than the implicit A @ B^T there).
+FILTER_ROW_TAPS = (3, 5)
 # work-items the direct weight gradient aims at (images are split into chunks to reach it)
 DIRECT_FILTER_ITEMS = 1024
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
+
+
+def direct_unroll(outs: int, vectors: int) -> int:
+    """Vectors of a row each work-item of the direct forward kernel computes at once (U in
+    conv.cl) for ``outs`` output planes and rows of ``vectors`` vectors: enough independent
+    accumulators (outs x U) to hide the FMA's latency, 8 where the row is long enough; a last
+    vector partly past the row costs no more than the chain it replaces would have waited."""
+    if vectors <= 1:
+        return 1
+    if outs == 4 or vectors == 2:
+        return 2
+    return 4
 
 
 def pair(v) -> tuple[int, int]:
@@ -94,10 +117,21 @@ class SpatialOps(abc.ABC):
             c, o = o, c
         inner, outputs = c // groups * kh * kw, o // groups
         if op == "filter":
-            return c == o == groups   # depthwise
+            if c == o == groups:   # depthwise
+                return True
+            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_MAX_OUTPUTS_8_LANES
         if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
             return True
+        if self._conv_vec == 8 and geo[9] == geo[10] == 1 and outputs <= DIRECT_MAX_OUTPUTS_8_LANES:
+            return True
         return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
+
+    def _filter_by_rows(self, geo) -> bool:
+        """Whether conv_direct_bwd_filter_k* computes this weight gradient: stride 1, a kernel
+        width it was built for, and rows of whole pairs of vectors (its loop over a row's last
+        lanes reads them one by one: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
+        kw, wo, sh, sw = geo[6], geo[8], geo[9], geo[10]
+        return sh == sw == 1 and kw in FILTER_ROW_TAPS and wo % (2 * self._conv_vec) == 0
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
         """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
@@ -112,9 +146,11 @@ class SpatialOps(abc.ABC):
         """conv_direct_fwd over x padded by the geometry's padding."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
-        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dw, ws)
         outs = 4 if (o // groups) % 4 == 0 else 1   # output planes per work-item
-        self._kernel("conv.cl", "conv_direct_fwd4" if outs == 4 else "conv_direct_fwd")(
+        unroll = direct_unroll(outs, -(-wo // self._conv_vec))
+        xp = self._padded(x, ph, pw, hp, wp, unroll * self._conv_vec * sw + kw * dw, ws)
+        name = ("conv_direct_fwd4" if outs == 4 else "conv_direct_fwd") + ("" if unroll == 1 else f"_u{unroll}")
+        self._kernel("conv.cl", name)(
             self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
             c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
 
@@ -233,13 +269,21 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
-        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // (taps * weights)))
+        by_rows = self._filter_by_rows(geo)   # a work-item per row of taps
+        items = kh * weights if by_rows else taps * weights
+        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
-        xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
-        self._kernel("conv.cl", "conv_direct_bwd_filter")(
-            self.queue, (taps, weights, chunks), (1, 1, 1), taps, xp.base_data, *self._ref(dy),
-            *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
+        if by_rows:
+            xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
+            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}")(
+                self.queue, (kh, weights, chunks), (1, 1, 1), kh, xp.base_data, *self._ref(dy),
+                *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
+        else:
+            xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
+            self._kernel("conv.cl", "conv_direct_bwd_filter")(
+                self.queue, (taps, weights, chunks), (1, 1, 1), taps, xp.base_data, *self._ref(dy),
+                *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
         self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
                           *self._ref(dw), int(accumulate))
 
@@ -256,6 +300,11 @@ class SpatialOps(abc.ABC):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "max_pool2d")
         check_argmax("opencl", "max_pool2d", argmax, out.shape)
         planes = out.shape[0] * out.shape[1]
+        h, w, ho, wo = geo[:4]
+        if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
+            self._launch_rows("conv.cl", "max_pool_2x2", wo, (planes * ho,), *self._ref(x), ho,
+                              *self._ref(out), *self._ref(argmax))
+            return
         self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 

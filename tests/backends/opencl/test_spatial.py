@@ -65,6 +65,12 @@ CONV_CASES = [
     ((3, 6, 7, 7), (12, 3, 3), (1, 1), (1, 1), (1, 1), 6),    # depthwise, two outputs per channel
     ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),     # padded past the kernel
     ((2, 4, 5, 21), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, rows past 16 lanes
+    # rows of several vectors, computed 2 or 4 vectors at a time, the last one partly past the row
+    ((2, 3, 5, 37), (3, 3, 3), (1, 2), (1, 1), (1, 1), 3),    # depthwise, strided: 19 outputs a row
+    ((1, 2, 4, 45), (6, 3, 3), (1, 1), (1, 1), (1, 2), 2),    # three outputs per group, dilated: 43
+    # weight gradients a row of taps per work-item (rows of 16 and 32 outputs: whole pairs of vectors)
+    ((2, 3, 6, 16), (3, 3, 3), (1, 1), (2, 1), (2, 1), 3),    # depthwise 3x3, dilated along rows
+    ((2, 4, 3, 32), (4, 5, 5), (1, 1), (2, 2), (1, 1), 2),    # 5x5, two channels per group
 ]
 
 
