@@ -72,6 +72,7 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
     monkeypatch.setattr(kernels, "isa", 1)  # AVX2: all three algorithms apply
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     counts = []
 
     def choose(op, count, *rest):
@@ -102,6 +103,28 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated, AVX-512: GEMM
     assert choose("filter", 2, (32, 32), (2, 2), 1) == 1  # dilated, AVX2: direct
     assert choose("filter", 2, (8, 8), (1, 1), 1) == 0
+    # 16x16 planes: direct for narrow layers only
+    assert choose("filter", 2, (16, 16), (1, 1), 1, 32) == 1
+    assert choose("filter", 2, (16, 16), (1, 1), 1, 64) == choose("filter", 2, (16, 16), (1, 1), 1) == 0
+    assert choose("filter", 2, (8, 8), (1, 1), 1, 16) == 0
+
+
+@needs_kernels
+def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch):
+    """Winograd's 16 GEMMs lose to the direct kernel when thin (few channels) or short (small
+    planes): the ResNet's 16-32 channel layers and 8x8 planes run direct."""
+    monkeypatch.setattr(kernels, "isa", 1)
+    backend = jp.backend("numpy")
+    applies = numpy_spatial._winograd
+
+    def plan(c, o, hw):
+        return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
+
+    assert applies(backend, plan(64, 64, 32), 64, 64, (32, 32))
+    assert applies(backend, plan(64, 128, 16), 64, 128, (16, 16))
+    assert not applies(backend, plan(32, 64, 16), 32, 64, (16, 16))
+    assert not applies(backend, plan(64, 128, 8), 64, 128, (8, 8))
+    assert not applies(backend, plan(16, 16, 32), 16, 16, (32, 32))
 
 
 @needs_kernels
