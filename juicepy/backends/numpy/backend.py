@@ -11,7 +11,7 @@ from ..base import (Backend, check_argmax, check_cell, check_embedding, check_no
                     check_per_channel, check_pool_shapes, check_same, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
-from .threads import CHUNK, chunked as _chunked, run_lanes as _run_lanes, split as _split
+from .threads import CHUNK, chunked as _chunked, gemm_threads as _gemm_threads, run_lanes as _run_lanes, split as _split
 
 
 def _fill_arange(buf) -> None:
@@ -94,16 +94,18 @@ class NumpyBackend(Backend):
         return _scratch(ws, self, tag, out.shape, out.dtype) if accumulate else out
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
-        check_gemm(self.name, a, b, out, trans_a, trans_b)
+        m, n, k = check_gemm(self.name, a, b, out, trans_a, trans_b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
         if beta == 0.0:
-            np.matmul(a, b, out=out)
+            with _gemm_threads(m, n, k):
+                np.matmul(a, b, out=out)
             if alpha != 1.0:
                 out *= alpha
             return
         tmp = _scratch(ws, self, "gemm", out.shape, out.dtype)
-        np.matmul(a, b, out=tmp)
+        with _gemm_threads(m, n, k):
+            np.matmul(a, b, out=tmp)
         if alpha != 1.0:
             tmp *= alpha
         if beta != 1.0:

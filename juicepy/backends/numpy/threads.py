@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -109,10 +109,18 @@ def _blas_controller():
 @contextmanager
 def single_threaded_blas():
     """BLAS calls run on the calling thread only (process-wide, restored by the last of any
-    overlapping users), so lanes that each call BLAS do not oversubscribe the cores."""
+    overlapping users), so lanes that each call BLAS do not oversubscribe the cores. Sets the
+    libraries' thread counts directly: threadpoolctl's ``limit`` re-reads every library's state
+    and costs 4-5x more, which a small GEMM op (``gemm_threads``) pays on every call."""
     with _BLAS_LOCK:
         if _blas_state["depth"] == 0:
-            _blas_state["limiter"] = _blas_controller().limit(limits=1)
+            saved = []
+            for lib in _blas_controller().lib_controllers:
+                count = lib.get_num_threads()
+                if count is not None and count != 1:
+                    lib.set_num_threads(1)
+                    saved.append((lib, count))
+            _blas_state["limiter"] = saved
         _blas_state["depth"] += 1
     try:
         yield
@@ -120,8 +128,24 @@ def single_threaded_blas():
         with _BLAS_LOCK:
             _blas_state["depth"] -= 1
             if _blas_state["depth"] == 0:
-                _blas_state["limiter"].restore_original_limits()
+                for lib, count in _blas_state["limiter"]:
+                    lib.set_num_threads(count)
                 _blas_state["limiter"] = None
+
+
+#: multiply-adds (m*n*k) up to which a GEMM op runs on one BLAS thread: such a product gains
+#: little from a second thread, and OpenBLAS's idle threads then spin for a while after it,
+#: holding the core that the next ops' lanes need (a CIFAR CNN step: the direct conv kernels,
+#: pooling and batch norm all ran 1.3-1.5x slower behind one small Linear layer; docs/numpy.md)
+SMALL_GEMM = 1 << 22
+
+
+def gemm_threads(m: int, n: int, k: int):
+    """The BLAS threading for one (m, k) @ (k, n) product: one thread when it is small, else
+    BLAS's own (a context manager either way)."""
+    if m * n * k <= SMALL_GEMM and _blas_controller() is not None:
+        return single_threaded_blas()
+    return nullcontext()
 
 
 def gemm_lanes() -> int:
