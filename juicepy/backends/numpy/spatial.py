@@ -515,12 +515,21 @@ def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, 
         dw += partial[k]
 
 
+#: output planes (Ho*Wo) up to which the GEMM weight gradient multiplies a chunk's samples side
+#: by side (one product with a reduction over samples x pixels) instead of one product per
+#: sample summed afterwards: a 64-pixel plane makes each per-sample product a thin K=64 update
+#: of the whole (Kg, O/G) result (docs/numpy.md)
+FILTER_SIDE_BY_SIDE_MAX_PLANE = 64
+
+
 def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
     plan = _ConvPlan(x.shape, w_shape, dy.shape[2:], stride, padding, dilation, groups)
     geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     og = plan.o // groups
     chunks = _chunks(plan, _gemm_lanes())
     size = _columns_size(plan, chunks)
+    side_by_side = plan.ho * plan.wo <= FILTER_SIDE_BY_SIDE_MAX_PLANE and not _pointwise(plan)
+    most = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * plan.wo
     totals = {}
 
     # cols @ dy^T, (Kg, O/G) per group, then one small transposed copy: BLAS runs this
@@ -529,10 +538,14 @@ def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, gr
         totals[k] = total = scratch(ws, backend, f"conv_dw_t/{k}", (groups, plan.depth, og), dw.dtype)
         part = scratch(ws, backend, f"conv_dw_part/{k}", total.shape, dw.dtype)
         for index, chunk in enumerate(chunks[lo:hi]):
-            cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
-            per_sample = scratch(ws, backend, f"conv_dw_rows/{k}", (cols.shape[0],) + total.shape, dw.dtype)
-            np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
-            np.sum(per_sample, axis=0, out=total if index == 0 else part)
+            into = total if index == 0 else part
+            if side_by_side:
+                _side_by_side_filter(backend, plan, x, dy, geometry, chunk, size, most, k, ws, into)
+            else:
+                cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
+                per_sample = scratch(ws, backend, f"conv_dw_rows/{k}", (cols.shape[0],) + total.shape, dw.dtype)
+                np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
+                np.sum(per_sample, axis=0, out=into)
             if index:
                 total += part
 
@@ -541,6 +554,21 @@ def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, gr
     for k in range(1, lanes):
         totals[0] += totals[k]
     backend.store(totals[0].transpose(0, 2, 1), _view(dw, (groups, og, plan.depth)), accumulate)
+
+
+def _side_by_side_filter(backend, plan, x, dy, geometry, chunk, size, most, lane, ws, out):
+    """out (G, Kg, O/G) = the chunk's columns laid out (G, Kg, samples x pixels), each sample's
+    pixels after the previous one's, times dy^T copied into (samples x pixels, O)."""
+    n0, n1, r0, r1 = chunk
+    pixels = (r1 - r0) * plan.wo
+    q = (n1 - n0) * pixels
+    buf = scratch(ws, backend, f"conv_cols/{lane}", (size,), x.dtype)
+    backend.conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, pixels, q)
+    cols = _view(buf[:plan.groups * plan.depth * q], (plan.groups, plan.depth, q))
+    dy_t = scratch(ws, backend, f"conv_dy_t/{lane}", (most * plan.o,), dy.dtype)[:q * plan.o]
+    rows = _view(dy[n0:n1], (n1 - n0, plan.o, plan.ho * plan.wo))[:, :, r0 * plan.wo:r1 * plan.wo]
+    np.copyto(_view(dy_t, (n1 - n0, pixels, plan.o)), rows.transpose(0, 2, 1))
+    np.matmul(cols, _view(dy_t, (q, plan.groups, plan.o // plan.groups)).transpose(1, 0, 2), out=out)
 
 
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):

@@ -92,6 +92,28 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     np.testing.assert_allclose(summed[2], reference[2] + 1, rtol=1e-10, atol=1e-10)
 
 
+@needs_kernels
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["per-sample", "side-by-side"])
+@pytest.mark.parametrize("bands", [False, True], ids=["samples", "row-bands"])
+@pytest.mark.parametrize("geometry", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 1, 2, 2)], ids=["plain", "strided", "dilated-grouped"])
+def test_both_gemm_weight_gradient_layouts_match_the_fallback(side_by_side, bands, geometry, monkeypatch):
+    """The GEMM weight gradient's columns per sample (summed) or side by side in one product,
+    over chunks of whole samples or row bands of one, alone and accumulating."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 6, 9, 8))
+    w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
+    monkeypatch.setattr(numpy_spatial, "FILTER_SIDE_BY_SIDE_MAX_PLANE", 10**9 if side_by_side else 0)
+    monkeypatch.setattr(numpy_spatial, "COLUMN_CHUNK", 1 if bands else 1 << 18)
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: 0)
+    ws = Workspace()
+    fast = _all_three(x, w, 5, geometry, ws=ws)[2]
+    summed = _all_three(x, w, 5, geometry, accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 5, geometry)[2]
+    np.testing.assert_allclose(fast, reference, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(summed, reference + 1, rtol=1e-10, atol=1e-10)
+
+
 def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
