@@ -11,6 +11,9 @@
  */
 #include "_kernels.h"
 
+#include <sched.h>
+#include <time.h>
+
 #define DEFINE_ADAM(NAME, T, SQRT)                                                           \
     VECTOR_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m,          \
                                    T *restrict v, T *restrict vmax, Py_ssize_t n, T c1, T b2, \
@@ -231,6 +234,49 @@ static PyObject *py_relu(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* spin_while(flags, index, value, seconds): wait, with the GIL released, while the int64
+ * flags[index] still equals value, for at most ``seconds``; True once it changed. threads.py's
+ * lanes hand work over through these flags: a thread blocked in the kernel took 50-120 us to
+ * wake on the project's VM, a polling one a few. sched_yield between polls gives the core to
+ * any other runnable thread (an OpenBLAS worker, another process). */
+static PyObject *py_spin_while(PyObject *self, PyObject *args)
+{
+    PyObject *fo;
+    Py_ssize_t index;
+    long long value;
+    double seconds;
+    if (!PyArg_ParseTuple(args, "OnLd", &fo, &index, &value, &seconds)) return NULL;
+    Py_buffer f;
+    if (PyObject_GetBuffer(fo, &f, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (f.itemsize != 8 || index < 0 || index >= f.len / 8) {
+        PyBuffer_Release(&f);
+        PyErr_SetString(PyExc_ValueError, "spin_while: flags must be int64 and index inside them");
+        return NULL;
+    }
+    const long long *flag = (const long long *)f.buf + index;
+    int changed = 0;
+    Py_BEGIN_ALLOW_THREADS
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (unsigned long i = 0;; i++) {
+        if (__atomic_load_n(flag, __ATOMIC_ACQUIRE) != value) {
+            changed = 1;
+            break;
+        }
+        if ((i & 15) == 15) {
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            if ((double)(now.tv_sec - start.tv_sec) + 1e-9 * (double)(now.tv_nsec - start.tv_nsec) > seconds) break;
+            sched_yield();
+        }
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&f);
+    return PyBool_FromLong(changed);
+}
+
 static PyMethodDef methods[] = {
     {"relu", py_relu, METH_VARARGS, "relu(x, out): out = max(x, 0), NaN kept"},
     {"relu_backward", py_relu_backward, METH_VARARGS,
@@ -241,6 +287,9 @@ static PyMethodDef methods[] = {
     {"sgd", py_sgd, METH_VARARGS,
      "sgd(param, grad, momentum_buffer|None, lr, momentum, 1-dampening, weight_decay, nesterov, "
      "first_step): one fused SGD pass, in place"},
+    {"spin_while", py_spin_while, METH_VARARGS,
+     "spin_while(flags, index, value, seconds): wait (GIL released) while int64 flags[index] == value, "
+     "at most seconds; True once it changed"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -11,7 +11,8 @@ from ..base import (Backend, check_argmax, check_cell, check_embedding, check_no
                     check_per_channel, check_pool_shapes, check_same, check_sequence, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
-from .threads import CHUNK, chunked as _chunked, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes, split as _split
+from .threads import (CHUNK, chunked as _chunked, gemm_threads as _gemm_threads, run_gemm_pieces as _run_gemm_pieces,
+                      run_lanes as _run_lanes, split as _split)
 
 #: multiply-adds from which a GEMM splits its rows over the lanes (below it BLAS's own threads are
 #: faster: measured in docs/numpy.md), and the fewest rows per piece
@@ -99,7 +100,7 @@ class NumpyBackend(Backend):
         return _scratch(ws, self, tag, out.shape, out.dtype) if accumulate else out
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
-        check_gemm(self.name, a, b, out, trans_a, trans_b)
+        m, n, k = check_gemm(self.name, a, b, out, trans_a, trans_b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
         tmp = None if beta == 0.0 else _scratch(ws, self, "gemm", out.shape, out.dtype)
@@ -114,9 +115,9 @@ class NumpyBackend(Backend):
                     out[lo:hi] *= beta
                 out[lo:hi] += dst
 
-        m, k = a.shape
-        if m * k * b.shape[1] < GEMM_SPLIT_MIN or m < 2 * GEMM_SPLIT_ROWS:
-            rows(0, m)
+        if m * n * k < GEMM_SPLIT_MIN or m < 2 * GEMM_SPLIT_ROWS:
+            with _gemm_threads(m, n, k):  # one BLAS thread for a small product
+                rows(0, m)
             return
         # Big products run as row ranges on the backend's own lanes, each with a single-threaded
         # BLAS: BLAS's own worker threads keep spinning for a long while after each call and

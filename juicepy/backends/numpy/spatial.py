@@ -435,20 +435,28 @@ def _pointwise(plan) -> bool:
 #: output plane (Ho*Wo) from which the direct kernel computes a weight gradient faster than
 #: im2col + GEMM (measurements in docs/numpy.md)
 DIRECT_FILTER_MIN_PLANE = 512
+#: with at most this many input channels per group and output channels, the direct weight
+#: gradient already wins from half that plane (16x16): its GEMM is too thin (docs/numpy.md)
+DIRECT_FILTER_NARROW = 32
 
 
-def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2) -> int:
+def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: int | None = None) -> int:
     """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel, 2
     Winograd (where they apply). Fixed by the geometry and the instruction set the C kernels
     were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
     machine (a resumed one, one in another process) computes the same bits. Winograd, where it
-    applies, wins every forward and input gradient measured, then the direct kernel; for the
-    weight gradient the direct kernel wins only on large output planes, and with AVX-512 only
+    applies (``_winograd``), wins the forward and input gradient, else the direct kernel; for
+    the weight gradient the direct kernel wins only on large output planes (16x16 ones with
+    ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), and with AVX-512 only
     undilated ones (docs/numpy.md)."""
     if count == 1:
         return 0
-    if op == "filter" and (out_hw[0] * out_hw[1] < DIRECT_FILTER_MIN_PLANE or (isa >= 2 and max(dilation) > 1)):
-        return 0
+    if op == "filter":
+        plane = out_hw[0] * out_hw[1]
+        narrow = channels is not None and channels <= DIRECT_FILTER_NARROW
+        if plane < (DIRECT_FILTER_MIN_PLANE // 2 if narrow else DIRECT_FILTER_MIN_PLANE) \
+                or (isa >= 2 and max(dilation) > 1):
+            return 0
     return count - 1
 
 
@@ -457,7 +465,7 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     runs = [_gemm_forward]
     if _direct(backend, stride, padding) and not _pointwise(plan):
         runs.append(_direct_forward)
-        if _winograd(backend, plan, plan.c, plan.o):
+        if _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
             runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
     runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
@@ -488,7 +496,9 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
     if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
-    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dw, accumulate, ws)
+    channels = max(x.shape[1] // groups, dw.shape[0])
+    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa, channels)](
+        *args, dw, accumulate, ws)
 
 
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -505,12 +515,21 @@ def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, 
         dw += partial[k]
 
 
+#: output planes (Ho*Wo) up to which the GEMM weight gradient multiplies a chunk's samples side
+#: by side (one product with a reduction over samples x pixels) instead of one product per
+#: sample summed afterwards: a 64-pixel plane makes each per-sample product a thin K=64 update
+#: of the whole (Kg, O/G) result (docs/numpy.md)
+FILTER_SIDE_BY_SIDE_MAX_PLANE = 64
+
+
 def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
     plan = _ConvPlan(x.shape, w_shape, dy.shape[2:], stride, padding, dilation, groups)
     geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     og = plan.o // groups
     chunks = _chunks(plan, _gemm_lanes())
     size = _columns_size(plan, chunks)
+    side_by_side = plan.ho * plan.wo <= FILTER_SIDE_BY_SIDE_MAX_PLANE and not _pointwise(plan)
+    most = max((n1 - n0) * (r1 - r0) for n0, n1, r0, r1 in chunks) * plan.wo
     totals = {}
 
     # cols @ dy^T, (Kg, O/G) per group, then one small transposed copy: BLAS runs this
@@ -519,10 +538,14 @@ def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, gr
         totals[k] = total = scratch(ws, backend, f"conv_dw_t/{k}", (groups, plan.depth, og), dw.dtype)
         part = scratch(ws, backend, f"conv_dw_part/{k}", total.shape, dw.dtype)
         for index, chunk in enumerate(chunks[lo:hi]):
-            cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
-            per_sample = scratch(ws, backend, f"conv_dw_rows/{k}", (cols.shape[0],) + total.shape, dw.dtype)
-            np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
-            np.sum(per_sample, axis=0, out=total if index == 0 else part)
+            into = total if index == 0 else part
+            if side_by_side:
+                _side_by_side_filter(backend, plan, x, dy, geometry, chunk, size, most, k, ws, into)
+            else:
+                cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
+                per_sample = scratch(ws, backend, f"conv_dw_rows/{k}", (cols.shape[0],) + total.shape, dw.dtype)
+                np.matmul(cols, _chunk_of(plan, dy, chunk).transpose(0, 1, 3, 2), out=per_sample)
+                np.sum(per_sample, axis=0, out=into)
             if index:
                 total += part
 
@@ -533,12 +556,27 @@ def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, gr
     backend.store(totals[0].transpose(0, 2, 1), _view(dw, (groups, og, plan.depth)), accumulate)
 
 
+def _side_by_side_filter(backend, plan, x, dy, geometry, chunk, size, most, lane, ws, out):
+    """out (G, Kg, O/G) = the chunk's columns laid out (G, Kg, samples x pixels), each sample's
+    pixels after the previous one's, times dy^T copied into (samples x pixels, O)."""
+    n0, n1, r0, r1 = chunk
+    pixels = (r1 - r0) * plan.wo
+    q = (n1 - n0) * pixels
+    buf = scratch(ws, backend, f"conv_cols/{lane}", (size,), x.dtype)
+    backend.conv_kernels.im2col(x, buf, geometry, plan.n, n0, n1, r0, r1, pixels, q)
+    cols = _view(buf[:plan.groups * plan.depth * q], (plan.groups, plan.depth, q))
+    dy_t = scratch(ws, backend, f"conv_dy_t/{lane}", (most * plan.o,), dy.dtype)[:q * plan.o]
+    rows = _view(dy[n0:n1], (n1 - n0, plan.o, plan.ho * plan.wo))[:, :, r0 * plan.wo:r1 * plan.wo]
+    np.copyto(_view(dy_t, (n1 - n0, pixels, plan.o)), rows.transpose(0, 2, 1))
+    np.matmul(cols, _view(dy_t, (q, plan.groups, plan.o // plan.groups)).transpose(1, 0, 2), out=out)
+
+
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
     runs = [_gemm_backward_data]
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
-        if _winograd(backend, plan, plan.o, plan.c):
+        if _winograd(backend, plan, plan.o, plan.c, dx.shape[2:]):
             runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
     runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
@@ -572,20 +610,23 @@ def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     _run_gemm_pieces(len(chunks), lane)
 
 
-#: fewest input and output channels for Winograd: with fewer, its 16 GEMMs are too thin for
-#: BLAS and the direct kernel wins
-WINOGRAD_MIN_CHANNELS = 16
+#: fewest input and output channels for Winograd, and the smallest output plane (Ho*Wo): with
+#: fewer channels its 16 GEMMs are too thin for BLAS, with smaller planes too short, and the
+#: direct kernel wins (docs/numpy.md)
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_PLANE = 256
 #: tiles per chunk of samples: the transformed input and product of a chunk (16 x channels x
 #: tiles each) stay in cache between the transforms and the GEMMs
 WINOGRAD_TILES = 256
 
 
-def _winograd(backend, plan, n_in, n_out) -> bool:
+def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
-    applies: stride 1, padding >= 0): 3x3, ungrouped, channels enough, and AVX2 (``isa`` 1),
-    where it was measured to win; AVX-512 machines keep the direct kernel until measured."""
+    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough, and AVX2
+    (``isa`` 1), where it was measured to win; AVX-512 machines keep the direct kernel until
+    measured."""
     return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
-        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS
+        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
 
 
 def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):

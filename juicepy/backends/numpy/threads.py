@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+
+import numpy as np
+
+from . import kernels as _kernels
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -36,6 +40,138 @@ def pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+#: seconds a lane thread keeps polling for its next call before it blocks: the gaps between a
+#: training step's parallel regions are mostly shorter, and a blocked thread took 50-120 us to
+#: wake on the project's VM (docs/numpy.md)
+LANE_SPIN = 2e-3
+#: seconds the dispatching thread polls for its lanes to finish before it blocks
+WAIT_SPIN = 20e-3
+
+_local = threading.local()
+
+
+class _Lane:
+    """One extra lane: a daemon thread that runs the calls posted to it, one at a time. Between
+    calls it polls its flags in C with the GIL released (``spin_while``) before it falls back to
+    blocking on its condition, so a call posted soon after the last one starts at once."""
+
+    def __init__(self, spin_while, index: int):
+        self.flags = np.zeros(2, np.int64)  # calls posted, calls done
+        self.call = None
+        self.error = None
+        self.cond = threading.Condition()
+        self.spin_while = spin_while
+        threading.Thread(target=self._run, name=f"juicepy-numpy-lane-{index}", daemon=True).start()
+
+    def _run(self) -> None:
+        _local.in_lane = True
+        done = 0
+        while True:
+            if not self.spin_while(self.flags, 0, done, LANE_SPIN):
+                with self.cond:
+                    while self.flags[0] == done:
+                        self.cond.wait()
+            work, args = self.call
+            try:
+                work(*args)
+            except BaseException as exc:  # handed to the dispatching thread, raised there
+                self.error = exc
+            done += 1
+            with self.cond:
+                self.flags[1] = done
+                self.cond.notify_all()
+
+    def post(self, work, args) -> None:
+        self.call, self.error = (work, args), None
+        with self.cond:
+            self.flags[0] += 1
+            self.cond.notify_all()
+
+    def wait(self) -> BaseException | None:
+        posted = int(self.flags[0])
+        if not self.spin_while(self.flags, 1, posted - 1, WAIT_SPIN):
+            with self.cond:
+                while self.flags[1] != posted:
+                    self.cond.wait()
+        error, self.error = self.error, None
+        return error
+
+
+_LANES: list[_Lane] = []
+_DISPATCH = threading.Lock()
+_SPIN: dict = {}
+
+
+def _in_lane(work, args) -> None:
+    """A call on a pool thread, marked as a lane so what it dispatches runs inline (a nested
+    submit could wait for a pool thread that waits for it)."""
+    _local.in_lane = True
+    try:
+        work(*args)
+    finally:
+        _local.in_lane = False
+
+
+def _spin_while():
+    """The C polling primitive, or None where _cpu_kernels is not built or not wanted
+    (JUICEPY_CPU_KERNELS=numpy): then the lanes run on the thread pool."""
+    if "spin" not in _SPIN:
+        _SPIN["spin"] = getattr(_kernels.load("_cpu_kernels"), "spin_while", None)
+    return _SPIN["spin"]
+
+
+def _reset_after_fork() -> None:
+    global _POOL
+    _LANES.clear()
+    _POOL = None
+    _SPIN.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def parallel(calls) -> None:
+    """Run ``calls`` [(work, args)], the first on this thread and each other on its own lane,
+    and return when all have finished; the first error raised is raised here, after every call
+    ended (no lane is still writing). Calls from inside a lane, or while another thread
+    dispatches, run one after another on this thread: the same pieces, so the same results."""
+    spin = _spin_while()
+    if len(calls) == 1 or getattr(_local, "in_lane", False):
+        for work, args in calls:
+            work(*args)
+        return
+    if spin is None:
+        futures = [pool().submit(_in_lane, work, args) for work, args in calls[1:]]
+        try:
+            calls[0][0](*calls[0][1])
+        finally:
+            errors = [future.exception() for future in futures]
+        for error in errors:
+            if error is not None:
+                raise error
+        return
+    if not _DISPATCH.acquire(blocking=False):
+        for work, args in calls:
+            work(*args)
+        return
+    try:
+        while len(_LANES) < len(calls) - 1:
+            _LANES.append(_Lane(spin, len(_LANES) + 1))
+        lanes = _LANES[:len(calls) - 1]
+        for lane, (work, args) in zip(lanes, calls[1:]):
+            lane.post(work, args)
+        try:
+            calls[0][0](*calls[0][1])
+        finally:
+            errors = [lane.wait() for lane in lanes]
+    finally:
+        _DISPATCH.release()
+    for error in errors:
+        if error is not None:
+            raise error
+
+
 def chunked(size: int, work, *, min_parallel: int = 4 * CHUNK) -> None:
     """Call work(lo, hi, lane) over [0, size) in CHUNK pieces; lanes run in parallel threads
     and each lane owns its scratch, so lanes never share temporaries."""
@@ -45,13 +181,7 @@ def chunked(size: int, work, *, min_parallel: int = 4 * CHUNK) -> None:
         for lo in range(lane * CHUNK, size, lanes * CHUNK):
             work(lo, min(lo + CHUNK, size), lane)
 
-    if lanes == 1:
-        run_lane(0)
-        return
-    futures = [pool().submit(run_lane, lane) for lane in range(1, lanes)]
-    run_lane(0)
-    for future in futures:
-        future.result()
+    parallel([(run_lane, (lane,)) for lane in range(lanes)])
 
 
 # Below this many elements a second lane loses: right after a step's GEMMs the other core is
@@ -63,13 +193,7 @@ def split(size: int, work) -> None:
     """Call work(lo, hi) on one contiguous part per thread (one-pass fused kernels)."""
     lanes = min(num_threads(), max(1, size // CHUNK)) if size >= SPLIT_MIN else 1
     bounds = [size * k // lanes for k in range(lanes + 1)]
-    if lanes == 1:
-        work(0, size)
-        return
-    futures = [pool().submit(work, bounds[k], bounds[k + 1]) for k in range(1, lanes)]
-    work(bounds[0], bounds[1])
-    for future in futures:
-        future.result()
+    parallel([(work, (bounds[k], bounds[k + 1])) for k in range(lanes)])
 
 
 #: window elements per thread below which splitting a batch costs more than it saves
@@ -85,10 +209,7 @@ def run_lanes(n: int, work_per_row: int, work) -> int:
         work(0, n, 0)
         return 1
     bounds = [n * k // lanes for k in range(lanes + 1)]
-    futures = [pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
-    work(bounds[0], bounds[1], 0)
-    for future in futures:
-        future.result()
+    parallel([(work, (bounds[k], bounds[k + 1], k)) for k in range(lanes)])
     return lanes
 
 
@@ -109,10 +230,18 @@ def _blas_controller():
 @contextmanager
 def single_threaded_blas():
     """BLAS calls run on the calling thread only (process-wide, restored by the last of any
-    overlapping users), so lanes that each call BLAS do not oversubscribe the cores."""
+    overlapping users), so lanes that each call BLAS do not oversubscribe the cores. Sets the
+    libraries' thread counts directly: threadpoolctl's ``limit`` re-reads every library's state
+    and costs 4-5x more, which a small GEMM op (``gemm_threads``) pays on every call."""
     with _BLAS_LOCK:
         if _blas_state["depth"] == 0:
-            _blas_state["limiter"] = _blas_controller().limit(limits=1)
+            saved = []
+            for lib in _blas_controller().lib_controllers:
+                count = lib.get_num_threads()
+                if count is not None and count != 1:
+                    lib.set_num_threads(1)
+                    saved.append((lib, count))
+            _blas_state["limiter"] = saved
         _blas_state["depth"] += 1
     try:
         yield
@@ -120,8 +249,24 @@ def single_threaded_blas():
         with _BLAS_LOCK:
             _blas_state["depth"] -= 1
             if _blas_state["depth"] == 0:
-                _blas_state["limiter"].restore_original_limits()
+                for lib, count in _blas_state["limiter"]:
+                    lib.set_num_threads(count)
                 _blas_state["limiter"] = None
+
+
+#: multiply-adds (m*n*k) up to which a GEMM op runs on one BLAS thread: such a product gains
+#: little from a second thread, and OpenBLAS's idle threads then spin for a while after it,
+#: holding the core that the next ops' lanes need (a CIFAR CNN step: the direct conv kernels,
+#: pooling and batch norm all ran 1.3-1.5x slower behind one small Linear layer; docs/numpy.md)
+SMALL_GEMM = 1 << 22
+
+
+def gemm_threads(m: int, n: int, k: int):
+    """The BLAS threading for one (m, k) @ (k, n) product: one thread when it is small, else
+    BLAS's own (a context manager either way)."""
+    if m * n * k <= SMALL_GEMM and _blas_controller() is not None:
+        return single_threaded_blas()
+    return nullcontext()
 
 
 def gemm_lanes() -> int:
@@ -141,10 +286,5 @@ def run_gemm_pieces(count: int, work) -> int:
         return 1
     bounds = [count * k // lanes for k in range(lanes + 1)]
     with single_threaded_blas():
-        futures = [pool().submit(work, bounds[k], bounds[k + 1], k) for k in range(1, lanes)]
-        try:
-            work(bounds[0], bounds[1], 0)
-        finally:
-            for future in futures:
-                future.result()
+        parallel([(work, (bounds[k], bounds[k + 1], k)) for k in range(lanes)])
     return lanes

@@ -72,6 +72,7 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
     monkeypatch.setattr(kernels, "isa", 1)  # AVX2: all three algorithms apply
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     counts = []
 
     def choose(op, count, *rest):
@@ -91,6 +92,28 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     np.testing.assert_allclose(summed[2], reference[2] + 1, rtol=1e-10, atol=1e-10)
 
 
+@needs_kernels
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["per-sample", "side-by-side"])
+@pytest.mark.parametrize("bands", [False, True], ids=["samples", "row-bands"])
+@pytest.mark.parametrize("geometry", [(1, 1, 1, 1), (2, 1, 1, 1), (1, 1, 2, 2)], ids=["plain", "strided", "dilated-grouped"])
+def test_both_gemm_weight_gradient_layouts_match_the_fallback(side_by_side, bands, geometry, monkeypatch):
+    """The GEMM weight gradient's columns per sample (summed) or side by side in one product,
+    over chunks of whole samples or row bands of one, alone and accumulating."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 6, 9, 8))
+    w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
+    monkeypatch.setattr(numpy_spatial, "FILTER_SIDE_BY_SIDE_MAX_PLANE", 10**9 if side_by_side else 0)
+    monkeypatch.setattr(numpy_spatial, "COLUMN_CHUNK", 1 if bands else 1 << 18)
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: 0)
+    ws = Workspace()
+    fast = _all_three(x, w, 5, geometry, ws=ws)[2]
+    summed = _all_three(x, w, 5, geometry, accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 5, geometry)[2]
+    np.testing.assert_allclose(fast, reference, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(summed, reference + 1, rtol=1e-10, atol=1e-10)
+
+
 def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
@@ -102,6 +125,28 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated, AVX-512: GEMM
     assert choose("filter", 2, (32, 32), (2, 2), 1) == 1  # dilated, AVX2: direct
     assert choose("filter", 2, (8, 8), (1, 1), 1) == 0
+    # 16x16 planes: direct for narrow layers only
+    assert choose("filter", 2, (16, 16), (1, 1), 1, 32) == 1
+    assert choose("filter", 2, (16, 16), (1, 1), 1, 64) == choose("filter", 2, (16, 16), (1, 1), 1) == 0
+    assert choose("filter", 2, (8, 8), (1, 1), 1, 16) == 0
+
+
+@needs_kernels
+def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch):
+    """Winograd's 16 GEMMs lose to the direct kernel when thin (few channels) or short (small
+    planes): the ResNet's 16-32 channel layers and 8x8 planes run direct."""
+    monkeypatch.setattr(kernels, "isa", 1)
+    backend = jp.backend("numpy")
+    applies = numpy_spatial._winograd
+
+    def plan(c, o, hw):
+        return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
+
+    assert applies(backend, plan(64, 64, 32), 64, 64, (32, 32))
+    assert applies(backend, plan(64, 128, 16), 64, 128, (16, 16))
+    assert not applies(backend, plan(32, 64, 16), 32, 64, (16, 16))
+    assert not applies(backend, plan(64, 128, 8), 64, 128, (8, 8))
+    assert not applies(backend, plan(16, 16, 32), 16, 16, (32, 32))
 
 
 @needs_kernels
