@@ -132,8 +132,9 @@ if hasattr(os, "register_at_fork"):
 
 
 def parallel(calls) -> None:
-    """Run ``calls`` [(work, args)], the first on this thread and each other on its own lane,
-    and return when all have finished; the first error raised is raised here, after every call
+    """Run ``calls`` [(work, args)], the first on this thread and each other on its own lane
+    (on a thread of the pool where the C polling lanes are not built, which may run two of
+    them one after the other), and return when all have finished; the first error raised is raised here, after every call
     ended (no lane is still writing). Calls from inside a lane, or while another thread
     dispatches, run one after another on this thread: the same pieces, so the same results."""
     spin = _spin_while()

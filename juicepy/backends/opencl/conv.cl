@@ -316,7 +316,7 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
 #define TAPS_5(X) X(0) X(1) X(2) X(3) X(4)
 #define FILTER_ROW_KERNEL(name, KW) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
-void name(const int rows, __global const float *restrict xp, \
+void name(__global const float *restrict xp, \
           __global const float *restrict dy, const int dy_off, \
           __global float *restrict part, const int p_off, \
           const int N, const int C, const int Hp, const int Wp, const int O, \

@@ -277,7 +277,7 @@ class SpatialOps(abc.ABC):
         if by_rows:
             xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
             self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}")(
-                self.queue, (kh, weights, chunks), (1, 1, 1), kh, xp.base_data, *self._ref(dy),
+                self.queue, (kh, weights, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
                 *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
         else:
             xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
