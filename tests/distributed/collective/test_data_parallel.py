@@ -4,8 +4,6 @@ Every rank also builds the single-process reference itself (no communicator), so
 under ``mpiexec -n 2`` compares both; in the plain test run N is 1.
 """
 
-import hashlib
-
 import numpy as np
 import pytest
 
@@ -15,6 +13,7 @@ from juicepy.data import Dataset
 from juicepy.errors import DistributedError, NonFiniteError, ShapeError
 from juicepy.train import SGD, Adam, Trainer
 from juicepy.train.loop import evaluate, fit_epoch
+from replicas import assert_close_weights, fingerprint, global_batch, rel_err, replicas_identical
 
 B = 6  # rows per rank
 OPTIMIZERS = {"adam": lambda: Adam(lr=1e-2), "sgd-momentum": lambda: SGD(lr=5e-2, momentum=0.9)}
@@ -33,35 +32,8 @@ def conv_bn(seed=0):
 NETS = {"mlp": mlp, "conv-bn-sync": conv_bn}
 
 
-def global_batch(step, rows):
-    rng = np.random.default_rng(100 + step)
-    return rng.standard_normal((rows, 2, 3, 3)).astype(np.float32), rng.integers(0, 3, rows)
-
-
 def own_rows(comm, x):
     return x[comm.rank * B:(comm.rank + 1) * B]
-
-
-def fingerprint(network) -> str:
-    h = hashlib.sha256()
-    for name, value in sorted(network.get_weights().items()):
-        h.update(name.encode() + np.ascontiguousarray(value).tobytes())
-    return h.hexdigest()
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def assert_close_weights(got, want, tol=1e-5):
-    for name, value in want.items():
-        assert rel_err(got[name], value) < tol, (name, rel_err(got[name], value))
-
-
-def replicas_identical(comm, network) -> bool:
-    prints = comm.allgather_object(fingerprint(network))
-    return all(p == prints[0] for p in prints)
 
 
 def train_side_by_side(comm, backend, dist, ref, steps=10):

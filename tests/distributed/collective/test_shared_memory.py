@@ -3,7 +3,6 @@ machine), against MPI_Allreduce and one process with the global batch. See conft
 these run (one rank in the plain test run, two under tests/distributed/test_launch.py)."""
 
 import gc
-import hashlib
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from juicepy.train import SGD, Adam, Trainer
 
 pytest.importorskip("mpi4py", reason="pip install '.[distributed]'")
 from juicepy.distributed import MPICommunicator  # noqa: E402
+from replicas import assert_close_weights, global_batch, rel_err, replicas_identical
 
 B = 6  # rows per rank
 OPTIMIZERS = {"adam": lambda: Adam(lr=1e-2), "sgd-momentum": lambda: SGD(lr=5e-2, momentum=0.9)}
@@ -23,31 +23,8 @@ OPTIMIZERS = {"adam": lambda: Adam(lr=1e-2), "sgd-momentum": lambda: SGD(lr=5e-2
 MODES = ["1", "1-chunked", "allreduce", "0"]
 
 
-def global_batch(step, rows):
-    rng = np.random.default_rng(100 + step)
-    return rng.standard_normal((rows, 2, 3, 3)).astype(np.float32), rng.integers(0, 3, rows)
-
-
 def own_rows(comm, x):
     return x[comm.rank * B:(comm.rank + 1) * B]
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
-
-
-def assert_close_weights(got, want, tol=1e-5):
-    for name, value in want.items():
-        assert rel_err(got[name], value) < tol, (name, rel_err(got[name], value))
-
-
-def replicas_identical(comm, network) -> bool:
-    h = hashlib.sha256()
-    for name, value in sorted(network.get_weights().items()):
-        h.update(name.encode() + np.ascontiguousarray(value).tobytes())
-    prints = comm.allgather_object(h.hexdigest())
-    return all(p == prints[0] for p in prints)
 
 
 def wide(seed=0):
