@@ -5,10 +5,25 @@ import hashlib
 
 import numpy as np
 
+B = 6  # rows per rank
 
 def global_batch(step, rows):
     rng = np.random.default_rng(100 + step)
     return rng.standard_normal((rows, 2, 3, 3)).astype(np.float32), rng.integers(0, 3, rows)
+
+
+def own_rows(comm, x):
+    return x[comm.rank * B:(comm.rank + 1) * B]
+
+
+def run_steps(trainer, comm, backend, steps, rows=B):
+    """Train on global batches ``steps``: this rank's rows, or the whole batch with ``rows`` =
+    size * B (the one-process reference)."""
+    for step in steps:
+        x, y = global_batch(step, comm.size * B)
+        if rows == B:
+            x, y = own_rows(comm, x), own_rows(comm, y)
+        trainer.train_minibatch(backend, x, y)
 
 
 def fingerprint(network) -> str:

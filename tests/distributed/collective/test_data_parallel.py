@@ -13,9 +13,8 @@ from juicepy.data import Dataset
 from juicepy.errors import DistributedError, NonFiniteError, ShapeError
 from juicepy.train import SGD, Adam, Trainer
 from juicepy.train.loop import evaluate, fit_epoch
-from replicas import assert_close_weights, fingerprint, global_batch, rel_err, replicas_identical
+from replicas import B, assert_close_weights, fingerprint, global_batch, own_rows, rel_err, replicas_identical, run_steps
 
-B = 6  # rows per rank
 OPTIMIZERS = {"adam": lambda: Adam(lr=1e-2), "sgd-momentum": lambda: SGD(lr=5e-2, momentum=0.9)}
 
 
@@ -30,10 +29,6 @@ def conv_bn(seed=0):
 
 
 NETS = {"mlp": mlp, "conv-bn-sync": conv_bn}
-
-
-def own_rows(comm, x):
-    return x[comm.rank * B:(comm.rank + 1) * B]
 
 
 def train_side_by_side(comm, backend, dist, ref, steps=10):
@@ -91,14 +86,6 @@ def test_rank_zero_state_reaches_every_rank_before_the_first_step(comm, on_every
         assert replicas_identical(comm, dist.network)
         assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
     on_every_rank(body)
-
-
-def run_steps(trainer, comm, backend, steps, rows=B):
-    for step in steps:
-        x, y = global_batch(step, comm.size * B)
-        if rows == B:
-            x, y = own_rows(comm, x), own_rows(comm, y)
-        trainer.train_minibatch(backend, x, y)
 
 
 def test_checkpoint_resumes_bit_exactly_on_as_many_ranks_and_correctly_on_one(comm, on_every_rank, numpy_backend,

@@ -14,31 +14,18 @@ from juicepy.train import SGD, Adam, Trainer
 
 pytest.importorskip("mpi4py", reason="pip install '.[distributed]'")
 from juicepy.distributed import MPICommunicator  # noqa: E402
-from replicas import assert_close_weights, global_batch, rel_err, replicas_identical
+from replicas import B, assert_close_weights, global_batch, own_rows, rel_err, replicas_identical, run_steps
 
-B = 6  # rows per rank
 OPTIMIZERS = {"adam": lambda: Adam(lr=1e-2), "sgd-momentum": lambda: SGD(lr=5e-2, momentum=0.9)}
 # sharded update (the wide net's part in one chunk, or in 4 KB chunks), shared-memory
 # allreduce, MPI_Allreduce
 MODES = ["1", "1-chunked", "allreduce", "0"]
 
 
-def own_rows(comm, x):
-    return x[comm.rank * B:(comm.rank + 1) * B]
-
-
 def wide(seed=0):
     """13 203 params: both ranks' parts of the block (whole pages) are non-empty."""
     return jp.Network(L.Sequential(L.Flatten(), L.Linear(600), L.ReLU(), L.Linear(3)), input_shape=(2, 3, 3),
                       seed=seed)
-
-
-def steps(trainer, comm, backend, numbers, rows=B):
-    for step in numbers:
-        x, y = global_batch(step, comm.size * B)
-        if rows == B:
-            x, y = own_rows(comm, x), own_rows(comm, y)
-        trainer.train_minibatch(backend, x, y)
 
 
 def test_shared_blocks_sum_whole_blocks_and_pieces(comm, on_every_rank, numpy_backend):
@@ -115,11 +102,11 @@ def test_sharded_checkpoint_resumes_bit_exactly_on_as_many_ranks_and_correctly_o
         mpi = MPICommunicator(shared_memory="1")
         path = shared_tmp / "sharded3.safetensors"
         straight = Trainer(wide(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=mpi)
-        steps(straight, comm, numpy_backend, range(3))
+        run_steps(straight, comm, numpy_backend, range(3))
         if comm.rank == 0:
             jp.save(path, straight.network, straight)
         comm.barrier()
-        steps(straight, comm, numpy_backend, range(3, 6))
+        run_steps(straight, comm, numpy_backend, range(3, 6))
         want = straight.network.get_weights()
 
         if comm.rank == 0:  # only rank 0 reads the checkpoint; the broadcast brings it to the others
@@ -127,7 +114,7 @@ def test_sharded_checkpoint_resumes_bit_exactly_on_as_many_ranks_and_correctly_o
             resumed.communicator = mpi
         else:
             resumed = Trainer(wide(seed=7), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=mpi)
-        steps(resumed, comm, numpy_backend, range(3, 6))
+        run_steps(resumed, comm, numpy_backend, range(3, 6))
         got = resumed.network.get_weights()
         for name in want:
             np.testing.assert_array_equal(got[name], want[name], err_msg=name)
@@ -135,7 +122,7 @@ def test_sharded_checkpoint_resumes_bit_exactly_on_as_many_ranks_and_correctly_o
         ck = jp.load(path)
         alone = Trainer(ck.network, ck.trainer.loss, ck.trainer.optimizer, comm.size * B)
         alone.load_state_dict(ck.trainer.state_dict())
-        steps(alone, comm, numpy_backend, range(3, 6), rows=comm.size * B)
+        run_steps(alone, comm, numpy_backend, range(3, 6), rows=comm.size * B)
         assert_close_weights(alone.network.get_weights(), want)
     on_every_rank(body)
 
@@ -144,7 +131,7 @@ def test_a_refused_sharded_step_changes_nothing_on_any_rank(comm, on_every_rank,
     def body():
         mpi = MPICommunicator(shared_memory="1")
         trainer = Trainer(wide(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=mpi)
-        steps(trainer, comm, numpy_backend, range(2))
+        run_steps(trainer, comm, numpy_backend, range(2))
         before, opt_before = trainer.network.get_weights(), trainer.state_dict()
         x, y = global_batch(2, comm.size * B)
         x, y = own_rows(comm, x), own_rows(comm, y)
@@ -160,7 +147,7 @@ def test_a_refused_sharded_step_changes_nothing_on_any_rank(comm, on_every_rank,
         for path, buffers in opt_before["optimizer"].items():
             for name, value in buffers.items():
                 np.testing.assert_array_equal(state["optimizer"][path][name], value)
-        steps(trainer, comm, numpy_backend, range(3, 4))
+        run_steps(trainer, comm, numpy_backend, range(3, 4))
         assert trainer.steps == 3 and replicas_identical(comm, trainer.network)
     on_every_rank(body)
 
@@ -186,8 +173,8 @@ def test_ranks_on_several_machines_take_mpi_allreduce(comm, on_every_rank, numpy
         assert spread.shared is None and spread.shared_block(numpy_backend, 100, np.float32) is None
         dist = Trainer(wide(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=spread)
         ref = Trainer(wide(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), comm.size * B)
-        steps(dist, comm, numpy_backend, range(4))
-        steps(ref, comm, numpy_backend, range(4), rows=comm.size * B)
+        run_steps(dist, comm, numpy_backend, range(4))
+        run_steps(ref, comm, numpy_backend, range(4), rows=comm.size * B)
         assert replicas_identical(comm, dist.network)
         assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
     on_every_rank(body)
@@ -201,7 +188,7 @@ def test_windows_of_dropped_trainers_are_freed(comm, on_every_rank, numpy_backen
         counts = []
         for _ in range(4):
             trainer = Trainer(wide(), L.SoftmaxCrossEntropy(), Adam(lr=1e-2), B, communicator=mpi)
-            steps(trainer, comm, numpy_backend, range(1))
+            run_steps(trainer, comm, numpy_backend, range(1))
             del trainer
             gc.collect()
             counts.append(len(mpi.shared._blocks))
