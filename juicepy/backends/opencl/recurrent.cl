@@ -255,11 +255,14 @@ __kernel void pack_unit_rows(const int H, const int K, __global const float *W, 
 
 // The fused steps' product: 6 rows (from r0) x 16 columns (two vectors) of A[rows, :K] @ a
 // packed [K][16] panel w, into accumulators a<row>_<vector> (12 of AVX2's 16 registers; 3 x 4
-// vectors spilled). A's rows are ld floats apart; when !live the product is zero.
+// vectors spilled). A's rows are ld floats apart; when !live the product is zero. The product
+// alone is contracted to FMA, as gemm.cl's are (the cells' arithmetic stays as the file's
+// pragma says).
 #define PRODUCT_6x2(live, A, ld, K, w) \
         float8 a0_0 = 0.0f, a0_1 = 0.0f, a1_0 = 0.0f, a1_1 = 0.0f, a2_0 = 0.0f, a2_1 = 0.0f; \
         float8 a3_0 = 0.0f, a3_1 = 0.0f, a4_0 = 0.0f, a4_1 = 0.0f, a5_0 = 0.0f, a5_1 = 0.0f; \
         if (live) { \
+            _Pragma("OPENCL FP_CONTRACT ON") \
             __global const float *p0 = (A) + (size_t)min(r0, N - 1) * (ld); \
             __global const float *p1 = (A) + (size_t)min(r0 + 1, N - 1) * (ld); \
             __global const float *p2 = (A) + (size_t)min(r0 + 2, N - 1) * (ld); \
