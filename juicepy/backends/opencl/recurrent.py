@@ -72,8 +72,8 @@ class RecurrentOps:
     # ------------------------------------------------------- fused sequences
     # One kernel per time step (see "fused sequence steps" in recurrent.cl) on CPU drivers
     # where H is a multiple of FUSED_UNITS; elsewhere base.py's GEMM-and-cell composition.
-    def _fused_sequence(self, hidden) -> bool:
-        return self.gemm_variant == "packed" and hidden % FUSED_UNITS == 0
+    def _fused_sequence(self, rows, hidden) -> bool:
+        return self.gemm_variant == "packed" and hidden % FUSED_UNITS == 0 and rows > 0 and hidden > 0
 
     @staticmethod
     def _rows_per_group(rows, unit_groups, mr):
@@ -107,7 +107,7 @@ class RecurrentOps:
     def lstm_sequence(self, xw, w_hh, bias_hh, h, c, gates, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "lstm_sequence", w_hh, h, {1: [c[1:]], 4: [xw, gates]},
                                              bias_hh)
-        if not self._fused_sequence(hidden):
+        if not self._fused_sequence(rows, hidden):
             return super().lstm_sequence(xw, w_hh, bias_hh, h, c, gates, reverse, ws)
         wp = self._pack_forward(w_hh, 4, hidden, ws)
         rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
@@ -122,7 +122,7 @@ class RecurrentOps:
     def lstm_sequence_backward(self, w_hh, gates, c, dout, offset, dgates, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "lstm_sequence_backward", w_hh, c, {4: [gates, dgates]},
                                              dout=dout, offset=offset)
-        if not self._fused_sequence(hidden):
+        if not self._fused_sequence(rows, hidden):
             return super().lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
         wb = self._pack_backward(w_hh, 4, hidden, ws)
         dc = scratch(ws, self, "rnn_dc", (rows, hidden), F32)
@@ -141,7 +141,7 @@ class RecurrentOps:
 
     def gru_sequence(self, xw, w_hh, bias_hh, h, gates, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
-        if not self._fused_sequence(hidden):
+        if not self._fused_sequence(rows, hidden):
             return super().gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
         wp = self._pack_forward(w_hh, 3, hidden, ws)
         rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
@@ -155,7 +155,7 @@ class RecurrentOps:
     def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "gru_sequence_backward", w_hh, h,
                                              {3: [dxw, dhw], 4: [gates]}, dout=dout, offset=offset)
-        if not self._fused_sequence(hidden):
+        if not self._fused_sequence(rows, hidden):
             return super().gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
         wb = self._pack_backward(w_hh, 3, hidden, ws)
         dh = scratch(ws, self, "rnn_dh", (rows, hidden), F32)
