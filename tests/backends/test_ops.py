@@ -1143,8 +1143,11 @@ def _sequence_reference(gru, xw, w, b, dout, offset, reverse):
 
 
 @pytest.mark.parametrize("gru", [False, True], ids=["lstm", "gru"])
+# H a multiple of 16 takes OpenCL's fused per-step kernels (recurrent.cl), with rows split
+# across work-groups and partial row panels
 @pytest.mark.parametrize("steps, rows, hid, reverse, with_bias", [(4, 5, 7, False, True), (3, 7, 37, True, False),
-                                                                 (1, 2, 3, True, True)])
+                                                                 (1, 2, 3, True, True), (4, 13, 16, False, True),
+                                                                 (3, 9, 48, True, False), (1, 4, 32, False, True)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_lstm_and_gru_sequences(ops_backend, dtype, rng, gru, steps, rows, hid, reverse, with_bias, layout):
     blocks = 3 if gru else 4
