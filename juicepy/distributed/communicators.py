@@ -101,6 +101,12 @@ class Communicator:
         its part of ``values`` there already)."""
         raise NotImplementedError
 
+    def overlapped_reduction(self, backend, context):
+        """An :class:`~juicepy.distributed.overlap.OverlappedReduction` that reduces the
+        gradient blocks of training ``context`` bucket by bucket during its backward pass, or
+        None where this communicator reduces them after the backward pass (:meth:`allreduce`)."""
+        return None
+
     def part(self, array, rank: int):
         """(rank ``rank``'s copy of its part of the shared block piece ``array``, (start, end))
         or None: lets one rank read what another rank keeps, without a collective."""
@@ -295,9 +301,15 @@ class MPICommunicator(Communicator):
 
     kind = "mpi"
 
-    def __init__(self, comm=None, bucket_bytes: int | None = None, shared_memory: bool | None = None):
+    def __init__(self, comm=None, bucket_bytes: int | None = None, shared_memory: bool | None = None,
+                 overlap: bool | None = None):
         """``bucket_bytes``: the bucket size for every array; by default HOST_BUCKET_BYTES for
         NumPy arrays and BUCKET_BYTES for the host copies of device arrays.
+
+        ``overlap`` (default: ``$JUICEPY_OVERLAP``, off): NumPy gradient blocks that go to
+        ``MPI_Allreduce`` (not in shared memory) are reduced with ``MPI_Iallreduce`` per bucket
+        as the backward pass finishes them (:class:`~juicepy.distributed.overlap.MPIOverlap`);
+        measured slower than after the backward pass on one rank per core (docs/distributed.md).
 
         ``shared_memory``: NumPy gradient blocks in MPI-3 shared memory, reduced by memory reads
         (:class:`SharedBlocks`), when every rank of ``comm`` runs on this machine. Default: on,
@@ -310,6 +322,9 @@ class MPICommunicator(Communicator):
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         super().__init__(self.comm.rank, self.comm.size, local.rank)
         self.bucket_bytes = None if bucket_bytes is None else int(bucket_bytes)
+        if overlap is None:
+            overlap = os.environ.get("JUICEPY_OVERLAP", "0") not in ("0", "", "false")
+        self.overlap = bool(overlap)
         if shared_memory is None:
             shared_memory = os.environ.get("JUICEPY_SHARED_MEMORY", "1")
         shared_memory = str(shared_memory).lower()
@@ -330,6 +345,15 @@ class MPICommunicator(Communicator):
         if self.shared is None or getattr(backend, "name", None) != "numpy":
             return None
         return self.shared.allocate(int(size), dtype)
+
+    def overlapped_reduction(self, backend, context):
+        if not self.overlap or self.size == 1 or getattr(backend, "name", None) != "numpy":
+            return None
+        if any(self.shared is not None and self.shared.find(seg.grad) is not None for seg in context.segments):
+            return None  # reduced in shared memory after the backward pass
+        from .overlap import MPIOverlap
+
+        return MPIOverlap(self, backend, context, self.bucket_bytes or HOST_BUCKET_BYTES)
 
     def reduce_scatter(self, backend, array, then=None):
         found = self.shared.find(array) if self.shared is not None and self.shards_update else None
@@ -413,12 +437,19 @@ class MPICommunicator(Communicator):
 class NCCLCommunicator(MPICommunicator):
     """Device arrays reduced by NCCL (CuPy's ``cupy.cuda.nccl``) on the current CUDA stream;
     host values and objects over MPI. ``nccl``, ``stream`` (a callable returning the stream
-    handle) and ``pointer`` (array -> device address) default to CuPy's."""
+    handle), ``pointer`` (array -> device address) and ``cuda`` (streams and events) default
+    to CuPy's.
+
+    A trainer's gradient blocks on the CUDA backend are reduced during the backward pass
+    (:class:`~juicepy.distributed.overlap.NCCLOverlap`): in buckets of ``bucket_bytes``
+    (BUCKET_BYTES), each allreduce on a reduction stream as soon as the bucket's gradients are
+    written, ordered with events; ``overlap=False`` reduces each block after the backward pass."""
 
     kind = "nccl"
 
-    def __init__(self, comm=None, nccl=None, stream=None, pointer=None):
-        super().__init__(comm, shared_memory="0")  # device blocks stay on the device
+    def __init__(self, comm=None, nccl=None, stream=None, pointer=None, cuda=None, bucket_bytes: int | None = None,
+                 overlap: bool = True):
+        super().__init__(comm, bucket_bytes=bucket_bytes, shared_memory="0", overlap=overlap)
         if nccl is None:
             from cupy.cuda import nccl
         if stream is None:
@@ -427,6 +458,7 @@ class NCCLCommunicator(MPICommunicator):
             def stream():
                 return cupy.cuda.get_current_stream().ptr
         self.nccl = nccl
+        self._cuda = cuda
         self._stream = stream
         self._pointer = pointer or (lambda a: a.data.ptr)
         unique_id = nccl.get_unique_id() if self.rank == 0 else None
@@ -435,6 +467,18 @@ class NCCLCommunicator(MPICommunicator):
 
     def shared_block(self, backend, size: int, dtype):
         return None  # NCCL reduces device blocks where the backend put them
+
+    def overlapped_reduction(self, backend, context):
+        if not self.overlap or self.size == 1 or getattr(backend, "name", None) != "cuda":
+            return None
+        cuda = self._cuda
+        if cuda is None:
+            import cupy
+
+            cuda = cupy.cuda
+        from .overlap import NCCLOverlap
+
+        return NCCLOverlap(self, backend, context, self.bucket_bytes or BUCKET_BYTES, cuda)
 
     def _dtype(self, dtype) -> int:
         codes = {"float32": self.nccl.NCCL_FLOAT32, "float64": self.nccl.NCCL_FLOAT64,
