@@ -301,15 +301,9 @@ class MPICommunicator(Communicator):
 
     kind = "mpi"
 
-    def __init__(self, comm=None, bucket_bytes: int | None = None, shared_memory: bool | None = None,
-                 overlap: bool | None = None):
+    def __init__(self, comm=None, bucket_bytes: int | None = None, shared_memory: bool | None = None):
         """``bucket_bytes``: the bucket size for every array; by default HOST_BUCKET_BYTES for
         NumPy arrays and BUCKET_BYTES for the host copies of device arrays.
-
-        ``overlap`` (default: ``$JUICEPY_OVERLAP``, off): NumPy gradient blocks that go to
-        ``MPI_Allreduce`` (not in shared memory) are reduced with ``MPI_Iallreduce`` per bucket
-        as the backward pass finishes them (:class:`~juicepy.distributed.overlap.MPIOverlap`);
-        measured slower than after the backward pass on one rank per core (docs/distributed.md).
 
         ``shared_memory``: NumPy gradient blocks in MPI-3 shared memory, reduced by memory reads
         (:class:`SharedBlocks`), when every rank of ``comm`` runs on this machine. Default: on,
@@ -322,9 +316,6 @@ class MPICommunicator(Communicator):
         local = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
         super().__init__(self.comm.rank, self.comm.size, local.rank)
         self.bucket_bytes = None if bucket_bytes is None else int(bucket_bytes)
-        if overlap is None:
-            overlap = os.environ.get("JUICEPY_OVERLAP", "0") not in ("0", "", "false")
-        self.overlap = bool(overlap)
         if shared_memory is None:
             shared_memory = os.environ.get("JUICEPY_SHARED_MEMORY", "1")
         shared_memory = str(shared_memory).lower()
@@ -345,15 +336,6 @@ class MPICommunicator(Communicator):
         if self.shared is None or getattr(backend, "name", None) != "numpy":
             return None
         return self.shared.allocate(int(size), dtype)
-
-    def overlapped_reduction(self, backend, context):
-        if not self.overlap or self.size == 1 or getattr(backend, "name", None) != "numpy":
-            return None
-        if any(self.shared is not None and self.shared.find(seg.grad) is not None for seg in context.segments):
-            return None  # reduced in shared memory after the backward pass
-        from .overlap import MPIOverlap
-
-        return MPIOverlap(self, backend, context, self.bucket_bytes or HOST_BUCKET_BYTES)
 
     def reduce_scatter(self, backend, array, then=None):
         found = self.shared.find(array) if self.shared is not None and self.shards_update else None
@@ -449,7 +431,8 @@ class NCCLCommunicator(MPICommunicator):
 
     def __init__(self, comm=None, nccl=None, stream=None, pointer=None, cuda=None, bucket_bytes: int | None = None,
                  overlap: bool = True):
-        super().__init__(comm, bucket_bytes=bucket_bytes, shared_memory="0", overlap=overlap)
+        super().__init__(comm, bucket_bytes=bucket_bytes, shared_memory="0")
+        self.overlap = bool(overlap)
         if nccl is None:
             from cupy.cuda import nccl
         if stream is None:

@@ -11,9 +11,9 @@ the same buckets and reaches the same hooks in the same order, so the collective
 
 ``NCCLOverlap``: each bucket's allreduce goes on a stream of its own, after an event recorded
 on the compute stream when the bucket's last gradient is written; the compute stream waits for
-the reduction stream before the optimizer update. ``MPIOverlap`` (measured against the blocking
-path in docs/distributed.md): ``MPI_Iallreduce`` per bucket, ``MPI_Test`` after every later
-backward op, ``MPI_Waitall`` before the update.
+the reduction stream before the optimizer update. CPU ranks reduce after the backward pass:
+``MPI_Iallreduce`` per bucket progressed by ``MPI_Test`` between backward ops measured slower
+(docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -132,26 +132,3 @@ class NCCLOverlap(OverlappedReduction):
         # the update (and the next step's backward, which overwrites the block) run after the sums
         self.done_event.record(self.stream)
         self.cuda.get_current_stream().wait_event(self.done_event)
-
-
-class MPIOverlap(OverlappedReduction):
-    """``MPI_Iallreduce`` per bucket of a NumPy block, progressed by ``MPI_Test`` after every
-    backward op that follows (MPICH progresses a non-blocking collective only inside MPI calls)."""
-
-    def __init__(self, communicator, backend, context, bucket_bytes: int):
-        super().__init__(backend, context, bucket_bytes)
-        self.comm, self.MPI = communicator.comm, communicator.MPI
-        self.requests = [self.MPI.REQUEST_NULL] * len(self.buckets)
-        for op in range(context.backward_ops + 1):
-            context.add_backward_hook(op, self._progress)
-
-    def start(self, i: int) -> None:
-        self.requests[i] = self.comm.Iallreduce(self.MPI.IN_PLACE, self.buckets[i].view, self.MPI.SUM)
-
-    def _progress(self) -> None:
-        if self.armed and self.started:
-            self.MPI.Request.Testall(self.requests[:self.started])
-
-    def finish(self) -> None:
-        self.MPI.Request.Waitall(self.requests)
-        self.requests = [self.MPI.REQUEST_NULL] * len(self.buckets)
