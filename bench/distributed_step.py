@@ -20,6 +20,9 @@ part (run chunk by chunk inside the reduce-scatter; its time is taken out of "al
 Scaling efficiency = 2-rank samples/s / (2 x 1-rank samples/s), with the batch per rank fixed
 and one thread per rank (BLAS and the NumPy backend's lanes); 1-rank and 2-rank jobs alternate
 (``--repeat``), each pair gives an efficiency, and the median pair is shown with the spread.
+"in-job": inside each 2-rank job every window is followed by one of rank 0 training alone (its
+own trainer, no communicator) while rank 1 sleeps, so the 1-rank reference runs seconds away
+from the 2-rank figure; the median over the window pairs of the job, and over the jobs.
 """
 
 from __future__ import annotations
@@ -111,26 +114,48 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None,
     # would add a synchronisation training does not have and hide the waits it does have):
     # a window's time is its slowest rank's, step time = window time / steps, and the job's
     # figure is the median window (a disturbance spoils one window, not the job).
-    window_steps, window_phases, own = [], [], []
-    usage, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    window_steps, window_phases, own, solo_steps = [], [], [], []
+    # with 2 ranks, each window of the job is followed by a window of rank 0 alone (a trainer of
+    # its own, no communicator) while rank 1 sleeps: a 1-rank reference seconds away from the
+    # 2-rank figure, where separate jobs drift apart on a shared machine
+    solo = None
+    if comm.size > 1 and comm.rank == 0:
+        solo_net, _ = build(model)
+        solo = Trainer(solo_net, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=batch)
+        for _ in range(warmup):
+            solo.train_minibatch(backend, x, y)
+    cpu, wall, switches = 0.0, 0.0, 0
     for _ in range(windows):
         comm.barrier()
         spent.update(dict.fromkeys(PHASES, 0.0))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         start = time.perf_counter()
         for _ in range(steps):
             trainer.train_minibatch(backend, x, y)
         elapsed = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu += after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime
+        wall, switches = wall + elapsed, switches + after.ru_nivcsw - usage.ru_nivcsw
         mine = np.array([elapsed] + [spent[p] for p in PHASES]) / steps
         own.append(mine)
         slowest = comm.allreduce_host(mine, "max")
         window_steps.append(slowest[0])
         window_phases.append(slowest[1:])
+        if comm.size > 1:
+            comm.barrier()
+            if solo is not None:
+                start = time.perf_counter()
+                for _ in range(steps):
+                    solo.train_minibatch(backend, x, y)
+                solo_steps.append((time.perf_counter() - start) / steps)
+            done = comm.comm.Ibarrier()
+            while not done.Test():  # the other ranks sleep (a blocking barrier would spin on its core)
+                time.sleep(5e-4)
     # is each rank one thread on one core? CPU time of all its threads against wall time over the
     # timed windows, its threads, and how often the kernel took its core away
-    after, wall = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter() - wall
-    me = {"cpu_per_wall": (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) / wall,
+    me = {"cpu_per_wall": cpu / wall,
           "threads": len(os.listdir("/proc/self/task")),
-          "involuntary_switches_per_step": (after.ru_nivcsw - usage.ru_nivcsw) / (steps * windows),
+          "involuntary_switches_per_step": switches / (steps * windows),
           "step_s": float(np.median([o[0] for o in own])),
           "phases_s": dict(zip(PHASES, (float(t) for t in np.median([o[1:] for o in own], axis=0))))}
     ranks = comm.allgather_object(me)
@@ -151,6 +176,10 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None,
     phases = dict(zip(PHASES, (float(t) for t in np.median(window_phases, axis=0))))
     return {"model": model, "ranks": comm.size, "batch_per_rank": batch, "steps": steps, "windows": windows,
             "window_step_s": [float(t) for t in window_steps],
+            "solo_step_s": [float(t) for t in solo_steps],
+            # per window pair: rank 0 alone / the job's window, samples/s as in the efficiency
+            "interleaved_efficiency": float(np.median([a / b for a, b in zip(solo_steps, window_steps)]))
+            if solo_steps else None,
             "step_s": step, "samples_per_s": comm.size * batch / step,
             "allreduce_s": phases["allreduce"] if comm.size > 1 else 0.0,
             "allreduce_alone_s": float(np.median(alone)) if comm.size > 1 else 0.0,
@@ -198,8 +227,10 @@ def scaling(model: str, steps: int, warmup: int, bucket_mb: float | None = None,
         twos.append(launch(model, 2, steps, warmup, bucket_mb=bucket_mb, windows=windows))
     pairs = sorted(two["samples_per_s"] / (2 * one["samples_per_s"]) for one, two in zip(ones, twos))
     one, two = (sorted(jobs, key=lambda job: job["step_s"])[(len(jobs) - 1) // 2] for jobs in (ones, twos))
+    interleaved = sorted(job["interleaved_efficiency"] for job in twos)
     return {"model": model, "one": one, "two": two, "repeat": repeat, "pair_efficiencies": pairs,
-            "efficiency": float(np.median(pairs)), "ones": ones, "twos": twos}
+            "efficiency": float(np.median(pairs)), "ones": ones, "twos": twos,
+            "interleaved_efficiencies": interleaved, "interleaved_efficiency": float(np.median(interleaved))}
 
 
 def main(argv=None) -> None:
@@ -218,25 +249,31 @@ def main(argv=None) -> None:
             print(json.dumps(figures), flush=True)
         return
     print(f"{'model':<28} {'1 rank ms':>10} {'2 ranks ms':>11} {'efficiency':>11} {'(lowest-highest)':>17} "
-          f"{'allreduce ms':>13} {'alone ms':>9}")
+          f"{'in-job':>7} {'(lowest-highest)':>17} {'allreduce ms':>13} {'alone ms':>9}")
     rows = []
     for model in args.models.split(","):
         row = scaling(model, args.steps, args.warmup, args.bucket_mb, args.repeat, args.windows)
         rows.append(row)
         batch, _, desc = MODELS[model]
         spread = f"({row['pair_efficiencies'][0] * 100:.1f}-{row['pair_efficiencies'][-1] * 100:.1f}%)"
+        inner = row["interleaved_efficiencies"]
+        inner_spread = f"({inner[0] * 100:.1f}-{inner[-1] * 100:.1f}%)"
         print(f"{desc + f' b{batch}/rank':<28} {row['one']['step_s'] * 1e3:10.2f} {row['two']['step_s'] * 1e3:11.2f} "
-              f"{row['efficiency'] * 100:10.1f}% {spread:>17} {row['two']['allreduce_s'] * 1e3:13.2f} "
+              f"{row['efficiency'] * 100:10.1f}% {spread:>17} {row['interleaved_efficiency'] * 100:6.1f}% "
+              f"{inner_spread:>17} {row['two']['allreduce_s'] * 1e3:13.2f} "
               f"{row['two']['allreduce_alone_s'] * 1e3:9.2f}", flush=True)
     print(f"\n2-rank gradient path: {rows[0]['two']['path']}" if rows else "")
     print("ms per step, 1 rank -> 2 ranks (each the slowest rank's):")
     for row in rows:
         one, two = row["one"]["phases_s"], row["two"]["phases_s"]
         print(f"{row['model']:<10} " + "  ".join(f"{p} {one[p] * 1e3:.2f} -> {two[p] * 1e3:.2f}" for p in PHASES))
-    print("each job's step ms, 1 rank / 2 ranks, in the order they ran; then CPU time / wall time and threads per rank:")
+    print("each job's step ms, 1 rank / 2 ranks, in the order they ran; then, inside each 2-rank job, rank 0 alone /"
+          " the 2-rank windows; then CPU time / wall time and threads per rank:")
     for row in rows:
         print(f"{row['model']:<10} " + "  ".join(f"{a['step_s'] * 1e3:.2f}/{b['step_s'] * 1e3:.2f}"
                                                   for a, b in zip(row["ones"], row["twos"])))
+        print(f"{'':<10} in-job " + "  ".join(f"{np.median(b['solo_step_s']) * 1e3:.2f}/{b['step_s'] * 1e3:.2f}"
+                                               for b in row["twos"]))
         detail = row["two"]["ranks_detail"] + row["one"]["ranks_detail"]
         print(f"{'':<10} cpu/wall " + " ".join(f"{d['cpu_per_wall']:.2f}" for d in detail)
               + "  threads " + " ".join(str(d["threads"]) for d in detail))

@@ -30,7 +30,8 @@ def test_data_parallel_scaling(benchmark, model):
         benchmark.extra_info[f"1 rank {phase}_s"] = row["one"]["phases_s"][phase]
         benchmark.extra_info[f"2 ranks {phase}_s"] = row["two"]["phases_s"][phase]
     benchmark.extra_info["efficiency"] = row["efficiency"]
+    benchmark.extra_info["in-job efficiency"] = row["interleaved_efficiency"]
     assert row["one"]["ranks"] == 1 and row["two"]["ranks"] == 2
     print(f"\n{model}: 1 rank {row['one']['step_s'] * 1e3:.2f} ms, 2 ranks {row['two']['step_s'] * 1e3:.2f} ms, "
-          f"efficiency {row['efficiency'] * 100:.1f}%, allreduce {row['two']['allreduce_s'] * 1e3:.2f} ms in the step "
+          f"efficiency {row['efficiency'] * 100:.1f}% (in-job {row['interleaved_efficiency'] * 100:.1f}%), allreduce {row['two']['allreduce_s'] * 1e3:.2f} ms in the step "
           f"({row['two']['allreduce_alone_s'] * 1e3:.2f} ms alone)")
