@@ -135,7 +135,7 @@ class NodeContext:
         slot = ctx._param_slot.get(p)
         if slot is None:
             return _NOT_KEPT
-        if ctx._backward_op > ctx._grad_final_op[slot]:
+        if ctx._hooked and ctx._backward_op > ctx._grad_final_op[slot]:
             # a backward hook already handed this gradient on as final (Context.add_backward_hook)
             raise RuntimeError(f"{self.path}: writes the gradient of {p.name}, which the layers' params said "
                                f"was final after backward op {ctx._grad_final_op[slot]}")
@@ -237,6 +237,7 @@ class Context:
         self._backward_op = -1  # the backward op running now (-1: none)
         self._grad_final_op = self._final_ops()
         self._backward_hooks: list[list] = [[] for _ in range(len(self._backward_steps) + 1)]
+        self._hooked = False  # hooks rely on grad_final_op: then each gradient write is checked against it
 
     #: run a layer and the one reading its output as one op where the layer offers it
     #: (``Layer.fuses``); the results are the same bits either way
@@ -329,10 +330,12 @@ class Context:
         if not 0 <= op <= len(self._backward_steps):
             raise ValueError(f"backward op {op} outside 0..{len(self._backward_steps)}")
         self._backward_hooks[op].append(callback)
+        self._hooked = True
 
     def clear_backward_hooks(self) -> None:
         for hooks in self._backward_hooks:
             hooks.clear()
+        self._hooked = False
 
     def check_lr_mults(self) -> None:
         """Params were grouped by their lr multiplier when the context was made: refuse a
@@ -409,7 +412,7 @@ class Context:
             end = self._backward_op = len(hooks) - 1
             for slot, written in enumerate(self._param_written):
                 if not written:  # a param that no layer used in this pass gets a zero gradient
-                    if self._grad_final_op[slot] < end and any(hooks):
+                    if self._grad_final_op[slot] < end and self._hooked:
                         raise RuntimeError(f"param {self._slot_params[slot].name}: its placement wrote no gradient, "
                                            f"but a backward hook took it as final after op {self._grad_final_op[slot]}")
                     backend.fill(self._param_grad_views[slot], 0.0)
