@@ -14,7 +14,8 @@ from juicepy.distributed import NCCLCommunicator, plan_buckets
 from juicepy.distributed.overlap import OverlappedReduction
 from juicepy.net.context import Context
 from juicepy.train import SGD, Adam, Trainer
-from replicas import B, assert_close_weights, global_batch, own_rows, replicas_identical
+from juicepy.errors import DistributedError, NonFiniteError
+from replicas import B, assert_close_weights, fingerprint, global_batch, own_rows, replicas_identical
 
 
 def deep_mlp(seed=0):
@@ -124,7 +125,8 @@ def test_nccl_overlap_on_a_reduction_stream_trains_like_one_process(comm, on_eve
     """CUDA ranks on the emulator, NCCL faked over MPI, 200-byte buckets (several per layer):
     each bucket's allreduce goes on the reduction stream after an event the compute stream
     recorded, before the backward of earlier layers; the update waits for the reduction stream;
-    10 steps equal one process with the double batch and the replicas stay bit-identical."""
+    10 steps equal one process with the double batch and the replicas stay bit-identical; a
+    batch refused on one rank changes nothing on any rank and training goes on."""
     pytest.importorskip("mpi4py", reason="the NCCL communicator needs mpi4py (pip install '.[distributed]')")
     import fake_nccl
 
@@ -157,6 +159,14 @@ def test_nccl_overlap_on_a_reduction_stream_trains_like_one_process(comm, on_eve
                     red.log = None
                 ref_loss, _ = ref.train_minibatch(backend, x, y)
                 assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss), (step, loss, ref_loss)
+                if step == 4:  # a NaN on the last rank only: refused everywhere, nothing changed
+                    before, steps = fingerprint(dist.network), dist.steps
+                    bad = own_rows(comm, x).copy()
+                    if comm.rank == comm.size - 1:
+                        bad[0, 0, 0, 0] = np.nan
+                    with pytest.raises((DistributedError, NonFiniteError)):
+                        dist.train_minibatch(backend, bad, own_rows(comm, y))
+                    assert fingerprint(dist.network) == before and dist.steps == steps
                 assert replicas_identical(comm, dist.network), f"replicas differ after step {step + 1}"
         assert_close_weights(dist.network.get_weights(), ref.network.get_weights())
     on_every_rank(body)
@@ -184,3 +194,38 @@ def check_stream_order(log, red, ctx):
     done = red.done_event.id
     assert log.index(("record", side, done)) < log.index(("wait", compute, done)) < log.index(("wait", len(red.buckets)))
     assert log.index(("record", side, done)) > max(k for k, entry in enumerate(log) if entry[0] == "allReduce")
+
+
+def zoo():
+    from juicepy.models import build_model
+
+    return {
+        "lenet": lambda: jp.Network(build_model("lenet", (1, 12, 12), 4), (1, 12, 12)),
+        "resnet": lambda: jp.Network(build_model("resnet", (3, 8, 8), 4, widths=(4, 8), blocks_per_stage=1), (3, 8, 8)),
+        "lstm": lambda: jp.Network(build_model("lstm", (5, 3), 4, hidden=6, num_layers=2), (5, 3)),
+        "gru": lambda: jp.Network(build_model("gru", (5, 3), 4, hidden=6), (5, 3)),
+        "bn-mlp": lambda: jp.Network(L.Sequential(L.Linear(8), L.BatchNorm1d(), L.ReLU(), L.Linear(4)), (6,)),
+    }
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet", "lstm", "gru", "bn-mlp"])
+@pytest.mark.parametrize("fuse", [True, False])
+def test_every_model_writes_each_gradient_no_later_than_its_final_op(numpy_backend, monkeypatch, name, fuse):
+    """The final op of each gradient comes from the params each placement holds; for every
+    model of the zoo (fused or not) no layer writes a gradient after it (the context would
+    raise) and a bucket per param snapshotted at its hook holds the end result."""
+    monkeypatch.setattr(Context, "fuse", fuse)
+    net = zoo()[name]()
+    ctx = net.context(numpy_backend, 3, training=True)
+    rec = Recorder(numpy_backend, ctx, 1, [])
+    rng = np.random.default_rng(1)
+    ctx.set_inputs([rng.standard_normal((3,) + net.input_shape).astype(np.float32)])
+    ctx.forward()
+    ctx.begin_backward()
+    numpy_backend.write(ctx.loss_grad(), rng.standard_normal((3, 4)).astype(np.float32))
+    rec.arm()
+    ctx.backward()
+    rec.wait()
+    assert len(rec.buckets) == sum(len(seg.params) for seg in ctx.segments)
+    for b, snap in zip(rec.buckets, rec.snapshots):
+        np.testing.assert_array_equal(snap, np.asarray(b.view))
