@@ -205,10 +205,16 @@ def zoo():
         "lstm": lambda: jp.Network(build_model("lstm", (5, 3), 4, hidden=6, num_layers=2), (5, 3)),
         "gru": lambda: jp.Network(build_model("gru", (5, 3), 4, hidden=6), (5, 3)),
         "bn-mlp": lambda: jp.Network(L.Sequential(L.Linear(8), L.BatchNorm1d(), L.ReLU(), L.Linear(4)), (6,)),
+        "tied": tied,  # one weight in two placements: final after the earlier layer's backward
     }
 
 
-@pytest.mark.parametrize("name", ["lenet", "resnet", "lstm", "gru", "bn-mlp"])
+def tied():
+    enc = L.Linear(4)
+    return jp.Network(L.Sequential(enc, L.Tanh(), L.TiedLinear(enc), L.Tanh(), L.Linear(4)), (6,))
+
+
+@pytest.mark.parametrize("name", ["lenet", "resnet", "lstm", "gru", "bn-mlp", "tied"])
 @pytest.mark.parametrize("fuse", [True, False])
 def test_every_model_writes_each_gradient_no_later_than_its_final_op(numpy_backend, monkeypatch, name, fuse):
     """The final op of each gradient comes from the params each placement holds; for every
@@ -227,5 +233,7 @@ def test_every_model_writes_each_gradient_no_later_than_its_final_op(numpy_backe
     ctx.backward()
     rec.wait()
     assert len(rec.buckets) == sum(len(seg.params) for seg in ctx.segments)
+    if name == "tied":  # the shared weight's gradient is final only after the first placement's backward
+        assert ctx.grad_final_op(net.param("0.weight")) == ctx.backward_ops - 1
     for b, snap in zip(rec.buckets, rec.snapshots):
         np.testing.assert_array_equal(snap, np.asarray(b.view))
