@@ -124,6 +124,11 @@ def run_job(model: str, steps: int, warmup: int, bucket_mb: float | None = None,
         solo = Trainer(solo_net, L.SoftmaxCrossEntropy(), Adam(lr=1e-3), batch_size=batch)
         for _ in range(warmup):
             solo.train_minibatch(backend, x, y)
+        # the same instrumentation as the job's trainer (and the 1-rank jobs'), so both sides
+        # pay for it
+        solo_ctx = solo.state(backend).context
+        solo_ctx.forward, solo_ctx.backward = timed("forward", solo_ctx.forward), timed("backward", solo_ctx.backward)
+        solo.optimizer.step = timed("update", solo.optimizer.step)
     cpu, wall, switches = 0.0, 0.0, 0
     for _ in range(windows):
         comm.barrier()
