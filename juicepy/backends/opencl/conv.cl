@@ -484,3 +484,47 @@ __kernel void avg_pool_bwd(const int spatial, __global const float *dy, const in
     }
     STORE(dx, dx_off + i, v, acc)
 }
+
+// Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (the input gradient: the same on dy with
+// the transposed, flipped taps): the output in 2x2 tiles, each from a 4x4 input patch, as 16
+// GEMMs (one per transformed tap position xi) of the transformed weights U[xi] (M x K) with
+// the transformed input V[xi] (K x T), T = N * th * tw tiles, then the 16 products M[xi]
+// (M x T) transformed back: 16 multiply-adds per tile and channel pair instead of 36 (the
+// transforms and the GEMMs run in one kernel, winograd_conv in gemm.cl).
+// Dilation d: tile row a covers output rows (a % d) + d * (2 (a / d) + {0, 1}), whose taps lie
+// d apart (likewise for columns), so each parity class of rows and columns is an ordinary
+// stride-1 convolution of the input's rows and columns of that class.
+
+// U[xi] = (G g G^T)[xi] for g = w[m, k] (flip: w[k, m] turned by 180 degrees), written in
+// the packed GEMM's panel order [16][M/mr][K][mr] (rows past M zero). One work-item per
+// (k, m); launched as (K rounded up, M rounded up to mr).
+__kernel void winograd_weights(const int K, __global const float *restrict w, const int w_off,
+                               const int M, const int flip, const int mr,
+                               __global float *restrict u, const int u_off)
+{
+    const int k = get_global_id(0), m = get_global_id(1);
+    if (k >= K) return;
+    const int panels = get_global_size(1) / mr;
+    __global float *dst = u + u_off + ((size_t)(m / mr) * K + k) * mr + m % mr;
+    const size_t xi_step = (size_t)panels * mr * K;
+    if (m >= M) {
+        for (int xi = 0; xi < 16; ++xi) dst[xi * xi_step] = 0.0f;
+        return;
+    }
+    __global const float *src = w + w_off + (flip ? ((size_t)k * M + m) * 9 : ((size_t)m * K + k) * 9);
+    float g[9];
+    for (int t = 0; t < 9; ++t) g[t] = src[flip ? 8 - t : t];
+    float r[4][3];   // G g
+    for (int j = 0; j < 3; ++j) {
+        r[0][j] = g[j];
+        r[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+        r[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+        r[3][j] = g[6 + j];
+    }
+    for (int i = 0; i < 4; ++i) {   // (G g) G^T
+        dst[(4 * i) * xi_step] = r[i][0];
+        dst[(4 * i + 1) * xi_step] = 0.5f * (r[i][0] + r[i][1] + r[i][2]);
+        dst[(4 * i + 2) * xi_step] = 0.5f * (r[i][0] - r[i][1] + r[i][2]);
+        dst[(4 * i + 3) * xi_step] = r[i][2];
+    }
+}

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
                     check_pool_shapes, relu_masked_grad, scratch)
+from .gemm import even_tile
 from .layout import round_up
 
 # Direct kernels (conv_direct_* in conv.cl) instead of a GEMM when a group's GEMM would be thin,
@@ -36,7 +37,14 @@ DIRECT_MAX_OUTPUTS_8_LANES = 32
 FILTER_ROW_TAPS = (3, 5)
 # work-items the direct weight gradient aims at (images are split into chunks to reach it)
 DIRECT_FILTER_ITEMS = 1024
-CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
+# Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
+# 3x3 forward passes and input gradients with at least this many input and output channels and
+# output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where it was
+# measured: docs/opencl.md); the NumPy backend's thresholds, where its GEMMs of K = channels
+# run near the packed GEMM's speed
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_PLANE = 256
+CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 
 
 def direct_unroll(outs: int, vectors: int) -> int:
@@ -106,6 +114,40 @@ class SpatialOps(abc.ABC):
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "implicit"
         return self.gemm_variant == "packed"
+
+    def _use_winograd(self, geo, groups, op) -> bool:
+        """Forward pass or input gradient ("data") by Winograd F(2x2, 3x3): "winograd" forces it
+        wherever it applies (3x3, stride 1, one group), "auto" chooses it on 8-lane CPU devices
+        for enough channels and pixels."""
+        c, o, kh, kw, ho, wo, sh, sw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
+        if (kh, kw, sh, sw, groups) != (3, 3, 1, 1, 1) or self.gemm_variant != "packed":
+            return False
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "winograd"
+        plane = geo[2] * geo[3] if op == "data" else ho * wo
+        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= WINOGRAD_MIN_PLANE
+
+    def _winograd(self, src, w, dst, geo, flip, accumulate, ws):
+        """dst (+)= the stride-1 3x3 convolution ``geo`` of src (flip: with the transposed,
+        flipped taps of w, for an input gradient) as Winograd F(2x2, 3x3): the transformed
+        weights in the packed GEMM's panels, then one kernel that transforms each work-group's
+        input tiles, multiplies them per tap position and transforms the products back."""
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dw = geo
+        qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
+        th, tw = qh * dh, qw * dw   # tile rows and columns per image
+        tiles = n * th * tw
+        mr = self._gemm_tiles["MR"]
+        panels = -(-o // mr)
+        u = scratch(ws, self, "conv_wino_u", (16 * panels * mr * c,), np.float32)
+        self._kernel("conv.cl", "winograd_weights")(
+            self.queue, (round_up(c, 64), panels * mr), (64, 1), c, *self._ref(w), o, int(flip), mr, u.base_data, 0)
+        xp = self._padded(src, ph, pw, 2 * dh * (qh + 1), 2 * dw * (qw + 1), 0, ws)
+        tile_m = even_tile(o, self._gemm_tiles["BM"], mr)
+        nr = 2 * self._gemm_tiles["VW"]
+        self._kernel("gemm.cl", "winograd_conv")(
+            self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
+            xp.base_data, 2 * dh * (qh + 1), 2 * dw * (qw + 1), dh, dw, *self._ref(dst), ho, wo,
+            int(bool(accumulate)))
 
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
@@ -179,6 +221,9 @@ class SpatialOps(abc.ABC):
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        if self._use_winograd(geo, groups, "forward"):
+            self._winograd(x, w, out, geo, False, False, ws)
+            return
         if self._use_direct(geo, groups, "forward"):
             self._direct_forward(x, w, out, geo, groups, False, False, ws)
             return
@@ -206,6 +251,10 @@ class SpatialOps(abc.ABC):
         geo = self._conv_geometry(dx.shape, w.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_data")
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        if self._use_winograd(geo, groups, "data"):   # the forward convolution of dy, taps flipped
+            flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
+            self._winograd(dy, w, dx, flipped, True, accumulate, ws)
+            return
         if sh == sw == 1 and self._use_implicit() and not self._use_direct(geo, groups, "data"):
             # the forward convolution of dy with the transposed, flipped weights
             og, cg = o // groups, c // groups

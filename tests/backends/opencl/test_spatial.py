@@ -75,11 +75,13 @@ CONV_CASES = [
 
 
 @pytest.fixture(scope="module", params=["direct", "direct-8-lanes", "implicit", "implicit-8-lanes",
-                                        "implicit-16-lanes", "gemm"])
+                                        "implicit-16-lanes", "gemm", "winograd-8-lanes", "winograd-16-lanes"])
 def conv_ocl(request, ocl):
     """The backend with each convolution algorithm forced (tests/backends/test_ops.py checks
     the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
-    vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's)."""
+    vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's). Winograd
+    applies to the stride-1 3x3 ungrouped cases (forward and input gradient), with both tile
+    shapes; the other cases and weight gradients run im2col + GEMM there."""
     from juicepy.backends.opencl import OpenCLBackend
 
     algorithm, _, lanes = request.param.partition("-")
@@ -157,7 +159,7 @@ def test_conv_settings_are_checked(ocl):
     from juicepy.backends.opencl import OpenCLBackend
 
     with pytest.raises(ValueError, match="conv_algorithm must be one of .*'winograd'"):
-        OpenCLBackend(ocl.device, conv_algorithm="winograd")
+        OpenCLBackend(ocl.device, conv_algorithm="fft")
     with pytest.raises(ValueError, match="vector_width must be 8 or 16, got 4"):
         OpenCLBackend(ocl.device, vector_width=4)
 
