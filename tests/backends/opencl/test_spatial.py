@@ -183,6 +183,27 @@ def test_conv2d_steady_state_allocates_nothing(ocl, rng):
     assert ocl.allocations == before
 
 
+def test_winograd_steady_state_allocates_nothing(ocl, rng):
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    x = b.from_host(rng.standard_normal((2, 4, 8, 8)).astype(np.float32))
+    w = b.from_host(rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
+    y, dx = b.empty((2, 5, 8, 8)), b.empty((2, 4, 8, 8))
+    ws = Workspace()
+    args = ((1, 1), (1, 1), (1, 1), 1)
+
+    def step():
+        b.conv2d(x, w, y, *args, ws)
+        b.conv2d_backward_data(y, w, dx, *args, False, ws)
+
+    step()
+    before = b.allocations
+    step()
+    step()
+    assert b.allocations == before
+
+
 # ---------------------------------------------------------------------- batch norm
 def bn_ref(x, gamma, beta, eps):
     axes = (0,) + tuple(range(2, x.ndim))
