@@ -125,27 +125,34 @@ __kernel void pad_planes(const int Hp, __global const float *restrict src, const
     if (acc) s += Wo - (col) >= VEC ? *(__global floatv_u *)(yr) : tail_of(yr, Wo - (col)); \
     if (Wo - (col) >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - (col)); }
 
-// OUTS (1 or 4) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
+// OUTS (1, 4 or 6) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
 // loaded input vector feeds OUTS accumulators, and the OUTS * U accumulators are independent
 // chains of FMAs (one chain per vector waits out the FMA's latency at every tap)
 #define DIRECT_FMA(acc_, v_, u, OUTS) { \
     const floatv v = (v_); \
     acc_##u##0 += v * w0; \
-    if (OUTS == 4) { acc_##u##1 += v * w1; acc_##u##2 += v * w2; acc_##u##3 += v * w3; } }
+    if (OUTS >= 4) { acc_##u##1 += v * w1; acc_##u##2 += v * w2; acc_##u##3 += v * w3; } \
+    if (OUTS == 6) { acc_##u##4 += v * w4; acc_##u##5 += v * w5; } }
 #define DIRECT_STORES(u, OUTS) { \
     __global float *yu = yr + u * VEC; \
     DIRECT_STORE(s##u##0, yu, ow0 + u * VEC) \
-    if (OUTS == 4) { \
+    if (OUTS >= 4) { \
         DIRECT_STORE(s##u##1, yu + (size_t)Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##2, yu + (size_t)2 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##3, yu + (size_t)3 * Ho * Wo, ow0 + u * VEC) \
+    } \
+    if (OUTS == 6) { \
+        DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, ow0 + u * VEC) \
+        DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, ow0 + u * VEC) \
     } }
 #define DIRECT_ROWS(LOAD, OUTS, U) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
-            /* all 16 declared so that every expansion compiles; the unused ones are dropped */ \
-            floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00, \
-                   s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00, s32 = s00, s33 = s00; \
+            /* all declared so that every expansion compiles; the unused ones are dropped */ \
+            floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s04 = s00, s05 = s00, \
+                   s10 = s00, s11 = s00, s12 = s00, s13 = s00, s14 = s00, s15 = s00, \
+                   s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00, \
+                   s30 = s00, s31 = s00, s32 = s00, s33 = s00, s34 = s00, s35 = s00; \
             for (int ci = 0; ci < cg; ++ci) { \
                 __global const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
                 __global const float *wp = w0p + ci * w_ci; \
@@ -155,8 +162,9 @@ __kernel void pad_planes(const int Hp, __global const float *restrict src, const
                     for (int kj = 0; kj < kw; ++kj) { \
                         const int t = kj * wstep; \
                         const float w0 = wr[t]; \
-                        const float w1 = OUTS == 4 ? wr[w_o + t] : 0.0f, w2 = OUTS == 4 ? wr[2 * w_o + t] : 0.0f, \
-                                    w3 = OUTS == 4 ? wr[3 * w_o + t] : 0.0f; \
+                        const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
+                                    w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS == 6 ? wr[4 * w_o + t] : 0.0f, \
+                                    w5 = OUTS == 6 ? wr[5 * w_o + t] : 0.0f; \
                         __global const float *xv = xr + kj * dw; \
                         DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
                         if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
@@ -223,6 +231,8 @@ DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2)
 DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4)
 DIRECT_KERNEL(conv_direct_fwd4, 4, 1)
 DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2)
+DIRECT_KERNEL(conv_direct_fwd6, 6, 1)
+DIRECT_KERNEL(conv_direct_fwd6_u2, 6, 2)
 
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).
@@ -359,18 +369,32 @@ __kernel void conv_direct_filter_sum(const int total, const int chunks,
 }
 
 // 2x2 windows, stride 2, no padding, H = 2 Ho and W = 2 Wo (LeNet's and most CNNs' pooling):
-// one work-item per output and no loops, so CPU drivers vectorise the work-group's items;
-// the same taps in the same order as max_pool (the first maximum wins, a NaN wins). Output
-// row `row` of all planes reads input rows 2 row and 2 row + 1. Launched as (Wo rounded up,
-// N * C * Ho).
-__kernel void max_pool_2x2(const int Wo, __global const float *x, const int x_off, const int Ho,
+// one work-item per output, numbered across all rows of all planes, and no loops, so CPU
+// drivers vectorise the work-group's items; the same taps in the same order as max_pool (the
+// first maximum wins, a NaN wins). Output i = row * Wo + ow reads input rows 2 row and
+// 2 row + 1. Launched flat over total = N * C * Ho * Wo (< 2^24: the row and plane are found
+// by float division, corrected to exact, since vectorised integer division is per lane).
+// Launched per output row instead, every group of Wo < its size ran masked, and 14-wide rows
+// took 0.6-0.8 ms for LeNet's first pooling.
+inline int exact_quotient(const int i, const int d, const float inv)
+{
+    int q = (int)((float)i * inv);
+    q -= q * d > i;
+    q += (q + 1) * d <= i;
+    return q;
+}
+
+__kernel void max_pool_2x2(const int total, __global const float *x, const int x_off, const int Ho,
+                           const int Wo, const float inv_wo, const float inv_ho,
                            __global float *out, const int o_off, __global int *argmax, const int a_off)
 {
-    const int ow = get_global_id(0), row = get_global_id(1);
+    const int i = get_global_id(0);
     // asked per work-group first (see GID_CHECK in elementwise.cl)
-    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)Wo && ow >= Wo) return;
-    const int W = 2 * Wo, top = 2 * (row % Ho) * W + 2 * ow;
-    __global const float *xr = x + x_off + (size_t)2 * row * W + 2 * ow;
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)total && i >= total) return;
+    const int row = exact_quotient(i, Wo, inv_wo), ow = i - row * Wo;
+    const int plane = exact_quotient(row, Ho, inv_ho);
+    const int W = 2 * Wo, top = 2 * (row - plane * Ho) * W + 2 * ow;
+    __global const float *xr = x + x_off + (size_t)2 * i + (size_t)2 * row * Wo;
     const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
     float b = v0;
     int w = top;
@@ -380,8 +404,8 @@ __kernel void max_pool_2x2(const int Wo, __global const float *x, const int x_of
     b = take ? v2 : b; w = take ? top + W : w;
     take = v3 > b || v3 != v3;
     b = take ? v3 : b; w = take ? top + W + 1 : w;
-    out[o_off + (size_t)row * Wo + ow] = b;
-    argmax[a_off + (size_t)row * Wo + ow] = w;
+    out[o_off + i] = b;
+    argmax[a_off + i] = w;
 }
 
 // Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).

@@ -44,7 +44,21 @@ DIRECT_FILTER_ITEMS = 1024
 # run near the packed GEMM's speed
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
+# outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
+POOL_FLAT_MAX = 1 << 24
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
+
+
+def direct_outputs(outputs: int, lanes: int) -> int:
+    """Output planes each work-item of the direct forward kernel computes (OUTS in conv.cl),
+    for ``outputs`` per group: each loaded input vector feeds that many accumulators. Six
+    (LeNet's 16 -> 6 input gradient and 1 -> 6 forward pass) on 8-lane devices only, where it
+    was measured; 12 float16 accumulators on 16-lane ones are unmeasured."""
+    if outputs % 4 == 0:
+        return 4
+    if lanes == 8 and outputs % 6 == 0:
+        return 6
+    return 1
 
 
 def direct_unroll(outs: int, vectors: int) -> int:
@@ -54,7 +68,7 @@ def direct_unroll(outs: int, vectors: int) -> int:
     vector partly past the row costs no more than the chain it replaces would have waited."""
     if vectors <= 1:
         return 1
-    if outs == 4 or vectors == 2:
+    if outs >= 4 or vectors == 2:
         return 2
     return 4
 
@@ -188,10 +202,10 @@ class SpatialOps(abc.ABC):
         """conv_direct_fwd over x padded by the geometry's padding."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
-        outs = 4 if (o // groups) % 4 == 0 else 1   # output planes per work-item
+        outs = direct_outputs(o // groups, self._conv_vec)
         unroll = direct_unroll(outs, -(-wo // self._conv_vec))
         xp = self._padded(x, ph, pw, hp, wp, unroll * self._conv_vec * sw + kw * dw, ws)
-        name = ("conv_direct_fwd4" if outs == 4 else "conv_direct_fwd") + ("" if unroll == 1 else f"_u{unroll}")
+        name = "conv_direct_fwd" + ("" if outs == 1 else str(outs)) + ("" if unroll == 1 else f"_u{unroll}")
         self._kernel("conv.cl", name)(
             self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
             c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
@@ -351,9 +365,11 @@ class SpatialOps(abc.ABC):
         planes = out.shape[0] * out.shape[1]
         h, w, ho, wo = geo[:4]
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
-            self._launch_rows("conv.cl", "max_pool_2x2", wo, (planes * ho,), *self._ref(x), ho,
-                              *self._ref(out), *self._ref(argmax))
-            return
+            total = planes * ho * wo
+            if total < POOL_FLAT_MAX:
+                self._launch_flat("conv.cl", "max_pool_2x2", total, *self._ref(x), ho, wo, 1.0 / wo, 1.0 / ho,
+                                  *self._ref(out), *self._ref(argmax))
+                return
         self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
