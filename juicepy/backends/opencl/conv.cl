@@ -100,23 +100,29 @@ typedef floatv floatv_u __attribute__((aligned(4)));
 #define LOAD_UNIT(p) (*(__global const floatv_u *)(p))
 
 // Zero-padded planes: dst[plane][r][q] = src[plane][r - top][q - left] inside src, else 0
-// (a negative top/left crops). One work-item per padded row; launched as (Hp rounded up, planes).
-__kernel void pad_planes(const int Hp, __global const float *restrict src, const int s_off,
-                         const int H, const int W, const int Wp, const int top, const int left,
-                         __global float *restrict dst)
+// (a negative top/left crops). One work-item per plane, alone in its work-group, so the
+// compiler vectorises its row copies along the row; a work-item per padded row (vectorised
+// across rows) scattered every store a row apart and ran its partial work-groups masked (a
+// depthwise layer's 8 MB input: several ms). Launched as (planes).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void pad_planes(const int Hp, __global const float *restrict src, const int s_off,
+                const int H, const int W, const int Wp, const int top, const int left,
+                __global float *restrict dst)
 {
-    const int r = get_global_id(0), plane = get_global_id(1), h = r - top;
-    if (r >= Hp) return;
-    __global float *row = dst + ((size_t)plane * Hp + r) * Wp;
-    if (h < 0 || h >= H) {
-        for (int q = 0; q < Wp; ++q) row[q] = 0.0f;
-        return;
-    }
-    __global const float *from = src + s_off + ((size_t)plane * H + h) * W - left;
+    const int plane = get_global_id(0);
     const int lo = min(max(left, 0), Wp), hi = max(lo, min(Wp, W + left));
-    for (int q = 0; q < lo; ++q) row[q] = 0.0f;
-    for (int q = lo; q < hi; ++q) row[q] = from[q];
-    for (int q = hi; q < Wp; ++q) row[q] = 0.0f;
+    for (int r = 0; r < Hp; ++r) {
+        __global float *row = dst + ((size_t)plane * Hp + r) * Wp;
+        const int h = r - top;
+        if (h < 0 || h >= H) {
+            for (int q = 0; q < Wp; ++q) row[q] = 0.0f;
+            continue;
+        }
+        __global const float *from = src + s_off + ((size_t)plane * H + h) * W - left;
+        for (int q = 0; q < lo; ++q) row[q] = 0.0f;
+        for (int q = lo; q < hi; ++q) row[q] = from[q];
+        for (int q = hi; q < Wp; ++q) row[q] = 0.0f;
+    }
 }
 
 // one vector of outputs (columns from col) into the row at yr (added to it when acc), lanes
