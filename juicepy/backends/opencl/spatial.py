@@ -43,8 +43,8 @@ DIRECT_FILTER_ITEMS = 32768
 # Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
 # 3x3 forward passes and input gradients with at least this many input and output channels and
 # output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where it was
-# measured: docs/opencl.md); the NumPy backend's thresholds, where its GEMMs of K = channels
-# run near the packed GEMM's speed
+# measured: docs/opencl.md); the NumPy backend's thresholds (only the 64-channel 32x32 layers
+# of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
