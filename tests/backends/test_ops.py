@@ -581,6 +581,9 @@ CONV_CASES = [
     ((2, 2, 6, 5), (3, 1, 1), (1, 2), (0, 0), (1, 1), 1),  # 1x1
     ((1, 3, 11, 10), (5, 5, 4), (3, 2), (2, 1), (1, 2), 1),
     ((2, 8, 6, 6), (16, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # depth 72: NumPy's batch-innermost layout
+    # 64 channels and planes of 256 pixels or more: Winograd F(2x2, 3x3) where a backend picks it
+    ((2, 64, 16, 16), (64, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((1, 64, 18, 17), (64, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilated, tiles past the plane's edges
 ]
 
 
