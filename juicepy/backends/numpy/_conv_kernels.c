@@ -515,8 +515,10 @@ DEFINE_PAD_PHASES(pad_phases_f64, double)
         const I vblocks = (vectors + NV - 1) / NV, staged = vblocks * NV * lanes;             \
         const int tight = !accumulate && per_row * lanes == g->wo;                            \
         /* input channels per chunk: about 16 KiB of the phase rows a block of outputs reads */ \
-        const I rows_read = (NV * lanes + g->wo - 1) / g->wo + (g->kh - 1) * g->dh / g->sh + 1;  \
-        const I row_read = NV * lanes + (g->kw - 1) * g->dw / g->sw + 16 / (I)sizeof(T);      \
+        I rows_read = (NV * lanes + g->wo - 1) / g->wo + (g->kh - 1) * g->dh / g->sh + 1;        \
+        I row_read = NV * lanes + (g->kw - 1) * g->dw / g->sw + 16 / (I)sizeof(T);            \
+        if (rows_read > s.hq) rows_read = s.hq;                                               \
+        if (row_read > s.wq) row_read = s.wq;                                                 \
         const I per_channel = g->sh * g->sw * rows_read * row_read * (I)sizeof(T);            \
         const I cstep = per_channel * 2 > DIRECT_L1 ? 1 : DIRECT_L1 / 2 / per_channel;        \
         T *buf = calloc((size_t)(cg * s.channel + (tight ? 0 : og * staged)), sizeof(T));     \
