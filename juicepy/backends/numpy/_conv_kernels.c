@@ -430,38 +430,113 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, pad_plane_f
 DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4)
 DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2)
 
-/* Direct stride-1 convolution on the padded grid, for every group: the Cg input planes of a
- * sample's group are copied zero-padded into a buffer (Cg x Hp x Wp, plus slack), and each
- * block of OB output channels x NV vectors of grid positions sums over input channels and
- * taps in registers (one load of a shifted input vector feeds OB multiply-adds). No column
- * matrix and no packing pass, which is what a GEMM with few output channels per group loses
- * its time on. Weights are packed once per call as [group][block][c][tap][OB] (zeros past
- * O/G); with ``flip`` they are read as the input gradient's: output and input channels
- * swapped, taps reversed (dx is this conv of dy padded by (k - 1)*d - p). */
-/* 8 output channels x 3 vectors: 24 sums in registers (the fastest blocking measured, see
- * docs/numpy.md; an AVX2 build would spill them, so spatial.py uses this only with AVX-512) */
+/* Direct convolution of any stride, for every group. Phase planes: the padded input plane is
+ * split into sh x sw phases, phase (a, b) holding its rows a, a + sh, ... and columns
+ * b, b + sw, ..., so tap (i, j) of output (r, q) reads phase ((i*dh) % sh, (j*dw) % sw) at
+ * (r + i*dh / sh, q + j*dw / sw): every tap reads whole vectors of consecutive outputs, with
+ * no column matrix (stride 1: one phase, the zero-padded plane). */
+typedef struct {
+    I hq, wq, phase, channel; /* rows and row length of a phase, values per phase, per channel */
+} Phases;
 
-#define DEFINE_DIRECT_GRID(NAME, ATTR, PAD, T, V, OB, NV)                                                    \
-    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
-                                  const Geometry *g, I groups, I o, I n0, I n1, int flip,     \
-                                  int accumulate)                                             \
+static Phases make_phases(const Geometry *g, I lanes)
+{
+    Phases p;
+    p.hq = g->ho + (g->kh - 1) * g->dh / g->sh;
+    p.wq = g->wo + (g->kw - 1) * g->dw / g->sw;
+    p.phase = p.hq * p.wq;
+    /* a row's last vector reads up to lanes - 1 values past Wo: into the next row or phase,
+     * or this slack after the last phase (the lanes past Wo are dropped) */
+    p.channel = g->sh * g->sw * p.phase + lanes;
+    return p;
+}
+
+static void phase_offsets(const Geometry *g, const Phases *s, I *offset)
+{
+    for (I i = 0; i < g->kh; i++)
+        for (I j = 0; j < g->kw; j++) {
+            const I a = i * g->dh, b = j * g->dw;
+            offset[i * g->kw + j] = ((a % g->sh) * g->sw + b % g->sw) * s->phase + a / g->sh * s->wq + b / g->sw;
+        }
+}
+
+#define DEFINE_PAD_PHASES(NAME, T)                                                             \
+    static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Phases *s) \
     {                                                                                          \
-        const I lanes = VLANES(V, T), block = NV * lanes;                                    \
-        const Grid s = make_grid(g, block);                                                   \
+        for (I a = 0; a < g->sh; a++)                                                         \
+            for (I b = 0; b < g->sw; b++) {                                                   \
+                T *phase = buf + (a * g->sw + b) * s->phase;                                  \
+                const I offset = b - g->pw;                                                   \
+                I lo, hi;                                                                     \
+                valid_columns(offset, g->sw, g->w, s->wq, &lo, &hi);                          \
+                for (I r = 0; r < s->hq; r++) {                                               \
+                    T *d = phase + r * s->wq;                                                 \
+                    const I row = r * g->sh + a - g->ph;                                      \
+                    if (row < 0 || row >= g->h) {                                             \
+                        memset(d, 0, (size_t)s->wq * sizeof(T));                              \
+                        continue;                                                             \
+                    }                                                                         \
+                    const T *src = plane + row * g->w;                                        \
+                    for (I q = 0; q < lo; q++) d[q] = 0;                                      \
+                    if (g->sw == 1)                                                           \
+                        memcpy(d + lo, src + lo + offset, (size_t)(hi - lo) * sizeof(T));     \
+                    else                                                                      \
+                        for (I q = lo; q < hi; q++) d[q] = src[q * g->sw + offset];           \
+                    for (I q = hi; q < s->wq; q++) d[q] = 0;                                  \
+                }                                                                             \
+            }                                                                                 \
+    }
+
+DEFINE_PAD_PHASES(pad_phases_f32, float)
+DEFINE_PAD_PHASES(pad_phases_f64, double)
+
+/* The Cg input channels of a sample's group are laid out as phase planes, and each block of OB
+ * output channels x NV vectors of outputs sums over input channels and taps in registers (one
+ * load of an input vector feeds OB multiply-adds). A vector covers consecutive outputs of one
+ * row; rows are ceil(Wo / lanes) vectors each, so no sums are spent on padding columns (only
+ * on the lanes past Wo of a row's last vector), and where whole rows are whole vectors the
+ * sums are stored straight into ``out``. Weights are packed once per call as
+ * [group][block][c][tap][OB] (zeros past O/G); with ``flip`` they are read as the input
+ * gradient's: output and input channels swapped, taps reversed (dx is this stride-1 conv of dy
+ * padded by (k - 1)*d - p). OB x NV: 4 x 3 with AVX2 (12 sums, 3 inputs and a broadcast fill
+ * the 16 registers), 8 x 3 with AVX-512 (docs/numpy.md). */
+#ifndef DIRECT_L1
+#define DIRECT_L1 32768
+#endif
+#define DEFINE_DIRECT_CONV(NAME, ATTR, PAD, T, V, OB, NV)                                      \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
+                         const Geometry *g, I groups, I o, I n0, I n1, int flip, int accumulate) \
+    {                                                                                          \
+        const I lanes = VLANES(V, T);                                                         \
+        const Phases s = make_phases(g, lanes);                                               \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
-        const I blocks = (og + OB - 1) / OB, plane = s.buffer;                                \
-        T *buf = malloc((size_t)(cg * plane + OB * s.span) * sizeof(T));                      \
+        const I blocks = (og + OB - 1) / OB, plane_out = g->ho * g->wo;                       \
+        const I per_row = (g->wo + lanes - 1) / lanes, vectors = g->ho * per_row;             \
+        const I vblocks = (vectors + NV - 1) / NV, staged = vblocks * NV * lanes;             \
+        const int tight = !accumulate && per_row * lanes == g->wo;                            \
+        /* input channels per chunk: about 16 KiB of the phase rows a block of outputs reads */ \
+        I rows_read = (NV * lanes + g->wo - 1) / g->wo + (g->kh - 1) * g->dh / g->sh + 1;        \
+        I row_read = NV * lanes + (g->kw - 1) * g->dw / g->sw + 16 / (I)sizeof(T);            \
+        if (rows_read > s.hq) rows_read = s.hq;                                               \
+        if (row_read > s.wq) row_read = s.wq;                                                 \
+        const I per_channel = g->sh * g->sw * rows_read * row_read * (I)sizeof(T);            \
+        const I cstep = per_channel * 2 > DIRECT_L1 ? 1 : DIRECT_L1 / 2 / per_channel;        \
+        T *buf = calloc((size_t)(cg * s.channel + (tight ? 0 : og * staged)), sizeof(T));     \
         T *packed = calloc((size_t)(groups * blocks * cg * taps * OB), sizeof(T));            \
-        I *offset = malloc((size_t)(cg * taps) * sizeof(I));                                  \
+        I *offset = malloc((size_t)(cg * taps + vblocks * NV) * sizeof(I));                   \
         if (!buf || !packed || !offset) {                                                     \
             free(buf); free(packed); free(offset);                                            \
             return -1;                                                                        \
         }                                                                                     \
-        T *grid = buf + cg * plane;                                                           \
+        T *grid = buf + cg * s.channel;                                                       \
+        I *pos = offset + cg * taps;                                                          \
         /* one offset per (input channel, tap): the sum runs as one flat loop */             \
-        tap_offsets(g, &s, offset);                                                           \
+        phase_offsets(g, &s, offset);                                                         \
         for (I c = cg - 1; c >= 0; c--)                                                       \
-            for (I t = 0; t < taps; t++) offset[c * taps + t] = c * plane + offset[t];        \
+            for (I t = 0; t < taps; t++) offset[c * taps + t] = c * s.channel + offset[t];    \
+        /* the vectors past the last one read the plane's start; their sums are dropped */   \
+        for (I v = 0; v < vblocks * NV; v++)                                                  \
+            pos[v] = v < vectors ? v / per_row * s.wq + v % per_row * lanes : 0;              \
         for (I gr = 0; gr < groups; gr++)                                                     \
             for (I j = 0; j < og; j++)                                                        \
                 for (I c = 0; c < cg; c++)                                                    \
@@ -474,36 +549,59 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, pad_plane_f
         for (I n = n0; n < n1; n++)                                                           \
             for (I gr = 0; gr < groups; gr++) {                                               \
                 for (I c = 0; c < cg; c++)                                                    \
-                    PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * plane, g, &s); \
-                for (I ob = 0; ob < blocks; ob++) {                                           \
-                    const T *wb = packed + (gr * blocks + ob) * cg * taps * OB;               \
-                    for (I b = 0; b < s.span; b += block) {                                   \
-                        V a[OB][NV];                                                          \
-                        for (int r = 0; r < OB; r++)                                          \
-                            for (int v = 0; v < NV; v++) a[r][v] = (V){0};                    \
-                        const T *src = buf + b, *wt = wb;                                     \
-                        for (I u = 0; u < cg * taps; u++, wt += OB) {                         \
-                            const T *p = src + offset[u];                                     \
-                            V xv[NV];                                                         \
-                            for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + v * lanes);     \
+                    PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * s.channel, g, &s); \
+                /* the inputs a block of outputs reads from a chunk of input channels stay in  \
+                   L1 while every block of output channels passes by (their packed weights      \
+                   stream from L2, a quarter of a line per multiply-add step); the sums are     \
+                   kept in the output between chunks, which leaves their bits unchanged */      \
+                for (I vb = 0; vb < vblocks; vb++) {                                          \
+                    I at[NV];                                                                 \
+                    for (int v = 0; v < NV; v++) at[v] = pos[vb * NV + v];                    \
+                    for (I c0 = 0; c0 < cg; c0 += cstep) {                                    \
+                        const I u0 = c0 * taps, u1 = (c0 + cstep < cg ? c0 + cstep : cg) * taps; \
+                        for (I ob = 0; ob < blocks; ob++) {                                   \
+                            V a[OB][NV];                                                      \
+                            T *dst[OB];                                                       \
                             for (int r = 0; r < OB; r++) {                                    \
-                                const T k = wt[r];                                            \
-                                for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];            \
+                                dst[r] = ob * OB + r >= og ? NULL                             \
+                                         : tight ? out + (n * o + gr * og + ob * OB + r) * plane_out \
+                                                 : grid + (ob * OB + r) * staged;             \
+                                for (int v = 0; v < NV; v++) {                                \
+                                    const I vi = vb * NV + v;                                 \
+                                    a[r][v] = c0 == 0 || !dst[r] || (tight && vi >= vectors)  \
+                                                  ? (V){0} : LOADV(V, dst[r] + vi * lanes);   \
+                                }                                                             \
                             }                                                                 \
+                            const T *wt = packed + ((gr * blocks + ob) * cg * taps + u0) * OB; \
+                            for (I u = u0; u < u1; u++, wt += OB) {                           \
+                                const T *p = buf + offset[u];                                 \
+                                V xv[NV];                                                     \
+                                for (int v = 0; v < NV; v++) xv[v] = LOADV(V, p + at[v]);     \
+                                for (int r = 0; r < OB; r++) {                                \
+                                    const T k = wt[r];                                        \
+                                    for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];        \
+                                }                                                             \
+                            }                                                                 \
+                            for (int r = 0; r < OB && dst[r]; r++)                            \
+                                for (int v = 0; v < NV; v++) {                                \
+                                    const I vi = vb * NV + v;                                 \
+                                    if (tight && vi >= vectors) break;                        \
+                                    memcpy(dst[r] + vi * lanes, &a[r][v], sizeof(V));         \
+                                }                                                             \
                         }                                                                     \
-                        for (int r = 0; r < OB; r++)                                          \
-                            for (int v = 0; v < NV; v++)                                      \
-                                memcpy(grid + r * s.span + b + v * lanes, &a[r][v], sizeof(V)); \
                     }                                                                         \
-                    for (int r = 0; r < OB && ob * OB + r < og; r++) {                        \
-                        T *dst = out + (n * o + gr * og + ob * OB + r) * g->ho * g->wo;       \
-                        const T *src = grid + r * s.span;                                     \
-                        for (I row = 0; row < g->ho; row++) {                                 \
-                            if (accumulate)                                                   \
-                                for (I q = 0; q < g->wo; q++) dst[row * g->wo + q] += src[row * s.wp + q]; \
-                            else                                                              \
-                                memcpy(dst + row * g->wo, src + row * s.wp, (size_t)g->wo * sizeof(T)); \
-                        }                                                                     \
+                }                                                                             \
+                if (tight) continue;                                                          \
+                for (I j = 0; j < og; j++) {                                                  \
+                    T *dst = out + (n * o + gr * og + j) * plane_out;                         \
+                    const T *src = grid + j * staged;                                         \
+                    for (I row = 0; row < g->ho; row++) {                                     \
+                        const T *sr = src + row * per_row * lanes;                            \
+                        T *dr = dst + row * g->wo;                                            \
+                        if (accumulate)                                                       \
+                            for (I q = 0; q < g->wo; q++) dr[q] += sr[q];                     \
+                        else                                                                  \
+                            memcpy(dr, sr, (size_t)g->wo * sizeof(T));                        \
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
@@ -511,12 +609,12 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, pad_plane_f
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID(direct_grid_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3)
-DEFINE_DIRECT_GRID(direct_grid_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3)
-DEFINE_DIRECT_GRID(direct_grid_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3)
-DEFINE_DIRECT_GRID(direct_grid_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3)
-DEFINE_DIRECT_GRID(direct_grid_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2)
-DEFINE_DIRECT_GRID(direct_grid_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2)
+DEFINE_DIRECT_CONV(direct_conv_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3)
+DEFINE_DIRECT_CONV(direct_conv_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3)
+DEFINE_DIRECT_CONV(direct_conv_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3)
+DEFINE_DIRECT_CONV(direct_conv_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3)
+DEFINE_DIRECT_CONV(direct_conv_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2)
+DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2)
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and grid
  * positions of dy[o] (on the grid, zero past Wo) times the shifted padded x[c]. Blocks of
@@ -1121,7 +1219,18 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_direct_grid(PyObject *self, PyObject *args)
+static int check_direct(const Geometry *g)
+{
+    if (g->sh < 1 || g->sw < 1 || g->ph < 0 || g->pw < 0 || g->dh < 1 || g->dw < 1 ||
+        g->ho != (g->h + 2 * g->ph - (g->kh - 1) * g->dh - 1) / g->sh + 1 ||
+        g->wo != (g->w + 2 * g->pw - (g->kw - 1) * g->dw - 1) / g->sw + 1 || g->ho < 1 || g->wo < 1) {
+        PyErr_SetString(PyExc_ValueError, "direct_conv: need padding >= 0 and the Ho, Wo of that geometry");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_direct_conv(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wo, *oo, *go;
     Geometry g;
@@ -1129,9 +1238,9 @@ static PyObject *py_direct_grid(PyObject *self, PyObject *args)
     int flip, accumulate, failed;
     if (!PyArg_ParseTuple(args, "OOOOnnnnnpp", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip, &accumulate))
         return NULL;
-    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (!parse_geometry(go, &g) || check_direct(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
     if (groups < 1 || g.c % groups || o % groups) {
-        PyErr_Format(PyExc_ValueError, "direct_grid: %zd input and %zd output channels do not split into %zd groups",
+        PyErr_Format(PyExc_ValueError, "direct_conv: %zd input and %zd output channels do not split into %zd groups",
                      g.c, o, groups);
         return NULL;
     }
@@ -1141,9 +1250,9 @@ static PyObject *py_direct_grid(PyObject *self, PyObject *args)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
     if (x.itemsize == 4)
-        failed = ISA_CALL(direct_grid_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = ISA_CALL(direct_conv_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
     else
-        failed = ISA_CALL(direct_grid_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = ISA_CALL(direct_conv_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
     Py_END_ALLOW_THREADS
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
@@ -1183,9 +1292,10 @@ static PyMethodDef methods[] = {
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
      "weight gradient of samples [n0, n1), computed directly"},
-    {"direct_grid", py_direct_grid, METH_VARARGS,
-     "direct_grid(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate): samples [n0, n1) "
-     "of a stride-1 grouped conv computed directly (flip: the input gradient, x = dy)"},
+    {"direct_conv", py_direct_conv, METH_VARARGS,
+     "direct_conv(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate): samples [n0, n1) "
+     "of a grouped conv (any stride, padding >= 0) computed directly (flip: the input gradient of "
+     "a stride-1 conv, x = dy)"},
     {"im2col", py_im2col, METH_VARARGS,
      "im2col(x, cols, geometry, N, n0, n1, r0, r1, sample_stride, row_stride): the windows of "
      "samples [n0, n1) and output rows [r0, r1) of NCHW x as columns (zeros in the padding)"},

@@ -463,17 +463,35 @@ def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: in
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
     runs = [_gemm_forward]
-    if _direct(backend, stride, padding) and not _pointwise(plan):
+    if _direct_forward_applies(backend, plan):
         runs.append(_direct_forward)
-        if _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
+        if tuple(stride) == (1, 1) and _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
             runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
     runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
 
 
+#: input channels per group up to which a strided conv runs on the direct kernel rather than
+#: im2col + GEMM: with more, the phase rows a block of outputs reads from each chunk of channels
+#: no longer stay in L1 across output channels (measured on AVX2, docs/numpy.md)
+DIRECT_STRIDED_MAX_CHANNELS = 32
+
+
+def _direct_forward_applies(backend, plan) -> bool:
+    """Stride 1 (but a pointwise conv, which is a plain GEMM) with AVX2 or AVX-512; strided
+    kxk (k > 1) convs of at most DIRECT_STRIDED_MAX_CHANNELS input channels per group on AVX2,
+    where that was measured."""
+    isa = backend.conv_kernels.isa
+    if isa < 1 or min(plan.padding) < 0:
+        return False
+    if tuple(plan.stride) == (1, 1):
+        return not _pointwise(plan)
+    return isa == 1 and plan.kh * plan.kw > 1 and plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
+
+
 def _direct_forward(backend, x, w, plan, ws, out):
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
-    _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_grid(
+    _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_conv(
         x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False))
 
 
@@ -587,7 +605,7 @@ def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
                         plan.dilation, dx.shape[2:])
     _run_lanes(plan.n, dx[0].size * plan.o // plan.groups * plan.kh * plan.kw,
-               lambda lo, hi, k: backend.conv_kernels.direct_grid(dy, w, dx, flipped, plan.groups, plan.c, plan.n,
+               lambda lo, hi, k: backend.conv_kernels.direct_conv(dy, w, dx, flipped, plan.groups, plan.c, plan.n,
                                                                    lo, hi, True, accumulate))
 
 

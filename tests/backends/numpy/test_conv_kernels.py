@@ -114,6 +114,71 @@ def test_both_gemm_weight_gradient_layouts_match_the_fallback(side_by_side, band
     np.testing.assert_allclose(summed, reference + 1, rtol=1e-10, atol=1e-10)
 
 
+# (batch, C, H, W, out, kernel, stride, padding, dilation, groups)
+DIRECT_CASES = [(2, 6, 11, 9, 10, 3, 2, 1, 1, 1),    # odd sizes: rows end inside a vector
+                (2, 4, 12, 12, 8, 3, 2, 1, 1, 2),    # grouped
+                (3, 5, 13, 10, 7, 5, 2, 2, 1, 1),    # 5x5, stride 2
+                (2, 3, 9, 9, 5, 3, 3, 0, 1, 1),      # stride 3, unpadded
+                (2, 4, 10, 10, 6, 3, 2, 2, 2, 1),    # strided and dilated
+                (2, 40, 32, 32, 12, 3, 2, 1, 1, 1),  # rows of whole vectors (stored straight), channel chunks
+                (2, 6, 9, 8, 8, 5, 1, 2, 1, 2),      # stride 1
+                (2, 8, 17, 33, 8, 3, 1, 2, 2, 1)]    # stride 1 dilated, wide rows
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=[str(c) for c in DIRECT_CASES])
+def test_direct_kernel_of_any_stride_matches_the_fallback(case, dtype):
+    """The direct kernel on phase planes, alone and accumulating, against the float64 NumPy path."""
+    n, c, h, w_, o, k, s, p, d, g = case
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c // g, k, k))
+    ho, wo = _out_len(h, k, s, p, d), _out_len(w_, k, s, p, d)
+    reference = np.empty((n, o, ho, wo))
+    backend = jp.backend("numpy")
+    fallback = type(backend)(kernels="numpy")
+    fallback.conv2d(x, w, reference, (s, s), (p, p), (d, d), g, ws=Workspace())
+    out = np.full((n, o, ho, wo), np.nan, dtype)
+    geometry = (c, h, w_, k, k, s, s, p, p, d, d, ho, wo)
+    kernels.direct_conv(x.astype(dtype), w.astype(dtype), out, geometry, g, o, n, 0, n, False, False)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, reference, rtol=tol, atol=tol * np.abs(reference).max())
+    kernels.direct_conv(x.astype(dtype), w.astype(dtype), out, geometry, g, o, n, 1, n, False, True)
+    np.testing.assert_allclose(out[1:], 2 * reference[1:], rtol=tol, atol=2 * tol * np.abs(reference).max())
+    np.testing.assert_allclose(out[:1], reference[:1], rtol=tol, atol=tol * np.abs(reference).max())
+
+
+@needs_kernels
+def test_strided_convs_run_direct_only_where_measured(monkeypatch):
+    """Strided kxk convs of few input channels per group on AVX2; wider ones and 1x1 ones keep
+    im2col + GEMM; a strided conv run either way gives the fallback's result."""
+    backend = jp.backend("numpy")
+
+    def plan(c, k, s, groups=1):
+        return numpy_spatial._ConvPlan((2, c, 16, 16), (8, c // groups, k, k), (8, 8), (s, s), (k // 2,) * 2,
+                                       (1, 1), groups)
+
+    monkeypatch.setattr(kernels, "isa", 1)
+    applies = numpy_spatial._direct_forward_applies
+    assert applies(backend, plan(32, 3, 2)) and applies(backend, plan(128, 3, 2, groups=4))
+    assert not applies(backend, plan(64, 3, 2)) and not applies(backend, plan(16, 1, 2))
+    assert applies(backend, plan(64, 3, 1)) and not applies(backend, plan(16, 1, 1))
+    monkeypatch.setattr(kernels, "isa", 2)
+    assert not applies(backend, plan(32, 3, 2)) and applies(backend, plan(64, 3, 1))
+    monkeypatch.setattr(kernels, "isa", 1)
+    rng = np.random.default_rng(12)
+    x, w = rng.standard_normal((3, 6, 13, 11)), rng.standard_normal((8, 6, 3, 3))
+    results = []
+    for direct in (True, False):
+        monkeypatch.setattr(numpy_spatial, "DIRECT_STRIDED_MAX_CHANNELS", 32 if direct else 0)
+        results.append(_all_three(x, w, 13, (2, 1, 1, 1), ws=Workspace()))
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 13, (2, 1, 1, 1))
+    for fast in results:
+        for got, want in zip(fast, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
 def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
