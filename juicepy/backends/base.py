@@ -152,6 +152,28 @@ def check_sequence(backend_name: str, op: str, w_hh, states, blocks: dict, bias=
     return steps, rows, hidden
 
 
+def check_input_sequence(backend_name: str, op: str, x, w_ih, w_hh, h, gates, bias=None, bias_ih=None,
+                         c=None, lstm=False):
+    """check_sequence for an op that projects its inputs itself: x (T, N, I), w_ih (G*H, I) of
+    the states' dtype, bias_ih (G*H,) like bias; the LSTM's c and gates both given or both None.
+    Returns (T, N, H)."""
+    if lstm and (c is None) != (gates is None):
+        raise ValueError(f"{backend_name} backend {op}: c and gates are both given or both None")
+    blocks = {4: [gates]} if gates is not None else {}
+    if c is not None:
+        blocks[1] = [c[1:]]
+    steps, rows, hidden = check_sequence(backend_name, op, w_hh, h, blocks, bias)
+    if bias_ih is not None:
+        check_sequence(backend_name, op, w_hh, h, {}, bias_ih)
+    features = x.shape[2] if x.ndim == 3 else 0
+    for a, want in ((x, (steps, rows, features)), (w_ih, (w_hh.shape[0], features))):
+        if features < 1 or tuple(a.shape) != want or a.dtype != h.dtype:
+            raise ValueError(f"{backend_name} backend {op}: x (T, N, I >= 1) and w_ih (G*H, I) {h.dtype} expected "
+                             f"for states {tuple(h.shape)}, got {tuple(x.shape)} {x.dtype} and {tuple(w_ih.shape)} "
+                             f"{w_ih.dtype}")
+    return steps, rows, hidden
+
+
 def _sequence_steps(steps: int, reverse: bool):
     """(processing index, time, previous state index, new state index) in processing order."""
     for k in range(steps):
@@ -626,6 +648,38 @@ class Backend(abc.ABC):
             else:
                 self.gemm(h[prev], w_hh, hw, trans_b=True, ws=ws)
             self.gru_cell(xw[t], hw, bias_hh, h[prev], gates[t], h[cur], ws=ws)
+
+    # The same from the inputs x (T, N, I) themselves: the ops take w_ih (G*H, I) and make the
+    # projections, so a backend may fuse them into the steps instead of writing all steps' xw.
+    # ``gates`` (and the LSTM's ``c``) None: no backward follows, only h is written.
+    def lstm_input_sequence(self, x, w_ih, w_hh, bias, h, c, gates, reverse=False, ws=None) -> None:
+        """lstm_sequence over xw = x @ w_ih^T; ``bias`` (4H,) is b_ih + b_hh, or None."""
+        steps, rows, hidden = check_input_sequence(self.name, "lstm_input_sequence", x, w_ih, w_hh, h, gates, bias,
+                                                   c=c, lstm=True)
+        xw = self._input_projection(x, w_ih, None, ws)
+        if gates is None:
+            c = scratch(ws, self, "rnn_c_inference", tuple(h.shape), h.dtype)
+            gates = scratch(ws, self, "rnn_gates_inference", (steps, rows, 4 * hidden), h.dtype)
+        self.lstm_sequence(xw, w_hh, bias, h, c, gates, reverse, ws)
+
+    def gru_input_sequence(self, x, w_ih, bias_ih, w_hh, bias_hh, h, gates, reverse=False, ws=None) -> None:
+        """gru_sequence over xw = x @ w_ih^T + b_ih (``bias_ih`` (3H,) or None)."""
+        steps, rows, hidden = check_input_sequence(self.name, "gru_input_sequence", x, w_ih, w_hh, h, gates, bias_hh,
+                                                   bias_ih)
+        xw = self._input_projection(x, w_ih, bias_ih, ws)
+        if gates is None:
+            gates = scratch(ws, self, "rnn_gates_inference", (steps, rows, 4 * hidden), h.dtype)
+        self.gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
+
+    def _input_projection(self, x, w_ih, bias_ih, ws):
+        """xw (T, N, G*H) = x @ w_ih^T (+ bias_ih), in the workspace."""
+        steps, rows, features = x.shape
+        xw = scratch(ws, self, "rnn_xw", (steps, rows, w_ih.shape[0]), x.dtype)
+        xw2 = self.reshape(xw, (steps * rows, w_ih.shape[0]))
+        self.gemm(self.reshape(x, (steps * rows, features)), w_ih, xw2, trans_b=True, ws=ws)
+        if bias_ih is not None:
+            self.add_bias(xw2, bias_ih)
+        return xw
 
     def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None) -> None:
         """dout as for lstm_sequence_backward; dxw, dhw (T, N, 3H) receive every step's

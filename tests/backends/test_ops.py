@@ -1176,6 +1176,44 @@ def test_lstm_and_gru_sequences(ops_backend, dtype, rng, gru, steps, rows, hid, 
     placed.check_sentinels()
 
 
+@pytest.mark.parametrize("gru", [False, True], ids=["lstm", "gru"])
+@pytest.mark.parametrize("steps, rows, features, hid, reverse, with_bias", [(4, 5, 6, 7, False, True),
+                                                                           (3, 7, 1, 37, True, False),
+                                                                           (2, 13, 9, 20, True, True)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lstm_and_gru_input_sequences(ops_backend, dtype, rng, gru, steps, rows, features, hid, reverse, with_bias,
+                                      layout):
+    """The *_input_sequence ops against the sequence reference on xw = x @ w_ih^T (+ b_ih for the
+    GRU, the LSTM taking b_ih + b_hh as one bias), with the kept gates and without (inference)."""
+    blocks = 3 if gru else 4
+    x = rng.standard_normal((steps, rows, features))
+    w_ih = rng.standard_normal((blocks * hid, features)) / np.sqrt(features) * 2
+    w = rng.standard_normal((blocks * hid, hid)) / np.sqrt(hid) * 1.5
+    b_ih, b_hh = rng.standard_normal(blocks * hid), rng.standard_normal(blocks * hid)
+    xw = x @ w_ih.T + (b_ih if with_bias and gru else 0.0)
+    b_ref = (b_hh if gru else b_ih + b_hh) if with_bias else None
+    h_ref, c_ref, g_ref = _sequence_reference(gru, xw, w, b_ref, np.zeros((steps, rows, hid)), 0, reverse)[:3]
+    junk = lambda *shape: rng.standard_normal(shape)  # noqa: E731
+    arrays = [x, w_ih, w, b_ih, b_hh, b_ih + b_hh, junk(steps + 1, rows, hid), junk(steps + 1, rows, hid),
+              junk(steps, rows, 4 * hid), junk(steps + 1, rows, hid)]
+    placed = Placed(ops_backend, arrays, dtype, layout)
+    d = placed.devs
+    tol = tolerance(dtype, scale=20)
+    if gru:
+        bias_ih, bias_hh = (d[3], d[4]) if with_bias else (None, None)
+        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[6], d[8], reverse=reverse)
+        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[9], None, reverse=reverse)
+    else:
+        bias = d[5] if with_bias else None
+        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[6], d[7], d[8], reverse=reverse)
+        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[9], None, None, reverse=reverse)
+        np.testing.assert_allclose(placed.host(7), c_ref, **tol)
+    np.testing.assert_allclose(placed.host(6), h_ref, **tol)
+    np.testing.assert_allclose(placed.host(8), g_ref, **tol)
+    np.testing.assert_array_equal(placed.host(9), placed.host(6))  # inference: the same h, nothing else kept
+    placed.check_sentinels()
+
+
 def test_sequence_ops_refuse_bad_arguments(ops_backend):
     b = ops_backend
     z = lambda *s: b.zeros(s)  # noqa: E731
@@ -1205,6 +1243,14 @@ def test_sequence_ops_refuse_bad_arguments(ops_backend):
         b.gru_sequence(z(4, 2, 9), z(9, 3), z(12), z(5, 2, 3), z(4, 2, 12))  # bias of 4 blocks
     with bad_argument(b, "gru_sequence_backward"):
         b.gru_sequence_backward(z(9, 4), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 0, z(4, 2, 9), z(4, 2, 9))
+    with bad_argument(b, "lstm_input_sequence"):  # c without gates
+        b.lstm_input_sequence(z(4, 2, 5), z(12, 5), z(12, 3), None, z(5, 2, 3), z(5, 2, 3), None)
+    with bad_argument(b, "lstm_input_sequence"):  # w_ih of another width than x
+        b.lstm_input_sequence(z(4, 2, 5), z(12, 6), z(12, 3), None, z(5, 2, 3), z(5, 2, 3), z(4, 2, 12))
+    with bad_argument(b, "gru_input_sequence"):  # x of another step count
+        b.gru_input_sequence(z(3, 2, 5), z(9, 5), None, z(9, 3), None, z(5, 2, 3), None)
+    with bad_argument(b, "gru_input_sequence"):  # bias_ih of 4 blocks
+        b.gru_input_sequence(z(4, 2, 5), z(9, 5), z(12), z(9, 3), None, z(5, 2, 3), z(4, 2, 12))
 
 
 def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
@@ -1220,6 +1266,7 @@ def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, r
     seq_lstm = (f(t, n, 4 * hid), f(4 * hid, hid), f(4 * hid), f(t + 1, n, hid), f(t + 1, n, hid), f(t, n, 4 * hid))
     seq_gru = (f(t, n, 3 * hid), f(3 * hid, hid), f(3 * hid), f(t + 1, n, hid), f(t, n, 4 * hid))
     seq_dout, seq_d1, seq_d2, seq_d4 = f(t, n, hid), f(t, n, 3 * hid), f(t, n, 3 * hid), f(t, n, 4 * hid)
+    seq_x, w_ih4, w_ih3 = f(t, n, 5), f(4 * hid, 5), f(3 * hid, 5)
 
     def step():
         b.lstm_cell(*lstm, ws=ws)
@@ -1234,6 +1281,10 @@ def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, r
         b.lstm_sequence_backward(seq_lstm[1], seq_lstm[5], seq_lstm[4], seq_dout, 0, seq_d4, reverse=True, ws=ws)
         b.gru_sequence(*seq_gru, ws=ws)
         b.gru_sequence_backward(seq_gru[1], seq_gru[4], seq_gru[3], seq_dout, 0, seq_d1, seq_d2, ws=ws)
+        b.lstm_input_sequence(seq_x, w_ih4, *seq_lstm[1:], reverse=True, ws=ws)
+        b.lstm_input_sequence(seq_x, w_ih4, *seq_lstm[1:4], None, None, ws=ws)
+        b.gru_input_sequence(seq_x, w_ih3, seq_gru[2], *seq_gru[1:], ws=ws)
+        b.gru_input_sequence(seq_x, w_ih3, None, *seq_gru[1:4], None, reverse=True, ws=ws)
 
     step()
     before = b.allocations
@@ -1326,6 +1377,7 @@ COVERAGE = {
     "gru_cell": "test_gru_cell_and_backward", "gru_cell_backward": "test_gru_cell_and_backward",
     **{op: "test_lstm_and_gru_sequences" for op in ("lstm_sequence", "lstm_sequence_backward", "gru_sequence",
                                                    "gru_sequence_backward")},
+    **{op: "test_lstm_and_gru_input_sequences" for op in ("lstm_input_sequence", "gru_input_sequence")},
 }
 
 
