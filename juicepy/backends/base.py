@@ -174,6 +174,19 @@ def check_input_sequence(backend_name: str, op: str, x, w_ih, w_hh, h, gates, bi
     return steps, rows, hidden
 
 
+def check_input_sequence_backward(backend_name: str, op: str, x, w_hh, h, dw_ih, dw_hh, biases) -> None:
+    """The weight-gradient operands of an *_input_sequence_backward: x (T, N, I) with the states'
+    T and N, dw_ih (G*H, I), dw_hh like w_hh, each of ``biases`` (G*H,) or None; one dtype."""
+    steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
+    features = x.shape[2] if x.ndim == 3 else 0
+    wants = [(x, (steps, rows, features)), (dw_ih, (w_hh.shape[0], features)), (dw_hh, tuple(w_hh.shape))]
+    wants += [(b, (w_hh.shape[0],)) for b in biases if b is not None]
+    for a, want in wants:
+        if features < 1 or tuple(a.shape) != want or a.dtype != h.dtype:
+            raise ValueError(f"{backend_name} backend {op}: {want} {h.dtype} expected for states {tuple(h.shape)} "
+                             f"and w_hh {tuple(w_hh.shape)}, got {tuple(a.shape)} {a.dtype}")
+
+
 def _sequence_steps(steps: int, reverse: bool):
     """(processing index, time, previous state index, new state index) in processing order."""
     for k in range(steps):
@@ -670,6 +683,47 @@ class Backend(abc.ABC):
         if gates is None:
             gates = scratch(ws, self, "rnn_gates_inference", (steps, rows, 4 * hidden), h.dtype)
         self.gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
+
+    # Their backward with the weight gradients of the direction: dw_ih (G*H, I) = sum over steps
+    # of the xw gradient^T x_t, dw_hh (G*H, H) = sum of the hw gradient^T h_prev, and the bias
+    # sums, all overwritten (None for a bias: not wanted). The pre-activation gradients go to
+    # ``dgates`` / ``dxw`` where given (the input gradient, dxw @ w_ih, needs them); without it a
+    # backend may keep them to itself.
+    def lstm_input_sequence_backward(self, x, w_hh, gates, h, c, dout, offset, dw_ih, dw_hh, dbias, dgates=None,
+                                     reverse=False, ws=None) -> None:
+        """dbias (4H,): the gradient of b_ih and of b_hh (the same). h and c as the forward left them."""
+        steps, rows, hidden = check_sequence(self.name, "lstm_input_sequence_backward", w_hh, c,
+                                             {1: [h[1:]], 4: [gates] + ([dgates] if dgates is not None else [])},
+                                             dout=dout, offset=offset)
+        check_input_sequence_backward(self.name, "lstm_input_sequence_backward", x, w_hh, h, dw_ih, dw_hh, [dbias])
+        if dgates is None:
+            dgates = scratch(ws, self, "rnn_dgates", (steps, rows, 4 * hidden), h.dtype)
+        self.lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
+        self._weight_grads(x, h, dgates, dgates, dw_ih, dw_hh, None, dbias, reverse, ws)
+
+    def gru_input_sequence_backward(self, x, w_hh, gates, h, dout, offset, dw_ih, dw_hh, dbias_ih, dbias_hh,
+                                    dxw=None, reverse=False, ws=None) -> None:
+        """dbias_ih / dbias_hh (3H,): the gradients of b_ih and b_hh."""
+        steps, rows, hidden = check_sequence(self.name, "gru_input_sequence_backward", w_hh, h,
+                                             {4: [gates], 3: [dxw] if dxw is not None else []}, dout=dout,
+                                             offset=offset)
+        check_input_sequence_backward(self.name, "gru_input_sequence_backward", x, w_hh, h, dw_ih, dw_hh,
+                                      [dbias_ih, dbias_hh])
+        if dxw is None:
+            dxw = scratch(ws, self, "rnn_dxw", (steps, rows, 3 * hidden), h.dtype)
+        dhw = scratch(ws, self, "rnn_dhw", (steps, rows, 3 * hidden), h.dtype)
+        self.gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
+        self._weight_grads(x, h, dxw, dhw, dw_ih, dw_hh, dbias_ih, dbias_hh, reverse, ws)
+
+    def _weight_grads(self, x, h, dxw, dhw, dw_ih, dw_hh, dbias_ih, dbias_hh, reverse, ws):
+        steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
+        flat = lambda a: self.reshape(a, (steps * rows, a.shape[2]))  # noqa: E731
+        h_prev = h[1:] if reverse else h[:steps]
+        self.gemm(flat(dxw), flat(x), dw_ih, trans_a=True, ws=ws)
+        self.gemm(flat(dhw), flat(h_prev), dw_hh, trans_a=True, ws=ws)
+        for grads, db in ((dxw, dbias_ih), (dhw, dbias_hh)):
+            if db is not None:
+                self.bias_grad(flat(grads), db, ws=ws)
 
     def _input_projection(self, x, w_ih, bias_ih, ws):
         """xw (T, N, G*H) = x @ w_ih^T (+ bias_ih), in the workspace."""

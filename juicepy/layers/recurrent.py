@@ -220,6 +220,41 @@ class _Recurrent(Layer):
             backend.swap_leading_axes(din, dx, accumulate=dx_acc)
 
     def _backward_direction(self, backend, ctx, layer, d, x, dout, din, din_acc):
+        if self.projects_inputs:
+            self._input_backward_direction(backend, ctx, layer, d, x, dout, din, din_acc)
+        else:
+            self._projected_backward_direction(backend, ctx, layer, d, x, dout, din, din_acc)
+
+    def _input_backward_direction(self, backend, ctx, layer, d, x, dout, din, din_acc):
+        """One direction's backward by the cell type's ``*_input_sequence_backward``: the op makes
+        the weight and bias gradients; dxw comes out only where the input gradient needs it."""
+        t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
+        params = self._weights(layer, d)
+        w_ih, w_hh = ctx.param(params[0]), ctx.param(params[1])
+        dxw = self._pre_grads(backend, ctx)[0] if din is not None else None
+        outs = [self._grad_output(backend, ctx, p, f"rnn_grad_{kind}") if p is not None else (None, None)
+                for p, kind in zip(params, ("w_ih", "w_hh", "b_ih", "b_hh"))]
+        self._run_backward(backend, ctx, layer, d, x, w_hh, dout, dxw, *(buf for buf, _ in outs))
+        for buf, target in outs:
+            if target is not None and target[0] is not None:
+                backend.store(buf, *target)
+        if din is not None:
+            rows = t_len * n
+            backend.gemm(backend.reshape(dxw, (rows, self.gate_blocks * hid)), w_ih,
+                         backend.reshape(din, (rows, self._in_features(layer))), beta=float(din_acc), ws=ctx.ws)
+
+    def _grad_output(self, backend, ctx, param, tag):
+        """(buffer the op overwrites, None) where that is the param's gradient itself; else a
+        scratch buffer and the (gradient or None, accumulate) it goes to afterwards."""
+        gw, acc = ctx.param_grad_target(param)
+        if gw is not None and not acc:
+            return gw, None
+        return scratch(ctx.ws, backend, tag, tuple(ctx.param(param).shape), ctx.output().dtype), (gw, acc)
+
+    def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh) -> None:
+        raise NotImplementedError
+
+    def _projected_backward_direction(self, backend, ctx, layer, d, x, dout, din, din_acc):
         t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
         rows = t_len * n
         params = self._weights(layer, d)
@@ -316,10 +351,13 @@ class LSTM(_Recurrent):
         backend.lstm_input_sequence(x, w_ih, w_hh, bias, hs, self._kept(ctx, "c", layer, d),
                                     self._kept(ctx, "gates", layer, d), reverse=d == 1, ws=ctx.ws)
 
-    def _recurrence_backward(self, backend, ctx, layer, d, w_hh, hs, dout):
-        pre, _ = self._pre_grads(backend, ctx)
-        backend.lstm_sequence_backward(w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"c{layer}.{d}"), dout,
-                                       d * self.hidden_size, pre, reverse=d == 1, ws=ctx.ws)
+    def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh):
+        dbias = db_ih if db_ih is not None else db_hh
+        backend.lstm_input_sequence_backward(x, w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"h{layer}.{d}"),
+                                             ctx.buffer(f"c{layer}.{d}"), dout, d * self.hidden_size, dw_ih, dw_hh,
+                                             dbias, dxw, reverse=d == 1, ws=ctx.ws)
+        if db_ih is not None and db_hh is not None:  # b_ih and b_hh get the same gradient
+            backend.copy(db_ih, db_hh)
 
 
 class GRU(_Recurrent):
@@ -339,10 +377,10 @@ class GRU(_Recurrent):
         backend.gru_input_sequence(x, w_ih, b_ih, w_hh, b_hh, hs, self._kept(ctx, "gates", layer, d),
                                    reverse=d == 1, ws=ctx.ws)
 
-    def _recurrence_backward(self, backend, ctx, layer, d, w_hh, hs, dout):
-        dxw, dhw = self._pre_grads(backend, ctx)
-        backend.gru_sequence_backward(w_hh, ctx.buffer(f"gates{layer}.{d}"), hs, dout, d * self.hidden_size, dxw,
-                                      dhw, reverse=d == 1, ws=ctx.ws)
+    def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh):
+        backend.gru_input_sequence_backward(x, w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"h{layer}.{d}"),
+                                            dout, d * self.hidden_size, dw_ih, dw_hh, db_ih, db_hh, dxw,
+                                            reverse=d == 1, ws=ctx.ws)
 
 
 # ------------------------------------------------------------------ heads over time

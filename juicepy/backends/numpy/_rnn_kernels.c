@@ -442,6 +442,67 @@ INLINE void gemm_panels(I M, I K, const float *A, I lda, const float *B, I panel
     gemm_panels2(M, K, A, lda, 0, A, lda, B, K * NR, panels, C, ldc);
 }
 
+/* C[mr x 16] += A^T B over Kn: A[k * ak + r] for row r (consecutive floats of one of Kn rows
+ * of A), B one packed panel [Kn][16]; C row stride ldc. */
+INLINE void tile_t(int mr, I Kn, const float *A, I ak, const float *B, float *C, I ldc)
+{
+    vf acc0[MR], acc1[MR];
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        acc0[r] = load(C + r * ldc);
+        acc1[r] = load(C + r * ldc + W);
+    }
+    for (I k = 0; k < Kn; k++) {
+        const vf b0 = load(B + k * NR), b1 = load(B + k * NR + W);
+        const float *a = A + k * ak;
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            acc0[r] += a[r] * b0;
+            acc1[r] += a[r] * b1;
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        store(C + r * ldc, acc0[r]);
+        store(C + r * ldc + W, acc1[r]);
+    }
+}
+
+/* C[rows x 16 panels] += A^T B: A's columns [0, rows) over Kn rows of stride ak, B ``panels``
+ * packed panels [Kn][16] one after another. Rows outer, so a tile's A stays in L1 over the panels. */
+INLINE void gemm_t(I rows, I Kn, const float *A, I ak, const float *B, I panels, float *C, I ldc)
+{
+    for (I r = 0; r < rows; r += MR) {
+        const int mr = rows - r < MR ? (int)(rows - r) : MR;
+        for (I p = 0; p < panels; p++) {
+            const float *bp = B + p * Kn * NR;
+            float *c = C + r * ldc + p * NR;
+            switch (mr) {
+            case 6: tile_t(6, Kn, A + r, ak, bp, c, ldc); break;
+            case 5: tile_t(5, Kn, A + r, ak, bp, c, ldc); break;
+            case 4: tile_t(4, Kn, A + r, ak, bp, c, ldc); break;
+            case 3: tile_t(3, Kn, A + r, ak, bp, c, ldc); break;
+            case 2: tile_t(2, Kn, A + r, ak, bp, c, ldc); break;
+            default: tile_t(1, Kn, A + r, ak, bp, c, ldc); break;
+            }
+        }
+    }
+}
+
+/* src (N rows of stride ld, ``cols`` columns) as 16-column panels [N][16], zero past cols. */
+static void pack_rows(const float *src, I N, I cols, I ld, I padded, float *out)
+{
+    for (I p = 0; p < padded / NR; p++)
+        for (I m = 0; m < N; m++) {
+            float *dst = out + (p * N + m) * NR;
+            const float *row = src + m * ld;
+            for (int u = 0; u < NR; u++) {
+                I col = p * NR + u;
+                dst[u] = col < cols ? row[col] : 0.0f;
+            }
+        }
+}
+
 /* A barrier that spins (the threads meet every few hundred microseconds), yielding the core
  * after a while so that an oversubscribed machine still makes progress. */
 typedef struct {
@@ -482,7 +543,14 @@ typedef struct {
                                      * gates NULL where no backward follows (c then in scratch) */
     const float *dout;              /* backward: (T, N, dstride), this direction's dh at doff */
     I dstride, doff;
-    float *dx, *dhw;                /* (T, N, G*H): dgates (LSTM: one array), GRU: dxw and dhw */
+    float *dx, *dhw;                /* (T, N, G*H): dgates (LSTM: one array), GRU: dxw and dhw; each may
+                                     * be NULL where the weight gradients are made here */
+    /* Backward with the weight gradients (wg: x given): dw_ih (G*H, IN), dw_hh (G*H, H), the
+     * bias sums db (the LSTM's dgates; the GRU's dhw) and db_ih (the GRU's dxw), each NULL
+     * where not wanted; xpad: IN padded to 16. */
+    int wg;
+    I xpad;
+    float *dwih, *dwhh, *db, *dbih;
     float *scratch;
     I per_thread;
     Barrier barrier;
@@ -511,7 +579,11 @@ static I per_thread_floats(const Seq *s, int G, I N, I H, I slice, I hpad, int b
         for (int q = 0; q < s->nb; q++) packed += (s->kh[q] + s->kx[q]) * slice;
         return packed + N * s->nb * slice + N * slice; /* packed weights, gate sums, own c */
     }
-    return hpad * G * slice + N * G * slice + N * slice * 2 + slice; /* packed W_hh, dgates, dc|dh direct, dh row */
+    /* packed W_hh, dgates (the GRU's with its dn block where wg), dc|dh direct, dh row */
+    I f = hpad * G * slice + N * (s->gru && s->wg ? 4 : G) * slice + N * slice * 2 + slice;
+    if (s->wg) /* [h_prev | x_t] panels, the dW_hh and dW_ih sums, the bias sums */
+        f += (hpad + s->xpad) * N + G * slice * (hpad + s->xpad) + 2 * G * slice;
+    return f;
 }
 
 static I shared_floats(I N, I hpad, int threads, int backward) { return backward ? 2 * threads * N * hpad : 0; }
@@ -677,13 +749,18 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
 {
     I j0, j1, nch;
     units(s, tid, &j0, &j1, &nch);
-    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, K = G * SP, hp = s->hpad;
-    float *pack = s->scratch + tid * s->per_thread, *d = pack + hp * K, *carry = d + N * K;
+    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, K = G * SP, hp = s->hpad, IN = s->IN;
+    const I Kd = s->gru && s->wg ? 4 * SP : K; /* the GRU keeps dn apart for dW_in: a 4th block */
+    const I xp = s->xpad;
+    float *pack = s->scratch + tid * s->per_thread, *d = pack + hp * K, *carry = d + N * Kd;
     float *row = carry + 2 * N * SP; /* carry: dc (LSTM) or dh * z (GRU) of this thread's units */
+    float *bh = row + SP, *bx = bh + hp * N, *cwh = bx + xp * N, *cwx = cwh + K * hp, *dbh = cwx + K * xp;
+    float *dbx = dbh + K; /* [h_prev | x_t] panels, dW_hh and dW_ih rows, bias sums (wg only) */
     float *partials = s->scratch + s->threads * s->per_thread; /* [2][threads][N][hpad] */
     pack_backward(s, j0, j1, pack);
-    memset(d, 0, (size_t)(N * K) * sizeof(float));
+    memset(d, 0, (size_t)(N * Kd) * sizeof(float));
     memset(carry, 0, (size_t)(N * SP) * sizeof(float));
+    if (s->wg) memset(cwh, 0, (size_t)(K * (hp + xp) + 2 * K) * sizeof(float));
     int par = 0;
     for (I k = s->T - 1; k >= 0; k--) {
         I t, prev, cur;
@@ -703,15 +780,14 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                 ROW_LOOP(j, w, store(dh + j, load(e + j)), dh[j] = e[j]);
             }
             const float *g = s->gates + (t * N + m) * 4 * H + j0;
-            float *dr = d + m * K;
+            float *dr = d + m * Kd;
             const I at = m * H + j0;
             if (!s->gru) {
                 const float *gi = g, *gf = g + H, *gg = g + 2 * H, *go = g + 3 * H;
                 const float *vcp = s->cs + prev * N * H + at, *vc = s->cs + cur * N * H + at;
                 float *tc = dr + 3 * SP; /* tanh(c) waits in the o block, which is written last */
                 tanh_span(tc, vc, w);
-                float *o1 = s->dx + (t * N + m) * 4 * H + j0;
-                float *di = o1, *df = o1 + H, *dg = o1 + 2 * H, *dO = o1 + 3 * H;
+                float *o1 = s->dx ? s->dx + (t * N + m) * 4 * H + j0 : NULL;
                 float *pi = dr, *pf = dr + SP, *pg = dr + 2 * SP, *po = dr + 3 * SP;
                 ROW_LOOP(j, w,
                          const vf one = splat(1.0f);
@@ -720,7 +796,8 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          vf dct = load(cy + j) + ev * o * (one - tt * tt);
                          vf vi_ = dct * gv * i * (one - i); vf vf_ = dct * load(vcp + j) * f * (one - f);
                          vf vg = dct * i * (one - gv * gv); vf vo = ev * tt * o * (one - o);
-                         store(di + j, vi_); store(df + j, vf_); store(dg + j, vg); store(dO + j, vo);
+                         if (o1) { store(o1 + j, vi_); store(o1 + H + j, vf_); store(o1 + 2 * H + j, vg);
+                                   store(o1 + 3 * H + j, vo); }
                          store(pi + j, vi_); store(pf + j, vf_); store(pg + j, vg); store(po + j, vo);
                          store(cy + j, dct * f),
                          float i = gi[j]; float f = gf[j]; float gv = gg[j]; float o = go[j];
@@ -728,14 +805,15 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          float dct = cy[j] + ev * o * (1.0f - tt * tt);
                          float vi_ = dct * gv * i * (1.0f - i); float vf_ = dct * vcp[j] * f * (1.0f - f);
                          float vg = dct * i * (1.0f - gv * gv); float vo = ev * tt * o * (1.0f - o);
-                         di[j] = vi_; df[j] = vf_; dg[j] = vg; dO[j] = vo;
+                         if (o1) { o1[j] = vi_; o1[H + j] = vf_; o1[2 * H + j] = vg; o1[3 * H + j] = vo; }
                          pi[j] = vi_; pf[j] = vf_; pg[j] = vg; po[j] = vo;
                          cy[j] = dct * f);
             } else {
                 const float *gr = g, *gz = g + H, *gn = g + 2 * H, *ghn = g + 3 * H;
                 const float *vhp = s->hs + prev * N * H + at;
-                float *x1 = s->dx + (t * N + m) * 3 * H + j0, *y1 = s->dhw + (t * N + m) * 3 * H + j0;
-                float *pr = dr, *pz = dr + SP, *pn = dr + 2 * SP;
+                float *x1 = s->dx ? s->dx + (t * N + m) * 3 * H + j0 : NULL;
+                float *y1 = s->dhw ? s->dhw + (t * N + m) * 3 * H + j0 : NULL;
+                float *pr = dr, *pz = dr + SP, *pn = dr + 2 * SP, *px = s->wg ? dr + 3 * SP : NULL;
                 ROW_LOOP(j, w,
                          const vf one = splat(1.0f);
                          vf r = load(gr + j); vf z = load(gz + j); vf nn = load(gn + j); vf hn = load(ghn + j);
@@ -744,8 +822,9 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          vf dz = ev * (load(vhp + j) - nn) * z * (one - z);
                          vf dr_ = dn * hn * r * (one - r);
                          vf dnr = dn * r;
-                         store(x1 + j, dr_); store(x1 + H + j, dz); store(x1 + 2 * H + j, dn);
-                         store(y1 + j, dr_); store(y1 + H + j, dz); store(y1 + 2 * H + j, dnr);
+                         if (x1) { store(x1 + j, dr_); store(x1 + H + j, dz); store(x1 + 2 * H + j, dn); }
+                         if (y1) { store(y1 + j, dr_); store(y1 + H + j, dz); store(y1 + 2 * H + j, dnr); }
+                         if (px) store(px + j, dn);
                          store(pr + j, dr_); store(pz + j, dz); store(pn + j, dnr);
                          store(cy + j, ev * z),
                          float r = gr[j]; float z = gz[j]; float nn = gn[j]; float hn = ghn[j]; float ev = dh[j];
@@ -753,18 +832,47 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          float dz = ev * (vhp[j] - nn) * z * (1.0f - z);
                          float dr_ = dn * hn * r * (1.0f - r);
                          float dnr = dn * r;
-                         x1[j] = dr_; x1[H + j] = dz; x1[2 * H + j] = dn;
-                         y1[j] = dr_; y1[H + j] = dz; y1[2 * H + j] = dnr;
+                         if (x1) { x1[j] = dr_; x1[H + j] = dz; x1[2 * H + j] = dn; }
+                         if (y1) { y1[j] = dr_; y1[H + j] = dz; y1[2 * H + j] = dnr; }
+                         if (px) px[j] = dn;
                          pr[j] = dr_; pz[j] = dz; pn[j] = dnr;
                          cy[j] = ev * z);
             }
+            if (s->wg) { /* the bias sums, row by row in a fixed order */
+                ROW_LOOP(jj, K, store(dbh + jj, load(dbh + jj) + load(dr + jj)), dbh[jj] += dr[jj]);
+                if (s->gru) {
+                    ROW_LOOP(jj, 2 * SP, store(dbx + jj, load(dbx + jj) + load(dr + jj)), dbx[jj] += dr[jj]);
+                    ROW_LOOP(jj, SP, store(dbx + 2 * SP + jj, load(dbx + 2 * SP + jj) + load(dr + 3 * SP + jj)),
+                             dbx[2 * SP + jj] += dr[3 * SP + jj]);
+                }
+            }
+        }
+        if (s->wg) { /* this step's share of dW_hh = dgates^T h_prev and dW_ih = dgates^T x_t */
+            pack_rows(s->hs + prev * N * H, N, H, H, hp, bh);
+            pack_rows(s->x + t * N * IN, N, IN, IN, xp, bx);
+            gemm_t(K, N, d, Kd, bh, hp / NR, cwh, hp);
+            if (s->gru) {
+                gemm_t(2 * SP, N, d, Kd, bx, xp / NR, cwx, xp);
+                gemm_t(SP, N, d + 3 * SP, Kd, bx, xp / NR, cwx + 2 * SP * xp, xp);
+            } else {
+                gemm_t(K, N, d, Kd, bx, xp / NR, cwx, xp);
+            }
         }
         if (k > 0) { /* the gradient into the previous state (none into the zero initial one) */
-            gemm_panels(N, K, d, K, pack, hp / NR, partials + ((1 - par) * s->threads + tid) * N * hp, hp);
+            gemm_panels(N, K, d, Kd, pack, hp / NR, partials + ((1 - par) * s->threads + tid) * N * hp, hp);
             barrier_wait(&s->barrier);
             par = 1 - par;
         }
     }
+    if (s->wg) /* this thread's rows of the weight gradients */
+        for (int q = 0; q < G; q++)
+            for (I jj = 0; jj < w; jj++) {
+                const I r = q * SP + jj, out = q * H + j0 + jj;
+                memcpy(s->dwhh + out * H, cwh + r * hp, (size_t)H * sizeof(float));
+                memcpy(s->dwih + out * IN, cwx + r * xp, (size_t)IN * sizeof(float));
+                if (s->db) s->db[out] = dbh[r];
+                if (s->dbih) s->dbih[out] = s->gru ? dbx[r] : dbh[r];
+            }
 }
 
 static void *lane_main(void *arg)
@@ -791,6 +899,8 @@ static void seq_geometry(Seq *s, int gru, I N, I H, I IN, int threads, int backw
     const int G = gru ? 3 : 4;
     s->gru = gru;
     s->IN = IN;
+    s->wg = backward && IN > 0;
+    s->xpad = (IN + NR - 1) / NR * NR;
     s->nb = gru && IN ? 4 : G;
     for (int q = 0; q < s->nb; q++) {
         s->gh[q] = s->gx[q] = q < G ? q : 2;
@@ -843,7 +953,7 @@ static int seq_run(Seq *s)
 }
 
 /* ---------------------------------------------------------------- argument handling */
-#define MAX_ARGS 12
+#define MAX_ARGS 16
 
 /* The buffers of one call: each C-contiguous, of one float format (4 or 8 bytes), writable where
  * asked, with the given element count; None allowed where optional. */
@@ -1064,8 +1174,8 @@ static PyObject *py_sequence_scratch(PyObject *self, PyObject *args)
     I N, H, IN;
     if (!PyArg_ParseTuple(args, "ppnnni", &gru, &backward, &N, &H, &IN, &threads) || seq_sizes(1, N, H, threads) < 0)
         return NULL;
-    if (IN < 0 || (IN && backward)) {
-        PyErr_SetString(PyExc_ValueError, "inputs: >= 0, and 0 for the backward");
+    if (IN < 0) {
+        PyErr_SetString(PyExc_ValueError, "inputs must be >= 0");
         return NULL;
     }
     Seq s = {0};
@@ -1111,19 +1221,29 @@ static PyObject *py_sequence(PyObject *self, PyObject *args)
 
 static PyObject *py_sequence_backward(PyObject *self, PyObject *args)
 {
-    PyObject *wo, *go, *sto, *dout, *dxo, *dyo, *so;
-    I T, N, H, dstride, doff;
+    PyObject *wo, *go, *ho, *co, *dout, *dxo, *dyo, *xo, *dwio, *dwho, *dbo, *dbio, *so;
+    I T, N, H, IN, dstride, doff;
     int gru, reverse, threads;
-    if (!PyArg_ParseTuple(args, "pOOOOnnOOnnnpiO", &gru, &wo, &go, &sto, &dout, &dstride, &doff, &dxo, &dyo, &T,
-                          &N, &H, &reverse, &threads, &so) || seq_sizes(T, N, H, threads) < 0)
+    if (!PyArg_ParseTuple(args, "pOOOOOnnOOOOOOOnnnnpiO", &gru, &wo, &go, &ho, &co, &dout, &dstride, &doff, &dxo,
+                          &dyo, &xo, &dwio, &dwho, &dbo, &dbio, &T, &N, &H, &IN, &reverse, &threads, &so) ||
+        seq_sizes(T, N, H, threads) < 0)
         return NULL;
     if (doff < 0 || doff + H > dstride) {
         PyErr_SetString(PyExc_ValueError, "dout: columns [offset, offset + hidden) must lie in its rows");
         return NULL;
     }
+    const int wg = xo != Py_None;
+    if (wg ? (IN < 1 || dwio == Py_None || dwho == Py_None || ho == Py_None)
+           : (IN != 0 || dwio != Py_None || dwho != Py_None || dbo != Py_None || dbio != Py_None ||
+              dxo == Py_None || (gru && dyo == Py_None)) ||
+        (gru ? ho == Py_None : co == Py_None) || (!gru && dyo != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "sequence_backward: x, inputs >= 1, h, dw_ih and dw_hh for the weight "
+                                          "gradients, else dgates (the GRU's dxw and dhw); c for the LSTM");
+        return NULL;
+    }
     Seq s = {0};
     const int G = gru ? 3 : 4;
-    seq_geometry(&s, gru, N, H, 0, threads, 1);
+    seq_geometry(&s, gru, N, H, IN, threads, 1);
     s.T = T;
     s.reverse = reverse;
     s.dstride = dstride;
@@ -1132,14 +1252,18 @@ static PyObject *py_sequence_backward(PyObject *self, PyObject *args)
     int failed = 0;
     s.w = take(&a, wo, "w_hh", 0, 0, G * H * H, &failed);
     s.gates = take(&a, go, "gates", 0, 0, T * N * 4 * H, &failed);
-    float *states = take(&a, sto, gru ? "h" : "c", 0, 0, (T + 1) * N * H, &failed);
+    s.hs = take(&a, ho, "h", 0, 1, (T + 1) * N * H, &failed);
+    s.cs = gru ? NULL : take(&a, co, "c", 0, 0, (T + 1) * N * H, &failed);
     s.dout = take(&a, dout, "dout", 0, 0, T * N * dstride, &failed);
-    s.dx = take(&a, dxo, gru ? "dxw" : "dgates", 1, 0, T * N * G * H, &failed);
-    s.dhw = gru ? take(&a, dyo, "dhw", 1, 0, T * N * G * H, &failed) : NULL;
+    s.dx = take(&a, dxo, gru ? "dxw" : "dgates", 1, 1, T * N * G * H, &failed);
+    s.dhw = gru ? take(&a, dyo, "dhw", 1, 1, T * N * G * H, &failed) : NULL;
+    s.x = wg ? take(&a, xo, "x", 0, 0, T * N * IN, &failed) : NULL;
+    s.dwih = wg ? take(&a, dwio, "dw_ih", 1, 0, G * H * IN, &failed) : NULL;
+    s.dwhh = wg ? take(&a, dwho, "dw_hh", 1, 0, G * H * H, &failed) : NULL;
+    s.db = wg ? take(&a, dbo, "dbias", 1, 1, G * H, &failed) : NULL;
+    s.dbih = wg ? take(&a, dbio, "dbias_ih", 1, 1, G * H, &failed) : NULL;
     void *scratch = take(&a, so, "scratch", 1, 0, seq_scratch_floats(&s), &failed);
     if (failed) { release(&a); return NULL; }
-    if (gru) s.hs = states;
-    else s.cs = states;
     return seq_finish(&a, &s, scratch);
 }
 
@@ -1162,8 +1286,9 @@ static PyMethodDef methods[] = {
      "rows, hidden, inputs, reverse, threads, scratch): all steps of one direction, from zero states, from the "
      "projections xw or from x itself; c and gates None where no backward follows"},
     {"sequence_backward", py_sequence_backward, METH_VARARGS,
-     "sequence_backward(gru, w_hh, gates, c|h, dout, dout_stride, dout_offset, dgates|dxw, None|dhw, steps, rows, "
-     "hidden, reverse, threads, scratch): the pre-activation gradients of all steps"},
+     "sequence_backward(gru, w_hh, gates, h|None, c|None, dout, dout_stride, dout_offset, dgates|dxw|None, dhw|None, "
+     "x|None, dw_ih|None, dw_hh|None, dbias|None, dbias_ih|None, steps, rows, hidden, inputs, reverse, threads, "
+     "scratch): the pre-activation gradients of all steps, and with x this direction's weight and bias gradients"},
     {NULL, NULL, 0, NULL},
 };
 

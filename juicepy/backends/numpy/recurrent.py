@@ -238,6 +238,25 @@ def sequence_backward(backend, gru, w_hh, gates, states, dout, offset, dx, dhw, 
     threads = num_threads()
     buf = scratch(ws, backend, "rnn_sequence_backward",
                   (k.sequence_scratch(gru, True, rows, hidden, 0, threads),), np.float32)
-    k.sequence_backward(gru, w_hh, gates, states, dout, dout.shape[2], offset, dx, dhw, steps, rows, hidden,
-                        reverse, threads, buf)
+    h, c = (states, None) if gru else (None, states)
+    k.sequence_backward(gru, w_hh, gates, h, c, dout, dout.shape[2], offset, dx, dhw, None, None, None, None, None,
+                        steps, rows, hidden, 0, reverse, threads, buf)
+    return True
+
+
+def input_sequence_backward(backend, gru, x, w_hh, gates, h, c, dout, offset, dw_ih, dw_hh, dbias, dbias_ih, dx,
+                            reverse, ws):
+    """``sequence_backward`` that also makes the weight and bias gradients: each thread adds its
+    gate rows' share of every step (dgates^T [h_prev | x_t]) while that step's dgates are in its
+    cache, so the pre-activation gradients go to memory only where ``dx`` asks for them. False
+    where it cannot run there."""
+    k = _sequence_kernels(backend, x, w_hh, gates, h, c, dout, dw_ih, dw_hh, dbias, dbias_ih, dx)
+    if k is None:
+        return False
+    steps, rows, hidden, features = h.shape[0] - 1, h.shape[1], h.shape[2], x.shape[2]
+    threads = num_threads()
+    buf = scratch(ws, backend, "rnn_input_sequence_backward",
+                  (k.sequence_scratch(gru, True, rows, hidden, features, threads),), np.float32)
+    k.sequence_backward(gru, w_hh, gates, h, c, dout, dout.shape[2], offset, dx, None, x, dw_ih, dw_hh, dbias,
+                        dbias_ih, steps, rows, hidden, features, reverse, threads, buf)
     return True
