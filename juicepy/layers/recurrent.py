@@ -99,9 +99,16 @@ class _Recurrent(Layer):
     def _drops_after(self, ctx, layer) -> bool:
         return ctx.training and self.dropout > 0.0 and layer < self.num_layers - 1
 
+    @property
+    def _batch_first(self) -> bool:
+        """Whether the one layer's op reads the input and the output gradient as they come,
+        (N, T, .), so that neither is copied time-major."""
+        return self.projects_inputs and self.num_layers == 1
+
     def setup(self, backend, ctx):
         n, t, hid = ctx.batch_size, self.seq_len, self.hidden_size
-        ctx.make_buffer("x_tm", (t, n, self.input_size))
+        if not self._batch_first:
+            ctx.make_buffer("x_tm", (t, n, self.input_size))
         for layer in range(self.num_layers):
             for d in range(self.directions):
                 if not self.projects_inputs:
@@ -128,7 +135,7 @@ class _Recurrent(Layer):
 
     def _layer_input(self, ctx, layer):
         if layer == 0:
-            return ctx.buffer("x_tm")
+            return ctx.input() if self._batch_first else ctx.buffer("x_tm")
         if self._drops_after(ctx, layer - 1):
             return ctx.buffer(f"dropped{layer - 1}")
         return self._layer_output(ctx, layer - 1)
@@ -141,7 +148,8 @@ class _Recurrent(Layer):
             yield k, t, (t, t + 1) if d == 0 else (t + 1, t)
 
     def compute_output(self, backend, ctx):
-        backend.swap_leading_axes(ctx.input(), ctx.buffer("x_tm"))
+        if not self._batch_first:
+            backend.swap_leading_axes(ctx.input(), ctx.buffer("x_tm"))
         for layer in range(self.num_layers):
             x = self._layer_input(ctx, layer)
             for d in range(self.directions):
@@ -202,8 +210,12 @@ class _Recurrent(Layer):
     def compute_gradients(self, backend, ctx):
         t_len, n, hid, dirs = self.seq_len, ctx.batch_size, self.hidden_size, self.directions
         dx, dx_acc = ctx.input_grad_target()
-        dout = scratch(ctx.ws, backend, f"rnn_dseq{self.num_layers - 1}", (t_len, n, dirs * hid), ctx.output().dtype)
-        backend.swap_leading_axes(ctx.output_grad(), dout)
+        if self._batch_first:
+            dout = ctx.output_grad()
+        else:
+            dout = scratch(ctx.ws, backend, f"rnn_dseq{self.num_layers - 1}", (t_len, n, dirs * hid),
+                           ctx.output().dtype)
+            backend.swap_leading_axes(ctx.output_grad(), dout)
         for layer in reversed(range(self.num_layers)):
             din = None
             if layer > 0 or dx is not None:
@@ -252,6 +264,7 @@ class _Recurrent(Layer):
         return scratch(ctx.ws, backend, tag, tuple(ctx.param(param).shape), ctx.output().dtype), (gw, acc)
 
     def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh) -> None:
+        """One direction's ``*_input_sequence_backward`` into the given gradient buffers."""
         raise NotImplementedError
 
     def _projected_backward_direction(self, backend, ctx, layer, d, x, dout, din, din_acc):
@@ -349,13 +362,14 @@ class LSTM(_Recurrent):
             bias = scratch(ctx.ws, backend, "rnn_bias", tuple(b_ih.shape), b_ih.dtype)
             backend.add(b_ih, b_hh, bias)
         backend.lstm_input_sequence(x, w_ih, w_hh, bias, hs, self._kept(ctx, "c", layer, d),
-                                    self._kept(ctx, "gates", layer, d), reverse=d == 1, ws=ctx.ws)
+                                    self._kept(ctx, "gates", layer, d), reverse=d == 1, ws=ctx.ws,
+                                    batch_first=self._batch_first)
 
     def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh):
         dbias = db_ih if db_ih is not None else db_hh
         backend.lstm_input_sequence_backward(x, w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"h{layer}.{d}"),
                                              ctx.buffer(f"c{layer}.{d}"), dout, d * self.hidden_size, dw_ih, dw_hh,
-                                             dbias, dxw, reverse=d == 1, ws=ctx.ws)
+                                             dbias, dxw, reverse=d == 1, ws=ctx.ws, batch_first=self._batch_first)
         if db_ih is not None and db_hh is not None:  # b_ih and b_hh get the same gradient
             backend.copy(db_ih, db_hh)
 
@@ -375,12 +389,12 @@ class GRU(_Recurrent):
 
     def _input_sequence(self, backend, ctx, layer, d, x, w_ih, b_ih, w_hh, b_hh, hs):
         backend.gru_input_sequence(x, w_ih, b_ih, w_hh, b_hh, hs, self._kept(ctx, "gates", layer, d),
-                                   reverse=d == 1, ws=ctx.ws)
+                                   reverse=d == 1, ws=ctx.ws, batch_first=self._batch_first)
 
     def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh):
         backend.gru_input_sequence_backward(x, w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"h{layer}.{d}"),
                                             dout, d * self.hidden_size, dw_ih, dw_hh, db_ih, db_hh, dxw,
-                                            reverse=d == 1, ws=ctx.ws)
+                                            reverse=d == 1, ws=ctx.ws, batch_first=self._batch_first)
 
 
 # ------------------------------------------------------------------ heads over time

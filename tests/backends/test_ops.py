@@ -1181,12 +1181,13 @@ def test_lstm_and_gru_sequences(ops_backend, dtype, rng, gru, steps, rows, hid, 
                                                                            (3, 7, 1, 37, True, False),
                                                                            (2, 13, 9, 20, True, True)])
 @pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
 def test_lstm_and_gru_input_sequences(ops_backend, dtype, rng, gru, steps, rows, features, hid, reverse, with_bias,
-                                      layout):
+                                      layout, batch_first):
     """The *_input_sequence ops and their backward against the sequence reference on
     xw = x @ w_ih^T (+ b_ih for the GRU, the LSTM taking b_ih + b_hh as one bias): the kept gates
     and states, the same h without them (inference), and the weight and bias gradients with and
-    without the pre-activation gradients coming out."""
+    without the pre-activation gradients coming out; x and dout time-major or (N, T, .)."""
     blocks = 3 if gru else 4
     x = rng.standard_normal((steps, rows, features))
     w_ih = rng.standard_normal((blocks * hid, features)) / np.sqrt(features) * 2
@@ -1204,28 +1205,30 @@ def test_lstm_and_gru_input_sequences(ops_backend, dtype, rng, gru, steps, rows,
     junk = lambda *shape: rng.standard_normal(shape)  # noqa: E731
     g_shape, grads = (steps, rows, blocks * hid), [junk(blocks * hid, features), junk(blocks * hid, hid),
                                                    junk(blocks * hid), junk(blocks * hid)]
-    arrays = [x, w_ih, w, b_ih, b_hh, b_ih + b_hh, junk(steps + 1, rows, hid), junk(steps + 1, rows, hid),
-              junk(steps, rows, 4 * hid), junk(steps + 1, rows, hid), dout, junk(*g_shape), *grads, *grads]
+    given = (lambda a: np.swapaxes(a, 0, 1)) if batch_first else (lambda a: a)  # noqa: E731
+    arrays = [given(x), w_ih, w, b_ih, b_hh, b_ih + b_hh, junk(steps + 1, rows, hid), junk(steps + 1, rows, hid),
+              junk(steps, rows, 4 * hid), junk(steps + 1, rows, hid), given(dout), junk(*g_shape), *grads, *grads]
+    kw = dict(reverse=reverse, batch_first=batch_first)
     placed = Placed(ops_backend, arrays, dtype, layout)
     d = placed.devs
     tol = tolerance(dtype, scale=20)
     first, second = d[12:16], d[16:20]
     if gru:
         bias_ih, bias_hh = (d[3], d[4]) if with_bias else (None, None)
-        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[6], d[8], reverse=reverse)
-        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[9], None, reverse=reverse)
+        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[6], d[8], **kw)
+        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[9], None, **kw)
         for out, pre in ((first, d[11]), (second, None)):
             ops_backend.gru_input_sequence_backward(d[0], d[2], d[8], d[6], d[10], offset, out[0], out[1], out[2],
-                                                    out[3], pre, reverse=reverse)
+                                                    out[3], pre, **kw)
         bias_refs = (db_ih_ref, db_hh_ref)
     else:
         bias = d[5] if with_bias else None
-        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[6], d[7], d[8], reverse=reverse)
-        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[9], None, None, reverse=reverse)
+        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[6], d[7], d[8], **kw)
+        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[9], None, None, **kw)
         np.testing.assert_allclose(placed.host(7), c_ref, **tol)
         for out, pre in ((first, d[11]), (second, None)):
             ops_backend.lstm_input_sequence_backward(d[0], d[2], d[8], d[6], d[7], d[10], offset, out[0], out[1],
-                                                     out[2], pre, reverse=reverse)
+                                                     out[2], pre, **kw)
         bias_refs = (db_ih_ref, grads[3])  # the LSTM's one bias gradient; the last buffer stays untouched
     np.testing.assert_allclose(placed.host(6), h_ref, **tol)
     np.testing.assert_allclose(placed.host(8), g_ref, **tol)
@@ -1277,6 +1280,11 @@ def test_sequence_ops_refuse_bad_arguments(ops_backend):
     with bad_argument(b, "lstm_input_sequence_backward"):  # dw_hh of W_ih's shape
         b.lstm_input_sequence_backward(z(4, 2, 5), z(12, 3), z(4, 2, 12), z(5, 2, 3), z(5, 2, 3), z(4, 2, 3), 0,
                                        z(12, 5), z(12, 5), None)
+    with bad_argument(b, "lstm_input_sequence"):  # batch-first x of time-major shape
+        b.lstm_input_sequence(z(4, 2, 5), z(12, 5), z(12, 3), None, z(5, 2, 3), None, None, batch_first=True)
+    with bad_argument(b, "gru_input_sequence_backward"):  # batch-first dout of time-major shape
+        b.gru_input_sequence_backward(z(2, 4, 5), z(9, 3), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 0, z(9, 5), z(9, 3),
+                                      None, None, batch_first=True)
     with bad_argument(b, "gru_input_sequence_backward"):  # dbias_hh of 4 blocks
         b.gru_input_sequence_backward(z(4, 2, 5), z(9, 3), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 0, z(9, 5), z(9, 3),
                                       None, z(12))

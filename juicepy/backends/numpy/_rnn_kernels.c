@@ -533,7 +533,7 @@ typedef struct {
     /* Forward from the inputs themselves (xw NULL): x (T, N, IN), w_ih (G*H, IN). Then the
      * GRU's b is b_hh and b_ih its input bias (the LSTM's b is already b_ih + b_hh). */
     const float *x, *wih, *bih;
-    I IN;
+    I IN, xts, xld; /* x_t at x + t * xts, its rows xld apart: time-major (N * IN, IN) or batch-major (IN, T * IN) */
     /* The forward's accumulator blocks: block q sums kh[q] columns of h_{t-1} times W_hh's gate
      * block gh[q] and kx[q] columns of x_t times W_ih's block gx[q]. The GRU from its inputs
      * keeps W_hn h and W_in x apart (r multiplies only the first), so it has 4 blocks. */
@@ -541,8 +541,9 @@ typedef struct {
     I kh[4], kx[4];
     float *hs, *cs, *gates;         /* (T+1, N, H), (T+1, N, H) (LSTM only), (T, N, 4H | 4H); cs and
                                      * gates NULL where no backward follows (c then in scratch) */
-    const float *dout;              /* backward: (T, N, dstride), this direction's dh at doff */
-    I dstride, doff;
+    const float *dout;              /* backward: (T, N, dstride) or batch-major (N, T, dstride), this
+                                     * direction's dh at doff; row (t, m) at t * dts + m * dms */
+    I dstride, doff, dts, dms;
     float *dx, *dhw;                /* (T, N, G*H): dgates (LSTM: one array), GRU: dxw and dhw; each may
                                      * be NULL where the weight gradients are made here */
     /* Backward with the weight gradients (wg: x given): dw_ih (G*H, IN), dw_hh (G*H, H), the
@@ -637,7 +638,7 @@ RNN_CLONES static void forward_lane(Seq *s, int tid)
 {
     I j0, j1, nch;
     units(s, tid, &j0, &j1, &nch);
-    const I N = s->N, H = s->H, G = s->G, IN = s->IN, SP = s->slice, w = j1 - j0, ld = s->nb * SP;
+    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, ld = s->nb * SP;
     float *pack = s->scratch + tid * s->per_thread, *acc = pack, *own_c;
     const float *blocks[4];
     for (int q = 0; q < s->nb; q++) {
@@ -653,7 +654,7 @@ RNN_CLONES static void forward_lane(Seq *s, int tid)
         step_index(s, k, &t, &prev, &cur);
         float *hp = s->hs + prev * N * H, *hc = s->hs + cur * N * H;
         float *cp = s->cs ? s->cs + prev * N * H : NULL, *cc = s->cs ? s->cs + cur * N * H : NULL;
-        const float *xt = s->x ? s->x + t * N * IN : hp;
+        const float *xt = s->x ? s->x + t * s->xts : hp;
         if (k == 0) { /* zero initial states: no product with h, and this thread's units start at zero */
             for (I m = 0; m < N; m++) {
                 memset(hp + m * H + j0, 0, (size_t)w * sizeof(float));
@@ -664,9 +665,9 @@ RNN_CLONES static void forward_lane(Seq *s, int tid)
         for (int q = 0; q < s->nb; q++) { /* block q's sums start at column q * SP */
             const I kh = s->kh[q], kx = s->kx[q];
             if (k == 0) /* the h part is zero: its panel rows are skipped */
-                gemm_panels2(N, 0, hp, H, kx, xt, IN, blocks[q] + kh * NR, (kh + kx) * NR, nch, acc + q * SP, ld);
+                gemm_panels2(N, 0, hp, H, kx, xt, s->xld, blocks[q] + kh * NR, (kh + kx) * NR, nch, acc + q * SP, ld);
             else
-                gemm_panels2(N, kh, hp, H, kx, xt, IN, blocks[q], (kh + kx) * NR, nch, acc + q * SP, ld);
+                gemm_panels2(N, kh, hp, H, kx, xt, s->xld, blocks[q], (kh + kx) * NR, nch, acc + q * SP, ld);
         }
         for (I m = 0; m < N; m++) {
             float *a = acc + m * ld;
@@ -767,7 +768,7 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
         step_index(s, k, &t, &prev, &cur);
         const int later = k < s->T - 1; /* a later step passed its gradient back */
         for (I m = 0; m < N; m++) {
-            const float *e = s->dout + (t * N + m) * s->dstride + s->doff + j0;
+            const float *e = s->dout + t * s->dts + m * s->dms + s->doff + j0;
             float *dh = row, *cy = carry + m * SP;
             if (later) {
                 ROW_LOOP(j, w, store(dh + j, load(e + j)), dh[j] = e[j]);
@@ -848,9 +849,11 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
             }
         }
         if (s->wg) { /* this step's share of dW_hh = dgates^T h_prev and dW_ih = dgates^T x_t */
-            pack_rows(s->hs + prev * N * H, N, H, H, hp, bh);
-            pack_rows(s->x + t * N * IN, N, IN, IN, xp, bx);
-            gemm_t(K, N, d, Kd, bh, hp / NR, cwh, hp);
+            pack_rows(s->x + t * s->xts, N, IN, s->xld, xp, bx);
+            if (k > 0) { /* the first step's h_prev is the zero initial state */
+                pack_rows(s->hs + prev * N * H, N, H, H, hp, bh);
+                gemm_t(K, N, d, Kd, bh, hp / NR, cwh, hp);
+            }
             if (s->gru) {
                 gemm_t(2 * SP, N, d, Kd, bx, xp / NR, cwx, xp);
                 gemm_t(SP, N, d + 3 * SP, Kd, bx, xp / NR, cwx + 2 * SP * xp, xp);
@@ -891,6 +894,15 @@ static int seq_threads(I H, int threads)
     if (threads < 1) threads = 1;
     if (threads > MAX_LANES) threads = MAX_LANES;
     return threads < chunks ? threads : (int)chunks;
+}
+
+/* Where x_t and dout's rows lie: time-major (T, N, .) or batch-major (N, T, .). */
+static void seq_layout(Seq *s, int batch_first)
+{
+    s->xts = batch_first ? s->IN : s->N * s->IN;
+    s->xld = batch_first ? s->T * s->IN : s->IN;
+    s->dts = batch_first ? s->dstride : s->N * s->dstride;
+    s->dms = batch_first ? s->T * s->dstride : s->dstride;
 }
 
 /* IN: the input width where the forward projects the inputs itself, else 0 (xw given). */
@@ -1187,9 +1199,9 @@ static PyObject *py_sequence(PyObject *self, PyObject *args)
 {
     PyObject *xwo, *xo, *wio, *wo, *bo, *bio, *ho, *co, *go, *so;
     I T, N, H, IN;
-    int gru, reverse, threads;
-    if (!PyArg_ParseTuple(args, "pOOOOOOOOOnnnnpiO", &gru, &xwo, &xo, &wio, &wo, &bo, &bio, &ho, &co, &go, &T, &N,
-                          &H, &IN, &reverse, &threads, &so) || seq_sizes(T, N, H, threads) < 0)
+    int gru, reverse, threads, batch_first;
+    if (!PyArg_ParseTuple(args, "pOOOOOOOOOnnnnppiO", &gru, &xwo, &xo, &wio, &wo, &bo, &bio, &ho, &co, &go, &T, &N,
+                          &H, &IN, &reverse, &batch_first, &threads, &so) || seq_sizes(T, N, H, threads) < 0)
         return NULL;
     const int own_x = xwo == Py_None;
     if ((own_x ? (IN < 1 || xo == Py_None || wio == Py_None) : (IN != 0 || xo != Py_None || wio != Py_None)) ||
@@ -1203,6 +1215,7 @@ static PyObject *py_sequence(PyObject *self, PyObject *args)
     seq_geometry(&s, gru, N, H, IN, threads, 0);
     s.T = T;
     s.reverse = reverse;
+    seq_layout(&s, batch_first);
     Args a = {.count = 0, .itemsize = 0};
     int failed = 0;
     s.xw = take(&a, xwo, "xw", 0, 1, T * N * G * H, &failed);
@@ -1223,9 +1236,10 @@ static PyObject *py_sequence_backward(PyObject *self, PyObject *args)
 {
     PyObject *wo, *go, *ho, *co, *dout, *dxo, *dyo, *xo, *dwio, *dwho, *dbo, *dbio, *so;
     I T, N, H, IN, dstride, doff;
-    int gru, reverse, threads;
-    if (!PyArg_ParseTuple(args, "pOOOOOnnOOOOOOOnnnnpiO", &gru, &wo, &go, &ho, &co, &dout, &dstride, &doff, &dxo,
-                          &dyo, &xo, &dwio, &dwho, &dbo, &dbio, &T, &N, &H, &IN, &reverse, &threads, &so) ||
+    int gru, reverse, threads, batch_first;
+    if (!PyArg_ParseTuple(args, "pOOOOOnnOOOOOOOnnnnppiO", &gru, &wo, &go, &ho, &co, &dout, &dstride, &doff, &dxo,
+                          &dyo, &xo, &dwio, &dwho, &dbo, &dbio, &T, &N, &H, &IN, &reverse, &batch_first, &threads,
+                          &so) ||
         seq_sizes(T, N, H, threads) < 0)
         return NULL;
     if (doff < 0 || doff + H > dstride) {
@@ -1248,6 +1262,7 @@ static PyObject *py_sequence_backward(PyObject *self, PyObject *args)
     s.reverse = reverse;
     s.dstride = dstride;
     s.doff = doff;
+    seq_layout(&s, batch_first);
     Args a = {.count = 0, .itemsize = 0};
     int failed = 0;
     s.w = take(&a, wo, "w_hh", 0, 0, G * H * H, &failed);
@@ -1283,12 +1298,14 @@ static PyMethodDef methods[] = {
      "needs (inputs: x's width where the forward projects x itself, else 0)"},
     {"sequence", py_sequence, METH_VARARGS,
      "sequence(gru, xw|None, x|None, w_ih|None, w_hh, bias_hh|None, bias_ih|None, h, c|None, gates|None, steps, "
-     "rows, hidden, inputs, reverse, threads, scratch): all steps of one direction, from zero states, from the "
-     "projections xw or from x itself; c and gates None where no backward follows"},
+     "rows, hidden, inputs, reverse, batch_first, threads, scratch): all steps of one direction, from zero states, "
+     "from the projections xw or from x itself ((N, T, inputs) with batch_first); c and gates None where no "
+     "backward follows"},
     {"sequence_backward", py_sequence_backward, METH_VARARGS,
      "sequence_backward(gru, w_hh, gates, h|None, c|None, dout, dout_stride, dout_offset, dgates|dxw|None, dhw|None, "
-     "x|None, dw_ih|None, dw_hh|None, dbias|None, dbias_ih|None, steps, rows, hidden, inputs, reverse, threads, "
-     "scratch): the pre-activation gradients of all steps, and with x this direction's weight and bias gradients"},
+     "x|None, dw_ih|None, dw_hh|None, dbias|None, dbias_ih|None, steps, rows, hidden, inputs, reverse, batch_first, "
+     "threads, scratch): the pre-activation gradients of all steps, and with x this direction's weight and bias "
+     "gradients; batch_first: x and dout (N, T, .)"},
     {NULL, NULL, 0, NULL},
 };
 

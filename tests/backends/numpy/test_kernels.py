@@ -223,26 +223,26 @@ def test_fused_sequences_refuse_mismatched_buffers():
     scratch = z(k.sequence_scratch(False, False, 2, 3, 0, 1))
     with pytest.raises(ValueError, match="gates"):
         k.sequence(False, z(4, 2, 12), None, None, z(12, 3), None, None, z(5, 2, 3), z(5, 2, 3), z(4, 2, 9), 4, 2, 3,
-                   0, False, 1, scratch)
+                   0, False, False, 1, scratch)
     one_lane = z(k.sequence_scratch(False, False, 2, 40, 0, 1))  # 40 units: 3 chunks, so 2 lanes lay out otherwise
     with pytest.raises(ValueError, match="scratch"):
         k.sequence(False, z(4, 2, 160), None, None, z(160, 40), None, None, z(5, 2, 40), z(5, 2, 40), z(4, 2, 160), 4,
-                   2, 40, 0, False, 2, one_lane)
+                   2, 40, 0, False, False, 2, one_lane)
     with pytest.raises(TypeError, match="float32"):
         k.sequence(True, z(4, 2, 9, dt=np.float64), None, None, z(9, 3, dt=np.float64), None, None,
-                   z(5, 2, 3, dt=np.float64), None, z(4, 2, 12, dt=np.float64), 4, 2, 3, 0, False, 1,
+                   z(5, 2, 3, dt=np.float64), None, z(4, 2, 12, dt=np.float64), 4, 2, 3, 0, False, False, 1,
                    z(k.sequence_scratch(True, False, 2, 3, 0, 1), dt=np.float64))
     with pytest.raises(ValueError, match="either xw"):  # xw and x both given
         k.sequence(False, z(4, 2, 12), z(4, 2, 5), z(12, 5), z(12, 3), None, None, z(5, 2, 3), z(5, 2, 3),
-                   z(4, 2, 12), 4, 2, 3, 5, False, 1, z(k.sequence_scratch(False, False, 2, 3, 5, 1)))
+                   z(4, 2, 12), 4, 2, 3, 5, False, False, 1, z(k.sequence_scratch(False, False, 2, 3, 5, 1)))
     with pytest.raises(ValueError, match="w_ih"):
         k.sequence(False, None, z(4, 2, 5), z(12, 4), z(12, 3), None, None, z(5, 2, 3), None, None, 4, 2, 3, 5,
-                   False, 1, z(k.sequence_scratch(False, False, 2, 3, 5, 1)))
+                   False, False, 1, z(k.sequence_scratch(False, False, 2, 3, 5, 1)))
     with pytest.raises(ValueError, match="dout"):
         k.sequence_backward(True, z(9, 3), z(4, 2, 12), z(5, 2, 3), None, z(4, 2, 3), 3, 1, z(4, 2, 9), z(4, 2, 9),
-                            None, None, None, None, None, 4, 2, 3, 0, False, 1,
+                            None, None, None, None, None, 4, 2, 3, 0, False, False, 1,
                             z(k.sequence_scratch(True, True, 2, 3, 0, 1)))
     with pytest.raises(ValueError, match="dw_hh"):
         k.sequence_backward(False, z(12, 3), z(4, 2, 12), z(5, 2, 3), z(5, 2, 3), z(4, 2, 3), 3, 0, None, None,
-                            z(4, 2, 5), z(12, 5), z(12, 5), None, None, 4, 2, 3, 5, False, 1,
+                            z(4, 2, 5), z(12, 5), z(12, 5), None, None, 4, 2, 3, 5, False, False, 1,
                             z(k.sequence_scratch(False, True, 2, 3, 5, 1)))
