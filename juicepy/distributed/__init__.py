@@ -7,7 +7,9 @@ docs/distributed.md.
 
 from .communicators import (BUCKET_BYTES, HOST_BUCKET_BYTES, Communicator, MPICommunicator, NCCLCommunicator,
                             communicator)
+from .overlap import Bucket, NCCLOverlap, OverlappedReduction, plan_buckets
 from .sharding import shard_order, shard_rows
 
 __all__ = ["BUCKET_BYTES", "HOST_BUCKET_BYTES", "Communicator", "MPICommunicator", "NCCLCommunicator",
-           "communicator", "shard_order", "shard_rows"]
+           "communicator", "shard_order", "shard_rows", "Bucket", "NCCLOverlap",
+           "OverlappedReduction", "plan_buckets"]

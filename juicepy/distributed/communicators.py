@@ -101,6 +101,12 @@ class Communicator:
         its part of ``values`` there already)."""
         raise NotImplementedError
 
+    def overlapped_reduction(self, backend, context):
+        """An :class:`~juicepy.distributed.overlap.OverlappedReduction` that reduces the
+        gradient blocks of training ``context`` bucket by bucket during its backward pass, or
+        None where this communicator reduces them after the backward pass (:meth:`allreduce`)."""
+        return None
+
     def part(self, array, rank: int):
         """(rank ``rank``'s copy of its part of the shared block piece ``array``, (start, end))
         or None: lets one rank read what another rank keeps, without a collective."""
@@ -413,12 +419,20 @@ class MPICommunicator(Communicator):
 class NCCLCommunicator(MPICommunicator):
     """Device arrays reduced by NCCL (CuPy's ``cupy.cuda.nccl``) on the current CUDA stream;
     host values and objects over MPI. ``nccl``, ``stream`` (a callable returning the stream
-    handle) and ``pointer`` (array -> device address) default to CuPy's."""
+    handle), ``pointer`` (array -> device address) and ``cuda`` (streams and events) default
+    to CuPy's.
+
+    A trainer's gradient blocks on the CUDA backend are reduced during the backward pass
+    (:class:`~juicepy.distributed.overlap.NCCLOverlap`): in buckets of ``bucket_bytes``
+    (BUCKET_BYTES), each allreduce on a reduction stream as soon as the bucket's gradients are
+    written, ordered with events; ``overlap=False`` reduces each block after the backward pass."""
 
     kind = "nccl"
 
-    def __init__(self, comm=None, nccl=None, stream=None, pointer=None):
-        super().__init__(comm, shared_memory="0")  # device blocks stay on the device
+    def __init__(self, comm=None, nccl=None, stream=None, pointer=None, cuda=None, bucket_bytes: int | None = None,
+                 overlap: bool = True):
+        super().__init__(comm, bucket_bytes=bucket_bytes, shared_memory="0")
+        self.overlap = bool(overlap)
         if nccl is None:
             from cupy.cuda import nccl
         if stream is None:
@@ -427,6 +441,7 @@ class NCCLCommunicator(MPICommunicator):
             def stream():
                 return cupy.cuda.get_current_stream().ptr
         self.nccl = nccl
+        self._cuda = cuda
         self._stream = stream
         self._pointer = pointer or (lambda a: a.data.ptr)
         unique_id = nccl.get_unique_id() if self.rank == 0 else None
@@ -435,6 +450,18 @@ class NCCLCommunicator(MPICommunicator):
 
     def shared_block(self, backend, size: int, dtype):
         return None  # NCCL reduces device blocks where the backend put them
+
+    def overlapped_reduction(self, backend, context):
+        if not self.overlap or self.size == 1 or getattr(backend, "name", None) != "cuda":
+            return None
+        cuda = self._cuda
+        if cuda is None:
+            import cupy
+
+            cuda = cupy.cuda
+        from .overlap import NCCLOverlap
+
+        return NCCLOverlap(self, backend, context, self.bucket_bytes or BUCKET_BYTES, cuda)
 
     def _dtype(self, dtype) -> int:
         codes = {"float32": self.nccl.NCCL_FLOAT32, "float64": self.nccl.NCCL_FLOAT64,

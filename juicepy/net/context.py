@@ -135,6 +135,10 @@ class NodeContext:
         slot = ctx._param_slot.get(p)
         if slot is None:
             return _NOT_KEPT
+        if ctx._hooked and ctx._backward_op > ctx._grad_final_op[slot]:
+            # a backward hook already handed this gradient on as final (Context.add_backward_hook)
+            raise RuntimeError(f"{self.path}: writes the gradient of {p.name}, which the layers' params said "
+                               f"was final after backward op {ctx._grad_final_op[slot]}")
         accumulate = ctx._param_written[slot]
         ctx._param_written[slot] = True
         return GradTarget(ctx._param_grad_views[slot], accumulate)
@@ -213,6 +217,7 @@ class Context:
         self._written = [False] * len(network.junctions)
         self.segments: list[Segment] = []
         self._param_slot: dict = {}
+        self._slot_params: list = []
         self._param_grad_views: list = []
         self._param_written: list = []
         if training:
@@ -228,6 +233,11 @@ class Context:
         # junction index -> path of the layer that absorbed its producer (never written)
         self._fused_away = {nctx.node.descriptor.outputs[0].index: cctx.path
                             for _, nctx, cctx in self._steps if cctx is not None}
+        self._backward_steps = list(reversed(self._steps))
+        self._backward_op = -1  # the backward op running now (-1: none)
+        self._grad_final_op = self._final_ops()
+        self._backward_hooks: list[list] = [[] for _ in range(len(self._backward_steps) + 1)]
+        self._hooked = False  # hooks rely on grad_final_op: then each gradient write is checked against it
 
     #: run a layer and the one reading its output as one op where the layer offers it
     #: (``Layer.fuses``); the results are the same bits either way
@@ -282,9 +292,50 @@ class Context:
             views = [backend.flat_view(grad_flat, off, p.shape) for p, off in zip(group.params, group.offsets)]
             for p, view in zip(group.params, views):
                 self._param_slot[p] = len(self._param_grad_views)
+                self._slot_params.append(p)
                 self._param_grad_views.append(view)
                 self._param_written.append(False)
             self.segments.extend(_split_by_lr(backend, group, grad_flat))
+
+    def _final_ops(self) -> list[int]:
+        """Per param-gradient slot: the index of the backward op (in backward order) after which
+        that gradient is final, from the params each placement holds; a param no placement
+        holds is zero-filled at the end of the pass (index len(backward ops))."""
+        end = len(self._backward_steps)
+        final = [end] * len(self._param_grad_views)
+        for k, (_, nctx, cctx) in enumerate(self._backward_steps):
+            for c in (nctx, cctx):
+                for p in ([] if c is None else c.node.descriptor.params.values()):
+                    slot = self._param_slot.get(p)
+                    if slot is not None and (final[slot] == end or k > final[slot]):
+                        final[slot] = k
+        return final
+
+    @property
+    def backward_ops(self) -> int:
+        """How many ops the backward pass runs (placements, fused pairs counted once)."""
+        return len(self._backward_steps)
+
+    def grad_final_op(self, p) -> int:
+        """The index of the backward op after which the gradient of param ``p`` is final (no op
+        after it writes or adds to it); :attr:`backward_ops` for a param no placement uses
+        (its gradient is zero-filled at the end of the pass)."""
+        return self._grad_final_op[self._param_slot[p]]
+
+    def add_backward_hook(self, op: int, callback) -> None:
+        """Call ``callback()`` right after backward op ``op`` (0 <= op <= :attr:`backward_ops`;
+        the last one runs after the whole pass), in the order hooks were added. What a
+        data-parallel job uses to start reducing a bucket of gradients as soon as they are
+        final (:meth:`grad_final_op`), while the backward pass goes on."""
+        if not 0 <= op <= len(self._backward_steps):
+            raise ValueError(f"backward op {op} outside 0..{len(self._backward_steps)}")
+        self._backward_hooks[op].append(callback)
+        self._hooked = True
+
+    def clear_backward_hooks(self) -> None:
+        for hooks in self._backward_hooks:
+            hooks.clear()
+        self._hooked = False
 
     def check_lr_mults(self) -> None:
         """Params were grouped by their lr multiplier when the context was made: refuse a
@@ -348,15 +399,27 @@ class Context:
         return self._grads[j]
 
     def backward(self) -> None:
-        backend = self.backend
-        for layer, nctx, consumer in reversed(self._steps):
-            if consumer is None:
-                layer.compute_gradients(backend, nctx)
-            else:
-                layer.compute_gradients_fused(backend, nctx, consumer)
-        for slot, written in enumerate(self._param_written):
-            if not written:  # a param that no layer used in this pass gets a zero gradient
-                backend.fill(self._param_grad_views[slot], 0.0)
+        backend, hooks = self.backend, self._backward_hooks
+        try:
+            for k, (layer, nctx, consumer) in enumerate(self._backward_steps):
+                self._backward_op = k
+                if consumer is None:
+                    layer.compute_gradients(backend, nctx)
+                else:
+                    layer.compute_gradients_fused(backend, nctx, consumer)
+                for hook in hooks[k]:
+                    hook()
+            end = self._backward_op = len(hooks) - 1
+            for slot, written in enumerate(self._param_written):
+                if not written:  # a param that no layer used in this pass gets a zero gradient
+                    if self._grad_final_op[slot] < end and self._hooked:
+                        raise RuntimeError(f"param {self._slot_params[slot].name}: its placement wrote no gradient, "
+                                           f"but a backward hook took it as final after op {self._grad_final_op[slot]}")
+                    backend.fill(self._param_grad_views[slot], 0.0)
+            for hook in hooks[-1]:
+                hook()
+        finally:
+            self._backward_op = -1
 
     # ---------------------------------------------------------- inspecting
     @property

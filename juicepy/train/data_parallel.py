@@ -14,6 +14,9 @@ each hook is a no-op, so single-process training runs exactly as before:
 - :meth:`DataParallel.reduce_gradients`: between backward and the optimizer update, every flat
   gradient block summed over ranks (which makes it the mean over ranks, with no pass over the
   block to divide it); every rank then applies the same fused update;
+- :meth:`DataParallel.overlapped`: where the communicator reduces gradients during the
+  backward pass (NCCL), the buckets and hooks it installs in the training context once;
+  :meth:`DataParallel.update` then waits for those reductions instead of starting its own;
 - :meth:`DataParallel.update`: that, or, where the communicator keeps the blocks in memory the
   ranks share (``Communicator.shards_update``), a sharded update: each block is
   reduce-scattered, each rank runs the fused update on its part only (params and optimizer
@@ -84,8 +87,20 @@ class DataParallel:
             return block if block is not None else backend.zeros(shape, dtype)
         return zeros
 
-    def update(self, backend, optimizer, state: OptimizerState, segments) -> None:
-        """Average the gradients over ranks and run the optimizer update (see the module doc)."""
+    def overlapped(self, backend, context):
+        """The communicator's :class:`~juicepy.distributed.OverlappedReduction` for ``context``
+        (its hooks installed there), or None."""
+        if not self.active:
+            return None
+        return self.communicator.overlapped_reduction(backend, context)
+
+    def update(self, backend, optimizer, state: OptimizerState, segments, reduction=None) -> None:
+        """Average the gradients over ranks and run the optimizer update (see the module doc);
+        ``reduction``: the armed :meth:`overlapped` reduction that the backward pass started."""
+        if reduction is not None:
+            reduction.wait()
+            optimizer.step(backend, state, segments)
+            return
         if not self.active or not self.communicator.shards_update:
             self.reduce_gradients(backend, segments)
             optimizer.step(backend, state, segments)

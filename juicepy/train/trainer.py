@@ -41,6 +41,7 @@ class TrainState:
     replay: GraphReplay | None = None  # the recorded step, on backends that capture graphs
     warmed: bool = False  # one step ran op by op here (a restored state has step > 0 but is cold)
     replicas_synced: bool = False  # rank 0's state went to every rank (data-parallel jobs)
+    reduction: object = None  # gradients reduced bucket by bucket during the backward pass (NCCL)
 
 
 class Trainer:
@@ -137,6 +138,7 @@ class Trainer:
         ctx = Context(net, backend, n, training=True, communicator=self.communicator)
         target_shape = (n,) + self.loss.target_shape(net.output_shape)
         return TrainState(
+            reduction=self._replicas.overlapped(backend, ctx),
             context=ctx,
             targets=backend.empty(target_shape, self.loss.target_dtype(net.dtype)),
             losses=backend.empty((n,), net.dtype),
@@ -187,9 +189,13 @@ class Trainer:
                     loss = replicas.mean(self._loss_and_output_grad(backend, st, replicas.grad_scale))
                     if self.check_finite and not math.isfinite(loss):
                         self._refuse(loss, st)
+                    if st.reduction is not None:
+                        st.reduction.arm()
                     ctx.backward()
-                    replicas.update(backend, self.optimizer, opt, ctx.segments)
+                    replicas.update(backend, self.optimizer, opt, ctx.segments, st.reduction)
             except BaseException:
+                if st.reduction is not None:
+                    st.reduction.disarm()
                 ctx.restore_state()
                 opt.step = opt_step
                 raise

@@ -581,6 +581,9 @@ CONV_CASES = [
     ((2, 2, 6, 5), (3, 1, 1), (1, 2), (0, 0), (1, 1), 1),  # 1x1
     ((1, 3, 11, 10), (5, 5, 4), (3, 2), (2, 1), (1, 2), 1),
     ((2, 8, 6, 6), (16, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # depth 72: NumPy's batch-innermost layout
+    # 64 channels and planes of 256 pixels or more: Winograd F(2x2, 3x3) where a backend picks it
+    ((2, 64, 16, 16), (64, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    ((1, 64, 18, 17), (64, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilated, tiles past the plane's edges
 ]
 
 
@@ -1143,8 +1146,11 @@ def _sequence_reference(gru, xw, w, b, dout, offset, reverse):
 
 
 @pytest.mark.parametrize("gru", [False, True], ids=["lstm", "gru"])
+# H a multiple of 16 takes OpenCL's fused per-step kernels (recurrent.cl), with rows split
+# across work-groups and partial row panels
 @pytest.mark.parametrize("steps, rows, hid, reverse, with_bias", [(4, 5, 7, False, True), (3, 7, 37, True, False),
-                                                                 (1, 2, 3, True, True)])
+                                                                 (1, 2, 3, True, True), (4, 13, 16, False, True),
+                                                                 (3, 9, 48, True, False), (1, 4, 32, False, True)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_lstm_and_gru_sequences(ops_backend, dtype, rng, gru, steps, rows, hid, reverse, with_bias, layout):
     blocks = 3 if gru else 4

@@ -148,6 +148,14 @@ class Stream:
         if self.capture is not None:
             raise CUDARuntimeError("cudaErrorStreamCaptureUnsupported: synchronize while capturing")
 
+    def wait_event(self, event):
+        """cudaStreamWaitEvent. The emulator runs every operation when it is submitted, so the
+        order holds already; the wait is logged (``Emulator.event_log``) for tests to check
+        that work on another stream is ordered after what it reads."""
+        if event.recorded_on is None:
+            raise CUDARuntimeError("wait_event on an event never recorded: the wait orders nothing")
+        self._emulator.event_log.append(("wait", self.ptr, event.id))
+
     def begin_capture(self):
         if self.capture is not None:
             raise CUDARuntimeError("cudaErrorIllegalState: the stream is already capturing")
@@ -158,6 +166,31 @@ class Stream:
             raise CUDARuntimeError("cudaErrorIllegalState: the stream is not capturing")
         graph, self.capture = Graph(self.capture), None
         return graph
+
+
+class Event:
+    """cupy.cuda.Event: ``record(stream)`` marks the point in a stream's work that other
+    streams can wait for (``Stream.wait_event``); logged in ``Emulator.event_log``."""
+
+    _next_id = [0]
+
+    def __init__(self, emulator, block=False, disable_timing=False, interprocess=False):
+        self._emulator = emulator
+        Event._next_id[0] += 1
+        self.id = Event._next_id[0]
+        self.recorded_on = None  # the stream's ptr
+
+    def record(self, stream=None):
+        stream = stream or self._emulator.current_stream()
+        self.recorded_on = stream.ptr
+        self._emulator.event_log.append(("record", stream.ptr, self.id))
+
+    def synchronize(self):
+        pass
+
+    @property
+    def done(self):
+        return True
 
 
 # ------------------------------------------------------------------------ kernels
@@ -218,6 +251,7 @@ class Emulator:
         self._lock = threading.Lock()
         self.default_stream = Stream(self, ptr=0)
         self.stream_by_ptr = {0: self.default_stream}
+        self.event_log: list = []  # ("record", stream ptr, event id) / ("wait", stream ptr, event id)
         self.cublas_handles: dict = {}
         self.launches = 0
         self.array_type = type("DeviceArray", (DeviceArray,), {"emulator": self})
@@ -328,6 +362,7 @@ class Emulator:
         cuda = types.SimpleNamespace(
             runtime=types.SimpleNamespace(getDeviceCount=lambda: 1, CUDARuntimeError=CUDARuntimeError),
             Device=Device, Stream=lambda non_blocking=False: self._stream(non_blocking),
+            Event=lambda block=False, disable_timing=False, interprocess=False: Event(self),
             using_allocator=self.using_allocator, get_current_stream=self.current_stream,
             device=types.SimpleNamespace(get_cublas_handle=self.cublas_handle),
         )

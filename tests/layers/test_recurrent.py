@@ -30,6 +30,17 @@ def test_gradient_check_on_every_backend(kind, layers, bidirectional, bias):
     assert report.max_param_error < 1e-5
 
 
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("bidirectional, bias", [(False, True), (True, False)])
+def test_gradient_check_at_fused_sizes(kind, bidirectional, bias):
+    """A hidden size that is a multiple of 16 takes OpenCL's fused per-step kernels
+    (recurrent.cl); a batch of 7 leaves a partial row panel."""
+    layer = _layer(kind, 16, num_layers=1, bidirectional=bidirectional, bias=bias)
+    report = check_layer(layer, (4, 5), batch_size=7, expected_output_shape=(4, 16 * (2 if bidirectional else 1)),
+                         max_coords=25)
+    assert report.max_param_error < 1e-5
+
+
 @pytest.mark.parametrize("head, expected", [(L.LastStep(), (6,)), (L.MeanOverTime(), (6,)), (L.Linear(2), (5, 2))])
 def test_heads_over_time_gradient_check(head, expected):
     check_layer(head, (5, 6), expected_output_shape=expected)
@@ -153,8 +164,9 @@ def test_dropout_gradients_check_through_the_mask():
 
 # ------------------------------------------------------------------ memory
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
-def test_steady_training_step_allocates_nothing(backend, kind, rng):
-    net = jp.Network(L.Sequential(_layer(kind, 8, num_layers=2, bidirectional=True, dropout=0.2), L.LastStep(),
+@pytest.mark.parametrize("hidden", [8, 16])  # 16: OpenCL's fused per-step kernels
+def test_steady_training_step_allocates_nothing(backend, kind, hidden, rng):
+    net = jp.Network(L.Sequential(_layer(kind, hidden, num_layers=2, bidirectional=True, dropout=0.2), L.LastStep(),
                                   L.Linear(1)), (6, 3))
     trainer = Trainer(net, L.MSE(), Adam(lr=1e-3), batch_size=4)
     x = rng.standard_normal((4, 6, 3)).astype(np.float32)

@@ -100,23 +100,29 @@ typedef floatv floatv_u __attribute__((aligned(4)));
 #define LOAD_UNIT(p) (*(__global const floatv_u *)(p))
 
 // Zero-padded planes: dst[plane][r][q] = src[plane][r - top][q - left] inside src, else 0
-// (a negative top/left crops). One work-item per padded row; launched as (Hp rounded up, planes).
-__kernel void pad_planes(const int Hp, __global const float *restrict src, const int s_off,
-                         const int H, const int W, const int Wp, const int top, const int left,
-                         __global float *restrict dst)
+// (a negative top/left crops). One work-item per plane, alone in its work-group, so the
+// compiler vectorises its row copies along the row; a work-item per padded row (vectorised
+// across rows) scattered every store a row apart and ran its partial work-groups masked (a
+// depthwise layer's 8 MB input: several ms). Launched as (planes).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void pad_planes(const int Hp, __global const float *restrict src, const int s_off,
+                const int H, const int W, const int Wp, const int top, const int left,
+                __global float *restrict dst)
 {
-    const int r = get_global_id(0), plane = get_global_id(1), h = r - top;
-    if (r >= Hp) return;
-    __global float *row = dst + ((size_t)plane * Hp + r) * Wp;
-    if (h < 0 || h >= H) {
-        for (int q = 0; q < Wp; ++q) row[q] = 0.0f;
-        return;
-    }
-    __global const float *from = src + s_off + ((size_t)plane * H + h) * W - left;
+    const int plane = get_global_id(0);
     const int lo = min(max(left, 0), Wp), hi = max(lo, min(Wp, W + left));
-    for (int q = 0; q < lo; ++q) row[q] = 0.0f;
-    for (int q = lo; q < hi; ++q) row[q] = from[q];
-    for (int q = hi; q < Wp; ++q) row[q] = 0.0f;
+    for (int r = 0; r < Hp; ++r) {
+        __global float *row = dst + ((size_t)plane * Hp + r) * Wp;
+        const int h = r - top;
+        if (h < 0 || h >= H) {
+            for (int q = 0; q < Wp; ++q) row[q] = 0.0f;
+            continue;
+        }
+        __global const float *from = src + s_off + ((size_t)plane * H + h) * W - left;
+        for (int q = 0; q < lo; ++q) row[q] = 0.0f;
+        for (int q = lo; q < hi; ++q) row[q] = from[q];
+        for (int q = hi; q < Wp; ++q) row[q] = 0.0f;
+    }
 }
 
 // one vector of outputs (columns from col) into the row at yr (added to it when acc), lanes
@@ -125,27 +131,34 @@ __kernel void pad_planes(const int Hp, __global const float *restrict src, const
     if (acc) s += Wo - (col) >= VEC ? *(__global floatv_u *)(yr) : tail_of(yr, Wo - (col)); \
     if (Wo - (col) >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - (col)); }
 
-// OUTS (1 or 4) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
+// OUTS (1, 4 or 6) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
 // loaded input vector feeds OUTS accumulators, and the OUTS * U accumulators are independent
 // chains of FMAs (one chain per vector waits out the FMA's latency at every tap)
 #define DIRECT_FMA(acc_, v_, u, OUTS) { \
     const floatv v = (v_); \
     acc_##u##0 += v * w0; \
-    if (OUTS == 4) { acc_##u##1 += v * w1; acc_##u##2 += v * w2; acc_##u##3 += v * w3; } }
+    if (OUTS >= 4) { acc_##u##1 += v * w1; acc_##u##2 += v * w2; acc_##u##3 += v * w3; } \
+    if (OUTS == 6) { acc_##u##4 += v * w4; acc_##u##5 += v * w5; } }
 #define DIRECT_STORES(u, OUTS) { \
     __global float *yu = yr + u * VEC; \
     DIRECT_STORE(s##u##0, yu, ow0 + u * VEC) \
-    if (OUTS == 4) { \
+    if (OUTS >= 4) { \
         DIRECT_STORE(s##u##1, yu + (size_t)Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##2, yu + (size_t)2 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##3, yu + (size_t)3 * Ho * Wo, ow0 + u * VEC) \
+    } \
+    if (OUTS == 6) { \
+        DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, ow0 + u * VEC) \
+        DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, ow0 + u * VEC) \
     } }
 #define DIRECT_ROWS(LOAD, OUTS, U) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
-            /* all 16 declared so that every expansion compiles; the unused ones are dropped */ \
-            floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00, \
-                   s13 = s00, s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00, s32 = s00, s33 = s00; \
+            /* all declared so that every expansion compiles; the unused ones are dropped */ \
+            floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s04 = s00, s05 = s00, \
+                   s10 = s00, s11 = s00, s12 = s00, s13 = s00, s14 = s00, s15 = s00, \
+                   s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00, \
+                   s30 = s00, s31 = s00, s32 = s00, s33 = s00, s34 = s00, s35 = s00; \
             for (int ci = 0; ci < cg; ++ci) { \
                 __global const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
                 __global const float *wp = w0p + ci * w_ci; \
@@ -155,8 +168,9 @@ __kernel void pad_planes(const int Hp, __global const float *restrict src, const
                     for (int kj = 0; kj < kw; ++kj) { \
                         const int t = kj * wstep; \
                         const float w0 = wr[t]; \
-                        const float w1 = OUTS == 4 ? wr[w_o + t] : 0.0f, w2 = OUTS == 4 ? wr[2 * w_o + t] : 0.0f, \
-                                    w3 = OUTS == 4 ? wr[3 * w_o + t] : 0.0f; \
+                        const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
+                                    w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS == 6 ? wr[4 * w_o + t] : 0.0f, \
+                                    w5 = OUTS == 6 ? wr[5 * w_o + t] : 0.0f; \
                         __global const float *xv = xr + kj * dw; \
                         DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
                         if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
@@ -223,6 +237,8 @@ DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2)
 DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4)
 DIRECT_KERNEL(conv_direct_fwd4, 4, 1)
 DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2)
+DIRECT_KERNEL(conv_direct_fwd6, 6, 1)
+DIRECT_KERNEL(conv_direct_fwd6_u2, 6, 2)
 
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).
@@ -359,18 +375,32 @@ __kernel void conv_direct_filter_sum(const int total, const int chunks,
 }
 
 // 2x2 windows, stride 2, no padding, H = 2 Ho and W = 2 Wo (LeNet's and most CNNs' pooling):
-// one work-item per output and no loops, so CPU drivers vectorise the work-group's items;
-// the same taps in the same order as max_pool (the first maximum wins, a NaN wins). Output
-// row `row` of all planes reads input rows 2 row and 2 row + 1. Launched as (Wo rounded up,
-// N * C * Ho).
-__kernel void max_pool_2x2(const int Wo, __global const float *x, const int x_off, const int Ho,
+// one work-item per output, numbered across all rows of all planes, and no loops, so CPU
+// drivers vectorise the work-group's items; the same taps in the same order as max_pool (the
+// first maximum wins, a NaN wins). Output i = row * Wo + ow reads input rows 2 row and
+// 2 row + 1. Launched flat over total = N * C * Ho * Wo (< 2^24: the row and plane are found
+// by float division, corrected to exact, since vectorised integer division is per lane).
+// Launched per output row instead, every group of Wo < its size ran masked, and 14-wide rows
+// took 0.6-0.8 ms for LeNet's first pooling.
+inline int exact_quotient(const int i, const int d, const float inv)
+{
+    int q = (int)((float)i * inv);
+    q -= q * d > i;
+    q += (q + 1) * d <= i;
+    return q;
+}
+
+__kernel void max_pool_2x2(const int total, __global const float *x, const int x_off, const int Ho,
+                           const int Wo, const float inv_wo, const float inv_ho,
                            __global float *out, const int o_off, __global int *argmax, const int a_off)
 {
-    const int ow = get_global_id(0), row = get_global_id(1);
+    const int i = get_global_id(0);
     // asked per work-group first (see GID_CHECK in elementwise.cl)
-    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)Wo && ow >= Wo) return;
-    const int W = 2 * Wo, top = 2 * (row % Ho) * W + 2 * ow;
-    __global const float *xr = x + x_off + (size_t)2 * row * W + 2 * ow;
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)total && i >= total) return;
+    const int row = exact_quotient(i, Wo, inv_wo), ow = i - row * Wo;
+    const int plane = exact_quotient(row, Ho, inv_ho);
+    const int W = 2 * Wo, top = 2 * (row - plane * Ho) * W + 2 * ow;
+    __global const float *xr = x + x_off + (size_t)2 * i + (size_t)2 * row * Wo;
     const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
     float b = v0;
     int w = top;
@@ -380,8 +410,8 @@ __kernel void max_pool_2x2(const int Wo, __global const float *x, const int x_of
     b = take ? v2 : b; w = take ? top + W : w;
     take = v3 > b || v3 != v3;
     b = take ? v3 : b; w = take ? top + W + 1 : w;
-    out[o_off + (size_t)row * Wo + ow] = b;
-    argmax[a_off + (size_t)row * Wo + ow] = w;
+    out[o_off + i] = b;
+    argmax[a_off + i] = w;
 }
 
 // Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).
@@ -483,4 +513,48 @@ __kernel void avg_pool_bwd(const int spatial, __global const float *dy, const in
         }
     }
     STORE(dx, dx_off + i, v, acc)
+}
+
+// Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (the input gradient: the same on dy with
+// the transposed, flipped taps): the output in 2x2 tiles, each from a 4x4 input patch, as 16
+// GEMMs (one per transformed tap position xi) of the transformed weights U[xi] (M x K) with
+// the transformed input V[xi] (K x T), T = N * th * tw tiles, then the 16 products M[xi]
+// (M x T) transformed back: 16 multiply-adds per tile and channel pair instead of 36 (the
+// transforms and the GEMMs run in one kernel, winograd_conv in gemm.cl).
+// Dilation d: tile row a covers output rows (a % d) + d * (2 (a / d) + {0, 1}), whose taps lie
+// d apart (likewise for columns), so each parity class of rows and columns is an ordinary
+// stride-1 convolution of the input's rows and columns of that class.
+
+// U[xi] = (G g G^T)[xi] for g = w[m, k] (flip: w[k, m] turned by 180 degrees), written in
+// the packed GEMM's panel order [16][M/mr][K][mr] (rows past M zero). One work-item per
+// (k, m); launched as (K rounded up, M rounded up to mr).
+__kernel void winograd_weights(const int K, __global const float *restrict w, const int w_off,
+                               const int M, const int flip, const int mr,
+                               __global float *restrict u, const int u_off)
+{
+    const int k = get_global_id(0), m = get_global_id(1);
+    if (k >= K) return;
+    const int panels = get_global_size(1) / mr;
+    __global float *dst = u + u_off + ((size_t)(m / mr) * K + k) * mr + m % mr;
+    const size_t xi_step = (size_t)panels * mr * K;
+    if (m >= M) {
+        for (int xi = 0; xi < 16; ++xi) dst[xi * xi_step] = 0.0f;
+        return;
+    }
+    __global const float *src = w + w_off + (flip ? ((size_t)k * M + m) * 9 : ((size_t)m * K + k) * 9);
+    float g[9];
+    for (int t = 0; t < 9; ++t) g[t] = src[flip ? 8 - t : t];
+    float r[4][3];   // G g
+    for (int j = 0; j < 3; ++j) {
+        r[0][j] = g[j];
+        r[1][j] = 0.5f * (g[j] + g[3 + j] + g[6 + j]);
+        r[2][j] = 0.5f * (g[j] - g[3 + j] + g[6 + j]);
+        r[3][j] = g[6 + j];
+    }
+    for (int i = 0; i < 4; ++i) {   // (G g) G^T
+        dst[(4 * i) * xi_step] = r[i][0];
+        dst[(4 * i + 1) * xi_step] = 0.5f * (r[i][0] + r[i][1] + r[i][2]);
+        dst[(4 * i + 2) * xi_step] = 0.5f * (r[i][0] - r[i][1] + r[i][2]);
+        dst[(4 * i + 3) * xi_step] = r[i][2];
+    }
 }

@@ -645,3 +645,121 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
         *dst = beta == 0.0f ? alpha * total : alpha * total + beta * *dst;
     }
 }
+
+// Winograd F(2x2, 3x3) convolution in one pass (the scheme: above winograd_weights in conv.cl):
+// work-group (p, r) takes NR consecutive tiles (p) and the tile_m output channels from row
+// r * tile_m. Per slice of WK input channels it transforms their 4x4 patches of the padded
+// input xp (K channels of Hp x Wp per image) into local panels V[16][WK][NR], runs the
+// micro-kernel of each tap position xi on U[xi] (the packed transformed weights,
+// [16][M/MR][K][MR]) and V[xi] into local sums M[16][tile_m][NR], and finally transforms M's
+// tiles back into the NCHW output (added to it when acc). Nothing but y is written to global
+// memory: as a transform, 16 GEMMs and a transform back through global buffers the
+// transformed tiles went through DRAM (docs/opencl.md). WK: channels per slice.
+#ifndef WK
+#define WK 64
+#endif
+// the 16 panels of V and of M lie a cache line more than their size apart: 4 KiB apart, the
+// 16 stores of a transform all fell into one set of the L1 cache
+#define VXI (WK * NR + 16)
+#define MXI (BM * NR + 16)
+#define WLOAD_ROW(r) c##r##_0 = ct[(r) * 2]; c##r##_1 = ct[(r) * 2 + 1];
+#define WSTORE_ROW(r) ct[(r) * 2] = c##r##_0; ct[(r) * 2 + 1] = c##r##_1;
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
+                   __global const float *restrict U, __global const float *restrict xp, const int Hp,
+                   const int Wp, const int dh, const int dw,
+                   __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc)
+{
+    __local floatv v_store[16 * VXI / VW];   /* [16][WK][NR], a cache line between */
+    __local floatv m_store[16 * MXI / VW];   /* [16][tile_m][NR], likewise */
+    __local float *vt = (__local float *)v_store;
+    __local float *mt = (__local float *)m_store;
+    const int t0 = get_group_id(0) * NR, row0 = get_group_id(1) * tile_m;
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;
+    const int panels = (M + MR - 1) / MR;
+    const size_t plane = (size_t)Hp * Wp;
+    // where each tile's patch starts in channel 0 of its image (-1: past the last tile), and
+    // its first output row and column
+    long at[NR];
+    int out_row[NR], out_col[NR], img[NR];
+    for (int j = 0; j < NR; ++j) {
+        const int t = t0 + j;
+        if (t >= T) { at[j] = -1; continue; }
+        const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw, b = rest - a * tw;
+        out_row[j] = a % dh + 2 * dh * (a / dh);
+        out_col[j] = b % dw + 2 * dw * (b / dw);
+        img[j] = n;
+        at[j] = ((long)n * K * Hp + out_row[j]) * Wp + out_col[j];
+    }
+    for (int k0 = 0; k0 < K; k0 += WK) {
+        const int kc = min(WK, K - k0);
+        for (int c = 0; c < kc; ++c) {
+            __global const float *xc = xp + (size_t)(k0 + c) * plane;
+            const size_t rs = (size_t)dh * Wp;
+            for (int j = 0; j < NR; ++j) {
+                // the patch's rows r0..r3 (4 taps each, dw apart), zero past the last tile
+                const int live = at[j] >= 0;
+                __global const float *s0 = xc + (live ? at[j] : 0);
+                __global const float *s1 = s0 + rs, *s2 = s1 + rs, *s3 = s2 + rs;
+#define WROW(r, s) const float r##0 = live ? s[0] : 0.0f, r##1 = live ? s[dw] : 0.0f, \
+                               r##2 = live ? s[2 * dw] : 0.0f, r##3 = live ? s[3 * dw] : 0.0f;
+                WROW(a, s0) WROW(b, s1) WROW(c, s2) WROW(d, s3)
+#undef WROW
+                // B^T p, then (B^T p) B row by row
+#define WCOLS(i, q0_, q1_, q2_, q3_) { const float q0 = (q0_), q1 = (q1_), q2 = (q2_), q3 = (q3_); \
+                dst[(4 * i) * VXI] = q0 - q2; dst[(4 * i + 1) * VXI] = q1 + q2; \
+                dst[(4 * i + 2) * VXI] = q2 - q1; dst[(4 * i + 3) * VXI] = q1 - q3; }
+                __local float *dst = vt + c * NR + j;
+                WCOLS(0, a0 - c0, a1 - c1, a2 - c2, a3 - c3)
+                WCOLS(1, b0 + c0, b1 + c1, b2 + c2, b3 + c3)
+                WCOLS(2, c0 - b0, c1 - b1, c2 - b2, c3 - b3)
+                WCOLS(3, b0 - d0, b1 - d1, b2 - d2, b3 - d3)
+#undef WCOLS
+            }
+        }
+        for (int xi = 0; xi < 16; ++xi) {
+            __global const float *ub = U + ((size_t)xi * panels + row0 / MR) * K * MR + (size_t)k0 * MR;
+            for (int i = 0; i < a_panels; ++i) {
+                __local floatv *ct = m_store + ((size_t)xi * MXI + i * MR * NR) / VW;
+                ROWS(ACC_ROW)
+                if (k0 == 0) { ROWS(ZERO_ROW) } else { ROWS(WLOAD_ROW) }
+                __global const float *ap = ub + (size_t)i * K * MR;
+                __local const floatv *bp = v_store + (size_t)xi * VXI / VW;
+                const int a_rs = 1;
+                for (int k = 0; k < kc; ++k) {
+                    const floatv b0 = bp[0];
+                    const floatv b1 = bp[1];
+                    ROWS(FMA_ROW)
+                    ap += MR;
+                    bp += 2;
+                }
+                ROWS(WSTORE_ROW)
+            }
+        }
+    }
+    const int rows = min(tile_m, M - row0);
+    for (int o = 0; o < rows; ++o) {
+        for (int j = 0; j < NR; ++j) {
+            if (at[j] < 0) continue;
+            __local const float *src = mt + o * NR + j;
+            float m[16];
+            for (int xi = 0; xi < 16; ++xi) m[xi] = src[xi * MXI];
+            float r[8];   // A^T m
+            for (int e = 0; e < 4; ++e) {
+                r[e] = m[e] + m[4 + e] + m[8 + e];
+                r[4 + e] = m[4 + e] - m[8 + e] - m[12 + e];
+            }
+            __global float *dst = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo;
+            for (int i = 0; i < 2; ++i) {
+                const int row = out_row[j] + i * dh;
+                if (row >= Ho) continue;
+                const float v0 = r[4 * i] + r[4 * i + 1] + r[4 * i + 2], v1 = r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3];
+                __global float *yr = dst + (size_t)row * Wo;
+                const int c0 = out_col[j], c1 = c0 + dw;
+                if (c0 >= Wo) continue;
+                if (acc) { yr[c0] += v0; if (c1 < Wo) yr[c1] += v1; }
+                else { yr[c0] = v0; if (c1 < Wo) yr[c1] = v1; }
+            }
+        }
+    }
+}

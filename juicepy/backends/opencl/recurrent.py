@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from ..base import check_cell, check_embedding, check_nonlinearity, check_swap
-from .layout import round_up
+from ..base import _sequence_steps, check_cell, check_embedding, check_nonlinearity, check_sequence, check_swap, scratch
+from .layout import F32, round_up
+
+FUSED_UNITS = 16     # hidden units a fused step's work-group owns: H must be a multiple
+FUSED_GROUPS = 16    # work-groups a fused step aims for at least, rows split where units alone give fewer
 
 
 class RecurrentOps:
@@ -65,3 +68,106 @@ class RecurrentOps:
         check_cell(self.name, "gru_cell_backward", h_prev, {1: [h_prev, dh, dh_prev], 3: [dxw, dhw], 4: [gates]})
         self._cell_launch("gru_cell_bwd", h_prev, *self._ref(gates), *self._ref(h_prev), *self._ref(dh),
                           *self._ref(dxw), *self._ref(dhw), *self._ref(dh_prev))
+
+    # ------------------------------------------------------- fused sequences
+    # One kernel per time step (see "fused sequence steps" in recurrent.cl) on CPU drivers
+    # where H is a multiple of FUSED_UNITS; elsewhere base.py's GEMM-and-cell composition.
+    def _fused_sequence(self, rows, hidden) -> bool:
+        return self.gemm_variant == "packed" and hidden % FUSED_UNITS == 0 and rows > 0 and hidden > 0
+
+    @staticmethod
+    def _rows_per_group(rows, unit_groups, mr):
+        """Rows per work-group (a multiple of the micro-kernel's ``mr``): all of them unless the
+        unit blocks alone give fewer than FUSED_GROUPS work-groups."""
+        splits = max(1, min(-(-rows // mr), -(-FUSED_GROUPS // unit_groups)))
+        return round_up(-(-rows // splits), mr)
+
+    def _pack_forward(self, w_hh, gate_blocks, hidden, ws):
+        wp = scratch(ws, self, "rnn_fused_wp", (gate_blocks * hidden * hidden,), F32)
+        local = min(64, round_up(hidden, 8))
+        self._kernel("recurrent.cl", "pack_gate_columns")(
+            self.queue, (round_up(hidden, local), FUSED_UNITS, gate_blocks * hidden // FUSED_UNITS), (local, 1, 1),
+            hidden, gate_blocks,
+            *self._ref(w_hh), *self._ref(wp))
+        return wp
+
+    def _pack_backward(self, w_hh, gate_blocks, hidden, ws):
+        wb = scratch(ws, self, "rnn_fused_wb", (gate_blocks * hidden * hidden,), F32)
+        self._kernel("recurrent.cl", "pack_unit_rows")(
+            self.queue, (FUSED_UNITS, gate_blocks * hidden, hidden // FUSED_UNITS), (FUSED_UNITS, 1, 1), hidden,
+            gate_blocks * hidden, *self._ref(w_hh), *self._ref(wb))
+        return wb
+
+    @staticmethod
+    def _at(a, index):
+        """(buffer, element offset) of a[index] without making the view."""
+        step = a.size // a.shape[0]
+        return a.base_data, a.offset // a.dtype.itemsize + index * step
+
+    def lstm_sequence(self, xw, w_hh, bias_hh, h, c, gates, reverse=False, ws=None):
+        steps, rows, hidden = check_sequence(self.name, "lstm_sequence", w_hh, h, {1: [c[1:]], 4: [xw, gates]},
+                                             bias_hh)
+        if not self._fused_sequence(rows, hidden):
+            return super().lstm_sequence(xw, w_hh, bias_hh, h, c, gates, reverse, ws)
+        wp = self._pack_forward(w_hh, 4, hidden, ws)
+        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
+        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
+        kernel = self._kernel("recurrent.cl", "lstm_seq_step")
+        bias = self._bias_ref(bias_hh, xw)
+        for k, t, (prev, cur) in _sequence_steps(steps, reverse):
+            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(k == 0), *self._ref(wp), *self._at(xw, t),
+                   *bias, *self._at(h, prev), *self._at(c, prev), *self._at(gates, t), *self._at(c, cur),
+                   *self._at(h, cur))
+
+    def lstm_sequence_backward(self, w_hh, gates, c, dout, offset, dgates, reverse=False, ws=None):
+        steps, rows, hidden = check_sequence(self.name, "lstm_sequence_backward", w_hh, c, {4: [gates, dgates]},
+                                             dout=dout, offset=offset)
+        if not self._fused_sequence(rows, hidden):
+            return super().lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
+        wb = self._pack_backward(w_hh, 4, hidden, ws)
+        dc = scratch(ws, self, "rnn_dc", (rows, hidden), F32)
+        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
+        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
+        kernel = self._kernel("recurrent.cl", "lstm_seq_bwd_step")
+        cols = dout.shape[2]
+        t_next = None
+        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
+            d_buf, d_off = self._at(dout, t)
+            nxt = self._at(dgates, t_next if t_next is not None else t)
+            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb), *nxt,
+                   d_buf, d_off + offset, cols, *self._at(gates, t), *self._at(c, prev), *self._at(c, cur),
+                   *self._ref(dc), *self._at(dgates, t))
+            t_next = t
+
+    def gru_sequence(self, xw, w_hh, bias_hh, h, gates, reverse=False, ws=None):
+        steps, rows, hidden = check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
+        if not self._fused_sequence(rows, hidden):
+            return super().gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
+        wp = self._pack_forward(w_hh, 3, hidden, ws)
+        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
+        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
+        kernel = self._kernel("recurrent.cl", "gru_seq_step")
+        bias = self._bias_ref(bias_hh, xw)
+        for k, t, (prev, cur) in _sequence_steps(steps, reverse):
+            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(k == 0), *self._ref(wp), *self._at(xw, t),
+                   *bias, *self._at(h, prev), *self._at(gates, t), *self._at(h, cur))
+
+    def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None):
+        steps, rows, hidden = check_sequence(self.name, "gru_sequence_backward", w_hh, h,
+                                             {3: [dxw, dhw], 4: [gates]}, dout=dout, offset=offset)
+        if not self._fused_sequence(rows, hidden):
+            return super().gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
+        wb = self._pack_backward(w_hh, 3, hidden, ws)
+        dh = scratch(ws, self, "rnn_dh", (rows, hidden), F32)
+        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
+        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
+        kernel = self._kernel("recurrent.cl", "gru_seq_bwd_step")
+        cols = dout.shape[2]
+        t_next = None
+        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
+            d_buf, d_off = self._at(dout, t)
+            nt = t_next if t_next is not None else t
+            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb),
+                   *self._at(dhw, nt), *self._at(gates, nt), d_buf, d_off + offset, cols, *self._at(gates, t),
+                   *self._at(h, prev), *self._ref(dh), *self._at(dxw, t), *self._at(dhw, t))
+            t_next = t

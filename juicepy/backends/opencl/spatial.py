@@ -9,6 +9,7 @@ import numpy as np
 
 from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
                     check_pool_shapes, relu_masked_grad, scratch)
+from .gemm import even_tile
 from .layout import round_up
 
 # Direct kernels (conv_direct_* in conv.cl) instead of a GEMM when a group's GEMM would be thin,
@@ -34,9 +35,33 @@ DIRECT_MAX_OUTPUTS_8_LANES = 32
 # gradients of groups of at most DIRECT_MAX_OUTPUTS_8_LANES outputs (5x5 32->32, 4-group
 # 64->64: faster than the implicit A @ B^T there).
 FILTER_ROW_TAPS = (3, 5)
-# work-items the direct weight gradient aims at (images are split into chunks to reach it)
-DIRECT_FILTER_ITEMS = 1024
-CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm")
+# work-items the direct weight gradient aims at (images are split into chunks to reach it):
+# 32768 measured faster than 1024 and 8192 on AVX2 for the 4-group 64->64 layer (9.1 -> 7.4 ms:
+# a work-item then sums a few images, whose planes are still in cache for the next row of taps),
+# 5x5 32->32 (17.3 -> 16.5) and depthwise 3x3 64 (1.1 -> 1.0)
+DIRECT_FILTER_ITEMS = 32768
+# Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
+# 3x3 forward passes and input gradients with at least this many input and output channels and
+# output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where it was
+# measured: docs/opencl.md); the NumPy backend's thresholds (only the 64-channel 32x32 layers
+# of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_PLANE = 256
+# outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
+POOL_FLAT_MAX = 1 << 24
+CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
+
+
+def direct_outputs(outputs: int, lanes: int) -> int:
+    """Output planes each work-item of the direct forward kernel computes (OUTS in conv.cl),
+    for ``outputs`` per group: each loaded input vector feeds that many accumulators. Six
+    (LeNet's 16 -> 6 input gradient and 1 -> 6 forward pass) on 8-lane devices only, where it
+    was measured; 12 float16 accumulators on 16-lane ones are unmeasured."""
+    if outputs % 4 == 0:
+        return 4
+    if lanes == 8 and outputs % 6 == 0:
+        return 6
+    return 1
 
 
 def direct_unroll(outs: int, vectors: int) -> int:
@@ -46,7 +71,7 @@ def direct_unroll(outs: int, vectors: int) -> int:
     vector partly past the row costs no more than the chain it replaces would have waited."""
     if vectors <= 1:
         return 1
-    if outs == 4 or vectors == 2:
+    if outs >= 4 or vectors == 2:
         return 2
     return 4
 
@@ -107,6 +132,40 @@ class SpatialOps(abc.ABC):
             return self.conv_algorithm == "implicit"
         return self.gemm_variant == "packed"
 
+    def _use_winograd(self, geo, groups, op) -> bool:
+        """Forward pass or input gradient ("data") by Winograd F(2x2, 3x3): "winograd" forces it
+        wherever it applies (3x3, stride 1, one group), "auto" chooses it on 8-lane CPU devices
+        for enough channels and pixels."""
+        c, o, kh, kw, ho, wo, sh, sw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
+        if (kh, kw, sh, sw, groups) != (3, 3, 1, 1, 1) or self.gemm_variant != "packed":
+            return False
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "winograd"
+        plane = geo[2] * geo[3] if op == "data" else ho * wo
+        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= WINOGRAD_MIN_PLANE
+
+    def _winograd(self, src, w, dst, geo, flip, accumulate, ws):
+        """dst (+)= the stride-1 3x3 convolution ``geo`` of src (flip: with the transposed,
+        flipped taps of w, for an input gradient) as Winograd F(2x2, 3x3): the transformed
+        weights in the packed GEMM's panels, then one kernel that transforms each work-group's
+        input tiles, multiplies them per tap position and transforms the products back."""
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dw = geo
+        qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
+        th, tw = qh * dh, qw * dw   # tile rows and columns per image
+        tiles = n * th * tw
+        mr = self._gemm_tiles["MR"]
+        panels = -(-o // mr)
+        u = scratch(ws, self, "conv_wino_u", (16 * panels * mr * c,), np.float32)
+        self._kernel("conv.cl", "winograd_weights")(
+            self.queue, (round_up(c, 64), panels * mr), (64, 1), c, *self._ref(w), o, int(flip), mr, u.base_data, 0)
+        xp = self._padded(src, ph, pw, 2 * dh * (qh + 1), 2 * dw * (qw + 1), 0, ws)
+        tile_m = even_tile(o, self._gemm_tiles["BM"], mr)
+        nr = 2 * self._gemm_tiles["VW"]
+        self._kernel("gemm.cl", "winograd_conv")(
+            self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
+            xp.base_data, 2 * dh * (qh + 1), 2 * dw * (qw + 1), dh, dw, *self._ref(dst), ho, wo,
+            int(bool(accumulate)))
+
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "direct"
@@ -138,18 +197,18 @@ class SpatialOps(abc.ABC):
         with room after the last plane for the vector loads that run past a row's end."""
         planes, h, w = src.shape[0] * src.shape[1], src.shape[2], src.shape[3]
         out = scratch(ws, self, "conv_padded", (planes * hp * wp + lanes_past + wp,), np.float32)
-        self._launch_rows("conv.cl", "pad_planes", hp, (planes,), *self._ref(src), h, w, wp, top, left,
-                          out.base_data)
+        self._kernel("conv.cl", "pad_planes")(self.queue, (planes,), (1,), hp, *self._ref(src), h, w, wp, top, left,
+                                              out.base_data)
         return out
 
     def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws):
         """conv_direct_fwd over x padded by the geometry's padding."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
-        outs = 4 if (o // groups) % 4 == 0 else 1   # output planes per work-item
+        outs = direct_outputs(o // groups, self._conv_vec)
         unroll = direct_unroll(outs, -(-wo // self._conv_vec))
         xp = self._padded(x, ph, pw, hp, wp, unroll * self._conv_vec * sw + kw * dw, ws)
-        name = ("conv_direct_fwd4" if outs == 4 else "conv_direct_fwd") + ("" if unroll == 1 else f"_u{unroll}")
+        name = "conv_direct_fwd" + ("" if outs == 1 else str(outs)) + ("" if unroll == 1 else f"_u{unroll}")
         self._kernel("conv.cl", name)(
             self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
             c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
@@ -179,6 +238,9 @@ class SpatialOps(abc.ABC):
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        if self._use_winograd(geo, groups, "forward"):
+            self._winograd(x, w, out, geo, False, False, ws)
+            return
         if self._use_direct(geo, groups, "forward"):
             self._direct_forward(x, w, out, geo, groups, False, False, ws)
             return
@@ -206,6 +268,10 @@ class SpatialOps(abc.ABC):
         geo = self._conv_geometry(dx.shape, w.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_data")
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        if self._use_winograd(geo, groups, "data"):   # the forward convolution of dy, taps flipped
+            flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
+            self._winograd(dy, w, dx, flipped, True, accumulate, ws)
+            return
         if sh == sw == 1 and self._use_implicit() and not self._use_direct(geo, groups, "data"):
             # the forward convolution of dy with the transposed, flipped weights
             og, cg = o // groups, c // groups
@@ -302,9 +368,11 @@ class SpatialOps(abc.ABC):
         planes = out.shape[0] * out.shape[1]
         h, w, ho, wo = geo[:4]
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
-            self._launch_rows("conv.cl", "max_pool_2x2", wo, (planes * ho,), *self._ref(x), ho,
-                              *self._ref(out), *self._ref(argmax))
-            return
+            total = planes * ho * wo
+            if total < POOL_FLAT_MAX:
+                self._launch_flat("conv.cl", "max_pool_2x2", total, *self._ref(x), ho, wo, 1.0 / wo, 1.0 / ho,
+                                  *self._ref(out), *self._ref(argmax))
+                return
         self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 

@@ -71,15 +71,21 @@ CONV_CASES = [
     # weight gradients a row of taps per work-item (rows of 16 and 32 outputs: whole pairs of vectors)
     ((2, 3, 6, 16), (3, 3, 3), (1, 1), (2, 1), (2, 1), 3),    # depthwise 3x3, dilated along rows
     ((2, 4, 3, 32), (4, 5, 5), (1, 1), (2, 2), (1, 1), 2),    # 5x5, two channels per group
+    # six output planes per work-item (8-lane devices): forward, rows of 3 vectors (the last partly)
+    ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
+    ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
+    ((2, 6, 7, 11), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),    # input gradient, two vectors a row
 ]
 
 
 @pytest.fixture(scope="module", params=["direct", "direct-8-lanes", "implicit", "implicit-8-lanes",
-                                        "implicit-16-lanes", "gemm"])
+                                        "implicit-16-lanes", "gemm", "winograd-8-lanes", "winograd-16-lanes"])
 def conv_ocl(request, ocl):
     """The backend with each convolution algorithm forced (tests/backends/test_ops.py checks
     the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
-    vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's)."""
+    vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's). Winograd
+    applies to the stride-1 3x3 ungrouped cases (forward and input gradient), with both tile
+    shapes; the other cases and weight gradients run im2col + GEMM there."""
     from juicepy.backends.opencl import OpenCLBackend
 
     algorithm, _, lanes = request.param.partition("-")
@@ -157,7 +163,7 @@ def test_conv_settings_are_checked(ocl):
     from juicepy.backends.opencl import OpenCLBackend
 
     with pytest.raises(ValueError, match="conv_algorithm must be one of .*'winograd'"):
-        OpenCLBackend(ocl.device, conv_algorithm="winograd")
+        OpenCLBackend(ocl.device, conv_algorithm="fft")
     with pytest.raises(ValueError, match="vector_width must be 8 or 16, got 4"):
         OpenCLBackend(ocl.device, vector_width=4)
 
@@ -179,6 +185,27 @@ def test_conv2d_steady_state_allocates_nothing(ocl, rng):
     step()
     step()
     assert ocl.allocations == before
+
+
+def test_winograd_steady_state_allocates_nothing(ocl, rng):
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    x = b.from_host(rng.standard_normal((2, 4, 8, 8)).astype(np.float32))
+    w = b.from_host(rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
+    y, dx = b.empty((2, 5, 8, 8)), b.empty((2, 4, 8, 8))
+    ws = Workspace()
+    args = ((1, 1), (1, 1), (1, 1), 1)
+
+    def step():
+        b.conv2d(x, w, y, *args, ws)
+        b.conv2d_backward_data(y, w, dx, *args, False, ws)
+
+    step()
+    before = b.allocations
+    step()
+    step()
+    assert b.allocations == before
 
 
 # ---------------------------------------------------------------------- batch norm
