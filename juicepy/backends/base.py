@@ -152,6 +152,49 @@ def check_sequence(backend_name: str, op: str, w_hh, states, blocks: dict, bias=
     return steps, rows, hidden
 
 
+def check_input_sequence(backend_name: str, op: str, x, w_ih, w_hh, h, gates, bias=None, bias_ih=None,
+                         c=None, lstm=False, batch_first=False):
+    """check_sequence for an op that projects its inputs itself: x (T, N, I) (batch_first:
+    (N, T, I)), w_ih (G*H, I) of the states' dtype, bias_ih (G*H,) like bias; the LSTM's c and
+    gates both given or both None. Returns (T, N, H)."""
+    if lstm and (c is None) != (gates is None):
+        raise ValueError(f"{backend_name} backend {op}: c and gates are both given or both None")
+    blocks = {4: [gates]} if gates is not None else {}
+    if c is not None:
+        blocks[1] = [c[1:]]
+    steps, rows, hidden = check_sequence(backend_name, op, w_hh, h, blocks, bias)
+    if bias_ih is not None:
+        check_sequence(backend_name, op, w_hh, h, {}, bias_ih)
+    features = x.shape[2] if x.ndim == 3 else 0
+    x_shape = (rows, steps, features) if batch_first else (steps, rows, features)
+    for a, want in ((x, x_shape), (w_ih, (w_hh.shape[0], features))):
+        if features < 1 or tuple(a.shape) != want or a.dtype != h.dtype:
+            raise ValueError(f"{backend_name} backend {op}: x (T, N, I >= 1) and w_ih (G*H, I) {h.dtype} expected "
+                             f"for states {tuple(h.shape)}, got {tuple(x.shape)} {x.dtype} and {tuple(w_ih.shape)} "
+                             f"{w_ih.dtype}")
+    return steps, rows, hidden
+
+
+def check_input_sequence_backward(backend_name: str, op: str, x, w_hh, h, dw_ih, dw_hh, biases, dout, offset,
+                                  batch_first) -> None:
+    """The operands of an *_input_sequence_backward beyond check_sequence's: x (T, N, I) with the
+    states' T and N, dw_ih (G*H, I), dw_hh like w_hh, each of ``biases`` (G*H,) or None; with
+    batch_first x (N, T, I) and dout (N, T, C >= offset + H); one dtype."""
+    steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
+    features = x.shape[2] if x.ndim == 3 else 0
+    if batch_first and (dout.ndim != 3 or tuple(dout.shape[:2]) != (rows, steps) or dout.dtype != h.dtype
+                        or not 0 <= offset <= dout.shape[2] - hidden):
+        raise ValueError(f"{backend_name} backend {op}: dout ({rows}, {steps}, C >= offset + {hidden}) {h.dtype} "
+                         f"expected, got {tuple(dout.shape)} {dout.dtype} at offset {offset}")
+    x_shape = (rows, steps, features) if batch_first else (steps, rows, features)
+    wants = [(x, x_shape), (dw_ih, (w_hh.shape[0], features)), (dw_hh, tuple(w_hh.shape))]
+    wants += [(b, (w_hh.shape[0],)) for b in biases if b is not None]
+    for a, want in wants:
+        if features < 1 or tuple(a.shape) != want or a.dtype != h.dtype:
+            raise ValueError(f"{backend_name} backend {op}: {want} {h.dtype} expected for states {tuple(h.shape)} "
+                             f"and w_hh {tuple(w_hh.shape)}, got {tuple(a.shape)} {a.dtype}")
+
+
 def _sequence_steps(steps: int, reverse: bool):
     """(processing index, time, previous state index, new state index) in processing order."""
     for k in range(steps):
@@ -626,6 +669,96 @@ class Backend(abc.ABC):
             else:
                 self.gemm(h[prev], w_hh, hw, trans_b=True, ws=ws)
             self.gru_cell(xw[t], hw, bias_hh, h[prev], gates[t], h[cur], ws=ws)
+
+    # The same from the inputs x (T, N, I) themselves, or (N, T, I) with ``batch_first`` (a
+    # network's input as it comes): the ops take w_ih (G*H, I) and make the projections, so a
+    # backend may fuse them into the steps instead of writing all steps' xw. ``gates`` (and the
+    # LSTM's ``c``) None: no backward follows, only h is written.
+    def lstm_input_sequence(self, x, w_ih, w_hh, bias, h, c, gates, reverse=False, ws=None,
+                            batch_first=False) -> None:
+        """lstm_sequence over xw = x @ w_ih^T; ``bias`` (4H,) is b_ih + b_hh, or None."""
+        steps, rows, hidden = check_input_sequence(self.name, "lstm_input_sequence", x, w_ih, w_hh, h, gates, bias,
+                                                   c=c, lstm=True, batch_first=batch_first)
+        xw = self._input_projection(self._time_major(x, "rnn_x_tm", batch_first, ws), w_ih, None, ws)
+        if gates is None:
+            c = scratch(ws, self, "rnn_c_inference", tuple(h.shape), h.dtype)
+            gates = scratch(ws, self, "rnn_gates_inference", (steps, rows, 4 * hidden), h.dtype)
+        self.lstm_sequence(xw, w_hh, bias, h, c, gates, reverse, ws)
+
+    def gru_input_sequence(self, x, w_ih, bias_ih, w_hh, bias_hh, h, gates, reverse=False, ws=None,
+                           batch_first=False) -> None:
+        """gru_sequence over xw = x @ w_ih^T + b_ih (``bias_ih`` (3H,) or None)."""
+        steps, rows, hidden = check_input_sequence(self.name, "gru_input_sequence", x, w_ih, w_hh, h, gates, bias_hh,
+                                                   bias_ih, batch_first=batch_first)
+        xw = self._input_projection(self._time_major(x, "rnn_x_tm", batch_first, ws), w_ih, bias_ih, ws)
+        if gates is None:
+            gates = scratch(ws, self, "rnn_gates_inference", (steps, rows, 4 * hidden), h.dtype)
+        self.gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
+
+    # Their backward with the weight gradients of the direction: dw_ih (G*H, I) = sum over steps
+    # of the xw gradient^T x_t, dw_hh (G*H, H) = sum of the hw gradient^T h_prev, and the bias
+    # sums, all overwritten (None for a bias: not wanted). The pre-activation gradients go to
+    # ``dgates`` / ``dxw`` where given (the input gradient, dxw @ w_ih, needs them); without it a
+    # backend may keep them to itself. ``batch_first``: x and dout (N, T, .), as the layer's
+    # input and output gradient come.
+    def lstm_input_sequence_backward(self, x, w_hh, gates, h, c, dout, offset, dw_ih, dw_hh, dbias, dgates=None,
+                                     reverse=False, ws=None, batch_first=False) -> None:
+        """dbias (4H,): the gradient of b_ih and of b_hh (the same). h and c as the forward left them."""
+        steps, rows, hidden = check_sequence(self.name, "lstm_input_sequence_backward", w_hh, c,
+                                             {1: [h[1:]], 4: [gates] + ([dgates] if dgates is not None else [])},
+                                             dout=None if batch_first else dout, offset=offset)
+        check_input_sequence_backward(self.name, "lstm_input_sequence_backward", x, w_hh, h, dw_ih, dw_hh, [dbias],
+                                      dout, offset, batch_first)
+        x = self._time_major(x, "rnn_x_tm", batch_first, ws)
+        dout = self._time_major(dout, "rnn_dout_tm", batch_first, ws)
+        if dgates is None:
+            dgates = scratch(ws, self, "rnn_dgates", (steps, rows, 4 * hidden), h.dtype)
+        self.lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
+        self._weight_grads(x, h, dgates, dgates, dw_ih, dw_hh, None, dbias, reverse, ws)
+
+    def gru_input_sequence_backward(self, x, w_hh, gates, h, dout, offset, dw_ih, dw_hh, dbias_ih, dbias_hh,
+                                    dxw=None, reverse=False, ws=None, batch_first=False) -> None:
+        """dbias_ih / dbias_hh (3H,): the gradients of b_ih and b_hh."""
+        steps, rows, hidden = check_sequence(self.name, "gru_input_sequence_backward", w_hh, h,
+                                             {4: [gates], 3: [dxw] if dxw is not None else []},
+                                             dout=None if batch_first else dout, offset=offset)
+        check_input_sequence_backward(self.name, "gru_input_sequence_backward", x, w_hh, h, dw_ih, dw_hh,
+                                      [dbias_ih, dbias_hh], dout, offset, batch_first)
+        x = self._time_major(x, "rnn_x_tm", batch_first, ws)
+        dout = self._time_major(dout, "rnn_dout_tm", batch_first, ws)
+        if dxw is None:
+            dxw = scratch(ws, self, "rnn_dxw", (steps, rows, 3 * hidden), h.dtype)
+        dhw = scratch(ws, self, "rnn_dhw", (steps, rows, 3 * hidden), h.dtype)
+        self.gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
+        self._weight_grads(x, h, dxw, dhw, dw_ih, dw_hh, dbias_ih, dbias_hh, reverse, ws)
+
+    def _weight_grads(self, x, h, dxw, dhw, dw_ih, dw_hh, dbias_ih, dbias_hh, reverse, ws):
+        steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
+        flat = lambda a: self.reshape(a, (steps * rows, a.shape[2]))  # noqa: E731
+        h_prev = h[1:] if reverse else h[:steps]
+        self.gemm(flat(dxw), flat(x), dw_ih, trans_a=True, ws=ws)
+        self.gemm(flat(dhw), flat(h_prev), dw_hh, trans_a=True, ws=ws)
+        for grads, db in ((dxw, dbias_ih), (dhw, dbias_hh)):
+            if db is not None:
+                self.bias_grad(flat(grads), db, ws=ws)
+
+    def _time_major(self, a, tag, batch_first, ws):
+        """a (N, T, C) as a time-major (T, N, C) copy in the workspace where ``batch_first``, else a."""
+        if not batch_first:
+            return a
+        tm = scratch(ws, self, tag, (a.shape[1], a.shape[0], a.shape[2]), a.dtype)
+        self.swap_leading_axes(a, tm)
+        return tm
+
+    def _input_projection(self, x, w_ih, bias_ih, ws):
+        """xw (T, N, G*H) = x @ w_ih^T (+ bias_ih), in the workspace."""
+        steps, rows, features = x.shape
+        xw = scratch(ws, self, "rnn_xw", (steps, rows, w_ih.shape[0]), x.dtype)
+        xw2 = self.reshape(xw, (steps * rows, w_ih.shape[0]))
+        self.gemm(self.reshape(x, (steps * rows, features)), w_ih, xw2, trans_b=True, ws=ws)
+        if bias_ih is not None:
+            self.add_bias(xw2, bias_ih)
+        return xw
 
     def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None) -> None:
         """dout as for lstm_sequence_backward; dxw, dhw (T, N, 3H) receive every step's

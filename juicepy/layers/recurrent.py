@@ -5,10 +5,12 @@ bidirectional: batch first, as every juicepy unit. Params are named and shaped e
 torch.nn.RNN/LSTM/GRU's (``weight_ih_l0``, ``weight_hh_l0``, ``bias_ih_l0``, ``bias_hh_l0``,
 ``..._reverse``), so a torch state_dict loads as is under the layer's path.
 
-Inside, every per-step array is time-major, (T, N, ...), so each step is a contiguous block:
-the input projections of all steps are one GEMM, each step one GEMM with W_hh and one fused
-cell op. The states and gates of every step stay in the Context for backpropagation through
-time; the gradients of W_ih, W_hh and the biases are again one GEMM each over all steps.
+Inside, every per-step array is time-major, (T, N, ...), so each step is a contiguous block.
+The RNN runs the input projections of all steps as one GEMM, then one GEMM with W_hh and one
+fused cell op per step; the LSTM and GRU hand a whole direction, projections included, to one
+backend op (``lstm_input_sequence`` / ``gru_input_sequence``). In training the states and gates
+of every step stay in the Context for backpropagation through time (an inference context keeps
+only the states); the gradients of W_ih, W_hh and the biases are one GEMM each over all steps.
 
 State buffers run along time: for the forward direction the state entering step t is h[t]
 and the state it makes h[t + 1]; the reverse direction enters step t from h[t + 1] and
@@ -30,6 +32,9 @@ class _Recurrent(Layer):
     gate_blocks = 1
     #: column blocks of the kept per-step gates (0: the states are all the backward needs)
     kept_gates = 0
+    #: whether one backend op runs a whole direction from the layer's input (the LSTM's and
+    #: GRU's ``*_input_sequence``), making the input projections itself
+    projects_inputs = False
 
     def __init__(self, hidden_size: int, num_layers: int = 1, bias: bool = True,
                  bidirectional: bool = False, dropout: float = 0.0, input_size: int | None = None):
@@ -94,16 +99,24 @@ class _Recurrent(Layer):
     def _drops_after(self, ctx, layer) -> bool:
         return ctx.training and self.dropout > 0.0 and layer < self.num_layers - 1
 
+    @property
+    def _batch_first(self) -> bool:
+        """Whether the one layer's op reads the input and the output gradient as they come,
+        (N, T, .), so that neither is copied time-major."""
+        return self.projects_inputs and self.num_layers == 1
+
     def setup(self, backend, ctx):
         n, t, hid = ctx.batch_size, self.seq_len, self.hidden_size
-        ctx.make_buffer("x_tm", (t, n, self.input_size))
+        if not self._batch_first:
+            ctx.make_buffer("x_tm", (t, n, self.input_size))
         for layer in range(self.num_layers):
             for d in range(self.directions):
-                ctx.make_buffer(f"xw{layer}.{d}", (t, n, self.gate_blocks * hid))
+                if not self.projects_inputs:
+                    ctx.make_buffer(f"xw{layer}.{d}", (t, n, self.gate_blocks * hid))
                 ctx.make_buffer(f"h{layer}.{d}", (t + 1, n, hid))
-                if self.kept_gates:
+                if self.kept_gates and ctx.training:  # without a backward the op keeps no gates
                     ctx.make_buffer(f"gates{layer}.{d}", (t, n, self.kept_gates * hid))
-                self._setup_cell(ctx, layer, d)
+                    self._setup_cell(ctx, layer, d)
             if self.directions == 2:
                 ctx.make_buffer(f"out{layer}", (t, n, 2 * hid))
             if self._drops_after(ctx, layer):
@@ -111,7 +124,7 @@ class _Recurrent(Layer):
                 ctx.make_buffer(f"mask{layer}", (t, n, self.directions * hid))
 
     def _setup_cell(self, ctx, layer, d) -> None:
-        """Extra per-direction buffers of a cell type (the LSTM's cell states)."""
+        """Extra per-direction buffers that a cell type's backward needs (the LSTM's cell states)."""
 
     # ------------------------------------------------------------ forward
     def _layer_output(self, ctx, layer):
@@ -122,7 +135,7 @@ class _Recurrent(Layer):
 
     def _layer_input(self, ctx, layer):
         if layer == 0:
-            return ctx.buffer("x_tm")
+            return ctx.input() if self._batch_first else ctx.buffer("x_tm")
         if self._drops_after(ctx, layer - 1):
             return ctx.buffer(f"dropped{layer - 1}")
         return self._layer_output(ctx, layer - 1)
@@ -135,7 +148,8 @@ class _Recurrent(Layer):
             yield k, t, (t, t + 1) if d == 0 else (t + 1, t)
 
     def compute_output(self, backend, ctx):
-        backend.swap_leading_axes(ctx.input(), ctx.buffer("x_tm"))
+        if not self._batch_first:
+            backend.swap_leading_axes(ctx.input(), ctx.buffer("x_tm"))
         for layer in range(self.num_layers):
             x = self._layer_input(ctx, layer)
             for d in range(self.directions):
@@ -150,26 +164,38 @@ class _Recurrent(Layer):
     def _forward_direction(self, backend, ctx, layer, d, x):
         t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
         w_ih, w_hh, b_ih, b_hh = (ctx.param(p) if p is not None else None for p in self._weights(layer, d))
-        xw = ctx.buffer(f"xw{layer}.{d}")
-        xw2 = backend.reshape(xw, (t_len * n, self.gate_blocks * hid))
-        backend.gemm(backend.reshape(x, (t_len * n, self._in_features(layer))), w_ih, xw2, trans_b=True, ws=ctx.ws)
-        if b_ih is not None:
-            if self.reset_reads_bias:
-                backend.add_bias(xw2, b_ih)
-            else:  # the biases simply add: the cell adds their sum, no pass over all steps' xw
-                b_sum = scratch(ctx.ws, backend, "rnn_bias", tuple(b_ih.shape), b_ih.dtype)
-                backend.add(b_ih, b_hh, b_sum)
-                b_hh = b_sum
         hs = ctx.buffer(f"h{layer}.{d}")
-        self._recurrence(backend, ctx, layer, d, xw, w_hh, b_hh, hs)
+        if self.projects_inputs:
+            self._input_sequence(backend, ctx, layer, d, x, w_ih, b_ih, w_hh, b_hh, hs)
+        else:
+            self._projected_sequence(backend, ctx, layer, d, x, w_ih, b_ih, w_hh, b_hh, hs)
         if self.directions == 2:
             states = hs[1:] if d == 0 else hs[:t_len]
             backend.copy_channels(backend.reshape(states, (t_len * n, hid)),
                                   backend.reshape(ctx.buffer(f"out{layer}"), (t_len * n, 2 * hid)), d * hid)
 
+    def _input_sequence(self, backend, ctx, layer, d, x, w_ih, b_ih, w_hh, b_hh, hs) -> None:
+        """One direction by the cell type's ``*_input_sequence`` op."""
+        raise NotImplementedError
+
+    def _kept(self, ctx, name, layer, d):
+        """A buffer the backward reads, or None in a context without a backward."""
+        return ctx.buffer(f"{name}{layer}.{d}") if ctx.training else None
+
+    def _projected_sequence(self, backend, ctx, layer, d, x, w_ih, b_ih, w_hh, b_hh, hs) -> None:
+        """One direction as the input projections of all steps in one GEMM, then the recurrence."""
+        t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
+        xw = ctx.buffer(f"xw{layer}.{d}")
+        xw2 = backend.reshape(xw, (t_len * n, self.gate_blocks * hid))
+        backend.gemm(backend.reshape(x, (t_len * n, self._in_features(layer))), w_ih, xw2, trans_b=True, ws=ctx.ws)
+        if b_ih is not None:  # the biases simply add: the cell adds their sum, no pass over all steps' xw
+            b_sum = scratch(ctx.ws, backend, "rnn_bias", tuple(b_ih.shape), b_ih.dtype)
+            backend.add(b_ih, b_hh, b_sum)
+            b_hh = b_sum
+        self._recurrence(backend, ctx, layer, d, xw, w_hh, b_hh, hs)
+
     def _recurrence(self, backend, ctx, layer, d, xw, w_hh, b_hh, hs) -> None:
-        """Every step of one direction from a zero state: one GEMM with W_hh and one cell per
-        step (the LSTM and GRU hand the whole loop to one backend op)."""
+        """Every step of one direction from a zero state: one GEMM with W_hh and one cell per step."""
         t_len, n = self.seq_len, ctx.batch_size
         hw = scratch(ctx.ws, backend, "rnn_hw", (n, self.gate_blocks * self.hidden_size), ctx.output().dtype)
         backend.fill(hs[0 if d == 0 else t_len], 0.0)
@@ -184,8 +210,12 @@ class _Recurrent(Layer):
     def compute_gradients(self, backend, ctx):
         t_len, n, hid, dirs = self.seq_len, ctx.batch_size, self.hidden_size, self.directions
         dx, dx_acc = ctx.input_grad_target()
-        dout = scratch(ctx.ws, backend, f"rnn_dseq{self.num_layers - 1}", (t_len, n, dirs * hid), ctx.output().dtype)
-        backend.swap_leading_axes(ctx.output_grad(), dout)
+        if self._batch_first:
+            dout = ctx.output_grad()
+        else:
+            dout = scratch(ctx.ws, backend, f"rnn_dseq{self.num_layers - 1}", (t_len, n, dirs * hid),
+                           ctx.output().dtype)
+            backend.swap_leading_axes(ctx.output_grad(), dout)
         for layer in reversed(range(self.num_layers)):
             din = None
             if layer > 0 or dx is not None:
@@ -202,6 +232,42 @@ class _Recurrent(Layer):
             backend.swap_leading_axes(din, dx, accumulate=dx_acc)
 
     def _backward_direction(self, backend, ctx, layer, d, x, dout, din, din_acc):
+        if self.projects_inputs:
+            self._input_backward_direction(backend, ctx, layer, d, x, dout, din, din_acc)
+        else:
+            self._projected_backward_direction(backend, ctx, layer, d, x, dout, din, din_acc)
+
+    def _input_backward_direction(self, backend, ctx, layer, d, x, dout, din, din_acc):
+        """One direction's backward by the cell type's ``*_input_sequence_backward``: the op makes
+        the weight and bias gradients; dxw comes out only where the input gradient needs it."""
+        t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
+        params = self._weights(layer, d)
+        w_ih, w_hh = ctx.param(params[0]), ctx.param(params[1])
+        dxw = self._pre_grads(backend, ctx)[0] if din is not None else None
+        outs = [self._grad_output(backend, ctx, p, f"rnn_grad_{kind}") if p is not None else (None, None)
+                for p, kind in zip(params, ("w_ih", "w_hh", "b_ih", "b_hh"))]
+        self._run_backward(backend, ctx, layer, d, x, w_hh, dout, dxw, *(buf for buf, _ in outs))
+        for buf, target in outs:
+            if target is not None and target[0] is not None:
+                backend.store(buf, *target)
+        if din is not None:
+            rows = t_len * n
+            backend.gemm(backend.reshape(dxw, (rows, self.gate_blocks * hid)), w_ih,
+                         backend.reshape(din, (rows, self._in_features(layer))), beta=float(din_acc), ws=ctx.ws)
+
+    def _grad_output(self, backend, ctx, param, tag):
+        """(buffer the op overwrites, None) where that is the param's gradient itself; else a
+        scratch buffer and the (gradient or None, accumulate) it goes to afterwards."""
+        gw, acc = ctx.param_grad_target(param)
+        if gw is not None and not acc:
+            return gw, None
+        return scratch(ctx.ws, backend, tag, tuple(ctx.param(param).shape), ctx.output().dtype), (gw, acc)
+
+    def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh) -> None:
+        """One direction's ``*_input_sequence_backward`` into the given gradient buffers."""
+        raise NotImplementedError
+
+    def _projected_backward_direction(self, backend, ctx, layer, d, x, dout, din, din_acc):
         t_len, n, hid = self.seq_len, ctx.batch_size, self.hidden_size
         rows = t_len * n
         params = self._weights(layer, d)
@@ -244,9 +310,6 @@ class _Recurrent(Layer):
             self._cell_backward(backend, ctx, layer, d, t, prev, cur, hs, dh, k == t_len - 1)
             if k > 0:  # the gradient into the previous state (none into the zero initial one)
                 backend.gemm(dh_pre[t], w_hh, dh, ws=ctx.ws)
-
-    #: whether the cell needs b_hh apart from the input projection (GRU: b_hn sits inside r * (...))
-    reset_reads_bias = False
 
     def _pre_grads(self, backend, ctx):
         """(gradient of xw, gradient of hw + b_hh) for all steps, (T, N, G*H) each."""
@@ -291,14 +354,24 @@ class LSTM(_Recurrent):
     def _setup_cell(self, ctx, layer, d):
         ctx.make_buffer(f"c{layer}.{d}", (self.seq_len + 1, ctx.batch_size, self.hidden_size))
 
-    def _recurrence(self, backend, ctx, layer, d, xw, w_hh, b_hh, hs):
-        backend.lstm_sequence(xw, w_hh, b_hh, hs, ctx.buffer(f"c{layer}.{d}"), ctx.buffer(f"gates{layer}.{d}"),
-                              reverse=d == 1, ws=ctx.ws)
+    projects_inputs = True
 
-    def _recurrence_backward(self, backend, ctx, layer, d, w_hh, hs, dout):
-        pre, _ = self._pre_grads(backend, ctx)
-        backend.lstm_sequence_backward(w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"c{layer}.{d}"), dout,
-                                       d * self.hidden_size, pre, reverse=d == 1, ws=ctx.ws)
+    def _input_sequence(self, backend, ctx, layer, d, x, w_ih, b_ih, w_hh, b_hh, hs):
+        bias = b_hh
+        if b_ih is not None:  # the biases simply add: the op adds their sum once per step
+            bias = scratch(ctx.ws, backend, "rnn_bias", tuple(b_ih.shape), b_ih.dtype)
+            backend.add(b_ih, b_hh, bias)
+        backend.lstm_input_sequence(x, w_ih, w_hh, bias, hs, self._kept(ctx, "c", layer, d),
+                                    self._kept(ctx, "gates", layer, d), reverse=d == 1, ws=ctx.ws,
+                                    batch_first=self._batch_first)
+
+    def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh):
+        dbias = db_ih if db_ih is not None else db_hh
+        backend.lstm_input_sequence_backward(x, w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"h{layer}.{d}"),
+                                             ctx.buffer(f"c{layer}.{d}"), dout, d * self.hidden_size, dw_ih, dw_hh,
+                                             dbias, dxw, reverse=d == 1, ws=ctx.ws, batch_first=self._batch_first)
+        if db_ih is not None and db_hh is not None:  # b_ih and b_hh get the same gradient
+            backend.copy(db_ih, db_hh)
 
 
 class GRU(_Recurrent):
@@ -306,20 +379,22 @@ class GRU(_Recurrent):
 
     gate_blocks = 3
     kept_gates = 4  # r, z, n and hn = W_hn h + b_hn
-    reset_reads_bias = True
 
     def _pre_grads(self, backend, ctx):
         shape = (self.seq_len, ctx.batch_size, 3 * self.hidden_size)
         return (scratch(ctx.ws, backend, "rnn_dpre", shape, ctx.output().dtype),
                 scratch(ctx.ws, backend, "rnn_dpre_h", shape, ctx.output().dtype))
 
-    def _recurrence(self, backend, ctx, layer, d, xw, w_hh, b_hh, hs):
-        backend.gru_sequence(xw, w_hh, b_hh, hs, ctx.buffer(f"gates{layer}.{d}"), reverse=d == 1, ws=ctx.ws)
+    projects_inputs = True
 
-    def _recurrence_backward(self, backend, ctx, layer, d, w_hh, hs, dout):
-        dxw, dhw = self._pre_grads(backend, ctx)
-        backend.gru_sequence_backward(w_hh, ctx.buffer(f"gates{layer}.{d}"), hs, dout, d * self.hidden_size, dxw,
-                                      dhw, reverse=d == 1, ws=ctx.ws)
+    def _input_sequence(self, backend, ctx, layer, d, x, w_ih, b_ih, w_hh, b_hh, hs):
+        backend.gru_input_sequence(x, w_ih, b_ih, w_hh, b_hh, hs, self._kept(ctx, "gates", layer, d),
+                                   reverse=d == 1, ws=ctx.ws, batch_first=self._batch_first)
+
+    def _run_backward(self, backend, ctx, layer, d, x, w_hh, dout, dxw, dw_ih, dw_hh, db_ih, db_hh):
+        backend.gru_input_sequence_backward(x, w_hh, ctx.buffer(f"gates{layer}.{d}"), ctx.buffer(f"h{layer}.{d}"),
+                                            dout, d * self.hidden_size, dw_ih, dw_hh, db_ih, db_hh, dxw,
+                                            reverse=d == 1, ws=ctx.ws, batch_first=self._batch_first)
 
 
 # ------------------------------------------------------------------ heads over time

@@ -1182,6 +1182,70 @@ def test_lstm_and_gru_sequences(ops_backend, dtype, rng, gru, steps, rows, hid, 
     placed.check_sentinels()
 
 
+@pytest.mark.parametrize("gru", [False, True], ids=["lstm", "gru"])
+@pytest.mark.parametrize("steps, rows, features, hid, reverse, with_bias", [(4, 5, 6, 7, False, True),
+                                                                           (3, 7, 1, 37, True, False),
+                                                                           (2, 13, 9, 20, True, True)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
+def test_lstm_and_gru_input_sequences(ops_backend, dtype, rng, gru, steps, rows, features, hid, reverse, with_bias,
+                                      layout, batch_first):
+    """The *_input_sequence ops and their backward against the sequence reference on
+    xw = x @ w_ih^T (+ b_ih for the GRU, the LSTM taking b_ih + b_hh as one bias): the kept gates
+    and states, the same h without them (inference), and the weight and bias gradients with and
+    without the pre-activation gradients coming out; x and dout time-major or (N, T, .)."""
+    blocks = 3 if gru else 4
+    x = rng.standard_normal((steps, rows, features))
+    w_ih = rng.standard_normal((blocks * hid, features)) / np.sqrt(features) * 2
+    w = rng.standard_normal((blocks * hid, hid)) / np.sqrt(hid) * 1.5
+    b_ih, b_hh = rng.standard_normal(blocks * hid), rng.standard_normal(blocks * hid)
+    dout = rng.standard_normal((steps, rows, 2 * hid + 1))
+    offset = hid
+    xw = x @ w_ih.T + (b_ih if with_bias and gru else 0.0)
+    b_ref = (b_hh if gru else b_ih + b_hh) if with_bias else None
+    h_ref, c_ref, g_ref, dx_ref, dh_ref = _sequence_reference(gru, xw, w, b_ref, dout, offset, reverse)
+    h_prev = h_ref[1:] if reverse else h_ref[:steps]
+    dw_ih_ref = np.einsum("tng,tni->gi", dx_ref, x)
+    dw_hh_ref = np.einsum("tng,tnh->gh", dh_ref, h_prev)
+    db_ih_ref, db_hh_ref = dx_ref.sum(axis=(0, 1)), dh_ref.sum(axis=(0, 1))
+    junk = lambda *shape: rng.standard_normal(shape)  # noqa: E731
+    g_shape, grads = (steps, rows, blocks * hid), [junk(blocks * hid, features), junk(blocks * hid, hid),
+                                                   junk(blocks * hid), junk(blocks * hid)]
+    given = (lambda a: np.swapaxes(a, 0, 1)) if batch_first else (lambda a: a)  # noqa: E731
+    arrays = [given(x), w_ih, w, b_ih, b_hh, b_ih + b_hh, junk(steps + 1, rows, hid), junk(steps + 1, rows, hid),
+              junk(steps, rows, 4 * hid), junk(steps + 1, rows, hid), given(dout), junk(*g_shape), *grads, *grads]
+    kw = dict(reverse=reverse, batch_first=batch_first)
+    placed = Placed(ops_backend, arrays, dtype, layout)
+    d = placed.devs
+    tol = tolerance(dtype, scale=20)
+    first, second = d[12:16], d[16:20]
+    if gru:
+        bias_ih, bias_hh = (d[3], d[4]) if with_bias else (None, None)
+        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[6], d[8], **kw)
+        ops_backend.gru_input_sequence(d[0], d[1], bias_ih, d[2], bias_hh, d[9], None, **kw)
+        for out, pre in ((first, d[11]), (second, None)):
+            ops_backend.gru_input_sequence_backward(d[0], d[2], d[8], d[6], d[10], offset, out[0], out[1], out[2],
+                                                    out[3], pre, **kw)
+        bias_refs = (db_ih_ref, db_hh_ref)
+    else:
+        bias = d[5] if with_bias else None
+        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[6], d[7], d[8], **kw)
+        ops_backend.lstm_input_sequence(d[0], d[1], d[2], bias, d[9], None, None, **kw)
+        np.testing.assert_allclose(placed.host(7), c_ref, **tol)
+        for out, pre in ((first, d[11]), (second, None)):
+            ops_backend.lstm_input_sequence_backward(d[0], d[2], d[8], d[6], d[7], d[10], offset, out[0], out[1],
+                                                     out[2], pre, **kw)
+        bias_refs = (db_ih_ref, grads[3])  # the LSTM's one bias gradient; the last buffer stays untouched
+    np.testing.assert_allclose(placed.host(6), h_ref, **tol)
+    np.testing.assert_allclose(placed.host(8), g_ref, **tol)
+    np.testing.assert_array_equal(placed.host(9), placed.host(6))  # inference: the same h, nothing else kept
+    np.testing.assert_allclose(placed.host(11), dx_ref, **tol)
+    for at in (12, 16):
+        for k, ref in enumerate((dw_ih_ref, dw_hh_ref) + bias_refs):
+            np.testing.assert_allclose(placed.host(at + k), ref, **tolerance(dtype, scale=100))
+    placed.check_sentinels()
+
+
 def test_sequence_ops_refuse_bad_arguments(ops_backend):
     b = ops_backend
     z = lambda *s: b.zeros(s)  # noqa: E731
@@ -1211,6 +1275,25 @@ def test_sequence_ops_refuse_bad_arguments(ops_backend):
         b.gru_sequence(z(4, 2, 9), z(9, 3), z(12), z(5, 2, 3), z(4, 2, 12))  # bias of 4 blocks
     with bad_argument(b, "gru_sequence_backward"):
         b.gru_sequence_backward(z(9, 4), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 0, z(4, 2, 9), z(4, 2, 9))
+    with bad_argument(b, "lstm_input_sequence"):  # c without gates
+        b.lstm_input_sequence(z(4, 2, 5), z(12, 5), z(12, 3), None, z(5, 2, 3), z(5, 2, 3), None)
+    with bad_argument(b, "lstm_input_sequence"):  # w_ih of another width than x
+        b.lstm_input_sequence(z(4, 2, 5), z(12, 6), z(12, 3), None, z(5, 2, 3), z(5, 2, 3), z(4, 2, 12))
+    with bad_argument(b, "gru_input_sequence"):  # x of another step count
+        b.gru_input_sequence(z(3, 2, 5), z(9, 5), None, z(9, 3), None, z(5, 2, 3), None)
+    with bad_argument(b, "gru_input_sequence"):  # bias_ih of 4 blocks
+        b.gru_input_sequence(z(4, 2, 5), z(9, 5), z(12), z(9, 3), None, z(5, 2, 3), z(4, 2, 12))
+    with bad_argument(b, "lstm_input_sequence_backward"):  # dw_hh of W_ih's shape
+        b.lstm_input_sequence_backward(z(4, 2, 5), z(12, 3), z(4, 2, 12), z(5, 2, 3), z(5, 2, 3), z(4, 2, 3), 0,
+                                       z(12, 5), z(12, 5), None)
+    with bad_argument(b, "lstm_input_sequence"):  # batch-first x of time-major shape
+        b.lstm_input_sequence(z(4, 2, 5), z(12, 5), z(12, 3), None, z(5, 2, 3), None, None, batch_first=True)
+    with bad_argument(b, "gru_input_sequence_backward"):  # batch-first dout of time-major shape
+        b.gru_input_sequence_backward(z(2, 4, 5), z(9, 3), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 0, z(9, 5), z(9, 3),
+                                      None, None, batch_first=True)
+    with bad_argument(b, "gru_input_sequence_backward"):  # dbias_hh of 4 blocks
+        b.gru_input_sequence_backward(z(4, 2, 5), z(9, 3), z(4, 2, 12), z(5, 2, 3), z(4, 2, 3), 0, z(9, 5), z(9, 3),
+                                      None, z(12))
 
 
 def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
@@ -1226,6 +1309,8 @@ def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, r
     seq_lstm = (f(t, n, 4 * hid), f(4 * hid, hid), f(4 * hid), f(t + 1, n, hid), f(t + 1, n, hid), f(t, n, 4 * hid))
     seq_gru = (f(t, n, 3 * hid), f(3 * hid, hid), f(3 * hid), f(t + 1, n, hid), f(t, n, 4 * hid))
     seq_dout, seq_d1, seq_d2, seq_d4 = f(t, n, hid), f(t, n, 3 * hid), f(t, n, 3 * hid), f(t, n, 4 * hid)
+    seq_x, w_ih4, w_ih3 = f(t, n, 5), f(4 * hid, 5), f(3 * hid, 5)
+    dw4, dw3, db3 = f(4 * hid, hid), f(3 * hid, hid), f(3 * hid)
 
     def step():
         b.lstm_cell(*lstm, ws=ws)
@@ -1240,6 +1325,18 @@ def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, r
         b.lstm_sequence_backward(seq_lstm[1], seq_lstm[5], seq_lstm[4], seq_dout, 0, seq_d4, reverse=True, ws=ws)
         b.gru_sequence(*seq_gru, ws=ws)
         b.gru_sequence_backward(seq_gru[1], seq_gru[4], seq_gru[3], seq_dout, 0, seq_d1, seq_d2, ws=ws)
+        b.lstm_input_sequence(seq_x, w_ih4, *seq_lstm[1:], reverse=True, ws=ws)
+        b.lstm_input_sequence(seq_x, w_ih4, *seq_lstm[1:4], None, None, ws=ws)
+        b.gru_input_sequence(seq_x, w_ih3, seq_gru[2], *seq_gru[1:], ws=ws)
+        b.gru_input_sequence(seq_x, w_ih3, None, *seq_gru[1:4], None, reverse=True, ws=ws)
+        b.lstm_input_sequence_backward(seq_x, seq_lstm[1], seq_lstm[5], seq_lstm[3], seq_lstm[4], seq_dout, 0, w_ih4,
+                                       dw4, seq_lstm[2], None, reverse=True, ws=ws)
+        b.lstm_input_sequence_backward(seq_x, seq_lstm[1], seq_lstm[5], seq_lstm[3], seq_lstm[4], seq_dout, 0, w_ih4,
+                                       dw4, None, seq_d4, ws=ws)
+        b.gru_input_sequence_backward(seq_x, seq_gru[1], seq_gru[4], seq_gru[3], seq_dout, 0, w_ih3, dw3, seq_gru[2],
+                                      db3, None, ws=ws)
+        b.gru_input_sequence_backward(seq_x, seq_gru[1], seq_gru[4], seq_gru[3], seq_dout, 0, w_ih3, dw3, None, None,
+                                      seq_d1, reverse=True, ws=ws)
 
     step()
     before = b.allocations
@@ -1332,6 +1429,9 @@ COVERAGE = {
     "gru_cell": "test_gru_cell_and_backward", "gru_cell_backward": "test_gru_cell_and_backward",
     **{op: "test_lstm_and_gru_sequences" for op in ("lstm_sequence", "lstm_sequence_backward", "gru_sequence",
                                                    "gru_sequence_backward")},
+    **{op: "test_lstm_and_gru_input_sequences" for op in ("lstm_input_sequence", "gru_input_sequence",
+                                                         "lstm_input_sequence_backward",
+                                                         "gru_input_sequence_backward")},
 }
 
 

@@ -377,17 +377,30 @@ static void gru_backward_f64(const double *gates, const double *h_prev, const do
 #define NR 16 /* columns of a packed weight panel: two vectors */
 #define MR 6  /* rows of a micro-tile: 12 accumulators, 2 panel vectors and a broadcast in 16 registers */
 
-/* C[mr x 16] = A[mr x K] (row stride lda) times one packed panel B[K][16]; C row stride ldc. */
-INLINE void tile(int mr, I K, const float *A, I lda, const float *B, float *C, I ldc)
+/* C[mr x 16] = [A1 | A2][mr x (K1 + K2)] (row strides lda1, lda2) times one packed panel
+ * B[K1 + K2][16]; C row stride ldc. Two sources, so that a step's h_{t-1} and x_t multiply their
+ * weights in one pass into the same accumulators. */
+INLINE void tile(int mr, I K1, const float *A1, I lda1, I K2, const float *A2, I lda2, const float *B, float *C,
+                 I ldc)
 {
     vf acc0[MR], acc1[MR];
 #pragma GCC unroll 6
     for (int r = 0; r < mr; r++) acc0[r] = acc1[r] = splat(0.0f);
-    for (I k = 0; k < K; k++) {
+    for (I k = 0; k < K1; k++) {
         const vf b0 = load(B + k * NR), b1 = load(B + k * NR + W);
 #pragma GCC unroll 6
         for (int r = 0; r < mr; r++) {
-            const float a = A[r * lda + k]; /* scalar times vector: one vbroadcastss */
+            const float a = A1[r * lda1 + k]; /* scalar times vector: one vbroadcastss */
+            acc0[r] += a * b0;
+            acc1[r] += a * b1;
+        }
+    }
+    B += K1 * NR;
+    for (I k = 0; k < K2; k++) {
+        const vf b0 = load(B + k * NR), b1 = load(B + k * NR + W);
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            const float a = A2[r * lda2 + k];
             acc0[r] += a * b0;
             acc1[r] += a * b1;
         }
@@ -399,23 +412,95 @@ INLINE void tile(int mr, I K, const float *A, I lda, const float *B, float *C, I
     }
 }
 
-/* C[M x 16 panels] = A[M x K] times ``panels`` packed panels stored one after another. */
-INLINE void gemm_panels(I M, I K, const float *A, I lda, const float *B, I panels, float *C, I ldc)
+/* C[M x 16 panels] = [A1 | A2][M x (K1 + K2)] times ``panels`` packed panels, each ``bstride``
+ * floats after the last. */
+INLINE void gemm_panels2(I M, I K1, const float *A1, I lda1, I K2, const float *A2, I lda2, const float *B,
+                         I bstride, I panels, float *C, I ldc)
 {
     for (I p = 0; p < panels; p++) {
-        const float *bp = B + p * K * NR;
+        const float *bp = B + p * bstride;
         float *cp = C + p * NR;
         I m = 0;
-        for (; m + MR <= M; m += MR) tile(MR, K, A + m * lda, lda, bp, cp + m * ldc, ldc);
+        for (; m + MR <= M; m += MR)
+            tile(MR, K1, A1 + m * lda1, lda1, K2, A2 + m * lda2, lda2, bp, cp + m * ldc, ldc);
+        const float *a1 = A1 + m * lda1, *a2 = A2 + m * lda2;
+        float *c = cp + m * ldc;
         switch (M - m) {
-        case 1: tile(1, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
-        case 2: tile(2, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
-        case 3: tile(3, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
-        case 4: tile(4, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
-        case 5: tile(5, K, A + m * lda, lda, bp, cp + m * ldc, ldc); break;
+        case 1: tile(1, K1, a1, lda1, K2, a2, lda2, bp, c, ldc); break;
+        case 2: tile(2, K1, a1, lda1, K2, a2, lda2, bp, c, ldc); break;
+        case 3: tile(3, K1, a1, lda1, K2, a2, lda2, bp, c, ldc); break;
+        case 4: tile(4, K1, a1, lda1, K2, a2, lda2, bp, c, ldc); break;
+        case 5: tile(5, K1, a1, lda1, K2, a2, lda2, bp, c, ldc); break;
         default: break;
         }
     }
+}
+
+/* C[M x 16 panels] = A[M x K] times ``panels`` packed panels stored one after another. */
+INLINE void gemm_panels(I M, I K, const float *A, I lda, const float *B, I panels, float *C, I ldc)
+{
+    gemm_panels2(M, K, A, lda, 0, A, lda, B, K * NR, panels, C, ldc);
+}
+
+/* C[mr x 16] += A^T B over Kn: A[k * ak + r] for row r (consecutive floats of one of Kn rows
+ * of A), B one packed panel [Kn][16]; C row stride ldc. */
+INLINE void tile_t(int mr, I Kn, const float *A, I ak, const float *B, float *C, I ldc)
+{
+    vf acc0[MR], acc1[MR];
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        acc0[r] = load(C + r * ldc);
+        acc1[r] = load(C + r * ldc + W);
+    }
+    for (I k = 0; k < Kn; k++) {
+        const vf b0 = load(B + k * NR), b1 = load(B + k * NR + W);
+        const float *a = A + k * ak;
+#pragma GCC unroll 6
+        for (int r = 0; r < mr; r++) {
+            acc0[r] += a[r] * b0;
+            acc1[r] += a[r] * b1;
+        }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < mr; r++) {
+        store(C + r * ldc, acc0[r]);
+        store(C + r * ldc + W, acc1[r]);
+    }
+}
+
+/* C[rows x 16 panels] += A^T B: A's columns [0, rows) over Kn rows of stride ak, B ``panels``
+ * packed panels [Kn][16] one after another. Rows outer, so a tile's A stays in L1 over the panels. */
+INLINE void gemm_t(I rows, I Kn, const float *A, I ak, const float *B, I panels, float *C, I ldc)
+{
+    for (I r = 0; r < rows; r += MR) {
+        const int mr = rows - r < MR ? (int)(rows - r) : MR;
+        for (I p = 0; p < panels; p++) {
+            const float *bp = B + p * Kn * NR;
+            float *c = C + r * ldc + p * NR;
+            switch (mr) {
+            case 6: tile_t(6, Kn, A + r, ak, bp, c, ldc); break;
+            case 5: tile_t(5, Kn, A + r, ak, bp, c, ldc); break;
+            case 4: tile_t(4, Kn, A + r, ak, bp, c, ldc); break;
+            case 3: tile_t(3, Kn, A + r, ak, bp, c, ldc); break;
+            case 2: tile_t(2, Kn, A + r, ak, bp, c, ldc); break;
+            default: tile_t(1, Kn, A + r, ak, bp, c, ldc); break;
+            }
+        }
+    }
+}
+
+/* src (N rows of stride ld, ``cols`` columns) as 16-column panels [N][16], zero past cols. */
+static void pack_rows(const float *src, I N, I cols, I ld, I padded, float *out)
+{
+    for (I p = 0; p < padded / NR; p++)
+        for (I m = 0; m < N; m++) {
+            float *dst = out + (p * N + m) * NR;
+            const float *row = src + m * ld;
+            for (int u = 0; u < NR; u++) {
+                I col = p * NR + u;
+                dst[u] = col < cols ? row[col] : 0.0f;
+            }
+        }
 }
 
 /* A barrier that spins (the threads meet every few hundred microseconds), yielding the core
@@ -445,10 +530,28 @@ typedef struct {
     int gru, G, threads, reverse, backward;
     I T, N, H, chunks, slice, hpad; /* slice: a thread's padded unit count; hpad: H padded to 16 */
     const float *xw, *w, *b;        /* forward: xw (T, N, G*H), w (G*H, H), b (G*H) or NULL */
-    float *hs, *cs, *gates;         /* (T+1, N, H), (T+1, N, H) (LSTM only), (T, N, 4H | 4H) */
-    const float *dout;              /* backward: (T, N, dstride), this direction's dh at doff */
-    I dstride, doff;
-    float *dx, *dhw;                /* (T, N, G*H): dgates (LSTM: one array), GRU: dxw and dhw */
+    /* Forward from the inputs themselves (xw NULL): x (T, N, IN), w_ih (G*H, IN). Then the
+     * GRU's b is b_hh and b_ih its input bias (the LSTM's b is already b_ih + b_hh). */
+    const float *x, *wih, *bih;
+    I IN, xts, xld; /* x_t at x + t * xts, its rows xld apart: time-major (N * IN, IN) or batch-major (IN, T * IN) */
+    /* The forward's accumulator blocks: block q sums kh[q] columns of h_{t-1} times W_hh's gate
+     * block gh[q] and kx[q] columns of x_t times W_ih's block gx[q]. The GRU from its inputs
+     * keeps W_hn h and W_in x apart (r multiplies only the first), so it has 4 blocks. */
+    int nb, gh[4], gx[4];
+    I kh[4], kx[4];
+    float *hs, *cs, *gates;         /* (T+1, N, H), (T+1, N, H) (LSTM only), (T, N, 4H | 4H); cs and
+                                     * gates NULL where no backward follows (c then in scratch) */
+    const float *dout;              /* backward: (T, N, dstride) or batch-major (N, T, dstride), this
+                                     * direction's dh at doff; row (t, m) at t * dts + m * dms */
+    I dstride, doff, dts, dms;
+    float *dx, *dhw;                /* (T, N, G*H): dgates (LSTM: one array), GRU: dxw and dhw; each may
+                                     * be NULL where the weight gradients are made here */
+    /* Backward with the weight gradients (wg: x given): dw_ih (G*H, IN), dw_hh (G*H, H), the
+     * bias sums db (the LSTM's dgates; the GRU's dhw) and db_ih (the GRU's dxw), each NULL
+     * where not wanted; xpad: IN padded to 16. */
+    int wg;
+    I xpad;
+    float *dwih, *dwhh, *db, *dbih;
     float *scratch;
     I per_thread;
     Barrier barrier;
@@ -470,27 +573,41 @@ static void units(const Seq *s, int tid, I *j0, I *j1, I *nch)
 }
 
 /* Floats of scratch one thread needs, and the partial dh buffers all threads share (backward). */
-static I per_thread_floats(int G, I N, I H, I slice, I hpad, int backward)
+static I per_thread_floats(const Seq *s, int G, I N, I H, I slice, I hpad, int backward)
 {
-    if (!backward) return G * slice * H + N * G * slice;           /* packed W_hh^T, gate sums */
-    return hpad * G * slice + N * G * slice + N * slice * 2 + slice; /* packed W_hh, dgates, dc|dh direct, dh row */
+    if (!backward) {
+        I packed = 0;
+        for (int q = 0; q < s->nb; q++) packed += (s->kh[q] + s->kx[q]) * slice;
+        return packed + N * s->nb * slice + N * slice; /* packed weights, gate sums, own c */
+    }
+    /* packed W_hh, dgates (the GRU's with its dn block where wg), dc|dh direct, dh row */
+    I f = hpad * G * slice + N * (s->gru && s->wg ? 4 : G) * slice + N * slice * 2 + slice;
+    if (s->wg) /* [h_prev | x_t] panels, the dW_hh and dW_ih sums, the bias sums */
+        f += (hpad + s->xpad) * N + G * slice * (hpad + s->xpad) + 2 * G * slice;
+    return f;
 }
 
 static I shared_floats(I N, I hpad, int threads, int backward) { return backward ? 2 * threads * N * hpad : 0; }
 
-/* W_hh^T's columns of the thread's units, per gate block, as 16-column panels (zero past j1). */
+/* The weights of the thread's units, per accumulator block, as 16-column panels (zero past j1):
+ * kh rows of W_hh^T's columns, then kx rows of W_ih^T's. */
 static void pack_forward(const Seq *s, I j0, I j1, I nch, float *out)
 {
     const I H = s->H;
-    for (int k = 0; k < s->G; k++)
+    for (int q = 0; q < s->nb; q++) {
+        const I kh = s->kh[q], kx = s->kx[q];
         for (I c = 0; c < nch; c++) {
-            float *panel = out + (k * nch + c) * H * NR;
+            float *panel = out + c * (kh + kx) * NR;
             for (int u = 0; u < NR; u++) {
                 I j = j0 + c * NR + u;
-                const float *row = j < j1 ? s->w + (k * H + j) * H : NULL;
-                for (I kk = 0; kk < H; kk++) panel[kk * NR + u] = row ? row[kk] : 0.0f;
+                const float *rh = j < j1 ? s->w + (s->gh[q] * H + j) * H : NULL;
+                const float *rx = j < j1 && kx ? s->wih + (s->gx[q] * H + j) * s->IN : NULL;
+                for (I kk = 0; kk < kh; kk++) panel[kk * NR + u] = rh ? rh[kk] : 0.0f;
+                for (I kk = 0; kk < kx; kk++) panel[(kh + kk) * NR + u] = rx ? rx[kk] : 0.0f;
             }
         }
+        out += nch * (kh + kx) * NR;
+    }
 }
 
 /* The rows of W_hh of the thread's gate columns (row k * slice + jj for unit j0 + jj of block
@@ -521,81 +638,108 @@ RNN_CLONES static void forward_lane(Seq *s, int tid)
 {
     I j0, j1, nch;
     units(s, tid, &j0, &j1, &nch);
-    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, ld = G * SP;
-    float *pack = s->scratch + tid * s->per_thread, *acc = pack + G * SP * H;
+    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, ld = s->nb * SP;
+    float *pack = s->scratch + tid * s->per_thread, *acc = pack, *own_c;
+    const float *blocks[4];
+    for (int q = 0; q < s->nb; q++) {
+        blocks[q] = acc;
+        acc += nch * (s->kh[q] + s->kx[q]) * NR;
+    }
+    acc = pack;
+    for (int q = 0; q < s->nb; q++) acc += (s->kh[q] + s->kx[q]) * SP;
+    own_c = acc + N * ld; /* this thread's c where no backward keeps every step's */
     pack_forward(s, j0, j1, nch, pack);
     for (I k = 0; k < s->T; k++) {
         I t, prev, cur;
         step_index(s, k, &t, &prev, &cur);
         float *hp = s->hs + prev * N * H, *hc = s->hs + cur * N * H;
         float *cp = s->cs ? s->cs + prev * N * H : NULL, *cc = s->cs ? s->cs + cur * N * H : NULL;
-        if (k == 0) { /* zero initial states: no product, and this thread's units start at zero */
-            memset(acc, 0, (size_t)(N * ld) * sizeof(float));
+        const float *xt = s->x ? s->x + t * s->xts : hp;
+        if (k == 0) { /* zero initial states: no product with h, and this thread's units start at zero */
             for (I m = 0; m < N; m++) {
                 memset(hp + m * H + j0, 0, (size_t)w * sizeof(float));
                 if (cp) memset(cp + m * H + j0, 0, (size_t)w * sizeof(float));
+                else if (!s->gru) memset(own_c + m * SP, 0, (size_t)w * sizeof(float));
             }
-        } else {
-            for (int q = 0; q < G; q++) /* block q's sums start at column q * SP */
-                gemm_panels(N, H, hp, H, pack + q * nch * H * NR, nch, acc + q * SP, ld);
+        }
+        for (int q = 0; q < s->nb; q++) { /* block q's sums start at column q * SP */
+            const I kh = s->kh[q], kx = s->kx[q];
+            if (k == 0) /* the h part is zero: its panel rows are skipped */
+                gemm_panels2(N, 0, hp, H, kx, xt, s->xld, blocks[q] + kh * NR, (kh + kx) * NR, nch, acc + q * SP, ld);
+            else
+                gemm_panels2(N, kh, hp, H, kx, xt, s->xld, blocks[q], (kh + kx) * NR, nch, acc + q * SP, ld);
         }
         for (I m = 0; m < N; m++) {
             float *a = acc + m * ld;
-            const float *x = s->xw + (t * N + m) * G * H + j0, *b = s->b ? s->b + j0 : NULL;
-            float *g = s->gates + (t * N + m) * 4 * H + j0;
+            const float *x = s->xw ? s->xw + (t * N + m) * G * H + j0 : NULL, *b = s->b ? s->b + j0 : NULL;
+            float *g = s->gates ? s->gates + (t * N + m) * 4 * H + j0 : NULL;
             const I at = m * H + j0;
             if (!s->gru) {
                 for (int q = 0; q < 4; q++) {
                     const float sc = q == 2 ? 1.0f : 0.5f;
-                    const float *xq = x + q * H, *bq = b ? b + q * H : NULL;
+                    const float *xq = x ? x + q * H : NULL, *bq = b ? b + q * H : NULL;
                     float *aq = a + q * SP;
                     ROW_LOOP(j, w,
-                             vf v = load(xq + j) + load(aq + j); if (bq) v += load(bq + j);
+                             vf v = load(aq + j); if (xq) v = load(xq + j) + v; if (bq) v += load(bq + j);
                              store(aq + j, v * splat(sc)),
-                             float v = xq[j] + aq[j]; if (bq) v += bq[j]; aq[j] = v * sc);
+                             float v = aq[j]; if (xq) v = xq[j] + v; if (bq) v += bq[j]; aq[j] = v * sc);
                 }
                 tanh_span(a, a, 4 * SP);
-                const float *ai = a, *af = a + SP, *ag = a + 2 * SP, *ao = a + 3 * SP, *vcp = cp + at;
-                float *gi = g, *gf = g + H, *gg = g + 2 * H, *go = g + 3 * H, *vc = cc + at, *vh = hc + at;
+                float *ai = a, *af = a + SP, *ag = a + 2 * SP, *ao = a + 3 * SP;
+                const float *vcp = cp ? cp + at : own_c + m * SP;
+                float *vc = cc ? cc + at : own_c + m * SP, *vh = hc + at;
                 ROW_LOOP(j, w,
                          vf i = load(ai + j) * splat(0.5f) + splat(0.5f);
                          vf f = load(af + j) * splat(0.5f) + splat(0.5f);
                          vf gv = load(ag + j);
                          vf o = load(ao + j) * splat(0.5f) + splat(0.5f);
-                         store(gi + j, i); store(gf + j, f); store(gg + j, gv); store(go + j, o);
+                         if (g) { store(g + j, i); store(g + H + j, f); store(g + 2 * H + j, gv); store(g + 3 * H + j, o); }
+                         store(ao + j, o);
                          store(vc + j, f * load(vcp + j) + i * gv),
                          float i = ai[j] * 0.5f + 0.5f; float f = af[j] * 0.5f + 0.5f; float gv = ag[j];
                          float o = ao[j] * 0.5f + 0.5f;
-                         gi[j] = i; gf[j] = f; gg[j] = gv; go[j] = o; vc[j] = f * vcp[j] + i * gv);
+                         if (g) { g[j] = i; g[H + j] = f; g[2 * H + j] = gv; g[3 * H + j] = o; }
+                         ao[j] = o; vc[j] = f * vcp[j] + i * gv);
                 tanh_span(vh, vc, w);
-                ROW_LOOP(j, w, store(vh + j, load(go + j) * load(vh + j)), vh[j] = go[j] * vh[j]);
+                ROW_LOOP(j, w, store(vh + j, load(ao + j) * load(vh + j)), vh[j] = ao[j] * vh[j]);
             } else {
+                const float *bi = s->bih ? s->bih + j0 : NULL;
                 for (int q = 0; q < 2; q++) {
-                    const float *xq = x + q * H, *bq = b ? b + q * H : NULL;
+                    const float *xq = x ? x + q * H : NULL, *bq = b ? b + q * H : NULL, *iq = bi ? bi + q * H : NULL;
                     float *aq = a + q * SP;
                     ROW_LOOP(j, w,
-                             vf v = load(xq + j) + load(aq + j); if (bq) v += load(bq + j);
+                             vf v = load(aq + j); if (xq) v = load(xq + j) + v; if (bq) v += load(bq + j);
+                             if (iq) v += load(iq + j);
                              store(aq + j, v * splat(0.5f)),
-                             float v = xq[j] + aq[j]; if (bq) v += bq[j]; aq[j] = v * 0.5f);
+                             float v = aq[j]; if (xq) v = xq[j] + v; if (bq) v += bq[j]; if (iq) v += iq[j];
+                             aq[j] = v * 0.5f);
                 }
                 tanh_span(a, a, 2 * SP);
-                const float *ar = a, *az = a + SP, *an = a + 2 * SP, *xn = x + 2 * H;
-                const float *bn = b ? b + 2 * H : NULL, *vhp = hp + at;
-                float *gr = g, *gz = g + H, *gn = g + 2 * H, *ghn = g + 3 * H, *vh = hc + at;
+                float *ar = a, *az = a + SP, *an = a + 2 * SP;
+                const float *xn = x ? x + 2 * H : a + 3 * SP; /* W_in x_t: from xw, else the 4th block */
+                const float *bn = b ? b + 2 * H : NULL, *bin = bi ? bi + 2 * H : NULL, *vhp = hp + at;
+                float *vh = hc + at;
                 ROW_LOOP(j, w,
                          vf r = load(ar + j) * splat(0.5f) + splat(0.5f);
                          vf z = load(az + j) * splat(0.5f) + splat(0.5f);
                          vf hn = load(an + j); if (bn) hn += load(bn + j);
-                         store(gr + j, r); store(gz + j, z); store(ghn + j, hn);
-                         store(gn + j, load(xn + j) + r * hn),
+                         vf xv = load(xn + j); if (bin) xv += load(bin + j);
+                         if (g) { store(g + j, r); store(g + H + j, z); store(g + 3 * H + j, hn); }
+                         store(az + j, z);
+                         store(an + j, xv + r * hn),
                          float r = ar[j] * 0.5f + 0.5f; float z = az[j] * 0.5f + 0.5f;
                          float hn = an[j]; if (bn) hn += bn[j];
-                         gr[j] = r; gz[j] = z; ghn[j] = hn; gn[j] = xn[j] + r * hn);
-                tanh_span(gn, gn, w);
+                         float xv = xn[j]; if (bin) xv += bin[j];
+                         if (g) { g[j] = r; g[H + j] = z; g[3 * H + j] = hn; }
+                         az[j] = z; an[j] = xv + r * hn);
+                tanh_span(an, an, w);
                 ROW_LOOP(j, w,
-                         vf z = load(gz + j);
-                         store(vh + j, (splat(1.0f) - z) * load(gn + j) + z * load(vhp + j)),
-                         float z = gz[j]; vh[j] = (1.0f - z) * gn[j] + z * vhp[j]);
+                         vf z = load(az + j); vf nv = load(an + j);
+                         if (g) store(g + 2 * H + j, nv);
+                         store(vh + j, (splat(1.0f) - z) * nv + z * load(vhp + j)),
+                         float z = az[j]; float nv = an[j];
+                         if (g) g[2 * H + j] = nv;
+                         vh[j] = (1.0f - z) * nv + z * vhp[j]);
             }
         }
         barrier_wait(&s->barrier); /* the new h is complete before any thread multiplies it */
@@ -606,20 +750,25 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
 {
     I j0, j1, nch;
     units(s, tid, &j0, &j1, &nch);
-    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, K = G * SP, hp = s->hpad;
-    float *pack = s->scratch + tid * s->per_thread, *d = pack + hp * K, *carry = d + N * K;
+    const I N = s->N, H = s->H, G = s->G, SP = s->slice, w = j1 - j0, K = G * SP, hp = s->hpad, IN = s->IN;
+    const I Kd = s->gru && s->wg ? 4 * SP : K; /* the GRU keeps dn apart for dW_in: a 4th block */
+    const I xp = s->xpad;
+    float *pack = s->scratch + tid * s->per_thread, *d = pack + hp * K, *carry = d + N * Kd;
     float *row = carry + 2 * N * SP; /* carry: dc (LSTM) or dh * z (GRU) of this thread's units */
+    float *bh = row + SP, *bx = bh + hp * N, *cwh = bx + xp * N, *cwx = cwh + K * hp, *dbh = cwx + K * xp;
+    float *dbx = dbh + K; /* [h_prev | x_t] panels, dW_hh and dW_ih rows, bias sums (wg only) */
     float *partials = s->scratch + s->threads * s->per_thread; /* [2][threads][N][hpad] */
     pack_backward(s, j0, j1, pack);
-    memset(d, 0, (size_t)(N * K) * sizeof(float));
+    memset(d, 0, (size_t)(N * Kd) * sizeof(float));
     memset(carry, 0, (size_t)(N * SP) * sizeof(float));
+    if (s->wg) memset(cwh, 0, (size_t)(K * (hp + xp) + 2 * K) * sizeof(float));
     int par = 0;
     for (I k = s->T - 1; k >= 0; k--) {
         I t, prev, cur;
         step_index(s, k, &t, &prev, &cur);
         const int later = k < s->T - 1; /* a later step passed its gradient back */
         for (I m = 0; m < N; m++) {
-            const float *e = s->dout + (t * N + m) * s->dstride + s->doff + j0;
+            const float *e = s->dout + t * s->dts + m * s->dms + s->doff + j0;
             float *dh = row, *cy = carry + m * SP;
             if (later) {
                 ROW_LOOP(j, w, store(dh + j, load(e + j)), dh[j] = e[j]);
@@ -632,15 +781,14 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                 ROW_LOOP(j, w, store(dh + j, load(e + j)), dh[j] = e[j]);
             }
             const float *g = s->gates + (t * N + m) * 4 * H + j0;
-            float *dr = d + m * K;
+            float *dr = d + m * Kd;
             const I at = m * H + j0;
             if (!s->gru) {
                 const float *gi = g, *gf = g + H, *gg = g + 2 * H, *go = g + 3 * H;
                 const float *vcp = s->cs + prev * N * H + at, *vc = s->cs + cur * N * H + at;
                 float *tc = dr + 3 * SP; /* tanh(c) waits in the o block, which is written last */
                 tanh_span(tc, vc, w);
-                float *o1 = s->dx + (t * N + m) * 4 * H + j0;
-                float *di = o1, *df = o1 + H, *dg = o1 + 2 * H, *dO = o1 + 3 * H;
+                float *o1 = s->dx ? s->dx + (t * N + m) * 4 * H + j0 : NULL;
                 float *pi = dr, *pf = dr + SP, *pg = dr + 2 * SP, *po = dr + 3 * SP;
                 ROW_LOOP(j, w,
                          const vf one = splat(1.0f);
@@ -649,7 +797,8 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          vf dct = load(cy + j) + ev * o * (one - tt * tt);
                          vf vi_ = dct * gv * i * (one - i); vf vf_ = dct * load(vcp + j) * f * (one - f);
                          vf vg = dct * i * (one - gv * gv); vf vo = ev * tt * o * (one - o);
-                         store(di + j, vi_); store(df + j, vf_); store(dg + j, vg); store(dO + j, vo);
+                         if (o1) { store(o1 + j, vi_); store(o1 + H + j, vf_); store(o1 + 2 * H + j, vg);
+                                   store(o1 + 3 * H + j, vo); }
                          store(pi + j, vi_); store(pf + j, vf_); store(pg + j, vg); store(po + j, vo);
                          store(cy + j, dct * f),
                          float i = gi[j]; float f = gf[j]; float gv = gg[j]; float o = go[j];
@@ -657,14 +806,15 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          float dct = cy[j] + ev * o * (1.0f - tt * tt);
                          float vi_ = dct * gv * i * (1.0f - i); float vf_ = dct * vcp[j] * f * (1.0f - f);
                          float vg = dct * i * (1.0f - gv * gv); float vo = ev * tt * o * (1.0f - o);
-                         di[j] = vi_; df[j] = vf_; dg[j] = vg; dO[j] = vo;
+                         if (o1) { o1[j] = vi_; o1[H + j] = vf_; o1[2 * H + j] = vg; o1[3 * H + j] = vo; }
                          pi[j] = vi_; pf[j] = vf_; pg[j] = vg; po[j] = vo;
                          cy[j] = dct * f);
             } else {
                 const float *gr = g, *gz = g + H, *gn = g + 2 * H, *ghn = g + 3 * H;
                 const float *vhp = s->hs + prev * N * H + at;
-                float *x1 = s->dx + (t * N + m) * 3 * H + j0, *y1 = s->dhw + (t * N + m) * 3 * H + j0;
-                float *pr = dr, *pz = dr + SP, *pn = dr + 2 * SP;
+                float *x1 = s->dx ? s->dx + (t * N + m) * 3 * H + j0 : NULL;
+                float *y1 = s->dhw ? s->dhw + (t * N + m) * 3 * H + j0 : NULL;
+                float *pr = dr, *pz = dr + SP, *pn = dr + 2 * SP, *px = s->wg ? dr + 3 * SP : NULL;
                 ROW_LOOP(j, w,
                          const vf one = splat(1.0f);
                          vf r = load(gr + j); vf z = load(gz + j); vf nn = load(gn + j); vf hn = load(ghn + j);
@@ -673,8 +823,9 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          vf dz = ev * (load(vhp + j) - nn) * z * (one - z);
                          vf dr_ = dn * hn * r * (one - r);
                          vf dnr = dn * r;
-                         store(x1 + j, dr_); store(x1 + H + j, dz); store(x1 + 2 * H + j, dn);
-                         store(y1 + j, dr_); store(y1 + H + j, dz); store(y1 + 2 * H + j, dnr);
+                         if (x1) { store(x1 + j, dr_); store(x1 + H + j, dz); store(x1 + 2 * H + j, dn); }
+                         if (y1) { store(y1 + j, dr_); store(y1 + H + j, dz); store(y1 + 2 * H + j, dnr); }
+                         if (px) store(px + j, dn);
                          store(pr + j, dr_); store(pz + j, dz); store(pn + j, dnr);
                          store(cy + j, ev * z),
                          float r = gr[j]; float z = gz[j]; float nn = gn[j]; float hn = ghn[j]; float ev = dh[j];
@@ -682,18 +833,49 @@ RNN_CLONES static void backward_lane(Seq *s, int tid)
                          float dz = ev * (vhp[j] - nn) * z * (1.0f - z);
                          float dr_ = dn * hn * r * (1.0f - r);
                          float dnr = dn * r;
-                         x1[j] = dr_; x1[H + j] = dz; x1[2 * H + j] = dn;
-                         y1[j] = dr_; y1[H + j] = dz; y1[2 * H + j] = dnr;
+                         if (x1) { x1[j] = dr_; x1[H + j] = dz; x1[2 * H + j] = dn; }
+                         if (y1) { y1[j] = dr_; y1[H + j] = dz; y1[2 * H + j] = dnr; }
+                         if (px) px[j] = dn;
                          pr[j] = dr_; pz[j] = dz; pn[j] = dnr;
                          cy[j] = ev * z);
             }
+            if (s->wg) { /* the bias sums, row by row in a fixed order */
+                ROW_LOOP(jj, K, store(dbh + jj, load(dbh + jj) + load(dr + jj)), dbh[jj] += dr[jj]);
+                if (s->gru) {
+                    ROW_LOOP(jj, 2 * SP, store(dbx + jj, load(dbx + jj) + load(dr + jj)), dbx[jj] += dr[jj]);
+                    ROW_LOOP(jj, SP, store(dbx + 2 * SP + jj, load(dbx + 2 * SP + jj) + load(dr + 3 * SP + jj)),
+                             dbx[2 * SP + jj] += dr[3 * SP + jj]);
+                }
+            }
+        }
+        if (s->wg) { /* this step's share of dW_hh = dgates^T h_prev and dW_ih = dgates^T x_t */
+            pack_rows(s->x + t * s->xts, N, IN, s->xld, xp, bx);
+            if (k > 0) { /* the first step's h_prev is the zero initial state */
+                pack_rows(s->hs + prev * N * H, N, H, H, hp, bh);
+                gemm_t(K, N, d, Kd, bh, hp / NR, cwh, hp);
+            }
+            if (s->gru) {
+                gemm_t(2 * SP, N, d, Kd, bx, xp / NR, cwx, xp);
+                gemm_t(SP, N, d + 3 * SP, Kd, bx, xp / NR, cwx + 2 * SP * xp, xp);
+            } else {
+                gemm_t(K, N, d, Kd, bx, xp / NR, cwx, xp);
+            }
         }
         if (k > 0) { /* the gradient into the previous state (none into the zero initial one) */
-            gemm_panels(N, K, d, K, pack, hp / NR, partials + ((1 - par) * s->threads + tid) * N * hp, hp);
+            gemm_panels(N, K, d, Kd, pack, hp / NR, partials + ((1 - par) * s->threads + tid) * N * hp, hp);
             barrier_wait(&s->barrier);
             par = 1 - par;
         }
     }
+    if (s->wg) /* this thread's rows of the weight gradients */
+        for (int q = 0; q < G; q++)
+            for (I jj = 0; jj < w; jj++) {
+                const I r = q * SP + jj, out = q * H + j0 + jj;
+                memcpy(s->dwhh + out * H, cwh + r * hp, (size_t)H * sizeof(float));
+                memcpy(s->dwih + out * IN, cwx + r * xp, (size_t)IN * sizeof(float));
+                if (s->db) s->db[out] = dbh[r];
+                if (s->dbih) s->dbih[out] = s->gru ? dbx[r] : dbh[r];
+            }
 }
 
 static void *lane_main(void *arg)
@@ -714,8 +896,29 @@ static int seq_threads(I H, int threads)
     return threads < chunks ? threads : (int)chunks;
 }
 
-static void seq_geometry(Seq *s, int G, I N, I H, int threads, int backward)
+/* Where x_t and dout's rows lie: time-major (T, N, .) or batch-major (N, T, .). */
+static void seq_layout(Seq *s, int batch_first)
 {
+    s->xts = batch_first ? s->IN : s->N * s->IN;
+    s->xld = batch_first ? s->T * s->IN : s->IN;
+    s->dts = batch_first ? s->dstride : s->N * s->dstride;
+    s->dms = batch_first ? s->T * s->dstride : s->dstride;
+}
+
+/* IN: the input width where the forward projects the inputs itself, else 0 (xw given). */
+static void seq_geometry(Seq *s, int gru, I N, I H, I IN, int threads, int backward)
+{
+    const int G = gru ? 3 : 4;
+    s->gru = gru;
+    s->IN = IN;
+    s->wg = backward && IN > 0;
+    s->xpad = (IN + NR - 1) / NR * NR;
+    s->nb = gru && IN ? 4 : G;
+    for (int q = 0; q < s->nb; q++) {
+        s->gh[q] = s->gx[q] = q < G ? q : 2;
+        s->kh[q] = q < 3 || !gru ? H : 0;
+        s->kx[q] = IN && !(gru && q == 2) ? IN : 0; /* the GRU's W_hn h and W_in x stay apart */
+    }
     s->G = G;
     s->N = N;
     s->H = H;
@@ -724,7 +927,7 @@ static void seq_geometry(Seq *s, int G, I N, I H, int threads, int backward)
     s->chunks = (H + NR - 1) / NR;
     s->slice = ((s->chunks + s->threads - 1) / s->threads) * NR;
     s->hpad = s->chunks * NR;
-    s->per_thread = per_thread_floats(G, N, H, s->slice, s->hpad, backward);
+    s->per_thread = per_thread_floats(s, G, N, H, s->slice, s->hpad, backward);
 }
 
 static I seq_scratch_floats(const Seq *s)
@@ -762,7 +965,7 @@ static int seq_run(Seq *s)
 }
 
 /* ---------------------------------------------------------------- argument handling */
-#define MAX_ARGS 8
+#define MAX_ARGS 16
 
 /* The buffers of one call: each C-contiguous, of one float format (4 or 8 bytes), writable where
  * asked, with the given element count; None allowed where optional. */
@@ -980,36 +1183,50 @@ static PyObject *seq_finish(Args *a, Seq *s, void *scratch)
 static PyObject *py_sequence_scratch(PyObject *self, PyObject *args)
 {
     int gru, backward, threads;
-    I N, H;
-    if (!PyArg_ParseTuple(args, "ppnni", &gru, &backward, &N, &H, &threads) || seq_sizes(1, N, H, threads) < 0)
+    I N, H, IN;
+    if (!PyArg_ParseTuple(args, "ppnnni", &gru, &backward, &N, &H, &IN, &threads) || seq_sizes(1, N, H, threads) < 0)
         return NULL;
-    Seq s;
-    seq_geometry(&s, gru ? 3 : 4, N, H, threads, backward);
+    if (IN < 0) {
+        PyErr_SetString(PyExc_ValueError, "inputs must be >= 0");
+        return NULL;
+    }
+    Seq s = {0};
+    seq_geometry(&s, gru, N, H, IN, threads, backward);
     return PyLong_FromSsize_t(seq_scratch_floats(&s));
 }
 
 static PyObject *py_sequence(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *wo, *bo, *ho, *co, *go, *so;
-    I T, N, H;
-    int gru, reverse, threads;
-    if (!PyArg_ParseTuple(args, "pOOOOOOnnnpiO", &gru, &xo, &wo, &bo, &ho, &co, &go, &T, &N, &H, &reverse,
-                          &threads, &so) || seq_sizes(T, N, H, threads) < 0)
+    PyObject *xwo, *xo, *wio, *wo, *bo, *bio, *ho, *co, *go, *so;
+    I T, N, H, IN;
+    int gru, reverse, threads, batch_first;
+    if (!PyArg_ParseTuple(args, "pOOOOOOOOOnnnnppiO", &gru, &xwo, &xo, &wio, &wo, &bo, &bio, &ho, &co, &go, &T, &N,
+                          &H, &IN, &reverse, &batch_first, &threads, &so) || seq_sizes(T, N, H, threads) < 0)
         return NULL;
+    const int own_x = xwo == Py_None;
+    if ((own_x ? (IN < 1 || xo == Py_None || wio == Py_None) : (IN != 0 || xo != Py_None || wio != Py_None)) ||
+        (bio != Py_None && !(gru && own_x)) || (!gru && (co == Py_None) != (go == Py_None))) {
+        PyErr_SetString(PyExc_ValueError, "sequence: either xw, or x, w_ih and inputs >= 1 (bias_ih: the GRU's, "
+                                          "with x); c and gates both given or both None");
+        return NULL;
+    }
     Seq s = {0};
     const int G = gru ? 3 : 4;
-    seq_geometry(&s, G, N, H, threads, 0);
-    s.gru = gru;
+    seq_geometry(&s, gru, N, H, IN, threads, 0);
     s.T = T;
     s.reverse = reverse;
+    seq_layout(&s, batch_first);
     Args a = {.count = 0, .itemsize = 0};
     int failed = 0;
-    s.xw = take(&a, xo, "xw", 0, 0, T * N * G * H, &failed);
+    s.xw = take(&a, xwo, "xw", 0, 1, T * N * G * H, &failed);
+    s.x = take(&a, xo, "x", 0, 1, T * N * IN, &failed);
+    s.wih = take(&a, wio, "w_ih", 0, 1, G * H * IN, &failed);
     s.w = take(&a, wo, "w_hh", 0, 0, G * H * H, &failed);
     s.b = take(&a, bo, "bias_hh", 0, 1, G * H, &failed);
+    s.bih = take(&a, bio, "bias_ih", 0, 1, G * H, &failed);
     s.hs = take(&a, ho, "h", 1, 0, (T + 1) * N * H, &failed);
-    s.cs = gru ? NULL : take(&a, co, "c", 1, 0, (T + 1) * N * H, &failed);
-    s.gates = take(&a, go, "gates", 1, 0, T * N * 4 * H, &failed);
+    s.cs = gru ? NULL : take(&a, co, "c", 1, 1, (T + 1) * N * H, &failed);
+    s.gates = take(&a, go, "gates", 1, 1, T * N * 4 * H, &failed);
     void *scratch = take(&a, so, "scratch", 1, 0, seq_scratch_floats(&s), &failed);
     if (failed) { release(&a); return NULL; }
     return seq_finish(&a, &s, scratch);
@@ -1017,36 +1234,51 @@ static PyObject *py_sequence(PyObject *self, PyObject *args)
 
 static PyObject *py_sequence_backward(PyObject *self, PyObject *args)
 {
-    PyObject *wo, *go, *sto, *dout, *dxo, *dyo, *so;
-    I T, N, H, dstride, doff;
-    int gru, reverse, threads;
-    if (!PyArg_ParseTuple(args, "pOOOOnnOOnnnpiO", &gru, &wo, &go, &sto, &dout, &dstride, &doff, &dxo, &dyo, &T,
-                          &N, &H, &reverse, &threads, &so) || seq_sizes(T, N, H, threads) < 0)
+    PyObject *wo, *go, *ho, *co, *dout, *dxo, *dyo, *xo, *dwio, *dwho, *dbo, *dbio, *so;
+    I T, N, H, IN, dstride, doff;
+    int gru, reverse, threads, batch_first;
+    if (!PyArg_ParseTuple(args, "pOOOOOnnOOOOOOOnnnnppiO", &gru, &wo, &go, &ho, &co, &dout, &dstride, &doff, &dxo,
+                          &dyo, &xo, &dwio, &dwho, &dbo, &dbio, &T, &N, &H, &IN, &reverse, &batch_first, &threads,
+                          &so) ||
+        seq_sizes(T, N, H, threads) < 0)
         return NULL;
     if (doff < 0 || doff + H > dstride) {
         PyErr_SetString(PyExc_ValueError, "dout: columns [offset, offset + hidden) must lie in its rows");
         return NULL;
     }
+    const int wg = xo != Py_None;
+    if (wg ? (IN < 1 || dwio == Py_None || dwho == Py_None || ho == Py_None)
+           : (IN != 0 || dwio != Py_None || dwho != Py_None || dbo != Py_None || dbio != Py_None ||
+              dxo == Py_None || (gru && dyo == Py_None)) ||
+        (gru ? ho == Py_None : co == Py_None) || (!gru && dyo != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "sequence_backward: x, inputs >= 1, h, dw_ih and dw_hh for the weight "
+                                          "gradients, else dgates (the GRU's dxw and dhw); c for the LSTM");
+        return NULL;
+    }
     Seq s = {0};
     const int G = gru ? 3 : 4;
-    seq_geometry(&s, G, N, H, threads, 1);
-    s.gru = gru;
+    seq_geometry(&s, gru, N, H, IN, threads, 1);
     s.T = T;
     s.reverse = reverse;
     s.dstride = dstride;
     s.doff = doff;
+    seq_layout(&s, batch_first);
     Args a = {.count = 0, .itemsize = 0};
     int failed = 0;
     s.w = take(&a, wo, "w_hh", 0, 0, G * H * H, &failed);
     s.gates = take(&a, go, "gates", 0, 0, T * N * 4 * H, &failed);
-    float *states = take(&a, sto, gru ? "h" : "c", 0, 0, (T + 1) * N * H, &failed);
+    s.hs = take(&a, ho, "h", 0, 1, (T + 1) * N * H, &failed);
+    s.cs = gru ? NULL : take(&a, co, "c", 0, 0, (T + 1) * N * H, &failed);
     s.dout = take(&a, dout, "dout", 0, 0, T * N * dstride, &failed);
-    s.dx = take(&a, dxo, gru ? "dxw" : "dgates", 1, 0, T * N * G * H, &failed);
-    s.dhw = gru ? take(&a, dyo, "dhw", 1, 0, T * N * G * H, &failed) : NULL;
+    s.dx = take(&a, dxo, gru ? "dxw" : "dgates", 1, 1, T * N * G * H, &failed);
+    s.dhw = gru ? take(&a, dyo, "dhw", 1, 1, T * N * G * H, &failed) : NULL;
+    s.x = wg ? take(&a, xo, "x", 0, 0, T * N * IN, &failed) : NULL;
+    s.dwih = wg ? take(&a, dwio, "dw_ih", 1, 0, G * H * IN, &failed) : NULL;
+    s.dwhh = wg ? take(&a, dwho, "dw_hh", 1, 0, G * H * H, &failed) : NULL;
+    s.db = wg ? take(&a, dbo, "dbias", 1, 1, G * H, &failed) : NULL;
+    s.dbih = wg ? take(&a, dbio, "dbias_ih", 1, 1, G * H, &failed) : NULL;
     void *scratch = take(&a, so, "scratch", 1, 0, seq_scratch_floats(&s), &failed);
     if (failed) { release(&a); return NULL; }
-    if (gru) s.hs = states;
-    else s.cs = states;
     return seq_finish(&a, &s, scratch);
 }
 
@@ -1062,13 +1294,18 @@ static PyMethodDef methods[] = {
     {"gru_cell_backward", py_gru_cell_backward, METH_VARARGS,
      "gru_cell_backward(gates, h_prev, dh, dxw, dhw, dh_prev, rows, hidden); dh_prev may be dh"},
     {"sequence_scratch", py_sequence_scratch, METH_VARARGS,
-     "sequence_scratch(gru, backward, rows, hidden, threads): float32 elements of scratch a sequence call needs"},
+     "sequence_scratch(gru, backward, rows, hidden, inputs, threads): float32 elements of scratch a sequence call "
+     "needs (inputs: x's width where the forward projects x itself, else 0)"},
     {"sequence", py_sequence, METH_VARARGS,
-     "sequence(gru, xw, w_hh, bias_hh|None, h, c|None, gates, steps, rows, hidden, reverse, threads, scratch): "
-     "all steps of one direction, from zero states"},
+     "sequence(gru, xw|None, x|None, w_ih|None, w_hh, bias_hh|None, bias_ih|None, h, c|None, gates|None, steps, "
+     "rows, hidden, inputs, reverse, batch_first, threads, scratch): all steps of one direction, from zero states, "
+     "from the projections xw or from x itself ((N, T, inputs) with batch_first); c and gates None where no "
+     "backward follows"},
     {"sequence_backward", py_sequence_backward, METH_VARARGS,
-     "sequence_backward(gru, w_hh, gates, c|h, dout, dout_stride, dout_offset, dgates|dxw, None|dhw, steps, rows, "
-     "hidden, reverse, threads, scratch): the pre-activation gradients of all steps"},
+     "sequence_backward(gru, w_hh, gates, h|None, c|None, dout, dout_stride, dout_offset, dgates|dxw|None, dhw|None, "
+     "x|None, dw_ih|None, dw_hh|None, dbias|None, dbias_ih|None, steps, rows, hidden, inputs, reverse, batch_first, "
+     "threads, scratch): the pre-activation gradients of all steps, and with x this direction's weight and bias "
+     "gradients; batch_first: x and dout (N, T, .)"},
     {NULL, NULL, 0, NULL},
 };
 

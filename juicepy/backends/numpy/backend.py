@@ -8,7 +8,8 @@ import numpy as np
 
 from .. import rng
 from ..base import (Backend, check_argmax, check_cell, check_embedding, check_nonlinearity, check_swap, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
-                    check_per_channel, check_pool_shapes, check_same, check_sequence, check_view, host_all_finite)
+                    check_per_channel, check_pool_shapes, check_same, check_sequence, check_input_sequence,
+                    check_input_sequence_backward, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
 from .threads import (CHUNK, chunked as _chunked, gemm_threads as _gemm_threads, run_gemm_pieces as _run_gemm_pieces,
@@ -611,6 +612,45 @@ class NumpyBackend(Backend):
         check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
         if not recurrent.sequence(self, True, xw, w_hh, bias_hh, h, None, gates, reverse, ws):
             super().gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
+
+    def lstm_input_sequence(self, x, w_ih, w_hh, bias, h, c, gates, reverse=False, ws=None, batch_first=False):
+        check_input_sequence(self.name, "lstm_input_sequence", x, w_ih, w_hh, h, gates, bias, c=c, lstm=True,
+                             batch_first=batch_first)
+        if not recurrent.input_sequence(self, False, x, w_ih, None, w_hh, bias, h, c, gates, reverse, batch_first,
+                                        ws):
+            super().lstm_input_sequence(x, w_ih, w_hh, bias, h, c, gates, reverse, ws, batch_first)
+
+    def gru_input_sequence(self, x, w_ih, bias_ih, w_hh, bias_hh, h, gates, reverse=False, ws=None,
+                           batch_first=False):
+        check_input_sequence(self.name, "gru_input_sequence", x, w_ih, w_hh, h, gates, bias_hh, bias_ih,
+                             batch_first=batch_first)
+        if not recurrent.input_sequence(self, True, x, w_ih, bias_ih, w_hh, bias_hh, h, None, gates, reverse,
+                                        batch_first, ws):
+            super().gru_input_sequence(x, w_ih, bias_ih, w_hh, bias_hh, h, gates, reverse, ws, batch_first)
+
+    def lstm_input_sequence_backward(self, x, w_hh, gates, h, c, dout, offset, dw_ih, dw_hh, dbias, dgates=None,
+                                     reverse=False, ws=None, batch_first=False):
+        check_sequence(self.name, "lstm_input_sequence_backward", w_hh, c,
+                       {1: [h[1:]], 4: [gates] + ([dgates] if dgates is not None else [])},
+                       dout=None if batch_first else dout, offset=offset)
+        check_input_sequence_backward(self.name, "lstm_input_sequence_backward", x, w_hh, h, dw_ih, dw_hh, [dbias],
+                                      dout, offset, batch_first)
+        if not recurrent.input_sequence_backward(self, False, x, w_hh, gates, h, c, dout, offset, dw_ih, dw_hh,
+                                                 dbias, None, dgates, reverse, batch_first, ws):
+            super().lstm_input_sequence_backward(x, w_hh, gates, h, c, dout, offset, dw_ih, dw_hh, dbias, dgates,
+                                                 reverse, ws, batch_first)
+
+    def gru_input_sequence_backward(self, x, w_hh, gates, h, dout, offset, dw_ih, dw_hh, dbias_ih, dbias_hh,
+                                    dxw=None, reverse=False, ws=None, batch_first=False):
+        check_sequence(self.name, "gru_input_sequence_backward", w_hh, h,
+                       {4: [gates], 3: [dxw] if dxw is not None else []}, dout=None if batch_first else dout,
+                       offset=offset)
+        check_input_sequence_backward(self.name, "gru_input_sequence_backward", x, w_hh, h, dw_ih, dw_hh,
+                                      [dbias_ih, dbias_hh], dout, offset, batch_first)
+        if not recurrent.input_sequence_backward(self, True, x, w_hh, gates, h, None, dout, offset, dw_ih, dw_hh,
+                                                 dbias_hh, dbias_ih, dxw, reverse, batch_first, ws):
+            super().gru_input_sequence_backward(x, w_hh, gates, h, dout, offset, dw_ih, dw_hh, dbias_ih, dbias_hh,
+                                                dxw, reverse, ws, batch_first)
 
     def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None):
         check_sequence(self.name, "gru_sequence_backward", w_hh, h, {3: [dxw, dhw], 4: [gates]}, dout=dout,

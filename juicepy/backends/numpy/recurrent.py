@@ -208,8 +208,25 @@ def sequence(backend, gru, xw, w_hh, bias_hh, h, c, gates, reverse, ws):
         return False
     steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
     threads = num_threads()
-    buf = scratch(ws, backend, "rnn_sequence", (k.sequence_scratch(gru, False, rows, hidden, threads),), np.float32)
-    k.sequence(gru, xw, w_hh, bias_hh, h, c, gates, steps, rows, hidden, reverse, threads, buf)
+    buf = scratch(ws, backend, "rnn_sequence", (k.sequence_scratch(gru, False, rows, hidden, 0, threads),), np.float32)
+    k.sequence(gru, xw, None, None, w_hh, bias_hh, None, h, c, gates, steps, rows, hidden, 0, reverse, False, threads,
+               buf)
+    return True
+
+
+def input_sequence(backend, gru, x, w_ih, bias_ih, w_hh, bias_hh, h, c, gates, reverse, batch_first, ws):
+    """``sequence`` from the inputs x themselves: each thread multiplies x_t by its units' rows of
+    W_ih inside the step, beside h_{t-1} by W_hh, so all steps' projections never go to memory;
+    without gates (inference) only h is written. False where it cannot run there."""
+    k = _sequence_kernels(backend, x, w_ih, bias_ih, w_hh, bias_hh, h, c, gates)
+    if k is None:
+        return False
+    steps, rows, hidden, features = h.shape[0] - 1, h.shape[1], h.shape[2], x.shape[2]
+    threads = num_threads()
+    buf = scratch(ws, backend, "rnn_input_sequence",
+                  (k.sequence_scratch(gru, False, rows, hidden, features, threads),), np.float32)
+    k.sequence(gru, None, x, w_ih, w_hh, bias_hh, bias_ih, h, c, gates, steps, rows, hidden, features, reverse,
+               batch_first, threads, buf)
     return True
 
 
@@ -221,7 +238,26 @@ def sequence_backward(backend, gru, w_hh, gates, states, dout, offset, dx, dhw, 
     steps, rows, hidden = states.shape[0] - 1, states.shape[1], states.shape[2]
     threads = num_threads()
     buf = scratch(ws, backend, "rnn_sequence_backward",
-                  (k.sequence_scratch(gru, True, rows, hidden, threads),), np.float32)
-    k.sequence_backward(gru, w_hh, gates, states, dout, dout.shape[2], offset, dx, dhw, steps, rows, hidden,
-                        reverse, threads, buf)
+                  (k.sequence_scratch(gru, True, rows, hidden, 0, threads),), np.float32)
+    h, c = (states, None) if gru else (None, states)
+    k.sequence_backward(gru, w_hh, gates, h, c, dout, dout.shape[2], offset, dx, dhw, None, None, None, None, None,
+                        steps, rows, hidden, 0, reverse, False, threads, buf)
+    return True
+
+
+def input_sequence_backward(backend, gru, x, w_hh, gates, h, c, dout, offset, dw_ih, dw_hh, dbias, dbias_ih, dx,
+                            reverse, batch_first, ws):
+    """``sequence_backward`` that also makes the weight and bias gradients: each thread adds its
+    gate rows' share of every step (dgates^T [h_prev | x_t]) while that step's dgates are in its
+    cache, so the pre-activation gradients go to memory only where ``dx`` asks for them. False
+    where it cannot run there."""
+    k = _sequence_kernels(backend, x, w_hh, gates, h, c, dout, dw_ih, dw_hh, dbias, dbias_ih, dx)
+    if k is None:
+        return False
+    steps, rows, hidden, features = h.shape[0] - 1, h.shape[1], h.shape[2], x.shape[2]
+    threads = num_threads()
+    buf = scratch(ws, backend, "rnn_input_sequence_backward",
+                  (k.sequence_scratch(gru, True, rows, hidden, features, threads),), np.float32)
+    k.sequence_backward(gru, w_hh, gates, h, c, dout, dout.shape[2], offset, dx, None, x, dw_ih, dw_hh, dbias,
+                        dbias_ih, steps, rows, hidden, features, reverse, batch_first, threads, buf)
     return True
