@@ -48,7 +48,9 @@ class DeviceMemory:
     until ``free_all_blocks``; ``check(ptr, nbytes)`` proves a range lies in one live block."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        # re-entrant: an allocation inside malloc's critical section (the ctypes pointer) can run the
+        # garbage collector, whose finalizer of a dead array calls release on this same thread
+        self._lock = threading.RLock()
         self._live: dict[int, int] = {}  # ptr -> requested bytes
         self._starts: list[int] = []
         self._cached: dict[int, list[int]] = {}  # exact size -> ptrs (exact: a sanitizer sees the true end)
