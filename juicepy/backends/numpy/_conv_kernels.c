@@ -28,9 +28,35 @@ static void valid_columns(I offset, I sw, I w, I wo, I *lo, I *hi)
     *hi = b;
 }
 
+/* n outputs from input row `row` of a plane: d[q] = plane[row, q*sw + offset] for q in [lo, hi)
+ * (valid_columns), 0 outside and for a row outside [0, h). im2col and the phase planes both
+ * copy rows this way. */
+#define DEFINE_STRIDED_ROW(NAME, T)                                                            \
+    static inline void NAME(T *restrict d, const T *restrict plane, I row, const Geometry *g, I n, \
+                            I lo, I hi, I offset)                                              \
+    {                                                                                          \
+        if (row < 0 || row >= g->h) {                                                         \
+            memset(d, 0, (size_t)n * sizeof(T));                                              \
+            return;                                                                           \
+        }                                                                                     \
+        const T *src = plane + row * g->w;                                                    \
+        const I sw = g->sw;                                                                   \
+        for (I q = 0; q < lo; q++) d[q] = 0;                                                  \
+        if (sw == 1)                                                                          \
+            memcpy(d + lo, src + lo + offset, (size_t)(hi - lo) * sizeof(T));                 \
+        else if (sw == 2)                                                                     \
+            for (I q = lo; q < hi; q++) d[q] = src[2 * q + offset];                           \
+        else                                                                                  \
+            for (I q = lo; q < hi; q++) d[q] = src[q * sw + offset];                          \
+        for (I q = hi; q < n; q++) d[q] = 0;                                                  \
+    }
+
+DEFINE_STRIDED_ROW(strided_row_f32, float)
+DEFINE_STRIDED_ROW(strided_row_f64, double)
+
 /* cols[(n - n0)*sn + ((c*kh + i)*kw + j)*sk + (ho - r0)*Wo + q] = x[n, c, ho*sh + i*dh - ph,
  * q*sw + j*dw - pw] (0 in the padding), for samples [n0, n1) and output rows [r0, r1). */
-#define DEFINE_IM2COL(NAME, T)                                                                 \
+#define DEFINE_IM2COL(NAME, T, ROW)                                                               \
     VECTOR_CLONES static void NAME(const T *restrict x, T *restrict cols, const Geometry *g,  \
                                    I n0, I n1, I r0, I r1, I sn, I sk)                        \
     {                                                                                          \
@@ -47,26 +73,14 @@ static void valid_columns(I offset, I sw, I w, I wo, I *lo, I *hi)
                         for (I r = 0; r < rows; r++) {                                        \
                             T *d = dst + r * g->wo;                                           \
                             const I row = (r0 + r) * g->sh + i * g->dh - g->ph;               \
-                            if (row < 0 || row >= g->h) {                                     \
-                                memset(d, 0, (size_t)g->wo * sizeof(T));                      \
-                                continue;                                                     \
-                            }                                                                 \
-                            const T *src = plane + row * g->w;                                \
-                            for (I q = 0; q < lo; q++) d[q] = 0;                              \
-                            if (g->sw == 1)                                                   \
-                                memcpy(d + lo, src + lo + offset, (size_t)(hi - lo) * sizeof(T)); \
-                            else if (g->sw == 2)                                              \
-                                for (I q = lo; q < hi; q++) d[q] = src[2 * q + offset];       \
-                            else                                                              \
-                                for (I q = lo; q < hi; q++) d[q] = src[q * g->sw + offset];   \
-                            for (I q = hi; q < g->wo; q++) d[q] = 0;                          \
+                            ROW(d, plane, row, g, g->wo, lo, hi, offset);                     \
                         }                                                                     \
                     }                                                                         \
             }                                                                                 \
     }
 
-DEFINE_IM2COL(im2col_f32, float)
-DEFINE_IM2COL(im2col_f64, double)
+DEFINE_IM2COL(im2col_f32, float, strided_row_f32)
+DEFINE_IM2COL(im2col_f64, double, strided_row_f64)
 
 /* The adjoint of im2col over whole samples [n0, n1): dx[n] (+)= every column added back to
  * the input position it was read from (padding positions dropped). */
@@ -460,7 +474,7 @@ static void phase_offsets(const Geometry *g, const Phases *s, I *offset)
         }
 }
 
-#define DEFINE_PAD_PHASES(NAME, T)                                                             \
+#define DEFINE_PAD_PHASES(NAME, T, ROW)                                                           \
     static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Phases *s) \
     {                                                                                          \
         for (I a = 0; a < g->sh; a++)                                                         \
@@ -472,23 +486,13 @@ static void phase_offsets(const Geometry *g, const Phases *s, I *offset)
                 for (I r = 0; r < s->hq; r++) {                                               \
                     T *d = phase + r * s->wq;                                                 \
                     const I row = r * g->sh + a - g->ph;                                      \
-                    if (row < 0 || row >= g->h) {                                             \
-                        memset(d, 0, (size_t)s->wq * sizeof(T));                              \
-                        continue;                                                             \
-                    }                                                                         \
-                    const T *src = plane + row * g->w;                                        \
-                    for (I q = 0; q < lo; q++) d[q] = 0;                                      \
-                    if (g->sw == 1)                                                           \
-                        memcpy(d + lo, src + lo + offset, (size_t)(hi - lo) * sizeof(T));     \
-                    else                                                                      \
-                        for (I q = lo; q < hi; q++) d[q] = src[q * g->sw + offset];           \
-                    for (I q = hi; q < s->wq; q++) d[q] = 0;                                  \
+                    ROW(d, plane, row, g, s->wq, lo, hi, offset);                             \
                 }                                                                             \
             }                                                                                 \
     }
 
-DEFINE_PAD_PHASES(pad_phases_f32, float)
-DEFINE_PAD_PHASES(pad_phases_f64, double)
+DEFINE_PAD_PHASES(pad_phases_f32, float, strided_row_f32)
+DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
 
 /* The Cg input channels of a sample's group are laid out as phase planes, and each block of OB
  * output channels x NV vectors of outputs sums over input channels and taps in registers (one
