@@ -109,14 +109,35 @@ class RecurrentOps:
         step = a.size // a.shape[0]
         return a.base_data, a.offset // a.dtype.itemsize + index * step
 
+    def _fused_grid(self, rows, hidden):
+        """(rows per work-group, grid) of a fused step."""
+        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
+        return rows_wg, (hidden // FUSED_UNITS, -(-rows // rows_wg))
+
+    def _fused_backward(self, name, gate_blocks, w_hh, dout, offset, reverse, ws, carry_tag, step_args):
+        """Every step of a fused backward, the latest first. ``step_args(t, t_next, prev, cur,
+        carry)``: the kernel's operands before dout's and after them, ``carry`` the (N, H)
+        gradient handed from step to step (t_next is t itself at the latest step)."""
+        steps, rows, hidden = dout.shape[0], dout.shape[1], w_hh.shape[1]
+        wb = self._pack_backward(w_hh, gate_blocks, hidden, ws)
+        carry = scratch(ws, self, carry_tag, (rows, hidden), F32)
+        rows_wg, grid = self._fused_grid(rows, hidden)
+        kernel = self._kernel("recurrent.cl", name)
+        t_next = None
+        for _, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
+            d_buf, d_off = self._at(dout, t)
+            before, after = step_args(t, t if t_next is None else t_next, prev, cur, carry)
+            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb), *before,
+                   d_buf, d_off + offset, dout.shape[2], *after)
+            t_next = t
+
     def _fused_forward(self, name, gate_blocks, w_hh, h, reverse, ws, xw=None, x=None, w_ih=None,
                        batch_first=False, bias=None, gates=None, cell_args=lambda prev, cur: (), extra=()):
         """Every step of a fused forward: from the projections ``xw`` (T, N, G*H), or from the
         inputs ``x`` times ``w_ih`` inside the steps; ``gates`` None: kept nowhere."""
         steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
         wp = self._pack_forward(w_hh, gate_blocks, hidden, ws, w_ih)
-        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
-        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
+        rows_wg, grid = self._fused_grid(rows, hidden)
         kernel = self._kernel("recurrent.cl", name)
         if x is not None:
             features = x.shape[2]
@@ -161,20 +182,10 @@ class RecurrentOps:
                                              dout=dout, offset=offset)
         if not self._fused_sequence(rows, hidden):
             return super().lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
-        wb = self._pack_backward(w_hh, 4, hidden, ws)
-        dc = scratch(ws, self, "rnn_dc", (rows, hidden), F32)
-        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
-        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
-        kernel = self._kernel("recurrent.cl", "lstm_seq_bwd_step")
-        cols = dout.shape[2]
-        t_next = None
-        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
-            d_buf, d_off = self._at(dout, t)
-            nxt = self._at(dgates, t_next if t_next is not None else t)
-            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb), *nxt,
-                   d_buf, d_off + offset, cols, *self._at(gates, t), *self._at(c, prev), *self._at(c, cur),
-                   *self._ref(dc), *self._at(dgates, t))
-            t_next = t
+        self._fused_backward("lstm_seq_bwd_step", 4, w_hh, dout, offset, reverse, ws, "rnn_dc",
+                             lambda t, nt, prev, cur, dc: (
+                                 self._at(dgates, nt), (*self._at(gates, t), *self._at(c, prev), *self._at(c, cur),
+                                                        *self._ref(dc), *self._at(dgates, t))))
 
     def gru_sequence(self, xw, w_hh, bias_hh, h, gates, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
@@ -197,17 +208,8 @@ class RecurrentOps:
                                              {3: [dxw, dhw], 4: [gates]}, dout=dout, offset=offset)
         if not self._fused_sequence(rows, hidden):
             return super().gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
-        wb = self._pack_backward(w_hh, 3, hidden, ws)
-        dh = scratch(ws, self, "rnn_dh", (rows, hidden), F32)
-        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
-        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
-        kernel = self._kernel("recurrent.cl", "gru_seq_bwd_step")
-        cols = dout.shape[2]
-        t_next = None
-        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
-            d_buf, d_off = self._at(dout, t)
-            nt = t_next if t_next is not None else t
-            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb),
-                   *self._at(dhw, nt), *self._at(gates, nt), d_buf, d_off + offset, cols, *self._at(gates, t),
-                   *self._at(h, prev), *self._ref(dh), *self._at(dxw, t), *self._at(dhw, t))
-            t_next = t
+        self._fused_backward("gru_seq_bwd_step", 3, w_hh, dout, offset, reverse, ws, "rnn_dh",
+                             lambda t, nt, prev, cur, dh: (
+                                 (*self._at(dhw, nt), *self._at(gates, nt)),
+                                 (*self._at(gates, t), *self._at(h, prev), *self._ref(dh), *self._at(dxw, t),
+                                  *self._at(dhw, t))))
