@@ -1183,9 +1183,14 @@ def test_lstm_and_gru_sequences(ops_backend, dtype, rng, gru, steps, rows, hid, 
 
 
 @pytest.mark.parametrize("gru", [False, True], ids=["lstm", "gru"])
+# H a multiple of 16: OpenCL's fused steps multiply [h_prev | x_t] themselves (rows split across
+# work-groups, partial row panels)
 @pytest.mark.parametrize("steps, rows, features, hid, reverse, with_bias", [(4, 5, 6, 7, False, True),
                                                                            (3, 7, 1, 37, True, False),
-                                                                           (2, 13, 9, 20, True, True)])
+                                                                           (2, 13, 9, 20, True, True),
+                                                                           (3, 9, 5, 16, False, True),
+                                                                           (2, 13, 3, 32, True, False),
+                                                                           (3, 4, 7, 48, True, True)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("batch_first", [False, True], ids=["time-major", "batch-first"])
 def test_lstm_and_gru_input_sequences(ops_backend, dtype, rng, gru, steps, rows, features, hid, reverse, with_bias,
@@ -1296,10 +1301,11 @@ def test_sequence_ops_refuse_bad_arguments(ops_backend):
                                       None, z(12))
 
 
-def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
+@pytest.mark.parametrize("hid", [3, 16])  # 16: OpenCL's fused steps (inference: no gates, a pair of cell states)
+def test_sequence_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng, hid):
     b = ops_backend
     f = lambda *shape: b.from_host(rng.standard_normal(shape).astype(np.float32))  # noqa: E731
-    n, hid, ws = 4, 3, Workspace()
+    n, ws = 4, Workspace()
     lstm = (f(n, 4 * hid), f(n, 4 * hid), f(4 * hid), f(n, hid), f(n, 4 * hid), f(n, hid), f(n, hid))
     gru = (f(n, 3 * hid), f(n, 3 * hid), f(3 * hid), f(n, hid), f(n, 4 * hid), f(n, hid))
     dxw, dhw, dh, dc, dg = f(n, 3 * hid), f(n, 3 * hid), f(n, hid), f(n, hid), f(n, 4 * hid)

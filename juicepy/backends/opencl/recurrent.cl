@@ -200,8 +200,12 @@ typedef float8 float8_u __attribute__((aligned(4)));
 #define LD8(p) (*(__global const float8_u *)(p))
 #define ST8(p, v) (*(__global float8_u *)(p) = (v))
 
+// The vector exp and tanh are contracted to FMA (shorter dependency chains: each polynomial
+// step one instruction), as the NumPy backend's x86-64-v3 clones are; the scalar ones above
+// stay as the file's pragma says.
 inline float8 exp_f8(float8 x)
 {
+#pragma OPENCL FP_CONTRACT ON
     x = x < -87.3f ? (float8)(-87.3f) : (x > 88.3f ? (float8)(88.3f) : x);
     const float8 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float8 r = x - n * 0.693359375f;
@@ -219,6 +223,7 @@ inline float8 exp_f8(float8 x)
 // tanh_f on 8 lanes (the same operations, lane by lane)
 inline float8 tanh_f8(const float8 y)
 {
+#pragma OPENCL FP_CONTRACT ON
     const int8 sign = as_int8(y) & (int)0x80000000;
     const float8 ax = as_float8(as_int8(y) & 0x7fffffff);
     const float8 big = as_float8(as_int8(1.0f - 2.0f / (exp_f8(ax + ax) + 1.0f)) | sign);
@@ -232,16 +237,17 @@ inline float8 tanh_f8(const float8 y)
 }
 #define SIGMOID8(a) ((tanh_f8((a) * 0.5f) + 1.0f) * 0.5f)
 
-// Wp[b][g][k][v] = W[(g * H + 16 b + v) * H + k]: the forward's 16 columns of gate g of unit
-// block b, k-major, so each k of the product reads two vectors in a row. One work-item per
-// (k, v, b * G + g).
-__kernel void pack_gate_columns(const int H, const int G, __global const float *W, const int w_off,
-                                __global float *Wp, const int p_off)
+// Wp[b][g][off + k][v] = W[(g * H + 16 b + v) * K + k], Kt rows per gate: the forward's 16
+// columns of gate g of unit block b, k-major, so each k of the product reads two vectors in a
+// row. W_hh goes to rows [0, H) and, where the step projects its inputs, W_ih to rows [H, H + I),
+// so that one panel multiplies the step's [h_prev | x_t]. One work-item per (k, v, b * G + g).
+__kernel void pack_gate_columns(const int H, const int G, const int K, const int off, const int Kt,
+                                __global const float *W, const int w_off, __global float *Wp, const int p_off)
 {
     const int k = get_global_id(0), v = get_global_id(1), bg = get_global_id(2);
-    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)H && k >= H) return;  // see CELL_CHECK
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)K && k >= K) return;  // see CELL_CHECK
     const int b = bg / G, g = bg - b * G;
-    Wp[p_off + ((size_t)bg * H + k) * 16 + v] = W[w_off + ((size_t)g * H + b * 16 + v) * H + k];
+    Wp[p_off + ((size_t)bg * Kt + off + k) * 16 + v] = W[w_off + ((size_t)g * H + b * 16 + v) * K + k];
 }
 
 // Wb[b][k][v] = W[k * H + 16 b + v] (k < K = G * H): the backward's 16 columns of unit block b,
@@ -254,14 +260,13 @@ __kernel void pack_unit_rows(const int H, const int K, __global const float *W, 
 }
 
 // The fused steps' product: 6 rows (from r0) x 16 columns (two vectors) of A[rows, :K] @ a
-// packed [K][16] panel w, into accumulators a<row>_<vector> (12 of AVX2's 16 registers; 3 x 4
-// vectors spilled). A's rows are ld floats apart; when !live the product is zero. The product
-// alone is contracted to FMA, as gemm.cl's are (the cells' arithmetic stays as the file's
-// pragma says).
-#define PRODUCT_6x2(live, A, ld, K, w) \
+// packed [K][16] panel w, added to accumulators a<row>_<vector> (12 of AVX2's 16 registers; 3 x
+// 4 vectors spilled). A's rows are ld floats apart. The product alone is contracted to FMA, as
+// gemm.cl's are (the cells' arithmetic stays as the file's pragma says).
+#define ACC_ZERO \
         float8 a0_0 = 0.0f, a0_1 = 0.0f, a1_0 = 0.0f, a1_1 = 0.0f, a2_0 = 0.0f, a2_1 = 0.0f; \
-        float8 a3_0 = 0.0f, a3_1 = 0.0f, a4_0 = 0.0f, a4_1 = 0.0f, a5_0 = 0.0f, a5_1 = 0.0f; \
-        if (live) { \
+        float8 a3_0 = 0.0f, a3_1 = 0.0f, a4_0 = 0.0f, a4_1 = 0.0f, a5_0 = 0.0f, a5_1 = 0.0f;
+#define ACCUMULATE_6x2(A, ld, K, w) { \
             _Pragma("OPENCL FP_CONTRACT ON") \
             __global const float *p0 = (A) + (size_t)min(r0, N - 1) * (ld); \
             __global const float *p1 = (A) + (size_t)min(r0 + 1, N - 1) * (ld); \
@@ -281,93 +286,114 @@ __kernel void pack_unit_rows(const int H, const int K, __global const float *W, 
                 wk += 2; \
             } \
         }
+// the product alone, zero when !live
+#define PRODUCT_6x2(live, A, ld, K, w) ACC_ZERO if (live) ACCUMULATE_6x2(A, ld, K, w)
+// A forward step's product for gate gk (panels of KT = H + K2 rows): [h_prev | x_t] @ its
+// panel, h's part where `hk` and not the first step (the zero state), x's where `xk` and K2.
+#define GATE_PRODUCT(gk, hk, xk) ACC_ZERO \
+        if ((hk) && !first) ACCUMULATE_6x2(A, H, H, w + (size_t)(gk) * KT * 2) \
+        if ((xk) && K2) ACCUMULATE_6x2(X, ldx, K2, w + ((size_t)(gk) * KT + H) * 2)
 #define ROWS6(X) X(0) X(1) X(2) X(3) X(4) X(5)
 #define ROWS6Q(X) X(0, 0) X(0, 1) X(1, 0) X(1, 1) X(2, 0) X(2, 1) X(3, 0) X(3, 1) X(4, 0) X(4, 1) X(5, 0) X(5, 1)
 // gate g's product of this row panel kept for the last gate's pass
 #define KEEP(r, q) part[(gk * 6 + (r)) * 2 + (q)] = a##r##_##q;
 
-#define STEP_SETUP(G) \
+// w: unit block b's panels, G of KT rows each
+#define STEP_SETUP(G, KT) \
     const int u_blk = get_group_id(0) * 16; \
     const int r_begin = get_group_id(1) * rows_wg, r_end = min(N, r_begin + rows_wg); \
-    __global const float8_u *w = (__global const float8_u *)(Wp + p_off) + (size_t)get_group_id(0) * (G) * H * 2;
+    __global const float8_u *w = (__global const float8_u *)(Wp + p_off) + (size_t)get_group_id(0) * (G) * (KT) * 2;
+// The forward steps' operands beyond the states: the packed panels (rows [h_prev | x_t], K2 = 0:
+// h_prev alone), x_t (rows ldx floats apart), the given projections xw (has_xw: added to the
+// pre-activations as they are), a bias (has_bias), and `keep`: whether the gates go to `gates`
+// (for the backward) or nowhere (inference).
+#define FWD_ARGS const int H, const int N, const int rows_wg, const int first, \
+                 __global const float *Wp, const int p_off, const int K2, \
+                 __global const float *x, const int x_off, const int ldx, \
+                 __global const float *xw, const int xw_off, const int has_xw, \
+                 __global const float *b, const int b_off, const int has_bias, \
+                 __global float *gates, const int g_off, const int keep, \
+                 __global float *h_prev, const int hp_off, __global float *h, const int h_off
+#define FWD_SETUP(G) \
+    const int KT = H + K2; \
+    STEP_SETUP(G, KT) \
+    __global const float *A = h_prev + hp_off, *X = x + x_off;
+#define BIAS8(k) (has_bias ? LD8(b + b_off + (k) * H + u) : 0.0f)
+// ex: the row's place in xw (N, G * H)
+#define XW8(k) (has_xw ? LD8(xw + xw_off + ex + (k) * H) : 0.0f)
+#define KEEP_GATES(e4, v0, v1, v2, v3) if (keep) { \
+            ST8(gates + g_off + (e4), v0); ST8(gates + g_off + (e4) + H, v1); \
+            ST8(gates + g_off + (e4) + 2 * H, v2); ST8(gates + g_off + (e4) + 3 * H, v3); }
 
 // Step t of the LSTM forward for 16 units: gates i, f, g in turn kept in `part`, then o's
 // product and the cell (lstm_cell's operations) per row and vector of 8 units.
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void lstm_seq_step(const int H, const int N, const int rows_wg, const int first,
-                   __global const float *Wp, const int p_off,
-                   __global const float *xw, const int x_off, __global const float *b, const int b_off,
-                   const int has_bias, __global float *h_prev, const int hp_off,
-                   __global float *c_prev, const int cp_off, __global float *gates, const int g_off,
-                   __global float *c, const int c_off, __global float *h, const int h_off)
+void lstm_seq_step(FWD_ARGS, __global float *c_prev, const int cp_off, __global float *c, const int c_off)
 {
-    STEP_SETUP(4)
+    FWD_SETUP(4)
     __local float8 part[3 * 6 * 2];
-    __global const float *A = h_prev + hp_off;
     for (int r0 = r_begin; r0 < r_end; r0 += 6) {
         for (int gk = 0; gk < 3; ++gk) {
-            PRODUCT_6x2(!first, A, H, H, w + (size_t)gk * H * 2)
+            GATE_PRODUCT(gk, 1, 1)
             ROWS6Q(KEEP)
         }
-        PRODUCT_6x2(!first, A, H, H, w + (size_t)3 * H * 2)
+        GATE_PRODUCT(3, 1, 1)
 #define LSTM_CELL(r, q) if (r0 + (r) < r_end) { \
             const int u = u_blk + 8 * (q); \
-            const size_t e4 = (size_t)(r0 + (r)) * 4 * H + u, e1 = (size_t)(r0 + (r)) * H + u; \
-            const float8 i = SIGMOID8(LD8(xw + x_off + e4) + part[(0 * 6 + (r)) * 2 + (q)] + BIAS8(0)); \
-            const float8 f = SIGMOID8(LD8(xw + x_off + e4 + H) + part[(1 * 6 + (r)) * 2 + (q)] + BIAS8(1)); \
-            const float8 g = tanh_f8(LD8(xw + x_off + e4 + 2 * H) + part[(2 * 6 + (r)) * 2 + (q)] + BIAS8(2)); \
-            const float8 o = SIGMOID8(LD8(xw + x_off + e4 + 3 * H) + a##r##_##q + BIAS8(3)); \
-            ST8(gates + g_off + e4, i); ST8(gates + g_off + e4 + H, f); \
-            ST8(gates + g_off + e4 + 2 * H, g); ST8(gates + g_off + e4 + 3 * H, o); \
+            const size_t e4 = (size_t)(r0 + (r)) * 4 * H + u, e1 = (size_t)(r0 + (r)) * H + u, ex = e4; \
+            const float8 i = SIGMOID8(XW8(0) + part[(0 * 6 + (r)) * 2 + (q)] + BIAS8(0)); \
+            const float8 f = SIGMOID8(XW8(1) + part[(1 * 6 + (r)) * 2 + (q)] + BIAS8(1)); \
+            const float8 g = tanh_f8(XW8(2) + part[(2 * 6 + (r)) * 2 + (q)] + BIAS8(2)); \
+            const float8 o = SIGMOID8(XW8(3) + a##r##_##q + BIAS8(3)); \
+            KEEP_GATES(e4, i, f, g, o) \
             float8 cp = 0.0f; \
             if (first) { ST8(h_prev + hp_off + e1, cp); ST8(c_prev + cp_off + e1, cp); } \
             else cp = LD8(c_prev + cp_off + e1); \
             const float8 cv = f * cp + i * g; \
             ST8(c + c_off + e1, cv); \
             ST8(h + h_off + e1, o * tanh_f8(cv)); }
-#define BIAS8(k) (has_bias ? LD8(b + b_off + (k) * H + u) : 0.0f)
         ROWS6Q(LSTM_CELL)
 #undef LSTM_CELL
     }
 }
 
-// Step t of the GRU forward for 16 units: r's and z's products kept, then n's and the cell.
+// Step t of the GRU forward for 16 units: r's and z's products kept, and W_in x_t's where the
+// step projects its inputs (n's input part stays apart: the reset multiplies only
+// hn = W_hn h + b_hn), then hn's product and the cell. The input bias b_ih (has_bih) where the
+// projections are not given.
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void gru_seq_step(const int H, const int N, const int rows_wg, const int first,
-                  __global const float *Wp, const int p_off,
-                  __global const float *xw, const int x_off, __global const float *b, const int b_off,
-                  const int has_bias, __global float *h_prev, const int hp_off,
-                  __global float *gates, const int g_off, __global float *h, const int h_off)
+void gru_seq_step(FWD_ARGS, __global const float *b_ih, const int bi_off, const int has_bih)
 {
-    STEP_SETUP(3)
-    __local float8 part[2 * 6 * 2];
-    __global const float *A = h_prev + hp_off;
+    FWD_SETUP(3)
+    __local float8 part[3 * 6 * 2];
     for (int r0 = r_begin; r0 < r_end; r0 += 6) {
-        for (int gk = 0; gk < 2; ++gk) {
-            PRODUCT_6x2(!first, A, H, H, w + (size_t)gk * H * 2)
+        for (int gk = 0; gk < 3; ++gk) {
+            GATE_PRODUCT(gk, gk < 2, 1)
             ROWS6Q(KEEP)
         }
-        PRODUCT_6x2(!first, A, H, H, w + (size_t)2 * H * 2)
+        GATE_PRODUCT(2, 1, 0)
+#define BIH8(k) (has_bih ? LD8(b_ih + bi_off + (k) * H + u) : 0.0f)
 #define GRU_CELL(r, q) if (r0 + (r) < r_end) { \
             const int u = u_blk + 8 * (q); \
-            const size_t e3 = (size_t)(r0 + (r)) * 3 * H + u, e4 = (size_t)(r0 + (r)) * 4 * H + u; \
-            const size_t e1 = (size_t)(r0 + (r)) * H + u; \
-            const float8 rg = SIGMOID8(LD8(xw + x_off + e3) + part[(0 * 6 + (r)) * 2 + (q)] + BIAS8(0)); \
-            const float8 z = SIGMOID8(LD8(xw + x_off + e3 + H) + part[(1 * 6 + (r)) * 2 + (q)] + BIAS8(1)); \
+            const size_t e4 = (size_t)(r0 + (r)) * 4 * H + u, e1 = (size_t)(r0 + (r)) * H + u; \
+            const size_t ex = (size_t)(r0 + (r)) * 3 * H + u; \
+            const float8 rg = SIGMOID8(XW8(0) + part[(0 * 6 + (r)) * 2 + (q)] + BIH8(0) + BIAS8(0)); \
+            const float8 z = SIGMOID8(XW8(1) + part[(1 * 6 + (r)) * 2 + (q)] + BIH8(1) + BIAS8(1)); \
             const float8 hn = a##r##_##q + BIAS8(2); \
-            const float8 nv = tanh_f8(rg * hn + LD8(xw + x_off + e3 + 2 * H)); \
-            ST8(gates + g_off + e4, rg); ST8(gates + g_off + e4 + H, z); \
-            ST8(gates + g_off + e4 + 2 * H, nv); ST8(gates + g_off + e4 + 3 * H, hn); \
+            const float8 nv = tanh_f8(rg * hn + (XW8(2) + part[(2 * 6 + (r)) * 2 + (q)] + BIH8(2))); \
+            KEEP_GATES(e4, rg, z, nv, hn) \
             float8 hp = 0.0f; \
             if (first) ST8(h_prev + hp_off + e1, hp); else hp = LD8(h_prev + hp_off + e1); \
             ST8(h + h_off + e1, (1.0f - z) * nv + z * hp); }
         ROWS6Q(GRU_CELL)
 #undef GRU_CELL
+#undef BIH8
     }
 }
+#undef XW8
 #undef BIAS8
 
-#define BWD_SETUP(G) STEP_SETUP(G)
+#define BWD_SETUP(G) STEP_SETUP(G, H)
 
 // Step t of the LSTM backward: dh = dgates[t_next] @ W_hh (has_next) + dout[t] columns
 // [offset, offset + H), then lstm_cell_bwd with the carried dc (zero when first).

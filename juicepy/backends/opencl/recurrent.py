@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ..base import _sequence_steps, check_cell, check_embedding, check_nonlinearity, check_sequence, check_swap, scratch
+from ..base import (_sequence_steps, check_cell, check_embedding, check_input_sequence, check_nonlinearity,
+                    check_sequence, check_swap, scratch)
 from .layout import F32, round_up
 
 FUSED_UNITS = 16     # hidden units a fused step's work-group owns: H must be a multiple
@@ -82,13 +83,17 @@ class RecurrentOps:
         splits = max(1, min(-(-rows // mr), -(-FUSED_GROUPS // unit_groups)))
         return round_up(-(-rows // splits), mr)
 
-    def _pack_forward(self, w_hh, gate_blocks, hidden, ws):
-        wp = scratch(ws, self, "rnn_fused_wp", (gate_blocks * hidden * hidden,), F32)
-        local = min(64, round_up(hidden, 8))
-        self._kernel("recurrent.cl", "pack_gate_columns")(
-            self.queue, (round_up(hidden, local), FUSED_UNITS, gate_blocks * hidden // FUSED_UNITS), (local, 1, 1),
-            hidden, gate_blocks,
-            *self._ref(w_hh), *self._ref(wp))
+    def _pack_forward(self, w_hh, gate_blocks, hidden, ws, w_ih=None):
+        """W_hh's gate columns per unit block, each panel followed by W_ih's where given."""
+        features = 0 if w_ih is None else w_ih.shape[1]
+        rows = hidden + features
+        wp = scratch(ws, self, "rnn_fused_wp", (gate_blocks * hidden * rows,), F32)
+        for w, k, off in ((w_hh, hidden, 0), (w_ih, features, hidden)):
+            if w is not None:
+                local = min(64, round_up(k, 8))
+                self._kernel("recurrent.cl", "pack_gate_columns")(
+                    self.queue, (round_up(k, local), FUSED_UNITS, gate_blocks * hidden // FUSED_UNITS), (local, 1, 1),
+                    hidden, gate_blocks, k, off, rows, *self._ref(w), *self._ref(wp))
         return wp
 
     def _pack_backward(self, w_hh, gate_blocks, hidden, ws):
@@ -104,70 +109,107 @@ class RecurrentOps:
         step = a.size // a.shape[0]
         return a.base_data, a.offset // a.dtype.itemsize + index * step
 
+    def _fused_grid(self, rows, hidden):
+        """(rows per work-group, grid) of a fused step."""
+        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
+        return rows_wg, (hidden // FUSED_UNITS, -(-rows // rows_wg))
+
+    def _fused_backward(self, name, gate_blocks, w_hh, dout, offset, reverse, ws, carry_tag, step_args):
+        """Every step of a fused backward, the latest first. ``step_args(t, t_next, prev, cur,
+        carry)``: the kernel's operands before dout's and after them, ``carry`` the (N, H)
+        gradient handed from step to step (t_next is t itself at the latest step)."""
+        steps, rows, hidden = dout.shape[0], dout.shape[1], w_hh.shape[1]
+        wb = self._pack_backward(w_hh, gate_blocks, hidden, ws)
+        carry = scratch(ws, self, carry_tag, (rows, hidden), F32)
+        rows_wg, grid = self._fused_grid(rows, hidden)
+        kernel = self._kernel("recurrent.cl", name)
+        t_next = None
+        for _, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
+            d_buf, d_off = self._at(dout, t)
+            before, after = step_args(t, t if t_next is None else t_next, prev, cur, carry)
+            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb), *before,
+                   d_buf, d_off + offset, dout.shape[2], *after)
+            t_next = t
+
+    def _fused_forward(self, name, gate_blocks, w_hh, h, reverse, ws, xw=None, x=None, w_ih=None,
+                       batch_first=False, bias=None, gates=None, cell_args=lambda prev, cur: (), extra=()):
+        """Every step of a fused forward: from the projections ``xw`` (T, N, G*H), or from the
+        inputs ``x`` times ``w_ih`` inside the steps; ``gates`` None: kept nowhere."""
+        steps, rows, hidden = h.shape[0] - 1, h.shape[1], h.shape[2]
+        wp = self._pack_forward(w_hh, gate_blocks, hidden, ws, w_ih)
+        rows_wg, grid = self._fused_grid(rows, hidden)
+        kernel = self._kernel("recurrent.cl", name)
+        if x is not None:
+            features = x.shape[2]
+            # x_t's rows: (N, T, I) or (T, N, I)
+            x_step, ldx = (features, steps * features) if batch_first else (rows * features, features)
+            x_buf, x_off = self._ref(x)
+        else:
+            features, x_step, ldx, (x_buf, x_off) = 0, 0, 0, self._ref(xw)
+        dummy = xw if xw is not None else x
+        bias = self._bias_ref(bias, dummy)
+        kept = self._ref(gates) if gates is not None else self._ref(h)
+        for k, t, (prev, cur) in _sequence_steps(steps, reverse):
+            xw_ref = self._at(xw, t) if xw is not None else self._ref(x)
+            g_ref = self._at(gates, t) if gates is not None else kept
+            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(k == 0), *self._ref(wp), features,
+                   x_buf, x_off + t * x_step, ldx, *xw_ref, int(xw is not None), *bias, *g_ref, int(gates is not None),
+                   *self._at(h, prev), *self._at(h, cur), *cell_args(prev, cur), *extra)
+
     def lstm_sequence(self, xw, w_hh, bias_hh, h, c, gates, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "lstm_sequence", w_hh, h, {1: [c[1:]], 4: [xw, gates]},
                                              bias_hh)
         if not self._fused_sequence(rows, hidden):
             return super().lstm_sequence(xw, w_hh, bias_hh, h, c, gates, reverse, ws)
-        wp = self._pack_forward(w_hh, 4, hidden, ws)
-        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
-        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
-        kernel = self._kernel("recurrent.cl", "lstm_seq_step")
-        bias = self._bias_ref(bias_hh, xw)
-        for k, t, (prev, cur) in _sequence_steps(steps, reverse):
-            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(k == 0), *self._ref(wp), *self._at(xw, t),
-                   *bias, *self._at(h, prev), *self._at(c, prev), *self._at(gates, t), *self._at(c, cur),
-                   *self._at(h, cur))
+        self._fused_forward("lstm_seq_step", 4, w_hh, h, reverse, ws, xw=xw, bias=bias_hh, gates=gates,
+                            cell_args=lambda prev, cur: (*self._at(c, prev), *self._at(c, cur)))
+
+    def lstm_input_sequence(self, x, w_ih, w_hh, bias, h, c, gates, reverse=False, ws=None, batch_first=False):
+        steps, rows, hidden = check_input_sequence(self.name, "lstm_input_sequence", x, w_ih, w_hh, h, gates, bias,
+                                                   c=c, lstm=True, batch_first=batch_first)
+        if not self._fused_sequence(rows, hidden):
+            return super().lstm_input_sequence(x, w_ih, w_hh, bias, h, c, gates, reverse, ws, batch_first)
+        if c is None:  # inference: the cell state of the step before and of this one, in turn
+            pair = scratch(ws, self, "rnn_c_pair", (2, rows, hidden), F32)
+            cell_args = lambda prev, cur: (*self._at(pair, prev % 2), *self._at(pair, cur % 2))  # noqa: E731
+        else:
+            cell_args = lambda prev, cur: (*self._at(c, prev), *self._at(c, cur))  # noqa: E731
+        self._fused_forward("lstm_seq_step", 4, w_hh, h, reverse, ws, x=x, w_ih=w_ih, batch_first=batch_first,
+                            bias=bias, gates=gates, cell_args=cell_args)
 
     def lstm_sequence_backward(self, w_hh, gates, c, dout, offset, dgates, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "lstm_sequence_backward", w_hh, c, {4: [gates, dgates]},
                                              dout=dout, offset=offset)
         if not self._fused_sequence(rows, hidden):
             return super().lstm_sequence_backward(w_hh, gates, c, dout, offset, dgates, reverse, ws)
-        wb = self._pack_backward(w_hh, 4, hidden, ws)
-        dc = scratch(ws, self, "rnn_dc", (rows, hidden), F32)
-        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
-        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
-        kernel = self._kernel("recurrent.cl", "lstm_seq_bwd_step")
-        cols = dout.shape[2]
-        t_next = None
-        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
-            d_buf, d_off = self._at(dout, t)
-            nxt = self._at(dgates, t_next if t_next is not None else t)
-            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb), *nxt,
-                   d_buf, d_off + offset, cols, *self._at(gates, t), *self._at(c, prev), *self._at(c, cur),
-                   *self._ref(dc), *self._at(dgates, t))
-            t_next = t
+        self._fused_backward("lstm_seq_bwd_step", 4, w_hh, dout, offset, reverse, ws, "rnn_dc",
+                             lambda t, nt, prev, cur, dc: (
+                                 self._at(dgates, nt), (*self._at(gates, t), *self._at(c, prev), *self._at(c, cur),
+                                                        *self._ref(dc), *self._at(dgates, t))))
 
     def gru_sequence(self, xw, w_hh, bias_hh, h, gates, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "gru_sequence", w_hh, h, {3: [xw], 4: [gates]}, bias_hh)
         if not self._fused_sequence(rows, hidden):
             return super().gru_sequence(xw, w_hh, bias_hh, h, gates, reverse, ws)
-        wp = self._pack_forward(w_hh, 3, hidden, ws)
-        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
-        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
-        kernel = self._kernel("recurrent.cl", "gru_seq_step")
-        bias = self._bias_ref(bias_hh, xw)
-        for k, t, (prev, cur) in _sequence_steps(steps, reverse):
-            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(k == 0), *self._ref(wp), *self._at(xw, t),
-                   *bias, *self._at(h, prev), *self._at(gates, t), *self._at(h, cur))
+        self._fused_forward("gru_seq_step", 3, w_hh, h, reverse, ws, xw=xw, bias=bias_hh, gates=gates,
+                            extra=self._bias_ref(None, xw))
+
+    def gru_input_sequence(self, x, w_ih, bias_ih, w_hh, bias_hh, h, gates, reverse=False, ws=None,
+                           batch_first=False):
+        steps, rows, hidden = check_input_sequence(self.name, "gru_input_sequence", x, w_ih, w_hh, h, gates, bias_hh,
+                                                   bias_ih, batch_first=batch_first)
+        if not self._fused_sequence(rows, hidden):
+            return super().gru_input_sequence(x, w_ih, bias_ih, w_hh, bias_hh, h, gates, reverse, ws, batch_first)
+        self._fused_forward("gru_seq_step", 3, w_hh, h, reverse, ws, x=x, w_ih=w_ih, batch_first=batch_first,
+                            bias=bias_hh, gates=gates, extra=self._bias_ref(bias_ih, x))
 
     def gru_sequence_backward(self, w_hh, gates, h, dout, offset, dxw, dhw, reverse=False, ws=None):
         steps, rows, hidden = check_sequence(self.name, "gru_sequence_backward", w_hh, h,
                                              {3: [dxw, dhw], 4: [gates]}, dout=dout, offset=offset)
         if not self._fused_sequence(rows, hidden):
             return super().gru_sequence_backward(w_hh, gates, h, dout, offset, dxw, dhw, reverse, ws)
-        wb = self._pack_backward(w_hh, 3, hidden, ws)
-        dh = scratch(ws, self, "rnn_dh", (rows, hidden), F32)
-        rows_wg = self._rows_per_group(rows, hidden // FUSED_UNITS, 6)
-        grid = (hidden // FUSED_UNITS, -(-rows // rows_wg))
-        kernel = self._kernel("recurrent.cl", "gru_seq_bwd_step")
-        cols = dout.shape[2]
-        t_next = None
-        for k, t, (prev, cur) in reversed(list(_sequence_steps(steps, reverse))):
-            d_buf, d_off = self._at(dout, t)
-            nt = t_next if t_next is not None else t
-            kernel(self.queue, grid, (1, 1), hidden, rows, rows_wg, int(t_next is not None), *self._ref(wb),
-                   *self._at(dhw, nt), *self._at(gates, nt), d_buf, d_off + offset, cols, *self._at(gates, t),
-                   *self._at(h, prev), *self._ref(dh), *self._at(dxw, t), *self._at(dhw, t))
-            t_next = t
+        self._fused_backward("gru_seq_bwd_step", 3, w_hh, dout, offset, reverse, ws, "rnn_dh",
+                             lambda t, nt, prev, cur, dh: (
+                                 (*self._at(dhw, nt), *self._at(gates, nt)),
+                                 (*self._at(gates, t), *self._at(h, prev), *self._ref(dh), *self._at(dxw, t),
+                                  *self._at(dhw, t))))
