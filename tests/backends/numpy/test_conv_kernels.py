@@ -215,6 +215,77 @@ def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch):
 
 
 @needs_kernels
+def test_winograd_4x4_5x5_only_for_undilated_ungrouped_layers_of_32_channels(monkeypatch):
+    """F(4x4, 5x5): 5x5 kernels, stride 1 (checked by the caller), no dilation or groups, 32+
+    channels each side (with 16 it only ties with the direct kernel), on AVX2."""
+    monkeypatch.setattr(kernels, "isa", 1)
+    backend = jp.backend("numpy")
+    applies = numpy_spatial._wg
+
+    def plan(c, o, hw, k=5, dilation=1, groups=1):
+        return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c // groups, k, k), (hw, hw), (1, 1), (2, 2),
+                                       (dilation, dilation), groups)
+
+    assert applies(backend, plan(32, 32, 32), 32, 32, (32, 32))
+    assert applies(backend, plan(64, 64, 16), 64, 64, (16, 16))
+    assert not applies(backend, plan(16, 16, 32), 16, 16, (32, 32))
+    assert not applies(backend, plan(32, 32, 8), 32, 32, (8, 8))
+    assert not applies(backend, plan(32, 32, 32, dilation=2), 32, 32, (32, 32))
+    assert not applies(backend, plan(32, 32, 32, groups=2), 32, 32, (32, 32))
+    assert not applies(backend, plan(32, 32, 32, k=3), 32, 32, (32, 32))
+    monkeypatch.setattr(kernels, "isa", 2)  # not measured on AVX-512: the direct kernel
+    assert not applies(backend, plan(32, 32, 32), 32, 32, (32, 32))
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(3, 32, 16, 16, 32, 2), (2, 33, 13, 11, 35, 1), (2, 32, 5, 6, 32, 3)],
+                         ids=["plane", "odd-sizes", "padding-past-the-kernel"])
+def test_winograd_4x4_5x5_matches_the_reference(shape, monkeypatch):
+    """In float64 to rounding, in float32 within 2e-5 of the largest output (docs/numpy.md: about
+    5e-6 measured, the direct kernel about 1e-6), forward and input gradient, alone and
+    accumulating; tiles past the plane's edges are dropped."""
+    n, c, h, w_, o, p = shape
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 5, 5)) / np.sqrt(c * 25)
+    monkeypatch.setattr(kernels, "isa", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    picked = []
+    for name in ("_wg_forward", "_wg_backward_data"):
+        original = getattr(numpy_spatial, name)
+        monkeypatch.setattr(numpy_spatial, name, lambda *a, _f=original, _n=name: (picked.append(_n), _f(*a))[1])
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
+    ws = Workspace()
+    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, (1, p, 1, 1), ws=ws)
+               for dtype in (np.float64, np.float32)}
+    summed = _all_three(x, w, 3, (1, p, 1, 1), accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    assert sorted(set(picked)) == ["_wg_backward_data", "_wg_forward"]
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 3, (1, p, 1, 1))
+    for exact, single, want in zip(results[np.float64], results[np.float32], reference):
+        np.testing.assert_allclose(exact, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+        assert np.abs(single - want).max() <= 2e-5 * np.abs(want).max()
+    np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10)
+
+
+@needs_kernels
+def test_winograd_4x4_5x5_refuses_geometries_it_does_not_compute():
+    x, v = np.zeros((1, 2, 8, 8), np.float32), np.zeros((64, 64), np.float32)
+    mats = numpy_spatial._wg_matrices(4, 5)
+    ok = (2, 8, 8, 5, 5, 1, 1, 2, 2, 1, 1, 8, 8)
+    kernels.wg_input(x, v, ok, 1, 0, 1, 2, 2, 8, 4, mats)
+    for geometry, m in [((2, 8, 8, 5, 5, 2, 2, 2, 2, 1, 1, 4, 4), 4),   # strided
+                        ((2, 8, 8, 5, 5, 1, 1, 4, 4, 2, 2, 8, 8), 4),   # dilated
+                        ((2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8), 2),   # F(2x2, 3x3) is the other kernel
+                        ((2, 8, 8, 5, 5, 1, 1, 2, 2, 1, 1, 7, 8), 4)]:  # wrong output size
+        with pytest.raises(ValueError, match="wg kernels"):
+            kernels.wg_input(x, v, geometry, 1, 0, 1, 2, 2, 8, m, mats)
+    with pytest.raises(ValueError, match="mats"):
+        kernels.wg_input(x, v, ok, 1, 0, 1, 2, 2, 8, 4, mats[:10])
+    with pytest.raises(ValueError, match="overlap"):
+        kernels.wg_input(x, v, ok, 1, 0, 1, 2, 2, 4, 4, mats)
+
+
+@needs_kernels
 def test_two_contexts_compute_the_same_bits(monkeypatch):
     monkeypatch.setattr(kernels, "isa", 2)
     rng = np.random.default_rng(6)
