@@ -465,10 +465,10 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     runs = [_gemm_forward]
     if _direct_forward_applies(backend, plan):
         runs.append(_direct_forward)
-        if tuple(stride) == (1, 1) and _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
-            runs.append(_winograd_forward)
-        elif tuple(stride) == (1, 1) and _wg(backend, plan, plan.c, plan.o, out.shape[2:]):
+        if tuple(stride) == (1, 1) and _wg(backend, plan, plan.c, plan.o, out.shape[2:]):
             runs.append(_wg_forward)
+        elif tuple(stride) == (1, 1) and _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
+            runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
     runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
 
@@ -596,10 +596,10 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs = [_gemm_backward_data]
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
-        if _winograd(backend, plan, plan.o, plan.c, dx.shape[2:]):
-            runs.append(_winograd_backward_data)
-        elif _wg(backend, plan, plan.o, plan.c, dx.shape[2:]):
+        if _wg(backend, plan, plan.o, plan.c, dx.shape[2:]):
             runs.append(_wg_backward_data)
+        elif _winograd(backend, plan, plan.o, plan.c, dx.shape[2:]):
+            runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
     runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
 
@@ -695,11 +695,14 @@ def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
 #: Toom-Cook points of the larger Winograd tiles (with infinity as the last one); their float32
 #: errors against float64 are in docs/numpy.md
 WG_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
-#: (kernel size, output tile side m) of the larger-tile Winograd kernels: F(4x4, 5x5), 4 multiply-adds
-#: per output instead of 25
-WG_TILE = {5: 4}
-#: fewest input and output channels for F(4x4, 5x5): its 64 GEMMs are (O, C) x (C, tiles)
-WG_MIN_CHANNELS = 32
+#: kernel size -> output tile side m of the Winograd F(m x m, r x r) kernels run by _wg: F(2x2, 5x5),
+#: 9 multiply-adds per output instead of 25. The kernels also compute F(4x4, 5x5) (4) and F(4x4, 3x3)
+#: (2.25; F(2x2, 3x3): 4), faster still ({5: 4, 3: 4}), but their float32 errors (5-8e-6 of the
+#: largest output) exceed the conformance suite's float32 tolerance (docs/numpy.md)
+WG_TILE = {5: 2}
+#: fewest input and output channels per kernel size: the n*n GEMMs are (O, C) x (C, tiles); with
+#: 16 channels (5x5) or 32 (3x3) the direct kernel wins or ties (docs/numpy.md)
+WG_MIN_CHANNELS = {5: 32, 3: 64}
 _wg_cache = {}
 
 
@@ -728,15 +731,16 @@ def _wg_matrices(m, r):
 
 
 def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
-    """Whether the larger-tile Winograd (F(4x4, 5x5)) computes this stride-1 conv (called where
-    the direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped, WG_MIN_CHANNELS
-    each side, on AVX2 (``isa`` 1), where it was measured (docs/numpy.md)."""
+    """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
+    direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
+    WG_MIN_CHANNELS each side, on AVX2 (``isa`` 1), where it was measured (docs/numpy.md).
+    Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
     return backend.conv_kernels.isa == 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
-        and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS \
+        and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh] \
         and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
 
 
-#: tiles per chunk of F(4x4, 5x5): v and m (64 x channels x tiles each) stay in L2
+#: tiles per chunk of samples of _wg_run (at least one sample; 64-256 measured the same)
 WG_TILES = 128
 
 
