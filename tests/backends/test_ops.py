@@ -584,6 +584,8 @@ CONV_CASES = [
     # 64 channels and planes of 256 pixels or more: Winograd F(2x2, 3x3) where a backend picks it
     ((2, 64, 16, 16), (64, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     ((1, 64, 18, 17), (64, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilated, tiles past the plane's edges
+    # 32 channels, 5x5, planes of 256 pixels or more: Winograd F(2x2, 5x5) where a backend picks it
+    ((2, 32, 16, 16), (32, 5, 5), (1, 1), (2, 2), (1, 1), 1),
 ]
 
 

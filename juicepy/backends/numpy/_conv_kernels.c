@@ -845,6 +845,221 @@ DEFINE_WINOGRAD_INPUT(winograd_input_f64, double)
 DEFINE_WINOGRAD_OUTPUT(winograd_output_f32, float)
 DEFINE_WINOGRAD_OUTPUT(winograd_output_f64, double)
 
+/* Winograd F(M x M, R x R) for stride-1 undilated RxR convs, tiles of M x M outputs, N = M + R - 1
+ * transformed positions per side: y = AT [(G g GT) . (BT d B)] A per tile, so the R*R
+ * multiply-adds per output channel, input channel and output become N*N/(M*M) (25 -> 4 for
+ * F(4x4, 5x5)), done as N*N GEMMs by BLAS between these transforms (as for F(2x2, 3x3) above:
+ * u[k][a][b], v[k][c][p], m[k][a][p], the slices of v and m ks apart). The matrices come from
+ * spatial.py (Toom-Cook on fixed points, built in float64): mats = [AT (M x N) | G (N x R) |
+ * BT (N x N)], row-major. Built for the instruction sets like the grid kernels: the transforms
+ * are vectorised over the tiles of a row, and FMA matters. */
+#define WG_AT(mats, M, N, R) (mats)
+#define WG_G(mats, M, N, R) ((mats) + (M) * (N))
+#define WG_BT(mats, M, N, R) ((mats) + (M) * (N) + (N) * (R))
+
+/* u[k][a][b] = (G g GT)[k] of the taps of a = out channel, b = in channel, in double (``flip``:
+ * w is (B, A, R, R) with its taps reversed, the input gradient's conv of dy). The b of one a
+ * run side by side (t[p][j][b]), so the second pass is vectorised and its stores contiguous.
+ * Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_WG_WEIGHTS(NAME, ATTR, T, M, R)                                                  \
+    ATTR static int NAME(const T *restrict w, T *restrict u, I na, I nb, int flip, const double *mats) \
+    {                                                                                           \
+        enum { N = M + R - 1 };                                                                 \
+        const double *G = WG_G(mats, M, N, R);                                                  \
+        double *t = malloc((size_t)(N * R * nb) * sizeof(double));                              \
+        if (!t) return -1;                                                                      \
+        for (I a = 0; a < na; a++) {                                                            \
+            for (I b = 0; b < nb; b++) {                                                        \
+                const T *k = w + (flip ? (b * na + a) : (a * nb + b)) * R * R;                  \
+                for (int j = 0; j < R; j++)                                                     \
+                    for (int p = 0; p < N; p++) {                                               \
+                        double acc = 0;                                                         \
+                        for (int i = 0; i < R; i++)                                             \
+                            acc += G[p * R + i] * (double)(flip ? k[(R - 1 - i) * R + R - 1 - j] : k[i * R + j]); \
+                        t[(p * R + j) * nb + b] = acc;                                          \
+                    }                                                                           \
+            }                                                                                   \
+            for (int p = 0; p < N; p++)                                                         \
+                for (int q = 0; q < N; q++) {                                                   \
+                    T *dst = u + ((I)(p * N + q) * na + a) * nb;                                \
+                    const double g0 = G[q * R], *t0 = t + p * R * nb;                           \
+                    for (I b = 0; b < nb; b++) {                                                \
+                        double acc = g0 * t0[b];                                                \
+                        for (int j = 1; j < R; j++) acc += G[q * R + j] * t0[j * nb + b];       \
+                        dst[b] = (T)acc;                                                        \
+                    }                                                                           \
+                }                                                                               \
+        }                                                                                       \
+        free(t);                                                                                \
+        return 0;                                                                               \
+    }
+
+/* v[k][c][p] = (BT d B)[k] of every tile p of samples [n0, n1) and channel c. Each plane is
+ * copied zero-padded with its columns split into M phases (column q at phase q % M, position
+ * q / M), so that BT's pass along a row reads whole vectors of consecutive tiles; the pass
+ * along the columns comes first, over whole rows (rows wr apart, a whole number of vectors).
+ * Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_WG_INPUT(NAME, ATTR, T, V, M, R)                                                 \
+    ATTR static int NAME(const T *restrict x, T *restrict v, const Geometry *g, I n0, I n1,    \
+                         I th, I tw, I ks, const double *mats)                                  \
+    {                                                                                           \
+        enum { N = M + R - 1 };                                                                 \
+        const I L = VLANES(V, T);                                                               \
+        T bt[N][N];                                                                             \
+        for (int i = 0; i < N; i++)                                                             \
+            for (int j = 0; j < N; j++) bt[i][j] = (T)WG_BT(mats, M, N, R)[i * N + j];          \
+        const I tiles = th * tw, np = (n1 - n0) * tiles;                                        \
+        I hb = (th - 1) * M + N, wb = (tw - 1) * M + N;                                         \
+        if (hb < g->h + g->ph) hb = g->h + g->ph;                                               \
+        if (wb < g->w + g->pw) wb = g->w + g->pw;                                               \
+        const I wq = (wb + M - 1) / M, wr = (M * wq + L - 1) / L * L;                           \
+        T *buf = malloc((size_t)((hb + N) * wr) * sizeof(T));                                   \
+        if (!buf) return -1;                                                                    \
+        T *rows = buf + hb * wr;                                                                \
+        for (I n = n0; n < n1; n++)                                                             \
+            for (I c = 0; c < g->c; c++) {                                                      \
+                const T *plane = x + (n * g->c + c) * g->h * g->w;                              \
+                memset(buf, 0, (size_t)(hb * wr) * sizeof(T));                                  \
+                for (I r = 0; r < g->h; r++) {                                                  \
+                    T *row = buf + (r + g->ph) * wr;                                            \
+                    const T *src = plane + r * g->w;                                            \
+                    for (I q = 0; q < g->w; q++) {                                              \
+                        const I at = q + g->pw;                                                 \
+                        row[at % M * wq + at / M] = src[q];                                     \
+                    }                                                                           \
+                }                                                                               \
+                T *dst = v + c * np + (n - n0) * tiles;                                         \
+                for (I ty = 0; ty < th; ty++, dst += tw) {                                      \
+                    const T *r0 = buf + ty * M * wr;                                            \
+                    for (I q = 0; q < wr; q += L) {                                             \
+                        V e[N];                                                                 \
+                        for (int l = 0; l < N; l++) e[l] = LOADV(V, r0 + l * wr + q);           \
+                        for (int i = 0; i < N; i++) {                                           \
+                            V s = bt[i][0] * e[0];                                              \
+                            for (int l = 1; l < N; l++) s += bt[i][l] * e[l];                   \
+                            memcpy(rows + i * wr + q, &s, sizeof s);                            \
+                        }                                                                       \
+                    }                                                                           \
+                    for (int i = 0; i < N; i++) {                                               \
+                        const T *t = rows + i * wr;                                             \
+                        I tx = 0;                                                               \
+                        for (; tx + L <= tw; tx += L) {                                         \
+                            V e[N];                                                             \
+                            for (int l = 0; l < N; l++) e[l] = LOADV(V, t + l % M * wq + l / M + tx); \
+                            for (int j = 0; j < N; j++) {                                       \
+                                V s = bt[j][0] * e[0];                                          \
+                                for (int l = 1; l < N; l++) s += bt[j][l] * e[l];               \
+                                memcpy(dst + (i * N + j) * ks + tx, &s, sizeof s);              \
+                            }                                                                   \
+                        }                                                                       \
+                        for (; tx < tw; tx++)                                                   \
+                            for (int j = 0; j < N; j++) {                                       \
+                                T s = 0;                                                        \
+                                for (int l = 0; l < N; l++) s += bt[j][l] * t[l % M * wq + l / M + tx]; \
+                                dst[(i * N + j) * ks + tx] = s;                                 \
+                            }                                                                   \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        free(buf);                                                                              \
+        return 0;                                                                               \
+    }
+
+/* out[n, a] (+)= AT m[.][a][p] A of every tile p of samples [n0, n1), outputs past Ho x Wo
+ * dropped; vectorised over the tiles of a row (m's slices hold them side by side; s and y
+ * are rounded up to whole vectors, their tails unused). */
+#define DEFINE_WG_OUTPUT(NAME, ATTR, T, V, M, R)                                                \
+    ATTR static int NAME(const T *restrict m, T *restrict out, const Geometry *g, I o, I n0,    \
+                         I n1, I th, I tw, I ks, int accumulate, const double *mats)            \
+    {                                                                                           \
+        enum { N = M + R - 1 };                                                                 \
+        const I L = VLANES(V, T), twv = (tw + L - 1) / L * L;                                   \
+        T at[M][N];                                                                             \
+        for (int i = 0; i < M; i++)                                                             \
+            for (int j = 0; j < N; j++) at[i][j] = (T)WG_AT(mats, M, N, R)[i * N + j];          \
+        const I tiles = th * tw, np = (n1 - n0) * tiles;                                        \
+        T *y = malloc((size_t)(M * M * twv) * sizeof(T));                                       \
+        if (!y) return -1;                                                                      \
+        for (I n = n0; n < n1; n++)                                                             \
+            for (I a = 0; a < o; a++) {                                                         \
+                T *plane = out + (n * o + a) * g->ho * g->wo;                                   \
+                const T *src = m + a * np + (n - n0) * tiles;                                   \
+                for (I ty = 0; ty < th; ty++) {                                                 \
+                    const T *e = src + ty * tw;                                                 \
+                    I tx = 0;                                                                   \
+                    for (; tx + L <= tw; tx += L) {                                             \
+                        V s[M][N];                                                              \
+                        for (int j = 0; j < N; j++) {                                           \
+                            V col[N];                                                           \
+                            for (int l = 0; l < N; l++) col[l] = LOADV(V, e + (l * N + j) * ks + tx); \
+                            for (int i = 0; i < M; i++) {                                       \
+                                V acc = at[i][0] * col[0];                                      \
+                                for (int l = 1; l < N; l++) acc += at[i][l] * col[l];           \
+                                s[i][j] = acc;                                                  \
+                            }                                                                   \
+                        }                                                                       \
+                        for (int i = 0; i < M; i++)                                             \
+                            for (int jj = 0; jj < M; jj++) {                                    \
+                                V acc = at[jj][0] * s[i][0];                                    \
+                                for (int j = 1; j < N; j++) acc += at[jj][j] * s[i][j];         \
+                                memcpy(y + (i * M + jj) * twv + tx, &acc, sizeof acc);          \
+                            }                                                                   \
+                    }                                                                           \
+                    for (; tx < tw; tx++) {                                                     \
+                        T s[M][N];                                                              \
+                        for (int j = 0; j < N; j++)                                             \
+                            for (int i = 0; i < M; i++) {                                       \
+                                T acc = 0;                                                      \
+                                for (int l = 0; l < N; l++) acc += at[i][l] * e[(l * N + j) * ks + tx]; \
+                                s[i][j] = acc;                                                  \
+                            }                                                                   \
+                        for (int i = 0; i < M; i++)                                             \
+                            for (int jj = 0; jj < M; jj++) {                                    \
+                                T acc = 0;                                                      \
+                                for (int j = 0; j < N; j++) acc += at[jj][j] * s[i][j];         \
+                                y[(i * M + jj) * twv + tx] = acc;                               \
+                            }                                                                   \
+                    }                                                                           \
+                    for (int i = 0; i < M; i++) {                                               \
+                        const I r = ty * M + i;                                                 \
+                        if (r >= g->ho) break;                                                  \
+                        T *row = plane + r * g->wo;                                             \
+                        if (accumulate)                                                         \
+                            for (I q = 0; q < g->wo; q++) row[q] += y[(i * M + q % M) * twv + q / M]; \
+                        else                                                                    \
+                            for (I q = 0; q < g->wo; q++) row[q] = y[(i * M + q % M) * twv + q / M]; \
+                    }                                                                           \
+                }                                                                               \
+            }                                                                                   \
+        free(y);                                                                                \
+        return 0;                                                                               \
+    }
+
+#define DEFINE_WG_ISA(M, R, T, V, SUF, ATTR)                                                   \
+    DEFINE_WG_WEIGHTS(wg_weights_##M##_##R##_##T##_##SUF, ATTR, T, M, R)                        \
+    DEFINE_WG_INPUT(wg_input_##M##_##R##_##T##_##SUF, ATTR, T, V, M, R)                         \
+    DEFINE_WG_OUTPUT(wg_output_##M##_##R##_##T##_##SUF, ATTR, T, V, M, R)
+typedef float f32;
+typedef double f64;
+#define DEFINE_WG_ALL(M, R)                                                                     \
+    DEFINE_WG_ISA(M, R, f32, vf32x16, 512, ISA_512)                                             \
+    DEFINE_WG_ISA(M, R, f32, vf32x8, 256, ISA_256)                                              \
+    DEFINE_WG_ISA(M, R, f32, vf32x4, 128, ISA_128)                                              \
+    DEFINE_WG_ISA(M, R, f64, vf64x8, 512, ISA_512)                                              \
+    DEFINE_WG_ISA(M, R, f64, vf64x4, 256, ISA_256)                                              \
+    DEFINE_WG_ISA(M, R, f64, vf64x2, 128, ISA_128)
+
+DEFINE_WG_ALL(2, 5)
+DEFINE_WG_ALL(4, 5)
+DEFINE_WG_ALL(4, 3)
+
+/* The (M, R) pairs built above; 0 where (m, r) is not one of them. */
+static int wg_supported(I m, I r) { return (m == 2 && r == 5) || (m == 4 && (r == 5 || r == 3)); }
+
+#define WG_DISPATCH(KIND, T, m, r, ...)                                                         \
+    ((m) == 2 ? ISA_CALL(wg_##KIND##_2_5_##T, __VA_ARGS__)                                      \
+     : (r) == 5 ? ISA_CALL(wg_##KIND##_4_5_##T, __VA_ARGS__) : ISA_CALL(wg_##KIND##_4_3_##T, __VA_ARGS__))
+
 /* ------------------------------------------------------------------ Python glue */
 
 static int parse_geometry(PyObject *tuple, Geometry *g)
@@ -1093,6 +1308,132 @@ static PyObject *py_winograd_output(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static int check_wg(const Geometry *g, I th, I tw, I m, I nmats)
+{
+    const I r = g->kh;
+    if (!wg_supported(m, r) || g->kw != r || g->sh != 1 || g->sw != 1 || g->dh != 1 || g->dw != 1 ||
+        g->ph < 0 || g->pw < 0 || g->ho != g->h + 2 * g->ph - (r - 1) || g->wo != g->w + 2 * g->pw - (r - 1) ||
+        g->ho < 1 || g->wo < 1 || th != (g->ho + m - 1) / m || tw != (g->wo + m - 1) / m) {
+        PyErr_SetString(PyExc_ValueError, "wg kernels: need F(2x2, 5x5), F(4x4, 5x5) or F(4x4, 3x3): a square "
+                        "kernel of that size, stride 1, no dilation, padding >= 0, the Ho, Wo of that "
+                        "geometry and its tile counts");
+        return -1;
+    }
+    const I n = m + r - 1;
+    if (nmats < m * n + n * r + n * n) {
+        PyErr_Format(PyExc_ValueError, "wg kernels: mats needs %zd float64 values, got %zd", m * n + n * r + n * n, nmats);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_wg_weights(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *uo, *mo;
+    I na, nb, m, r;
+    int flip;
+    if (!PyArg_ParseTuple(args, "OOnnpnnO", &wo, &uo, &na, &nb, &flip, &m, &r, &mo)) return NULL;
+    if (na < 1 || nb < 1 || !wg_supported(m, r)) {
+        PyErr_SetString(PyExc_ValueError, "wg_weights: channel counts must be positive and (m, r) one of "
+                        "(2, 5), (4, 5), (4, 3)");
+        return NULL;
+    }
+    const I n = m + r - 1;
+    Py_buffer w, u, mats;
+    if (get_three(wo, &w, 0, na * nb * r * r, "w", uo, &u, 1, n * n * na * nb, "u", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    if (get_buffer(mo, &mats, 0, "d", m * n + n * r + n * n, "mats") < 0) {
+        release_three(&w, &u, NULL);
+        return NULL;
+    }
+    int failed;
+    Py_BEGIN_ALLOW_THREADS
+    if (w.itemsize == 4)
+        failed = WG_DISPATCH(weights, f32, m, r, w.buf, u.buf, na, nb, flip, mats.buf);
+    else
+        failed = WG_DISPATCH(weights, f64, m, r, w.buf, u.buf, na, nb, flip, mats.buf);
+    Py_END_ALLOW_THREADS
+    release_three(&w, &u, &mats);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_wg_input(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *vo, *go, *mo;
+    Geometry g;
+    I n, n0, n1, th, tw, ks, m;
+    int failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnO", &xo, &vo, &go, &n, &n0, &n1, &th, &tw, &ks, &m, &mo)) return NULL;
+    if (!parse_geometry(go, &g) || check_wg(&g, th, tw, m, 1 << 20) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    const I k = (m + g.kh - 1) * (m + g.kh - 1);
+    if (ks < g.c * (n1 - n0) * th * tw) {
+        PyErr_SetString(PyExc_ValueError, "wg_input: the slices of v overlap");
+        return NULL;
+    }
+    Py_buffer x, v, mats;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", vo, &v, 1, (k - 1) * ks + g.c * (n1 - n0) * th * tw, "v",
+                  NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    if (get_buffer(mo, &mats, 0, "d", 0, "mats") < 0) {
+        release_three(&x, &v, NULL);
+        return NULL;
+    }
+    if (check_wg(&g, th, tw, m, mats.len / 8) < 0) {
+        release_three(&x, &v, &mats);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        failed = WG_DISPATCH(input, f32, m, g.kh, x.buf, v.buf, &g, n0, n1, th, tw, ks, mats.buf);
+    else
+        failed = WG_DISPATCH(input, f64, m, g.kh, x.buf, v.buf, &g, n0, n1, th, tw, ks, mats.buf);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &v, &mats);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_wg_output(PyObject *self, PyObject *args)
+{
+    PyObject *mo_, *oo, *go, *mo;
+    Geometry g;
+    I o, n, n0, n1, th, tw, ks, m;
+    int accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnpnO", &mo_, &oo, &go, &o, &n, &n0, &n1, &th, &tw, &ks, &accumulate, &m, &mo))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_wg(&g, th, tw, m, 1 << 20) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    const I k = (m + g.kh - 1) * (m + g.kh - 1);
+    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
+        PyErr_SetString(PyExc_ValueError, "wg_output: need a positive channel count and slices of m "
+                        "that do not overlap");
+        return NULL;
+    }
+    Py_buffer out, mm, mats;
+    if (get_three(oo, &out, 1, n * o * g.ho * g.wo, "out", mo_, &mm, 0, (k - 1) * ks + o * (n1 - n0) * th * tw, "m",
+                  NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    if (get_buffer(mo, &mats, 0, "d", 0, "mats") < 0) {
+        release_three(&out, &mm, NULL);
+        return NULL;
+    }
+    if (check_wg(&g, th, tw, m, mats.len / 8) < 0) {
+        release_three(&out, &mm, &mats);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        failed = WG_DISPATCH(output, f32, m, g.kh, mm.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate, mats.buf);
+    else
+        failed = WG_DISPATCH(output, f64, m, g.kh, mm.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate, mats.buf);
+    Py_END_ALLOW_THREADS
+    release_three(&out, &mm, &mats);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_depthwise_forward(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wo, *oo, *go;
@@ -1315,6 +1656,14 @@ static PyMethodDef methods[] = {
     {"winograd_output", py_winograd_output, METH_VARARGS,
      "winograd_output(m, out, geometry, O, N, n0, n1, th, tw, ks, accumulate): out (+)= the tiles "
      "m[16][O][tiles] (slices ks apart) of samples [n0, n1) transformed back"},
+    {"wg_weights", py_wg_weights, METH_VARARGS,
+     "wg_weights(w, u, A, B, flip, m, r, mats): u[N*N][A][B], the F(m x m, r x r) transform of the "
+     "taps (N = m + r - 1; flip: w is (B, A, r, r), taps reversed)"},
+    {"wg_input", py_wg_input, METH_VARARGS,
+     "wg_input(x, v, geometry, N, n0, n1, th, tw, ks, m, mats): v[N*N][C][tiles of samples [n0, n1)]"},
+    {"wg_output", py_wg_output, METH_VARARGS,
+     "wg_output(m_, out, geometry, O, N, n0, n1, th, tw, ks, accumulate, m, mats): out (+)= the tiles "
+     "transformed back"},
     {"bias_add", py_bias_add, METH_VARARGS,
      "bias_add(out, bias, N, C, inner, p0, p1): planes [p0, p1) of (N, C, inner) out += bias[c]"},
     {"bias_grad", py_bias_grad, METH_VARARGS,

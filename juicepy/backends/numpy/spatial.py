@@ -465,7 +465,9 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
     runs = [_gemm_forward]
     if _direct_forward_applies(backend, plan):
         runs.append(_direct_forward)
-        if tuple(stride) == (1, 1) and _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
+        if tuple(stride) == (1, 1) and _wg(backend, plan, plan.c, plan.o, out.shape[2:]):
+            runs.append(_wg_forward)
+        elif tuple(stride) == (1, 1) and _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
             runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
     runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
@@ -594,7 +596,9 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs = [_gemm_backward_data]
     if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
         runs.append(_direct_backward_data)
-        if _winograd(backend, plan, plan.o, plan.c, dx.shape[2:]):
+        if _wg(backend, plan, plan.o, plan.c, dx.shape[2:]):
+            runs.append(_wg_backward_data)
+        elif _winograd(backend, plan, plan.o, plan.c, dx.shape[2:]):
             runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
     runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
@@ -686,6 +690,99 @@ def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
                         plan.dilation, dx.shape[2:])
     _winograd_run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
+
+
+#: Toom-Cook points of the larger Winograd tiles (with infinity as the last one); their float32
+#: errors against float64 are in docs/numpy.md
+WG_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
+#: kernel size -> output tile side m of the Winograd F(m x m, r x r) kernels run by _wg: F(2x2, 5x5),
+#: 9 multiply-adds per output instead of 25. The kernels also compute F(4x4, 5x5) (4) and F(4x4, 3x3)
+#: (2.25; F(2x2, 3x3): 4), faster still ({5: 4, 3: 4}), but their float32 errors (5-8e-6 of the
+#: largest output) exceed the conformance suite's float32 tolerance (docs/numpy.md)
+WG_TILE = {5: 2}
+#: fewest input and output channels per kernel size: the n*n GEMMs are (O, C) x (C, tiles); with
+#: 16 channels (5x5) or 32 (3x3) the direct kernel wins or ties (docs/numpy.md)
+WG_MIN_CHANNELS = {5: 32, 3: 64}
+_wg_cache = {}
+
+
+def _wg_matrices(m, r):
+    """float64 [AT (m x n) | G (n x r) | BT (n x n)], n = m + r - 1, of F(m, r) on WG_POINTS:
+    Toom-Cook's evaluation matrices E_k (n x k, row j the powers of point j, the last row the
+    leading coefficient) give correlation as AT = E_m^T, G = E_r, BT = (E_n^-1)^T; each row of
+    BT is scaled to a largest entry of 1 and G's row by the inverse (smaller float32 errors)."""
+    key = (m, r)
+    if key not in _wg_cache:
+        n = m + r - 1
+        points = WG_POINTS[:n - 1]
+
+        def evaluation(k):
+            e = np.zeros((n, k))
+            for j, a in enumerate(points):
+                e[j] = [a ** i for i in range(k)]
+            e[n - 1, k - 1] = 1.0
+            return e
+
+        at, g, bt = evaluation(m).T, evaluation(r), np.linalg.inv(evaluation(n)).T
+        scale = np.abs(bt).max(axis=1)
+        bt, g = bt / scale[:, None], g * scale[:, None]
+        _wg_cache[key] = np.ascontiguousarray(np.concatenate([at.ravel(), g.ravel(), bt.ravel()]))
+    return _wg_cache[key]
+
+
+def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
+    """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
+    direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
+    WG_MIN_CHANNELS each side, on AVX2 (``isa`` 1), where it was measured (docs/numpy.md).
+    Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
+    return backend.conv_kernels.isa == 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
+        and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh] \
+        and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
+
+
+#: tiles per chunk of samples of _wg_run (at least one sample; 64-256 measured the same)
+WG_TILES = 128
+
+
+def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
+    """dst (+)= the stride-1 rxr conv of src (``geometry``) with w, as Winograd F(m x m, r x r):
+    like _winograd_run, with n*n GEMMs (n = m + r - 1)."""
+    n = src.shape[0]
+    r, (ho, wo) = geometry[3], geometry[11:13]
+    m = WG_TILE[r]
+    k = (m + r - 1) ** 2
+    mats = _wg_matrices(m, r)
+    th, tw = -(-ho // m), -(-wo // m)
+    tiles = th * tw
+    u = scratch(ws, backend, "conv_wg_u", (k, n_out, n_in), w.dtype)
+    backend.conv_kernels.wg_weights(w, u, n_out, n_in, flip, m, r, mats)
+    per = max(1, min(n, WG_TILES // tiles))
+    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+    # slices a cache line more than their size apart (see _winograd_run)
+    vs, ms = n_in * per * tiles + 16, n_out * per * tiles + 16
+
+    def lane(lo, hi, lane_k):
+        v = scratch(ws, backend, f"conv_wg_v/{lane_k}", (k, vs), src.dtype)
+        prod = scratch(ws, backend, f"conv_wg_m/{lane_k}", (k, ms), src.dtype)
+        for n0, n1 in chunks[lo:hi]:
+            p = (n1 - n0) * tiles
+            backend.conv_kernels.wg_input(src, v, geometry, n, n0, n1, th, tw, vs, m, mats)
+            np.matmul(u, _view(v[:, :n_in * p], (k, n_in, p)), out=_view(prod[:, :n_out * p], (k, n_out, p)))
+            backend.conv_kernels.wg_output(prod, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate, m, mats)
+
+    _run_gemm_pieces(len(chunks), lane)
+
+
+def _wg_forward(backend, x, w, plan, ws, out):
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
+    _wg_run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws)
+
+
+def _wg_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    """dx as the stride-1 conv of dy with the taps flipped and the channels swapped."""
+    flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
+                        plan.dilation, dx.shape[2:])
+    _wg_run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
 
 
 def _grid_padding(kernel, padding, dilation):

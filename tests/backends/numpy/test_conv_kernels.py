@@ -72,6 +72,7 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
     monkeypatch.setattr(kernels, "isa", 1)  # AVX2: all three algorithms apply
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})  # plain: F(4x4, 3x3), dilated: F(2x2, 3x3)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     counts = []
 
@@ -215,6 +216,86 @@ def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch):
 
 
 @needs_kernels
+def test_winograd_mxm_only_for_undilated_ungrouped_wide_layers(monkeypatch):
+    """F(2x2, 5x5) (and F(4x4, 3x3) where enabled): stride 1 (checked by the caller), no dilation or
+    groups, 32+ (5x5) or 64+ (3x3) channels each side (with 16 / 32 the direct kernel wins or
+    ties), on AVX2."""
+    monkeypatch.setattr(kernels, "isa", 1)
+    backend = jp.backend("numpy")
+    applies = numpy_spatial._wg
+
+    def plan(c, o, hw, k=5, dilation=1, groups=1):
+        return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c // groups, k, k), (hw, hw), (1, 1), (2, 2),
+                                       (dilation, dilation), groups)
+
+    assert applies(backend, plan(32, 32, 32), 32, 32, (32, 32))
+    assert applies(backend, plan(64, 64, 16), 64, 64, (16, 16))
+    assert not applies(backend, plan(16, 16, 32), 16, 16, (32, 32))
+    assert not applies(backend, plan(32, 32, 8), 32, 32, (8, 8))
+    assert not applies(backend, plan(32, 32, 32, dilation=2), 32, 32, (32, 32))
+    assert not applies(backend, plan(32, 32, 32, groups=2), 32, 32, (32, 32))
+    assert not applies(backend, plan(64, 64, 32, k=3), 64, 64, (32, 32))  # F(2x2, 3x3)'s by default
+    monkeypatch.setattr(numpy_spatial, "WG_TILE", {5: 4, 3: 4})  # F(4x4, 3x3) where enabled: 64+ channels
+    assert applies(backend, plan(64, 64, 32, k=3), 64, 64, (32, 32))
+    assert not applies(backend, plan(32, 32, 32, k=3), 32, 32, (32, 32))
+    assert not applies(backend, plan(64, 64, 32, k=3, dilation=2), 64, 64, (32, 32))
+    monkeypatch.setattr(kernels, "isa", 2)  # not measured on AVX-512: the direct kernel
+    assert not applies(backend, plan(32, 32, 32), 32, 32, (32, 32))
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(3, 32, 16, 16, 32, 2), (2, 33, 13, 11, 35, 1), (2, 32, 5, 6, 32, 3)],
+                         ids=["plane", "odd-sizes", "padding-past-the-kernel"])
+@pytest.mark.parametrize("m, k", [(2, 5), (4, 5), (4, 3)], ids=["F(2x2,5x5)", "F(4x4,5x5)", "F(4x4,3x3)"])
+def test_winograd_mxm_matches_the_reference(shape, m, k, monkeypatch):
+    """F(m x m, k x k): in float64 to rounding, in float32 within 2e-5 of the largest output
+    (docs/numpy.md: 1.5-8e-6 measured, the direct kernel about 1e-6), forward and input gradient,
+    alone and accumulating; tiles past the plane's edges are dropped."""
+    n, c, h, w_, o, p = shape
+    p = min(p, k - 1) if k == 3 else p
+    rng = np.random.default_rng(11)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)
+    monkeypatch.setattr(kernels, "isa", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
+    monkeypatch.setattr(numpy_spatial, "WG_TILE", {k: m})
+    picked = []
+    for name in ("_wg_forward", "_wg_backward_data"):
+        original = getattr(numpy_spatial, name)
+        monkeypatch.setattr(numpy_spatial, name, lambda *a, _f=original, _n=name: (picked.append(_n), _f(*a))[1])
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
+    ws = Workspace()
+    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, (1, p, 1, 1), ws=ws)
+               for dtype in (np.float64, np.float32)}
+    summed = _all_three(x, w, 3, (1, p, 1, 1), accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    assert sorted(set(picked)) == ["_wg_backward_data", "_wg_forward"]
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 3, (1, p, 1, 1))
+    for exact, single, want in zip(results[np.float64], results[np.float32], reference):
+        np.testing.assert_allclose(exact, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+        assert np.abs(single - want).max() <= 2e-5 * np.abs(want).max()
+    np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10)
+
+
+@needs_kernels
+def test_winograd_mxm_refuses_geometries_it_does_not_compute():
+    x, v = np.zeros((1, 2, 8, 8), np.float32), np.zeros((64, 64), np.float32)
+    mats = numpy_spatial._wg_matrices(4, 5)
+    ok = (2, 8, 8, 5, 5, 1, 1, 2, 2, 1, 1, 8, 8)
+    kernels.wg_input(x, v, ok, 1, 0, 1, 2, 2, 8, 4, mats)
+    for geometry, m in [((2, 8, 8, 5, 5, 2, 2, 2, 2, 1, 1, 4, 4), 4),   # strided
+                        ((2, 8, 8, 5, 5, 1, 1, 4, 4, 2, 2, 8, 8), 4),   # dilated
+                        ((2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8), 2),   # F(2x2, 3x3) is the other kernel
+                        ((2, 8, 8, 5, 5, 1, 1, 2, 2, 1, 1, 7, 8), 4)]:  # wrong output size
+        with pytest.raises(ValueError, match="wg kernels"):
+            kernels.wg_input(x, v, geometry, 1, 0, 1, 2, 2, 8, m, mats)
+    with pytest.raises(ValueError, match="mats"):
+        kernels.wg_input(x, v, ok, 1, 0, 1, 2, 2, 8, 4, mats[:10])
+    with pytest.raises(ValueError, match="overlap"):
+        kernels.wg_input(x, v, ok, 1, 0, 1, 2, 2, 4, 4, mats)
+
+
+@needs_kernels
 def test_two_contexts_compute_the_same_bits(monkeypatch):
     monkeypatch.setattr(kernels, "isa", 2)
     rng = np.random.default_rng(6)
@@ -293,3 +374,27 @@ def test_bias_passes_match_the_fallback(dtype, accumulate, monkeypatch):
     np.testing.assert_allclose(db_c, db_np, **tol)
     expected = y0.astype(np.float64) + bias.reshape(1, -1, 1, 1)
     np.testing.assert_allclose(db_c, (db0 if accumulate else 0) + expected.sum(axis=(0, 2, 3)), **tol)
+
+
+@needs_kernels
+def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
+    """The transform buffers come from the Context's workspace: a steady step makes no arrays."""
+    from juicepy import layers as L
+    from juicepy.train import Adam, Trainer
+
+    monkeypatch.setattr(kernels, "isa", 1)
+    called = []
+    original = numpy_spatial._wg_run
+    monkeypatch.setattr(numpy_spatial, "_wg_run", lambda *a: (called.append(1), original(*a))[1])
+    backend = jp.backend("numpy")
+    net = jp.Network(L.Sequential(L.Conv2d(32, 5, padding=2), L.ReLU(), L.Conv2d(32, 5, padding=2)),
+                     (32, 16, 16), seed=2)
+    trainer = Trainer(net, L.MSELoss(), Adam(), batch_size=2)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 32, 16, 16)).astype(np.float32), rng.standard_normal((2, 32, 16, 16)).astype(np.float32)
+    for _ in range(2):
+        trainer.train_minibatch(backend, x, y)
+    before = backend.allocations
+    for _ in range(3):
+        trainer.train_minibatch(backend, x, y)
+    assert backend.allocations == before and called
