@@ -362,6 +362,60 @@ void name(__global const float *restrict xp, \
 FILTER_ROW_KERNEL(conv_direct_bwd_filter_k3, 3)
 FILTER_ROW_KERNEL(conv_direct_bwd_filter_k5, 5)
 
+// The same for OUTS output channels of one group at once (work-item (ki, (o / OUTS) * cg + ci,
+// chunk)): each loaded row of KW input vectors feeds the KW taps of OUTS outputs, so a step
+// of one vector loads KW + OUTS vectors for KW * OUTS FMAs (the kernel above: 2 KW + 2 for
+// 2 KW); OUTS * KW accumulators (12 for 3 taps x 4 outputs, 10 for 5 x 2) plus the KW input
+// vectors fit AVX2's 16 registers. Rows of whole vectors (Wo a multiple of VEC).
+#define TAPS2_3(X, u) X(u, 0) X(u, 1) X(u, 2)
+#define TAPS2_5(X, u) X(u, 0) X(u, 1) X(u, 2) X(u, 3) X(u, 4)
+#define OUTS_2(X) X(0) X(1)
+#define OUTS_4(X) X(0) X(1) X(2) X(3)
+#define FO_X(j) const floatv x##j = LOAD_UNIT(xr + ow + j * dw);
+#define FO_ACC1(u, j) floatv a##u##_##j = (floatv)(0.0f);
+#define FO_FMA1(u, j) a##u##_##j += d##u * x##j;
+#define FO_STORE1(u, j) { const floatv v = a##u##_##j; float total = 0.0f; \
+    for (int q = 0; q < VEC; ++q) total += v[q]; \
+    dst[(size_t)(u) * cg * kh * KW_ + j] = total; }
+#define FO_ACC_3(u) TAPS2_3(FO_ACC1, u)
+#define FO_ACC_5(u) TAPS2_5(FO_ACC1, u)
+#define FO_DY_3(u) { const floatv d##u = LOAD_UNIT(dyr + (size_t)(u) * pixels + ow); TAPS2_3(FO_FMA1, u) }
+#define FO_DY_5(u) { const floatv d##u = LOAD_UNIT(dyr + (size_t)(u) * pixels + ow); TAPS2_5(FO_FMA1, u) }
+#define FO_STORE_3(u) TAPS2_3(FO_STORE1, u)
+#define FO_STORE_5(u) TAPS2_5(FO_STORE1, u)
+#define FILTER_OUTS_KERNEL(name, KW, OUTS) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(__global const float *restrict xp, \
+          __global const float *restrict dy, const int dy_off, \
+          __global float *restrict part, const int p_off, \
+          const int N, const int C, const int Hp, const int Wp, const int O, \
+          const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
+          const int dw) \
+{ \
+    const int KW_ = KW; \
+    const int ki = get_global_id(0), q = get_global_id(1), chunk = get_global_id(2); \
+    const int chunks = get_global_size(2), pixels = Ho * Wo; \
+    const int o0 = q / cg * OUTS, ci = q - q / cg * cg, c = (o0 / og) * cg + ci; \
+    OUTS_##OUTS(FO_ACC_##KW) \
+    for (int n = chunk; n < N; n += chunks) { \
+        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp; \
+        __global const float *dyp = dy + dy_off + ((size_t)n * O + o0) * pixels; \
+        for (int oh = 0; oh < Ho; ++oh) { \
+            __global const float *xr = xc + (size_t)oh * Wp; \
+            __global const float *dyr = dyp + (size_t)oh * Wo; \
+            for (int ow = 0; ow < Wo; ow += VEC) { \
+                TAPS_##KW(FO_X) \
+                OUTS_##OUTS(FO_DY_##KW) \
+            } \
+        } \
+    } \
+    __global float *dst = part + p_off + ((size_t)chunk * O * cg + (size_t)o0 * cg + ci) * kh * KW + ki * KW; \
+    OUTS_##OUTS(FO_STORE_##KW) \
+}
+
+FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k3_o4, 3, 4)
+FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k5_o2, 5, 2)
+
 // Pass 2: dw[i] (+)= sum over the chunks of part[chunk][i]; one work-item per weight.
 __kernel void conv_direct_filter_sum(const int total, const int chunks,
                                      __global const float *restrict part, const int p_off,

@@ -40,6 +40,10 @@ FILTER_ROW_TAPS = (3, 5)
 # a work-item then sums a few images, whose planes are still in cache for the next row of taps),
 # 5x5 32->32 (17.3 -> 16.5) and depthwise 3x3 64 (1.1 -> 1.0)
 DIRECT_FILTER_ITEMS = 32768
+# ...and with several outputs per work-item (FILTER_ROW_OUTS): 8192 measured faster than 32768
+# and 4096 there (the 4-group 64->64 and 5x5 32->32 layers; 32768 made the second pass's sum
+# over the chunks cost as much as a tenth of the first)
+DIRECT_FILTER_ITEMS_OUTS = 8192
 # Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
 # 3x3 forward passes and input gradients with at least this many input and output channels and
 # output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where it was
@@ -62,6 +66,19 @@ def direct_outputs(outputs: int, lanes: int) -> int:
     if lanes == 8 and outputs % 6 == 0:
         return 6
     return 1
+
+
+# output channels per work-item of the row-of-taps weight gradient (conv_direct_bwd_filter_k*_o*
+# in conv.cl) per kernel width, on 8-lane devices, where it was measured
+FILTER_ROW_OUTS = {3: 4, 5: 2}
+
+
+def filter_outputs(outputs: int, kw: int, lanes: int) -> int:
+    """Output channels each work-item of the row-of-taps weight gradient sums at once: every
+    loaded input vector then feeds that many outputs' taps; 1 where they do not divide the
+    group's ``outputs`` (depthwise layers)."""
+    outs = FILTER_ROW_OUTS.get(kw, 1) if lanes == 8 else 1
+    return outs if outputs % outs == 0 else 1
 
 
 def direct_unroll(outs: int, vectors: int) -> int:
@@ -336,14 +353,15 @@ class SpatialOps(abc.ABC):
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
         by_rows = self._filter_by_rows(geo)   # a work-item per row of taps
-        items = kh * weights if by_rows else taps * weights
-        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // items))
+        outs = filter_outputs(o // groups, kw, self._conv_vec) if by_rows else 1
+        items = kh * weights // outs if by_rows else taps * weights
+        chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
         if by_rows:
             xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
-            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}")(
-                self.queue, (kh, weights, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
+            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
+                self.queue, (kh, weights // outs, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
                 *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
         else:
             xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)

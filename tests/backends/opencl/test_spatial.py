@@ -71,6 +71,9 @@ CONV_CASES = [
     # weight gradients a row of taps per work-item (rows of 16 and 32 outputs: whole pairs of vectors)
     ((2, 3, 6, 16), (3, 3, 3), (1, 1), (2, 1), (2, 1), 3),    # depthwise 3x3, dilated along rows
     ((2, 4, 3, 32), (4, 5, 5), (1, 1), (2, 2), (1, 1), 2),    # 5x5, two channels per group
+    # ...and of several outputs per work-item on 8-lane devices (four for 3x3, two for 5x5)
+    ((2, 8, 5, 16), (8, 3, 3), (1, 1), (2, 2), (2, 2), 2),    # 3x3, four outputs and channels per group, dilated
+    ((2, 4, 6, 32), (4, 5, 5), (1, 1), (4, 4), (2, 2), 1),    # 5x5, dilated
     # six output planes per work-item (8-lane devices): forward, rows of 3 vectors (the last partly)
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
