@@ -51,6 +51,12 @@ DIRECT_FILTER_ITEMS_OUTS = 8192
 # of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
+# The direct forward kernel pads a group's input planes into local memory per work-item (no padded
+# copy through global memory) where they take at most this many bytes...
+DIRECT_LOCAL_MAX_BYTES = 1 << 17
+# ...and each work-item computes all its group's outputs from them unless that gives fewer
+# work-items than this
+DIRECT_LOCAL_MIN_ITEMS = 64
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
@@ -219,16 +225,33 @@ class SpatialOps(abc.ABC):
         return out
 
     def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws):
-        """conv_direct_fwd over x padded by the geometry's padding."""
+        """conv_direct_fwd over x padded by the geometry's padding: in local memory per
+        work-item where a group's padded planes fit (_local_planes), else a padded copy."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         outs = direct_outputs(o // groups, self._conv_vec)
         unroll = direct_unroll(outs, -(-wo // self._conv_vec))
-        xp = self._padded(x, ph, pw, hp, wp, unroll * self._conv_vec * sw + kw * dw, ws)
-        name = "conv_direct_fwd" + ("" if outs == 1 else str(outs)) + ("" if unroll == 1 else f"_u{unroll}")
-        self._kernel("conv.cl", name)(
-            self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
-            c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
+        lanes_past = unroll * self._conv_vec * sw + kw * dw
+        name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
+        suffix = "" if unroll == 1 else f"_u{unroll}"
+        args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
+                int(flip), int(accumulate))
+        local = (c // groups * hp * wp + lanes_past + wp) * 4
+        if local <= self._local_planes_bytes():
+            per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
+            while per % 2 == 0 and n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS:
+                per //= 2   # ...unless that leaves too few work-items
+            self._kernel("conv.cl", name + "_local" + suffix)(
+                self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
+                self._cl.LocalMemory(local), per, *args)
+            return
+        xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
+        self._kernel("conv.cl", name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+
+    def _local_planes_bytes(self) -> int:
+        """The most local memory the direct forward kernel stages padded planes in: its own
+        limit on CPU drivers, and half the device's local memory anywhere."""
+        return min(DIRECT_LOCAL_MAX_BYTES, self.device.local_mem_size // 2)
 
     # ------------------------------------------------------------ convolution
     @staticmethod

@@ -125,6 +125,30 @@ def test_conv2d_forward_and_backward(conv_ocl, rng, case, accumulate):
     np.testing.assert_allclose(ocl.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes):
+    """The direct forward pass and stride-1 input gradient where a group's padded planes do not
+    fit the local-memory limit (the test shapes all fit, so the limit is set to nothing): the
+    input is padded into a global copy first."""
+    from juicepy.backends.opencl import OpenCLBackend, spatial
+
+    monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
+    ocl = OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=lanes)
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
+    y_ref = conv_ref(x, wt, stride, padding, dilation, groups)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, _ = conv_grads_ref(x, wt, dy, stride, padding, dilation, groups)
+    ws = Workspace()
+    y, dx = ocl.empty(y_ref.shape), ocl.empty(x.shape)
+    ocl.conv2d(ocl.from_host(x), ocl.from_host(wt), y, stride, padding, dilation, groups, ws)
+    ocl.conv2d_backward_data(ocl.from_host(dy), ocl.from_host(wt), dx, stride, padding, dilation, groups, False, ws)
+    np.testing.assert_allclose(ocl.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ocl.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
+
+
 def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     """y, dx and dw (host arrays) of one convolution and its gradients on ``ocl``."""
     ws = Workspace()
