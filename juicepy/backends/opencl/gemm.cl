@@ -486,7 +486,23 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 #define DOT_FMA(r) { const floatv a = ar[(r) * (BK / VW) + kk]; DOT_COLS(DOT_FMA1, r) }
 #define DOT_STORE1(r, j) { const float s = LANE_SUM(d##r##_##j); \
                            if (first) cr[j] = s; else cr[j] += s; }
+#ifndef DOT_TREE
+#define DOT_TREE 1
+#endif
+#if VW == 8 && DC == 4 && DOT_TREE
+// a row's four accumulators summed across lanes at once: pairs of vectors folded lane pair by
+// lane pair (shuffles within 128-bit halves), then the halves added, giving the four sums as
+// one float4 (6 shuffle-adds and 1 add instead of 4 separate 3-step reductions and 4 scalar
+// read-modify-writes of the C tile)
+#define DOT_PAIR(a, b) ((float8)((a).s0, (a).s2, (b).s0, (b).s2, (a).s4, (a).s6, (b).s4, (b).s6) + \
+                        (float8)((a).s1, (a).s3, (b).s1, (b).s3, (a).s5, (a).s7, (b).s5, (b).s7))
+#define DOT_STORE(r) { __local float4 *cr = (__local float4 *)(c_tile + (i0 + (r)) * BN + j0); \
+    const float8 u = DOT_PAIR(DOT_PAIR(d##r##_0, d##r##_1), DOT_PAIR(d##r##_2, d##r##_3)); \
+    const float4 s = u.lo + u.hi; \
+    if (first) *cr = s; else *cr += s; }
+#else
 #define DOT_STORE(r) { __local float *cr = c_tile + (i0 + (r)) * BN + j0; DOT_COLS(DOT_STORE1, r) }
+#endif
 
 // local tiles and this work-group's rows, columns and K range (kernels in gemm_nt's shape);
 // rows_dr and cols_dc: rows and columns rounded up to the micro-kernel's
