@@ -295,6 +295,10 @@ inline int last_inside(const int off, const int s, const int size, const int out
 // GATHER_STRIDE2: stride-2 runs are gathered 8 at a time as the even lanes of 16 consecutive
 // floats (scalar strided loads were a third of a strided convolution's time on AVX2; not
 // measured on AVX-512 devices, which keep the scalar loop), while the 16 lie inside the row
+// conv_gemm stages a pointwise convolution's tiles as plain row copies (0: through the runs, as any other)
+#ifndef POINTWISE_STAGE
+#define POINTWISE_STAGE 1
+#endif
 #ifndef GATHER_STRIDE2
 #define GATHER_STRIDE2 0
 #endif
@@ -384,13 +388,27 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
         SPLIT_RUNS_INTO(first, j * (BK * NR), col0 + j * NR, NR, N)
         fill_from[j] = runs > first ? run_at[runs - 1] + run_len[runs - 1] - j * (BK * NR) : 0;
     }
+    // a pointwise convolution (1x1, stride 1, no padding) whose tile of whole panels lies in one
+    // image: each k's row of the tile is tile_n consecutive floats of one input plane, copied
+    // panel by panel without splitting runs or checking bounds
+    const int img0 = col0 / pixels;
+    const int pointwise = POINTWISE_STAGE && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 &&
+                          col0 + tile_n <= N && (col0 + tile_n - 1) / pixels == img0 && tile_n % NR == 0;
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
 #if !DIRECT_PACKED
         STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
 #endif
+        if (pointwise) {
+            __global const float *src = X + x_off + ((size_t)img0 * C + k0) * pixels + (col0 - img0 * pixels);
+            for (int k = 0; k < kc; ++k, src += pixels)
+                for (int j = 0; j < b_panels; ++j) {
+                    __local float *dst = b_pack + j * (BK * NR) + k * NR;
+                    for (int q = 0; q < NR; ++q) dst[q] = src[j * NR + q];
+                }
+        }
         int ci = k0 / taps, ki = (k0 - ci * taps) / kw, kj = k0 - ci * taps - ki * kw;
-        for (int k = 0; k < kc; ++k) {
+        for (int k = 0; k < (pointwise ? 0 : kc); ++k) {
             for (int r = 0; r < runs; ++r)
                 GATHER_RUN(b_pack + run_at[r] + k * NR, run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
                            X + x_off + ((size_t)run_img[r] * C + ci) * H * W)

@@ -65,6 +65,7 @@ CONV_CASES = [
     ((3, 6, 7, 7), (12, 3, 3), (1, 1), (1, 1), (1, 1), 6),    # depthwise, two outputs per channel
     ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),     # padded past the kernel
     ((2, 4, 5, 21), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, rows past 16 lanes
+    ((2, 6, 8, 16), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, GEMM tiles inside one image
     # rows of several vectors, computed 2 or 4 vectors at a time, the last one partly past the row
     ((2, 3, 5, 37), (3, 3, 3), (1, 2), (1, 1), (1, 1), 3),    # depthwise, strided: 19 outputs a row
     ((1, 2, 4, 45), (6, 3, 3), (1, 1), (1, 1), (1, 2), 2),    # three outputs per group, dilated: 43
@@ -169,7 +170,9 @@ def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     # stride 2 along rows of 20 outputs: runs gathered 8 at a time, the row's end one by one
     ((2, 8, 11, 41), (16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
     ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),
-], ids=["k360-m100", "grouped-strided", "5x5", "stride2-rows", "stride2-dilated-grouped"])
+    # pointwise, GEMM tiles inside one image, channels past one K slice
+    ((2, 300, 8, 16), (20, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+], ids=["k360-m100", "grouped-strided", "5x5", "stride2-rows", "stride2-dilated-grouped", "pointwise-k300"])
 def test_larger_convolutions_match_torch(conv_ocl, rng, case):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     ocl = conv_ocl
