@@ -307,7 +307,7 @@ typedef float8 float8_u __attribute__((aligned(4)));
 typedef float16 float16_u __attribute__((aligned(4)));
 #define GATHER_STRIDE2_VECTORS \
     if (sw == 2) \
-        for (; q + 8 <= hi && off + 2 * q + 16 <= W; q += 8) \
+        for (; q + 8 <= hi && off + 2 * q + 16 <= Wr; q += 8) \
             *(__local float8_u *)(d + q) = (*(__global const float16_u *)(src + 2 * q)).even;
 #else
 #define GATHER_STRIDE2_VECTORS
@@ -315,14 +315,16 @@ typedef float16 float16_u __attribute__((aligned(4)));
 
 // d[0, len) = row h of the input plane `plane`, from column off in steps of sw; zeros where
 // the row or a column falls outside the plane (the padding)
+// (rows of Wr columns, Hr of them: the input's rows, or the whole plane as one row for a
+// pointwise convolution, FLAT_ROWS)
 #define GATHER_RUN(d_, len_, h_, off_, plane) { \
     __local float *d = (d_); \
     const int len = (len_), h = (h_), off = (off_); \
-    if (h < 0 || h >= H) { \
+    if (h < 0 || h >= Hr) { \
         for (int q = 0; q < len; ++q) d[q] = 0.0f; \
     } else { \
-        __global const float *src = (plane) + (size_t)h * W + off; \
-        const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, W, len)); \
+        __global const float *src = (plane) + (size_t)h * Wr + off; \
+        const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, Wr, len)); \
         for (int q = 0; q < lo; ++q) d[q] = 0.0f; \
         if (sw == 1) { \
             for (int q = lo; q < hi; ++q) d[q] = src[q]; \
@@ -343,8 +345,8 @@ typedef float16 float16_u __attribute__((aligned(4)));
 #define SPLIT_RUNS_INTO(first, at0, start, count, end) \
     runs = (first); \
     for (int e = 0, k = (start); e < (count) && k < (end); ++runs) { \
-        const int img = k / pixels, pix = k - img * pixels, oh = pix / Wo, ow = pix - oh * Wo; \
-        const int len = min((count) - e, Wo - ow); \
+        const int img = k / pixels, pix = k - img * pixels, oh = pix / Wor, ow = pix - oh * Wor; \
+        const int len = min((count) - e, Wor - ow); \
         run_at[runs] = (at0) + e; \
         run_len[runs] = len; \
         run_h[runs] = oh * sh - ph; \
@@ -354,6 +356,16 @@ typedef float16 float16_u __attribute__((aligned(4)));
         e += len; \
         k += len; \
     }
+
+// A pointwise convolution (1x1, stride 1, no padding) reads each input plane as one row of
+// H * W columns, so a run of consecutive output pixels spans output rows (runs end only at an
+// image's end): Hr x Wr input rows, Wor output columns a row, as GATHER_RUN and SPLIT_RUNS see them
+#ifndef FLAT_RUNS
+#define FLAT_RUNS 1
+#endif
+#define FLAT_ROWS \
+    const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; \
+    const int Hr = flat ? 1 : H, Wr = flat ? H * W : W, Wor = flat ? Ho * Wo : Wo;
 
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
 // X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
@@ -370,6 +382,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int dh, const int dw, const float alpha, const float beta)
 {
     PACKED_TILE_SETUP
+    FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
 
@@ -599,6 +612,7 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                       __global float *Cm, const int c_off, const int ldc, const float alpha, const float beta)
 {
     NT_TILE_SETUP
+    FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
     Cm += c_off + (size_t)get_group_id(2) * M * N;
 
