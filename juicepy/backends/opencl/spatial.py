@@ -106,6 +106,14 @@ def pair(v) -> tuple[int, int]:
     return int(v), int(v)
 
 
+def _bn_grid(x, c: int, s: int) -> tuple:
+    """(row length, (rows,), C, chan_inner) of the per-element batch-norm kernels (PLANE_ITEM in
+    norm.cl): rows are the (n, c) planes, or the samples where a plane is one value."""
+    if s == 1:
+        return c, (x.size // max(c, 1),), c, 1
+    return s, (x.size // max(s, 1),), c, 0
+
+
 class SpatialOps(abc.ABC):
     """NCHW convolution, pooling and batch normalisation. They rely on this plumbing of the
     backend class they are mixed into (and its ``queue``, ``_flag``, ``gemm_variant`` and
@@ -462,7 +470,7 @@ class SpatialOps(abc.ABC):
             *self._ref(invstd), *rm, *rv, int(has_running), float(momentum),
             float(eps))
         g, b = self._optional(gamma), self._optional(beta)
-        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
                           *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
         if relu:  # the ReLU after it, as its own op
             self.relu(out, out)
@@ -471,7 +479,7 @@ class SpatialOps(abc.ABC):
         _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
         self._same("batch_norm_infer", x, out)
         g, b = self._optional(gamma), self._optional(beta)
-        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(running_mean),
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(running_mean),
                           *self._ref(running_var), 1, float(eps), g[0], g[1], b[0], b[1], g[2], b[2],
                           *self._ref(out))
         if relu:
@@ -499,7 +507,7 @@ class SpatialOps(abc.ABC):
     def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate):
         _, c, s = channels_inner(x)
         g = self._optional(gamma)
-        self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, int(count), *self._ref(x), *self._ref(dy),
+        self._launch_rows("norm.cl", "bn_bwd_data", *_bn_grid(x, c, s), int(count), *self._ref(x), *self._ref(dy),
                           *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
                           *self._ref(dx), int(accumulate))
 
@@ -537,5 +545,5 @@ class SpatialOps(abc.ABC):
         _, c, s = self._bn_shape(x, "batch_norm_apply", gamma, beta, mean, invstd)
         self._same("batch_norm_apply", x, out)
         g, b = self._optional(gamma), self._optional(beta)
-        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
                           *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
