@@ -69,7 +69,6 @@ __kernel void bn_stats(const int N, const int C, const int S, __global const flo
     }
 }
 
-// out = (x - mean[c]) * scale[c] * gamma[c] + beta[c]; `from_var` turns scale into 1/sqrt(var + eps)
 // The per-element kernels run as (L rounded up, rows): element i = row * L + j. Planes of S > 1
 // pixels are the rows (L = S): a work-group lies in one plane, so its channel is one division
 // per work-item of a uniform value, not an integer division per element (which AVX2 has no
@@ -87,17 +86,28 @@ __kernel void bn_stats(const int N, const int C, const int S, __global const flo
 #define BN_SQRT(x) sqrt(x)
 #endif
 
+// inference's scale: out[c] = 1 / sqrt(var[c] + eps), once per channel (in bn_apply, per
+// element, the square root kept PoCL from vectorising it)
+__kernel void bn_invstd(const int C, __global const float *var, const int v_off, const float eps,
+                        __global float *out, const int o_off)
+{
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    out[o_off + c] = 1.0f / BN_SQRT(var[v_off + c] + eps);
+}
+
+// out = (x - mean[c]) * scale[c] * gamma[c] + beta[c], then max(out, 0) where `relu` (NaN stays,
+// as relu_fwd)
 __kernel void bn_apply(const int L, const int C, const int chan_inner, __global const float *x, const int x_off,
                        __global const float *mean, const int m_off, __global const float *scale, const int s_off,
-                       const int from_var, const float eps,
                        __global const float *gamma, const int g_off, __global const float *beta, const int b_off,
-                       const int has_gamma, const int has_beta, __global float *out, const int o_off)
+                       const int has_gamma, const int has_beta, const int relu, __global float *out, const int o_off)
 {
     PLANE_ITEM
-    const float sc = from_var ? 1.0f / BN_SQRT(scale[s_off + c] + eps) : scale[s_off + c];
-    float v = (x[x_off + i] - mean[m_off + c]) * sc;
+    float v = (x[x_off + i] - mean[m_off + c]) * scale[s_off + c];
     if (has_gamma) v = v * gamma[g_off + c];
     if (has_beta) v = v + beta[b_off + c];
+    if (relu) v = v < 0.0f ? 0.0f : v;
     out[o_off + i] = v;
 }
 

@@ -471,19 +471,16 @@ class SpatialOps(abc.ABC):
             float(eps))
         g, b = self._optional(gamma), self._optional(beta)
         self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
-        if relu:  # the ReLU after it, as its own op
-            self.relu(out, out)
+                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False):
         _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
         self._same("batch_norm_infer", x, out)
         g, b = self._optional(gamma), self._optional(beta)
+        invstd = scratch(ws, self, "bn_invstd", (c,), np.float32)
+        self._launch_flat("norm.cl", "bn_invstd", c, *self._ref(running_var), float(eps), *self._ref(invstd))
         self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(running_mean),
-                          *self._ref(running_var), 1, float(eps), g[0], g[1], b[0], b[1], g[2], b[2],
-                          *self._ref(out))
-        if relu:
-            self.relu(out, out)
+                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
@@ -546,4 +543,4 @@ class SpatialOps(abc.ABC):
         self._same("batch_norm_apply", x, out)
         g, b = self._optional(gamma), self._optional(beta)
         self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
+                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], 0, *self._ref(out))
