@@ -448,6 +448,14 @@ class SpatialOps(abc.ABC):
                           int(bool(count_include_pad)), *self._ref(dx), int(accumulate))
 
     # ------------------------------------------------------------ batch norm
+    def _per_channel_grid(self, c):
+        """(global, local) sizes of the batch-norm kernels with a work-item per channel, each
+        walking its channel's N planes: on CPU drivers every work-item its own work-group, so the
+        channels spread over all threads (a group of 64 held all 32 channels of a layer on one)."""
+        if self.is_cpu:
+            return (c,), (1,)
+        return (round_up(c, 64),), (64,)
+
     def _optional(self, a):
         """(buffer, offset, present) for an optional per-channel array."""
         if a is None:
@@ -466,7 +474,7 @@ class SpatialOps(abc.ABC):
         rm = self._ref(running_mean) if has_running else (self._flag.base_data, 0)
         rv = self._ref(running_var) if has_running else (self._flag.base_data, 0)
         self._kernel("norm.cl", "bn_stats")(
-            self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(mean),
+            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(mean),
             *self._ref(invstd), *rm, *rv, int(has_running), float(momentum),
             float(eps))
         g, b = self._optional(gamma), self._optional(beta)
@@ -497,7 +505,7 @@ class SpatialOps(abc.ABC):
         n, c, s = channels_inner(x)
         dg, db = self._optional(dgamma), self._optional(dbeta)
         self._kernel("norm.cl", "bn_bwd_reduce")(
-            self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
+            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
             *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
             int(accumulate_params))
 
@@ -524,7 +532,7 @@ class SpatialOps(abc.ABC):
     def batch_norm_sums(self, x, shift, sums, ws=None):
         n, c, s = self._bn_shape(x, "batch_norm_sums", shift)
         check_batch_norm_sums("opencl", "batch_norm_sums", sums, c)
-        self._kernel("norm.cl", "bn_sums")(self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x),
+        self._kernel("norm.cl", "bn_sums")(self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x),
                                           *self._ref(shift), *self._ref(sums))
 
     def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
