@@ -341,6 +341,18 @@ class SpatialOps(abc.ABC):
             return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
+        if self._use_implicit():
+            # the column matrix per image, (N, C kh kw, Ho Wo): W^T @ dy[n] is a pointwise
+            # convolution of dy (no channels-first copy of dy)
+            dcol = scratch(ws, self, "conv_col", (n, c * kh * kw, ho * wo), np.float32)
+            (db, do), (wb, wo_), (cb, co) = self._ref(dy), self._ref(w), self._ref(dcol)
+            for g in range(groups):
+                self._conv_gemm(wb, wo_ + g * og * kg, False, db, do + g * og * ho * wo, cb, co + g * kg * ho * wo,
+                                kg, og, (n, o, ho, wo), (c * kh * kw, ho, wo), (1, 1), (1, 1, 0, 0, 1, 1), 0.0, ws,
+                                transposed=True)
+            self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
+                              kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate), 1)
+            return
         dy_cn = scratch(ws, self, "conv_cn", (o, cols), np.float32)
         self._swap_nc(dy, n, o, ho * wo, dy_cn)
         dcol = scratch(ws, self, "conv_col", (c * kh * kw, cols), np.float32)
@@ -350,7 +362,7 @@ class SpatialOps(abc.ABC):
                        (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
         self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
-                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
+                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate), 0)
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
