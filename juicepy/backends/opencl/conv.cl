@@ -37,10 +37,12 @@ __kernel void im2col(const int Ho, __global const float *x, const int x_off,
 
 // dx[n, c, h, :] (+)= every col entry that im2col read from that input row; one work-item per
 // (h, n*C + c) owns its row, so there are no races. Launched as (H rounded up, N * C).
+// batch_major: col is laid out (N, C * kh * kw, Ho * Wo) instead (each image's block contiguous).
 __kernel void col2im(const int H, __global const float *col, const int c_off,
                      const int N, const int C, const int W, const int Ho, const int Wo,
                      const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
-                     const int dh, const int dw, __global float *dx, const int x_off, const int acc)
+                     const int dh, const int dw, __global float *dx, const int x_off, const int acc,
+                     const int batch_major)
 {
     const int h = get_global_id(0), nc = get_global_id(1);
     if (h >= H) return;
@@ -54,8 +56,9 @@ __kernel void col2im(const int H, __global const float *col, const int c_off,
         oh /= sh;
         if (oh >= Ho) continue;
         for (int kj = 0; kj < kw; ++kj) {
-            __global const float *src = col + c_off + ((size_t)(c * kh + ki) * kw + kj) * cols
-                                        + ((size_t)n * Ho + oh) * Wo;
+            const size_t row = (size_t)(c * kh + ki) * kw + kj;
+            __global const float *src = col + c_off + (batch_major ? ((size_t)n * C * kh * kw + row) * Ho * Wo + (size_t)oh * Wo
+                                                                   : row * cols + ((size_t)n * Ho + oh) * Wo);
             const int off = kj * dw - pw, hi = last_inside(off, sw, W, Wo);
             for (int ow = first_inside(off, sw); ow < hi; ++ow) dst[ow * sw + off] += src[ow];
         }
@@ -151,7 +154,7 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, ow0 + u * VEC) \
     } }
-#define DIRECT_ROWS(LOAD, OUTS, U) \
+#define DIRECT_ROWS(XAS, LOAD, OUTS, U) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
             /* all declared so that every expansion compiles; the unused ones are dropped */ \
@@ -160,10 +163,10 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
                    s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00, \
                    s30 = s00, s31 = s00, s32 = s00, s33 = s00, s34 = s00, s35 = s00; \
             for (int ci = 0; ci < cg; ++ci) { \
-                __global const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
+                XAS const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
                 __global const float *wp = w0p + ci * w_ci; \
                 for (int ki = 0; ki < kh; ++ki) { \
-                    __global const float *xr = xc + (size_t)ki * dh * Wp; \
+                    XAS const float *xr = xc + (size_t)ki * dh * Wp; \
                     __global const float *wr = wp + ki * kw * wstep; \
                     for (int kj = 0; kj < kw; ++kj) { \
                         const int t = kj * wstep; \
@@ -171,7 +174,7 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
                         const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
                                     w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS == 6 ? wr[4 * w_o + t] : 0.0f, \
                                     w5 = OUTS == 6 ? wr[5 * w_o + t] : 0.0f; \
-                        __global const float *xv = xr + kj * dw; \
+                        XAS const float *xv = xr + kj * dw; \
                         DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
                         if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
                         if (U == 4) { DIRECT_FMA(s, LOAD(xv + 2 * VEC * sw), 2, OUTS) DIRECT_FMA(s, LOAD(xv + 3 * VEC * sw), 3, OUTS) } \
@@ -204,6 +207,16 @@ inline void store_tail(__global float *p, const floatv v, const int live)
 // per OUTS output planes, one per work-group: a kernel whose work-items hold vectors is not
 // vectorised again across work-items. Launched as (N * O / OUTS); OUTS divides the outputs
 // per group.
+#define DIRECT_SETUP(OUTS) \
+    const int n = first / O, o = first - n * O, g = o / og, ol = o - g * og; \
+    const int taps = kh * kw, wstep = flip ? -1 : 1; \
+    /* flipped: output channel o is input channel g*og+ol of the original, input channel ci */ \
+    /* the original's output g*cg+ci */ \
+    __global const float *w0p = w + w_off + (flip ? ((size_t)(g * cg) * og + ol) * taps + taps - 1 \
+                                                  : (size_t)o * cg * taps); \
+    const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
+    const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
+    __global float *yp = y + y_off + (size_t)first * Ho * Wo;
 #define DIRECT_KERNEL(name, OUTS, U) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
@@ -213,21 +226,63 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
           const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
 { \
     const int first = get_global_id(0) * OUTS; \
-    const int n = first / O, o = first - n * O, g = o / og, ol = o - g * og; \
-    const int taps = kh * kw, wstep = flip ? -1 : 1; \
-    /* flipped: output channel o is input channel g*og+ol of the original, input channel ci */ \
-    /* the original's output g*cg+ci */ \
-    __global const float *w0p = w + w_off + (flip ? ((size_t)(g * cg) * og + ol) * taps + taps - 1 \
-                                                  : (size_t)o * cg * taps); \
-    const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
-    const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
+    DIRECT_SETUP(OUTS) \
     __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp; \
-    __global float *yp = y + y_off + (size_t)first * Ho * Wo; \
     /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
     if (sw == 1) { \
-        DIRECT_ROWS(LOAD_UNIT, OUTS, U) \
+        DIRECT_ROWS(__global, LOAD_UNIT, OUTS, U) \
     } else { \
-        DIRECT_ROWS(LOAD_STRIDED, OUTS, U) \
+        DIRECT_ROWS(__global, LOAD_STRIDED, OUTS, U) \
+    } \
+}
+
+// The same from the unpadded input x: each work-item first copies its group's cg input planes
+// into zero-padded (Hp, Wp) planes in local memory (xl: cg * Hp * Wp floats and room for the
+// loads past a row's end), then computes `per` runs of OUTS consecutive output planes of that
+// group (launched as (N * O / (OUTS * per)); OUTS * per divides the outputs per group). The
+// padded planes never go through global memory (pad_planes wrote and the kernel above read a
+// padded copy of the whole input: a third of a depthwise layer's forward pass), and where
+// per > 1 a group's planes are copied once for all its outputs.
+#define LOCAL_LOAD_UNIT(p) (*(__local const floatv_u *)(p))
+#define DIRECT_KERNEL_LOCAL(name, OUTS, U) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(__global const float *restrict x, const int x_off, const int H, const int W, \
+          const int top, const int left, __local float *restrict xl, const int per, \
+          __global const float *restrict w, const int w_off, \
+          __global float *restrict y, const int y_off, \
+          const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
+          const int cg, const int og, const int kh, const int kw, \
+          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
+{ \
+    const int first0 = get_global_id(0) * OUTS * per; \
+    { \
+        const int n = first0 / O, g = (first0 - n * O) / og; \
+        const int lo = min(max(left, 0), Wp), hi = max(lo, min(Wp, W + left)); \
+        for (int ci = 0; ci < cg; ++ci) { \
+            __global const float *src = x + x_off + (size_t)(n * C + g * cg + ci) * H * W; \
+            for (int r = 0; r < Hp; ++r) { \
+                __local float *row = xl + ((size_t)ci * Hp + r) * Wp; \
+                const int h = r - top; \
+                if (h < 0 || h >= H) { \
+                    for (int q = 0; q < Wp; ++q) row[q] = 0.0f; \
+                    continue; \
+                } \
+                __global const float *from = src + (size_t)h * W - left; \
+                for (int q = 0; q < lo; ++q) row[q] = 0.0f; \
+                for (int q = lo; q < hi; ++q) row[q] = from[q]; \
+                for (int q = hi; q < Wp; ++q) row[q] = 0.0f; \
+            } \
+        } \
+    } \
+    for (int run = 0; run < per; ++run) { \
+        const int first = first0 + run * OUTS; \
+        DIRECT_SETUP(OUTS) \
+        __local const float *x0 = xl; \
+        if (sw == 1) { \
+            DIRECT_ROWS(__local, LOCAL_LOAD_UNIT, OUTS, U) \
+        } else { \
+            DIRECT_ROWS(__local, LOAD_STRIDED, OUTS, U) \
+        } \
     } \
 }
 
@@ -239,6 +294,13 @@ DIRECT_KERNEL(conv_direct_fwd4, 4, 1)
 DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2)
 DIRECT_KERNEL(conv_direct_fwd6, 6, 1)
 DIRECT_KERNEL(conv_direct_fwd6_u2, 6, 2)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local, 1, 1)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2, 1, 2)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4, 1, 4)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local, 4, 1)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2, 4, 2)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local, 6, 1)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2, 6, 2)
 
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).
@@ -361,6 +423,60 @@ void name(__global const float *restrict xp, \
 
 FILTER_ROW_KERNEL(conv_direct_bwd_filter_k3, 3)
 FILTER_ROW_KERNEL(conv_direct_bwd_filter_k5, 5)
+
+// The same for OUTS output channels of one group at once (work-item (ki, (o / OUTS) * cg + ci,
+// chunk)): each loaded row of KW input vectors feeds the KW taps of OUTS outputs, so a step
+// of one vector loads KW + OUTS vectors for KW * OUTS FMAs (the kernel above: 2 KW + 2 for
+// 2 KW); OUTS * KW accumulators (12 for 3 taps x 4 outputs, 10 for 5 x 2) plus the KW input
+// vectors fit AVX2's 16 registers. Rows of whole vectors (Wo a multiple of VEC).
+#define TAPS2_3(X, u) X(u, 0) X(u, 1) X(u, 2)
+#define TAPS2_5(X, u) X(u, 0) X(u, 1) X(u, 2) X(u, 3) X(u, 4)
+#define OUTS_2(X) X(0) X(1)
+#define OUTS_4(X) X(0) X(1) X(2) X(3)
+#define FO_X(j) const floatv x##j = LOAD_UNIT(xr + ow + j * dw);
+#define FO_ACC1(u, j) floatv a##u##_##j = (floatv)(0.0f);
+#define FO_FMA1(u, j) a##u##_##j += d##u * x##j;
+#define FO_STORE1(u, j) { const floatv v = a##u##_##j; float total = 0.0f; \
+    for (int q = 0; q < VEC; ++q) total += v[q]; \
+    dst[(size_t)(u) * cg * kh * KW_ + j] = total; }
+#define FO_ACC_3(u) TAPS2_3(FO_ACC1, u)
+#define FO_ACC_5(u) TAPS2_5(FO_ACC1, u)
+#define FO_DY_3(u) { const floatv d##u = LOAD_UNIT(dyr + (size_t)(u) * pixels + ow); TAPS2_3(FO_FMA1, u) }
+#define FO_DY_5(u) { const floatv d##u = LOAD_UNIT(dyr + (size_t)(u) * pixels + ow); TAPS2_5(FO_FMA1, u) }
+#define FO_STORE_3(u) TAPS2_3(FO_STORE1, u)
+#define FO_STORE_5(u) TAPS2_5(FO_STORE1, u)
+#define FILTER_OUTS_KERNEL(name, KW, OUTS) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(__global const float *restrict xp, \
+          __global const float *restrict dy, const int dy_off, \
+          __global float *restrict part, const int p_off, \
+          const int N, const int C, const int Hp, const int Wp, const int O, \
+          const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
+          const int dw) \
+{ \
+    const int KW_ = KW; \
+    const int ki = get_global_id(0), q = get_global_id(1), chunk = get_global_id(2); \
+    const int chunks = get_global_size(2), pixels = Ho * Wo; \
+    const int o0 = q / cg * OUTS, ci = q - q / cg * cg, c = (o0 / og) * cg + ci; \
+    OUTS_##OUTS(FO_ACC_##KW) \
+    for (int n = chunk; n < N; n += chunks) { \
+        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp; \
+        __global const float *dyp = dy + dy_off + ((size_t)n * O + o0) * pixels; \
+        for (int oh = 0; oh < Ho; ++oh) { \
+            __global const float *xr = xc + (size_t)oh * Wp; \
+            __global const float *dyr = dyp + (size_t)oh * Wo; \
+            for (int ow = 0; ow < Wo; ow += VEC) { \
+                TAPS_##KW(FO_X) \
+                OUTS_##OUTS(FO_DY_##KW) \
+            } \
+        } \
+    } \
+    __global float *dst = part + p_off + ((size_t)chunk * O * cg + (size_t)o0 * cg + ci) * kh * KW + ki * KW; \
+    OUTS_##OUTS(FO_STORE_##KW) \
+}
+
+FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k3_o4, 3, 4)
+FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k5_o2, 5, 2)
 
 // Pass 2: dw[i] (+)= sum over the chunks of part[chunk][i]; one work-item per weight.
 __kernel void conv_direct_filter_sum(const int total, const int chunks,

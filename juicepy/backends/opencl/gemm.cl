@@ -295,6 +295,10 @@ inline int last_inside(const int off, const int s, const int size, const int out
 // GATHER_STRIDE2: stride-2 runs are gathered 8 at a time as the even lanes of 16 consecutive
 // floats (scalar strided loads were a third of a strided convolution's time on AVX2; not
 // measured on AVX-512 devices, which keep the scalar loop), while the 16 lie inside the row
+// conv_gemm stages a pointwise convolution's tiles as plain row copies (0: through the runs, as any other)
+#ifndef POINTWISE_STAGE
+#define POINTWISE_STAGE 1
+#endif
 #ifndef GATHER_STRIDE2
 #define GATHER_STRIDE2 0
 #endif
@@ -303,7 +307,7 @@ typedef float8 float8_u __attribute__((aligned(4)));
 typedef float16 float16_u __attribute__((aligned(4)));
 #define GATHER_STRIDE2_VECTORS \
     if (sw == 2) \
-        for (; q + 8 <= hi && off + 2 * q + 16 <= W; q += 8) \
+        for (; q + 8 <= hi && off + 2 * q + 16 <= Wr; q += 8) \
             *(__local float8_u *)(d + q) = (*(__global const float16_u *)(src + 2 * q)).even;
 #else
 #define GATHER_STRIDE2_VECTORS
@@ -311,14 +315,16 @@ typedef float16 float16_u __attribute__((aligned(4)));
 
 // d[0, len) = row h of the input plane `plane`, from column off in steps of sw; zeros where
 // the row or a column falls outside the plane (the padding)
+// (rows of Wr columns, Hr of them: the input's rows, or the whole plane as one row for a
+// pointwise convolution, FLAT_ROWS)
 #define GATHER_RUN(d_, len_, h_, off_, plane) { \
     __local float *d = (d_); \
     const int len = (len_), h = (h_), off = (off_); \
-    if (h < 0 || h >= H) { \
+    if (h < 0 || h >= Hr) { \
         for (int q = 0; q < len; ++q) d[q] = 0.0f; \
     } else { \
-        __global const float *src = (plane) + (size_t)h * W + off; \
-        const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, W, len)); \
+        __global const float *src = (plane) + (size_t)h * Wr + off; \
+        const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, Wr, len)); \
         for (int q = 0; q < lo; ++q) d[q] = 0.0f; \
         if (sw == 1) { \
             for (int q = lo; q < hi; ++q) d[q] = src[q]; \
@@ -339,8 +345,8 @@ typedef float16 float16_u __attribute__((aligned(4)));
 #define SPLIT_RUNS_INTO(first, at0, start, count, end) \
     runs = (first); \
     for (int e = 0, k = (start); e < (count) && k < (end); ++runs) { \
-        const int img = k / pixels, pix = k - img * pixels, oh = pix / Wo, ow = pix - oh * Wo; \
-        const int len = min((count) - e, Wo - ow); \
+        const int img = k / pixels, pix = k - img * pixels, oh = pix / Wor, ow = pix - oh * Wor; \
+        const int len = min((count) - e, Wor - ow); \
         run_at[runs] = (at0) + e; \
         run_len[runs] = len; \
         run_h[runs] = oh * sh - ph; \
@@ -350,6 +356,16 @@ typedef float16 float16_u __attribute__((aligned(4)));
         e += len; \
         k += len; \
     }
+
+// A pointwise convolution (1x1, stride 1, no padding) reads each input plane as one row of
+// H * W columns, so a run of consecutive output pixels spans output rows (runs end only at an
+// image's end): Hr x Wr input rows, Wor output columns a row, as GATHER_RUN and SPLIT_RUNS see them
+#ifndef FLAT_RUNS
+#define FLAT_RUNS 1
+#endif
+#define FLAT_ROWS \
+    const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; \
+    const int Hr = flat ? 1 : H, Wr = flat ? H * W : W, Wor = flat ? Ho * Wo : Wo;
 
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
 // X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
@@ -366,6 +382,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int dh, const int dw, const float alpha, const float beta)
 {
     PACKED_TILE_SETUP
+    FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
 
@@ -384,13 +401,27 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
         SPLIT_RUNS_INTO(first, j * (BK * NR), col0 + j * NR, NR, N)
         fill_from[j] = runs > first ? run_at[runs - 1] + run_len[runs - 1] - j * (BK * NR) : 0;
     }
+    // a pointwise convolution (1x1, stride 1, no padding) whose tile of whole panels lies in one
+    // image: each k's row of the tile is tile_n consecutive floats of one input plane, copied
+    // panel by panel without splitting runs or checking bounds
+    const int img0 = col0 / pixels;
+    const int pointwise = POINTWISE_STAGE && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 &&
+                          col0 + tile_n <= N && (col0 + tile_n - 1) / pixels == img0 && tile_n % NR == 0;
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
 #if !DIRECT_PACKED
         STAGE_A(a_pack, Ap, K, k0, kc, a_panels)
 #endif
+        if (pointwise) {
+            __global const float *src = X + x_off + ((size_t)img0 * C + k0) * pixels + (col0 - img0 * pixels);
+            for (int k = 0; k < kc; ++k, src += pixels)
+                for (int j = 0; j < b_panels; ++j) {
+                    __local float *dst = b_pack + j * (BK * NR) + k * NR;
+                    for (int q = 0; q < NR; ++q) dst[q] = src[j * NR + q];
+                }
+        }
         int ci = k0 / taps, ki = (k0 - ci * taps) / kw, kj = k0 - ci * taps - ki * kw;
-        for (int k = 0; k < kc; ++k) {
+        for (int k = 0; k < (pointwise ? 0 : kc); ++k) {
             for (int r = 0; r < runs; ++r)
                 GATHER_RUN(b_pack + run_at[r] + k * NR, run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
                            X + x_off + ((size_t)run_img[r] * C + ci) * H * W)
@@ -486,7 +517,23 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 #define DOT_FMA(r) { const floatv a = ar[(r) * (BK / VW) + kk]; DOT_COLS(DOT_FMA1, r) }
 #define DOT_STORE1(r, j) { const float s = LANE_SUM(d##r##_##j); \
                            if (first) cr[j] = s; else cr[j] += s; }
+#ifndef DOT_TREE
+#define DOT_TREE 1
+#endif
+#if VW == 8 && DC == 4 && DOT_TREE
+// a row's four accumulators summed across lanes at once: pairs of vectors folded lane pair by
+// lane pair (shuffles within 128-bit halves), then the halves added, giving the four sums as
+// one float4 (6 shuffle-adds and 1 add instead of 4 separate 3-step reductions and 4 scalar
+// read-modify-writes of the C tile)
+#define DOT_PAIR(a, b) ((float8)((a).s0, (a).s2, (b).s0, (b).s2, (a).s4, (a).s6, (b).s4, (b).s6) + \
+                        (float8)((a).s1, (a).s3, (b).s1, (b).s3, (a).s5, (a).s7, (b).s5, (b).s7))
+#define DOT_STORE(r) { __local float4 *cr = (__local float4 *)(c_tile + (i0 + (r)) * BN + j0); \
+    const float8 u = DOT_PAIR(DOT_PAIR(d##r##_0, d##r##_1), DOT_PAIR(d##r##_2, d##r##_3)); \
+    const float4 s = u.lo + u.hi; \
+    if (first) *cr = s; else *cr += s; }
+#else
 #define DOT_STORE(r) { __local float *cr = c_tile + (i0 + (r)) * BN + j0; DOT_COLS(DOT_STORE1, r) }
+#endif
 
 // local tiles and this work-group's rows, columns and K range (kernels in gemm_nt's shape);
 // rows_dr and cols_dc: rows and columns rounded up to the micro-kernel's
@@ -565,6 +612,7 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                       __global float *Cm, const int c_off, const int ldc, const float alpha, const float beta)
 {
     NT_TILE_SETUP
+    FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
     Cm += c_off + (size_t)get_group_id(2) * M * N;
 

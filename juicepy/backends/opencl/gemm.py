@@ -113,10 +113,10 @@ class GemmOps(abc.ABC):
                                  c, ldc, alpha, beta, ws)
 
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None):
+                   beta, ws=None, transposed=False):
         """One group of a convolution as an implicit GEMM (conv_gemm in gemm.cl) on raw buffers: the weights
         (from element ``w_off`` of ``w``; ``flipped``: transposed and flipped, for an input
-        gradient) are packed, the input's pixels are gathered as the tiles are staged, and the
+        gradient; ``transposed``: the (k, m) matrix at w read as its transpose) are packed, the input's pixels are gathered as the tiles are staged, and the
         (m, N * pixels) result is stored into NCHW ``y`` from element ``y_off``."""
         n, c, h, wd = x_geo
         o, ho, wo = y_hw
@@ -138,8 +138,8 @@ class GemmOps(abc.ABC):
                 self._kernel(program, "pack_a_flipped")(self.queue, grid, (PACK_WG, 1), m, k, w,
                                                         w_off, kh * kw, ap.base_data, 0)
             else:
-                self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, k, 0,
-                                                ap.base_data, 0)
+                self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off,
+                                                m if transposed else k, int(transposed), ap.base_data, 0)
             tile_m = even_tile(m, tiles["BM"], mr)
             tile_n = even_tile(cols, tiles["BN"], 2 * tiles["VW"])
             self._kernel(program, "conv_gemm")(

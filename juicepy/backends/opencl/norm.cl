@@ -69,20 +69,45 @@ __kernel void bn_stats(const int N, const int C, const int S, __global const flo
     }
 }
 
-// out = (x - mean[c]) * scale[c] * gamma[c] + beta[c]; `from_var` turns scale into 1/sqrt(var + eps)
-__kernel void bn_apply(const int total, const int C, const int S, __global const float *x, const int x_off,
-                       __global const float *mean, const int m_off, __global const float *scale, const int s_off,
-                       const int from_var, const float eps,
-                       __global const float *gamma, const int g_off, __global const float *beta, const int b_off,
-                       const int has_gamma, const int has_beta, __global float *out, const int o_off)
+// The per-element kernels run as (L rounded up, rows): element i = row * L + j. Planes of S > 1
+// pixels are the rows (L = S): a work-group lies in one plane, so its channel is one division
+// per work-item of a uniform value, not an integer division per element (which AVX2 has no
+// vector instruction for); with S == 1 ((N, C) inputs) the rows are the samples and the channel
+// is j (chan_inner). The bounds are asked per work-group first (GID_CHECK in elementwise.cl: a
+// per-item check made every load and store masked).
+#define PLANE_ITEM \
+    const int j = get_global_id(0), row = get_global_id(1); \
+    if ((get_group_id(0) + 1) * get_local_size(0) > (size_t)L && j >= L) return; \
+    const int c = chan_inner ? j : row % C; \
+    const size_t i = (size_t)row * L + j;
+#if defined(__clang__)
+#define BN_SQRT(x) __builtin_sqrtf(x)
+#else
+#define BN_SQRT(x) sqrt(x)
+#endif
+
+// inference's scale: out[c] = 1 / sqrt(var[c] + eps), once per channel (in bn_apply, per
+// element, the square root kept PoCL from vectorising it)
+__kernel void bn_invstd(const int C, __global const float *var, const int v_off, const float eps,
+                        __global float *out, const int o_off)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int c = (i / S) % C;
-    const float sc = from_var ? 1.0f / sqrt(scale[s_off + c] + eps) : scale[s_off + c];
-    float v = (x[x_off + i] - mean[m_off + c]) * sc;
+    const int c = get_global_id(0);
+    if (c >= C) return;
+    out[o_off + c] = 1.0f / BN_SQRT(var[v_off + c] + eps);
+}
+
+// out = (x - mean[c]) * scale[c] * gamma[c] + beta[c], then max(out, 0) where `relu` (NaN stays,
+// as relu_fwd)
+__kernel void bn_apply(const int L, const int C, const int chan_inner, __global const float *x, const int x_off,
+                       __global const float *mean, const int m_off, __global const float *scale, const int s_off,
+                       __global const float *gamma, const int g_off, __global const float *beta, const int b_off,
+                       const int has_gamma, const int has_beta, const int relu, __global float *out, const int o_off)
+{
+    PLANE_ITEM
+    float v = (x[x_off + i] - mean[m_off + c]) * scale[s_off + c];
     if (has_gamma) v = v * gamma[g_off + c];
     if (has_beta) v = v + beta[b_off + c];
+    if (relu) v = v < 0.0f ? 0.0f : v;
     out[o_off + i] = v;
 }
 
@@ -110,16 +135,14 @@ __kernel void bn_bwd_reduce(const int N, const int C, const int S, __global cons
 }
 
 // dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
-__kernel void bn_bwd_data(const int total, const int C, const int S, const int count,
+__kernel void bn_bwd_data(const int L, const int C, const int chan_inner, const int count,
                           __global const float *x, const int x_off, __global const float *dy, const int dy_off,
                           __global const float *mean, const int m_off, __global const float *invstd, const int i_off,
                           __global const float *sums, const int s_off,
                           __global const float *gamma, const int g_off, const int has_gamma,
                           __global float *dx, const int dx_off, const int acc)
 {
-    const int i = get_global_id(0);
-    if (i >= total) return;
-    const int c = (i / S) % C;
+    PLANE_ITEM
     const float is = invstd[i_off + c];
     const float xhat = (x[x_off + i] - mean[m_off + c]) * is;
     const float g = has_gamma ? gamma[g_off + c] : 1.0f;

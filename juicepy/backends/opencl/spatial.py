@@ -40,6 +40,10 @@ FILTER_ROW_TAPS = (3, 5)
 # a work-item then sums a few images, whose planes are still in cache for the next row of taps),
 # 5x5 32->32 (17.3 -> 16.5) and depthwise 3x3 64 (1.1 -> 1.0)
 DIRECT_FILTER_ITEMS = 32768
+# ...and with several outputs per work-item (FILTER_ROW_OUTS): 8192 measured faster than 32768
+# and 4096 there (the 4-group 64->64 and 5x5 32->32 layers; 32768 made the second pass's sum
+# over the chunks cost as much as a tenth of the first)
+DIRECT_FILTER_ITEMS_OUTS = 8192
 # Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
 # 3x3 forward passes and input gradients with at least this many input and output channels and
 # output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where it was
@@ -47,6 +51,12 @@ DIRECT_FILTER_ITEMS = 32768
 # of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
+# The direct forward kernel pads a group's input planes into local memory per work-item (no padded
+# copy through global memory) where they take at most this many bytes...
+DIRECT_LOCAL_MAX_BYTES = 1 << 17
+# ...and each work-item computes all its group's outputs from them unless that gives fewer
+# work-items than this
+DIRECT_LOCAL_MIN_ITEMS = 64
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
@@ -62,6 +72,19 @@ def direct_outputs(outputs: int, lanes: int) -> int:
     if lanes == 8 and outputs % 6 == 0:
         return 6
     return 1
+
+
+# output channels per work-item of the row-of-taps weight gradient (conv_direct_bwd_filter_k*_o*
+# in conv.cl) per kernel width, on 8-lane devices, where it was measured
+FILTER_ROW_OUTS = {3: 4, 5: 2}
+
+
+def filter_outputs(outputs: int, kw: int, lanes: int) -> int:
+    """Output channels each work-item of the row-of-taps weight gradient sums at once: every
+    loaded input vector then feeds that many outputs' taps; 1 where they do not divide the
+    group's ``outputs`` (depthwise layers)."""
+    outs = FILTER_ROW_OUTS.get(kw, 1) if lanes == 8 else 1
+    return outs if outputs % outs == 0 else 1
 
 
 def direct_unroll(outs: int, vectors: int) -> int:
@@ -81,6 +104,14 @@ def pair(v) -> tuple[int, int]:
         a, b = v
         return int(a), int(b)
     return int(v), int(v)
+
+
+def _bn_grid(x, c: int, s: int) -> tuple:
+    """(row length, (rows,), C, chan_inner) of the per-element batch-norm kernels (PLANE_ITEM in
+    norm.cl): rows are the (n, c) planes, or the samples where a plane is one value."""
+    if s == 1:
+        return c, (x.size // max(c, 1),), c, 1
+    return s, (x.size // max(s, 1),), c, 0
 
 
 class SpatialOps(abc.ABC):
@@ -202,16 +233,33 @@ class SpatialOps(abc.ABC):
         return out
 
     def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws):
-        """conv_direct_fwd over x padded by the geometry's padding."""
+        """conv_direct_fwd over x padded by the geometry's padding: in local memory per
+        work-item where a group's padded planes fit (_local_planes), else a padded copy."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         outs = direct_outputs(o // groups, self._conv_vec)
         unroll = direct_unroll(outs, -(-wo // self._conv_vec))
-        xp = self._padded(x, ph, pw, hp, wp, unroll * self._conv_vec * sw + kw * dw, ws)
-        name = "conv_direct_fwd" + ("" if outs == 1 else str(outs)) + ("" if unroll == 1 else f"_u{unroll}")
-        self._kernel("conv.cl", name)(
-            self.queue, (n * o // outs,), (1,), xp.base_data, *self._ref(w), *self._ref(y),
-            c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate))
+        lanes_past = unroll * self._conv_vec * sw + kw * dw
+        name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
+        suffix = "" if unroll == 1 else f"_u{unroll}"
+        args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
+                int(flip), int(accumulate))
+        local = (c // groups * hp * wp + lanes_past + wp) * 4
+        if local <= self._local_planes_bytes():
+            per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
+            while per % 2 == 0 and n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS:
+                per //= 2   # ...unless that leaves too few work-items
+            self._kernel("conv.cl", name + "_local" + suffix)(
+                self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
+                self._cl.LocalMemory(local), per, *args)
+            return
+        xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
+        self._kernel("conv.cl", name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+
+    def _local_planes_bytes(self) -> int:
+        """The most local memory the direct forward kernel stages padded planes in: its own
+        limit on CPU drivers, and half the device's local memory anywhere."""
+        return min(DIRECT_LOCAL_MAX_BYTES, self.device.local_mem_size // 2)
 
     # ------------------------------------------------------------ convolution
     @staticmethod
@@ -293,6 +341,18 @@ class SpatialOps(abc.ABC):
             return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
+        if self._use_implicit():
+            # the column matrix per image, (N, C kh kw, Ho Wo): W^T @ dy[n] is a pointwise
+            # convolution of dy (no channels-first copy of dy)
+            dcol = scratch(ws, self, "conv_col", (n, c * kh * kw, ho * wo), np.float32)
+            (db, do), (wb, wo_), (cb, co) = self._ref(dy), self._ref(w), self._ref(dcol)
+            for g in range(groups):
+                self._conv_gemm(wb, wo_ + g * og * kg, False, db, do + g * og * ho * wo, cb, co + g * kg * ho * wo,
+                                kg, og, (n, o, ho, wo), (c * kh * kw, ho, wo), (1, 1), (1, 1, 0, 0, 1, 1), 0.0, ws,
+                                transposed=True)
+            self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
+                              kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate), 1)
+            return
         dy_cn = scratch(ws, self, "conv_cn", (o, cols), np.float32)
         self._swap_nc(dy, n, o, ho * wo, dy_cn)
         dcol = scratch(ws, self, "conv_col", (c * kh * kw, cols), np.float32)
@@ -302,7 +362,7 @@ class SpatialOps(abc.ABC):
                        (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
         self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
-                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
+                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate), 0)
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
@@ -336,14 +396,15 @@ class SpatialOps(abc.ABC):
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
         by_rows = self._filter_by_rows(geo)   # a work-item per row of taps
-        items = kh * weights if by_rows else taps * weights
-        chunks = max(1, min(n, DIRECT_FILTER_ITEMS // items))
+        outs = filter_outputs(o // groups, kw, self._conv_vec) if by_rows else 1
+        items = kh * weights // outs if by_rows else taps * weights
+        chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
         if by_rows:
             xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
-            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}")(
-                self.queue, (kh, weights, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
+            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
+                self.queue, (kh, weights // outs, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
                 *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
         else:
             xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
@@ -399,6 +460,14 @@ class SpatialOps(abc.ABC):
                           int(bool(count_include_pad)), *self._ref(dx), int(accumulate))
 
     # ------------------------------------------------------------ batch norm
+    def _per_channel_grid(self, c):
+        """(global, local) sizes of the batch-norm kernels with a work-item per channel, each
+        walking its channel's N planes: on CPU drivers every work-item its own work-group, so the
+        channels spread over all threads (a group of 64 held all 32 channels of a layer on one)."""
+        if self.is_cpu:
+            return (c,), (1,)
+        return (round_up(c, 64),), (64,)
+
     def _optional(self, a):
         """(buffer, offset, present) for an optional per-channel array."""
         if a is None:
@@ -417,24 +486,21 @@ class SpatialOps(abc.ABC):
         rm = self._ref(running_mean) if has_running else (self._flag.base_data, 0)
         rv = self._ref(running_var) if has_running else (self._flag.base_data, 0)
         self._kernel("norm.cl", "bn_stats")(
-            self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(mean),
+            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(mean),
             *self._ref(invstd), *rm, *rv, int(has_running), float(momentum),
             float(eps))
         g, b = self._optional(gamma), self._optional(beta)
-        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
-        if relu:  # the ReLU after it, as its own op
-            self.relu(out, out)
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
+                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False):
         _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
         self._same("batch_norm_infer", x, out)
         g, b = self._optional(gamma), self._optional(beta)
-        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(running_mean),
-                          *self._ref(running_var), 1, float(eps), g[0], g[1], b[0], b[1], g[2], b[2],
-                          *self._ref(out))
-        if relu:
-            self.relu(out, out)
+        invstd = scratch(ws, self, "bn_invstd", (c,), np.float32)
+        self._launch_flat("norm.cl", "bn_invstd", c, *self._ref(running_var), float(eps), *self._ref(invstd))
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(running_mean),
+                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
@@ -451,14 +517,14 @@ class SpatialOps(abc.ABC):
         n, c, s = channels_inner(x)
         dg, db = self._optional(dgamma), self._optional(dbeta)
         self._kernel("norm.cl", "bn_bwd_reduce")(
-            self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
+            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
             *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
             int(accumulate_params))
 
     def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate):
         _, c, s = channels_inner(x)
         g = self._optional(gamma)
-        self._launch_flat("norm.cl", "bn_bwd_data", x.size, c, s, int(count), *self._ref(x), *self._ref(dy),
+        self._launch_rows("norm.cl", "bn_bwd_data", *_bn_grid(x, c, s), int(count), *self._ref(x), *self._ref(dy),
                           *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
                           *self._ref(dx), int(accumulate))
 
@@ -478,7 +544,7 @@ class SpatialOps(abc.ABC):
     def batch_norm_sums(self, x, shift, sums, ws=None):
         n, c, s = self._bn_shape(x, "batch_norm_sums", shift)
         check_batch_norm_sums("opencl", "batch_norm_sums", sums, c)
-        self._kernel("norm.cl", "bn_sums")(self.queue, (round_up(c, 64),), (64,), n, c, s, *self._ref(x),
+        self._kernel("norm.cl", "bn_sums")(self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x),
                                           *self._ref(shift), *self._ref(sums))
 
     def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
@@ -496,5 +562,5 @@ class SpatialOps(abc.ABC):
         _, c, s = self._bn_shape(x, "batch_norm_apply", gamma, beta, mean, invstd)
         self._same("batch_norm_apply", x, out)
         g, b = self._optional(gamma), self._optional(beta)
-        self._launch_flat("norm.cl", "bn_apply", x.size, c, s, *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), 0, 0.0, g[0], g[1], b[0], b[1], g[2], b[2], *self._ref(out))
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
+                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], 0, *self._ref(out))

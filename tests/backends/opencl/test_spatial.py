@@ -65,12 +65,16 @@ CONV_CASES = [
     ((3, 6, 7, 7), (12, 3, 3), (1, 1), (1, 1), (1, 1), 6),    # depthwise, two outputs per channel
     ((2, 3, 6, 6), (6, 3, 3), (2, 2), (3, 2), (1, 1), 3),     # padded past the kernel
     ((2, 4, 5, 21), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, rows past 16 lanes
+    ((2, 6, 8, 16), (4, 1, 1), (1, 1), (0, 0), (1, 1), 2),    # grouped 1x1, GEMM tiles inside one image
     # rows of several vectors, computed 2 or 4 vectors at a time, the last one partly past the row
     ((2, 3, 5, 37), (3, 3, 3), (1, 2), (1, 1), (1, 1), 3),    # depthwise, strided: 19 outputs a row
     ((1, 2, 4, 45), (6, 3, 3), (1, 1), (1, 1), (1, 2), 2),    # three outputs per group, dilated: 43
     # weight gradients a row of taps per work-item (rows of 16 and 32 outputs: whole pairs of vectors)
     ((2, 3, 6, 16), (3, 3, 3), (1, 1), (2, 1), (2, 1), 3),    # depthwise 3x3, dilated along rows
     ((2, 4, 3, 32), (4, 5, 5), (1, 1), (2, 2), (1, 1), 2),    # 5x5, two channels per group
+    # ...and of several outputs per work-item on 8-lane devices (four for 3x3, two for 5x5)
+    ((2, 8, 5, 16), (8, 3, 3), (1, 1), (2, 2), (2, 2), 2),    # 3x3, four outputs and channels per group, dilated
+    ((2, 4, 6, 32), (4, 5, 5), (1, 1), (4, 4), (2, 2), 1),    # 5x5, dilated
     # six output planes per work-item (8-lane devices): forward, rows of 3 vectors (the last partly)
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
@@ -122,6 +126,30 @@ def test_conv2d_forward_and_backward(conv_ocl, rng, case, accumulate):
     np.testing.assert_allclose(ocl.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes):
+    """The direct forward pass and stride-1 input gradient where a group's padded planes do not
+    fit the local-memory limit (the test shapes all fit, so the limit is set to nothing): the
+    input is padded into a global copy first."""
+    from juicepy.backends.opencl import OpenCLBackend, spatial
+
+    monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
+    ocl = OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=lanes)
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
+    y_ref = conv_ref(x, wt, stride, padding, dilation, groups)
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx_ref, _ = conv_grads_ref(x, wt, dy, stride, padding, dilation, groups)
+    ws = Workspace()
+    y, dx = ocl.empty(y_ref.shape), ocl.empty(x.shape)
+    ocl.conv2d(ocl.from_host(x), ocl.from_host(wt), y, stride, padding, dilation, groups, ws)
+    ocl.conv2d_backward_data(ocl.from_host(dy), ocl.from_host(wt), dx, stride, padding, dilation, groups, False, ws)
+    np.testing.assert_allclose(ocl.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ocl.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
+
+
 def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     """y, dx and dw (host arrays) of one convolution and its gradients on ``ocl``."""
     ws = Workspace()
@@ -142,7 +170,9 @@ def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     # stride 2 along rows of 20 outputs: runs gathered 8 at a time, the row's end one by one
     ((2, 8, 11, 41), (16, 3, 3), (2, 2), (1, 1), (1, 1), 1),
     ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),
-], ids=["k360-m100", "grouped-strided", "5x5", "stride2-rows", "stride2-dilated-grouped"])
+    # pointwise, GEMM tiles inside one image, channels past one K slice
+    ((2, 300, 8, 16), (20, 1, 1), (1, 1), (0, 0), (1, 1), 1),
+], ids=["k360-m100", "grouped-strided", "5x5", "stride2-rows", "stride2-dilated-grouped", "pointwise-k300"])
 def test_larger_convolutions_match_torch(conv_ocl, rng, case):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     ocl = conv_ocl
