@@ -14,6 +14,8 @@ def test_cuda_skips_are_found_by_file_or_reason():
         "SKIPPED [2] tests/layers/test_conv.py:12: no CUDA device (cupy missing)",
         "SKIPPED [1] tests/backends/opencl/test_device.py:9: no OpenCL here",
         "SKIPPED [1] tests/layers/test_pool.py:20: the C pool kernels are not loaded",
+        "SKIPPED [2] tests/distributed/collective/test_overlap.py:119: real CuPy: the emulated overlap does not "
+        "apply; covered by tests/gpu/multi_gpu_step.py",
     ])
     assert [line.split("]")[1].split(":")[0].strip() for line in report.cuda_skips(log)] == [
         "tests/backends/cuda/test_backend.py", "tests/layers/test_conv.py"]
