@@ -151,7 +151,7 @@ def markdown(report: dict) -> str:
               "|---|---|---|---|"]
     for name, goal in report["goals"].items():
         value = goal["value"]
-        shown = "n/a" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value))
+        shown = "n/a" if value is None else (f"{value:.3g}" if isinstance(value, float) else str(value))
         lines.append(f"| {name} | {shown} | {goal['goal']} | {goal.get('met', '')} |")
     lines += ["", "## Multi-GPU data-parallel step (NCCL)", ""]
     result = report.get("multi_gpu") or {}
