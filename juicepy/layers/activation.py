@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..arguments import number
+from ..backends.base import relu_masked_grad
 from ..errors import ShapeError
 from .base import Layer
 
@@ -15,6 +16,30 @@ class ReLU(Layer):
         dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.relu_backward(ctx.output(), ctx.output_grad(), dx, acc, ctx.ws)
+
+    # ReLU then max pooling is max pooling then ReLU (a max commutes with a non-decreasing
+    # function), so the fused pair runs the ReLU on the pooled map, a quarter of the values for
+    # a 2x2 pool, and never writes the full-size ReLU output or its gradient. The values are the
+    # same bits; the gradient is too: where a window's max is <= 0 both orders send zero to every
+    # element of the window, elsewhere the same element gets the same value.
+    def fuses(self, consumer) -> bool:
+        from .pool import MaxPool2d
+
+        return type(consumer) is MaxPool2d  # a subclass may compute something else
+
+    def compute_output_fused(self, backend, ctx, consumer_ctx):
+        pool, out = consumer_ctx.node.layer, consumer_ctx.output()
+        backend.max_pool2d(ctx.input(), out, consumer_ctx.buffer("argmax"), pool.kernel_size, pool.stride,
+                           pool.padding, ws=consumer_ctx.ws)
+        backend.relu(out, out)
+
+    def compute_gradients_fused(self, backend, ctx, consumer_ctx):
+        dx, acc = ctx.input_grad_target()
+        if dx is None:
+            return
+        masked = relu_masked_grad(backend, "relu+max_pool2d", consumer_ctx.output_grad(), consumer_ctx.output(),
+                                  ctx.ws)
+        backend.max_pool2d_backward(masked, consumer_ctx.buffer("argmax"), dx, accumulate=acc, ws=ctx.ws)
 
 
 class LeakyReLU(Layer):

@@ -4,7 +4,10 @@
 #      only from the wheels carried beside the checkout (docs/cuda.md says how to fetch them);
 #   2. the whole test suite with the real GPU (the CPU emulator off), no CUDA test skipped;
 #   3. the CUDA benchmarks (bench/test_bench_cuda.py) against PyTorch eager CUDA and cuBLAS;
-#   4. a JSON and a markdown report (GPU, driver, CUDA, CuPy, every figure, the goals).
+#   4. with two or more GPUs (nvidia-smi -L), a real data-parallel step over NCCL on two of them
+#      (tests/gpu/multi_gpu_step.py under mpiexec -n 2: 2 ranks == 1 process with the double
+#      batch, replicas identical, step time and scaling); with one GPU the report says it did not run;
+#   5. a JSON and a markdown report (GPU, driver, CUDA, CuPy, every figure, the goals).
 # It stops at the first failure; every step's log stays in the output folder. Goals missed
 # (speed, share of cuBLAS, allocations) fail the last step after the report is written.
 #
@@ -13,7 +16,8 @@
 # --wheels DIR  the wheel folder (default: ../juicepy-wheels beside the checkout)
 # --out DIR     where logs and reports go (default: acceptance-<UTC time>/ in the checkout)
 # --dry-run     no GPU: in the current environment, the CUDA-related tests and the benchmark code on the
-#               CPU emulator (one round each, figures meaningless), the report marked as a dry run
+#               CPU emulator (one round each, figures meaningless), the multi-GPU step on two emulated
+#               ranks with the fake NCCL (tests/fake_nccl.py), the report marked as a dry run
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -25,7 +29,7 @@ while [ $# -gt 0 ]; do
         --wheels) WHEELS=$(cd "$2" && pwd); shift 2 ;;
         --out) OUT="$2"; shift 2 ;;
         --dry-run) DRY_RUN=1; shift ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "acceptance: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -61,7 +65,7 @@ else
     step venv python3 -m venv "$OUT/venv"
     PY="$OUT/venv/bin/python"
     # offline: only the carried wheels; torch's CUDA build and CuPy's CUDA libraries included
-    step install "$PY" -m pip install --no-index --find-links "$WHEELS" -e ".[dev,cuda12]" torch \
+    step install "$PY" -m pip install --no-index --find-links "$WHEELS" -e ".[dev,cuda12,distributed]" torch \
         nvidia-cuda-runtime-cu12 nvidia-cublas-cu12 nvidia-cuda-nvrtc-cu12
     export JUICEPY_CUDA_EMULATOR=0
     BENCH_ARGS=(--benchmark-min-rounds=20 --benchmark-max-time=0.5 --benchmark-warmup=on)
@@ -81,5 +85,29 @@ fi
 step no-cuda-skips "$PY" tests/gpu/acceptance_report.py check-skips "$OUT/tests.log"
 step benchmarks "${BENCH_ENV[@]}" "$PY" -m pytest -x -q -p no:cacheprovider bench/test_bench_cuda.py "${BENCH_ARGS[@]}" \
     --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,rounds --benchmark-group-by=group
+# The data-parallel step on two GPUs through NCCL; bounded by a timeout so a rank left waiting in
+# a collective fails the step instead of stalling the run.
+MULTI_GPU="$OUT/multi_gpu.json"
+rm -f "$MULTI_GPU"
+if [ "$DRY_RUN" = 1 ]; then
+    GPUS=0
+    MPIEXEC=$("$PY" -c "from juicepy.cli import mpiexec_path; print(mpiexec_path() or '')" 2>/dev/null || true)
+else
+    GPUS=$(nvidia-smi -L | grep -c '^GPU ' || true)
+    MPIEXEC="$OUT/venv/bin/mpiexec"
+fi
+if [ -z "$MPIEXEC" ] || [ ! -x "$MPIEXEC" ]; then
+    echo "{\"run\": false, \"gpus\": $GPUS, \"reason\": \"no mpiexec (install the distributed extra)\"}" > "$MULTI_GPU"
+    echo "== multi-gpu: NOT RUN (no mpiexec)"
+elif [ "$DRY_RUN" = 1 ]; then
+    step multi-gpu env JUICEPY_CUDA_EMULATOR_SCHEDULE=forward OMP_NUM_THREADS=1 JUICEPY_NUM_THREADS=1 \
+        timeout 900 "$MPIEXEC" -n 2 "$PY" -m mpi4py tests/gpu/multi_gpu_step.py --out "$MULTI_GPU" --dry-run
+elif [ "$GPUS" -ge 2 ]; then
+    step multi-gpu timeout 900 "$MPIEXEC" -n 2 "$PY" -m mpi4py tests/gpu/multi_gpu_step.py --out "$MULTI_GPU"
+else
+    echo "{\"run\": false, \"gpus\": $GPUS, \"reason\": \"$GPUS GPU(s): the multi-GPU step needs 2\"}" > "$MULTI_GPU"
+    echo "== multi-gpu: NOT RUN ($GPUS GPU(s); it needs 2)"
+fi
 step report "$PY" tests/gpu/acceptance_report.py report "$OUT" --dry-run="$DRY_RUN" --seconds=$(( $(date +%s) - START ))
-echo "acceptance: passed in $(( $(date +%s) - START )) s; reports: $OUT/report.md, $OUT/report.json"
+MULTI_NOTE=$(grep -q '"run": false' "$MULTI_GPU" && echo "; the multi-GPU step was NOT RUN (see the report)" || true)
+echo "acceptance: passed in $(( $(date +%s) - START )) s$MULTI_NOTE; reports: $OUT/report.md, $OUT/report.json"

@@ -14,6 +14,8 @@ def test_cuda_skips_are_found_by_file_or_reason():
         "SKIPPED [2] tests/layers/test_conv.py:12: no CUDA device (cupy missing)",
         "SKIPPED [1] tests/backends/opencl/test_device.py:9: no OpenCL here",
         "SKIPPED [1] tests/layers/test_pool.py:20: the C pool kernels are not loaded",
+        "SKIPPED [2] tests/distributed/collective/test_overlap.py:119: real CuPy: the emulated overlap does not "
+        "apply; covered by tests/gpu/multi_gpu_step.py",
     ])
     assert [line.split("]")[1].split(":")[0].strip() for line in report.cuda_skips(log)] == [
         "tests/backends/cuda/test_backend.py", "tests/layers/test_conv.py"]
@@ -46,3 +48,41 @@ def test_goals_are_ratios_within_the_run(tmp_path):
     assert goals["wide_mlp_share_of_cublas"]["value"] == 0.8 and goals["wide_mlp_share_of_cublas"]["met"]
     assert goals["device_allocations_per_steady_step"]["met"]
     assert "DRY RUN" in (tmp_path / "report.md").read_text()
+
+
+def _report(tmp_path, multi=None):
+    (tmp_path / "bench.json").write_text(json.dumps({"benchmarks": [_bench("test_wide_mlp_step", "wide", 1e-2)]}))
+    if multi is not None:
+        (tmp_path / "multi_gpu.json").write_text(json.dumps(multi))
+    result = subprocess.run([sys.executable, str(Path(report.__file__)), "report", str(tmp_path), "--dry-run=0"],
+                            capture_output=True, text=True)
+    return result, json.loads((tmp_path / "report.json").read_text()), (tmp_path / "report.md").read_text()
+
+
+def test_a_multi_gpu_step_that_did_not_run_is_reported_as_not_run(tmp_path):
+    for multi, reason in [({"run": False, "gpus": 1, "reason": "1 GPU(s): the multi-GPU step needs 2"}, "1 GPU(s)"),
+                          (None, "no multi_gpu.json")]:
+        _, rep, md = _report(tmp_path, multi)
+        goal = rep["goals"]["multi_gpu_data_parallel"]
+        assert goal["met"] is None and goal["value"].startswith("NOT RUN") and reason in goal["value"]
+        assert "NOT RUN" in md and "passed" not in md.split("Multi-GPU")[1]
+        (tmp_path / "multi_gpu.json").unlink(missing_ok=True)
+
+
+def _multi(ok, err):
+    return {"run": True, "ok": ok, "ranks": 2, "communicator": "nccl", "errors": [],
+            "correctness": [{"model": "lenet", "optimizer": "adam", "rows_per_rank": 8, "weights_rel_err": err,
+                             "replicas_identical": ok, "overlapped": True, "ok": ok}],
+            "timing": [{"model": "lenet-5", "rows_per_rank": 64, "step_ms_n_ranks": 2.0, "step_ms_1_rank": 1.9,
+                        "samples_per_s_n_ranks": 64000.0, "scaling_efficiency": 0.95}]}
+
+
+def test_a_multi_gpu_step_that_ran_reports_its_checks_and_scaling(tmp_path):
+    result, rep, md = _report(tmp_path, _multi(True, 3e-7))
+    goal = rep["goals"]["multi_gpu_data_parallel"]
+    assert goal["met"] is True and goal["value"] == 3e-7
+    assert "| lenet-5 | 64 | 2.000 | 1.900 | 64000 | 0.950 |" in md and "3.00e-07" in md
+    assert "GOALS NOT MET" in result.stdout and "multi_gpu_data_parallel" not in result.stdout.split("GOALS NOT MET")[1]
+    result, rep, _ = _report(tmp_path, _multi(False, 2e-3))
+    assert rep["goals"]["multi_gpu_data_parallel"]["met"] is False
+    assert result.returncode == 3 and "multi_gpu_data_parallel" in result.stdout.split("GOALS NOT MET")[1]

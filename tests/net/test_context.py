@@ -220,3 +220,48 @@ def test_reading_the_output_a_fusion_skips_is_an_error_not_stale_values(monkeypa
     monkeypatch.setattr(Context, "fuse", False)
     unfused = Context(net, backend, 2, training=True)
     assert unfused.output(bn_path).shape == ctx.output(relu_path).shape
+
+
+def _relu_pool_net():
+    return jp.Network(L.Sequential(L.Conv2d(4, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
+                                   L.Conv2d(5, 3), L.ReLU(), L.MaxPool2d(3, stride=1, padding=1),
+                                   L.Flatten(), L.Linear(6), L.ReLU(), L.Linear(3)), input_shape=(2, 8, 8), seed=5)
+
+
+def test_fused_relu_max_pool_computes_the_same_bits_as_the_two_layers(rng, monkeypatch, backend):
+    """A ReLU whose only reader is a MaxPool2d runs as pool then ReLU on the pooled map (max
+    commutes with ReLU): losses, weights after training and outputs are the bits of the layers
+    one by one, on every backend, with windows whose maximum is negative, zero or tied (the
+    input's half of zeros and the shift make many)."""
+    from juicepy.net.context import Context
+
+    x = rng.standard_normal((6, 2, 8, 8)).astype(np.float32) - 0.5
+    x[:, :, :, ::2] = 0.0
+    y = rng.integers(0, 3, 6)
+    results = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(Context, "fuse", fuse)
+        net = _relu_pool_net()
+        trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=0.05), batch_size=6)
+        losses = [trainer.train_minibatch(backend, x, y)[0] for _ in range(4)]
+        ctx = net.context(backend, 6, training=True)
+        fused = [(type(layer).__name__, type(consumer.node.layer).__name__)
+                 for layer, _, consumer in ctx._steps if consumer is not None]
+        assert fused == ([("ReLU", "MaxPool2d")] * 2 if fuse else [])
+        results[fuse] = (losses, net.get_weights(), net.transform(backend, x))
+    (losses, weights, out), (losses0, weights0, out0) = results[True], results[False]
+    assert losses == losses0
+    np.testing.assert_array_equal(out, out0)
+    for name in weights0:
+        np.testing.assert_array_equal(weights[name], weights0[name], err_msg=name)
+    assert not np.array_equal(weights0["0.weight"], _relu_pool_net().get_weights()["0.weight"])  # it trained
+
+
+def test_a_relu_before_another_pool_or_read_twice_is_not_fused():
+    from juicepy.net.context import Context
+
+    for root in [L.Sequential(L.Conv2d(2, 3), L.ReLU(), L.AvgPool2d(2)),
+                 L.Sequential(L.Conv2d(2, 3), L.ReLU(), L.Branches(L.MaxPool2d(2), L.MaxPool2d(2))),
+                 L.Sequential(L.Conv2d(2, 3), L.LeakyReLU(), L.MaxPool2d(2))]:
+        ctx = Context(jp.Network(root, input_shape=(1, 8, 8)), jp.backend("numpy"), 2, training=True)
+        assert all(consumer is None for _, _, consumer in ctx._steps), root
