@@ -680,16 +680,25 @@ def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate,
     _run_gemm_pieces(len(chunks), lane)
 
 
-def _winograd_forward(backend, x, w, plan, ws, out):
+def _tiled_forward(run, backend, x, w, plan, ws, out):
+    """The forward pass through a Winograd runner (_winograd_run or _wg_run)."""
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
-    _winograd_run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws)
+    run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws)
 
 
-def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+def _tiled_backward_data(run, backend, dy, w, plan, dx, accumulate, ws):
     """dx as the stride-1 conv of dy with the taps flipped and the channels swapped."""
     flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
                         plan.dilation, dx.shape[2:])
-    _winograd_run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
+    run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
+
+
+def _winograd_forward(backend, x, w, plan, ws, out):
+    _tiled_forward(_winograd_run, backend, x, w, plan, ws, out)
+
+
+def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    _tiled_backward_data(_winograd_run, backend, dy, w, plan, dx, accumulate, ws)
 
 
 #: Toom-Cook points of the larger Winograd tiles (with infinity as the last one); their float32
@@ -774,15 +783,11 @@ def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
 
 
 def _wg_forward(backend, x, w, plan, ws, out):
-    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
-    _wg_run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws)
+    _tiled_forward(_wg_run, backend, x, w, plan, ws, out)
 
 
 def _wg_backward_data(backend, dy, w, plan, dx, accumulate, ws):
-    """dx as the stride-1 conv of dy with the taps flipped and the channels swapped."""
-    flipped = _geometry(dy.shape[1:], w.shape[2:], plan.stride, _grid_padding(w.shape[2:], plan.padding, plan.dilation),
-                        plan.dilation, dx.shape[2:])
-    _wg_run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
+    _tiled_backward_data(_wg_run, backend, dy, w, plan, dx, accumulate, ws)
 
 
 def _grid_padding(kernel, padding, dilation):
