@@ -390,16 +390,18 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
 #define FR_STORE(j) { const floatv v = a##j + b##j; float total = 0.0f; \
     for (int q = 0; q < VEC; ++q) total += v[q]; \
     dst[j] = total; }
+// The arguments of both weight-gradient kernel families below (their host code is shared).
+#define FILTER_KERNEL_PARAMS __global const float *restrict xp, \
+    __global const float *restrict dy, const int dy_off, \
+    __global float *restrict part, const int p_off, \
+    const int N, const int C, const int Hp, const int Wp, const int O, \
+    const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
+    const int dw
 #define TAPS_3(X) X(0) X(1) X(2)
 #define TAPS_5(X) X(0) X(1) X(2) X(3) X(4)
 #define FILTER_ROW_KERNEL(name, KW) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
-void name(__global const float *restrict xp, \
-          __global const float *restrict dy, const int dy_off, \
-          __global float *restrict part, const int p_off, \
-          const int N, const int C, const int Hp, const int Wp, const int O, \
-          const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
-          const int dw) \
+void name(FILTER_KERNEL_PARAMS) \
 { \
     const int ki = get_global_id(0), oc = get_global_id(1), chunk = get_global_id(2); \
     const int chunks = get_global_size(2); \
@@ -447,12 +449,7 @@ FILTER_ROW_KERNEL(conv_direct_bwd_filter_k5, 5)
 #define FO_STORE_5(u) TAPS2_5(FO_STORE1, u)
 #define FILTER_OUTS_KERNEL(name, KW, OUTS) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
-void name(__global const float *restrict xp, \
-          __global const float *restrict dy, const int dy_off, \
-          __global float *restrict part, const int p_off, \
-          const int N, const int C, const int Hp, const int Wp, const int O, \
-          const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
-          const int dw) \
+void name(FILTER_KERNEL_PARAMS) \
 { \
     const int KW_ = KW; \
     const int ki = get_global_id(0), q = get_global_id(1), chunk = get_global_id(2); \
