@@ -408,6 +408,8 @@ def test_fused_add_relu_computes_the_same_bits_as_the_two_layers(ops_backend, rn
         ctx.backward()
         results[fuse] = [ops_backend.to_host(ctx.output())] + [ops_backend.to_host(ctx.input_grad(i))
                                                                  for i in range(n_inputs)]
+        for i, x in enumerate(xs):  # the sum runs in the output, never in an input's buffer
+            np.testing.assert_array_equal(ops_backend.to_host(ctx.data(net.inputs[i])), x)
     for got, want in zip(results[True], results[False]):
         np.testing.assert_array_equal(got, want)
     total = sum(x.astype(np.float64) for x in xs)
