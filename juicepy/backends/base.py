@@ -363,8 +363,9 @@ class Backend(abc.ABC):
         """out = alpha * op(a) @ op(b) + beta * out, 2-D."""
 
     @abc.abstractmethod
-    def add(self, a, b, out) -> None:
-        """out = a + b (same shapes)."""
+    def add(self, a, b, out, relu=False) -> None:
+        """out = a + b (same shapes; out may be a or b); with ``relu``, out = max(a + b, 0) in the
+        same pass (NaN kept, as :meth:`relu`): a residual sum and the ReLU reading it."""
 
     @abc.abstractmethod
     def scale(self, x, alpha: float, out) -> None:

@@ -26,6 +26,9 @@ class Layer:
     #: False when, in eval mode, an output row depends on other rows of the batch: transform()
     #: then runs each request size exactly instead of padded inside a bigger context
     rows_independent = True
+    #: True when the output is always the input unchanged (Identity): a Context then gives the
+    #: output junction the input's buffers and the compute methods find nothing to do
+    output_is_input = False
 
     def __init__(self) -> None:
         self._built_for: tuple | None = None

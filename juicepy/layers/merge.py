@@ -9,10 +9,18 @@ from .base import Layer
 class Identity(Layer):
     """Passes its input through (the skip path of a residual block)."""
 
+    output_is_input = True
+
+    # Where the Context shares the input's buffers with the output (not for a network output,
+    # nor with Context.alias off) there is nothing to copy: readers of the output read the
+    # input, and the gradients they write add up in the input's gradient buffer.
     def compute_output(self, backend, ctx):
-        backend.copy(ctx.input(), ctx.output())
+        if ctx.output() is not ctx.input():
+            backend.copy(ctx.input(), ctx.output())
 
     def compute_gradients(self, backend, ctx):
+        if ctx.output() is ctx.input():
+            return
         dx, acc = ctx.input_grad_target()
         if dx is not None:
             backend.store(ctx.output_grad(), dx, acc)
@@ -32,13 +40,34 @@ class Add(Layer):
         return [first]
 
     def compute_output(self, backend, ctx):
-        y = ctx.output()
+        self._sum(backend, ctx, ctx.output(), False)
+
+    # A residual block's sum is read by a ReLU only: the last add applies it in the same pass.
+    # The ReLU's backward reads its output (which the fused op writes) and this layer's reads
+    # only the gradient, so the backward pair is the two layers' own.
+    def fuses(self, consumer) -> bool:
+        from .activation import ReLU
+
+        return type(consumer) is ReLU  # a subclass may compute something else
+
+    def compute_output_fused(self, backend, ctx, consumer_ctx):
+        self._sum(backend, ctx, consumer_ctx.output(), True)
+
+    def compute_gradients_fused(self, backend, ctx, consumer_ctx):
+        consumer_ctx.node.layer.compute_gradients(backend, consumer_ctx)
+        self.compute_gradients(backend, ctx)
+
+    def _sum(self, backend, ctx, y, relu):
         if len(ctx.inputs) == 1:
-            backend.copy(ctx.input(0), y)
+            if relu:
+                backend.relu(ctx.input(0), y)
+            else:
+                backend.copy(ctx.input(0), y)
             return
-        backend.add(ctx.input(0), ctx.input(1), y)
-        for x in ctx.inputs[2:]:
-            backend.add(y, x, y)
+        last = len(ctx.inputs) - 1
+        backend.add(ctx.input(0), ctx.input(1), y, relu=relu and last == 1)
+        for i in range(2, last + 1):
+            backend.add(y, ctx.input(i), y, relu=relu and i == last)
 
     def compute_gradients(self, backend, ctx):
         dy = ctx.output_grad()

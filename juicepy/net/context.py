@@ -74,8 +74,9 @@ class NodeContext:
         d = node.descriptor
         self.inputs = [ctx._data[j.index] for j in d.inputs]
         self.outputs = [ctx._data[j.index] for j in d.outputs]
-        self._in_idx = [j.index for j in d.inputs]
-        self._out_idx = [j.index for j in d.outputs]
+        # junctions sharing buffers (Layer.output_is_input) share their 'written' marks too
+        self._in_idx = [ctx._shared[j.index] for j in d.inputs]
+        self._out_idx = [ctx._shared[j.index] for j in d.outputs]
         self._buffers: dict = {}
         self._setting_up = False
         self.ws = ctx.ws
@@ -214,6 +215,7 @@ class Context:
             if training and j.dtype.kind == "f" and (input_grads or j.index not in input_ids) else None
             for j in network.junctions
         ]
+        self._shared = self._share_buffers() if self.alias else list(range(len(network.junctions)))
         self._written = [False] * len(network.junctions)
         self.segments: list[Segment] = []
         self._param_slot: dict = {}
@@ -238,6 +240,26 @@ class Context:
         self._grad_final_op = self._final_ops()
         self._backward_hooks: list[list] = [[] for _ in range(len(self._backward_steps) + 1)]
         self._hooked = False  # hooks rely on grad_final_op: then each gradient write is checked against it
+
+    #: give the output of a layer with ``output_is_input`` (Identity) its input's data and
+    #: gradient buffers, so that it copies nothing either way; the results are the same bits
+    alias = True
+
+    def _share_buffers(self) -> list[int]:
+        """Junction index -> the index whose buffers it uses (itself, or the input of an
+        ``output_is_input`` layer). Every contribution to the output's gradient is one to the
+        input's, so the two can add up in one buffer under one 'written' mark. A network output
+        keeps its own buffers: a loss writes its gradient, which the input may not keep."""
+        shared = list(range(len(self._data)))
+        outputs = {j.index for j in self.network.outputs}
+        for node in self.network.nodes:  # forward order: a chain of them resolves to its start
+            d = node.descriptor
+            if node.layer.output_is_input and len(d.inputs) == 1 and len(d.outputs) == 1:
+                j, root = d.outputs[0].index, shared[d.inputs[0].index]
+                if j not in outputs:
+                    shared[j] = root
+                    self._data[j], self._grads[j] = self._data[root], self._grads[root]
+        return shared
 
     #: run a layer and the one reading its output as one op where the layer offers it
     #: (``Layer.fuses``); the results are the same bits either way

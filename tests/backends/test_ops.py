@@ -190,6 +190,30 @@ def test_add_scale_mul(ops_backend, dtype, rng, shape, layout, accumulate):
     placed.check_sentinels()
 
 
+@pytest.mark.parametrize("shape", SHAPES + [(32, 16, 8, 8)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("in_place", [False, True])
+def test_add_with_relu(ops_backend, dtype, rng, shape, layout, in_place):
+    """add(a, b, out, relu=True) is max(a + b, 0) in one op: NaN kept (as relu), exact zeros
+    where the sum is negative, out may be a (Add sums more than two inputs in place); relu=False
+    (spelled out) is the plain sum."""
+    a, c = rng.standard_normal(shape), rng.standard_normal(shape)
+    a.reshape(-1)[::7] = np.nan
+    c.reshape(-1)[1::5] = -a.reshape(-1)[1::5]  # sums of exactly zero
+    placed = Placed(ops_backend, [a, c, np.zeros(shape), np.zeros(shape)], dtype, layout)
+    da, dc, dout, dplain = placed.devs
+    out = da if in_place else dout
+    ops_backend.add(da, dc, dplain, relu=False)
+    ops_backend.add(da, dc, out, relu=True)
+    total = a.astype(dtype).astype(np.float64) + c.astype(dtype).astype(np.float64)
+    want = np.where(np.isnan(total), np.nan, np.maximum(total, 0.0))
+    got = placed.host(0 if in_place else 2)
+    np.testing.assert_allclose(got, want, **tolerance(dtype))
+    assert np.array_equal(np.isnan(got), np.isnan(a)) and (got[~np.isnan(got)] >= 0).all()
+    np.testing.assert_allclose(placed.host(3), total, **tolerance(dtype))
+    placed.check_sentinels()
+
+
 @pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64), (3, 4, 5, 6)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_add_bias_and_bias_grad(ops_backend, dtype, rng, shape, accumulate):
@@ -251,6 +275,8 @@ def test_elementwise_ops_refuse_mismatched_arrays(ops_backend):
     x, y, wrong = b.zeros((4, 5)), b.zeros((4, 5)), b.zeros((5, 4))
     with bad_argument(b, "add"):
         b.add(x, y, wrong)
+    with bad_argument(b, "add"):
+        b.add(x, wrong, y, relu=True)
     with bad_argument(b, "scale"):
         b.scale(x, 2.0, b.zeros((20,)))
     with bad_argument(b, "mul"):

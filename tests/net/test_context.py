@@ -20,7 +20,14 @@ def _bn_mlp():
                       input_shape=(20,))
 
 
-@pytest.mark.parametrize("make_net", [_mlp, _bn_mlp])
+def _residual_mlp():
+    """Identity shortcuts (sharing their input's buffers) and Add + ReLU pairs (fused)."""
+    return jp.Network(L.Sequential(L.Linear(32), L.Residual(L.Sequential(L.Linear(32), L.BatchNorm1d(), L.ReLU(),
+                                                                         L.Linear(32))), L.ReLU(),
+                                   L.Residual(L.Linear(32)), L.ReLU(), L.Linear(10)), input_shape=(20,))
+
+
+@pytest.mark.parametrize("make_net", [_mlp, _bn_mlp, _residual_mlp])
 def test_training_step_allocates_no_backend_buffers(backend, rng, make_net):
     trainer = Trainer(make_net(), L.SoftmaxCrossEntropy(), Adam(), batch_size=16)
     x = rng.standard_normal((16, 20)).astype(np.float32)
@@ -51,7 +58,7 @@ def _step_peak_bytes(backend, batch, rng, make_net=_mlp):
         tracemalloc.stop()
 
 
-@pytest.mark.parametrize("make_net", [_mlp, _bn_mlp])
+@pytest.mark.parametrize("make_net", [_mlp, _bn_mlp, _residual_mlp])
 def test_numpy_step_allocates_nothing_that_grows_with_the_batch(numpy_backend, rng, make_net):
     """Stronger than the counter: NumPy reports every array to tracemalloc. A steady-state step
     may make small Python objects and NumPy's fixed-size iterator buffers (8192 elements at
@@ -265,3 +272,146 @@ def test_a_relu_before_another_pool_or_read_twice_is_not_fused():
                  L.Sequential(L.Conv2d(2, 3), L.LeakyReLU(), L.MaxPool2d(2))]:
         ctx = Context(jp.Network(root, input_shape=(1, 8, 8)), jp.backend("numpy"), 2, training=True)
         assert all(consumer is None for _, _, consumer in ctx._steps), root
+
+
+def _shortcut_net(dtype=np.float32):
+    """Identity in every role: a ResNet-style block (Add + ReLU), a chain of two, fan-out of one
+    Identity to two readers, an Identity straight off the network input, and one as a network
+    output (which keeps its own buffers)."""
+    from juicepy.models.resnet import basic_block
+
+    x = jp.Input((3, 6, 6))
+    h = L.Identity()(x, name="first")  # reads the network input
+    h = L.Conv2d(4, 3, padding=1)(h, name="stem")
+    h = basic_block(4)(h, name="block")
+    chain = L.Identity()(L.Identity()(h, name="chain0"), name="chain1")
+    twice = L.Identity()(h, name="twice")
+    h = L.Add()(chain, L.Conv2d(4, 1)(twice, name="proj"), twice, name="sum")
+    h = L.ReLU()(h, name="relu")
+    out = L.Linear(5)(L.Flatten()(h, name="flat"), name="fc")
+    return jp.Network(inputs=x, outputs=[out, L.Identity()(out, name="last")], dtype=dtype, seed=2)
+
+
+def _run_shortcut_net(backend, rng, monkeypatch, alias, fuse):
+    from juicepy.net.context import Context
+
+    monkeypatch.setattr(Context, "alias", alias)
+    monkeypatch.setattr(Context, "fuse", fuse)
+    net = _shortcut_net(np.float64 if np.float64 in [np.dtype(d) for d in backend.dtypes] else np.float32)
+    ctx = net.context(backend, 4, training=True, input_grads=True)
+    x = np.random.default_rng(5).standard_normal((4, 3, 6, 6))
+    g0, g1 = np.random.default_rng(6).standard_normal((2, 4, 5))
+    results = []
+    for _ in range(2):  # twice: the 'written' marks must start over each pass
+        ctx.set_inputs([x.astype(net.dtype)])
+        ctx.forward()
+        ctx.begin_backward()
+        backend.write(ctx.loss_grad(0), g0.astype(net.dtype))
+        backend.write(ctx.loss_grad(1), g1.astype(net.dtype))
+        ctx.backward()
+        results.append([backend.to_host(a).copy() for a in
+                        (ctx.output(), ctx.data(net.outputs[1]), ctx.input_grad(), ctx.param_grad("proj.weight"),
+                         ctx.param_grad("stem.weight"), ctx.output("chain1"), ctx.output("twice"))])
+    return net, ctx, results
+
+
+def test_identity_shares_its_input_buffers_and_gradients_still_add_up(ops_backend, rng, monkeypatch):
+    """An Identity's output is its input's buffer (data and gradient) unless it is a network
+    output; every reader's gradient still reaches the input, in any order and through chains,
+    so outputs and gradients are those of Identities that copy (Context.alias off), on every
+    backend, with and without the Add + ReLU fusion."""
+    net, ctx, shared = _run_shortcut_net(ops_backend, rng, monkeypatch, alias=True, fuse=True)
+    data = {n.path: n.descriptor for n in net.nodes}
+    block = data["block.1"].outputs[0]  # the block's last ReLU
+    for path in ("chain0", "chain1", "twice"):
+        assert ctx.output(path) is ctx.data(block) and ctx.output_grad(path) is ctx.grad(block)
+    assert ctx.output("first") is ctx.data(net.inputs[0]) and ctx.output_grad("first") is ctx.input_grad()
+    assert ctx.data(net.outputs[1]) is not ctx.data(net.outputs[0])  # the network output keeps its own
+    for step in shared:
+        np.testing.assert_array_equal(step[1], step[0])
+        np.testing.assert_array_equal(step[5], step[6])
+    tol = dict(rtol=1e-10, atol=1e-12) if net.dtype == np.float64 else dict(rtol=1e-5, atol=1e-6)
+    for alias, fuse in ((False, False), (False, True), (True, False)):
+        _, other_ctx, copied = _run_shortcut_net(ops_backend, rng, monkeypatch, alias=alias, fuse=fuse)
+        if not alias:
+            assert other_ctx.output("chain1") is not other_ctx.output("chain0")
+        for a, b in zip(shared, copied):
+            for got, want in zip(a[:5], b[:5]):  # the shared and the copying Identities' own outputs differ in kind
+                np.testing.assert_allclose(got, want, **tol)
+    assert np.abs(shared[0][2]).max() > 0 and np.isfinite(shared[0][2]).all()
+
+
+def test_identity_input_gradient_against_finite_differences(rng):
+    """d(loss)/d(x) through shared-buffer Identities (fan-out, a chain, a residual sum) matches
+    central differences in float64."""
+    net = _shortcut_net(np.float64)
+    backend = jp.backend("numpy")
+    x = rng.standard_normal((2, 3, 6, 6))
+    g0, g1 = rng.standard_normal((2, 2, 5))
+    ctx = net.context(backend, 2, training=True, input_grads=True)
+
+    def loss(values):
+        ctx.set_inputs([values])
+        ctx.forward()
+        return float((ctx.output() * g0).sum() + (ctx.data(net.outputs[1]) * g1).sum())
+
+    loss(x)
+    ctx.begin_backward()
+    backend.write(ctx.loss_grad(0), g0)
+    backend.write(ctx.loss_grad(1), g1)
+    ctx.backward()
+    analytic = ctx.input_grad().copy()
+    # BatchNorm in training mode normalises over the batch: every element of x matters
+    for idx in [(0, 0, 0, 0), (1, 2, 3, 4), (0, 1, 5, 5), (1, 0, 2, 1)]:
+        plus, minus = x.copy(), x.copy()
+        plus[idx] += 1e-6
+        minus[idx] -= 1e-6
+        numeric = (loss(plus) - loss(minus)) / 2e-6
+        assert abs(numeric - analytic[idx]) < 1e-5 * max(1.0, abs(numeric)), idx
+
+
+def test_add_relu_fuses_only_a_relu_that_is_the_only_reader():
+    from juicepy.net.context import Context
+
+    def fused(root, shapes=((4,), (4,))):
+        ctx = Context(jp.Network(root, input_shape=list(shapes)), jp.backend("numpy"), 2, training=True)
+        return [(type(layer).__name__, type(c.node.layer).__name__) for layer, _, c in ctx._steps if c is not None]
+
+    assert fused(L.Sequential(L.Add(), L.ReLU(), L.Linear(3))) == [("Add", "ReLU")]
+    assert fused(L.Sequential(L.Add(), L.LeakyReLU(), L.Linear(3))) == []
+    assert fused(L.Sequential(L.Add(), L.Branches(L.ReLU(), L.Identity()))) == []  # read twice
+    assert fused(L.Sequential(L.Add(), L.ReLU()), shapes=((4,), (4,), (4,))) == [("Add", "ReLU")]
+    assert fused(L.Add()) == []
+
+
+@pytest.mark.parametrize("n_inputs", [1, 2, 3])
+def test_fused_add_relu_computes_the_same_bits_as_the_two_layers(ops_backend, rng, monkeypatch, n_inputs):
+    """Add + ReLU as one op: the ReLU's output and every input gradient are the bits of the two
+    layers run one by one, with sums of exactly zero and negative ones, for 1, 2 and 3 inputs."""
+    from juicepy.net.context import Context
+
+    dtype = np.float32
+    xs = [rng.standard_normal((5, 7)).astype(dtype) for _ in range(n_inputs)]
+    if n_inputs > 1:
+        xs[1][:, ::3] = -sum(xs[i] for i in range(n_inputs) if i != 1)[:, ::3]  # zero sums
+    dy = rng.standard_normal((5, 7)).astype(dtype)
+    results = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(Context, "fuse", fuse)
+        net = jp.Network(L.Sequential(L.Add(), L.ReLU(), L.Identity()), input_shape=[(7,)] * n_inputs)
+        ctx = net.context(ops_backend, 5, training=True, input_grads=True)
+        assert [c is not None for _, _, c in ctx._steps][0] is fuse
+        ctx.set_inputs(xs)
+        ctx.forward()
+        ctx.begin_backward()
+        ops_backend.write(ctx.loss_grad(), dy)
+        ctx.backward()
+        results[fuse] = [ops_backend.to_host(ctx.output())] + [ops_backend.to_host(ctx.input_grad(i))
+                                                                 for i in range(n_inputs)]
+        for i, x in enumerate(xs):  # the sum runs in the output, never in an input's buffer
+            np.testing.assert_array_equal(ops_backend.to_host(ctx.data(net.inputs[i])), x)
+    for got, want in zip(results[True], results[False]):
+        np.testing.assert_array_equal(got, want)
+    total = sum(x.astype(np.float64) for x in xs)
+    np.testing.assert_allclose(results[True][0], np.maximum(total, 0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(results[True][1], np.where(results[True][0] > 0, dy, 0))

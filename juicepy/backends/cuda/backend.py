@@ -198,9 +198,9 @@ class CudaBackend(SpatialOps, Backend):
                 scalars.ctypes.data, b.data.ptr, self._ld(b, "b"), a.data.ptr, self._ld(a, "a"),
                 scalars.ctypes.data + scalars.itemsize, out.data.ptr, self._ld(out, "out"))
 
-    def add(self, a, b, out):
+    def add(self, a, b, out, relu=False):
         self._same("add", a, b, out)
-        self._launch(out.dtype, "add_arrays", out.size, (a, b, out, np.int64(out.size)))
+        self._launch(out.dtype, "add_arrays", out.size, (a, b, out, np.int64(out.size), np.int32(relu)))
 
     def scale(self, x, alpha, out):
         self._same("scale", x, out)

@@ -81,6 +81,24 @@ DEFINE_RELU_BACKWARD(relu_backward_f64, double)
 DEFINE_RELU(relu_f32, float)
 DEFINE_RELU(relu_f64, double)
 
+/* out = a + b, then the ReLU above in the same pass (a residual block's sum and its ReLU: one
+ * read of each operand and one write instead of two reads and two writes of out). No restrict
+ * on out: the Add layer sums more than two inputs in place (out is a). */
+#define DEFINE_ADD(NAME, T)                                                                   \
+    VECTOR_CLONES static void NAME(const T *a, const T *b, T *out, Py_ssize_t n, int relu)    \
+    {                                                                                         \
+        if (relu)                                                                             \
+            for (Py_ssize_t i = 0; i < n; i++) {                                              \
+                T v = a[i] + b[i];                                                            \
+                out[i] = v < 0 ? (T)0 : v;                                                    \
+            }                                                                                 \
+        else                                                                                  \
+            for (Py_ssize_t i = 0; i < n; i++) out[i] = a[i] + b[i];                          \
+    }
+
+DEFINE_ADD(add_f32, float)
+DEFINE_ADD(add_f64, double)
+
 /* Buffers: writable, C-contiguous, all of one itemsize (4 or 8) and one length. */
 static int get_buffer(PyObject *obj, Py_buffer *view, int writable, const char *name)
 {
@@ -234,6 +252,34 @@ static PyObject *py_relu(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_add(PyObject *self, PyObject *args)
+{
+    PyObject *ao, *bo, *outo;
+    int relu;
+    if (!PyArg_ParseTuple(args, "OOOp", &ao, &bo, &outo, &relu))
+        return NULL;
+    Py_buffer a, b, out;
+    int got = 0;
+    if (get_buffer(outo, &out, 1, "out") < 0) return NULL;
+    got = 1;
+    if (get_buffer(ao, &a, 0, "a") < 0 || (got = 2, same_layout(&out, &a, "a") < 0)) goto fail;
+    if (get_buffer(bo, &b, 0, "b") < 0 || (got = 3, same_layout(&out, &b, "b") < 0)) goto fail;
+    Py_ssize_t n = out.len / out.itemsize;
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        add_f32(a.buf, b.buf, out.buf, n, relu);
+    else
+        add_f64(a.buf, b.buf, out.buf, n, relu);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out); PyBuffer_Release(&a); PyBuffer_Release(&b);
+    Py_RETURN_NONE;
+fail:
+    if (got >= 1) PyBuffer_Release(&out);
+    if (got >= 2) PyBuffer_Release(&a);
+    if (got >= 3) PyBuffer_Release(&b);
+    return NULL;
+}
+
 /* spin_while(flags, index, value, seconds): wait, with the GIL released, while the int64
  * flags[index] still equals value, for at most ``seconds``; True once it changed. threads.py's
  * lanes hand work over through these flags: a thread blocked in the kernel took 50-120 us to
@@ -279,6 +325,7 @@ static PyObject *py_spin_while(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"relu", py_relu, METH_VARARGS, "relu(x, out): out = max(x, 0), NaN kept"},
+    {"add", py_add, METH_VARARGS, "add(a, b, out, relu): out = a + b, then max(out, 0) (NaN kept) when relu"},
     {"relu_backward", py_relu_backward, METH_VARARGS,
      "relu_backward(y, dy, dx, accumulate): dx (+)= dy where y > 0, in one pass"},
     {"adam", py_adam, METH_VARARGS,

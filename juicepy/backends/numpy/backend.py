@@ -127,9 +127,16 @@ class NumpyBackend(Backend):
         pieces = max(1, m // GEMM_SPLIT_ROWS)
         _run_gemm_pieces(pieces, lambda lo, hi, lane: rows(m * lo // pieces, m * hi // pieces))
 
-    def add(self, a, b, out):
+    def add(self, a, b, out, relu=False):
         self._same("add", a, b, out)
+        c = self.cpu_kernels
+        # one thread: a memory-bound pass split over lanes ran slower at a ResNet's sizes (docs/numpy.md)
+        if relu and c is not None and a.flags.c_contiguous and b.flags.c_contiguous and out.flags.c_contiguous:
+            c.add(a.reshape(-1), b.reshape(-1), out.reshape(-1), True)
+            return
         np.add(a, b, out=out)
+        if relu:
+            np.maximum(out, 0, out=out)
 
     def scale(self, x, alpha, out):
         self._same("scale", x, out)

@@ -195,9 +195,9 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self.queue.finish()
 
     # ------------------------------------------------------------ arithmetic
-    def add(self, a, b, out):
+    def add(self, a, b, out, relu=False):
         self._same("add", a, b, out)
-        self._elementwise("add_f32", out.size, a, b, out)
+        self._elementwise("add_f32", out.size, a, b, out, int(relu))
 
     def scale(self, x, alpha, out):
         self._same("scale", x, out)

@@ -43,11 +43,14 @@ __kernel void copy_i32(const int n, __global const int *x, const int x_off,
     out[o_off + i] = x[x_off + i];
 }
 
+// relu != 0: max(a + b, 0) as relu_fwd computes it (a residual sum and its ReLU in one pass)
 __kernel void add_f32(const int n, __global const float *a, const int a_off,
-                      __global const float *b, const int b_off, __global float *out, const int o_off)
+                      __global const float *b, const int b_off, __global float *out, const int o_off,
+                      const int relu)
 {
     GID_CHECK(n)
-    out[o_off + i] = a[a_off + i] + b[b_off + i];
+    const float v = a[a_off + i] + b[b_off + i];
+    out[o_off + i] = relu ? MAX_NAN(v, 0.0f) : v;
 }
 
 __kernel void scale_f32(const int n, __global const float *x, const int x_off, const float alpha,

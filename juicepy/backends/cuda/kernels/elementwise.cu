@@ -4,8 +4,12 @@
 
 extern "C" {
 
-__global__ void add_arrays(const real* a, const real* b, real* out, i64 n) {
-    GRID_STRIDE(i, n) out[i] = a[i] + b[i];
+// relu != 0: the ReLU of relu_forward applied to the sum in the same pass (a residual block)
+__global__ void add_arrays(const real* a, const real* b, real* out, i64 n, int relu) {
+    GRID_STRIDE(i, n) {
+        const real v = a[i] + b[i];
+        out[i] = (!relu || v > (real)0 || v != v) ? v : (real)0;
+    }
 }
 
 __global__ void scale_array(const real* x, real alpha, real* out, i64 n) {
