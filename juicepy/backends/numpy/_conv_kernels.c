@@ -543,7 +543,9 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
         if (rows_read > s.hq) rows_read = s.hq;                                               \
         if (row_read > s.wq) row_read = s.wq;                                                 \
         const I per_channel = g->sh * g->sw * rows_read * row_read * (I)sizeof(T);            \
-        const I cstep = per_channel * 2 > DIRECT_L1 ? 1 : DIRECT_L1 / 2 / per_channel;        \
+        const I cfit = per_channel * 2 > DIRECT_L1 ? 1 : DIRECT_L1 / 2 / per_channel;         \
+        /* chunks of equal size: a short last chunk pays the sums' reload for few taps */      \
+        const I cstep = (cg + (cg + cfit - 1) / cfit - 1) / ((cg + cfit - 1) / cfit);          \
         T *buf = calloc((size_t)(cg * s.channel + (tight ? 0 : og * staged)), sizeof(T));     \
         T *packed = calloc((size_t)(groups * blocks * cg * taps * OB), sizeof(T));            \
         I *offset = malloc((size_t)(cg * taps + vblocks * NV) * sizeof(I));                   \
