@@ -30,8 +30,18 @@ static void valid_columns(I offset, I sw, I w, I wo, I *lo, I *hi)
 
 /* n outputs from input row `row` of a plane: d[q] = plane[row, q*sw + offset] for q in [lo, hi)
  * (valid_columns), 0 outside and for a row outside [0, h). im2col and the phase planes both
- * copy rows this way. */
-#define DEFINE_STRIDED_ROW(NAME, T)                                                            \
+ * copy rows this way. Stride 2 takes a 16-byte vector of outputs from two loads and one
+ * shuffle (the even elements of the first, the odd ones of the second, which starts one
+ * element early so that no load reads past the row's last valid input) instead of an element
+ * loop (docs/numpy.md). */
+typedef float row_f32 __attribute__((vector_size(16)));
+typedef double row_f64 __attribute__((vector_size(16)));
+typedef int row_f32_mask __attribute__((vector_size(16)));
+typedef long long row_f64_mask __attribute__((vector_size(16)));
+#define ROW_EVENS_f32 ((row_f32_mask){0, 2, 5, 7})
+#define ROW_EVENS_f64 ((row_f64_mask){0, 3})
+
+#define DEFINE_STRIDED_ROW(NAME, T, V, EVENS)                                                  \
     static inline void NAME(T *restrict d, const T *restrict plane, I row, const Geometry *g, I n, \
                             I lo, I hi, I offset)                                              \
     {                                                                                          \
@@ -44,15 +54,24 @@ static void valid_columns(I offset, I sw, I w, I wo, I *lo, I *hi)
         for (I q = 0; q < lo; q++) d[q] = 0;                                                  \
         if (sw == 1)                                                                          \
             memcpy(d + lo, src + lo + offset, (size_t)(hi - lo) * sizeof(T));                 \
-        else if (sw == 2)                                                                     \
-            for (I q = lo; q < hi; q++) d[q] = src[2 * q + offset];                           \
-        else                                                                                  \
+        else if (sw == 2) {                                                                   \
+            const I lanes = (I)(sizeof(V) / sizeof(T));                                       \
+            I q = lo;                                                                         \
+            for (; q + lanes <= hi; q += lanes) {                                             \
+                V a, b;                                                                       \
+                memcpy(&a, src + 2 * q + offset, sizeof(V));                                  \
+                memcpy(&b, src + 2 * q + offset + lanes - 1, sizeof(V));                      \
+                V e = __builtin_shuffle(a, b, EVENS);                                         \
+                memcpy(d + q, &e, sizeof(V));                                                 \
+            }                                                                                 \
+            for (; q < hi; q++) d[q] = src[2 * q + offset];                                   \
+        } else                                                                                \
             for (I q = lo; q < hi; q++) d[q] = src[q * sw + offset];                          \
         for (I q = hi; q < n; q++) d[q] = 0;                                                  \
     }
 
-DEFINE_STRIDED_ROW(strided_row_f32, float)
-DEFINE_STRIDED_ROW(strided_row_f64, double)
+DEFINE_STRIDED_ROW(strided_row_f32, float, row_f32, ROW_EVENS_f32)
+DEFINE_STRIDED_ROW(strided_row_f64, double, row_f64, ROW_EVENS_f64)
 
 /* cols[(n - n0)*sn + ((c*kh + i)*kw + j)*sk + (ho - r0)*Wo + q] = x[n, c, ho*sh + i*dh - ph,
  * q*sw + j*dw - pw] (0 in the padding), for samples [n0, n1) and output rows [r0, r1). */
@@ -524,7 +543,9 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
         if (rows_read > s.hq) rows_read = s.hq;                                               \
         if (row_read > s.wq) row_read = s.wq;                                                 \
         const I per_channel = g->sh * g->sw * rows_read * row_read * (I)sizeof(T);            \
-        const I cstep = per_channel * 2 > DIRECT_L1 ? 1 : DIRECT_L1 / 2 / per_channel;        \
+        const I cfit = per_channel * 2 > DIRECT_L1 ? 1 : DIRECT_L1 / 2 / per_channel;         \
+        /* chunks of equal size: a short last chunk pays the sums' reload for few taps */      \
+        const I cstep = (cg + (cg + cfit - 1) / cfit - 1) / ((cg + cfit - 1) / cfit);          \
         T *buf = calloc((size_t)(cg * s.channel + (tight ? 0 : og * staged)), sizeof(T));     \
         T *packed = calloc((size_t)(groups * blocks * cg * taps * OB), sizeof(T));            \
         I *offset = malloc((size_t)(cg * taps + vblocks * NV) * sizeof(I));                   \

@@ -150,6 +150,29 @@ def test_direct_kernel_of_any_stride_matches_the_fallback(case, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [4, 5, 9, 16, 17, 19, 32, 33])
+def test_stride_2_columns_are_exact_copies_of_the_windows(width, dtype):
+    """im2col's stride-2 rows (vector shuffles plus an element tail) hold exactly the values a
+    NumPy slice of the zero-padded input reads, for rows of every length against the vector
+    width, every padding and kernel offset at a row's ends, dilation, and a band of rows."""
+    rng = np.random.default_rng(width)
+    n, c, h = 2, 3, 7
+    x = rng.standard_normal((n, c, h, width)).astype(dtype)
+    for k, p, d in [(3, 1, 1), (3, 0, 1), (1, 0, 1), (3, 2, 2), (5, 2, 1), (2, 0, 1)]:
+        ho, wo = _out_len(h, k, 2, p, d), _out_len(width, k, 2, p, d)
+        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+        expected = np.stack([xp[:, :, i * d:i * d + 2 * (ho - 1) + 1:2, j * d:j * d + 2 * (wo - 1) + 1:2]
+                             for i in range(k) for j in range(k)], axis=2)  # (n, c, taps, ho, wo)
+        r0, r1 = (1, ho) if ho > 1 else (0, ho)
+        cols = np.full((n, c * k * k, (r1 - r0) * wo), np.nan, dtype)
+        geometry = (c, h, width, k, k, 2, 2, p, p, d, d, ho, wo)
+        kernels.im2col(x, cols, geometry, n, 0, n, r0, r1, cols[0].size, (r1 - r0) * wo)
+        want = expected[:, :, :, r0:r1].reshape(cols.shape)
+        np.testing.assert_array_equal(cols, want, err_msg=f"kernel {k}, padding {p}, dilation {d}")
+
+
+@needs_kernels
 def test_strided_convs_run_direct_only_where_measured(monkeypatch):
     """Strided kxk convs of few input channels per group on AVX2; wider ones and 1x1 ones keep
     im2col + GEMM; a strided conv run either way gives the fallback's result."""
