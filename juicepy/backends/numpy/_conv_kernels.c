@@ -625,10 +625,12 @@ DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2,
  * one vector of partial sums each in registers over a whole output plane, then reduce their
  * lanes (SUMS) and add them into dw. dy rows are copied ceil(Wo / lanes) whole vectors wide,
  * zero past Wo, so no sums are spent on the padded grid's gap columns (only on the lanes past
- * Wo of a row's last vector); x stays on the padded grid (rows W + pw apart). Taps run in
- * blocks of FT and one block of the remaining taps % FT (5x5: 8 x 3 + 1), so no sums are
- * spent on padding taps either; output channels are padded to whole blocks with zero dy
- * planes, whose sums are dropped. */
+ * Wo of a row's last vector); x stays on the padded grid (rows W + pw apart). A block's NT
+ * (input channel, tap) pairs are FT taps of one channel, or the remaining taps % FT of FT
+ * channels (5x5: 8 blocks of 3 taps per channel, then the 25th tap of 3 channels at a time),
+ * so no sums are spent on padding taps, and the remaining taps still load as few vectors per
+ * multiply-add as the others; output channels are padded to whole blocks with zero dy planes,
+ * whose sums are dropped. */
 
 /* sums[k] = the lanes of a[k] added in order */
 #define FILTER_SUMS_SCALAR(T, V, a, K, sums)                                                   \
@@ -690,14 +692,14 @@ DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2,
         const I lanes = VLANES(V, T);                                                         \
         Grid s = make_grid(g, lanes);                                                         \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
-        const I oblocks = (og + FO - 1) / FO, tblocks = (taps + FT - 1) / FT;                 \
+        const I oblocks = (og + FO - 1) / FO, pairs = cg * taps, whole = taps / FT * FT;      \
         const I vecs = (g->wo + lanes - 1) / lanes, ew = vecs * lanes, eplane = g->ho * ew;   \
         /* a row's last vector reads up to ew - 1 columns plus the largest tap offset */     \
         const I reach = (g->ho - 1) * s.wp + ew + (g->kh - 1) * g->dh * s.wp + (g->kw - 1) * g->dw; \
         if (s.buffer < reach) s.buffer = reach;                                               \
         const I plane = s.buffer;                                                             \
         T *buf = malloc((size_t)(cg * plane + oblocks * FO * eplane) * sizeof(T));            \
-        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        I *offset = malloc((size_t)(taps + 2 * pairs) * sizeof(I));                           \
         if (!buf || !offset) {                                                                \
             free(buf); free(offset);                                                          \
             return -1;                                                                        \
@@ -705,6 +707,13 @@ DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2,
         T *grad = buf + cg * plane;                                                           \
         T sums[FILTER_MAX_SUMS];                                                              \
         tap_offsets(g, &s, offset);                                                           \
+        /* the (input channel, tap) pairs in block order: each channel's whole blocks of FT     \
+           taps, then the remaining taps of every channel, FT pairs (channels) to a block */   \
+        I *at = offset + taps, *into = at + pairs, k = 0;                                      \
+        for (I c = 0; c < cg; c++)                                                            \
+            for (I t = 0; t < whole; t++, k++) at[k] = c * plane + offset[t], into[k] = c * taps + t; \
+        for (I c = 0; c < cg; c++)                                                            \
+            for (I t = whole; t < taps; t++, k++) at[k] = c * plane + offset[t], into[k] = c * taps + t; \
         memset(grad, 0, (size_t)(oblocks * FO * eplane) * sizeof(T));                         \
         if (!accumulate) memset(dw, 0, (size_t)(o * cg * taps) * sizeof(T));                  \
         for (I n = n0; n < n1; n++)                                                           \
@@ -717,20 +726,19 @@ DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2,
                                dy + ((n * o + gr * og + j) * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
                 /* a block's FO dy planes stay in L1 while every input channel passes by */  \
                 for (I ob = 0; ob < oblocks; ob++)                                            \
-                    for (I c = 0; c < cg; c++)                                                \
-                        for (I tb = 0; tb < tblocks; tb++) {                                  \
-                            const I t0 = tb * FT, nt = taps - t0 < FT ? taps - t0 : FT;       \
-                            const T *src = buf + c * plane, *e0 = grad + ob * FO * eplane;    \
-                            if (nt == 3)                                                      \
-                                NAME##_t3(src, e0, eplane, offset + t0, g->ho, vecs, s.wp, ew, sums); \
-                            else if (nt == 2)                                                 \
-                                NAME##_t2(src, e0, eplane, offset + t0, g->ho, vecs, s.wp, ew, sums); \
-                            else                                                              \
-                                NAME##_t1(src, e0, eplane, offset + t0, g->ho, vecs, s.wp, ew, sums); \
-                            for (I r = 0; r < FO && ob * FO + r < og; r++)                    \
-                                for (I u = 0; u < nt; u++)                                    \
-                                    dw[((gr * og + ob * FO + r) * cg + c) * taps + t0 + u] += sums[r * nt + u]; \
-                        }                                                                     \
+                    for (I p = 0; p < pairs; p += FT) {                                       \
+                        const I nt = pairs - p < FT ? pairs - p : FT;                         \
+                        const T *e0 = grad + ob * FO * eplane;                                \
+                        if (nt == 3)                                                          \
+                            NAME##_t3(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
+                        else if (nt == 2)                                                     \
+                            NAME##_t2(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
+                        else                                                                  \
+                            NAME##_t1(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
+                        for (I r = 0; r < FO && ob * FO + r < og; r++)                        \
+                            for (I u = 0; u < nt; u++)                                        \
+                                dw[(gr * og + ob * FO + r) * pairs + into[p + u]] += sums[r * nt + u]; \
+                    }                                                                         \
             }                                                                                 \
         free(buf); free(offset);                                                              \
         return 0;                                                                             \
