@@ -612,6 +612,8 @@ CONV_CASES = [
     ((1, 64, 18, 17), (64, 3, 3), (1, 1), (2, 2), (2, 2), 1),  # dilated, tiles past the plane's edges
     # 32 channels, 5x5, planes of 256 pixels or more: Winograd F(2x2, 5x5) where a backend picks it
     ((2, 32, 16, 16), (32, 5, 5), (1, 1), (2, 2), (1, 1), 1),
+    # planes of 512+ outputs: the direct weight gradient where a backend picks it, rows ending inside a vector
+    ((2, 3, 23, 29), (5, 3, 3), (1, 1), (1, 1), (1, 1), 1),
 ]
 
 

@@ -641,30 +641,101 @@ DEFINE_DIRECT_CONV(direct_conv_f64_256, ISA_256, pad_phases_f64, double, vf64x4,
 DEFINE_DIRECT_CONV(direct_conv_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2)
 DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2)
 
-/* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and grid
- * positions of dy[o] (on the grid, zero past Wo) times the shifted padded x[c]. Blocks of
- * FO output channels x FT taps keep one vector of partial sums each in registers over a whole
- * grid, then add their lanes (in order) into dw. Output channels and taps are padded to whole
- * blocks with zero dy planes and tap offset 0; those sums are dropped. */
+/* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and output
+ * positions of dy[o] times the shifted padded x[c]. Blocks of FO output channels x NT taps keep
+ * one vector of partial sums each in registers over a whole output plane, then reduce their
+ * lanes (SUMS) and add them into dw. dy rows are copied ceil(Wo / lanes) whole vectors wide,
+ * zero past Wo, so no sums are spent on the padded grid's gap columns (only on the lanes past
+ * Wo of a row's last vector); x stays on the padded grid (rows W + pw apart). A block's NT
+ * (input channel, tap) pairs are FT taps of one channel, or the remaining taps % FT of FT
+ * channels (5x5: 8 blocks of 3 taps per channel, then the 25th tap of 3 channels at a time),
+ * so no sums are spent on padding taps, and the remaining taps still load as few vectors per
+ * multiply-add as the others; output channels are padded to whole blocks with zero dy planes,
+ * whose sums are dropped. */
 
-#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, T, V, FO, FT)                                             \
-    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
-                                  const Geometry *g, I groups, I o, I n0, I n1, int accumulate) \
+/* sums[k] = the lanes of a[k] added in order */
+#define FILTER_SUMS_SCALAR(T, V, a, K, sums)                                                   \
+    for (int k_ = 0; k_ < (K); k_++) {                                                         \
+        T s_ = 0;                                                                              \
+        for (I l_ = 0; l_ < VLANES(V, T); l_++) s_ += (a)[k_][l_];                              \
+        (sums)[k_] = s_;                                                                       \
+    }
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#include <immintrin.h>
+/* The same sums by a tree of horizontal adds, 8 vectors at a time (zeros past K): the scalar
+ * lane-by-lane sums of 12 vectors cost a measurable share of a 32x32 plane's pass
+ * (docs/numpy.md). Writes sums up to K rounded up to 8. */
+#define FILTER_SUMS_F32X8(T, V, a, K, sums)                                                    \
+    for (int k_ = 0; k_ < (K); k_ += 8) {                                                      \
+        __m256 p_[8];                                                                          \
+        for (int i_ = 0; i_ < 8; i_++) p_[i_] = k_ + i_ < (K) ? (__m256)(a)[k_ + i_] : _mm256_setzero_ps(); \
+        const __m256 h0_ = _mm256_hadd_ps(p_[0], p_[1]), h1_ = _mm256_hadd_ps(p_[2], p_[3]);  \
+        const __m256 h2_ = _mm256_hadd_ps(p_[4], p_[5]), h3_ = _mm256_hadd_ps(p_[6], p_[7]);  \
+        /* q0_: the four sums of vectors 0-3 over their low halves, then over their high halves */ \
+        const __m256 q0_ = _mm256_hadd_ps(h0_, h1_), q1_ = _mm256_hadd_ps(h2_, h3_);          \
+        _mm256_storeu_ps((sums) + k_, _mm256_add_ps(_mm256_permute2f128_ps(q0_, q1_, 0x20),    \
+                                                   _mm256_permute2f128_ps(q0_, q1_, 0x31)));   \
+    }
+#else
+#define FILTER_SUMS_F32X8 FILTER_SUMS_SCALAR
+#endif
+/* room for the sums of the largest block (8 x 3) */
+#define FILTER_MAX_SUMS 32
+
+#define DEFINE_FILTER_BLOCK(NAME, ATTR, T, V, FO, NT, SUMS)                                    \
+    ATTR static inline void NAME(const T *restrict src, const T *restrict e0, I eplane, const I *off, \
+                                 I rows, I vecs, I wp, I ew, T *restrict sums)                \
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
-        const Grid s = make_grid(g, lanes);                                                   \
+        V a[FO * NT];                                                                         \
+        for (int k = 0; k < FO * NT; k++) a[k] = (V){0};                                      \
+        const T *xr = src, *er = e0;                                                          \
+        for (I row = 0; row < rows; row++, xr += wp, er += ew)                                \
+            for (I b = 0; b < vecs * lanes; b += lanes) {                                     \
+                V xv[NT];                                                                     \
+                for (int u = 0; u < NT; u++) xv[u] = LOADV(V, xr + b + off[u]);               \
+                for (int r = 0; r < FO; r++) {                                                \
+                    const V ev = LOADV(V, er + r * eplane + b);                               \
+                    for (int u = 0; u < NT; u++) a[r * NT + u] += ev * xv[u];                 \
+                }                                                                             \
+            }                                                                                 \
+        SUMS(T, V, a, FO * NT, sums)                                                          \
+    }
+
+#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, T, V, FO, FT, SUMS)                        \
+    DEFINE_FILTER_BLOCK(NAME##_t1, ATTR, T, V, FO, 1, SUMS)                                   \
+    DEFINE_FILTER_BLOCK(NAME##_t2, ATTR, T, V, FO, 2, SUMS)                                   \
+    DEFINE_FILTER_BLOCK(NAME##_t3, ATTR, T, V, FO, 3, SUMS)                                   \
+    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,           \
+                         const Geometry *g, I groups, I o, I n0, I n1, int accumulate)        \
+    {                                                                                          \
+        const I lanes = VLANES(V, T);                                                         \
+        Grid s = make_grid(g, lanes);                                                         \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
-        const I oblocks = (og + FO - 1) / FO, tblocks = (taps + FT - 1) / FT;                 \
+        const I oblocks = (og + FO - 1) / FO, pairs = cg * taps, whole = taps / FT * FT;      \
+        const I vecs = (g->wo + lanes - 1) / lanes, ew = vecs * lanes, eplane = g->ho * ew;   \
+        /* a row's last vector reads up to ew - 1 columns plus the largest tap offset */     \
+        const I reach = (g->ho - 1) * s.wp + ew + (g->kh - 1) * g->dh * s.wp + (g->kw - 1) * g->dw; \
+        if (s.buffer < reach) s.buffer = reach;                                               \
         const I plane = s.buffer;                                                             \
-        T *buf = malloc((size_t)(cg * plane + oblocks * FO * s.span) * sizeof(T));            \
-        I *offset = calloc((size_t)(tblocks * FT), sizeof(I));                                \
+        T *buf = malloc((size_t)(cg * plane + oblocks * FO * eplane) * sizeof(T));            \
+        I *offset = malloc((size_t)(taps + 2 * pairs) * sizeof(I));                           \
         if (!buf || !offset) {                                                                \
             free(buf); free(offset);                                                          \
             return -1;                                                                        \
         }                                                                                     \
         T *grad = buf + cg * plane;                                                           \
+        T sums[FILTER_MAX_SUMS];                                                              \
         tap_offsets(g, &s, offset);                                                           \
-        memset(grad, 0, (size_t)(oblocks * FO * s.span) * sizeof(T));                         \
+        /* the (input channel, tap) pairs in block order: each channel's whole blocks of FT     \
+           taps, then the remaining taps of every channel, FT pairs (channels) to a block */   \
+        I *at = offset + taps, *into = at + pairs, k = 0;                                      \
+        for (I c = 0; c < cg; c++)                                                            \
+            for (I t = 0; t < whole; t++, k++) at[k] = c * plane + offset[t], into[k] = c * taps + t; \
+        for (I c = 0; c < cg; c++)                                                            \
+            for (I t = whole; t < taps; t++, k++) at[k] = c * plane + offset[t], into[k] = c * taps + t; \
+        memset(grad, 0, (size_t)(oblocks * FO * eplane) * sizeof(T));                         \
         if (!accumulate) memset(dw, 0, (size_t)(o * cg * taps) * sizeof(T));                  \
         for (I n = n0; n < n1; n++)                                                           \
             for (I gr = 0; gr < groups; gr++) {                                               \
@@ -672,44 +743,34 @@ DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2,
                     PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * plane, g, &s); \
                 for (I j = 0; j < og; j++)                                                    \
                     for (I r = 0; r < g->ho; r++)                                             \
-                        memcpy(grad + j * s.span + r * s.wp,                                  \
+                        memcpy(grad + j * eplane + r * ew,                                    \
                                dy + ((n * o + gr * og + j) * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
-                /* a block's 8 dy planes stay in L1 while every input channel passes by */   \
+                /* a block's FO dy planes stay in L1 while every input channel passes by */  \
                 for (I ob = 0; ob < oblocks; ob++)                                            \
-                    for (I c = 0; c < cg; c++)                                                \
-                        for (I tb = 0; tb < tblocks; tb++) {                                  \
-                            V a[FO][FT];                                                      \
-                            for (int r = 0; r < FO; r++)                                      \
-                                for (int u = 0; u < FT; u++) a[r][u] = (V){0};                \
-                            const T *src = buf + c * plane;                                   \
-                            const T *e0 = grad + ob * FO * s.span;                            \
-                            const I *off = offset + tb * FT;                                  \
-                            for (I b = 0; b < s.span; b += lanes) {                           \
-                                V xv[FT];                                                     \
-                                for (int u = 0; u < FT; u++) xv[u] = LOADV(V, src + b + off[u]); \
-                                for (int r = 0; r < FO; r++) {                                \
-                                    const V ev = LOADV(V, e0 + r * s.span + b);               \
-                                    for (int u = 0; u < FT; u++) a[r][u] += ev * xv[u];       \
-                                }                                                             \
-                            }                                                                 \
-                            for (int r = 0; r < FO && ob * FO + r < og; r++)                  \
-                                for (int u = 0; u < FT && tb * FT + u < taps; u++) {          \
-                                    T sum = 0;                                                \
-                                    for (I l = 0; l < lanes; l++) sum += a[r][u][l];          \
-                                    dw[((gr * og + ob * FO + r) * cg + c) * taps + tb * FT + u] += sum; \
-                                }                                                             \
-                        }                                                                     \
+                    for (I p = 0; p < pairs; p += FT) {                                       \
+                        const I nt = pairs - p < FT ? pairs - p : FT;                         \
+                        const T *e0 = grad + ob * FO * eplane;                                \
+                        if (nt == 3)                                                          \
+                            NAME##_t3(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
+                        else if (nt == 2)                                                     \
+                            NAME##_t2(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
+                        else                                                                  \
+                            NAME##_t1(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
+                        for (I r = 0; r < FO && ob * FO + r < og; r++)                        \
+                            for (I u = 0; u < nt; u++)                                        \
+                                dw[(gr * og + ob * FO + r) * pairs + into[p + u]] += sums[r * nt + u]; \
+                    }                                                                         \
             }                                                                                 \
         free(buf); free(offset);                                                              \
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
 
 /* Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (any dilation d): each tile of 2x2
  * outputs, d apart, is A^T [(G g G^T) . (B^T x B)] A of the 4x4 inputs under it, so the 36

@@ -436,7 +436,8 @@ def _pointwise(plan) -> bool:
 #: im2col + GEMM (measurements in docs/numpy.md)
 DIRECT_FILTER_MIN_PLANE = 512
 #: with at most this many input channels per group and output channels, the direct weight
-#: gradient already wins from half that plane (16x16): its GEMM is too thin (docs/numpy.md)
+#: gradient already wins from half that plane (16x16): its GEMM is too thin (docs/numpy.md);
+#: on AVX2 it wins from that plane at any width
 DIRECT_FILTER_NARROW = 32
 
 
@@ -446,14 +447,14 @@ def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: in
     were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
     machine (a resumed one, one in another process) computes the same bits. Winograd, where it
     applies (``_winograd``), wins the forward and input gradient, else the direct kernel; for
-    the weight gradient the direct kernel wins only on large output planes (16x16 ones with
-    ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), and with AVX-512 only
-    undilated ones (docs/numpy.md)."""
+    the weight gradient the direct kernel wins only on large output planes (16x16 ones on AVX2,
+    or with ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), and with
+    AVX-512 only undilated ones (docs/numpy.md)."""
     if count == 1:
         return 0
     if op == "filter":
         plane = out_hw[0] * out_hw[1]
-        narrow = channels is not None and channels <= DIRECT_FILTER_NARROW
+        narrow = isa == 1 or (channels is not None and channels <= DIRECT_FILTER_NARROW)
         if plane < (DIRECT_FILTER_MIN_PLANE // 2 if narrow else DIRECT_FILTER_MIN_PLANE) \
                 or (isa >= 2 and max(dilation) > 1):
             return 0

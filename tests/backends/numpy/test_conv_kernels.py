@@ -149,6 +149,44 @@ def test_direct_kernel_of_any_stride_matches_the_fallback(case, dtype):
     np.testing.assert_allclose(out[:1], reference[:1], rtol=tol, atol=tol * np.abs(reference).max())
 
 
+# (batch, C, H, W, out, (kh, kw), padding, dilation, groups)
+FILTER_CASES = [((3, 32, 16, 16, 32, (5, 5), 2, 1, 1)),  # 8 blocks of 3 taps and one of 1
+                ((2, 5, 13, 11, 7, (3, 3), 1, 1, 1)),    # rows end inside a vector; a part block of outputs
+                ((2, 3, 9, 30, 6, (3, 3), 1, 1, 1)),     # whole-vector rows wider than the grid's rows
+                ((2, 4, 10, 9, 6, (1, 5), 2, 1, 2)),     # grouped, a block of 2 taps, padding past the kernel
+                ((2, 6, 12, 12, 9, (4, 2), 2, 2, 1)),    # dilated, 8 taps
+                ((2, 3, 7, 7, 4, (7, 7), 3, 1, 1))]      # 49 taps, planes narrower than a vector
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FILTER_CASES, ids=[str(c) for c in FILTER_CASES])
+def test_direct_weight_gradient_matches_a_float64_reference(case, dtype):
+    """direct_grid_filter (stride 1) against sums written out here: alone, then accumulating
+    over a range of samples that leaves the first one out."""
+    n, c, h, w_, o, (kh, kw), p, d, g = case
+    rng = np.random.default_rng(21)
+    ho, wo = _out_len(h, kh, 1, p, d), _out_len(w_, kw, 1, p, d)
+    x, dy = rng.standard_normal((n, c, h, w_)), rng.standard_normal((n, o, ho, wo))
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    cg, og = c // g, o // g
+    per_sample = np.zeros((n, o, cg, kh, kw))
+    for gr in range(g):
+        for i in range(kh):
+            for j in range(kw):
+                window = xp[:, gr * cg:(gr + 1) * cg, i * d:i * d + ho, j * d:j * d + wo]
+                per_sample[:, gr * og:(gr + 1) * og, :, i, j] = np.einsum(
+                    "nohw,nchw->noc", dy[:, gr * og:(gr + 1) * og], window)
+    want = per_sample.sum(axis=0)
+    geometry = (c, h, w_, kh, kw, 1, 1, p, p, d, d, ho, wo)
+    dw = np.full((o, cg, kh, kw), np.nan, dtype)
+    kernels.direct_grid_filter(x.astype(dtype), dy.astype(dtype), dw, geometry, g, o, n, 0, n, False)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(dw, want, rtol=tol, atol=tol * np.abs(want).max())
+    kernels.direct_grid_filter(x.astype(dtype), dy.astype(dtype), dw, geometry, g, o, n, 1, n, True)
+    np.testing.assert_allclose(dw, want + per_sample[1:].sum(axis=0), rtol=tol, atol=2 * tol * np.abs(want).max())
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [4, 5, 9, 16, 17, 19, 32, 33])
@@ -214,9 +252,10 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     assert choose("filter", 2, (32, 32), (2, 2)) == 0  # dilated, AVX-512: GEMM
     assert choose("filter", 2, (32, 32), (2, 2), 1) == 1  # dilated, AVX2: direct
     assert choose("filter", 2, (8, 8), (1, 1), 1) == 0
-    # 16x16 planes: direct for narrow layers only
-    assert choose("filter", 2, (16, 16), (1, 1), 1, 32) == 1
-    assert choose("filter", 2, (16, 16), (1, 1), 1, 64) == choose("filter", 2, (16, 16), (1, 1), 1) == 0
+    # 16x16 planes: direct on AVX2, on AVX-512 for narrow layers only
+    assert choose("filter", 2, (16, 16), (1, 1), 1, 64) == choose("filter", 2, (16, 16), (1, 1), 1) == 1
+    assert choose("filter", 2, (16, 16), (1, 1), 2, 32) == 1
+    assert choose("filter", 2, (16, 16), (1, 1), 2, 64) == choose("filter", 2, (16, 16), (1, 1), 2) == 0
     assert choose("filter", 2, (8, 8), (1, 1), 1, 16) == 0
 
 
