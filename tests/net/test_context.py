@@ -164,7 +164,8 @@ def _conv_bn_relu():
 @pytest.mark.parametrize("kernels", ["c", "numpy"])
 def test_fused_batch_norm_relu_computes_the_same_bits_as_the_two_layers(rng, monkeypatch, kernels):
     """A BatchNorm whose only reader is a ReLU runs both as one op (Context._steps): training
-    steps, running statistics and inference give exactly what the layers give one by one."""
+    steps and running statistics are exactly what the layers give one by one; inference, where
+    the convolution absorbs the batch norm and ReLU, equals them within float32 rounding."""
     from juicepy.backends.numpy import NumpyBackend, spatial
     from juicepy.net.context import Context
 
@@ -179,12 +180,15 @@ def test_fused_batch_norm_relu_computes_the_same_bits_as_the_two_layers(rng, mon
         trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=0.01), batch_size=8)
         losses = [trainer.train_minibatch(backend, x, y)[0] for _ in range(3)]  # (loss, outputs)
         ctx = net.context(backend, 8, training=True)
-        fused = [type(layer).__name__ for layer, _, consumer in ctx._steps if consumer is not None]
+        fused = [type(layer).__name__ for layer, _, consumers in ctx._steps if consumers]
         assert fused == (["BatchNorm2d", "BatchNorm2d"] if fuse else [])
+        chains = [[type(c.node.layer).__name__ for c in consumers] for _, _, consumers in net.context(backend, 8)._steps
+                  if consumers]
+        assert chains == ([["BatchNorm2d", "ReLU"]] * 2 if fuse else [])
         results[fuse] = (losses, net.get_weights(), net.transform(backend, x))
     (losses, weights, out), (losses0, weights0, out0) = results[True], results[False]
     assert losses == losses0
-    np.testing.assert_array_equal(out, out0)
+    np.testing.assert_allclose(out, out0, rtol=1e-5, atol=1e-5 * np.abs(out0).max())
     for name in weights0:
         np.testing.assert_array_equal(weights[name], weights0[name], err_msg=name)
 
@@ -199,7 +203,7 @@ def test_a_batch_norm_whose_output_is_read_twice_or_is_a_network_output_is_not_f
     for fused, roots in nets.items():
         for root in roots:
             ctx = Context(jp.Network(root, input_shape=(3,)), jp.backend("numpy"), 4, training=True)
-            assert sum(consumer is not None for _, _, consumer in ctx._steps) == fused, root
+            assert sum(bool(consumers) for _, _, consumers in ctx._steps) == fused, root
 
 
 def test_reading_the_output_a_fusion_skips_is_an_error_not_stale_values(monkeypatch):
@@ -211,7 +215,7 @@ def test_reading_the_output_a_fusion_skips_is_an_error_not_stale_values(monkeypa
     net = _conv_bn_relu()
     backend = jp.backend("numpy")
     ctx = Context(net, backend, 2, training=True)
-    fused_pairs = [(nctx.path, cctx.path) for _, nctx, cctx in ctx._steps if cctx is not None]
+    fused_pairs = [(nctx.path, consumers[0].path) for _, nctx, consumers in ctx._steps if consumers]
     bn_path, relu_path = fused_pairs[0]
     for read in (ctx.output, ctx.output_grad):
         with pytest.raises(ValueError, match=re.escape(f"{bn_path}: its output is not kept") + ".*" + re.escape(f"fused with {relu_path}")):
@@ -245,8 +249,8 @@ def test_fused_relu_max_pool_computes_the_same_bits_as_the_two_layers(rng, monke
         trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=0.05), batch_size=6)
         losses = [trainer.train_minibatch(backend, x, y)[0] for _ in range(4)]
         ctx = net.context(backend, 6, training=True)
-        fused = [(type(layer).__name__, type(consumer.node.layer).__name__)
-                 for layer, _, consumer in ctx._steps if consumer is not None]
+        fused = [(type(layer).__name__,) + tuple(type(c.node.layer).__name__ for c in consumers)
+                 for layer, _, consumers in ctx._steps if consumers]
         assert fused == ([("ReLU", "MaxPool2d")] * 2 if fuse else [])
         results[fuse] = (losses, net.get_weights(), net.transform(backend, x))
     (losses, weights, out), (losses0, weights0, out0) = results[True], results[False]
@@ -264,4 +268,4 @@ def test_a_relu_before_another_pool_or_read_twice_is_not_fused():
                  L.Sequential(L.Conv2d(2, 3), L.ReLU(), L.Branches(L.MaxPool2d(2), L.MaxPool2d(2))),
                  L.Sequential(L.Conv2d(2, 3), L.LeakyReLU(), L.MaxPool2d(2))]:
         ctx = Context(jp.Network(root, input_shape=(1, 8, 8)), jp.backend("numpy"), 2, training=True)
-        assert all(consumer is None for _, _, consumer in ctx._steps), root
+        assert not any(consumers for _, _, consumers in ctx._steps), root
