@@ -226,6 +226,72 @@ def test_reading_the_output_a_fusion_skips_is_an_error_not_stale_values(monkeypa
     assert unfused.output(bn_path).shape == ctx.output(relu_path).shape
 
 
+def _conv_norm_net(seed=4):
+    """Convolutions followed by a batch norm (and a ReLU): with a bias, without an affine
+    norm, depthwise, strided 1x1, and a Conv1d with a BatchNorm1d; running statistics and
+    affine params far from their initial 0 and 1; the network's output is the last ReLU's."""
+    net = jp.Network(L.Sequential(
+        L.Conv2d(8, 3, padding=1), L.BatchNorm2d(), L.ReLU(),
+        L.Conv2d(8, 3, padding=1, groups=8, bias=False), L.BatchNorm2d(affine=False), L.ReLU(),
+        L.Conv2d(6, 1, stride=2), L.BatchNorm2d(),
+        L.Reshape((6, 16)), L.Conv1d(5, 3, padding=1), L.BatchNorm1d(), L.ReLU()), input_shape=(3, 8, 8), seed=seed)
+    rng = np.random.default_rng(seed)
+    weights = net.get_weights()
+    for name, value in weights.items():
+        if name.endswith(("running_var", ".weight")) and value.ndim == 1:
+            weights[name] = rng.uniform(0.3, 3.0, value.shape).astype(value.dtype)
+        elif name.endswith(("running_mean", "bias")):
+            weights[name] = rng.normal(0.0, 0.5, value.shape).astype(value.dtype)
+    net.set_weights(weights)
+    return net
+
+
+def test_inference_convolution_absorbs_its_batch_norm_and_relu(rng, monkeypatch, backend):
+    """In inference each Conv2d/Conv1d runs its BatchNorm (and the ReLU after it) as one op
+    (conv2d's epilogue), on every backend: the outputs equal those of the layers one by one
+    within float32 rounding, the absorbed outputs are refused instead of stale, the running
+    statistics are untouched, a steady pass allocates nothing, and training contexts keep the
+    convolution apart (their batch norm needs its output's statistics)."""
+    from juicepy.net.context import Context
+
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    net = _conv_norm_net()
+    before = net.get_weights()
+    ctx = net.context(backend, 4)
+    chains = [(nctx.path, [c.path for c in consumers]) for _, nctx, consumers in ctx._steps if consumers]
+    assert [len(c) for _, c in chains] == [2, 2, 1, 2]
+    assert all(type(net.node(head).layer).__name__.startswith("Conv") for head, _ in chains)
+    out = net.transform(backend, x)
+    for head, consumers in chains:
+        for path in [head] + consumers[:-1]:
+            with pytest.raises(ValueError, match=re.escape(f"{path}: its output is not kept")):
+                ctx.output(path)
+    allocations = backend.allocations
+    again = net.transform(backend, x)
+    assert backend.allocations == allocations
+    np.testing.assert_array_equal(again, out)
+    after = net.get_weights()
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+    training = net.context(backend, 4, training=True)
+    assert [type(layer).__name__ for layer, _, consumers in training._steps if consumers] == ["BatchNorm2d"] * 2 \
+        + ["BatchNorm1d"]
+    monkeypatch.setattr(Context, "fuse", False)
+    unfused = _conv_norm_net().transform(backend, x)
+    assert 0.2 < (unfused == 0).mean() < 0.8  # the network's output is a fused ReLU's
+    np.testing.assert_allclose(out, unfused, rtol=1e-5, atol=1e-5 * np.abs(unfused).max())
+
+
+def test_a_convolution_is_not_fused_with_a_synced_or_twice_read_batch_norm():
+    from juicepy.net.context import Context
+
+    for root in [L.Sequential(L.Conv2d(2, 3), L.BatchNorm2d(sync=True), L.ReLU()),
+                 L.Sequential(L.Conv2d(2, 3), L.Branches(L.BatchNorm2d(), L.Identity())),
+                 L.Sequential(L.Conv2d(2, 3), L.ReLU(), L.BatchNorm2d())]:
+        ctx = Context(jp.Network(root, input_shape=(1, 8, 8)), jp.backend("numpy"), 2)
+        assert not any(type(layer).__name__ == "Conv2d" and consumers for layer, _, consumers in ctx._steps), root
+
+
 def _relu_pool_net():
     return jp.Network(L.Sequential(L.Conv2d(4, 3, padding=1), L.ReLU(), L.MaxPool2d(2),
                                    L.Conv2d(5, 3), L.ReLU(), L.MaxPool2d(3, stride=1, padding=1),
