@@ -9,6 +9,7 @@ from ..errors import ArgumentError, ShapeError
 from ..net.params import LearnableParams
 from .activation import ReLU
 from .base import Layer, bias_gradient
+from .norm import BatchNorm1d, BatchNorm2d
 
 
 class Conv2d(Layer):
@@ -110,11 +111,10 @@ class Conv2d(Layer):
     # there is one: the batch norm and ReLU passes over the output disappear. Training keeps
     # them apart (the batch norm needs the statistics of this output).
     def fuses(self, consumers, training) -> bool:
-        from .norm import BatchNorm1d, BatchNorm2d
-
         norm = consumers[0]
-        # subclasses may compute something else
-        return not training and type(norm) in (BatchNorm1d, BatchNorm2d) and not norm.sync \
+        # exact types: a subclass may compute something else (one overriding compute_output here)
+        return not training and type(self).compute_output is Conv2d.compute_output \
+            and type(norm) in (BatchNorm1d, BatchNorm2d) and not norm.sync \
             and (len(consumers) == 1 or (len(consumers) == 2 and type(consumers[1]) is ReLU))
 
     def compute_output_fused(self, backend, ctx, consumers):

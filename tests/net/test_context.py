@@ -282,14 +282,23 @@ def test_inference_convolution_absorbs_its_batch_norm_and_relu(rng, monkeypatch,
     np.testing.assert_allclose(out, unfused, rtol=1e-5, atol=1e-5 * np.abs(unfused).max())
 
 
-def test_a_convolution_is_not_fused_with_a_synced_or_twice_read_batch_norm():
+def test_a_convolution_is_not_fused_with_a_synced_or_twice_read_batch_norm_or_when_subclassed():
     from juicepy.net.context import Context
 
     for root in [L.Sequential(L.Conv2d(2, 3), L.BatchNorm2d(sync=True), L.ReLU()),
                  L.Sequential(L.Conv2d(2, 3), L.Branches(L.BatchNorm2d(), L.Identity())),
-                 L.Sequential(L.Conv2d(2, 3), L.ReLU(), L.BatchNorm2d())]:
+                 L.Sequential(L.Conv2d(2, 3), L.ReLU(), L.BatchNorm2d()),
+                 L.Sequential(_ScaledConv(2, 3), L.BatchNorm2d(), L.ReLU())]:
         ctx = Context(jp.Network(root, input_shape=(1, 8, 8)), jp.backend("numpy"), 2)
-        assert not any(type(layer).__name__ == "Conv2d" and consumers for layer, _, consumers in ctx._steps), root
+        assert not any(isinstance(layer, L.Conv2d) and consumers for layer, _, consumers in ctx._steps), root
+
+
+class _ScaledConv(L.Conv2d):
+    """Computes its output otherwise: the fused op would skip that."""
+
+    def compute_output(self, backend, ctx):
+        super().compute_output(backend, ctx)
+        backend.scale(ctx.output(), 2.0, ctx.output())
 
 
 def _relu_pool_net():
