@@ -536,14 +536,14 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
 #ifndef DIRECT_L1
 #define DIRECT_L1 32768
 #endif
-#define DEFINE_DIRECT_CONV(NAME, ATTR, PAD, T, V, OB, NV)                                      \
+#define DEFINE_DIRECT_CONV(NAME, ATTR, PAD, T, V, OB, NV, EPI)                                 \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I groups, I o, I n0, I n1, int flip, int accumulate, \
                          const T *restrict scale, const T *restrict shift, int relu)          \
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
         const Phases s = make_phases(g, lanes);                                               \
-        const int epilogue = scale || shift || relu;                                          \
+        const int epilogue = EPI && (scale || shift || relu);                                 \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
         const I blocks = (og + OB - 1) / OB, plane_out = g->ho * g->wo;                       \
         const I per_row = (g->wo + lanes - 1) / lanes, vectors = g->ho * per_row;             \
@@ -661,12 +661,20 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_CONV(direct_conv_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3)
-DEFINE_DIRECT_CONV(direct_conv_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3)
-DEFINE_DIRECT_CONV(direct_conv_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3)
-DEFINE_DIRECT_CONV(direct_conv_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3)
-DEFINE_DIRECT_CONV(direct_conv_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2)
-DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2)
+/* Built with (EPI 1) and without (EPI 0) the epilogue: the code it adds to the store path
+ * slowed the calls that have none (training, the input gradient) measurably (docs/numpy.md). */
+DEFINE_DIRECT_CONV(direct_conv_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, 1)
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and grid
  * positions of dy[o] (on the grid, zero past Wo) times the shifted padded x[c]. Blocks of
@@ -1674,11 +1682,15 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     if (x.itemsize == 4)
-        failed = ISA_CALL(direct_conv_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
-                          scale, shift, relu);
+        failed = scale || shift || relu
+                     ? ISA_CALL(direct_conv_epi_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu)
+                     : ISA_CALL(direct_conv_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
+                                NULL, NULL, 0);
     else
-        failed = ISA_CALL(direct_conv_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
-                          scale, shift, relu);
+        failed = scale || shift || relu
+                     ? ISA_CALL(direct_conv_epi_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu)
+                     : ISA_CALL(direct_conv_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
+                                NULL, NULL, 0);
     Py_END_ALLOW_THREADS
     release_optional(&sv);
     release_optional(&hv);
