@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -241,6 +241,35 @@ def check_conv_shapes(backend_name: str, op: str, x_shape, w_shape, y_shape, str
         raise ValueError(f"{backend_name} backend {op}: input {tuple(x_shape)}, weight {tuple(w_shape)}, "
                          f"groups {groups}, stride {tuple(stride)}, padding {tuple(padding)}, dilation "
                          f"{tuple(dilation)} give output {expected}, got {tuple(y_shape)}")
+
+
+class ConvNorm(NamedTuple):
+    """An inference-mode batch norm after a convolution, applied by conv2d to its output
+    (``norm``): y = (conv - running_mean) / sqrt(running_var + eps) * gamma + beta."""
+
+    gamma: Any
+    beta: Any
+    running_mean: Any
+    running_var: Any
+    eps: float
+
+
+def check_conv_epilogue(backend_name: str, out, bias, norm) -> None:
+    """Raise ValueError unless conv2d's bias and the norm's vectors hold one value per output channel."""
+    arrays = [bias] + ([] if norm is None else list(norm[:4]))
+    check_per_channel(backend_name, "conv2d", out, *arrays)
+
+
+def conv_epilogue(backend: "Backend", out, bias, norm, relu: bool, ws) -> None:
+    """conv2d's epilogue as ops of their own after the convolution, for backends that do not
+    fold it into the convolution's output stores."""
+    if bias is not None:
+        backend.add_bias(out, bias)
+    if norm is not None:
+        backend.batch_norm_infer(out, norm.gamma, norm.beta, norm.running_mean, norm.running_var, norm.eps, out,
+                                 ws=ws, relu=relu)
+    elif relu:
+        backend.relu(out, out)
 
 
 def check_pool_shapes(backend_name: str, op: str, x_shape, y_shape, kernel, stride, padding) -> None:
@@ -491,7 +520,11 @@ class Backend(abc.ABC):
 
     # ------------------------------------------------------------ convolution
     # NCHW; weight (O, C/groups, kh, kw); padding is a pair of ints (already resolved).
-    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None) -> None:
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None,
+               relu=False) -> None:
+        """out = the convolution, then its epilogue: + bias[o] (``bias`` (O,) or None), the
+        inference batch norm ``norm`` (a :class:`ConvNorm`, or None), max(out, 0) where ``relu``
+        (NaN stays NaN): one op, so a backend can apply them as it stores the output."""
         raise NotImplementedError(f"{self.name} backend conv2d: not implemented")
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,

@@ -22,18 +22,20 @@ class ReLU(Layer):
     # a 2x2 pool, and never writes the full-size ReLU output or its gradient. The values are the
     # same bits; the gradient is too: where a window's max is <= 0 both orders send zero to every
     # element of the window, elsewhere the same element gets the same value.
-    def fuses(self, consumer) -> bool:
+    def fuses(self, consumers, training) -> bool:
         from .pool import MaxPool2d
 
-        return type(consumer) is MaxPool2d  # a subclass may compute something else
+        return len(consumers) == 1 and type(consumers[0]) is MaxPool2d  # a subclass may compute something else
 
-    def compute_output_fused(self, backend, ctx, consumer_ctx):
+    def compute_output_fused(self, backend, ctx, consumers):
+        consumer_ctx, = consumers
         pool, out = consumer_ctx.node.layer, consumer_ctx.output()
         backend.max_pool2d(ctx.input(), out, consumer_ctx.buffer("argmax"), pool.kernel_size, pool.stride,
                            pool.padding, ws=consumer_ctx.ws)
         backend.relu(out, out)
 
-    def compute_gradients_fused(self, backend, ctx, consumer_ctx):
+    def compute_gradients_fused(self, backend, ctx, consumers):
+        consumer_ctx, = consumers
         dx, acc = ctx.input_grad_target()
         if dx is None:
             return

@@ -112,23 +112,25 @@ class Layer:
     def compute_gradients(self, backend, ctx) -> None:
         raise NotImplementedError(type(self).__name__)
 
-    # A layer may run the layer that consumes its output in the same backend op (BatchNorm a
-    # ReLU: one pass over the data instead of two). A Context fuses a placement with the next
-    # one in the plan when that one is the only reader of its output, which is not a network
-    # output; the consumer's compute methods are then not called, and this layer's output
-    # buffer is not written (the fused op writes the consumer's).
-    def fuses(self, consumer) -> bool:
-        """Whether :meth:`compute_output_fused` can run ``consumer`` (a Layer) too."""
+    # A layer may run the layers that consume its output in the same backend op (BatchNorm a
+    # ReLU: one pass over the data instead of two; an inference Conv2d its BatchNorm2d and
+    # ReLU). A Context fuses a placement with the next ones in the plan while each is the only
+    # reader of the previous one's output, which is not a network output; the consumers'
+    # compute methods are then not called, and the outputs inside the chain are not written
+    # (the fused op writes the last consumer's).
+    def fuses(self, consumers: tuple, training: bool) -> bool:
+        """Whether :meth:`compute_output_fused` can run ``consumers`` (Layers, each reading the
+        previous one's output, the first this one's) too, in a training context or not."""
         return False
 
-    def compute_output_fused(self, backend, ctx, consumer_ctx) -> None:
-        """compute_output of this layer and then of the consumer (``consumer_ctx`` its context),
-        writing the consumer's output."""
+    def compute_output_fused(self, backend, ctx, consumers) -> None:
+        """compute_output of this layer and then of the consumers (``consumers`` their
+        NodeContexts), writing the last one's output."""
         raise NotImplementedError(type(self).__name__)
 
-    def compute_gradients_fused(self, backend, ctx, consumer_ctx) -> None:
-        """compute_gradients of the consumer and then of this layer, reading the gradient of the
-        consumer's output."""
+    def compute_gradients_fused(self, backend, ctx, consumers) -> None:
+        """compute_gradients of the consumers, last first, and then of this layer, reading the
+        gradient of the last one's output (training contexts only)."""
         raise NotImplementedError(type(self).__name__)
 
     # ------------------------------------------------------------ description

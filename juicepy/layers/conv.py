@@ -7,7 +7,9 @@ from .. import init as initializers
 from ..backends.base import conv_output_size
 from ..errors import ArgumentError, ShapeError
 from ..net.params import LearnableParams
+from .activation import ReLU
 from .base import Layer, bias_gradient
+from .norm import BatchNorm1d, BatchNorm2d
 
 
 class Conv2d(Layer):
@@ -102,12 +104,29 @@ class Conv2d(Layer):
         return array
 
     def compute_output(self, backend, ctx):
-        y = self._as_4d(backend, ctx.output())
+        self._convolve(backend, ctx, ctx.output())
+
+    # In inference a batch norm after the convolution is a fixed per-channel scale and shift,
+    # which the convolution applies to its output as it stores it, with the ReLU after it where
+    # there is one: the batch norm and ReLU passes over the output disappear. Training keeps
+    # them apart (the batch norm needs the statistics of this output).
+    def fuses(self, consumers, training) -> bool:
+        norm = consumers[0]
+        # exact types: a subclass may compute something else (one overriding compute_output here)
+        return not training and type(self).compute_output is Conv2d.compute_output \
+            and type(norm) in (BatchNorm1d, BatchNorm2d) and not norm.sync \
+            and (len(consumers) == 1 or (len(consumers) == 2 and type(consumers[1]) is ReLU))
+
+    def compute_output_fused(self, backend, ctx, consumers):
+        norm_ctx = consumers[0]
+        self._convolve(backend, ctx, consumers[-1].output(), norm_ctx.node.layer.inference_norm(norm_ctx),
+                       len(consumers) == 2)
+
+    def _convolve(self, backend, ctx, out, norm=None, relu=False):
         stride, padding, dilation = self.stride, self.padding, self.dilation
-        backend.conv2d(self._as_4d(backend, ctx.input()), self._weight(backend, ctx.param(self.weight)), y,
-                       stride, padding, dilation, self.groups, ws=ctx.ws)
-        if self.use_bias:
-            backend.add_bias(y, ctx.param(self.bias))
+        backend.conv2d(self._as_4d(backend, ctx.input()), self._weight(backend, ctx.param(self.weight)),
+                       self._as_4d(backend, out), stride, padding, dilation, self.groups, ws=ctx.ws,
+                       bias=ctx.param(self.bias) if self.use_bias else None, norm=norm, relu=relu)
 
     def compute_gradients(self, backend, ctx):
         dy = self._as_4d(backend, ctx.output_grad())

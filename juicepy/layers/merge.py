@@ -45,15 +45,17 @@ class Add(Layer):
     # A residual block's sum is read by a ReLU only: the last add applies it in the same pass.
     # The ReLU's backward reads its output (which the fused op writes) and this layer's reads
     # only the gradient, so the backward pair is the two layers' own.
-    def fuses(self, consumer) -> bool:
+    def fuses(self, consumers, training) -> bool:
         from .activation import ReLU
 
-        return type(consumer) is ReLU  # a subclass may compute something else
+        return len(consumers) == 1 and type(consumers[0]) is ReLU  # a subclass may compute something else
 
-    def compute_output_fused(self, backend, ctx, consumer_ctx):
+    def compute_output_fused(self, backend, ctx, consumers):
+        consumer_ctx, = consumers
         self._sum(backend, ctx, consumer_ctx.output(), True)
 
-    def compute_gradients_fused(self, backend, ctx, consumer_ctx):
+    def compute_gradients_fused(self, backend, ctx, consumers):
+        consumer_ctx, = consumers
         consumer_ctx.node.layer.compute_gradients(backend, consumer_ctx)
         self.compute_gradients(backend, ctx)
 

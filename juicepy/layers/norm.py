@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import init as initializers
 from ..arguments import flag, number, optional_integer
+from ..backends.base import ConvNorm
 from ..errors import ShapeError
 from ..net.params import LearnableParams
 from .activation import ReLU
@@ -103,14 +104,22 @@ class _BatchNorm(Layer):
         self.num_batches_tracked.set(tracked)
         return 1.0 / tracked if self.momentum is None else self.momentum
 
-    def fuses(self, consumer) -> bool:
-        return type(consumer) is ReLU and not self.sync  # a subclass may compute something else
+    def fuses(self, consumers, training) -> bool:
+        # a subclass may compute something else
+        return len(consumers) == 1 and type(consumers[0]) is ReLU and not self.sync
 
     def compute_output(self, backend, ctx):
         self._normalise(backend, ctx, ctx.output(), False)
 
-    def compute_output_fused(self, backend, ctx, consumer_ctx):
-        self._normalise(backend, ctx, consumer_ctx.output(), True)
+    def compute_output_fused(self, backend, ctx, consumers):
+        relu_ctx, = consumers
+        self._normalise(backend, ctx, relu_ctx.output(), True)
+
+    def inference_norm(self, ctx) -> ConvNorm:
+        """This batch norm in inference, for a convolution before it to apply to its output
+        (``ctx``: this layer's NodeContext)."""
+        gamma, beta = self._scale_shift(ctx)
+        return ConvNorm(gamma, beta, ctx.param(self.running_mean), ctx.param(self.running_var), self.eps)
 
     def _normalise(self, backend, ctx, out, relu):
         gamma, beta = self._scale_shift(ctx)
@@ -149,8 +158,9 @@ class _BatchNorm(Layer):
     def compute_gradients(self, backend, ctx):
         self._gradients(backend, ctx, ctx.output_grad, None)
 
-    def compute_gradients_fused(self, backend, ctx, consumer_ctx):
-        self._gradients(backend, ctx, consumer_ctx.output_grad, consumer_ctx.output())
+    def compute_gradients_fused(self, backend, ctx, consumers):
+        relu_ctx, = consumers
+        self._gradients(backend, ctx, relu_ctx.output_grad, relu_ctx.output())
 
     def _gradients(self, backend, ctx, output_grad, relu_out):
         """``output_grad()``: the gradient to read (called only when one is needed, as it zero-

@@ -231,10 +231,11 @@ class Context:
             nctx._setting_up = False
         self._backups = self._make_backups() if training else []
         self._saved_step = 0
-        self._steps = self._fused_steps() if self.fuse else [(layer, nctx, None) for layer, nctx in self._plan]
+        self._steps = self._fused_steps() if self.fuse else [(layer, nctx, ()) for layer, nctx in self._plan]
         # junction index -> path of the layer that absorbed its producer (never written)
-        self._fused_away = {nctx.node.descriptor.outputs[0].index: cctx.path
-                            for _, nctx, cctx in self._steps if cctx is not None}
+        self._fused_away = {chain[i].node.descriptor.outputs[0].index: chain[i + 1].path
+                            for chain in ((nctx,) + consumers for _, nctx, consumers in self._steps)
+                            for i in range(len(chain) - 1)}
         self._backward_steps = list(reversed(self._steps))
         self._backward_op = -1  # the backward op running now (-1: none)
         self._grad_final_op = self._final_ops()
@@ -261,34 +262,39 @@ class Context:
                     self._data[j], self._grads[j] = self._data[root], self._grads[root]
         return shared
 
-    #: run a layer and the one reading its output as one op where the layer offers it
-    #: (``Layer.fuses``); the results are the same bits either way
+    #: run a layer and the ones reading its output as one op where the layer offers it
+    #: (``Layer.fuses``); the results are the same bits either way, except an inference
+    #: convolution with a batch norm folded into it (equal within rounding)
     fuse = True
 
     def _fused_steps(self) -> list:
-        """(layer, NodeContext, consumer's NodeContext or None) in forward order: a placement
-        absorbs the next one when that is the only reader of its only output, which is not a
-        network output."""
+        """(layer, NodeContext, the consumers' NodeContexts) in forward order: a placement
+        absorbs the next one while that is the only reader of the previous one's only output,
+        which is not a network output, and the placement's ``fuses`` takes the chain so far."""
         network = self.network
         readers: dict = {}
         for node in network.nodes:
             for j in node.descriptor.inputs:
                 readers[j.index] = readers.get(j.index, 0) + 1
         outputs = {j.index for j in network.outputs}
+
+        def feeds(nctx, cctx) -> bool:
+            made, taken = nctx.node.descriptor.outputs, cctx.node.descriptor.inputs
+            return (len(made) == 1 and len(taken) == 1 and taken[0] is made[0] and readers[made[0].index] == 1
+                    and made[0].index not in outputs)
+
         steps, k = [], 0
         while k < len(self._plan):
             layer, nctx = self._plan[k]
-            if k + 1 < len(self._plan):
-                consumer, cctx = self._plan[k + 1]
-                made = nctx.node.descriptor.outputs
-                taken = cctx.node.descriptor.inputs
-                if (len(made) == 1 and len(taken) == 1 and taken[0] is made[0] and readers[made[0].index] == 1
-                        and made[0].index not in outputs and layer.fuses(consumer)):
-                    steps.append((layer, nctx, cctx))
-                    k += 2
-                    continue
-            steps.append((layer, nctx, None))
-            k += 1
+            chain, last = (), nctx
+            while k + 1 + len(chain) < len(self._plan):
+                consumer, cctx = self._plan[k + 1 + len(chain)]
+                if not (feeds(last, cctx) and layer.fuses(tuple(c.node.layer for c in chain) + (consumer,),
+                                                          self.training)):
+                    break
+                chain, last = chain + (cctx,), cctx
+            steps.append((layer, nctx, chain))
+            k += 1 + len(chain)
         return steps
 
     def _make_backups(self) -> list[_StateBackup]:
@@ -325,9 +331,9 @@ class Context:
         holds is zero-filled at the end of the pass (index len(backward ops))."""
         end = len(self._backward_steps)
         final = [end] * len(self._param_grad_views)
-        for k, (_, nctx, cctx) in enumerate(self._backward_steps):
-            for c in (nctx, cctx):
-                for p in ([] if c is None else c.node.descriptor.params.values()):
+        for k, (_, nctx, consumers) in enumerate(self._backward_steps):
+            for c in (nctx,) + consumers:
+                for p in c.node.descriptor.params.values():
                     slot = self._param_slot.get(p)
                     if slot is not None and (final[slot] == end or k > final[slot]):
                         final[slot] = k
@@ -335,7 +341,7 @@ class Context:
 
     @property
     def backward_ops(self) -> int:
-        """How many ops the backward pass runs (placements, fused pairs counted once)."""
+        """How many ops the backward pass runs (placements, fused chains counted once)."""
         return len(self._backward_steps)
 
     def grad_final_op(self, p) -> int:
@@ -400,11 +406,11 @@ class Context:
 
     def forward(self) -> None:
         backend = self.backend
-        for layer, nctx, consumer in self._steps:
-            if consumer is None:
-                layer.compute_output(backend, nctx)
+        for layer, nctx, consumers in self._steps:
+            if consumers:
+                layer.compute_output_fused(backend, nctx, consumers)
             else:
-                layer.compute_output_fused(backend, nctx, consumer)
+                layer.compute_output(backend, nctx)
         if self.training:
             self.step += 1
 
@@ -423,12 +429,12 @@ class Context:
     def backward(self) -> None:
         backend, hooks = self.backend, self._backward_hooks
         try:
-            for k, (layer, nctx, consumer) in enumerate(self._backward_steps):
+            for k, (layer, nctx, consumers) in enumerate(self._backward_steps):
                 self._backward_op = k
-                if consumer is None:
-                    layer.compute_gradients(backend, nctx)
+                if consumers:
+                    layer.compute_gradients_fused(backend, nctx, consumers)
                 else:
-                    layer.compute_gradients_fused(backend, nctx, consumer)
+                    layer.compute_gradients(backend, nctx)
                 for hook in hooks[k]:
                     hook()
             end = self._backward_op = len(hooks) - 1
@@ -466,7 +472,7 @@ class Context:
         return buf
 
     def _check_kept(self, junction) -> None:
-        # a fused pair never writes the junction between them: refuse rather than hand out stale values
+        # a fused chain never writes the junctions inside it: refuse rather than hand out stale values
         consumer = self._fused_away.get(junction.index)
         if consumer is not None:
             raise ValueError(f"{junction.producer}: its output is not kept in this context, it runs fused "

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from juicepy.backends import CaptureError, Workspace
-from juicepy.backends.base import Backend
+from juicepy.backends.base import Backend, ConvNorm
 from juicepy.backends.rng import keep_threshold, uniform_hash
 
 SENTINEL = 7.25  # what view layouts leave between and around the operands; must survive every op
@@ -638,6 +638,49 @@ def test_conv2d_and_its_gradients(ops_backend, dtype, rng, case, accumulate):
     np.testing.assert_allclose(placed.host(4), (dx0 if accumulate else 0) + dx_ref, **tol)
     np.testing.assert_allclose(placed.host(5), (dw0 if accumulate else 0) + dw_ref, **tol)
     placed.check_sentinels()
+
+
+EPILOGUE_CASES = CONV_CASES + [((2, 8, 5, 6), (6, 1, 1), (1, 1), (0, 0), (1, 1), 1)]  # pointwise: a plain GEMM
+
+
+@pytest.mark.parametrize("case", EPILOGUE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("parts", ["bias+relu", "norm", "bias+norm+relu"])
+def test_conv2d_epilogue(ops_backend, dtype, rng, case, parts):
+    """conv2d's bias, inference batch norm and ReLU (what an inference Conv2d + BatchNorm2d +
+    ReLU runs as one op) on every geometry the forward paths split on; half the outputs are
+    negative, so the ReLU zeroes many."""
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rng.standard_normal(xs)
+    w = rng.standard_normal((o, xs[1] // groups, kh, kw))
+    bias, gamma, beta = rng.standard_normal(o), rng.uniform(0.5, 2.0, o), rng.standard_normal(o)
+    mean, var, eps = rng.standard_normal(o), rng.uniform(0.5, 3.0, o), 1e-3
+    want = conv_reference(x, w, stride, padding, dilation, groups)
+    per_channel = (1, o, 1, 1)
+    if "bias" in parts:
+        want += bias.reshape(per_channel)
+    if "norm" in parts:
+        want = (want - mean.reshape(per_channel)) / np.sqrt(var + eps).reshape(per_channel) * gamma.reshape(
+            per_channel) + beta.reshape(per_channel)
+    if "relu" in parts:
+        want = np.maximum(want, 0.0)
+    placed = Placed(ops_backend, [x, w, np.full(want.shape, 3.0), bias, gamma, beta, mean, var], dtype, "view")
+    dev_x, dev_w, y, dev_bias, *norm = placed.devs
+    ops_backend.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws=Workspace(),
+                       bias=dev_bias if "bias" in parts else None,
+                       norm=ConvNorm(*norm, eps) if "norm" in parts else None, relu="relu" in parts)
+    np.testing.assert_allclose(placed.host(2), want, **tolerance(dtype, scale=10))
+    placed.check_sentinels()
+
+
+def test_conv2d_refuses_a_wrong_epilogue_and_writes_nothing(ops_backend):
+    b = ops_backend
+    x, w, y = b.zeros((2, 3, 8, 8)), b.zeros((4, 3, 3, 3)), b.from_host(np.full((2, 4, 8, 8), 5.0, np.float32))
+    one = b.zeros((4,))
+    with bad_argument(b, "conv2d"):
+        b.conv2d(x, w, y, (1, 1), (1, 1), (1, 1), 1, bias=b.zeros((3,)))
+    with bad_argument(b, "conv2d"):
+        b.conv2d(x, w, y, (1, 1), (1, 1), (1, 1), 1, norm=ConvNorm(one, one, b.zeros((5,)), one, 1e-5))
+    np.testing.assert_array_equal(b.to_host(y), 5.0)
 
 
 def test_conv2d_refuses_a_wrong_geometry(ops_backend):

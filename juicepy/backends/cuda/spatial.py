@@ -7,8 +7,8 @@ import abc
 
 import numpy as np
 
-from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
-                    check_pool_shapes, relu_masked_grad, scratch)
+from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_epilogue, check_conv_shapes,
+                    check_per_channel, check_pool_shapes, conv_epilogue, relu_masked_grad, scratch)
 from .device import NULL
 
 
@@ -53,7 +53,12 @@ class SpatialOps(abc.ABC):
         self._launch(y.dtype, "batch_to_channel_major", y.size, (y, dst, np.int64(n), np.int64(c), np.int64(inner)))
         return dst
 
-    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
+        check_conv_epilogue("cuda", out, bias, norm)
+        self._conv2d(x, w, out, stride, padding, dilation, groups, ws)
+        conv_epilogue(self, out, bias, norm, relu, ws)
+
+    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws):
         check_conv_shapes("cuda", "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
         o, cg, kh, kw = w.shape
         out_hw = out.shape[2:]

@@ -149,6 +149,32 @@ DEFINE_COL2IM(col2im_f64, double)
 DEFINE_BIAS_ADD(bias_add_f32, float)
 DEFINE_BIAS_ADD(bias_add_f64, double)
 
+/* A convolution's output epilogue on values [i0, i1) of planes [p0, p1) (p = n*C + c):
+ * out = out * scale[c] + shift[c] (scale or shift NULL: 1 or 0), then v < 0 ? 0 : v where
+ * ``relu`` (NaN stays NaN, as np.maximum). Run on a chunk of output right after its GEMM or
+ * transform wrote it, while it is still in cache: a folded batch norm, a bias and a ReLU cost
+ * no pass of their own over the output. */
+#define DEFINE_EPILOGUE(NAME, T)                                                               \
+    VECTOR_CLONES static void NAME(T *restrict out, const T *restrict scale,                  \
+                                   const T *restrict shift, I c, I inner, I p0, I p1, I i0,   \
+                                   I i1, int relu)                                            \
+    {                                                                                          \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T a = scale ? scale[p % c] : (T)1, b = shift ? shift[p % c] : (T)0;         \
+            T *o = out + p * inner;                                                           \
+            if (relu)                                                                         \
+                for (I i = i0; i < i1; i++) {                                                 \
+                    const T v = o[i] * a + b;                                                 \
+                    o[i] = v < 0 ? (T)0 : v;                                                  \
+                }                                                                             \
+            else                                                                              \
+                for (I i = i0; i < i1; i++) o[i] = o[i] * a + b;                              \
+        }                                                                                     \
+    }
+
+DEFINE_EPILOGUE(epilogue_f32, float)
+DEFINE_EPILOGUE(epilogue_f64, double)
+
 /* db[ch] (+)= the sum of dy over samples and positions, channels [c0, c1). Each plane sums
  * into 16 independent running sums (vectorised without reassociating), folded in a fixed
  * order, and the planes add up in sample order in double: the bits never depend on how the
@@ -523,15 +549,20 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
  * gradient's: output and input channels swapped, taps reversed (dx is this stride-1 conv of dy
  * padded by (k - 1)*d - p). OB x NV: 4 x 3 with AVX2 (12 sums, 3 inputs and a broadcast fill
  * the 16 registers), 8 x 3 with AVX-512 (docs/numpy.md). */
+/* max(v, 0) lane by lane with NaN kept (v < 0 is false for NaN): the bits of v where it is not
+ * negative, else zero */
+#define RELU_V(V, v) ({ __typeof__((v) < (v)) neg_ = (v) < (V){0}; (V)((__typeof__(neg_))(v) & ~neg_); })
 #ifndef DIRECT_L1
 #define DIRECT_L1 32768
 #endif
-#define DEFINE_DIRECT_CONV(NAME, ATTR, PAD, T, V, OB, NV)                                      \
+#define DEFINE_DIRECT_CONV(NAME, ATTR, PAD, T, V, OB, NV, EPI)                                 \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
-                         const Geometry *g, I groups, I o, I n0, I n1, int flip, int accumulate) \
+                         const Geometry *g, I groups, I o, I n0, I n1, int flip, int accumulate, \
+                         const T *restrict scale, const T *restrict shift, int relu)          \
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
         const Phases s = make_phases(g, lanes);                                               \
+        const int epilogue = EPI && (scale || shift || relu);                                 \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
         const I blocks = (og + OB - 1) / OB, plane_out = g->ho * g->wo;                       \
         const I per_row = (g->wo + lanes - 1) / lanes, vectors = g->ho * per_row;             \
@@ -607,12 +638,22 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
                                     for (int v = 0; v < NV; v++) a[r][v] += k * xv[v];        \
                                 }                                                             \
                             }                                                                 \
-                            for (int r = 0; r < OB && dst[r]; r++)                            \
+                            /* the last chunk of channels stores finished sums: the epilogue \
+                               runs on them in registers (staged grids get it on their copy) */ \
+                            const int finish = tight && epilogue && c0 + cstep >= cg;         \
+                            for (int r = 0; r < OB && dst[r]; r++) {                          \
+                                const I ch = gr * og + ob * OB + r;                           \
+                                const T sc = scale ? scale[ch] : (T)1, sh = shift ? shift[ch] : (T)0; \
                                 for (int v = 0; v < NV; v++) {                                \
                                     const I vi = vb * NV + v;                                 \
                                     if (tight && vi >= vectors) break;                        \
+                                    if (finish) {                                             \
+                                        a[r][v] = a[r][v] * sc + sh;                          \
+                                        if (relu) a[r][v] = RELU_V(V, a[r][v]);               \
+                                    }                                                         \
                                     memcpy(dst[r] + vi * lanes, &a[r][v], sizeof(V));         \
                                 }                                                             \
+                            }                                                                 \
                         }                                                                     \
                     }                                                                         \
                 }                                                                             \
@@ -620,11 +661,18 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
                 for (I j = 0; j < og; j++) {                                                  \
                     T *dst = out + (n * o + gr * og + j) * plane_out;                         \
                     const T *src = grid + j * staged;                                         \
+                    const T sc = scale ? scale[gr * og + j] : (T)1;                           \
+                    const T sh = shift ? shift[gr * og + j] : (T)0;                           \
                     for (I row = 0; row < g->ho; row++) {                                     \
                         const T *sr = src + row * per_row * lanes;                            \
                         T *dr = dst + row * g->wo;                                            \
                         if (accumulate)                                                       \
                             for (I q = 0; q < g->wo; q++) dr[q] += sr[q];                     \
+                        else if (epilogue)                                                    \
+                            for (I q = 0; q < g->wo; q++) {                                   \
+                                const T v = sr[q] * sc + sh;                                  \
+                                dr[q] = relu && v < 0 ? (T)0 : v;                             \
+                            }                                                                 \
                         else                                                                  \
                             memcpy(dr, sr, (size_t)g->wo * sizeof(T));                        \
                     }                                                                         \
@@ -634,12 +682,20 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_CONV(direct_conv_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3)
-DEFINE_DIRECT_CONV(direct_conv_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3)
-DEFINE_DIRECT_CONV(direct_conv_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3)
-DEFINE_DIRECT_CONV(direct_conv_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3)
-DEFINE_DIRECT_CONV(direct_conv_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2)
-DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2)
+/* Built with (EPI 1) and without (EPI 0) the epilogue: the code it adds to the store path
+ * slowed the calls that have none (training, the input gradient) measurably (docs/numpy.md). */
+DEFINE_DIRECT_CONV(direct_conv_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, 0)
+DEFINE_DIRECT_CONV(direct_conv_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, 1)
+DEFINE_DIRECT_CONV(direct_conv_epi_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, 1)
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and output
  * positions of dy[o] times the shifted padded x[c]. Blocks of FO output channels x NT taps keep
@@ -1657,13 +1713,30 @@ static int check_direct(const Geometry *g)
     return 0;
 }
 
+/* An epilogue's per-channel vector: None (NULL, not applied) or ``count`` values of ``fmt``. */
+static int get_optional(PyObject *obj, Py_buffer *view, const char *fmt, I count, const char *name, void **data)
+{
+    *data = NULL;
+    view->obj = NULL;
+    if (obj == Py_None) return 0;
+    if (get_buffer(obj, view, 0, fmt, count, name) < 0) return -1;
+    *data = view->buf;
+    return 0;
+}
+
+static void release_optional(Py_buffer *view)
+{
+    if (view->obj) PyBuffer_Release(view);
+}
+
 static PyObject *py_direct_conv(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *wo, *oo, *go;
+    PyObject *xo, *wo, *oo, *go, *so = Py_None, *ho = Py_None;
     Geometry g;
     I groups, o, n, n0, n1;
-    int flip, accumulate, failed;
-    if (!PyArg_ParseTuple(args, "OOOOnnnnnpp", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip, &accumulate))
+    int flip, accumulate, relu = 0, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnpp|OOp", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip,
+                          &accumulate, &so, &ho, &relu))
         return NULL;
     if (!parse_geometry(go, &g) || check_direct(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
     if (groups < 1 || g.c % groups || o % groups) {
@@ -1671,18 +1744,74 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
                      g.c, o, groups);
         return NULL;
     }
-    Py_buffer x, w, out;
+    if ((so != Py_None || ho != Py_None || relu) && (flip || accumulate)) {
+        PyErr_SetString(PyExc_ValueError, "direct_conv: an epilogue (scale, shift, relu) needs flip and accumulate off");
+        return NULL;
+    }
+    Py_buffer x, w, out, sv, hv;
+    void *scale, *shift;
     if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, o * (g.c / groups) * g.kh * g.kw, "w",
                   oo, &out, 1, n * o * g.ho * g.wo, "out") < 0)
         return NULL;
+    if (get_optional(so, &sv, x.format, o, "scale", &scale) < 0) {
+        release_three(&x, &w, &out);
+        return NULL;
+    }
+    if (get_optional(ho, &hv, x.format, o, "shift", &shift) < 0) {
+        release_optional(&sv);
+        release_three(&x, &w, &out);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     if (x.itemsize == 4)
-        failed = ISA_CALL(direct_conv_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = scale || shift || relu
+                     ? ISA_CALL(direct_conv_epi_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu)
+                     : ISA_CALL(direct_conv_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
+                                NULL, NULL, 0);
     else
-        failed = ISA_CALL(direct_conv_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate);
+        failed = scale || shift || relu
+                     ? ISA_CALL(direct_conv_epi_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu)
+                     : ISA_CALL(direct_conv_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
+                                NULL, NULL, 0);
     Py_END_ALLOW_THREADS
+    release_optional(&sv);
+    release_optional(&hv);
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_epilogue(PyObject *self, PyObject *args)
+{
+    PyObject *oo, *so, *ho;
+    I n, c, inner, p0, p1, i0, i1;
+    int relu;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnp", &oo, &so, &ho, &n, &c, &inner, &p0, &p1, &i0, &i1, &relu))
+        return NULL;
+    if (n < 0 || c < 1 || inner < 0 || check_range(p0, p1, n * c, "planes") < 0 ||
+        check_range(i0, i1, inner, "values") < 0)
+        return NULL;
+    Py_buffer out, sv, hv;
+    void *scale, *shift;
+    if (get_buffer(oo, &out, 1, NULL, n * c * inner, "out") < 0) return NULL;
+    if (get_optional(so, &sv, out.format, c, "scale", &scale) < 0) {
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    if (get_optional(ho, &hv, out.format, c, "shift", &shift) < 0) {
+        release_optional(&sv);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        epilogue_f32(out.buf, scale, shift, c, inner, p0, p1, i0, i1, relu);
+    else
+        epilogue_f64(out.buf, scale, shift, c, inner, p0, p1, i0, i1, relu);
+    Py_END_ALLOW_THREADS
+    release_optional(&sv);
+    release_optional(&hv);
+    PyBuffer_Release(&out);
     Py_RETURN_NONE;
 }
 
@@ -1720,9 +1849,10 @@ static PyMethodDef methods[] = {
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
      "weight gradient of samples [n0, n1), computed directly"},
     {"direct_conv", py_direct_conv, METH_VARARGS,
-     "direct_conv(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate): samples [n0, n1) "
-     "of a grouped conv (any stride, padding >= 0) computed directly (flip: the input gradient of "
-     "a stride-1 conv, x = dy)"},
+     "direct_conv(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate, scale=None, shift=None, "
+     "relu=False): samples [n0, n1) of a grouped conv (any stride, padding >= 0) computed directly "
+     "(flip: the input gradient of a stride-1 conv, x = dy); out = conv * scale[o] + shift[o], then "
+     "max(out, 0) where relu (the forward's epilogue)"},
     {"im2col", py_im2col, METH_VARARGS,
      "im2col(x, cols, geometry, N, n0, n1, r0, r1, sample_stride, row_stride): the windows of "
      "samples [n0, n1) and output rows [r0, r1) of NCHW x as columns (zeros in the padding)"},
@@ -1746,6 +1876,9 @@ static PyMethodDef methods[] = {
     {"wg_output", py_wg_output, METH_VARARGS,
      "wg_output(m_, out, geometry, O, N, n0, n1, th, tw, ks, accumulate, m, mats): out (+)= the tiles "
      "transformed back"},
+    {"epilogue", py_epilogue, METH_VARARGS,
+     "epilogue(out, scale, shift, N, C, inner, p0, p1, i0, i1, relu): values [i0, i1) of planes [p0, p1) "
+     "of (N, C, inner) out = out * scale[c] + shift[c] (None: 1, 0), then max(out, 0) where relu"},
     {"bias_add", py_bias_add, METH_VARARGS,
      "bias_add(out, bias, N, C, inner, p0, p1): planes [p0, p1) of (N, C, inner) out += bias[c]"},
     {"bias_grad", py_bias_grad, METH_VARARGS,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .. import rng
-from ..base import (Backend, check_argmax, check_cell, check_embedding, check_nonlinearity, check_swap, check_batch_norm_sums, check_channel_range, check_conv_shapes, check_gemm,
+from ..base import (Backend, check_argmax, check_cell, check_embedding, check_nonlinearity, check_swap, check_batch_norm_sums, check_channel_range, check_conv_epilogue, check_conv_shapes, check_gemm,
                     check_per_channel, check_pool_shapes, check_same, check_sequence, check_input_sequence,
                     check_input_sequence_backward, check_view, host_all_finite)
 from ..base import scratch as _scratch
@@ -479,9 +479,10 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------ convolution
     # The kernels live in spatial.py; these methods only pass the workspace through.
-    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
         check_conv_shapes(self.name, "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
-        spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws)
+        check_conv_epilogue(self.name, out, bias, norm)
+        spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias, norm, relu)
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):

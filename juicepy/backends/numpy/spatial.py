@@ -19,6 +19,8 @@ from __future__ import annotations
 
 
 
+from typing import NamedTuple
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -180,13 +182,64 @@ def _grad_batch_inner(backend, plan, dy, ws):
     return _view(dy_t, (plan.groups, plan.o // plan.groups, plan.ho * plan.wo * plan.n))
 
 
-def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
-    if _c_conv(backend, x, w, out):
+class _Epilogue(NamedTuple):
+    """What conv2d applies to its output: out * scale[o] + shift[o] (None: 1, 0), then a ReLU."""
+
+    scale: object
+    shift: object
+    relu: bool
+
+
+def _epilogue(backend, out, bias, norm, relu, ws):
+    """The epilogue of conv2d's bias, folded inference batch norm and ReLU (None when there is
+    none): scale = gamma / sqrt(running_var + eps), shift = beta + (bias - running_mean) * scale."""
+    if norm is None:
+        return _Epilogue(None, bias, relu) if bias is not None or relu else None
+    channels = (out.shape[1],)
+    scale = scratch(ws, backend, "conv_epilogue_scale", channels, out.dtype)
+    np.add(norm.running_var, norm.eps, out=scale)
+    np.sqrt(scale, out=scale)
+    np.divide(norm.gamma, scale, out=scale)
+    shift = scratch(ws, backend, "conv_epilogue_shift", channels, out.dtype)
+    if bias is None:
+        np.negative(norm.running_mean, out=shift)
+    else:
+        np.subtract(bias, norm.running_mean, out=shift)
+    shift *= scale
+    shift += norm.beta
+    return _Epilogue(scale, shift, relu)
+
+
+def _finish(backend, out, epi, p0, p1, i0=0, i1=None):
+    """The epilogue on values [i0, i1) of output planes [p0, p1) (p = n*O + o), run by a lane
+    right after it wrote them, while they are in cache."""
+    if epi is not None:
+        n, c, inner = channels_inner(out)
+        backend.conv_kernels.epilogue(out, epi.scale, epi.shift, n, c, inner, p0, p1, i0,
+                                      inner if i1 is None else i1, epi.relu)
+
+
+def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws, bias=None, norm=None, relu=False):
+    epi = _epilogue(backend, out, bias, norm, relu, ws)
+    vectors = [] if epi is None else [a for a in (epi.scale, epi.shift) if a is not None]
+    if _c_conv(backend, x, w, out, *vectors):
         if _is_depthwise(x, w, groups):
-            _c_depthwise_forward(backend, x, w, out, stride, padding, dilation)
+            _c_depthwise_forward(backend, x, w, out, stride, padding, dilation, epi)
         else:
-            _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws)
+            _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws, epi)
         return
+    _numpy_conv2d(backend, x, w, out, stride, padding, dilation, groups, ws)
+    if epi is not None:  # without the C kernels (or for odd layouts): whole-array passes
+        shape = channel_shape(out)
+        if epi.scale is not None:
+            out *= _view(epi.scale, shape)
+        if epi.shift is not None:
+            out += epi.shift.reshape(shape)
+        if epi.relu:
+            np.maximum(out, 0, out=out)
+
+
+def _numpy_conv2d(backend, x, w, out, stride, padding, dilation, groups, ws):
     if _is_depthwise(x, w, groups):
         _depthwise_forward(backend, x, w, out, stride, padding, dilation, ws)
         return
@@ -461,7 +514,7 @@ def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: in
     return count - 1
 
 
-def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
+def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws, epi=None):
     plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
     runs = [_gemm_forward]
     if _direct_forward_applies(backend, plan):
@@ -471,7 +524,7 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws):
         elif tuple(stride) == (1, 1) and _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
             runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
-    runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out)
+    runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out, epi)
 
 
 #: input channels per group up to which a strided conv runs on the direct kernel rather than
@@ -492,13 +545,14 @@ def _direct_forward_applies(backend, plan) -> bool:
     return isa == 1 and plan.kh * plan.kw > 1 and plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
 
 
-def _direct_forward(backend, x, w, plan, ws, out):
+def _direct_forward(backend, x, w, plan, ws, out, epi=None):
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
+    scale, shift, relu = epi or (None, None, False)
     _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_conv(
-        x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False))
+        x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False, scale, shift, relu))
 
 
-def _gemm_forward(backend, x, w, plan, ws, out):
+def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     weight = plan.weight(w)
     chunks = _chunks(plan, _gemm_lanes())
@@ -508,6 +562,8 @@ def _gemm_forward(backend, x, w, plan, ws, out):
         for chunk in chunks[lo:hi]:
             cols = _chunk_columns(backend, plan, x, geometry, chunk, size, k, ws)
             np.matmul(weight, cols, out=_chunk_of(plan, out, chunk))
+            n0, n1, r0, r1 = chunk
+            _finish(backend, out, epi, n0 * plan.o, n1 * plan.o, r0 * plan.wo, r1 * plan.wo)
 
     _run_gemm_pieces(len(chunks), lane)
 
@@ -652,7 +708,7 @@ def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
         and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
 
 
-def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
+def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, epi=None):
     """dst (+)= the stride-1 3x3 conv of src (``geometry``) with w, as Winograd F(2x2, 3x3):
     per chunk of samples, one lane transforms the input tiles, runs the 16 GEMMs with the
     transformed taps on its own core, and transforms the products back into dst."""
@@ -677,14 +733,15 @@ def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate,
             backend.conv_kernels.winograd_input(src, v, geometry, n, n0, n1, th, tw, vs)
             np.matmul(u, _view(v[:, :n_in * p], (16, n_in, p)), out=_view(m[:, :n_out * p], (16, n_out, p)))
             backend.conv_kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate)
+            _finish(backend, dst, epi, n0 * n_out, n1 * n_out)
 
     _run_gemm_pieces(len(chunks), lane)
 
 
-def _tiled_forward(run, backend, x, w, plan, ws, out):
+def _tiled_forward(run, backend, x, w, plan, ws, out, epi):
     """The forward pass through a Winograd runner (_winograd_run or _wg_run)."""
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
-    run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws)
+    run(backend, x, w, out, geometry, plan.c, plan.o, False, False, ws, epi)
 
 
 def _tiled_backward_data(run, backend, dy, w, plan, dx, accumulate, ws):
@@ -694,8 +751,8 @@ def _tiled_backward_data(run, backend, dy, w, plan, dx, accumulate, ws):
     run(backend, dy, w, dx, flipped, plan.o, plan.c, True, accumulate, ws)
 
 
-def _winograd_forward(backend, x, w, plan, ws, out):
-    _tiled_forward(_winograd_run, backend, x, w, plan, ws, out)
+def _winograd_forward(backend, x, w, plan, ws, out, epi=None):
+    _tiled_forward(_winograd_run, backend, x, w, plan, ws, out, epi)
 
 
 def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
@@ -754,7 +811,7 @@ def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
 WG_TILES = 128
 
 
-def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
+def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, epi=None):
     """dst (+)= the stride-1 rxr conv of src (``geometry``) with w, as Winograd F(m x m, r x r):
     like _winograd_run, with n*n GEMMs (n = m + r - 1)."""
     n = src.shape[0]
@@ -779,12 +836,13 @@ def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws):
             backend.conv_kernels.wg_input(src, v, geometry, n, n0, n1, th, tw, vs, m, mats)
             np.matmul(u, _view(v[:, :n_in * p], (k, n_in, p)), out=_view(prod[:, :n_out * p], (k, n_out, p)))
             backend.conv_kernels.wg_output(prod, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate, m, mats)
+            _finish(backend, dst, epi, n0 * n_out, n1 * n_out)
 
     _run_gemm_pieces(len(chunks), lane)
 
 
-def _wg_forward(backend, x, w, plan, ws, out):
-    _tiled_forward(_wg_run, backend, x, w, plan, ws, out)
+def _wg_forward(backend, x, w, plan, ws, out, epi=None):
+    _tiled_forward(_wg_run, backend, x, w, plan, ws, out, epi)
 
 
 def _wg_backward_data(backend, dy, w, plan, dx, accumulate, ws):
@@ -796,15 +854,19 @@ def _grid_padding(kernel, padding, dilation):
     return tuple(d * (k - 1) - p for k, p, d in zip(kernel, padding, dilation))
 
 
-def _c_depthwise_forward(backend, x, w, out, stride, padding, dilation):
+def _c_depthwise_forward(backend, x, w, out, stride, padding, dilation, epi=None):
     n, c = x.shape[:2]
     geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
     work = out[0, 0].size * w.shape[2] * w.shape[3]
     if tuple(stride) == (1, 1):
-        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid(
-            x, w, out, geometry, n, lo, hi, False, False))
+        def lane(lo, hi, k):
+            backend.conv_kernels.depthwise_grid(x, w, out, geometry, n, lo, hi, False, False)
+            _finish(backend, out, epi, lo, hi)
     else:
-        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi))
+        def lane(lo, hi, k):
+            backend.conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi)
+            _finish(backend, out, epi, lo, hi)
+    _run_lanes(n * c, work, lane)
 
 
 def _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate):

@@ -7,8 +7,8 @@ import abc
 
 import numpy as np
 
-from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_shapes, check_per_channel,
-                    check_pool_shapes, relu_masked_grad, scratch)
+from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_epilogue, check_conv_shapes,
+                    check_per_channel, check_pool_shapes, conv_epilogue, relu_masked_grad, scratch)
 from .gemm import even_tile
 from .layout import round_up
 
@@ -283,7 +283,12 @@ class SpatialOps(abc.ABC):
         self._launch_rows("conv.cl", "swap_batch_channels", inner, (a1, a0), *self._ref(src), a0, a1,
                           *self._ref(dst), int(accumulate))
 
-    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None):
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
+        check_conv_epilogue("opencl", out, bias, norm)
+        self._conv2d(x, w, out, stride, padding, dilation, groups, ws)
+        conv_epilogue(self, out, bias, norm, relu, ws)
+
+    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws):
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_winograd(geo, groups, "forward"):
