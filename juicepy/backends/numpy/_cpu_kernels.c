@@ -198,32 +198,43 @@ fail:
     return NULL;
 }
 
-static PyObject *py_relu_backward(PyObject *self, PyObject *args)
+/* The calls (in0, in1, out, flag) of the elementwise kernels above that read two arrays and
+ * write a third of the same layout: relu_backward (flag: accumulate) and add (flag: relu). */
+typedef void (*binary_f32)(const float *, const float *, float *, Py_ssize_t, int);
+typedef void (*binary_f64)(const double *, const double *, double *, Py_ssize_t, int);
+
+static PyObject *binary_call(PyObject *args, const char *in0_name, const char *in1_name,
+                             const char *out_name, binary_f32 f32, binary_f64 f64)
 {
-    PyObject *yo, *dyo, *dxo;
-    int accumulate;
-    if (!PyArg_ParseTuple(args, "OOOp", &yo, &dyo, &dxo, &accumulate))
+    PyObject *in0o, *in1o, *outo;
+    int flag;
+    if (!PyArg_ParseTuple(args, "OOOp", &in0o, &in1o, &outo, &flag))
         return NULL;
-    Py_buffer y, dy, dx;
+    Py_buffer in0, in1, out;
     int got = 0;
-    if (get_buffer(dxo, &dx, 1, "dx") < 0) return NULL;
+    if (get_buffer(outo, &out, 1, out_name) < 0) return NULL;
     got = 1;
-    if (get_buffer(yo, &y, 0, "y") < 0 || (got = 2, same_layout(&dx, &y, "y") < 0)) goto fail;
-    if (get_buffer(dyo, &dy, 0, "dy") < 0 || (got = 3, same_layout(&dx, &dy, "dy") < 0)) goto fail;
-    Py_ssize_t n = dx.len / dx.itemsize;
+    if (get_buffer(in0o, &in0, 0, in0_name) < 0 || (got = 2, same_layout(&out, &in0, in0_name) < 0)) goto fail;
+    if (get_buffer(in1o, &in1, 0, in1_name) < 0 || (got = 3, same_layout(&out, &in1, in1_name) < 0)) goto fail;
+    Py_ssize_t n = out.len / out.itemsize;
     Py_BEGIN_ALLOW_THREADS
-    if (dx.itemsize == 4)
-        relu_backward_f32(y.buf, dy.buf, dx.buf, n, accumulate);
+    if (out.itemsize == 4)
+        f32(in0.buf, in1.buf, out.buf, n, flag);
     else
-        relu_backward_f64(y.buf, dy.buf, dx.buf, n, accumulate);
+        f64(in0.buf, in1.buf, out.buf, n, flag);
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&dx); PyBuffer_Release(&y); PyBuffer_Release(&dy);
+    PyBuffer_Release(&out); PyBuffer_Release(&in0); PyBuffer_Release(&in1);
     Py_RETURN_NONE;
 fail:
-    if (got >= 1) PyBuffer_Release(&dx);
-    if (got >= 2) PyBuffer_Release(&y);
-    if (got >= 3) PyBuffer_Release(&dy);
+    if (got >= 1) PyBuffer_Release(&out);
+    if (got >= 2) PyBuffer_Release(&in0);
+    if (got >= 3) PyBuffer_Release(&in1);
     return NULL;
+}
+
+static PyObject *py_relu_backward(PyObject *self, PyObject *args)
+{
+    return binary_call(args, "y", "dy", "dx", relu_backward_f32, relu_backward_f64);
 }
 
 static PyObject *py_relu(PyObject *self, PyObject *args)
@@ -254,30 +265,7 @@ static PyObject *py_relu(PyObject *self, PyObject *args)
 
 static PyObject *py_add(PyObject *self, PyObject *args)
 {
-    PyObject *ao, *bo, *outo;
-    int relu;
-    if (!PyArg_ParseTuple(args, "OOOp", &ao, &bo, &outo, &relu))
-        return NULL;
-    Py_buffer a, b, out;
-    int got = 0;
-    if (get_buffer(outo, &out, 1, "out") < 0) return NULL;
-    got = 1;
-    if (get_buffer(ao, &a, 0, "a") < 0 || (got = 2, same_layout(&out, &a, "a") < 0)) goto fail;
-    if (get_buffer(bo, &b, 0, "b") < 0 || (got = 3, same_layout(&out, &b, "b") < 0)) goto fail;
-    Py_ssize_t n = out.len / out.itemsize;
-    Py_BEGIN_ALLOW_THREADS
-    if (out.itemsize == 4)
-        add_f32(a.buf, b.buf, out.buf, n, relu);
-    else
-        add_f64(a.buf, b.buf, out.buf, n, relu);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&out); PyBuffer_Release(&a); PyBuffer_Release(&b);
-    Py_RETURN_NONE;
-fail:
-    if (got >= 1) PyBuffer_Release(&out);
-    if (got >= 2) PyBuffer_Release(&a);
-    if (got >= 3) PyBuffer_Release(&b);
-    return NULL;
+    return binary_call(args, "a", "b", "out", add_f32, add_f64);
 }
 
 /* spin_while(flags, index, value, seconds): wait, with the GIL released, while the int64
