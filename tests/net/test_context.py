@@ -162,6 +162,29 @@ def test_gradient_vocabulary(numpy_backend, rng):
         ctx.input_grad()
 
 
+def _fused_chains(ctx) -> list:
+    """(fused layer, its consumers...) type names of each fused step of ``ctx``."""
+    return [(type(layer).__name__,) + tuple(type(c.node.layer).__name__ for c in consumers)
+            for layer, _, consumers in ctx._steps if consumers]
+
+
+def _trained_with_and_without_fusion(monkeypatch, backend, make_net, x, y, lr, steps) -> dict:
+    """{Context.fuse: (losses of ``steps`` Adam steps on a fresh make_net(), its weights after
+    them, its transform of x, the fused chains of a training and of an inference context)}."""
+    from juicepy.net.context import Context
+
+    results = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(Context, "fuse", fuse)
+        net = make_net()
+        trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=lr), batch_size=len(x))
+        losses = [trainer.train_minibatch(backend, x, y)[0] for _ in range(steps)]  # (loss, outputs)
+        results[fuse] = (losses, net.get_weights(), net.transform(backend, x),
+                         _fused_chains(net.context(backend, len(x), training=True)),
+                         _fused_chains(net.context(backend, len(x))))
+    return results
+
+
 def _conv_bn_relu():
     return jp.Network(L.Sequential(L.Conv2d(6, 3, padding=1), L.BatchNorm2d(), L.ReLU(), L.MaxPool2d(2),
                                    L.Conv2d(4, 3, padding=1), L.BatchNorm2d(affine=False), L.ReLU(),
@@ -174,26 +197,16 @@ def test_fused_batch_norm_relu_computes_the_same_bits_as_the_two_layers(rng, mon
     steps and running statistics are exactly what the layers give one by one; inference, where
     the convolution absorbs the batch norm and ReLU, equals them within float32 rounding."""
     from juicepy.backends.numpy import NumpyBackend, spatial
-    from juicepy.net.context import Context
 
     backend = NumpyBackend(kernels=kernels)
     monkeypatch.setattr(spatial, "NORM_MIN_INNER", 1)  # the C passes on the 4x4 planes too
     x = rng.standard_normal((8, 3, 8, 8)).astype(np.float32)
     y = rng.integers(0, 5, 8)
-    results = {}
-    for fuse in (True, False):
-        monkeypatch.setattr(Context, "fuse", fuse)
-        net = _conv_bn_relu()
-        trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=0.01), batch_size=8)
-        losses = [trainer.train_minibatch(backend, x, y)[0] for _ in range(3)]  # (loss, outputs)
-        ctx = net.context(backend, 8, training=True)
-        fused = [type(layer).__name__ for layer, _, consumers in ctx._steps if consumers]
-        assert fused == (["BatchNorm2d", "BatchNorm2d"] if fuse else [])
-        chains = [[type(c.node.layer).__name__ for c in consumers] for _, _, consumers in net.context(backend, 8)._steps
-                  if consumers]
-        assert chains == ([["BatchNorm2d", "ReLU"]] * 2 if fuse else [])
-        results[fuse] = (losses, net.get_weights(), net.transform(backend, x))
-    (losses, weights, out), (losses0, weights0, out0) = results[True], results[False]
+    results = _trained_with_and_without_fusion(monkeypatch, backend, _conv_bn_relu, x, y, lr=0.01, steps=3)
+    for fuse, (*_, training_chains, inference_chains) in results.items():
+        assert training_chains == ([("BatchNorm2d", "ReLU")] * 2 if fuse else [])
+        assert inference_chains == ([("Conv2d", "BatchNorm2d", "ReLU")] * 2 if fuse else [])
+    (losses, weights, out, *_), (losses0, weights0, out0, *_) = results[True], results[False]
     assert losses == losses0
     np.testing.assert_allclose(out, out0, rtol=1e-5, atol=1e-5 * np.abs(out0).max())
     for name in weights0:
@@ -319,23 +332,13 @@ def test_fused_relu_max_pool_computes_the_same_bits_as_the_two_layers(rng, monke
     commutes with ReLU): losses, weights after training and outputs are the bits of the layers
     one by one, on every backend, with windows whose maximum is negative, zero or tied (the
     input's half of zeros and the shift make many)."""
-    from juicepy.net.context import Context
-
     x = rng.standard_normal((6, 2, 8, 8)).astype(np.float32) - 0.5
     x[:, :, :, ::2] = 0.0
     y = rng.integers(0, 3, 6)
-    results = {}
-    for fuse in (True, False):
-        monkeypatch.setattr(Context, "fuse", fuse)
-        net = _relu_pool_net()
-        trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=0.05), batch_size=6)
-        losses = [trainer.train_minibatch(backend, x, y)[0] for _ in range(4)]
-        ctx = net.context(backend, 6, training=True)
-        fused = [(type(layer).__name__,) + tuple(type(c.node.layer).__name__ for c in consumers)
-                 for layer, _, consumers in ctx._steps if consumers]
-        assert fused == ([("ReLU", "MaxPool2d")] * 2 if fuse else [])
-        results[fuse] = (losses, net.get_weights(), net.transform(backend, x))
-    (losses, weights, out), (losses0, weights0, out0) = results[True], results[False]
+    results = _trained_with_and_without_fusion(monkeypatch, backend, _relu_pool_net, x, y, lr=0.05, steps=4)
+    for fuse, (*_, training_chains, _) in results.items():
+        assert training_chains == ([("ReLU", "MaxPool2d")] * 2 if fuse else [])
+    (losses, weights, out, *_), (losses0, weights0, out0, *_) = results[True], results[False]
     assert losses == losses0
     np.testing.assert_array_equal(out, out0)
     for name in weights0:
@@ -453,9 +456,7 @@ def test_add_relu_fuses_only_a_relu_that_is_the_only_reader():
     from juicepy.net.context import Context
 
     def fused(root, shapes=((4,), (4,))):
-        ctx = Context(jp.Network(root, input_shape=list(shapes)), jp.backend("numpy"), 2, training=True)
-        return [(type(layer).__name__,) + tuple(type(c.node.layer).__name__ for c in consumers)
-                for layer, _, consumers in ctx._steps if consumers]
+        return _fused_chains(Context(jp.Network(root, input_shape=list(shapes)), jp.backend("numpy"), 2, training=True))
 
     assert fused(L.Sequential(L.Add(), L.ReLU(), L.Linear(3))) == [("Add", "ReLU")]
     assert fused(L.Sequential(L.Add(), L.LeakyReLU(), L.Linear(3))) == []
