@@ -684,18 +684,16 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
 
 /* Built with (EPI 1) and without (EPI 0) the epilogue: the code it adds to the store path
  * slowed the calls that have none (training, the input gradient) measurably (docs/numpy.md). */
-DEFINE_DIRECT_CONV(direct_conv_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, 0)
-DEFINE_DIRECT_CONV(direct_conv_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, 0)
-DEFINE_DIRECT_CONV(direct_conv_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, 0)
-DEFINE_DIRECT_CONV(direct_conv_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, 0)
-DEFINE_DIRECT_CONV(direct_conv_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, 0)
-DEFINE_DIRECT_CONV(direct_conv_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, 0)
-DEFINE_DIRECT_CONV(direct_conv_epi_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, 1)
-DEFINE_DIRECT_CONV(direct_conv_epi_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, 1)
-DEFINE_DIRECT_CONV(direct_conv_epi_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, 1)
-DEFINE_DIRECT_CONV(direct_conv_epi_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, 1)
-DEFINE_DIRECT_CONV(direct_conv_epi_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, 1)
-DEFINE_DIRECT_CONV(direct_conv_epi_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, 1)
+#define DEFINE_DIRECT_CONV_ISAS(NAME, EPI)                                                       \
+    DEFINE_DIRECT_CONV(NAME##_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, EPI)        \
+    DEFINE_DIRECT_CONV(NAME##_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, EPI)        \
+    DEFINE_DIRECT_CONV(NAME##_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, EPI)         \
+    DEFINE_DIRECT_CONV(NAME##_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, EPI)        \
+    DEFINE_DIRECT_CONV(NAME##_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, EPI)         \
+    DEFINE_DIRECT_CONV(NAME##_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, EPI)
+
+DEFINE_DIRECT_CONV_ISAS(direct_conv, 0)
+DEFINE_DIRECT_CONV_ISAS(direct_conv_epi, 1)
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and output
  * positions of dy[o] times the shifted padded x[c]. Blocks of FO output channels x NT taps keep
