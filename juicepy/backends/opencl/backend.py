@@ -229,7 +229,10 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
                               *self._ref(partial))
             dy, inner = partial, 1
-        if inner == 1 and rows > 2 * _BIAS_CHUNK:  # many rows: sum chunks of rows in parallel first
+        # more than a chunk of rows: sum chunks in parallel first, each walking its rows whole (a
+        # work-item of bias_grad walks a column, one strided load per row: a batch of 128 rows
+        # of 512 columns took longer that way than both launches)
+        if inner == 1 and rows > _BIAS_CHUNK:
             chunks = -(-rows // _BIAS_CHUNK)
             partial = scratch(ws, self, "bias_chunks", (chunks, channels), _F32)
             self._kernel("rows.cl", "column_sums")(self.queue, (chunks,), (1,), channels, *self._ref(dy), rows,

@@ -512,9 +512,13 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 #endif
 #define DOT_ACC1(r, j) floatv d##r##_##j = (floatv)(0.0f);
 #define DOT_ACC(r) DOT_COLS(DOT_ACC1, r)
-#define DOT_LOAD_B(r, j) const floatv b##j = br[(j) * (BK / VW) + kk];
+#define DOT_LOAD_B(r, j) const floatv b##j = br##j[kk];
 #define DOT_FMA1(r, j) d##r##_##j += a * b##j;
-#define DOT_FMA(r) { const floatv a = ar[(r) * (BK / VW) + kk]; DOT_COLS(DOT_FMA1, r) }
+#define DOT_FMA(r) { const floatv a = ar##r[kk]; DOT_COLS(DOT_FMA1, r) }
+// row pointers of a micro-tile: rows past the tile's last live one (a partial tile read
+// straight from global memory) read that row again; their sums are never stored
+#define DOT_AROW(r) dot_vt *ar##r = (dot_vt *)(a_base_ + (size_t)min(i0 + (r), a_last_) * a_ld_);
+#define DOT_BROW(r, j) dot_vt *br##j = (dot_vt *)(b_base_ + (size_t)min(j0 + (j), b_last_) * b_ld_);
 #define DOT_STORE1(r, j) { const float s = LANE_SUM(d##r##_##j); \
                            if (first) cr[j] = s; else cr[j] += s; }
 #ifndef DOT_TREE
@@ -549,21 +553,46 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     const int k_begin = get_group_id(2) * k_chunk; \
     const int k_end = min(K, k_begin + k_chunk);
 
-// the DR x DC dot-product micro-kernel over the staged (rows_dr x kcv) and (cols_dc x kcv) rows
-#define DOT_TILES(first_) { \
+// unaligned vectors (rows of A and B read in place start anywhere)
+typedef floatv floatv_u __attribute__((aligned(4)));
+// B rows per block of the dot-product loop: a block's BK-long rows (16 KiB) stay in L1 while
+// every row pair of A runs over them, each A row read from L2 once per block; with all of B's
+// rows inner (128 KiB of them per row pair of A), each B vector came from L2 for DR FMAs, as
+// many bytes a cycle as L2 delivers at best
+#ifndef NT_DIRECT
+#define NT_DIRECT 1
+#endif
+#ifndef DOT_JB
+#define DOT_JB 16
+#endif
+
+// the DR x DC dot-product micro-kernel over rows_dr x kcv of A and cols_dc x kcv of B: in
+// address space Q, vectors of type VT, row r at a_base + r * a_ld (floats), rows past a_last
+// and b_last reading those again
+#define DOT_TILES_AT(Q, VT, a_base, a_ld, a_last, b_base, b_ld, b_last, kcv, first_) { \
     const int first = (first_); \
-    for (int i0 = 0; i0 < rows_dr; i0 += DR) { \
-        __local const floatv *ar = a_store + i0 * (BK / VW); \
-        for (int j0 = 0; j0 < cols_dc; j0 += DC) { \
-            __local const floatv *br = b_store + j0 * (BK / VW); \
-            DOT_ROWS(DOT_ACC) \
-            for (int kk = 0; kk < kcv / VW; ++kk) { \
-                DOT_COLS(DOT_LOAD_B, _) \
-                DOT_ROWS(DOT_FMA) \
+    typedef Q const VT dot_vt; \
+    Q const float *a_base_ = (a_base), *b_base_ = (b_base); \
+    const int a_ld_ = (a_ld), b_ld_ = (b_ld), a_last_ = (a_last), b_last_ = (b_last); \
+    for (int jb = 0; jb < cols_dc; jb += DOT_JB) { \
+        const int j_end = min(cols_dc, jb + DOT_JB); \
+        for (int i0 = 0; i0 < rows_dr; i0 += DR) { \
+            DOT_ROWS(DOT_AROW) \
+            for (int j0 = jb; j0 < j_end; j0 += DC) { \
+                DOT_COLS(DOT_BROW, _) \
+                DOT_ROWS(DOT_ACC) \
+                for (int kk = 0; kk < (kcv) / VW; ++kk) { \
+                    DOT_COLS(DOT_LOAD_B, _) \
+                    DOT_ROWS(DOT_FMA) \
+                } \
+                DOT_ROWS(DOT_STORE) \
             } \
-            DOT_ROWS(DOT_STORE) \
         } \
     } }
+// ...over the tiles staged in a_store and b_store
+#define DOT_TILES(first_) \
+    DOT_TILES_AT(__local, floatv, (__local const float *)a_store, BK, rows_dr - 1, \
+                 (__local const float *)b_store, BK, cols_dc - 1, kcv, first_)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
@@ -576,6 +605,17 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
     B += b_off;
     C += c_off + (size_t)get_group_id(2) * M * N;
 
+    if (NT_DIRECT && K % VW == 0) {
+        // whole vectors only: rows are read where they lie (staging them cost a copy of both
+        // operands per tile); rows past M or N read the last live one and are not stored
+        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
+            const int kcv = min(BK, k_end - k0);
+            DOT_TILES_AT(__global, floatv_u, A + (size_t)row0 * lda + k0, lda, rows - 1,
+                         B + (size_t)col0 * ldb + k0, ldb, cols - 1, kcv, k0 == k_begin)
+        }
+        STORE_C_TILE(C, ldc)
+        return;
+    }
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0), kcv = (kc + VW - 1) / VW * VW;
         for (int i = 0; i < rows_dr; ++i) {   // rows past M and columns past kc stage as zeros

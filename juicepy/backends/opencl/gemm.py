@@ -51,7 +51,7 @@ class GemmOps(abc.ABC):
 
     #: stage tiles of B (not transposed) straight from B instead of packing it first; where
     #: the tiles say so (8-lane devices), tiles of A^T (STAGE_A_T) and of an A of at most
-    #: STAGE_A_ROWS rows (a recurrent step's batch, whose packing cost as much as its tiles) too
+    #: STAGE_A_ROWS rows (a recurrent step's or a Linear's batch, whose packing cost as much as its tiles) too
     direct_staging = True
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
