@@ -555,27 +555,36 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 
 // unaligned vectors (rows of A and B read in place start anywhere)
 typedef floatv floatv_u __attribute__((aligned(4)));
-// B rows per block of the dot-product loop: a block's BK-long rows (16 KiB) stay in L1 while
-// every row pair of A runs over them, each A row read from L2 once per block; with all of B's
-// rows inner (128 KiB of them per row pair of A), each B vector came from L2 for DR FMAs, as
-// many bytes a cycle as L2 delivers at best
+// gemm_nt reads rows in place (NT_DIRECT) in K slices of NT_BK
 #ifndef NT_DIRECT
 #define NT_DIRECT 1
 #endif
+#ifndef NT_BK
+#define NT_BK 1024
+#endif
+// B rows per block of the dot-product loop (DOT_JB for staged BK slices, NT_JB for gemm_nt's
+// NT_BK slices): a block's rows (16 or 32 KiB) stay in L1 while every row pair of A runs over
+// them, each A row read from L2 once per block; with all of a tile's B rows inner (128 KiB of
+// them per row pair of A), each B vector came from L2 for DR FMAs, about as many bytes a cycle
+// as L2 delivers. Longer slices in place: the lane sums and C tile updates of a micro-tile
+// come once per slice.
 #ifndef DOT_JB
 #define DOT_JB 16
+#endif
+#ifndef NT_JB
+#define NT_JB 8
 #endif
 
 // the DR x DC dot-product micro-kernel over rows_dr x kcv of A and cols_dc x kcv of B: in
 // address space Q, vectors of type VT, row r at a_base + r * a_ld (floats), rows past a_last
 // and b_last reading those again
-#define DOT_TILES_AT(Q, VT, a_base, a_ld, a_last, b_base, b_ld, b_last, kcv, first_) { \
+#define DOT_TILES_AT(Q, VT, a_base, a_ld, a_last, b_base, b_ld, b_last, kcv, jb_rows, first_) { \
     const int first = (first_); \
     typedef Q const VT dot_vt; \
     Q const float *a_base_ = (a_base), *b_base_ = (b_base); \
     const int a_ld_ = (a_ld), b_ld_ = (b_ld), a_last_ = (a_last), b_last_ = (b_last); \
-    for (int jb = 0; jb < cols_dc; jb += DOT_JB) { \
-        const int j_end = min(cols_dc, jb + DOT_JB); \
+    for (int jb = 0; jb < cols_dc; jb += (jb_rows)) { \
+        const int j_end = min(cols_dc, jb + (jb_rows)); \
         for (int i0 = 0; i0 < rows_dr; i0 += DR) { \
             DOT_ROWS(DOT_AROW) \
             for (int j0 = jb; j0 < j_end; j0 += DC) { \
@@ -592,7 +601,7 @@ typedef floatv floatv_u __attribute__((aligned(4)));
 // ...over the tiles staged in a_store and b_store
 #define DOT_TILES(first_) \
     DOT_TILES_AT(__local, floatv, (__local const float *)a_store, BK, rows_dr - 1, \
-                 (__local const float *)b_store, BK, cols_dc - 1, kcv, first_)
+                 (__local const float *)b_store, BK, cols_dc - 1, kcv, DOT_JB, first_)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
@@ -608,10 +617,10 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
     if (NT_DIRECT && K % VW == 0) {
         // whole vectors only: rows are read where they lie (staging them cost a copy of both
         // operands per tile); rows past M or N read the last live one and are not stored
-        for (int k0 = k_begin; k0 < k_end; k0 += BK) {
-            const int kcv = min(BK, k_end - k0);
+        for (int k0 = k_begin; k0 < k_end; k0 += NT_BK) {
+            const int kcv = min(NT_BK, k_end - k0);
             DOT_TILES_AT(__global, floatv_u, A + (size_t)row0 * lda + k0, lda, rows - 1,
-                         B + (size_t)col0 * ldb + k0, ldb, cols - 1, kcv, k0 == k_begin)
+                         B + (size_t)col0 * ldb + k0, ldb, cols - 1, kcv, NT_JB, k0 == k_begin)
         }
         STORE_C_TILE(C, ldc)
         return;
