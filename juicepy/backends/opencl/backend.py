@@ -79,6 +79,11 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self._gemm_tiles = CPU_GEMM[vector_width] if gemm_variant == "packed" else GPU_GEMM
         self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
         self._gemm_lock = threading.Lock()
+        # the tile counter of gemm_packed / gemm_nt (see FOR_EACH_TILE in gemm.cl), its value
+        # after the last launch, and the work-groups taking tiles: one per compute unit
+        self._gemm_ticket = self.zeros((1,), np.uint32)
+        self._gemm_ticket_next = 0
+        self._gemm_workers = max(1, int(self.device.max_compute_units))
         self._programs = ProgramCache(cl, self.context, self.device,
                                       {"gemm.cl": self._gemm_tiles,
                                        "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]]},

@@ -109,16 +109,36 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 
 // local panels and this work-group's tile (kernels in gemm_packed's shape); vector-typed
 // declarations keep the panels aligned for whole-vector loads
-#define PACKED_TILE_SETUP \
+#define PACKED_TILE_LOCALS \
     __local floatv a_store[BM * BK / VW];   /* [BM/MR][BK][MR] */ \
     __local floatv b_store[BK * BN / VW];   /* [BN/NR][BK][NR] */ \
     __local floatv c_store[BM * BN / VW];   /* [BM][BN] partial sums */ \
     __local float *a_pack = (__local float *)a_store; \
-    __local float *b_pack = (__local float *)b_store; \
-    const int row0 = get_group_id(1) * tile_m; \
-    const int col0 = get_group_id(0) * tile_n; \
+    __local float *b_pack = (__local float *)b_store;
+// ...and tile (tile_x, tile_y) of C
+#define PACKED_TILE_SETUP \
+    const int row0 = tile_y * tile_m; \
+    const int col0 = tile_x * tile_n; \
     const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;   /* panels holding rows < M */ \
     const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+
+// the tile of a kernel launched one work-group per tile
+#define GROUP_TILE const int tile_x = get_group_id(0), tile_y = get_group_id(1), tile_z = get_group_id(2);
+// Tiles dealt out at run time (gemm_packed, gemm_nt): a few work-groups (one per CPU thread)
+// each take tile after tile from a global counter until none is left. PoCL hands a thread
+// half of the remaining work-groups at once, so with a work-group per tile a thread that
+// started late, or lost its core to another process for a while, held up the whole call with
+// half the tiles; dealt one by one, the running threads take what it has not started. The
+// counter is never reset: the host passes its value before the launch (ticket_base), and
+// knows its value after (one ticket per tile plus one that ends each work-group).
+#define TILE_TICKET_ARGS volatile __global uint *ticket, const uint ticket_base, const int tiles_x, \
+                         const int tiles_y, const int tiles
+#define FOR_EACH_TILE \
+    for (;;) { \
+        const uint tile_ = atomic_inc(ticket) - ticket_base; \
+        if (tile_ >= (uint)tiles) break; \
+        const int tile_x = tile_ % tiles_x, tile_y = tile_ / tiles_x % tiles_y, tile_z = tile_ / (tiles_x * tiles_y);
+#define END_TILES }
 
 // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
 #define STORE_C_TILE(C_, ldc_) \
@@ -177,16 +197,19 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
                  const int k_chunk,
-                 __global const float *Ap, const int ap_off, const int a_ld, const int a_trans,
-                 __global const float *Bp, const int bp_off, const int b_ld,
-                 __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
+                 __global const float *A_, const int ap_off, const int a_ld, const int a_trans,
+                 __global const float *B_, const int bp_off, const int b_ld,
+                 __global float *C_, const int c_off, const int ldc, const float alpha, const float beta,
+                 TILE_TICKET_ARGS)
 {
+    PACKED_TILE_LOCALS
+    FOR_EACH_TILE
     PACKED_TILE_SETUP
-    const int k_begin = get_group_id(2) * k_chunk;
+    const int k_begin = tile_z * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
-    Ap += ap_off + (a_ld ? 0 : (size_t)(row0 / MR) * K * MR);
-    Bp += bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
-    C += c_off + (size_t)get_group_id(2) * M * N;
+    __global const float *Ap = A_ + ap_off + (a_ld ? 0 : (size_t)(row0 / MR) * K * MR);
+    __global const float *Bp = B_ + bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
+    __global float *C = C_ + c_off + (size_t)tile_z * M * N;
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0);
@@ -268,6 +291,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
     const int rows = min(tile_m, M - row0);
     const int cols = min(tile_n, N - col0);
     STORE_C_TILE(C, ldc)
+    END_TILES
 }
 
 // Ap[p][k][r] = A'[p*MR + r, k] for the input gradient of a convolution group: A'[c, (o, t)]
@@ -381,6 +405,8 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                const int dh, const int dw, const float alpha, const float beta)
 {
+    PACKED_TILE_LOCALS
+    GROUP_TILE
     PACKED_TILE_SETUP
     FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
@@ -541,16 +567,17 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 
 // local tiles and this work-group's rows, columns and K range (kernels in gemm_nt's shape);
 // rows_dr and cols_dc: rows and columns rounded up to the micro-kernel's
-#define NT_TILE_SETUP \
+#define NT_TILE_LOCALS \
     __local floatv a_store[BM * BK / VW];   /* [tile_m][BK] */ \
     __local floatv b_store[BN * BK / VW];   /* [tile_n][BK] */ \
     __local floatv c_store[BM * BN / VW];   /* [BM][BN] partial sums */ \
-    __local float *c_tile = (__local float *)c_store; \
-    const int row0 = get_group_id(1) * tile_m; \
-    const int col0 = get_group_id(0) * tile_n; \
+    __local float *c_tile = (__local float *)c_store;
+#define NT_TILE_SETUP \
+    const int row0 = tile_y * tile_m; \
+    const int col0 = tile_x * tile_n; \
     const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0); \
     const int rows_dr = (rows + DR - 1) / DR * DR, cols_dc = (cols + DC - 1) / DC * DC; \
-    const int k_begin = get_group_id(2) * k_chunk; \
+    const int k_begin = tile_z * k_chunk; \
     const int k_end = min(K, k_begin + k_chunk);
 
 // unaligned vectors (rows of A and B read in place start anywhere)
@@ -605,14 +632,17 @@ typedef floatv floatv_u __attribute__((aligned(4)));
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
-             __global const float *A, const int a_off, const int lda,
-             __global const float *B, const int b_off, const int ldb,
-             __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
+             __global const float *A_, const int a_off, const int lda,
+             __global const float *B_, const int b_off, const int ldb,
+             __global float *C_, const int c_off, const int ldc, const float alpha, const float beta,
+             TILE_TICKET_ARGS)
 {
+    NT_TILE_LOCALS
+    FOR_EACH_TILE
     NT_TILE_SETUP
-    A += a_off;
-    B += b_off;
-    C += c_off + (size_t)get_group_id(2) * M * N;
+    __global const float *A = A_ + a_off;
+    __global const float *B = B_ + b_off;
+    __global float *C = C_ + c_off + (size_t)tile_z * M * N;
 
     if (NT_DIRECT && K % VW == 0) {
         // whole vectors only: rows are read where they lie (staging them cost a copy of both
@@ -623,7 +653,7 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
                          B + (size_t)col0 * ldb + k0, ldb, cols - 1, kcv, NT_JB, k0 == k_begin)
         }
         STORE_C_TILE(C, ldc)
-        return;
+        continue;
     }
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0), kcv = (kc + VW - 1) / VW * VW;
@@ -644,6 +674,7 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
         DOT_TILES(k0 == k_begin)
     }
     STORE_C_TILE(C, ldc)
+    END_TILES
 }
 
 // Weight gradient of one convolution group as an implicit A @ B^T (gemm_nt's tiles):
@@ -660,6 +691,8 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                       const int dh, const int dw,
                       __global float *Cm, const int c_off, const int ldc, const float alpha, const float beta)
 {
+    NT_TILE_LOCALS
+    GROUP_TILE
     NT_TILE_SETUP
     FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
