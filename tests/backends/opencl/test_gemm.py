@@ -166,3 +166,16 @@ def test_results_are_bitwise_repeatable(gemm_ocl, rng, m, n, k, tb):
     a, b, c = operands(rng, m, n, k, False, tb)
     first = run_gemm(gemm_ocl, a, b, c, False, tb, 1.0, 0.5)
     np.testing.assert_array_equal(run_gemm(gemm_ocl, a, b, c, False, tb, 1.0, 0.5), first)
+
+
+def test_tiles_dealt_from_one_counter_across_calls(gemm_ocl, rng):
+    """gemm_packed and gemm_nt take their tiles from a counter that is never reset: the host
+    predicts its value after each launch, so every later call (packed, dot-product, split-K,
+    one tile or many, a work-group per compute unit or fewer) still computes every tile."""
+    ocl = gemm_ocl
+    calls = [(5, 3, 4, False, False), (130, 70, 64, False, True), (6, 25, 5000, True, False),
+             (200, 130, 513, False, False), (1, 1, 1, False, True), (9, 13, 1040, False, True)] * 2
+    for m, n, k, ta, tb in calls:
+        a, b, c = operands(rng, m, n, k, ta, tb)
+        assert_close(run_gemm(ocl, a, b, c, ta, tb, 1.0, 0.5), reference(a, b, c, ta, tb, 1.0, 0.5), k)
+    assert int(ocl.to_host(ocl._gemm_ticket)[0]) == ocl._gemm_ticket_next
