@@ -3,7 +3,8 @@
 // CPU drivers (PoCL) run three kernels:
 //  1. pack_a / pack_b copy op(A) and op(B) once into micro-panel order ([M/MR][K][MR] and
 //     [N/NR][K][NR], zero-padded), so transposes and edges are dealt with in one pass;
-//  2. gemm_packed: one work-item per work-group owns a BM x BN tile of C; for each BK slice of
+//  2. gemm_packed: a work-group of one work-item computes BM x BN tiles of C, one at a time
+//     (taken from a counter, FOR_EACH_TILE); for each BK slice of
 //     K it stages its panels in local memory (contiguous copies) and a register-blocked
 //     micro-kernel (MR rows x 2 vectors of VW floats, 2 * MR accumulators) runs FMAs out of
 //     them. Where B is not transposed its rows already run along the panel, so packing it is
