@@ -79,6 +79,11 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self._gemm_tiles = CPU_GEMM[vector_width] if gemm_variant == "packed" else GPU_GEMM
         self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
         self._gemm_lock = threading.Lock()
+        # the tile counter of gemm_packed / gemm_nt (see FOR_EACH_TILE in gemm.cl), its value
+        # after the last launch, and the work-groups taking tiles: one per compute unit
+        self._gemm_ticket = self.zeros((1,), np.uint32)
+        self._gemm_ticket_next = 0
+        self._gemm_workers = max(1, int(self.device.max_compute_units))
         self._programs = ProgramCache(cl, self.context, self.device,
                                       {"gemm.cl": self._gemm_tiles,
                                        "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]]},
@@ -229,7 +234,10 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
                               *self._ref(partial))
             dy, inner = partial, 1
-        if inner == 1 and rows > 2 * _BIAS_CHUNK:  # many rows: sum chunks of rows in parallel first
+        # more than a chunk of rows: sum chunks in parallel first, each walking its rows whole (a
+        # work-item of bias_grad walks a column, one strided load per row: a batch of 128 rows
+        # of 512 columns took longer that way than both launches)
+        if inner == 1 and rows > _BIAS_CHUNK:
             chunks = -(-rows // _BIAS_CHUNK)
             partial = scratch(ws, self, "bias_chunks", (chunks, channels), _F32)
             self._kernel("rows.cl", "column_sums")(self.queue, (chunks,), (1,), channels, *self._ref(dy), rows,

@@ -3,7 +3,8 @@
 // CPU drivers (PoCL) run three kernels:
 //  1. pack_a / pack_b copy op(A) and op(B) once into micro-panel order ([M/MR][K][MR] and
 //     [N/NR][K][NR], zero-padded), so transposes and edges are dealt with in one pass;
-//  2. gemm_packed: one work-item per work-group owns a BM x BN tile of C; for each BK slice of
+//  2. gemm_packed: a work-group of one work-item computes BM x BN tiles of C, one at a time
+//     (taken from a counter, FOR_EACH_TILE); for each BK slice of
 //     K it stages its panels in local memory (contiguous copies) and a register-blocked
 //     micro-kernel (MR rows x 2 vectors of VW floats, 2 * MR accumulators) runs FMAs out of
 //     them. Where B is not transposed its rows already run along the panel, so packing it is
@@ -109,16 +110,36 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 
 // local panels and this work-group's tile (kernels in gemm_packed's shape); vector-typed
 // declarations keep the panels aligned for whole-vector loads
-#define PACKED_TILE_SETUP \
+#define PACKED_TILE_LOCALS \
     __local floatv a_store[BM * BK / VW];   /* [BM/MR][BK][MR] */ \
     __local floatv b_store[BK * BN / VW];   /* [BN/NR][BK][NR] */ \
     __local floatv c_store[BM * BN / VW];   /* [BM][BN] partial sums */ \
     __local float *a_pack = (__local float *)a_store; \
-    __local float *b_pack = (__local float *)b_store; \
-    const int row0 = get_group_id(1) * tile_m; \
-    const int col0 = get_group_id(0) * tile_n; \
+    __local float *b_pack = (__local float *)b_store;
+// ...and tile (tile_x, tile_y) of C
+#define PACKED_TILE_SETUP \
+    const int row0 = tile_y * tile_m; \
+    const int col0 = tile_x * tile_n; \
     const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;   /* panels holding rows < M */ \
     const int b_panels = min(tile_n, N - col0 + NR - 1) / NR;
+
+// the tile of a kernel launched one work-group per tile
+#define GROUP_TILE const int tile_x = get_group_id(0), tile_y = get_group_id(1), tile_z = get_group_id(2);
+// Tiles dealt out at run time (gemm_packed, gemm_nt): a few work-groups (one per CPU thread)
+// each take tile after tile from a global counter until none is left. PoCL hands a thread
+// half of the remaining work-groups at once, so with a work-group per tile a thread that
+// started late, or lost its core to another process for a while, held up the whole call with
+// half the tiles; dealt one by one, the running threads take what it has not started. The
+// counter is never reset: the host passes its value before the launch (ticket_base), and
+// knows its value after (one ticket per tile plus one that ends each work-group).
+#define TILE_TICKET_ARGS volatile __global uint *ticket, const uint ticket_base, const int tiles_x, \
+                         const int tiles_y, const int tiles
+#define FOR_EACH_TILE \
+    for (;;) { \
+        const uint tile_ = atomic_inc(ticket) - ticket_base; \
+        if (tile_ >= (uint)tiles) break; \
+        const int tile_x = tile_ % tiles_x, tile_y = tile_ / tiles_x % tiles_y, tile_z = tile_ / (tiles_x * tiles_y);
+#define END_TILES }
 
 // write back: C = alpha * acc + beta * C (C is not read when beta == 0)
 #define STORE_C_TILE(C_, ldc_) \
@@ -177,16 +198,19 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
                  const int k_chunk,
-                 __global const float *Ap, const int ap_off, const int a_ld, const int a_trans,
-                 __global const float *Bp, const int bp_off, const int b_ld,
-                 __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
+                 __global const float *A_, const int ap_off, const int a_ld, const int a_trans,
+                 __global const float *B_, const int bp_off, const int b_ld,
+                 __global float *C_, const int c_off, const int ldc, const float alpha, const float beta,
+                 TILE_TICKET_ARGS)
 {
+    PACKED_TILE_LOCALS
+    FOR_EACH_TILE
     PACKED_TILE_SETUP
-    const int k_begin = get_group_id(2) * k_chunk;
+    const int k_begin = tile_z * k_chunk;
     const int k_end = min(K, k_begin + k_chunk);
-    Ap += ap_off + (a_ld ? 0 : (size_t)(row0 / MR) * K * MR);
-    Bp += bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
-    C += c_off + (size_t)get_group_id(2) * M * N;
+    __global const float *Ap = A_ + ap_off + (a_ld ? 0 : (size_t)(row0 / MR) * K * MR);
+    __global const float *Bp = B_ + bp_off + (b_ld ? 0 : (size_t)(col0 / NR) * K * NR);
+    __global float *C = C_ + c_off + (size_t)tile_z * M * N;
 
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0);
@@ -268,6 +292,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
     const int rows = min(tile_m, M - row0);
     const int cols = min(tile_n, N - col0);
     STORE_C_TILE(C, ldc)
+    END_TILES
 }
 
 // Ap[p][k][r] = A'[p*MR + r, k] for the input gradient of a convolution group: A'[c, (o, t)]
@@ -381,6 +406,8 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                const int dh, const int dw, const float alpha, const float beta)
 {
+    PACKED_TILE_LOCALS
+    GROUP_TILE
     PACKED_TILE_SETUP
     FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
@@ -512,9 +539,13 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 #endif
 #define DOT_ACC1(r, j) floatv d##r##_##j = (floatv)(0.0f);
 #define DOT_ACC(r) DOT_COLS(DOT_ACC1, r)
-#define DOT_LOAD_B(r, j) const floatv b##j = br[(j) * (BK / VW) + kk];
+#define DOT_LOAD_B(r, j) const floatv b##j = br##j[kk];
 #define DOT_FMA1(r, j) d##r##_##j += a * b##j;
-#define DOT_FMA(r) { const floatv a = ar[(r) * (BK / VW) + kk]; DOT_COLS(DOT_FMA1, r) }
+#define DOT_FMA(r) { const floatv a = ar##r[kk]; DOT_COLS(DOT_FMA1, r) }
+// row pointers of a micro-tile: rows past the tile's last live one (a partial tile read
+// straight from global memory) read that row again; their sums are never stored
+#define DOT_AROW(r) dot_vt *ar##r = (dot_vt *)(a_base_ + (size_t)min(i0 + (r), a_last_) * a_ld_);
+#define DOT_BROW(r, j) dot_vt *br##j = (dot_vt *)(b_base_ + (size_t)min(j0 + (j), b_last_) * b_ld_);
 #define DOT_STORE1(r, j) { const float s = LANE_SUM(d##r##_##j); \
                            if (first) cr[j] = s; else cr[j] += s; }
 #ifndef DOT_TREE
@@ -537,45 +568,94 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 
 // local tiles and this work-group's rows, columns and K range (kernels in gemm_nt's shape);
 // rows_dr and cols_dc: rows and columns rounded up to the micro-kernel's
-#define NT_TILE_SETUP \
+#define NT_TILE_LOCALS \
     __local floatv a_store[BM * BK / VW];   /* [tile_m][BK] */ \
     __local floatv b_store[BN * BK / VW];   /* [tile_n][BK] */ \
     __local floatv c_store[BM * BN / VW];   /* [BM][BN] partial sums */ \
-    __local float *c_tile = (__local float *)c_store; \
-    const int row0 = get_group_id(1) * tile_m; \
-    const int col0 = get_group_id(0) * tile_n; \
+    __local float *c_tile = (__local float *)c_store;
+#define NT_TILE_SETUP \
+    const int row0 = tile_y * tile_m; \
+    const int col0 = tile_x * tile_n; \
     const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0); \
     const int rows_dr = (rows + DR - 1) / DR * DR, cols_dc = (cols + DC - 1) / DC * DC; \
-    const int k_begin = get_group_id(2) * k_chunk; \
+    const int k_begin = tile_z * k_chunk; \
     const int k_end = min(K, k_begin + k_chunk);
 
-// the DR x DC dot-product micro-kernel over the staged (rows_dr x kcv) and (cols_dc x kcv) rows
-#define DOT_TILES(first_) { \
+// unaligned vectors (rows of A and B read in place start anywhere)
+typedef floatv floatv_u __attribute__((aligned(4)));
+// gemm_nt reads rows in place (NT_DIRECT) in K slices of NT_BK
+#ifndef NT_DIRECT
+#define NT_DIRECT 1
+#endif
+#ifndef NT_BK
+#define NT_BK 1024
+#endif
+// B rows per block of the dot-product loop (DOT_JB for staged BK slices, NT_JB for gemm_nt's
+// NT_BK slices): a block's rows (16 or 32 KiB) stay in L1 while every row pair of A runs over
+// them, each A row read from L2 once per block; with all of a tile's B rows inner (128 KiB of
+// them per row pair of A), each B vector came from L2 for DR FMAs, about as many bytes a cycle
+// as L2 delivers. Longer slices in place: the lane sums and C tile updates of a micro-tile
+// come once per slice.
+#ifndef DOT_JB
+#define DOT_JB 16
+#endif
+#ifndef NT_JB
+#define NT_JB 8
+#endif
+
+// the DR x DC dot-product micro-kernel over rows_dr x kcv of A and cols_dc x kcv of B: in
+// address space Q, vectors of type VT, row r at a_base + r * a_ld (floats), rows past a_last
+// and b_last reading those again
+#define DOT_TILES_AT(Q, VT, a_base, a_ld, a_last, b_base, b_ld, b_last, kcv, jb_rows, first_) { \
     const int first = (first_); \
-    for (int i0 = 0; i0 < rows_dr; i0 += DR) { \
-        __local const floatv *ar = a_store + i0 * (BK / VW); \
-        for (int j0 = 0; j0 < cols_dc; j0 += DC) { \
-            __local const floatv *br = b_store + j0 * (BK / VW); \
-            DOT_ROWS(DOT_ACC) \
-            for (int kk = 0; kk < kcv / VW; ++kk) { \
-                DOT_COLS(DOT_LOAD_B, _) \
-                DOT_ROWS(DOT_FMA) \
+    typedef Q const VT dot_vt; \
+    Q const float *a_base_ = (a_base), *b_base_ = (b_base); \
+    const int a_ld_ = (a_ld), b_ld_ = (b_ld), a_last_ = (a_last), b_last_ = (b_last); \
+    for (int jb = 0; jb < cols_dc; jb += (jb_rows)) { \
+        const int j_end = min(cols_dc, jb + (jb_rows)); \
+        for (int i0 = 0; i0 < rows_dr; i0 += DR) { \
+            DOT_ROWS(DOT_AROW) \
+            for (int j0 = jb; j0 < j_end; j0 += DC) { \
+                DOT_COLS(DOT_BROW, _) \
+                DOT_ROWS(DOT_ACC) \
+                for (int kk = 0; kk < (kcv) / VW; ++kk) { \
+                    DOT_COLS(DOT_LOAD_B, _) \
+                    DOT_ROWS(DOT_FMA) \
+                } \
+                DOT_ROWS(DOT_STORE) \
             } \
-            DOT_ROWS(DOT_STORE) \
         } \
     } }
+// ...over the tiles staged in a_store and b_store
+#define DOT_TILES(first_) \
+    DOT_TILES_AT(__local, floatv, (__local const float *)a_store, BK, rows_dr - 1, \
+                 (__local const float *)b_store, BK, cols_dc - 1, kcv, DOT_JB, first_)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
-             __global const float *A, const int a_off, const int lda,
-             __global const float *B, const int b_off, const int ldb,
-             __global float *C, const int c_off, const int ldc, const float alpha, const float beta)
+             __global const float *A_, const int a_off, const int lda,
+             __global const float *B_, const int b_off, const int ldb,
+             __global float *C_, const int c_off, const int ldc, const float alpha, const float beta,
+             TILE_TICKET_ARGS)
 {
+    NT_TILE_LOCALS
+    FOR_EACH_TILE
     NT_TILE_SETUP
-    A += a_off;
-    B += b_off;
-    C += c_off + (size_t)get_group_id(2) * M * N;
+    __global const float *A = A_ + a_off;
+    __global const float *B = B_ + b_off;
+    __global float *C = C_ + c_off + (size_t)tile_z * M * N;
 
+    if (NT_DIRECT && K % VW == 0) {
+        // whole vectors only: rows are read where they lie (staging them cost a copy of both
+        // operands per tile); rows past M or N read the last live one and are not stored
+        for (int k0 = k_begin; k0 < k_end; k0 += NT_BK) {
+            const int kcv = min(NT_BK, k_end - k0);
+            DOT_TILES_AT(__global, floatv_u, A + (size_t)row0 * lda + k0, lda, rows - 1,
+                         B + (size_t)col0 * ldb + k0, ldb, cols - 1, kcv, NT_JB, k0 == k_begin)
+        }
+        STORE_C_TILE(C, ldc)
+        continue;
+    }
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
         const int kc = min(BK, k_end - k0), kcv = (kc + VW - 1) / VW * VW;
         for (int i = 0; i < rows_dr; ++i) {   // rows past M and columns past kc stage as zeros
@@ -595,6 +675,7 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
         DOT_TILES(k0 == k_begin)
     }
     STORE_C_TILE(C, ldc)
+    END_TILES
 }
 
 // Weight gradient of one convolution group as an implicit A @ B^T (gemm_nt's tiles):
@@ -611,6 +692,8 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
                       const int dh, const int dw,
                       __global float *Cm, const int c_off, const int ldc, const float alpha, const float beta)
 {
+    NT_TILE_LOCALS
+    GROUP_TILE
     NT_TILE_SETUP
     FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;

@@ -51,7 +51,7 @@ class GemmOps(abc.ABC):
 
     #: stage tiles of B (not transposed) straight from B instead of packing it first; where
     #: the tiles say so (8-lane devices), tiles of A^T (STAGE_A_T) and of an A of at most
-    #: STAGE_A_ROWS rows (a recurrent step's batch, whose packing cost as much as its tiles) too
+    #: STAGE_A_ROWS rows (a recurrent step's or a Linear's batch, whose packing cost as much as its tiles) too
     direct_staging = True
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
@@ -163,20 +163,31 @@ class GemmOps(abc.ABC):
                                  beta, ws)
 
     def _gemm_tiles_run(self, name, m, n, k, tile_m, tile_n, a_src, b_src, c, ldc, alpha, beta, ws):
-        """Launch a one-work-item-per-tile kernel over C, split along K when C has few tiles."""
+        """Launch a one-tile-at-a-time kernel over C, split along K when C has few tiles:
+        gemm_packed and gemm_nt take their tiles from the ticket counter (FOR_EACH_TILE in
+        gemm.cl) in a work-group per compute unit, conv_filter_gemm runs a work-group per tile."""
         bk = self._gemm_tiles["BK"]
         grid = [-(-n // tile_n), -(-m // tile_m), 1]
         splits = k_splits(grid[0] * grid[1], k, bk)
         k_chunk = round_up(-(-k // splits), bk)
         splits = -(-k // k_chunk)
         kernel = self._kernel("gemm.cl", name)
-        if splits == 1:
-            kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k, *a_src, *b_src,
-                   c[0], c[1], ldc, float(alpha), float(beta))
-            return
         grid[2] = splits
-        slabs = ws.get(self, "gemm_split", (splits * m * n,), F32)
-        kernel(self.queue, tuple(grid), (1, 1, 1), m, n, k, tile_m, tile_n, k_chunk, *a_src, *b_src,
-               slabs.base_data, 0, n, 1.0, 0.0)
-        self._launch_flat("gemm.cl", "gemm_split_sum", m * n, splits, slabs.base_data, c[0], c[1], n,
-                          ldc, float(alpha), float(beta))
+        if splits == 1:
+            out, args = c, (m, n, k, tile_m, tile_n, k, *a_src, *b_src, c[0], c[1], ldc, float(alpha), float(beta))
+        else:
+            slabs = ws.get(self, "gemm_split", (splits * m * n,), F32)
+            out = (slabs.base_data, 0)
+            args = (m, n, k, tile_m, tile_n, k_chunk, *a_src, *b_src, slabs.base_data, 0, n, 1.0, 0.0)
+        if name == "conv_filter_gemm":
+            kernel(self.queue, tuple(grid), (1, 1, 1), *args)
+        else:
+            tiles = grid[0] * grid[1] * grid[2]
+            groups = min(tiles, self._gemm_workers)
+            base = self._gemm_ticket_next
+            kernel(self.queue, (groups,), (1,), *args, self._gemm_ticket.base_data, base, grid[0], grid[1], tiles)
+            # the counter's value once this launch has run (the kernel is enqueued: it will run)
+            self._gemm_ticket_next = (base + tiles + groups) % (1 << 32)
+        if splits > 1:
+            self._launch_flat("gemm.cl", "gemm_split_sum", m * n, splits, out[0], c[0], c[1], n,
+                              ldc, float(alpha), float(beta))

@@ -9,7 +9,10 @@ from juicepy.backends.opencl import OpenCLBackend
 
 SIZES = [(1, 1, 1), (1, 7, 33), (7, 33, 1), (33, 1, 7), (33, 1000, 7), (1000, 7, 33), (7, 1000, 33),
          (97, 129, 257), (96, 128, 256), (200, 130, 513), (6, 25, 5000), (13, 40, 2100),
-         (600, 520, 40)]  # the last has more outputs than gemm_nt takes: A @ B^T goes the packed way
+         (600, 520, 40),  # more outputs than gemm_nt takes: A @ B^T goes the packed way
+         # whole vectors of K (gemm_nt reads rows in place) with partial row and column tiles,
+         # and split into a whole and a partial K slice
+         (101, 37, 48), (9, 13, 1040)]
 TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
 
@@ -130,9 +133,10 @@ def test_packed_b_instead_of_direct_staging(gemm_ocl, rng, m, n, k, ta):
 
 
 @pytest.mark.parametrize("m,n,k,ta", [(64, 256, 1024, False), (61, 70, 300, False), (96, 33, 513, False),
-                                      (1024, 256, 2048, True), (97, 129, 257, True), (5, 40, 700, True)])
+                                      (128, 70, 64, False), (1024, 256, 2048, True), (97, 129, 257, True),
+                                      (5, 40, 700, True)])
 def test_a_staged_straight_from_memory(ocl, rng, m, n, k, ta):
-    """On 8-lane tiles A^T, and A with at most STAGE_A_ROWS rows (a recurrent step's batch),
+    """On 8-lane tiles A^T, and A with at most STAGE_A_ROWS rows (a batch of up to 128 rows),
     are staged into the tiles straight from A: no pack_a pass, the packed route's results."""
     direct = OpenCLBackend(ocl.device, vector_width=8)
     packed = OpenCLBackend(ocl.device, vector_width=8)
@@ -162,3 +166,16 @@ def test_results_are_bitwise_repeatable(gemm_ocl, rng, m, n, k, tb):
     a, b, c = operands(rng, m, n, k, False, tb)
     first = run_gemm(gemm_ocl, a, b, c, False, tb, 1.0, 0.5)
     np.testing.assert_array_equal(run_gemm(gemm_ocl, a, b, c, False, tb, 1.0, 0.5), first)
+
+
+def test_tiles_dealt_from_one_counter_across_calls(gemm_ocl, rng):
+    """gemm_packed and gemm_nt take their tiles from a counter that is never reset: the host
+    predicts its value after each launch, so every later call (packed, dot-product, split-K,
+    one tile or many, a work-group per compute unit or fewer) still computes every tile."""
+    ocl = gemm_ocl
+    calls = [(5, 3, 4, False, False), (130, 70, 64, False, True), (6, 25, 5000, True, False),
+             (200, 130, 513, False, False), (1, 1, 1, False, True), (9, 13, 1040, False, True)] * 2
+    for m, n, k, ta, tb in calls:
+        a, b, c = operands(rng, m, n, k, ta, tb)
+        assert_close(run_gemm(ocl, a, b, c, ta, tb, 1.0, 0.5), reference(a, b, c, ta, tb, 1.0, 0.5), k)
+    assert int(ocl.to_host(ocl._gemm_ticket)[0]) == ocl._gemm_ticket_next
