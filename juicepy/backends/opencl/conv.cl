@@ -154,7 +154,7 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, ow0 + u * VEC) \
     } }
-#define DIRECT_ROWS(XAS, LOAD, OUTS, U) \
+#define DIRECT_ROWS(XAS, LOAD, OUTS, U, K) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
             /* all declared so that every expansion compiles; the unused ones are dropped */ \
@@ -165,10 +165,10 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
             for (int ci = 0; ci < cg; ++ci) { \
                 XAS const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
                 __global const float *wp = w0p + ci * w_ci; \
-                for (int ki = 0; ki < kh; ++ki) { \
+                for (int ki = 0; ki < (K ? K : kh); ++ki) { \
                     XAS const float *xr = xc + (size_t)ki * dh * Wp; \
                     __global const float *wr = wp + ki * kw * wstep; \
-                    for (int kj = 0; kj < kw; ++kj) { \
+                    for (int kj = 0; kj < (K ? K : kw); ++kj) { \
                         const int t = kj * wstep; \
                         const float w0 = wr[t]; \
                         const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
@@ -186,6 +186,55 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
             if (U >= 2) DIRECT_STORES(1, OUTS) \
             if (U == 4) { DIRECT_STORES(2, OUTS) DIRECT_STORES(3, OUTS) } \
         } \
+    }
+
+// The same with OUTS output planes times 3 vectors taken from the plane's vectors in row-major
+// order (a block may span rows): 12 independent accumulators with 4 outputs, where 8 (U = 2)
+// still waited on the FMA's latency, with no row length that 3 must divide. Vectors past the
+// plane's last repeat it (their loads stay inside the planes; their sums are not stored).
+#define DIRECT_FLAT_POS(u) \
+    const int vi##u = min(v0 + u, vectors - 1), r##u = vi##u / per_row, c##u = (vi##u - r##u * per_row) * VEC; \
+    const size_t xo##u = (size_t)r##u * sh * Wp + (size_t)c##u * sw;
+#define DIRECT_FLAT_STORE(u, OUTS) if (v0 + u < vectors) { \
+    __global float *yu = yp + (size_t)r##u * Wo + c##u; \
+    DIRECT_STORE(s##u##0, yu, c##u) \
+    if (OUTS >= 4) { \
+        DIRECT_STORE(s##u##1, yu + (size_t)Ho * Wo, c##u) \
+        DIRECT_STORE(s##u##2, yu + (size_t)2 * Ho * Wo, c##u) \
+        DIRECT_STORE(s##u##3, yu + (size_t)3 * Ho * Wo, c##u) \
+    } \
+    if (OUTS == 6) { \
+        DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, c##u) \
+        DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, c##u) \
+    } }
+// one output's tap times the three loaded input vectors: three live vectors, one broadcast
+// weight and the 12 sums fill AVX2's 16 registers (all weights first would spill)
+#define DIRECT_FLAT_FMA(r, at) { const floatv wv = (floatv)(wr[(at) + t]); \
+    s0##r += x0v * wv; s1##r += x1v * wv; s2##r += x2v * wv; }
+#define DIRECT_FLAT(XAS, LOAD, OUTS, K) \
+    const int per_row = (Wo + VEC - 1) / VEC, vectors = Ho * per_row; \
+    for (int v0 = 0; v0 < vectors; v0 += 3) { \
+        DIRECT_FLAT_POS(0) DIRECT_FLAT_POS(1) DIRECT_FLAT_POS(2) \
+        floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s04 = s00, s05 = s00, \
+               s10 = s00, s11 = s00, s12 = s00, s13 = s00, s14 = s00, s15 = s00, \
+               s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00; \
+        for (int ci = 0; ci < cg; ++ci) { \
+            XAS const float *xc = x0 + (size_t)ci * Hp * Wp; \
+            __global const float *wp = w0p + ci * w_ci; \
+            for (int ki = 0; ki < (K ? K : kh); ++ki) { \
+                XAS const float *xr = xc + (size_t)ki * dh * Wp; \
+                __global const float *wr = wp + ki * kw * wstep; \
+                for (int kj = 0; kj < (K ? K : kw); ++kj) { \
+                    const int t = kj * wstep; \
+                    XAS const float *xv = xr + kj * dw; \
+                    const floatv x0v = LOAD(xv + xo0), x1v = LOAD(xv + xo1), x2v = LOAD(xv + xo2); \
+                    DIRECT_FLAT_FMA(0, 0) \
+                    if (OUTS >= 4) { DIRECT_FLAT_FMA(1, w_o) DIRECT_FLAT_FMA(2, 2 * w_o) DIRECT_FLAT_FMA(3, 3 * w_o) } \
+                    if (OUTS == 6) { DIRECT_FLAT_FMA(4, 4 * w_o) DIRECT_FLAT_FMA(5, 5 * w_o) } \
+                } \
+            } \
+        } \
+        DIRECT_FLAT_STORE(0, OUTS) DIRECT_FLAT_STORE(1, OUTS) DIRECT_FLAT_STORE(2, OUTS) \
     }
 
 // the first `live` (< VEC) lanes of a row end
@@ -217,7 +266,7 @@ inline void store_tail(__global float *p, const floatv v, const int live)
     const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
     const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
     __global float *yp = y + y_off + (size_t)first * Ho * Wo;
-#define DIRECT_KERNEL(name, OUTS, U) \
+#define DIRECT_KERNEL(name, OUTS, U, K) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
           __global float *restrict y, const int y_off, \
@@ -230,9 +279,9 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
     __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp; \
     /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
     if (sw == 1) { \
-        DIRECT_ROWS(__global, LOAD_UNIT, OUTS, U) \
+        if (U == 3) { DIRECT_FLAT(__global, LOAD_UNIT, OUTS, K) } else { DIRECT_ROWS(__global, LOAD_UNIT, OUTS, U, K) } \
     } else { \
-        DIRECT_ROWS(__global, LOAD_STRIDED, OUTS, U) \
+        if (U == 3) { DIRECT_FLAT(__global, LOAD_STRIDED, OUTS, K) } else { DIRECT_ROWS(__global, LOAD_STRIDED, OUTS, U, K) } \
     } \
 }
 
@@ -244,7 +293,7 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
 // padded copy of the whole input: a third of a depthwise layer's forward pass), and where
 // per > 1 a group's planes are copied once for all its outputs.
 #define LOCAL_LOAD_UNIT(p) (*(__local const floatv_u *)(p))
-#define DIRECT_KERNEL_LOCAL(name, OUTS, U) \
+#define DIRECT_KERNEL_LOCAL(name, OUTS, U, K) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict x, const int x_off, const int H, const int W, \
           const int top, const int left, __local float *restrict xl, const int per, \
@@ -279,28 +328,62 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
         DIRECT_SETUP(OUTS) \
         __local const float *x0 = xl; \
         if (sw == 1) { \
-            DIRECT_ROWS(__local, LOCAL_LOAD_UNIT, OUTS, U) \
+            if (U == 3) { DIRECT_FLAT(__local, LOCAL_LOAD_UNIT, OUTS, K) } else { DIRECT_ROWS(__local, LOCAL_LOAD_UNIT, OUTS, U, K) } \
         } else { \
-            DIRECT_ROWS(__local, LOAD_STRIDED, OUTS, U) \
+            if (U == 3) { DIRECT_FLAT(__local, LOAD_STRIDED, OUTS, K) } else { DIRECT_ROWS(__local, LOAD_STRIDED, OUTS, U, K) } \
         } \
     } \
 }
 
 #define LOAD_STRIDED(p) LANES_AT(p, sw)
-DIRECT_KERNEL(conv_direct_fwd, 1, 1)
-DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2)
-DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4)
-DIRECT_KERNEL(conv_direct_fwd4, 4, 1)
-DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2)
-DIRECT_KERNEL(conv_direct_fwd6, 6, 1)
-DIRECT_KERNEL(conv_direct_fwd6_u2, 6, 2)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd_local, 1, 1)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2, 1, 2)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4, 1, 4)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local, 4, 1)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2, 4, 2)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local, 6, 1)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2, 6, 2)
+DIRECT_KERNEL(conv_direct_fwd, 1, 1, 0)
+DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2, 0)
+DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4, 0)
+DIRECT_KERNEL(conv_direct_fwd4, 4, 1, 0)
+DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2, 0)
+DIRECT_KERNEL(conv_direct_fwd6, 6, 1, 0)
+DIRECT_KERNEL(conv_direct_fwd6_u2, 6, 2, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local, 1, 1, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2, 1, 2, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4, 1, 4, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local, 4, 1, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2, 4, 2, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local, 6, 1, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2, 6, 2, 0)
+DIRECT_KERNEL(conv_direct_fwd4_f3, 4, 3, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3, 4, 3, 0)
+DIRECT_KERNEL(conv_direct_fwd_k3, 1, 1, 3)
+DIRECT_KERNEL(conv_direct_fwd_k5, 1, 1, 5)
+DIRECT_KERNEL(conv_direct_fwd_u2_k3, 1, 2, 3)
+DIRECT_KERNEL(conv_direct_fwd_u2_k5, 1, 2, 5)
+DIRECT_KERNEL(conv_direct_fwd_u4_k3, 1, 4, 3)
+DIRECT_KERNEL(conv_direct_fwd_u4_k5, 1, 4, 5)
+DIRECT_KERNEL(conv_direct_fwd4_k3, 4, 1, 3)
+DIRECT_KERNEL(conv_direct_fwd4_k5, 4, 1, 5)
+DIRECT_KERNEL(conv_direct_fwd4_u2_k3, 4, 2, 3)
+DIRECT_KERNEL(conv_direct_fwd4_u2_k5, 4, 2, 5)
+DIRECT_KERNEL(conv_direct_fwd6_k3, 6, 1, 3)
+DIRECT_KERNEL(conv_direct_fwd6_k5, 6, 1, 5)
+DIRECT_KERNEL(conv_direct_fwd6_u2_k3, 6, 2, 3)
+DIRECT_KERNEL(conv_direct_fwd6_u2_k5, 6, 2, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_k3, 1, 1, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_k5, 1, 1, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2_k3, 1, 2, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2_k5, 1, 2, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4_k3, 1, 4, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4_k5, 1, 4, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_k3, 4, 1, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_k5, 4, 1, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2_k3, 4, 2, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2_k5, 4, 2, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_k3, 6, 1, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_k5, 6, 1, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2_k3, 6, 2, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2_k5, 6, 2, 5)
+DIRECT_KERNEL(conv_direct_fwd4_f3_k3, 4, 3, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k3, 4, 3, 3)
+DIRECT_KERNEL(conv_direct_fwd4_f3_k5, 4, 3, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k5, 4, 3, 5)
 
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).

@@ -57,6 +57,10 @@ DIRECT_LOCAL_MAX_BYTES = 1 << 17
 # ...and each work-item computes all its group's outputs from them unless that gives fewer
 # work-items than this
 DIRECT_LOCAL_MIN_ITEMS = 64
+# square kernel sizes with builds of the direct forward kernel whose tap loops have fixed trip
+# counts (conv_direct_fwd*_k3 / _k5 in conv.cl): the compiler unrolls them, so no loop control
+# or index arithmetic sits between the multiply-adds of a row of taps
+DIRECT_FIXED_TAPS = (3, 5)
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
@@ -74,6 +78,11 @@ def direct_outputs(outputs: int, lanes: int) -> int:
     return 1
 
 
+# On 8-lane devices (AVX2, 16 vector registers) the 4-output direct forward kernel takes 3
+# vectors at a time across rows (12 accumulators, the NumPy backend's 4 x 3 block)
+DIRECT_FLAT_OUTS = True
+
+
 # output channels per work-item of the row-of-taps weight gradient (conv_direct_bwd_filter_k*_o*
 # in conv.cl) per kernel width, on 8-lane devices, where it was measured
 FILTER_ROW_OUTS = {3: 4, 5: 2}
@@ -87,11 +96,15 @@ def filter_outputs(outputs: int, kw: int, lanes: int) -> int:
     return outs if outputs % outs == 0 else 1
 
 
-def direct_unroll(outs: int, vectors: int) -> int:
+def direct_unroll(outs: int, vectors: int, lanes: int = 16) -> int:
     """Vectors of a row each work-item of the direct forward kernel computes at once (U in
     conv.cl) for ``outs`` output planes and rows of ``vectors`` vectors: enough independent
     accumulators (outs x U) to hide the FMA's latency, 8 where the row is long enough; a last
-    vector partly past the row costs no more than the chain it replaces would have waited."""
+    vector partly past the row costs no more than the chain it replaces would have waited.
+    3 (DIRECT_FLAT in conv.cl: 3 vectors in row-major order, 12 accumulators) for 4 outputs
+    where DIRECT_FLAT_OUTS allows it."""
+    if outs == 4 and DIRECT_FLAT_OUTS and lanes == 8:
+        return 3
     if vectors <= 1:
         return 1
     if outs >= 4 or vectors == 2:
@@ -238,10 +251,10 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         outs = direct_outputs(o // groups, self._conv_vec)
-        unroll = direct_unroll(outs, -(-wo // self._conv_vec))
+        unroll = direct_unroll(outs, -(-wo // self._conv_vec), self._conv_vec)
         lanes_past = unroll * self._conv_vec * sw + kw * dw
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
-        suffix = "" if unroll == 1 else f"_u{unroll}"
+        suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
                 int(flip), int(accumulate))
         local = (c // groups * hp * wp + lanes_past + wp) * 4
