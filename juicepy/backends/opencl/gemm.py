@@ -8,6 +8,10 @@ from ..base import check_gemm
 from .layout import F32, round_up
 from .programs import ALT_MR
 
+# _conv_gemm takes the shorter ALT_MR panels only where the default ones pad more than
+# 1/ALT_MR_MIN_WASTE of the rows
+ALT_MR_MIN_WASTE = 16
+
 GPU_TILE = 16     # must match TS in gemm.cl
 PACK_WG = 64      # work-group size along K of pack_a
 PACK_ROWS = 16    # rows of K per work-group of pack_b
@@ -123,11 +127,13 @@ class GemmOps(abc.ABC):
         kh, kw = kernel
         cols = n * ho * wo
         tiles = self._gemm_tiles
-        # shorter panels where they waste fewer padded rows than the default (16 outputs per
-        # group: 8-row panels instead of 12-row ones, 4-row instead of 6-row)
+        # shorter panels where they waste fewer padded rows than the default and the default
+        # would pad more than 1/ALT_MR_MIN_WASTE of the rows (16 outputs per group: 8-row panels
+        # instead of 12-row ones, 4-row instead of 6-row); 128 outputs keep 6-row panels (the
+        # 4-row micro-kernel's fewer accumulators cost more than 4 padded rows of 132)
         mr, alt = tiles["MR"], ALT_MR.get(tiles["MR"])
         program = "gemm.cl"
-        if alt and round_up(m, alt) < round_up(m, mr):
+        if alt and round_up(m, alt) < round_up(m, mr) and (round_up(m, mr) - m) * ALT_MR_MIN_WASTE > m:
             mr, program = alt, "gemm.cl:mr_alt"
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
