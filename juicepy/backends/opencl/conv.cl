@@ -154,14 +154,14 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, ow0 + u * VEC) \
     } }
+// the sums of vector u of the OUTS outputs, from their biases (all declared so that every
+// expansion compiles; the unused ones are dropped)
+#define DIRECT_SUMS(u) floatv s##u##0 = (floatv)(b0), s##u##1 = (floatv)(b1), s##u##2 = (floatv)(b2), \
+    s##u##3 = (floatv)(b3), s##u##4 = (floatv)(b4), s##u##5 = (floatv)(b5);
 #define DIRECT_ROWS(XAS, LOAD, OUTS, U, K) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
-            /* all declared so that every expansion compiles; the unused ones are dropped */ \
-            floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s04 = s00, s05 = s00, \
-                   s10 = s00, s11 = s00, s12 = s00, s13 = s00, s14 = s00, s15 = s00, \
-                   s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00, \
-                   s30 = s00, s31 = s00, s32 = s00, s33 = s00, s34 = s00, s35 = s00; \
+            DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) DIRECT_SUMS(3) \
             for (int ci = 0; ci < cg; ++ci) { \
                 XAS const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
                 __global const float *wp = w0p + ci * w_ci; \
@@ -215,9 +215,7 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
     const int per_row = (Wo + VEC - 1) / VEC, vectors = Ho * per_row; \
     for (int v0 = 0; v0 < vectors; v0 += 3) { \
         DIRECT_FLAT_POS(0) DIRECT_FLAT_POS(1) DIRECT_FLAT_POS(2) \
-        floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s04 = s00, s05 = s00, \
-               s10 = s00, s11 = s00, s12 = s00, s13 = s00, s14 = s00, s15 = s00, \
-               s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00; \
+        DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) \
         for (int ci = 0; ci < cg; ++ci) { \
             XAS const float *xc = x0 + (size_t)ci * Hp * Wp; \
             __global const float *wp = w0p + ci * w_ci; \
@@ -265,14 +263,20 @@ inline void store_tail(__global float *p, const floatv v, const int live)
                                                   : (size_t)o * cg * taps); \
     const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
     const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
-    __global float *yp = y + y_off + (size_t)first * Ho * Wo;
+    __global float *yp = y + y_off + (size_t)first * Ho * Wo; \
+    /* the sums start from the bias (conv2d's epilogue, folded in: no pass over the output) */ \
+    const float b0 = has_bias ? bias[b_off + o] : 0.0f, \
+                b1 = has_bias && OUTS >= 4 ? bias[b_off + o + 1] : 0.0f, b2 = has_bias && OUTS >= 4 ? bias[b_off + o + 2] : 0.0f, \
+                b3 = has_bias && OUTS >= 4 ? bias[b_off + o + 3] : 0.0f, b4 = has_bias && OUTS == 6 ? bias[b_off + o + 4] : 0.0f, \
+                b5 = has_bias && OUTS == 6 ? bias[b_off + o + 5] : 0.0f;
 #define DIRECT_KERNEL(name, OUTS, U, K) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
           __global float *restrict y, const int y_off, \
           const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
           const int cg, const int og, const int kh, const int kw, \
-          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
+          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc, \
+          __global const float *restrict bias, const int b_off, const int has_bias) \
 { \
     const int first = get_global_id(0) * OUTS; \
     DIRECT_SETUP(OUTS) \
@@ -301,7 +305,8 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
           __global float *restrict y, const int y_off, \
           const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
           const int cg, const int og, const int kh, const int kw, \
-          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
+          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc, \
+          __global const float *restrict bias, const int b_off, const int has_bias) \
 { \
     const int first0 = get_global_id(0) * OUTS * per; \
     { \

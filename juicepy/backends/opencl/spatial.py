@@ -245,9 +245,10 @@ class SpatialOps(abc.ABC):
                                               out.base_data)
         return out
 
-    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws):
+    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws, bias=None):
         """conv_direct_fwd over x padded by the geometry's padding: in local memory per
-        work-item where a group's padded planes fit (_local_planes), else a padded copy."""
+        work-item where a group's padded planes fit (_local_planes), else a padded copy; the
+        sums start from ``bias`` where one is given."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         outs = direct_outputs(o // groups, self._conv_vec)
@@ -256,7 +257,7 @@ class SpatialOps(abc.ABC):
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
         suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
-                int(flip), int(accumulate))
+                int(flip), int(accumulate), *self._optional(bias))
         local = (c // groups * hp * wp + lanes_past + wp) * 4
         if local <= self._local_planes_bytes():
             per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
@@ -298,18 +299,20 @@ class SpatialOps(abc.ABC):
 
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
         check_conv_epilogue("opencl", out, bias, norm)
-        self._conv2d(x, w, out, stride, padding, dilation, groups, ws)
+        if self._conv2d(x, w, out, stride, padding, dilation, groups, ws, bias):
+            bias = None   # added by the convolution's kernel
         conv_epilogue(self, out, bias, norm, relu, ws)
 
-    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws):
+    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias=None) -> bool:
+        """out = the convolution of x with w; True where ``bias`` was added too."""
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_winograd(geo, groups, "forward"):
             self._winograd(x, w, out, geo, False, False, ws)
-            return
+            return False
         if self._use_direct(geo, groups, "forward"):
-            self._direct_forward(x, w, out, geo, groups, False, False, ws)
-            return
+            self._direct_forward(x, w, out, geo, groups, False, False, ws, bias)
+            return bias is not None
         if self._use_implicit():
             og, cg = o // groups, c // groups
             (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
@@ -317,7 +320,7 @@ class SpatialOps(abc.ABC):
                 self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, xb, xo + g * cg * h * wd, yb,
                                 yo + g * og * ho * wo, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo), (kh, kw),
                                 geo[9:], 0.0, ws)
-            return
+            return False
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
@@ -328,6 +331,7 @@ class SpatialOps(abc.ABC):
                        (cb[0], cb[1] + g * kg * cols), cols, False,
                        (yb[0], yb[1] + g * og * cols), cols, 1.0, 0.0, ws)
         self._swap_nc(y_cn, o, n, ho * wo, out)
+        return False
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
