@@ -759,3 +759,91 @@ __kernel void winograd_weights(const int K, __global const float *restrict w, co
         dst[(4 * i + 3) * xi_step] = r[i][2];
     }
 }
+
+// Strided (and dilated) direct forward pass on AVX2-class devices: the input is first laid out
+// per channel as sh x sw zero-padded phase planes (pad_phases: phase (a, b) holds the padded
+// input's rows a, a + sh, ... and columns b, b + sw, ...), so tap (ki, kj) of consecutive
+// outputs reads consecutive values of phase ((ki dh) % sh, (kj dw) % sw) from row (ki dh) / sh,
+// column (kj dw) / sw on: whole-vector loads where the plain direct kernel gathers lane by
+// lane. Phase planes are Hq x Wq, Hq = Ho + (kh - 1) dh / sh, Wq = Wo + (kw - 1) dw / sw.
+// One work-item per plane; launched as (N * C).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void pad_phases(const int H, const int W, __global const float *restrict src, const int s_off,
+                const int sh, const int sw, const int ph, const int pw, const int Hq, const int Wq,
+                __global float *restrict dst)
+{
+    const int plane = get_global_id(0);
+    __global const float *from = src + s_off + (size_t)plane * H * W;
+    __global float *to = dst + (size_t)plane * sh * sw * Hq * Wq;
+    for (int a = 0; a < sh; ++a)
+        for (int b = 0; b < sw; ++b) {
+            const int off = b - pw, lo = min(first_inside(off, sw), Wq), hi = max(lo, last_inside(off, sw, W, Wq));
+            for (int r = 0; r < Hq; ++r, to += Wq) {
+                const int h = r * sh + a - ph;
+                if (h < 0 || h >= H) {
+                    for (int q = 0; q < Wq; ++q) to[q] = 0.0f;
+                    continue;
+                }
+                __global const float *row = from + (size_t)h * W + off;
+                for (int q = 0; q < lo; ++q) to[q] = 0.0f;
+                for (int q = lo; q < hi; ++q) to[q] = row[q * sw];
+                for (int q = hi; q < Wq; ++q) to[q] = 0.0f;
+            }
+        }
+}
+
+// taps of the phased kernel's offset table (private memory)
+#define PHASED_MAX_TAPS 64
+
+// y[n, o .. o + 4 per) = bias + the convolution of the phase planes xq (pad_phases), 4 outputs x
+// 3 vectors at a time as DIRECT_FLAT; each work-item takes `per` runs of 4 outputs over each
+// block of vectors, channel chunk by chunk (cstep channels), so the input a block reads from a
+// chunk stays in L1 cache while all its runs use it (the partial sums wait in y between
+// chunks). Launched as (N * O / (4 per)); 4 per divides the outputs per group.
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_direct_fwd4_phased(__global const float *restrict xq, __global const float *restrict w, const int w_off,
+                             __global float *restrict y, const int y_off,
+                             const int C, const int Hq, const int Wq, const int O, const int Ho, const int Wo,
+                             const int cg, const int og, const int kh, const int kw,
+                             const int sh, const int sw, const int dh, const int dw, const int per, const int cstep,
+                             __global const float *restrict bias, const int b_off, const int has_bias)
+{
+    const int first0 = get_global_id(0) * 4 * per, flip = 0;
+    const size_t phase = (size_t)Hq * Wq, chan = (size_t)sh * sw * phase;
+    int toff[PHASED_MAX_TAPS];   // where each tap's reads start in a channel's phases
+    for (int ki = 0; ki < kh; ++ki)
+        for (int kj = 0; kj < kw; ++kj) {
+            const int a = ki * dh, b = kj * dw;
+            toff[ki * kw + kj] = ((a % sh) * sw + b % sw) * phase + (a / sh) * Wq + b / sw;
+        }
+    const int per_row = (Wo + VEC - 1) / VEC, vectors = Ho * per_row;
+    for (int v0 = 0; v0 < vectors; v0 += 3) {
+        const int vi0 = min(v0, vectors - 1), vi1 = min(v0 + 1, vectors - 1), vi2 = min(v0 + 2, vectors - 1);
+        const int r0 = vi0 / per_row, r1 = vi1 / per_row, r2 = vi2 / per_row;
+        const int c0 = (vi0 - r0 * per_row) * VEC, c1 = (vi1 - r1 * per_row) * VEC, c2 = (vi2 - r2 * per_row) * VEC;
+        const int xo0 = r0 * Wq + c0, xo1 = r1 * Wq + c1, xo2 = r2 * Wq + c2;
+        for (int ch0 = 0; ch0 < cg; ch0 += cstep) {
+            const int ch1 = min(cg, ch0 + cstep);
+            for (int run = 0; run < per; ++run) {
+                const int first = first0 + run * 4;
+                DIRECT_SETUP(4)
+                __global const float *x0 = xq + (size_t)(n * C + g * cg) * chan;
+                const int acc = ch0 > 0;   /* later chunks add to the partial sums */
+                DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2)
+                if (acc) {
+                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = (floatv)(0.0f);
+                }
+                for (int ci = ch0; ci < ch1; ++ci) {
+                    __global const float *xc = x0 + ci * chan;
+                    __global const float *wr = w0p + ci * w_ci;
+                    for (int t = 0; t < taps; ++t) {
+                        __global const float *xv = xc + toff[t];
+                        const floatv x0v = LOAD_UNIT(xv + xo0), x1v = LOAD_UNIT(xv + xo1), x2v = LOAD_UNIT(xv + xo2);
+                        DIRECT_FLAT_FMA(0, 0) DIRECT_FLAT_FMA(1, w_o) DIRECT_FLAT_FMA(2, 2 * w_o) DIRECT_FLAT_FMA(3, 3 * w_o)
+                    }
+                }
+                DIRECT_FLAT_STORE(0, 4) DIRECT_FLAT_STORE(1, 4) DIRECT_FLAT_STORE(2, 4)
+            }
+        }
+    }
+}

@@ -61,6 +61,12 @@ DIRECT_LOCAL_MIN_ITEMS = 64
 # counts (conv_direct_fwd*_k3 / _k5 in conv.cl): the compiler unrolls them, so no loop control
 # or index arithmetic sits between the multiply-adds of a row of taps
 DIRECT_FIXED_TAPS = (3, 5)
+# taps of a strided kernel up to which its forward pass runs on conv_direct_fwd4_phased
+# (PHASED_MAX_TAPS in conv.cl: the size of its table of tap offsets)
+PHASED_MAX_TAPS = 64
+# ...with at most this many runs of 4 outputs per work-item, over chunks of this many input
+# channels
+PHASED_MAX_RUNS, PHASED_CHANNELS = 4, 16
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
@@ -270,6 +276,32 @@ class SpatialOps(abc.ABC):
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
         self._kernel("conv.cl", name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
 
+    def _use_phased(self, geo, groups) -> bool:
+        """Whether conv_direct_fwd4_phased computes this forward pass: strided, on 8-lane
+        devices (where it was measured against the implicit GEMM), 4 dividing the outputs per
+        group, and few enough taps for its offset table."""
+        if self.conv_algorithm not in ("auto", "direct") or self.gemm_variant != "packed" or self._conv_vec != 8:
+            return False
+        o, kh, kw, sh, sw = geo[4], geo[5], geo[6], geo[9], geo[10]
+        return (sh, sw) != (1, 1) and (o // groups) % 4 == 0 and kh * kw <= PHASED_MAX_TAPS
+
+    def _phased_forward(self, x, w, y, geo, groups, ws, bias):
+        """y = bias + the strided convolution ``geo`` of x, by the direct kernel on x laid out
+        as phase planes (pad_phases in conv.cl)."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+        planes = n * c
+        xq = scratch(ws, self, "conv_phases", (planes * sh * sw * hq * wq + self._conv_vec + wq,), np.float32)
+        self._kernel("conv.cl", "pad_phases")(self.queue, (planes,), (1,), h, wd, *self._ref(x), sh, sw, ph, pw,
+                                              hq, wq, xq.base_data)
+        per = (o // groups) // 4   # runs of 4 outputs per work-item: a whole group...
+        while per % 2 == 0 and (per > PHASED_MAX_RUNS or n * o // (4 * per) < DIRECT_LOCAL_MIN_ITEMS):
+            per //= 2   # ...unless that leaves too few work-items
+        self._kernel("conv.cl", "conv_direct_fwd4_phased")(
+            self.queue, (n * o // (4 * per),), (1,), xq.base_data, *self._ref(w), *self._ref(y), c, hq, wq, o, ho,
+            wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, per, min(c // groups, PHASED_CHANNELS),
+            *self._optional(bias))
+
     def _local_planes_bytes(self) -> int:
         """The most local memory the direct forward kernel stages padded planes in: its own
         limit on CPU drivers, and half the device's local memory anywhere."""
@@ -310,6 +342,9 @@ class SpatialOps(abc.ABC):
         if self._use_winograd(geo, groups, "forward"):
             self._winograd(x, w, out, geo, False, False, ws)
             return False
+        if self._use_phased(geo, groups):
+            self._phased_forward(x, w, out, geo, groups, ws, bias)
+            return bias is not None
         if self._use_direct(geo, groups, "forward"):
             self._direct_forward(x, w, out, geo, groups, False, False, ws, bias)
             return bias is not None
