@@ -31,10 +31,12 @@ DIRECT_MAX_OUTPUTS_8_LANES = 32
 # Weight gradients go direct only for depthwise layers (one channel per group): LeNet's first
 # layer (25 taps, 6 outputs) measured faster as the implicit A @ B^T.
 # kernel widths with a direct weight-gradient kernel per row of taps (conv_direct_bwd_filter_k*
-# in conv.cl; stride 1; _filter_by_rows). On 8-lane devices it also computes the weight
-# gradients of groups of at most DIRECT_MAX_OUTPUTS_8_LANES outputs (5x5 32->32, 4-group
-# 64->64: faster than the implicit A @ B^T there).
+# in conv.cl; stride 1; _filter_by_rows)...
 FILTER_ROW_TAPS = (3, 5)
+# ...which on 8-lane devices also computes the weight gradients of groups of at most this many
+# outputs: faster than the implicit A @ B^T on 5x5 32->32, 4-group 64->64 and the 64-output
+# 3x3 layers (plain and dilated; docs/opencl.md)
+DIRECT_FILTER_MAX_OUTPUTS_8_LANES = 64
 # work-items the direct weight gradient aims at (images are split into chunks to reach it):
 # 32768 measured faster than 1024 and 8192 on AVX2 for the 4-group 64->64 layer (9.1 -> 7.4 ms:
 # a work-item then sums a few images, whose planes are still in cache for the next row of taps),
@@ -228,7 +230,7 @@ class SpatialOps(abc.ABC):
         if op == "filter":
             if c == o == groups:   # depthwise
                 return True
-            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_MAX_OUTPUTS_8_LANES
+            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_FILTER_MAX_OUTPUTS_8_LANES
         if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
             return True
         if self._conv_vec == 8 and geo[9] == geo[10] == 1 and outputs <= DIRECT_MAX_OUTPUTS_8_LANES:
