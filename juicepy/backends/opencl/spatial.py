@@ -166,7 +166,7 @@ class SpatialOps(abc.ABC):
 
     @abc.abstractmethod
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None):
+                   beta, ws=None, transposed=False, bias=None):
         """One convolution group as an implicit GEMM (GemmOps)."""
 
     @abc.abstractmethod
@@ -353,11 +353,12 @@ class SpatialOps(abc.ABC):
         if self._use_implicit():
             og, cg = o // groups, c // groups
             (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
+            bb = self._ref(bias) if bias is not None else None
             for g in range(groups):
                 self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, xb, xo + g * cg * h * wd, yb,
                                 yo + g * og * ho * wo, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo), (kh, kw),
-                                geo[9:], 0.0, ws)
-            return False
+                                geo[9:], 0.0, ws, bias=None if bb is None else (bb[0], bb[1] + g * og))
+            return bias is not None
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw

@@ -150,18 +150,20 @@ def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes
     np.testing.assert_allclose(ocl.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[-3:],
-                         ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[-3:] + [
+    ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),   # strided, 8 outputs per group: phase planes
+], ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-@pytest.mark.parametrize("local", [True, False])
-def test_direct_forward_adds_the_bias(ocl, rng, monkeypatch, case, lanes, local):
-    """conv2d's bias, where the direct kernel computes the convolution, is where its sums
-    start (no add_bias pass): from local-memory planes and from a padded copy, then the ReLU."""
+@pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit"])
+def test_conv_kernels_add_the_bias(ocl, rng, monkeypatch, case, lanes, algorithm):
+    """conv2d's bias, where the direct kernels (local-memory planes, a padded copy, phase planes
+    for strided passes on 8 lanes) or the implicit GEMM compute the convolution, is added by
+    their stores (no add_bias pass), then the ReLU."""
     from juicepy.backends.opencl import OpenCLBackend, spatial
 
-    if not local:
+    if algorithm == "direct-padded":
         monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
-    ocl = OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=lanes)
+    ocl = OpenCLBackend(ocl.device, conv_algorithm=algorithm.split("-")[0], vector_width=lanes)
     xs, (o, kh, kw), stride, padding, dilation, groups = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
