@@ -154,21 +154,21 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, ow0 + u * VEC) \
     } }
-#define DIRECT_ROWS(XAS, LOAD, OUTS, U) \
+// the sums of vector u of the OUTS outputs, from their biases (all declared so that every
+// expansion compiles; the unused ones are dropped)
+#define DIRECT_SUMS(u) floatv s##u##0 = (floatv)(b0), s##u##1 = (floatv)(b1), s##u##2 = (floatv)(b2), \
+    s##u##3 = (floatv)(b3), s##u##4 = (floatv)(b4), s##u##5 = (floatv)(b5);
+#define DIRECT_ROWS(XAS, LOAD, OUTS, U, K) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
-            /* all declared so that every expansion compiles; the unused ones are dropped */ \
-            floatv s00 = (floatv)(0.0f), s01 = s00, s02 = s00, s03 = s00, s04 = s00, s05 = s00, \
-                   s10 = s00, s11 = s00, s12 = s00, s13 = s00, s14 = s00, s15 = s00, \
-                   s20 = s00, s21 = s00, s22 = s00, s23 = s00, s24 = s00, s25 = s00, \
-                   s30 = s00, s31 = s00, s32 = s00, s33 = s00, s34 = s00, s35 = s00; \
+            DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) DIRECT_SUMS(3) \
             for (int ci = 0; ci < cg; ++ci) { \
                 XAS const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
                 __global const float *wp = w0p + ci * w_ci; \
-                for (int ki = 0; ki < kh; ++ki) { \
+                for (int ki = 0; ki < (K ? K : kh); ++ki) { \
                     XAS const float *xr = xc + (size_t)ki * dh * Wp; \
                     __global const float *wr = wp + ki * kw * wstep; \
-                    for (int kj = 0; kj < kw; ++kj) { \
+                    for (int kj = 0; kj < (K ? K : kw); ++kj) { \
                         const int t = kj * wstep; \
                         const float w0 = wr[t]; \
                         const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
@@ -186,6 +186,53 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
             if (U >= 2) DIRECT_STORES(1, OUTS) \
             if (U == 4) { DIRECT_STORES(2, OUTS) DIRECT_STORES(3, OUTS) } \
         } \
+    }
+
+// The same with OUTS output planes times 3 vectors taken from the plane's vectors in row-major
+// order (a block may span rows): 12 independent accumulators with 4 outputs, where 8 (U = 2)
+// still waited on the FMA's latency, with no row length that 3 must divide. Vectors past the
+// plane's last repeat it (their loads stay inside the planes; their sums are not stored).
+#define DIRECT_FLAT_POS(u) \
+    const int vi##u = min(v0 + u, vectors - 1), r##u = vi##u / per_row, c##u = (vi##u - r##u * per_row) * VEC; \
+    const size_t xo##u = (size_t)r##u * sh * Wp + (size_t)c##u * sw;
+#define DIRECT_FLAT_STORE(u, OUTS) if (v0 + u < vectors) { \
+    __global float *yu = yp + (size_t)r##u * Wo + c##u; \
+    DIRECT_STORE(s##u##0, yu, c##u) \
+    if (OUTS >= 4) { \
+        DIRECT_STORE(s##u##1, yu + (size_t)Ho * Wo, c##u) \
+        DIRECT_STORE(s##u##2, yu + (size_t)2 * Ho * Wo, c##u) \
+        DIRECT_STORE(s##u##3, yu + (size_t)3 * Ho * Wo, c##u) \
+    } \
+    if (OUTS == 6) { \
+        DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, c##u) \
+        DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, c##u) \
+    } }
+// one output's tap times the three loaded input vectors: three live vectors, one broadcast
+// weight and the 12 sums fill AVX2's 16 registers (all weights first would spill)
+#define DIRECT_FLAT_FMA(r, at) { const floatv wv = (floatv)(wr[(at) + t]); \
+    s0##r += x0v * wv; s1##r += x1v * wv; s2##r += x2v * wv; }
+#define DIRECT_FLAT(XAS, LOAD, OUTS, K) \
+    const int per_row = (Wo + VEC - 1) / VEC, vectors = Ho * per_row; \
+    for (int v0 = 0; v0 < vectors; v0 += 3) { \
+        DIRECT_FLAT_POS(0) DIRECT_FLAT_POS(1) DIRECT_FLAT_POS(2) \
+        DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) \
+        for (int ci = 0; ci < cg; ++ci) { \
+            XAS const float *xc = x0 + (size_t)ci * Hp * Wp; \
+            __global const float *wp = w0p + ci * w_ci; \
+            for (int ki = 0; ki < (K ? K : kh); ++ki) { \
+                XAS const float *xr = xc + (size_t)ki * dh * Wp; \
+                __global const float *wr = wp + ki * kw * wstep; \
+                for (int kj = 0; kj < (K ? K : kw); ++kj) { \
+                    const int t = kj * wstep; \
+                    XAS const float *xv = xr + kj * dw; \
+                    const floatv x0v = LOAD(xv + xo0), x1v = LOAD(xv + xo1), x2v = LOAD(xv + xo2); \
+                    DIRECT_FLAT_FMA(0, 0) \
+                    if (OUTS >= 4) { DIRECT_FLAT_FMA(1, w_o) DIRECT_FLAT_FMA(2, 2 * w_o) DIRECT_FLAT_FMA(3, 3 * w_o) } \
+                    if (OUTS == 6) { DIRECT_FLAT_FMA(4, 4 * w_o) DIRECT_FLAT_FMA(5, 5 * w_o) } \
+                } \
+            } \
+        } \
+        DIRECT_FLAT_STORE(0, OUTS) DIRECT_FLAT_STORE(1, OUTS) DIRECT_FLAT_STORE(2, OUTS) \
     }
 
 // the first `live` (< VEC) lanes of a row end
@@ -216,23 +263,29 @@ inline void store_tail(__global float *p, const floatv v, const int live)
                                                   : (size_t)o * cg * taps); \
     const size_t w_ci = flip ? (size_t)og * taps : (size_t)taps; \
     const size_t w_o = flip ? (size_t)taps : (size_t)cg * taps;   /* next output's weights */ \
-    __global float *yp = y + y_off + (size_t)first * Ho * Wo;
-#define DIRECT_KERNEL(name, OUTS, U) \
+    __global float *yp = y + y_off + (size_t)first * Ho * Wo; \
+    /* the sums start from the bias (conv2d's epilogue, folded in: no pass over the output) */ \
+    const float b0 = has_bias ? bias[b_off + o] : 0.0f, \
+                b1 = has_bias && OUTS >= 4 ? bias[b_off + o + 1] : 0.0f, b2 = has_bias && OUTS >= 4 ? bias[b_off + o + 2] : 0.0f, \
+                b3 = has_bias && OUTS >= 4 ? bias[b_off + o + 3] : 0.0f, b4 = has_bias && OUTS == 6 ? bias[b_off + o + 4] : 0.0f, \
+                b5 = has_bias && OUTS == 6 ? bias[b_off + o + 5] : 0.0f;
+#define DIRECT_KERNEL(name, OUTS, U, K) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
           __global float *restrict y, const int y_off, \
           const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
           const int cg, const int og, const int kh, const int kw, \
-          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
+          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc, \
+          __global const float *restrict bias, const int b_off, const int has_bias) \
 { \
     const int first = get_global_id(0) * OUTS; \
     DIRECT_SETUP(OUTS) \
     __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp; \
     /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
     if (sw == 1) { \
-        DIRECT_ROWS(__global, LOAD_UNIT, OUTS, U) \
+        if (U == 3) { DIRECT_FLAT(__global, LOAD_UNIT, OUTS, K) } else { DIRECT_ROWS(__global, LOAD_UNIT, OUTS, U, K) } \
     } else { \
-        DIRECT_ROWS(__global, LOAD_STRIDED, OUTS, U) \
+        if (U == 3) { DIRECT_FLAT(__global, LOAD_STRIDED, OUTS, K) } else { DIRECT_ROWS(__global, LOAD_STRIDED, OUTS, U, K) } \
     } \
 }
 
@@ -244,7 +297,7 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
 // padded copy of the whole input: a third of a depthwise layer's forward pass), and where
 // per > 1 a group's planes are copied once for all its outputs.
 #define LOCAL_LOAD_UNIT(p) (*(__local const floatv_u *)(p))
-#define DIRECT_KERNEL_LOCAL(name, OUTS, U) \
+#define DIRECT_KERNEL_LOCAL(name, OUTS, U, K) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict x, const int x_off, const int H, const int W, \
           const int top, const int left, __local float *restrict xl, const int per, \
@@ -252,7 +305,8 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
           __global float *restrict y, const int y_off, \
           const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
           const int cg, const int og, const int kh, const int kw, \
-          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc) \
+          const int sh, const int sw, const int dh, const int dw, const int flip, const int acc, \
+          __global const float *restrict bias, const int b_off, const int has_bias) \
 { \
     const int first0 = get_global_id(0) * OUTS * per; \
     { \
@@ -279,28 +333,62 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
         DIRECT_SETUP(OUTS) \
         __local const float *x0 = xl; \
         if (sw == 1) { \
-            DIRECT_ROWS(__local, LOCAL_LOAD_UNIT, OUTS, U) \
+            if (U == 3) { DIRECT_FLAT(__local, LOCAL_LOAD_UNIT, OUTS, K) } else { DIRECT_ROWS(__local, LOCAL_LOAD_UNIT, OUTS, U, K) } \
         } else { \
-            DIRECT_ROWS(__local, LOAD_STRIDED, OUTS, U) \
+            if (U == 3) { DIRECT_FLAT(__local, LOAD_STRIDED, OUTS, K) } else { DIRECT_ROWS(__local, LOAD_STRIDED, OUTS, U, K) } \
         } \
     } \
 }
 
 #define LOAD_STRIDED(p) LANES_AT(p, sw)
-DIRECT_KERNEL(conv_direct_fwd, 1, 1)
-DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2)
-DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4)
-DIRECT_KERNEL(conv_direct_fwd4, 4, 1)
-DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2)
-DIRECT_KERNEL(conv_direct_fwd6, 6, 1)
-DIRECT_KERNEL(conv_direct_fwd6_u2, 6, 2)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd_local, 1, 1)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2, 1, 2)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4, 1, 4)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local, 4, 1)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2, 4, 2)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local, 6, 1)
-DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2, 6, 2)
+DIRECT_KERNEL(conv_direct_fwd, 1, 1, 0)
+DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2, 0)
+DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4, 0)
+DIRECT_KERNEL(conv_direct_fwd4, 4, 1, 0)
+DIRECT_KERNEL(conv_direct_fwd4_u2, 4, 2, 0)
+DIRECT_KERNEL(conv_direct_fwd6, 6, 1, 0)
+DIRECT_KERNEL(conv_direct_fwd6_u2, 6, 2, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local, 1, 1, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2, 1, 2, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4, 1, 4, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local, 4, 1, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2, 4, 2, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local, 6, 1, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2, 6, 2, 0)
+DIRECT_KERNEL(conv_direct_fwd4_f3, 4, 3, 0)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3, 4, 3, 0)
+DIRECT_KERNEL(conv_direct_fwd_k3, 1, 1, 3)
+DIRECT_KERNEL(conv_direct_fwd_k5, 1, 1, 5)
+DIRECT_KERNEL(conv_direct_fwd_u2_k3, 1, 2, 3)
+DIRECT_KERNEL(conv_direct_fwd_u2_k5, 1, 2, 5)
+DIRECT_KERNEL(conv_direct_fwd_u4_k3, 1, 4, 3)
+DIRECT_KERNEL(conv_direct_fwd_u4_k5, 1, 4, 5)
+DIRECT_KERNEL(conv_direct_fwd4_k3, 4, 1, 3)
+DIRECT_KERNEL(conv_direct_fwd4_k5, 4, 1, 5)
+DIRECT_KERNEL(conv_direct_fwd4_u2_k3, 4, 2, 3)
+DIRECT_KERNEL(conv_direct_fwd4_u2_k5, 4, 2, 5)
+DIRECT_KERNEL(conv_direct_fwd6_k3, 6, 1, 3)
+DIRECT_KERNEL(conv_direct_fwd6_k5, 6, 1, 5)
+DIRECT_KERNEL(conv_direct_fwd6_u2_k3, 6, 2, 3)
+DIRECT_KERNEL(conv_direct_fwd6_u2_k5, 6, 2, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_k3, 1, 1, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_k5, 1, 1, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2_k3, 1, 2, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u2_k5, 1, 2, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4_k3, 1, 4, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd_local_u4_k5, 1, 4, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_k3, 4, 1, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_k5, 4, 1, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2_k3, 4, 2, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_u2_k5, 4, 2, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_k3, 6, 1, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_k5, 6, 1, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2_k3, 6, 2, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd6_local_u2_k5, 6, 2, 5)
+DIRECT_KERNEL(conv_direct_fwd4_f3_k3, 4, 3, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k3, 4, 3, 3)
+DIRECT_KERNEL(conv_direct_fwd4_f3_k5, 4, 3, 5)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k5, 4, 3, 5)
 
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).
@@ -669,5 +757,93 @@ __kernel void winograd_weights(const int K, __global const float *restrict w, co
         dst[(4 * i + 1) * xi_step] = 0.5f * (r[i][0] + r[i][1] + r[i][2]);
         dst[(4 * i + 2) * xi_step] = 0.5f * (r[i][0] - r[i][1] + r[i][2]);
         dst[(4 * i + 3) * xi_step] = r[i][2];
+    }
+}
+
+// Strided (and dilated) direct forward pass on AVX2-class devices: the input is first laid out
+// per channel as sh x sw zero-padded phase planes (pad_phases: phase (a, b) holds the padded
+// input's rows a, a + sh, ... and columns b, b + sw, ...), so tap (ki, kj) of consecutive
+// outputs reads consecutive values of phase ((ki dh) % sh, (kj dw) % sw) from row (ki dh) / sh,
+// column (kj dw) / sw on: whole-vector loads where the plain direct kernel gathers lane by
+// lane. Phase planes are Hq x Wq, Hq = Ho + (kh - 1) dh / sh, Wq = Wo + (kw - 1) dw / sw.
+// One work-item per plane; launched as (N * C).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void pad_phases(const int H, const int W, __global const float *restrict src, const int s_off,
+                const int sh, const int sw, const int ph, const int pw, const int Hq, const int Wq,
+                __global float *restrict dst)
+{
+    const int plane = get_global_id(0);
+    __global const float *from = src + s_off + (size_t)plane * H * W;
+    __global float *to = dst + (size_t)plane * sh * sw * Hq * Wq;
+    for (int a = 0; a < sh; ++a)
+        for (int b = 0; b < sw; ++b) {
+            const int off = b - pw, lo = min(first_inside(off, sw), Wq), hi = max(lo, last_inside(off, sw, W, Wq));
+            for (int r = 0; r < Hq; ++r, to += Wq) {
+                const int h = r * sh + a - ph;
+                if (h < 0 || h >= H) {
+                    for (int q = 0; q < Wq; ++q) to[q] = 0.0f;
+                    continue;
+                }
+                __global const float *row = from + (size_t)h * W + off;
+                for (int q = 0; q < lo; ++q) to[q] = 0.0f;
+                for (int q = lo; q < hi; ++q) to[q] = row[q * sw];
+                for (int q = hi; q < Wq; ++q) to[q] = 0.0f;
+            }
+        }
+}
+
+// taps of the phased kernel's offset table (private memory)
+#define PHASED_MAX_TAPS 64
+
+// y[n, o .. o + 4 per) = bias + the convolution of the phase planes xq (pad_phases), 4 outputs x
+// 3 vectors at a time as DIRECT_FLAT; each work-item takes `per` runs of 4 outputs over each
+// block of vectors, channel chunk by chunk (cstep channels), so the input a block reads from a
+// chunk stays in L1 cache while all its runs use it (the partial sums wait in y between
+// chunks). Launched as (N * O / (4 per)); 4 per divides the outputs per group.
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_direct_fwd4_phased(__global const float *restrict xq, __global const float *restrict w, const int w_off,
+                             __global float *restrict y, const int y_off,
+                             const int C, const int Hq, const int Wq, const int O, const int Ho, const int Wo,
+                             const int cg, const int og, const int kh, const int kw,
+                             const int sh, const int sw, const int dh, const int dw, const int per, const int cstep,
+                             __global const float *restrict bias, const int b_off, const int has_bias)
+{
+    const int first0 = get_global_id(0) * 4 * per, flip = 0;
+    const size_t phase = (size_t)Hq * Wq, chan = (size_t)sh * sw * phase;
+    int toff[PHASED_MAX_TAPS];   // where each tap's reads start in a channel's phases
+    for (int ki = 0; ki < kh; ++ki)
+        for (int kj = 0; kj < kw; ++kj) {
+            const int a = ki * dh, b = kj * dw;
+            toff[ki * kw + kj] = ((a % sh) * sw + b % sw) * phase + (a / sh) * Wq + b / sw;
+        }
+    const int per_row = (Wo + VEC - 1) / VEC, vectors = Ho * per_row;
+    for (int v0 = 0; v0 < vectors; v0 += 3) {
+        const int vi0 = min(v0, vectors - 1), vi1 = min(v0 + 1, vectors - 1), vi2 = min(v0 + 2, vectors - 1);
+        const int r0 = vi0 / per_row, r1 = vi1 / per_row, r2 = vi2 / per_row;
+        const int c0 = (vi0 - r0 * per_row) * VEC, c1 = (vi1 - r1 * per_row) * VEC, c2 = (vi2 - r2 * per_row) * VEC;
+        const int xo0 = r0 * Wq + c0, xo1 = r1 * Wq + c1, xo2 = r2 * Wq + c2;
+        for (int ch0 = 0; ch0 < cg; ch0 += cstep) {
+            const int ch1 = min(cg, ch0 + cstep);
+            for (int run = 0; run < per; ++run) {
+                const int first = first0 + run * 4;
+                DIRECT_SETUP(4)
+                __global const float *x0 = xq + (size_t)(n * C + g * cg) * chan;
+                const int acc = ch0 > 0;   /* later chunks add to the partial sums */
+                DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2)
+                if (acc) {
+                    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = (floatv)(0.0f);
+                }
+                for (int ci = ch0; ci < ch1; ++ci) {
+                    __global const float *xc = x0 + ci * chan;
+                    __global const float *wr = w0p + ci * w_ci;
+                    for (int t = 0; t < taps; ++t) {
+                        __global const float *xv = xc + toff[t];
+                        const floatv x0v = LOAD_UNIT(xv + xo0), x1v = LOAD_UNIT(xv + xo1), x2v = LOAD_UNIT(xv + xo2);
+                        DIRECT_FLAT_FMA(0, 0) DIRECT_FLAT_FMA(1, w_o) DIRECT_FLAT_FMA(2, 2 * w_o) DIRECT_FLAT_FMA(3, 3 * w_o)
+                    }
+                }
+                DIRECT_FLAT_STORE(0, 4) DIRECT_FLAT_STORE(1, 4) DIRECT_FLAT_STORE(2, 4)
+            }
+        }
     }
 }

@@ -397,14 +397,16 @@ typedef float16 float16_u __attribute__((aligned(4)));
 // packed weights (M = outputs of the group, K = channels x taps). It is gemm_packed with the
 // column matrix never written: B's panels are gathered from X while they are staged (a panel's
 // 32 columns are runs of consecutive pixels of output rows), and C is stored straight into
-// the NCHW output. x_off and y_off point at the group's first channel.
+// the NCHW output, plus bias[b_off + row] where has_bias. x_off and y_off point at the group's
+// first channel, b_off at its first bias.
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n,
                __global const float *Ap, const int ap_off,
                __global const float *X, const int x_off, __global float *Y, const int y_off,
                const int C, const int H, const int W, const int O, const int Ho, const int Wo,
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
-               const int dh, const int dw, const float alpha, const float beta)
+               const int dh, const int dw, const float alpha, const float beta,
+               __global const float *bias, const int b_off, const int has_bias)
 {
     PACKED_TILE_LOCALS
     GROUP_TILE
@@ -505,10 +507,11 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
         for (int i = 0; i < rows; ++i) {
             __global float *dst = Y + y_off + ((size_t)img * O + row0 + i) * pixels + pix;
             __local const float *src = c_tile + i * BN + c;
+            const float b = has_bias ? bias[b_off + row0 + i] : 0.0f;   // conv2d's bias, folded in
             if (beta == 0.0f) {
-                for (int q = 0; q < len; ++q) dst[q] = alpha * src[q];
+                for (int q = 0; q < len; ++q) dst[q] = alpha * src[q] + b;
             } else {
-                for (int q = 0; q < len; ++q) dst[q] = alpha * src[q] + beta * dst[q];
+                for (int q = 0; q < len; ++q) dst[q] = alpha * src[q] + beta * dst[q] + b;
             }
         }
         c += len;

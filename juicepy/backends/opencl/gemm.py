@@ -8,6 +8,10 @@ from ..base import check_gemm
 from .layout import F32, round_up
 from .programs import ALT_MR
 
+# _conv_gemm takes the shorter ALT_MR panels only where the default ones pad more than
+# 1/ALT_MR_MIN_WASTE of the rows
+ALT_MR_MIN_WASTE = 16
+
 GPU_TILE = 16     # must match TS in gemm.cl
 PACK_WG = 64      # work-group size along K of pack_a
 PACK_ROWS = 16    # rows of K per work-group of pack_b
@@ -113,21 +117,24 @@ class GemmOps(abc.ABC):
                                  c, ldc, alpha, beta, ws)
 
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None, transposed=False):
+                   beta, ws=None, transposed=False, bias=None):
         """One group of a convolution as an implicit GEMM (conv_gemm in gemm.cl) on raw buffers: the weights
         (from element ``w_off`` of ``w``; ``flipped``: transposed and flipped, for an input
         gradient; ``transposed``: the (k, m) matrix at w read as its transpose) are packed, the input's pixels are gathered as the tiles are staged, and the
-        (m, N * pixels) result is stored into NCHW ``y`` from element ``y_off``."""
+        (m, N * pixels) result is stored into NCHW ``y`` from element ``y_off``, plus ``bias``
+        (buffer, offset: the group's first) where given."""
         n, c, h, wd = x_geo
         o, ho, wo = y_hw
         kh, kw = kernel
         cols = n * ho * wo
         tiles = self._gemm_tiles
-        # shorter panels where they waste fewer padded rows than the default (16 outputs per
-        # group: 8-row panels instead of 12-row ones, 4-row instead of 6-row)
+        # shorter panels where they waste fewer padded rows than the default and the default
+        # would pad more than 1/ALT_MR_MIN_WASTE of the rows (16 outputs per group: 8-row panels
+        # instead of 12-row ones, 4-row instead of 6-row); 128 outputs keep 6-row panels (the
+        # 4-row micro-kernel's fewer accumulators cost more than 4 padded rows of 132)
         mr, alt = tiles["MR"], ALT_MR.get(tiles["MR"])
         program = "gemm.cl"
-        if alt and round_up(m, alt) < round_up(m, mr):
+        if alt and round_up(m, alt) < round_up(m, mr) and (round_up(m, mr) - m) * ALT_MR_MIN_WASTE > m:
             mr, program = alt, "gemm.cl:mr_alt"
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
@@ -145,7 +152,7 @@ class GemmOps(abc.ABC):
             self._kernel(program, "conv_gemm")(
                 self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
                 ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
-                *conv_args, 1.0, float(beta))
+                *conv_args, 1.0, float(beta), *(bias + (1,) if bias is not None else (self._flag.base_data, 0, 0)))
 
     def _conv_filter_gemm(self, x, x_off, dy, dy_off, dw, dw_off, m, n, x_geo, y_hw, kernel, conv_args,
                           beta, ws=None):

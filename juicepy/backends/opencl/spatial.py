@@ -31,10 +31,12 @@ DIRECT_MAX_OUTPUTS_8_LANES = 32
 # Weight gradients go direct only for depthwise layers (one channel per group): LeNet's first
 # layer (25 taps, 6 outputs) measured faster as the implicit A @ B^T.
 # kernel widths with a direct weight-gradient kernel per row of taps (conv_direct_bwd_filter_k*
-# in conv.cl; stride 1; _filter_by_rows). On 8-lane devices it also computes the weight
-# gradients of groups of at most DIRECT_MAX_OUTPUTS_8_LANES outputs (5x5 32->32, 4-group
-# 64->64: faster than the implicit A @ B^T there).
+# in conv.cl; stride 1; _filter_by_rows)...
 FILTER_ROW_TAPS = (3, 5)
+# ...which on 8-lane devices also computes the weight gradients of groups of at most this many
+# outputs: faster than the implicit A @ B^T on 5x5 32->32, 4-group 64->64 and the 64-output
+# 3x3 layers (plain and dilated; docs/opencl.md)
+DIRECT_FILTER_MAX_OUTPUTS_8_LANES = 64
 # work-items the direct weight gradient aims at (images are split into chunks to reach it):
 # 32768 measured faster than 1024 and 8192 on AVX2 for the 4-group 64->64 layer (9.1 -> 7.4 ms:
 # a work-item then sums a few images, whose planes are still in cache for the next row of taps),
@@ -57,6 +59,16 @@ DIRECT_LOCAL_MAX_BYTES = 1 << 17
 # ...and each work-item computes all its group's outputs from them unless that gives fewer
 # work-items than this
 DIRECT_LOCAL_MIN_ITEMS = 64
+# square kernel sizes with builds of the direct forward kernel whose tap loops have fixed trip
+# counts (conv_direct_fwd*_k3 / _k5 in conv.cl): the compiler unrolls them, so no loop control
+# or index arithmetic sits between the multiply-adds of a row of taps
+DIRECT_FIXED_TAPS = (3, 5)
+# taps of a strided kernel up to which its forward pass runs on conv_direct_fwd4_phased
+# (PHASED_MAX_TAPS in conv.cl: the size of its table of tap offsets)
+PHASED_MAX_TAPS = 64
+# ...with at most this many runs of 4 outputs per work-item, over chunks of this many input
+# channels
+PHASED_MAX_RUNS, PHASED_CHANNELS = 4, 16
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
@@ -74,6 +86,11 @@ def direct_outputs(outputs: int, lanes: int) -> int:
     return 1
 
 
+# On 8-lane devices (AVX2, 16 vector registers) the 4-output direct forward kernel takes 3
+# vectors at a time across rows (12 accumulators, the NumPy backend's 4 x 3 block)
+DIRECT_FLAT_OUTS = True
+
+
 # output channels per work-item of the row-of-taps weight gradient (conv_direct_bwd_filter_k*_o*
 # in conv.cl) per kernel width, on 8-lane devices, where it was measured
 FILTER_ROW_OUTS = {3: 4, 5: 2}
@@ -87,11 +104,15 @@ def filter_outputs(outputs: int, kw: int, lanes: int) -> int:
     return outs if outputs % outs == 0 else 1
 
 
-def direct_unroll(outs: int, vectors: int) -> int:
+def direct_unroll(outs: int, vectors: int, lanes: int = 16) -> int:
     """Vectors of a row each work-item of the direct forward kernel computes at once (U in
     conv.cl) for ``outs`` output planes and rows of ``vectors`` vectors: enough independent
     accumulators (outs x U) to hide the FMA's latency, 8 where the row is long enough; a last
-    vector partly past the row costs no more than the chain it replaces would have waited."""
+    vector partly past the row costs no more than the chain it replaces would have waited.
+    3 (DIRECT_FLAT in conv.cl: 3 vectors in row-major order, 12 accumulators) for 4 outputs
+    where DIRECT_FLAT_OUTS allows it."""
+    if outs == 4 and DIRECT_FLAT_OUTS and lanes == 8:
+        return 3
     if vectors <= 1:
         return 1
     if outs >= 4 or vectors == 2:
@@ -145,7 +166,7 @@ class SpatialOps(abc.ABC):
 
     @abc.abstractmethod
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None):
+                   beta, ws=None, transposed=False, bias=None):
         """One convolution group as an implicit GEMM (GemmOps)."""
 
     @abc.abstractmethod
@@ -209,7 +230,7 @@ class SpatialOps(abc.ABC):
         if op == "filter":
             if c == o == groups:   # depthwise
                 return True
-            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_MAX_OUTPUTS_8_LANES
+            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_FILTER_MAX_OUTPUTS_8_LANES
         if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
             return True
         if self._conv_vec == 8 and geo[9] == geo[10] == 1 and outputs <= DIRECT_MAX_OUTPUTS_8_LANES:
@@ -232,18 +253,19 @@ class SpatialOps(abc.ABC):
                                               out.base_data)
         return out
 
-    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws):
+    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws, bias=None):
         """conv_direct_fwd over x padded by the geometry's padding: in local memory per
-        work-item where a group's padded planes fit (_local_planes), else a padded copy."""
+        work-item where a group's padded planes fit (_local_planes), else a padded copy; the
+        sums start from ``bias`` where one is given."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         outs = direct_outputs(o // groups, self._conv_vec)
-        unroll = direct_unroll(outs, -(-wo // self._conv_vec))
+        unroll = direct_unroll(outs, -(-wo // self._conv_vec), self._conv_vec)
         lanes_past = unroll * self._conv_vec * sw + kw * dw
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
-        suffix = "" if unroll == 1 else f"_u{unroll}"
+        suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
-                int(flip), int(accumulate))
+                int(flip), int(accumulate), *self._optional(bias))
         local = (c // groups * hp * wp + lanes_past + wp) * 4
         if local <= self._local_planes_bytes():
             per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
@@ -255,6 +277,32 @@ class SpatialOps(abc.ABC):
             return
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
         self._kernel("conv.cl", name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+
+    def _use_phased(self, geo, groups) -> bool:
+        """Whether conv_direct_fwd4_phased computes this forward pass: strided, on 8-lane
+        devices (where it was measured against the implicit GEMM), 4 dividing the outputs per
+        group, and few enough taps for its offset table."""
+        if self.conv_algorithm not in ("auto", "direct") or self.gemm_variant != "packed" or self._conv_vec != 8:
+            return False
+        o, kh, kw, sh, sw = geo[4], geo[5], geo[6], geo[9], geo[10]
+        return (sh, sw) != (1, 1) and (o // groups) % 4 == 0 and kh * kw <= PHASED_MAX_TAPS
+
+    def _phased_forward(self, x, w, y, geo, groups, ws, bias):
+        """y = bias + the strided convolution ``geo`` of x, by the direct kernel on x laid out
+        as phase planes (pad_phases in conv.cl)."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+        planes = n * c
+        xq = scratch(ws, self, "conv_phases", (planes * sh * sw * hq * wq + self._conv_vec + wq,), np.float32)
+        self._kernel("conv.cl", "pad_phases")(self.queue, (planes,), (1,), h, wd, *self._ref(x), sh, sw, ph, pw,
+                                              hq, wq, xq.base_data)
+        per = (o // groups) // 4   # runs of 4 outputs per work-item: a whole group...
+        while per % 2 == 0 and (per > PHASED_MAX_RUNS or n * o // (4 * per) < DIRECT_LOCAL_MIN_ITEMS):
+            per //= 2   # ...unless that leaves too few work-items
+        self._kernel("conv.cl", "conv_direct_fwd4_phased")(
+            self.queue, (n * o // (4 * per),), (1,), xq.base_data, *self._ref(w), *self._ref(y), c, hq, wq, o, ho,
+            wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, per, min(c // groups, PHASED_CHANNELS),
+            *self._optional(bias))
 
     def _local_planes_bytes(self) -> int:
         """The most local memory the direct forward kernel stages padded planes in: its own
@@ -285,26 +333,32 @@ class SpatialOps(abc.ABC):
 
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
         check_conv_epilogue("opencl", out, bias, norm)
-        self._conv2d(x, w, out, stride, padding, dilation, groups, ws)
+        if self._conv2d(x, w, out, stride, padding, dilation, groups, ws, bias):
+            bias = None   # added by the convolution's kernel
         conv_epilogue(self, out, bias, norm, relu, ws)
 
-    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws):
+    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias=None) -> bool:
+        """out = the convolution of x with w; True where ``bias`` was added too."""
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_winograd(geo, groups, "forward"):
             self._winograd(x, w, out, geo, False, False, ws)
-            return
+            return False
+        if self._use_phased(geo, groups):
+            self._phased_forward(x, w, out, geo, groups, ws, bias)
+            return bias is not None
         if self._use_direct(geo, groups, "forward"):
-            self._direct_forward(x, w, out, geo, groups, False, False, ws)
-            return
+            self._direct_forward(x, w, out, geo, groups, False, False, ws, bias)
+            return bias is not None
         if self._use_implicit():
             og, cg = o // groups, c // groups
             (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
+            bb = self._ref(bias) if bias is not None else None
             for g in range(groups):
                 self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, xb, xo + g * cg * h * wd, yb,
                                 yo + g * og * ho * wo, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo), (kh, kw),
-                                geo[9:], 0.0, ws)
-            return
+                                geo[9:], 0.0, ws, bias=None if bb is None else (bb[0], bb[1] + g * og))
+            return bias is not None
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
@@ -315,6 +369,7 @@ class SpatialOps(abc.ABC):
                        (cb[0], cb[1] + g * kg * cols), cols, False,
                        (yb[0], yb[1] + g * og * cols), cols, 1.0, 0.0, ws)
         self._swap_nc(y_cn, o, n, ho * wo, out)
+        return False
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):

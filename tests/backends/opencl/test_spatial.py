@@ -150,6 +150,31 @@ def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes
     np.testing.assert_allclose(ocl.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[-3:] + [
+    ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),   # strided, 8 outputs per group: phase planes
+], ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit"])
+def test_conv_kernels_add_the_bias(ocl, rng, monkeypatch, case, lanes, algorithm):
+    """conv2d's bias, where the direct kernels (local-memory planes, a padded copy, phase planes
+    for strided passes on 8 lanes) or the implicit GEMM compute the convolution, is added by
+    their stores (no add_bias pass), then the ReLU."""
+    from juicepy.backends.opencl import OpenCLBackend, spatial
+
+    if algorithm == "direct-padded":
+        monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
+    ocl = OpenCLBackend(ocl.device, conv_algorithm=algorithm.split("-")[0], vector_width=lanes)
+    xs, (o, kh, kw), stride, padding, dilation, groups = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    y_ref = np.maximum(conv_ref(x, wt, stride, padding, dilation, groups) + bias[:, None, None], 0.0)
+    y = ocl.empty(y_ref.shape)
+    ocl.conv2d(ocl.from_host(x), ocl.from_host(wt), y, stride, padding, dilation, groups, Workspace(),
+               bias=ocl.from_host(bias), relu=True)
+    np.testing.assert_allclose(ocl.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+
+
 def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     """y, dx and dw (host arrays) of one convolution and its gradients on ``ocl``."""
     ws = Workspace()
