@@ -101,58 +101,6 @@ DEFINE_STRIDED_ROW(strided_row_f64, double, row_f64, ROW_EVENS_f64)
 DEFINE_IM2COL(im2col_f32, float, strided_row_f32)
 DEFINE_IM2COL(im2col_f64, double, strided_row_f64)
 
-/* im2col for stride 2 in both directions: the padded input rows a band of output rows reads
- * are split once into four phase planes (phase (a, b): padded rows a, a + 2, ... and columns
- * b, b + 2, ...), and every row of columns is then a contiguous copy from one phase (tap
- * (i, j): phase (i*dh % 2, j*dw % 2), shifted by (i*dh / 2, j*dw / 2)), instead of every tap
- * picking every other value of an input row again (used where the taps read all four phases).
- * The same values as im2col. Returns -1 (nothing written) when the phase buffer cannot be
- * allocated. */
-#define DEFINE_IM2COL_PHASES(NAME, T)                                                          \
-    VECTOR_CLONES static int NAME(const T *restrict x, T *restrict cols, const Geometry *g,   \
-                                  I n0, I n1, I r0, I r1, I sn, I sk)                         \
-    {                                                                                          \
-        const I rows = r1 - r0, wq = (g->w + 2 * g->pw + 1) / 2;                              \
-        const I hb = rows + (g->kh - 1) * g->dh / 2, phase = hb * wq;                         \
-        T *restrict buf = malloc((size_t)(4 * phase) * sizeof(T));                            \
-        if (!buf) return -1;                                                                  \
-        for (I n = n0; n < n1; n++)                                                           \
-            for (I c = 0; c < g->c; c++) {                                                    \
-                const T *plane = x + (n * g->c + c) * g->h * g->w;                            \
-                /* phase row t of parity a: padded row 2*(r0 + t) + a; input column 2k + u  \
-                   is padded column 2k + u + pw: phase (u + pw) % 2 */                         \
-                for (I a = 0; a < 2; a++)                                                     \
-                    for (I t = 0; t < hb; t++) {                                              \
-                        T *e = buf + a * 2 * phase + t * wq;                                  \
-                        memset(e, 0, (size_t)wq * sizeof(T));                                 \
-                        memset(e + phase, 0, (size_t)wq * sizeof(T));                         \
-                        const I row = 2 * (r0 + t) + a - g->ph;                               \
-                        if (row < 0 || row >= g->h) continue;                                 \
-                        const T *restrict src = plane + row * g->w;                           \
-                        T *restrict p0 = e + (g->pw & 1) * phase + (g->pw >> 1);              \
-                        T *restrict p1 = e + ((g->pw + 1) & 1) * phase + ((g->pw + 1) >> 1);  \
-                        for (I k = 0; k < g->w / 2; k++) {                                    \
-                            p0[k] = src[2 * k];                                               \
-                            p1[k] = src[2 * k + 1];                                           \
-                        }                                                                     \
-                        if (g->w & 1) p0[g->w / 2] = src[g->w - 1];                           \
-                    }                                                                         \
-                for (I i = 0; i < g->kh; i++)                                                 \
-                    for (I j = 0; j < g->kw; j++) {                                           \
-                        T *restrict dst = cols + (n - n0) * sn + ((c * g->kh + i) * g->kw + j) * sk; \
-                        const I a = i * g->dh, b = j * g->dw;                                 \
-                        const T *restrict src = buf + ((a & 1) * 2 + (b & 1)) * phase + (a >> 1) * wq + (b >> 1); \
-                        for (I r = 0; r < rows; r++)                                          \
-                            for (I q = 0; q < g->wo; q++) dst[r * g->wo + q] = src[r * wq + q]; \
-                    }                                                                         \
-            }                                                                                 \
-        free(buf);                                                                            \
-        return 0;                                                                             \
-    }
-
-DEFINE_IM2COL_PHASES(im2col_phases_f32, float)
-DEFINE_IM2COL_PHASES(im2col_phases_f64, double)
-
 /* The adjoint of im2col over whole samples [n0, n1): dx[n] (+)= every column added back to
  * the input position it was read from (padding positions dropped). */
 #define DEFINE_COL2IM(NAME, T)                                                                 \
@@ -1393,17 +1341,10 @@ static PyObject *py_im2col(PyObject *self, PyObject *args)
     if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", co, &cols, 1, need, "cols", NULL, NULL, 0, 0, NULL) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    int done = -1;
-    /* the phases pay off where the taps read all four of them (a 1x1 conv reads one) */
-    if (g.sh == 2 && g.sw == 2 && g.kh > 1 && g.kw > 1 && g.dh % 2 && g.dw % 2)
-        done = x.itemsize == 4 ? im2col_phases_f32(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk)
-                               : im2col_phases_f64(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
-    if (done < 0) {
-        if (x.itemsize == 4)
-            im2col_f32(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
-        else
-            im2col_f64(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
-    }
+    if (x.itemsize == 4)
+        im2col_f32(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
+    else
+        im2col_f64(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
     Py_END_ALLOW_THREADS
     release_three(&x, &cols, NULL);
     Py_RETURN_NONE;
