@@ -134,6 +134,68 @@ DEFINE_IM2COL(im2col_f64, double, strided_row_f64)
 DEFINE_COL2IM(col2im_f32, float)
 DEFINE_COL2IM(col2im_f64, double)
 
+/* col2im for stride 2 in both directions: each column row is added whole, as contiguous
+ * vectors, into one of the four phase planes of the padded plane (phase (a, b) holds padded
+ * rows a, a + 2, ... and columns b, b + 2, ...; tap (i, j) lands in phase (i*dh % 2, j*dw % 2)
+ * at offset (i*dh / 2, j*dw / 2)), and the phases are interleaved back into dx once per plane,
+ * instead of every value being added on its own two values apart. Every dx value gets the
+ * same additions in the same tap order as col2im (starting from 0, or from dx with
+ * ``accumulate``), so the bits are col2im's. Returns -1 (nothing written) when the phase
+ * buffer cannot be allocated. */
+#define DEFINE_COL2IM_PHASES(NAME, T)                                                          \
+    VECTOR_CLONES static int NAME(const T *restrict cols, T *restrict dx, const Geometry *g,  \
+                                  I n0, I n1, I sn, I sk, int accumulate)                     \
+    {                                                                                          \
+        const I hq = (g->h + 2 * g->ph + 1) / 2, wq = (g->w + 2 * g->pw + 1) / 2;              \
+        const I phase = hq * wq;                                                              \
+        T *restrict buf = malloc((size_t)(4 * phase) * sizeof(T));                            \
+        if (!buf) return -1;                                                                  \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I c = 0; c < g->c; c++) {                                                    \
+                T *plane = dx + (n * g->c + c) * g->h * g->w;                                 \
+                memset(buf, 0, (size_t)(4 * phase) * sizeof(T));                              \
+                if (accumulate)                                                               \
+                    for (I row = 0; row < g->h; row++) {                                      \
+                        const I pr = row + g->ph;                                             \
+                        T *e = buf + (pr & 1) * 2 * phase + (pr >> 1) * wq;                   \
+                        T *restrict p0 = e + (g->pw & 1) * phase + (g->pw >> 1);              \
+                        T *restrict p1 = e + ((g->pw + 1) & 1) * phase + ((g->pw + 1) >> 1);  \
+                        const T *src = plane + row * g->w;                                    \
+                        for (I k = 0; k < g->w / 2; k++) {                                    \
+                            p0[k] = src[2 * k];                                               \
+                            p1[k] = src[2 * k + 1];                                           \
+                        }                                                                     \
+                        if (g->w & 1) p0[g->w / 2] = src[g->w - 1];                           \
+                    }                                                                         \
+                for (I i = 0; i < g->kh; i++)                                                 \
+                    for (I j = 0; j < g->kw; j++) {                                           \
+                        const T *restrict src = cols + (n - n0) * sn + ((c * g->kh + i) * g->kw + j) * sk; \
+                        const I a = i * g->dh, b = j * g->dw;                                 \
+                        T *restrict dst = buf + ((a & 1) * 2 + (b & 1)) * phase + (a >> 1) * wq + (b >> 1); \
+                        for (I r = 0; r < g->ho; r++)                                         \
+                            for (I q = 0; q < g->wo; q++) dst[r * wq + q] += src[r * g->wo + q]; \
+                    }                                                                         \
+                /* dx column 2k + t is padded column 2k + t + pw: phase (t + pw) % 2 */      \
+                for (I row = 0; row < g->h; row++) {                                          \
+                    const I pr = row + g->ph;                                                 \
+                    const T *e = buf + (pr & 1) * 2 * phase + (pr >> 1) * wq;                 \
+                    const T *restrict p0 = e + (g->pw & 1) * phase + (g->pw >> 1);            \
+                    const T *restrict p1 = e + ((g->pw + 1) & 1) * phase + ((g->pw + 1) >> 1); \
+                    T *restrict d = plane + row * g->w;                                       \
+                    for (I k = 0; k < g->w / 2; k++) {                                        \
+                        d[2 * k] = p0[k];                                                     \
+                        d[2 * k + 1] = p1[k];                                                 \
+                    }                                                                         \
+                    if (g->w & 1) d[g->w - 1] = p0[g->w / 2];                                 \
+                }                                                                             \
+            }                                                                                 \
+        free(buf);                                                                            \
+        return 0;                                                                             \
+    }
+
+DEFINE_COL2IM_PHASES(col2im_phases_f32, float)
+DEFINE_COL2IM_PHASES(col2im_phases_f64, double)
+
 /* out[p] += bias[p % C] over planes p in [p0, p1) of ``inner`` values each (p = n*C + c). */
 #define DEFINE_BIAS_ADD(NAME, T)                                                               \
     VECTOR_CLONES static void NAME(T *restrict out, const T *restrict bias, I c, I inner,     \
@@ -1303,10 +1365,16 @@ static PyObject *py_col2im(PyObject *self, PyObject *args)
     if (get_three(xo, &dx, 1, n * g.c * g.h * g.w, "dx", co, &cols, 0, need, "cols", NULL, NULL, 0, 0, NULL) < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    if (dx.itemsize == 4)
-        col2im_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
-    else
-        col2im_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+    int done = -1;
+    if (g.sh == 2 && g.sw == 2)
+        done = dx.itemsize == 4 ? col2im_phases_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate)
+                                : col2im_phases_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+    if (done < 0) {
+        if (dx.itemsize == 4)
+            col2im_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+        else
+            col2im_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+    }
     Py_END_ALLOW_THREADS
     release_three(&dx, &cols, NULL);
     Py_RETURN_NONE;

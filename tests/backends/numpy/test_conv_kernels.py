@@ -211,6 +211,36 @@ def test_stride_2_columns_are_exact_copies_of_the_windows(width, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("width", [5, 8, 9, 16, 17])
+def test_stride_2_col2im_adds_each_column_back_in_tap_order(width, dtype):
+    """col2im at stride 2 (phase planes, interleaved back) equals the columns added into a
+    zero-padded plane tap by tap in (i, j) order, onto dx or onto zeros, bit for bit, for odd
+    and even widths, paddings that start a row on either phase, dilation and non-square
+    kernels; samples outside [n0, n1) are left alone."""
+    rng = np.random.default_rng(width)
+    n, c, h = 3, 2, 7
+    for kh, kw, ph, pw, d in [(3, 3, 1, 1, 1), (1, 1, 0, 0, 1), (3, 3, 2, 2, 2), (5, 5, 2, 2, 1), (2, 4, 0, 3, 1),
+                              (3, 2, 1, 0, 1)]:
+        ho, wo = _out_len(h, kh, 2, ph, d), _out_len(width, kw, 2, pw, d)
+        geometry = (c, h, width, kh, kw, 2, 2, ph, pw, d, d, ho, wo)
+        cols = rng.standard_normal((n, c, kh, kw, ho, wo)).astype(dtype)
+        for accumulate in (False, True):
+            start = rng.standard_normal((n, c, h, width)).astype(dtype)
+            padded = np.zeros((n, c, h + 2 * ph, width + 2 * pw), dtype)
+            if accumulate:
+                padded[:, :, ph:ph + h, pw:pw + width] = start
+            for i in range(kh):
+                for j in range(kw):
+                    padded[:, :, i * d:i * d + 2 * (ho - 1) + 1:2, j * d:j * d + 2 * (wo - 1) + 1:2] += cols[:, :, i, j]
+            dx = start.copy()
+            kernels.col2im(cols[1:], dx, geometry, n, 1, n, cols[0].size, ho * wo, accumulate)  # cols of [n0, n1)
+            np.testing.assert_array_equal(dx[1:], padded[1:, :, ph:ph + h, pw:pw + width],
+                                          err_msg=f"kernel {kh}x{kw}, padding {ph},{pw}, dilation {d}")
+            np.testing.assert_array_equal(dx[0], start[0])
+
+
+@needs_kernels
 def test_strided_convs_run_direct_only_where_measured(monkeypatch):
     """Strided kxk convs of few input channels per group on AVX2; wider ones and 1x1 ones keep
     im2col + GEMM; a strided conv run either way gives the fallback's result."""
