@@ -614,6 +614,8 @@ CONV_CASES = [
     ((2, 32, 16, 16), (32, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     # planes of 512+ outputs: the direct weight gradient where a backend picks it, rows ending inside a vector
     ((2, 3, 23, 29), (5, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # 8x8 planes of 12 channels: NumPy's AVX2 direct kernel in blocks of 6 channels x 2 vectors (both ways)
+    ((2, 12, 8, 8), (12, 3, 3), (1, 1), (1, 1), (1, 1), 1),
 ]
 
 

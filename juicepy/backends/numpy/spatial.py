@@ -26,6 +26,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..base import channels_inner, scratch
 from .threads import gemm_lanes as _gemm_lanes
+from .threads import gemm_threads as _gemm_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
 
@@ -1011,11 +1012,25 @@ def _valid_counts(backend, ws, in_hw, kernel, stride, padding, out_hw, dtype):
     return counts
 
 
+def _global_mean(backend, x, out, ws):
+    """The mean of each (N, C) plane: one matrix-vector product with ones where x is contiguous
+    (np.mean runs its own loop per plane, several times slower on the small planes ending a CNN)."""
+    n, c, h, w = x.shape
+    means = _view(out, (n * c,)) if out.flags.c_contiguous else None
+    if not (x.flags.c_contiguous and means is not None):
+        np.mean(x, axis=(2, 3), out=_view(out, out.shape[:2]))
+        return
+    ones = scratch(ws, backend, "pool_ones", (h * w,), x.dtype, init=lambda buf: buf.fill(1.0))
+    with _gemm_threads(n * c, 1, h * w):  # a small product: BLAS threads would spin on after it
+        np.matmul(_view(x, (n * c, h * w)), ones, out=means)
+    means /= h * w
+
+
 def avg_pool2d(backend, x, out, kernel, stride, padding, count_include_pad, ws):
     kh, kw = kernel
     out_hw = out.shape[2:]
     if _is_global(x.shape[2:], kernel, padding, out_hw):
-        np.mean(x, axis=(2, 3), out=_view(out, out.shape[:2]))
+        _global_mean(backend, x, out, ws)
         return
     xp = _padded(backend, x, padding, 0.0, ws, "pool_xpad")
     for i in range(kh):
