@@ -286,7 +286,7 @@ class Context:
 
         def feeds(nctx, cctx, start) -> bool:
             made, taken = nctx.node.descriptor.outputs, cctx.node.descriptor.inputs
-            if not (len(made) == 1 and readers[made[0].index] == 1 and made[0].index not in outputs):
+            if not (len(made) == 1 and readers.get(made[0].index) == 1 and made[0].index not in outputs):
                 return False
             others = [j for j in taken if j is not made[0]]
             return len(taken) - len(others) == 1 and len(others) <= 1 \
