@@ -1021,7 +1021,7 @@ def _global_mean(backend, x, out, ws):
         np.mean(x, axis=(2, 3), out=_view(out, out.shape[:2]))
         return
     ones = scratch(ws, backend, "pool_ones", (h * w,), x.dtype, init=lambda buf: buf.fill(1.0))
-    with _gemm_threads(n * c, 1, h * w):  # a small product: BLAS threads would spin on after it
+    with _gemm_threads(n * c, 1, h * w):
         np.matmul(_view(x, (n * c, h * w)), ones, out=means)
     means /= h * w
 
