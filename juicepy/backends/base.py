@@ -254,22 +254,33 @@ class ConvNorm(NamedTuple):
     eps: float
 
 
-def check_conv_epilogue(backend_name: str, out, bias, norm) -> None:
-    """Raise ValueError unless conv2d's bias and the norm's vectors hold one value per output channel."""
+def check_conv_epilogue(backend_name: str, out, bias, norm, residual=None) -> None:
+    """Raise ValueError unless conv2d's bias and the norm's vectors hold one value per output
+    channel and its residual is a separate array of out's shape and dtype."""
     arrays = [bias] + ([] if norm is None else list(norm[:4]))
     check_per_channel(backend_name, "conv2d", out, *arrays)
+    if residual is not None:
+        if residual is out:
+            raise ValueError(f"{backend_name} backend conv2d: residual must not be out (the convolution "
+                             f"overwrites out before the residual is added)")
+        if tuple(residual.shape) != tuple(out.shape) or residual.dtype != out.dtype:
+            raise ValueError(f"{backend_name} backend conv2d: residual must have out's shape and dtype "
+                             f"{tuple(out.shape)} {out.dtype}, got {tuple(residual.shape)} {residual.dtype}")
 
 
-def conv_epilogue(backend: "Backend", out, bias, norm, relu: bool, ws) -> None:
+def conv_epilogue(backend: "Backend", out, bias, norm, relu: bool, ws, residual=None) -> None:
     """conv2d's epilogue as ops of their own after the convolution, for backends that do not
     fold it into the convolution's output stores."""
     if bias is not None:
         backend.add_bias(out, bias)
+    late_relu = relu and residual is not None  # the ReLU reads the sum with the residual
     if norm is not None:
         backend.batch_norm_infer(out, norm.gamma, norm.beta, norm.running_mean, norm.running_var, norm.eps, out,
-                                 ws=ws, relu=relu)
-    elif relu:
+                                 ws=ws, relu=relu and not late_relu)
+    elif relu and not late_relu:
         backend.relu(out, out)
+    if residual is not None:
+        backend.add(out, residual, out, relu=late_relu)
 
 
 def check_pool_shapes(backend_name: str, op: str, x_shape, y_shape, kernel, stride, padding) -> None:
@@ -521,10 +532,11 @@ class Backend(abc.ABC):
     # ------------------------------------------------------------ convolution
     # NCHW; weight (O, C/groups, kh, kw); padding is a pair of ints (already resolved).
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None,
-               relu=False) -> None:
+               relu=False, residual=None) -> None:
         """out = the convolution, then its epilogue: + bias[o] (``bias`` (O,) or None), the
-        inference batch norm ``norm`` (a :class:`ConvNorm`, or None), max(out, 0) where ``relu``
-        (NaN stays NaN): one op, so a backend can apply them as it stores the output."""
+        inference batch norm ``norm`` (a :class:`ConvNorm`, or None), + ``residual`` (an array of
+        out's shape and dtype, not out itself, or None: a residual block's skip input), max(out, 0)
+        where ``relu`` (NaN stays NaN): one op, so a backend can apply them as it stores the output."""
         raise NotImplementedError(f"{self.name} backend conv2d: not implemented")
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,

@@ -120,7 +120,9 @@ class Layer:
     # (the fused op writes the last consumer's).
     def fuses(self, consumers: tuple, training: bool) -> bool:
         """Whether :meth:`compute_output_fused` can run ``consumers`` (Layers, each reading the
-        previous one's output, the first this one's) too, in a training context or not."""
+        previous one's output, the first this one's) too, in a training context or not. A
+        consumer may read one more input, which the Context has written before the chain runs
+        (a residual block's Add: its skip input)."""
         return False
 
     def compute_output_fused(self, backend, ctx, consumers) -> None:

@@ -9,6 +9,7 @@ from ..errors import ArgumentError, ShapeError
 from ..net.params import LearnableParams
 from .activation import ReLU
 from .base import Layer, bias_gradient
+from .merge import Add
 from .norm import BatchNorm1d, BatchNorm2d
 
 
@@ -107,26 +108,44 @@ class Conv2d(Layer):
         self._convolve(backend, ctx, ctx.output())
 
     # In inference a batch norm after the convolution is a fixed per-channel scale and shift,
-    # which the convolution applies to its output as it stores it, with the ReLU after it where
-    # there is one: the batch norm and ReLU passes over the output disappear. Training keeps
-    # them apart (the batch norm needs the statistics of this output).
+    # which the convolution applies to its output as it stores it, with the sum with a skip
+    # input (a residual block's Add, whose other input the Context has written before the chain
+    # runs) and the ReLU after them where there are: the batch norm, add and ReLU passes over
+    # the output disappear. Chains: [BatchNorm] [Add] [ReLU], the norm or the add present.
+    # Training keeps them apart (the batch norm needs the statistics of this output).
     def fuses(self, consumers, training) -> bool:
-        norm = consumers[0]
         # exact types: a subclass may compute something else (one overriding compute_output here)
-        return not training and type(self).compute_output is Conv2d.compute_output \
-            and type(norm) in (BatchNorm1d, BatchNorm2d) and not norm.sync \
-            and (len(consumers) == 1 or (len(consumers) == 2 and type(consumers[1]) is ReLU))
+        if training or type(self).compute_output is not Conv2d.compute_output:
+            return False
+        kinds = [type(c) for c in consumers]
+        if kinds[0] in (BatchNorm1d, BatchNorm2d):
+            if consumers[0].sync:
+                return False
+            kinds.pop(0)
+        elif kinds[0] is not Add:
+            return False
+        if kinds and kinds[0] is Add:
+            kinds.pop(0)
+        return kinds in ([], [ReLU])
 
     def compute_output_fused(self, backend, ctx, consumers):
-        norm_ctx = consumers[0]
-        self._convolve(backend, ctx, consumers[-1].output(), norm_ctx.node.layer.inference_norm(norm_ctx),
-                       len(consumers) == 2)
+        norm_ctx = consumers[0] if type(consumers[0].node.layer) is not Add else None
+        add_ctx = next((c for c in consumers if type(c.node.layer) is Add), None)
+        residual = None
+        if add_ctx is not None:  # the Add's input that is not the chain's (the Context checked it has two)
+            chain_out = (norm_ctx or ctx).node.descriptor.outputs[0]
+            residual = next(buf for j, buf in zip(add_ctx.node.descriptor.inputs, add_ctx.inputs)
+                            if j is not chain_out)
+        self._convolve(backend, ctx, consumers[-1].output(),
+                       None if norm_ctx is None else norm_ctx.node.layer.inference_norm(norm_ctx),
+                       type(consumers[-1].node.layer) is ReLU, residual)
 
-    def _convolve(self, backend, ctx, out, norm=None, relu=False):
+    def _convolve(self, backend, ctx, out, norm=None, relu=False, residual=None):
         stride, padding, dilation = self.stride, self.padding, self.dilation
         backend.conv2d(self._as_4d(backend, ctx.input()), self._weight(backend, ctx.param(self.weight)),
                        self._as_4d(backend, out), stride, padding, dilation, self.groups, ws=ctx.ws,
-                       bias=ctx.param(self.bias) if self.use_bias else None, norm=norm, relu=relu)
+                       bias=ctx.param(self.bias) if self.use_bias else None, norm=norm, relu=relu,
+                       residual=None if residual is None else self._as_4d(backend, residual))
 
     def compute_gradients(self, backend, ctx):
         dy = self._as_4d(backend, ctx.output_grad())

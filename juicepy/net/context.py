@@ -270,18 +270,27 @@ class Context:
     def _fused_steps(self) -> list:
         """(layer, NodeContext, the consumers' NodeContexts) in forward order: a placement
         absorbs the next one while that is the only reader of the previous one's only output,
-        which is not a network output, and the placement's ``fuses`` takes the chain so far."""
+        which is not a network output, and the placement's ``fuses`` takes the chain so far.
+        A consumer may read one more input (a residual block's Add: the skip path) where that
+        input is written before the chain starts (a network input or an earlier placement's
+        output), so the chain can read it when it runs, in its first placement's turn."""
         network = self.network
         readers: dict = {}
-        for node in network.nodes:
+        made_at = {j.index: -1 for j in network.inputs}  # junction -> the plan position writing it
+        for k, node in enumerate(network.nodes):
             for j in node.descriptor.inputs:
                 readers[j.index] = readers.get(j.index, 0) + 1
+            for j in node.descriptor.outputs:
+                made_at[j.index] = k
         outputs = {j.index for j in network.outputs}
 
-        def feeds(nctx, cctx) -> bool:
+        def feeds(nctx, cctx, start) -> bool:
             made, taken = nctx.node.descriptor.outputs, cctx.node.descriptor.inputs
-            return (len(made) == 1 and len(taken) == 1 and taken[0] is made[0] and readers[made[0].index] == 1
-                    and made[0].index not in outputs)
+            if not (len(made) == 1 and readers.get(made[0].index) == 1 and made[0].index not in outputs):
+                return False
+            others = [j for j in taken if j is not made[0]]
+            return len(taken) - len(others) == 1 and len(others) <= 1 \
+                and all(made_at.get(j.index, len(self._plan)) < start for j in others)
 
         steps, k = [], 0
         while k < len(self._plan):
@@ -289,8 +298,8 @@ class Context:
             chain, last = (), nctx
             while k + 1 + len(chain) < len(self._plan):
                 consumer, cctx = self._plan[k + 1 + len(chain)]
-                if not (feeds(last, cctx) and layer.fuses(tuple(c.node.layer for c in chain) + (consumer,),
-                                                          self.training)):
+                if not (feeds(last, cctx, k) and layer.fuses(tuple(c.node.layer for c in chain) + (consumer,),
+                                                             self.training)):
                     break
                 chain, last = chain + (cctx,), cctx
             steps.append((layer, nctx, chain))

@@ -616,6 +616,8 @@ CONV_CASES = [
     ((2, 32, 16, 16), (32, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     # planes of 512+ outputs: the direct weight gradient where a backend picks it, rows ending inside a vector
     ((2, 3, 23, 29), (5, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # 8x8 planes of 12 channels: NumPy's AVX2 direct kernel in blocks of 6 channels x 2 vectors (both ways)
+    ((2, 12, 8, 8), (12, 3, 3), (1, 1), (1, 1), (1, 1), 1),
 ]
 
 
@@ -646,11 +648,12 @@ EPILOGUE_CASES = CONV_CASES + [((2, 8, 5, 6), (6, 1, 1), (1, 1), (0, 0), (1, 1),
 
 
 @pytest.mark.parametrize("case", EPILOGUE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
-@pytest.mark.parametrize("parts", ["bias+relu", "norm", "bias+norm+relu"])
+@pytest.mark.parametrize("parts", ["bias+relu", "norm", "bias+norm+relu", "norm+residual+relu", "bias+residual"])
 def test_conv2d_epilogue(ops_backend, dtype, rng, case, parts):
-    """conv2d's bias, inference batch norm and ReLU (what an inference Conv2d + BatchNorm2d +
-    ReLU runs as one op) on every geometry the forward paths split on; half the outputs are
-    negative, so the ReLU zeroes many."""
+    """conv2d's bias, inference batch norm, residual and ReLU (what an inference Conv2d +
+    BatchNorm2d (+ Add of a skip input) + ReLU runs as one op) on every geometry the forward
+    paths split on; half the outputs are negative, so the ReLU zeroes many, and the ReLU reads
+    the sum with the residual."""
     xs, (o, kh, kw), stride, padding, dilation, groups = case
     x = rng.standard_normal(xs)
     w = rng.standard_normal((o, xs[1] // groups, kh, kw))
@@ -663,14 +666,20 @@ def test_conv2d_epilogue(ops_backend, dtype, rng, case, parts):
     if "norm" in parts:
         want = (want - mean.reshape(per_channel)) / np.sqrt(var + eps).reshape(per_channel) * gamma.reshape(
             per_channel) + beta.reshape(per_channel)
+    residual = rng.standard_normal(want.shape)
+    if "residual" in parts:
+        want = want + residual
     if "relu" in parts:
         want = np.maximum(want, 0.0)
-    placed = Placed(ops_backend, [x, w, np.full(want.shape, 3.0), bias, gamma, beta, mean, var], dtype, "view")
-    dev_x, dev_w, y, dev_bias, *norm = placed.devs
+    placed = Placed(ops_backend, [x, w, np.full(want.shape, 3.0), bias, residual, gamma, beta, mean, var], dtype,
+                    "view")
+    dev_x, dev_w, y, dev_bias, dev_residual, *norm = placed.devs
     ops_backend.conv2d(dev_x, dev_w, y, stride, padding, dilation, groups, ws=Workspace(),
                        bias=dev_bias if "bias" in parts else None,
-                       norm=ConvNorm(*norm, eps) if "norm" in parts else None, relu="relu" in parts)
+                       norm=ConvNorm(*norm, eps) if "norm" in parts else None, relu="relu" in parts,
+                       residual=dev_residual if "residual" in parts else None)
     np.testing.assert_allclose(placed.host(2), want, **tolerance(dtype, scale=10))
+    np.testing.assert_array_equal(placed.host(4), residual.astype(dtype))  # only read
     placed.check_sentinels()
 
 
@@ -682,6 +691,10 @@ def test_conv2d_refuses_a_wrong_epilogue_and_writes_nothing(ops_backend):
         b.conv2d(x, w, y, (1, 1), (1, 1), (1, 1), 1, bias=b.zeros((3,)))
     with bad_argument(b, "conv2d"):
         b.conv2d(x, w, y, (1, 1), (1, 1), (1, 1), 1, norm=ConvNorm(one, one, b.zeros((5,)), one, 1e-5))
+    with bad_argument(b, "conv2d"):
+        b.conv2d(x, w, y, (1, 1), (1, 1), (1, 1), 1, residual=b.zeros((2, 4, 8, 7)))
+    with bad_argument(b, "conv2d"):
+        b.conv2d(x, w, y, (1, 1), (1, 1), (1, 1), 1, residual=y)
     np.testing.assert_array_equal(b.to_host(y), 5.0)
 
 

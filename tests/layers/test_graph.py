@@ -142,7 +142,9 @@ def test_summary_shows_wiring_and_counts_shared_weights_once():
     assert sum(int(r[3].replace(",", "")) for r in rows.values()) == net.num_params() == 76
 
 
-def test_the_issue_example_with_convolutions(backend):
+def test_the_issue_example_with_convolutions(backend, monkeypatch):
+    from juicepy.net.context import Context
+
     x = jp.Input((1, 28, 28))
     h = L.Conv2d(8, 3)(x)
     y = h + L.Conv2d(8, 3, padding=1)(h)
@@ -151,8 +153,13 @@ def test_the_issue_example_with_convolutions(backend):
     assert [n.path for n in net.nodes] == ["conv2d", "conv2d_1", "add"]
     xv = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
     b = jp.backend(backend)
-    ctx = net.context(b, 2)
-    ctx.set_inputs([xv])
-    ctx.forward()
+    outputs = []
+    for fuse in (True, False):  # fused, the second conv adds h as it stores its sums
+        monkeypatch.setattr(Context, "fuse", fuse)
+        ctx = net.context(b, 2)
+        ctx.set_inputs([xv])
+        ctx.forward()
+        outputs.append(b.to_host(ctx.output()))
     hv, cv = b.to_host(ctx.output("conv2d")), b.to_host(ctx.output("conv2d_1"))
-    np.testing.assert_allclose(b.to_host(ctx.output()), hv + cv, rtol=1e-6, atol=1e-6)
+    for out in outputs:
+        np.testing.assert_allclose(out, hv + cv, rtol=1e-6, atol=1e-6)

@@ -313,6 +313,79 @@ def test_a_convolution_is_not_fused_with_a_synced_or_twice_read_batch_norm_or_wh
         assert not any(isinstance(layer, L.Conv2d) and consumers for layer, _, consumers in ctx._steps), root
 
 
+def _residual_net(seed=6):
+    """The zoo's ResNet (identity and projection shortcuts) with batch norms far from their
+    initial statistics, and a block whose second conv has a bias and no batch norm."""
+    from juicepy.models.resnet import resnet
+
+    x = jp.Input((3, 8, 8))
+    h = resnet((3, 8, 8), 5, widths=(4, 8)).children["stage2"](
+        resnet((3, 8, 8), 5, widths=(4,)).children["stem"](x, name="stem"), name="stage")
+    body = L.Sequential(L.Conv2d(8, 3, padding=1), L.BatchNorm2d(), L.ReLU(), L.Conv2d(8, 3, padding=1))
+    h = L.ReLU()(L.Residual(body)(h, name="plain"), name="relu")
+    out = L.Linear(5)(L.GlobalAvgPool2d()(h, name="pool"), name="fc")
+    net = jp.Network(inputs=x, outputs=out, seed=seed)
+    rng = np.random.default_rng(seed)
+    weights = net.get_weights()
+    for name, value in weights.items():
+        if name.endswith(("running_var", ".weight")) and value.ndim == 1:
+            weights[name] = rng.uniform(0.3, 3.0, value.shape).astype(value.dtype)
+        elif name.endswith(("running_mean", "bias")):
+            weights[name] = rng.normal(0.0, 0.5, value.shape).astype(value.dtype)
+    net.set_weights(weights)
+    return net
+
+
+def test_inference_convolution_absorbs_the_residual_add_and_relu(rng, monkeypatch, backend):
+    """In inference a residual block's second conv runs its BatchNorm, the Add of the skip
+    input (an identity or a projection, written before) and the ReLU as one conv2d on every
+    backend, with or without a batch norm: the outputs equal the layers one by one within
+    float32 rounding, the skipped outputs are refused, a steady pass allocates nothing."""
+    from juicepy.net.context import Context
+
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    net = _residual_net()
+    ctx = net.context(backend, 4)
+    assert _fused_chains(ctx) == [("Conv2d", "BatchNorm2d", "ReLU"),  # stem
+                                  ("Conv2d", "BatchNorm2d"),  # the projection
+                                  ("Conv2d", "BatchNorm2d", "ReLU"), ("Conv2d", "BatchNorm2d", "Add", "ReLU"),
+                                  ("Conv2d", "BatchNorm2d", "ReLU"), ("Conv2d", "Add", "ReLU")]
+    out = net.transform(backend, x)
+    for path in ("stage.0.0.block.4", "stage.0.0.merge", "plain.block.3", "plain.merge"):
+        with pytest.raises(ValueError, match=re.escape(f"{path}: its output is not kept")):
+            ctx.output(path)
+    allocations = backend.allocations
+    np.testing.assert_array_equal(net.transform(backend, x), out)
+    assert backend.allocations == allocations
+    monkeypatch.setattr(Context, "fuse", False)
+    unfused = _residual_net()
+    assert _fused_chains(unfused.context(backend, 4)) == []
+    want = unfused.transform(backend, x)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_a_residual_add_is_absorbed_only_where_its_other_input_is_written_before():
+    """The chain runs in its first placement's turn: an Add whose other input a later
+    placement writes stays out of it (that placement's own conv takes the Add instead), and
+    so does an Add of three inputs or of one input twice."""
+    from juicepy.net.context import Context
+
+    x = jp.Input((2, 6, 6))
+    early = L.BatchNorm2d()(L.Conv2d(3, 3, padding=1)(x, name="early"), name="norm")
+    late = L.Conv2d(3, 1)(x, name="late")
+    net = jp.Network(inputs=x, outputs=L.ReLU()(L.Add()(early, late, name="sum"), name="relu"))
+    ctx = Context(net, jp.backend("numpy"), 2)
+    assert [(nctx.path, [c.path for c in consumers]) for _, nctx, consumers in ctx._steps if consumers] == \
+        [("early", ["norm"]), ("late", ["sum", "relu"])]
+    x = jp.Input((2, 6, 6))
+    p, q = L.Conv2d(3, 1)(x, name="p"), L.Conv2d(3, 1)(x, name="q")
+    a = L.BatchNorm2d()(L.Conv2d(3, 3, padding=1)(x, name="conv"), name="norm")
+    for out in (L.Add()(a, p, q, name="sum"), L.Add()(a, a, name="sum")):
+        ctx = Context(jp.Network(inputs=x, outputs=L.ReLU()(out, name="relu")), jp.backend("numpy"), 2)
+        assert [(nctx.path, [c.path for c in consumers]) for _, nctx, consumers in ctx._steps if consumers] == \
+            [("conv", ["norm"]), ("sum", ["relu"])]
+
+
 class _ScaledConv(L.Conv2d):
     """Computes its output otherwise: the fused op would skip that."""
 

@@ -53,10 +53,11 @@ class SpatialOps(abc.ABC):
         self._launch(y.dtype, "batch_to_channel_major", y.size, (y, dst, np.int64(n), np.int64(c), np.int64(inner)))
         return dst
 
-    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
-        check_conv_epilogue("cuda", out, bias, norm)
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False,
+               residual=None):
+        check_conv_epilogue("cuda", out, bias, norm, residual)
         self._conv2d(x, w, out, stride, padding, dilation, groups, ws)
-        conv_epilogue(self, out, bias, norm, relu, ws)
+        conv_epilogue(self, out, bias, norm, relu, ws, residual)
 
     def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws):
         check_conv_shapes("cuda", "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)

@@ -212,19 +212,28 @@ DEFINE_BIAS_ADD(bias_add_f32, float)
 DEFINE_BIAS_ADD(bias_add_f64, double)
 
 /* A convolution's output epilogue on values [i0, i1) of planes [p0, p1) (p = n*C + c):
- * out = out * scale[c] + shift[c] (scale or shift NULL: 1 or 0), then v < 0 ? 0 : v where
+ * out = out * scale[c] + shift[c] (scale or shift NULL: 1 or 0), plus res at the same place
+ * (a residual block's skip input; NULL: none), then v < 0 ? 0 : v where
  * ``relu`` (NaN stays NaN, as np.maximum). Run on a chunk of output right after its GEMM or
  * transform wrote it, while it is still in cache: a folded batch norm, a bias and a ReLU cost
  * no pass of their own over the output. */
 #define DEFINE_EPILOGUE(NAME, T)                                                               \
     VECTOR_CLONES static void NAME(T *restrict out, const T *restrict scale,                  \
-                                   const T *restrict shift, I c, I inner, I p0, I p1, I i0,   \
-                                   I i1, int relu)                                            \
+                                   const T *restrict shift, const T *restrict res, I c,       \
+                                   I inner, I p0, I p1, I i0, I i1, int relu)                 \
     {                                                                                          \
         for (I p = p0; p < p1; p++) {                                                         \
             const T a = scale ? scale[p % c] : (T)1, b = shift ? shift[p % c] : (T)0;         \
             T *o = out + p * inner;                                                           \
-            if (relu)                                                                         \
+            const T *q = res ? res + p * inner : NULL;                                        \
+            if (q && relu)                                                                    \
+                for (I i = i0; i < i1; i++) {                                                 \
+                    const T v = (o[i] * a + b) + q[i];                                        \
+                    o[i] = v < 0 ? (T)0 : v;                                                  \
+                }                                                                             \
+            else if (q)                                                                       \
+                for (I i = i0; i < i1; i++) o[i] = (o[i] * a + b) + q[i];                     \
+            else if (relu)                                                                    \
                 for (I i = i0; i < i1; i++) {                                                 \
                     const T v = o[i] * a + b;                                                 \
                     o[i] = v < 0 ? (T)0 : v;                                                  \
@@ -620,11 +629,12 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
 #define DEFINE_DIRECT_CONV(NAME, ATTR, PAD, T, V, OB, NV, EPI)                                 \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I groups, I o, I n0, I n1, int flip, int accumulate, \
-                         const T *restrict scale, const T *restrict shift, int relu)          \
+                         const T *restrict scale, const T *restrict shift, int relu,          \
+                         const T *restrict res)                                               \
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
         const Phases s = make_phases(g, lanes);                                               \
-        const int epilogue = EPI && (scale || shift || relu);                                 \
+        const int epilogue = EPI && (scale || shift || relu || res);                          \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
         const I blocks = (og + OB - 1) / OB, plane_out = g->ho * g->wo;                       \
         const I per_row = (g->wo + lanes - 1) / lanes, vectors = g->ho * per_row;             \
@@ -711,6 +721,8 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
                                     if (tight && vi >= vectors) break;                        \
                                     if (finish) {                                             \
                                         a[r][v] = a[r][v] * sc + sh;                          \
+                                        if (res)                                              \
+                                            a[r][v] += LOADV(V, res + (dst[r] - out) + vi * lanes); \
                                         if (relu) a[r][v] = RELU_V(V, a[r][v]);               \
                                     }                                                         \
                                     memcpy(dst[r] + vi * lanes, &a[r][v], sizeof(V));         \
@@ -728,11 +740,13 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
                     for (I row = 0; row < g->ho; row++) {                                     \
                         const T *sr = src + row * per_row * lanes;                            \
                         T *dr = dst + row * g->wo;                                            \
+                        const T *rr = res ? res + (dst - out) + row * g->wo : NULL;           \
                         if (accumulate)                                                       \
                             for (I q = 0; q < g->wo; q++) dr[q] += sr[q];                     \
                         else if (epilogue)                                                    \
                             for (I q = 0; q < g->wo; q++) {                                   \
-                                const T v = sr[q] * sc + sh;                                  \
+                                T v = sr[q] * sc + sh;                                        \
+                                if (rr) v += rr[q];                                           \
                                 dr[q] = relu && v < 0 ? (T)0 : v;                             \
                             }                                                                 \
                         else                                                                  \
@@ -756,6 +770,21 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
 
 DEFINE_DIRECT_CONV_ISAS(direct_conv, 0)
 DEFINE_DIRECT_CONV_ISAS(direct_conv_epi, 1)
+
+/* AVX2 float32 with blocks of 6 output channels x 2 vectors (12 sums too): where a plane's
+ * vectors do not fill blocks of 3 (an 8x8 plane is 8 vectors, three blocks of 3: one sum in
+ * nine spent past the plane), blocks of 2 waste less (six channels in a block of 64: 3 %). */
+DEFINE_DIRECT_CONV(direct_conv_f32_256_6x2, ISA_256, pad_phases_f32, float, vf32x8, 6, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_256_6x2, ISA_256, pad_phases_f32, float, vf32x8, 6, 2, 1)
+
+/* Whether the 6 x 2 blocks compute fewer sums than the 4 x 3 ones for this AVX2 float32 stride-1
+ * conv (``og`` output channels per group); strided ones keep 4 x 3 (their kernel is tuned apart). */
+static int direct_6x2(const Geometry *g, I og)
+{
+    const I vectors = g->ho * ((g->wo + 7) / 8);
+    return isa == 1 && g->sh == 1 && g->sw == 1
+           && (vectors + 1) / 2 * 2 * ((og + 5) / 6 * 6) < (vectors + 2) / 3 * 3 * ((og + 3) / 4 * 4);
+}
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and output
  * positions of dy[o] times the shifted padded x[c]. Blocks of FO output channels x NT taps keep
@@ -1797,12 +1826,12 @@ static void release_optional(Py_buffer *view)
 
 static PyObject *py_direct_conv(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *wo, *oo, *go, *so = Py_None, *ho = Py_None;
+    PyObject *xo, *wo, *oo, *go, *so = Py_None, *ho = Py_None, *ro = Py_None;
     Geometry g;
     I groups, o, n, n0, n1;
     int flip, accumulate, relu = 0, failed;
-    if (!PyArg_ParseTuple(args, "OOOOnnnnnpp|OOp", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip,
-                          &accumulate, &so, &ho, &relu))
+    if (!PyArg_ParseTuple(args, "OOOOnnnnnpp|OOpO", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip,
+                          &accumulate, &so, &ho, &relu, &ro))
         return NULL;
     if (!parse_geometry(go, &g) || check_direct(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
     if (groups < 1 || g.c % groups || o % groups) {
@@ -1810,12 +1839,13 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
                      g.c, o, groups);
         return NULL;
     }
-    if ((so != Py_None || ho != Py_None || relu) && (flip || accumulate)) {
-        PyErr_SetString(PyExc_ValueError, "direct_conv: an epilogue (scale, shift, relu) needs flip and accumulate off");
+    if ((so != Py_None || ho != Py_None || relu || ro != Py_None) && (flip || accumulate)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "direct_conv: an epilogue (scale, shift, relu, residual) needs flip and accumulate off");
         return NULL;
     }
-    Py_buffer x, w, out, sv, hv;
-    void *scale, *shift;
+    Py_buffer x, w, out, sv, hv, rv;
+    void *scale, *shift, *res;
     if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, o * (g.c / groups) * g.kh * g.kw, "w",
                   oo, &out, 1, n * o * g.ho * g.wo, "out") < 0)
         return NULL;
@@ -1828,20 +1858,35 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
         release_three(&x, &w, &out);
         return NULL;
     }
+    if (get_optional(ro, &rv, x.format, n * o * g.ho * g.wo, "residual", &res) < 0) {
+        release_optional(&sv);
+        release_optional(&hv);
+        release_three(&x, &w, &out);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
-    if (x.itemsize == 4)
-        failed = scale || shift || relu
-                     ? ISA_CALL(direct_conv_epi_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu)
+    if (x.itemsize == 4 && direct_6x2(&g, o / groups))
+        failed = scale || shift || relu || res
+                     ? direct_conv_epi_f32_256_6x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift,
+                                                   relu, res)
+                     : direct_conv_f32_256_6x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
+                                               NULL, NULL, 0, NULL);
+    else if (x.itemsize == 4)
+        failed = scale || shift || relu || res
+                     ? ISA_CALL(direct_conv_epi_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu,
+                                res)
                      : ISA_CALL(direct_conv_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
-                                NULL, NULL, 0);
+                                NULL, NULL, 0, NULL);
     else
-        failed = scale || shift || relu
-                     ? ISA_CALL(direct_conv_epi_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu)
+        failed = scale || shift || relu || res
+                     ? ISA_CALL(direct_conv_epi_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu,
+                                res)
                      : ISA_CALL(direct_conv_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
-                                NULL, NULL, 0);
+                                NULL, NULL, 0, NULL);
     Py_END_ALLOW_THREADS
     release_optional(&sv);
     release_optional(&hv);
+    release_optional(&rv);
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -1849,16 +1894,16 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
 
 static PyObject *py_epilogue(PyObject *self, PyObject *args)
 {
-    PyObject *oo, *so, *ho;
+    PyObject *oo, *so, *ho, *ro = Py_None;
     I n, c, inner, p0, p1, i0, i1;
     int relu;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnnnp", &oo, &so, &ho, &n, &c, &inner, &p0, &p1, &i0, &i1, &relu))
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnp|O", &oo, &so, &ho, &n, &c, &inner, &p0, &p1, &i0, &i1, &relu, &ro))
         return NULL;
     if (n < 0 || c < 1 || inner < 0 || check_range(p0, p1, n * c, "planes") < 0 ||
         check_range(i0, i1, inner, "values") < 0)
         return NULL;
-    Py_buffer out, sv, hv;
-    void *scale, *shift;
+    Py_buffer out, sv, hv, rv;
+    void *scale, *shift, *res;
     if (get_buffer(oo, &out, 1, NULL, n * c * inner, "out") < 0) return NULL;
     if (get_optional(so, &sv, out.format, c, "scale", &scale) < 0) {
         PyBuffer_Release(&out);
@@ -1869,14 +1914,21 @@ static PyObject *py_epilogue(PyObject *self, PyObject *args)
         PyBuffer_Release(&out);
         return NULL;
     }
+    if (get_optional(ro, &rv, out.format, n * c * inner, "residual", &res) < 0) {
+        release_optional(&sv);
+        release_optional(&hv);
+        PyBuffer_Release(&out);
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     if (out.itemsize == 4)
-        epilogue_f32(out.buf, scale, shift, c, inner, p0, p1, i0, i1, relu);
+        epilogue_f32(out.buf, scale, shift, res, c, inner, p0, p1, i0, i1, relu);
     else
-        epilogue_f64(out.buf, scale, shift, c, inner, p0, p1, i0, i1, relu);
+        epilogue_f64(out.buf, scale, shift, res, c, inner, p0, p1, i0, i1, relu);
     Py_END_ALLOW_THREADS
     release_optional(&sv);
     release_optional(&hv);
+    release_optional(&rv);
     PyBuffer_Release(&out);
     Py_RETURN_NONE;
 }
@@ -1916,9 +1968,9 @@ static PyMethodDef methods[] = {
      "weight gradient of samples [n0, n1), computed directly"},
     {"direct_conv", py_direct_conv, METH_VARARGS,
      "direct_conv(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate, scale=None, shift=None, "
-     "relu=False): samples [n0, n1) of a grouped conv (any stride, padding >= 0) computed directly "
-     "(flip: the input gradient of a stride-1 conv, x = dy); out = conv * scale[o] + shift[o], then "
-     "max(out, 0) where relu (the forward's epilogue)"},
+     "relu=False, residual=None): samples [n0, n1) of a grouped conv (any stride, padding >= 0) computed "
+     "directly (flip: the input gradient of a stride-1 conv, x = dy); out = conv * scale[o] + shift[o] "
+     "+ residual, then max(out, 0) where relu (the forward's epilogue)"},
     {"im2col", py_im2col, METH_VARARGS,
      "im2col(x, cols, geometry, N, n0, n1, r0, r1, sample_stride, row_stride): the windows of "
      "samples [n0, n1) and output rows [r0, r1) of NCHW x as columns (zeros in the padding)"},
@@ -1943,8 +1995,9 @@ static PyMethodDef methods[] = {
      "wg_output(m_, out, geometry, O, N, n0, n1, th, tw, ks, accumulate, m, mats): out (+)= the tiles "
      "transformed back"},
     {"epilogue", py_epilogue, METH_VARARGS,
-     "epilogue(out, scale, shift, N, C, inner, p0, p1, i0, i1, relu): values [i0, i1) of planes [p0, p1) "
-     "of (N, C, inner) out = out * scale[c] + shift[c] (None: 1, 0), then max(out, 0) where relu"},
+     "epilogue(out, scale, shift, N, C, inner, p0, p1, i0, i1, relu, residual=None): values [i0, i1) of "
+     "planes [p0, p1) of (N, C, inner) out = out * scale[c] + shift[c] (None: 1, 0) + residual (same "
+     "shape as out; None: 0), then max(out, 0) where relu"},
     {"bias_add", py_bias_add, METH_VARARGS,
      "bias_add(out, bias, N, C, inner, p0, p1): planes [p0, p1) of (N, C, inner) out += bias[c]"},
     {"bias_grad", py_bias_grad, METH_VARARGS,

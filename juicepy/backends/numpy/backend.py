@@ -479,10 +479,11 @@ class NumpyBackend(Backend):
 
     # ------------------------------------------------------------ convolution
     # The kernels live in spatial.py; these methods only pass the workspace through.
-    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False,
+               residual=None):
         check_conv_shapes(self.name, "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
-        check_conv_epilogue(self.name, out, bias, norm)
-        spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias, norm, relu)
+        check_conv_epilogue(self.name, out, bias, norm, residual)
+        spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias, norm, relu, residual)
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):

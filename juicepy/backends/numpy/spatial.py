@@ -26,6 +26,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..base import channels_inner, scratch
 from .threads import gemm_lanes as _gemm_lanes
+from .threads import gemm_threads as _gemm_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
 
@@ -183,18 +184,20 @@ def _grad_batch_inner(backend, plan, dy, ws):
 
 
 class _Epilogue(NamedTuple):
-    """What conv2d applies to its output: out * scale[o] + shift[o] (None: 1, 0), then a ReLU."""
+    """What conv2d applies to its output: out * scale[o] + shift[o] (None: 1, 0) + residual
+    (None: 0), then a ReLU."""
 
     scale: object
     shift: object
     relu: bool
+    residual: object = None
 
 
-def _epilogue(backend, out, bias, norm, relu, ws):
-    """The epilogue of conv2d's bias, folded inference batch norm and ReLU (None when there is
-    none): scale = gamma / sqrt(running_var + eps), shift = beta + (bias - running_mean) * scale."""
+def _epilogue(backend, out, bias, norm, relu, ws, residual=None):
+    """The epilogue of conv2d's bias, folded inference batch norm, residual and ReLU (None when
+    there is none): scale = gamma / sqrt(running_var + eps), shift = beta + (bias - running_mean) * scale."""
     if norm is None:
-        return _Epilogue(None, bias, relu) if bias is not None or relu else None
+        return _Epilogue(None, bias, relu, residual) if bias is not None or relu or residual is not None else None
     channels = (out.shape[1],)
     scale = scratch(ws, backend, "conv_epilogue_scale", channels, out.dtype)
     np.add(norm.running_var, norm.eps, out=scale)
@@ -207,7 +210,7 @@ def _epilogue(backend, out, bias, norm, relu, ws):
         np.subtract(bias, norm.running_mean, out=shift)
     shift *= scale
     shift += norm.beta
-    return _Epilogue(scale, shift, relu)
+    return _Epilogue(scale, shift, relu, residual)
 
 
 def _finish(backend, out, epi, p0, p1, i0=0, i1=None):
@@ -216,12 +219,13 @@ def _finish(backend, out, epi, p0, p1, i0=0, i1=None):
     if epi is not None:
         n, c, inner = channels_inner(out)
         backend.conv_kernels.epilogue(out, epi.scale, epi.shift, n, c, inner, p0, p1, i0,
-                                      inner if i1 is None else i1, epi.relu)
+                                      inner if i1 is None else i1, epi.relu, epi.residual)
 
 
-def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws, bias=None, norm=None, relu=False):
-    epi = _epilogue(backend, out, bias, norm, relu, ws)
-    vectors = [] if epi is None else [a for a in (epi.scale, epi.shift) if a is not None]
+def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws, bias=None, norm=None, relu=False,
+           residual=None):
+    epi = _epilogue(backend, out, bias, norm, relu, ws, residual)
+    vectors = [] if epi is None else [a for a in (epi.scale, epi.shift, epi.residual) if a is not None]
     if _c_conv(backend, x, w, out, *vectors):
         if _is_depthwise(x, w, groups):
             _c_depthwise_forward(backend, x, w, out, stride, padding, dilation, epi)
@@ -235,6 +239,8 @@ def conv2d(backend, x, w, out, stride, padding, dilation, groups, ws, bias=None,
             out *= _view(epi.scale, shape)
         if epi.shift is not None:
             out += epi.shift.reshape(shape)
+        if epi.residual is not None:
+            out += epi.residual
         if epi.relu:
             np.maximum(out, 0, out=out)
 
@@ -547,9 +553,9 @@ def _direct_forward_applies(backend, plan) -> bool:
 
 def _direct_forward(backend, x, w, plan, ws, out, epi=None):
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
-    scale, shift, relu = epi or (None, None, False)
+    scale, shift, relu, residual = epi or (None, None, False, None)
     _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_conv(
-        x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False, scale, shift, relu))
+        x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False, scale, shift, relu, residual))
 
 
 def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
@@ -1006,11 +1012,25 @@ def _valid_counts(backend, ws, in_hw, kernel, stride, padding, out_hw, dtype):
     return counts
 
 
+def _global_mean(backend, x, out, ws):
+    """The mean of each (N, C) plane: one matrix-vector product with ones where x is contiguous
+    (np.mean runs its own loop per plane, several times slower on the small planes ending a CNN)."""
+    n, c, h, w = x.shape
+    means = _view(out, (n * c,)) if out.flags.c_contiguous else None
+    if not (x.flags.c_contiguous and means is not None):
+        np.mean(x, axis=(2, 3), out=_view(out, out.shape[:2]))
+        return
+    ones = scratch(ws, backend, "pool_ones", (h * w,), x.dtype, init=lambda buf: buf.fill(1.0))
+    with _gemm_threads(n * c, 1, h * w):
+        np.matmul(_view(x, (n * c, h * w)), ones, out=means)
+    means /= h * w
+
+
 def avg_pool2d(backend, x, out, kernel, stride, padding, count_include_pad, ws):
     kh, kw = kernel
     out_hw = out.shape[2:]
     if _is_global(x.shape[2:], kernel, padding, out_hw):
-        np.mean(x, axis=(2, 3), out=_view(out, out.shape[:2]))
+        _global_mean(backend, x, out, ws)
         return
     xp = _padded(backend, x, padding, 0.0, ws, "pool_xpad")
     for i in range(kh):

@@ -262,10 +262,17 @@ def single_threaded_blas():
 SMALL_GEMM = 1 << 22
 
 
+#: multiply-adds up to which a product needs no limit: OpenBLAS runs it on the calling thread
+#: by itself (no worker woken, none left spinning after it; docs/numpy.md), and setting its
+#: thread counts there and back costs many times such a product
+TINY_GEMM = 1 << 17
+
+
 def gemm_threads(m: int, n: int, k: int):
-    """The BLAS threading for one (m, k) @ (k, n) product: one thread when it is small, else
-    BLAS's own (a context manager either way)."""
-    if m * n * k <= SMALL_GEMM and _blas_controller() is not None:
+    """The BLAS threading for one (m, k) @ (k, n) product: one thread when it is small (BLAS
+    left as it is for a tiny one, which it runs on this thread anyway), else BLAS's own (a
+    context manager either way)."""
+    if TINY_GEMM < m * n * k <= SMALL_GEMM and _blas_controller() is not None:
         return single_threaded_blas()
     return nullcontext()
 

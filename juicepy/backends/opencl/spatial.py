@@ -331,11 +331,12 @@ class SpatialOps(abc.ABC):
         self._launch_rows("conv.cl", "swap_batch_channels", inner, (a1, a0), *self._ref(src), a0, a1,
                           *self._ref(dst), int(accumulate))
 
-    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False):
-        check_conv_epilogue("opencl", out, bias, norm)
+    def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False,
+               residual=None):
+        check_conv_epilogue("opencl", out, bias, norm, residual)
         if self._conv2d(x, w, out, stride, padding, dilation, groups, ws, bias):
             bias = None   # added by the convolution's kernel
-        conv_epilogue(self, out, bias, norm, relu, ws)
+        conv_epilogue(self, out, bias, norm, relu, ws, residual)
 
     def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias=None) -> bool:
         """out = the convolution of x with w; True where ``bias`` was added too."""

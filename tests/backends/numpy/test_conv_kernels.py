@@ -123,7 +123,9 @@ DIRECT_CASES = [(2, 6, 11, 9, 10, 3, 2, 1, 1, 1),    # odd sizes: rows end insid
                 (2, 4, 10, 10, 6, 3, 2, 2, 2, 1),    # strided and dilated
                 (2, 40, 32, 32, 12, 3, 2, 1, 1, 1),  # rows of whole vectors (stored straight), channel chunks
                 (2, 6, 9, 8, 8, 5, 1, 2, 1, 2),      # stride 1
-                (2, 8, 17, 33, 8, 3, 1, 2, 2, 1)]    # stride 1 dilated, wide rows
+                (2, 8, 17, 33, 8, 3, 1, 2, 2, 1),    # stride 1 dilated, wide rows
+                (2, 12, 8, 8, 12, 3, 1, 1, 1, 1),    # AVX2 float32: blocks of 6 channels x 2 vectors, stored straight
+                (2, 5, 4, 4, 10, 3, 1, 1, 1, 1)]     # the same blocks on a staged grid, a part block of channels
 
 
 @needs_kernels

@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+import juicepy as jp
 from juicepy.backends.numpy import threads
 
 spin_while = threads._spin_while()
@@ -94,3 +95,31 @@ def test_spin_while_returns_when_the_flag_changes_or_the_time_is_up():
         spin_while(np.zeros(2, np.int32), 0, 0, 0.0)
     with pytest.raises(ValueError, match="index"):
         spin_while(flags, 2, 0, 0.0)
+
+
+def test_only_small_products_set_the_blas_thread_count(monkeypatch):
+    """A tiny product leaves BLAS as it is (it runs on the calling thread by itself), a small
+    one runs under one BLAS thread, a large one under BLAS's own threading; the results are
+    the product either way."""
+    from contextlib import contextmanager
+
+    limited = []
+
+    @contextmanager
+    def recording():
+        limited.append(True)
+        yield
+
+    monkeypatch.setattr(threads, "single_threaded_blas", recording)
+    monkeypatch.setattr(threads, "_blas_controller", lambda: object())
+    for (m, n, k), limits in (((32, 10, 64), 0), ((64, 64, 64), 1), ((256, 256, 128), 0)):
+        limited.clear()
+        with threads.gemm_threads(m, n, k):
+            pass
+        assert len(limited) == limits, (m, n, k)
+    backend = jp.backend("numpy")
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((32, 64)).astype(np.float32), rng.standard_normal((64, 10)).astype(np.float32)
+    out = np.empty((32, 10), np.float32)
+    backend.gemm(a, b, out)
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
