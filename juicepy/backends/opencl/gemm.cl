@@ -686,22 +686,21 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
 // ow * sw - pw + kj * dw]. Rows of both operands are staged straight from the NCHW arrays, run
 // by run (a run: consecutive k within one output row), so neither a column matrix nor a
 // channels-first copy of dy is written. a_off / b_off point at the group's first channel;
-// tiles from the ticket counter and split-K as in gemm_nt.
+// split-K over dimension 2 as in gemm_nt.
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
                       __global const float *A, const int a_off, __global const float *X, const int x_off,
                       const int C, const int H, const int W, const int O, const int Ho, const int Wo,
                       const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                       const int dh, const int dw,
-                      __global float *C_, const int c_off, const int ldc, const float alpha, const float beta,
-                      TILE_TICKET_ARGS)
+                      __global float *Cm, const int c_off, const int ldc, const float alpha, const float beta)
 {
     NT_TILE_LOCALS
-    FOR_EACH_TILE
+    GROUP_TILE
     NT_TILE_SETUP
     FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
-    __global float *Cm = C_ + c_off + (size_t)tile_z * M * N;
+    Cm += c_off + (size_t)get_group_id(2) * M * N;
 
     int run_at[BK], run_len[BK], run_h[BK], run_w[BK], run_img[BK], run_pix[BK];
     for (int k0 = k_begin; k0 < k_end; k0 += BK) {
@@ -732,7 +731,6 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
         DOT_TILES(k0 == k_begin)
     }
     STORE_C_TILE(Cm, ldc)
-    END_TILES
 }
 
 // C = alpha * (sum of the `splits` (M, N) slabs of P) + beta * C; one work-item per element

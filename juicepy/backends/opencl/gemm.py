@@ -27,18 +27,12 @@ def even_tile(size: int, most: int, step: int) -> int:
     return min(most, round_up(-(-size // pieces), step))
 
 
-# conv_filter_gemm splits K until C has this many tiles: its tiles are long (K = batch *
-# pixels), so ten of them on two threads left one idle for most of a tile whenever it was
-# held up; K ranges cost no extra gathering (each tile gathers only its own range)
-FILTER_MIN_TILES = 32
-
-
-def k_splits(tiles: int, k: int, bk: int, enough: int = 8) -> int:
-    """How many K ranges to sum separately when C has fewer than ``enough`` tiles to keep the
-    CPU threads busy (a conv weight gradient: a few outputs, K = batch * pixels)."""
-    if tiles >= enough or k < 4 * bk:
+def k_splits(tiles: int, k: int, bk: int) -> int:
+    """How many K ranges to sum separately when C has too few tiles to keep the CPU threads
+    busy (a conv weight gradient: a few outputs, K = batch * pixels)."""
+    if tiles >= 8 or k < 4 * bk:
         return 1
-    return max(1, min(-(-2 * enough // tiles), k // (2 * bk)))
+    return max(1, min(-(-16 // tiles), k // (2 * bk)))
 
 
 
@@ -177,11 +171,11 @@ class GemmOps(abc.ABC):
 
     def _gemm_tiles_run(self, name, m, n, k, tile_m, tile_n, a_src, b_src, c, ldc, alpha, beta, ws):
         """Launch a one-tile-at-a-time kernel over C, split along K when C has few tiles:
-        the kernels take their tiles from the ticket counter (FOR_EACH_TILE in gemm.cl) in a
-        work-group per compute unit."""
+        gemm_packed and gemm_nt take their tiles from the ticket counter (FOR_EACH_TILE in
+        gemm.cl) in a work-group per compute unit, conv_filter_gemm runs a work-group per tile."""
         bk = self._gemm_tiles["BK"]
         grid = [-(-n // tile_n), -(-m // tile_m), 1]
-        splits = k_splits(grid[0] * grid[1], k, bk, FILTER_MIN_TILES if name == "conv_filter_gemm" else 8)
+        splits = k_splits(grid[0] * grid[1], k, bk)
         k_chunk = round_up(-(-k // splits), bk)
         splits = -(-k // k_chunk)
         kernel = self._kernel("gemm.cl", name)
@@ -192,12 +186,15 @@ class GemmOps(abc.ABC):
             slabs = ws.get(self, "gemm_split", (splits * m * n,), F32)
             out = (slabs.base_data, 0)
             args = (m, n, k, tile_m, tile_n, k_chunk, *a_src, *b_src, slabs.base_data, 0, n, 1.0, 0.0)
-        tiles = grid[0] * grid[1] * grid[2]
-        groups = min(tiles, self._gemm_workers)
-        base = self._gemm_ticket_next
-        kernel(self.queue, (groups,), (1,), *args, self._gemm_ticket.base_data, base, grid[0], grid[1], tiles)
-        # the counter's value once this launch has run (the kernel is enqueued: it will run)
-        self._gemm_ticket_next = (base + tiles + groups) % (1 << 32)
+        if name == "conv_filter_gemm":
+            kernel(self.queue, tuple(grid), (1, 1, 1), *args)
+        else:
+            tiles = grid[0] * grid[1] * grid[2]
+            groups = min(tiles, self._gemm_workers)
+            base = self._gemm_ticket_next
+            kernel(self.queue, (groups,), (1,), *args, self._gemm_ticket.base_data, base, grid[0], grid[1], tiles)
+            # the counter's value once this launch has run (the kernel is enqueued: it will run)
+            self._gemm_ticket_next = (base + tiles + groups) % (1 << 32)
         if splits > 1:
             self._launch_flat("gemm.cl", "gemm_split_sum", m * n, splits, out[0], c[0], c[1], n,
                               ldc, float(alpha), float(beta))
