@@ -246,15 +246,9 @@ def test_reading_the_output_a_fusion_skips_is_an_error_not_stale_values(monkeypa
     assert unfused.output(bn_path).shape == ctx.output(relu_path).shape
 
 
-def _conv_norm_net(seed=4):
-    """Convolutions followed by a batch norm (and a ReLU): with a bias, without an affine
-    norm, depthwise, strided 1x1, and a Conv1d with a BatchNorm1d; running statistics and
-    affine params far from their initial 0 and 1; the network's output is the last ReLU's."""
-    net = jp.Network(L.Sequential(
-        L.Conv2d(8, 3, padding=1), L.BatchNorm2d(), L.ReLU(),
-        L.Conv2d(8, 3, padding=1, groups=8, bias=False), L.BatchNorm2d(affine=False), L.ReLU(),
-        L.Conv2d(6, 1, stride=2), L.BatchNorm2d(),
-        L.Reshape((6, 16)), L.Conv1d(5, 3, padding=1), L.BatchNorm1d(), L.ReLU()), input_shape=(3, 8, 8), seed=seed)
+def _with_norms_far_from_init(net, seed):
+    """``net`` with its norms' running statistics, scales and all biases drawn far from their
+    initial 0 and 1, so that a fused epilogue that skipped or misplaced one would show."""
     rng = np.random.default_rng(seed)
     weights = net.get_weights()
     for name, value in weights.items():
@@ -264,6 +258,18 @@ def _conv_norm_net(seed=4):
             weights[name] = rng.normal(0.0, 0.5, value.shape).astype(value.dtype)
     net.set_weights(weights)
     return net
+
+
+def _conv_norm_net(seed=4):
+    """Convolutions followed by a batch norm (and a ReLU): with a bias, without an affine
+    norm, depthwise, strided 1x1, and a Conv1d with a BatchNorm1d; running statistics and
+    affine params far from their initial 0 and 1; the network's output is the last ReLU's."""
+    net = jp.Network(L.Sequential(
+        L.Conv2d(8, 3, padding=1), L.BatchNorm2d(), L.ReLU(),
+        L.Conv2d(8, 3, padding=1, groups=8, bias=False), L.BatchNorm2d(affine=False), L.ReLU(),
+        L.Conv2d(6, 1, stride=2), L.BatchNorm2d(),
+        L.Reshape((6, 16)), L.Conv1d(5, 3, padding=1), L.BatchNorm1d(), L.ReLU()), input_shape=(3, 8, 8), seed=seed)
+    return _with_norms_far_from_init(net, seed)
 
 
 def test_inference_convolution_absorbs_its_batch_norm_and_relu(rng, monkeypatch, backend):
@@ -325,15 +331,7 @@ def _residual_net(seed=6):
     h = L.ReLU()(L.Residual(body)(h, name="plain"), name="relu")
     out = L.Linear(5)(L.GlobalAvgPool2d()(h, name="pool"), name="fc")
     net = jp.Network(inputs=x, outputs=out, seed=seed)
-    rng = np.random.default_rng(seed)
-    weights = net.get_weights()
-    for name, value in weights.items():
-        if name.endswith(("running_var", ".weight")) and value.ndim == 1:
-            weights[name] = rng.uniform(0.3, 3.0, value.shape).astype(value.dtype)
-        elif name.endswith(("running_mean", "bias")):
-            weights[name] = rng.normal(0.0, 0.5, value.shape).astype(value.dtype)
-    net.set_weights(weights)
-    return net
+    return _with_norms_far_from_init(net, seed)
 
 
 def test_inference_convolution_absorbs_the_residual_add_and_relu(rng, monkeypatch, backend):

@@ -158,29 +158,34 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
 // expansion compiles; the unused ones are dropped)
 #define DIRECT_SUMS(u) floatv s##u##0 = (floatv)(b0), s##u##1 = (floatv)(b1), s##u##2 = (floatv)(b2), \
     s##u##3 = (floatv)(b3), s##u##4 = (floatv)(b4), s##u##5 = (floatv)(b5);
+// Opens the loops over a work-item's taps (input channel ci, kernel row ki, column kj) with
+// xv at the tap's first input of the block (XC: the block's offset in a channel plane), wr at
+// the kernel row's weights and t at the column's; DIRECT_TAPS_END closes them. Shared by the
+// row-block and the flat-block kernels so both walk the taps in the same order.
+#define DIRECT_TAPS_BEGIN(XAS, K, XC) \
+    for (int ci = 0; ci < cg; ++ci) { \
+        XAS const float *xc = x0 + (size_t)ci * Hp * Wp + (XC); \
+        __global const float *wp = w0p + ci * w_ci; \
+        for (int ki = 0; ki < (K ? K : kh); ++ki) { \
+            XAS const float *xr = xc + (size_t)ki * dh * Wp; \
+            __global const float *wr = wp + ki * kw * wstep; \
+            for (int kj = 0; kj < (K ? K : kw); ++kj) { \
+                const int t = kj * wstep; \
+                XAS const float *xv = xr + kj * dw;
+#define DIRECT_TAPS_END } } }
 #define DIRECT_ROWS(XAS, LOAD, OUTS, U, K) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
             DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) DIRECT_SUMS(3) \
-            for (int ci = 0; ci < cg; ++ci) { \
-                XAS const float *xc = x0 + ((size_t)ci * Hp + oh * sh) * Wp + ow0 * sw; \
-                __global const float *wp = w0p + ci * w_ci; \
-                for (int ki = 0; ki < (K ? K : kh); ++ki) { \
-                    XAS const float *xr = xc + (size_t)ki * dh * Wp; \
-                    __global const float *wr = wp + ki * kw * wstep; \
-                    for (int kj = 0; kj < (K ? K : kw); ++kj) { \
-                        const int t = kj * wstep; \
-                        const float w0 = wr[t]; \
-                        const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
-                                    w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS == 6 ? wr[4 * w_o + t] : 0.0f, \
-                                    w5 = OUTS == 6 ? wr[5 * w_o + t] : 0.0f; \
-                        XAS const float *xv = xr + kj * dw; \
-                        DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
-                        if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
-                        if (U == 4) { DIRECT_FMA(s, LOAD(xv + 2 * VEC * sw), 2, OUTS) DIRECT_FMA(s, LOAD(xv + 3 * VEC * sw), 3, OUTS) } \
-                    } \
-                } \
-            } \
+            DIRECT_TAPS_BEGIN(XAS, K, (size_t)oh * sh * Wp + ow0 * sw) \
+                const float w0 = wr[t]; \
+                const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
+                            w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS == 6 ? wr[4 * w_o + t] : 0.0f, \
+                            w5 = OUTS == 6 ? wr[5 * w_o + t] : 0.0f; \
+                DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
+                if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
+                if (U == 4) { DIRECT_FMA(s, LOAD(xv + 2 * VEC * sw), 2, OUTS) DIRECT_FMA(s, LOAD(xv + 3 * VEC * sw), 3, OUTS) } \
+            DIRECT_TAPS_END \
             __global float *yr = yp + (size_t)oh * Wo + ow0; \
             DIRECT_STORES(0, OUTS) \
             if (U >= 2) DIRECT_STORES(1, OUTS) \
@@ -216,22 +221,12 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
     for (int v0 = 0; v0 < vectors; v0 += 3) { \
         DIRECT_FLAT_POS(0) DIRECT_FLAT_POS(1) DIRECT_FLAT_POS(2) \
         DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) \
-        for (int ci = 0; ci < cg; ++ci) { \
-            XAS const float *xc = x0 + (size_t)ci * Hp * Wp; \
-            __global const float *wp = w0p + ci * w_ci; \
-            for (int ki = 0; ki < (K ? K : kh); ++ki) { \
-                XAS const float *xr = xc + (size_t)ki * dh * Wp; \
-                __global const float *wr = wp + ki * kw * wstep; \
-                for (int kj = 0; kj < (K ? K : kw); ++kj) { \
-                    const int t = kj * wstep; \
-                    XAS const float *xv = xr + kj * dw; \
-                    const floatv x0v = LOAD(xv + xo0), x1v = LOAD(xv + xo1), x2v = LOAD(xv + xo2); \
-                    DIRECT_FLAT_FMA(0, 0) \
-                    if (OUTS >= 4) { DIRECT_FLAT_FMA(1, w_o) DIRECT_FLAT_FMA(2, 2 * w_o) DIRECT_FLAT_FMA(3, 3 * w_o) } \
-                    if (OUTS == 6) { DIRECT_FLAT_FMA(4, 4 * w_o) DIRECT_FLAT_FMA(5, 5 * w_o) } \
-                } \
-            } \
-        } \
+        DIRECT_TAPS_BEGIN(XAS, K, 0) \
+            const floatv x0v = LOAD(xv + xo0), x1v = LOAD(xv + xo1), x2v = LOAD(xv + xo2); \
+            DIRECT_FLAT_FMA(0, 0) \
+            if (OUTS >= 4) { DIRECT_FLAT_FMA(1, w_o) DIRECT_FLAT_FMA(2, 2 * w_o) DIRECT_FLAT_FMA(3, 3 * w_o) } \
+            if (OUTS == 6) { DIRECT_FLAT_FMA(4, 4 * w_o) DIRECT_FLAT_FMA(5, 5 * w_o) } \
+        DIRECT_TAPS_END \
         DIRECT_FLAT_STORE(0, OUTS) DIRECT_FLAT_STORE(1, OUTS) DIRECT_FLAT_STORE(2, OUTS) \
     }
 
