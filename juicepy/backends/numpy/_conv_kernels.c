@@ -134,6 +134,11 @@ DEFINE_IM2COL(im2col_f64, double, strided_row_f64)
 DEFINE_COL2IM(col2im_f32, float)
 DEFINE_COL2IM(col2im_f64, double)
 
+/* where dx row ``row``'s columns 2k + t (t = 0, 1) sit in the phase buffer: padded row
+ * row + ph, padded column 2k + t + pw, so phase ((row + ph) % 2, (t + pw) % 2) */
+#define PHASE_ROW(row, t)                                                                      \
+    (buf + (((row) + g->ph) & 1) * 2 * phase + (((row) + g->ph) >> 1) * wq                    \
+     + ((g->pw + (t)) & 1) * phase + ((g->pw + (t)) >> 1))
 /* col2im for stride 2 in both directions: each column row is added whole, as contiguous
  * vectors, into one of the four phase planes of the padded plane (phase (a, b) holds padded
  * rows a, a + 2, ... and columns b, b + 2, ...; tap (i, j) lands in phase (i*dh % 2, j*dw % 2)
@@ -156,10 +161,7 @@ DEFINE_COL2IM(col2im_f64, double)
                 memset(buf, 0, (size_t)(4 * phase) * sizeof(T));                              \
                 if (accumulate)                                                               \
                     for (I row = 0; row < g->h; row++) {                                      \
-                        const I pr = row + g->ph;                                             \
-                        T *e = buf + (pr & 1) * 2 * phase + (pr >> 1) * wq;                   \
-                        T *restrict p0 = e + (g->pw & 1) * phase + (g->pw >> 1);              \
-                        T *restrict p1 = e + ((g->pw + 1) & 1) * phase + ((g->pw + 1) >> 1);  \
+                        T *restrict p0 = PHASE_ROW(row, 0), *restrict p1 = PHASE_ROW(row, 1); \
                         const T *src = plane + row * g->w;                                    \
                         for (I k = 0; k < g->w / 2; k++) {                                    \
                             p0[k] = src[2 * k];                                               \
@@ -175,12 +177,8 @@ DEFINE_COL2IM(col2im_f64, double)
                         for (I r = 0; r < g->ho; r++)                                         \
                             for (I q = 0; q < g->wo; q++) dst[r * wq + q] += src[r * g->wo + q]; \
                     }                                                                         \
-                /* dx column 2k + t is padded column 2k + t + pw: phase (t + pw) % 2 */      \
                 for (I row = 0; row < g->h; row++) {                                          \
-                    const I pr = row + g->ph;                                                 \
-                    const T *e = buf + (pr & 1) * 2 * phase + (pr >> 1) * wq;                 \
-                    const T *restrict p0 = e + (g->pw & 1) * phase + (g->pw >> 1);            \
-                    const T *restrict p1 = e + ((g->pw + 1) & 1) * phase + ((g->pw + 1) >> 1); \
+                    const T *restrict p0 = PHASE_ROW(row, 0), *restrict p1 = PHASE_ROW(row, 1); \
                     T *restrict d = plane + row * g->w;                                       \
                     for (I k = 0; k < g->w / 2; k++) {                                        \
                         d[2 * k] = p0[k];                                                     \

@@ -1016,10 +1016,10 @@ def _global_mean(backend, x, out, ws):
     """The mean of each (N, C) plane: one matrix-vector product with ones where x is contiguous
     (np.mean runs its own loop per plane, several times slower on the small planes ending a CNN)."""
     n, c, h, w = x.shape
-    means = _view(out, (n * c,)) if out.flags.c_contiguous else None
-    if not (x.flags.c_contiguous and means is not None):
+    if not (x.flags.c_contiguous and out.flags.c_contiguous):
         np.mean(x, axis=(2, 3), out=_view(out, out.shape[:2]))
         return
+    means = _view(out, (n * c,))
     ones = scratch(ws, backend, "pool_ones", (h * w,), x.dtype, init=lambda buf: buf.fill(1.0))
     with _gemm_threads(n * c, 1, h * w):
         np.matmul(_view(x, (n * c, h * w)), ones, out=means)

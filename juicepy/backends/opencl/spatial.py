@@ -86,11 +86,6 @@ def direct_outputs(outputs: int, lanes: int) -> int:
     return 1
 
 
-# On 8-lane devices (AVX2, 16 vector registers) the 4-output direct forward kernel takes 3
-# vectors at a time across rows (12 accumulators, the NumPy backend's 4 x 3 block)
-DIRECT_FLAT_OUTS = True
-
-
 # output channels per work-item of the row-of-taps weight gradient (conv_direct_bwd_filter_k*_o*
 # in conv.cl) per kernel width, on 8-lane devices, where it was measured
 FILTER_ROW_OUTS = {3: 4, 5: 2}
@@ -109,9 +104,9 @@ def direct_unroll(outs: int, vectors: int, lanes: int = 16) -> int:
     conv.cl) for ``outs`` output planes and rows of ``vectors`` vectors: enough independent
     accumulators (outs x U) to hide the FMA's latency, 8 where the row is long enough; a last
     vector partly past the row costs no more than the chain it replaces would have waited.
-    3 (DIRECT_FLAT in conv.cl: 3 vectors in row-major order, 12 accumulators) for 4 outputs
-    where DIRECT_FLAT_OUTS allows it."""
-    if outs == 4 and DIRECT_FLAT_OUTS and lanes == 8:
+    3 for 4 outputs on 8-lane devices (AVX2, 16 vector registers): DIRECT_FLAT in conv.cl,
+    3 vectors in row-major order, 12 accumulators (the NumPy backend's 4 x 3 block)."""
+    if outs == 4 and lanes == 8:
         return 3
     if vectors <= 1:
         return 1
