@@ -1,5 +1,11 @@
 """Shared helpers for the benchmark suites (importable: pyproject puts bench/ on sys.path)."""
 
+import math
+import statistics
+import time
+
+import pytest
+
 
 def torch_or_none():
     """PyTorch if importable, for reference groups; None otherwise."""
@@ -12,8 +18,6 @@ def torch_or_none():
 
 def require_torch():
     """PyTorch, or skip the benchmark saying why (it is the reference group, not a dependency)."""
-    import pytest
-
     torch = torch_or_none()
     if torch is None:
         pytest.skip("PyTorch is not installed: no torch reference in this run")
@@ -36,3 +40,99 @@ def torch_adam_step(torch, model, x, y, lr=1e-3):
 
     step()
     return step
+
+
+#: The prefix of every paired group's name; the rest is the workload's unpaired group name.
+PAIRED_PREFIX = "paired: "
+
+
+def paired_summary(subject_times, reference_times) -> dict:
+    """The extra_info of a paired benchmark from its self-timed rounds (seconds, round i of each
+    side taken back to back): both medians, their ratio, and the median of the per-round ratios
+    (each round's two calls share whatever slow spell the machine had then)."""
+    if len(subject_times) != len(reference_times) or not subject_times:
+        raise ValueError(f"paired rounds: expected as many subject as reference times (at least one), "
+                         f"got {len(subject_times)} and {len(reference_times)}")
+    subject, reference = statistics.median(subject_times), statistics.median(reference_times)
+    return {"subject_median": subject, "reference_median": reference, "ratio": subject / reference,
+            "pair_ratio": statistics.median(s / r for s, r in zip(subject_times, reference_times)),
+            "rounds": len(subject_times)}
+
+
+#: seconds each side runs untimed before its timed call in a paired round: the other library's
+#: idle threads spin for a while after its call (PyTorch's OpenMP workers, OpenBLAS's, the NumPy
+#: backend's lanes) and, on two cores, a call that starts right after the other side's runs on
+#: half the machine; strict alternation doubled the NumPy backend's LeNet step (docs/architecture.md)
+SETTLE = 0.01
+
+
+def run_paired(benchmark, subject, reference, reference_name, *, max_time, min_rounds,
+               settle=SETTLE, clock=time.perf_counter):
+    """Benchmark ``subject`` with every timed round preceded, in pedantic's setup (outside
+    pytest-benchmark's timing), by one timed call of ``reference``, so that the two sides take
+    turns in this process and the ratio stored in ``benchmark.extra_info`` does not depend on the
+    machine's speed minutes apart. Before each side's timed call it runs untimed for ``settle``
+    seconds (at least one call), so that the other side's spinning threads have gone quiet.
+    Both sides time themselves with ``clock``.
+
+    One pair of calls runs first: it sizes the rounds to spend about ``3 * max_time`` in all (two
+    unpaired tests spend ``2 * max_time``, without the settling), at least ``min_rounds``. Under
+    --benchmark-disable each side runs once and no timings are stored. Returns the extra_info
+    entries written (None when disabled)."""
+    subject_times, reference_times = [], []
+
+    def timed(fn, times):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+
+    def settled(fn):
+        end = clock() + settle
+        fn()
+        while clock() < end:
+            fn()
+
+    benchmark.extra_info["reference"] = reference_name
+    if benchmark.disabled:
+        benchmark.pedantic(subject, setup=reference, rounds=1)
+        return None
+    timed(reference, reference_times)
+    timed(subject, subject_times)
+    t_subject, t_reference = subject_times.pop(), reference_times.pop()
+    per_round = max(t_subject, settle) + max(t_reference, settle) + t_subject + t_reference
+    rounds = max(min_rounds, math.ceil(3 * max_time / per_round) if per_round > 0 else min_rounds)
+
+    def setup():
+        settled(reference)
+        timed(reference, reference_times)
+        settled(subject)
+
+    benchmark.pedantic(lambda: timed(subject, subject_times), setup=setup, rounds=rounds)
+    summary = paired_summary(subject_times, reference_times)
+    benchmark.extra_info.update(summary)
+    return summary
+
+
+def paired_reference(backend, build, build_torch):
+    """(reference step, its name) for a paired benchmark of ``build(backend)``: PyTorch's
+    ``build_torch(torch)`` for the NumPy backend (skips where PyTorch is missing), the NumPy
+    backend's ``build(numpy backend)`` for every other backend."""
+    if backend.name == "numpy":
+        return build_torch(require_torch()), "torch"
+    import juicepy
+
+    return build(juicepy.backend("numpy")), "numpy"
+
+
+@pytest.fixture
+def paired(benchmark, request):
+    """``paired(subject, reference, reference_name)``: run_paired with this run's
+    --benchmark-max-time and --benchmark-min-rounds."""
+    config = request.config
+
+    def run(subject, reference, reference_name):
+        return run_paired(benchmark, subject, reference, reference_name,
+                          max_time=float(config.getoption("benchmark_max_time")),
+                          min_rounds=config.getoption("benchmark_min_rounds"))
+
+    return run

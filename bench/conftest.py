@@ -10,6 +10,8 @@ import pytest
 
 import juicepy as jp
 
+from benchutil import paired  # noqa: F401  (the fixture of the paired benchmarks)
+
 _SESSION_PATCH = pytest.MonkeyPatch()
 if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
     from cuda_emulator import cupy as emulated_cupy
