@@ -126,13 +126,13 @@ def paired_reference(backend, build, build_torch):
 
 @pytest.fixture
 def paired(benchmark, request):
-    """``paired(subject, reference, reference_name)``: run_paired with this run's
-    --benchmark-max-time and --benchmark-min-rounds."""
+    """``paired(subject, reference, reference_name, **options)``: run_paired with this run's
+    --benchmark-max-time and --benchmark-min-rounds (options: settle, clock)."""
     config = request.config
 
-    def run(subject, reference, reference_name):
+    def run(subject, reference, reference_name, **options):
         return run_paired(benchmark, subject, reference, reference_name,
                           max_time=float(config.getoption("benchmark_max_time")),
-                          min_rounds=config.getoption("benchmark_min_rounds"))
+                          min_rounds=config.getoption("benchmark_min_rounds"), **options)
 
     return run
