@@ -1,5 +1,6 @@
 """Shared helpers for the benchmark suites (importable: pyproject puts bench/ on sys.path)."""
 
+import ctypes
 import math
 import statistics
 import time
@@ -59,11 +60,11 @@ def paired_summary(subject_times, reference_times) -> dict:
             "rounds": len(subject_times)}
 
 
-#: seconds each side runs untimed before its timed call in a paired round: the other library's
-#: idle threads spin for a while after its call (PyTorch's OpenMP workers, OpenBLAS's, the NumPy
-#: backend's lanes) and, on two cores, a call that starts right after the other side's runs on
-#: half the machine; strict alternation doubled the NumPy backend's LeNet step (docs/architecture.md)
-SETTLE = 0.01
+#: seconds each side runs untimed before its timed call in a paired round: the other side's idle
+#: threads keep spinning after its call (OpenBLAS's for about 2**28 TSC ticks, PyTorch's OpenMP
+#: workers, the NumPy backend's lanes) and, on two cores, a call that starts inside that window
+#: runs on half the machine (docs/architecture.md, "Measuring speed")
+SETTLE = 0.12
 
 
 def run_paired(benchmark, subject, reference, reference_name, *, max_time, min_rounds,
@@ -94,7 +95,10 @@ def run_paired(benchmark, subject, reference, reference_name, *, max_time, min_r
 
     benchmark.extra_info["reference"] = reference_name
     if benchmark.disabled:
-        benchmark.pedantic(subject, setup=reference, rounds=1)
+        def call_reference():  # pedantic takes what a setup returns for the target's arguments
+            reference()
+
+        benchmark.pedantic(subject, setup=call_reference, rounds=1)
         return None
     timed(reference, reference_times)
     timed(subject, subject_times)
@@ -124,11 +128,32 @@ def paired_reference(backend, build, build_torch):
     return build(juicepy.backend("numpy")), "numpy"
 
 
+#: glibc mallopt parameters and the values the paired tests pin them to: the ceiling of glibc's
+#: own dynamic mmap threshold on 64-bit, and a trim threshold no benchmark's frees reach
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_PINNED = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: (1 << 31) - 1}  # mallopt takes an int
+
+
+def pin_malloc_thresholds() -> bool:
+    """Fix glibc's malloc thresholds for the rest of the process (True where glibc took them).
+    Left dynamic, they follow the biggest blocks freed so far, so whether PyTorch's per-call
+    tensors come from the heap or from fresh zeroed pages depends on what else ran in the
+    process, and interleaving the NumPy backend's calls turned PyTorch's conv forward to the
+    slow case (docs/architecture.md); the paired tests run after all others (conftest)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return all(mallopt(param, value) == 1 for param, value in _PINNED.items())
+
+
 @pytest.fixture
 def paired(benchmark, request):
     """``paired(subject, reference, reference_name, **options)``: run_paired with this run's
-    --benchmark-max-time and --benchmark-min-rounds (options: settle, clock)."""
+    --benchmark-max-time and --benchmark-min-rounds (options: settle, clock), glibc's malloc
+    thresholds pinned."""
     config = request.config
+    pin_malloc_thresholds()
 
     def run(subject, reference, reference_name, **options):
         return run_paired(benchmark, subject, reference, reference_name,

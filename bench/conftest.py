@@ -21,6 +21,12 @@ if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
 AVAILABLE = jp.available_backends()
 
 
+def pytest_collection_modifyitems(config, items):
+    """The paired benchmarks run after all others: they pin glibc's malloc thresholds for the rest
+    of the process (benchutil.pin_malloc_thresholds), which the unpaired ones never had."""
+    items.sort(key=lambda item: "paired" in getattr(item, "fixturenames", ()))
+
+
 def pytest_unconfigure(config):
     _SESSION_PATCH.undo()
 
