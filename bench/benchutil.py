@@ -139,12 +139,18 @@ def pin_malloc_thresholds() -> bool:
     Left dynamic, they follow the biggest blocks freed so far, so whether PyTorch's per-call
     tensors come from the heap or from fresh zeroed pages depends on what else ran in the
     process, and interleaving the NumPy backend's calls turned PyTorch's conv forward to the
-    slow case (docs/architecture.md); the paired tests run after all others (conftest)."""
+    slow case (docs/architecture.md); the paired tests run after all others (paired_last)."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):  # not glibc
         return False
     return all(mallopt(param, value) == 1 for param, value in _PINNED.items())
+
+
+def paired_last(items) -> None:
+    """Move the paired benchmarks after all others, keeping each part's order: they pin glibc's
+    malloc thresholds for the rest of the process, which the unpaired ones never ran under."""
+    items.sort(key=lambda item: "paired" in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture

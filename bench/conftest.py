@@ -10,7 +10,7 @@ import pytest
 
 import juicepy as jp
 
-from benchutil import paired  # noqa: F401  (the fixture of the paired benchmarks)
+from benchutil import paired, paired_last  # noqa: F401  (paired: the paired benchmarks' fixture)
 
 _SESSION_PATCH = pytest.MonkeyPatch()
 if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
@@ -22,9 +22,7 @@ AVAILABLE = jp.available_backends()
 
 
 def pytest_collection_modifyitems(config, items):
-    """The paired benchmarks run after all others: they pin glibc's malloc thresholds for the rest
-    of the process (benchutil.pin_malloc_thresholds), which the unpaired ones never had."""
-    items.sort(key=lambda item: "paired" in getattr(item, "fixturenames", ()))
+    paired_last(items)
 
 
 def pytest_unconfigure(config):

@@ -3,6 +3,7 @@ the ratios come from the timed rounds only, and --benchmark-disable runs each si
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -104,3 +105,12 @@ def test_summary_pairs_round_by_round():
 def test_summary_refuses_unmatched_rounds():
     with pytest.raises(ValueError, match="got 2 and 1"):
         benchutil.paired_summary([1.0, 2.0], [1.0])
+
+
+def test_paired_benchmarks_run_after_all_others():
+    """They pin glibc's malloc thresholds for the rest of the process (bench/conftest.py)."""
+    items = [SimpleNamespace(name=name, fixturenames=names) for name, names in [
+        ("conv_paired", ["benchmark", "paired"]), ("conv", ["benchmark"]), ("lenet_paired", ["paired"]),
+        ("lenet", ["benchmark", "backend"]), ("mlp", ["benchmark"])]]
+    benchutil.paired_last(items)
+    assert [item.name for item in items] == ["conv", "lenet", "mlp", "conv_paired", "lenet_paired"]
