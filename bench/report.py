@@ -8,7 +8,8 @@ to the NumPy backend, per workload (needs the plot extra: pip install 'juicepy[p
 The unpaired ratios (and the chart) divide medians of two tests that ran minutes apart, so a slow
 spell of the machine during one of them moves the ratio. The paired benchmarks (groups named
 "paired: <workload>", benchutil.run_paired) call their reference before every timed round in the
-same process: PyTorch for the NumPy backend, the NumPy backend for every other backend. Their
+same process, each side running untimed for a moment first so that the other's idle threads have
+stopped spinning: PyTorch for the NumPy backend, the NumPy backend for every other backend. Their
 table gives, per workload and backend, the ratio of the two medians and the median of the
 round-by-round ratios, with both medians.
 """
