@@ -10,6 +10,8 @@ import pytest
 
 import juicepy as jp
 
+from benchutil import paired, paired_last  # noqa: F401  (paired: the paired benchmarks' fixture)
+
 _SESSION_PATCH = pytest.MonkeyPatch()
 if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
     from cuda_emulator import cupy as emulated_cupy
@@ -17,6 +19,10 @@ if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
     emulated_cupy.install(_SESSION_PATCH.setitem)
 
 AVAILABLE = jp.available_backends()
+
+
+def pytest_collection_modifyitems(config, items):
+    paired_last(items)
 
 
 def pytest_unconfigure(config):

@@ -1,15 +1,25 @@
 """Print each benchmark group of a pytest-benchmark JSON file as ratios to its fastest entry,
-with GFLOP/s where a benchmark recorded its flops in extra_info; ``--chart PNG`` also draws
-juicepy's time relative to PyTorch, and each backend's time relative to the NumPy backend,
-per workload (needs the plot extra: pip install 'juicepy[plot]').
+with GFLOP/s where a benchmark recorded its flops in extra_info, then the paired ratios;
+``--chart PNG`` also draws juicepy's time relative to PyTorch, and each backend's time relative
+to the NumPy backend, per workload (needs the plot extra: pip install 'juicepy[plot]').
 
     python bench/report.py results.json [--chart speed.png]
+
+The unpaired ratios (and the chart) divide medians of two tests that ran minutes apart, so a slow
+spell of the machine during one of them moves the ratio. The paired benchmarks (groups named
+"paired: <workload>", benchutil.run_paired) call their reference before every timed round in the
+same process, each side running untimed for a moment first so that the other's idle threads have
+stopped spinning: PyTorch for the NumPy backend, the NumPy backend for every other backend. Their
+table gives, per workload and backend, the ratio of the two medians and the median of the
+round-by-round ratios, with both medians.
 """
 
 import argparse
 import json
 import sys
 from collections import defaultdict
+
+from benchutil import PAIRED_PREFIX
 
 
 def load_groups(path: str) -> dict:
@@ -48,10 +58,44 @@ def _label(bench) -> str:
     return ", ".join([_backend(bench)] + others)
 
 
+def _paired(bench) -> bool:
+    return "reference" in (bench.get("extra_info") or {})
+
+
+def _unpaired(groups: dict) -> dict:
+    """The groups less the paired benchmarks, whose ratios are in their own table."""
+    kept = {group: [b for b in benches if not _paired(b)] for group, benches in groups.items()}
+    return {group: benches for group, benches in kept.items() if benches}
+
+
+def paired_ratios(groups: dict) -> list[tuple[str, str, str, dict]]:
+    """(workload, juicepy entry, reference, its extra_info) of every paired benchmark that
+    recorded timings (none do under --benchmark-disable)."""
+    rows = []
+    for group, benches in groups.items():
+        for b in benches:
+            info = b.get("extra_info") or {}
+            if _paired(b) and "ratio" in info:
+                rows.append((group.removeprefix(PAIRED_PREFIX), _label(b), info["reference"], info))
+    return rows
+
+
+def print_paired(groups: dict) -> None:
+    rows = paired_ratios(groups)
+    if not rows:
+        return
+    print("\npaired ratios (reference called before every timed round, same process)")
+    print(f"  {'workload':<52} {'backend':<8} {'reference':<9} {'ratio':>6} {'of pairs':>8}"
+          f" {'median ms':>10} {'ref ms':>9} {'rounds':>6}")
+    for workload, label, reference, info in rows:
+        print(f"  {workload:<52} {label:<8} {reference:<9} {info['ratio']:6.2f} {info['pair_ratio']:8.2f}"
+              f" {info['subject_median'] * 1e3:10.3f} {info['reference_median'] * 1e3:9.3f} {info['rounds']:6d}")
+
+
 def vs_torch(groups: dict) -> list[tuple[str, str, float]]:
     """(workload, juicepy entry, its median / PyTorch's) for groups with a PyTorch entry."""
     rows = []
-    for group, benches in groups.items():
+    for group, benches in _unpaired(groups).items():
         torch = [b["stats"]["median"] for b in benches if "torch" in b["name"] and _backend(b) is None]
         if not torch:
             continue
@@ -65,7 +109,7 @@ def vs_numpy_backend(groups: dict) -> list[tuple[str, str, float]]:
     """(workload, entry, its median / the same benchmark's on the NumPy backend) for every
     benchmark run on another backend too."""
     rows = []
-    for group, benches in groups.items():
+    for group, benches in _unpaired(groups).items():
         numpy = {_variant(b): b["stats"]["median"] for b in benches if _backend(b) == "numpy"}
         others = [b for b in benches if _backend(b) not in (None, "numpy") and _variant(b) in numpy]
         for b in sorted(others, key=_variant):
@@ -137,6 +181,7 @@ def main(argv=None) -> int:
             print(f"report.py: error: {err}", file=sys.stderr)
             return 1
     print_table(groups)
+    print_paired(groups)
     if args.chart:
         print(f"\nwrote {args.chart}")
     return 0

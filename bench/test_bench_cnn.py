@@ -1,6 +1,8 @@
 """Convolutional networks on 3x32x32 inputs (batch 32, Adam): a CIFAR-shaped CNN (3x conv-BN-ReLU-
 max-pool, then a linear classifier) and the zoo's ResNet, one training step and forward-only,
-juicepy on every backend vs the same model in PyTorch CPU eager in the same group.
+juicepy on every backend vs the same model in PyTorch CPU eager in the same group; the paired
+tests time juicepy's calls interleaved with their reference's (PyTorch for the NumPy backend, the
+NumPy backend for others).
 
     pytest bench/test_bench_cnn.py --benchmark-json=cnn.json && python bench/report.py cnn.json
 """
@@ -13,7 +15,7 @@ from juicepy import layers as L
 from juicepy.models import resnet
 from juicepy.train import Adam, Trainer
 
-from benchutil import require_torch, torch_adam_step
+from benchutil import PAIRED_PREFIX, paired_reference, require_torch, torch_adam_step
 
 BATCH, SHAPE, CLASSES = 32, (3, 32, 32), 10
 WIDTHS = (32, 64, 128)
@@ -68,36 +70,30 @@ MODELS = {"cifar cnn 3x(conv-bn-relu-pool)": (_cnn, _torch_cnn),
           "resnet 16-32-64": (lambda: resnet(SHAPE, CLASSES), _torch_resnet)}
 
 
-@pytest.mark.parametrize("model", list(MODELS))
-def test_cnn_step_juicepy(benchmark, backend, model):
-    benchmark.group = f"{model} b{BATCH} 3x32x32 adam step"
+def _group(model, what):
+    return f"{model} b{BATCH} 3x32x32 {what}"
+
+
+def juicepy_step(backend, model):
     trainer = Trainer(jp.Network(MODELS[model][0](), SHAPE), L.SoftmaxCrossEntropy(), Adam(lr=1e-3),
                       batch_size=BATCH)
     x, y = _data()
     trainer.train_minibatch(backend, x, y)
-    benchmark(trainer.train_minibatch, backend, x, y)
+    return lambda: trainer.train_minibatch(backend, x, y)
 
 
-@pytest.mark.parametrize("model", list(MODELS))
-def test_cnn_step_torch(benchmark, model):
-    torch = require_torch()
-    benchmark.group = f"{model} b{BATCH} 3x32x32 adam step"
-    benchmark(torch_adam_step(torch, MODELS[model][1](torch), *_data()))
+def torch_step(torch, model):
+    return torch_adam_step(torch, MODELS[model][1](torch), *_data())
 
 
-@pytest.mark.parametrize("model", list(MODELS))
-def test_cnn_forward_juicepy(benchmark, backend, model):
-    benchmark.group = f"{model} b{BATCH} 3x32x32 forward"
+def juicepy_forward(backend, model):
     net = jp.Network(MODELS[model][0](), SHAPE)
     x, _ = _data()
     net.transform(backend, x)
-    benchmark(net.transform, backend, x)
+    return lambda: net.transform(backend, x)
 
 
-@pytest.mark.parametrize("model", list(MODELS))
-def test_cnn_forward_torch(benchmark, model):
-    torch = require_torch()
-    benchmark.group = f"{model} b{BATCH} 3x32x32 forward"
+def torch_forward(torch, model):
     net = MODELS[model][1](torch).eval()
     xt = torch.from_numpy(_data()[0])
 
@@ -106,4 +102,43 @@ def test_cnn_forward_torch(benchmark, model):
             return net(xt).numpy()  # a host array, as transform returns
 
     forward()
-    benchmark(forward)
+    return forward
+
+
+# what -> (juicepy builder, PyTorch builder)
+WORKLOADS = {"adam step": (juicepy_step, torch_step), "forward": (juicepy_forward, torch_forward)}
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_step_juicepy(benchmark, backend, model):
+    benchmark.group = _group(model, "adam step")
+    benchmark(juicepy_step(backend, model))
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_step_torch(benchmark, model):
+    torch = require_torch()
+    benchmark.group = _group(model, "adam step")
+    benchmark(torch_step(torch, model))
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_forward_juicepy(benchmark, backend, model):
+    benchmark.group = _group(model, "forward")
+    benchmark(juicepy_forward(backend, model))
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_forward_torch(benchmark, model):
+    torch = require_torch()
+    benchmark.group = _group(model, "forward")
+    benchmark(torch_forward(torch, model))
+
+
+@pytest.mark.parametrize("what", list(WORKLOADS))
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_paired(benchmark, paired, backend, model, what):
+    benchmark.group = PAIRED_PREFIX + _group(model, what)
+    build, build_torch = WORKLOADS[what]
+    reference, name = paired_reference(backend, lambda be: build(be, model), lambda torch: build_torch(torch, model))
+    paired(build(backend, model), reference, name)

@@ -1,6 +1,7 @@
 """Single conv layers, forward + backward (input and weight gradients) and forward only, juicepy
 on every backend vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin, a
-strided one, pointwise 1x1, 5x5, dilated and grouped.
+strided one, pointwise 1x1, 5x5, dilated and grouped. The paired tests time each workload with
+its reference's calls interleaved (PyTorch for the NumPy backend, the NumPy backend for others).
 
     pytest bench/test_bench_conv.py --benchmark-json=conv.json && python bench/report.py conv.json
 """
@@ -11,7 +12,7 @@ import pytest
 import juicepy as jp
 from juicepy import layers as L
 
-from benchutil import require_torch
+from benchutil import PAIRED_PREFIX, paired_reference, require_torch
 
 BATCH = 32
 # name -> (in channels, H=W, Conv2d arguments)
@@ -26,21 +27,31 @@ CASES = {
 }
 
 
-def _flops(channels, size, args, out_hw):
+def _network(case):
+    channels, size, args = CASES[case]
+    return jp.Network(L.Conv2d(**args), (channels, size, size))
+
+
+def _flops(case):
     """Multiply-adds x2 of forward, input gradient and weight gradient."""
+    channels, _, args = CASES[case]
     k = args["kernel_size"]
     per_output = channels // args.get("groups", 1) * k * k
-    return 3 * 2 * BATCH * args["out_channels"] * out_hw[0] * out_hw[1] * per_output
+    out_channels, out_h, out_w = _network(case).output_shape
+    return 3 * 2 * BATCH * out_channels * out_h * out_w * per_output
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_conv_fwd_bwd_juicepy(benchmark, backend, case):
-    channels, size, args = CASES[case]
-    benchmark.group = f"conv {case} fwd+bwd"
-    net = jp.Network(L.Conv2d(**args), (channels, size, size))
+def _input(case, rng):
+    channels, size, _ = CASES[case]
+    return rng.standard_normal((BATCH, channels, size, size), dtype=np.float32)
+
+
+def juicepy_fwd_bwd(backend, case):
+    """A forward + backward of the layer on `backend` from a fixed upstream gradient, run once."""
+    net = _network(case)
     ctx = net.context(backend, BATCH, training=True, input_grads=True)
     rng = np.random.default_rng(0)
-    ctx.set_inputs([rng.standard_normal((BATCH, channels, size, size), dtype=np.float32)])
+    ctx.set_inputs([_input(case, rng)])
     upstream = backend.from_host(rng.standard_normal((BATCH,) + net.output_shape, dtype=np.float32))
 
     def step():
@@ -51,18 +62,14 @@ def test_conv_fwd_bwd_juicepy(benchmark, backend, case):
         backend.synchronize()
 
     step()
-    benchmark(step)
-    benchmark.extra_info["flops"] = _flops(channels, size, args, net.output_shape[1:])
+    return step
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_conv_fwd_bwd_torch(benchmark, case):
-    torch = require_torch()
-    channels, size, args = CASES[case]
-    benchmark.group = f"conv {case} fwd+bwd"
+def torch_fwd_bwd(torch, case):
+    channels, _, args = CASES[case]
     conv = torch.nn.Conv2d(channels, **args)
     rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((BATCH, channels, size, size), dtype=np.float32)).requires_grad_(True)
+    x = torch.from_numpy(_input(case, rng)).requires_grad_(True)
     with torch.no_grad():
         out_shape = conv(x).shape
     upstream = torch.from_numpy(rng.standard_normal(tuple(out_shape), dtype=np.float32))
@@ -73,39 +80,70 @@ def test_conv_fwd_bwd_torch(benchmark, case):
         conv(x).backward(upstream)
 
     step()
-    benchmark(step)
-    benchmark.extra_info["flops"] = _flops(channels, size, args, tuple(out_shape[2:]))
+    return step
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_conv_forward_juicepy(benchmark, backend, case):
-    channels, size, args = CASES[case]
-    benchmark.group = f"conv {case} forward"
-    net = jp.Network(L.Conv2d(**args), (channels, size, size))
-    ctx = net.context(backend, BATCH)
-    rng = np.random.default_rng(0)
-    ctx.set_inputs([rng.standard_normal((BATCH, channels, size, size), dtype=np.float32)])
+def juicepy_forward(backend, case):
+    ctx = _network(case).context(backend, BATCH)
+    ctx.set_inputs([_input(case, np.random.default_rng(0))])
 
     def forward():
         ctx.forward()
         backend.synchronize()
 
     forward()
-    benchmark(forward)
+    return forward
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_conv_forward_torch(benchmark, case):
-    torch = require_torch()
-    channels, size, args = CASES[case]
-    benchmark.group = f"conv {case} forward"
+def torch_forward(torch, case):
+    channels, _, args = CASES[case]
     conv = torch.nn.Conv2d(channels, **args)
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((BATCH, channels, size, size), dtype=np.float32))
+    x = torch.from_numpy(_input(case, np.random.default_rng(0)))
 
     def forward():
         with torch.no_grad():
             conv(x)
 
     forward()
-    benchmark(forward)
+    return forward
+
+
+# mode -> (juicepy builder, PyTorch builder)
+MODES = {"fwd+bwd": (juicepy_fwd_bwd, torch_fwd_bwd), "forward": (juicepy_forward, torch_forward)}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_fwd_bwd_juicepy(benchmark, backend, case):
+    benchmark.group = f"conv {case} fwd+bwd"
+    benchmark(juicepy_fwd_bwd(backend, case))
+    benchmark.extra_info["flops"] = _flops(case)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_fwd_bwd_torch(benchmark, case):
+    torch = require_torch()
+    benchmark.group = f"conv {case} fwd+bwd"
+    benchmark(torch_fwd_bwd(torch, case))
+    benchmark.extra_info["flops"] = _flops(case)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_forward_juicepy(benchmark, backend, case):
+    benchmark.group = f"conv {case} forward"
+    benchmark(juicepy_forward(backend, case))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_forward_torch(benchmark, case):
+    torch = require_torch()
+    benchmark.group = f"conv {case} forward"
+    benchmark(torch_forward(torch, case))
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("case", list(CASES))
+def test_conv_paired(benchmark, paired, backend, case, mode):
+    benchmark.group = f"{PAIRED_PREFIX}conv {case} {mode}"
+    build, build_torch = MODES[mode]
+    reference, name = paired_reference(backend, lambda be: build(be, case), lambda torch: build_torch(torch, case))
+    paired(build(backend, case), reference, name)

@@ -1,4 +1,6 @@
-"""MLP training steps: juicepy on every backend vs PyTorch CPU eager vs hand-written NumPy.
+"""MLP training steps: juicepy on every backend vs PyTorch CPU eager vs hand-written NumPy; the
+paired test times the small MLP's step interleaved with its reference's (PyTorch for the NumPy
+backend, the NumPy backend for others).
 
     pytest bench/test_bench_mlp.py --benchmark-json=mlp.json && python bench/report.py mlp.json
 """
@@ -10,7 +12,7 @@ import juicepy as jp
 from juicepy import layers as L
 from juicepy.train import Adam, Trainer
 
-from benchutil import require_torch, torch_adam_step
+from benchutil import PAIRED_PREFIX, paired_reference, require_torch, torch_adam_step
 from handwritten import HandwrittenMLP
 
 SMALL = (784, 512, 512, 10)
@@ -45,20 +47,36 @@ def train_flops(sizes, batch):
     return 3 * sum(per) - per[0]
 
 
-@pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
-def test_mlp_step_juicepy(benchmark, backend):
+SMALL_STEP = "mlp 784-512-512-10 b128 adam step"
+
+
+def juicepy_small_step(backend):
     trainer = _juicepy_trainer(SMALL, 128)
     x, y = _data(128, SMALL)
     trainer.train_minibatch(backend, x, y)
-    benchmark(trainer.train_minibatch, backend, x, y)
+    return lambda: trainer.train_minibatch(backend, x, y)
 
 
-@pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
+def torch_small_step(torch):
+    return _torch_step(torch, SMALL, 128)
+
+
+@pytest.mark.benchmark(group=SMALL_STEP)
+def test_mlp_step_juicepy(benchmark, backend):
+    benchmark(juicepy_small_step(backend))
+
+
+@pytest.mark.benchmark(group=SMALL_STEP)
 def test_mlp_step_torch(benchmark):
-    benchmark(_torch_step(require_torch(), SMALL, 128))
+    benchmark(torch_small_step(require_torch()))
 
 
-@pytest.mark.benchmark(group="mlp 784-512-512-10 b128 adam step")
+@pytest.mark.benchmark(group=PAIRED_PREFIX + SMALL_STEP)
+def test_mlp_step_paired(paired, backend):
+    paired(juicepy_small_step(backend), *paired_reference(backend, juicepy_small_step, torch_small_step))
+
+
+@pytest.mark.benchmark(group=SMALL_STEP)
 def test_mlp_step_handwritten_numpy(benchmark):
     mlp = HandwrittenMLP(SMALL)
     x, y = _data(128, SMALL)

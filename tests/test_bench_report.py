@@ -15,6 +15,16 @@ def _bench(name, group, median, backend=None, **params):
             "stats": {"median": median}, "extra_info": {}}
 
 
+def _paired(group, backend, reference, subject_ms, reference_ms):
+    """A paired benchmark as benchutil.run_paired records it; its group also holds another
+    backend's entry with the same params, which the unpaired ratios must not pick up."""
+    bench = _bench("test_step_paired", "paired: " + group, subject_ms / 1e3, backend)
+    bench["extra_info"] = {"reference": reference, "subject_median": subject_ms / 1e3,
+                           "reference_median": reference_ms / 1e3, "ratio": subject_ms / reference_ms,
+                           "pair_ratio": 0.9, "rounds": 12}
+    return bench
+
+
 RESULTS = {"benchmarks": [
     _bench("test_step_juicepy", "mlp step", 0.003, "numpy"),
     _bench("test_step_juicepy", "mlp step", 0.0036, "opencl"),
@@ -25,6 +35,8 @@ RESULTS = {"benchmarks": [
     _bench("test_serve", "serve", 0.2, "numpy", mode="batched"),
     _bench("test_serve", "serve", 0.3, "numpy", mode="unbatched"),
     _bench("test_serve", "serve", 0.25, "opencl", mode="batched"),
+    _paired("mlp step", "numpy", "torch", 3.0, 4.0),
+    _paired("mlp step", "opencl", "numpy", 3.3, 3.0),
 ]}
 
 
@@ -37,6 +49,19 @@ def test_ratios_per_workload():
                                        ("lenet step", "numpy", pytest.approx(1.25))]
     assert report.vs_numpy_backend(groups) == [("mlp step", "opencl", pytest.approx(1.2)),
                                                ("serve", "opencl, batched", pytest.approx(1.25))]
+
+
+def test_paired_ratios_in_their_own_table(tmp_path, capsys):
+    groups = {}
+    for b in RESULTS["benchmarks"]:
+        groups.setdefault(b["group"], []).append(b)
+    rows = [(workload, label, reference, info["ratio"]) for workload, label, reference, info in report.paired_ratios(groups)]
+    assert rows == [("mlp step", "numpy", "torch", pytest.approx(0.75)), ("mlp step", "opencl", "numpy", pytest.approx(1.1))]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(RESULTS))
+    assert report.main([str(path)]) == 0
+    paired = capsys.readouterr().out.split("paired ratios")[1].splitlines()
+    assert paired[2].split()[-7:] == ["numpy", "torch", "0.75", "0.90", "3.000", "4.000", "12"]
 
 
 def test_chart_and_table(tmp_path, capsys, assert_png):
