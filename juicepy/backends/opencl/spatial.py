@@ -248,10 +248,11 @@ class SpatialOps(abc.ABC):
                                               out.base_data)
         return out
 
-    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws, bias=None):
+    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws, bias=None, epilogue=None):
         """conv_direct_fwd over x padded by the geometry's padding: in local memory per
         work-item where a group's padded planes fit (_local_planes), else a padded copy; the
-        sums start from ``bias`` where one is given."""
+        sums start from ``bias`` where one is given and the stores apply ``epilogue``
+        (_epilogue_args)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         outs = direct_outputs(o // groups, self._conv_vec)
@@ -260,7 +261,7 @@ class SpatialOps(abc.ABC):
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
         suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
-                int(flip), int(accumulate), *self._optional(bias))
+                int(flip), int(accumulate), *self._optional(bias), *self._epilogue_args(epilogue))
         local = (c // groups * hp * wp + lanes_past + wp) * 4
         if local <= self._local_planes_bytes():
             per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
@@ -282,7 +283,7 @@ class SpatialOps(abc.ABC):
         o, kh, kw, sh, sw = geo[4], geo[5], geo[6], geo[9], geo[10]
         return (sh, sw) != (1, 1) and (o // groups) % 4 == 0 and kh * kw <= PHASED_MAX_TAPS
 
-    def _phased_forward(self, x, w, y, geo, groups, ws, bias):
+    def _phased_forward(self, x, w, y, geo, groups, ws, bias, epilogue=None):
         """y = bias + the strided convolution ``geo`` of x, by the direct kernel on x laid out
         as phase planes (pad_phases in conv.cl)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
@@ -297,7 +298,7 @@ class SpatialOps(abc.ABC):
         self._kernel("conv.cl", "conv_direct_fwd4_phased")(
             self.queue, (n * o // (4 * per),), (1,), xq.base_data, *self._ref(w), *self._ref(y), c, hq, wq, o, ho,
             wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, per, min(c // groups, PHASED_CHANNELS),
-            *self._optional(bias))
+            *self._optional(bias), *self._epilogue_args(epilogue))
 
     def _local_planes_bytes(self) -> int:
         """The most local memory the direct forward kernel stages padded planes in: its own
@@ -329,23 +330,53 @@ class SpatialOps(abc.ABC):
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False,
                residual=None):
         check_conv_epilogue("opencl", out, bias, norm, residual)
-        if self._conv2d(x, w, out, stride, padding, dilation, groups, ws, bias):
-            bias = None   # added by the convolution's kernel
-        conv_epilogue(self, out, bias, norm, relu, ws, residual)
-
-    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias=None) -> bool:
-        """out = the convolution of x with w; True where ``bias`` was added too."""
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
+        if self._use_winograd(geo, groups, "forward") or not (
+                self._use_phased(geo, groups) or self._use_direct(geo, groups, "forward") or self._use_implicit()):
+            self._conv2d(x, w, out, geo, groups, ws)   # Winograd or im2col: the epilogue as ops of its own
+            conv_epilogue(self, out, bias, norm, relu, ws, residual)
+            return
+        if norm is not None:
+            w, bias = self._fold_norm(w, bias, norm, ws)
+        self._conv2d(x, w, out, geo, groups, ws, bias, (residual, bool(relu)))
+
+    def _fold_norm(self, w, bias, norm, ws):
+        """(weights, bias) of the convolution followed by the inference batch norm ``norm``
+        (conv_fold_norm in conv.cl), in the workspace: the convolution's stores then apply the
+        norm with its bias, so no pass over the output normalises it."""
+        o = w.shape[0]
+        wf = scratch(ws, self, "conv_folded_w", w.shape, np.float32)
+        shift = scratch(ws, self, "conv_folded_shift", (o,), np.float32)
+        self._kernel("conv.cl", "conv_fold_norm")(
+            self.queue, (o,), (1,), w.size // max(o, 1), *self._ref(w), *self._optional(norm.gamma),
+            *self._optional(norm.beta), *self._ref(norm.running_mean), *self._ref(norm.running_var), float(norm.eps),
+            *self._optional(bias), *self._ref(wf), *self._ref(shift))
+        return wf, shift
+
+    def _epilogue_args(self, epilogue, offset=0):
+        """(residual buffer, its offset + ``offset``, EPI_* bits of conv.cl) of conv2d's
+        epilogue (residual or None, relu) for the stores of the forward kernels."""
+        residual, relu = epilogue if epilogue is not None else (None, False)
+        bits = (1 if residual is not None else 0) | (2 if relu else 0)
+        if residual is None:
+            return self._flag.base_data, 0, bits
+        buf, off = self._ref(residual)
+        return buf, off + offset, bits
+
+    def _conv2d(self, x, w, out, geo, groups, ws, bias=None, epilogue=None) -> None:
+        """out = the convolution ``geo`` of x with w; the direct and implicit-GEMM paths add
+        ``bias`` and apply ``epilogue`` ((residual or None, relu)) in their stores, Winograd and
+        im2col are called without them."""
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_winograd(geo, groups, "forward"):
             self._winograd(x, w, out, geo, False, False, ws)
-            return False
+            return
         if self._use_phased(geo, groups):
-            self._phased_forward(x, w, out, geo, groups, ws, bias)
-            return bias is not None
+            self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)
+            return
         if self._use_direct(geo, groups, "forward"):
-            self._direct_forward(x, w, out, geo, groups, False, False, ws, bias)
-            return bias is not None
+            self._direct_forward(x, w, out, geo, groups, False, False, ws, bias, epilogue)
+            return
         if self._use_implicit():
             og, cg = o // groups, c // groups
             (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
@@ -353,8 +384,9 @@ class SpatialOps(abc.ABC):
             for g in range(groups):
                 self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, xb, xo + g * cg * h * wd, yb,
                                 yo + g * og * ho * wo, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo), (kh, kw),
-                                geo[9:], 0.0, ws, bias=None if bb is None else (bb[0], bb[1] + g * og))
-            return bias is not None
+                                geo[9:], 0.0, ws, bias=None if bb is None else (bb[0], bb[1] + g * og),
+                                epilogue=self._epilogue_args(epilogue, g * og * ho * wo))
+            return
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
@@ -365,7 +397,6 @@ class SpatialOps(abc.ABC):
                        (cb[0], cb[1] + g * kg * cols), cols, False,
                        (yb[0], yb[1] + g * og * cols), cols, 1.0, 0.0, ws)
         self._swap_nc(y_cn, o, n, ho * wo, out)
-        return False
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
@@ -512,6 +543,9 @@ class SpatialOps(abc.ABC):
                             accumulate=False, ws=None):
         geo = self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "avg_pool2d_backward")
         planes = dx.shape[0] * dx.shape[1]
+        if geo[2:4] == (1, 1) and geo[4:6] == geo[:2] and geo[8:] == (0, 0):   # global: dy / (H W) everywhere
+            self._launch_rows("conv.cl", "avg_pool_global_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *self._ref(dx), int(accumulate))
+            return
         self._launch_rows("conv.cl", "avg_pool_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *geo,
                           int(bool(count_include_pad)), *self._ref(dx), int(accumulate))
 
