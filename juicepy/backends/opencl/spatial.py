@@ -8,7 +8,7 @@ import abc
 import numpy as np
 
 from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_epilogue, check_conv_shapes,
-                    check_per_channel, check_pool_shapes, conv_epilogue, relu_masked_grad, scratch)
+                    check_per_channel, check_pool_shapes, conv_epilogue, scratch)
 from .gemm import even_tile
 from .layout import round_up
 
@@ -579,44 +579,59 @@ class SpatialOps(abc.ABC):
             self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(mean),
             *self._ref(invstd), *rm, *rv, int(has_running), float(momentum),
             float(eps))
-        g, b = self._optional(gamma), self._optional(beta)
-        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
+        self._bn_apply(x, mean, invstd, gamma, beta, relu, out)
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False):
         _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
         self._same("batch_norm_infer", x, out)
-        g, b = self._optional(gamma), self._optional(beta)
         invstd = scratch(ws, self, "bn_invstd", (c,), np.float32)
         self._launch_flat("norm.cl", "bn_invstd", c, *self._ref(running_var), float(eps), *self._ref(invstd))
-        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(running_mean),
-                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
+        self._bn_apply(x, running_mean, invstd, gamma, beta, relu, out)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
-        if relu_out is not None:
-            dy = relu_masked_grad(self, "batch_norm_backward", dy, relu_out, ws)
         n, c, s = self._bn_shape(x, "batch_norm_backward", gamma, mean, invstd, dgamma, dbeta)
-        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []),
+                   *([relu_out] if relu_out is not None else []))
         sums = scratch(ws, self, "bn_sums", (2 * c,), np.float32)
-        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params)
+        # both kernels take dy back through the fused ReLU as they read it (no masked copy)
+        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, relu_out)
         if dx is not None:
-            self._bn_backward_data(x, dy, gamma, mean, invstd, sums, n * s, dx, accumulate_dx)
+            self._bn_backward_data(x, dy, gamma, mean, invstd, sums, n * s, dx, accumulate_dx, relu_out)
 
-    def _bn_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params):
+    def _bn_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, relu_out=None):
         n, c, s = channels_inner(x)
         dg, db = self._optional(dgamma), self._optional(dbeta)
         self._kernel("norm.cl", "bn_bwd_reduce")(
-            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
-            *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
-            int(accumulate_params))
+            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(dy),
+            *self._optional(relu_out), *self._ref(mean), *self._ref(invstd), *self._ref(sums),
+            dg[0], dg[1], db[0], db[1], dg[2], db[2], int(accumulate_params))
 
-    def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate):
-        _, c, s = channels_inner(x)
+    def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, relu_out=None):
+        n, c, s = channels_inner(x)
         g = self._optional(gamma)
-        self._launch_rows("norm.cl", "bn_bwd_data", *_bn_grid(x, c, s), int(count), *self._ref(x), *self._ref(dy),
-                          *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
-                          *self._ref(dx), int(accumulate))
+        args = (int(count), *self._ref(x), *self._ref(dy), *self._optional(relu_out), *self._ref(mean),
+                *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2], *self._ref(dx), int(accumulate))
+        if self._bn_by_planes(s):
+            self._kernel("norm.cl", "bn_bwd_data_planes")(self.queue, (n * c,), (1,), s, c, *args)
+            return
+        self._launch_rows("norm.cl", "bn_bwd_data", *_bn_grid(x, c, s), *args)
+
+    def _bn_by_planes(self, s) -> bool:
+        """Whether the per-element batch-norm passes run a work-item per plane (CPU drivers,
+        planes of several values) instead of one per element."""
+        return self.is_cpu and s > 1
+
+    def _bn_apply(self, x, mean, scale, gamma, beta, relu, out):
+        """out = (x - mean) * scale (* gamma) (+ beta), then the ReLU where ``relu``."""
+        n, c, s = channels_inner(x)
+        g, b = self._optional(gamma), self._optional(beta)
+        args = (*self._ref(x), *self._ref(mean), *self._ref(scale), g[0], g[1], b[0], b[1], g[2], b[2],
+                int(bool(relu)), *self._ref(out))
+        if self._bn_by_planes(s):
+            self._kernel("norm.cl", "bn_apply_planes")(self.queue, (n * c,), (1,), s, c, *args)
+            return
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *args)
 
     def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
                                    accumulate_params=False, ws=None):
@@ -651,6 +666,4 @@ class SpatialOps(abc.ABC):
     def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
         _, c, s = self._bn_shape(x, "batch_norm_apply", gamma, beta, mean, invstd)
         self._same("batch_norm_apply", x, out)
-        g, b = self._optional(gamma), self._optional(beta)
-        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], 0, *self._ref(out))
+        self._bn_apply(x, mean, invstd, gamma, beta, False, out)

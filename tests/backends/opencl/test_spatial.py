@@ -309,6 +309,37 @@ def test_batch_norm_without_affine_or_input_gradient(ocl, rng):
     np.testing.assert_allclose(ocl.to_host(dg), (dy * y_ref).sum(axis=(0, 2)), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("by_planes", [True, False], ids=["plane-per-item", "element-per-item"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_batch_norm_passes_with_a_fused_relu_on_both_grids(ocl, rng, monkeypatch, by_planes, accumulate):
+    """bn_apply / bn_bwd_data run a work-item per plane on CPU drivers and one per element
+    elsewhere (GPUs); both grids, the ReLU applied forward and taken back as dy is read."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device)
+    monkeypatch.setattr(b, "_bn_by_planes", lambda s: by_planes)
+    shape = (3, 4, 5, 7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    dy, dx0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    y_ref, _, _, invstd, xhat = bn_ref(x, gamma, beta, 1e-5)
+    g = np.where(y_ref > 0, dy, 0.0)
+    bshape, count = (1, -1, 1, 1), x.size // 4
+    sum_g, sum_gx = g.sum(axis=(0, 2, 3)), (g * xhat).sum(axis=(0, 2, 3))
+    dx_ref = (gamma * invstd / count).reshape(bshape) * (count * g - sum_g.reshape(bshape)
+                                                          - xhat * sum_gx.reshape(bshape))
+    out, mean, inv, dg, db = b.empty(shape), b.empty((4,)), b.empty((4,)), b.zeros((4,)), b.zeros((4,))
+    dev_x, dx = b.from_host(x), b.from_host(dx0)
+    b.batch_norm_train(dev_x, b.from_host(gamma), b.from_host(beta), out, mean, inv, None, None, 0.1, 1e-5,
+                       relu=True)
+    b.batch_norm_backward(dev_x, b.from_host(dy), b.from_host(gamma), mean, inv, dx, dg, db, accumulate,
+                          relu_out=out)
+    np.testing.assert_allclose(b.to_host(out), np.maximum(y_ref, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b.to_host(dx), (dx0 if accumulate else 0) + dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.to_host(dg), sum_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.to_host(db), sum_g, rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------- torch parity
 def test_conv_pool_batch_norm_match_torch(ocl, rng):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
