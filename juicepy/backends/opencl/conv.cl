@@ -625,6 +625,36 @@ __kernel void max_pool_2x2(const int total, __global const float *x, const int x
     argmax[a_off + i] = w;
 }
 
+// The same with a work-item per `rows` consecutive output rows (of consecutive planes), alone in
+// its work-group, looping along each row: where a row is whole vectors of outputs the compiler
+// vectorises the loop (shorter or ragged rows run faster one output per work-item, above).
+// Launched as (N * C * Ho / rows).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void max_pool_2x2_rows(const int rows, __global const float *x, const int x_off, const int Ho, const int Wo,
+                       __global float *out, const int o_off, __global int *argmax, const int a_off)
+{
+    const int r0 = get_global_id(0) * rows, W = 2 * Wo;
+    for (int r = r0; r < r0 + rows; ++r) {
+        const int oh = r % Ho;
+        __global const float *xrow = x + x_off + (size_t)r * 2 * W;   // input row 2 oh of r's plane
+        for (int ow = 0; ow < Wo; ++ow) {
+            __global const float *xr = xrow + 2 * ow;
+            const int top = 2 * oh * W + 2 * ow;
+            const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
+            float b = v0;
+            int w = top;
+            int take = v1 > b || v1 != v1;
+            b = take ? v1 : b; w = take ? top + 1 : w;
+            take = v2 > b || v2 != v2;
+            b = take ? v2 : b; w = take ? top + W : w;
+            take = v3 > b || v3 != v3;
+            b = take ? v3 : b; w = take ? top + W + 1 : w;
+            out[o_off + (size_t)r * Wo + ow] = b;
+            argmax[a_off + (size_t)r * Wo + ow] = w;
+        }
+    }
+}
+
 // Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).
 // One work-item per output row (oh, plane): the row's maxima and their indices are kept in
 // the output row itself and updated tap by tap in a loop along the row, which the compiler

@@ -53,6 +53,10 @@ DIRECT_FILTER_ITEMS_OUTS = 8192
 # of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
+# ...and forward passes from output planes of this many pixels: on the ResNet's and the CIFAR
+# CNN's 8x8 layers (64->64, 64->128) Winograd, its epilogue run as ops of its own, measured
+# faster than the implicit GEMM with the epilogue in its stores (docs/opencl.md)
+WINOGRAD_MIN_PLANE_FORWARD = 64
 # The direct forward kernel pads a group's input planes into local memory per work-item (no padded
 # copy through global memory) where they take at most this many bytes...
 DIRECT_LOCAL_MAX_BYTES = 1 << 17
@@ -71,6 +75,9 @@ PHASED_MAX_TAPS = 64
 PHASED_MAX_RUNS, PHASED_CHANNELS = 4, 16
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
+# planes of output rows each work-item of max_pool_2x2_rows takes (where they divide the planes):
+# 4 measured faster than 1 and as fast as 16 on the CIFAR CNN's poolings
+POOL_ROWS_PLANES = 4
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 
 
@@ -189,7 +196,8 @@ class SpatialOps(abc.ABC):
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
         plane = geo[2] * geo[3] if op == "data" else ho * wo
-        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= WINOGRAD_MIN_PLANE
+        min_plane = WINOGRAD_MIN_PLANE if op == "data" else WINOGRAD_MIN_PLANE_FORWARD
+        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= min_plane
 
     def _winograd(self, src, w, dst, geo, flip, accumulate, ws):
         """dst (+)= the stride-1 3x3 convolution ``geo`` of src (flip: with the transposed,
@@ -281,7 +289,9 @@ class SpatialOps(abc.ABC):
         if self.conv_algorithm not in ("auto", "direct") or self.gemm_variant != "packed" or self._conv_vec != 8:
             return False
         o, kh, kw, sh, sw = geo[4], geo[5], geo[6], geo[9], geo[10]
-        return (sh, sw) != (1, 1) and (o // groups) % 4 == 0 and kh * kw <= PHASED_MAX_TAPS
+        # a 1x1 kernel reads one phase of the sh x sw the copy would lay out: the implicit GEMM,
+        # gathering its pixels in place, measured faster (the ResNet's stride-2 projections)
+        return (sh, sw) != (1, 1) and (o // groups) % 4 == 0 and 1 < kh * kw <= PHASED_MAX_TAPS
 
     def _phased_forward(self, x, w, y, geo, groups, ws, bias, epilogue=None):
         """y = bias + the strided convolution ``geo`` of x, by the direct kernel on x laid out
@@ -516,6 +526,12 @@ class SpatialOps(abc.ABC):
         planes = out.shape[0] * out.shape[1]
         h, w, ho, wo = geo[:4]
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
+            if self.is_cpu and wo % self._conv_vec == 0:   # rows of whole vectors: a loop along them
+                rows = ho * (POOL_ROWS_PLANES if planes % POOL_ROWS_PLANES == 0 else 1)
+                self._kernel("conv.cl", "max_pool_2x2_rows")(self.queue, (planes * ho // rows,), (1,), rows,
+                                                             *self._ref(x), ho, wo, *self._ref(out),
+                                                             *self._ref(argmax))
+                return
             total = planes * ho * wo
             if total < POOL_FLAT_MAX:
                 self._launch_flat("conv.cl", "max_pool_2x2", total, *self._ref(x), ho, wo, 1.0 / wo, 1.0 / ho,
