@@ -751,6 +751,8 @@ POOL_CASES = [
     ((2, 3, 4, 6), (4, 6), (4, 6), (0, 0)),  # global: one window per plane
     ((2, 2, 6, 38), (2, 2), (2, 2), (0, 0)),  # 2x2 windows tiling the plane, 19 outputs a row
     ((1, 2, 9, 7), (2, 2), (2, 2), (0, 0)),   # 2x2 windows, the last row and column left out
+    ((2, 3, 6, 32), (2, 2), (2, 2), (0, 0)),  # 2x2 windows, rows of whole vectors (16 outputs), 6 planes
+    ((2, 4, 4, 16), (2, 2), (2, 2), (0, 0)),  # ... 8 outputs a row, 8 planes (4 to a work-item on OpenCL)
 ]
 
 

@@ -129,9 +129,11 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
 }
 
 // one vector of outputs (columns from col) into the row at yr (added to it when acc), lanes
-// past Wo left alone, nothing when the vector lies wholly past Wo
+// past Wo left alone, nothing when the vector lies wholly past Wo; conv2d's epilogue (EPI_*
+// bits of epi: + the residual at the same place of res, then the ReLU) on the final sums
 #define DIRECT_STORE(s, yr, col) if ((col) < Wo) { \
     if (acc) s += Wo - (col) >= VEC ? *(__global floatv_u *)(yr) : tail_of(yr, Wo - (col)); \
+    if (epi) s = conv_epilogue(s, res + r_off + ((yr) - (y + y_off)), Wo - (col), epi); \
     if (Wo - (col) >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - (col)); }
 
 // OUTS (1, 4 or 6) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
@@ -243,6 +245,17 @@ inline void store_tail(__global float *p, const floatv v, const int live)
     for (int j = 0; j < live; ++j) p[j] = v[j];
 }
 
+// conv2d's epilogue after its bias (and the inference batch norm folded into the weights and
+// bias, conv_fold_norm): + the residual r (EPI_RESIDUAL), then max(., 0) with NaN kept (EPI_RELU)
+#define EPI_RESIDUAL 1
+#define EPI_RELU 2
+inline floatv conv_epilogue(floatv s, __global const float *r, const int live, const int epi)
+{
+    if (epi & EPI_RESIDUAL) s += live >= VEC ? LOAD_UNIT(r) : tail_of(r, live);
+    if (epi & EPI_RELU) s = select(s, (floatv)(0.0f), s < (floatv)(0.0f));
+    return s;
+}
+
 // y[n, o .. o + OUTS) (+)= sum over the group's channels and taps of the padded input xp
 // (planes of Hp x Wp). flip: the weights are those of the convolution this one is the input
 // gradient of (w[o', c', kh-1-ki, kw-1-kj], the groups' channel roles swapped). One work-item
@@ -271,7 +284,8 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
           const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
           const int cg, const int og, const int kh, const int kw, \
           const int sh, const int sw, const int dh, const int dw, const int flip, const int acc, \
-          __global const float *restrict bias, const int b_off, const int has_bias) \
+          __global const float *restrict bias, const int b_off, const int has_bias, \
+          __global const float *restrict res, const int r_off, const int epi) \
 { \
     const int first = get_global_id(0) * OUTS; \
     DIRECT_SETUP(OUTS) \
@@ -301,7 +315,8 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
           const int C, const int Hp, const int Wp, const int O, const int Ho, const int Wo, \
           const int cg, const int og, const int kh, const int kw, \
           const int sh, const int sw, const int dh, const int dw, const int flip, const int acc, \
-          __global const float *restrict bias, const int b_off, const int has_bias) \
+          __global const float *restrict bias, const int b_off, const int has_bias, \
+          __global const float *restrict res, const int r_off, const int epi) \
 { \
     const int first0 = get_global_id(0) * OUTS * per; \
     { \
@@ -610,6 +625,36 @@ __kernel void max_pool_2x2(const int total, __global const float *x, const int x
     argmax[a_off + i] = w;
 }
 
+// The same with a work-item per `rows` consecutive output rows (of consecutive planes), alone in
+// its work-group, looping along each row: where a row is whole vectors of outputs the compiler
+// vectorises the loop (shorter or ragged rows run faster one output per work-item, above).
+// Launched as (N * C * Ho / rows).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void max_pool_2x2_rows(const int rows, __global const float *x, const int x_off, const int Ho, const int Wo,
+                       __global float *out, const int o_off, __global int *argmax, const int a_off)
+{
+    const int r0 = get_global_id(0) * rows, W = 2 * Wo;
+    for (int r = r0; r < r0 + rows; ++r) {
+        const int oh = r % Ho;
+        __global const float *xrow = x + x_off + (size_t)r * 2 * W;   // input row 2 oh of r's plane
+        for (int ow = 0; ow < Wo; ++ow) {
+            __global const float *xr = xrow + 2 * ow;
+            const int top = 2 * oh * W + 2 * ow;
+            const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
+            float b = v0;
+            int w = top;
+            int take = v1 > b || v1 != v1;
+            b = take ? v1 : b; w = take ? top + 1 : w;
+            take = v2 > b || v2 != v2;
+            b = take ? v2 : b; w = take ? top + W : w;
+            take = v3 > b || v3 != v3;
+            b = take ? v3 : b; w = take ? top + W + 1 : w;
+            out[o_off + (size_t)r * Wo + ow] = b;
+            argmax[a_off + (size_t)r * Wo + ow] = w;
+        }
+    }
+}
+
 // Pooling kernels are launched as (Ho or H * W rounded up, N * C planes).
 // One work-item per output row (oh, plane): the row's maxima and their indices are kept in
 // the output row itself and updated tap by tap in a loop along the row, which the compiler
@@ -801,7 +846,8 @@ void conv_direct_fwd4_phased(__global const float *restrict xq, __global const f
                              const int C, const int Hq, const int Wq, const int O, const int Ho, const int Wo,
                              const int cg, const int og, const int kh, const int kw,
                              const int sh, const int sw, const int dh, const int dw, const int per, const int cstep,
-                             __global const float *restrict bias, const int b_off, const int has_bias)
+                             __global const float *restrict bias, const int b_off, const int has_bias,
+                             __global const float *restrict res, const int r_off, const int epilogue)
 {
     const int first0 = get_global_id(0) * 4 * per, flip = 0;
     const size_t phase = (size_t)Hq * Wq, chan = (size_t)sh * sw * phase;
@@ -824,6 +870,7 @@ void conv_direct_fwd4_phased(__global const float *restrict xq, __global const f
                 DIRECT_SETUP(4)
                 __global const float *x0 = xq + (size_t)(n * C + g * cg) * chan;
                 const int acc = ch0 > 0;   /* later chunks add to the partial sums */
+                const int epi = ch1 == cg ? epilogue : 0;   /* on the final sums only */
                 DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2)
                 if (acc) {
                     s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = (floatv)(0.0f);
@@ -841,4 +888,34 @@ void conv_direct_fwd4_phased(__global const float *restrict xq, __global const f
             }
         }
     }
+}
+
+// conv2d's inference batch norm folded into its weights and bias, so that the convolution's
+// stores apply it: wf[o] = w[o] * sc, shift[o] = (bias[o] - mean[o]) * sc + beta[o] with
+// sc = gamma[o] / sqrt(var[o] + eps) (gamma, beta, bias optional). One work-item per output
+// channel, its K weights along the loop. Launched as (O).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_fold_norm(const int K, __global const float *w, const int w_off,
+                    __global const float *gamma, const int g_off, const int has_gamma,
+                    __global const float *beta, const int be_off, const int has_beta,
+                    __global const float *mean, const int m_off, __global const float *var, const int v_off,
+                    const float eps, __global const float *bias, const int b_off, const int has_bias,
+                    __global float *wf, const int wf_off, __global float *shift, const int s_off)
+{
+    const int o = get_global_id(0);
+    const float sc = (has_gamma ? gamma[g_off + o] : 1.0f) / sqrt(var[v_off + o] + eps);
+    __global const float *src = w + w_off + (size_t)o * K;
+    __global float *dst = wf + wf_off + (size_t)o * K;
+    for (int k = 0; k < K; ++k) dst[k] = src[k] * sc;
+    shift[s_off + o] = ((has_bias ? bias[b_off + o] : 0.0f) - mean[m_off + o]) * sc + (has_beta ? beta[be_off + o] : 0.0f);
+}
+
+// the input gradient of a global average pooling (the window is the whole plane, no padding):
+// dx[p, j] (+)= dy[p] / S. Launched as (S rounded up, planes).
+__kernel void avg_pool_global_bwd(const int S, __global const float *dy, const int dy_off,
+                                  __global float *dx, const int dx_off, const int acc)
+{
+    const int j = get_global_id(0), plane = get_global_id(1);
+    if (j >= S) return;
+    STORE(dx, dx_off + (size_t)plane * S + j, dy[dy_off + plane] / (float)S, acc)
 }

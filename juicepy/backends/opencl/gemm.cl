@@ -397,8 +397,9 @@ typedef float16 float16_u __attribute__((aligned(4)));
 // packed weights (M = outputs of the group, K = channels x taps). It is gemm_packed with the
 // column matrix never written: B's panels are gathered from X while they are staged (a panel's
 // 32 columns are runs of consecutive pixels of output rows), and C is stored straight into
-// the NCHW output, plus bias[b_off + row] where has_bias. x_off and y_off point at the group's
-// first channel, b_off at its first bias.
+// the NCHW output, plus bias[b_off + row] where has_bias, then conv2d's epilogue (forward passes,
+// beta 0; epi bits: 1 adds the residual at the same place of res, 2 the ReLU, NaN kept). x_off, y_off
+// and r_off point at the group's first channel, b_off at its first bias.
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n,
                __global const float *Ap, const int ap_off,
@@ -406,7 +407,8 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int C, const int H, const int W, const int O, const int Ho, const int Wo,
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                const int dh, const int dw, const float alpha, const float beta,
-               __global const float *bias, const int b_off, const int has_bias)
+               __global const float *bias, const int b_off, const int has_bias,
+               __global const float *res, const int r_off, const int epi)
 {
     PACKED_TILE_LOCALS
     GROUP_TILE
@@ -505,10 +507,19 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
         const int col = col0 + c, img = col / pixels, pix = col - img * pixels;
         const int len = min(cols - c, pixels - pix);
         for (int i = 0; i < rows; ++i) {
-            __global float *dst = Y + y_off + ((size_t)img * O + row0 + i) * pixels + pix;
+            const size_t at = ((size_t)img * O + row0 + i) * pixels + pix;
+            __global float *dst = Y + y_off + at;
             __local const float *src = c_tile + i * BN + c;
             const float b = has_bias ? bias[b_off + row0 + i] : 0.0f;   // conv2d's bias, folded in
-            if (beta == 0.0f) {
+            if (epi) {
+                __global const float *r = res + r_off + at;
+                const int add = epi & 1, relu = epi & 2;
+                for (int q = 0; q < len; ++q) {
+                    float v = alpha * src[q] + b;
+                    if (add) v += r[q];
+                    dst[q] = relu && v < 0.0f ? 0.0f : v;
+                }
+            } else if (beta == 0.0f) {
                 for (int q = 0; q < len; ++q) dst[q] = alpha * src[q] + b;
             } else {
                 for (int q = 0; q < len; ++q) dst[q] = alpha * src[q] + beta * dst[q] + b;

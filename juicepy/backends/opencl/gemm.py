@@ -117,12 +117,13 @@ class GemmOps(abc.ABC):
                                  c, ldc, alpha, beta, ws)
 
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None, transposed=False, bias=None):
+                   beta, ws=None, transposed=False, bias=None, epilogue=None):
         """One group of a convolution as an implicit GEMM (conv_gemm in gemm.cl) on raw buffers: the weights
         (from element ``w_off`` of ``w``; ``flipped``: transposed and flipped, for an input
         gradient; ``transposed``: the (k, m) matrix at w read as its transpose) are packed, the input's pixels are gathered as the tiles are staged, and the
         (m, N * pixels) result is stored into NCHW ``y`` from element ``y_off``, plus ``bias``
-        (buffer, offset: the group's first) where given."""
+        (buffer, offset: the group's first) where given, then conv2d's ``epilogue`` (residual
+        buffer, its offset at the group's first channel, EPI_* bits of conv.cl) where given."""
         n, c, h, wd = x_geo
         o, ho, wo = y_hw
         kh, kw = kernel
@@ -152,7 +153,8 @@ class GemmOps(abc.ABC):
             self._kernel(program, "conv_gemm")(
                 self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
                 ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
-                *conv_args, 1.0, float(beta), *(bias + (1,) if bias is not None else (self._flag.base_data, 0, 0)))
+                *conv_args, 1.0, float(beta), *(bias + (1,) if bias is not None else (self._flag.base_data, 0, 0)),
+                *(epilogue if epilogue is not None else (self._flag.base_data, 0, 0)))
 
     def _conv_filter_gemm(self, x, x_off, dy, dy_off, dw, dw_off, m, n, x_geo, y_hw, kernel, conv_args,
                           beta, ws=None):

@@ -45,6 +45,24 @@ inline float plane_dot_xhat(__global const float *g, __global const float *p, co
 #undef TERM_DOT
 }
 
+// the same sums of dy taken back through the ReLU whose output is r (relu_bwd's dy * 0 where
+// r <= 0, so a non-finite dy there stays NaN as in the unfused ops)
+#define RELU_DY(g, r, i) ((r)[i] > 0.0f ? (g)[i] : (g)[i] * 0.0f)
+inline float plane_sum_relu(__global const float *p, __global const float *r, const int n)
+{
+#define TERM_XR(i) RELU_DY(p, r, i)
+    EIGHT_WAY_SUM(n, TERM_XR)
+#undef TERM_XR
+}
+
+inline float plane_dot_xhat_relu(__global const float *g, __global const float *r, __global const float *p,
+                                 const int n, const float mu, const float is)
+{
+#define TERM_DOTR(i) (RELU_DY(g, r, i) * ((p[i] - mu) * is))
+    EIGHT_WAY_SUM(n, TERM_DOTR)
+#undef TERM_DOTR
+}
+
 // mean and invstd (biased variance) of each channel; running stats updated with the unbiased one
 __kernel void bn_stats(const int N, const int C, const int S, __global const float *x, const int x_off,
                        __global float *mean, const int m_off, __global float *invstd, const int i_off,
@@ -111,9 +129,11 @@ __kernel void bn_apply(const int L, const int C, const int chan_inner, __global 
     out[o_off + i] = v;
 }
 
-// sums[c] = sum(dy), sums[C + c] = sum(dy * xhat); dgamma/dbeta (+)= them where given
+// sums[c] = sum(dy), sums[C + c] = sum(dy * xhat); dgamma/dbeta (+)= them where given; where
+// has_relu, dy is first taken back through the ReLU whose output is relu_out
 __kernel void bn_bwd_reduce(const int N, const int C, const int S, __global const float *x, const int x_off,
                             __global const float *dy, const int dy_off,
+                            __global const float *relu_out, const int r_off, const int has_relu,
                             __global const float *mean, const int m_off, __global const float *invstd, const int i_off,
                             __global float *sums, const int s_off,
                             __global float *dgamma, const int dg_off, __global float *dbeta, const int db_off,
@@ -125,8 +145,13 @@ __kernel void bn_bwd_reduce(const int N, const int C, const int S, __global cons
     float sum_dy = 0.0f, sum_dy_xhat = 0.0f;
     for (int n = 0; n < N; ++n) {
         const size_t base = ((size_t)n * C + c) * S;
-        sum_dy += plane_sum(dy + dy_off + base, S);
-        sum_dy_xhat += plane_dot_xhat(dy + dy_off + base, x + x_off + base, S, mu, is);
+        if (has_relu) {
+            sum_dy += plane_sum_relu(dy + dy_off + base, relu_out + r_off + base, S);
+            sum_dy_xhat += plane_dot_xhat_relu(dy + dy_off + base, relu_out + r_off + base, x + x_off + base, S, mu, is);
+        } else {
+            sum_dy += plane_sum(dy + dy_off + base, S);
+            sum_dy_xhat += plane_dot_xhat(dy + dy_off + base, x + x_off + base, S, mu, is);
+        }
     }
     sums[s_off + c] = sum_dy;
     sums[s_off + C + c] = sum_dy_xhat;
@@ -134,9 +159,11 @@ __kernel void bn_bwd_reduce(const int N, const int C, const int S, __global cons
     if (has_dgamma) STORE(dgamma, dg_off + c, sum_dy_xhat, acc)
 }
 
-// dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
+// dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat)), dy through the ReLU
+// whose output is relu_out where has_relu
 __kernel void bn_bwd_data(const int L, const int C, const int chan_inner, const int count,
                           __global const float *x, const int x_off, __global const float *dy, const int dy_off,
+                          __global const float *relu_out, const int r_off, const int has_relu,
                           __global const float *mean, const int m_off, __global const float *invstd, const int i_off,
                           __global const float *sums, const int s_off,
                           __global const float *gamma, const int g_off, const int has_gamma,
@@ -147,8 +174,57 @@ __kernel void bn_bwd_data(const int L, const int C, const int chan_inner, const 
     const float xhat = (x[x_off + i] - mean[m_off + c]) * is;
     const float g = has_gamma ? gamma[g_off + c] : 1.0f;
     const float m = (float)count;
-    const float v = (g * is / m) * (m * dy[dy_off + i] - sums[s_off + c] - xhat * sums[s_off + C + c]);
+    const float d = has_relu ? RELU_DY(dy + dy_off, relu_out + r_off, i) : dy[dy_off + i];
+    const float v = (g * is / m) * (m * d - sums[s_off + c] - xhat * sums[s_off + C + c]);
     STORE(dx, dx_off + i, v, acc)
+}
+
+// bn_apply and bn_bwd_data on CPU drivers for planes of S > 1 values: one work-item per (n, c)
+// plane, alone in its work-group, looping along it (the compiler vectorises the loop), the same
+// arithmetic per element; a work-item per element in work-groups of 64 spent as long on its
+// work-groups as on the elements. Launched as (N * C).
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void bn_apply_planes(const int S, const int C, __global const float *x, const int x_off,
+                     __global const float *mean, const int m_off, __global const float *scale, const int s_off,
+                     __global const float *gamma, const int g_off, __global const float *beta, const int b_off,
+                     const int has_gamma, const int has_beta, const int relu, __global float *out, const int o_off)
+{
+    const int p = get_global_id(0), c = p % C;
+    const float mu = mean[m_off + c], sc = scale[s_off + c];
+    const float g = has_gamma ? gamma[g_off + c] : 1.0f, be = has_beta ? beta[b_off + c] : 0.0f;
+    __global const float *xp = x + x_off + (size_t)p * S;
+    __global float *op = out + o_off + (size_t)p * S;
+    for (int j = 0; j < S; ++j) {
+        float v = (xp[j] - mu) * sc;
+        if (has_gamma) v = v * g;
+        if (has_beta) v = v + be;
+        if (relu) v = v < 0.0f ? 0.0f : v;
+        op[j] = v;
+    }
+}
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void bn_bwd_data_planes(const int S, const int C, const int count,
+                        __global const float *x, const int x_off, __global const float *dy, const int dy_off,
+                        __global const float *relu_out, const int r_off, const int has_relu,
+                        __global const float *mean, const int m_off, __global const float *invstd, const int i_off,
+                        __global const float *sums, const int s_off,
+                        __global const float *gamma, const int g_off, const int has_gamma,
+                        __global float *dx, const int dx_off, const int acc)
+{
+    const int p = get_global_id(0), c = p % C;
+    const float is = invstd[i_off + c], mu = mean[m_off + c];
+    const float g = has_gamma ? gamma[g_off + c] : 1.0f;
+    const float m = (float)count, k = g * is / m, s0 = sums[s_off + c], s1 = sums[s_off + C + c];
+    const size_t base = (size_t)p * S;
+    __global const float *xp = x + x_off + base, *dp = dy + dy_off + base, *rp = relu_out + r_off + base;
+    __global float *op = dx + dx_off + base;
+    for (int j = 0; j < S; ++j) {
+        const float xhat = (xp[j] - mu) * is;
+        const float d = has_relu ? RELU_DY(dp, rp, j) : dp[j];
+        const float v = k * (m * d - s0 - xhat * s1);
+        STORE(op, j, v, acc)
+    }
 }
 
 // Synchronised batch norm: per-channel sums a caller adds up over ranks between the kernels.

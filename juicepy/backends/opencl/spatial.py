@@ -8,7 +8,7 @@ import abc
 import numpy as np
 
 from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_epilogue, check_conv_shapes,
-                    check_per_channel, check_pool_shapes, conv_epilogue, relu_masked_grad, scratch)
+                    check_per_channel, check_pool_shapes, conv_epilogue, scratch)
 from .gemm import even_tile
 from .layout import round_up
 
@@ -53,6 +53,10 @@ DIRECT_FILTER_ITEMS_OUTS = 8192
 # of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
+# ...and forward passes from output planes of this many pixels: on the ResNet's and the CIFAR
+# CNN's 8x8 layers (64->64, 64->128) Winograd, its epilogue run as ops of its own, measured
+# faster than the implicit GEMM with the epilogue in its stores (docs/opencl.md)
+WINOGRAD_MIN_PLANE_FORWARD = 64
 # The direct forward kernel pads a group's input planes into local memory per work-item (no padded
 # copy through global memory) where they take at most this many bytes...
 DIRECT_LOCAL_MAX_BYTES = 1 << 17
@@ -71,6 +75,9 @@ PHASED_MAX_TAPS = 64
 PHASED_MAX_RUNS, PHASED_CHANNELS = 4, 16
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
+# planes of output rows each work-item of max_pool_2x2_rows takes (where they divide the planes):
+# 4 measured faster than 1 and as fast as 16 on the CIFAR CNN's poolings
+POOL_ROWS_PLANES = 4
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 
 
@@ -189,7 +196,8 @@ class SpatialOps(abc.ABC):
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
         plane = geo[2] * geo[3] if op == "data" else ho * wo
-        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= WINOGRAD_MIN_PLANE
+        min_plane = WINOGRAD_MIN_PLANE if op == "data" else WINOGRAD_MIN_PLANE_FORWARD
+        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= min_plane
 
     def _winograd(self, src, w, dst, geo, flip, accumulate, ws):
         """dst (+)= the stride-1 3x3 convolution ``geo`` of src (flip: with the transposed,
@@ -248,10 +256,11 @@ class SpatialOps(abc.ABC):
                                               out.base_data)
         return out
 
-    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws, bias=None):
+    def _direct_forward(self, x, w, y, geo, groups, flip, accumulate, ws, bias=None, epilogue=None):
         """conv_direct_fwd over x padded by the geometry's padding: in local memory per
         work-item where a group's padded planes fit (_local_planes), else a padded copy; the
-        sums start from ``bias`` where one is given."""
+        sums start from ``bias`` where one is given and the stores apply ``epilogue``
+        (_epilogue_args)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         outs = direct_outputs(o // groups, self._conv_vec)
@@ -260,7 +269,7 @@ class SpatialOps(abc.ABC):
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
         suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
-                int(flip), int(accumulate), *self._optional(bias))
+                int(flip), int(accumulate), *self._optional(bias), *self._epilogue_args(epilogue))
         local = (c // groups * hp * wp + lanes_past + wp) * 4
         if local <= self._local_planes_bytes():
             per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
@@ -280,9 +289,11 @@ class SpatialOps(abc.ABC):
         if self.conv_algorithm not in ("auto", "direct") or self.gemm_variant != "packed" or self._conv_vec != 8:
             return False
         o, kh, kw, sh, sw = geo[4], geo[5], geo[6], geo[9], geo[10]
-        return (sh, sw) != (1, 1) and (o // groups) % 4 == 0 and kh * kw <= PHASED_MAX_TAPS
+        # a 1x1 kernel reads one phase of the sh x sw the copy would lay out: the implicit GEMM,
+        # gathering its pixels in place, measured faster (the ResNet's stride-2 projections)
+        return (sh, sw) != (1, 1) and (o // groups) % 4 == 0 and 1 < kh * kw <= PHASED_MAX_TAPS
 
-    def _phased_forward(self, x, w, y, geo, groups, ws, bias):
+    def _phased_forward(self, x, w, y, geo, groups, ws, bias, epilogue=None):
         """y = bias + the strided convolution ``geo`` of x, by the direct kernel on x laid out
         as phase planes (pad_phases in conv.cl)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
@@ -297,7 +308,7 @@ class SpatialOps(abc.ABC):
         self._kernel("conv.cl", "conv_direct_fwd4_phased")(
             self.queue, (n * o // (4 * per),), (1,), xq.base_data, *self._ref(w), *self._ref(y), c, hq, wq, o, ho,
             wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, per, min(c // groups, PHASED_CHANNELS),
-            *self._optional(bias))
+            *self._optional(bias), *self._epilogue_args(epilogue))
 
     def _local_planes_bytes(self) -> int:
         """The most local memory the direct forward kernel stages padded planes in: its own
@@ -329,23 +340,53 @@ class SpatialOps(abc.ABC):
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False,
                residual=None):
         check_conv_epilogue("opencl", out, bias, norm, residual)
-        if self._conv2d(x, w, out, stride, padding, dilation, groups, ws, bias):
-            bias = None   # added by the convolution's kernel
-        conv_epilogue(self, out, bias, norm, relu, ws, residual)
-
-    def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias=None) -> bool:
-        """out = the convolution of x with w; True where ``bias`` was added too."""
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
+        if self._use_winograd(geo, groups, "forward") or not (
+                self._use_phased(geo, groups) or self._use_direct(geo, groups, "forward") or self._use_implicit()):
+            self._conv2d(x, w, out, geo, groups, ws)   # Winograd or im2col: the epilogue as ops of its own
+            conv_epilogue(self, out, bias, norm, relu, ws, residual)
+            return
+        if norm is not None:
+            w, bias = self._fold_norm(w, bias, norm, ws)
+        self._conv2d(x, w, out, geo, groups, ws, bias, (residual, bool(relu)))
+
+    def _fold_norm(self, w, bias, norm, ws):
+        """(weights, bias) of the convolution followed by the inference batch norm ``norm``
+        (conv_fold_norm in conv.cl), in the workspace: the convolution's stores then apply the
+        norm with its bias, so no pass over the output normalises it."""
+        o = w.shape[0]
+        wf = scratch(ws, self, "conv_folded_w", w.shape, np.float32)
+        shift = scratch(ws, self, "conv_folded_shift", (o,), np.float32)
+        self._kernel("conv.cl", "conv_fold_norm")(
+            self.queue, (o,), (1,), w.size // max(o, 1), *self._ref(w), *self._optional(norm.gamma),
+            *self._optional(norm.beta), *self._ref(norm.running_mean), *self._ref(norm.running_var), float(norm.eps),
+            *self._optional(bias), *self._ref(wf), *self._ref(shift))
+        return wf, shift
+
+    def _epilogue_args(self, epilogue, offset=0):
+        """(residual buffer, its offset + ``offset``, EPI_* bits of conv.cl) of conv2d's
+        epilogue (residual or None, relu) for the stores of the forward kernels."""
+        residual, relu = epilogue if epilogue is not None else (None, False)
+        bits = (1 if residual is not None else 0) | (2 if relu else 0)
+        if residual is None:
+            return self._flag.base_data, 0, bits
+        buf, off = self._ref(residual)
+        return buf, off + offset, bits
+
+    def _conv2d(self, x, w, out, geo, groups, ws, bias=None, epilogue=None) -> None:
+        """out = the convolution ``geo`` of x with w; the direct and implicit-GEMM paths add
+        ``bias`` and apply ``epilogue`` ((residual or None, relu)) in their stores, Winograd and
+        im2col are called without them."""
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_winograd(geo, groups, "forward"):
             self._winograd(x, w, out, geo, False, False, ws)
-            return False
+            return
         if self._use_phased(geo, groups):
-            self._phased_forward(x, w, out, geo, groups, ws, bias)
-            return bias is not None
+            self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)
+            return
         if self._use_direct(geo, groups, "forward"):
-            self._direct_forward(x, w, out, geo, groups, False, False, ws, bias)
-            return bias is not None
+            self._direct_forward(x, w, out, geo, groups, False, False, ws, bias, epilogue)
+            return
         if self._use_implicit():
             og, cg = o // groups, c // groups
             (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
@@ -353,8 +394,9 @@ class SpatialOps(abc.ABC):
             for g in range(groups):
                 self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, xb, xo + g * cg * h * wd, yb,
                                 yo + g * og * ho * wo, og, cg * kh * kw, (n, c, h, wd), (o, ho, wo), (kh, kw),
-                                geo[9:], 0.0, ws, bias=None if bb is None else (bb[0], bb[1] + g * og))
-            return bias is not None
+                                geo[9:], 0.0, ws, bias=None if bb is None else (bb[0], bb[1] + g * og),
+                                epilogue=self._epilogue_args(epilogue, g * og * ho * wo))
+            return
         col = self._im2col(x, geo, ws)
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
@@ -365,7 +407,6 @@ class SpatialOps(abc.ABC):
                        (cb[0], cb[1] + g * kg * cols), cols, False,
                        (yb[0], yb[1] + g * og * cols), cols, 1.0, 0.0, ws)
         self._swap_nc(y_cn, o, n, ho * wo, out)
-        return False
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
@@ -485,6 +526,12 @@ class SpatialOps(abc.ABC):
         planes = out.shape[0] * out.shape[1]
         h, w, ho, wo = geo[:4]
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
+            if self.is_cpu and wo % self._conv_vec == 0:   # rows of whole vectors: a loop along them
+                rows = ho * (POOL_ROWS_PLANES if planes % POOL_ROWS_PLANES == 0 else 1)
+                self._kernel("conv.cl", "max_pool_2x2_rows")(self.queue, (planes * ho // rows,), (1,), rows,
+                                                             *self._ref(x), ho, wo, *self._ref(out),
+                                                             *self._ref(argmax))
+                return
             total = planes * ho * wo
             if total < POOL_FLAT_MAX:
                 self._launch_flat("conv.cl", "max_pool_2x2", total, *self._ref(x), ho, wo, 1.0 / wo, 1.0 / ho,
@@ -512,6 +559,9 @@ class SpatialOps(abc.ABC):
                             accumulate=False, ws=None):
         geo = self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "avg_pool2d_backward")
         planes = dx.shape[0] * dx.shape[1]
+        if geo[2:4] == (1, 1) and geo[4:6] == geo[:2] and geo[8:] == (0, 0):   # global: dy / (H W) everywhere
+            self._launch_rows("conv.cl", "avg_pool_global_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *self._ref(dx), int(accumulate))
+            return
         self._launch_rows("conv.cl", "avg_pool_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *geo,
                           int(bool(count_include_pad)), *self._ref(dx), int(accumulate))
 
@@ -545,44 +595,59 @@ class SpatialOps(abc.ABC):
             self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(mean),
             *self._ref(invstd), *rm, *rv, int(has_running), float(momentum),
             float(eps))
-        g, b = self._optional(gamma), self._optional(beta)
-        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
+        self._bn_apply(x, mean, invstd, gamma, beta, relu, out)
 
     def batch_norm_infer(self, x, gamma, beta, running_mean, running_var, eps, out, ws=None, relu=False):
         _, c, s = self._bn_shape(x, "batch_norm_infer", gamma, beta, running_mean, running_var)
         self._same("batch_norm_infer", x, out)
-        g, b = self._optional(gamma), self._optional(beta)
         invstd = scratch(ws, self, "bn_invstd", (c,), np.float32)
         self._launch_flat("norm.cl", "bn_invstd", c, *self._ref(running_var), float(eps), *self._ref(invstd))
-        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(running_mean),
-                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], int(bool(relu)), *self._ref(out))
+        self._bn_apply(x, running_mean, invstd, gamma, beta, relu, out)
 
     def batch_norm_backward(self, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                             accumulate_dx=False, accumulate_params=False, ws=None, relu_out=None):
-        if relu_out is not None:
-            dy = relu_masked_grad(self, "batch_norm_backward", dy, relu_out, ws)
         n, c, s = self._bn_shape(x, "batch_norm_backward", gamma, mean, invstd, dgamma, dbeta)
-        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
+        self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []),
+                   *([relu_out] if relu_out is not None else []))
         sums = scratch(ws, self, "bn_sums", (2 * c,), np.float32)
-        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params)
+        # both kernels take dy back through the fused ReLU as they read it (no masked copy)
+        self._bn_backward_reduce(x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, relu_out)
         if dx is not None:
-            self._bn_backward_data(x, dy, gamma, mean, invstd, sums, n * s, dx, accumulate_dx)
+            self._bn_backward_data(x, dy, gamma, mean, invstd, sums, n * s, dx, accumulate_dx, relu_out)
 
-    def _bn_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params):
+    def _bn_backward_reduce(self, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, relu_out=None):
         n, c, s = channels_inner(x)
         dg, db = self._optional(dgamma), self._optional(dbeta)
         self._kernel("norm.cl", "bn_bwd_reduce")(
-            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(dy), *self._ref(mean),
-            *self._ref(invstd), *self._ref(sums), dg[0], dg[1], db[0], db[1], dg[2], db[2],
-            int(accumulate_params))
+            self.queue, *self._per_channel_grid(c), n, c, s, *self._ref(x), *self._ref(dy),
+            *self._optional(relu_out), *self._ref(mean), *self._ref(invstd), *self._ref(sums),
+            dg[0], dg[1], db[0], db[1], dg[2], db[2], int(accumulate_params))
 
-    def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate):
-        _, c, s = channels_inner(x)
+    def _bn_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate, relu_out=None):
+        n, c, s = channels_inner(x)
         g = self._optional(gamma)
-        self._launch_rows("norm.cl", "bn_bwd_data", *_bn_grid(x, c, s), int(count), *self._ref(x), *self._ref(dy),
-                          *self._ref(mean), *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2],
-                          *self._ref(dx), int(accumulate))
+        args = (int(count), *self._ref(x), *self._ref(dy), *self._optional(relu_out), *self._ref(mean),
+                *self._ref(invstd), *self._ref(sums), g[0], g[1], g[2], *self._ref(dx), int(accumulate))
+        if self._bn_by_planes(s):
+            self._kernel("norm.cl", "bn_bwd_data_planes")(self.queue, (n * c,), (1,), s, c, *args)
+            return
+        self._launch_rows("norm.cl", "bn_bwd_data", *_bn_grid(x, c, s), *args)
+
+    def _bn_by_planes(self, s) -> bool:
+        """Whether the per-element batch-norm passes run a work-item per plane (CPU drivers,
+        planes of several values) instead of one per element."""
+        return self.is_cpu and s > 1
+
+    def _bn_apply(self, x, mean, scale, gamma, beta, relu, out):
+        """out = (x - mean) * scale (* gamma) (+ beta), then the ReLU where ``relu``."""
+        n, c, s = channels_inner(x)
+        g, b = self._optional(gamma), self._optional(beta)
+        args = (*self._ref(x), *self._ref(mean), *self._ref(scale), g[0], g[1], b[0], b[1], g[2], b[2],
+                int(bool(relu)), *self._ref(out))
+        if self._bn_by_planes(s):
+            self._kernel("norm.cl", "bn_apply_planes")(self.queue, (n * c,), (1,), s, c, *args)
+            return
+        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *args)
 
     def batch_norm_backward_reduce(self, x, dy, mean, invstd, sums, dgamma=None, dbeta=None,
                                    accumulate_params=False, ws=None):
@@ -617,6 +682,4 @@ class SpatialOps(abc.ABC):
     def batch_norm_apply(self, x, gamma, beta, mean, invstd, out, ws=None):
         _, c, s = self._bn_shape(x, "batch_norm_apply", gamma, beta, mean, invstd)
         self._same("batch_norm_apply", x, out)
-        g, b = self._optional(gamma), self._optional(beta)
-        self._launch_rows("norm.cl", "bn_apply", *_bn_grid(x, c, s), *self._ref(x), *self._ref(mean),
-                          *self._ref(invstd), g[0], g[1], b[0], b[1], g[2], b[2], 0, *self._ref(out))
+        self._bn_apply(x, mean, invstd, gamma, beta, False, out)

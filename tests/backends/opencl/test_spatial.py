@@ -155,10 +155,13 @@ def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes
 ], ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit"])
-def test_conv_kernels_add_the_bias(ocl, rng, monkeypatch, case, lanes, algorithm):
-    """conv2d's bias, where the direct kernels (local-memory planes, a padded copy, phase planes
-    for strided passes on 8 lanes) or the implicit GEMM compute the convolution, is added by
-    their stores (no add_bias pass), then the ReLU."""
+@pytest.mark.parametrize("parts", ["bias+relu", "bias+norm+residual+relu", "norm+residual"])
+def test_conv_kernels_apply_the_epilogue(ocl, rng, monkeypatch, case, lanes, algorithm, parts):
+    """conv2d's epilogue, where the direct kernels (local-memory planes, a padded copy, phase
+    planes for strided passes on 8 lanes) or the implicit GEMM compute the convolution: the
+    bias and the inference batch norm (folded into the weights and bias) start the sums, the
+    stores add the residual, then the ReLU reads the sum; no pass over the output."""
+    from juicepy.backends.base import ConvNorm
     from juicepy.backends.opencl import OpenCLBackend, spatial
 
     if algorithm == "direct-padded":
@@ -167,12 +170,29 @@ def test_conv_kernels_add_the_bias(ocl, rng, monkeypatch, case, lanes, algorithm
     xs, (o, kh, kw), stride, padding, dilation, groups = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
-    bias = rng.standard_normal(o).astype(np.float32)
-    y_ref = np.maximum(conv_ref(x, wt, stride, padding, dilation, groups) + bias[:, None, None], 0.0)
-    y = ocl.empty(y_ref.shape)
-    ocl.conv2d(ocl.from_host(x), ocl.from_host(wt), y, stride, padding, dilation, groups, Workspace(),
-               bias=ocl.from_host(bias), relu=True)
-    np.testing.assert_allclose(ocl.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+    bias, gamma, beta, mean = (rng.standard_normal(o).astype(np.float32) for _ in range(4))
+    var = rng.uniform(0.5, 3.0, o).astype(np.float32)
+    y_ref = conv_ref(x, wt, stride, padding, dilation, groups)
+    residual = rng.standard_normal(y_ref.shape).astype(np.float32)
+    if "bias" in parts:
+        y_ref = y_ref + bias[:, None, None]
+    if "norm" in parts:
+        y_ref = (y_ref - mean[:, None, None]) / np.sqrt(var + 1e-5)[:, None, None] * gamma[:, None, None] \
+            + beta[:, None, None]
+    if "residual" in parts:
+        y_ref = y_ref + residual
+    if "relu" in parts:
+        y_ref = np.maximum(y_ref, 0.0)
+    ws = Workspace()
+    y, dev_w = ocl.empty(y_ref.shape), ocl.from_host(wt)
+    for _ in range(2):   # the folded weights live in the workspace; the layer's own stay
+        ocl.conv2d(ocl.from_host(x), dev_w, y, stride, padding, dilation, groups, ws,
+                   bias=ocl.from_host(bias) if "bias" in parts else None,
+                   norm=ConvNorm(*(ocl.from_host(a) for a in (gamma, beta, mean, var)), 1e-5) if "norm" in parts
+                   else None, relu="relu" in parts,
+                   residual=ocl.from_host(residual) if "residual" in parts else None)
+        np.testing.assert_allclose(ocl.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(ocl.to_host(dev_w), wt)
 
 
 def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
@@ -287,6 +307,37 @@ def test_batch_norm_without_affine_or_input_gradient(ocl, rng):
     dy = rng.standard_normal(shape).astype(np.float32)
     ocl.batch_norm_backward(dev_x, ocl.from_host(dy), None, mean, invstd, None, dg, None)
     np.testing.assert_allclose(ocl.to_host(dg), (dy * y_ref).sum(axis=(0, 2)), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("by_planes", [True, False], ids=["plane-per-item", "element-per-item"])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_batch_norm_passes_with_a_fused_relu_on_both_grids(ocl, rng, monkeypatch, by_planes, accumulate):
+    """bn_apply / bn_bwd_data run a work-item per plane on CPU drivers and one per element
+    elsewhere (GPUs); both grids, the ReLU applied forward and taken back as dy is read."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device)
+    monkeypatch.setattr(b, "_bn_by_planes", lambda s: by_planes)
+    shape = (3, 4, 5, 7)
+    x = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    dy, dx0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    y_ref, _, _, invstd, xhat = bn_ref(x, gamma, beta, 1e-5)
+    g = np.where(y_ref > 0, dy, 0.0)
+    bshape, count = (1, -1, 1, 1), x.size // 4
+    sum_g, sum_gx = g.sum(axis=(0, 2, 3)), (g * xhat).sum(axis=(0, 2, 3))
+    dx_ref = (gamma * invstd / count).reshape(bshape) * (count * g - sum_g.reshape(bshape)
+                                                          - xhat * sum_gx.reshape(bshape))
+    out, mean, inv, dg, db = b.empty(shape), b.empty((4,)), b.empty((4,)), b.zeros((4,)), b.zeros((4,))
+    dev_x, dx = b.from_host(x), b.from_host(dx0)
+    b.batch_norm_train(dev_x, b.from_host(gamma), b.from_host(beta), out, mean, inv, None, None, 0.1, 1e-5,
+                       relu=True)
+    b.batch_norm_backward(dev_x, b.from_host(dy), b.from_host(gamma), mean, inv, dx, dg, db, accumulate,
+                          relu_out=out)
+    np.testing.assert_allclose(b.to_host(out), np.maximum(y_ref, 0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b.to_host(dx), (dx0 if accumulate else 0) + dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.to_host(dg), sum_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.to_host(db), sum_g, rtol=1e-4, atol=1e-4)
 
 
 # --------------------------------------------------------------------- torch parity
