@@ -311,6 +311,26 @@ __kernel void pack_a_flipped(const int M, const int K, __global const float *w, 
     }
 }
 
+// Ap[p][k][r] = A'[p*MR + r, k] for one stride phase of a strided convolution's input gradient
+// (the dx pixels whose rows and columns leave the same remainders by the stride): only the taps
+// whose offsets land on output pixels from them reach it, so the phase is a stride-1
+// convolution of dy with those taps, flipped: A'[c, (o, a, b)] = w[o, c, ky_hi - a * ty,
+// kx_hi - b * tx] (a, b < na, nb). One work-item per (k, panel), like pack_a.
+__kernel void pack_a_phase(const int M, const int K, __global const float *w, const int w_off,
+                           const int kh, const int kw, const int na, const int nb, const int ky_hi,
+                           const int ty, const int kx_hi, const int tx, __global float *Ap, const int p_off)
+{
+    const int k = get_global_id(0), p = get_global_id(1);
+    if (k >= K) return;
+    const int o = k / (na * nb), t = k - o * (na * nb), a = t / nb, b = t - a * nb;
+    const int tap = (ky_hi - a * ty) * kw + kx_hi - b * tx;
+    __global float *dst = Ap + p_off + ((size_t)p * K + k) * MR;
+    for (int r = 0; r < MR; ++r) {
+        const int m = p * MR + r;
+        dst[r] = m < M ? w[w_off + ((size_t)o * M + m) * (kh * kw) + tap] : 0.0f;
+    }
+}
+
 inline int first_inside(const int off, const int s) { return off < 0 ? (-off + s - 1) / s : 0; }
 inline int last_inside(const int off, const int s, const int size, const int outputs)
 {
@@ -389,7 +409,7 @@ typedef float16 float16_u __attribute__((aligned(4)));
 #define FLAT_RUNS 1
 #endif
 #define FLAT_ROWS \
-    const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; \
+    const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && Ho == H && Wo == W; \
     const int Hr = flat ? 1 : H, Wr = flat ? H * W : W, Wor = flat ? Ho * Wo : Wo;
 
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
@@ -398,7 +418,7 @@ typedef float16 float16_u __attribute__((aligned(4)));
 // column matrix never written: B's panels are gathered from X while they are staged (a panel's
 // 32 columns are runs of consecutive pixels of output rows), and C is stored straight into
 // the NCHW output, plus bias[b_off + row] where has_bias. x_off and y_off point at the group's
-// first channel, b_off at its first bias.
+// first channel, b_off at its first bias; y_step > 0 stores strided pixels (see the store).
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n,
                __global const float *Ap, const int ap_off,
@@ -406,7 +426,8 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int C, const int H, const int W, const int O, const int Ho, const int Wo,
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                const int dh, const int dw, const float alpha, const float beta,
-               __global const float *bias, const int b_off, const int has_bias)
+               __global const float *bias, const int b_off, const int has_bias,
+               const int y_plane, const int y_row, const int y_step)
 {
     PACKED_TILE_LOCALS
     GROUP_TILE
@@ -435,6 +456,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     // panel by panel without splitting runs or checking bounds
     const int img0 = col0 / pixels;
     const int pointwise = POINTWISE_STAGE && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 &&
+                          Ho == H && Wo == W &&
                           col0 + tile_n <= N && (col0 + tile_n - 1) / pixels == img0 && tile_n % NR == 0;
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
@@ -501,6 +523,25 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     // write back into NCHW: column (n, pixel) of row o is Y[n, o, pixel]
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
+    if (y_step) {   // Y's (Ho, Wo) pixels are one stride phase of larger planes: y_step apart in
+                    // rows y_row apart, planes y_plane apart (a strided input gradient's phase)
+        for (int c = 0; c < cols;) {
+            const int col = col0 + c, img = col / pixels, pix = col - img * pixels, oh = pix / Wo, ow = pix - oh * Wo;
+            const int len = min(cols - c, Wo - ow);
+            for (int i = 0; i < rows; ++i) {
+                __global float *dst = Y + y_off + ((size_t)img * O + row0 + i) * y_plane + oh * y_row + ow * y_step;
+                __local const float *src = c_tile + i * BN + c;
+                const float b = has_bias ? bias[b_off + row0 + i] : 0.0f;
+                if (beta == 0.0f) {
+                    for (int q = 0; q < len; ++q) dst[q * y_step] = alpha * src[q] + b;
+                } else {
+                    for (int q = 0; q < len; ++q) dst[q * y_step] = alpha * src[q] + beta * dst[q * y_step] + b;
+                }
+            }
+            c += len;
+        }
+        return;
+    }
     for (int c = 0; c < cols;) {
         const int col = col0 + c, img = col / pixels, pix = col - img * pixels;
         const int len = min(cols - c, pixels - pix);

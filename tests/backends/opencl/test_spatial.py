@@ -79,6 +79,10 @@ CONV_CASES = [
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
     ((2, 6, 7, 11), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),    # input gradient, two vectors a row
+    # strided input gradients by stride phase (implicit): odd planes, phases no tap reaches
+    ((2, 5, 9, 11), (12, 3, 3), (2, 2), (1, 1), (1, 1), 1),   # phases of 1, 2 and 4 taps, unequal sizes
+    ((2, 4, 8, 8), (8, 1, 1), (2, 2), (0, 0), (1, 1), 1),     # 1x1: three phases of four stay zero
+    ((1, 4, 11, 10), (8, 3, 3), (2, 2), (2, 2), (2, 2), 2),   # dilation 2: odd rows and columns stay zero
 ]
 
 
