@@ -339,7 +339,9 @@ inline int last_inside(const int off, const int s, const int size, const int out
 
 // GATHER_STRIDE2: stride-2 runs are gathered 8 at a time as the even lanes of 16 consecutive
 // floats (scalar strided loads were a third of a strided convolution's time on AVX2; not
-// measured on AVX-512 devices, which keep the scalar loop), while the 16 lie inside the row
+// measured on AVX-512 devices, which keep the scalar loop), while the 16 lie inside the plane
+// (odd lanes past the row's end are dropped), and a run's last 8 as one more such load
+// overlapping the ones before (a run of 16 starting at column -1 or 1 left 7 or 8 scalar loads)
 // conv_gemm stages a pointwise convolution's tiles as plain row copies (0: through the runs, as any other)
 #ifndef POINTWISE_STAGE
 #define POINTWISE_STAGE 1
@@ -351,9 +353,15 @@ inline int last_inside(const int off, const int s, const int size, const int out
 typedef float8 float8_u __attribute__((aligned(4)));
 typedef float16 float16_u __attribute__((aligned(4)));
 #define GATHER_STRIDE2_VECTORS \
-    if (sw == 2) \
-        for (; q + 8 <= hi && off + 2 * q + 16 <= Wr; q += 8) \
-            *(__local float8_u *)(d + q) = (*(__global const float16_u *)(src + 2 * q)).even;
+    if (sw == 2) { \
+        const int reach = h + 1 < Hr ? 2 * Wr : Wr;   /* the 16 may run into the plane's next row */ \
+        for (; q + 8 <= hi && off + 2 * q + 16 <= reach; q += 8) \
+            *(__local float8_u *)(d + q) = (*(__global const float16_u *)(src + 2 * q)).even; \
+        if (q < hi && hi - 8 >= lo && off + 2 * (hi - 8) + 16 <= reach) {   /* the last 8, overlapping */ \
+            *(__local float8_u *)(d + hi - 8) = (*(__global const float16_u *)(src + 2 * (hi - 8))).even; \
+            q = hi; \
+        } \
+    }
 #else
 #define GATHER_STRIDE2_VECTORS
 #endif

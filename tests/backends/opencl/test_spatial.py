@@ -83,6 +83,9 @@ CONV_CASES = [
     ((2, 5, 9, 11), (12, 3, 3), (2, 2), (1, 1), (1, 1), 1),   # phases of 1, 2 and 4 taps, unequal sizes
     ((2, 4, 8, 8), (8, 1, 1), (2, 2), (0, 0), (1, 1), 1),     # 1x1: three phases of four stay zero
     ((1, 4, 11, 10), (8, 3, 3), (2, 2), (2, 2), (2, 2), 2),   # dilation 2: odd rows and columns stay zero
+    # stride-2 gathers 8 at a time (8-lane implicit GEMMs): runs of 21, a last 8 overlapping the
+    # ones before, loads running into the plane's next row but not past its last
+    ((2, 3, 5, 41), (8, 3, 3), (2, 2), (1, 1), (1, 1), 1),
 ]
 
 
