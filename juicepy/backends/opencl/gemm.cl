@@ -377,7 +377,9 @@ typedef float16 float16_u __attribute__((aligned(4)));
         for (int q = 0; q < len; ++q) d[q] = 0.0f; \
     } else { \
         __global const float *src = (plane) + (size_t)h * Wr + off; \
-        const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, Wr, len)); \
+        const int inside = off >= 0 && off + (len - 1) * sw < Wr;   /* most runs: no divisions */ \
+        const int lo = inside ? 0 : min(first_inside(off, sw), len); \
+        const int hi = inside ? len : max(lo, last_inside(off, sw, Wr, len)); \
         for (int q = 0; q < lo; ++q) d[q] = 0.0f; \
         if (sw == 1) { \
             for (int q = lo; q < hi; ++q) d[q] = src[q]; \
