@@ -853,7 +853,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
                    const int Wp, const int dh, const int dw,
-                   __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc)
+                   __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
+                   __global const float *bias, const int b_off, const int has_bias)
 {
     __local floatv v_store[16 * VXI / VW];   /* [16][WK][NR], a cache line between */
     __local floatv m_store[16 * MXI / VW];   /* [16][tile_m][NR], likewise */
@@ -924,6 +925,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     }
     const int rows = min(tile_m, M - row0);
     for (int o = 0; o < rows; ++o) {
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;   // conv2d's bias, folded in
         for (int j = 0; j < NR; ++j) {
             if (at[j] < 0) continue;
             __local const float *src = mt + o * NR + j;
@@ -938,7 +940,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
             for (int i = 0; i < 2; ++i) {
                 const int row = out_row[j] + i * dh;
                 if (row >= Ho) continue;
-                const float v0 = r[4 * i] + r[4 * i + 1] + r[4 * i + 2], v1 = r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3];
+                const float v0 = r[4 * i] + r[4 * i + 1] + r[4 * i + 2] + bo, v1 = r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3] + bo;
                 __global float *yr = dst + (size_t)row * Wo;
                 const int c0 = out_col[j], c1 = c0 + dw;
                 if (c0 >= Wo) continue;

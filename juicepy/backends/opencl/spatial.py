@@ -204,11 +204,12 @@ class SpatialOps(abc.ABC):
         plane = geo[2] * geo[3] if op == "data" else ho * wo
         return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= WINOGRAD_MIN_PLANE
 
-    def _winograd(self, src, w, dst, geo, flip, accumulate, ws):
+    def _winograd(self, src, w, dst, geo, flip, accumulate, ws, bias=None):
         """dst (+)= the stride-1 3x3 convolution ``geo`` of src (flip: with the transposed,
         flipped taps of w, for an input gradient) as Winograd F(2x2, 3x3): the transformed
         weights in the packed GEMM's panels, then one kernel that transforms each work-group's
-        input tiles, multiplies them per tap position and transforms the products back."""
+        input tiles, multiplies them per tap position and transforms the products back, adding
+        ``bias`` where given."""
         n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dw = geo
         qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
         th, tw = qh * dh, qw * dw   # tile rows and columns per image
@@ -224,7 +225,7 @@ class SpatialOps(abc.ABC):
         self._kernel("gemm.cl", "winograd_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
             xp.base_data, 2 * dh * (qh + 1), 2 * dw * (qw + 1), dh, dw, *self._ref(dst), ho, wo,
-            int(bool(accumulate)))
+            int(bool(accumulate)), *self._optional(bias))
 
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
@@ -351,8 +352,8 @@ class SpatialOps(abc.ABC):
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_winograd(geo, groups, "forward"):
-            self._winograd(x, w, out, geo, False, False, ws)
-            return False
+            self._winograd(x, w, out, geo, False, False, ws, bias)
+            return bias is not None
         if self._use_phased(geo, groups):
             self._phased_forward(x, w, out, geo, groups, ws, bias)
             return bias is not None

@@ -161,11 +161,12 @@ def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes
     ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),   # strided, 8 outputs per group: phase planes
 ], ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-@pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit"])
+@pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit", "winograd"])
 def test_conv_kernels_add_the_bias(ocl, rng, monkeypatch, case, lanes, algorithm):
     """conv2d's bias, where the direct kernels (local-memory planes, a padded copy, phase planes
-    for strided passes on 8 lanes) or the implicit GEMM compute the convolution, is added by
-    their stores (no add_bias pass), then the ReLU."""
+    for strided passes on 8 lanes), the implicit GEMM or Winograd's output transform (stride-1
+    3x3 ungrouped cases; the others run im2col + GEMM there) compute the convolution, is added
+    by their stores (no add_bias pass), then the ReLU."""
     from juicepy.backends.opencl import OpenCLBackend, spatial
 
     if algorithm == "direct-padded":
