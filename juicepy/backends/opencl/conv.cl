@@ -37,12 +37,10 @@ __kernel void im2col(const int Ho, __global const float *x, const int x_off,
 
 // dx[n, c, h, :] (+)= every col entry that im2col read from that input row; one work-item per
 // (h, n*C + c) owns its row, so there are no races. Launched as (H rounded up, N * C).
-// batch_major: col is laid out (N, C * kh * kw, Ho * Wo) instead (each image's block contiguous).
 __kernel void col2im(const int H, __global const float *col, const int c_off,
                      const int N, const int C, const int W, const int Ho, const int Wo,
                      const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
-                     const int dh, const int dw, __global float *dx, const int x_off, const int acc,
-                     const int batch_major)
+                     const int dh, const int dw, __global float *dx, const int x_off, const int acc)
 {
     const int h = get_global_id(0), nc = get_global_id(1);
     if (h >= H) return;
@@ -57,8 +55,7 @@ __kernel void col2im(const int H, __global const float *col, const int c_off,
         if (oh >= Ho) continue;
         for (int kj = 0; kj < kw; ++kj) {
             const size_t row = (size_t)(c * kh + ki) * kw + kj;
-            __global const float *src = col + c_off + (batch_major ? ((size_t)n * C * kh * kw + row) * Ho * Wo + (size_t)oh * Wo
-                                                                   : row * cols + ((size_t)n * Ho + oh) * Wo);
+            __global const float *src = col + c_off + row * cols + ((size_t)n * Ho + oh) * Wo;
             const int off = kj * dw - pw, hi = last_inside(off, sw, W, Wo);
             for (int ow = first_inside(off, sw); ow < hi; ++ow) dst[ow * sw + off] += src[ow];
         }

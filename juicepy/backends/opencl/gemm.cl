@@ -311,6 +311,26 @@ __kernel void pack_a_flipped(const int M, const int K, __global const float *w, 
     }
 }
 
+// Ap[p][k][r] = A'[p*MR + r, k] for one stride phase of a strided convolution's input gradient
+// (the dx pixels whose rows and columns leave the same remainders by the stride): only the taps
+// whose offsets land on output pixels from them reach it, so the phase is a stride-1
+// convolution of dy with those taps, flipped: A'[c, (o, a, b)] = w[o, c, ky_hi - a * ty,
+// kx_hi - b * tx] (a, b < na, nb). One work-item per (k, panel), like pack_a.
+__kernel void pack_a_phase(const int M, const int K, __global const float *w, const int w_off,
+                           const int kh, const int kw, const int na, const int nb, const int ky_hi,
+                           const int ty, const int kx_hi, const int tx, __global float *Ap, const int p_off)
+{
+    const int k = get_global_id(0), p = get_global_id(1);
+    if (k >= K) return;
+    const int o = k / (na * nb), t = k - o * (na * nb), a = t / nb, b = t - a * nb;
+    const int tap = (ky_hi - a * ty) * kw + kx_hi - b * tx;
+    __global float *dst = Ap + p_off + ((size_t)p * K + k) * MR;
+    for (int r = 0; r < MR; ++r) {
+        const int m = p * MR + r;
+        dst[r] = m < M ? w[w_off + ((size_t)o * M + m) * (kh * kw) + tap] : 0.0f;
+    }
+}
+
 inline int first_inside(const int off, const int s) { return off < 0 ? (-off + s - 1) / s : 0; }
 inline int last_inside(const int off, const int s, const int size, const int outputs)
 {
@@ -319,7 +339,9 @@ inline int last_inside(const int off, const int s, const int size, const int out
 
 // GATHER_STRIDE2: stride-2 runs are gathered 8 at a time as the even lanes of 16 consecutive
 // floats (scalar strided loads were a third of a strided convolution's time on AVX2; not
-// measured on AVX-512 devices, which keep the scalar loop), while the 16 lie inside the row
+// measured on AVX-512 devices, which keep the scalar loop), while the 16 lie inside the plane
+// (odd lanes past the row's end are dropped), and a run's last 8 as one more such load
+// overlapping the ones before (a run of 16 starting at column -1 or 1 left 7 or 8 scalar loads)
 // conv_gemm stages a pointwise convolution's tiles as plain row copies (0: through the runs, as any other)
 #ifndef POINTWISE_STAGE
 #define POINTWISE_STAGE 1
@@ -331,11 +353,27 @@ inline int last_inside(const int off, const int s, const int size, const int out
 typedef float8 float8_u __attribute__((aligned(4)));
 typedef float16 float16_u __attribute__((aligned(4)));
 #define GATHER_STRIDE2_VECTORS \
-    if (sw == 2) \
-        for (; q + 8 <= hi && off + 2 * q + 16 <= Wr; q += 8) \
-            *(__local float8_u *)(d + q) = (*(__global const float16_u *)(src + 2 * q)).even;
+    if (sw == 2) { \
+        const int reach = h + 1 < Hr ? 2 * Wr : Wr;   /* the 16 may run into the plane's next row */ \
+        for (; q + 8 <= hi && off + 2 * q + 16 <= reach; q += 8) \
+            *(__local float8_u *)(d + q) = (*(__global const float16_u *)(src + 2 * q)).even; \
+        if (q < hi && hi - 8 >= lo && off + 2 * (hi - 8) + 16 <= reach) {   /* the last 8, overlapping */ \
+            *(__local float8_u *)(d + hi - 8) = (*(__global const float16_u *)(src + 2 * (hi - 8))).even; \
+            q = hi; \
+        } \
+    }
+// ...and stride-1 runs as whole float8 copies, the last 8 overlapping (the phases of a strided
+// input gradient gather runs of dy rows: the scalar copy was a quarter of their time)
+#define GATHER_STRIDE1_VECTORS \
+    for (; q + 8 <= hi; q += 8) \
+        *(__local float8_u *)(d + q) = *(__global const float8_u *)(src + q); \
+    if (q < hi && hi - 8 >= lo) { \
+        *(__local float8_u *)(d + hi - 8) = *(__global const float8_u *)(src + hi - 8); \
+        q = hi; \
+    }
 #else
 #define GATHER_STRIDE2_VECTORS
+#define GATHER_STRIDE1_VECTORS
 #endif
 
 // d[0, len) = row h of the input plane `plane`, from column off in steps of sw; zeros where
@@ -349,10 +387,14 @@ typedef float16 float16_u __attribute__((aligned(4)));
         for (int q = 0; q < len; ++q) d[q] = 0.0f; \
     } else { \
         __global const float *src = (plane) + (size_t)h * Wr + off; \
-        const int lo = min(first_inside(off, sw), len), hi = max(lo, last_inside(off, sw, Wr, len)); \
+        const int inside = off >= 0 && off + (len - 1) * sw < Wr;   /* most runs: no divisions */ \
+        const int lo = inside ? 0 : min(first_inside(off, sw), len); \
+        const int hi = inside ? len : max(lo, last_inside(off, sw, Wr, len)); \
         for (int q = 0; q < lo; ++q) d[q] = 0.0f; \
         if (sw == 1) { \
-            for (int q = lo; q < hi; ++q) d[q] = src[q]; \
+            int q = lo; \
+            GATHER_STRIDE1_VECTORS \
+            for (; q < hi; ++q) d[q] = src[q]; \
         } else { \
             int q = lo; \
             GATHER_STRIDE2_VECTORS \
@@ -389,7 +431,7 @@ typedef float16 float16_u __attribute__((aligned(4)));
 #define FLAT_RUNS 1
 #endif
 #define FLAT_ROWS \
-    const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; \
+    const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && Ho == H && Wo == W; \
     const int Hr = flat ? 1 : H, Wr = flat ? H * W : W, Wor = flat ? Ho * Wo : Wo;
 
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
@@ -399,7 +441,8 @@ typedef float16 float16_u __attribute__((aligned(4)));
 // 32 columns are runs of consecutive pixels of output rows), and C is stored straight into
 // the NCHW output, plus bias[b_off + row] where has_bias, then conv2d's epilogue (forward passes,
 // beta 0; epi bits: 1 adds the residual at the same place of res, 2 the ReLU, NaN kept). x_off, y_off
-// and r_off point at the group's first channel, b_off at its first bias.
+// and r_off point at the group's first channel, b_off at its first bias; y_step > 0 stores strided
+// pixels (see the store; no epilogue there).
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n,
                __global const float *Ap, const int ap_off,
@@ -408,7 +451,8 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
                const int dh, const int dw, const float alpha, const float beta,
                __global const float *bias, const int b_off, const int has_bias,
-               __global const float *res, const int r_off, const int epi)
+               __global const float *res, const int r_off, const int epi,
+               const int y_plane, const int y_row, const int y_step)
 {
     PACKED_TILE_LOCALS
     GROUP_TILE
@@ -437,6 +481,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     // panel by panel without splitting runs or checking bounds
     const int img0 = col0 / pixels;
     const int pointwise = POINTWISE_STAGE && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 &&
+                          Ho == H && Wo == W &&
                           col0 + tile_n <= N && (col0 + tile_n - 1) / pixels == img0 && tile_n % NR == 0;
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
@@ -503,6 +548,25 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     // write back into NCHW: column (n, pixel) of row o is Y[n, o, pixel]
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
+    if (y_step) {   // Y's (Ho, Wo) pixels are one stride phase of larger planes: y_step apart in
+                    // rows y_row apart, planes y_plane apart (a strided input gradient's phase)
+        for (int c = 0; c < cols;) {
+            const int col = col0 + c, img = col / pixels, pix = col - img * pixels, oh = pix / Wo, ow = pix - oh * Wo;
+            const int len = min(cols - c, Wo - ow);
+            for (int i = 0; i < rows; ++i) {
+                __global float *dst = Y + y_off + ((size_t)img * O + row0 + i) * y_plane + oh * y_row + ow * y_step;
+                __local const float *src = c_tile + i * BN + c;
+                const float b = has_bias ? bias[b_off + row0 + i] : 0.0f;
+                if (beta == 0.0f) {
+                    for (int q = 0; q < len; ++q) dst[q * y_step] = alpha * src[q] + b;
+                } else {
+                    for (int q = 0; q < len; ++q) dst[q * y_step] = alpha * src[q] + beta * dst[q * y_step] + b;
+                }
+            }
+            c += len;
+        }
+        return;
+    }
     for (int c = 0; c < cols;) {
         const int col = col0 + c, img = col / pixels, pix = col - img * pixels;
         const int len = min(cols - c, pixels - pix);
@@ -813,7 +877,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
                    const int Wp, const int dh, const int dw,
-                   __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc)
+                   __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
+                   __global const float *bias, const int b_off, const int has_bias)
 {
     __local floatv v_store[16 * VXI / VW];   /* [16][WK][NR], a cache line between */
     __local floatv m_store[16 * MXI / VW];   /* [16][tile_m][NR], likewise */
@@ -884,6 +949,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     }
     const int rows = min(tile_m, M - row0);
     for (int o = 0; o < rows; ++o) {
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;   // conv2d's bias, folded in
         for (int j = 0; j < NR; ++j) {
             if (at[j] < 0) continue;
             __local const float *src = mt + o * NR + j;
@@ -898,7 +964,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
             for (int i = 0; i < 2; ++i) {
                 const int row = out_row[j] + i * dh;
                 if (row >= Ho) continue;
-                const float v0 = r[4 * i] + r[4 * i + 1] + r[4 * i + 2], v1 = r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3];
+                const float v0 = r[4 * i] + r[4 * i + 1] + r[4 * i + 2] + bo, v1 = r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3] + bo;
                 __global float *yr = dst + (size_t)row * Wo;
                 const int c0 = out_col[j], c1 = c0 + dw;
                 if (c0 >= Wo) continue;

@@ -117,13 +117,17 @@ class GemmOps(abc.ABC):
                                  c, ldc, alpha, beta, ws)
 
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None, transposed=False, bias=None, epilogue=None):
+                   beta, ws=None, bias=None, epilogue=None, phase=None, y_strides=None):
         """One group of a convolution as an implicit GEMM (conv_gemm in gemm.cl) on raw buffers: the weights
         (from element ``w_off`` of ``w``; ``flipped``: transposed and flipped, for an input
-        gradient; ``transposed``: the (k, m) matrix at w read as its transpose) are packed, the input's pixels are gathered as the tiles are staged, and the
+        gradient) are packed, the input's pixels are gathered as the tiles are staged, and the
         (m, N * pixels) result is stored into NCHW ``y`` from element ``y_off``, plus ``bias``
         (buffer, offset: the group's first) where given, then conv2d's ``epilogue`` (residual
-        buffer, its offset at the group's first channel, EPI_* bits of conv.cl) where given."""
+        buffer, its offset at the group's first channel, EPI_* bits of conv.cl) where given.
+        ``phase`` (kh, kw, ky_hi, ty, kx_hi, tx): the weights are a (kh, kw) kernel of which
+        ``kernel`` taps, flipped, are taken from (ky_hi, kx_hi) back in steps of (ty, tx)
+        (pack_a_phase: one stride phase of a strided input gradient); ``y_strides`` (plane,
+        row, pixel): where y's pixels lie apart, when not dense."""
         n, c, h, wd = x_geo
         o, ho, wo = y_hw
         kh, kw = kernel
@@ -142,19 +146,23 @@ class GemmOps(abc.ABC):
             a_panels = -(-m // mr)
             ap = ws.get(self, "gemm_pack_a", (a_panels * mr * k,), F32)
             grid = (round_up(k, PACK_WG), a_panels)
-            if flipped:
+            if phase is not None:
+                self._kernel(program, "pack_a_phase")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, phase[0],
+                                                      phase[1], kh, kw, *phase[2:], ap.base_data, 0)
+            elif flipped:
                 self._kernel(program, "pack_a_flipped")(self.queue, grid, (PACK_WG, 1), m, k, w,
                                                         w_off, kh * kw, ap.base_data, 0)
             else:
                 self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off,
-                                                m if transposed else k, int(transposed), ap.base_data, 0)
+                                                k, 0, ap.base_data, 0)
             tile_m = even_tile(m, tiles["BM"], mr)
             tile_n = even_tile(cols, tiles["BN"], 2 * tiles["VW"])
             self._kernel(program, "conv_gemm")(
                 self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
                 ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
                 *conv_args, 1.0, float(beta), *(bias + (1,) if bias is not None else (self._flag.base_data, 0, 0)),
-                *(epilogue if epilogue is not None else (self._flag.base_data, 0, 0)))
+                *(epilogue if epilogue is not None else (self._flag.base_data, 0, 0)),
+                *(y_strides or (0, 0, 0)))
 
     def _conv_filter_gemm(self, x, x_off, dy, dy_off, dw, dw_off, m, n, x_geo, y_hw, kernel, conv_args,
                           beta, ws=None):

@@ -4,6 +4,7 @@ conv.cl and norm.cl (a mixin of the backend)."""
 from __future__ import annotations
 
 import abc
+import math
 
 import numpy as np
 
@@ -122,6 +123,18 @@ def direct_unroll(outs: int, vectors: int, lanes: int = 16) -> int:
     return 4
 
 
+def phase_taps(k: int, s: int, p: int, d: int, r: int):
+    """The taps of a kernel of ``k`` taps (stride s, padding p, dilation d) that reach input
+    positions r, r + s, r + 2 s, ... in the input gradient, as the stride-1 convolution of dy
+    they make: (last tap, step between taps, number of taps, its padding, its dilation), the
+    taps taken from the last one back (their offsets into dy rise); None where no tap does."""
+    taps = [t for t in range(k) if (r + p - t * d) % s == 0]
+    if not taps:
+        return None
+    step = taps[1] - taps[0] if len(taps) > 1 else 1
+    return taps[-1], step, len(taps), -((r + p - taps[-1] * d) // s), d // math.gcd(s, d)
+
+
 def pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         a, b = v
@@ -168,7 +181,7 @@ class SpatialOps(abc.ABC):
 
     @abc.abstractmethod
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None, transposed=False, bias=None):
+                   beta, ws=None, bias=None, phase=None, y_strides=None):
         """One convolution group as an implicit GEMM (GemmOps)."""
 
     @abc.abstractmethod
@@ -199,11 +212,12 @@ class SpatialOps(abc.ABC):
         min_plane = WINOGRAD_MIN_PLANE if op == "data" else WINOGRAD_MIN_PLANE_FORWARD
         return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= min_plane
 
-    def _winograd(self, src, w, dst, geo, flip, accumulate, ws):
+    def _winograd(self, src, w, dst, geo, flip, accumulate, ws, bias=None):
         """dst (+)= the stride-1 3x3 convolution ``geo`` of src (flip: with the transposed,
         flipped taps of w, for an input gradient) as Winograd F(2x2, 3x3): the transformed
         weights in the packed GEMM's panels, then one kernel that transforms each work-group's
-        input tiles, multiplies them per tap position and transforms the products back."""
+        input tiles, multiplies them per tap position and transforms the products back, adding
+        ``bias`` where given."""
         n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dw = geo
         qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
         th, tw = qh * dh, qw * dw   # tile rows and columns per image
@@ -219,7 +233,7 @@ class SpatialOps(abc.ABC):
         self._kernel("gemm.cl", "winograd_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
             xp.base_data, 2 * dh * (qh + 1), 2 * dw * (qw + 1), dh, dw, *self._ref(dst), ho, wo,
-            int(bool(accumulate)))
+            int(bool(accumulate)), *self._optional(bias))
 
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
@@ -341,10 +355,13 @@ class SpatialOps(abc.ABC):
                residual=None):
         check_conv_epilogue("opencl", out, bias, norm, residual)
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
-        if self._use_winograd(geo, groups, "forward") or not (
+        winograd = self._use_winograd(geo, groups, "forward")
+        if winograd or not (
                 self._use_phased(geo, groups) or self._use_direct(geo, groups, "forward") or self._use_implicit()):
-            self._conv2d(x, w, out, geo, groups, ws)   # Winograd or im2col: the epilogue as ops of its own
-            conv_epilogue(self, out, bias, norm, relu, ws, residual)
+            # Winograd adds the bias in its output transform; the rest of the epilogue (all of it
+            # after im2col) runs as ops of its own
+            self._conv2d(x, w, out, geo, groups, ws, bias if winograd else None)
+            conv_epilogue(self, out, None if winograd else bias, norm, relu, ws, residual)
             return
         if norm is not None:
             w, bias = self._fold_norm(w, bias, norm, ws)
@@ -375,11 +392,11 @@ class SpatialOps(abc.ABC):
 
     def _conv2d(self, x, w, out, geo, groups, ws, bias=None, epilogue=None) -> None:
         """out = the convolution ``geo`` of x with w; the direct and implicit-GEMM paths add
-        ``bias`` and apply ``epilogue`` ((residual or None, relu)) in their stores, Winograd and
-        im2col are called without them."""
+        ``bias`` and apply ``epilogue`` ((residual or None, relu)) in their stores, Winograd adds
+        only the bias (in its output transform), im2col neither."""
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_winograd(geo, groups, "forward"):
-            self._winograd(x, w, out, geo, False, False, ws)
+            self._winograd(x, w, out, geo, False, False, ws, bias)
             return
         if self._use_phased(geo, groups):
             self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)
@@ -436,20 +453,11 @@ class SpatialOps(abc.ABC):
                                   *self._ref(dx), c, wd, o, ho, wo, c // groups, o // groups, kh, kw,
                                   sh, sw, ph, pw, dh, dw, int(accumulate))
             return
+        if self._use_implicit():
+            self._phased_backward_data(dy, w, dx, geo, groups, accumulate, ws)
+            return
         cols = n * ho * wo
         og, kg = o // groups, (c // groups) * kh * kw
-        if self._use_implicit():
-            # the column matrix per image, (N, C kh kw, Ho Wo): W^T @ dy[n] is a pointwise
-            # convolution of dy (no channels-first copy of dy)
-            dcol = scratch(ws, self, "conv_col", (n, c * kh * kw, ho * wo), np.float32)
-            (db, do), (wb, wo_), (cb, co) = self._ref(dy), self._ref(w), self._ref(dcol)
-            for g in range(groups):
-                self._conv_gemm(wb, wo_ + g * og * kg, False, db, do + g * og * ho * wo, cb, co + g * kg * ho * wo,
-                                kg, og, (n, o, ho, wo), (c * kh * kw, ho, wo), (1, 1), (1, 1, 0, 0, 1, 1), 0.0, ws,
-                                transposed=True)
-            self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
-                              kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate), 1)
-            return
         dy_cn = scratch(ws, self, "conv_cn", (o, cols), np.float32)
         self._swap_nc(dy, n, o, ho * wo, dy_cn)
         dcol = scratch(ws, self, "conv_col", (c * kh * kw, cols), np.float32)
@@ -459,7 +467,34 @@ class SpatialOps(abc.ABC):
                        (db[0], db[1] + g * og * cols), cols, False,
                        (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
         self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
-                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate), 0)
+                          kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
+
+    def _phased_backward_data(self, dy, w, dx, geo, groups, accumulate, ws):
+        """dx (+)= the input gradient of the strided convolution ``geo``, one stride phase at a
+        time (the dx pixels whose row and column leave remainders (ry, rx) by the stride): only
+        the taps whose offsets match the phase reach it, so each phase is a stride-1 implicit
+        GEMM of dy with those taps, flipped (pack_a_phase), stored straight into dx's strided
+        pixels; no column matrix, no col2im, no multiply by the zeros between dy's pixels."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        rows = [phase_taps(kh, sh, ph, dh, r) for r in range(min(sh, h))]
+        cols = [phase_taps(kw, sw, pw, dw, r) for r in range(min(sw, wd))]
+        beta = float(bool(accumulate))
+        if not accumulate and (None in rows or None in cols):   # phases no tap reaches stay zero
+            self.fill(dx, 0.0)
+            beta = 1.0
+        og, cg = o // groups, c // groups
+        (db, do), (wb, wo_), (xb, xo) = self._ref(dy), self._ref(w), self._ref(dx)
+        for ry, ty in enumerate(rows):
+            for rx, tx in enumerate(cols):
+                if ty is None or tx is None:
+                    continue
+                (ky_hi, sy, na, pad_y, dil_y), (kx_hi, sx, nb, pad_x, dil_x) = ty, tx
+                hq, wq = len(range(ry, h, sh)), len(range(rx, wd, sw))
+                for g in range(groups):
+                    self._conv_gemm(wb, wo_ + g * og * cg * kh * kw, False, db, do + g * og * ho * wo, xb,
+                                    xo + g * cg * h * wd + ry * wd + rx, cg, og * na * nb, (n, o, ho, wo),
+                                    (c, hq, wq), (na, nb), (1, 1, pad_y, pad_x, dil_y, dil_x), beta, ws,
+                                    phase=(kh, kw, ky_hi, sy, kx_hi, sx), y_strides=(h * wd, sh * wd, sw))
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):

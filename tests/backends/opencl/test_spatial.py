@@ -79,6 +79,13 @@ CONV_CASES = [
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
     ((2, 6, 7, 11), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),    # input gradient, two vectors a row
+    # strided input gradients by stride phase (implicit): odd planes, phases no tap reaches
+    ((2, 5, 9, 11), (12, 3, 3), (2, 2), (1, 1), (1, 1), 1),   # phases of 1, 2 and 4 taps, unequal sizes
+    ((2, 4, 8, 8), (8, 1, 1), (2, 2), (0, 0), (1, 1), 1),     # 1x1: three phases of four stay zero
+    ((1, 4, 11, 10), (8, 3, 3), (2, 2), (2, 2), (2, 2), 2),   # dilation 2: odd rows and columns stay zero
+    # stride-2 gathers 8 at a time (8-lane implicit GEMMs): runs of 21, a last 8 overlapping the
+    # ones before, loads running into the plane's next row but not past its last
+    ((2, 3, 5, 41), (8, 3, 3), (2, 2), (1, 1), (1, 1), 1),
 ]
 
 
@@ -154,13 +161,15 @@ def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes
     ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),   # strided, 8 outputs per group: phase planes
 ], ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-@pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit"])
+@pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit", "winograd"])
 @pytest.mark.parametrize("parts", ["bias+relu", "bias+norm+residual+relu", "norm+residual"])
 def test_conv_kernels_apply_the_epilogue(ocl, rng, monkeypatch, case, lanes, algorithm, parts):
     """conv2d's epilogue, where the direct kernels (local-memory planes, a padded copy, phase
     planes for strided passes on 8 lanes) or the implicit GEMM compute the convolution: the
     bias and the inference batch norm (folded into the weights and bias) start the sums, the
-    stores add the residual, then the ReLU reads the sum; no pass over the output."""
+    stores add the residual, then the ReLU reads the sum; no pass over the output. Winograd
+    (stride-1 3x3 ungrouped cases; the others run im2col + GEMM there) adds the bias in its
+    output transform and runs the rest as ops."""
     from juicepy.backends.base import ConvNorm
     from juicepy.backends.opencl import OpenCLBackend, spatial
 
