@@ -560,13 +560,18 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
         x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False, scale, shift, relu, residual))
 
 
+#: fewest input channels of a 3x3 stride-2 forward run by _s2_forward: measured to win at 64
+#: (docs/numpy.md); narrower ones keep the direct kernel (up to DIRECT_STRIDED_MAX_CHANNELS) or GEMM
+S2_MIN_CHANNELS = 64
+
+
 def _s2(backend, plan) -> bool:
     """Whether a 3x3 stride-2 forward runs as F(2x2, 2x2) on its phases (_s2_forward): undilated,
-    ungrouped, padding >= 0, on AVX2 (``isa`` 1), with more input channels than the direct kernel
-    keeps (DIRECT_STRIDED_MAX_CHANNELS), where it was measured to win (docs/numpy.md)."""
+    ungrouped, padding >= 0, S2_MIN_CHANNELS input channels, on AVX2 (``isa`` 1), where it was
+    measured."""
     return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
         and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
-        and plan.cg > DIRECT_STRIDED_MAX_CHANNELS
+        and plan.c >= S2_MIN_CHANNELS
 
 
 #: tiles (2x2 outputs) per chunk of samples of _s2_forward (at least one sample)
