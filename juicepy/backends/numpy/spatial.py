@@ -575,7 +575,7 @@ def _s2(backend, plan) -> bool:
 
 
 #: tiles (2x2 outputs) per chunk of samples of _s2_forward (at least one sample)
-S2_TILES = 256
+S2_TILES = 128
 #: input-channel multiple of the GEMM depth at F(2x2, 2x2)'s 3x3 positions: the four phases
 #: meet at the corners, two at the edges, one at the centre (_conv_kernels.c, s2_input)
 S2_DEPTHS = (4, 2, 4, 2, 1, 2, 4, 2, 4)
