@@ -1285,6 +1285,185 @@ static int wg_supported(I m, I r) { return (m == 2 && r == 5) || (m == 4 && (r =
     ((m) == 2 ? ISA_CALL(wg_##KIND##_2_5_##T, __VA_ARGS__)                                      \
      : (r) == 5 ? ISA_CALL(wg_##KIND##_4_5_##T, __VA_ARGS__) : ISA_CALL(wg_##KIND##_4_3_##T, __VA_ARGS__))
 
+/* ------------------------------------------------------------------ 3x3 stride 2 as F(2x2, 2x2) on phases */
+
+/* A 3x3 stride-2 conv is the sum of four stride-1 convs on the phase planes of the padded
+ * input (phase (a, b): rows a, a + 2, ..., columns b, b + 2, ...), with kernels of 2x2 (taps
+ * (0|2, 0|2)), 2x1 (taps (0|2, 1)), 1x2 (taps (1, 0|2)) and 1x1 (tap (1, 1)). Tiles of 2x2
+ * outputs run the 2x2 one as Winograd F(2x2, 2x2) (BT rows d0 - d1, d1, d2 - d1; G rows g0,
+ * g0 + g1, g1; AT rows m0 + m1, m1 + m2), the 2x1 and 1x2 ones as F(2, 2) along their long
+ * side, the 1x1 one as is. AT's first and last columns are the identity's, so every product
+ * lands in one of F(2x2, 2x2)'s 3x3 positions (p, q): 9 GEMMs with K = C (the centre), 2C (the
+ * edges) or 4C (the corners), 25 multiply-adds per tile and input channel instead of 36, and
+ * only additions in the transforms (float32 errors as the direct kernel's, docs/numpy.md).
+ * A tile's inputs are the 5x5 patch of the padded plane at (4ty, 4tx). Rows of a position's K:
+ * [phase 00 | phase 01 if q even | phase 10 if p even | phase 11 if both] x C. */
+static I s2_row(I p, I q, I seg, I c)
+{
+    /* segment seg (0: 00, 1: 01, 2: 10, 3: 11) of position (p, q), as a K row */
+    I at = 0;
+    if (seg >= 1 && q % 2 == 0) at++;
+    if (seg >= 2 && p % 2 == 0) at++;
+    if (seg >= 3) at++;
+    return at * c;
+}
+
+/* u[p*3 + q][o][krow] (row stride 4C, K(p, q) rows used) of w (O, C, 3, 3), in double. */
+#define DEFINE_S2_WEIGHTS(NAME, T)                                                             \
+    static void NAME(const T *restrict w, T *restrict u, I o, I c)                             \
+    {                                                                                          \
+        const I kr = 4 * c;                                                                    \
+        for (I a = 0; a < o; a++)                                                              \
+            for (I b = 0; b < c; b++) {                                                        \
+                const T *k = w + (a * c + b) * 9;                                              \
+                double g[3][3], e[3][3], v01[3], v10[3];                                       \
+                for (int i = 0; i < 3; i++)                                                    \
+                    for (int j = 0; j < 3; j++) g[i][j] = (double)k[i * 3 + j];                \
+                /* G (2x2 taps) G^T, rows then columns */                                      \
+                for (int j = 0; j < 3; j += 2) {                                               \
+                    e[0][j] = g[0][j]; e[1][j] = g[0][j] + g[2][j]; e[2][j] = g[2][j];         \
+                }                                                                              \
+                for (int i = 0; i < 3; i++) {                                                  \
+                    const double l = e[i][0], r = e[i][2];                                     \
+                    e[i][0] = l; e[i][1] = l + r; e[i][2] = r;                                 \
+                }                                                                              \
+                v01[0] = g[0][1]; v01[1] = g[0][1] + g[2][1]; v01[2] = g[2][1];                \
+                v10[0] = g[1][0]; v10[1] = g[1][0] + g[1][2]; v10[2] = g[1][2];                \
+                for (I p = 0; p < 3; p++)                                                      \
+                    for (I q = 0; q < 3; q++) {                                                \
+                        T *row = u + ((p * 3 + q) * o + a) * kr + b;                           \
+                        row[s2_row(p, q, 0, c)] = (T)e[p][q];                                  \
+                        if (q % 2 == 0) row[s2_row(p, q, 1, c)] = (T)v01[p];                   \
+                        if (p % 2 == 0) row[s2_row(p, q, 2, c)] = (T)v10[q];                   \
+                        if (p % 2 == 0 && q % 2 == 0) row[s2_row(p, q, 3, c)] = (T)g[1][1];    \
+                    }                                                                          \
+            }                                                                                  \
+    }
+
+/* One patch row z (padded row, its columns 4tx + 0..4 for tile tx) along the columns: F(2, 2)'s
+ * BT over columns 0, 2, 4 into d0, d1, d2 and, where ``odd`` is set, columns 1 and 3 as they are. */
+#define DEFINE_S2_COLUMNS(NAME, ATTR, T)                                                       \
+    ATTR static void NAME(const T *restrict z, I tw, T *restrict d0, T *restrict d1, T *restrict d2, \
+                          T *restrict o1, T *restrict o3)                                      \
+    {                                                                                          \
+        for (I tx = 0; tx < tw; tx++) {                                                        \
+            const T a = z[4 * tx], b = z[4 * tx + 2], c = z[4 * tx + 4];                       \
+            d0[tx] = a - b; d1[tx] = b; d2[tx] = c - b;                                        \
+        }                                                                                      \
+        if (o1)                                                                                \
+            for (I tx = 0; tx < tw; tx++) {                                                    \
+                o1[tx] = z[4 * tx + 1]; o3[tx] = z[4 * tx + 3];                                \
+            }                                                                                  \
+    }
+
+/* v[pos*ks + krow*np + (n - n0)*tiles + tile] of samples [n0, n1): per row of tiles, the 5
+ * padded rows of its patches are copied (zeros in the padding), F(2, 2)'s BT runs along the
+ * columns on whole rows (rows 0, 2, 4 into t0, r2, t2), then each of those and the odd rows 1
+ * and 3 is split along its columns (s2_columns). Returns -1 without memory. */
+#define DEFINE_S2_INPUT(NAME, ATTR, T, COLUMNS)                                                \
+    ATTR static int NAME(const T *restrict x, T *restrict v, const Geometry *g, I n0, I n1,    \
+                         I th, I tw, I ks)                                                     \
+    {                                                                                          \
+        const I c = g->c, tiles = th * tw, np = (n1 - n0) * tiles, rw = 4 * tw + 4;           \
+        T *buf = malloc((size_t)(7 * rw) * sizeof(T));                                         \
+        if (!buf) return -1;                                                                   \
+        T *t0 = buf + 5 * rw, *t2 = buf + 6 * rw;                                              \
+        I cw = g->w;                                                                           \
+        if (cw > rw - g->pw) cw = rw - g->pw;                                                  \
+        for (I n = n0; n < n1; n++)                                                            \
+            for (I ch = 0; ch < c; ch++) {                                                     \
+                const T *plane = x + (n * c + ch) * g->h * g->w;                               \
+                /* dst[k]: phase 00 at position k; 01 at (p, 2q'): 9 + 2p + q'; 10 at (2h, q): \
+                   15 + 3h + q; 11 at (2h, 2q'): 21 + 2h + q' */                               \
+                T *dst[25];                                                                    \
+                for (I p = 0; p < 3; p++)                                                      \
+                    for (I q = 0; q < 3; q++) {                                                \
+                        T *base = v + (p * 3 + q) * ks + (n - n0) * tiles;                     \
+                        dst[p * 3 + q] = base + (s2_row(p, q, 0, c) + ch) * np;                \
+                        if (q % 2 == 0) dst[9 + p * 2 + q / 2] = base + (s2_row(p, q, 1, c) + ch) * np; \
+                        if (p % 2 == 0) dst[15 + p / 2 * 3 + q] = base + (s2_row(p, q, 2, c) + ch) * np; \
+                        if (p % 2 == 0 && q % 2 == 0)                                          \
+                            dst[21 + p / 2 * 2 + q / 2] = base + (s2_row(p, q, 3, c) + ch) * np; \
+                    }                                                                          \
+                for (I ty = 0; ty < th; ty++) {                                                \
+                    for (int r = 0; r < 5; r++) {                                              \
+                        T *row = buf + r * rw;                                                 \
+                        const I src = 4 * ty + r - g->ph;                                      \
+                        memset(row, 0, (size_t)rw * sizeof(T));                                \
+                        if (src >= 0 && src < g->h && cw > 0)                                  \
+                            memcpy(row + g->pw, plane + src * g->w, (size_t)cw * sizeof(T));   \
+                    }                                                                          \
+                    const T *r0 = buf, *r2 = buf + 2 * rw, *r4 = buf + 4 * rw;                 \
+                    for (I i = 0; i < rw; i++) {                                               \
+                        t0[i] = r0[i] - r2[i];                                                 \
+                        t2[i] = r4[i] - r2[i];                                                 \
+                    }                                                                          \
+                    const I o = ty * tw;                                                       \
+                    const T *rows[3] = {t0, r2, t2};                                           \
+                    for (int p = 0; p < 3; p++)                                                \
+                        COLUMNS(rows[p], tw, dst[p * 3] + o, dst[p * 3 + 1] + o, dst[p * 3 + 2] + o, \
+                                dst[9 + p * 2] + o, dst[9 + p * 2 + 1] + o);                   \
+                    for (int h = 0; h < 2; h++)                                                \
+                        COLUMNS(buf + (2 * h + 1) * rw, tw, dst[15 + h * 3] + o, dst[15 + h * 3 + 1] + o, \
+                                dst[15 + h * 3 + 2] + o, dst[21 + h * 2] + o, dst[21 + h * 2 + 1] + o); \
+                }                                                                              \
+            }                                                                                  \
+        free(buf);                                                                             \
+        return 0;                                                                              \
+    }
+
+/* out[n, a] = AT m[.][a][tile] A for samples [n0, n1), outputs past Ho x Wo dropped. */
+#define DEFINE_S2_OUTPUT(NAME, ATTR, T)                                                        \
+    ATTR static int NAME(const T *restrict m, T *restrict out, const Geometry *g, I o, I n0,   \
+                         I n1, I th, I tw, I ks)                                               \
+    {                                                                                          \
+        const I tiles = th * tw, np = (n1 - n0) * tiles;                                       \
+        T *y = malloc((size_t)(4 * tw) * sizeof(T));                                           \
+        if (!y) return -1;                                                                     \
+        for (I n = n0; n < n1; n++)                                                            \
+            for (I a = 0; a < o; a++) {                                                        \
+                T *plane = out + (n * o + a) * g->ho * g->wo;                                  \
+                const T *src = m + a * np + (n - n0) * tiles;                                  \
+                for (I ty = 0; ty < th; ty++) {                                                \
+                    const T *e = src + ty * tw;                                                \
+                    for (I tx = 0; tx < tw; tx++) {                                            \
+                        T s[3][2];                                                             \
+                        for (int p = 0; p < 3; p++) {                                          \
+                            const T m0 = e[(p * 3) * ks + tx], m1 = e[(p * 3 + 1) * ks + tx];  \
+                            const T m2 = e[(p * 3 + 2) * ks + tx];                             \
+                            s[p][0] = m0 + m1; s[p][1] = m1 + m2;                              \
+                        }                                                                      \
+                        for (int j = 0; j < 2; j++) {                                          \
+                            y[j * tw + tx] = s[0][j] + s[1][j];                                \
+                            y[(2 + j) * tw + tx] = s[1][j] + s[2][j];                          \
+                        }                                                                      \
+                    }                                                                          \
+                    for (int i = 0; i < 2 && 2 * ty + i < g->ho; i++) {                        \
+                        T *row = plane + (2 * ty + i) * g->wo;                                 \
+                        for (I q = 0; q < g->wo; q++) row[q] = y[(2 * i + q % 2) * tw + q / 2]; \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+        free(y);                                                                               \
+        return 0;                                                                              \
+    }
+
+DEFINE_S2_WEIGHTS(s2_weights_f32, float)
+DEFINE_S2_WEIGHTS(s2_weights_f64, double)
+DEFINE_S2_COLUMNS(s2_columns_f32_256, ISA_256, float)
+DEFINE_S2_COLUMNS(s2_columns_f64_256, ISA_256, double)
+DEFINE_S2_COLUMNS(s2_columns_f32_128, ISA_128, float)
+DEFINE_S2_COLUMNS(s2_columns_f64_128, ISA_128, double)
+DEFINE_S2_INPUT(s2_input_f32_256, ISA_256, float, s2_columns_f32_256)
+DEFINE_S2_INPUT(s2_input_f64_256, ISA_256, double, s2_columns_f64_256)
+DEFINE_S2_INPUT(s2_input_f32_128, ISA_128, float, s2_columns_f32_128)
+DEFINE_S2_INPUT(s2_input_f64_128, ISA_128, double, s2_columns_f64_128)
+DEFINE_S2_OUTPUT(s2_output_f32_256, ISA_256, float)
+DEFINE_S2_OUTPUT(s2_output_f64_256, ISA_256, double)
+DEFINE_S2_OUTPUT(s2_output_f32_128, ISA_128, float)
+DEFINE_S2_OUTPUT(s2_output_f64_128, ISA_128, double)
+#define S2_CALL(NAME, ...) (isa >= 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
+
 /* ------------------------------------------------------------------ Python glue */
 
 static int parse_geometry(PyObject *tuple, Geometry *g)
@@ -1960,7 +2139,102 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static int check_s2(const Geometry *g, I th, I tw)
+{
+    if (g->kh != 3 || g->kw != 3 || g->sh != 2 || g->sw != 2 || g->dh != 1 || g->dw != 1 || g->ph < 0 ||
+        g->pw < 0 || g->h + 2 * g->ph < 3 || g->w + 2 * g->pw < 3 || g->ho != (g->h + 2 * g->ph - 3) / 2 + 1 ||
+        g->wo != (g->w + 2 * g->pw - 3) / 2 + 1 || th != (g->ho + 1) / 2 || tw != (g->wo + 1) / 2) {
+        PyErr_SetString(PyExc_ValueError, "s2 kernels: need a 3x3 stride-2 undilated geometry with padding >= 0, "
+                        "its Ho, Wo and its tile counts ((Ho + 1) // 2, (Wo + 1) // 2)");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_s2_weights(PyObject *self, PyObject *args)
+{
+    PyObject *wo, *uo;
+    I o, c;
+    if (!PyArg_ParseTuple(args, "OOnn", &wo, &uo, &o, &c)) return NULL;
+    if (o < 1 || c < 1) {
+        PyErr_Format(PyExc_ValueError, "s2_weights: channel counts must be positive, got O=%zd, C=%zd", o, c);
+        return NULL;
+    }
+    Py_buffer w, u;
+    if (get_three(wo, &w, 0, o * c * 9, "w", uo, &u, 1, 9 * o * 4 * c, "u", NULL, NULL, 0, 0, NULL) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (w.itemsize == 4)
+        s2_weights_f32(w.buf, u.buf, o, c);
+    else
+        s2_weights_f64(w.buf, u.buf, o, c);
+    Py_END_ALLOW_THREADS
+    release_three(&w, &u, NULL);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_s2_input(PyObject *self, PyObject *args)
+{
+    PyObject *xo, *vo, *go;
+    Geometry g;
+    I n, n0, n1, th, tw, ks;
+    int failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &xo, &vo, &go, &n, &n0, &n1, &th, &tw, &ks)) return NULL;
+    if (!parse_geometry(go, &g) || check_s2(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    const I np = (n1 - n0) * th * tw;
+    if (ks < 4 * g.c * np) {
+        PyErr_Format(PyExc_ValueError, "s2_input: slices of v %zd apart overlap (need %zd)", ks, 4 * g.c * np);
+        return NULL;
+    }
+    Py_buffer x, v;
+    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", vo, &v, 1, 8 * ks + 4 * g.c * np, "v", NULL, NULL, 0, 0,
+                  NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (x.itemsize == 4)
+        failed = S2_CALL(s2_input_f32, x.buf, v.buf, &g, n0, n1, th, tw, ks);
+    else
+        failed = S2_CALL(s2_input_f64, x.buf, v.buf, &g, n0, n1, th, tw, ks);
+    Py_END_ALLOW_THREADS
+    release_three(&x, &v, NULL);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_s2_output(PyObject *self, PyObject *args)
+{
+    PyObject *mo, *oo, *go;
+    Geometry g;
+    I o, n, n0, n1, th, tw, ks;
+    int failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnn", &mo, &oo, &go, &o, &n, &n0, &n1, &th, &tw, &ks)) return NULL;
+    if (!parse_geometry(go, &g) || check_s2(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    const I np = (n1 - n0) * th * tw;
+    if (o < 1 || ks < o * np) {
+        PyErr_SetString(PyExc_ValueError, "s2_output: need a positive channel count and slices of m that do not overlap");
+        return NULL;
+    }
+    Py_buffer out, m;
+    if (get_three(oo, &out, 1, n * o * g.ho * g.wo, "out", mo, &m, 0, 8 * ks + o * np, "m", NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (out.itemsize == 4)
+        failed = S2_CALL(s2_output_f32, m.buf, out.buf, &g, o, n0, n1, th, tw, ks);
+    else
+        failed = S2_CALL(s2_output_f64, m.buf, out.buf, &g, o, n0, n1, th, tw, ks);
+    Py_END_ALLOW_THREADS
+    release_three(&out, &m, NULL);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"s2_weights", py_s2_weights, METH_VARARGS,
+     "s2_weights(w, u, O, C): u (9, O, 4C) = the taps of a 3x3 stride-2 conv as F(2x2, 2x2) on its phases"},
+    {"s2_input", py_s2_input, METH_VARARGS,
+     "s2_input(x, v, geometry, N, n0, n1, th, tw, ks): v[pos*ks:] = the transformed 5x5 patches of samples "
+     "[n0, n1) of a 3x3 stride-2 conv"},
+    {"s2_output", py_s2_output, METH_VARARGS,
+     "s2_output(m, out, geometry, O, N, n0, n1, th, tw, ks): out = the products m transformed back"},
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
      "weight gradient of samples [n0, n1), computed directly"},

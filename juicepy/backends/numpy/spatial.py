@@ -523,7 +523,9 @@ def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: in
 def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws, epi=None):
     plan = _ConvPlan(x.shape, w.shape, out.shape[2:], stride, padding, dilation, groups)
     runs = [_gemm_forward]
-    if _direct_forward_applies(backend, plan):
+    if _s2(backend, plan):
+        runs.append(_s2_forward)
+    elif _direct_forward_applies(backend, plan):
         runs.append(_direct_forward)
         if tuple(stride) == (1, 1) and _wg(backend, plan, plan.c, plan.o, out.shape[2:]):
             runs.append(_wg_forward)
@@ -556,6 +558,56 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
     scale, shift, relu, residual = epi or (None, None, False, None)
     _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_conv(
         x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False, scale, shift, relu, residual))
+
+
+#: fewest input channels of a 3x3 stride-2 forward run by _s2_forward: measured to win at 64
+#: (docs/numpy.md); narrower ones keep the direct kernel (up to DIRECT_STRIDED_MAX_CHANNELS) or GEMM
+S2_MIN_CHANNELS = 64
+
+
+def _s2(backend, plan) -> bool:
+    """Whether a 3x3 stride-2 forward runs as F(2x2, 2x2) on its phases (_s2_forward): undilated,
+    ungrouped, padding >= 0, S2_MIN_CHANNELS input channels, on AVX2 (``isa`` 1), where it was
+    measured."""
+    return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+        and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
+        and plan.c >= S2_MIN_CHANNELS
+
+
+#: tiles (2x2 outputs) per chunk of samples of _s2_forward (at least one sample)
+S2_TILES = 128
+#: input-channel multiple of the GEMM depth at F(2x2, 2x2)'s 3x3 positions: the four phases
+#: meet at the corners, two at the edges, one at the centre (_conv_kernels.c, s2_input)
+S2_DEPTHS = (4, 2, 4, 2, 1, 2, 4, 2, 4)
+
+
+def _s2_forward(backend, x, w, plan, ws, out, epi=None):
+    """The 3x3 stride-2 conv as the sum of four stride-1 convs on the input's phase planes (2x2,
+    2x1, 1x2 and 1x1 taps), tiles of 2x2 outputs as Winograd F(2x2, 2x2) and F(2, 2): 9 GEMMs per
+    chunk of samples, 25 multiply-adds per tile and input channel instead of 36."""
+    geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
+    th, tw = (plan.ho + 1) // 2, (plan.wo + 1) // 2
+    tiles, c, o = th * tw, plan.c, plan.o
+    u = scratch(ws, backend, "conv_s2_u", (9, o, 4 * c), w.dtype)
+    backend.conv_kernels.s2_weights(w, u, o, c)
+    per = max(1, min(plan.n, S2_TILES // tiles))
+    chunks = [(n0, min(plan.n, n0 + per)) for n0 in range(0, plan.n, per)]
+    # slices a cache line more than their size apart (see _winograd_run)
+    vs, ms = 4 * c * per * tiles + 16, o * per * tiles + 16
+
+    def lane(lo, hi, k):
+        v = scratch(ws, backend, f"conv_s2_v/{k}", (9, vs), x.dtype)
+        prod = scratch(ws, backend, f"conv_s2_m/{k}", (9, ms), x.dtype)
+        for n0, n1 in chunks[lo:hi]:
+            p = (n1 - n0) * tiles
+            backend.conv_kernels.s2_input(x, v, geometry, plan.n, n0, n1, th, tw, vs)
+            for pos, depth in enumerate(S2_DEPTHS):
+                kk = depth * c
+                np.matmul(u[pos, :, :kk], _view(v[pos, :kk * p], (kk, p)), out=_view(prod[pos, :o * p], (o, p)))
+            backend.conv_kernels.s2_output(prod, out, geometry, o, plan.n, n0, n1, th, tw, ms)
+            _finish(backend, out, epi, n0 * o, n1 * o)
+
+    _run_gemm_pieces(len(chunks), lane)
 
 
 def _gemm_forward(backend, x, w, plan, ws, out, epi=None):

@@ -492,3 +492,100 @@ def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
     for _ in range(3):
         trainer.train_minibatch(backend, x, y)
     assert backend.allocations == before and called
+
+
+@needs_kernels
+def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
+    """F(2x2, 2x2) on the phases: 3x3, stride 2, no dilation or groups, S2_MIN_CHANNELS input
+    channels, AVX2; the ResNet's narrower strided convs keep the direct kernel."""
+    backend = jp.backend("numpy")
+
+    def plan(c, k=3, s=2, dilation=1, groups=1):
+        return numpy_spatial._ConvPlan((2, c, 16, 16), (8, c // groups, k, k), (8, 8), (s, s), (1, 1),
+                                       (dilation, dilation), groups)
+
+    monkeypatch.setattr(kernels, "isa", 1)
+    applies = numpy_spatial._s2
+    assert applies(backend, plan(64)) and applies(backend, plan(128))
+    assert not applies(backend, plan(32)) and not applies(backend, plan(64, k=5))
+    assert not applies(backend, plan(64, s=1)) and not applies(backend, plan(64, dilation=2))
+    assert not applies(backend, plan(64, groups=2))
+    monkeypatch.setattr(kernels, "isa", 2)
+    assert not applies(backend, plan(64))
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(3, 5, 16, 16, 7, 1), (2, 6, 13, 11, 5, 1), (2, 3, 10, 9, 4, 0), (2, 4, 7, 8, 3, 2),
+                                   (1, 2, 3, 3, 2, 1)],
+                         ids=["even", "odd-sizes", "no-padding", "padding-2", "one-output"])
+def test_stride_2_phase_winograd_matches_the_reference(shape, monkeypatch):
+    """The 3x3 stride-2 forward as F(2x2, 2x2) on its phases: in float64 to rounding, in float32
+    within 2e-5 of the largest output (its transforms only add, so about the direct kernel's
+    error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue."""
+    n, c, h, w_, o, p = shape
+    rng = np.random.default_rng(21)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3)) / np.sqrt(c * 9)
+    bias = rng.standard_normal(o)
+    monkeypatch.setattr(kernels, "isa", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_TILES", 8)  # chunks of one or two samples
+    picked = []
+    original = numpy_spatial._s2_forward
+    monkeypatch.setattr(numpy_spatial, "_s2_forward", lambda *a, **k: (picked.append(1), original(*a, **k))[1])
+    b = jp.backend("numpy")
+    ho, wo = _out_len(h, 3, 2, p, 1), _out_len(w_, 3, 2, p, 1)
+
+    def forward(dtype, relu=False):
+        out = np.full((n, o, ho, wo), np.nan, dtype)
+        b.conv2d(x.astype(dtype), w.astype(dtype), out, (2, 2), (p, p), (1, 1), 1, ws=Workspace(),
+                 bias=bias.astype(dtype) if relu else None, relu=relu)
+        return out
+
+    results = {dtype: (forward(dtype), forward(dtype, relu=True)) for dtype in (np.float64, np.float32)}
+    assert len(picked) == 4
+    monkeypatch.setattr(b, "conv_kernels", None)
+    reference = forward(np.float64), forward(np.float64, relu=True)
+    for exact, single, want in zip(results[np.float64], results[np.float32], reference):
+        np.testing.assert_allclose(exact, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+        assert np.abs(single - want).max() <= 2e-5 * np.abs(want).max()
+
+
+@needs_kernels
+def test_stride_2_phase_winograd_refuses_geometries_it_does_not_compute():
+    x, v = np.zeros((1, 2, 8, 8), np.float32), np.zeros((9, 200), np.float32)
+    ok = (2, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4)
+    kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 200)
+    for geometry in [(2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8),   # stride 1
+                     (2, 8, 8, 5, 5, 2, 2, 2, 2, 1, 1, 4, 4),   # 5x5
+                     (2, 8, 8, 3, 3, 2, 2, 2, 2, 2, 2, 4, 4),   # dilated
+                     (2, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 3, 4)]:  # wrong output size
+        with pytest.raises(ValueError, match="s2 kernels"):
+            kernels.s2_input(x, v, geometry, 1, 0, 1, 2, 2, 200)
+    with pytest.raises(ValueError, match="s2 kernels"):  # wrong tile count
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 3, 200)
+    with pytest.raises(ValueError, match="overlap"):
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 16)
+    with pytest.raises(ValueError, match="v"):  # too small for 9 slices
+        kernels.s2_input(x, v.ravel()[:8 * 200 + 4 * 2 * 4 - 1], ok, 1, 0, 1, 2, 2, 200)
+
+
+@needs_kernels
+def test_stride_2_phase_winograd_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+    from juicepy.train import Adam, Trainer
+
+    monkeypatch.setattr(kernels, "isa", 1)
+    called = []
+    original = numpy_spatial._s2_forward
+    monkeypatch.setattr(numpy_spatial, "_s2_forward", lambda *a, **k: (called.append(1), original(*a, **k))[1])
+    backend = jp.backend("numpy")
+    net = jp.Network(L.Sequential(L.Conv2d(16, 3, stride=2, padding=1), L.ReLU()), (64, 8, 8), seed=2)
+    trainer = Trainer(net, L.MSELoss(), Adam(), batch_size=2)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((2, 64, 8, 8)).astype(np.float32), rng.standard_normal((2, 16, 4, 4)).astype(np.float32)
+    for _ in range(2):
+        trainer.train_minibatch(backend, x, y)
+    before = backend.allocations
+    for _ in range(3):
+        trainer.train_minibatch(backend, x, y)
+    assert backend.allocations == before and called
