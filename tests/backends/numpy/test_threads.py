@@ -132,7 +132,7 @@ def test_dealt_pieces_run_once_each_and_a_held_lane_takes_fewer(hand_off):
 
     def work(lo, hi, lane):
         if lane == 0:  # this lane's core is held by something else
-            time.sleep(0.01)
+            time.sleep(0.05)
         with lock:
             taken.append((lo, hi, lane))
 
