@@ -25,11 +25,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..base import channels_inner, scratch
+from .threads import deal as _deal
+from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
 from .threads import num_threads as _num_threads
-from .threads import deal as _deal
-from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
 
