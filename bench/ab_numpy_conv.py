@@ -1,6 +1,6 @@
 """Median ms of juicepy's NumPy backend and of PyTorch, in one process, on the convolution
-workloads of test_bench_conv.py (training step of one layer, forward) and the zoo ResNet
-(inference forward, Adam step); prints one JSON object {workload: [juicepy ms, torch ms]}.
+workloads of test_bench_conv.py (training step of one layer, forward), the CIFAR-shaped CNN
+(inference forward) and the zoo ResNet (inference forward, Adam step); prints one JSON object {workload: [juicepy ms, torch ms]}.
 
 To compare two checkouts on a noisy machine, alternate processes and compare within each:
     for r in 1 2 3; do for c in OLD NEW; do PYTHONPATH=$c python bench/ab_numpy_conv.py > $c-$r.json; done; done
@@ -21,7 +21,7 @@ from juicepy.models import resnet
 from juicepy.train import Adam, Trainer
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchutil import torch_adam_step  # noqa: E402
-from test_bench_cnn import _data, _torch_resnet  # noqa: E402
+from test_bench_cnn import _cnn, _data, _torch_cnn, _torch_resnet  # noqa: E402
 
 torch.set_num_threads(2)
 be = get_backend("numpy")
@@ -30,7 +30,9 @@ CASES = {"3x3": (64, dict(out_channels=64, kernel_size=3, padding=1)),
          "depthwise": (64, dict(out_channels=64, kernel_size=3, padding=1, groups=64)),
          "strided": (64, dict(out_channels=128, kernel_size=3, stride=2, padding=1)),
          "1x1": (64, dict(out_channels=128, kernel_size=1)),
-         "5x5": (32, dict(out_channels=32, kernel_size=5, padding=2))}
+         "5x5": (32, dict(out_channels=32, kernel_size=5, padding=2)),
+         "dilated": (64, dict(out_channels=64, kernel_size=3, padding=2, dilation=2)),
+         "grouped": (64, dict(out_channels=64, kernel_size=3, padding=1, groups=4))}
 def med(fn, n=15):
     fn(); ts = []
     for _ in range(n):
@@ -55,6 +57,11 @@ for name, (c, args) in CASES.items():
     res[name + " fwd"] = (med(fctx.forward), med(tfwd))
 SHAPE = (3, 32, 32)
 x, y = _data()
+cnn = jp.Network(_cnn(), SHAPE); cnn.transform(be, x)
+tcnn = _torch_cnn(torch).eval()
+def tcf():
+    with torch.no_grad(): return tcnn(torch.from_numpy(x)).numpy()
+res["cnn fwd"] = (med(lambda: cnn.transform(be, x), 30), med(tcf, 30))
 net = jp.Network(resnet(SHAPE, 10), SHAPE); net.transform(be, x)
 tn = _torch_resnet(torch).eval(); xt = torch.from_numpy(x)
 def tf():

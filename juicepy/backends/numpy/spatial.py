@@ -25,8 +25,11 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..base import channels_inner, scratch
+from .threads import deal as _deal
+from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
+from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
 
@@ -553,11 +556,28 @@ def _direct_forward_applies(backend, plan) -> bool:
     return isa == 1 and plan.kh * plan.kw > 1 and plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
 
 
+#: multiply-adds of a direct forward from which its samples are dealt to the lanes in pieces
+#: (threads.deal) instead of split in halves: each call packs the taps again, which the smaller
+#: convs (the CIFAR CNN's, the ResNet's) would pay once per piece (docs/numpy.md)
+DIRECT_DEAL_MIN = 1 << 28
+#: pieces per lane of a dealt direct forward
+DIRECT_DEAL_PIECES = 4
+
+
 def _direct_forward(backend, x, w, plan, ws, out, epi=None):
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     scale, shift, relu, residual = epi or (None, None, False, None)
-    _run_lanes(plan.n, out[0].size * plan.depth, lambda lo, hi, k: backend.conv_kernels.direct_conv(
-        x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False, scale, shift, relu, residual))
+    work = out[0].size * plan.depth
+
+    def lane(lo, hi, k):
+        backend.conv_kernels.direct_conv(x, w, out, geometry, plan.groups, plan.o, plan.n, lo, hi, False, False,
+                                         scale, shift, relu, residual)
+
+    lanes = _num_threads()
+    if lanes > 1 and plan.n * work >= DIRECT_DEAL_MIN:
+        _deal(plan.n, -(-plan.n // (DIRECT_DEAL_PIECES * lanes)), lane, lanes)
+    else:
+        _run_lanes(plan.n, work, lane)
 
 
 #: fewest input channels of a 3x3 stride-2 forward run by _s2_forward: measured to win at 64
@@ -793,7 +813,7 @@ def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate,
             backend.conv_kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate)
             _finish(backend, dst, epi, n0 * n_out, n1 * n_out)
 
-    _run_gemm_pieces(len(chunks), lane)
+    _deal_gemm_pieces(len(chunks), lane)
 
 
 def _tiled_forward(run, backend, x, w, plan, ws, out, epi):
@@ -896,7 +916,7 @@ def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, e
             backend.conv_kernels.wg_output(prod, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate, m, mats)
             _finish(backend, dst, epi, n0 * n_out, n1 * n_out)
 
-    _run_gemm_pieces(len(chunks), lane)
+    _deal_gemm_pieces(len(chunks), lane)
 
 
 def _wg_forward(backend, x, w, plan, ws, out, epi=None):

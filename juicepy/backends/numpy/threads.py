@@ -3,6 +3,7 @@ one flat block or one batch can be split over the cores with a shared thread poo
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -296,3 +297,34 @@ def run_gemm_pieces(count: int, work) -> int:
     with single_threaded_blas():
         parallel([(work, (bounds[k], bounds[k + 1], k)) for k in range(lanes)])
     return lanes
+
+
+def deal(count: int, piece: int, work, lanes: int) -> int:
+    """work(lo, hi, lane) over [0, count) in pieces of ``piece``, on ``lanes`` lanes, each lane
+    taking the next piece nobody has taken yet instead of a fixed range: when another process
+    holds a core for a while, the other lane runs the rest instead of waiting for it. Only for
+    pieces that write disjoint outputs and keep no per-lane sums, so which lane runs a piece
+    changes no bits. Returns the lane count."""
+    lanes = min(lanes, -(-count // piece))
+    if lanes <= 1:
+        work(0, count, 0)
+        return 1
+    taken = itertools.count(0, piece)  # next() on it is one C call: atomic under the GIL
+
+    def lane(k):
+        while (lo := next(taken)) < count:
+            work(lo, min(lo + piece, count), k)
+
+    parallel([(lane, (k,)) for k in range(lanes)])
+    return lanes
+
+
+def deal_gemm_pieces(count: int, work) -> int:
+    """run_gemm_pieces with the pieces dealt one at a time (``deal``): for pieces that write
+    disjoint outputs."""
+    lanes = min(gemm_lanes(), count)
+    if lanes <= 1:
+        work(0, count, 0)
+        return 1
+    with single_threaded_blas():
+        return deal(count, 1, work, lanes)

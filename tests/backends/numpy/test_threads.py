@@ -2,6 +2,7 @@
 pool otherwise) runs every call once, raises a lane's error only after every call ended, and
 never deadlocks when called from a lane or from two threads at once."""
 
+import contextlib
 import threading
 import time
 
@@ -123,3 +124,46 @@ def test_only_small_products_set_the_blas_thread_count(monkeypatch):
     out = np.empty((32, 10), np.float32)
     backend.gemm(a, b, out)
     np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_dealt_pieces_run_once_each_and_a_held_lane_takes_fewer(hand_off):
+    taken = []
+    lock = threading.Lock()
+
+    def work(lo, hi, lane):
+        if lane == 0:  # this lane's core is held by something else
+            time.sleep(0.05)
+        with lock:
+            taken.append((lo, hi, lane))
+
+    assert threads.deal(20, 3, work, 2) == 2
+    assert sorted((lo, hi) for lo, hi, _ in taken) == [(lo, min(lo + 3, 20)) for lo in range(0, 20, 3)]
+    by_lane = [sum(1 for *_, lane in taken if lane == k) for k in range(2)]
+    assert by_lane[1] > by_lane[0] >= 1
+    taken.clear()
+    assert threads.deal(2, 3, work, 2) == 1  # one piece: no hand-off
+    assert taken == [(0, 2, 0)]
+
+
+@pytest.mark.skipif(jp.backend("numpy").conv_kernels is None, reason="_conv_kernels is not built")
+@pytest.mark.parametrize("groups, kernel, channels", [(4, 3, 16), (1, 3, 64), (1, 5, 32)])
+def test_dealt_forwards_give_the_bits_of_one_lane(monkeypatch, groups, kernel, channels):
+    """The direct forward (its dealing threshold lowered to this size) and the Winograd
+    forwards deal their samples to the lanes; each sample's bits must not depend on the lane."""
+    from juicepy.backends.numpy import spatial
+
+    monkeypatch.setattr(spatial, "DIRECT_DEAL_MIN", 0)
+    backend = jp.backend("numpy")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((7, channels, 16, 16)).astype(np.float32)
+    w = rng.standard_normal((channels, channels // groups, kernel, kernel)).astype(np.float32)
+    pad = kernel // 2
+    outs = []
+    for lanes in ("1", "2"):
+        monkeypatch.setenv("JUICEPY_NUM_THREADS", lanes)
+        out = np.empty_like(x)
+        # the lanes' GEMMs run on one BLAS thread; a threaded OpenBLAS call may round differently
+        with threads.single_threaded_blas() if threads._blas_controller() else contextlib.nullcontext():
+            backend.conv2d(x, w, out, (1, 1), (pad, pad), (1, 1), groups)
+        outs.append(out)
+    np.testing.assert_array_equal(outs[0], outs[1])
