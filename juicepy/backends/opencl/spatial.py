@@ -181,7 +181,7 @@ class SpatialOps(abc.ABC):
 
     @abc.abstractmethod
     def _conv_gemm(self, w, w_off, flipped, x, x_off, y, y_off, m, k, x_geo, y_hw, kernel, conv_args,
-                   beta, ws=None, bias=None, phase=None, y_strides=None):
+                   beta, ws=None, bias=None, epilogue=None, phase=None, y_strides=None):
         """One convolution group as an implicit GEMM (GemmOps)."""
 
     @abc.abstractmethod
