@@ -598,6 +598,23 @@ inline int exact_quotient(const int i, const int d, const float inv)
     return q;
 }
 
+// The largest of the 2x2 window at xr (rows W apart; a NaN wins, the first maximum is kept) and,
+// in *at, its index in the input plane, top being the window's first.
+inline float max_2x2(__global const float *xr, const int W, const int top, int *at)
+{
+    const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
+    float b = v0;
+    int w = top;
+    int take = v1 > b || v1 != v1;
+    b = take ? v1 : b; w = take ? top + 1 : w;
+    take = v2 > b || v2 != v2;
+    b = take ? v2 : b; w = take ? top + W : w;
+    take = v3 > b || v3 != v3;
+    b = take ? v3 : b; w = take ? top + W + 1 : w;
+    *at = w;
+    return b;
+}
+
 __kernel void max_pool_2x2(const int total, __global const float *x, const int x_off, const int Ho,
                            const int Wo, const float inv_wo, const float inv_ho,
                            __global float *out, const int o_off, __global int *argmax, const int a_off)
@@ -609,16 +626,8 @@ __kernel void max_pool_2x2(const int total, __global const float *x, const int x
     const int plane = exact_quotient(row, Ho, inv_ho);
     const int W = 2 * Wo, top = 2 * (row - plane * Ho) * W + 2 * ow;
     __global const float *xr = x + x_off + (size_t)2 * i + (size_t)2 * row * Wo;
-    const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
-    float b = v0;
-    int w = top;
-    int take = v1 > b || v1 != v1;
-    b = take ? v1 : b; w = take ? top + 1 : w;
-    take = v2 > b || v2 != v2;
-    b = take ? v2 : b; w = take ? top + W : w;
-    take = v3 > b || v3 != v3;
-    b = take ? v3 : b; w = take ? top + W + 1 : w;
-    out[o_off + i] = b;
+    int w;
+    out[o_off + i] = max_2x2(xr, W, top, &w);
     argmax[a_off + i] = w;
 }
 
@@ -637,16 +646,8 @@ void max_pool_2x2_rows(const int rows, __global const float *x, const int x_off,
         for (int ow = 0; ow < Wo; ++ow) {
             __global const float *xr = xrow + 2 * ow;
             const int top = 2 * oh * W + 2 * ow;
-            const float v0 = xr[0], v1 = xr[1], v2 = xr[W], v3 = xr[W + 1];
-            float b = v0;
-            int w = top;
-            int take = v1 > b || v1 != v1;
-            b = take ? v1 : b; w = take ? top + 1 : w;
-            take = v2 > b || v2 != v2;
-            b = take ? v2 : b; w = take ? top + W : w;
-            take = v3 > b || v3 != v3;
-            b = take ? v3 : b; w = take ? top + W + 1 : w;
-            out[o_off + (size_t)r * Wo + ow] = b;
+            int w;
+            out[o_off + (size_t)r * Wo + ow] = max_2x2(xr, W, top, &w);
             argmax[a_off + (size_t)r * Wo + ow] = w;
         }
     }

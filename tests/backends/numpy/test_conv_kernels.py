@@ -470,28 +470,36 @@ def test_bias_passes_match_the_fallback(dtype, accumulate, monkeypatch):
     np.testing.assert_allclose(db_c, (db0 if accumulate else 0) + expected.sum(axis=(0, 2, 3)), **tol)
 
 
-@needs_kernels
-def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
-    """The transform buffers come from the Context's workspace: a steady step makes no arrays."""
+def _steady_steps_allocate_nothing(monkeypatch, path, layers, in_shape, out_shape):
+    """Train ``layers`` on the NumPy backend (AVX2 kernels) and check that steady steps make no
+    backend arrays and that they went through spatial's ``path`` function."""
     from juicepy import layers as L
     from juicepy.train import Adam, Trainer
 
     monkeypatch.setattr(kernels, "isa", 1)
     called = []
-    original = numpy_spatial._wg_run
-    monkeypatch.setattr(numpy_spatial, "_wg_run", lambda *a: (called.append(1), original(*a))[1])
+    original = getattr(numpy_spatial, path)
+    monkeypatch.setattr(numpy_spatial, path, lambda *a, **k: (called.append(1), original(*a, **k))[1])
     backend = jp.backend("numpy")
-    net = jp.Network(L.Sequential(L.Conv2d(32, 5, padding=2), L.ReLU(), L.Conv2d(32, 5, padding=2)),
-                     (32, 16, 16), seed=2)
-    trainer = Trainer(net, L.MSELoss(), Adam(), batch_size=2)
+    trainer = Trainer(jp.Network(L.Sequential(*layers), in_shape, seed=2), L.MSELoss(), Adam(), batch_size=2)
     rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((2, 32, 16, 16)).astype(np.float32), rng.standard_normal((2, 32, 16, 16)).astype(np.float32)
+    x = rng.standard_normal((2, *in_shape)).astype(np.float32)
+    y = rng.standard_normal((2, *out_shape)).astype(np.float32)
     for _ in range(2):
         trainer.train_minibatch(backend, x, y)
     before = backend.allocations
     for _ in range(3):
         trainer.train_minibatch(backend, x, y)
     assert backend.allocations == before and called
+
+
+@needs_kernels
+def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
+    """The transform buffers come from the Context's workspace: a steady step makes no arrays."""
+    from juicepy import layers as L
+
+    _steady_steps_allocate_nothing(monkeypatch, "_wg_run", [L.Conv2d(32, 5, padding=2), L.ReLU(),
+                                                            L.Conv2d(32, 5, padding=2)], (32, 16, 16), (32, 16, 16))
 
 
 @needs_kernels
@@ -572,20 +580,6 @@ def test_stride_2_phase_winograd_refuses_geometries_it_does_not_compute():
 @needs_kernels
 def test_stride_2_phase_winograd_training_step_allocates_no_backend_buffers(monkeypatch):
     from juicepy import layers as L
-    from juicepy.train import Adam, Trainer
 
-    monkeypatch.setattr(kernels, "isa", 1)
-    called = []
-    original = numpy_spatial._s2_forward
-    monkeypatch.setattr(numpy_spatial, "_s2_forward", lambda *a, **k: (called.append(1), original(*a, **k))[1])
-    backend = jp.backend("numpy")
-    net = jp.Network(L.Sequential(L.Conv2d(16, 3, stride=2, padding=1), L.ReLU()), (64, 8, 8), seed=2)
-    trainer = Trainer(net, L.MSELoss(), Adam(), batch_size=2)
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal((2, 64, 8, 8)).astype(np.float32), rng.standard_normal((2, 16, 4, 4)).astype(np.float32)
-    for _ in range(2):
-        trainer.train_minibatch(backend, x, y)
-    before = backend.allocations
-    for _ in range(3):
-        trainer.train_minibatch(backend, x, y)
-    assert backend.allocations == before and called
+    _steady_steps_allocate_nothing(monkeypatch, "_s2_forward", [L.Conv2d(16, 3, stride=2, padding=1), L.ReLU()],
+                                   (64, 8, 8), (16, 4, 4))
