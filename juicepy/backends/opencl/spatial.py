@@ -355,17 +355,28 @@ class SpatialOps(abc.ABC):
                residual=None):
         check_conv_epilogue("opencl", out, bias, norm, residual)
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
-        winograd = self._use_winograd(geo, groups, "forward")
-        if winograd or not (
-                self._use_phased(geo, groups) or self._use_direct(geo, groups, "forward") or self._use_implicit()):
+        algorithm = self._forward_algorithm(geo, groups)
+        if algorithm in ("winograd", "gemm"):
             # Winograd adds the bias in its output transform; the rest of the epilogue (all of it
             # after im2col) runs as ops of its own
-            self._conv2d(x, w, out, geo, groups, ws, bias if winograd else None)
+            winograd = algorithm == "winograd"
+            self._conv2d(x, w, out, geo, groups, ws, algorithm, bias if winograd else None)
             conv_epilogue(self, out, None if winograd else bias, norm, relu, ws, residual)
             return
         if norm is not None:
             w, bias = self._fold_norm(w, bias, norm, ws)
-        self._conv2d(x, w, out, geo, groups, ws, bias, (residual, bool(relu)))
+        self._conv2d(x, w, out, geo, groups, ws, algorithm, bias, (residual, bool(relu)))
+
+    def _forward_algorithm(self, geo, groups) -> str:
+        """The kernel a forward convolution ``geo`` runs on: winograd, phased (strided, on phase
+        planes), direct, implicit (GEMM) or gemm (im2col + GEMM)."""
+        if self._use_winograd(geo, groups, "forward"):
+            return "winograd"
+        if self._use_phased(geo, groups):
+            return "phased"
+        if self._use_direct(geo, groups, "forward"):
+            return "direct"
+        return "implicit" if self._use_implicit() else "gemm"
 
     def _fold_norm(self, w, bias, norm, ws):
         """(weights, bias) of the convolution followed by the inference batch norm ``norm``
@@ -390,21 +401,22 @@ class SpatialOps(abc.ABC):
         buf, off = self._ref(residual)
         return buf, off + offset, bits
 
-    def _conv2d(self, x, w, out, geo, groups, ws, bias=None, epilogue=None) -> None:
-        """out = the convolution ``geo`` of x with w; the direct and implicit-GEMM paths add
-        ``bias`` and apply ``epilogue`` ((residual or None, relu)) in their stores, Winograd adds
-        only the bias (in its output transform), im2col neither."""
+    def _conv2d(self, x, w, out, geo, groups, ws, algorithm, bias=None, epilogue=None) -> None:
+        """out = the convolution ``geo`` of x with w by ``algorithm`` (_forward_algorithm); the
+        direct and implicit-GEMM paths add ``bias`` and apply ``epilogue`` ((residual or None,
+        relu)) in their stores, Winograd adds only the bias (in its output transform), im2col
+        neither."""
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
-        if self._use_winograd(geo, groups, "forward"):
+        if algorithm == "winograd":
             self._winograd(x, w, out, geo, False, False, ws, bias)
             return
-        if self._use_phased(geo, groups):
+        if algorithm == "phased":
             self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)
             return
-        if self._use_direct(geo, groups, "forward"):
+        if algorithm == "direct":
             self._direct_forward(x, w, out, geo, groups, False, False, ws, bias, epilogue)
             return
-        if self._use_implicit():
+        if algorithm == "implicit":
             og, cg = o // groups, c // groups
             (xb, xo), (wb, wo_), (yb, yo) = self._ref(x), self._ref(w), self._ref(out)
             bb = self._ref(bias) if bias is not None else None
