@@ -627,7 +627,7 @@ def _s2_forward(backend, x, w, plan, ws, out, epi=None):
             backend.conv_kernels.s2_output(prod, out, geometry, o, plan.n, n0, n1, th, tw, ms)
             _finish(backend, out, epi, n0 * o, n1 * o)
 
-    _run_gemm_pieces(len(chunks), lane)
+    _deal_gemm_pieces(len(chunks), lane)
 
 
 def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
