@@ -114,19 +114,35 @@ __kernel void bn_invstd(const int C, __global const float *var, const int v_off,
     out[o_off + c] = 1.0f / BN_SQRT(var[v_off + c] + eps);
 }
 
-// out = (x - mean[c]) * scale[c] * gamma[c] + beta[c], then max(out, 0) where `relu` (NaN stays,
-// as relu_fwd)
+// (x - mu) * sc * g + be, then max(., 0) where `relu` (NaN stays, as relu_fwd): one value of
+// bn_apply and bn_apply_planes
+inline float bn_apply_value(const float x, const float mu, const float sc, const float g, const float be,
+                            const int has_gamma, const int has_beta, const int relu)
+{
+    float v = (x - mu) * sc;
+    if (has_gamma) v = v * g;
+    if (has_beta) v = v + be;
+    return relu && v < 0.0f ? 0.0f : v;
+}
+
+// dx of one value from its xhat and its dy (through the ReLU where fused), k = gamma * invstd / M,
+// m = M, s0 = sum(dy), s1 = sum(dy * xhat): one value of bn_bwd_data and bn_bwd_data_planes
+inline float bn_dx_value(const float xhat, const float d, const float k, const float m, const float s0,
+                         const float s1)
+{
+    return k * (m * d - s0 - xhat * s1);
+}
+
+// out = (x - mean[c]) * scale[c] * gamma[c] + beta[c], then max(out, 0) where `relu`
 __kernel void bn_apply(const int L, const int C, const int chan_inner, __global const float *x, const int x_off,
                        __global const float *mean, const int m_off, __global const float *scale, const int s_off,
                        __global const float *gamma, const int g_off, __global const float *beta, const int b_off,
                        const int has_gamma, const int has_beta, const int relu, __global float *out, const int o_off)
 {
     PLANE_ITEM
-    float v = (x[x_off + i] - mean[m_off + c]) * scale[s_off + c];
-    if (has_gamma) v = v * gamma[g_off + c];
-    if (has_beta) v = v + beta[b_off + c];
-    if (relu) v = v < 0.0f ? 0.0f : v;
-    out[o_off + i] = v;
+    out[o_off + i] = bn_apply_value(x[x_off + i], mean[m_off + c], scale[s_off + c],
+                                    has_gamma ? gamma[g_off + c] : 1.0f, has_beta ? beta[b_off + c] : 0.0f,
+                                    has_gamma, has_beta, relu);
 }
 
 // sums[c] = sum(dy), sums[C + c] = sum(dy * xhat); dgamma/dbeta (+)= them where given; where
@@ -175,7 +191,7 @@ __kernel void bn_bwd_data(const int L, const int C, const int chan_inner, const 
     const float g = has_gamma ? gamma[g_off + c] : 1.0f;
     const float m = (float)count;
     const float d = has_relu ? RELU_DY(dy + dy_off, relu_out + r_off, i) : dy[dy_off + i];
-    const float v = (g * is / m) * (m * d - sums[s_off + c] - xhat * sums[s_off + C + c]);
+    const float v = bn_dx_value(xhat, d, g * is / m, m, sums[s_off + c], sums[s_off + C + c]);
     STORE(dx, dx_off + i, v, acc)
 }
 
@@ -194,13 +210,7 @@ void bn_apply_planes(const int S, const int C, __global const float *x, const in
     const float g = has_gamma ? gamma[g_off + c] : 1.0f, be = has_beta ? beta[b_off + c] : 0.0f;
     __global const float *xp = x + x_off + (size_t)p * S;
     __global float *op = out + o_off + (size_t)p * S;
-    for (int j = 0; j < S; ++j) {
-        float v = (xp[j] - mu) * sc;
-        if (has_gamma) v = v * g;
-        if (has_beta) v = v + be;
-        if (relu) v = v < 0.0f ? 0.0f : v;
-        op[j] = v;
-    }
+    for (int j = 0; j < S; ++j) op[j] = bn_apply_value(xp[j], mu, sc, g, be, has_gamma, has_beta, relu);
 }
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
@@ -222,7 +232,7 @@ void bn_bwd_data_planes(const int S, const int C, const int count,
     for (int j = 0; j < S; ++j) {
         const float xhat = (xp[j] - mu) * is;
         const float d = has_relu ? RELU_DY(dp, rp, j) : dp[j];
-        const float v = k * (m * d - s0 - xhat * s1);
+        const float v = bn_dx_value(xhat, d, k, m, s0, s1);
         STORE(op, j, v, acc)
     }
 }
