@@ -1228,6 +1228,13 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
         np.maximum(out, 0, out=out)
 
 
+#: values per channel (N x inner) up to which batch_norm_backward runs a channel's sums and dx
+#: back to back (_fused_backward): with more, the channel's x, dy, ReLU output and dx no longer
+#: stay in L2 between the two, and the dx pass reading one plane per sample (a stride of C
+#: planes) lost to the separate pass's sequential sweep on 32x32 planes (docs/numpy.md)
+BN_FUSED_BACKWARD_MAX = 1 << 14
+
+
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                         accumulate_dx, accumulate_params, ws, relu_out=None):
     sums = scratch(ws, backend, "bn_grad_sums", (2 * x.shape[1],), x.dtype)
@@ -1237,8 +1244,8 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
         masked = scratch(ws, backend, "bn_relu_dy", dy.shape, dy.dtype)
         backend.relu_backward(relu_out, dy, masked, False, ws)
         dy, relu_out = masked, None
-    if dx is not None and _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx,
-                                  *([relu_out] if relu_out is not None else [])):
+    if dx is not None and channels_inner(x)[0] * channels_inner(x)[2] <= BN_FUSED_BACKWARD_MAX \
+            and _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx, *([relu_out] if relu_out is not None else [])):
         _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta, accumulate_dx,
                         accumulate_params, ws, relu_out)
         return

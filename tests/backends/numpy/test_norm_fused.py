@@ -14,8 +14,8 @@ PLAIN = NumpyBackend(kernels="numpy")
 needs_kernels = pytest.mark.skipif(C.norm_kernels is None,
                                    reason="juicepy.backends.numpy._norm_kernels was not built (no C compiler)")
 
-# (N, C, H, W): one lane, and big enough that _channel_lanes splits the channels over threads
-SHAPES = [(3, 5, 4, 6), (32, 16, 32, 32)]
+# (N, C, H, W): one lane; channels over two lanes, fused backward; planes above BN_FUSED_BACKWARD_MAX
+SHAPES = [(3, 5, 4, 6), (32, 32, 16, 16), (32, 16, 32, 32)]
 
 
 def _inputs(dtype, shape, seed=0):
