@@ -247,26 +247,33 @@ DEFINE_EPILOGUE(epilogue_f64, double)
 /* db[ch] (+)= the sum of dy over samples and positions, channels [c0, c1). Each plane sums
  * into 16 independent running sums (vectorised without reassociating), folded in a fixed
  * order, and the planes add up in sample order in double: the bits never depend on how the
- * channels are split over threads. */
+ * channels are split over threads. The samples are the outer loop over blocks of channels,
+ * so a block's planes of one sample are read as one contiguous run (one plane per channel
+ * and sample, a stride of C planes apart, starves the prefetcher on small planes). */
 #define BIAS_SUMS 16
+#define BIAS_BLOCK 64
 #define DEFINE_BIAS_GRAD(NAME, T)                                                              \
     VECTOR_CLONES static void NAME(const T *restrict dy, T *restrict db, I n, I c, I inner,   \
                                    I c0, I c1, int accumulate)                                \
     {                                                                                          \
-        for (I ch = c0; ch < c1; ch++) {                                                      \
-            double total = 0;                                                                 \
-            for (I s = 0; s < n; s++) {                                                       \
-                const T *src = dy + (s * c + ch) * inner;                                     \
-                T acc[BIAS_SUMS] = {0};                                                       \
-                I i = 0;                                                                      \
-                for (; i + BIAS_SUMS <= inner; i += BIAS_SUMS)                                \
-                    for (int u = 0; u < BIAS_SUMS; u++) acc[u] += src[i + u];                 \
-                T sum = 0;                                                                    \
-                for (; i < inner; i++) sum += src[i];                                         \
-                for (int u = 0; u < BIAS_SUMS; u++) sum += acc[u];                            \
-                total += sum;                                                                 \
-            }                                                                                 \
-            db[ch] = accumulate ? (T)(db[ch] + total) : (T)total;                             \
+        double totals[BIAS_BLOCK];                                                            \
+        for (I b0 = c0; b0 < c1; b0 += BIAS_BLOCK) {                                          \
+            const I b1 = b0 + BIAS_BLOCK < c1 ? b0 + BIAS_BLOCK : c1;                         \
+            for (I ch = b0; ch < b1; ch++) totals[ch - b0] = 0;                               \
+            for (I s = 0; s < n; s++)                                                         \
+                for (I ch = b0; ch < b1; ch++) {                                              \
+                    const T *src = dy + (s * c + ch) * inner;                                 \
+                    T acc[BIAS_SUMS] = {0};                                                   \
+                    I i = 0;                                                                  \
+                    for (; i + BIAS_SUMS <= inner; i += BIAS_SUMS)                            \
+                        for (int u = 0; u < BIAS_SUMS; u++) acc[u] += src[i + u];             \
+                    T sum = 0;                                                                \
+                    for (; i < inner; i++) sum += src[i];                                     \
+                    for (int u = 0; u < BIAS_SUMS; u++) sum += acc[u];                        \
+                    totals[ch - b0] += sum;                                                   \
+                }                                                                             \
+            for (I ch = b0; ch < b1; ch++)                                                    \
+                db[ch] = accumulate ? (T)(db[ch] + totals[ch - b0]) : (T)totals[ch - b0];     \
         }                                                                                     \
     }
 

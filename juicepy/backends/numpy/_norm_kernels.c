@@ -152,6 +152,43 @@ DEFINE_BACKWARD_SUMS(backward_sums_f64, double)
 DEFINE_BACKWARD_DX(backward_dx_f32, float)
 DEFINE_BACKWARD_DX(backward_dx_f64, double)
 
+/* Both backward passes one channel at a time: the channel's sums, then its dx while its planes
+ * are still in cache (the two-pass split reads x, dy and y from memory twice). The same
+ * per-channel arithmetic as backward_sums then backward_dx, so the same bits. */
+#define DEFINE_BACKWARD_FUSED(NAME, SUMS, DX, T)                                               \
+    static void NAME(const T *x, const T *dy, const T *y, const T *mean, const T *invstd,     \
+                     const T *coef, T *sum_dy, T *sum_dy_xhat, T *dx, T count, I n, I c,     \
+                     I inner, I c0, I c1, int accumulate)                                     \
+    {                                                                                          \
+        for (I ch = c0; ch < c1; ch++) {                                                      \
+            SUMS(x, dy, y, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, ch, ch + 1);      \
+            DX(x, dy, y, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, count, n, c, inner, ch, \
+               ch + 1, accumulate);                                                           \
+        }                                                                                     \
+    }
+
+DEFINE_BACKWARD_FUSED(backward_fused_f32, backward_sums_f32, backward_dx_f32, float)
+DEFINE_BACKWARD_FUSED(backward_fused_f64, backward_sums_f64, backward_dx_f64, double)
+
+/* Training's forward one channel at a time: stats, invstd = 1 / sqrt(var + eps), scale = gamma
+ * invstd, then the affine map (with the ReLU) while the channel's planes are still in cache;
+ * the arithmetic of stats, NumPy's invstd and scale (sqrt in double rounds to the correctly
+ * rounded float sqrt) and affine, so the same bits as those passes one after the other. */
+#define DEFINE_TRAIN_FUSED(NAME, STATS, AFFINE, T)                                             \
+    static void NAME(const T *x, const T *gamma, const T *beta, T *out, T *mean, T *var,     \
+                     T *invstd, T *scale, T eps, I n, I c, I inner, I c0, I c1, int relu)    \
+    {                                                                                          \
+        for (I ch = c0; ch < c1; ch++) {                                                      \
+            STATS(x, mean, var, n, c, inner, ch, ch + 1);                                     \
+            invstd[ch] = (T)1 / (T)sqrt((double)(var[ch] + eps));                              \
+            scale[ch] = gamma[ch] * invstd[ch];                                               \
+            AFFINE(x, mean, scale, beta, out, n, c, inner, ch, ch + 1, relu);                 \
+        }                                                                                     \
+    }
+
+DEFINE_TRAIN_FUSED(train_fused_f32, stats_f32, affine_f32, float)
+DEFINE_TRAIN_FUSED(train_fused_f64, stats_f64, affine_f64, double)
+
 /* ------------------------------------------------------------------ Python glue */
 
 #define MAX_BUFFERS 8
@@ -329,6 +366,67 @@ static PyObject *py_backward_dx(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *py_backward_fused(PyObject *self, PyObject *args)
+{
+    PyObject *o[8], *yo = Py_None;
+    I n, c, inner, c0, c1;
+    double count;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp|O", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &count, &n, &c, &inner, &c0, &c1, &accumulate, &yo))
+        return NULL;
+    if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
+    Py_buffer v[8], yv;
+    const I counts[] = {n * c * inner, n * c * inner, c, c, c, c, c, n * c * inner};
+    const int writable[] = {0, 0, 0, 0, 0, 1, 1, 1};
+    const char *const names[] = {"x", "dy", "mean", "invstd", "coef", "sum_dy", "sum_dy_xhat", "dx"};
+    if (get_buffers(8, o, v, counts, writable, names) < 0) return NULL;
+    int has_y = optional_like(yo, &yv, &v[0], "y");
+    if (has_y < 0) {
+        release(8, v);
+        return NULL;
+    }
+    const void *y = has_y ? yv.buf : NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        backward_fused_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                           (float)count, n, c, inner, c0, c1, accumulate);
+    else
+        backward_fused_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                           count, n, c, inner, c0, c1, accumulate);
+    Py_END_ALLOW_THREADS
+    release(8, v);
+    if (has_y) PyBuffer_Release(&yv);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_train_fused(PyObject *self, PyObject *args)
+{
+    PyObject *o[8];
+    I n, c, inner, c0, c1;
+    double eps;
+    int relu = 0;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnn|p", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &eps, &n, &c, &inner, &c0, &c1, &relu))
+        return NULL;
+    if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
+    Py_buffer v[8];
+    const I counts[] = {n * c * inner, c, c, n * c * inner, c, c, c, c};
+    const int writable[] = {0, 0, 0, 1, 1, 1, 1, 1};
+    const char *const names[] = {"x", "gamma", "beta", "out", "mean", "var", "invstd", "scale"};
+    if (get_buffers(8, o, v, counts, writable, names) < 0) return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    if (v[0].itemsize == 4)
+        train_fused_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                        (float)eps, n, c, inner, c0, c1, relu);
+    else
+        train_fused_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                        eps, n, c, inner, c0, c1, relu);
+    Py_END_ALLOW_THREADS
+    release(8, v);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"stats", py_stats, METH_VARARGS,
      "stats(x, mean, var, N, C, inner, c0, c1): per-channel mean and biased variance"},
@@ -341,6 +439,12 @@ static PyMethodDef methods[] = {
     {"backward_dx", py_backward_dx, METH_VARARGS,
      "backward_dx(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
      "accumulate, y=None): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat), dy masked where y <= 0"},
+    {"backward_fused", py_backward_fused, METH_VARARGS,
+     "backward_fused(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
+     "accumulate, y=None): backward_sums then backward_dx, one channel at a time"},
+    {"train_fused", py_train_fused, METH_VARARGS,
+     "train_fused(x, gamma, beta, out, mean, var, invstd, scale, eps, N, C, inner, c0, c1, relu=False): "
+     "stats, invstd = 1 / sqrt(var + eps), scale = gamma invstd, then affine, one channel at a time"},
     {NULL, NULL, 0, NULL},
 };
 

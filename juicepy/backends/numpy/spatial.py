@@ -1184,9 +1184,12 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
     if _c_norm(backend, x, gamma, beta, out, mean, invstd):
         n, c, inner = channels_inner(x)
         var = scratch(ws, backend, "bn_var", channels, x.dtype)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.stats(x, mean, var, n, c, inner, c0, c1))
-        _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws)
-        batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws, relu)
+        scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
+        # stats, invstd and the affine map per channel in one pass over the lanes: the second
+        # read of a channel's planes hits the cache (the same bits as the passes apart)
+        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.train_fused(
+            x, gamma, beta, out, mean, var, invstd, scale, eps, n, c, inner, c0, c1, relu))
+        _update_running(backend, mean, var, count, running_mean, running_var, momentum, ws)
         return
     np.mean(x, axis=axes, out=mean)
     centered = scratch(ws, backend, "bn_centered", x.shape, x.dtype)
@@ -1225,6 +1228,13 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
         np.maximum(out, 0, out=out)
 
 
+#: values per channel (N x inner) up to which batch_norm_backward runs a channel's sums and dx
+#: back to back (_fused_backward): with more, the channel's x, dy, ReLU output and dx no longer
+#: stay in L2 between the two, and the dx pass reading one plane per sample (a stride of C
+#: planes) lost to the separate pass's sequential sweep on 32x32 planes (docs/numpy.md)
+BN_FUSED_BACKWARD_MAX = 1 << 14
+
+
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                         accumulate_dx, accumulate_params, ws, relu_out=None):
     sums = scratch(ws, backend, "bn_grad_sums", (2 * x.shape[1],), x.dtype)
@@ -1234,10 +1244,38 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
         masked = scratch(ws, backend, "bn_relu_dy", dy.shape, dy.dtype)
         backend.relu_backward(relu_out, dy, masked, False, ws)
         dy, relu_out = masked, None
+    if dx is not None and channels_inner(x)[0] * channels_inner(x)[2] <= BN_FUSED_BACKWARD_MAX \
+            and _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx, *([relu_out] if relu_out is not None else [])):
+        _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta, accumulate_dx,
+                        accumulate_params, ws, relu_out)
+        return
     batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta, accumulate_params, ws, relu_out)
     if dx is not None:
         batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, x.size // x.shape[1], dx,
                                  accumulate_dx, ws, relu_out)
+
+
+def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta, accumulate_dx,
+                    accumulate_params, ws, relu_out):
+    """batch_norm_backward_reduce then batch_norm_backward_data in one pass over the lanes, each
+    channel's sums and then its dx while its planes are in cache (the same bits)."""
+    n, c, inner = channels_inner(x)
+    count = x.size // c
+    coef = _backward_coef(backend, gamma, invstd, count, ws)
+    _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_fused(
+        x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate_dx,
+        relu_out))
+    for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
+        if grad is not None:
+            backend.store(value, grad, accumulate_params)
+
+
+def _backward_coef(backend, gamma, invstd, count, ws):
+    """gamma * invstd / M per channel, the dx pass's factor"""
+    coef = scratch(ws, backend, "bn_coef", gamma.shape, gamma.dtype)
+    np.multiply(gamma, invstd, out=coef)
+    coef *= 1.0 / count
+    return coef
 
 
 def _xhat(backend, x, mean, invstd, ws):
@@ -1272,9 +1310,7 @@ def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, d
     # dx = gamma * invstd / M * (M * dy - sum(dy) - xhat * sum(dy * xhat))
     shape = channel_shape(x)
     c = x.shape[1]
-    coef = scratch(ws, backend, "bn_coef", (c,), x.dtype)
-    np.multiply(gamma, invstd, out=coef)
-    coef *= 1.0 / count
+    coef = _backward_coef(backend, gamma, invstd, count, ws)
     if _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx):
         n, _, inner = channels_inner(x)
         _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_dx(
@@ -1319,6 +1355,13 @@ def batch_norm_stats(backend, sums, count, shift, mean, invstd, running_mean, ru
 def _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, running_var, momentum, eps, ws):
     """Running statistics torch-style (running_var tracks the unbiased variance), and
     invstd = 1 / sqrt(var + eps) from the biased ``var``."""
+    _update_running(backend, mean, var, count, running_mean, running_var, momentum, ws)
+    np.add(var, eps, out=invstd)
+    np.sqrt(invstd, out=invstd)
+    np.reciprocal(invstd, out=invstd)
+
+
+def _update_running(backend, mean, var, count, running_mean, running_var, momentum, ws):
     if running_mean is not None:
         step = scratch(ws, backend, "bn_step", mean.shape, mean.dtype)
         np.multiply(mean, momentum, out=step)
@@ -1327,9 +1370,6 @@ def _update_running_and_invstd(backend, mean, var, count, invstd, running_mean, 
         np.multiply(var, momentum * count / max(count - 1, 1), out=step)
         running_var *= 1.0 - momentum
         running_var += step
-    np.add(var, eps, out=invstd)
-    np.sqrt(invstd, out=invstd)
-    np.reciprocal(invstd, out=invstd)
 
 
 def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws, relu=False):

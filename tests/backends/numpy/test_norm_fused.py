@@ -1,0 +1,115 @@
+"""The one-pass batch-norm kernels (train_fused, backward_fused: each channel's passes one after
+the other while its planes are in cache) give the bits of the separate C passes (stats, invstd,
+affine; backward_sums, backward_dx) and agree with the pure-NumPy fallback."""
+
+import numpy as np
+import pytest
+
+from juicepy.backends import Workspace
+from juicepy.backends.numpy import NumpyBackend
+from juicepy.backends.numpy import spatial
+
+C = NumpyBackend()
+PLAIN = NumpyBackend(kernels="numpy")
+needs_kernels = pytest.mark.skipif(C.norm_kernels is None,
+                                   reason="juicepy.backends.numpy._norm_kernels was not built (no C compiler)")
+
+# (N, C, H, W): one lane; channels over two lanes, fused backward; planes above BN_FUSED_BACKWARD_MAX
+SHAPES = [(3, 5, 4, 6), (32, 32, 16, 16), (32, 16, 32, 32)]
+
+
+def _inputs(dtype, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    gamma = rng.uniform(0.5, 1.5, c).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    return x, dy, gamma, beta
+
+
+def _train(backend, x, gamma, beta, relu):
+    c = x.shape[1]
+    out = np.empty_like(x)
+    mean, invstd = np.empty(c, x.dtype), np.empty(c, x.dtype)
+    rm, rv = np.zeros(c, x.dtype), np.ones(c, x.dtype)
+    backend.batch_norm_train(x, gamma, beta, out, mean, invstd, rm, rv, 0.1, 1e-5, ws=Workspace(), relu=relu)
+    return out, mean, invstd, rm, rv
+
+
+def _train_passes(x, gamma, beta, relu):
+    """The separate C passes the fused kernel replaces, in their old order."""
+    n, c, inner = spatial.channels_inner(x)
+    out = np.empty_like(x)
+    mean, var, invstd = np.empty(c, x.dtype), np.empty(c, x.dtype), np.empty(c, x.dtype)
+    rm, rv = np.zeros(c, x.dtype), np.ones(c, x.dtype)
+    C.norm_kernels.stats(x, mean, var, n, c, inner, 0, c)
+    spatial._update_running_and_invstd(C, mean, var, x.size // c, invstd, rm, rv, 0.1, 1e-5, None)
+    scale = gamma * invstd
+    C.norm_kernels.affine(x, mean, scale, beta, out, n, c, inner, 0, c, relu)
+    return out, mean, invstd, rm, rv
+
+
+def _backward(backend, x, dy, gamma, mean, invstd, relu_out, accumulate):
+    c = x.shape[1]
+    dx = np.full_like(x, 0.25)
+    dgamma, dbeta = np.full(c, 0.5, x.dtype), np.full(c, -0.5, x.dtype)
+    backend.batch_norm_backward(x, dy, gamma, mean, invstd, dx, dgamma, dbeta, accumulate_dx=accumulate,
+                                accumulate_params=accumulate, ws=Workspace(), relu_out=relu_out)
+    return dx, dgamma, dbeta
+
+
+def _backward_passes(x, dy, gamma, mean, invstd, relu_out, accumulate):
+    n, c, inner = spatial.channels_inner(x)
+    dx = np.full_like(x, 0.25)
+    dgamma, dbeta = np.full(c, 0.5, x.dtype), np.full(c, -0.5, x.dtype)
+    sums = np.empty(2 * c, x.dtype)
+    C.norm_kernels.backward_sums(x, dy, mean, invstd, sums[:c], sums[c:], n, c, inner, 0, c, relu_out)
+    coef = gamma * invstd
+    coef *= 1.0 / (x.size // c)
+    C.norm_kernels.backward_dx(x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(x.size // c), n, c,
+                               inner, 0, c, accumulate, relu_out)
+    for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
+        if accumulate:
+            grad += value
+        else:
+            grad[...] = value
+    return dx, dgamma, dbeta
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_train_gives_the_bits_of_the_separate_passes(dtype, shape, relu):
+    x, _, gamma, beta = _inputs(dtype, shape)
+    for a, b in zip(_train(C, x, gamma, beta, relu), _train_passes(x, gamma, beta, relu)):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, shape, relu, accumulate):
+    x, dy, gamma, beta = _inputs(dtype, shape)
+    out, mean, invstd, _, _ = _train(C, x, gamma, beta, relu)
+    relu_out = out if relu else None
+    fused = _backward(C, x, dy, gamma, mean, invstd, relu_out, accumulate)
+    for a, b in zip(fused, _backward_passes(x, dy, gamma, mean, invstd, relu_out, accumulate)):
+        np.testing.assert_array_equal(a, b)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_passes_agree_with_the_numpy_fallback(shape, relu):
+    x, dy, gamma, beta = _inputs(np.float32, shape, seed=1)
+    fused, plain = _train(C, x, gamma, beta, relu), _train(PLAIN, x, gamma, beta, relu)
+    for a, b in zip(fused, plain):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    out, mean, invstd = fused[:3]
+    for a, b in zip(_backward(C, x, dy, gamma, mean, invstd, out if relu else None, True),
+                    _backward(PLAIN, x, dy, gamma, mean, invstd, out if relu else None, True)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
