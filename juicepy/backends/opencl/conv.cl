@@ -798,6 +798,45 @@ __kernel void winograd_weights(const int K, __global const float *restrict w, co
     }
 }
 
+// A 3x3 stride-2 convolution is the sum of four stride-1 convolutions on the phase planes of
+// the padded input (phase (a, b): rows a, a + 2, ..., columns b, b + 2, ...) with kernels of
+// 2x2 (taps (0|2, 0|2)), 2x1 (taps (0|2, 1)), 1x2 (taps (1, 0|2)) and 1x1 (tap (1, 1)). Tiles of
+// 2x2 outputs run the 2x2 one as Winograd F(2x2, 2x2) (BT rows d0 - d1, d1, d2 - d1; G rows g0,
+// g0 + g1, g1; AT rows m0 + m1, m1 + m2), the 2x1 and 1x2 ones as F(2, 2) along their long side
+// and the 1x1 one as is; AT's first and last columns are the identity's, so every product lands
+// in one of the 3x3 positions (p, q): per position a GEMM over 4K (corners), 2K (edges) or K
+// (centre) rows, 25 multiply-adds per tile and input channel instead of 36 (the NumPy
+// backend's _s2_forward, the same scheme). A position's rows are its segments one after the
+// other: phase 00, 01 (q even), 10 (p even), 11 (both even), K rows each.
+// U[pos][m / mr][at * K + k][m % mr] for w[m, k], the packed GEMM's panel order (rows past M
+// zero). One work-item per (k, m); launched as (K rounded up, M rounded up to mr).
+__kernel void s2_weights(const int K, __global const float *restrict w, const int w_off,
+                         const int M, const int mr, __global float *restrict u, const int u_off)
+{
+    const int k = get_global_id(0), m = get_global_id(1);
+    if (k >= K) return;
+    const int panels = get_global_size(1) / mr;
+    __global float *dst = u + u_off + ((size_t)(m / mr) * 4 * K + k) * mr + m % mr;
+    const size_t pos_step = (size_t)panels * mr * 4 * K, at_step = (size_t)K * mr;
+    float g[9];
+    for (int t = 0; t < 9; ++t) g[t] = m < M ? w[w_off + ((size_t)m * K + k) * 9 + t] : 0.0f;
+    float e[3][3];   // G (the 2x2 taps) G^T
+    for (int j = 0; j < 3; j += 2) {
+        e[0][j] = g[j]; e[1][j] = g[j] + g[6 + j]; e[2][j] = g[6 + j];
+    }
+    for (int i = 0; i < 3; ++i) e[i][1] = e[i][0] + e[i][2];
+    const float v01[3] = {g[1], g[1] + g[7], g[7]}, v10[3] = {g[3], g[3] + g[5], g[5]};
+    for (int p = 0; p < 3; ++p)
+        for (int q = 0; q < 3; ++q) {
+            __global float *row = dst + (p * 3 + q) * pos_step;
+            int at = 0;
+            row[at++ * at_step] = e[p][q];
+            if (q % 2 == 0) row[at++ * at_step] = v01[p];
+            if (p % 2 == 0) row[at++ * at_step] = v10[q];
+            if (p % 2 == 0 && q % 2 == 0) row[at * at_step] = g[4];
+        }
+}
+
 // Strided (and dilated) direct forward pass on AVX2-class devices: the input is first laid out
 // per channel as sh x sw zero-padded phase planes (pad_phases: phase (a, b) holds the padded
 // input's rows a, a + sh, ... and columns b, b + sw, ...), so tap (ki, kj) of consecutive

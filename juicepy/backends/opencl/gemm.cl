@@ -974,3 +974,138 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
         }
     }
 }
+
+// A 3x3 stride-2 convolution as Winograd F(2x2, 2x2) on its input's phases (the scheme: above
+// s2_weights in conv.cl), in one pass like winograd_conv: work-group (p, r) takes NR
+// consecutive tiles of 2x2 outputs (p) and the tile_m output channels from row r * tile_m.
+// Per slice of S2K input channels it transforms each tile's 5x5 patch of the input (read in
+// place, zeros outside it: no padded or phase-plane copy) into local panels V[25][S2K][NR]
+// (the 25 segments of the 9 positions), runs the micro-kernel of each position on U (packed
+// [9][M/MR][4K][MR]) and its 1, 2 or 4 segments into local sums M[9][tile_m][NR], and finally
+// transforms M's tiles back into the NCHW output, adding the bias. S2K: channels per slice.
+#ifndef S2K
+#define S2K 64
+#endif
+#define S2_SEG (S2K * NR)
+// first segment of each position (the depths 4 2 4 / 2 1 2 / 4 2 4 summed)
+__constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
+// where segment `at` of position pos starts in V: positions a cache line more apart than their size
+#define S2_V(pos, at) ((s2_first[pos] + (at)) * S2_SEG + (pos) * 16)
+// rows of output channels per work-group: up to 132 (more than BM), so that a 128-channel
+// layer transforms each tile's input once
+#ifndef S2_BM
+#define S2_BM 132
+#endif
+#define S2_MXI (S2_BM * NR + 16)
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
+                      __global const float *restrict U, __global const float *restrict x, const int x_off,
+                      const int H, const int W, const int ph, const int pw,
+                      __global float *restrict Y, const int y_off, const int Ho, const int Wo,
+                      __global const float *bias, const int b_off, const int has_bias)
+{
+    __local floatv v_store[(25 * S2_SEG + 9 * 16) / VW];
+    __local floatv m_store[9 * S2_MXI / VW];
+    __local float *vt = (__local float *)v_store;
+    __local float *mt = (__local float *)m_store;
+    const int t0 = get_group_id(0) * NR, row0 = get_group_id(1) * tile_m;
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;
+    const int panels = (M + MR - 1) / MR;
+    const size_t plane = (size_t)H * W;
+    // each tile's image (-1: past the last tile) and the input row and column of its patch
+    int img[NR], top[NR], left[NR];
+    for (int j = 0; j < NR; ++j) {
+        const int t = t0 + j;
+        if (t >= T) { img[j] = -1; top[j] = left[j] = 0; continue; }
+        const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw, b = rest - a * tw;
+        img[j] = n;
+        top[j] = 4 * a - ph;
+        left[j] = 4 * b - pw;
+    }
+    for (int k0 = 0; k0 < K; k0 += S2K) {
+        const int kc = min(S2K, K - k0);
+        for (int c = 0; c < kc; ++c) {
+            for (int j = 0; j < NR; ++j) {
+                float z[5][5];
+                if (img[j] < 0) {
+                    for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) z[r][q] = 0.0f;
+                } else {
+                    __global const float *src = x + x_off + ((size_t)img[j] * K + k0 + c) * plane;
+                    if (top[j] >= 0 && left[j] >= 0 && top[j] + 5 <= H && left[j] + 5 <= W) {
+                        __global const float *s = src + (size_t)top[j] * W + left[j];
+                        for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) z[r][q] = s[r * W + q];
+                    } else {
+                        for (int r = 0; r < 5; ++r) {
+                            const int h = top[j] + r;
+                            for (int q = 0; q < 5; ++q) {
+                                const int w = left[j] + q;
+                                z[r][q] = h >= 0 && h < H && w >= 0 && w < W ? src[(size_t)h * W + w] : 0.0f;
+                            }
+                        }
+                    }
+                }
+                __local float *dst = vt + c * NR + j;
+                // BT along the even rows (phases 0x) and the odd ones as they are (phases 1x)
+                float e[3][5];
+                for (int q = 0; q < 5; ++q) {
+                    e[0][q] = z[0][q] - z[2][q]; e[1][q] = z[2][q]; e[2][q] = z[4][q] - z[2][q];
+                }
+                for (int p = 0; p < 3; ++p) {   // phase 00 (segment 0) and 01 (segment 1 where q is even)
+                    dst[S2_V(3 * p, 0)] = e[p][0] - e[p][2];
+                    dst[S2_V(3 * p + 1, 0)] = e[p][2];
+                    dst[S2_V(3 * p + 2, 0)] = e[p][4] - e[p][2];
+                    dst[S2_V(3 * p, 1)] = e[p][1];
+                    dst[S2_V(3 * p + 2, 1)] = e[p][3];
+                }
+                for (int i = 0; i < 2; ++i) {   // phases 10 and 11 at the even rows of positions
+                    const int p = 2 * i, r = 2 * i + 1;
+                    dst[S2_V(3 * p, 2)] = z[r][0] - z[r][2];
+                    dst[S2_V(3 * p + 1, 1)] = z[r][2];
+                    dst[S2_V(3 * p + 2, 2)] = z[r][4] - z[r][2];
+                    dst[S2_V(3 * p, 3)] = z[r][1];
+                    dst[S2_V(3 * p + 2, 3)] = z[r][3];
+                }
+            }
+        }
+        for (int pos = 0; pos < 9; ++pos) {
+            const int depth = s2_first[pos + 1] - s2_first[pos];
+            for (int i = 0; i < a_panels; ++i) {
+                __local floatv *ct = m_store + ((size_t)pos * S2_MXI + i * MR * NR) / VW;
+                ROWS(ACC_ROW)
+                if (k0 == 0) { ROWS(ZERO_ROW) } else { ROWS(WLOAD_ROW) }
+                __global const float *up = U + (size_t)(pos * panels + row0 / MR + i) * 4 * K * MR;
+                const int a_rs = 1;
+                for (int at = 0; at < depth; ++at) {
+                    __global const float *ap = up + ((size_t)at * K + k0) * MR;
+                    __local const floatv *bp = v_store + S2_V(pos, at) / VW;
+                    for (int k = 0; k < kc; ++k) {
+                        const floatv b0 = bp[0];
+                        const floatv b1 = bp[1];
+                        ROWS(FMA_ROW)
+                        ap += MR;
+                        bp += 2;
+                    }
+                }
+                ROWS(WSTORE_ROW)
+            }
+        }
+    }
+    const int rows = min(tile_m, M - row0);
+    for (int o = 0; o < rows; ++o) {
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
+        for (int j = 0; j < NR; ++j) {
+            if (img[j] < 0) continue;
+            __local const float *src = mt + o * NR + j;
+            float s[3][2];   // AT along the columns, then along the rows
+            for (int p = 0; p < 3; ++p) {
+                const float m0 = src[(3 * p) * S2_MXI], m1 = src[(3 * p + 1) * S2_MXI], m2 = src[(3 * p + 2) * S2_MXI];
+                s[p][0] = m0 + m1;
+                s[p][1] = m1 + m2;
+            }
+            const int row = (top[j] + ph) / 2, col = (left[j] + pw) / 2;
+            __global float *dst = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo + (size_t)row * Wo + col;
+            for (int i = 0; i < 2 && row + i < Ho; ++i)
+                for (int q = 0; q < 2 && col + q < Wo; ++q) dst[i * Wo + q] = s[i][q] + s[i + 1][q] + bo;
+        }
+    }
+}

@@ -16,11 +16,14 @@ _SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32}
 # STAGE_B_ROWS, DIRECT_PACKED, GATHER_STRIDE2, STAGE_A_T and STAGE_A_ROWS (gemm.cl, gemm.py) were
 # measured on AVX2 only, so 16-lane devices keep the staging they had.
 # GPUs only use the cooperative kernel, so the CPU tiles are shrunk to fit their local memory.
-CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4},
+# S2_BM and S2K: output rows and input channels per work-group and slice of s2_winograd_conv
+# (132 rows: a 128-channel layer transforms its input tiles once; 64 channels per slice measured
+# faster than 32 and 16 on AVX2).
+CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 132, "S2K": 64},
             8: {"BM": 96, "BN": 128, "BK": 256, "MR": 6, "VW": 8, "DR": 2, "DC": 4,
                 "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1,
-                "STAGE_A_ROWS": 128}}
-GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4}
+                "STAGE_A_ROWS": 128, "S2_BM": 132, "S2K": 64}}
+GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 24, "S2K": 4}
 # rows of the second build of gemm.cl ("gemm.cl:mr_alt") whose panels the implicit-GEMM
 # convolution takes where they pad fewer rows than MR (16 outputs per group), per MR
 ALT_MR = {12: 8, 6: 4}

@@ -58,6 +58,11 @@ WINOGRAD_MIN_PLANE = 256
 # CNN's 8x8 layers (64->64, 64->128) Winograd, its epilogue run as ops of its own, measured
 # faster than the implicit GEMM with the epilogue in its stores (docs/opencl.md)
 WINOGRAD_MIN_PLANE_FORWARD = 64
+# Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
+# s2_winograd_conv in gemm.cl) from this many input and output channels, ungrouped and
+# undilated, on 8-lane devices (AVX2, where it was measured on the 64->128 layer of
+# bench/test_bench_conv.py: docs/opencl.md)
+S2_MIN_CHANNELS = 64
 # The direct forward kernel pads a group's input planes into local memory per work-item (no padded
 # copy through global memory) where they take at most this many bytes...
 DIRECT_LOCAL_MAX_BYTES = 1 << 17
@@ -235,6 +240,36 @@ class SpatialOps(abc.ABC):
             xp.base_data, 2 * dh * (qh + 1), 2 * dw * (qw + 1), dh, dw, *self._ref(dst), ho, wo,
             int(bool(accumulate)), *self._optional(bias))
 
+    def _use_s2(self, geo, groups) -> bool:
+        """Whether a forward pass runs as Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2
+        convolution (_s2_forward): undilated and ungrouped; "winograd" forces it there, "auto"
+        chooses it on 8-lane CPU devices from S2_MIN_CHANNELS input and output channels."""
+        c, o, kh, kw, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[9], geo[10], geo[13], geo[14]
+        if (kh, kw, sh, sw, dh, dw, groups) != (3, 3, 2, 2, 1, 1, 1) or self.gemm_variant != "packed":
+            return False
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "winograd"
+        return self._conv_vec == 8 and min(c, o) >= S2_MIN_CHANNELS
+
+    def _s2_forward(self, x, w, y, geo, ws, bias=None):
+        """y = the 3x3 stride-2 convolution ``geo`` of x (+ ``bias``) as Winograd F(2x2, 2x2) on
+        its phases: the transformed weights in the packed GEMM's panels (s2_weights), then one
+        kernel that gathers and transforms each work-group's tiles straight from x, multiplies
+        them per position and transforms the products back (s2_winograd_conv)."""
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
+        th, tw = -(-ho // 2), -(-wo // 2)
+        tiles = n * th * tw
+        mr = self._gemm_tiles["MR"]
+        panels = -(-o // mr)
+        u = scratch(ws, self, "conv_s2_u", (9 * panels * mr * 4 * c,), np.float32)
+        self._kernel("conv.cl", "s2_weights")(
+            self.queue, (round_up(c, 64), panels * mr), (64, 1), c, *self._ref(w), o, mr, u.base_data, 0)
+        tile_m = even_tile(o, self._gemm_tiles["S2_BM"], mr)
+        nr = 2 * self._gemm_tiles["VW"]
+        self._kernel("gemm.cl", "s2_winograd_conv")(
+            self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
+            *self._ref(x), h, wd, ph, pw, *self._ref(y), ho, wo, *self._optional(bias))
+
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "direct"
@@ -356,10 +391,10 @@ class SpatialOps(abc.ABC):
         check_conv_epilogue("opencl", out, bias, norm, residual)
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         algorithm = self._forward_algorithm(geo, groups)
-        if algorithm in ("winograd", "gemm"):
+        if algorithm in ("winograd", "s2", "gemm"):
             # Winograd adds the bias in its output transform; the rest of the epilogue (all of it
             # after im2col) runs as ops of its own
-            winograd = algorithm == "winograd"
+            winograd = algorithm != "gemm"
             self._conv2d(x, w, out, geo, groups, ws, algorithm, bias if winograd else None)
             conv_epilogue(self, out, None if winograd else bias, norm, relu, ws, residual)
             return
@@ -368,10 +403,13 @@ class SpatialOps(abc.ABC):
         self._conv2d(x, w, out, geo, groups, ws, algorithm, bias, (residual, bool(relu)))
 
     def _forward_algorithm(self, geo, groups) -> str:
-        """The kernel a forward convolution ``geo`` runs on: winograd, phased (strided, on phase
-        planes), direct, implicit (GEMM) or gemm (im2col + GEMM)."""
+        """The kernel a forward convolution ``geo`` runs on: winograd, s2 (3x3 stride 2 as
+        Winograd on its phases), phased (strided, on phase planes), direct, implicit (GEMM) or
+        gemm (im2col + GEMM)."""
         if self._use_winograd(geo, groups, "forward"):
             return "winograd"
+        if self._use_s2(geo, groups):
+            return "s2"
         if self._use_phased(geo, groups):
             return "phased"
         if self._use_direct(geo, groups, "forward"):
@@ -409,6 +447,9 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if algorithm == "winograd":
             self._winograd(x, w, out, geo, False, False, ws, bias)
+            return
+        if algorithm == "s2":
+            self._s2_forward(x, w, out, geo, ws, bias)
             return
         if algorithm == "phased":
             self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)

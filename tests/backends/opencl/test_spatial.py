@@ -95,8 +95,9 @@ def conv_ocl(request, ocl):
     """The backend with each convolution algorithm forced (tests/backends/test_ops.py checks
     the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
     vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's). Winograd
-    applies to the stride-1 3x3 ungrouped cases (forward and input gradient), with both tile
-    shapes; the other cases and weight gradients run im2col + GEMM there."""
+    applies to the stride-1 3x3 ungrouped cases (forward and input gradient) and the forward
+    pass of the undilated stride-2 3x3 ones (on phases), with both tile shapes; the other cases
+    and weight gradients run im2col + GEMM there."""
     from juicepy.backends.opencl import OpenCLBackend
 
     algorithm, _, lanes = request.param.partition("-")
@@ -202,6 +203,69 @@ def test_conv_kernels_apply_the_epilogue(ocl, rng, monkeypatch, case, lanes, alg
                    residual=ocl.from_host(residual) if "residual" in parts else None)
         np.testing.assert_allclose(ocl.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_array_equal(ocl.to_host(dev_w), wt)
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding: odd and even planes (tiles past the output's last row and
+    # column), padding 0, 1 and past the kernel, batch 1, channels past a slice (64) and outputs
+    # past a work-group's rows (132), tiles past the last work-group's
+    ((1, 3, 5, 5), 4, 1),
+    ((2, 5, 9, 11), 12, 1),
+    ((2, 70, 13, 10), 140, 0),
+    ((1, 16, 8, 7), 6, 2),
+    ((3, 8, 6, 9), 7, 0),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_stride_2_phase_winograd_matches_the_reference(ocl, rng, case, lanes):
+    """The 3x3 stride-2 forward pass as Winograd F(2x2, 2x2) on its phases (s2_winograd_conv),
+    with its bias, against the float64 loops."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, conv_algorithm="winograd", vector_width=lanes)
+    xs, o, p = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    y_ref = conv_ref(x, wt, (2, 2), (p, p), (1, 1), 1) + bias[:, None, None]
+    geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, (2, 2), (p, p), (1, 1), 1, "conv2d")
+    assert b._forward_algorithm(geo, 1) == "s2"
+    y = b.empty(y_ref.shape)
+    b.conv2d(b.from_host(x), b.from_host(wt), y, (2, 2), (p, p), (1, 1), 1, Workspace(), bias=b.from_host(bias))
+    np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
+
+
+def test_stride_2_phase_winograd_only_for_wide_undilated_ungrouped_3x3(ocl):
+    """"auto" takes the phase Winograd for 3x3 stride-2 layers of S2_MIN_CHANNELS input and
+    output channels on 8-lane devices; narrower, dilated, grouped or other kernels keep theirs."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+
+    def algorithm(c, o, k=3, s=2, d=1, groups=1):
+        return b._forward_algorithm((2, c, 32, 32, o, k, k, 16, 16, s, s, 1, 1, d, d), groups)
+
+    assert algorithm(64, 128) == "s2"
+    assert algorithm(64, 128, groups=2) != "s2"
+    assert algorithm(32, 128) != "s2" and algorithm(64, 32) != "s2"
+    assert algorithm(64, 128, d=2) != "s2" and algorithm(64, 128, k=5) != "s2" and algorithm(64, 128, s=1) != "s2"
+    assert OpenCLBackend(ocl.device, vector_width=16)._forward_algorithm(
+        (2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) != "s2"
+
+
+def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng):
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    x = b.from_host(rng.standard_normal((2, 4, 9, 9)).astype(np.float32))
+    w = b.from_host(rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
+    y = b.empty((2, 5, 5, 5))
+    ws = Workspace()
+    args = ((2, 2), (1, 1), (1, 1), 1)
+    b.conv2d(x, w, y, *args, ws)
+    before = b.allocations
+    b.conv2d(x, w, y, *args, ws)
+    b.conv2d(x, w, y, *args, ws)
+    assert b.allocations == before
 
 
 def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
