@@ -434,6 +434,47 @@ typedef float16 float16_u __attribute__((aligned(4)));
     const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && Ho == H && Wo == W; \
     const int Hr = flat ? 1 : H, Wr = flat ? H * W : W, Wor = flat ? Ho * Wo : Wo;
 
+#ifndef CONV_TO_Y
+#define CONV_TO_Y 1
+#endif
+// conv_gemm's micro-kernel over a tile of one K slice with its sums stored straight into the
+// NCHW output Y (to_y): per row, + bias, then beta * Y, or conv2d's epilogue (as the store
+// after the tile does); rows past M are not stored. Each NR-column panel lies in one image.
+typedef floatv floatv_ua __attribute__((aligned(4)));
+#define Y_ROW(r) if (i * MR + (r) < rows_) { \
+    const int o_ = row0 + i * MR + (r); \
+    const float b_ = has_bias ? bias[b_off + o_] : 0.0f; \
+    const size_t at_ = ((size_t)img_ * O + o_) * pixels + pix_; \
+    __global floatv_ua *d_ = (__global floatv_ua *)(Y + y_off + at_); \
+    floatv v0_ = alpha * c##r##_0 + b_, v1_ = alpha * c##r##_1 + b_; \
+    if (epi) { \
+        if (epi & 1) { __global const floatv_ua *q_ = (__global const floatv_ua *)(res + r_off + at_); \
+                       v0_ += q_[0]; v1_ += q_[1]; } \
+        if (epi & 2) { v0_ = select(v0_, (floatv)(0.0f), v0_ < (floatv)(0.0f)); \
+                       v1_ = select(v1_, (floatv)(0.0f), v1_ < (floatv)(0.0f)); } \
+    } else if (beta != 0.0f) { v0_ += beta * d_[0]; v1_ += beta * d_[1]; } \
+    d_[0] = v0_; d_[1] = v1_; }
+#define MICRO_TILES_TO_Y(a_base, a_step, b_base, b_step, a_panels, b_panels, kc) { \
+    const int rows_ = min(tile_m, M - row0); \
+    for (int i = 0; i < (a_panels); ++i) { \
+        const int a_rs = 1; \
+        for (int j = 0; j < (b_panels); ++j) { \
+            const int col_ = col0 + j * NR, img_ = col_ / pixels, pix_ = col_ - img_ * pixels; \
+            ROWS(ACC_ROW) \
+            ROWS(ZERO_ROW) \
+            __global const float *ap = (a_base) + i * (a_step); \
+            __local const floatv *bp = (__local const floatv *)(b_base) + j * (b_step); \
+            for (int k = 0; k < (kc); ++k) { \
+                const floatv b0 = bp[0]; \
+                const floatv b1 = bp[1]; \
+                ROWS(FMA_ROW) \
+                ap += MR; \
+                bp += 2; \
+            } \
+            ROWS(Y_ROW) \
+        } \
+    } }
+
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
 // X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
 // packed weights (M = outputs of the group, K = channels x taps). It is gemm_packed with the
@@ -460,6 +501,10 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
     Ap += ap_off + (size_t)(row0 / MR) * K * MR;
+    // one K slice, dense NCHW stores and panels that never straddle two images: the
+    // micro-kernel's sums go from its registers straight into Y (MICRO_TILES_TO_Y), not
+    // through the tile in local memory and a second pass that copies it out
+    const int to_y = CONV_TO_Y && STAGE_B_ROWS && DIRECT_PACKED && K <= BK && !y_step && pixels % NR == 0;
 
     // a run: up to NR columns of one output row; for each, where it starts in the panel, its
     // length, the image plane it reads, and its first input row and column (before the tap)
@@ -511,8 +556,11 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
             }
         }
 #if DIRECT_PACKED   // the packed weights are read where they are, like gemm_packed's panels
-        MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __local, b_store, BK * NR / VW, c_store,
-                    a_panels, b_panels, kc, k0 == 0)
+        if (to_y)
+            MICRO_TILES_TO_Y(Ap + (size_t)k0 * MR, (size_t)K * MR, b_store, BK * NR / VW, a_panels, b_panels, kc)
+        else
+            MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __local, b_store, BK * NR / VW, c_store,
+                        a_panels, b_panels, kc, k0 == 0)
 #else
         MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)
 #endif
@@ -545,6 +593,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
         MICRO_TILES_LOCAL(a_pack, b_store, c_store, a_panels, b_panels, kc, k0 == 0)
     }
 #endif
+    if (to_y) return;
     // write back into NCHW: column (n, pixel) of row o is Y[n, o, pixel]
     __local const float *c_tile = (__local const float *)c_store;
     const int rows = min(tile_m, M - row0), cols = min(tile_n, N - col0);
@@ -804,6 +853,34 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
             for (int e = j < cols ? kc : 0; e < kcv; ++e) dst[e] = 0.0f;
         }
         DOT_TILES(k0 == k_begin)
+    }
+    STORE_C_TILE(Cm, ldc)
+}
+
+// conv_filter_gemm of a pointwise convolution (1x1, stride 1, no padding) whose planes are
+// whole vectors: row o of A (dy) and row c of B (X) are, within one image, the planes
+// dy[n, o] and X[n, c] themselves, so they are read where they lie, image by image, as gemm_nt
+// reads its rows (NT_DIRECT), instead of staged run by run into local memory. X is
+// (N, C, pixels), dy (N, O, pixels); x_off / a_off at the group's first channel.
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_filter_gemm_pointwise(const int M, const int N, const int K, const int tile_m, const int tile_n,
+                                const int k_chunk, __global const float *A, const int a_off,
+                                __global const float *X, const int x_off, const int C, const int O,
+                                const int pixels,
+                                __global float *Cm, const int c_off, const int ldc, const float alpha,
+                                const float beta)
+{
+    NT_TILE_LOCALS
+    GROUP_TILE
+    NT_TILE_SETUP
+    Cm += c_off + (size_t)tile_z * M * N;
+    for (int k0 = k_begin; k0 < k_end;) {
+        const int img = k0 / pixels, pix = k0 - img * pixels;
+        const int kcv = min(min(NT_BK, k_end - k0), pixels - pix);   /* whole vectors: VW divides all three */
+        DOT_TILES_AT(__global, floatv_u, A + a_off + ((size_t)img * O + row0) * pixels + pix, pixels, rows - 1,
+                     X + x_off + ((size_t)img * C + col0) * pixels + pix, pixels, cols - 1, kcv, NT_JB,
+                     k0 == k_begin)
+        k0 += kcv;
     }
     STORE_C_TILE(Cm, ldc)
 }

@@ -57,6 +57,7 @@ class GemmOps(abc.ABC):
     #: the tiles say so (8-lane devices), tiles of A^T (STAGE_A_T) and of an A of at most
     #: STAGE_A_ROWS rows (a recurrent step's or a Linear's batch, whose packing cost as much as its tiles) too
     direct_staging = True
+    pointwise_filter = True
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
         m, n, k = check_gemm("opencl", a, b, out, trans_a, trans_b)
@@ -172,8 +173,15 @@ class GemmOps(abc.ABC):
         batch, c, h, wd = x_geo
         o, ho, wo = y_hw
         tiles = self._gemm_tiles
+        pointwise = (kernel == (1, 1) and tuple(conv_args) == (1, 1, 0, 0, 1, 1) and (h, wd) == (ho, wo)
+                     and self.gemm_variant == "packed" and (ho * wo) % tiles["VW"] == 0)
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
+            if pointwise and self.pointwise_filter:
+                self._gemm_tiles_run("conv_filter_gemm_pointwise", m, n, batch * ho * wo,
+                                     even_tile(m, tiles["BM"], tiles["DR"]), even_tile(n, tiles["BN"], tiles["DC"]),
+                                     (dy, dy_off), (x, x_off, c, o, ho * wo), (dw, dw_off), n, 1.0, beta, ws)
+                return
             self._gemm_tiles_run("conv_filter_gemm", m, n, batch * ho * wo, even_tile(m, tiles["BM"], tiles["DR"]),
                                  even_tile(n, tiles["BN"], tiles["DC"]), (dy, dy_off),
                                  (x, x_off, c, h, wd, o, ho, wo, *kernel, *conv_args), (dw, dw_off), n, 1.0,
@@ -196,7 +204,7 @@ class GemmOps(abc.ABC):
             slabs = ws.get(self, "gemm_split", (splits * m * n,), F32)
             out = (slabs.base_data, 0)
             args = (m, n, k, tile_m, tile_n, k_chunk, *a_src, *b_src, slabs.base_data, 0, n, 1.0, 0.0)
-        if name == "conv_filter_gemm":
+        if name.startswith("conv_filter_gemm"):
             kernel(self.queue, tuple(grid), (1, 1, 1), *args)
         else:
             tiles = grid[0] * grid[1] * grid[2]

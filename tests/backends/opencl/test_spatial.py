@@ -268,6 +268,40 @@ def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng):
     assert b.allocations == before
 
 
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, groups: planes of whole vectors (8 and 16 lanes), one image or many per
+    # K split, planes past one K slice (NT_BK: 1600 pixels), rows and columns past the micro-tiles
+    ((1, 3, 4, 4), 5, 1),
+    ((5, 12, 8, 8), 12, 3),
+    ((3, 7, 40, 40), 9, 1),
+    ((9, 64, 4, 32), 96, 2),
+], ids=["batch1", "grouped", "plane-past-slice", "many-images"])
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_pointwise_weight_gradient_reads_planes_in_place(ocl, rng, case, lanes, accumulate):
+    """conv_filter_gemm_pointwise (1x1, stride 1, no padding: dy's and x's planes read where
+    they lie) against a float64 reference and against the run-by-run conv_filter_gemm."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    (n, c, h, w), o, groups = case
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    dy = rng.standard_normal((n, o, h, w)).astype(np.float32)
+    dw0 = rng.standard_normal((o, c // groups, 1, 1)).astype(np.float32)
+    ref = np.einsum("ngop,ngcp->goc", dy.reshape(n, groups, o // groups, -1).astype(np.float64),
+                    x.reshape(n, groups, c // groups, -1).astype(np.float64)).reshape(dw0.shape)
+    if accumulate:
+        ref = ref + dw0
+    results = []
+    for in_place in (True, False):
+        be = OpenCLBackend(ocl.device, conv_algorithm="implicit", vector_width=lanes)
+        be.pointwise_filter = in_place
+        dw = be.from_host(dw0)
+        be.conv2d_backward_filter(be.from_host(x), be.from_host(dy), dw, 1, 0, 1, groups, accumulate, Workspace())
+        results.append(be.to_host(dw))
+        np.testing.assert_allclose(results[-1], ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-4)
+
+
 def conv_and_grads(ocl, x, w, dy, stride, padding, dilation, groups):
     """y, dx and dw (host arrays) of one convolution and its gradients on ``ocl``."""
     ws = Workspace()
