@@ -31,7 +31,6 @@ from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
 from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
-from .threads import MIN_LANE_WORK as _MIN_LANE_WORK
 from .threads import run_lanes as _run_lanes
 
 
@@ -657,29 +656,18 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
         *args, dw, accumulate, ws)
 
 
-#: most pieces of samples the direct weight gradient is cut into: each piece sums into its own
-#: buffer, so the pieces can be dealt to whichever lane is free (threads.deal) while the sum,
-#: added piece by piece in order, is the same bits on any lane count and any dealing
-DIRECT_FILTER_PIECES = 8
-
-
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
     geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     o, n = w_shape[0], x.shape[0]
-    work = dy[0].size * x.shape[1] // groups * w_shape[2] * w_shape[3]
-    # the same pieces for any lane count, as few as one lane would run (run_lanes' threshold)
-    count = min(n, DIRECT_FILTER_PIECES, max(1, n * work // _MIN_LANE_WORK))
-    bounds = [n * i // count for i in range(count + 1)]
+    partial = {}
 
-    def piece(lo, hi, lane):
-        for i in range(lo, hi):
-            target = dw if i == 0 else scratch(ws, backend, f"conv_dw_direct/{i}", dw.shape, dw.dtype)
-            backend.conv_kernels.direct_grid_filter(x, dy, target, geometry, groups, o, n, bounds[i], bounds[i + 1],
-                                                    accumulate and i == 0)
+    def lane(lo, hi, k):
+        partial[k] = target = dw if k == 0 else scratch(ws, backend, f"conv_dw_direct/{k}", dw.shape, dw.dtype)
+        backend.conv_kernels.direct_grid_filter(x, dy, target, geometry, groups, o, n, lo, hi, accumulate and k == 0)
 
-    _deal(count, 1, piece, _num_threads())
-    for i in range(1, count):  # piece order: a fixed summation order whatever ran where
-        dw += scratch(ws, backend, f"conv_dw_direct/{i}", dw.shape, dw.dtype)
+    lanes = _run_lanes(n, dy[0].size * x.shape[1] // groups * w_shape[2] * w_shape[3], lane)
+    for k in range(1, lanes):  # lane order: a fixed summation order for a given lane count
+        dw += partial[k]
 
 
 #: output planes (Ho*Wo) up to which the GEMM weight gradient multiplies a chunk's samples side

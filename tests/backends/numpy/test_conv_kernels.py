@@ -191,36 +191,6 @@ def test_direct_weight_gradient_matches_a_float64_reference(case, dtype):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_direct_weight_gradient_pieces_give_the_same_bits_on_any_lane_count(dtype, monkeypatch):
-    """_direct_backward_filter deals its pieces of samples to whichever lane is free: the sum,
-    added piece by piece, is the same bits on 1, 2 and 3 lanes, alone and accumulating, and
-    matches the float64 fallback."""
-    monkeypatch.setattr(kernels, "isa", 1)
-    rng = np.random.default_rng(8)
-    x, w = rng.standard_normal((11, 6, 16, 16)), rng.standard_normal((5, 6, 5, 5))
-    start = rng.standard_normal(w.shape)
-    results = []
-    for lanes in (1, 2, 3):
-        monkeypatch.setenv("JUICEPY_NUM_THREADS", str(lanes))
-        pieces = []
-        original = numpy_spatial._direct_backward_filter
-        monkeypatch.setattr(numpy_spatial, "_direct_backward_filter", lambda *a: (pieces.append(1), original(*a))[1])
-        results.append(_all_three(x.astype(dtype), w.astype(dtype), 2, (1, 2, 1, 1), ws=Workspace())[2])
-        summed = _all_three(x.astype(dtype), w.astype(dtype), 2, (1, 2, 1, 1),
-                            accumulate_into=(np.zeros_like(x, dtype), start.astype(dtype)), ws=Workspace())[2]
-        monkeypatch.setattr(numpy_spatial, "_direct_backward_filter", original)
-        assert len(pieces) == 2
-        np.testing.assert_array_equal(results[-1], results[0])
-        tol = 1e-5 if dtype == np.float32 else 1e-12
-        np.testing.assert_allclose(summed, start + results[0], rtol=tol, atol=tol * np.abs(results[0]).max())
-    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    want = _all_three(x, w, 2, (1, 2, 1, 1))[2]
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    np.testing.assert_allclose(results[0], want, rtol=tol, atol=tol * np.abs(want).max())
-
-
-@needs_kernels
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [4, 5, 9, 16, 17, 19, 32, 33])
 def test_stride_2_columns_are_exact_copies_of_the_windows(width, dtype):
     """im2col's stride-2 rows (vector shuffles plus an element tail) hold exactly the values a
