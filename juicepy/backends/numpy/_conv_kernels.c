@@ -1653,24 +1653,7 @@ static int check_s2(const Geometry *g, I th, I tw)
 /* ------------------------------------------------ tile transforms: winograd_* and s2_*
  * Both families run a conv as GEMMs between a weights transform (w -> u), an input transform
  * (x -> v) and an output transform (m -> out); their entry points take and check their
- * arguments here, by the family's sizes. */
-
-/* ``slices`` GEMM operands, ks apart in v and m, with ``depth`` rows of v per input channel;
- * ``check`` the geometry and tile counts it computes; ``input_rows`` / ``output_rows``: the
- * items of the scratch rows the caller hands the transform for tw tiles a row (NULL: none). */
-typedef struct {
-    const char *weights, *input, *output; /* the entry points' names, for errors */
-    int (*check)(const Geometry *g, I th, I tw);
-    I slices, depth;
-    int flips, accumulates;
-    I (*input_rows)(I tw);
-    I (*output_rows)(I tw);
-} TileFamily;
-
-static const TileFamily WINOGRAD = {"winograd_weights", "winograd_input", "winograd_output", check_winograd,
-                                    16, 1, 1, 1, NULL, NULL};
-static const TileFamily S2 = {"s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, s2_input_rows,
-                              s2_output_rows};
+ * arguments here, by the family's sizes, and call the family's kernels on them. */
 
 /* One call's arguments: ``a`` the buffer whose format is the call's (w, x, or out), ``b`` the
  * other (u, v, or m), ``rows`` the scratch where the family takes it. */
@@ -1680,6 +1663,89 @@ typedef struct {
     int flip, accumulate, has_rows;
     Py_buffer a, b, rows;
 } TileCall;
+
+/* A kernel on a call's checked arguments, run without the GIL; nonzero: out of memory. */
+typedef int (*TileKernel)(const TileCall *t);
+
+static int winograd_weights_f32_call(const TileCall *t)
+{
+    winograd_weights_f32(t->a.buf, t->b.buf, t->na, t->nb, t->flip);
+    return 0;
+}
+static int winograd_weights_f64_call(const TileCall *t)
+{
+    winograd_weights_f64(t->a.buf, t->b.buf, t->na, t->nb, t->flip);
+    return 0;
+}
+static int winograd_input_f32_call(const TileCall *t)
+{
+    return winograd_input_f32(t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+}
+static int winograd_input_f64_call(const TileCall *t)
+{
+    return winograd_input_f64(t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+}
+static int winograd_output_f32_call(const TileCall *t)
+{
+    return winograd_output_f32(t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
+}
+static int winograd_output_f64_call(const TileCall *t)
+{
+    return winograd_output_f64(t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
+}
+static int s2_weights_f32_call(const TileCall *t)
+{
+    s2_weights_f32(t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int s2_weights_f64_call(const TileCall *t)
+{
+    s2_weights_f64(t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int s2_input_f32_call(const TileCall *t)
+{
+    S2_CALL(s2_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_input_f64_call(const TileCall *t)
+{
+    S2_CALL(s2_input_f64, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_output_f32_call(const TileCall *t)
+{
+    S2_CALL(s2_output_f32, t->b.buf, t->a.buf, t->rows.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_output_f64_call(const TileCall *t)
+{
+    S2_CALL(s2_output_f64, t->b.buf, t->a.buf, t->rows.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+
+/* ``slices`` GEMM operands, ks apart in v and m, with ``depth`` rows of v per input channel;
+ * ``check`` the geometry and tile counts it computes; ``input_rows`` / ``output_rows``: the
+ * items of the scratch rows the caller hands the transform for tw tiles a row (NULL: none);
+ * the kernels of each entry point, float32 then float64. */
+typedef struct {
+    const char *weights, *input, *output; /* the entry points' names, for errors */
+    int (*check)(const Geometry *g, I th, I tw);
+    I slices, depth;
+    int flips, accumulates;
+    I (*input_rows)(I tw);
+    I (*output_rows)(I tw);
+    TileKernel weights_kernels[2], input_kernels[2], output_kernels[2];
+} TileFamily;
+
+static const TileFamily WINOGRAD = {
+    "winograd_weights", "winograd_input", "winograd_output", check_winograd, 16, 1, 1, 1, NULL, NULL,
+    {winograd_weights_f32_call, winograd_weights_f64_call}, {winograd_input_f32_call, winograd_input_f64_call},
+    {winograd_output_f32_call, winograd_output_f64_call}};
+static const TileFamily S2 = {
+    "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, s2_input_rows, s2_output_rows,
+    {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
+    {s2_output_f32_call, s2_output_f64_call}};
 
 /* (w, u, A, B[, flip]): u[slices][A][depth * B] of w (A, B, 3, 3) (flip: (B, A, 3, 3)). */
 static int tile_weights_args(PyObject *args, const TileFamily *f, TileCall *t)
@@ -1746,55 +1812,45 @@ static int tile_output_args(PyObject *args, const TileFamily *f, TileCall *t)
                      "m", ro, &t->rows, 1, ro ? f->output_rows(t->tw) : 0, "rows");
 }
 
-static void tile_release(TileCall *t)
+/* An entry point: its arguments taken by ``parse``, then the kernel of their dtype on them. */
+static PyObject *tile_call(PyObject *args, const TileFamily *f, int (*parse)(PyObject *, const TileFamily *, TileCall *),
+                           const TileKernel *kernels)
 {
-    release_three(&t->a, &t->b, t->has_rows ? &t->rows : NULL);
+    TileCall t;
+    int failed;
+    if (parse(args, f, &t) < 0) return NULL;
+    const TileKernel kernel = kernels[t.a.itemsize == 4 ? 0 : 1];
+    Py_BEGIN_ALLOW_THREADS
+    failed = kernel(&t);
+    Py_END_ALLOW_THREADS
+    release_three(&t.a, &t.b, t.has_rows ? &t.rows : NULL);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
 {
-    TileCall t;
-    if (tile_weights_args(args, &WINOGRAD, &t) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (t.a.itemsize == 4)
-        winograd_weights_f32(t.a.buf, t.b.buf, t.na, t.nb, t.flip);
-    else
-        winograd_weights_f64(t.a.buf, t.b.buf, t.na, t.nb, t.flip);
-    Py_END_ALLOW_THREADS
-    tile_release(&t);
-    Py_RETURN_NONE;
+    return tile_call(args, &WINOGRAD, tile_weights_args, WINOGRAD.weights_kernels);
 }
-
 static PyObject *py_winograd_input(PyObject *self, PyObject *args)
 {
-    TileCall t;
-    int failed;
-    if (tile_input_args(args, &WINOGRAD, &t) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (t.a.itemsize == 4)
-        failed = winograd_input_f32(t.a.buf, t.b.buf, &t.g, t.n0, t.n1, t.th, t.tw, t.ks);
-    else
-        failed = winograd_input_f64(t.a.buf, t.b.buf, &t.g, t.n0, t.n1, t.th, t.tw, t.ks);
-    Py_END_ALLOW_THREADS
-    tile_release(&t);
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return tile_call(args, &WINOGRAD, tile_input_args, WINOGRAD.input_kernels);
 }
-
 static PyObject *py_winograd_output(PyObject *self, PyObject *args)
 {
-    TileCall t;
-    int failed;
-    if (tile_output_args(args, &WINOGRAD, &t) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (t.a.itemsize == 4)
-        failed = winograd_output_f32(t.b.buf, t.a.buf, &t.g, t.o, t.n0, t.n1, t.th, t.tw, t.ks, t.accumulate);
-    else
-        failed = winograd_output_f64(t.b.buf, t.a.buf, &t.g, t.o, t.n0, t.n1, t.th, t.tw, t.ks, t.accumulate);
-    Py_END_ALLOW_THREADS
-    tile_release(&t);
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
+    return tile_call(args, &WINOGRAD, tile_output_args, WINOGRAD.output_kernels);
+}
+static PyObject *py_s2_weights(PyObject *self, PyObject *args)
+{
+    return tile_call(args, &S2, tile_weights_args, S2.weights_kernels);
+}
+static PyObject *py_s2_input(PyObject *self, PyObject *args)
+{
+    return tile_call(args, &S2, tile_input_args, S2.input_kernels);
+}
+static PyObject *py_s2_output(PyObject *self, PyObject *args)
+{
+    return tile_call(args, &S2, tile_output_args, S2.output_kernels);
 }
 
 static int check_wg(const Geometry *g, I th, I tw, I m, I nmats)
@@ -2215,48 +2271,6 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
     Py_END_ALLOW_THREADS
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_s2_weights(PyObject *self, PyObject *args)
-{
-    TileCall t;
-    if (tile_weights_args(args, &S2, &t) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (t.a.itemsize == 4)
-        s2_weights_f32(t.a.buf, t.b.buf, t.na, t.nb);
-    else
-        s2_weights_f64(t.a.buf, t.b.buf, t.na, t.nb);
-    Py_END_ALLOW_THREADS
-    tile_release(&t);
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_s2_input(PyObject *self, PyObject *args)
-{
-    TileCall t;
-    if (tile_input_args(args, &S2, &t) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (t.a.itemsize == 4)
-        S2_CALL(s2_input_f32, t.a.buf, t.b.buf, t.rows.buf, &t.g, t.n0, t.n1, t.th, t.tw, t.ks);
-    else
-        S2_CALL(s2_input_f64, t.a.buf, t.b.buf, t.rows.buf, &t.g, t.n0, t.n1, t.th, t.tw, t.ks);
-    Py_END_ALLOW_THREADS
-    tile_release(&t);
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_s2_output(PyObject *self, PyObject *args)
-{
-    TileCall t;
-    if (tile_output_args(args, &S2, &t) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (t.a.itemsize == 4)
-        S2_CALL(s2_output_f32, t.b.buf, t.a.buf, t.rows.buf, &t.g, t.o, t.n0, t.n1, t.th, t.tw, t.ks);
-    else
-        S2_CALL(s2_output_f64, t.b.buf, t.a.buf, t.rows.buf, &t.g, t.o, t.n0, t.n1, t.th, t.tw, t.ks);
-    Py_END_ALLOW_THREADS
-    tile_release(&t);
     Py_RETURN_NONE;
 }
 
