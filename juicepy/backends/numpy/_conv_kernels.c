@@ -1828,30 +1828,19 @@ static PyObject *tile_call(PyObject *args, const TileFamily *f, int (*parse)(PyO
     Py_RETURN_NONE;
 }
 
-static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
-{
-    return tile_call(args, &WINOGRAD, tile_weights_args, WINOGRAD.weights_kernels);
-}
-static PyObject *py_winograd_input(PyObject *self, PyObject *args)
-{
-    return tile_call(args, &WINOGRAD, tile_input_args, WINOGRAD.input_kernels);
-}
-static PyObject *py_winograd_output(PyObject *self, PyObject *args)
-{
-    return tile_call(args, &WINOGRAD, tile_output_args, WINOGRAD.output_kernels);
-}
-static PyObject *py_s2_weights(PyObject *self, PyObject *args)
-{
-    return tile_call(args, &S2, tile_weights_args, S2.weights_kernels);
-}
-static PyObject *py_s2_input(PyObject *self, PyObject *args)
-{
-    return tile_call(args, &S2, tile_input_args, S2.input_kernels);
-}
-static PyObject *py_s2_output(PyObject *self, PyObject *args)
-{
-    return tile_call(args, &S2, tile_output_args, S2.output_kernels);
-}
+/* the entry point NAME: tile_call with the family's KIND (weights, input, output) parser and kernels */
+#define TILE_ENTRY(NAME, FAMILY, KIND)                                                         \
+    static PyObject *NAME(PyObject *self, PyObject *args)                                      \
+    {                                                                                          \
+        return tile_call(args, &FAMILY, tile_##KIND##_args, FAMILY.KIND##_kernels);            \
+    }
+
+TILE_ENTRY(py_winograd_weights, WINOGRAD, weights)
+TILE_ENTRY(py_winograd_input, WINOGRAD, input)
+TILE_ENTRY(py_winograd_output, WINOGRAD, output)
+TILE_ENTRY(py_s2_weights, S2, weights)
+TILE_ENTRY(py_s2_input, S2, input)
+TILE_ENTRY(py_s2_output, S2, output)
 
 static int check_wg(const Geometry *g, I th, I tw, I m, I nmats)
 {
