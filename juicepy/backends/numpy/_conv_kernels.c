@@ -145,16 +145,19 @@ DEFINE_COL2IM(col2im_f64, double)
  * at offset (i*dh / 2, j*dw / 2)), and the phases are interleaved back into dx once per plane,
  * instead of every value being added on its own two values apart. Every dx value gets the
  * same additions in the same tap order as col2im (starting from 0, or from dx with
- * ``accumulate``), so the bits are col2im's. Returns -1 (nothing written) when the phase
- * buffer cannot be allocated. */
+ * ``accumulate``), so the bits are col2im's. ``buf`` holds the four phase planes
+ * (col2im_phase_items), the caller's scratch. */
+static I col2im_phase_items(const Geometry *g)
+{
+    return 4 * ((g->h + 2 * g->ph + 1) / 2) * ((g->w + 2 * g->pw + 1) / 2);
+}
+
 #define DEFINE_COL2IM_PHASES(NAME, T)                                                          \
-    VECTOR_CLONES static int NAME(const T *restrict cols, T *restrict dx, const Geometry *g,  \
-                                  I n0, I n1, I sn, I sk, int accumulate)                     \
+    VECTOR_CLONES static void NAME(const T *restrict cols, T *restrict dx, T *restrict buf,   \
+                                   const Geometry *g, I n0, I n1, I sn, I sk, int accumulate) \
     {                                                                                          \
         const I hq = (g->h + 2 * g->ph + 1) / 2, wq = (g->w + 2 * g->pw + 1) / 2;              \
         const I phase = hq * wq;                                                              \
-        T *restrict buf = malloc((size_t)(4 * phase) * sizeof(T));                            \
-        if (!buf) return -1;                                                                  \
         for (I n = n0; n < n1; n++)                                                           \
             for (I c = 0; c < g->c; c++) {                                                    \
                 T *plane = dx + (n * g->c + c) * g->h * g->w;                                 \
@@ -187,8 +190,6 @@ DEFINE_COL2IM(col2im_f64, double)
                     if (g->w & 1) d[g->w - 1] = p0[g->w / 2];                                 \
                 }                                                                             \
             }                                                                                 \
-        free(buf);                                                                            \
-        return 0;                                                                             \
     }
 
 DEFINE_COL2IM_PHASES(col2im_phases_f32, float)
@@ -1363,17 +1364,20 @@ static I s2_row(I p, I q, I seg, I c)
             }                                                                                  \
     }
 
+/* Scratch items of s2_input (7 rows of 4tw + 4) and s2_output (4 rows of tw), th x tw tiles. */
+static I s2_input_rows(I tw) { return 7 * (4 * tw + 4); }
+static I s2_output_rows(I tw) { return 4 * tw; }
+
 /* v[pos*ks + krow*np + (n - n0)*tiles + tile] of samples [n0, n1): per row of tiles, the 5
- * padded rows of its patches are copied (zeros in the padding), F(2, 2)'s BT runs along the
- * columns on whole rows (rows 0, 2, 4 into t0, r2, t2), then each of those and the odd rows 1
- * and 3 is split along its columns (s2_columns). Returns -1 without memory. */
+ * padded rows of its patches are copied (zeros in the padding) into ``buf`` (s2_input_rows,
+ * the caller's scratch), F(2, 2)'s BT runs along the columns on whole rows (rows 0, 2, 4 into
+ * t0, r2, t2), then each of those and the odd rows 1 and 3 is split along its columns
+ * (s2_columns). */
 #define DEFINE_S2_INPUT(NAME, ATTR, T, COLUMNS)                                                \
-    ATTR static int NAME(const T *restrict x, T *restrict v, const Geometry *g, I n0, I n1,    \
-                         I th, I tw, I ks)                                                     \
+    ATTR static void NAME(const T *restrict x, T *restrict v, T *restrict buf, const Geometry *g, \
+                          I n0, I n1, I th, I tw, I ks)                                        \
     {                                                                                          \
         const I c = g->c, tiles = th * tw, np = (n1 - n0) * tiles, rw = 4 * tw + 4;           \
-        T *buf = malloc((size_t)(7 * rw) * sizeof(T));                                         \
-        if (!buf) return -1;                                                                   \
         T *t0 = buf + 5 * rw, *t2 = buf + 6 * rw;                                              \
         I cw = g->w;                                                                           \
         if (cw > rw - g->pw) cw = rw - g->pw;                                                  \
@@ -1415,18 +1419,15 @@ static I s2_row(I p, I q, I seg, I c)
                                 dst[15 + h * 3 + 2] + o, dst[21 + h * 2] + o, dst[21 + h * 2 + 1] + o); \
                 }                                                                              \
             }                                                                                  \
-        free(buf);                                                                             \
-        return 0;                                                                              \
     }
 
-/* out[n, a] = AT m[.][a][tile] A for samples [n0, n1), outputs past Ho x Wo dropped. */
+/* out[n, a] = AT m[.][a][tile] A for samples [n0, n1), outputs past Ho x Wo dropped; a row of
+ * tiles' four output phases go through ``y`` (s2_output_rows, the caller's scratch). */
 #define DEFINE_S2_OUTPUT(NAME, ATTR, T)                                                        \
-    ATTR static int NAME(const T *restrict m, T *restrict out, const Geometry *g, I o, I n0,   \
-                         I n1, I th, I tw, I ks)                                               \
+    ATTR static void NAME(const T *restrict m, T *restrict out, T *restrict y, const Geometry *g, \
+                          I o, I n0, I n1, I th, I tw, I ks)                                   \
     {                                                                                          \
         const I tiles = th * tw, np = (n1 - n0) * tiles;                                       \
-        T *y = malloc((size_t)(4 * tw) * sizeof(T));                                           \
-        if (!y) return -1;                                                                     \
         for (I n = n0; n < n1; n++)                                                            \
             for (I a = 0; a < o; a++) {                                                        \
                 T *plane = out + (n * o + a) * g->ho * g->wo;                                  \
@@ -1451,8 +1452,6 @@ static I s2_row(I p, I q, I seg, I c)
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
-        free(y);                                                                               \
-        return 0;                                                                              \
     }
 
 DEFINE_S2_WEIGHTS(s2_weights_f32, float)
@@ -1565,31 +1564,33 @@ static PyObject *py_im2col(PyObject *self, PyObject *args)
 
 static PyObject *py_col2im(PyObject *self, PyObject *args)
 {
-    PyObject *co, *xo, *go;
+    PyObject *co, *xo, *go, *po = Py_None;
     Geometry g;
     I n, n0, n1, sn, sk;
     int accumulate;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnp", &co, &xo, &go, &n, &n0, &n1, &sn, &sk, &accumulate)) return NULL;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnp|O", &co, &xo, &go, &n, &n0, &n1, &sn, &sk, &accumulate, &po)) return NULL;
     if (!parse_geometry(go, &g)) return NULL;
     if (check_range(n0, n1, n, "samples") < 0) return NULL;
     I k = g.c * g.kh * g.kw;
     I need = n1 > n0 ? (n1 - n0 - 1) * sn + (k - 1) * sk + g.ho * g.wo : 0;
-    Py_buffer dx, cols;
-    if (get_three(xo, &dx, 1, n * g.c * g.h * g.w, "dx", co, &cols, 0, need, "cols", NULL, NULL, 0, 0, NULL) < 0)
+    /* the phase planes only serve stride 2; without them col2im adds value by value (the same bits) */
+    const int phases = g.sh == 2 && g.sw == 2 && po != Py_None;
+    Py_buffer dx, cols, buf;
+    if (get_three(xo, &dx, 1, n * g.c * g.h * g.w, "dx", co, &cols, 0, need, "cols", phases ? po : NULL, &buf, 1,
+                  col2im_phase_items(&g), "phases") < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    int done = -1;
-    if (g.sh == 2 && g.sw == 2)
-        done = dx.itemsize == 4 ? col2im_phases_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate)
-                                : col2im_phases_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
-    if (done < 0) {
+    if (phases) {
         if (dx.itemsize == 4)
-            col2im_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+            col2im_phases_f32(cols.buf, dx.buf, buf.buf, &g, n0, n1, sn, sk, accumulate);
         else
-            col2im_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
-    }
+            col2im_phases_f64(cols.buf, dx.buf, buf.buf, &g, n0, n1, sn, sk, accumulate);
+    } else if (dx.itemsize == 4)
+        col2im_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
+    else
+        col2im_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
     Py_END_ALLOW_THREADS
-    release_three(&dx, &cols, NULL);
+    release_three(&dx, &cols, phases ? &buf : NULL);
     Py_RETURN_NONE;
 }
 
@@ -1644,86 +1645,209 @@ static int check_winograd(const Geometry *g, I th, I tw)
     return 0;
 }
 
-static PyObject *py_winograd_weights(PyObject *self, PyObject *args)
+static int check_s2(const Geometry *g, I th, I tw)
+{
+    if (g->kh != 3 || g->kw != 3 || g->sh != 2 || g->sw != 2 || g->dh != 1 || g->dw != 1 || g->ph < 0 ||
+        g->pw < 0 || g->h + 2 * g->ph < 3 || g->w + 2 * g->pw < 3 || g->ho != (g->h + 2 * g->ph - 3) / 2 + 1 ||
+        g->wo != (g->w + 2 * g->pw - 3) / 2 + 1 || th != (g->ho + 1) / 2 || tw != (g->wo + 1) / 2) {
+        PyErr_SetString(PyExc_ValueError, "s2 kernels: need a 3x3 stride-2 undilated geometry with padding >= 0, "
+                        "its Ho, Wo and its tile counts ((Ho + 1) // 2, (Wo + 1) // 2)");
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------ tile transforms: winograd_* and s2_*
+ * Both families run a conv as GEMMs between a weights transform (w -> u), an input transform
+ * (x -> v) and an output transform (m -> out); their entry points take and check their
+ * arguments here, by the family's sizes, and call the family's kernels on them. */
+
+/* One call's arguments: ``a`` the buffer whose format is the call's (w, x, or out), ``b`` the
+ * other (u, v, or m), ``rows`` the scratch where the family takes it. */
+typedef struct {
+    Geometry g;
+    I na, nb, o, n0, n1, th, tw, ks;
+    int flip, accumulate, has_rows;
+    Py_buffer a, b, rows;
+} TileCall;
+
+/* A kernel on a call's checked arguments, run without the GIL; nonzero: out of memory. */
+typedef int (*TileKernel)(const TileCall *t);
+
+static int winograd_weights_f32_call(const TileCall *t)
+{
+    winograd_weights_f32(t->a.buf, t->b.buf, t->na, t->nb, t->flip);
+    return 0;
+}
+static int winograd_weights_f64_call(const TileCall *t)
+{
+    winograd_weights_f64(t->a.buf, t->b.buf, t->na, t->nb, t->flip);
+    return 0;
+}
+static int winograd_input_f32_call(const TileCall *t)
+{
+    return winograd_input_f32(t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+}
+static int winograd_input_f64_call(const TileCall *t)
+{
+    return winograd_input_f64(t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+}
+static int winograd_output_f32_call(const TileCall *t)
+{
+    return winograd_output_f32(t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
+}
+static int winograd_output_f64_call(const TileCall *t)
+{
+    return winograd_output_f64(t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
+}
+static int s2_weights_f32_call(const TileCall *t)
+{
+    s2_weights_f32(t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int s2_weights_f64_call(const TileCall *t)
+{
+    s2_weights_f64(t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int s2_input_f32_call(const TileCall *t)
+{
+    S2_CALL(s2_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_input_f64_call(const TileCall *t)
+{
+    S2_CALL(s2_input_f64, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_output_f32_call(const TileCall *t)
+{
+    S2_CALL(s2_output_f32, t->b.buf, t->a.buf, t->rows.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_output_f64_call(const TileCall *t)
+{
+    S2_CALL(s2_output_f64, t->b.buf, t->a.buf, t->rows.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+
+/* ``slices`` GEMM operands, ks apart in v and m, with ``depth`` rows of v per input channel;
+ * ``check`` the geometry and tile counts it computes; ``input_rows`` / ``output_rows``: the
+ * items of the scratch rows the caller hands the transform for tw tiles a row (NULL: none);
+ * the kernels of each entry point, float32 then float64. */
+typedef struct {
+    const char *weights, *input, *output; /* the entry points' names, for errors */
+    int (*check)(const Geometry *g, I th, I tw);
+    I slices, depth;
+    int flips, accumulates;
+    I (*input_rows)(I tw);
+    I (*output_rows)(I tw);
+    TileKernel weights_kernels[2], input_kernels[2], output_kernels[2];
+} TileFamily;
+
+static const TileFamily WINOGRAD = {
+    "winograd_weights", "winograd_input", "winograd_output", check_winograd, 16, 1, 1, 1, NULL, NULL,
+    {winograd_weights_f32_call, winograd_weights_f64_call}, {winograd_input_f32_call, winograd_input_f64_call},
+    {winograd_output_f32_call, winograd_output_f64_call}};
+static const TileFamily S2 = {
+    "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, s2_input_rows, s2_output_rows,
+    {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
+    {s2_output_f32_call, s2_output_f64_call}};
+
+/* (w, u, A, B[, flip]): u[slices][A][depth * B] of w (A, B, 3, 3) (flip: (B, A, 3, 3)). */
+static int tile_weights_args(PyObject *args, const TileFamily *f, TileCall *t)
 {
     PyObject *wo, *uo;
-    I na, nb;
-    int flip;
-    if (!PyArg_ParseTuple(args, "OOnnp", &wo, &uo, &na, &nb, &flip)) return NULL;
-    if (na < 1 || nb < 1) {
-        PyErr_SetString(PyExc_ValueError, "winograd_weights: channel counts must be positive");
-        return NULL;
+    t->flip = t->has_rows = 0;
+    if (!PyArg_ParseTuple(args, f->flips ? "OOnnp" : "OOnn", &wo, &uo, &t->na, &t->nb, &t->flip)) return -1;
+    if (t->na < 1 || t->nb < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: channel counts must be positive, got %zd, %zd", f->weights, t->na, t->nb);
+        return -1;
     }
-    Py_buffer w, u;
-    if (get_three(wo, &w, 0, na * nb * 9, "w", uo, &u, 1, 16 * na * nb, "u", NULL, NULL, 0, 0, NULL) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (w.itemsize == 4)
-        winograd_weights_f32(w.buf, u.buf, na, nb, flip);
-    else
-        winograd_weights_f64(w.buf, u.buf, na, nb, flip);
-    Py_END_ALLOW_THREADS
-    release_three(&w, &u, NULL);
-    Py_RETURN_NONE;
+    return get_three(wo, &t->a, 0, t->na * t->nb * 9, "w", uo, &t->b, 1, f->slices * t->na * f->depth * t->nb, "u",
+                     NULL, NULL, 0, 0, NULL);
 }
 
-static PyObject *py_winograd_input(PyObject *self, PyObject *args)
+/* (x, v, geometry, N, n0, n1, th, tw, ks[, rows]): v[slices][depth * C][tiles of samples [n0, n1)]. */
+static int tile_input_args(PyObject *args, const TileFamily *f, TileCall *t)
 {
-    PyObject *xo, *vo, *go;
-    Geometry g;
-    I n, n0, n1, th, tw, ks;
+    PyObject *xo, *vo, *go, *ro = NULL;
+    I n;
+    if (!PyArg_ParseTuple(args, f->input_rows ? "OOOnnnnnnO" : "OOOnnnnnn", &xo, &vo, &go, &n, &t->n0, &t->n1,
+                          &t->th, &t->tw, &t->ks, &ro))
+        return -1;
+    if (!parse_geometry(go, &t->g) || f->check(&t->g, t->th, t->tw) < 0 || check_range(t->n0, t->n1, n, "samples") < 0)
+        return -1;
+    const I used = f->depth * t->g.c * (t->n1 - t->n0) * t->th * t->tw;
+    if (t->ks < used) {
+        PyErr_Format(PyExc_ValueError, "%s: ks: slices of v %zd apart overlap (need at least %zd)", f->input, t->ks,
+                     used);
+        return -1;
+    }
+    t->has_rows = ro != NULL;
+    return get_three(xo, &t->a, 0, n * t->g.c * t->g.h * t->g.w, "x", vo, &t->b, 1, (f->slices - 1) * t->ks + used, "v",
+                     ro, &t->rows, 1, ro ? f->input_rows(t->tw) : 0, "rows");
+}
+
+/* (m, out, geometry, O, N, n0, n1, th, tw, ks[, accumulate][, rows]): out (+)= the tiles
+ * m[slices][O][tiles of samples [n0, n1)] transformed back. */
+static int tile_output_args(PyObject *args, const TileFamily *f, TileCall *t)
+{
+    PyObject *mo, *oo, *go, *ro = NULL;
+    I n;
+    const char *format = f->accumulates ? (f->output_rows ? "OOOnnnnnnnpO" : "OOOnnnnnnnp")
+                                        : (f->output_rows ? "OOOnnnnnnnO" : "OOOnnnnnnn");
+    /* the optional items' pointers in the format's order; one it does not name is not read */
+    void *first = f->accumulates ? (void *)&t->accumulate : (void *)&ro;
+    t->accumulate = 0;
+    if (!PyArg_ParseTuple(args, format, &mo, &oo, &go, &t->o, &n, &t->n0, &t->n1, &t->th, &t->tw, &t->ks, first, &ro))
+        return -1;
+    if (!parse_geometry(go, &t->g) || f->check(&t->g, t->th, t->tw) < 0 || check_range(t->n0, t->n1, n, "samples") < 0)
+        return -1;
+    if (t->o < 1) {
+        PyErr_Format(PyExc_ValueError, "%s: O: expected a positive channel count, got %zd", f->output, t->o);
+        return -1;
+    }
+    const I used = t->o * (t->n1 - t->n0) * t->th * t->tw;
+    if (t->ks < used) {
+        PyErr_Format(PyExc_ValueError, "%s: ks: slices of m %zd apart overlap (need at least %zd)", f->output, t->ks,
+                     used);
+        return -1;
+    }
+    t->has_rows = ro != NULL;
+    return get_three(oo, &t->a, 1, n * t->o * t->g.ho * t->g.wo, "out", mo, &t->b, 0, (f->slices - 1) * t->ks + used,
+                     "m", ro, &t->rows, 1, ro ? f->output_rows(t->tw) : 0, "rows");
+}
+
+/* An entry point: its arguments taken by ``parse``, then the kernel of their dtype on them. */
+static PyObject *tile_call(PyObject *args, const TileFamily *f, int (*parse)(PyObject *, const TileFamily *, TileCall *),
+                           const TileKernel *kernels)
+{
+    TileCall t;
     int failed;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &xo, &vo, &go, &n, &n0, &n1, &th, &tw, &ks)) return NULL;
-    if (!parse_geometry(go, &g) || check_winograd(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0)
-        return NULL;
-    if (ks < g.c * (n1 - n0) * th * tw) {
-        PyErr_SetString(PyExc_ValueError, "winograd_input: the slices of v overlap");
-        return NULL;
-    }
-    Py_buffer x, v;
-    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", vo, &v, 1, 15 * ks + g.c * (n1 - n0) * th * tw, "v",
-                  NULL, NULL, 0, 0, NULL) < 0)
-        return NULL;
+    if (parse(args, f, &t) < 0) return NULL;
+    const TileKernel kernel = kernels[t.a.itemsize == 4 ? 0 : 1];
     Py_BEGIN_ALLOW_THREADS
-    if (x.itemsize == 4)
-        failed = winograd_input_f32(x.buf, v.buf, &g, n0, n1, th, tw, ks);
-    else
-        failed = winograd_input_f64(x.buf, v.buf, &g, n0, n1, th, tw, ks);
+    failed = kernel(&t);
     Py_END_ALLOW_THREADS
-    release_three(&x, &v, NULL);
+    release_three(&t.a, &t.b, t.has_rows ? &t.rows : NULL);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
-static PyObject *py_winograd_output(PyObject *self, PyObject *args)
-{
-    PyObject *mo, *oo, *go;
-    Geometry g;
-    I o, n, n0, n1, th, tw, ks;
-    int accumulate, failed;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnnnp", &mo, &oo, &go, &o, &n, &n0, &n1, &th, &tw, &ks, &accumulate))
-        return NULL;
-    if (!parse_geometry(go, &g) || check_winograd(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0)
-        return NULL;
-    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
-        PyErr_SetString(PyExc_ValueError, "winograd_output: need a positive channel count and slices of m "
-                        "that do not overlap");
-        return NULL;
+/* the entry point NAME: tile_call with the family's KIND (weights, input, output) parser and kernels */
+#define TILE_ENTRY(NAME, FAMILY, KIND)                                                         \
+    static PyObject *NAME(PyObject *self, PyObject *args)                                      \
+    {                                                                                          \
+        return tile_call(args, &FAMILY, tile_##KIND##_args, FAMILY.KIND##_kernels);            \
     }
-    Py_buffer out, m;
-    if (get_three(oo, &out, 1, n * o * g.ho * g.wo, "out", mo, &m, 0, 15 * ks + o * (n1 - n0) * th * tw, "m",
-                  NULL, NULL, 0, 0, NULL) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (out.itemsize == 4)
-        failed = winograd_output_f32(m.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate);
-    else
-        failed = winograd_output_f64(m.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate);
-    Py_END_ALLOW_THREADS
-    release_three(&out, &m, NULL);
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-}
+
+TILE_ENTRY(py_winograd_weights, WINOGRAD, weights)
+TILE_ENTRY(py_winograd_input, WINOGRAD, input)
+TILE_ENTRY(py_winograd_output, WINOGRAD, output)
+TILE_ENTRY(py_s2_weights, S2, weights)
+TILE_ENTRY(py_s2_input, S2, input)
+TILE_ENTRY(py_s2_output, S2, output)
 
 static int check_wg(const Geometry *g, I th, I tw, I m, I nmats)
 {
@@ -2146,102 +2270,15 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static int check_s2(const Geometry *g, I th, I tw)
-{
-    if (g->kh != 3 || g->kw != 3 || g->sh != 2 || g->sw != 2 || g->dh != 1 || g->dw != 1 || g->ph < 0 ||
-        g->pw < 0 || g->h + 2 * g->ph < 3 || g->w + 2 * g->pw < 3 || g->ho != (g->h + 2 * g->ph - 3) / 2 + 1 ||
-        g->wo != (g->w + 2 * g->pw - 3) / 2 + 1 || th != (g->ho + 1) / 2 || tw != (g->wo + 1) / 2) {
-        PyErr_SetString(PyExc_ValueError, "s2 kernels: need a 3x3 stride-2 undilated geometry with padding >= 0, "
-                        "its Ho, Wo and its tile counts ((Ho + 1) // 2, (Wo + 1) // 2)");
-        return -1;
-    }
-    return 0;
-}
-
-static PyObject *py_s2_weights(PyObject *self, PyObject *args)
-{
-    PyObject *wo, *uo;
-    I o, c;
-    if (!PyArg_ParseTuple(args, "OOnn", &wo, &uo, &o, &c)) return NULL;
-    if (o < 1 || c < 1) {
-        PyErr_Format(PyExc_ValueError, "s2_weights: channel counts must be positive, got O=%zd, C=%zd", o, c);
-        return NULL;
-    }
-    Py_buffer w, u;
-    if (get_three(wo, &w, 0, o * c * 9, "w", uo, &u, 1, 9 * o * 4 * c, "u", NULL, NULL, 0, 0, NULL) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (w.itemsize == 4)
-        s2_weights_f32(w.buf, u.buf, o, c);
-    else
-        s2_weights_f64(w.buf, u.buf, o, c);
-    Py_END_ALLOW_THREADS
-    release_three(&w, &u, NULL);
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_s2_input(PyObject *self, PyObject *args)
-{
-    PyObject *xo, *vo, *go;
-    Geometry g;
-    I n, n0, n1, th, tw, ks;
-    int failed;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &xo, &vo, &go, &n, &n0, &n1, &th, &tw, &ks)) return NULL;
-    if (!parse_geometry(go, &g) || check_s2(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
-    const I np = (n1 - n0) * th * tw;
-    if (ks < 4 * g.c * np) {
-        PyErr_Format(PyExc_ValueError, "s2_input: slices of v %zd apart overlap (need %zd)", ks, 4 * g.c * np);
-        return NULL;
-    }
-    Py_buffer x, v;
-    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", vo, &v, 1, 8 * ks + 4 * g.c * np, "v", NULL, NULL, 0, 0,
-                  NULL) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (x.itemsize == 4)
-        failed = S2_CALL(s2_input_f32, x.buf, v.buf, &g, n0, n1, th, tw, ks);
-    else
-        failed = S2_CALL(s2_input_f64, x.buf, v.buf, &g, n0, n1, th, tw, ks);
-    Py_END_ALLOW_THREADS
-    release_three(&x, &v, NULL);
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_s2_output(PyObject *self, PyObject *args)
-{
-    PyObject *mo, *oo, *go;
-    Geometry g;
-    I o, n, n0, n1, th, tw, ks;
-    int failed;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnnn", &mo, &oo, &go, &o, &n, &n0, &n1, &th, &tw, &ks)) return NULL;
-    if (!parse_geometry(go, &g) || check_s2(&g, th, tw) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
-    const I np = (n1 - n0) * th * tw;
-    if (o < 1 || ks < o * np) {
-        PyErr_SetString(PyExc_ValueError, "s2_output: need a positive channel count and slices of m that do not overlap");
-        return NULL;
-    }
-    Py_buffer out, m;
-    if (get_three(oo, &out, 1, n * o * g.ho * g.wo, "out", mo, &m, 0, 8 * ks + o * np, "m", NULL, NULL, 0, 0, NULL) < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (out.itemsize == 4)
-        failed = S2_CALL(s2_output_f32, m.buf, out.buf, &g, o, n0, n1, th, tw, ks);
-    else
-        failed = S2_CALL(s2_output_f64, m.buf, out.buf, &g, o, n0, n1, th, tw, ks);
-    Py_END_ALLOW_THREADS
-    release_three(&out, &m, NULL);
-    if (failed) return PyErr_NoMemory();
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef methods[] = {
     {"s2_weights", py_s2_weights, METH_VARARGS,
      "s2_weights(w, u, O, C): u (9, O, 4C) = the taps of a 3x3 stride-2 conv as F(2x2, 2x2) on its phases"},
     {"s2_input", py_s2_input, METH_VARARGS,
-     "s2_input(x, v, geometry, N, n0, n1, th, tw, ks): v[pos*ks:] = the transformed 5x5 patches of samples "
-     "[n0, n1) of a 3x3 stride-2 conv"},
+     "s2_input(x, v, geometry, N, n0, n1, th, tw, ks, rows): v[pos*ks:] = the transformed 5x5 patches of "
+     "samples [n0, n1) of a 3x3 stride-2 conv (rows: scratch of 7 * (4 * tw + 4) items of x's dtype)"},
     {"s2_output", py_s2_output, METH_VARARGS,
-     "s2_output(m, out, geometry, O, N, n0, n1, th, tw, ks): out = the products m transformed back"},
+     "s2_output(m, out, geometry, O, N, n0, n1, th, tw, ks, rows): out = the products m transformed back "
+     "(rows: scratch of 4 * tw items of out's dtype)"},
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
      "weight gradient of samples [n0, n1), computed directly"},
@@ -2254,8 +2291,10 @@ static PyMethodDef methods[] = {
      "im2col(x, cols, geometry, N, n0, n1, r0, r1, sample_stride, row_stride): the windows of "
      "samples [n0, n1) and output rows [r0, r1) of NCHW x as columns (zeros in the padding)"},
     {"col2im", py_col2im, METH_VARARGS,
-     "col2im(cols, dx, geometry, N, n0, n1, sample_stride, row_stride, accumulate): dx (+)= "
-     "the columns of samples [n0, n1) added back to the positions they were read from"},
+     "col2im(cols, dx, geometry, N, n0, n1, sample_stride, row_stride, accumulate, phases=None): dx (+)= "
+     "the columns of samples [n0, n1) added back to the positions they were read from (stride 2: by "
+     "phase planes in ``phases``, 4 * ((H + 2ph + 1) // 2) * ((W + 2pw + 1) // 2) items of dx's dtype, "
+     "where given)"},
     {"winograd_weights", py_winograd_weights, METH_VARARGS,
      "winograd_weights(w, u, A, B, flip): u[16][A][B], the F(2x2, 3x3) transform of the taps "
      "(flip: w is (B, A, 3, 3), taps reversed)"},

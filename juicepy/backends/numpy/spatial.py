@@ -607,27 +607,13 @@ def _s2_forward(backend, x, w, plan, ws, out, epi=None):
     chunk of samples, 25 multiply-adds per tile and input channel instead of 36."""
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     th, tw = (plan.ho + 1) // 2, (plan.wo + 1) // 2
-    tiles, c, o = th * tw, plan.c, plan.o
-    u = scratch(ws, backend, "conv_s2_u", (9, o, 4 * c), w.dtype)
-    backend.conv_kernels.s2_weights(w, u, o, c)
-    per = max(1, min(plan.n, S2_TILES // tiles))
-    chunks = [(n0, min(plan.n, n0 + per)) for n0 in range(0, plan.n, per)]
-    # slices a cache line more than their size apart (see _winograd_run)
-    vs, ms = 4 * c * per * tiles + 16, o * per * tiles + 16
-
-    def lane(lo, hi, k):
-        v = scratch(ws, backend, f"conv_s2_v/{k}", (9, vs), x.dtype)
-        prod = scratch(ws, backend, f"conv_s2_m/{k}", (9, ms), x.dtype)
-        for n0, n1 in chunks[lo:hi]:
-            p = (n1 - n0) * tiles
-            backend.conv_kernels.s2_input(x, v, geometry, plan.n, n0, n1, th, tw, vs)
-            for pos, depth in enumerate(S2_DEPTHS):
-                kk = depth * c
-                np.matmul(u[pos, :, :kk], _view(v[pos, :kk * p], (kk, p)), out=_view(prod[pos, :o * p], (o, p)))
-            backend.conv_kernels.s2_output(prod, out, geometry, o, plan.n, n0, n1, th, tw, ms)
-            _finish(backend, out, epi, n0 * o, n1 * o)
-
-    _deal_gemm_pieces(len(chunks), lane)
+    kernels, n, o = backend.conv_kernels, plan.n, plan.o
+    _tile_run(backend, _TileTransforms(
+        "s2", S2_DEPTHS, S2_TILES, th * tw, 7 * (4 * tw + 4),
+        lambda u: kernels.s2_weights(w, u, o, plan.c),
+        lambda v, n0, n1, vs, rows: kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows),
+        lambda m, n0, n1, ms, rows: kernels.s2_output(m, out, geometry, o, n, n0, n1, th, tw, ms, rows)),
+        x, out, plan.c, o, ws, epi)
 
 
 def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
@@ -758,13 +744,23 @@ def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
 
     def lane(lo, hi, k):
         dcols = scratch(ws, backend, f"conv_dcols/{k}", (most * per_sample,), dx.dtype)
+        phases = _col2im_phases(backend, plan, dx.dtype, k, ws)
         for chunk in chunks[lo:hi]:
             n0, n1 = chunk[:2]
             view = _view(dcols[:(n1 - n0) * per_sample], (n1 - n0, groups, plan.depth, plan.ho * plan.wo))
             np.matmul(weight_t, _chunk_of(plan, dy, chunk), out=view)
-            backend.conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate)
+            backend.conv_kernels.col2im(dcols, dx, geometry, plan.n, n0, n1, per_sample, plan.ho * plan.wo, accumulate,
+                                        phases)
 
     _run_gemm_pieces(len(chunks), lane)
+
+
+def _col2im_phases(backend, plan, dtype, lane, ws):
+    """Lane ``lane``'s buffer for the four phase planes of one padded input plane, in which
+    col2im adds stride-2 columns as whole rows; None at other strides (col2im needs none)."""
+    if tuple(plan.stride) != (2, 2):
+        return None
+    return scratch(ws, backend, f"conv_col2im_phases/{lane}", (4 * ((plan.hp + 1) // 2) * ((plan.wp + 1) // 2),), dtype)
 
 
 #: fewest input and output channels for Winograd, and the smallest output plane (Ho*Wo): with
@@ -786,34 +782,78 @@ def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
         and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
 
 
-def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, epi=None):
-    """dst (+)= the stride-1 3x3 conv of src (``geometry``) with w, as Winograd F(2x2, 3x3):
-    per chunk of samples, one lane transforms the input tiles, runs the 16 GEMMs with the
-    transformed taps on its own core, and transforms the products back into dst."""
-    n = src.shape[0]
-    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
-    th, tw = -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
-    tiles = th * tw
-    u = scratch(ws, backend, "conv_wino_u", (16, n_out, n_in), w.dtype)
-    backend.conv_kernels.winograd_weights(w, u, n_out, n_in, flip)
-    per = max(1, min(n, WINOGRAD_TILES // tiles))
-    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+class _TileTransforms(NamedTuple):
+    """What a tiled conv (_tile_run) computes with: per output tile, ``len(depths)`` GEMM
+    positions, position k multiplying the transformed taps by ``depths[k]`` x n_in rows of the
+    transformed input (the first that many rows of its slice); ``chunk_tiles`` tiles per chunk
+    of samples (at least one sample), ``tiles`` per sample; ``rows`` items of per-lane scratch
+    the transforms take (0: none). weights(u) fills u (positions, n_out, max(depths) x n_in);
+    input(v, n0, n1, vs, rows) and output(m, n0, n1, ms, rows) transform samples [n0, n1) into
+    and out of the slices of v and m, vs and ms items apart."""
+    name: str
+    depths: tuple
+    chunk_tiles: int
+    tiles: int
+    rows: int
+    weights: object
+    input: object
+    output: object
 
-    # the 16 slices of v and m lie a cache line more than their size apart: whole multiples
+
+def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
+    """dst (+)= a conv of src as the GEMMs between transforms ``t`` (_TileTransforms): per chunk
+    of samples, one lane transforms the input tiles, runs the GEMMs with the transformed taps on
+    its own core, and transforms the products back into dst. Its scratch is named after
+    ``t.name``: the taps conv_{name}_u, each lane's conv_{name}_v/m (and _rows)/{lane}."""
+    n, positions, tiles = src.shape[0], len(t.depths), t.tiles
+    width = max(t.depths) * n_in
+    u = scratch(ws, backend, f"conv_{t.name}_u", (positions, n_out, width), src.dtype)
+    t.weights(u)
+    per = max(1, min(n, t.chunk_tiles // tiles))
+    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+    # one batched product where every position multiplies all of its slice
+    uniform = len(set(t.depths)) == 1
+
+    # the slices of v and m lie a cache line more than their size apart: whole multiples
     # of 4 KiB would put their rows in the same L1 sets
-    vs, ms = n_in * per * tiles + 16, n_out * per * tiles + 16
+    vs, ms = width * per * tiles + 16, n_out * per * tiles + 16
 
     def lane(lo, hi, k):
-        v = scratch(ws, backend, f"conv_wino_v/{k}", (16, vs), src.dtype)
-        m = scratch(ws, backend, f"conv_wino_m/{k}", (16, ms), src.dtype)
+        v = scratch(ws, backend, f"conv_{t.name}_v/{k}", (positions, vs), src.dtype)
+        m = scratch(ws, backend, f"conv_{t.name}_m/{k}", (positions, ms), src.dtype)
+        rows = scratch(ws, backend, f"conv_{t.name}_rows/{k}", (t.rows,), src.dtype) if t.rows else None
         for n0, n1 in chunks[lo:hi]:
             p = (n1 - n0) * tiles
-            backend.conv_kernels.winograd_input(src, v, geometry, n, n0, n1, th, tw, vs)
-            np.matmul(u, _view(v[:, :n_in * p], (16, n_in, p)), out=_view(m[:, :n_out * p], (16, n_out, p)))
-            backend.conv_kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate)
+            t.input(v, n0, n1, vs, rows)
+            if uniform:
+                np.matmul(u, _view(v[:, :width * p], (positions, width, p)),
+                          out=_view(m[:, :n_out * p], (positions, n_out, p)))
+            else:
+                for pos, depth in enumerate(t.depths):
+                    kk = depth * n_in
+                    np.matmul(u[pos, :, :kk], _view(v[pos, :kk * p], (kk, p)), out=_view(m[pos, :n_out * p], (n_out, p)))
+            t.output(m, n0, n1, ms, rows)
             _finish(backend, dst, epi, n0 * n_out, n1 * n_out)
 
     _deal_gemm_pieces(len(chunks), lane)
+
+
+#: GEMM positions of F(2x2, 3x3): each multiplies all input channels
+WINOGRAD_DEPTHS = (1,) * 16
+
+
+def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, epi=None):
+    """dst (+)= the stride-1 3x3 conv of src (``geometry``) with w, as Winograd F(2x2, 3x3): 16
+    GEMMs per chunk of samples (_tile_run)."""
+    n, kernels = src.shape[0], backend.conv_kernels
+    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
+    th, tw = -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
+    _tile_run(backend, _TileTransforms(
+        "wino", WINOGRAD_DEPTHS, WINOGRAD_TILES, th * tw, 0,
+        lambda u: kernels.winograd_weights(w, u, n_out, n_in, flip),
+        lambda v, n0, n1, vs, rows: kernels.winograd_input(src, v, geometry, n, n0, n1, th, tw, vs),
+        lambda m, n0, n1, ms, rows: kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate)),
+        src, dst, n_in, n_out, ws, epi)
 
 
 def _tiled_forward(run, backend, x, w, plan, ws, out, epi):

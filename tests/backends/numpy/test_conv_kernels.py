@@ -216,10 +216,11 @@ def test_stride_2_columns_are_exact_copies_of_the_windows(width, dtype):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("width", [5, 8, 9, 16, 17])
 def test_stride_2_col2im_adds_each_column_back_in_tap_order(width, dtype):
-    """col2im at stride 2 (phase planes, interleaved back) equals the columns added into a
-    zero-padded plane tap by tap in (i, j) order, onto dx or onto zeros, bit for bit, for odd
-    and even widths, paddings that start a row on either phase, dilation and non-square
-    kernels; samples outside [n0, n1) are left alone."""
+    """col2im at stride 2 (phase planes in the caller's scratch, interleaved back) equals the
+    columns added into a zero-padded plane tap by tap in (i, j) order, onto dx or onto zeros,
+    bit for bit, for odd and even widths, paddings that start a row on either phase, dilation
+    and non-square kernels; without the scratch (value by value) too; samples outside [n0, n1)
+    are left alone."""
     rng = np.random.default_rng(width)
     n, c, h = 3, 2, 7
     for kh, kw, ph, pw, d in [(3, 3, 1, 1, 1), (1, 1, 0, 0, 1), (3, 3, 2, 2, 2), (5, 5, 2, 2, 1), (2, 4, 0, 3, 1),
@@ -235,11 +236,18 @@ def test_stride_2_col2im_adds_each_column_back_in_tap_order(width, dtype):
             for i in range(kh):
                 for j in range(kw):
                     padded[:, :, i * d:i * d + 2 * (ho - 1) + 1:2, j * d:j * d + 2 * (wo - 1) + 1:2] += cols[:, :, i, j]
-            dx = start.copy()
-            kernels.col2im(cols[1:], dx, geometry, n, 1, n, cols[0].size, ho * wo, accumulate)  # cols of [n0, n1)
-            np.testing.assert_array_equal(dx[1:], padded[1:, :, ph:ph + h, pw:pw + width],
-                                          err_msg=f"kernel {kh}x{kw}, padding {ph},{pw}, dilation {d}")
-            np.testing.assert_array_equal(dx[0], start[0])
+            phases = np.full(4 * ((h + 2 * ph + 1) // 2) * ((width + 2 * pw + 1) // 2), np.nan, dtype)
+            for scratch in (phases, None):
+                dx = start.copy()
+                kernels.col2im(cols[1:], dx, geometry, n, 1, n, cols[0].size, ho * wo, accumulate, scratch)
+                np.testing.assert_array_equal(dx[1:], padded[1:, :, ph:ph + h, pw:pw + width],
+                                              err_msg=f"kernel {kh}x{kw}, padding {ph},{pw}, dilation {d}")
+                np.testing.assert_array_equal(dx[0], start[0])
+    with pytest.raises(ValueError, match=f"phases: expected at least {phases.size} items"):
+        kernels.col2im(cols[1:], dx, geometry, n, 1, n, cols[0].size, ho * wo, False, phases[:-1])
+    with pytest.raises(ValueError, match=f"phases: expected at least {phases.size} items of format"):
+        kernels.col2im(cols[1:], dx, geometry, n, 1, n, cols[0].size, ho * wo, False,
+                       np.zeros(phases.size, np.float32 if dtype == np.float64 else np.float64))
 
 
 @needs_kernels
@@ -561,20 +569,70 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, monkeypatch):
 @needs_kernels
 def test_stride_2_phase_winograd_refuses_geometries_it_does_not_compute():
     x, v = np.zeros((1, 2, 8, 8), np.float32), np.zeros((9, 200), np.float32)
+    rows = np.zeros(7 * (4 * 2 + 4), np.float32)
     ok = (2, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4)
-    kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 200)
+    kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 200, rows)
     for geometry in [(2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8),   # stride 1
                      (2, 8, 8, 5, 5, 2, 2, 2, 2, 1, 1, 4, 4),   # 5x5
                      (2, 8, 8, 3, 3, 2, 2, 2, 2, 2, 2, 4, 4),   # dilated
                      (2, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 3, 4)]:  # wrong output size
         with pytest.raises(ValueError, match="s2 kernels"):
-            kernels.s2_input(x, v, geometry, 1, 0, 1, 2, 2, 200)
+            kernels.s2_input(x, v, geometry, 1, 0, 1, 2, 2, 200, rows)
     with pytest.raises(ValueError, match="s2 kernels"):  # wrong tile count
-        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 3, 200)
-    with pytest.raises(ValueError, match="overlap"):
-        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 16)
-    with pytest.raises(ValueError, match="v"):  # too small for 9 slices
-        kernels.s2_input(x, v.ravel()[:8 * 200 + 4 * 2 * 4 - 1], ok, 1, 0, 1, 2, 2, 200)
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 3, 200, rows)
+    with pytest.raises(ValueError, match=r"s2_input: ks: slices of v 16 apart overlap \(need at least 32\)"):
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 16, rows)
+    with pytest.raises(ValueError, match="v: expected at least 1632 items"):  # too small for 9 slices
+        kernels.s2_input(x, v.ravel()[:8 * 200 + 4 * 2 * 4 - 1], ok, 1, 0, 1, 2, 2, 200, rows)
+    # the scratch rows: the caller's, of x's dtype, large enough for a row of tiles
+    with pytest.raises(ValueError, match="rows: expected at least 84 items of format 'f', got 83"):
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 200, rows[:-1])
+    with pytest.raises(ValueError, match="rows: expected at least 84 items of format 'f'"):
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 200, rows.astype(np.float64))
+    with pytest.raises(TypeError, match="rows: expected a contiguous writable buffer"):
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 200, None)
+    with pytest.raises(TypeError):
+        kernels.s2_input(x, v, ok, 1, 0, 1, 2, 2, 200)  # the rows are not optional
+    out, m = np.zeros((1, 3, 4, 4), np.float32), np.zeros((9, 16), np.float32)
+    kernels.s2_output(m, out, ok, 3, 1, 0, 1, 2, 2, 16, rows[:8])
+    with pytest.raises(ValueError, match="rows: expected at least 8 items of format 'f', got 7"):
+        kernels.s2_output(m, out, ok, 3, 1, 0, 1, 2, 2, 16, rows[:7])
+    with pytest.raises(ValueError, match=r"s2_output: ks: slices of m 11 apart overlap \(need at least 12\)"):
+        kernels.s2_output(m, out, ok, 3, 1, 0, 1, 2, 2, 11, rows)
+    with pytest.raises(ValueError, match="s2_output: O: expected a positive channel count, got 0"):
+        kernels.s2_output(m, out, ok, 0, 1, 0, 1, 2, 2, 16, rows)
+    with pytest.raises(ValueError, match="s2_weights: channel counts must be positive, got 3, 0"):
+        kernels.s2_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((9, 3, 8), np.float32), 3, 0)
+    with pytest.raises(ValueError, match="u: expected at least 216 items"):
+        kernels.s2_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((9, 3, 7), np.float32), 3, 2)
+
+
+@needs_kernels
+def test_winograd_transforms_refuse_arguments_that_do_not_fit():
+    """F(2x2, 3x3)'s entry points check their arguments as the stride-2 ones do (one parser)."""
+    x, v = np.zeros((1, 2, 8, 8), np.float32), np.zeros((16, 32), np.float32)
+    ok = (2, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8)
+    kernels.winograd_input(x, v, ok, 1, 0, 1, 4, 4, 32)
+    with pytest.raises(ValueError, match="winograd kernels"):
+        kernels.winograd_input(x, v, (2, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4), 1, 0, 1, 2, 2, 32)
+    with pytest.raises(ValueError, match=r"winograd_input: ks: slices of v 31 apart overlap \(need at least 32\)"):
+        kernels.winograd_input(x, v, ok, 1, 0, 1, 4, 4, 31)
+    with pytest.raises(ValueError, match="v: expected at least 512 items of format 'f', got 511"):
+        kernels.winograd_input(x, v.ravel()[:-1], ok, 1, 0, 1, 4, 4, 32)
+    with pytest.raises(TypeError):
+        kernels.winograd_input(x, v, ok, 1, 0, 1, 4, 4, 32, np.zeros(100, np.float32))  # takes no rows
+    out, m = np.zeros((1, 3, 8, 8), np.float32), np.zeros((16, 48), np.float32)
+    kernels.winograd_output(m, out, ok, 3, 1, 0, 1, 4, 4, 48, True)
+    with pytest.raises(ValueError, match="winograd_output: O: expected a positive channel count, got 0"):
+        kernels.winograd_output(m, out, ok, 0, 1, 0, 1, 4, 4, 48, False)
+    with pytest.raises(ValueError, match=r"samples: range \[0, 2\)"):
+        kernels.winograd_output(m, out, ok, 3, 1, 0, 2, 4, 4, 48, False)
+    with pytest.raises(ValueError, match="m: expected at least 768 items of format 'd', got 768 of 'f'"):  # out's dtype
+        kernels.winograd_output(m, out.astype(np.float64), ok, 3, 1, 0, 1, 4, 4, 48, False)
+    with pytest.raises(ValueError, match="winograd_weights: channel counts must be positive, got 0, 2"):
+        kernels.winograd_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((16, 3, 2), np.float32), 0, 2, False)
+    with pytest.raises(TypeError):
+        kernels.winograd_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((16, 3, 2), np.float32), 3, 2)  # flip
 
 
 @needs_kernels
