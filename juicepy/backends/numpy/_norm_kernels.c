@@ -332,7 +332,8 @@ static PyObject *py_backward_sums(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_backward_dx(PyObject *self, PyObject *args)
+/* backward_dx and backward_fused take the same arguments; the fused pass also writes the sums */
+static PyObject *backward_dx_call(PyObject *args, int fused)
 {
     PyObject *o[8], *yo = Py_None;
     I n, c, inner, c0, c1;
@@ -344,7 +345,7 @@ static PyObject *py_backward_dx(PyObject *self, PyObject *args)
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[8], yv;
     const I counts[] = {n * c * inner, n * c * inner, c, c, c, c, c, n * c * inner};
-    const int writable[] = {0, 0, 0, 0, 0, 0, 0, 1};
+    const int writable[] = {0, 0, 0, 0, 0, fused, fused, 1};
     const char *const names[] = {"x", "dy", "mean", "invstd", "coef", "sum_dy", "sum_dy_xhat", "dx"};
     if (get_buffers(8, o, v, counts, writable, names) < 0) return NULL;
     int has_y = optional_like(yo, &yv, &v[0], "y");
@@ -354,9 +355,15 @@ static PyObject *py_backward_dx(PyObject *self, PyObject *args)
     }
     const void *y = has_y ? yv.buf : NULL;
     Py_BEGIN_ALLOW_THREADS
-    if (v[0].itemsize == 4)
+    if (v[0].itemsize == 4 && fused)
+        backward_fused_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                           (float)count, n, c, inner, c0, c1, accumulate);
+    else if (v[0].itemsize == 4)
         backward_dx_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
                         (float)count, n, c, inner, c0, c1, accumulate);
+    else if (fused)
+        backward_fused_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
+                           count, n, c, inner, c0, c1, accumulate);
     else
         backward_dx_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
                         count, n, c, inner, c0, c1, accumulate);
@@ -366,39 +373,9 @@ static PyObject *py_backward_dx(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_backward_fused(PyObject *self, PyObject *args)
-{
-    PyObject *o[8], *yo = Py_None;
-    I n, c, inner, c0, c1;
-    double count;
-    int accumulate;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp|O", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                          &count, &n, &c, &inner, &c0, &c1, &accumulate, &yo))
-        return NULL;
-    if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
-    Py_buffer v[8], yv;
-    const I counts[] = {n * c * inner, n * c * inner, c, c, c, c, c, n * c * inner};
-    const int writable[] = {0, 0, 0, 0, 0, 1, 1, 1};
-    const char *const names[] = {"x", "dy", "mean", "invstd", "coef", "sum_dy", "sum_dy_xhat", "dx"};
-    if (get_buffers(8, o, v, counts, writable, names) < 0) return NULL;
-    int has_y = optional_like(yo, &yv, &v[0], "y");
-    if (has_y < 0) {
-        release(8, v);
-        return NULL;
-    }
-    const void *y = has_y ? yv.buf : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (v[0].itemsize == 4)
-        backward_fused_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                           (float)count, n, c, inner, c0, c1, accumulate);
-    else
-        backward_fused_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                           count, n, c, inner, c0, c1, accumulate);
-    Py_END_ALLOW_THREADS
-    release(8, v);
-    if (has_y) PyBuffer_Release(&yv);
-    Py_RETURN_NONE;
-}
+static PyObject *py_backward_dx(PyObject *self, PyObject *args) { return backward_dx_call(args, 0); }
+
+static PyObject *py_backward_fused(PyObject *self, PyObject *args) { return backward_dx_call(args, 1); }
 
 static PyObject *py_train_fused(PyObject *self, PyObject *args)
 {

@@ -82,6 +82,15 @@ typedef float8 floatv;
 #define LOAD_ROW(r) c##r##_0 = ct[(r) * (BN / VW)]; c##r##_1 = ct[(r) * (BN / VW) + 1];
 #define STORE_ROW(r) ct[(r) * (BN / VW)] = c##r##_0; ct[(r) * (BN / VW) + 1] = c##r##_1;
 #define FMA_ROW(r) { const float a = ap[(r) * a_rs]; c##r##_0 += a * b0; c##r##_1 += a * b1; }
+// kc steps of the micro-kernel: A's panel from ap (a_kstep floats a step), B's from bp
+#define MICRO_K_LOOP(kc, a_kstep) \
+    for (int k = 0; k < (kc); ++k) { \
+        const floatv b0 = bp[0]; \
+        const floatv b1 = bp[1]; \
+        ROWS(FMA_ROW) \
+        ap += (a_kstep); \
+        bp += 2; \
+    }
 
 // Ap[p][k][r] = op(A)[p*MR + r, k]; one work-item per (k, panel)
 __kernel void pack_a(const int M, const int K, __global const float *A, const int a_off, const int lda,
@@ -177,13 +186,7 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
             if (first) { ROWS(ZERO_ROW) } else { ROWS(LOAD_ROW) } \
             AQ const float *ap = (a_base) + i * (a_step); \
             BQ const floatv *bp = (BQ const floatv *)(b_base) + j * (b_step); \
-            for (int k = 0; k < (kc); ++k) { \
-                const floatv b0 = bp[0]; \
-                const floatv b1 = bp[1]; \
-                ROWS(FMA_ROW) \
-                ap += (a_kstep); \
-                bp += 2; \
-            } \
+            MICRO_K_LOOP(kc, (a_kstep)) \
             ROWS(STORE_ROW) \
         } \
     }
@@ -464,13 +467,7 @@ typedef floatv floatv_ua __attribute__((aligned(4)));
             ROWS(ZERO_ROW) \
             __global const float *ap = (a_base) + i * (a_step); \
             __local const floatv *bp = (__local const floatv *)(b_base) + j * (b_step); \
-            for (int k = 0; k < (kc); ++k) { \
-                const floatv b0 = bp[0]; \
-                const floatv b1 = bp[1]; \
-                ROWS(FMA_ROW) \
-                ap += MR; \
-                bp += 2; \
-            } \
+            MICRO_K_LOOP(kc, MR) \
             ROWS(Y_ROW) \
         } \
     } }
@@ -1013,13 +1010,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
                 __global const float *ap = ub + (size_t)i * K * MR;
                 __local const floatv *bp = v_store + (size_t)xi * VXI / VW;
                 const int a_rs = 1;
-                for (int k = 0; k < kc; ++k) {
-                    const floatv b0 = bp[0];
-                    const floatv b1 = bp[1];
-                    ROWS(FMA_ROW)
-                    ap += MR;
-                    bp += 2;
-                }
+                MICRO_K_LOOP(kc, MR)
                 ROWS(WSTORE_ROW)
             }
         }
@@ -1155,13 +1146,7 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
                 for (int at = 0; at < depth; ++at) {
                     __global const float *ap = up + ((size_t)at * K + k0) * MR;
                     __local const floatv *bp = v_store + S2_V(pos, at) / VW;
-                    for (int k = 0; k < kc; ++k) {
-                        const floatv b0 = bp[0];
-                        const floatv b1 = bp[1];
-                        ROWS(FMA_ROW)
-                        ap += MR;
-                        bp += 2;
-                    }
+                    MICRO_K_LOOP(kc, MR)
                 }
                 ROWS(WSTORE_ROW)
             }
