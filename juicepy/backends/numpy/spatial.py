@@ -932,31 +932,18 @@ WG_TILES = 128
 def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, epi=None):
     """dst (+)= the stride-1 rxr conv of src (``geometry``) with w, as Winograd F(m x m, r x r):
     like _winograd_run, with n*n GEMMs (n = m + r - 1)."""
-    n = src.shape[0]
+    n, kernels = src.shape[0], backend.conv_kernels
     r, (ho, wo) = geometry[3], geometry[11:13]
     m = WG_TILE[r]
-    k = (m + r - 1) ** 2
     mats = _wg_matrices(m, r)
     th, tw = -(-ho // m), -(-wo // m)
-    tiles = th * tw
-    u = scratch(ws, backend, "conv_wg_u", (k, n_out, n_in), w.dtype)
-    backend.conv_kernels.wg_weights(w, u, n_out, n_in, flip, m, r, mats)
-    per = max(1, min(n, WG_TILES // tiles))
-    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
-    # slices a cache line more than their size apart (see _winograd_run)
-    vs, ms = n_in * per * tiles + 16, n_out * per * tiles + 16
-
-    def lane(lo, hi, lane_k):
-        v = scratch(ws, backend, f"conv_wg_v/{lane_k}", (k, vs), src.dtype)
-        prod = scratch(ws, backend, f"conv_wg_m/{lane_k}", (k, ms), src.dtype)
-        for n0, n1 in chunks[lo:hi]:
-            p = (n1 - n0) * tiles
-            backend.conv_kernels.wg_input(src, v, geometry, n, n0, n1, th, tw, vs, m, mats)
-            np.matmul(u, _view(v[:, :n_in * p], (k, n_in, p)), out=_view(prod[:, :n_out * p], (k, n_out, p)))
-            backend.conv_kernels.wg_output(prod, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate, m, mats)
-            _finish(backend, dst, epi, n0 * n_out, n1 * n_out)
-
-    _deal_gemm_pieces(len(chunks), lane)
+    _tile_run(backend, _TileTransforms(
+        "wg", (1,) * (m + r - 1) ** 2, WG_TILES, th * tw, 0,
+        lambda u: kernels.wg_weights(w, u, n_out, n_in, flip, m, r, mats),
+        lambda v, n0, n1, vs, rows: kernels.wg_input(src, v, geometry, n, n0, n1, th, tw, vs, m, mats),
+        lambda p, n0, n1, ms, rows: kernels.wg_output(p, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate,
+                                                      m, mats)),
+        src, dst, n_in, n_out, ws, epi)
 
 
 def _wg_forward(backend, x, w, plan, ws, out, epi=None):
