@@ -21,7 +21,7 @@ from ..base import (Backend, BackendUnavailable, Workspace, channels_inner, chec
 from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
-from .programs import ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache
+from .programs import ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache, compiled_float_lanes
 from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
 
@@ -43,8 +43,8 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         applies: stride-1 3x3 forward passes and input gradients of one group) or "auto"
         (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
         convolutions' vectors and of the packed GEMM's micro-kernels (16: 12 x 32 tiles for
-        AVX-512's 32 registers; 8: 6 x 16 for AVX2's 16); default the device's preferred width
-        (16 on AVX-512, else 8)."""
+        AVX-512's 32 registers; 8: 6 x 16 for AVX2's 16); default 16 where the device prefers 16
+        lanes and its compiler targets AVX-512, else 8 (:func:`compiled_float_lanes`)."""
         super().__init__()
         cl = import_pyopencl()
         import pyopencl.array as cl_array
@@ -68,12 +68,17 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}")
         self.conv_algorithm = conv_algorithm
-        # direct convolutions keep a row's outputs in vectors of the device's preferred width,
-        # and the packed GEMM sizes its register tiles by it
+        # direct convolutions keep a row's outputs in vectors of the width the device's compiler
+        # targets, and the packed GEMM sizes its register tiles by it
+        compiled = compiled_float_lanes(cl, self.context, self.device)
         if vector_width is None:
-            vector_width = 16 if self.device.preferred_vector_width_float >= 16 else 8
+            vector_width = compiled
         if vector_width not in (8, 16):
             raise ValueError(f"vector_width must be 8 or 16, got {vector_width!r}")
+        if vector_width > compiled and self.device.preferred_vector_width_float >= 16:
+            raise ValueError(f"vector_width=16 on {self.device.name!r}: the device reports 16 float lanes but its "
+                             f"compiler targets no AVX-512 ({self.device.version}), and its 16-lane programs come "
+                             f"back from the kernel cache without kernels; use vector_width=8 (the default here)")
         self._conv_vec = vector_width
         # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs
         self._gemm_tiles = CPU_GEMM[vector_width] if gemm_variant == "packed" else GPU_GEMM

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import warnings
 from importlib import resources
 
 import numpy as np
@@ -27,6 +28,32 @@ GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, 
 # rows of the second build of gemm.cl ("gemm.cl:mr_alt") whose panels the implicit-GEMM
 # convolution takes where they pad fewer rows than MR (16 outputs per group), per MR
 ALT_MR = {12: 8, 6: 4}
+
+
+# A float16 passed to a function that is not inlined: clang warns that its ABI changes when the
+# target it compiles for lacks AVX-512. PoCL 3.0 (LLVM 14) compiles for znver3 on Zen 4 while it
+# reports the CPU's 16 preferred float lanes and links its AVX-512 builtins; there conv.cl's
+# 16-lane build comes back from PoCL's kernel cache as a program without kernels.
+_LANES_PROBE = """
+__attribute__((noinline)) float16 twice(float16 v) { return v + v; }
+__kernel void lanes_probe(__global float16 *p) { p[0] = twice(p[0]); }
+"""
+_probed_lanes: dict = {}  # device pointer -> compiled_float_lanes; the probe prints clang's warning count
+
+
+def compiled_float_lanes(cl, context, device) -> int:
+    """16 where the device's compiler keeps a float16 in one register (it targets AVX-512), else
+    8; devices preferring fewer than 16 lanes are not asked."""
+    if device.preferred_vector_width_float < 16:
+        return 8
+    lanes = _probed_lanes.get(device.int_ptr)
+    if lanes is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", cl.CompilerWarning)
+            program = cl.Program(context, _LANES_PROBE).build(devices=[device])
+        log = program.get_build_info(device, cl.program_build_info.LOG) or ""
+        lanes = _probed_lanes[device.int_ptr] = 8 if "avx512f" in log else 16
+    return lanes
 
 
 def source(filename: str) -> str:
@@ -81,6 +108,12 @@ class ProgramCache:
             program = self._programs.get(filename)
             if program is None:
                 program = self._programs[filename] = self._build(filename)
+            if name not in program.kernel_names.split(";"):
+                log = program.get_build_info(self._device, self._cl.program_build_info.LOG) or ""
+                raise RuntimeError(f"opencl backend: {filename} built for {self._device.name} "
+                                   f"({self._defines.get(filename, {})}) has no kernel {name!r}; it has "
+                                   f"{program.kernel_names.count(';') + 1 if program.kernel_names else 0} "
+                                   f"kernels. Build log (first 2000 characters):\n{log[:2000]}")
             kernel = self._cl.Kernel(program, name)
             kernel.set_scalar_arg_dtypes([self._scalar_type(kernel, i) for i in range(kernel.num_args)])
             k = self._kernels[key] = _Launcher(kernel, self._launch_lock)

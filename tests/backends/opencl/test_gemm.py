@@ -6,6 +6,7 @@ import pytest
 
 from juicepy.backends import Workspace
 from juicepy.backends.opencl import OpenCLBackend
+from juicepy.backends.opencl.programs import compiled_float_lanes
 
 SIZES = [(1, 1, 1), (1, 7, 33), (7, 33, 1), (33, 1, 7), (33, 1000, 7), (1000, 7, 33), (7, 1000, 33),
          (97, 129, 257), (96, 128, 256), (200, 130, 513), (6, 25, 5000), (13, 40, 2100),
@@ -17,10 +18,10 @@ TRANSPOSES = [(False, False), (True, False), (False, True), (True, True)]
 
 
 @pytest.fixture(scope="module", params=[8, 16], ids=["8-lanes", "16-lanes"])
-def gemm_ocl(request, ocl):
+def gemm_ocl(request, lanes_backend):
     """The backend with each packed-GEMM kernel shape (6 x 16 float8 tiles for AVX2, 12 x 32
     float16 for AVX-512), whichever this device would pick: both must be right anywhere."""
-    return OpenCLBackend(ocl.device, vector_width=request.param)
+    return lanes_backend(request.param)
 
 
 def reference(a, b, c, ta, tb, alpha, beta):
@@ -151,14 +152,17 @@ def test_a_staged_straight_from_memory(ocl, rng, m, n, k, ta):
     assert_close(run_gemm(packed, a, b, c, ta, False, 1.0, 0.5), want, k)
 
 
-def test_kernel_shape_follows_the_device_vector_width(ocl):
-    """AVX-512 devices (16 preferred float lanes) get the 12 x 32 float16 tiles, others the
-    6 x 16 float8 ones; the choice is the device's, never a timing."""
-    want = 16 if ocl.device.preferred_vector_width_float >= 16 else 8
-    assert ocl._gemm_tiles["VW"] == want
+def test_kernel_shape_follows_the_device_vector_width(ocl, lanes_backend):
+    """AVX-512 devices (16 preferred float lanes, a compiler targeting AVX-512) get the 12 x 32
+    float16 tiles, others the 6 x 16 float8 ones; the choice is the device's, never a timing."""
+    want = compiled_float_lanes(ocl._cl, ocl.context, ocl.device)
+    assert ocl._gemm_tiles["VW"] == ocl._conv_vec == want
     assert ocl._gemm_tiles["MR"] == {16: 12, 8: 6}[want]
-    assert OpenCLBackend(ocl.device, vector_width=8)._gemm_tiles["MR"] == 6
-    assert OpenCLBackend(ocl.device, vector_width=16)._gemm_tiles["MR"] == 12
+    assert lanes_backend(8)._gemm_tiles["MR"] == 6
+
+
+def test_sixteen_lanes_get_the_avx512_tiles(lanes_backend):
+    assert lanes_backend(16)._gemm_tiles["MR"] == 12
 
 
 @pytest.mark.parametrize("m,n,k,tb", [(97, 129, 257, False), (45, 70, 600, True), (600, 520, 40, True)])

@@ -21,7 +21,7 @@ def test_a_variant_is_the_same_source_built_with_its_own_defines(ocl, monkeypatc
     real = programs.source
     monkeypatch.setattr(programs, "source", lambda name: built.append(name) or real(name))
     cache = programs.ProgramCache(ocl._cl, ocl.context, ocl.device,
-                                  {"conv.cl": {"VEC": 16}, "conv.cl:narrow": {"VEC": 8}})
+                                  {"conv.cl": {"VEC": ocl._conv_vec}, "conv.cl:narrow": {"VEC": 8}})
     wide, narrow = cache.kernel("conv.cl", "conv_direct_fwd"), cache.kernel("conv.cl:narrow", "conv_direct_fwd")
     assert built == ["conv.cl", "conv.cl"] and wide is not narrow
     assert cache.kernel("conv.cl:narrow", "conv_direct_fwd") is narrow
@@ -32,6 +32,72 @@ def test_a_build_failure_names_the_file_and_device(ocl, monkeypatch):
     monkeypatch.setattr(programs, "source", lambda name: "__kernel void broken( { }")
     with pytest.raises(RuntimeError, match=r"building broken\.cl for .*failed"):
         cache.kernel("broken.cl", "broken")
+
+
+def test_a_missing_kernel_names_the_file_the_kernel_and_the_device(ocl):
+    cache = programs.ProgramCache(ocl._cl, ocl.context, ocl.device, {})
+    with pytest.raises(RuntimeError, match=r"elementwise\.cl built for .* has no kernel 'no_such_kernel'; it has \d+ kernels"):
+        cache.kernel("elementwise.cl", "no_such_kernel")
+    assert cache.kernel("elementwise.cl", "relu_fwd") is not None  # the program itself stays usable
+
+
+class _FakeCL:
+    """Just what compiled_float_lanes touches of pyopencl: a Program whose build log is given."""
+
+    class CompilerWarning(UserWarning):
+        pass
+
+    class program_build_info:
+        LOG = "log"
+
+    def __init__(self, log):
+        self.log, self.built = log, 0
+
+    def Program(self, context, src):
+        cl = self
+
+        class Built:
+            def build(self, devices):
+                cl.built += 1
+                assert "float16" in src
+                return self
+
+            def get_build_info(self, device, what):
+                return cl.log
+        return Built()
+
+
+class _FakeDevice:
+    def __init__(self, preferred, ptr):
+        self.preferred_vector_width_float, self.int_ptr = preferred, ptr
+
+
+@pytest.mark.parametrize("preferred,log,want,builds", [
+    (16, "", 16, 1),
+    (16, "warning: AVX vector argument of type 'float16' without 'avx512f' enabled changes the ABI", 8, 1),
+    (8, "", 8, 0),   # devices preferring 8 lanes are not asked
+])
+def test_the_default_lanes_are_what_the_compiler_targets(monkeypatch, preferred, log, want, builds):
+    monkeypatch.setattr(programs, "_probed_lanes", {})
+    cl = _FakeCL(log)
+    device = _FakeDevice(preferred, 1234)
+    assert programs.compiled_float_lanes(cl, None, device) == want
+    assert programs.compiled_float_lanes(cl, None, device) == want
+    assert cl.built == builds   # one probe per device
+
+
+def test_sixteen_lanes_are_refused_where_the_compiler_targets_no_avx512(ocl, monkeypatch):
+    """A device reporting 16 lanes whose compiler targets no AVX-512 (PoCL 3.0 on Zen 4) gets 8 by
+    default and a clear error when 16 are asked for, instead of programs without kernels."""
+    from juicepy.backends.opencl import OpenCLBackend, backend
+
+    if ocl.device.preferred_vector_width_float < 16:
+        pytest.skip(f"{ocl.device.name} prefers {ocl.device.preferred_vector_width_float} float lanes: "
+                    "16 are never refused there")
+    monkeypatch.setattr(backend, "compiled_float_lanes", lambda cl, context, device: 8)
+    assert OpenCLBackend(ocl.device)._conv_vec == 8
+    with pytest.raises(ValueError, match=r"vector_width=16 on .*compiler targets no AVX-512.*use vector_width=8"):
+        OpenCLBackend(ocl.device, vector_width=16)
 
 
 def test_scalar_arguments_take_python_numbers(ocl):

@@ -102,7 +102,7 @@ def conv_ocl(request, ocl):
 
     algorithm, _, lanes = request.param.partition("-")
     if lanes:
-        return OpenCLBackend(ocl.device, conv_algorithm=algorithm, vector_width=int(lanes.split("-")[0]))
+        return request.getfixturevalue("lanes_backend")(int(lanes.split("-")[0]), conv_algorithm=algorithm)
     return OpenCLBackend(ocl.device, conv_algorithm=algorithm)
 
 
@@ -136,14 +136,14 @@ def test_conv2d_forward_and_backward(conv_ocl, rng, case, accumulate):
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes):
+def test_direct_forward_through_a_padded_copy(ocl, lanes_backend, rng, monkeypatch, case, lanes):
     """The direct forward pass and stride-1 input gradient where a group's padded planes do not
     fit the local-memory limit (the test shapes all fit, so the limit is set to nothing): the
     input is padded into a global copy first."""
-    from juicepy.backends.opencl import OpenCLBackend, spatial
+    from juicepy.backends.opencl import spatial
 
     monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
-    ocl = OpenCLBackend(ocl.device, conv_algorithm="direct", vector_width=lanes)
+    ocl = lanes_backend(lanes, conv_algorithm="direct")
     xs, (o, kh, kw), stride, padding, dilation, groups = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
@@ -164,7 +164,7 @@ def test_direct_forward_through_a_padded_copy(ocl, rng, monkeypatch, case, lanes
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit", "winograd"])
 @pytest.mark.parametrize("parts", ["bias+relu", "bias+norm+residual+relu", "norm+residual"])
-def test_conv_kernels_apply_the_epilogue(ocl, rng, monkeypatch, case, lanes, algorithm, parts):
+def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, case, lanes, algorithm, parts):
     """conv2d's epilogue, where the direct kernels (local-memory planes, a padded copy, phase
     planes for strided passes on 8 lanes) or the implicit GEMM compute the convolution: the
     bias and the inference batch norm (folded into the weights and bias) start the sums, the
@@ -172,11 +172,11 @@ def test_conv_kernels_apply_the_epilogue(ocl, rng, monkeypatch, case, lanes, alg
     (stride-1 3x3 ungrouped cases; the others run im2col + GEMM there) adds the bias in its
     output transform and runs the rest as ops."""
     from juicepy.backends.base import ConvNorm
-    from juicepy.backends.opencl import OpenCLBackend, spatial
+    from juicepy.backends.opencl import spatial
 
     if algorithm == "direct-padded":
         monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
-    ocl = OpenCLBackend(ocl.device, conv_algorithm=algorithm.split("-")[0], vector_width=lanes)
+    ocl = lanes_backend(lanes, conv_algorithm=algorithm.split("-")[0])
     xs, (o, kh, kw), stride, padding, dilation, groups = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
@@ -216,12 +216,10 @@ def test_conv_kernels_apply_the_epilogue(ocl, rng, monkeypatch, case, lanes, alg
     ((3, 8, 6, 9), 7, 0),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_stride_2_phase_winograd_matches_the_reference(ocl, rng, case, lanes):
+def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
     """The 3x3 stride-2 forward pass as Winograd F(2x2, 2x2) on its phases (s2_winograd_conv),
     with its bias, against the float64 loops."""
-    from juicepy.backends.opencl import OpenCLBackend
-
-    b = OpenCLBackend(ocl.device, conv_algorithm="winograd", vector_width=lanes)
+    b = lanes_backend(lanes, conv_algorithm="winograd")
     xs, o, p = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
@@ -248,8 +246,10 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_ungrouped_3x3(ocl):
     assert algorithm(64, 128, groups=2) != "s2"
     assert algorithm(32, 128) != "s2" and algorithm(64, 32) != "s2"
     assert algorithm(64, 128, d=2) != "s2" and algorithm(64, 128, k=5) != "s2" and algorithm(64, 128, s=1) != "s2"
-    assert OpenCLBackend(ocl.device, vector_width=16)._forward_algorithm(
-        (2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) != "s2"
+
+
+def test_stride_2_phase_winograd_not_on_16_lanes(lanes_backend):
+    assert lanes_backend(16)._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) != "s2"
 
 
 def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng):
@@ -278,11 +278,9 @@ def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng):
 ], ids=["batch1", "grouped", "plane-past-slice", "many-images"])
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_pointwise_weight_gradient_reads_planes_in_place(ocl, rng, case, lanes, accumulate):
+def test_pointwise_weight_gradient_reads_planes_in_place(lanes_backend, rng, case, lanes, accumulate):
     """conv_filter_gemm_pointwise (1x1, stride 1, no padding: dy's and x's planes read where
     they lie) against a float64 reference and against the run-by-run conv_filter_gemm."""
-    from juicepy.backends.opencl import OpenCLBackend
-
     (n, c, h, w), o, groups = case
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     dy = rng.standard_normal((n, o, h, w)).astype(np.float32)
@@ -293,7 +291,7 @@ def test_pointwise_weight_gradient_reads_planes_in_place(ocl, rng, case, lanes, 
         ref = ref + dw0
     results = []
     for in_place in (True, False):
-        be = OpenCLBackend(ocl.device, conv_algorithm="implicit", vector_width=lanes)
+        be = lanes_backend(lanes, conv_algorithm="implicit")
         be.pointwise_filter = in_place
         dw = be.from_host(dw0)
         be.conv2d_backward_filter(be.from_host(x), be.from_host(dy), dw, 1, 0, 1, groups, accumulate, Workspace())
