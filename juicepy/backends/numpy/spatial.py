@@ -501,9 +501,14 @@ DIRECT_FILTER_MIN_PLANE = 512
 #: gradient already wins from half that plane (16x16): its GEMM is too thin (docs/numpy.md);
 #: on AVX2 it wins from that plane at any width
 DIRECT_FILTER_NARROW = 32
+#: on AVX-512, weights per group (O/G x C/G x kh x kw) from which the weight gradient's GEMM
+#: is wide enough to beat the direct kernel on any plane (3x3 64->64, 5x5 32->32 on Zen 4;
+#: docs/numpy.md)
+DIRECT_FILTER_MAX_WEIGHTS = 16384
 
 
-def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: int | None = None) -> int:
+def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: int | None = None,
+               weights: int | None = None) -> int:
     """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel, 2
     Winograd (where they apply). Fixed by the geometry and the instruction set the C kernels
     were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
@@ -511,14 +516,15 @@ def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: in
     applies (``_winograd``), wins the forward and input gradient, else the direct kernel; for
     the weight gradient the direct kernel wins only on large output planes (16x16 ones on AVX2,
     or with ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), and with
-    AVX-512 only undilated ones (docs/numpy.md)."""
+    AVX-512 only undilated ones of fewer than DIRECT_FILTER_MAX_WEIGHTS ``weights`` per group
+    (docs/numpy.md)."""
     if count == 1:
         return 0
     if op == "filter":
         plane = out_hw[0] * out_hw[1]
         narrow = isa == 1 or (channels is not None and channels <= DIRECT_FILTER_NARROW)
         if plane < (DIRECT_FILTER_MIN_PLANE // 2 if narrow else DIRECT_FILTER_MIN_PLANE) \
-                or (isa >= 2 and max(dilation) > 1):
+                or (isa >= 2 and (max(dilation) > 1 or (weights or 0) >= DIRECT_FILTER_MAX_WEIGHTS)):
             return 0
     return count - 1
 
@@ -638,7 +644,8 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
         runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     channels = max(x.shape[1] // groups, dw.shape[0])
-    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa, channels)](
+    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa, channels,
+                    dw.size // groups)](
         *args, dw, accumulate, ws)
 
 
@@ -768,6 +775,9 @@ def _col2im_phases(backend, plan, dtype, lane, ws):
 #: direct kernel wins (docs/numpy.md)
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
+#: the smallest output plane for Winograd on AVX-512 (Zen 4): its direct kernel loses to the
+#: 16 GEMMs from 8x8 planes on (docs/numpy.md)
+WINOGRAD_MIN_PLANE_AVX512 = 64
 #: tiles per chunk of samples: the transformed input and product of a chunk (16 x channels x
 #: tiles each) stay in cache between the transforms and the GEMMs
 WINOGRAD_TILES = 256
@@ -775,11 +785,12 @@ WINOGRAD_TILES = 256
 
 def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
-    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough, and AVX2
-    (``isa`` 1), where it was measured to win; AVX-512 machines keep the direct kernel until
-    measured."""
-    return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
-        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
+    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough (a smaller
+    plane on AVX-512, ``isa`` 2), where it was measured to win."""
+    isa = backend.conv_kernels.isa
+    plane = WINOGRAD_MIN_PLANE if isa == 1 else WINOGRAD_MIN_PLANE_AVX512
+    return isa >= 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= plane
 
 
 class _TileTransforms(NamedTuple):

@@ -297,6 +297,12 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     assert choose("filter", 2, (16, 16), (1, 1), 2, 32) == 1
     assert choose("filter", 2, (16, 16), (1, 1), 2, 64) == choose("filter", 2, (16, 16), (1, 1), 2) == 0
     assert choose("filter", 2, (8, 8), (1, 1), 1, 16) == 0
+    # AVX-512: a wide GEMM (3x3 64->64: 36864 weights, 5x5 32->32: 25600) beats the direct
+    # kernel on any plane; thin ones (16->16, grouped 64->64 g4: 2304) stay direct
+    assert choose("filter", 2, (32, 32), (1, 1), 2, 64, 64 * 64 * 9) == 0
+    assert choose("filter", 2, (32, 32), (1, 1), 2, 32, 32 * 32 * 25) == 0
+    assert choose("filter", 2, (32, 32), (1, 1), 2, 64, 16 * 16 * 9) == 1
+    assert choose("filter", 2, (32, 32), (1, 1), 1, 64, 64 * 64 * 9) == 1  # AVX2: direct
 
 
 @needs_kernels
@@ -315,6 +321,25 @@ def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch):
     assert not applies(backend, plan(32, 64, 16), 32, 64, (16, 16))
     assert not applies(backend, plan(64, 128, 8), 64, 128, (8, 8))
     assert not applies(backend, plan(16, 16, 32), 16, 16, (32, 32))
+
+
+@needs_kernels
+def test_winograd_from_8x8_planes_on_avx512(monkeypatch):
+    """On AVX-512 (Zen 4) the 16 GEMMs beat the direct kernel from 8x8 planes on (the ResNet's
+    64-channel stage), still only for 64+ channels each side; the baseline build never runs it."""
+    monkeypatch.setattr(kernels, "isa", 2)
+    backend = jp.backend("numpy")
+    applies = numpy_spatial._winograd
+
+    def plan(c, o, hw):
+        return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
+
+    assert applies(backend, plan(64, 64, 32), 64, 64, (32, 32))
+    assert applies(backend, plan(64, 128, 8), 64, 128, (8, 8))
+    assert not applies(backend, plan(64, 64, 7), 64, 64, (7, 7))
+    assert not applies(backend, plan(32, 64, 16), 32, 64, (16, 16))
+    monkeypatch.setattr(kernels, "isa", 0)
+    assert not applies(backend, plan(64, 64, 32), 64, 64, (32, 32))
 
 
 @needs_kernels
