@@ -799,10 +799,13 @@ static int direct_6x2(const Geometry *g, I og)
  * zero past Wo, so no sums are spent on the padded grid's gap columns (only on the lanes past
  * Wo of a row's last vector); x stays on the padded grid (rows W + pw apart). A block's NT
  * (input channel, tap) pairs are FT taps of one channel, or the remaining taps % FT of FT
- * channels (5x5: 8 blocks of 3 taps per channel, then the 25th tap of 3 channels at a time),
- * so no sums are spent on padding taps, and the remaining taps still load as few vectors per
- * multiply-add as the others; output channels are padded to whole blocks with zero dy planes,
- * whose sums are dropped. */
+ * channels (5x5 with FT 3: 8 blocks of 3 taps per channel, then the 25th tap of 3 channels at
+ * a time), so no sums are spent on padding taps, and the remaining taps still load as few
+ * vectors per multiply-add as the others; output channels are padded to whole blocks with zero
+ * dy planes, whose sums are dropped. The FO dy planes of a block stay in L1 while the input
+ * channels pass by: they lie a cache line more than a whole number of 4 KiB apart (a 32x32
+ * plane is 4 KiB, and FO planes plus x in the same L1 sets overflow its ways) and start on
+ * cache lines. AVX-512 blocks 4 x 5 (8 x 3 filled all of L1 with dy; docs/numpy.md). */
 
 /* sums[k] = the lanes of a[k] added in order */
 #define FILTER_SUMS_SCALAR(T, V, a, K, sums)                                                   \
@@ -817,10 +820,10 @@ static int direct_6x2(const Geometry *g, I og)
 /* The same sums by a tree of horizontal adds, 8 vectors at a time (zeros past K): the scalar
  * lane-by-lane sums of 12 vectors cost a measurable share of a 32x32 plane's pass
  * (docs/numpy.md). Writes sums up to K rounded up to 8. */
-#define FILTER_SUMS_F32X8(T, V, a, K, sums)                                                    \
+#define FILTER_SUMS_TREE(a, K, sums, HALF)                                                     \
     for (int k_ = 0; k_ < (K); k_ += 8) {                                                      \
         __m256 p_[8];                                                                          \
-        for (int i_ = 0; i_ < 8; i_++) p_[i_] = k_ + i_ < (K) ? (__m256)(a)[k_ + i_] : _mm256_setzero_ps(); \
+        for (int i_ = 0; i_ < 8; i_++) p_[i_] = k_ + i_ < (K) ? HALF((a)[k_ + i_]) : _mm256_setzero_ps(); \
         const __m256 h0_ = _mm256_hadd_ps(p_[0], p_[1]), h1_ = _mm256_hadd_ps(p_[2], p_[3]);  \
         const __m256 h2_ = _mm256_hadd_ps(p_[4], p_[5]), h3_ = _mm256_hadd_ps(p_[6], p_[7]);  \
         /* q0_: the four sums of vectors 0-3 over their low halves, then over their high halves */ \
@@ -828,8 +831,17 @@ static int direct_6x2(const Geometry *g, I og)
         _mm256_storeu_ps((sums) + k_, _mm256_add_ps(_mm256_permute2f128_ps(q0_, q1_, 0x20),    \
                                                    _mm256_permute2f128_ps(q0_, q1_, 0x31)));   \
     }
+#define FILTER_F32X8_AS_256(v) ((__m256)(v))
+/* a 16-float vector's low half plus its high half: one add puts it on the 8-wide tree */
+#define FILTER_F32X16_AS_256(v)                                                                \
+    _mm256_add_ps(_mm512_castps512_ps256((__m512)(v)),                                         \
+                  _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)(v)), 1)))
+#define FILTER_SUMS_F32X8(T, V, a, K, sums) FILTER_SUMS_TREE(a, K, sums, FILTER_F32X8_AS_256)
+/* AVX-512: each vector's two halves added, then the same tree */
+#define FILTER_SUMS_F32X16(T, V, a, K, sums) FILTER_SUMS_TREE(a, K, sums, FILTER_F32X16_AS_256)
 #else
 #define FILTER_SUMS_F32X8 FILTER_SUMS_SCALAR
+#define FILTER_SUMS_F32X16 FILTER_SUMS_SCALAR
 #endif
 /* room for the sums of the largest block (8 x 3) */
 #define FILTER_MAX_SUMS 32
@@ -858,6 +870,8 @@ static int direct_6x2(const Geometry *g, I og)
     DEFINE_FILTER_BLOCK(NAME##_t1, ATTR, T, V, FO, 1, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t2, ATTR, T, V, FO, 2, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t3, ATTR, T, V, FO, 3, SUMS)                                   \
+    DEFINE_FILTER_BLOCK(NAME##_t4, ATTR, T, V, FO, 4, SUMS)                                   \
+    DEFINE_FILTER_BLOCK(NAME##_t5, ATTR, T, V, FO, 5, SUMS)                                   \
     ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,           \
                          const Geometry *g, I groups, I o, I n0, I n1, int accumulate)        \
     {                                                                                          \
@@ -865,18 +879,21 @@ static int direct_6x2(const Geometry *g, I og)
         Grid s = make_grid(g, lanes);                                                         \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
         const I oblocks = (og + FO - 1) / FO, pairs = cg * taps, whole = taps / FT * FT;      \
-        const I vecs = (g->wo + lanes - 1) / lanes, ew = vecs * lanes, eplane = g->ho * ew;   \
+        const I vecs = (g->wo + lanes - 1) / lanes, ew = vecs * lanes, eplane = g->ho * ew + lanes; \
         /* a row's last vector reads up to ew - 1 columns plus the largest tap offset */     \
         const I reach = (g->ho - 1) * s.wp + ew + (g->kh - 1) * g->dh * s.wp + (g->kw - 1) * g->dw; \
         if (s.buffer < reach) s.buffer = reach;                                               \
         const I plane = s.buffer;                                                             \
-        T *buf = malloc((size_t)(cg * plane + oblocks * FO * eplane) * sizeof(T));            \
+        /* dy's vectors on whole cache lines: a line-split load costs two */                  \
+        const I xsize = (cg * plane + 63) / 64 * 64;                                          \
+        void *mem = NULL;                                                                     \
+        T *buf = posix_memalign(&mem, 64, (size_t)(xsize + oblocks * FO * eplane) * sizeof(T)) ? NULL : mem; \
         I *offset = malloc((size_t)(taps + 2 * pairs) * sizeof(I));                           \
         if (!buf || !offset) {                                                                \
             free(buf); free(offset);                                                          \
             return -1;                                                                        \
         }                                                                                     \
-        T *grad = buf + cg * plane;                                                           \
+        T *grad = buf + xsize;                                                                \
         T sums[FILTER_MAX_SUMS];                                                              \
         tap_offsets(g, &s, offset);                                                           \
         /* the (input channel, tap) pairs in block order: each channel's whole blocks of FT     \
@@ -901,12 +918,13 @@ static int direct_6x2(const Geometry *g, I og)
                     for (I p = 0; p < pairs; p += FT) {                                       \
                         const I nt = pairs - p < FT ? pairs - p : FT;                         \
                         const T *e0 = grad + ob * FO * eplane;                                \
-                        if (nt == 3)                                                          \
-                            NAME##_t3(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
-                        else if (nt == 2)                                                     \
-                            NAME##_t2(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
-                        else                                                                  \
-                            NAME##_t1(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums);  \
+                        switch (nt) {                                                         \
+                        case 5: NAME##_t5(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
+                        case 4: NAME##_t4(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
+                        case 3: NAME##_t3(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
+                        case 2: NAME##_t2(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
+                        default: NAME##_t1(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); \
+                        }                                                                     \
                         for (I r = 0; r < FO && ob * FO + r < og; r++)                        \
                             for (I u = 0; u < nt; u++)                                        \
                                 dw[(gr * og + ob * FO + r) * pairs + into[p + u]] += sums[r * nt + u]; \
@@ -916,7 +934,7 @@ static int direct_6x2(const Geometry *g, I og)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 8, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
