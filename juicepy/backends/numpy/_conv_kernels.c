@@ -2358,6 +2358,36 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_conv_kernels",
                                     "im2col/col2im, direct and depthwise convolution and bias passes for the NumPy backend.",
                                     -1, methods};
 
+/* $JUICEPY_CPU_ISA lowers isa (never raises it: the wider builds would fault on this CPU), so
+ * the narrower builds and the algorithm choices that key on isa (spatial.py) can be run and
+ * timed on a wider machine. A ValueError, not an ImportError: kernels.load takes an
+ * ImportError for "not built" and would quietly fall back to the pure-NumPy paths. */
+static int isa_override(void)
+{
+    static const char *const names[] = {"baseline", "avx2", "avx512"};
+    const char *want = getenv("JUICEPY_CPU_ISA");
+    if (!want || !*want) return 0;
+    for (int i = 0; i <= isa; i++) {
+        if (strcmp(want, names[i]) == 0) {
+            isa = i;
+            return 0;
+        }
+    }
+    PyObject *allowed = PyList_New(0);
+    for (int i = isa; allowed && i >= 0; i--) {
+        PyObject *name = PyUnicode_FromString(names[i]);
+        if (!name || PyList_Append(allowed, name) < 0) Py_CLEAR(allowed);
+        Py_XDECREF(name);
+    }
+    if (allowed) {
+        PyErr_Format(PyExc_ValueError,
+                     "JUICEPY_CPU_ISA must be one of %R (what this CPU runs, widest first), got '%s'",
+                     allowed, want);
+        Py_DECREF(allowed);
+    }
+    return -1;
+}
+
 PyMODINIT_FUNC PyInit__conv_kernels(void)
 {
     PyObject *m = PyModule_Create(&module);
@@ -2369,8 +2399,13 @@ PyMODINIT_FUNC PyInit__conv_kernels(void)
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         isa = 1;
 #endif
-    /* spatial.py picks algorithms by it: the direct kernels need a wide enough vector unit */
-    if (PyModule_AddIntConstant(m, "isa", isa) < 0) {
+    int cpu_isa = isa;
+    if (isa_override() < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* spatial.py picks algorithms by isa: the direct kernels need a wide enough vector unit */
+    if (PyModule_AddIntConstant(m, "isa", isa) < 0 || PyModule_AddIntConstant(m, "cpu_isa", cpu_isa) < 0) {
         Py_DECREF(m);
         return NULL;
     }

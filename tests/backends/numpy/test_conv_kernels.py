@@ -3,6 +3,10 @@ the float64 NumPy fallback, the stride-1 grid kernels against the strided ones, 
 for buffers that do not fit the geometry. (The conv grid in tests/layers/test_conv.py checks both
 paths against a loop reference.)"""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -669,3 +673,45 @@ def test_stride_2_phase_winograd_training_step_allocates_no_backend_buffers(monk
 
     _steady_steps_allocate_nothing(monkeypatch, "_s2_forward", [L.Conv2d(16, 3, stride=2, padding=1), L.ReLU()],
                                    (64, 8, 8), (16, 4, 4))
+
+
+#: $JUICEPY_CPU_ISA's values, by kernels.isa
+ISAS = ("baseline", "avx2", "avx512")
+#: the tests above that check each kernel family (grid, direct, depthwise, Winograd, F(2x2, 5x5),
+#: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
+#: this CPU has: the process picks the widest, so the narrower builds would go untested
+ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
+              "or direct_weight_gradient")
+
+
+def _with_isa(value, *args):
+    env = dict(os.environ, JUICEPY_CPU_ISA=value)
+    return subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))))
+
+
+@needs_kernels
+def test_isa_follows_the_environment():
+    value = os.environ.get("JUICEPY_CPU_ISA")
+    assert kernels.isa == (ISAS.index(value) if value else kernels.cpu_isa) <= kernels.cpu_isa
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", [0, 1, 2], ids=ISAS)
+def test_each_isa_the_cpu_runs_matches_the_references(isa):
+    if isa > kernels.cpu_isa or isa == kernels.isa:
+        pytest.skip("this CPU lacks that ISA" if isa > kernels.cpu_isa else "this process runs that ISA's builds")
+    run = _with_isa(ISAS[isa], "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", ISA_CHECKS)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " skipped" not in run.stdout, run.stdout[-2000:]
+
+
+@needs_kernels
+def test_an_unknown_or_too_wide_isa_is_a_clear_error():
+    """Not an ImportError: the backend would take it for "not built" and quietly run pure NumPy."""
+    allowed = list(reversed(ISAS[:kernels.cpu_isa + 1]))
+    for value in ["avx10", "AVX2"] + ([ISAS[kernels.cpu_isa + 1]] if kernels.cpu_isa < 2 else []):
+        run = _with_isa(value, "-c", "import juicepy as jp; jp.backend('numpy')")
+        assert run.returncode != 0
+        assert f"ValueError: JUICEPY_CPU_ISA must be one of {allowed}" in run.stderr, run.stderr[-2000:]
+        assert f"got '{value}'" in run.stderr, run.stderr[-2000:]
