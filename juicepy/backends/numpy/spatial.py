@@ -501,30 +501,21 @@ DIRECT_FILTER_MIN_PLANE = 512
 #: gradient already wins from half that plane (16x16): its GEMM is too thin (docs/numpy.md);
 #: on AVX2 it wins from that plane at any width
 DIRECT_FILTER_NARROW = 32
-#: on AVX-512, weights per group (O/G x C/G x kh x kw) from which the weight gradient's GEMM
-#: is wide enough to beat the direct kernel on any plane (3x3 64->64, 5x5 32->32 on Zen 4;
-#: docs/numpy.md)
-DIRECT_FILTER_MAX_WEIGHTS = 16384
-
-
-def _algorithm(op: str, count: int, out_hw, dilation, isa: int = 2, channels: int | None = None,
-               weights: int | None = None) -> int:
+def _algorithm(op: str, count: int, out_hw, isa: int = 2, channels: int | None = None) -> int:
     """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel, 2
     Winograd (where they apply). Fixed by the geometry and the instruction set the C kernels
     were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
     machine (a resumed one, one in another process) computes the same bits. Winograd, where it
     applies (``_winograd``), wins the forward and input gradient, else the direct kernel; for
     the weight gradient the direct kernel wins only on large output planes (16x16 ones on AVX2,
-    or with ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), and with
-    AVX-512 only undilated ones of fewer than DIRECT_FILTER_MAX_WEIGHTS ``weights`` per group
-    (docs/numpy.md)."""
+    or with ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), dilated or
+    not (docs/numpy.md)."""
     if count == 1:
         return 0
     if op == "filter":
         plane = out_hw[0] * out_hw[1]
         narrow = isa == 1 or (channels is not None and channels <= DIRECT_FILTER_NARROW)
-        if plane < (DIRECT_FILTER_MIN_PLANE // 2 if narrow else DIRECT_FILTER_MIN_PLANE) \
-                or (isa >= 2 and (max(dilation) > 1 or (weights or 0) >= DIRECT_FILTER_MAX_WEIGHTS)):
+        if plane < (DIRECT_FILTER_MIN_PLANE // 2 if narrow else DIRECT_FILTER_MIN_PLANE):
             return 0
     return count - 1
 
@@ -541,7 +532,7 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws, e
         elif tuple(stride) == (1, 1) and _winograd(backend, plan, plan.c, plan.o, out.shape[2:]):
             runs.append(_winograd_forward)
     args = (backend, x, w, plan, ws)
-    runs[_algorithm("forward", len(runs), out.shape[2:], dilation, backend.conv_kernels.isa)](*args, out, epi)
+    runs[_algorithm("forward", len(runs), out.shape[2:], backend.conv_kernels.isa)](*args, out, epi)
 
 
 #: input channels per group up to which a strided conv runs on the direct kernel rather than
@@ -644,8 +635,7 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
         runs.append(_direct_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     channels = max(x.shape[1] // groups, dw.shape[0])
-    runs[_algorithm("filter", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa, channels,
-                    dw.size // groups)](
+    runs[_algorithm("filter", len(runs), dy.shape[2:], backend.conv_kernels.isa, channels)](
         *args, dw, accumulate, ws)
 
 
@@ -729,7 +719,7 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
         elif _winograd(backend, plan, plan.o, plan.c, dx.shape[2:]):
             runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
-    runs[_algorithm("data", len(runs), dy.shape[2:], dilation, backend.conv_kernels.isa)](*args, dx, accumulate, ws)
+    runs[_algorithm("data", len(runs), dy.shape[2:], backend.conv_kernels.isa)](*args, dx, accumulate, ws)
 
 
 def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):
@@ -929,9 +919,10 @@ def _wg_matrices(m, r):
 def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
     direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
-    WG_MIN_CHANNELS each side, on AVX2 (``isa`` 1), where it was measured (docs/numpy.md).
-    Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
-    return backend.conv_kernels.isa == 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
+    WG_MIN_CHANNELS each side, on AVX2 or AVX-512 (``isa`` >= 1), where it was measured
+    (docs/numpy.md). Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the
+    dilated 3x3 convs."""
+    return backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
         and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh] \
         and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
 
