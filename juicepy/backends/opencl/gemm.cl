@@ -437,6 +437,32 @@ typedef float16 float16_u __attribute__((aligned(4)));
     const int flat = FLAT_RUNS && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && Ho == H && Wo == W; \
     const int Hr = flat ? 1 : H, Wr = flat ? H * W : W, Wor = flat ? Ho * Wo : Wo;
 
+// A stride-2 phase's 8 outputs at a time as the even lanes of 16 floats of dx's row, the other
+// phase's odd lanes read and written back unchanged (that phase is another launch), the 16
+// ending before the run's next output; a run's last 8 as the odd lanes of the 16 from one
+// float before them (both inside the row)
+#if GATHER_STRIDE2
+#define STRIDE2_STORE_VECTORS \
+    if (y_step == 2) { \
+        for (; q + 8 < len; q += 8) { \
+            __global float16_u *v_ = (__global float16_u *)(dst + 2 * q); \
+            float16 t_ = *v_; \
+            t_.even = alpha * *(__local const float8_u *)(src + q) + b; \
+            *v_ = t_; \
+        } \
+        if (q < len && len >= 9) { \
+            q = len - 8; \
+            __global float16_u *v_ = (__global float16_u *)(dst + 2 * q - 1); \
+            float16 t_ = *v_; \
+            t_.odd = alpha * *(__local const float8_u *)(src + q) + b; \
+            *v_ = t_; \
+            q = len; \
+        } \
+    }
+#else
+#define STRIDE2_STORE_VECTORS
+#endif
+
 #ifndef CONV_TO_Y
 #define CONV_TO_Y 1
 #endif
@@ -604,7 +630,9 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                 __local const float *src = c_tile + i * BN + c;
                 const float b = has_bias ? bias[b_off + row0 + i] : 0.0f;
                 if (beta == 0.0f) {
-                    for (int q = 0; q < len; ++q) dst[q * y_step] = alpha * src[q] + b;
+                    int q = 0;
+                    STRIDE2_STORE_VECTORS
+                    for (; q < len; ++q) dst[q * y_step] = alpha * src[q] + b;
                 } else {
                     for (int q = 0; q < len; ++q) dst[q * y_step] = alpha * src[q] + beta * dst[q * y_step] + b;
                 }

@@ -86,6 +86,9 @@ CONV_CASES = [
     # stride-2 gathers 8 at a time (8-lane implicit GEMMs): runs of 21, a last 8 overlapping the
     # ones before, loads running into the plane's next row but not past its last
     ((2, 3, 5, 41), (8, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    # ...and the input gradient's phases stored 8 at a time: runs of 17 (two vectors and the
+    # last 8 overlapping them), batch 1, channels no multiple of the panels
+    ((1, 5, 6, 34), (7, 3, 3), (2, 2), (1, 1), (1, 1), 1),
 ]
 
 
