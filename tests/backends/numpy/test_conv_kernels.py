@@ -304,41 +304,27 @@ def test_the_algorithm_is_fixed_by_the_geometry():
     assert choose("filter", 2, (8, 8), 1, 16) == 0
 
 
+def _plan_3x3(c, o, hw):
+    return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
+
+
 @needs_kernels
-def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch):
+@pytest.mark.parametrize("isa, wins, loses", [
+    (1, [(64, 64, 32), (64, 128, 16)], [(32, 64, 16), (64, 128, 8), (16, 16, 32)]),
+    (2, [(64, 64, 32), (64, 128, 8)], [(64, 64, 7), (32, 64, 16), (16, 16, 32)]),
+    (0, [], [(64, 64, 32)]),
+], ids=["avx2", "avx512", "baseline"])
+def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch, isa, wins, loses):
     """Winograd's 16 GEMMs lose to the direct kernel when thin (few channels) or short (small
-    planes): the ResNet's 16-32 channel layers and 8x8 planes run direct."""
-    monkeypatch.setattr(kernels, "isa", 1)
+    planes): on AVX2 the ResNet's 16-32 channel layers and 8x8 planes run direct; on AVX-512
+    (Zen 4) they win from 8x8 planes on, still only for 64+ channels each side; the baseline
+    build never runs them. Layers as (C, O, output side)."""
+    monkeypatch.setattr(kernels, "isa", isa)
     backend = jp.backend("numpy")
-    applies = numpy_spatial._winograd
-
-    def plan(c, o, hw):
-        return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
-
-    assert applies(backend, plan(64, 64, 32), 64, 64, (32, 32))
-    assert applies(backend, plan(64, 128, 16), 64, 128, (16, 16))
-    assert not applies(backend, plan(32, 64, 16), 32, 64, (16, 16))
-    assert not applies(backend, plan(64, 128, 8), 64, 128, (8, 8))
-    assert not applies(backend, plan(16, 16, 32), 16, 16, (32, 32))
-
-
-@needs_kernels
-def test_winograd_from_8x8_planes_on_avx512(monkeypatch):
-    """On AVX-512 (Zen 4) the 16 GEMMs beat the direct kernel from 8x8 planes on (the ResNet's
-    64-channel stage), still only for 64+ channels each side; the baseline build never runs it."""
-    monkeypatch.setattr(kernels, "isa", 2)
-    backend = jp.backend("numpy")
-    applies = numpy_spatial._winograd
-
-    def plan(c, o, hw):
-        return numpy_spatial._ConvPlan((2, c, hw, hw), (o, c, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
-
-    assert applies(backend, plan(64, 64, 32), 64, 64, (32, 32))
-    assert applies(backend, plan(64, 128, 8), 64, 128, (8, 8))
-    assert not applies(backend, plan(64, 64, 7), 64, 64, (7, 7))
-    assert not applies(backend, plan(32, 64, 16), 32, 64, (16, 16))
-    monkeypatch.setattr(kernels, "isa", 0)
-    assert not applies(backend, plan(64, 64, 32), 64, 64, (32, 32))
+    for c, o, hw in wins:
+        assert numpy_spatial._winograd(backend, _plan_3x3(c, o, hw), c, o, (hw, hw))
+    for c, o, hw in loses:
+        assert not numpy_spatial._winograd(backend, _plan_3x3(c, o, hw), c, o, (hw, hw))
 
 
 @needs_kernels
