@@ -30,6 +30,29 @@ typedef Py_ssize_t I;
         RESULT = total_;                                                                       \
     } while (0)
 
+/* PLANE_SUM of two expressions in one sweep (each sum's lanes and order as PLANE_SUM's, so the
+ * same bits): the backward's sums read each plane of dy (and of the ReLU output) once */
+#define PLANE_SUM2(T, RESULT_A, RESULT_B, COUNT, EXPR_A, EXPR_B)                              \
+    do {                                                                                       \
+        T a0_[16] = {0}, a1_[16] = {0}, b0_[16] = {0}, b1_[16] = {0};                           \
+        I i = 0;                                                                               \
+        for (; i + 32 <= (COUNT); i += 32) {                                                   \
+            for (int l_ = 0; l_ < 16; l_++) {                                                  \
+                { const I k = i + l_; a0_[l_] += (EXPR_A); b0_[l_] += (EXPR_B); }              \
+                { const I k = i + 16 + l_; a1_[l_] += (EXPR_A); b1_[l_] += (EXPR_B); }         \
+            }                                                                                  \
+        }                                                                                      \
+        double ta_ = 0, tb_ = 0;                                                               \
+        for (int l_ = 0; l_ < 16; l_++) {                                                      \
+            ta_ += (double)a0_[l_] + (double)a1_[l_];                                          \
+            tb_ += (double)b0_[l_] + (double)b1_[l_];                                          \
+        }                                                                                      \
+        for (I j_ = i; j_ < (COUNT); j_++) { const I k = j_; ta_ += (EXPR_A); }                \
+        for (; i < (COUNT); i++) { const I k = i; tb_ += (EXPR_B); }                           \
+        RESULT_A = ta_;                                                                        \
+        RESULT_B = tb_;                                                                        \
+    } while (0)
+
 /* mean[c] and the biased var[c] of x[:, c] */
 #define DEFINE_STATS(NAME, T)                                                                  \
     VECTOR_CLONES static void NAME(const T *restrict x, T *restrict mean, T *restrict var,    \
@@ -94,22 +117,18 @@ DEFINE_AFFINE(affine_f64, double)
                                    T *restrict sum_dy_xhat, I n, I c, I inner, I c0, I c1)    \
     {                                                                                          \
         for (I ch = c0; ch < c1; ch++) {                                                      \
-            double a = 0, b = 0, part;                                                        \
+            double a = 0, b = 0, part_a, part_b;                                              \
             const T m = mean[ch];                                                             \
             for (I s = 0; s < n; s++) {                                                       \
                 const I at = (s * c + ch) * inner;                                            \
                 const T *p = x + at, *e = dy + at, *r = y ? y + at : NULL;                    \
-                if (r) {                                                                      \
-                    PLANE_SUM(T, part, inner, GRAD(T, r, e, k));                              \
-                    a += part;                                                                \
-                    PLANE_SUM(T, part, inner, GRAD(T, r, e, k) * (p[k] - m));                 \
-                    b += part;                                                                \
-                } else {                                                                      \
-                    PLANE_SUM(T, part, inner, e[k]);                                          \
-                    a += part;                                                                \
-                    PLANE_SUM(T, part, inner, e[k] * (p[k] - m));                             \
-                    b += part;                                                                \
-                }                                                                             \
+                if (r)                                                                        \
+                    PLANE_SUM2(T, part_a, part_b, inner, GRAD(T, r, e, k),                    \
+                               GRAD(T, r, e, k) * (p[k] - m));                                \
+                else                                                                          \
+                    PLANE_SUM2(T, part_a, part_b, inner, e[k], e[k] * (p[k] - m));            \
+                a += part_a;                                                                  \
+                b += part_b;                                                                  \
             }                                                                                 \
             sum_dy[ch] = (T)a;                                                                \
             sum_dy_xhat[ch] = (T)(b * invstd[ch]);                                            \
