@@ -501,6 +501,8 @@ DIRECT_FILTER_MIN_PLANE = 512
 #: gradient already wins from half that plane (16x16): its GEMM is too thin (docs/numpy.md);
 #: on AVX2 it wins from that plane at any width
 DIRECT_FILTER_NARROW = 32
+
+
 def _algorithm(op: str, count: int, out_hw, isa: int = 2, channels: int | None = None) -> int:
     """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel, 2
     Winograd (where they apply). Fixed by the geometry and the instruction set the C kernels

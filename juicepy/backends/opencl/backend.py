@@ -21,7 +21,7 @@ from ..base import (Backend, BackendUnavailable, Workspace, channels_inner, chec
 from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
-from .programs import ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache, compiled_float_lanes
+from .programs import ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache, compiled_float_lanes, refuses_float_lanes
 from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
 
@@ -70,12 +70,11 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self.conv_algorithm = conv_algorithm
         # direct convolutions keep a row's outputs in vectors of the width the device's compiler
         # targets, and the packed GEMM sizes its register tiles by it
-        compiled = compiled_float_lanes(cl, self.context, self.device)
         if vector_width is None:
-            vector_width = compiled
+            vector_width = compiled_float_lanes(cl, self.context, self.device)
         if vector_width not in (8, 16):
             raise ValueError(f"vector_width must be 8 or 16, got {vector_width!r}")
-        if vector_width > compiled and self.device.preferred_vector_width_float >= 16:
+        if refuses_float_lanes(cl, self.context, self.device, vector_width):
             raise ValueError(f"vector_width=16 on {self.device.name!r}: the device reports 16 float lanes but its "
                              f"compiler targets no AVX-512 ({self.device.version}), and its 16-lane programs come "
                              f"back from the kernel cache without kernels; use vector_width=8 (the default here)")

@@ -56,6 +56,13 @@ def compiled_float_lanes(cl, context, device) -> int:
     return lanes
 
 
+def refuses_float_lanes(cl, context, device, lanes: int) -> bool:
+    """Whether ``lanes`` cannot be built for the device: more than its compiler targets on a
+    device that reports 16 (PoCL's znver3 target on Zen 4, above). Devices reporting fewer
+    build 16-lane programs correctly, split into narrower vectors."""
+    return device.preferred_vector_width_float >= 16 and lanes > compiled_float_lanes(cl, context, device)
+
+
 def source(filename: str) -> str:
     return resources.files(__package__).joinpath(filename).read_text()
 
@@ -108,12 +115,12 @@ class ProgramCache:
             program = self._programs.get(filename)
             if program is None:
                 program = self._programs[filename] = self._build(filename)
-            if name not in program.kernel_names.split(";"):
+            names = [n for n in program.kernel_names.split(";") if n]
+            if name not in names:
                 log = program.get_build_info(self._device, self._cl.program_build_info.LOG) or ""
                 raise RuntimeError(f"opencl backend: {filename} built for {self._device.name} "
                                    f"({self._defines.get(filename, {})}) has no kernel {name!r}; it has "
-                                   f"{program.kernel_names.count(';') + 1 if program.kernel_names else 0} "
-                                   f"kernels. Build log (first 2000 characters):\n{log[:2000]}")
+                                   f"{len(names)} kernels. Build log (first 2000 characters):\n{log[:2000]}")
             kernel = self._cl.Kernel(program, name)
             kernel.set_scalar_arg_dtypes([self._scalar_type(kernel, i) for i in range(kernel.num_args)])
             k = self._kernels[key] = _Launcher(kernel, self._launch_lock)

@@ -39,10 +39,10 @@ def lanes_backend(ocl):
     targets no AVX-512 (PoCL 3.0 on Zen 4) brings conv.cl's 16-lane build back from its kernel
     cache without kernels."""
     from juicepy.backends.opencl import OpenCLBackend
-    from juicepy.backends.opencl.programs import compiled_float_lanes
+    from juicepy.backends.opencl.programs import refuses_float_lanes
 
     def make(lanes, **kwargs):
-        if lanes > compiled_float_lanes(ocl._cl, ocl.context, ocl.device) and ocl.device.preferred_vector_width_float >= 16:
+        if refuses_float_lanes(ocl._cl, ocl.context, ocl.device, lanes):
             pytest.skip(f"{ocl.device.name} reports 16 float lanes but its compiler targets no AVX-512 "
                         f"({ocl.device.version}): OpenCLBackend refuses vector_width={lanes} there")
         return OpenCLBackend(ocl.device, vector_width=lanes, **kwargs)

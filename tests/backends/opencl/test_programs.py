@@ -84,6 +84,8 @@ def test_the_default_lanes_are_what_the_compiler_targets(monkeypatch, preferred,
     assert programs.compiled_float_lanes(cl, None, device) == want
     assert programs.compiled_float_lanes(cl, None, device) == want
     assert cl.built == builds   # one probe per device
+    assert programs.refuses_float_lanes(cl, None, device, 16) == (preferred >= 16 and want < 16)
+    assert not programs.refuses_float_lanes(cl, None, device, 8)
 
 
 def test_sixteen_lanes_are_refused_where_the_compiler_targets_no_avx512(ocl, monkeypatch):
@@ -94,7 +96,8 @@ def test_sixteen_lanes_are_refused_where_the_compiler_targets_no_avx512(ocl, mon
     if ocl.device.preferred_vector_width_float < 16:
         pytest.skip(f"{ocl.device.name} prefers {ocl.device.preferred_vector_width_float} float lanes: "
                     "16 are never refused there")
-    monkeypatch.setattr(backend, "compiled_float_lanes", lambda cl, context, device: 8)
+    for module in (backend, programs):   # the default, and the refusal (refuses_float_lanes)
+        monkeypatch.setattr(module, "compiled_float_lanes", lambda cl, context, device: 8)
     assert OpenCLBackend(ocl.device)._conv_vec == 8
     with pytest.raises(ValueError, match=r"vector_width=16 on .*compiler targets no AVX-512.*use vector_width=8"):
         OpenCLBackend(ocl.device, vector_width=16)
