@@ -181,7 +181,8 @@ def test_pointwise_kernel_matches_a_float64_reference(case, dtype):
     def check(got, want, bound):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol * bound)
 
-    epilogues = [((), y), ((f(scale), f(shift), True, f(residual)), np.maximum(y * scale[:, None, None] + shift[:, None, None] + residual, 0)),
+    scaled = y * scale[:, None, None] + shift[:, None, None]
+    epilogues = [((), y), ((f(scale), f(shift), True, f(residual)), np.maximum(scaled + residual, 0)),
                  ((None, f(shift)), y + shift[:, None, None])]
     for extra, want in epilogues:
         out = np.full(y.shape, np.nan, dtype)
