@@ -544,15 +544,29 @@ DIRECT_STRIDED_MAX_CHANNELS = 32
 
 
 def _direct_forward_applies(backend, plan) -> bool:
-    """Stride 1 (but a pointwise conv, which is a plain GEMM) with AVX2 or AVX-512; strided
+    """Stride 1 with AVX2 or AVX-512 (a pointwise conv only where _pointwise_direct says); strided
     kxk (k > 1) convs of at most DIRECT_STRIDED_MAX_CHANNELS input channels per group on AVX2,
     where that was measured."""
     isa = backend.conv_kernels.isa
     if isa < 1 or min(plan.padding) < 0:
         return False
     if tuple(plan.stride) == (1, 1):
-        return not _pointwise(plan)
+        return not _pointwise(plan) or _pointwise_direct(backend, plan, plan.o)
     return isa == 1 and plan.kh * plan.kw > 1 and plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
+
+
+#: output channels (of the forward, or input channels of the input gradient) up to which an
+#: ungrouped pointwise conv runs on the direct kernel's pointwise_conv rather than a BLAS GEMM per
+#: sample: measured on AVX-512 with 64 and 128, lost with 256 (docs/numpy.md)
+POINTWISE_DIRECT_MAX_OUT = 128
+
+
+def _pointwise_direct(backend, plan, outputs) -> bool:
+    """Whether a pointwise conv (forward, or input gradient) with ``outputs`` output planes per
+    sample runs on direct_conv (its pointwise_conv: no copy, sums and epilogue in registers): on
+    AVX-512 only, ungrouped, up to POINTWISE_DIRECT_MAX_OUT (on AVX2 its 4 x 3 blocks lost to the
+    GEMM, docs/numpy.md)."""
+    return backend.conv_kernels.isa == 2 and plan.groups == 1 and outputs <= POINTWISE_DIRECT_MAX_OUT
 
 
 #: multiply-adds of a direct forward from which its samples are dealt to the lanes in pieces
@@ -714,7 +728,8 @@ def _side_by_side_filter(backend, plan, x, dy, geometry, chunk, size, most, lane
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
     runs = [_gemm_backward_data]
-    if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) and not _pointwise(plan):
+    if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) \
+            and (not _pointwise(plan) or _pointwise_direct(backend, plan, plan.c)):
         runs.append(_direct_backward_data)
         if _wg(backend, plan, plan.o, plan.c, dx.shape[2:]):
             runs.append(_wg_backward_data)

@@ -155,6 +155,49 @@ def test_direct_kernel_of_any_stride_matches_the_fallback(case, dtype):
     np.testing.assert_allclose(out[:1], reference[:1], rtol=tol, atol=tol * np.abs(reference).max())
 
 
+# (batch, C, H, W, out): blocks of 8 (AVX-512) or 4 output channels x 3 (AVX-512, AVX2) or 2
+# vectors, then single channels, single vectors and pixels past the last whole vector
+POINTWISE_CASES = [(1, 3, 5, 7, 13),      # batch 1, 35 pixels: part vectors, channels past the blocks
+                   (2, 8, 8, 12, 16),     # 96 pixels: whole blocks of vectors only
+                   (2, 600, 10, 10, 9)]   # 600 input rows: pixel bands narrower than the plane
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=[str(c) for c in POINTWISE_CASES])
+def test_pointwise_kernel_matches_a_float64_reference(case, dtype):
+    """direct_conv on 1x1 geometries (its pointwise_conv): the forward with each epilogue, the
+    input gradient (flip), and both accumulating over samples [1, n), against sums written out here."""
+    n, c, h, w_, o = case
+    rng = np.random.default_rng(31)
+    x, w, dy = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 1, 1)), rng.standard_normal((n, o, h, w_))
+    scale, shift, residual = rng.standard_normal(o), rng.standard_normal(o), rng.standard_normal((n, o, h, w_))
+    y = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x)
+    dx = np.einsum("oc,nohw->nchw", w[:, :, 0, 0], dy)
+    geometry, flipped = (c, h, w_, 1, 1, 1, 1, 0, 0, 1, 1, h, w_), (o, h, w_, 1, 1, 1, 1, 0, 0, 1, 1, h, w_)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    f = lambda a: a.astype(dtype)  # noqa: E731
+
+    def check(got, want, bound):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * bound)
+
+    scaled = y * scale[:, None, None] + shift[:, None, None]
+    epilogues = [((), y), ((f(scale), f(shift), True, f(residual)), np.maximum(scaled + residual, 0)),
+                 ((None, f(shift)), y + shift[:, None, None])]
+    for extra, want in epilogues:
+        out = np.full(y.shape, np.nan, dtype)
+        kernels.direct_conv(f(x), f(w), out, geometry, 1, o, n, 0, n, False, False, *extra)
+        check(out, want, np.abs(y).max() * 4)
+    kernels.direct_conv(f(x), f(w), out, geometry, 1, o, n, 1, n, False, True)
+    check(out[1:], want[1:] + y[1:], np.abs(y).max() * 4)
+    grad = np.full(x.shape, np.nan, dtype)
+    kernels.direct_conv(f(dy), f(w), grad, flipped, 1, c, n, 0, n, True, False)
+    check(grad, dx, np.abs(dx).max())
+    kernels.direct_conv(f(dy), f(w), grad, flipped, 1, c, n, 1, n, True, True)
+    check(grad[1:], 2 * dx[1:], 2 * np.abs(dx).max())
+    check(grad[:1], dx[:1], np.abs(dx).max())
+
+
 # (batch, C, H, W, out, (kh, kw), padding, dilation, groups)
 # (blocks of taps: AVX2 3 to a block, AVX-512 5)
 FILTER_CASES = [((3, 32, 16, 16, 32, (5, 5), 2, 1, 1)),  # 8 blocks of 3 taps and one of 1; 5 of 5
@@ -283,6 +326,36 @@ def test_strided_convs_run_direct_only_where_measured(monkeypatch):
         results.append(_all_three(x, w, 13, (2, 1, 1, 1), ws=Workspace()))
     monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
     reference = _all_three(x, w, 13, (2, 1, 1, 1))
+    for fast in results:
+        for got, want in zip(fast, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
+@needs_kernels
+def test_pointwise_convs_run_direct_only_on_avx512_up_to_128_outputs(monkeypatch):
+    """Ungrouped 1x1 stride-1 forwards and input gradients of up to POINTWISE_DIRECT_MAX_OUT
+    output planes go to direct_conv on AVX-512, others keep the GEMM; either way the result is
+    the fallback's."""
+    backend = jp.backend("numpy")
+
+    def plan(c, o, groups=1):
+        return numpy_spatial._ConvPlan((2, c, 8, 8), (o, c // groups, 1, 1), (8, 8), (1, 1), (0, 0), (1, 1), groups)
+
+    applies, limit = numpy_spatial._direct_forward_applies, numpy_spatial.POINTWISE_DIRECT_MAX_OUT
+    monkeypatch.setattr(kernels, "isa", 2)
+    assert applies(backend, plan(256, limit)) and not applies(backend, plan(16, limit + 1))
+    assert not applies(backend, plan(16, 16, groups=2))
+    for isa in (1, 0):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert not applies(backend, plan(16, 16))
+    rng = np.random.default_rng(14)
+    x, w = rng.standard_normal((3, 6, 7, 9)), rng.standard_normal((8, 6, 1, 1))
+    results = []
+    for isa in (2, 1):
+        monkeypatch.setattr(kernels, "isa", isa)
+        results.append(_all_three(x, w, 15, (1, 0, 1, 1), ws=Workspace()))
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 15, (1, 0, 1, 1))
     for fast in results:
         for got, want in zip(fast, reference):
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
@@ -661,7 +734,7 @@ ISAS = ("baseline", "avx2", "avx512")
 #: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
-              "or direct_weight_gradient")
+              "or direct_weight_gradient or pointwise_kernel")
 
 
 def _with_isa(value, *args):
