@@ -806,6 +806,19 @@ class _TileTransforms(NamedTuple):
     output: object
 
 
+def _sample_chunks(n, tiles, chunk_tiles):
+    """(samples per chunk, [(n0, n1), ...]): chunks of about ``chunk_tiles`` tiles of ``tiles``
+    per sample, at least one sample each."""
+    per = max(1, min(n, chunk_tiles // tiles))
+    return per, [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+
+
+def _winograd_tiles(geometry):
+    """F(2x2, 3x3)'s tile rows and columns for ``geometry``: 2x2 outputs d apart, in groups of d."""
+    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
+    return -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
+
+
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     """dst (+)= a conv of src as the GEMMs between transforms ``t`` (_TileTransforms): per chunk
     of samples, one lane transforms the input tiles, runs the GEMMs with the transformed taps on
@@ -815,8 +828,7 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     width = max(t.depths) * n_in
     u = scratch(ws, backend, f"conv_{t.name}_u", (positions, n_out, width), src.dtype)
     t.weights(u)
-    per = max(1, min(n, t.chunk_tiles // tiles))
-    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+    per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
 
@@ -852,8 +864,7 @@ def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate,
     """dst (+)= the stride-1 3x3 conv of src (``geometry``) with w, as Winograd F(2x2, 3x3): 16
     GEMMs per chunk of samples (_tile_run)."""
     n, kernels = src.shape[0], backend.conv_kernels
-    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
-    th, tw = -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
+    th, tw = _winograd_tiles(geometry)
     _tile_run(backend, _TileTransforms(
         "wino", WINOGRAD_DEPTHS, WINOGRAD_TILES, th * tw, 0,
         lambda u: kernels.winograd_weights(w, u, n_out, n_in, flip),
@@ -910,11 +921,9 @@ def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation
     order (a fixed summation order for a given lane count), then the taps (winograd_taps)."""
     geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
-    (dh, dwd), (ho, wo) = geometry[9:11], geometry[11:13]
-    th, tw = -(-ho // (2 * dh)) * dh, -(-wo // (2 * dwd)) * dwd
+    th, tw = _winograd_tiles(geometry)
     tiles = th * tw
-    per = max(1, min(n, WINOGRAD_FILTER_TILES // tiles))
-    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_TILES)
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = c * per * tiles + 16, o * per * tiles + 16
     totals = {}
