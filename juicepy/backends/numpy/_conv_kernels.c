@@ -1105,27 +1105,37 @@ DEFINE_WINOGRAD_OUTPUT(winograd_output_f64, double)
 /* m[k][p][a] = (A dy A^T)[k] of the 2x2 outputs (d apart) of every tile p of samples [n0, n1),
  * those past Ho x Wo read as zeros: the adjoint of winograd_output, tile-major (the output
  * channels innermost) so that the GEMMs read both operands along their rows, which OpenBLAS
- * runs 1.5-2x faster here than two operands along the reduction (docs/numpy.md). */
+ * runs 1.5-2x faster here than two operands along the reduction (docs/numpy.md). A row of
+ * tiles first copies its two rows of every channel into ``stage``, rows a cache line more than
+ * a multiple of 16 apart: the planes themselves lie 4 KiB multiples apart (32x32), and reading
+ * across channels there falls into one L1 set. Returns -1 when its scratch cannot be allocated. */
 #define DEFINE_WINOGRAD_GRAD(NAME, T)                                                          \
     VECTOR_CLONES static int NAME(const T *restrict dy, T *restrict m, const Geometry *g,     \
                                   I o, I n0, I n1, I th, I tw, I ks)                          \
     {                                                                                          \
         const I dh = g->dh, dw = g->dw, ho = g->ho, wo = g->wo, hw = ho * wo;                \
+        const I wr = wino_origin(tw - 1, dw) + dw + 1, rs = (2 * wr + 15) / 16 * 16 + 16;     \
+        T *stage = malloc((size_t)(o * rs) * sizeof(T));                                      \
+        if (!stage) return -1;                                                                \
         T *e = m;                                                                             \
-        for (I n = n0; n < n1; n++) {                                                         \
-            const T *sample = dy + n * o * hw;                                                \
+        for (I n = n0; n < n1; n++)                                                           \
             for (I ty = 0; ty < th; ty++) {                                                   \
-                const I r0 = wino_origin(ty, dh), r1 = r0 + dh;                               \
+                const I r0 = wino_origin(ty, dh), rows[2] = {r0, r0 + dh};                    \
+                for (I a = 0; a < o; a++)                                                     \
+                    for (int h = 0; h < 2; h++) {                                             \
+                        T *row = stage + a * rs + h * wr;                                     \
+                        I copied = 0;                                                         \
+                        if (rows[h] < ho) {                                                   \
+                            memcpy(row, dy + (n * o + a) * hw + rows[h] * wo, (size_t)wo * sizeof(T)); \
+                            copied = wo;                                                      \
+                        }                                                                     \
+                        memset(row + copied, 0, (size_t)(wr - copied) * sizeof(T));           \
+                    }                                                                         \
                 for (I tx = 0; tx < tw; tx++, e += o) {                                       \
                     const I x0 = wino_origin(tx, dw), x1 = x0 + dw;                           \
-                    const int in00 = r0 < ho && x0 < wo, in01 = r0 < ho && x1 < wo;           \
-                    const int in10 = r1 < ho && x0 < wo, in11 = r1 < ho && x1 < wo;           \
-                    const I q00 = r0 * wo + x0, q01 = r0 * wo + x1;                           \
-                    const I q10 = r1 * wo + x0, q11 = r1 * wo + x1;                           \
                     for (I a = 0; a < o; a++) {                                               \
-                        const T *plane = sample + a * hw;                                     \
-                        const T y00 = in00 ? plane[q00] : (T)0, y01 = in01 ? plane[q01] : (T)0; \
-                        const T y10 = in10 ? plane[q10] : (T)0, y11 = in11 ? plane[q11] : (T)0; \
+                        const T *row = stage + a * rs;                                        \
+                        const T y00 = row[x0], y01 = row[x1], y10 = row[wr + x0], y11 = row[wr + x1]; \
                         const T s[4][2] = {{y00, y01}, {y00 + y10, y01 + y11},                \
                                            {y00 - y10, y01 - y11}, {-y10, -y11}};             \
                         for (int i = 0; i < 4; i++) {                                         \
@@ -1137,7 +1147,7 @@ DEFINE_WINOGRAD_OUTPUT(winograd_output_f64, double)
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
-        }                                                                                     \
+        free(stage);                                                                          \
         return 0;                                                                             \
     }
 
