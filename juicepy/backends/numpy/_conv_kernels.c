@@ -1944,7 +1944,8 @@ static int tile_output_args(PyObject *args, const TileFamily *f, TileCall *t)
     }
     t->has_rows = ro != NULL;
     return get_three(oo, &t->a, !f->adjoint, n * t->o * t->g.ho * t->g.wo, f->adjoint ? "dy" : "out", mo, &t->b,
-                     f->adjoint, (f->slices - 1) * t->ks + used, "m", ro, &t->rows, 1, ro ? f->output_rows(t->tw) : 0, "rows");
+                     f->adjoint, (f->slices - 1) * t->ks + used, "m", ro, &t->rows, 1,
+                     ro ? f->output_rows(t->tw) : 0, "rows");
 }
 
 /* An entry point: its arguments taken by ``parse``, then the kernel of their dtype on them. */

@@ -413,7 +413,8 @@ def test_winograd_mxm_refuses_geometries_it_does_not_compute():
 
 
 @needs_kernels
-@pytest.mark.parametrize("shape", [(1, 32, 7, 9, 33, 1), (3, 32, 8, 8, 32, 0), (2, 33, 13, 11, 35, 1), (2, 32, 5, 6, 32, 2)],
+@pytest.mark.parametrize("shape", [(1, 32, 7, 9, 33, 1), (3, 32, 8, 8, 32, 0), (2, 33, 13, 11, 35, 1),
+                                   (2, 32, 5, 6, 32, 2)],
                          ids=["batch-1-odd", "unpadded", "odd-channels", "padding-past-the-kernel"])
 @pytest.mark.parametrize("tiles", [1, 256], ids=["a-sample-a-chunk", "default-chunks"])
 def test_winograd_weight_gradient_matches_the_reference(shape, tiles, monkeypatch):
