@@ -1197,6 +1197,92 @@ DEFINE_WINOGRAD_INPUT(winograd_input_f64, double)
 DEFINE_WINOGRAD_OUTPUT(winograd_output_f32, float)
 DEFINE_WINOGRAD_OUTPUT(winograd_output_f64, double)
 
+/* The weight gradient as Winograd F(3x3, 2x2), the adjoint of the forward above: with v the
+ * forward's input tiles (winograd_input) and m the tiles of dy taken through the adjoint of
+ * its output transform (winograd_grad), the 16 GEMMs v[k] m[k] summed over the tiles give the
+ * gradient of the transformed taps u, and the adjoint of winograd_weights (winograd_taps) the
+ * gradient of the taps. */
+
+/* m[k][p][a] = (A dy A^T)[k] of the 2x2 outputs (d apart) of every tile p of samples [n0, n1),
+ * those past Ho x Wo read as zeros: the adjoint of winograd_output, tile-major (the output
+ * channels innermost) so that the GEMMs read both operands along their rows, which OpenBLAS
+ * runs 1.5-2x faster here than two operands along the reduction (docs/numpy.md). A row of
+ * tiles first copies its two rows of every channel into ``stage``, rows a cache line more than
+ * a multiple of 16 apart: the planes themselves lie 4 KiB multiples apart (32x32), and reading
+ * across channels there falls into one L1 set. Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_WINOGRAD_GRAD(NAME, T)                                                          \
+    VECTOR_CLONES static int NAME(const T *restrict dy, T *restrict m, const Geometry *g,     \
+                                  I o, I n0, I n1, I th, I tw, I ks)                          \
+    {                                                                                          \
+        const I dh = g->dh, dw = g->dw, ho = g->ho, wo = g->wo, hw = ho * wo;                \
+        const I wr = wino_origin(tw - 1, dw) + dw + 1, rs = (2 * wr + 15) / 16 * 16 + 16;     \
+        T *stage = malloc((size_t)(o * rs) * sizeof(T));                                      \
+        if (!stage) return -1;                                                                \
+        T *e = m;                                                                             \
+        for (I n = n0; n < n1; n++)                                                           \
+            for (I ty = 0; ty < th; ty++) {                                                   \
+                const I r0 = wino_origin(ty, dh), rows[2] = {r0, r0 + dh};                    \
+                for (I a = 0; a < o; a++)                                                     \
+                    for (int h = 0; h < 2; h++) {                                             \
+                        T *row = stage + a * rs + h * wr;                                     \
+                        I copied = 0;                                                         \
+                        if (rows[h] < ho) {                                                   \
+                            memcpy(row, dy + (n * o + a) * hw + rows[h] * wo, (size_t)wo * sizeof(T)); \
+                            copied = wo;                                                      \
+                        }                                                                     \
+                        memset(row + copied, 0, (size_t)(wr - copied) * sizeof(T));           \
+                    }                                                                         \
+                for (I tx = 0; tx < tw; tx++, e += o) {                                       \
+                    const I x0 = wino_origin(tx, dw), x1 = x0 + dw;                           \
+                    for (I a = 0; a < o; a++) {                                               \
+                        const T *row = stage + a * rs;                                        \
+                        const T y00 = row[x0], y01 = row[x1], y10 = row[wr + x0], y11 = row[wr + x1]; \
+                        const T s[4][2] = {{y00, y01}, {y00 + y10, y01 + y11},                \
+                                           {y00 - y10, y01 - y11}, {-y10, -y11}};             \
+                        for (int i = 0; i < 4; i++) {                                         \
+                            e[(4 * i) * ks + a] = s[i][0];                                    \
+                            e[(4 * i + 1) * ks + a] = s[i][0] + s[i][1];                      \
+                            e[(4 * i + 2) * ks + a] = s[i][0] - s[i][1];                      \
+                            e[(4 * i + 3) * ks + a] = -s[i][1];                               \
+                        }                                                                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+        free(stage);                                                                          \
+        return 0;                                                                             \
+    }
+
+DEFINE_WINOGRAD_GRAD(winograd_grad_f32, float)
+DEFINE_WINOGRAD_GRAD(winograd_grad_f64, double)
+
+/* w[a][b] = G^T u[.][b][a] G, the 3x3 taps (A, B, 3, 3) from the 16 positions u[16][B][A] (the
+ * GEMMs' products, in channels major): the adjoint of winograd_weights (unflipped). */
+#define DEFINE_WINOGRAD_TAPS(NAME, T)                                                          \
+    static void NAME(T *restrict w, const T *restrict u, I na, I nb)                          \
+    {                                                                                          \
+        const I ab = na * nb;                                                                 \
+        for (I a = 0; a < na; a++)                                                            \
+            for (I b = 0; b < nb; b++) {                                                      \
+                T t[4][3], *k = w + (a * nb + b) * 9;                                         \
+                for (int i = 0; i < 4; i++) {                                                 \
+                    const T *e = u + 4 * i * ab + b * na + a;                                 \
+                    const T half = (T)0.5 * (e[ab] + e[2 * ab]);                              \
+                    t[i][0] = e[0] + half;                                                    \
+                    t[i][1] = (T)0.5 * (e[ab] - e[2 * ab]);                                   \
+                    t[i][2] = half + e[3 * ab];                                               \
+                }                                                                             \
+                for (int j = 0; j < 3; j++) {                                                 \
+                    const T half = (T)0.5 * (t[1][j] + t[2][j]);                              \
+                    k[j] = t[0][j] + half;                                                    \
+                    k[3 + j] = (T)0.5 * (t[1][j] - t[2][j]);                                  \
+                    k[6 + j] = half + t[3][j];                                                \
+                }                                                                             \
+            }                                                                                 \
+    }
+
+DEFINE_WINOGRAD_TAPS(winograd_taps_f32, float)
+DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
+
 /* Winograd F(M x M, R x R) for stride-1 undilated RxR convs, tiles of M x M outputs, N = M + R - 1
  * transformed positions per side: y = AT [(G g GT) . (BT d B)] A per tile, so the R*R
  * multiply-adds per output channel, input channel and output become N*N/(M*M) (25 -> 4 for
@@ -1819,6 +1905,24 @@ static int winograd_output_f64_call(const TileCall *t)
 {
     return winograd_output_f64(t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
 }
+static int winograd_taps_f32_call(const TileCall *t)
+{
+    winograd_taps_f32(t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int winograd_taps_f64_call(const TileCall *t)
+{
+    winograd_taps_f64(t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int winograd_grad_f32_call(const TileCall *t)
+{
+    return winograd_grad_f32(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+}
+static int winograd_grad_f64_call(const TileCall *t)
+{
+    return winograd_grad_f64(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+}
 static int s2_weights_f32_call(const TileCall *t)
 {
     s2_weights_f32(t->a.buf, t->b.buf, t->na, t->nb);
@@ -1851,6 +1955,8 @@ static int s2_output_f64_call(const TileCall *t)
 }
 
 /* ``slices`` GEMM operands, ks apart in v and m, with ``depth`` rows of v per input channel;
+ * ``adjoint``: the weights and output transforms run backwards (the weight gradient's: u -> w
+ * into w, out -> m into m, where the forward's write u and out);
  * ``check`` the geometry and tile counts it computes; ``input_rows`` / ``output_rows``: the
  * items of the scratch rows the caller hands the transform for tw tiles a row (NULL: none);
  * the kernels of each entry point, float32 then float64. */
@@ -1858,18 +1964,22 @@ typedef struct {
     const char *weights, *input, *output; /* the entry points' names, for errors */
     int (*check)(const Geometry *g, I th, I tw);
     I slices, depth;
-    int flips, accumulates;
+    int flips, accumulates, adjoint;
     I (*input_rows)(I tw);
     I (*output_rows)(I tw);
     TileKernel weights_kernels[2], input_kernels[2], output_kernels[2];
 } TileFamily;
 
 static const TileFamily WINOGRAD = {
-    "winograd_weights", "winograd_input", "winograd_output", check_winograd, 16, 1, 1, 1, NULL, NULL,
+    "winograd_weights", "winograd_input", "winograd_output", check_winograd, 16, 1, 1, 1, 0, NULL, NULL,
     {winograd_weights_f32_call, winograd_weights_f64_call}, {winograd_input_f32_call, winograd_input_f64_call},
     {winograd_output_f32_call, winograd_output_f64_call}};
+static const TileFamily WINOGRAD_FILTER = {
+    "winograd_taps", "winograd_input", "winograd_grad", check_winograd, 16, 1, 0, 0, 1, NULL, NULL,
+    {winograd_taps_f32_call, winograd_taps_f64_call}, {winograd_input_f32_call, winograd_input_f64_call},
+    {winograd_grad_f32_call, winograd_grad_f64_call}};
 static const TileFamily S2 = {
-    "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, s2_input_rows, s2_output_rows,
+    "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, 0, s2_input_rows, s2_output_rows,
     {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
     {s2_output_f32_call, s2_output_f64_call}};
 
@@ -1883,8 +1993,8 @@ static int tile_weights_args(PyObject *args, const TileFamily *f, TileCall *t)
         PyErr_Format(PyExc_ValueError, "%s: channel counts must be positive, got %zd, %zd", f->weights, t->na, t->nb);
         return -1;
     }
-    return get_three(wo, &t->a, 0, t->na * t->nb * 9, "w", uo, &t->b, 1, f->slices * t->na * f->depth * t->nb, "u",
-                     NULL, NULL, 0, 0, NULL);
+    return get_three(wo, &t->a, f->adjoint, t->na * t->nb * 9, "w", uo, &t->b, !f->adjoint,
+                     f->slices * t->na * f->depth * t->nb, "u", NULL, NULL, 0, 0, NULL);
 }
 
 /* (x, v, geometry, N, n0, n1, th, tw, ks[, rows]): v[slices][depth * C][tiles of samples [n0, n1)]. */
@@ -1934,8 +2044,9 @@ static int tile_output_args(PyObject *args, const TileFamily *f, TileCall *t)
         return -1;
     }
     t->has_rows = ro != NULL;
-    return get_three(oo, &t->a, 1, n * t->o * t->g.ho * t->g.wo, "out", mo, &t->b, 0, (f->slices - 1) * t->ks + used,
-                     "m", ro, &t->rows, 1, ro ? f->output_rows(t->tw) : 0, "rows");
+    return get_three(oo, &t->a, !f->adjoint, n * t->o * t->g.ho * t->g.wo, f->adjoint ? "dy" : "out", mo, &t->b,
+                     f->adjoint, (f->slices - 1) * t->ks + used, "m", ro, &t->rows, 1,
+                     ro ? f->output_rows(t->tw) : 0, "rows");
 }
 
 /* An entry point: its arguments taken by ``parse``, then the kernel of their dtype on them. */
@@ -1964,6 +2075,8 @@ static PyObject *tile_call(PyObject *args, const TileFamily *f, int (*parse)(PyO
 TILE_ENTRY(py_winograd_weights, WINOGRAD, weights)
 TILE_ENTRY(py_winograd_input, WINOGRAD, input)
 TILE_ENTRY(py_winograd_output, WINOGRAD, output)
+TILE_ENTRY(py_winograd_taps, WINOGRAD_FILTER, weights)
+TILE_ENTRY(py_winograd_grad, WINOGRAD_FILTER, output)
 TILE_ENTRY(py_s2_weights, S2, weights)
 TILE_ENTRY(py_s2_input, S2, input)
 TILE_ENTRY(py_s2_output, S2, output)
@@ -2431,6 +2544,12 @@ static PyMethodDef methods[] = {
     {"winograd_output", py_winograd_output, METH_VARARGS,
      "winograd_output(m, out, geometry, O, N, n0, n1, th, tw, ks, accumulate): out (+)= the tiles "
      "m[16][O][tiles] (slices ks apart) of samples [n0, n1) transformed back"},
+    {"winograd_grad", py_winograd_grad, METH_VARARGS,
+     "winograd_grad(m, dy, geometry, O, N, n0, n1, th, tw, ks): m[16][tiles][O] (slices ks apart), "
+     "the tiles of dy of samples [n0, n1) through the adjoint of winograd_output (the weight gradient's)"},
+    {"winograd_taps", py_winograd_taps, METH_VARARGS,
+     "winograd_taps(w, u, A, B): w (A, B, 3, 3) = the adjoint of winograd_weights (unflipped) of "
+     "u[16][B][A], the taps' gradient from the transformed taps' one"},
     {"wg_weights", py_wg_weights, METH_VARARGS,
      "wg_weights(w, u, A, B, flip, m, r, mats): u[N*N][A][B], the F(m x m, r x r) transform of the "
      "taps (N = m + r - 1; flip: w is (B, A, r, r), taps reversed)"},

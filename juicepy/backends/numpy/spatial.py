@@ -509,12 +509,13 @@ def _algorithm(op: str, count: int, out_hw, isa: int = 2, channels: int | None =
     were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
     machine (a resumed one, one in another process) computes the same bits. Winograd, where it
     applies (``_winograd``), wins the forward and input gradient, else the direct kernel; for
-    the weight gradient the direct kernel wins only on large output planes (16x16 ones on AVX2,
-    or with ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), dilated or
-    not (docs/numpy.md)."""
+    the weight gradient Winograd wins where it applies (``_winograd_filter``) at any plane,
+    else the direct kernel only on large output planes (16x16 ones on AVX2, or with
+    ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), dilated or not
+    (docs/numpy.md)."""
     if count == 1:
         return 0
-    if op == "filter":
+    if op == "filter" and count == 2:
         plane = out_hw[0] * out_hw[1]
         narrow = isa == 1 or (channels is not None and channels <= DIRECT_FILTER_NARROW)
         if plane < (DIRECT_FILTER_MIN_PLANE // 2 if narrow else DIRECT_FILTER_MIN_PLANE):
@@ -649,6 +650,8 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
     runs = [_gemm_backward_filter]
     if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         runs.append(_direct_backward_filter)
+        if _winograd_filter(backend, dw.shape, dilation, groups):
+            runs.append(_winograd_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     channels = max(x.shape[1] // groups, dw.shape[0])
     runs[_algorithm("filter", len(runs), dy.shape[2:], backend.conv_kernels.isa, channels)](
@@ -818,6 +821,19 @@ class _TileTransforms(NamedTuple):
     output: object
 
 
+def _sample_chunks(n, tiles, chunk_tiles):
+    """(samples per chunk, [(n0, n1), ...]): chunks of about ``chunk_tiles`` tiles of ``tiles``
+    per sample, at least one sample each."""
+    per = max(1, min(n, chunk_tiles // tiles))
+    return per, [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+
+
+def _winograd_tiles(geometry):
+    """F(2x2, 3x3)'s tile rows and columns for ``geometry``: 2x2 outputs d apart, in groups of d."""
+    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
+    return -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
+
+
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     """dst (+)= a conv of src as the GEMMs between transforms ``t`` (_TileTransforms): per chunk
     of samples, one lane transforms the input tiles, runs the GEMMs with the transformed taps on
@@ -827,8 +843,7 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     width = max(t.depths) * n_in
     u = scratch(ws, backend, f"conv_{t.name}_u", (positions, n_out, width), src.dtype)
     t.weights(u)
-    per = max(1, min(n, t.chunk_tiles // tiles))
-    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+    per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
 
@@ -864,8 +879,7 @@ def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate,
     """dst (+)= the stride-1 3x3 conv of src (``geometry``) with w, as Winograd F(2x2, 3x3): 16
     GEMMs per chunk of samples (_tile_run)."""
     n, kernels = src.shape[0], backend.conv_kernels
-    (dh, dw), (ho, wo) = geometry[9:11], geometry[11:13]
-    th, tw = -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
+    th, tw = _winograd_tiles(geometry)
     _tile_run(backend, _TileTransforms(
         "wino", WINOGRAD_DEPTHS, WINOGRAD_TILES, th * tw, 0,
         lambda u: kernels.winograd_weights(w, u, n_out, n_in, flip),
@@ -893,6 +907,61 @@ def _winograd_forward(backend, x, w, plan, ws, out, epi=None):
 
 def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     _tiled_backward_data(_winograd_run, backend, dy, w, plan, dx, accumulate, ws)
+
+
+#: tiles per chunk of samples of the Winograd weight gradient (at least one sample; 128 and 512
+#: measured slower on 8x8 planes, docs/numpy.md)
+WINOGRAD_FILTER_TILES = 256
+#: fewest input and output channels of the Winograd weight gradient: with 16 (and 3 in) the
+#: direct kernel wins (docs/numpy.md)
+WINOGRAD_FILTER_MIN_CHANNELS = 32
+#: the instruction sets (``isa``) it runs on: measured to win on Zen 4 (AVX-512); AVX2 keeps the
+#: direct kernel and GEMM until measured on an AVX2 machine (docs/numpy.md)
+WINOGRAD_FILTER_ISAS = (2,)
+
+
+def _winograd_filter(backend, w_shape, dilation, groups) -> bool:
+    """Whether Winograd F(3x3, 2x2) computes this stride-1 weight gradient (called where the
+    direct kernel applies: stride 1, padding >= 0): 3x3 taps, undilated (the dilated one tied
+    with the direct kernel), ungrouped, WINOGRAD_FILTER_MIN_CHANNELS each side, on
+    WINOGRAD_FILTER_ISAS."""
+    return backend.conv_kernels.isa in WINOGRAD_FILTER_ISAS and tuple(w_shape[2:]) == (3, 3) and groups == 1 \
+        and tuple(dilation) == (1, 1) and min(w_shape[:2]) >= WINOGRAD_FILTER_MIN_CHANNELS
+
+
+def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
+    """dw (+)= the stride-1 3x3 weight gradient as Winograd F(3x3, 2x2): per chunk of samples,
+    the forward's input tiles (winograd_input) and dy's tiles (winograd_grad), 16 GEMMs
+    (C, tiles) x (tiles, O) summed over the chunks of a lane, the lanes' sums added in lane
+    order (a fixed summation order for a given lane count), then the taps (winograd_taps)."""
+    geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
+    n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
+    th, tw = _winograd_tiles(geometry)
+    tiles = th * tw
+    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_TILES)
+    # a cache line more than the slices' size apart (see _tile_run)
+    vs, ms = c * per * tiles + 16, o * per * tiles + 16
+    totals = {}
+
+    def lane(lo, hi, k):
+        totals[k] = total = scratch(ws, backend, f"conv_wgrad_sum/{k}", (16, c, o), dw.dtype)
+        part = scratch(ws, backend, f"conv_wgrad_part/{k}", (16, c, o), dw.dtype)
+        v = scratch(ws, backend, f"conv_wgrad_v/{k}", (16, vs), x.dtype)
+        m = scratch(ws, backend, f"conv_wgrad_m/{k}", (16, ms), dy.dtype)
+        for index, (n0, n1) in enumerate(chunks[lo:hi]):
+            p = (n1 - n0) * tiles
+            kernels.winograd_input(x, v, geometry, n, n0, n1, th, tw, vs)
+            kernels.winograd_grad(m, dy, geometry, o, n, n0, n1, th, tw, ms)
+            np.matmul(_view(v[:, :c * p], (16, c, p)), _view(m[:, :o * p], (16, p, o)), out=part if index else total)
+            if index:
+                total += part
+
+    lanes = _run_gemm_pieces(len(chunks), lane)
+    for k in range(1, lanes):
+        totals[0] += totals[k]
+    taps = scratch(ws, backend, "conv_wgrad_taps", w_shape, dw.dtype)
+    kernels.winograd_taps(taps, totals[0], o, c)
+    backend.store(taps, dw, accumulate)
 
 
 #: Toom-Cook points of the larger Winograd tiles (with infinity as the last one); their float32

@@ -70,7 +70,7 @@ def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
 @pytest.mark.parametrize("geometry", [(1, 1, 1, 2), (1, 1, 1, 1), (1, 2, 2, 1)], ids=["grouped", "plain", "dilated"])
 def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkeypatch):
     """The geometry picks one per op; each must be right, alone and accumulating (Winograd
-    only where it applies: ungrouped; the weight gradient has no Winograd)."""
+    only where it applies: ungrouped; for the weight gradient also undilated)."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((3, 6, 9, 8))
     w = rng.standard_normal((8, 6 // geometry[3], 3, 3))
@@ -78,17 +78,20 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})  # plain: F(4x4, 3x3), dilated: F(2x2, 3x3)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
-    counts = []
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_ISAS", (1,))
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_MIN_CHANNELS", 1)
+    counts = {}
 
     def choose(op, count, *rest):
-        counts.append(count)
+        counts.setdefault(op, set()).add(count)
         return min(choice, count - 1)
 
     monkeypatch.setattr(numpy_spatial, "_algorithm", choose)
     ws = Workspace()
     fast = _all_three(x, w, 5, geometry, ws=ws)
     summed = _all_three(x, w, 5, geometry, accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
-    assert max(counts) == (2 if geometry[3] > 1 else 3)
+    assert counts["forward"] == counts["data"] == {2 if geometry[3] > 1 else 3}
+    assert counts["filter"] == {3 if geometry[2:] == (1, 1) else 2}
     monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
     reference = _all_three(x, w, 5, geometry)
     for got, want in zip(fast, reference):
@@ -483,6 +486,81 @@ def test_winograd_mxm_refuses_geometries_it_does_not_compute():
 
 
 @needs_kernels
+@pytest.mark.parametrize("shape", [(1, 32, 7, 9, 33, 1), (3, 32, 8, 8, 32, 0), (2, 33, 13, 11, 35, 1),
+                                   (2, 32, 5, 6, 32, 2)],
+                         ids=["batch-1-odd", "unpadded", "odd-channels", "padding-past-the-kernel"])
+@pytest.mark.parametrize("tiles", [1, 256], ids=["a-sample-a-chunk", "default-chunks"])
+def test_winograd_weight_gradient_matches_the_reference(shape, tiles, monkeypatch):
+    """F(3x3, 2x2): in float64 to rounding, in float32 within 2e-6 of the largest tap (docs/numpy.md:
+    6-8e-7 measured, the direct kernel 1-2e-7; the conformance suite allows 2e-4), alone and
+    accumulating, over one or many chunks per lane (their sums in a fixed order); dy's tiles
+    past the plane's edges read as zeros."""
+    n, c, h, w_, o, p = shape
+    rng = np.random.default_rng(12)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_TILES", tiles)
+    picked = []
+    original = numpy_spatial._winograd_backward_filter
+    monkeypatch.setattr(numpy_spatial, "_winograd_backward_filter", lambda *a: (picked.append(1), original(*a))[1])
+    ws = Workspace()
+    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, (1, p, 1, 1), ws=ws)[2]
+               for dtype in (np.float64, np.float32)}
+    summed = _all_three(x, w, 3, (1, p, 1, 1), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
+    assert len(picked) == 3
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    want = _all_three(x, w, 3, (1, p, 1, 1))[2]
+    np.testing.assert_allclose(results[np.float64], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    assert np.abs(results[np.float32] - want).max() <= 2e-6 * np.abs(want).max()
+    np.testing.assert_allclose(summed, want + 1, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@needs_kernels
+def test_winograd_weight_gradient_only_for_wide_undilated_layers_on_avx512(monkeypatch):
+    """Measured on Zen 4: it wins from 32 channels each side on 8x8 to 32x32 planes, ties dilated
+    and loses with 16 channels; AVX2 (not measured on an AVX2 machine) and the baseline build
+    keep the direct kernel and GEMM. w shapes (O, C, 3, 3)."""
+    applies = numpy_spatial._winograd_filter
+    backend = jp.backend("numpy")
+    monkeypatch.setattr(kernels, "isa", 2)
+    assert applies(backend, (64, 32, 3, 3), (1, 1), 1) and applies(backend, (128, 64, 3, 3), (1, 1), 1)
+    assert not applies(backend, (16, 16, 3, 3), (1, 1), 1)
+    assert not applies(backend, (64, 32, 3, 3), (2, 2), 1)
+    assert not applies(backend, (64, 16, 3, 3), (1, 1), 2)
+    assert not applies(backend, (64, 64, 5, 5), (1, 1), 1)
+    # where it applies it runs at every plane, before the direct kernel and GEMM
+    assert numpy_spatial._algorithm("filter", 3, (8, 8), 2, 128) == 2
+    for isa in (1, 0):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert not applies(backend, (64, 64, 3, 3), (1, 1), 1)
+
+
+@needs_kernels
+def test_winograd_weight_gradient_kernels_refuse_what_they_do_not_compute():
+    dy, m = np.zeros((1, 2, 8, 8), np.float32), np.zeros((16, 40), np.float32)
+    ok = (3, 8, 8, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8)
+    kernels.winograd_grad(m, dy, ok, 2, 1, 0, 1, 4, 4, 40)
+    with pytest.raises(ValueError, match="winograd kernels"):  # stride 2
+        kernels.winograd_grad(m, dy, (3, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4), 2, 1, 0, 1, 2, 2, 40)
+    with pytest.raises(ValueError, match=r"winograd_grad: ks: slices of m 16 apart overlap \(need at least 32\)"):
+        kernels.winograd_grad(m, dy, ok, 2, 1, 0, 1, 4, 4, 16)
+    with pytest.raises(ValueError, match="dy: expected at least 128 items"):
+        kernels.winograd_grad(m, dy.ravel()[:127], ok, 2, 1, 0, 1, 4, 4, 40)
+    frozen = m.copy()
+    frozen.flags.writeable = False
+    with pytest.raises(TypeError, match="m: expected a contiguous writable buffer"):  # m is what it writes
+        kernels.winograd_grad(frozen, dy, ok, 2, 1, 0, 1, 4, 4, 40)
+    taps, u = np.zeros((2, 3, 3, 3), np.float32), np.zeros((16, 3, 2), np.float32)
+    kernels.winograd_taps(taps, u, 2, 3)
+    with pytest.raises(ValueError, match="u: expected at least 96 items"):
+        kernels.winograd_taps(taps, u.ravel()[:95], 2, 3)
+    with pytest.raises(ValueError, match="w: expected at least 54 items of format 'f or d', got 27"):
+        kernels.winograd_taps(taps[:1], u, 2, 3)
+    with pytest.raises(TypeError, match="w: expected a contiguous writable buffer"):  # w is what it writes
+        kernels.winograd_taps(frozen, u, 2, 3)
+
+
+@needs_kernels
 def test_two_contexts_compute_the_same_bits(monkeypatch):
     monkeypatch.setattr(kernels, "isa", 2)
     rng = np.random.default_rng(6)
@@ -584,6 +662,15 @@ def _steady_steps_allocate_nothing(monkeypatch, path, layers, in_shape, out_shap
     for _ in range(3):
         trainer.train_minibatch(backend, x, y)
     assert backend.allocations == before and called
+
+
+@needs_kernels
+def test_winograd_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_ISAS", (1,))
+    _steady_steps_allocate_nothing(monkeypatch, "_winograd_backward_filter", [L.Conv2d(32, 3, padding=1), L.ReLU(),
+                                   L.Conv2d(32, 3, padding=1)], (32, 8, 8), (32, 8, 8))
 
 
 @needs_kernels
@@ -734,7 +821,7 @@ ISAS = ("baseline", "avx2", "avx512")
 #: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
-              "or direct_weight_gradient or pointwise_kernel")
+              "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches")
 
 
 def _with_isa(value, *args):
