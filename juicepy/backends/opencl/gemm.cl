@@ -1011,18 +1011,11 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
             ROWS(WSTORE_ROW) \
         } \
     }
-// each output channel o and live tile j of the work-group, for the statement after it; there
-// WINOGRAD_STORE(i, v0, v1) stores (or adds, when acc) row i of the tile's 2x2 outputs, its
-// sums transformed back, plus conv2d's bias (folded in: no add_bias pass)
-#define WINOGRAD_OUTPUTS \
-    const int rows = min(tile_m, M - row0); \
-    for (int o = 0; o < rows; ++o) \
-        for (int j = 0; j < NR; ++j) \
-            if (at[j] >= 0)
+// row i of output channel o's 2x2 outputs of tile j, its sums transformed back into v0 v1,
+// stored (or added, when acc) plus bo (conv2d's bias, folded in: no add_bias pass)
 #define WINOGRAD_STORE(i, v0, v1) { \
         const int row = out_row[j] + (i) * dh, c0 = out_col[j], c1 = c0 + dw; \
         if (row < Ho && c0 < Wo) { \
-            const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f; \
             __global float *yr = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo + (size_t)row * Wo; \
             if (acc) { yr[c0] += (v0) + bo; if (c1 < Wo) yr[c1] += (v1) + bo; } \
             else { yr[c0] = (v0) + bo; if (c1 < Wo) yr[c1] = (v1) + bo; } \
@@ -1067,7 +1060,11 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
         }
         WINOGRAD_GEMMS(16, VXI, MXI)
     }
-    WINOGRAD_OUTPUTS {
+    const int rows = min(tile_m, M - row0);
+    for (int o = 0; o < rows; ++o) {
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
+        for (int j = 0; j < NR; ++j) {
+            if (at[j] < 0) continue;
             __local const float *src = mt + o * NR + j;
             float m[16];
             for (int xi = 0; xi < 16; ++xi) m[xi] = src[xi * MXI];
@@ -1079,6 +1076,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
             for (int i = 0; i < 2; ++i)
                 WINOGRAD_STORE(i, r[4 * i] + r[4 * i + 1] + r[4 * i + 2], r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3])
         }
+    }
 }
 
 // Winograd F(2x2, 5x5) in one pass, as winograd_conv: 6x6 patches, 36 tap positions (the
@@ -1163,7 +1161,8 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
 #define AT0(m) (m(0) + m(1) + m(2) + m(3) + m(4))
 #define AT1(m) (m(1) - m(2) + 2.0f * (m(3) - m(4)) + m(5))
     const int rows = min(tile_m, M - row0);
-    for (int o = 0; o < rows; ++o)
+    for (int o = 0; o < rows; ++o) {
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
         for (int j0 = 0; j0 < NR; j0 += 8) {
             if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) {   // 8 tiles' two rows of 16 outputs
                 __local const float *src = mt + o * NR + j0;
@@ -1173,7 +1172,6 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
                     r[0][q] = AT0(M8);
                     r[1][q] = AT1(M8);
                 }
-                const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
                 __global float *dst = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0];
                 for (int i = 0; i < 2; ++i) {
                     const int row = out_row[j0] + i * dh;
@@ -1200,6 +1198,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
                 for (int i = 0; i < 2; ++i) WINOGRAD_STORE(i, AT0(RQ), AT1(RQ))
             }
         }
+    }
 }
 #undef COL_IN
 #undef COL_OUT
