@@ -88,6 +88,10 @@ CONV_CASES = [
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
     ((2, 6, 7, 11), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),    # input gradient, two vectors a row
+    # 5x5 Winograd (winograd5_conv): runs of 8 tiles in one row of tiles (vector loads and
+    # stores), a run across two rows of tiles and a last run partly past the tiles (per tile)
+    ((1, 5, 7, 38), (7, 5, 5), (1, 1), (2, 2), (1, 1), 1),
+    ((2, 6, 9, 24), (5, 5, 5), (1, 1), (0, 0), (1, 1), 1),
     # strided input gradients by stride phase (implicit): odd planes, phases no tap reaches
     ((2, 5, 9, 11), (12, 3, 3), (2, 2), (1, 1), (1, 1), 1),   # phases of 1, 2 and 4 taps, unequal sizes
     ((2, 4, 8, 8), (8, 1, 1), (2, 2), (0, 0), (1, 1), 1),     # 1x1: three phases of four stay zero
@@ -98,10 +102,6 @@ CONV_CASES = [
     # ...and the input gradient's phases stored 8 at a time: runs of 17 (two vectors and the
     # last 8 overlapping them), batch 1, channels no multiple of the panels
     ((1, 5, 6, 34), (7, 3, 3), (2, 2), (1, 1), (1, 1), 1),
-    # 5x5 Winograd (winograd5_conv): runs of 8 tiles in one row of tiles (vector loads and
-    # stores), a run across two rows of tiles and a last run partly past the tiles (per tile)
-    ((1, 5, 7, 38), (7, 5, 5), (1, 1), (2, 2), (1, 1), 1),
-    ((2, 6, 9, 24), (5, 5, 5), (1, 1), (0, 0), (1, 1), 1),
 ]
 
 
@@ -176,6 +176,7 @@ def test_direct_forward_through_a_padded_copy(ocl, lanes_backend, rng, monkeypat
 
 @pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[-3:] + [
     ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),   # strided, 8 outputs per group: phase planes
+    ((1, 5, 7, 38), (7, 5, 5), (1, 1), (2, 2), (1, 1), 1),     # 5x5: F(2x2, 5x5) under "winograd"
 ], ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit", "winograd"])
@@ -185,8 +186,8 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     planes for strided passes on 8 lanes) or the implicit GEMM compute the convolution: the
     bias and the inference batch norm (folded into the weights and bias) start the sums, the
     stores add the residual, then the ReLU reads the sum; no pass over the output. Winograd
-    (stride-1 3x3 ungrouped cases; the others run im2col + GEMM there) adds the bias in its
-    output transform and runs the rest as ops."""
+    (stride-1 3x3 and 5x5 ungrouped cases; the others run im2col + GEMM there) adds the bias in
+    its output transform and runs the rest as ops."""
     from juicepy.backends.base import ConvNorm
     from juicepy.backends.opencl import spatial
 
