@@ -798,6 +798,49 @@ __kernel void winograd_weights(const int K, __global const float *restrict w, co
     }
 }
 
+// Winograd F(2x2, 5x5), the same way: 2x2 output tiles from 6x6 input patches, 36 GEMMs
+// (winograd5_conv in gemm.cl). G, B^T and A^T of Toom-Cook on the points 0, 1, -1, 2, -2 and
+// infinity with B^T's rows scaled to a largest entry of 1 and G's rows by the inverse (the
+// NumPy backend's _wg_matrices(2, 5): smaller float32 errors than the unscaled ones).
+__constant float wg5_g[6][5] = {{1.25f, 0.0f, 0.0f, 0.0f, 0.0f},
+                                {2.0f / 3, 2.0f / 3, 2.0f / 3, 2.0f / 3, 2.0f / 3},
+                                {2.0f / 3, -2.0f / 3, 2.0f / 3, -2.0f / 3, 2.0f / 3},
+                                {1.0f / 12, 1.0f / 6, 1.0f / 3, 2.0f / 3, 4.0f / 3},
+                                {1.0f / 12, -1.0f / 6, 1.0f / 3, -2.0f / 3, 4.0f / 3},
+                                {0.0f, 0.0f, 0.0f, 0.0f, 5.0f}};
+
+// U[xi] = (G g G^T)[xi] for the 5x5 taps g (as winograd_weights), [36][M/mr][K][mr]
+__kernel void winograd5_weights(const int K, __global const float *restrict w, const int w_off,
+                                const int M, const int flip, const int mr,
+                                __global float *restrict u, const int u_off)
+{
+    const int k = get_global_id(0), m = get_global_id(1);
+    if (k >= K) return;
+    const int panels = get_global_size(1) / mr;
+    __global float *dst = u + u_off + ((size_t)(m / mr) * K + k) * mr + m % mr;
+    const size_t xi_step = (size_t)panels * mr * K;
+    if (m >= M) {
+        for (int xi = 0; xi < 36; ++xi) dst[xi * xi_step] = 0.0f;
+        return;
+    }
+    __global const float *src = w + w_off + (flip ? ((size_t)k * M + m) * 25 : ((size_t)m * K + k) * 25);
+    float g[25];
+    for (int t = 0; t < 25; ++t) g[t] = src[flip ? 24 - t : t];
+    float r[6][5];   // G g
+    for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 5; ++j) {
+            float v = 0.0f;
+            for (int t = 0; t < 5; ++t) v += wg5_g[i][t] * g[5 * t + j];
+            r[i][j] = v;
+        }
+    for (int i = 0; i < 6; ++i)   // (G g) G^T
+        for (int q = 0; q < 6; ++q) {
+            float v = 0.0f;
+            for (int t = 0; t < 5; ++t) v += r[i][t] * wg5_g[q][t];
+            dst[(6 * i + q) * xi_step] = v;
+        }
+}
+
 // A 3x3 stride-2 convolution is the sum of four stride-1 convolutions on the phase planes of
 // the padded input (phase (a, b): rows a, a + 2, ..., columns b, b + 2, ...) with kernels of
 // 2x2 (taps (0|2, 0|2)), 2x1 (taps (0|2, 1)), 1x2 (taps (1, 0|2)) and 1x1 (tap (1, 1)). Tiles of

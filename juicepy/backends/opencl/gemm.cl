@@ -975,6 +975,51 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 #define MXI (BM * NR + 16)
 #define WLOAD_ROW(r) c##r##_0 = ct[(r) * 2]; c##r##_1 = ct[(r) * 2 + 1];
 #define WSTORE_ROW(r) ct[(r) * 2] = c##r##_0; ct[(r) * 2 + 1] = c##r##_1;
+// shared by winograd_conv and winograd5_conv: work-group (p, r)'s first tile t0 and output row
+// row0, and per tile where its patch starts in channel 0 of its image of xp (-1: past the last
+// tile), its image and its first output row and column
+#define WINOGRAD_TILES \
+    const int t0 = get_group_id(0) * NR, row0 = get_group_id(1) * tile_m; \
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR; \
+    const int panels = (M + MR - 1) / MR; \
+    const size_t plane = (size_t)Hp * Wp; \
+    long at[NR]; \
+    int out_row[NR], out_col[NR], img[NR]; \
+    for (int j = 0; j < NR; ++j) { \
+        const int t = t0 + j; \
+        if (t >= T) { at[j] = -1; continue; } \
+        const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw, b = rest - a * tw; \
+        out_row[j] = a % dh + 2 * dh * (a / dh); \
+        out_col[j] = b % dw + 2 * dw * (b / dw); \
+        img[j] = n; \
+        at[j] = ((long)n * K * Hp + out_row[j]) * Wp + out_col[j]; \
+    }
+// the micro-kernel of each of the `positions` transformed tap positions xi on U[xi] (the
+// tile's panels from row0, channels k0 on) and V[xi] (panels vxi floats apart) into the
+// local sums M[xi] (mxi floats apart)
+#define WINOGRAD_GEMMS(positions, vxi, mxi) \
+    for (int xi = 0; xi < (positions); ++xi) { \
+        __global const float *ub = U + ((size_t)xi * panels + row0 / MR) * K * MR + (size_t)k0 * MR; \
+        for (int i = 0; i < a_panels; ++i) { \
+            __local floatv *ct = m_store + ((size_t)xi * (mxi) + i * MR * NR) / VW; \
+            ROWS(ACC_ROW) \
+            if (k0 == 0) { ROWS(ZERO_ROW) } else { ROWS(WLOAD_ROW) } \
+            __global const float *ap = ub + (size_t)i * K * MR; \
+            __local const floatv *bp = v_store + (size_t)xi * (vxi) / VW; \
+            const int a_rs = 1; \
+            MICRO_K_LOOP(kc, MR) \
+            ROWS(WSTORE_ROW) \
+        } \
+    }
+// row i of output channel o's 2x2 outputs of tile j, its sums transformed back into v0 v1,
+// stored (or added, when acc) plus bo (conv2d's bias, folded in: no add_bias pass)
+#define WINOGRAD_STORE(i, v0, v1) { \
+        const int row = out_row[j] + (i) * dh, c0 = out_col[j], c1 = c0 + dw; \
+        if (row < Ho && c0 < Wo) { \
+            __global float *yr = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo + (size_t)row * Wo; \
+            if (acc) { yr[c0] += (v0) + bo; if (c1 < Wo) yr[c1] += (v1) + bo; } \
+            else { yr[c0] = (v0) + bo; if (c1 < Wo) yr[c1] = (v1) + bo; } \
+        } }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
@@ -986,23 +1031,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     __local floatv m_store[16 * MXI / VW];   /* [16][tile_m][NR], likewise */
     __local float *vt = (__local float *)v_store;
     __local float *mt = (__local float *)m_store;
-    const int t0 = get_group_id(0) * NR, row0 = get_group_id(1) * tile_m;
-    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;
-    const int panels = (M + MR - 1) / MR;
-    const size_t plane = (size_t)Hp * Wp;
-    // where each tile's patch starts in channel 0 of its image (-1: past the last tile), and
-    // its first output row and column
-    long at[NR];
-    int out_row[NR], out_col[NR], img[NR];
-    for (int j = 0; j < NR; ++j) {
-        const int t = t0 + j;
-        if (t >= T) { at[j] = -1; continue; }
-        const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw, b = rest - a * tw;
-        out_row[j] = a % dh + 2 * dh * (a / dh);
-        out_col[j] = b % dw + 2 * dw * (b / dw);
-        img[j] = n;
-        at[j] = ((long)n * K * Hp + out_row[j]) * Wp + out_col[j];
-    }
+    WINOGRAD_TILES
     for (int k0 = 0; k0 < K; k0 += WK) {
         const int kc = min(WK, K - k0);
         for (int c = 0; c < kc; ++c) {
@@ -1029,23 +1058,11 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
 #undef WCOLS
             }
         }
-        for (int xi = 0; xi < 16; ++xi) {
-            __global const float *ub = U + ((size_t)xi * panels + row0 / MR) * K * MR + (size_t)k0 * MR;
-            for (int i = 0; i < a_panels; ++i) {
-                __local floatv *ct = m_store + ((size_t)xi * MXI + i * MR * NR) / VW;
-                ROWS(ACC_ROW)
-                if (k0 == 0) { ROWS(ZERO_ROW) } else { ROWS(WLOAD_ROW) }
-                __global const float *ap = ub + (size_t)i * K * MR;
-                __local const floatv *bp = v_store + (size_t)xi * VXI / VW;
-                const int a_rs = 1;
-                MICRO_K_LOOP(kc, MR)
-                ROWS(WSTORE_ROW)
-            }
-        }
+        WINOGRAD_GEMMS(16, VXI, MXI)
     }
     const int rows = min(tile_m, M - row0);
     for (int o = 0; o < rows; ++o) {
-        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;   // conv2d's bias, folded in
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
         for (int j = 0; j < NR; ++j) {
             if (at[j] < 0) continue;
             __local const float *src = mt + o * NR + j;
@@ -1056,20 +1073,143 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
                 r[e] = m[e] + m[4 + e] + m[8 + e];
                 r[4 + e] = m[4 + e] - m[8 + e] - m[12 + e];
             }
-            __global float *dst = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo;
-            for (int i = 0; i < 2; ++i) {
-                const int row = out_row[j] + i * dh;
-                if (row >= Ho) continue;
-                const float v0 = r[4 * i] + r[4 * i + 1] + r[4 * i + 2] + bo, v1 = r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3] + bo;
-                __global float *yr = dst + (size_t)row * Wo;
-                const int c0 = out_col[j], c1 = c0 + dw;
-                if (c0 >= Wo) continue;
-                if (acc) { yr[c0] += v0; if (c1 < Wo) yr[c1] += v1; }
-                else { yr[c0] = v0; if (c1 < Wo) yr[c1] = v1; }
+            for (int i = 0; i < 2; ++i)
+                WINOGRAD_STORE(i, r[4 * i] + r[4 * i + 1] + r[4 * i + 2], r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3])
+        }
+    }
+}
+
+// Winograd F(2x2, 5x5) in one pass, as winograd_conv: 6x6 patches, 36 tap positions (the
+// scheme: above winograd5_weights in conv.cl); the same work-groups, WK channels per slice.
+// 36 multiply-adds per tile and channel pair instead of the direct kernel's 100.
+#define VXI5 (WK * NR + 16)
+#define MXI5 (BM * NR + 16)
+// B^T d of a 6-vector (d0..d5 from the expression d(i), of type T) into o(0..5) (Toom-Cook on 0, 1, -1,
+// 2, -2 and infinity, rows scaled to a largest entry of 1: the NumPy backend's _wg_matrices)
+#define WG5_BT(T, d, o) { \
+        const T p_ = d(1) - 0.25f * d(3), q_ = d(2) - 0.25f * d(4); \
+        const T s_ = d(3) - d(1), t_ = 0.5f * (d(4) - d(2)); \
+        o(0) = 0.8f * d(0) - d(2) + 0.2f * d(4); o(1) = p_ + q_; o(2) = q_ - p_; \
+        o(3) = s_ + t_; o(4) = t_ - s_; o(5) = 0.8f * d(1) - d(3) + 0.2f * d(5); }
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void winograd5_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
+                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
+                    const int Wp, const int dh, const int dw,
+                    __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
+                    __global const float *bias, const int b_off, const int has_bias)
+{
+    __local floatv v_store[36 * VXI5 / VW];   /* [36][WK][NR], a cache line between */
+    __local floatv m_store[36 * MXI5 / VW];   /* [36][tile_m][NR], likewise */
+    __local float *vt = (__local float *)v_store;
+    __local float *mt = (__local float *)m_store;
+    WINOGRAD_TILES
+    // runs of 8 tiles side by side in one row of tiles (undilated columns): their patches'
+    // values at one tap are every second float of the input row, 8 tiles a vector
+    int run8[NR / 8];
+    for (int j0 = 0; j0 < NR; j0 += 8)
+        run8[j0 / 8] = dw == 1 && at[j0] >= 0 && at[j0 + 7] >= 0 && img[j0] == img[j0 + 7]
+                       && out_row[j0] == out_row[j0 + 7] && out_col[j0 + 7] == out_col[j0] + 14;
+    for (int k0 = 0; k0 < K; k0 += WK) {
+        const int kc = min(WK, K - k0);
+        for (int c = 0; c < kc; ++c) {
+            __global const float *xc = xp + (size_t)(k0 + c) * plane;
+            for (int j0 = 0; j0 < NR; j0 += 8) {
+                __local float *dst = vt + c * NR + j0;
+                if (run8[j0 / 8]) {
+                    __global const float *s = xc + at[j0];
+                    float8 d[6][6], e[6][6];
+                    for (int r = 0; r < 6; ++r) {
+                        __global const float *row = s + (size_t)r * dh * Wp;
+                        // float8 halves: a float16 is split across calls without AVX-512 (programs.py)
+                        for (int q = 0; q < 6; q += 2) {
+                            const float8 lo = vload8(0, row + q), hi = vload8(0, row + q + 8);
+                            d[r][q] = (float8)(lo.even, hi.even);
+                            d[r][q + 1] = (float8)(lo.odd, hi.odd);
+                        }
+                    }
+                    // B^T d column by column, then (B^T d) B row by row
+                    for (int q = 0; q < 6; ++q) {
+#define COL_IN(r) d[r][q]
+#define COL_OUT(r) e[r][q]
+                        WG5_BT(float8, COL_IN, COL_OUT)
+                    }
+                    for (int r = 0; r < 6; ++r) {
+#define ROW_IN(q) e[r][q]
+#define ROW_OUT8(q) *(__local float8 *)(dst + (6 * r + (q)) * VXI5)
+                        WG5_BT(float8, ROW_IN, ROW_OUT8)
+                    }
+                    continue;
+                }
+                for (int j = j0; j < j0 + 8; ++j) {
+                    // the patch (6 rows dh apart, 6 taps dw apart), zero past the last tile
+                    const int live = at[j] >= 0;
+                    __global const float *s = xc + (live ? at[j] : 0);
+                    float d[6][6], e[6][6];
+                    for (int r = 0; r < 6; ++r)
+                        for (int q = 0; q < 6; ++q) d[r][q] = live ? s[(size_t)r * dh * Wp + q * dw] : 0.0f;
+                    for (int q = 0; q < 6; ++q) WG5_BT(float, COL_IN, COL_OUT)
+                    for (int r = 0; r < 6; ++r) {
+#define ROW_OUT(q) dst[(6 * r + (q)) * VXI5 + j - j0]
+                        WG5_BT(float, ROW_IN, ROW_OUT)
+                    }
+                }
+            }
+        }
+        WINOGRAD_GEMMS(36, VXI5, MXI5)
+    }
+    // A^T m: rows m0 + m1 + m2 + m3 + m4 and m1 - m2 + 2 (m3 - m4) + m5
+#define AT0(m) (m(0) + m(1) + m(2) + m(3) + m(4))
+#define AT1(m) (m(1) - m(2) + 2.0f * (m(3) - m(4)) + m(5))
+    const int rows = min(tile_m, M - row0);
+    for (int o = 0; o < rows; ++o) {
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
+        for (int j0 = 0; j0 < NR; j0 += 8) {
+            if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) {   // 8 tiles' two rows of 16 outputs
+                __local const float *src = mt + o * NR + j0;
+                float8 r[2][6];
+                for (int q = 0; q < 6; ++q) {
+#define M8(x) (*(__local const float8 *)(src + (6 * (x) + q) * MXI5))
+                    r[0][q] = AT0(M8);
+                    r[1][q] = AT1(M8);
+                }
+                __global float *dst = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0];
+                for (int i = 0; i < 2; ++i) {
+                    const int row = out_row[j0] + i * dh;
+                    if (row >= Ho) continue;
+#define RQ(q) r[i][q]
+                    const float8 v0 = AT0(RQ) + bo, v1 = AT1(RQ) + bo;   // even and odd columns
+                    const float8 lo = (float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3);
+                    const float8 hi = (float8)(v0.s4, v1.s4, v0.s5, v1.s5, v0.s6, v1.s6, v0.s7, v1.s7);
+                    __global float *yr = dst + (size_t)row * Wo;
+                    vstore8(acc ? vload8(0, yr) + lo : lo, 0, yr);
+                    vstore8(acc ? vload8(1, yr) + hi : hi, 1, yr);
+                }
+                continue;
+            }
+            for (int j = j0; j < j0 + 8; ++j) {
+                if (at[j] < 0) continue;
+                __local const float *src = mt + o * NR + j;
+                float r[2][6];
+                for (int q = 0; q < 6; ++q) {
+#define M1(x) src[(6 * (x) + q) * MXI5]
+                    r[0][q] = AT0(M1);
+                    r[1][q] = AT1(M1);
+                }
+                for (int i = 0; i < 2; ++i) WINOGRAD_STORE(i, AT0(RQ), AT1(RQ))
             }
         }
     }
 }
+#undef COL_IN
+#undef COL_OUT
+#undef ROW_IN
+#undef ROW_OUT
+#undef ROW_OUT8
+#undef AT0
+#undef AT1
+#undef M8
+#undef M1
+#undef RQ
 
 // A 3x3 stride-2 convolution as Winograd F(2x2, 2x2) on its input's phases (the scheme: above
 // s2_weights in conv.cl), in one pass like winograd_conv: work-group (p, r) takes NR

@@ -48,16 +48,23 @@ DIRECT_FILTER_ITEMS = 32768
 # over the chunks cost as much as a tenth of the first)
 DIRECT_FILTER_ITEMS_OUTS = 8192
 # Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
-# 3x3 forward passes and input gradients with at least this many input and output channels and
-# output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where it was
-# measured: docs/opencl.md); the NumPy backend's thresholds (only the 64-channel 32x32 layers
+# 3x3 forward passes and input gradients with at least WINOGRAD_MIN_CHANNELS[3] input and output
+# channels and output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where
+# it was measured: docs/opencl.md); the NumPy backend's thresholds (only the 64-channel 32x32 layers
 # of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
-WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
 # ...and forward passes from output planes of this many pixels: on the ResNet's and the CIFAR
 # CNN's 8x8 layers (64->64, 64->128) Winograd, its epilogue run as ops of its own, measured
 # faster than the implicit GEMM with the epilogue in its stores (docs/opencl.md)
 WINOGRAD_MIN_PLANE_FORWARD = 64
+# Winograd F(2x2, 5x5) (winograd5_weights in conv.cl, winograd5_conv in gemm.cl) likewise for
+# undilated 5x5 forward passes and input gradients from WINOGRAD_MIN_CHANNELS[5] channels and
+# WINOGRAD_MIN_PLANE pixels, on 8-lane devices (the NumPy backend's thresholds; measured faster
+# than the direct kernel, both ops, on the 5x5 32->32 layer of bench/test_bench_conv.py:
+# docs/opencl.md)
+WINOGRAD_MIN_CHANNELS = {3: 64, 5: 32}
+# the kernels (conv.cl's <name>_weights, gemm.cl's <name>_conv) per kernel size
+WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
 # s2_winograd_conv in gemm.cl) from this many input and output channels, ungrouped and
 # undilated, on 8-lane devices (AVX2, where it was measured on the 64->128 layer of
@@ -205,40 +212,43 @@ class SpatialOps(abc.ABC):
         return self.gemm_variant == "packed"
 
     def _use_winograd(self, geo, groups, op) -> bool:
-        """Forward pass or input gradient ("data") by Winograd F(2x2, 3x3): "winograd" forces it
-        wherever it applies (3x3, stride 1, one group), "auto" chooses it on 8-lane CPU devices
-        for enough channels and pixels."""
+        """Forward pass or input gradient ("data") by Winograd F(2x2, 3x3) or F(2x2, 5x5):
+        "winograd" forces it wherever it applies (3x3 or 5x5, stride 1, one group), "auto"
+        chooses it on 8-lane CPU devices for enough channels and pixels."""
         c, o, kh, kw, ho, wo, sh, sw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
-        if (kh, kw, sh, sw, groups) != (3, 3, 1, 1, 1) or self.gemm_variant != "packed":
+        if kh != kw or kh not in WINOGRAD_TAPS or (sh, sw, groups) != (1, 1, 1) or self.gemm_variant != "packed":
             return False
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
+        if self._conv_vec != 8 or (kh == 5 and geo[13:] != (1, 1)):
+            return False
         plane = geo[2] * geo[3] if op == "data" else ho * wo
-        min_plane = WINOGRAD_MIN_PLANE if op == "data" else WINOGRAD_MIN_PLANE_FORWARD
-        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_MIN_CHANNELS and plane >= min_plane
+        min_plane = WINOGRAD_MIN_PLANE if op == "data" or kh == 5 else WINOGRAD_MIN_PLANE_FORWARD
+        return min(c, o) >= WINOGRAD_MIN_CHANNELS[kh] and plane >= min_plane
 
     def _winograd(self, src, w, dst, geo, flip, accumulate, ws, bias=None):
-        """dst (+)= the stride-1 3x3 convolution ``geo`` of src (flip: with the transposed,
-        flipped taps of w, for an input gradient) as Winograd F(2x2, 3x3): the transformed
-        weights in the packed GEMM's panels, then one kernel that transforms each work-group's
-        input tiles, multiplies them per tap position and transforms the products back, adding
-        ``bias`` where given."""
-        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dw = geo
+        """dst (+)= the stride-1 3x3 or 5x5 convolution ``geo`` of src (flip: with the
+        transposed, flipped taps of w, for an input gradient) as Winograd F(2x2, 3x3) or
+        F(2x2, 5x5): the transformed weights in the packed GEMM's panels, then one kernel that
+        transforms each work-group's input tiles, multiplies them per tap position and
+        transforms the products back, adding ``bias`` where given."""
+        n, c, h, wd, o, k, _, ho, wo, _, _, ph, pw, dh, dw = geo
+        name = WINOGRAD_TAPS[k]
         qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
         th, tw = qh * dh, qw * dw   # tile rows and columns per image
         tiles = n * th * tw
         mr = self._gemm_tiles["MR"]
         panels = -(-o // mr)
-        u = scratch(ws, self, "conv_wino_u", (16 * panels * mr * c,), np.float32)
-        self._kernel("conv.cl", "winograd_weights")(
+        u = scratch(ws, self, "conv_wino_u", ((k + 1) ** 2 * panels * mr * c,), np.float32)
+        self._kernel("conv.cl", f"{name}_weights")(
             self.queue, (round_up(c, 64), panels * mr), (64, 1), c, *self._ref(w), o, int(flip), mr, u.base_data, 0)
-        xp = self._padded(src, ph, pw, 2 * dh * (qh + 1), 2 * dw * (qw + 1), 0, ws)
+        hp, wp = dh * (2 * qh + k - 1), dw * (2 * qw + k - 1)   # the last tiles' whole patches
+        xp = self._padded(src, ph, pw, hp, wp, 0, ws)
         tile_m = even_tile(o, self._gemm_tiles["BM"], mr)
         nr = 2 * self._gemm_tiles["VW"]
-        self._kernel("gemm.cl", "winograd_conv")(
+        self._kernel("gemm.cl", f"{name}_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
-            xp.base_data, 2 * dh * (qh + 1), 2 * dw * (qw + 1), dh, dw, *self._ref(dst), ho, wo,
-            int(bool(accumulate)), *self._optional(bias))
+            xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias))
 
     def _use_s2(self, geo, groups) -> bool:
         """Whether a forward pass runs as Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2

@@ -33,6 +33,15 @@ def conv_ref(x, w, stride, padding, dilation, groups):
     return y
 
 
+def conv_stride1_ref(x, w, padding, dilation):
+    """The stride-1 ungrouped convolution in float64 by windows and einsum: conv_ref's loops
+    take minutes on the wide layers of the Winograd tests."""
+    k, p, d = w.shape[2], padding, dilation
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (d * (k - 1) + 1,) * 2, axis=(2, 3))[..., ::d, ::d]
+    return np.einsum("nchwij,ocij->nohw", win, w.astype(np.float64))
+
+
 def conv_grads_ref(x, w, dy, stride, padding, dilation, groups):
     """dx and dw of sum(conv(x, w) * dy), by the same loops run backwards."""
     n, c, h, wd = x.shape
@@ -79,6 +88,10 @@ CONV_CASES = [
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
     ((2, 6, 7, 11), (4, 3, 3), (1, 1), (1, 1), (1, 1), 1),    # input gradient, two vectors a row
+    # 5x5 Winograd (winograd5_conv): runs of 8 tiles in one row of tiles (vector loads and
+    # stores), a run across two rows of tiles and a last run partly past the tiles (per tile)
+    ((1, 5, 7, 38), (7, 5, 5), (1, 1), (2, 2), (1, 1), 1),
+    ((2, 6, 9, 24), (5, 5, 5), (1, 1), (0, 0), (1, 1), 1),
     # strided input gradients by stride phase (implicit): odd planes, phases no tap reaches
     ((2, 5, 9, 11), (12, 3, 3), (2, 2), (1, 1), (1, 1), 1),   # phases of 1, 2 and 4 taps, unequal sizes
     ((2, 4, 8, 8), (8, 1, 1), (2, 2), (0, 0), (1, 1), 1),     # 1x1: three phases of four stay zero
@@ -98,9 +111,9 @@ def conv_ocl(request, ocl):
     """The backend with each convolution algorithm forced (tests/backends/test_ops.py checks
     the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
     vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's). Winograd
-    applies to the stride-1 3x3 ungrouped cases (forward and input gradient) and the forward
-    pass of the undilated stride-2 3x3 ones (on phases), with both tile shapes; the other cases
-    and weight gradients run im2col + GEMM there."""
+    applies to the stride-1 3x3 and 5x5 ungrouped cases (forward and input gradient) and the
+    forward pass of the undilated stride-2 3x3 ones (on phases), with both tile shapes; the
+    other cases and weight gradients run im2col + GEMM there."""
     from juicepy.backends.opencl import OpenCLBackend
 
     algorithm, _, lanes = request.param.partition("-")
@@ -163,6 +176,7 @@ def test_direct_forward_through_a_padded_copy(ocl, lanes_backend, rng, monkeypat
 
 @pytest.mark.parametrize("case", CONV_CASES[:3] + CONV_CASES[-3:] + [
     ((2, 8, 11, 40), (16, 3, 3), (2, 2), (1, 2), (1, 2), 2),   # strided, 8 outputs per group: phase planes
+    ((1, 5, 7, 38), (7, 5, 5), (1, 1), (2, 2), (1, 1), 1),     # 5x5: F(2x2, 5x5) under "winograd"
 ], ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("algorithm", ["direct-local", "direct-padded", "implicit", "winograd"])
@@ -172,8 +186,8 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     planes for strided passes on 8 lanes) or the implicit GEMM compute the convolution: the
     bias and the inference batch norm (folded into the weights and bias) start the sums, the
     stores add the residual, then the ReLU reads the sum; no pass over the output. Winograd
-    (stride-1 3x3 ungrouped cases; the others run im2col + GEMM there) adds the bias in its
-    output transform and runs the rest as ops."""
+    (stride-1 3x3 and 5x5 ungrouped cases; the others run im2col + GEMM there) adds the bias in
+    its output transform and runs the rest as ops."""
     from juicepy.backends.base import ConvNorm
     from juicepy.backends.opencl import spatial
 
@@ -233,6 +247,68 @@ def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case,
     y = b.empty(y_ref.shape)
     b.conv2d(b.from_host(x), b.from_host(wt), y, (2, 2), (p, p), (1, 1), 1, Workspace(), bias=b.from_host(bias))
     np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding, dilation: batch 1, odd planes (tiles past the output's last row
+    # and column), padding 0 and 2, channels no multiple of the panels (6 or 12) and past a
+    # slice (64), outputs past a work-group's rows (96), runs of 8 tiles side by side (vector
+    # loads and stores) with the output row's last 16 past its end, dilation 2
+    ((1, 3, 7, 9), 5, 2, 1),
+    ((2, 70, 9, 37), 100, 2, 1),
+    ((1, 13, 12, 36), 11, 0, 1),
+    ((2, 4, 11, 20), 7, 2, 2),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}-d{c[3]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_5x5_matches_the_reference(lanes_backend, rng, case, lanes):
+    """The stride-1 5x5 forward pass (with its bias) and input gradient (added to dx) as Winograd
+    F(2x2, 5x5) (winograd5_conv), against the float64 loops."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p, d = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], 5, 5)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    args = ((1, 1), (p, p), (d, d), 1)
+    y_ref = conv_stride1_ref(x, wt, p, d) + bias[:, None, None]
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx0 = rng.standard_normal(xs).astype(np.float32)
+    # the input gradient: dy convolved with the transposed, flipped taps, padded by 4 d - p
+    dx_ref = conv_stride1_ref(dy, wt.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], 4 * d - p, d) + dx0
+    geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, *args, "conv2d")
+    assert b._forward_algorithm(geo, 1) == "winograd" and b._use_winograd(geo, 1, "data")
+    ws, dev_w = Workspace(), b.from_host(wt)
+    y, dx = b.empty(y_ref.shape), b.from_host(dx0)
+    b.conv2d(b.from_host(x), dev_w, y, *args, ws, bias=b.from_host(bias))
+    b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
+    np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(25 * xs[1]))
+    np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4 * np.sqrt(25 * o))
+
+
+def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
+    """"auto" takes F(2x2, 5x5) for both ops of stride-1 5x5 layers of 32 input and output
+    channels and 256 output pixels on 8-lane devices; narrower, smaller, dilated, grouped or
+    strided layers keep the direct kernel."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+
+    def chosen(c, o, size=32, s=1, d=1, groups=1):
+        p = 2 * d
+        ho = (size + 2 * p - 4 * d - 1) // s + 1
+        geo = (2, c, size, size, o, 5, 5, ho, ho, s, s, p, p, d, d)
+        return b._forward_algorithm(geo, groups) == "winograd", b._use_winograd(geo, groups, "data")
+
+    assert chosen(32, 32) == (True, True) and chosen(64, 48) == (True, True)
+    for narrow in (chosen(16, 32), chosen(32, 16), chosen(32, 32, size=15), chosen(32, 32, d=2),
+                   chosen(32, 32, groups=2), chosen(32, 32, s=2)):
+        assert narrow == (False, False)
+
+
+def test_winograd_5x5_not_chosen_on_16_lanes(lanes_backend):
+    """Unmeasured on AVX-512 builds: they keep the direct kernel (forced "winograd" runs there)."""
+    b = lanes_backend(16)
+    geo = (2, 32, 32, 32, 32, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1)
+    assert b._forward_algorithm(geo, 1) != "winograd" and not b._use_winograd(geo, 1, "data")
 
 
 def test_stride_2_phase_winograd_only_for_wide_undilated_ungrouped_3x3(ocl):
@@ -370,15 +446,16 @@ def test_conv2d_steady_state_allocates_nothing(ocl, rng):
     assert ocl.allocations == before
 
 
-def test_winograd_steady_state_allocates_nothing(ocl, rng):
+@pytest.mark.parametrize("k", [3, 5])
+def test_winograd_steady_state_allocates_nothing(ocl, rng, k):
     from juicepy.backends.opencl import OpenCLBackend
 
     b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
     x = b.from_host(rng.standard_normal((2, 4, 8, 8)).astype(np.float32))
-    w = b.from_host(rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
+    w = b.from_host(rng.standard_normal((5, 4, k, k)).astype(np.float32))
     y, dx = b.empty((2, 5, 8, 8)), b.empty((2, 4, 8, 8))
     ws = Workspace()
-    args = ((1, 1), (1, 1), (1, 1), 1)
+    args = ((1, 1), (k // 2, k // 2), (1, 1), 1)
 
     def step():
         b.conv2d(x, w, y, *args, ws)
