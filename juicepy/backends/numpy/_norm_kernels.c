@@ -12,45 +12,61 @@
 
 typedef Py_ssize_t I;
 
-/* sum over a plane of f(i): four lanes of partial sums the compiler vectorises without
- * reassociating, then the lanes and the tail in order */
-#define PLANE_SUM(T, RESULT, COUNT, EXPR)                                                      \
+/* Sums over a channel's planes: each plane in LANES float partial sums the compiler vectorises
+ * without reassociating, each lane widened and added to its double lane across the planes, and
+ * the lanes added up once per channel (lanes_total). Adding a plane's lanes into one double in
+ * order was a chain of 32 dependent adds per plane: most of the time of a pass over 8x8 and
+ * 16x16 planes. */
+#define LANES 32
+
+static double lanes_total(const double *acc)
+{
+    double total = 0;
+    for (int l = 0; l < LANES; l++) total += acc[l];
+    return total;
+}
+
+/* ACC[l] += the sum of EXPR over the plane's values k with k % LANES == l */
+#define PLANE_ADD(T, ACC, COUNT, EXPR)                                                         \
     do {                                                                                       \
         T s0_[16] = {0}, s1_[16] = {0};                                                        \
         I i = 0;                                                                               \
-        for (; i + 32 <= (COUNT); i += 32) {                                                   \
+        for (; i + LANES <= (COUNT); i += LANES) {                                             \
             for (int l_ = 0; l_ < 16; l_++) {                                                  \
                 { const I k = i + l_; s0_[l_] += (EXPR); }                                     \
                 { const I k = i + 16 + l_; s1_[l_] += (EXPR); }                                \
             }                                                                                  \
         }                                                                                      \
-        double total_ = 0;                                                                     \
-        for (int l_ = 0; l_ < 16; l_++) total_ += (double)s0_[l_] + (double)s1_[l_];           \
-        for (; i < (COUNT); i++) { const I k = i; total_ += (EXPR); }                         \
-        RESULT = total_;                                                                       \
+        for (int l_ = 0; l_ < 16; l_++) {                                                      \
+            (ACC)[l_] += (double)s0_[l_];                                                      \
+            (ACC)[16 + l_] += (double)s1_[l_];                                                 \
+        }                                                                                      \
+        for (; i < (COUNT); i++) { const I k = i; (ACC)[k % LANES] += (EXPR); }               \
     } while (0)
 
-/* PLANE_SUM of two expressions in one sweep (each sum's lanes and order as PLANE_SUM's, so the
- * same bits): the backward's sums read each plane of dy (and of the ReLU output) once */
-#define PLANE_SUM2(T, RESULT_A, RESULT_B, COUNT, EXPR_A, EXPR_B)                              \
+/* PLANE_ADD of two expressions in one sweep (each as PLANE_ADD adds it, so the same bits): the
+ * backward's sums read each plane of dy (and of the ReLU output) once */
+#define PLANE_ADD2(T, ACC_A, ACC_B, COUNT, EXPR_A, EXPR_B)                                     \
     do {                                                                                       \
         T a0_[16] = {0}, a1_[16] = {0}, b0_[16] = {0}, b1_[16] = {0};                           \
         I i = 0;                                                                               \
-        for (; i + 32 <= (COUNT); i += 32) {                                                   \
+        for (; i + LANES <= (COUNT); i += LANES) {                                             \
             for (int l_ = 0; l_ < 16; l_++) {                                                  \
                 { const I k = i + l_; a0_[l_] += (EXPR_A); b0_[l_] += (EXPR_B); }              \
                 { const I k = i + 16 + l_; a1_[l_] += (EXPR_A); b1_[l_] += (EXPR_B); }         \
             }                                                                                  \
         }                                                                                      \
-        double ta_ = 0, tb_ = 0;                                                               \
         for (int l_ = 0; l_ < 16; l_++) {                                                      \
-            ta_ += (double)a0_[l_] + (double)a1_[l_];                                          \
-            tb_ += (double)b0_[l_] + (double)b1_[l_];                                          \
+            (ACC_A)[l_] += (double)a0_[l_];                                                    \
+            (ACC_A)[16 + l_] += (double)a1_[l_];                                               \
+            (ACC_B)[l_] += (double)b0_[l_];                                                    \
+            (ACC_B)[16 + l_] += (double)b1_[l_];                                               \
         }                                                                                      \
-        for (I j_ = i; j_ < (COUNT); j_++) { const I k = j_; ta_ += (EXPR_A); }                \
-        for (; i < (COUNT); i++) { const I k = i; tb_ += (EXPR_B); }                           \
-        RESULT_A = ta_;                                                                        \
-        RESULT_B = tb_;                                                                        \
+        for (; i < (COUNT); i++) {                                                             \
+            const I k = i;                                                                     \
+            (ACC_A)[k % LANES] += (EXPR_A);                                                    \
+            (ACC_B)[k % LANES] += (EXPR_B);                                                    \
+        }                                                                                      \
     } while (0)
 
 /* mean[c] and the biased var[c] of x[:, c] */
@@ -60,20 +76,18 @@ typedef Py_ssize_t I;
     {                                                                                          \
         const double count = (double)(n * inner);                                             \
         for (I ch = c0; ch < c1; ch++) {                                                      \
-            double sum = 0, squares = 0, part;                                                \
+            double sums[LANES] = {0}, squares[LANES] = {0};                                   \
             for (I s = 0; s < n; s++) {                                                       \
                 const T *p = x + (s * c + ch) * inner;                                        \
-                PLANE_SUM(T, part, inner, p[k]);                                              \
-                sum += part;                                                                  \
+                PLANE_ADD(T, sums, inner, p[k]);                                              \
             }                                                                                 \
-            const T m = (T)(sum / count);                                                     \
+            const T m = (T)(lanes_total(sums) / count);                                       \
             for (I s = 0; s < n; s++) {                                                       \
                 const T *p = x + (s * c + ch) * inner;                                        \
-                PLANE_SUM(T, part, inner, (p[k] - m) * (p[k] - m));                           \
-                squares += part;                                                              \
+                PLANE_ADD(T, squares, inner, (p[k] - m) * (p[k] - m));                        \
             }                                                                                 \
             mean[ch] = m;                                                                     \
-            var[ch] = (T)(squares / count);                                                   \
+            var[ch] = (T)(lanes_total(squares) / count);                                      \
         }                                                                                     \
     }
 
@@ -117,21 +131,18 @@ DEFINE_AFFINE(affine_f64, double)
                                    T *restrict sum_dy_xhat, I n, I c, I inner, I c0, I c1)    \
     {                                                                                          \
         for (I ch = c0; ch < c1; ch++) {                                                      \
-            double a = 0, b = 0, part_a, part_b;                                              \
+            double a[LANES] = {0}, b[LANES] = {0};                                            \
             const T m = mean[ch];                                                             \
             for (I s = 0; s < n; s++) {                                                       \
                 const I at = (s * c + ch) * inner;                                            \
                 const T *p = x + at, *e = dy + at, *r = y ? y + at : NULL;                    \
                 if (r)                                                                        \
-                    PLANE_SUM2(T, part_a, part_b, inner, GRAD(T, r, e, k),                    \
-                               GRAD(T, r, e, k) * (p[k] - m));                                \
+                    PLANE_ADD2(T, a, b, inner, GRAD(T, r, e, k), GRAD(T, r, e, k) * (p[k] - m)); \
                 else                                                                          \
-                    PLANE_SUM2(T, part_a, part_b, inner, e[k], e[k] * (p[k] - m));            \
-                a += part_a;                                                                  \
-                b += part_b;                                                                  \
+                    PLANE_ADD2(T, a, b, inner, e[k], e[k] * (p[k] - m));                      \
             }                                                                                 \
-            sum_dy[ch] = (T)a;                                                                \
-            sum_dy_xhat[ch] = (T)(b * invstd[ch]);                                            \
+            sum_dy[ch] = (T)lanes_total(a);                                                   \
+            sum_dy_xhat[ch] = (T)(lanes_total(b) * invstd[ch]);                               \
         }                                                                                     \
     }
 

@@ -1259,11 +1259,32 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
         np.maximum(out, 0, out=out)
 
 
-#: values per channel (N x inner) up to which batch_norm_backward runs a channel's sums and dx
-#: back to back (_fused_backward): with more, the channel's x, dy, ReLU output and dx no longer
-#: stay in L2 between the two, and the dx pass reading one plane per sample (a stride of C
-#: planes) lost to the separate pass's sequential sweep on 32x32 planes (docs/numpy.md)
-BN_FUSED_BACKWARD_MAX = 1 << 14
+def _l2_bytes(default=512 << 10) -> int:
+    """The L2 cache per core from sysfs (Linux), else ``default`` (the Zen 3 machine's)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip()
+    except OSError:
+        return default
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except ValueError:
+        return default
+
+
+#: bytes of L2 per core that a channel's fused backward keeps its x, dy, ReLU output and dx in
+#: (half of it, the other half for what the lane touches besides)
+BN_FUSED_L2 = _l2_bytes() // 2
+
+
+def _fused_backward_fits(x) -> bool:
+    """batch_norm_backward runs a channel's sums and dx back to back (_fused_backward) while the
+    channel's 4 arrays fit in BN_FUSED_L2: beyond, the dx pass reading one plane per sample (a
+    stride of C planes) from memory lost to the separate pass's sequential sweep (32x32 planes on
+    Zen 3's 512 KB L2; on Zen 4's 1 MB they fit, and the fused pass won there; docs/numpy.md)."""
+    n, _, inner = channels_inner(x)
+    return 4 * n * inner * x.itemsize <= BN_FUSED_L2
 
 
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
@@ -1275,7 +1296,7 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
         masked = scratch(ws, backend, "bn_relu_dy", dy.shape, dy.dtype)
         backend.relu_backward(relu_out, dy, masked, False, ws)
         dy, relu_out = masked, None
-    if dx is not None and channels_inner(x)[0] * channels_inner(x)[2] <= BN_FUSED_BACKWARD_MAX \
+    if dx is not None and _fused_backward_fits(x) \
             and _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx, *([relu_out] if relu_out is not None else [])):
         _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta, accumulate_dx,
                         accumulate_params, ws, relu_out)

@@ -14,8 +14,10 @@ PLAIN = NumpyBackend(kernels="numpy")
 needs_kernels = pytest.mark.skipif(C.norm_kernels is None,
                                    reason="juicepy.backends.numpy._norm_kernels was not built (no C compiler)")
 
-# (N, C, H, W): one lane; channels over two lanes, fused backward; planes above BN_FUSED_BACKWARD_MAX
+# (N, C, H, W): one lane; channels over two lanes; 32x32 planes (fused or not by the L2 size)
 SHAPES = [(3, 5, 4, 6), (32, 32, 16, 16), (32, 16, 32, 32)]
+# planes with a tail past the 32 summing lanes, shorter than them, batch 1, one channel
+ODD_SHAPES = [(3, 5, 7, 9), (2, 3, 5, 5), (1, 4, 17, 17), (5, 1, 8, 8), (1, 1, 4, 4)]
 
 
 def _inputs(dtype, shape, seed=0):
@@ -89,10 +91,13 @@ def test_fused_train_gives_the_bits_of_the_separate_passes(dtype, shape, relu):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + ODD_SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, shape, relu, accumulate):
+@pytest.mark.parametrize("l2", [0, 1 << 30], ids=["separate", "fused"])
+def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, shape, relu, accumulate, l2, monkeypatch):
+    monkeypatch.setattr(spatial, "BN_FUSED_L2", l2)
+    assert spatial._fused_backward_fits(np.empty(shape, dtype)) == bool(l2)
     x, dy, gamma, beta = _inputs(dtype, shape)
     out, mean, invstd, _, _ = _train(C, x, gamma, beta, relu)
     relu_out = out if relu else None
@@ -113,3 +118,37 @@ def test_fused_passes_agree_with_the_numpy_fallback(shape, relu):
     for a, b in zip(_backward(C, x, dy, gamma, mean, invstd, out if relu else None, True),
                     _backward(PLAIN, x, dy, gamma, mean, invstd, out if relu else None, True)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def _reference(x, dy, gamma, beta, relu):
+    """float64 batch norm (+ ReLU) forward and backward, biased variance, eps 1e-5"""
+    x, dy, gamma, beta = (a.astype(np.float64) for a in (x, dy, gamma, beta))
+    axes, shape = (0, 2, 3), (1, -1, 1, 1)
+    mean, var = x.mean(axes), x.var(axes)
+    invstd = 1 / np.sqrt(var + 1e-5)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    out = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    if relu:
+        dy = np.where(out > 0, dy, 0)
+        out = np.maximum(out, 0)
+    sum_dy, sum_dy_xhat = dy.sum(axes), (dy * xhat).sum(axes)
+    m = x.size // x.shape[1]
+    dx = (gamma * invstd / m).reshape(shape) * (m * dy - sum_dy.reshape(shape) - xhat * sum_dy_xhat.reshape(shape))
+    return out, mean, invstd, dx, sum_dy_xhat, sum_dy
+
+
+@pytest.mark.parametrize("backend", [C, PLAIN], ids=["c", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(32, 16, 32, 32), (2, 3, 1, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("l2", [0, 1 << 30], ids=["separate", "fused"])
+def test_batch_norm_step_matches_a_float64_reference(backend, dtype, shape, relu, l2, monkeypatch):
+    """The per-lane double sums (a plane's lanes widened, added across planes, totalled once per
+    channel) on planes with tails, shorter than the lanes, of 1x1 (the NumPy path), batch 1"""
+    monkeypatch.setattr(spatial, "BN_FUSED_L2", l2)
+    x, dy, gamma, beta = _inputs(dtype, shape, seed=2)
+    out, mean, invstd, _, _ = _train(backend, x, gamma, beta, relu)
+    dx, dgamma, dbeta = _backward(backend, x, dy, gamma, mean, invstd, out if relu else None, False)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for got, want in zip((out, mean, invstd, dx, dgamma, dbeta), _reference(x, dy, gamma, beta, relu)):
+        np.testing.assert_allclose(got, want, **tol)
