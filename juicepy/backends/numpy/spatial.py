@@ -29,6 +29,7 @@ from .threads import deal as _deal
 from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
+from .threads import lane_count as _lane_count
 from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
@@ -1201,9 +1202,11 @@ def _c_norm(backend, x, *arrays) -> bool:
 
 
 def _channel_lanes(x, work) -> None:
-    """work(c0, c1) over channel ranges of x, split over threads for big enough inputs."""
+    """work(c0, c1, lanes) over the channels of x: the C kernel splits them over ``lanes``
+    threads inside the call, with the GIL released throughout (a hand-off through threads.py's
+    lanes cost about as much as a pass on the ResNet's shapes; docs/numpy.md)."""
     n, c, inner = channels_inner(x)
-    _run_lanes(c, n * inner, lambda lo, hi, k: work(lo, hi))
+    work(0, c, _lane_count(c, n * inner))
 
 
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
@@ -1218,8 +1221,8 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
         scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
         # stats, invstd and the affine map per channel in one pass over the lanes: the second
         # read of a channel's planes hits the cache (the same bits as the passes apart)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.train_fused(
-            x, gamma, beta, out, mean, var, invstd, scale, eps, n, c, inner, c0, c1, relu))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.train_fused(
+            x, gamma, beta, out, mean, var, invstd, scale, eps, n, c, inner, c0, c1, relu, lanes))
         _update_running(backend, mean, var, count, running_mean, running_var, momentum, ws)
         return
     np.mean(x, axis=axes, out=mean)
@@ -1247,8 +1250,8 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
     np.divide(gamma, scale, out=scale)
     if _c_norm(backend, x, out, running_mean, scale, beta):
         n, c, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
-                                                                      n, c, inner, c0, c1, relu))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
+                                                                             n, c, inner, c0, c1, relu, lanes))
         return
     shift = scratch(ws, backend, "bn_shift", channels, x.dtype)
     np.multiply(running_mean, scale, out=shift)
@@ -1314,9 +1317,9 @@ def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta
     n, c, inner = channels_inner(x)
     count = x.size // c
     coef = _backward_coef(backend, gamma, invstd, count, ws)
-    _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_fused(
+    _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_fused(
         x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate_dx,
-        relu_out))
+        relu_out, lanes))
     for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
         if grad is not None:
             backend.store(value, grad, accumulate_params)
@@ -1346,8 +1349,8 @@ def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta
     sum_dy, sum_dy_xhat = sums[:c], sums[c:]
     if _c_norm(backend, x, dy, mean, invstd, sums):
         n, _, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_sums(
-            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1, relu_out))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_sums(
+            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1, relu_out, lanes))
     else:
         np.sum(dy, axis=axes, out=sum_dy)
         product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
@@ -1365,9 +1368,9 @@ def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, d
     coef = _backward_coef(backend, gamma, invstd, count, ws)
     if _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx):
         n, _, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_dx(
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_dx(
             x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate,
-            relu_out))
+            relu_out, lanes))
         return
     product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
     np.multiply(_xhat(backend, x, mean, invstd, ws), _view(sums[c:], shape), out=product)
@@ -1430,8 +1433,8 @@ def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws, relu=False)
     np.multiply(gamma, invstd, out=scale)
     if _c_norm(backend, x, beta, mean, out):
         n, c, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1,
-                                                                      relu))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.affine(
+            x, mean, scale, beta, out, n, c, inner, c0, c1, relu, lanes))
         return
     np.subtract(x, _view(mean, shape), out=out)
     out *= _view(scale, shape)
