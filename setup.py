@@ -26,7 +26,9 @@ setup(
             "juicepy.backends.numpy._norm_kernels",
             ["juicepy/backends/numpy/_norm_kernels.c"],
             depends=["juicepy/backends/numpy/_kernels.h"],
-            extra_compile_args=["-O3", "-std=c99"],
+            # -pthread: the channel lanes inside a call
+            extra_compile_args=["-O3", "-std=c99", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         ),
         Extension(

@@ -10,47 +10,68 @@
  */
 #include "_kernels.h"
 
+#include <pthread.h>
+#include <sched.h>
+#include <stdint.h>
+#include <time.h>
+
 typedef Py_ssize_t I;
 
-/* sum over a plane of f(i): four lanes of partial sums the compiler vectorises without
- * reassociating, then the lanes and the tail in order */
-#define PLANE_SUM(T, RESULT, COUNT, EXPR)                                                      \
+/* Sums over a channel's planes: each plane in LANES float partial sums the compiler vectorises
+ * without reassociating, each lane widened and added to its double lane across the planes, and
+ * the lanes added up once per channel (lanes_total). Adding a plane's lanes into one double in
+ * order was a chain of 32 dependent adds per plane: most of the time of a pass over 8x8 and
+ * 16x16 planes. */
+#define LANES 32
+
+static double lanes_total(const double *acc)
+{
+    double total = 0;
+    for (int l = 0; l < LANES; l++) total += acc[l];
+    return total;
+}
+
+/* ACC[l] += the sum of EXPR over the plane's values k with k % LANES == l */
+#define PLANE_ADD(T, ACC, COUNT, EXPR)                                                         \
     do {                                                                                       \
         T s0_[16] = {0}, s1_[16] = {0};                                                        \
         I i = 0;                                                                               \
-        for (; i + 32 <= (COUNT); i += 32) {                                                   \
+        for (; i + LANES <= (COUNT); i += LANES) {                                             \
             for (int l_ = 0; l_ < 16; l_++) {                                                  \
                 { const I k = i + l_; s0_[l_] += (EXPR); }                                     \
                 { const I k = i + 16 + l_; s1_[l_] += (EXPR); }                                \
             }                                                                                  \
         }                                                                                      \
-        double total_ = 0;                                                                     \
-        for (int l_ = 0; l_ < 16; l_++) total_ += (double)s0_[l_] + (double)s1_[l_];           \
-        for (; i < (COUNT); i++) { const I k = i; total_ += (EXPR); }                         \
-        RESULT = total_;                                                                       \
+        for (int l_ = 0; l_ < 16; l_++) {                                                      \
+            (ACC)[l_] += (double)s0_[l_];                                                      \
+            (ACC)[16 + l_] += (double)s1_[l_];                                                 \
+        }                                                                                      \
+        for (; i < (COUNT); i++) { const I k = i; (ACC)[k % LANES] += (EXPR); }               \
     } while (0)
 
-/* PLANE_SUM of two expressions in one sweep (each sum's lanes and order as PLANE_SUM's, so the
- * same bits): the backward's sums read each plane of dy (and of the ReLU output) once */
-#define PLANE_SUM2(T, RESULT_A, RESULT_B, COUNT, EXPR_A, EXPR_B)                              \
+/* PLANE_ADD of two expressions in one sweep (each as PLANE_ADD adds it, so the same bits): the
+ * backward's sums read each plane of dy (and of the ReLU output) once */
+#define PLANE_ADD2(T, ACC_A, ACC_B, COUNT, EXPR_A, EXPR_B)                                     \
     do {                                                                                       \
         T a0_[16] = {0}, a1_[16] = {0}, b0_[16] = {0}, b1_[16] = {0};                           \
         I i = 0;                                                                               \
-        for (; i + 32 <= (COUNT); i += 32) {                                                   \
+        for (; i + LANES <= (COUNT); i += LANES) {                                             \
             for (int l_ = 0; l_ < 16; l_++) {                                                  \
                 { const I k = i + l_; a0_[l_] += (EXPR_A); b0_[l_] += (EXPR_B); }              \
                 { const I k = i + 16 + l_; a1_[l_] += (EXPR_A); b1_[l_] += (EXPR_B); }         \
             }                                                                                  \
         }                                                                                      \
-        double ta_ = 0, tb_ = 0;                                                               \
         for (int l_ = 0; l_ < 16; l_++) {                                                      \
-            ta_ += (double)a0_[l_] + (double)a1_[l_];                                          \
-            tb_ += (double)b0_[l_] + (double)b1_[l_];                                          \
+            (ACC_A)[l_] += (double)a0_[l_];                                                    \
+            (ACC_A)[16 + l_] += (double)a1_[l_];                                               \
+            (ACC_B)[l_] += (double)b0_[l_];                                                    \
+            (ACC_B)[16 + l_] += (double)b1_[l_];                                               \
         }                                                                                      \
-        for (I j_ = i; j_ < (COUNT); j_++) { const I k = j_; ta_ += (EXPR_A); }                \
-        for (; i < (COUNT); i++) { const I k = i; tb_ += (EXPR_B); }                           \
-        RESULT_A = ta_;                                                                        \
-        RESULT_B = tb_;                                                                        \
+        for (; i < (COUNT); i++) {                                                             \
+            const I k = i;                                                                     \
+            (ACC_A)[k % LANES] += (EXPR_A);                                                    \
+            (ACC_B)[k % LANES] += (EXPR_B);                                                    \
+        }                                                                                      \
     } while (0)
 
 /* mean[c] and the biased var[c] of x[:, c] */
@@ -60,20 +81,18 @@ typedef Py_ssize_t I;
     {                                                                                          \
         const double count = (double)(n * inner);                                             \
         for (I ch = c0; ch < c1; ch++) {                                                      \
-            double sum = 0, squares = 0, part;                                                \
+            double sums[LANES] = {0}, squares[LANES] = {0};                                   \
             for (I s = 0; s < n; s++) {                                                       \
                 const T *p = x + (s * c + ch) * inner;                                        \
-                PLANE_SUM(T, part, inner, p[k]);                                              \
-                sum += part;                                                                  \
+                PLANE_ADD(T, sums, inner, p[k]);                                              \
             }                                                                                 \
-            const T m = (T)(sum / count);                                                     \
+            const T m = (T)(lanes_total(sums) / count);                                       \
             for (I s = 0; s < n; s++) {                                                       \
                 const T *p = x + (s * c + ch) * inner;                                        \
-                PLANE_SUM(T, part, inner, (p[k] - m) * (p[k] - m));                           \
-                squares += part;                                                              \
+                PLANE_ADD(T, squares, inner, (p[k] - m) * (p[k] - m));                        \
             }                                                                                 \
             mean[ch] = m;                                                                     \
-            var[ch] = (T)(squares / count);                                                   \
+            var[ch] = (T)(lanes_total(squares) / count);                                      \
         }                                                                                     \
     }
 
@@ -117,21 +136,18 @@ DEFINE_AFFINE(affine_f64, double)
                                    T *restrict sum_dy_xhat, I n, I c, I inner, I c0, I c1)    \
     {                                                                                          \
         for (I ch = c0; ch < c1; ch++) {                                                      \
-            double a = 0, b = 0, part_a, part_b;                                              \
+            double a[LANES] = {0}, b[LANES] = {0};                                            \
             const T m = mean[ch];                                                             \
             for (I s = 0; s < n; s++) {                                                       \
                 const I at = (s * c + ch) * inner;                                            \
                 const T *p = x + at, *e = dy + at, *r = y ? y + at : NULL;                    \
                 if (r)                                                                        \
-                    PLANE_SUM2(T, part_a, part_b, inner, GRAD(T, r, e, k),                    \
-                               GRAD(T, r, e, k) * (p[k] - m));                                \
+                    PLANE_ADD2(T, a, b, inner, GRAD(T, r, e, k), GRAD(T, r, e, k) * (p[k] - m)); \
                 else                                                                          \
-                    PLANE_SUM2(T, part_a, part_b, inner, e[k], e[k] * (p[k] - m));            \
-                a += part_a;                                                                  \
-                b += part_b;                                                                  \
+                    PLANE_ADD2(T, a, b, inner, e[k], e[k] * (p[k] - m));                      \
             }                                                                                 \
-            sum_dy[ch] = (T)a;                                                                \
-            sum_dy_xhat[ch] = (T)(b * invstd[ch]);                                            \
+            sum_dy[ch] = (T)lanes_total(a);                                                   \
+            sum_dy_xhat[ch] = (T)(lanes_total(b) * invstd[ch]);                               \
         }                                                                                     \
     }
 
@@ -208,6 +224,199 @@ DEFINE_BACKWARD_FUSED(backward_fused_f64, backward_sums_f64, backward_dx_f64, do
 DEFINE_TRAIN_FUSED(train_fused_f32, stats_f32, affine_f32, float)
 DEFINE_TRAIN_FUSED(train_fused_f64, stats_f64, affine_f64, double)
 
+/* ------------------------------------------------------------------ channel lanes */
+
+/* A call's channels split over ``lanes`` threads inside the C call, with the GIL released
+ * throughout: threads.py's lanes hand work over through the GIL, and a thread waiting for the
+ * GIL blocks in the kernel (50-120 us to wake on the project's VM), about as long as a whole
+ * batch-norm pass on the ResNet's shapes. Each lane's channels come out the same whichever
+ * thread runs them, so the results do not depend on the lane count. */
+
+typedef struct Task {
+    void (*run)(const struct Task *, I c0, I c1);
+    Py_buffer *v;
+    const void *y;
+    double scalar;
+    I n, c, inner;
+    int flag;
+} Task;
+
+#define MAX_LANES 64
+/* seconds a worker polls for the next call before it blocks (threads.LANE_SPIN's reasoning) */
+#define POLL_SECONDS 2e-3
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int workers;          /* worker threads started: lanes 1 .. workers */
+    unsigned long posted; /* calls posted; every worker takes part in each */
+    int pending;          /* workers not yet through the current call */
+    int sleeping;         /* workers blocked on ``wake`` */
+    int busy;             /* a call holds the pool (another caller runs its lanes itself) */
+    const Task *task;
+    I c0, c1;
+    int lanes;
+    unsigned long start[MAX_LANES]; /* ``posted`` when each worker was started */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static void run_lane(const Task *t, I c0, I c1, int lanes, int k)
+{
+    const I lo = c0 + (c1 - c0) * k / lanes, hi = c0 + (c1 - c0) * (k + 1) / lanes;
+    if (lo < hi) t->run(t, lo, hi);
+}
+
+static double seconds_since(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) + 1e-9 * (double)(now.tv_nsec - start->tv_nsec);
+}
+
+static void pause_once(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *worker_main(void *arg)
+{
+    const int lane = (int)(intptr_t)arg;
+    unsigned long seen = pool.start[lane], now;
+    for (;;) {
+        struct timespec start;
+        clock_gettime(CLOCK_MONOTONIC, &start);
+        for (unsigned long i = 0; (now = __atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST)) == seen; i++) {
+            pause_once();
+            if ((i & 15) != 15) continue;
+            if (seconds_since(&start) <= POLL_SECONDS) {
+                sched_yield(); /* the core to any other runnable thread */
+                continue;
+            }
+            pthread_mutex_lock(&pool.lock);
+            __atomic_add_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
+            while (__atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            __atomic_sub_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        seen = now;
+        if (lane < pool.lanes) run_lane(pool.task, pool.c0, pool.c1, pool.lanes, lane);
+        __atomic_sub_fetch(&pool.pending, 1, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* Posts a call to every worker (``lanes`` 0: none runs anything, it only wakes them) */
+static void post(const Task *t, I c0, I c1, int lanes)
+{
+    pool.task = t;
+    pool.c0 = c0;
+    pool.c1 = c1;
+    pool.lanes = lanes;
+    __atomic_store_n(&pool.pending, pool.workers, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&pool.posted, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+}
+
+/* t->run over channels [c0, c1) in ``lanes`` parts, lane 0 on this thread. Where a worker is
+ * asleep, just started or still finishing a wake-up, this call runs alone and leaves the
+ * workers awake for the next one: waiting for a blocked thread cost more than the split saves.
+ * Runs without the GIL. */
+static void run_channels(const Task *t, I c0, I c1, int lanes)
+{
+    if (lanes > c1 - c0) lanes = (int)(c1 - c0);
+    if (lanes > MAX_LANES) lanes = MAX_LANES;
+    if (lanes <= 1 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+        t->run(t, c0, c1);
+        return;
+    }
+    int ready = __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0;
+    while (pool.workers < lanes - 1) {
+        pthread_t id;
+        pthread_attr_t attr;
+        const int lane = pool.workers + 1;
+        pool.start[lane] = pool.posted;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int failed = pthread_create(&id, &attr, worker_main, (void *)(intptr_t)lane);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool.workers = lane;
+        ready = 0;
+    }
+    if (ready && __atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) ready = 0;
+    if (lanes > pool.workers + 1) lanes = pool.workers + 1;
+    if (ready && lanes > 1) {
+        post(t, c0, c1, lanes);
+        run_lane(t, c0, c1, lanes, 0);
+        for (unsigned long i = 0; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE); i++) {
+            pause_once();
+            if ((i & 15) == 15) sched_yield();
+        }
+    } else {
+        if (pool.workers && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0) post(t, c0, c1, 0);
+        t->run(t, c0, c1);
+    }
+    __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+}
+
+/* A forked child has none of the parent's threads */
+static void pool_after_fork(void)
+{
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pool.workers = pool.pending = pool.sleeping = pool.busy = 0;
+}
+
+/* The kernels as Task runs: buffers in the order the Python call names them */
+#define BUF(K) (t->v[K].buf)
+#define BY_FORMAT(NAME, ...) (t->v[0].itemsize == 4 ? NAME##_f32(__VA_ARGS__) : NAME##_f64(__VA_ARGS__))
+
+static void run_stats(const Task *t, I c0, I c1)
+{
+    BY_FORMAT(stats, BUF(0), BUF(1), BUF(2), t->n, t->c, t->inner, c0, c1);
+}
+
+static void run_affine(const Task *t, I c0, I c1)
+{
+    BY_FORMAT(affine, BUF(0), BUF(1), BUF(2), BUF(3), BUF(4), t->n, t->c, t->inner, c0, c1, t->flag);
+}
+
+static void run_backward_sums(const Task *t, I c0, I c1)
+{
+    BY_FORMAT(backward_sums, BUF(0), BUF(1), t->y, BUF(2), BUF(3), BUF(4), BUF(5), t->n, t->c, t->inner, c0, c1);
+}
+
+static void run_backward_dx(const Task *t, I c0, I c1)
+{
+    BY_FORMAT(backward_dx, BUF(0), BUF(1), t->y, BUF(2), BUF(3), BUF(4), BUF(5), BUF(6), BUF(7), t->scalar, t->n,
+              t->c, t->inner, c0, c1, t->flag);
+}
+
+static void run_backward_fused(const Task *t, I c0, I c1)
+{
+    BY_FORMAT(backward_fused, BUF(0), BUF(1), t->y, BUF(2), BUF(3), BUF(4), BUF(5), BUF(6), BUF(7), t->scalar,
+              t->n, t->c, t->inner, c0, c1, t->flag);
+}
+
+static void run_train_fused(const Task *t, I c0, I c1)
+{
+    BY_FORMAT(train_fused, BUF(0), BUF(1), BUF(2), BUF(3), BUF(4), BUF(5), BUF(6), BUF(7), t->scalar, t->n, t->c,
+              t->inner, c0, c1, t->flag);
+}
+
+/* run_channels with the GIL released */
+static void run_released(const Task *t, I c0, I c1, int lanes)
+{
+    Py_BEGIN_ALLOW_THREADS
+    run_channels(t, c0, c1, lanes);
+    Py_END_ALLOW_THREADS
+}
+
 /* ------------------------------------------------------------------ Python glue */
 
 #define MAX_BUFFERS 8
@@ -263,19 +472,16 @@ static PyObject *py_stats(PyObject *self, PyObject *args)
 {
     PyObject *o[3];
     I n, c, inner, c0, c1;
-    if (!PyArg_ParseTuple(args, "OOOnnnnn", &o[0], &o[1], &o[2], &n, &c, &inner, &c0, &c1)) return NULL;
+    int lanes = 1;
+    if (!PyArg_ParseTuple(args, "OOOnnnnn|i", &o[0], &o[1], &o[2], &n, &c, &inner, &c0, &c1, &lanes)) return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[3];
     const I counts[] = {n * c * inner, c, c};
     const int writable[] = {0, 1, 1};
     const char *const names[] = {"x", "mean", "var"};
     if (get_buffers(3, o, v, counts, writable, names) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (v[0].itemsize == 4)
-        stats_f32(v[0].buf, v[1].buf, v[2].buf, n, c, inner, c0, c1);
-    else
-        stats_f64(v[0].buf, v[1].buf, v[2].buf, n, c, inner, c0, c1);
-    Py_END_ALLOW_THREADS
+    const Task t = {run_stats, v, NULL, 0, n, c, inner, 0};
+    run_released(&t, c0, c1, lanes);
     release(3, v);
     Py_RETURN_NONE;
 }
@@ -284,9 +490,9 @@ static PyObject *py_affine(PyObject *self, PyObject *args)
 {
     PyObject *o[5];
     I n, c, inner, c0, c1;
-    int relu = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOnnnnn|p", &o[0], &o[1], &o[2], &o[3], &o[4], &n, &c, &inner, &c0, &c1,
-                          &relu))
+    int relu = 0, lanes = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOnnnnn|pi", &o[0], &o[1], &o[2], &o[3], &o[4], &n, &c, &inner, &c0, &c1,
+                          &relu, &lanes))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[5];
@@ -294,12 +500,8 @@ static PyObject *py_affine(PyObject *self, PyObject *args)
     const int writable[] = {0, 0, 0, 0, 1};
     const char *const names[] = {"x", "center", "scale", "shift", "out"};
     if (get_buffers(5, o, v, counts, writable, names) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (v[0].itemsize == 4)
-        affine_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1, relu);
-    else
-        affine_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, n, c, inner, c0, c1, relu);
-    Py_END_ALLOW_THREADS
+    const Task t = {run_affine, v, NULL, 0, n, c, inner, relu};
+    run_released(&t, c0, c1, lanes);
     release(5, v);
     Py_RETURN_NONE;
 }
@@ -325,8 +527,9 @@ static PyObject *py_backward_sums(PyObject *self, PyObject *args)
 {
     PyObject *o[6], *yo = Py_None;
     I n, c, inner, c0, c1;
-    if (!PyArg_ParseTuple(args, "OOOOOOnnnnn|O", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n, &c, &inner,
-                          &c0, &c1, &yo))
+    int lanes = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOnnnnn|Oi", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &n, &c, &inner,
+                          &c0, &c1, &yo, &lanes))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[6], yv;
@@ -340,12 +543,8 @@ static PyObject *py_backward_sums(PyObject *self, PyObject *args)
         return NULL;
     }
     const void *y = has_y ? yv.buf : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (v[0].itemsize == 4)
-        backward_sums_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
-    else
-        backward_sums_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, n, c, inner, c0, c1);
-    Py_END_ALLOW_THREADS
+    const Task t = {run_backward_sums, v, y, 0, n, c, inner, 0};
+    run_released(&t, c0, c1, lanes);
     release(6, v);
     if (has_y) PyBuffer_Release(&yv);
     Py_RETURN_NONE;
@@ -357,9 +556,9 @@ static PyObject *backward_dx_call(PyObject *args, int fused)
     PyObject *o[8], *yo = Py_None;
     I n, c, inner, c0, c1;
     double count;
-    int accumulate;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp|O", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                          &count, &n, &c, &inner, &c0, &c1, &accumulate, &yo))
+    int accumulate, lanes = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp|Oi", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &count, &n, &c, &inner, &c0, &c1, &accumulate, &yo, &lanes))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[8], yv;
@@ -373,20 +572,8 @@ static PyObject *backward_dx_call(PyObject *args, int fused)
         return NULL;
     }
     const void *y = has_y ? yv.buf : NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (v[0].itemsize == 4 && fused)
-        backward_fused_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                           (float)count, n, c, inner, c0, c1, accumulate);
-    else if (v[0].itemsize == 4)
-        backward_dx_f32(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                        (float)count, n, c, inner, c0, c1, accumulate);
-    else if (fused)
-        backward_fused_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                           count, n, c, inner, c0, c1, accumulate);
-    else
-        backward_dx_f64(v[0].buf, v[1].buf, y, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                        count, n, c, inner, c0, c1, accumulate);
-    Py_END_ALLOW_THREADS
+    const Task t = {fused ? run_backward_fused : run_backward_dx, v, y, count, n, c, inner, accumulate};
+    run_released(&t, c0, c1, lanes);
     release(8, v);
     if (has_y) PyBuffer_Release(&yv);
     Py_RETURN_NONE;
@@ -401,9 +588,9 @@ static PyObject *py_train_fused(PyObject *self, PyObject *args)
     PyObject *o[8];
     I n, c, inner, c0, c1;
     double eps;
-    int relu = 0;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnn|p", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                          &eps, &n, &c, &inner, &c0, &c1, &relu))
+    int relu = 0, lanes = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnn|pi", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &eps, &n, &c, &inner, &c0, &c1, &relu, &lanes))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[8];
@@ -411,40 +598,40 @@ static PyObject *py_train_fused(PyObject *self, PyObject *args)
     const int writable[] = {0, 0, 0, 1, 1, 1, 1, 1};
     const char *const names[] = {"x", "gamma", "beta", "out", "mean", "var", "invstd", "scale"};
     if (get_buffers(8, o, v, counts, writable, names) < 0) return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    if (v[0].itemsize == 4)
-        train_fused_f32(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                        (float)eps, n, c, inner, c0, c1, relu);
-    else
-        train_fused_f64(v[0].buf, v[1].buf, v[2].buf, v[3].buf, v[4].buf, v[5].buf, v[6].buf, v[7].buf,
-                        eps, n, c, inner, c0, c1, relu);
-    Py_END_ALLOW_THREADS
+    const Task t = {run_train_fused, v, NULL, eps, n, c, inner, relu};
+    run_released(&t, c0, c1, lanes);
     release(8, v);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"stats", py_stats, METH_VARARGS,
-     "stats(x, mean, var, N, C, inner, c0, c1): per-channel mean and biased variance"},
+     "stats(x, mean, var, N, C, inner, c0, c1, lanes=1): per-channel mean and biased variance"},
     {"affine", py_affine, METH_VARARGS,
-     "affine(x, center, scale, shift, out, N, C, inner, c0, c1, relu=False): out = (x - center) * "
+     "affine(x, center, scale, shift, out, N, C, inner, c0, c1, relu=False, lanes=1): out = (x - center) * "
      "scale + shift, max(out, 0) where relu"},
     {"backward_sums", py_backward_sums, METH_VARARGS,
-     "backward_sums(x, dy, mean, invstd, sum_dy, sum_dy_xhat, N, C, inner, c0, c1, y=None): y, a "
+     "backward_sums(x, dy, mean, invstd, sum_dy, sum_dy_xhat, N, C, inner, c0, c1, y=None, lanes=1): y, a "
      "ReLU's output after the batch norm, masks dy where y <= 0"},
     {"backward_dx", py_backward_dx, METH_VARARGS,
      "backward_dx(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
-     "accumulate, y=None): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat), dy masked where y <= 0"},
+     "accumulate, y=None, lanes=1): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat), dy masked where y <= 0"},
     {"backward_fused", py_backward_fused, METH_VARARGS,
      "backward_fused(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
-     "accumulate, y=None): backward_sums then backward_dx, one channel at a time"},
+     "accumulate, y=None, lanes=1): backward_sums then backward_dx, one channel at a time"},
     {"train_fused", py_train_fused, METH_VARARGS,
-     "train_fused(x, gamma, beta, out, mean, var, invstd, scale, eps, N, C, inner, c0, c1, relu=False): "
+     "train_fused(x, gamma, beta, out, mean, var, invstd, scale, eps, N, C, inner, c0, c1, relu=False, lanes=1): "
      "stats, invstd = 1 / sqrt(var + eps), scale = gamma invstd, then affine, one channel at a time"},
     {NULL, NULL, 0, NULL},
 };
 
+/* Every kernel: ``lanes`` > 1 splits channels [c0, c1) over that many threads inside the call */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_norm_kernels",
                                     "Batch-norm passes for the NumPy backend.", -1, methods};
 
-PyMODINIT_FUNC PyInit__norm_kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__norm_kernels(void)
+{
+    static int registered = 0;
+    if (!registered && pthread_atfork(NULL, NULL, pool_after_fork) == 0) registered = 1;
+    return PyModule_Create(&module);
+}

@@ -29,6 +29,7 @@ from .threads import deal as _deal
 from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
+from .threads import lane_count as _lane_count
 from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
@@ -1285,9 +1286,11 @@ def _c_norm(backend, x, *arrays) -> bool:
 
 
 def _channel_lanes(x, work) -> None:
-    """work(c0, c1) over channel ranges of x, split over threads for big enough inputs."""
+    """work(c0, c1, lanes) over the channels of x: the C kernel splits them over ``lanes``
+    threads inside the call, with the GIL released throughout (a hand-off through threads.py's
+    lanes cost about as much as a pass on the ResNet's shapes; docs/numpy.md)."""
     n, c, inner = channels_inner(x)
-    _run_lanes(c, n * inner, lambda lo, hi, k: work(lo, hi))
+    work(0, c, _lane_count(c, n * inner))
 
 
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
@@ -1302,8 +1305,8 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
         scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
         # stats, invstd and the affine map per channel in one pass over the lanes: the second
         # read of a channel's planes hits the cache (the same bits as the passes apart)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.train_fused(
-            x, gamma, beta, out, mean, var, invstd, scale, eps, n, c, inner, c0, c1, relu))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.train_fused(
+            x, gamma, beta, out, mean, var, invstd, scale, eps, n, c, inner, c0, c1, relu, lanes))
         _update_running(backend, mean, var, count, running_mean, running_var, momentum, ws)
         return
     np.mean(x, axis=axes, out=mean)
@@ -1331,8 +1334,8 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
     np.divide(gamma, scale, out=scale)
     if _c_norm(backend, x, out, running_mean, scale, beta):
         n, c, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
-                                                                      n, c, inner, c0, c1, relu))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
+                                                                             n, c, inner, c0, c1, relu, lanes))
         return
     shift = scratch(ws, backend, "bn_shift", channels, x.dtype)
     np.multiply(running_mean, scale, out=shift)
@@ -1343,11 +1346,32 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
         np.maximum(out, 0, out=out)
 
 
-#: values per channel (N x inner) up to which batch_norm_backward runs a channel's sums and dx
-#: back to back (_fused_backward): with more, the channel's x, dy, ReLU output and dx no longer
-#: stay in L2 between the two, and the dx pass reading one plane per sample (a stride of C
-#: planes) lost to the separate pass's sequential sweep on 32x32 planes (docs/numpy.md)
-BN_FUSED_BACKWARD_MAX = 1 << 14
+def _l2_bytes(default=512 << 10) -> int:
+    """The L2 cache per core from sysfs (Linux), else ``default`` (the Zen 3 machine's)."""
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            text = f.read().strip()
+    except OSError:
+        return default
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except ValueError:
+        return default
+
+
+#: bytes of L2 per core that a channel's fused backward keeps its x, dy, ReLU output and dx in
+#: (half of it, the other half for what the lane touches besides)
+BN_FUSED_L2 = _l2_bytes() // 2
+
+
+def _fused_backward_fits(x) -> bool:
+    """batch_norm_backward runs a channel's sums and dx back to back (_fused_backward) while the
+    channel's 4 arrays fit in BN_FUSED_L2: beyond, the dx pass reading one plane per sample (a
+    stride of C planes) from memory lost to the separate pass's sequential sweep (32x32 planes on
+    Zen 3's 512 KB L2; on Zen 4's 1 MB they fit, and the fused pass won there; docs/numpy.md)."""
+    n, _, inner = channels_inner(x)
+    return 4 * n * inner * x.itemsize <= BN_FUSED_L2
 
 
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
@@ -1359,7 +1383,7 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
         masked = scratch(ws, backend, "bn_relu_dy", dy.shape, dy.dtype)
         backend.relu_backward(relu_out, dy, masked, False, ws)
         dy, relu_out = masked, None
-    if dx is not None and channels_inner(x)[0] * channels_inner(x)[2] <= BN_FUSED_BACKWARD_MAX \
+    if dx is not None and _fused_backward_fits(x) \
             and _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx, *([relu_out] if relu_out is not None else [])):
         _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta, accumulate_dx,
                         accumulate_params, ws, relu_out)
@@ -1377,9 +1401,9 @@ def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta
     n, c, inner = channels_inner(x)
     count = x.size // c
     coef = _backward_coef(backend, gamma, invstd, count, ws)
-    _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_fused(
+    _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_fused(
         x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate_dx,
-        relu_out))
+        relu_out, lanes))
     for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
         if grad is not None:
             backend.store(value, grad, accumulate_params)
@@ -1409,8 +1433,8 @@ def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta
     sum_dy, sum_dy_xhat = sums[:c], sums[c:]
     if _c_norm(backend, x, dy, mean, invstd, sums):
         n, _, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_sums(
-            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1, relu_out))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_sums(
+            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1, relu_out, lanes))
     else:
         np.sum(dy, axis=axes, out=sum_dy)
         product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
@@ -1428,9 +1452,9 @@ def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, d
     coef = _backward_coef(backend, gamma, invstd, count, ws)
     if _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx):
         n, _, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.backward_dx(
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_dx(
             x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate,
-            relu_out))
+            relu_out, lanes))
         return
     product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
     np.multiply(_xhat(backend, x, mean, invstd, ws), _view(sums[c:], shape), out=product)
@@ -1493,8 +1517,8 @@ def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws, relu=False)
     np.multiply(gamma, invstd, out=scale)
     if _c_norm(backend, x, beta, mean, out):
         n, c, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1: backend.norm_kernels.affine(x, mean, scale, beta, out, n, c, inner, c0, c1,
-                                                                      relu))
+        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.affine(
+            x, mean, scale, beta, out, n, c, inner, c0, c1, relu, lanes))
         return
     np.subtract(x, _view(mean, shape), out=out)
     out *= _view(scale, shape)

@@ -202,11 +202,17 @@ def split(size: int, work) -> None:
 MIN_LANE_WORK = 1 << 17
 
 
+def lane_count(n: int, work_per_row: int) -> int:
+    """The lanes run_lanes splits n rows of work_per_row values over (C kernels that split
+    inside one call use it too)."""
+    return min(num_threads(), n, max(1, n * work_per_row // MIN_LANE_WORK))
+
+
 def run_lanes(n: int, work_per_row: int, work) -> int:
     """work(lo, hi, lane) over batch rows [0, n), split into lanes that run in parallel threads
     when the batch is big enough; returns the lane count. Only the depthwise kernels split:
     with BLAS in the loop, its own threads and these oversubscribe the cores."""
-    lanes = min(num_threads(), n, max(1, n * work_per_row // MIN_LANE_WORK))
+    lanes = lane_count(n, work_per_row)
     if lanes == 1:
         work(0, n, 0)
         return 1

@@ -2,6 +2,9 @@
 the other while its planes are in cache) give the bits of the separate C passes (stats, invstd,
 affine; backward_sums, backward_dx) and agree with the pure-NumPy fallback."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 
@@ -14,8 +17,10 @@ PLAIN = NumpyBackend(kernels="numpy")
 needs_kernels = pytest.mark.skipif(C.norm_kernels is None,
                                    reason="juicepy.backends.numpy._norm_kernels was not built (no C compiler)")
 
-# (N, C, H, W): one lane; channels over two lanes, fused backward; planes above BN_FUSED_BACKWARD_MAX
+# (N, C, H, W): one lane; channels over two lanes; 32x32 planes (fused or not by the L2 size)
 SHAPES = [(3, 5, 4, 6), (32, 32, 16, 16), (32, 16, 32, 32)]
+# planes with a tail past the 32 summing lanes, shorter than them, batch 1, one channel
+ODD_SHAPES = [(3, 5, 7, 9), (2, 3, 5, 5), (1, 4, 17, 17), (5, 1, 8, 8), (1, 1, 4, 4)]
 
 
 def _inputs(dtype, shape, seed=0):
@@ -89,10 +94,13 @@ def test_fused_train_gives_the_bits_of_the_separate_passes(dtype, shape, relu):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", SHAPES + ODD_SHAPES)
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, shape, relu, accumulate):
+@pytest.mark.parametrize("l2", [0, 1 << 30], ids=["separate", "fused"])
+def test_fused_backward_gives_the_bits_of_the_separate_passes(dtype, shape, relu, accumulate, l2, monkeypatch):
+    monkeypatch.setattr(spatial, "BN_FUSED_L2", l2)
+    assert spatial._fused_backward_fits(np.empty(shape, dtype)) == bool(l2)
     x, dy, gamma, beta = _inputs(dtype, shape)
     out, mean, invstd, _, _ = _train(C, x, gamma, beta, relu)
     relu_out = out if relu else None
@@ -113,3 +121,107 @@ def test_fused_passes_agree_with_the_numpy_fallback(shape, relu):
     for a, b in zip(_backward(C, x, dy, gamma, mean, invstd, out if relu else None, True),
                     _backward(PLAIN, x, dy, gamma, mean, invstd, out if relu else None, True)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3)
+
+
+def _reference(x, dy, gamma, beta, relu):
+    """float64 batch norm (+ ReLU) forward and backward, biased variance, eps 1e-5"""
+    x, dy, gamma, beta = (a.astype(np.float64) for a in (x, dy, gamma, beta))
+    axes, shape = (0, 2, 3), (1, -1, 1, 1)
+    mean, var = x.mean(axes), x.var(axes)
+    invstd = 1 / np.sqrt(var + 1e-5)
+    xhat = (x - mean.reshape(shape)) * invstd.reshape(shape)
+    out = xhat * gamma.reshape(shape) + beta.reshape(shape)
+    if relu:
+        dy = np.where(out > 0, dy, 0)
+        out = np.maximum(out, 0)
+    sum_dy, sum_dy_xhat = dy.sum(axes), (dy * xhat).sum(axes)
+    m = x.size // x.shape[1]
+    dx = (gamma * invstd / m).reshape(shape) * (m * dy - sum_dy.reshape(shape) - xhat * sum_dy_xhat.reshape(shape))
+    return out, mean, invstd, dx, sum_dy_xhat, sum_dy
+
+
+@pytest.mark.parametrize("backend", [C, PLAIN], ids=["c", "numpy"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(32, 16, 32, 32), (2, 3, 1, 1)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("l2", [0, 1 << 30], ids=["separate", "fused"])
+def test_batch_norm_step_matches_a_float64_reference(backend, dtype, shape, relu, l2, monkeypatch):
+    """The per-lane double sums (a plane's lanes widened, added across planes, totalled once per
+    channel) on planes with tails, shorter than the lanes, of 1x1 (the NumPy path), batch 1"""
+    monkeypatch.setattr(spatial, "BN_FUSED_L2", l2)
+    x, dy, gamma, beta = _inputs(dtype, shape, seed=2)
+    out, mean, invstd, _, _ = _train(backend, x, gamma, beta, relu)
+    dx, dgamma, dbeta = _backward(backend, x, dy, gamma, mean, invstd, out if relu else None, False)
+    tol = dict(rtol=2e-4, atol=2e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-10)
+    for got, want in zip((out, mean, invstd, dx, dgamma, dbeta), _reference(x, dy, gamma, beta, relu)):
+        np.testing.assert_allclose(got, want, **tol)
+
+
+def _kernel_calls(x, dy, gamma, beta, lanes):
+    """Every C kernel over all channels with ``lanes`` threads inside the call; their outputs"""
+    n, c, inner = spatial.channels_inner(x)
+    k = C.norm_kernels
+    out, dx, dx2, aff = (np.empty_like(x) for _ in range(4))
+    mean, var, invstd, scale, m2, v2 = (np.empty(c, x.dtype) for _ in range(6))
+    sums, sums2 = np.empty(2 * c, x.dtype), np.empty(2 * c, x.dtype)
+    coef = (gamma / (n * inner)).astype(x.dtype)
+    k.train_fused(x, gamma, beta, out, mean, var, invstd, scale, 1e-5, n, c, inner, 0, c, True, lanes)
+    k.stats(x, m2, v2, n, c, inner, 0, c, lanes)
+    k.affine(x, mean, scale, beta, aff, n, c, inner, 0, c, False, lanes)
+    k.backward_fused(x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(n * inner), n, c, inner, 0, c,
+                     False, out, lanes)
+    k.backward_sums(x, dy, mean, invstd, sums2[:c], sums2[c:], n, c, inner, 0, c, None, lanes)
+    k.backward_dx(x, dy, mean, invstd, coef, sums2[:c], sums2[c:], dx2, float(n * inner), n, c, inner, 0, c,
+                  False, None, lanes)
+    return out, mean, var, invstd, scale, m2, v2, aff, sums, dx, sums2, dx2
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (32, 16, 32, 32), (1, 1, 4, 4)])
+def test_channel_lanes_inside_the_kernels_give_the_bits_of_one_lane(dtype, shape):
+    """lanes > 1 splits the channels over threads inside the call (more lanes than channels too)"""
+    x, dy, gamma, beta = _inputs(dtype, shape, seed=3)
+    one = _kernel_calls(x, dy, gamma, beta, 1)
+    for lanes in (2, 3, 100):
+        for a, b in zip(_kernel_calls(x, dy, gamma, beta, lanes), one):
+            np.testing.assert_array_equal(a, b)
+
+
+@needs_kernels
+def test_channel_lanes_from_two_threads_at_once():
+    """Two callers at once: one gets the pool's threads, the other runs its lanes itself"""
+    import threading
+    inputs = [_inputs(np.float32, (8, 12, 16, 16), seed=s) for s in (4, 5)]
+    want = [_kernel_calls(*i, 1) for i in inputs]
+    got = [[] for _ in inputs]
+
+    def caller(k):
+        for _ in range(20):
+            got[k].append(_kernel_calls(*inputs[k], 2))
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k in range(2):
+        assert len(got[k]) == 20
+        for outputs in got[k]:
+            for a, b in zip(outputs, want[k]):
+                np.testing.assert_array_equal(a, b)
+
+
+@needs_kernels
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_channel_lanes_in_a_forked_child():
+    """A forked child has none of the parent's pool threads: it starts its own"""
+    x, dy, gamma, beta = _inputs(np.float32, (4, 6, 8, 8), seed=6)
+    want = _kernel_calls(x, dy, gamma, beta, 2)  # the parent's pool is started
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        signal.alarm(30)
+        ok = all(np.array_equal(a, b) for a, b in zip(_kernel_calls(x, dy, gamma, beta, 2), want))
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
