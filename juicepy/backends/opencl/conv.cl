@@ -764,6 +764,29 @@ __kernel void avg_pool_bwd(const int spatial, __global const float *dy, const in
 // d apart (likewise for columns), so each parity class of rows and columns is an ordinary
 // stride-1 convolution of the input's rows and columns of that class.
 
+// The taps of work-item (k, m) of a Winograd weights kernel with `positions` GEMM positions:
+// g = w[m, k] (flip: w[k, m] turned by 180 degrees); returns where its first position goes in
+// the packed panels ([positions][M/mr][K][mr]), *step apart, or NULL for a row past M (zeroed)
+// or a work-item past K.
+__global float *winograd_weights_slot(const int K, __global const float *restrict w, const int w_off,
+                                      const int M, const int flip, const int mr, __global float *restrict u,
+                                      const int u_off, const int positions, const int taps, float *g,
+                                      size_t *step)
+{
+    const int k = get_global_id(0), m = get_global_id(1);
+    if (k >= K) return 0;
+    const int panels = get_global_size(1) / mr;
+    __global float *dst = u + u_off + ((size_t)(m / mr) * K + k) * mr + m % mr;
+    *step = (size_t)panels * mr * K;
+    if (m >= M) {
+        for (int xi = 0; xi < positions; ++xi) dst[xi * *step] = 0.0f;
+        return 0;
+    }
+    __global const float *src = w + w_off + (flip ? ((size_t)k * M + m) * taps : ((size_t)m * K + k) * taps);
+    for (int t = 0; t < taps; ++t) g[t] = src[flip ? taps - 1 - t : t];
+    return dst;
+}
+
 // U[xi] = (G g G^T)[xi] for g = w[m, k] (flip: w[k, m] turned by 180 degrees), written in
 // the packed GEMM's panel order [16][M/mr][K][mr] (rows past M zero). One work-item per
 // (k, m); launched as (K rounded up, M rounded up to mr).
@@ -771,18 +794,10 @@ __kernel void winograd_weights(const int K, __global const float *restrict w, co
                                const int M, const int flip, const int mr,
                                __global float *restrict u, const int u_off)
 {
-    const int k = get_global_id(0), m = get_global_id(1);
-    if (k >= K) return;
-    const int panels = get_global_size(1) / mr;
-    __global float *dst = u + u_off + ((size_t)(m / mr) * K + k) * mr + m % mr;
-    const size_t xi_step = (size_t)panels * mr * K;
-    if (m >= M) {
-        for (int xi = 0; xi < 16; ++xi) dst[xi * xi_step] = 0.0f;
-        return;
-    }
-    __global const float *src = w + w_off + (flip ? ((size_t)k * M + m) * 9 : ((size_t)m * K + k) * 9);
     float g[9];
-    for (int t = 0; t < 9; ++t) g[t] = src[flip ? 8 - t : t];
+    size_t xi_step;
+    __global float *dst = winograd_weights_slot(K, w, w_off, M, flip, mr, u, u_off, 16, 9, g, &xi_step);
+    if (!dst) return;
     float r[4][3];   // G g
     for (int j = 0; j < 3; ++j) {
         r[0][j] = g[j];
@@ -814,18 +829,10 @@ __kernel void winograd5_weights(const int K, __global const float *restrict w, c
                                 const int M, const int flip, const int mr,
                                 __global float *restrict u, const int u_off)
 {
-    const int k = get_global_id(0), m = get_global_id(1);
-    if (k >= K) return;
-    const int panels = get_global_size(1) / mr;
-    __global float *dst = u + u_off + ((size_t)(m / mr) * K + k) * mr + m % mr;
-    const size_t xi_step = (size_t)panels * mr * K;
-    if (m >= M) {
-        for (int xi = 0; xi < 36; ++xi) dst[xi * xi_step] = 0.0f;
-        return;
-    }
-    __global const float *src = w + w_off + (flip ? ((size_t)k * M + m) * 25 : ((size_t)m * K + k) * 25);
     float g[25];
-    for (int t = 0; t < 25; ++t) g[t] = src[flip ? 24 - t : t];
+    size_t xi_step;
+    __global float *dst = winograd_weights_slot(K, w, w_off, M, flip, mr, u, u_off, 36, 25, g, &xi_step);
+    if (!dst) return;
     float r[6][5];   // G g
     for (int i = 0; i < 6; ++i)
         for (int j = 0; j < 5; ++j) {

@@ -45,6 +45,15 @@ def _all_three(x, w, dy_seed, geometry, accumulate_into=None, ws=None):
     return out, dx, dw
 
 
+def _assert_like_the_fallback(monkeypatch, results, x, w, dy_seed, geometry):
+    """Each of ``results`` (_all_three's outputs with the C kernels) is the pure-NumPy fallback's."""
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, dy_seed, geometry)
+    for fast in results:
+        for got, want in zip(fast, reference):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+
+
 @needs_kernels
 @pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
 def test_float32_c_kernels_match_float64_numpy_fallback(case, monkeypatch):
@@ -327,11 +336,7 @@ def test_strided_convs_run_direct_only_where_measured(monkeypatch):
     for direct in (True, False):
         monkeypatch.setattr(numpy_spatial, "DIRECT_STRIDED_MAX_CHANNELS", 32 if direct else 0)
         results.append(_all_three(x, w, 13, (2, 1, 1, 1), ws=Workspace()))
-    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    reference = _all_three(x, w, 13, (2, 1, 1, 1))
-    for fast in results:
-        for got, want in zip(fast, reference):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    _assert_like_the_fallback(monkeypatch, results, x, w, 13, (2, 1, 1, 1))
 
 
 @needs_kernels
@@ -357,11 +362,7 @@ def test_pointwise_convs_run_direct_only_on_avx512_up_to_128_outputs(monkeypatch
     for isa in (2, 1):
         monkeypatch.setattr(kernels, "isa", isa)
         results.append(_all_three(x, w, 15, (1, 0, 1, 1), ws=Workspace()))
-    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    reference = _all_three(x, w, 15, (1, 0, 1, 1))
-    for fast in results:
-        for got, want in zip(fast, reference):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
+    _assert_like_the_fallback(monkeypatch, results, x, w, 15, (1, 0, 1, 1))
 
 
 def test_the_algorithm_is_fixed_by_the_geometry():
