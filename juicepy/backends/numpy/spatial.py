@@ -1346,10 +1346,10 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
         np.maximum(out, 0, out=out)
 
 
-def _l2_bytes(default=512 << 10) -> int:
-    """The L2 cache per core from sysfs (Linux), else ``default`` (the Zen 3 machine's)."""
+def _l2_bytes(default=512 << 10, path="/sys/devices/system/cpu/cpu0/cache/index2/size") -> int:
+    """The L2 cache per core from sysfs (Linux: "1024K"), else ``default`` (the Zen 3 machine's)."""
     try:
-        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+        with open(path) as f:
             text = f.read().strip()
     except OSError:
         return default

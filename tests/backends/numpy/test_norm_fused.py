@@ -92,6 +92,16 @@ def test_fused_train_gives_the_bits_of_the_separate_passes(dtype, shape, relu):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("text, size", [("1024K\n", 1 << 20), ("2M", 2 << 20), ("1G", 1 << 30), ("524288", 1 << 19),
+                                        ("", 7), ("12Q", 7), ("K", 7), (None, 7)])
+def test_the_l2_size_is_read_from_sysfs_or_falls_back(tmp_path, text, size):
+    """sysfs's cache size with its unit suffix; a missing or unreadable file gives the default."""
+    path = tmp_path / "size"
+    if text is not None:
+        path.write_text(text)
+    assert spatial._l2_bytes(default=7, path=str(path)) == size
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES + ODD_SHAPES)
