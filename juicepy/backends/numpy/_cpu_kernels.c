@@ -11,9 +11,6 @@
  */
 #include "_kernels.h"
 
-#include <sched.h>
-#include <time.h>
-
 #define DEFINE_ADAM(NAME, T, SQRT)                                                           \
     VECTOR_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m,          \
                                    T *restrict v, T *restrict vmax, Py_ssize_t n, T c1, T b2, \
@@ -268,11 +265,9 @@ static PyObject *py_add(PyObject *self, PyObject *args)
     return binary_call(args, "a", "b", "out", add_f32, add_f64);
 }
 
-/* spin_while(flags, index, value, seconds): wait, with the GIL released, while the int64
- * flags[index] still equals value, for at most ``seconds``; True once it changed. threads.py's
- * lanes hand work over through these flags: a thread blocked in the kernel took 50-120 us to
- * wake on the project's VM, a polling one a few. sched_yield between polls gives the core to
- * any other runnable thread (an OpenBLAS worker, another process). */
+/* spin_while(flags, index, value, seconds): wait (spin_while_equal), with the GIL released,
+ * while the int64 flags[index] still equals value, for at most ``seconds``; True once it
+ * changed. threads.py's lanes hand work over through these flags. */
 static PyObject *py_spin_while(PyObject *self, PyObject *args)
 {
     PyObject *fo;
@@ -288,24 +283,9 @@ static PyObject *py_spin_while(PyObject *self, PyObject *args)
         return NULL;
     }
     const long long *flag = (const long long *)f.buf + index;
-    int changed = 0;
+    int changed;
     Py_BEGIN_ALLOW_THREADS
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    for (unsigned long i = 0;; i++) {
-        if (__atomic_load_n(flag, __ATOMIC_ACQUIRE) != value) {
-            changed = 1;
-            break;
-        }
-        if ((i & 15) == 15) {
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if ((double)(now.tv_sec - start.tv_sec) + 1e-9 * (double)(now.tv_nsec - start.tv_nsec) > seconds) break;
-            sched_yield();
-        }
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
-    }
+    changed = spin_while_equal(flag, value, seconds);
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&f);
     return PyBool_FromLong(changed);

@@ -11,9 +11,7 @@
 #include "_kernels.h"
 
 #include <pthread.h>
-#include <sched.h>
 #include <stdint.h>
-#include <time.h>
 
 typedef Py_ssize_t I;
 
@@ -249,27 +247,20 @@ static struct {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     int workers;          /* worker threads started: lanes 1 .. workers */
-    unsigned long posted; /* calls posted; every worker takes part in each */
+    long long posted;     /* calls posted; every worker takes part in each */
     int pending;          /* workers not yet through the current call */
     int sleeping;         /* workers blocked on ``wake`` */
     int busy;             /* a call holds the pool (another caller runs its lanes itself) */
     const Task *task;
     I c0, c1;
     int lanes;
-    unsigned long start[MAX_LANES]; /* ``posted`` when each worker was started */
+    long long start[MAX_LANES]; /* ``posted`` when each worker was started */
 } pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
 
 static void run_lane(const Task *t, I c0, I c1, int lanes, int k)
 {
     const I lo = c0 + (c1 - c0) * k / lanes, hi = c0 + (c1 - c0) * (k + 1) / lanes;
     if (lo < hi) t->run(t, lo, hi);
-}
-
-static double seconds_since(const struct timespec *start)
-{
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    return (double)(now.tv_sec - start->tv_sec) + 1e-9 * (double)(now.tv_nsec - start->tv_nsec);
 }
 
 static void pause_once(void)
@@ -282,24 +273,17 @@ static void pause_once(void)
 static void *worker_main(void *arg)
 {
     const int lane = (int)(intptr_t)arg;
-    unsigned long seen = pool.start[lane], now;
+    long long seen = pool.start[lane];
     for (;;) {
-        struct timespec start;
-        clock_gettime(CLOCK_MONOTONIC, &start);
-        for (unsigned long i = 0; (now = __atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST)) == seen; i++) {
-            pause_once();
-            if ((i & 15) != 15) continue;
-            if (seconds_since(&start) <= POLL_SECONDS) {
-                sched_yield(); /* the core to any other runnable thread */
-                continue;
-            }
+        if (!spin_while_equal(&pool.posted, seen, POLL_SECONDS)) {
             pthread_mutex_lock(&pool.lock);
             __atomic_add_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
             while (__atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
             __atomic_sub_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
             pthread_mutex_unlock(&pool.lock);
         }
-        seen = now;
+        /* the next call cannot be posted before this worker is through this one */
+        seen = __atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST);
         if (lane < pool.lanes) run_lane(pool.task, pool.c0, pool.c1, pool.lanes, lane);
         __atomic_sub_fetch(&pool.pending, 1, __ATOMIC_RELEASE);
     }
