@@ -1285,12 +1285,11 @@ def _c_norm(backend, x, *arrays) -> bool:
         and all(a.flags.c_contiguous and a.dtype == x.dtype for a in (x,) + arrays)
 
 
-def _channel_lanes(x, work) -> None:
-    """work(c0, c1, lanes) over the channels of x: the C kernel splits them over ``lanes``
-    threads inside the call, with the GIL released throughout (a hand-off through threads.py's
-    lanes cost about as much as a pass on the ResNet's shapes; docs/numpy.md)."""
-    n, c, inner = channels_inner(x)
-    work(0, c, _lane_count(c, n * inner))
+def _channel_lanes(n, c, inner) -> int:
+    """The threads a batch-norm C kernel splits the c channels of an (n, c, inner) array over
+    inside its call, with the GIL released throughout (a hand-off through threads.py's lanes
+    cost about as much as a pass on the ResNet's shapes; docs/numpy.md)."""
+    return _lane_count(c, n * inner)
 
 
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
@@ -1305,8 +1304,8 @@ def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, r
         scale = scratch(ws, backend, "bn_scale", channels, x.dtype)
         # stats, invstd and the affine map per channel in one pass over the lanes: the second
         # read of a channel's planes hits the cache (the same bits as the passes apart)
-        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.train_fused(
-            x, gamma, beta, out, mean, var, invstd, scale, eps, n, c, inner, c0, c1, relu, lanes))
+        backend.norm_kernels.train_fused(
+            x, gamma, beta, out, mean, var, invstd, scale, eps, n, c, inner, 0, c, relu, _channel_lanes(n, c, inner))
         _update_running(backend, mean, var, count, running_mean, running_var, momentum, ws)
         return
     np.mean(x, axis=axes, out=mean)
@@ -1334,8 +1333,8 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
     np.divide(gamma, scale, out=scale)
     if _c_norm(backend, x, out, running_mean, scale, beta):
         n, c, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.affine(x, running_mean, scale, beta, out,
-                                                                             n, c, inner, c0, c1, relu, lanes))
+        backend.norm_kernels.affine(x, running_mean, scale, beta, out, n, c, inner, 0, c, relu,
+                                    _channel_lanes(n, c, inner))
         return
     shift = scratch(ws, backend, "bn_shift", channels, x.dtype)
     np.multiply(running_mean, scale, out=shift)
@@ -1401,9 +1400,9 @@ def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta
     n, c, inner = channels_inner(x)
     count = x.size // c
     coef = _backward_coef(backend, gamma, invstd, count, ws)
-    _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_fused(
-        x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate_dx,
-        relu_out, lanes))
+    backend.norm_kernels.backward_fused(
+        x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, 0, c, accumulate_dx,
+        relu_out, _channel_lanes(n, c, inner))
     for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
         if grad is not None:
             backend.store(value, grad, accumulate_params)
@@ -1433,8 +1432,8 @@ def batch_norm_backward_reduce(backend, x, dy, mean, invstd, sums, dgamma, dbeta
     sum_dy, sum_dy_xhat = sums[:c], sums[c:]
     if _c_norm(backend, x, dy, mean, invstd, sums):
         n, _, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_sums(
-            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, c0, c1, relu_out, lanes))
+        backend.norm_kernels.backward_sums(
+            x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, 0, c, relu_out, _channel_lanes(n, c, inner))
     else:
         np.sum(dy, axis=axes, out=sum_dy)
         product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
@@ -1452,9 +1451,9 @@ def batch_norm_backward_data(backend, x, dy, gamma, mean, invstd, sums, count, d
     coef = _backward_coef(backend, gamma, invstd, count, ws)
     if _c_norm(backend, x, dy, gamma, mean, invstd, sums, dx):
         n, _, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.backward_dx(
-            x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, c0, c1, accumulate,
-            relu_out, lanes))
+        backend.norm_kernels.backward_dx(
+            x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, 0, c, accumulate,
+            relu_out, _channel_lanes(n, c, inner))
         return
     product = scratch(ws, backend, "bn_squares", x.shape, x.dtype)
     np.multiply(_xhat(backend, x, mean, invstd, ws), _view(sums[c:], shape), out=product)
@@ -1517,8 +1516,8 @@ def batch_norm_apply(backend, x, gamma, beta, mean, invstd, out, ws, relu=False)
     np.multiply(gamma, invstd, out=scale)
     if _c_norm(backend, x, beta, mean, out):
         n, c, inner = channels_inner(x)
-        _channel_lanes(x, lambda c0, c1, lanes: backend.norm_kernels.affine(
-            x, mean, scale, beta, out, n, c, inner, c0, c1, relu, lanes))
+        backend.norm_kernels.affine(
+            x, mean, scale, beta, out, n, c, inner, 0, c, relu, _channel_lanes(n, c, inner))
         return
     np.subtract(x, _view(mean, shape), out=out)
     out *= _view(scale, shape)
