@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -256,6 +257,12 @@ def _job_communicator(args):
     return comm
 
 
+#: seconds a failing rank waits between printing its error and aborting the job: mpiexec (MPICH's
+#: hydra) forwards a rank's stderr from its own event loop and can end the job on the abort before
+#: it forwarded the last lines (a CI run once ended with neither this error nor MPI_Abort's own)
+ABORT_GRACE = 1.0
+
+
 def cmd_train(args) -> int:
     comm = _job_communicator(args)
     if comm.size == 1:
@@ -266,6 +273,7 @@ def cmd_train(args) -> int:
         message = " ".join(str(err).split())
         print(f"juicepy: error on rank {comm.rank} of {comm.size}: {type(err).__name__}: {message}",
               file=sys.stderr, flush=True)
+        time.sleep(ABORT_GRACE)
         comm.abort(1)
         raise
 
