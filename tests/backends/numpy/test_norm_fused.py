@@ -235,3 +235,44 @@ def test_channel_lanes_in_a_forked_child():
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _lane_sums(values, lanes=32):
+    """The kernels' summing order, in NumPy: per plane, lane l adds values l, l + 32, ... of the
+    whole 32-value rows in float (np.cumsum adds in order), then widens into the channel's double
+    lane l; the tail's values go into their lanes in double; the lanes are totalled in order."""
+    n, c, inner = values.shape
+    full = inner - inner % lanes
+    totals = np.empty(c)
+    for ch in range(c):
+        acc = np.zeros(lanes)
+        for s in range(n):
+            plane = values[s, ch]
+            if full:
+                acc += np.cumsum(plane[:full].reshape(-1, lanes), axis=0, dtype=values.dtype)[-1].astype(np.float64)
+            for k in range(full, inner):
+                acc[k % lanes] += float(plane[k])
+        total = 0.0
+        for lane in acc:
+            total += lane
+        totals[ch] = total
+    return totals
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(4, 3, 8, 8), (2, 2, 16, 16)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_float_backward_sums_add_in_the_documented_lane_order(shape, relu):
+    """backward_sums in float32 keeps its lanes in vectors; its bits are those of the lane order
+    written out in NumPy (a reordering, e.g. of the widened lanes or of the tail, shows here)."""
+    x, dy, _, _ = _inputs(np.float32, shape, seed=3)
+    n, c, inner = spatial.channels_inner(x)
+    relu_out = np.maximum(_inputs(np.float32, shape, seed=4)[0], 0) if relu else None
+    mean = x.mean((0, 2, 3)).astype(np.float32)
+    invstd = (1 / x.std((0, 2, 3))).astype(np.float32)
+    sum_dy, sum_dy_xhat = np.empty(c, np.float32), np.empty(c, np.float32)
+    C.norm_kernels.backward_sums(x, dy, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, 0, c, relu_out)
+    grad = (np.where(relu_out > 0, dy, np.float32(0)) if relu else dy).reshape(n, c, inner)
+    centered = x.reshape(n, c, inner) - mean[:, None]
+    np.testing.assert_array_equal(sum_dy, _lane_sums(grad).astype(np.float32))
+    np.testing.assert_array_equal(sum_dy_xhat, (_lane_sums(grad * centered) * invstd).astype(np.float32))
