@@ -1553,19 +1553,49 @@ static I s2_row(I p, I q, I seg, I c)
             }                                                                                  \
     }
 
+/* Eight lanes of T: s2_columns' and s2_output's blocks of 8 tiles (one AVX2 register of floats). */
+typedef float s2_f32 __attribute__((vector_size(32)));
+typedef double s2_f64 __attribute__((vector_size(64)));
+
 /* One patch row z (padded row, its columns 4tx + 0..4 for tile tx) along the columns: F(2, 2)'s
- * BT over columns 0, 2, 4 into d0, d1, d2 and, where ``odd`` is set, columns 1 and 3 as they are. */
-#define DEFINE_S2_COLUMNS(NAME, ATTR, T)                                                       \
+ * BT over columns 0, 2, 4 into d0, d1, d2 and, where ``odd`` is set, columns 1 and 3 as they are.
+ * Blocks of 8 tiles read z[4tx .. 4tx + 32] as four vectors and one value and split them with
+ * shuffles (a tile's column 4 is the next tile's column 0); the tiles past the last whole block
+ * one by one. The same subtractions either way, so the same bits. */
+#define DEFINE_S2_COLUMNS(NAME, ATTR, T, V)                                                    \
     ATTR static void NAME(const T *restrict z, I tw, T *restrict d0, T *restrict d1, T *restrict d2, \
                           T *restrict o1, T *restrict o3)                                      \
     {                                                                                          \
-        for (I tx = 0; tx < tw; tx++) {                                                        \
-            const T a = z[4 * tx], b = z[4 * tx + 2], c = z[4 * tx + 4];                       \
-            d0[tx] = a - b; d1[tx] = b; d2[tx] = c - b;                                        \
+        I tx = 0;                                                                              \
+        for (; tx + 8 <= tw; tx += 8) {                                                        \
+            V y0, y1, y2, y3;                                                                  \
+            const T *at = z + 4 * tx;                                                          \
+            memcpy(&y0, at, sizeof(V)); memcpy(&y1, at + 8, sizeof(V));                        \
+            memcpy(&y2, at + 16, sizeof(V)); memcpy(&y3, at + 24, sizeof(V));                  \
+            const V lo = __builtin_shufflevector(y0, y1, 0, 4, 8, 12, 2, 6, 10, 14);           \
+            const V hi = __builtin_shufflevector(y2, y3, 0, 4, 8, 12, 2, 6, 10, 14);           \
+            const V a = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11);             \
+            const V b = __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15);           \
+            const V next = (V){0} + at[32];                                                    \
+            const V c = __builtin_shufflevector(a, next, 1, 2, 3, 4, 5, 6, 7, 8);              \
+            const V e0 = a - b, e2 = c - b;                                                    \
+            memcpy(d0 + tx, &e0, sizeof(V)); memcpy(d1 + tx, &b, sizeof(V));                   \
+            memcpy(d2 + tx, &e2, sizeof(V));                                                   \
+            if (o1) {                                                                          \
+                const V lo1 = __builtin_shufflevector(y0, y1, 1, 5, 9, 13, 3, 7, 11, 15);      \
+                const V hi1 = __builtin_shufflevector(y2, y3, 1, 5, 9, 13, 3, 7, 11, 15);      \
+                const V f1 = __builtin_shufflevector(lo1, hi1, 0, 1, 2, 3, 8, 9, 10, 11);      \
+                const V f3 = __builtin_shufflevector(lo1, hi1, 4, 5, 6, 7, 12, 13, 14, 15);    \
+                memcpy(o1 + tx, &f1, sizeof(V)); memcpy(o3 + tx, &f3, sizeof(V));              \
+            }                                                                                  \
+        }                                                                                      \
+        for (I t = tx; t < tw; t++) {                                                          \
+            const T a = z[4 * t], b = z[4 * t + 2], c = z[4 * t + 4];                          \
+            d0[t] = a - b; d1[t] = b; d2[t] = c - b;                                           \
         }                                                                                      \
         if (o1)                                                                                \
-            for (I tx = 0; tx < tw; tx++) {                                                    \
-                o1[tx] = z[4 * tx + 1]; o3[tx] = z[4 * tx + 3];                                \
+            for (I t = tx; t < tw; t++) {                                                      \
+                o1[t] = z[4 * t + 1]; o3[t] = z[4 * t + 3];                                    \
             }                                                                                  \
     }
 
@@ -1628,7 +1658,7 @@ static I s2_output_rows(I tw) { return 4 * tw; }
 
 /* out[n, a] = AT m[.][a][tile] A for samples [n0, n1), outputs past Ho x Wo dropped; a row of
  * tiles' four output phases go through ``y`` (s2_output_rows, the caller's scratch). */
-#define DEFINE_S2_OUTPUT(NAME, ATTR, T)                                                        \
+#define DEFINE_S2_OUTPUT(NAME, ATTR, T, V)                                                        \
     ATTR static void NAME(const T *restrict m, T *restrict out, T *restrict y, const Geometry *g, \
                           I o, I n0, I n1, I th, I tw, I ks)                                   \
     {                                                                                          \
@@ -1653,7 +1683,16 @@ static I s2_output_rows(I tw) { return 4 * tw; }
                     }                                                                          \
                     for (int i = 0; i < 2 && 2 * ty + i < g->ho; i++) {                        \
                         T *row = plane + (2 * ty + i) * g->wo;                                 \
-                        for (I q = 0; q < g->wo; q++) row[q] = y[(2 * i + q % 2) * tw + q / 2]; \
+                        const T *even = y + 2 * i * tw, *odd = even + tw;                      \
+                        I q = 0;                                                               \
+                        for (; q + 16 <= g->wo; q += 16) { /* the even and odd columns interleaved */ \
+                            V e, f;                                                            \
+                            memcpy(&e, even + q / 2, sizeof(V)); memcpy(&f, odd + q / 2, sizeof(V)); \
+                            const V lo = __builtin_shufflevector(e, f, 0, 8, 1, 9, 2, 10, 3, 11); \
+                            const V hi = __builtin_shufflevector(e, f, 4, 12, 5, 13, 6, 14, 7, 15); \
+                            memcpy(row + q, &lo, sizeof(V)); memcpy(row + q + 8, &hi, sizeof(V)); \
+                        }                                                                      \
+                        for (; q < g->wo; q++) row[q] = (q % 2 ? odd : even)[q / 2];           \
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
@@ -1661,18 +1700,18 @@ static I s2_output_rows(I tw) { return 4 * tw; }
 
 DEFINE_S2_WEIGHTS(s2_weights_f32, float)
 DEFINE_S2_WEIGHTS(s2_weights_f64, double)
-DEFINE_S2_COLUMNS(s2_columns_f32_256, ISA_256, float)
-DEFINE_S2_COLUMNS(s2_columns_f64_256, ISA_256, double)
-DEFINE_S2_COLUMNS(s2_columns_f32_128, ISA_128, float)
-DEFINE_S2_COLUMNS(s2_columns_f64_128, ISA_128, double)
+DEFINE_S2_COLUMNS(s2_columns_f32_256, ISA_256, float, s2_f32)
+DEFINE_S2_COLUMNS(s2_columns_f64_256, ISA_256, double, s2_f64)
+DEFINE_S2_COLUMNS(s2_columns_f32_128, ISA_128, float, s2_f32)
+DEFINE_S2_COLUMNS(s2_columns_f64_128, ISA_128, double, s2_f64)
 DEFINE_S2_INPUT(s2_input_f32_256, ISA_256, float, s2_columns_f32_256)
 DEFINE_S2_INPUT(s2_input_f64_256, ISA_256, double, s2_columns_f64_256)
 DEFINE_S2_INPUT(s2_input_f32_128, ISA_128, float, s2_columns_f32_128)
 DEFINE_S2_INPUT(s2_input_f64_128, ISA_128, double, s2_columns_f64_128)
-DEFINE_S2_OUTPUT(s2_output_f32_256, ISA_256, float)
-DEFINE_S2_OUTPUT(s2_output_f64_256, ISA_256, double)
-DEFINE_S2_OUTPUT(s2_output_f32_128, ISA_128, float)
-DEFINE_S2_OUTPUT(s2_output_f64_128, ISA_128, double)
+DEFINE_S2_OUTPUT(s2_output_f32_256, ISA_256, float, s2_f32)
+DEFINE_S2_OUTPUT(s2_output_f64_256, ISA_256, double, s2_f64)
+DEFINE_S2_OUTPUT(s2_output_f32_128, ISA_128, float, s2_f32)
+DEFINE_S2_OUTPUT(s2_output_f64_128, ISA_128, double, s2_f64)
 #define S2_CALL(NAME, ...) (isa >= 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 
 /* ------------------------------------------------------------------ Python glue */

@@ -705,12 +705,14 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
 
 @needs_kernels
 @pytest.mark.parametrize("shape", [(3, 5, 16, 16, 7, 1), (2, 6, 13, 11, 5, 1), (2, 3, 10, 9, 4, 0), (2, 4, 7, 8, 3, 2),
-                                   (1, 2, 3, 3, 2, 1)],
-                         ids=["even", "odd-sizes", "no-padding", "padding-2", "one-output"])
+                                   (1, 2, 3, 3, 2, 1), (1, 3, 9, 32, 2, 1), (2, 2, 6, 71, 3, 0)],
+                         ids=["even", "odd-sizes", "no-padding", "padding-2", "one-output", "8-tile-block",
+                              "blocks-and-rest"])
 def test_stride_2_phase_winograd_matches_the_reference(shape, monkeypatch):
     """The 3x3 stride-2 forward as F(2x2, 2x2) on its phases: in float64 to rounding, in float32
     within 2e-5 of the largest output (its transforms only add, so about the direct kernel's
-    error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue."""
+    error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue. Rows of 8+
+    tiles (16+ outputs) run the transforms' vector blocks, with the tiles past them one by one."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(21)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3)) / np.sqrt(c * 9)
