@@ -1087,22 +1087,37 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
  * like the grid kernels. Their sums are the scalar transforms' in the same order (adds only),
  * so the bits do not depend on the build. */
 
-/* The even (odd = 1) elements of a then b; and a[i], b[i] alternating from lane hi*L/2 of each:
- * the undilated tiles' origins are the even columns of a row, their outputs side by side.
- * The masks are built in loops GCC folds into constants (one vpermt2ps on AVX-512). */
-#define WINO_EVENS(V, T, a, b, odd)                                                            \
+/* With dilation D (1 or 2, constants), L tiles from a multiple of D start 2L columns apart:
+ * tile t's column j (0 or 1) is column t/D*2D + t%D + j*D of the 2L values a then b (D = 1:
+ * the even or odd ones), and the output column c of those 2L comes from lane c/2D*D + c%D of
+ * a (c % 2D < D) or b, a's and b's half ``hi`` out. The masks are built in loops GCC folds
+ * into constants (one vpermt2ps on AVX-512). */
+#define WINO_PICK(V, T, a, b, D, j)                                                            \
     ({                                                                                         \
         __typeof__((V){0} < (V){0}) k_;                                                        \
-        for (int i_ = 0; i_ < (int)VLANES(V, T); i_++) k_[i_] = 2 * i_ + (odd);                \
+        for (int i_ = 0; i_ < (int)VLANES(V, T); i_++) k_[i_] = i_ / (D) * 2 * (D) + i_ % (D) + (j) * (D); \
         __builtin_shuffle((a), (b), k_);                                                       \
     })
-#define WINO_ZIP(V, T, a, b, hi)                                                               \
+#define WINO_ZIP(V, T, a, b, D, hi)                                                            \
     ({                                                                                         \
         __typeof__((V){0} < (V){0}) k_;                                                        \
-        for (int i_ = 0; i_ < (int)VLANES(V, T); i_++)                                         \
-            k_[i_] = i_ / 2 + (i_ % 2) * (int)VLANES(V, T) + (hi) * (int)VLANES(V, T) / 2;     \
+        for (int i_ = 0; i_ < (int)VLANES(V, T); i_++) {                                       \
+            const int c_ = i_ + (hi) * (int)VLANES(V, T);                                      \
+            k_[i_] = c_ / (2 * (D)) * (D) + c_ % (D) + c_ % (2 * (D)) / (D) * (int)VLANES(V, T); \
+        }                                                                                      \
         __builtin_shuffle((a), (b), k_);                                                       \
     })
+/* e[j] = column j of the L tiles from tx of the row ti (its columns 2*tx on), dilation D */
+#define WINO_COLUMNS(V, T, e, ti, tx, D)                                                       \
+    do {                                                                                       \
+        const I L_ = VLANES(V, T);                                                             \
+        const V a_ = LOADV(V, (ti) + 2 * (tx)), b_ = LOADV(V, (ti) + 2 * (tx) + L_);           \
+        const V c_ = LOADV(V, (ti) + 2 * (tx) + 2 * (D)), d_ = LOADV(V, (ti) + 2 * (tx) + 2 * (D) + L_); \
+        e[0] = WINO_PICK(V, T, a_, b_, D, 0);                                                  \
+        e[1] = WINO_PICK(V, T, a_, b_, D, 1);                                                  \
+        e[2] = WINO_PICK(V, T, c_, d_, D, 0);                                                  \
+        e[3] = WINO_PICK(V, T, c_, d_, D, 1);                                                  \
+    } while (0)
 /* a vector of the n (> 0) values at p, zeros past them: reads stop at a plane's last tile or
  * column, where the next ones may lie past the buffer */
 #define WINO_LOAD(V, T, p, n)                                                                  \
@@ -1124,8 +1139,8 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
  * ty*tw + tx) and channel c. Per row of tiles, the pass along the columns (B^T) runs over the
  * plane's four input rows into ``t``, zero-padded rows whose padding is never written (rows
  * above or below the plane read ``zero``), so the plane is not copied; then the pass along
- * the rows reads each tile's four columns as vectors of L tiles (undilated: the even and odd
- * columns from two vectors each; dilated: gathered by ``col``) and stores whole vectors. A
+ * the rows reads each tile's four columns as vectors of L tiles (dilation 1 or 2: shuffled
+ * out of two vectors each, WINO_COLUMNS; more: gathered by ``col``) and stores whole vectors. A
  * vector past a row's last tile writes the next row's or plane's first ones, written again
  * after it: the planes run channel by channel, so only the last one, at the end of its slice,
  * stops at its edge. Returns -1 when its scratch cannot be allocated. */
@@ -1137,7 +1152,7 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
         const I tiles = th * tw, np = (n1 - n0) * tiles, twv = (tw + L - 1) / L * L;          \
         const I wv = (w + L - 1) / L * L;                                                     \
         I wb = wino_origin(tw - 1, dw) + 3 * dw + 1;                                          \
-        if (wb < 2 * twv + 2) wb = 2 * twv + 2;                                               \
+        if (wb < 2 * twv + 2 * dw) wb = 2 * twv + 2 * dw;                                     \
         if (wb < g->pw + wv) wb = g->pw + wv;                                                 \
         T *buf = calloc((size_t)(4 * wb + wv + 4 * twv), sizeof(T));                          \
         I *col = malloc((size_t)tw * sizeof(I));                                              \
@@ -1173,24 +1188,18 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
                     for (int i = 0; i < 4; i++) {                                             \
                         const T *ti = buf + i * wb;                                           \
                         T *o = dst + 4 * i * ks;                                              \
-                        if (dw != 1)                                                          \
+                        if (dw > 2)                                                           \
                             for (I tx = 0; tx < tw; tx++)                                     \
                                 for (int j = 0; j < 4; j++) gath[j * twv + tx] = ti[col[tx] + j * dw]; \
                         for (I tx = 0; tx < tw; tx += L) {                                    \
-                            V e0, e1, e2, e3;                                                 \
-                            if (dw == 1) {                                                    \
-                                const V a = LOADV(V, ti + 2 * tx), b = LOADV(V, ti + 2 * tx + L); \
-                                const V c_ = LOADV(V, ti + 2 * tx + 2), d_ = LOADV(V, ti + 2 * tx + 2 + L); \
-                                e0 = WINO_EVENS(V, T, a, b, 0);                               \
-                                e1 = WINO_EVENS(V, T, a, b, 1);                               \
-                                e2 = WINO_EVENS(V, T, c_, d_, 0);                             \
-                                e3 = WINO_EVENS(V, T, c_, d_, 1);                             \
-                            } else {                                                          \
-                                e0 = LOADV(V, gath + tx);                                     \
-                                e1 = LOADV(V, gath + twv + tx);                               \
-                                e2 = LOADV(V, gath + 2 * twv + tx);                           \
-                                e3 = LOADV(V, gath + 3 * twv + tx);                           \
-                            }                                                                 \
+                            V e[4];                                                           \
+                            if (dw == 1)                                                      \
+                                WINO_COLUMNS(V, T, e, ti, tx, 1);                             \
+                            else if (dw == 2)                                                 \
+                                WINO_COLUMNS(V, T, e, ti, tx, 2);                             \
+                            else                                                              \
+                                for (int j = 0; j < 4; j++) e[j] = LOADV(V, gath + j * twv + tx); \
+                            const V e0 = e[0], e1 = e[1], e2 = e[2], e3 = e[3];               \
                             WINO_STORE(V, T, o + tx, e0 - e2, room - tx);                     \
                             WINO_STORE(V, T, o + ks + tx, e1 + e2, room - tx);                \
                             WINO_STORE(V, T, o + 2 * ks + tx, e2 - e1, room - tx);            \
@@ -1217,11 +1226,18 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
         }                                                                                     \
     } while (0)
 
+/* the 2L columns of an output row from q: the L tiles' two columns ya, yb (dilation D) */
+#define WINO_PUT_PAIR(V, T, row, q, ya, yb, D, room, accumulate)                               \
+    do {                                                                                       \
+        WINO_PUT(V, T, row, q, WINO_ZIP(V, T, ya, yb, D, 0), room, accumulate);                \
+        WINO_PUT(V, T, row, (q) + VLANES(V, T), WINO_ZIP(V, T, ya, yb, D, 1), room, accumulate); \
+    } while (0)
+
 /* out[n, a] (+)= A^T m[.][a][p] A of every tile p of samples [n0, n1): the 2x2 outputs d
  * apart, those past Ho x Wo dropped; the tiles cover every output once, so without
- * ``accumulate`` they are stored, not added to a cleared plane. Undilated columns go out as
- * whole vectors of a row (a tile's two outputs interleaved); dilated ones one by one from
- * ``ys``. Reads past a row's last tile stop only at the end of m (the last plane of the last
+ * ``accumulate`` they are stored, not added to a cleared plane. With dilation 1 or 2 a row
+ * goes out as whole vectors (the tiles' two columns shuffled together, WINO_PUT_PAIR); with
+ * more, value by value from ``ys``. Reads past a row's last tile stop only at the end of m (the last plane of the last
  * slice). Returns -1 when its scratch cannot be allocated. */
 #define DEFINE_WINOGRAD_OUTPUT(NAME, ATTR, T, V)                                               \
     ATTR static int NAME(const T *restrict m, T *restrict out, const Geometry *g, I o, I n0,  \
@@ -1252,16 +1268,14 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
                         }                                                                     \
                         const V y00 = s0[0] + s0[1] + s0[2], y01 = s0[1] - s0[2] - s0[3];     \
                         const V y10 = s1[0] + s1[1] + s1[2], y11 = s1[1] - s1[2] - s1[3];     \
-                        if (dw == 1) {                                                        \
-                            if (r0 < ho) {                                                    \
-                                T *row = plane + r0 * wo;                                     \
-                                WINO_PUT(V, T, row, 2 * tx, WINO_ZIP(V, T, y00, y01, 0), wo, accumulate); \
-                                WINO_PUT(V, T, row, 2 * tx + L, WINO_ZIP(V, T, y00, y01, 1), wo, accumulate); \
-                            }                                                                 \
-                            if (r1 < ho) {                                                    \
-                                T *row = plane + r1 * wo;                                     \
-                                WINO_PUT(V, T, row, 2 * tx, WINO_ZIP(V, T, y10, y11, 0), wo, accumulate); \
-                                WINO_PUT(V, T, row, 2 * tx + L, WINO_ZIP(V, T, y10, y11, 1), wo, accumulate); \
+                        if (dw <= 2) {                                                        \
+                            for (int i = 0; i < 2; i++) {                                     \
+                                const I r = i ? r1 : r0;                                      \
+                                if (r >= ho) continue;                                        \
+                                T *row = plane + r * wo;                                      \
+                                const V ya = i ? y10 : y00, yb = i ? y11 : y01;               \
+                                if (dw == 1) WINO_PUT_PAIR(V, T, row, 2 * tx, ya, yb, 1, wo, accumulate); \
+                                else WINO_PUT_PAIR(V, T, row, 2 * tx, ya, yb, 2, wo, accumulate); \
                             }                                                                 \
                         } else {                                                              \
                             memcpy(ys + tx, &y00, sizeof y00);                                \
@@ -1270,7 +1284,7 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
                             memcpy(ys + 3 * twv + tx, &y11, sizeof y11);                      \
                         }                                                                     \
                     }                                                                         \
-                    if (dw != 1)                                                              \
+                    if (dw > 2)                                                               \
                         for (int i = 0; i < 2; i++) {                                         \
                             const I r = i ? r1 : r0;                                          \
                             if (r >= ho) continue;                                            \

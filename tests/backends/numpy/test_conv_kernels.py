@@ -828,8 +828,10 @@ def _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate):
     (2, 4, 34, 34, 0, 0, 1, 1, 1, 2),      # unpadded, 16 tiles a row
     (2, 3, 11, 13, 2, 2, 2, 2, 0, 2),      # dilated: tiles in pairs, some past the plane
     (2, 2, 9, 38, 1, 1, 2, 2, 1, 2),       # dilated, odd padding, 18 tiles a row
-    (2, 3, 10, 12, 1, 2, 1, 2, 1, 2),      # dilated along the rows only
-], ids=["batch-1", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns"])
+    (2, 3, 10, 12, 1, 2, 1, 2, 1, 2),      # dilated along W only
+    (2, 2, 14, 17, 3, 3, 3, 3, 0, 2),      # dilation 3: gathered tile by tile
+], ids=["batch-1", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns",
+        "dilation-3"])
 def test_winograd_transforms_match_the_reference_bit_for_bit(shape, dtype):
     """winograd_input / winograd_output (vectorised along a row of tiles) against the transforms
     written in NumPy in the same order of operations, bit for bit, for samples [n0, n1) of a
