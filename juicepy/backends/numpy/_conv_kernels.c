@@ -410,8 +410,10 @@ typedef double vf64x2 __attribute__((vector_size(16)));
 #endif
 /* 2: AVX-512 (with FMA), 1: AVX2 with FMA, 0: baseline x86-64 (or another architecture) */
 static int isa = 0;
-#define ISA_CALL(NAME, ...) \
-    (isa == 2 ? NAME##_512(__VA_ARGS__) : isa == 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
+#define ISA_CALL(NAME, ...) ISA_CALL_AT(isa, NAME, __VA_ARGS__)
+/* the build of instruction set LEVEL (<= isa) */
+#define ISA_CALL_AT(LEVEL, NAME, ...) \
+    ((LEVEL) == 2 ? NAME##_512(__VA_ARGS__) : (LEVEL) == 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 #define VLANES(V, T) ((I)(sizeof(V) / sizeof(T)))
 #define BLOCK(V, T) (4 * VLANES(V, T))
 #define LOADV(V, P) ({ V v_; memcpy(&v_, (P), sizeof v_); v_; })
@@ -1080,62 +1082,129 @@ static I wino_origin(I t, I d) { return t / d * 2 * d + t % d; }
 DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f32, float)
 DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
 
+/* The input and output transforms run vectorised along a row of tiles (L of them a vector; v's
+ * and m's slices hold a plane's tiles side by side, p = ty*tw + tx), built per instruction set
+ * like the grid kernels. Their sums are the scalar transforms' in the same order (adds only),
+ * so the bits do not depend on the build. */
+
+/* With dilation D (1 or 2, constants), L tiles from a multiple of D start 2L columns apart:
+ * tile t's column j (0 or 1) is column t/D*2D + t%D + j*D of the 2L values a then b (D = 1:
+ * the even or odd ones), and the output column c of those 2L comes from lane c/2D*D + c%D of
+ * a (c % 2D < D) or b, a's and b's half ``hi`` out. The masks are built in loops GCC folds
+ * into constants (one vpermt2ps on AVX-512). */
+#define WINO_PICK(V, T, a, b, D, j)                                                            \
+    ({                                                                                         \
+        __typeof__((V){0} < (V){0}) k_;                                                        \
+        for (int i_ = 0; i_ < (int)VLANES(V, T); i_++) k_[i_] = i_ / (D) * 2 * (D) + i_ % (D) + (j) * (D); \
+        __builtin_shuffle((a), (b), k_);                                                       \
+    })
+#define WINO_ZIP(V, T, a, b, D, hi)                                                            \
+    ({                                                                                         \
+        __typeof__((V){0} < (V){0}) k_;                                                        \
+        for (int i_ = 0; i_ < (int)VLANES(V, T); i_++) {                                       \
+            const int c_ = i_ + (hi) * (int)VLANES(V, T);                                      \
+            k_[i_] = c_ / (2 * (D)) * (D) + c_ % (D) + c_ % (2 * (D)) / (D) * (int)VLANES(V, T); \
+        }                                                                                      \
+        __builtin_shuffle((a), (b), k_);                                                       \
+    })
+/* e[j] = column j of the L tiles from tx of the row ti (its columns 2*tx on), dilation D */
+#define WINO_COLUMNS(V, T, e, ti, tx, D)                                                       \
+    do {                                                                                       \
+        const I L_ = VLANES(V, T);                                                             \
+        const V a_ = LOADV(V, (ti) + 2 * (tx)), b_ = LOADV(V, (ti) + 2 * (tx) + L_);           \
+        const V c_ = LOADV(V, (ti) + 2 * (tx) + 2 * (D)), d_ = LOADV(V, (ti) + 2 * (tx) + 2 * (D) + L_); \
+        e[0] = WINO_PICK(V, T, a_, b_, D, 0);                                                  \
+        e[1] = WINO_PICK(V, T, a_, b_, D, 1);                                                  \
+        e[2] = WINO_PICK(V, T, c_, d_, D, 0);                                                  \
+        e[3] = WINO_PICK(V, T, c_, d_, D, 1);                                                  \
+    } while (0)
+/* a vector of the n (> 0) values at p, zeros past them: reads stop at a plane's last tile or
+ * column, where the next ones may lie past the buffer */
+#define WINO_LOAD(V, T, p, n)                                                                  \
+    ({                                                                                         \
+        V z_ = {0};                                                                            \
+        if ((n) >= VLANES(V, T)) memcpy(&z_, (p), sizeof z_);                                  \
+        else memcpy(&z_, (p), (size_t)(n) * sizeof(T));                                        \
+        z_;                                                                                    \
+    })
+/* the first n (> 0) lanes of s into p */
+#define WINO_STORE(V, T, p, s, n)                                                              \
+    do {                                                                                       \
+        const V s_ = (s);                                                                      \
+        if ((n) >= VLANES(V, T)) memcpy((p), &s_, sizeof s_);                                  \
+        else memcpy((p), &s_, (size_t)(n) * sizeof(T));                                        \
+    } while (0)
+
 /* v[k][c][p] = (B^T x B)[k] of every tile p of samples [n0, n1) (p = (n - n0)*th*tw +
- * ty*tw + tx) and channel c, read from a zero-padded copy of each plane. Returns -1 when its
- * scratch cannot be allocated. */
-#define DEFINE_WINOGRAD_INPUT(NAME, T)                                                         \
-    VECTOR_CLONES static int NAME(const T *restrict x, T *restrict v, const Geometry *g,      \
-                                  I n0, I n1, I th, I tw, I ks)                               \
+ * ty*tw + tx) and channel c. Per row of tiles, the pass along the columns (B^T) runs over the
+ * plane's four input rows into ``t``, zero-padded rows whose padding is never written (rows
+ * above or below the plane read ``zero``), so the plane is not copied; then the pass along
+ * the rows reads each tile's four columns as vectors of L tiles (dilation 1 or 2: shuffled
+ * out of two vectors each, WINO_COLUMNS; more: gathered by ``col``) and stores whole vectors. A
+ * vector past a row's last tile writes the next row's or plane's first ones, written again
+ * after it: the planes run channel by channel, so only the last one, at the end of its slice,
+ * stops at its edge. Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_WINOGRAD_INPUT(NAME, ATTR, T, V)                                                \
+    ATTR static int NAME(const T *restrict x, T *restrict v, const Geometry *g, I n0, I n1,   \
+                         I th, I tw, I ks)                                                     \
     {                                                                                          \
-        const I dh = g->dh, dw = g->dw, tiles = th * tw, np = (n1 - n0) * tiles;             \
-        I hb = wino_origin(th - 1, dh) + 3 * dh + 1, wb = wino_origin(tw - 1, dw) + 3 * dw + 1; \
-        if (hb < g->h + g->ph) hb = g->h + g->ph;                                             \
-        if (wb < g->w + g->pw) wb = g->w + g->pw;                                             \
-        T *buf = malloc((size_t)(hb * wb + 4 * wb) * sizeof(T));                              \
+        const I L = VLANES(V, T), dh = g->dh, dw = g->dw, h = g->h, w = g->w;                 \
+        const I tiles = th * tw, np = (n1 - n0) * tiles, twv = (tw + L - 1) / L * L;          \
+        const I wv = (w + L - 1) / L * L;                                                     \
+        I wb = wino_origin(tw - 1, dw) + 3 * dw + 1;                                          \
+        if (wb < 2 * twv + 2 * dw) wb = 2 * twv + 2 * dw;                                     \
+        if (wb < g->pw + wv) wb = g->pw + wv;                                                 \
+        T *buf = calloc((size_t)(4 * wb + wv + 4 * twv), sizeof(T));                          \
         I *col = malloc((size_t)tw * sizeof(I));                                              \
         if (!buf || !col) {                                                                   \
             free(buf); free(col);                                                             \
             return -1;                                                                        \
         }                                                                                     \
-        T *rows = buf + hb * wb;                                                              \
+        const T *zero = buf + 4 * wb;                                                         \
+        T *gath = buf + 4 * wb + wv;                                                          \
         for (I tx = 0; tx < tw; tx++) col[tx] = wino_origin(tx, dw);                          \
-        for (I n = n0; n < n1; n++)                                                           \
-            for (I c = 0; c < g->c; c++) {                                                    \
-                const T *plane = x + (n * g->c + c) * g->h * g->w;                            \
-                memset(buf, 0, (size_t)(hb * wb) * sizeof(T));                                \
-                for (I r = 0; r < g->h; r++)                                                  \
-                    memcpy(buf + (r + g->ph) * wb + g->pw, plane + r * g->w, (size_t)g->w * sizeof(T)); \
+        for (I c = 0; c < g->c; c++)                                                          \
+            for (I n = n0; n < n1; n++) {                                                     \
+                const T *plane = x + (n * g->c + c) * h * w;                                  \
                 T *dst = v + c * np + (n - n0) * tiles;                                       \
+                const int last = c == g->c - 1 && n == n1 - 1;                                \
                 for (I ty = 0; ty < th; ty++, dst += tw) {                                    \
-                    const T *r0 = buf + wino_origin(ty, dh) * wb;                             \
-                    const T *r1 = r0 + dh * wb, *r2 = r1 + dh * wb, *r3 = r2 + dh * wb;       \
-                    T *t0 = rows, *t1 = rows + wb, *t2 = rows + 2 * wb, *t3 = rows + 3 * wb;  \
-                    for (I q = 0; q < wb; q++) {                                              \
-                        t0[q] = r0[q] - r2[q];                                                \
-                        t1[q] = r1[q] + r2[q];                                                \
-                        t2[q] = r2[q] - r1[q];                                                \
-                        t3[q] = r1[q] - r3[q];                                                \
+                    const I top = wino_origin(ty, dh) - g->ph;                                \
+                    const T *r[4];                                                            \
+                    for (int l = 0; l < 4; l++) {                                             \
+                        const I y = top + l * dh;                                             \
+                        r[l] = y >= 0 && y < h ? plane + y * w : zero;                        \
                     }                                                                         \
+                    T *t = buf + g->pw;                                                       \
+                    for (I q = 0; q < w; q += L) {                                            \
+                        const V e0 = WINO_LOAD(V, T, r[0] + q, w - q), e1 = WINO_LOAD(V, T, r[1] + q, w - q); \
+                        const V e2 = WINO_LOAD(V, T, r[2] + q, w - q), e3 = WINO_LOAD(V, T, r[3] + q, w - q); \
+                        WINO_STORE(V, T, t + q, e0 - e2, L);                                  \
+                        WINO_STORE(V, T, t + wb + q, e1 + e2, L);                             \
+                        WINO_STORE(V, T, t + 2 * wb + q, e2 - e1, L);                         \
+                        WINO_STORE(V, T, t + 3 * wb + q, e1 - e3, L);                         \
+                    }                                                                         \
+                    const I room = last ? tiles - ty * tw : tw + L;                           \
                     for (int i = 0; i < 4; i++) {                                             \
-                        const T *t = rows + i * wb;                                           \
-                        T *o0 = dst + (4 * i) * ks, *o1 = o0 + ks, *o2 = o1 + ks, *o3 = o2 + ks; \
-                        if (dw == 1)                                                          \
-                            for (I tx = 0; tx < tw; tx++) {                                   \
-                                const T *e = t + 2 * tx;                                      \
-                                o0[tx] = e[0] - e[2];                                         \
-                                o1[tx] = e[1] + e[2];                                         \
-                                o2[tx] = e[2] - e[1];                                         \
-                                o3[tx] = e[1] - e[3];                                         \
-                            }                                                                 \
-                        else                                                                  \
-                            for (I tx = 0; tx < tw; tx++) {                                   \
-                                const T *e = t + col[tx];                                     \
-                                const T e0 = e[0], e1 = e[dw], e2 = e[2 * dw], e3 = e[3 * dw]; \
-                                o0[tx] = e0 - e2;                                             \
-                                o1[tx] = e1 + e2;                                             \
-                                o2[tx] = e2 - e1;                                             \
-                                o3[tx] = e1 - e3;                                             \
-                            }                                                                 \
+                        const T *ti = buf + i * wb;                                           \
+                        T *o = dst + 4 * i * ks;                                              \
+                        if (dw > 2)                                                           \
+                            for (I tx = 0; tx < tw; tx++)                                     \
+                                for (int j = 0; j < 4; j++) gath[j * twv + tx] = ti[col[tx] + j * dw]; \
+                        for (I tx = 0; tx < tw; tx += L) {                                    \
+                            V e[4];                                                           \
+                            if (dw == 1)                                                      \
+                                WINO_COLUMNS(V, T, e, ti, tx, 1);                             \
+                            else if (dw == 2)                                                 \
+                                WINO_COLUMNS(V, T, e, ti, tx, 2);                             \
+                            else                                                              \
+                                for (int j = 0; j < 4; j++) e[j] = LOADV(V, gath + j * twv + tx); \
+                            const V e0 = e[0], e1 = e[1], e2 = e[2], e3 = e[3];               \
+                            WINO_STORE(V, T, o + tx, e0 - e2, room - tx);                     \
+                            WINO_STORE(V, T, o + ks + tx, e1 + e2, room - tx);                \
+                            WINO_STORE(V, T, o + 2 * ks + tx, e2 - e1, room - tx);            \
+                            WINO_STORE(V, T, o + 3 * ks + tx, e1 - e3, room - tx);            \
+                        }                                                                     \
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
@@ -1143,59 +1212,118 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
         return 0;                                                                             \
     }
 
-DEFINE_WINOGRAD_INPUT(winograd_input_f32, float)
-DEFINE_WINOGRAD_INPUT(winograd_input_f64, double)
+/* cols [q, q + L) of an output row (+)= s, those from ``room`` on (past Wo) dropped */
+#define WINO_PUT(V, T, row, q, s, room, accumulate)                                            \
+    do {                                                                                       \
+        const I n_ = (room) - (q);                                                            \
+        if (n_ >= VLANES(V, T))                                                               \
+            WINO_STORE(V, T, (row) + (q), (accumulate) ? LOADV(V, (row) + (q)) + (s) : (s), VLANES(V, T)); \
+        else if (n_ > 0) {                                                                    \
+            T b_[VLANES(V, T)];                                                               \
+            const V s_ = (s);                                                                 \
+            memcpy(b_, &s_, sizeof s_);                                                       \
+            for (I k_ = 0; k_ < n_; k_++) (row)[(q) + k_] = (accumulate) ? (row)[(q) + k_] + b_[k_] : b_[k_]; \
+        }                                                                                     \
+    } while (0)
+
+/* the 2L columns of an output row from q: the L tiles' two columns ya, yb (dilation D) */
+#define WINO_PUT_PAIR(V, T, row, q, ya, yb, D, room, accumulate)                               \
+    do {                                                                                       \
+        WINO_PUT(V, T, row, q, WINO_ZIP(V, T, ya, yb, D, 0), room, accumulate);                \
+        WINO_PUT(V, T, row, (q) + VLANES(V, T), WINO_ZIP(V, T, ya, yb, D, 1), room, accumulate); \
+    } while (0)
 
 /* out[n, a] (+)= A^T m[.][a][p] A of every tile p of samples [n0, n1): the 2x2 outputs d
- * apart, those past Ho x Wo dropped. */
-#define DEFINE_WINOGRAD_OUTPUT(NAME, T)                                                        \
-    VECTOR_CLONES static int NAME(const T *restrict m, T *restrict out, const Geometry *g,    \
-                                  I o, I n0, I n1, I th, I tw, I ks, int accumulate)          \
+ * apart, those past Ho x Wo dropped; the tiles cover every output once, so without
+ * ``accumulate`` they are stored, not added to a cleared plane. With dilation 1 or 2 a row
+ * goes out as whole vectors (the tiles' two columns shuffled together, WINO_PUT_PAIR); with
+ * more, value by value from ``ys``. Reads past a row's last tile stop only at the end of m (the last plane of the last
+ * slice). Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_WINOGRAD_OUTPUT(NAME, ATTR, T, V)                                               \
+    ATTR static int NAME(const T *restrict m, T *restrict out, const Geometry *g, I o, I n0,  \
+                         I n1, I th, I tw, I ks, int accumulate)                               \
     {                                                                                          \
-        const I dh = g->dh, dw = g->dw, tiles = th * tw, np = (n1 - n0) * tiles;             \
-        T *rows = malloc((size_t)(4 * tw) * sizeof(T));                                       \
-        if (!rows) return -1;                                                                 \
-        T *y00 = rows, *y01 = rows + tw, *y10 = rows + 2 * tw, *y11 = rows + 3 * tw;         \
-        for (I n = n0; n < n1; n++)                                                           \
-            for (I a = 0; a < o; a++) {                                                       \
-                T *plane = out + (n * o + a) * g->ho * g->wo;                                 \
-                if (!accumulate) memset(plane, 0, (size_t)(g->ho * g->wo) * sizeof(T));       \
+        const I L = VLANES(V, T), dh = g->dh, dw = g->dw, ho = g->ho, wo = g->wo;             \
+        const I tiles = th * tw, np = (n1 - n0) * tiles, twv = (tw + L - 1) / L * L;          \
+        T *ys = malloc((size_t)(4 * twv) * sizeof(T));                                        \
+        if (!ys) return -1;                                                                   \
+        for (I a = 0; a < o; a++)                                                             \
+            for (I n = n0; n < n1; n++) {                                                     \
+                T *plane = out + (n * o + a) * ho * wo;                                       \
                 const T *src = m + a * np + (n - n0) * tiles;                                 \
+                const int last = a == o - 1 && n == n1 - 1;                                   \
                 for (I ty = 0; ty < th; ty++) {                                               \
                     const T *e = src + ty * tw;                                               \
-                    for (I tx = 0; tx < tw; tx++) {                                           \
-                        T s0[4], s1[4];                                                       \
+                    const I room = last ? tiles - ty * tw : tw + L;                           \
+                    const I r0 = wino_origin(ty, dh), r1 = r0 + dh;                           \
+                    for (I tx = 0; tx < tw; tx += L) {                                        \
+                        V s0[4], s1[4];                                                       \
                         for (int j = 0; j < 4; j++) {                                         \
-                            const T a0 = e[j * ks + tx], a1 = e[(4 + j) * ks + tx];           \
-                            const T a2 = e[(8 + j) * ks + tx], a3 = e[(12 + j) * ks + tx];    \
+                            const V a0 = WINO_LOAD(V, T, e + j * ks + tx, room - tx);         \
+                            const V a1 = WINO_LOAD(V, T, e + (4 + j) * ks + tx, room - tx);   \
+                            const V a2 = WINO_LOAD(V, T, e + (8 + j) * ks + tx, room - tx);   \
+                            const V a3 = WINO_LOAD(V, T, e + (12 + j) * ks + tx, room - tx);  \
                             s0[j] = a0 + a1 + a2;                                             \
                             s1[j] = a1 - a2 - a3;                                             \
                         }                                                                     \
-                        y00[tx] = s0[0] + s0[1] + s0[2];                                      \
-                        y01[tx] = s0[1] - s0[2] - s0[3];                                      \
-                        y10[tx] = s1[0] + s1[1] + s1[2];                                      \
-                        y11[tx] = s1[1] - s1[2] - s1[3];                                      \
-                    }                                                                         \
-                    const I r0 = wino_origin(ty, dh), r1 = r0 + dh;                           \
-                    for (I tx = 0; tx < tw; tx++) {                                           \
-                        const I x0 = wino_origin(tx, dw), x1 = x0 + dw;                       \
-                        if (r0 < g->ho) {                                                     \
-                            if (x0 < g->wo) plane[r0 * g->wo + x0] += y00[tx];                \
-                            if (x1 < g->wo) plane[r0 * g->wo + x1] += y01[tx];                \
+                        const V y00 = s0[0] + s0[1] + s0[2], y01 = s0[1] - s0[2] - s0[3];     \
+                        const V y10 = s1[0] + s1[1] + s1[2], y11 = s1[1] - s1[2] - s1[3];     \
+                        if (dw <= 2) {                                                        \
+                            for (int i = 0; i < 2; i++) {                                     \
+                                const I r = i ? r1 : r0;                                      \
+                                if (r >= ho) continue;                                        \
+                                T *row = plane + r * wo;                                      \
+                                const V ya = i ? y10 : y00, yb = i ? y11 : y01;               \
+                                if (dw == 1) WINO_PUT_PAIR(V, T, row, 2 * tx, ya, yb, 1, wo, accumulate); \
+                                else WINO_PUT_PAIR(V, T, row, 2 * tx, ya, yb, 2, wo, accumulate); \
+                            }                                                                 \
+                        } else {                                                              \
+                            memcpy(ys + tx, &y00, sizeof y00);                                \
+                            memcpy(ys + twv + tx, &y01, sizeof y01);                          \
+                            memcpy(ys + 2 * twv + tx, &y10, sizeof y10);                      \
+                            memcpy(ys + 3 * twv + tx, &y11, sizeof y11);                      \
                         }                                                                     \
-                        if (r1 < g->ho) {                                                     \
-                            if (x0 < g->wo) plane[r1 * g->wo + x0] += y10[tx];                \
-                            if (x1 < g->wo) plane[r1 * g->wo + x1] += y11[tx];                \
-                        }                                                                     \
                     }                                                                         \
+                    if (dw > 2)                                                               \
+                        for (int i = 0; i < 2; i++) {                                         \
+                            const I r = i ? r1 : r0;                                          \
+                            if (r >= ho) continue;                                            \
+                            T *row = plane + r * wo;                                          \
+                            for (I tx = 0; tx < tw; tx++)                                     \
+                                for (int j = 0; j < 2; j++) {                                 \
+                                    const I q = wino_origin(tx, dw) + j * dw;                 \
+                                    const T y = ys[(2 * i + j) * twv + tx];                   \
+                                    if (q < wo) row[q] = accumulate ? row[q] + y : y;         \
+                                }                                                             \
+                        }                                                                     \
                 }                                                                             \
             }                                                                                 \
-        free(rows);                                                                           \
+        free(ys);                                                                             \
         return 0;                                                                             \
     }
 
-DEFINE_WINOGRAD_OUTPUT(winograd_output_f32, float)
-DEFINE_WINOGRAD_OUTPUT(winograd_output_f64, double)
+/* DEFINE (a kernel's macro) for each instruction set and dtype: NAME_f32_512 .. NAME_f64_128 */
+#define DEFINE_WINOGRAD_ISAS(DEFINE, NAME)                                                     \
+    DEFINE(NAME##_f32_512, ISA_512, float, vf32x16)                                            \
+    DEFINE(NAME##_f64_512, ISA_512, double, vf64x8)                                            \
+    DEFINE(NAME##_f32_256, ISA_256, float, vf32x8)                                             \
+    DEFINE(NAME##_f64_256, ISA_256, double, vf64x4)                                            \
+    DEFINE(NAME##_f32_128, ISA_128, float, vf32x4)                                             \
+    DEFINE(NAME##_f64_128, ISA_128, double, vf64x2)
+
+DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_INPUT, winograd_input)
+DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_OUTPUT, winograd_output)
+
+/* The build the transforms run: the widest the CPU runs (isa) whose vectors hold no more tiles
+ * than a row has (``lanes`` of the narrowest build), so a small plane's rows do not fill a
+ * vector mostly with tiles of the next row (8x8 planes: 4 tiles a row, 16 floats an AVX-512
+ * vector) and its output rows go out as whole vectors. */
+static int winograd_isa(I tw, I lanes)
+{
+    int level = isa;
+    while (level > 0 && lanes << level > tw) level--;
+    return level;
+}
 
 /* The weight gradient as Winograd F(3x3, 2x2), the adjoint of the forward above: with v the
  * forward's input tiles (winograd_input) and m the tiles of dy taken through the adjoint of
@@ -1930,19 +2058,19 @@ static int winograd_weights_f64_call(const TileCall *t)
 }
 static int winograd_input_f32_call(const TileCall *t)
 {
-    return winograd_input_f32(t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_input_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
 static int winograd_input_f64_call(const TileCall *t)
 {
-    return winograd_input_f64(t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return ISA_CALL_AT(winograd_isa(t->tw, 2), winograd_input_f64, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
 static int winograd_output_f32_call(const TileCall *t)
 {
-    return winograd_output_f32(t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
+    return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_output_f32, t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
 }
 static int winograd_output_f64_call(const TileCall *t)
 {
-    return winograd_output_f64(t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
+    return ISA_CALL_AT(winograd_isa(t->tw, 2), winograd_output_f64, t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
 }
 static int winograd_taps_f32_call(const TileCall *t)
 {

@@ -782,6 +782,90 @@ def test_stride_2_phase_winograd_refuses_geometries_it_does_not_compute():
         kernels.s2_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((9, 3, 7), np.float32), 3, 2)
 
 
+def _wino_origins(tiles, d):
+    """F(2x2, 3x3)'s tile origins along an axis: 2x2 outputs d apart, tiles in groups of d."""
+    return np.array([t // d * 2 * d + t % d for t in range(tiles)])
+
+
+def _wino_input_reference(x, geometry, n0, n1, th, tw):
+    """v[16][C * tiles of samples [n0, n1)]: B^T d B of each tile, in x's dtype with the kernel's
+    order of operations (so bit for bit), from a zero-padded copy of the planes."""
+    c, h, w, ph, pw, dh, dw = geometry[0], geometry[1], geometry[2], geometry[7], geometry[8], geometry[9], geometry[10]
+    oy, ox = _wino_origins(th, dh), _wino_origins(tw, dw)
+    pad = np.zeros((n1 - n0, c, max(h + ph, oy[-1] + 3 * dh + 1), max(w + pw, ox[-1] + 3 * dw + 1)), x.dtype)
+    pad[:, :, ph:ph + h, pw:pw + w] = x[n0:n1]
+    r = [pad[:, :, oy + l * dh, :] for l in range(4)]
+    cols = [r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3]]
+    v = []
+    for t in cols:
+        e = [t[..., ox + j * dw] for j in range(4)]
+        v += [e[0] - e[2], e[1] + e[2], e[2] - e[1], e[1] - e[3]]
+    return np.stack(v).transpose(0, 2, 1, 3, 4).reshape(16, -1)
+
+
+def _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate):
+    """out with samples [n0, n1) (+)= A^T m A of each tile, in out's dtype in the kernel's order."""
+    dh, dw, ho, wo = geometry[9:13]
+    e = m[:, :o * (n1 - n0) * th * tw].reshape(16, o, n1 - n0, th, tw).transpose(0, 2, 1, 3, 4)
+    s0 = [e[j] + e[4 + j] + e[8 + j] for j in range(4)]
+    s1 = [e[4 + j] - e[8 + j] - e[12 + j] for j in range(4)]
+    ys = [[s[0] + s[1] + s[2], s[1] - s[2] - s[3]] for s in (s0, s1)]
+    oy, ox = _wino_origins(th, dh), _wino_origins(tw, dw)
+    full = np.zeros((n1 - n0, o, oy[-1] + dh + 1, ox[-1] + dw + 1), out.dtype)
+    for i in range(2):
+        for j in range(2):
+            full[:, :, (oy + i * dh)[:, None], ox + j * dw] = ys[i][j]
+    want = out.copy()
+    want[n0:n1] = want[n0:n1] + full[:, :, :ho, :wo] if accumulate else full[:, :, :ho, :wo]
+    return want
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [
+    (1, 3, 8, 8, 1, 1, 1, 1, 0, 1),        # batch 1, a row of 4 tiles: less than a vector
+    (3, 5, 7, 9, 1, 1, 1, 1, 1, 3),        # odd planes: the last row and column of tiles half out
+    (3, 2, 5, 6, 2, 2, 1, 1, 1, 2),        # padding past the kernel
+    (2, 3, 40, 37, 1, 1, 1, 1, 0, 2),      # 19 tiles a row: not a whole number of vectors
+    (2, 4, 34, 34, 0, 0, 1, 1, 1, 2),      # unpadded, 16 tiles a row
+    (2, 3, 11, 13, 2, 2, 2, 2, 0, 2),      # dilated: tiles in pairs, some past the plane
+    (2, 2, 9, 38, 1, 1, 2, 2, 1, 2),       # dilated, odd padding, 18 tiles a row
+    (2, 3, 10, 12, 1, 2, 1, 2, 1, 2),      # dilated along W only
+    (2, 2, 14, 17, 3, 3, 3, 3, 0, 2),      # dilation 3: gathered tile by tile
+], ids=["batch-1", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns",
+        "dilation-3"])
+def test_winograd_transforms_match_the_reference_bit_for_bit(shape, dtype):
+    """winograd_input / winograd_output (vectorised along a row of tiles) against the transforms
+    written in NumPy in the same order of operations, bit for bit, for samples [n0, n1) of a
+    batch, alone and accumulating; nothing outside the slices' used parts or those samples'
+    planes is written (a vector past a row's last tile is written again or stopped at the edge)."""
+    n, c, h, w_, ph, pw, dh, dw, n0, n1 = shape
+    o = c + 1
+    ho, wo = h + 2 * ph - 2 * dh, w_ + 2 * pw - 2 * dw
+    geometry = (c, h, w_, 3, 3, 1, 1, ph, pw, dh, dw, ho, wo)
+    th, tw = numpy_spatial._winograd_tiles(geometry)
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+    tiles = (n1 - n0) * th * tw
+    for ks in (c * tiles, c * tiles + 5):  # slices back to back, and with a gap
+        room = np.full(16 * ks + 40, np.nan, dtype)
+        kernels.winograd_input(x, room[:15 * ks + c * tiles], geometry, n, n0, n1, th, tw, ks)
+        v = np.lib.stride_tricks.as_strided(room, (16, ks), (ks * room.itemsize, room.itemsize))
+        np.testing.assert_array_equal(v[:, :c * tiles], _wino_input_reference(x, geometry, n0, n1, th, tw))
+        assert np.isnan(v[:15, c * tiles:]).all() and np.isnan(room[15 * ks + c * tiles:]).all()
+    m = rng.standard_normal((16, o * tiles + 3)).astype(dtype)
+    for accumulate in (False, True):
+        out = rng.standard_normal((n, o, ho, wo)).astype(dtype)
+        want = _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate)
+        kernels.winograd_output(m, out, geometry, o, n, n0, n1, th, tw, o * tiles + 3, accumulate)
+        np.testing.assert_array_equal(out, want)
+    tight = m[:, :o * tiles].copy()  # slices back to back, the last one ending the buffer
+    out = np.zeros((n, o, ho, wo), dtype)
+    kernels.winograd_output(tight, out, geometry, o, n, n0, n1, th, tw, o * tiles, False)
+    np.testing.assert_array_equal(out, _wino_output_reference(tight, np.zeros_like(out), geometry, o, n0, n1, th, tw,
+                                                              False))
+
+
 @needs_kernels
 def test_winograd_transforms_refuse_arguments_that_do_not_fit():
     """F(2x2, 3x3)'s entry points check their arguments as the stride-2 ones do (one parser)."""
@@ -824,7 +908,8 @@ ISAS = ("baseline", "avx2", "avx512")
 #: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
-              "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches")
+              "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
+              "or winograd_transforms_match")
 
 
 def _with_isa(value, *args):
