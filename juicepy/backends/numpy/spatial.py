@@ -841,11 +841,15 @@ def _winograd_tiles(geometry):
 TILE_GEMM_MIN_DEPTH = 64
 
 
-def _tile_gemm(backend, t, n_in) -> bool:
+def _tile_gemm(backend, t, n_in, chunks) -> bool:
     """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
     position of depth n_in, at least TILE_GEMM_MIN_DEPTH of them, on AVX-512 (``isa`` 2), where the
-    register blocks were measured to win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv)."""
-    return backend.conv_kernels.isa == 2 and set(t.depths) == {1} and n_in >= TILE_GEMM_MIN_DEPTH
+    register blocks were measured to win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv);
+    only with a chunk for every lane, each lane's BLAS on one thread: a lone chunk's np.matmul
+    runs on all of BLAS's threads, tile_gemm on one."""
+    lanes = _num_threads()
+    return backend.conv_kernels.isa == 2 and set(t.depths) == {1} and n_in >= TILE_GEMM_MIN_DEPTH \
+        and len(chunks) >= lanes and _gemm_lanes() == lanes
 
 
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
@@ -860,7 +864,7 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
-    blocked = _tile_gemm(backend, t, n_in)
+    blocked = _tile_gemm(backend, t, n_in, chunks)
 
     # the slices of v and m lie a cache line more than their size apart: whole multiples
     # of 4 KiB would put their rows in the same L1 sets

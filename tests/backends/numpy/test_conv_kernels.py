@@ -418,23 +418,32 @@ def test_tile_gemm_refuses_what_it_does_not_compute():
 
 
 @needs_kernels
-def test_tile_gemm_only_on_avx512_for_deep_uniform_products(monkeypatch):
+def test_tile_gemm_only_on_avx512_for_deep_uniform_products_with_a_chunk_per_lane(monkeypatch):
     """_tile_run's GEMMs run on tile_gemm on AVX-512 with TILE_GEMM_MIN_DEPTH input channels (with
-    32 BLAS won), never for F(2x2, 2x2)'s mixed depths, nor on AVX2 or the baseline."""
+    32 BLAS won) and a chunk for each lane, never for F(2x2, 2x2)'s mixed depths, on AVX2 or the
+    baseline, for fewer chunks than lanes (BLAS's threads) or where BLAS threads cannot be limited."""
     backend = jp.backend("numpy")
 
     def transforms(depths):
         return numpy_spatial._TileTransforms("t", depths, 256, 16, 0, None, None, None)
 
-    deep = numpy_spatial.TILE_GEMM_MIN_DEPTH
+    deep, wino = numpy_spatial.TILE_GEMM_MIN_DEPTH, transforms(numpy_spatial.WINOGRAD_DEPTHS)
+    applies = numpy_spatial._tile_gemm
     monkeypatch.setattr(kernels, "isa", 2)
-    assert numpy_spatial._tile_gemm(backend, transforms(numpy_spatial.WINOGRAD_DEPTHS), deep)
-    assert numpy_spatial._tile_gemm(backend, transforms((1,) * 36), 2 * deep)
-    assert not numpy_spatial._tile_gemm(backend, transforms((1,) * 36), 32)
-    assert not numpy_spatial._tile_gemm(backend, transforms(numpy_spatial.S2_DEPTHS), deep)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
+    two = [(0, 1), (1, 2)]
+    assert applies(backend, wino, deep, two) and applies(backend, transforms((1,) * 36), 2 * deep, two)
+    assert not applies(backend, transforms((1,) * 36), 32, two)
+    assert not applies(backend, transforms(numpy_spatial.S2_DEPTHS), deep, two)
+    assert not applies(backend, wino, deep, two[:1])
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
+    assert not applies(backend, wino, deep, two)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)
+    assert applies(backend, wino, deep, two[:1])
     for isa in (1, 0):
         monkeypatch.setattr(kernels, "isa", isa)
-        assert not numpy_spatial._tile_gemm(backend, transforms(numpy_spatial.WINOGRAD_DEPTHS), deep)
+        assert not applies(backend, wino, deep, two)
 
 
 @needs_kernels
@@ -449,6 +458,10 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, kernel, kernel))
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)  # batch 1: one chunk
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
+    monkeypatch.setattr(numpy_spatial, "WG_TILES", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE_AVX512", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
