@@ -939,7 +939,8 @@ ISAS = ("baseline", "avx2", "avx512")
 #: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
-              "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches")
+              "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
+              "or tile_gemm_matches or winograd_on_tile_gemm")
 
 
 def _with_isa(value, *args):
