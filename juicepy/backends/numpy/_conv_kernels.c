@@ -835,59 +835,82 @@ static int direct_6x2(const Geometry *g, I og)
         }                                                                                         \
     }
 
-#define DEFINE_POINTWISE_CONV(NAME, ATTR, T, V, OB, NV)                                            \
+/* out[j][q] (+)= sum over k of w[j * wj + k * wk] x[k * hw + q] for one plane of hw pixels (rows
+ * of x and out hw apart), then the epilogue: blocks of OB x NV in bands that keep x's rows in L2. */
+#define DEFINE_PW_GEMM(NAME, ATTR, T, V, OB, NV)                                                   \
     DEFINE_PW_BLOCK(NAME##_full, ATTR, T, V, OB, NV)                                              \
     DEFINE_PW_BLOCK(NAME##_rows, ATTR, T, V, OB, 1)                                               \
     DEFINE_PW_BLOCK(NAME##_cols, ATTR, T, V, 1, NV)                                               \
     DEFINE_PW_BLOCK(NAME##_one, ATTR, T, V, 1, 1)                                                 \
+    ATTR static inline void NAME(const T *restrict xn, const T *restrict w, T *restrict on, I k_in, I o, \
+                                 I hw, I wj, I wk, int accumulate, const T *restrict scale,         \
+                                 const T *restrict shift, int relu, const T *restrict rn)           \
+    {                                                                                              \
+        const I lanes = VLANES(V, T), wide = NV * lanes, whole = hw / lanes * lanes;               \
+        I band = PW_BAND_BYTES / 2 / (k_in * (I)sizeof(T)) / wide * wide;                         \
+        if (band < wide) band = wide;                                                             \
+        for (I b0 = 0; b0 < whole; b0 += band) {                                                  \
+            const I b1 = b0 + band < whole ? b0 + band : whole;                                   \
+            I j = 0;                                                                              \
+            for (; j + OB <= o; j += OB) {                                                        \
+                I q = b0;                                                                         \
+                for (; q + wide <= b1; q += wide)                                                 \
+                    NAME##_full(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
+                for (; q < b1; q += lanes)                                                        \
+                    NAME##_rows(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
+            }                                                                                     \
+            for (; j < o; j++) {                                                                  \
+                I q = b0;                                                                         \
+                for (; q + wide <= b1; q += wide)                                                 \
+                    NAME##_cols(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
+                for (; q < b1; q += lanes)                                                        \
+                    NAME##_one(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
+            }                                                                                     \
+        }                                                                                         \
+        /* the pixels past the last whole vector, one at a time, same order of sums */            \
+        for (I j = 0; j < o; j++)                                                                 \
+            for (I q = whole; q < hw; q++) {                                                      \
+                T sum = accumulate ? on[j * hw + q] : (T)0;                                       \
+                for (I k = 0; k < k_in; k++) sum += w[j * wj + k * wk] * xn[k * hw + q];          \
+                if (scale || shift) sum = sum * (scale ? scale[j] : (T)1) + (shift ? shift[j] : (T)0); \
+                if (rn) sum += rn[j * hw + q];                                                    \
+                on[j * hw + q] = relu && sum < 0 ? (T)0 : sum;                                    \
+            }                                                                                     \
+    }
+
+#define DEFINE_POINTWISE_CONV(NAME, GEMM, ATTR, T)                                                 \
     ATTR static void NAME(const T *restrict x, const T *restrict w, T *restrict out, I k_in, I o,  \
                           I hw, I n0, I n1, int flip, int accumulate, const T *restrict scale,     \
                           const T *restrict shift, int relu, const T *restrict res)               \
     {                                                                                              \
-        const I lanes = VLANES(V, T), wide = NV * lanes, whole = hw / lanes * lanes;               \
         const I wj = flip ? 1 : k_in, wk = flip ? o : 1;                                          \
-        I band = PW_BAND_BYTES / 2 / (k_in * (I)sizeof(T)) / wide * wide;                         \
-        if (band < wide) band = wide;                                                             \
-        for (I n = n0; n < n1; n++) {                                                             \
-            const T *xn = x + n * k_in * hw;                                                      \
-            T *on = out + n * o * hw;                                                             \
-            const T *rn = res ? res + n * o * hw : NULL;                                          \
-            for (I b0 = 0; b0 < whole; b0 += band) {                                              \
-                const I b1 = b0 + band < whole ? b0 + band : whole;                               \
-                I j = 0;                                                                          \
-                for (; j + OB <= o; j += OB) {                                                    \
-                    I q = b0;                                                                     \
-                    for (; q + wide <= b1; q += wide)                                             \
-                        NAME##_full(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-                    for (; q < b1; q += lanes)                                                    \
-                        NAME##_rows(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-                }                                                                                 \
-                for (; j < o; j++) {                                                              \
-                    I q = b0;                                                                     \
-                    for (; q + wide <= b1; q += wide)                                             \
-                        NAME##_cols(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-                    for (; q < b1; q += lanes)                                                    \
-                        NAME##_one(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-                }                                                                                 \
-            }                                                                                     \
-            /* the pixels past the last whole vector, one at a time, same order of sums */        \
-            for (I j = 0; j < o; j++)                                                             \
-                for (I q = whole; q < hw; q++) {                                                  \
-                    T sum = accumulate ? on[j * hw + q] : (T)0;                                   \
-                    for (I k = 0; k < k_in; k++) sum += w[j * wj + k * wk] * xn[k * hw + q];      \
-                    if (scale || shift) sum = sum * (scale ? scale[j] : (T)1) + (shift ? shift[j] : (T)0); \
-                    if (rn) sum += rn[j * hw + q];                                                \
-                    on[j * hw + q] = relu && sum < 0 ? (T)0 : sum;                                \
-                }                                                                                 \
-        }                                                                                         \
+        for (I n = n0; n < n1; n++)                                                               \
+            GEMM(x + n * k_in * hw, w, out + n * o * hw, k_in, o, hw, wj, wk, accumulate, scale, shift, relu, \
+                 res ? res + n * o * hw : NULL);                                                  \
     }
 
-DEFINE_POINTWISE_CONV(pointwise_conv_f32_512, ISA_512, float, vf32x16, 8, 3)
-DEFINE_POINTWISE_CONV(pointwise_conv_f64_512, ISA_512, double, vf64x8, 8, 3)
-DEFINE_POINTWISE_CONV(pointwise_conv_f32_256, ISA_256, float, vf32x8, 4, 3)
-DEFINE_POINTWISE_CONV(pointwise_conv_f64_256, ISA_256, double, vf64x4, 4, 3)
-DEFINE_POINTWISE_CONV(pointwise_conv_f32_128, ISA_128, float, vf32x4, 4, 2)
-DEFINE_POINTWISE_CONV(pointwise_conv_f64_128, ISA_128, double, vf64x2, 4, 2)
+/* The GEMMs of a tiled (Winograd) conv, m[k] = u[k] v[k] for each of ``positions`` positions k:
+ * u (positions, O, C), v's and m's slices (C, P) and (O, P) vs and ms items apart. Same blocks as
+ * the pointwise conv (the 1x1 conv is this product with one position); one call for all. */
+#define DEFINE_TILE_GEMM(NAME, GEMM, ATTR, T)                                                      \
+    ATTR static void NAME(const T *restrict u, const T *restrict v, T *restrict m, I positions, I o, \
+                          I c, I p, I vs, I ms)                                                   \
+    {                                                                                              \
+        for (I k = 0; k < positions; k++)                                                         \
+            GEMM(v + k * vs, u + k * o * c, m + k * ms, c, o, p, c, 1, 0, NULL, NULL, 0, NULL);   \
+    }
+
+#define DEFINE_PW_ISA(SUFFIX, ATTR, T, V, OB, NV)                                                  \
+    DEFINE_PW_GEMM(pw_gemm_##SUFFIX, ATTR, T, V, OB, NV)                                          \
+    DEFINE_POINTWISE_CONV(pointwise_conv_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)                     \
+    DEFINE_TILE_GEMM(tile_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)
+
+DEFINE_PW_ISA(f32_512, ISA_512, float, vf32x16, 8, 3)
+DEFINE_PW_ISA(f64_512, ISA_512, double, vf64x8, 8, 3)
+DEFINE_PW_ISA(f32_256, ISA_256, float, vf32x8, 4, 3)
+DEFINE_PW_ISA(f64_256, ISA_256, double, vf64x4, 4, 3)
+DEFINE_PW_ISA(f32_128, ISA_128, float, vf32x4, 4, 2)
+DEFINE_PW_ISA(f64_128, ISA_128, double, vf64x2, 4, 2)
 
 /* Whether direct_conv runs this geometry on pointwise_conv: 1x1, stride 1, unpadded, ungrouped. */
 static int pointwise(const Geometry *g, I groups)
@@ -2607,6 +2630,49 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Whether [a, a + na) and [b, b + nb) bytes share any. */
+static int overlap(const void *a, I na, const void *b, I nb)
+{
+    const char *pa = a, *pb = b;
+    return pa < pb + nb && pb < pa + na;
+}
+
+/* (u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] v[k] for k < positions, u (positions, O, C),
+ * v's slices (C, P) and m's (O, P) vs and ms items apart (_tile_run's GEMMs). */
+static PyObject *py_tile_gemm(PyObject *self, PyObject *args)
+{
+    PyObject *uo, *vo, *mo;
+    I positions, o, c, p, vs, ms;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms)) return NULL;
+    if (positions < 1 || o < 1 || c < 1 || p < 1) {
+        PyErr_Format(PyExc_ValueError, "tile_gemm: positions, O, C, P must be positive, got %zd, %zd, %zd, %zd",
+                     positions, o, c, p);
+        return NULL;
+    }
+    if (vs < c * p || ms < o * p) {
+        PyErr_Format(PyExc_ValueError, "tile_gemm: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
+                     "got %zd and %zd)", c * p, o * p, vs, ms);
+        return NULL;
+    }
+    Py_buffer u, v, m;
+    if (get_three(uo, &u, 0, positions * o * c, "u", vo, &v, 0, (positions - 1) * vs + c * p, "v", mo, &m, 1,
+                  (positions - 1) * ms + o * p, "m") < 0)
+        return NULL;
+    if (overlap(m.buf, m.len, u.buf, u.len) || overlap(m.buf, m.len, v.buf, v.len)) {
+        release_three(&u, &v, &m);
+        PyErr_SetString(PyExc_ValueError, "tile_gemm: m: expected a buffer apart from u and v");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    if (u.itemsize == 4)
+        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms);
+    else
+        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms);
+    Py_END_ALLOW_THREADS
+    release_three(&u, &v, &m);
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_epilogue(PyObject *self, PyObject *args)
 {
     PyObject *oo, *so, *ho, *ro = Py_None;
@@ -2689,6 +2755,8 @@ static PyMethodDef methods[] = {
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
      "weight gradient of samples [n0, n1), computed directly"},
+    {"tile_gemm", py_tile_gemm, METH_VARARGS,
+     "tile_gemm(u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] @ v[k], the GEMMs of a tiled conv"},
     {"direct_conv", py_direct_conv, METH_VARARGS,
      "direct_conv(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate, scale=None, shift=None, "
      "relu=False, residual=None): samples [n0, n1) of a grouped conv (any stride, padding >= 0) computed "

@@ -835,6 +835,23 @@ def _winograd_tiles(geometry):
     return -(-ho // (2 * dh)) * dh, -(-wo // (2 * dw)) * dw
 
 
+#: fewest input channels (the GEMM depth) from which _tile_run's GEMMs run on the pointwise
+#: kernel's blocks (tile_gemm) instead of np.matmul, on AVX-512: measured to win with 64 and 128,
+#: lost with 32 (docs/numpy.md)
+TILE_GEMM_MIN_DEPTH = 64
+
+
+def _tile_gemm(backend, t, n_in, chunks) -> bool:
+    """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
+    position of depth n_in, at least TILE_GEMM_MIN_DEPTH of them, on AVX-512 (``isa`` 2), where the
+    register blocks were measured to win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv);
+    only with a chunk for every lane, each lane's BLAS on one thread: a lone chunk's np.matmul
+    runs on all of BLAS's threads, tile_gemm on one."""
+    lanes = _num_threads()
+    return backend.conv_kernels.isa == 2 and set(t.depths) == {1} and n_in >= TILE_GEMM_MIN_DEPTH \
+        and len(chunks) >= lanes and _gemm_lanes() == lanes
+
+
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     """dst (+)= a conv of src as the GEMMs between transforms ``t`` (_TileTransforms): per chunk
     of samples, one lane transforms the input tiles, runs the GEMMs with the transformed taps on
@@ -847,6 +864,7 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
+    blocked = _tile_gemm(backend, t, n_in, chunks)
 
     # the slices of v and m lie a cache line more than their size apart: whole multiples
     # of 4 KiB would put their rows in the same L1 sets
@@ -859,7 +877,9 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
         for n0, n1 in chunks[lo:hi]:
             p = (n1 - n0) * tiles
             t.input(v, n0, n1, vs, rows)
-            if uniform:
+            if blocked:
+                backend.conv_kernels.tile_gemm(u, v, m, positions, n_out, n_in, p, vs, ms)
+            elif uniform:
                 np.matmul(u, _view(v[:, :width * p], (positions, width, p)),
                           out=_view(m[:, :n_out * p], (positions, n_out, p)))
             else:

@@ -365,6 +365,123 @@ def test_pointwise_convs_run_direct_only_on_avx512_up_to_128_outputs(monkeypatch
     _assert_like_the_fallback(monkeypatch, results, x, w, 15, (1, 0, 1, 1))
 
 
+# (positions, O, C, P): blocks of 8 (AVX-512) or 4 output channels x 3 or 2 vectors, then single
+# channels, single vectors and columns past the last whole vector
+TILE_GEMM_CASES = [(16, 13, 1, 37),     # C = 1, O past the blocks, P not a multiple of a vector
+                   (16, 20, 24, 100),   # 100 columns: whole blocks, a single vector, four columns
+                   (36, 8, 64, 96),     # F(2x2, 5x5)'s 36 positions, whole blocks only
+                   (1, 9, 600, 130)]    # 600 rows: column bands narrower than P
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", TILE_GEMM_CASES, ids=[str(c) for c in TILE_GEMM_CASES])
+def test_tile_gemm_matches_a_float64_reference(case, dtype):
+    """tile_gemm (the GEMMs of _tile_run on the pointwise kernel's blocks) against einsum in
+    float64, with slices of v and m further apart than they need; m's gaps stay as they were."""
+    positions, o, c, p = case
+    rng = np.random.default_rng(32)
+    u, v = rng.standard_normal((positions, o, c)), rng.standard_normal((positions, c, p))
+    want = np.einsum("koc,kcp->kop", u, v)
+    vs, ms = c * p + 5, o * p + 7
+    vbuf = np.zeros((positions, vs), dtype)
+    vbuf[:, :c * p] = v.reshape(positions, -1)
+    m = np.full((positions, ms), np.nan, dtype)
+    kernels.tile_gemm(u.astype(dtype), vbuf, m, positions, o, c, p, vs, ms)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(m[:, :o * p].reshape(positions, o, p), want, rtol=tol,
+                               atol=tol * np.abs(want).max())
+    assert np.isnan(m[:, o * p:]).all()
+
+
+@needs_kernels
+def test_tile_gemm_refuses_what_it_does_not_compute():
+    """Clear errors naming the argument; nothing written on a refused call."""
+    u, v = np.ones((2, 3, 4), np.float32), np.ones((2, 4 * 5), np.float32)
+    m = np.zeros((2, 3 * 5), np.float32)
+    kernels.tile_gemm(u, v, m, 2, 3, 4, 5, 20, 15)
+    np.testing.assert_array_equal(m, 4)
+    m[:] = 0
+    bad = [((u, v, m, 0, 3, 4, 5, 20, 15), "positive"),
+           ((u, v, m, 2, 3, 4, 5, 19, 15), "vs, ms"),
+           ((u, v, m, 2, 3, 4, 5, 20, 14), "vs, ms"),
+           ((u, v, m, 3, 3, 4, 5, 20, 15), "u: expected at least 36"),
+           ((u, v[:1], m, 2, 3, 4, 5, 20, 15), "v: expected at least 40"),
+           ((u, np.ones((2, 40), np.float32)[:, ::2], m, 2, 3, 4, 5, 20, 15), "v: expected a contiguous"),
+           ((u, v, m.astype(np.float64), 2, 3, 4, 5, 20, 15), "m: expected at least"),
+           ((u, v, np.zeros(29, np.float32), 2, 3, 4, 5, 20, 15), "m: expected at least 30"),
+           ((u, v, v, 2, 3, 4, 5, 20, 15), "m: expected a buffer apart")]
+    for args, message in bad:
+        with pytest.raises((ValueError, TypeError), match=message):
+            kernels.tile_gemm(*args)
+    np.testing.assert_array_equal(m, 0)
+
+
+@needs_kernels
+def test_tile_gemm_only_on_avx512_for_deep_uniform_products_with_a_chunk_per_lane(monkeypatch):
+    """_tile_run's GEMMs run on tile_gemm on AVX-512 with TILE_GEMM_MIN_DEPTH input channels (with
+    32 BLAS won) and a chunk for each lane, never for F(2x2, 2x2)'s mixed depths, on AVX2 or the
+    baseline, for fewer chunks than lanes (BLAS's threads) or where BLAS threads cannot be limited."""
+    backend = jp.backend("numpy")
+
+    def transforms(depths):
+        return numpy_spatial._TileTransforms("t", depths, 256, 16, 0, None, None, None)
+
+    deep, wino = numpy_spatial.TILE_GEMM_MIN_DEPTH, transforms(numpy_spatial.WINOGRAD_DEPTHS)
+    applies = numpy_spatial._tile_gemm
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
+    two = [(0, 1), (1, 2)]
+    assert applies(backend, wino, deep, two) and applies(backend, transforms((1,) * 36), 2 * deep, two)
+    assert not applies(backend, transforms((1,) * 36), 32, two)
+    assert not applies(backend, transforms(numpy_spatial.S2_DEPTHS), deep, two)
+    assert not applies(backend, wino, deep, two[:1])
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
+    assert not applies(backend, wino, deep, two)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)
+    assert applies(backend, wino, deep, two[:1])
+    for isa in (1, 0):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert not applies(backend, wino, deep, two)
+
+
+@needs_kernels
+@pytest.mark.parametrize("kernel", [3, 5], ids=["F(2x2,3x3)", "F(2x2,5x5)"])
+@pytest.mark.parametrize("shape", [(1, 1, 7, 9, 13), (2, 20, 6, 5, 9)], ids=["batch1-C1", "odd-sizes"])
+def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
+    """Winograd forward and input gradient with their GEMMs on tile_gemm (any vector width the
+    CPU has: the rule is forced), alone and accumulating, in float64 to rounding, against the
+    pure-NumPy fallback; edge shapes: batch 1, one input channel, O and P not multiples of the blocks."""
+    n, c, h, w_, o = shape
+    rng = np.random.default_rng(33)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, kernel, kernel))
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)  # batch 1: one chunk
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
+    monkeypatch.setattr(numpy_spatial, "WG_TILES", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE_AVX512", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
+    calls = []
+    original = kernels.tile_gemm
+    monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (calls.append(a[3]), original(*a))[1])
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
+    geometry = (1, kernel // 2, 1, 1)
+    ws = Workspace()
+    fast = _all_three(x, w, 6, geometry, ws=ws)
+    summed = _all_three(x, w, 6, geometry, accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    assert set(calls) == {16 if kernel == 3 else 36}
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    reference = _all_three(x, w, 6, geometry)
+    for got, want in zip(fast[:2], reference[:2]):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10 * np.abs(reference[1]).max())
+
+
 def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
@@ -909,7 +1026,7 @@ ISAS = ("baseline", "avx2", "avx512")
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
-              "or winograd_transforms_match")
+              "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm")
 
 
 def _with_isa(value, *args):
