@@ -837,6 +837,16 @@ static int direct_6x2(const Geometry *g, I og)
 
 /* out[j][q] (+)= sum over k of w[j * wj + k * wk] x[k * hw + q] for one plane of hw pixels (rows
  * of x and out hw apart), then the epilogue: blocks of OB x NV in bands that keep x's rows in L2. */
+/* the band [b0, b1) of output rows from j: WIDE's blocks of NV vectors, then NARROW's single ones */
+#define PW_BAND(WIDE, NARROW)                                                                      \
+    do {                                                                                           \
+        I q = b0;                                                                                  \
+        for (; q + wide <= b1; q += wide)                                                          \
+            WIDE(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q);          \
+        for (; q < b1; q += lanes)                                                                 \
+            NARROW(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q);        \
+    } while (0)
+
 #define DEFINE_PW_GEMM(NAME, ATTR, T, V, OB, NV)                                                   \
     DEFINE_PW_BLOCK(NAME##_full, ATTR, T, V, OB, NV)                                              \
     DEFINE_PW_BLOCK(NAME##_rows, ATTR, T, V, OB, 1)                                               \
@@ -852,20 +862,8 @@ static int direct_6x2(const Geometry *g, I og)
         for (I b0 = 0; b0 < whole; b0 += band) {                                                  \
             const I b1 = b0 + band < whole ? b0 + band : whole;                                   \
             I j = 0;                                                                              \
-            for (; j + OB <= o; j += OB) {                                                        \
-                I q = b0;                                                                         \
-                for (; q + wide <= b1; q += wide)                                                 \
-                    NAME##_full(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-                for (; q < b1; q += lanes)                                                        \
-                    NAME##_rows(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-            }                                                                                     \
-            for (; j < o; j++) {                                                                  \
-                I q = b0;                                                                         \
-                for (; q + wide <= b1; q += wide)                                                 \
-                    NAME##_cols(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-                for (; q < b1; q += lanes)                                                        \
-                    NAME##_one(xn, w, on, hw, k_in, wj, wk, accumulate, scale, shift, relu, rn, j, q); \
-            }                                                                                     \
+            for (; j + OB <= o; j += OB) PW_BAND(NAME##_full, NAME##_rows);                       \
+            for (; j < o; j++) PW_BAND(NAME##_cols, NAME##_one);                                  \
         }                                                                                         \
         /* the pixels past the last whole vector, one at a time, same order of sums */            \
         for (I j = 0; j < o; j++)                                                                 \
