@@ -1020,6 +1020,45 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
             if (acc) { yr[c0] += (v0) + bo; if (c1 < Wo) yr[c1] += (v1) + bo; } \
             else { yr[c0] = (v0) + bo; if (c1 < Wo) yr[c1] = (v1) + bo; } \
         } }
+// runs of 8 tiles side by side in one row of tiles, of undilated columns or of dilation 2 from an
+// even tile column (tiles 0, 1, 4, 5, ... columns apart: both phases of 4 tile columns): their
+// patches' values at one tap lie in 16 floats of the input row, 8 tiles a vector
+#define WINOGRAD_RUNS \
+    int run8[NR / 8]; \
+    for (int j0 = 0; j0 < NR; j0 += 8) \
+        run8[j0 / 8] = (dw == 1 || (dw == 2 && out_col[j0] % 4 == 0)) && at[j0] >= 0 && at[j0 + 7] >= 0 \
+                       && img[j0] == img[j0 + 7] && out_row[j0] == out_row[j0 + 7] \
+                       && out_col[j0 + 7] == out_col[j0] + 15 - dw;
+// taps q and q + 1 (q even) of a run's 8 tiles from `row` (the first tile's patch row): the even
+// and odd floats (dw 1) or pairs of floats (dw 2) of the 16 from row + q dw. float8 halves: a
+// float16 is split across calls without AVX-512 (programs.py)
+#define WINOGRAD_PAIR(row, q, t0_, t1_) { \
+        const float8 lo = vload8(0, (row) + (q) * dw), hi = vload8(0, (row) + (q) * dw + 8); \
+        if (dw == 1) { t0_ = (float8)(lo.even, hi.even); t1_ = (float8)(lo.odd, hi.odd); } \
+        else { t0_ = (float8)(lo.s01, lo.s45, hi.s01, hi.s45); t1_ = (float8)(lo.s23, lo.s67, hi.s23, hi.s67); } }
+// a run's outputs in output row yr from its first tile's column: per tile v0 there and v1 dw
+// further, i.e. 16 floats with v0's and v1's lanes interleaved one by one (dw 1) or in pairs (dw 2)
+#define WINOGRAD_STORE8(yr, v0, v1) { \
+        float8 lo, hi; \
+        if (dw == 1) { \
+            lo = (float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3); \
+            hi = (float8)(v0.s4, v1.s4, v0.s5, v1.s5, v0.s6, v1.s6, v0.s7, v1.s7); \
+        } else { \
+            lo = (float8)(v0.s01, v1.s01, v0.s23, v1.s23); \
+            hi = (float8)(v0.s45, v1.s45, v0.s67, v1.s67); \
+        } \
+        vstore8(acc ? vload8(0, yr) + lo : lo, 0, yr); \
+        vstore8(acc ? vload8(1, yr) + hi : hi, 1, yr); }
+// the separable transforms' passes: B^T d column q, then (B^T d) B row r; A^T m row i
+#define COL_IN(r) d[r][q]
+#define COL_OUT(r) e[r][q]
+#define ROW_IN(q) e[r][q]
+#define RQ(q) r[i][q]
+// B^T d of a 4-vector (F(2x2, 3x3))
+#define WG3_BT(T, d, o) { o(0) = d(0) - d(2); o(1) = d(1) + d(2); o(2) = d(2) - d(1); o(3) = d(1) - d(3); }
+// A^T m: rows m0 + m1 + m2 and m1 - m2 - m3
+#define AT3_0(m) (m(0) + m(1) + m(2))
+#define AT3_1(m) (m(1) - m(2) - m(3))
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
@@ -1032,30 +1071,37 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     __local float *vt = (__local float *)v_store;
     __local float *mt = (__local float *)m_store;
     WINOGRAD_TILES
+    WINOGRAD_RUNS
     for (int k0 = 0; k0 < K; k0 += WK) {
         const int kc = min(WK, K - k0);
         for (int c = 0; c < kc; ++c) {
             __global const float *xc = xp + (size_t)(k0 + c) * plane;
-            const size_t rs = (size_t)dh * Wp;
-            for (int j = 0; j < NR; ++j) {
-                // the patch's rows r0..r3 (4 taps each, dw apart), zero past the last tile
-                const int live = at[j] >= 0;
-                __global const float *s0 = xc + (live ? at[j] : 0);
-                __global const float *s1 = s0 + rs, *s2 = s1 + rs, *s3 = s2 + rs;
-#define WROW(r, s) const float r##0 = live ? s[0] : 0.0f, r##1 = live ? s[dw] : 0.0f, \
-                               r##2 = live ? s[2 * dw] : 0.0f, r##3 = live ? s[3 * dw] : 0.0f;
-                WROW(a, s0) WROW(b, s1) WROW(c, s2) WROW(d, s3)
-#undef WROW
-                // B^T p, then (B^T p) B row by row
-#define WCOLS(i, q0_, q1_, q2_, q3_) { const float q0 = (q0_), q1 = (q1_), q2 = (q2_), q3 = (q3_); \
-                dst[(4 * i) * VXI] = q0 - q2; dst[(4 * i + 1) * VXI] = q1 + q2; \
-                dst[(4 * i + 2) * VXI] = q2 - q1; dst[(4 * i + 3) * VXI] = q1 - q3; }
-                __local float *dst = vt + c * NR + j;
-                WCOLS(0, a0 - c0, a1 - c1, a2 - c2, a3 - c3)
-                WCOLS(1, b0 + c0, b1 + c1, b2 + c2, b3 + c3)
-                WCOLS(2, c0 - b0, c1 - b1, c2 - b2, c3 - b3)
-                WCOLS(3, b0 - d0, b1 - d1, b2 - d2, b3 - d3)
-#undef WCOLS
+            for (int j0 = 0; j0 < NR; j0 += 8) {
+                __local float *dst = vt + c * NR + j0;
+#define ROW3_OUT8(q) *(__local float8 *)(dst + (4 * r + (q)) * VXI)
+#define ROW3_OUT(q) dst[(4 * r + (q)) * VXI + j - j0]
+                if (run8[j0 / 8]) {
+                    __global const float *s = xc + at[j0];
+                    float8 d[4][4], e[4][4];
+                    for (int r = 0; r < 4; ++r) {
+                        __global const float *row = s + (size_t)r * dh * Wp;
+                        WINOGRAD_PAIR(row, 0, d[r][0], d[r][1])
+                        WINOGRAD_PAIR(row, 2, d[r][2], d[r][3])
+                    }
+                    for (int q = 0; q < 4; ++q) WG3_BT(float8, COL_IN, COL_OUT)
+                    for (int r = 0; r < 4; ++r) WG3_BT(float8, ROW_IN, ROW3_OUT8)
+                    continue;
+                }
+                for (int j = j0; j < j0 + 8; ++j) {
+                    // the patch (4 rows dh apart, 4 taps dw apart), zero past the last tile
+                    const int live = at[j] >= 0;
+                    __global const float *s = xc + (live ? at[j] : 0);
+                    float d[4][4], e[4][4];
+                    for (int r = 0; r < 4; ++r)
+                        for (int q = 0; q < 4; ++q) d[r][q] = live ? s[(size_t)r * dh * Wp + q * dw] : 0.0f;
+                    for (int q = 0; q < 4; ++q) WG3_BT(float, COL_IN, COL_OUT)
+                    for (int r = 0; r < 4; ++r) WG3_BT(float, ROW_IN, ROW3_OUT)
+                }
             }
         }
         WINOGRAD_GEMMS(16, VXI, MXI)
@@ -1063,21 +1109,42 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     const int rows = min(tile_m, M - row0);
     for (int o = 0; o < rows; ++o) {
         const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
-        for (int j = 0; j < NR; ++j) {
-            if (at[j] < 0) continue;
-            __local const float *src = mt + o * NR + j;
-            float m[16];
-            for (int xi = 0; xi < 16; ++xi) m[xi] = src[xi * MXI];
-            float r[8];   // A^T m
-            for (int e = 0; e < 4; ++e) {
-                r[e] = m[e] + m[4 + e] + m[8 + e];
-                r[4 + e] = m[4 + e] - m[8 + e] - m[12 + e];
+        for (int j0 = 0; j0 < NR; j0 += 8) {
+            if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) {   // 8 tiles' two rows of 16 outputs
+                __local const float *src = mt + o * NR + j0;
+                float8 r[2][4];
+                for (int q = 0; q < 4; ++q) {
+#define M38(x) (*(__local const float8 *)(src + (4 * (x) + q) * MXI))
+                    r[0][q] = AT3_0(M38);
+                    r[1][q] = AT3_1(M38);
+                }
+                __global float *yd = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0];
+                for (int i = 0; i < 2; ++i) {
+                    const int row = out_row[j0] + i * dh;
+                    if (row >= Ho) continue;
+                    const float8 v0 = AT3_0(RQ) + bo, v1 = AT3_1(RQ) + bo;
+                    WINOGRAD_STORE8(yd + (size_t)row * Wo, v0, v1)
+                }
+                continue;
             }
-            for (int i = 0; i < 2; ++i)
-                WINOGRAD_STORE(i, r[4 * i] + r[4 * i + 1] + r[4 * i + 2], r[4 * i + 1] - r[4 * i + 2] - r[4 * i + 3])
+            for (int j = j0; j < j0 + 8; ++j) {
+                if (at[j] < 0) continue;
+                __local const float *src = mt + o * NR + j;
+                float r[2][4];
+                for (int q = 0; q < 4; ++q) {
+#define M31(x) src[(4 * (x) + q) * MXI]
+                    r[0][q] = AT3_0(M31);
+                    r[1][q] = AT3_1(M31);
+                }
+                for (int i = 0; i < 2; ++i) WINOGRAD_STORE(i, AT3_0(RQ), AT3_1(RQ))
+            }
         }
     }
 }
+#undef ROW3_OUT8
+#undef ROW3_OUT
+#undef M38
+#undef M31
 
 // Winograd F(2x2, 5x5) in one pass, as winograd_conv: 6x6 patches, 36 tap positions (the
 // scheme: above winograd5_weights in conv.cl); the same work-groups, WK channels per slice.
@@ -1103,12 +1170,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
     __local float *vt = (__local float *)v_store;
     __local float *mt = (__local float *)m_store;
     WINOGRAD_TILES
-    // runs of 8 tiles side by side in one row of tiles (undilated columns): their patches'
-    // values at one tap are every second float of the input row, 8 tiles a vector
-    int run8[NR / 8];
-    for (int j0 = 0; j0 < NR; j0 += 8)
-        run8[j0 / 8] = dw == 1 && at[j0] >= 0 && at[j0 + 7] >= 0 && img[j0] == img[j0 + 7]
-                       && out_row[j0] == out_row[j0 + 7] && out_col[j0 + 7] == out_col[j0] + 14;
+    WINOGRAD_RUNS
     for (int k0 = 0; k0 < K; k0 += WK) {
         const int kc = min(WK, K - k0);
         for (int c = 0; c < kc; ++c) {
@@ -1120,21 +1182,13 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
                     float8 d[6][6], e[6][6];
                     for (int r = 0; r < 6; ++r) {
                         __global const float *row = s + (size_t)r * dh * Wp;
-                        // float8 halves: a float16 is split across calls without AVX-512 (programs.py)
-                        for (int q = 0; q < 6; q += 2) {
-                            const float8 lo = vload8(0, row + q), hi = vload8(0, row + q + 8);
-                            d[r][q] = (float8)(lo.even, hi.even);
-                            d[r][q + 1] = (float8)(lo.odd, hi.odd);
-                        }
+                        for (int q = 0; q < 6; q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1])
                     }
                     // B^T d column by column, then (B^T d) B row by row
                     for (int q = 0; q < 6; ++q) {
-#define COL_IN(r) d[r][q]
-#define COL_OUT(r) e[r][q]
                         WG5_BT(float8, COL_IN, COL_OUT)
                     }
                     for (int r = 0; r < 6; ++r) {
-#define ROW_IN(q) e[r][q]
 #define ROW_OUT8(q) *(__local float8 *)(dst + (6 * r + (q)) * VXI5)
                         WG5_BT(float8, ROW_IN, ROW_OUT8)
                     }
@@ -1176,13 +1230,8 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
                 for (int i = 0; i < 2; ++i) {
                     const int row = out_row[j0] + i * dh;
                     if (row >= Ho) continue;
-#define RQ(q) r[i][q]
-                    const float8 v0 = AT0(RQ) + bo, v1 = AT1(RQ) + bo;   // even and odd columns
-                    const float8 lo = (float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3);
-                    const float8 hi = (float8)(v0.s4, v1.s4, v0.s5, v1.s5, v0.s6, v1.s6, v0.s7, v1.s7);
-                    __global float *yr = dst + (size_t)row * Wo;
-                    vstore8(acc ? vload8(0, yr) + lo : lo, 0, yr);
-                    vstore8(acc ? vload8(1, yr) + hi : hi, 1, yr);
+                    const float8 v0 = AT0(RQ) + bo, v1 = AT1(RQ) + bo;
+                    WINOGRAD_STORE8(dst + (size_t)row * Wo, v0, v1)
                 }
                 continue;
             }

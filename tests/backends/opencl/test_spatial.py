@@ -249,39 +249,51 @@ def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case,
     np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
 
 
-@pytest.mark.parametrize("case", [
-    # (N, C, H, W), O, padding, dilation: batch 1, odd planes (tiles past the output's last row
-    # and column), padding 0 and 2, channels no multiple of the panels (6 or 12) and past a
+WINOGRAD_CASES = [
+    # k, (N, C, H, W), O, padding, dilation: batch 1, odd planes (tiles past the output's last
+    # row and column), padding 0 and 2, channels no multiple of the panels (6 or 12) and past a
     # slice (64), outputs past a work-group's rows (96), runs of 8 tiles side by side (vector
-    # loads and stores) with the output row's last 16 past its end, dilation 2
-    ((1, 3, 7, 9), 5, 2, 1),
-    ((2, 70, 9, 37), 100, 2, 1),
-    ((1, 13, 12, 36), 11, 0, 1),
-    ((2, 4, 11, 20), 7, 2, 2),
-], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}-d{c[3]}")
+    # loads and stores) with the output row's last 16 past its end, runs across two rows of
+    # tiles and a last one partly past the tiles (tile by tile), plane smaller than a run
+    (5, (1, 3, 7, 9), 5, 2, 1),
+    (5, (2, 70, 9, 37), 100, 2, 1),
+    (5, (1, 13, 12, 36), 11, 0, 1),
+    (3, (1, 3, 7, 9), 5, 1, 1),
+    (3, (2, 70, 9, 37), 100, 1, 1),
+    (3, (1, 13, 12, 36), 11, 0, 1),
+    # dilation 2: runs of both phases of 4 tile columns (vector loads and stores paired), one
+    # whose last 16 outputs pass the row's end (from tile column 4 of 12) and runs across rows
+    (5, (2, 4, 11, 20), 7, 2, 2),
+    (5, (1, 6, 9, 22), 9, 4, 2),
+    (3, (2, 4, 11, 20), 7, 2, 2),
+    (3, (1, 6, 9, 22), 9, 2, 2),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: f"k{c[0]}-{c[1]}-o{c[2]}-p{c[3]}-d{c[4]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_winograd_5x5_matches_the_reference(lanes_backend, rng, case, lanes):
-    """The stride-1 5x5 forward pass (with its bias) and input gradient (added to dx) as Winograd
-    F(2x2, 5x5) (winograd5_conv), against the float64 loops."""
+def test_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
+    """The stride-1 3x3 and 5x5 forward pass (with its bias) and input gradient (added to dx) as
+    Winograd F(2x2, 3x3) and F(2x2, 5x5) (winograd_conv, winograd5_conv), against float64."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
-    xs, o, p, d = case
+    k, xs, o, p, d = case
     x = rng.standard_normal(xs).astype(np.float32)
-    wt = rng.standard_normal((o, xs[1], 5, 5)).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], k, k)).astype(np.float32)
     bias = rng.standard_normal(o).astype(np.float32)
     args = ((1, 1), (p, p), (d, d), 1)
     y_ref = conv_stride1_ref(x, wt, p, d) + bias[:, None, None]
     dy = rng.standard_normal(y_ref.shape).astype(np.float32)
     dx0 = rng.standard_normal(xs).astype(np.float32)
-    # the input gradient: dy convolved with the transposed, flipped taps, padded by 4 d - p
-    dx_ref = conv_stride1_ref(dy, wt.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], 4 * d - p, d) + dx0
+    # the input gradient: dy convolved with the transposed, flipped taps, padded by (k - 1) d - p
+    dx_ref = conv_stride1_ref(dy, wt.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], (k - 1) * d - p, d) + dx0
     geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, *args, "conv2d")
     assert b._forward_algorithm(geo, 1) == "winograd" and b._use_winograd(geo, 1, "data")
     ws, dev_w = Workspace(), b.from_host(wt)
     y, dx = b.empty(y_ref.shape), b.from_host(dx0)
     b.conv2d(b.from_host(x), dev_w, y, *args, ws, bias=b.from_host(bias))
     b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
-    np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(25 * xs[1]))
-    np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4 * np.sqrt(25 * o))
+    np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * xs[1]))
+    np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * o))
 
 
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
