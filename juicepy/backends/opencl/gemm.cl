@@ -1054,6 +1054,44 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 #define COL_OUT(r) e[r][q]
 #define ROW_IN(q) e[r][q]
 #define RQ(q) r[i][q]
+// the products back into Y: per output row o of the work-group, runs of 8 tiles as two rows of
+// 16 outputs (WINOGRAD_STORE8), other tiles one by one (WINOGRAD_STORE); N x N positions at
+// (N x + q) * STRIDE in mt, A^T's rows A0 and A1
+#define WINOGRAD_M8(x) (*(__local const float8 *)(src + (n_ * (x) + q) * stride_))
+#define WINOGRAD_M1(x) src[(n_ * (x) + q) * stride_]
+#define WINOGRAD_OUTPUT(N, STRIDE, A0, A1) { \
+    const int rows = min(tile_m, M - row0), n_ = (N), stride_ = (STRIDE); \
+    for (int o = 0; o < rows; ++o) { \
+        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f; \
+        for (int j0 = 0; j0 < NR; j0 += 8) { \
+            if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) { \
+                __local const float *src = mt + o * NR + j0; \
+                float8 r[2][N]; \
+                for (int q = 0; q < (N); ++q) { \
+                    r[0][q] = A0(WINOGRAD_M8); \
+                    r[1][q] = A1(WINOGRAD_M8); \
+                } \
+                __global float *yd = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0]; \
+                for (int i = 0; i < 2; ++i) { \
+                    const int row = out_row[j0] + i * dh; \
+                    if (row >= Ho) continue; \
+                    const float8 v0 = A0(RQ) + bo, v1 = A1(RQ) + bo; \
+                    WINOGRAD_STORE8(yd + (size_t)row * Wo, v0, v1) \
+                } \
+                continue; \
+            } \
+            for (int j = j0; j < j0 + 8; ++j) { \
+                if (at[j] < 0) continue; \
+                __local const float *src = mt + o * NR + j; \
+                float r[2][N]; \
+                for (int q = 0; q < (N); ++q) { \
+                    r[0][q] = A0(WINOGRAD_M1); \
+                    r[1][q] = A1(WINOGRAD_M1); \
+                } \
+                for (int i = 0; i < 2; ++i) WINOGRAD_STORE(i, A0(RQ), A1(RQ)) \
+            } \
+        } \
+    } }
 // B^T d of a 4-vector (F(2x2, 3x3))
 #define WG3_BT(T, d, o) { o(0) = d(0) - d(2); o(1) = d(1) + d(2); o(2) = d(2) - d(1); o(3) = d(1) - d(3); }
 // A^T m: rows m0 + m1 + m2 and m1 - m2 - m3
@@ -1106,45 +1144,10 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
         }
         WINOGRAD_GEMMS(16, VXI, MXI)
     }
-    const int rows = min(tile_m, M - row0);
-    for (int o = 0; o < rows; ++o) {
-        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
-        for (int j0 = 0; j0 < NR; j0 += 8) {
-            if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) {   // 8 tiles' two rows of 16 outputs
-                __local const float *src = mt + o * NR + j0;
-                float8 r[2][4];
-                for (int q = 0; q < 4; ++q) {
-#define M38(x) (*(__local const float8 *)(src + (4 * (x) + q) * MXI))
-                    r[0][q] = AT3_0(M38);
-                    r[1][q] = AT3_1(M38);
-                }
-                __global float *yd = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0];
-                for (int i = 0; i < 2; ++i) {
-                    const int row = out_row[j0] + i * dh;
-                    if (row >= Ho) continue;
-                    const float8 v0 = AT3_0(RQ) + bo, v1 = AT3_1(RQ) + bo;
-                    WINOGRAD_STORE8(yd + (size_t)row * Wo, v0, v1)
-                }
-                continue;
-            }
-            for (int j = j0; j < j0 + 8; ++j) {
-                if (at[j] < 0) continue;
-                __local const float *src = mt + o * NR + j;
-                float r[2][4];
-                for (int q = 0; q < 4; ++q) {
-#define M31(x) src[(4 * (x) + q) * MXI]
-                    r[0][q] = AT3_0(M31);
-                    r[1][q] = AT3_1(M31);
-                }
-                for (int i = 0; i < 2; ++i) WINOGRAD_STORE(i, AT3_0(RQ), AT3_1(RQ))
-            }
-        }
-    }
+    WINOGRAD_OUTPUT(4, MXI, AT3_0, AT3_1)
 }
 #undef ROW3_OUT8
 #undef ROW3_OUT
-#undef M38
-#undef M31
 
 // Winograd F(2x2, 5x5) in one pass, as winograd_conv: 6x6 patches, 36 tap positions (the
 // scheme: above winograd5_weights in conv.cl); the same work-groups, WK channels per slice.
@@ -1214,40 +1217,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
     // A^T m: rows m0 + m1 + m2 + m3 + m4 and m1 - m2 + 2 (m3 - m4) + m5
 #define AT0(m) (m(0) + m(1) + m(2) + m(3) + m(4))
 #define AT1(m) (m(1) - m(2) + 2.0f * (m(3) - m(4)) + m(5))
-    const int rows = min(tile_m, M - row0);
-    for (int o = 0; o < rows; ++o) {
-        const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
-        for (int j0 = 0; j0 < NR; j0 += 8) {
-            if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) {   // 8 tiles' two rows of 16 outputs
-                __local const float *src = mt + o * NR + j0;
-                float8 r[2][6];
-                for (int q = 0; q < 6; ++q) {
-#define M8(x) (*(__local const float8 *)(src + (6 * (x) + q) * MXI5))
-                    r[0][q] = AT0(M8);
-                    r[1][q] = AT1(M8);
-                }
-                __global float *dst = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0];
-                for (int i = 0; i < 2; ++i) {
-                    const int row = out_row[j0] + i * dh;
-                    if (row >= Ho) continue;
-                    const float8 v0 = AT0(RQ) + bo, v1 = AT1(RQ) + bo;
-                    WINOGRAD_STORE8(dst + (size_t)row * Wo, v0, v1)
-                }
-                continue;
-            }
-            for (int j = j0; j < j0 + 8; ++j) {
-                if (at[j] < 0) continue;
-                __local const float *src = mt + o * NR + j;
-                float r[2][6];
-                for (int q = 0; q < 6; ++q) {
-#define M1(x) src[(6 * (x) + q) * MXI5]
-                    r[0][q] = AT0(M1);
-                    r[1][q] = AT1(M1);
-                }
-                for (int i = 0; i < 2; ++i) WINOGRAD_STORE(i, AT0(RQ), AT1(RQ))
-            }
-        }
-    }
+    WINOGRAD_OUTPUT(6, MXI5, AT0, AT1)
 }
 #undef COL_IN
 #undef COL_OUT
@@ -1256,8 +1226,6 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
 #undef ROW_OUT8
 #undef AT0
 #undef AT1
-#undef M8
-#undef M1
 #undef RQ
 
 // A 3x3 stride-2 convolution as Winograd F(2x2, 2x2) on its input's phases (the scheme: above
