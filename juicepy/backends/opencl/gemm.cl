@@ -1054,6 +1054,39 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 #define COL_OUT(r) e[r][q]
 #define ROW_IN(q) e[r][q]
 #define RQ(q) r[i][q]
+// channel slice [k0, k0 + kc) of the input into V: each tile's N x N patch through B^T (BT),
+// runs of 8 tiles a float8 (WINOGRAD_PAIR), other tiles one by one (zeros past the last tile);
+// position (N r + q) of V's panels STRIDE floats apart
+#define WINOGRAD_V8(q) *(__local float8 *)(dst + (n_ * r + (q)) * vstride_)
+#define WINOGRAD_V1(q) dst[(n_ * r + (q)) * vstride_ + j - j0]
+#define WINOGRAD_INPUT(N, STRIDE, BT) { \
+    const int n_ = (N), vstride_ = (STRIDE); \
+    for (int c = 0; c < kc; ++c) { \
+        __global const float *xc = xp + (size_t)(k0 + c) * plane; \
+        for (int j0 = 0; j0 < NR; j0 += 8) { \
+            __local float *dst = vt + c * NR + j0; \
+            if (run8[j0 / 8]) { \
+                __global const float *s = xc + at[j0]; \
+                float8 d[N][N], e[N][N]; \
+                for (int r = 0; r < (N); ++r) { \
+                    __global const float *row = s + (size_t)r * dh * Wp; \
+                    for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1]) \
+                } \
+                for (int q = 0; q < (N); ++q) BT(float8, COL_IN, COL_OUT) \
+                for (int r = 0; r < (N); ++r) BT(float8, ROW_IN, WINOGRAD_V8) \
+                continue; \
+            } \
+            for (int j = j0; j < j0 + 8; ++j) { \
+                const int live = at[j] >= 0; \
+                __global const float *s = xc + (live ? at[j] : 0); \
+                float d[N][N], e[N][N]; \
+                for (int r = 0; r < (N); ++r) \
+                    for (int q = 0; q < (N); ++q) d[r][q] = live ? s[(size_t)r * dh * Wp + q * dw] : 0.0f; \
+                for (int q = 0; q < (N); ++q) BT(float, COL_IN, COL_OUT) \
+                for (int r = 0; r < (N); ++r) BT(float, ROW_IN, WINOGRAD_V1) \
+            } \
+        } \
+    } }
 // the products back into Y: per output row o of the work-group, runs of 8 tiles as two rows of
 // 16 outputs (WINOGRAD_STORE8), other tiles one by one (WINOGRAD_STORE); N x N positions at
 // (N x + q) * STRIDE in mt, A^T's rows A0 and A1
@@ -1112,42 +1145,11 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     WINOGRAD_RUNS
     for (int k0 = 0; k0 < K; k0 += WK) {
         const int kc = min(WK, K - k0);
-        for (int c = 0; c < kc; ++c) {
-            __global const float *xc = xp + (size_t)(k0 + c) * plane;
-            for (int j0 = 0; j0 < NR; j0 += 8) {
-                __local float *dst = vt + c * NR + j0;
-#define ROW3_OUT8(q) *(__local float8 *)(dst + (4 * r + (q)) * VXI)
-#define ROW3_OUT(q) dst[(4 * r + (q)) * VXI + j - j0]
-                if (run8[j0 / 8]) {
-                    __global const float *s = xc + at[j0];
-                    float8 d[4][4], e[4][4];
-                    for (int r = 0; r < 4; ++r) {
-                        __global const float *row = s + (size_t)r * dh * Wp;
-                        WINOGRAD_PAIR(row, 0, d[r][0], d[r][1])
-                        WINOGRAD_PAIR(row, 2, d[r][2], d[r][3])
-                    }
-                    for (int q = 0; q < 4; ++q) WG3_BT(float8, COL_IN, COL_OUT)
-                    for (int r = 0; r < 4; ++r) WG3_BT(float8, ROW_IN, ROW3_OUT8)
-                    continue;
-                }
-                for (int j = j0; j < j0 + 8; ++j) {
-                    // the patch (4 rows dh apart, 4 taps dw apart), zero past the last tile
-                    const int live = at[j] >= 0;
-                    __global const float *s = xc + (live ? at[j] : 0);
-                    float d[4][4], e[4][4];
-                    for (int r = 0; r < 4; ++r)
-                        for (int q = 0; q < 4; ++q) d[r][q] = live ? s[(size_t)r * dh * Wp + q * dw] : 0.0f;
-                    for (int q = 0; q < 4; ++q) WG3_BT(float, COL_IN, COL_OUT)
-                    for (int r = 0; r < 4; ++r) WG3_BT(float, ROW_IN, ROW3_OUT)
-                }
-            }
-        }
+        WINOGRAD_INPUT(4, VXI, WG3_BT)
         WINOGRAD_GEMMS(16, VXI, MXI)
     }
     WINOGRAD_OUTPUT(4, MXI, AT3_0, AT3_1)
 }
-#undef ROW3_OUT8
-#undef ROW3_OUT
 
 // Winograd F(2x2, 5x5) in one pass, as winograd_conv: 6x6 patches, 36 tap positions (the
 // scheme: above winograd5_weights in conv.cl); the same work-groups, WK channels per slice.
@@ -1176,42 +1178,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
     WINOGRAD_RUNS
     for (int k0 = 0; k0 < K; k0 += WK) {
         const int kc = min(WK, K - k0);
-        for (int c = 0; c < kc; ++c) {
-            __global const float *xc = xp + (size_t)(k0 + c) * plane;
-            for (int j0 = 0; j0 < NR; j0 += 8) {
-                __local float *dst = vt + c * NR + j0;
-                if (run8[j0 / 8]) {
-                    __global const float *s = xc + at[j0];
-                    float8 d[6][6], e[6][6];
-                    for (int r = 0; r < 6; ++r) {
-                        __global const float *row = s + (size_t)r * dh * Wp;
-                        for (int q = 0; q < 6; q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1])
-                    }
-                    // B^T d column by column, then (B^T d) B row by row
-                    for (int q = 0; q < 6; ++q) {
-                        WG5_BT(float8, COL_IN, COL_OUT)
-                    }
-                    for (int r = 0; r < 6; ++r) {
-#define ROW_OUT8(q) *(__local float8 *)(dst + (6 * r + (q)) * VXI5)
-                        WG5_BT(float8, ROW_IN, ROW_OUT8)
-                    }
-                    continue;
-                }
-                for (int j = j0; j < j0 + 8; ++j) {
-                    // the patch (6 rows dh apart, 6 taps dw apart), zero past the last tile
-                    const int live = at[j] >= 0;
-                    __global const float *s = xc + (live ? at[j] : 0);
-                    float d[6][6], e[6][6];
-                    for (int r = 0; r < 6; ++r)
-                        for (int q = 0; q < 6; ++q) d[r][q] = live ? s[(size_t)r * dh * Wp + q * dw] : 0.0f;
-                    for (int q = 0; q < 6; ++q) WG5_BT(float, COL_IN, COL_OUT)
-                    for (int r = 0; r < 6; ++r) {
-#define ROW_OUT(q) dst[(6 * r + (q)) * VXI5 + j - j0]
-                        WG5_BT(float, ROW_IN, ROW_OUT)
-                    }
-                }
-            }
-        }
+        WINOGRAD_INPUT(6, VXI5, WG5_BT)
         WINOGRAD_GEMMS(36, VXI5, MXI5)
     }
     // A^T m: rows m0 + m1 + m2 + m3 + m4 and m1 - m2 + 2 (m3 - m4) + m5
@@ -1222,8 +1189,6 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
 #undef COL_IN
 #undef COL_OUT
 #undef ROW_IN
-#undef ROW_OUT
-#undef ROW_OUT8
 #undef AT0
 #undef AT1
 #undef RQ
