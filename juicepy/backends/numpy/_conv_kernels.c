@@ -393,12 +393,6 @@ DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f64, double)
  * same width on every target (a 64-byte vector on AVX2 goes through the stack, element by
  * element). So each is built three times instead, with the vector width and register blocking
  * of its instruction set, and the widest one the CPU runs is picked at module load (isa). */
-typedef float vf32x16 __attribute__((vector_size(64)));
-typedef double vf64x8 __attribute__((vector_size(64)));
-typedef float vf32x8 __attribute__((vector_size(32)));
-typedef double vf64x4 __attribute__((vector_size(32)));
-typedef float vf32x4 __attribute__((vector_size(16)));
-typedef double vf64x2 __attribute__((vector_size(16)));
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define ISA_512 __attribute__((target("avx512f,avx2,fma")))
 #define ISA_256 __attribute__((target("avx2,fma")))
@@ -416,7 +410,6 @@ static int isa = 0;
     ((LEVEL) == 2 ? NAME##_512(__VA_ARGS__) : (LEVEL) == 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 #define VLANES(V, T) ((I)(sizeof(V) / sizeof(T)))
 #define BLOCK(V, T) (4 * VLANES(V, T))
-#define LOADV(V, P) ({ V v_; memcpy(&v_, (P), sizeof v_); v_; })
 
 typedef struct {
     I hp, wp, grid, span, buffer;

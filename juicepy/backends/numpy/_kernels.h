@@ -1,5 +1,5 @@
 /* What the NumPy backend's C kernels share: Python.h first (as CPython asks), the C headers
- * they use, VECTOR_CLONES, which compiles a function for AVX-512, AVX2 and baseline x86-64
+ * they use, VECTOR_CLONES, the GCC vector types, which compiles a function for AVX-512, AVX2 and baseline x86-64
  * and picks the best one when the module loads, and the polling wait of their thread hand-offs. */
 #ifndef JUICEPY_KERNELS_H
 #define JUICEPY_KERNELS_H
@@ -17,6 +17,16 @@
 #else
 #define VECTOR_CLONES
 #endif
+
+/* GCC vector types of the kernels' explicit vector code, and an unaligned load of one */
+typedef float vf32x16 __attribute__((vector_size(64)));
+typedef double vf64x8 __attribute__((vector_size(64)));
+typedef float vf32x8 __attribute__((vector_size(32)));
+typedef double vf64x4 __attribute__((vector_size(32)));
+typedef float vf32x4 __attribute__((vector_size(16)));
+typedef double vf64x2 __attribute__((vector_size(16)));
+typedef int vi32x8 __attribute__((vector_size(32)));
+#define LOADV(V, P) ({ V v_; memcpy(&v_, (P), sizeof v_); v_; })
 
 /* Polls while the int64 *word still equals value, for at most ``seconds``; 1 once it changed.
  * Threads that hand work over poll rather than block: a thread blocked in the kernel took

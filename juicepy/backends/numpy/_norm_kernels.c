@@ -78,22 +78,17 @@ static double lanes_total(const double *acc)
  * 8-float vectors, widened into eight 4-double vectors (the channel's double lanes) once per
  * plane; lane l adds the same values in the same order as PLANE_ADD2 into double lanes, so the
  * same bits. (The statistics pass kept PLANE_ADD: this form measured no faster there.) */
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef float f32x4 __attribute__((vector_size(16)));
-typedef double f64x4 __attribute__((vector_size(32)));
-typedef int i32x8 __attribute__((vector_size(32)));
-#define F32X8_AT(P) ({ f32x8 v_; memcpy(&v_, (P), sizeof v_); v_; })
 /* D[0..1] (4 doubles each) += the 8 floats of V, widened */
 #define WIDEN_ADD(D, V)                                                                        \
     do {                                                                                       \
-        f32x4 lo_, hi_;                                                                        \
+        vf32x4 lo_, hi_;                                                                        \
         memcpy(&lo_, &(V), sizeof lo_);                                                        \
         memcpy(&hi_, (const char *)&(V) + sizeof lo_, sizeof hi_);                             \
-        (D)[0] += __builtin_convertvector(lo_, f64x4);                                         \
-        (D)[1] += __builtin_convertvector(hi_, f64x4);                                         \
+        (D)[0] += __builtin_convertvector(lo_, vf64x4);                                         \
+        (D)[1] += __builtin_convertvector(hi_, vf64x4);                                         \
     } while (0)
 /* the channel's total of double lanes DA (lanes_total) */
-static double vector_lanes_total(const f64x4 *da)
+static double vector_lanes_total(const vf64x4 *da)
 {
     double lanes[LANES];
     memcpy(lanes, da, sizeof lanes);
@@ -124,7 +119,6 @@ static double vector_lanes_total(const f64x4 *da)
 
 DEFINE_STATS(stats_f32, float)
 DEFINE_STATS(stats_f64, double)
-
 
 /* out[:, c] = (x[:, c] - center[c]) * scale[c] + shift[c], then max(out, 0) where ``relu``
  * (a ReLU after the batch norm in the same pass; v < 0 ? 0 : v keeps NaN as np.maximum) */
@@ -181,8 +175,8 @@ DEFINE_AFFINE(affine_f64, double)
 DEFINE_BACKWARD_SUMS(backward_sums_f64, double)
 
 /* dy's 8 values at K, zero where the ReLU's output R (if given) is not > 0, as GRAD */
-#define F32X8_GRAD(R, E, K) ((R) ? (f32x8)((i32x8)F32X8_AT((E) + (K)) & (F32X8_AT((R) + (K)) > 0)) \
-                                 : F32X8_AT((E) + (K)))
+#define GRAD_F32X8(R, E, K) ((R) ? (vf32x8)((vi32x8)LOADV(vf32x8, (E) + (K)) & (LOADV(vf32x8, (R) + (K)) > 0)) \
+                                 : LOADV(vf32x8, (E) + (K)))
 
 /* backward_sums in float, its lanes in vectors */
 VECTOR_CLONES static void backward_sums_f32(const float *restrict x, const float *restrict dy,
@@ -191,19 +185,19 @@ VECTOR_CLONES static void backward_sums_f32(const float *restrict x, const float
                                             float *restrict sum_dy_xhat, I n, I c, I inner, I c0, I c1)
 {
     for (I ch = c0; ch < c1; ch++) {
-        f64x4 da[LANES / 4] = {{0}}, db[LANES / 4] = {{0}};
+        vf64x4 da[LANES / 4] = {{0}}, db[LANES / 4] = {{0}};
         const float m = mean[ch];
-        const f32x8 mv = (f32x8){0} + m;
+        const vf32x8 mv = (vf32x8){0} + m;
         for (I s = 0; s < n; s++) {
             const I at = (s * c + ch) * inner;
             const float *p = x + at, *e = dy + at, *r = y ? y + at : NULL;
-            f32x8 a[4] = {{0}}, b[4] = {{0}};
+            vf32x8 a[4] = {{0}}, b[4] = {{0}};
             I i = 0;
             for (; i + LANES <= inner; i += LANES)
                 for (int j = 0; j < 4; j++) {
-                    const f32x8 g = F32X8_GRAD(r, e, i + 8 * j);
+                    const vf32x8 g = GRAD_F32X8(r, e, i + 8 * j);
                     a[j] += g;
-                    b[j] += g * (F32X8_AT(p + i + 8 * j) - mv);
+                    b[j] += g * (LOADV(vf32x8, p + i + 8 * j) - mv);
                 }
             for (int j = 0; j < 4; j++) {
                 WIDEN_ADD(da + 2 * j, a[j]);
