@@ -29,7 +29,6 @@ from .threads import deal as _deal
 from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
-from .threads import lane_count as _lane_count
 from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
@@ -1305,11 +1304,17 @@ def _c_norm(backend, x, *arrays) -> bool:
         and all(a.flags.c_contiguous and a.dtype == x.dtype for a in (x,) + arrays)
 
 
+#: values per lane from which a batch-norm C kernel splits its channels: its own pool hands
+#: over in a few microseconds, so a quarter of threads.MIN_LANE_WORK already pays (the
+#: ResNet's (32, 64, 8, 8) batch norms, docs/numpy.md)
+NORM_MIN_LANE_WORK = 1 << 15
+
+
 def _channel_lanes(n, c, inner) -> int:
     """The threads a batch-norm C kernel splits the c channels of an (n, c, inner) array over
     inside its call, with the GIL released throughout (a hand-off through threads.py's lanes
     cost about as much as a pass on the ResNet's shapes; docs/numpy.md)."""
-    return _lane_count(c, n * inner)
+    return min(_num_threads(), c, max(1, n * c * inner // NORM_MIN_LANE_WORK))
 
 
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
@@ -1393,6 +1398,16 @@ def _fused_backward_fits(x) -> bool:
     return 4 * n * inner * x.itemsize <= BN_FUSED_L2
 
 
+def _fused_block(x) -> int:
+    """Channels the fused backward sums together and then turns into dx (the C kernel takes at
+    most 16): as many as fit in BN_FUSED_L2. Its sums sweep a block's planes sample by sample,
+    runs of ``block`` planes side by side, where one channel at a time jumps a sample ahead after
+    every plane: on 8x8 planes, 256-byte runs 16 KiB apart that the prefetchers do not follow
+    from memory (docs/numpy.md)."""
+    n, _, inner = channels_inner(x)
+    return max(1, BN_FUSED_L2 // (4 * n * inner * x.itemsize))
+
+
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
                         accumulate_dx, accumulate_params, ws, relu_out=None):
     sums = scratch(ws, backend, "bn_grad_sums", (2 * x.shape[1],), x.dtype)
@@ -1422,7 +1437,7 @@ def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta
     coef = _backward_coef(backend, gamma, invstd, count, ws)
     backend.norm_kernels.backward_fused(
         x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, 0, c, accumulate_dx,
-        relu_out, _channel_lanes(n, c, inner))
+        relu_out, _channel_lanes(n, c, inner), _fused_block(x))
     for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
         if grad is not None:
             backend.store(value, grad, accumulate_params)
