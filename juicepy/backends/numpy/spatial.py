@@ -78,6 +78,20 @@ def _offset_view(xp, i, j, stride, out_hw):
     return xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
 
 
+def _l2_bytes(default=512 << 10, path="/sys/devices/system/cpu/cpu0/cache/index2/size") -> int:
+    """The L2 cache per core from sysfs (Linux: "1024K"), else ``default`` (the Zen 3 machine's)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return default
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except ValueError:
+        return default
+
+
 #: reduction depth C/groups*kh*kw from which a convolution runs batch-innermost; below it the
 #: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (measured in
 #: docs/numpy.md)
@@ -929,9 +943,10 @@ def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     _tiled_backward_data(_winograd_run, backend, dy, w, plan, dx, accumulate, ws)
 
 
-#: tiles per chunk of samples of the Winograd weight gradient (at least one sample; 128 and 512
-#: measured slower on 8x8 planes, docs/numpy.md)
-WINOGRAD_FILTER_TILES = 256
+#: bytes of a chunk's transformed input and dy tiles (v and m: 16 x (C + O) values a tile) in the
+#: Winograd weight gradient, at least one sample: a core's L2, so the GEMMs read them from there
+#: (a fixed 256 tiles, 3 MB at 64->128 on 8x8 planes, ran 1.5-1.9x slower than 64; docs/numpy.md)
+WINOGRAD_FILTER_BYTES = _l2_bytes()
 #: fewest input and output channels of the Winograd weight gradient: with 16 (and 3 in) the
 #: direct kernel wins (docs/numpy.md)
 WINOGRAD_FILTER_MIN_CHANNELS = 32
@@ -958,7 +973,7 @@ def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
     th, tw = _winograd_tiles(geometry)
     tiles = th * tw
-    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_TILES)
+    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_BYTES // (16 * (c + o) * x.itemsize))
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = c * per * tiles + 16, o * per * tiles + 16
     totals = {}
@@ -1368,20 +1383,6 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
     out += _view(shift, shape)
     if relu:
         np.maximum(out, 0, out=out)
-
-
-def _l2_bytes(default=512 << 10, path="/sys/devices/system/cpu/cpu0/cache/index2/size") -> int:
-    """The L2 cache per core from sysfs (Linux: "1024K"), else ``default`` (the Zen 3 machine's)."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return default
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    try:
-        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
-    except ValueError:
-        return default
 
 
 #: bytes of L2 per core that a channel's fused backward keeps its x, dy, ReLU output and dx in
