@@ -312,3 +312,19 @@ def test_float_backward_sums_add_in_the_documented_lane_order(shape, relu):
     centered = x.reshape(n, c, inner) - mean[:, None]
     np.testing.assert_array_equal(sum_dy, _lane_sums(grad).astype(np.float32))
     np.testing.assert_array_equal(sum_dy_xhat, (_lane_sums(grad * centered) * invstd).astype(np.float32))
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(4, 3, 8, 8), (2, 2, 16, 16)])
+def test_statistics_add_in_the_documented_lane_order(shape):
+    """stats gives the bits of the lane order written out in NumPy: the mean from the plain sums,
+    the variance from the squares of the values less that float mean."""
+    x = _inputs(np.float32, shape, seed=5)[0]
+    n, c, inner = spatial.channels_inner(x)
+    mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
+    C.norm_kernels.stats(x, mean, var, n, c, inner, 0, c)
+    values = x.reshape(n, c, inner)
+    want_mean = (_lane_sums(values) / (n * inner)).astype(np.float32)
+    centered = values - want_mean[:, None]
+    np.testing.assert_array_equal(mean, want_mean)
+    np.testing.assert_array_equal(var, (_lane_sums(centered * centered) / (n * inner)).astype(np.float32))
