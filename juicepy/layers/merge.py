@@ -43,8 +43,10 @@ class Add(Layer):
         self._sum(backend, ctx, ctx.output(), False)
 
     # A residual block's sum is read by a ReLU only: the last add applies it in the same pass.
-    # The ReLU's backward reads its output (which the fused op writes) and this layer's reads
-    # only the gradient, so the backward pair is the two layers' own.
+    # The ReLU's backward reads its output (which the fused op writes); its masked gradient is
+    # every input's gradient, so it goes straight into the first input's gradient buffer where
+    # that is written, not added to, and is copied from there to the others (one pass over the
+    # gradient fewer than masking it into this layer's output gradient and storing it twice).
     def fuses(self, consumers, training) -> bool:
         from .activation import ReLU
 
@@ -56,8 +58,19 @@ class Add(Layer):
 
     def compute_gradients_fused(self, backend, ctx, consumers):
         consumer_ctx, = consumers
-        consumer_ctx.node.layer.compute_gradients(backend, consumer_ctx)
-        self.compute_gradients(backend, ctx)
+        # input_grad_target marks a buffer written: each input's target is asked for once
+        targets = [(dx, acc) for dx, acc in map(ctx.input_grad_target, range(len(ctx.inputs))) if dx is not None]
+        if not targets:
+            return
+        first, acc = targets[0]
+        if acc:  # it holds other gradients: mask into this layer's output gradient, add that to each
+            consumer_ctx.node.layer.compute_gradients(backend, consumer_ctx)
+            dy = ctx.output_grad()
+        else:
+            backend.relu_backward(consumer_ctx.output(), consumer_ctx.output_grad(), first, False, ctx.ws)
+            dy, targets = first, targets[1:]
+        for dx, acc in targets:
+            backend.store(dy, dx, acc)
 
     def _sum(self, backend, ctx, y, relu):
         if len(ctx.inputs) == 1:

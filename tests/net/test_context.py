@@ -567,3 +567,32 @@ def test_fused_add_relu_computes_the_same_bits_as_the_two_layers(ops_backend, rn
     total = sum(x.astype(np.float64) for x in xs)
     np.testing.assert_allclose(results[True][0], np.maximum(total, 0), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(results[True][1], np.where(results[True][0] > 0, dy, 0))
+
+
+@pytest.mark.parametrize("first_read_later", [True, False])
+def test_fused_add_relu_gradient_into_a_buffer_that_already_holds_one(ops_backend, rng, monkeypatch, first_read_later):
+    """The fused Add + ReLU writes the masked gradient straight into its first input's gradient
+    buffer only where that buffer is written, not added to: where a later reader of that input
+    has already put its gradient there (its backward runs first), the gradients still add up to
+    the two layers' bits, and so they do where another input is the one read twice."""
+    from juicepy.net.context import Context
+
+    x, y = jp.Input((7,)), jp.Input((7,))
+    results = {}
+    for fuse in (True, False):
+        monkeypatch.setattr(Context, "fuse", fuse)
+        h = L.Linear(7)(x, name="h")
+        s = L.ReLU()(L.Add()(h, y, name="sum") if first_read_later else L.Add()(y, h, name="sum"), name="relu")
+        net = jp.Network(inputs=[x, y], outputs=L.Add()(s, h, name="out"), seed=4)
+        ctx = net.context(ops_backend, 5, training=True, input_grads=True)
+        assert _fused_chains(ctx) == ([("Add", "ReLU")] if fuse else [])
+        ctx.set_inputs([np.random.default_rng(seed).standard_normal((5, 7)).astype(np.float32) for seed in (8, 9)])
+        ctx.forward()
+        ctx.begin_backward()
+        ops_backend.write(ctx.loss_grad(), np.random.default_rng(10).standard_normal((5, 7)).astype(np.float32))
+        ctx.backward()
+        results[fuse] = [ops_backend.to_host(a).copy() for a in
+                         (ctx.input_grad(0), ctx.input_grad(1), ctx.param_grad("h.weight"), ctx.output())]
+    for got, want in zip(results[True], results[False]):
+        np.testing.assert_array_equal(got, want)
+    assert np.abs(results[True][0]).max() > 0

@@ -1349,53 +1349,68 @@ static int winograd_isa(I tw, I lanes)
  * those past Ho x Wo read as zeros: the adjoint of winograd_output, tile-major (the output
  * channels innermost) so that the GEMMs read both operands along their rows, which OpenBLAS
  * runs 1.5-2x faster here than two operands along the reduction (docs/numpy.md). A row of
- * tiles first copies its two rows of every channel into ``stage``, rows a cache line more than
- * a multiple of 16 apart: the planes themselves lie 4 KiB multiples apart (32x32), and reading
- * across channels there falls into one L1 set. Returns -1 when its scratch cannot be allocated. */
-#define DEFINE_WINOGRAD_GRAD(NAME, T)                                                          \
+ * tiles first copies its two rows of every channel into ``stage`` with the channels innermost,
+ * so that a tile's values of V's lanes of channels are one vector load and its 16 outputs 16
+ * vector stores along m's rows (a channel at a time, they were 16 scalar stores a row apart).
+ * A channel's values are the same expressions either way: the same bits. Returns -1 when its
+ * scratch cannot be allocated. */
+#define WINOGRAD_GRAD_TILE(T, Y00, Y01, Y10, Y11, STORE)                                       \
+    do {                                                                                       \
+        const T s_[4][2] = {{Y00, Y01}, {Y00 + Y10, Y01 + Y11}, {Y00 - Y10, Y01 - Y11}, {-Y10, -Y11}}; \
+        for (int i_ = 0; i_ < 4; i_++) {                                                       \
+            STORE(4 * i_, s_[i_][0]);                                                          \
+            STORE(4 * i_ + 1, s_[i_][0] + s_[i_][1]);                                          \
+            STORE(4 * i_ + 2, s_[i_][0] - s_[i_][1]);                                          \
+            STORE(4 * i_ + 3, -s_[i_][1]);                                                     \
+        }                                                                                      \
+    } while (0)
+#define DEFINE_WINOGRAD_GRAD(NAME, T, V)                                                       \
     VECTOR_CLONES static int NAME(const T *restrict dy, T *restrict m, const Geometry *g,     \
                                   I o, I n0, I n1, I th, I tw, I ks)                          \
     {                                                                                          \
+        const I lanes = (I)(sizeof(V) / sizeof(T));                                           \
         const I dh = g->dh, dw = g->dw, ho = g->ho, wo = g->wo, hw = ho * wo;                \
-        const I wr = wino_origin(tw - 1, dw) + dw + 1, rs = (2 * wr + 15) / 16 * 16 + 16;     \
-        T *stage = malloc((size_t)(o * rs) * sizeof(T));                                      \
+        const I wr = wino_origin(tw - 1, dw) + dw + 1, os = (o + 15) / 16 * 16 + 16;          \
+        T *stage = malloc((size_t)(2 * wr * os) * sizeof(T));                                 \
         if (!stage) return -1;                                                                \
         T *e = m;                                                                             \
         for (I n = n0; n < n1; n++)                                                           \
             for (I ty = 0; ty < th; ty++) {                                                   \
                 const I r0 = wino_origin(ty, dh), rows[2] = {r0, r0 + dh};                    \
-                for (I a = 0; a < o; a++)                                                     \
-                    for (int h = 0; h < 2; h++) {                                             \
-                        T *row = stage + a * rs + h * wr;                                     \
-                        I copied = 0;                                                         \
-                        if (rows[h] < ho) {                                                   \
-                            memcpy(row, dy + (n * o + a) * hw + rows[h] * wo, (size_t)wo * sizeof(T)); \
-                            copied = wo;                                                      \
+                for (int h = 0; h < 2; h++) {                                                 \
+                    T *row = stage + h * wr * os;                                             \
+                    I copied = 0;                                                             \
+                    if (rows[h] < ho) {                                                       \
+                        for (I a = 0; a < o; a++) {                                           \
+                            const T *src = dy + (n * o + a) * hw + rows[h] * wo;              \
+                            for (I x = 0; x < wo; x++) row[x * os + a] = src[x];              \
                         }                                                                     \
-                        memset(row + copied, 0, (size_t)(wr - copied) * sizeof(T));           \
+                        copied = wo;                                                          \
                     }                                                                         \
+                    memset(row + copied * os, 0, (size_t)((wr - copied) * os) * sizeof(T));   \
+                }                                                                             \
                 for (I tx = 0; tx < tw; tx++, e += o) {                                       \
                     const I x0 = wino_origin(tx, dw), x1 = x0 + dw;                           \
-                    for (I a = 0; a < o; a++) {                                               \
-                        const T *row = stage + a * rs;                                        \
-                        const T y00 = row[x0], y01 = row[x1], y10 = row[wr + x0], y11 = row[wr + x1]; \
-                        const T s[4][2] = {{y00, y01}, {y00 + y10, y01 + y11},                \
-                                           {y00 - y10, y01 - y11}, {-y10, -y11}};             \
-                        for (int i = 0; i < 4; i++) {                                         \
-                            e[(4 * i) * ks + a] = s[i][0];                                    \
-                            e[(4 * i + 1) * ks + a] = s[i][0] + s[i][1];                      \
-                            e[(4 * i + 2) * ks + a] = s[i][0] - s[i][1];                      \
-                            e[(4 * i + 3) * ks + a] = -s[i][1];                               \
-                        }                                                                     \
+                    const T *p00 = stage + x0 * os, *p01 = stage + x1 * os;                   \
+                    const T *p10 = stage + (wr + x0) * os, *p11 = stage + (wr + x1) * os;     \
+                    I a = 0;                                                                  \
+                    for (; a + lanes <= o; a += lanes) {                                      \
+                        const V y00 = LOADV(V, p00 + a), y01 = LOADV(V, p01 + a);             \
+                        const V y10 = LOADV(V, p10 + a), y11 = LOADV(V, p11 + a);             \
+                        WINOGRAD_GRAD_TILE(V, y00, y01, y10, y11, GRAD_STORE_VECTOR);         \
                     }                                                                         \
+                    for (; a < o; a++)                                                        \
+                        WINOGRAD_GRAD_TILE(T, p00[a], p01[a], p10[a], p11[a], GRAD_STORE_ONE); \
                 }                                                                             \
             }                                                                                 \
         free(stage);                                                                          \
         return 0;                                                                             \
     }
+#define GRAD_STORE_VECTOR(K, VALUE) do { const __typeof__(VALUE) v_ = (VALUE); memcpy(e + (K) * ks + a, &v_, sizeof v_); } while (0)
+#define GRAD_STORE_ONE(K, VALUE) (e[(K) * ks + a] = (VALUE))
 
-DEFINE_WINOGRAD_GRAD(winograd_grad_f32, float)
-DEFINE_WINOGRAD_GRAD(winograd_grad_f64, double)
+DEFINE_WINOGRAD_GRAD(winograd_grad_f32, float, vf32x8)
+DEFINE_WINOGRAD_GRAD(winograd_grad_f64, double, vf64x4)
 
 /* w[a][b] = G^T u[.][b][a] G, the 3x3 taps (A, B, 3, 3) from the 16 positions u[16][B][A] (the
  * GEMMs' products, in channels major): the adjoint of winograd_weights (unflipped). */

@@ -178,39 +178,53 @@ DEFINE_BACKWARD_SUMS(backward_sums_f64, double)
 #define GRAD_F32X8(R, E, K) ((R) ? (vf32x8)((vi32x8)LOADV(vf32x8, (E) + (K)) & (LOADV(vf32x8, (R) + (K)) > 0)) \
                                  : LOADV(vf32x8, (E) + (K)))
 
-/* backward_sums in float, its lanes in vectors */
+/* Channels whose float backward sums one sweep over the samples adds side by side
+ * (backward_sums_f32): a sample's planes of such a block lie next to each other, so the sweep
+ * reads runs of up to SUMS_BLOCK planes where a channel at a time jumps a whole sample ahead
+ * after every plane (8x8 planes: 256-byte runs 16 KiB apart, which the hardware prefetchers do
+ * not follow from memory). Each channel still adds its planes in sample order: the same bits. */
+#define SUMS_BLOCK 16
+
+/* backward_sums in float, its lanes in vectors, a block of channels per sweep */
 VECTOR_CLONES static void backward_sums_f32(const float *restrict x, const float *restrict dy,
                                             const float *restrict y, const float *restrict mean,
                                             const float *restrict invstd, float *restrict sum_dy,
                                             float *restrict sum_dy_xhat, I n, I c, I inner, I c0, I c1)
 {
-    for (I ch = c0; ch < c1; ch++) {
-        vf64x4 da[LANES / 4] = {{0}}, db[LANES / 4] = {{0}};
-        const float m = mean[ch];
-        const vf32x8 mv = (vf32x8){0} + m;
-        for (I s = 0; s < n; s++) {
-            const I at = (s * c + ch) * inner;
-            const float *p = x + at, *e = dy + at, *r = y ? y + at : NULL;
-            vf32x8 a[4] = {{0}}, b[4] = {{0}};
-            I i = 0;
-            for (; i + LANES <= inner; i += LANES)
+    for (I cb = c0; cb < c1; cb += SUMS_BLOCK) {
+        const I ce = cb + SUMS_BLOCK < c1 ? cb + SUMS_BLOCK : c1;
+        vf64x4 da[SUMS_BLOCK][LANES / 4], db[SUMS_BLOCK][LANES / 4];
+        memset(da, 0, sizeof da);
+        memset(db, 0, sizeof db);
+        for (I s = 0; s < n; s++)
+            for (I ch = cb; ch < ce; ch++) {
+                const I at = (s * c + ch) * inner;
+                const float *p = x + at, *e = dy + at, *r = y ? y + at : NULL;
+                const float m = mean[ch];
+                const vf32x8 mv = (vf32x8){0} + m;
+                vf64x4 *ca = da[ch - cb], *cd = db[ch - cb];
+                vf32x8 a[4] = {{0}}, b[4] = {{0}};
+                I i = 0;
+                for (; i + LANES <= inner; i += LANES)
+                    for (int j = 0; j < 4; j++) {
+                        const vf32x8 g = GRAD_F32X8(r, e, i + 8 * j);
+                        a[j] += g;
+                        b[j] += g * (LOADV(vf32x8, p + i + 8 * j) - mv);
+                    }
                 for (int j = 0; j < 4; j++) {
-                    const vf32x8 g = GRAD_F32X8(r, e, i + 8 * j);
-                    a[j] += g;
-                    b[j] += g * (LOADV(vf32x8, p + i + 8 * j) - mv);
+                    WIDEN_ADD(ca + 2 * j, a[j]);
+                    WIDEN_ADD(cd + 2 * j, b[j]);
                 }
-            for (int j = 0; j < 4; j++) {
-                WIDEN_ADD(da + 2 * j, a[j]);
-                WIDEN_ADD(db + 2 * j, b[j]);
+                for (; i < inner; i++) {
+                    const float g = GRAD(float, r, e, i);
+                    ca[i % LANES / 4][i % 4] += g;
+                    cd[i % LANES / 4][i % 4] += g * (p[i] - m);
+                }
             }
-            for (; i < inner; i++) {
-                const float g = GRAD(float, r, e, i);
-                da[i % LANES / 4][i % 4] += g;
-                db[i % LANES / 4][i % 4] += g * (p[i] - m);
-            }
+        for (I ch = cb; ch < ce; ch++) {
+            sum_dy[ch] = (float)vector_lanes_total(da[ch - cb]);
+            sum_dy_xhat[ch] = (float)(vector_lanes_total(db[ch - cb]) * invstd[ch]);
         }
-        sum_dy[ch] = (float)vector_lanes_total(da);
-        sum_dy_xhat[ch] = (float)(vector_lanes_total(db) * invstd[ch]);
     }
 }
 
@@ -247,18 +261,21 @@ VECTOR_CLONES static void backward_sums_f32(const float *restrict x, const float
 DEFINE_BACKWARD_DX(backward_dx_f32, float)
 DEFINE_BACKWARD_DX(backward_dx_f64, double)
 
-/* Both backward passes one channel at a time: the channel's sums, then its dx while its planes
- * are still in cache (the two-pass split reads x, dy and y from memory twice). The same
- * per-channel arithmetic as backward_sums then backward_dx, so the same bits. */
+/* Both backward passes a block of ``block`` channels at a time (at most SUMS_BLOCK, at least
+ * one): the block's sums, then its dx while its planes are still in cache (the two-pass split
+ * reads x, dy and y from memory twice). The same per-channel arithmetic as backward_sums then
+ * backward_dx, so the same bits. */
 #define DEFINE_BACKWARD_FUSED(NAME, SUMS, DX, T)                                               \
     static void NAME(const T *x, const T *dy, const T *y, const T *mean, const T *invstd,     \
                      const T *coef, T *sum_dy, T *sum_dy_xhat, T *dx, T count, I n, I c,     \
-                     I inner, I c0, I c1, int accumulate)                                     \
+                     I inner, I c0, I c1, int accumulate, I block)                            \
     {                                                                                          \
-        for (I ch = c0; ch < c1; ch++) {                                                      \
-            SUMS(x, dy, y, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, ch, ch + 1);      \
-            DX(x, dy, y, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, count, n, c, inner, ch, \
-               ch + 1, accumulate);                                                           \
+        block = block < 1 ? 1 : block > SUMS_BLOCK ? SUMS_BLOCK : block;                       \
+        for (I cb = c0; cb < c1; cb += block) {                                               \
+            const I ce = cb + block < c1 ? cb + block : c1;                                   \
+            SUMS(x, dy, y, mean, invstd, sum_dy, sum_dy_xhat, n, c, inner, cb, ce);           \
+            DX(x, dy, y, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, count, n, c, inner, cb, \
+               ce, accumulate);                                                               \
         }                                                                                     \
     }
 
@@ -299,6 +316,7 @@ typedef struct Task {
     double scalar;
     I n, c, inner;
     int flag;
+    I block; /* backward_fused's channels per block */
 } Task;
 
 #define MAX_LANES 64
@@ -446,7 +464,7 @@ static void run_backward_dx(const Task *t, I c0, I c1)
 static void run_backward_fused(const Task *t, I c0, I c1)
 {
     BY_FORMAT(backward_fused, BUF(0), BUF(1), t->y, BUF(2), BUF(3), BUF(4), BUF(5), BUF(6), BUF(7), t->scalar,
-              t->n, t->c, t->inner, c0, c1, t->flag);
+              t->n, t->c, t->inner, c0, c1, t->flag, t->block);
 }
 
 static void run_train_fused(const Task *t, I c0, I c1)
@@ -603,8 +621,9 @@ static PyObject *backward_dx_call(PyObject *args, int fused)
     I n, c, inner, c0, c1;
     double count;
     int accumulate, lanes = 1;
-    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp|Oi", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
-                          &count, &n, &c, &inner, &c0, &c1, &accumulate, &yo, &lanes))
+    I block = 1;
+    if (!PyArg_ParseTuple(args, "OOOOOOOOdnnnnnp|Oin", &o[0], &o[1], &o[2], &o[3], &o[4], &o[5], &o[6], &o[7],
+                          &count, &n, &c, &inner, &c0, &c1, &accumulate, &yo, &lanes, &block))
         return NULL;
     if (check_channels(n, c, inner, c0, c1) < 0) return NULL;
     Py_buffer v[8], yv;
@@ -618,7 +637,7 @@ static PyObject *backward_dx_call(PyObject *args, int fused)
         return NULL;
     }
     const void *y = has_y ? yv.buf : NULL;
-    const Task t = {fused ? run_backward_fused : run_backward_dx, v, y, count, n, c, inner, accumulate};
+    const Task t = {fused ? run_backward_fused : run_backward_dx, v, y, count, n, c, inner, accumulate, block};
     run_released(&t, c0, c1, lanes);
     release(8, v);
     if (has_y) PyBuffer_Release(&yv);
@@ -664,7 +683,7 @@ static PyMethodDef methods[] = {
      "accumulate, y=None, lanes=1): dx (+)= coef (M dy - sum_dy - xhat sum_dy_xhat), dy masked where y <= 0"},
     {"backward_fused", py_backward_fused, METH_VARARGS,
      "backward_fused(x, dy, mean, invstd, coef, sum_dy, sum_dy_xhat, dx, M, N, C, inner, c0, c1, "
-     "accumulate, y=None, lanes=1): backward_sums then backward_dx, one channel at a time"},
+     "accumulate, y=None, lanes=1, block=1): backward_sums then backward_dx, a block of channels at a time"},
     {"train_fused", py_train_fused, METH_VARARGS,
      "train_fused(x, gamma, beta, out, mean, var, invstd, scale, eps, N, C, inner, c0, c1, relu=False, lanes=1): "
      "stats, invstd = 1 / sqrt(var + eps), scale = gamma invstd, then affine, one channel at a time"},

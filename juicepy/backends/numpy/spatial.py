@@ -29,7 +29,6 @@ from .threads import deal as _deal
 from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
-from .threads import lane_count as _lane_count
 from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
@@ -77,6 +76,20 @@ def _offset_view(xp, i, j, stride, out_hw):
     sh, sw = stride
     ho, wo = out_hw
     return xp[:, :, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw]
+
+
+def _l2_bytes(default=512 << 10, path="/sys/devices/system/cpu/cpu0/cache/index2/size") -> int:
+    """The L2 cache per core from sysfs (Linux: "1024K"), else ``default`` (the Zen 3 machine's)."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except OSError:
+        return default
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except ValueError:
+        return default
 
 
 #: reduction depth C/groups*kh*kw from which a convolution runs batch-innermost; below it the
@@ -930,9 +943,10 @@ def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     _tiled_backward_data(_winograd_run, backend, dy, w, plan, dx, accumulate, ws)
 
 
-#: tiles per chunk of samples of the Winograd weight gradient (at least one sample; 128 and 512
-#: measured slower on 8x8 planes, docs/numpy.md)
-WINOGRAD_FILTER_TILES = 256
+#: bytes of a chunk's transformed input and dy tiles (v and m: 16 x (C + O) values a tile) in the
+#: Winograd weight gradient, at least one sample: a core's L2, so the GEMMs read them from there
+#: (a fixed 256 tiles, 3 MB at 64->128 on 8x8 planes, ran 1.5-1.9x slower than 64; docs/numpy.md)
+WINOGRAD_FILTER_BYTES = _l2_bytes()
 #: fewest input and output channels of the Winograd weight gradient: with 16 (and 3 in) the
 #: direct kernel wins (docs/numpy.md)
 WINOGRAD_FILTER_MIN_CHANNELS = 32
@@ -959,7 +973,7 @@ def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
     th, tw = _winograd_tiles(geometry)
     tiles = th * tw
-    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_TILES)
+    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_BYTES // (16 * (c + o) * x.itemsize))
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = c * per * tiles + 16, o * per * tiles + 16
     totals = {}
@@ -1305,11 +1319,17 @@ def _c_norm(backend, x, *arrays) -> bool:
         and all(a.flags.c_contiguous and a.dtype == x.dtype for a in (x,) + arrays)
 
 
+#: values per lane from which a batch-norm C kernel splits its channels: its own pool hands
+#: over in a few microseconds, so a quarter of threads.MIN_LANE_WORK already pays (the
+#: ResNet's (32, 64, 8, 8) batch norms, docs/numpy.md)
+NORM_MIN_LANE_WORK = 1 << 15
+
+
 def _channel_lanes(n, c, inner) -> int:
     """The threads a batch-norm C kernel splits the c channels of an (n, c, inner) array over
     inside its call, with the GIL released throughout (a hand-off through threads.py's lanes
     cost about as much as a pass on the ResNet's shapes; docs/numpy.md)."""
-    return _lane_count(c, n * inner)
+    return min(_num_threads(), c, max(1, n * c * inner // NORM_MIN_LANE_WORK))
 
 
 def batch_norm_train(backend, x, gamma, beta, out, mean, invstd, running_mean, running_var,
@@ -1365,20 +1385,6 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
         np.maximum(out, 0, out=out)
 
 
-def _l2_bytes(default=512 << 10, path="/sys/devices/system/cpu/cpu0/cache/index2/size") -> int:
-    """The L2 cache per core from sysfs (Linux: "1024K"), else ``default`` (the Zen 3 machine's)."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except OSError:
-        return default
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    try:
-        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
-    except ValueError:
-        return default
-
-
 #: bytes of L2 per core that a channel's fused backward keeps its x, dy, ReLU output and dx in
 #: (half of it, the other half for what the lane touches besides)
 BN_FUSED_L2 = _l2_bytes() // 2
@@ -1391,6 +1397,16 @@ def _fused_backward_fits(x) -> bool:
     Zen 3's 512 KB L2; on Zen 4's 1 MB they fit, and the fused pass won there; docs/numpy.md)."""
     n, _, inner = channels_inner(x)
     return 4 * n * inner * x.itemsize <= BN_FUSED_L2
+
+
+def _fused_block(x) -> int:
+    """Channels the fused backward sums together and then turns into dx (the C kernel takes at
+    most 16): as many as fit in BN_FUSED_L2. Its sums sweep a block's planes sample by sample,
+    runs of ``block`` planes side by side, where one channel at a time jumps a sample ahead after
+    every plane: on 8x8 planes, 256-byte runs 16 KiB apart that the prefetchers do not follow
+    from memory (docs/numpy.md)."""
+    n, _, inner = channels_inner(x)
+    return max(1, BN_FUSED_L2 // (4 * n * inner * x.itemsize))
 
 
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
@@ -1422,7 +1438,7 @@ def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta
     coef = _backward_coef(backend, gamma, invstd, count, ws)
     backend.norm_kernels.backward_fused(
         x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, 0, c, accumulate_dx,
-        relu_out, _channel_lanes(n, c, inner))
+        relu_out, _channel_lanes(n, c, inner), _fused_block(x))
     for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
         if grad is not None:
             backend.store(value, grad, accumulate_params)

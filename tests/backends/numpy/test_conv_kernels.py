@@ -607,8 +607,8 @@ def test_winograd_mxm_refuses_geometries_it_does_not_compute():
 @pytest.mark.parametrize("shape", [(1, 32, 7, 9, 33, 1), (3, 32, 8, 8, 32, 0), (2, 33, 13, 11, 35, 1),
                                    (2, 32, 5, 6, 32, 2)],
                          ids=["batch-1-odd", "unpadded", "odd-channels", "padding-past-the-kernel"])
-@pytest.mark.parametrize("tiles", [1, 256], ids=["a-sample-a-chunk", "default-chunks"])
-def test_winograd_weight_gradient_matches_the_reference(shape, tiles, monkeypatch):
+@pytest.mark.parametrize("chunk_bytes", [1, numpy_spatial.WINOGRAD_FILTER_BYTES], ids=["a-sample-a-chunk", "default-chunks"])
+def test_winograd_weight_gradient_matches_the_reference(shape, chunk_bytes, monkeypatch):
     """F(3x3, 2x2): in float64 to rounding, in float32 within 2e-6 of the largest tap (docs/numpy.md:
     6-8e-7 measured, the direct kernel 1-2e-7; the conformance suite allows 2e-4), alone and
     accumulating, over one or many chunks per lane (their sums in a fixed order); dy's tiles
@@ -617,7 +617,7 @@ def test_winograd_weight_gradient_matches_the_reference(shape, tiles, monkeypatc
     rng = np.random.default_rng(12)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
     monkeypatch.setattr(kernels, "isa", 2)
-    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_TILES", tiles)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_BYTES", chunk_bytes)
     picked = []
     original = numpy_spatial._winograd_backward_filter
     monkeypatch.setattr(numpy_spatial, "_winograd_backward_filter", lambda *a: (picked.append(1), original(*a))[1])
@@ -981,6 +981,47 @@ def test_winograd_transforms_match_the_reference_bit_for_bit(shape, dtype):
     kernels.winograd_output(tight, out, geometry, o, n, n0, n1, th, tw, o * tiles, False)
     np.testing.assert_array_equal(out, _wino_output_reference(tight, np.zeros_like(out), geometry, o, n0, n1, th, tw,
                                                               False))
+
+
+def _wino_grad_reference(dy, geometry, o, n0, n1, th, tw):
+    """m[16][tiles of samples [n0, n1) x O, the channels innermost]: A dy A^T of each tile's 2x2
+    outputs (d apart, zeros past the plane), in dy's dtype in the kernel's order of operations."""
+    dh, dw, ho, wo = geometry[9:13]
+    oy, ox = _wino_origins(th, dh), _wino_origins(tw, dw)
+    pad = np.zeros((n1 - n0, o, oy[-1] + dh + 1, ox[-1] + dw + 1), dy.dtype)
+    pad[:, :, :ho, :wo] = dy[n0:n1]
+    y = [[pad[:, :, (oy + i * dh)[:, None], ox + j * dw] for j in range(2)] for i in range(2)]
+    s = [(y[0][0], y[0][1]), (y[0][0] + y[1][0], y[0][1] + y[1][1]), (y[0][0] - y[1][0], y[0][1] - y[1][1]),
+         (-y[1][0], -y[1][1])]
+    m = []
+    for a, b in s:
+        m += [a, a + b, a - b, -b]
+    return np.stack(m).transpose(0, 1, 3, 4, 2).reshape(16, -1)  # (16, samples, th, tw, O)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [
+    (1, 1, 8, 8, 1, 1, 0, 1),      # one channel: the scalar tail only
+    (3, 9, 7, 9, 1, 1, 1, 3),      # a vector of channels and a tail; odd planes, half-out tiles
+    (2, 17, 6, 10, 1, 1, 0, 2),    # two vectors (float64: four) and a tail
+    (2, 8, 9, 11, 2, 1, 0, 2),     # dilated rows: tiles in groups of 2
+], ids=["one-channel", "vector-and-tail", "vectors-and-tail", "dilated"])
+def test_winograd_grad_matches_the_reference_bit_for_bit(shape, dtype):
+    """winograd_grad (vectorised along the output channels) against the transform written in
+    NumPy in the same order of operations, bit for bit, for samples [n0, n1) of a batch; nothing
+    past the slices' used parts is written."""
+    n, o, ho, wo, dh, dw, n0, n1 = shape
+    geometry = (3, ho, wo, 3, 3, 1, 1, dh, dw, dh, dw, ho, wo)
+    th, tw = numpy_spatial._winograd_tiles(geometry)
+    dy = np.random.default_rng(14).standard_normal((n, o, ho, wo)).astype(dtype)
+    used = o * (n1 - n0) * th * tw
+    ks = used + 3
+    room = np.full(16 * ks, np.nan, dtype)
+    kernels.winograd_grad(room, dy, geometry, o, n, n0, n1, th, tw, ks)
+    m = room.reshape(16, ks)
+    np.testing.assert_array_equal(m[:, :used], _wino_grad_reference(dy, geometry, o, n0, n1, th, tw))
+    assert np.isnan(m[:, used:]).all()
 
 
 @needs_kernels

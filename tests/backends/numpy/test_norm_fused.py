@@ -19,8 +19,9 @@ needs_kernels = pytest.mark.skipif(C.norm_kernels is None,
 
 # (N, C, H, W): one lane; channels over two lanes; 32x32 planes (fused or not by the L2 size)
 SHAPES = [(3, 5, 4, 6), (32, 32, 16, 16), (32, 16, 32, 32)]
-# planes with a tail past the 32 summing lanes, shorter than them, batch 1, one channel
-ODD_SHAPES = [(3, 5, 7, 9), (2, 3, 5, 5), (1, 4, 17, 17), (5, 1, 8, 8), (1, 1, 4, 4)]
+# planes with a tail past the 32 summing lanes, shorter than them, batch 1, one channel; more
+# channels than the float sums' blocks of 16 (16, 16 and 5)
+ODD_SHAPES = [(3, 5, 7, 9), (2, 3, 5, 5), (1, 4, 17, 17), (5, 1, 8, 8), (1, 1, 4, 4), (3, 37, 8, 8)]
 
 
 def _inputs(dtype, shape, seed=0):
@@ -167,6 +168,41 @@ def test_batch_norm_step_matches_a_float64_reference(backend, dtype, shape, relu
         np.testing.assert_allclose(got, want, **tol)
 
 
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 37, 8, 8), (2, 5, 7, 9)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_fused_backward_blocks_give_the_bits_of_the_separate_passes(dtype, shape, relu):
+    """backward_fused's channel blocks (the sums of a block sample by sample, then its dx): one
+    channel, blocks that split the channels unevenly, the kernel's cap of 16, more than it
+    (clamped), and none (0: one channel), each over two lanes too"""
+    x, dy, gamma, beta = _inputs(dtype, shape, seed=7)
+    out, mean, invstd, _, _ = _train(C, x, gamma, beta, relu)
+    relu_out = out if relu else None
+    n, c, inner = spatial.channels_inner(x)
+    coef = (gamma * invstd / (n * inner)).astype(dtype)
+    want_sums = np.empty(2 * c, dtype)
+    want_dx = np.empty_like(x)
+    C.norm_kernels.backward_sums(x, dy, mean, invstd, want_sums[:c], want_sums[c:], n, c, inner, 0, c, relu_out)
+    C.norm_kernels.backward_dx(x, dy, mean, invstd, coef, want_sums[:c], want_sums[c:], want_dx, float(n * inner),
+                               n, c, inner, 0, c, False, relu_out)
+    for block in (1, 3, 16, 100, 0):
+        for lanes in (1, 2):
+            sums, dx = np.full(2 * c, np.nan, dtype), np.full_like(x, np.nan)
+            C.norm_kernels.backward_fused(x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(n * inner), n, c,
+                                          inner, 0, c, False, relu_out, lanes, block)
+            np.testing.assert_array_equal(sums, want_sums)
+            np.testing.assert_array_equal(dx, want_dx)
+
+
+@pytest.mark.parametrize("shape, l2, block", [((32, 64, 8, 8), 512 << 10, 16), ((32, 16, 32, 32), 512 << 10, 1),
+                                              ((32, 32, 16, 16), 512 << 10, 4), ((2, 3, 4, 4), 0, 1)])
+def test_the_fused_block_is_what_fits_in_the_l2_budget(shape, l2, block, monkeypatch):
+    """Four arrays (x, dy, the ReLU output, dx) of a block's planes fit in BN_FUSED_L2; at least one"""
+    monkeypatch.setattr(spatial, "BN_FUSED_L2", l2)
+    assert spatial._fused_block(np.empty(shape, np.float32)) == block
+
+
 def _kernel_calls(x, dy, gamma, beta, lanes):
     """Every C kernel over all channels with ``lanes`` threads inside the call; their outputs"""
     n, c, inner = spatial.channels_inner(x)
@@ -276,3 +312,19 @@ def test_float_backward_sums_add_in_the_documented_lane_order(shape, relu):
     centered = x.reshape(n, c, inner) - mean[:, None]
     np.testing.assert_array_equal(sum_dy, _lane_sums(grad).astype(np.float32))
     np.testing.assert_array_equal(sum_dy_xhat, (_lane_sums(grad * centered) * invstd).astype(np.float32))
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", ODD_SHAPES + [(4, 3, 8, 8), (2, 2, 16, 16)])
+def test_statistics_add_in_the_documented_lane_order(shape):
+    """stats gives the bits of the lane order written out in NumPy: the mean from the plain sums,
+    the variance from the squares of the values less that float mean."""
+    x = _inputs(np.float32, shape, seed=5)[0]
+    n, c, inner = spatial.channels_inner(x)
+    mean, var = np.empty(c, np.float32), np.empty(c, np.float32)
+    C.norm_kernels.stats(x, mean, var, n, c, inner, 0, c)
+    values = x.reshape(n, c, inner)
+    want_mean = (_lane_sums(values) / (n * inner)).astype(np.float32)
+    centered = values - want_mean[:, None]
+    np.testing.assert_array_equal(mean, want_mean)
+    np.testing.assert_array_equal(var, (_lane_sums(centered * centered) / (n * inner)).astype(np.float32))
