@@ -143,6 +143,7 @@ DIRECT_CASES = [(2, 6, 11, 9, 10, 3, 2, 1, 1, 1),    # odd sizes: rows end insid
                 (1, 5, 15, 13, 7, 3, 2, 1, 1, 1),    # 8x7 on a staged grid, part blocks of channels and vectors
                 (3, 6, 11, 12, 9, 5, 2, 2, 1, 3),    # 5x5 grouped, 6x6 planes
                 (2, 4, 9, 20, 5, 3, 3, 0, 1, 1),     # stride 3, 3x6 planes
+                (1, 3, 7, 45, 4, 3, 2, 1, 1, 1),     # stride-2 phase rows of 23: whole vectors and a part one
                 (2, 6, 9, 8, 8, 5, 1, 2, 1, 2),      # stride 1
                 (2, 8, 17, 33, 8, 3, 1, 2, 2, 1),    # stride 1 dilated, wide rows
                 (2, 12, 8, 8, 12, 3, 1, 1, 1, 1),    # AVX2 float32: blocks of 6 channels x 2 vectors, stored straight
