@@ -794,15 +794,28 @@ static int direct_6x2(const Geometry *g, I og)
 
 /* AVX-512 float32 strided convs whose output rows fit in half a vector (Wo <= 8: the ResNet's
  * 8x8 planes of its 3x3 stride-2 32->64 conv): the 16-lane build spends half of every sum past
- * the row; 8-lane vectors in AVX-512's 32 registers run blocks of 6 channels x 4 vectors (24
- * sums, 4 inputs and a broadcast) instead (docs/numpy.md). */
-DEFINE_DIRECT_CONV(direct_conv_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 6, 4, 0)
-DEFINE_DIRECT_CONV(direct_conv_epi_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 6, 4, 1)
+ * the row; 8-lane vectors in AVX-512's 32 registers run blocks of 4 channels x 4 vectors
+ * instead (6 x 4 and 8 x 2 measured slower on 8x8 planes; docs/numpy.md). */
+DEFINE_DIRECT_CONV(direct_conv_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 4, 4, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 4, 4, 1)
+/* AVX-512 float32 strided convs with blocks of 8 channels x 2 vectors where a plane's vectors
+ * do not fill blocks of 3 (a 16x16 plane is 16 vectors: six blocks of 3 spend one sum in nine
+ * past the plane, eight blocks of 2 none) */
+DEFINE_DIRECT_CONV(direct_conv_f32_512_8x2, ISA_512, pad_phases_f32, float, vf32x16, 8, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512_8x2, ISA_512, pad_phases_f32, float, vf32x16, 8, 2, 1)
 
 /* Whether this AVX-512 float32 conv runs on the 8-lane build above: strided, rows of at most 8. */
 static int direct_half(const Geometry *g)
 {
     return isa == 2 && avx512vl && (g->sh > 1 || g->sw > 1) && g->wo <= 8;
+}
+
+/* Whether this AVX-512 float32 strided conv (not direct_half's) spends fewer sums in blocks of 2
+ * vectors than of 3 (stride-1 ones keep 8 x 3: not measured). */
+static int direct_512_8x2(const Geometry *g)
+{
+    const I vectors = g->ho * ((g->wo + 15) / 16);
+    return isa == 2 && (g->sh > 1 || g->sw > 1) && !direct_half(g) && (vectors + 1) / 2 * 2 < (vectors + 2) / 3 * 3;
 }
 
 /* A 1x1, stride-1, unpadded, ungrouped conv is one GEMM per sample, out[j][q] (+)= sum over k of
@@ -2618,6 +2631,12 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
                                                 res)
                      : direct_conv_f32_512h(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate, NULL, NULL,
                                             0, NULL);
+    else if (x.itemsize == 4 && direct_512_8x2(&g))
+        failed = scale || shift || relu || res
+                     ? direct_conv_epi_f32_512_8x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift,
+                                                   relu, res)
+                     : direct_conv_f32_512_8x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate, NULL,
+                                               NULL, 0, NULL);
     else if (x.itemsize == 4 && direct_6x2(&g, o / groups))
         failed = scale || shift || relu || res
                      ? direct_conv_epi_f32_256_6x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift,

@@ -138,12 +138,16 @@ DIRECT_CASES = [(2, 6, 11, 9, 10, 3, 2, 1, 1, 1),    # odd sizes: rows end insid
                 (2, 3, 9, 9, 5, 3, 3, 0, 1, 1),      # stride 3, unpadded
                 (2, 4, 10, 10, 6, 3, 2, 2, 2, 1),    # strided and dilated
                 (2, 40, 32, 32, 12, 3, 2, 1, 1, 1),  # rows of whole vectors (stored straight), channel chunks
-                # AVX-512 float32, strided rows of at most 8: the 8-lane build's 6 x 4 blocks
+                # AVX-512 float32, strided rows of at most 8: the 8-lane build's 4 x 4 blocks
                 (2, 40, 16, 16, 14, 3, 2, 1, 1, 1),  # 8x8: rows of one vector stored straight, channel chunks
                 (1, 5, 15, 13, 7, 3, 2, 1, 1, 1),    # 8x7 on a staged grid, part blocks of channels and vectors
                 (3, 6, 11, 12, 9, 5, 2, 2, 1, 3),    # 5x5 grouped, 6x6 planes
                 (2, 4, 9, 20, 5, 3, 3, 0, 1, 1),     # stride 3, 3x6 planes
                 (1, 3, 7, 45, 4, 3, 2, 1, 1, 1),     # stride-2 phase rows of 23: whole vectors and a part one
+                # AVX-512 float32 strided, vectors not filling blocks of 3: blocks of 8 channels x 2 vectors
+                # (the 32x32 and 45-wide cases above too); filling them (6x15): 8 x 3
+                (1, 6, 13, 24, 10, 3, 2, 1, 1, 1),   # 7x12 on a staged grid, a part block of channels
+                (1, 4, 12, 30, 5, 3, 2, 1, 1, 1),    # 6x15: six vectors, 8 x 3 blocks
                 (2, 6, 9, 8, 8, 5, 1, 2, 1, 2),      # stride 1
                 (2, 8, 17, 33, 8, 3, 1, 2, 2, 1),    # stride 1 dilated, wide rows
                 (2, 12, 8, 8, 12, 3, 1, 1, 1, 1),    # AVX2 float32: blocks of 6 channels x 2 vectors, stored straight
