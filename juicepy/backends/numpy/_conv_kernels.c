@@ -2576,6 +2576,12 @@ static void release_optional(Py_buffer *view)
     if (view->obj) PyBuffer_Release(view);
 }
 
+/* py_direct_conv's call of one float32 build: PLAIN, or EPI where there is an epilogue */
+#define DIRECT_F32_CALL(PLAIN, EPI)                                                                \
+    (scale || shift || relu || res                                                              \
+         ? EPI(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu, res)     \
+         : PLAIN(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate, NULL, NULL, 0, NULL))
+
 static PyObject *py_direct_conv(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wo, *oo, *go, *so = Py_None, *ho = Py_None, *ro = Py_None;
@@ -2626,23 +2632,11 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
             ISA_CALL(pointwise_conv_f64, x.buf, w.buf, out.buf, g.c, o, g.h * g.w, n0, n1, flip, accumulate, scale,
                      shift, relu, res);
     } else if (x.itemsize == 4 && direct_half(&g))
-        failed = scale || shift || relu || res
-                     ? direct_conv_epi_f32_512h(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu,
-                                                res)
-                     : direct_conv_f32_512h(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate, NULL, NULL,
-                                            0, NULL);
+        failed = DIRECT_F32_CALL(direct_conv_f32_512h, direct_conv_epi_f32_512h);
     else if (x.itemsize == 4 && direct_512_8x2(&g))
-        failed = scale || shift || relu || res
-                     ? direct_conv_epi_f32_512_8x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift,
-                                                   relu, res)
-                     : direct_conv_f32_512_8x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate, NULL,
-                                               NULL, 0, NULL);
+        failed = DIRECT_F32_CALL(direct_conv_f32_512_8x2, direct_conv_epi_f32_512_8x2);
     else if (x.itemsize == 4 && direct_6x2(&g, o / groups))
-        failed = scale || shift || relu || res
-                     ? direct_conv_epi_f32_256_6x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift,
-                                                   relu, res)
-                     : direct_conv_f32_256_6x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
-                                               NULL, NULL, 0, NULL);
+        failed = DIRECT_F32_CALL(direct_conv_f32_256_6x2, direct_conv_epi_f32_256_6x2);
     else if (x.itemsize == 4)
         failed = scale || shift || relu || res
                      ? ISA_CALL(direct_conv_epi_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu,
