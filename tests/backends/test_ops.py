@@ -644,7 +644,9 @@ def test_conv2d_and_its_gradients(ops_backend, dtype, rng, case, accumulate):
     placed.check_sentinels()
 
 
-EPILOGUE_CASES = CONV_CASES + [((2, 8, 5, 6), (6, 1, 1), (1, 1), (0, 0), (1, 1), 1)]  # pointwise: a plain GEMM
+EPILOGUE_CASES = CONV_CASES + [((2, 8, 5, 6), (6, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # pointwise: a plain GEMM
+                               # strided 16x16 planes: NumPy's AVX-512 direct kernel in blocks of 8 x 2 vectors
+                               ((1, 5, 32, 32), (9, 3, 3), (2, 2), (1, 1), (1, 1), 1)]
 
 
 @pytest.mark.parametrize("case", EPILOGUE_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-p{c[3]}-d{c[4]}-g{c[5]}")

@@ -397,13 +397,18 @@ DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f64, double)
 #define ISA_512 __attribute__((target("avx512f,avx2,fma")))
 #define ISA_256 __attribute__((target("avx2,fma")))
 #define ISA_128
+/* AVX-512 with the 256-bit forms (VL): 8-lane vectors in 32 registers */
+#define ISA_512VL __attribute__((target("avx512f,avx512vl,avx2,fma")))
 #else
 #define ISA_512
 #define ISA_256
 #define ISA_128
+#define ISA_512VL
 #endif
 /* 2: AVX-512 (with FMA), 1: AVX2 with FMA, 0: baseline x86-64 (or another architecture) */
 static int isa = 0;
+/* whether the CPU runs AVX-512's 256-bit forms (direct_half) */
+static int avx512vl = 0;
 #define ISA_CALL(NAME, ...) ISA_CALL_AT(isa, NAME, __VA_ARGS__)
 /* the build of instruction set LEVEL (<= isa) */
 #define ISA_CALL_AT(LEVEL, NAME, ...) \
@@ -785,6 +790,32 @@ static int direct_6x2(const Geometry *g, I og)
     const I vectors = g->ho * ((g->wo + 7) / 8);
     return isa == 1 && g->sh == 1 && g->sw == 1
            && (vectors + 1) / 2 * 2 * ((og + 5) / 6 * 6) < (vectors + 2) / 3 * 3 * ((og + 3) / 4 * 4);
+}
+
+/* AVX-512 float32 strided convs whose output rows fit in half a vector (Wo <= 8: the ResNet's
+ * 8x8 planes of its 3x3 stride-2 32->64 conv): the 16-lane build spends half of every sum past
+ * the row; 8-lane vectors in AVX-512's 32 registers run blocks of 4 channels x 4 vectors
+ * instead (6 x 4 and 8 x 2 measured slower on 8x8 planes; docs/numpy.md). */
+DEFINE_DIRECT_CONV(direct_conv_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 4, 4, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 4, 4, 1)
+/* AVX-512 float32 strided convs with blocks of 8 channels x 2 vectors where a plane's vectors
+ * do not fill blocks of 3 (a 16x16 plane is 16 vectors: six blocks of 3 spend one sum in nine
+ * past the plane, eight blocks of 2 none) */
+DEFINE_DIRECT_CONV(direct_conv_f32_512_8x2, ISA_512, pad_phases_f32, float, vf32x16, 8, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512_8x2, ISA_512, pad_phases_f32, float, vf32x16, 8, 2, 1)
+
+/* Whether this AVX-512 float32 conv runs on the 8-lane build above: strided, rows of at most 8. */
+static int direct_half(const Geometry *g)
+{
+    return isa == 2 && avx512vl && (g->sh > 1 || g->sw > 1) && g->wo <= 8;
+}
+
+/* Whether this AVX-512 float32 strided conv (not direct_half's) spends fewer sums in blocks of 2
+ * vectors than of 3 (stride-1 ones keep 8 x 3: not measured). */
+static int direct_512_8x2(const Geometry *g)
+{
+    const I vectors = g->ho * ((g->wo + 15) / 16);
+    return isa == 2 && (g->sh > 1 || g->sw > 1) && !direct_half(g) && (vectors + 1) / 2 * 2 < (vectors + 2) / 3 * 3;
 }
 
 /* A 1x1, stride-1, unpadded, ungrouped conv is one GEMM per sample, out[j][q] (+)= sum over k of
@@ -2560,6 +2591,12 @@ static void release_optional(Py_buffer *view)
     if (view->obj) PyBuffer_Release(view);
 }
 
+/* py_direct_conv's call of one float32 build: PLAIN, or EPI where there is an epilogue */
+#define DIRECT_F32_CALL(PLAIN, EPI)                                                                \
+    (scale || shift || relu || res                                                              \
+         ? EPI(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu, res)     \
+         : PLAIN(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate, NULL, NULL, 0, NULL))
+
 static PyObject *py_direct_conv(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wo, *oo, *go, *so = Py_None, *ho = Py_None, *ro = Py_None;
@@ -2609,12 +2646,12 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
         else
             ISA_CALL(pointwise_conv_f64, x.buf, w.buf, out.buf, g.c, o, g.h * g.w, n0, n1, flip, accumulate, scale,
                      shift, relu, res);
-    } else if (x.itemsize == 4 && direct_6x2(&g, o / groups))
-        failed = scale || shift || relu || res
-                     ? direct_conv_epi_f32_256_6x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift,
-                                                   relu, res)
-                     : direct_conv_f32_256_6x2(x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
-                                               NULL, NULL, 0, NULL);
+    } else if (x.itemsize == 4 && direct_half(&g))
+        failed = DIRECT_F32_CALL(direct_conv_f32_512h, direct_conv_epi_f32_512h);
+    else if (x.itemsize == 4 && direct_512_8x2(&g))
+        failed = DIRECT_F32_CALL(direct_conv_f32_512_8x2, direct_conv_epi_f32_512_8x2);
+    else if (x.itemsize == 4 && direct_6x2(&g, o / groups))
+        failed = DIRECT_F32_CALL(direct_conv_f32_256_6x2, direct_conv_epi_f32_256_6x2);
     else if (x.itemsize == 4)
         failed = scale || shift || relu || res
                      ? ISA_CALL(direct_conv_epi_f32, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, 0, 0, scale, shift, relu,
@@ -2867,6 +2904,7 @@ PyMODINIT_FUNC PyInit__conv_kernels(void)
         isa = 2;
     else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         isa = 1;
+    avx512vl = __builtin_cpu_supports("avx512vl");
 #endif
     int cpu_isa = isa;
     if (isa_override() < 0) {

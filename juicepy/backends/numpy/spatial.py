@@ -554,20 +554,20 @@ def _c_conv_forward(backend, x, w, out, stride, padding, dilation, groups, ws, e
 
 #: input channels per group up to which a strided conv runs on the direct kernel rather than
 #: im2col + GEMM: with more, the phase rows a block of outputs reads from each chunk of channels
-#: no longer stay in L1 across output channels (measured on AVX2, docs/numpy.md)
+#: no longer stay in L1 across output channels (measured on AVX2 and AVX-512, docs/numpy.md)
 DIRECT_STRIDED_MAX_CHANNELS = 32
 
 
 def _direct_forward_applies(backend, plan) -> bool:
     """Stride 1 with AVX2 or AVX-512 (a pointwise conv only where _pointwise_direct says); strided
-    kxk (k > 1) convs of at most DIRECT_STRIDED_MAX_CHANNELS input channels per group on AVX2,
-    where that was measured."""
-    isa = backend.conv_kernels.isa
-    if isa < 1 or min(plan.padding) < 0:
+    kxk (k > 1) convs of at most DIRECT_STRIDED_MAX_CHANNELS input channels per group (on
+    AVX-512 float32, output rows of at most 8 run the kernel's 8-lane build, _conv_kernels.c's
+    direct_half)."""
+    if backend.conv_kernels.isa < 1 or min(plan.padding) < 0:
         return False
     if tuple(plan.stride) == (1, 1):
         return not _pointwise(plan) or _pointwise_direct(backend, plan, plan.o)
-    return isa == 1 and plan.kh * plan.kw > 1 and plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
+    return plan.kh * plan.kw > 1 and plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
 
 
 #: output channels (of the forward, or input channels of the input gradient) up to which an

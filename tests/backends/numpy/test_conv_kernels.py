@@ -138,6 +138,16 @@ DIRECT_CASES = [(2, 6, 11, 9, 10, 3, 2, 1, 1, 1),    # odd sizes: rows end insid
                 (2, 3, 9, 9, 5, 3, 3, 0, 1, 1),      # stride 3, unpadded
                 (2, 4, 10, 10, 6, 3, 2, 2, 2, 1),    # strided and dilated
                 (2, 40, 32, 32, 12, 3, 2, 1, 1, 1),  # rows of whole vectors (stored straight), channel chunks
+                # AVX-512 float32, strided rows of at most 8: the 8-lane build's 4 x 4 blocks
+                (2, 40, 16, 16, 14, 3, 2, 1, 1, 1),  # 8x8: rows of one vector stored straight, channel chunks
+                (1, 5, 15, 13, 7, 3, 2, 1, 1, 1),    # 8x7 on a staged grid, part blocks of channels and vectors
+                (3, 6, 11, 12, 9, 5, 2, 2, 1, 3),    # 5x5 grouped, 6x6 planes
+                (2, 4, 9, 20, 5, 3, 3, 0, 1, 1),     # stride 3, 3x6 planes
+                (1, 3, 7, 45, 4, 3, 2, 1, 1, 1),     # stride-2 phase rows of 23: whole vectors and a part one
+                # AVX-512 float32 strided, vectors not filling blocks of 3: blocks of 8 channels x 2 vectors
+                # (the 32x32 and 45-wide cases above too); filling them (6x15): 8 x 3
+                (1, 6, 13, 24, 10, 3, 2, 1, 1, 1),   # 7x12 on a staged grid, a part block of channels
+                (1, 4, 12, 30, 5, 3, 2, 1, 1, 1),    # 6x15: six vectors, 8 x 3 blocks
                 (2, 6, 9, 8, 8, 5, 1, 2, 1, 2),      # stride 1
                 (2, 8, 17, 33, 8, 3, 1, 2, 2, 1),    # stride 1 dilated, wide rows
                 (2, 12, 8, 8, 12, 3, 1, 1, 1, 1),    # AVX2 float32: blocks of 6 channels x 2 vectors, stored straight
@@ -314,22 +324,25 @@ def test_stride_2_col2im_adds_each_column_back_in_tap_order(width, dtype):
 
 @needs_kernels
 def test_strided_convs_run_direct_only_where_measured(monkeypatch):
-    """Strided kxk convs of few input channels per group on AVX2; wider ones and 1x1 ones keep
-    im2col + GEMM; a strided conv run either way gives the fallback's result."""
+    """Strided kxk convs of few input channels per group on AVX2 and AVX-512; wider ones and 1x1
+    ones keep im2col + GEMM; a strided conv run either way gives the fallback's result."""
     backend = jp.backend("numpy")
 
     def plan(c, k, s, groups=1):
         return numpy_spatial._ConvPlan((2, c, 16, 16), (8, c // groups, k, k), (8, 8), (s, s), (k // 2,) * 2,
                                        (1, 1), groups)
 
-    monkeypatch.setattr(kernels, "isa", 1)
     applies = numpy_spatial._direct_forward_applies
-    assert applies(backend, plan(32, 3, 2)) and applies(backend, plan(128, 3, 2, groups=4))
-    assert not applies(backend, plan(64, 3, 2)) and not applies(backend, plan(16, 1, 2))
-    assert applies(backend, plan(64, 3, 1)) and not applies(backend, plan(16, 1, 1))
-    monkeypatch.setattr(kernels, "isa", 2)
-    assert not applies(backend, plan(32, 3, 2)) and applies(backend, plan(64, 3, 1))
+    for isa in (1, 2):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert applies(backend, plan(32, 3, 2)) and applies(backend, plan(128, 3, 2, groups=4))
+        assert not applies(backend, plan(64, 3, 2)) and not applies(backend, plan(16, 1, 2))
+        assert applies(backend, plan(64, 3, 1))
+    assert applies(backend, plan(16, 1, 1)) and not applies(backend, plan(16, 1, 2))
+    monkeypatch.setattr(kernels, "isa", 0)
+    assert not applies(backend, plan(16, 3, 2))
     monkeypatch.setattr(kernels, "isa", 1)
+    assert not applies(backend, plan(16, 1, 1))
     rng = np.random.default_rng(12)
     x, w = rng.standard_normal((3, 6, 13, 11)), rng.standard_normal((8, 6, 3, 3))
     results = []
