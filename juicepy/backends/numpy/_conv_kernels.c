@@ -1068,28 +1068,59 @@ DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, do
 static I wino_origin(I t, I d) { return t / d * 2 * d + t % d; }
 
 /* u[k][a][b] = (G g G^T)[k] of the 3x3 taps of a = out channel, b = in channel (``flip``: w
- * is (B, A, 3, 3) and its taps are reversed, the input gradient's conv of dy). */
+ * is (B, A, 3, 3) and its taps are reversed, the input gradient's conv of dy). Blocks of
+ * WINO_WA x WINO_WB pairs: their taps are gathered tap-major (k[tap][pair]), transformed side by
+ * side (loops the compiler vectorises), and each position's WINO_WB values of a row stored
+ * together: pair by pair, the 16 stores of one pair went to slices O*C apart, a multiple of
+ * 4 KiB at 32-128 channels, all in one L1 set, and each evicted the line of another
+ * (docs/numpy.md). The same sums in the same order as pair by pair. */
+#define WINO_WA 4
+#define WINO_WB 16
 #define DEFINE_WINOGRAD_WEIGHTS(NAME, T)                                                       \
     static void NAME(const T *restrict w, T *restrict u, I na, I nb, int flip)                \
     {                                                                                          \
-        for (I a = 0; a < na; a++)                                                            \
-            for (I b = 0; b < nb; b++) {                                                      \
-                T k[3][3], t[4][3];                                                           \
-                for (int i = 0; i < 3; i++)                                                   \
-                    for (int j = 0; j < 3; j++)                                               \
-                        k[i][j] = flip ? w[(b * na + a) * 9 + (2 - i) * 3 + (2 - j)]          \
-                                       : w[(a * nb + b) * 9 + i * 3 + j];                    \
-                for (int j = 0; j < 3; j++) {                                                 \
-                    t[0][j] = k[0][j];                                                        \
-                    t[1][j] = (T)0.5 * (k[0][j] + k[1][j] + k[2][j]);                         \
-                    t[2][j] = (T)0.5 * (k[0][j] - k[1][j] + k[2][j]);                         \
-                    t[3][j] = k[2][j];                                                        \
-                }                                                                             \
-                for (int i = 0; i < 4; i++) {                                                 \
-                    T r[4] = {t[i][0], (T)0.5 * (t[i][0] + t[i][1] + t[i][2]),                \
-                              (T)0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};               \
-                    for (int j = 0; j < 4; j++) u[((i * 4 + j) * na + a) * nb + b] = r[j];     \
-                }                                                                             \
+        enum { P = WINO_WA * WINO_WB };                                                        \
+        T k[9][P], t[4][3][P], r[16][P];                                                       \
+        for (I a0 = 0; a0 < na; a0 += WINO_WA)                                                \
+            for (I b0 = 0; b0 < nb; b0 += WINO_WB) {                                          \
+                const I ra = na - a0 < WINO_WA ? na - a0 : WINO_WA;                           \
+                const I rb = nb - b0 < WINO_WB ? nb - b0 : WINO_WB;                           \
+                if (ra < WINO_WA || rb < WINO_WB) memset(k, 0, sizeof k);                      \
+                if (flip)                                                                     \
+                    for (I b = 0; b < rb; b++)                                                \
+                        for (I a = 0; a < ra; a++) {                                          \
+                            const T *s = w + ((b0 + b) * na + a0 + a) * 9;                    \
+                            for (int q = 0; q < 9; q++) k[8 - q][a * WINO_WB + b] = s[q];     \
+                        }                                                                     \
+                else                                                                          \
+                    for (I a = 0; a < ra; a++)                                                \
+                        for (I b = 0; b < rb; b++) {                                          \
+                            const T *s = w + ((a0 + a) * nb + b0 + b) * 9;                    \
+                            for (int q = 0; q < 9; q++) k[q][a * WINO_WB + b] = s[q];         \
+                        }                                                                     \
+                for (int j = 0; j < 3; j++)                                                   \
+                    for (int p = 0; p < P; p++) {                                             \
+                        const T k0 = k[j][p], k1 = k[3 + j][p], k2 = k[6 + j][p];             \
+                        t[0][j][p] = k0;                                                      \
+                        t[1][j][p] = (T)0.5 * (k0 + k1 + k2);                                 \
+                        t[2][j][p] = (T)0.5 * (k0 - k1 + k2);                                 \
+                        t[3][j][p] = k2;                                                      \
+                    }                                                                         \
+                for (int i = 0; i < 4; i++)                                                   \
+                    for (int p = 0; p < P; p++) {                                             \
+                        const T t0 = t[i][0][p], t1 = t[i][1][p], t2 = t[i][2][p];            \
+                        r[i * 4][p] = t0;                                                     \
+                        r[i * 4 + 1][p] = (T)0.5 * (t0 + t1 + t2);                            \
+                        r[i * 4 + 2][p] = (T)0.5 * (t0 - t1 + t2);                            \
+                        r[i * 4 + 3][p] = t2;                                                 \
+                    }                                                                         \
+                for (int q = 0; q < 16; q++)                                                  \
+                    for (I a = 0; a < ra; a++) {                                              \
+                        T *dst = u + ((q * na) + a0 + a) * nb + b0;                           \
+                        /* a whole row a constant size: copied inline, not by a call */       \
+                        if (rb == WINO_WB) memcpy(dst, r[q] + a * WINO_WB, WINO_WB * sizeof(T)); \
+                        else memcpy(dst, r[q] + a * WINO_WB, (size_t)rb * sizeof(T));         \
+                    }                                                                         \
             }                                                                                 \
     }
 

@@ -984,6 +984,35 @@ def test_winograd_transforms_match_the_reference_bit_for_bit(shape, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("na, nb", [(1, 1), (4, 16), (5, 17), (3, 70), (130, 33), (64, 128)],
+                         ids=["1x1", "one-block", "blocks-and-a-pair", "partial-rows", "partial-both", "4KiB-slices"])
+@pytest.mark.parametrize("flip", [False, True], ids=["forward", "flipped"])
+def test_winograd_weights_match_the_reference(na, nb, flip, dtype):
+    """winograd_weights (blocks of pairs transformed side by side) against G g G^T in float64, and
+    bit for bit against the pair-by-pair transform in the kernel's order of operations; channel
+    counts not multiples of the blocks, slices a multiple of 4 KiB apart; nothing past u written."""
+    rng = np.random.default_rng(17)
+    w = rng.standard_normal(((nb, na) if flip else (na, nb)) + (3, 3)).astype(dtype)
+    room = np.full(16 * na * nb + 7, np.nan, dtype)
+    kernels.winograd_weights(w, room, na, nb, flip)
+    u = room[:16 * na * nb].reshape(4, 4, na, nb)
+    assert np.isnan(room[16 * na * nb:]).all()
+    k = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1] if flip else w  # (na, nb, 3, 3)
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    exact = np.einsum("ip,abpq,jq->ijab", g, k.astype(np.float64), g)
+    np.testing.assert_allclose(u, exact, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+    half = dtype(0.5)
+
+    def along(e):  # G applied to the 3 values e[0..2] in the kernel's order
+        return [e[0], half * (e[0] + e[1] + e[2]), half * (e[0] - e[1] + e[2]), e[2]]
+
+    t = along([k[:, :, i, :] for i in range(3)])  # 4 rows of (na, nb, 3)
+    want = np.stack([np.stack(along([t[i][..., j] for j in range(3)])) for i in range(4)])
+    np.testing.assert_array_equal(u, want)
+
+
+@needs_kernels
 def test_winograd_transforms_refuse_arguments_that_do_not_fit():
     """F(2x2, 3x3)'s entry points check their arguments as the stride-2 ones do (one parser)."""
     x, v = np.zeros((1, 2, 8, 8), np.float32), np.zeros((16, 32), np.float32)
