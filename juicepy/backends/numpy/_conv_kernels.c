@@ -1359,6 +1359,115 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
 DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_INPUT, winograd_input)
 DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_OUTPUT, winograd_output)
 
+/* 8x8 planes padded by 1 into 8x8 outputs, undilated (the last stage of the CIFAR CNN and the
+ * ResNet), float32 on AVX-512: a plane's 16 tiles are one 16-float vector (lane ty*4 + tx), so
+ * each position's slice of a plane is one whole vector, and the plane (four vectors of two rows)
+ * is taken apart by shuffles instead of the passes above, whose rows of 4 tiles fill a 4-float
+ * vector each (docs/numpy.md). Same sums in the same order, so the same bits. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+static int wino_plane8(const Geometry *g, I th, I tw)
+{
+    return g->h == 8 && g->w == 8 && g->ho == 8 && g->wo == 8 && g->ph == 1 && g->pw == 1 && g->dh == 1
+           && g->dw == 1 && th == 4 && tw == 4;
+}
+
+typedef int vi32x16 __attribute__((vector_size(64)));
+/* rows A and B (0-3) of the 4 rows of 8 in a vector pair, as one vector */
+#define W8_ROWS(A, B) ((vi32x16){8 * (A), 8 * (A) + 1, 8 * (A) + 2, 8 * (A) + 3, 8 * (A) + 4, 8 * (A) + 5,     \
+                                 8 * (A) + 6, 8 * (A) + 7, 8 * (B), 8 * (B) + 1, 8 * (B) + 2, 8 * (B) + 3,  \
+                                 8 * (B) + 4, 8 * (B) + 5, 8 * (B) + 6, 8 * (B) + 7})
+/* lane ty*4 + tx: column 2tx + J - 1 of row ty of the pair's 4 rows of 8 (J = 0 and 3 reach
+ * the padding at tx 0 and 3, zeroed by W8_KEEP) */
+#define W8_COL(J, ty, tx) ((ty) * 8 + ((2 * (tx) + (J) - 1) < 0 ? 0 : (2 * (tx) + (J) - 1) > 7 ? 7 : 2 * (tx) + (J) - 1))
+#define W8_COLS(J) ((vi32x16){W8_COL(J, 0, 0), W8_COL(J, 0, 1), W8_COL(J, 0, 2), W8_COL(J, 0, 3),            \
+                              W8_COL(J, 1, 0), W8_COL(J, 1, 1), W8_COL(J, 1, 2), W8_COL(J, 1, 3),            \
+                              W8_COL(J, 2, 0), W8_COL(J, 2, 1), W8_COL(J, 2, 2), W8_COL(J, 2, 3),            \
+                              W8_COL(J, 3, 0), W8_COL(J, 3, 1), W8_COL(J, 3, 2), W8_COL(J, 3, 3)})
+#define W8_KEEP(tx0, tx3) ((vi32x16){tx0, -1, -1, tx3, tx0, -1, -1, tx3, tx0, -1, -1, tx3, tx0, -1, -1, tx3})
+/* lane 8r + c (r 0 or 1): output column c of tile row T0 + r, from y_i0 (c even) or y_i1 (c odd)
+ * of tile (T0 + r, c / 2): one output row of each of two tile rows */
+#define W8_ZIP1(T, c) (((c) % 2) * 16 + (T) * 4 + (c) / 2)
+#define W8_ZIP(T0) ((vi32x16){W8_ZIP1(T0, 0), W8_ZIP1(T0, 1), W8_ZIP1(T0, 2), W8_ZIP1(T0, 3), W8_ZIP1(T0, 4),       \
+                              W8_ZIP1(T0, 5), W8_ZIP1(T0, 6), W8_ZIP1(T0, 7), W8_ZIP1(T0 + 1, 0), W8_ZIP1(T0 + 1, 1), \
+                              W8_ZIP1(T0 + 1, 2), W8_ZIP1(T0 + 1, 3), W8_ZIP1(T0 + 1, 4), W8_ZIP1(T0 + 1, 5),      \
+                              W8_ZIP1(T0 + 1, 6), W8_ZIP1(T0 + 1, 7)})
+
+/* v[k][c][p] as winograd_input_f32 for wino_plane8's geometry. */
+ISA_512 static void winograd_input8_f32_512(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
+{
+    const I np = (n1 - n0) * 16;
+    const vf32x16 zero = {0};
+    const vi32x16 keep0 = W8_KEEP(0, -1), keep3 = W8_KEEP(-1, 0);
+    for (I c = 0; c < c_in; c++)
+        for (I n = n0; n < n1; n++) {
+            const float *plane = x + (n * c_in + c) * 64;
+            float *dst = v + c * np + (n - n0) * 16;
+            const vf32x16 p0 = LOADV(vf32x16, plane), p1 = LOADV(vf32x16, plane + 16);
+            const vf32x16 p2 = LOADV(vf32x16, plane + 32), p3 = LOADV(vf32x16, plane + 48);
+            /* rows 2ty - 1, 2ty, 2ty + 1, 2ty + 2 of tile rows 0-1 (a) and 2-3 (b) */
+            const vf32x16 e01 = __builtin_shuffle(p0, p1, W8_ROWS(0, 2)), o01 = __builtin_shuffle(p0, p1, W8_ROWS(1, 3));
+            const vf32x16 e23 = __builtin_shuffle(p2, p3, W8_ROWS(0, 2)), o23 = __builtin_shuffle(p2, p3, W8_ROWS(1, 3));
+            const vf32x16 r0[2] = {__builtin_shuffle(zero, o01, W8_ROWS(0, 2)), __builtin_shuffle(o01, o23, W8_ROWS(1, 2))};
+            const vf32x16 r1[2] = {e01, e23}, r2[2] = {o01, o23};
+            const vf32x16 r3[2] = {__builtin_shuffle(e01, e23, W8_ROWS(1, 2)), __builtin_shuffle(e23, zero, W8_ROWS(1, 2))};
+            vf32x16 t[4][2];
+            for (int h = 0; h < 2; h++) {
+                t[0][h] = r0[h] - r2[h];
+                t[1][h] = r1[h] + r2[h];
+                t[2][h] = r2[h] - r1[h];
+                t[3][h] = r1[h] - r3[h];
+            }
+            for (int i = 0; i < 4; i++) {
+                const vf32x16 e0 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W8_COLS(0)) & keep0);
+                const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W8_COLS(1));
+                const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W8_COLS(2));
+                const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W8_COLS(3)) & keep3);
+                float *o = dst + 4 * i * ks;
+                const vf32x16 q0 = e0 - e2, q1 = e1 + e2, q2 = e2 - e1, q3 = e1 - e3;
+                memcpy(o, &q0, sizeof q0);
+                memcpy(o + ks, &q1, sizeof q1);
+                memcpy(o + 2 * ks, &q2, sizeof q2);
+                memcpy(o + 3 * ks, &q3, sizeof q3);
+            }
+        }
+}
+
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane8's geometry. */
+ISA_512 static void winograd_output8_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
+                                             int accumulate)
+{
+    const I np = (n1 - n0) * 16;
+    for (I a = 0; a < o; a++)
+        for (I n = n0; n < n1; n++) {
+            float *plane = out + (n * o + a) * 64;
+            const float *e = m + a * np + (n - n0) * 16;
+            vf32x16 s0[4], s1[4];
+            for (int j = 0; j < 4; j++) {
+                const vf32x16 a0 = LOADV(vf32x16, e + j * ks), a1 = LOADV(vf32x16, e + (4 + j) * ks);
+                const vf32x16 a2 = LOADV(vf32x16, e + (8 + j) * ks), a3 = LOADV(vf32x16, e + (12 + j) * ks);
+                s0[j] = a0 + a1 + a2;
+                s1[j] = a1 - a2 - a3;
+            }
+            const vf32x16 y00 = s0[0] + s0[1] + s0[2], y01 = s0[1] - s0[2] - s0[3];
+            const vf32x16 y10 = s1[0] + s1[1] + s1[2], y11 = s1[1] - s1[2] - s1[3];
+            for (int h = 0; h < 2; h++) {
+                /* output rows 4h, 4h + 2 (za) and 4h + 1, 4h + 3 (zb), then as row pairs */
+                const vf32x16 za = __builtin_shuffle(y00, y01, h ? W8_ZIP(2) : W8_ZIP(0));
+                const vf32x16 zb = __builtin_shuffle(y10, y11, h ? W8_ZIP(2) : W8_ZIP(0));
+                vf32x16 q[2] = {__builtin_shuffle(za, zb, W8_ROWS(0, 2)), __builtin_shuffle(za, zb, W8_ROWS(1, 3))};
+                for (int r = 0; r < 2; r++) {
+                    float *p = plane + (2 * h + r) * 16;
+                    if (accumulate) q[r] = LOADV(vf32x16, p) + q[r];
+                    memcpy(p, &q[r], sizeof q[r]);
+                }
+            }
+        }
+}
+#define WINO_PLANE8 1
+#else
+#define WINO_PLANE8 0
+#endif
+
 /* The build the transforms run: the widest the CPU runs (isa) whose vectors hold no more tiles
  * than a row has (``lanes`` of the narrowest build), so a small plane's rows do not fill a
  * vector mostly with tiles of the next row (8x8 planes: 4 tiles a row, 16 floats an AVX-512
@@ -2103,6 +2212,12 @@ static int winograd_weights_f64_call(const TileCall *t)
 }
 static int winograd_input_f32_call(const TileCall *t)
 {
+#if WINO_PLANE8
+    if (isa == 2 && wino_plane8(&t->g, t->th, t->tw)) {
+        winograd_input8_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
+#endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_input_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
 static int winograd_input_f64_call(const TileCall *t)
@@ -2111,6 +2226,12 @@ static int winograd_input_f64_call(const TileCall *t)
 }
 static int winograd_output_f32_call(const TileCall *t)
 {
+#if WINO_PLANE8
+    if (isa == 2 && wino_plane8(&t->g, t->th, t->tw)) {
+        winograd_output8_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        return 0;
+    }
+#endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_output_f32, t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
 }
 static int winograd_output_f64_call(const TileCall *t)
