@@ -1463,6 +1463,97 @@ ISA_512 static void winograd_output8_f32_512(const float *restrict m, float *res
             }
         }
 }
+
+/* 16x16 planes padded by 1 into 16x16 outputs, likewise: a row is one vector, and a vector
+ * holds two rows of 8 tiles (lane tyl*8 + tx), taken out of two rows of the column pass by one
+ * shuffle each (the passes above run them as 8-float vectors). */
+static int wino_plane16(const Geometry *g, I th, I tw)
+{
+    return g->h == 16 && g->w == 16 && g->ho == 16 && g->wo == 16 && g->ph == 1 && g->pw == 1 && g->dh == 1
+           && g->dw == 1 && th == 8 && tw == 8;
+}
+
+/* F(l) for the 16 lanes l of a vector */
+#define W16_LANES(F, A) ((vi32x16){F(A, 0), F(A, 1), F(A, 2), F(A, 3), F(A, 4), F(A, 5), F(A, 6), F(A, 7),     \
+                                   F(A, 8), F(A, 9), F(A, 10), F(A, 11), F(A, 12), F(A, 13), F(A, 14), F(A, 15)})
+/* lane tyl*8 + tx: column 2tx + J - 1 of row tyl of the vector pair (the padding at tx 0 for J = 0
+ * and tx 7 for J = 3 zeroed by W16_EDGE) */
+#define W16_COL(J, l) ((l) / 8 * 16 + (2 * ((l) % 8) + (J) - 1 < 0 ? 0 : 2 * ((l) % 8) + (J) - 1 > 15 ? 15      \
+                                                                     : 2 * ((l) % 8) + (J) - 1))
+#define W16_EDGE(TX, l) ((l) % 8 == (TX) ? 0 : -1)
+/* output column l of the tile row TYL (0 or 1) of a vector pair: from y_i0 (l even) or y_i1 (odd) */
+#define W16_ZIP(TYL, l) ((l) % 2 * 16 + (TYL) * 8 + (l) / 2)
+
+/* v[k][c][p] as winograd_input_f32 for wino_plane16's geometry. */
+ISA_512 static void winograd_input16_f32_512(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
+{
+    const I np = (n1 - n0) * 64;
+    const vf32x16 zero = {0};
+    const vi32x16 edge0 = W16_LANES(W16_EDGE, 0), edge3 = W16_LANES(W16_EDGE, 7);
+    for (I c = 0; c < c_in; c++)
+        for (I n = n0; n < n1; n++) {
+            const float *plane = x + (n * c_in + c) * 256;
+            float *dst = v + c * np + (n - n0) * 64;
+            for (I q = 0; q < 4; q++) {
+                /* tile rows 2q + tyl read input rows 4q + 2tyl - 1 .. 4q + 2tyl + 2: r[2tyl ..] */
+                vf32x16 r[6], t[4][2];
+                for (int l = 0; l < 6; l++) {
+                    const I y = 4 * q - 1 + l;
+                    r[l] = y >= 0 && y < 16 ? LOADV(vf32x16, plane + y * 16) : zero;
+                }
+                for (int h = 0; h < 2; h++) {
+                    const vf32x16 e0 = r[2 * h], e1 = r[2 * h + 1], e2 = r[2 * h + 2], e3 = r[2 * h + 3];
+                    t[0][h] = e0 - e2;
+                    t[1][h] = e1 + e2;
+                    t[2][h] = e2 - e1;
+                    t[3][h] = e1 - e3;
+                }
+                for (int i = 0; i < 4; i++) {
+                    const vf32x16 e0 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 0)) & edge0);
+                    const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 1));
+                    const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 2));
+                    const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 3)) & edge3);
+                    float *o = dst + 4 * i * ks + q * 16;
+                    const vf32x16 q0 = e0 - e2, q1 = e1 + e2, q2 = e2 - e1, q3 = e1 - e3;
+                    memcpy(o, &q0, sizeof q0);
+                    memcpy(o + ks, &q1, sizeof q1);
+                    memcpy(o + 2 * ks, &q2, sizeof q2);
+                    memcpy(o + 3 * ks, &q3, sizeof q3);
+                }
+            }
+        }
+}
+
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane16's geometry. */
+ISA_512 static void winograd_output16_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
+                                              int accumulate)
+{
+    const I np = (n1 - n0) * 64;
+    for (I a = 0; a < o; a++)
+        for (I n = n0; n < n1; n++) {
+            float *plane = out + (n * o + a) * 256;
+            for (I q = 0; q < 4; q++) {
+                const float *e = m + a * np + (n - n0) * 64 + q * 16;
+                vf32x16 s0[4], s1[4];
+                for (int j = 0; j < 4; j++) {
+                    const vf32x16 a0 = LOADV(vf32x16, e + j * ks), a1 = LOADV(vf32x16, e + (4 + j) * ks);
+                    const vf32x16 a2 = LOADV(vf32x16, e + (8 + j) * ks), a3 = LOADV(vf32x16, e + (12 + j) * ks);
+                    s0[j] = a0 + a1 + a2;
+                    s1[j] = a1 - a2 - a3;
+                }
+                const vf32x16 y[2][2] = {{s0[0] + s0[1] + s0[2], s0[1] - s0[2] - s0[3]},
+                                         {s1[0] + s1[1] + s1[2], s1[1] - s1[2] - s1[3]}};
+                for (int h = 0; h < 2; h++)
+                    for (int i = 0; i < 2; i++) {
+                        vf32x16 row = h ? __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 1))
+                                        : __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 0));
+                        float *p = plane + (4 * q + 2 * h + i) * 16;
+                        if (accumulate) row = LOADV(vf32x16, p) + row;
+                        memcpy(p, &row, sizeof row);
+                    }
+            }
+        }
+}
 #define WINO_PLANE8 1
 #else
 #define WINO_PLANE8 0
@@ -2217,6 +2308,10 @@ static int winograd_input_f32_call(const TileCall *t)
         winograd_input8_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
         return 0;
     }
+    if (isa == 2 && wino_plane16(&t->g, t->th, t->tw)) {
+        winograd_input16_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
 #endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_input_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
@@ -2229,6 +2324,10 @@ static int winograd_output_f32_call(const TileCall *t)
 #if WINO_PLANE8
     if (isa == 2 && wino_plane8(&t->g, t->th, t->tw)) {
         winograd_output8_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        return 0;
+    }
+    if (isa == 2 && wino_plane16(&t->g, t->th, t->tw)) {
+        winograd_output16_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
         return 0;
     }
 #endif
