@@ -1392,6 +1392,30 @@ typedef int vi32x16 __attribute__((vector_size(64)));
                               W8_ZIP1(T0 + 1, 2), W8_ZIP1(T0 + 1, 3), W8_ZIP1(T0 + 1, 4), W8_ZIP1(T0 + 1, 5),      \
                               W8_ZIP1(T0 + 1, 6), W8_ZIP1(T0 + 1, 7)})
 
+/* o[0], o[ks], o[2ks], o[3ks] = the pass along the rows of one tile column set e0..e3 (B^T's
+ * rows), whole 16-float vectors */
+#define W_ROW_STORE(o, ks, e0, e1, e2, e3)                                                     \
+    do {                                                                                       \
+        const vf32x16 q0_ = (e0) - (e2), q1_ = (e1) + (e2), q2_ = (e2) - (e1), q3_ = (e1) - (e3); \
+        memcpy((o), &q0_, sizeof q0_);                                                         \
+        memcpy((o) + (ks), &q1_, sizeof q1_);                                                  \
+        memcpy((o) + 2 * (ks), &q2_, sizeof q2_);                                              \
+        memcpy((o) + 3 * (ks), &q3_, sizeof q3_);                                              \
+    } while (0)
+/* y[i][j] = (A^T m A)[i][j] of the 16 tiles whose 16 positions lie at e, ks apart */
+#define W_OUTPUT_SUMS(e, ks, y)                                                                \
+    do {                                                                                       \
+        vf32x16 s0_[4], s1_[4];                                                                \
+        for (int j_ = 0; j_ < 4; j_++) {                                                       \
+            const vf32x16 a0_ = LOADV(vf32x16, (e) + j_ * (ks)), a1_ = LOADV(vf32x16, (e) + (4 + j_) * (ks)); \
+            const vf32x16 a2_ = LOADV(vf32x16, (e) + (8 + j_) * (ks)), a3_ = LOADV(vf32x16, (e) + (12 + j_) * (ks)); \
+            s0_[j_] = a0_ + a1_ + a2_;                                                         \
+            s1_[j_] = a1_ - a2_ - a3_;                                                         \
+        }                                                                                      \
+        (y)[0][0] = s0_[0] + s0_[1] + s0_[2], (y)[0][1] = s0_[1] - s0_[2] - s0_[3];            \
+        (y)[1][0] = s1_[0] + s1_[1] + s1_[2], (y)[1][1] = s1_[1] - s1_[2] - s1_[3];            \
+    } while (0)
+
 /* v[k][c][p] as winograd_input_f32 for wino_plane8's geometry. */
 ISA_512 static void winograd_input8_f32_512(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
 {
@@ -1422,12 +1446,7 @@ ISA_512 static void winograd_input8_f32_512(const float *restrict x, float *rest
                 const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W8_COLS(1));
                 const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W8_COLS(2));
                 const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W8_COLS(3)) & keep3);
-                float *o = dst + 4 * i * ks;
-                const vf32x16 q0 = e0 - e2, q1 = e1 + e2, q2 = e2 - e1, q3 = e1 - e3;
-                memcpy(o, &q0, sizeof q0);
-                memcpy(o + ks, &q1, sizeof q1);
-                memcpy(o + 2 * ks, &q2, sizeof q2);
-                memcpy(o + 3 * ks, &q3, sizeof q3);
+                W_ROW_STORE(dst + 4 * i * ks, ks, e0, e1, e2, e3);
             }
         }
 }
@@ -1440,20 +1459,12 @@ ISA_512 static void winograd_output8_f32_512(const float *restrict m, float *res
     for (I a = 0; a < o; a++)
         for (I n = n0; n < n1; n++) {
             float *plane = out + (n * o + a) * 64;
-            const float *e = m + a * np + (n - n0) * 16;
-            vf32x16 s0[4], s1[4];
-            for (int j = 0; j < 4; j++) {
-                const vf32x16 a0 = LOADV(vf32x16, e + j * ks), a1 = LOADV(vf32x16, e + (4 + j) * ks);
-                const vf32x16 a2 = LOADV(vf32x16, e + (8 + j) * ks), a3 = LOADV(vf32x16, e + (12 + j) * ks);
-                s0[j] = a0 + a1 + a2;
-                s1[j] = a1 - a2 - a3;
-            }
-            const vf32x16 y00 = s0[0] + s0[1] + s0[2], y01 = s0[1] - s0[2] - s0[3];
-            const vf32x16 y10 = s1[0] + s1[1] + s1[2], y11 = s1[1] - s1[2] - s1[3];
+            vf32x16 y[2][2];
+            W_OUTPUT_SUMS(m + a * np + (n - n0) * 16, ks, y);
             for (int h = 0; h < 2; h++) {
                 /* output rows 4h, 4h + 2 (za) and 4h + 1, 4h + 3 (zb), then as row pairs */
-                const vf32x16 za = __builtin_shuffle(y00, y01, h ? W8_ZIP(2) : W8_ZIP(0));
-                const vf32x16 zb = __builtin_shuffle(y10, y11, h ? W8_ZIP(2) : W8_ZIP(0));
+                const vf32x16 za = __builtin_shuffle(y[0][0], y[0][1], h ? W8_ZIP(2) : W8_ZIP(0));
+                const vf32x16 zb = __builtin_shuffle(y[1][0], y[1][1], h ? W8_ZIP(2) : W8_ZIP(0));
                 vf32x16 q[2] = {__builtin_shuffle(za, zb, W8_ROWS(0, 2)), __builtin_shuffle(za, zb, W8_ROWS(1, 3))};
                 for (int r = 0; r < 2; r++) {
                     float *p = plane + (2 * h + r) * 16;
@@ -1513,12 +1524,7 @@ ISA_512 static void winograd_input16_f32_512(const float *restrict x, float *res
                     const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 1));
                     const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 2));
                     const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 3)) & edge3);
-                    float *o = dst + 4 * i * ks + q * 16;
-                    const vf32x16 q0 = e0 - e2, q1 = e1 + e2, q2 = e2 - e1, q3 = e1 - e3;
-                    memcpy(o, &q0, sizeof q0);
-                    memcpy(o + ks, &q1, sizeof q1);
-                    memcpy(o + 2 * ks, &q2, sizeof q2);
-                    memcpy(o + 3 * ks, &q3, sizeof q3);
+                    W_ROW_STORE(dst + 4 * i * ks + q * 16, ks, e0, e1, e2, e3);
                 }
             }
         }
@@ -1533,16 +1539,8 @@ ISA_512 static void winograd_output16_f32_512(const float *restrict m, float *re
         for (I n = n0; n < n1; n++) {
             float *plane = out + (n * o + a) * 256;
             for (I q = 0; q < 4; q++) {
-                const float *e = m + a * np + (n - n0) * 64 + q * 16;
-                vf32x16 s0[4], s1[4];
-                for (int j = 0; j < 4; j++) {
-                    const vf32x16 a0 = LOADV(vf32x16, e + j * ks), a1 = LOADV(vf32x16, e + (4 + j) * ks);
-                    const vf32x16 a2 = LOADV(vf32x16, e + (8 + j) * ks), a3 = LOADV(vf32x16, e + (12 + j) * ks);
-                    s0[j] = a0 + a1 + a2;
-                    s1[j] = a1 - a2 - a3;
-                }
-                const vf32x16 y[2][2] = {{s0[0] + s0[1] + s0[2], s0[1] - s0[2] - s0[3]},
-                                         {s1[0] + s1[1] + s1[2], s1[1] - s1[2] - s1[3]}};
+                vf32x16 y[2][2];
+                W_OUTPUT_SUMS(m + a * np + (n - n0) * 64 + q * 16, ks, y);
                 for (int h = 0; h < 2; h++)
                     for (int i = 0; i < 2; i++) {
                         vf32x16 row = h ? __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 1))
