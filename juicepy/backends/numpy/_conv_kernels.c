@@ -1099,28 +1099,59 @@ DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, do
 static I wino_origin(I t, I d) { return t / d * 2 * d + t % d; }
 
 /* u[k][a][b] = (G g G^T)[k] of the 3x3 taps of a = out channel, b = in channel (``flip``: w
- * is (B, A, 3, 3) and its taps are reversed, the input gradient's conv of dy). */
+ * is (B, A, 3, 3) and its taps are reversed, the input gradient's conv of dy). Blocks of
+ * WINO_WA x WINO_WB pairs: their taps are gathered tap-major (k[tap][pair]), transformed side by
+ * side (loops the compiler vectorises), and each position's WINO_WB values of a row stored
+ * together: pair by pair, the 16 stores of one pair went to slices O*C apart, a multiple of
+ * 4 KiB at 32-128 channels, all in one L1 set, and each evicted the line of another
+ * (docs/numpy.md). The same sums in the same order as pair by pair. */
+#define WINO_WA 4
+#define WINO_WB 16
 #define DEFINE_WINOGRAD_WEIGHTS(NAME, T)                                                       \
     static void NAME(const T *restrict w, T *restrict u, I na, I nb, int flip)                \
     {                                                                                          \
-        for (I a = 0; a < na; a++)                                                            \
-            for (I b = 0; b < nb; b++) {                                                      \
-                T k[3][3], t[4][3];                                                           \
-                for (int i = 0; i < 3; i++)                                                   \
-                    for (int j = 0; j < 3; j++)                                               \
-                        k[i][j] = flip ? w[(b * na + a) * 9 + (2 - i) * 3 + (2 - j)]          \
-                                       : w[(a * nb + b) * 9 + i * 3 + j];                    \
-                for (int j = 0; j < 3; j++) {                                                 \
-                    t[0][j] = k[0][j];                                                        \
-                    t[1][j] = (T)0.5 * (k[0][j] + k[1][j] + k[2][j]);                         \
-                    t[2][j] = (T)0.5 * (k[0][j] - k[1][j] + k[2][j]);                         \
-                    t[3][j] = k[2][j];                                                        \
-                }                                                                             \
-                for (int i = 0; i < 4; i++) {                                                 \
-                    T r[4] = {t[i][0], (T)0.5 * (t[i][0] + t[i][1] + t[i][2]),                \
-                              (T)0.5 * (t[i][0] - t[i][1] + t[i][2]), t[i][2]};               \
-                    for (int j = 0; j < 4; j++) u[((i * 4 + j) * na + a) * nb + b] = r[j];     \
-                }                                                                             \
+        enum { P = WINO_WA * WINO_WB };                                                        \
+        T k[9][P], t[4][3][P], r[16][P];                                                       \
+        for (I a0 = 0; a0 < na; a0 += WINO_WA)                                                \
+            for (I b0 = 0; b0 < nb; b0 += WINO_WB) {                                          \
+                const I ra = na - a0 < WINO_WA ? na - a0 : WINO_WA;                           \
+                const I rb = nb - b0 < WINO_WB ? nb - b0 : WINO_WB;                           \
+                if (ra < WINO_WA || rb < WINO_WB) memset(k, 0, sizeof k);                      \
+                if (flip)                                                                     \
+                    for (I b = 0; b < rb; b++)                                                \
+                        for (I a = 0; a < ra; a++) {                                          \
+                            const T *s = w + ((b0 + b) * na + a0 + a) * 9;                    \
+                            for (int q = 0; q < 9; q++) k[8 - q][a * WINO_WB + b] = s[q];     \
+                        }                                                                     \
+                else                                                                          \
+                    for (I a = 0; a < ra; a++)                                                \
+                        for (I b = 0; b < rb; b++) {                                          \
+                            const T *s = w + ((a0 + a) * nb + b0 + b) * 9;                    \
+                            for (int q = 0; q < 9; q++) k[q][a * WINO_WB + b] = s[q];         \
+                        }                                                                     \
+                for (int j = 0; j < 3; j++)                                                   \
+                    for (int p = 0; p < P; p++) {                                             \
+                        const T k0 = k[j][p], k1 = k[3 + j][p], k2 = k[6 + j][p];             \
+                        t[0][j][p] = k0;                                                      \
+                        t[1][j][p] = (T)0.5 * (k0 + k1 + k2);                                 \
+                        t[2][j][p] = (T)0.5 * (k0 - k1 + k2);                                 \
+                        t[3][j][p] = k2;                                                      \
+                    }                                                                         \
+                for (int i = 0; i < 4; i++)                                                   \
+                    for (int p = 0; p < P; p++) {                                             \
+                        const T t0 = t[i][0][p], t1 = t[i][1][p], t2 = t[i][2][p];            \
+                        r[i * 4][p] = t0;                                                     \
+                        r[i * 4 + 1][p] = (T)0.5 * (t0 + t1 + t2);                            \
+                        r[i * 4 + 2][p] = (T)0.5 * (t0 - t1 + t2);                            \
+                        r[i * 4 + 3][p] = t2;                                                 \
+                    }                                                                         \
+                for (int q = 0; q < 16; q++)                                                  \
+                    for (I a = 0; a < ra; a++) {                                              \
+                        T *dst = u + ((q * na) + a0 + a) * nb + b0;                           \
+                        /* a whole row a constant size: copied inline, not by a call */       \
+                        if (rb == WINO_WB) memcpy(dst, r[q] + a * WINO_WB, WINO_WB * sizeof(T)); \
+                        else memcpy(dst, r[q] + a * WINO_WB, (size_t)rb * sizeof(T));         \
+                    }                                                                         \
             }                                                                                 \
     }
 
@@ -1358,6 +1389,204 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
 
 DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_INPUT, winograd_input)
 DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_OUTPUT, winograd_output)
+
+/* 8x8 planes padded by 1 into 8x8 outputs, undilated (the last stage of the CIFAR CNN and the
+ * ResNet), float32 on AVX-512: a plane's 16 tiles are one 16-float vector (lane ty*4 + tx), so
+ * each position's slice of a plane is one whole vector, and the plane (four vectors of two rows)
+ * is taken apart by shuffles instead of the passes above, whose rows of 4 tiles fill a 4-float
+ * vector each (docs/numpy.md). Same sums in the same order, so the same bits. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+static int wino_plane8(const Geometry *g, I th, I tw)
+{
+    return g->h == 8 && g->w == 8 && g->ho == 8 && g->wo == 8 && g->ph == 1 && g->pw == 1 && g->dh == 1
+           && g->dw == 1 && th == 4 && tw == 4;
+}
+
+typedef int vi32x16 __attribute__((vector_size(64)));
+/* rows A and B (0-3) of the 4 rows of 8 in a vector pair, as one vector */
+#define W8_ROWS(A, B) ((vi32x16){8 * (A), 8 * (A) + 1, 8 * (A) + 2, 8 * (A) + 3, 8 * (A) + 4, 8 * (A) + 5,     \
+                                 8 * (A) + 6, 8 * (A) + 7, 8 * (B), 8 * (B) + 1, 8 * (B) + 2, 8 * (B) + 3,  \
+                                 8 * (B) + 4, 8 * (B) + 5, 8 * (B) + 6, 8 * (B) + 7})
+/* lane ty*4 + tx: column 2tx + J - 1 of row ty of the pair's 4 rows of 8 (J = 0 and 3 reach
+ * the padding at tx 0 and 3, zeroed by W8_KEEP) */
+#define W8_COL(J, ty, tx) ((ty) * 8 + ((2 * (tx) + (J) - 1) < 0 ? 0 : (2 * (tx) + (J) - 1) > 7 ? 7 : 2 * (tx) + (J) - 1))
+#define W8_COLS(J) ((vi32x16){W8_COL(J, 0, 0), W8_COL(J, 0, 1), W8_COL(J, 0, 2), W8_COL(J, 0, 3),            \
+                              W8_COL(J, 1, 0), W8_COL(J, 1, 1), W8_COL(J, 1, 2), W8_COL(J, 1, 3),            \
+                              W8_COL(J, 2, 0), W8_COL(J, 2, 1), W8_COL(J, 2, 2), W8_COL(J, 2, 3),            \
+                              W8_COL(J, 3, 0), W8_COL(J, 3, 1), W8_COL(J, 3, 2), W8_COL(J, 3, 3)})
+#define W8_KEEP(tx0, tx3) ((vi32x16){tx0, -1, -1, tx3, tx0, -1, -1, tx3, tx0, -1, -1, tx3, tx0, -1, -1, tx3})
+/* lane 8r + c (r 0 or 1): output column c of tile row T0 + r, from y_i0 (c even) or y_i1 (c odd)
+ * of tile (T0 + r, c / 2): one output row of each of two tile rows */
+#define W8_ZIP1(T, c) (((c) % 2) * 16 + (T) * 4 + (c) / 2)
+#define W8_ZIP(T0) ((vi32x16){W8_ZIP1(T0, 0), W8_ZIP1(T0, 1), W8_ZIP1(T0, 2), W8_ZIP1(T0, 3), W8_ZIP1(T0, 4),       \
+                              W8_ZIP1(T0, 5), W8_ZIP1(T0, 6), W8_ZIP1(T0, 7), W8_ZIP1(T0 + 1, 0), W8_ZIP1(T0 + 1, 1), \
+                              W8_ZIP1(T0 + 1, 2), W8_ZIP1(T0 + 1, 3), W8_ZIP1(T0 + 1, 4), W8_ZIP1(T0 + 1, 5),      \
+                              W8_ZIP1(T0 + 1, 6), W8_ZIP1(T0 + 1, 7)})
+
+/* o[0], o[ks], o[2ks], o[3ks] = the pass along the rows of one tile column set e0..e3 (B^T's
+ * rows), whole 16-float vectors */
+#define W_ROW_STORE(o, ks, e0, e1, e2, e3)                                                     \
+    do {                                                                                       \
+        const vf32x16 q0_ = (e0) - (e2), q1_ = (e1) + (e2), q2_ = (e2) - (e1), q3_ = (e1) - (e3); \
+        memcpy((o), &q0_, sizeof q0_);                                                         \
+        memcpy((o) + (ks), &q1_, sizeof q1_);                                                  \
+        memcpy((o) + 2 * (ks), &q2_, sizeof q2_);                                              \
+        memcpy((o) + 3 * (ks), &q3_, sizeof q3_);                                              \
+    } while (0)
+/* y[i][j] = (A^T m A)[i][j] of the 16 tiles whose 16 positions lie at e, ks apart */
+#define W_OUTPUT_SUMS(e, ks, y)                                                                \
+    do {                                                                                       \
+        vf32x16 s0_[4], s1_[4];                                                                \
+        for (int j_ = 0; j_ < 4; j_++) {                                                       \
+            const vf32x16 a0_ = LOADV(vf32x16, (e) + j_ * (ks)), a1_ = LOADV(vf32x16, (e) + (4 + j_) * (ks)); \
+            const vf32x16 a2_ = LOADV(vf32x16, (e) + (8 + j_) * (ks)), a3_ = LOADV(vf32x16, (e) + (12 + j_) * (ks)); \
+            s0_[j_] = a0_ + a1_ + a2_;                                                         \
+            s1_[j_] = a1_ - a2_ - a3_;                                                         \
+        }                                                                                      \
+        (y)[0][0] = s0_[0] + s0_[1] + s0_[2], (y)[0][1] = s0_[1] - s0_[2] - s0_[3];            \
+        (y)[1][0] = s1_[0] + s1_[1] + s1_[2], (y)[1][1] = s1_[1] - s1_[2] - s1_[3];            \
+    } while (0)
+
+/* v[k][c][p] as winograd_input_f32 for wino_plane8's geometry. */
+ISA_512 static void winograd_input8_f32_512(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
+{
+    const I np = (n1 - n0) * 16;
+    const vf32x16 zero = {0};
+    const vi32x16 keep0 = W8_KEEP(0, -1), keep3 = W8_KEEP(-1, 0);
+    for (I c = 0; c < c_in; c++)
+        for (I n = n0; n < n1; n++) {
+            const float *plane = x + (n * c_in + c) * 64;
+            float *dst = v + c * np + (n - n0) * 16;
+            const vf32x16 p0 = LOADV(vf32x16, plane), p1 = LOADV(vf32x16, plane + 16);
+            const vf32x16 p2 = LOADV(vf32x16, plane + 32), p3 = LOADV(vf32x16, plane + 48);
+            /* rows 2ty - 1, 2ty, 2ty + 1, 2ty + 2 of tile rows 0-1 (a) and 2-3 (b) */
+            const vf32x16 e01 = __builtin_shuffle(p0, p1, W8_ROWS(0, 2)), o01 = __builtin_shuffle(p0, p1, W8_ROWS(1, 3));
+            const vf32x16 e23 = __builtin_shuffle(p2, p3, W8_ROWS(0, 2)), o23 = __builtin_shuffle(p2, p3, W8_ROWS(1, 3));
+            const vf32x16 r0[2] = {__builtin_shuffle(zero, o01, W8_ROWS(0, 2)), __builtin_shuffle(o01, o23, W8_ROWS(1, 2))};
+            const vf32x16 r1[2] = {e01, e23}, r2[2] = {o01, o23};
+            const vf32x16 r3[2] = {__builtin_shuffle(e01, e23, W8_ROWS(1, 2)), __builtin_shuffle(e23, zero, W8_ROWS(1, 2))};
+            vf32x16 t[4][2];
+            for (int h = 0; h < 2; h++) {
+                t[0][h] = r0[h] - r2[h];
+                t[1][h] = r1[h] + r2[h];
+                t[2][h] = r2[h] - r1[h];
+                t[3][h] = r1[h] - r3[h];
+            }
+            for (int i = 0; i < 4; i++) {
+                const vf32x16 e0 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W8_COLS(0)) & keep0);
+                const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W8_COLS(1));
+                const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W8_COLS(2));
+                const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W8_COLS(3)) & keep3);
+                W_ROW_STORE(dst + 4 * i * ks, ks, e0, e1, e2, e3);
+            }
+        }
+}
+
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane8's geometry. */
+ISA_512 static void winograd_output8_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
+                                             int accumulate)
+{
+    const I np = (n1 - n0) * 16;
+    for (I a = 0; a < o; a++)
+        for (I n = n0; n < n1; n++) {
+            float *plane = out + (n * o + a) * 64;
+            vf32x16 y[2][2];
+            W_OUTPUT_SUMS(m + a * np + (n - n0) * 16, ks, y);
+            for (int h = 0; h < 2; h++) {
+                /* output rows 4h, 4h + 2 (za) and 4h + 1, 4h + 3 (zb), then as row pairs */
+                const vf32x16 za = __builtin_shuffle(y[0][0], y[0][1], h ? W8_ZIP(2) : W8_ZIP(0));
+                const vf32x16 zb = __builtin_shuffle(y[1][0], y[1][1], h ? W8_ZIP(2) : W8_ZIP(0));
+                vf32x16 q[2] = {__builtin_shuffle(za, zb, W8_ROWS(0, 2)), __builtin_shuffle(za, zb, W8_ROWS(1, 3))};
+                for (int r = 0; r < 2; r++) {
+                    float *p = plane + (2 * h + r) * 16;
+                    if (accumulate) q[r] = LOADV(vf32x16, p) + q[r];
+                    memcpy(p, &q[r], sizeof q[r]);
+                }
+            }
+        }
+}
+
+/* 16x16 planes padded by 1 into 16x16 outputs, likewise: a row is one vector, and a vector
+ * holds two rows of 8 tiles (lane tyl*8 + tx), taken out of two rows of the column pass by one
+ * shuffle each (the passes above run them as 8-float vectors). */
+static int wino_plane16(const Geometry *g, I th, I tw)
+{
+    return g->h == 16 && g->w == 16 && g->ho == 16 && g->wo == 16 && g->ph == 1 && g->pw == 1 && g->dh == 1
+           && g->dw == 1 && th == 8 && tw == 8;
+}
+
+/* F(l) for the 16 lanes l of a vector */
+#define W16_LANES(F, A) ((vi32x16){F(A, 0), F(A, 1), F(A, 2), F(A, 3), F(A, 4), F(A, 5), F(A, 6), F(A, 7),     \
+                                   F(A, 8), F(A, 9), F(A, 10), F(A, 11), F(A, 12), F(A, 13), F(A, 14), F(A, 15)})
+/* lane tyl*8 + tx: column 2tx + J - 1 of row tyl of the vector pair (the padding at tx 0 for J = 0
+ * and tx 7 for J = 3 zeroed by W16_EDGE) */
+#define W16_COL(J, l) ((l) / 8 * 16 + (2 * ((l) % 8) + (J) - 1 < 0 ? 0 : 2 * ((l) % 8) + (J) - 1 > 15 ? 15      \
+                                                                     : 2 * ((l) % 8) + (J) - 1))
+#define W16_EDGE(TX, l) ((l) % 8 == (TX) ? 0 : -1)
+/* output column l of the tile row TYL (0 or 1) of a vector pair: from y_i0 (l even) or y_i1 (odd) */
+#define W16_ZIP(TYL, l) ((l) % 2 * 16 + (TYL) * 8 + (l) / 2)
+
+/* v[k][c][p] as winograd_input_f32 for wino_plane16's geometry. */
+ISA_512 static void winograd_input16_f32_512(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
+{
+    const I np = (n1 - n0) * 64;
+    const vf32x16 zero = {0};
+    const vi32x16 edge0 = W16_LANES(W16_EDGE, 0), edge3 = W16_LANES(W16_EDGE, 7);
+    for (I c = 0; c < c_in; c++)
+        for (I n = n0; n < n1; n++) {
+            const float *plane = x + (n * c_in + c) * 256;
+            float *dst = v + c * np + (n - n0) * 64;
+            for (I q = 0; q < 4; q++) {
+                /* tile rows 2q + tyl read input rows 4q + 2tyl - 1 .. 4q + 2tyl + 2: r[2tyl ..] */
+                vf32x16 r[6], t[4][2];
+                for (int l = 0; l < 6; l++) {
+                    const I y = 4 * q - 1 + l;
+                    r[l] = y >= 0 && y < 16 ? LOADV(vf32x16, plane + y * 16) : zero;
+                }
+                for (int h = 0; h < 2; h++) {
+                    const vf32x16 e0 = r[2 * h], e1 = r[2 * h + 1], e2 = r[2 * h + 2], e3 = r[2 * h + 3];
+                    t[0][h] = e0 - e2;
+                    t[1][h] = e1 + e2;
+                    t[2][h] = e2 - e1;
+                    t[3][h] = e1 - e3;
+                }
+                for (int i = 0; i < 4; i++) {
+                    const vf32x16 e0 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 0)) & edge0);
+                    const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 1));
+                    const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 2));
+                    const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W16_COL, 3)) & edge3);
+                    W_ROW_STORE(dst + 4 * i * ks + q * 16, ks, e0, e1, e2, e3);
+                }
+            }
+        }
+}
+
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane16's geometry. */
+ISA_512 static void winograd_output16_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
+                                              int accumulate)
+{
+    const I np = (n1 - n0) * 64;
+    for (I a = 0; a < o; a++)
+        for (I n = n0; n < n1; n++) {
+            float *plane = out + (n * o + a) * 256;
+            for (I q = 0; q < 4; q++) {
+                vf32x16 y[2][2];
+                W_OUTPUT_SUMS(m + a * np + (n - n0) * 64 + q * 16, ks, y);
+                for (int h = 0; h < 2; h++)
+                    for (int i = 0; i < 2; i++) {
+                        vf32x16 row = h ? __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 1))
+                                        : __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 0));
+                        float *p = plane + (4 * q + 2 * h + i) * 16;
+                        if (accumulate) row = LOADV(vf32x16, p) + row;
+                        memcpy(p, &row, sizeof row);
+                    }
+            }
+        }
+}
+#define WINO_PLANE8 1
+#else
+#define WINO_PLANE8 0
+#endif
 
 /* The build the transforms run: the widest the CPU runs (isa) whose vectors hold no more tiles
  * than a row has (``lanes`` of the narrowest build), so a small plane's rows do not fill a
@@ -2118,6 +2347,16 @@ static int winograd_weights_f64_call(const TileCall *t)
 }
 static int winograd_input_f32_call(const TileCall *t)
 {
+#if WINO_PLANE8
+    if (isa == 2 && wino_plane8(&t->g, t->th, t->tw)) {
+        winograd_input8_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
+    if (isa == 2 && wino_plane16(&t->g, t->th, t->tw)) {
+        winograd_input16_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
+#endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_input_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
 static int winograd_input_f64_call(const TileCall *t)
@@ -2126,6 +2365,16 @@ static int winograd_input_f64_call(const TileCall *t)
 }
 static int winograd_output_f32_call(const TileCall *t)
 {
+#if WINO_PLANE8
+    if (isa == 2 && wino_plane8(&t->g, t->th, t->tw)) {
+        winograd_output8_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        return 0;
+    }
+    if (isa == 2 && wino_plane16(&t->g, t->th, t->tw)) {
+        winograd_output16_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        return 0;
+    }
+#endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_output_f32, t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks, t->accumulate);
 }
 static int winograd_output_f64_call(const TileCall *t)

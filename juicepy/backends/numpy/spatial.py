@@ -799,8 +799,10 @@ def _col2im_phases(backend, plan, dtype, lane, ws):
 #: direct kernel wins (docs/numpy.md)
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_PLANE = 256
-#: the smallest output plane for Winograd on AVX-512 (Zen 4): its direct kernel loses to the
-#: 16 GEMMs from 8x8 planes on (docs/numpy.md)
+#: the fewest channels and smallest output plane for Winograd on AVX-512 (Zen 4): its direct
+#: kernel loses to the 16 GEMMs from 32 channels each side and 8x8 planes on, and wins with 16
+#: (docs/numpy.md)
+WINOGRAD_MIN_CHANNELS_AVX512 = 32
 WINOGRAD_MIN_PLANE_AVX512 = 64
 #: tiles per chunk of samples: the transformed input and product of a chunk (16 x channels x
 #: tiles each) stay in cache between the transforms and the GEMMs
@@ -809,12 +811,13 @@ WINOGRAD_TILES = 256
 
 def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
-    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough (a smaller
-    plane on AVX-512, ``isa`` 2), where it was measured to win."""
+    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough (fewer channels
+    and a smaller plane on AVX-512, ``isa`` 2), where it was measured to win."""
     isa = backend.conv_kernels.isa
-    plane = WINOGRAD_MIN_PLANE if isa == 1 else WINOGRAD_MIN_PLANE_AVX512
+    channels, plane = (WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_PLANE) if isa == 1 \
+        else (WINOGRAD_MIN_CHANNELS_AVX512, WINOGRAD_MIN_PLANE_AVX512)
     return isa >= 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
-        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= plane
+        and min(n_in, n_out) >= channels and out_hw[0] * out_hw[1] >= plane
 
 
 class _TileTransforms(NamedTuple):

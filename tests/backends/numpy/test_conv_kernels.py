@@ -476,6 +476,7 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
     monkeypatch.setattr(numpy_spatial, "WG_TILES", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS_AVX512", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE_AVX512", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
@@ -518,13 +519,14 @@ def _plan_3x3(c, o, hw):
 @needs_kernels
 @pytest.mark.parametrize("isa, wins, loses", [
     (1, [(64, 64, 32), (64, 128, 16)], [(32, 64, 16), (64, 128, 8), (16, 16, 32)]),
-    (2, [(64, 64, 32), (64, 128, 8)], [(64, 64, 7), (32, 64, 16), (16, 16, 32)]),
+    (2, [(64, 64, 32), (64, 128, 8), (32, 64, 16), (64, 32, 16), (32, 32, 8)],
+     [(64, 64, 7), (16, 32, 16), (32, 16, 16), (16, 16, 32)]),
     (0, [], [(64, 64, 32)]),
 ], ids=["avx2", "avx512", "baseline"])
 def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch, isa, wins, loses):
     """Winograd's 16 GEMMs lose to the direct kernel when thin (few channels) or short (small
     planes): on AVX2 the ResNet's 16-32 channel layers and 8x8 planes run direct; on AVX-512
-    (Zen 4) they win from 8x8 planes on, still only for 64+ channels each side; the baseline
+    (Zen 4) they win from 8x8 planes and 32 channels each side on (16 lose); the baseline
     build never runs them. Layers as (C, O, output side)."""
     monkeypatch.setattr(kernels, "isa", isa)
     backend = jp.backend("numpy")
@@ -805,6 +807,18 @@ def test_winograd_weight_gradient_training_step_allocates_no_backend_buffers(mon
 
 
 @needs_kernels
+def test_winograd_training_step_allocates_no_backend_buffers(monkeypatch):
+    """F(2x2, 3x3) forward and input gradient at 32 channels (AVX-512's rule, forced on AVX2 so
+    that any x86 runs it; its GEMMs on np.matmul): the transforms' scratch comes from the
+    workspace, a steady step makes no arrays."""
+    from juicepy import layers as L
+
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", numpy_spatial.WINOGRAD_MIN_CHANNELS_AVX512)
+    _steady_steps_allocate_nothing(monkeypatch, "_winograd_run", [L.Conv2d(32, 3, padding=1), L.ReLU(),
+                                   L.Conv2d(64, 3, padding=1)], (32, 16, 16), (64, 16, 16))
+
+
+@needs_kernels
 def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
     """The transform buffers come from the Context's workspace: a steady step makes no arrays."""
     from juicepy import layers as L
@@ -954,6 +968,9 @@ def _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("shape", [
     (1, 3, 8, 8, 1, 1, 1, 1, 0, 1),        # batch 1, a row of 4 tiles: less than a vector
+    (4, 5, 8, 8, 1, 1, 1, 1, 1, 4),        # 8x8 planes padded by 1: a plane's 16 tiles one AVX-512 vector
+    (2, 3, 8, 8, 2, 2, 1, 1, 0, 2),        # 8x8 planes padded by 2: 10x10 outputs, the row passes
+    (3, 4, 16, 16, 1, 1, 1, 1, 1, 3),      # 16x16 planes padded by 1: two rows of 8 tiles a vector
     (3, 5, 7, 9, 1, 1, 1, 1, 1, 3),        # odd planes: the last row and column of tiles half out
     (3, 2, 5, 6, 2, 2, 1, 1, 1, 2),        # padding past the kernel
     (2, 3, 40, 37, 1, 1, 1, 1, 0, 2),      # 19 tiles a row: not a whole number of vectors
@@ -962,7 +979,7 @@ def _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate):
     (2, 2, 9, 38, 1, 1, 2, 2, 1, 2),       # dilated, odd padding, 18 tiles a row
     (2, 3, 10, 12, 1, 2, 1, 2, 1, 2),      # dilated along W only
     (2, 2, 14, 17, 3, 3, 3, 3, 0, 2),      # dilation 3: gathered tile by tile
-], ids=["batch-1", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns",
+], ids=["batch-1", "8x8-planes", "8x8-padding-2", "16x16-planes", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns",
         "dilation-3"])
 def test_winograd_transforms_match_the_reference_bit_for_bit(shape, dtype):
     """winograd_input / winograd_output (vectorised along a row of tiles) against the transforms
@@ -1035,6 +1052,35 @@ def test_winograd_grad_matches_the_reference_bit_for_bit(shape, dtype):
     m = room.reshape(16, ks)
     np.testing.assert_array_equal(m[:, :used], _wino_grad_reference(dy, geometry, o, n0, n1, th, tw))
     assert np.isnan(m[:, used:]).all()
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("na, nb", [(1, 1), (4, 16), (5, 17), (3, 70), (130, 33), (64, 128)],
+                         ids=["1x1", "one-block", "blocks-and-a-pair", "partial-rows", "partial-both", "4KiB-slices"])
+@pytest.mark.parametrize("flip", [False, True], ids=["forward", "flipped"])
+def test_winograd_weights_match_the_reference(na, nb, flip, dtype):
+    """winograd_weights (blocks of pairs transformed side by side) against G g G^T in float64, and
+    bit for bit against the pair-by-pair transform in the kernel's order of operations; channel
+    counts not multiples of the blocks, slices a multiple of 4 KiB apart; nothing past u written."""
+    rng = np.random.default_rng(17)
+    w = rng.standard_normal(((nb, na) if flip else (na, nb)) + (3, 3)).astype(dtype)
+    room = np.full(16 * na * nb + 7, np.nan, dtype)
+    kernels.winograd_weights(w, room, na, nb, flip)
+    u = room[:16 * na * nb].reshape(4, 4, na, nb)
+    assert np.isnan(room[16 * na * nb:]).all()
+    k = w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1] if flip else w  # (na, nb, 3, 3)
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    exact = np.einsum("ip,abpq,jq->ijab", g, k.astype(np.float64), g)
+    np.testing.assert_allclose(u, exact, rtol=1e-6 if dtype == np.float32 else 1e-14, atol=1e-6)
+    half = dtype(0.5)
+
+    def along(e):  # G applied to the 3 values e[0..2] in the kernel's order
+        return [e[0], half * (e[0] + e[1] + e[2]), half * (e[0] - e[1] + e[2]), e[2]]
+
+    t = along([k[:, :, i, :] for i in range(3)])  # 4 rows of (na, nb, 3)
+    want = np.stack([np.stack(along([t[i][..., j] for j in range(3)])) for i in range(4)])
+    np.testing.assert_array_equal(u, want)
 
 
 @needs_kernels
