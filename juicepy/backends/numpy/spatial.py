@@ -1435,7 +1435,8 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
 def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta, accumulate_dx,
                     accumulate_params, ws, relu_out):
     """batch_norm_backward_reduce then batch_norm_backward_data in one pass over the lanes, each
-    channel's sums and then its dx while its planes are in cache (the same bits)."""
+    block of channels' sums and then its dx while its planes are in cache (_fused_block; the same
+    bits)."""
     n, c, inner = channels_inner(x)
     count = x.size // c
     coef = _backward_coef(backend, gamma, invstd, count, ws)
