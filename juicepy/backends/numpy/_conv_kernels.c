@@ -2828,12 +2828,12 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static int check_direct(const Geometry *g)
+static int check_direct(const Geometry *g, const char *name)
 {
     if (g->sh < 1 || g->sw < 1 || g->ph < 0 || g->pw < 0 || g->dh < 1 || g->dw < 1 ||
         g->ho != (g->h + 2 * g->ph - (g->kh - 1) * g->dh - 1) / g->sh + 1 ||
         g->wo != (g->w + 2 * g->pw - (g->kw - 1) * g->dw - 1) / g->sw + 1 || g->ho < 1 || g->wo < 1) {
-        PyErr_SetString(PyExc_ValueError, "direct_conv: need padding >= 0 and the Ho, Wo of that geometry");
+        PyErr_Format(PyExc_ValueError, "%s: need padding >= 0 and the Ho, Wo of that geometry", name);
         return -1;
     }
     return 0;
@@ -2870,7 +2870,7 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOnnnnnpp|OOpO", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip,
                           &accumulate, &so, &ho, &relu, &ro))
         return NULL;
-    if (!parse_geometry(go, &g) || check_direct(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (!parse_geometry(go, &g) || check_direct(&g, "direct_conv") < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
     if (groups < 1 || g.c % groups || o % groups) {
         PyErr_Format(PyExc_ValueError, "direct_conv: %zd input and %zd output channels do not split into %zd groups",
                      g.c, o, groups);
@@ -3029,7 +3029,9 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
     int accumulate, failed;
     if (!PyArg_ParseTuple(args, "OOOOnnnnnp", &xo, &dyo, &dwo, &go, &groups, &o, &n, &n0, &n1, &accumulate))
         return NULL;
-    if (!parse_geometry(go, &g) || check_direct(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (!parse_geometry(go, &g) || check_direct(&g, "direct_grid_filter") < 0 ||
+        check_range(n0, n1, n, "samples") < 0)
+        return NULL;
     if (groups < 1 || g.c % groups || o % groups) {
         PyErr_Format(PyExc_ValueError, "direct_grid_filter: %zd input and %zd output channels do not split "
                      "into %zd groups", g.c, o, groups);

@@ -791,6 +791,9 @@ def test_kernels_refuse_buffers_that_do_not_fit():
         kernels.im2col(x, np.zeros(675, np.float64), geometry, 2, 0, 1, 0, 5, 675, 25)
     with pytest.raises(ValueError, match=r"samples: range \[0, 3\)"):
         kernels.im2col(x, np.zeros(2025, np.float32), geometry, 2, 0, 3, 0, 5, 675, 25)
+    with pytest.raises(ValueError, match="direct_grid_filter: need padding >= 0 and the Ho, Wo"):  # s2: Ho 3
+        kernels.direct_grid_filter(x, np.zeros((2, 4, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32),
+                                   (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 5, 5), 1, 4, 2, 0, 2, False)
     with pytest.raises(ValueError, match="need stride 1"):
         kernels.depthwise_grid(x, np.zeros((3, 1, 3, 3), np.float32), np.zeros((2, 3, 3, 3), np.float32),
                                (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 3, 3), 2, 0, 6, False, False)
