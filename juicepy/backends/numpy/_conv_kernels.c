@@ -1014,7 +1014,7 @@ static int pointwise(const Geometry *g, I groups)
         SUMS(T, V, a, FO * NT, sums)                                                          \
     }
 
-#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, T, V, FO, FT, SUMS)                        \
+#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, PHASES, T, V, FO, FT, SUMS)                \
     DEFINE_FILTER_BLOCK(NAME##_t1, ATTR, T, V, FO, 1, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t2, ATTR, T, V, FO, 2, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t3, ATTR, T, V, FO, 3, SUMS)                                   \
@@ -1025,13 +1025,18 @@ static int pointwise(const Geometry *g, I groups)
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
         Grid s = make_grid(g, lanes);                                                         \
+        /* strided: the input's phase planes (make_phases), where each tap reads whole rows of \
+           one phase as a stride-1 tap reads the padded plane's rows */                     \
+        const Phases ph = make_phases(g, lanes);                                              \
+        const int strided = g->sh > 1 || g->sw > 1;                                           \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
         const I oblocks = (og + FO - 1) / FO, pairs = cg * taps, whole = taps / FT * FT;      \
         const I vecs = (g->wo + lanes - 1) / lanes, ew = vecs * lanes, eplane = g->ho * ew + lanes; \
-        /* a row's last vector reads up to ew - 1 columns plus the largest tap offset */     \
+        /* a row's last vector reads up to ew - 1 columns plus the largest tap offset (on phases \
+           at most lanes - 2 past the last phase: make_phases' slack) */                    \
         const I reach = (g->ho - 1) * s.wp + ew + (g->kh - 1) * g->dh * s.wp + (g->kw - 1) * g->dw; \
         if (s.buffer < reach) s.buffer = reach;                                               \
-        const I plane = s.buffer;                                                             \
+        const I plane = strided ? ph.channel : s.buffer, wp = strided ? ph.wq : s.wp;         \
         /* dy's vectors on whole cache lines: a line-split load costs two */                  \
         const I xsize = (cg * plane + 63) / 64 * 64;                                          \
         void *mem = NULL;                                                                     \
@@ -1043,7 +1048,12 @@ static int pointwise(const Geometry *g, I groups)
         }                                                                                     \
         T *grad = buf + xsize;                                                                \
         T sums[FILTER_MAX_SUMS];                                                              \
-        tap_offsets(g, &s, offset);                                                           \
+        if (strided) {                                                                        \
+            phase_offsets(g, &ph, offset);                                                    \
+            /* the slack past the phases is read (times dy's zero columns): zeros, not NaN bits */ \
+            memset(buf, 0, (size_t)xsize * sizeof(T));                                        \
+        } else                                                                                \
+            tap_offsets(g, &s, offset);                                                       \
         /* the (input channel, tap) pairs in block order: each channel's whole blocks of FT     \
            taps, then the remaining taps of every channel, FT pairs (channels) to a block */   \
         I *at = offset + taps, *into = at + pairs, k = 0;                                      \
@@ -1055,8 +1065,13 @@ static int pointwise(const Geometry *g, I groups)
         if (!accumulate) memset(dw, 0, (size_t)(o * cg * taps) * sizeof(T));                  \
         for (I n = n0; n < n1; n++)                                                           \
             for (I gr = 0; gr < groups; gr++) {                                               \
-                for (I c = 0; c < cg; c++)                                                    \
-                    PAD(x + ((n * g->c) + gr * cg + c) * g->h * g->w, buf + c * plane, g, &s); \
+                for (I c = 0; c < cg; c++) {                                                  \
+                    const T *xc = x + ((n * g->c) + gr * cg + c) * g->h * g->w;               \
+                    if (strided)                                                              \
+                        PHASES(xc, buf + c * plane, g, &ph);                                  \
+                    else                                                                      \
+                        PAD(xc, buf + c * plane, g, &s);                                      \
+                }                                                                             \
                 for (I j = 0; j < og; j++)                                                    \
                     for (I r = 0; r < g->ho; r++)                                             \
                         memcpy(grad + j * eplane + r * ew,                                    \
@@ -1067,11 +1082,11 @@ static int pointwise(const Geometry *g, I groups)
                         const I nt = pairs - p < FT ? pairs - p : FT;                         \
                         const T *e0 = grad + ob * FO * eplane;                                \
                         switch (nt) {                                                         \
-                        case 5: NAME##_t5(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
-                        case 4: NAME##_t4(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
-                        case 3: NAME##_t3(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
-                        case 2: NAME##_t2(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); break; \
-                        default: NAME##_t1(buf, e0, eplane, at + p, g->ho, vecs, s.wp, ew, sums); \
+                        case 5: NAME##_t5(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
+                        case 4: NAME##_t4(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
+                        case 3: NAME##_t3(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
+                        case 2: NAME##_t2(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
+                        default: NAME##_t1(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); \
                         }                                                                     \
                         for (I r = 0; r < FO && ob * FO + r < og; r++)                        \
                             for (I u = 0; u < nt; u++)                                        \
@@ -1082,12 +1097,12 @@ static int pointwise(const Geometry *g, I groups)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, pad_phases_f32, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, pad_phases_f64, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, pad_phases_f32, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, pad_phases_f64, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, pad_phases_f32, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, pad_phases_f64, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
 
 /* Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (any dilation d): each tile of 2x2
  * outputs, d apart, is A^T [(G g G^T) . (B^T x B)] A of the 4x4 inputs under it, so the 36
@@ -2813,12 +2828,12 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static int check_direct(const Geometry *g)
+static int check_direct(const Geometry *g, const char *name)
 {
     if (g->sh < 1 || g->sw < 1 || g->ph < 0 || g->pw < 0 || g->dh < 1 || g->dw < 1 ||
         g->ho != (g->h + 2 * g->ph - (g->kh - 1) * g->dh - 1) / g->sh + 1 ||
         g->wo != (g->w + 2 * g->pw - (g->kw - 1) * g->dw - 1) / g->sw + 1 || g->ho < 1 || g->wo < 1) {
-        PyErr_SetString(PyExc_ValueError, "direct_conv: need padding >= 0 and the Ho, Wo of that geometry");
+        PyErr_Format(PyExc_ValueError, "%s: need padding >= 0 and the Ho, Wo of that geometry", name);
         return -1;
     }
     return 0;
@@ -2855,7 +2870,7 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOnnnnnpp|OOpO", &xo, &wo, &oo, &go, &groups, &o, &n, &n0, &n1, &flip,
                           &accumulate, &so, &ho, &relu, &ro))
         return NULL;
-    if (!parse_geometry(go, &g) || check_direct(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (!parse_geometry(go, &g) || check_direct(&g, "direct_conv") < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
     if (groups < 1 || g.c % groups || o % groups) {
         PyErr_Format(PyExc_ValueError, "direct_conv: %zd input and %zd output channels do not split into %zd groups",
                      g.c, o, groups);
@@ -3014,7 +3029,9 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
     int accumulate, failed;
     if (!PyArg_ParseTuple(args, "OOOOnnnnnp", &xo, &dyo, &dwo, &go, &groups, &o, &n, &n0, &n1, &accumulate))
         return NULL;
-    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(n0, n1, n, "samples") < 0) return NULL;
+    if (!parse_geometry(go, &g) || check_direct(&g, "direct_grid_filter") < 0 ||
+        check_range(n0, n1, n, "samples") < 0)
+        return NULL;
     if (groups < 1 || g.c % groups || o % groups) {
         PyErr_Format(PyExc_ValueError, "direct_grid_filter: %zd input and %zd output channels do not split "
                      "into %zd groups", g.c, o, groups);
@@ -3045,8 +3062,8 @@ static PyMethodDef methods[] = {
      "s2_output(m, out, geometry, O, N, n0, n1, th, tw, ks, rows): out = the products m transformed back "
      "(rows: scratch of 4 * tw items of out's dtype)"},
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
-     "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the stride-1 "
-     "weight gradient of samples [n0, n1), computed directly"},
+     "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the weight "
+     "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},
     {"tile_gemm", py_tile_gemm, METH_VARARGS,
      "tile_gemm(u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] @ v[k], the GEMMs of a tiled conv"},
     {"direct_conv", py_direct_conv, METH_VARARGS,

@@ -660,11 +660,18 @@ def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
     _run_gemm_pieces(len(chunks), lane)
 
 
+def _direct_filter(backend, stride, padding) -> bool:
+    """Whether the direct kernel may compute this weight gradient (where _algorithm's plane rule
+    then picks it): stride 1 where _direct says; strided ones (on the input's phase planes) on
+    AVX-512 only, where the same rule was measured to hold (docs/numpy.md)."""
+    return _direct(backend, stride, padding) or (backend.conv_kernels.isa == 2 and min(padding) >= 0)
+
+
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
     runs = [_gemm_backward_filter]
-    if _direct(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
+    if _direct_filter(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         runs.append(_direct_backward_filter)
-        if _winograd_filter(backend, dw.shape, dilation, groups):
+        if tuple(stride) == (1, 1) and _winograd_filter(backend, dw.shape, dilation, groups):
             runs.append(_winograd_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     channels = max(x.shape[1] // groups, dw.shape[0])

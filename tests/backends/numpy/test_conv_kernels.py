@@ -230,17 +230,27 @@ FILTER_CASES = [((3, 32, 16, 16, 32, (5, 5), 2, 1, 1)),  # 8 blocks of 3 taps an
                 ((2, 4, 10, 9, 6, (1, 5), 2, 1, 2)),     # grouped, a block of 2 taps, padding past the kernel
                 ((2, 6, 12, 12, 9, (4, 2), 2, 2, 1)),    # dilated, 8 taps
                 ((2, 3, 7, 7, 4, (7, 7), 3, 1, 1))]      # 49 taps, planes narrower than a vector
+# strided (on the input's phase planes): (case, stride)
+FILTER_STRIDED_CASES = [((2, 16, 32, 32, 32, (3, 3), 1, 1, 1), 2),  # the ResNet's 16->32 layer, 16x16 out
+                        ((1, 5, 17, 15, 7, (3, 3), 1, 1, 1), 2),     # batch 1, odd planes, a part block
+                        ((2, 3, 9, 11, 6, (3, 3), 0, 1, 1), 2),      # unpadded: phases of unequal sizes
+                        ((2, 4, 13, 12, 6, (3, 3), 2, 1, 2), 2),     # grouped, padding past the kernel
+                        ((2, 3, 40, 40, 5, (3, 3), 1, 1, 1), 2),     # 20-wide rows: a vector and a part
+                        ((2, 4, 11, 13, 4, (3, 3), 1, 2, 1), 2),     # dilated: taps from one phase
+                        ((2, 3, 16, 17, 4, (5, 5), 2, 1, 1), 3),     # stride 3, 25 taps
+                        ((2, 2, 7, 9, 3, (1, 1), 0, 1, 1), 2)]       # a strided 1x1 (a downsample)
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", FILTER_CASES, ids=[str(c) for c in FILTER_CASES])
-def test_direct_weight_gradient_matches_a_float64_reference(case, dtype):
-    """direct_grid_filter (stride 1) against sums written out here: alone, then accumulating
-    over a range of samples that leaves the first one out."""
+@pytest.mark.parametrize("case, s", [(c, 1) for c in FILTER_CASES] + FILTER_STRIDED_CASES,
+                         ids=[f"{c} s{s}" for c, s in [(c, 1) for c in FILTER_CASES] + FILTER_STRIDED_CASES])
+def test_direct_weight_gradient_matches_a_float64_reference(case, s, dtype):
+    """direct_grid_filter (stride 1, or strided on phase planes) against sums written out here:
+    alone, then accumulating over a range of samples that leaves the first one out."""
     n, c, h, w_, o, (kh, kw), p, d, g = case
     rng = np.random.default_rng(21)
-    ho, wo = _out_len(h, kh, 1, p, d), _out_len(w_, kw, 1, p, d)
+    ho, wo = _out_len(h, kh, s, p, d), _out_len(w_, kw, s, p, d)
     x, dy = rng.standard_normal((n, c, h, w_)), rng.standard_normal((n, o, ho, wo))
     xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     cg, og = c // g, o // g
@@ -248,11 +258,12 @@ def test_direct_weight_gradient_matches_a_float64_reference(case, dtype):
     for gr in range(g):
         for i in range(kh):
             for j in range(kw):
-                window = xp[:, gr * cg:(gr + 1) * cg, i * d:i * d + ho, j * d:j * d + wo]
+                window = xp[:, gr * cg:(gr + 1) * cg, i * d:i * d + (ho - 1) * s + 1:s,
+                            j * d:j * d + (wo - 1) * s + 1:s]
                 per_sample[:, gr * og:(gr + 1) * og, :, i, j] = np.einsum(
                     "nohw,nchw->noc", dy[:, gr * og:(gr + 1) * og], window)
     want = per_sample.sum(axis=0)
-    geometry = (c, h, w_, kh, kw, 1, 1, p, p, d, d, ho, wo)
+    geometry = (c, h, w_, kh, kw, s, s, p, p, d, d, ho, wo)
     dw = np.full((o, cg, kh, kw), np.nan, dtype)
     kernels.direct_grid_filter(x.astype(dtype), dy.astype(dtype), dw, geometry, g, o, n, 0, n, False)
     tol = 1e-5 if dtype == np.float32 else 1e-12
@@ -350,6 +361,55 @@ def test_strided_convs_run_direct_only_where_measured(monkeypatch):
         monkeypatch.setattr(numpy_spatial, "DIRECT_STRIDED_MAX_CHANNELS", 32 if direct else 0)
         results.append(_all_three(x, w, 13, (2, 1, 1, 1), ws=Workspace()))
     _assert_like_the_fallback(monkeypatch, results, x, w, 13, (2, 1, 1, 1))
+
+
+@needs_kernels
+def test_strided_weight_gradients_run_direct_only_on_avx512_where_the_plane_rule_says(monkeypatch):
+    """Strided kxk (k > 1) weight gradients may take the direct kernel (on phase planes) on
+    AVX-512 only, then by _algorithm's plane rule: the ResNet's 16->32 stride-2 layer (16x16
+    outputs) runs direct, its 32->64 one (8x8) and the bench's 64->128 (16x16, 128 channels)
+    keep GEMM, as do 1x1 strided ones, AVX2 and the baseline build; either way (batch 1, odd
+    planes, padding 0/1/2, groups, accumulating) the result is the fallback's."""
+    picked = []
+    original = numpy_spatial._direct_backward_filter
+    monkeypatch.setattr(numpy_spatial, "_direct_backward_filter",
+                        lambda *a, **k: (picked.append(a[1].shape), original(*a, **k))[1])
+    backend = jp.backend("numpy")
+
+    def runs(c, o, hw, k, isa):
+        monkeypatch.setattr(kernels, "isa", isa)
+        x, side = np.zeros((1, c, hw, hw), np.float32), _out_len(hw, k, 2, k // 2, 1)
+        dy = np.zeros((1, o, side, side), np.float32)
+        picked.clear()
+        backend.conv2d_backward_filter(x, dy, np.zeros((o, c, k, k), np.float32), (2, 2), (k // 2,) * 2, (1, 1), 1)
+        return bool(picked)
+
+    assert runs(16, 32, 32, 3, 2) and runs(3, 16, 32, 3, 2) and runs(16, 32, 64, 3, 2)
+    assert not runs(32, 64, 16, 3, 2) and not runs(64, 128, 32, 3, 2) and not runs(16, 32, 32, 1, 2)
+    for isa in (1, 0):
+        assert not runs(16, 32, 32, 3, isa)
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FILTER_MIN_PLANE", 0)  # every plane direct below
+    rng = np.random.default_rng(31)
+    for n, c, h, w_, o, p, g in [(1, 4, 17, 15, 6, 1, 1), (2, 6, 12, 13, 4, 0, 2), (3, 3, 9, 10, 5, 2, 1)]:
+        x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c // g, 3, 3))
+        picked.clear()
+        results = [_all_three(x, w, 9, (2, p, 1, g), ws=Workspace()),
+                   _all_three(x, w, 9, (2, p, 1, g), accumulate_into=(np.ones_like(x), np.ones_like(w)))]
+        assert len(picked) == 2
+        monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+        want = _all_three(x, w, 9, (2, p, 1, g))[2]
+        monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", kernels)
+        np.testing.assert_allclose(results[0][2], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+        np.testing.assert_allclose(results[1][2], want + 1, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@needs_kernels
+def test_strided_direct_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+
+    _steady_steps_allocate_nothing(monkeypatch, "_direct_backward_filter", [L.Conv2d(8, 3, stride=2, padding=1),
+                                   L.ReLU()], (4, 32, 32), (8, 16, 16), isa=2)
 
 
 @needs_kernels
@@ -731,6 +791,9 @@ def test_kernels_refuse_buffers_that_do_not_fit():
         kernels.im2col(x, np.zeros(675, np.float64), geometry, 2, 0, 1, 0, 5, 675, 25)
     with pytest.raises(ValueError, match=r"samples: range \[0, 3\)"):
         kernels.im2col(x, np.zeros(2025, np.float32), geometry, 2, 0, 3, 0, 5, 675, 25)
+    with pytest.raises(ValueError, match="direct_grid_filter: need padding >= 0 and the Ho, Wo"):  # s2: Ho 3
+        kernels.direct_grid_filter(x, np.zeros((2, 4, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32),
+                                   (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 5, 5), 1, 4, 2, 0, 2, False)
     with pytest.raises(ValueError, match="need stride 1"):
         kernels.depthwise_grid(x, np.zeros((3, 1, 3, 3), np.float32), np.zeros((2, 3, 3, 3), np.float32),
                                (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 3, 3), 2, 0, 6, False, False)
@@ -774,13 +837,13 @@ def test_bias_passes_match_the_fallback(dtype, accumulate, monkeypatch):
     np.testing.assert_allclose(db_c, (db0 if accumulate else 0) + expected.sum(axis=(0, 2, 3)), **tol)
 
 
-def _steady_steps_allocate_nothing(monkeypatch, path, layers, in_shape, out_shape):
-    """Train ``layers`` on the NumPy backend (AVX2 kernels) and check that steady steps make no
-    backend arrays and that they went through spatial's ``path`` function."""
+def _steady_steps_allocate_nothing(monkeypatch, path, layers, in_shape, out_shape, isa=1):
+    """Train ``layers`` on the NumPy backend (AVX2 kernels unless ``isa`` says) and check that
+    steady steps make no backend arrays and that they went through spatial's ``path`` function."""
     from juicepy import layers as L
     from juicepy.train import Adam, Trainer
 
-    monkeypatch.setattr(kernels, "isa", 1)
+    monkeypatch.setattr(kernels, "isa", isa)
     called = []
     original = getattr(numpy_spatial, path)
     monkeypatch.setattr(numpy_spatial, path, lambda *a, **k: (called.append(1), original(*a, **k))[1])
