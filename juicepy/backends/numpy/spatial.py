@@ -92,6 +92,10 @@ def _l2_bytes(default=512 << 10, path="/sys/devices/system/cpu/cpu0/cache/index2
         return default
 
 
+#: a core's L2, read once: what the cache-sized chunks and blocks below are sized by
+L2_BYTES = _l2_bytes()
+
+
 #: reduction depth C/groups*kh*kw from which a convolution runs batch-innermost; below it the
 #: whole-batch GEMM is too thin for BLAS and the per-sample layout is faster (measured in
 #: docs/numpy.md)
@@ -956,7 +960,7 @@ def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
 #: bytes of a chunk's transformed input and dy tiles (v and m: 16 x (C + O) values a tile) in the
 #: Winograd weight gradient, at least one sample: a core's L2, so the GEMMs read them from there
 #: (a fixed 256 tiles, 3 MB at 64->128 on 8x8 planes, ran 1.5-1.9x slower than 64; docs/numpy.md)
-WINOGRAD_FILTER_BYTES = _l2_bytes()
+WINOGRAD_FILTER_BYTES = L2_BYTES
 #: fewest input and output channels of the Winograd weight gradient: with 16 (and 3 in) the
 #: direct kernel wins (docs/numpy.md)
 WINOGRAD_FILTER_MIN_CHANNELS = 32
@@ -1397,26 +1401,26 @@ def batch_norm_infer(backend, x, gamma, beta, running_mean, running_var, eps, ou
 
 #: bytes of L2 per core that a channel's fused backward keeps its x, dy, ReLU output and dx in
 #: (half of it, the other half for what the lane touches besides)
-BN_FUSED_L2 = _l2_bytes() // 2
+BN_FUSED_L2 = L2_BYTES // 2
+
+
+def _fused_channels(x) -> int:
+    """Channels whose x, dy, ReLU output and dx planes fit in BN_FUSED_L2 together (0: not even
+    one): the block the fused backward sums and then turns into dx (the C kernel takes at most
+    16). Its sums sweep a block's planes sample by sample, runs of that many planes side by side,
+    where one channel at a time jumps a sample ahead after every plane: on 8x8 planes, 256-byte
+    runs 16 KiB apart that the prefetchers do not follow from memory (docs/numpy.md)."""
+    n, _, inner = channels_inner(x)
+    return BN_FUSED_L2 // (4 * n * inner * x.itemsize)
 
 
 def _fused_backward_fits(x) -> bool:
-    """batch_norm_backward runs a channel's sums and dx back to back (_fused_backward) while the
-    channel's 4 arrays fit in BN_FUSED_L2: beyond, the dx pass reading one plane per sample (a
-    stride of C planes) from memory lost to the separate pass's sequential sweep (32x32 planes on
-    Zen 3's 512 KB L2; on Zen 4's 1 MB they fit, and the fused pass won there; docs/numpy.md)."""
-    n, _, inner = channels_inner(x)
-    return 4 * n * inner * x.itemsize <= BN_FUSED_L2
-
-
-def _fused_block(x) -> int:
-    """Channels the fused backward sums together and then turns into dx (the C kernel takes at
-    most 16): as many as fit in BN_FUSED_L2. Its sums sweep a block's planes sample by sample,
-    runs of ``block`` planes side by side, where one channel at a time jumps a sample ahead after
-    every plane: on 8x8 planes, 256-byte runs 16 KiB apart that the prefetchers do not follow
-    from memory (docs/numpy.md)."""
-    n, _, inner = channels_inner(x)
-    return max(1, BN_FUSED_L2 // (4 * n * inner * x.itemsize))
+    """batch_norm_backward runs a block of channels' sums and dx back to back (_fused_backward)
+    while one channel's 4 arrays fit in BN_FUSED_L2 (_fused_channels): beyond, the dx pass reading
+    one plane per sample (a stride of C planes) from memory lost to the separate pass's sequential
+    sweep (32x32 planes on Zen 3's 512 KB L2; on Zen 4's 1 MB they fit, and the fused pass won
+    there; docs/numpy.md)."""
+    return _fused_channels(x) >= 1
 
 
 def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
@@ -1442,14 +1446,14 @@ def batch_norm_backward(backend, x, dy, gamma, mean, invstd, dx, dgamma, dbeta,
 def _fused_backward(backend, x, dy, gamma, mean, invstd, sums, dx, dgamma, dbeta, accumulate_dx,
                     accumulate_params, ws, relu_out):
     """batch_norm_backward_reduce then batch_norm_backward_data in one pass over the lanes, each
-    block of channels' sums and then its dx while its planes are in cache (_fused_block; the same
-    bits)."""
+    block of channels' sums and then its dx while its planes are in cache (_fused_channels; the
+    same bits)."""
     n, c, inner = channels_inner(x)
     count = x.size // c
     coef = _backward_coef(backend, gamma, invstd, count, ws)
     backend.norm_kernels.backward_fused(
         x, dy, mean, invstd, coef, sums[:c], sums[c:], dx, float(count), n, c, inner, 0, c, accumulate_dx,
-        relu_out, _channel_lanes(n, c, inner), _fused_block(x))
+        relu_out, _channel_lanes(n, c, inner), _fused_channels(x))
     for grad, value in ((dbeta, sums[:c]), (dgamma, sums[c:])):
         if grad is not None:
             backend.store(value, grad, accumulate_params)

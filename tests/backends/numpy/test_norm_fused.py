@@ -196,11 +196,14 @@ def test_fused_backward_blocks_give_the_bits_of_the_separate_passes(dtype, shape
 
 
 @pytest.mark.parametrize("shape, l2, block", [((32, 64, 8, 8), 512 << 10, 16), ((32, 16, 32, 32), 512 << 10, 1),
-                                              ((32, 32, 16, 16), 512 << 10, 4), ((2, 3, 4, 4), 0, 1)])
+                                              ((32, 32, 16, 16), 512 << 10, 4), ((2, 3, 4, 4), 0, 0)])
 def test_the_fused_block_is_what_fits_in_the_l2_budget(shape, l2, block, monkeypatch):
-    """Four arrays (x, dy, the ReLU output, dx) of a block's planes fit in BN_FUSED_L2; at least one"""
+    """Four arrays (x, dy, the ReLU output, dx) of a block's planes fit in BN_FUSED_L2; with none
+    the backward runs its passes apart"""
     monkeypatch.setattr(spatial, "BN_FUSED_L2", l2)
-    assert spatial._fused_block(np.empty(shape, np.float32)) == block
+    x = np.empty(shape, np.float32)
+    assert spatial._fused_channels(x) == block
+    assert spatial._fused_backward_fits(x) == (block > 0)
 
 
 def _kernel_calls(x, dy, gamma, beta, lanes):
