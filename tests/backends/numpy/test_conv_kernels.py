@@ -87,7 +87,6 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})  # plain: F(4x4, 3x3), dilated: F(2x2, 3x3)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
-    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_ISAS", (1,))
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_MIN_CHANNELS", 1)
     counts = {}
 
@@ -709,10 +708,10 @@ def test_winograd_weight_gradient_matches_the_reference(shape, chunk_bytes, monk
 
 
 @needs_kernels
-def test_winograd_weight_gradient_only_for_wide_undilated_layers_on_avx512(monkeypatch):
-    """Measured on Zen 4: it wins from 32 channels each side on 8x8 to 32x32 planes, ties dilated
-    and loses with 16 channels; AVX2 (not measured on an AVX2 machine) and the baseline build
-    keep the direct kernel and GEMM. w shapes (O, C, 3, 3)."""
+def test_winograd_weight_gradient_only_for_wide_undilated_layers_on_avx2_and_avx512(monkeypatch):
+    """Measured on Zen 4 with the AVX-512 and the AVX2 build: it wins (or ties, 32 channels each
+    side on 16x16 under AVX2) from 32 channels each side on 8x8 to 32x32 planes, ties dilated and
+    loses with 16 channels; the baseline build keeps GEMM. w shapes (O, C, 3, 3)."""
     applies = numpy_spatial._winograd_filter
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "isa", 2)
@@ -723,9 +722,12 @@ def test_winograd_weight_gradient_only_for_wide_undilated_layers_on_avx512(monke
     assert not applies(backend, (64, 64, 5, 5), (1, 1), 1)
     # where it applies it runs at every plane, before the direct kernel and GEMM
     assert numpy_spatial._algorithm("filter", 3, (8, 8), 2, 128) == 2
-    for isa in (1, 0):
-        monkeypatch.setattr(kernels, "isa", isa)
-        assert not applies(backend, (64, 64, 3, 3), (1, 1), 1)
+    monkeypatch.setattr(kernels, "isa", 1)
+    assert applies(backend, (64, 64, 3, 3), (1, 1), 1) and applies(backend, (64, 32, 3, 3), (1, 1), 1)
+    assert not applies(backend, (16, 16, 3, 3), (1, 1), 1) and not applies(backend, (64, 64, 3, 3), (2, 2), 1)
+    assert numpy_spatial._algorithm("filter", 3, (8, 8), 1, 128) == 2
+    monkeypatch.setattr(kernels, "isa", 0)
+    assert not applies(backend, (64, 64, 3, 3), (1, 1), 1)
 
 
 @needs_kernels
@@ -864,7 +866,6 @@ def _steady_steps_allocate_nothing(monkeypatch, path, layers, in_shape, out_shap
 def test_winograd_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
     from juicepy import layers as L
 
-    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_ISAS", (1,))
     _steady_steps_allocate_nothing(monkeypatch, "_winograd_backward_filter", [L.Conv2d(32, 3, padding=1), L.ReLU(),
                                    L.Conv2d(32, 3, padding=1)], (32, 8, 8), (32, 8, 8))
 
