@@ -67,6 +67,8 @@ for name, (c, h, o, k, s, p, d, g) in CASES.items():
         data["direct"], filt["direct"] = S._direct_backward_data, S._direct_backward_filter
         if (k, g) == (3, 1):
             fwd["winograd"], data["winograd"] = S._winograd_forward, S._winograd_backward_data
+            if d == 1:
+                filt["winograd"] = S._winograd_backward_filter
         if k == 5 and g == 1:
             fwd["wg"], data["wg"] = S._wg_forward, S._wg_backward_data
     if (k, s, g, d) == (3, 2, 1, 1) and c >= 16:
