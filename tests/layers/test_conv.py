@@ -105,6 +105,7 @@ def test_conv2d_matches_loop_reference(config, layout, monkeypatch):
         monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)  # Winograd wherever it applies
         monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})  # F(4x4, r x r) too
         monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+        monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
         monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: 0 if bands else count - 1)
     else:
         # the NumPy kernels pick a column layout by kernel depth: force each one on every config

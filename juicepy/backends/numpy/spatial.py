@@ -805,16 +805,14 @@ def _col2im_phases(backend, plan, dtype, lane, ws):
     return scratch(ws, backend, f"conv_col2im_phases/{lane}", (4 * ((plan.hp + 1) // 2) * ((plan.wp + 1) // 2),), dtype)
 
 
-#: fewest input and output channels for Winograd, and the smallest output plane (Ho*Wo): with
-#: fewer channels its 16 GEMMs are too thin for BLAS, with smaller planes too short, and the
-#: direct kernel wins (docs/numpy.md)
-WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_PLANE = 256
-#: the fewest channels and smallest output plane for Winograd on AVX-512 (Zen 4): its direct
-#: kernel loses to the 16 GEMMs from 32 channels each side and 8x8 planes on, and wins with 16
-#: (docs/numpy.md)
-WINOGRAD_MIN_CHANNELS_AVX512 = 32
-WINOGRAD_MIN_PLANE_AVX512 = 64
+#: fewest input and output channels for Winograd F(2x2, 3x3), and the smallest output plane
+#: (Ho*Wo): with 16 channels its 16 GEMMs are too thin for BLAS, with smaller planes too short,
+#: and the direct kernel wins (measured on Zen 4 with the AVX-512 and the AVX2 build;
+#: docs/numpy.md)
+WINOGRAD_MIN_CHANNELS = 32
+WINOGRAD_MIN_PLANE = 64
+#: the smallest output plane for the larger tiles (_wg)
+WG_MIN_PLANE = 256
 #: tiles per chunk of samples: the transformed input and product of a chunk (16 x channels x
 #: tiles each) stay in cache between the transforms and the GEMMs
 WINOGRAD_TILES = 256
@@ -822,13 +820,10 @@ WINOGRAD_TILES = 256
 
 def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
-    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough (fewer channels
-    and a smaller plane on AVX-512, ``isa`` 2), where it was measured to win."""
-    isa = backend.conv_kernels.isa
-    channels, plane = (WINOGRAD_MIN_CHANNELS, WINOGRAD_MIN_PLANE) if isa == 1 \
-        else (WINOGRAD_MIN_CHANNELS_AVX512, WINOGRAD_MIN_PLANE_AVX512)
-    return isa >= 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
-        and min(n_in, n_out) >= channels and out_hw[0] * out_hw[1] >= plane
+    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough, on AVX2 or
+    AVX-512 (``isa`` >= 1), where it was measured to win."""
+    return backend.conv_kernels.isa >= 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
 
 
 class _TileTransforms(NamedTuple):
@@ -1060,7 +1055,7 @@ def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
     dilated 3x3 convs."""
     return backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
         and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh] \
-        and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
+        and out_hw[0] * out_hw[1] >= WG_MIN_PLANE
 
 
 #: tiles per chunk of samples of _wg_run (at least one sample; 64-256 measured the same)

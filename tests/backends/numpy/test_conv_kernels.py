@@ -87,6 +87,7 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})  # plain: F(4x4, 3x3), dilated: F(2x2, 3x3)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_MIN_CHANNELS", 1)
     counts = {}
 
@@ -535,9 +536,8 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
     monkeypatch.setattr(numpy_spatial, "WG_TILES", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
-    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS_AVX512", 1)
-    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE_AVX512", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
     calls = []
     original = kernels.tile_gemm
@@ -577,16 +577,17 @@ def _plan_3x3(c, o, hw):
 
 @needs_kernels
 @pytest.mark.parametrize("isa, wins, loses", [
-    (1, [(64, 64, 32), (64, 128, 16)], [(32, 64, 16), (64, 128, 8), (16, 16, 32)]),
+    (1, [(64, 64, 32), (64, 128, 8), (32, 64, 16), (64, 32, 16), (32, 32, 8)],
+     [(64, 64, 7), (16, 32, 16), (32, 16, 16), (16, 16, 32)]),
     (2, [(64, 64, 32), (64, 128, 8), (32, 64, 16), (64, 32, 16), (32, 32, 8)],
      [(64, 64, 7), (16, 32, 16), (32, 16, 16), (16, 16, 32)]),
     (0, [], [(64, 64, 32)]),
 ], ids=["avx2", "avx512", "baseline"])
 def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch, isa, wins, loses):
     """Winograd's 16 GEMMs lose to the direct kernel when thin (few channels) or short (small
-    planes): on AVX2 the ResNet's 16-32 channel layers and 8x8 planes run direct; on AVX-512
-    (Zen 4) they win from 8x8 planes and 32 channels each side on (16 lose); the baseline
-    build never runs them. Layers as (C, O, output side)."""
+    planes): on Zen 4, with the AVX-512 and the AVX2 build, they win from 8x8 planes and 32
+    channels each side on (16 lose); the baseline build never runs them. Layers as (C, O,
+    output side)."""
     monkeypatch.setattr(kernels, "isa", isa)
     backend = jp.backend("numpy")
     for c, o, hw in wins:
@@ -638,7 +639,7 @@ def test_winograd_mxm_matches_the_reference(shape, m, k, monkeypatch):
     rng = np.random.default_rng(11)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, k, k)) / np.sqrt(c * k * k)
     monkeypatch.setattr(kernels, "isa", 1)
-    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
     monkeypatch.setattr(numpy_spatial, "WG_TILE", {k: m})
     picked = []
@@ -872,12 +873,11 @@ def test_winograd_weight_gradient_training_step_allocates_no_backend_buffers(mon
 
 @needs_kernels
 def test_winograd_training_step_allocates_no_backend_buffers(monkeypatch):
-    """F(2x2, 3x3) forward and input gradient at 32 channels (AVX-512's rule, forced on AVX2 so
-    that any x86 runs it; its GEMMs on np.matmul): the transforms' scratch comes from the
-    workspace, a steady step makes no arrays."""
+    """F(2x2, 3x3) forward and input gradient at 32 channels (on the AVX2 kernels, so that any
+    x86 runs it; its GEMMs on np.matmul): the transforms' scratch comes from the workspace, a
+    steady step makes no arrays."""
     from juicepy import layers as L
 
-    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", numpy_spatial.WINOGRAD_MIN_CHANNELS_AVX512)
     _steady_steps_allocate_nothing(monkeypatch, "_winograd_run", [L.Conv2d(32, 3, padding=1), L.ReLU(),
                                    L.Conv2d(64, 3, padding=1)], (32, 16, 16), (64, 16, 16))
 
