@@ -521,21 +521,21 @@ DIRECT_FILTER_MIN_PLANE = 512
 DIRECT_FILTER_NARROW = 32
 
 
-def _algorithm(op: str, count: int, out_hw, isa: int = 2, channels: int | None = None) -> int:
+def _algorithm(op: str, count: int, out_hw, isa: int = 2, channels: int | None = None, strided: bool = False) -> int:
     """Which of ``count`` algorithms runs an op: 0 im2col + GEMM, 1 the direct kernel, 2
     Winograd (where they apply). Fixed by the geometry and the instruction set the C kernels
     were loaded for (``isa``: 2 AVX-512, 1 AVX2), never timed, so every run of a network on one
     machine (a resumed one, one in another process) computes the same bits. Winograd, where it
     applies (``_winograd``), wins the forward and input gradient, else the direct kernel; for
     the weight gradient Winograd wins where it applies (``_winograd_filter``) at any plane,
-    else the direct kernel only on large output planes (16x16 ones on AVX2, or with
-    ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), dilated or not
-    (docs/numpy.md)."""
+    else the direct kernel only on large output planes (16x16 ones on AVX2 unless ``strided``,
+    or with ``channels``, the larger of C/G and O, at most DIRECT_FILTER_NARROW), dilated or
+    not (docs/numpy.md)."""
     if count == 1:
         return 0
     if op == "filter" and count == 2:
         plane = out_hw[0] * out_hw[1]
-        narrow = isa == 1 or (channels is not None and channels <= DIRECT_FILTER_NARROW)
+        narrow = (isa == 1 and not strided) or (channels is not None and channels <= DIRECT_FILTER_NARROW)
         if plane < (DIRECT_FILTER_MIN_PLANE // 2 if narrow else DIRECT_FILTER_MIN_PLANE):
             return 0
     return count - 1
@@ -666,9 +666,10 @@ def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
 
 def _direct_filter(backend, stride, padding) -> bool:
     """Whether the direct kernel may compute this weight gradient (where _algorithm's plane rule
-    then picks it): stride 1 where _direct says; strided ones (on the input's phase planes) on
-    AVX-512 only, where the same rule was measured to hold (docs/numpy.md)."""
-    return _direct(backend, stride, padding) or (backend.conv_kernels.isa == 2 and min(padding) >= 0)
+    then picks it): stride 1 where _direct says; strided ones on the input's phase planes, on
+    AVX2 or AVX-512, where the rule was measured to hold (on AVX2 as on AVX-512: by width too;
+    docs/numpy.md)."""
+    return _direct(backend, stride, padding) or (backend.conv_kernels.isa >= 1 and min(padding) >= 0)
 
 
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
@@ -679,7 +680,7 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
             runs.append(_winograd_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     channels = max(x.shape[1] // groups, dw.shape[0])
-    runs[_algorithm("filter", len(runs), dy.shape[2:], backend.conv_kernels.isa, channels)](
+    runs[_algorithm("filter", len(runs), dy.shape[2:], backend.conv_kernels.isa, channels, tuple(stride) != (1, 1))](
         *args, dw, accumulate, ws)
 
 

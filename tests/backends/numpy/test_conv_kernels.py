@@ -364,12 +364,13 @@ def test_strided_convs_run_direct_only_where_measured(monkeypatch):
 
 
 @needs_kernels
-def test_strided_weight_gradients_run_direct_only_on_avx512_where_the_plane_rule_says(monkeypatch):
+def test_strided_weight_gradients_run_direct_where_the_plane_rule_says(monkeypatch):
     """Strided kxk (k > 1) weight gradients may take the direct kernel (on phase planes) on
-    AVX-512 only, then by _algorithm's plane rule: the ResNet's 16->32 stride-2 layer (16x16
-    outputs) runs direct, its 32->64 one (8x8) and the bench's 64->128 (16x16, 128 channels)
-    keep GEMM, as do 1x1 strided ones, AVX2 and the baseline build; either way (batch 1, odd
-    planes, padding 0/1/2, groups, accumulating) the result is the fallback's."""
+    AVX2 and AVX-512, then by _algorithm's plane rule with the width (on AVX2 too): the
+    ResNet's 16->32 stride-2 layer (16x16 outputs) runs direct, its 32->64 one (8x8) and the
+    bench's 64->128 (16x16, 128 channels) keep GEMM, as do 1x1 strided ones and the baseline
+    build; either way (batch 1, odd planes, padding 0/1/2, groups, accumulating) the result is
+    the fallback's."""
     picked = []
     original = numpy_spatial._direct_backward_filter
     monkeypatch.setattr(numpy_spatial, "_direct_backward_filter",
@@ -384,10 +385,13 @@ def test_strided_weight_gradients_run_direct_only_on_avx512_where_the_plane_rule
         backend.conv2d_backward_filter(x, dy, np.zeros((o, c, k, k), np.float32), (2, 2), (k // 2,) * 2, (1, 1), 1)
         return bool(picked)
 
-    assert runs(16, 32, 32, 3, 2) and runs(3, 16, 32, 3, 2) and runs(16, 32, 64, 3, 2)
-    assert not runs(32, 64, 16, 3, 2) and not runs(64, 128, 32, 3, 2) and not runs(16, 32, 32, 1, 2)
-    for isa in (1, 0):
-        assert not runs(16, 32, 32, 3, isa)
+    for isa in (2, 1):
+        assert runs(16, 32, 32, 3, isa) and runs(3, 16, 32, 3, isa) and runs(16, 32, 64, 3, isa)
+        assert not runs(32, 64, 16, 3, isa) and not runs(64, 128, 32, 3, isa) and not runs(16, 32, 32, 1, isa)
+    assert not runs(16, 32, 32, 3, 0)
+    # stride 1 on AVX2 keeps its measured rule: direct from 16x16 planes at any width
+    assert numpy_spatial._algorithm("filter", 2, (16, 16), 1, 128) == 1
+    assert numpy_spatial._algorithm("filter", 2, (16, 16), 1, 128, strided=True) == 0
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "DIRECT_FILTER_MIN_PLANE", 0)  # every plane direct below
     rng = np.random.default_rng(31)
