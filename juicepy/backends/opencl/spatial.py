@@ -15,7 +15,10 @@ from .layout import round_up
 
 # Direct kernels (conv_direct_* in conv.cl) instead of a GEMM when a group's GEMM would be thin,
 # for a forward pass (the input gradient counts as the forward pass of the transposed
-# convolution): its inner dimension (channels per group x taps) at most this long...
+# convolution): its inner dimension (channels per group x taps) at most this long (stride 1
+# only on 8-lane devices: the ResNet's 1x1 stride-2 projections, 16->32 and 32->64, ran 1.4-3x
+# faster as the implicit GEMM in the forward pass and 4-5x faster as its phases in the input
+# gradient than on the direct kernels, whose strided input gradient is scalar)...
 DIRECT_MAX_INNER = 32
 # ...or fewer outputs per group than the GEMM micro-kernel's rows (LeNet's 16 -> 6 input
 # gradient: the rest of each 12-row panel would be padding)...
@@ -49,20 +52,19 @@ DIRECT_FILTER_ITEMS = 32768
 DIRECT_FILTER_ITEMS_OUTS = 8192
 # Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
 # 3x3 forward passes and input gradients with at least WINOGRAD_MIN_CHANNELS[3] input and output
-# channels and output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where
-# it was measured: docs/opencl.md); the NumPy backend's thresholds (only the 64-channel 32x32 layers
-# of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
+# channels and planes (output planes for a forward pass, input planes for an input gradient) of at
+# least WINOGRAD_MIN_PLANE_3X3 pixels, on 8-lane devices (AVX2 builds, where it was measured: the
+# ResNet's and the CIFAR CNN's 8x8 and 16x16 layers of 32 to 128 channels, both ops, ran faster
+# than the direct kernel and the implicit GEMM; 16 channels at 32x32 did not: docs/opencl.md)
+WINOGRAD_MIN_PLANE_3X3 = 64
+# F(2x2, 5x5)'s planes (the NumPy backend's threshold)
 WINOGRAD_MIN_PLANE = 256
-# ...and forward passes from output planes of this many pixels: on the ResNet's and the CIFAR
-# CNN's 8x8 layers (64->64, 64->128) Winograd, its epilogue run as ops of its own, measured
-# faster than the implicit GEMM with the epilogue in its stores (docs/opencl.md)
-WINOGRAD_MIN_PLANE_FORWARD = 64
 # Winograd F(2x2, 5x5) (winograd5_weights in conv.cl, winograd5_conv in gemm.cl) likewise for
 # undilated 5x5 forward passes and input gradients from WINOGRAD_MIN_CHANNELS[5] channels and
 # WINOGRAD_MIN_PLANE pixels, on 8-lane devices (the NumPy backend's thresholds; measured faster
 # than the direct kernel, both ops, on the 5x5 32->32 layer of bench/test_bench_conv.py:
 # docs/opencl.md)
-WINOGRAD_MIN_CHANNELS = {3: 64, 5: 32}
+WINOGRAD_MIN_CHANNELS = {3: 32, 5: 32}
 # the kernels (conv.cl's <name>_weights, gemm.cl's <name>_conv) per kernel size
 WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
@@ -223,7 +225,7 @@ class SpatialOps(abc.ABC):
         if self._conv_vec != 8 or (kh == 5 and geo[13:] != (1, 1)):
             return False
         plane = geo[2] * geo[3] if op == "data" else ho * wo
-        min_plane = WINOGRAD_MIN_PLANE if op == "data" or kh == 5 else WINOGRAD_MIN_PLANE_FORWARD
+        min_plane = WINOGRAD_MIN_PLANE_3X3 if kh == 3 else WINOGRAD_MIN_PLANE
         return min(c, o) >= WINOGRAD_MIN_CHANNELS[kh] and plane >= min_plane
 
     def _winograd(self, src, w, dst, geo, flip, accumulate, ws, bias=None):
@@ -293,7 +295,9 @@ class SpatialOps(abc.ABC):
             if c == o == groups:   # depthwise
                 return True
             return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_FILTER_MAX_OUTPUTS_8_LANES
-        if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
+        if outputs < DIRECT_MIN_GEMM_ROWS:
+            return True
+        if inner <= DIRECT_MAX_INNER and not (self._conv_vec == 8 and (geo[9], geo[10]) != (1, 1)):
             return True
         if self._conv_vec == 8 and geo[9] == geo[10] == 1 and outputs <= DIRECT_MAX_OUTPUTS_8_LANES:
             return True
