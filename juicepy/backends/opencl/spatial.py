@@ -654,14 +654,22 @@ class SpatialOps(abc.ABC):
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "avg_pool2d")
         planes = out.shape[0] * out.shape[1]
+        if self._global_pool(geo):
+            self._launch_flat("conv.cl", "avg_pool_global", planes, *self._ref(x), geo[0] * geo[1], *self._ref(out))
+            return
         self._launch_rows("conv.cl", "avg_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
                           int(bool(count_include_pad)), *self._ref(out))
+
+    @staticmethod
+    def _global_pool(geo) -> bool:
+        """Whether the pooling ``geo`` (_pool_geometry) has one window, the whole plane, unpadded."""
+        return geo[2:4] == (1, 1) and geo[4:6] == geo[:2] and geo[8:] == (0, 0)
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
         geo = self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "avg_pool2d_backward")
         planes = dx.shape[0] * dx.shape[1]
-        if geo[2:4] == (1, 1) and geo[4:6] == geo[:2] and geo[8:] == (0, 0):   # global: dy / (H W) everywhere
+        if self._global_pool(geo):   # dy / (H W) everywhere
             self._launch_rows("conv.cl", "avg_pool_global_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *self._ref(dx), int(accumulate))
             return
         self._launch_rows("conv.cl", "avg_pool_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *geo,
