@@ -41,6 +41,11 @@ FILTER_ROW_TAPS = (3, 5)
 # outputs: faster than the implicit A @ B^T on 5x5 32->32, 4-group 64->64 and the 64-output
 # 3x3 layers (plain and dilated; docs/opencl.md)
 DIRECT_FILTER_MAX_OUTPUTS_8_LANES = 64
+# ...or, for rows of one vector (8x8 planes, which conv_direct_bwd_filter_k3_o4 takes: several
+# outputs per work-item), this many: the ResNet's and the CIFAR CNN's 64->64, 64->128 and
+# 128->128 8x8 layers measured 1.5-2.4x faster there than as the implicit A @ B^T, whose
+# gathers cut every 8-pixel row at the padding (docs/opencl.md)
+DIRECT_FILTER_MAX_OUTPUTS_ONE_VECTOR = 128
 # work-items the direct weight gradient aims at (images are split into chunks to reach it):
 # 32768 measured faster than 1024 and 8192 on AVX2 for the 4-group 64->64 layer (9.1 -> 7.4 ms:
 # a work-item then sums a few images, whose planes are still in cache for the next row of taps),
@@ -294,7 +299,8 @@ class SpatialOps(abc.ABC):
         if op == "filter":
             if c == o == groups:   # depthwise
                 return True
-            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_FILTER_MAX_OUTPUTS_8_LANES
+            most = DIRECT_FILTER_MAX_OUTPUTS_ONE_VECTOR if geo[8] == self._conv_vec else DIRECT_FILTER_MAX_OUTPUTS_8_LANES
+            return self._conv_vec == 8 and self._filter_by_rows(geo, groups) and outputs <= most
         if outputs < DIRECT_MIN_GEMM_ROWS:
             return True
         if inner <= DIRECT_MAX_INNER and not (self._conv_vec == 8 and (geo[9], geo[10]) != (1, 1)):
@@ -303,12 +309,16 @@ class SpatialOps(abc.ABC):
             return True
         return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
 
-    def _filter_by_rows(self, geo) -> bool:
+    def _filter_by_rows(self, geo, groups) -> bool:
         """Whether conv_direct_bwd_filter_k* computes this weight gradient: stride 1, a kernel
-        width it was built for, and rows of whole pairs of vectors (its loop over a row's last
-        lanes reads them one by one: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
+        width it was built for, and rows of whole pairs of vectors, or of whole vectors where a
+        work-item takes several outputs (the _o* builds step one vector at a time; no kernel
+        handles a row's last lanes: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
         kw, wo, sh, sw = geo[6], geo[8], geo[9], geo[10]
-        return sh == sw == 1 and kw in FILTER_ROW_TAPS and wo % (2 * self._conv_vec) == 0
+        if sh != 1 or sw != 1 or kw not in FILTER_ROW_TAPS:
+            return False
+        vectors = 2 if filter_outputs(geo[4] // groups, kw, self._conv_vec) == 1 else 1
+        return wo % (vectors * self._conv_vec) == 0
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
         """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
@@ -594,7 +604,7 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
-        by_rows = self._filter_by_rows(geo)   # a work-item per row of taps
+        by_rows = self._filter_by_rows(geo, groups)   # a work-item per row of taps
         outs = filter_outputs(o // groups, kw, self._conv_vec) if by_rows else 1
         items = kh * weights // outs if by_rows else taps * weights
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))

@@ -84,6 +84,9 @@ CONV_CASES = [
     # ...and of several outputs per work-item on 8-lane devices (four for 3x3, two for 5x5)
     ((2, 8, 5, 16), (8, 3, 3), (1, 1), (2, 2), (2, 2), 2),    # 3x3, four outputs and channels per group, dilated
     ((2, 4, 6, 32), (4, 5, 5), (1, 1), (4, 4), (2, 2), 1),    # 5x5, dilated
+    # ...in rows of one vector (8 outputs) or an odd number of them (24), one vector a step
+    ((2, 4, 6, 8), (8, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # 3x3, the ResNet's 8x8 planes
+    ((1, 3, 4, 24), (4, 5, 5), (1, 1), (2, 2), (1, 1), 1),    # 5x5, three vectors a row
     # six output planes per work-item (8-lane devices): forward, rows of 3 vectors (the last partly)
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
@@ -333,6 +336,23 @@ def test_winograd_3x3_chosen_from_32_channels_and_64_pixels(ocl):
     for narrow in (chosen(16, 16, 32), chosen(16, 32), chosen(32, 16), chosen(32, 32, size=7),
                    chosen(32, 32, groups=2), chosen(32, 32, s=2)):
         assert narrow == (False, False)
+
+
+def test_8x8_weight_gradients_by_rows_of_one_vector(ocl, lanes_backend):
+    """On 8-lane devices the row-of-taps weight gradient with several outputs per work-item
+    takes rows of one vector (the ResNet's and the CIFAR CNN's 8x8 layers, up to 128 outputs);
+    a work-item per output still needs pairs of vectors (depthwise), 256 outputs keep the GEMM."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+
+    def geo(c, o, size=8):
+        return (32, c, size, size, o, 3, 3, size, size, 1, 1, 1, 1, 1, 1)
+
+    assert b._use_direct(geo(64, 64), 1, "filter") and b._use_direct(geo(64, 128), 1, "filter")
+    assert not b._use_direct(geo(64, 256), 1, "filter")
+    assert not b._filter_by_rows(geo(64, 64), 64)   # depthwise: one output per work-item
+    assert not b._filter_by_rows(geo(64, 64, size=12), 1)   # 12 is no whole number of vectors
 
 
 def test_strided_thin_layers_take_the_gemm_on_8_lanes(ocl, rng):
