@@ -189,8 +189,9 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     planes for strided passes on 8 lanes) or the implicit GEMM compute the convolution: the
     bias and the inference batch norm (folded into the weights and bias) start the sums, the
     stores add the residual, then the ReLU reads the sum; no pass over the output. Winograd
-    (stride-1 3x3 and 5x5 ungrouped cases; the others run im2col + GEMM there) adds the bias in
-    its output transform and runs the rest as ops."""
+    (stride-1 3x3 and 5x5 ungrouped cases, stride-2 3x3 ones on phases; the others run im2col +
+    GEMM there) takes a 3x3 layer's batch norm folded likewise, adds the bias in its output
+    transform and runs the rest as ops."""
     from juicepy.backends.base import ConvNorm
     from juicepy.backends.opencl import spatial
 
