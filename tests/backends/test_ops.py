@@ -751,6 +751,8 @@ POOL_CASES = [
     ((2, 1, 6, 5), (3, 2), (1, 2), (1, 0)),
     ((1, 4, 5, 5), (5, 5), (1, 1), (2, 2)),
     ((2, 3, 4, 6), (4, 6), (4, 6), (0, 0)),  # global: one window per plane
+    ((5, 60, 3, 5), (3, 5), (1, 1), (0, 0)),  # global, 300 planes: past one work-group of OpenCL's, stride 1
+    ((1, 1, 7, 3), (7, 3), (7, 3), (0, 0)),   # global, one plane
     ((2, 2, 6, 38), (2, 2), (2, 2), (0, 0)),  # 2x2 windows tiling the plane, 19 outputs a row
     ((1, 2, 9, 7), (2, 2), (2, 2), (0, 0)),   # 2x2 windows, the last row and column left out
     ((2, 3, 6, 32), (2, 2), (2, 2), (0, 0)),  # 2x2 windows, rows of whole vectors (16 outputs), 6 planes

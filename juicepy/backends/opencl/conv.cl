@@ -999,6 +999,19 @@ void conv_fold_norm(const int K, __global const float *w, const int w_off,
 
 // the input gradient of a global average pooling (the window is the whole plane, no padding):
 // dx[p, j] (+)= dy[p] / S. Launched as (S rounded up, planes).
+// global average pooling (window = plane, no padding): one work-item per plane sums it, in
+// work-groups of planes; the general kernel ran a work-group per plane with one live item of 8
+__kernel void avg_pool_global(const int planes, __global const float *x, const int x_off, const int S,
+                              __global float *out, const int o_off)
+{
+    const int plane = get_global_id(0);
+    if (plane >= planes) return;
+    __global const float *xp = x + x_off + (size_t)plane * S;
+    float s = 0.0f;
+    for (int j = 0; j < S; ++j) s += xp[j];
+    out[o_off + plane] = s / (float)S;
+}
+
 __kernel void avg_pool_global_bwd(const int S, __global const float *dy, const int dy_off,
                                   __global float *dx, const int dx_off, const int acc)
 {

@@ -15,7 +15,10 @@ from .layout import round_up
 
 # Direct kernels (conv_direct_* in conv.cl) instead of a GEMM when a group's GEMM would be thin,
 # for a forward pass (the input gradient counts as the forward pass of the transposed
-# convolution): its inner dimension (channels per group x taps) at most this long...
+# convolution): its inner dimension (channels per group x taps) at most this long (stride 1
+# only on 8-lane devices: the ResNet's 1x1 stride-2 projections, 16->32 and 32->64, ran 1.4-3x
+# faster as the implicit GEMM in the forward pass and 4-5x faster as its phases in the input
+# gradient than on the direct kernels, whose strided input gradient is scalar)...
 DIRECT_MAX_INNER = 32
 # ...or fewer outputs per group than the GEMM micro-kernel's rows (LeNet's 16 -> 6 input
 # gradient: the rest of each 12-row panel would be padding)...
@@ -38,6 +41,11 @@ FILTER_ROW_TAPS = (3, 5)
 # outputs: faster than the implicit A @ B^T on 5x5 32->32, 4-group 64->64 and the 64-output
 # 3x3 layers (plain and dilated; docs/opencl.md)
 DIRECT_FILTER_MAX_OUTPUTS_8_LANES = 64
+# ...or, for rows of one vector (8x8 planes, which conv_direct_bwd_filter_k3_o4 takes: several
+# outputs per work-item), this many: the ResNet's and the CIFAR CNN's 64->64, 64->128 and
+# 128->128 8x8 layers measured 1.5-2.4x faster there than as the implicit A @ B^T, whose
+# gathers cut every 8-pixel row at the padding (docs/opencl.md)
+DIRECT_FILTER_MAX_OUTPUTS_ONE_VECTOR = 128
 # work-items the direct weight gradient aims at (images are split into chunks to reach it):
 # 32768 measured faster than 1024 and 8192 on AVX2 for the 4-group 64->64 layer (9.1 -> 7.4 ms:
 # a work-item then sums a few images, whose planes are still in cache for the next row of taps),
@@ -49,20 +57,24 @@ DIRECT_FILTER_ITEMS = 32768
 DIRECT_FILTER_ITEMS_OUTS = 8192
 # Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
 # 3x3 forward passes and input gradients with at least WINOGRAD_MIN_CHANNELS[3] input and output
-# channels and output planes (Ho x Wo) of at least this many pixels, on 8-lane devices (AVX2, where
-# it was measured: docs/opencl.md); the NumPy backend's thresholds (only the 64-channel 32x32 layers
-# of bench/test_bench_conv.py were measured here: fewer channels make the per-tap GEMMs thin)
+# channels and planes (output planes for a forward pass, input planes for an input gradient) of at
+# least WINOGRAD_MIN_PLANE_3X3 pixels, on 8-lane devices (AVX2 builds, where it was measured: the
+# ResNet's and the CIFAR CNN's 8x8 and 16x16 layers of 32 to 128 channels, both ops, ran faster
+# than the direct kernel and the implicit GEMM; 16 channels at 32x32 did not: docs/opencl.md)
+WINOGRAD_MIN_PLANE_3X3 = 64
+# F(2x2, 5x5)'s planes (the NumPy backend's threshold)
 WINOGRAD_MIN_PLANE = 256
-# ...and forward passes from output planes of this many pixels: on the ResNet's and the CIFAR
-# CNN's 8x8 layers (64->64, 64->128) Winograd, its epilogue run as ops of its own, measured
-# faster than the implicit GEMM with the epilogue in its stores (docs/opencl.md)
-WINOGRAD_MIN_PLANE_FORWARD = 64
 # Winograd F(2x2, 5x5) (winograd5_weights in conv.cl, winograd5_conv in gemm.cl) likewise for
 # undilated 5x5 forward passes and input gradients from WINOGRAD_MIN_CHANNELS[5] channels and
 # WINOGRAD_MIN_PLANE pixels, on 8-lane devices (the NumPy backend's thresholds; measured faster
 # than the direct kernel, both ops, on the 5x5 32->32 layer of bench/test_bench_conv.py:
 # docs/opencl.md)
-WINOGRAD_MIN_CHANNELS = {3: 64, 5: 32}
+WINOGRAD_MIN_CHANNELS = {3: 32, 5: 32}
+# kernel sizes whose Winograd forward passes take conv2d's inference batch norm folded into their
+# weights and bias (conv_fold_norm) instead of a pass over the output: 3x3 (F(2x2, 3x3) and the
+# stride-2 phases); F(2x2, 5x5)'s larger float32 error, scaled by the fold, left the
+# conformance tests' tolerance
+WINOGRAD_FOLD_NORM_TAPS = (3,)
 # the kernels (conv.cl's <name>_weights, gemm.cl's <name>_conv) per kernel size
 WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
@@ -223,7 +235,7 @@ class SpatialOps(abc.ABC):
         if self._conv_vec != 8 or (kh == 5 and geo[13:] != (1, 1)):
             return False
         plane = geo[2] * geo[3] if op == "data" else ho * wo
-        min_plane = WINOGRAD_MIN_PLANE if op == "data" or kh == 5 else WINOGRAD_MIN_PLANE_FORWARD
+        min_plane = WINOGRAD_MIN_PLANE_3X3 if kh == 3 else WINOGRAD_MIN_PLANE
         return min(c, o) >= WINOGRAD_MIN_CHANNELS[kh] and plane >= min_plane
 
     def _winograd(self, src, w, dst, geo, flip, accumulate, ws, bias=None):
@@ -292,19 +304,26 @@ class SpatialOps(abc.ABC):
         if op == "filter":
             if c == o == groups:   # depthwise
                 return True
-            return self._conv_vec == 8 and self._filter_by_rows(geo) and outputs <= DIRECT_FILTER_MAX_OUTPUTS_8_LANES
-        if inner <= DIRECT_MAX_INNER or outputs < DIRECT_MIN_GEMM_ROWS:
+            most = DIRECT_FILTER_MAX_OUTPUTS_ONE_VECTOR if geo[8] == self._conv_vec else DIRECT_FILTER_MAX_OUTPUTS_8_LANES
+            return self._conv_vec == 8 and self._filter_by_rows(geo, groups) and outputs <= most
+        if outputs < DIRECT_MIN_GEMM_ROWS:
+            return True
+        if inner <= DIRECT_MAX_INNER and not (self._conv_vec == 8 and (geo[9], geo[10]) != (1, 1)):
             return True
         if self._conv_vec == 8 and geo[9] == geo[10] == 1 and outputs <= DIRECT_MAX_OUTPUTS_8_LANES:
             return True
         return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
 
-    def _filter_by_rows(self, geo) -> bool:
+    def _filter_by_rows(self, geo, groups) -> bool:
         """Whether conv_direct_bwd_filter_k* computes this weight gradient: stride 1, a kernel
-        width it was built for, and rows of whole pairs of vectors (its loop over a row's last
-        lanes reads them one by one: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
+        width it was built for, and rows of whole pairs of vectors, or of whole vectors where a
+        work-item takes several outputs (the _o* builds step one vector at a time; no kernel
+        handles a row's last lanes: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
         kw, wo, sh, sw = geo[6], geo[8], geo[9], geo[10]
-        return sh == sw == 1 and kw in FILTER_ROW_TAPS and wo % (2 * self._conv_vec) == 0
+        if sh != 1 or sw != 1 or kw not in FILTER_ROW_TAPS:
+            return False
+        vectors = 2 if filter_outputs(geo[4] // groups, kw, self._conv_vec) == 1 else 1
+        return wo % (vectors * self._conv_vec) == 0
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
         """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
@@ -402,9 +421,13 @@ class SpatialOps(abc.ABC):
         geo = self._conv_geometry(x.shape, w.shape, out.shape, stride, padding, dilation, groups, "conv2d")
         algorithm = self._forward_algorithm(geo, groups)
         if algorithm in ("winograd", "s2", "gemm"):
-            # Winograd adds the bias in its output transform; the rest of the epilogue (all of it
-            # after im2col) runs as ops of its own
+            # Winograd adds the bias in its output transform, so the inference batch norm is
+            # folded into its weights and bias where WINOGRAD_FOLD_NORM_TAPS says (no pass of its
+            # own); the rest (all of the epilogue after im2col) runs as ops of their own
             winograd = algorithm != "gemm"
+            if winograd and norm is not None and geo[5] in WINOGRAD_FOLD_NORM_TAPS:
+                w, bias = self._fold_norm(w, bias, norm, ws)
+                norm = None
             self._conv2d(x, w, out, geo, groups, ws, algorithm, bias if winograd else None)
             conv_epilogue(self, out, None if winograd else bias, norm, relu, ws, residual)
             return
@@ -590,7 +613,7 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
-        by_rows = self._filter_by_rows(geo)   # a work-item per row of taps
+        by_rows = self._filter_by_rows(geo, groups)   # a work-item per row of taps
         outs = filter_outputs(o // groups, kw, self._conv_vec) if by_rows else 1
         items = kh * weights // outs if by_rows else taps * weights
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
@@ -650,14 +673,22 @@ class SpatialOps(abc.ABC):
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
         geo = self._pool_geometry(x.shape, out.shape, kernel, stride, padding, "avg_pool2d")
         planes = out.shape[0] * out.shape[1]
+        if self._global_pool(geo):
+            self._launch_flat("conv.cl", "avg_pool_global", planes, *self._ref(x), geo[0] * geo[1], *self._ref(out))
+            return
         self._launch_rows("conv.cl", "avg_pool", geo[2] * geo[3], (planes,), *self._ref(x), *geo,
                           int(bool(count_include_pad)), *self._ref(out))
+
+    @staticmethod
+    def _global_pool(geo) -> bool:
+        """Whether the pooling ``geo`` (_pool_geometry) has one window, the whole plane, unpadded."""
+        return geo[2:4] == (1, 1) and geo[4:6] == geo[:2] and geo[8:] == (0, 0)
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
         geo = self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "avg_pool2d_backward")
         planes = dx.shape[0] * dx.shape[1]
-        if geo[2:4] == (1, 1) and geo[4:6] == geo[:2] and geo[8:] == (0, 0):   # global: dy / (H W) everywhere
+        if self._global_pool(geo):   # dy / (H W) everywhere
             self._launch_rows("conv.cl", "avg_pool_global_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *self._ref(dx), int(accumulate))
             return
         self._launch_rows("conv.cl", "avg_pool_bwd", geo[0] * geo[1], (planes,), *self._ref(dy), *geo,

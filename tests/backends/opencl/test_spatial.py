@@ -84,6 +84,9 @@ CONV_CASES = [
     # ...and of several outputs per work-item on 8-lane devices (four for 3x3, two for 5x5)
     ((2, 8, 5, 16), (8, 3, 3), (1, 1), (2, 2), (2, 2), 2),    # 3x3, four outputs and channels per group, dilated
     ((2, 4, 6, 32), (4, 5, 5), (1, 1), (4, 4), (2, 2), 1),    # 5x5, dilated
+    # ...in rows of one vector (8 outputs) or an odd number of them (24), one vector a step
+    ((2, 4, 6, 8), (8, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # 3x3, the ResNet's 8x8 planes
+    ((1, 3, 4, 24), (4, 5, 5), (1, 1), (2, 2), (1, 1), 1),    # 5x5, three vectors a row
     # six output planes per work-item (8-lane devices): forward, rows of 3 vectors (the last partly)
     ((2, 2, 9, 21), (6, 5, 5), (1, 1), (2, 2), (1, 1), 1),
     ((1, 6, 5, 6), (6, 3, 3), (1, 1), (1, 1), (1, 1), 1),     # forward and input gradient, one vector a row
@@ -186,8 +189,9 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     planes for strided passes on 8 lanes) or the implicit GEMM compute the convolution: the
     bias and the inference batch norm (folded into the weights and bias) start the sums, the
     stores add the residual, then the ReLU reads the sum; no pass over the output. Winograd
-    (stride-1 3x3 and 5x5 ungrouped cases; the others run im2col + GEMM there) adds the bias in
-    its output transform and runs the rest as ops."""
+    (stride-1 3x3 and 5x5 ungrouped cases, stride-2 3x3 ones on phases; the others run im2col +
+    GEMM there) takes a 3x3 layer's batch norm folded likewise, adds the bias in its output
+    transform and runs the rest as ops."""
     from juicepy.backends.base import ConvNorm
     from juicepy.backends.opencl import spatial
 
@@ -314,6 +318,67 @@ def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
     for narrow in (chosen(16, 32), chosen(32, 16), chosen(32, 32, size=15), chosen(32, 32, d=2),
                    chosen(32, 32, groups=2), chosen(32, 32, s=2)):
         assert narrow == (False, False)
+
+
+def test_winograd_3x3_chosen_from_32_channels_and_64_pixels(ocl):
+    """"auto" takes F(2x2, 3x3) for both ops of stride-1 3x3 layers of 32 input and output
+    channels and 8x8 planes (the ResNet's and the CIFAR CNN's) on 8-lane devices; 16 channels
+    (the ResNet's 32x32 stage), smaller planes, grouped or strided layers keep theirs."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+
+    def chosen(c, o, size=8, s=1, groups=1):
+        ho = (size - 1) // s + 1
+        geo = (2, c, size, size, o, 3, 3, ho, ho, s, s, 1, 1, 1, 1)
+        return b._forward_algorithm(geo, groups) == "winograd", b._use_winograd(geo, groups, "data")
+
+    assert chosen(32, 32) == (True, True) and chosen(64, 128) == (True, True) and chosen(32, 64, 16) == (True, True)
+    for narrow in (chosen(16, 16, 32), chosen(16, 32), chosen(32, 16), chosen(32, 32, size=7),
+                   chosen(32, 32, groups=2), chosen(32, 32, s=2)):
+        assert narrow == (False, False)
+
+
+def test_8x8_weight_gradients_by_rows_of_one_vector(ocl, lanes_backend):
+    """On 8-lane devices the row-of-taps weight gradient with several outputs per work-item
+    takes rows of one vector (the ResNet's and the CIFAR CNN's 8x8 layers, up to 128 outputs);
+    a work-item per output still needs pairs of vectors (depthwise), 256 outputs keep the GEMM."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+
+    def geo(c, o, size=8):
+        return (32, c, size, size, o, 3, 3, size, size, 1, 1, 1, 1, 1, 1)
+
+    assert b._use_direct(geo(64, 64), 1, "filter") and b._use_direct(geo(64, 128), 1, "filter")
+    assert not b._use_direct(geo(64, 256), 1, "filter")
+    assert not b._filter_by_rows(geo(64, 64), 64)   # depthwise: one output per work-item
+    assert not b._filter_by_rows(geo(64, 64, size=12), 1)   # 12 is no whole number of vectors
+
+
+def test_strided_thin_layers_take_the_gemm_on_8_lanes(ocl, rng):
+    """The ResNet's 1x1 stride-2 projections (inner dimension 16 and 32, at least 12 outputs)
+    run the implicit GEMM forward and its phases backward on 8-lane devices, not the direct
+    kernels; the input gradient (added to dx, as the residual block does) against float64."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+    geo = (2, 16, 12, 12, 32, 1, 1, 6, 6, 2, 2, 0, 0, 1, 1)
+    assert not b._use_direct(geo, 1, "forward") and not b._use_direct(geo, 1, "data")
+    assert b._forward_algorithm(geo, 1) == "implicit"
+    assert b._use_direct(geo[:9] + (1, 1) + geo[11:], 1, "forward")   # stride 1 keeps the rule
+    x = rng.standard_normal((2, 16, 12, 11)).astype(np.float32)
+    w = rng.standard_normal((32, 16, 1, 1)).astype(np.float32)
+    dy = rng.standard_normal((2, 32, 6, 6)).astype(np.float32)
+    dx0 = rng.standard_normal(x.shape).astype(np.float32)
+    args = ((2, 2), (0, 0), (1, 1), 1)
+    dx_ref, _ = conv_grads_ref(x.astype(np.float64), w.astype(np.float64), dy.astype(np.float64), *args)
+    y, dx = b.empty(dy.shape), b.from_host(dx0)
+    b.conv2d(b.from_host(x), b.from_host(w), y, *args)
+    b.conv2d_backward_data(b.from_host(dy), b.from_host(w), dx, *args, True)
+    np.testing.assert_allclose(b.to_host(y), conv_ref(x.astype(np.float64), w.astype(np.float64), *args),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.to_host(dx), dx_ref + dx0, rtol=1e-5, atol=1e-5)
 
 
 def test_winograd_5x5_not_chosen_on_16_lanes(lanes_backend):
