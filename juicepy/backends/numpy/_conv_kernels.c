@@ -2130,7 +2130,41 @@ static I s2_output_rows(I tw) { return 4 * tw; }
             }                                                                                  \
     }
 
+/* m[pos*ks + a*np + (n - n0)*tiles + tile] = A dY A^T of dy's 2x2 tiles for samples [n0, n1)
+ * (A's rows (1, 0), (1, 1), (0, 1)): the adjoint of s2_output, the weight gradient's dy tiles;
+ * the outputs past Ho x Wo read as zeros. */
+#define DEFINE_S2_GRAD(NAME, T)                                                                \
+    static void NAME(const T *restrict dy, T *restrict m, const Geometry *g, I o, I n0, I n1,  \
+                     I th, I tw, I ks)                                                         \
+    {                                                                                          \
+        const I tiles = th * tw, np = (n1 - n0) * tiles;                                       \
+        for (I n = n0; n < n1; n++)                                                            \
+            for (I a = 0; a < o; a++) {                                                        \
+                const T *plane = dy + (n * o + a) * g->ho * g->wo;                             \
+                T *e = m + a * np + (n - n0) * tiles;                                          \
+                for (I ty = 0; ty < th; ty++)                                                  \
+                    for (I tx = 0; tx < tw; tx++) {                                            \
+                        T y[2][2];                                                             \
+                        for (int i = 0; i < 2; i++)                                            \
+                            for (int j = 0; j < 2; j++) {                                      \
+                                const I r = 2 * ty + i, q = 2 * tx + j;                        \
+                                y[i][j] = r < g->ho && q < g->wo ? plane[r * g->wo + q] : (T)0; \
+                            }                                                                  \
+                        const T s[3][2] = {{y[0][0], y[0][1]}, {y[0][0] + y[1][0], y[0][1] + y[1][1]}, \
+                                           {y[1][0], y[1][1]}};                                \
+                        T *at = e + ty * tw + tx;                                              \
+                        for (int p = 0; p < 3; p++) {                                          \
+                            at[(p * 3) * ks] = s[p][0];                                        \
+                            at[(p * 3 + 1) * ks] = s[p][0] + s[p][1];                          \
+                            at[(p * 3 + 2) * ks] = s[p][1];                                    \
+                        }                                                                      \
+                    }                                                                          \
+            }                                                                                  \
+    }
+
 DEFINE_S2_WEIGHTS(s2_weights_f32, float)
+DEFINE_S2_GRAD(s2_grad_f32, float)
+DEFINE_S2_GRAD(s2_grad_f64, double)
 DEFINE_S2_WEIGHTS(s2_weights_f64, double)
 DEFINE_S2_COLUMNS(s2_columns_f32_256, ISA_256, float, s2_f32)
 DEFINE_S2_COLUMNS(s2_columns_f64_256, ISA_256, double, s2_f64)
@@ -2424,6 +2458,16 @@ static int s2_weights_f64_call(const TileCall *t)
     s2_weights_f64(t->a.buf, t->b.buf, t->na, t->nb);
     return 0;
 }
+static int s2_grad_f32_call(const TileCall *t)
+{
+    s2_grad_f32(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_grad_f64_call(const TileCall *t)
+{
+    s2_grad_f64(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
 static int s2_input_f32_call(const TileCall *t)
 {
     S2_CALL(s2_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
@@ -2473,6 +2517,12 @@ static const TileFamily S2 = {
     "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, 0, s2_input_rows, s2_output_rows,
     {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
     {s2_output_f32_call, s2_output_f64_call}};
+
+/* The weight gradient's: s2_input as the forward's, its taps in NumPy (spatial.py) */
+static const TileFamily S2_FILTER = {
+    "s2_weights", "s2_input", "s2_grad", check_s2, 9, 4, 0, 0, 1, s2_input_rows, NULL,
+    {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
+    {s2_grad_f32_call, s2_grad_f64_call}};
 
 /* (w, u, A, B[, flip]): u[slices][A][depth * B] of w (A, B, 3, 3) (flip: (B, A, 3, 3)). */
 static int tile_weights_args(PyObject *args, const TileFamily *f, TileCall *t)
@@ -2571,6 +2621,7 @@ TILE_ENTRY(py_winograd_grad, WINOGRAD_FILTER, output)
 TILE_ENTRY(py_s2_weights, S2, weights)
 TILE_ENTRY(py_s2_input, S2, input)
 TILE_ENTRY(py_s2_output, S2, output)
+TILE_ENTRY(py_s2_grad, S2_FILTER, output)
 
 static int check_wg(const Geometry *g, I th, I tw, I m, I nmats)
 {
@@ -3061,6 +3112,9 @@ static PyMethodDef methods[] = {
     {"s2_output", py_s2_output, METH_VARARGS,
      "s2_output(m, out, geometry, O, N, n0, n1, th, tw, ks, rows): out = the products m transformed back "
      "(rows: scratch of 4 * tw items of out's dtype)"},
+    {"s2_grad", py_s2_grad, METH_VARARGS,
+     "s2_grad(m, dy, geometry, O, N, n0, n1, th, tw, ks): m[pos*ks:] = dy's 2x2 tiles as A dY A^T, the adjoint "
+     "of s2_output (the 3x3 stride-2 weight gradient's)"},
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the weight "
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},

@@ -1175,6 +1175,83 @@ def test_winograd_transforms_refuse_arguments_that_do_not_fit():
 
 
 @needs_kernels
+@pytest.mark.parametrize("shape", [(3, 5, 16, 16, 7, 1), (1, 6, 13, 11, 5, 1), (2, 3, 10, 9, 4, 0), (2, 4, 7, 8, 3, 2),
+                                   (1, 2, 3, 3, 2, 1), (3, 3, 9, 32, 2, 1)],
+                         ids=["even", "batch-1-odd-sizes", "no-padding", "padding-2", "one-output", "wide-rows"])
+@pytest.mark.parametrize("samples", [1, numpy_spatial.S2_FILTER_SAMPLES], ids=["a-sample-a-chunk", "default-chunks"])
+def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, monkeypatch):
+    """The 3x3 stride-2 weight gradient as the adjoint of F(2x2, 2x2) on the phases: in float64 to
+    rounding, in float32 within 2e-6 of the largest tap (its transforms only add), alone and
+    accumulating, over one or many chunks per lane; dy's tiles past odd planes read as zeros."""
+    n, c, h, w_, o, p = shape
+    rng = np.random.default_rng(23)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_SAMPLES", samples)
+    picked = []
+    original = numpy_spatial._s2_backward_filter
+    monkeypatch.setattr(numpy_spatial, "_s2_backward_filter", lambda *a: (picked.append(1), original(*a))[1])
+    ws = Workspace()
+    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, (2, p, 1, 1), ws=ws)[2]
+               for dtype in (np.float64, np.float32)}
+    summed = _all_three(x, w, 3, (2, p, 1, 1), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
+    assert len(picked) == 3
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    want = _all_three(x, w, 3, (2, p, 1, 1))[2]
+    np.testing.assert_allclose(results[np.float64], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    assert np.abs(results[np.float32] - want).max() <= 2e-6 * np.abs(want).max()
+    np.testing.assert_allclose(summed, want + 1, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@needs_kernels
+def test_stride_2_phase_weight_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypatch):
+    """Measured on Zen 4 with 64 input channels (the bench's 64->128 layer); the ResNet's narrower
+    strided layers keep the direct kernel or GEMM, AVX2 and the baseline build the GEMM's rule.
+    w shapes (O, C, 3, 3)."""
+    applies = numpy_spatial._s2_filter
+    backend = jp.backend("numpy")
+    monkeypatch.setattr(kernels, "isa", 2)
+    s2, one, pad = (2, 2), (1, 1), (1, 1)
+    assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1) and applies(backend, (64, 128, 3, 3), s2, (0, 0), one, 1)
+    assert not applies(backend, (64, 32, 3, 3), s2, pad, one, 1)
+    assert not applies(backend, (128, 64, 3, 3), one, pad, one, 1)
+    assert not applies(backend, (128, 64, 3, 3), s2, pad, s2, 1)
+    assert not applies(backend, (128, 32, 3, 3), s2, pad, one, 2)
+    assert not applies(backend, (128, 64, 5, 5), s2, pad, one, 1)
+    assert not applies(backend, (128, 64, 3, 3), (3, 3), pad, one, 1)
+    for isa in (1, 0):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert not applies(backend, (128, 64, 3, 3), s2, pad, one, 1)
+
+
+@needs_kernels
+def test_stride_2_phase_weight_gradient_kernel_refuses_what_it_does_not_compute():
+    dy, m = np.zeros((1, 2, 4, 4), np.float32), np.zeros((9, 20), np.float32)
+    ok = (3, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4)
+    kernels.s2_grad(m, dy, ok, 2, 1, 0, 1, 2, 2, 20)
+    with pytest.raises(ValueError, match="s2 kernels"):  # stride 1
+        kernels.s2_grad(m, dy, (3, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4), 2, 1, 0, 1, 2, 2, 20)
+    with pytest.raises(ValueError, match="s2 kernels"):  # wrong tile count
+        kernels.s2_grad(m, dy, ok, 2, 1, 0, 1, 2, 3, 20)
+    with pytest.raises(ValueError, match=r"s2_grad: ks: slices of m 4 apart overlap \(need at least 8\)"):
+        kernels.s2_grad(m, dy, ok, 2, 1, 0, 1, 2, 2, 4)
+    with pytest.raises(ValueError, match="dy: expected at least 32 items"):
+        kernels.s2_grad(m, dy.ravel()[:31], ok, 2, 1, 0, 1, 2, 2, 20)
+    with pytest.raises(ValueError, match="m: expected at least 168 items"):
+        kernels.s2_grad(m.ravel()[:167], dy, ok, 2, 1, 0, 1, 2, 2, 20)
+
+
+@needs_kernels
+def test_stride_2_phase_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", 1)
+    _steady_steps_allocate_nothing(monkeypatch, "_s2_backward_filter", [L.Conv2d(16, 3, padding=1), L.ReLU(),
+                                   L.Conv2d(8, 3, stride=2, padding=1)], (8, 9, 9), (8, 5, 5), isa=2)
+
+
+@needs_kernels
 def test_stride_2_phase_winograd_training_step_allocates_no_backend_buffers(monkeypatch):
     from juicepy import layers as L
 
@@ -1189,7 +1266,8 @@ ISAS = ("baseline", "avx2", "avx512")
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
-              "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm")
+              "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
+              "or stride_2_phase_weight_gradient_matches")
 
 
 def _with_isa(value, *args):
