@@ -912,14 +912,17 @@ static int direct_512_8x2(const Geometry *g)
     }
 
 /* The GEMMs of a tiled (Winograd) conv, m[k] = u[k] v[k] for each of ``positions`` positions k:
- * u (positions, O, C), v's and m's slices (C, P) and (O, P) vs and ms items apart. Same blocks as
- * the pointwise conv (the 1x1 conv is this product with one position); one call for all. */
+ * u (positions, O, uc), of which position k multiplies its first depth[k] columns (all C of them
+ * where ``depth`` is NULL: u (positions, O, C)) with v's slice (depth[k], P), into m's (O, P); the
+ * slices vs and ms items apart. Same blocks as the pointwise conv (the 1x1 conv is this product
+ * with one position); one call for all. */
 #define DEFINE_TILE_GEMM(NAME, GEMM, ATTR, T)                                                      \
     ATTR static void NAME(const T *restrict u, const T *restrict v, T *restrict m, I positions, I o, \
-                          I c, I p, I vs, I ms)                                                   \
+                          I c, I p, I vs, I ms, const I *depth, I uc)                             \
     {                                                                                              \
         for (I k = 0; k < positions; k++)                                                         \
-            GEMM(v + k * vs, u + k * o * c, m + k * ms, c, o, p, c, 1, 0, NULL, NULL, 0, NULL);   \
+            GEMM(v + k * vs, u + k * o * uc, m + k * ms, depth ? depth[k] : c, o, p, uc, 1, 0, NULL, NULL, 0, \
+                 NULL);                                                                           \
     }
 
 #define DEFINE_PW_ISA(SUFFIX, ATTR, T, V, OB, NV)                                                  \
@@ -2996,40 +2999,53 @@ static int overlap(const void *a, I na, const void *b, I nb)
 }
 
 /* (u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] v[k] for k < positions, u (positions, O, C),
- * v's slices (C, P) and m's (O, P) vs and ms items apart (_tile_run's GEMMs). */
-static PyObject *py_tile_gemm(PyObject *self, PyObject *args)
+ * v's slices (C, P) and m's (O, P) vs and ms items apart (_tile_run's GEMMs); with ``s2`` (no
+ * positions argument: 9) the phase Winograd's, u (9, O, 4C) and position k's depth S2_DEPTH[k] C
+ * (s2_row). */
+static PyObject *tile_gemm_call(PyObject *args, int s2)
 {
+    static const I s2_depth[9] = {4, 2, 4, 2, 1, 2, 4, 2, 4};
+    const char *name = s2 ? "s2_gemm" : "tile_gemm";
     PyObject *uo, *vo, *mo;
-    I positions, o, c, p, vs, ms;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms)) return NULL;
+    I positions = 9, o, c, p, vs, ms;
+    if (!(s2 ? PyArg_ParseTuple(args, "OOOnnnnn", &uo, &vo, &mo, &o, &c, &p, &vs, &ms)
+             : PyArg_ParseTuple(args, "OOOnnnnnn", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms)))
+        return NULL;
     if (positions < 1 || o < 1 || c < 1 || p < 1) {
-        PyErr_Format(PyExc_ValueError, "tile_gemm: positions, O, C, P must be positive, got %zd, %zd, %zd, %zd",
+        PyErr_Format(PyExc_ValueError, "%s: positions, O, C, P must be positive, got %zd, %zd, %zd, %zd", name,
                      positions, o, c, p);
         return NULL;
     }
-    if (vs < c * p || ms < o * p) {
-        PyErr_Format(PyExc_ValueError, "tile_gemm: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
-                     "got %zd and %zd)", c * p, o * p, vs, ms);
+    const I uc = s2 ? 4 * c : c; /* u's row, and the deepest slice of v */
+    I depth[9];
+    for (I k = 0; s2 && k < 9; k++) depth[k] = s2_depth[k] * c;
+    if (vs < uc * p || ms < o * p) {
+        PyErr_Format(PyExc_ValueError, "%s: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
+                     "got %zd and %zd)", name, uc * p, o * p, vs, ms);
         return NULL;
     }
     Py_buffer u, v, m;
-    if (get_three(uo, &u, 0, positions * o * c, "u", vo, &v, 0, (positions - 1) * vs + c * p, "v", mo, &m, 1,
+    if (get_three(uo, &u, 0, positions * o * uc, "u", vo, &v, 0, (positions - 1) * vs + uc * p, "v", mo, &m, 1,
                   (positions - 1) * ms + o * p, "m") < 0)
         return NULL;
     if (overlap(m.buf, m.len, u.buf, u.len) || overlap(m.buf, m.len, v.buf, v.len)) {
         release_three(&u, &v, &m);
-        PyErr_SetString(PyExc_ValueError, "tile_gemm: m: expected a buffer apart from u and v");
+        PyErr_Format(PyExc_ValueError, "%s: m: expected a buffer apart from u and v", name);
         return NULL;
     }
+    const I *depths = s2 ? depth : NULL;
     Py_BEGIN_ALLOW_THREADS
     if (u.itemsize == 4)
-        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms);
+        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
     else
-        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms);
+        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
     Py_END_ALLOW_THREADS
     release_three(&u, &v, &m);
     Py_RETURN_NONE;
 }
+
+static PyObject *py_tile_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 0); }
+static PyObject *py_s2_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 1); }
 
 static PyObject *py_epilogue(PyObject *self, PyObject *args)
 {
@@ -3118,6 +3134,8 @@ static PyMethodDef methods[] = {
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the weight "
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},
+    {"s2_gemm", py_s2_gemm, METH_VARARGS,
+     "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},
     {"tile_gemm", py_tile_gemm, METH_VARARGS,
      "tile_gemm(u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] @ v[k], the GEMMs of a tiled conv"},
     {"direct_conv", py_direct_conv, METH_VARARGS,

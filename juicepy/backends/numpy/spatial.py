@@ -617,11 +617,15 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
 S2_MIN_CHANNELS = 64
 
 
+#: the instruction sets (``isa``) _s2_forward runs on: AVX2 (its GEMMs on np.matmul) and AVX-512
+#: (on s2_gemm's register blocks, one call per chunk), where each was measured to win (docs/numpy.md)
+S2_ISAS = (1, 2)
+
+
 def _s2(backend, plan) -> bool:
     """Whether a 3x3 stride-2 forward runs as F(2x2, 2x2) on its phases (_s2_forward): undilated,
-    ungrouped, padding >= 0, S2_MIN_CHANNELS input channels, on AVX2 (``isa`` 1), where it was
-    measured."""
-    return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+    ungrouped, padding >= 0, S2_MIN_CHANNELS input channels, on S2_ISAS."""
+    return backend.conv_kernels.isa in S2_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
         and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
         and plan.c >= S2_MIN_CHANNELS
 
@@ -954,13 +958,14 @@ TILE_GEMM_MIN_DEPTH = 64
 
 def _tile_gemm(backend, t, n_in, chunks) -> bool:
     """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
-    position of depth n_in, at least TILE_GEMM_MIN_DEPTH of them, on AVX-512 (``isa`` 2), where the
-    register blocks were measured to win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv);
-    only with a chunk for every lane, each lane's BLAS on one thread: a lone chunk's np.matmul
-    runs on all of BLAS's threads, tile_gemm on one."""
+    position of depth n_in (or the phase Winograd's S2_DEPTHS, on s2_gemm), at least
+    TILE_GEMM_MIN_DEPTH of them, on AVX-512 (``isa`` 2), where the register blocks were measured to
+    win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv); only with a chunk for every
+    lane, each lane's BLAS on one thread: a lone chunk's np.matmul runs on all of BLAS's threads,
+    tile_gemm on one."""
     lanes = _num_threads()
-    return backend.conv_kernels.isa == 2 and set(t.depths) == {1} and n_in >= TILE_GEMM_MIN_DEPTH \
-        and len(chunks) >= lanes and _gemm_lanes() == lanes
+    return backend.conv_kernels.isa == 2 and (set(t.depths) == {1} or t.depths == S2_DEPTHS) \
+        and n_in >= TILE_GEMM_MIN_DEPTH and len(chunks) >= lanes and _gemm_lanes() == lanes
 
 
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
@@ -988,8 +993,10 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
         for n0, n1 in chunks[lo:hi]:
             p = (n1 - n0) * tiles
             t.input(v, n0, n1, vs, rows)
-            if blocked:
+            if blocked and uniform:
                 backend.conv_kernels.tile_gemm(u, v, m, positions, n_out, n_in, p, vs, ms)
+            elif blocked:
+                backend.conv_kernels.s2_gemm(u, v, m, n_out, n_in, p, vs, ms)
             elif uniform:
                 np.matmul(u, _view(v[:, :width * p], (positions, width, p)),
                           out=_view(m[:, :n_out * p], (positions, n_out, p)))
