@@ -912,14 +912,17 @@ static int direct_512_8x2(const Geometry *g)
     }
 
 /* The GEMMs of a tiled (Winograd) conv, m[k] = u[k] v[k] for each of ``positions`` positions k:
- * u (positions, O, C), v's and m's slices (C, P) and (O, P) vs and ms items apart. Same blocks as
- * the pointwise conv (the 1x1 conv is this product with one position); one call for all. */
+ * u (positions, O, uc), of which position k multiplies its first depth[k] columns (all C of them
+ * where ``depth`` is NULL: u (positions, O, C)) with v's slice (depth[k], P), into m's (O, P); the
+ * slices vs and ms items apart. Same blocks as the pointwise conv (the 1x1 conv is this product
+ * with one position); one call for all. */
 #define DEFINE_TILE_GEMM(NAME, GEMM, ATTR, T)                                                      \
     ATTR static void NAME(const T *restrict u, const T *restrict v, T *restrict m, I positions, I o, \
-                          I c, I p, I vs, I ms)                                                   \
+                          I c, I p, I vs, I ms, const I *depth, I uc)                             \
     {                                                                                              \
         for (I k = 0; k < positions; k++)                                                         \
-            GEMM(v + k * vs, u + k * o * c, m + k * ms, c, o, p, c, 1, 0, NULL, NULL, 0, NULL);   \
+            GEMM(v + k * vs, u + k * o * uc, m + k * ms, depth ? depth[k] : c, o, p, uc, 1, 0, NULL, NULL, 0, \
+                 NULL);                                                                           \
     }
 
 #define DEFINE_PW_ISA(SUFFIX, ATTR, T, V, OB, NV)                                                  \
@@ -2130,7 +2133,41 @@ static I s2_output_rows(I tw) { return 4 * tw; }
             }                                                                                  \
     }
 
+/* m[pos*ks + a*np + (n - n0)*tiles + tile] = A dY A^T of dy's 2x2 tiles for samples [n0, n1)
+ * (A's rows (1, 0), (1, 1), (0, 1)): the adjoint of s2_output, the weight gradient's dy tiles;
+ * the outputs past Ho x Wo read as zeros. */
+#define DEFINE_S2_GRAD(NAME, T)                                                                \
+    static void NAME(const T *restrict dy, T *restrict m, const Geometry *g, I o, I n0, I n1,  \
+                     I th, I tw, I ks)                                                         \
+    {                                                                                          \
+        const I tiles = th * tw, np = (n1 - n0) * tiles;                                       \
+        for (I n = n0; n < n1; n++)                                                            \
+            for (I a = 0; a < o; a++) {                                                        \
+                const T *plane = dy + (n * o + a) * g->ho * g->wo;                             \
+                T *e = m + a * np + (n - n0) * tiles;                                          \
+                for (I ty = 0; ty < th; ty++)                                                  \
+                    for (I tx = 0; tx < tw; tx++) {                                            \
+                        T y[2][2];                                                             \
+                        for (int i = 0; i < 2; i++)                                            \
+                            for (int j = 0; j < 2; j++) {                                      \
+                                const I r = 2 * ty + i, q = 2 * tx + j;                        \
+                                y[i][j] = r < g->ho && q < g->wo ? plane[r * g->wo + q] : (T)0; \
+                            }                                                                  \
+                        const T s[3][2] = {{y[0][0], y[0][1]}, {y[0][0] + y[1][0], y[0][1] + y[1][1]}, \
+                                           {y[1][0], y[1][1]}};                                \
+                        T *at = e + ty * tw + tx;                                              \
+                        for (int p = 0; p < 3; p++) {                                          \
+                            at[(p * 3) * ks] = s[p][0];                                        \
+                            at[(p * 3 + 1) * ks] = s[p][0] + s[p][1];                          \
+                            at[(p * 3 + 2) * ks] = s[p][1];                                    \
+                        }                                                                      \
+                    }                                                                          \
+            }                                                                                  \
+    }
+
 DEFINE_S2_WEIGHTS(s2_weights_f32, float)
+DEFINE_S2_GRAD(s2_grad_f32, float)
+DEFINE_S2_GRAD(s2_grad_f64, double)
 DEFINE_S2_WEIGHTS(s2_weights_f64, double)
 DEFINE_S2_COLUMNS(s2_columns_f32_256, ISA_256, float, s2_f32)
 DEFINE_S2_COLUMNS(s2_columns_f64_256, ISA_256, double, s2_f64)
@@ -2424,6 +2461,16 @@ static int s2_weights_f64_call(const TileCall *t)
     s2_weights_f64(t->a.buf, t->b.buf, t->na, t->nb);
     return 0;
 }
+static int s2_grad_f32_call(const TileCall *t)
+{
+    s2_grad_f32(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_grad_f64_call(const TileCall *t)
+{
+    s2_grad_f64(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
 static int s2_input_f32_call(const TileCall *t)
 {
     S2_CALL(s2_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
@@ -2473,6 +2520,12 @@ static const TileFamily S2 = {
     "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, 0, s2_input_rows, s2_output_rows,
     {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
     {s2_output_f32_call, s2_output_f64_call}};
+
+/* The weight gradient's: s2_input as the forward's, its taps in NumPy (spatial.py) */
+static const TileFamily S2_FILTER = {
+    "s2_weights", "s2_input", "s2_grad", check_s2, 9, 4, 0, 0, 1, s2_input_rows, NULL,
+    {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
+    {s2_grad_f32_call, s2_grad_f64_call}};
 
 /* (w, u, A, B[, flip]): u[slices][A][depth * B] of w (A, B, 3, 3) (flip: (B, A, 3, 3)). */
 static int tile_weights_args(PyObject *args, const TileFamily *f, TileCall *t)
@@ -2571,6 +2624,7 @@ TILE_ENTRY(py_winograd_grad, WINOGRAD_FILTER, output)
 TILE_ENTRY(py_s2_weights, S2, weights)
 TILE_ENTRY(py_s2_input, S2, input)
 TILE_ENTRY(py_s2_output, S2, output)
+TILE_ENTRY(py_s2_grad, S2_FILTER, output)
 
 static int check_wg(const Geometry *g, I th, I tw, I m, I nmats)
 {
@@ -2945,40 +2999,53 @@ static int overlap(const void *a, I na, const void *b, I nb)
 }
 
 /* (u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] v[k] for k < positions, u (positions, O, C),
- * v's slices (C, P) and m's (O, P) vs and ms items apart (_tile_run's GEMMs). */
-static PyObject *py_tile_gemm(PyObject *self, PyObject *args)
+ * v's slices (C, P) and m's (O, P) vs and ms items apart (_tile_run's GEMMs); with ``s2`` (no
+ * positions argument: 9) the phase Winograd's, u (9, O, 4C) and position k's depth S2_DEPTH[k] C
+ * (s2_row). */
+static PyObject *tile_gemm_call(PyObject *args, int s2)
 {
+    static const I s2_depth[9] = {4, 2, 4, 2, 1, 2, 4, 2, 4};
+    const char *name = s2 ? "s2_gemm" : "tile_gemm";
     PyObject *uo, *vo, *mo;
-    I positions, o, c, p, vs, ms;
-    if (!PyArg_ParseTuple(args, "OOOnnnnnn", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms)) return NULL;
+    I positions = 9, o, c, p, vs, ms;
+    if (!(s2 ? PyArg_ParseTuple(args, "OOOnnnnn", &uo, &vo, &mo, &o, &c, &p, &vs, &ms)
+             : PyArg_ParseTuple(args, "OOOnnnnnn", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms)))
+        return NULL;
     if (positions < 1 || o < 1 || c < 1 || p < 1) {
-        PyErr_Format(PyExc_ValueError, "tile_gemm: positions, O, C, P must be positive, got %zd, %zd, %zd, %zd",
+        PyErr_Format(PyExc_ValueError, "%s: positions, O, C, P must be positive, got %zd, %zd, %zd, %zd", name,
                      positions, o, c, p);
         return NULL;
     }
-    if (vs < c * p || ms < o * p) {
-        PyErr_Format(PyExc_ValueError, "tile_gemm: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
-                     "got %zd and %zd)", c * p, o * p, vs, ms);
+    const I uc = s2 ? 4 * c : c; /* u's row, and the deepest slice of v */
+    I depth[9];
+    for (I k = 0; s2 && k < 9; k++) depth[k] = s2_depth[k] * c;
+    if (vs < uc * p || ms < o * p) {
+        PyErr_Format(PyExc_ValueError, "%s: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
+                     "got %zd and %zd)", name, uc * p, o * p, vs, ms);
         return NULL;
     }
     Py_buffer u, v, m;
-    if (get_three(uo, &u, 0, positions * o * c, "u", vo, &v, 0, (positions - 1) * vs + c * p, "v", mo, &m, 1,
+    if (get_three(uo, &u, 0, positions * o * uc, "u", vo, &v, 0, (positions - 1) * vs + uc * p, "v", mo, &m, 1,
                   (positions - 1) * ms + o * p, "m") < 0)
         return NULL;
     if (overlap(m.buf, m.len, u.buf, u.len) || overlap(m.buf, m.len, v.buf, v.len)) {
         release_three(&u, &v, &m);
-        PyErr_SetString(PyExc_ValueError, "tile_gemm: m: expected a buffer apart from u and v");
+        PyErr_Format(PyExc_ValueError, "%s: m: expected a buffer apart from u and v", name);
         return NULL;
     }
+    const I *depths = s2 ? depth : NULL;
     Py_BEGIN_ALLOW_THREADS
     if (u.itemsize == 4)
-        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms);
+        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
     else
-        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms);
+        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
     Py_END_ALLOW_THREADS
     release_three(&u, &v, &m);
     Py_RETURN_NONE;
 }
+
+static PyObject *py_tile_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 0); }
+static PyObject *py_s2_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 1); }
 
 static PyObject *py_epilogue(PyObject *self, PyObject *args)
 {
@@ -3061,9 +3128,14 @@ static PyMethodDef methods[] = {
     {"s2_output", py_s2_output, METH_VARARGS,
      "s2_output(m, out, geometry, O, N, n0, n1, th, tw, ks, rows): out = the products m transformed back "
      "(rows: scratch of 4 * tw items of out's dtype)"},
+    {"s2_grad", py_s2_grad, METH_VARARGS,
+     "s2_grad(m, dy, geometry, O, N, n0, n1, th, tw, ks): m[pos*ks:] = dy's 2x2 tiles as A dY A^T, the adjoint "
+     "of s2_output (the 3x3 stride-2 weight gradient's)"},
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the weight "
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},
+    {"s2_gemm", py_s2_gemm, METH_VARARGS,
+     "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},
     {"tile_gemm", py_tile_gemm, METH_VARARGS,
      "tile_gemm(u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] @ v[k], the GEMMs of a tiled conv"},
     {"direct_conv", py_direct_conv, METH_VARARGS,

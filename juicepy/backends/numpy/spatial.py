@@ -617,11 +617,15 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
 S2_MIN_CHANNELS = 64
 
 
+#: the instruction sets (``isa``) _s2_forward runs on: AVX2 (its GEMMs on np.matmul) and AVX-512
+#: (on s2_gemm's register blocks, one call per chunk), where each was measured to win (docs/numpy.md)
+S2_ISAS = (1, 2)
+
+
 def _s2(backend, plan) -> bool:
     """Whether a 3x3 stride-2 forward runs as F(2x2, 2x2) on its phases (_s2_forward): undilated,
-    ungrouped, padding >= 0, S2_MIN_CHANNELS input channels, on AVX2 (``isa`` 1), where it was
-    measured."""
-    return backend.conv_kernels.isa == 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+    ungrouped, padding >= 0, S2_MIN_CHANNELS input channels, on S2_ISAS."""
+    return backend.conv_kernels.isa in S2_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
         and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
         and plan.c >= S2_MIN_CHANNELS
 
@@ -678,10 +682,94 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
         runs.append(_direct_backward_filter)
         if tuple(stride) == (1, 1) and _winograd_filter(backend, dw.shape, dilation, groups):
             runs.append(_winograd_backward_filter)
+        elif _s2_filter(backend, dw.shape, stride, padding, dilation, groups):
+            runs.append(_s2_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     channels = max(x.shape[1] // groups, dw.shape[0])
     runs[_algorithm("filter", len(runs), dy.shape[2:], backend.conv_kernels.isa, channels, tuple(stride) != (1, 1))](
         *args, dw, accumulate, ws)
+
+
+#: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter: measured
+#: to win at 64 on AVX-512 (docs/numpy.md)
+S2_FILTER_MIN_CHANNELS = 64
+#: the instruction sets (``isa``) it runs on: measured on Zen 4 (AVX-512) only
+S2_FILTER_ISAS = (2,)
+#: samples per chunk of _s2_backward_filter (measured: 4 against 1, 2 and 8, docs/numpy.md)
+S2_FILTER_SAMPLES = 4
+
+
+def _s2_filter(backend, w_shape, stride, padding, dilation, groups) -> bool:
+    """Whether a weight gradient runs as the adjoint of the phase Winograd (_s2_backward_filter):
+    3x3, stride 2, undilated, ungrouped, padding >= 0, S2_FILTER_MIN_CHANNELS input channels, on
+    S2_FILTER_ISAS."""
+    return backend.conv_kernels.isa in S2_FILTER_ISAS and tuple(w_shape[2:]) == (3, 3) and groups == 1 \
+        and tuple(stride) == (2, 2) and tuple(dilation) == (1, 1) and min(padding) >= 0 \
+        and w_shape[1] >= S2_FILTER_MIN_CHANNELS
+
+
+#: F(2x2, 2x2)'s taps as sums of the weight gradient's GEMM products: tap (i, j) of the 3x3 kernel
+#: is the sum of segment ``seg`` (the phase: 0 00, 1 01, 2 10, 3 11, as _conv_kernels.c's s2_row)
+#: of four positions (p*3 + q): G's rows are g0, g0 + g1, g1, so tap 0 of a 2-tap side gets
+#: positions 0 and 1, tap 2 positions 1 and 2; the 1-tap side's tap gets positions 0 and 2
+#: (s2_weights writes its value at both)
+S2_TAP_SUMS = {(0, 0): (0, (0, 1, 3, 4)), (0, 2): (0, (1, 2, 4, 5)), (2, 0): (0, (3, 4, 6, 7)),
+               (2, 2): (0, (4, 5, 7, 8)), (0, 1): (1, (0, 2, 3, 5)), (2, 1): (1, (3, 5, 6, 8)),
+               (1, 0): (2, (0, 1, 6, 7)), (1, 2): (2, (1, 2, 7, 8)), (1, 1): (3, (0, 2, 6, 8))}
+
+
+def _s2_row(p, q, seg):
+    """_conv_kernels.c's s2_row in input-channel blocks: where segment ``seg`` of position (p, q)
+    starts in that position's GEMM rows."""
+    return (seg >= 1 and q % 2 == 0) + (seg >= 2 and p % 2 == 0) + (seg >= 3)
+
+
+def _s2_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
+    """dw (+)= the 3x3 stride-2 weight gradient as the adjoint of _s2_forward's F(2x2, 2x2) on
+    the phases: per chunk of samples, the forward's input tiles (s2_input) and dy's tiles
+    (s2_grad, its adjoint of s2_output), 9 GEMMs (K(p, q) rows, tiles) x (tiles, O) summed over the chunks of a lane (25
+    multiply-adds per tile, input and output channel instead of 36), the lanes' sums added in
+    lane order (a fixed summation order for a given lane count), then the taps (S2_TAP_SUMS)."""
+    geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
+    n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
+    th, tw = (dy.shape[2] + 1) // 2, (dy.shape[3] + 1) // 2
+    tiles = th * tw
+    per, chunks = _sample_chunks(n, tiles, S2_FILTER_SAMPLES * tiles)
+    # a cache line more than the slices' size apart (see _tile_run)
+    vs, ms = 4 * c * per * tiles + 16, o * per * tiles + 16
+    starts = tuple(c * sum(S2_DEPTHS[:pos]) for pos in range(10))  # each position's rows in a lane's sum
+    totals = {}
+
+    def lane(lo, hi, k):
+        totals[k] = total = scratch(ws, backend, f"conv_s2_wgrad_sum/{k}", (starts[-1], o), dw.dtype)
+        part = scratch(ws, backend, f"conv_s2_wgrad_part/{k}", (4 * c * o,), dw.dtype)
+        v = scratch(ws, backend, f"conv_s2_wgrad_v/{k}", (9, vs), x.dtype)
+        m = scratch(ws, backend, f"conv_s2_wgrad_m/{k}", (9, ms), dy.dtype)
+        rows = scratch(ws, backend, f"conv_s2_wgrad_rows/{k}", (7 * (4 * tw + 4),), x.dtype)
+        for index, (n0, n1) in enumerate(chunks[lo:hi]):
+            p = (n1 - n0) * tiles
+            kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows)
+            kernels.s2_grad(m, dy, geometry, o, n, n0, n1, th, tw, ms)
+            for pos in range(9):
+                kk = starts[pos + 1] - starts[pos]
+                into = total[starts[pos]:starts[pos + 1]] if index == 0 else _view(part[:kk * o], (kk, o))
+                np.matmul(_view(v[pos, :kk * p], (kk, p)), _view(m[pos, :o * p], (o, p)).T, out=into)
+                if index:
+                    total[starts[pos]:starts[pos + 1]] += into
+
+    lanes = _run_gemm_pieces(len(chunks), lane)
+    total = totals[0]
+    for k in range(1, lanes):
+        total += totals[k]
+    taps = scratch(ws, backend, "conv_s2_wgrad_taps", w_shape, dw.dtype)
+    tap_sum = scratch(ws, backend, "conv_s2_wgrad_tap", (c, o), dw.dtype)
+    for (i, j), (seg, positions) in S2_TAP_SUMS.items():
+        blocks = [total[starts[pos] + _s2_row(pos // 3, pos % 3, seg) * c:][:c] for pos in positions]
+        np.add(blocks[0], blocks[1], out=tap_sum)
+        tap_sum += blocks[2]
+        tap_sum += blocks[3]
+        np.copyto(taps[:, :, i, j], tap_sum.T)
+    backend.store(taps, dw, accumulate)
 
 
 def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -866,13 +954,14 @@ TILE_GEMM_MIN_DEPTH = 64
 
 def _tile_gemm(backend, t, n_in, chunks) -> bool:
     """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
-    position of depth n_in, at least TILE_GEMM_MIN_DEPTH of them, on AVX-512 (``isa`` 2), where the
-    register blocks were measured to win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv);
-    only with a chunk for every lane, each lane's BLAS on one thread: a lone chunk's np.matmul
-    runs on all of BLAS's threads, tile_gemm on one."""
+    position of depth n_in (or the phase Winograd's S2_DEPTHS, on s2_gemm), at least
+    TILE_GEMM_MIN_DEPTH of them, on AVX-512 (``isa`` 2), where the register blocks were measured to
+    win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv); only with a chunk for every
+    lane, each lane's BLAS on one thread: a lone chunk's np.matmul runs on all of BLAS's threads,
+    tile_gemm on one."""
     lanes = _num_threads()
-    return backend.conv_kernels.isa == 2 and set(t.depths) == {1} and n_in >= TILE_GEMM_MIN_DEPTH \
-        and len(chunks) >= lanes and _gemm_lanes() == lanes
+    return backend.conv_kernels.isa == 2 and (set(t.depths) == {1} or t.depths == S2_DEPTHS) \
+        and n_in >= TILE_GEMM_MIN_DEPTH and len(chunks) >= lanes and _gemm_lanes() == lanes
 
 
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
@@ -900,8 +989,10 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
         for n0, n1 in chunks[lo:hi]:
             p = (n1 - n0) * tiles
             t.input(v, n0, n1, vs, rows)
-            if blocked:
+            if blocked and uniform:
                 backend.conv_kernels.tile_gemm(u, v, m, positions, n_out, n_in, p, vs, ms)
+            elif blocked:
+                backend.conv_kernels.s2_gemm(u, v, m, n_out, n_in, p, vs, ms)
             elif uniform:
                 np.matmul(u, _view(v[:, :width * p], (positions, width, p)),
                           out=_view(m[:, :n_out * p], (positions, n_out, p)))

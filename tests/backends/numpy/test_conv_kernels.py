@@ -472,6 +472,38 @@ def test_tile_gemm_matches_a_float64_reference(case, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [(1, 1, 1), (7, 3, 37), (9, 16, 130)], ids=["1x1x1", "odd", "wider"])
+def test_s2_gemm_matches_a_float64_reference(case, dtype):
+    """s2_gemm (the phase Winograd's 9 GEMMs on the pointwise kernel's blocks, position k
+    multiplying the first S2_DEPTHS[k] x C columns of u (9, O, 4C)) against einsum in float64;
+    the columns past a position's depth are never read, m's gaps stay as they were."""
+    o, c, p = case
+    rng = np.random.default_rng(34)
+    u, v = rng.standard_normal((9, o, 4 * c)), rng.standard_normal((9, 4 * c, p))
+    depths = [d * c for d in numpy_spatial.S2_DEPTHS]
+    want = np.stack([u[k, :, :kk] @ v[k, :kk] for k, kk in enumerate(depths)])
+    for k, kk in enumerate(depths):
+        u[k, :, kk:] = np.nan
+    vs, ms = 4 * c * p + 5, o * p + 7
+    vbuf = np.full((9, vs), np.nan, dtype)
+    for k, kk in enumerate(depths):
+        vbuf[k, :kk * p] = v[k, :kk].ravel()
+    m = np.full((9, ms), np.nan, dtype)
+    kernels.s2_gemm(u.astype(dtype), vbuf, m, o, c, p, vs, ms)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(m[:, :o * p].reshape(9, o, p), want, rtol=tol, atol=tol * np.abs(want).max())
+    assert np.isnan(m[:, o * p:]).all()
+    u32 = np.ones((9, 3, 8), np.float32)
+    with pytest.raises(ValueError, match=r"s2_gemm: vs, ms: slices of v and m overlap \(need at least 40 and 15"):
+        kernels.s2_gemm(u32, np.ones((9, 40), np.float32), np.zeros((9, 15), np.float32), 3, 2, 5, 39, 15)
+    with pytest.raises(ValueError, match="s2_gemm: positions, O, C, P must be positive"):
+        kernels.s2_gemm(u32, np.ones((9, 40), np.float32), np.zeros((9, 15), np.float32), 3, 0, 5, 40, 15)
+    with pytest.raises(ValueError, match="u: expected at least 216"):
+        kernels.s2_gemm(u32[:8], np.ones((9, 40), np.float32), np.zeros((9, 15), np.float32), 3, 2, 5, 40, 15)
+
+
+@needs_kernels
 def test_tile_gemm_refuses_what_it_does_not_compute():
     """Clear errors naming the argument; nothing written on a refused call."""
     u, v = np.ones((2, 3, 4), np.float32), np.ones((2, 4 * 5), np.float32)
@@ -496,9 +528,10 @@ def test_tile_gemm_refuses_what_it_does_not_compute():
 
 @needs_kernels
 def test_tile_gemm_only_on_avx512_for_deep_uniform_products_with_a_chunk_per_lane(monkeypatch):
-    """_tile_run's GEMMs run on tile_gemm on AVX-512 with TILE_GEMM_MIN_DEPTH input channels (with
-    32 BLAS won) and a chunk for each lane, never for F(2x2, 2x2)'s mixed depths, on AVX2 or the
-    baseline, for fewer chunks than lanes (BLAS's threads) or where BLAS threads cannot be limited."""
+    """_tile_run's GEMMs run on tile_gemm (F(2x2, 2x2)'s mixed depths on s2_gemm) on AVX-512 with
+    TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won) and a chunk for each lane, never for
+    other mixed depths, on AVX2 or the baseline, for fewer chunks than lanes (BLAS's threads) or
+    where BLAS threads cannot be limited."""
     backend = jp.backend("numpy")
 
     def transforms(depths):
@@ -512,7 +545,9 @@ def test_tile_gemm_only_on_avx512_for_deep_uniform_products_with_a_chunk_per_lan
     two = [(0, 1), (1, 2)]
     assert applies(backend, wino, deep, two) and applies(backend, transforms((1,) * 36), 2 * deep, two)
     assert not applies(backend, transforms((1,) * 36), 32, two)
-    assert not applies(backend, transforms(numpy_spatial.S2_DEPTHS), deep, two)
+    assert applies(backend, transforms(numpy_spatial.S2_DEPTHS), deep, two)
+    assert not applies(backend, transforms(numpy_spatial.S2_DEPTHS), 32, two)
+    assert not applies(backend, transforms((1, 2) * 8), deep, two)
     assert not applies(backend, wino, deep, two[:1])
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
     assert not applies(backend, wino, deep, two)
@@ -898,7 +933,8 @@ def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
 @needs_kernels
 def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
     """F(2x2, 2x2) on the phases: 3x3, stride 2, no dilation or groups, S2_MIN_CHANNELS input
-    channels, AVX2; the ResNet's narrower strided convs keep the direct kernel."""
+    channels, AVX2 and AVX-512 (not the baseline build); the ResNet's narrower strided convs keep
+    the direct kernel."""
     backend = jp.backend("numpy")
 
     def plan(c, k=3, s=2, dilation=1, groups=1):
@@ -912,6 +948,8 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
     assert not applies(backend, plan(64, s=1)) and not applies(backend, plan(64, dilation=2))
     assert not applies(backend, plan(64, groups=2))
     monkeypatch.setattr(kernels, "isa", 2)
+    assert applies(backend, plan(64)) and not applies(backend, plan(32))
+    monkeypatch.setattr(kernels, "isa", 0)
     assert not applies(backend, plan(64))
 
 
@@ -920,16 +958,22 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
                                    (1, 2, 3, 3, 2, 1), (1, 3, 9, 32, 2, 1), (2, 2, 6, 71, 3, 0)],
                          ids=["even", "odd-sizes", "no-padding", "padding-2", "one-output", "8-tile-block",
                               "blocks-and-rest"])
-def test_stride_2_phase_winograd_matches_the_reference(shape, monkeypatch):
+@pytest.mark.parametrize("isa", [1, 2], ids=["matmul", "s2_gemm"])
+def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     """The 3x3 stride-2 forward as F(2x2, 2x2) on its phases: in float64 to rounding, in float32
     within 2e-5 of the largest output (its transforms only add, so about the direct kernel's
     error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue. Rows of 8+
-    tiles (16+ outputs) run the transforms' vector blocks, with the tiles past them one by one."""
+    tiles (16+ outputs) run the transforms' vector blocks, with the tiles past them one by one.
+    Its GEMMs on np.matmul (AVX2's rule) or, with a chunk for each lane, on s2_gemm (AVX-512's)."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(21)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3)) / np.sqrt(c * 9)
     bias = rng.standard_normal(o)
-    monkeypatch.setattr(kernels, "isa", 1)
+    monkeypatch.setattr(kernels, "isa", isa)
+    monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
+    blocked = []
+    s2_gemm = kernels.s2_gemm
+    monkeypatch.setattr(kernels, "s2_gemm", lambda *a: (blocked.append(1), s2_gemm(*a))[1])
     monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_TILES", 8)  # chunks of one or two samples
     picked = []
@@ -946,6 +990,9 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, monkeypatch):
 
     results = {dtype: (forward(dtype), forward(dtype, relu=True)) for dtype in (np.float64, np.float32)}
     assert len(picked) == 4
+    lanes = numpy_spatial._num_threads()
+    chunks = len(numpy_spatial._sample_chunks(n, -(-ho // 2) * -(-wo // 2), 8)[1])
+    assert bool(blocked) == (isa == 2 and chunks >= lanes and numpy_spatial._gemm_lanes() == lanes)
     monkeypatch.setattr(b, "conv_kernels", None)
     reference = forward(np.float64), forward(np.float64, relu=True)
     for exact, single, want in zip(results[np.float64], results[np.float32], reference):
@@ -1180,6 +1227,83 @@ def test_winograd_transforms_refuse_arguments_that_do_not_fit():
 
 
 @needs_kernels
+@pytest.mark.parametrize("shape", [(3, 5, 16, 16, 7, 1), (1, 6, 13, 11, 5, 1), (2, 3, 10, 9, 4, 0), (2, 4, 7, 8, 3, 2),
+                                   (1, 2, 3, 3, 2, 1), (3, 3, 9, 32, 2, 1)],
+                         ids=["even", "batch-1-odd-sizes", "no-padding", "padding-2", "one-output", "wide-rows"])
+@pytest.mark.parametrize("samples", [1, numpy_spatial.S2_FILTER_SAMPLES], ids=["a-sample-a-chunk", "default-chunks"])
+def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, monkeypatch):
+    """The 3x3 stride-2 weight gradient as the adjoint of F(2x2, 2x2) on the phases: in float64 to
+    rounding, in float32 within 2e-6 of the largest tap (its transforms only add), alone and
+    accumulating, over one or many chunks per lane; dy's tiles past odd planes read as zeros."""
+    n, c, h, w_, o, p = shape
+    rng = np.random.default_rng(23)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_SAMPLES", samples)
+    picked = []
+    original = numpy_spatial._s2_backward_filter
+    monkeypatch.setattr(numpy_spatial, "_s2_backward_filter", lambda *a: (picked.append(1), original(*a))[1])
+    ws = Workspace()
+    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, (2, p, 1, 1), ws=ws)[2]
+               for dtype in (np.float64, np.float32)}
+    summed = _all_three(x, w, 3, (2, p, 1, 1), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
+    assert len(picked) == 3
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    want = _all_three(x, w, 3, (2, p, 1, 1))[2]
+    np.testing.assert_allclose(results[np.float64], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    assert np.abs(results[np.float32] - want).max() <= 2e-6 * np.abs(want).max()
+    np.testing.assert_allclose(summed, want + 1, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@needs_kernels
+def test_stride_2_phase_weight_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypatch):
+    """Measured on Zen 4 with 64 input channels (the bench's 64->128 layer); the ResNet's narrower
+    strided layers keep the direct kernel or GEMM, AVX2 and the baseline build the GEMM's rule.
+    w shapes (O, C, 3, 3)."""
+    applies = numpy_spatial._s2_filter
+    backend = jp.backend("numpy")
+    monkeypatch.setattr(kernels, "isa", 2)
+    s2, one, pad = (2, 2), (1, 1), (1, 1)
+    assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1) and applies(backend, (64, 128, 3, 3), s2, (0, 0), one, 1)
+    assert not applies(backend, (64, 32, 3, 3), s2, pad, one, 1)
+    assert not applies(backend, (128, 64, 3, 3), one, pad, one, 1)
+    assert not applies(backend, (128, 64, 3, 3), s2, pad, s2, 1)
+    assert not applies(backend, (128, 32, 3, 3), s2, pad, one, 2)
+    assert not applies(backend, (128, 64, 5, 5), s2, pad, one, 1)
+    assert not applies(backend, (128, 64, 3, 3), (3, 3), pad, one, 1)
+    for isa in (1, 0):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert not applies(backend, (128, 64, 3, 3), s2, pad, one, 1)
+
+
+@needs_kernels
+def test_stride_2_phase_weight_gradient_kernel_refuses_what_it_does_not_compute():
+    dy, m = np.zeros((1, 2, 4, 4), np.float32), np.zeros((9, 20), np.float32)
+    ok = (3, 8, 8, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4)
+    kernels.s2_grad(m, dy, ok, 2, 1, 0, 1, 2, 2, 20)
+    with pytest.raises(ValueError, match="s2 kernels"):  # stride 1
+        kernels.s2_grad(m, dy, (3, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 4, 4), 2, 1, 0, 1, 2, 2, 20)
+    with pytest.raises(ValueError, match="s2 kernels"):  # wrong tile count
+        kernels.s2_grad(m, dy, ok, 2, 1, 0, 1, 2, 3, 20)
+    with pytest.raises(ValueError, match=r"s2_grad: ks: slices of m 4 apart overlap \(need at least 8\)"):
+        kernels.s2_grad(m, dy, ok, 2, 1, 0, 1, 2, 2, 4)
+    with pytest.raises(ValueError, match="dy: expected at least 32 items"):
+        kernels.s2_grad(m, dy.ravel()[:31], ok, 2, 1, 0, 1, 2, 2, 20)
+    with pytest.raises(ValueError, match="m: expected at least 168 items"):
+        kernels.s2_grad(m.ravel()[:167], dy, ok, 2, 1, 0, 1, 2, 2, 20)
+
+
+@needs_kernels
+def test_stride_2_phase_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", 1)
+    _steady_steps_allocate_nothing(monkeypatch, "_s2_backward_filter", [L.Conv2d(16, 3, padding=1), L.ReLU(),
+                                   L.Conv2d(8, 3, stride=2, padding=1)], (8, 9, 9), (8, 5, 5), isa=2)
+
+
+@needs_kernels
 def test_stride_2_phase_winograd_training_step_allocates_no_backend_buffers(monkeypatch):
     from juicepy import layers as L
 
@@ -1194,7 +1318,8 @@ ISAS = ("baseline", "avx2", "avx512")
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
-              "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm")
+              "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
+              "or stride_2_phase_weight_gradient_matches or s2_gemm_matches")
 
 
 def _with_isa(value, *args):
