@@ -693,8 +693,9 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
 #: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter: measured
 #: to win at 64 on AVX-512 (docs/numpy.md)
 S2_FILTER_MIN_CHANNELS = 64
-#: the instruction sets (``isa``) it runs on: measured on Zen 4 (AVX-512) only
-S2_FILTER_ISAS = (2,)
+#: the instruction sets (``isa``) it runs on: measured on Zen 4 with both builds (the AVX2 one
+#: with OpenBLAS held to Haswell; docs/numpy.md)
+S2_FILTER_ISAS = (1, 2)
 #: samples per chunk of _s2_backward_filter (measured: 4 against 1, 2 and 8, docs/numpy.md)
 S2_FILTER_SAMPLES = 4
 
