@@ -691,7 +691,8 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
 
 
 #: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter: measured
-#: to win at 64 on AVX-512 (docs/numpy.md)
+#: to win at 64 (the ResNet's 16- and 32-channel strided layers keep the direct kernel or GEMM;
+#: docs/numpy.md)
 S2_FILTER_MIN_CHANNELS = 64
 #: the instruction sets (``isa``) it runs on: measured on Zen 4 with both builds (the AVX2 one
 #: with OpenBLAS held to Haswell; docs/numpy.md)
@@ -728,9 +729,10 @@ def _s2_row(p, q, seg):
 def _s2_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
     """dw (+)= the 3x3 stride-2 weight gradient as the adjoint of _s2_forward's F(2x2, 2x2) on
     the phases: per chunk of samples, the forward's input tiles (s2_input) and dy's tiles
-    (s2_grad, its adjoint of s2_output), 9 GEMMs (K(p, q) rows, tiles) x (tiles, O) summed over the chunks of a lane (25
-    multiply-adds per tile, input and output channel instead of 36), the lanes' sums added in
-    lane order (a fixed summation order for a given lane count), then the taps (S2_TAP_SUMS)."""
+    (s2_grad, its adjoint of s2_output), 9 GEMMs (K(p, q) rows, tiles) x (tiles, O) summed over
+    the chunks of a lane (25 multiply-adds per tile, input and output channel instead of 36),
+    the lanes' sums added in lane order (a fixed summation order for a given lane count), then
+    the taps (S2_TAP_SUMS)."""
     geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
     th, tw = (dy.shape[2] + 1) // 2, (dy.shape[3] + 1) // 2
