@@ -732,16 +732,23 @@ def test_winograd_weight_gradient_matches_the_reference(shape, chunk_bytes, monk
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_BYTES", chunk_bytes)
+    _weight_gradient_path_matches_the_fallback(monkeypatch, "_winograd_backward_filter", x, w, (1, p, 1, 1))
+
+
+def _weight_gradient_path_matches_the_fallback(monkeypatch, path, x, w, geometry):
+    """spatial's weight-gradient ``path`` runs for float64, float32 and accumulating calls of the
+    3x3 conv ``geometry`` (stride, padding, dilation, groups): in float64 to rounding, in float32
+    within 2e-6 of the largest tap, accumulating onto ones, all against the pure-NumPy fallback."""
     picked = []
-    original = numpy_spatial._winograd_backward_filter
-    monkeypatch.setattr(numpy_spatial, "_winograd_backward_filter", lambda *a: (picked.append(1), original(*a))[1])
+    original = getattr(numpy_spatial, path)
+    monkeypatch.setattr(numpy_spatial, path, lambda *a: (picked.append(1), original(*a))[1])
     ws = Workspace()
-    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, (1, p, 1, 1), ws=ws)[2]
+    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, geometry, ws=ws)[2]
                for dtype in (np.float64, np.float32)}
-    summed = _all_three(x, w, 3, (1, p, 1, 1), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
+    summed = _all_three(x, w, 3, geometry, accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
     assert len(picked) == 3
     monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    want = _all_three(x, w, 3, (1, p, 1, 1))[2]
+    want = _all_three(x, w, 3, geometry)[2]
     np.testing.assert_allclose(results[np.float64], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
     assert np.abs(results[np.float32] - want).max() <= 2e-6 * np.abs(want).max()
     np.testing.assert_allclose(summed, want + 1, rtol=1e-10, atol=1e-10 * np.abs(want).max())
@@ -1241,19 +1248,7 @@ def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, mo
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_SAMPLES", samples)
-    picked = []
-    original = numpy_spatial._s2_backward_filter
-    monkeypatch.setattr(numpy_spatial, "_s2_backward_filter", lambda *a: (picked.append(1), original(*a))[1])
-    ws = Workspace()
-    results = {dtype: _all_three(x.astype(dtype), w.astype(dtype), 3, (2, p, 1, 1), ws=ws)[2]
-               for dtype in (np.float64, np.float32)}
-    summed = _all_three(x, w, 3, (2, p, 1, 1), accumulate_into=(np.zeros_like(x), np.ones_like(w)), ws=ws)[2]
-    assert len(picked) == 3
-    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    want = _all_three(x, w, 3, (2, p, 1, 1))[2]
-    np.testing.assert_allclose(results[np.float64], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
-    assert np.abs(results[np.float32] - want).max() <= 2e-6 * np.abs(want).max()
-    np.testing.assert_allclose(summed, want + 1, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    _weight_gradient_path_matches_the_fallback(monkeypatch, "_s2_backward_filter", x, w, (2, p, 1, 1))
 
 
 @needs_kernels
