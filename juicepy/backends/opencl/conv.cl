@@ -997,8 +997,6 @@ void conv_fold_norm(const int K, __global const float *w, const int w_off,
     shift[s_off + o] = ((has_bias ? bias[b_off + o] : 0.0f) - mean[m_off + o]) * sc + (has_beta ? beta[be_off + o] : 0.0f);
 }
 
-// the input gradient of a global average pooling (the window is the whole plane, no padding):
-// dx[p, j] (+)= dy[p] / S. Launched as (S rounded up, planes).
 // global average pooling (window = plane, no padding): one work-item per plane sums it, in
 // work-groups of planes; the general kernel ran a work-group per plane with one live item of 8
 __kernel void avg_pool_global(const int planes, __global const float *x, const int x_off, const int S,
@@ -1012,6 +1010,8 @@ __kernel void avg_pool_global(const int planes, __global const float *x, const i
     out[o_off + plane] = s / (float)S;
 }
 
+// the input gradient of a global average pooling (the window is the whole plane, no padding):
+// dx[p, j] (+)= dy[p] / S. Launched as (S rounded up, planes).
 __kernel void avg_pool_global_bwd(const int S, __global const float *dy, const int dy_off,
                                   __global float *dx, const int dx_off, const int acc)
 {
