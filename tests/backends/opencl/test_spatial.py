@@ -235,6 +235,11 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     ((2, 70, 13, 10), 140, 0),
     ((1, 16, 8, 7), 6, 2),
     ((3, 8, 6, 9), 7, 0),
+    # rows of 16 outputs or more: runs of 8 tiles along a row of tiles stored as float8 pairs,
+    # a row of exactly 8 tiles per run across two images, runs crossing a row of tiles and a
+    # last row of tiles past the output's last row (output by output)
+    ((2, 5, 32, 31), 9, 1),
+    ((1, 3, 33, 34), 4, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
