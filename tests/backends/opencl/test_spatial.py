@@ -403,9 +403,9 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_ungrouped_3x3(ocl):
     def algorithm(c, o, k=3, s=2, d=1, groups=1):
         return b._forward_algorithm((2, c, 32, 32, o, k, k, 16, 16, s, s, 1, 1, d, d), groups)
 
-    assert algorithm(64, 128) == "s2"
+    assert algorithm(64, 128) == "s2" and algorithm(32, 64) == "s2" and algorithm(64, 32) == "s2"
     assert algorithm(64, 128, groups=2) != "s2"
-    assert algorithm(32, 128) != "s2" and algorithm(64, 32) != "s2"
+    assert algorithm(16, 128) != "s2" and algorithm(64, 16) != "s2" and algorithm(16, 32) != "s2"
     assert algorithm(64, 128, d=2) != "s2" and algorithm(64, 128, k=5) != "s2" and algorithm(64, 128, s=1) != "s2"
 
 
