@@ -1243,46 +1243,57 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
     for (int k0 = 0; k0 < K; k0 += S2K) {
         const int kc = min(S2K, K - k0);
         for (int c = 0; c < kc; ++c) {
-            for (int j = 0; j < NR; ++j) {
-                float z[5][5];
-                if (img[j] < 0) {
-                    for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) z[r][q] = 0.0f;
-                } else {
+            for (int h0 = 0; h0 < NR; h0 += VW) {
+                // VW tiles at a time: each tile's patch gathered into its lane, then the
+                // transforms as vector operations and whole-vector stores into V (a segment's
+                // NR tiles lie side by side there; they were scalar, one tile after another)
+                floatv zv[25];   // zv[r * 5 + q]: lane l holds value (r, q) of tile h0 + l's patch
+                float *zs = (float *)zv;
+                for (int l = 0; l < VW; ++l) {
+                    const int j = h0 + l;
+                    if (img[j] < 0) {
+                        for (int rq = 0; rq < 25; ++rq) zs[rq * VW + l] = 0.0f;
+                        continue;
+                    }
                     __global const float *src = x + x_off + ((size_t)img[j] * K + k0 + c) * plane;
                     if (top[j] >= 0 && left[j] >= 0 && top[j] + 5 <= H && left[j] + 5 <= W) {
                         __global const float *s = src + (size_t)top[j] * W + left[j];
-                        for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) z[r][q] = s[r * W + q];
+                        for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) zs[(r * 5 + q) * VW + l] = s[r * W + q];
                     } else {
                         for (int r = 0; r < 5; ++r) {
                             const int h = top[j] + r;
                             for (int q = 0; q < 5; ++q) {
                                 const int w = left[j] + q;
-                                z[r][q] = h >= 0 && h < H && w >= 0 && w < W ? src[(size_t)h * W + w] : 0.0f;
+                                zs[(r * 5 + q) * VW + l] = h >= 0 && h < H && w >= 0 && w < W ? src[(size_t)h * W + w] : 0.0f;
                             }
                         }
                     }
                 }
-                __local float *dst = vt + c * NR + j;
+                __local floatv *dst = (__local floatv *)(vt + c * NR + h0);
+#define S2_Z(r, q) zv[(r) * 5 + (q)]
+#define S2_DST(pos, at) dst[S2_V(pos, at) / VW]
                 // BT along the even rows (phases 0x) and the odd ones as they are (phases 1x)
-                float e[3][5];
+                floatv e[3][5];
                 for (int q = 0; q < 5; ++q) {
-                    e[0][q] = z[0][q] - z[2][q]; e[1][q] = z[2][q]; e[2][q] = z[4][q] - z[2][q];
+                    e[0][q] = S2_Z(0, q) - S2_Z(2, q); e[1][q] = S2_Z(2, q); e[2][q] = S2_Z(4, q) - S2_Z(2, q);
                 }
                 for (int p = 0; p < 3; ++p) {   // phase 00 (segment 0) and 01 (segment 1 where q is even)
-                    dst[S2_V(3 * p, 0)] = e[p][0] - e[p][2];
-                    dst[S2_V(3 * p + 1, 0)] = e[p][2];
-                    dst[S2_V(3 * p + 2, 0)] = e[p][4] - e[p][2];
-                    dst[S2_V(3 * p, 1)] = e[p][1];
-                    dst[S2_V(3 * p + 2, 1)] = e[p][3];
+                    S2_DST(3 * p, 0) = e[p][0] - e[p][2];
+                    S2_DST(3 * p + 1, 0) = e[p][2];
+                    S2_DST(3 * p + 2, 0) = e[p][4] - e[p][2];
+                    S2_DST(3 * p, 1) = e[p][1];
+                    S2_DST(3 * p + 2, 1) = e[p][3];
                 }
                 for (int i = 0; i < 2; ++i) {   // phases 10 and 11 at the even rows of positions
                     const int p = 2 * i, r = 2 * i + 1;
-                    dst[S2_V(3 * p, 2)] = z[r][0] - z[r][2];
-                    dst[S2_V(3 * p + 1, 1)] = z[r][2];
-                    dst[S2_V(3 * p + 2, 2)] = z[r][4] - z[r][2];
-                    dst[S2_V(3 * p, 3)] = z[r][1];
-                    dst[S2_V(3 * p + 2, 3)] = z[r][3];
+                    S2_DST(3 * p, 2) = S2_Z(r, 0) - S2_Z(r, 2);
+                    S2_DST(3 * p + 1, 1) = S2_Z(r, 2);
+                    S2_DST(3 * p + 2, 2) = S2_Z(r, 4) - S2_Z(r, 2);
+                    S2_DST(3 * p, 3) = S2_Z(r, 1);
+                    S2_DST(3 * p + 2, 3) = S2_Z(r, 3);
                 }
+#undef S2_Z
+#undef S2_DST
             }
         }
         for (int pos = 0; pos < 9; ++pos) {
@@ -1302,22 +1313,47 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
             }
         }
     }
+    // A^T along the columns, then along the rows, 8 tiles a float8 (M's tiles lie side by
+    // side); a run of 8 tiles along one row of tiles whose 16 outputs per row lie inside the
+    // output stores each output row as two float8 (S2_RUN8), other tiles output by output
+    int run8[NR / 8], out_at[NR];
+    for (int j = 0; j < NR; ++j) out_at[j] = (top[j] + ph) / 2 * Wo + (left[j] + pw) / 2;
+    for (int j0 = 0; j0 < NR; j0 += 8)
+        run8[j0 / 8] = img[j0] >= 0 && img[j0 + 7] == img[j0] && out_at[j0 + 7] == out_at[j0] + 14
+                       && (left[j0] + pw) / 2 + 16 <= Wo && (top[j0] + ph) / 2 + 2 <= Ho;
     const int rows = min(tile_m, M - row0);
     for (int o = 0; o < rows; ++o) {
         const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
-        for (int j = 0; j < NR; ++j) {
-            if (img[j] < 0) continue;
-            __local const float *src = mt + o * NR + j;
-            float s[3][2];   // AT along the columns, then along the rows
+        for (int j0 = 0; j0 < NR; j0 += 8) {
+            __local const float *src = mt + o * NR + j0;
+            float8 s[3][2];
             for (int p = 0; p < 3; ++p) {
-                const float m0 = src[(3 * p) * S2_MXI], m1 = src[(3 * p + 1) * S2_MXI], m2 = src[(3 * p + 2) * S2_MXI];
+                const float8 m0 = vload8(0, src + (3 * p) * S2_MXI), m1 = vload8(0, src + (3 * p + 1) * S2_MXI);
+                const float8 m2 = vload8(0, src + (3 * p + 2) * S2_MXI);
                 s[p][0] = m0 + m1;
                 s[p][1] = m1 + m2;
             }
-            const int row = (top[j] + ph) / 2, col = (left[j] + pw) / 2;
-            __global float *dst = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo + (size_t)row * Wo + col;
-            for (int i = 0; i < 2 && row + i < Ho; ++i)
-                for (int q = 0; q < 2 && col + q < Wo; ++q) dst[i * Wo + q] = s[i][q] + s[i + 1][q] + bo;
+            float8 y[2][2];
+            for (int i = 0; i < 2; ++i)
+                for (int q = 0; q < 2; ++q) y[i][q] = s[i][q] + s[i + 1][q] + bo;
+            if (run8[j0 / 8]) {
+                __global float *dst = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_at[j0];
+                for (int i = 0; i < 2; ++i) {
+                    const float8 v0 = y[i][0], v1 = y[i][1];
+                    vstore8((float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3), 0, dst + i * Wo);
+                    vstore8((float8)(v0.s4, v1.s4, v0.s5, v1.s5, v0.s6, v1.s6, v0.s7, v1.s7), 1, dst + i * Wo);
+                }
+                continue;
+            }
+            const float *ys = (const float *)y;   // ys[(i * 2 + q) * 8 + l]: tile j0 + l's output (i, q)
+            for (int l = 0; l < 8; ++l) {
+                const int j = j0 + l;
+                if (img[j] < 0) continue;
+                const int row = (top[j] + ph) / 2, col = (left[j] + pw) / 2;
+                __global float *dst = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo + out_at[j];
+                for (int i = 0; i < 2 && row + i < Ho; ++i)
+                    for (int q = 0; q < 2 && col + q < Wo; ++q) dst[i * Wo + q] = ys[(i * 2 + q) * 8 + l];
+            }
         }
     }
 }

@@ -80,8 +80,9 @@ WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
 # s2_winograd_conv in gemm.cl) from this many input and output channels, ungrouped and
 # undilated, on 8-lane devices (AVX2, where it was measured on the 64->128 layer of
-# bench/test_bench_conv.py: docs/opencl.md)
-S2_MIN_CHANNELS = 64
+# bench/test_bench_conv.py and the ResNet's 32->64: docs/opencl.md; 16 channels keep the
+# phase-plane direct kernel)
+S2_MIN_CHANNELS = 32
 # The direct forward kernel pads a group's input planes into local memory per work-item (no padded
 # copy through global memory) where they take at most this many bytes...
 DIRECT_LOCAL_MAX_BYTES = 1 << 17

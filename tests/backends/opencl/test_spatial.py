@@ -235,6 +235,11 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     ((2, 70, 13, 10), 140, 0),
     ((1, 16, 8, 7), 6, 2),
     ((3, 8, 6, 9), 7, 0),
+    # rows of 16 outputs or more: runs of 8 tiles along a row of tiles stored as float8 pairs,
+    # a row of exactly 8 tiles per run across two images, runs crossing a row of tiles and a
+    # last row of tiles past the output's last row (output by output)
+    ((2, 5, 32, 31), 9, 1),
+    ((1, 3, 33, 34), 4, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
@@ -398,9 +403,9 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_ungrouped_3x3(ocl):
     def algorithm(c, o, k=3, s=2, d=1, groups=1):
         return b._forward_algorithm((2, c, 32, 32, o, k, k, 16, 16, s, s, 1, 1, d, d), groups)
 
-    assert algorithm(64, 128) == "s2"
+    assert algorithm(64, 128) == "s2" and algorithm(32, 64) == "s2" and algorithm(64, 32) == "s2"
     assert algorithm(64, 128, groups=2) != "s2"
-    assert algorithm(32, 128) != "s2" and algorithm(64, 32) != "s2"
+    assert algorithm(16, 128) != "s2" and algorithm(64, 16) != "s2" and algorithm(16, 32) != "s2"
     assert algorithm(64, 128, d=2) != "s2" and algorithm(64, 128, k=5) != "s2" and algorithm(64, 128, s=1) != "s2"
 
 
