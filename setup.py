@@ -11,7 +11,7 @@ setup(
         Extension(
             "juicepy.backends.numpy._cpu_kernels",
             ["juicepy/backends/numpy/_cpu_kernels.c"],
-            depends=["juicepy/backends/numpy/_kernels.h"],
+            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h"],
             # -fno-math-errno lets GCC vectorise sqrt; no -ffast-math, so IEEE results stay exact
             extra_compile_args=["-O3", "-fno-math-errno", "-std=c99"],
             optional=True,
@@ -19,13 +19,14 @@ setup(
         Extension(
             "juicepy.backends.numpy._pool_kernels",
             ["juicepy/backends/numpy/_pool_kernels.c"],
+            depends=["juicepy/backends/numpy/_gil_hint.h"],
             extra_compile_args=["-O3", "-std=c99"],
             optional=True,
         ),
         Extension(
             "juicepy.backends.numpy._norm_kernels",
             ["juicepy/backends/numpy/_norm_kernels.c"],
-            depends=["juicepy/backends/numpy/_kernels.h"],
+            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h"],
             # -pthread: the channel lanes inside a call
             extra_compile_args=["-O3", "-std=c99", "-pthread"],
             extra_link_args=["-pthread"],
@@ -34,7 +35,7 @@ setup(
         Extension(
             "juicepy.backends.numpy._conv_kernels",
             ["juicepy/backends/numpy/_conv_kernels.c"],
-            depends=["juicepy/backends/numpy/_kernels.h"],
+            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h"],
             # gnu99: GCC vector extensions and statement expressions
             extra_compile_args=["-O3", "-std=gnu99"],
             optional=True,
@@ -42,7 +43,7 @@ setup(
         Extension(
             "juicepy.backends.numpy._rnn_kernels",
             ["juicepy/backends/numpy/_rnn_kernels.c"],
-            depends=["juicepy/backends/numpy/_kernels.h"],
+            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h"],
             # gnu99: GCC vector extensions; FMA contraction in the clones that have FMA
             extra_compile_args=["-O3", "-std=gnu99", "-fno-math-errno", "-ffp-contract=fast", "-pthread"],
             extra_link_args=["-pthread"],

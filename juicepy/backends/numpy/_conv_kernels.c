@@ -2265,12 +2265,12 @@ static PyObject *py_im2col(PyObject *self, PyObject *args)
     Py_buffer x, cols;
     if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", co, &cols, 1, need, "cols", NULL, NULL, 0, 0, NULL) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (x.itemsize == 4)
         im2col_f32(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
     else
         im2col_f64(x.buf, cols.buf, &g, n0, n1, r0, r1, sn, sk);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&x, &cols, NULL);
     Py_RETURN_NONE;
 }
@@ -2292,7 +2292,7 @@ static PyObject *py_col2im(PyObject *self, PyObject *args)
     if (get_three(xo, &dx, 1, n * g.c * g.h * g.w, "dx", co, &cols, 0, need, "cols", phases ? po : NULL, &buf, 1,
                   col2im_phase_items(&g), "phases") < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (phases) {
         if (dx.itemsize == 4)
             col2im_phases_f32(cols.buf, dx.buf, buf.buf, &g, n0, n1, sn, sk, accumulate);
@@ -2302,7 +2302,7 @@ static PyObject *py_col2im(PyObject *self, PyObject *args)
         col2im_f32(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
     else
         col2im_f64(cols.buf, dx.buf, &g, n0, n1, sn, sk, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&dx, &cols, phases ? &buf : NULL);
     Py_RETURN_NONE;
 }
@@ -2316,12 +2316,12 @@ static PyObject *py_bias_add(PyObject *self, PyObject *args)
     Py_buffer out, bias;
     if (get_three(oo, &out, 1, n * c * inner, "out", bo, &bias, 0, c, "bias", NULL, NULL, 0, 0, NULL) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (out.itemsize == 4)
         bias_add_f32(out.buf, bias.buf, c, inner, p0, p1);
     else
         bias_add_f64(out.buf, bias.buf, c, inner, p0, p1);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&out, &bias, NULL);
     Py_RETURN_NONE;
 }
@@ -2336,12 +2336,12 @@ static PyObject *py_bias_grad(PyObject *self, PyObject *args)
     Py_buffer dy, db;
     if (get_three(yo, &dy, 0, n * c * inner, "dy", bo, &db, 1, c, "dbias", NULL, NULL, 0, 0, NULL) < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (dy.itemsize == 4)
         bias_grad_f32(dy.buf, db.buf, n, c, inner, c0, c1, accumulate);
     else
         bias_grad_f64(dy.buf, db.buf, n, c, inner, c0, c1, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&dy, &db, NULL);
     Py_RETURN_NONE;
 }
@@ -2601,9 +2601,9 @@ static PyObject *tile_call(PyObject *args, const TileFamily *f, int (*parse)(PyO
     int failed;
     if (parse(args, f, &t) < 0) return NULL;
     const TileKernel kernel = kernels[t.a.itemsize == 4 ? 0 : 1];
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     failed = kernel(&t);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&t.a, &t.b, t.has_rows ? &t.rows : NULL);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -2665,12 +2665,12 @@ static PyObject *py_wg_weights(PyObject *self, PyObject *args)
         return NULL;
     }
     int failed;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (w.itemsize == 4)
         failed = WG_DISPATCH(weights, f32, m, r, w.buf, u.buf, na, nb, flip, mats.buf);
     else
         failed = WG_DISPATCH(weights, f64, m, r, w.buf, u.buf, na, nb, flip, mats.buf);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&w, &u, &mats);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -2702,12 +2702,12 @@ static PyObject *py_wg_input(PyObject *self, PyObject *args)
         release_three(&x, &v, &mats);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (x.itemsize == 4)
         failed = WG_DISPATCH(input, f32, m, g.kh, x.buf, v.buf, &g, n0, n1, th, tw, ks, mats.buf);
     else
         failed = WG_DISPATCH(input, f64, m, g.kh, x.buf, v.buf, &g, n0, n1, th, tw, ks, mats.buf);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&x, &v, &mats);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -2741,12 +2741,12 @@ static PyObject *py_wg_output(PyObject *self, PyObject *args)
         release_three(&out, &mm, &mats);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (out.itemsize == 4)
         failed = WG_DISPATCH(output, f32, m, g.kh, mm.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate, mats.buf);
     else
         failed = WG_DISPATCH(output, f64, m, g.kh, mm.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate, mats.buf);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&out, &mm, &mats);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -2763,12 +2763,12 @@ static PyObject *py_depthwise_forward(PyObject *self, PyObject *args)
     if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, g.c * g.kh * g.kw, "w",
                   oo, &out, 1, n * g.c * g.ho * g.wo, "out") < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (x.itemsize == 4)
         depthwise_forward_f32(x.buf, w.buf, out.buf, &g, p0, p1);
     else
         depthwise_forward_f64(x.buf, w.buf, out.buf, &g, p0, p1);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&x, &w, &out);
     Py_RETURN_NONE;
 }
@@ -2785,12 +2785,12 @@ static PyObject *py_depthwise_backward_data(PyObject *self, PyObject *args)
     if (get_three(dxo, &dx, 1, n * g.c * g.h * g.w, "dx", wo, &w, 0, g.c * g.kh * g.kw, "w",
                   dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (dx.itemsize == 4)
         depthwise_backward_data_f32(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
     else
         depthwise_backward_data_f64(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&dx, &w, &dy);
     Py_RETURN_NONE;
 }
@@ -2812,12 +2812,12 @@ static PyObject *py_depthwise_backward_filter(PyObject *self, PyObject *args)
         release_three(&dw, &x, &dy);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (dw.itemsize == 4)
         depthwise_backward_filter_f32(x.buf, dy.buf, dw.buf, partial.buf, &g, n, c0, c1, accumulate);
     else
         depthwise_backward_filter_f64(x.buf, dy.buf, dw.buf, partial.buf, &g, n, c0, c1, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&dw, &x, &dy);
     PyBuffer_Release(&partial);
     Py_RETURN_NONE;
@@ -2847,12 +2847,12 @@ static PyObject *py_depthwise_grid(PyObject *self, PyObject *args)
     if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, g.c * g.kh * g.kw, "w",
                   oo, &out, 1, n * g.c * g.ho * g.wo, "out") < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (x.itemsize == 4)
         failed = ISA_CALL(depthwise_grid_f32, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
     else
         failed = ISA_CALL(depthwise_grid_f64, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -2871,12 +2871,12 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
     if (get_three(dwo, &dw, 1, g.c * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
                   dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (dw.itemsize == 4)
         failed = ISA_CALL(depthwise_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
     else
         failed = ISA_CALL(depthwise_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -2955,7 +2955,7 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
         release_three(&x, &w, &out);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (pointwise(&g, groups)) {
         failed = 0;
         if (x.itemsize == 4)
@@ -2982,7 +2982,7 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
                                 res)
                      : ISA_CALL(direct_conv_f64, x.buf, w.buf, out.buf, &g, groups, o, n0, n1, flip, accumulate,
                                 NULL, NULL, 0, NULL);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_optional(&sv);
     release_optional(&hv);
     release_optional(&rv);
@@ -3034,12 +3034,12 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
         return NULL;
     }
     const I *depths = s2 ? depth : NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (u.itemsize == 4)
         ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
     else
         ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&u, &v, &m);
     Py_RETURN_NONE;
 }
@@ -3075,12 +3075,12 @@ static PyObject *py_epilogue(PyObject *self, PyObject *args)
         PyBuffer_Release(&out);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (out.itemsize == 4)
         epilogue_f32(out.buf, scale, shift, res, c, inner, p0, p1, i0, i1, relu);
     else
         epilogue_f64(out.buf, scale, shift, res, c, inner, p0, p1, i0, i1, relu);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_optional(&sv);
     release_optional(&hv);
     release_optional(&rv);
@@ -3108,18 +3108,19 @@ static PyObject *py_direct_grid_filter(PyObject *self, PyObject *args)
     if (get_three(dwo, &dw, 1, o * (g.c / groups) * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
                   dyo, &dy, 0, n * o * g.ho * g.wo, "dy") < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (dw.itemsize == 4)
         failed = ISA_CALL(direct_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
     else
         failed = ISA_CALL(direct_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, groups, o, n0, n1, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
+    COUNT_GIL_RELEASES_METHOD,
     {"s2_weights", py_s2_weights, METH_VARARGS,
      "s2_weights(w, u, O, C): u (9, O, 4C) = the taps of a 3x3 stride-2 conv as F(2x2, 2x2) on its phases"},
     {"s2_input", py_s2_input, METH_VARARGS,

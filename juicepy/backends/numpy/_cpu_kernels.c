@@ -141,14 +141,14 @@ static PyObject *py_adam(PyObject *self, PyObject *args)
                       (got = 5, same_layout(&p, &vmax, "max_exp_avg_sq") < 0)))
         goto fail;
     Py_ssize_t n = p.len / p.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (p.itemsize == 4)
         adam_f32(p.buf, g.buf, m.buf, v.buf, have_vmax ? vmax.buf : NULL, n, (float)c1, (float)b2,
                  (float)c2, (float)step_size, (float)eps_scaled, (float)l2, (float)shrink);
     else
         adam_f64(p.buf, g.buf, m.buf, v.buf, have_vmax ? vmax.buf : NULL, n, c1, b2, c2,
                  step_size, eps_scaled, l2, shrink);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     PyBuffer_Release(&p); PyBuffer_Release(&g); PyBuffer_Release(&m); PyBuffer_Release(&v);
     if (have_vmax) PyBuffer_Release(&vmax);
     Py_RETURN_NONE;
@@ -178,13 +178,13 @@ static PyObject *py_sgd(PyObject *self, PyObject *args)
                      (got = 3, same_layout(&p, &b, "momentum_buffer") < 0)))
         goto fail;
     Py_ssize_t n = p.len / p.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (p.itemsize == 4)
         sgd_f32(p.buf, g.buf, have_buf ? b.buf : NULL, n, (float)lr, (float)momentum, (float)damp,
                 (float)wd, nesterov, first);
     else
         sgd_f64(p.buf, g.buf, have_buf ? b.buf : NULL, n, lr, momentum, damp, wd, nesterov, first);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     PyBuffer_Release(&p); PyBuffer_Release(&g);
     if (have_buf) PyBuffer_Release(&b);
     Py_RETURN_NONE;
@@ -214,12 +214,12 @@ static PyObject *binary_call(PyObject *args, const char *in0_name, const char *i
     if (get_buffer(in0o, &in0, 0, in0_name) < 0 || (got = 2, same_layout(&out, &in0, in0_name) < 0)) goto fail;
     if (get_buffer(in1o, &in1, 0, in1_name) < 0 || (got = 3, same_layout(&out, &in1, in1_name) < 0)) goto fail;
     Py_ssize_t n = out.len / out.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (out.itemsize == 4)
         f32(in0.buf, in1.buf, out.buf, n, flag);
     else
         f64(in0.buf, in1.buf, out.buf, n, flag);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     PyBuffer_Release(&out); PyBuffer_Release(&in0); PyBuffer_Release(&in1);
     Py_RETURN_NONE;
 fail:
@@ -250,12 +250,12 @@ static PyObject *py_relu(PyObject *self, PyObject *args)
         return NULL;
     }
     Py_ssize_t n = y.len / y.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (y.itemsize == 4)
         relu_f32(x.buf, y.buf, n);
     else
         relu_f64(x.buf, y.buf, n);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     PyBuffer_Release(&y); PyBuffer_Release(&x);
     Py_RETURN_NONE;
 }
@@ -265,33 +265,52 @@ static PyObject *py_add(PyObject *self, PyObject *args)
     return binary_call(args, "a", "b", "out", add_f32, add_f64);
 }
 
-/* spin_while(flags, index, value, seconds): wait (spin_while_equal), with the GIL released,
- * while the int64 flags[index] still equals value, for at most ``seconds``; True once it
- * changed. threads.py's lanes hand work over through these flags. */
+/* spin_while(flags, index, value, seconds, releases=None, seen=-1, handover=0.0): wait
+ * (spin_while_equal), with the GIL released, while the int64 flags[index] still equals value, for
+ * at most ``seconds``; True once it changed. threads.py's lanes hand work over through these
+ * flags. Once it changed, with ``releases`` (kernels.py's GIL_RELEASES, _gil_hint.h) it also
+ * waits, at most ``handover`` seconds, while releases[0] still equals flags[seen] (the count when
+ * the work was posted), so that the GIL is taken once the dispatching thread let it go. */
 static PyObject *py_spin_while(PyObject *self, PyObject *args)
 {
-    PyObject *fo;
-    Py_ssize_t index;
+    PyObject *fo, *ro = Py_None;
+    Py_ssize_t index, seen = -1;
     long long value;
-    double seconds;
-    if (!PyArg_ParseTuple(args, "OnLd", &fo, &index, &value, &seconds)) return NULL;
-    Py_buffer f;
+    double seconds, handover = 0.0;
+    if (!PyArg_ParseTuple(args, "OnLd|Ond", &fo, &index, &value, &seconds, &ro, &seen, &handover)) return NULL;
+    Py_buffer f, r = {0};
     if (PyObject_GetBuffer(fo, &f, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    if (f.itemsize != 8 || index < 0 || index >= f.len / 8) {
+    Py_ssize_t words = f.len / 8;
+    int bad = f.itemsize != 8 || index < 0 || index >= words;
+    if (!bad && ro != Py_None) {
+        if (PyObject_GetBuffer(ro, &r, PyBUF_C_CONTIGUOUS) < 0) {
+            PyBuffer_Release(&f);
+            return NULL;
+        }
+        bad = r.itemsize != 8 || r.len < 8 || seen < 0 || seen >= words;
+    }
+    if (bad) {
         PyBuffer_Release(&f);
-        PyErr_SetString(PyExc_ValueError, "spin_while: flags must be int64 and index inside them");
+        if (r.buf) PyBuffer_Release(&r);
+        PyErr_SetString(PyExc_ValueError,
+                        "spin_while: flags and releases must be int64, index and seen inside flags");
         return NULL;
     }
     const long long *flag = (const long long *)f.buf + index;
     int changed;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     changed = spin_while_equal(flag, value, seconds);
-    Py_END_ALLOW_THREADS
+    if (changed && r.buf)
+        spin_while_equal((const long long *)r.buf, __atomic_load_n((const long long *)f.buf + seen, __ATOMIC_ACQUIRE),
+                         handover);
+    REACQUIRE_GIL
     PyBuffer_Release(&f);
+    if (r.buf) PyBuffer_Release(&r);
     return PyBool_FromLong(changed);
 }
 
 static PyMethodDef methods[] = {
+    COUNT_GIL_RELEASES_METHOD,
     {"relu", py_relu, METH_VARARGS, "relu(x, out): out = max(x, 0), NaN kept"},
     {"add", py_add, METH_VARARGS, "add(a, b, out, relu): out = a + b, then max(out, 0) (NaN kept) when relu"},
     {"relu_backward", py_relu_backward, METH_VARARGS,
@@ -303,8 +322,9 @@ static PyMethodDef methods[] = {
      "sgd(param, grad, momentum_buffer|None, lr, momentum, 1-dampening, weight_decay, nesterov, "
      "first_step): one fused SGD pass, in place"},
     {"spin_while", py_spin_while, METH_VARARGS,
-     "spin_while(flags, index, value, seconds): wait (GIL released) while int64 flags[index] == value, "
-     "at most seconds; True once it changed"},
+     "spin_while(flags, index, value, seconds, releases=None, seen=-1, handover=0.0): wait (GIL released) "
+     "while int64 flags[index] == value, at most seconds; True once it changed (then, with releases, also "
+     "while releases[0] == flags[seen], at most handover seconds)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,6 +1,7 @@
 /* What the NumPy backend's C kernels share: Python.h first (as CPython asks), the C headers
  * they use, VECTOR_CLONES, the GCC vector types, which compiles a function for AVX-512, AVX2 and baseline x86-64
- * and picks the best one when the module loads, and the polling wait of their thread hand-offs. */
+ * and picks the best one when the module loads, and the polling wait of their thread hand-offs
+ * (with _gil_hint.h, the GIL releases they count for those hand-offs). */
 #ifndef JUICEPY_KERNELS_H
 #define JUICEPY_KERNELS_H
 
@@ -11,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "_gil_hint.h"
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))

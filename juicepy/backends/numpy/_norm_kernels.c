@@ -476,9 +476,9 @@ static void run_train_fused(const Task *t, I c0, I c1)
 /* run_channels with the GIL released */
 static void run_released(const Task *t, I c0, I c1, int lanes)
 {
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     run_channels(t, c0, c1, lanes);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
 }
 
 /* ------------------------------------------------------------------ Python glue */
@@ -670,6 +670,7 @@ static PyObject *py_train_fused(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    COUNT_GIL_RELEASES_METHOD,
     {"stats", py_stats, METH_VARARGS,
      "stats(x, mean, var, N, C, inner, c0, c1, lanes=1): per-channel mean and biased variance"},
     {"affine", py_affine, METH_VARARGS,

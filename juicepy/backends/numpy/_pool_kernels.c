@@ -11,6 +11,8 @@
 #include <Python.h>
 #include <math.h>
 
+#include "_gil_hint.h"
+
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
 #define VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -168,7 +170,7 @@ static PyObject *py_max_pool(PyObject *self, PyObject *args)
         return NULL;
     }
     int two = g.kh == 2 && g.kw == 2 && g.sh == 2 && g.sw == 2 && g.ph == 0 && g.pw == 0;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (two && fmt[0] == 'f')
         max_pool_2x2_f32(x.buf, out.buf, argmax.buf, &g);
     else if (two)
@@ -177,7 +179,7 @@ static PyObject *py_max_pool(PyObject *self, PyObject *args)
         max_pool_f32(x.buf, out.buf, argmax.buf, &g);
     else
         max_pool_f64(x.buf, out.buf, argmax.buf, &g);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     PyBuffer_Release(&x); PyBuffer_Release(&out); PyBuffer_Release(&argmax);
     Py_RETURN_NONE;
 }
@@ -204,17 +206,18 @@ static PyObject *py_max_pool_backward(PyObject *self, PyObject *args)
         PyBuffer_Release(&dy); PyBuffer_Release(&argmax);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (fmt[0] == 'f')
         max_pool_backward_f32(dy.buf, argmax.buf, dx.buf, planes, per_plane, plane_size, accumulate);
     else
         max_pool_backward_f64(dy.buf, argmax.buf, dx.buf, planes, per_plane, plane_size, accumulate);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     PyBuffer_Release(&dy); PyBuffer_Release(&argmax); PyBuffer_Release(&dx);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
+    COUNT_GIL_RELEASES_METHOD,
     {"max_pool", py_max_pool, METH_VARARGS,
      "max_pool(x, out, argmax, planes, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw): max and int32 "
      "argmax (flat h*W+w) of every window of every plane"},

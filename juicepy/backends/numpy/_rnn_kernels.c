@@ -1039,10 +1039,10 @@ static PyObject *py_rnn_cell(PyObject *self, PyObject *args)
     void *b = take(&a, bo, "bias_hh", 0, 1, hid, &failed);
     if (failed) { release(&a); return NULL; }
     Py_ssize_t size = a.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (size == 4) rnn_f32(xw, hw, b, h, rows, hid, relu);
     else rnn_f64(xw, hw, b, h, rows, hid, relu);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release(&a);
     Py_RETURN_NONE;
 }
@@ -1065,10 +1065,10 @@ static PyObject *py_lstm_cell(PyObject *self, PyObject *args)
     void *h = take(&a, ho, "h", 1, 0, rows * hid, &failed);
     if (failed) { release(&a); return NULL; }
     Py_ssize_t size = a.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (size == 4) lstm_f32(xw, hw, b, cp, g, c, h, rows, hid);
     else lstm_f64(xw, hw, b, cp, g, c, h, rows, hid);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release(&a);
     Py_RETURN_NONE;
 }
@@ -1091,10 +1091,10 @@ static PyObject *py_lstm_cell_backward(PyObject *self, PyObject *args)
     void *dcp = take(&a, dcpo, "dc_prev", 1, 0, rows * hid, &failed);
     if (failed) { release(&a); return NULL; }
     Py_ssize_t size = a.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (size == 4) lstm_backward_f32(g, cp, c, dh, dc, dg, dcp, rows, hid);
     else lstm_backward_f64(g, cp, c, dh, dc, dg, dcp, rows, hid);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release(&a);
     Py_RETURN_NONE;
 }
@@ -1116,10 +1116,10 @@ static PyObject *py_gru_cell(PyObject *self, PyObject *args)
     void *g = take(&a, go, "gates", 1, 0, rows * 4 * hid, &failed);
     if (failed) { release(&a); return NULL; }
     Py_ssize_t size = a.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (size == 4) gru_f32(xw, hw, b, hp, g, h, rows, hid);
     else gru_f64(xw, hw, b, hp, g, h, rows, hid);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release(&a);
     Py_RETURN_NONE;
 }
@@ -1141,10 +1141,10 @@ static PyObject *py_gru_cell_backward(PyObject *self, PyObject *args)
     void *dhp = take(&a, dhpo, "dh_prev", 1, 0, rows * hid, &failed);
     if (failed) { release(&a); return NULL; }
     Py_ssize_t size = a.itemsize;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     if (size == 4) gru_backward_f32(g, hp, dh, dx, dy, dhp, rows, hid);
     else gru_backward_f64(g, hp, dh, dx, dy, dhp, rows, hid);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release(&a);
     Py_RETURN_NONE;
 }
@@ -1169,9 +1169,9 @@ static PyObject *seq_finish(Args *a, Seq *s, void *scratch)
     }
     s->scratch = scratch;
     int rc;
-    Py_BEGIN_ALLOW_THREADS
+    RELEASE_GIL
     rc = seq_run(s);
-    Py_END_ALLOW_THREADS
+    REACQUIRE_GIL
     release(a);
     if (rc < 0) {
         PyErr_SetString(PyExc_RuntimeError, "could not start the sequence kernel's threads");
@@ -1283,6 +1283,7 @@ static PyObject *py_sequence_backward(PyObject *self, PyObject *args)
 }
 
 static PyMethodDef methods[] = {
+    COUNT_GIL_RELEASES_METHOD,
     {"rnn_cell", py_rnn_cell, METH_VARARGS,
      "rnn_cell(xw, hw|None, bias_hh|None, h, rows, hidden, relu): h = act(xw + hw + b_hh)"},
     {"lstm_cell", py_lstm_cell, METH_VARARGS,

@@ -6,10 +6,17 @@ from __future__ import annotations
 import importlib
 import os
 
+import numpy as np
+
 ENV_VAR = "JUICEPY_CPU_KERNELS"
 
 
 CHOICES = ("c", "numpy")
+
+#: how many times the C kernels have released the GIL (each module counts into it once loaded,
+#: _gil_hint.h): threads.py's lanes take the GIL once it moved past its value when their work
+#: was posted, so they find the GIL free rather than sleep on it
+GIL_RELEASES = np.zeros(1, np.int64)
 
 
 def choice(kernels: str | None) -> str:
@@ -26,6 +33,10 @@ def load(name: str, kernels: str | None = None):
     if choice(kernels) == "numpy":
         return None
     try:
-        return importlib.import_module(f"{__package__}.{name}")
+        module = importlib.import_module(f"{__package__}.{name}")
     except ImportError:
         return None
+    count = getattr(module, "count_gil_releases", None)  # absent from a build older than the hint
+    if count is not None:
+        count(GIL_RELEASES)
+    return module

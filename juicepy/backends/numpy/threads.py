@@ -47,6 +47,9 @@ def pool() -> ThreadPoolExecutor:
 LANE_SPIN = 2e-3
 #: seconds the dispatching thread polls for its lanes to finish before it blocks
 WAIT_SPIN = 20e-3
+#: seconds a thread that was handed a call (or its lane's result) polls for a C kernel to
+#: release the GIL before it takes the GIL the usual way (kernels.GIL_RELEASES)
+HANDOVER_SPIN = 50e-6
 
 _local = threading.local()
 
@@ -57,7 +60,9 @@ class _Lane:
     blocking on its condition, so a call posted soon after the last one starts at once."""
 
     def __init__(self, spin_while, index: int):
-        self.flags = np.zeros(2, np.int64)  # calls posted, calls done
+        # calls posted, calls done, and kernels.GIL_RELEASES when the last call was posted and
+        # when it was done
+        self.flags = np.zeros(4, np.int64)
         self.call = None
         self.error = None
         self.cond = threading.Condition()
@@ -68,7 +73,7 @@ class _Lane:
         _local.in_lane = True
         done = 0
         while True:
-            if not self.spin_while(self.flags, 0, done, LANE_SPIN):
+            if not self.spin_while(self.flags, 0, done, LANE_SPIN, _kernels.GIL_RELEASES, 2, HANDOVER_SPIN):
                 with self.cond:
                     while self.flags[0] == done:
                         self.cond.wait()
@@ -79,18 +84,20 @@ class _Lane:
                 self.error = exc
             done += 1
             with self.cond:
+                self.flags[3] = _kernels.GIL_RELEASES[0]
                 self.flags[1] = done
                 self.cond.notify_all()
 
     def post(self, work, args) -> None:
         self.call, self.error = (work, args), None
+        self.flags[2] = _kernels.GIL_RELEASES[0]
         with self.cond:
             self.flags[0] += 1
             self.cond.notify_all()
 
     def wait(self) -> BaseException | None:
         posted = int(self.flags[0])
-        if not self.spin_while(self.flags, 1, posted - 1, WAIT_SPIN):
+        if not self.spin_while(self.flags, 1, posted - 1, WAIT_SPIN, _kernels.GIL_RELEASES, 3, HANDOVER_SPIN):
             with self.cond:
                 while self.flags[1] != posted:
                     self.cond.wait()

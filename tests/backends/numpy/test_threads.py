@@ -98,6 +98,79 @@ def test_spin_while_returns_when_the_flag_changes_or_the_time_is_up():
         spin_while(flags, 2, 0, 0.0)
 
 
+@pytest.mark.skipif(spin_while is None, reason="_cpu_kernels is not loaded")
+def test_spin_while_then_waits_for_a_gil_release_at_most_the_hand_over_time():
+    """After the flag changed, with a releases counter it also waits while the counter still
+    holds flags[seen] (the count when the work was posted), at most ``handover`` seconds."""
+    flags = np.array([0, 0, 5], np.int64)
+    releases = np.array([5], np.int64)
+    flags[0] = 1
+    start = time.perf_counter()
+    assert spin_while(flags, 0, 0, 5.0, releases, 2, 0.02) is True  # the count never moves
+    assert time.perf_counter() - start >= 0.02
+    threading.Timer(0.005, releases.__setitem__, (0, 6)).start()
+    assert spin_while(flags, 0, 0, 5.0, releases, 2, 5.0) is True  # returns once it moved
+    assert releases[0] == 6
+    assert spin_while(flags, 0, 1, 0.005, releases, 2, 5.0) is False  # no change: no hand-over wait
+    with pytest.raises(ValueError, match="seen"):
+        spin_while(flags, 0, 0, 0.0, releases, 3, 0.0)
+    with pytest.raises(ValueError, match="int64"):
+        spin_while(flags, 0, 0, 0.0, np.zeros(1, np.int32), 2, 0.0)
+
+
+def _run_one_kernel(backend, name):
+    """One call of the backend that runs a kernel of C module ``name``."""
+    f32 = np.float32
+    if name == "_cpu_kernels":
+        x = np.ones(16, f32)
+        backend.relu(x, x)
+    elif name == "_pool_kernels":
+        backend.max_pool2d(np.ones((1, 1, 4, 4), f32), np.empty((1, 1, 2, 2), f32),
+                           np.empty((1, 1, 2, 2), np.int32), (2, 2), (2, 2), (0, 0))
+    elif name == "_conv_kernels":
+        backend.conv2d(np.ones((2, 16, 8, 8), f32), np.ones((16, 16, 3, 3), f32), np.empty((2, 16, 8, 8), f32),
+                       (1, 1), (1, 1), (1, 1), 1)
+    elif name == "_norm_kernels":
+        c = 4
+        backend.batch_norm_train(np.ones((2, c, 8, 8), f32), np.ones(c, f32), np.zeros(c, f32),
+                                 np.empty((2, c, 8, 8), f32), np.empty(c, f32), np.empty(c, f32),
+                                 np.zeros(c, f32), np.ones(c, f32), 0.1, 1e-5)
+    else:
+        h = np.empty((2, 8), f32)
+        backend.rnn_cell(np.ones((2, 8), f32), np.ones((2, 8), f32), np.ones(8, f32), h, "tanh")
+
+
+@pytest.mark.parametrize("name", ("_cpu_kernels", "_pool_kernels", "_conv_kernels", "_norm_kernels", "_rnn_kernels"))
+def test_every_kernel_module_counts_its_gil_releases_once_loaded(name, monkeypatch):
+    """kernels.load registers kernels.GIL_RELEASES with each module (the lanes' hand-over hint,
+    _gil_hint.h); a module counts into the counter it was given last, None stops it, and a
+    counter that is not a writable int64 array is refused."""
+    from juicepy.backends.numpy import kernels
+
+    backend = jp.backend("numpy")
+    module = kernels.load(name, "c")
+    if module is None:
+        pytest.skip(f"{name} is not built")
+    monkeypatch.setattr(threads, "num_threads", lambda: 1)  # the releases of this thread only
+    counter = np.zeros(1, np.int64)
+    try:
+        before = int(kernels.GIL_RELEASES[0])
+        _run_one_kernel(backend, name)
+        assert kernels.GIL_RELEASES[0] > before  # registered by kernels.load
+        module.count_gil_releases(counter)
+        _run_one_kernel(backend, name)
+        assert counter[0] >= 1
+        module.count_gil_releases(None)
+        counted = int(counter[0])
+        _run_one_kernel(backend, name)
+        assert counter[0] == counted
+        for bad in (np.zeros(1, np.float64), np.zeros(0, np.int64), np.zeros(1, np.int64)[::-1].copy().view(np.uint8)):
+            with pytest.raises(ValueError, match="int64"):
+                module.count_gil_releases(bad)
+    finally:
+        module.count_gil_releases(kernels.GIL_RELEASES)  # as kernels.load left it
+
+
 def test_only_small_products_set_the_blas_thread_count(monkeypatch):
     """A tiny product leaves BLAS as it is (it runs on the calling thread by itself), a small
     one runs under one BLAS thread, a large one under BLAS's own threading; the results are
