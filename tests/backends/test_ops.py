@@ -618,6 +618,9 @@ CONV_CASES = [
     ((2, 3, 23, 29), (5, 3, 3), (1, 1), (1, 1), (1, 1), 1),
     # 8x8 planes of 12 channels: NumPy's AVX2 direct kernel in blocks of 6 channels x 2 vectors (both ways)
     ((2, 12, 8, 8), (12, 3, 3), (1, 1), (1, 1), (1, 1), 1),
+    # 32 channels, 3x3 stride 2, an odd plane: the phase Winograd forward and weight gradient
+    # where a backend picks them
+    ((2, 32, 17, 16), (32, 3, 3), (2, 2), (1, 1), (1, 1), 1),
 ]
 
 

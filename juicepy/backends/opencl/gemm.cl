@@ -1215,6 +1215,46 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
 #define S2_BM 132
 #endif
 #define S2_MXI (S2_BM * NR + 16)
+// lane l of a tile's 5x5 patch (rows from top, columns from left) of the plane at src into
+// zs[(r * 5 + q) * VW + l], zeros outside it (img < 0: past the last tile, all zeros)
+#define S2_GATHER(zs, l, img, src, top, left) { \
+    if ((img) < 0) { \
+        for (int rq = 0; rq < 25; ++rq) zs[rq * VW + (l)] = 0.0f; \
+    } else if ((top) >= 0 && (left) >= 0 && (top) + 5 <= H && (left) + 5 <= W) { \
+        __global const float *s_ = (src) + (size_t)(top) * W + (left); \
+        for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) zs[(r * 5 + q) * VW + (l)] = s_[r * W + q]; \
+    } else { \
+        __global const float *s_ = (src); \
+        for (int r = 0; r < 5; ++r) { \
+            const int h_ = (top) + r; \
+            for (int q = 0; q < 5; ++q) { \
+                const int w_ = (left) + q; \
+                zs[(r * 5 + q) * VW + (l)] = h_ >= 0 && h_ < H && w_ >= 0 && w_ < W ? s_[(size_t)h_ * W + w_] : 0.0f; \
+            } \
+        } \
+    } }
+// the 25 segments of the 9 positions from the patches zv[r * 5 + q] (VW tiles a vector) into
+// DST(pos, at): BT along the even rows (phases 0x) and the odd ones as they are (phases 1x)
+#define S2_TRANSFORM(zv, DST) { \
+    floatv e[3][5]; \
+    for (int q = 0; q < 5; ++q) { \
+        e[0][q] = zv[q] - zv[10 + q]; e[1][q] = zv[10 + q]; e[2][q] = zv[20 + q] - zv[10 + q]; \
+    } \
+    for (int p = 0; p < 3; ++p) {   /* phase 00 (segment 0) and 01 (segment 1 where q is even) */ \
+        DST(3 * p, 0) = e[p][0] - e[p][2]; \
+        DST(3 * p + 1, 0) = e[p][2]; \
+        DST(3 * p + 2, 0) = e[p][4] - e[p][2]; \
+        DST(3 * p, 1) = e[p][1]; \
+        DST(3 * p + 2, 1) = e[p][3]; \
+    } \
+    for (int i = 0; i < 2; ++i) {   /* phases 10 and 11 at the even rows of positions */ \
+        const int p = 2 * i, r = 5 * (2 * i + 1); \
+        DST(3 * p, 2) = zv[r] - zv[r + 2]; \
+        DST(3 * p + 1, 1) = zv[r + 2]; \
+        DST(3 * p + 2, 2) = zv[r + 4] - zv[r + 2]; \
+        DST(3 * p, 3) = zv[r + 1]; \
+        DST(3 * p + 2, 3) = zv[r + 3]; \
+    } }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                       __global const float *restrict U, __global const float *restrict x, const int x_off,
@@ -1249,50 +1289,11 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
                 // NR tiles lie side by side there; they were scalar, one tile after another)
                 floatv zv[25];   // zv[r * 5 + q]: lane l holds value (r, q) of tile h0 + l's patch
                 float *zs = (float *)zv;
-                for (int l = 0; l < VW; ++l) {
-                    const int j = h0 + l;
-                    if (img[j] < 0) {
-                        for (int rq = 0; rq < 25; ++rq) zs[rq * VW + l] = 0.0f;
-                        continue;
-                    }
-                    __global const float *src = x + x_off + ((size_t)img[j] * K + k0 + c) * plane;
-                    if (top[j] >= 0 && left[j] >= 0 && top[j] + 5 <= H && left[j] + 5 <= W) {
-                        __global const float *s = src + (size_t)top[j] * W + left[j];
-                        for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) zs[(r * 5 + q) * VW + l] = s[r * W + q];
-                    } else {
-                        for (int r = 0; r < 5; ++r) {
-                            const int h = top[j] + r;
-                            for (int q = 0; q < 5; ++q) {
-                                const int w = left[j] + q;
-                                zs[(r * 5 + q) * VW + l] = h >= 0 && h < H && w >= 0 && w < W ? src[(size_t)h * W + w] : 0.0f;
-                            }
-                        }
-                    }
-                }
+                for (int l = 0; l < VW; ++l)
+                    S2_GATHER(zs, l, img[h0 + l], x + x_off + ((size_t)img[h0 + l] * K + k0 + c) * plane, top[h0 + l], left[h0 + l])
                 __local floatv *dst = (__local floatv *)(vt + c * NR + h0);
-#define S2_Z(r, q) zv[(r) * 5 + (q)]
 #define S2_DST(pos, at) dst[S2_V(pos, at) / VW]
-                // BT along the even rows (phases 0x) and the odd ones as they are (phases 1x)
-                floatv e[3][5];
-                for (int q = 0; q < 5; ++q) {
-                    e[0][q] = S2_Z(0, q) - S2_Z(2, q); e[1][q] = S2_Z(2, q); e[2][q] = S2_Z(4, q) - S2_Z(2, q);
-                }
-                for (int p = 0; p < 3; ++p) {   // phase 00 (segment 0) and 01 (segment 1 where q is even)
-                    S2_DST(3 * p, 0) = e[p][0] - e[p][2];
-                    S2_DST(3 * p + 1, 0) = e[p][2];
-                    S2_DST(3 * p + 2, 0) = e[p][4] - e[p][2];
-                    S2_DST(3 * p, 1) = e[p][1];
-                    S2_DST(3 * p + 2, 1) = e[p][3];
-                }
-                for (int i = 0; i < 2; ++i) {   // phases 10 and 11 at the even rows of positions
-                    const int p = 2 * i, r = 2 * i + 1;
-                    S2_DST(3 * p, 2) = S2_Z(r, 0) - S2_Z(r, 2);
-                    S2_DST(3 * p + 1, 1) = S2_Z(r, 2);
-                    S2_DST(3 * p + 2, 2) = S2_Z(r, 4) - S2_Z(r, 2);
-                    S2_DST(3 * p, 3) = S2_Z(r, 1);
-                    S2_DST(3 * p + 2, 3) = S2_Z(r, 3);
-                }
-#undef S2_Z
+                S2_TRANSFORM(zv, S2_DST)
 #undef S2_DST
             }
         }
@@ -1356,4 +1357,151 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
             }
         }
     }
+}
+
+// The weight gradient of s2_winograd_conv's convolution as its adjoint (the NumPy backend's
+// _s2_backward_filter, the same scheme): per position (p, q) the product
+// P[seg * C + c][o] = sum over tiles of V[seg][c][tile] M[o][tile], V the forward's transformed
+// input (S2_TRANSFORM) and M dy's tile through A (rows dy0, dy0 + dy1, dy1); the taps are then
+// sums of four positions (s2_filter_taps). One work-group per block of S2F_BC input channels,
+// block of S2F_BO output channels and range of t_chunk tiles: per slice of S2F_TS tiles it
+// gathers and transforms x's tiles (each patch once for all 25 segments) into local rows
+// xa[row][S2F_TS] and dy's into local panels db[pos][o / NR][S2F_TS][NR], then runs the
+// micro-kernel of each position on them into local sums (one launch: the generic GEMM ran
+// these long-K thin products at 54-147 GFLOP/s, docs/opencl.md).
+// P[z][the positions' segments][C][O]: range z's sums.
+#ifndef S2F_TS
+#define S2F_TS 32
+#endif
+#ifndef S2F_BC
+#define S2F_BC 32
+#endif
+#ifndef S2F_BO
+#define S2F_BO 128
+#endif
+// local rows of xa and the sums: position pos's segments of cb channels from S2F_ROW, each
+// position MR rows more than its segments (its last panel's padding)
+#define S2F_ROWS (25 * S2F_BC + 9 * MR)
+#define S2F_ROW(pos, cb) (s2_first[pos] * (cb) + (pos) * MR)
+#define S2F_LOAD_ROW(r) c##r##_0 = ct[(r) * (S2F_BO / VW)]; c##r##_1 = ct[(r) * (S2F_BO / VW) + 1];
+#define S2F_STORE_ROW(r) ct[(r) * (S2F_BO / VW)] = c##r##_0; ct[(r) * (S2F_BO / VW) + 1] = c##r##_1;
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk, const int th, const int tw,
+                        __global const float *restrict x, const int x_off, const int H, const int W,
+                        const int ph, const int pw,
+                        __global const float *restrict dy, const int dy_off, const int Ho, const int Wo,
+                        __global float *restrict P)
+{
+    __local floatv xa_store[S2F_ROWS * S2F_TS / VW];
+    __local floatv db_store[9 * S2F_BO * S2F_TS / VW];
+    __local floatv acc_store[S2F_ROWS * S2F_BO / VW];
+    __local float *xa = (__local float *)xa_store;
+    __local float *db = (__local float *)db_store;
+    const int c0 = get_group_id(0) * S2F_BC, o0 = get_group_id(1) * S2F_BO, z = get_group_id(2);
+    const int cb = min(S2F_BC, C - c0), ob = min(S2F_BO, O - o0);
+    const int b_panels = (ob + NR - 1) / NR;
+    const size_t plane = (size_t)H * W, dy_plane = (size_t)Ho * Wo;
+    const int t_begin = z * t_chunk, t_end = min(T, t_begin + t_chunk);
+    for (int t0 = t_begin; t0 < t_end; t0 += S2F_TS) {
+        const int tc = min(S2F_TS, t_end - t0);
+        // each tile's image (-1: past the slice) and the input row and column of its patch
+        int img[S2F_TS], top[S2F_TS], left[S2F_TS];
+        for (int j = 0; j < S2F_TS; ++j) {
+            const int t = t0 + j;
+            if (j >= tc) { img[j] = -1; top[j] = left[j] = 0; continue; }
+            const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw;
+            img[j] = n;
+            top[j] = 4 * a - ph;
+            left[j] = 4 * (rest - a * tw) - pw;
+        }
+        for (int c = 0; c < cb; ++c) {
+            for (int h0 = 0; h0 < tc; h0 += VW) {
+                floatv zv[25];   // zv[r * 5 + q]: lane l holds value (r, q) of tile h0 + l's patch
+                float *zs = (float *)zv;
+                for (int l = 0; l < VW; ++l)
+                    S2_GATHER(zs, l, img[h0 + l], x + x_off + ((size_t)img[h0 + l] * C + c0 + c) * plane, top[h0 + l], left[h0 + l])
+                __local floatv *dst = xa_store + (c * S2F_TS + h0) / VW;
+#define S2F_DST(pos, at) dst[(S2F_ROW(pos, cb) + (at) * cb) * (S2F_TS / VW)]
+                S2_TRANSFORM(zv, S2F_DST)
+#undef S2F_DST
+            }
+        }
+        // dy's tiles through A along both sides, VW output channels a vector (whole-vector
+        // stores into db's panels: VW divides NR, and ob is a multiple of VW where ob < O only
+        // at the last block; channels past O read as zeros)
+        for (int o = 0; o < ob; o += VW) {
+            __local floatv *dst = (__local floatv *)(db + (o / NR) * S2F_TS * NR + o % NR);
+            for (int j = 0; j < tc; ++j) {
+                const int row = (top[j] + ph) / 2, col = (left[j] + pw) / 2;
+                const int down = row + 1 < Ho, right = col + 1 < Wo;
+                __global const float *d = dy + dy_off + ((size_t)img[j] * O + o0 + o) * dy_plane + (size_t)row * Wo + col;
+                floatv d00, d01, d10, d11;
+                float *s00 = (float *)&d00, *s01 = (float *)&d01, *s10 = (float *)&d10, *s11 = (float *)&d11;
+                for (int l = 0; l < VW; ++l) {
+                    const int live = o + l < ob;
+                    __global const float *e = d + (live ? l * dy_plane : 0);
+                    s00[l] = live ? e[0] : 0.0f;
+                    s01[l] = live && right ? e[1] : 0.0f;
+                    s10[l] = live && down ? e[Wo] : 0.0f;
+                    s11[l] = live && down && right ? e[Wo + 1] : 0.0f;
+                }
+                const floatv e1 = d00 + d10, f1 = d01 + d11;
+                __local floatv *to = dst + j * (NR / VW);
+                const int pos_step = S2F_BO * S2F_TS / VW;
+                to[0] = d00; to[pos_step] = d00 + d01; to[2 * pos_step] = d01;
+                to[3 * pos_step] = e1; to[4 * pos_step] = e1 + f1; to[5 * pos_step] = f1;
+                to[6 * pos_step] = d10; to[7 * pos_step] = d10 + d11; to[8 * pos_step] = d11;
+            }
+        }
+        for (int pos = 0; pos < 9; ++pos) {
+            const int base = S2F_ROW(pos, cb), a_panels = ((s2_first[pos + 1] - s2_first[pos]) * cb + MR - 1) / MR;
+            for (int i = 0; i < a_panels; ++i) {
+                const int a_rs = S2F_TS;
+                for (int j = 0; j < b_panels; ++j) {
+                    __local floatv *ct = acc_store + ((base + i * MR) * S2F_BO + j * NR) / VW;
+                    ROWS(ACC_ROW)
+                    if (t0 == t_begin) { ROWS(ZERO_ROW) } else { ROWS(S2F_LOAD_ROW) }
+                    __local const float *ap = xa + (base + i * MR) * S2F_TS;
+                    __local const floatv *bp = db_store + (pos * S2F_BO * S2F_TS + j * S2F_TS * NR) / VW;
+                    MICRO_K_LOOP(tc, 1)
+                    ROWS(S2F_STORE_ROW)
+                }
+            }
+        }
+    }
+    // the sums into P (the host makes every range hold tiles)
+    __local const float *acc = (__local const float *)acc_store;
+    for (int pos = 0; pos < 9; ++pos) {
+        const int base = S2F_ROW(pos, cb), rows = (s2_first[pos + 1] - s2_first[pos]) * cb;
+        for (int r = 0; r < rows; ++r) {
+            const int seg = r / cb, c = r - seg * cb;
+            __global float *dst = P + (((size_t)z * 25 + s2_first[pos] + seg) * C + c0 + c) * O + o0;
+            for (int o = 0; o < ob; ++o) dst[o] = acc[(base + r) * S2F_BO + o];
+        }
+    }
+}
+
+// dw (+)= s2_winograd_filter's sums as taps: tap (i, j) is the segment of row phase i == 1 and
+// column phase j == 1 of the positions (p, q) with p in {0, 1} (i = 0), {1, 2} (i = 2) or
+// {0, 2} (i = 1), likewise q, summed over the z ranges. One work-item per (o, c), o fastest
+// (P's rows are contiguous along o).
+__kernel void s2_filter_taps(const int C, const int O, const int Z, __global const float *restrict P,
+                             __global float *restrict dw, const int dw_off, const int acc)
+{
+    const int o = get_global_id(0), c = get_global_id(1);
+    if (c >= C || o >= O) return;
+    for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) {
+            const int pa = i == 2 ? 1 : 0, pb = i == 0 ? 1 : 2, qa = j == 2 ? 1 : 0, qb = j == 0 ? 1 : 2;
+            float s = 0.0f;
+            for (int z = 0; z < Z; ++z)
+                for (int u = 0; u < 2; ++u)
+                    for (int v = 0; v < 2; ++v) {
+                        const int p = u ? pb : pa, q = v ? qb : qa, pos = 3 * p + q;
+                        const int seg = (i == 1) * (q == 1 ? 1 : 2) + (j == 1);
+                        s += P[(((size_t)z * 25 + s2_first[pos] + seg) * C + c) * O + o];
+                    }
+            __global float *d = dw + dw_off + ((size_t)o * C + c) * 9 + i * 3 + j;
+            *d = acc ? *d + s : s;
+        }
 }

@@ -78,11 +78,16 @@ WINOGRAD_FOLD_NORM_TAPS = (3,)
 # the kernels (conv.cl's <name>_weights, gemm.cl's <name>_conv) per kernel size
 WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
-# s2_winograd_conv in gemm.cl) from this many input and output channels, ungrouped and
-# undilated, on 8-lane devices (AVX2, where it was measured on the 64->128 layer of
+# s2_winograd_conv in gemm.cl), and its weight gradient as that scheme's adjoint
+# (s2_winograd_filter), from this many input and output channels, ungrouped and undilated, on
+# 8-lane devices (AVX2, where both were measured on the 64->128 layer of
 # bench/test_bench_conv.py and the ResNet's 32->64: docs/opencl.md; 16 channels keep the
-# phase-plane direct kernel)
+# phase-plane direct kernel and the weight gradient's GEMM)
 S2_MIN_CHANNELS = 32
+# where s2_winograd_filter's blocks of channels give fewer work-groups than this, each block's
+# tiles are split into ranges (their sums added up by s2_filter_taps) so that both CPU threads
+# have work
+S2_FILTER_MIN_GROUPS = 2
 # The direct forward kernel pads a group's input planes into local memory per work-item (no padded
 # copy through global memory) where they take at most this many bytes...
 DIRECT_LOCAL_MAX_BYTES = 1 << 17
@@ -264,9 +269,10 @@ class SpatialOps(abc.ABC):
             xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias))
 
     def _use_s2(self, geo, groups) -> bool:
-        """Whether a forward pass runs as Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2
-        convolution (_s2_forward): undilated and ungrouped; "winograd" forces it there, "auto"
-        chooses it on 8-lane CPU devices from S2_MIN_CHANNELS input and output channels."""
+        """Whether a forward pass or weight gradient runs as Winograd F(2x2, 2x2) on the phases
+        of a 3x3 stride-2 convolution (_s2_forward, _s2_filter): undilated and ungrouped;
+        "winograd" forces it there, "auto" chooses it on 8-lane CPU devices from
+        S2_MIN_CHANNELS input and output channels."""
         c, o, kh, kw, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[9], geo[10], geo[13], geo[14]
         if (kh, kw, sh, sw, dh, dw, groups) != (3, 3, 2, 2, 1, 1, 1) or self.gemm_variant != "packed":
             return False
@@ -292,6 +298,25 @@ class SpatialOps(abc.ABC):
         self._kernel("gemm.cl", "s2_winograd_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
             *self._ref(x), h, wd, ph, pw, *self._ref(y), ho, wo, *self._optional(bias))
+
+    def _s2_filter(self, x, dy, dw, geo, accumulate, ws):
+        """dw (+)= the weight gradient of the 3x3 stride-2 convolution ``geo`` as the adjoint of
+        _s2_forward's scheme: per block of channels and range of tiles one work-group
+        transforms x's and dy's tiles and sums their products (s2_winograd_filter), then the
+        positions' sums become the taps (s2_filter_taps)."""
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
+        th, tw = -(-ho // 2), -(-wo // 2)
+        tiles = n * th * tw
+        sizes = self._gemm_tiles
+        blocks = (-(-c // sizes["S2F_BC"]), -(-o // sizes["S2F_BO"]))
+        t_chunk = round_up(-(-tiles // -(-S2_FILTER_MIN_GROUPS // (blocks[0] * blocks[1]))), sizes["S2F_TS"])
+        splits = -(-tiles // t_chunk)   # every range holds tiles
+        part = scratch(ws, self, "conv_s2_filter_part", (splits * 25 * c * o,), np.float32)
+        self._kernel("gemm.cl", "s2_winograd_filter")(
+            self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
+            th, tw, *self._ref(x), h, wd, ph, pw, *self._ref(dy), ho, wo, part.base_data)
+        self._kernel("gemm.cl", "s2_filter_taps")(
+            self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw), int(bool(accumulate)))
 
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
@@ -588,6 +613,9 @@ class SpatialOps(abc.ABC):
         geo = self._conv_geometry(x.shape, dw.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_filter")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
+        if self._use_s2(geo, groups):
+            self._s2_filter(x, dy, dw, geo, accumulate, ws)
+            return
         if self._use_direct(geo, groups, "filter"):
             self._direct_filter(x, dy, dw, geo, groups, accumulate, ws)
             return

@@ -258,6 +258,45 @@ def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case,
     np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
 
 
+def s2_weight_gradient_ref(x, dy, padding):
+    """dw of sum(conv(x, w) * dy) for a 3x3 stride-2 convolution, in float64 by einsum per tap."""
+    ho, wo = dy.shape[2:]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding + 2), (padding, padding + 2)))
+    dw = np.zeros((dy.shape[1], x.shape[1], 3, 3))
+    for i in range(3):
+        for j in range(3):
+            dw[:, :, i, j] = np.einsum("nchw,nohw->oc", xp[:, :, i:i + 2 * ho:2, j:j + 2 * wo:2], dy.astype(np.float64))
+    return dw
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding: batch 1, odd and even planes (tiles past dy's last row and
+    # column), padding 0, 1 and 2, output channels short of a vector (masked lanes) and past a
+    # block (S2F_BO 128), input channels past a block (S2F_BC 32), tiles past a slice (S2F_TS)
+    # and a block's tiles split into ranges (one block of channels)
+    ((1, 3, 7, 8), 5, 0),
+    ((2, 33, 9, 11), 12, 1),
+    ((3, 8, 13, 10), 130, 1),
+    ((1, 40, 17, 18), 9, 2),
+    ((2, 5, 32, 31), 16, 1),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_stride_2_phase_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, case, lanes, accumulate):
+    """The 3x3 stride-2 weight gradient as the adjoint of the phase Winograd (s2_winograd_filter,
+    s2_filter_taps), set and added to dw, against float64."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p = case
+    ho, wo = out_size(xs[2], 3, 2, p, 1), out_size(xs[3], 3, 2, p, 1)
+    x = rng.standard_normal(xs).astype(np.float32)
+    dy = rng.standard_normal((xs[0], o, ho, wo)).astype(np.float32)
+    dw0 = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    want = s2_weight_gradient_ref(x, dy, p) + (dw0 if accumulate else 0.0)
+    dw = b.from_host(dw0)
+    b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, (2, 2), (p, p), (1, 1), 1, accumulate, Workspace())
+    np.testing.assert_allclose(b.to_host(dw), want, rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
+
+
 WINOGRAD_CASES = [
     # k, (N, C, H, W), O, padding, dilation: batch 1, odd planes (tiles past the output's last
     # row and column), padding 0 and 2, channels no multiple of the panels (6 or 12) and past a
@@ -409,6 +448,23 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_ungrouped_3x3(ocl):
     assert algorithm(64, 128, d=2) != "s2" and algorithm(64, 128, k=5) != "s2" and algorithm(64, 128, s=1) != "s2"
 
 
+def test_stride_2_phase_winograd_weight_gradient_where_the_forward_takes_it(ocl, rng):
+    """The weight gradient of a layer whose forward "auto" runs as the phase Winograd takes its
+    adjoint (_s2_filter) on 8-lane devices; a 16-channel layer keeps its GEMM."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+    taken = []
+    real = b._s2_filter
+    b._s2_filter = lambda *args: taken.append(args[3][1]) or real(*args)
+    for c in (32, 16):
+        x = b.from_host(rng.standard_normal((1, c, 8, 8)).astype(np.float32))
+        dy = b.from_host(rng.standard_normal((1, 32, 4, 4)).astype(np.float32))
+        b.conv2d_backward_filter(x, dy, b.empty((32, c, 3, 3)), (2, 2), (1, 1), (1, 1), 1)
+        assert (b._forward_algorithm((1, c, 8, 8, 32, 3, 3, 4, 4, 2, 2, 1, 1, 1, 1), 1) == "s2") == (c == 32)
+    assert taken == [32]
+
+
 def test_stride_2_phase_winograd_not_on_16_lanes(lanes_backend):
     assert lanes_backend(16)._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) != "s2"
 
@@ -422,10 +478,13 @@ def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng):
     y = b.empty((2, 5, 5, 5))
     ws = Workspace()
     args = ((2, 2), (1, 1), (1, 1), 1)
+    dw = b.empty((5, 4, 3, 3))
     b.conv2d(x, w, y, *args, ws)
+    b.conv2d_backward_filter(x, y, dw, *args, False, ws)
     before = b.allocations
-    b.conv2d(x, w, y, *args, ws)
-    b.conv2d(x, w, y, *args, ws)
+    for _ in range(2):
+        b.conv2d(x, w, y, *args, ws)
+        b.conv2d_backward_filter(x, y, dw, *args, False, ws)
     assert b.allocations == before
 
 
