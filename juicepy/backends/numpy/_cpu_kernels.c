@@ -278,20 +278,21 @@ static PyObject *py_spin_while(PyObject *self, PyObject *args)
     long long value;
     double seconds, handover = 0.0;
     if (!PyArg_ParseTuple(args, "OnLd|Ond", &fo, &index, &value, &seconds, &ro, &seen, &handover)) return NULL;
-    Py_buffer f, r = {0};
+    Py_buffer f, r;
     if (PyObject_GetBuffer(fo, &f, PyBUF_C_CONTIGUOUS) < 0) return NULL;
     Py_ssize_t words = f.len / 8;
-    int bad = f.itemsize != 8 || index < 0 || index >= words;
+    int bad = f.itemsize != 8 || index < 0 || index >= words, counted = 0;
     if (!bad && ro != Py_None) {
         if (PyObject_GetBuffer(ro, &r, PyBUF_C_CONTIGUOUS) < 0) {
             PyBuffer_Release(&f);
             return NULL;
         }
+        counted = 1;
         bad = r.itemsize != 8 || r.len < 8 || seen < 0 || seen >= words;
     }
     if (bad) {
         PyBuffer_Release(&f);
-        if (r.buf) PyBuffer_Release(&r);
+        if (counted) PyBuffer_Release(&r);
         PyErr_SetString(PyExc_ValueError,
                         "spin_while: flags and releases must be int64, index and seen inside flags");
         return NULL;
@@ -300,12 +301,12 @@ static PyObject *py_spin_while(PyObject *self, PyObject *args)
     int changed;
     RELEASE_GIL
     changed = spin_while_equal(flag, value, seconds);
-    if (changed && r.buf)
+    if (changed && counted)
         spin_while_equal((const long long *)r.buf, __atomic_load_n((const long long *)f.buf + seen, __ATOMIC_ACQUIRE),
                          handover);
     REACQUIRE_GIL
     PyBuffer_Release(&f);
-    if (r.buf) PyBuffer_Release(&r);
+    if (counted) PyBuffer_Release(&r);
     return PyBool_FromLong(changed);
 }
 

@@ -38,10 +38,10 @@ static PyObject *py_count_gil_releases(PyObject *self, PyObject *counter)
             return NULL;
         }
     }
-    Py_XINCREF(counter == Py_None ? NULL : counter);
-    PyObject *previous = gil_releases_owner;
+    PyObject *owner = counter == Py_None ? NULL : counter, *previous = gil_releases_owner;
+    Py_XINCREF(owner);
     gil_releases = word;
-    gil_releases_owner = counter == Py_None ? NULL : counter;
+    gil_releases_owner = owner;
     Py_XDECREF(previous);
     Py_RETURN_NONE;
 }
