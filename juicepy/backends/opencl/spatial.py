@@ -309,7 +309,8 @@ class SpatialOps(abc.ABC):
         tiles = n * th * tw
         sizes = self._gemm_tiles
         blocks = (-(-c // sizes["S2F_BC"]), -(-o // sizes["S2F_BO"]))
-        t_chunk = round_up(-(-tiles // -(-S2_FILTER_MIN_GROUPS // (blocks[0] * blocks[1]))), sizes["S2F_TS"])
+        ranges = -(-S2_FILTER_MIN_GROUPS // (blocks[0] * blocks[1]))   # of each block's tiles
+        t_chunk = round_up(-(-tiles // ranges), sizes["S2F_TS"])
         splits = -(-tiles // t_chunk)   # every range holds tiles
         part = scratch(ws, self, "conv_s2_filter_part", (splits * 25 * c * o,), np.float32)
         self._kernel("gemm.cl", "s2_winograd_filter")(
