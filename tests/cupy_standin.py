@@ -176,16 +176,26 @@ def _host_scalar(ptr, dtype):
     return np.frombuffer((ctypes.c_byte * np.dtype(dtype).itemsize).from_address(ptr), dtype)[0]
 
 
-def _gemm(dtype):
-    def gemm(handle, transa, transb, m, n, k, alpha_ptr, a, lda, b, ldb, beta_ptr, c, ldc):
-        gemm_column_major(dtype, transa, transb, m, n, k, _host_scalar(alpha_ptr, dtype), a, lda, b, ldb,
-                          _host_scalar(beta_ptr, dtype), c, ldc)
-    return gemm
+def gemm(dtype, handle, transa, transb, m, n, k, alpha_ptr, a, lda, b, ldb, beta_ptr, c, ldc):
+    """cublasSgemm_v2 / cublasDgemm_v2 as juicepy's CublasApi.gemm takes them."""
+    gemm_column_major(dtype, transa, transb, m, n, k, _host_scalar(alpha_ptr, dtype), a, lda, b, ldb,
+                      _host_scalar(beta_ptr, dtype), c, ldc)
+
+
+def cublas_api(workspaces=None):
+    """A stand-in for juicepy.backends.cuda.device.cublas_api(); ``workspaces`` (a list) gets
+    every cublasSetWorkspace_v2 call's arguments."""
+    record = workspaces.append if workspaces is not None else (lambda args: None)
+    return types.SimpleNamespace(gemm=gemm, set_stream=lambda handle, stream: None,
+                                 set_pointer_mode=lambda handle, mode: None,
+                                 set_workspace=lambda *args: record(args))
 
 
 def install(monkeypatch) -> list:
     """Put the stand-in in sys.modules for ``cupy`` and ``cupy_backends``; returns the launch log."""
     import sys
+
+    from juicepy.backends.cuda import device as cuda_device
 
     log: list = []
     allocator: list = [None]
@@ -253,11 +263,7 @@ def install(monkeypatch) -> list:
     cupy.RawModule = lambda code, options: FakeModule(code, options, log)
     cupy.get_default_memory_pool = lambda: pool
     cupy.get_default_pinned_memory_pool = lambda: pool
-    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
-    cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T, cublas.CUBLAS_POINTER_MODE_HOST = 0, 1, 0
-    cublas.sgemm, cublas.dgemm = _gemm(np.float32), _gemm(np.float64)
-    cublas.setStream = lambda handle, stream: None
-    cublas.setPointerMode = lambda handle, mode: None
+    cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")  # imported only to load libcublas
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = cublas
     monkeypatch.setitem(sys.modules, "cupy", cupy)
@@ -265,6 +271,7 @@ def install(monkeypatch) -> list:
     monkeypatch.setitem(sys.modules, "cupy_backends.cuda", types.ModuleType("cupy_backends.cuda"))
     monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs", libs)
     monkeypatch.setitem(sys.modules, "cupy_backends.cuda.libs.cublas", cublas)
+    monkeypatch.setattr(cuda_device, "cublas_api", cublas_api)
     return log
 
 

@@ -401,15 +401,38 @@ class Emulator:
             self.cublas_handles[handle] = {"stream": 0, "pointer_mode": 0}
         return handle
 
+    def _cupy_set_stream(self, handle, stream):
+        # CuPy's cublas.setStream (which each of its cuBLAS wrappers calls first) refuses a
+        # capturing stream; the backend calls cuBLAS itself (CublasApi) to be capturable
+        if self.stream_by_ptr.get(stream, self.default_stream).capture is not None:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        self.cublas_handles[handle]["stream"] = stream
+
     def cublas_module(self):
+        """cupy_backends.cuda.libs.cublas: CuPy's wrappers, with their refusal while capturing."""
         cublas = types.ModuleType("cupy_backends.cuda.libs.cublas")
         cublas.CUBLAS_OP_N, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_C = 0, 1, 2
         cublas.CUBLAS_POINTER_MODE_HOST, cublas.CUBLAS_POINTER_MODE_DEVICE = 0, 1
-        cublas.sgemm = lambda *args: self.gemm(np.float32, *args)
-        cublas.dgemm = lambda *args: self.gemm(np.float64, *args)
-        cublas.setStream = lambda handle, stream: self.cublas_handles[handle].__setitem__("stream", stream)
+
+        def wrapper(dtype):
+            def gemm(handle, *args):
+                self._cupy_set_stream(handle, self.current_stream().ptr)
+                self.gemm(dtype, handle, *args)
+            return gemm
+
+        cublas.sgemm, cublas.dgemm = wrapper(np.float32), wrapper(np.float64)
+        cublas.setStream = self._cupy_set_stream
         cublas.setPointerMode = lambda handle, mode: self.cublas_handles[handle].__setitem__("pointer_mode", mode)
         return cublas
+
+    def cublas_api(self):
+        """What juicepy.backends.cuda.device.cublas_api binds in libcublas: the C functions."""
+        def set_stream(handle, stream):
+            self.cublas_handles[handle]["stream"] = stream
+
+        return types.SimpleNamespace(
+            set_stream=set_stream, gemm=self.gemm, set_workspace=self.set_workspace,
+            set_pointer_mode=lambda handle, mode: self.cublas_handles[handle].__setitem__("pointer_mode", mode))
 
 
 def active() -> Emulator | None:
@@ -420,7 +443,7 @@ def active() -> Emulator | None:
 def install(setitem) -> Emulator:
     """Make ``import cupy`` (and cupy_backends' cuBLAS) the emulator; ``setitem`` is a
     MonkeyPatch's, so it is undone with it. Returns the emulator."""
-    from juicepy.backends.cuda import capture
+    from juicepy.backends.cuda import device
 
     emulator = Emulator()
     cublas = emulator.cublas_module()
@@ -431,9 +454,8 @@ def install(setitem) -> Emulator:
     setitem(sys.modules, "cupy_backends.cuda", types.ModuleType("cupy_backends.cuda"))
     setitem(sys.modules, "cupy_backends.cuda.libs", libs)
     setitem(sys.modules, "cupy_backends.cuda.libs.cublas", cublas)
-    # the backend finds cublasSetWorkspace_v2 in libcublas by ctypes (CuPy does not wrap it): the
-    # emulator's stands in while the emulator is the cupy in use (not under another stand-in)
-    cupy, real_lookup = sys.modules["cupy"], capture.cublas_set_workspace
-    setitem(capture.__dict__, "cublas_set_workspace",
-            lambda: emulator.set_workspace if sys.modules.get("cupy") is cupy else real_lookup())
+    # the backend binds cuBLAS's C functions in libcublas by ctypes: the emulator's stand in
+    # while the emulator is the cupy in use (not under another stand-in)
+    cupy, real_lookup, api = sys.modules["cupy"], device.cublas_api, emulator.cublas_api()
+    setitem(device.__dict__, "cublas_api", lambda: api if sys.modules.get("cupy") is cupy else real_lookup())
     return emulator

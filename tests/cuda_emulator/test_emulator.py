@@ -374,6 +374,25 @@ def test_a_captured_stream_runs_nothing_until_the_graph_is_launched(emulator):
     assert (x.get() == 3).all()
 
 
+def test_cublas_is_captured_through_its_c_functions_but_cupys_wrappers_refuse(emulator):
+    # CuPy 14's cuBLAS wrappers refuse a capturing stream (seen on an H200); the C functions do not
+    module, cublas, api = emulator.cupy_module(), emulator.cublas_module(), emulator.cublas_api()
+    a, c = module.array(np.eye(2, dtype=np.float32) * 2), module.zeros((2, 2))
+    scalars = np.array([1.0, 0.0], np.float32)
+    args = (0, 0, 2, 2, 2, scalars.ctypes.data, a.data.ptr, 2, a.data.ptr, 2, scalars.ctypes.data + 4, c.data.ptr, 2)
+    handle, stream = emulator.cublas_handle(), module.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        with pytest.raises(NotImplementedError, match="during stream capture"):
+            cublas.sgemm(handle, *args)
+        api.set_stream(handle, stream.ptr)
+        api.gemm(np.float32, handle, *args)
+        graph = stream.end_capture()
+    assert (c.get() == 0).all()
+    graph.launch()
+    np.testing.assert_array_equal(c.get(), np.eye(2) * 4)
+
+
 def test_new_device_memory_is_garbage_not_zeros(emulator):
     assert np.isnan(emulator.empty((8,), np.float32).get()).all()
     assert (emulator.empty((8,), np.int32).get() == -1).all()

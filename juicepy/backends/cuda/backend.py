@@ -18,7 +18,9 @@ from ..base import (Backend, BackendUnavailable, channels_inner, check_cell, che
                     check_swap, check_channel_range, check_gemm, check_same,
                     check_view)
 from .capture import GraphCapture
-from .device import (BLOCK, INSTALL_HINT, MAX_BLOCKS, NULL, device_index, import_cupy)
+from . import device
+from .device import (BLOCK, CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_POINTER_MODE_HOST, INSTALL_HINT, MAX_BLOCKS,
+                     NULL, device_index, import_cupy)
 from .kernels import KernelSet, real_type
 from .spatial import SpatialOps
 
@@ -48,10 +50,10 @@ class CudaBackend(SpatialOps, Backend):
         self.device_index = device_index(count)
         self._cp = cupy
         try:
-            from cupy_backends.cuda.libs import cublas
+            from cupy_backends.cuda.libs import cublas  # noqa: F401  (loads libcublas)
         except Exception as exc:  # the cuBLAS library of the CUDA toolkit is missing
             raise BackendUnavailable(f"cuda backend: cuBLAS cannot be loaded ({exc}); {INSTALL_HINT}") from exc
-        self._cublas = cublas
+        self._cublas = device.cublas_api()
         self._graphs = GraphCapture(cupy, self)
         self.device = cupy.cuda.Device(self.device_index)
         self.device.use()
@@ -181,22 +183,20 @@ class CudaBackend(SpatialOps, Backend):
             self.scale(out, beta, out)
             return
         cublas = self._cublas
-        real = real_type(out.dtype)
-        gemm_fn = cublas.sgemm if real == "float" else cublas.dgemm
+        real_type(out.dtype)  # float32 and float64 only
         scalars = np.array([alpha, beta], out.dtype)  # host pointer mode: read during the call
         handle = self._cp.cuda.device.get_cublas_handle()
-        cublas.setStream(handle, self._cp.cuda.get_current_stream().ptr)
-        if self._graphs.cublas_workspace is not None and self._graphs.shift is not None:
+        cublas.set_stream(handle, self._cp.cuda.get_current_stream().ptr)
+        if self._graphs.shift is not None:
             # while capturing: a fixed workspace, so cuBLAS records no allocation into the graph
-            # (setStream above put the handle back on its default workspace)
-            set_workspace, buffer = self._graphs.cublas_workspace
-            set_workspace(handle, buffer.data.ptr, buffer.nbytes)
-        cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+            # (set_stream above put the handle back on its default workspace)
+            buffer = self._graphs.cublas_workspace
+            cublas.set_workspace(handle, buffer.data.ptr, buffer.nbytes)
+        cublas.set_pointer_mode(handle, CUBLAS_POINTER_MODE_HOST)
         # Row-major out = op(a) @ op(b) is column-major out^T = op(b)^T @ op(a)^T.
-        gemm_fn(handle, cublas.CUBLAS_OP_T if trans_b else cublas.CUBLAS_OP_N,
-                cublas.CUBLAS_OP_T if trans_a else cublas.CUBLAS_OP_N, n, m, k,
-                scalars.ctypes.data, b.data.ptr, self._ld(b, "b"), a.data.ptr, self._ld(a, "a"),
-                scalars.ctypes.data + scalars.itemsize, out.data.ptr, self._ld(out, "out"))
+        cublas.gemm(out.dtype.type, handle, CUBLAS_OP_T if trans_b else CUBLAS_OP_N, CUBLAS_OP_T if trans_a else CUBLAS_OP_N,
+                    n, m, k, scalars.ctypes.data, b.data.ptr, self._ld(b, "b"), a.data.ptr, self._ld(a, "a"),
+                    scalars.ctypes.data + scalars.itemsize, out.data.ptr, self._ld(out, "out"))
 
     def add(self, a, b, out, relu=False):
         self._same("add", a, b, out)

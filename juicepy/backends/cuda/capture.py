@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from ..base import CaptureError
-from .device import CUBLAS_WORKSPACE_BYTES, cublas_set_workspace
+from .device import CUBLAS_WORKSPACE_BYTES
 
 
 def refuse_allocation(size):
@@ -39,7 +39,7 @@ class GraphCapture:
         self._cp = cupy
         self._backend = backend
         self._local = threading.local()
-        self.cublas_workspace = None  # (cublasSetWorkspace_v2, buffer), made at the first capture
+        self.cublas_workspace = None  # the captured GEMMs' workspace, made at the first capture
 
     @property
     def shift(self):
@@ -58,9 +58,7 @@ class GraphCapture:
         cp, backend = self._cp, self._backend
         shift = backend.zeros((1,), np.int64)
         if self.cublas_workspace is None:
-            set_workspace = cublas_set_workspace()
-            if set_workspace is not None:  # else cuBLAS manages its workspace inside the graph
-                self.cublas_workspace = (set_workspace, backend.empty((CUBLAS_WORKSPACE_BYTES,), np.uint8))
+            self.cublas_workspace = backend.empty((CUBLAS_WORKSPACE_BYTES,), np.uint8)
         stream = cp.cuda.Stream(non_blocking=True)
         cp.cuda.get_current_stream().synchronize()
         self._local.shift = shift

@@ -1,4 +1,4 @@
-"""CUDA device plumbing: importing CuPy, choosing the device, cuBLAS's workspace, and the
+"""CUDA device plumbing: importing CuPy, choosing the device, the cuBLAS calls, and the
 launch constants shared by the backend's op modules."""
 
 from __future__ import annotations
@@ -19,17 +19,78 @@ NULL = np.uint64(0)  # a null pointer kernel argument
 CUBLAS_WORKSPACE_BYTES = 32 << 20  # what cuBLAS asks for on Hopper
 
 
-def cublas_set_workspace():
-    """cublasSetWorkspace_v2 from the libcublas CuPy loaded (CuPy does not wrap it), or None."""
-    for name in ("libcublas.so.13", "libcublas.so.12", "libcublas.so"):
+CUBLAS_OP_N, CUBLAS_OP_T = 0, 1
+CUBLAS_POINTER_MODE_HOST = 0
+_CUBLAS_LIBRARIES = ("libcublas.so.13", "libcublas.so.12", "libcublas.so", "cublas64_13.dll", "cublas64_12.dll")
+_CUBLAS_STATUS = {1: "NOT_INITIALIZED", 3: "ALLOC_FAILED", 7: "INVALID_VALUE", 8: "ARCH_MISMATCH",
+                  11: "MAPPING_ERROR", 13: "EXECUTION_FAILED", 14: "INTERNAL_ERROR", 15: "NOT_SUPPORTED",
+                  16: "LICENSE_ERROR"}
+
+
+class CublasError(RuntimeError):
+    pass
+
+
+class CublasApi:
+    """The cuBLAS C functions the backend calls, bound by ctypes in the libcublas CuPy loaded.
+
+    Not CuPy's wrappers: each of them re-binds the handle's stream through ``cublas.setStream``,
+    which refuses to run while that stream captures a CUDA graph, although cuBLAS calls can be
+    captured once the handle has a fixed workspace (cuBLAS's "CUDA Graphs Support").
+    """
+
+    def __init__(self, library) -> None:
+        pointer, integer = ctypes.c_void_p, ctypes.c_int
+        gemm_args = (pointer, integer, integer, integer, integer, integer, pointer, pointer, integer,
+                     pointer, integer, pointer, pointer, integer)
+        self._set_stream = self._bind(library, "cublasSetStream_v2", pointer, pointer)
+        self._set_pointer_mode = self._bind(library, "cublasSetPointerMode_v2", pointer, integer)
+        self._set_workspace = self._bind(library, "cublasSetWorkspace_v2", pointer, pointer, ctypes.c_size_t)
+        self._gemm = {np.dtype(np.float32): self._bind(library, "cublasSgemm_v2", *gemm_args),
+                      np.dtype(np.float64): self._bind(library, "cublasDgemm_v2", *gemm_args)}
+
+    @staticmethod
+    def _bind(library, name, *argtypes):
+        fn = getattr(library, name)
+        fn.argtypes, fn.restype = argtypes, ctypes.c_int
+
+        def call(*args):
+            status = fn(*args)
+            if status != 0:
+                raise CublasError(f"cuBLAS {name} failed: CUBLAS_STATUS_{_CUBLAS_STATUS.get(status, status)}")
+        return call
+
+    def set_stream(self, handle: int, stream: int) -> None:
+        """Bind the handle to a stream; this also puts it back on cuBLAS's own workspace."""
+        self._set_stream(handle, stream)
+
+    def set_pointer_mode(self, handle: int, mode: int) -> None:
+        self._set_pointer_mode(handle, mode)
+
+    def set_workspace(self, handle: int, ptr: int, nbytes: int) -> None:
+        self._set_workspace(handle, ptr, nbytes)
+
+    def gemm(self, dtype, handle, transa, transb, m, n, k, alpha_ptr, a, lda, b, ldb, beta_ptr, c, ldc) -> None:
+        """cublasSgemm_v2 / cublasDgemm_v2 by dtype (column-major, device pointers as ints)."""
+        self._gemm[np.dtype(dtype)](handle, transa, transb, m, n, k, alpha_ptr, a, lda, b, ldb, beta_ptr, c, ldc)
+
+
+def cublas_api() -> CublasApi:
+    """The cuBLAS functions of the library CuPy's cuBLAS module loaded (import that module first:
+    a library already loaded is found by its name without a search path)."""
+    return open_cublas(_CUBLAS_LIBRARIES)
+
+
+def open_cublas(names) -> CublasApi:
+    """The first of the named libraries that opens and has the functions; BackendUnavailable else."""
+    errors = []
+    for name in names:
         try:
-            fn = ctypes.CDLL(name).cublasSetWorkspace_v2
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes = (ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t)
-        fn.restype = ctypes.c_int
-        return fn
-    return None
+            return CublasApi(ctypes.CDLL(name))
+        except (OSError, AttributeError) as exc:
+            errors.append(f"{name}: {exc}")
+    raise BackendUnavailable(f"cuda backend: no cuBLAS library with the functions it calls ({'; '.join(errors)}); "
+                             f"{INSTALL_HINT}")
 
 
 def import_cupy():

@@ -11,7 +11,7 @@ import pytest
 
 import juicepy as jp
 from juicepy import layers as L
-from juicepy.backends.base import CaptureError
+from juicepy.backends.base import BackendUnavailable, CaptureError
 from juicepy.backends.cuda.backend import CudaBackend
 import cupy_standin
 from juicepy.train import SGD, Adam, AdamW, Trainer
@@ -168,11 +168,11 @@ def test_release_empties_the_pools(standin):
 
 
 def test_cublas_gets_a_fixed_workspace_only_while_capturing(standin, monkeypatch, rng):
-    from juicepy.backends.cuda import capture as cuda_capture
+    from juicepy.backends.cuda import device as cuda_device
 
     calls = []
-    monkeypatch.setattr(cuda_capture, "cublas_set_workspace", lambda: lambda *args: calls.append(args))
-    backend, _ = standin
+    monkeypatch.setattr(cuda_device, "cublas_api", lambda: cupy_standin.cublas_api(calls))
+    backend = CudaBackend()
     a, out = backend.from_host(rng.standard_normal((3, 3)).astype(np.float32)), backend.zeros((3, 3))
     backend.gemm(a, a, out)
     assert calls == []
@@ -214,3 +214,44 @@ def test_rnn_cell_refuses_an_unknown_nonlinearity(standin):
     n, hid = 3, 5
     with pytest.raises(ValueError, match="nonlinearity"):
         backend.rnn_cell(z(n, hid), z(n, hid), None, z(n, hid), "gelu")
+
+
+class _FakeCublasLibrary:
+    """ctypes-like functions of libcublas: each records its call and returns ``status``."""
+
+    def __init__(self, status=0):
+        self.calls = []
+
+        def function(name):
+            def fn(*args):
+                self.calls.append((name, args))
+                return status
+            return fn
+
+        for name in ("cublasSetStream_v2", "cublasSetPointerMode_v2", "cublasSetWorkspace_v2",
+                     "cublasSgemm_v2", "cublasDgemm_v2"):
+            setattr(self, name, function(name))
+
+
+def test_cublas_api_calls_the_c_function_of_the_dtype_and_names_a_failing_status():
+    from juicepy.backends.cuda.device import CublasApi, CublasError
+
+    library = _FakeCublasLibrary()
+    api = CublasApi(library)
+    api.gemm(np.float64, 1, 0, 1, 2, 3, 4, 10, 11, 2, 12, 3, 13, 14, 2)
+    api.set_workspace(1, 99, 32 << 20)
+    assert [name for name, _ in library.calls] == ["cublasDgemm_v2", "cublasSetWorkspace_v2"]
+    assert library.calls[0][1] == (1, 0, 1, 2, 3, 4, 10, 11, 2, 12, 3, 13, 14, 2)
+    with pytest.raises(CublasError, match="cublasSgemm_v2 failed: CUBLAS_STATUS_INVALID_VALUE"):
+        CublasApi(_FakeCublasLibrary(status=7)).gemm(np.float32, 1, 0, 0, 1, 1, 1, 0, 0, 1, 0, 1, 0, 0, 1)
+
+
+def test_without_a_cublas_library_the_backend_is_unavailable_naming_what_it_tried(monkeypatch):
+    from juicepy.backends.cuda import device as cuda_device
+
+    def no_library(name):
+        raise OSError(f"{name}: cannot open shared object file")
+
+    monkeypatch.setattr(cuda_device.ctypes, "CDLL", no_library)
+    with pytest.raises(BackendUnavailable, match=r"no cuBLAS library .*libcublas\.so\.13.*libcublas\.so\.12"):
+        cuda_device.open_cublas(("libcublas.so.13", "libcublas.so.12"))
