@@ -178,7 +178,11 @@ def test_release_frees_cached_blocks():
 
     pool = cupy.get_default_memory_pool()
     a = CUDA.empty((1 << 20,))
+    nbytes = a.nbytes
     del a
-    assert pool.total_bytes() > pool.used_bytes()
+    held = pool.total_bytes()
+    assert held - pool.used_bytes() >= nbytes
     CUDA.release()
-    assert pool.total_bytes() == pool.used_bytes()
+    # the freed array's block went back to the driver; CuPy keeps the free pieces of chunks that
+    # are still partly in use, so the pool need not end all in use
+    assert pool.total_bytes() <= held - nbytes
