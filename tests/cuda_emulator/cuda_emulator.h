@@ -6,10 +6,14 @@
 // misuse is reported by name (see runtime.cpp).
 #pragma once
 
+// Every standard header of the emulator's units, before the CUDA qualifier macros below:
+// libstdc++ 13 and later write __noinline__ in its own attributes.
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <utility>
 

@@ -13,9 +13,8 @@
 //     have, differs between the lanes, reads a lane outside the mask, or is never completed.
 // Out-of-bounds memory accesses are the AddressSanitizer build's job (see build.py).
 
-#include "cuda_emulator.h"
-#include "kernel_table.h"
-
+// System headers first: cuda_emulator.h defines CUDA's qualifiers as macros (__noinline__ among
+// them), which libstdc++ 13 and later spell in its own attributes.
 #include <sys/mman.h>
 
 #include <atomic>
@@ -39,6 +38,9 @@
 #if defined(JP_EMU_UCONTEXT)
 #include <ucontext.h>
 #endif
+
+#include "cuda_emulator.h"
+#include "kernel_table.h"
 
 #define JP_EMU_API extern "C" __attribute__((visibility("default")))
 
