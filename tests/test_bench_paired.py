@@ -71,7 +71,10 @@ def test_settles_for_the_given_time(benchmark, paired, backend):
 
 
 @pytest.fixture
-def inner(pytester):
+def inner(pytester, monkeypatch):
+    # the inner run is not an xdist worker even when this one is: pytest-benchmark reads this
+    # variable and would disable itself there
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
     pytester.makepyfile(test_inner=INNER)
     return pytester
 
