@@ -80,13 +80,11 @@ class NumpyBackend(Backend):
         dst.fill(value)
 
     def reshape(self, arr, shape):
-        view = arr.view()
         try:
-            view.shape = shape  # raises rather than copying when a view is impossible
-        except (AttributeError, ValueError) as exc:
+            return spatial._view(arr, shape)  # raises rather than copying when a view is impossible
+        except ValueError as exc:
             raise ValueError(f"numpy backend reshape: no view of {arr.shape} (strides {arr.strides}) "
                              f"as {tuple(shape)}: {exc}") from None
-        return view
 
     def flat_view(self, flat, offset, shape):
         check_view(self.name, flat, offset, shape)

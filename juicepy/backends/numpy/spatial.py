@@ -34,11 +34,29 @@ from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
 
 
-def _view(arr, shape):
-    """A reshaped view; raises instead of silently copying (an ``out=`` target must be a view)."""
-    view = arr.view()
-    view.shape = shape
-    return view
+def _copy_free_reshape_supported() -> bool:
+    try:
+        np.empty(1).reshape((1,), copy=False)
+    except TypeError:  # NumPy < 2.1
+        return False
+    return True
+
+
+if _copy_free_reshape_supported():
+    def _view(arr, shape):
+        """A reshaped view; raises ValueError instead of silently copying (an ``out=`` target
+        must be a view)."""
+        return arr.reshape(shape, copy=False)
+else:
+    def _view(arr, shape):
+        """A reshaped view; raises instead of silently copying (an ``out=`` target must be a view).
+        Setting ``shape``, which NumPy 2.5 deprecates, is what older NumPy has for this."""
+        view = arr.view()
+        try:
+            view.shape = shape
+        except AttributeError as exc:  # "incompatible shape for in-place modification"
+            raise ValueError(str(exc)) from None
+        return view
 
 
 def channel_shape(x):

@@ -106,3 +106,17 @@ def test_big_gemm_split_over_lanes_matches_float64(monkeypatch, trans_a, trans_b
     backend.gemm(a.astype(np.float32), b.astype(np.float32), out, trans_a, trans_b, alpha, beta)
     want = alpha * (a.T if trans_a else a) @ (b.T if trans_b else b) + beta * out0
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
+
+
+def test_reshape_is_a_view_or_an_error_naming_the_shapes_never_a_copy():
+    import warnings
+
+    from juicepy.backends.numpy import NumpyBackend
+
+    backend, base = NumpyBackend(), np.arange(24.0).reshape(4, 6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy 2.5 deprecates assigning .shape
+        view = backend.reshape(base[1:3], (12,))
+        assert np.shares_memory(view, base) and view[0] == 6.0
+        with pytest.raises(ValueError, match=r"no view of \(4, 3\) \(strides \(48, 8\)\) as \(12,\)"):
+            backend.reshape(base[:, :3], (12,))
