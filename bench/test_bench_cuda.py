@@ -1,6 +1,7 @@
 """CUDA training-step benchmarks: juicepy op by op vs graph replay vs PyTorch eager on the same
-GPU, the wide MLP against the throughput of its own GEMMs on cuBLAS in the same run, and the
-device allocations of a steady step (recorded in extra_info, asserted 0).
+GPU, the wide MLP against the throughput of its own GEMMs on cuBLAS in the same run, the
+CIFAR-shaped CNN and the zoo's ResNet of bench/test_bench_cnn.py against the same models in
+PyTorch eager CUDA, and the device allocations of a steady step (recorded in extra_info, asserted 0).
 
 Run on a GPU machine (or all of it at once: bash tests/gpu/acceptance.sh):
     pytest bench/test_bench_cuda.py --benchmark-group-by=group --benchmark-columns=min,median,mean,rounds
@@ -16,6 +17,8 @@ import juicepy as jp
 from juicepy import layers as L
 from juicepy.backends import BackendUnavailable
 from juicepy.train import Adam, Trainer
+
+from test_bench_cnn import BATCH as CNN_BATCH, MODELS as CNN_MODELS, SHAPE as CNN_SHAPE
 
 try:
     CUDA = jp.backend("cuda")
@@ -166,3 +169,17 @@ def test_wide_mlp_gemms_alone_cublas(benchmark):
     gemms()
     benchmark(gemms)
     _record_tflops(benchmark, batch)
+
+
+@pytest.mark.parametrize("model", list(CNN_MODELS))
+def test_cnn_step(benchmark, model):
+    """BatchNorm's batch counter is host state, so these networks run op by op (no graph)."""
+    benchmark.group = f"{model} b{CNN_BATCH} 3x32x32 train step"
+    _juicepy_step(benchmark, jp.Network(CNN_MODELS[model][0](), CNN_SHAPE, seed=0), CNN_BATCH, graphs=False)
+
+
+@pytest.mark.parametrize("model", list(CNN_MODELS))
+def test_cnn_step_torch_eager(benchmark, model):
+    torch = pytest.importorskip("torch")
+    benchmark.group = f"{model} b{CNN_BATCH} 3x32x32 train step"
+    _torch_step(benchmark, lambda nn: CNN_MODELS[model][1](torch), CNN_SHAPE, CNN_BATCH)
