@@ -319,6 +319,25 @@ class SpatialOps(abc.ABC):
         self._kernel("gemm.cl", "s2_filter_taps")(
             self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw), int(bool(accumulate)))
 
+    def _s2_data(self, dy, w, dx, geo, accumulate, ws):
+        """dx (+)= the input gradient of the 3x3 stride-2 convolution ``geo`` as Winograd
+        F(2x2, 2x2) on dx's phases: the 25 transformed weight matrices (s2_data_weights), then one
+        kernel that gathers and transforms each work-group's 3x3 patches of dy, multiplies them
+        per position and transforms the products into 4x4 blocks of dx (s2_winograd_data)."""
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
+        bh, bw = -(-h // 4), -(-wd // 4)
+        blocks = n * bh * bw
+        mr = self._gemm_tiles["MR"]
+        panels = -(-c // mr)
+        u = scratch(ws, self, "conv_s2_data_u", (25 * panels * mr * o,), np.float32)
+        self._kernel("conv.cl", "s2_data_weights")(
+            self.queue, (round_up(o, 64), panels * mr), (64, 1), o, *self._ref(w), c, mr, u.base_data, 0)
+        tile_m = even_tile(c, self._gemm_tiles["S2_BM"], mr)
+        nr = 2 * self._gemm_tiles["VW"]
+        self._kernel("gemm.cl", "s2_winograd_data")(
+            self.queue, (-(-blocks // nr), -(-c // tile_m)), (1, 1), c, o, blocks, tile_m, bh, bw, u.base_data,
+            *self._ref(dy), ho, wo, ph, pw, *self._ref(dx), h, wd, int(bool(accumulate)))
+
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "direct"
@@ -546,6 +565,9 @@ class SpatialOps(abc.ABC):
         if self._use_winograd(geo, groups, "data"):   # the forward convolution of dy, taps flipped
             flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
             self._winograd(dy, w, dx, flipped, True, accumulate, ws)
+            return
+        if self._use_s2(geo, groups):
+            self._s2_data(dy, w, dx, geo, accumulate, ws)
             return
         if sh == sw == 1 and self._use_implicit() and not self._use_direct(geo, groups, "data"):
             # the forward convolution of dy with the transposed, flipped weights
