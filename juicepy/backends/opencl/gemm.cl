@@ -1560,6 +1560,11 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                 for (int l = 0; l < VW; ++l) {
                     const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
                     __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
+                    if (n >= 0 && r0 >= 0 && q0 >= 0 && r0 + 3 <= Ho && q0 + 3 <= Wo) {   // inside dy
+                        for (int r = 0; r < 3; ++r)
+                            for (int q = 0; q < 3; ++q) zs[(r * 3 + q) * VW + l] = s_[(size_t)(r0 + r) * Wo + q0 + q];
+                        continue;
+                    }
                     for (int r = 0; r < 3; ++r)
                         for (int q = 0; q < 3; ++q) {
                             const int h_ = r0 + r, w_ = q0 + q;
