@@ -1551,12 +1551,36 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
         top[j] = 2 * a + ((ph + 1) >> 1) - 1;
         left[j] = 2 * b + ((pw + 1) >> 1) - 1;
     }
+    // runs of 8 blocks along one row of blocks, at the same dy row, starting inside dy's columns
+    // and with at most the last one's last column past them: their patches' rows are 17
+    // consecutive values of dy (read as two float8 and one more, split into even and odd lanes;
+    // their lanes were gathered one by one). The same runs inside dx store rows of 32 pixels.
+    int run8[NR / 8], out8[NR / 8];
+    for (int j0 = 0; j0 < NR; j0 += 8) {
+        const int same = img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0];
+        run8[j0 / 8] = same && left[j0] >= 0 && left[j0] + 16 <= Wo;
+    }
     for (int k0 = 0; k0 < K; k0 += S2K) {
         const int kc = min(S2K, K - k0);
         for (int c = 0; c < kc; ++c) {
             for (int h0 = 0; h0 < NR; h0 += VW) {
                 floatv zv[9];   // zv[r * 3 + q]: lane l holds value (r, q) of block h0 + l's patch
                 float *zs = (float *)zv;
+#if VW == 8
+                if (run8[h0 / 8]) {
+                    __global const float *s_ = dy + dy_off + ((size_t)img[h0] * K + k0 + c) * plane + left[h0];
+                    const int last = left[h0] + 16 < Wo;
+                    for (int r = 0; r < 3; ++r) {
+                        const int h_ = top[h0] + r;
+                        if (h_ < 0 || h_ >= Ho) { zv[r * 3] = zv[r * 3 + 1] = zv[r * 3 + 2] = (floatv)(0.0f); continue; }
+                        const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo), u1 = vload8(1, s_ + (size_t)h_ * Wo);
+                        const float e16 = last ? s_[(size_t)h_ * Wo + 16] : 0.0f;
+                        zv[r * 3] = (float8)(u0.s0246, u1.s0246);
+                        zv[r * 3 + 1] = (float8)(u0.s1357, u1.s1357);
+                        zv[r * 3 + 2] = (float8)(u0.s246, u1.s0246, e16);
+                    }
+                } else
+#endif
                 for (int l = 0; l < VW; ++l) {
                     const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
                     __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
@@ -1602,6 +1626,9 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
         const int a = (t0 + j) % (bh * bw) / bw, b = (t0 + j) % bw;
         out_at[j] = 4 * a * W + 4 * b;
     }
+    for (int j0 = 0; j0 < NR; j0 += 8)
+        out8[j0 / 8] = img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0]
+                       && out_at[j0] % W + 32 <= W && out_at[j0] / W + 4 <= H;
     const int rows = min(tile_m, M - row0);
     for (int m = 0; m < rows; ++m) {
         for (int j0 = 0; j0 < NR; j0 += 8) {
@@ -1616,6 +1643,17 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
             for (int j = 0; j < 4; ++j) {
                 S2D_OUT(o, s[0][j], s[1][j], s[2][j], s[3][j], s[4][j], odd_y)
                 for (int i = 0; i < 4; ++i) y[i][j] = o[i];
+            }
+            if (out8[j0 / 8]) {
+                __global float *d = dX + dx_off + ((size_t)img[j0] * M + row0 + m) * H * W + out_at[j0];
+                for (int i = 0; i < 4; ++i, d += W) {
+#define S2D_MIX(a, b) (float8)(y[i][0].a, y[i][1].a, y[i][2].a, y[i][3].a, y[i][0].b, y[i][1].b, y[i][2].b, y[i][3].b)
+                    float8 v0 = S2D_MIX(s0, s1), v1 = S2D_MIX(s2, s3), v2 = S2D_MIX(s4, s5), v3 = S2D_MIX(s6, s7);
+#undef S2D_MIX
+                    if (acc) { v0 += vload8(0, d); v1 += vload8(1, d); v2 += vload8(2, d); v3 += vload8(3, d); }
+                    vstore8(v0, 0, d); vstore8(v1, 1, d); vstore8(v2, 2, d); vstore8(v3, 3, d);
+                }
+                continue;
             }
             const float *ys = (const float *)y;   // ys[(i * 4 + j) * 8 + l]: block j0 + l's pixel (i, j)
             for (int l = 0; l < 8; ++l) {

@@ -320,6 +320,11 @@ def s2_input_gradient_ref(dy, w, x_shape, padding):
     ((1, 140, 17, 18), 9, 2),
     ((2, 5, 32, 31), 16, 1),
     ((1, 7, 6, 9), 4, 3),
+    # runs of 8 blocks read as rows of dy (the last column inside dy and past it) and stored as
+    # rows of 32 pixels (inside dx), padding 1 and 2; a run crossing a row of blocks
+    ((2, 9, 36, 32), 6, 1),
+    ((1, 4, 12, 40), 3, 2),
+    ((3, 6, 8, 34), 5, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
