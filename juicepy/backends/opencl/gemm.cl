@@ -1513,11 +1513,15 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
 // P1 + P2; the phase tap 1 reaches takes P3 = d1 w1, P4 = d2 w1 (d0 and d1 where pad is odd, that
 // phase then first). 5 x 5 products per block of 4 x 4 pixels instead of 36 (s2_data_weights in
 // conv.cl packs the 25 weight matrices). Work-group (p, r) takes NR consecutive blocks (p) and the
-// tile_m input channels from row r * tile_m; per slice of S2K output channels it transforms each
-// block's 3x3 patch of dy into local panels V[25][S2K][NR], runs the micro-kernel of each
+// tile_m input channels from row r * tile_m; per slice of S2DK output channels it transforms each
+// block's 3x3 patch of dy into local panels V[25][S2DK][NR], runs the micro-kernel of each
 // position on U ([25][M/MR][K][MR]) into local sums M[25][tile_m][NR], and finally transforms M's
 // blocks into dx, set or added. M = C, K = O here.
-#define S2D_V(pos) ((pos) * (S2_SEG + 16))
+// S2DK: output channels per slice; only CPU builds set it (programs.py): the kernel's local
+// memory (25 segments and 25 sums of NR blocks) is past what GPUs have
+#ifdef S2DK
+#define S2D_SEG (S2DK * NR)
+#define S2D_V(pos) ((pos) * (S2D_SEG + 16))
 #define S2D_MXI (S2_BM * NR + 16)
 // along one axis of a patch: the five transformed values t0..t4 of a, b, c (odd: pad is odd)
 #define S2D_IN(t, a, b, c, odd) { t[0] = (a) - (b); t[1] = (b); t[2] = (c) - (b); \
@@ -1532,7 +1536,7 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                       const int Ho, const int Wo, const int ph, const int pw,
                       __global float *restrict dX, const int dx_off, const int H, const int W, const int acc)
 {
-    __local floatv v_store[25 * (S2_SEG + 16) / VW];
+    __local floatv v_store[25 * (S2D_SEG + 16) / VW];
     __local floatv m_store[25 * S2D_MXI / VW];
     __local float *vt = (__local float *)v_store;
     __local float *mt = (__local float *)m_store;
@@ -1560,8 +1564,8 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
         const int same = img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0];
         run8[j0 / 8] = same && left[j0] >= 0 && left[j0] + 16 <= Wo;
     }
-    for (int k0 = 0; k0 < K; k0 += S2K) {
-        const int kc = min(S2K, K - k0);
+    for (int k0 = 0; k0 < K; k0 += S2DK) {
+        const int kc = min(S2DK, K - k0);
         for (int c = 0; c < kc; ++c) {
             for (int h0 = 0; h0 < NR; h0 += VW) {
                 floatv zv[9];   // zv[r * 3 + q]: lane l holds value (r, q) of block h0 + l's patch
@@ -1679,3 +1683,4 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
         }
     }
 }
+#endif

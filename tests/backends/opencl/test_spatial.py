@@ -312,11 +312,11 @@ def s2_input_gradient_ref(dy, w, x_shape, padding):
 @pytest.mark.parametrize("case", [
     # (N, C, H, W), O, padding: batch 1, odd and even planes (blocks past dx's last row and
     # column), padding 0 to 3 (both orders of dx's phases in a block), input channels short of a
-    # micro-panel and past a work-group's rows (S2_BM 132), output channels past a slice (S2K 64),
+    # micro-panel and past a work-group's rows (S2_BM 132), output channels past a slice (S2DK 128),
     # blocks past a work-group's NR
     ((1, 3, 7, 8), 5, 0),
     ((2, 33, 9, 11), 12, 1),
-    ((3, 8, 13, 10), 70, 1),
+    ((3, 8, 13, 10), 140, 1),
     ((1, 140, 17, 18), 9, 2),
     ((2, 5, 32, 31), 16, 1),
     ((1, 7, 6, 9), 4, 3),
