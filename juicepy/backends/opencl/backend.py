@@ -39,8 +39,9 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     def __init__(self, device=None, gemm_variant: str | None = None, conv_algorithm: str = "auto",
                  vector_width: int | None = None):
         """``device``: a pyopencl Device (default: see :func:`pick_device`). ``gemm_variant``:
-        "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default by
-        device type. ``conv_algorithm``: "direct" (row loops, no column matrix), "implicit" (GEMM tiles
+        "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default
+        "packed" on CPU devices whose local memory holds its tiles, else "cooperative"; kernels
+        whose local arrays exceed the device's are never built or chosen (local_memory.py). ``conv_algorithm``: "direct" (row loops, no column matrix), "implicit" (GEMM tiles
         gathered from the input), "gemm" (im2col + GEMM), "winograd" (F(2x2, 3x3) or F(2x2, 5x5)
         where it applies: stride-1 3x3 and 5x5 forward passes and input gradients of one group) or "auto"
         (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
