@@ -41,10 +41,11 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         """``device``: a pyopencl Device (default: see :func:`pick_device`). ``gemm_variant``:
         "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default
         "packed" on CPU devices whose local memory holds its tiles, else "cooperative"; kernels
-        whose local arrays exceed the device's are never built or chosen (local_memory.py). ``conv_algorithm``: "direct" (row loops, no column matrix), "implicit" (GEMM tiles
+        whose local arrays exceed the device's are never built or chosen (local_memory.py).
+        ``conv_algorithm``: "direct" (row loops, no column matrix), "implicit" (GEMM tiles
         gathered from the input), "gemm" (im2col + GEMM), "winograd" (F(2x2, 3x3) or F(2x2, 5x5)
-        where it applies: stride-1 3x3 and 5x5 forward passes and input gradients of one group) or "auto"
-        (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
+        where it applies: stride-1 3x3 and 5x5 forward passes and input gradients of one group)
+        or "auto" (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
         convolutions' vectors and of the packed GEMM's micro-kernels (16: 12 x 32 tiles for
         AVX-512's 32 registers; 8: 6 x 16 for AVX2's 16); default 16 where the device prefers 16
         lanes and its compiler targets AVX-512, else 8 (:func:`compiled_float_lanes`)."""

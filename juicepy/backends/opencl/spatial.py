@@ -276,8 +276,9 @@ class SpatialOps(abc.ABC):
             xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias))
 
     def _use_s2(self, geo, groups, op) -> bool:
-        """Whether a forward pass (``op`` "forward") or weight gradient ("filter") runs as Winograd F(2x2, 2x2) on the phases
-        of a 3x3 stride-2 convolution (_s2_forward, _s2_filter): undilated and ungrouped;
+        """Whether a forward pass (``op`` "forward") or weight gradient ("filter") runs as
+        Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 convolution (_s2_forward,
+        _s2_filter): undilated and ungrouped, where its kernel fits the device's local memory;
         "winograd" forces it there, "auto" chooses it on 8-lane CPU devices from
         S2_MIN_CHANNELS input and output channels."""
         c, o, kh, kw, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[9], geo[10], geo[13], geo[14]
