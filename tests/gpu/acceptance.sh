@@ -114,24 +114,24 @@ step benchmarks "${BENCH_ENV[@]}" "$PY" -m pytest -x -q -p no:cacheprovider benc
 # a collective fails the step instead of stalling the run.
 MULTI_GPU="$OUT/multi_gpu.json"
 rm -f "$MULTI_GPU"
-if [ "$DRY_RUN" = 1 ]; then
-    GPUS=0
+GPUS=0
+[ "$DRY_RUN" = 1 ] || GPUS=$(nvidia-smi -L | grep -c '^GPU ' || true)
+if [ "$DRY_RUN" = 1 ] || [ -n "$PYTHON" ]; then  # the one juicepy's launcher uses (the environment's, or PATH's)
     MPIEXEC=$("$PY" -c "from juicepy.cli import mpiexec_path; print(mpiexec_path() or '')" 2>/dev/null || true)
 else
-    GPUS=$(nvidia-smi -L | grep -c '^GPU ' || true)
-    MPIEXEC="$(dirname "$PY")/mpiexec"
+    MPIEXEC="$(dirname "$PY")/mpiexec"  # the venv's, from MPICH's wheel
 fi
-if [ -z "$MPIEXEC" ] || [ ! -x "$MPIEXEC" ]; then
+if [ "$DRY_RUN" != 1 ] && [ "$GPUS" -lt 2 ]; then
+    echo "{\"run\": false, \"gpus\": $GPUS, \"reason\": \"$GPUS GPU(s): the multi-GPU step needs 2\"}" > "$MULTI_GPU"
+    echo "== multi-gpu: NOT RUN ($GPUS GPU(s); it needs 2)"
+elif [ -z "$MPIEXEC" ] || [ ! -x "$MPIEXEC" ]; then
     echo "{\"run\": false, \"gpus\": $GPUS, \"reason\": \"no mpiexec (install the distributed extra)\"}" > "$MULTI_GPU"
     echo "== multi-gpu: NOT RUN (no mpiexec)"
 elif [ "$DRY_RUN" = 1 ]; then
     step multi-gpu env JUICEPY_CUDA_EMULATOR_SCHEDULE=forward OMP_NUM_THREADS=1 JUICEPY_NUM_THREADS=1 \
         timeout 900 "$MPIEXEC" -n 2 "$PY" -m mpi4py tests/gpu/multi_gpu_step.py --out "$MULTI_GPU" --dry-run
-elif [ "$GPUS" -ge 2 ]; then
-    step multi-gpu timeout 900 "$MPIEXEC" -n 2 "$PY" -m mpi4py tests/gpu/multi_gpu_step.py --out "$MULTI_GPU"
 else
-    echo "{\"run\": false, \"gpus\": $GPUS, \"reason\": \"$GPUS GPU(s): the multi-GPU step needs 2\"}" > "$MULTI_GPU"
-    echo "== multi-gpu: NOT RUN ($GPUS GPU(s); it needs 2)"
+    step multi-gpu timeout 900 "$MPIEXEC" -n 2 "$PY" -m mpi4py tests/gpu/multi_gpu_step.py --out "$MULTI_GPU"
 fi
 step report "$PY" tests/gpu/acceptance_report.py report "$OUT" --dry-run="$DRY_RUN" --seconds=$(( $(date +%s) - START ))
 MULTI_NOTE=$(grep -q '"run": false' "$MULTI_GPU" && echo "; the multi-GPU step was NOT RUN (see the report)" || true)

@@ -183,7 +183,7 @@ class CudaBackend(SpatialOps, Backend):
             self.scale(out, beta, out)
             return
         cublas = self._cublas
-        real_type(out.dtype)  # float32 and float64 only
+        real_type(out.dtype)  # a TypeError for dtypes other than float32 and float64
         scalars = np.array([alpha, beta], out.dtype)  # host pointer mode: read during the call
         handle = self._cp.cuda.device.get_cublas_handle()
         cublas.set_stream(handle, self._cp.cuda.get_current_stream().ptr)
@@ -194,8 +194,9 @@ class CudaBackend(SpatialOps, Backend):
             cublas.set_workspace(handle, buffer.data.ptr, buffer.nbytes)
         cublas.set_pointer_mode(handle, CUBLAS_POINTER_MODE_HOST)
         # Row-major out = op(a) @ op(b) is column-major out^T = op(b)^T @ op(a)^T.
-        cublas.gemm(out.dtype.type, handle, CUBLAS_OP_T if trans_b else CUBLAS_OP_N, CUBLAS_OP_T if trans_a else CUBLAS_OP_N,
-                    n, m, k, scalars.ctypes.data, b.data.ptr, self._ld(b, "b"), a.data.ptr, self._ld(a, "a"),
+        cublas.gemm(out.dtype.type, handle, CUBLAS_OP_T if trans_b else CUBLAS_OP_N,
+                    CUBLAS_OP_T if trans_a else CUBLAS_OP_N, n, m, k,
+                    scalars.ctypes.data, b.data.ptr, self._ld(b, "b"), a.data.ptr, self._ld(a, "a"),
                     scalars.ctypes.data + scalars.itemsize, out.data.ptr, self._ld(out, "out"))
 
     def add(self, a, b, out, relu=False):

@@ -21,12 +21,14 @@ from ..base import (Backend, BackendUnavailable, Workspace, channels_inner, chec
 from .device import INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
+from .local_memory import (ELEMENTWISE_WG, REDUCE_WG, build_defines, check_required, describe_misfit,
+                           device_limits, fitting_families)
 from .programs import ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache, compiled_float_lanes, refuses_float_lanes
 from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
 
-_WG = 256          # work-group size of the elementwise kernels
-_REDUCE_WG = 256   # must match REDUCE_WG in rows.cl
+_WG = ELEMENTWISE_WG          # work-group size of the elementwise kernels
+_REDUCE_WG = REDUCE_WG        # must match REDUCE_WG in rows.cl
 _BIAS_CHUNK = 64   # rows per partial sum of bias_grad (column_sums in rows.cl)
 
 
@@ -37,11 +39,13 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     def __init__(self, device=None, gemm_variant: str | None = None, conv_algorithm: str = "auto",
                  vector_width: int | None = None):
         """``device``: a pyopencl Device (default: see :func:`pick_device`). ``gemm_variant``:
-        "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default by
-        device type. ``conv_algorithm``: "direct" (row loops, no column matrix), "implicit" (GEMM tiles
+        "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default
+        "packed" on CPU devices whose local memory holds its tiles, else "cooperative"; kernels
+        whose local arrays exceed the device's are never built or chosen (local_memory.py).
+        ``conv_algorithm``: "direct" (row loops, no column matrix), "implicit" (GEMM tiles
         gathered from the input), "gemm" (im2col + GEMM), "winograd" (F(2x2, 3x3) or F(2x2, 5x5)
-        where it applies: stride-1 3x3 and 5x5 forward passes and input gradients of one group) or "auto"
-        (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
+        where it applies: stride-1 3x3 and 5x5 forward passes and input gradients of one group)
+        or "auto" (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
         convolutions' vectors and of the packed GEMM's micro-kernels (16: 12 x 32 tiles for
         AVX-512's 32 registers; 8: 6 x 16 for AVX2's 16); default 16 where the device prefers 16
         lanes and its compiler targets AVX-512, else 8 (:func:`compiled_float_lanes`)."""
@@ -60,11 +64,12 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             raise BackendUnavailable(f"opencl backend: cannot open {self.device.name!r} ({exc}); "
                                      f"{INSTALL_HINT}") from None
         self.is_cpu = bool(self.device.type & cl.device_type.CPU)
-        if gemm_variant is None:
-            gemm_variant = "packed" if self.is_cpu else "cooperative"
-        if gemm_variant not in ("packed", "cooperative"):
+        if gemm_variant not in (None, "packed", "cooperative"):
             raise ValueError(f"gemm_variant must be 'packed' or 'cooperative', got {gemm_variant!r}")
-        self.gemm_variant = gemm_variant
+        # local memory and work-group size, planned for once: kernels whose local arrays do not
+        # fit are left out of the build and never chosen (local_memory.py)
+        self.limits = device_limits(self.device)
+        check_required(self.limits, self.device.name, BackendUnavailable)
         if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}")
         self.conv_algorithm = conv_algorithm
@@ -79,8 +84,20 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                              f"compiler targets no AVX-512 ({self.device.version}), and its 16-lane programs come "
                              f"back from the kernel cache without kernels; use vector_width=8 (the default here)")
         self._conv_vec = vector_width
-        # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs
+        # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs; a
+        # CPU runtime whose local memory cannot hold the big tiles gets the cooperative GEMM
+        packed_fits = fitting_families(CPU_GEMM[vector_width], self.limits)["packed"]
+        if gemm_variant is None:
+            gemm_variant = "packed" if self.is_cpu and packed_fits else "cooperative"
+        elif gemm_variant == "packed" and not packed_fits:
+            raise ValueError(f"gemm_variant='packed': "
+                             f"{describe_misfit('packed', CPU_GEMM[vector_width], self.limits, self.device.name)}; "
+                             f"use gemm_variant='cooperative' (the default there)")
+        self.gemm_variant = gemm_variant
         self._gemm_tiles = CPU_GEMM[vector_width] if gemm_variant == "packed" else GPU_GEMM
+        #: kernel family (local_memory.OPTIONAL_FAMILIES) -> whether it is built and may be chosen
+        self.kernel_fits = fitting_families(self._gemm_tiles, self.limits)
+        left_out = build_defines(self.kernel_fits)
         self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
         self._gemm_lock = threading.Lock()
         # the tile counter of gemm_packed / gemm_nt (see FOR_EACH_TILE in gemm.cl), its value
@@ -89,8 +106,9 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self._gemm_ticket_next = 0
         self._gemm_workers = max(1, int(self.device.max_compute_units))
         self._programs = ProgramCache(cl, self.context, self.device,
-                                      {"gemm.cl": self._gemm_tiles,
-                                       "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]]},
+                                      {"gemm.cl": {**self._gemm_tiles, **left_out},
+                                       "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]],
+                                                          **left_out},
                                        "conv.cl": {"VEC": self._conv_vec}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)

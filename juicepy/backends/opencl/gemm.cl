@@ -32,6 +32,23 @@
 #ifndef MR
 #define MR 12
 #endif
+// BUILD_*: 0 leaves a family of kernels out of the build where its local arrays do not fit
+// the device (local_memory.py; a GPU compiler refuses the whole program otherwise)
+#ifndef BUILD_PACKED
+#define BUILD_PACKED 1
+#endif
+#ifndef BUILD_WINOGRAD3
+#define BUILD_WINOGRAD3 1
+#endif
+#ifndef BUILD_WINOGRAD5
+#define BUILD_WINOGRAD5 1
+#endif
+#ifndef BUILD_S2_CONV
+#define BUILD_S2_CONV 1
+#endif
+#ifndef BUILD_S2_FILTER
+#define BUILD_S2_FILTER 1
+#endif
 // STAGE_B_ROWS: tiles of B read straight from B (and conv_gemm's gathered ones) are staged k
 // by k across all the tile's panels, each k's row read once, in order; panel by panel, each
 // k reads one 64-byte piece of rows that lie a row (or plane) apart, and on AVX2 those reads
@@ -198,6 +215,7 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
 // so the tiles split C evenly between the CPU threads. Split-K (few tiles, long K): group z of
 // dimension 2 sums K range [z * k_chunk, (z + 1) * k_chunk) into its own (M, N) slab of C,
 // at element offset z * M * N; gemm_split_sum adds the slabs up afterwards.
+#if BUILD_PACKED
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_packed(const int M, const int N, const int K, const int tile_m, const int tile_n,
                  const int k_chunk,
@@ -297,6 +315,7 @@ void gemm_packed(const int M, const int N, const int K, const int tile_m, const 
     STORE_C_TILE(C, ldc)
     END_TILES
 }
+#endif
 
 // Ap[p][k][r] = A'[p*MR + r, k] for the input gradient of a convolution group: A'[c, (o, t)]
 // = w[o, c, taps - 1 - t] (the transposed, flipped weights; w starts at the group's first
@@ -507,6 +526,7 @@ typedef floatv floatv_ua __attribute__((aligned(4)));
 // beta 0; epi bits: 1 adds the residual at the same place of res, 2 the ReLU, NaN kept). x_off, y_off
 // and r_off point at the group's first channel, b_off at its first bias; y_step > 0 stores strided
 // pixels (see the store; no epilogue there).
+#if BUILD_PACKED
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n,
                __global const float *Ap, const int ap_off,
@@ -666,6 +686,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
         c += len;
     }
 }
+#endif
 
 // C = alpha * A @ B^T + beta * C without packing: rows of A (M, K) and of B (N, K) both run
 // along K, so tiles are staged as plain row copies and a DR x DC micro-kernel keeps DR * DC
@@ -783,6 +804,7 @@ typedef floatv floatv_u __attribute__((aligned(4)));
     DOT_TILES_AT(__local, floatv, (__local const float *)a_store, BK, rows_dr - 1, \
                  (__local const float *)b_store, BK, cols_dc - 1, kcv, DOT_JB, first_)
 
+#if BUILD_PACKED
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void gemm_nt(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
              __global const float *A_, const int a_off, const int lda,
@@ -829,6 +851,7 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
     STORE_C_TILE(C, ldc)
     END_TILES
 }
+#endif
 
 // Weight gradient of one convolution group as an implicit A @ B^T (gemm_nt's tiles):
 // dW[o, (c, ki, kj)] = sum over k = (n, oh, ow) of dy[n, o, oh, ow] * X[n, c, oh * sh - ph + ki * dh,
@@ -836,6 +859,7 @@ void gemm_nt(const int M, const int N, const int K, const int tile_m, const int 
 // by run (a run: consecutive k within one output row), so neither a column matrix nor a
 // channels-first copy of dy is written. a_off / b_off point at the group's first channel;
 // split-K over dimension 2 as in gemm_nt.
+#if BUILD_PACKED
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n, const int k_chunk,
                       __global const float *A, const int a_off, __global const float *X, const int x_off,
@@ -881,12 +905,14 @@ void conv_filter_gemm(const int M, const int N, const int K, const int tile_m, c
     }
     STORE_C_TILE(Cm, ldc)
 }
+#endif
 
 // conv_filter_gemm of a pointwise convolution (1x1, stride 1, no padding) whose planes are
 // whole vectors: row o of A (dy) and row c of B (X) are, within one image, the planes
 // dy[n, o] and X[n, c] themselves, so they are read where they lie, image by image, as gemm_nt
 // reads its rows (NT_DIRECT), instead of staged run by run into local memory. X is
 // (N, C, pixels), dy (N, O, pixels); x_off / a_off at the group's first channel.
+#if BUILD_PACKED
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_filter_gemm_pointwise(const int M, const int N, const int K, const int tile_m, const int tile_n,
                                 const int k_chunk, __global const float *A, const int a_off,
@@ -909,6 +935,7 @@ void conv_filter_gemm_pointwise(const int M, const int N, const int K, const int
     }
     STORE_C_TILE(Cm, ldc)
 }
+#endif
 
 // C = alpha * (sum of the `splits` (M, N) slabs of P) + beta * C; one work-item per element
 __kernel void gemm_split_sum(const int total, const int splits, __global const float *P,
@@ -1130,6 +1157,7 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 // A^T m: rows m0 + m1 + m2 and m1 - m2 - m3
 #define AT3_0(m) (m(0) + m(1) + m(2))
 #define AT3_1(m) (m(1) - m(2) - m(3))
+#if BUILD_WINOGRAD3
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
@@ -1150,6 +1178,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     }
     WINOGRAD_OUTPUT(4, MXI, AT3_0, AT3_1)
 }
+#endif
 
 // Winograd F(2x2, 5x5) in one pass, as winograd_conv: 6x6 patches, 36 tap positions (the
 // scheme: above winograd5_weights in conv.cl); the same work-groups, WK channels per slice.
@@ -1163,6 +1192,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
         const T s_ = d(3) - d(1), t_ = 0.5f * (d(4) - d(2)); \
         o(0) = 0.8f * d(0) - d(2) + 0.2f * d(4); o(1) = p_ + q_; o(2) = q_ - p_; \
         o(3) = s_ + t_; o(4) = t_ - s_; o(5) = 0.8f * d(1) - d(3) + 0.2f * d(5); }
+#if BUILD_WINOGRAD5
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd5_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                     __global const float *restrict U, __global const float *restrict xp, const int Hp,
@@ -1186,6 +1216,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
 #define AT1(m) (m(1) - m(2) + 2.0f * (m(3) - m(4)) + m(5))
     WINOGRAD_OUTPUT(6, MXI5, AT0, AT1)
 }
+#endif
 #undef COL_IN
 #undef COL_OUT
 #undef ROW_IN
@@ -1255,6 +1286,7 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
         DST(3 * p, 3) = zv[r + 1]; \
         DST(3 * p + 2, 3) = zv[r + 3]; \
     } }
+#if BUILD_S2_CONV
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
                       __global const float *restrict U, __global const float *restrict x, const int x_off,
@@ -1358,6 +1390,7 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
         }
     }
 }
+#endif
 
 // The weight gradient of s2_winograd_conv's convolution as its adjoint (the NumPy backend's
 // _s2_backward_filter, the same scheme): per position (p, q) the product
@@ -1385,6 +1418,7 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
 #define S2F_ROW(pos, cb) (s2_first[pos] * (cb) + (pos) * MR)
 #define S2F_LOAD_ROW(r) c##r##_0 = ct[(r) * (S2F_BO / VW)]; c##r##_1 = ct[(r) * (S2F_BO / VW) + 1];
 #define S2F_STORE_ROW(r) ct[(r) * (S2F_BO / VW)] = c##r##_0; ct[(r) * (S2F_BO / VW) + 1] = c##r##_1;
+#if BUILD_S2_FILTER
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk, const int th, const int tw,
                         __global const float *restrict x, const int x_off, const int H, const int W,
@@ -1480,6 +1514,7 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
         }
     }
 }
+#endif
 
 // dw (+)= s2_winograd_filter's sums as taps: tap (i, j) is the segment of row phase i == 1 and
 // column phase j == 1 of the positions (p, q) with p in {0, 1} (i = 0), {1, 2} (i = 2) or

@@ -77,6 +77,8 @@ WINOGRAD_MIN_CHANNELS = {3: 32, 5: 32}
 WINOGRAD_FOLD_NORM_TAPS = (3,)
 # the kernels (conv.cl's <name>_weights, gemm.cl's <name>_conv) per kernel size
 WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
+# ...and their families in local_memory.OPTIONAL_FAMILIES
+WINOGRAD_FAMILIES = {3: "winograd3", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
 # s2_winograd_conv in gemm.cl), and its weight gradient as that scheme's adjoint
 # (s2_winograd_filter), from this many input and output channels, ungrouped and undilated, on
@@ -182,8 +184,9 @@ def _bn_grid(x, c: int, s: int) -> tuple:
 
 class SpatialOps(abc.ABC):
     """NCHW convolution, pooling and batch normalisation. They rely on this plumbing of the
-    backend class they are mixed into (and its ``queue``, ``_flag``, ``gemm_variant`` and
-    ``_conv_vec`` attributes):"""
+    backend class they are mixed into (and its ``queue``, ``_flag``, ``gemm_variant``,
+    ``_conv_vec``, ``limits`` and ``kernel_fits`` attributes: the last says which of gemm.cl's
+    kernel families fit the device's local memory, local_memory.py):"""
 
     @abc.abstractmethod
     def _kernel(self, filename, name):
@@ -225,6 +228,8 @@ class SpatialOps(abc.ABC):
     conv_algorithm = "auto"
 
     def _use_implicit(self) -> bool:
+        if not self.kernel_fits["packed"]:
+            return False
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "implicit"
         return self.gemm_variant == "packed"
@@ -235,6 +240,8 @@ class SpatialOps(abc.ABC):
         chooses it on 8-lane CPU devices for enough channels and pixels."""
         c, o, kh, kw, ho, wo, sh, sw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
         if kh != kw or kh not in WINOGRAD_TAPS or (sh, sw, groups) != (1, 1, 1) or self.gemm_variant != "packed":
+            return False
+        if not self.kernel_fits[WINOGRAD_FAMILIES[kh]]:
             return False
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
@@ -268,13 +275,16 @@ class SpatialOps(abc.ABC):
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
             xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias))
 
-    def _use_s2(self, geo, groups) -> bool:
-        """Whether a forward pass or weight gradient runs as Winograd F(2x2, 2x2) on the phases
-        of a 3x3 stride-2 convolution (_s2_forward, _s2_filter): undilated and ungrouped;
+    def _use_s2(self, geo, groups, op) -> bool:
+        """Whether a forward pass (``op`` "forward") or weight gradient ("filter") runs as
+        Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 convolution (_s2_forward,
+        _s2_filter): undilated and ungrouped, where its kernel fits the device's local memory;
         "winograd" forces it there, "auto" chooses it on 8-lane CPU devices from
         S2_MIN_CHANNELS input and output channels."""
         c, o, kh, kw, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[9], geo[10], geo[13], geo[14]
         if (kh, kw, sh, sw, dh, dw, groups) != (3, 3, 2, 2, 1, 1, 1) or self.gemm_variant != "packed":
+            return False
+        if not self.kernel_fits["s2_conv" if op == "forward" else "s2_filter"]:
             return False
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
@@ -437,7 +447,7 @@ class SpatialOps(abc.ABC):
     def _local_planes_bytes(self) -> int:
         """The most local memory the direct forward kernel stages padded planes in: its own
         limit on CPU drivers, and half the device's local memory anywhere."""
-        return min(DIRECT_LOCAL_MAX_BYTES, self.device.local_mem_size // 2)
+        return min(DIRECT_LOCAL_MAX_BYTES, self.limits.local_mem_size // 2)
 
     # ------------------------------------------------------------ convolution
     @staticmethod
@@ -487,7 +497,7 @@ class SpatialOps(abc.ABC):
         gemm (im2col + GEMM)."""
         if self._use_winograd(geo, groups, "forward"):
             return "winograd"
-        if self._use_s2(geo, groups):
+        if self._use_s2(geo, groups, "forward"):
             return "s2"
         if self._use_phased(geo, groups):
             return "phased"
@@ -636,7 +646,7 @@ class SpatialOps(abc.ABC):
         geo = self._conv_geometry(x.shape, dw.shape, dy.shape, stride, padding, dilation, groups,
                                   "conv2d_backward_filter")
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
-        if self._use_s2(geo, groups):
+        if self._use_s2(geo, groups, "filter"):
             self._s2_filter(x, dy, dw, geo, accumulate, ws)
             return
         if self._use_direct(geo, groups, "filter"):
