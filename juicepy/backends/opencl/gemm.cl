@@ -49,6 +49,9 @@
 #ifndef BUILD_S2_FILTER
 #define BUILD_S2_FILTER 1
 #endif
+#ifndef BUILD_S2_DATA
+#define BUILD_S2_DATA 1
+#endif
 // STAGE_B_ROWS: tiles of B read straight from B (and conv_gemm's gathered ones) are staged k
 // by k across all the tile's panels, each k's row read once, in order; panel by panel, each
 // k reads one 64-byte piece of rows that lie a row (or plane) apart, and on AVX2 those reads
@@ -1552,9 +1555,11 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
 // block's 3x3 patch of dy into local panels V[25][S2DK][NR], runs the micro-kernel of each
 // position on U ([25][M/MR][K][MR]) into local sums M[25][tile_m][NR], and finally transforms M's
 // blocks into dx, set or added. M = C, K = O here.
-// S2DK: output channels per slice; only CPU builds set it (programs.py): the kernel's local
-// memory (25 segments and 25 sums of NR blocks) is past what GPUs have
-#ifdef S2DK
+// output channels per slice
+#ifndef S2DK
+#define S2DK 64
+#endif
+#if BUILD_S2_DATA
 #define S2D_SEG (S2DK * NR)
 #define S2D_V(pos) ((pos) * (S2D_SEG + 16))
 #define S2D_MXI (S2_BM * NR + 16)

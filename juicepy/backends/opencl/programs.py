@@ -29,7 +29,7 @@ CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "D
             8: {"BM": 96, "BN": 128, "BK": 256, "MR": 6, "VW": 8, "DR": 2, "DC": 4,
                 "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1,
                 "STAGE_A_ROWS": 128, "S2_BM": 132, "S2K": 64, "S2DK": 128, **CPU_S2_FILTER}}
-GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 24, "S2K": 4,
+GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 24, "S2K": 4, "S2DK": 4,
             "S2F_TS": 16, "S2F_BC": 1, "S2F_BO": 32}
 # rows of the second build of gemm.cl ("gemm.cl:mr_alt") whose panels the implicit-GEMM
 # convolution takes where they pad fewer rows than MR (16 outputs per group), per MR

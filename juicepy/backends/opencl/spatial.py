@@ -276,15 +276,15 @@ class SpatialOps(abc.ABC):
             xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias))
 
     def _use_s2(self, geo, groups, op) -> bool:
-        """Whether a forward pass (``op`` "forward") or weight gradient ("filter") runs as
-        Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 convolution (_s2_forward,
-        _s2_filter): undilated and ungrouped, where its kernel fits the device's local memory;
-        "winograd" forces it there, "auto" chooses it on 8-lane CPU devices from
-        S2_MIN_CHANNELS input and output channels."""
+        """Whether a forward pass (``op`` "forward"), weight gradient ("filter") or input gradient
+        ("data") runs as Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 convolution
+        (_s2_forward, _s2_filter, _s2_data): undilated and ungrouped, where its kernel fits the
+        device's local memory; "winograd" forces it there, "auto" chooses it on 8-lane CPU
+        devices from S2_MIN_CHANNELS input and output channels."""
         c, o, kh, kw, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[9], geo[10], geo[13], geo[14]
         if (kh, kw, sh, sw, dh, dw, groups) != (3, 3, 2, 2, 1, 1, 1) or self.gemm_variant != "packed":
             return False
-        if not self.kernel_fits["s2_conv" if op == "forward" else "s2_filter"]:
+        if not self.kernel_fits[{"forward": "s2_conv", "filter": "s2_filter", "data": "s2_data"}[op]]:
             return False
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
@@ -576,7 +576,7 @@ class SpatialOps(abc.ABC):
             flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
             self._winograd(dy, w, dx, flipped, True, accumulate, ws)
             return
-        if self._use_s2(geo, groups):
+        if self._use_s2(geo, groups, "data"):
             self._s2_data(dy, w, dx, geo, accumulate, ws)
             return
         if sh == sw == 1 and self._use_implicit() and not self._use_direct(geo, groups, "data"):
