@@ -80,11 +80,12 @@ WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
 # ...and their families in local_memory.OPTIONAL_FAMILIES
 WINOGRAD_FAMILIES = {3: "winograd3", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
-# s2_winograd_conv in gemm.cl), and its weight gradient as that scheme's adjoint
-# (s2_winograd_filter), from this many input and output channels, ungrouped and undilated, on
-# 8-lane devices (AVX2, where both were measured on the 64->128 layer of
-# bench/test_bench_conv.py and the ResNet's 32->64: docs/opencl.md; 16 channels keep the
-# phase-plane direct kernel and the weight gradient's GEMM)
+# s2_winograd_conv in gemm.cl), its weight gradient as that scheme's adjoint
+# (s2_winograd_filter) and its input gradient as F(2x2, 2x2) on dx's phases (s2_winograd_data),
+# from this many input and output channels, ungrouped and undilated, on 8-lane devices (AVX2,
+# where all three were measured on the 64->128 layer of bench/test_bench_conv.py and the
+# ResNet's 32->64: docs/opencl.md; 16 channels keep the phase-plane direct kernel, the weight
+# gradient's GEMM and the input gradient's phase GEMMs)
 S2_MIN_CHANNELS = 32
 # where s2_winograd_filter's blocks of channels give fewer work-groups than this, each block's
 # tiles are split into ranges (their sums added up by s2_filter_taps) so that both CPU threads
