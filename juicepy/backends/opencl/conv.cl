@@ -887,6 +887,29 @@ __kernel void s2_weights(const int K, __global const float *restrict w, const in
         }
 }
 
+// The 25 weight matrices of s2_winograd_data (gemm.cl): along each axis the taps' combinations
+// w2, w0 + w2, w0, w1, w1 (the products P0..P4 there), packed like the GEMM's A panels as
+// U[pos][M/mr][K][mr] with M = C, K = O; one work-item per (o, c).
+__kernel void s2_data_weights(const int K, __global const float *restrict w, const int w_off,
+                              const int M, const int mr, __global float *restrict u, const int u_off)
+{
+    const int k = get_global_id(0), m = get_global_id(1);
+    if (k >= K) return;
+    const int panels = get_global_size(1) / mr;
+    __global float *dst = u + u_off + ((size_t)(m / mr) * K + k) * mr + m % mr;
+    const size_t pos_step = (size_t)panels * mr * K;
+    float g[9];
+    for (int t = 0; t < 9; ++t) g[t] = m < M ? w[w_off + ((size_t)k * M + m) * 9 + t] : 0.0f;
+    float e[5][3];   // along the rows
+    for (int j = 0; j < 3; ++j) {
+        e[0][j] = g[6 + j]; e[1][j] = g[j] + g[6 + j]; e[2][j] = g[j]; e[3][j] = e[4][j] = g[3 + j];
+    }
+    for (int a = 0; a < 5; ++a) {
+        const float f[5] = {e[a][2], e[a][0] + e[a][2], e[a][0], e[a][1], e[a][1]};
+        for (int b = 0; b < 5; ++b) dst[(a * 5 + b) * pos_step] = f[b];
+    }
+}
+
 // Strided (and dilated) direct forward pass on AVX2-class devices: the input is first laid out
 // per channel as sh x sw zero-padded phase planes (pad_phases: phase (a, b) holds the padded
 // input's rows a, a + sh, ... and columns b, b + sw, ...), so tap (ki, kj) of consecutive

@@ -49,6 +49,9 @@
 #ifndef BUILD_S2_FILTER
 #define BUILD_S2_FILTER 1
 #endif
+#ifndef BUILD_S2_DATA
+#define BUILD_S2_DATA 1
+#endif
 // STAGE_B_ROWS: tiles of B read straight from B (and conv_gemm's gathered ones) are staged k
 // by k across all the tile's panels, each k's row read once, in order; panel by panel, each
 // k reads one 64-byte piece of rows that lie a row (or plane) apart, and on AVX2 those reads
@@ -1540,3 +1543,184 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
             *d = acc ? *d + s : s;
         }
 }
+
+// The input gradient of a 3x3 stride-2 convolution as Winograd F(2x2, 2x2) on dx's phases: along
+// each axis, dx pixels i = 4b .. 4b + 3 take dy's d0, d1, d2 from 2b + ((pad + 1) >> 1) - 1 on;
+// the two pixels of the phase the taps 0 and 2 reach are F(2, 2) of (d0, d1, d2) with the taps
+// (w2, w0): products P0 = (d0 - d1) w2, P1 = d1 (w0 + w2), P2 = (d2 - d1) w0, outputs P0 + P1,
+// P1 + P2; the phase tap 1 reaches takes P3 = d1 w1, P4 = d2 w1 (d0 and d1 where pad is odd, that
+// phase then first). 5 x 5 products per block of 4 x 4 pixels instead of 36 (s2_data_weights in
+// conv.cl packs the 25 weight matrices). Work-group (p, r) takes NR consecutive blocks (p) and the
+// tile_m input channels from row r * tile_m; per slice of S2DK output channels it transforms each
+// block's 3x3 patch of dy into local panels V[25][S2DK][NR], runs the micro-kernel of each
+// position on U ([25][M/MR][K][MR]) into local sums M[25][tile_m][NR], and finally transforms M's
+// blocks into dx, set or added. M = C, K = O here.
+// output channels per slice
+#ifndef S2DK
+#define S2DK 64
+#endif
+#if BUILD_S2_DATA
+#define S2D_SEG (S2DK * NR)
+#define S2D_V(pos) ((pos) * (S2D_SEG + 16))
+#define S2D_MXI (S2_BM * NR + 16)
+// along one axis of a patch: the five transformed values t0..t4 of a, b, c (odd: pad is odd)
+#define S2D_IN(t, a, b, c, odd) { t[0] = (a) - (b); t[1] = (b); t[2] = (c) - (b); \
+    t[3] = (odd) ? (a) : (b); t[4] = (odd) ? (b) : (c); }
+// along one axis of the products: the four outputs o0..o3 of m0..m4
+#define S2D_OUT(o, m0, m1, m2, m3, m4, odd) { \
+    if (odd) { o[0] = (m3); o[1] = (m0) + (m1); o[2] = (m4); o[3] = (m1) + (m2); } \
+    else { o[0] = (m0) + (m1); o[1] = (m3); o[2] = (m1) + (m2); o[3] = (m4); } }
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void s2_winograd_data(const int M, const int K, const int T, const int tile_m, const int bh, const int bw,
+                      __global const float *restrict U, __global const float *restrict dy, const int dy_off,
+                      const int Ho, const int Wo, const int ph, const int pw,
+                      __global float *restrict dX, const int dx_off, const int H, const int W, const int acc)
+{
+    __local floatv v_store[25 * (S2D_SEG + 16) / VW];
+    __local floatv m_store[25 * S2D_MXI / VW];
+    __local float *vt = (__local float *)v_store;
+    __local float *mt = (__local float *)m_store;
+    const int t0 = get_group_id(0) * NR, row0 = get_group_id(1) * tile_m;
+    const int a_panels = min(tile_m, M - row0 + MR - 1) / MR;
+    const int panels = (M + MR - 1) / MR;
+    const size_t plane = (size_t)Ho * Wo;
+    const int odd_y = ph & 1, odd_x = pw & 1;
+    // each block's image (-1: past the last block) and the dy row and column of its patch
+    int img[NR], top[NR], left[NR];
+    for (int j = 0; j < NR; ++j) {
+        const int t = t0 + j;
+        if (t >= T) { img[j] = -1; top[j] = left[j] = 0; continue; }
+        const int n = t / (bh * bw), rest = t - n * bh * bw, a = rest / bw, b = rest - a * bw;
+        img[j] = n;
+        top[j] = 2 * a + ((ph + 1) >> 1) - 1;
+        left[j] = 2 * b + ((pw + 1) >> 1) - 1;
+    }
+    // runs of 8 blocks along one row of blocks, at the same dy row, starting inside dy's columns
+    // and with at most the last one's last column past them: their patches' rows are 17
+    // consecutive values of dy (read as two float8 and one more, split into even and odd lanes;
+    // their lanes were gathered one by one). The same runs inside dx store rows of 32 pixels.
+    int run8[NR / 8], out8[NR / 8];
+    for (int j0 = 0; j0 < NR; j0 += 8) {
+        const int same = img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0];
+        run8[j0 / 8] = same && left[j0] >= 0 && left[j0] + 16 <= Wo;
+    }
+    for (int k0 = 0; k0 < K; k0 += S2DK) {
+        const int kc = min(S2DK, K - k0);
+        for (int c = 0; c < kc; ++c) {
+            for (int h0 = 0; h0 < NR; h0 += VW) {
+                floatv zv[9];   // zv[r * 3 + q]: lane l holds value (r, q) of block h0 + l's patch
+                float *zs = (float *)zv;
+#if VW == 8
+                if (run8[h0 / 8]) {
+                    __global const float *s_ = dy + dy_off + ((size_t)img[h0] * K + k0 + c) * plane + left[h0];
+                    const int last = left[h0] + 16 < Wo;
+                    for (int r = 0; r < 3; ++r) {
+                        const int h_ = top[h0] + r;
+                        if (h_ < 0 || h_ >= Ho) { zv[r * 3] = zv[r * 3 + 1] = zv[r * 3 + 2] = (floatv)(0.0f); continue; }
+                        const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo), u1 = vload8(1, s_ + (size_t)h_ * Wo);
+                        const float e16 = last ? s_[(size_t)h_ * Wo + 16] : 0.0f;
+                        zv[r * 3] = (float8)(u0.s0246, u1.s0246);
+                        zv[r * 3 + 1] = (float8)(u0.s1357, u1.s1357);
+                        zv[r * 3 + 2] = (float8)(u0.s246, u1.s0246, e16);
+                    }
+                } else
+#endif
+                for (int l = 0; l < VW; ++l) {
+                    const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
+                    __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
+                    if (n >= 0 && r0 >= 0 && q0 >= 0 && r0 + 3 <= Ho && q0 + 3 <= Wo) {   // inside dy
+                        for (int r = 0; r < 3; ++r)
+                            for (int q = 0; q < 3; ++q) zs[(r * 3 + q) * VW + l] = s_[(size_t)(r0 + r) * Wo + q0 + q];
+                        continue;
+                    }
+                    for (int r = 0; r < 3; ++r)
+                        for (int q = 0; q < 3; ++q) {
+                            const int h_ = r0 + r, w_ = q0 + q;
+                            zs[(r * 3 + q) * VW + l] = n >= 0 && h_ >= 0 && h_ < Ho && w_ >= 0 && w_ < Wo
+                                                       ? s_[(size_t)h_ * Wo + w_] : 0.0f;
+                        }
+                }
+                floatv e[5][3], t[5];
+                for (int q = 0; q < 3; ++q) {
+                    S2D_IN(t, zv[q], zv[3 + q], zv[6 + q], odd_y)
+                    for (int a = 0; a < 5; ++a) e[a][q] = t[a];
+                }
+                __local floatv *dst = (__local floatv *)(vt + c * NR + h0);
+                for (int a = 0; a < 5; ++a) {
+                    S2D_IN(t, e[a][0], e[a][1], e[a][2], odd_x)
+                    for (int b = 0; b < 5; ++b) dst[S2D_V(a * 5 + b) / VW] = t[b];
+                }
+            }
+        }
+        for (int pos = 0; pos < 25; ++pos) {
+            for (int i = 0; i < a_panels; ++i) {
+                __local floatv *ct = m_store + ((size_t)pos * S2D_MXI + i * MR * NR) / VW;
+                ROWS(ACC_ROW)
+                if (k0 == 0) { ROWS(ZERO_ROW) } else { ROWS(WLOAD_ROW) }
+                __global const float *ap = U + ((size_t)(pos * panels + row0 / MR + i) * K + k0) * MR;
+                __local const floatv *bp = v_store + S2D_V(pos) / VW;
+                const int a_rs = 1;
+                MICRO_K_LOOP(kc, MR)
+                ROWS(WSTORE_ROW)
+            }
+        }
+    }
+    int out_at[NR];
+    for (int j = 0; j < NR; ++j) {
+        const int a = (t0 + j) % (bh * bw) / bw, b = (t0 + j) % bw;
+        out_at[j] = 4 * a * W + 4 * b;
+    }
+    for (int j0 = 0; j0 < NR; j0 += 8)
+        out8[j0 / 8] = img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0]
+                       && out_at[j0] % W + 32 <= W && out_at[j0] / W + 4 <= H;
+    const int rows = min(tile_m, M - row0);
+    for (int m = 0; m < rows; ++m) {
+        for (int j0 = 0; j0 < NR; j0 += 8) {
+            __local const float *src = mt + m * NR + j0;
+            float8 s[5][4], y[4][4], o[4];
+            for (int a = 0; a < 5; ++a) {
+                float8 v[5];
+                for (int b = 0; b < 5; ++b) v[b] = vload8(0, src + (a * 5 + b) * S2D_MXI);
+                S2D_OUT(o, v[0], v[1], v[2], v[3], v[4], odd_x)
+                for (int j = 0; j < 4; ++j) s[a][j] = o[j];
+            }
+            for (int j = 0; j < 4; ++j) {
+                S2D_OUT(o, s[0][j], s[1][j], s[2][j], s[3][j], s[4][j], odd_y)
+                for (int i = 0; i < 4; ++i) y[i][j] = o[i];
+            }
+            if (out8[j0 / 8]) {
+                __global float *d = dX + dx_off + ((size_t)img[j0] * M + row0 + m) * H * W + out_at[j0];
+                for (int i = 0; i < 4; ++i, d += W) {
+#define S2D_MIX(a, b) (float8)(y[i][0].a, y[i][1].a, y[i][2].a, y[i][3].a, y[i][0].b, y[i][1].b, y[i][2].b, y[i][3].b)
+                    float8 v0 = S2D_MIX(s0, s1), v1 = S2D_MIX(s2, s3), v2 = S2D_MIX(s4, s5), v3 = S2D_MIX(s6, s7);
+#undef S2D_MIX
+                    if (acc) { v0 += vload8(0, d); v1 += vload8(1, d); v2 += vload8(2, d); v3 += vload8(3, d); }
+                    vstore8(v0, 0, d); vstore8(v1, 1, d); vstore8(v2, 2, d); vstore8(v3, 3, d);
+                }
+                continue;
+            }
+            const float *ys = (const float *)y;   // ys[(i * 4 + j) * 8 + l]: block j0 + l's pixel (i, j)
+            for (int l = 0; l < 8; ++l) {
+                const int jt = j0 + l;
+                if (img[jt] < 0) continue;
+                const int row = out_at[jt] / W, col = out_at[jt] % W;
+                __global float *d = dX + dx_off + ((size_t)img[jt] * M + row0 + m) * H * W + out_at[jt];
+                if (row + 4 <= H && col + 4 <= W) {
+                    for (int i = 0; i < 4; ++i) {
+                        float4 v = (float4)(ys[(i * 4) * 8 + l], ys[(i * 4 + 1) * 8 + l], ys[(i * 4 + 2) * 8 + l],
+                                            ys[(i * 4 + 3) * 8 + l]);
+                        if (acc) v += vload4(0, d + i * W);
+                        vstore4(v, 0, d + i * W);
+                    }
+                    continue;
+                }
+                for (int i = 0; i < 4 && row + i < H; ++i)
+                    for (int j = 0; j < 4 && col + j < W; ++j) {
+                        const float v = ys[(i * 4 + j) * 8 + l];
+                        d[i * W + j] = acc ? d[i * W + j] + v : v;
+                    }
+            }
+        }
+    }
+}
+#endif

@@ -50,6 +50,12 @@ def s2_filter_bytes(t: dict) -> int:
     return FLOAT_BYTES * (rows * t["S2F_TS"] + 9 * t["S2F_BO"] * t["S2F_TS"] + rows * t["S2F_BO"])
 
 
+def s2_data_bytes(t: dict) -> int:
+    """s2_winograd_data: V[25][S2DK][NR] and M[25][S2_BM][NR], each panel padded by 16 floats."""
+    nr = 2 * t["VW"]
+    return FLOAT_BYTES * 25 * ((t["S2DK"] * nr + 16) + (t["S2_BM"] * nr + 16))
+
+
 # gemm.cl's kernel families that have a fallback: name -> (kernels, the define that leaves them out
 # of the build, bytes for a tile set)
 OPTIONAL_FAMILIES = {
@@ -59,6 +65,7 @@ OPTIONAL_FAMILIES = {
     "winograd5": (("winograd5_conv",), "BUILD_WINOGRAD5", lambda t: winograd_bytes(t, 36)),
     "s2_conv": (("s2_winograd_conv",), "BUILD_S2_CONV", s2_conv_bytes),
     "s2_filter": (("s2_winograd_filter",), "BUILD_S2_FILTER", s2_filter_bytes),
+    "s2_data": (("s2_winograd_data",), "BUILD_S2_DATA", s2_data_bytes),
 }
 
 # kernels every configuration launches: (file, kernels, local bytes, work-group size)

@@ -21,13 +21,15 @@ _SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32}
 # (132 rows: a 128-channel layer transforms its input tiles once; 64 channels per slice measured
 # faster than 32 and 16 on AVX2). S2F_TS, S2F_BC and S2F_BO: tiles per slice, input and output
 # channels per work-group of s2_winograd_filter (the 64->128 layer's position in one block).
+# S2DK: output channels per slice of s2_winograd_data (128 measured faster than 64 on AVX2's
+# 64->128 layer; 16-lane builds keep 64: unmeasured, and 630 KB of local memory already).
 CPU_S2_FILTER = {"S2F_TS": 32, "S2F_BC": 32, "S2F_BO": 128}
 CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 132, "S2K": 64,
-                 **CPU_S2_FILTER},
+                 "S2DK": 64, **CPU_S2_FILTER},
             8: {"BM": 96, "BN": 128, "BK": 256, "MR": 6, "VW": 8, "DR": 2, "DC": 4,
                 "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1,
-                "STAGE_A_ROWS": 128, "S2_BM": 132, "S2K": 64, **CPU_S2_FILTER}}
-GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 24, "S2K": 4,
+                "STAGE_A_ROWS": 128, "S2_BM": 132, "S2K": 64, "S2DK": 128, **CPU_S2_FILTER}}
+GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 24, "S2K": 4, "S2DK": 4,
             "S2F_TS": 16, "S2F_BC": 1, "S2F_BO": 32}
 # rows of the second build of gemm.cl ("gemm.cl:mr_alt") whose panels the implicit-GEMM
 # convolution takes where they pad fewer rows than MR (16 outputs per group), per MR

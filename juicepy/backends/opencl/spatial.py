@@ -80,11 +80,12 @@ WINOGRAD_TAPS = {3: "winograd", 5: "winograd5"}
 # ...and their families in local_memory.OPTIONAL_FAMILIES
 WINOGRAD_FAMILIES = {3: "winograd3", 5: "winograd5"}
 # Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 forward pass (s2_weights in conv.cl,
-# s2_winograd_conv in gemm.cl), and its weight gradient as that scheme's adjoint
-# (s2_winograd_filter), from this many input and output channels, ungrouped and undilated, on
-# 8-lane devices (AVX2, where both were measured on the 64->128 layer of
-# bench/test_bench_conv.py and the ResNet's 32->64: docs/opencl.md; 16 channels keep the
-# phase-plane direct kernel and the weight gradient's GEMM)
+# s2_winograd_conv in gemm.cl), its weight gradient as that scheme's adjoint
+# (s2_winograd_filter) and its input gradient as F(2x2, 2x2) on dx's phases (s2_winograd_data),
+# from this many input and output channels, ungrouped and undilated, on 8-lane devices (AVX2,
+# where all three were measured on the 64->128 layer of bench/test_bench_conv.py and the
+# ResNet's 32->64: docs/opencl.md; 16 channels keep the phase-plane direct kernel, the weight
+# gradient's GEMM and the input gradient's phase GEMMs)
 S2_MIN_CHANNELS = 32
 # where s2_winograd_filter's blocks of channels give fewer work-groups than this, each block's
 # tiles are split into ranges (their sums added up by s2_filter_taps) so that both CPU threads
@@ -276,15 +277,15 @@ class SpatialOps(abc.ABC):
             xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias))
 
     def _use_s2(self, geo, groups, op) -> bool:
-        """Whether a forward pass (``op`` "forward") or weight gradient ("filter") runs as
-        Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 convolution (_s2_forward,
-        _s2_filter): undilated and ungrouped, where its kernel fits the device's local memory;
-        "winograd" forces it there, "auto" chooses it on 8-lane CPU devices from
-        S2_MIN_CHANNELS input and output channels."""
+        """Whether a forward pass (``op`` "forward"), weight gradient ("filter") or input gradient
+        ("data") runs as Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 convolution
+        (_s2_forward, _s2_filter, _s2_data): undilated and ungrouped, where its kernel fits the
+        device's local memory; "winograd" forces it there, "auto" chooses it on 8-lane CPU
+        devices from S2_MIN_CHANNELS input and output channels."""
         c, o, kh, kw, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[9], geo[10], geo[13], geo[14]
         if (kh, kw, sh, sw, dh, dw, groups) != (3, 3, 2, 2, 1, 1, 1) or self.gemm_variant != "packed":
             return False
-        if not self.kernel_fits["s2_conv" if op == "forward" else "s2_filter"]:
+        if not self.kernel_fits[{"forward": "s2_conv", "filter": "s2_filter", "data": "s2_data"}[op]]:
             return False
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
@@ -328,6 +329,25 @@ class SpatialOps(abc.ABC):
             th, tw, *self._ref(x), h, wd, ph, pw, *self._ref(dy), ho, wo, part.base_data)
         self._kernel("gemm.cl", "s2_filter_taps")(
             self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw), int(bool(accumulate)))
+
+    def _s2_data(self, dy, w, dx, geo, accumulate, ws):
+        """dx (+)= the input gradient of the 3x3 stride-2 convolution ``geo`` as Winograd
+        F(2x2, 2x2) on dx's phases: the 25 transformed weight matrices (s2_data_weights), then one
+        kernel that gathers and transforms each work-group's 3x3 patches of dy, multiplies them
+        per position and transforms the products into 4x4 blocks of dx (s2_winograd_data)."""
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
+        bh, bw = -(-h // 4), -(-wd // 4)
+        blocks = n * bh * bw
+        mr = self._gemm_tiles["MR"]
+        panels = -(-c // mr)
+        u = scratch(ws, self, "conv_s2_data_u", (25 * panels * mr * o,), np.float32)
+        self._kernel("conv.cl", "s2_data_weights")(
+            self.queue, (round_up(o, 64), panels * mr), (64, 1), o, *self._ref(w), c, mr, u.base_data, 0)
+        tile_m = even_tile(c, self._gemm_tiles["S2_BM"], mr)
+        nr = 2 * self._gemm_tiles["VW"]
+        self._kernel("gemm.cl", "s2_winograd_data")(
+            self.queue, (-(-blocks // nr), -(-c // tile_m)), (1, 1), c, o, blocks, tile_m, bh, bw, u.base_data,
+            *self._ref(dy), ho, wo, ph, pw, *self._ref(dx), h, wd, int(bool(accumulate)))
 
     def _use_direct(self, geo, groups, op) -> bool:
         if self.conv_algorithm != "auto":
@@ -556,6 +576,9 @@ class SpatialOps(abc.ABC):
         if self._use_winograd(geo, groups, "data"):   # the forward convolution of dy, taps flipped
             flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
             self._winograd(dy, w, dx, flipped, True, accumulate, ws)
+            return
+        if self._use_s2(geo, groups, "data"):
+            self._s2_data(dy, w, dx, geo, accumulate, ws)
             return
         if sh == sw == 1 and self._use_implicit() and not self._use_direct(geo, groups, "data"):
             # the forward convolution of dy with the transposed, flipped weights

@@ -297,6 +297,52 @@ def test_stride_2_phase_winograd_weight_gradient_matches_the_reference(lanes_bac
     np.testing.assert_allclose(b.to_host(dw), want, rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
 
 
+def s2_input_gradient_ref(dy, w, x_shape, padding):
+    """dx of sum(conv(x, w) * dy) for a 3x3 stride-2 convolution, in float64 by einsum per tap."""
+    n, c, h, wd = x_shape
+    ho, wo = dy.shape[2:]
+    dx = np.zeros((n, c, h + 2 * padding + 2, wd + 2 * padding + 2))
+    for i in range(3):
+        for j in range(3):
+            dx[:, :, i:i + 2 * ho:2, j:j + 2 * wo:2] += np.einsum("nohw,oc->nchw", dy.astype(np.float64),
+                                                                  w[:, :, i, j].astype(np.float64))
+    return dx[:, :, padding:padding + h, padding:padding + wd]
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding: batch 1, odd and even planes (blocks past dx's last row and
+    # column), padding 0 to 3 (both orders of dx's phases in a block), input channels short of a
+    # micro-panel and past a work-group's rows (S2_BM 132), output channels past a slice (S2DK 128),
+    # blocks past a work-group's NR
+    ((1, 3, 7, 8), 5, 0),
+    ((2, 33, 9, 11), 12, 1),
+    ((3, 8, 13, 10), 140, 1),
+    ((1, 140, 17, 18), 9, 2),
+    ((2, 5, 32, 31), 16, 1),
+    ((1, 7, 6, 9), 4, 3),
+    # runs of 8 blocks read as rows of dy (the last column inside dy and past it) and stored as
+    # rows of 32 pixels (inside dx), padding 1 and 2; a run crossing a row of blocks
+    ((2, 9, 36, 32), 6, 1),
+    ((1, 4, 12, 40), 3, 2),
+    ((3, 6, 8, 34), 5, 1),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_stride_2_phase_winograd_input_gradient_matches_the_reference(lanes_backend, rng, case, lanes, accumulate):
+    """The 3x3 stride-2 input gradient as Winograd F(2x2, 2x2) on dx's phases (s2_data_weights,
+    s2_winograd_data), set and added to dx, against float64."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p = case
+    ho, wo = out_size(xs[2], 3, 2, p, 1), out_size(xs[3], 3, 2, p, 1)
+    dy = rng.standard_normal((xs[0], o, ho, wo)).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    dx0 = rng.standard_normal(xs).astype(np.float32)
+    want = s2_input_gradient_ref(dy, wt, xs, p) + (dx0 if accumulate else 0.0)
+    dx = b.from_host(dx0)
+    b.conv2d_backward_data(b.from_host(dy), b.from_host(wt), dx, (2, 2), (p, p), (1, 1), 1, accumulate, Workspace())
+    np.testing.assert_allclose(b.to_host(dx), want, rtol=1e-4, atol=1e-4 * np.sqrt(9 * o))
+
+
 WINOGRAD_CASES = [
     # k, (N, C, H, W), O, padding, dilation: batch 1, odd planes (tiles past the output's last
     # row and column), padding 0 and 2, channels no multiple of the panels (6 or 12) and past a
@@ -465,6 +511,22 @@ def test_stride_2_phase_winograd_weight_gradient_where_the_forward_takes_it(ocl,
     assert taken == [32]
 
 
+def test_stride_2_phase_winograd_input_gradient_where_the_forward_takes_it(ocl, rng):
+    """The input gradient of a layer whose forward "auto" runs as the phase Winograd takes
+    _s2_data on 8-lane devices; a 16-channel layer keeps its phase GEMMs."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+    taken = []
+    real = b._s2_data
+    b._s2_data = lambda *args: taken.append(args[3][1]) or real(*args)
+    for c in (32, 16):
+        w = b.from_host(rng.standard_normal((32, c, 3, 3)).astype(np.float32))
+        dy = b.from_host(rng.standard_normal((1, 32, 4, 4)).astype(np.float32))
+        b.conv2d_backward_data(dy, w, b.empty((1, c, 8, 8)), (2, 2), (1, 1), (1, 1), 1)
+    assert taken == [32]
+
+
 def test_stride_2_phase_winograd_not_on_16_lanes(lanes_backend):
     assert lanes_backend(16)._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) != "s2"
 
@@ -479,12 +541,15 @@ def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng):
     ws = Workspace()
     args = ((2, 2), (1, 1), (1, 1), 1)
     dw = b.empty((5, 4, 3, 3))
+    dx = b.empty((2, 4, 9, 9))
     b.conv2d(x, w, y, *args, ws)
     b.conv2d_backward_filter(x, y, dw, *args, False, ws)
+    b.conv2d_backward_data(y, w, dx, *args, False, ws)
     before = b.allocations
     for _ in range(2):
         b.conv2d(x, w, y, *args, ws)
         b.conv2d_backward_filter(x, y, dw, *args, False, ws)
+        b.conv2d_backward_data(y, w, dx, *args, True, ws)
     assert b.allocations == before
 
 
