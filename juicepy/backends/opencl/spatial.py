@@ -291,6 +291,17 @@ class SpatialOps(abc.ABC):
             return self.conv_algorithm == "winograd"
         return self._conv_vec == 8 and min(c, o) >= S2_MIN_CHANNELS
 
+    def _s2_packed_weights(self, kernel, w, depth, rows, positions, name, ws):
+        """The phase Winograd's transformed weights (conv.cl's ``kernel``) in the packed GEMM's
+        panels: ``positions`` matrices of ``rows`` (rounded up to whole panels) x ``depth``, in
+        the workspace buffer ``name``; returns it and the panels' height MR."""
+        mr = self._gemm_tiles["MR"]
+        panels = -(-rows // mr)
+        u = scratch(ws, self, name, (positions * panels * mr * depth,), np.float32)
+        self._kernel("conv.cl", kernel)(
+            self.queue, (round_up(depth, 64), panels * mr), (64, 1), depth, *self._ref(w), rows, mr, u.base_data, 0)
+        return u, mr
+
     def _s2_forward(self, x, w, y, geo, ws, bias=None):
         """y = the 3x3 stride-2 convolution ``geo`` of x (+ ``bias``) as Winograd F(2x2, 2x2) on
         its phases: the transformed weights in the packed GEMM's panels (s2_weights), then one
@@ -299,11 +310,7 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
         th, tw = -(-ho // 2), -(-wo // 2)
         tiles = n * th * tw
-        mr = self._gemm_tiles["MR"]
-        panels = -(-o // mr)
-        u = scratch(ws, self, "conv_s2_u", (9 * panels * mr * 4 * c,), np.float32)
-        self._kernel("conv.cl", "s2_weights")(
-            self.queue, (round_up(c, 64), panels * mr), (64, 1), c, *self._ref(w), o, mr, u.base_data, 0)
+        u, mr = self._s2_packed_weights("s2_weights", w, c, o, 36, "conv_s2_u", ws)
         tile_m = even_tile(o, self._gemm_tiles["S2_BM"], mr)
         nr = 2 * self._gemm_tiles["VW"]
         self._kernel("gemm.cl", "s2_winograd_conv")(
@@ -338,11 +345,7 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
         bh, bw = -(-h // 4), -(-wd // 4)
         blocks = n * bh * bw
-        mr = self._gemm_tiles["MR"]
-        panels = -(-c // mr)
-        u = scratch(ws, self, "conv_s2_data_u", (25 * panels * mr * o,), np.float32)
-        self._kernel("conv.cl", "s2_data_weights")(
-            self.queue, (round_up(o, 64), panels * mr), (64, 1), o, *self._ref(w), c, mr, u.base_data, 0)
+        u, mr = self._s2_packed_weights("s2_data_weights", w, o, c, 25, "conv_s2_data_u", ws)
         tile_m = even_tile(c, self._gemm_tiles["S2_BM"], mr)
         nr = 2 * self._gemm_tiles["VW"]
         self._kernel("gemm.cl", "s2_winograd_data")(
