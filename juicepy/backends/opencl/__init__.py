@@ -5,6 +5,6 @@ first GPU, else the first device; PoCL (``pip install juicepy[opencl]``) gives a
 """
 
 from .backend import OpenCLBackend
-from .device import DEVICE_ENV, INSTALL_HINT, list_devices, pick_device
+from .device import COMPILER_HINT, DEVICE_ENV, INSTALL_HINT, list_devices, pick_device
 
-__all__ = ["OpenCLBackend", "DEVICE_ENV", "INSTALL_HINT", "list_devices", "pick_device"]
+__all__ = ["OpenCLBackend", "COMPILER_HINT", "DEVICE_ENV", "INSTALL_HINT", "list_devices", "pick_device"]

@@ -18,12 +18,13 @@ import numpy as np
 from .. import rng
 from ..base import (Backend, BackendUnavailable, Workspace, channels_inner, check_channel_range, check_same,
                     check_view, scratch)
-from .device import INSTALL_HINT, import_pyopencl, pick_device
+from .device import COMPILER_HINT, INSTALL_HINT, import_pyopencl, pick_device
 from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
 from .local_memory import (ELEMENTWISE_WG, REDUCE_WG, build_defines, check_required, describe_misfit,
                            device_limits, fitting_families)
-from .programs import ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache, compiled_float_lanes, refuses_float_lanes
+from .programs import (ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache, compile_failure, compiled_float_lanes,
+                       refuses_float_lanes)
 from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
 
@@ -56,7 +57,11 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self._cl = cl
         self._array_type = cl_array.Array
         self._cl_array = cl_array
-        self.device = device if device is not None else pick_device(cl)
+        self.device = device if device is not None else pick_device(cl, check=lambda d: compile_failure(cl, d))
+        reason = compile_failure(cl, self.device)
+        if reason is not None:
+            raise BackendUnavailable(f"opencl backend: {self.device.name!r} cannot build kernels: {reason}; "
+                                     f"{COMPILER_HINT}")
         try:
             self.context = cl.Context([self.device])
             self.queue = cl.CommandQueue(self.context)

@@ -36,6 +36,31 @@ GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, 
 ALT_MR = {12: 8, 6: 4}
 
 
+# A kernel every OpenCL C compiler builds: a device whose build of it fails cannot run the backend
+# (PoCL 3.0's LLVM 14 asks for target CPU 'generic' on CPUs it does not know, such as AMD Zen 5).
+_COMPILE_PROBE = "__kernel void compile_probe(__global float *p) { p[0] = 1.0f; }"
+_compile_failures: dict = {}  # device pointer -> compile_failure
+
+
+def compile_failure(cl, device) -> str | None:
+    """Why ``device`` cannot build a trivial kernel (its compiler's error lines and the driver
+    version), or None where it can; asked once per device."""
+    key = device.int_ptr
+    if key not in _compile_failures:
+        try:
+            context = cl.Context([device])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", cl.CompilerWarning)
+                cl.Program(context, _COMPILE_PROBE).build(devices=[device])
+            reason = None
+        except cl.Error as exc:
+            lines = [line.strip() for line in str(exc).splitlines()]
+            errors = [line for line in lines if line.startswith("error")] or lines[:1]
+            reason = f"{'; '.join(dict.fromkeys(errors))} (driver {device.driver_version}, {device.version})"
+        _compile_failures[key] = reason
+    return _compile_failures[key]
+
+
 # A float16 passed to a function that is not inlined: clang warns that its ABI changes when the
 # target it compiles for lacks AVX-512. PoCL 3.0 (LLVM 14) compiles for znver3 on Zen 4 while it
 # reports the CPU's 16 preferred float lanes and links its AVX-512 builtins; there conv.cl's
