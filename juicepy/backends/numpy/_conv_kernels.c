@@ -3233,6 +3233,29 @@ static int isa_override(void)
     return -1;
 }
 
+/* The CPU's vendor string and display family (base + extended family), so that spatial.py can
+ * key an algorithm choice on a CPU kind where two kinds with the same instruction set were
+ * measured to rank the algorithms differently; "" and 0 off x86-64. */
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <cpuid.h>
+#endif
+static void cpu_kind(char vendor[13], unsigned *family)
+{
+    vendor[0] = 0;
+    *family = 0;
+#if defined(__GNUC__) && defined(__x86_64__)
+    unsigned a, b, c, d;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return;
+    memcpy(vendor, &b, 4);
+    memcpy(vendor + 4, &d, 4);
+    memcpy(vendor + 8, &c, 4);
+    vendor[12] = 0;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return;
+    unsigned base = (a >> 8) & 0xf;
+    *family = base == 0xf ? base + ((a >> 20) & 0xff) : base;
+#endif
+}
+
 PyMODINIT_FUNC PyInit__conv_kernels(void)
 {
     PyObject *m = PyModule_Create(&module);
@@ -3251,7 +3274,12 @@ PyMODINIT_FUNC PyInit__conv_kernels(void)
         return NULL;
     }
     /* spatial.py picks algorithms by isa: the direct kernels need a wide enough vector unit */
-    if (PyModule_AddIntConstant(m, "isa", isa) < 0 || PyModule_AddIntConstant(m, "cpu_isa", cpu_isa) < 0) {
+    char vendor[13];
+    unsigned family;
+    cpu_kind(vendor, &family);
+    if (PyModule_AddIntConstant(m, "isa", isa) < 0 || PyModule_AddIntConstant(m, "cpu_isa", cpu_isa) < 0
+        || PyModule_AddStringConstant(m, "cpu_vendor", vendor) < 0
+        || PyModule_AddIntConstant(m, "cpu_family", (long)family) < 0) {
         Py_DECREF(m);
         return NULL;
     }

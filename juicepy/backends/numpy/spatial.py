@@ -1160,13 +1160,23 @@ def _wg_matrices(m, r):
     return _wg_cache[key]
 
 
+#: CPU kinds, (vendor, display family), on which the direct kernel's AVX-512 build beats
+#: F(m x m, r x r) for the kernel sizes listed: AMD Zen 5 (family 0x1A) runs AVX-512 at full width,
+#: which speeds the FMA-bound direct kernel more than Winograd's transforms; Zen 4 and Sapphire
+#: Rapids measured the other way, and Zen 5 held to AVX2 too (docs/numpy.md)
+WG_DIRECT_AVX512 = {("AuthenticAMD", 0x1A): {5}}
+
+
 def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
     direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
     WG_MIN_CHANNELS each side, on AVX2 or AVX-512 (``isa`` >= 1), where it was measured
-    (docs/numpy.md). Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the
-    dilated 3x3 convs."""
-    return backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
+    (docs/numpy.md), but not with AVX-512 on the CPU kinds of WG_DIRECT_AVX512. Where it
+    applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
+    kernels = backend.conv_kernels
+    if kernels.isa == 2 and plan.kh in WG_DIRECT_AVX512.get((kernels.cpu_vendor, kernels.cpu_family), ()):
+        return False
+    return kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
         and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh] \
         and out_hw[0] * out_hw[1] >= WG_MIN_PLANE
 

@@ -86,6 +86,7 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     monkeypatch.setattr(kernels, "isa", 1)  # AVX2: all three algorithms apply
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})  # plain: F(4x4, 3x3), dilated: F(2x2, 3x3)
+    monkeypatch.setattr(numpy_spatial, "WG_DIRECT_AVX512", {})  # Winograd on every CPU kind
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_MIN_CHANNELS", 1)
@@ -578,6 +579,7 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
+    monkeypatch.setattr(numpy_spatial, "WG_DIRECT_AVX512", {})  # Winograd on every CPU kind
     calls = []
     original = kernels.tile_gemm
     monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (calls.append(a[3]), original(*a))[1])
@@ -659,10 +661,33 @@ def test_winograd_mxm_only_for_undilated_ungrouped_wide_layers(monkeypatch):
     assert applies(backend, plan(64, 64, 32, k=3), 64, 64, (32, 32))
     assert not applies(backend, plan(32, 32, 32, k=3), 32, 32, (32, 32))
     assert not applies(backend, plan(64, 64, 32, k=3, dilation=2), 64, 64, (32, 32))
-    monkeypatch.setattr(kernels, "isa", 2)  # AVX-512 too (measured on Zen 4)
-    assert applies(backend, plan(32, 32, 32), 32, 32, (32, 32))
+    monkeypatch.setattr(kernels, "isa", 2)  # AVX-512 too (measured on Zen 4 and Sapphire Rapids)
+    for kind in [("AuthenticAMD", 0x19), ("GenuineIntel", 6)]:
+        monkeypatch.setattr(kernels, "cpu_vendor", kind[0])
+        monkeypatch.setattr(kernels, "cpu_family", kind[1])
+        assert applies(backend, plan(32, 32, 32), 32, 32, (32, 32))
     monkeypatch.setattr(kernels, "isa", 0)  # baseline x86-64: im2col + GEMM
     assert not applies(backend, plan(32, 32, 32), 32, 32, (32, 32))
+
+
+@needs_kernels
+def test_zen5_runs_5x5_layers_on_the_direct_kernel_with_avx512_only(monkeypatch):
+    """AMD Zen 5 (family 0x1A): the direct kernel's AVX-512 build beat F(2x2, 5x5) there, its
+    AVX2 build did not (docs/numpy.md); 3x3 layers keep F(2x2, 3x3) everywhere."""
+    backend = jp.backend("numpy")
+    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
+    monkeypatch.setattr(kernels, "cpu_family", 0x1A)
+    picked = []
+    for name in ("_wg_forward", "_direct_forward", "_winograd_forward"):
+        monkeypatch.setattr(numpy_spatial, name, lambda *a, _n=name: picked.append(_n))
+    for isa, k, channels, want in [(2, 5, 32, "_direct_forward"), (1, 5, 32, "_wg_forward"),
+                                   (2, 3, 64, "_winograd_forward")]:
+        monkeypatch.setattr(kernels, "isa", isa)
+        x = np.zeros((2, channels, 32, 32), np.float32)
+        w = np.zeros((channels, channels, k, k), np.float32)
+        picked.clear()
+        backend.conv2d(x, w, np.empty_like(x), (1, 1), (k // 2, k // 2), (1, 1), 1, ws=Workspace())
+        assert picked == [want], (isa, k)
 
 
 @needs_kernels
@@ -680,6 +705,7 @@ def test_winograd_mxm_matches_the_reference(shape, m, k, monkeypatch):
     monkeypatch.setattr(kernels, "isa", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
+    monkeypatch.setattr(numpy_spatial, "WG_DIRECT_AVX512", {})  # Winograd on every CPU kind
     monkeypatch.setattr(numpy_spatial, "WG_TILE", {k: m})
     picked = []
     for name in ("_wg_forward", "_wg_backward_data"):
