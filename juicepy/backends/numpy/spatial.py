@@ -920,6 +920,13 @@ def _col2im_phases(backend, plan, dtype, lane, ws):
 #: and the direct kernel wins (measured on Zen 4 with the AVX-512 and the AVX2 build;
 #: docs/numpy.md)
 WINOGRAD_MIN_CHANNELS = 32
+#: CPU kinds, (vendor, display family), whose direct kernel's AVX-512 build beats Winograd on
+#: more layers than elsewhere: AMD Zen 5 (family 0x1A), whose AVX-512 units run at full width,
+#: which speeds the FMA-bound direct kernel more than the transforms. There (with AVX-512 only:
+#: held to AVX2 it ranks them as Zen 4 does) 5x5 layers skip F(2x2, 5x5) and F(2x2, 3x3) needs
+#: DIRECT_FAVOURED_WINOGRAD_MIN_IN channels summed over (docs/numpy.md, session 33)
+DIRECT_FAVOURED_CPUS = {("AuthenticAMD", 0x1A)}
+DIRECT_FAVOURED_WINOGRAD_MIN_IN = 64
 WINOGRAD_MIN_PLANE = 64
 #: the smallest output plane for the larger tiles (_wg)
 WG_MIN_PLANE = 256
@@ -928,12 +935,21 @@ WG_MIN_PLANE = 256
 WINOGRAD_TILES = 256
 
 
+def _direct_favoured(backend) -> bool:
+    """Whether the C kernels run AVX-512 on a CPU kind of DIRECT_FAVOURED_CPUS."""
+    kernels = backend.conv_kernels
+    return kernels.isa == 2 and (kernels.cpu_vendor, kernels.cpu_family) in DIRECT_FAVOURED_CPUS
+
+
 def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(2x2, 3x3) computes this stride-1 conv (called where the direct kernel
-    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough, on AVX2 or
-    AVX-512 (``isa`` >= 1), where it was measured to win."""
+    applies: stride 1, padding >= 0): 3x3, ungrouped, channels and plane enough (``n_in`` the
+    channels summed over, ``n_out`` the other side), on AVX2 or AVX-512 (``isa`` >= 1), where
+    it was measured to win."""
+    min_in = DIRECT_FAVOURED_WINOGRAD_MIN_IN if _direct_favoured(backend) else WINOGRAD_MIN_CHANNELS
     return backend.conv_kernels.isa >= 1 and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
-        and min(n_in, n_out) >= WINOGRAD_MIN_CHANNELS and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
+        and n_out >= WINOGRAD_MIN_CHANNELS and n_in >= min_in \
+        and out_hw[0] * out_hw[1] >= WINOGRAD_MIN_PLANE
 
 
 class _TileTransforms(NamedTuple):
@@ -1160,23 +1176,15 @@ def _wg_matrices(m, r):
     return _wg_cache[key]
 
 
-#: CPU kinds, (vendor, display family), on which the direct kernel's AVX-512 build beats
-#: F(m x m, r x r) for the kernel sizes listed: AMD Zen 5 (family 0x1A) runs AVX-512 at full width,
-#: which speeds the FMA-bound direct kernel more than Winograd's transforms; Zen 4 and Sapphire
-#: Rapids measured the other way, and Zen 5 held to AVX2 too (docs/numpy.md)
-WG_DIRECT_AVX512 = {("AuthenticAMD", 0x1A): {5}}
-
-
 def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
     direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
     WG_MIN_CHANNELS each side, on AVX2 or AVX-512 (``isa`` >= 1), where it was measured
-    (docs/numpy.md), but not with AVX-512 on the CPU kinds of WG_DIRECT_AVX512. Where it
+    (docs/numpy.md), but not where _direct_favoured. Where it
     applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
-    kernels = backend.conv_kernels
-    if kernels.isa == 2 and plan.kh in WG_DIRECT_AVX512.get((kernels.cpu_vendor, kernels.cpu_family), ()):
+    if _direct_favoured(backend):
         return False
-    return kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
+    return backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
         and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh] \
         and out_hw[0] * out_hw[1] >= WG_MIN_PLANE
 

@@ -86,7 +86,7 @@ def test_each_algorithm_of_each_op_matches_the_fallback(choice, geometry, monkey
     monkeypatch.setattr(kernels, "isa", 1)  # AVX2: all three algorithms apply
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})  # plain: F(4x4, 3x3), dilated: F(2x2, 3x3)
-    monkeypatch.setattr(numpy_spatial, "WG_DIRECT_AVX512", {})  # Winograd on every CPU kind
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())  # Winograd on every CPU kind
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_MIN_CHANNELS", 1)
@@ -579,7 +579,7 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
-    monkeypatch.setattr(numpy_spatial, "WG_DIRECT_AVX512", {})  # Winograd on every CPU kind
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())  # Winograd on every CPU kind
     calls = []
     original = kernels.tile_gemm
     monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (calls.append(a[3]), original(*a))[1])
@@ -630,11 +630,28 @@ def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch, isa, wins, l
     channels each side on (16 lose); the baseline build never runs them. Layers as (C, O,
     output side)."""
     monkeypatch.setattr(kernels, "isa", isa)
+    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
+    monkeypatch.setattr(kernels, "cpu_family", 0x19)  # Zen 4
     backend = jp.backend("numpy")
     for c, o, hw in wins:
         assert numpy_spatial._winograd(backend, _plan_3x3(c, o, hw), c, o, (hw, hw))
     for c, o, hw in loses:
         assert not numpy_spatial._winograd(backend, _plan_3x3(c, o, hw), c, o, (hw, hw))
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", [1, 2], ids=["avx2", "avx512"])
+def test_zen5_runs_f2x2_3x3_only_on_64_channels_summed_over_with_avx512(monkeypatch, isa):
+    """AMD Zen 5 with AVX-512: the direct kernel beat F(2x2, 3x3) with 32 channels summed over
+    (the forward's input channels, the input gradient's output channels) and lost with 64
+    (docs/numpy.md); held to AVX2 the Zen 4 rule holds. Layers as (summed over, other side, output side)."""
+    monkeypatch.setattr(kernels, "isa", isa)
+    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
+    monkeypatch.setattr(kernels, "cpu_family", 0x1A)
+    backend = jp.backend("numpy")
+    for n_in, n_out, hw, wins in [(64, 64, 8, True), (64, 32, 16, True), (64, 128, 8, True),
+                                  (32, 64, 16, isa == 1), (32, 32, 16, isa == 1), (64, 16, 16, False)]:
+        assert numpy_spatial._winograd(backend, _plan_3x3(n_in, n_out, hw), n_in, n_out, (hw, hw)) == wins
 
 
 @needs_kernels
@@ -705,7 +722,7 @@ def test_winograd_mxm_matches_the_reference(shape, m, k, monkeypatch):
     monkeypatch.setattr(kernels, "isa", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
-    monkeypatch.setattr(numpy_spatial, "WG_DIRECT_AVX512", {})  # Winograd on every CPU kind
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())  # Winograd on every CPU kind
     monkeypatch.setattr(numpy_spatial, "WG_TILE", {k: m})
     picked = []
     for name in ("_wg_forward", "_wg_backward_data"):
