@@ -471,8 +471,25 @@ def test_strided_thin_layers_take_the_gemm_on_8_lanes(ocl, rng):
     np.testing.assert_allclose(b.to_host(dx), dx_ref + dx0, rtol=1e-5, atol=1e-5)
 
 
+def test_16_lane_gemm_runs_the_convolutions_at_8_lanes(lanes_backend):
+    """CONV_LANES: a 16-lane (AVX-512) GEMM keeps its tiles while the convolutions take the
+    8-lane kernels and rules (Winograd 3x3 and 5x5, the stride-2 phases); asked explicitly,
+    16-lane convolutions keep their own rules."""
+    from juicepy.backends.opencl import OpenCLBackend
+    from juicepy.backends.opencl.programs import CONV_LANES
+    assert CONV_LANES == {16: 8, 8: 8}
+    b = lanes_backend(16, conv_vector_width=None)
+    assert b._gemm_tiles["VW"] == 16 and b._conv_vec == 8
+    assert b._forward_algorithm((2, 32, 32, 32, 32, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1), 1) == "winograd"
+    assert b._forward_algorithm((2, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, 1, 1, 1), 1) == "winograd"
+    assert b._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) == "s2"
+    assert lanes_backend(16)._conv_vec == 16
+    with pytest.raises(ValueError, match="conv_vector_width must be 8 or 16, got 4"):
+        OpenCLBackend(b.device, conv_vector_width=4)
+
+
 def test_winograd_5x5_not_chosen_on_16_lanes(lanes_backend):
-    """Unmeasured on AVX-512 builds: they keep the direct kernel (forced "winograd" runs there)."""
+    """Unmeasured on 16-lane convolutions: they keep the direct kernel (forced "winograd" runs there)."""
     b = lanes_backend(16)
     geo = (2, 32, 32, 32, 32, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1)
     assert b._forward_algorithm(geo, 1) != "winograd" and not b._use_winograd(geo, 1, "data")
