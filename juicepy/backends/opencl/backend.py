@@ -99,6 +99,8 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             raise ValueError(f"conv_vector_width=16 on {self.device.name!r}: its compiler targets no AVX-512 "
                              f"({self.device.version}); use 8")
         self._conv_vec = conv_vector_width
+        # Adam in float16 vectors (adam_step16) on 16-lane CPU devices, where it was measured
+        self._adam_lanes = 16 if self.is_cpu and vector_width == 16 else 1
         # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs; a
         # CPU runtime whose local memory cannot hold the big tiles gets the cooperative GEMM
         packed_fits = fitting_families(CPU_GEMM[vector_width], self.limits)["packed"]
@@ -423,12 +425,20 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                          *([max_exp_avg_sq] if max_exp_avg_sq is not None else []))
         amsgrad = max_exp_avg_sq is not None
         f32 = np.float32  # each factor rounded to float32 once, as NumPy does with Python scalars
-        self._elementwise(
-            "adam_step", param.size, param, grad, exp_avg, exp_avg_sq,
-            max_exp_avg_sq if amsgrad else exp_avg_sq, int(amsgrad),
-            float(f32(1.0 - beta1)), float(beta2), float(f32(1.0 - beta2)), float(eps), float(weight_decay),
-            int(bool(decoupled)), float(f32(1.0 - lr * weight_decay)),
-            float(f32(1.0 / math.sqrt(1.0 - beta2 ** step))), float(f32(lr / (1.0 - beta1 ** step))))
+        arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else exp_avg_sq)
+        factors = (int(amsgrad), float(f32(1.0 - beta1)), float(beta2), float(f32(1.0 - beta2)), float(eps),
+                   float(weight_decay), int(bool(decoupled)), float(f32(1.0 - lr * weight_decay)),
+                   float(f32(1.0 / math.sqrt(1.0 - beta2 ** step))), float(f32(lr / (1.0 - beta1 ** step))))
+        lanes = self._adam_lanes
+        vectors = param.size // lanes if lanes > 1 else 0
+        if vectors:   # whole vectors, then the last elements one per work-item
+            refs = [r for a in arrays for r in self._ref(a)]
+            self._kernel("elementwise.cl", "adam_step16")(
+                self.queue, (_round_up(vectors, 16),), (16,), vectors, *refs[:10], *factors)
+        tail = param.size - vectors * lanes
+        if tail:
+            refs = [r for a in arrays for r in (a.base_data, a.offset // a.dtype.itemsize + vectors * lanes)]
+            self._launch_flat("elementwise.cl", "adam_step", tail, *refs, *factors)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):
