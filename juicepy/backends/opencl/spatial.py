@@ -227,6 +227,7 @@ class SpatialOps(abc.ABC):
     #: (im2col + GEMM), or "auto": direct kernels for thin groups on CPU drivers, else the
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
+    _fwd_vec = None   # forces _direct_forward_lanes (A/B runs)
 
     def _use_implicit(self) -> bool:
         if not self.kernel_fits["packed"]:
@@ -401,9 +402,11 @@ class SpatialOps(abc.ABC):
         (_epilogue_args)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
-        outs = direct_outputs(o // groups, self._conv_vec)
-        unroll = direct_unroll(outs, -(-wo // self._conv_vec), self._conv_vec)
-        lanes_past = unroll * self._conv_vec * sw + kw * dw
+        lanes = self._direct_forward_lanes(geo, groups)
+        program = "conv.cl" if lanes == self._conv_vec else f"conv.cl:vec{lanes}"
+        outs = direct_outputs(o // groups, lanes)
+        unroll = direct_unroll(outs, -(-wo // lanes), lanes)
+        lanes_past = unroll * lanes * sw + kw * dw
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
         suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
@@ -413,12 +416,20 @@ class SpatialOps(abc.ABC):
             per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
             while per % 2 == 0 and n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS:
                 per //= 2   # ...unless that leaves too few work-items
-            self._kernel("conv.cl", name + "_local" + suffix)(
+            self._kernel(program, name + "_local" + suffix)(
                 self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
                 self._cl.LocalMemory(local), per, *args)
             return
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
-        self._kernel("conv.cl", name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+        self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+
+    def _direct_forward_lanes(self, geo, groups) -> int:
+        """The direct forward kernel's float lanes for the convolution ``geo`` (VEC of its
+        conv.cl build)."""
+        if self._fwd_vec is not None:
+            return self._fwd_vec
+        wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
+        return wide if geo[8] % wide == 0 else self._conv_vec
 
     def _use_phased(self, geo, groups) -> bool:
         """Whether conv_direct_fwd4_phased computes this forward pass: strided, on 8-lane

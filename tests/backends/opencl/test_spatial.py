@@ -488,6 +488,35 @@ def test_16_lane_gemm_runs_the_convolutions_at_8_lanes(lanes_backend):
         OpenCLBackend(b.device, conv_vector_width=4)
 
 
+@pytest.mark.parametrize("local", [True, False], ids=["local", "padded"])
+def test_16_lane_gemm_runs_direct_forwards_of_whole_16_lane_rows_at_16_lanes(lanes_backend, rng, monkeypatch, local):
+    """On a 16-lane GEMM the direct forward kernel (and stride-1 input gradient) takes the
+    16-lane build (conv.cl:vec16) where the output rows are whole 16-lane vectors, the
+    8-lane one elsewhere (LeNet's 28- and 10-wide rows); both against the float64 loops."""
+    from juicepy.backends.opencl import spatial
+
+    if not local:
+        monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
+    b = lanes_backend(16, conv_vector_width=None)
+    assert b._direct_forward_lanes((2, 8, 32, 32, 8, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 4) == 16
+    assert b._direct_forward_lanes((2, 1, 28, 28, 6, 5, 5, 28, 28, 1, 1, 2, 2, 1, 1), 1) == 8
+    assert lanes_backend(8)._direct_forward_lanes((2, 8, 32, 32, 8, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 4) == 8
+    for xs, o, groups in (((2, 16, 5, 32), 16, 4), ((2, 8, 6, 18), 8, 2)):
+        x = rng.standard_normal(xs).astype(np.float32)
+        wt = rng.standard_normal((o, xs[1] // groups, 3, 3)).astype(np.float32)
+        y_ref = conv_ref(x, wt, (1, 1), (1, 1), (1, 1), groups)
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        dx_ref, _ = conv_grads_ref(x, wt, dy, (1, 1), (1, 1), (1, 1), groups)
+        geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, (1, 1), (1, 1), (1, 1), groups, "conv2d")
+        assert b._forward_algorithm(geo, groups) == "direct"
+        ws = Workspace()
+        y, dx = b.empty(y_ref.shape), b.empty(x.shape)
+        b.conv2d(b.from_host(x), b.from_host(wt), y, 1, 1, 1, groups, ws)
+        b.conv2d_backward_data(b.from_host(dy), b.from_host(wt), dx, 1, 1, 1, groups, False, ws)
+        np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
+
+
 def test_winograd_5x5_not_chosen_on_16_lanes(lanes_backend):
     """Unmeasured on 16-lane convolutions: they keep the direct kernel (forced "winograd" runs there)."""
     b = lanes_backend(16)
