@@ -132,6 +132,13 @@ def direct_outputs(outputs: int, lanes: int) -> int:
 FILTER_ROW_OUTS = {3: 4, 5: 2}
 
 
+# ...and on 16-lane (AVX-512) GEMM devices, whose convolutions run at 8 lanes (CONV_LANES), rows
+# of whole 16-lane vectors take the 16-lane build with this many (OUTS x KW float16 accumulators
+# of AVX-512's 32 registers): on PoCL 3.1 / Zen 5, 5x5 32->32 fwd+bwd 13.5 -> 10.5 ms, 3x3 64->64
+# and its dilated twin about 8 % faster (docs/opencl.md, session 33)
+FILTER_ROW_OUTS_16_LANES = {3: 8, 5: 4}
+
+
 def filter_outputs(outputs: int, kw: int, lanes: int) -> int:
     """Output channels each work-item of the row-of-taps weight gradient sums at once: every
     loaded input vector then feeds that many outputs' taps; 1 where they do not divide the
@@ -686,19 +693,31 @@ class SpatialOps(abc.ABC):
                        (cb[0], cb[1] + g * kg * cols), cols, True,
                        (wb[0], wb[1] + g * og * kg), kg, 1.0, float(bool(accumulate)), ws)
 
+    def _direct_filter_build(self, geo, groups, by_rows) -> tuple[int, int]:
+        """(float lanes of the conv.cl build, output channels per work-item) of the direct
+        weight gradient: on a 16-lane GEMM with 8-lane convolutions (CONV_LANES), rows of whole
+        16-lane vectors take the 16-lane build with FILTER_ROW_OUTS_16_LANES outputs."""
+        kw, wo, outputs = geo[6], geo[8], geo[4] // groups
+        wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
+        outs = FILTER_ROW_OUTS_16_LANES.get(kw, 0)
+        if by_rows and wide == 16 and self._conv_vec == 8 and outs and wo % 16 == 0 and outputs % outs == 0:
+            return 16, outs
+        return self._conv_vec, filter_outputs(outputs, kw, self._conv_vec) if by_rows else 1
+
     def _direct_filter(self, x, dy, dw, geo, groups, accumulate, ws):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
         by_rows = self._filter_by_rows(geo, groups)   # a work-item per row of taps
-        outs = filter_outputs(o // groups, kw, self._conv_vec) if by_rows else 1
+        lanes, outs = self._direct_filter_build(geo, groups, by_rows)
+        program = "conv.cl" if lanes == self._conv_vec else f"conv.cl:vec{lanes}"
         items = kh * weights // outs if by_rows else taps * weights
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
         if by_rows:
             xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
-            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
+            self._kernel(program, f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
                 self.queue, (kh, weights // outs, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
                 *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
         else:

@@ -517,6 +517,34 @@ def test_16_lane_gemm_runs_direct_forwards_of_whole_16_lane_rows_at_16_lanes(lan
         np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_16_lane_gemm_takes_16_lane_weight_gradients_by_rows(lanes_backend, rng, accumulate):
+    """On a 16-lane GEMM with 8-lane convolutions the row-of-taps weight gradient of rows of
+    whole 16-lane vectors runs the 16-lane build with FILTER_ROW_OUTS_16_LANES outputs per
+    work-item (3x3: 8, 5x5: 4; conv_direct_bwd_filter_k3_o8, _k5_o4), other rows the 8-lane
+    one; both against the float64 loops."""
+    b = lanes_backend(16, conv_vector_width=None)
+    build = b._direct_filter_build
+    assert build((2, 8, 32, 32, 16, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 1, True) == (16, 8)
+    assert build((2, 8, 32, 32, 8, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1), 1, True) == (16, 4)
+    assert build((2, 8, 8, 8, 16, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1), 1, True) == (8, 4)      # 8-wide rows
+    assert build((2, 8, 32, 32, 12, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 1, True) == (8, 4)  # 12 outputs
+    assert lanes_backend(8)._direct_filter_build((2, 8, 32, 32, 16, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 1, True) == (8, 4)
+    for xs, (o, k), pad, dil, groups in (((2, 6, 5, 32), (16, 3), 1, 1, 2), ((2, 3, 6, 16), (8, 5), 2, 1, 1),
+                                         ((1, 4, 6, 32), (8, 3), 2, 2, 1)):
+        x = rng.standard_normal(xs).astype(np.float32)
+        wt = rng.standard_normal((o, xs[1] // groups, k, k)).astype(np.float32)
+        y_ref = conv_ref(x, wt, (1, 1), (pad, pad), (dil, dil), groups)
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        _, dw_ref = conv_grads_ref(x, wt, dy, (1, 1), (pad, pad), (dil, dil), groups)
+        geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, (1, 1), (pad, pad), (dil, dil), groups, "conv2d")
+        assert b._use_direct(geo, groups, "filter") and b._direct_filter_build(geo, groups, True)[0] == 16
+        dw0 = rng.standard_normal(wt.shape).astype(np.float32)
+        dw = b.from_host(dw0)
+        b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, 1, pad, dil, groups, accumulate, Workspace())
+        np.testing.assert_allclose(b.to_host(dw), dw_ref + (dw0 if accumulate else 0.0), rtol=1e-4, atol=1e-4)
+
+
 def test_winograd_5x5_not_chosen_on_16_lanes(lanes_backend):
     """Unmeasured on 16-lane convolutions: they keep the direct kernel (forced "winograd" runs there)."""
     b = lanes_backend(16)
