@@ -23,7 +23,8 @@ _SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32}
 # faster than 32 and 16 on AVX2). S2F_TS, S2F_BC and S2F_BO: tiles per slice, input and output
 # channels per work-group of s2_winograd_filter (the 64->128 layer's position in one block).
 # S2DK: output channels per slice of s2_winograd_data (128 measured faster than 64 on AVX2's
-# 64->128 layer; 16-lane builds keep 64: unmeasured, and 630 KB of local memory already).
+# 64->128 layer; 16-lane builds keep 64: 630 KB of local memory already, and 128 measured no
+# faster on PoCL 3.1 / Zen 5's strided layer, docs/opencl.md session 33).
 CPU_S2_FILTER = {"S2F_TS": 32, "S2F_BC": 32, "S2F_BO": 128}
 CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4,
                  "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1,

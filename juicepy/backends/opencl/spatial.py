@@ -432,7 +432,10 @@ class SpatialOps(abc.ABC):
 
     def _direct_forward_lanes(self, geo, groups) -> int:
         """The direct forward kernel's float lanes for the convolution ``geo`` (VEC of its
-        conv.cl build)."""
+        conv.cl build): a 16-lane GEMM's 16 where output rows are whole 16-lane vectors (on
+        PoCL 3.1 / Zen 5 the 4-group 64->64 layer and the ResNet's 16-channel layers ran faster
+        so), else the convolutions' own lanes (LeNet's 28- and 10-wide rows were slower at 16;
+        docs/opencl.md, session 33)."""
         if self._fwd_vec is not None:
             return self._fwd_vec
         wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
