@@ -23,7 +23,7 @@ from .gemm import GemmOps
 from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
 from .local_memory import (ELEMENTWISE_WG, REDUCE_WG, build_defines, check_required, describe_misfit,
                            device_limits, fitting_families)
-from .programs import (ALT_MR, CPU_GEMM, GPU_GEMM, ProgramCache, compile_failure, compiled_float_lanes,
+from .programs import (ALT_MR, CONV_LANES, CPU_GEMM, GPU_GEMM, ProgramCache, compile_failure, compiled_float_lanes,
                        refuses_float_lanes)
 from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
@@ -38,7 +38,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     dtypes = (np.float32,)
 
     def __init__(self, device=None, gemm_variant: str | None = None, conv_algorithm: str = "auto",
-                 vector_width: int | None = None):
+                 vector_width: int | None = None, conv_vector_width: int | None = None):
         """``device``: a pyopencl Device (default: see :func:`pick_device`). ``gemm_variant``:
         "packed" (the CPU kernels) or "cooperative" (work-group tiles for GPUs); default
         "packed" on CPU devices whose local memory holds its tiles, else "cooperative"; kernels
@@ -49,7 +49,10 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         or "auto" (chosen per convolution shape). ``vector_width``: float lanes (8 or 16) of the direct
         convolutions' vectors and of the packed GEMM's micro-kernels (16: 12 x 32 tiles for
         AVX-512's 32 registers; 8: 6 x 16 for AVX2's 16); default 16 where the device prefers 16
-        lanes and its compiler targets AVX-512, else 8 (:func:`compiled_float_lanes`)."""
+        lanes and its compiler targets AVX-512, else 8 (:func:`compiled_float_lanes`).
+        ``conv_vector_width``: the direct convolutions' lanes (8 or 16; at most ``vector_width``
+        where the device refuses 16), which also pick the convolution algorithms' rules
+        (spatial.py); default programs.CONV_LANES[vector_width]."""
         super().__init__()
         cl = import_pyopencl()
         import pyopencl.array as cl_array
@@ -78,8 +81,8 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         if conv_algorithm not in CONV_ALGORITHMS:
             raise ValueError(f"conv_algorithm must be one of {CONV_ALGORITHMS}, got {conv_algorithm!r}")
         self.conv_algorithm = conv_algorithm
-        # direct convolutions keep a row's outputs in vectors of the width the device's compiler
-        # targets, and the packed GEMM sizes its register tiles by it
+        # the packed GEMM sizes its register tiles by the width the device's compiler targets;
+        # the direct convolutions keep a row's outputs in vectors of CONV_LANES of it
         if vector_width is None:
             vector_width = compiled_float_lanes(cl, self.context, self.device)
         if vector_width not in (8, 16):
@@ -88,7 +91,16 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             raise ValueError(f"vector_width=16 on {self.device.name!r}: the device reports 16 float lanes but its "
                              f"compiler targets no AVX-512 ({self.device.version}), and its 16-lane programs come "
                              f"back from the kernel cache without kernels; use vector_width=8 (the default here)")
-        self._conv_vec = vector_width
+        if conv_vector_width is None:
+            conv_vector_width = CONV_LANES[vector_width]
+        if conv_vector_width not in (8, 16):
+            raise ValueError(f"conv_vector_width must be 8 or 16, got {conv_vector_width!r}")
+        if refuses_float_lanes(cl, self.context, self.device, conv_vector_width):
+            raise ValueError(f"conv_vector_width=16 on {self.device.name!r}: its compiler targets no AVX-512 "
+                             f"({self.device.version}); use 8")
+        self._conv_vec = conv_vector_width
+        # Adam in float16 vectors (adam_step16) on 16-lane CPU devices, where it was measured
+        self._adam_lanes = 16 if self.is_cpu and vector_width == 16 else 1
         # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs; a
         # CPU runtime whose local memory cannot hold the big tiles gets the cooperative GEMM
         packed_fits = fitting_families(CPU_GEMM[vector_width], self.limits)["packed"]
@@ -114,7 +126,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                                       {"gemm.cl": {**self._gemm_tiles, **left_out},
                                        "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]],
                                                           **left_out},
-                                       "conv.cl": {"VEC": self._conv_vec}})
+                                       "conv.cl": {"VEC": self._conv_vec}, "conv.cl:vec16": {"VEC": 16}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)
         self._flag_lock = threading.Lock()
@@ -413,12 +425,20 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                          *([max_exp_avg_sq] if max_exp_avg_sq is not None else []))
         amsgrad = max_exp_avg_sq is not None
         f32 = np.float32  # each factor rounded to float32 once, as NumPy does with Python scalars
-        self._elementwise(
-            "adam_step", param.size, param, grad, exp_avg, exp_avg_sq,
-            max_exp_avg_sq if amsgrad else exp_avg_sq, int(amsgrad),
-            float(f32(1.0 - beta1)), float(beta2), float(f32(1.0 - beta2)), float(eps), float(weight_decay),
-            int(bool(decoupled)), float(f32(1.0 - lr * weight_decay)),
-            float(f32(1.0 / math.sqrt(1.0 - beta2 ** step))), float(f32(lr / (1.0 - beta1 ** step))))
+        arrays = (param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else exp_avg_sq)
+        factors = (int(amsgrad), float(f32(1.0 - beta1)), float(beta2), float(f32(1.0 - beta2)), float(eps),
+                   float(weight_decay), int(bool(decoupled)), float(f32(1.0 - lr * weight_decay)),
+                   float(f32(1.0 / math.sqrt(1.0 - beta2 ** step))), float(f32(lr / (1.0 - beta1 ** step))))
+        lanes = self._adam_lanes
+        vectors = param.size // lanes if lanes > 1 else 0
+        if vectors:   # whole vectors, then the last elements one per work-item
+            refs = [r for a in arrays for r in self._ref(a)]
+            self._kernel("elementwise.cl", "adam_step16")(
+                self.queue, (_round_up(vectors, 16),), (16,), vectors, *refs[:10], *factors)
+        tail = param.size - vectors * lanes
+        if tail:
+            refs = [r for a in arrays for r in (a.base_data, a.offset // a.dtype.itemsize + vectors * lanes)]
+            self._launch_flat("elementwise.cl", "adam_step", tail, *refs, *factors)
 
     # ---------------------------------------------------------- composition
     def copy_channels(self, src, dst, offset, accumulate=False):

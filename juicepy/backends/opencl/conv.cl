@@ -530,6 +530,7 @@ FILTER_ROW_KERNEL(conv_direct_bwd_filter_k5, 5)
 #define TAPS2_5(X, u) X(u, 0) X(u, 1) X(u, 2) X(u, 3) X(u, 4)
 #define OUTS_2(X) X(0) X(1)
 #define OUTS_4(X) X(0) X(1) X(2) X(3)
+#define OUTS_8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
 #define FO_X(j) const floatv x##j = LOAD_UNIT(xr + ow + j * dw);
 #define FO_ACC1(u, j) floatv a##u##_##j = (floatv)(0.0f);
 #define FO_FMA1(u, j) a##u##_##j += d##u * x##j;
@@ -569,6 +570,9 @@ void name(FILTER_KERNEL_PARAMS) \
 
 FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k3_o4, 3, 4)
 FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k5_o2, 5, 2)
+// 24 and 20 accumulators: for AVX-512's 32 registers (16-lane builds, FILTER_ROW_OUTS_16_LANES)
+FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k3_o8, 3, 8)
+FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k5_o4, 5, 4)
 
 // Pass 2: dw[i] (+)= sum over the chunks of part[chunk][i]; one work-item per weight.
 __kernel void conv_direct_filter_sum(const int total, const int chunks,

@@ -14,23 +14,32 @@ _SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32}
 # CPU drivers (PoCL) get big packed tiles (their local memory is ordinary cache-backed RAM),
 # with micro-kernels shaped by the vector width (VW floats; see gemm.cl): 12 x 32 and 4 x 4
 # float16 for 16-lane devices (AVX-512), 6 x 16 and 2 x 4 float8 for 8-lane ones (AVX2);
-# STAGE_B_ROWS, DIRECT_PACKED, GATHER_STRIDE2, STAGE_A_T and STAGE_A_ROWS (gemm.cl, gemm.py) were
-# measured on AVX2 only, so 16-lane devices keep the staging they had.
+# STAGE_B_ROWS, DIRECT_PACKED, GATHER_STRIDE2, STAGE_A_T and STAGE_A_ROWS (gemm.cl, gemm.py):
+# measured on AVX2 first, then on AVX-512 (PoCL 3.1 on Zen 5), where they helped every
+# convolution of bench/test_bench_conv.py too (docs/opencl.md, session 33).
 # GPUs only use the cooperative kernel, so the CPU tiles are shrunk to fit their local memory.
 # S2_BM and S2K: output rows and input channels per work-group and slice of s2_winograd_conv
 # (132 rows: a 128-channel layer transforms its input tiles once; 64 channels per slice measured
 # faster than 32 and 16 on AVX2). S2F_TS, S2F_BC and S2F_BO: tiles per slice, input and output
 # channels per work-group of s2_winograd_filter (the 64->128 layer's position in one block).
 # S2DK: output channels per slice of s2_winograd_data (128 measured faster than 64 on AVX2's
-# 64->128 layer; 16-lane builds keep 64: unmeasured, and 630 KB of local memory already).
+# 64->128 layer; 16-lane builds keep 64: 630 KB of local memory already, and 128 measured no
+# faster on PoCL 3.1 / Zen 5's strided layer, docs/opencl.md session 33).
 CPU_S2_FILTER = {"S2F_TS": 32, "S2F_BC": 32, "S2F_BO": 128}
-CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 132, "S2K": 64,
-                 "S2DK": 64, **CPU_S2_FILTER},
+CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4,
+                 "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1,
+                 "STAGE_A_ROWS": 128, "S2_BM": 132, "S2K": 64, "S2DK": 64, **CPU_S2_FILTER},
             8: {"BM": 96, "BN": 128, "BK": 256, "MR": 6, "VW": 8, "DR": 2, "DC": 4,
                 "STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1,
                 "STAGE_A_ROWS": 128, "S2_BM": 132, "S2K": 64, "S2DK": 128, **CPU_S2_FILTER}}
 GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 24, "S2K": 4, "S2DK": 4,
             "S2F_TS": 16, "S2F_BC": 1, "S2F_BO": 32}
+# float lanes of the direct convolutions' vectors (conv.cl's VEC) and of the selection rules of
+# spatial.py (Winograd, the stride-2 phases, the direct kernels' 8-lane rules) per GEMM vector
+# width: 16-lane (AVX-512) devices keep the 16-lane GEMM but run the convolutions as 8-lane
+# devices do; on PoCL 3.1 / Zen 5 that was faster on every convolution of bench/test_bench_conv.py
+# but the depthwise one (a tie) and on the CIFAR CNN, the ResNet and LeNet (docs/opencl.md)
+CONV_LANES = {16: 8, 8: 8}
 # rows of the second build of gemm.cl ("gemm.cl:mr_alt") whose panels the implicit-GEMM
 # convolution takes where they pad fewer rows than MR (16 outputs per group), per MR
 ALT_MR = {12: 8, 6: 4}

@@ -132,6 +132,13 @@ def direct_outputs(outputs: int, lanes: int) -> int:
 FILTER_ROW_OUTS = {3: 4, 5: 2}
 
 
+# ...and on 16-lane (AVX-512) GEMM devices, whose convolutions run at 8 lanes (CONV_LANES), rows
+# of whole 16-lane vectors take the 16-lane build with this many (OUTS x KW float16 accumulators
+# of AVX-512's 32 registers): on PoCL 3.1 / Zen 5, 5x5 32->32 fwd+bwd 13.5 -> 10.5 ms, 3x3 64->64
+# and its dilated twin about 8 % faster (docs/opencl.md, session 33)
+FILTER_ROW_OUTS_16_LANES = {3: 8, 5: 4}
+
+
 def filter_outputs(outputs: int, kw: int, lanes: int) -> int:
     """Output channels each work-item of the row-of-taps weight gradient sums at once: every
     loaded input vector then feeds that many outputs' taps; 1 where they do not divide the
@@ -227,6 +234,7 @@ class SpatialOps(abc.ABC):
     #: (im2col + GEMM), or "auto": direct kernels for thin groups on CPU drivers, else the
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
+    _fwd_vec = None   # forces _direct_forward_lanes (A/B runs)
 
     def _use_implicit(self) -> bool:
         if not self.kernel_fits["packed"]:
@@ -401,9 +409,11 @@ class SpatialOps(abc.ABC):
         (_epilogue_args)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
-        outs = direct_outputs(o // groups, self._conv_vec)
-        unroll = direct_unroll(outs, -(-wo // self._conv_vec), self._conv_vec)
-        lanes_past = unroll * self._conv_vec * sw + kw * dw
+        lanes = self._direct_forward_lanes(geo, groups)
+        program = "conv.cl" if lanes == self._conv_vec else f"conv.cl:vec{lanes}"
+        outs = direct_outputs(o // groups, lanes)
+        unroll = direct_unroll(outs, -(-wo // lanes), lanes)
+        lanes_past = unroll * lanes * sw + kw * dw
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
         suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
@@ -413,12 +423,23 @@ class SpatialOps(abc.ABC):
             per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
             while per % 2 == 0 and n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS:
                 per //= 2   # ...unless that leaves too few work-items
-            self._kernel("conv.cl", name + "_local" + suffix)(
+            self._kernel(program, name + "_local" + suffix)(
                 self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
                 self._cl.LocalMemory(local), per, *args)
             return
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
-        self._kernel("conv.cl", name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+        self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+
+    def _direct_forward_lanes(self, geo, groups) -> int:
+        """The direct forward kernel's float lanes for the convolution ``geo`` (VEC of its
+        conv.cl build): a 16-lane GEMM's 16 where output rows are whole 16-lane vectors (on
+        PoCL 3.1 / Zen 5 the 4-group 64->64 layer and the ResNet's 16-channel layers ran faster
+        so), else the convolutions' own lanes (LeNet's 28- and 10-wide rows were slower at 16;
+        docs/opencl.md, session 33)."""
+        if self._fwd_vec is not None:
+            return self._fwd_vec
+        wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
+        return wide if geo[8] % wide == 0 else self._conv_vec
 
     def _use_phased(self, geo, groups) -> bool:
         """Whether conv_direct_fwd4_phased computes this forward pass: strided, on 8-lane
@@ -675,19 +696,31 @@ class SpatialOps(abc.ABC):
                        (cb[0], cb[1] + g * kg * cols), cols, True,
                        (wb[0], wb[1] + g * og * kg), kg, 1.0, float(bool(accumulate)), ws)
 
+    def _direct_filter_build(self, geo, groups, by_rows) -> tuple[int, int]:
+        """(float lanes of the conv.cl build, output channels per work-item) of the direct
+        weight gradient: on a 16-lane GEMM with 8-lane convolutions (CONV_LANES), rows of whole
+        16-lane vectors take the 16-lane build with FILTER_ROW_OUTS_16_LANES outputs."""
+        kw, wo, outputs = geo[6], geo[8], geo[4] // groups
+        wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
+        outs = FILTER_ROW_OUTS_16_LANES.get(kw, 0)
+        if by_rows and wide == 16 and self._conv_vec == 8 and outs and wo % 16 == 0 and outputs % outs == 0:
+            return 16, outs
+        return self._conv_vec, filter_outputs(outputs, kw, self._conv_vec) if by_rows else 1
+
     def _direct_filter(self, x, dy, dw, geo, groups, accumulate, ws):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
         by_rows = self._filter_by_rows(geo, groups)   # a work-item per row of taps
-        outs = filter_outputs(o // groups, kw, self._conv_vec) if by_rows else 1
+        lanes, outs = self._direct_filter_build(geo, groups, by_rows)
+        program = "conv.cl" if lanes == self._conv_vec else f"conv.cl:vec{lanes}"
         items = kh * weights // outs if by_rows else taps * weights
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
         if by_rows:
             xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
-            self._kernel("conv.cl", f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
+            self._kernel(program, f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
                 self.queue, (kh, weights // outs, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
                 *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
         else:

@@ -34,7 +34,7 @@ def rng():
 
 @pytest.fixture(scope="session")
 def lanes_backend(ocl):
-    """A factory: OpenCLBackend(ocl.device, vector_width=lanes, **kwargs). It skips the test
+    """A factory: OpenCLBackend(ocl.device, vector_width=lanes, conv_vector_width=lanes, **kwargs). It skips the test
     where the backend refuses those lanes: a device reporting 16 float lanes whose compiler
     targets no AVX-512 (PoCL 3.0 on Zen 4) brings conv.cl's 16-lane build back from its kernel
     cache without kernels."""
@@ -45,5 +45,6 @@ def lanes_backend(ocl):
         if refuses_float_lanes(ocl._cl, ocl.context, ocl.device, lanes):
             pytest.skip(f"{ocl.device.name} reports 16 float lanes but its compiler targets no AVX-512 "
                         f"({ocl.device.version}): OpenCLBackend refuses vector_width={lanes} there")
+        kwargs.setdefault("conv_vector_width", lanes)   # the convolutions' kernels and rules at those lanes too
         return OpenCLBackend(ocl.device, vector_width=lanes, **kwargs)
     return make

@@ -156,7 +156,8 @@ def test_kernel_shape_follows_the_device_vector_width(ocl, lanes_backend):
     """AVX-512 devices (16 preferred float lanes, a compiler targeting AVX-512) get the 12 x 32
     float16 tiles, others the 6 x 16 float8 ones; the choice is the device's, never a timing."""
     want = compiled_float_lanes(ocl._cl, ocl.context, ocl.device)
-    assert ocl._gemm_tiles["VW"] == ocl._conv_vec == want
+    assert ocl._gemm_tiles["VW"] == want
+    assert ocl._conv_vec == 8   # CONV_LANES: 16-lane devices run the convolutions at 8 lanes
     assert ocl._gemm_tiles["MR"] == {16: 12, 8: 6}[want]
     assert lanes_backend(8)._gemm_tiles["MR"] == 6
 

@@ -471,8 +471,82 @@ def test_strided_thin_layers_take_the_gemm_on_8_lanes(ocl, rng):
     np.testing.assert_allclose(b.to_host(dx), dx_ref + dx0, rtol=1e-5, atol=1e-5)
 
 
+def test_16_lane_gemm_runs_the_convolutions_at_8_lanes(lanes_backend):
+    """CONV_LANES: a 16-lane (AVX-512) GEMM keeps its tiles while the convolutions take the
+    8-lane kernels and rules (Winograd 3x3 and 5x5, the stride-2 phases); asked explicitly,
+    16-lane convolutions keep their own rules."""
+    from juicepy.backends.opencl import OpenCLBackend
+    from juicepy.backends.opencl.programs import CONV_LANES
+    assert CONV_LANES == {16: 8, 8: 8}
+    b = lanes_backend(16, conv_vector_width=None)
+    assert b._gemm_tiles["VW"] == 16 and b._conv_vec == 8
+    assert b._forward_algorithm((2, 32, 32, 32, 32, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1), 1) == "winograd"
+    assert b._forward_algorithm((2, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, 1, 1, 1), 1) == "winograd"
+    assert b._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) == "s2"
+    assert lanes_backend(16)._conv_vec == 16
+    with pytest.raises(ValueError, match="conv_vector_width must be 8 or 16, got 4"):
+        OpenCLBackend(b.device, conv_vector_width=4)
+
+
+@pytest.mark.parametrize("local", [True, False], ids=["local", "padded"])
+def test_16_lane_gemm_runs_direct_forwards_of_whole_16_lane_rows_at_16_lanes(lanes_backend, rng, monkeypatch, local):
+    """On a 16-lane GEMM the direct forward kernel (and stride-1 input gradient) takes the
+    16-lane build (conv.cl:vec16) where the output rows are whole 16-lane vectors, the
+    8-lane one elsewhere (LeNet's 28- and 10-wide rows); both against the float64 loops."""
+    from juicepy.backends.opencl import spatial
+
+    if not local:
+        monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
+    b = lanes_backend(16, conv_vector_width=None)
+    assert b._direct_forward_lanes((2, 8, 32, 32, 8, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 4) == 16
+    assert b._direct_forward_lanes((2, 1, 28, 28, 6, 5, 5, 28, 28, 1, 1, 2, 2, 1, 1), 1) == 8
+    assert lanes_backend(8)._direct_forward_lanes((2, 8, 32, 32, 8, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 4) == 8
+    for xs, o, groups in (((2, 16, 5, 32), 16, 4), ((2, 8, 6, 18), 8, 2)):
+        x = rng.standard_normal(xs).astype(np.float32)
+        wt = rng.standard_normal((o, xs[1] // groups, 3, 3)).astype(np.float32)
+        y_ref = conv_ref(x, wt, (1, 1), (1, 1), (1, 1), groups)
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        dx_ref, _ = conv_grads_ref(x, wt, dy, (1, 1), (1, 1), (1, 1), groups)
+        geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, (1, 1), (1, 1), (1, 1), groups, "conv2d")
+        assert b._forward_algorithm(geo, groups) == "direct"
+        ws = Workspace()
+        y, dx = b.empty(y_ref.shape), b.empty(x.shape)
+        b.conv2d(b.from_host(x), b.from_host(wt), y, 1, 1, 1, groups, ws)
+        b.conv2d_backward_data(b.from_host(dy), b.from_host(wt), dx, 1, 1, 1, groups, False, ws)
+        np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_16_lane_gemm_takes_16_lane_weight_gradients_by_rows(lanes_backend, rng, accumulate):
+    """On a 16-lane GEMM with 8-lane convolutions the row-of-taps weight gradient of rows of
+    whole 16-lane vectors runs the 16-lane build with FILTER_ROW_OUTS_16_LANES outputs per
+    work-item (3x3: 8, 5x5: 4; conv_direct_bwd_filter_k3_o8, _k5_o4), other rows the 8-lane
+    one; both against the float64 loops."""
+    b = lanes_backend(16, conv_vector_width=None)
+    build = b._direct_filter_build
+    assert build((2, 8, 32, 32, 16, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 1, True) == (16, 8)
+    assert build((2, 8, 32, 32, 8, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1), 1, True) == (16, 4)
+    assert build((2, 8, 8, 8, 16, 3, 3, 8, 8, 1, 1, 1, 1, 1, 1), 1, True) == (8, 4)      # 8-wide rows
+    assert build((2, 8, 32, 32, 12, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 1, True) == (8, 4)  # 12 outputs
+    assert lanes_backend(8)._direct_filter_build((2, 8, 32, 32, 16, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 1, True) == (8, 4)
+    for xs, (o, k), pad, dil, groups in (((2, 6, 5, 32), (16, 3), 1, 1, 2), ((2, 3, 6, 16), (8, 5), 2, 1, 1),
+                                         ((1, 4, 6, 32), (8, 3), 2, 2, 1)):
+        x = rng.standard_normal(xs).astype(np.float32)
+        wt = rng.standard_normal((o, xs[1] // groups, k, k)).astype(np.float32)
+        y_ref = conv_ref(x, wt, (1, 1), (pad, pad), (dil, dil), groups)
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        _, dw_ref = conv_grads_ref(x, wt, dy, (1, 1), (pad, pad), (dil, dil), groups)
+        geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, (1, 1), (pad, pad), (dil, dil), groups, "conv2d")
+        assert b._use_direct(geo, groups, "filter") and b._direct_filter_build(geo, groups, True)[0] == 16
+        dw0 = rng.standard_normal(wt.shape).astype(np.float32)
+        dw = b.from_host(dw0)
+        b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, 1, pad, dil, groups, accumulate, Workspace())
+        np.testing.assert_allclose(b.to_host(dw), dw_ref + (dw0 if accumulate else 0.0), rtol=1e-4, atol=1e-4)
+
+
 def test_winograd_5x5_not_chosen_on_16_lanes(lanes_backend):
-    """Unmeasured on AVX-512 builds: they keep the direct kernel (forced "winograd" runs there)."""
+    """Unmeasured on 16-lane convolutions: they keep the direct kernel (forced "winograd" runs there)."""
     b = lanes_backend(16)
     geo = (2, 32, 32, 32, 32, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1)
     assert b._forward_algorithm(geo, 1) != "winograd" and not b._use_winograd(geo, 1, "data")
