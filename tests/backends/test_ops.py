@@ -757,6 +757,7 @@ POOL_CASES = [
     ((5, 60, 3, 5), (3, 5), (1, 1), (0, 0)),  # global, 300 planes: past one work-group of OpenCL's, stride 1
     ((1, 1, 7, 3), (7, 3), (7, 3), (0, 0)),   # global, one plane
     ((2, 2, 6, 38), (2, 2), (2, 2), (0, 0)),  # 2x2 windows tiling the plane, 19 outputs a row
+    ((2, 3, 4, 28), (2, 2), (2, 2), (0, 0)),  # ... 14 outputs a row (LeNet's first pooling)
     ((1, 2, 9, 7), (2, 2), (2, 2), (0, 0)),   # 2x2 windows, the last row and column left out
     ((2, 3, 6, 32), (2, 2), (2, 2), (0, 0)),  # 2x2 windows, rows of whole vectors (16 outputs), 6 planes
     ((2, 4, 4, 16), (2, 2), (2, 2), (0, 0)),  # ... 8 outputs a row, 8 planes (4 to a work-item on OpenCL)

@@ -746,7 +746,8 @@ class SpatialOps(abc.ABC):
         planes = out.shape[0] * out.shape[1]
         h, w, ho, wo = geo[:4]
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
-            if self.is_cpu and wo % self._conv_vec == 0:   # rows of whole vectors: a loop along them
+            # rows of whole vectors, or longer than one (LeNet's 14): a loop along them
+            if self.is_cpu and (wo % self._conv_vec == 0 or wo > self._conv_vec):
                 rows = ho * (POOL_ROWS_PLANES if planes % POOL_ROWS_PLANES == 0 else 1)
                 self._kernel("conv.cl", "max_pool_2x2_rows")(self.queue, (planes * ho // rows,), (1,), rows,
                                                              *self._ref(x), ho, wo, *self._ref(out),
