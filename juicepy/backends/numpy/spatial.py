@@ -879,10 +879,13 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs[_algorithm("data", len(runs), dy.shape[2:], backend.conv_kernels.isa)](*args, dx, accumulate, ws)
 
 
-#: fewest output channels (the GEMM depth) of a 3x3 stride-2 input gradient run by
-#: _s2_backward_data (docs/numpy.md)
+#: fewest output channels (the GEMMs' depth) and input channels (their rows) of a 3x3 stride-2
+#: input gradient run by _s2_backward_data: measured to win from 32 -> 64 (the ResNet's) to
+#: 128 -> 256, to lose with the ResNet's 16 -> 32, which keeps im2col + GEMM (docs/numpy.md)
 S2_DATA_MIN_CHANNELS = 64
-#: the instruction sets (``isa``) it runs on (docs/numpy.md)
+S2_DATA_MIN_INPUTS = 32
+#: the instruction sets (``isa``) it runs on: AVX-512, where its GEMMs run on tile_gemm; the AVX2
+#: build (np.matmul) won some shapes and lost others (docs/numpy.md)
 S2_DATA_ISAS = (2,)
 #: tiles (4x4 blocks of dx) per chunk of samples of _s2_backward_data (at least one sample)
 S2_DATA_TILES = 128
@@ -892,11 +895,11 @@ S2_DATA_DEPTHS = (1,) * 25
 
 def _s2_data(backend, plan) -> bool:
     """Whether a 3x3 stride-2 input gradient runs as F(2x2, 2x2) on dx's phases
-    (_s2_backward_data): undilated, ungrouped, padding >= 0, S2_DATA_MIN_CHANNELS output
-    channels, on S2_DATA_ISAS."""
+    (_s2_backward_data): undilated, ungrouped, padding >= 0, S2_DATA_MIN_CHANNELS output and
+    S2_DATA_MIN_INPUTS input channels, on S2_DATA_ISAS."""
     return backend.conv_kernels.isa in S2_DATA_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
         and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
-        and plan.o >= S2_DATA_MIN_CHANNELS
+        and plan.o >= S2_DATA_MIN_CHANNELS and plan.c >= S2_DATA_MIN_INPUTS
 
 
 def _s2_backward_data(backend, dy, w, plan, dx, accumulate, ws):

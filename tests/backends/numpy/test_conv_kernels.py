@@ -1338,6 +1338,7 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
     want = _s2_input_gradient_reference(dy, w, (h, w_), p)
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_TILES", -(-h // 4) * -(-w_ // 4) * 2 - 1)  # one sample a chunk
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
     blocked, picked = [], []
@@ -1361,8 +1362,8 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
 @needs_kernels
 def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypatch):
     """F(2x2, 2x2) on dx's phases: 3x3, stride 2, no dilation or groups, S2_DATA_MIN_CHANNELS
-    output channels (the GEMMs' depth), AVX-512 only (measured: docs/numpy.md); the ResNet's
-    16 -> 32 layer keeps im2col + GEMM."""
+    output and S2_DATA_MIN_INPUTS input channels, AVX-512 only (measured: docs/numpy.md); the
+    ResNet's 32 -> 64 layer takes it, its 16 -> 32 one keeps im2col + GEMM."""
     backend = jp.backend("numpy")
 
     def plan(c, o, k=3, s=2, dilation=1, groups=1, padding=1):
@@ -1372,7 +1373,8 @@ def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypat
     monkeypatch.setattr(kernels, "isa", 2)
     applies = numpy_spatial._s2_data
     assert applies(backend, plan(64, 128)) and applies(backend, plan(32, 64)) and applies(backend, plan(64, 64, padding=0))
-    assert not applies(backend, plan(16, 32)) and not applies(backend, plan(64, 128, k=5))
+    assert not applies(backend, plan(16, 32)) and not applies(backend, plan(16, 64)) and not applies(backend, plan(64, 32))
+    assert not applies(backend, plan(64, 128, k=5))
     assert not applies(backend, plan(64, 128, s=1)) and not applies(backend, plan(64, 128, dilation=2))
     assert not applies(backend, plan(64, 128, groups=2))
     for isa in (0, 1):
@@ -1418,6 +1420,7 @@ def test_stride_2_input_gradient_training_step_allocates_no_backend_buffers(monk
     from juicepy import layers as L
 
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
     _steady_steps_allocate_nothing(monkeypatch, "_s2_backward_data", [L.Conv2d(16, 3, padding=1), L.ReLU(),
                                    L.Conv2d(8, 3, stride=2, padding=1)], (8, 9, 9), (8, 5, 5), isa=2)
 
