@@ -74,6 +74,7 @@ for name, (c, h, o, k, s, p, d, g) in CASES.items():
     if (k, s, g, d) == (3, 2, 1, 1) and c >= 16:
         fwd["s2"] = S._s2_forward
         filt["s2"] = S._s2_backward_filter
+        data["s2"] = S._s2_backward_data
     for algo, run in fwd.items():
         res[f"{name}/fwd:{algo}"] = med(lambda: run(be, x, w, plan, ws, out))
     for algo, run in data.items():

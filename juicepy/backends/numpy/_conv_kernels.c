@@ -2183,6 +2183,191 @@ DEFINE_S2_OUTPUT(s2_output_f32_128, ISA_128, float, s2_f32)
 DEFINE_S2_OUTPUT(s2_output_f64_128, ISA_128, double, s2_f64)
 #define S2_CALL(NAME, ...) (isa >= 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 
+/* ------------------------------------------ s2d_*: the 3x3 stride-2 input gradient
+ * dx of a 3x3 stride-2 undilated conv as Winograd F(2x2, 2x2) on dx's four stride phases (the
+ * forward form on dy, as the OpenCL backend's s2_winograd_data). Along an axis the 4 dx pixels
+ * 4b .. 4b + 3 read the 3 values d0, d1, d2 of dy from 2b + ((pad + 1) >> 1) - 1 on: the two
+ * pixels of the phase taps 0 and 2 reach are F(2, 2) of them with the taps (w2, w0) (BT rows
+ * d0 - d1, d1, d2 - d1; G rows w2, w0 + w2, w0; outputs P0 + P1, P1 + P2), the two of tap 1's
+ * phase d1 w1 and d2 w1 (d0 w1 and d1 w1, that phase first, where the padding is odd). So 5 x 5 =
+ * 25 GEMM positions of depth O per 4x4 block of dx instead of 36 products, each dx pixel
+ * written once. The geometry is the gradient's: (O, Ho, Wo, 3, 3, 2, 2, ph, pw, 1, 1, H, W), dy
+ * the input (O planes of Ho x Wo) and dx the output (C planes of H x W), (H + 3) / 4 x
+ * (W + 3) / 4 blocks (tiles). */
+
+/* u[(i*5 + j)][c][o] = the 5 x 5 transformed taps of w (O, C, 3, 3), in double; runs of 16
+ * output channels at a time, so the 25 rows of u are written in order and the sums vectorise. */
+#define S2D_RUN 16
+#define DEFINE_S2D_WEIGHTS(NAME, ATTR, T)                                                      \
+    ATTR static void NAME(const T *restrict w, T *restrict u, I o, I c)                        \
+    {                                                                                          \
+        for (I b = 0; b < c; b++)                                                              \
+            for (I a0 = 0; a0 < o; a0 += S2D_RUN) {                                            \
+                const I na = o - a0 < S2D_RUN ? o - a0 : S2D_RUN;                              \
+                double g[9][S2D_RUN] = {{0}}, e[3][5][S2D_RUN], f[5][S2D_RUN];                 \
+                for (I l = 0; l < na; l++)                                                     \
+                    for (int t = 0; t < 9; t++) g[t][l] = (double)w[((a0 + l) * c + b) * 9 + t]; \
+                for (int i = 0; i < 3; i++)                                                    \
+                    for (int l = 0; l < S2D_RUN; l++) {                                        \
+                        const double w0 = g[i * 3][l], w1 = g[i * 3 + 1][l], w2 = g[i * 3 + 2][l]; \
+                        e[i][0][l] = w2; e[i][1][l] = w0 + w2; e[i][2][l] = w0;                \
+                        e[i][3][l] = w1; e[i][4][l] = w1;                                      \
+                    }                                                                          \
+                for (int j = 0; j < 5; j++) {                                                  \
+                    for (int l = 0; l < S2D_RUN; l++) {                                        \
+                        f[0][l] = e[2][j][l]; f[1][l] = e[0][j][l] + e[2][j][l]; f[2][l] = e[0][j][l]; \
+                        f[3][l] = e[1][j][l]; f[4][l] = e[1][j][l];                            \
+                    }                                                                          \
+                    for (int i = 0; i < 5; i++) {                                              \
+                        T *row = u + ((i * 5 + j) * c + b) * o + a0;                           \
+                        for (I l = 0; l < na; l++) row[l] = (T)f[i][l];                        \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+    }
+
+/* Scratch items: s2d_input's 5 rows of 2tw + 2 (3 of dy, zeros outside it, and 2 transformed),
+ * s2d_output's 4 rows of 4tw (one row of blocks of dx). */
+static I s2d_rows(I tw) { return 16 * tw + 16; }
+
+/* Columns of a slice row for p tiles: a whole number of 16-lane vectors, so that the GEMMs
+ * (pw_gemm, whose pixels past the last whole vector run one at a time) run only vector blocks;
+ * the columns past p are zeros in v. */
+static I s2d_columns(I p) { return (p + 15) / 16 * 16; }
+
+/* v[pos*ks + o*np + (n - n0)*tiles + tile] of samples [n0, n1): per row of blocks, dy's 3 rows
+ * copied into ``buf``, the row transform on whole rows, then the column transform of each of the
+ * 5 rows. */
+#define DEFINE_S2D_INPUT(NAME, ATTR, T, V)                                                      \
+    ATTR static void NAME(const T *restrict dy, T *restrict v, T *restrict buf, const Geometry *g, \
+                          I n0, I n1, I th, I tw, I ks)                                        \
+    {                                                                                          \
+        const I o = g->c, hy = g->h, wy = g->w, tiles = th * tw, p = (n1 - n0) * tiles;       \
+        const I np = s2d_columns(p), rw = 2 * tw + 2, y0 = (g->ph + 1) / 2 - 1, x0 = (g->pw + 1) / 2 - 1;          \
+        const int oddh = g->ph & 1, oddw = g->pw & 1;                                          \
+        /* row item i is dy's column i + x0 */                                                 \
+        const I lo = x0 < 0 ? -x0 : 0, hi = wy - x0 < rw ? wy - x0 : rw;                       \
+        T *r[3] = {buf, buf + rw, buf + 2 * rw}, *t0 = buf + 3 * rw, *t2 = buf + 4 * rw;       \
+        for (I n = n0; n < n1; n++)                                                            \
+            for (I ch = 0; ch < o; ch++) {                                                     \
+                const T *plane = dy + (n * o + ch) * hy * wy;                                  \
+                T *base = v + ch * np + (n - n0) * tiles;                                      \
+                for (I ty = 0; ty < th; ty++) {                                                \
+                    for (int k = 0; k < 3; k++) {                                              \
+                        const I src = 2 * ty + y0 + k;                                         \
+                        memset(r[k], 0, (size_t)rw * sizeof(T));                               \
+                        if (src >= 0 && src < hy && hi > lo)                                   \
+                            memcpy(r[k] + lo, plane + src * wy + lo + x0, (size_t)(hi - lo) * sizeof(T)); \
+                    }                                                                          \
+                    for (I i = 0; i < rw; i++) {                                               \
+                        t0[i] = r[0][i] - r[1][i];                                             \
+                        t2[i] = r[2][i] - r[1][i];                                             \
+                    }                                                                          \
+                    const T *rows[5] = {t0, r[1], t2, oddh ? r[0] : r[1], oddh ? r[1] : r[2]};  \
+                    for (int i = 0; i < 5; i++) {                                              \
+                        const T *s = rows[i];                                                  \
+                        T *d0 = base + (i * 5) * ks + ty * tw, *d1 = d0 + ks, *d2 = d1 + ks;   \
+                        T *d3 = d2 + ks, *d4 = d3 + ks;                                        \
+                        I tx = 0;                                                              \
+                        for (; tx + 8 <= tw; tx += 8) { /* 8 blocks: evens and odds split */   \
+                            V y0_, y1_;                                                        \
+                            memcpy(&y0_, s + 2 * tx, sizeof(V)); memcpy(&y1_, s + 2 * tx + 8, sizeof(V)); \
+                            const V a = __builtin_shufflevector(y0_, y1_, 0, 2, 4, 6, 8, 10, 12, 14); \
+                            const V b = __builtin_shufflevector(y0_, y1_, 1, 3, 5, 7, 9, 11, 13, 15); \
+                            const V c = __builtin_shufflevector(a, (V){0} + s[2 * tx + 16], 1, 2, 3, 4, 5, 6, 7, 8); \
+                            const V e0 = a - b, e2 = c - b;                                    \
+                            memcpy(d0 + tx, &e0, sizeof(V)); memcpy(d1 + tx, &b, sizeof(V));   \
+                            memcpy(d2 + tx, &e2, sizeof(V));                                   \
+                            memcpy(d3 + tx, oddw ? &a : &b, sizeof(V));                        \
+                            memcpy(d4 + tx, oddw ? &b : &c, sizeof(V));                        \
+                        }                                                                      \
+                        if (oddw)                                                              \
+                            for (; tx < tw; tx++) {                                            \
+                                const T a = s[2 * tx], b = s[2 * tx + 1], c = s[2 * tx + 2];   \
+                                d0[tx] = a - b; d1[tx] = b; d2[tx] = c - b; d3[tx] = a; d4[tx] = b; \
+                            }                                                                  \
+                        else                                                                   \
+                            for (; tx < tw; tx++) {                                            \
+                                const T a = s[2 * tx], b = s[2 * tx + 1], c = s[2 * tx + 2];   \
+                                d0[tx] = a - b; d1[tx] = b; d2[tx] = c - b; d3[tx] = b; d4[tx] = c; \
+                            }                                                                  \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+        if (np > p)                                                                            \
+            for (I k = 0; k < 25; k++)                                                         \
+                for (I ch = 0; ch < o; ch++) memset(v + k * ks + ch * np + p, 0, (size_t)(np - p) * sizeof(T)); \
+    }
+
+/* One block's 4 values along an axis from its 5 products: even phase first (pad even) or odd. */
+#define S2D_AXIS(OUT, P, ODD)                                                                  \
+    do {                                                                                       \
+        const __typeof__((P)[0]) e0_ = (P)[0] + (P)[1], e1_ = (P)[1] + (P)[2];                 \
+        if (ODD) { (OUT)[0] = (P)[3]; (OUT)[1] = e0_; (OUT)[2] = (P)[4]; (OUT)[3] = e1_; }     \
+        else { (OUT)[0] = e0_; (OUT)[1] = (P)[3]; (OUT)[2] = e1_; (OUT)[3] = (P)[4]; }         \
+    } while (0)
+
+/* dx[n, a] (+)= the products m[pos][a][tile] transformed back for samples [n0, n1), pixels past
+ * H x W dropped; a row of blocks goes through ``y`` (4 rows of 4tw). */
+#define DEFINE_S2D_OUTPUT(NAME, ATTR, T)                                                       \
+    ATTR static inline __attribute__((always_inline)) void NAME##_row(const T *restrict e, T *restrict y, \
+                                                                      I tw, I ks, int oddh, int oddw) \
+    {                                                                                          \
+        const I yw = 4 * tw;                                                                   \
+        for (I tx = 0; tx < tw; tx++) {                                                        \
+            T s[4][5], col[5], q[4];                                                           \
+            for (int j = 0; j < 5; j++) {                                                      \
+                for (int i = 0; i < 5; i++) col[i] = e[(i * 5 + j) * ks + tx];                 \
+                S2D_AXIS(q, col, oddh);                                                        \
+                for (int i = 0; i < 4; i++) s[i][j] = q[i];                                    \
+            }                                                                                  \
+            for (int i = 0; i < 4; i++) {                                                      \
+                S2D_AXIS(q, s[i], oddw);                                                       \
+                for (int j = 0; j < 4; j++) y[i * yw + 4 * tx + j] = q[j];                     \
+            }                                                                                  \
+        }                                                                                      \
+    }                                                                                          \
+    ATTR static void NAME(const T *restrict m, T *restrict dx, T *restrict y, const Geometry *g, \
+                          I c, I n0, I n1, I th, I tw, I ks, int accumulate)                   \
+    {                                                                                          \
+        const I h = g->ho, w = g->wo, tiles = th * tw, np = s2d_columns((n1 - n0) * tiles);    \
+        const int oddh = g->ph & 1, oddw = g->pw & 1;                                          \
+        for (I n = n0; n < n1; n++)                                                            \
+            for (I a = 0; a < c; a++) {                                                        \
+                T *plane = dx + (n * c + a) * h * w;                                           \
+                const T *src = m + a * np + (n - n0) * tiles;                                  \
+                for (I ty = 0; ty < th; ty++) {                                                \
+                    const T *e = src + ty * tw;                                                \
+                    /* the phases' orders as constants: the loops unrolled for each */         \
+                    if (oddh && oddw) NAME##_row(e, y, tw, ks, 1, 1);                           \
+                    else if (oddh) NAME##_row(e, y, tw, ks, 1, 0);                              \
+                    else if (oddw) NAME##_row(e, y, tw, ks, 0, 1);                              \
+                    else NAME##_row(e, y, tw, ks, 0, 0);                                        \
+                    for (I i = 0; i < 4 && 4 * ty + i < h; i++) {                              \
+                        T *row = plane + (4 * ty + i) * w;                                     \
+                        const T *yy = y + i * 4 * tw;                                          \
+                        if (accumulate)                                                        \
+                            for (I x = 0; x < w; x++) row[x] += yy[x];                         \
+                        else                                                                   \
+                            memcpy(row, yy, (size_t)w * sizeof(T));                            \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+    }
+
+DEFINE_S2D_WEIGHTS(s2d_weights_f32_256, ISA_256, float)
+DEFINE_S2D_WEIGHTS(s2d_weights_f64_256, ISA_256, double)
+DEFINE_S2D_WEIGHTS(s2d_weights_f32_128, ISA_128, float)
+DEFINE_S2D_WEIGHTS(s2d_weights_f64_128, ISA_128, double)
+DEFINE_S2D_INPUT(s2d_input_f32_256, ISA_256, float, s2_f32)
+DEFINE_S2D_INPUT(s2d_input_f64_256, ISA_256, double, s2_f64)
+DEFINE_S2D_INPUT(s2d_input_f32_128, ISA_128, float, s2_f32)
+DEFINE_S2D_INPUT(s2d_input_f64_128, ISA_128, double, s2_f64)
+DEFINE_S2D_OUTPUT(s2d_output_f32_256, ISA_256, float)
+DEFINE_S2D_OUTPUT(s2d_output_f64_256, ISA_256, double)
+DEFINE_S2D_OUTPUT(s2d_output_f32_128, ISA_128, float)
+DEFINE_S2D_OUTPUT(s2d_output_f64_128, ISA_128, double)
+
 /* ------------------------------------------------------------------ Python glue */
 
 static int parse_geometry(PyObject *tuple, Geometry *g)
@@ -2370,6 +2555,21 @@ static int check_s2(const Geometry *g, I th, I tw)
     return 0;
 }
 
+/* The input gradient's geometry (O, Ho, Wo, 3, 3, 2, 2, ph, pw, 1, 1, H, W): dy's O planes of
+ * Ho x Wo those of the 3x3 stride-2 conv of H x W with that padding, (H + 3) / 4 x (W + 3) / 4 tiles. */
+static int check_s2d(const Geometry *g, I th, I tw)
+{
+    if (g->kh != 3 || g->kw != 3 || g->sh != 2 || g->sw != 2 || g->dh != 1 || g->dw != 1 || g->ph < 0 ||
+        g->pw < 0 || g->ho + 2 * g->ph < 3 || g->wo + 2 * g->pw < 3 || g->h != (g->ho + 2 * g->ph - 3) / 2 + 1 ||
+        g->w != (g->wo + 2 * g->pw - 3) / 2 + 1 || th != (g->ho + 3) / 4 || tw != (g->wo + 3) / 4) {
+        PyErr_SetString(PyExc_ValueError, "s2d kernels: need the input gradient geometry (O, Ho, Wo, 3, 3, 2, 2, "
+                        "ph, pw, 1, 1, H, W) of a 3x3 stride-2 undilated conv with padding >= 0 and its tile "
+                        "counts ((H + 3) // 4, (W + 3) // 4)");
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------ tile transforms: winograd_* and s2_*
  * Both families run a conv as GEMMs between a weights transform (w -> u), an input transform
  * (x -> v) and an output transform (m -> out); their entry points take and check their
@@ -2492,6 +2692,39 @@ static int s2_output_f64_call(const TileCall *t)
     return 0;
 }
 
+static int s2d_weights_f32_call(const TileCall *t)
+{
+    S2_CALL(s2d_weights_f32, t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int s2d_weights_f64_call(const TileCall *t)
+{
+    S2_CALL(s2d_weights_f64, t->a.buf, t->b.buf, t->na, t->nb);
+    return 0;
+}
+static int s2d_input_f32_call(const TileCall *t)
+{
+    S2_CALL(s2d_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2d_input_f64_call(const TileCall *t)
+{
+    S2_CALL(s2d_input_f64, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2d_output_f32_call(const TileCall *t)
+{
+    S2_CALL(s2d_output_f32, t->b.buf, t->a.buf, t->rows.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks,
+            t->accumulate);
+    return 0;
+}
+static int s2d_output_f64_call(const TileCall *t)
+{
+    S2_CALL(s2d_output_f64, t->b.buf, t->a.buf, t->rows.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks,
+            t->accumulate);
+    return 0;
+}
+
 /* ``slices`` GEMM operands, ks apart in v and m, with ``depth`` rows of v per input channel;
  * ``adjoint``: the weights and output transforms run backwards (the weight gradient's: u -> w
  * into w, out -> m into m, where the forward's write u and out);
@@ -2505,27 +2738,34 @@ typedef struct {
     int flips, accumulates, adjoint;
     I (*input_rows)(I tw);
     I (*output_rows)(I tw);
+    I (*columns)(I p); /* a slice row's columns for p tiles (NULL: p) */
     TileKernel weights_kernels[2], input_kernels[2], output_kernels[2];
 } TileFamily;
 
 static const TileFamily WINOGRAD = {
-    "winograd_weights", "winograd_input", "winograd_output", check_winograd, 16, 1, 1, 1, 0, NULL, NULL,
+    "winograd_weights", "winograd_input", "winograd_output", check_winograd, 16, 1, 1, 1, 0, NULL, NULL, NULL,
     {winograd_weights_f32_call, winograd_weights_f64_call}, {winograd_input_f32_call, winograd_input_f64_call},
     {winograd_output_f32_call, winograd_output_f64_call}};
 static const TileFamily WINOGRAD_FILTER = {
-    "winograd_taps", "winograd_input", "winograd_grad", check_winograd, 16, 1, 0, 0, 1, NULL, NULL,
+    "winograd_taps", "winograd_input", "winograd_grad", check_winograd, 16, 1, 0, 0, 1, NULL, NULL, NULL,
     {winograd_taps_f32_call, winograd_taps_f64_call}, {winograd_input_f32_call, winograd_input_f64_call},
     {winograd_grad_f32_call, winograd_grad_f64_call}};
 static const TileFamily S2 = {
-    "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, 0, s2_input_rows, s2_output_rows,
+    "s2_weights", "s2_input", "s2_output", check_s2, 9, 4, 0, 0, 0, s2_input_rows, s2_output_rows, NULL,
     {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
     {s2_output_f32_call, s2_output_f64_call}};
 
 /* The weight gradient's: s2_input as the forward's, its taps in NumPy (spatial.py) */
 static const TileFamily S2_FILTER = {
-    "s2_weights", "s2_input", "s2_grad", check_s2, 9, 4, 0, 0, 1, s2_input_rows, NULL,
+    "s2_weights", "s2_input", "s2_grad", check_s2, 9, 4, 0, 0, 1, s2_input_rows, NULL, NULL,
     {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
     {s2_grad_f32_call, s2_grad_f64_call}};
+
+/* The input gradient's (s2d_*): 25 positions of depth O (dy's channels), u (25, C, O) */
+static const TileFamily S2D = {
+    "s2d_weights", "s2d_input", "s2d_output", check_s2d, 25, 1, 0, 1, 0, s2d_rows, s2d_rows, s2d_columns,
+    {s2d_weights_f32_call, s2d_weights_f64_call}, {s2d_input_f32_call, s2d_input_f64_call},
+    {s2d_output_f32_call, s2d_output_f64_call}};
 
 /* (w, u, A, B[, flip]): u[slices][A][depth * B] of w (A, B, 3, 3) (flip: (B, A, 3, 3)). */
 static int tile_weights_args(PyObject *args, const TileFamily *f, TileCall *t)
@@ -2551,7 +2791,7 @@ static int tile_input_args(PyObject *args, const TileFamily *f, TileCall *t)
         return -1;
     if (!parse_geometry(go, &t->g) || f->check(&t->g, t->th, t->tw) < 0 || check_range(t->n0, t->n1, n, "samples") < 0)
         return -1;
-    const I used = f->depth * t->g.c * (t->n1 - t->n0) * t->th * t->tw;
+    const I p = (t->n1 - t->n0) * t->th * t->tw, used = f->depth * t->g.c * (f->columns ? f->columns(p) : p);
     if (t->ks < used) {
         PyErr_Format(PyExc_ValueError, "%s: ks: slices of v %zd apart overlap (need at least %zd)", f->input, t->ks,
                      used);
@@ -2581,7 +2821,7 @@ static int tile_output_args(PyObject *args, const TileFamily *f, TileCall *t)
         PyErr_Format(PyExc_ValueError, "%s: O: expected a positive channel count, got %zd", f->output, t->o);
         return -1;
     }
-    const I used = t->o * (t->n1 - t->n0) * t->th * t->tw;
+    const I p = (t->n1 - t->n0) * t->th * t->tw, used = t->o * (f->columns ? f->columns(p) : p);
     if (t->ks < used) {
         PyErr_Format(PyExc_ValueError, "%s: ks: slices of m %zd apart overlap (need at least %zd)", f->output, t->ks,
                      used);
@@ -2625,6 +2865,9 @@ TILE_ENTRY(py_s2_weights, S2, weights)
 TILE_ENTRY(py_s2_input, S2, input)
 TILE_ENTRY(py_s2_output, S2, output)
 TILE_ENTRY(py_s2_grad, S2_FILTER, output)
+TILE_ENTRY(py_s2d_weights, S2D, weights)
+TILE_ENTRY(py_s2d_input, S2D, input)
+TILE_ENTRY(py_s2d_output, S2D, output)
 
 static int check_wg(const Geometry *g, I th, I tw, I m, I nmats)
 {
@@ -3132,6 +3375,16 @@ static PyMethodDef methods[] = {
     {"s2_grad", py_s2_grad, METH_VARARGS,
      "s2_grad(m, dy, geometry, O, N, n0, n1, th, tw, ks): m[pos*ks:] = dy's 2x2 tiles as A dY A^T, the adjoint "
      "of s2_output (the 3x3 stride-2 weight gradient's)"},
+    {"s2d_weights", py_s2d_weights, METH_VARARGS,
+     "s2d_weights(w, u, O, C): u (25, C, O) = the taps of w (O, C, 3, 3) for the 3x3 stride-2 input gradient "
+     "as F(2x2, 2x2) on dx's phases"},
+    {"s2d_input", py_s2d_input, METH_VARARGS,
+     "s2d_input(dy, v, geometry, N, n0, n1, th, tw, ks, rows): v[pos*ks:] = dy's transformed 3x3 patches of "
+     "samples [n0, n1) (geometry (O, Ho, Wo, 3, 3, 2, 2, ph, pw, 1, 1, H, W); rows: scratch of 16 * tw + 16 "
+     "items of dy's dtype)"},
+    {"s2d_output", py_s2d_output, METH_VARARGS,
+     "s2d_output(m, dx, geometry, C, N, n0, n1, th, tw, ks, accumulate, rows): dx (+)= the products m "
+     "transformed back into 4x4 blocks (rows: scratch of 16 * tw + 16 items of dx's dtype)"},
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the weight "
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},

@@ -866,7 +866,9 @@ def _side_by_side_filter(backend, plan, x, dy, geometry, chunk, size, most, lane
 def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, accumulate, ws):
     plan = _ConvPlan(dx.shape, w.shape, dy.shape[2:], stride, padding, dilation, groups)
     runs = [_gemm_backward_data]
-    if _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) \
+    if _s2_data(backend, plan):
+        runs.append(_s2_backward_data)
+    elif _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) \
             and (not _pointwise(plan) or _pointwise_direct(backend, plan, plan.c)):
         runs.append(_direct_backward_data)
         if _wg(backend, plan, plan.o, plan.c, dx.shape[2:]):
@@ -875,6 +877,50 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
             runs.append(_winograd_backward_data)
     args = (backend, dy, w, plan)
     runs[_algorithm("data", len(runs), dy.shape[2:], backend.conv_kernels.isa)](*args, dx, accumulate, ws)
+
+
+#: fewest output channels (the GEMMs' depth) and input channels (their rows) of a 3x3 stride-2
+#: input gradient run by _s2_backward_data: measured to win from 32 -> 64 (the ResNet's) to
+#: 128 -> 256, to lose with the ResNet's 16 -> 32, which keeps im2col + GEMM (docs/numpy.md)
+S2_DATA_MIN_CHANNELS = 64
+S2_DATA_MIN_INPUTS = 32
+#: the instruction sets (``isa``) it runs on: AVX-512, where its GEMMs run on tile_gemm; the AVX2
+#: build (np.matmul) won some shapes and lost others (docs/numpy.md)
+S2_DATA_ISAS = (2,)
+#: tiles (4x4 blocks of dx) per chunk of samples of _s2_backward_data (at least one sample)
+S2_DATA_TILES = 128
+#: its 25 GEMM positions, each of depth O
+S2_DATA_DEPTHS = (1,) * 25
+
+
+def _s2_data(backend, plan) -> bool:
+    """Whether a 3x3 stride-2 input gradient runs as F(2x2, 2x2) on dx's phases
+    (_s2_backward_data): undilated, ungrouped, padding >= 0, S2_DATA_MIN_CHANNELS output and
+    S2_DATA_MIN_INPUTS input channels, on S2_DATA_ISAS."""
+    return backend.conv_kernels.isa in S2_DATA_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+        and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
+        and plan.o >= S2_DATA_MIN_CHANNELS and plan.c >= S2_DATA_MIN_INPUTS
+
+
+def _s2_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    """dx (+)= the 3x3 stride-2 input gradient as Winograd F(2x2, 2x2) on dx's four phases: each
+    4x4 block of dx from a 3x3 patch of dy, 25 GEMMs of depth O per chunk of samples (_tile_run)
+    instead of 36 products (_conv_kernels.c, s2d_*)."""
+    h, wd = dx.shape[2:]
+    geometry = _geometry(dy.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, (h, wd))
+    th, tw = (h + 3) // 4, (wd + 3) // 4
+    kernels, n, c = backend.conv_kernels, plan.n, plan.c
+    _tile_run(backend, _TileTransforms(
+        "s2d", S2_DATA_DEPTHS, S2_DATA_TILES, th * tw, 16 * tw + 16,
+        lambda u: kernels.s2d_weights(w, u, plan.o, c),
+        lambda v, n0, n1, vs, rows: kernels.s2d_input(dy, v, geometry, n, n0, n1, th, tw, vs, rows),
+        lambda m, n0, n1, ms, rows: kernels.s2d_output(m, dx, geometry, c, n, n0, n1, th, tw, ms, accumulate, rows),
+        _s2_data_columns), dy, dx, plan.o, c, ws)
+
+
+def _s2_data_columns(p):
+    """_conv_kernels.c's s2d_columns: p tiles' columns in whole 16-lane vectors."""
+    return -(-p // 16) * 16
 
 
 def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):
@@ -959,7 +1005,9 @@ class _TileTransforms(NamedTuple):
     of samples (at least one sample), ``tiles`` per sample; ``rows`` items of per-lane scratch
     the transforms take (0: none). weights(u) fills u (positions, n_out, max(depths) x n_in);
     input(v, n0, n1, vs, rows) and output(m, n0, n1, ms, rows) transform samples [n0, n1) into
-    and out of the slices of v and m, vs and ms items apart."""
+    and out of the slices of v and m, vs and ms items apart; ``columns``: where given, the row
+    length of a slice for p tiles (the GEMMs then run on that many columns, the transforms writing
+    zeros past p)."""
     name: str
     depths: tuple
     chunk_tiles: int
@@ -968,6 +1016,7 @@ class _TileTransforms(NamedTuple):
     weights: object
     input: object
     output: object
+    columns: object = None
 
 
 def _sample_chunks(n, tiles, chunk_tiles):
@@ -1017,14 +1066,15 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
 
     # the slices of v and m lie a cache line more than their size apart: whole multiples
     # of 4 KiB would put their rows in the same L1 sets
-    vs, ms = width * per * tiles + 16, n_out * per * tiles + 16
+    columns = t.columns or (lambda p: p)
+    vs, ms = width * columns(per * tiles) + 16, n_out * columns(per * tiles) + 16
 
     def lane(lo, hi, k):
         v = scratch(ws, backend, f"conv_{t.name}_v/{k}", (positions, vs), src.dtype)
         m = scratch(ws, backend, f"conv_{t.name}_m/{k}", (positions, ms), src.dtype)
         rows = scratch(ws, backend, f"conv_{t.name}_rows/{k}", (t.rows,), src.dtype) if t.rows else None
         for n0, n1 in chunks[lo:hi]:
-            p = (n1 - n0) * tiles
+            p = columns((n1 - n0) * tiles)
             t.input(v, n0, n1, vs, rows)
             if blocked and uniform:
                 backend.conv_kernels.tile_gemm(u, v, m, positions, n_out, n_in, p, vs, ms)

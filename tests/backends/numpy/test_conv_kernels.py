@@ -1350,6 +1350,124 @@ def test_stride_2_phase_winograd_training_step_allocates_no_backend_buffers(monk
                                    (64, 8, 8), (16, 4, 4))
 
 
+def _s2_input_gradient_reference(dy, w, in_hw, p):
+    """float64 dx of a 3x3 stride-2 conv: each tap's dy scattered back onto the padded plane."""
+    n, o, ho, wo = dy.shape
+    h, w_ = in_hw
+    padded = np.zeros((n, w.shape[1], h + 2 * p + 2, w_ + 2 * p + 2))
+    for i in range(3):
+        for j in range(3):
+            padded[:, :, i:i + 2 * ho:2, j:j + 2 * wo:2] += np.einsum("noyx,oc->ncyx", dy, w[:, :, i, j])
+    return padded[:, :, p:p + h, p:p + w_]
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(3, 5, 16, 16, 7, 1), (2, 6, 13, 11, 5, 1), (2, 3, 10, 9, 4, 0), (2, 4, 7, 8, 3, 2),
+                                   (1, 2, 3, 3, 2, 1), (3, 4, 9, 33, 5, 3), (2, 2, 6, 71, 3, 0), (1, 3, 4, 4, 2, 0)],
+                         ids=["even", "odd-sizes", "no-padding", "padding-2", "one-output", "8-block-run-and-rest",
+                              "two-runs-and-rest", "one-block"])
+@pytest.mark.parametrize("gemm", ["tile_gemm", "matmul"])
+def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch):
+    """The 3x3 stride-2 input gradient as F(2x2, 2x2) on dx's phases (_s2_backward_data): in
+    float64 to rounding, in float32 within 2e-6 of the largest value (its transforms only add),
+    set and accumulated; blocks past the plane's edges dropped, dy's values outside it read as
+    zeros, both phase orders (even and odd padding), rows of 8+ blocks on the transform's vector
+    runs with the rest one by one; chunks of one or two samples, GEMMs on tile_gemm (columns
+    rounded up to whole vectors) or np.matmul."""
+    n, c, h, w_, o, p = shape
+    rng = np.random.default_rng(29)
+    ho, wo = _out_len(h, 3, 2, p, 1), _out_len(w_, 3, 2, p, 1)
+    dy, w = rng.standard_normal((n, o, ho, wo)), rng.standard_normal((o, c, 3, 3))
+    want = _s2_input_gradient_reference(dy, w, (h, w_), p)
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_TILES", -(-h // 4) * -(-w_ // 4) * 2 - 1)  # one sample a chunk
+    monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
+    blocked, picked = [], []
+    tile_gemm, original = kernels.tile_gemm, numpy_spatial._s2_backward_data
+    monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (blocked.append(1), tile_gemm(*a))[1])
+    monkeypatch.setattr(numpy_spatial, "_s2_backward_data", lambda *a, **k: (picked.append(1), original(*a, **k))[1])
+    b = jp.backend("numpy")
+    base = rng.standard_normal((n, c, h, w_))
+    for dtype, tolerance in ((np.float64, 1e-12), (np.float32, 2e-6)):
+        for accumulate in (False, True):
+            dx = base.astype(dtype) if accumulate else np.full((n, c, h, w_), np.nan, dtype)
+            b.conv2d_backward_data(dy.astype(dtype), w.astype(dtype), dx, (2, 2), (p, p), (1, 1), 1,
+                                   accumulate=accumulate, ws=Workspace())
+            expected = want + base if accumulate else want
+            assert np.abs(dx - expected).max() <= tolerance * np.abs(expected).max()
+    assert len(picked) == 4
+    lanes = numpy_spatial._num_threads()
+    assert bool(blocked) == (gemm == "tile_gemm" and n >= lanes and numpy_spatial._gemm_lanes() == lanes)
+
+
+@needs_kernels
+def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypatch):
+    """F(2x2, 2x2) on dx's phases: 3x3, stride 2, no dilation or groups, S2_DATA_MIN_CHANNELS
+    output and S2_DATA_MIN_INPUTS input channels, AVX-512 only (measured: docs/numpy.md); the
+    ResNet's 32 -> 64 layer takes it, its 16 -> 32 one keeps im2col + GEMM."""
+    backend = jp.backend("numpy")
+
+    def plan(c, o, k=3, s=2, dilation=1, groups=1, padding=1):
+        return numpy_spatial._ConvPlan((2, c, 16, 16), (o, c // groups, k, k), (8, 8), (s, s), (padding, padding),
+                                       (dilation, dilation), groups)
+
+    monkeypatch.setattr(kernels, "isa", 2)
+    applies = numpy_spatial._s2_data
+    assert applies(backend, plan(64, 128)) and applies(backend, plan(32, 64)) and applies(backend, plan(64, 64, padding=0))
+    assert not applies(backend, plan(16, 32)) and not applies(backend, plan(16, 64)) and not applies(backend, plan(64, 32))
+    assert not applies(backend, plan(64, 128, k=5))
+    assert not applies(backend, plan(64, 128, s=1)) and not applies(backend, plan(64, 128, dilation=2))
+    assert not applies(backend, plan(64, 128, groups=2))
+    for isa in (0, 1):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert not applies(backend, plan(64, 128))
+
+
+@needs_kernels
+def test_stride_2_input_gradient_kernels_refuse_what_they_do_not_compute():
+    # dx 8x8 from dy 4x4 (padding 1): 2x2 blocks, 4 tiles, 16 columns a channel
+    dy, dx = np.zeros((1, 3, 4, 4), np.float32), np.zeros((1, 2, 8, 8), np.float32)
+    ok = (3, 4, 4, 3, 3, 2, 2, 1, 1, 1, 1, 8, 8)
+    v, m, rows = np.zeros((25, 48), np.float32), np.zeros((25, 32), np.float32), np.zeros(48, np.float32)
+    kernels.s2d_input(dy, v, ok, 1, 0, 1, 2, 2, 48, rows)
+    kernels.s2d_output(m, dx, ok, 2, 1, 0, 1, 2, 2, 32, False, rows)
+    kernels.s2d_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((25, 2, 3), np.float32), 3, 2)
+    for geometry in [(3, 4, 4, 3, 3, 1, 1, 1, 1, 1, 1, 8, 8), (3, 4, 4, 3, 3, 2, 2, 1, 1, 2, 2, 8, 8),
+                     (3, 5, 4, 3, 3, 2, 2, 1, 1, 1, 1, 8, 8), (3, 4, 4, 5, 5, 2, 2, 1, 1, 1, 1, 8, 8)]:
+        with pytest.raises(ValueError, match="s2d kernels"):
+            kernels.s2d_input(dy, v, geometry, 1, 0, 1, 2, 2, 48, rows)
+    with pytest.raises(ValueError, match="s2d kernels"):  # wrong tile count
+        kernels.s2d_input(dy, v, ok, 1, 0, 1, 2, 3, 48, rows)
+    with pytest.raises(ValueError, match=r"s2d_input: ks: slices of v 47 apart overlap \(need at least 48\)"):
+        kernels.s2d_input(dy, v, ok, 1, 0, 1, 2, 2, 47, rows)
+    with pytest.raises(ValueError, match="v: expected at least 1200 items"):
+        kernels.s2d_input(dy, v.ravel()[:1199], ok, 1, 0, 1, 2, 2, 48, rows)
+    with pytest.raises(ValueError, match="rows: expected at least 48 items"):
+        kernels.s2d_input(dy, v, ok, 1, 0, 1, 2, 2, 48, rows[:-1])
+    with pytest.raises(ValueError, match=r"s2d_output: ks: slices of m 31 apart overlap \(need at least 32\)"):
+        kernels.s2d_output(m, dx, ok, 2, 1, 0, 1, 2, 2, 31, False, rows)
+    with pytest.raises(ValueError, match="out: expected at least 128 items"):
+        kernels.s2d_output(m, dx.ravel()[:127], ok, 2, 1, 0, 1, 2, 2, 32, False, rows)
+    with pytest.raises(ValueError, match="s2d_output: O: expected a positive channel count, got 0"):
+        kernels.s2d_output(m, dx, ok, 0, 1, 0, 1, 2, 2, 32, False, rows)
+    with pytest.raises(ValueError, match="s2d_weights: channel counts must be positive, got 3, 0"):
+        kernels.s2d_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((25, 2, 3), np.float32), 3, 0)
+    with pytest.raises(ValueError, match="u: expected at least 150 items"):
+        kernels.s2d_weights(np.zeros((3, 2, 3, 3), np.float32), np.zeros((25, 2, 3), np.float32).ravel()[:149], 3, 2)
+
+
+@needs_kernels
+def test_stride_2_input_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
+    _steady_steps_allocate_nothing(monkeypatch, "_s2_backward_data", [L.Conv2d(16, 3, padding=1), L.ReLU(),
+                                   L.Conv2d(8, 3, stride=2, padding=1)], (8, 9, 9), (8, 5, 5), isa=2)
+
+
 #: $JUICEPY_CPU_ISA's values, by kernels.isa
 ISAS = ("baseline", "avx2", "avx512")
 #: the tests above that check each kernel family (grid, direct, depthwise, Winograd, F(2x2, 5x5),
@@ -1358,7 +1476,7 @@ ISAS = ("baseline", "avx2", "avx512")
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
-              "or stride_2_phase_weight_gradient_matches or s2_gemm_matches")
+              "or stride_2_phase_weight_gradient_matches or s2_gemm_matches or stride_2_input_gradient_matches")
 
 
 def _with_isa(value, *args):
