@@ -715,6 +715,9 @@ S2_FILTER_MIN_CHANNELS = 64
 #: the instruction sets (``isa``) it runs on: measured on Zen 4 with both builds (the AVX2 one
 #: with OpenBLAS held to Haswell; docs/numpy.md)
 S2_FILTER_ISAS = (1, 2)
+#: the instruction sets on which _s2_backward_filter's GEMMs run on tile_gemm (register blocks,
+#: adding into the lane's sums) instead of np.matmul: AVX-512, measured (docs/numpy.md)
+S2_FILTER_TILE_GEMM_ISAS = (2,)
 #: samples per chunk of _s2_backward_filter (measured: 4 against 1, 2 and 8, docs/numpy.md)
 S2_FILTER_SAMPLES = 4
 
@@ -761,15 +764,24 @@ def _s2_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
     starts = tuple(c * sum(S2_DEPTHS[:pos]) for pos in range(10))  # each position's rows in a lane's sum
     totals = {}
 
+    blocked = kernels.isa in S2_FILTER_TILE_GEMM_ISAS
+
     def lane(lo, hi, k):
         totals[k] = total = scratch(ws, backend, f"conv_s2_wgrad_sum/{k}", (starts[-1], o), dw.dtype)
-        part = scratch(ws, backend, f"conv_s2_wgrad_part/{k}", (4 * c * o,), dw.dtype)
+        part = None if blocked else scratch(ws, backend, f"conv_s2_wgrad_part/{k}", (4 * c * o,), dw.dtype)
         v = scratch(ws, backend, f"conv_s2_wgrad_v/{k}", (9, vs), x.dtype)
         m = scratch(ws, backend, f"conv_s2_wgrad_m/{k}", (9, ms), dy.dtype)
         rows = scratch(ws, backend, f"conv_s2_wgrad_rows/{k}", (7 * (4 * tw + 4),), x.dtype)
         for index, (n0, n1) in enumerate(chunks[lo:hi]):
             p = (n1 - n0) * tiles
             kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows)
+            if blocked:  # dy's tiles (tiles, O): the reduction along tile_gemm's rows
+                kernels.s2_grad_t(m, dy, geometry, o, n, n0, n1, th, tw, ms)
+                for pos in range(9):
+                    kk = starts[pos + 1] - starts[pos]
+                    kernels.tile_gemm(v[pos], m[pos], total[starts[pos]:starts[pos + 1]], 1, kk, p, o, p * o, kk * o,
+                                      index > 0)
+                continue
             kernels.s2_grad(m, dy, geometry, o, n, n0, n1, th, tw, ms)
             for pos in range(9):
                 kk = starts[pos + 1] - starts[pos]
