@@ -708,10 +708,10 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
         *args, dw, accumulate, ws)
 
 
-#: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter: measured
-#: to win at 64 (the ResNet's 16- and 32-channel strided layers keep the direct kernel or GEMM;
-#: docs/numpy.md)
-S2_FILTER_MIN_CHANNELS = 64
+#: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter, by ``isa``:
+#: measured to win at 64 with np.matmul's GEMMs (AVX2; the ResNet's 16- and 32-channel strided
+#: layers keep the direct kernel or GEMM), at 32 with tile_gemm's (AVX-512; docs/numpy.md)
+S2_FILTER_MIN_CHANNELS = {1: 64, 2: 32}
 #: the instruction sets (``isa``) it runs on: measured on Zen 4 with both builds (the AVX2 one
 #: with OpenBLAS held to Haswell; docs/numpy.md)
 S2_FILTER_ISAS = (1, 2)
@@ -724,11 +724,11 @@ S2_FILTER_SAMPLES = 4
 
 def _s2_filter(backend, w_shape, stride, padding, dilation, groups) -> bool:
     """Whether a weight gradient runs as the adjoint of the phase Winograd (_s2_backward_filter):
-    3x3, stride 2, undilated, ungrouped, padding >= 0, S2_FILTER_MIN_CHANNELS input channels, on
+    3x3, stride 2, undilated, ungrouped, padding >= 0, S2_FILTER_MIN_CHANNELS[isa] input channels, on
     S2_FILTER_ISAS."""
     return backend.conv_kernels.isa in S2_FILTER_ISAS and tuple(w_shape[2:]) == (3, 3) and groups == 1 \
         and tuple(stride) == (2, 2) and tuple(dilation) == (1, 1) and min(padding) >= 0 \
-        and w_shape[1] >= S2_FILTER_MIN_CHANNELS
+        and w_shape[1] >= S2_FILTER_MIN_CHANNELS[backend.conv_kernels.isa]
 
 
 #: F(2x2, 2x2)'s taps as sums of the weight gradient's GEMM products: tap (i, j) of the 3x3 kernel
