@@ -918,10 +918,10 @@ static int direct_512_8x2(const Geometry *g)
  * with one position); one call for all. */
 #define DEFINE_TILE_GEMM(NAME, GEMM, ATTR, T)                                                      \
     ATTR static void NAME(const T *restrict u, const T *restrict v, T *restrict m, I positions, I o, \
-                          I c, I p, I vs, I ms, const I *depth, I uc)                             \
+                          I c, I p, I vs, I ms, const I *depth, I uc, int accumulate)             \
     {                                                                                              \
         for (I k = 0; k < positions; k++)                                                         \
-            GEMM(v + k * vs, u + k * o * uc, m + k * ms, depth ? depth[k] : c, o, p, uc, 1, 0, NULL, NULL, 0, \
+            GEMM(v + k * vs, u + k * o * uc, m + k * ms, depth ? depth[k] : c, o, p, uc, 1, accumulate, NULL, NULL, 0, \
                  NULL);                                                                           \
     }
 
@@ -2165,9 +2165,39 @@ static I s2_output_rows(I tw) { return 4 * tw; }
             }                                                                                  \
     }
 
+/* s2_grad with m's slices transposed, m[pos*ks + ((n - n0)*tiles + tile)*o + a]: the tiles x O
+ * operand of tile_gemm's weight-gradient GEMMs (its rows have to be the reduction's). */
+#define DEFINE_S2_GRAD_T(NAME, T)                                                              \
+    static void NAME(const T *restrict dy, T *restrict m, const Geometry *g, I o, I n0, I n1,  \
+                     I th, I tw, I ks)                                                         \
+    {                                                                                          \
+        const I tiles = th * tw, hw = g->ho * g->wo;                                           \
+        for (I n = n0; n < n1; n++)                                                            \
+            for (I ty = 0; ty < th; ty++)                                                      \
+                for (I tx = 0; tx < tw; tx++) {                                                \
+                    const T *at = dy + n * o * hw;                                             \
+                    T *e = m + ((n - n0) * tiles + ty * tw + tx) * o;                          \
+                    const I r = 2 * ty, q = 2 * tx;                                            \
+                    const int r1 = r + 1 < g->ho, q1 = q + 1 < g->wo;                          \
+                    for (I a = 0; a < o; a++, at += hw) {                                      \
+                        const T y00 = at[r * g->wo + q], y01 = q1 ? at[r * g->wo + q + 1] : (T)0; \
+                        const T y10 = r1 ? at[(r + 1) * g->wo + q] : (T)0;                     \
+                        const T y11 = r1 && q1 ? at[(r + 1) * g->wo + q + 1] : (T)0;           \
+                        const T s[3][2] = {{y00, y01}, {y00 + y10, y01 + y11}, {y10, y11}};    \
+                        for (int p = 0; p < 3; p++) {                                          \
+                            e[(p * 3) * ks + a] = s[p][0];                                     \
+                            e[(p * 3 + 1) * ks + a] = s[p][0] + s[p][1];                       \
+                            e[(p * 3 + 2) * ks + a] = s[p][1];                                 \
+                        }                                                                      \
+                    }                                                                          \
+                }                                                                              \
+    }
+
 DEFINE_S2_WEIGHTS(s2_weights_f32, float)
 DEFINE_S2_GRAD(s2_grad_f32, float)
 DEFINE_S2_GRAD(s2_grad_f64, double)
+DEFINE_S2_GRAD_T(s2_grad_t_f32, float)
+DEFINE_S2_GRAD_T(s2_grad_t_f64, double)
 DEFINE_S2_WEIGHTS(s2_weights_f64, double)
 DEFINE_S2_COLUMNS(s2_columns_f32_256, ISA_256, float, s2_f32)
 DEFINE_S2_COLUMNS(s2_columns_f64_256, ISA_256, double, s2_f64)
@@ -2671,6 +2701,16 @@ static int s2_grad_f64_call(const TileCall *t)
     s2_grad_f64(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
     return 0;
 }
+static int s2_grad_t_f32_call(const TileCall *t)
+{
+    s2_grad_t_f32(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
+static int s2_grad_t_f64_call(const TileCall *t)
+{
+    s2_grad_t_f64(t->a.buf, t->b.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks);
+    return 0;
+}
 static int s2_input_f32_call(const TileCall *t)
 {
     S2_CALL(s2_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
@@ -2760,6 +2800,10 @@ static const TileFamily S2_FILTER = {
     "s2_weights", "s2_input", "s2_grad", check_s2, 9, 4, 0, 0, 1, s2_input_rows, NULL, NULL,
     {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
     {s2_grad_f32_call, s2_grad_f64_call}};
+static const TileFamily S2_FILTER_T = {
+    "s2_weights", "s2_input", "s2_grad_t", check_s2, 9, 4, 0, 0, 1, s2_input_rows, NULL, NULL,
+    {s2_weights_f32_call, s2_weights_f64_call}, {s2_input_f32_call, s2_input_f64_call},
+    {s2_grad_t_f32_call, s2_grad_t_f64_call}};
 
 /* The input gradient's (s2d_*): 25 positions of depth O (dy's channels), u (25, C, O) */
 static const TileFamily S2D = {
@@ -2865,6 +2909,7 @@ TILE_ENTRY(py_s2_weights, S2, weights)
 TILE_ENTRY(py_s2_input, S2, input)
 TILE_ENTRY(py_s2_output, S2, output)
 TILE_ENTRY(py_s2_grad, S2_FILTER, output)
+TILE_ENTRY(py_s2_grad_t, S2_FILTER_T, output)
 TILE_ENTRY(py_s2d_weights, S2D, weights)
 TILE_ENTRY(py_s2d_input, S2D, input)
 TILE_ENTRY(py_s2d_output, S2D, output)
@@ -3251,8 +3296,9 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
     const char *name = s2 ? "s2_gemm" : "tile_gemm";
     PyObject *uo, *vo, *mo;
     I positions = 9, o, c, p, vs, ms;
+    int accumulate = 0;
     if (!(s2 ? PyArg_ParseTuple(args, "OOOnnnnn", &uo, &vo, &mo, &o, &c, &p, &vs, &ms)
-             : PyArg_ParseTuple(args, "OOOnnnnnn", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms)))
+             : PyArg_ParseTuple(args, "OOOnnnnnn|p", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms, &accumulate)))
         return NULL;
     if (positions < 1 || o < 1 || c < 1 || p < 1) {
         PyErr_Format(PyExc_ValueError, "%s: positions, O, C, P must be positive, got %zd, %zd, %zd, %zd", name,
@@ -3279,9 +3325,9 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
     const I *depths = s2 ? depth : NULL;
     RELEASE_GIL
     if (u.itemsize == 4)
-        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
+        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc, accumulate);
     else
-        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc);
+        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc, accumulate);
     REACQUIRE_GIL
     release_three(&u, &v, &m);
     Py_RETURN_NONE;
@@ -3375,6 +3421,8 @@ static PyMethodDef methods[] = {
     {"s2_grad", py_s2_grad, METH_VARARGS,
      "s2_grad(m, dy, geometry, O, N, n0, n1, th, tw, ks): m[pos*ks:] = dy's 2x2 tiles as A dY A^T, the adjoint "
      "of s2_output (the 3x3 stride-2 weight gradient's)"},
+    {"s2_grad_t", py_s2_grad_t, METH_VARARGS,
+     "s2_grad_t(m, dy, geometry, O, N, n0, n1, th, tw, ks): s2_grad with each slice transposed, (tiles, O)"},
     {"s2d_weights", py_s2d_weights, METH_VARARGS,
      "s2d_weights(w, u, O, C): u (25, C, O) = the taps of w (O, C, 3, 3) for the 3x3 stride-2 input gradient "
      "as F(2x2, 2x2) on dx's phases"},
@@ -3391,7 +3439,8 @@ static PyMethodDef methods[] = {
     {"s2_gemm", py_s2_gemm, METH_VARARGS,
      "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},
     {"tile_gemm", py_tile_gemm, METH_VARARGS,
-     "tile_gemm(u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] @ v[k], the GEMMs of a tiled conv"},
+     "tile_gemm(u, v, m, positions, O, C, P, vs, ms, accumulate=False): m[k] (+)= u[k] @ v[k], the GEMMs of a "
+     "tiled conv"},
     {"direct_conv", py_direct_conv, METH_VARARGS,
      "direct_conv(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate, scale=None, shift=None, "
      "relu=False, residual=None): samples [n0, n1) of a grouped conv (any stride, padding >= 0) computed "

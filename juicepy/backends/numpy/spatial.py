@@ -708,24 +708,27 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
         *args, dw, accumulate, ws)
 
 
-#: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter: measured
-#: to win at 64 (the ResNet's 16- and 32-channel strided layers keep the direct kernel or GEMM;
-#: docs/numpy.md)
-S2_FILTER_MIN_CHANNELS = 64
+#: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter, by ``isa``:
+#: measured to win at 64 with np.matmul's GEMMs (AVX2; the ResNet's 16- and 32-channel strided
+#: layers keep the direct kernel or GEMM), at 32 with tile_gemm's (AVX-512; docs/numpy.md)
+S2_FILTER_MIN_CHANNELS = {1: 64, 2: 32}
 #: the instruction sets (``isa``) it runs on: measured on Zen 4 with both builds (the AVX2 one
 #: with OpenBLAS held to Haswell; docs/numpy.md)
 S2_FILTER_ISAS = (1, 2)
+#: the instruction sets on which _s2_backward_filter's GEMMs run on tile_gemm (register blocks,
+#: adding into the lane's sums) instead of np.matmul: AVX-512, measured (docs/numpy.md)
+S2_FILTER_TILE_GEMM_ISAS = (2,)
 #: samples per chunk of _s2_backward_filter (measured: 4 against 1, 2 and 8, docs/numpy.md)
 S2_FILTER_SAMPLES = 4
 
 
 def _s2_filter(backend, w_shape, stride, padding, dilation, groups) -> bool:
     """Whether a weight gradient runs as the adjoint of the phase Winograd (_s2_backward_filter):
-    3x3, stride 2, undilated, ungrouped, padding >= 0, S2_FILTER_MIN_CHANNELS input channels, on
+    3x3, stride 2, undilated, ungrouped, padding >= 0, S2_FILTER_MIN_CHANNELS[isa] input channels, on
     S2_FILTER_ISAS."""
     return backend.conv_kernels.isa in S2_FILTER_ISAS and tuple(w_shape[2:]) == (3, 3) and groups == 1 \
         and tuple(stride) == (2, 2) and tuple(dilation) == (1, 1) and min(padding) >= 0 \
-        and w_shape[1] >= S2_FILTER_MIN_CHANNELS
+        and w_shape[1] >= S2_FILTER_MIN_CHANNELS[backend.conv_kernels.isa]
 
 
 #: F(2x2, 2x2)'s taps as sums of the weight gradient's GEMM products: tap (i, j) of the 3x3 kernel
@@ -761,15 +764,24 @@ def _s2_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
     starts = tuple(c * sum(S2_DEPTHS[:pos]) for pos in range(10))  # each position's rows in a lane's sum
     totals = {}
 
+    blocked = kernels.isa in S2_FILTER_TILE_GEMM_ISAS
+
     def lane(lo, hi, k):
         totals[k] = total = scratch(ws, backend, f"conv_s2_wgrad_sum/{k}", (starts[-1], o), dw.dtype)
-        part = scratch(ws, backend, f"conv_s2_wgrad_part/{k}", (4 * c * o,), dw.dtype)
+        part = None if blocked else scratch(ws, backend, f"conv_s2_wgrad_part/{k}", (4 * c * o,), dw.dtype)
         v = scratch(ws, backend, f"conv_s2_wgrad_v/{k}", (9, vs), x.dtype)
         m = scratch(ws, backend, f"conv_s2_wgrad_m/{k}", (9, ms), dy.dtype)
         rows = scratch(ws, backend, f"conv_s2_wgrad_rows/{k}", (7 * (4 * tw + 4),), x.dtype)
         for index, (n0, n1) in enumerate(chunks[lo:hi]):
             p = (n1 - n0) * tiles
             kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows)
+            if blocked:  # dy's tiles (tiles, O): the reduction along tile_gemm's rows
+                kernels.s2_grad_t(m, dy, geometry, o, n, n0, n1, th, tw, ms)
+                for pos in range(9):
+                    kk = starts[pos + 1] - starts[pos]
+                    kernels.tile_gemm(v[pos], m[pos], total[starts[pos]:starts[pos + 1]], 1, kk, p, o, p * o, kk * o,
+                                      index > 0)
+                continue
             kernels.s2_grad(m, dy, geometry, o, n, n0, n1, th, tw, ms)
             for pos in range(9):
                 kk = starts[pos + 1] - starts[pos]

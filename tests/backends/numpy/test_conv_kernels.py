@@ -1281,15 +1281,17 @@ def test_winograd_transforms_refuse_arguments_that_do_not_fit():
                                    (1, 2, 3, 3, 2, 1), (3, 3, 9, 32, 2, 1)],
                          ids=["even", "batch-1-odd-sizes", "no-padding", "padding-2", "one-output", "wide-rows"])
 @pytest.mark.parametrize("samples", [1, numpy_spatial.S2_FILTER_SAMPLES], ids=["a-sample-a-chunk", "default-chunks"])
-def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, monkeypatch):
+@pytest.mark.parametrize("isa", [2, 1], ids=["tile-gemm", "matmul"])
+def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, isa, monkeypatch):
     """The 3x3 stride-2 weight gradient as the adjoint of F(2x2, 2x2) on the phases: in float64 to
     rounding, in float32 within 2e-6 of the largest tap (its transforms only add), alone and
-    accumulating, over one or many chunks per lane; dy's tiles past odd planes read as zeros."""
+    accumulating, over one or many chunks per lane, its GEMMs on tile_gemm (AVX-512) or np.matmul;
+    dy's tiles past odd planes read as zeros."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(23)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
-    monkeypatch.setattr(kernels, "isa", 2)
-    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", 1)
+    monkeypatch.setattr(kernels, "isa", isa)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", {1: 1, 2: 1})
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_SAMPLES", samples)
     _weight_gradient_path_matches_the_fallback(monkeypatch, "_s2_backward_filter", x, w, (2, p, 1, 1))
 
@@ -1297,14 +1299,15 @@ def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, mo
 @needs_kernels
 def test_stride_2_phase_weight_gradient_only_for_wide_undilated_3x3_on_avx2_and_avx512(monkeypatch):
     """Measured on Zen 4 with 64 input channels (the bench's 64->128 layer), with the AVX-512 and
-    the AVX2 build; the ResNet's narrower strided layers keep the direct kernel or GEMM, the
-    baseline build the GEMM. w shapes (O, C, 3, 3)."""
+    the AVX2 build, and on Zen 5 with 32 on AVX-512 (GEMMs on tile_gemm): the ResNet's 32-channel
+    strided layer runs it there, its 16-channel one (and the 32-channel one on AVX2) keeps the
+    direct kernel or GEMM, the baseline build the GEMM. w shapes (O, C, 3, 3)."""
     applies = numpy_spatial._s2_filter
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "isa", 2)
     s2, one, pad = (2, 2), (1, 1), (1, 1)
     assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1) and applies(backend, (64, 128, 3, 3), s2, (0, 0), one, 1)
-    assert not applies(backend, (64, 32, 3, 3), s2, pad, one, 1)
+    assert applies(backend, (64, 32, 3, 3), s2, pad, one, 1) and not applies(backend, (32, 16, 3, 3), s2, pad, one, 1)
     assert not applies(backend, (128, 64, 3, 3), one, pad, one, 1)
     assert not applies(backend, (128, 64, 3, 3), s2, pad, s2, 1)
     assert not applies(backend, (128, 32, 3, 3), s2, pad, one, 2)
@@ -1334,10 +1337,60 @@ def test_stride_2_phase_weight_gradient_kernel_refuses_what_it_does_not_compute(
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(3, 3, 4, 4, 1, 3), (1, 2, 5, 7, 0, 1)], ids=["even", "odd-rows-and-columns"])
+def test_s2_grad_t_matches_a_float64_reference(shape, dtype):
+    """s2_grad_t: dy's 2x2 tiles as A dY A^T (A's rows (1, 0), (1, 1), (0, 1)), tiles of samples
+    [n0, n1) in rows of O channels, slices ks apart; outputs past Ho x Wo read as zeros, the gap
+    after each slice stays as it was."""
+    n, o, ho, wo, n0, n1 = shape
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    h, w_ = 2 * ho, 2 * wo  # 3x3, stride 2, padding 1: Ho x Wo outputs
+    rng = np.random.default_rng(36)
+    dy = rng.standard_normal((n, o, ho, wo))
+    grid = np.zeros((n, o, 2 * th, 2 * tw))
+    grid[:, :, :ho, :wo] = dy
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
+    tiles = grid.reshape(n, o, th, 2, tw, 2)[n0:n1]
+    want = np.einsum("pi,noyixj,qj->pqnyxo", a, tiles, a).reshape(9, (n1 - n0) * th * tw, o)
+    ks = want[0].size + 3
+    m = np.full((9, ks), np.nan, dtype)
+    kernels.s2_grad_t(m, dy.astype(dtype), (o, h, w_, 3, 3, 2, 2, 1, 1, 1, 1, ho, wo), o, n, n0, n1, th, tw, ks)
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(m[:, :want[0].size].reshape(want.shape), want, rtol=tol, atol=tol)
+    assert np.isnan(m[:, want[0].size:]).all()
+    with pytest.raises(ValueError, match=r"s2_grad_t: ks: slices of m"):
+        kernels.s2_grad_t(m, dy.astype(dtype), (o, h, w_, 3, 3, 2, 2, 1, 1, 1, 1, ho, wo), o, n, n0, n1, th, tw, 4)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", TILE_GEMM_CASES, ids=[str(c) for c in TILE_GEMM_CASES])
+def test_tile_gemm_accumulates_against_a_float64_reference(case, dtype):
+    """tile_gemm(..., accumulate=True) adds u[k] @ v[k] into m (the weight gradient's sums over
+    chunks), against einsum in float64; m's gaps stay as they were."""
+    positions, o, c, p = case
+    rng = np.random.default_rng(37)
+    u, v, m0 = rng.standard_normal((positions, o, c)), rng.standard_normal((positions, c, p)), \
+        rng.standard_normal((positions, o, p))
+    want = m0 + np.einsum("koc,kcp->kop", u, v)
+    vs, ms = c * p + 5, o * p + 7
+    vbuf = np.zeros((positions, vs), dtype)
+    vbuf[:, :c * p] = v.reshape(positions, -1)
+    m = np.full((positions, ms), np.nan, dtype)
+    m[:, :o * p] = m0.reshape(positions, -1)
+    kernels.tile_gemm(u.astype(dtype), vbuf, m, positions, o, c, p, vs, ms, True)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(m[:, :o * p].reshape(positions, o, p), want, rtol=tol,
+                               atol=tol * np.abs(want).max())
+    assert np.isnan(m[:, o * p:]).all()
+
+
+@needs_kernels
 def test_stride_2_phase_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
     from juicepy import layers as L
 
-    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", {1: 1, 2: 1})
     _steady_steps_allocate_nothing(monkeypatch, "_s2_backward_filter", [L.Conv2d(16, 3, padding=1), L.ReLU(),
                                    L.Conv2d(8, 3, stride=2, padding=1)], (8, 9, 9), (8, 5, 5), isa=2)
 
