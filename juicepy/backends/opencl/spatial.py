@@ -113,6 +113,10 @@ POOL_FLAT_MAX = 1 << 24
 # 4 measured faster than 1 and as fast as 16 on the CIFAR CNN's poolings
 POOL_ROWS_PLANES = 4
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
+# (output width, kernel size) of the builds of conv_olanes_* in conv.cl: on 16-lane (AVX-512)
+# GEMM devices a direct forward pass of such rows, stride 1, one group and outputs in runs of 16
+# takes them (LeNet's 6 -> 16 layer; docs/opencl.md, session 33, branch ocl-fwd)
+OLANES_BUILDS = ((10, 5), (10, 3))
 
 
 def direct_outputs(outputs: int, lanes: int) -> int:
@@ -235,6 +239,7 @@ class SpatialOps(abc.ABC):
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
     _fwd_vec = None   # forces _direct_forward_lanes (A/B runs)
+    _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
 
     def _use_implicit(self) -> bool:
         if not self.kernel_fits["packed"]:
@@ -430,6 +435,23 @@ class SpatialOps(abc.ABC):
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
         self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
 
+    def _use_olanes(self, geo, groups) -> bool:
+        """Whether conv_olanes_* (output channels in the lanes) computes this direct forward pass."""
+        if getattr(self, "_olanes", None) is not None:
+            return self._olanes and (geo[8], geo[5]) in OLANES_BUILDS
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        return (self.gemm_variant == "packed" and self._gemm_tiles["VW"] == 16 and groups == 1 and o % 16 == 0
+                and kh == kw and (wo, kh) in OLANES_BUILDS and sh == sw == dh == dw == 1)
+
+    def _olanes_forward(self, x, w, y, geo, ws, bias, epilogue):
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        wt = scratch(ws, self, "conv_olanes_w", (w.size,), np.float32)
+        self._kernel("conv.cl", "conv_olanes_weights")(self.queue, (w.size,), None, kh * kw, o, *self._ref(w),
+                                                       wt.base_data)
+        self._kernel("conv.cl", f"conv_olanes_w{wo}_k{kh}")(
+            self.queue, (n * o // 16 * ho,), (1,), *self._ref(x), c, h, wd, ph, pw, wt.base_data, *self._ref(y),
+            o, ho, *self._optional(bias), *self._epilogue_args(epilogue))
+
     def _direct_forward_lanes(self, geo, groups) -> int:
         """The direct forward kernel's float lanes for the convolution ``geo`` (VEC of its
         conv.cl build): a 16-lane GEMM's 16 where output rows are whole 16-lane vectors (on
@@ -567,6 +589,9 @@ class SpatialOps(abc.ABC):
             return
         if algorithm == "phased":
             self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)
+            return
+        if algorithm == "direct" and self._use_olanes(geo, groups):
+            self._olanes_forward(x, w, out, geo, ws, bias, epilogue)
             return
         if algorithm == "direct":
             self._direct_forward(x, w, out, geo, groups, False, False, ws, bias, epilogue)
