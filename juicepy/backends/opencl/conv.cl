@@ -397,6 +397,72 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k3, 4, 3, 3)
 DIRECT_KERNEL(conv_direct_fwd4_f3_k5, 4, 3, 5)
 DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k5, 4, 3, 5)
 
+// Narrow output rows (fewer outputs than two vectors, not whole vectors: LeNet's 10-wide) with
+// the output channels in the lanes instead: each work-item computes one output row of W (the
+// build's width) outputs for 16 consecutive output channels, W float16 accumulators, every
+// input value broadcast against a float16 of the 16 channels' tap (the weights laid out
+// [c][ky][kx][o] by conv_olanes_weights); no lane lies past the row. Stride 1, no dilation,
+// one group, K x K taps; launched as (N * O / 16 * Ho): one row per work-item measured faster
+// than whole planes.
+__kernel void conv_olanes_weights(const int taps, const int O, __global const float *restrict w, const int w_off,
+                                  __global float *restrict wt)
+{
+    const int i = get_global_id(0), o = i % O, ct = i / O;   // ct = c * taps + t
+    const int c = ct / taps, t = ct - c * taps, C = get_global_size(0) / (O * taps);
+    wt[i] = w[w_off + ((size_t)o * C + c) * taps + t];
+}
+
+#define OLANES_KERNEL(name, W, K) \
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
+void name(__global const float *restrict x, const int x_off, const int C, const int H, const int Wd, \
+          const int ph, const int pw, __global const float *restrict wt, \
+          __global float *restrict y, const int y_off, const int O, const int Ho, \
+          __global const float *restrict bias, const int b_off, const int has_bias, \
+          __global const float *restrict res, const int r_off, const int epi) \
+{ \
+    const int id = get_global_id(0), blocks = O / 16; \
+    const int oy = id % Ho, rest = id / Ho, ob = rest % blocks, n = rest / blocks, o0 = ob * 16; \
+    const float16 b = has_bias ? vload16(0, bias + b_off + o0) : (float16)(0.0f); \
+    float16 a[W]; \
+    _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] = b; \
+    for (int c = 0; c < C; ++c) { \
+        __global const float *xc = x + x_off + (size_t)(n * C + c) * H * Wd; \
+        __global const float *wc = wt + (size_t)c * K * K * O + o0; \
+        for (int ky = 0; ky < K; ++ky) { \
+            const int h = oy + ky - ph; \
+            if (h < 0 || h >= H) continue; \
+            if (pw == 0) {   /* every load inside the row: broadcasts straight from memory */ \
+                __global const float *xr = xc + h * Wd; \
+                _Pragma("unroll") for (int kx = 0; kx < K; ++kx) { \
+                    const float16 wv = vload16(0, wc + (ky * K + kx) * O); \
+                    _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] = fma((float16)(xr[j + kx]), wv, a[j]); \
+                } \
+                continue; \
+            } \
+            float xr[W + K - 1]; \
+            _Pragma("unroll") for (int q = 0; q < W + K - 1; ++q) { \
+                const int col = q - pw; \
+                xr[q] = col >= 0 && col < Wd ? xc[h * Wd + col] : 0.0f; \
+            } \
+            _Pragma("unroll") for (int kx = 0; kx < K; ++kx) { \
+                const float16 wv = vload16(0, wc + (ky * K + kx) * O); \
+                _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] = fma((float16)(xr[j + kx]), wv, a[j]); \
+            } \
+        } \
+    } \
+    const size_t plane = (size_t)Ho * W, at = ((size_t)(n * O + o0) * Ho + oy) * W; \
+    _Pragma("unroll") for (int j = 0; j < W; ++j) { \
+        float16 s = a[j]; \
+        if (epi & EPI_RESIDUAL) \
+            for (int l = 0; l < 16; ++l) s[l] += res[r_off + at + l * plane + j]; \
+        if (epi & EPI_RELU) s = select(s, (float16)(0.0f), s < (float16)(0.0f)); \
+        for (int l = 0; l < 16; ++l) y[y_off + at + l * plane + j] = s[l]; \
+    } \
+}
+// the widths and kernel sizes the rule (spatial.py: OLANES_BUILDS) takes this kernel for
+OLANES_KERNEL(conv_olanes_w10_k5, 10, 5)
+OLANES_KERNEL(conv_olanes_w10_k3, 10, 3)
+
 // dx[n, c, h, :] (+)= every output of c's group that read row h, times its tap; the work-item
 // owns its row, so nothing races. Launched as (H rounded up, N * C).
 __kernel void conv_direct_bwd_data(const int H, __global const float *restrict dy, const int dy_off,

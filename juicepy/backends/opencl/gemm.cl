@@ -1041,6 +1041,12 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
             ROWS(WSTORE_ROW) \
         } \
     }
+// conv2d's ReLU after the bias in the stores (relu: never with acc), NaN kept: no pass of its own
+inline float wino_relu1(const float v, const int relu) { return relu && v < 0.0f ? 0.0f : v; }
+inline float8 wino_relu8(const float8 v, const int relu)
+{
+    return relu ? select(v, (float8)(0.0f), v < (float8)(0.0f)) : v;
+}
 // row i of output channel o's 2x2 outputs of tile j, its sums transformed back into v0 v1,
 // stored (or added, when acc) plus bo (conv2d's bias, folded in: no add_bias pass)
 #define WINOGRAD_STORE(i, v0, v1) { \
@@ -1048,7 +1054,7 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
         if (row < Ho && c0 < Wo) { \
             __global float *yr = Y + y_off + ((size_t)img[j] * M + row0 + o) * Ho * Wo + (size_t)row * Wo; \
             if (acc) { yr[c0] += (v0) + bo; if (c1 < Wo) yr[c1] += (v1) + bo; } \
-            else { yr[c0] = (v0) + bo; if (c1 < Wo) yr[c1] = (v1) + bo; } \
+            else { yr[c0] = wino_relu1((v0) + bo, relu); if (c1 < Wo) yr[c1] = wino_relu1((v1) + bo, relu); } \
         } }
 // runs of 8 tiles side by side in one row of tiles, of undilated columns or of dilation 2 from an
 // even tile column (tiles 0, 1, 4, 5, ... columns apart: both phases of 4 tile columns): their
@@ -1138,7 +1144,7 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
                 for (int i = 0; i < 2; ++i) { \
                     const int row = out_row[j0] + i * dh; \
                     if (row >= Ho) continue; \
-                    const float8 v0 = A0(RQ) + bo, v1 = A1(RQ) + bo; \
+                    const float8 v0 = wino_relu8(A0(RQ) + bo, relu), v1 = wino_relu8(A1(RQ) + bo, relu); \
                     WINOGRAD_STORE8(yd + (size_t)row * Wo, v0, v1) \
                 } \
                 continue; \
@@ -1166,7 +1172,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
                    const int Wp, const int dh, const int dw,
                    __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
-                   __global const float *bias, const int b_off, const int has_bias)
+                   __global const float *bias, const int b_off, const int has_bias, const int relu)
 {
     __local floatv v_store[16 * VXI / VW];   /* [16][WK][NR], a cache line between */
     __local floatv m_store[16 * MXI / VW];   /* [16][tile_m][NR], likewise */
@@ -1201,7 +1207,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
                     __global const float *restrict U, __global const float *restrict xp, const int Hp,
                     const int Wp, const int dh, const int dw,
                     __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
-                    __global const float *bias, const int b_off, const int has_bias)
+                    __global const float *bias, const int b_off, const int has_bias, const int relu)
 {
     __local floatv v_store[36 * VXI5 / VW];   /* [36][WK][NR], a cache line between */
     __local floatv m_store[36 * MXI5 / VW];   /* [36][tile_m][NR], likewise */

@@ -113,6 +113,10 @@ POOL_FLAT_MAX = 1 << 24
 # 4 measured faster than 1 and as fast as 16 on the CIFAR CNN's poolings
 POOL_ROWS_PLANES = 4
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
+# (output width, kernel size) of the builds of conv_olanes_* in conv.cl: on 16-lane (AVX-512)
+# GEMM devices a direct forward pass of such rows, stride 1, one group and outputs in runs of 16
+# takes them (LeNet's 6 -> 16 layer; docs/opencl.md, session 33, branch ocl-fwd)
+OLANES_BUILDS = ((10, 5), (10, 3))
 
 
 def direct_outputs(outputs: int, lanes: int) -> int:
@@ -235,6 +239,8 @@ class SpatialOps(abc.ABC):
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
     _fwd_vec = None   # forces _direct_forward_lanes (A/B runs)
+    _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
+    _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
 
     def _use_implicit(self) -> bool:
         if not self.kernel_fits["packed"]:
@@ -260,12 +266,12 @@ class SpatialOps(abc.ABC):
         min_plane = WINOGRAD_MIN_PLANE_3X3 if kh == 3 else WINOGRAD_MIN_PLANE
         return min(c, o) >= WINOGRAD_MIN_CHANNELS[kh] and plane >= min_plane
 
-    def _winograd(self, src, w, dst, geo, flip, accumulate, ws, bias=None):
+    def _winograd(self, src, w, dst, geo, flip, accumulate, ws, bias=None, relu=False):
         """dst (+)= the stride-1 3x3 or 5x5 convolution ``geo`` of src (flip: with the
         transposed, flipped taps of w, for an input gradient) as Winograd F(2x2, 3x3) or
         F(2x2, 5x5): the transformed weights in the packed GEMM's panels, then one kernel that
         transforms each work-group's input tiles, multiplies them per tap position and
-        transforms the products back, adding ``bias`` where given."""
+        transforms the products back, adding ``bias`` where given, then the ReLU where ``relu``."""
         n, c, h, wd, o, k, _, ho, wo, _, _, ph, pw, dh, dw = geo
         name = WINOGRAD_TAPS[k]
         qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
@@ -282,7 +288,8 @@ class SpatialOps(abc.ABC):
         nr = 2 * self._gemm_tiles["VW"]
         self._kernel("gemm.cl", f"{name}_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
-            xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias))
+            xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias),
+            int(bool(relu) and not accumulate))
 
     def _use_s2(self, geo, groups, op) -> bool:
         """Whether a forward pass (``op`` "forward"), weight gradient ("filter") or input gradient
@@ -430,6 +437,23 @@ class SpatialOps(abc.ABC):
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
         self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
 
+    def _use_olanes(self, geo, groups) -> bool:
+        """Whether conv_olanes_* (output channels in the lanes) computes this direct forward pass."""
+        if getattr(self, "_olanes", None) is not None:
+            return self._olanes and (geo[8], geo[5]) in OLANES_BUILDS
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        return (self.gemm_variant == "packed" and self._gemm_tiles["VW"] == 16 and groups == 1 and o % 16 == 0
+                and kh == kw and (wo, kh) in OLANES_BUILDS and sh == sw == dh == dw == 1)
+
+    def _olanes_forward(self, x, w, y, geo, ws, bias, epilogue):
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        wt = scratch(ws, self, "conv_olanes_w", (w.size,), np.float32)
+        self._kernel("conv.cl", "conv_olanes_weights")(self.queue, (w.size,), None, kh * kw, o, *self._ref(w),
+                                                       wt.base_data)
+        self._kernel("conv.cl", f"conv_olanes_w{wo}_k{kh}")(
+            self.queue, (n * o // 16 * ho,), (1,), *self._ref(x), c, h, wd, ph, pw, wt.base_data, *self._ref(y),
+            o, ho, *self._optional(bias), *self._epilogue_args(epilogue))
+
     def _direct_forward_lanes(self, geo, groups) -> int:
         """The direct forward kernel's float lanes for the convolution ``geo`` (VEC of its
         conv.cl build): a 16-lane GEMM's 16 where output rows are whole 16-lane vectors (on
@@ -509,8 +533,10 @@ class SpatialOps(abc.ABC):
             if winograd and norm is not None and geo[5] in WINOGRAD_FOLD_NORM_TAPS:
                 w, bias = self._fold_norm(w, bias, norm, ws)
                 norm = None
-            self._conv2d(x, w, out, geo, groups, ws, algorithm, bias if winograd else None)
-            conv_epilogue(self, out, None if winograd else bias, norm, relu, ws, residual)
+            # ...but a ReLU right after the bias goes into Winograd's stores (no pass of its own)
+            fused = algorithm == "winograd" and self._winograd_relu and relu and norm is None and residual is None
+            self._conv2d(x, w, out, geo, groups, ws, algorithm, bias if winograd else None, (None, fused))
+            conv_epilogue(self, out, None if winograd else bias, norm, relu and not fused, ws, residual)
             return
         if norm is not None:
             w, bias = self._fold_norm(w, bias, norm, ws)
@@ -556,17 +582,22 @@ class SpatialOps(abc.ABC):
     def _conv2d(self, x, w, out, geo, groups, ws, algorithm, bias=None, epilogue=None) -> None:
         """out = the convolution ``geo`` of x with w by ``algorithm`` (_forward_algorithm); the
         direct and implicit-GEMM paths add ``bias`` and apply ``epilogue`` ((residual or None,
-        relu)) in their stores, Winograd adds only the bias (in its output transform), im2col
+        relu)) in their stores, Winograd the bias and the ReLU (in its output transform), im2col
         neither."""
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if algorithm == "winograd":
-            self._winograd(x, w, out, geo, False, False, ws, bias)
+            if epilogue is not None and epilogue[0] is not None:
+                raise ValueError("opencl backend conv2d: the Winograd path takes no residual in its stores")
+            self._winograd(x, w, out, geo, False, False, ws, bias, epilogue is not None and epilogue[1])
             return
         if algorithm == "s2":
             self._s2_forward(x, w, out, geo, ws, bias)
             return
         if algorithm == "phased":
             self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)
+            return
+        if algorithm == "direct" and self._use_olanes(geo, groups):
+            self._olanes_forward(x, w, out, geo, ws, bias, epilogue)
             return
         if algorithm == "direct":
             self._direct_forward(x, w, out, geo, groups, False, False, ws, bias, epilogue)

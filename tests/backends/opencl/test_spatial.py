@@ -868,3 +868,49 @@ def test_convolution_with_the_gpu_gemm(ocl, rng):
     np.testing.assert_allclose(gpu_style.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gpu_style.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gpu_style.to_host(dw), dw_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [((3, 6, 14, 14), 16, 5, 0), ((2, 5, 10, 10), 32, 3, 1), ((2, 3, 12, 12), 16, 3, 0)],
+                         ids=["lenet-k5-p0", "k3-p1-o32", "k3-p0"])
+@pytest.mark.parametrize("epilogue", [False, True], ids=["plain", "bias+residual+relu"])
+def test_output_lane_direct_forward_matches_the_reference(ocl, rng, case, epilogue):
+    """conv_olanes_* (output channels in the lanes, 10-wide rows), forced on whatever the
+    device's lanes, with and without its epilogue, against the float64 loops; both its paths
+    (no padding: broadcasts from the input; padding: a zero-filled row)."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    xs, o, k, p = case
+    b = OpenCLBackend(ocl.device)
+    b._olanes = True
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], k, k)).astype(np.float32)
+    y_ref = conv_ref(x, wt, (1, 1), (p, p), (1, 1), 1)
+    geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, (1, 1), (p, p), (1, 1), 1, "conv2d")
+    assert b._use_olanes(geo, 1) and y_ref.shape[3] == 10
+    kw = {}
+    if epilogue:
+        bias = rng.standard_normal(o).astype(np.float32)
+        res = rng.standard_normal(y_ref.shape).astype(np.float32)
+        y_ref = np.maximum(y_ref + bias[None, :, None, None] + res, 0.0)
+        kw = {"bias": b.from_host(bias), "residual": b.from_host(res), "relu": True}
+    ws = Workspace()
+    y = b.empty(y_ref.shape)
+    b._conv2d(b.from_host(x), b.from_host(wt), y, geo, 1, ws, "direct",
+              kw.get("bias"), (kw.get("residual"), kw.get("relu", False)))
+    np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_output_lane_direct_forward_rule(lanes_backend):
+    """On a 16-lane GEMM the direct forward pass of 10-wide rows, stride 1, one group and
+    outputs in runs of 16 takes conv_olanes_* (LeNet's 6 -> 16 layer); not grouped, strided,
+    dilated, of 6 outputs or of other widths; and never on an 8-lane GEMM."""
+    b = lanes_backend(16, conv_vector_width=None)
+    lenet = (2, 6, 14, 14, 16, 5, 5, 10, 10, 1, 1, 0, 0, 1, 1)
+    assert b._forward_algorithm(lenet, 1) == "direct" and b._use_olanes(lenet, 1)
+    assert b._use_olanes((2, 8, 10, 10, 32, 3, 3, 10, 10, 1, 1, 1, 1, 1, 1), 1)
+    assert not b._use_olanes(lenet, 2)
+    assert not b._use_olanes((2, 6, 14, 14, 6, 5, 5, 10, 10, 1, 1, 0, 0, 1, 1), 1)
+    assert not b._use_olanes((2, 6, 18, 18, 16, 5, 5, 14, 14, 1, 1, 0, 0, 1, 1), 1)
+    assert not b._use_olanes((2, 6, 14, 14, 16, 3, 3, 10, 10, 1, 1, 0, 0, 2, 2), 1)
+    assert not b._use_olanes((2, 6, 23, 23, 16, 5, 5, 10, 10, 2, 2, 0, 0, 1, 1), 1)
+    assert not lanes_backend(8)._use_olanes(lenet, 1)
