@@ -238,7 +238,6 @@ class SpatialOps(abc.ABC):
     #: (im2col + GEMM), or "auto": direct kernels for thin groups on CPU drivers, else the
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
-    _fwd_vec = None   # forces _direct_forward_lanes (A/B runs)
     _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
 
@@ -460,8 +459,6 @@ class SpatialOps(abc.ABC):
         PoCL 3.1 / Zen 5 the 4-group 64->64 layer and the ResNet's 16-channel layers ran faster
         so), else the convolutions' own lanes (LeNet's 28- and 10-wide rows were slower at 16;
         docs/opencl.md, session 33)."""
-        if self._fwd_vec is not None:
-            return self._fwd_vec
         wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
         return wide if geo[8] % wide == 0 else self._conv_vec
 
