@@ -201,69 +201,58 @@ __kernel void sgd_step(const int n, __global float *param, const int p_off,
     param[p_off + i] = p - g * lr;
 }
 
-// torch.optim.Adam / AdamW (decoupled), optionally AMSGrad
-__kernel void adam_step(const int n, __global float *param, const int p_off,
-                        __global const float *grad, const int g_off,
-                        __global float *exp_avg, const int m_off, __global float *exp_avg_sq, const int v_off,
-                        __global float *max_sq, const int x_off, const int amsgrad,
-                        const float one_minus_beta1, const float beta2, const float one_minus_beta2,
-                        const float eps, const float weight_decay, const int decoupled,
-                        const float decay_factor, const float inv_bc2_sqrt, const float step_size)
+// torch.optim.Adam / AdamW (decoupled), optionally AMSGrad: the arguments and the update of one
+// element (T float) or of 16 (T float16), through LD(array, offset) / ST(value, array, offset)
+#define ADAM_ARGS const int n, __global float *param, const int p_off, \
+                  __global const float *grad, const int g_off, \
+                  __global float *exp_avg, const int m_off, __global float *exp_avg_sq, const int v_off, \
+                  __global float *max_sq, const int x_off, const int amsgrad, \
+                  const float one_minus_beta1, const float beta2, const float one_minus_beta2, \
+                  const float eps, const float weight_decay, const int decoupled, \
+                  const float decay_factor, const float inv_bc2_sqrt, const float step_size
+#define ADAM_UPDATE(T, LD, ST, MAXNAN, ROOT) \
+    T p = LD(param, p_off); \
+    T g = LD(grad, g_off); \
+    if (weight_decay != 0.0f) { \
+        if (decoupled) p = p * decay_factor; \
+        else g = p * weight_decay + g; \
+    } \
+    T m = LD(exp_avg, m_off); \
+    m = m + (g - m) * one_minus_beta1; \
+    ST(m, exp_avg, m_off); \
+    T v = LD(exp_avg_sq, v_off) * beta2; \
+    v = v + g * one_minus_beta2 * g; \
+    ST(v, exp_avg_sq, v_off); \
+    if (amsgrad) { \
+        v = MAXNAN(v, LD(max_sq, x_off)); \
+        ST(v, max_sq, x_off); \
+    } \
+    const T denom = ROOT(v) * inv_bc2_sqrt + eps; \
+    ST(p - (m / denom) * step_size, param, p_off);
+
+#define LD1(a, off) (a)[(off) + i]
+#define ST1(value, a, off) (a)[(off) + i] = (value)
+#define LD16(a, off) vload16(i, (a) + (off))
+#define ST16(value, a, off) vstore16((value), i, (a) + (off))
+// NaN in v stays, as MAX_NAN
+#define MAX_NAN16(v, x) select((v), (x), isless((v), (x)))
+
+__kernel void adam_step(ADAM_ARGS)
 {
     GID_CHECK(n)
-    float p = param[p_off + i];
-    float g = grad[g_off + i];
-    if (weight_decay != 0.0f) {
-        if (decoupled) p = p * decay_factor;
-        else g = p * weight_decay + g;
-    }
-    float m = exp_avg[m_off + i];
-    m = m + (g - m) * one_minus_beta1;
-    exp_avg[m_off + i] = m;
-    float v = exp_avg_sq[v_off + i] * beta2;
-    v = v + g * one_minus_beta2 * g;
-    exp_avg_sq[v_off + i] = v;
-    if (amsgrad) {
-        v = MAX_NAN(v, max_sq[x_off + i]);
-        max_sq[x_off + i] = v;
-    }
-    const float denom = SQRT(v) * inv_bc2_sqrt + eps;
-    param[p_off + i] = p - (m / denom) * step_size;
+    ADAM_UPDATE(float, LD1, ST1, MAX_NAN, SQRT)
 }
 
-// adam_step on 16 consecutive elements per work-item, in float16 vectors: PoCL 3.1 (LLVM 15,
-// AVX-512) ran adam_step's work-item loop at about 1 element per ns, this kernel about 7 times
-// faster (docs/opencl.md, session 33). The caller runs adam_step over the last n % 16 elements.
-// sqrt and the division of float16 vectors are IEEE-rounded on x86 (vsqrtps, vdivps), as NumPy's.
-__kernel void adam_step16(const int n16, __global float *param, const int p_off,
-                          __global const float *grad, const int g_off,
-                          __global float *exp_avg, const int m_off, __global float *exp_avg_sq, const int v_off,
-                          __global float *max_sq, const int x_off, const int amsgrad,
-                          const float one_minus_beta1, const float beta2, const float one_minus_beta2,
-                          const float eps, const float weight_decay, const int decoupled,
-                          const float decay_factor, const float inv_bc2_sqrt, const float step_size)
+// adam_step on 16 consecutive elements per work-item, in float16 vectors (n: the runs of 16):
+// PoCL 3.1 (LLVM 15, AVX-512) ran adam_step's work-item loop at about 1 element per ns, this
+// kernel about 7 times faster (docs/opencl.md, session 33). The caller runs adam_step over the
+// last n % 16 elements. sqrt and the division of float16 vectors are IEEE-rounded on x86
+// (vsqrtps, vdivps), as NumPy's.
+__kernel void adam_step16(ADAM_ARGS)
 {
     const int i = get_global_id(0);
-    if (i >= n16) return;
-    float16 p = vload16(i, param + p_off);
-    float16 g = vload16(i, grad + g_off);
-    if (weight_decay != 0.0f) {
-        if (decoupled) p = p * decay_factor;
-        else g = p * weight_decay + g;
-    }
-    float16 m = vload16(i, exp_avg + m_off);
-    m = m + (g - m) * one_minus_beta1;
-    vstore16(m, i, exp_avg + m_off);
-    float16 v = vload16(i, exp_avg_sq + v_off) * beta2;
-    v = v + g * one_minus_beta2 * g;
-    vstore16(v, i, exp_avg_sq + v_off);
-    if (amsgrad) {
-        const float16 x = vload16(i, max_sq + x_off);
-        v = select(v, x, isless(v, x));   // NaN in v stays, as MAX_NAN
-        vstore16(v, i, max_sq + x_off);
-    }
-    const float16 denom = sqrt(v) * inv_bc2_sqrt + eps;
-    vstore16(p - (m / denom) * step_size, i, param + p_off);
+    if (i >= n) return;
+    ADAM_UPDATE(float16, LD16, ST16, MAX_NAN16, sqrt)
 }
 
 // --------------------------------------------------------------------- channels
