@@ -416,7 +416,7 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         lanes = self._direct_forward_lanes(geo, groups)
-        program = "conv.cl" if lanes == self._conv_vec else f"conv.cl:vec{lanes}"
+        program = self._conv_program(lanes)
         outs = direct_outputs(o // groups, lanes)
         unroll = direct_unroll(outs, -(-wo // lanes), lanes)
         lanes_past = unroll * lanes * sw + kw * dw
@@ -438,7 +438,7 @@ class SpatialOps(abc.ABC):
 
     def _use_olanes(self, geo, groups) -> bool:
         """Whether conv_olanes_* (output channels in the lanes) computes this direct forward pass."""
-        if getattr(self, "_olanes", None) is not None:
+        if self._olanes is not None:
             return self._olanes and (geo[8], geo[5]) in OLANES_BUILDS
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         return (self.gemm_variant == "packed" and self._gemm_tiles["VW"] == 16 and groups == 1 and o % 16 == 0
@@ -459,8 +459,16 @@ class SpatialOps(abc.ABC):
         PoCL 3.1 / Zen 5 the 4-group 64->64 layer and the ResNet's 16-channel layers ran faster
         so), else the convolutions' own lanes (LeNet's 28- and 10-wide rows were slower at 16;
         docs/opencl.md, session 33)."""
-        wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
+        wide = self._gemm_float_lanes()
         return wide if geo[8] % wide == 0 else self._conv_vec
+
+    def _gemm_float_lanes(self) -> int:
+        """The packed GEMM's float lanes (16 on AVX-512 devices), else the convolutions' own."""
+        return self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
+
+    def _conv_program(self, lanes: int) -> str:
+        """The conv.cl build whose VEC is ``lanes``."""
+        return "conv.cl" if lanes == self._conv_vec else f"conv.cl:vec{lanes}"
 
     def _use_phased(self, geo, groups) -> bool:
         """Whether conv_direct_fwd4_phased computes this forward pass: strided, on 8-lane
@@ -729,7 +737,7 @@ class SpatialOps(abc.ABC):
         weight gradient: on a 16-lane GEMM with 8-lane convolutions (CONV_LANES), rows of whole
         16-lane vectors take the 16-lane build with FILTER_ROW_OUTS_16_LANES outputs."""
         kw, wo, outputs = geo[6], geo[8], geo[4] // groups
-        wide = self._gemm_tiles["VW"] if self.gemm_variant == "packed" else self._conv_vec
+        wide = self._gemm_float_lanes()
         outs = FILTER_ROW_OUTS_16_LANES.get(kw, 0)
         if by_rows and wide == 16 and self._conv_vec == 8 and outs and wo % 16 == 0 and outputs % outs == 0:
             return 16, outs
@@ -741,7 +749,7 @@ class SpatialOps(abc.ABC):
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
         by_rows = self._filter_by_rows(geo, groups)   # a work-item per row of taps
         lanes, outs = self._direct_filter_build(geo, groups, by_rows)
-        program = "conv.cl" if lanes == self._conv_vec else f"conv.cl:vec{lanes}"
+        program = self._conv_program(lanes)
         items = kh * weights // outs if by_rows else taps * weights
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
@@ -774,8 +782,8 @@ class SpatialOps(abc.ABC):
         planes = out.shape[0] * out.shape[1]
         h, w, ho, wo = geo[:4]
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
-            # rows of whole vectors, or longer than one (LeNet's 14): a loop along them
-            if self.is_cpu and (wo % self._conv_vec == 0 or wo > self._conv_vec):
+            # rows of at least one vector (LeNet's 14 too): a loop along them
+            if self.is_cpu and wo >= self._conv_vec:
                 rows = ho * (POOL_ROWS_PLANES if planes % POOL_ROWS_PLANES == 0 else 1)
                 self._kernel("conv.cl", "max_pool_2x2_rows")(self.queue, (planes * ho // rows,), (1,), rows,
                                                              *self._ref(x), ho, wo, *self._ref(out),
