@@ -171,11 +171,11 @@ def test_wide_mlp_gemms_alone_cublas(benchmark):
     _record_tflops(benchmark, batch)
 
 
+@pytest.mark.parametrize("graphs", [False, True], ids=["juicepy-eager", "juicepy-graph"])
 @pytest.mark.parametrize("model", list(CNN_MODELS))
-def test_cnn_step(benchmark, model):
-    """BatchNorm's batch counter is host state, so these networks run op by op (no graph)."""
+def test_cnn_step(benchmark, model, graphs):
     benchmark.group = f"{model} b{CNN_BATCH} 3x32x32 train step"
-    _juicepy_step(benchmark, jp.Network(CNN_MODELS[model][0](), CNN_SHAPE, seed=0), CNN_BATCH, graphs=False)
+    _juicepy_step(benchmark, jp.Network(CNN_MODELS[model][0](), CNN_SHAPE, seed=0), CNN_BATCH, graphs=graphs)
 
 
 @pytest.mark.parametrize("model", list(CNN_MODELS))

@@ -20,9 +20,6 @@ class Layer:
     n_inputs = 1  # None: any number >= 1 (merge layers)
     #: True for layers that read integer indices (Embedding) instead of float values
     integer_input = False
-    #: False when compute_output changes host-side state each pass (BatchNorm's batch counter):
-    #: a recorded graph would not replay that, so such networks run op by op
-    capturable = True
     #: False when, in eval mode, an output row depends on other rows of the batch: transform()
     #: then runs each request size exactly instead of padded inside a bigger context
     rows_independent = True
@@ -100,6 +97,16 @@ class Layer:
         """The params a training forward pass changes in place (BatchNorm's running statistics
         and batch counter). A training Context saves them before each step and puts them back
         when the step fails or is refused, so such a step changes nothing."""
+        return []
+
+    def capturable(self, training: bool) -> bool:
+        """Whether a recorded graph of a pass (a training pass where ``training``) replays this
+        layer as running it op by op would; networks with a layer that cannot run op by op."""
+        return True
+
+    def step_counters(self) -> list:
+        """Host-side counters (LearnableParams) each training pass adds one to (BatchNorm's
+        num_batches_tracked): a replayed pass advances them as the pass op by op would."""
         return []
 
     def setup(self, backend, ctx) -> None:

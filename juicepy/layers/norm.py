@@ -33,8 +33,6 @@ class _BatchNorm(Layer):
     ranks: tuple = ()
     expects: str = ""
 
-    capturable = False  # num_batches_tracked is counted on the host in each training pass
-
     def __init__(self, momentum: float | None = 0.1, eps: float = 1e-5, affine: bool = True,
                  num_features: int | None = None, sync: bool = False):
         super().__init__()
@@ -76,6 +74,14 @@ class _BatchNorm(Layer):
 
     def training_state(self):
         return [self.running_mean, self.running_var, self.num_batches_tracked]
+
+    def capturable(self, training):
+        # a cumulative average weighs each batch by 1 / num_batches_tracked: an argument a
+        # recorded pass would keep at the value it was recorded with
+        return not training or self.momentum is not None
+
+    def step_counters(self):
+        return [self.num_batches_tracked]
 
     def setup(self, backend, ctx):
         unit = ctx.input_shapes[0]

@@ -317,7 +317,7 @@ class Network:
         key = (backend, ctx.batch_size)
         rep = self._replays.get(key)
         if rep is None:
-            rep = self._replays[key] = GraphReplay(self, backend)
+            rep = self._replays[key] = GraphReplay(self, backend, training=False)
         if rep.failure is None and rep.eager_runs > 0 and (rep.ready(()) or rep.record((), ctx.forward)):
             rep.replay()
             return

@@ -24,44 +24,55 @@ def graphs_wanted(flag: bool, backend) -> bool:
 
 
 class GraphReplay:
-    """One recorded piece of device work of ``network`` on ``backend``.
+    """One recorded piece of device work of ``network`` on ``backend``: a training pass (forward,
+    backward, update) where ``training``, else an inference pass.
 
     ``key`` describes what the recording baked in (hyperparameters, flags); a different key
     means record again. A failed capture is remembered (``failure``) and never retried.
     """
 
-    def __init__(self, network, backend):
+    def __init__(self, network, backend, training: bool):
         self.network = network
         self.backend = backend
+        self.training = training
         self.graph = None
         self.key = None
         self.failure: str | None = None
         self.eager_runs = 0  # runs before the first recording (warm-up: workspaces, kernels)
         self.base_step = 0  # the step count the recording was made at (replay shift origin)
         self._written: list = []
+        # one entry per placement: a layer placed twice counts twice per pass
+        self._counters = [c for n in network.nodes for c in n.layer.step_counters()] if training else []
 
     def ready(self, key) -> bool:
         return self.graph is not None and self.key == key
 
     def sync_params(self) -> None:
-        """Refresh device copies made stale by host writes (set_weights), as ``ctx.param`` would."""
+        """Refresh device copies made stale by host writes (set_weights), as ``ctx.param`` would;
+        not the step counters, which only the host reads (a copy would cost a transfer each step)."""
+        counters = {id(c) for c in self._counters}
         for p in self.network.params.values():
-            p.on(self.backend)
+            if id(p) not in counters:
+                p.on(self.backend)
 
     def record(self, key, body) -> bool:
         """Capture ``body()`` (its device work does not run); False when it cannot be captured."""
-        host_state = [n.path for n in self.network.nodes if not getattr(n.layer, "capturable", True)]
-        if host_state:
+        refused = [n.path for n in self.network.nodes if not n.layer.capturable(self.training)]
+        if refused:
             self.graph, self.key = None, None
-            self.failure = f"layers keeping host-side state cannot be replayed: {', '.join(host_state)}"
+            self.failure = f"layers keeping host-side state cannot be replayed: {', '.join(refused)}"
             return False
         self.sync_params()  # no host-to-device copy may happen inside the capture
-        before = {p: p.version for p in self.network.params.values()}
+        counted = {id(c): c.numpy().copy() for c in self._counters}
+        before = {p: p.version for p in self.network.params.values() if id(p) not in counted}
         try:
             graph = self.backend.capture(body)
         except CaptureError as exc:
             self.graph, self.key, self.failure = None, None, str(exc)
             return False
+        finally:  # recording ran the host side only: what it counted did not happen
+            for c in self._counters:
+                c.set(counted[id(c)])
         self._written = [p for p, v in before.items() if p.version != v]
         self.graph, self.key = graph, key
         return True
@@ -71,3 +82,5 @@ class GraphReplay:
         self.graph.replay(shift)
         for p in self._written:  # e.g. BatchNorm's running statistics
             p.mark_written(self.backend)
+        for c in self._counters:
+            c.set(c.numpy() + 1)

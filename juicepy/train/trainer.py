@@ -144,7 +144,7 @@ class Trainer:
             losses=backend.empty((n,), net.dtype),
             loss_sum=backend.empty((1,), net.dtype),
             optimizer=self.optimizer.init_state(backend, ctx.segments, zeros=self._replicas.zeros(backend)),
-            replay=GraphReplay(net, backend) if backend.can_capture else None,
+            replay=GraphReplay(net, backend, training=True) if backend.can_capture else None,
         )
 
     def check_targets(self, targets, backend):

@@ -24,7 +24,7 @@ _DEVICE_OPS = ("gemm", "add", "scale", "mul", "add_bias", "bias_grad", "sum_all"
                "leaky_relu", "leaky_relu_backward", "sigmoid", "sigmoid_backward", "tanh", "tanh_backward",
                "softmax", "softmax_backward", "log_softmax", "log_softmax_backward", "softmax_cross_entropy",
                "nll_loss", "mse_loss", "dropout", "sgd_update", "adam_update", "copy", "fill",
-               "copy_channels", "slice_channels")
+               "copy_channels", "slice_channels", "batch_norm_train", "batch_norm_backward", "batch_norm_infer")
 
 
 class _Tape:
@@ -216,21 +216,49 @@ def test_a_step_that_cannot_be_captured_runs_op_by_op():
     assert trainer.state(backend).replay.failure == "not today"
 
 
-def test_layers_with_host_state_are_not_replayed():
-    """BatchNorm counts its batches on the host: its network runs op by op, exactly as eager."""
-    def bn_trainer():
-        net = jp.Network(L.Sequential(L.Linear(16), L.BatchNorm1d(), L.ReLU(), L.Linear(5)), input_shape=(12,))
-        return Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), batch_size=16)
+def _bn_trainer(momentum=0.1, shared=False):
+    bn = L.BatchNorm1d(momentum=momentum)
+    body = [L.Linear(16), bn, L.ReLU()] + ([L.Linear(16), bn] if shared else []) + [L.Linear(5)]
+    net = jp.Network(L.Sequential(*body), input_shape=(12,))
+    return Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), batch_size=16)
 
+
+@pytest.mark.parametrize("shared", [False, True], ids=["one-placement", "placed-twice"])
+def test_batchnorm_networks_replay_with_their_batch_counter(shared):
+    """The batch counter lives on the host: each replayed step adds one per placement, as op by op."""
     tape, plain = TapeBackend(), NumpyBackend()
-    replayed, eager = bn_trainer(), bn_trainer()
+    replayed, eager = _bn_trainer(shared=shared), _bn_trainer(shared=shared)
     for x, y in _batches(5):
         assert replayed.train_minibatch(tape, x, y)[0] == eager.train_minibatch(plain, x, y)[0]
-    assert tape.captures == 0
-    assert "1" in replayed.state(tape).replay.failure and "host-side state" in replayed.state(tape).replay.failure
+    assert tape.captures == 1 and replayed.state(tape).replay.graph.replays == 4
     for k, v in eager.network.get_weights().items():
         np.testing.assert_array_equal(replayed.network.get_weights()[k], v, err_msg=k)
-    assert int(replayed.network.get_weights()["1.num_batches_tracked"]) == 5
+    assert int(replayed.network.get_weights()["1.num_batches_tracked"]) == (10 if shared else 5)
+    counter = replayed.network.params["1.num_batches_tracked"]
+    writes = []
+    tape.write = lambda array, host: writes.append(host)  # what sync_params would copy
+    replayed.train_minibatch(tape, *_batches(1, seed=2)[0])
+    assert writes == [] and int(counter.numpy()) == (12 if shared else 6)  # host-only: copied nowhere
+
+
+def test_cumulative_average_batchnorm_trains_op_by_op():
+    """momentum=None weighs each batch by 1 / num_batches_tracked, a kernel argument a recorded
+    step would freeze: such a network runs op by op, exactly as eager."""
+    tape, plain = TapeBackend(), NumpyBackend()
+    replayed, eager = _bn_trainer(momentum=None), _bn_trainer(momentum=None)
+    for x, y in _batches(4):
+        assert replayed.train_minibatch(tape, x, y)[0] == eager.train_minibatch(plain, x, y)[0]
+    assert tape.captures == 0
+    failure = replayed.state(tape).replay.failure
+    assert "1" in failure and "host-side state" in failure
+    for k, v in eager.network.get_weights().items():
+        np.testing.assert_array_equal(replayed.network.get_weights()[k], v, err_msg=k)
+    # in eval mode the same layer keeps no host state: inference passes replay
+    x = np.random.default_rng(8).standard_normal((16, 12)).astype(np.float32)
+    expected = eager.network.transform(plain, x)
+    for _ in range(3):
+        np.testing.assert_array_equal(replayed.network.transform(tape, x), expected)
+    assert tape.captures == 1
 
 
 def test_transform_replays_are_bounded_like_its_contexts():
@@ -245,17 +273,21 @@ def test_transform_replays_are_bounded_like_its_contexts():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow is the point
-def test_refused_step_of_a_batchnorm_network_on_a_capturing_backend_changes_nothing():
-    """Such networks run op by op on a capturing backend; a refused step there restores the
-    running statistics and the batch counter as on any backend."""
-    net = jp.Network(L.Sequential(L.Linear(16), L.BatchNorm1d(), L.ReLU(), L.Linear(5)), input_shape=(12,))
-    trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), batch_size=16)
+@pytest.mark.parametrize("momentum", [0.1, None], ids=["replayed", "op-by-op"])
+def test_refused_step_of_a_batchnorm_network_on_a_capturing_backend_changes_nothing(momentum):
+    """A refused step, replayed or op by op, restores the running statistics and the batch
+    counter as on any backend."""
+    trainer = _bn_trainer(momentum=momentum)
+    net = trainer.network
     backend = TapeBackend()
     for x, y in _batches(3):
         trainer.train_minibatch(backend, x, y)
+    assert backend.captures == (1 if momentum else 0)
     before, state = net.get_weights(), trainer.state_dict()
     with pytest.raises(NonFiniteError, match="left unchanged"):
         trainer.train_minibatch(backend, np.full((16, 12), 3e38, np.float32), np.zeros(16, np.int64))
+    if momentum:
+        assert trainer.state(backend).replay.graph.replays == 3  # the refused step was replayed
     for k, v in before.items():
         np.testing.assert_array_equal(net.get_weights()[k], v, err_msg=k)
     assert (trainer.state_dict()["step"], trainer.state_dict()["dropout_step"]) == (state["step"], state["dropout_step"]) == (3, 3)
