@@ -297,7 +297,7 @@ def test_conv1d_matches_torch():
 
 
 # ------------------------------------------------------------ allocations
-def test_conv_training_step_allocates_nothing_after_the_first(backend):
+def test_conv_training_step_allocates_nothing_once_warmed(backend):
     net = jp.Network(L.Sequential(
         L.Conv2d(4, 3, padding=1), L.BatchNorm2d(), L.ReLU(), L.MaxPool2d(2),
         L.Conv2d(6, 3, stride=2, padding=1, groups=2), L.ReLU(), L.AvgPool2d(2, 1),
@@ -306,9 +306,12 @@ def test_conv_training_step_allocates_nothing_after_the_first(backend):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((4, 2, 12, 12)).astype(np.float32)
     y = rng.integers(0, 3, 4)
+    # warm-up: the first step makes the context and optimizer state; where the backend captures,
+    # the second records the step as a graph
     first, _ = trainer.train_minibatch(backend, x, y)
+    trainer.train_minibatch(backend, x, y)
     before = backend.allocations
-    for _ in range(5):
+    for _ in range(4):
         loss, _ = trainer.train_minibatch(backend, x, y)
     assert backend.allocations == before
     assert loss < first  # it is learning the one batch
