@@ -43,7 +43,7 @@ class SpatialOps(abc.ABC):
         rows, cols = c * kernel_hw[0] * kernel_hw[1], n * out_hw[0] * out_hw[1]
         col = scratch(ws, self, tag, (rows, cols), x.dtype)
         geom = self._conv_geometry(x.shape, (0, 0) + tuple(kernel_hw), out_hw, stride, padding, dilation)
-        self._launch(x.dtype, "im2col", col.size, (x, col) + geom)
+        self._launch(x.dtype, "im2col", c * cols, (x, col) + geom)  # a thread per (channel, column)
         return col
 
     def _to_channel_major(self, y, ws, tag):

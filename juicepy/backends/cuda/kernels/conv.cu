@@ -12,38 +12,49 @@ struct ConvGeom {
     int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw
 #define CONV_GEOM {batch, channels, height, width, out_h, out_w, kh, kw, sh, sw, ph, pw, dh, dw}
 
-extern "C" {
+// The index arithmetic in 32 bits where every index fits: a 64-bit division is a long
+// instruction sequence, paid once per element by these memory-bound kernels.
+#define INDEX_DISPATCH(total, call) \
+    do { if ((total) <= 0x7fffffffLL) call(unsigned); else call(i64); } while (0)
+#define GRID_STRIDE_AS(I, i, n) \
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < (I)(n); i += (I)blockDim.x * gridDim.x)
 
-__global__ void im2col(const real* x, real* col, CONV_GEOM_ARGS) {
-    const ConvGeom g = CONV_GEOM;
-    const i64 out_plane = (i64)g.out_h * g.out_w;
-    const i64 cols = (i64)g.batch * out_plane;
-    const i64 total = (i64)g.channels * g.kh * g.kw * cols;
-    GRID_STRIDE(i, total) {
-        const i64 row = i / cols, column = i - row * cols;
-        const int kx = row % g.kw, ky = (row / g.kw) % g.kh, c = row / ((i64)g.kw * g.kh);
-        const int b = column / out_plane;
-        const i64 pos = column - b * out_plane;
-        const int oy = pos / g.out_w, ox = pos - (i64)oy * g.out_w;
-        const int y = oy * g.sh - g.ph + ky * g.dh, xx = ox * g.sw - g.pw + kx * g.dw;
-        real v = 0;
-        if (y >= 0 && y < g.height && xx >= 0 && xx < g.width)
-            v = x[(((i64)b * g.channels + c) * g.height + y) * g.width + xx];
-        col[i] = v;
+// One thread per (channel, output column) writes that column's kh * kw taps: the divisions
+// are paid once per kh * kw values, and each tap's writes are coalesced along the columns.
+template <typename I>
+__device__ void im2col_as(const real* x, real* col, const ConvGeom& g) {
+    const I out_plane = (I)g.out_h * g.out_w, cols = (I)g.batch * out_plane;
+    const int taps = g.kh * g.kw;
+    GRID_STRIDE_AS(I, i, (i64)g.channels * cols) {
+        const I c = i / cols, column = i - c * cols;
+        const I b = column / out_plane, pos = column - b * out_plane;
+        const int oy = pos / g.out_w, ox = pos - (I)oy * g.out_w;
+        const real* plane = x + ((i64)b * g.channels + c) * g.height * g.width;
+        real* dst = col + (i64)c * taps * cols + column;
+        const int y0 = oy * g.sh - g.ph, x0 = ox * g.sw - g.pw;
+        for (int ky = 0; ky < g.kh; ++ky) {
+            const int y = y0 + ky * g.dh;
+            const bool row_in = y >= 0 && y < g.height;
+            for (int kx = 0; kx < g.kw; ++kx) {
+                const int xx = x0 + kx * g.dw;
+                dst[(i64)(ky * g.kw + kx) * cols] = (row_in && xx >= 0 && xx < g.width) ? plane[y * g.width + xx] : (real)0;
+            }
+        }
     }
 }
 
 // dx (+)= the sum of every column entry that im2col copied from each input pixel: a gather,
 // so no atomics and the same result on every run.
-__global__ void col2im(const real* col, real* dx, CONV_GEOM_ARGS, int acc) {
-    const ConvGeom g = CONV_GEOM;
-    const i64 out_plane = (i64)g.out_h * g.out_w;
-    const i64 cols = (i64)g.batch * out_plane;
-    const i64 total = (i64)g.batch * g.channels * g.height * g.width;
-    GRID_STRIDE(i, total) {
-        const int xx = i % g.width, y = (i / g.width) % g.height;
-        const i64 bc = i / ((i64)g.width * g.height);
-        const int c = bc % g.channels, b = bc / g.channels;
+template <typename I>
+__device__ void col2im_as(const real* col, real* dx, const ConvGeom& g, int acc) {
+    const I out_plane = (I)g.out_h * g.out_w, cols = (I)g.batch * out_plane;
+    GRID_STRIDE_AS(I, i, (i64)g.batch * g.channels * g.height * g.width) {
+        const I row_index = i / g.width;
+        const int xx = i - row_index * g.width;
+        const I bc = row_index / g.height;
+        const int y = row_index - bc * g.height;
+        const I b = bc / g.channels;
+        const int c = bc - b * g.channels;
         real s = 0;
         for (int ky = 0; ky < g.kh; ++ky) {
             const int ty = y + g.ph - ky * g.dh;
@@ -63,24 +74,53 @@ __global__ void col2im(const real* col, real* dx, CONV_GEOM_ARGS, int acc) {
     }
 }
 
-// (N, C, L) -> (C, N, L)
-__global__ void batch_to_channel_major(const real* src, real* dst, i64 batch, i64 channels, i64 inner) {
-    GRID_STRIDE(i, batch * channels * inner) {
-        const i64 s = i % inner, rest = i / inner;
-        const i64 b = rest % batch, c = rest / batch;
-        dst[i] = src[(b * channels + c) * inner + s];
+// (N, C, L) <-> (C, N, L); to_channel_major picks the direction, acc adds into dst.
+template <typename I>
+__device__ void permute_batch_channels_as(const real* src, real* dst, I batch, I channels, I inner,
+                                          bool to_channel_major, int acc) {
+    GRID_STRIDE_AS(I, i, (i64)batch * channels * inner) {
+        const I rest = i / inner, s = i - rest * inner;
+        I from;
+        if (to_channel_major) {
+            const I c = rest / batch, b = rest - c * batch;
+            from = (b * channels + c) * inner + s;
+        } else {
+            const I b = rest / channels, c = rest - b * channels;
+            from = (c * batch + b) * inner + s;
+        }
+        dst[i] = acc ? dst[i] + src[from] : src[from];
     }
 }
 
-// (C, N, L) -> (N, C, L), optionally adding into dst.
+extern "C" {
+
+__global__ void im2col(const real* x, real* col, CONV_GEOM_ARGS) {
+    const ConvGeom g = CONV_GEOM;
+#define IM2COL(I) im2col_as<I>(x, col, g)
+    INDEX_DISPATCH((i64)g.channels * g.kh * g.kw * g.batch * g.out_h * g.out_w, IM2COL);
+#undef IM2COL
+}
+
+__global__ void col2im(const real* col, real* dx, CONV_GEOM_ARGS, int acc) {
+    const ConvGeom g = CONV_GEOM;
+    const i64 largest = (i64)g.channels * g.kh * g.kw * g.batch * g.out_h * g.out_w;
+    const i64 dx_size = (i64)g.batch * g.channels * g.height * g.width;
+#define COL2IM(I) col2im_as<I>(col, dx, g, acc)
+    INDEX_DISPATCH(largest > dx_size ? largest : dx_size, COL2IM);
+#undef COL2IM
+}
+
+__global__ void batch_to_channel_major(const real* src, real* dst, i64 batch, i64 channels, i64 inner) {
+#define PERMUTE(I) permute_batch_channels_as<I>(src, dst, (I)batch, (I)channels, (I)inner, true, 0)
+    INDEX_DISPATCH(batch * channels * inner, PERMUTE);
+#undef PERMUTE
+}
+
 __global__ void channel_to_batch_major(const real* src, real* dst, i64 batch, i64 channels, i64 inner,
                                        int acc) {
-    GRID_STRIDE(i, batch * channels * inner) {
-        const i64 s = i % inner, rest = i / inner;
-        const i64 c = rest % channels, b = rest / channels;
-        const real v = src[(c * batch + b) * inner + s];
-        dst[i] = acc ? dst[i] + v : v;
-    }
+#define PERMUTE(I) permute_batch_channels_as<I>(src, dst, (I)batch, (I)channels, (I)inner, false, acc)
+    INDEX_DISPATCH(batch * channels * inner, PERMUTE);
+#undef PERMUTE
 }
 
 }  // extern "C"
