@@ -93,7 +93,7 @@ def test_every_op_launches_its_kernels_with_matching_arguments(standin, dtype):
     backend.conv2d_backward_filter(xi, yo, w, (2, 1), (1, 1), (1, 1), 2, accumulate=True)
     pooled, argmax = z(2, 4, 4, 4), z(2, 4, 4, 4, dt=np.int32)
     backend.max_pool2d(xi, pooled, argmax, (2, 2), (2, 2), (0, 0))
-    backend.max_pool2d_backward(pooled, argmax, xi, accumulate=True)
+    backend.max_pool2d_backward(pooled, argmax, xi, (2, 2), (2, 2), (0, 0), accumulate=True)
     averaged = z(2, 4, 5, 4)
     backend.avg_pool2d(xi, averaged, (3, 2), (2, 2), (1, 0), count_include_pad=False)
     backend.avg_pool2d_backward(averaged, xi, (3, 2), (2, 2), (1, 0), count_include_pad=False, accumulate=True)
