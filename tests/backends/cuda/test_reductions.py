@@ -196,6 +196,7 @@ def test_synchronised_batch_norm_sums_split_over_chunks(cuda, launches, rng, dty
     ((1, 33), ["bias_grad_columns"]),
     ((5, 40, 1, 1), ["bias_grad_columns"]),                           # inner 1 with spatial axes
     ((3, 300, 2, 2), ["bias_grad"]),                                  # few values a channel: one block each
+    ((2, 3, 0), ["bias_grad"]),                                       # no values: zeros
 ], ids=str)
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_bias_grad_forms(cuda, launches, rng, dtype, shape, kernels, accumulate):

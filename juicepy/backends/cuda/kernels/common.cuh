@@ -79,7 +79,7 @@ __device__ __forceinline__ real warp_total(const real* p, i64 n) {
 struct ChannelWalk {
     i64 k, end, s, index, inner, step_s, jump, wrap;
     __device__ ChannelWalk(i64 start, i64 end_, i64 c, i64 channels, i64 inner_)
-        : k(start + threadIdx.x), end(end_), inner(inner_) {
+        : k(start + threadIdx.x), end(end_), inner(inner_ > 0 ? inner_ : 1) {  // inner 0: nothing to walk
         const i64 row = channels * inner, n = k / inner, step_n = blockDim.x / inner;
         s = k - n * inner;
         index = n * row + c * inner + s;
