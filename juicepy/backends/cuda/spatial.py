@@ -13,7 +13,8 @@ from .device import NULL, channel_chunks
 
 
 class SpatialOps(abc.ABC):
-    """The spatial ops. They rely on this plumbing of the backend class they are mixed into:"""
+    """The spatial ops. They rely on this plumbing of the backend class they are mixed into (and
+    on its ``sm_count``, the device's SMs, which sizes the per-channel reductions' grids):"""
 
     @abc.abstractmethod
     def _launch(self, dtype, name, threads, args, block=None, grid=None):
