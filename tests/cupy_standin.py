@@ -109,6 +109,8 @@ class Device:
         if index != 0:
             raise RuntimeError(f"cudaErrorInvalidDevice: device {index} (this stand-in has one)")
         self.id = index
+        # as an H200 reports it (docs/cuda.md section 4), so the launch grids are the GPU's
+        self.attributes = {"MultiProcessorCount": 132}
 
     def use(self):
         pass

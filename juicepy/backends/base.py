@@ -552,7 +552,10 @@ class Backend(abc.ABC):
         """argmax (int32, shape of out) records the flat h*W+w index of each max in its plane."""
         raise NotImplementedError(f"{self.name} backend max_pool2d: not implemented")
 
-    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None) -> None:
+    def max_pool2d_backward(self, dy, argmax, dx, kernel, stride, padding, accumulate=False, ws=None) -> None:
+        """dx (+)= dy sent to the positions argmax records; kernel, stride and padding are those of
+        the max_pool2d that made argmax (a backend may gather over the windows covering each
+        input position instead of scattering; windows may overlap)."""
         raise NotImplementedError(f"{self.name} backend max_pool2d_backward: not implemented")
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None) -> None:

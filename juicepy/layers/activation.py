@@ -41,7 +41,9 @@ class ReLU(Layer):
             return
         masked = relu_masked_grad(backend, "relu+max_pool2d", consumer_ctx.output_grad(), consumer_ctx.output(),
                                   ctx.ws)
-        backend.max_pool2d_backward(masked, consumer_ctx.buffer("argmax"), dx, accumulate=acc, ws=ctx.ws)
+        pool = consumer_ctx.node.layer
+        backend.max_pool2d_backward(masked, consumer_ctx.buffer("argmax"), dx, pool.kernel_size, pool.stride,
+                                    pool.padding, accumulate=acc, ws=ctx.ws)
 
 
 class LeakyReLU(Layer):

@@ -52,8 +52,8 @@ class MaxPool2d(_Pool2d):
     def compute_gradients(self, backend, ctx):
         dx, acc = ctx.input_grad_target()
         if dx is not None:
-            backend.max_pool2d_backward(ctx.output_grad(), ctx.buffer("argmax"), dx,
-                                        accumulate=acc, ws=ctx.ws)
+            backend.max_pool2d_backward(ctx.output_grad(), ctx.buffer("argmax"), dx, self.kernel_size,
+                                        self.stride, self.padding, accumulate=acc, ws=ctx.ws)
 
 
 class AvgPool2d(_Pool2d):

@@ -216,7 +216,11 @@ def test_add_with_relu(ops_backend, dtype, rng, shape, layout, in_place):
     placed.check_sentinels()
 
 
-@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64), (3, 4, 5, 6)])
+# (3, 70): columns past one tile of 32 and fewer rows than a block's warps; (2500, 3) and
+# (5, 2, 21, 22): more values a channel than CUDA gives one block (device.channel_chunks: 3 chunks
+# of 1024, the last shorter, on a GPU of 132 SMs)
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64), (3, 4, 5, 6), (3, 70), (2500, 3),
+                                   (5, 2, 21, 22)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_add_bias_and_bias_grad(ops_backend, dtype, rng, shape, accumulate):
     out0, bias, db0 = rng.standard_normal(shape), rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
@@ -778,11 +782,38 @@ def test_max_pool2d(ops_backend, dtype, rng, case, accumulate):
     placed = Placed(ops_backend, [x, np.zeros(y_ref.shape), dy, dx0], dtype, "view")
     argmax = ops_backend.zeros(y_ref.shape, np.int32)
     ops_backend.max_pool2d(placed.devs[0], placed.devs[1], argmax, kernel, stride, padding, ws=Workspace())
-    ops_backend.max_pool2d_backward(placed.devs[2], argmax, placed.devs[3], accumulate, ws=Workspace())
+    ops_backend.max_pool2d_backward(placed.devs[2], argmax, placed.devs[3], kernel, stride, padding, accumulate,
+                                    ws=Workspace())
     np.testing.assert_array_equal(placed.host(1), y_ref.astype(dtype))
     np.testing.assert_array_equal(ops_backend.to_host(argmax), arg_ref)
     np.testing.assert_allclose(placed.host(3), dx_ref, **tolerance(dtype))
     placed.check_sentinels()
+
+
+@pytest.mark.parametrize("case", [((2, 3, 7, 9), (3, 3), (1, 1), (1, 1)), ((1, 2, 9, 8), (3, 3), (2, 2), (1, 1)),
+                                  ((1, 1, 6, 7), (3, 2), (1, 2), (1, 0))], ids=str)
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_max_pool2d_backward_adds_in_scan_order(ops_backend, dtype, rng, case, accumulate):
+    """Overlapping windows: an input position that is the maximum of several windows gets their
+    dy added in the windows' scan order, in the dtype, starting from dx (accumulate) or zero:
+    the serial walk's sums, bit for bit, whatever order a backend's threads run in."""
+    shape, kernel, stride, padding = case
+    x = rng.permutation(np.arange(math.prod(shape), dtype=np.float64)).reshape(shape) / 7  # no ties
+    _, arg = pool_reference(x, kernel, stride, padding, "max")
+    dy = (rng.standard_normal(arg.shape) * 10.0 ** rng.integers(-3, 4, arg.shape)).astype(dtype)
+    dx0 = rng.standard_normal(shape).astype(dtype)
+    want = dx0.copy() if accumulate else np.zeros(shape, dtype)
+    planes = want.reshape(shape[0] * shape[1], -1)
+    for plane, grads, where in zip(planes, dy.reshape(len(planes), -1), arg.reshape(len(planes), -1)):
+        for g, k in zip(grads, where):
+            plane[k] = plane[k] + g  # rounded to the dtype at every step
+    assert (np.bincount(arg.reshape(-1) + shape[2] * shape[3] * np.repeat(np.arange(len(planes)), arg[0, 0].size))
+            .max() >= 3), "the case must have positions that several windows pick"
+    dev_x, dev_dy, dx = upload(ops_backend, x, dy, dx0, dtype=dtype)
+    y, argmax = ops_backend.zeros(arg.shape, dtype), ops_backend.zeros(arg.shape, np.int32)
+    ops_backend.max_pool2d(dev_x, y, argmax, kernel, stride, padding)
+    ops_backend.max_pool2d_backward(dev_dy, argmax, dx, kernel, stride, padding, accumulate)
+    np.testing.assert_array_equal(ops_backend.to_host(dx), want)
 
 
 def test_max_pool2d_ties_pick_the_first_maximum(ops_backend):
@@ -816,8 +847,10 @@ def test_pooling_refuses_bad_arguments(ops_backend):
     x = b.zeros((1, 2, 6, 6))
     with bad_argument(b, "max_pool2d"):
         b.max_pool2d(x, b.zeros((1, 2, 3, 3)), b.zeros((1, 2, 3, 3), np.float32), (2, 2), (2, 2), (0, 0))
-    with bad_argument(b, "max_pool2d_backward"):
-        b.max_pool2d_backward(b.zeros((1, 2, 3, 3)), b.zeros((1, 2, 2, 2), np.int32), x)
+    with bad_argument(b, "max_pool2d_backward"):  # argmax of another shape than dy
+        b.max_pool2d_backward(b.zeros((1, 2, 3, 3)), b.zeros((1, 2, 2, 2), np.int32), x, (2, 2), (2, 2), (0, 0))
+    with bad_argument(b, "max_pool2d_backward"):  # a geometry that does not give dy's shape
+        b.max_pool2d_backward(b.zeros((1, 2, 3, 3)), b.zeros((1, 2, 3, 3), np.int32), x, (3, 3), (2, 2), (0, 0))
     with bad_argument(b, "avg_pool2d"):
         b.avg_pool2d(x, b.zeros((1, 2, 2, 2)), (2, 2), (2, 2), (0, 0))
     with bad_argument(b, "avg_pool2d_backward"):
@@ -825,7 +858,10 @@ def test_pooling_refuses_bad_arguments(ops_backend):
 
 
 # ======================================================================= batch norm
-@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 2, 3, 3), (8, 1, 2, 2), (3, 2, 7)])
+# (2500, 3) and (5, 2, 21, 22): channels of more values than CUDA gives one block (see
+# test_add_bias_and_bias_grad)
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 2, 3, 3), (8, 1, 2, 2), (3, 2, 7), (2500, 3),
+                                   (5, 2, 21, 22)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_batch_norm(ops_backend, dtype, rng, shape, accumulate):
     c = shape[1]
@@ -866,7 +902,7 @@ def test_batch_norm(ops_backend, dtype, rng, shape, accumulate):
     placed.check_sentinels()
 
 
-@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 33)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 33), (5, 2, 21, 22)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_batch_norm_with_a_fused_relu(ops_backend, dtype, rng, shape, accumulate):
     """relu=True: out = max(batch norm, 0) (NaN kept); relu_out: dy is a following ReLU's output
@@ -939,7 +975,7 @@ def test_batch_norm_refuses_a_wrong_channel_count(ops_backend):
 # ============================================================ synchronised batch norm
 # The layer runs: sums about zero -> stats (the mean) -> sums about the mean -> stats (+ running)
 # -> apply; each ``sums`` would be summed over ranks in between. Here count is what the sums cover.
-SYNC_SHAPES = [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 7)]
+SYNC_SHAPES = [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 7), (2500, 3), (5, 2, 21, 22)]
 
 
 @pytest.mark.parametrize("shape", SYNC_SHAPES)
@@ -1469,7 +1505,7 @@ def test_ops_allocate_nothing_once_the_workspace_is_warm(ops_backend, rng):
         b.conv2d_backward_data(y, w, dx, (1, 1), (1, 1), (1, 1), 2, True, ws=ws)
         b.bias_grad(y, bias6, True, ws=ws)
         b.max_pool2d(y, pooled, argmax, (2, 2), (2, 2), (0, 0), ws=ws)
-        b.max_pool2d_backward(pooled, argmax, y, True, ws=ws)
+        b.max_pool2d_backward(pooled, argmax, y, (2, 2), (2, 2), (0, 0), True, ws=ws)
         b.avg_pool2d(y, pooled, (2, 2), (2, 2), (0, 0), False, ws=ws)
         b.avg_pool2d_backward(pooled, y, (2, 2), (2, 2), (0, 0), False, True, ws=ws)
         b.batch_norm_train(dx, c, c, bn_out, mean, invstd, rm, rv, 0.1, 1e-5, ws=ws)

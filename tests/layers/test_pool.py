@@ -118,7 +118,7 @@ def test_max_pool_ties_pick_the_first_maximum_and_record_flat_indices():
     np.testing.assert_array_equal(out[0, 0], [[5, 5], [0, 3]])
     np.testing.assert_array_equal(argmax[0, 0], [[1, 2], [8, 10]])  # flat h*W+w in the plane
     dx = np.empty_like(x)
-    b.max_pool2d_backward(np.ones_like(out), argmax, dx)
+    b.max_pool2d_backward(np.ones_like(out), argmax, dx, (2, 2), (2, 2), (0, 0))
     assert dx.sum() == 4 and dx[0, 0, 0, 1] == 1 and dx[0, 0, 0, 2] == 1
 
 
@@ -227,7 +227,7 @@ def test_max_pool_follows_torch_on_nan_and_all_minus_infinity(backend):
     host = backend.to_host(out)
     assert np.isnan(host[0, 0, 1, 1]) and np.all(host[0, 0].ravel()[:3] == -np.inf)
     dx = backend.zeros(x.shape, dtype)
-    backend.max_pool2d_backward(backend.from_host(np.ones(out.shape, dtype)), argmax, dx)
+    backend.max_pool2d_backward(backend.from_host(np.ones(out.shape, dtype)), argmax, dx, (2, 2), (2, 2), (1, 1))
     dx = backend.to_host(dx)
     assert dx.sum() == 4 and dx[0, 0, 2, 2] == 1
 

@@ -16,11 +16,11 @@ import numpy as np
 from .. import rng
 from ..base import (Backend, BackendUnavailable, channels_inner, check_cell, check_embedding, check_nonlinearity,
                     check_swap, check_channel_range, check_gemm, check_same,
-                    check_view)
+                    check_view, scratch)
 from .capture import GraphCapture
 from . import device
 from .device import (BLOCK, CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_POINTER_MODE_HOST, INSTALL_HINT, MAX_BLOCKS,
-                     NULL, device_index, import_cupy)
+                     NULL, channel_chunks, device_index, import_cupy)
 from .kernels import KernelSet, real_type
 from .spatial import SpatialOps
 
@@ -57,6 +57,7 @@ class CudaBackend(SpatialOps, Backend):
         self._graphs = GraphCapture(cupy, self)
         self.device = cupy.cuda.Device(self.device_index)
         self.device.use()
+        self.sm_count = int(self.device.attributes["MultiProcessorCount"])
         self._kernels: dict = {}
         self._lock = threading.Lock()
         try:
@@ -222,9 +223,24 @@ class CudaBackend(SpatialOps, Backend):
         n, c, inner = channels_inner(dy)
         if dbias.shape != (c,) or dbias.dtype != dy.dtype:
             raise ValueError(f"cuda backend bias_grad: dbias of {dbias.dtype} {dbias.shape} for {c} channels of {dy.dtype}")
-        # one block per channel, as many threads as its batch * spatial values need (no idle warps)
-        self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner),
-                                                np.int32(accumulate)), block=_row_block(n * inner), grid=c)
+        acc = np.int32(accumulate)
+        if inner == 1:  # (N, C): column sums, up to 32 warps of rows a block
+            warps = 1
+            while warps < n and warps < 32:
+                warps *= 2
+            self._launch(dy.dtype, "bias_grad_columns", 0, (dy, dbias, np.int64(n), np.int64(c), acc),
+                         block=32 * warps, grid=min(-(-c // 32), MAX_BLOCKS))
+            return
+        chunks, chunk = channel_chunks(n * inner, c, self.sm_count)
+        if chunks == 1:  # one block per channel, as many threads as its values need (no idle warps)
+            self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner), acc),
+                         block=_row_block(n * inner), grid=c)
+            return
+        partials = scratch(ws, self, "channel_partials", (c, chunks), dy.dtype)
+        self._launch(dy.dtype, "bias_grad_partials", 0,
+                     (dy, partials, np.int64(n), np.int64(c), np.int64(inner), np.int64(chunks), np.int64(chunk)),
+                     grid=c * chunks)
+        self._launch(dy.dtype, "bias_grad_combine", 32 * c, (partials, dbias, np.int64(c), np.int64(chunks), acc))
 
     def sum_all(self, x, out):
         self._launch(x.dtype, "sum_all", 0, (x, out, np.int64(x.size)), grid=1)

@@ -9,11 +9,12 @@ import numpy as np
 
 from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_epilogue, check_conv_shapes,
                     check_per_channel, check_pool_shapes, conv_epilogue, relu_masked_grad, scratch)
-from .device import NULL
+from .device import NULL, channel_chunks
 
 
 class SpatialOps(abc.ABC):
-    """The spatial ops. They rely on this plumbing of the backend class they are mixed into:"""
+    """The spatial ops. They rely on this plumbing of the backend class they are mixed into (and
+    on its ``sm_count``, the device's SMs, which sizes the per-channel reductions' grids):"""
 
     @abc.abstractmethod
     def _launch(self, dtype, name, threads, args, block=None, grid=None):
@@ -114,16 +115,11 @@ class SpatialOps(abc.ABC):
         geom = self._pool_geometry(x.shape, out.shape[2:], kernel, stride, padding)
         self._launch(x.dtype, "max_pool_forward", out.size, (x, out, argmax) + geom)
 
-    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+    def max_pool2d_backward(self, dy, argmax, dx, kernel, stride, padding, accumulate=False, ws=None):
+        check_pool_shapes("cuda", "max_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         check_argmax("cuda", "max_pool2d_backward", argmax, dy.shape)
-        if dy.shape[:2] != dx.shape[:2]:
-            raise ValueError(f"cuda backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
-        planes = dx.shape[0] * dx.shape[1]
-        in_plane = dx.shape[2] * dx.shape[3]
-        out_plane = dy.shape[2] * dy.shape[3]
-        self._launch(dx.dtype, "max_pool_backward", planes,
-                     (dy, argmax, dx, np.int64(planes), np.int64(in_plane), np.int64(out_plane),
-                      np.int32(accumulate)), block=64)
+        geom = self._pool_geometry(dx.shape, dy.shape[2:], kernel, stride, padding)
+        self._launch(dx.dtype, "max_pool_backward", dx.size, (dy, argmax, dx) + geom + (np.int32(accumulate),))
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
         check_pool_shapes("cuda", "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
@@ -138,19 +134,31 @@ class SpatialOps(abc.ABC):
                      (dy, dx) + geom + (np.int32(count_include_pad), np.int32(accumulate)))
 
     # ------------------------------------------------------------ batch norm
+    def _chunks(self, x):
+        """(n, c, inner, chunks, chunk) of the per-channel reductions over x (device.channel_chunks)."""
+        n, c, inner = channels_inner(x)
+        return (n, c, inner) + channel_chunks(n * inner, c, self.sm_count)
+
     def batch_norm_train(self, x, gamma, beta, out, mean, invstd, running_mean, running_var,
                          momentum, eps, ws=None, relu=False):
         self._same("batch_norm_train", x, out)
         check_per_channel("cuda", "batch_norm_train", x, gamma, beta, mean, invstd, running_mean, running_var)
-        n, c, inner = channels_inner(x)
+        n, c, inner, chunks, chunk = self._chunks(x)
         count = n * inner
         r = lambda v: self._real(x.dtype, v)  # noqa: E731
-        self._launch(x.dtype, "batch_norm_train", 0,
-                     (x, gamma, beta, out, mean, invstd,
-                      NULL if running_mean is None else running_mean,
-                      NULL if running_var is None else running_var,
-                      np.int64(n), np.int64(c), np.int64(inner), r(momentum), r(1.0 - momentum),
-                      r(momentum * count / max(count - 1, 1)), r(eps)), grid=c)
+        running = (NULL if running_mean is None else running_mean, NULL if running_var is None else running_var)
+        sizes = (np.int64(n), np.int64(c), np.int64(inner))
+        stats = (r(momentum), r(1.0 - momentum), r(momentum * count / max(count - 1, 1)), r(eps))
+        if chunks == 1:
+            self._launch(x.dtype, "batch_norm_train", 0, (x, gamma, beta, out, mean, invstd) + running + sizes + stats,
+                         grid=c)
+        else:
+            partials = scratch(ws, self, "channel_partials", (2, c, chunks), x.dtype)
+            split = (np.int64(chunks), np.int64(chunk))
+            self._launch(x.dtype, "batch_norm_train_partials", 0, (x, partials) + sizes + split, grid=c * chunks)
+            self._launch(x.dtype, "batch_norm_train_chunks", 0,
+                         (x, gamma, beta, out, mean, invstd) + running + (partials,) + sizes + split + stats,
+                         grid=c * chunks)
         if relu:  # the ReLU after it, as its own op
             self.relu(out, out)
 
@@ -170,18 +178,40 @@ class SpatialOps(abc.ABC):
             dy = relu_masked_grad(self, "batch_norm_backward", dy, relu_out, ws)
         self._same("batch_norm_backward", x, dy, *([dx] if dx is not None else []))
         check_per_channel("cuda", "batch_norm_backward", x, gamma, mean, invstd, dgamma, dbeta)
-        n, c, inner = channels_inner(x)
+        n, c, inner, chunks, chunk = self._chunks(x)
         opt = lambda a: NULL if a is None else a  # noqa: E731
-        self._launch(x.dtype, "batch_norm_backward", 0,
-                     (x, dy, gamma, mean, invstd, opt(dx), opt(dgamma), opt(dbeta), np.int64(n), np.int64(c),
-                      np.int64(inner), np.int32(accumulate_dx), np.int32(accumulate_params)), grid=c)
+        sizes = (np.int64(n), np.int64(c), np.int64(inner))
+        flags = (np.int32(accumulate_dx), np.int32(accumulate_params))
+        if chunks == 1:
+            self._launch(x.dtype, "batch_norm_backward", 0,
+                         (x, dy, gamma, mean, invstd, opt(dx), opt(dgamma), opt(dbeta)) + sizes + flags, grid=c)
+            return
+        partials = scratch(ws, self, "channel_partials", (2, c, chunks), x.dtype)
+        split = (np.int64(chunks), np.int64(chunk))
+        self._launch(x.dtype, "batch_norm_grad_partials", 0, (x, dy, mean, invstd, partials) + sizes + split,
+                     grid=c * chunks)
+        self._launch(x.dtype, "batch_norm_backward_chunks", 0,
+                     (x, dy, gamma, mean, invstd, partials, opt(dx), opt(dgamma), opt(dbeta)) + sizes + split + flags,
+                     grid=c * chunks)
 
     def batch_norm_sums(self, x, shift, sums, ws=None):
         check_per_channel("cuda", "batch_norm_sums", x, shift)
         check_batch_norm_sums("cuda", "batch_norm_sums", sums, x.shape[1])
-        n, c, inner = channels_inner(x)
-        self._launch(x.dtype, "batch_norm_sums", 0, (x, shift, sums, np.int64(n), np.int64(c), np.int64(inner)),
-                     grid=c)
+        n, c, inner, chunks, chunk = self._chunks(x)
+        sizes = (np.int64(n), np.int64(c), np.int64(inner))
+        if chunks == 1:
+            self._launch(x.dtype, "batch_norm_sums", 0, (x, shift, sums) + sizes, grid=c)
+            return
+        partials = scratch(ws, self, "channel_partials", (2, c, chunks), x.dtype)
+        self._launch(x.dtype, "batch_norm_sums_partials", 0,
+                     (x, shift, partials) + sizes + (np.int64(chunks), np.int64(chunk)), grid=c * chunks)
+        self._combine_sums(partials, sums, NULL, NULL, False)
+
+    def _combine_sums(self, partials, sums, dgamma, dbeta, accumulate):
+        """batch_norm_combine_sums: one warp per channel of partials (2, C, chunks)."""
+        _, c, chunks = partials.shape
+        self._launch(partials.dtype, "batch_norm_combine_sums", 32 * c,
+                     (partials, sums, dgamma, dbeta, np.int64(c), np.int64(chunks), np.int32(accumulate)))
 
     def batch_norm_stats(self, sums, count, shift, mean, invstd, running_mean, running_var, momentum, eps,
                          ws=None):
@@ -205,11 +235,18 @@ class SpatialOps(abc.ABC):
         self._same("batch_norm_backward_reduce", x, dy)
         check_per_channel("cuda", "batch_norm_backward_reduce", x, mean, invstd, dgamma, dbeta)
         check_batch_norm_sums("cuda", "batch_norm_backward_reduce", sums, x.shape[1])
-        n, c, inner = channels_inner(x)
+        n, c, inner, chunks, chunk = self._chunks(x)
         opt = lambda a: NULL if a is None else a  # noqa: E731
-        self._launch(x.dtype, "batch_norm_backward_reduce", 0,
-                     (x, dy, mean, invstd, sums, opt(dgamma), opt(dbeta), np.int64(n), np.int64(c), np.int64(inner),
-                      np.int32(accumulate_params)), grid=c)
+        sizes = (np.int64(n), np.int64(c), np.int64(inner))
+        if chunks == 1:
+            self._launch(x.dtype, "batch_norm_backward_reduce", 0,
+                         (x, dy, mean, invstd, sums, opt(dgamma), opt(dbeta)) + sizes + (np.int32(accumulate_params),),
+                         grid=c)
+            return
+        partials = scratch(ws, self, "channel_partials", (2, c, chunks), x.dtype)
+        self._launch(x.dtype, "batch_norm_grad_partials", 0,
+                     (x, dy, mean, invstd, partials) + sizes + (np.int64(chunks), np.int64(chunk)), grid=c * chunks)
+        self._combine_sums(partials, sums, opt(dgamma), opt(dbeta), accumulate_params)
 
     def batch_norm_backward_data(self, x, dy, gamma, mean, invstd, sums, count, dx, accumulate=False, ws=None):
         self._same("batch_norm_backward_data", x, dy, dx)

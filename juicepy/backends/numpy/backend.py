@@ -501,10 +501,9 @@ class NumpyBackend(Backend):
         check_argmax(self.name, "max_pool2d", argmax, out.shape)
         spatial.max_pool2d(self, x, out, argmax, kernel, stride, padding, ws)
 
-    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+    def max_pool2d_backward(self, dy, argmax, dx, kernel, stride, padding, accumulate=False, ws=None):
+        check_pool_shapes(self.name, "max_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         check_argmax(self.name, "max_pool2d_backward", argmax, dy.shape)
-        if dy.shape[:2] != dx.shape[:2]:
-            raise ValueError(f"numpy backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
         spatial.max_pool2d_backward(self, dy, argmax, dx, accumulate, ws)
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):

@@ -797,11 +797,10 @@ class SpatialOps(abc.ABC):
         self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
 
-    def max_pool2d_backward(self, dy, argmax, dx, accumulate=False, ws=None):
+    def max_pool2d_backward(self, dy, argmax, dx, kernel, stride, padding, accumulate=False, ws=None):
+        self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "max_pool2d_backward")  # checks them
         planes = dx.shape[0] * dx.shape[1]
         check_argmax("opencl", "max_pool2d_backward", argmax, dy.shape)
-        if dy.shape[:2] != dx.shape[:2]:
-            raise ValueError(f"opencl backend max_pool2d_backward: dy {dy.shape} does not match dx {dx.shape}")
         self._kernel("conv.cl", "max_pool_bwd")(
             self.queue, (round_up(planes, 64),), (64,), planes, dx.shape[2] * dx.shape[3],
             dy.shape[2] * dy.shape[3], *self._ref(dy), *self._ref(argmax), *self._ref(dx), int(accumulate))

@@ -12,6 +12,7 @@ import pytest
 import juicepy as jp
 from juicepy import layers as L
 from juicepy.backends.base import BackendUnavailable, CaptureError
+from juicepy.backends.cuda import device
 from juicepy.backends.cuda.backend import CudaBackend
 import cupy_standin
 from juicepy.train import SGD, Adam, AdamW, Trainer
@@ -55,7 +56,7 @@ def test_gemm_on_row_blocks_and_shape_errors(standin, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_every_op_launches_its_kernels_with_matching_arguments(standin, dtype):
+def test_every_op_launches_its_kernels_with_matching_arguments(standin, monkeypatch, dtype):
     backend, log = standin
     z = lambda *s, dt=dtype: backend.zeros(s, dt)  # noqa: E731
     x, y, d, o = z(4, 10), z(4, 10), z(4, 10), z(4, 10)
@@ -93,7 +94,7 @@ def test_every_op_launches_its_kernels_with_matching_arguments(standin, dtype):
     backend.conv2d_backward_filter(xi, yo, w, (2, 1), (1, 1), (1, 1), 2, accumulate=True)
     pooled, argmax = z(2, 4, 4, 4), z(2, 4, 4, 4, dt=np.int32)
     backend.max_pool2d(xi, pooled, argmax, (2, 2), (2, 2), (0, 0))
-    backend.max_pool2d_backward(pooled, argmax, xi, accumulate=True)
+    backend.max_pool2d_backward(pooled, argmax, xi, (2, 2), (2, 2), (0, 0), accumulate=True)
     averaged = z(2, 4, 5, 4)
     backend.avg_pool2d(xi, averaged, (3, 2), (2, 2), (1, 0), count_include_pad=False)
     backend.avg_pool2d_backward(averaged, xi, (3, 2), (2, 2), (1, 0), count_include_pad=False, accumulate=True)
@@ -111,6 +112,17 @@ def test_every_op_launches_its_kernels_with_matching_arguments(standin, dtype):
     backend.batch_norm_backward_data(xi, z(2, 4, 9, 8), z(4), z(4), z(4), z(8), 144, z(2, 4, 9, 8), accumulate=True)
     backend.copy_channels(z(2, 3, 4), z(2, 7, 4), 2, accumulate=True)
     backend.slice_channels(z(2, 7, 4), z(2, 3, 4), 4)
+    # the forms for channels split over several blocks (device.channel_chunks) and (N, C) biases
+    monkeypatch.setattr(device, "CHUNK_MIN", device.BLOCK)
+    big = lambda: z(2, 4, 20, 20)  # noqa: E731  (800 values a channel: 4 chunks)
+    backend.bias_grad(big(), z(4), accumulate=True)
+    backend.bias_grad(x, z(10))
+    backend.batch_norm_train(big(), *c, big(), z(4), z(4), z(4), z(4), 0.1, 1e-5)
+    backend.batch_norm_train(big(), *c, big(), z(4), z(4), None, None, 0.1, 1e-5)
+    backend.batch_norm_backward(big(), big(), z(4), z(4), z(4), big(), z(4), z(4), True, True)
+    backend.batch_norm_backward(big(), big(), z(4), z(4), z(4), None, None, z(4))
+    backend.batch_norm_sums(big(), z(4), z(8))
+    backend.batch_norm_backward_reduce(big(), big(), z(4), z(4), z(8), z(4), z(4), accumulate_params=True)
     _launch_sequence_ops(backend, z)
     launched = {entry for entry in log if isinstance(entry, str)}
     assert launched >= set(cupy_standin.SIGNATURES) - {"fill_array"}, \

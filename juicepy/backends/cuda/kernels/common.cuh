@@ -56,3 +56,45 @@ __device__ real block_max(real v, real* scratch32) {
     __syncthreads();
     return scratch32[0];
 }
+
+// Sum over the warp of every lane's v, returned to every lane (the same value in each: the
+// shuffle tree adds in one fixed order).
+__device__ __forceinline__ real warp_sum_all(real v) {
+    return __shfl_sync(0xffffffffu, warp_sum(v), 0);
+}
+
+// The total of p[0..n) over the calling warp (every lane of it must call), in a fixed order:
+// lane l adds p[l], p[l + 32], ... then the warp's shuffle tree. Every warp that calls it on
+// the same values gets the same bits, so blocks need not exchange the result.
+__device__ __forceinline__ real warp_total(const real* p, i64 n) {
+    real v = 0;
+    for (i64 j = threadIdx.x & 31; j < n; j += 32) v += p[j];
+    return warp_sum_all(v);
+}
+
+// The values of channel c of an (N, C, inner) array with flat per-channel positions
+// k = n * inner + s in [start, end) that this thread visits: k = start + threadIdx.x, then
+// every blockDim.x. The index is stepped, so the loop pays one 64-bit division per thread,
+// not one per value.
+struct ChannelWalk {
+    i64 k, end, s, index, inner, step_s, jump, wrap;
+    __device__ ChannelWalk(i64 start, i64 end_, i64 c, i64 channels, i64 inner_)
+        : k(start + threadIdx.x), end(end_), inner(inner_ > 0 ? inner_ : 1) {  // inner 0: nothing to walk
+        const i64 row = channels * inner, n = k / inner, step_n = blockDim.x / inner;
+        s = k - n * inner;
+        index = n * row + c * inner + s;
+        step_s = blockDim.x - step_n * inner;
+        jump = step_n * row + step_s;
+        wrap = row - inner;
+    }
+    __device__ __forceinline__ bool more() const { return k < end; }
+    __device__ __forceinline__ void next() {
+        k += blockDim.x;
+        s += step_s;
+        index += jump;
+        if (s >= inner) {
+            s -= inner;
+            index += wrap;
+        }
+    }
+};

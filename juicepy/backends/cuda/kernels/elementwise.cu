@@ -32,18 +32,60 @@ __global__ void add_bias(real* out, const real* bias, i64 n, i64 channels, i64 i
     GRID_STRIDE(i, n) out[i] += bias[(i / inner) % channels];
 }
 
-// One block per channel: dbias[c] (+)= sum of dy over batch and spatial axes.
+// dbias[c] (+)= the sum of dy (N, C, inner) over the batch and spatial axes, in one of three
+// forms (chunks as in batchnorm.cu: a channel's N * inner values cut into runs of `chunk`).
+// One block per channel (few values a channel, or many channels):
 __global__ void bias_grad(const real* dy, real* dbias, i64 batch, i64 channels, i64 inner, int acc) {
     __shared__ real scratch[32];
     const i64 c = blockIdx.x;
-    const i64 count = batch * inner;
     real s = 0;
-    for (i64 k = threadIdx.x; k < count; k += blockDim.x) {
-        const i64 b = k / inner, s_idx = k - b * inner;
-        s += dy[(b * channels + c) * inner + s_idx];
-    }
+    for (ChannelWalk w(0, batch * inner, c, channels, inner); w.more(); w.next()) s += dy[w.index];
     s = block_sum(s, scratch);
     if (threadIdx.x == 0) dbias[c] = acc ? dbias[c] + s : s;
+}
+
+// Long channels, first kernel: block b sums chunk b % chunks of channel b / chunks into
+// partials (C, chunks); bias_grad_combine then adds each channel's partials in a fixed order.
+__global__ void bias_grad_partials(const real* dy, real* partials, i64 batch, i64 channels, i64 inner,
+                                   i64 chunks, i64 chunk) {
+    __shared__ real scratch[32];
+    const i64 c = blockIdx.x / chunks, j = blockIdx.x - c * chunks, count = batch * inner;
+    const i64 start = j * chunk, end = start + chunk < count ? start + chunk : count;
+    real s = 0;
+    for (ChannelWalk w(start, end, c, channels, inner); w.more(); w.next()) s += dy[w.index];
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+// One warp per channel.
+__global__ void bias_grad_combine(const real* partials, real* dbias, i64 channels, i64 chunks, int acc) {
+    const i64 c = ((i64)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    if (c >= channels) return;  // whole warps: blockDim.x is a multiple of 32
+    const real s = warp_total(partials + c * chunks, chunks);
+    if ((threadIdx.x & 31) == 0) dbias[c] = acc ? dbias[c] + s : s;
+}
+
+// inner == 1 (a Linear layer's dy, rows x cols): the column sums. A block takes 32 columns at a
+// time, each warp reading 32 consecutive columns of its rows (coalesced, where one block per
+// column reads with stride cols); warp w of W adds rows w, w + W, ..., then warp 0 adds the W
+// partial sums in warp order.
+__global__ void bias_grad_columns(const real* dy, real* dbias, i64 rows, i64 cols, int acc) {
+    __shared__ real part[1024];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (i64 tile = blockIdx.x; tile * 32 < cols; tile += gridDim.x) {
+        const i64 col = tile * 32 + lane;
+        real s = 0;
+        if (col < cols)
+            for (i64 r = warp; r < rows; r += warps) s += dy[r * cols + col];
+        __syncthreads();  // the previous tile's partial sums have been read
+        part[threadIdx.x] = s;
+        __syncthreads();
+        if (warp == 0 && col < cols) {
+            real t = part[lane];
+            for (int w = 1; w < warps; ++w) t += part[w * 32 + lane];
+            dbias[col] = acc ? dbias[col] + t : t;
+        }
+    }
 }
 
 // One block: out[0] = sum(x).

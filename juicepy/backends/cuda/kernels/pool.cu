@@ -41,18 +41,28 @@ __global__ void max_pool_forward(const real* x, real* out, int* argmax, POOL_GEO
     }
 }
 
-// One thread per plane walks its outputs in order, so overlapping windows add up the same way
-// on every run (no atomics).
-__global__ void max_pool_backward(const real* dy, const int* argmax, real* dx, i64 planes,
-                                  i64 in_plane, i64 out_plane, int acc) {
-    GRID_STRIDE(p, planes) {
-        real* target = dx + p * in_plane;
-        if (!acc)
-            for (i64 k = 0; k < in_plane; ++k) target[k] = 0;
-        for (i64 k = 0; k < out_plane; ++k) {
-            const int where = argmax[p * out_plane + k];
-            if (where >= 0) target[where] += dy[p * out_plane + k];
-        }
+// A gather, one thread per input element: it adds the dy of every window that covers it and
+// whose maximum it is, in the windows' scan order, which is the order in which a serial walk
+// over the outputs would scatter them (so overlapping windows give the same sums, bit for bit,
+// on every run, with no atomics).
+__global__ void max_pool_backward(const real* dy, const int* argmax, real* dx, POOL_GEOM_ARGS, int acc) {
+    const PoolGeom g = POOL_GEOM;
+    const i64 in_plane = (i64)g.height * g.width, out_plane = (i64)g.out_h * g.out_w;
+    GRID_STRIDE(i, (i64)g.planes * in_plane) {
+        const i64 p = i / in_plane;
+        const int pos = (int)(i - p * in_plane), y = pos / g.width, xx = pos - y * g.width;
+        // windows oy with oy * sh - ph <= y < oy * sh - ph + kh (likewise along x)
+        const int ty = y + g.ph, tx = xx + g.pw;
+        const int oy_lo = ty < g.kh ? 0 : (ty - g.kh) / g.sh + 1, ox_lo = tx < g.kw ? 0 : (tx - g.kw) / g.sw + 1;
+        const int oy_hi = min(ty / g.sh, g.out_h - 1), ox_hi = min(tx / g.sw, g.out_w - 1);
+        const i64 base = p * out_plane;
+        real s = acc ? dx[i] : (real)0;
+        for (int oy = oy_lo; oy <= oy_hi; ++oy)
+            for (int ox = ox_lo; ox <= ox_hi; ++ox) {
+                const i64 o = base + (i64)oy * g.out_w + ox;
+                if (argmax[o] == pos) s += dy[o];
+            }
+        dx[i] = s;
     }
 }
 
