@@ -44,8 +44,9 @@ __device__ void im2col_as(const real* x, real* col, const ConvGeom& g) {
 }
 
 // dx (+)= the sum of every column entry that im2col copied from each input pixel: a gather,
-// so no atomics and the same result on every run.
-template <typename I>
+// so no atomics and the same result on every run. UNIT_STRIDE drops the divisions that find
+// which taps land on a stride's grid (every tap does at stride 1).
+template <typename I, bool UNIT_STRIDE>
 __device__ void col2im_as(const real* col, real* dx, const ConvGeom& g, int acc) {
     const I out_plane = (I)g.out_h * g.out_w, cols = (I)g.batch * out_plane;
     GRID_STRIDE_AS(I, i, (i64)g.batch * g.channels * g.height * g.width) {
@@ -55,19 +56,19 @@ __device__ void col2im_as(const real* col, real* dx, const ConvGeom& g, int acc)
         const int y = row_index - bc * g.height;
         const I b = bc / g.channels;
         const int c = bc - b * g.channels;
+        const real* taps = col + (i64)c * g.kh * g.kw * cols + (i64)b * out_plane;
         real s = 0;
         for (int ky = 0; ky < g.kh; ++ky) {
             const int ty = y + g.ph - ky * g.dh;
-            if (ty < 0 || ty % g.sh) continue;
-            const int oy = ty / g.sh;
+            if (ty < 0 || (!UNIT_STRIDE && ty % g.sh)) continue;
+            const int oy = UNIT_STRIDE ? ty : ty / g.sh;
             if (oy >= g.out_h) continue;
             for (int kx = 0; kx < g.kw; ++kx) {
                 const int tx = xx + g.pw - kx * g.dw;
-                if (tx < 0 || tx % g.sw) continue;
-                const int ox = tx / g.sw;
+                if (tx < 0 || (!UNIT_STRIDE && tx % g.sw)) continue;
+                const int ox = UNIT_STRIDE ? tx : tx / g.sw;
                 if (ox >= g.out_w) continue;
-                const i64 row = ((i64)c * g.kh + ky) * g.kw + kx;
-                s += col[row * cols + (i64)b * out_plane + (i64)oy * g.out_w + ox];
+                s += taps[(i64)(ky * g.kw + kx) * cols + (i64)oy * g.out_w + ox];
             }
         }
         dx[i] = acc ? dx[i] + s : s;
@@ -105,9 +106,14 @@ __global__ void col2im(const real* col, real* dx, CONV_GEOM_ARGS, int acc) {
     const ConvGeom g = CONV_GEOM;
     const i64 largest = (i64)g.channels * g.kh * g.kw * g.batch * g.out_h * g.out_w;
     const i64 dx_size = (i64)g.batch * g.channels * g.height * g.width;
-#define COL2IM(I) col2im_as<I>(col, dx, g, acc)
-    INDEX_DISPATCH(largest > dx_size ? largest : dx_size, COL2IM);
+#define COL2IM(I) col2im_as<I, false>(col, dx, g, acc)
+#define COL2IM_UNIT(I) col2im_as<I, true>(col, dx, g, acc)
+    if (g.sh == 1 && g.sw == 1)
+        INDEX_DISPATCH(largest > dx_size ? largest : dx_size, COL2IM_UNIT);
+    else
+        INDEX_DISPATCH(largest > dx_size ? largest : dx_size, COL2IM);
 #undef COL2IM
+#undef COL2IM_UNIT
 }
 
 __global__ void batch_to_channel_major(const real* src, real* dst, i64 batch, i64 channels, i64 inner) {
