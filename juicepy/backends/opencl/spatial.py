@@ -115,6 +115,9 @@ POOL_ROWS_PLANES = 4
 # output widths of 2x2 poolings that max_pool_2x2_v4 / _v8 / _v16 take on 16-lane CPU devices
 # (docs/opencl.md, session 34, branch ocl-fwd2)
 POOL_VEC_WIDTHS = range(3, 17)
+# ...each work-item taking whole planes, up to this many output rows (16 planes at most): the
+# last row of each work-item's run is stored output by output
+POOL_VEC_ROWS = 64
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 # (output width, kernel size) of the builds of conv_olanes_* in conv.cl: on 16-lane (AVX-512)
 # GEMM devices a direct forward pass of such rows, stride 1, one group and outputs in runs of 16
@@ -788,7 +791,7 @@ class SpatialOps(abc.ABC):
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
             lanes = self._pool_lanes(wo)
             if lanes:
-                rows = ho * (POOL_ROWS_PLANES if planes % POOL_ROWS_PLANES == 0 else 1)
+                rows = ho * next(p for p in (16, 8, 4, 2, 1) if planes % p == 0 and p * ho <= POOL_VEC_ROWS or p == 1)
                 self._kernel("conv.cl", f"max_pool_2x2_v{lanes}")(self.queue, (planes * ho // rows,), (1,), rows,
                                                                  *self._ref(x), ho, wo, *self._ref(out),
                                                                  *self._ref(argmax))
