@@ -765,6 +765,11 @@ POOL_CASES = [
     ((1, 2, 9, 7), (2, 2), (2, 2), (0, 0)),   # 2x2 windows, the last row and column left out
     ((2, 3, 6, 32), (2, 2), (2, 2), (0, 0)),  # 2x2 windows, rows of whole vectors (16 outputs), 6 planes
     ((2, 4, 4, 16), (2, 2), (2, 2), (0, 0)),  # ... 8 outputs a row, 8 planes (4 to a work-item on OpenCL)
+    ((1, 16, 10, 10), (2, 2), (2, 2), (0, 0)),  # 5 outputs a row (LeNet's second pooling), batch 1
+    ((3, 5, 8, 8), (2, 2), (2, 2), (0, 0)),    # 4 a row (the CIFAR CNN's last), 15 planes (1 to a work-item)
+    ((1, 1, 2, 6), (2, 2), (2, 2), (0, 0)),    # 3 a row, one output row: the last-row path alone
+    ((2, 2, 6, 18), (2, 2), (2, 2), (0, 0)),   # 9 a row: one 16-lane vector of 9 live lanes
+    ((1, 3, 10, 24), (2, 2), (2, 2), (0, 0)),  # 12 a row, 3 planes
 ]
 
 

@@ -112,6 +112,12 @@ POOL_FLAT_MAX = 1 << 24
 # planes of output rows each work-item of max_pool_2x2_rows takes (where they divide the planes):
 # 4 measured faster than 1 and as fast as 16 on the CIFAR CNN's poolings
 POOL_ROWS_PLANES = 4
+# output widths of 2x2 poolings that max_pool_2x2_v4 / _v8 / _v16 take on 16-lane CPU devices
+# (docs/opencl.md, session 34, branch ocl-fwd2)
+POOL_VEC_WIDTHS = range(3, 17)
+# ...each work-item taking whole planes, up to this many output rows (16 planes at most): the
+# last row of each work-item's run is stored output by output
+POOL_VEC_ROWS = 64
 CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 # (output width, kernel size) of the builds of conv_olanes_* in conv.cl: on 16-lane (AVX-512)
 # GEMM devices a direct forward pass of such rows, stride 1, one group and outputs in runs of 16
@@ -240,6 +246,7 @@ class SpatialOps(abc.ABC):
     conv_algorithm = "auto"
     _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
+    _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
 
     def _use_implicit(self) -> bool:
         if not self.kernel_fits["packed"]:
@@ -782,6 +789,13 @@ class SpatialOps(abc.ABC):
         planes = out.shape[0] * out.shape[1]
         h, w, ho, wo = geo[:4]
         if geo[4:] == (2, 2, 2, 2, 0, 0) and (h, w) == (2 * ho, 2 * wo):
+            lanes = self._pool_lanes(wo)
+            if lanes:
+                rows = ho * next(p for p in (16, 8, 4, 2, 1) if planes % p == 0 and p * ho <= POOL_VEC_ROWS or p == 1)
+                self._kernel("conv.cl", f"max_pool_2x2_v{lanes}")(self.queue, (planes * ho // rows,), (1,), rows,
+                                                                 *self._ref(x), ho, wo, *self._ref(out),
+                                                                 *self._ref(argmax))
+                return
             # rows of at least one vector (LeNet's 14 too): a loop along them
             if self.is_cpu and wo >= self._conv_vec:
                 rows = ho * (POOL_ROWS_PLANES if planes % POOL_ROWS_PLANES == 0 else 1)
@@ -796,6 +810,14 @@ class SpatialOps(abc.ABC):
                 return
         self._launch_rows("conv.cl", "max_pool", geo[2], (planes,), *self._ref(x), *geo,
                           *self._ref(out), *self._ref(argmax))
+
+    def _pool_lanes(self, wo: int) -> int:
+        """The lanes of the max_pool_2x2_v* build for 2x2 pooling rows of ``wo`` outputs, or 0:
+        on 16-lane CPU devices, rows of 3 to 16 outputs (POOL_VEC_WIDTHS), each in the smallest
+        vector that holds it."""
+        if not (self._pool_vec if self._pool_vec is not None else self.is_cpu and self._gemm_tiles.get("VW") == 16):
+            return 0
+        return next((lanes for lanes in (4, 8, 16) if lanes // 2 < wo <= lanes), 0) if wo in POOL_VEC_WIDTHS else 0
 
     def max_pool2d_backward(self, dy, argmax, dx, kernel, stride, padding, accumulate=False, ws=None):
         self._pool_geometry(dx.shape, dy.shape, kernel, stride, padding, "max_pool2d_backward")  # checks them

@@ -914,3 +914,63 @@ def test_output_lane_direct_forward_rule(lanes_backend):
     assert not b._use_olanes((2, 6, 14, 14, 16, 3, 3, 10, 10, 1, 1, 0, 0, 2, 2), 1)
     assert not b._use_olanes((2, 6, 23, 23, 16, 5, 5, 10, 10, 2, 2, 0, 0, 1, 1), 1)
     assert not lanes_backend(8)._use_olanes(lenet, 1)
+
+
+# --------------------------------------------------------------------- 2x2 pooling of narrow rows
+def max_pool_2x2_ref(x):
+    """max_pool2d's 2x2 stride-2 windows in float64 as a scan in torch's order (top left, top right,
+    bottom left, bottom right): a later value wins where larger or NaN, so the first maximum and the
+    last NaN are kept. Returns (values, flat indices in the input plane)."""
+    n, c, h, w = x.shape
+    y, arg = np.zeros((n, c, h // 2, w // 2)), np.zeros((n, c, h // 2, w // 2), np.int64)
+    for i in range(h // 2):
+        for j in range(w // 2):
+            taps = [(2 * i, 2 * j), (2 * i, 2 * j + 1), (2 * i + 1, 2 * j), (2 * i + 1, 2 * j + 1)]
+            best = x[:, :, 2 * i, 2 * j].astype(np.float64)
+            at = np.full((n, c), 2 * i * w + 2 * j)
+            for r, q in taps[1:]:
+                v = x[:, :, r, q].astype(np.float64)
+                take = (v > best) | np.isnan(v)
+                best, at = np.where(take, v, best), np.where(take, r * w + q, at)
+            y[:, :, i, j], arg[:, :, i, j] = best, at
+    return y, arg
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 2, 6), (2, 3, 4, 8), (1, 16, 10, 10), (3, 5, 8, 8), (1, 4, 6, 14),
+                                   (2, 2, 6, 18), (1, 3, 10, 24), (1, 6, 28, 28), (2, 4, 4, 32), (1, 2, 4, 34),
+                                   (1, 3, 4, 4), (2, 1, 6, 2)], ids=str)
+@pytest.mark.parametrize("vectors", [True, False], ids=["vectors", "rule"])
+def test_max_pool_2x2_narrow_rows_ties_nan_and_infinities(ocl, rng, shape, vectors):
+    """max_pool_2x2_v4 / _v8 / _v16 (rows of 3 to 16 outputs in one vector; forced on where
+    ``vectors``, else the device's rule) against the float64 scan: values drawn from a few levels
+    so windows tie, with NaNs and -inf among them; the outputs around the pooled map (a view of a
+    bigger buffer) stay untouched."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device)
+    if vectors:
+        b._pool_vec = True
+    x = rng.integers(-2, 3, shape).astype(np.float32)
+    x[rng.random(shape) < 0.05] = np.nan
+    x[rng.random(shape) < 0.05] = -np.inf
+    y_ref, arg_ref = max_pool_2x2_ref(x)
+    size = y_ref.size
+    out_base, arg_base = b.from_host(np.full(size + 40, 7.0, np.float32)), b.from_host(np.full(size + 40, -9, np.int32))
+    out, arg = b.flat_view(out_base, 20, y_ref.shape), b.flat_view(arg_base, 20, y_ref.shape)
+    b.max_pool2d(b.from_host(x), out, arg, (2, 2), (2, 2), (0, 0))
+    np.testing.assert_array_equal(b.to_host(out), y_ref.astype(np.float32))
+    np.testing.assert_array_equal(b.to_host(arg), arg_ref)
+    got_out, got_arg = b.to_host(out_base), b.to_host(arg_base)
+    assert (got_out[:20] == 7).all() and (got_out[20 + size:] == 7).all()
+    assert (got_arg[:20] == -9).all() and (got_arg[20 + size:] == -9).all()
+
+
+def test_max_pool_2x2_vector_rule(lanes_backend):
+    """16-lane CPU devices take the vector builds for rows of 3 to 16 outputs, the smallest
+    vector holding the row; 8-lane devices keep their kernels."""
+    b16 = lanes_backend(16, conv_vector_width=8)
+    if not b16.is_cpu:
+        pytest.skip("the vector pooling builds are chosen on CPU devices only")
+    assert [b16._pool_lanes(wo) for wo in (1, 2, 3, 4, 5, 8, 9, 14, 16, 17, 32)] == [0, 0, 4, 4, 8, 8, 16, 16, 16, 0, 0]
+    b8 = lanes_backend(8)
+    assert all(b8._pool_lanes(wo) == 0 for wo in range(1, 40))

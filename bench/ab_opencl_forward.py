@@ -1,0 +1,104 @@
+"""The OpenCL backend's inference forwards of the paired bench (LeNet-5 b64, the CIFAR CNN and
+ResNet b32, as bench/test_bench_lenet.py and test_bench_cnn.py build them), two ways:
+
+    python bench/ab_opencl_forward.py ab lenet,cifar cur,pool_vec=0 [ROUNDS]
+        in one process, backends given as variants built side by side (`cur`: the defaults;
+        `name=0|1[+name=0|1]`: the backend attribute `_name` set to False / True, such as the
+        A/B switches `_pool_vec`, `_olanes`, `_winograd_relu`; `numpy`: the NumPy backend),
+        timed in alternating rounds of 4 forwards; prints each variant's median ms.
+    python bench/ab_opencl_forward.py kernels lenet [name=0|1 ...]
+        the per-kernel event profile: each kernel's (name and global size) time from pyopencl's
+        profiling events, summed per forward, medians of 9 forwards, in launch order.
+
+Run from the repository root (it imports the bench modules); under the cpu lock where the
+machine is shared. Event times include the driver's per-command overhead, so their total is
+above the forward's wall time; compare kernels, not totals, with it.
+"""
+import collections
+import statistics
+import sys
+import time
+
+sys.path.insert(0, "bench")
+
+import test_bench_cnn as cnn  # noqa: E402
+import test_bench_lenet as lenet  # noqa: E402
+
+WORK = {"lenet": lenet.juicepy_forward,
+        "cifar": lambda b: cnn.juicepy_forward(b, "cifar cnn 3x(conv-bn-relu-pool)"),
+        "resnet": lambda b: cnn.juicepy_forward(b, "resnet 16-32-64")}
+
+
+def make(spec, queue_profiling=False):
+    if spec == "numpy":
+        from juicepy.backends.numpy import NumpyBackend
+        return NumpyBackend()
+    from juicepy.backends.opencl import OpenCLBackend
+    b = OpenCLBackend()
+    for switch in spec.split("+"):
+        if switch != "cur":
+            name, value = switch.split("=")
+            if value not in ("0", "1"):
+                raise SystemExit(f"variant {switch!r}: the value must be 0 or 1")
+            setattr(b, "_" + name, value == "1")
+    if queue_profiling:
+        import pyopencl as cl
+        b.queue.finish()
+        b.queue = cl.CommandQueue(b.context, properties=cl.command_queue_properties.PROFILING_ENABLE)
+    return b
+
+
+def ab(works, specs, rounds):
+    variants = {s: make(s) for s in specs}
+    for work in works:
+        steps = {s: WORK[work](b) for s, b in variants.items()}
+        times = {s: [] for s in specs}
+        for _ in range(rounds):
+            for s, step in steps.items():
+                start = time.perf_counter()
+                for _ in range(4):
+                    step()
+                variants[s].synchronize()
+                times[s].append((time.perf_counter() - start) / 4)
+        print(f"{work:8s} " + "  ".join(f"{s} {statistics.median(t) * 1e3:7.3f}" for s, t in times.items()),
+              flush=True)
+
+
+def kernels(work, switches):
+    from juicepy.backends.opencl import programs
+    events = []
+    launch = programs._Launcher.__call__
+
+    def recorded(self, queue, global_size, local_size, *args):
+        event = launch(self, queue, global_size, local_size, *args)
+        events.append((f"{self.kernel.function_name}{tuple(global_size)}", event))
+        return event
+
+    programs._Launcher.__call__ = recorded
+    b = make("+".join(switches) or "cur", queue_profiling=True)
+    step = WORK[work](b)
+    step()
+    b.synchronize()
+    per = collections.defaultdict(list)
+    for _ in range(9):
+        events.clear()
+        step()
+        b.synchronize()
+        total = collections.Counter()
+        for name, event in events:
+            total[name] += (event.profile.end - event.profile.start) * 1e-6
+        for name, ms in total.items():
+            per[name].append(ms)
+    rows = [(statistics.median(v), k) for k, v in per.items()]
+    print(f"{work} {' '.join(switches) or 'defaults'}: events {sum(r[0] for r in rows):.3f} ms")
+    for ms, name in rows:
+        print(f"  {ms:7.3f}  {name}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 4 and sys.argv[1] == "ab":
+        ab(sys.argv[2].split(","), sys.argv[3].split(","), int(sys.argv[4]) if len(sys.argv) > 4 else 9)
+    elif len(sys.argv) >= 3 and sys.argv[1] == "kernels":
+        kernels(sys.argv[2], sys.argv[3:])
+    else:
+        raise SystemExit(__doc__)
