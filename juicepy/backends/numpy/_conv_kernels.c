@@ -3435,9 +3435,13 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
     I depth[9];
     for (I k = 0; s2 && k < 9; k++) depth[k] = s2_depth[k] * c;
     if (us == 0) us = o * uc;
-    if (vs < uc * p || ms < o * p || us < o * uc) {
-        PyErr_Format(PyExc_ValueError, "%s: us, vs, ms: slices of u, v or m overlap (need at least %zd, %zd and "
-                     "%zd, got %zd, %zd and %zd)", name, o * uc, uc * p, o * p, us, vs, ms);
+    if (vs < uc * p || ms < o * p) {
+        PyErr_Format(PyExc_ValueError, "%s: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
+                     "got %zd and %zd)", name, uc * p, o * p, vs, ms);
+        return NULL;
+    }
+    if (us < o * uc) {
+        PyErr_Format(PyExc_ValueError, "%s: us: slices of u overlap (need at least %zd, got %zd)", name, o * uc, us);
         return NULL;
     }
     Py_buffer u, v, m;
