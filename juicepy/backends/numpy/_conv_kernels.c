@@ -912,16 +912,16 @@ static int direct_512_8x2(const Geometry *g)
     }
 
 /* The GEMMs of a tiled (Winograd) conv, m[k] = u[k] v[k] for each of ``positions`` positions k:
- * u (positions, O, uc), of which position k multiplies its first depth[k] columns (all C of them
- * where ``depth`` is NULL: u (positions, O, C)) with v's slice (depth[k], P), into m's (O, P); the
- * slices vs and ms items apart. Same blocks as the pointwise conv (the 1x1 conv is this product
+ * u's slices (O, uc) us items apart, of which position k multiplies its first depth[k] columns
+ * (all C of them where ``depth`` is NULL: (O, C)) with v's slice (depth[k], P), into m's (O, P);
+ * v's and m's slices vs and ms items apart. Same blocks as the pointwise conv (the 1x1 conv is this product
  * with one position); one call for all. */
 #define DEFINE_TILE_GEMM(NAME, GEMM, ATTR, T)                                                      \
     ATTR static void NAME(const T *restrict u, const T *restrict v, T *restrict m, I positions, I o, \
-                          I c, I p, I vs, I ms, const I *depth, I uc, int accumulate)             \
+                          I c, I p, I us, I vs, I ms, const I *depth, I uc, int accumulate)       \
     {                                                                                              \
         for (I k = 0; k < positions; k++)                                                         \
-            GEMM(v + k * vs, u + k * o * uc, m + k * ms, depth ? depth[k] : c, o, p, uc, 1, accumulate, NULL, NULL, 0, \
+            GEMM(v + k * vs, u + k * us, m + k * ms, depth ? depth[k] : c, o, p, uc, 1, accumulate, NULL, NULL, 0, \
                  NULL);                                                                           \
     }
 
@@ -1925,6 +1925,85 @@ typedef double f64;
 DEFINE_WG_ALL(2, 5)
 DEFINE_WG_ALL(4, 5)
 DEFINE_WG_ALL(4, 3)
+
+/* The weight gradient of F(2x2, 5x5), i.e. F(5x5, 2x2): with v the forward's input tiles
+ * (wg_input) and m dy's tiles through the adjoint of wg_output (wg_grad), the 36 GEMMs v[k] m[k]
+ * summed over the tiles give the gradient of the transformed taps, G^T (.) G that of the taps
+ * (spatial._wg_backward_filter). m[k][p][a] = (AT^T dy AT)[k] of the MxM outputs of every tile
+ * p of samples [n0, n1), those past Ho x Wo read as zeros, tile-major (the output channels
+ * innermost, as winograd_grad) so that tile_gemm reads m along its rows. A row of tiles first
+ * copies its M rows of every channel into ``stage`` with the channels innermost, so that a
+ * tile's values of a vector of channels are one load and its N*N outputs N*N vector stores.
+ * Returns -1 when its scratch cannot be allocated. */
+#define WG_GRAD_TILE(V, y, STORE)                                                                  \
+    do {                                                                                           \
+        V s_[N][WG_M];                                                                             \
+        for (int i_ = 0; i_ < N; i_++)                                                             \
+            for (int q_ = 0; q_ < WG_M; q_++) {                                                    \
+                V acc_ = at[0][i_] * y[0][q_];                                                     \
+                for (int h_ = 1; h_ < WG_M; h_++) acc_ += at[h_][i_] * y[h_][q_];                  \
+                s_[i_][q_] = acc_;                                                                 \
+            }                                                                                      \
+        for (int i_ = 0; i_ < N; i_++)                                                             \
+            for (int j_ = 0; j_ < N; j_++) {                                                       \
+                V acc_ = s_[i_][0] * at[0][j_];                                                    \
+                for (int q_ = 1; q_ < WG_M; q_++) acc_ += s_[i_][q_] * at[q_][j_];                 \
+                STORE(i_ * N + j_, acc_);                                                          \
+            }                                                                                      \
+    } while (0)
+#define WG_GRAD_STORE_VECTOR(K, VALUE) do { const __typeof__(VALUE) v_ = (VALUE); memcpy(e + (K) * ks + a, &v_, sizeof v_); } while (0)
+#define WG_GRAD_STORE_ONE(K, VALUE) (e[(K) * ks + a] = (VALUE))
+#define DEFINE_WG_GRAD(NAME, T, V, M, R)                                                           \
+    VECTOR_CLONES static int NAME(const T *restrict dy, T *restrict m, const Geometry *g, I o,     \
+                                  I n0, I n1, I th, I tw, I ks, const double *mats)                \
+    {                                                                                              \
+        enum { N = M + R - 1, WG_M = M };                                                          \
+        const I lanes = (I)(sizeof(V) / sizeof(T));                                                \
+        const I ho = g->ho, wo = g->wo, hw = ho * wo, wr = tw * M, os = (o + 15) / 16 * 16 + 16;   \
+        T at[M][N];                                                                                \
+        for (int i = 0; i < M; i++)                                                                \
+            for (int j = 0; j < N; j++) at[i][j] = (T)WG_AT(mats, M, N, R)[i * N + j];             \
+        T *stage = malloc((size_t)(M * wr * os) * sizeof(T));                                      \
+        if (!stage) return -1;                                                                     \
+        T *e = m;                                                                                  \
+        for (I n = n0; n < n1; n++)                                                                \
+            for (I ty = 0; ty < th; ty++) {                                                        \
+                for (int h = 0; h < M; h++) {                                                      \
+                    T *row = stage + h * wr * os;                                                  \
+                    const I r = ty * M + h;                                                        \
+                    I copied = 0;                                                                  \
+                    if (r < ho) {                                                                  \
+                        for (I a = 0; a < o; a++) {                                                \
+                            const T *src = dy + (n * o + a) * hw + r * wo;                         \
+                            for (I x = 0; x < wo; x++) row[x * os + a] = src[x];                   \
+                        }                                                                          \
+                        copied = wo;                                                               \
+                    }                                                                              \
+                    memset(row + copied * os, 0, (size_t)((wr - copied) * os) * sizeof(T));        \
+                }                                                                                  \
+                for (I tx = 0; tx < tw; tx++, e += o) {                                            \
+                    const T *base = stage + tx * M * os;                                           \
+                    I a = 0;                                                                       \
+                    for (; a + lanes <= o; a += lanes) {                                           \
+                        V y[M][M];                                                                 \
+                        for (int h = 0; h < M; h++)                                                \
+                            for (int q = 0; q < M; q++) y[h][q] = LOADV(V, base + (h * wr + q) * os + a); \
+                        WG_GRAD_TILE(V, y, WG_GRAD_STORE_VECTOR);                                  \
+                    }                                                                              \
+                    for (; a < o; a++) {                                                           \
+                        T y[M][M];                                                                 \
+                        for (int h = 0; h < M; h++)                                                \
+                            for (int q = 0; q < M; q++) y[h][q] = base[(h * wr + q) * os + a];     \
+                        WG_GRAD_TILE(T, y, WG_GRAD_STORE_ONE);                                     \
+                    }                                                                              \
+                }                                                                                  \
+            }                                                                                      \
+        free(stage);                                                                               \
+        return 0;                                                                                  \
+    }
+
+DEFINE_WG_GRAD(wg_grad_2_5_f32, float, vf32x8, 2, 5)
+DEFINE_WG_GRAD(wg_grad_2_5_f64, double, vf64x4, 2, 5)
 
 /* The (M, R) pairs built above; 0 where (m, r) is not one of them. */
 static int wg_supported(I m, I r) { return (m == 2 && r == 5) || (m == 4 && (r == 5 || r == 3)); }
@@ -3040,6 +3119,51 @@ static PyObject *py_wg_output(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* wg_grad(m, dy, geometry, O, N, n0, n1, th, tw, ks, m_tile, mats): the geometry is the forward's
+ * (x's channels and plane, the 5x5 taps, dy's plane Ho x Wo). */
+static PyObject *py_wg_grad(PyObject *self, PyObject *args)
+{
+    PyObject *mo_, *yo, *go, *mo;
+    Geometry g;
+    I o, n, n0, n1, th, tw, ks, m;
+    int failed;
+    if (!PyArg_ParseTuple(args, "OOOnnnnnnnnO", &mo_, &yo, &go, &o, &n, &n0, &n1, &th, &tw, &ks, &m, &mo))
+        return NULL;
+    if (!parse_geometry(go, &g) || check_wg(&g, th, tw, m, 1 << 20) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    if (m != 2 || g.kh != 5) {
+        PyErr_SetString(PyExc_ValueError, "wg_grad: only F(2x2, 5x5)'s weight gradient (m 2, 5x5 taps)");
+        return NULL;
+    }
+    const I k = (m + g.kh - 1) * (m + g.kh - 1);
+    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
+        PyErr_SetString(PyExc_ValueError, "wg_grad: need a positive channel count and slices of m "
+                        "that do not overlap");
+        return NULL;
+    }
+    Py_buffer dy, mm, mats;
+    if (get_three(yo, &dy, 0, n * o * g.ho * g.wo, "dy", mo_, &mm, 1, (k - 1) * ks + o * (n1 - n0) * th * tw, "m",
+                  NULL, NULL, 0, 0, NULL) < 0)
+        return NULL;
+    if (get_buffer(mo, &mats, 0, "d", 0, "mats") < 0) {
+        release_three(&dy, &mm, NULL);
+        return NULL;
+    }
+    if (check_wg(&g, th, tw, m, mats.len / 8) < 0) {
+        release_three(&dy, &mm, &mats);
+        return NULL;
+    }
+    RELEASE_GIL
+    if (dy.itemsize == 4)
+        failed = wg_grad_2_5_f32(dy.buf, mm.buf, &g, o, n0, n1, th, tw, ks, mats.buf);
+    else
+        failed = wg_grad_2_5_f64(dy.buf, mm.buf, &g, o, n0, n1, th, tw, ks, mats.buf);
+    REACQUIRE_GIL
+    release_three(&dy, &mm, &mats);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_depthwise_forward(PyObject *self, PyObject *args)
 {
     PyObject *xo, *wo, *oo, *go;
@@ -3286,19 +3410,21 @@ static int overlap(const void *a, I na, const void *b, I nb)
     return pa < pb + nb && pb < pa + na;
 }
 
-/* (u, v, m, positions, O, C, P, vs, ms): m[k] = u[k] v[k] for k < positions, u (positions, O, C),
- * v's slices (C, P) and m's (O, P) vs and ms items apart (_tile_run's GEMMs); with ``s2`` (no
- * positions argument: 9) the phase Winograd's, u (9, O, 4C) and position k's depth S2_DEPTH[k] C
- * (s2_row). */
+/* (u, v, m, positions, O, C, P, vs, ms, accumulate=False, us=O*C): m[k] (+)= u[k] v[k] for k <
+ * positions, u's slices (O, C) us items apart, v's (C, P) and m's (O, P) vs and ms apart
+ * (_tile_run's GEMMs; the 5x5 weight gradient's with u its input tiles, whose slices lie a
+ * cache line apart as _tile_run's v); with ``s2`` (no positions argument: 9) the phase
+ * Winograd's, u (9, O, 4C) and position k's depth S2_DEPTH[k] C (s2_row). */
 static PyObject *tile_gemm_call(PyObject *args, int s2)
 {
     static const I s2_depth[9] = {4, 2, 4, 2, 1, 2, 4, 2, 4};
     const char *name = s2 ? "s2_gemm" : "tile_gemm";
     PyObject *uo, *vo, *mo;
-    I positions = 9, o, c, p, vs, ms;
+    I positions = 9, o, c, p, vs, ms, us = 0;
     int accumulate = 0;
     if (!(s2 ? PyArg_ParseTuple(args, "OOOnnnnn", &uo, &vo, &mo, &o, &c, &p, &vs, &ms)
-             : PyArg_ParseTuple(args, "OOOnnnnnn|p", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms, &accumulate)))
+             : PyArg_ParseTuple(args, "OOOnnnnnn|pn", &uo, &vo, &mo, &positions, &o, &c, &p, &vs, &ms, &accumulate,
+                                &us)))
         return NULL;
     if (positions < 1 || o < 1 || c < 1 || p < 1) {
         PyErr_Format(PyExc_ValueError, "%s: positions, O, C, P must be positive, got %zd, %zd, %zd, %zd", name,
@@ -3308,13 +3434,18 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
     const I uc = s2 ? 4 * c : c; /* u's row, and the deepest slice of v */
     I depth[9];
     for (I k = 0; s2 && k < 9; k++) depth[k] = s2_depth[k] * c;
+    if (us == 0) us = o * uc;
     if (vs < uc * p || ms < o * p) {
         PyErr_Format(PyExc_ValueError, "%s: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
                      "got %zd and %zd)", name, uc * p, o * p, vs, ms);
         return NULL;
     }
+    if (us < o * uc) {
+        PyErr_Format(PyExc_ValueError, "%s: us: slices of u overlap (need at least %zd, got %zd)", name, o * uc, us);
+        return NULL;
+    }
     Py_buffer u, v, m;
-    if (get_three(uo, &u, 0, positions * o * uc, "u", vo, &v, 0, (positions - 1) * vs + uc * p, "v", mo, &m, 1,
+    if (get_three(uo, &u, 0, (positions - 1) * us + o * uc, "u", vo, &v, 0, (positions - 1) * vs + uc * p, "v", mo, &m, 1,
                   (positions - 1) * ms + o * p, "m") < 0)
         return NULL;
     if (overlap(m.buf, m.len, u.buf, u.len) || overlap(m.buf, m.len, v.buf, v.len)) {
@@ -3325,9 +3456,9 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
     const I *depths = s2 ? depth : NULL;
     RELEASE_GIL
     if (u.itemsize == 4)
-        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc, accumulate);
+        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, us, vs, ms, depths, uc, accumulate);
     else
-        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, vs, ms, depths, uc, accumulate);
+        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, us, vs, ms, depths, uc, accumulate);
     REACQUIRE_GIL
     release_three(&u, &v, &m);
     Py_RETURN_NONE;
@@ -3439,8 +3570,8 @@ static PyMethodDef methods[] = {
     {"s2_gemm", py_s2_gemm, METH_VARARGS,
      "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},
     {"tile_gemm", py_tile_gemm, METH_VARARGS,
-     "tile_gemm(u, v, m, positions, O, C, P, vs, ms, accumulate=False): m[k] (+)= u[k] @ v[k], the GEMMs of a "
-     "tiled conv"},
+     "tile_gemm(u, v, m, positions, O, C, P, vs, ms, accumulate=False, us=O*C): m[k] (+)= u[k] @ v[k], the GEMMs "
+     "of a tiled conv (u's slices us apart)"},
     {"direct_conv", py_direct_conv, METH_VARARGS,
      "direct_conv(x, w, out, geometry, groups, O, N, n0, n1, flip, accumulate, scale=None, shift=None, "
      "relu=False, residual=None): samples [n0, n1) of a grouped conv (any stride, padding >= 0) computed "
@@ -3474,6 +3605,9 @@ static PyMethodDef methods[] = {
      "taps (N = m + r - 1; flip: w is (B, A, r, r), taps reversed)"},
     {"wg_input", py_wg_input, METH_VARARGS,
      "wg_input(x, v, geometry, N, n0, n1, th, tw, ks, m, mats): v[N*N][C][tiles of samples [n0, n1)]"},
+    {"wg_grad", py_wg_grad, METH_VARARGS,
+     "wg_grad(m, dy, geometry, O, N, n0, n1, th, tw, ks, m_tile, mats): m[36][tiles][O] (slices ks apart), the "
+     "tiles of dy of samples [n0, n1) through the adjoint of wg_output (F(2x2, 5x5)'s weight gradient)"},
     {"wg_output", py_wg_output, METH_VARARGS,
      "wg_output(m_, out, geometry, O, N, n0, n1, th, tw, ks, accumulate, m, mats): out (+)= the tiles "
      "transformed back"},

@@ -700,6 +700,8 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
         runs.append(_direct_backward_filter)
         if tuple(stride) == (1, 1) and _winograd_filter(backend, dw.shape, dilation, groups):
             runs.append(_winograd_backward_filter)
+        elif tuple(stride) == (1, 1) and _wg_filter(backend, dw.shape, dilation, groups, dy.shape[2:]):
+            runs.append(_wg_backward_filter)
         elif _s2_filter(backend, dw.shape, stride, padding, dilation, groups):
             runs.append(_s2_backward_filter)
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
@@ -1200,6 +1202,94 @@ def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation
     backend.store(taps, dw, accumulate)
 
 
+#: output tiles per chunk of samples of _wg_backward_filter (at least one sample): 256 (one
+#: sample of the bench's 32x32 plane) measured faster than 512-2048 (docs/numpy.md)
+WG_FILTER_TILES = 256
+#: with fewer than WG_FILTER_WIDE channels on a side, _wg_backward_filter needs an output plane of
+#: WG_FILTER_MIN_PLANE (32 channels on 16x16 lost to the direct kernel, on 32x32 won; 64 won on
+#: 16x16; docs/numpy.md)
+WG_FILTER_WIDE = 64
+WG_FILTER_MIN_PLANE = 1024
+#: Toom-Cook points of _wg_backward_filter's F(5x5, 2x2) (with infinity): 2 and -1/2 in place of
+#: the forward's 2 and -2 give a third of its float32 error on the bench's layer (docs/numpy.md)
+WG_FILTER_POINTS = (0.0, 1.0, -1.0, 2.0, -0.5)
+
+
+def _wg_filter(backend, w_shape, dilation, groups, out_hw) -> bool:
+    """Whether the stride-1 weight gradient runs as F(2x2, 5x5)'s adjoint (_wg_backward_filter,
+    called where the direct kernel applies: stride 1, padding >= 0): 5x5 taps, undilated,
+    ungrouped, WG_MIN_CHANNELS[5] each side, an output plane of WG_MIN_PLANE (WG_FILTER_MIN_PLANE
+    with fewer than WG_FILTER_WIDE channels on a side), and only where
+    _direct_favoured (AMD Zen 5 with the AVX-512 build: its GEMMs on tile_gemm), the one CPU kind
+    where it was measured against the direct kernel (docs/numpy.md, session 34); other kinds
+    keep the direct kernel."""
+    return _direct_favoured(backend) and tuple(w_shape[2:]) == (5, 5) and groups == 1 \
+        and tuple(dilation) == (1, 1) and min(w_shape[:2]) >= WG_MIN_CHANNELS[5] \
+        and out_hw[0] * out_hw[1] >= (WG_MIN_PLANE if min(w_shape[:2]) >= WG_FILTER_WIDE else WG_FILTER_MIN_PLANE)
+
+
+def _wg_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
+    """dw (+)= the stride-1 5x5 weight gradient as Winograd F(5x5, 2x2), the adjoint of
+    _wg_forward's F(2x2, 5x5): per chunk of samples, the forward's input tiles (wg_input) and
+    dy's tiles (wg_grad, the adjoint of wg_output, tile-major), 36 GEMMs (C, tiles) x (tiles, O)
+    on tile_gemm adding into the lane's sums (9 multiply-adds per output pixel, input and output
+    channel instead of 25), the lanes' sums added in lane order (a fixed summation order for a
+    given lane count), then the taps G^T (.) G."""
+    geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
+    n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
+    m, r = WG_TILE[5], 5
+    k = m + r - 1
+    mats = _wg_matrices(m, r, WG_FILTER_POINTS)
+    th, tw = -(-dy.shape[2] // m), -(-dy.shape[3] // m)
+    tiles = th * tw
+    per, chunks = _sample_chunks(n, tiles, WG_FILTER_TILES)
+    # a cache line more than the slices' size apart (see _tile_run)
+    vs, ms = c * per * tiles + 16, o * per * tiles + 16
+    totals = {}
+
+    def lane(lo, hi, kk):
+        totals[kk] = total = scratch(ws, backend, f"conv_wg_wgrad_sum/{kk}", (k * k, c, o), dw.dtype)
+        part = scratch(ws, backend, f"conv_wg_wgrad_part/{kk}", (k * k, c, o), dw.dtype)
+        v = scratch(ws, backend, f"conv_wg_wgrad_v/{kk}", (k * k, vs), x.dtype)
+        mm = scratch(ws, backend, f"conv_wg_wgrad_m/{kk}", (k * k, ms), dy.dtype)
+        for index, (n0, n1) in enumerate(chunks[lo:hi]):
+            p = (n1 - n0) * tiles
+            kernels.wg_input(x, v, geometry, n, n0, n1, th, tw, vs, m, mats)
+            kernels.wg_grad(mm, dy, geometry, o, n, n0, n1, th, tw, ms, m, mats)
+            # each chunk's products summed apart, then added: tile_gemm's accumulate would run
+            # one float32 sum along all of a lane's tiles (4x the float32 error, docs/numpy.md)
+            kernels.tile_gemm(v, mm, part if index else total, k * k, c, p, o, ms, c * o, False, vs)
+            if index:
+                total += part
+
+    lanes = _run_gemm_pieces(len(chunks), lane)
+    total = totals[0]
+    for kk in range(1, lanes):
+        total += totals[kk]
+    # G^T (.) G over both tap axes in float64 (a few hundred thousand multiply-adds; G's entries
+    # and the sums' cancellation make float32 lose bits here): (k, k*C*O) -> (r, k, C*O) -> (r, r, C*O)
+    gt = _wg_g_transposed(m, r)
+    wide = scratch(ws, backend, "conv_wg_wgrad_sum64", (k, k * c * o), np.float64)
+    half = scratch(ws, backend, "conv_wg_wgrad_half", (r, k, c * o), np.float64)
+    both = scratch(ws, backend, "conv_wg_wgrad_both", (r, r, c * o), np.float64)
+    taps = scratch(ws, backend, "conv_wg_wgrad_taps", w_shape, dw.dtype)
+    np.copyto(wide, _view(total, (k, k * c * o)))
+    np.matmul(gt, wide, out=_view(half, (r, k * c * o)))
+    np.matmul(gt, half, out=both)
+    np.copyto(taps, _view(both, (r, r, c, o)).transpose(3, 2, 0, 1))
+    backend.store(taps, dw, accumulate)
+
+
+def _wg_g_transposed(m, r):
+    """G^T (r x n) of _wg_matrices(m, r, WG_FILTER_POINTS), contiguous (cached)."""
+    key = ("gt", m, r, WG_FILTER_POINTS)
+    if key not in _wg_cache:
+        n = m + r - 1
+        g = _wg_matrices(m, r, WG_FILTER_POINTS)[m * n:m * n + n * r].reshape(n, r)
+        _wg_cache[key] = np.ascontiguousarray(g.T)
+    return _wg_cache[key]
+
+
 #: Toom-Cook points of the larger Winograd tiles (with infinity as the last one); their float32
 #: errors against float64 are in docs/numpy.md
 WG_POINTS = (0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5)
@@ -1214,15 +1304,16 @@ WG_MIN_CHANNELS = {5: 32, 3: 64}
 _wg_cache = {}
 
 
-def _wg_matrices(m, r):
+def _wg_matrices(m, r, points=None):
     """float64 [AT (m x n) | G (n x r) | BT (n x n)], n = m + r - 1, of F(m, r) on WG_POINTS:
     Toom-Cook's evaluation matrices E_k (n x k, row j the powers of point j, the last row the
     leading coefficient) give correlation as AT = E_m^T, G = E_r, BT = (E_n^-1)^T; each row of
     BT is scaled to a largest entry of 1 and G's row by the inverse (smaller float32 errors)."""
-    key = (m, r)
+    points = tuple(WG_POINTS if points is None else points)
+    key = (m, r, points)
     if key not in _wg_cache:
         n = m + r - 1
-        points = WG_POINTS[:n - 1]
+        points = points[:n - 1]
 
         def evaluation(k):
             e = np.zeros((n, k))

@@ -1563,3 +1563,149 @@ def test_an_unknown_or_too_wide_isa_is_a_clear_error():
         assert run.returncode != 0
         assert f"ValueError: JUICEPY_CPU_ISA must be one of {allowed}" in run.stderr, run.stderr[-2000:]
         assert f"got '{value}'" in run.stderr, run.stderr[-2000:]
+
+
+def _wg_grad_reference(dy, at, o, n0, n1, th, tw):
+    """(36, tiles of samples [n0, n1), O): AT^T dY AT of every 2x2 tile of dy in float64, outputs
+    past Ho x Wo as zeros."""
+    n, _, ho, wo = dy.shape
+    grid = np.zeros((n, o, 2 * th, 2 * tw))
+    grid[:, :, :ho, :wo] = dy
+    tiles = grid.reshape(n, o, th, 2, tw, 2)[n0:n1]
+    return np.einsum("ip,noyixj,jq->pqnyxo", at, tiles, at).reshape(36, (n1 - n0) * th * tw, o)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(2, 32, 16, 16, 2, 0, 2), (3, 13, 7, 9, 2, 1, 3), (1, 35, 5, 6, 0, 0, 1),
+                                   (2, 17, 1, 1, 2, 1, 2)],
+                         ids=["whole-vectors", "odd-plane-channels-past-the-vector", "padding-0", "one-pixel"])
+def test_wg_grad_matches_a_float64_reference(shape, dtype):
+    """wg_grad (F(2x2, 5x5)'s weight gradient: dy's 2x2 tiles through AT^T (.) AT, tile-major,
+    vectorised along the output channels) against einsum in float64: odd planes (the last tiles
+    half outside, read as zeros), channel counts not a multiple of the vector, a chunk of samples
+    from n0 > 0; the gap after each slice stays as it was; bad arguments refused."""
+    n, o, ho, wo, p, n0, n1 = shape
+    h, w_ = ho + 4 - 2 * p, wo + 4 - 2 * p  # the forward's input plane for 5x5 taps, padding p
+    geometry = (3, h, w_, 5, 5, 1, 1, p, p, 1, 1, ho, wo)
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    mats = numpy_spatial._wg_matrices(2, 5, numpy_spatial.WG_FILTER_POINTS)
+    at = mats[:12].reshape(2, 6)
+    dy = np.random.default_rng(41).standard_normal((n, o, ho, wo))
+    want = _wg_grad_reference(dy, at, o, n0, n1, th, tw)
+    used = want[0].size
+    ks = used + 5
+    m = np.full((36, ks), np.nan, dtype)
+    kernels.wg_grad(m, dy.astype(dtype), geometry, o, n, n0, n1, th, tw, ks, 2, mats)
+    tol = 1e-5 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(m[:, :used].reshape(want.shape), want, rtol=tol, atol=tol * np.abs(want).max())
+    assert np.isnan(m[:, used:]).all()
+    with pytest.raises(ValueError, match="wg_grad: need a positive channel count"):
+        kernels.wg_grad(m, dy.astype(dtype), geometry, o, n, n0, n1, th, tw, used - 1, 2, mats)
+    with pytest.raises(ValueError, match="wg kernels"):
+        kernels.wg_grad(m, dy.astype(dtype), geometry, o, n, n0, n1, th, tw + 1, ks, 2, mats)
+    with pytest.raises(ValueError, match="wg_grad: only F\\(2x2, 5x5\\)"):
+        kernels.wg_grad(m, dy.astype(dtype), geometry, o, n, n0, n1, (ho + 3) // 4, (wo + 3) // 4, ks, 4, mats)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_tile_gemm_reads_u_slices_us_apart(dtype):
+    """tile_gemm(..., us): u's slices further apart than (O, C) (the 5x5 weight gradient's input
+    tiles), accumulating and not, against einsum in float64; too small a us is refused."""
+    positions, o, c, p = 36, 13, 70, 20
+    rng = np.random.default_rng(43)
+    u, v, m0 = rng.standard_normal((positions, o, c)), rng.standard_normal((positions, c, p)), \
+        rng.standard_normal((positions, o, p))
+    us = o * c + 9
+    ubuf = np.full((positions, us), np.nan, dtype)
+    ubuf[:, :o * c] = u.reshape(positions, -1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for accumulate in (False, True):
+        m = m0.astype(dtype)
+        kernels.tile_gemm(ubuf, v.astype(dtype), m, positions, o, c, p, c * p, o * p, accumulate, us)
+        want = (m0 if accumulate else 0) + np.einsum("koc,kcp->kop", u, v)
+        np.testing.assert_allclose(m, want, rtol=tol, atol=tol * np.abs(want).max())
+    with pytest.raises(ValueError, match=r"tile_gemm: us: slices of u overlap \(need at least 910, got 909\)"):
+        kernels.tile_gemm(ubuf, v.astype(dtype), m, positions, o, c, p, c * p, o * p, False, o * c - 1)
+
+
+def _zen5_avx512(monkeypatch):
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
+    monkeypatch.setattr(kernels, "cpu_family", 0x1A)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("shape", [(2, 32, 32, 32, 32, 2), (1, 33, 17, 19, 35, 1), (3, 32, 12, 13, 40, 0),
+                                   (2, 32, 6, 7, 32, 3)],
+                         ids=["bench-layer", "batch-1-odd", "padding-0", "padding-past-the-taps"])
+def test_5x5_weight_gradient_as_winograd_matches_a_float64_reference(shape, dtype, monkeypatch):
+    """The 5x5 stride-1 weight gradient as F(5x5, 2x2) (_wg_backward_filter, reached through
+    conv2d_backward_filter where the rule picks it), alone and accumulating, against a float64
+    reference written here: float64 to rounding, float32 within 2e-5 of the largest tap's
+    gradient as the forward's F(2x2, 5x5) (docs/numpy.md: 4-5e-6 measured, PyTorch's 3.7e-6 on the
+    bench's layer); batch 1, odd planes, channel counts not a multiple of the vector, padding 0
+    to 3, chunks of one sample on two lanes."""
+    n, c, h, w_, o, p = shape
+    _zen5_avx512(monkeypatch)
+    monkeypatch.setattr(numpy_spatial, "WG_FILTER_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
+    picked = []
+    original = numpy_spatial._wg_backward_filter
+    monkeypatch.setattr(numpy_spatial, "_wg_backward_filter", lambda *a: (picked.append(1), original(*a))[1])
+    rng = np.random.default_rng(47)
+    x = rng.standard_normal((n, c, h, w_))
+    ho, wo = h + 2 * p - 4, w_ + 2 * p - 4
+    dy = rng.standard_normal((n, o, ho, wo))
+    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
+    want = np.zeros((o, c, 5, 5))
+    for i in range(5):
+        for j in range(5):
+            want[:, :, i, j] = np.einsum("nohw,nchw->oc", dy, xp[:, :, i:i + ho, j:j + wo])
+    backend = jp.backend("numpy")
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    dw0 = rng.standard_normal(want.shape)
+    for accumulate in (False, True):
+        dw = dw0.astype(dtype)
+        backend.conv2d_backward_filter(x.astype(dtype), dy.astype(dtype), dw, (1, 1), (p, p), (1, 1), 1, accumulate,
+                                       ws=Workspace())
+        np.testing.assert_allclose(dw, (dw0 if accumulate else 0) + want, rtol=tol, atol=tol * np.abs(want).max())
+    assert len(picked) == 2
+
+
+@needs_kernels
+def test_5x5_weight_gradient_as_winograd_only_on_zen5_avx512(monkeypatch):
+    """F(5x5, 2x2) for the weight gradient only where _direct_favoured (AMD Zen 5, AVX-512; the one
+    kind measured): 5x5, undilated, ungrouped, 32 channels each side on 32x32 output planes, 64 on
+    16x16 ones (32 on 16x16 lost to the direct kernel); held to AVX2 and on other kinds the
+    direct kernel as before."""
+    _zen5_avx512(monkeypatch)
+    backend = jp.backend("numpy")
+    applies = numpy_spatial._wg_filter
+    assert applies(backend, (32, 32, 5, 5), (1, 1), 1, (32, 32))
+    assert applies(backend, (64, 32, 5, 5), (1, 1), 1, (32, 32))
+    assert applies(backend, (64, 64, 5, 5), (1, 1), 1, (16, 16))
+    assert not applies(backend, (32, 32, 5, 5), (1, 1), 1, (16, 16))
+    assert not applies(backend, (64, 64, 5, 5), (1, 1), 1, (8, 8))
+    assert not applies(backend, (16, 16, 5, 5), (1, 1), 1, (32, 32))
+    assert not applies(backend, (32, 32, 3, 3), (1, 1), 1, (32, 32))
+    assert not applies(backend, (32, 32, 5, 5), (2, 2), 1, (32, 32))
+    assert not applies(backend, (32, 16, 5, 5), (1, 1), 2, (32, 32))
+    monkeypatch.setattr(kernels, "isa", 1)
+    assert not applies(backend, (32, 32, 5, 5), (1, 1), 1, (32, 32))
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(kernels, "cpu_family", 0x19)
+    assert not applies(backend, (32, 32, 5, 5), (1, 1), 1, (32, 32))
+
+
+@needs_kernels
+def test_5x5_winograd_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+
+    _zen5_avx512(monkeypatch)
+    monkeypatch.setattr(numpy_spatial, "WG_FILTER_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 64})
+    _steady_steps_allocate_nothing(monkeypatch, "_wg_backward_filter", [L.Conv2d(8, 3, padding=1), L.ReLU(),
+                                   L.Conv2d(8, 5, padding=2)], (4, 8, 8), (8, 8, 8), isa=2)
