@@ -1,6 +1,8 @@
 """The CUDA backend's per-channel reductions split over blocks or not: batch norm (training
-forward + backward) and a convolution's bias gradient at the CNN benchmarks' shapes, with
-``device.CHUNK_MIN`` at several values (the largest value keeps one block per channel).
+forward + backward) and a convolution's bias gradient at the CNN benchmarks' shapes, under
+several chunk rules: "256", "1024", "4096" split every channel of more values than that into
+chunks of at least that many (``device.CHUNK_MIN`` = ``device.SPLIT_MIN`` = the value), "rule" is
+the backend's own (CHUNK_MIN, SPLIT_MIN), "one block" never splits.
 
     python bench/ab_cuda_chunks.py [--rounds 7] [--json chunks.json]
 
@@ -27,7 +29,8 @@ from juicepy.backends.cuda import device
 SHAPES = [(32, 16, 32, 32), (32, 32, 16, 16), (32, 64, 8, 8),  # the zoo ResNet b32's stages
           (32, 32, 32, 32), (32, 64, 16, 16), (32, 128, 8, 8),  # the CIFAR-shaped CNN's
           (64, 6, 28, 28), (64, 16, 10, 10)]  # LeNet b64's convolutions (bias gradient)
-SETTINGS = (256, 1024, 4096, 1 << 62)
+SETTINGS = {"256": (256, 256), "1024": (1024, 1024), "4096": (4096, 4096),
+            "rule": (device.CHUNK_MIN, device.SPLIT_MIN), "one block": (device.CHUNK_MIN, 1 << 62)}
 CALLS = 50
 
 
@@ -67,7 +70,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     backend = jp.backend("cuda")
     results = {}
-    default = device.CHUNK_MIN
+    default = device.CHUNK_MIN, device.SPLIT_MIN
     try:
         for shape in SHAPES:
             ws = Workspace()
@@ -77,30 +80,30 @@ def main(argv=None) -> int:
                 times = {s: {"graph": [], "eager": []} for s in SETTINGS}
                 graphs = {}
                 for s in SETTINGS:  # warm up: kernels compiled, workspace made, graph recorded
-                    device.CHUNK_MIN = s
+                    device.CHUNK_MIN, device.SPLIT_MIN = SETTINGS[s]
                     op()
                     graphs[s] = backend.capture(lambda: [op() for _ in range(CALLS)])
                 for _ in range(args.rounds):
                     for s in SETTINGS:
-                        device.CHUNK_MIN = s
+                        device.CHUNK_MIN, device.SPLIT_MIN = SETTINGS[s]
                         backend.synchronize()
                         start = time.perf_counter()
                         graphs[s].replay()
                         backend.synchronize()
                         times[s]["graph"].append((time.perf_counter() - start) / CALLS * 1e6)
                         times[s]["eager"].append(_eager_us(backend, op))
-                row = {str(s): {k: statistics.median(v) for k, v in t.items()} for s, t in times.items()}
+                row = {s: {k: statistics.median(v) for k, v in t.items()} for s, t in times.items()}
                 chunks = {}
                 for s in SETTINGS:
-                    device.CHUNK_MIN = s
-                    chunks[str(s)] = device.channel_chunks(shape[0] * shape[2] * shape[3], shape[1], backend.sm_count)
+                    device.CHUNK_MIN, device.SPLIT_MIN = SETTINGS[s]
+                    chunks[s] = device.channel_chunks(shape[0] * shape[2] * shape[3], shape[1], backend.sm_count)
                 results[f"{name} {shape}"] = {"us": row, "chunks": chunks}
-                cells = "  ".join(f"{s if s < 1 << 40 else 'one block'}: {row[str(s)]['graph']:6.1f} / "
-                                  f"{row[str(s)]['eager']:6.1f} {tuple(chunks[str(s)])}" for s in SETTINGS)
+                cells = "  ".join(f"{s}: {row[s]['graph']:6.1f} / {row[s]['eager']:6.1f} {tuple(chunks[s])}"
+                                  for s in SETTINGS)
                 print(f"{name:26s} {str(shape):18s} {cells}", flush=True)
     finally:
-        device.CHUNK_MIN = default
-    print("(CHUNK_MIN: graph us / eager us per call (chunks, chunk))")
+        device.CHUNK_MIN, device.SPLIT_MIN = default
+    print("(rule: graph us / eager us per call (chunks, chunk))")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

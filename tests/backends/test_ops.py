@@ -216,11 +216,11 @@ def test_add_with_relu(ops_backend, dtype, rng, shape, layout, in_place):
     placed.check_sentinels()
 
 
-# (3, 70): columns past one tile of 32 and fewer rows than a block's warps; (2500, 3) and
-# (5, 2, 21, 22): more values a channel than CUDA gives one block (device.channel_chunks: 3 chunks
+# (3, 70): columns past one tile of 32 and fewer rows than a block's warps; (5000, 3) and
+# (10, 2, 21, 22): more values a channel than CUDA gives one block (device.channel_chunks: 5 chunks
 # of 1024, the last shorter, on a GPU of 132 SMs)
-@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64), (3, 4, 5, 6), (3, 70), (2500, 3),
-                                   (5, 2, 21, 22)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64), (3, 4, 5, 6), (3, 70), (5000, 3),
+                                   (10, 2, 21, 22)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_add_bias_and_bias_grad(ops_backend, dtype, rng, shape, accumulate):
     out0, bias, db0 = rng.standard_normal(shape), rng.standard_normal(shape[1]), rng.standard_normal(shape[1])
@@ -863,10 +863,10 @@ def test_pooling_refuses_bad_arguments(ops_backend):
 
 
 # ======================================================================= batch norm
-# (2500, 3) and (5, 2, 21, 22): channels of more values than CUDA gives one block (see
+# (5000, 3) and (10, 2, 21, 22): channels of more values than CUDA gives one block (see
 # test_add_bias_and_bias_grad)
-@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 2, 3, 3), (8, 1, 2, 2), (3, 2, 7), (2500, 3),
-                                   (5, 2, 21, 22)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 2, 3, 3), (8, 1, 2, 2), (3, 2, 7), (5000, 3),
+                                   (10, 2, 21, 22)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_batch_norm(ops_backend, dtype, rng, shape, accumulate):
     c = shape[1]
@@ -907,7 +907,7 @@ def test_batch_norm(ops_backend, dtype, rng, shape, accumulate):
     placed.check_sentinels()
 
 
-@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 33), (5, 2, 21, 22)])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 33), (10, 2, 21, 22)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_batch_norm_with_a_fused_relu(ops_backend, dtype, rng, shape, accumulate):
     """relu=True: out = max(batch norm, 0) (NaN kept); relu_out: dy is a following ReLU's output
@@ -980,7 +980,7 @@ def test_batch_norm_refuses_a_wrong_channel_count(ops_backend):
 # ============================================================ synchronised batch norm
 # The layer runs: sums about zero -> stats (the mean) -> sums about the mean -> stats (+ running)
 # -> apply; each ``sums`` would be summed over ranks in between. Here count is what the sums cover.
-SYNC_SHAPES = [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 7), (2500, 3), (5, 2, 21, 22)]
+SYNC_SHAPES = [(4, 3), (2, 5, 3, 4), (8, 1, 2, 2), (3, 2, 7), (5000, 3), (10, 2, 21, 22)]
 
 
 @pytest.mark.parametrize("shape", SYNC_SHAPES)

@@ -20,26 +20,29 @@ CUBLAS_WORKSPACE_BYTES = 32 << 20  # what cuBLAS asks for on Hopper
 
 # The per-channel reductions (batch norm, a convolution's bias gradient) split each channel's
 # values over several blocks (channel_chunks): enough blocks to give every SM about
-# CHUNK_BLOCKS_PER_SM of them, at most CHUNK_MAX per channel, and no split of a channel of
-# CHUNK_MIN values or fewer (there the second launch a split needs costs more than the wider
-# grid saves). Tests lower CHUNK_MIN to reach several chunks with small inputs.
+# CHUNK_BLOCKS_PER_SM of them, at most CHUNK_MAX per channel, no chunk of fewer than CHUNK_MIN
+# values, and no split of a channel of SPLIT_MIN values or fewer, where one block with one
+# launch was measured faster than the split's two (docs/cuda.md, section 5). Tests lower
+# CHUNK_MIN and SPLIT_MIN to reach several chunks with small inputs.
 CHUNK_BLOCKS_PER_SM = 2
 CHUNK_MAX = 64
 CHUNK_MIN = 4 * BLOCK
+SPLIT_MIN = 16 * BLOCK
 
 
 def channel_chunks(count: int, channels: int, sms: int) -> tuple[int, int]:
     """(chunks, chunk): each of ``channels`` channels of ``count`` values is cut into ``chunks``
     runs of ``chunk`` values (a multiple of BLOCK; the last run shorter), one block each; (1, count)
     where one block per channel is the better form."""
-    if count <= CHUNK_MIN or channels < 1:
+    if count <= max(SPLIT_MIN, CHUNK_MIN) or channels < 1:
         return 1, count
     chunks = min(-(-CHUNK_BLOCKS_PER_SM * sms // channels), CHUNK_MAX, -(-count // CHUNK_MIN))
     if chunks <= 1:
         return 1, count
     chunk = -(-count // chunks)
     chunk = -(-chunk // BLOCK) * BLOCK
-    return -(-count // chunk), chunk
+    chunks = -(-count // chunk)
+    return (chunks, chunk) if chunks > 1 else (1, count)
 
 
 CUBLAS_OP_N, CUBLAS_OP_T = 0, 1

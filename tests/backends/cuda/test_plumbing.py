@@ -114,6 +114,7 @@ def test_every_op_launches_its_kernels_with_matching_arguments(standin, monkeypa
     backend.slice_channels(z(2, 7, 4), z(2, 3, 4), 4)
     # the forms for channels split over several blocks (device.channel_chunks) and (N, C) biases
     monkeypatch.setattr(device, "CHUNK_MIN", device.BLOCK)
+    monkeypatch.setattr(device, "SPLIT_MIN", device.BLOCK)
     big = lambda: z(2, 4, 20, 20)  # noqa: E731  (800 values a channel: 4 chunks)
     backend.bias_grad(big(), z(4), accumulate=True)
     backend.bias_grad(x, z(10))

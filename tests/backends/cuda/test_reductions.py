@@ -32,6 +32,7 @@ def cuda(monkeypatch):
     except BackendUnavailable as exc:
         pytest.skip(f"no CUDA device and no emulator ({str(exc)[:160]})")
     monkeypatch.setattr(device, "CHUNK_MIN", device.BLOCK)
+    monkeypatch.setattr(device, "SPLIT_MIN", device.BLOCK)
     return backend
 
 
@@ -71,12 +72,15 @@ def test_the_chunk_rule():
         if chunks == 1:
             assert chunk == count
             continue
-        assert count > device.CHUNK_MIN and 1 < chunks <= device.CHUNK_MAX
+        assert count > max(device.SPLIT_MIN, device.CHUNK_MIN) and 1 < chunks <= device.CHUNK_MAX
+        assert chunk >= device.CHUNK_MIN
         assert chunk % device.BLOCK == 0 and (chunks - 1) * chunk < count <= chunks * chunk  # none empty
         assert channels * (chunks - 1) < device.CHUNK_BLOCKS_PER_SM * sms  # no more blocks than asked for
     # ResNet 16-32-64 b32's first stage on an H200: 16 blocks of 2048 values a channel, 256 in all
     assert device.channel_chunks(32 * 32 * 32, 16, 132) == (16, 2048)
     assert device.channel_chunks(10 ** 6, 300, 132) == (1, 10 ** 6)  # enough channels for every SM already
+    assert device.channel_chunks(32 * 16 * 16, 32, 132) == (8, 1024)  # its second stage
+    assert device.channel_chunks(32 * 8 * 8, 64, 132) == (1, 2048)  # its third: one block measured faster
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
