@@ -198,14 +198,13 @@ class SpatialOps(abc.ABC):
         check_per_channel("cuda", "batch_norm_sums", x, shift)
         check_batch_norm_sums("cuda", "batch_norm_sums", sums, x.shape[1])
         n, c, inner, chunks, chunk = self._chunks(x)
-        sizes = (np.int64(n), np.int64(c), np.int64(inner))
-        if chunks == 1:
-            self._launch(x.dtype, "batch_norm_sums", 0, (x, shift, sums) + sizes, grid=c)
-            return
-        partials = scratch(ws, self, "channel_partials", (2, c, chunks), x.dtype)
+        # with one chunk a channel the partials are the sums: no second kernel
+        partials = sums if chunks == 1 else scratch(ws, self, "channel_partials", (2, c, chunks), x.dtype)
         self._launch(x.dtype, "batch_norm_sums_partials", 0,
-                     (x, shift, partials) + sizes + (np.int64(chunks), np.int64(chunk)), grid=c * chunks)
-        self._combine_sums(partials, sums, NULL, NULL, False)
+                     (x, shift, partials, np.int64(n), np.int64(c), np.int64(inner), np.int64(chunks), np.int64(chunk)),
+                     grid=c * chunks)
+        if chunks > 1:
+            self._combine_sums(partials, sums, NULL, NULL, False)
 
     def _combine_sums(self, partials, sums, dgamma, dbeta, accumulate):
         """batch_norm_combine_sums: one warp per channel of partials (2, C, chunks)."""

@@ -3080,34 +3080,47 @@ static PyObject *py_wg_input(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* The operands wg_output and wg_grad share: the plane buffer (out or dy, n * o * Ho * Wo values),
+ * m (the GEMM results, k slices ks apart) and the transform matrices, each checked; on failure
+ * nothing is held and a Python error is set. */
+static int wg_plane_operands(const char *name, const Geometry *g, I o, I n, I n0, I n1, I th, I tw, I ks, I m,
+                             PyObject *planeo, Py_buffer *plane, int plane_writable, const char *plane_name,
+                             PyObject *mo_, Py_buffer *mm, PyObject *mo, Py_buffer *mats)
+{
+    if (check_wg(g, th, tw, m, 1 << 20) < 0 || check_range(n0, n1, n, "samples") < 0)
+        return -1;
+    const I k = (m + g->kh - 1) * (m + g->kh - 1);
+    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
+        PyErr_Format(PyExc_ValueError, "%s: need a positive channel count and slices of m that do not overlap",
+                     name);
+        return -1;
+    }
+    if (get_three(planeo, plane, plane_writable, n * o * g->ho * g->wo, plane_name, mo_, mm, !plane_writable,
+                  (k - 1) * ks + o * (n1 - n0) * th * tw, "m", NULL, NULL, 0, 0, NULL) < 0)
+        return -1;
+    if (get_buffer(mo, mats, 0, "d", 0, "mats") < 0) {
+        release_three(plane, mm, NULL);
+        return -1;
+    }
+    if (check_wg(g, th, tw, m, mats->len / 8) < 0) {
+        release_three(plane, mm, mats);
+        return -1;
+    }
+    return 0;
+}
+
 static PyObject *py_wg_output(PyObject *self, PyObject *args)
 {
     PyObject *mo_, *oo, *go, *mo;
     Geometry g;
     I o, n, n0, n1, th, tw, ks, m;
     int accumulate, failed;
+    Py_buffer out, mm, mats;
     if (!PyArg_ParseTuple(args, "OOOnnnnnnnpnO", &mo_, &oo, &go, &o, &n, &n0, &n1, &th, &tw, &ks, &accumulate, &m, &mo))
         return NULL;
-    if (!parse_geometry(go, &g) || check_wg(&g, th, tw, m, 1 << 20) < 0 || check_range(n0, n1, n, "samples") < 0)
+    if (!parse_geometry(go, &g) ||
+        wg_plane_operands("wg_output", &g, o, n, n0, n1, th, tw, ks, m, oo, &out, 1, "out", mo_, &mm, mo, &mats) < 0)
         return NULL;
-    const I k = (m + g.kh - 1) * (m + g.kh - 1);
-    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
-        PyErr_SetString(PyExc_ValueError, "wg_output: need a positive channel count and slices of m "
-                        "that do not overlap");
-        return NULL;
-    }
-    Py_buffer out, mm, mats;
-    if (get_three(oo, &out, 1, n * o * g.ho * g.wo, "out", mo_, &mm, 0, (k - 1) * ks + o * (n1 - n0) * th * tw, "m",
-                  NULL, NULL, 0, 0, NULL) < 0)
-        return NULL;
-    if (get_buffer(mo, &mats, 0, "d", 0, "mats") < 0) {
-        release_three(&out, &mm, NULL);
-        return NULL;
-    }
-    if (check_wg(&g, th, tw, m, mats.len / 8) < 0) {
-        release_three(&out, &mm, &mats);
-        return NULL;
-    }
     RELEASE_GIL
     if (out.itemsize == 4)
         failed = WG_DISPATCH(output, f32, m, g.kh, mm.buf, out.buf, &g, o, n0, n1, th, tw, ks, accumulate, mats.buf);
@@ -3127,32 +3140,17 @@ static PyObject *py_wg_grad(PyObject *self, PyObject *args)
     Geometry g;
     I o, n, n0, n1, th, tw, ks, m;
     int failed;
+    Py_buffer dy, mm, mats;
     if (!PyArg_ParseTuple(args, "OOOnnnnnnnnO", &mo_, &yo, &go, &o, &n, &n0, &n1, &th, &tw, &ks, &m, &mo))
         return NULL;
-    if (!parse_geometry(go, &g) || check_wg(&g, th, tw, m, 1 << 20) < 0 || check_range(n0, n1, n, "samples") < 0)
+    if (!parse_geometry(go, &g))
         return NULL;
     if (m != 2 || g.kh != 5) {
         PyErr_SetString(PyExc_ValueError, "wg_grad: only F(2x2, 5x5)'s weight gradient (m 2, 5x5 taps)");
         return NULL;
     }
-    const I k = (m + g.kh - 1) * (m + g.kh - 1);
-    if (o < 1 || ks < o * (n1 - n0) * th * tw) {
-        PyErr_SetString(PyExc_ValueError, "wg_grad: need a positive channel count and slices of m "
-                        "that do not overlap");
+    if (wg_plane_operands("wg_grad", &g, o, n, n0, n1, th, tw, ks, m, yo, &dy, 0, "dy", mo_, &mm, mo, &mats) < 0)
         return NULL;
-    }
-    Py_buffer dy, mm, mats;
-    if (get_three(yo, &dy, 0, n * o * g.ho * g.wo, "dy", mo_, &mm, 1, (k - 1) * ks + o * (n1 - n0) * th * tw, "m",
-                  NULL, NULL, 0, 0, NULL) < 0)
-        return NULL;
-    if (get_buffer(mo, &mats, 0, "d", 0, "mats") < 0) {
-        release_three(&dy, &mm, NULL);
-        return NULL;
-    }
-    if (check_wg(&g, th, tw, m, mats.len / 8) < 0) {
-        release_three(&dy, &mm, &mats);
-        return NULL;
-    }
     RELEASE_GIL
     if (dy.itemsize == 4)
         failed = wg_grad_2_5_f32(dy.buf, mm.buf, &g, o, n0, n1, th, tw, ks, mats.buf);

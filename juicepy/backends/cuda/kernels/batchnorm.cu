@@ -211,28 +211,9 @@ __global__ void batch_norm_backward_chunks(const real* x, const real* dy, const 
                    acc_dx);
 }
 
-// Synchronised batch norm: per-channel sums that the caller adds up over ranks between kernels.
-// sums[c] = sum(x - shift[c]), sums[C + c] = sum((x - shift[c])^2); one block per channel.
-__global__ void batch_norm_sums(const real* x, const real* shift, real* sums, i64 batch, i64 channels,
-                                i64 inner) {
-    __shared__ real scratch[32];
-    const i64 c = blockIdx.x, count = batch * inner;
-    const real mu = shift[c];
-    real s = 0, q = 0;
-    for (ChannelWalk w(0, count, c, channels, inner); w.more(); w.next()) {
-        const real d = x[w.index] - mu;
-        s += d;
-        q += d * d;
-    }
-    s = block_sum(s, scratch);
-    q = block_sum(q, scratch);
-    if (threadIdx.x == 0) {
-        sums[c] = s;
-        sums[channels + c] = q;
-    }
-}
-
-// batch_norm_sums' first kernel: the two sums of each chunk.
+// Synchronised batch norm: per-channel sums that the caller adds up over ranks between kernels,
+// sum(x - shift[c]) and sum((x - shift[c])^2) of each chunk into partials (2, C, chunks); with
+// one chunk a channel, partials is the result itself (sums[c], sums[C + c]).
 __global__ void batch_norm_sums_partials(const real* x, const real* shift, real* partials, i64 batch,
                                          i64 channels, i64 inner, i64 chunks, i64 chunk) {
     __shared__ real scratch[32];
