@@ -101,7 +101,7 @@ class Layer:
 
     def capturable(self, training: bool) -> bool:
         """Whether a recorded graph of a pass (a training pass where ``training``) replays this
-        layer as running it op by op would; networks with a layer that cannot run op by op."""
+        layer as running it op by op would; a network holding a layer that says no runs op by op."""
         return True
 
     def step_counters(self) -> list:

@@ -43,6 +43,7 @@ class GraphReplay:
         self._written: list = []
         # one entry per placement: a layer placed twice counts twice per pass
         self._counters = [c for n in network.nodes for c in n.layer.step_counters()] if training else []
+        self._counter_ids = {id(c) for c in self._counters}
 
     def ready(self, key) -> bool:
         return self.graph is not None and self.key == key
@@ -50,9 +51,8 @@ class GraphReplay:
     def sync_params(self) -> None:
         """Refresh device copies made stale by host writes (set_weights), as ``ctx.param`` would;
         not the step counters, which only the host reads (a copy would cost a transfer each step)."""
-        counters = {id(c) for c in self._counters}
         for p in self.network.params.values():
-            if id(p) not in counters:
+            if id(p) not in self._counter_ids:
                 p.on(self.backend)
 
     def record(self, key, body) -> bool:
@@ -64,7 +64,7 @@ class GraphReplay:
             return False
         self.sync_params()  # no host-to-device copy may happen inside the capture
         counted = {id(c): c.numpy().copy() for c in self._counters}
-        before = {p: p.version for p in self.network.params.values() if id(p) not in counted}
+        before = {p: p.version for p in self.network.params.values() if id(p) not in self._counter_ids}
         try:
             graph = self.backend.capture(body)
         except CaptureError as exc:

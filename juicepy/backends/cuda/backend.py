@@ -20,7 +20,7 @@ from ..base import (Backend, BackendUnavailable, channels_inner, check_cell, che
 from .capture import GraphCapture
 from . import device
 from .device import (BLOCK, CUBLAS_OP_N, CUBLAS_OP_T, CUBLAS_POINTER_MODE_HOST, INSTALL_HINT, MAX_BLOCKS,
-                     NULL, channel_chunks, device_index, import_cupy)
+                     NULL, device_index, import_cupy)
 from .kernels import KernelSet, real_type
 from .spatial import SpatialOps
 
@@ -220,7 +220,7 @@ class CudaBackend(SpatialOps, Backend):
                      (out, bias, np.int64(out.size), np.int64(c), np.int64(inner)))
 
     def bias_grad(self, dy, dbias, accumulate=False, ws=None):
-        n, c, inner = channels_inner(dy)
+        n, c, inner, chunks, chunk = self._chunks(dy)
         if dbias.shape != (c,) or dbias.dtype != dy.dtype:
             raise ValueError(f"cuda backend bias_grad: dbias of {dbias.dtype} {dbias.shape} for {c} channels of {dy.dtype}")
         acc = np.int32(accumulate)
@@ -231,7 +231,6 @@ class CudaBackend(SpatialOps, Backend):
             self._launch(dy.dtype, "bias_grad_columns", 0, (dy, dbias, np.int64(n), np.int64(c), acc),
                          block=32 * warps, grid=min(-(-c // 32), MAX_BLOCKS))
             return
-        chunks, chunk = channel_chunks(n * inner, c, self.sm_count)
         if chunks == 1:  # one block per channel, as many threads as its values need (no idle warps)
             self._launch(dy.dtype, "bias_grad", 0, (dy, dbias, np.int64(n), np.int64(c), np.int64(inner), acc),
                          block=_row_block(n * inner), grid=c)
