@@ -1601,6 +1601,80 @@ ISA_512 static void winograd_output16_f32_512(const float *restrict m, float *re
             }
         }
 }
+
+/* 32x32 planes padded by 1 into 32x32 outputs (the 3x3 layers at 32x32), likewise: a row of
+ * tiles is one vector (16 tiles), a row of the plane two, and the tiles' four columns are taken
+ * out of a row's two vectors by one shuffle each instead of the passes above, which stage every
+ * row of tiles in scratch (docs/numpy.md). */
+static int wino_plane32(const Geometry *g, I th, I tw)
+{
+    return g->h == 32 && g->w == 32 && g->ho == 32 && g->wo == 32 && g->ph == 1 && g->pw == 1 && g->dh == 1
+           && g->dw == 1 && th == 16 && tw == 16;
+}
+
+/* lane l (tile l of a row): column 2l + J - 1 of the row's vector pair (the padding at l 0 for
+ * J = 0 and l 15 for J = 3 zeroed by W32_EDGE) */
+#define W32_COL(J, l) (2 * (l) + (J) - 1 < 0 ? 0 : 2 * (l) + (J) - 1 > 31 ? 31 : 2 * (l) + (J) - 1)
+#define W32_EDGE(TX, l) ((l) == (TX) ? 0 : -1)
+
+/* v[k][c][p] as winograd_input_f32 for wino_plane32's geometry. */
+ISA_512 static void winograd_input32_f32_512(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
+{
+    const I np = (n1 - n0) * 256;
+    const vf32x16 zero = {0};
+    const vi32x16 edge0 = W16_LANES(W32_EDGE, 0), edge3 = W16_LANES(W32_EDGE, 15);
+    for (I c = 0; c < c_in; c++)
+        for (I n = n0; n < n1; n++) {
+            const float *plane = x + (n * c_in + c) * 1024;
+            float *dst = v + c * np + (n - n0) * 256;
+            for (I ty = 0; ty < 16; ty++) {
+                /* input rows 2ty - 1 .. 2ty + 2, each as its two halves */
+                vf32x16 r[4][2], t[4][2];
+                for (int l = 0; l < 4; l++) {
+                    const I y = 2 * ty - 1 + l;
+                    for (int h = 0; h < 2; h++)
+                        r[l][h] = y >= 0 && y < 32 ? LOADV(vf32x16, plane + y * 32 + 16 * h) : zero;
+                }
+                for (int h = 0; h < 2; h++) {
+                    t[0][h] = r[0][h] - r[2][h];
+                    t[1][h] = r[1][h] + r[2][h];
+                    t[2][h] = r[2][h] - r[1][h];
+                    t[3][h] = r[1][h] - r[3][h];
+                }
+                for (int i = 0; i < 4; i++) {
+                    const vf32x16 e0 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 0)) & edge0);
+                    const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 1));
+                    const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 2));
+                    const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 3)) & edge3);
+                    W_ROW_STORE(dst + 4 * i * ks + ty * 16, ks, e0, e1, e2, e3);
+                }
+            }
+        }
+}
+
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane32's geometry: output row
+ * 2ty + i is y[i][0] and y[i][1] zipped (W16_ZIP's halves 0 and 1 of the pair). */
+ISA_512 static void winograd_output32_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
+                                              int accumulate)
+{
+    const I np = (n1 - n0) * 256;
+    for (I a = 0; a < o; a++)
+        for (I n = n0; n < n1; n++) {
+            float *plane = out + (n * o + a) * 1024;
+            for (I ty = 0; ty < 16; ty++) {
+                vf32x16 y[2][2];
+                W_OUTPUT_SUMS(m + a * np + (n - n0) * 256 + ty * 16, ks, y);
+                for (int i = 0; i < 2; i++)
+                    for (int h = 0; h < 2; h++) {
+                        vf32x16 row = h ? __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 1))
+                                        : __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 0));
+                        float *p = plane + (2 * ty + i) * 32 + 16 * h;
+                        if (accumulate) row = LOADV(vf32x16, p) + row;
+                        memcpy(p, &row, sizeof row);
+                    }
+            }
+        }
+}
 #define WINO_PLANE8 1
 #else
 #define WINO_PLANE8 0
@@ -2717,6 +2791,10 @@ static int winograd_input_f32_call(const TileCall *t)
         winograd_input16_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
         return 0;
     }
+    if (isa == 2 && wino_plane32(&t->g, t->th, t->tw)) {
+        winograd_input32_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
 #endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_input_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
@@ -2733,6 +2811,10 @@ static int winograd_output_f32_call(const TileCall *t)
     }
     if (isa == 2 && wino_plane16(&t->g, t->th, t->tw)) {
         winograd_output16_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        return 0;
+    }
+    if (isa == 2 && wino_plane32(&t->g, t->th, t->tw)) {
+        winograd_output32_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
         return 0;
     }
 #endif

@@ -1136,6 +1136,7 @@ def _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate):
     (4, 5, 8, 8, 1, 1, 1, 1, 1, 4),        # 8x8 planes padded by 1: a plane's 16 tiles one AVX-512 vector
     (2, 3, 8, 8, 2, 2, 1, 1, 0, 2),        # 8x8 planes padded by 2: 10x10 outputs, the row passes
     (3, 4, 16, 16, 1, 1, 1, 1, 1, 3),      # 16x16 planes padded by 1: two rows of 8 tiles a vector
+    (3, 3, 32, 32, 1, 1, 1, 1, 1, 3),      # 32x32 planes padded by 1: a row of 16 tiles a vector
     (3, 5, 7, 9, 1, 1, 1, 1, 1, 3),        # odd planes: the last row and column of tiles half out
     (3, 2, 5, 6, 2, 2, 1, 1, 1, 2),        # padding past the kernel
     (2, 3, 40, 37, 1, 1, 1, 1, 0, 2),      # 19 tiles a row: not a whole number of vectors
@@ -1144,7 +1145,7 @@ def _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate):
     (2, 2, 9, 38, 1, 1, 2, 2, 1, 2),       # dilated, odd padding, 18 tiles a row
     (2, 3, 10, 12, 1, 2, 1, 2, 1, 2),      # dilated along W only
     (2, 2, 14, 17, 3, 3, 3, 3, 0, 2),      # dilation 3: gathered tile by tile
-], ids=["batch-1", "8x8-planes", "8x8-padding-2", "16x16-planes", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns",
+], ids=["batch-1", "8x8-planes", "8x8-padding-2", "16x16-planes", "32x32-planes", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns",
         "dilation-3"])
 def test_winograd_transforms_match_the_reference_bit_for_bit(shape, dtype):
     """winograd_input / winograd_output (vectorised along a row of tiles) against the transforms
