@@ -983,10 +983,14 @@ WINOGRAD_MIN_CHANNELS = 32
 #: CPU kinds, (vendor, display family), whose direct kernel's AVX-512 build beats Winograd on
 #: more layers than elsewhere: AMD Zen 5 (family 0x1A), whose AVX-512 units run at full width,
 #: which speeds the FMA-bound direct kernel more than the transforms. There (with AVX-512 only:
-#: held to AVX2 it ranks them as Zen 4 does) 5x5 layers skip F(2x2, 5x5) and F(2x2, 3x3) needs
-#: DIRECT_FAVOURED_WINOGRAD_MIN_IN channels summed over (docs/numpy.md, session 33)
+#: held to AVX2 it ranks them as Zen 4 does) Winograd's GEMMs run on tile_gemm from
+#: DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH channels; F(2x2, 3x3) needs
+#: DIRECT_FAVOURED_WINOGRAD_MIN_IN channels summed over (with 32 it won alone but not in the
+#: CNN and ResNet), F(2x2, 5x5) runs only where its GEMMs do run on tile_gemm (_tile_gemm_for;
+#: on BLAS the direct kernel won) (docs/numpy.md, sessions 33 and 35)
 DIRECT_FAVOURED_CPUS = {("AuthenticAMD", 0x1A)}
 DIRECT_FAVOURED_WINOGRAD_MIN_IN = 64
+DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH = 32
 WINOGRAD_MIN_PLANE = 64
 #: the smallest output plane for the larger tiles (_wg)
 WG_MIN_PLANE = 256
@@ -1048,20 +1052,28 @@ def _winograd_tiles(geometry):
 
 #: fewest input channels (the GEMM depth) from which _tile_run's GEMMs run on the pointwise
 #: kernel's blocks (tile_gemm) instead of np.matmul, on AVX-512: measured to win with 64 and 128,
-#: lost with 32 (docs/numpy.md)
+#: lost with 32 on Zen 4 (docs/numpy.md); DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH on Zen 5
 TILE_GEMM_MIN_DEPTH = 64
 
 
 def _tile_gemm(backend, t, n_in, chunks) -> bool:
     """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
     position of depth n_in (or the phase Winograd's S2_DEPTHS, on s2_gemm), at least
-    TILE_GEMM_MIN_DEPTH of them, on AVX-512 (``isa`` 2), where the register blocks were measured to
-    win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv); only with a chunk for every
-    lane, each lane's BLAS on one thread: a lone chunk's np.matmul runs on all of BLAS's threads,
-    tile_gemm on one."""
+    TILE_GEMM_MIN_DEPTH of them (DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH where _direct_favoured), on
+    AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3
+    blocks lost to BLAS in the 1x1 conv); only with a chunk for every lane, each lane's BLAS on
+    one thread: a lone chunk's np.matmul runs on all of BLAS's threads, tile_gemm on one."""
     lanes = _num_threads()
+    deep = DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH if _direct_favoured(backend) else TILE_GEMM_MIN_DEPTH
     return backend.conv_kernels.isa == 2 and (set(t.depths) == {1} or t.depths == S2_DEPTHS) \
-        and n_in >= TILE_GEMM_MIN_DEPTH and len(chunks) >= lanes and _gemm_lanes() == lanes
+        and n_in >= deep and len(chunks) >= lanes and _gemm_lanes() == lanes
+
+
+def _tile_gemm_for(backend, n, tiles, chunk_tiles, n_in) -> bool:
+    """Whether a Winograd conv with one-deep positions, ``n`` samples of ``tiles`` tiles in chunks
+    of ``chunk_tiles`` (_sample_chunks), runs its GEMMs on tile_gemm (_tile_gemm)."""
+    one_deep = _TileTransforms("rule", (1,), chunk_tiles, tiles, 0, None, None, None)
+    return _tile_gemm(backend, one_deep, n_in, _sample_chunks(n, tiles, chunk_tiles)[1])
 
 
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
@@ -1333,13 +1345,16 @@ def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
     direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
     WG_MIN_CHANNELS each side, on AVX2 or AVX-512 (``isa`` >= 1), where it was measured
-    (docs/numpy.md), but not where _direct_favoured. Where it
-    applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
-    if _direct_favoured(backend):
+    (docs/numpy.md); where _direct_favoured, only with its GEMMs on tile_gemm (_tile_gemm_for).
+    Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
+    if not (backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1
+            and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh]
+            and out_hw[0] * out_hw[1] >= WG_MIN_PLANE):
         return False
-    return backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1 \
-        and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh] \
-        and out_hw[0] * out_hw[1] >= WG_MIN_PLANE
+    if _direct_favoured(backend):
+        m = WG_TILE[plan.kh]
+        return _tile_gemm_for(backend, plan.n, -(-out_hw[0] // m) * -(-out_hw[1] // m), WG_TILES, n_in)
+    return True
 
 
 #: tiles per chunk of samples of _wg_run (at least one sample; 64-256 measured the same)

@@ -530,10 +530,13 @@ def test_tile_gemm_refuses_what_it_does_not_compute():
 @needs_kernels
 def test_tile_gemm_only_on_avx512_for_deep_uniform_products_with_a_chunk_per_lane(monkeypatch):
     """_tile_run's GEMMs run on tile_gemm (F(2x2, 2x2)'s mixed depths on s2_gemm) on AVX-512 with
-    TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won) and a chunk for each lane, never for
-    other mixed depths, on AVX2 or the baseline, for fewer chunks than lanes (BLAS's threads) or
-    where BLAS threads cannot be limited."""
+    TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won on Zen 4; on Zen 5 from
+    DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH) and a chunk for each lane, never for other mixed depths,
+    on AVX2 or the baseline, for fewer chunks than lanes (BLAS's threads) or where BLAS threads
+    cannot be limited."""
     backend = jp.backend("numpy")
+    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
+    monkeypatch.setattr(kernels, "cpu_family", 0x19)  # Zen 4
 
     def transforms(depths):
         return numpy_spatial._TileTransforms("t", depths, 256, 16, 0, None, None, None)
@@ -550,6 +553,11 @@ def test_tile_gemm_only_on_avx512_for_deep_uniform_products_with_a_chunk_per_lan
     assert not applies(backend, transforms(numpy_spatial.S2_DEPTHS), 32, two)
     assert not applies(backend, transforms((1, 2) * 8), deep, two)
     assert not applies(backend, wino, deep, two[:1])
+    monkeypatch.setattr(kernels, "cpu_family", 0x1A)  # Zen 5
+    zen5 = numpy_spatial.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH
+    assert zen5 < deep and applies(backend, wino, zen5, two) and applies(backend, transforms((1,) * 36), zen5, two)
+    assert not applies(backend, wino, zen5 - 1, two) and not applies(backend, wino, zen5, two[:1])
+    monkeypatch.setattr(kernels, "cpu_family", 0x19)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
     assert not applies(backend, wino, deep, two)
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)
@@ -571,6 +579,7 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, kernel, kernel))
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1)
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)  # batch 1: one chunk
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
@@ -643,15 +652,21 @@ def test_winograd_only_for_wide_layers_on_large_planes(monkeypatch, isa, wins, l
 @pytest.mark.parametrize("isa", [1, 2], ids=["avx2", "avx512"])
 def test_zen5_runs_f2x2_3x3_only_on_64_channels_summed_over_with_avx512(monkeypatch, isa):
     """AMD Zen 5 with AVX-512: the direct kernel beat F(2x2, 3x3) with 32 channels summed over
-    (the forward's input channels, the input gradient's output channels) and lost with 64
-    (docs/numpy.md); held to AVX2 the Zen 4 rule holds. Layers as (summed over, other side, output side)."""
+    (the forward's input channels, the input gradient's output channels) with the GEMMs on BLAS,
+    and in the CNN and the ResNet with them on tile_gemm too (it won alone; docs/numpy.md, session
+    35), and lost with 64; held to AVX2 the Zen 4 rule holds. Layers as (summed over, other side,
+    output side), batch 8 in two or more chunks on two lanes."""
     monkeypatch.setattr(kernels, "isa", isa)
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x1A)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
     backend = jp.backend("numpy")
     for n_in, n_out, hw, wins in [(64, 64, 8, True), (64, 32, 16, True), (64, 128, 8, True),
-                                  (32, 64, 16, isa == 1), (32, 32, 16, isa == 1), (64, 16, 16, False)]:
-        assert numpy_spatial._winograd(backend, _plan_3x3(n_in, n_out, hw), n_in, n_out, (hw, hw)) == wins
+                                  (32, 64, 16, isa == 1), (32, 32, 16, isa == 1), (32, 32, 32, isa == 1),
+                                  (64, 16, 16, False)]:
+        plan = numpy_spatial._ConvPlan((8, n_in, hw, hw), (n_out, n_in, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
+        assert numpy_spatial._winograd(backend, plan, n_in, n_out, (hw, hw)) == wins
 
 
 @needs_kernels
@@ -688,19 +703,24 @@ def test_winograd_mxm_only_for_undilated_ungrouped_wide_layers(monkeypatch):
 
 
 @needs_kernels
-def test_zen5_runs_5x5_layers_on_the_direct_kernel_with_avx512_only(monkeypatch):
-    """AMD Zen 5 (family 0x1A): the direct kernel's AVX-512 build beat F(2x2, 5x5) there, its
-    AVX2 build did not (docs/numpy.md); 3x3 layers keep F(2x2, 3x3) everywhere."""
+def test_zen5_runs_5x5_layers_as_f2x2_5x5_with_avx512_only_on_tile_gemm(monkeypatch):
+    """AMD Zen 5 (family 0x1A): the direct kernel's AVX-512 build beat F(2x2, 5x5) with its GEMMs
+    on BLAS and lost to it with them on tile_gemm (docs/numpy.md): a batch of one sample (one
+    chunk, two lanes) runs direct; its AVX2 build runs F(2x2, 5x5) as elsewhere; 3x3 layers keep
+    F(2x2, 3x3)."""
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x1A)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
     picked = []
     for name in ("_wg_forward", "_direct_forward", "_winograd_forward"):
         monkeypatch.setattr(numpy_spatial, name, lambda *a, _n=name: picked.append(_n))
-    for isa, k, channels, want in [(2, 5, 32, "_direct_forward"), (1, 5, 32, "_wg_forward"),
-                                   (2, 3, 64, "_winograd_forward")]:
+    for isa, k, channels, batch, want in [(2, 5, 32, 2, "_wg_forward"), (2, 5, 32, 1, "_direct_forward"),
+                                          (2, 5, 16, 2, "_direct_forward"), (1, 5, 32, 1, "_wg_forward"),
+                                          (2, 3, 64, 2, "_winograd_forward")]:
         monkeypatch.setattr(kernels, "isa", isa)
-        x = np.zeros((2, channels, 32, 32), np.float32)
+        x = np.zeros((batch, channels, 32, 32), np.float32)
         w = np.zeros((channels, channels, k, k), np.float32)
         picked.clear()
         backend.conv2d(x, w, np.empty_like(x), (1, 1), (k // 2, k // 2), (1, 1), 1, ws=Workspace())
@@ -1021,6 +1041,7 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     bias = rng.standard_normal(o)
     monkeypatch.setattr(kernels, "isa", isa)
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1)
     blocked = []
     s2_gemm = kernels.s2_gemm
     monkeypatch.setattr(kernels, "s2_gemm", lambda *a: (blocked.append(1), s2_gemm(*a))[1])
@@ -1438,6 +1459,7 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_TILES", -(-h // 4) * -(-w_ // 4) * 2 - 1)  # one sample a chunk
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
     blocked, picked = [], []
     tile_gemm, original = kernels.tile_gemm, numpy_spatial._s2_backward_data
     monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (blocked.append(1), tile_gemm(*a))[1])
