@@ -1870,7 +1870,16 @@ DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
                 for (I r = 0; r < g->h; r++) {                                                  \
                     T *row = buf + (r + g->ph) * wr;                                            \
                     const T *src = plane + r * g->w;                                            \
-                    for (I q = 0; q < g->w; q++) {                                              \
+                    I q = 0;                                                                    \
+                    /* M = 2: 2L columns at a time, their even and odd ones shuffled apart */  \
+                    for (; M == 2 && q + 2 * L <= g->w; q += 2 * L) {                           \
+                        const V a = LOADV(V, src + q), b = LOADV(V, src + q + L);               \
+                        const V even = WINO_PICK(V, T, a, b, 1, 0), odd = WINO_PICK(V, T, a, b, 1, 1); \
+                        const I at = q + g->pw;                                                 \
+                        memcpy(row + at % M * wq + at / M, &even, sizeof even);                 \
+                        memcpy(row + (at + 1) % M * wq + (at + 1) / M, &odd, sizeof odd);       \
+                    }                                                                           \
+                    for (; q < g->w; q++) {                                                     \
                         const I at = q + g->pw;                                                 \
                         row[at % M * wq + at / M] = src[q];                                     \
                     }                                                                           \
@@ -1971,6 +1980,14 @@ DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
                         const I r = ty * M + i;                                                 \
                         if (r >= g->ho) break;                                                  \
                         T *row = plane + r * g->wo;                                             \
+                        if (M == 2) { /* the two columns of L tiles zipped into 2L outputs */   \
+                            for (I tx = 0; tx < tw; tx += L) {                                  \
+                                const V ya = LOADV(V, y + i * M * twv + tx);                    \
+                                const V yb = LOADV(V, y + (i * M + 1) * twv + tx);              \
+                                WINO_PUT_PAIR(V, T, row, 2 * tx, ya, yb, 1, g->wo, accumulate); \
+                            }                                                                   \
+                            continue;                                                           \
+                        }                                                                       \
                         if (accumulate)                                                         \
                             for (I q = 0; q < g->wo; q++) row[q] += y[(i * M + q % M) * twv + q / M]; \
                         else                                                                    \
