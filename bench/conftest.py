@@ -10,7 +10,7 @@ import pytest
 
 import juicepy as jp
 
-from benchutil import paired, paired_last  # noqa: F401  (paired: the paired benchmarks' fixture)
+from benchutil import paired, paired_last, runtime_info  # noqa: F401  (paired: the paired benchmarks' fixture)
 
 _SESSION_PATCH = pytest.MonkeyPatch()
 if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
@@ -23,6 +23,11 @@ AVAILABLE = jp.available_backends()
 
 def pytest_collection_modifyitems(config, items):
     paired_last(items)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    """Record which BLAS kernels and C kernel builds ran (report.py prints them)."""
+    machine_info["juicepy"] = runtime_info()
 
 
 def pytest_unconfigure(config):

@@ -19,7 +19,17 @@ import json
 import sys
 from collections import defaultdict
 
-from benchutil import PAIRED_PREFIX
+from benchutil import PAIRED_PREFIX, describe_runtime
+
+
+def load_runtime(path: str) -> str | None:
+    """The run's CPU and runtime_info line (conftest's machine_info hook), or None for a file
+    written without them."""
+    with open(path) as f:
+        machine = json.load(f).get("machine_info", {})
+    if "juicepy" not in machine:
+        return None
+    return f"{machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}; {describe_runtime(machine['juicepy'])}"
 
 
 def load_groups(path: str) -> dict:
@@ -180,6 +190,9 @@ def main(argv=None) -> int:
         except MissingExtraError as err:
             print(f"report.py: error: {err}", file=sys.stderr)
             return 1
+    runtime = load_runtime(args.results)
+    if runtime is not None:
+        print(f"ran on: {runtime}")
     print_table(groups)
     print_paired(groups)
     if args.chart:
