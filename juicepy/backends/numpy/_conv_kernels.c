@@ -1675,6 +1675,95 @@ ISA_512 static void winograd_output32_f32_512(const float *restrict m, float *re
             }
         }
 }
+
+/* wino_plane32's geometry on AVX2: a row of 16 tiles is two 8-float vectors (h = 0, 1), a plane
+ * row four. Tile l of vector h reads the plane row's columns 16h + 2l - 1 .. 16h + 2l + 2: the even
+ * (J = 1) and odd (J = 2) columns of its two vectors, and those shifted by one tile, across
+ * into the neighbouring vector's (J = 0 from h - 1's odd ones, J = 3 from h + 1's even ones;
+ * zeros past the plane). Same sums in the same order as the passes above, so the same bits. */
+#define W32H_EVEN ((vi32x8){0, 2, 4, 6, 8, 10, 12, 14})
+#define W32H_ODD ((vi32x8){1, 3, 5, 7, 9, 11, 13, 15})
+#define W32H_BACK ((vi32x8){7, 8, 9, 10, 11, 12, 13, 14})   /* (previous, this): one tile back */
+#define W32H_NEXT ((vi32x8){1, 2, 3, 4, 5, 6, 7, 8})        /* (this, next): one tile on */
+#define W32H_ZIP_LO ((vi32x8){0, 8, 1, 9, 2, 10, 3, 11})
+#define W32H_ZIP_HI ((vi32x8){4, 12, 5, 13, 6, 14, 7, 15})
+
+/* v[k][c][p] as winograd_input_f32 for wino_plane32's geometry, AVX2. */
+ISA_256 static void winograd_input32_f32_256(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
+{
+    const I np = (n1 - n0) * 256;
+    const vf32x8 zero = {0};
+    for (I c = 0; c < c_in; c++)
+        for (I n = n0; n < n1; n++) {
+            const float *plane = x + (n * c_in + c) * 1024;
+            float *dst = v + c * np + (n - n0) * 256;
+            for (I ty = 0; ty < 16; ty++) {
+                vf32x8 r[4][4], t[4][4];
+                for (int l = 0; l < 4; l++) {
+                    const I y = 2 * ty - 1 + l;
+                    for (int q = 0; q < 4; q++) r[l][q] = y >= 0 && y < 32 ? LOADV(vf32x8, plane + y * 32 + 8 * q) : zero;
+                }
+                for (int q = 0; q < 4; q++) {
+                    t[0][q] = r[0][q] - r[2][q];
+                    t[1][q] = r[1][q] + r[2][q];
+                    t[2][q] = r[2][q] - r[1][q];
+                    t[3][q] = r[1][q] - r[3][q];
+                }
+                for (int i = 0; i < 4; i++) {
+                    const vf32x8 even[3] = {__builtin_shuffle(t[i][0], t[i][1], W32H_EVEN),
+                                            __builtin_shuffle(t[i][2], t[i][3], W32H_EVEN), zero};
+                    const vf32x8 odd[3] = {zero, __builtin_shuffle(t[i][0], t[i][1], W32H_ODD),
+                                           __builtin_shuffle(t[i][2], t[i][3], W32H_ODD)};
+                    for (int h = 0; h < 2; h++) {
+                        const vf32x8 e0 = __builtin_shuffle(odd[h], odd[h + 1], W32H_BACK), e1 = even[h];
+                        const vf32x8 e2 = odd[h + 1], e3 = __builtin_shuffle(even[h], even[h + 1], W32H_NEXT);
+                        const vf32x8 q0 = e0 - e2, q1 = e1 + e2, q2 = e2 - e1, q3 = e1 - e3;
+                        float *o = dst + 4 * i * ks + ty * 16 + 8 * h;
+                        memcpy(o, &q0, sizeof q0);
+                        memcpy(o + ks, &q1, sizeof q1);
+                        memcpy(o + 2 * ks, &q2, sizeof q2);
+                        memcpy(o + 3 * ks, &q3, sizeof q3);
+                    }
+                }
+            }
+        }
+}
+
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane32's geometry, AVX2: output row
+ * 2ty + i of tile vector h is y[i][0] and y[i][1] zipped into two vectors. */
+ISA_256 static void winograd_output32_f32_256(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
+                                              int accumulate)
+{
+    const I np = (n1 - n0) * 256;
+    for (I a = 0; a < o; a++)
+        for (I n = n0; n < n1; n++) {
+            float *plane = out + (n * o + a) * 1024;
+            for (I ty = 0; ty < 16; ty++)
+                for (int h = 0; h < 2; h++) {
+                    const float *e = m + a * np + (n - n0) * 256 + ty * 16 + 8 * h;
+                    vf32x8 s0[4], s1[4];
+                    for (int j = 0; j < 4; j++) {
+                        const vf32x8 a0 = LOADV(vf32x8, e + j * ks), a1 = LOADV(vf32x8, e + (4 + j) * ks);
+                        const vf32x8 a2 = LOADV(vf32x8, e + (8 + j) * ks), a3 = LOADV(vf32x8, e + (12 + j) * ks);
+                        s0[j] = a0 + a1 + a2;
+                        s1[j] = a1 - a2 - a3;
+                    }
+                    const vf32x8 y[2][2] = {{s0[0] + s0[1] + s0[2], s0[1] - s0[2] - s0[3]},
+                                            {s1[0] + s1[1] + s1[2], s1[1] - s1[2] - s1[3]}};
+                    for (int i = 0; i < 2; i++) {
+                        float *p = plane + (2 * ty + i) * 32 + 16 * h;
+                        vf32x8 lo = __builtin_shuffle(y[i][0], y[i][1], W32H_ZIP_LO);
+                        vf32x8 hi = __builtin_shuffle(y[i][0], y[i][1], W32H_ZIP_HI);
+                        if (accumulate) {
+                            lo = LOADV(vf32x8, p) + lo;
+                            hi = LOADV(vf32x8, p + 8) + hi;
+                        }
+                        memcpy(p, &lo, sizeof lo);
+                        memcpy(p + 8, &hi, sizeof hi);
+                    }
+                }
+        }
+}
 #define WINO_PLANE8 1
 #else
 #define WINO_PLANE8 0
@@ -2812,6 +2901,10 @@ static int winograd_input_f32_call(const TileCall *t)
         winograd_input32_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
         return 0;
     }
+    if (isa == 1 && wino_plane32(&t->g, t->th, t->tw)) {
+        winograd_input32_f32_256(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
 #endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_input_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
@@ -2832,6 +2925,10 @@ static int winograd_output_f32_call(const TileCall *t)
     }
     if (isa == 2 && wino_plane32(&t->g, t->th, t->tw)) {
         winograd_output32_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        return 0;
+    }
+    if (isa == 1 && wino_plane32(&t->g, t->th, t->tw)) {
+        winograd_output32_f32_256(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
         return 0;
     }
 #endif
