@@ -43,45 +43,6 @@ def torch_adam_step(torch, model, x, y, lr=1e-3):
     return step
 
 
-def runtime_info() -> dict:
-    """What ran the CPU numbers beside the CPU itself: the BLAS libraries NumPy and PyTorch loaded
-    (threadpoolctl: library, version, the kernels it picked, threads), the OPENBLAS_* variables
-    (some machines set OPENBLAS_CORETYPE, which holds OpenBLAS to one kernel family whatever the
-    CPU: every BLAS-bound row moves with it), and the CPU kind and instruction set of the NumPy
-    backend's C kernels."""
-    import os
-
-    import numpy  # noqa: F401  (loads its BLAS, so threadpoolctl sees it)
-
-    from juicepy.backends.numpy import kernels
-
-    info = {"openblas_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")}}
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        info["blas"] = "threadpoolctl not installed"
-    else:
-        info["blas"] = [{k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
-                        for lib in threadpool_info() if lib.get("user_api") == "blas"]
-    conv = kernels.load("_conv_kernels")
-    info["c_kernels"] = None if conv is None else {
-        "isa": conv.isa, "cpu_vendor": conv.cpu_vendor, "cpu_family": conv.cpu_family}
-    return info
-
-
-def describe_runtime(info: dict) -> str:
-    """One line of runtime_info for a report's header."""
-    blas = info.get("blas")
-    if isinstance(blas, list):
-        blas = "; ".join(f"{b['internal_api']} {b['version']} {b['architecture']} kernels, {b['num_threads']} threads"
-                         for b in blas) or "none found"
-    env = ", ".join(f"{k}={v}" for k, v in info.get("openblas_env", {}).items()) or "no OPENBLAS_* set"
-    c = info.get("c_kernels")
-    kind = "C kernels not built" if c is None else \
-        f"C kernels isa {c['isa']} on {c['cpu_vendor']} family {c['cpu_family']:#x}"
-    return f"BLAS: {blas} ({env}); {kind}"
-
-
 #: The prefix of every paired group's name; the rest is the workload's unpaired group name.
 PAIRED_PREFIX = "paired: "
 

@@ -10,7 +10,8 @@ import pytest
 
 import juicepy as jp
 
-from benchutil import paired, paired_last, runtime_info  # noqa: F401  (paired: the paired benchmarks' fixture)
+from benchutil import paired, paired_last  # noqa: F401  (paired: the paired benchmarks' fixture)
+from juicepy.backends.numpy.runtime import runtime_info
 
 _SESSION_PATCH = pytest.MonkeyPatch()
 if os.environ.get("JUICEPY_CUDA_EMULATOR") == "1":
@@ -26,7 +27,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    """Record which BLAS kernels and C kernel builds ran (report.py prints them)."""
+    """Record which BLAS kernels and C kernel builds ran (report.py prints them): some machines set
+    OPENBLAS_CORETYPE, which holds OpenBLAS to one kernel family and moves every BLAS-bound row."""
     machine_info["juicepy"] = runtime_info()
 
 

@@ -19,7 +19,8 @@ import json
 import sys
 from collections import defaultdict
 
-from benchutil import PAIRED_PREFIX, describe_runtime
+from benchutil import PAIRED_PREFIX
+from juicepy.backends.numpy.runtime import describe
 
 
 def load_runtime(path: str) -> str | None:
@@ -29,7 +30,7 @@ def load_runtime(path: str) -> str | None:
         machine = json.load(f).get("machine_info", {})
     if "juicepy" not in machine:
         return None
-    return f"{machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}; {describe_runtime(machine['juicepy'])}"
+    return f"{machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}; {'; '.join(describe(machine['juicepy']))}"
 
 
 def load_groups(path: str) -> dict:

@@ -176,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--warmup", type=_count(0), default=2, help="untimed runs first (default 2)")
     prof.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
     prof.set_defaults(run=cmd_profile)
+
+    info = commands.add_parser(
+        "info", help="show the backends that start here and what the NumPy backend runs on",
+        description="Each backend: whether it starts here (its device, or why not); for the NumPy "
+                    "backend its C kernels' build and CPU kind, thread lanes, the BLAS NumPy loaded "
+                    "(kernel family, threads) and the OPENBLAS_* variables, with notes on what slows it.")
+    info.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    info.set_defaults(run=cmd_info)
     return parser
 
 
@@ -503,6 +511,31 @@ def cmd_serve(args) -> int:
           f"{health['backend']}{', watching it' if args.watch else ''}; Ctrl-C stops", flush=True)
     server.serve_until_signal()
     print("stopped", flush=True)
+    return 0
+
+
+def cmd_info(args) -> int:
+    import json
+
+    from .backends import BackendUnavailable, backend, registered_backends
+    from .backends.numpy.runtime import describe, runtime_info
+
+    backends = {}
+    for name in registered_backends():
+        try:
+            backends[name] = {"available": True, "backend": repr(backend(name))}
+        except BackendUnavailable as err:
+            backends[name] = {"available": False, "reason": " ".join(str(err).split())}
+    numpy_runtime = runtime_info()
+    if args.json:
+        print(json.dumps({"version": __version__, "backends": backends, "numpy": numpy_runtime}, indent=1))
+        return 0
+    print(f"juicepy {__version__}")
+    for name, state in backends.items():
+        print(f"{name}: " + (state["backend"] if state["available"] else f"unavailable ({state['reason']})"))
+    print("numpy backend:")
+    for line in describe(numpy_runtime):
+        print(f"  {line}")
     return 0
 
 

@@ -92,3 +92,28 @@ def test_train_embedding_gru_on_the_adding_problem_then_predict(tmp_path, capsys
 def test_embedding_gru_needs_a_token_dataset(capsys):
     assert main(["train", "--model", "embedding-gru", "--dataset", "digits", "--epochs", "1"]) == 1
     assert "token sequences" in capsys.readouterr().err
+
+
+def test_info_lists_every_backend_and_what_the_numpy_backend_runs_on(capsys, monkeypatch):
+    """`juicepy info`: each registered backend, started (its device) or not (why), and the NumPy
+    backend's C kernels, lanes, BLAS and OpenBLAS variables; --json gives the same as one object."""
+    import json
+
+    import juicepy as jp
+    from juicepy.backends import registered_backends
+
+    monkeypatch.setenv("OPENBLAS_VERBOSE", "0")
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    started = set(jp.available_backends())
+    for name in registered_backends():
+        line = next(line for line in out if line.startswith(f"{name}: "))
+        assert (f"juicepy backend '{name}'" in line) == (name in started)
+        assert ("unavailable (" in line) == (name not in started)
+    assert "numpy backend:" in out
+    assert "OPENBLAS_VERBOSE=0" in next(line for line in out if line.startswith("  OpenBLAS variables: "))
+    assert any(line.startswith("  BLAS: ") for line in out) and any(line.startswith("  C kernels: ") for line in out)
+    assert main(["info", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert {name for name, state in report["backends"].items() if state["available"]} == started
+    assert report["numpy"]["openblas_env"]["OPENBLAS_VERBOSE"] == "0"
