@@ -1935,7 +1935,12 @@ DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
  * q / M), so that BT's pass along a row reads whole vectors of consecutive tiles; the pass
  * along the columns comes first, over whole rows (rows wr apart, a whole number of vectors).
  * Returns -1 when its scratch cannot be allocated. */
-#define DEFINE_WG_INPUT(NAME, ATTR, T, V, M, R)                                                 \
+/* rows of tiles whose column pass wg_input runs before their row pass (its scratch: that many
+ * times N rows of the padded plane) */
+#ifndef WG_INPUT_ROW_CHUNK
+#define WG_INPUT_ROW_CHUNK 16
+#endif
+#define DEFINE_WG_INPUT_TERMS(NAME, ATTR, T, V, M, R, NZ)                                       \
     ATTR static int NAME(const T *restrict x, T *restrict v, const Geometry *g, I n0, I n1,    \
                          I th, I tw, I ks, const double *mats)                                  \
     {                                                                                           \
@@ -1949,9 +1954,13 @@ DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
         if (hb < g->h + g->ph) hb = g->h + g->ph;                                               \
         if (wb < g->w + g->pw) wb = g->w + g->pw;                                               \
         const I wq = (wb + M - 1) / M, wr = (M * wq + L - 1) / L * L;                           \
-        T *buf = malloc((size_t)((hb + N) * wr) * sizeof(T));                                   \
+        /* the column pass runs over WG_INPUT_ROW_CHUNK rows of tiles before the row pass      \
+         * reads its results (unaligned): read right after they were stored, a row of tiles at  \
+         * a time, they were slower (docs/numpy.md, session 35) */                               \
+        const I chunk = th < WG_INPUT_ROW_CHUNK ? th : WG_INPUT_ROW_CHUNK;                      \
+        T *buf = malloc((size_t)((hb + chunk * N) * wr) * sizeof(T));                           \
         if (!buf) return -1;                                                                    \
-        T *rows = buf + hb * wr;                                                                \
+        T *const rows_all = buf + hb * wr;                                                      \
         for (I n = n0; n < n1; n++)                                                             \
             for (I c = 0; c < g->c; c++) {                                                      \
                 const T *plane = x + (n * g->c + c) * g->h * g->w;                              \
@@ -1974,26 +1983,34 @@ DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
                     }                                                                           \
                 }                                                                               \
                 T *dst = v + c * np + (n - n0) * tiles;                                         \
-                for (I ty = 0; ty < th; ty++, dst += tw) {                                      \
+                for (I ty0 = 0; ty0 < th; ty0 += chunk) {                                       \
+                const I ty1 = ty0 + chunk < th ? ty0 + chunk : th;                              \
+                for (I ty = ty0; ty < ty1; ty++) {                                              \
                     const T *r0 = buf + ty * M * wr;                                            \
+                    T *rows = rows_all + (ty - ty0) * N * wr;                                   \
                     for (I q = 0; q < wr; q += L) {                                             \
                         V e[N];                                                                 \
                         for (int l = 0; l < N; l++) e[l] = LOADV(V, r0 + l * wr + q);           \
-                        for (int i = 0; i < N; i++) {                                           \
-                            V s = bt[i][0] * e[0];                                              \
-                            for (int l = 1; l < N; l++) s += bt[i][l] * e[l];                   \
+                        _Pragma("GCC unroll 8") for (int i = 0; i < N; i++) {                   \
+                            V s = {0};                                                          \
+                            _Pragma("GCC unroll 8") for (int l = 0; l < N; l++)                 \
+                                if (WG_TERM(NZ, N, i, l)) s += bt[i][l] * e[l];                 \
                             memcpy(rows + i * wr + q, &s, sizeof s);                            \
                         }                                                                       \
                     }                                                                           \
+                }                                                                               \
+                for (I ty = ty0; ty < ty1; ty++, dst += tw) {                                   \
+                    const T *rows = rows_all + (ty - ty0) * N * wr;                             \
                     for (int i = 0; i < N; i++) {                                               \
                         const T *t = rows + i * wr;                                             \
                         I tx = 0;                                                               \
                         for (; tx + L <= tw; tx += L) {                                         \
                             V e[N];                                                             \
                             for (int l = 0; l < N; l++) e[l] = LOADV(V, t + l % M * wq + l / M + tx); \
-                            for (int j = 0; j < N; j++) {                                       \
-                                V s = bt[j][0] * e[0];                                          \
-                                for (int l = 1; l < N; l++) s += bt[j][l] * e[l];               \
+                            _Pragma("GCC unroll 8") for (int j = 0; j < N; j++) {               \
+                                V s = {0};                                                      \
+                                _Pragma("GCC unroll 8") for (int l = 0; l < N; l++)             \
+                                    if (WG_TERM(NZ, N, j, l)) s += bt[j][l] * e[l];             \
                                 memcpy(dst + (i * N + j) * ks + tx, &s, sizeof s);              \
                             }                                                                   \
                         }                                                                       \
@@ -2004,6 +2021,7 @@ DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
                                 dst[(i * N + j) * ks + tx] = s;                                 \
                             }                                                                   \
                     }                                                                           \
+                }                                                                               \
                 }                                                                               \
             }                                                                                   \
         free(buf);                                                                              \
@@ -2086,6 +2104,35 @@ DEFINE_WINOGRAD_TAPS(winograd_taps_f64, double)
             }                                                                                   \
         free(y);                                                                                \
         return 0;                                                                               \
+    }
+
+/* BT's nonzero entries (bit i * N + j) for spatial.WG_POINTS, by (M, R): F(2x2, 5x5) has 22 of
+ * 36. The _sparse builds leave the other terms out of the unrolled sums (a zero term adds
+ * nothing to a finite sum: the same bits, 14 fewer multiply-adds per row of 6); a BT with a
+ * nonzero elsewhere (other points) runs the _dense build. tests compare these to the matrices. */
+#define WG_BT_NZ_2_5 0xa9e79e795ull
+#define WG_BT_NZ_4_3 0xa9e79e795ull
+#define WG_BT_NZ_4_5 0xaa7e7e7e7e7e7e55ull
+#define WG_TERM(NZ, N, i, l) (((NZ) >> ((i) * (N) + (l))) & 1)
+
+/* Whether every nonzero entry of BT (mats, F(M, R)) lies within nz. */
+static int wg_bt_within(const double *mats, int m, int r, unsigned long long nz)
+{
+    const int n = m + r - 1;
+    const double *bt = WG_BT(mats, m, n, r);
+    for (int i = 0; i < n * n; i++)
+        if (bt[i] != 0 && !((nz >> i) & 1)) return 0;
+    return 1;
+}
+
+#define DEFINE_WG_INPUT(NAME, ATTR, T, V, M, R)                                                 \
+    DEFINE_WG_INPUT_TERMS(NAME##_dense, ATTR, T, V, M, R, ~0ull)                                \
+    DEFINE_WG_INPUT_TERMS(NAME##_sparse, ATTR, T, V, M, R, WG_BT_NZ_##M##_##R)                  \
+    ATTR static int NAME(const T *restrict x, T *restrict v, const Geometry *g, I n0, I n1,    \
+                         I th, I tw, I ks, const double *mats)                                  \
+    {                                                                                           \
+        return (wg_bt_within(mats, M, R, WG_BT_NZ_##M##_##R) ? NAME##_sparse : NAME##_dense)(   \
+            x, v, g, n0, n1, th, tw, ks, mats);                                                 \
     }
 
 #define DEFINE_WG_ISA(M, R, T, V, SUF, ATTR)                                                   \
@@ -3910,6 +3957,13 @@ PyMODINIT_FUNC PyInit__conv_kernels(void)
     if (PyModule_AddIntConstant(m, "isa", isa) < 0 || PyModule_AddIntConstant(m, "cpu_isa", cpu_isa) < 0
         || PyModule_AddStringConstant(m, "cpu_vendor", vendor) < 0
         || PyModule_AddIntConstant(m, "cpu_family", (long)family) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    /* the BT patterns wg_input's sparse builds were compiled for: tests hold them to spatial.py's */
+    PyObject *nz = Py_BuildValue("{(ii)K(ii)K(ii)K}", 2, 5, WG_BT_NZ_2_5, 4, 5, WG_BT_NZ_4_5, 4, 3, WG_BT_NZ_4_3);
+    if (!nz || PyModule_AddObject(m, "wg_bt_nonzero", nz) < 0) {
+        Py_XDECREF(nz);
         Py_DECREF(m);
         return NULL;
     }

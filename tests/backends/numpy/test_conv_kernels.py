@@ -670,6 +670,44 @@ def test_zen5_runs_f2x2_3x3_only_on_64_channels_summed_over_with_avx512(monkeypa
 
 
 @needs_kernels
+@pytest.mark.parametrize("m, r", [(2, 5), (4, 5), (4, 3)])
+def test_wg_input_sparse_builds_match_the_transform_matrices(m, r):
+    """wg_input's sparse builds leave out BT's zero entries as compiled (wg_bt_nonzero); a BT with
+    a nonzero elsewhere would run the dense build: slower, so the patterns must be
+    spatial._wg_matrices' exactly (bit i*n + j for entry (i, j))."""
+    n = m + r - 1
+    bt = numpy_spatial._wg_matrices(m, r)[m * n + n * r:].reshape(n, n)
+    pattern = sum(1 << (i * n + j) for i in range(n) for j in range(n) if bt[i, j] != 0)
+    assert kernels.wg_bt_nonzero[(m, r)] == pattern
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_wg_input_matches_the_reference_with_the_sparse_and_the_dense_build(dtype):
+    """wg_input against the float64 BT d BT^T of every 6x6 tile, with WG_POINTS (the sparse
+    build) and with other points, whose BT has nonzeros outside the compiled pattern (the dense
+    build)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 9, 11)).astype(dtype)
+    geometry = (3, 9, 11, 5, 5, 1, 1, 2, 2, 1, 1, 9, 11)
+    th, tw, n = 5, 6, 6
+    ks = 3 * 2 * th * tw
+    pad = np.zeros((2, 3, 2 * th + 4, 2 * tw + 4))
+    pad[:, :, 2:11, 2:13] = x
+    tiles = np.lib.stride_tricks.sliding_window_view(pad, (6, 6), axis=(2, 3))[:, :, ::2, ::2]
+    for points, sparse in [(numpy_spatial.WG_POINTS, True), ((0.0, 1.0, -1.0, 0.5, -3.0), False)]:
+        mats = numpy_spatial._wg_matrices(2, 5, points=points)
+        bt = mats[2 * n + n * 5:].reshape(n, n)
+        pattern = sum(1 << (i * n + j) for i in range(n) for j in range(n) if bt[i, j] != 0)
+        assert (pattern & ~kernels.wg_bt_nonzero[(2, 5)] == 0) == sparse
+        v = np.zeros(36 * ks, dtype)
+        kernels.wg_input(x, v, geometry, 2, 0, 2, th, tw, ks, 2, mats)
+        want = np.einsum("ik,ncyxkl,jl->ijcnyx", bt, tiles, bt).reshape(36, ks)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        np.testing.assert_allclose(v.reshape(36, ks), want, rtol=tol, atol=tol * np.abs(want).max())
+
+
+@needs_kernels
 def test_winograd_mxm_only_for_undilated_ungrouped_wide_layers(monkeypatch):
     """F(2x2, 5x5) (and F(4x4, 3x3) where enabled): stride 1 (checked by the caller), no dilation or
     groups, 32+ (5x5) or 64+ (3x3) channels each side (with 16 / 32 the direct kernel wins or
@@ -1549,7 +1587,8 @@ ISAS = ("baseline", "avx2", "avx512")
 #: the tests above that check each kernel family (grid, direct, depthwise, Winograd, F(2x2, 5x5),
 #: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
-ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or stride_2_phase_winograd_matches "
+ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or wg_input_matches "
+              "or stride_2_phase_winograd_matches "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
               "or stride_2_phase_weight_gradient_matches or s2_gemm_matches or stride_2_input_gradient_matches")
