@@ -1,8 +1,10 @@
 """The NumPy backend's CPU-kind rules (spatial.DIRECT_FAVOURED_CPUS) measured on this machine, in
 one process, alternating: (1) per layer, the direct kernel against Winograd (F(2x2, 3x3), or
-F(2x2, 5x5) for 5x5) for the forward and the input gradient, batch 32; (2) whole workloads with
-the rules on (this CPU's kind as listed) and off (the rules of every other kind). Medians in ms
-and their ratio; below 1 the second column wins.
+F(2x2, 5x5) for 5x5) for the forward and the input gradient, batch 32, Winograd with its GEMMs
+as the rules place them and forced onto np.matmul (BLAS); (2) whole workloads with the rules on
+(this CPU's kind as listed) and off (the rules of every other kind), and with F(2x2, 3x3) from
+32 channels summed over where the kind asks for DIRECT_FAVOURED_WINOGRAD_MIN_IN (the rule
+session 35 measured and kept off). Medians in ms and their ratio; below 1 the second column wins.
 
     python bench/ab_numpy_cpu_kind.py [rounds]
 """
@@ -45,7 +47,8 @@ def alternate(runs: dict, rounds: int) -> dict:
 def layers(backend, rounds):
     rng = np.random.default_rng(0)
     print(f"CPU {backend.conv_kernels.cpu_vendor} family {backend.conv_kernels.cpu_family:#x}, "
-          f"isa {backend.conv_kernels.isa}; per layer, ms: direct, Winograd, Winograd / direct")
+          f"isa {backend.conv_kernels.isa}; per layer, ms: direct, Winograd, Winograd / direct, "
+          f"Winograd with its GEMMs on np.matmul")
     for name, (c, o, hw, k) in LAYERS.items():
         x = rng.standard_normal((B, c, hw, hw), dtype=np.float32)
         w = rng.standard_normal((o, c, k, k), dtype=np.float32)
@@ -58,11 +61,26 @@ def layers(backend, rounds):
             (S._winograd_forward, S._winograd_backward_data)
         m = alternate({"fwd direct": lambda: S._direct_forward(backend, x, w, plan, ws, out),
                        "fwd winograd": lambda: wino_fwd(backend, x, w, plan, ws, out),
+                       "fwd blas": on_blas(lambda: wino_fwd(backend, x, w, plan, ws, out)),
                        "data direct": lambda: S._direct_backward_data(backend, dy, w, plan, dx, False, ws),
-                       "data winograd": lambda: wino_data(backend, dy, w, plan, dx, False, ws)}, rounds)
+                       "data winograd": lambda: wino_data(backend, dy, w, plan, dx, False, ws),
+                       "data blas": on_blas(lambda: wino_data(backend, dy, w, plan, dx, False, ws))}, rounds)
         print(f"  {name:20s} forward {m['fwd direct']:7.3f} {m['fwd winograd']:7.3f} "
-              f"{m['fwd winograd'] / m['fwd direct']:5.2f}   input gradient {m['data direct']:7.3f} "
-              f"{m['data winograd']:7.3f} {m['data winograd'] / m['data direct']:5.2f}", flush=True)
+              f"{m['fwd winograd'] / m['fwd direct']:5.2f} {m['fwd blas']:7.3f}   input gradient "
+              f"{m['data direct']:7.3f} {m['data winograd']:7.3f} {m['data winograd'] / m['data direct']:5.2f} "
+              f"{m['data blas']:7.3f}", flush=True)
+
+
+def on_blas(run):
+    """run with _tile_run's GEMMs on np.matmul whatever the rules say."""
+    def timed():
+        saved = S.TILE_GEMM_MIN_DEPTH, S.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH
+        S.TILE_GEMM_MIN_DEPTH = S.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH = 1 << 30
+        try:
+            run()
+        finally:
+            S.TILE_GEMM_MIN_DEPTH, S.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH = saved
+    return timed
 
 
 def workloads(backend, rounds):
@@ -85,6 +103,21 @@ def workloads(backend, rounds):
         m = alternate({"off": rules(False), "on": rules(True)}, rounds)
         print(f"  {name:45s} {m['off']:8.3f} {m['on']:8.3f} {m['on'] / m['off']:6.3f}", flush=True)
     S.DIRECT_FAVOURED_CPUS.update(listed)
+    if not S._direct_favoured(backend):
+        return
+    kept = S.DIRECT_FAVOURED_WINOGRAD_MIN_IN
+    print(f"workloads, ms: F(2x2, 3x3) from {kept} channels summed over (the rule), from 32, 32 / {kept}")
+    for name, run in runs.items():
+        def min_in(value, run=run):
+            def timed():
+                S.DIRECT_FAVOURED_WINOGRAD_MIN_IN = value
+                try:
+                    run()
+                finally:
+                    S.DIRECT_FAVOURED_WINOGRAD_MIN_IN = kept
+            return timed
+        m = alternate({"kept": min_in(kept), "32": min_in(32)}, rounds)
+        print(f"  {name:45s} {m['kept']:8.3f} {m['32']:8.3f} {m['32'] / m['kept']:6.3f}", flush=True)
 
 
 if __name__ == "__main__":
