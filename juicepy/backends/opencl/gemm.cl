@@ -11,7 +11,8 @@
 //     skipped: b_ld > 0 says Bp is B itself and tiles are staged straight from it.
 // Partial sums of the tile live in local memory between K slices.
 // The micro-kernel's shape follows the vector registers: VW = 16 with MR = 12 (24 float16
-// accumulators: 24 of AVX-512's 32 zmm registers) and VW = 8 with MR = 6 (12 float8
+// accumulators: 24 of AVX-512's 32 zmm registers, which LLVM only uses with WIDE_REGS, below)
+// and VW = 8 with MR = 6 (12 float8
 // accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16 ymm registers; a float16 on AVX2
 // is two ymm registers, so the 12 x 32 kernel would spill half its accumulators).
 // (Wide vector builtins such as vload16/fma are out-of-line calls in PoCL, hence plain
