@@ -24,7 +24,7 @@ from .layout import F32 as _F32, I32 as _I32, round_up as _round_up
 from .local_memory import (ELEMENTWISE_WG, REDUCE_WG, build_defines, check_required, describe_misfit,
                            device_limits, fitting_families)
 from .programs import (ALT_MR, CONV_LANES, CPU_GEMM, GPU_GEMM, ProgramCache, compile_failure, compiled_float_lanes,
-                       refuses_float_lanes)
+                       refuses_float_lanes, wide_register_defines)
 from .recurrent import RecurrentOps
 from .spatial import CONV_ALGORITHMS, SpatialOps
 
@@ -114,7 +114,10 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self._gemm_tiles = CPU_GEMM[vector_width] if gemm_variant == "packed" else GPU_GEMM
         #: kernel family (local_memory.OPTIONAL_FAMILIES) -> whether it is built and may be chosen
         self.kernel_fits = fitting_families(self._gemm_tiles, self.limits)
+        # families left out where they do not fit, and the micro-kernels' register width
         left_out = build_defines(self.kernel_fits)
+        if gemm_variant == "packed":
+            left_out.update(wide_register_defines(cl, self.context, self.device, vector_width))
         self._gemm_ws = Workspace()  # pack buffers for callers that pass no workspace
         self._gemm_lock = threading.Lock()
         # the tile counter of gemm_packed / gemm_nt (see FOR_EACH_TILE in gemm.cl), its value

@@ -11,7 +11,8 @@
 //     skipped: b_ld > 0 says Bp is B itself and tiles are staged straight from it.
 // Partial sums of the tile live in local memory between K slices.
 // The micro-kernel's shape follows the vector registers: VW = 16 with MR = 12 (24 float16
-// accumulators: 24 of AVX-512's 32 zmm registers) and VW = 8 with MR = 6 (12 float8
+// accumulators: 24 of AVX-512's 32 zmm registers, which LLVM only uses with WIDE_REGS, below)
+// and VW = 8 with MR = 6 (12 float8
 // accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16 ymm registers; a float16 on AVX2
 // is two ymm registers, so the 12 x 32 kernel would spill half its accumulators).
 // (Wide vector builtins such as vload16/fma are out-of-line calls in PoCL, hence plain
@@ -85,6 +86,23 @@ typedef float8 floatv;
 #endif
 #define NR (2 * VW)
 
+// WIDE_REGS: the micro-kernels' FMAs go through MADV, a function taking vector arguments: clang
+// marks a function with 512-bit vector arguments as needing 512-bit registers
+// (min-legal-vector-width), and the mark passes to the kernel it is inlined into. Without it,
+// LLVM's tuning for the CPU PoCL names on AVX-512 machines (skylake-avx512: prefer 256-bit
+// vectors) legalises each float16 as two ymm registers, so the 12 x 32 micro-kernel's 24
+// accumulators took 48 of the 32 registers and spilled in every k step (as did gemm_nt's 4 x 4);
+// with it they are zmm registers. 8-lane builds (float8 arguments) are not affected.
+#ifndef WIDE_REGS
+#define WIDE_REGS 0
+#endif
+#if WIDE_REGS
+__attribute__((always_inline)) inline floatv madv(const floatv a, const floatv b, const floatv c) { return a * b + c; }
+#define MADV(a, b, c) madv((a), (b), (c))
+#else
+#define MADV(a, b, c) ((a) * (b) + (c))
+#endif
+
 #if MR == 4
 #define ROWS(X) X(0) X(1) X(2) X(3)
 #elif MR == 6
@@ -101,7 +119,7 @@ typedef float8 floatv;
 #define ZERO_ROW(r) c##r##_0 = (floatv)(0.0f); c##r##_1 = (floatv)(0.0f);
 #define LOAD_ROW(r) c##r##_0 = ct[(r) * (BN / VW)]; c##r##_1 = ct[(r) * (BN / VW) + 1];
 #define STORE_ROW(r) ct[(r) * (BN / VW)] = c##r##_0; ct[(r) * (BN / VW) + 1] = c##r##_1;
-#define FMA_ROW(r) { const float a = ap[(r) * a_rs]; c##r##_0 += a * b0; c##r##_1 += a * b1; }
+#define FMA_ROW(r) { const floatv a = (floatv)(ap[(r) * a_rs]); c##r##_0 = MADV(a, b0, c##r##_0); c##r##_1 = MADV(a, b1, c##r##_1); }
 // kc steps of the micro-kernel: A's panel from ap (a_kstep floats a step), B's from bp
 #define MICRO_K_LOOP(kc, a_kstep) \
     for (int k = 0; k < (kc); ++k) { \
@@ -716,7 +734,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
 #define DOT_ACC1(r, j) floatv d##r##_##j = (floatv)(0.0f);
 #define DOT_ACC(r) DOT_COLS(DOT_ACC1, r)
 #define DOT_LOAD_B(r, j) const floatv b##j = br##j[kk];
-#define DOT_FMA1(r, j) d##r##_##j += a * b##j;
+#define DOT_FMA1(r, j) d##r##_##j = MADV(a, b##j, d##r##_##j);
 #define DOT_FMA(r) { const floatv a = ar##r[kk]; DOT_COLS(DOT_FMA1, r) }
 // row pointers of a micro-tile: rows past the tile's last live one (a partial tile read
 // straight from global memory) read that row again; their sums are never stored

@@ -102,6 +102,14 @@ def refuses_float_lanes(cl, context, device, lanes: int) -> bool:
     return device.preferred_vector_width_float >= 16 and lanes > compiled_float_lanes(cl, context, device)
 
 
+def wide_register_defines(cl, context, device, lanes: int) -> dict:
+    """gemm.cl's WIDE_REGS for 16-lane builds on a compiler that targets AVX-512: its micro-kernels
+    then keep float16 values in zmm registers, where LLVM's 256-bit preference for the CPU PoCL
+    names (skylake-avx512) split each into two ymm registers and the 12 x 32 and 4 x 4 tiles
+    spilled. Elsewhere (8 lanes, or 16 split by a compiler without AVX-512) nothing changes."""
+    return {"WIDE_REGS": 1} if lanes == 16 and compiled_float_lanes(cl, context, device) == 16 else {}
+
+
 def source(filename: str) -> str:
     return resources.files(__package__).joinpath(filename).read_text()
 

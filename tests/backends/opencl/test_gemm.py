@@ -184,3 +184,40 @@ def test_tiles_dealt_from_one_counter_across_calls(gemm_ocl, rng):
         a, b, c = operands(rng, m, n, k, ta, tb)
         assert_close(run_gemm(ocl, a, b, c, ta, tb, 1.0, 0.5), reference(a, b, c, ta, tb, 1.0, 0.5), k)
     assert int(ocl.to_host(ocl._gemm_ticket)[0]) == ocl._gemm_ticket_next
+
+
+# the Linear layers of an MLP 784-512-512-10 at batch 128 (x @ W^T, dY^T @ X, dY @ W), and the
+# same products with rows, columns and K off the tiles and off whole vectors
+LINEAR_SHAPES = [(128, 512, 784, False, True), (128, 10, 512, False, True), (512, 784, 128, True, False),
+                 (10, 512, 128, True, False), (128, 512, 512, False, False), (128, 512, 10, False, False),
+                 (127, 509, 785, False, True), (509, 781, 127, True, False), (127, 509, 509, False, False)]
+
+
+@pytest.mark.parametrize("m,n,k,ta,tb", LINEAR_SHAPES)
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, 1.0)])
+def test_linear_layer_products(gemm_ocl, rng, m, n, k, ta, tb, alpha, beta):
+    a, b, c = operands(rng, m, n, k, ta, tb)
+    assert_close(run_gemm(gemm_ocl, a, b, c, ta, tb, alpha, beta), reference(a, b, c, ta, tb, alpha, beta), k)
+
+
+def test_wide_registers_where_the_compiler_targets_avx512(ocl, lanes_backend):
+    """WIDE_REGS (gemm.cl) is asked for by 16-lane builds on a compiler targeting AVX-512 only."""
+    wide = compiled_float_lanes(ocl._cl, ocl.context, ocl.device) == 16
+    assert bool(lanes_backend(16)._programs._defines["gemm.cl"].get("WIDE_REGS")) == wide
+    assert "WIDE_REGS" not in lanes_backend(8)._programs._defines["gemm.cl"]
+
+
+@pytest.mark.parametrize("m,n,k,ta,tb", LINEAR_SHAPES[::2] + [(97, 129, 257, False, False), (6, 25, 5000, True, False),
+                                                           (45, 70, 600, False, True)])
+def test_wide_registers_give_the_same_sums(lanes_backend, rng, monkeypatch, m, n, k, ta, tb):
+    """With and without WIDE_REGS the 16-lane kernels add the same products in the same order:
+    equal bit for bit, and to the float64 reference."""
+    from juicepy.backends.opencl import backend as backend_module
+    wide = lanes_backend(16)
+    monkeypatch.setattr(backend_module, "wide_register_defines", lambda *args: {})
+    narrow = lanes_backend(16)
+    assert "WIDE_REGS" not in narrow._programs._defines["gemm.cl"]
+    a, b, c = operands(rng, m, n, k, ta, tb)
+    got = run_gemm(wide, a, b, c, ta, tb, 1.0, 0.5)
+    np.testing.assert_array_equal(got, run_gemm(narrow, a, b, c, ta, tb, 1.0, 0.5))
+    assert_close(got, reference(a, b, c, ta, tb, 1.0, 0.5), k)
