@@ -5,8 +5,8 @@ Build each variant, copy its .so aside, then:
 
     python bench/ab_numpy_builds.py old=/tmp/old.so new=/tmp/new.so [rounds]
 
-Transforms: wg_input of the conv bench's 5x5 layer (32 -> 32, 32x32, batch 32) and
-winograd_input of its 3x3 layer (64 -> 64, 32x32, batch 32)."""
+Transforms: wg_input of the conv bench's 5x5 layer (32 -> 32, 32x32, batch 32), winograd_input of
+its 3x3 layer (64 -> 64, 32x32) and s2_input of its strided layer (3x3 stride 2, 64 -> 128)."""
 import importlib.util
 import statistics
 import sys
@@ -42,8 +42,17 @@ def transforms(batch=32):
         for n in range(batch):
             m.winograd_input(x3, v, g3, batch, n, n + 1, 16, 16, ks3)
 
+    x2 = rng.standard_normal((batch, 64, 32, 32), dtype=np.float32)
+    g2 = (64, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16, 16)
+    ks2, rows = 4 * 64 * 64 + 16, np.zeros(7 * (4 * 8 + 4), np.float32)
+
+    def s2_input(m, v):
+        for n in range(batch):
+            m.s2_input(x2, v, g2, batch, n, n + 1, 8, 8, ks2, rows)
+
     return {"wg_input 5x5 32->32": (wg_input, np.zeros(36 * ks5, np.float32)),
-            "winograd_input 3x3 64->64": (winograd_input, np.zeros(16 * ks3, np.float32))}
+            "winograd_input 3x3 64->64": (winograd_input, np.zeros(16 * ks3, np.float32)),
+            "s2_input 3x3 s2 64->128": (s2_input, np.zeros(9 * ks2, np.float32))}
 
 
 def main(argv) -> int:
