@@ -129,7 +129,9 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                                       {"gemm.cl": {**self._gemm_tiles, **left_out},
                                        "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]],
                                                           **left_out},
-                                       "conv.cl": {"VEC": self._conv_vec}, "conv.cl:vec16": {"VEC": 16}})
+                                       "conv.cl": {"VEC": self._conv_vec}, "conv.cl:vec16": {"VEC": 16},
+                                       # norm.cl's per-channel sums in float8 vectors on CPU drivers
+                                       "norm.cl": {"VEC_SUMS": 1} if self.is_cpu else {}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
         self._flag_host = np.empty((1,), np.int32)
         self._flag_lock = threading.Lock()

@@ -4,35 +4,55 @@
 
 #define STORE(o, i, v, acc) { if (acc) (o)[i] += (v); else (o)[i] = (v); }
 
-// Sums over one contiguous plane with eight running sums (independent adds the compiler can
-// vectorise, instead of one chain of dependent adds).
+// Sums over one contiguous plane with eight running sums (independent adds, instead of one
+// chain of dependent adds). TERM(L, i) is term i, its inputs read through L(pointer, i).
+// VEC_SUMS (CPU devices): the eight sums are the lanes of one float8 and each step loads
+// eight consecutive values as one vector; PoCL's LLVM left the scalar form scalar (its
+// per-channel kernels, one work-item each, are not vectorised across work-items). The same
+// terms go to the same sums in the same order, so both forms give the same bits.
+#define AT_S(p, i) (p)[i]
+#ifndef VEC_SUMS
+#define VEC_SUMS 0
+#endif
+#if VEC_SUMS
+typedef float8 float8_u __attribute__((aligned(4)));
+#define AT_V(p, i) (*(__global const float8_u *)((p) + (i)))
+#define EIGHT_WAY_SUM(n, TERM)                                                              \
+    float8 a = (float8)(0.0f);                                                              \
+    int s = 0;                                                                              \
+    for (; s + 8 <= (n); s += 8) a += TERM(AT_V, s);                                        \
+    float a0 = a.s0;                                                                        \
+    for (; s < (n); ++s) a0 += TERM(AT_S, s);                                               \
+    return ((a0 + a.s1) + (a.s2 + a.s3)) + ((a.s4 + a.s5) + (a.s6 + a.s7));
+#else
 #define EIGHT_WAY_SUM(n, TERM)                                                              \
     float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f, a4 = 0.0f, a5 = 0.0f, a6 = 0.0f, a7 = 0.0f; \
     int s = 0;                                                                              \
     for (; s + 8 <= (n); s += 8) {                                                          \
-        a0 += TERM(s); a1 += TERM(s + 1); a2 += TERM(s + 2); a3 += TERM(s + 3);             \
-        a4 += TERM(s + 4); a5 += TERM(s + 5); a6 += TERM(s + 6); a7 += TERM(s + 7);         \
+        a0 += TERM(AT_S, s); a1 += TERM(AT_S, s + 1); a2 += TERM(AT_S, s + 2); a3 += TERM(AT_S, s + 3); \
+        a4 += TERM(AT_S, s + 4); a5 += TERM(AT_S, s + 5); a6 += TERM(AT_S, s + 6); a7 += TERM(AT_S, s + 7); \
     }                                                                                       \
-    for (; s < (n); ++s) a0 += TERM(s);                                                     \
+    for (; s < (n); ++s) a0 += TERM(AT_S, s);                                               \
     return ((a0 + a1) + (a2 + a3)) + ((a4 + a5) + (a6 + a7));
+#endif
 
 inline float plane_sum(__global const float *p, const int n)
 {
-#define TERM_X(i) p[i]
+#define TERM_X(L, i) L(p, i)
     EIGHT_WAY_SUM(n, TERM_X)
 #undef TERM_X
 }
 
 inline float plane_dev(__global const float *p, const int n, const float mu)
 {
-#define TERM_DEV(i) (p[i] - mu)
+#define TERM_DEV(L, i) (L(p, i) - mu)
     EIGHT_WAY_SUM(n, TERM_DEV)
 #undef TERM_DEV
 }
 
 inline float plane_sq_dev(__global const float *p, const int n, const float mu)
 {
-#define TERM_SQ(i) ((p[i] - mu) * (p[i] - mu))
+#define TERM_SQ(L, i) ((L(p, i) - mu) * (L(p, i) - mu))
     EIGHT_WAY_SUM(n, TERM_SQ)
 #undef TERM_SQ
 }
@@ -40,7 +60,7 @@ inline float plane_sq_dev(__global const float *p, const int n, const float mu)
 inline float plane_dot_xhat(__global const float *g, __global const float *p, const int n, const float mu,
                             const float is)
 {
-#define TERM_DOT(i) (g[i] * ((p[i] - mu) * is))
+#define TERM_DOT(L, i) (L(g, i) * ((L(p, i) - mu) * is))
     EIGHT_WAY_SUM(n, TERM_DOT)
 #undef TERM_DOT
 }
@@ -48,9 +68,11 @@ inline float plane_dot_xhat(__global const float *g, __global const float *p, co
 // the same sums of dy taken back through the ReLU whose output is r (relu_bwd's dy * 0 where
 // r <= 0, so a non-finite dy there stays NaN as in the unfused ops)
 #define RELU_DY(g, r, i) ((r)[i] > 0.0f ? (g)[i] : (g)[i] * 0.0f)
+// the same through L: select's third operand is -1 (take the second) where r > 0
+#define RELU_DY_AT(L, g, r, i) select(L(g, i) * 0.0f, L(g, i), L(r, i) > 0.0f)
 inline float plane_sum_relu(__global const float *p, __global const float *r, const int n)
 {
-#define TERM_XR(i) RELU_DY(p, r, i)
+#define TERM_XR(L, i) RELU_DY_AT(L, p, r, i)
     EIGHT_WAY_SUM(n, TERM_XR)
 #undef TERM_XR
 }
@@ -58,7 +80,7 @@ inline float plane_sum_relu(__global const float *p, __global const float *r, co
 inline float plane_dot_xhat_relu(__global const float *g, __global const float *r, __global const float *p,
                                  const int n, const float mu, const float is)
 {
-#define TERM_DOTR(i) (RELU_DY(g, r, i) * ((p[i] - mu) * is))
+#define TERM_DOTR(L, i) (RELU_DY_AT(L, g, r, i) * ((L(p, i) - mu) * is))
     EIGHT_WAY_SUM(n, TERM_DOTR)
 #undef TERM_DOTR
 }

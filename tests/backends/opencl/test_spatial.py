@@ -974,3 +974,58 @@ def test_max_pool_2x2_vector_rule(lanes_backend):
     assert [b16._pool_lanes(wo) for wo in (1, 2, 3, 4, 5, 8, 9, 14, 16, 17, 32)] == [0, 0, 4, 4, 8, 8, 16, 16, 16, 0, 0]
     b8 = lanes_backend(8)
     assert all(b8._pool_lanes(wo) == 0 for wo in range(1, 40))
+
+
+def test_vector_sums_of_batch_norm_on_cpu_drivers_only(ocl):
+    """norm.cl's VEC_SUMS (the per-channel sums in float8 vectors) is built for CPU drivers only."""
+    assert ocl._programs._defines["norm.cl"] == ({"VEC_SUMS": 1} if ocl.is_cpu else {})
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (3, 2, 8, 8), (2, 4, 3, 2), (4, 3, 37), (2, 2, 1)],
+                         ids=["tail", "whole", "short", "3d", "single"])
+@pytest.mark.parametrize("relu", [False, True])
+def test_vector_sums_of_batch_norm_give_the_same_bits(ocl, rng, shape, relu):
+    """With and without norm.cl's VEC_SUMS the per-channel reductions (bn_stats, bn_bwd_reduce
+    with and without the fused ReLU, bn_sums) add the same terms in the same order: equal bit
+    for bit, planes with and without a tail past the last eight values, and to the float64
+    reference."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    scalar = OpenCLBackend(ocl.device)
+    scalar._programs._defines["norm.cl"] = {}
+    vector = OpenCLBackend(ocl.device)
+    vector._programs._defines["norm.cl"] = {"VEC_SUMS": 1}
+    c = shape[1]
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    gamma, beta = rng.standard_normal(c).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    y_ref, mean_ref, var_ref, invstd_ref, xhat = bn_ref(x, gamma, beta, 1e-5)
+    axes = (0,) + tuple(range(2, x.ndim))
+    g = np.where(y_ref > 0, dy, 0.0) if relu else dy.astype(np.float64)
+    shift = rng.standard_normal(c).astype(np.float32)
+    bshape = (1, -1) + (1,) * (x.ndim - 2)
+    dev = (x - shift.reshape(bshape)).astype(np.float64)
+    results = []
+    for b in (scalar, vector):
+        out, mean, inv, dg, db = b.empty(shape), b.empty((c,)), b.empty((c,)), b.zeros((c,)), b.zeros((c,))
+        rm, rv = b.from_host(np.zeros(c, np.float32)), b.from_host(np.ones(c, np.float32))
+        dev_x = b.from_host(x)
+        b.batch_norm_train(dev_x, b.from_host(gamma), b.from_host(beta), out, mean, inv, rm, rv, 0.1, 1e-5,
+                           relu=relu)
+        b.batch_norm_backward(dev_x, b.from_host(dy), b.from_host(gamma), mean, inv, None, dg, db,
+                              relu_out=out if relu else None)
+        sums = b.empty((2 * c,))
+        b.batch_norm_sums(dev_x, b.from_host(shift), sums)
+        results.append([b.to_host(a) for a in (mean, inv, rm, rv, dg, db, sums)])
+    for got_scalar, got_vector in zip(*results):
+        np.testing.assert_array_equal(got_vector, got_scalar)
+    mean, inv, rm, rv, dg, db, sums = results[1]
+    count = x.size // c
+    np.testing.assert_allclose(mean, mean_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(inv, invstd_ref, rtol=1e-4)
+    np.testing.assert_allclose(rm, 0.1 * mean_ref, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rv, 0.9 + 0.1 * var_ref * count / max(count - 1, 1), rtol=1e-5)
+    np.testing.assert_allclose(dg, (g * xhat).sum(axis=axes), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(db, g.sum(axis=axes), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(sums, np.concatenate([dev.sum(axis=axes), (dev * dev).sum(axis=axes)]),
+                               rtol=1e-4, atol=1e-4)
