@@ -1579,22 +1579,25 @@ ISA_512 static void winograd_input16_f32_512(const float *restrict x, float *res
         }
 }
 
-/* out (+)= the tiles of m as winograd_output_f32 for wino_plane16's geometry. */
-ISA_512 static void winograd_output16_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
-                                              int accumulate)
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane16's and wino_plane32's
+ * geometries (``side`` 16 or 32): the 16 tiles of a vector cover 64 consecutive outputs, four
+ * rows of 16 (two rows of 8 tiles: row 2h + i at 32h + 16i) or two of 32 (one row of 16 tiles:
+ * row i's half h at 32i + 16h), each y[i][0] and y[i][1] zipped (W16_ZIP's halves). */
+ISA_512 static void winograd_output_wide_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1,
+                                                 I ks, int accumulate, I side)
 {
-    const I np = (n1 - n0) * 64;
+    const I area = side * side, per = area / 4, np = (n1 - n0) * per;
     for (I a = 0; a < o; a++)
         for (I n = n0; n < n1; n++) {
-            float *plane = out + (n * o + a) * 256;
-            for (I q = 0; q < 4; q++) {
+            float *plane = out + (n * o + a) * area;
+            for (I b = 0; b < area / 64; b++) {
                 vf32x16 y[2][2];
-                W_OUTPUT_SUMS(m + a * np + (n - n0) * 64 + q * 16, ks, y);
+                W_OUTPUT_SUMS(m + a * np + (n - n0) * per + b * 16, ks, y);
                 for (int h = 0; h < 2; h++)
                     for (int i = 0; i < 2; i++) {
                         vf32x16 row = h ? __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 1))
                                         : __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 0));
-                        float *p = plane + (4 * q + 2 * h + i) * 16;
+                        float *p = plane + 64 * b + (side == 16 ? 32 * h + 16 * i : 32 * i + 16 * h);
                         if (accumulate) row = LOADV(vf32x16, p) + row;
                         memcpy(p, &row, sizeof row);
                     }
@@ -1648,30 +1651,6 @@ ISA_512 static void winograd_input32_f32_512(const float *restrict x, float *res
                     const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 3)) & edge3);
                     W_ROW_STORE(dst + 4 * i * ks + ty * 16, ks, e0, e1, e2, e3);
                 }
-            }
-        }
-}
-
-/* out (+)= the tiles of m as winograd_output_f32 for wino_plane32's geometry: output row
- * 2ty + i is y[i][0] and y[i][1] zipped (W16_ZIP's halves 0 and 1 of the pair). */
-ISA_512 static void winograd_output32_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks,
-                                              int accumulate)
-{
-    const I np = (n1 - n0) * 256;
-    for (I a = 0; a < o; a++)
-        for (I n = n0; n < n1; n++) {
-            float *plane = out + (n * o + a) * 1024;
-            for (I ty = 0; ty < 16; ty++) {
-                vf32x16 y[2][2];
-                W_OUTPUT_SUMS(m + a * np + (n - n0) * 256 + ty * 16, ks, y);
-                for (int i = 0; i < 2; i++)
-                    for (int h = 0; h < 2; h++) {
-                        vf32x16 row = h ? __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 1))
-                                        : __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W16_ZIP, 0));
-                        float *p = plane + (2 * ty + i) * 32 + 16 * h;
-                        if (accumulate) row = LOADV(vf32x16, p) + row;
-                        memcpy(p, &row, sizeof row);
-                    }
             }
         }
 }
@@ -2967,11 +2946,11 @@ static int winograd_output_f32_call(const TileCall *t)
         return 0;
     }
     if (isa == 2 && wino_plane16(&t->g, t->th, t->tw)) {
-        winograd_output16_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        winograd_output_wide_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate, 16);
         return 0;
     }
     if (isa == 2 && wino_plane32(&t->g, t->th, t->tw)) {
-        winograd_output32_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        winograd_output_wide_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate, 32);
         return 0;
     }
     if (isa == 1 && wino_plane32(&t->g, t->th, t->tw)) {
