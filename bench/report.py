@@ -23,23 +23,25 @@ from benchutil import PAIRED_PREFIX
 from juicepy.backends.numpy.runtime import describe
 
 
-def load_runtime(path: str) -> str | None:
-    """The run's CPU and runtime_info line (conftest's machine_info hook), or None for a file
-    written without them."""
-    with open(path) as f:
-        machine = json.load(f).get("machine_info", {})
+def runtime_line(data: dict) -> str | None:
+    """A results file's CPU and runtime_info line (conftest's machine_info hook), or None for a
+    file written without them."""
+    machine = data.get("machine_info", {})
     if "juicepy" not in machine:
         return None
     return f"{machine.get('cpu', {}).get('brand_raw', 'unknown CPU')}; {'; '.join(describe(machine['juicepy']))}"
 
 
-def load_groups(path: str) -> dict:
-    with open(path) as f:
-        data = json.load(f)
+def groups_of(data: dict) -> dict:
     groups = defaultdict(list)
     for bench in data["benchmarks"]:
         groups[bench["group"]].append(bench)
     return groups
+
+
+def load_groups(path: str) -> dict:
+    with open(path) as f:
+        return groups_of(json.load(f))
 
 
 def print_table(groups: dict) -> None:
@@ -182,7 +184,9 @@ def main(argv=None) -> int:
     parser.add_argument("results", nargs="?", default="results.json", help="pytest-benchmark JSON file")
     parser.add_argument("--chart", metavar="PNG", help="also draw the ratios to this PNG")
     args = parser.parse_args(argv)
-    groups = load_groups(args.results)
+    with open(args.results) as f:
+        data = json.load(f)
+    groups = groups_of(data)
     if args.chart:  # fail before printing when the plot extra is missing
         from juicepy.errors import MissingExtraError
 
@@ -191,7 +195,7 @@ def main(argv=None) -> int:
         except MissingExtraError as err:
             print(f"report.py: error: {err}", file=sys.stderr)
             return 1
-    runtime = load_runtime(args.results)
+    runtime = runtime_line(data)
     if runtime is not None:
         print(f"ran on: {runtime}")
     print_table(groups)

@@ -21,9 +21,8 @@ def runtime_info() -> dict:
     """{"c_kernels": {isa, isa_name, cpu_isa, cpu_vendor, cpu_family} or None where the C
     kernels are not built, "threads": lanes, "blas": [{internal_api, version, architecture,
     num_threads}] (threadpoolctl; a string saying why where it cannot look), "openblas_env":
-    the OPENBLAS_* variables, "notes": [what slows this setup, in words]}."""
-    import numpy  # noqa: F401  (NumPy loads its BLAS: threadpoolctl sees only loaded libraries)
-
+    the OPENBLAS_* variables, "notes": [what slows this setup, in words]}. threadpoolctl sees only
+    loaded libraries: NumPy's BLAS is, since kernels.py imports NumPy."""
     conv = kernels.load("_conv_kernels")
     info: dict = {"threads": num_threads(),
                   "openblas_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("OPENBLAS_")}}
