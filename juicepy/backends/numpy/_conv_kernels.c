@@ -2498,6 +2498,97 @@ DEFINE_S2_OUTPUT(s2_output_f32_128, ISA_128, float, s2_f32)
 DEFINE_S2_OUTPUT(s2_output_f64_128, ISA_128, double, s2_f64)
 #define S2_CALL(NAME, ...) (isa >= 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 
+#if WINO_PLANE8
+/* Square 16x16 and 32x32 planes padded by 1 (the strided layers at those sizes), float32 on
+ * AVX-512: a plane's tiles are 1 or 4 runs of 16 (16 / tw rows of tiles each), so each of the 25
+ * slices of a plane is written in whole vectors, and the patches' columns are taken out of the
+ * input rows by shuffles instead of s2_input's passes, which stage every row of tiles in scratch
+ * and split it in blocks of 8 tiles (docs/numpy.md). Same subtractions, so the same bits. */
+static int s2_plane_wide(const Geometry *g, I th, I tw)
+{
+    return (g->h == 16 || g->h == 32) && g->w == g->h && g->ph == 1 && g->pw == 1 && g->ho == g->h / 2
+           && g->wo == g->w / 2 && th == g->h / 4 && tw == g->w / 4;
+}
+
+/* Lane l of a pair of input vectors (one row's halves at 32x32, two rows at 16x16): column
+ * 4(l % 8) + J0 for l < 8, + J1 above; in both layouts a pair's 32 values are 8 patches' columns
+ * 4w - 1 .. 4w + 3 for w = l % 8 (column -1, the padding, clamped here and zeroed by a mask). */
+#define S2W_COL(J, l) ((J) < 0 && (l) % 8 == 0 ? 0 : 4 * ((l) % 8) + (J))
+#define S2W_PAIR(J0, J1, l) ((l) < 8 ? S2W_COL(J0, l) : S2W_COL(J1, l))
+#define S2W_M1_3(A, l) S2W_PAIR(-1, 3, l)
+#define S2W_1_1(A, l) S2W_PAIR(1, 1, l)
+#define S2W_0_2(A, l) S2W_PAIR(0, 2, l)
+/* the low (H 0) or high (H 1) halves of a vector pair, one after the other */
+#define S2W_HALF(H, l) ((l) < 8 ? (l) + 8 * (H) : (l) + 8 + 8 * (H))
+/* lanes l < 8 of the first vector of a pair whose patch (tile column l % tw) is the row's first */
+#define S2W_FIRST(TW, l) ((l) < 8 && (l) % (TW) == 0 ? 0 : -1)
+
+/* v as s2_input_f32 (same slices, same order of operations) for s2_plane_wide's geometries. */
+ISA_512 static void s2_input_wide_f32_512(const float *restrict x, float *restrict v, I c, I n0, I n1, I ks, I side)
+{
+    const I tiles = side * side / 16, np = (n1 - n0) * tiles, tw = side / 4, per = 16 / tw;
+    const vf32x16 zero = {0};
+    const vi32x16 first = tw == 8 ? W16_LANES(S2W_FIRST, 8) : W16_LANES(S2W_FIRST, 4);
+    for (I n = n0; n < n1; n++)
+        for (I ch = 0; ch < c; ch++) {
+            const float *plane = x + (n * c + ch) * side * side;
+            float *dst[25];
+            for (I p = 0; p < 3; p++)
+                for (I q = 0; q < 3; q++) {
+                    float *base = v + (p * 3 + q) * ks + (n - n0) * tiles;
+                    dst[p * 3 + q] = base + (s2_row(p, q, 0, c) + ch) * np;
+                    if (q % 2 == 0) dst[9 + p * 2 + q / 2] = base + (s2_row(p, q, 1, c) + ch) * np;
+                    if (p % 2 == 0) dst[15 + p / 2 * 3 + q] = base + (s2_row(p, q, 2, c) + ch) * np;
+                    if (p % 2 == 0 && q % 2 == 0) dst[21 + p / 2 * 2 + q / 2] = base + (s2_row(p, q, 3, c) + ch) * np;
+                }
+            for (I b = 0; b < tiles / 16; b++) {
+                /* slot s: tile row b * per + s / 2 (its columns' half s % 2) at 32x32, b * per + s at 16x16;
+                   k[kind][s]: the rows t0, r2, t2 (BT along the columns), r1, r3 of the patches */
+                vf32x16 k[5][4];
+                for (int s = 0; s < 4; s++) {
+                    const I ty = b * per + (tw == 8 ? s / 2 : s), col = tw == 8 ? 16 * (s % 2) : 0;
+                    vf32x16 r[5];
+                    for (int i = 0; i < 5; i++) {
+                        const I y = 4 * ty - 1 + i;
+                        r[i] = y >= 0 ? LOADV(vf32x16, plane + y * side + col) : zero;
+                    }
+                    k[0][s] = r[0] - r[2];
+                    k[1][s] = r[2];
+                    k[2][s] = r[4] - r[2];
+                    k[3][s] = r[1];
+                    k[4][s] = r[3];
+                }
+                for (int kind = 0; kind < 5; kind++) {
+                    /* per pair of slots: [d0 | d2] (columns -1 - 1 and 3 - 1), [1 | 1], [0 | 2] */
+                    vf32x16 d[2], m[2], o[2];
+                    for (int h = 0; h < 2; h++) {
+                        const vf32x16 a = k[kind][2 * h], e = k[kind][2 * h + 1];
+                        const vf32x16 outer = (vf32x16)((vi32x16)__builtin_shuffle(a, e, W16_LANES(S2W_M1_3, 0)) & first);
+                        m[h] = __builtin_shuffle(a, e, W16_LANES(S2W_1_1, 0));
+                        o[h] = __builtin_shuffle(a, e, W16_LANES(S2W_0_2, 0));
+                        d[h] = outer - m[h];
+                    }
+                    const vf32x16 d0 = __builtin_shuffle(d[0], d[1], W16_LANES(S2W_HALF, 0));
+                    const vf32x16 d1 = __builtin_shuffle(m[0], m[1], W16_LANES(S2W_HALF, 0));
+                    const vf32x16 d2 = __builtin_shuffle(d[0], d[1], W16_LANES(S2W_HALF, 1));
+                    const vf32x16 o1 = __builtin_shuffle(o[0], o[1], W16_LANES(S2W_HALF, 0));
+                    const vf32x16 o3 = __builtin_shuffle(o[0], o[1], W16_LANES(S2W_HALF, 1));
+                    /* kinds 0-2 (rows[p] of s2_input) go to dst[3p ..] and dst[9 + 2p ..], 3-4 (the odd
+                       rows h) to dst[15 + 3h ..] and dst[21 + 2h ..] */
+                    float *const *at = kind < 3 ? dst + 3 * kind : dst + 15 + 3 * (kind - 3);
+                    float *const *odd = kind < 3 ? dst + 9 + 2 * kind : dst + 21 + 2 * (kind - 3);
+                    const I off = 16 * b;
+                    memcpy(at[0] + off, &d0, sizeof d0);
+                    memcpy(at[1] + off, &d1, sizeof d1);
+                    memcpy(at[2] + off, &d2, sizeof d2);
+                    memcpy(odd[0] + off, &o1, sizeof o1);
+                    memcpy(odd[1] + off, &o3, sizeof o3);
+                }
+            }
+        }
+}
+#endif
+
 /* ------------------------------------------ s2d_*: the 3x3 stride-2 input gradient
  * dx of a 3x3 stride-2 undilated conv as Winograd F(2x2, 2x2) on dx's four stride phases (the
  * forward form on dy, as the OpenCL backend's s2_winograd_data). Along an axis the 4 dx pixels
@@ -2682,6 +2773,106 @@ DEFINE_S2D_OUTPUT(s2d_output_f32_256, ISA_256, float)
 DEFINE_S2D_OUTPUT(s2d_output_f64_256, ISA_256, double)
 DEFINE_S2D_OUTPUT(s2d_output_f32_128, ISA_128, float)
 DEFINE_S2D_OUTPUT(s2d_output_f64_128, ISA_128, double)
+
+#if WINO_PLANE8
+/* dy planes of 16x16 and 32x32 with dx twice their size, padded by 1 (the strided layers'
+ * input gradients at 32x32 and 64x64), float32 on AVX-512: a plane's blocks are runs of 16 (two
+ * rows of 8 blocks, or one row of 16), so each of the 25 slices of a plane is written or read in
+ * whole vectors, and the columns are shuffled straight out of dy's rows (s2d_input) or into dx's
+ * (s2d_output) instead of the passes above, which stage every row of blocks in scratch. Same
+ * sums in the same order, so the same bits. */
+static int s2d_plane_wide(const Geometry *g, I th, I tw)
+{
+    return (g->h == 16 || g->h == 32) && g->w == g->h && g->ph == 1 && g->pw == 1 && g->ho == 2 * g->h
+           && g->wo == 2 * g->w && th == g->h / 2 && tw == g->w / 2;
+}
+
+/* lane l of a pair of dy vectors (two rows of 16, or one row's halves): column 2l + J of the
+ * pair's 32 values, which is column 2tx + J of the lane's block row (J = 2 past the row: clamped
+ * here, zeroed by S2D_LAST) */
+#define S2D_COL(J, l) (2 * (l) + (J) > 31 ? 31 : 2 * (l) + (J))
+#define S2D_LAST(TW, l) ((l) % (TW) == (TW) - 1 ? 0 : -1)
+/* lane e of the k-th vector of 4 interleaved vectors q0..q3 (q_(e % 4) at lane 4k + e / 4), from the
+ * pairs z01 = q0, q1 zipped and z23 likewise (their halves H: lanes 8H .. 8H + 7 of q) */
+#define S2D_ZIP(H, l) ((l) % 2 * 16 + 8 * (H) + (l) / 2)
+#define S2D_WEAVE(K, e) ((e) % 4 / 2 * 16 + 2 * (4 * ((K) % 2) + (e) / 4) + (e) % 2)
+
+/* v as s2d_input_f32 for s2d_plane_wide's geometries. */
+ISA_512 static void s2d_input_wide_f32_512(const float *restrict dy, float *restrict v, I o, I n0, I n1, I ks, I side)
+{
+    const I tw = side / 2, tiles = tw * tw, np = (n1 - n0) * tiles;
+    const vf32x16 zero = {0};
+    const vi32x16 last = tw == 8 ? W16_LANES(S2D_LAST, 8) : W16_LANES(S2D_LAST, 16);
+    for (I n = n0; n < n1; n++)
+        for (I ch = 0; ch < o; ch++) {
+            const float *plane = dy + (n * o + ch) * side * side;
+            float *base = v + ch * np + (n - n0) * tiles;
+            for (I b = 0; b < tiles / 16; b++) {
+                /* slot s: block row 2b + s at 16x16, row b's half s at 32x32; k[i][s]: rows t0, r1,
+                   t2 (the transform along the columns) and r0, r1 (tap 1's phase, padding odd) */
+                vf32x16 k[5][2];
+                for (int s = 0; s < 2; s++) {
+                    const I ty = tw == 8 ? 2 * b + s : b, col = tw == 8 ? 0 : 16 * s;
+                    vf32x16 r[3];
+                    for (int i = 0; i < 3; i++) {
+                        const I y = 2 * ty + i;
+                        r[i] = y < side ? LOADV(vf32x16, plane + y * side + col) : zero;
+                    }
+                    k[0][s] = r[0] - r[1];
+                    k[1][s] = r[1];
+                    k[2][s] = r[2] - r[1];
+                    k[3][s] = r[0];
+                    k[4][s] = r[1];
+                }
+                for (int i = 0; i < 5; i++) {
+                    const vf32x16 a = __builtin_shuffle(k[i][0], k[i][1], W16_LANES(S2D_COL, 0));
+                    const vf32x16 e = __builtin_shuffle(k[i][0], k[i][1], W16_LANES(S2D_COL, 1));
+                    const vf32x16 c = (vf32x16)((vi32x16)__builtin_shuffle(k[i][0], k[i][1], W16_LANES(S2D_COL, 2)) & last);
+                    const vf32x16 d[5] = {a - e, e, c - e, a, e};
+                    for (int j = 0; j < 5; j++) memcpy(base + (i * 5 + j) * ks + 16 * b, &d[j], sizeof d[j]);
+                }
+            }
+        }
+}
+
+/* dx (+)= the products of m as s2d_output_f32 for s2d_plane_wide's geometries. */
+ISA_512 static void s2d_output_wide_f32_512(const float *restrict m, float *restrict dx, I c, I n0, I n1, I ks,
+                                            int accumulate, I side)
+{
+    const I tw = side / 2, tiles = tw * tw, np = (n1 - n0) * tiles, w = 2 * side;
+    for (I n = n0; n < n1; n++)
+        for (I a = 0; a < c; a++) {
+            float *plane = dx + (n * c + a) * w * w;
+            const float *src = m + a * np + (n - n0) * tiles;
+            for (I b = 0; b < tiles / 16; b++) {
+                vf32x16 s[4][5];
+                for (int j = 0; j < 5; j++) {
+                    vf32x16 col[5];
+                    for (int i = 0; i < 5; i++) col[i] = LOADV(vf32x16, src + (i * 5 + j) * ks + 16 * b);
+                    s[0][j] = col[3], s[1][j] = col[0] + col[1], s[2][j] = col[4], s[3][j] = col[1] + col[2];
+                }
+                for (int i = 0; i < 4; i++) {
+                    /* the row's 4 pixels of each block, then zipped into 64 consecutive values */
+                    const vf32x16 q0 = s[i][3], q1 = s[i][0] + s[i][1], q2 = s[i][4], q3 = s[i][1] + s[i][2];
+                    vf32x16 z[2][2];
+                    for (int h = 0; h < 2; h++) {
+                        z[0][h] = h ? __builtin_shuffle(q0, q1, W16_LANES(S2D_ZIP, 1)) : __builtin_shuffle(q0, q1, W16_LANES(S2D_ZIP, 0));
+                        z[1][h] = h ? __builtin_shuffle(q2, q3, W16_LANES(S2D_ZIP, 1)) : __builtin_shuffle(q2, q3, W16_LANES(S2D_ZIP, 0));
+                    }
+                    for (int kk = 0; kk < 4; kk++) {
+                        vf32x16 row = kk % 2 ? __builtin_shuffle(z[0][kk / 2], z[1][kk / 2], W16_LANES(S2D_WEAVE, 1))
+                                             : __builtin_shuffle(z[0][kk / 2], z[1][kk / 2], W16_LANES(S2D_WEAVE, 0));
+                        /* values 16kk .. 16kk + 15: the two block rows' halves at 16x16, one row at 32x32 */
+                        float *p = tw == 8 ? plane + (4 * (2 * b + kk / 2) + i) * w + 16 * (kk % 2)
+                                           : plane + (4 * b + i) * w + 16 * kk;
+                        if (accumulate) row = LOADV(vf32x16, p) + row;
+                        memcpy(p, &row, sizeof row);
+                    }
+                }
+            }
+        }
+}
+#endif
 
 /* ------------------------------------------------------------------ Python glue */
 
@@ -3014,6 +3205,12 @@ static int s2_grad_t_f64_call(const TileCall *t)
 }
 static int s2_input_f32_call(const TileCall *t)
 {
+#if WINO_PLANE8
+    if (isa == 2 && s2_plane_wide(&t->g, t->th, t->tw)) {
+        s2_input_wide_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks, t->g.h);
+        return 0;
+    }
+#endif
     S2_CALL(s2_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
     return 0;
 }
@@ -3045,6 +3242,12 @@ static int s2d_weights_f64_call(const TileCall *t)
 }
 static int s2d_input_f32_call(const TileCall *t)
 {
+#if WINO_PLANE8
+    if (isa == 2 && s2d_plane_wide(&t->g, t->th, t->tw)) {
+        s2d_input_wide_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks, t->g.h);
+        return 0;
+    }
+#endif
     S2_CALL(s2d_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
     return 0;
 }
@@ -3055,6 +3258,12 @@ static int s2d_input_f64_call(const TileCall *t)
 }
 static int s2d_output_f32_call(const TileCall *t)
 {
+#if WINO_PLANE8
+    if (isa == 2 && s2d_plane_wide(&t->g, t->th, t->tw)) {
+        s2d_output_wide_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate, t->g.h);
+        return 0;
+    }
+#endif
     S2_CALL(s2d_output_f32, t->b.buf, t->a.buf, t->rows.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks,
             t->accumulate);
     return 0;

@@ -1109,6 +1109,58 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
         assert np.abs(single - want).max() <= 2e-5 * np.abs(want).max()
 
 
+def _s2_input_reference(x, geometry, n0, n1, th, tw, ks):
+    """v (9, ks) of s2_input for samples [n0, n1), NaN past each position's K(p, q) x tiles: per
+    tile the 5x5 patch of the padded plane at (4ty, 4tx), BT (rows d0 - d1, d1, d2 - d1) along
+    its columns on rows 0, 2, 4, then along its rows, in the kernel's order of operations; a
+    position's K rows: [phase 00 | phase 01 if q even | phase 10 if p even | phase 11 if both] x C."""
+    c, h, w_, ph, pw = geometry[0], geometry[1], geometry[2], geometry[7], geometry[8]
+    pad = np.zeros((n1 - n0, c, 4 * th + 1, 4 * tw + 1), x.dtype)
+    rows, cols = min(h, 4 * th + 1 - ph), min(w_, 4 * tw + 1 - pw)
+    pad[:, :, ph:ph + rows, pw:pw + cols] = x[n0:n1, :, :rows, :cols]
+    patch = [[pad[:, :, i::4][:, :, :th, :][:, :, :, j::4][:, :, :, :tw] for j in range(5)] for i in range(5)]
+    # the rows t0, r2, t2 (columns' BT) and the odd rows r1, r3, each split along its columns
+    kinds = [[patch[0][j] - patch[2][j] for j in range(5)], patch[2], [patch[4][j] - patch[2][j] for j in range(5)],
+             patch[1], patch[3]]
+    split = [(z[0] - z[2], z[2], z[4] - z[2], z[1], z[3]) for z in kinds]
+    segments = {}  # (p, q) -> {segment: (n, c, th, tw)}
+    for p in range(3):
+        for q in range(3):
+            segments.setdefault((p, q), {})[0] = split[p][q]
+        segments[(p, 0)][1], segments[(p, 2)][1] = split[p][3], split[p][4]
+    for hh in range(2):
+        for q in range(3):
+            segments[(2 * hh, q)][2] = split[3 + hh][q]
+        segments[(2 * hh, 0)][3], segments[(2 * hh, 2)][3] = split[3 + hh][3], split[3 + hh][4]
+    v = np.full((9, ks), np.nan, x.dtype)
+    for (p, q), parts in segments.items():
+        k = np.concatenate([parts[seg].transpose(1, 0, 2, 3).reshape(c, -1) for seg in sorted(parts)])
+        v[p * 3 + q, :k.size] = k.ravel()
+    return v
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(3, 4, 32, 32, 1, 1, 1, 3), (2, 3, 16, 16, 1, 1, 0, 2), (2, 2, 32, 32, 0, 0, 0, 2),
+                                   (2, 2, 64, 64, 1, 1, 1, 2), (1, 3, 17, 19, 1, 2, 0, 1), (2, 2, 16, 32, 1, 1, 0, 2),
+                                   (1, 2, 7, 6, 0, 1, 0, 1)],
+                         ids=["32x32", "16x16", "32x32-unpadded", "64x64", "odd", "16x32", "small"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stride_2_phase_input_transform_matches_the_reference_bit_for_bit(shape, dtype):
+    """s2_input (its shuffle build for square 16x16 and 32x32 planes padded by 1 in float32 on
+    AVX-512, else the row passes) against the transform written in NumPy in the same order of
+    operations, bit for bit, for samples [n0, n1) of a batch; the slices' gaps left untouched."""
+    n, c, h, w_, ph, pw, n0, n1 = shape
+    ho, wo = (h + 2 * ph - 3) // 2 + 1, (w_ + 2 * pw - 3) // 2 + 1
+    geometry = (c, h, w_, 3, 3, 2, 2, ph, pw, 1, 1, ho, wo)
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    x = np.random.default_rng(5).standard_normal((n, c, h, w_)).astype(dtype)
+    ks = 4 * c * (n1 - n0) * th * tw + 3
+    v = np.full((9, ks), np.nan, dtype)
+    rows = np.zeros(7 * (4 * tw + 4), dtype)
+    kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, ks, rows)
+    np.testing.assert_array_equal(v, _s2_input_reference(x, geometry, n0, n1, th, tw, ks))
+
+
 @needs_kernels
 def test_stride_2_phase_winograd_refuses_geometries_it_does_not_compute():
     x, v = np.zeros((1, 2, 8, 8), np.float32), np.zeros((9, 200), np.float32)
@@ -1539,6 +1591,92 @@ def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypat
         assert not applies(backend, plan(64, 128))
 
 
+def _s2d_shape(shape):
+    """(geometry, th, tw) of the s2d kernels for (n, O, Ho, Wo, ph, pw, H, W, ...): dy (O, Ho, Wo) in, dx (., H, W) out."""
+    o, hy, wy, ph, pw, h, w_ = shape[1:8]
+    assert (h + 2 * ph - 3) // 2 + 1 == hy and (w_ + 2 * pw - 3) // 2 + 1 == wy
+    return (o, hy, wy, 3, 3, 2, 2, ph, pw, 1, 1, h, w_), (h + 3) // 4, (w_ + 3) // 4
+
+
+def _s2d_input_reference(dy, geometry, n0, n1, th, tw, ks):
+    """v (25, ks) of s2d_input for samples [n0, n1): per block dy's 3x3 patch from (2ty + y0, 2tx +
+    x0) (zeros outside dy), the transform along the columns (rows t0 = r0 - r1, r1, t2 = r2 - r1
+    and tap 1's phase r0, r1 or r1, r2), then along the rows, in the kernel's order of operations;
+    each channel's slice row padded with zeros to whole 16-lane vectors, NaN past O of them."""
+    o, hy, wy, ph, pw = geometry[0], geometry[1], geometry[2], geometry[7], geometry[8]
+    y0, x0 = (ph + 1) // 2 - 1, (pw + 1) // 2 - 1
+    pad = np.zeros((n1 - n0, o, 2 * th + 1 - min(y0, 0) + hy, 2 * tw + 1 - min(x0, 0) + wy), dy.dtype)
+    pad[:, :, max(-y0, 0):max(-y0, 0) + hy, max(-x0, 0):max(-x0, 0) + wy] = dy[n0:n1]
+    pad = pad[:, :, max(y0, 0):, max(x0, 0):]
+    r = [[pad[:, :, k:k + 2 * th:2, kk:kk + 2 * tw:2] for kk in range(3)] for k in range(3)]
+    odd_h, odd_w = ph % 2, pw % 2
+    rows = [[r[0][kk] - r[1][kk] for kk in range(3)], r[1], [r[2][kk] - r[1][kk] for kk in range(3)],
+            r[0] if odd_h else r[1], r[1] if odd_h else r[2]]
+    p = (n1 - n0) * th * tw
+    np_ = -(-p // 16) * 16
+    v = np.full((25, ks), np.nan, dy.dtype)
+    for i, (a, b, c) in enumerate(rows):
+        for j, d in enumerate((a - b, b, c - b, a if odd_w else b, b if odd_w else c)):
+            slab = np.zeros((o, np_), dy.dtype)
+            slab[:, :p] = d.transpose(1, 0, 2, 3).reshape(o, p)
+            v[i * 5 + j, :o * np_] = slab.ravel()
+    return v
+
+
+def _s2d_output_reference(m, dx, geometry, n0, n1, th, tw, ks, accumulate):
+    """dx (+)= s2d_output's back transform of m for samples [n0, n1) in the kernel's order of
+    operations: per block the 5x5 products along the columns then the rows (each axis: P0 + P1,
+    P1 + P2 and the tap-1 phase's P3, P4, that phase first where the padding is odd)."""
+    c, (h, w_), ph, pw = dx.shape[1], dx.shape[2:], geometry[7], geometry[8]
+    p = (n1 - n0) * th * tw
+    np_ = -(-p // 16) * 16
+    prods = [m[pos, :c * np_].reshape(c, np_)[:, :p].reshape(c, n1 - n0, th, tw).transpose(1, 0, 2, 3)
+             for pos in range(25)]
+
+    def axis(q, odd):
+        e0, e1 = q[0] + q[1], q[1] + q[2]
+        return [q[3], e0, q[4], e1] if odd else [e0, q[3], e1, q[4]]
+
+    cols = [axis([prods[i * 5 + j] for i in range(5)], ph % 2) for j in range(5)]  # cols[j][i]
+    y = np.zeros((n1 - n0, c, 4 * th, 4 * tw), dx.dtype)
+    for i in range(4):
+        for j, value in enumerate(axis([cols[jj][i] for jj in range(5)], pw % 2)):
+            y[:, :, i::4, j::4] = value
+    out = dx.copy()
+    out[n0:n1] = out[n0:n1] + y[:, :, :h, :w_] if accumulate else y[:, :, :h, :w_]
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(3, 4, 16, 16, 1, 1, 32, 32, 3, 1, 3), (2, 3, 32, 32, 1, 1, 64, 64, 2, 0, 2),
+                                   (2, 2, 16, 16, 1, 1, 31, 31, 2, 0, 2), (2, 3, 16, 16, 0, 0, 33, 33, 2, 1, 2),
+                                   (2, 2, 8, 8, 1, 1, 16, 16, 3, 0, 2), (1, 2, 11, 7, 2, 1, 19, 13, 3, 0, 1),
+                                   (2, 2, 16, 32, 1, 1, 32, 64, 2, 0, 2)],
+                         ids=["16x16", "32x32", "odd-dx", "unpadded", "8x8", "odd-padding", "16x32"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_stride_2_input_gradient_transforms_match_the_reference_bit_for_bit(shape, dtype):
+    """s2d_input and s2d_output (their shuffle builds for square 16x16 and 32x32 dy planes with dx
+    twice that, padded by 1, in float32 on AVX-512; else the row passes) against the transforms
+    written in NumPy in the same order of operations, bit for bit, for samples [n0, n1) of a
+    batch, set and accumulated; the slices' gaps and other samples' planes left untouched."""
+    n, o, c, n0, n1 = shape[0], shape[1], shape[8], shape[9], shape[10]
+    geometry, th, tw = _s2d_shape(shape)
+    rng = np.random.default_rng(9)
+    dy = rng.standard_normal((n, o, shape[2], shape[3])).astype(dtype)
+    p = (n1 - n0) * th * tw
+    ks = max(o, c) * -(-p // 16) * 16 + 5
+    rows = np.zeros(16 * tw + 16, dtype)
+    v = np.full((25, ks), np.nan, dtype)
+    kernels.s2d_input(dy, v, geometry, n, n0, n1, th, tw, ks, rows)
+    np.testing.assert_array_equal(v, _s2d_input_reference(dy, geometry, n0, n1, th, tw, ks))
+    m = rng.standard_normal((25, ks)).astype(dtype)
+    for accumulate in (False, True):
+        dx = rng.standard_normal((n, c, shape[6], shape[7])).astype(dtype)
+        want = _s2d_output_reference(m, dx, geometry, n0, n1, th, tw, ks, accumulate)
+        kernels.s2d_output(m, dx, geometry, c, n, n0, n1, th, tw, ks, accumulate, rows)
+        np.testing.assert_array_equal(dx, want)
+
+
 @needs_kernels
 def test_stride_2_input_gradient_kernels_refuse_what_they_do_not_compute():
     # dx 8x8 from dy 4x4 (padding 1): 2x2 blocks, 4 tiles, 16 columns a channel
@@ -1588,7 +1726,8 @@ ISAS = ("baseline", "avx2", "avx512")
 #: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or wg_input_matches "
-              "or stride_2_phase_winograd_matches "
+              "or stride_2_phase_winograd_matches or stride_2_phase_input_transform "
+              "or stride_2_input_gradient_transforms "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
               "or stride_2_phase_weight_gradient_matches or s2_gemm_matches or stride_2_input_gradient_matches")
