@@ -1145,10 +1145,11 @@ def _s2_input_reference(x, geometry, n0, n1, th, tw, ks):
                                    (1, 2, 7, 6, 0, 1, 0, 1)],
                          ids=["32x32", "16x16", "32x32-unpadded", "64x64", "odd", "16x32", "small"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_stride_2_phase_input_transform_matches_the_reference_bit_for_bit(shape, dtype):
-    """s2_input (its shuffle build for square 16x16 and 32x32 planes padded by 1 in float32 on
-    AVX-512, else the row passes) against the transform written in NumPy in the same order of
-    operations, bit for bit, for samples [n0, n1) of a batch; the slices' gaps left untouched."""
+def test_stride_2_phase_transforms_match_the_reference_bit_for_bit(shape, dtype):
+    """s2_input and s2_output (their shuffle builds for square planes padded by 1 in float32 on
+    AVX-512: inputs of 16x16 and 32x32, outputs of 16x16 and 32x32; else the row passes) against
+    the transforms written in NumPy in the same order of operations, bit for bit, for samples
+    [n0, n1) of a batch; the slices' gaps and other samples' planes left untouched."""
     n, c, h, w_, ph, pw, n0, n1 = shape
     ho, wo = (h + 2 * ph - 3) // 2 + 1, (w_ + 2 * pw - 3) // 2 + 1
     geometry = (c, h, w_, 3, 3, 2, 2, ph, pw, 1, 1, ho, wo)
@@ -1159,6 +1160,20 @@ def test_stride_2_phase_input_transform_matches_the_reference_bit_for_bit(shape,
     rows = np.zeros(7 * (4 * tw + 4), dtype)
     kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, ks, rows)
     np.testing.assert_array_equal(v, _s2_input_reference(x, geometry, n0, n1, th, tw, ks))
+    o = c + 1
+    m = np.random.default_rng(6).standard_normal((9, o * (n1 - n0) * th * tw + 3)).astype(dtype)
+    out = np.random.default_rng(7).standard_normal((n, o, ho, wo)).astype(dtype)
+    want = out.copy()
+    # per tile AT m A: the rows' sums (m0 + m1, m1 + m2) of each of the 3 rows, then along the columns
+    t = m[:, :o * (n1 - n0) * th * tw].reshape(3, 3, o, n1 - n0, th, tw).transpose(0, 1, 3, 2, 4, 5)
+    s_ = [(t[p, 0] + t[p, 1], t[p, 1] + t[p, 2]) for p in range(3)]
+    y = np.zeros((n1 - n0, o, 2 * th, 2 * tw), dtype)
+    for i in range(2):
+        for j in range(2):
+            y[:, :, i::2, j::2] = s_[i][j] + s_[i + 1][j]
+    want[n0:n1] = y[:, :, :ho, :wo]
+    kernels.s2_output(m, out, geometry, o, n, n0, n1, th, tw, m.shape[1], rows)
+    np.testing.assert_array_equal(out, want)
 
 
 @needs_kernels
@@ -1726,7 +1741,7 @@ ISAS = ("baseline", "avx2", "avx512")
 #: stride-2 phases, im2col/col2im) against float64 references, run again under each other ISA
 #: this CPU has: the process picks the widest, so the narrower builds would go untested
 ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches or wg_input_matches "
-              "or stride_2_phase_winograd_matches or stride_2_phase_input_transform "
+              "or stride_2_phase_winograd_matches or stride_2_phase_transforms_match "
               "or stride_2_input_gradient_transforms "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
