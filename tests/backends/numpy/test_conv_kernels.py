@@ -1465,11 +1465,13 @@ def test_stride_2_phase_weight_gradient_kernel_refuses_what_it_does_not_compute(
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 3, 4, 4, 1, 3), (1, 2, 5, 7, 0, 1)], ids=["even", "odd-rows-and-columns"])
+@pytest.mark.parametrize("shape", [(3, 3, 4, 4, 1, 3), (1, 2, 5, 7, 0, 1), (3, 32, 6, 4, 1, 3), (2, 16, 5, 4, 0, 2)],
+                         ids=["even", "odd-rows-and-columns", "runs-of-16-channels", "runs-of-16-odd-rows"])
 def test_s2_grad_t_matches_a_float64_reference(shape, dtype):
     """s2_grad_t: dy's 2x2 tiles as A dY A^T (A's rows (1, 0), (1, 1), (0, 1)), tiles of samples
     [n0, n1) in rows of O channels, slices ks apart; outputs past Ho x Wo read as zeros, the gap
-    after each slice stays as it was."""
+    after each slice stays as it was. Channels in runs of 16 with even Ho and Wo take the AVX-512
+    build's gathers (float32), bit for bit the sums written in NumPy in the kernel's order."""
     n, o, ho, wo, n0, n1 = shape
     th, tw = (ho + 1) // 2, (wo + 1) // 2
     h, w_ = 2 * ho, 2 * wo  # 3x3, stride 2, padding 1: Ho x Wo outputs
@@ -1486,6 +1488,10 @@ def test_s2_grad_t_matches_a_float64_reference(shape, dtype):
     tol = 1e-6 if dtype == np.float32 else 1e-14
     np.testing.assert_allclose(m[:, :want[0].size].reshape(want.shape), want, rtol=tol, atol=tol)
     assert np.isnan(m[:, want[0].size:]).all()
+    t = grid.astype(dtype).reshape(n, o, th, 2, tw, 2)[n0:n1].transpose(3, 5, 0, 2, 4, 1)  # (i, j, n, ty, tx, o)
+    s_ = [(t[0, 0], t[0, 1]), (t[0, 0] + t[1, 0], t[0, 1] + t[1, 1]), (t[1, 0], t[1, 1])]
+    exact = np.stack([v for p in range(3) for v in (s_[p][0], s_[p][0] + s_[p][1], s_[p][1])]).reshape(9, -1)
+    np.testing.assert_array_equal(m[:, :want[0].size], exact)
     with pytest.raises(ValueError, match=r"s2_grad_t: ks: slices of m"):
         kernels.s2_grad_t(m, dy.astype(dtype), (o, h, w_, 3, 3, 2, 2, 1, 1, 1, 1, ho, wo), o, n, n0, n1, th, tw, 4)
 
@@ -1607,7 +1613,8 @@ def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypat
 
 
 def _s2d_shape(shape):
-    """(geometry, th, tw) of the s2d kernels for (n, O, Ho, Wo, ph, pw, H, W, ...): dy (O, Ho, Wo) in, dx (., H, W) out."""
+    """(geometry, th, tw) of the s2d kernels for (n, O, Ho, Wo, ph, pw, H, W, ...): dy (O, Ho, Wo)
+    in, dx (., H, W) out."""
     o, hy, wy, ph, pw, h, w_ = shape[1:8]
     assert (h + 2 * ph - 3) // 2 + 1 == hy and (w_ + 2 * pw - 3) // 2 + 1 == wy
     return (o, hy, wy, 3, 3, 2, 2, ph, pw, 1, 1, h, w_), (h + 3) // 4, (w_ + 3) // 4
@@ -1745,7 +1752,8 @@ ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches
               "or stride_2_input_gradient_transforms "
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
-              "or stride_2_phase_weight_gradient_matches or s2_gemm_matches or stride_2_input_gradient_matches")
+              "or stride_2_phase_weight_gradient_matches or s2_grad_t_matches or s2_gemm_matches "
+              "or stride_2_input_gradient_matches")
 
 
 def _with_isa(value, *args):
