@@ -1168,15 +1168,23 @@ WINOGRAD_FILTER_MIN_CHANNELS = 32
 #: AVX2 one with OpenBLAS held to its Haswell kernels too, as on an AVX2-only machine), not on
 #: an AVX2 machine itself (docs/numpy.md)
 WINOGRAD_FILTER_ISAS = (1, 2)
+#: the instruction sets on which its GEMMs run on tile_gemm (adding into the lane's sums) instead
+#: of np.matmul, as _s2_backward_filter's (S2_FILTER_TILE_GEMM_ISAS): AVX-512, measured on Zen 5
+#: under both OpenBLAS kernel families (docs/numpy.md, session 36)
+WINOGRAD_FILTER_TILE_GEMM_ISAS = (2,)
+#: the largest dilation of the Winograd weight gradient by ``isa``: with its GEMMs on np.matmul
+#: the dilated one tied with the direct kernel (Zen 4), on tile_gemm dilation 2 won (Zen 5)
+WINOGRAD_FILTER_MAX_DILATION = {1: 1, 2: 2}
 
 
 def _winograd_filter(backend, w_shape, dilation, groups) -> bool:
     """Whether Winograd F(3x3, 2x2) computes this stride-1 weight gradient (called where the
-    direct kernel applies: stride 1, padding >= 0): 3x3 taps, undilated (the dilated one tied
-    with the direct kernel), ungrouped, WINOGRAD_FILTER_MIN_CHANNELS each side, on
+    direct kernel applies: stride 1, padding >= 0): 3x3 taps, dilation up to
+    WINOGRAD_FILTER_MAX_DILATION, ungrouped, WINOGRAD_FILTER_MIN_CHANNELS each side, on
     WINOGRAD_FILTER_ISAS."""
-    return backend.conv_kernels.isa in WINOGRAD_FILTER_ISAS and tuple(w_shape[2:]) == (3, 3) and groups == 1 \
-        and tuple(dilation) == (1, 1) and min(w_shape[:2]) >= WINOGRAD_FILTER_MIN_CHANNELS
+    isa = backend.conv_kernels.isa
+    return isa in WINOGRAD_FILTER_ISAS and tuple(w_shape[2:]) == (3, 3) and groups == 1 \
+        and max(dilation) <= WINOGRAD_FILTER_MAX_DILATION[isa] and min(w_shape[:2]) >= WINOGRAD_FILTER_MIN_CHANNELS
 
 
 def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
@@ -1192,16 +1200,20 @@ def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = c * per * tiles + 16, o * per * tiles + 16
     totals = {}
+    blocked = kernels.isa in WINOGRAD_FILTER_TILE_GEMM_ISAS
 
     def lane(lo, hi, k):
         totals[k] = total = scratch(ws, backend, f"conv_wgrad_sum/{k}", (16, c, o), dw.dtype)
-        part = scratch(ws, backend, f"conv_wgrad_part/{k}", (16, c, o), dw.dtype)
+        part = None if blocked else scratch(ws, backend, f"conv_wgrad_part/{k}", (16, c, o), dw.dtype)
         v = scratch(ws, backend, f"conv_wgrad_v/{k}", (16, vs), x.dtype)
         m = scratch(ws, backend, f"conv_wgrad_m/{k}", (16, ms), dy.dtype)
         for index, (n0, n1) in enumerate(chunks[lo:hi]):
             p = (n1 - n0) * tiles
             kernels.winograd_input(x, v, geometry, n, n0, n1, th, tw, vs)
             kernels.winograd_grad(m, dy, geometry, o, n, n0, n1, th, tw, ms)
+            if blocked:  # (C, tiles) x (tiles, O) per position, added into the lane's sums
+                kernels.tile_gemm(v, m, total, 16, c, p, o, ms, c * o, index > 0, vs)
+                continue
             np.matmul(_view(v[:, :c * p], (16, c, p)), _view(m[:, :o * p], (16, p, o)), out=part if index else total)
             if index:
                 total += part

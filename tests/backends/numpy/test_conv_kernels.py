@@ -823,17 +823,26 @@ def test_winograd_mxm_refuses_geometries_it_does_not_compute():
                                    (2, 32, 5, 6, 32, 2)],
                          ids=["batch-1-odd", "unpadded", "odd-channels", "padding-past-the-kernel"])
 @pytest.mark.parametrize("chunk_bytes", [1, numpy_spatial.WINOGRAD_FILTER_BYTES], ids=["a-sample-a-chunk", "default-chunks"])
-def test_winograd_weight_gradient_matches_the_reference(shape, chunk_bytes, monkeypatch):
+@pytest.mark.parametrize("gemm", ["tile_gemm", "matmul"])
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_winograd_weight_gradient_matches_the_reference(shape, chunk_bytes, gemm, dilation, monkeypatch):
     """F(3x3, 2x2): in float64 to rounding, in float32 within 2e-6 of the largest tap (docs/numpy.md:
     6-8e-7 measured, the direct kernel 1-2e-7; the conformance suite allows 2e-4), alone and
-    accumulating, over one or many chunks per lane (their sums in a fixed order); dy's tiles
-    past the plane's edges read as zeros."""
+    accumulating, over one or many chunks per lane (their sums in a fixed order), its GEMMs on
+    tile_gemm (AVX-512's, adding into the lane's sums) and on np.matmul, undilated and dilated;
+    dy's tiles past the plane's edges read as zeros."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(12)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_BYTES", chunk_bytes)
-    _weight_gradient_path_matches_the_fallback(monkeypatch, "_winograd_backward_filter", x, w, (1, p, 1, 1))
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_FILTER_TILE_GEMM_ISAS", (2,) if gemm == "tile_gemm" else ())
+    blocked = []
+    tile_gemm = kernels.tile_gemm
+    monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (blocked.append(1), tile_gemm(*a))[1])
+    _weight_gradient_path_matches_the_fallback(monkeypatch, "_winograd_backward_filter", x, w,
+                                               (1, p + dilation - 1, dilation, 1))
+    assert bool(blocked) == (gemm == "tile_gemm")
 
 
 def _weight_gradient_path_matches_the_fallback(monkeypatch, path, x, w, geometry):
@@ -856,16 +865,18 @@ def _weight_gradient_path_matches_the_fallback(monkeypatch, path, x, w, geometry
 
 
 @needs_kernels
-def test_winograd_weight_gradient_only_for_wide_undilated_layers_on_avx2_and_avx512(monkeypatch):
+def test_winograd_weight_gradient_only_for_wide_layers_on_avx2_and_avx512(monkeypatch):
     """Measured on Zen 4 with the AVX-512 and the AVX2 build: it wins (or ties, 32 channels each
     side on 16x16 under AVX2) from 32 channels each side on 8x8 to 32x32 planes, ties dilated and
-    loses with 16 channels; the baseline build keeps GEMM. w shapes (O, C, 3, 3)."""
+    loses with 16 channels; the baseline build keeps GEMM. With its GEMMs on tile_gemm (AVX-512,
+    Zen 5) dilation 2 wins too. w shapes (O, C, 3, 3)."""
     applies = numpy_spatial._winograd_filter
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "isa", 2)
     assert applies(backend, (64, 32, 3, 3), (1, 1), 1) and applies(backend, (128, 64, 3, 3), (1, 1), 1)
     assert not applies(backend, (16, 16, 3, 3), (1, 1), 1)
-    assert not applies(backend, (64, 32, 3, 3), (2, 2), 1)
+    assert applies(backend, (64, 32, 3, 3), (2, 2), 1) and applies(backend, (64, 32, 3, 3), (1, 2), 1)
+    assert not applies(backend, (64, 32, 3, 3), (3, 3), 1)
     assert not applies(backend, (64, 16, 3, 3), (1, 1), 2)
     assert not applies(backend, (64, 64, 5, 5), (1, 1), 1)
     # where it applies it runs at every plane, before the direct kernel and GEMM
