@@ -1615,42 +1615,88 @@ static int wino_plane32(const Geometry *g, I th, I tw)
            && g->dw == 1 && th == 16 && tw == 16;
 }
 
-/* lane l (tile l of a row): column 2l + J - 1 of the row's vector pair (the padding at l 0 for
- * J = 0 and l 15 for J = 3 zeroed by W32_EDGE) */
-#define W32_COL(J, l) (2 * (l) + (J) - 1 < 0 ? 0 : 2 * (l) + (J) - 1 > 31 ? 31 : 2 * (l) + (J) - 1)
-#define W32_EDGE(TX, l) ((l) == (TX) ? 0 : -1)
+/* The same geometry dilated by 2 and padded by 2 (the dilated 3x3 layers at 32x32): tiles in
+ * pairs (tile t's 2x2 outputs at t / 2 * 4 + t % 2 and 2 further), a row of 16 tiles still one
+ * vector. */
+static int wino_plane32_d2(const Geometry *g, I th, I tw)
+{
+    return g->h == 32 && g->w == 32 && g->ho == 32 && g->wo == 32 && g->ph == 2 && g->pw == 2 && g->dh == 2
+           && g->dw == 2 && th == 16 && tw == 16;
+}
 
-/* v[k][c][p] as winograd_input_f32 for wino_plane32's geometry. */
-ISA_512 static void winograd_input32_f32_512(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks)
+/* A = 4D + J for dilation D: lane l (tile l of a row) reads column wino_origin(l, D) - D + D J
+ * of the row's vector pair; W32_COL clamps it into the pair, W32_EDGE zeroes the lanes where it
+ * is padding (J 0 and 3 only) */
+#define W32_C(A, l) ((l) / ((A) / 4) * 2 * ((A) / 4) + (l) % ((A) / 4) - (A) / 4 + (A) / 4 * ((A) % 4))
+#define W32_COL(A, l) (W32_C(A, l) < 0 ? 0 : W32_C(A, l) > 31 ? 31 : W32_C(A, l))
+#define W32_EDGE(A, l) (W32_C(A, l) < 0 || W32_C(A, l) > 31 ? 0 : -1)
+
+/* v[k][c][p] as winograd_input_f32 for wino_plane32's geometry (D 1) and wino_plane32_d2's (D 2). */
+#define DEFINE_WINOGRAD_INPUT32(NAME, D)                                                        \
+    ISA_512 static void NAME(const float *restrict x, float *restrict v, I c_in, I n0, I n1, I ks) \
+    {                                                                                          \
+        const I np = (n1 - n0) * 256;                                                          \
+        const vf32x16 zero = {0};                                                              \
+        const vi32x16 edge0 = W16_LANES(W32_EDGE, 4 * (D)), edge3 = W16_LANES(W32_EDGE, 4 * (D) + 3); \
+        for (I c = 0; c < c_in; c++)                                                           \
+            for (I n = n0; n < n1; n++) {                                                      \
+                const float *plane = x + (n * c_in + c) * 1024;                                \
+                float *dst = v + c * np + (n - n0) * 256;                                      \
+                for (I ty = 0; ty < 16; ty++) {                                                \
+                    /* input rows wino_origin(ty) - D + D l, each as its two halves */         \
+                    vf32x16 r[4][2], t[4][2];                                                  \
+                    for (int l = 0; l < 4; l++) {                                              \
+                        const I y = wino_origin(ty, (D)) - (D) + (D) * l;                      \
+                        for (int h = 0; h < 2; h++)                                            \
+                            r[l][h] = y >= 0 && y < 32 ? LOADV(vf32x16, plane + y * 32 + 16 * h) : zero; \
+                    }                                                                          \
+                    for (int h = 0; h < 2; h++) {                                              \
+                        t[0][h] = r[0][h] - r[2][h];                                           \
+                        t[1][h] = r[1][h] + r[2][h];                                           \
+                        t[2][h] = r[2][h] - r[1][h];                                           \
+                        t[3][h] = r[1][h] - r[3][h];                                           \
+                    }                                                                          \
+                    for (int i = 0; i < 4; i++) {                                              \
+                        const vf32x16 e0 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1],   \
+                                                     W16_LANES(W32_COL, 4 * (D))) & edge0);    \
+                        const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 4 * (D) + 1)); \
+                        const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 4 * (D) + 2)); \
+                        const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1],   \
+                                                     W16_LANES(W32_COL, 4 * (D) + 3)) & edge3); \
+                        W_ROW_STORE(dst + 4 * i * ks + ty * 16, ks, e0, e1, e2, e3);           \
+                    }                                                                          \
+                }                                                                              \
+            }                                                                                  \
+    }
+DEFINE_WINOGRAD_INPUT32(winograd_input32_f32_512, 1)
+DEFINE_WINOGRAD_INPUT32(winograd_input32_d2_f32_512, 2)
+
+/* A = 4 * 2 + H: lane e of output row half H (its columns 16H + e) from y_i0 (lane tile t) or y_i1
+ * (lane 16 + t): column wino_origin(t, 2) + 2j */
+#define W32_D2_X(A, e) (16 * ((A) % 4) + (e))
+#define W32_D2_ZIP(A, e) (W32_D2_X(A, e) % 4 / 2 * 16 + W32_D2_X(A, e) / 4 * 2 + W32_D2_X(A, e) % 2)
+
+/* out (+)= the tiles of m as winograd_output_f32 for wino_plane32_d2's geometry: a vector's 16
+ * tiles (a row of tiles) cover output rows wino_origin(ty, 2) and 2 further, each zipped from
+ * y_i0 and y_i1 in the pairs' order. */
+ISA_512 static void winograd_output32_d2_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1,
+                                                 I ks, int accumulate)
 {
     const I np = (n1 - n0) * 256;
-    const vf32x16 zero = {0};
-    const vi32x16 edge0 = W16_LANES(W32_EDGE, 0), edge3 = W16_LANES(W32_EDGE, 15);
-    for (I c = 0; c < c_in; c++)
+    for (I a = 0; a < o; a++)
         for (I n = n0; n < n1; n++) {
-            const float *plane = x + (n * c_in + c) * 1024;
-            float *dst = v + c * np + (n - n0) * 256;
+            float *plane = out + (n * o + a) * 1024;
             for (I ty = 0; ty < 16; ty++) {
-                /* input rows 2ty - 1 .. 2ty + 2, each as its two halves */
-                vf32x16 r[4][2], t[4][2];
-                for (int l = 0; l < 4; l++) {
-                    const I y = 2 * ty - 1 + l;
-                    for (int h = 0; h < 2; h++)
-                        r[l][h] = y >= 0 && y < 32 ? LOADV(vf32x16, plane + y * 32 + 16 * h) : zero;
-                }
-                for (int h = 0; h < 2; h++) {
-                    t[0][h] = r[0][h] - r[2][h];
-                    t[1][h] = r[1][h] + r[2][h];
-                    t[2][h] = r[2][h] - r[1][h];
-                    t[3][h] = r[1][h] - r[3][h];
-                }
-                for (int i = 0; i < 4; i++) {
-                    const vf32x16 e0 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 0)) & edge0);
-                    const vf32x16 e1 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 1));
-                    const vf32x16 e2 = __builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 2));
-                    const vf32x16 e3 = (vf32x16)((vi32x16)__builtin_shuffle(t[i][0], t[i][1], W16_LANES(W32_COL, 3)) & edge3);
-                    W_ROW_STORE(dst + 4 * i * ks + ty * 16, ks, e0, e1, e2, e3);
-                }
+                vf32x16 y[2][2];
+                W_OUTPUT_SUMS(m + a * np + (n - n0) * 256 + ty * 16, ks, y);
+                for (int i = 0; i < 2; i++)
+                    for (int h = 0; h < 2; h++) {
+                        vf32x16 row = h ? __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W32_D2_ZIP, 9))
+                                        : __builtin_shuffle(y[i][0], y[i][1], W16_LANES(W32_D2_ZIP, 8));
+                        float *p = plane + (wino_origin(ty, 2) + 2 * i) * 32 + 16 * h;
+                        if (accumulate) row = LOADV(vf32x16, p) + row;
+                        memcpy(p, &row, sizeof row);
+                    }
             }
         }
 }
@@ -3196,6 +3242,10 @@ static int winograd_input_f32_call(const TileCall *t)
         winograd_input32_f32_256(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
         return 0;
     }
+    if (isa == 2 && wino_plane32_d2(&t->g, t->th, t->tw)) {
+        winograd_input32_d2_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
 #endif
     return ISA_CALL_AT(winograd_isa(t->tw, 4), winograd_input_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
 }
@@ -3220,6 +3270,10 @@ static int winograd_output_f32_call(const TileCall *t)
     }
     if (isa == 1 && wino_plane32(&t->g, t->th, t->tw)) {
         winograd_output32_f32_256(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
+        return 0;
+    }
+    if (isa == 2 && wino_plane32_d2(&t->g, t->th, t->tw)) {
+        winograd_output32_d2_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
         return 0;
     }
 #endif

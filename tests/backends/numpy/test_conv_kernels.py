@@ -1282,8 +1282,9 @@ def _wino_output_reference(m, out, geometry, o, n0, n1, th, tw, accumulate):
     (2, 2, 9, 38, 1, 1, 2, 2, 1, 2),       # dilated, odd padding, 18 tiles a row
     (2, 3, 10, 12, 1, 2, 1, 2, 1, 2),      # dilated along W only
     (2, 2, 14, 17, 3, 3, 3, 3, 0, 2),      # dilation 3: gathered tile by tile
-], ids=["batch-1", "8x8-planes", "8x8-padding-2", "16x16-planes", "32x32-planes", "odd", "padding-2", "19-tiles", "unpadded", "dilated", "dilated-wide", "dilated-columns",
-        "dilation-3"])
+    (3, 3, 32, 32, 2, 2, 2, 2, 1, 3),      # 32x32 planes dilated by 2, padded by 2: tiles in pairs, a row one vector
+], ids=["batch-1", "8x8-planes", "8x8-padding-2", "16x16-planes", "32x32-planes", "odd", "padding-2", "19-tiles",
+        "unpadded", "dilated", "dilated-wide", "dilated-columns", "dilation-3", "32x32-dilated"])
 def test_winograd_transforms_match_the_reference_bit_for_bit(shape, dtype):
     """winograd_input / winograd_output (vectorised along a row of tiles) against the transforms
     written in NumPy in the same order of operations, bit for bit, for samples [n0, n1) of a
