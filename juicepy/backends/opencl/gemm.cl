@@ -1602,10 +1602,10 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
 #define WF_TS 32
 #endif
 #ifndef WF_BC
-#define WF_BC 32
+#define WF_BC 64
 #endif
 #ifndef WF_BO
-#define WF_BO 128
+#define WF_BO 64
 #endif
 #if WF_TS % VW
 #error "WF_TS must be a multiple of VW"
@@ -1615,32 +1615,24 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
 #define WF_COL_OUT(r) e[r][q]
 #define WF_ROW_IN(q) e[r][q]
 #define WF_ROW_OUT(q) dst[(4 * r + (q)) * pos_rows * (WF_TS / VW)]
-// a run's 4x4 patches from row `top` and column `left` of the plane at src into zv: per patch
-// row, the 2 VW + 2 values from `left` (whole-vector loads where they lie inside the row, else
-// one by one into rb with zeros outside it, as rows outside the plane), lane l of tap column q
-// value 2 l + q
-#if VW == 16
-#define WF_LOADV(p) ((floatv)(vload8(0, (p)), vload8(0, (p) + 8)))
-#else
-#define WF_LOADV(p) vload8(0, (p))
-#endif
-#define WF_RUN_GATHER(src, top, left) { \
-    const int inside_ = (left) >= 0 && (left) + 2 * VW + 2 <= W; \
+// 4 rows of 8 tiles' 4x4 patches whose rows are the 18 values from p + r * W (r = 0..3), in
+// float8 (lane l: tile l) per patch value: d(r * 4 + q) = (values 2 l + q of row r)
+#define WF_RUN8(p, D) \
     for (int r = 0; r < 4; ++r) { \
-        const int h_ = (top) + r; \
-        if (h_ < 0 || h_ >= H) { zv[4 * r] = zv[4 * r + 1] = zv[4 * r + 2] = zv[4 * r + 3] = (floatv)(0.0f); continue; } \
-        __global const float *row_ = (src) + (size_t)h_ * W + (left); \
-        floatv a_, b_, c_, d_; \
-        if (inside_) { \
-            a_ = WF_LOADV(row_); b_ = WF_LOADV(row_ + VW); c_ = WF_LOADV(row_ + 2); d_ = WF_LOADV(row_ + VW + 2); \
-        } else { \
-            float rb[2 * VW + 2]; \
-            for (int k = 0; k < 2 * VW + 2; ++k) rb[k] = (left) + k >= 0 && (left) + k < W ? row_[k] : 0.0f; \
-            a_ = WF_LOADV(rb); b_ = WF_LOADV(rb + VW); c_ = WF_LOADV(rb + 2); d_ = WF_LOADV(rb + VW + 2); \
-        } \
-        zv[4 * r] = (floatv)(a_.even, b_.even); zv[4 * r + 1] = (floatv)(a_.odd, b_.odd); \
-        zv[4 * r + 2] = (floatv)(c_.even, d_.even); zv[4 * r + 3] = (floatv)(c_.odd, d_.odd); \
-    } }
+        __global const float *row_ = (p) + (size_t)r * W; \
+        const float8 lo_ = vload8(0, row_), hi_ = vload8(1, row_), lo2_ = vload8(0, row_ + 2), hi2_ = vload8(1, row_ + 2); \
+        D(4 * r) = (float8)(lo_.even, hi_.even); D(4 * r + 1) = (float8)(lo_.odd, hi_.odd); \
+        D(4 * r + 2) = (float8)(lo2_.even, hi2_.even); D(4 * r + 3) = (float8)(lo2_.odd, hi2_.odd); \
+    }
+// (VW tiles from h0 in runs of 8: one float8 a patch value, or each half of a float16)
+#if VW == 16
+#define WF_LO(k) zv[k].lo
+#define WF_HI(k) zv[k].hi
+#define WF_RUNS(h0) (run8[(h0) / 8] && run8[(h0) / 8 + 1])
+#else
+#define WF_LO(k) zv[k]
+#define WF_RUNS(h0) run8[(h0) / 8]
+#endif
 #if BUILD_WINOGRAD3_FILTER
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_filter(const int C, const int O, const int T, const int t_chunk, const int th, const int tw,
@@ -1657,17 +1649,22 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
     for (int t0 = t_begin; t0 < t_end; t0 += WF_TS) {
         const int tc = min(WF_TS, t_end - t0);
         FILTER_SLICE_TILES(WF_TS, 2)
-        // runs of VW tiles side by side in one row of tiles (of one image): their patches' rows
-        // are 2 VW + 2 consecutive values of x (WF_RUN_GATHER)
-        int run[WF_TS / VW];
-        for (int h0 = 0; h0 < WF_TS; h0 += VW)
-            run[h0 / VW] = img[h0] >= 0 && img[h0 + VW - 1] == img[h0] && top[h0 + VW - 1] == top[h0]
-                           && left[h0 + VW - 1] == left[h0] + 2 * (VW - 1);
+        // runs of 8 tiles side by side in one row of tiles (of one image) whose patches lie inside
+        // x (the host pads it): their patches' rows are 18 consecutive values (WF_RUN8)
+        int run8[WF_TS / 8];
+        for (int j0 = 0; j0 < WF_TS; j0 += 8)
+            run8[j0 / 8] = img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0]
+                           && left[j0 + 7] == left[j0] + 14 && top[j0] >= 0 && top[j0] + 4 <= H
+                           && left[j0] >= 0 && left[j0] + 18 <= W;
         for (int c = 0; c < cb; ++c) {
             for (int h0 = 0; h0 < tc; h0 += VW) {
                 floatv zv[16], e[4][4];   // zv[r * 4 + q]: lane l holds value (r, q) of tile h0 + l's patch
-                if (run[h0 / VW]) {
-                    WF_RUN_GATHER(x + x_off + ((size_t)img[h0] * C + c0 + c) * plane, top[h0], left[h0])
+                __global const float *xc = x + x_off + ((size_t)(c0 + c)) * plane;
+                if (WF_RUNS(h0)) {
+                    WF_RUN8(xc + ((size_t)img[h0] * C * H + top[h0]) * W + left[h0], WF_LO)
+#if VW == 16
+                    WF_RUN8(xc + ((size_t)img[h0 + 8] * C * H + top[h0 + 8]) * W + left[h0 + 8], WF_HI)
+#endif
                 } else {
                     float *zs = (float *)zv;
                     for (int l = 0; l < VW; ++l)
@@ -1707,6 +1704,9 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
         }
 }
 #endif
+#undef WF_LO
+#undef WF_HI
+#undef WF_RUNS
 #undef WF_COL_IN
 #undef WF_COL_OUT
 #undef WF_ROW_IN

@@ -396,9 +396,11 @@ class SpatialOps(abc.ABC):
         t_chunk = round_up(-(-tiles // ranges), sizes["WF_TS"])
         splits = -(-tiles // t_chunk)   # every range holds tiles
         part = scratch(ws, self, "conv_wino_filter_part", (splits * 16 * c * o,), np.float32)
+        hp, wp = 2 * th + 2, 2 * tw + 2   # every tile's whole patch inside: runs of tiles read rows as vectors
+        xp = self._padded(x, ph, pw, hp, wp, 0, ws)
         self._kernel("gemm.cl", "winograd_filter")(
             self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
-            th, tw, *self._ref(x), h, wd, ph, pw, *self._ref(dy), ho, wo, part.base_data)
+            th, tw, xp.base_data, 0, hp, wp, 0, 0, *self._ref(dy), ho, wo, part.base_data)
         self._kernel("gemm.cl", "winograd_filter_taps")(
             self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw),
             int(bool(accumulate)))

@@ -311,15 +311,17 @@ def winograd_weight_gradient_ref(x, dy, padding):
 @pytest.mark.parametrize("case", [
     # (N, C, H, W), O, padding, fewest work-groups: batch 1, odd and even planes (tiles half past
     # dy's last row and column), padding 0, 1 and 2, output channels short of a vector (masked
-    # lanes) and past a block (WF_BO 128), input channels past a block (WF_BC 32) and two whole
-    # blocks, tiles past a slice (WF_TS), a block's tiles split into 2 and into 7 ranges
+    # lanes) and past a block (WF_BO 64), input channels past a block (WF_BC 64) and two whole
+    # blocks, tiles past a slice (WF_TS), a block's tiles split into 2 and into 7 ranges; rows of
+    # tiles in runs of 8 (a 32x32 plane's 16, across images) and not (7, 9 or 5 tiles a row)
     ((1, 3, 7, 8), 5, 0, 2),
-    ((2, 33, 9, 11), 12, 1, 2),
-    ((3, 8, 13, 10), 130, 1, 2),
+    ((2, 65, 9, 11), 12, 1, 2),
+    ((3, 8, 13, 10), 70, 1, 2),
     ((1, 40, 17, 18), 9, 2, 2),
     ((2, 5, 32, 31), 16, 1, 2),
-    ((2, 64, 8, 8), 64, 1, 2),
+    ((2, 128, 8, 8), 128, 1, 2),
     ((3, 6, 11, 13), 20, 1, 7),
+    ((3, 4, 32, 32), 9, 1, 3),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}-g{c[3]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
