@@ -1276,25 +1276,24 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
 #define S2_BM 132
 #endif
 #define S2_MXI (S2_BM * NR + 16)
-// lane l of a tile's N x N patch (rows from top, columns from left) of the plane at src into
-// zs[(r * N + q) * VW + l], zeros outside it (img < 0: past the last tile, all zeros)
-#define PATCH_GATHER(zs, l, img, src, top, left, N) { \
+// lane l of a tile's 5x5 patch (rows from top, columns from left) of the plane at src into
+// zs[(r * 5 + q) * VW + l], zeros outside it (img < 0: past the last tile, all zeros)
+#define S2_GATHER(zs, l, img, src, top, left) { \
     if ((img) < 0) { \
-        for (int rq = 0; rq < (N) * (N); ++rq) zs[rq * VW + (l)] = 0.0f; \
-    } else if ((top) >= 0 && (left) >= 0 && (top) + (N) <= H && (left) + (N) <= W) { \
+        for (int rq = 0; rq < 25; ++rq) zs[rq * VW + (l)] = 0.0f; \
+    } else if ((top) >= 0 && (left) >= 0 && (top) + 5 <= H && (left) + 5 <= W) { \
         __global const float *s_ = (src) + (size_t)(top) * W + (left); \
-        for (int r = 0; r < (N); ++r) for (int q = 0; q < (N); ++q) zs[(r * (N) + q) * VW + (l)] = s_[r * W + q]; \
+        for (int r = 0; r < 5; ++r) for (int q = 0; q < 5; ++q) zs[(r * 5 + q) * VW + (l)] = s_[r * W + q]; \
     } else { \
         __global const float *s_ = (src); \
-        for (int r = 0; r < (N); ++r) { \
+        for (int r = 0; r < 5; ++r) { \
             const int h_ = (top) + r; \
-            for (int q = 0; q < (N); ++q) { \
+            for (int q = 0; q < 5; ++q) { \
                 const int w_ = (left) + q; \
-                zs[(r * (N) + q) * VW + (l)] = h_ >= 0 && h_ < H && w_ >= 0 && w_ < W ? s_[(size_t)h_ * W + w_] : 0.0f; \
+                zs[(r * 5 + q) * VW + (l)] = h_ >= 0 && h_ < H && w_ >= 0 && w_ < W ? s_[(size_t)h_ * W + w_] : 0.0f; \
             } \
         } \
     } }
-#define S2_GATHER(zs, l, img, src, top, left) PATCH_GATHER(zs, l, img, src, top, left, 5)
 // the 25 segments of the 9 positions from the patches zv[r * 5 + q] (VW tiles a vector) into
 // DST(pos, at): BT along the even rows (phases 0x) and the odd ones as they are (phases 1x)
 #define S2_TRANSFORM(zv, DST) { \
@@ -1450,31 +1449,32 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
 // shared by s2_winograd_filter and winograd_filter (work-group (block of input channels from
 // c0, block of output channels from o0, range z of tiles [t_begin, t_end)), slices of TS
 // tiles from t0, tc of them): each tile of the slice's image (-1: past the slice) and the input
-// row and column of its patch, for tiles of STEP x STEP outputs
-#define FILTER_SLICE_TILES(TS, STEP) \
+// row and column of its patch, tile row a's ROW_AT(a) - ph and column b's COL_AT(b) - pw
+#define FILTER_SLICE_TILES(TS, ROW_AT, COL_AT) \
     int img[TS], top[TS], left[TS]; \
     for (int j = 0; j < (TS); ++j) { \
         const int t = t0 + j; \
         if (j >= tc) { img[j] = -1; top[j] = left[j] = 0; continue; } \
         const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw; \
         img[j] = n; \
-        top[j] = (STEP) * a - ph; \
-        left[j] = (STEP) * (rest - a * tw) - pw; \
+        top[j] = ROW_AT(a) - ph; \
+        left[j] = COL_AT(rest - a * tw) - pw; \
     }
-// the 2x2 tile of dy at (row, col) of image n, VW output channels from o0 + o a vector (lanes
-// from ob on, and values past dy's last row or column, read as zeros), into d00 d01 d10 d11
-#define FILTER_DY_TILE(n, row, col) \
+// the 2x2 tile of dy at (row, col) of image n, its values DH rows and DW columns apart, VW
+// output channels from o0 + o a vector (lanes from ob on, and values past dy's last row or
+// column, read as zeros: a dilated tile may start past them), into d00 d01 d10 d11
+#define FILTER_DY_TILE(n, row, col, DH, DW) \
     floatv d00, d01, d10, d11; { \
-        const int down_ = (row) + 1 < Ho, right_ = (col) + 1 < Wo; \
+        const int here_ = (row) < Ho && (col) < Wo, down_ = (row) + (DH) < Ho, right_ = (col) + (DW) < Wo; \
         __global const float *d_ = dy + dy_off + ((size_t)(n) * O + o0 + o) * dy_plane + (size_t)(row) * Wo + (col); \
         float *s00 = (float *)&d00, *s01 = (float *)&d01, *s10 = (float *)&d10, *s11 = (float *)&d11; \
         for (int l = 0; l < VW; ++l) { \
-            const int live = o + l < ob; \
+            const int live = o + l < ob && here_; \
             __global const float *e_ = d_ + (live ? l * dy_plane : 0); \
             s00[l] = live ? e_[0] : 0.0f; \
-            s01[l] = live && right_ ? e_[1] : 0.0f; \
-            s10[l] = live && down_ ? e_[Wo] : 0.0f; \
-            s11[l] = live && down_ && right_ ? e_[Wo + 1] : 0.0f; \
+            s01[l] = live && right_ ? e_[DW] : 0.0f; \
+            s10[l] = live && down_ ? e_[(DH) * Wo] : 0.0f; \
+            s11[l] = live && down_ && right_ ? e_[(DH) * Wo + (DW)] : 0.0f; \
         } }
 // the micro-kernel of position pos on the slice: a_panels panels of x's transformed rows from
 // row `base` of xa (TS floats a row, the tiles along it) against the position's panels of db
@@ -1518,7 +1518,9 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
     FILTER_GROUP(S2F_BC, S2F_BO)
     for (int t0 = t_begin; t0 < t_end; t0 += S2F_TS) {
         const int tc = min(S2F_TS, t_end - t0);
-        FILTER_SLICE_TILES(S2F_TS, 4)
+#define S2F_AT(a) (4 * (a))
+        FILTER_SLICE_TILES(S2F_TS, S2F_AT, S2F_AT)
+#undef S2F_AT
         for (int c = 0; c < cb; ++c) {
             for (int h0 = 0; h0 < tc; h0 += VW) {
                 floatv zv[25];   // zv[r * 5 + q]: lane l holds value (r, q) of tile h0 + l's patch
@@ -1537,7 +1539,7 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
         for (int o = 0; o < ob; o += VW) {
             __local floatv *dst = (__local floatv *)(db + (o / NR) * S2F_TS * NR + o % NR);
             for (int j = 0; j < tc; ++j) {
-                FILTER_DY_TILE(img[j], (top[j] + ph) / 2, (left[j] + pw) / 2)
+                FILTER_DY_TILE(img[j], (top[j] + ph) / 2, (left[j] + pw) / 2, 1, 1)
                 const floatv e1 = d00 + d10, f1 = d01 + d11;
                 __local floatv *to = dst + j * (NR / VW);
                 const int pos_step = S2F_BO * S2F_TS / VW;
@@ -1615,15 +1617,29 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
 #define WF_COL_OUT(r) e[r][q]
 #define WF_ROW_IN(q) e[r][q]
 #define WF_ROW_OUT(q) dst[(4 * r + (q)) * pos_rows * (WF_TS / VW)]
-// 4 rows of 8 tiles' 4x4 patches whose rows are the 18 values from p + r * W (r = 0..3), in
-// float8 (lane l: tile l) per patch value: d(r * 4 + q) = (values 2 l + q of row r)
+// a run of 8 tiles' 4x4 patches (WINOGRAD_RUNS' runs: undilated, or of dilation 2 from an
+// even tile column) from p, patch row r dh rows on: D(r * 4 + q) = tap (r, q) of the 8 tiles
+// (WINOGRAD_PAIR, as winograd_conv's input transform)
 #define WF_RUN8(p, D) \
     for (int r = 0; r < 4; ++r) { \
-        __global const float *row_ = (p) + (size_t)r * W; \
-        const float8 lo_ = vload8(0, row_), hi_ = vload8(1, row_), lo2_ = vload8(0, row_ + 2), hi2_ = vload8(1, row_ + 2); \
-        D(4 * r) = (float8)(lo_.even, hi_.even); D(4 * r + 1) = (float8)(lo_.odd, hi_.odd); \
-        D(4 * r + 2) = (float8)(lo2_.even, hi2_.even); D(4 * r + 3) = (float8)(lo2_.odd, hi2_.odd); \
+        __global const float *row_ = (p) + (size_t)r * dh * W; \
+        float8 t0_, t1_; \
+        WINOGRAD_PAIR(row_, 0, t0_, t1_) D(4 * r) = t0_; D(4 * r + 1) = t1_; \
+        WINOGRAD_PAIR(row_, 2, t0_, t1_) D(4 * r + 2) = t0_; D(4 * r + 3) = t1_; \
     }
+// lane l of tile j's 4x4 patch (taps dh rows and dw columns apart) of the plane at src into
+// zs[(r * 4 + q) * VW + l], zeros outside it and past the slice
+#define WF_GATHER(zs, l, j, src) \
+    for (int r = 0; r < 4; ++r) \
+        for (int q = 0; q < 4; ++q) { \
+            const int h_ = top[j] + r * dh, w_ = left[j] + q * dw; \
+            zs[(r * 4 + q) * VW + (l)] = img[j] >= 0 && h_ >= 0 && h_ < H && w_ >= 0 && w_ < W \
+                                         ? (src)[(size_t)h_ * W + w_] : 0.0f; \
+        }
+// tile row a's first output row (tiles of dilation d: d interleaved tiles per 2 d rows, as
+// winograd_conv's) and likewise tile column b's first output column
+#define WF_ROW_AT(a) ((a) % dh + 2 * dh * ((a) / dh))
+#define WF_COL_AT(b) ((b) % dw + 2 * dw * ((b) / dw))
 // (VW tiles from h0 in runs of 8: one float8 a patch value, or each half of a float16)
 #if VW == 16
 #define WF_LO(k) zv[k].lo
@@ -1637,7 +1653,7 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_filter(const int C, const int O, const int T, const int t_chunk, const int th, const int tw,
                      __global const float *restrict x, const int x_off, const int H, const int W,
-                     const int ph, const int pw,
+                     const int ph, const int pw, const int dh, const int dw,
                      __global const float *restrict dy, const int dy_off, const int Ho, const int Wo,
                      __global float *restrict P)
 {
@@ -1648,14 +1664,15 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
     const int pos_rows = cb + MR, a_panels = (cb + MR - 1) / MR;
     for (int t0 = t_begin; t0 < t_end; t0 += WF_TS) {
         const int tc = min(WF_TS, t_end - t0);
-        FILTER_SLICE_TILES(WF_TS, 2)
-        // runs of 8 tiles side by side in one row of tiles (of one image) whose patches lie inside
-        // x (the host pads it): their patches' rows are 18 consecutive values (WF_RUN8)
+        FILTER_SLICE_TILES(WF_TS, WF_ROW_AT, WF_COL_AT)
+        // runs of 8 tiles side by side in one row of tiles (of one image; undilated, or of dilation
+        // 2 from an even tile column) whose patches' rows lie inside x (the host pads it):
+        // WF_RUN8 reads them as vectors
         int run8[WF_TS / 8];
         for (int j0 = 0; j0 < WF_TS; j0 += 8)
-            run8[j0 / 8] = img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0]
-                           && left[j0 + 7] == left[j0] + 14 && top[j0] >= 0 && top[j0] + 4 <= H
-                           && left[j0] >= 0 && left[j0] + 18 <= W;
+            run8[j0 / 8] = (dw == 1 || (dw == 2 && (left[j0] + pw) % 4 == 0)) && img[j0] >= 0
+                           && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0] && left[j0 + 7] == left[j0] + 15 - dw
+                           && top[j0] >= 0 && top[j0] + 3 * dh < H && left[j0] >= 0 && left[j0] + 16 + 2 * dw <= W;
         for (int c = 0; c < cb; ++c) {
             for (int h0 = 0; h0 < tc; h0 += VW) {
                 floatv zv[16], e[4][4];   // zv[r * 4 + q]: lane l holds value (r, q) of tile h0 + l's patch
@@ -1668,8 +1685,7 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
                 } else {
                     float *zs = (float *)zv;
                     for (int l = 0; l < VW; ++l)
-                        PATCH_GATHER(zs, l, img[h0 + l], x + x_off + ((size_t)img[h0 + l] * C + c0 + c) * plane,
-                                     top[h0 + l], left[h0 + l], 4)
+                        WF_GATHER(zs, l, h0 + l, xc + (size_t)img[h0 + l] * C * plane)
                 }
                 __local floatv *dst = xa_store + (c * WF_TS + h0) / VW;
                 for (int q = 0; q < 4; ++q) WG3_BT(floatv, WF_COL_IN, WF_COL_OUT)
@@ -1681,7 +1697,7 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
         for (int o = 0; o < ob; o += VW) {
             __local floatv *dst = (__local floatv *)(db + (o / NR) * WF_TS * NR + o % NR);
             for (int j = 0; j < tc; ++j) {
-                FILTER_DY_TILE(img[j], top[j] + ph, left[j] + pw)
+                FILTER_DY_TILE(img[j], top[j] + ph, left[j] + pw, dh, dw)
                 const floatv s[4][2] = {{d00, d01}, {d00 + d10, d01 + d11}, {d00 - d10, d01 - d11}, {-d10, -d11}};
                 __local floatv *to = dst + j * (NR / VW);
                 const int pos_step = WF_BO * WF_TS / VW;
@@ -1704,6 +1720,8 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
         }
 }
 #endif
+#undef WF_ROW_AT
+#undef WF_COL_AT
 #undef WF_LO
 #undef WF_HI
 #undef WF_RUNS

@@ -98,6 +98,9 @@ S2_FILTER_MIN_GROUPS = 2
 # s2_winograd_filter's (S2_FILTER_MIN_GROUPS)
 WINOGRAD_FILTER_MIN_CHANNELS = 32
 WINOGRAD_FILTER_MIN_PLANE = 64
+# ...and the dilations "auto" takes it for (any forced; tiles d apart as the forward's, runs of 8
+# tiles read as vectors for dilation 1 and 2)
+WINOGRAD_FILTER_DILATIONS = ((1, 1), (2, 2))
 # The direct forward kernel pads a group's input planes into local memory per work-item (no padded
 # copy through global memory) where they take at most this many bytes...
 DIRECT_LOCAL_MAX_BYTES = 1 << 17
@@ -372,7 +375,7 @@ class SpatialOps(abc.ABC):
         forces it there, "auto" chooses it on 8-lane convolution devices from
         WINOGRAD_FILTER_MIN_CHANNELS channels each side and WINOGRAD_FILTER_MIN_PLANE output pixels."""
         c, o, kh, kw, ho, wo, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10], geo[13], geo[14]
-        if (kh, kw, sh, sw, dh, dw, groups) != (3, 3, 1, 1, 1, 1, 1) or self.gemm_variant != "packed":
+        if (kh, kw, sh, sw, groups) != (3, 3, 1, 1, 1) or self.gemm_variant != "packed":
             return False
         if not self.kernel_fits["winograd3_filter"]:
             return False
@@ -380,15 +383,17 @@ class SpatialOps(abc.ABC):
             return self._wino_filter
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
-        return self._conv_vec == 8 and min(c, o) >= WINOGRAD_FILTER_MIN_CHANNELS and ho * wo >= WINOGRAD_FILTER_MIN_PLANE
+        return self._conv_vec == 8 and (dh, dw) in WINOGRAD_FILTER_DILATIONS and min(c, o) >= WINOGRAD_FILTER_MIN_CHANNELS \
+            and ho * wo >= WINOGRAD_FILTER_MIN_PLANE
 
     def _winograd_filter(self, x, dy, dw, geo, accumulate, ws):
         """dw (+)= the weight gradient of the stride-1 3x3 convolution ``geo`` as Winograd
         F(3x3, 2x2): per block of channels and range of tiles one work-group transforms x's 4x4
         patches and dy's 2x2 tiles and sums their products per position (winograd_filter), then
         G^T (the ranges' sums) G gives the taps (winograd_filter_taps)."""
-        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
-        th, tw = -(-ho // 2), -(-wo // 2)
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dwl = geo
+        qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dwl))
+        th, tw = qh * dh, qw * dwl   # tile rows and columns per image (d interleaved per 2 d, as _winograd's)
         tiles = n * th * tw
         sizes = self._gemm_tiles
         blocks = (-(-c // sizes["WF_BC"]), -(-o // sizes["WF_BO"]))
@@ -396,11 +401,11 @@ class SpatialOps(abc.ABC):
         t_chunk = round_up(-(-tiles // ranges), sizes["WF_TS"])
         splits = -(-tiles // t_chunk)   # every range holds tiles
         part = scratch(ws, self, "conv_wino_filter_part", (splits * 16 * c * o,), np.float32)
-        hp, wp = 2 * th + 2, 2 * tw + 2   # every tile's whole patch inside: runs of tiles read rows as vectors
+        hp, wp = dh * (2 * qh + 2), dwl * (2 * qw + 2)   # every tile's whole patch inside: runs read rows as vectors
         xp = self._padded(x, ph, pw, hp, wp, 0, ws)
         self._kernel("gemm.cl", "winograd_filter")(
             self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
-            th, tw, xp.base_data, 0, hp, wp, 0, 0, *self._ref(dy), ho, wo, part.base_data)
+            th, tw, xp.base_data, 0, hp, wp, 0, 0, dh, dwl, *self._ref(dy), ho, wo, part.base_data)
         self._kernel("gemm.cl", "winograd_filter_taps")(
             self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw),
             int(bool(accumulate)))
