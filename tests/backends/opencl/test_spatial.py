@@ -115,8 +115,9 @@ def conv_ocl(request, ocl):
     the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
     vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's). Winograd
     applies to the stride-1 3x3 and 5x5 ungrouped cases (forward and input gradient) and the
-    forward pass of the undilated stride-2 3x3 ones (on phases), with both tile shapes; the
-    other cases and weight gradients run im2col + GEMM there."""
+    forward pass of the undilated stride-2 3x3 ones (on phases), with both tile shapes, and the
+    stride-1 3x3 ungrouped weight gradients (F(3x3, 2x2)); the other cases and weight gradients
+    run im2col + GEMM there."""
     from juicepy.backends.opencl import OpenCLBackend
 
     algorithm, _, lanes = request.param.partition("-")
