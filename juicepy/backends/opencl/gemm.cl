@@ -53,6 +53,9 @@
 #ifndef BUILD_S2_DATA
 #define BUILD_S2_DATA 1
 #endif
+#ifndef BUILD_WINOGRAD3_FILTER
+#define BUILD_WINOGRAD3_FILTER 1
+#endif
 // STAGE_B_ROWS: tiles of B read straight from B (and conv_gemm's gathered ones) are staged k
 // by k across all the tile's panels, each k's row read once, in order; panel by panel, each
 // k reads one 64-byte piece of rows that lie a row (or plane) apart, and on AVX2 those reads
@@ -1443,8 +1446,64 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
 // position MR rows more than its segments (its last panel's padding)
 #define S2F_ROWS (25 * S2F_BC + 9 * MR)
 #define S2F_ROW(pos, cb) (s2_first[pos] * (cb) + (pos) * MR)
-#define S2F_LOAD_ROW(r) c##r##_0 = ct[(r) * (S2F_BO / VW)]; c##r##_1 = ct[(r) * (S2F_BO / VW) + 1];
-#define S2F_STORE_ROW(r) ct[(r) * (S2F_BO / VW)] = c##r##_0; ct[(r) * (S2F_BO / VW) + 1] = c##r##_1;
+// shared by s2_winograd_filter and winograd_filter (work-group (block of input channels from
+// c0, block of output channels from o0, range z of tiles [t_begin, t_end)), slices of TS
+// tiles from t0, tc of them): each tile of the slice's image (-1: past the slice) and the input
+// row and column of its patch, tile row a's ROW_AT(a) - ph and column b's COL_AT(b) - pw
+#define FILTER_SLICE_TILES(TS, ROW_AT, COL_AT) \
+    int img[TS], top[TS], left[TS]; \
+    for (int j = 0; j < (TS); ++j) { \
+        const int t = t0 + j; \
+        if (j >= tc) { img[j] = -1; top[j] = left[j] = 0; continue; } \
+        const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw; \
+        img[j] = n; \
+        top[j] = ROW_AT(a) - ph; \
+        left[j] = COL_AT(rest - a * tw) - pw; \
+    }
+// the 2x2 tile of dy at (row, col) of image n, its values DH rows and DW columns apart, VW
+// output channels from o0 + o a vector (lanes from ob on, and values past dy's last row or
+// column, read as zeros: a dilated tile may start past them), into d00 d01 d10 d11
+#define FILTER_DY_TILE(n, row, col, DH, DW) \
+    floatv d00, d01, d10, d11; { \
+        const int here_ = (row) < Ho && (col) < Wo, down_ = (row) + (DH) < Ho, right_ = (col) + (DW) < Wo; \
+        __global const float *d_ = dy + dy_off + ((size_t)(n) * O + o0 + o) * dy_plane + (size_t)(row) * Wo + (col); \
+        float *s00 = (float *)&d00, *s01 = (float *)&d01, *s10 = (float *)&d10, *s11 = (float *)&d11; \
+        for (int l = 0; l < VW; ++l) { \
+            const int live = o + l < ob && here_; \
+            __global const float *e_ = d_ + (live ? l * dy_plane : 0); \
+            s00[l] = live ? e_[0] : 0.0f; \
+            s01[l] = live && right_ ? e_[DW] : 0.0f; \
+            s10[l] = live && down_ ? e_[(DH) * Wo] : 0.0f; \
+            s11[l] = live && down_ && right_ ? e_[(DH) * Wo + (DW)] : 0.0f; \
+        } }
+// the micro-kernel of position pos on the slice: a_panels panels of x's transformed rows from
+// row `base` of xa (TS floats a row, the tiles along it) against the position's panels of db
+// ([pos][o / NR][TS][NR]) into the sums from row `base` of acc_store (BO floats a row), set on
+// the range's first slice
+#define FILTER_ACC_LOAD(r) c##r##_0 = ct[(r) * acc_vs]; c##r##_1 = ct[(r) * acc_vs + 1];
+#define FILTER_ACC_STORE(r) ct[(r) * acc_vs] = c##r##_0; ct[(r) * acc_vs + 1] = c##r##_1;
+#define FILTER_POSITION_GEMMS(TS, BO, pos, base, a_panels) \
+    for (int i = 0; i < (a_panels); ++i) { \
+        const int a_rs = (TS), acc_vs = (BO) / VW; \
+        for (int j = 0; j < b_panels; ++j) { \
+            __local floatv *ct = acc_store + (((base) + i * MR) * (BO) + j * NR) / VW; \
+            ROWS(ACC_ROW) \
+            if (t0 == t_begin) { ROWS(ZERO_ROW) } else { ROWS(FILTER_ACC_LOAD) } \
+            __local const float *ap = xa + ((base) + i * MR) * (TS); \
+            __local const floatv *bp = db_store + ((pos) * (BO) * (TS) + j * (TS) * NR) / VW; \
+            MICRO_K_LOOP(tc, 1) \
+            ROWS(FILTER_ACC_STORE) \
+        } \
+    }
+// the work-group's block and range
+#define FILTER_GROUP(BC, BO) \
+    __local float *xa = (__local float *)xa_store; \
+    __local float *db = (__local float *)db_store; \
+    const int c0 = get_group_id(0) * (BC), o0 = get_group_id(1) * (BO), z = get_group_id(2); \
+    const int cb = min((BC), C - c0), ob = min((BO), O - o0); \
+    const int b_panels = (ob + NR - 1) / NR; \
+    const size_t plane = (size_t)H * W, dy_plane = (size_t)Ho * Wo; \
+    const int t_begin = z * t_chunk, t_end = min(T, t_begin + t_chunk);
 #if BUILD_S2_FILTER
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk, const int th, const int tw,
@@ -1456,25 +1515,12 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
     __local floatv xa_store[S2F_ROWS * S2F_TS / VW];
     __local floatv db_store[9 * S2F_BO * S2F_TS / VW];
     __local floatv acc_store[S2F_ROWS * S2F_BO / VW];
-    __local float *xa = (__local float *)xa_store;
-    __local float *db = (__local float *)db_store;
-    const int c0 = get_group_id(0) * S2F_BC, o0 = get_group_id(1) * S2F_BO, z = get_group_id(2);
-    const int cb = min(S2F_BC, C - c0), ob = min(S2F_BO, O - o0);
-    const int b_panels = (ob + NR - 1) / NR;
-    const size_t plane = (size_t)H * W, dy_plane = (size_t)Ho * Wo;
-    const int t_begin = z * t_chunk, t_end = min(T, t_begin + t_chunk);
+    FILTER_GROUP(S2F_BC, S2F_BO)
     for (int t0 = t_begin; t0 < t_end; t0 += S2F_TS) {
         const int tc = min(S2F_TS, t_end - t0);
-        // each tile's image (-1: past the slice) and the input row and column of its patch
-        int img[S2F_TS], top[S2F_TS], left[S2F_TS];
-        for (int j = 0; j < S2F_TS; ++j) {
-            const int t = t0 + j;
-            if (j >= tc) { img[j] = -1; top[j] = left[j] = 0; continue; }
-            const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw;
-            img[j] = n;
-            top[j] = 4 * a - ph;
-            left[j] = 4 * (rest - a * tw) - pw;
-        }
+#define S2F_AT(a) (4 * (a))
+        FILTER_SLICE_TILES(S2F_TS, S2F_AT, S2F_AT)
+#undef S2F_AT
         for (int c = 0; c < cb; ++c) {
             for (int h0 = 0; h0 < tc; h0 += VW) {
                 floatv zv[25];   // zv[r * 5 + q]: lane l holds value (r, q) of tile h0 + l's patch
@@ -1493,19 +1539,7 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
         for (int o = 0; o < ob; o += VW) {
             __local floatv *dst = (__local floatv *)(db + (o / NR) * S2F_TS * NR + o % NR);
             for (int j = 0; j < tc; ++j) {
-                const int row = (top[j] + ph) / 2, col = (left[j] + pw) / 2;
-                const int down = row + 1 < Ho, right = col + 1 < Wo;
-                __global const float *d = dy + dy_off + ((size_t)img[j] * O + o0 + o) * dy_plane + (size_t)row * Wo + col;
-                floatv d00, d01, d10, d11;
-                float *s00 = (float *)&d00, *s01 = (float *)&d01, *s10 = (float *)&d10, *s11 = (float *)&d11;
-                for (int l = 0; l < VW; ++l) {
-                    const int live = o + l < ob;
-                    __global const float *e = d + (live ? l * dy_plane : 0);
-                    s00[l] = live ? e[0] : 0.0f;
-                    s01[l] = live && right ? e[1] : 0.0f;
-                    s10[l] = live && down ? e[Wo] : 0.0f;
-                    s11[l] = live && down && right ? e[Wo + 1] : 0.0f;
-                }
+                FILTER_DY_TILE(img[j], (top[j] + ph) / 2, (left[j] + pw) / 2, 1, 1)
                 const floatv e1 = d00 + d10, f1 = d01 + d11;
                 __local floatv *to = dst + j * (NR / VW);
                 const int pos_step = S2F_BO * S2F_TS / VW;
@@ -1516,18 +1550,7 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
         }
         for (int pos = 0; pos < 9; ++pos) {
             const int base = S2F_ROW(pos, cb), a_panels = ((s2_first[pos + 1] - s2_first[pos]) * cb + MR - 1) / MR;
-            for (int i = 0; i < a_panels; ++i) {
-                const int a_rs = S2F_TS;
-                for (int j = 0; j < b_panels; ++j) {
-                    __local floatv *ct = acc_store + ((base + i * MR) * S2F_BO + j * NR) / VW;
-                    ROWS(ACC_ROW)
-                    if (t0 == t_begin) { ROWS(ZERO_ROW) } else { ROWS(S2F_LOAD_ROW) }
-                    __local const float *ap = xa + (base + i * MR) * S2F_TS;
-                    __local const floatv *bp = db_store + (pos * S2F_BO * S2F_TS + j * S2F_TS * NR) / VW;
-                    MICRO_K_LOOP(tc, 1)
-                    ROWS(S2F_STORE_ROW)
-                }
-            }
+            FILTER_POSITION_GEMMS(S2F_TS, S2F_BO, pos, base, a_panels)
         }
     }
     // the sums into P (the host makes every range hold tiles)
@@ -1566,6 +1589,175 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
             __global float *d = dw + dw_off + ((size_t)o * C + c) * 9 + i * 3 + j;
             *d = acc ? *d + s : s;
         }
+}
+
+// The stride-1 3x3 weight gradient as Winograd F(3x3, 2x2), the adjoint of winograd_conv's
+// F(2x2, 3x3) (the NumPy backend's _winograd_backward_filter, the same scheme): per tile of 2x2
+// outputs, x's 4x4 patch through B^T . B (WG3_BT, as winograd_conv) gives V[16] and dy's tile
+// through A . A^T (A's rows (1, 0), (1, 1), (1, -1), (0, -1): the adjoint of AT3_0 / AT3_1)
+// M[16]; per position the sums over tiles of V[c][tile] M[o][tile], then G^T (their sum) G per
+// (o, c) (winograd_filter_taps). Work-groups and slices as s2_winograd_filter's: one per block
+// of WF_BC input channels, block of WF_BO output channels and range of t_chunk tiles; position
+// pos's rows of x's cb channels from pos * (cb + MR) in xa and the sums (its last panel's
+// padding after them). P[z][16][C][O]: range z's sums.
+#ifndef WF_TS
+#define WF_TS 32
+#endif
+#ifndef WF_BC
+#define WF_BC 64
+#endif
+#ifndef WF_BO
+#define WF_BO 64
+#endif
+#if WF_TS % VW
+#error "WF_TS must be a multiple of VW"
+#endif
+#define WF_ROWS (16 * (WF_BC + MR))
+#define WF_COL_IN(r) zv[(r) * 4 + q]
+#define WF_COL_OUT(r) e[r][q]
+#define WF_ROW_IN(q) e[r][q]
+#define WF_ROW_OUT(q) dst[(4 * r + (q)) * pos_rows * (WF_TS / VW)]
+// a run of 8 tiles' 4x4 patches (WINOGRAD_RUNS' runs: undilated, or of dilation 2 from an
+// even tile column) from p, patch row r dh rows on: D(r * 4 + q) = tap (r, q) of the 8 tiles
+// (WINOGRAD_PAIR, as winograd_conv's input transform)
+#define WF_RUN8(p, D) \
+    for (int r = 0; r < 4; ++r) { \
+        __global const float *row_ = (p) + (size_t)r * dh * W; \
+        float8 t0_, t1_; \
+        WINOGRAD_PAIR(row_, 0, t0_, t1_) D(4 * r) = t0_; D(4 * r + 1) = t1_; \
+        WINOGRAD_PAIR(row_, 2, t0_, t1_) D(4 * r + 2) = t0_; D(4 * r + 3) = t1_; \
+    }
+// lane l of tile j's 4x4 patch (taps dh rows and dw columns apart) of the plane at src into
+// zs[(r * 4 + q) * VW + l], zeros outside it and past the slice
+#define WF_GATHER(zs, l, j, src) \
+    for (int r = 0; r < 4; ++r) \
+        for (int q = 0; q < 4; ++q) { \
+            const int h_ = top[j] + r * dh, w_ = left[j] + q * dw; \
+            zs[(r * 4 + q) * VW + (l)] = img[j] >= 0 && h_ >= 0 && h_ < H && w_ >= 0 && w_ < W \
+                                         ? (src)[(size_t)h_ * W + w_] : 0.0f; \
+        }
+// tile row a's first output row (tiles of dilation d: d interleaved tiles per 2 d rows, as
+// winograd_conv's) and likewise tile column b's first output column
+#define WF_ROW_AT(a) ((a) % dh + 2 * dh * ((a) / dh))
+#define WF_COL_AT(b) ((b) % dw + 2 * dw * ((b) / dw))
+// (VW tiles from h0 in runs of 8: one float8 a patch value, or each half of a float16)
+#if VW == 16
+#define WF_LO(k) zv[k].lo
+#define WF_HI(k) zv[k].hi
+#define WF_RUNS(h0) (run8[(h0) / 8] && run8[(h0) / 8 + 1])
+#else
+#define WF_LO(k) zv[k]
+#define WF_RUNS(h0) run8[(h0) / 8]
+#endif
+#if BUILD_WINOGRAD3_FILTER
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void winograd_filter(const int C, const int O, const int T, const int t_chunk, const int th, const int tw,
+                     __global const float *restrict x, const int x_off, const int H, const int W,
+                     const int ph, const int pw, const int dh, const int dw,
+                     __global const float *restrict dy, const int dy_off, const int Ho, const int Wo,
+                     __global float *restrict P)
+{
+    __local floatv xa_store[WF_ROWS * WF_TS / VW];
+    __local floatv db_store[16 * WF_BO * WF_TS / VW];
+    __local floatv acc_store[WF_ROWS * WF_BO / VW];
+    FILTER_GROUP(WF_BC, WF_BO)
+    const int pos_rows = cb + MR, a_panels = (cb + MR - 1) / MR;
+    for (int t0 = t_begin; t0 < t_end; t0 += WF_TS) {
+        const int tc = min(WF_TS, t_end - t0);
+        FILTER_SLICE_TILES(WF_TS, WF_ROW_AT, WF_COL_AT)
+        // runs of 8 tiles side by side in one row of tiles (of one image; undilated, or of dilation
+        // 2 from an even tile column) whose patches' rows lie inside x (the host pads it):
+        // WF_RUN8 reads them as vectors
+        int run8[WF_TS / 8];
+        for (int j0 = 0; j0 < WF_TS; j0 += 8)
+            run8[j0 / 8] = (dw == 1 || (dw == 2 && (left[j0] + pw) % 4 == 0)) && img[j0] >= 0
+                           && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0] && left[j0 + 7] == left[j0] + 15 - dw
+                           && top[j0] >= 0 && top[j0] + 3 * dh < H && left[j0] >= 0 && left[j0] + 16 + 2 * dw <= W;
+        for (int c = 0; c < cb; ++c) {
+            for (int h0 = 0; h0 < tc; h0 += VW) {
+                floatv zv[16], e[4][4];   // zv[r * 4 + q]: lane l holds value (r, q) of tile h0 + l's patch
+                __global const float *xc = x + x_off + ((size_t)(c0 + c)) * plane;
+                if (WF_RUNS(h0)) {
+                    WF_RUN8(xc + ((size_t)img[h0] * C * H + top[h0]) * W + left[h0], WF_LO)
+#if VW == 16
+                    WF_RUN8(xc + ((size_t)img[h0 + 8] * C * H + top[h0 + 8]) * W + left[h0 + 8], WF_HI)
+#endif
+                } else {
+                    float *zs = (float *)zv;
+                    for (int l = 0; l < VW; ++l)
+                        WF_GATHER(zs, l, h0 + l, xc + (size_t)img[h0 + l] * C * plane)
+                }
+                __local floatv *dst = xa_store + (c * WF_TS + h0) / VW;
+                for (int q = 0; q < 4; ++q) WG3_BT(floatv, WF_COL_IN, WF_COL_OUT)
+                for (int r = 0; r < 4; ++r) WG3_BT(floatv, WF_ROW_IN, WF_ROW_OUT)
+            }
+        }
+        // dy's tiles through A along the columns, then the rows (VW output channels a vector,
+        // as s2_winograd_filter)
+        for (int o = 0; o < ob; o += VW) {
+            __local floatv *dst = (__local floatv *)(db + (o / NR) * WF_TS * NR + o % NR);
+            for (int j = 0; j < tc; ++j) {
+                FILTER_DY_TILE(img[j], top[j] + ph, left[j] + pw, dh, dw)
+                const floatv s[4][2] = {{d00, d01}, {d00 + d10, d01 + d11}, {d00 - d10, d01 - d11}, {-d10, -d11}};
+                __local floatv *to = dst + j * (NR / VW);
+                const int pos_step = WF_BO * WF_TS / VW;
+                for (int i = 0; i < 4; ++i) {
+                    to[4 * i * pos_step] = s[i][0];
+                    to[(4 * i + 1) * pos_step] = s[i][0] + s[i][1];
+                    to[(4 * i + 2) * pos_step] = s[i][0] - s[i][1];
+                    to[(4 * i + 3) * pos_step] = -s[i][1];
+                }
+            }
+        }
+        for (int pos = 0; pos < 16; ++pos) FILTER_POSITION_GEMMS(WF_TS, WF_BO, pos, pos * pos_rows, a_panels)
+    }
+    // the sums into P (the host makes every range hold tiles)
+    __local const float *acc = (__local const float *)acc_store;
+    for (int pos = 0; pos < 16; ++pos)
+        for (int c = 0; c < cb; ++c) {
+            __global float *dst = P + (((size_t)z * 16 + pos) * C + c0 + c) * O + o0;
+            for (int o = 0; o < ob; ++o) dst[o] = acc[(pos * pos_rows + c) * WF_BO + o];
+        }
+}
+#endif
+#undef WF_ROW_AT
+#undef WF_COL_AT
+#undef WF_LO
+#undef WF_HI
+#undef WF_RUNS
+#undef WF_COL_IN
+#undef WF_COL_OUT
+#undef WF_ROW_IN
+#undef WF_ROW_OUT
+
+// dw (+)= G^T U G per (o, c), U winograd_filter's 16 sums summed over the z ranges and G's rows
+// (1, 0, 0), (1/2, 1/2, 1/2), (1/2, -1/2, 1/2), (0, 0, 1) (the adjoint of winograd_weights'
+// transform; the NumPy backend's winograd_taps). One work-item per (o, c), o fastest.
+__kernel void winograd_filter_taps(const int C, const int O, const int Z, __global const float *restrict P,
+                                   __global float *restrict dw, const int dw_off, const int acc)
+{
+    const int o = get_global_id(0), c = get_global_id(1);
+    if (c >= C || o >= O) return;
+    float u[16], t[4][3];
+    for (int pos = 0; pos < 16; ++pos) {
+        float s = 0.0f;
+        for (int z = 0; z < Z; ++z) s += P[(((size_t)z * 16 + pos) * C + c) * O + o];
+        u[pos] = s;
+    }
+    for (int i = 0; i < 4; ++i) {
+        const float mid = 0.5f * (u[4 * i + 1] + u[4 * i + 2]);
+        t[i][0] = u[4 * i] + mid;
+        t[i][1] = 0.5f * (u[4 * i + 1] - u[4 * i + 2]);
+        t[i][2] = mid + u[4 * i + 3];
+    }
+    __global float *d = dw + dw_off + ((size_t)o * C + c) * 9;
+    for (int j = 0; j < 3; ++j) {
+        const float mid = 0.5f * (t[1][j] + t[2][j]);
+        const float k0 = t[0][j] + mid, k1 = 0.5f * (t[1][j] - t[2][j]), k2 = mid + t[3][j];
+        d[j] = acc ? d[j] + k0 : k0;
+        d[3 + j] = acc ? d[3 + j] + k1 : k1;
+        d[6 + j] = acc ? d[6 + j] + k2 : k2;
+    }
 }
 
 // The input gradient of a 3x3 stride-2 convolution as Winograd F(2x2, 2x2) on dx's phases: along

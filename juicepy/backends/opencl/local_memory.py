@@ -50,6 +50,12 @@ def s2_filter_bytes(t: dict) -> int:
     return FLOAT_BYTES * (rows * t["S2F_TS"] + 9 * t["S2F_BO"] * t["S2F_TS"] + rows * t["S2F_BO"])
 
 
+def winograd_filter_bytes(t: dict) -> int:
+    """winograd_filter: x's transformed rows, dy's tiles and the sums (WF_ROWS rows)."""
+    rows = 16 * (t["WF_BC"] + t["MR"])
+    return FLOAT_BYTES * (rows * t["WF_TS"] + 16 * t["WF_BO"] * t["WF_TS"] + rows * t["WF_BO"])
+
+
 def s2_data_bytes(t: dict) -> int:
     """s2_winograd_data: V[25][S2DK][NR] and M[25][S2_BM][NR], each panel padded by 16 floats."""
     nr = 2 * t["VW"]
@@ -66,6 +72,7 @@ OPTIONAL_FAMILIES = {
     "s2_conv": (("s2_winograd_conv",), "BUILD_S2_CONV", s2_conv_bytes),
     "s2_filter": (("s2_winograd_filter",), "BUILD_S2_FILTER", s2_filter_bytes),
     "s2_data": (("s2_winograd_data",), "BUILD_S2_DATA", s2_data_bytes),
+    "winograd3_filter": (("winograd_filter",), "BUILD_WINOGRAD3_FILTER", winograd_filter_bytes),
 }
 
 # kernels every configuration launches: (file, kernels, local bytes, work-group size)

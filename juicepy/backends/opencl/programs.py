@@ -25,14 +25,17 @@ _SCALARS = {"int": np.int32, "uint": np.uint32, "float": np.float32}
 # S2DK: output channels per slice of s2_winograd_data (128 measured faster than 64 on AVX2's
 # 64->128 layer; 16-lane builds keep 64: 630 KB of local memory already, and 128 measured no
 # faster on PoCL 3.1 / Zen 5's strided layer, docs/opencl.md session 33).
-CPU_S2_FILTER = {"S2F_TS": 32, "S2F_BC": 32, "S2F_BO": 128}
+# WF_TS, WF_BC and WF_BO: the same of winograd_filter (the stride-1 3x3 weight gradient; 64 x 64
+# channels a work-group, dy's tiles transformed once for a 64-channel layer, measured faster than
+# 32 x 128 on PoCL 3.1 / Zen 5, docs/opencl.md session 36).
+CPU_S2_FILTER = {"S2F_TS": 32, "S2F_BC": 32, "S2F_BO": 128, "WF_TS": 32, "WF_BC": 64, "WF_BO": 64}
 CPU_STAGING = {"STAGE_B_ROWS": 1, "DIRECT_PACKED": 1, "GATHER_STRIDE2": 1, "STAGE_A_T": 1, "STAGE_A_ROWS": 128}
 CPU_GEMM = {16: {"BM": 96, "BN": 128, "BK": 256, "MR": 12, "VW": 16, "DR": 4, "DC": 4, **CPU_STAGING,
                  "S2_BM": 132, "S2K": 64, "S2DK": 64, **CPU_S2_FILTER},
             8: {"BM": 96, "BN": 128, "BK": 256, "MR": 6, "VW": 8, "DR": 2, "DC": 4, **CPU_STAGING,
                 "S2_BM": 132, "S2K": 64, "S2DK": 128, **CPU_S2_FILTER}}
 GPU_GEMM = {"BM": 24, "BN": 32, "BK": 16, "MR": 12, "VW": 16, "DR": 4, "DC": 4, "S2_BM": 24, "S2K": 4, "S2DK": 4,
-            "S2F_TS": 16, "S2F_BC": 1, "S2F_BO": 32}
+            "S2F_TS": 16, "S2F_BC": 1, "S2F_BO": 32, "WF_TS": 16, "WF_BC": 1, "WF_BO": 32}
 # float lanes of the direct convolutions' vectors (conv.cl's VEC) and of the selection rules of
 # spatial.py (Winograd, the stride-2 phases, the direct kernels' 8-lane rules) per GEMM vector
 # width: 16-lane (AVX-512) devices keep the 16-lane GEMM but run the convolutions as 8-lane

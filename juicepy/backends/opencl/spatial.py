@@ -91,6 +91,16 @@ S2_MIN_CHANNELS = 32
 # tiles are split into ranges (their sums added up by s2_filter_taps) so that both CPU threads
 # have work
 S2_FILTER_MIN_GROUPS = 2
+# Winograd F(3x3, 2x2) for stride-1 3x3 weight gradients (winograd_filter, winograd_filter_taps:
+# the adjoint of F(2x2, 3x3), as the NumPy backend's), undilated and ungrouped, from this many
+# input and output channels and output planes of this many pixels, on 8-lane convolution devices
+# (measured on PoCL 3.1 / Zen 5, docs/opencl.md session 36); its tiles are split into ranges as
+# s2_winograd_filter's (S2_FILTER_MIN_GROUPS)
+WINOGRAD_FILTER_MIN_CHANNELS = 32
+WINOGRAD_FILTER_MIN_PLANE = 64
+# ...and the dilations "auto" takes it for (any forced; tiles d apart as the forward's, runs of 8
+# tiles read as vectors for dilation 1 and 2)
+WINOGRAD_FILTER_DILATIONS = ((1, 1), (2, 2))
 # The direct forward kernel pads a group's input planes into local memory per work-item (no padded
 # copy through global memory) where they take at most this many bytes...
 DIRECT_LOCAL_MAX_BYTES = 1 << 17
@@ -247,6 +257,7 @@ class SpatialOps(abc.ABC):
     _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
+    _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
 
     def _use_implicit(self) -> bool:
         if not self.kernel_fits["packed"]:
@@ -357,6 +368,47 @@ class SpatialOps(abc.ABC):
             th, tw, *self._ref(x), h, wd, ph, pw, *self._ref(dy), ho, wo, part.base_data)
         self._kernel("gemm.cl", "s2_filter_taps")(
             self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw), int(bool(accumulate)))
+
+    def _use_winograd_filter(self, geo, groups) -> bool:
+        """Whether a weight gradient runs as Winograd F(3x3, 2x2) (_winograd_filter): 3x3, stride
+        1, undilated and ungrouped, where its kernel fits the device's local memory; "winograd"
+        forces it there, "auto" chooses it on 8-lane convolution devices from
+        WINOGRAD_FILTER_MIN_CHANNELS channels each side and WINOGRAD_FILTER_MIN_PLANE output pixels."""
+        c, o, kh, kw, ho, wo, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10], geo[13], geo[14]
+        if (kh, kw, sh, sw, groups) != (3, 3, 1, 1, 1) or self.gemm_variant != "packed":
+            return False
+        if not self.kernel_fits["winograd3_filter"]:
+            return False
+        if self._wino_filter is not None:
+            return self._wino_filter
+        if self.conv_algorithm != "auto":
+            return self.conv_algorithm == "winograd"
+        return self._conv_vec == 8 and (dh, dw) in WINOGRAD_FILTER_DILATIONS and min(c, o) >= WINOGRAD_FILTER_MIN_CHANNELS \
+            and ho * wo >= WINOGRAD_FILTER_MIN_PLANE
+
+    def _winograd_filter(self, x, dy, dw, geo, accumulate, ws):
+        """dw (+)= the weight gradient of the stride-1 3x3 convolution ``geo`` as Winograd
+        F(3x3, 2x2): per block of channels and range of tiles one work-group transforms x's 4x4
+        patches and dy's 2x2 tiles and sums their products per position (winograd_filter), then
+        G^T (the ranges' sums) G gives the taps (winograd_filter_taps)."""
+        n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dwl = geo
+        qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dwl))
+        th, tw = qh * dh, qw * dwl   # tile rows and columns per image (d interleaved per 2 d, as _winograd's)
+        tiles = n * th * tw
+        sizes = self._gemm_tiles
+        blocks = (-(-c // sizes["WF_BC"]), -(-o // sizes["WF_BO"]))
+        ranges = -(-S2_FILTER_MIN_GROUPS // (blocks[0] * blocks[1]))   # of each block's tiles
+        t_chunk = round_up(-(-tiles // ranges), sizes["WF_TS"])
+        splits = -(-tiles // t_chunk)   # every range holds tiles
+        part = scratch(ws, self, "conv_wino_filter_part", (splits * 16 * c * o,), np.float32)
+        hp, wp = dh * (2 * qh + 2), dwl * (2 * qw + 2)   # every tile's whole patch inside: runs read rows as vectors
+        xp = self._padded(x, ph, pw, hp, wp, 0, ws)
+        self._kernel("gemm.cl", "winograd_filter")(
+            self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
+            th, tw, xp.base_data, 0, hp, wp, 0, 0, dh, dwl, *self._ref(dy), ho, wo, part.base_data)
+        self._kernel("gemm.cl", "winograd_filter_taps")(
+            self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw),
+            int(bool(accumulate)))
 
     def _s2_data(self, dy, w, dx, geo, accumulate, ws):
         """dx (+)= the input gradient of the 3x3 stride-2 convolution ``geo`` as Winograd
@@ -716,6 +768,9 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         if self._use_s2(geo, groups, "filter"):
             self._s2_filter(x, dy, dw, geo, accumulate, ws)
+            return
+        if self._use_winograd_filter(geo, groups):
+            self._winograd_filter(x, dy, dw, geo, accumulate, ws)
             return
         if self._use_direct(geo, groups, "filter"):
             self._direct_filter(x, dy, dw, geo, groups, accumulate, ws)

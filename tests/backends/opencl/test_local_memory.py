@@ -74,7 +74,7 @@ def test_the_figures_of_the_docs():
     """docs/opencl.md quotes these (KiB, 8-lane CPU tiles)."""
     assert {k: v / 1024 for k, v in lm.family_bytes(CPU_GEMM[8]).items()} == {
         "packed": 272, "winograd3": 162, "winograd5": 364.5, "s2_conv": 175.375, "s2_filter": 677.75,
-        "s2_data": 409.375}
+        "s2_data": 409.375, "winograd3_filter": 548}
 
 
 # ------------------------------------------------------------------ small devices
@@ -137,6 +137,7 @@ def _check_conv(b, rng, x_shape, w_shape, stride, padding):
 
 S2_LAYER = ((2, 32, 15, 15), (64, 32, 3, 3), 2, 1)     # 3x3 stride 2, 32 -> 64 channels: the s2 kernels
 WINO5_LAYER = ((1, 32, 16, 16), (32, 32, 5, 5), 1, 2)  # 5x5, 256-pixel planes: winograd5_conv
+WINO3_LAYER = ((2, 32, 8, 8), (32, 32, 3, 3), 1, 1)    # 3x3, 32 channels, 8x8: winograd_conv, winograd_filter
 
 
 def test_the_real_limits_keep_every_kernel(ocl, lanes_backend):
@@ -150,17 +151,22 @@ def test_the_real_limits_keep_every_kernel(ocl, lanes_backend):
         s2 = _geo(b, S2_LAYER[0], S2_LAYER[1], *S2_LAYER[2:])
         assert b._forward_algorithm(s2, 1) == "s2" and b._use_s2(s2, 1, "filter") and b._use_s2(s2, 1, "data")
         assert b._forward_algorithm(_geo(b, WINO5_LAYER[0], WINO5_LAYER[1], *WINO5_LAYER[2:]), 1) == "winograd"
+        assert b._use_winograd_filter(_geo(b, WINO3_LAYER[0], WINO3_LAYER[1], *WINO3_LAYER[2:]), 1)
 
 
 def test_packed_gemm_without_the_big_winograd_kernels(limited, rng):
-    """300 KiB: the packed GEMM, F(2x2, 3x3) and the stride-2 forward fit; F(2x2, 5x5) and the
-    stride-2 weight and input gradients do not, are left out of the build and fall back."""
+    """300 KiB: the packed GEMM, F(2x2, 3x3) and the stride-2 forward fit; F(2x2, 5x5), F(3x3, 2x2)
+    and the stride-2 weight and input gradients do not, are left out of the build and fall back."""
     b = limited(300 * 1024)
     assert b.gemm_variant == "packed"
     assert b.kernel_fits == {"packed": True, "winograd3": True, "winograd5": False, "s2_conv": True,
-                             "s2_filter": False, "s2_data": False}
-    with pytest.raises(RuntimeError, match="no kernel 's2_winograd_filter'"):
-        b._kernel("gemm.cl", "s2_winograd_filter")
+                             "s2_filter": False, "s2_data": False, "winograd3_filter": False}
+    for kernel in ("s2_winograd_filter", "winograd_filter"):
+        with pytest.raises(RuntimeError, match=f"no kernel '{kernel}'"):
+            b._kernel("gemm.cl", kernel)
+    wino3 = _geo(b, WINO3_LAYER[0], WINO3_LAYER[1], *WINO3_LAYER[2:])
+    assert b._forward_algorithm(wino3, 1) == "winograd" and not b._use_winograd_filter(wino3, 1)
+    _check_conv(b, rng, *WINO3_LAYER)
     s2 = _geo(b, S2_LAYER[0], S2_LAYER[1], *S2_LAYER[2:])
     assert b._forward_algorithm(s2, 1) == "s2" and not b._use_s2(s2, 1, "filter") and not b._use_s2(s2, 1, "data")
     assert b._forward_algorithm(_geo(b, WINO5_LAYER[0], WINO5_LAYER[1], *WINO5_LAYER[2:]), 1) != "winograd"
@@ -174,7 +180,7 @@ def test_gpu_sized_local_memory_gets_the_cooperative_kernels(limited, rng, local
     b = limited(local)
     assert b.gemm_variant == "cooperative"
     assert b.kernel_fits == {"packed": True, "winograd3": False, "winograd5": False, "s2_conv": local >= 41600,
-                             "s2_filter": local >= 43968, "s2_data": False}
+                             "s2_filter": local >= 43968, "s2_data": False, "winograd3_filter": False}
     s2 = _geo(b, S2_LAYER[0], S2_LAYER[1], *S2_LAYER[2:])
     assert b._forward_algorithm(s2, 1) == "gemm"
     for m, n, k, ta, tb in [(37, 45, 70, False, False), (1, 33, 17, True, False), (64, 50, 96, False, True),

@@ -115,8 +115,9 @@ def conv_ocl(request, ocl):
     the one chosen per shape); the direct kernels and the implicit GEMM's tiles also with 8-lane
     vectors (what AVX2 devices get) and the implicit GEMM with 16 (AVX-512's). Winograd
     applies to the stride-1 3x3 and 5x5 ungrouped cases (forward and input gradient) and the
-    forward pass of the undilated stride-2 3x3 ones (on phases), with both tile shapes; the
-    other cases and weight gradients run im2col + GEMM there."""
+    forward pass of the undilated stride-2 3x3 ones (on phases), with both tile shapes, and the
+    stride-1 3x3 ungrouped weight gradients (F(3x3, 2x2)); the other cases and weight gradients
+    run im2col + GEMM there."""
     from juicepy.backends.opencl import OpenCLBackend
 
     algorithm, _, lanes = request.param.partition("-")
@@ -295,6 +296,124 @@ def test_stride_2_phase_winograd_weight_gradient_matches_the_reference(lanes_bac
     dw = b.from_host(dw0)
     b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, (2, 2), (p, p), (1, 1), 1, accumulate, Workspace())
     np.testing.assert_allclose(b.to_host(dw), want, rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
+
+
+def winograd_weight_gradient_ref(x, dy, padding, dilation=1):
+    """dw of sum(conv(x, w) * dy) for a stride-1 3x3 convolution, in float64 by einsum per tap."""
+    ho, wo = dy.shape[2:]
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    dw = np.zeros((dy.shape[1], x.shape[1], 3, 3))
+    for i in range(3):
+        for j in range(3):
+            a, b = i * dilation, j * dilation
+            dw[:, :, i, j] = np.einsum("nchw,nohw->oc", xp[:, :, a:a + ho, b:b + wo], dy.astype(np.float64))
+    return dw
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding, fewest work-groups, dilation: batch 1, odd and even planes (tiles half past
+    # dy's last row and column), padding 0, 1 and 2, output channels short of a vector (masked
+    # lanes) and past a block (WF_BO 64), input channels past a block (WF_BC 64) and two whole
+    # blocks, tiles past a slice (WF_TS), a block's tiles split into 2 and into 7 ranges; rows of
+    # tiles in runs of 8 (a 32x32 plane's 16, across images) and not (7, 9 or 5 tiles a row);
+    # dilation 2 (tiles interleaved in pairs: runs of 8 from an even tile column, planes with a
+    # tile column and row short of a pair) and 3 (tile by tile)
+    ((1, 3, 7, 8), 5, 0, 2, 1),
+    ((2, 65, 9, 11), 12, 1, 2, 1),
+    ((3, 8, 13, 10), 70, 1, 2, 1),
+    ((1, 40, 17, 18), 9, 2, 2, 1),
+    ((2, 5, 32, 31), 16, 1, 2, 1),
+    ((2, 128, 8, 8), 128, 1, 2, 1),
+    ((3, 6, 11, 13), 20, 1, 7, 1),
+    ((3, 4, 32, 32), 9, 1, 3, 1),
+    ((2, 6, 32, 32), 9, 2, 2, 2),
+    ((2, 5, 13, 22), 7, 2, 3, 2),
+    ((1, 4, 14, 12), 6, 3, 2, 3),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}-g{c[3]}-d{c[4]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, monkeypatch, case, lanes, accumulate):
+    """The stride-1 3x3 weight gradient as Winograd F(3x3, 2x2) (winograd_filter,
+    winograd_filter_taps), set and added to dw, against float64."""
+    from juicepy.backends.opencl import spatial
+
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p, groups, d = case
+    monkeypatch.setattr(spatial, "S2_FILTER_MIN_GROUPS", groups)
+    ho, wo = out_size(xs[2], 3, 1, p, d), out_size(xs[3], 3, 1, p, d)
+    x = rng.standard_normal(xs).astype(np.float32)
+    dy = rng.standard_normal((xs[0], o, ho, wo)).astype(np.float32)
+    dw0 = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    want = winograd_weight_gradient_ref(x, dy, p, d) + (dw0 if accumulate else 0.0)
+    geo = b._conv_geometry(x.shape, dw0.shape, dy.shape, (1, 1), (p, p), (d, d), 1, "conv2d_backward_filter")
+    assert b._use_winograd_filter(geo, 1)
+    taken = []
+    real = b._winograd_filter
+    b._winograd_filter = lambda *args: taken.append(args[3]) or real(*args)
+    dw = b.from_host(dw0)
+    b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, (1, 1), (p, p), (d, d), 1, accumulate, Workspace())
+    assert taken == [geo]
+    np.testing.assert_allclose(b.to_host(dw), want, rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
+
+
+def test_winograd_weight_gradient_rule(ocl, lanes_backend):
+    """"auto" takes F(3x3, 2x2) for the weight gradients of stride-1 3x3 layers of
+    WINOGRAD_FILTER_MIN_CHANNELS input and output channels and WINOGRAD_FILTER_MIN_PLANE output
+    pixels, undilated or of dilation 2, on 8-lane convolution devices (16-lane GEMMs included);
+    narrower, smaller, dilated by 3, grouped, strided or 5x5 layers keep theirs, and so do 16-lane
+    convolutions."""
+    from juicepy.backends.opencl import OpenCLBackend, spatial
+
+    c_min, plane = spatial.WINOGRAD_FILTER_MIN_CHANNELS, spatial.WINOGRAD_FILTER_MIN_PLANE
+    side = int(np.ceil(np.sqrt(plane)))
+
+    def geo(c, o, size=side, k=3, s=1, d=1):
+        ho = (size + 2 * d - d * (k - 1) - 1) // s + 1
+        return (32, c, size, size, o, k, k, ho, ho, s, s, d, d, d, d)
+
+    for b in (OpenCLBackend(ocl.device, vector_width=8), lanes_backend(16, conv_vector_width=8)):
+        assert b._use_winograd_filter(geo(c_min, c_min), 1) and b._use_winograd_filter(geo(64, 64, 32), 1)
+        assert b._use_winograd_filter(geo(64, 64, 32, d=2), 1)
+        for other in (geo(c_min // 2, c_min), geo(c_min, c_min // 2), geo(c_min, c_min, side - 1), geo(64, 64, d=3),
+                      geo(64, 64, k=5), geo(64, 64, s=2)):
+            assert not b._use_winograd_filter(other, 1)
+        assert not b._use_winograd_filter(geo(64, 64), 2)
+    assert not lanes_backend(16)._use_winograd_filter(geo(64, 64, 32), 1)
+
+
+def test_winograd_weight_gradient_where_the_rule_takes_it(ocl, rng):
+    """conv2d_backward_filter runs _winograd_filter where the rule says so (a 32-channel 8x8
+    layer), the direct kernel or GEMM elsewhere (16 channels), both matching float64."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, vector_width=8)
+    taken = []
+    real = b._winograd_filter
+    b._winograd_filter = lambda *args: taken.append(args[3][1]) or real(*args)
+    side = 8
+    for c in (32, 16):
+        x = rng.standard_normal((2, c, side, side)).astype(np.float32)
+        dy = rng.standard_normal((2, 32, side, side)).astype(np.float32)
+        dw = b.empty((32, c, 3, 3))
+        b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, (1, 1), (1, 1), (1, 1), 1)
+        np.testing.assert_allclose(b.to_host(dw), winograd_weight_gradient_ref(x, dy, 1), rtol=1e-4, atol=1e-3)
+    assert taken == [32]
+
+
+def test_winograd_weight_gradient_steady_state_allocates_nothing(ocl, rng):
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    x = b.from_host(rng.standard_normal((2, 4, 9, 9)).astype(np.float32))
+    dy = b.from_host(rng.standard_normal((2, 5, 9, 9)).astype(np.float32))
+    dw = b.empty((5, 4, 3, 3))
+    ws = Workspace()
+    args = ((1, 1), (1, 1), (1, 1), 1)
+    b.conv2d_backward_filter(x, dy, dw, *args, False, ws)
+    before = b.allocations
+    for _ in range(2):
+        b.conv2d_backward_filter(x, dy, dw, *args, True, ws)
+    assert b.allocations == before
 
 
 def s2_input_gradient_ref(dy, w, x_shape, padding):
