@@ -92,7 +92,7 @@ S2_MIN_CHANNELS = 32
 # have work
 S2_FILTER_MIN_GROUPS = 2
 # Winograd F(3x3, 2x2) for stride-1 3x3 weight gradients (winograd_filter, winograd_filter_taps:
-# the adjoint of F(2x2, 3x3), as the NumPy backend's), undilated and ungrouped, from this many
+# the adjoint of F(2x2, 3x3), as the NumPy backend's), ungrouped, from this many
 # input and output channels and output planes of this many pixels, on 8-lane convolution devices
 # (measured on PoCL 3.1 / Zen 5, docs/opencl.md session 36); its tiles are split into ranges as
 # s2_winograd_filter's (S2_FILTER_MIN_GROUPS)
@@ -371,10 +371,12 @@ class SpatialOps(abc.ABC):
 
     def _use_winograd_filter(self, geo, groups) -> bool:
         """Whether a weight gradient runs as Winograd F(3x3, 2x2) (_winograd_filter): 3x3, stride
-        1, undilated and ungrouped, where its kernel fits the device's local memory; "winograd"
-        forces it there, "auto" chooses it on 8-lane convolution devices from
-        WINOGRAD_FILTER_MIN_CHANNELS channels each side and WINOGRAD_FILTER_MIN_PLANE output pixels."""
-        c, o, kh, kw, ho, wo, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10], geo[13], geo[14]
+        1 and ungrouped, where its kernel fits the device's local memory; "winograd" forces it
+        there at any dilation, "auto" chooses it on 8-lane convolution devices for
+        WINOGRAD_FILTER_DILATIONS from WINOGRAD_FILTER_MIN_CHANNELS channels each side and
+        WINOGRAD_FILTER_MIN_PLANE output pixels."""
+        c, o, kh, kw, ho, wo, sh, sw = geo[1], geo[4], geo[5], geo[6], geo[7], geo[8], geo[9], geo[10]
+        dh, dw = geo[13], geo[14]
         if (kh, kw, sh, sw, groups) != (3, 3, 1, 1, 1) or self.gemm_variant != "packed":
             return False
         if not self.kernel_fits["winograd3_filter"]:
