@@ -62,10 +62,13 @@ def _step_peak_bytes(backend, batch, rng, make_net=_mlp):
 def test_numpy_step_allocates_nothing_that_grows_with_the_batch(numpy_backend, rng, make_net):
     """Stronger than the counter: NumPy reports every array to tracemalloc. A steady-state step
     may make small Python objects and NumPy's fixed-size iterator buffers (8192 elements at
-    most, whatever the array size), but no array that grows with the batch."""
+    most, whatever the array size), but no array that grows with the batch: any such array
+    grows by at least the logits' growth, ten times the tolerance. What is alive at the peak
+    besides varies by a few KiB between runs (1.6-2.6 KiB in about 1 run in 20 of the residual
+    MLP: a tolerance of a hundredth of that growth, 1.5 KiB, failed there)."""
     small, large = _step_peak_bytes(numpy_backend, 256, rng, make_net), _step_peak_bytes(numpy_backend, 4096, rng, make_net)
     smallest_growth_of_an_activation = (4096 - 256) * 10 * 4  # the logits
-    assert large - small < smallest_growth_of_an_activation / 100, (small, large)
+    assert large - small < smallest_growth_of_an_activation / 10, (small, large)
 
 
 def test_intermediate_outputs_and_gradients_readable(numpy_backend, rng):
