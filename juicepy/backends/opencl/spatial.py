@@ -210,6 +210,13 @@ def _bn_grid(x, c: int, s: int) -> tuple:
     return s, (x.size // max(s, 1),), c, 0
 
 
+def _winograd_grid(ho, wo, dh, dw):
+    """(quads of tile rows, of tile columns, tile rows, tile columns) per image of F(2x2, r x r)
+    on Ho x Wo outputs dilated by (dh, dw): 2x2 outputs d apart, tiles in groups of d per 2d rows."""
+    qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
+    return qh, qw, qh * dh, qw * dw
+
+
 class SpatialOps(abc.ABC):
     """NCHW convolution, pooling and batch normalisation. They rely on this plumbing of the
     backend class they are mixed into (and its ``queue``, ``_flag``, ``gemm_variant``,
@@ -291,8 +298,7 @@ class SpatialOps(abc.ABC):
         transforms the products back, adding ``bias`` where given, then the ReLU where ``relu``."""
         n, c, h, wd, o, k, _, ho, wo, _, _, ph, pw, dh, dw = geo
         name = WINOGRAD_TAPS[k]
-        qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dw))
-        th, tw = qh * dh, qw * dw   # tile rows and columns per image
+        qh, qw, th, tw = _winograd_grid(ho, wo, dh, dw)
         tiles = n * th * tw
         mr = self._gemm_tiles["MR"]
         panels = -(-o // mr)
@@ -349,6 +355,17 @@ class SpatialOps(abc.ABC):
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
             *self._ref(x), h, wd, ph, pw, *self._ref(y), ho, wo, *self._optional(bias))
 
+    def _filter_ranges(self, c, o, tiles, prefix):
+        """(work-group blocks (C, O), tiles per range, ranges) of a weight-gradient kernel whose
+        blocks are ``prefix``_BC x ``prefix``_BO channels and slices ``prefix``_TS tiles: each
+        block's tiles split into ranges so that S2_FILTER_MIN_GROUPS work-groups have work (their
+        sums added up by the taps kernel), every range holding tiles."""
+        sizes = self._gemm_tiles
+        blocks = (-(-c // sizes[f"{prefix}_BC"]), -(-o // sizes[f"{prefix}_BO"]))
+        ranges = -(-S2_FILTER_MIN_GROUPS // (blocks[0] * blocks[1]))
+        t_chunk = round_up(-(-tiles // ranges), sizes[f"{prefix}_TS"])
+        return blocks, t_chunk, -(-tiles // t_chunk)
+
     def _s2_filter(self, x, dy, dw, geo, accumulate, ws):
         """dw (+)= the weight gradient of the 3x3 stride-2 convolution ``geo`` as the adjoint of
         _s2_forward's scheme: per block of channels and range of tiles one work-group
@@ -357,11 +374,7 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
         th, tw = -(-ho // 2), -(-wo // 2)
         tiles = n * th * tw
-        sizes = self._gemm_tiles
-        blocks = (-(-c // sizes["S2F_BC"]), -(-o // sizes["S2F_BO"]))
-        ranges = -(-S2_FILTER_MIN_GROUPS // (blocks[0] * blocks[1]))   # of each block's tiles
-        t_chunk = round_up(-(-tiles // ranges), sizes["S2F_TS"])
-        splits = -(-tiles // t_chunk)   # every range holds tiles
+        blocks, t_chunk, splits = self._filter_ranges(c, o, tiles, "S2F")
         part = scratch(ws, self, "conv_s2_filter_part", (splits * 25 * c * o,), np.float32)
         self._kernel("gemm.cl", "s2_winograd_filter")(
             self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
@@ -394,14 +407,9 @@ class SpatialOps(abc.ABC):
         patches and dy's 2x2 tiles and sums their products per position (winograd_filter), then
         G^T (the ranges' sums) G gives the taps (winograd_filter_taps)."""
         n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, dh, dwl = geo
-        qh, qw = -(-ho // (2 * dh)), -(-wo // (2 * dwl))
-        th, tw = qh * dh, qw * dwl   # tile rows and columns per image (d interleaved per 2 d, as _winograd's)
+        qh, qw, th, tw = _winograd_grid(ho, wo, dh, dwl)
         tiles = n * th * tw
-        sizes = self._gemm_tiles
-        blocks = (-(-c // sizes["WF_BC"]), -(-o // sizes["WF_BO"]))
-        ranges = -(-S2_FILTER_MIN_GROUPS // (blocks[0] * blocks[1]))   # of each block's tiles
-        t_chunk = round_up(-(-tiles // ranges), sizes["WF_TS"])
-        splits = -(-tiles // t_chunk)   # every range holds tiles
+        blocks, t_chunk, splits = self._filter_ranges(c, o, tiles, "WF")
         part = scratch(ws, self, "conv_wino_filter_part", (splits * 16 * c * o,), np.float32)
         hp, wp = dh * (2 * qh + 2), dwl * (2 * qw + 2)   # every tile's whole patch inside: runs read rows as vectors
         xp = self._padded(x, ph, pw, hp, wp, 0, ws)
