@@ -2566,8 +2566,6 @@ static int s2_plane_wide(const Geometry *g, I th, I tw)
 #define S2W_0_2(A, l) S2W_PAIR(0, 2, l)
 /* the low (H 0) or high (H 1) halves of a vector pair, one after the other */
 #define S2W_HALF(H, l) ((l) < 8 ? (l) + 8 * (H) : (l) + 8 + 8 * (H))
-/* lane l of the zip of a vector pair's halves H (lanes 8H .. 8H + 7 of each, alternating) */
-#define S2W_ZIP(H, l) ((l) % 2 * 16 + 8 * (H) + (l) / 2)
 /* lanes l < 8 of the first vector of a pair whose patch (tile column l % tw) is the row's first */
 #define S2W_FIRST(TW, l) ((l) < 8 && (l) % (TW) == 0 ? 0 : -1)
 
@@ -2673,13 +2671,13 @@ ISA_512 static void s2_grad_t_gather_f32_512(const float *restrict dy, float *re
 /* Outputs of 16x16 and 32x32 (inputs twice that, padded by 1), float32 on AVX-512: a run of 16
  * tiles (two rows of 8, or one of 16) read as whole vectors of m's 9 slices and written as two
  * output rows per tile row, each zipped out of its even and odd columns. */
-static int s2_output_wide(const Geometry *g, I th, I tw)
+static int s2_output_plane_wide(const Geometry *g, I th, I tw)
 {
     return (g->h == 32 || g->h == 64) && g->w == g->h && g->ph == 1 && g->pw == 1 && g->ho == g->h / 2
            && g->wo == g->w / 2 && th == g->h / 4 && tw == g->w / 4;
 }
 
-/* out = AT m A as s2_output_f32 for s2_output_wide's geometries. */
+/* out = AT m A as s2_output_f32 for s2_output_plane_wide's geometries. */
 ISA_512 static void s2_output_wide_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks, I side)
 {
     const I wo = side / 2, tw = wo / 2, tiles = tw * tw, np = (n1 - n0) * tiles;
@@ -2698,8 +2696,8 @@ ISA_512 static void s2_output_wide_f32_512(const float *restrict m, float *restr
                 }
                 for (int i = 0; i < 2; i++) {
                     const vf32x16 even = s[i][0] + s[i + 1][0], odd = s[i][1] + s[i + 1][1];
-                    const vf32x16 lo = __builtin_shuffle(even, odd, W16_LANES(S2W_ZIP, 0));
-                    const vf32x16 hi = __builtin_shuffle(even, odd, W16_LANES(S2W_ZIP, 1));
+                    const vf32x16 lo = __builtin_shuffle(even, odd, W16_LANES(W16_ZIP, 0));
+                    const vf32x16 hi = __builtin_shuffle(even, odd, W16_LANES(W16_ZIP, 1));
                     /* tile rows 2b, 2b + 1 (8 tiles) or tile row b's halves (16) */
                     float *row = tw == 8 ? plane + (4 * b + i) * wo : plane + (2 * b + i) * wo;
                     memcpy(row, &lo, sizeof lo);
@@ -2914,7 +2912,7 @@ static int s2d_plane_wide(const Geometry *g, I th, I tw)
 #define S2D_COL(J, l) (2 * (l) + (J) > 31 ? 31 : 2 * (l) + (J))
 #define S2D_LAST(TW, l) ((l) % (TW) == (TW) - 1 ? 0 : -1)
 /* lane e of the k-th vector of 4 interleaved vectors q0..q3 (q_(e % 4) at lane 4k + e / 4), from the
- * pairs z01 = q0, q1 zipped and z23 likewise (S2W_ZIP's halves H: lanes 8H .. 8H + 7 of q) */
+ * pairs z01 = q0, q1 zipped and z23 likewise (W16_ZIP's halves H: lanes 8H .. 8H + 7 of q) */
 #define S2D_WEAVE(K, e) ((e) % 4 / 2 * 16 + 2 * (4 * ((K) % 2) + (e) / 4) + (e) % 2)
 
 /* v as s2d_input_f32 for s2d_plane_wide's geometries. */
@@ -2976,8 +2974,8 @@ ISA_512 static void s2d_output_wide_f32_512(const float *restrict m, float *rest
                     const vf32x16 q0 = s[i][3], q1 = s[i][0] + s[i][1], q2 = s[i][4], q3 = s[i][1] + s[i][2];
                     vf32x16 z[2][2];
                     for (int h = 0; h < 2; h++) {
-                        z[0][h] = h ? __builtin_shuffle(q0, q1, W16_LANES(S2W_ZIP, 1)) : __builtin_shuffle(q0, q1, W16_LANES(S2W_ZIP, 0));
-                        z[1][h] = h ? __builtin_shuffle(q2, q3, W16_LANES(S2W_ZIP, 1)) : __builtin_shuffle(q2, q3, W16_LANES(S2W_ZIP, 0));
+                        z[0][h] = h ? __builtin_shuffle(q0, q1, W16_LANES(W16_ZIP, 1)) : __builtin_shuffle(q0, q1, W16_LANES(W16_ZIP, 0));
+                        z[1][h] = h ? __builtin_shuffle(q2, q3, W16_LANES(W16_ZIP, 1)) : __builtin_shuffle(q2, q3, W16_LANES(W16_ZIP, 0));
                     }
                     for (int kk = 0; kk < 4; kk++) {
                         vf32x16 row = kk % 2 ? __builtin_shuffle(z[0][kk / 2], z[1][kk / 2], W16_LANES(S2D_WEAVE, 1))
@@ -3356,7 +3354,7 @@ static int s2_input_f64_call(const TileCall *t)
 static int s2_output_f32_call(const TileCall *t)
 {
 #if WINO_PLANE8
-    if (isa == 2 && s2_output_wide(&t->g, t->th, t->tw)) {
+    if (isa == 2 && s2_output_plane_wide(&t->g, t->th, t->tw)) {
         s2_output_wide_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->g.h);
         return 0;
     }
