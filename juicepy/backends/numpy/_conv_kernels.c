@@ -444,26 +444,41 @@ static void tap_offsets(const Geometry *g, const Grid *s, I *offset)
         for (I j = 0; j < g->kw; j++) offset[i * g->kw + j] = i * g->dh * s->wp + j * g->dw;
 }
 
-#define DEFINE_PAD_PLANE(NAME, T)                                                              \
+/* Copies a plane's rows into their places in a grid buffer whose padding is already zero (the
+ * depthwise kernels zero it once per call: they write nothing else of it) */
+#define DEFINE_PLANE_ROWS(NAME, T)                                                             \
     static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Grid *s) \
     {                                                                                          \
-        memset(buf, 0, (size_t)s->buffer * sizeof(T));                                        \
         for (I r = 0; r < g->h; r++)                                                          \
             memcpy(buf + (r + g->ph) * s->wp + g->pw, plane + r * g->w, (size_t)g->w * sizeof(T)); \
     }
 
-DEFINE_PAD_PLANE(pad_plane_f32, float)
-DEFINE_PAD_PLANE(pad_plane_f64, double)
+DEFINE_PLANE_ROWS(plane_rows_f32, float)
+DEFINE_PLANE_ROWS(plane_rows_f64, double)
 
-/* out[p] (+)= the taps (reversed when ``flip``) over padded x[p], planes [p0, p1), stride 1.
- * Returns -1 when its scratch cannot be allocated. */
-#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, PAD, T, V)                                                 \
+/* The zero-padded plane in a grid buffer whose other values may be anything */
+#define DEFINE_PAD_PLANE(NAME, ROWS, T)                                                        \
+    static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Grid *s) \
+    {                                                                                          \
+        memset(buf, 0, (size_t)s->buffer * sizeof(T));                                        \
+        ROWS(plane, buf, g, s);                                                               \
+    }
+
+DEFINE_PAD_PLANE(pad_plane_f32, plane_rows_f32, float)
+DEFINE_PAD_PLANE(pad_plane_f64, plane_rows_f64, double)
+
+/* out[p] (+)= the taps (reversed when ``flip``) over padded x[p], planes [p0, p1), stride 1,
+ * then (not accumulating) the epilogue (EPI: scale, shift, res, relu as epilogue_f32) on each
+ * plane as it is stored, while it is in L1. Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, PAD, EPI, T, V)                                            \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
-                                  const Geometry *g, I p0, I p1, int flip, int accumulate)    \
+                                  const Geometry *g, I p0, I p1, int flip, int accumulate,    \
+                                  const T *scale, const T *shift, const T *res, int relu)     \
     {                                                                                          \
         const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
         const Grid s = make_grid(g, block);                                                   \
-        const I taps = g->kh * g->kw;                                                         \
+        const I taps = g->kh * g->kw, plane = g->ho * g->wo;                                  \
+        const int epilogue = !accumulate && (scale || shift || res || relu);                  \
         T *buf = malloc((size_t)(s.buffer + s.span) * sizeof(T));                             \
         I *offset = malloc((size_t)taps * sizeof(I));                                         \
         if (!buf || !offset) {                                                                \
@@ -471,6 +486,7 @@ DEFINE_PAD_PLANE(pad_plane_f64, double)
             return -1;                                                                        \
         }                                                                                     \
         T *grid = buf + s.buffer;                                                             \
+        memset(buf, 0, (size_t)s.buffer * sizeof(T));                                         \
         tap_offsets(g, &s, offset);                                                           \
         for (I p = p0; p < p1; p++) {                                                         \
             const T *k = w + (p % g->c) * taps;                                               \
@@ -497,17 +513,18 @@ DEFINE_PAD_PLANE(pad_plane_f64, double)
                 else                                                                          \
                     memcpy(o + r * g->wo, grid + r * s.wp, (size_t)g->wo * sizeof(T));        \
             }                                                                                 \
+            if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
         }                                                                                     \
         free(buf); free(offset);                                                              \
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, pad_plane_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, pad_plane_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, pad_plane_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, pad_plane_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, pad_plane_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, pad_plane_f64, double, vf64x2)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, plane_rows_f32, epilogue_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, plane_rows_f64, epilogue_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, plane_rows_f32, epilogue_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_rows_f64, epilogue_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_rows_f32, epilogue_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, epilogue_f64, double, vf64x2)
 
 /* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
  * padded x[s, c], channels [c0, c1), stride 1. Each tap sums into four vectors per sample,
@@ -527,7 +544,7 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, pad_plane_f64, double, vf
         }                                                                                     \
         T *grad = buf + s.buffer, *acc = grad + s.span;                                       \
         tap_offsets(g, &s, offset);                                                           \
-        memset(grad, 0, (size_t)s.span * sizeof(T));                                          \
+        memset(buf, 0, (size_t)(s.buffer + s.span) * sizeof(T));                              \
         for (I c = c0; c < c1; c++) {                                                         \
             memset(acc, 0, (size_t)(taps * lanes) * sizeof(T));                               \
             for (I smp = 0; smp < n; smp++) {                                                 \
@@ -559,12 +576,12 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, pad_plane_f64, double, vf
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, pad_plane_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, pad_plane_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, pad_plane_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, pad_plane_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, pad_plane_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, pad_plane_f64, double, vf64x2)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, plane_rows_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, plane_rows_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, plane_rows_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, plane_rows_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, plane_rows_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_rows_f64, double, vf64x2)
 
 /* Direct convolution of any stride, for every group. Phase planes: the padded input plane is
  * split into sh x sw phases, phase (a, b) holding its rows a, a + sh, ... and columns
@@ -3802,6 +3819,22 @@ static PyObject *py_depthwise_backward_filter(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* An epilogue's per-channel vector: None (NULL, not applied) or ``count`` values of ``fmt``. */
+static int get_optional(PyObject *obj, Py_buffer *view, const char *fmt, I count, const char *name, void **data)
+{
+    *data = NULL;
+    view->obj = NULL;
+    if (obj == Py_None) return 0;
+    if (get_buffer(obj, view, 0, fmt, count, name) < 0) return -1;
+    *data = view->buf;
+    return 0;
+}
+
+static void release_optional(Py_buffer *view)
+{
+    if (view->obj) PyBuffer_Release(view);
+}
+
 static int check_grid(const Geometry *g)
 {
     if (g->sh != 1 || g->sw != 1 || g->ph < 0 || g->pw < 0 ||
@@ -3815,23 +3848,46 @@ static int check_grid(const Geometry *g)
 
 static PyObject *py_depthwise_grid(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *wo, *oo, *go;
+    PyObject *xo, *wo, *oo, *go, *so = Py_None, *ho = Py_None, *ro = Py_None;
     Geometry g;
     I n, p0, p1;
-    int flip, accumulate, failed;
-    if (!PyArg_ParseTuple(args, "OOOOnnnpp", &xo, &wo, &oo, &go, &n, &p0, &p1, &flip, &accumulate)) return NULL;
+    int flip, accumulate, relu = 0, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnpp|OOpO", &xo, &wo, &oo, &go, &n, &p0, &p1, &flip, &accumulate,
+                          &so, &ho, &relu, &ro))
+        return NULL;
     if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(p0, p1, n * g.c, "planes") < 0)
         return NULL;
-    Py_buffer x, w, out;
+    if (accumulate && (so != Py_None || ho != Py_None || relu || ro != Py_None)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "depthwise_grid: an epilogue (scale, shift, relu, residual) needs accumulate off");
+        return NULL;
+    }
+    Py_buffer x, w, out, sv, hv, rv;
+    void *scale = NULL, *shift = NULL, *res = NULL;
     if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, g.c * g.kh * g.kw, "w",
                   oo, &out, 1, n * g.c * g.ho * g.wo, "out") < 0)
         return NULL;
+    sv.obj = hv.obj = rv.obj = NULL;
+    if (get_optional(so, &sv, out.format, g.c, "scale", &scale) < 0 ||
+        get_optional(ho, &hv, out.format, g.c, "shift", &shift) < 0 ||
+        get_optional(ro, &rv, out.format, n * g.c * g.ho * g.wo, "residual", &res) < 0) {
+        release_optional(&sv);
+        release_optional(&hv);
+        release_optional(&rv);
+        release_three(&x, &w, &out);
+        return NULL;
+    }
     RELEASE_GIL
     if (x.itemsize == 4)
-        failed = ISA_CALL(depthwise_grid_f32, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+        failed = ISA_CALL(depthwise_grid_f32, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate, scale, shift,
+                          res, relu);
     else
-        failed = ISA_CALL(depthwise_grid_f64, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate);
+        failed = ISA_CALL(depthwise_grid_f64, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate, scale, shift,
+                          res, relu);
     REACQUIRE_GIL
+    release_optional(&sv);
+    release_optional(&hv);
+    release_optional(&rv);
     release_three(&x, &w, &out);
     if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
@@ -3870,22 +3926,6 @@ static int check_direct(const Geometry *g, const char *name)
         return -1;
     }
     return 0;
-}
-
-/* An epilogue's per-channel vector: None (NULL, not applied) or ``count`` values of ``fmt``. */
-static int get_optional(PyObject *obj, Py_buffer *view, const char *fmt, I count, const char *name, void **data)
-{
-    *data = NULL;
-    view->obj = NULL;
-    if (obj == Py_None) return 0;
-    if (get_buffer(obj, view, 0, fmt, count, name) < 0) return -1;
-    *data = view->buf;
-    return 0;
-}
-
-static void release_optional(Py_buffer *view)
-{
-    if (view->obj) PyBuffer_Release(view);
 }
 
 /* py_direct_conv's call of one float32 build: PLAIN, or EPI where there is an epilogue */
@@ -4194,8 +4234,9 @@ static PyMethodDef methods[] = {
     {"depthwise_backward_filter", py_depthwise_backward_filter, METH_VARARGS,
      "depthwise_backward_filter(x, dy, dw, partial, geometry, N, c0, c1, accumulate)"},
     {"depthwise_grid", py_depthwise_grid, METH_VARARGS,
-     "depthwise_grid(x, w, out, geometry, N, p0, p1, flip, accumulate): planes [p0, p1) of a "
-     "stride-1 depthwise conv (flip: taps reversed, the input gradient as a conv of dy)"},
+     "depthwise_grid(x, w, out, geometry, N, p0, p1, flip, accumulate, scale=None, shift=None, relu=False, "
+     "residual=None): planes [p0, p1) of a stride-1 depthwise conv (flip: taps reversed, the input gradient "
+     "as a conv of dy), each plane then given the epilogue (as epilogue's) as it is stored"},
     {"depthwise_grid_filter", py_depthwise_grid_filter, METH_VARARGS,
      "depthwise_grid_filter(x, dy, dw, geometry, N, c0, c1, accumulate): stride-1 depthwise "
      "weight gradient of channels [c0, c1)"},

@@ -1408,9 +1408,11 @@ def _c_depthwise_forward(backend, x, w, out, stride, padding, dilation, epi=None
     geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
     work = out[0, 0].size * w.shape[2] * w.shape[3]
     if tuple(stride) == (1, 1):
+        # each plane takes its epilogue as it is stored (in L1), not in a pass over the lane's planes
+        fused = () if epi is None else (epi.scale, epi.shift, epi.relu, epi.residual)
+
         def lane(lo, hi, k):
-            backend.conv_kernels.depthwise_grid(x, w, out, geometry, n, lo, hi, False, False)
-            _finish(backend, out, epi, lo, hi)
+            backend.conv_kernels.depthwise_grid(x, w, out, geometry, n, lo, hi, False, False, *fused)
     else:
         def lane(lo, hi, k):
             backend.conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi)

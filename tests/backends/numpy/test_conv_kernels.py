@@ -942,6 +942,53 @@ def test_grid_and_strided_depthwise_kernels_agree():
     np.testing.assert_allclose(dw_grid, dw_strided, rtol=1e-12, atol=1e-12)
 
 
+# (batch, C, H, W, (kh, kw), padding, dilation)
+DEPTHWISE_GRID_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # odd planes: rows end inside a vector
+                        (3, 4, 16, 16, (3, 3), (1, 1), (1, 1)),  # whole-vector rows
+                        (2, 2, 11, 6, (5, 3), (2, 0), (1, 2)),   # unpadded side, dilated, tall kernel
+                        (1, 5, 5, 5, (3, 3), (2, 3), (1, 1))]    # padding past the kernel: border outputs
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_GRID_CASES, ids=[str(c) for c in DEPTHWISE_GRID_CASES])
+def test_depthwise_grid_with_each_epilogue_matches_a_float64_reference(case, dtype):
+    """depthwise_grid over a sub-range of planes (its padded buffer reused from plane to plane),
+    plain, accumulating, and with each epilogue applied as the planes are stored, against a
+    depthwise conv written out here; planes outside the range are left untouched."""
+    n, c, h, w_, (kh, kw), (ph, pw), (dh, dw) = case
+    ho, wo = h + 2 * ph - (kh - 1) * dh, w_ + 2 * pw - (kw - 1) * dw
+    rng = np.random.default_rng(41)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((c, 1, kh, kw))
+    scale, shift, residual = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal((n, c, ho, wo))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    y = sum(w[None, :, 0, i, j, None, None] * xp[:, :, i * dh:i * dh + ho, j * dw:j * dw + wo]
+            for i in range(kh) for j in range(kw))
+    geometry = (c, h, w_, kh, kw, 1, 1, ph, pw, dh, dw, ho, wo)
+    p0, p1 = 1, n * c - 1  # planes [1, N*C - 1): the first and last must stay as they were
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    f = lambda a: a.astype(dtype)  # noqa: E731
+    sc, sh = scale[:, None, None], shift[:, None, None]
+    epilogues = [((), y), ((None, f(shift)), y + sh), ((f(scale), None, True), np.maximum(y * sc, 0)),
+                 ((f(scale), f(shift), False, f(residual)), y * sc + sh + residual),
+                 ((f(scale), f(shift), True, f(residual)), np.maximum(y * sc + sh + residual, 0))]
+    for extra, want in epilogues:
+        out = np.full(y.shape, np.nan, dtype)
+        kernels.depthwise_grid(f(x), f(w), out, geometry, n, p0, p1, False, False, *extra)
+        got, ref = out.reshape(n * c, ho, wo), want.reshape(n * c, ho, wo)
+        np.testing.assert_allclose(got[p0:p1], ref[p0:p1], rtol=tol, atol=tol * 4 * np.abs(want).max())
+        assert np.isnan(got[:p0]).all() and np.isnan(got[p1:]).all()
+    start = f(residual)
+    out = start.copy()
+    kernels.depthwise_grid(f(x), f(w), out, geometry, n, 0, n * c, False, True)
+    np.testing.assert_allclose(out, residual + y, rtol=tol, atol=tol * 4 * np.abs(y).max())
+    with pytest.raises(ValueError, match="depthwise_grid: an epilogue .* needs accumulate off"):
+        kernels.depthwise_grid(f(x), f(w), start, geometry, n, 0, n * c, False, True, None, f(shift))
+    np.testing.assert_array_equal(start, f(residual))
+    with pytest.raises(ValueError, match="shift: expected at least"):
+        kernels.depthwise_grid(f(x), f(w), start, geometry, n, 0, n * c, False, False, None, f(shift[:-1]))
+
+
 @needs_kernels
 def test_kernels_refuse_buffers_that_do_not_fit():
     x = np.zeros((2, 3, 5, 5), np.float32)
@@ -1765,7 +1812,7 @@ ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
               "or stride_2_phase_weight_gradient_matches or s2_grad_t_matches or s2_gemm_matches "
-              "or stride_2_input_gradient_matches")
+              "or stride_2_input_gradient_matches or depthwise_grid_with_each_epilogue")
 
 
 def _with_isa(value, *args):
