@@ -953,6 +953,13 @@ def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     per_sample = plan.groups * plan.depth * plan.ho * plan.wo
     chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)
     most = max(n1 - n0 for n0, n1, _, _ in chunks)
+    if _pointwise(plan) and not accumulate:  # its columns are dx itself: no col2im copy
+        def into_dx(lo, hi, k):
+            for chunk in chunks[lo:hi]:
+                np.matmul(weight_t, _chunk_of(plan, dy, chunk), out=_chunk_of(plan, dx, chunk))
+
+        _run_gemm_pieces(len(chunks), into_dx)
+        return
 
     def lane(lo, hi, k):
         dcols = scratch(ws, backend, f"conv_dcols/{k}", (most * per_sample,), dx.dtype)

@@ -24,7 +24,8 @@ CASES = [(3, 8, 11, 9, 8, 3, 1, 1, 1, 8),     # depthwise, grid kernels
          (2, 6, 10, 10, 6, 3, 2, 1, 1, 6),    # depthwise, strided kernels
          (2, 4, 9, 9, 4, 5, 1, 4, 2, 4),      # depthwise, padding past (k-1)*d: strided data kernel
          (2, 6, 12, 10, 8, 3, 1, 1, 1, 2),    # grouped GEMM path
-         (3, 5, 8, 8, 7, 1, 1, 0, 1, 1)]      # pointwise
+         (3, 5, 8, 8, 7, 1, 1, 0, 1, 1),      # pointwise (the GEMM input gradient into dx where not direct)
+         (2, 6, 7, 9, 4, 1, 1, 0, 1, 2)]      # grouped pointwise: GEMMs on every ISA
 
 
 def _out_len(size, k, s, p, d):
