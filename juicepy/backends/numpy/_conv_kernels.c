@@ -2651,6 +2651,69 @@ ISA_512 static void s2_input_wide_f32_512(const float *restrict x, float *restri
         }
 }
 
+/* The same on AVX2: 8 tiles a vector (one row of tiles at 32x32, two at 16x16), their input
+ * columns taken out of four row vectors by s2_columns' shuffles (a tile's column J of the padded
+ * patch is input column 4tx + J - 1; J = 0 is the previous tile's J = 4, zero for a row's first
+ * tile). Same subtractions, so the same bits. */
+ISA_256 static void s2_input_wide_f32_256(const float *restrict x, float *restrict v, I c, I n0, I n1, I ks, I side)
+{
+    const I tiles = side * side / 16, np = (n1 - n0) * tiles, tw = side / 4;
+    const vf32x8 zero = {0};
+    const vi32x8 first = tw == 8 ? (vi32x8){0, -1, -1, -1, -1, -1, -1, -1} : (vi32x8){0, -1, -1, -1, 0, -1, -1, -1};
+    for (I n = n0; n < n1; n++)
+        for (I ch = 0; ch < c; ch++) {
+            const float *plane = x + (n * c + ch) * side * side;
+            float *dst[25];
+            for (I p = 0; p < 3; p++)
+                for (I q = 0; q < 3; q++) {
+                    float *base = v + (p * 3 + q) * ks + (n - n0) * tiles;
+                    dst[p * 3 + q] = base + (s2_row(p, q, 0, c) + ch) * np;
+                    if (q % 2 == 0) dst[9 + p * 2 + q / 2] = base + (s2_row(p, q, 1, c) + ch) * np;
+                    if (p % 2 == 0) dst[15 + p / 2 * 3 + q] = base + (s2_row(p, q, 2, c) + ch) * np;
+                    if (p % 2 == 0 && q % 2 == 0) dst[21 + p / 2 * 2 + q / 2] = base + (s2_row(p, q, 3, c) + ch) * np;
+                }
+            for (I b = 0; b < tiles / 8; b++) {
+                /* slot s: the input columns 8s .. 8s + 7 of tile row b at 32x32; at 16x16, 8(s % 2) ..
+                   of tile row 2b + s / 2. k[kind][s]: the rows t0, r2, t2 (BT along the columns), r1, r3 */
+                vf32x8 k[5][4];
+                for (int s = 0; s < 4; s++) {
+                    const I ty = tw == 8 ? b : 2 * b + s / 2, col = tw == 8 ? 8 * s : 8 * (s % 2);
+                    vf32x8 r[5];
+                    for (int i = 0; i < 5; i++) {
+                        const I y = 4 * ty - 1 + i;
+                        r[i] = y >= 0 ? LOADV(vf32x8, plane + y * side + col) : zero;
+                    }
+                    k[0][s] = r[0] - r[2];
+                    k[1][s] = r[2];
+                    k[2][s] = r[4] - r[2];
+                    k[3][s] = r[1];
+                    k[4][s] = r[3];
+                }
+                for (int kind = 0; kind < 5; kind++) {
+                    const vf32x8 *y = k[kind];
+                    const vf32x8 lo = __builtin_shufflevector(y[0], y[1], 0, 4, 8, 12, 2, 6, 10, 14);
+                    const vf32x8 hi = __builtin_shufflevector(y[2], y[3], 0, 4, 8, 12, 2, 6, 10, 14);
+                    const vf32x8 lo1 = __builtin_shufflevector(y[0], y[1], 1, 5, 9, 13, 3, 7, 11, 15);
+                    const vf32x8 hi1 = __builtin_shufflevector(y[2], y[3], 1, 5, 9, 13, 3, 7, 11, 15);
+                    const vf32x8 o1 = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 8, 9, 10, 11);   /* J = 1 */
+                    const vf32x8 o3 = __builtin_shufflevector(lo, hi, 4, 5, 6, 7, 12, 13, 14, 15); /* J = 3 */
+                    const vf32x8 d1 = __builtin_shufflevector(lo1, hi1, 0, 1, 2, 3, 8, 9, 10, 11); /* J = 2 */
+                    const vf32x8 j4 = __builtin_shufflevector(lo1, hi1, 4, 5, 6, 7, 12, 13, 14, 15);
+                    const vf32x8 j0 = (vf32x8)((vi32x8)__builtin_shufflevector(j4, j4, 0, 0, 1, 2, 3, 4, 5, 6) & first);
+                    const vf32x8 d0 = j0 - d1, d2 = j4 - d1;
+                    float *const *at = kind < 3 ? dst + 3 * kind : dst + 15 + 3 * (kind - 3);
+                    float *const *odd = kind < 3 ? dst + 9 + 2 * kind : dst + 21 + 2 * (kind - 3);
+                    const I off = 8 * b;
+                    memcpy(at[0] + off, &d0, sizeof d0);
+                    memcpy(at[1] + off, &d1, sizeof d1);
+                    memcpy(at[2] + off, &d2, sizeof d2);
+                    memcpy(odd[0] + off, &o1, sizeof o1);
+                    memcpy(odd[1] + off, &o3, sizeof o3);
+                }
+            }
+        }
+}
+
 /* s2_grad_t for even Ho and Wo and channels in runs of 16, float32 on AVX-512: a tile's four dy
  * values gathered across 16 channels (planes Ho x Wo apart), so each of the 9 values per tile and
  * channel is stored in runs of 16 channels instead of one at a time. Same sums, same bits. */
@@ -2719,6 +2782,35 @@ ISA_512 static void s2_output_wide_f32_512(const float *restrict m, float *restr
                     float *row = tw == 8 ? plane + (4 * b + i) * wo : plane + (2 * b + i) * wo;
                     memcpy(row, &lo, sizeof lo);
                     memcpy(tw == 8 ? row + 2 * wo : row + 16, &hi, sizeof hi);
+                }
+            }
+        }
+}
+
+/* The same on AVX2: a run of 8 tiles (a row of them at 16x16 outputs, half a row at 32x32). */
+ISA_256 static void s2_output_wide_f32_256(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks, I side)
+{
+    const I wo = side / 2, tw = wo / 2, tiles = tw * tw, np = (n1 - n0) * tiles;
+    for (I n = n0; n < n1; n++)
+        for (I a = 0; a < o; a++) {
+            float *plane = out + (n * o + a) * wo * wo;
+            const float *src = m + a * np + (n - n0) * tiles;
+            for (I b = 0; b < tiles / 8; b++) {
+                vf32x8 s[3][2];
+                for (int p = 0; p < 3; p++) {
+                    const vf32x8 m0 = LOADV(vf32x8, src + (p * 3) * ks + 8 * b);
+                    const vf32x8 m1 = LOADV(vf32x8, src + (p * 3 + 1) * ks + 8 * b);
+                    const vf32x8 m2 = LOADV(vf32x8, src + (p * 3 + 2) * ks + 8 * b);
+                    s[p][0] = m0 + m1;
+                    s[p][1] = m1 + m2;
+                }
+                for (int i = 0; i < 2; i++) {
+                    const vf32x8 even = s[i][0] + s[i + 1][0], odd = s[i][1] + s[i + 1][1];
+                    const vf32x8 lo = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
+                    const vf32x8 hi = __builtin_shufflevector(even, odd, 4, 12, 5, 13, 6, 14, 7, 15);
+                    float *row = tw == 8 ? plane + (2 * b + i) * wo : plane + (2 * (b / 2) + i) * wo + 16 * (b % 2);
+                    memcpy(row, &lo, sizeof lo);
+                    memcpy(row + 8, &hi, sizeof hi);
                 }
             }
         }
@@ -3355,8 +3447,11 @@ static int s2_grad_t_f64_call(const TileCall *t)
 static int s2_input_f32_call(const TileCall *t)
 {
 #if WINO_PLANE8
-    if (isa == 2 && s2_plane_wide(&t->g, t->th, t->tw)) {
-        s2_input_wide_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks, t->g.h);
+    if (isa >= 1 && s2_plane_wide(&t->g, t->th, t->tw)) {
+        if (isa == 2)
+            s2_input_wide_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks, t->g.h);
+        else
+            s2_input_wide_f32_256(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks, t->g.h);
         return 0;
     }
 #endif
@@ -3371,8 +3466,11 @@ static int s2_input_f64_call(const TileCall *t)
 static int s2_output_f32_call(const TileCall *t)
 {
 #if WINO_PLANE8
-    if (isa == 2 && s2_output_plane_wide(&t->g, t->th, t->tw)) {
-        s2_output_wide_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->g.h);
+    if (isa >= 1 && s2_output_plane_wide(&t->g, t->th, t->tw)) {
+        if (isa == 2)
+            s2_output_wide_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->g.h);
+        else
+            s2_output_wide_f32_256(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->g.h);
         return 0;
     }
 #endif
