@@ -942,10 +942,31 @@ static int direct_512_8x2(const Geometry *g)
                  NULL);                                                                           \
     }
 
+/* The 3x3 stride-2 phase Winograd's nine positions (p, q) in order: how many C-row segments
+ * (phases) each position's K has (s2_row: 4 at the corners, 2 at the edges, 1 at the centre) */
+static const I S2_DEPTH[9] = {4, 2, 4, 2, 1, 2, 4, 2, 4};
+
+/* The strided weight gradient's nine GEMMs of one chunk of samples in one call (one GIL release
+ * instead of nine): position k's u slice (K(k) x P, K(k) = S2_DEPTH[k] * C rows, slices us apart)
+ * times v's (P x O, vs apart), (+)= into rows [start(k), start(k) + K(k)) of m's (25C x O), the
+ * positions' rows one after the other. Each product as tile_gemm's with one position. */
+#define DEFINE_S2_FILTER_GEMM(NAME, GEMM, ATTR, T)                                                 \
+    ATTR static void NAME(const T *restrict u, const T *restrict v, T *restrict m, I c, I p, I o, I us, \
+                          I vs, int accumulate)                                                   \
+    {                                                                                              \
+        I start = 0;                                                                              \
+        for (I k = 0; k < 9; k++) {                                                               \
+            const I rows = S2_DEPTH[k] * c;                                                       \
+            GEMM(v + k * vs, u + k * us, m + start * o, p, rows, o, p, 1, accumulate, NULL, NULL, 0, NULL); \
+            start += rows;                                                                        \
+        }                                                                                         \
+    }
+
 #define DEFINE_PW_ISA(SUFFIX, ATTR, T, V, OB, NV)                                                  \
     DEFINE_PW_GEMM(pw_gemm_##SUFFIX, ATTR, T, V, OB, NV)                                          \
     DEFINE_POINTWISE_CONV(pointwise_conv_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)                     \
-    DEFINE_TILE_GEMM(tile_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)
+    DEFINE_TILE_GEMM(tile_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)                               \
+    DEFINE_S2_FILTER_GEMM(s2_filter_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)
 
 DEFINE_PW_ISA(f32_512, ISA_512, float, vf32x16, 8, 3)
 DEFINE_PW_ISA(f64_512, ISA_512, double, vf64x8, 8, 3)
@@ -4122,7 +4143,6 @@ static int overlap(const void *a, I na, const void *b, I nb)
  * Winograd's, u (9, O, 4C) and position k's depth S2_DEPTH[k] C (s2_row). */
 static PyObject *tile_gemm_call(PyObject *args, int s2)
 {
-    static const I s2_depth[9] = {4, 2, 4, 2, 1, 2, 4, 2, 4};
     const char *name = s2 ? "s2_gemm" : "tile_gemm";
     PyObject *uo, *vo, *mo;
     I positions = 9, o, c, p, vs, ms, us = 0;
@@ -4138,7 +4158,7 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
     }
     const I uc = s2 ? 4 * c : c; /* u's row, and the deepest slice of v */
     I depth[9];
-    for (I k = 0; s2 && k < 9; k++) depth[k] = s2_depth[k] * c;
+    for (I k = 0; s2 && k < 9; k++) depth[k] = S2_DEPTH[k] * c;
     if (us == 0) us = o * uc;
     if (vs < uc * p || ms < o * p) {
         PyErr_Format(PyExc_ValueError, "%s: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
@@ -4171,6 +4191,39 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
 
 static PyObject *py_tile_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 0); }
 static PyObject *py_s2_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 1); }
+
+static PyObject *py_s2_filter_gemm(PyObject *self, PyObject *args)
+{
+    PyObject *uo, *vo, *mo;
+    I c, p, o, us, vs;
+    int accumulate = 0;
+    if (!PyArg_ParseTuple(args, "OOOnnnnn|p", &uo, &vo, &mo, &c, &p, &o, &us, &vs, &accumulate)) return NULL;
+    if (c < 1 || p < 1 || o < 1) {
+        PyErr_Format(PyExc_ValueError, "s2_filter_gemm: C, P, O must be positive, got %zd, %zd, %zd", c, p, o);
+        return NULL;
+    }
+    if (us < 4 * c * p || vs < p * o) {
+        PyErr_Format(PyExc_ValueError, "s2_filter_gemm: us, vs: slices of u and v overlap (need at least %zd and "
+                     "%zd, got %zd and %zd)", 4 * c * p, p * o, us, vs);
+        return NULL;
+    }
+    Py_buffer u, v, m;
+    if (get_three(uo, &u, 0, 8 * us + 4 * c * p, "u", vo, &v, 0, 8 * vs + p * o, "v", mo, &m, 1, 25 * c * o, "m") < 0)
+        return NULL;
+    if (overlap(m.buf, m.len, u.buf, u.len) || overlap(m.buf, m.len, v.buf, v.len)) {
+        release_three(&u, &v, &m);
+        PyErr_SetString(PyExc_ValueError, "s2_filter_gemm: m: expected a buffer apart from u and v");
+        return NULL;
+    }
+    RELEASE_GIL
+    if (u.itemsize == 4)
+        ISA_CALL(s2_filter_gemm_f32, u.buf, v.buf, m.buf, c, p, o, us, vs, accumulate);
+    else
+        ISA_CALL(s2_filter_gemm_f64, u.buf, v.buf, m.buf, c, p, o, us, vs, accumulate);
+    REACQUIRE_GIL
+    release_three(&u, &v, &m);
+    Py_RETURN_NONE;
+}
 
 static PyObject *py_epilogue(PyObject *self, PyObject *args)
 {
@@ -4274,6 +4327,10 @@ static PyMethodDef methods[] = {
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},
     {"s2_gemm", py_s2_gemm, METH_VARARGS,
      "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},
+    {"s2_filter_gemm", py_s2_filter_gemm, METH_VARARGS,
+     "s2_filter_gemm(u, v, m, C, P, O, us, vs, accumulate=False): the 3x3 stride-2 weight gradient's nine "
+     "GEMMs of a chunk, m[rows of position k] (+)= u[k] (S2_DEPTH[k]*C x P) @ v[k] (P x O), positions' rows "
+     "one after the other"},
     {"tile_gemm", py_tile_gemm, METH_VARARGS,
      "tile_gemm(u, v, m, positions, O, C, P, vs, ms, accumulate=False, us=O*C): m[k] (+)= u[k] @ v[k], the GEMMs "
      "of a tiled conv (u's slices us apart)"},

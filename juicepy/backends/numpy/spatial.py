@@ -720,8 +720,10 @@ S2_FILTER_ISAS = (1, 2)
 #: the instruction sets on which _s2_backward_filter's GEMMs run on tile_gemm (register blocks,
 #: adding into the lane's sums) instead of np.matmul: AVX-512, measured (docs/numpy.md)
 S2_FILTER_TILE_GEMM_ISAS = (2,)
-#: samples per chunk of _s2_backward_filter (measured: 4 against 1, 2 and 8, docs/numpy.md)
-S2_FILTER_SAMPLES = 4
+#: tiles (2x2 outputs) per chunk of samples of _s2_backward_filter (at least one sample): 4
+#: samples of the bench's 16x16 outputs (measured against 1, 2 and 8; more left L2), so the
+#: ResNet's 8x8 ones come 16 to a chunk, one per lane, not 4 chunks of tiny GEMMs (docs/numpy.md)
+S2_FILTER_TILES = 256
 
 
 def _s2_filter(backend, w_shape, stride, padding, dilation, groups) -> bool:
@@ -760,7 +762,7 @@ def _s2_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
     th, tw = (dy.shape[2] + 1) // 2, (dy.shape[3] + 1) // 2
     tiles = th * tw
-    per, chunks = _sample_chunks(n, tiles, S2_FILTER_SAMPLES * tiles)
+    per, chunks = _sample_chunks(n, tiles, S2_FILTER_TILES)
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = 4 * c * per * tiles + 16, o * per * tiles + 16
     starts = tuple(c * sum(S2_DEPTHS[:pos]) for pos in range(10))  # each position's rows in a lane's sum
@@ -779,10 +781,7 @@ def _s2_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
             kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows)
             if blocked:  # dy's tiles (tiles, O): the reduction along tile_gemm's rows
                 kernels.s2_grad_t(m, dy, geometry, o, n, n0, n1, th, tw, ms)
-                for pos in range(9):
-                    kk = starts[pos + 1] - starts[pos]
-                    kernels.tile_gemm(v[pos], m[pos], total[starts[pos]:starts[pos + 1]], 1, kk, p, o, p * o, kk * o,
-                                      index > 0)
+                kernels.s2_filter_gemm(v, m, total, c, p, o, vs, ms, index > 0)
                 continue
             kernels.s2_grad(m, dy, geometry, o, n, n0, n1, th, tw, ms)
             for pos in range(9):

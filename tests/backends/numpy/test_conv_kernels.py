@@ -506,6 +506,43 @@ def test_s2_gemm_matches_a_float64_reference(case, dtype):
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [(1, 1, 1), (3, 37, 5), (32, 64, 64)], ids=["1x1x1", "odd", "resnet-chunk"])
+def test_s2_filter_gemm_matches_a_float64_reference(case, dtype):
+    """s2_filter_gemm (the strided weight gradient's 9 GEMMs of a chunk in one call: position k's
+    S2_DEPTHS[k] x C rows of u times v's (P, O) slice into its rows of m, the positions' rows one
+    after the other) against matmul in float64, set and accumulating; the slices' gaps are never
+    read; refused calls name the argument and write nothing."""
+    c, p, o = case
+    rng = np.random.default_rng(35)
+    depths = [d * c for d in numpy_spatial.S2_DEPTHS]
+    us, vs = 4 * c * p + 3, p * o + 5
+    ubuf, vbuf = np.full((9, us), np.nan, dtype), np.full((9, vs), np.nan, dtype)
+    parts = []
+    for k, kk in enumerate(depths):
+        a, b = rng.standard_normal((kk, p)), rng.standard_normal((p, o))
+        ubuf[k, :kk * p], vbuf[k, :p * o] = a.ravel(), b.ravel()
+        parts.append(a @ b)
+    want = np.concatenate(parts)
+    m = np.full(25 * c * o, np.nan, dtype)
+    kernels.s2_filter_gemm(ubuf, vbuf, m, c, p, o, us, vs)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(m.reshape(25 * c, o), want, rtol=tol, atol=tol * np.abs(want).max())
+    kernels.s2_filter_gemm(ubuf, vbuf, m, c, p, o, us, vs, True)
+    np.testing.assert_allclose(m.reshape(25 * c, o), 2 * want, rtol=tol, atol=2 * tol * np.abs(want).max())
+    before = m.copy()
+    with pytest.raises(ValueError, match="s2_filter_gemm: us, vs: slices of u and v overlap"):
+        kernels.s2_filter_gemm(ubuf, vbuf, m, c, p, o, us - 4, vs)
+    with pytest.raises(ValueError, match="s2_filter_gemm: C, P, O must be positive"):
+        kernels.s2_filter_gemm(ubuf, vbuf, m, c, 0, o, us, vs)
+    with pytest.raises(ValueError, match="m: expected at least"):
+        kernels.s2_filter_gemm(ubuf, vbuf, m[:-1], c, p, o, us, vs)
+    with pytest.raises(ValueError, match="s2_filter_gemm: m: expected a buffer apart from u and v"):
+        kernels.s2_filter_gemm(ubuf, vbuf, ubuf.ravel()[:25 * c * o], c, p, o, us, vs)
+    np.testing.assert_array_equal(m, before)
+
+
+@needs_kernels
 def test_tile_gemm_refuses_what_it_does_not_compute():
     """Clear errors naming the argument; nothing written on a refused call."""
     u, v = np.ones((2, 3, 4), np.float32), np.ones((2, 4 * 5), np.float32)
@@ -1467,9 +1504,9 @@ def test_winograd_transforms_refuse_arguments_that_do_not_fit():
 @pytest.mark.parametrize("shape", [(3, 5, 16, 16, 7, 1), (1, 6, 13, 11, 5, 1), (2, 3, 10, 9, 4, 0), (2, 4, 7, 8, 3, 2),
                                    (1, 2, 3, 3, 2, 1), (3, 3, 9, 32, 2, 1)],
                          ids=["even", "batch-1-odd-sizes", "no-padding", "padding-2", "one-output", "wide-rows"])
-@pytest.mark.parametrize("samples", [1, numpy_spatial.S2_FILTER_SAMPLES], ids=["a-sample-a-chunk", "default-chunks"])
+@pytest.mark.parametrize("tiles", [1, numpy_spatial.S2_FILTER_TILES], ids=["a-sample-a-chunk", "default-chunks"])
 @pytest.mark.parametrize("isa", [2, 1], ids=["tile-gemm", "matmul"])
-def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, isa, monkeypatch):
+def test_stride_2_phase_weight_gradient_matches_the_reference(shape, tiles, isa, monkeypatch):
     """The 3x3 stride-2 weight gradient as the adjoint of F(2x2, 2x2) on the phases: in float64 to
     rounding, in float32 within 2e-6 of the largest tap (its transforms only add), alone and
     accumulating, over one or many chunks per lane, its GEMMs on tile_gemm (AVX-512) or np.matmul;
@@ -1479,7 +1516,7 @@ def test_stride_2_phase_weight_gradient_matches_the_reference(shape, samples, is
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
     monkeypatch.setattr(kernels, "isa", isa)
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", {1: 1, 2: 1})
-    monkeypatch.setattr(numpy_spatial, "S2_FILTER_SAMPLES", samples)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_TILES", tiles)
     _weight_gradient_path_matches_the_fallback(monkeypatch, "_s2_backward_filter", x, w, (2, p, 1, 1))
 
 
@@ -1813,7 +1850,8 @@ ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches
               "or direct_weight_gradient or pointwise_kernel or winograd_weight_gradient_matches "
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
               "or stride_2_phase_weight_gradient_matches or s2_grad_t_matches or s2_gemm_matches "
-              "or stride_2_input_gradient_matches or depthwise_grid_with_each_epilogue")
+              "or stride_2_input_gradient_matches or depthwise_grid_with_each_epilogue "
+              "or s2_filter_gemm_matches")
 
 
 def _with_isa(value, *args):
