@@ -1872,35 +1872,42 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
             for (int h0 = 0; h0 < NR; h0 += VW) {
                 floatv zv[9];   // zv[r * 3 + q]: lane l holds value (r, q) of block h0 + l's patch
                 float *zs = (float *)zv;
-#if VW == 8
-                if (run8[h0 / 8]) {
-                    __global const float *s_ = dy + dy_off + ((size_t)img[h0] * K + k0 + c) * plane + left[h0];
-                    const int last = left[h0] + 16 < Wo;
-                    for (int r = 0; r < 3; ++r) {
-                        const int h_ = top[h0] + r;
-                        if (h_ < 0 || h_ >= Ho) { zv[r * 3] = zv[r * 3 + 1] = zv[r * 3 + 2] = (floatv)(0.0f); continue; }
-                        const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo), u1 = vload8(1, s_ + (size_t)h_ * Wo);
-                        const float e16 = last ? s_[(size_t)h_ * Wo + 16] : 0.0f;
-                        zv[r * 3] = (float8)(u0.s0246, u1.s0246);
-                        zv[r * 3 + 1] = (float8)(u0.s1357, u1.s1357);
-                        zv[r * 3 + 2] = (float8)(u0.s246, u1.s0246, e16);
-                    }
-                } else
-#endif
-                for (int l = 0; l < VW; ++l) {
-                    const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
-                    __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
-                    if (n >= 0 && r0 >= 0 && q0 >= 0 && r0 + 3 <= Ho && q0 + 3 <= Wo) {   // inside dy
-                        for (int r = 0; r < 3; ++r)
-                            for (int q = 0; q < 3; ++q) zs[(r * 3 + q) * VW + l] = s_[(size_t)(r0 + r) * Wo + q0 + q];
+                for (int l0 = 0; l0 < VW; l0 += 8) {   // 8 blocks at a time: a vector's half on 16 lanes
+                    const int j0 = h0 + l0;
+                    if (run8[j0 / 8]) {
+                        __global const float *s_ = dy + dy_off + ((size_t)img[j0] * K + k0 + c) * plane + left[j0];
+                        const int last = left[j0] + 16 < Wo;
+                        for (int r = 0; r < 3; ++r) {
+                            const int h_ = top[j0] + r;
+                            float8 z0 = (float8)(0.0f), z1 = z0, z2 = z0;
+                            if (h_ >= 0 && h_ < Ho) {
+                                const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo), u1 = vload8(1, s_ + (size_t)h_ * Wo);
+                                const float e16 = last ? s_[(size_t)h_ * Wo + 16] : 0.0f;
+                                z0 = (float8)(u0.s0246, u1.s0246);
+                                z1 = (float8)(u0.s1357, u1.s1357);
+                                z2 = (float8)(u0.s246, u1.s0246, e16);
+                            }
+                            vstore8(z0, 0, zs + (r * 3) * VW + l0);
+                            vstore8(z1, 0, zs + (r * 3 + 1) * VW + l0);
+                            vstore8(z2, 0, zs + (r * 3 + 2) * VW + l0);
+                        }
                         continue;
                     }
-                    for (int r = 0; r < 3; ++r)
-                        for (int q = 0; q < 3; ++q) {
-                            const int h_ = r0 + r, w_ = q0 + q;
-                            zs[(r * 3 + q) * VW + l] = n >= 0 && h_ >= 0 && h_ < Ho && w_ >= 0 && w_ < Wo
-                                                       ? s_[(size_t)h_ * Wo + w_] : 0.0f;
+                    for (int l = l0; l < l0 + 8; ++l) {
+                        const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
+                        __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
+                        if (n >= 0 && r0 >= 0 && q0 >= 0 && r0 + 3 <= Ho && q0 + 3 <= Wo) {   // inside dy
+                            for (int r = 0; r < 3; ++r)
+                                for (int q = 0; q < 3; ++q) zs[(r * 3 + q) * VW + l] = s_[(size_t)(r0 + r) * Wo + q0 + q];
+                            continue;
                         }
+                        for (int r = 0; r < 3; ++r)
+                            for (int q = 0; q < 3; ++q) {
+                                const int h_ = r0 + r, w_ = q0 + q;
+                                zs[(r * 3 + q) * VW + l] = n >= 0 && h_ >= 0 && h_ < Ho && w_ >= 0 && w_ < Wo
+                                                           ? s_[(size_t)h_ * Wo + w_] : 0.0f;
+                            }
+                    }
                 }
                 floatv e[5][3], t[5];
                 for (int q = 0; q < 3; ++q) {

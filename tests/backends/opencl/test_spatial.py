@@ -454,6 +454,8 @@ def s2_input_gradient_ref(dy, w, x_shape, padding):
     ((2, 9, 36, 32), 6, 1),
     ((1, 4, 12, 40), 3, 2),
     ((3, 6, 8, 34), 5, 1),
+    # rows of 12 blocks: a 16-lane vector's first 8 blocks a run, its other 8 crossing a row
+    ((1, 3, 8, 48), 4, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
