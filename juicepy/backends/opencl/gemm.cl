@@ -1507,12 +1507,19 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
     }
 // the 2x2 tile of dy at (row, col) of image n, its values DH rows and DW columns apart, VW
 // output channels from o0 + o a vector (lanes from ob on, and values past dy's last row or
-// column, read as zeros: a dilated tile may start past them), into d00 d01 d10 d11
+// column, read as zeros: a dilated tile may start past them), into d00 d01 d10 d11; a tile
+// with all four values inside dy and every lane live is read without the per-lane conditions
 #define FILTER_DY_TILE(n, row, col, DH, DW) \
     floatv d00, d01, d10, d11; { \
         const int here_ = (row) < Ho && (col) < Wo, down_ = (row) + (DH) < Ho, right_ = (col) + (DW) < Wo; \
         __global const float *d_ = dy + dy_off + ((size_t)(n) * O + o0 + o) * dy_plane + (size_t)(row) * Wo + (col); \
         float *s00 = (float *)&d00, *s01 = (float *)&d01, *s10 = (float *)&d10, *s11 = (float *)&d11; \
+        if (o + VW <= ob && here_ && down_ && right_) { \
+            for (int l = 0; l < VW; ++l) { \
+                __global const float *e_ = d_ + l * dy_plane; \
+                s00[l] = e_[0]; s01[l] = e_[DW]; s10[l] = e_[(DH) * Wo]; s11[l] = e_[(DH) * Wo + (DW)]; \
+            } \
+        } else \
         for (int l = 0; l < VW; ++l) { \
             const int live = o + l < ob && here_; \
             __global const float *e_ = d_ + (live ? l * dy_plane : 0); \
