@@ -1294,6 +1294,50 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
             } \
         } \
     } }
+// The patches of a run of 8 tiles side by side along one row of tiles (columns left + 4j to
+// left + 4j + 4 for tile j; left + 1 to left + 32 inside the plane's rows, left >= -1) into
+// lanes 0-7 of zs[(r * 5 + q) * VW]: each patch row's 32 floats from column left + 1 as two
+// float16 loads, split by constant swizzles into the columns q = 1..4 of the 8 tiles; column
+// q = 0 is q = 4 of the tile before (adjacent patches share a column), the first tile's read
+// alone (zeros where left is -1, and for rows outside the plane). Two loads and five swizzles
+// a patch row instead of 40 scalar loads and stores: on PoCL 3.1 / Zen 5 the scalar gathers
+// were most of the forward's time outside its GEMM (docs/opencl.md, session 37).
+#define S2_RUN_GATHER(zs, src, top, left) { \
+    for (int r = 0; r < 5; ++r) { \
+        const int h_ = (top) + r; \
+        float8 v0 = (float8)(0.0f), v1 = v0, v2 = v0, v3 = v0, v4 = v0; \
+        if (h_ >= 0 && h_ < H) { \
+            __global const float *s_ = (src) + (size_t)h_ * W + (left) + 1; \
+            const float16 a = vload16(0, s_), b = vload16(1, s_); \
+            v1 = (float8)(a.s0, a.s4, a.s8, a.sc, b.s0, b.s4, b.s8, b.sc); \
+            v2 = (float8)(a.s1, a.s5, a.s9, a.sd, b.s1, b.s5, b.s9, b.sd); \
+            v3 = (float8)(a.s2, a.s6, a.sa, a.se, b.s2, b.s6, b.sa, b.se); \
+            v4 = (float8)(a.s3, a.s7, a.sb, a.sf, b.s3, b.s7, b.sb, b.sf); \
+            v0 = (float8)((left) >= 0 ? s_[-1] : 0.0f, v4.s012, v4.s3456); \
+        } \
+        vstore8(v0, 0, (zs) + (r * 5) * VW); \
+        vstore8(v1, 0, (zs) + (r * 5 + 1) * VW); \
+        vstore8(v2, 0, (zs) + (r * 5 + 2) * VW); \
+        vstore8(v3, 0, (zs) + (r * 5 + 3) * VW); \
+        vstore8(v4, 0, (zs) + (r * 5 + 4) * VW); \
+    } }
+// the patches of tiles h0 .. h0 + VW - 1 (arrays img, top, left; PLANE(j): tile j's input
+// plane) into their lanes of zs: runs of 8 tiles (h0 + 0, h0 + 8) by S2_RUN_GATHER where they
+// are one image's and one row of tiles' consecutive tiles with every patch column but the
+// first inside the rows, other tiles one by one
+#if VW % 8 != 0
+#error "S2_GATHER_TILES takes a vector's tiles in runs of 8: VW must be a multiple of 8"
+#endif
+#define S2_GATHER_TILES(zs, h0, PLANE) \
+    for (int l0 = 0; l0 < VW; l0 += 8) { \
+        const int j0 = (h0) + l0; \
+        if (img[j0] >= 0 && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0] && left[j0 + 7] == left[j0] + 28 \
+            && left[j0] >= -1 && left[j0] + 33 <= W) { \
+            S2_RUN_GATHER((zs) + l0, PLANE(j0), top[j0], left[j0]) \
+        } else { \
+            for (int l = l0; l < l0 + 8; ++l) S2_GATHER(zs, l, img[(h0) + l], PLANE((h0) + l), top[(h0) + l], left[(h0) + l]) \
+        } \
+    }
 // the 25 segments of the 9 positions from the patches zv[r * 5 + q] (VW tiles a vector) into
 // DST(pos, at): BT along the even rows (phases 0x) and the odd ones as they are (phases 1x)
 #define S2_TRANSFORM(zv, DST) { \
@@ -1351,8 +1395,9 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
                 // NR tiles lie side by side there; they were scalar, one tile after another)
                 floatv zv[25];   // zv[r * 5 + q]: lane l holds value (r, q) of tile h0 + l's patch
                 float *zs = (float *)zv;
-                for (int l = 0; l < VW; ++l)
-                    S2_GATHER(zs, l, img[h0 + l], x + x_off + ((size_t)img[h0 + l] * K + k0 + c) * plane, top[h0 + l], left[h0 + l])
+#define S2_PLANE(j) (x + x_off + ((size_t)img[j] * K + k0 + c) * plane)
+                S2_GATHER_TILES(zs, h0, S2_PLANE)
+#undef S2_PLANE
                 __local floatv *dst = (__local floatv *)(vt + c * NR + h0);
 #define S2_DST(pos, at) dst[S2_V(pos, at) / VW]
                 S2_TRANSFORM(zv, S2_DST)
@@ -1462,12 +1507,19 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
     }
 // the 2x2 tile of dy at (row, col) of image n, its values DH rows and DW columns apart, VW
 // output channels from o0 + o a vector (lanes from ob on, and values past dy's last row or
-// column, read as zeros: a dilated tile may start past them), into d00 d01 d10 d11
+// column, read as zeros: a dilated tile may start past them), into d00 d01 d10 d11; a tile
+// with all four values inside dy and every lane live is read without the per-lane conditions
 #define FILTER_DY_TILE(n, row, col, DH, DW) \
     floatv d00, d01, d10, d11; { \
         const int here_ = (row) < Ho && (col) < Wo, down_ = (row) + (DH) < Ho, right_ = (col) + (DW) < Wo; \
         __global const float *d_ = dy + dy_off + ((size_t)(n) * O + o0 + o) * dy_plane + (size_t)(row) * Wo + (col); \
         float *s00 = (float *)&d00, *s01 = (float *)&d01, *s10 = (float *)&d10, *s11 = (float *)&d11; \
+        if (o + VW <= ob && here_ && down_ && right_) { \
+            for (int l = 0; l < VW; ++l) { \
+                __global const float *e_ = d_ + l * dy_plane; \
+                s00[l] = e_[0]; s01[l] = e_[DW]; s10[l] = e_[(DH) * Wo]; s11[l] = e_[(DH) * Wo + (DW)]; \
+            } \
+        } else \
         for (int l = 0; l < VW; ++l) { \
             const int live = o + l < ob && here_; \
             __global const float *e_ = d_ + (live ? l * dy_plane : 0); \
@@ -1525,8 +1577,9 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
             for (int h0 = 0; h0 < tc; h0 += VW) {
                 floatv zv[25];   // zv[r * 5 + q]: lane l holds value (r, q) of tile h0 + l's patch
                 float *zs = (float *)zv;
-                for (int l = 0; l < VW; ++l)
-                    S2_GATHER(zs, l, img[h0 + l], x + x_off + ((size_t)img[h0 + l] * C + c0 + c) * plane, top[h0 + l], left[h0 + l])
+#define S2F_PLANE(j) (x + x_off + ((size_t)img[j] * C + c0 + c) * plane)
+                S2_GATHER_TILES(zs, h0, S2F_PLANE)
+#undef S2F_PLANE
                 __local floatv *dst = xa_store + (c * S2F_TS + h0) / VW;
 #define S2F_DST(pos, at) dst[(S2F_ROW(pos, cb) + (at) * cb) * (S2F_TS / VW)]
                 S2_TRANSFORM(zv, S2F_DST)
@@ -1826,35 +1879,42 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
             for (int h0 = 0; h0 < NR; h0 += VW) {
                 floatv zv[9];   // zv[r * 3 + q]: lane l holds value (r, q) of block h0 + l's patch
                 float *zs = (float *)zv;
-#if VW == 8
-                if (run8[h0 / 8]) {
-                    __global const float *s_ = dy + dy_off + ((size_t)img[h0] * K + k0 + c) * plane + left[h0];
-                    const int last = left[h0] + 16 < Wo;
-                    for (int r = 0; r < 3; ++r) {
-                        const int h_ = top[h0] + r;
-                        if (h_ < 0 || h_ >= Ho) { zv[r * 3] = zv[r * 3 + 1] = zv[r * 3 + 2] = (floatv)(0.0f); continue; }
-                        const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo), u1 = vload8(1, s_ + (size_t)h_ * Wo);
-                        const float e16 = last ? s_[(size_t)h_ * Wo + 16] : 0.0f;
-                        zv[r * 3] = (float8)(u0.s0246, u1.s0246);
-                        zv[r * 3 + 1] = (float8)(u0.s1357, u1.s1357);
-                        zv[r * 3 + 2] = (float8)(u0.s246, u1.s0246, e16);
-                    }
-                } else
-#endif
-                for (int l = 0; l < VW; ++l) {
-                    const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
-                    __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
-                    if (n >= 0 && r0 >= 0 && q0 >= 0 && r0 + 3 <= Ho && q0 + 3 <= Wo) {   // inside dy
-                        for (int r = 0; r < 3; ++r)
-                            for (int q = 0; q < 3; ++q) zs[(r * 3 + q) * VW + l] = s_[(size_t)(r0 + r) * Wo + q0 + q];
+                for (int l0 = 0; l0 < VW; l0 += 8) {   // 8 blocks at a time: a vector's half on 16 lanes
+                    const int j0 = h0 + l0;
+                    if (run8[j0 / 8]) {
+                        __global const float *s_ = dy + dy_off + ((size_t)img[j0] * K + k0 + c) * plane + left[j0];
+                        const int last = left[j0] + 16 < Wo;
+                        for (int r = 0; r < 3; ++r) {
+                            const int h_ = top[j0] + r;
+                            float8 z0 = (float8)(0.0f), z1 = z0, z2 = z0;
+                            if (h_ >= 0 && h_ < Ho) {
+                                const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo), u1 = vload8(1, s_ + (size_t)h_ * Wo);
+                                const float e16 = last ? s_[(size_t)h_ * Wo + 16] : 0.0f;
+                                z0 = (float8)(u0.s0246, u1.s0246);
+                                z1 = (float8)(u0.s1357, u1.s1357);
+                                z2 = (float8)(u0.s246, u1.s0246, e16);
+                            }
+                            vstore8(z0, 0, zs + (r * 3) * VW + l0);
+                            vstore8(z1, 0, zs + (r * 3 + 1) * VW + l0);
+                            vstore8(z2, 0, zs + (r * 3 + 2) * VW + l0);
+                        }
                         continue;
                     }
-                    for (int r = 0; r < 3; ++r)
-                        for (int q = 0; q < 3; ++q) {
-                            const int h_ = r0 + r, w_ = q0 + q;
-                            zs[(r * 3 + q) * VW + l] = n >= 0 && h_ >= 0 && h_ < Ho && w_ >= 0 && w_ < Wo
-                                                       ? s_[(size_t)h_ * Wo + w_] : 0.0f;
+                    for (int l = l0; l < l0 + 8; ++l) {
+                        const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
+                        __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
+                        if (n >= 0 && r0 >= 0 && q0 >= 0 && r0 + 3 <= Ho && q0 + 3 <= Wo) {   // inside dy
+                            for (int r = 0; r < 3; ++r)
+                                for (int q = 0; q < 3; ++q) zs[(r * 3 + q) * VW + l] = s_[(size_t)(r0 + r) * Wo + q0 + q];
+                            continue;
                         }
+                        for (int r = 0; r < 3; ++r)
+                            for (int q = 0; q < 3; ++q) {
+                                const int h_ = r0 + r, w_ = q0 + q;
+                                zs[(r * 3 + q) * VW + l] = n >= 0 && h_ >= 0 && h_ < Ho && w_ >= 0 && w_ < Wo
+                                                           ? s_[(size_t)h_ * Wo + w_] : 0.0f;
+                            }
+                    }
                 }
                 floatv e[5][3], t[5];
                 for (int q = 0; q < 3; ++q) {

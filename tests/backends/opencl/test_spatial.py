@@ -241,6 +241,13 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     # last row of tiles past the output's last row (output by output)
     ((2, 5, 32, 31), 9, 1),
     ((1, 3, 33, 34), 4, 1),
+    # runs of 8 tiles whose patches are gathered as rows of vectors (S2_RUN_GATHER): two runs a
+    # row of tiles (the second's first column read, not padding) with patch rows past the
+    # input's last row, padding 0 (the first column read; the last column the row's last), two
+    # runs a row at padding 0; (2, 5, 32, 31) above has runs one column short (one by one)
+    ((2, 3, 30, 64), 5, 1),
+    ((1, 4, 33, 33), 6, 0),
+    ((1, 2, 36, 65), 3, 0),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
@@ -280,6 +287,9 @@ def s2_weight_gradient_ref(x, dy, padding):
     ((3, 8, 13, 10), 130, 1),
     ((1, 40, 17, 18), 9, 2),
     ((2, 5, 32, 31), 16, 1),
+    # x's patches gathered as rows of vectors for runs of 8 tiles (as the forward's cases)
+    ((2, 3, 30, 64), 7, 1),
+    ((1, 4, 33, 33), 6, 0),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -444,6 +454,8 @@ def s2_input_gradient_ref(dy, w, x_shape, padding):
     ((2, 9, 36, 32), 6, 1),
     ((1, 4, 12, 40), 3, 2),
     ((3, 6, 8, 34), 5, 1),
+    # rows of 12 blocks: a 16-lane vector's first 8 blocks a run, its other 8 crossing a row
+    ((1, 3, 8, 48), 4, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
