@@ -2325,6 +2325,20 @@ static I s2_row(I p, I q, I seg, I c)
     return at * c;
 }
 
+/* dst[k]: where channel ch's values of segment k start in v (slices ks apart, rows np apart, the
+ * sample's tiles from ``at``): phase 00 at position k; 01 at (p, 2q'): 9 + 2p + q'; 10 at (2h, q):
+ * 15 + 3h + q; 11 at (2h, 2q'): 21 + 2h + q' */
+#define S2_SLICES(dst, v, c, ch, at, np, ks)                                                   \
+    for (I p_ = 0; p_ < 3; p_++)                                                              \
+        for (I q_ = 0; q_ < 3; q_++) {                                                        \
+            const I base_ = (p_ * 3 + q_) * (ks) + (at);                                      \
+            (dst)[p_ * 3 + q_] = (v) + base_ + (s2_row(p_, q_, 0, c) + (ch)) * (np);          \
+            if (q_ % 2 == 0) (dst)[9 + p_ * 2 + q_ / 2] = (v) + base_ + (s2_row(p_, q_, 1, c) + (ch)) * (np); \
+            if (p_ % 2 == 0) (dst)[15 + p_ / 2 * 3 + q_] = (v) + base_ + (s2_row(p_, q_, 2, c) + (ch)) * (np); \
+            if (p_ % 2 == 0 && q_ % 2 == 0)                                                   \
+                (dst)[21 + p_ / 2 * 2 + q_ / 2] = (v) + base_ + (s2_row(p_, q_, 3, c) + (ch)) * (np); \
+        }
+
 /* u[p*3 + q][o][krow] (row stride 4C, K(p, q) rows used) of w (O, C, 3, 3), in double. */
 #define DEFINE_S2_WEIGHTS(NAME, T)                                                             \
     static void NAME(const T *restrict w, T *restrict u, I o, I c)                             \
@@ -2423,18 +2437,8 @@ static I s2_output_rows(I tw) { return 4 * tw; }
         for (I n = n0; n < n1; n++)                                                            \
             for (I ch = 0; ch < c; ch++) {                                                     \
                 const T *plane = x + (n * c + ch) * g->h * g->w;                               \
-                /* dst[k]: phase 00 at position k; 01 at (p, 2q'): 9 + 2p + q'; 10 at (2h, q): \
-                   15 + 3h + q; 11 at (2h, 2q'): 21 + 2h + q' */                               \
                 T *dst[25];                                                                    \
-                for (I p = 0; p < 3; p++)                                                      \
-                    for (I q = 0; q < 3; q++) {                                                \
-                        T *base = v + (p * 3 + q) * ks + (n - n0) * tiles;                     \
-                        dst[p * 3 + q] = base + (s2_row(p, q, 0, c) + ch) * np;                \
-                        if (q % 2 == 0) dst[9 + p * 2 + q / 2] = base + (s2_row(p, q, 1, c) + ch) * np; \
-                        if (p % 2 == 0) dst[15 + p / 2 * 3 + q] = base + (s2_row(p, q, 2, c) + ch) * np; \
-                        if (p % 2 == 0 && q % 2 == 0)                                          \
-                            dst[21 + p / 2 * 2 + q / 2] = base + (s2_row(p, q, 3, c) + ch) * np; \
-                    }                                                                          \
+                S2_SLICES(dst, v, c, ch, (n - n0) * tiles, np, ks);                            \
                 for (I ty = 0; ty < th; ty++) {                                                \
                     for (int r = 0; r < 5; r++) {                                              \
                         T *row = buf + r * rw;                                                 \
@@ -2607,6 +2611,34 @@ static int s2_plane_wide(const Geometry *g, I th, I tw)
 /* lanes l < 8 of the first vector of a pair whose patch (tile column l % tw) is the row's first */
 #define S2W_FIRST(TW, l) ((l) < 8 && (l) % (TW) == 0 ? 0 : -1)
 
+/* k[kind][s] for kinds 0-4, the patch rows t0 = r0 - r2, r2, t2 = r4 - r2 (BT along the columns),
+ * r1, r3 of tile row ty, each a vector V of the row from ``at`` (zero above the plane) */
+#define S2_PATCH_ROWS(V, k, s, at, side, ty, zero)                                             \
+    {                                                                                          \
+        V r_[5];                                                                               \
+        for (int i_ = 0; i_ < 5; i_++) {                                                      \
+            const I y_ = 4 * (ty) - 1 + i_;                                                    \
+            r_[i_] = y_ >= 0 ? LOADV(V, (at) + y_ * (side)) : (zero);                         \
+        }                                                                                      \
+        (k)[0][s] = r_[0] - r_[2];                                                             \
+        (k)[1][s] = r_[2];                                                                     \
+        (k)[2][s] = r_[4] - r_[2];                                                             \
+        (k)[3][s] = r_[1];                                                                     \
+        (k)[4][s] = r_[3];                                                                     \
+    }
+/* a kind's five vectors at ``off`` of their slices: kinds 0-2 (rows[p] of s2_input) go to
+ * dst[3p ..] and dst[9 + 2p ..], 3-4 (the odd rows h) to dst[15 + 3h ..] and dst[21 + 2h ..] */
+#define S2_STORE_KIND(dst, kind, off, d0, d1, d2, o1, o3)                                      \
+    {                                                                                          \
+        float *const *at_ = (kind) < 3 ? (dst) + 3 * (kind) : (dst) + 15 + 3 * ((kind) - 3);   \
+        float *const *odd_ = (kind) < 3 ? (dst) + 9 + 2 * (kind) : (dst) + 21 + 2 * ((kind) - 3); \
+        memcpy(at_[0] + (off), &(d0), sizeof(d0));                                             \
+        memcpy(at_[1] + (off), &(d1), sizeof(d1));                                             \
+        memcpy(at_[2] + (off), &(d2), sizeof(d2));                                             \
+        memcpy(odd_[0] + (off), &(o1), sizeof(o1));                                            \
+        memcpy(odd_[1] + (off), &(o3), sizeof(o3));                                            \
+    }
+
 /* v as s2_input_f32 (same slices, same order of operations) for s2_plane_wide's geometries. */
 ISA_512 static void s2_input_wide_f32_512(const float *restrict x, float *restrict v, I c, I n0, I n1, I ks, I side)
 {
@@ -2617,30 +2649,14 @@ ISA_512 static void s2_input_wide_f32_512(const float *restrict x, float *restri
         for (I ch = 0; ch < c; ch++) {
             const float *plane = x + (n * c + ch) * side * side;
             float *dst[25];
-            for (I p = 0; p < 3; p++)
-                for (I q = 0; q < 3; q++) {
-                    float *base = v + (p * 3 + q) * ks + (n - n0) * tiles;
-                    dst[p * 3 + q] = base + (s2_row(p, q, 0, c) + ch) * np;
-                    if (q % 2 == 0) dst[9 + p * 2 + q / 2] = base + (s2_row(p, q, 1, c) + ch) * np;
-                    if (p % 2 == 0) dst[15 + p / 2 * 3 + q] = base + (s2_row(p, q, 2, c) + ch) * np;
-                    if (p % 2 == 0 && q % 2 == 0) dst[21 + p / 2 * 2 + q / 2] = base + (s2_row(p, q, 3, c) + ch) * np;
-                }
+            S2_SLICES(dst, v, c, ch, (n - n0) * tiles, np, ks);
             for (I b = 0; b < tiles / 16; b++) {
                 /* slot s: tile row b * per + s / 2 (its columns' half s % 2) at 32x32, b * per + s at 16x16;
                    k[kind][s]: the rows t0, r2, t2 (BT along the columns), r1, r3 of the patches */
                 vf32x16 k[5][4];
                 for (int s = 0; s < 4; s++) {
                     const I ty = b * per + (tw == 8 ? s / 2 : s), col = tw == 8 ? 16 * (s % 2) : 0;
-                    vf32x16 r[5];
-                    for (int i = 0; i < 5; i++) {
-                        const I y = 4 * ty - 1 + i;
-                        r[i] = y >= 0 ? LOADV(vf32x16, plane + y * side + col) : zero;
-                    }
-                    k[0][s] = r[0] - r[2];
-                    k[1][s] = r[2];
-                    k[2][s] = r[4] - r[2];
-                    k[3][s] = r[1];
-                    k[4][s] = r[3];
+                    S2_PATCH_ROWS(vf32x16, k, s, plane + col, side, ty, zero);
                 }
                 for (int kind = 0; kind < 5; kind++) {
                     /* per pair of slots: [d0 | d2] (columns -1 - 1 and 3 - 1), [1 | 1], [0 | 2] */
@@ -2657,16 +2673,7 @@ ISA_512 static void s2_input_wide_f32_512(const float *restrict x, float *restri
                     const vf32x16 d2 = __builtin_shuffle(d[0], d[1], W16_LANES(S2W_HALF, 1));
                     const vf32x16 o1 = __builtin_shuffle(o[0], o[1], W16_LANES(S2W_HALF, 0));
                     const vf32x16 o3 = __builtin_shuffle(o[0], o[1], W16_LANES(S2W_HALF, 1));
-                    /* kinds 0-2 (rows[p] of s2_input) go to dst[3p ..] and dst[9 + 2p ..], 3-4 (the odd
-                       rows h) to dst[15 + 3h ..] and dst[21 + 2h ..] */
-                    float *const *at = kind < 3 ? dst + 3 * kind : dst + 15 + 3 * (kind - 3);
-                    float *const *odd = kind < 3 ? dst + 9 + 2 * kind : dst + 21 + 2 * (kind - 3);
-                    const I off = 16 * b;
-                    memcpy(at[0] + off, &d0, sizeof d0);
-                    memcpy(at[1] + off, &d1, sizeof d1);
-                    memcpy(at[2] + off, &d2, sizeof d2);
-                    memcpy(odd[0] + off, &o1, sizeof o1);
-                    memcpy(odd[1] + off, &o3, sizeof o3);
+                    S2_STORE_KIND(dst, kind, 16 * b, d0, d1, d2, o1, o3);
                 }
             }
         }
@@ -2685,30 +2692,14 @@ ISA_256 static void s2_input_wide_f32_256(const float *restrict x, float *restri
         for (I ch = 0; ch < c; ch++) {
             const float *plane = x + (n * c + ch) * side * side;
             float *dst[25];
-            for (I p = 0; p < 3; p++)
-                for (I q = 0; q < 3; q++) {
-                    float *base = v + (p * 3 + q) * ks + (n - n0) * tiles;
-                    dst[p * 3 + q] = base + (s2_row(p, q, 0, c) + ch) * np;
-                    if (q % 2 == 0) dst[9 + p * 2 + q / 2] = base + (s2_row(p, q, 1, c) + ch) * np;
-                    if (p % 2 == 0) dst[15 + p / 2 * 3 + q] = base + (s2_row(p, q, 2, c) + ch) * np;
-                    if (p % 2 == 0 && q % 2 == 0) dst[21 + p / 2 * 2 + q / 2] = base + (s2_row(p, q, 3, c) + ch) * np;
-                }
+            S2_SLICES(dst, v, c, ch, (n - n0) * tiles, np, ks);
             for (I b = 0; b < tiles / 8; b++) {
                 /* slot s: the input columns 8s .. 8s + 7 of tile row b at 32x32; at 16x16, 8(s % 2) ..
                    of tile row 2b + s / 2. k[kind][s]: the rows t0, r2, t2 (BT along the columns), r1, r3 */
                 vf32x8 k[5][4];
                 for (int s = 0; s < 4; s++) {
                     const I ty = tw == 8 ? b : 2 * b + s / 2, col = tw == 8 ? 8 * s : 8 * (s % 2);
-                    vf32x8 r[5];
-                    for (int i = 0; i < 5; i++) {
-                        const I y = 4 * ty - 1 + i;
-                        r[i] = y >= 0 ? LOADV(vf32x8, plane + y * side + col) : zero;
-                    }
-                    k[0][s] = r[0] - r[2];
-                    k[1][s] = r[2];
-                    k[2][s] = r[4] - r[2];
-                    k[3][s] = r[1];
-                    k[4][s] = r[3];
+                    S2_PATCH_ROWS(vf32x8, k, s, plane + col, side, ty, zero);
                 }
                 for (int kind = 0; kind < 5; kind++) {
                     const vf32x8 *y = k[kind];
@@ -2722,14 +2713,7 @@ ISA_256 static void s2_input_wide_f32_256(const float *restrict x, float *restri
                     const vf32x8 j4 = __builtin_shufflevector(lo1, hi1, 4, 5, 6, 7, 12, 13, 14, 15);
                     const vf32x8 j0 = (vf32x8)((vi32x8)__builtin_shufflevector(j4, j4, 0, 0, 1, 2, 3, 4, 5, 6) & first);
                     const vf32x8 d0 = j0 - d1, d2 = j4 - d1;
-                    float *const *at = kind < 3 ? dst + 3 * kind : dst + 15 + 3 * (kind - 3);
-                    float *const *odd = kind < 3 ? dst + 9 + 2 * kind : dst + 21 + 2 * (kind - 3);
-                    const I off = 8 * b;
-                    memcpy(at[0] + off, &d0, sizeof d0);
-                    memcpy(at[1] + off, &d1, sizeof d1);
-                    memcpy(at[2] + off, &d2, sizeof d2);
-                    memcpy(odd[0] + off, &o1, sizeof o1);
-                    memcpy(odd[1] + off, &o3, sizeof o3);
+                    S2_STORE_KIND(dst, kind, 8 * b, d0, d1, d2, o1, o3);
                 }
             }
         }
@@ -2778,6 +2762,16 @@ static int s2_output_plane_wide(const Geometry *g, I th, I tw)
            && g->wo == g->w / 2 && th == g->h / 4 && tw == g->w / 4;
 }
 
+/* AT's column pass on a run of tiles of m's 9 slices (ks apart) as vectors V: s[p][0] = m(p, 0) +
+ * m(p, 1), s[p][1] = m(p, 1) + m(p, 2), as s2_output's scalar sums */
+#define S2_OUTPUT_SUMS(V, at, ks, s)                                                           \
+    for (int p_ = 0; p_ < 3; p_++) {                                                          \
+        const V m0_ = LOADV(V, (at) + (p_ * 3) * (ks)), m1_ = LOADV(V, (at) + (p_ * 3 + 1) * (ks)); \
+        const V m2_ = LOADV(V, (at) + (p_ * 3 + 2) * (ks));                                   \
+        (s)[p_][0] = m0_ + m1_;                                                               \
+        (s)[p_][1] = m1_ + m2_;                                                               \
+    }
+
 /* out = AT m A as s2_output_f32 for s2_output_plane_wide's geometries. */
 ISA_512 static void s2_output_wide_f32_512(const float *restrict m, float *restrict out, I o, I n0, I n1, I ks, I side)
 {
@@ -2788,13 +2782,7 @@ ISA_512 static void s2_output_wide_f32_512(const float *restrict m, float *restr
             const float *src = m + a * np + (n - n0) * tiles;
             for (I b = 0; b < tiles / 16; b++) {
                 vf32x16 s[3][2];
-                for (int p = 0; p < 3; p++) {
-                    const vf32x16 m0 = LOADV(vf32x16, src + (p * 3) * ks + 16 * b);
-                    const vf32x16 m1 = LOADV(vf32x16, src + (p * 3 + 1) * ks + 16 * b);
-                    const vf32x16 m2 = LOADV(vf32x16, src + (p * 3 + 2) * ks + 16 * b);
-                    s[p][0] = m0 + m1;
-                    s[p][1] = m1 + m2;
-                }
+                S2_OUTPUT_SUMS(vf32x16, src + 16 * b, ks, s);
                 for (int i = 0; i < 2; i++) {
                     const vf32x16 even = s[i][0] + s[i + 1][0], odd = s[i][1] + s[i + 1][1];
                     const vf32x16 lo = __builtin_shuffle(even, odd, W16_LANES(W16_ZIP, 0));
@@ -2818,13 +2806,7 @@ ISA_256 static void s2_output_wide_f32_256(const float *restrict m, float *restr
             const float *src = m + a * np + (n - n0) * tiles;
             for (I b = 0; b < tiles / 8; b++) {
                 vf32x8 s[3][2];
-                for (int p = 0; p < 3; p++) {
-                    const vf32x8 m0 = LOADV(vf32x8, src + (p * 3) * ks + 8 * b);
-                    const vf32x8 m1 = LOADV(vf32x8, src + (p * 3 + 1) * ks + 8 * b);
-                    const vf32x8 m2 = LOADV(vf32x8, src + (p * 3 + 2) * ks + 8 * b);
-                    s[p][0] = m0 + m1;
-                    s[p][1] = m1 + m2;
-                }
+                S2_OUTPUT_SUMS(vf32x8, src + 8 * b, ks, s);
                 for (int i = 0; i < 2; i++) {
                     const vf32x8 even = s[i][0] + s[i + 1][0], odd = s[i][1] + s[i + 1][1];
                     const vf32x8 lo = __builtin_shufflevector(even, odd, 0, 8, 1, 9, 2, 10, 3, 11);
