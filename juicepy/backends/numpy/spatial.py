@@ -949,9 +949,7 @@ def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     geometry = _geometry(dx.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, dy.shape[2:])
     groups = plan.groups
     weight_t = plan.weight(w).transpose(0, 2, 1)
-    per_sample = plan.groups * plan.depth * plan.ho * plan.wo
     chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)
-    most = max(n1 - n0 for n0, n1, _, _ in chunks)
     if _pointwise(plan) and not accumulate:  # its columns are dx itself: no col2im copy
         def into_dx(lo, hi, k):
             for chunk in chunks[lo:hi]:
@@ -959,6 +957,8 @@ def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
 
         _run_gemm_pieces(len(chunks), into_dx)
         return
+    per_sample = plan.groups * plan.depth * plan.ho * plan.wo
+    most = max(n1 - n0 for n0, n1, _, _ in chunks)
 
     def lane(lo, hi, k):
         dcols = scratch(ws, backend, f"conv_dcols/{k}", (most * per_sample,), dx.dtype)
