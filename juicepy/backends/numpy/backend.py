@@ -25,6 +25,18 @@ def _fill_arange(buf) -> None:
     buf[...] = np.arange(buf.size, dtype=buf.dtype).reshape(buf.shape)
 
 
+def _copy_over_lanes(src, dst) -> None:
+    """dst = src (same shape); a large contiguous copy split over the lanes (threads.split's
+    threshold): one core does not draw the memory throughput of two (docs/numpy.md). Overlapping
+    arrays keep np.copyto's one pass, which handles the overlap."""
+    if src.flags.c_contiguous and dst.flags.c_contiguous and dst.size >= CHUNK \
+            and not np.may_share_memory(src, dst):
+        flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
+        _split(dst.size, lambda lo, hi: np.copyto(flat_dst[lo:hi], flat_src[lo:hi], casting="same_kind"))
+    else:
+        np.copyto(dst, src, casting="same_kind")
+
+
 class NumpyBackend(Backend):
     name = "numpy"
     dtypes = (np.float32, np.float64)
@@ -66,7 +78,9 @@ class NumpyBackend(Backend):
         host = np.asarray(host)
         if host.size != dst.size:
             raise ValueError(f"numpy backend write: {host.size} values for an array of {dst.size}")
-        np.copyto(dst, host.reshape(dst.shape), casting="same_kind")
+        if not np.can_cast(host.dtype, dst.dtype, "same_kind"):
+            raise TypeError(f"numpy backend write: {host.dtype} values into a {dst.dtype} array")
+        _copy_over_lanes(host.reshape(dst.shape), dst)
 
     def to_host(self, src):
         return np.array(src, copy=True)
@@ -74,7 +88,7 @@ class NumpyBackend(Backend):
     def copy(self, src, dst):
         if src.size != dst.size:
             raise ValueError(f"numpy backend copy: {src.shape} into {dst.shape}")
-        np.copyto(dst, src if src.shape == dst.shape else src.reshape(dst.shape))
+        _copy_over_lanes(src if src.shape == dst.shape else src.reshape(dst.shape), dst)
 
     def fill(self, dst, value):
         dst.fill(value)
