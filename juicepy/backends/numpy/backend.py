@@ -25,6 +25,23 @@ def _fill_arange(buf) -> None:
     buf[...] = np.arange(buf.size, dtype=buf.dtype).reshape(buf.shape)
 
 
+#: byte alignment of the backend's arrays: a cache line, where NumPy gives 16 bytes, so that the C
+#: kernels' 64-byte vector loads and stores of rows read in place never straddle two lines (that
+#: costs two; measured in docs/numpy.md)
+ALIGNMENT = 64
+
+
+def _aligned(allocate, shape, dtype) -> np.ndarray:
+    """A C-ordered array of ``shape`` whose data starts on an ALIGNMENT boundary: a view into
+    ``allocate``'s (np.empty or np.zeros) byte buffer a line longer."""
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    nbytes = math.prod(shape) * dtype.itemsize
+    raw = allocate(nbytes + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def _copy_over_lanes(src, dst) -> None:
     """dst = src (same shape); a large contiguous copy split over the lanes (threads.split's
     threshold): one core does not draw the memory throughput of two (docs/numpy.md). Overlapping
@@ -64,15 +81,18 @@ class NumpyBackend(Backend):
     # ---------------------------------------------------------------- memory
     def empty(self, shape, dtype=np.float32):
         self.allocations += 1
-        return np.empty(shape, dtype)
+        return _aligned(np.empty, shape, dtype)
 
     def zeros(self, shape, dtype=np.float32):
         self.allocations += 1
-        return np.zeros(shape, dtype)
+        return _aligned(np.zeros, shape, dtype)
 
     def from_host(self, host):
         self.allocations += 1
-        return np.array(host, copy=True, order="C")
+        host = np.asarray(host)
+        out = _aligned(np.empty, host.shape, host.dtype)
+        np.copyto(out, host)
+        return out
 
     def write(self, dst, host):
         host = np.asarray(host)

@@ -1,6 +1,8 @@
-"""The NumPy backend's copies: large contiguous ones split over the lanes (threads.split) give
-np.copyto's result whatever the lane count, layout, dtype pair or overlap; refusals name the
-shapes or dtypes and leave the destination as it was."""
+"""The NumPy backend's memory: arrays start on a cache line (ALIGNMENT); large contiguous copies
+split over the lanes (threads.split) give np.copyto's result whatever the lane count, layout,
+dtype pair or overlap; refusals name the shapes or dtypes and leave the destination as it was."""
+
+import math
 
 import numpy as np
 import pytest
@@ -87,3 +89,26 @@ def test_copy_over_the_real_lanes(rng):
     dst = np.zeros_like(src)
     b.copy(src, dst)
     np.testing.assert_array_equal(dst, src)
+
+
+@pytest.mark.parametrize("shape, dtype", [((3, 5), np.float32), (7, np.float64), ((2, 0, 4), np.float32),
+                                          ((), np.float64), ((4, 3), np.int32), ((32, 64, 32, 32), np.float32)])
+def test_arrays_start_on_a_cache_line(shape, dtype):
+    b = numpy_backend.NumpyBackend()
+    empty, zeros = b.empty(shape, dtype), b.zeros(shape, dtype)
+    host = np.arange(math.prod(np.atleast_1d(shape)), dtype=dtype).reshape(shape)
+    copied = b.from_host(host)
+    for a in (empty, zeros, copied):
+        assert a.shape == np.empty(shape).shape and a.dtype == dtype and a.flags.c_contiguous and a.flags.writeable
+        if a.size:
+            assert a.ctypes.data % numpy_backend.ALIGNMENT == 0
+    assert not zeros.any()
+    np.testing.assert_array_equal(copied, host)
+    assert not np.shares_memory(copied, host)
+    assert b.allocations == 3
+
+
+def test_from_host_keeps_the_host_dtype_and_takes_lists():
+    b = numpy_backend.NumpyBackend()
+    assert b.from_host(np.ones((2, 2), np.float64)).dtype == np.float64
+    assert b.from_host([[1, 2], [3, 4]]).tolist() == [[1, 2], [3, 4]]
