@@ -1055,15 +1055,53 @@ static int pointwise(const Geometry *g, I groups)
         SUMS(T, V, a, FO * NT, sums)                                                          \
     }
 
+/* The pointwise (1x1, stride 1, unpadded, ungrouped) weight gradient with the same blocks on the
+ * planes in place: they already are rows of whole vectors (no padding to add, no gap columns in
+ * dy), so copying them to the grid only costs (docs/numpy.md). Blocks of FO output x FT input
+ * channels; a last partial block repeats its last channel, whose sums are dropped (needs
+ * o >= FO); the pixels past the last whole vector are added one at a time after the vector
+ * sums. */
+#define DEFINE_PW_FILTER(NAME, BLOCK, ATTR, T, V, FO, FT)                                         \
+    ATTR static void NAME(const T *restrict x, const T *restrict dy, T *restrict dw, I c, I o, I hw, \
+                          I n0, I n1, int accumulate)                                             \
+    {                                                                                              \
+        const I vecs = hw / VLANES(V, T), whole = vecs * VLANES(V, T);                            \
+        T sums[FILTER_MAX_SUMS];                                                                  \
+        I off[FT];                                                                                \
+        if (!accumulate) memset(dw, 0, (size_t)(o * c) * sizeof(T));                              \
+        for (I n = n0; n < n1; n++) {                                                             \
+            const T *xn = x + n * c * hw, *dn = dy + n * o * hw;                                  \
+            for (I ob = 0; ob < o; ob += FO) {                                                    \
+                const I o0 = ob + FO <= o ? ob : o - FO;                                          \
+                for (I cb = 0; cb < c; cb += FT) {                                                \
+                    for (int u = 0; u < FT; u++) off[u] = (cb + u < c ? cb + u : c - 1) * hw;      \
+                    BLOCK(xn, dn + o0 * hw, hw, off, 1, vecs, 0, 0, sums);                        \
+                    for (I r = ob - o0; r < FO; r++)                                              \
+                        for (I u = 0; u < FT && cb + u < c; u++) {                                \
+                            const T *dr = dn + (o0 + r) * hw, *xr = xn + off[u];                  \
+                            T sum = sums[r * FT + u];                                             \
+                            for (I q = whole; q < hw; q++) sum += dr[q] * xr[q];                  \
+                            dw[(o0 + r) * c + cb + u] += sum;                                     \
+                        }                                                                         \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+    }
+
 #define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, PHASES, T, V, FO, FT, SUMS)                \
     DEFINE_FILTER_BLOCK(NAME##_t1, ATTR, T, V, FO, 1, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t2, ATTR, T, V, FO, 2, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t3, ATTR, T, V, FO, 3, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t4, ATTR, T, V, FO, 4, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t5, ATTR, T, V, FO, 5, SUMS)                                   \
+    DEFINE_PW_FILTER(NAME##_pw, NAME##_t##FT, ATTR, T, V, FO, FT)                             \
     ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,           \
                          const Geometry *g, I groups, I o, I n0, I n1, int accumulate)        \
     {                                                                                          \
+        if (pointwise(g, groups) && o >= FO) {                                                \
+            NAME##_pw(x, dy, dw, g->c, o, g->h * g->w, n0, n1, accumulate);                   \
+            return 0;                                                                         \
+        }                                                                                     \
         const I lanes = VLANES(V, T);                                                         \
         Grid s = make_grid(g, lanes);                                                         \
         /* strided: the input's phase planes (make_phases), where each tap reads whole rows of \

@@ -694,7 +694,29 @@ def _direct_filter(backend, stride, padding) -> bool:
     return _direct(backend, stride, padding) or (backend.conv_kernels.isa >= 1 and min(padding) >= 0)
 
 
+#: the instruction sets (``isa``) on which a pointwise conv's weight gradient runs on the direct
+#: kernel (its in-place blocks, _conv_kernels.c's DEFINE_PW_FILTER) from an output plane (Ho*Wo)
+#: of POINTWISE_FILTER_MIN_PLANE: AVX-512, where it beat OpenBLAS's GEMM with its Haswell and
+#: its SkylakeX kernels on 16x16 and 32x32 planes and lost on 8x8 ones; on AVX2 it tied with the
+#: first and lost to the second (docs/numpy.md)
+POINTWISE_FILTER_ISAS = (2,)
+POINTWISE_FILTER_MIN_PLANE = 256
+
+
+def _pointwise_filter(backend, stride, padding, groups) -> bool:
+    """Whether a 1x1 weight gradient is ranked by POINTWISE_FILTER_MIN_PLANE: a pointwise
+    (stride 1, unpadded), ungrouped one on POINTWISE_FILTER_ISAS. Strided 1x1 ones keep the GEMM
+    (measured to lose on the direct kernel, docs/numpy.md)."""
+    return backend.conv_kernels.isa in POINTWISE_FILTER_ISAS and tuple(stride) == (1, 1) \
+        and tuple(padding) == (0, 0) and groups == 1
+
+
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
+    args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
+    if (dw.shape[2], dw.shape[3]) == (1, 1) and _pointwise_filter(backend, stride, padding, groups):
+        direct = dy.shape[2] * dy.shape[3] >= POINTWISE_FILTER_MIN_PLANE
+        (_direct_backward_filter if direct else _gemm_backward_filter)(*args, dw, accumulate, ws)
+        return
     runs = [_gemm_backward_filter]
     if _direct_filter(backend, stride, padding) and (dw.shape[2], dw.shape[3]) != (1, 1):
         runs.append(_direct_backward_filter)
@@ -704,7 +726,6 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
             runs.append(_wg_backward_filter)
         elif _s2_filter(backend, dw.shape, stride, padding, dilation, groups):
             runs.append(_s2_backward_filter)
-    args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
     channels = max(x.shape[1] // groups, dw.shape[0])
     runs[_algorithm("filter", len(runs), dy.shape[2:], backend.conv_kernels.isa, channels, tuple(stride) != (1, 1))](
         *args, dw, accumulate, ws)

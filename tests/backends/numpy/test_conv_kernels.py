@@ -231,7 +231,13 @@ FILTER_CASES = [((3, 32, 16, 16, 32, (5, 5), 2, 1, 1)),  # 8 blocks of 3 taps an
                 ((2, 3, 9, 30, 6, (3, 3), 1, 1, 1)),     # whole-vector rows wider than the grid's rows
                 ((2, 4, 10, 9, 6, (1, 5), 2, 1, 2)),     # grouped, a block of 2 taps, padding past the kernel
                 ((2, 6, 12, 12, 9, (4, 2), 2, 2, 1)),    # dilated, 8 taps
-                ((2, 3, 7, 7, 4, (7, 7), 3, 1, 1))]      # 49 taps, planes narrower than a vector
+                ((2, 3, 7, 7, 4, (7, 7), 3, 1, 1)),      # 49 taps, planes narrower than a vector
+                # pointwise, on the planes in place (DEFINE_PW_FILTER) where O >= the block's outputs:
+                ((3, 13, 8, 8, 9, (1, 1), 0, 1, 1)),     # part blocks of inputs and outputs, whole vectors
+                ((2, 7, 5, 7, 6, (1, 1), 0, 1, 1)),      # 35 pixels: vectors, then 3 (or 19) one at a time
+                ((2, 5, 3, 3, 8, (1, 1), 0, 1, 1)),      # 9 pixels: less than a vector
+                ((2, 3, 6, 6, 2, (1, 1), 0, 1, 1)),      # 2 outputs: too few for a block, the grid
+                ((2, 4, 6, 6, 6, (1, 1), 0, 1, 2))]      # grouped 1x1: the grid
 # strided (on the input's phase planes): (case, stride)
 FILTER_STRIDED_CASES = [((2, 16, 32, 32, 32, (3, 3), 1, 1, 1), 2),  # the ResNet's 16->32 layer, 16x16 out
                         ((1, 5, 17, 15, 7, (3, 3), 1, 1, 1), 2),     # batch 1, odd planes, a part block
@@ -442,6 +448,55 @@ def test_pointwise_convs_run_direct_only_on_avx512_up_to_128_outputs(monkeypatch
         monkeypatch.setattr(kernels, "isa", isa)
         results.append(_all_three(x, w, 15, (1, 0, 1, 1), ws=Workspace()))
     _assert_like_the_fallback(monkeypatch, results, x, w, 15, (1, 0, 1, 1))
+
+
+@needs_kernels
+def test_pointwise_weight_gradients_run_direct_on_avx512_from_the_plane_rule(monkeypatch):
+    """Ungrouped 1x1 stride-1 unpadded weight gradients run on the direct kernel (its in-place
+    pointwise blocks) on AVX-512 from POINTWISE_FILTER_MIN_PLANE output pixels, else the GEMM (on
+    AVX2, grouped, padded or strided ones too); either way (part blocks, fewer outputs than a
+    block, accumulating) the result is the fallback's."""
+    picked = []
+    original = numpy_spatial._direct_backward_filter
+    monkeypatch.setattr(numpy_spatial, "_direct_backward_filter",
+                        lambda *a, **k: (picked.append(a[1].shape), original(*a, **k))[1])
+    backend = jp.backend("numpy")
+
+    def runs(c, o, hw, isa, groups=1, stride=1, padding=0):
+        monkeypatch.setattr(kernels, "isa", isa)
+        side = _out_len(hw, 1, stride, padding, 1)
+        x, dy = np.zeros((1, c, hw, hw), np.float32), np.zeros((1, o, side, side), np.float32)
+        picked.clear()
+        backend.conv2d_backward_filter(x, dy, np.zeros((o, c // groups, 1, 1), np.float32), (stride,) * 2,
+                                       (padding,) * 2, (1, 1), groups)
+        return bool(picked)
+
+    assert numpy_spatial.POINTWISE_FILTER_MIN_PLANE == 256
+    assert runs(64, 128, 32, 2) and runs(16, 64, 16, 2) and not runs(16, 64, 15, 2) and not runs(256, 256, 8, 2)
+    assert not runs(64, 128, 32, 1) and not runs(64, 128, 32, 0)
+    assert not runs(16, 16, 16, 2, groups=2) and not runs(16, 16, 32, 2, stride=2) and not runs(16, 16, 16, 2, padding=1)
+    monkeypatch.setattr(numpy_spatial, "POINTWISE_FILTER_MIN_PLANE", 0)  # every plane direct below
+    rng = np.random.default_rng(32)
+    for n, c, h, w_, o in [(3, 13, 7, 9, 9), (2, 6, 3, 5, 3), (2, 5, 16, 16, 20)]:
+        x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 1, 1))
+        monkeypatch.setattr(kernels, "isa", 2)
+        picked.clear()
+        results = [_all_three(x, w, 10, (1, 0, 1, 1), ws=Workspace()),
+                   _all_three(x, w, 10, (1, 0, 1, 1), accumulate_into=(np.ones_like(x), np.ones_like(w)))]
+        assert len(picked) == 2
+        monkeypatch.setattr(backend, "conv_kernels", None)
+        want = _all_three(x, w, 10, (1, 0, 1, 1))[2]
+        monkeypatch.setattr(backend, "conv_kernels", kernels)
+        np.testing.assert_allclose(results[0][2], want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+        np.testing.assert_allclose(results[1][2], want + 1, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+
+
+@needs_kernels
+def test_pointwise_direct_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
+    from juicepy import layers as L
+
+    _steady_steps_allocate_nothing(monkeypatch, "_direct_backward_filter", [L.Conv2d(8, 1), L.ReLU()],
+                                   (4, 16, 16), (8, 16, 16), isa=2)
 
 
 # (positions, O, C, P): blocks of 8 (AVX-512) or 4 output channels x 3 or 2 vectors, then single
