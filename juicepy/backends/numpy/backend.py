@@ -26,8 +26,8 @@ def _fill_arange(buf) -> None:
 
 
 #: byte alignment of the backend's arrays: a cache line, where NumPy gives 16 bytes, so that the C
-#: kernels' 64-byte vector loads and stores of rows read in place never straddle two lines (that
-#: costs two; measured in docs/numpy.md)
+#: kernels' 64-byte vector loads and stores of rows read in place never straddle two lines (such
+#: an access costs two; measured in docs/numpy.md)
 ALIGNMENT = 64
 
 

@@ -697,8 +697,8 @@ def _direct_filter(backend, stride, padding) -> bool:
 #: the instruction sets (``isa``) on which a pointwise conv's weight gradient runs on the direct
 #: kernel (its in-place blocks, _conv_kernels.c's DEFINE_PW_FILTER) from an output plane (Ho*Wo)
 #: of POINTWISE_FILTER_MIN_PLANE: AVX-512, where it beat OpenBLAS's GEMM with its Haswell and
-#: its SkylakeX kernels on 16x16 and 32x32 planes and lost on 8x8 ones; on AVX2 it tied with the
-#: first and lost to the second (docs/numpy.md)
+#: its SkylakeX kernels on 16x16 and 32x32 planes and lost on 8x8 ones; on AVX2 the bench layer's
+#: step gained 1 % against the first and lost 6 % against the second (docs/numpy.md)
 POINTWISE_FILTER_ISAS = (2,)
 POINTWISE_FILTER_MIN_PLANE = 256
 
