@@ -36,6 +36,8 @@ def _aligned(allocate, shape, dtype) -> np.ndarray:
     ``allocate``'s (np.empty or np.zeros) byte buffer a line longer."""
     dtype = np.dtype(dtype)
     shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if any(size < 0 for size in shape):
+        raise ValueError(f"numpy backend: negative dimensions in shape {shape}")
     nbytes = math.prod(shape) * dtype.itemsize
     raw = allocate(nbytes + ALIGNMENT, np.uint8)
     start = -raw.ctypes.data % ALIGNMENT

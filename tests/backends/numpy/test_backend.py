@@ -112,3 +112,11 @@ def test_from_host_keeps_the_host_dtype_and_takes_lists():
     b = numpy_backend.NumpyBackend()
     assert b.from_host(np.ones((2, 2), np.float64)).dtype == np.float64
     assert b.from_host([[1, 2], [3, 4]]).tolist() == [[1, 2], [3, 4]]
+
+
+@pytest.mark.parametrize("shape", [(-1, 4), (2, -4), -3])
+def test_negative_dimensions_are_refused_as_numpy_refuses_them(shape):
+    b = numpy_backend.NumpyBackend()
+    for allocate in (b.empty, b.zeros):
+        with pytest.raises(ValueError, match="negative dimensions"):
+            allocate(shape)
