@@ -236,6 +236,7 @@ FILTER_CASES = [((3, 32, 16, 16, 32, (5, 5), 2, 1, 1)),  # 8 blocks of 3 taps an
                 ((3, 13, 8, 8, 9, (1, 1), 0, 1, 1)),     # part blocks of inputs and outputs, whole vectors
                 ((2, 7, 5, 7, 6, (1, 1), 0, 1, 1)),      # 35 pixels: vectors, then 3 (or 19) one at a time
                 ((2, 5, 3, 3, 8, (1, 1), 0, 1, 1)),      # 9 pixels: less than a vector
+                ((2, 1, 8, 8, 5, (1, 1), 0, 1, 1)),      # one input channel: a block of repeats
                 ((2, 3, 6, 6, 2, (1, 1), 0, 1, 1)),      # 2 outputs: too few for a block, the grid
                 ((2, 4, 6, 6, 6, (1, 1), 0, 1, 2))]      # grouped 1x1: the grid
 # strided (on the input's phase planes): (case, stride)
