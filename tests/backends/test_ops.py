@@ -218,9 +218,11 @@ def test_add_with_relu(ops_backend, dtype, rng, shape, layout, in_place):
 
 # (3, 70): columns past one tile of 32 and fewer rows than a block's warps; (5000, 3) and
 # (10, 2, 21, 22): more values a channel than CUDA gives one block (device.channel_chunks: 5 chunks
-# of 1024, the last shorter, on a GPU of 132 SMs)
+# of 1024, the last shorter, on a GPU of 132 SMs); (3, 5, 9, 13) and (70, 3, 8, 8): planes of 117 and
+# 64 floats (OpenCL's plane_sums_v: runs of 64, of 16 and single floats; 15 planes one a work-item,
+# 210 four a work-item with the last item's two)
 @pytest.mark.parametrize("shape", [(4, 3), (2, 5, 3, 4), (1, 1), (130, 64), (3, 4, 5, 6), (3, 70), (5000, 3),
-                                   (10, 2, 21, 22)])
+                                   (10, 2, 21, 22), (3, 5, 9, 13), (70, 3, 8, 8)])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_add_bias_and_bias_grad(ops_backend, dtype, rng, shape, accumulate):
     out0, bias, db0 = rng.standard_normal(shape), rng.standard_normal(shape[1]), rng.standard_normal(shape[1])

@@ -31,11 +31,17 @@ from .spatial import CONV_ALGORITHMS, SpatialOps
 _WG = ELEMENTWISE_WG          # work-group size of the elementwise kernels
 _REDUCE_WG = REDUCE_WG        # must match REDUCE_WG in rows.cl
 _BIAS_CHUNK = 64   # rows per partial sum of bias_grad (column_sums in rows.cl)
+# a convolution's bias gradient sums its (image, channel) planes by plane_sums_v (rows.cl: a
+# work-item walks whole planes in vectors) where they hold at least this many floats (on CPU
+# drivers), in about PLANE_SUMS_V_ITEMS work-items (several per CPU thread)
+PLANE_SUMS_V_MIN_INNER = 64
+PLANE_SUMS_V_ITEMS = 64
 
 
 class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     name = "opencl"
     dtypes = (np.float32,)
+    _plane_vec = True   # bias_grad's plane sums by plane_sums_v where PLANE_SUMS_V_MIN_INNER says (off: A/B runs)
 
     def __init__(self, device=None, gemm_variant: str | None = None, conv_algorithm: str = "auto",
                  vector_width: int | None = None, conv_vector_width: int | None = None):
@@ -275,8 +281,14 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             raise ValueError(f"opencl backend bias_grad: dbias of {dbias.size} for {channels} channels")
         if inner > 1:  # images: sum each (row, channel) plane in parallel first, then the rows
             partial = scratch(ws, self, "bias_planes", (rows, channels), _F32)
-            self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
-                              *self._ref(partial))
+            planes = rows * channels
+            if inner >= PLANE_SUMS_V_MIN_INNER and self._plane_vec and self.gemm_variant == "packed":
+                per_item = -(-planes // PLANE_SUMS_V_ITEMS)
+                self._kernel("rows.cl", "plane_sums_v")(self.queue, (-(-planes // per_item),), (1,), planes,
+                                                        per_item, *self._ref(dy), inner, *self._ref(partial))
+            else:
+                self._launch_rows("rows.cl", "plane_sums", channels, (rows,), *self._ref(dy), inner,
+                                  *self._ref(partial))
             dy, inner = partial, 1
         # more than a chunk of rows: sum chunks in parallel first, each walking its rows whole (a
         # work-item of bias_grad walks a column, one strided load per row: a batch of 128 rows

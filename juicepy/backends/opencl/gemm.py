@@ -11,6 +11,15 @@ from .programs import ALT_MR
 # _conv_gemm takes the shorter ALT_MR panels only where the default ones pad more than
 # 1/ALT_MR_MIN_WASTE of the rows
 ALT_MR_MIN_WASTE = 16
+# _conv_gemm's work-groups take all of a group's up to WHOLE_ROWS_MAX outputs at once (one row
+# of tiles: each column tile's pixels gathered once, not once per row tile) where conv_gemm keeps
+# its sums in registers (to_y: one K slice, dense output planes of whole NR-column panels) and the
+# columns give at least WHOLE_ROWS_MIN_TILES tiles, on 16-lane builds; there the ALT_MR panels are
+# taken wherever they pad fewer rows (128 outputs: 16 panels of 8, not 11 of 12). Measured on
+# PoCL 3.1 / Zen 5's pointwise layers of 128 to 512 outputs (docs/opencl.md, session 38); on
+# 8-lane builds one row of tiles measured the same and 4-row panels slower.
+WHOLE_ROWS_MAX = 512
+WHOLE_ROWS_MIN_TILES = 8
 
 GPU_TILE = 16     # must match TS in gemm.cl
 PACK_WG = 64      # work-group size along K of pack_a
@@ -58,6 +67,7 @@ class GemmOps(abc.ABC):
     #: STAGE_A_ROWS rows (a recurrent step's or a Linear's batch, whose packing cost as much as its tiles) too
     direct_staging = True
     pointwise_filter = True
+    _whole_rows = True   # conv_gemm's one row of tiles where WHOLE_ROWS_MAX says (off: A/B runs)
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
         m, n, k = check_gemm("opencl", a, b, out, trans_a, trans_b)
@@ -137,10 +147,19 @@ class GemmOps(abc.ABC):
         # shorter panels where they waste fewer padded rows than the default and the default
         # would pad more than 1/ALT_MR_MIN_WASTE of the rows (16 outputs per group: 8-row panels
         # instead of 12-row ones, 4-row instead of 6-row); 128 outputs keep 6-row panels (the
-        # 4-row micro-kernel's fewer accumulators cost more than 4 padded rows of 132)
+        # 4-row micro-kernel's fewer accumulators cost more than 4 padded rows of 132), but for
+        # one row of tiles on 16-lane builds (WHOLE_ROWS_MAX)
         mr, alt = tiles["MR"], ALT_MR.get(tiles["MR"])
+        nr = 2 * tiles["VW"]
+        tile_n = even_tile(cols, tiles["BN"], nr)
+        # tile_m may pass BM (the size of the kernel's local tile of sums) only where conv_gemm's
+        # to_y holds: the same conditions as there
+        to_y = (tiles.get("STAGE_B_ROWS") and tiles.get("DIRECT_PACKED") and k <= tiles["BK"] and y_strides is None
+                and (ho * wo) % nr == 0)
+        whole = (to_y and self._whole_rows and tiles["VW"] == 16 and m <= WHOLE_ROWS_MAX
+                 and -(-cols // tile_n) >= WHOLE_ROWS_MIN_TILES)
         program = "gemm.cl"
-        if alt and round_up(m, alt) < round_up(m, mr) and (round_up(m, mr) - m) * ALT_MR_MIN_WASTE > m:
+        if alt and round_up(m, alt) < round_up(m, mr) and (whole or (round_up(m, mr) - m) * ALT_MR_MIN_WASTE > m):
             mr, program = alt, "gemm.cl:mr_alt"
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
@@ -156,8 +175,7 @@ class GemmOps(abc.ABC):
             else:
                 self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off,
                                                 k, 0, ap.base_data, 0)
-            tile_m = even_tile(m, tiles["BM"], mr)
-            tile_n = even_tile(cols, tiles["BN"], 2 * tiles["VW"])
+            tile_m = round_up(m, mr) if whole else even_tile(m, tiles["BM"], mr)
             self._kernel(program, "conv_gemm")(
                 self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
                 ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,

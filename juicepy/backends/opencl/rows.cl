@@ -122,6 +122,38 @@ __kernel void plane_sums(const int channels, __global const float *dy, const int
     partial[p_off + plane] = row_sum(dy + dy_off + plane * inner, inner);
 }
 
+// plane_sums for planes of 64 floats or more: a work-item (a work-group of one) sums `per_item`
+// consecutive planes (memory order: (row, channel)) one after the other, each in four float16
+// running sums (64 floats a step: four independent chains of vector adds), then across them and
+// their lanes. (plane_sums runs a plane's eight sums as one chain of 8-float adds, one add
+// waiting for the last.) Other sums than plane_sums': same floats, another order.
+typedef float16 float16_ua __attribute__((aligned(4)));
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void plane_sums_v(const int planes, const int per_item, __global const float *dy, const int dy_off,
+                  const int inner, __global float *partial, const int p_off)
+{
+    const int p0 = get_global_id(0) * per_item, p1 = min(planes, p0 + per_item);
+    for (int p = p0; p < p1; ++p) {
+        __global const float *src = dy + dy_off + (size_t)p * inner;
+        float16 a0 = (float16)(0.0f), a1 = a0, a2 = a0, a3 = a0;
+        int s = 0;
+        for (; s + 64 <= inner; s += 64) {
+            a0 += *(__global const float16_ua *)(src + s);
+            a1 += *(__global const float16_ua *)(src + s + 16);
+            a2 += *(__global const float16_ua *)(src + s + 32);
+            a3 += *(__global const float16_ua *)(src + s + 48);
+        }
+        for (; s + 16 <= inner; s += 16) a0 += *(__global const float16_ua *)(src + s);
+        const float16 t16 = (a0 + a1) + (a2 + a3);
+        const float8 t8 = t16.lo + t16.hi;
+        const float4 t4 = t8.lo + t8.hi;
+        const float2 t2 = t4.lo + t4.hi;
+        float total = t2.x + t2.y;
+        for (; s < inner; ++s) total += src[s];
+        partial[p_off + p] = total;
+    }
+}
+
 // partial[z, c] = sum of dy[r, c] over the rows r of chunk z ([z * chunk, (z + 1) * chunk)), in
 // row order; one work-item per chunk walks its rows whole. (One work-item per column walked a
 // column: PoCL runs a work-group's work-items as the outer loop, so each load crossed to a row

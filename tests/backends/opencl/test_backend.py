@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from juicepy.backends import Workspace
+
 
 def test_float64_storage_is_refused_with_a_clear_error(ocl):
     with pytest.raises(TypeError, match="opencl backend computes in float32"):
@@ -55,3 +57,25 @@ def test_vector_adam_matches_the_reference(ocl, rng, decoupled, weight_decay, am
     np.testing.assert_allclose(results[16][0], pr, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(results[16][1], mr, rtol=1e-4, atol=1e-6)
     assert np.isnan(results[16][0][[0, 40, n - 1]]).all()
+
+
+@pytest.mark.parametrize("shape", [(32, 128, 32, 32), (3, 7, 10, 10), (2, 3, 8, 7)])
+@pytest.mark.parametrize("vectors", [True, False])
+def test_bias_grad_plane_sums(ocl, rng, shape, vectors):
+    """A convolution's bias gradient: planes of 64 floats or more summed by plane_sums_v (whole
+    planes in float16 vectors), shorter ones and the switch's off state by plane_sums, against
+    float64 sums; plane_sums_v adds in another order, so the two agree to rounding."""
+    from juicepy.backends.opencl import OpenCLBackend
+
+    b = OpenCLBackend(ocl.device)
+    b._plane_vec = vectors
+    launched = []
+    real = b._kernel
+    b._kernel = lambda filename, name: launched.append(name) or real(filename, name)
+    dy = (rng.standard_normal(shape) + 0.5).astype(np.float32)
+    db = b.empty((shape[1],))
+    b.bias_grad(b.from_host(dy), db, False, Workspace())
+    np.testing.assert_allclose(b.to_host(db), dy.astype(np.float64).sum(axis=(0, 2, 3)), rtol=1e-5, atol=1e-3)
+    wanted = "plane_sums_v" if vectors and shape[2] * shape[3] >= 64 and b.gemm_variant == "packed" else "plane_sums"
+    other = "plane_sums" if wanted == "plane_sums_v" else "plane_sums_v"
+    assert wanted in launched and other not in launched

@@ -1160,3 +1160,77 @@ def test_vector_sums_of_batch_norm_give_the_same_bits(ocl, rng, shape, relu):
     np.testing.assert_allclose(db, g.sum(axis=axes), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(sums, np.concatenate([dev.sum(axis=axes), (dev * dev).sum(axis=axes)]),
                                rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), (O, kh, kw), padding, groups, epilogue: more outputs than one tile of rows
+    # (BM = 96) in one row of tiles; 128 outputs on 8-row panels (fewer padded rows than 12-row
+    # ones), 130 on 12-row ones with the last panel part padding; a 3x3 layer (K = 144, one
+    # slice); two groups of 100; bias, residual and ReLU in the stores; 520 outputs: past
+    # WHOLE_ROWS_MAX, rows of tiles as before
+    ((4, 24, 16, 16), (128, 1, 1), 0, 1, "bias"),
+    ((4, 20, 16, 16), (130, 1, 1), 0, 1, "bias+residual+relu"),
+    ((4, 16, 16, 16), (150, 3, 3), 1, 1, "relu"),
+    ((4, 40, 16, 16), (200, 1, 1), 0, 2, "bias"),
+    ((4, 8, 16, 16), (520, 1, 1), 0, 1, "none"),
+    # the input gradient's 120 channels in one row of tiles (the forward's 64 outputs: one tile)
+    ((4, 120, 16, 16), (64, 1, 1), 0, 1, "bias"),
+], ids=["o128-mr8", "o130-epilogue", "3x3-o150", "grouped-o100", "o520-past-max", "dx-c120"])
+def test_implicit_gemm_one_row_of_tiles(lanes_backend, rng, case):
+    """conv_gemm with all of a group's outputs in each work-group's tile (gemm.py's
+    WHOLE_ROWS_MAX: the forward pass and the input gradient of layers of more than 96 outputs
+    or channels) against a float64 reference, and equal bit for bit to rows of tiles (the same
+    products added in the same order per output)."""
+    from juicepy.backends.opencl import gemm as gemm_mod
+
+    xs, (o, kh, kw), p, groups, epi = case
+    n, c, h, wd = xs
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal((o, c // groups, kh, kw)) / np.sqrt(c * kh * kw)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    residual = rng.standard_normal((n, o, h, wd)).astype(np.float32)
+    dy = rng.standard_normal((n, o, h, wd)).astype(np.float32)
+    ref = conv_ref(x, w, (1, 1), (p, p), (1, 1), groups) if kh > 1 or groups > 1 else \
+        np.einsum("ncp,oc->nop", x.reshape(n, c, -1).astype(np.float64),
+                  w.reshape(o, c).astype(np.float64)).reshape(n, o, h, wd)
+    if "bias" in epi:
+        ref = ref + bias.astype(np.float64)[None, :, None, None]
+    if "residual" in epi:
+        ref = ref + residual
+    if "relu" in epi:
+        ref = np.maximum(ref, 0.0)
+    dx_ref, _ = conv_grads_ref(x, w, dy, (1, 1), (p, p), (1, 1), groups) if kh > 1 or groups > 1 else \
+        (np.einsum("nop,oc->ncp", dy.reshape(n, o, -1).astype(np.float64),
+                   w.reshape(o, c).astype(np.float64)).reshape(xs), None)
+    results = []
+    for whole in (True, False):
+        be = lanes_backend(16, conv_algorithm="implicit")
+        be._whole_rows = whole
+        grids = []
+        real = be._kernel
+
+        def spy(filename, name, real=real, grids=grids):
+            kernel = real(filename, name)
+            if name != "conv_gemm":
+                return kernel
+            return lambda queue, grid, *args: grids.append((filename, grid)) or kernel(queue, grid, *args)
+
+        be._kernel = spy
+        ws = Workspace()
+        y, dx = be.empty((n, o, h, wd)), be.empty(xs)
+        be.conv2d(be.from_host(x), be.from_host(w), y, (1, 1), (p, p), (1, 1), groups, ws,
+                  bias=be.from_host(bias) if "bias" in epi else None, relu="relu" in epi,
+                  residual=be.from_host(residual) if "residual" in epi else None)
+        be.conv2d_backward_data(be.from_host(dy), be.from_host(w), dx, (1, 1), (p, p), (1, 1), groups, False, ws)
+        results.append((be.to_host(y), be.to_host(dx)))
+        np.testing.assert_allclose(results[-1][0], ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(results[-1][1], dx_ref, rtol=1e-4, atol=1e-4)
+        bm = be._gemm_tiles["BM"]
+        for launches, rows in ((grids[:groups], o // groups), (grids[groups:], c // groups if kh == 1 else 0)):
+            if rows:   # (a 3x3 layer's input gradient has K past one slice: rows of tiles)
+                one_row = rows <= bm or (whole and rows <= gemm_mod.WHOLE_ROWS_MAX)
+                assert [g[1] == 1 for _, g in launches] == [one_row] * groups
+                if whole and rows == 128:
+                    assert [f for f, _ in launches] == ["gemm.cl:mr_alt"] * groups
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
