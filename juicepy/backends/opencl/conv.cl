@@ -133,9 +133,10 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
     if (epi) s = conv_epilogue(s, res + r_off + ((yr) - (y + y_off)), Wo - (col), epi); \
     if (Wo - (col) >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - (col)); }
 
-// OUTS (1, 4 or 6) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
-// loaded input vector feeds OUTS accumulators, and the OUTS * U accumulators are independent
-// chains of FMAs (one chain per vector waits out the FMA's latency at every tap)
+// OUTS (1, 4, 6 or 8; 8 only with U = 2) output planes times U (1, 2 or 4) consecutive vectors
+// of a row at once: each loaded input vector feeds OUTS accumulators, and the OUTS * U
+// accumulators are independent chains of FMAs (one chain per vector waits out the FMA's latency
+// at every tap)
 #define DIRECT_FMA(acc_, v_, u, OUTS) { \
     const floatv v = (v_); \
     acc_##u##0 += v * w0; \
