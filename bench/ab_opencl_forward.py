@@ -1,10 +1,12 @@
 """The OpenCL backend's inference forwards of the paired bench (LeNet-5 b64, the CIFAR CNN and
-ResNet b32, as bench/test_bench_lenet.py and test_bench_cnn.py build them), two ways:
+ResNet b32, as bench/test_bench_lenet.py and test_bench_cnn.py build them; `lenet-step`,
+`cifar-step`, `resnet-step`: their training steps), two ways:
 
     python bench/ab_opencl_forward.py ab lenet,cifar cur,pool_vec=0 [ROUNDS]
         in one process, backends given as variants built side by side (`cur`: the defaults;
         `name=0|1[+name=0|1]`: the backend attribute `_name` set to False / True, such as the
-        A/B switches `_pool_vec`, `_olanes`, `_winograd_relu`; `numpy`: the NumPy backend),
+        A/B switches `_pool_vec`, `_olanes`, `_winograd_relu`,
+        `_direct8`, `_s2_narrow`; `numpy`: the NumPy backend),
         timed in alternating rounds of 4 forwards; prints each variant's median ms.
     python bench/ab_opencl_forward.py kernels lenet [name=0|1 ...]
         the per-kernel event profile: each kernel's (name and global size) time from pyopencl's
@@ -26,7 +28,11 @@ import test_bench_lenet as lenet  # noqa: E402
 
 WORK = {"lenet": lenet.juicepy_forward,
         "cifar": lambda b: cnn.juicepy_forward(b, "cifar cnn 3x(conv-bn-relu-pool)"),
-        "resnet": lambda b: cnn.juicepy_forward(b, "resnet 16-32-64")}
+        "resnet": lambda b: cnn.juicepy_forward(b, "resnet 16-32-64"),
+        # the training steps (forward, backward and Adam) of the same networks
+        "lenet-step": lenet.juicepy_step,
+        "cifar-step": lambda b: cnn.juicepy_step(b, "cifar cnn 3x(conv-bn-relu-pool)"),
+        "resnet-step": lambda b: cnn.juicepy_step(b, "resnet 16-32-64")}
 
 
 def make(spec, queue_profiling=False):

@@ -133,14 +133,16 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
     if (epi) s = conv_epilogue(s, res + r_off + ((yr) - (y + y_off)), Wo - (col), epi); \
     if (Wo - (col) >= VEC) *(__global floatv_u *)(yr) = s; else store_tail(yr, s, Wo - (col)); }
 
-// OUTS (1, 4 or 6) output planes times U (1, 2 or 4) consecutive vectors of a row at once: each
-// loaded input vector feeds OUTS accumulators, and the OUTS * U accumulators are independent
-// chains of FMAs (one chain per vector waits out the FMA's latency at every tap)
+// OUTS (1, 4, 6 or 8; 8 only with U = 2) output planes times U (1, 2 or 4) consecutive vectors
+// of a row at once: each loaded input vector feeds OUTS accumulators, and the OUTS * U
+// accumulators are independent chains of FMAs (one chain per vector waits out the FMA's latency
+// at every tap)
 #define DIRECT_FMA(acc_, v_, u, OUTS) { \
     const floatv v = (v_); \
     acc_##u##0 += v * w0; \
     if (OUTS >= 4) { acc_##u##1 += v * w1; acc_##u##2 += v * w2; acc_##u##3 += v * w3; } \
-    if (OUTS == 6) { acc_##u##4 += v * w4; acc_##u##5 += v * w5; } }
+    if (OUTS >= 6) { acc_##u##4 += v * w4; acc_##u##5 += v * w5; } \
+    if (OUTS == 8) { acc_##u##6 += v * w6; acc_##u##7 += v * w7; } }
 #define DIRECT_STORES(u, OUTS) { \
     __global float *yu = yr + u * VEC; \
     DIRECT_STORE(s##u##0, yu, ow0 + u * VEC) \
@@ -149,14 +151,19 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         DIRECT_STORE(s##u##2, yu + (size_t)2 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##3, yu + (size_t)3 * Ho * Wo, ow0 + u * VEC) \
     } \
-    if (OUTS == 6) { \
+    if (OUTS >= 6) { \
         DIRECT_STORE(s##u##4, yu + (size_t)4 * Ho * Wo, ow0 + u * VEC) \
         DIRECT_STORE(s##u##5, yu + (size_t)5 * Ho * Wo, ow0 + u * VEC) \
+    } \
+    if (OUTS == 8) { \
+        DIRECT_STORE(s##u##6, yu + (size_t)6 * Ho * Wo, ow0 + u * VEC) \
+        DIRECT_STORE(s##u##7, yu + (size_t)7 * Ho * Wo, ow0 + u * VEC) \
     } }
 // the sums of vector u of the OUTS outputs, from their biases (all declared so that every
 // expansion compiles; the unused ones are dropped)
 #define DIRECT_SUMS(u) floatv s##u##0 = (floatv)(b0), s##u##1 = (floatv)(b1), s##u##2 = (floatv)(b2), \
-    s##u##3 = (floatv)(b3), s##u##4 = (floatv)(b4), s##u##5 = (floatv)(b5);
+    s##u##3 = (floatv)(b3), s##u##4 = (floatv)(b4), s##u##5 = (floatv)(b5), s##u##6 = (floatv)(b6), \
+    s##u##7 = (floatv)(b7);
 // Opens the loops over a work-item's taps (input channel ci, kernel row ki, column kj) with
 // xv at the tap's first input of the block (XC: the block's offset in a channel plane), wr at
 // the kernel row's weights and t at the column's; DIRECT_TAPS_END closes them. Shared by the
@@ -179,8 +186,9 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
             DIRECT_TAPS_BEGIN(XAS, K, (size_t)oh * sh * Wp + ow0 * sw) \
                 const float w0 = wr[t]; \
                 const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
-                            w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS == 6 ? wr[4 * w_o + t] : 0.0f, \
-                            w5 = OUTS == 6 ? wr[5 * w_o + t] : 0.0f; \
+                            w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS >= 6 ? wr[4 * w_o + t] : 0.0f, \
+                            w5 = OUTS >= 6 ? wr[5 * w_o + t] : 0.0f, w6 = OUTS == 8 ? wr[6 * w_o + t] : 0.0f, \
+                            w7 = OUTS == 8 ? wr[7 * w_o + t] : 0.0f; \
                 DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
                 if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
                 if (U == 4) { DIRECT_FMA(s, LOAD(xv + 2 * VEC * sw), 2, OUTS) DIRECT_FMA(s, LOAD(xv + 3 * VEC * sw), 3, OUTS) } \
@@ -272,8 +280,9 @@ inline floatv conv_epilogue(floatv s, __global const float *r, const int live, c
     /* the sums start from the bias (conv2d's epilogue, folded in: no pass over the output) */ \
     const float b0 = has_bias ? bias[b_off + o] : 0.0f, \
                 b1 = has_bias && OUTS >= 4 ? bias[b_off + o + 1] : 0.0f, b2 = has_bias && OUTS >= 4 ? bias[b_off + o + 2] : 0.0f, \
-                b3 = has_bias && OUTS >= 4 ? bias[b_off + o + 3] : 0.0f, b4 = has_bias && OUTS == 6 ? bias[b_off + o + 4] : 0.0f, \
-                b5 = has_bias && OUTS == 6 ? bias[b_off + o + 5] : 0.0f;
+                b3 = has_bias && OUTS >= 4 ? bias[b_off + o + 3] : 0.0f, b4 = has_bias && OUTS >= 6 ? bias[b_off + o + 4] : 0.0f, \
+                b5 = has_bias && OUTS >= 6 ? bias[b_off + o + 5] : 0.0f, b6 = has_bias && OUTS == 8 ? bias[b_off + o + 6] : 0.0f, \
+                b7 = has_bias && OUTS == 8 ? bias[b_off + o + 7] : 0.0f;
 #define DIRECT_KERNEL(name, OUTS, U, K) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
@@ -396,6 +405,8 @@ DIRECT_KERNEL(conv_direct_fwd4_f3_k3, 4, 3, 3)
 DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k3, 4, 3, 3)
 DIRECT_KERNEL(conv_direct_fwd4_f3_k5, 4, 3, 5)
 DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k5, 4, 3, 5)
+DIRECT_KERNEL(conv_direct_fwd8_u2_k3, 8, 2, 3)
+DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 
 // Narrow output rows (fewer outputs than two vectors, not whole vectors: LeNet's 10-wide) with
 // the output channels in the lanes instead: each work-item computes one output row of W (the

@@ -87,6 +87,11 @@ WINOGRAD_FAMILIES = {3: "winograd3", 5: "winograd5"}
 # ResNet's 32->64: docs/opencl.md; 16 channels keep the phase-plane direct kernel, the weight
 # gradient's GEMM and the input gradient's phase GEMMs)
 S2_MIN_CHANNELS = 32
+# ...and the forward pass from this many on 16-lane (AVX-512) GEMM devices, whose packed GEMM
+# tiles s2_winograd_conv runs on: on PoCL 3.1 / Zen 5 the ResNet's 16->32 32x32 layer ran in
+# about half the time of pad_phases + conv_direct_fwd4_phased (docs/opencl.md, session 38,
+# branch ocl-cnnfwd; on the AVX2 devices of session 31 the two were even there)
+S2_FORWARD_MIN_CHANNELS_16_LANES = 16
 # where s2_winograd_filter's blocks of channels give fewer work-groups than this, each block's
 # tiles are split into ranges (their sums added up by s2_filter_taps) so that both CPU threads
 # have work
@@ -111,6 +116,11 @@ DIRECT_LOCAL_MIN_ITEMS = 64
 # counts (conv_direct_fwd*_k3 / _k5 in conv.cl): the compiler unrolls them, so no loop control
 # or index arithmetic sits between the multiply-adds of a row of taps
 DIRECT_FIXED_TAPS = (3, 5)
+# square kernel sizes with 8-output builds of the direct forward kernel on 16 lanes
+# (conv_direct_fwd8_u2_k3 / _local_u2_k3 in conv.cl): each tap's two input vectors feed 16
+# accumulators instead of 8; on PoCL 3.1 / Zen 5 the ResNet's 16 -> 16 32x32 layer's kernel
+# ran faster so (docs/opencl.md, session 38, branch ocl-cnnfwd)
+DIRECT_OUTS_8_TAPS = (3,)
 # taps of a strided kernel up to which its forward pass runs on conv_direct_fwd4_phased
 # (PHASED_MAX_TAPS in conv.cl: the size of its table of tap offsets)
 PHASED_MAX_TAPS = 64
@@ -135,11 +145,16 @@ CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 OLANES_BUILDS = ((10, 5), (10, 3))
 
 
-def direct_outputs(outputs: int, lanes: int) -> int:
+def direct_outputs(outputs: int, lanes: int, kernel: int = 0, vectors: int = 0) -> int:
     """Output planes each work-item of the direct forward kernel computes (OUTS in conv.cl),
-    for ``outputs`` per group: each loaded input vector feeds that many accumulators. Six
-    (LeNet's 16 -> 6 input gradient and 1 -> 6 forward pass) on 8-lane devices only, where it
-    was measured; 12 float16 accumulators on 16-lane ones are unmeasured."""
+    for ``outputs`` per group, a square ``kernel`` (0: other) and rows of ``vectors`` vectors:
+    each loaded input vector feeds that many accumulators. Eight on 16-lane builds for 3x3
+    kernels and rows of two or more vectors (conv_direct_fwd8_*u2_k3: 16 float16 accumulators
+    of AVX-512's 32 registers; DIRECT_OUTS_8). Six (LeNet's 16 -> 6 input gradient and 1 -> 6
+    forward pass) on 8-lane devices only, where it was measured; 12 float16 accumulators on
+    16-lane ones are unmeasured."""
+    if lanes == 16 and outputs % 8 == 0 and kernel in DIRECT_OUTS_8_TAPS and vectors >= 2:
+        return 8
     if outputs % 4 == 0:
         return 4
     if lanes == 8 and outputs % 6 == 0:
@@ -264,6 +279,8 @@ class SpatialOps(abc.ABC):
     _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
+    _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
+    _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
 
     def _use_implicit(self) -> bool:
@@ -319,7 +336,8 @@ class SpatialOps(abc.ABC):
         ("data") runs as Winograd F(2x2, 2x2) on the phases of a 3x3 stride-2 convolution
         (_s2_forward, _s2_filter, _s2_data): undilated and ungrouped, where its kernel fits the
         device's local memory; "winograd" forces it there, "auto" chooses it on 8-lane CPU
-        devices from S2_MIN_CHANNELS input and output channels."""
+        devices from S2_MIN_CHANNELS input and output channels, for a forward pass on a
+        16-lane GEMM from S2_FORWARD_MIN_CHANNELS_16_LANES."""
         c, o, kh, kw, sh, sw, dh, dw = geo[1], geo[4], geo[5], geo[6], geo[9], geo[10], geo[13], geo[14]
         if (kh, kw, sh, sw, dh, dw, groups) != (3, 3, 2, 2, 1, 1, 1) or self.gemm_variant != "packed":
             return False
@@ -327,7 +345,10 @@ class SpatialOps(abc.ABC):
             return False
         if self.conv_algorithm != "auto":
             return self.conv_algorithm == "winograd"
-        return self._conv_vec == 8 and min(c, o) >= S2_MIN_CHANNELS
+        least = S2_MIN_CHANNELS
+        if op == "forward" and self._gemm_float_lanes() == 16 and self._s2_narrow is not False:
+            least = min(least, S2_FORWARD_MIN_CHANNELS_16_LANES)
+        return self._conv_vec == 8 and min(c, o) >= least
 
     def _s2_packed_weights(self, kernel, w, depth, rows, positions, name, ws):
         """The phase Winograd's transformed weights (conv.cl's ``kernel``) in the packed GEMM's
@@ -486,8 +507,9 @@ class SpatialOps(abc.ABC):
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         lanes = self._direct_forward_lanes(geo, groups)
         program = self._conv_program(lanes)
-        outs = direct_outputs(o // groups, lanes)
-        unroll = direct_unroll(outs, -(-wo // lanes), lanes)
+        vectors = -(-wo // lanes)
+        outs = direct_outputs(o // groups, lanes, kh if kh == kw and self._direct8 is not False else 0, vectors)
+        unroll = direct_unroll(outs, vectors, lanes)
         lanes_past = unroll * lanes * sw + kw * dw
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
         suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")

@@ -1234,3 +1234,113 @@ def test_implicit_gemm_one_row_of_tiles(lanes_backend, rng, case):
                     assert [f for f, _ in launches] == ["gemm.cl:mr_alt"] * groups
     np.testing.assert_array_equal(results[0][0], results[1][0])
     np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, groups, padding: rows of two whole 16-lane vectors (the ResNet's 16 -> 16
+    # 32x32 layer, smaller), three (the second block's last vector wholly past the row), a
+    # group of 8 outputs, padding 0 (no zero rows) and 2 (past the kernel)
+    ((2, 5, 6, 32), 16, 1, 1),
+    ((1, 4, 5, 48), 8, 1, 1),
+    ((2, 16, 4, 32), 16, 2, 1),
+    ((1, 3, 7, 34), 16, 1, 0),
+    ((1, 3, 3, 30), 8, 1, 2),
+])
+@pytest.mark.parametrize("local", [True, False], ids=["local", "padded"])
+def test_eight_output_direct_forward_on_16_lanes(lanes_backend, rng, monkeypatch, case, local):
+    """conv_direct_fwd8_local_u2_k3 / conv_direct_fwd8_u2_k3 (16 accumulators: 8 output planes
+    times 2 vectors of a row) take the 16-lane direct forward pass and stride-1 input gradient
+    of 3x3 layers with rows of at least two vectors and outputs per group in runs of 8: with the
+    bias and the epilogue (residual, ReLU), accumulated, and the input gradient against the
+    float64 loops; the sums keep conv_direct_fwd4's order, so its results are bit for bit the
+    same as with the 4-output build (_direct8 = False)."""
+    from juicepy.backends.opencl import spatial
+
+    if not local:
+        monkeypatch.setattr(spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
+    xs, o, groups, p = case
+    b = lanes_backend(16, conv_algorithm="direct", conv_vector_width=None)
+    four = lanes_backend(16, conv_algorithm="direct", conv_vector_width=None)
+    four._direct8 = False
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1] // groups, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    y_ref = conv_ref(x, wt, (1, 1), (p, p), (1, 1), groups)
+    assert y_ref.shape[3] % 16 == 0 and y_ref.shape[3] >= 32
+    res = rng.standard_normal(y_ref.shape).astype(np.float32)
+    y0 = rng.standard_normal(y_ref.shape).astype(np.float32)
+    launched = []
+    real = b._kernel
+    b._kernel = lambda program, name: launched.append((program, name)) or real(program, name)
+    ws = Workspace()
+    y = b.empty(y_ref.shape)
+    b.conv2d(b.from_host(x), b.from_host(wt), y, 1, p, 1, groups, ws, bias=b.from_host(bias),
+             residual=b.from_host(res), relu=True)
+    y_host = b.to_host(y)
+    name = "conv_direct_fwd8" + ("_local" if local else "") + "_u2_k3"
+    assert ("conv.cl:vec16", name) in launched
+    np.testing.assert_allclose(y_host, np.maximum(y_ref + bias[:, None, None] + res, 0.0), rtol=1e-4, atol=1e-4)
+    y4 = four.empty(y_ref.shape)
+    four.conv2d(four.from_host(x), four.from_host(wt), y4, 1, p, 1, groups, Workspace(), bias=four.from_host(bias),
+                residual=four.from_host(res), relu=True)
+    np.testing.assert_array_equal(y_host, four.to_host(y4))
+    # accumulated into y0 through the geometry's own entry (conv2d sets its output)
+    geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, (1, 1), (p, p), (1, 1), groups, "conv2d")
+    ya = b.from_host(y0)
+    b._direct_forward(b.from_host(x), b.from_host(wt), ya, geo, groups, False, True, ws)
+    np.testing.assert_allclose(b.to_host(ya), y_ref + y0, rtol=1e-4, atol=1e-4)
+    if p == 1 and xs[1] // groups % 8 == 0:   # the input gradient: the roles of C and O swap
+        dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+        dx_ref, _ = conv_grads_ref(x, wt, dy, (1, 1), (1, 1), (1, 1), groups)
+        launched.clear()
+        dx = b.empty(x.shape)
+        b.conv2d_backward_data(b.from_host(dy), b.from_host(wt), dx, 1, 1, 1, groups, False, ws)
+        assert ("conv.cl:vec16", name) in launched
+        np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_eight_output_direct_forward_rule():
+    """direct_outputs: 8 only for 16 lanes, 3x3, rows of two or more vectors and runs of 8
+    outputs; 4 (or 6, 1) elsewhere as before."""
+    from juicepy.backends.opencl.spatial import direct_outputs
+
+    assert direct_outputs(16, 16, 3, 2) == 8 and direct_outputs(8, 16, 3, 3) == 8
+    assert direct_outputs(16, 16, 3, 1) == 4 and direct_outputs(16, 16, 5, 2) == 4 and direct_outputs(16, 16, 0, 2) == 4
+    assert direct_outputs(12, 16, 3, 2) == 4 and direct_outputs(16, 8, 3, 2) == 4 and direct_outputs(6, 8) == 6
+    assert direct_outputs(6, 16, 3, 2) == 1
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_16_lane_gemm_takes_the_phase_winograd_for_narrow_strided_forwards(lanes_backend, rng, batch):
+    """On a 16-lane GEMM "auto" runs the 3x3 stride-2 forward pass as the phase Winograd from
+    S2_FORWARD_MIN_CHANNELS_16_LANES channels (the ResNet's 16 -> 32 layer; its weight and input
+    gradients keep theirs), with the inference batch norm folded in and the ReLU, against the
+    float64 loops; 8 channels keep the phase-plane kernels."""
+    from juicepy.backends.base import ConvNorm
+    from juicepy.backends.opencl.spatial import S2_FORWARD_MIN_CHANNELS_16_LANES
+
+    assert S2_FORWARD_MIN_CHANNELS_16_LANES == 16
+    b = lanes_backend(16, conv_vector_width=None)
+    geo = (batch, 16, 32, 32, 32, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1)
+    assert b._forward_algorithm(geo, 1) == "s2"
+    assert not b._use_s2(geo, 1, "filter") and not b._use_s2(geo, 1, "data")
+    assert b._forward_algorithm((batch, 8, 32, 32, 32, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) != "s2"
+    assert lanes_backend(8)._forward_algorithm(geo, 1) != "s2"
+    b._s2_narrow = False
+    assert b._forward_algorithm(geo, 1) != "s2"
+    b._s2_narrow = None
+    x = rng.standard_normal((batch, 16, 32, 32)).astype(np.float32)
+    wt = rng.standard_normal((32, 16, 3, 3)).astype(np.float32)
+    gamma, beta, mean = (rng.standard_normal(32).astype(np.float32) for _ in range(3))
+    var = rng.uniform(0.5, 3.0, 32).astype(np.float32)
+    y_ref = conv_ref(x, wt, (2, 2), (1, 1), (1, 1), 1)
+    y_ref = np.maximum((y_ref - mean[:, None, None]) / np.sqrt(var + 1e-5)[:, None, None] * gamma[:, None, None]
+                       + beta[:, None, None], 0.0)
+    taken = []
+    real = b._s2_forward
+    b._s2_forward = lambda *args, **kwargs: taken.append(1) or real(*args, **kwargs)
+    y = b.empty(y_ref.shape)
+    b.conv2d(b.from_host(x), b.from_host(wt), y, 2, 1, 1, 1, Workspace(),
+             norm=ConvNorm(*(b.from_host(a) for a in (gamma, beta, mean, var)), 1e-5), relu=True)
+    assert taken
+    np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
