@@ -703,17 +703,17 @@ POINTWISE_FILTER_ISAS = (2,)
 POINTWISE_FILTER_MIN_PLANE = 256
 
 
-def _pointwise_filter(backend, stride, padding, groups) -> bool:
+def _pointwise_filter(backend, plan) -> bool:
     """Whether a 1x1 weight gradient is ranked by POINTWISE_FILTER_MIN_PLANE: a pointwise
-    (stride 1, unpadded), ungrouped one on POINTWISE_FILTER_ISAS. Strided 1x1 ones keep the GEMM
+    (_pointwise), ungrouped one on POINTWISE_FILTER_ISAS. Strided 1x1 ones keep the GEMM
     (measured to lose on the direct kernel, docs/numpy.md)."""
-    return backend.conv_kernels.isa in POINTWISE_FILTER_ISAS and tuple(stride) == (1, 1) \
-        and tuple(padding) == (0, 0) and groups == 1
+    return backend.conv_kernels.isa in POINTWISE_FILTER_ISAS and _pointwise(plan) and plan.groups == 1
 
 
 def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
     args = (backend, x, dy, dw.shape, stride, padding, dilation, groups)
-    if (dw.shape[2], dw.shape[3]) == (1, 1) and _pointwise_filter(backend, stride, padding, groups):
+    plan = _ConvPlan(x.shape, dw.shape, dy.shape[2:], tuple(stride), tuple(padding), dilation, groups)
+    if _pointwise_filter(backend, plan):
         direct = dy.shape[2] * dy.shape[3] >= POINTWISE_FILTER_MIN_PLANE
         (_direct_backward_filter if direct else _gemm_backward_filter)(*args, dw, accumulate, ws)
         return
