@@ -630,9 +630,11 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
         _run_lanes(plan.n, work, lane)
 
 
-#: fewest input channels of a 3x3 stride-2 forward run by _s2_forward: measured to win at 64
-#: (docs/numpy.md); narrower ones keep the direct kernel (up to DIRECT_STRIDED_MAX_CHANNELS) or GEMM
-S2_MIN_CHANNELS = 64
+#: fewest input channels of a 3x3 stride-2 forward run by _s2_forward, by ``isa``: on AVX-512
+#: from 32 (the ResNet's 32 -> 64 layer, against the direct kernel; 24 and 16 lost), on AVX2 from
+#: 40, past the direct kernel's DIRECT_STRIDED_MAX_CHANNELS (against the GEMM; with 32 it tied
+#: the direct kernel); narrower ones keep the direct kernel or GEMM (docs/numpy.md, session 39)
+S2_MIN_CHANNELS = {1: 40, 2: 32}
 
 
 #: the instruction sets (``isa``) _s2_forward runs on: AVX2 (its GEMMs on np.matmul) and AVX-512
@@ -642,10 +644,11 @@ S2_ISAS = (1, 2)
 
 def _s2(backend, plan) -> bool:
     """Whether a 3x3 stride-2 forward runs as F(2x2, 2x2) on its phases (_s2_forward): undilated,
-    ungrouped, padding >= 0, S2_MIN_CHANNELS input channels, on S2_ISAS."""
-    return backend.conv_kernels.isa in S2_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
+    ungrouped, padding >= 0, S2_MIN_CHANNELS[isa] input channels, on S2_ISAS."""
+    isa = backend.conv_kernels.isa
+    return isa in S2_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
         and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
-        and plan.c >= S2_MIN_CHANNELS
+        and plan.c >= S2_MIN_CHANNELS[isa]
 
 
 #: tiles (2x2 outputs) per chunk of samples of _s2_forward (at least one sample)
@@ -724,7 +727,7 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
             runs.append(_winograd_backward_filter)
         elif tuple(stride) == (1, 1) and _wg_filter(backend, dw.shape, dilation, groups, dy.shape[2:]):
             runs.append(_wg_backward_filter)
-        elif _s2_filter(backend, dw.shape, stride, padding, dilation, groups):
+        elif _s2_filter(backend, dw.shape, stride, padding, dilation, groups, dy.shape[2:]):
             runs.append(_s2_backward_filter)
     channels = max(x.shape[1] // groups, dw.shape[0])
     runs[_algorithm("filter", len(runs), dy.shape[2:], backend.conv_kernels.isa, channels, tuple(stride) != (1, 1))](
@@ -733,8 +736,13 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
 
 #: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter, by ``isa``:
 #: measured to win at 64 with np.matmul's GEMMs (AVX2; the ResNet's 16- and 32-channel strided
-#: layers keep the direct kernel or GEMM), at 32 with tile_gemm's (AVX-512; docs/numpy.md)
-S2_FILTER_MIN_CHANNELS = {1: 64, 2: 32}
+#: layers keep the direct kernel or GEMM), at 16 with tile_gemm's (AVX-512), where fewer than
+#: S2_FILTER_NARROW_INPUTS input channels take it up to a dy plane (Ho*Wo) of
+#: S2_FILTER_NARROW_MAX_PLANE: with 16 channels the direct kernel won on 24x24 and 32x32 dy
+#: planes, lost on 16x16 and 8x8 ones (the ResNet's 16 -> 32 layer; docs/numpy.md, session 39)
+S2_FILTER_MIN_CHANNELS = {1: 64, 2: 16}
+S2_FILTER_NARROW_INPUTS = 32
+S2_FILTER_NARROW_MAX_PLANE = 256
 #: the instruction sets (``isa``) it runs on: measured on Zen 4 with both builds (the AVX2 one
 #: with OpenBLAS held to Haswell; docs/numpy.md)
 S2_FILTER_ISAS = (1, 2)
@@ -747,13 +755,16 @@ S2_FILTER_TILE_GEMM_ISAS = (2,)
 S2_FILTER_TILES = 256
 
 
-def _s2_filter(backend, w_shape, stride, padding, dilation, groups) -> bool:
+def _s2_filter(backend, w_shape, stride, padding, dilation, groups, out_hw) -> bool:
     """Whether a weight gradient runs as the adjoint of the phase Winograd (_s2_backward_filter):
-    3x3, stride 2, undilated, ungrouped, padding >= 0, S2_FILTER_MIN_CHANNELS[isa] input channels, on
-    S2_FILTER_ISAS."""
+    3x3, stride 2, undilated, ungrouped, padding >= 0, S2_FILTER_MIN_CHANNELS[isa] input channels
+    (fewer than S2_FILTER_NARROW_INPUTS only up to an output plane ``out_hw`` of
+    S2_FILTER_NARROW_MAX_PLANE), on S2_FILTER_ISAS."""
+    narrow = w_shape[1] < S2_FILTER_NARROW_INPUTS
     return backend.conv_kernels.isa in S2_FILTER_ISAS and tuple(w_shape[2:]) == (3, 3) and groups == 1 \
         and tuple(stride) == (2, 2) and tuple(dilation) == (1, 1) and min(padding) >= 0 \
-        and w_shape[1] >= S2_FILTER_MIN_CHANNELS[backend.conv_kernels.isa]
+        and w_shape[1] >= S2_FILTER_MIN_CHANNELS[backend.conv_kernels.isa] \
+        and (not narrow or out_hw[0] * out_hw[1] <= S2_FILTER_NARROW_MAX_PLANE)
 
 
 #: F(2x2, 2x2)'s taps as sums of the weight gradient's GEMM products: tap (i, j) of the 3x3 kernel
@@ -914,10 +925,15 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
 
 
 #: fewest output channels (the GEMMs' depth) and input channels (their rows) of a 3x3 stride-2
-#: input gradient run by _s2_backward_data: measured to win from 32 -> 64 (the ResNet's) to
-#: 128 -> 256, to lose with the ResNet's 16 -> 32, which keeps im2col + GEMM (docs/numpy.md)
-S2_DATA_MIN_CHANNELS = 64
-S2_DATA_MIN_INPUTS = 32
+#: input gradient run by _s2_backward_data, and the smallest dy plane (Ho*Wo) it takes with fewer
+#: than S2_DATA_SMALL_PLANE_MIN_INPUTS input channels. Measured with cold caches (as inside a
+#: network): from 16 -> 32 to 64 -> 128 on 16x16 and larger dy planes it won or tied; on 8x8 dy
+#: planes it lost with 32 -> 32 and the ResNet's 32 -> 64 to im2col + GEMM, tied with 64 -> 128,
+#: won with 128 -> 256 (docs/numpy.md, sessions 33 and 39)
+S2_DATA_MIN_CHANNELS = 32
+S2_DATA_MIN_INPUTS = 16
+S2_DATA_MIN_PLANE = 256
+S2_DATA_SMALL_PLANE_MIN_INPUTS = 128
 #: the instruction sets (``isa``) it runs on: AVX-512, where its GEMMs run on tile_gemm; the AVX2
 #: build (np.matmul) won some shapes and lost others (docs/numpy.md)
 S2_DATA_ISAS = (2,)
@@ -930,10 +946,12 @@ S2_DATA_DEPTHS = (1,) * 25
 def _s2_data(backend, plan) -> bool:
     """Whether a 3x3 stride-2 input gradient runs as F(2x2, 2x2) on dx's phases
     (_s2_backward_data): undilated, ungrouped, padding >= 0, S2_DATA_MIN_CHANNELS output and
-    S2_DATA_MIN_INPUTS input channels, on S2_DATA_ISAS."""
+    S2_DATA_MIN_INPUTS input channels, a dy plane of S2_DATA_MIN_PLANE (any with
+    S2_DATA_SMALL_PLANE_MIN_INPUTS input channels), on S2_DATA_ISAS."""
     return backend.conv_kernels.isa in S2_DATA_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
         and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
-        and plan.o >= S2_DATA_MIN_CHANNELS and plan.c >= S2_DATA_MIN_INPUTS
+        and plan.o >= S2_DATA_MIN_CHANNELS and plan.c >= S2_DATA_MIN_INPUTS \
+        and (plan.ho * plan.wo >= S2_DATA_MIN_PLANE or plan.c >= S2_DATA_SMALL_PLANE_MIN_INPUTS)
 
 
 def _s2_backward_data(backend, dy, w, plan, dx, accumulate, ws):

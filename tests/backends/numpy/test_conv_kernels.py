@@ -376,8 +376,9 @@ def test_strided_convs_run_direct_only_where_measured(monkeypatch):
 def test_strided_weight_gradients_run_direct_where_the_plane_rule_says(monkeypatch):
     """Strided kxk (k > 1) weight gradients may take the direct kernel (on phase planes) on
     AVX2 and AVX-512, then by _algorithm's plane rule with the width (on AVX2 too): the
-    ResNet's 16->32 stride-2 layer (16x16 outputs) runs direct, its 32->64 one (8x8) and the
-    bench's 64->128 (16x16, 128 channels) keep GEMM, as do 1x1 strided ones and the baseline
+    ResNet's 16->32 stride-2 layer (16x16 outputs) runs direct on AVX2 (on AVX-512 the phase
+    Winograd's adjoint, _s2_filter), as do 16->32 on 32x32 outputs, its 32->64 one (8x8) and the
+    bench's 64->128 (16x16, 128 channels) do not, nor 1x1 strided ones and the baseline
     build; either way (batch 1, odd planes, padding 0/1/2, groups, accumulating) the result is
     the fallback's."""
     picked = []
@@ -395,8 +396,9 @@ def test_strided_weight_gradients_run_direct_where_the_plane_rule_says(monkeypat
         return bool(picked)
 
     for isa in (2, 1):
-        assert runs(16, 32, 32, 3, isa) and runs(3, 16, 32, 3, isa) and runs(16, 32, 64, 3, isa)
+        assert runs(3, 16, 32, 3, isa) and runs(16, 32, 64, 3, isa)
         assert not runs(32, 64, 16, 3, isa) and not runs(64, 128, 32, 3, isa) and not runs(16, 32, 32, 1, isa)
+    assert runs(16, 32, 32, 3, 1) and not runs(16, 32, 32, 3, 2)
     assert not runs(16, 32, 32, 3, 0)
     # stride 1 on AVX2 keeps its measured rule: direct from 16x16 planes at any width
     assert numpy_spatial._algorithm("filter", 2, (16, 16), 1, 128) == 1
@@ -1192,9 +1194,9 @@ def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
 
 @needs_kernels
 def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
-    """F(2x2, 2x2) on the phases: 3x3, stride 2, no dilation or groups, S2_MIN_CHANNELS input
-    channels, AVX2 and AVX-512 (not the baseline build); the ResNet's narrower strided convs keep
-    the direct kernel."""
+    """F(2x2, 2x2) on the phases: 3x3, stride 2, no dilation or groups, S2_MIN_CHANNELS[isa] input
+    channels, AVX2 (from 40: 32 tied the direct kernel) and AVX-512 (from 32: the ResNet's 32 -> 64
+    layer), not the baseline build; narrower strided convs keep the direct kernel."""
     backend = jp.backend("numpy")
 
     def plan(c, k=3, s=2, dilation=1, groups=1):
@@ -1203,12 +1205,13 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
 
     monkeypatch.setattr(kernels, "isa", 1)
     applies = numpy_spatial._s2
-    assert applies(backend, plan(64)) and applies(backend, plan(128))
+    assert applies(backend, plan(64)) and applies(backend, plan(128)) and applies(backend, plan(40))
     assert not applies(backend, plan(32)) and not applies(backend, plan(64, k=5))
     assert not applies(backend, plan(64, s=1)) and not applies(backend, plan(64, dilation=2))
     assert not applies(backend, plan(64, groups=2))
     monkeypatch.setattr(kernels, "isa", 2)
-    assert applies(backend, plan(64)) and not applies(backend, plan(32))
+    assert applies(backend, plan(64)) and applies(backend, plan(32))
+    assert not applies(backend, plan(24)) and not applies(backend, plan(16))
     monkeypatch.setattr(kernels, "isa", 0)
     assert not applies(backend, plan(64))
 
@@ -1235,7 +1238,7 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     blocked = []
     s2_gemm = kernels.s2_gemm
     monkeypatch.setattr(kernels, "s2_gemm", lambda *a: (blocked.append(1), s2_gemm(*a))[1])
-    monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", {1: 1, 2: 1})
     monkeypatch.setattr(numpy_spatial, "S2_TILES", 8)  # chunks of one or two samples
     picked = []
     original = numpy_spatial._s2_forward
@@ -1572,6 +1575,7 @@ def test_stride_2_phase_weight_gradient_matches_the_reference(shape, tiles, isa,
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
     monkeypatch.setattr(kernels, "isa", isa)
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", {1: 1, 2: 1})
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_NARROW_INPUTS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_TILES", tiles)
     _weight_gradient_path_matches_the_fallback(monkeypatch, "_s2_backward_filter", x, w, (2, p, 1, 1))
 
@@ -1579,24 +1583,28 @@ def test_stride_2_phase_weight_gradient_matches_the_reference(shape, tiles, isa,
 @needs_kernels
 def test_stride_2_phase_weight_gradient_only_for_wide_undilated_3x3_on_avx2_and_avx512(monkeypatch):
     """Measured on Zen 4 with 64 input channels (the bench's 64->128 layer), with the AVX-512 and
-    the AVX2 build, and on Zen 5 with 32 on AVX-512 (GEMMs on tile_gemm): the ResNet's 32-channel
-    strided layer runs it there, its 16-channel one (and the 32-channel one on AVX2) keeps the
-    direct kernel or GEMM, the baseline build the GEMM. w shapes (O, C, 3, 3)."""
+    the AVX2 build, and on Zen 5 with 32 and 16 on AVX-512 (GEMMs on tile_gemm): the ResNet's 32-
+    and 16-channel strided layers run it there (16 channels up to a 16x16 output plane: the direct
+    kernel won larger ones), the 32-channel one on AVX2 keeps the direct kernel, the baseline
+    build the GEMM. w shapes (O, C, 3, 3), output planes (Ho, Wo)."""
     applies = numpy_spatial._s2_filter
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "isa", 2)
-    s2, one, pad = (2, 2), (1, 1), (1, 1)
-    assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1) and applies(backend, (64, 128, 3, 3), s2, (0, 0), one, 1)
-    assert applies(backend, (64, 32, 3, 3), s2, pad, one, 1) and not applies(backend, (32, 16, 3, 3), s2, pad, one, 1)
-    assert not applies(backend, (128, 64, 3, 3), one, pad, one, 1)
-    assert not applies(backend, (128, 64, 3, 3), s2, pad, s2, 1)
-    assert not applies(backend, (128, 32, 3, 3), s2, pad, one, 2)
-    assert not applies(backend, (128, 64, 5, 5), s2, pad, one, 1)
-    assert not applies(backend, (128, 64, 3, 3), (3, 3), pad, one, 1)
+    s2, one, pad, plane, wide = (2, 2), (1, 1), (1, 1), (16, 16), (24, 24)
+    assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1, plane)
+    assert applies(backend, (64, 128, 3, 3), s2, (0, 0), one, 1, plane)
+    assert applies(backend, (64, 32, 3, 3), s2, pad, one, 1, wide) and applies(backend, (32, 16, 3, 3), s2, pad, one, 1, plane)
+    assert not applies(backend, (32, 16, 3, 3), s2, pad, one, 1, wide) and not applies(backend, (32, 8, 3, 3), s2, pad, one, 1, plane)
+    assert not applies(backend, (128, 64, 3, 3), one, pad, one, 1, plane)
+    assert not applies(backend, (128, 64, 3, 3), s2, pad, s2, 1, plane)
+    assert not applies(backend, (128, 32, 3, 3), s2, pad, one, 2, plane)
+    assert not applies(backend, (128, 64, 5, 5), s2, pad, one, 1, plane)
+    assert not applies(backend, (128, 64, 3, 3), (3, 3), pad, one, 1, plane)
     monkeypatch.setattr(kernels, "isa", 1)
-    assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1) and not applies(backend, (64, 32, 3, 3), s2, pad, one, 1)
+    assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1, plane)
+    assert not applies(backend, (64, 32, 3, 3), s2, pad, one, 1, plane)
     monkeypatch.setattr(kernels, "isa", 0)
-    assert not applies(backend, (128, 64, 3, 3), s2, pad, one, 1)
+    assert not applies(backend, (128, 64, 3, 3), s2, pad, one, 1, plane)
 
 
 @needs_kernels
@@ -1677,6 +1685,7 @@ def test_stride_2_phase_weight_gradient_training_step_allocates_no_backend_buffe
     from juicepy import layers as L
 
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", {1: 1, 2: 1})
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_NARROW_INPUTS", 1)
     _steady_steps_allocate_nothing(monkeypatch, "_s2_backward_filter", [L.Conv2d(16, 3, padding=1), L.ReLU(),
                                    L.Conv2d(8, 3, stride=2, padding=1)], (8, 9, 9), (8, 5, 5), isa=2)
 
@@ -1721,6 +1730,7 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_TILES", -(-h // 4) * -(-w_ // 4) * 2 - 1)  # one sample a chunk
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
     monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
@@ -1745,18 +1755,22 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
 @needs_kernels
 def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypatch):
     """F(2x2, 2x2) on dx's phases: 3x3, stride 2, no dilation or groups, S2_DATA_MIN_CHANNELS
-    output and S2_DATA_MIN_INPUTS input channels, AVX-512 only (measured: docs/numpy.md); the
-    ResNet's 32 -> 64 layer takes it, its 16 -> 32 one keeps im2col + GEMM."""
+    output and S2_DATA_MIN_INPUTS input channels, from a 16x16 dy plane (any with
+    S2_DATA_SMALL_PLANE_MIN_INPUTS input channels), AVX-512 only (measured with cold caches:
+    docs/numpy.md); the ResNet's 16 -> 32 layer (dy 16x16) takes it, its 32 -> 64 one (dy 8x8)
+    keeps im2col + GEMM."""
     backend = jp.backend("numpy")
 
-    def plan(c, o, k=3, s=2, dilation=1, groups=1, padding=1):
-        return numpy_spatial._ConvPlan((2, c, 16, 16), (o, c // groups, k, k), (8, 8), (s, s), (padding, padding),
-                                       (dilation, dilation), groups)
+    def plan(c, o, k=3, s=2, dilation=1, groups=1, padding=1, side=16):
+        return numpy_spatial._ConvPlan((2, c, 2 * side, 2 * side), (o, c // groups, k, k), (side, side), (s, s),
+                                       (padding, padding), (dilation, dilation), groups)
 
     monkeypatch.setattr(kernels, "isa", 2)
     applies = numpy_spatial._s2_data
     assert applies(backend, plan(64, 128)) and applies(backend, plan(32, 64)) and applies(backend, plan(64, 64, padding=0))
-    assert not applies(backend, plan(16, 32)) and not applies(backend, plan(16, 64)) and not applies(backend, plan(64, 32))
+    assert applies(backend, plan(16, 32)) and applies(backend, plan(32, 32)) and applies(backend, plan(128, 256, side=8))
+    assert not applies(backend, plan(32, 64, side=8)) and not applies(backend, plan(64, 128, side=8))
+    assert not applies(backend, plan(8, 32)) and not applies(backend, plan(64, 16))
     assert not applies(backend, plan(64, 128, k=5))
     assert not applies(backend, plan(64, 128, s=1)) and not applies(backend, plan(64, 128, dilation=2))
     assert not applies(backend, plan(64, 128, groups=2))
@@ -1891,6 +1905,7 @@ def test_stride_2_input_gradient_training_step_allocates_no_backend_buffers(monk
 
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_PLANE", 1)
     _steady_steps_allocate_nothing(monkeypatch, "_s2_backward_data", [L.Conv2d(16, 3, padding=1), L.ReLU(),
                                    L.Conv2d(8, 3, stride=2, padding=1)], (8, 9, 9), (8, 5, 5), isa=2)
 
