@@ -1031,7 +1031,7 @@ WINOGRAD_MIN_CHANNELS = 32
 #: held to AVX2 it ranks them as Zen 4 does) Winograd's GEMMs run on tile_gemm from
 #: DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH channels; F(2x2, 3x3) needs
 #: DIRECT_FAVOURED_WINOGRAD_MIN_IN channels summed over (with 32 it won alone but not in the
-#: CNN and ResNet), F(2x2, 5x5) runs only where its GEMMs do run on tile_gemm (_tile_gemm_for;
+#: CNN and ResNet), F(2x2, 5x5) runs only where its GEMMs do run on tile_gemm (_tile_gemm;
 #: on BLAS the direct kernel won) (docs/numpy.md, sessions 33 and 35)
 DIRECT_FAVOURED_CPUS = {("AuthenticAMD", 0x1A)}
 DIRECT_FAVOURED_WINOGRAD_MIN_IN = 64
@@ -1101,24 +1101,19 @@ def _winograd_tiles(geometry):
 TILE_GEMM_MIN_DEPTH = 64
 
 
-def _tile_gemm(backend, t, n_in, chunks) -> bool:
+def _tile_gemm(backend, depths, n_in) -> bool:
     """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
-    position of depth n_in (or the phase Winograd's S2_DEPTHS, on s2_gemm), at least
-    TILE_GEMM_MIN_DEPTH of them (DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH where _direct_favoured), on
-    AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3
-    blocks lost to BLAS in the 1x1 conv); only with a chunk for every lane, each lane's BLAS on
-    one thread: a lone chunk's np.matmul runs on all of BLAS's threads, tile_gemm on one."""
+    position of depth n_in (``depths`` all 1), or the phase Winograd's S2_DEPTHS (on s2_gemm), at
+    least TILE_GEMM_MIN_DEPTH of them (DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH where
+    _direct_favoured), on AVX-512 (``isa`` 2), where the register blocks were measured to win (on
+    AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv); only where BLAS's threads can be
+    limited (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
+    np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
+    the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""
     lanes = _num_threads()
     deep = DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH if _direct_favoured(backend) else TILE_GEMM_MIN_DEPTH
-    return backend.conv_kernels.isa == 2 and (set(t.depths) == {1} or t.depths == S2_DEPTHS) \
-        and n_in >= deep and len(chunks) >= lanes and _gemm_lanes() == lanes
-
-
-def _tile_gemm_for(backend, n, tiles, chunk_tiles, n_in) -> bool:
-    """Whether a Winograd conv with one-deep positions, ``n`` samples of ``tiles`` tiles in chunks
-    of ``chunk_tiles`` (_sample_chunks), runs its GEMMs on tile_gemm (_tile_gemm)."""
-    one_deep = _TileTransforms("rule", (1,), chunk_tiles, tiles, 0, None, None, None)
-    return _tile_gemm(backend, one_deep, n_in, _sample_chunks(n, tiles, chunk_tiles)[1])
+    return backend.conv_kernels.isa == 2 and (set(depths) == {1} or tuple(depths) == S2_DEPTHS) \
+        and n_in >= deep and _gemm_lanes() == lanes
 
 
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
@@ -1133,7 +1128,7 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
-    blocked = _tile_gemm(backend, t, n_in, chunks)
+    blocked = _tile_gemm(backend, t.depths, n_in)
 
     # the slices of v and m lie a cache line more than their size apart: whole multiples
     # of 4 KiB would put their rows in the same L1 sets
@@ -1402,15 +1397,14 @@ def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
     direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
     WG_MIN_CHANNELS each side, on AVX2 or AVX-512 (``isa`` >= 1), where it was measured
-    (docs/numpy.md); where _direct_favoured, only with its GEMMs on tile_gemm (_tile_gemm_for).
+    (docs/numpy.md); where _direct_favoured, only with its GEMMs on tile_gemm (_tile_gemm).
     Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
     if not (backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1
             and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh]
             and out_hw[0] * out_hw[1] >= WG_MIN_PLANE):
         return False
     if _direct_favoured(backend):
-        m = WG_TILE[plan.kh]
-        return _tile_gemm_for(backend, plan.n, -(-out_hw[0] // m) * -(-out_hw[1] // m), WG_TILES, n_in)
+        return _tile_gemm(backend, (1,), n_in)
     return True
 
 

@@ -297,14 +297,25 @@ def gemm_lanes() -> int:
         return num_threads() if _blas_controller() is not None else 1
 
 
+def _lone_piece_blas(count: int):
+    """The BLAS threading for an op cut into fewer pieces than there are lanes (one piece, run on
+    this thread): one BLAS thread. Its pieces are cut to stay in cache, so its products are small,
+    and a multi-threaded BLAS call leaves OpenBLAS's worker spinning on the other core for a
+    long while after it (its thread timeout), where the next ops' lanes then get a fraction of
+    it: a ResNet step at batch 8 ran 2-9x slower (docs/numpy.md, session 39)."""
+    return single_threaded_blas() if count < gemm_lanes() else nullcontext()
+
+
 def run_gemm_pieces(count: int, work) -> int:
     """work(lo, hi, lane) over pieces [0, count) of an op whose pieces each run an im2col copy
     and a GEMM: one contiguous range of pieces per lane, each lane with a single-threaded BLAS,
     so the whole op is one parallel region (one sync) instead of one per GEMM, and each core
-    keeps its own pieces in its cache. Returns the lane count."""
+    keeps its own pieces in its cache; a lone piece with a single-threaded BLAS too
+    (_lone_piece_blas). Returns the lane count."""
     lanes = min(gemm_lanes(), count)
     if lanes <= 1:
-        work(0, count, 0)
+        with _lone_piece_blas(count):
+            work(0, count, 0)
         return 1
     bounds = [count * k // lanes for k in range(lanes + 1)]
     with single_threaded_blas():
@@ -337,7 +348,8 @@ def deal_gemm_pieces(count: int, work) -> int:
     disjoint outputs."""
     lanes = min(gemm_lanes(), count)
     if lanes <= 1:
-        work(0, count, 0)
+        with _lone_piece_blas(count):
+            work(0, count, 0)
         return 1
     with single_threaded_blas():
         return deal(count, 1, work, lanes)

@@ -624,43 +624,38 @@ def test_tile_gemm_refuses_what_it_does_not_compute():
 
 
 @needs_kernels
-def test_tile_gemm_only_on_avx512_for_deep_uniform_products_with_a_chunk_per_lane(monkeypatch):
+def test_tile_gemm_only_on_avx512_for_deep_uniform_products_where_blas_threads_can_be_limited(monkeypatch):
     """_tile_run's GEMMs run on tile_gemm (F(2x2, 2x2)'s mixed depths on s2_gemm) on AVX-512 with
     TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won on Zen 4; on Zen 5 from
-    DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH) and a chunk for each lane, never for other mixed depths,
-    on AVX2 or the baseline, for fewer chunks than lanes (BLAS's threads) or where BLAS threads
-    cannot be limited."""
+    DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH), never for other mixed depths, on AVX2 or the baseline,
+    or where BLAS threads cannot be limited (np.matmul then runs on all of them)."""
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x19)  # Zen 4
 
-    def transforms(depths):
-        return numpy_spatial._TileTransforms("t", depths, 256, 16, 0, None, None, None)
-
-    deep, wino = numpy_spatial.TILE_GEMM_MIN_DEPTH, transforms(numpy_spatial.WINOGRAD_DEPTHS)
+    deep, wino = numpy_spatial.TILE_GEMM_MIN_DEPTH, numpy_spatial.WINOGRAD_DEPTHS
     applies = numpy_spatial._tile_gemm
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
-    two = [(0, 1), (1, 2)]
-    assert applies(backend, wino, deep, two) and applies(backend, transforms((1,) * 36), 2 * deep, two)
-    assert not applies(backend, transforms((1,) * 36), 32, two)
-    assert applies(backend, transforms(numpy_spatial.S2_DEPTHS), deep, two)
-    assert not applies(backend, transforms(numpy_spatial.S2_DEPTHS), 32, two)
-    assert not applies(backend, transforms((1, 2) * 8), deep, two)
-    assert not applies(backend, wino, deep, two[:1])
+    assert applies(backend, wino, deep) and applies(backend, (1,) * 36, 2 * deep)
+    assert not applies(backend, (1,) * 36, 32)
+    assert applies(backend, numpy_spatial.S2_DEPTHS, deep)
+    assert not applies(backend, numpy_spatial.S2_DEPTHS, 32)
+    assert not applies(backend, (1, 2) * 8, deep)
     monkeypatch.setattr(kernels, "cpu_family", 0x1A)  # Zen 5
     zen5 = numpy_spatial.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH
-    assert zen5 < deep and applies(backend, wino, zen5, two) and applies(backend, transforms((1,) * 36), zen5, two)
-    assert not applies(backend, wino, zen5 - 1, two) and not applies(backend, wino, zen5, two[:1])
+    assert zen5 < deep and applies(backend, wino, zen5) and applies(backend, (1,) * 36, zen5)
+    assert not applies(backend, wino, zen5 - 1)
     monkeypatch.setattr(kernels, "cpu_family", 0x19)
-    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
-    assert not applies(backend, wino, deep, two)
-    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)
-    assert applies(backend, wino, deep, two[:1])
-    for isa in (1, 0):
+    for isa in (0, 1):
         monkeypatch.setattr(kernels, "isa", isa)
-        assert not applies(backend, wino, deep, two)
+        assert not applies(backend, wino, deep)
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
+    assert not applies(backend, wino, deep)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)
+    assert applies(backend, wino, deep)
 
 
 @needs_kernels
@@ -840,8 +835,9 @@ def test_winograd_mxm_only_for_undilated_ungrouped_wide_layers(monkeypatch):
 def test_zen5_runs_5x5_layers_as_f2x2_5x5_with_avx512_only_on_tile_gemm(monkeypatch):
     """AMD Zen 5 (family 0x1A): the direct kernel's AVX-512 build beat F(2x2, 5x5) with its GEMMs
     on BLAS and lost to it with them on tile_gemm (docs/numpy.md): a batch of one sample (one
-    chunk, two lanes) runs direct; its AVX2 build runs F(2x2, 5x5) as elsewhere; 3x3 layers keep
-    F(2x2, 3x3)."""
+    chunk, two lanes) takes F(2x2, 5x5) too, its GEMMs on tile_gemm, but where BLAS's threads
+    cannot be limited it runs direct; its AVX2 build runs F(2x2, 5x5) as elsewhere; 3x3 layers
+    keep F(2x2, 3x3)."""
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x1A)
@@ -850,10 +846,12 @@ def test_zen5_runs_5x5_layers_as_f2x2_5x5_with_avx512_only_on_tile_gemm(monkeypa
     picked = []
     for name in ("_wg_forward", "_direct_forward", "_winograd_forward"):
         monkeypatch.setattr(numpy_spatial, name, lambda *a, _n=name: picked.append(_n))
-    for isa, k, channels, batch, want in [(2, 5, 32, 2, "_wg_forward"), (2, 5, 32, 1, "_direct_forward"),
-                                          (2, 5, 16, 2, "_direct_forward"), (1, 5, 32, 1, "_wg_forward"),
-                                          (2, 3, 64, 2, "_winograd_forward")]:
+    for isa, k, channels, batch, want, lanes in [(2, 5, 32, 2, "_wg_forward", 2), (2, 5, 32, 1, "_wg_forward", 2),
+                                                 (2, 5, 32, 1, "_direct_forward", 1),
+                                                 (2, 5, 16, 2, "_direct_forward", 2), (1, 5, 32, 1, "_wg_forward", 2),
+                                                 (2, 3, 64, 2, "_winograd_forward", 2)]:
         monkeypatch.setattr(kernels, "isa", isa)
+        monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda _lanes=lanes: _lanes)
         x = np.zeros((batch, channels, 32, 32), np.float32)
         w = np.zeros((channels, channels, k, k), np.float32)
         picked.clear()
@@ -1227,7 +1225,7 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     within 2e-5 of the largest output (its transforms only add, so about the direct kernel's
     error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue. Rows of 8+
     tiles (16+ outputs) run the transforms' vector blocks, with the tiles past them one by one.
-    Its GEMMs on np.matmul (AVX2's rule) or, with a chunk for each lane, on s2_gemm (AVX-512's)."""
+    Its GEMMs on np.matmul (AVX2's rule) or on s2_gemm (AVX-512's), a lone chunk too."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(21)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3)) / np.sqrt(c * 9)
@@ -1255,8 +1253,7 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     results = {dtype: (forward(dtype), forward(dtype, relu=True)) for dtype in (np.float64, np.float32)}
     assert len(picked) == 4
     lanes = numpy_spatial._num_threads()
-    chunks = len(numpy_spatial._sample_chunks(n, -(-ho // 2) * -(-wo // 2), 8)[1])
-    assert bool(blocked) == (isa == 2 and chunks >= lanes and numpy_spatial._gemm_lanes() == lanes)
+    assert bool(blocked) == (isa == 2 and numpy_spatial._gemm_lanes() == lanes)
     monkeypatch.setattr(b, "conv_kernels", None)
     reference = forward(np.float64), forward(np.float64, relu=True)
     for exact, single, want in zip(results[np.float64], results[np.float32], reference):
@@ -1749,7 +1746,7 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
             assert np.abs(dx - expected).max() <= tolerance * np.abs(expected).max()
     assert len(picked) == 4
     lanes = numpy_spatial._num_threads()
-    assert bool(blocked) == (gemm == "tile_gemm" and n >= lanes and numpy_spatial._gemm_lanes() == lanes)
+    assert bool(blocked) == (gemm == "tile_gemm" and numpy_spatial._gemm_lanes() == lanes)
 
 
 @needs_kernels

@@ -199,6 +199,43 @@ def test_only_small_products_set_the_blas_thread_count(monkeypatch):
     np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(threads._blas_controller() is None or not threads._blas_controller().lib_controllers,
+                    reason="threadpoolctl finds no BLAS library to limit in this process")
+def test_a_lone_gemm_piece_runs_on_one_blas_thread(monkeypatch):
+    """An op cut into fewer pieces than lanes runs its piece on this thread with BLAS on one
+    thread (a threaded OpenBLAS call leaves its worker spinning beside the next ops' lanes); with
+    a piece for each lane every lane's BLAS runs one thread too; with one lane in all
+    (JUICEPY_NUM_THREADS=1) BLAS keeps its own threading. The counts are restored after."""
+    from threadpoolctl import threadpool_limits
+
+    libs = threads._blas_controller().lib_controllers
+    seen = []
+
+    def work(lo, hi, lane):
+        seen.append((lo, hi, tuple(lib.get_num_threads() for lib in libs)))
+
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = tuple(lib.get_num_threads() for lib in libs)
+        assert set(before) == {2}
+        monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+        for run in (threads.run_gemm_pieces, threads.deal_gemm_pieces):
+            seen.clear()
+            assert run(1, work) == 1
+            assert seen == [(0, 1, (1,) * len(libs))]
+            assert tuple(lib.get_num_threads() for lib in libs) == before
+        seen.clear()
+        assert threads.run_gemm_pieces(2, work) == 2
+        assert sorted(seen) == [(0, 1, (1,) * len(libs)), (1, 2, (1,) * len(libs))]
+        monkeypatch.setenv("JUICEPY_NUM_THREADS", "1")
+        seen.clear()
+        assert threads.run_gemm_pieces(3, work) == 1
+        assert seen == [(0, 3, before)]
+        with pytest.raises(RuntimeError, match="piece failed"):  # an error restores the counts too
+            monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+            threads.run_gemm_pieces(1, lambda lo, hi, lane: (_ for _ in ()).throw(RuntimeError("piece failed")))
+        assert tuple(lib.get_num_threads() for lib in libs) == before
+
+
 def test_dealt_pieces_run_once_each_and_a_held_lane_takes_fewer(hand_off):
     taken = []
     lock = threading.Lock()
