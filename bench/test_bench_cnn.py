@@ -2,7 +2,7 @@
 max-pool, then a linear classifier) and the zoo's ResNet, one training step and forward-only,
 juicepy on every backend vs the same model in PyTorch CPU eager in the same group; the paired
 tests time juicepy's calls interleaved with their reference's (PyTorch for the NumPy backend, the
-NumPy backend for others).
+NumPy backend for others); the training steps also paired at batch 8 (SMALL_BATCH).
 
     pytest bench/test_bench_cnn.py --benchmark-json=cnn.json && python bench/report.py cnn.json
 """
@@ -18,12 +18,15 @@ from juicepy.train import Adam, Trainer
 from benchutil import PAIRED_PREFIX, paired_reference, require_torch, torch_adam_step
 
 BATCH, SHAPE, CLASSES = 32, (3, 32, 32), 10
+#: the training step again at a small batch, whose ops are cut into fewer pieces than lanes
+#: (a threaded BLAS call there once made the step 3-9x slower: docs/numpy.md, session 39)
+SMALL_BATCH = 8
 WIDTHS = (32, 64, 128)
 
 
-def _data():
+def _data(batch=BATCH):
     rng = np.random.default_rng(0)
-    return rng.standard_normal((BATCH,) + SHAPE, dtype=np.float32), rng.integers(0, CLASSES, BATCH)
+    return rng.standard_normal((batch,) + SHAPE, dtype=np.float32), rng.integers(0, CLASSES, batch)
 
 
 def _cnn():
@@ -70,20 +73,20 @@ MODELS = {"cifar cnn 3x(conv-bn-relu-pool)": (_cnn, _torch_cnn),
           "resnet 16-32-64": (lambda: resnet(SHAPE, CLASSES), _torch_resnet)}
 
 
-def _group(model, what):
-    return f"{model} b{BATCH} 3x32x32 {what}"
+def _group(model, what, batch=BATCH):
+    return f"{model} b{batch} 3x32x32 {what}"
 
 
-def juicepy_step(backend, model):
+def juicepy_step(backend, model, batch=BATCH):
     trainer = Trainer(jp.Network(MODELS[model][0](), SHAPE), L.SoftmaxCrossEntropy(), Adam(lr=1e-3),
-                      batch_size=BATCH)
-    x, y = _data()
+                      batch_size=batch)
+    x, y = _data(batch)
     trainer.train_minibatch(backend, x, y)
     return lambda: trainer.train_minibatch(backend, x, y)
 
 
-def torch_step(torch, model):
-    return torch_adam_step(torch, MODELS[model][1](torch), *_data())
+def torch_step(torch, model, batch=BATCH):
+    return torch_adam_step(torch, MODELS[model][1](torch), *_data(batch))
 
 
 def juicepy_forward(backend, model):
@@ -142,3 +145,11 @@ def test_cnn_paired(benchmark, paired, backend, model, what):
     build, build_torch = WORKLOADS[what]
     reference, name = paired_reference(backend, lambda be: build(be, model), lambda torch: build_torch(torch, model))
     paired(build(backend, model), reference, name)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_cnn_paired_small_batch_step(benchmark, paired, backend, model):
+    benchmark.group = PAIRED_PREFIX + _group(model, "adam step", SMALL_BATCH)
+    reference, name = paired_reference(backend, lambda be: juicepy_step(be, model, SMALL_BATCH),
+                                       lambda torch: torch_step(torch, model, SMALL_BATCH))
+    paired(juicepy_step(backend, model, SMALL_BATCH), reference, name)
