@@ -1079,13 +1079,19 @@ inline float8 wino_relu8(const float8 v, const int relu)
         } }
 // runs of 8 tiles side by side in one row of tiles, of undilated columns or of dilation 2 from an
 // even tile column (tiles 0, 1, 4, 5, ... columns apart: both phases of 4 tile columns): their
-// patches' values at one tap lie in 16 floats of the input row, 8 tiles a vector
+// patches' values at one tap lie in 16 floats of the input row, 8 tiles a vector (run8 1).
+// Where `halves`, undilated columns of rows of 4 tiles (8-wide outputs: no run of 8 fits a row of
+// tiles) give run8 2: 8 tiles as two runs of 4, each run's values at one tap in 8 floats of its row
+#define WINOGRAD_HALF(j_) (at[j_] >= 0 && at[(j_) + 3] >= 0 && img[j_] == img[(j_) + 3] \
+                           && out_row[j_] == out_row[(j_) + 3] && out_col[(j_) + 3] == out_col[j_] + 6)
 #define WINOGRAD_RUNS \
     int run8[NR / 8]; \
-    for (int j0 = 0; j0 < NR; j0 += 8) \
+    for (int j0 = 0; j0 < NR; j0 += 8) { \
         run8[j0 / 8] = (dw == 1 || (dw == 2 && out_col[j0] % 4 == 0)) && at[j0] >= 0 && at[j0 + 7] >= 0 \
                        && img[j0] == img[j0 + 7] && out_row[j0] == out_row[j0 + 7] \
-                       && out_col[j0 + 7] == out_col[j0] + 15 - dw;
+                       && out_col[j0 + 7] == out_col[j0] + 15 - dw; \
+        if (!run8[j0 / 8] && halves && dw == 1 && WINOGRAD_HALF(j0) && WINOGRAD_HALF(j0 + 4)) run8[j0 / 8] = 2; \
+    }
 // taps q and q + 1 (q even) of a run's 8 tiles from `row` (the first tile's patch row): the even
 // and odd floats (dw 1) or pairs of floats (dw 2) of the 16 from row + q dw. float8 halves: a
 // float16 is split across calls without AVX-512 (programs.py)
@@ -1093,6 +1099,11 @@ inline float8 wino_relu8(const float8 v, const int relu)
         const float8 lo = vload8(0, (row) + (q) * dw), hi = vload8(0, (row) + (q) * dw + 8); \
         if (dw == 1) { t0_ = (float8)(lo.even, hi.even); t1_ = (float8)(lo.odd, hi.odd); } \
         else { t0_ = (float8)(lo.s01, lo.s45, hi.s01, hi.s45); t1_ = (float8)(lo.s23, lo.s67, hi.s23, hi.s67); } }
+// taps q and q + 1 (q even) of two runs of 4 undilated tiles from rows ra and rb (each run's first
+// patch row): the even and odd floats of the 8 from each row + q
+#define WINOGRAD_PAIR4(ra, rb, q, t0_, t1_) { \
+        const float8 a_ = vload8(0, (ra) + (q)), b_ = vload8(0, (rb) + (q)); \
+        t0_ = (float8)(a_.even, b_.even); t1_ = (float8)(a_.odd, b_.odd); }
 // a run's outputs in output row yr from its first tile's column: per tile v0 there and v1 dw
 // further, i.e. 16 floats with v0's and v1's lanes interleaved one by one (dw 1) or in pairs (dw 2)
 #define WINOGRAD_STORE8(yr, v0, v1) { \
@@ -1106,6 +1117,11 @@ inline float8 wino_relu8(const float8 v, const int relu)
         } \
         vstore8(acc ? vload8(0, yr) + lo : lo, 0, yr); \
         vstore8(acc ? vload8(1, yr) + hi : hi, 1, yr); }
+// a run of 4 undilated tiles' outputs in output row yr from its first tile's column: v0's and v1's
+// lanes interleaved
+#define WINOGRAD_STORE4(yr, v0, v1) { \
+        const float8 s_ = (float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3); \
+        vstore8(acc ? vload8(0, yr) + s_ : s_, 0, yr); }
 // the separable transforms' passes: B^T d column q, then (B^T d) B row r; A^T m row i
 #define COL_IN(r) d[r][q]
 #define COL_OUT(r) e[r][q]
@@ -1123,11 +1139,15 @@ inline float8 wino_relu8(const float8 v, const int relu)
         for (int j0 = 0; j0 < NR; j0 += 8) { \
             __local float *dst = vt + c * NR + j0; \
             if (run8[j0 / 8]) { \
-                __global const float *s = xc + at[j0]; \
+                __global const float *s = xc + at[j0], *sb = xc + at[j0 + 4]; \
                 float8 d[N][N], e[N][N]; \
                 for (int r = 0; r < (N); ++r) { \
-                    __global const float *row = s + (size_t)r * dh * Wp; \
-                    for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1]) \
+                    __global const float *row = s + (size_t)r * dh * Wp, *rowb = sb + (size_t)r * dh * Wp; \
+                    if (run8[j0 / 8] == 2) { \
+                        for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR4(row, rowb, q, d[r][q], d[r][q + 1]) \
+                    } else { \
+                        for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1]) \
+                    } \
                 } \
                 for (int q = 0; q < (N); ++q) BT(float8, COL_IN, COL_OUT) \
                 for (int r = 0; r < (N); ++r) BT(float8, ROW_IN, WINOGRAD_V8) \
@@ -1154,7 +1174,7 @@ inline float8 wino_relu8(const float8 v, const int relu)
     for (int o = 0; o < rows; ++o) { \
         const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f; \
         for (int j0 = 0; j0 < NR; j0 += 8) { \
-            if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) { \
+            if (run8[j0 / 8] == 1 && out_col[j0] + 16 <= Wo) { \
                 __local const float *src = mt + o * NR + j0; \
                 float8 r[2][N]; \
                 for (int q = 0; q < (N); ++q) { \
@@ -1167,6 +1187,23 @@ inline float8 wino_relu8(const float8 v, const int relu)
                     if (row >= Ho) continue; \
                     const float8 v0 = wino_relu8(A0(RQ) + bo, relu), v1 = wino_relu8(A1(RQ) + bo, relu); \
                     WINOGRAD_STORE8(yd + (size_t)row * Wo, v0, v1) \
+                } \
+                continue; \
+            } \
+            if (run8[j0 / 8] == 2 && out_col[j0] + 8 <= Wo && out_col[j0 + 4] + 8 <= Wo) { \
+                __local const float *src = mt + o * NR + j0; \
+                float8 r[2][N]; \
+                for (int q = 0; q < (N); ++q) { \
+                    r[0][q] = A0(WINOGRAD_M8); \
+                    r[1][q] = A1(WINOGRAD_M8); \
+                } \
+                __global float *ya = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0]; \
+                __global float *yb = Y + y_off + ((size_t)img[j0 + 4] * M + row0 + o) * Ho * Wo + out_col[j0 + 4]; \
+                for (int i = 0; i < 2; ++i) { \
+                    const int row_a = out_row[j0] + i * dh, row_b = out_row[j0 + 4] + i * dh; \
+                    const float8 v0 = wino_relu8(A0(RQ) + bo, relu), v1 = wino_relu8(A1(RQ) + bo, relu); \
+                    if (row_a < Ho) WINOGRAD_STORE4(ya + (size_t)row_a * Wo, v0.lo, v1.lo) \
+                    if (row_b < Ho) WINOGRAD_STORE4(yb + (size_t)row_b * Wo, v0.hi, v1.hi) \
                 } \
                 continue; \
             } \
@@ -1193,7 +1230,8 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
                    const int Wp, const int dh, const int dw,
                    __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
-                   __global const float *bias, const int b_off, const int has_bias, const int relu)
+                   __global const float *bias, const int b_off, const int has_bias, const int relu,
+                   const int halves)
 {
     __local floatv v_store[16 * VXI / VW];   /* [16][WK][NR], a cache line between */
     __local floatv m_store[16 * MXI / VW];   /* [16][tile_m][NR], likewise */
@@ -1228,7 +1266,8 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
                     __global const float *restrict U, __global const float *restrict xp, const int Hp,
                     const int Wp, const int dh, const int dw,
                     __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
-                    __global const float *bias, const int b_off, const int has_bias, const int relu)
+                    __global const float *bias, const int b_off, const int has_bias, const int relu,
+                    const int halves)
 {
     __local floatv v_store[36 * VXI5 / VW];   /* [36][WK][NR], a cache line between */
     __local floatv m_store[36 * MXI5 / VW];   /* [36][tile_m][NR], likewise */

@@ -277,6 +277,7 @@ class SpatialOps(abc.ABC):
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
     _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
+    _wino_halves = True   # Winograd's transforms on runs of 4 tiles in rows of 4 (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
@@ -329,7 +330,7 @@ class SpatialOps(abc.ABC):
         self._kernel("gemm.cl", f"{name}_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
             xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias),
-            int(bool(relu) and not accumulate))
+            int(bool(relu) and not accumulate), int(self._wino_halves))
 
     def _use_s2(self, geo, groups, op) -> bool:
         """Whether a forward pass (``op`` "forward"), weight gradient ("filter") or input gradient

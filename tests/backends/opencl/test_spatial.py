@@ -521,6 +521,64 @@ def test_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
     np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * o))
 
 
+# rows of 4 tiles (8-wide outputs: the CIFAR CNN's and the ResNet's 8x8 layers) as runs of 4:
+# two rows of tiles to a run of 8, rows of 5 tiles (9 wide: runs of 4 from tile column 1 of the
+# second image's last row and the next image's first, their outputs past the row's end: loaded
+# by runs, stored tile by tile), 7 wide (the last tile's second column past the row: stored
+# tile by tile), a last run past the tiles (batch 3 of 2x4 tiles), planes of 2 rows of tiles
+# (two images to a run), 70 channels (two slices) and 100 outputs (two work-groups' rows),
+# padding 0 and 2 (5x5)
+WINOGRAD_HALF_CASES = [
+    (3, (2, 8, 8, 8), 12, 1),
+    (3, (3, 5, 8, 8), 7, 1),
+    (3, (3, 4, 7, 9), 5, 1),
+    (3, (2, 3, 9, 7), 6, 1),
+    (3, (5, 3, 4, 8), 4, 1),
+    (3, (3, 70, 8, 8), 100, 1),
+    (3, (2, 4, 10, 10), 6, 0),
+    (5, (2, 3, 8, 8), 4, 2),
+    (5, (1, 3, 12, 12), 5, 0),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_HALF_CASES, ids=lambda c: f"k{c[0]}-{c[1]}-o{c[2]}-p{c[3]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+    """winograd_conv / winograd5_conv on rows of 4 tiles take them in runs of 4 (vector loads
+    and stores; `_wino_halves`): the forward pass with its bias and ReLU, the same added to y,
+    and the input gradient added to dx, against float64, and bit for bit against the tile by
+    tile path (the same sums)."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    k, xs, o, p = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], k, k)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    args = ((1, 1), (p, p), (1, 1), 1)
+    conv = conv_stride1_ref(x, wt, p, 1) + bias[:, None, None]
+    y0 = rng.standard_normal(conv.shape).astype(np.float32)
+    dy = rng.standard_normal(conv.shape).astype(np.float32)
+    dx0 = rng.standard_normal(xs).astype(np.float32)
+    dx_ref = conv_stride1_ref(dy, wt.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], k - 1 - p, 1) + dx0
+    geo = b._conv_geometry(x.shape, wt.shape, conv.shape, *args, "conv2d")
+    assert b._forward_algorithm(geo, 1) == "winograd" and b._use_winograd(geo, 1, "data")
+    results = {}
+    for halves in (True, False):
+        b._wino_halves = halves
+        ws, dev_w, dev_b, dev_x = Workspace(), b.from_host(wt), b.from_host(bias), b.from_host(x)
+        y, y_acc, dx = b.empty(conv.shape), b.from_host(y0), b.from_host(dx0)
+        b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
+        b._winograd(dev_x, dev_w, y_acc, geo, False, True, ws, dev_b)
+        b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
+        results[halves] = [b.to_host(a) for a in (y, y_acc, dx)]
+    y, y_acc, dx = results[True]
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(k * k * max(xs[1], o)))
+    np.testing.assert_allclose(y, np.maximum(conv, 0), **tol)
+    np.testing.assert_allclose(y_acc, conv + y0, **tol)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    for a, a_tiles in zip(results[True], results[False]):
+        np.testing.assert_array_equal(a, a_tiles)
+
+
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
     """"auto" takes F(2x2, 5x5) for both ops of stride-1 5x5 layers of 32 input and output
     channels and 256 output pixels on 8-lane devices; narrower, smaller, dilated, grouped or
