@@ -1719,6 +1719,19 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
         WINOGRAD_PAIR(row_, 0, t0_, t1_) D(4 * r) = t0_; D(4 * r + 1) = t1_; \
         WINOGRAD_PAIR(row_, 2, t0_, t1_) D(4 * r + 2) = t0_; D(4 * r + 3) = t1_; \
     }
+// two runs of 4 undilated tiles' 4x4 patches from pa and pb (each run's first patch row), the
+// first run's in lanes 0-3, the second's in 4-7 (WINOGRAD_PAIR4, as winograd_conv's halves)
+#define WF_RUN4X2(pa, pb, D) \
+    for (int r = 0; r < 4; ++r) { \
+        __global const float *ra_ = (pa) + (size_t)r * dh * W, *rb_ = (pb) + (size_t)r * dh * W; \
+        float8 t0_, t1_; \
+        WINOGRAD_PAIR4(ra_, rb_, 0, t0_, t1_) D(4 * r) = t0_; D(4 * r + 1) = t1_; \
+        WINOGRAD_PAIR4(ra_, rb_, 2, t0_, t1_) D(4 * r + 2) = t0_; D(4 * r + 3) = t1_; \
+    }
+// tiles j0 to j0 + 7 by run8[j0 / 8]: one run of 8 (1) or two of 4 (2); xc: the slice's channel
+#define WF_AT(j) (xc + ((size_t)img[j] * C * H + top[j]) * W + left[j])
+#define WF_RUN(j0, D) \
+    if (run8[(j0) / 8] == 2) { WF_RUN4X2(WF_AT(j0), WF_AT((j0) + 4), D) } else { WF_RUN8(WF_AT(j0), D) }
 // lane l of tile j's 4x4 patch (taps dh rows and dw columns apart) of the plane at src into
 // zs[(r * 4 + q) * VW + l], zeros outside it and past the slice
 #define WF_GATHER(zs, l, j, src) \
@@ -1747,7 +1760,7 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
                      __global const float *restrict x, const int x_off, const int H, const int W,
                      const int ph, const int pw, const int dh, const int dw,
                      __global const float *restrict dy, const int dy_off, const int Ho, const int Wo,
-                     __global float *restrict P)
+                     __global float *restrict P, const int halves)
 {
     __local floatv xa_store[WF_ROWS * WF_TS / VW];
     __local floatv db_store[16 * WF_BO * WF_TS / VW];
@@ -1759,20 +1772,29 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
         FILTER_SLICE_TILES(WF_TS, WF_ROW_AT, WF_COL_AT)
         // runs of 8 tiles side by side in one row of tiles (of one image; undilated, or of dilation
         // 2 from an even tile column) whose patches' rows lie inside x (the host pads it):
-        // WF_RUN8 reads them as vectors
+        // WF_RUN8 reads them as vectors (run8 1); where `halves`, undilated rows of 4 tiles as two
+        // runs of 4 (run8 2: 8-wide outputs, where no run of 8 fits a row of tiles)
         int run8[WF_TS / 8];
-        for (int j0 = 0; j0 < WF_TS; j0 += 8)
+        for (int j0 = 0; j0 < WF_TS; j0 += 8) {
             run8[j0 / 8] = (dw == 1 || (dw == 2 && (left[j0] + pw) % 4 == 0)) && img[j0] >= 0
                            && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0] && left[j0 + 7] == left[j0] + 15 - dw
                            && top[j0] >= 0 && top[j0] + 3 * dh < H && left[j0] >= 0 && left[j0] + 16 + 2 * dw <= W;
+            if (!run8[j0 / 8] && halves && dw == 1) {
+                int both = 1;
+                for (int j = j0; j < j0 + 8; j += 4)
+                    both = both && img[j] >= 0 && img[j + 3] == img[j] && top[j + 3] == top[j] && left[j + 3] == left[j] + 6
+                           && top[j] >= 0 && top[j] + 3 * dh < H && left[j] >= 0 && left[j] + 10 <= W;
+                if (both) run8[j0 / 8] = 2;
+            }
+        }
         for (int c = 0; c < cb; ++c) {
             for (int h0 = 0; h0 < tc; h0 += VW) {
                 floatv zv[16], e[4][4];   // zv[r * 4 + q]: lane l holds value (r, q) of tile h0 + l's patch
                 __global const float *xc = x + x_off + ((size_t)(c0 + c)) * plane;
                 if (WF_RUNS(h0)) {
-                    WF_RUN8(xc + ((size_t)img[h0] * C * H + top[h0]) * W + left[h0], WF_LO)
+                    WF_RUN(h0, WF_LO)
 #if VW == 16
-                    WF_RUN8(xc + ((size_t)img[h0 + 8] * C * H + top[h0 + 8]) * W + left[h0 + 8], WF_HI)
+                    WF_RUN(h0 + 8, WF_HI)
 #endif
                 } else {
                     float *zs = (float *)zv;
@@ -1814,6 +1836,9 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
 #endif
 #undef WF_ROW_AT
 #undef WF_COL_AT
+#undef WF_AT
+#undef WF_RUN
+#undef WF_RUN4X2
 #undef WF_LO
 #undef WF_HI
 #undef WF_RUNS

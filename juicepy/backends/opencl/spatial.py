@@ -277,7 +277,7 @@ class SpatialOps(abc.ABC):
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
     _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
-    _wino_halves = True   # Winograd's transforms on runs of 4 tiles in rows of 4 (off: A/B runs)
+    _wino_halves = True   # Winograd's (and winograd_filter's) x transforms on runs of 4 tiles in rows of 4 (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
@@ -437,7 +437,8 @@ class SpatialOps(abc.ABC):
         xp = self._padded(x, ph, pw, hp, wp, 0, ws)
         self._kernel("gemm.cl", "winograd_filter")(
             self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
-            th, tw, xp.base_data, 0, hp, wp, 0, 0, dh, dwl, *self._ref(dy), ho, wo, part.base_data)
+            th, tw, xp.base_data, 0, hp, wp, 0, 0, dh, dwl, *self._ref(dy), ho, wo, part.base_data,
+            int(self._wino_halves))
         self._kernel("gemm.cl", "winograd_filter_taps")(
             self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw),
             int(bool(accumulate)))

@@ -366,6 +366,46 @@ def test_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, monk
     np.testing.assert_allclose(b.to_host(dw), want, rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
 
 
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding: rows of 4 tiles (8-wide outputs) as runs of 4 (two to a run of 8,
+    # VW 16: four rows of tiles), across images (2x4 tiles a plane), a last run past the tiles
+    # (batch 3), rows of 5 tiles (9 wide: runs of 4 where they start a run of 8), channels past
+    # a block (WF_BC 64), padding 0
+    ((2, 8, 8, 8), 12, 1),
+    ((5, 3, 4, 8), 4, 1),
+    ((3, 5, 8, 8), 6, 1),
+    ((3, 4, 7, 9), 5, 1),
+    ((2, 70, 8, 8), 20, 1),
+    ((2, 4, 10, 10), 6, 0),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_weight_gradient_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+    """winograd_filter reads rows of 4 tiles' patches in runs of 4 (`_wino_halves`): dw set and
+    added against float64, and bit for bit against the tile by tile gathers (the same sums)."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p = case
+    ho, wo = out_size(xs[2], 3, 1, p, 1), out_size(xs[3], 3, 1, p, 1)
+    x = rng.standard_normal(xs).astype(np.float32)
+    dy = rng.standard_normal((xs[0], o, ho, wo)).astype(np.float32)
+    dw0 = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    want = winograd_weight_gradient_ref(x, dy, p, 1)
+    geo = b._conv_geometry(x.shape, dw0.shape, dy.shape, (1, 1), (p, p), (1, 1), 1, "conv2d_backward_filter")
+    assert b._use_winograd_filter(geo, 1)
+    results = {}
+    for halves in (True, False):
+        b._wino_halves = halves
+        dx, dev_dy, ws = b.from_host(x), b.from_host(dy), Workspace()
+        dw, dw_acc = b.empty(dw0.shape), b.from_host(dw0)
+        b.conv2d_backward_filter(dx, dev_dy, dw, (1, 1), (p, p), (1, 1), 1, False, ws)
+        b.conv2d_backward_filter(dx, dev_dy, dw_acc, (1, 1), (p, p), (1, 1), 1, True, ws)
+        results[halves] = [b.to_host(a) for a in (dw, dw_acc)]
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
+    np.testing.assert_allclose(results[True][0], want, **tol)
+    np.testing.assert_allclose(results[True][1], want + dw0, **tol)
+    for a, a_tiles in zip(results[True], results[False]):
+        np.testing.assert_array_equal(a, a_tiles)
+
+
 def test_winograd_weight_gradient_rule(ocl, lanes_backend):
     """"auto" takes F(3x3, 2x2) for the weight gradients of stride-1 3x3 layers of
     WINOGRAD_FILTER_MIN_CHANNELS input and output channels and WINOGRAD_FILTER_MIN_PLANE output
