@@ -1405,7 +1405,8 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
                       __global const float *restrict U, __global const float *restrict x, const int x_off,
                       const int H, const int W, const int ph, const int pw,
                       __global float *restrict Y, const int y_off, const int Ho, const int Wo,
-                      __global const float *bias, const int b_off, const int has_bias)
+                      __global const float *bias, const int b_off, const int has_bias, const int relu,
+                      const int halves)
 {
     __local floatv v_store[(25 * S2_SEG + 9 * 16) / VW];
     __local floatv m_store[9 * S2_MXI / VW];
@@ -1462,12 +1463,22 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
     }
     // A^T along the columns, then along the rows, 8 tiles a float8 (M's tiles lie side by
     // side); a run of 8 tiles along one row of tiles whose 16 outputs per row lie inside the
-    // output stores each output row as two float8 (S2_RUN8), other tiles output by output
+    // output stores each output row as two float8 (S2_RUN8; run8 1), and where `halves` two
+    // runs of 4 tiles whose 8 outputs per row lie inside it (8-wide outputs: run8 2) each row as
+    // one float8; other tiles output by output. conv2d's ReLU after the bias where `relu`.
     int run8[NR / 8], out_at[NR];
     for (int j = 0; j < NR; ++j) out_at[j] = (top[j] + ph) / 2 * Wo + (left[j] + pw) / 2;
-    for (int j0 = 0; j0 < NR; j0 += 8)
+    for (int j0 = 0; j0 < NR; j0 += 8) {
         run8[j0 / 8] = img[j0] >= 0 && img[j0 + 7] == img[j0] && out_at[j0 + 7] == out_at[j0] + 14
                        && (left[j0] + pw) / 2 + 16 <= Wo && (top[j0] + ph) / 2 + 2 <= Ho;
+        if (!run8[j0 / 8] && halves) {
+            int both = 1;
+            for (int j = j0; j < j0 + 8; j += 4)
+                both = both && img[j] >= 0 && img[j + 3] == img[j] && out_at[j + 3] == out_at[j] + 6
+                       && (left[j] + pw) / 2 + 8 <= Wo && (top[j] + ph) / 2 + 2 <= Ho;
+            if (both) run8[j0 / 8] = 2;
+        }
+    }
     const int rows = min(tile_m, M - row0);
     for (int o = 0; o < rows; ++o) {
         const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
@@ -1482,7 +1493,17 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
             }
             float8 y[2][2];
             for (int i = 0; i < 2; ++i)
-                for (int q = 0; q < 2; ++q) y[i][q] = s[i][q] + s[i + 1][q] + bo;
+                for (int q = 0; q < 2; ++q) y[i][q] = wino_relu8(s[i][q] + s[i + 1][q] + bo, relu);
+            if (run8[j0 / 8] == 2) {
+                for (int h = 0; h < 8; h += 4) {
+                    __global float *dst = Y + y_off + ((size_t)img[j0 + h] * M + row0 + o) * Ho * Wo + out_at[j0 + h];
+                    for (int i = 0; i < 2; ++i) {
+                        const float4 v0 = h ? y[i][0].hi : y[i][0].lo, v1 = h ? y[i][1].hi : y[i][1].lo;
+                        vstore8((float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3), 0, dst + i * Wo);
+                    }
+                }
+                continue;
+            }
             if (run8[j0 / 8]) {
                 __global float *dst = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_at[j0];
                 for (int i = 0; i < 2; ++i) {

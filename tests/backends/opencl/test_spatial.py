@@ -266,6 +266,56 @@ def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case,
     np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
 
 
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding: 8-wide outputs (rows of 4 tiles: two runs of 4 to a run of 8,
+    # stored a float8 a row each), 9 and 7 wide (rows of 5 and 4 tiles whose runs of 4 would
+    # store past the row: output by output), an odd last row of outputs (output by output), a
+    # last run past the tiles (batch 3 of 2x4 tiles), 100 outputs (two work-groups' rows)
+    ((2, 8, 16, 16), 12, 1),
+    ((3, 5, 18, 18), 6, 1),
+    ((2, 4, 14, 14), 5, 1),
+    ((2, 3, 15, 16), 4, 1),
+    ((3, 6, 8, 16), 7, 1),
+    ((2, 20, 16, 16), 100, 1),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_stride_2_phase_winograd_relu_and_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+    """s2_winograd_conv takes conv2d's ReLU after its bias (and the inference batch norm folded
+    into both) in its stores, and stores rows of 4 tiles in runs of 4 (`_wino_halves`): against
+    the float64 loops, and bit for bit against the tile by tile stores and the ReLU as a pass of
+    its own (the same sums)."""
+    from juicepy.backends.base import ConvNorm
+
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, o).astype(np.float32), rng.standard_normal(o).astype(np.float32)
+    mean, var = rng.standard_normal(o).astype(np.float32), rng.uniform(0.5, 2.0, o).astype(np.float32)
+    conv = conv_ref(x, wt, (2, 2), (p, p), (1, 1), 1) + bias[:, None, None]
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+    normed = (conv - mean[:, None, None]) * scale[:, None, None] + beta[:, None, None]
+    geo = b._conv_geometry(x.shape, wt.shape, conv.shape, (2, 2), (p, p), (1, 1), 1, "conv2d")
+    assert b._forward_algorithm(geo, 1) == "s2"
+    args = ((2, 2), (p, p), (1, 1), 1)
+    norm = ConvNorm(*(b.from_host(a) for a in (gamma, beta, mean, var)), 1e-5)
+    dev_x, dev_w, dev_b = b.from_host(x), b.from_host(wt), b.from_host(bias)
+    results = {}
+    for halves, fused in ((True, True), (False, True), (True, False)):
+        b._wino_halves, b._winograd_relu = halves, fused
+        y, y_norm, ws = b.empty(conv.shape), b.empty(conv.shape), Workspace()
+        b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
+        b.conv2d(dev_x, dev_w, y_norm, *args, ws, bias=dev_b, norm=norm, relu=True)
+        results[halves, fused] = [b.to_host(a) for a in (y, y_norm)]
+    y, y_norm = results[True, True]
+    np.testing.assert_allclose(y, np.maximum(conv, 0), rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
+    np.testing.assert_allclose(y_norm, np.maximum(normed, 0), rtol=1e-4, atol=2e-4 * np.sqrt(9 * xs[1]))
+    for other in ((False, True), (True, False)):
+        for a, a_other in zip(results[True, True], results[other]):
+            np.testing.assert_array_equal(a, a_other)
+
+
 def s2_weight_gradient_ref(x, dy, padding):
     """dw of sum(conv(x, w) * dy) for a 3x3 stride-2 convolution, in float64 by einsum per tap."""
     ho, wo = dy.shape[2:]
