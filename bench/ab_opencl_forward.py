@@ -6,7 +6,7 @@ ResNet b32, as bench/test_bench_lenet.py and test_bench_cnn.py build them; `lene
         in one process, backends given as variants built side by side (`cur`: the defaults;
         `name=0|1[+name=0|1]`: the backend attribute `_name` set to False / True, such as the
         A/B switches `_pool_vec`, `_olanes`, `_winograd_relu`,
-        `_direct8`, `_s2_narrow`; `numpy`: the NumPy backend),
+        `_direct8`, `_s2_narrow`, `_wino_halves`; `numpy`: the NumPy backend),
         timed in alternating rounds of 4 forwards; prints each variant's median ms.
     python bench/ab_opencl_forward.py kernels lenet [name=0|1 ...]
         the per-kernel event profile: each kernel's (name and global size) time from pyopencl's

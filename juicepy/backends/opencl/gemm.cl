@@ -1079,13 +1079,19 @@ inline float8 wino_relu8(const float8 v, const int relu)
         } }
 // runs of 8 tiles side by side in one row of tiles, of undilated columns or of dilation 2 from an
 // even tile column (tiles 0, 1, 4, 5, ... columns apart: both phases of 4 tile columns): their
-// patches' values at one tap lie in 16 floats of the input row, 8 tiles a vector
+// patches' values at one tap lie in 16 floats of the input row, 8 tiles a vector (run8 1).
+// Where `halves`, undilated columns of rows of 4 tiles (8-wide outputs: no run of 8 fits a row of
+// tiles) give run8 2: 8 tiles as two runs of 4, each run's values at one tap in 8 floats of its row
+#define WINOGRAD_HALF(j_) (at[j_] >= 0 && at[(j_) + 3] >= 0 && img[j_] == img[(j_) + 3] \
+                           && out_row[j_] == out_row[(j_) + 3] && out_col[(j_) + 3] == out_col[j_] + 6)
 #define WINOGRAD_RUNS \
     int run8[NR / 8]; \
-    for (int j0 = 0; j0 < NR; j0 += 8) \
+    for (int j0 = 0; j0 < NR; j0 += 8) { \
         run8[j0 / 8] = (dw == 1 || (dw == 2 && out_col[j0] % 4 == 0)) && at[j0] >= 0 && at[j0 + 7] >= 0 \
                        && img[j0] == img[j0 + 7] && out_row[j0] == out_row[j0 + 7] \
-                       && out_col[j0 + 7] == out_col[j0] + 15 - dw;
+                       && out_col[j0 + 7] == out_col[j0] + 15 - dw; \
+        if (!run8[j0 / 8] && halves && dw == 1 && WINOGRAD_HALF(j0) && WINOGRAD_HALF(j0 + 4)) run8[j0 / 8] = 2; \
+    }
 // taps q and q + 1 (q even) of a run's 8 tiles from `row` (the first tile's patch row): the even
 // and odd floats (dw 1) or pairs of floats (dw 2) of the 16 from row + q dw. float8 halves: a
 // float16 is split across calls without AVX-512 (programs.py)
@@ -1093,6 +1099,11 @@ inline float8 wino_relu8(const float8 v, const int relu)
         const float8 lo = vload8(0, (row) + (q) * dw), hi = vload8(0, (row) + (q) * dw + 8); \
         if (dw == 1) { t0_ = (float8)(lo.even, hi.even); t1_ = (float8)(lo.odd, hi.odd); } \
         else { t0_ = (float8)(lo.s01, lo.s45, hi.s01, hi.s45); t1_ = (float8)(lo.s23, lo.s67, hi.s23, hi.s67); } }
+// taps q and q + 1 (q even) of two runs of 4 undilated tiles from rows ra and rb (each run's first
+// patch row): the even and odd floats of the 8 from each row + q
+#define WINOGRAD_PAIR4(ra, rb, q, t0_, t1_) { \
+        const float8 a_ = vload8(0, (ra) + (q)), b_ = vload8(0, (rb) + (q)); \
+        t0_ = (float8)(a_.even, b_.even); t1_ = (float8)(a_.odd, b_.odd); }
 // a run's outputs in output row yr from its first tile's column: per tile v0 there and v1 dw
 // further, i.e. 16 floats with v0's and v1's lanes interleaved one by one (dw 1) or in pairs (dw 2)
 #define WINOGRAD_STORE8(yr, v0, v1) { \
@@ -1106,6 +1117,11 @@ inline float8 wino_relu8(const float8 v, const int relu)
         } \
         vstore8(acc ? vload8(0, yr) + lo : lo, 0, yr); \
         vstore8(acc ? vload8(1, yr) + hi : hi, 1, yr); }
+// a run of 4 undilated tiles' outputs in output row yr from its first tile's column: v0's and v1's
+// lanes interleaved
+#define WINOGRAD_STORE4(yr, v0, v1) { \
+        const float8 s_ = (float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3); \
+        vstore8(acc ? vload8(0, yr) + s_ : s_, 0, yr); }
 // the separable transforms' passes: B^T d column q, then (B^T d) B row r; A^T m row i
 #define COL_IN(r) d[r][q]
 #define COL_OUT(r) e[r][q]
@@ -1123,11 +1139,15 @@ inline float8 wino_relu8(const float8 v, const int relu)
         for (int j0 = 0; j0 < NR; j0 += 8) { \
             __local float *dst = vt + c * NR + j0; \
             if (run8[j0 / 8]) { \
-                __global const float *s = xc + at[j0]; \
+                __global const float *s = xc + at[j0], *sb = xc + at[j0 + 4]; \
                 float8 d[N][N], e[N][N]; \
                 for (int r = 0; r < (N); ++r) { \
-                    __global const float *row = s + (size_t)r * dh * Wp; \
-                    for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1]) \
+                    __global const float *row = s + (size_t)r * dh * Wp, *rowb = sb + (size_t)r * dh * Wp; \
+                    if (run8[j0 / 8] == 2) { \
+                        for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR4(row, rowb, q, d[r][q], d[r][q + 1]) \
+                    } else { \
+                        for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1]) \
+                    } \
                 } \
                 for (int q = 0; q < (N); ++q) BT(float8, COL_IN, COL_OUT) \
                 for (int r = 0; r < (N); ++r) BT(float8, ROW_IN, WINOGRAD_V8) \
@@ -1154,7 +1174,7 @@ inline float8 wino_relu8(const float8 v, const int relu)
     for (int o = 0; o < rows; ++o) { \
         const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f; \
         for (int j0 = 0; j0 < NR; j0 += 8) { \
-            if (run8[j0 / 8] && out_col[j0] + 16 <= Wo) { \
+            if (run8[j0 / 8] == 1 && out_col[j0] + 16 <= Wo) { \
                 __local const float *src = mt + o * NR + j0; \
                 float8 r[2][N]; \
                 for (int q = 0; q < (N); ++q) { \
@@ -1167,6 +1187,23 @@ inline float8 wino_relu8(const float8 v, const int relu)
                     if (row >= Ho) continue; \
                     const float8 v0 = wino_relu8(A0(RQ) + bo, relu), v1 = wino_relu8(A1(RQ) + bo, relu); \
                     WINOGRAD_STORE8(yd + (size_t)row * Wo, v0, v1) \
+                } \
+                continue; \
+            } \
+            if (run8[j0 / 8] == 2 && out_col[j0] + 8 <= Wo && out_col[j0 + 4] + 8 <= Wo) { \
+                __local const float *src = mt + o * NR + j0; \
+                float8 r[2][N]; \
+                for (int q = 0; q < (N); ++q) { \
+                    r[0][q] = A0(WINOGRAD_M8); \
+                    r[1][q] = A1(WINOGRAD_M8); \
+                } \
+                __global float *ya = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0]; \
+                __global float *yb = Y + y_off + ((size_t)img[j0 + 4] * M + row0 + o) * Ho * Wo + out_col[j0 + 4]; \
+                for (int i = 0; i < 2; ++i) { \
+                    const int row_a = out_row[j0] + i * dh, row_b = out_row[j0 + 4] + i * dh; \
+                    const float8 v0 = wino_relu8(A0(RQ) + bo, relu), v1 = wino_relu8(A1(RQ) + bo, relu); \
+                    if (row_a < Ho) WINOGRAD_STORE4(ya + (size_t)row_a * Wo, v0.lo, v1.lo) \
+                    if (row_b < Ho) WINOGRAD_STORE4(yb + (size_t)row_b * Wo, v0.hi, v1.hi) \
                 } \
                 continue; \
             } \
@@ -1193,7 +1230,8 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
                    const int Wp, const int dh, const int dw,
                    __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
-                   __global const float *bias, const int b_off, const int has_bias, const int relu)
+                   __global const float *bias, const int b_off, const int has_bias, const int relu,
+                   const int halves)
 {
     __local floatv v_store[16 * VXI / VW];   /* [16][WK][NR], a cache line between */
     __local floatv m_store[16 * MXI / VW];   /* [16][tile_m][NR], likewise */
@@ -1228,7 +1266,8 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
                     __global const float *restrict U, __global const float *restrict xp, const int Hp,
                     const int Wp, const int dh, const int dw,
                     __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
-                    __global const float *bias, const int b_off, const int has_bias, const int relu)
+                    __global const float *bias, const int b_off, const int has_bias, const int relu,
+                    const int halves)
 {
     __local floatv v_store[36 * VXI5 / VW];   /* [36][WK][NR], a cache line between */
     __local floatv m_store[36 * MXI5 / VW];   /* [36][tile_m][NR], likewise */
@@ -1366,7 +1405,8 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
                       __global const float *restrict U, __global const float *restrict x, const int x_off,
                       const int H, const int W, const int ph, const int pw,
                       __global float *restrict Y, const int y_off, const int Ho, const int Wo,
-                      __global const float *bias, const int b_off, const int has_bias)
+                      __global const float *bias, const int b_off, const int has_bias, const int relu,
+                      const int halves)
 {
     __local floatv v_store[(25 * S2_SEG + 9 * 16) / VW];
     __local floatv m_store[9 * S2_MXI / VW];
@@ -1423,12 +1463,22 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
     }
     // A^T along the columns, then along the rows, 8 tiles a float8 (M's tiles lie side by
     // side); a run of 8 tiles along one row of tiles whose 16 outputs per row lie inside the
-    // output stores each output row as two float8 (S2_RUN8), other tiles output by output
+    // output stores each output row as two float8 (S2_RUN8; run8 1), and where `halves` two
+    // runs of 4 tiles whose 8 outputs per row lie inside it (8-wide outputs: run8 2) each row as
+    // one float8; other tiles output by output. conv2d's ReLU after the bias where `relu`.
     int run8[NR / 8], out_at[NR];
     for (int j = 0; j < NR; ++j) out_at[j] = (top[j] + ph) / 2 * Wo + (left[j] + pw) / 2;
-    for (int j0 = 0; j0 < NR; j0 += 8)
+    for (int j0 = 0; j0 < NR; j0 += 8) {
         run8[j0 / 8] = img[j0] >= 0 && img[j0 + 7] == img[j0] && out_at[j0 + 7] == out_at[j0] + 14
                        && (left[j0] + pw) / 2 + 16 <= Wo && (top[j0] + ph) / 2 + 2 <= Ho;
+        if (!run8[j0 / 8] && halves) {
+            int both = 1;
+            for (int j = j0; j < j0 + 8; j += 4)
+                both = both && img[j] >= 0 && img[j + 3] == img[j] && out_at[j + 3] == out_at[j] + 6
+                       && (left[j] + pw) / 2 + 8 <= Wo && (top[j] + ph) / 2 + 2 <= Ho;
+            if (both) run8[j0 / 8] = 2;
+        }
+    }
     const int rows = min(tile_m, M - row0);
     for (int o = 0; o < rows; ++o) {
         const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f;
@@ -1443,7 +1493,17 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
             }
             float8 y[2][2];
             for (int i = 0; i < 2; ++i)
-                for (int q = 0; q < 2; ++q) y[i][q] = s[i][q] + s[i + 1][q] + bo;
+                for (int q = 0; q < 2; ++q) y[i][q] = wino_relu8(s[i][q] + s[i + 1][q] + bo, relu);
+            if (run8[j0 / 8] == 2) {
+                for (int h = 0; h < 8; h += 4) {
+                    __global float *dst = Y + y_off + ((size_t)img[j0 + h] * M + row0 + o) * Ho * Wo + out_at[j0 + h];
+                    for (int i = 0; i < 2; ++i) {
+                        const float4 v0 = h ? y[i][0].hi : y[i][0].lo, v1 = h ? y[i][1].hi : y[i][1].lo;
+                        vstore8((float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3), 0, dst + i * Wo);
+                    }
+                }
+                continue;
+            }
             if (run8[j0 / 8]) {
                 __global float *dst = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_at[j0];
                 for (int i = 0; i < 2; ++i) {
@@ -1680,6 +1740,19 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
         WINOGRAD_PAIR(row_, 0, t0_, t1_) D(4 * r) = t0_; D(4 * r + 1) = t1_; \
         WINOGRAD_PAIR(row_, 2, t0_, t1_) D(4 * r + 2) = t0_; D(4 * r + 3) = t1_; \
     }
+// two runs of 4 undilated tiles' 4x4 patches from pa and pb (each run's first patch row), the
+// first run's in lanes 0-3, the second's in 4-7 (WINOGRAD_PAIR4, as winograd_conv's halves)
+#define WF_RUN4X2(pa, pb, D) \
+    for (int r = 0; r < 4; ++r) { \
+        __global const float *ra_ = (pa) + (size_t)r * dh * W, *rb_ = (pb) + (size_t)r * dh * W; \
+        float8 t0_, t1_; \
+        WINOGRAD_PAIR4(ra_, rb_, 0, t0_, t1_) D(4 * r) = t0_; D(4 * r + 1) = t1_; \
+        WINOGRAD_PAIR4(ra_, rb_, 2, t0_, t1_) D(4 * r + 2) = t0_; D(4 * r + 3) = t1_; \
+    }
+// tiles j0 to j0 + 7 by run8[j0 / 8]: one run of 8 (1) or two of 4 (2); xc: the slice's channel
+#define WF_AT(j) (xc + ((size_t)img[j] * C * H + top[j]) * W + left[j])
+#define WF_RUN(j0, D) \
+    if (run8[(j0) / 8] == 2) { WF_RUN4X2(WF_AT(j0), WF_AT((j0) + 4), D) } else { WF_RUN8(WF_AT(j0), D) }
 // lane l of tile j's 4x4 patch (taps dh rows and dw columns apart) of the plane at src into
 // zs[(r * 4 + q) * VW + l], zeros outside it and past the slice
 #define WF_GATHER(zs, l, j, src) \
@@ -1708,7 +1781,7 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
                      __global const float *restrict x, const int x_off, const int H, const int W,
                      const int ph, const int pw, const int dh, const int dw,
                      __global const float *restrict dy, const int dy_off, const int Ho, const int Wo,
-                     __global float *restrict P)
+                     __global float *restrict P, const int halves)
 {
     __local floatv xa_store[WF_ROWS * WF_TS / VW];
     __local floatv db_store[16 * WF_BO * WF_TS / VW];
@@ -1720,20 +1793,29 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
         FILTER_SLICE_TILES(WF_TS, WF_ROW_AT, WF_COL_AT)
         // runs of 8 tiles side by side in one row of tiles (of one image; undilated, or of dilation
         // 2 from an even tile column) whose patches' rows lie inside x (the host pads it):
-        // WF_RUN8 reads them as vectors
+        // WF_RUN8 reads them as vectors (run8 1); where `halves`, undilated rows of 4 tiles as two
+        // runs of 4 (run8 2: 8-wide outputs, where no run of 8 fits a row of tiles)
         int run8[WF_TS / 8];
-        for (int j0 = 0; j0 < WF_TS; j0 += 8)
+        for (int j0 = 0; j0 < WF_TS; j0 += 8) {
             run8[j0 / 8] = (dw == 1 || (dw == 2 && (left[j0] + pw) % 4 == 0)) && img[j0] >= 0
                            && img[j0 + 7] == img[j0] && top[j0 + 7] == top[j0] && left[j0 + 7] == left[j0] + 15 - dw
                            && top[j0] >= 0 && top[j0] + 3 * dh < H && left[j0] >= 0 && left[j0] + 16 + 2 * dw <= W;
+            if (!run8[j0 / 8] && halves && dw == 1) {
+                int both = 1;
+                for (int j = j0; j < j0 + 8; j += 4)
+                    both = both && img[j] >= 0 && img[j + 3] == img[j] && top[j + 3] == top[j] && left[j + 3] == left[j] + 6
+                           && top[j] >= 0 && top[j] + 3 * dh < H && left[j] >= 0 && left[j] + 10 <= W;
+                if (both) run8[j0 / 8] = 2;
+            }
+        }
         for (int c = 0; c < cb; ++c) {
             for (int h0 = 0; h0 < tc; h0 += VW) {
                 floatv zv[16], e[4][4];   // zv[r * 4 + q]: lane l holds value (r, q) of tile h0 + l's patch
                 __global const float *xc = x + x_off + ((size_t)(c0 + c)) * plane;
                 if (WF_RUNS(h0)) {
-                    WF_RUN8(xc + ((size_t)img[h0] * C * H + top[h0]) * W + left[h0], WF_LO)
+                    WF_RUN(h0, WF_LO)
 #if VW == 16
-                    WF_RUN8(xc + ((size_t)img[h0 + 8] * C * H + top[h0 + 8]) * W + left[h0 + 8], WF_HI)
+                    WF_RUN(h0 + 8, WF_HI)
 #endif
                 } else {
                     float *zs = (float *)zv;
@@ -1775,6 +1857,9 @@ void winograd_filter(const int C, const int O, const int T, const int t_chunk, c
 #endif
 #undef WF_ROW_AT
 #undef WF_COL_AT
+#undef WF_AT
+#undef WF_RUN
+#undef WF_RUN4X2
 #undef WF_LO
 #undef WF_HI
 #undef WF_RUNS

@@ -276,7 +276,8 @@ class SpatialOps(abc.ABC):
     #: (im2col + GEMM), or "auto": direct kernels for thin groups on CPU drivers, else the
     #: implicit GEMM there; GPUs keep im2col + their cooperative GEMM
     conv_algorithm = "auto"
-    _winograd_relu = True   # the forward's ReLU in Winograd's stores (off: A/B runs)
+    _winograd_relu = True   # the forward's ReLU in (phase) Winograd's stores (off: A/B runs)
+    _wino_halves = True   # Winograd's transforms (forward, s2 stores, winograd_filter) on runs of 4 tiles in rows of 4 (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
@@ -329,7 +330,7 @@ class SpatialOps(abc.ABC):
         self._kernel("gemm.cl", f"{name}_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
             xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias),
-            int(bool(relu) and not accumulate))
+            int(bool(relu) and not accumulate), int(self._wino_halves))
 
     def _use_s2(self, geo, groups, op) -> bool:
         """Whether a forward pass (``op`` "forward"), weight gradient ("filter") or input gradient
@@ -361,11 +362,12 @@ class SpatialOps(abc.ABC):
             self.queue, (round_up(depth, 64), panels * mr), (64, 1), depth, *self._ref(w), rows, mr, u.base_data, 0)
         return u, mr
 
-    def _s2_forward(self, x, w, y, geo, ws, bias=None):
-        """y = the 3x3 stride-2 convolution ``geo`` of x (+ ``bias``) as Winograd F(2x2, 2x2) on
-        its phases: the transformed weights in the packed GEMM's panels (s2_weights), then one
-        kernel that gathers and transforms each work-group's tiles straight from x, multiplies
-        them per position and transforms the products back (s2_winograd_conv)."""
+    def _s2_forward(self, x, w, y, geo, ws, bias=None, relu=False):
+        """y = the 3x3 stride-2 convolution ``geo`` of x (+ ``bias``, then the ReLU where
+        ``relu``) as Winograd F(2x2, 2x2) on its phases: the transformed weights in the packed
+        GEMM's panels (s2_weights), then one kernel that gathers and transforms each work-group's
+        tiles straight from x, multiplies them per position and transforms the products back
+        (s2_winograd_conv)."""
         n, c, h, wd, o, _, _, ho, wo, _, _, ph, pw, _, _ = geo
         th, tw = -(-ho // 2), -(-wo // 2)
         tiles = n * th * tw
@@ -374,7 +376,8 @@ class SpatialOps(abc.ABC):
         nr = 2 * self._gemm_tiles["VW"]
         self._kernel("gemm.cl", "s2_winograd_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
-            *self._ref(x), h, wd, ph, pw, *self._ref(y), ho, wo, *self._optional(bias))
+            *self._ref(x), h, wd, ph, pw, *self._ref(y), ho, wo, *self._optional(bias), int(bool(relu)),
+            int(self._wino_halves))
 
     def _filter_ranges(self, c, o, tiles, prefix):
         """(work-group blocks (C, O), tiles per range, ranges) of a weight-gradient kernel whose
@@ -436,7 +439,8 @@ class SpatialOps(abc.ABC):
         xp = self._padded(x, ph, pw, hp, wp, 0, ws)
         self._kernel("gemm.cl", "winograd_filter")(
             self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
-            th, tw, xp.base_data, 0, hp, wp, 0, 0, dh, dwl, *self._ref(dy), ho, wo, part.base_data)
+            th, tw, xp.base_data, 0, hp, wp, 0, 0, dh, dwl, *self._ref(dy), ho, wo, part.base_data,
+            int(self._wino_halves))
         self._kernel("gemm.cl", "winograd_filter_taps")(
             self.queue, (round_up(o, 16), c), (16, 1), c, o, splits, part.base_data, *self._ref(dw),
             int(bool(accumulate)))
@@ -630,7 +634,8 @@ class SpatialOps(abc.ABC):
                 w, bias = self._fold_norm(w, bias, norm, ws)
                 norm = None
             # ...but a ReLU right after the bias goes into Winograd's stores (no pass of its own)
-            fused = algorithm == "winograd" and self._winograd_relu and relu and norm is None and residual is None
+            fused = algorithm in ("winograd", "s2") and self._winograd_relu and relu and norm is None \
+                and residual is None
             self._conv2d(x, w, out, geo, groups, ws, algorithm, bias if winograd else None, (None, fused))
             conv_epilogue(self, out, None if winograd else bias, norm, relu and not fused, ws, residual)
             return
@@ -687,7 +692,9 @@ class SpatialOps(abc.ABC):
             self._winograd(x, w, out, geo, False, False, ws, bias, epilogue is not None and epilogue[1])
             return
         if algorithm == "s2":
-            self._s2_forward(x, w, out, geo, ws, bias)
+            if epilogue is not None and epilogue[0] is not None:
+                raise ValueError("opencl backend conv2d: the phase Winograd path takes no residual in its stores")
+            self._s2_forward(x, w, out, geo, ws, bias, epilogue is not None and epilogue[1])
             return
         if algorithm == "phased":
             self._phased_forward(x, w, out, geo, groups, ws, bias, epilogue)

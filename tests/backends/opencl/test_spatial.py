@@ -266,6 +266,56 @@ def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case,
     np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
 
 
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding: 8-wide outputs (rows of 4 tiles: two runs of 4 to a run of 8,
+    # stored a float8 a row each), 9 and 7 wide (rows of 5 and 4 tiles whose runs of 4 would
+    # store past the row: output by output), an odd last row of outputs (output by output), a
+    # last run past the tiles (batch 3 of 2x4 tiles), 100 outputs (two work-groups' rows)
+    ((2, 8, 16, 16), 12, 1),
+    ((3, 5, 18, 18), 6, 1),
+    ((2, 4, 14, 14), 5, 1),
+    ((2, 3, 15, 16), 4, 1),
+    ((3, 6, 8, 16), 7, 1),
+    ((2, 20, 16, 16), 100, 1),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_stride_2_phase_winograd_relu_and_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+    """s2_winograd_conv takes conv2d's ReLU after its bias (and the inference batch norm folded
+    into both) in its stores, and stores rows of 4 tiles in runs of 4 (`_wino_halves`): against
+    the float64 loops, and bit for bit against the tile by tile stores and the ReLU as a pass of
+    its own (the same sums)."""
+    from juicepy.backends.base import ConvNorm
+
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 1.5, o).astype(np.float32), rng.standard_normal(o).astype(np.float32)
+    mean, var = rng.standard_normal(o).astype(np.float32), rng.uniform(0.5, 2.0, o).astype(np.float32)
+    conv = conv_ref(x, wt, (2, 2), (p, p), (1, 1), 1) + bias[:, None, None]
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + 1e-5)
+    normed = (conv - mean[:, None, None]) * scale[:, None, None] + beta[:, None, None]
+    geo = b._conv_geometry(x.shape, wt.shape, conv.shape, (2, 2), (p, p), (1, 1), 1, "conv2d")
+    assert b._forward_algorithm(geo, 1) == "s2"
+    args = ((2, 2), (p, p), (1, 1), 1)
+    norm = ConvNorm(*(b.from_host(a) for a in (gamma, beta, mean, var)), 1e-5)
+    dev_x, dev_w, dev_b = b.from_host(x), b.from_host(wt), b.from_host(bias)
+    results = {}
+    for halves, fused in ((True, True), (False, True), (True, False)):
+        b._wino_halves, b._winograd_relu = halves, fused
+        y, y_norm, ws = b.empty(conv.shape), b.empty(conv.shape), Workspace()
+        b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
+        b.conv2d(dev_x, dev_w, y_norm, *args, ws, bias=dev_b, norm=norm, relu=True)
+        results[halves, fused] = [b.to_host(a) for a in (y, y_norm)]
+    y, y_norm = results[True, True]
+    np.testing.assert_allclose(y, np.maximum(conv, 0), rtol=1e-4, atol=1e-4 * np.sqrt(9 * xs[1]))
+    np.testing.assert_allclose(y_norm, np.maximum(normed, 0), rtol=1e-4, atol=2e-4 * np.sqrt(9 * xs[1]))
+    for other in ((False, True), (True, False)):
+        for a, a_other in zip(results[True, True], results[other]):
+            np.testing.assert_array_equal(a, a_other)
+
+
 def s2_weight_gradient_ref(x, dy, padding):
     """dw of sum(conv(x, w) * dy) for a 3x3 stride-2 convolution, in float64 by einsum per tap."""
     ho, wo = dy.shape[2:]
@@ -364,6 +414,46 @@ def test_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, monk
     b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, (1, 1), (p, p), (d, d), 1, accumulate, Workspace())
     assert taken == [geo]
     np.testing.assert_allclose(b.to_host(dw), want, rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, padding: rows of 4 tiles (8-wide outputs) as runs of 4 (two to a run of 8,
+    # VW 16: four rows of tiles), across images (2x4 tiles a plane), a last run past the tiles
+    # (batch 3), rows of 5 tiles (9 wide: runs of 4 where they start a run of 8), channels past
+    # a block (WF_BC 64), padding 0
+    ((2, 8, 8, 8), 12, 1),
+    ((5, 3, 4, 8), 4, 1),
+    ((3, 5, 8, 8), 6, 1),
+    ((3, 4, 7, 9), 5, 1),
+    ((2, 70, 8, 8), 20, 1),
+    ((2, 4, 10, 10), 6, 0),
+], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_weight_gradient_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+    """winograd_filter reads rows of 4 tiles' patches in runs of 4 (`_wino_halves`): dw set and
+    added against float64, and bit for bit against the tile by tile gathers (the same sums)."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, p = case
+    ho, wo = out_size(xs[2], 3, 1, p, 1), out_size(xs[3], 3, 1, p, 1)
+    x = rng.standard_normal(xs).astype(np.float32)
+    dy = rng.standard_normal((xs[0], o, ho, wo)).astype(np.float32)
+    dw0 = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    want = winograd_weight_gradient_ref(x, dy, p, 1)
+    geo = b._conv_geometry(x.shape, dw0.shape, dy.shape, (1, 1), (p, p), (1, 1), 1, "conv2d_backward_filter")
+    assert b._use_winograd_filter(geo, 1)
+    results = {}
+    for halves in (True, False):
+        b._wino_halves = halves
+        dx, dev_dy, ws = b.from_host(x), b.from_host(dy), Workspace()
+        dw, dw_acc = b.empty(dw0.shape), b.from_host(dw0)
+        b.conv2d_backward_filter(dx, dev_dy, dw, (1, 1), (p, p), (1, 1), 1, False, ws)
+        b.conv2d_backward_filter(dx, dev_dy, dw_acc, (1, 1), (p, p), (1, 1), 1, True, ws)
+        results[halves] = [b.to_host(a) for a in (dw, dw_acc)]
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(xs[0] * ho * wo))
+    np.testing.assert_allclose(results[True][0], want, **tol)
+    np.testing.assert_allclose(results[True][1], want + dw0, **tol)
+    for a, a_tiles in zip(results[True], results[False]):
+        np.testing.assert_array_equal(a, a_tiles)
 
 
 def test_winograd_weight_gradient_rule(ocl, lanes_backend):
@@ -519,6 +609,64 @@ def test_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
     b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
     np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * xs[1]))
     np.testing.assert_allclose(b.to_host(dx), dx_ref, rtol=1e-4, atol=1e-4 * np.sqrt(k * k * o))
+
+
+# rows of 4 tiles (8-wide outputs: the CIFAR CNN's and the ResNet's 8x8 layers) as runs of 4:
+# two rows of tiles to a run of 8, rows of 5 tiles (9 wide: runs of 4 from tile column 1 of the
+# second image's last row and the next image's first, their outputs past the row's end: loaded
+# by runs, stored tile by tile), 7 wide (the last tile's second column past the row: stored
+# tile by tile), a last run past the tiles (batch 3 of 2x4 tiles), planes of 2 rows of tiles
+# (two images to a run), 70 channels (two slices) and 100 outputs (two work-groups' rows),
+# padding 0 and 2 (5x5)
+WINOGRAD_HALF_CASES = [
+    (3, (2, 8, 8, 8), 12, 1),
+    (3, (3, 5, 8, 8), 7, 1),
+    (3, (3, 4, 7, 9), 5, 1),
+    (3, (2, 3, 9, 7), 6, 1),
+    (3, (5, 3, 4, 8), 4, 1),
+    (3, (3, 70, 8, 8), 100, 1),
+    (3, (2, 4, 10, 10), 6, 0),
+    (5, (2, 3, 8, 8), 4, 2),
+    (5, (1, 3, 12, 12), 5, 0),
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_HALF_CASES, ids=lambda c: f"k{c[0]}-{c[1]}-o{c[2]}-p{c[3]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+    """winograd_conv / winograd5_conv on rows of 4 tiles take them in runs of 4 (vector loads
+    and stores; `_wino_halves`): the forward pass with its bias and ReLU, the same added to y,
+    and the input gradient added to dx, against float64, and bit for bit against the tile by
+    tile path (the same sums)."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    k, xs, o, p = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], k, k)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    args = ((1, 1), (p, p), (1, 1), 1)
+    conv = conv_stride1_ref(x, wt, p, 1) + bias[:, None, None]
+    y0 = rng.standard_normal(conv.shape).astype(np.float32)
+    dy = rng.standard_normal(conv.shape).astype(np.float32)
+    dx0 = rng.standard_normal(xs).astype(np.float32)
+    dx_ref = conv_stride1_ref(dy, wt.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], k - 1 - p, 1) + dx0
+    geo = b._conv_geometry(x.shape, wt.shape, conv.shape, *args, "conv2d")
+    assert b._forward_algorithm(geo, 1) == "winograd" and b._use_winograd(geo, 1, "data")
+    results = {}
+    for halves in (True, False):
+        b._wino_halves = halves
+        ws, dev_w, dev_b, dev_x = Workspace(), b.from_host(wt), b.from_host(bias), b.from_host(x)
+        y, y_acc, dx = b.empty(conv.shape), b.from_host(y0), b.from_host(dx0)
+        b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
+        b._winograd(dev_x, dev_w, y_acc, geo, False, True, ws, dev_b)
+        b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
+        results[halves] = [b.to_host(a) for a in (y, y_acc, dx)]
+    y, y_acc, dx = results[True]
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(k * k * max(xs[1], o)))
+    np.testing.assert_allclose(y, np.maximum(conv, 0), **tol)
+    np.testing.assert_allclose(y_acc, conv + y0, **tol)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    for a, a_tiles in zip(results[True], results[False]):
+        np.testing.assert_array_equal(a, a_tiles)
 
 
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
