@@ -1168,6 +1168,13 @@ inline float8 wino_relu8(const float8 v, const int relu)
 // 16 outputs (WINOGRAD_STORE8), other tiles one by one (WINOGRAD_STORE); N x N positions at
 // (N x + q) * STRIDE in mt, A^T's rows A0 and A1
 #define WINOGRAD_M8(x) (*(__local const float8 *)(src + (n_ * (x) + q) * stride_))
+// a run of 8 tiles' rows A0 and A1 of A^T M from src: r[0][q], r[1][q] for the N columns q
+#define WINOGRAD_RUN8_ROWS(N, A0, A1) \
+    float8 r[2][N]; \
+    for (int q = 0; q < (N); ++q) { \
+        r[0][q] = A0(WINOGRAD_M8); \
+        r[1][q] = A1(WINOGRAD_M8); \
+    }
 #define WINOGRAD_M1(x) src[(n_ * (x) + q) * stride_]
 #define WINOGRAD_OUTPUT(N, STRIDE, A0, A1) { \
     const int rows = min(tile_m, M - row0), n_ = (N), stride_ = (STRIDE); \
@@ -1176,11 +1183,7 @@ inline float8 wino_relu8(const float8 v, const int relu)
         for (int j0 = 0; j0 < NR; j0 += 8) { \
             if (run8[j0 / 8] == 1 && out_col[j0] + 16 <= Wo) { \
                 __local const float *src = mt + o * NR + j0; \
-                float8 r[2][N]; \
-                for (int q = 0; q < (N); ++q) { \
-                    r[0][q] = A0(WINOGRAD_M8); \
-                    r[1][q] = A1(WINOGRAD_M8); \
-                } \
+                WINOGRAD_RUN8_ROWS(N, A0, A1) \
                 __global float *yd = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0]; \
                 for (int i = 0; i < 2; ++i) { \
                     const int row = out_row[j0] + i * dh; \
@@ -1192,11 +1195,7 @@ inline float8 wino_relu8(const float8 v, const int relu)
             } \
             if (run8[j0 / 8] == 2 && out_col[j0] + 8 <= Wo && out_col[j0 + 4] + 8 <= Wo) { \
                 __local const float *src = mt + o * NR + j0; \
-                float8 r[2][N]; \
-                for (int q = 0; q < (N); ++q) { \
-                    r[0][q] = A0(WINOGRAD_M8); \
-                    r[1][q] = A1(WINOGRAD_M8); \
-                } \
+                WINOGRAD_RUN8_ROWS(N, A0, A1) \
                 __global float *ya = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_col[j0]; \
                 __global float *yb = Y + y_off + ((size_t)img[j0 + 4] * M + row0 + o) * Ho * Wo + out_col[j0 + 4]; \
                 for (int i = 0; i < 2; ++i) { \
