@@ -297,13 +297,16 @@ def gemm_lanes() -> int:
         return num_threads() if _blas_controller() is not None else 1
 
 
-def _lone_piece_blas(count: int):
-    """The BLAS threading for an op cut into fewer pieces than there are lanes (one piece, run on
-    this thread): one BLAS thread. Its pieces are cut to stay in cache, so its products are small,
-    and a multi-threaded BLAS call leaves OpenBLAS's worker spinning on the other core for a
-    long while after it (its thread timeout), where the next ops' lanes then get a fraction of
-    it: a ResNet step at batch 8 ran 2-9x slower (docs/numpy.md, session 39)."""
-    return single_threaded_blas() if count < gemm_lanes() else nullcontext()
+def _run_alone(count: int, available: int, work) -> int:
+    """work(0, count, 0) on this thread for an op of ``count`` GEMM pieces run on one lane (of
+    ``available``, gemm_lanes()); with fewer pieces than lanes, on one BLAS thread: its pieces are
+    cut to stay in cache, so its products are small, and a multi-threaded BLAS call leaves
+    OpenBLAS's worker spinning on the other core for a long while after it (its thread timeout),
+    where the next ops' lanes then get a fraction of it: a ResNet step at batch 8 ran 2-9x slower
+    (docs/numpy.md, session 39). Returns 1, the lane count."""
+    with single_threaded_blas() if count < available else nullcontext():
+        work(0, count, 0)
+    return 1
 
 
 def run_gemm_pieces(count: int, work) -> int:
@@ -311,12 +314,11 @@ def run_gemm_pieces(count: int, work) -> int:
     and a GEMM: one contiguous range of pieces per lane, each lane with a single-threaded BLAS,
     so the whole op is one parallel region (one sync) instead of one per GEMM, and each core
     keeps its own pieces in its cache; a lone piece with a single-threaded BLAS too
-    (_lone_piece_blas). Returns the lane count."""
-    lanes = min(gemm_lanes(), count)
+    (_run_alone). Returns the lane count."""
+    available = gemm_lanes()
+    lanes = min(available, count)
     if lanes <= 1:
-        with _lone_piece_blas(count):
-            work(0, count, 0)
-        return 1
+        return _run_alone(count, available, work)
     bounds = [count * k // lanes for k in range(lanes + 1)]
     with single_threaded_blas():
         parallel([(work, (bounds[k], bounds[k + 1], k)) for k in range(lanes)])
@@ -346,10 +348,9 @@ def deal(count: int, piece: int, work, lanes: int) -> int:
 def deal_gemm_pieces(count: int, work) -> int:
     """run_gemm_pieces with the pieces dealt one at a time (``deal``): for pieces that write
     disjoint outputs."""
-    lanes = min(gemm_lanes(), count)
+    available = gemm_lanes()
+    lanes = min(available, count)
     if lanes <= 1:
-        with _lone_piece_blas(count):
-            work(0, count, 0)
-        return 1
+        return _run_alone(count, available, work)
     with single_threaded_blas():
         return deal(count, 1, work, lanes)
