@@ -17,6 +17,16 @@ setup(
             optional=True,
         ),
         Extension(
+            "juicepy.backends.numpy._blas_kernels",
+            ["juicepy/backends/numpy/_blas_kernels.c"],
+            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h",
+                     "juicepy/backends/numpy/_lane_pool.h"],
+            # -pthread: the lanes inside a call (_lane_pool.h)
+            extra_compile_args=["-O3", "-std=c99", "-pthread"],
+            extra_link_args=["-pthread"],
+            optional=True,
+        ),
+        Extension(
             "juicepy.backends.numpy._pool_kernels",
             ["juicepy/backends/numpy/_pool_kernels.c"],
             depends=["juicepy/backends/numpy/_gil_hint.h"],
@@ -26,7 +36,8 @@ setup(
         Extension(
             "juicepy.backends.numpy._norm_kernels",
             ["juicepy/backends/numpy/_norm_kernels.c"],
-            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h"],
+            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h",
+                     "juicepy/backends/numpy/_lane_pool.h"],
             # -pthread: the channel lanes inside a call
             extra_compile_args=["-O3", "-std=c99", "-pthread"],
             extra_link_args=["-pthread"],

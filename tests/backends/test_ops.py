@@ -145,8 +145,10 @@ def test_memory_ops_refuse_bad_arguments(ops_backend):
 
 # ======================================================================= arithmetic
 # (101, 37, 48): whole vectors of K with partial tiles of rows and columns, and an A of over 96
-# rows; (9, 13, 1040): K long enough to be split, into a whole and a partial slice
-@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 3), (33, 17, 65), (101, 37, 48), (9, 13, 1040)])
+# rows; (9, 13, 1040): K long enough to be split, into a whole and a partial slice; (40, 300, 400)
+# and (300, 100, 200): products the NumPy backend splits over its lanes, by columns and by rows
+@pytest.mark.parametrize("m,n,k", [(1, 1, 1), (7, 5, 3), (33, 17, 65), (101, 37, 48), (9, 13, 1040), (40, 300, 400),
+                                   (300, 100, 200)])
 @pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (0.5, -1.5)])
 def test_gemm(ops_backend, dtype, rng, m, n, k, trans_a, trans_b, alpha, beta):

@@ -10,7 +10,6 @@
  */
 #include "_kernels.h"
 
-#include <pthread.h>
 #include <stdint.h>
 
 typedef Py_ssize_t I;
@@ -303,11 +302,8 @@ DEFINE_TRAIN_FUSED(train_fused_f64, stats_f64, affine_f64, double)
 
 /* ------------------------------------------------------------------ channel lanes */
 
-/* A call's channels split over ``lanes`` threads inside the C call, with the GIL released
- * throughout: threads.py's lanes hand work over through the GIL, and a thread waiting for the
- * GIL blocks in the kernel (50-120 us to wake on the project's VM), about as long as a whole
- * batch-norm pass on the ResNet's shapes. Each lane's channels come out the same whichever
- * thread runs them, so the results do not depend on the lane count. */
+/* Each channel's results come out the same whichever lane runs it, so they do not depend on the
+ * lane count (the lanes: _lane_pool.h). */
 
 typedef struct Task {
     void (*run)(const struct Task *, I c0, I c1);
@@ -319,122 +315,8 @@ typedef struct Task {
     I block; /* backward_fused's channels per block */
 } Task;
 
-#define MAX_LANES 64
-/* seconds a worker polls for the next call before it blocks (threads.LANE_SPIN's reasoning) */
-#define POLL_SECONDS 2e-3
-
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t wake;
-    int workers;          /* worker threads started: lanes 1 .. workers */
-    long long posted;     /* calls posted; every worker takes part in each */
-    int pending;          /* workers not yet through the current call */
-    int sleeping;         /* workers blocked on ``wake`` */
-    int busy;             /* a call holds the pool (another caller runs its lanes itself) */
-    const Task *task;
-    I c0, c1;
-    int lanes;
-    long long start[MAX_LANES]; /* ``posted`` when each worker was started */
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
-
-static void run_lane(const Task *t, I c0, I c1, int lanes, int k)
-{
-    const I lo = c0 + (c1 - c0) * k / lanes, hi = c0 + (c1 - c0) * (k + 1) / lanes;
-    if (lo < hi) t->run(t, lo, hi);
-}
-
-static void pause_once(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-static void *worker_main(void *arg)
-{
-    const int lane = (int)(intptr_t)arg;
-    long long seen = pool.start[lane];
-    for (;;) {
-        if (!spin_while_equal(&pool.posted, seen, POLL_SECONDS)) {
-            pthread_mutex_lock(&pool.lock);
-            __atomic_add_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
-            while (__atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
-            __atomic_sub_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
-            pthread_mutex_unlock(&pool.lock);
-        }
-        /* the next call cannot be posted before this worker is through this one */
-        seen = __atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST);
-        if (lane < pool.lanes) run_lane(pool.task, pool.c0, pool.c1, pool.lanes, lane);
-        __atomic_sub_fetch(&pool.pending, 1, __ATOMIC_RELEASE);
-    }
-    return NULL;
-}
-
-/* Posts a call to every worker (``lanes`` 0: none runs anything, it only wakes them) */
-static void post(const Task *t, I c0, I c1, int lanes)
-{
-    pool.task = t;
-    pool.c0 = c0;
-    pool.c1 = c1;
-    pool.lanes = lanes;
-    __atomic_store_n(&pool.pending, pool.workers, __ATOMIC_SEQ_CST);
-    __atomic_add_fetch(&pool.posted, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) {
-        pthread_mutex_lock(&pool.lock);
-        pthread_cond_broadcast(&pool.wake);
-        pthread_mutex_unlock(&pool.lock);
-    }
-}
-
-/* t->run over channels [c0, c1) in ``lanes`` parts, lane 0 on this thread. Where a worker is
- * asleep, just started or still finishing a wake-up, this call runs alone and leaves the
- * workers awake for the next one: waiting for a blocked thread cost more than the split saves.
- * Runs without the GIL. */
-static void run_channels(const Task *t, I c0, I c1, int lanes)
-{
-    if (lanes > c1 - c0) lanes = (int)(c1 - c0);
-    if (lanes > MAX_LANES) lanes = MAX_LANES;
-    if (lanes <= 1 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
-        t->run(t, c0, c1);
-        return;
-    }
-    int ready = __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0;
-    while (pool.workers < lanes - 1) {
-        pthread_t id;
-        pthread_attr_t attr;
-        const int lane = pool.workers + 1;
-        pool.start[lane] = pool.posted;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        const int failed = pthread_create(&id, &attr, worker_main, (void *)(intptr_t)lane);
-        pthread_attr_destroy(&attr);
-        if (failed) break;
-        pool.workers = lane;
-        ready = 0;
-    }
-    if (ready && __atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) ready = 0;
-    if (lanes > pool.workers + 1) lanes = pool.workers + 1;
-    if (ready && lanes > 1) {
-        post(t, c0, c1, lanes);
-        run_lane(t, c0, c1, lanes, 0);
-        for (unsigned long i = 0; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE); i++) {
-            pause_once();
-            if ((i & 15) == 15) sched_yield();
-        }
-    } else {
-        if (pool.workers && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0) post(t, c0, c1, 0);
-        t->run(t, c0, c1);
-    }
-    __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
-}
-
-/* A forked child has none of the parent's threads */
-static void pool_after_fork(void)
-{
-    pthread_mutex_init(&pool.lock, NULL);
-    pthread_cond_init(&pool.wake, NULL);
-    pool.workers = pool.pending = pool.sleeping = pool.busy = 0;
-}
+#define LANE_TASK Task
+#include "_lane_pool.h"
 
 /* The kernels as Task runs: buffers in the order the Python call names them */
 #define BUF(K) (t->v[K].buf)
@@ -473,11 +355,11 @@ static void run_train_fused(const Task *t, I c0, I c1)
               t->inner, c0, c1, t->flag);
 }
 
-/* run_channels with the GIL released */
+/* run_in_lanes with the GIL released */
 static void run_released(const Task *t, I c0, I c1, int lanes)
 {
     RELEASE_GIL
-    run_channels(t, c0, c1, lanes);
+    run_in_lanes(t, c0, c1, lanes);
     REACQUIRE_GIL
 }
 
@@ -698,6 +580,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_norm_kernels",
 PyMODINIT_FUNC PyInit__norm_kernels(void)
 {
     static int registered = 0;
-    if (!registered && pthread_atfork(NULL, NULL, pool_after_fork) == 0) registered = 1;
+    if (!registered && pthread_atfork(NULL, NULL, lane_pool_after_fork) == 0) registered = 1;
     return PyModule_Create(&module);
 }

@@ -12,13 +12,36 @@ from ..base import (Backend, check_argmax, check_cell, check_embedding, check_no
                     check_input_sequence_backward, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
-from .threads import (CHUNK, chunked as _chunked, gemm_threads as _gemm_threads, run_gemm_pieces as _run_gemm_pieces,
-                      run_lanes as _run_lanes, split as _split)
+from .blas import gemm_entry as _gemm_entry
+from .threads import (CHUNK, SMALL_GEMM, chunked as _chunked, gemm_lanes as _gemm_lanes, gemm_threads as _gemm_threads,
+                      parallel as _parallel, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes,
+                      single_threaded_blas as _single_threaded_blas, split as _split)
 
 #: multiply-adds from which a GEMM splits its rows over the lanes (below it BLAS's own threads are
 #: faster: measured in docs/numpy.md), and the fewest rows per piece
 GEMM_SPLIT_MIN = 1 << 26
 GEMM_SPLIT_ROWS = 16
+
+#: multiply-adds past which the C GEMM entry's products split over the lanes (as small ones run
+#: on one BLAS thread: threads.SMALL_GEMM), rows below which they split by columns of b, and the
+#: columns of b each lane takes at least (a multiple of 16 floats: whole cache lines)
+LANE_GEMM_MIN = SMALL_GEMM
+GEMM_COLUMN_SPLIT_MAX_ROWS = 128
+GEMM_SPLIT_COLS = 64
+GEMM_DEALS = 1
+
+
+def _matmul_into(a, b, out, alpha, beta) -> None:
+    """out = alpha a @ b + beta out on np.matmul, for what the C entry does not take (layouts)."""
+    if beta == 0.0:
+        np.matmul(a, b, out=out)
+        if alpha != 1.0:
+            out *= alpha
+        return
+    product = np.matmul(a, b)
+    product *= alpha
+    out *= beta
+    out += product
 
 
 def _fill_arange(buf) -> None:
@@ -71,6 +94,7 @@ class NumpyBackend(Backend):
         self.conv_kernels = _kernels.load("_conv_kernels", self.kernels)
         self.norm_kernels = _kernels.load("_norm_kernels", self.kernels)
         self.rnn_kernels = _kernels.load("_rnn_kernels", self.kernels)
+        self.blas_gemm = _gemm_entry(self.kernels)  # None: np.matmul
 
     def __repr__(self) -> str:
         loaded = (self.cpu_kernels, self.pool_kernels, self.conv_kernels, self.norm_kernels, self.rnn_kernels)
@@ -138,6 +162,9 @@ class NumpyBackend(Backend):
         m, n, k = check_gemm(self.name, a, b, out, trans_a, trans_b)
         a = a.T if trans_a else a
         b = b.T if trans_b else b
+        if self.blas_gemm is not None:
+            self._gemm_on_entry(a, b, out, alpha, beta, m, n, k)
+            return
         tmp = None if beta == 0.0 else _scratch(ws, self, "gemm", out.shape, out.dtype)
 
         def rows(lo, hi, lane=0):
@@ -160,6 +187,25 @@ class NumpyBackend(Backend):
         # sequences), which then run at a fraction of their speed.
         pieces = max(1, m // GEMM_SPLIT_ROWS)
         _run_gemm_pieces(pieces, lambda lo, hi, lane: rows(m * lo // pieces, m * hi // pieces))
+
+    def _gemm_on_entry(self, a, b, out, alpha, beta, m, n, k):
+        """gemm through the C entry (blas.py). A product past LANE_GEMM_MIN splits over the C
+        entry's own lanes, each on a single-threaded BLAS: OpenBLAS's threads would spin on after
+        it and take a core from the next ops' lanes (docs/numpy.md, session 40). It splits by
+        columns of b, each lane then packing all of a, unless b has too few (each lane would
+        pack all of b, the larger operand where a has few rows). A product whose layout BLAS
+        cannot take runs on np.matmul."""
+        lanes = _gemm_lanes()
+        if m * n * k <= LANE_GEMM_MIN or lanes == 1:
+            with _gemm_threads(m, n, k):
+                if not self.blas_gemm(a, b, out, alpha, beta):
+                    _matmul_into(a, b, out, alpha, beta)
+            return
+        by_columns = n >= 2 * GEMM_SPLIT_COLS and (m <= GEMM_COLUMN_SPLIT_MAX_ROWS or n >= 4 * m)
+        units = -(-(n if by_columns else m) // 16)
+        with _single_threaded_blas():
+            if not self.blas_gemm(a, b, out, alpha, beta, lanes, by_columns, max(1, units // (GEMM_DEALS * lanes))):
+                _matmul_into(a, b, out, alpha, beta)
 
     def add(self, a, b, out, relu=False):
         self._same("add", a, b, out)

@@ -242,6 +242,13 @@ def _blas_controller():
     return _blas_state["controller"]
 
 
+def blas_libraries() -> list:
+    """threadpoolctl's controllers of the BLAS libraries loaded in this process ([] without
+    threadpoolctl)."""
+    controller = _blas_controller()
+    return [] if controller is None else list(controller.lib_controllers)
+
+
 @contextmanager
 def single_threaded_blas():
     """BLAS calls run on the calling thread only (process-wide, restored by the last of any

@@ -1,0 +1,192 @@
+/* The C lanes of a kernel module: a call split over threads inside the C call, with the GIL
+ * released throughout. threads.py's lanes hand work over through the GIL, and a thread waiting
+ * for the GIL blocks in the kernel (50-120 us to wake on the project's VM), about as long as a
+ * whole batch-norm pass on the ResNet's shapes or half a mid-sized GEMM.
+ *
+ * Include after defining LANE_TASK, a struct type with a member
+ *     void (*run)(const LANE_TASK *, Py_ssize_t lo, Py_ssize_t hi);
+ * run_in_lanes(t, lo, hi, lanes) calls t->run over [lo, hi) in ``lanes`` contiguous parts;
+ * deal_in_lanes(t, lo, hi, lanes, grain) in pieces of ``grain`` that each lane takes in turn, so a
+ * worker that wakes late takes fewer (pieces that write disjoint outputs only). Every
+ * module that includes this has its own pool (its own workers); its PyInit registers
+ * lane_pool_after_fork with pthread_atfork. */
+#ifndef JUICEPY_LANE_POOL_H
+#define JUICEPY_LANE_POOL_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#define MAX_LANES 64
+/* seconds a worker polls for the next call before it blocks (threads.LANE_SPIN's reasoning) */
+#define POLL_SECONDS 2e-3
+
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    int workers;          /* worker threads started: lanes 1 .. workers */
+    long long posted;     /* calls posted; every worker takes part in each */
+    int pending;          /* workers not yet through the current call */
+    int sleeping;         /* workers blocked on ``wake`` */
+    int busy;             /* a call holds the pool (another caller runs its lanes itself) */
+    const LANE_TASK *task;
+    Py_ssize_t c0, c1;
+    int lanes;
+    Py_ssize_t grain;     /* deal_in_lanes's piece (0: run_in_lanes's fixed parts) */
+    Py_ssize_t next;      /* the next piece not taken yet */
+    int inside;           /* workers taking pieces of the call dealt now */
+    long long start[MAX_LANES]; /* ``posted`` when each worker was started */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER};
+
+static void run_lane(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes, int k)
+{
+    const Py_ssize_t lo = c0 + (c1 - c0) * k / lanes, hi = c0 + (c1 - c0) * (k + 1) / lanes;
+    if (lo < hi) t->run(t, lo, hi);
+}
+
+/* Takes the dealt call's pieces until none is left: ``next`` counts on past c1, so a worker that
+ * comes in after the caller returned takes nothing and never reads the finished call's task */
+static void take_pieces(void)
+{
+    for (;;) {
+        const Py_ssize_t lo = __atomic_fetch_add(&pool.next, pool.grain, __ATOMIC_SEQ_CST);
+        if (lo >= pool.c1) return;
+        pool.task->run(pool.task, lo, lo + pool.grain < pool.c1 ? lo + pool.grain : pool.c1);
+    }
+}
+
+static void pause_once(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *worker_main(void *arg)
+{
+    const int lane = (int)(intptr_t)arg;
+    long long seen = pool.start[lane];
+    for (;;) {
+        if (!spin_while_equal(&pool.posted, seen, POLL_SECONDS)) {
+            pthread_mutex_lock(&pool.lock);
+            __atomic_add_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
+            while (__atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST) == seen) pthread_cond_wait(&pool.wake, &pool.lock);
+            __atomic_sub_fetch(&pool.sleeping, 1, __ATOMIC_SEQ_CST);
+            pthread_mutex_unlock(&pool.lock);
+        }
+        /* the next call cannot be posted before this worker is through this one */
+        seen = __atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST);
+        if (lane < pool.lanes && pool.grain) {
+            __atomic_add_fetch(&pool.inside, 1, __ATOMIC_SEQ_CST);
+            take_pieces();
+            __atomic_sub_fetch(&pool.inside, 1, __ATOMIC_SEQ_CST);
+        } else if (lane < pool.lanes) {
+            run_lane(pool.task, pool.c0, pool.c1, pool.lanes, lane);
+        }
+        __atomic_sub_fetch(&pool.pending, 1, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* Posts a call to every worker (``lanes`` 0: none runs anything, it only wakes them) */
+static void post(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes, Py_ssize_t grain)
+{
+    pool.grain = grain;
+    pool.next = c0;
+    pool.task = t;
+    pool.c0 = c0;
+    pool.c1 = c1;
+    pool.lanes = lanes;
+    __atomic_store_n(&pool.pending, pool.workers, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&pool.posted, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&pool.lock);
+        pthread_cond_broadcast(&pool.wake);
+        pthread_mutex_unlock(&pool.lock);
+    }
+}
+
+/* Starts workers until there are ``wanted``; 1 where it started any */
+static int start_workers(int wanted)
+{
+    int started = 0;
+    while (pool.workers < wanted) {
+        pthread_t id;
+        pthread_attr_t attr;
+        const int lane = pool.workers + 1;
+        pool.start[lane] = pool.posted;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int failed = pthread_create(&id, &attr, worker_main, (void *)(intptr_t)lane);
+        pthread_attr_destroy(&attr);
+        if (failed) break;
+        pool.workers = lane;
+        started = 1;
+    }
+    return started;
+}
+
+/* t->run over [c0, c1) in ``lanes`` parts, lane 0 on this thread. Where a worker is
+ * asleep, just started or still finishing a wake-up, this call runs alone and leaves the
+ * workers awake for the next one: waiting for a blocked thread cost more than the split saves.
+ * Runs without the GIL. */
+static inline void run_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes)
+{
+    if (lanes > c1 - c0) lanes = (int)(c1 - c0);
+    if (lanes > MAX_LANES) lanes = MAX_LANES;
+    if (lanes <= 1 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+        t->run(t, c0, c1);
+        return;
+    }
+    int ready = __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0;
+    if (start_workers(lanes - 1)) ready = 0;
+    if (ready && __atomic_load_n(&pool.sleeping, __ATOMIC_SEQ_CST)) ready = 0;
+    if (lanes > pool.workers + 1) lanes = pool.workers + 1;
+    if (ready && lanes > 1) {
+        post(t, c0, c1, lanes, 0);
+        run_lane(t, c0, c1, lanes, 0);
+        for (unsigned long i = 0; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE); i++) {
+            pause_once();
+            if ((i & 15) == 15) sched_yield();
+        }
+    } else {
+        if (pool.workers && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0) post(t, c0, c1, 0, 0);
+        t->run(t, c0, c1);
+    }
+    __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+}
+
+/* t->run over [c0, c1) in pieces of ``grain``, dealt to this thread and up to lanes - 1 workers
+ * as each asks for the next: a worker asleep is woken but not waited for (the pieces it would
+ * have taken run here), and a worker still in the last call leaves this one to run alone. Runs
+ * without the GIL. */
+static inline void deal_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes, Py_ssize_t grain)
+{
+    if (lanes > MAX_LANES) lanes = MAX_LANES;
+    if (grain < 1) grain = 1;
+    if (lanes <= 1 || c1 - c0 <= grain || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+        t->run(t, c0, c1);
+        return;
+    }
+    start_workers(lanes - 1);
+    if (pool.workers && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0) {
+        post(t, c0, c1, lanes, grain);
+        take_pieces();
+        for (unsigned long i = 0; __atomic_load_n(&pool.inside, __ATOMIC_SEQ_CST); i++) {
+            pause_once();
+            if ((i & 15) == 15) sched_yield();
+        }
+    } else {
+        t->run(t, c0, c1);
+    }
+    __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
+}
+
+/* A forked child has none of the parent's threads */
+static void lane_pool_after_fork(void)
+{
+    pthread_mutex_init(&pool.lock, NULL);
+    pthread_cond_init(&pool.wake, NULL);
+    pool.workers = pool.pending = pool.sleeping = pool.busy = pool.inside = 0;
+}
+
+#endif

@@ -1,0 +1,194 @@
+"""The NumPy backend's GEMM entry (blas.py, _blas_kernels.c): NumPy's own BLAS called from C,
+every layout it takes against a float64 product, every one it refuses left untouched, the split
+over its C lanes, and the gemm op's use of it."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import juicepy as jp
+from juicepy.backends.numpy import backend as numpy_backend, blas, kernels, threads
+
+ENTRY = blas.gemm_entry("c")
+needs_entry = pytest.mark.skipif(ENTRY is None, reason="_blas_kernels is not built or no ILP64 OpenBLAS is loaded")
+
+
+def _operand(rng, rows, cols, dtype, layout):
+    """A rows x cols operand laid out as ``layout``: "c" rows, "f" the transpose of rows,
+    "rows" every other row of a wider array (a leading dimension past cols), "cols" a column
+    slice of a wider array."""
+    if layout == "c":
+        return rng.standard_normal((rows, cols)).astype(dtype)
+    if layout == "f":
+        return rng.standard_normal((cols, rows)).astype(dtype).T
+    if layout == "rows":
+        return rng.standard_normal((2 * rows, cols + 3)).astype(dtype)[::2, 1:cols + 1]
+    return rng.standard_normal((rows, cols + 40)).astype(dtype)[:, 17:17 + cols]
+
+
+def test_the_entry_is_found_where_numpy_ships_an_ilp64_openblas():
+    """NumPy's wheels bundle an ILP64 OpenBLAS (symbols ending in 64_): there the entry exists;
+    elsewhere (another BLAS, no threadpoolctl, no C build) the backend stays on np.matmul."""
+    libs = threads.blas_libraries()
+    ilp64 = any(lib.internal_api == "openblas" and blas._address(lib.dynlib, "scipy_cblas_sgemm64_") for lib in libs)
+    if ilp64 and kernels.load("_blas_kernels", "c") is not None:
+        assert ENTRY is not None
+        assert jp.backend("numpy").blas_gemm is ENTRY
+    assert blas.gemm_entry("numpy") is None
+    assert numpy_backend.NumpyBackend(kernels="numpy").blas_gemm is None
+
+
+@needs_entry
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("layout_a", ["c", "f", "rows", "cols"])
+@pytest.mark.parametrize("layout_b", ["c", "f", "rows"])
+@pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (-0.5, 1.25)])
+def test_entry_takes_every_unit_stride_layout(dtype, layout_a, layout_b, alpha, beta):
+    rng = np.random.default_rng(1)
+    m, n, k = 23, 37, 41
+    a, b = _operand(rng, m, k, dtype, layout_a), _operand(rng, k, n, dtype, layout_b)
+    wide = rng.standard_normal((m, n + 5)).astype(dtype)
+    out = wide[:, 2:2 + n]  # rows with a leading dimension past n
+    before = wide.copy()
+    assert ENTRY(a, b, out, alpha, beta) is True
+    want = alpha * (a.astype(np.float64) @ b) + beta * before[:, 2:2 + n].astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * 10)
+    np.testing.assert_array_equal(wide[:, :2], before[:, :2])  # nothing outside out written
+    np.testing.assert_array_equal(wide[:, 2 + n:], before[:, 2 + n:])
+
+
+@needs_entry
+def test_entry_with_beta_zero_ignores_nan_in_out():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((8, 9)).astype(np.float32), rng.standard_normal((9, 7)).astype(np.float32)
+    out = np.full((8, 7), np.nan, np.float32)
+    assert ENTRY(a, b, out, 2.0, 0.0)
+    np.testing.assert_allclose(out, 2.0 * (a.astype(np.float64) @ b), rtol=1e-5, atol=1e-5)
+
+
+@needs_entry
+def test_entry_refuses_what_blas_cannot_take_and_writes_nothing():
+    """False, out untouched, for: no unit stride, an out whose columns are not unit-strided,
+    mixed or other dtypes, an empty product, and an out overlapping an operand."""
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((6, 8)).astype(np.float32), rng.standard_normal((8, 5)).astype(np.float32)
+    out = np.zeros((6, 5), np.float32)
+    shared = rng.standard_normal((6, 8)).astype(np.float32)
+    refused = [
+        (rng.standard_normal((12, 16)).astype(np.float32)[::2, ::2], b, out),  # a: no unit stride
+        (a, b, np.zeros((5, 6), np.float32).T),  # out column-major
+        (a.astype(np.float64), b, out),
+        (a.astype(np.float16), b.astype(np.float16), out.astype(np.float16)),
+        (a[:, :0], b[:0], out),  # k = 0
+        (shared[:, :8], shared[:, :8].T[:8, :5].copy(), shared[:, 3:8]),  # out inside a
+    ]
+    for x, y, o in refused:
+        before = o.copy()
+        assert ENTRY(x, y, o, 1.0, 0.0) is False
+        np.testing.assert_array_equal(o, before)
+    assert ENTRY(a.reshape(-1), b, out, 1.0, 0.0) is False  # not 2-d: refused, not misread
+    with pytest.raises(TypeError):
+        ENTRY(a, b, out, 1.0)
+
+
+@needs_entry
+@pytest.mark.parametrize("by_columns", [False, True])
+@pytest.mark.parametrize("lanes,grain", [(2, 0), (2, 1), (2, 3), (3, 2), (8, 0)])
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, True)])
+def test_entry_split_over_its_lanes(by_columns, lanes, grain, trans_a, trans_b):
+    """Pieces of 16 rows or columns dealt over the C lanes (partial last unit included) give the
+    product; BLAS on one thread as the backend sets it."""
+    rng = np.random.default_rng(4)
+    m, n, k = 77, 93, 130
+    a = _operand(rng, m, k, np.float32, "f" if trans_a else "c")
+    b = _operand(rng, k, n, np.float32, "f" if trans_b else "rows")
+    out = rng.standard_normal((m, n)).astype(np.float32)
+    want = 0.75 * (a.astype(np.float64) @ b) - 2.0 * out
+    with threads.single_threaded_blas():
+        for _ in range(3):  # the first call starts the workers, the next find them awake
+            o = out.copy()
+            assert ENTRY(a, b, o, 0.75, -2.0, lanes, by_columns, grain)
+            np.testing.assert_allclose(o, want, rtol=1e-5, atol=1e-4)
+
+
+@needs_entry
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_entry_lanes_in_a_forked_child():
+    """A forked child has none of the parent's lane threads: it starts its own."""
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((40, 300)).astype(np.float32), rng.standard_normal((300, 200)).astype(np.float32)
+    want = np.empty((40, 200), np.float32)
+    with threads.single_threaded_blas():
+        assert ENTRY(a, b, want, 1.0, 0.0, 2, True, 0)  # the parent's workers are started
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        signal.alarm(30)
+        out = np.empty_like(want)
+        with threads.single_threaded_blas():
+            ok = ENTRY(a, b, out, 1.0, 0.0, 2, True, 0) and np.allclose(out, want, rtol=1e-5, atol=1e-5)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@needs_entry
+@pytest.mark.skipif(not threads.blas_libraries(), reason="threadpoolctl finds no BLAS library to limit in this process")
+def test_gemm_op_splits_a_mid_sized_product_over_the_entry_lanes(monkeypatch):
+    """Past LANE_GEMM_MIN the gemm op runs on the entry's lanes with BLAS on one thread (OpenBLAS's
+    own threads spin on after a call and slow the next ops' lanes): by columns where a has few
+    rows, by rows where b has few columns; at most LANE_GEMM_MIN on this thread alone. BLAS's
+    thread counts are restored after, and the results are the product either way."""
+    from threadpoolctl import threadpool_limits
+
+    calls = []
+
+    def recording(a, b, out, alpha, beta, lanes=1, by_columns=False, grain=0):
+        calls.append((lanes, by_columns, tuple(lib.get_num_threads() for lib in threads.blas_libraries())))
+        return ENTRY(a, b, out, alpha, beta, lanes, by_columns, grain)
+
+    backend = numpy_backend.NumpyBackend(kernels="c")
+    monkeypatch.setattr(backend, "blas_gemm", recording)
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+    rng = np.random.default_rng(6)
+    libs = len(threads.blas_libraries())
+    with threadpool_limits(limits=2, user_api="blas"):
+        for (m, n, k), want_call in (((32, 512, 784), (2, True)), ((512, 784, 32 * 11), (2, False)),
+                                     ((400, 100, 200), (2, False)), ((32, 64, 512), (1, False))):
+            a, b = rng.standard_normal((m, k)).astype(np.float32), rng.standard_normal((n, k)).astype(np.float32)
+            out = np.empty((m, n), np.float32)
+            calls.clear()
+            backend.gemm(a, b, out, trans_b=True)
+            assert [c[:2] for c in calls] == [want_call], (m, n, k)
+            if want_call[0] == 2:
+                assert calls[0][2] == (1,) * libs
+            np.testing.assert_allclose(out, a.astype(np.float64) @ b.T, rtol=1e-4, atol=1e-3)
+            assert {lib.get_num_threads() for lib in threads.blas_libraries()} == {2}
+
+
+@needs_entry
+def test_gemm_op_runs_what_the_entry_refuses_on_matmul(monkeypatch):
+    """A product the entry refuses (here a without a unit stride) still comes out, split or not,
+    alpha and beta included."""
+    backend = numpy_backend.NumpyBackend(kernels="c")
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+    rng = np.random.default_rng(7)
+    for m, n, k in ((8, 9, 10), (64, 512, 300)):
+        a = rng.standard_normal((m, 2 * k)).astype(np.float32)[:, ::2]
+        b = rng.standard_normal((k, n)).astype(np.float32)
+        out = rng.standard_normal((m, n)).astype(np.float32)
+        want = 0.5 * (a.astype(np.float64) @ b) + 3.0 * out
+        backend.gemm(a, b, out, alpha=0.5, beta=3.0)
+        np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
+
+
+def test_without_the_entry_the_gemm_op_keeps_matmul(monkeypatch):
+    backend = numpy_backend.NumpyBackend(kernels="c")
+    monkeypatch.setattr(backend, "blas_gemm", None)
+    rng = np.random.default_rng(8)
+    a, b = rng.standard_normal((64, 300)).astype(np.float32), rng.standard_normal((300, 512)).astype(np.float32)
+    out = np.ones((64, 512), np.float32)
+    backend.gemm(a, b, out, alpha=2.0, beta=-1.0)
+    np.testing.assert_allclose(out, 2.0 * (a.astype(np.float64) @ b) - 1.0, rtol=1e-4, atol=1e-3)
