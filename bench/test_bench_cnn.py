@@ -1,5 +1,6 @@
 """Convolutional networks on 3x32x32 inputs (batch 32, Adam): a CIFAR-shaped CNN (3x conv-BN-ReLU-
-max-pool, then a linear classifier) and the zoo's ResNet, one training step and forward-only,
+max-pool, then a linear classifier), the same with a hidden linear layer of 512 units in its
+classifier, and the zoo's ResNet, one training step and forward-only,
 juicepy on every backend vs the same model in PyTorch CPU eager in the same group; the paired
 tests time juicepy's calls interleaved with their reference's (PyTorch for the NumPy backend, the
 NumPy backend for others); the training steps also paired at batch 8 (SMALL_BATCH).
@@ -29,21 +30,29 @@ def _data(batch=BATCH):
     return rng.standard_normal((batch,) + SHAPE, dtype=np.float32), rng.integers(0, CLASSES, batch)
 
 
-def _cnn():
+#: the hidden layer of the CNN with a two-layer classifier: its products (2^25 multiply-adds at
+#: batch 32) are the gemm op's mid-sized band (docs/numpy.md, session 40)
+HIDDEN = 512
+
+
+def _cnn(hidden=None):
     layers = []
     for width in WIDTHS:
         layers += [L.Conv2d(width, 3, padding=1), L.BatchNorm2d(), L.ReLU(), L.MaxPool2d(2)]
-    return L.Sequential(*layers, L.Flatten(), L.Linear(CLASSES))
+    head = [L.Linear(hidden), L.ReLU()] if hidden else []
+    return L.Sequential(*layers, L.Flatten(), *head, L.Linear(CLASSES))
 
 
-def _torch_cnn(torch):
+def _torch_cnn(torch, hidden=None):
     nn = torch.nn
     layers, channels = [], SHAPE[0]
     for width in WIDTHS:
         layers += [nn.Conv2d(channels, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2)]
         channels = width
     side = SHAPE[1] >> len(WIDTHS)
-    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(channels * side * side, CLASSES))
+    features = channels * side * side
+    head = [nn.Linear(features, hidden), nn.ReLU()] if hidden else []
+    return nn.Sequential(*layers, nn.Flatten(), *head, nn.Linear(hidden or features, CLASSES))
 
 
 def _torch_resnet(torch, widths=(16, 32, 64)):
@@ -70,6 +79,7 @@ def _torch_resnet(torch, widths=(16, 32, 64)):
 
 
 MODELS = {"cifar cnn 3x(conv-bn-relu-pool)": (_cnn, _torch_cnn),
+          f"cifar cnn + linear {HIDDEN}": (lambda: _cnn(HIDDEN), lambda torch: _torch_cnn(torch, HIDDEN)),
           "resnet 16-32-64": (lambda: resnet(SHAPE, CLASSES), _torch_resnet)}
 
 
