@@ -14,7 +14,7 @@ from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
 from .blas import gemm_entry as _gemm_entry
 from .threads import (CHUNK, SMALL_GEMM, chunked as _chunked, gemm_lanes as _gemm_lanes, gemm_threads as _gemm_threads,
-                      parallel as _parallel, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes,
+                      in_lane as _in_lane, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes,
                       single_threaded_blas as _single_threaded_blas, split as _split)
 
 #: multiply-adds from which a GEMM splits its rows over the lanes (below it BLAS's own threads are
@@ -193,9 +193,10 @@ class NumpyBackend(Backend):
         entry's own lanes, each on a single-threaded BLAS: OpenBLAS's threads would spin on after
         it and take a core from the next ops' lanes (docs/numpy.md, session 40). It splits by
         columns of b, each lane then packing all of a, unless b has too few (each lane would
-        pack all of b, the larger operand where a has few rows). A product whose layout BLAS
-        cannot take runs on np.matmul."""
-        lanes = _gemm_lanes()
+        pack all of b, the larger operand where a has few rows); inside a lane, on this thread
+        alone (the other lanes have the cores). A product whose layout BLAS cannot take runs on
+        np.matmul."""
+        lanes = 1 if _in_lane() else _gemm_lanes()
         if m * n * k <= LANE_GEMM_MIN or lanes == 1:
             with _gemm_threads(m, n, k):
                 if not self.blas_gemm(a, b, out, alpha, beta):

@@ -110,6 +110,11 @@ _DISPATCH = threading.Lock()
 _SPIN: dict = {}
 
 
+def in_lane() -> bool:
+    """Whether this thread runs a lane's call (what it dispatches then runs inline)."""
+    return getattr(_local, "in_lane", False)
+
+
 def _in_lane(work, args) -> None:
     """A call on a pool thread, marked as a lane so what it dispatches runs inline (a nested
     submit could wait for a pool thread that waits for it)."""
@@ -146,7 +151,7 @@ def parallel(calls) -> None:
     ended (no lane is still writing). Calls from inside a lane, or while another thread
     dispatches, run one after another on this thread: the same pieces, so the same results."""
     spin = _spin_while()
-    if len(calls) == 1 or getattr(_local, "in_lane", False):
+    if len(calls) == 1 or in_lane():
         for work, args in calls:
             work(*args)
         return

@@ -139,8 +139,9 @@ def test_entry_lanes_in_a_forked_child():
 def test_gemm_op_splits_a_mid_sized_product_over_the_entry_lanes(monkeypatch):
     """Past LANE_GEMM_MIN the gemm op runs on the entry's lanes with BLAS on one thread (OpenBLAS's
     own threads spin on after a call and slow the next ops' lanes): by columns where a has few
-    rows, by rows where b has few columns; at most LANE_GEMM_MIN on this thread alone. BLAS's
-    thread counts are restored after, and the results are the product either way."""
+    rows, by rows where b has few columns; at most LANE_GEMM_MIN, or inside a lane, on this
+    thread alone. BLAS's thread counts are restored after, and the results are the product
+    either way."""
     from threadpoolctl import threadpool_limits
 
     calls = []
@@ -166,6 +167,12 @@ def test_gemm_op_splits_a_mid_sized_product_over_the_entry_lanes(monkeypatch):
                 assert calls[0][2] == (1,) * libs
             np.testing.assert_allclose(out, a.astype(np.float64) @ b.T, rtol=1e-4, atol=1e-3)
             assert {lib.get_num_threads() for lib in threads.blas_libraries()} == {2}
+        a, b = rng.standard_normal((32, 784)).astype(np.float32), rng.standard_normal((784, 512)).astype(np.float32)
+        out = np.empty((32, 512), np.float32)
+        calls.clear()  # called from inside a lane, whose siblings hold the other cores: one thread
+        threads.parallel([(lambda: None, ()), (backend.gemm, (a, b, out))])
+        assert [c[0] for c in calls] == [1]
+        np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
 
 
 @needs_entry

@@ -2,7 +2,7 @@
 
 import pytest
 
-from juicepy.backends.numpy import kernels, runtime
+from juicepy.backends.numpy import blas, kernels, runtime
 
 
 def test_runtime_info_names_the_c_kernels_threads_and_blas(monkeypatch):
@@ -23,9 +23,20 @@ def test_runtime_info_names_the_c_kernels_threads_and_blas(monkeypatch):
     else:  # NumPy's own BLAS is loaded by then, whichever library it is
         assert isinstance(info["blas"], list) and info["blas"]
         assert all(lib["num_threads"] >= 1 for lib in info["blas"])
+    assert info["gemm_entry"] == (blas.gemm_entry() is not None)
     lines = runtime.describe(info)
     assert lines[len(lines) - len(info["notes"]):] == [f"note: {n}" for n in info["notes"]]
     assert any(line.startswith("BLAS: ") for line in lines)
+    assert ("GEMM: np.matmul" in lines) != info["gemm_entry"]
+
+
+def test_a_gemm_op_without_the_c_entry_is_named():
+    """Without the entry (blas.py) the gemm op's mid-sized products run on BLAS's own threads:
+    `juicepy info` says so where the C kernels are otherwise built."""
+    c = {"isa": 2, "isa_name": "avx512", "cpu_isa": "avx512", "cpu_vendor": "AuthenticAMD", "cpu_family": 0x1A}
+    for entry in (True, False):
+        notes = runtime._notes({"c_kernels": c, "openblas_env": {}, "gemm_entry": entry})
+        assert any("np.matmul" in n for n in notes) != entry
 
 
 @pytest.mark.parametrize("coretype, cpu_isa, warned", [
