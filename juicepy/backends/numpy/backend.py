@@ -23,12 +23,11 @@ GEMM_SPLIT_MIN = 1 << 26
 GEMM_SPLIT_ROWS = 16
 
 #: multiply-adds past which the C GEMM entry's products split over the lanes (as small ones run
-#: on one BLAS thread: threads.SMALL_GEMM), rows below which they split by columns of b, and the
-#: columns of b each lane takes at least (a multiple of 16 floats: whole cache lines)
+#: on one BLAS thread: threads.SMALL_GEMM), rows of a up to which they split by columns of b, and
+#: the columns of b each lane takes at least
 LANE_GEMM_MIN = SMALL_GEMM
 GEMM_COLUMN_SPLIT_MAX_ROWS = 128
 GEMM_SPLIT_COLS = 64
-GEMM_DEALS = 1
 
 
 def _matmul_into(a, b, out, alpha, beta) -> None:
@@ -192,10 +191,10 @@ class NumpyBackend(Backend):
         """gemm through the C entry (blas.py). A product past LANE_GEMM_MIN splits over the C
         entry's own lanes, each on a single-threaded BLAS: OpenBLAS's threads would spin on after
         it and take a core from the next ops' lanes (docs/numpy.md, session 40). It splits by
-        columns of b, each lane then packing all of a, unless b has too few (each lane would
-        pack all of b, the larger operand where a has few rows); inside a lane, on this thread
-        alone (the other lanes have the cores). A product whose layout BLAS cannot take runs on
-        np.matmul."""
+        columns of b where a has few rows or b has many more columns (each lane then packs all
+        of a, the smaller operand), else by rows (each lane packs all of b); inside a lane it runs
+        on this thread alone (the other lanes have the cores). A product whose layout BLAS
+        cannot take runs on np.matmul."""
         lanes = 1 if _in_lane() else _gemm_lanes()
         if m * n * k <= LANE_GEMM_MIN or lanes == 1:
             with _gemm_threads(m, n, k):
@@ -203,9 +202,10 @@ class NumpyBackend(Backend):
                     _matmul_into(a, b, out, alpha, beta)
             return
         by_columns = n >= 2 * GEMM_SPLIT_COLS and (m <= GEMM_COLUMN_SPLIT_MAX_ROWS or n >= 4 * m)
-        units = -(-(n if by_columns else m) // 16)
         with _single_threaded_blas():
-            if not self.blas_gemm(a, b, out, alpha, beta, lanes, by_columns, max(1, units // (GEMM_DEALS * lanes))):
+            # one piece per lane: smaller dealt pieces (2 or 4 per lane) repacked the operands
+            # for no gain (docs/numpy.md, session 40)
+            if not self.blas_gemm(a, b, out, alpha, beta, lanes, by_columns):
                 _matmul_into(a, b, out, alpha, beta)
 
     def add(self, a, b, out, relu=False):
