@@ -199,3 +199,34 @@ def test_without_the_entry_the_gemm_op_keeps_matmul(monkeypatch):
     out = np.ones((64, 512), np.float32)
     backend.gemm(a, b, out, alpha=2.0, beta=-1.0)
     np.testing.assert_allclose(out, 2.0 * (a.astype(np.float64) @ b) - 1.0, rtol=1e-4, atol=1e-3)
+
+
+@needs_entry
+def test_split_products_from_two_threads_at_once(monkeypatch):
+    """Two threads' split products at the same time (a server's requests): one takes the C lanes,
+    the other runs its call alone; both get their products."""
+    import threading
+
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+    backend = numpy_backend.NumpyBackend(kernels="c")
+    rng = np.random.default_rng(9)
+    problems = [(rng.standard_normal((32, 600)).astype(np.float32), rng.standard_normal((600, 384)).astype(np.float32))
+                for _ in range(2)]
+    wants = [a.astype(np.float64) @ b for a, b in problems]
+    bad = []
+
+    def run(index):
+        a, b = problems[index]
+        out = np.empty((32, 384), np.float32)
+        for _ in range(30):
+            out.fill(np.nan)
+            backend.gemm(a, b, out)
+            if not np.allclose(out, wants[index], rtol=1e-4, atol=1e-3):
+                bad.append(index)
+
+    workers = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert bad == []
