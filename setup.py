@@ -11,16 +11,19 @@ setup(
         Extension(
             "juicepy.backends.numpy._cpu_kernels",
             ["juicepy/backends/numpy/_cpu_kernels.c"],
-            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h"],
-            # -fno-math-errno lets GCC vectorise sqrt; no -ffast-math, so IEEE results stay exact
-            extra_compile_args=["-O3", "-fno-math-errno", "-std=c99"],
+            depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h",
+                     "juicepy/backends/numpy/_side_lanes.h"],
+            # -fno-math-errno lets GCC vectorise sqrt; no -ffast-math, so IEEE results stay exact;
+            # -pthread: pthread_atfork (the side lanes)
+            extra_compile_args=["-O3", "-fno-math-errno", "-std=c99", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         ),
         Extension(
             "juicepy.backends.numpy._blas_kernels",
             ["juicepy/backends/numpy/_blas_kernels.c"],
             depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h",
-                     "juicepy/backends/numpy/_lane_pool.h"],
+                     "juicepy/backends/numpy/_lane_pool.h", "juicepy/backends/numpy/_side_lanes.h"],
             # -pthread: the lanes inside a call (_lane_pool.h)
             extra_compile_args=["-O3", "-std=c99", "-pthread"],
             extra_link_args=["-pthread"],
@@ -37,7 +40,7 @@ setup(
             "juicepy.backends.numpy._norm_kernels",
             ["juicepy/backends/numpy/_norm_kernels.c"],
             depends=["juicepy/backends/numpy/_kernels.h", "juicepy/backends/numpy/_gil_hint.h",
-                     "juicepy/backends/numpy/_lane_pool.h"],
+                     "juicepy/backends/numpy/_lane_pool.h", "juicepy/backends/numpy/_side_lanes.h"],
             # -pthread: the channel lanes inside a call
             extra_compile_args=["-O3", "-std=c99", "-pthread"],
             extra_link_args=["-pthread"],

@@ -160,6 +160,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     COUNT_GIL_RELEASES_METHOD,
+    USE_SIDE_LANES_METHOD,
     {"set_gemm", py_set_gemm, METH_VARARGS,
      "set_gemm(sgemm_address, dgemm_address): the ILP64 cblas_sgemm and cblas_dgemm that gemm calls (0: none)"},
     {"gemm", py_gemm, METH_VARARGS,

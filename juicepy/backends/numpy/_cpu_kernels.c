@@ -10,6 +10,9 @@
  *   SGD:   torch.optim.SGD with momentum, dampening, Nesterov, weight decay.
  */
 #include "_kernels.h"
+#include "_side_lanes.h"
+
+#include <pthread.h>
 
 #define DEFINE_ADAM(NAME, T, SQRT)                                                           \
     VECTOR_CLONES static void NAME(T *restrict p, const T *restrict g, T *restrict m,          \
@@ -265,19 +268,83 @@ static PyObject *py_add(PyObject *self, PyObject *args)
     return binary_call(args, "a", "b", "out", add_f32, add_f64);
 }
 
-/* spin_while(flags, index, value, seconds, releases=None, seen=-1, handover=0.0): wait
+static SideLanes side;
+
+/* Runs the side task posted to a claimed lane (waiting for the caller to post it), then leaves
+ * the lane in ``next_state`` */
+static void serve_side(SideLane *l, int k, int next_state)
+{
+    const long long done = l->done;
+    while (__atomic_load_n(&l->posted, __ATOMIC_ACQUIRE) == done) cpu_pause();
+    l->run(l->arg, k);
+    __atomic_store_n(&l->done, done + 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&l->state, next_state, __ATOMIC_RELEASE);
+}
+
+/* spin_while_equal for lane k's wait for its next Python call, running the side tasks handed
+ * to it meanwhile (each restarts its ``seconds``) */
+static int serve_while_equal(const long long *word, long long value, double seconds, int k)
+{
+    SideLane *l = &side.lane[k];
+    int count = __atomic_load_n(&side.count, __ATOMIC_RELAXED);
+    while (count < k && !__atomic_compare_exchange_n(&side.count, &count, k, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED)) {}
+    __atomic_store_n(&l->state, 1, __ATOMIC_SEQ_CST);
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    int changed = 0;
+    for (unsigned long i = 0;; i++) {
+        if (__atomic_load_n(&l->state, __ATOMIC_ACQUIRE) == 2) {
+            serve_side(l, k, 1);
+            clock_gettime(CLOCK_MONOTONIC, &start);
+            continue;
+        }
+        if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != value) {
+            changed = 1;
+            break;
+        }
+        if ((i & 15) == 15) {
+            if (seconds_since(&start) > seconds) break;
+            sched_yield();
+        }
+        cpu_pause();
+    }
+    int polling = 1;
+    if (!__atomic_compare_exchange_n(&l->state, &polling, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+        serve_side(l, k, 0);  /* claimed as it left */
+    return changed;
+}
+
+/* A forked child has none of the parent's lane threads */
+static void side_after_fork(void) { memset(&side, 0, sizeof side); }
+
+/* side_tasks_done(): the side tasks every lane has run so far (tests see the hand-over with it) */
+static PyObject *py_side_tasks_done(PyObject *self, PyObject *unused)
+{
+    long long total = 0;
+    for (int k = 0; k < SIDE_LANES_MAX; k++) total += __atomic_load_n(&side.lane[k].done, __ATOMIC_ACQUIRE);
+    return PyLong_FromLongLong(total);
+}
+
+/* spin_while(flags, index, value, seconds, releases=None, seen=-1, handover=0.0, lane=0): wait
  * (spin_while_equal), with the GIL released, while the int64 flags[index] still equals value, for
  * at most ``seconds``; True once it changed. threads.py's lanes hand work over through these
  * flags. Once it changed, with ``releases`` (kernels.py's GIL_RELEASES, _gil_hint.h) it also
  * waits, at most ``handover`` seconds, while releases[0] still equals flags[seen] (the count when
- * the work was posted), so that the GIL is taken once the dispatching thread let it go. */
+ * the work was posted), so that the GIL is taken once the dispatching thread let it go. With
+ * ``lane`` (1 .. SIDE_LANES_MAX - 1), threads.py's lane of that number, it runs the side tasks
+ * handed to it while it waits for the flag (_side_lanes.h). */
 static PyObject *py_spin_while(PyObject *self, PyObject *args)
 {
     PyObject *fo, *ro = Py_None;
     Py_ssize_t index, seen = -1;
     long long value;
     double seconds, handover = 0.0;
-    if (!PyArg_ParseTuple(args, "OnLd|Ond", &fo, &index, &value, &seconds, &ro, &seen, &handover)) return NULL;
+    int lane = 0;
+    if (!PyArg_ParseTuple(args, "OnLd|Ondi", &fo, &index, &value, &seconds, &ro, &seen, &handover, &lane)) return NULL;
+    if (lane < 0 || lane >= SIDE_LANES_MAX) {
+        PyErr_Format(PyExc_ValueError, "spin_while: lane must be in [0, %d), got %d", SIDE_LANES_MAX, lane);
+        return NULL;
+    }
     Py_buffer f, r;
     if (PyObject_GetBuffer(fo, &f, PyBUF_C_CONTIGUOUS) < 0) return NULL;
     Py_ssize_t words = f.len / 8;
@@ -300,7 +367,7 @@ static PyObject *py_spin_while(PyObject *self, PyObject *args)
     const long long *flag = (const long long *)f.buf + index;
     int changed;
     RELEASE_GIL
-    changed = spin_while_equal(flag, value, seconds);
+    changed = lane ? serve_while_equal(flag, value, seconds, lane) : spin_while_equal(flag, value, seconds);
     if (changed && counted)
         spin_while_equal((const long long *)r.buf, __atomic_load_n((const long long *)f.buf + seen, __ATOMIC_ACQUIRE),
                          handover);
@@ -323,9 +390,11 @@ static PyMethodDef methods[] = {
      "sgd(param, grad, momentum_buffer|None, lr, momentum, 1-dampening, weight_decay, nesterov, "
      "first_step): one fused SGD pass, in place"},
     {"spin_while", py_spin_while, METH_VARARGS,
-     "spin_while(flags, index, value, seconds, releases=None, seen=-1, handover=0.0): wait (GIL released) "
-     "while int64 flags[index] == value, at most seconds; True once it changed (then, with releases, also "
-     "while releases[0] == flags[seen], at most handover seconds)"},
+     "spin_while(flags, index, value, seconds, releases=None, seen=-1, handover=0.0, lane=0): wait (GIL "
+     "released) while int64 flags[index] == value, at most seconds; True once it changed (then, with releases, "
+     "also while releases[0] == flags[seen], at most handover seconds); lane > 0 runs side tasks meanwhile"},
+    {"side_tasks_done", py_side_tasks_done, METH_NOARGS,
+     "side_tasks_done(): how many side tasks (_side_lanes.h) threads.py's lanes have run in this process"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -333,4 +402,17 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cpu_kernels",
                                     "Fused CPU kernels (optimizers, ReLU backward) for the NumPy backend.", -1,
                                     methods};
 
-PyMODINIT_FUNC PyInit__cpu_kernels(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__cpu_kernels(void)
+{
+    static int registered = 0;
+    if (!registered && pthread_atfork(NULL, NULL, side_after_fork) == 0) registered = 1;
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    PyObject *capsule = PyCapsule_New(&side, SIDE_LANES_CAPSULE, NULL);
+    if (capsule == NULL || PyModule_AddObject(m, "side_lanes", capsule) < 0) {
+        Py_XDECREF(capsule);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

@@ -35,20 +35,32 @@ typedef int vi32x8 __attribute__((vector_size(32)));
  * Threads that hand work over poll rather than block: a thread blocked in the kernel took
  * 50-120 us to wake on the project's VM, a polling one a few. sched_yield every 16 polls gives
  * the core to any other runnable thread (an OpenBLAS worker, another process). */
+static inline void cpu_pause(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* Seconds since ``start`` */
+static inline double seconds_since(const struct timespec *start)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)(now.tv_sec - start->tv_sec) + 1e-9 * (double)(now.tv_nsec - start->tv_nsec);
+}
+
 static inline int spin_while_equal(const long long *word, long long value, double seconds)
 {
-    struct timespec start, now;
+    struct timespec start;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (unsigned long i = 0;; i++) {
         if (__atomic_load_n(word, __ATOMIC_ACQUIRE) != value) return 1;
         if ((i & 15) == 15) {
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if ((double)(now.tv_sec - start.tv_sec) + 1e-9 * (double)(now.tv_nsec - start.tv_nsec) > seconds) return 0;
+            if (seconds_since(&start) > seconds) return 0;
             sched_yield();
         }
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        cpu_pause();
     }
 }
 

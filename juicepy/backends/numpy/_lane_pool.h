@@ -7,14 +7,18 @@
  *     void (*run)(const LANE_TASK *, Py_ssize_t lo, Py_ssize_t hi);
  * run_in_lanes(t, lo, hi, lanes) calls t->run over [lo, hi) in ``lanes`` contiguous parts;
  * deal_in_lanes(t, lo, hi, lanes, grain) in pieces of ``grain`` that each lane takes in turn, so a
- * worker that wakes late takes fewer (pieces that write disjoint outputs only). Every
- * module that includes this has its own pool (its own workers); its PyInit registers
- * lane_pool_after_fork with pthread_atfork. */
+ * worker that wakes late takes fewer (pieces that write disjoint outputs only). The parts go to
+ * threads.py's lanes where they poll for their next Python call (_side_lanes.h: ``side_lanes``,
+ * set by the module's use_side_lanes); only in a process where those lanes never ran does the
+ * module start workers of its own (``pool``; its PyInit registers lane_pool_after_fork with
+ * pthread_atfork), and where they ran but none polls now, the call runs alone. */
 #ifndef JUICEPY_LANE_POOL_H
 #define JUICEPY_LANE_POOL_H
 
 #include <pthread.h>
 #include <stdint.h>
+
+#include "_side_lanes.h"
 
 #define MAX_LANES 64
 /* seconds a worker polls for the next call before it blocks (threads.LANE_SPIN's reasoning) */
@@ -54,11 +58,63 @@ static void take_pieces(void)
     }
 }
 
-static void pause_once(void)
+/* threads.py's lanes (None until use_side_lanes) and one lane's part of a call handed to them */
+static SideLanes *side_lanes;
+
+typedef struct {
+    const LANE_TASK *task;
+    Py_ssize_t c0, c1, grain;
+    Py_ssize_t *next; /* the dealt call's next piece (grain > 0) */
+    int lanes, part;
+} SidePart;
+
+static void run_side_part(void *arg, int lane)
 {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
+    const SidePart *p = arg;
+    (void)lane;
+    if (!p->grain) {
+        run_lane(p->task, p->c0, p->c1, p->lanes, p->part);
+        return;
+    }
+    for (;;) {
+        const Py_ssize_t lo = __atomic_fetch_add(p->next, p->grain, __ATOMIC_SEQ_CST);
+        if (lo >= p->c1) return;
+        p->task->run(p->task, lo, lo + p->grain < p->c1 ? lo + p->grain : p->c1);
+    }
+}
+
+/* The call on this thread and up to lanes - 1 polling side lanes (fixed parts, or dealt pieces
+ * of ``grain``): 1 where it ran so, 0 where side lanes never ran (the caller uses its own
+ * pool), -1 where they did but none polls now (the caller runs alone). */
+static int side_call(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes, Py_ssize_t grain)
+{
+    const int count = side_lanes ? __atomic_load_n(&side_lanes->count, __ATOMIC_ACQUIRE) : 0;
+    if (!count) return 0;
+    int ks[SIDE_LANES_MAX];
+    int claimed = 0;
+    for (int k = 1; k <= count && k < SIDE_LANES_MAX && claimed < lanes - 1; k++) {
+        int polling = 1;
+        if (__atomic_compare_exchange_n(&side_lanes->lane[k].state, &polling, 2, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+            ks[claimed++] = k;
+    }
+    if (!claimed) return -1;
+    Py_ssize_t next = c0;
+    SidePart parts[SIDE_LANES_MAX];
+    long long posted[SIDE_LANES_MAX];
+    for (int p = 0; p <= claimed; p++) parts[p] = (SidePart){t, c0, c1, grain, &next, claimed + 1, p};
+    for (int j = 0; j < claimed; j++) {
+        SideLane *l = &side_lanes->lane[ks[j]];
+        l->run = run_side_part;
+        l->arg = &parts[j + 1];
+        posted[j] = __atomic_add_fetch(&l->posted, 1, __ATOMIC_RELEASE);
+    }
+    run_side_part(&parts[0], 0);
+    for (int j = 0; j < claimed; j++)
+        for (unsigned long i = 0; __atomic_load_n(&side_lanes->lane[ks[j]].done, __ATOMIC_ACQUIRE) != posted[j]; i++) {
+            cpu_pause();
+            if ((i & 15) == 15) sched_yield();
+        }
+    return 1;
 }
 
 static void *worker_main(void *arg)
@@ -133,7 +189,9 @@ static inline void run_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1
 {
     if (lanes > c1 - c0) lanes = (int)(c1 - c0);
     if (lanes > MAX_LANES) lanes = MAX_LANES;
-    if (lanes <= 1 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+    const int side = lanes > 1 ? side_call(t, c0, c1, lanes, 0) : -1;
+    if (side > 0) return;
+    if (side < 0 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
         t->run(t, c0, c1);
         return;
     }
@@ -145,7 +203,7 @@ static inline void run_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1
         post(t, c0, c1, lanes, 0);
         run_lane(t, c0, c1, lanes, 0);
         for (unsigned long i = 0; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE); i++) {
-            pause_once();
+            cpu_pause();
             if ((i & 15) == 15) sched_yield();
         }
     } else {
@@ -163,7 +221,9 @@ static inline void deal_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c
 {
     if (lanes > MAX_LANES) lanes = MAX_LANES;
     if (grain < 1) grain = 1;
-    if (lanes <= 1 || c1 - c0 <= grain || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+    const int side = lanes > 1 && c1 - c0 > grain ? side_call(t, c0, c1, lanes, grain) : -1;
+    if (side > 0) return;
+    if (side < 0 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
         t->run(t, c0, c1);
         return;
     }
@@ -172,7 +232,7 @@ static inline void deal_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c
         post(t, c0, c1, lanes, grain);
         take_pieces();
         for (unsigned long i = 0; __atomic_load_n(&pool.inside, __ATOMIC_SEQ_CST); i++) {
-            pause_once();
+            cpu_pause();
             if ((i & 15) == 15) sched_yield();
         }
     } else {
@@ -180,6 +240,21 @@ static inline void deal_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c
     }
     __atomic_store_n(&pool.busy, 0, __ATOMIC_RELEASE);
 }
+
+/* use_side_lanes(capsule): hand this module's splits to threads.py's lanes (_cpu_kernels.side_lanes;
+ * None: to this module's own workers again) */
+static PyObject *py_use_side_lanes(PyObject *self, PyObject *capsule)
+{
+    SideLanes *lanes = NULL;
+    if (capsule != Py_None && (lanes = PyCapsule_GetPointer(capsule, SIDE_LANES_CAPSULE)) == NULL) return NULL;
+    side_lanes = lanes;
+    Py_RETURN_NONE;
+}
+
+#define USE_SIDE_LANES_METHOD                                                                     \
+    {"use_side_lanes", py_use_side_lanes, METH_O,                                                  \
+     "use_side_lanes(capsule): run this module's splits on threads.py's lanes while they poll "  \
+     "(_cpu_kernels.side_lanes; None: on its own workers)"}
 
 /* A forked child has none of the parent's threads */
 static void lane_pool_after_fork(void)

@@ -553,6 +553,7 @@ static PyObject *py_train_fused(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     COUNT_GIL_RELEASES_METHOD,
+    USE_SIDE_LANES_METHOD,
     {"stats", py_stats, METH_VARARGS,
      "stats(x, mean, var, N, C, inner, c0, c1, lanes=1): per-channel mean and biased variance"},
     {"affine", py_affine, METH_VARARGS,

@@ -39,4 +39,9 @@ def load(name: str, kernels: str | None = None):
     count = getattr(module, "count_gil_releases", None)  # absent from a build older than the hint
     if count is not None:
         count(GIL_RELEASES)
+    use_side_lanes = getattr(module, "use_side_lanes", None)
+    if use_side_lanes is not None:  # its splits go to threads.py's polling lanes (_side_lanes.h)
+        lanes = getattr(load("_cpu_kernels", kernels), "side_lanes", None)
+        if lanes is not None:
+            use_side_lanes(lanes)
     return module

@@ -67,13 +67,16 @@ class _Lane:
         self.error = None
         self.cond = threading.Condition()
         self.spin_while = spin_while
+        self.index = index
         threading.Thread(target=self._run, name=f"juicepy-numpy-lane-{index}", daemon=True).start()
 
     def _run(self) -> None:
         _local.in_lane = True
         done = 0
         while True:
-            if not self.spin_while(self.flags, 0, done, LANE_SPIN, _kernels.GIL_RELEASES, 2, HANDOVER_SPIN):
+            # while it polls, it runs the parts of C kernels' calls handed to it (_side_lanes.h)
+            if not self.spin_while(self.flags, 0, done, LANE_SPIN, _kernels.GIL_RELEASES, 2, HANDOVER_SPIN,
+                                   self.index):
                 with self.cond:
                     while self.flags[0] == done:
                         self.cond.wait()

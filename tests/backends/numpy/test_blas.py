@@ -230,3 +230,26 @@ def test_split_products_from_two_threads_at_once(monkeypatch):
     for worker in workers:
         worker.join()
     assert bad == []
+
+
+@needs_entry
+def test_split_products_run_on_the_polling_python_lanes(monkeypatch):
+    """While threads.py's lanes poll, the entry hands them its other pieces (_side_lanes.h)."""
+    cpu = kernels.load("_cpu_kernels", "c")
+    if threads._spin_while() is None or not hasattr(cpu, "side_tasks_done"):
+        pytest.skip("the C polling lanes are not built")
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", "2")
+    rng = np.random.default_rng(10)
+    a, b = rng.standard_normal((32, 600)).astype(np.float32), rng.standard_normal((600, 384)).astype(np.float32)
+    out = np.empty((32, 384), np.float32)
+    for by_columns in (True, False):
+        for _ in range(100):  # a lane polls again a moment after the region (sooner on a quiet machine)
+            threads.parallel([(lambda: None, ())] * 2)
+            before = cpu.side_tasks_done()
+            out.fill(np.nan)
+            with threads.single_threaded_blas():
+                assert ENTRY(a, b, out, 1.0, 0.0, 2, by_columns, 0)
+            np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=1e-4, atol=1e-3)
+            if cpu.side_tasks_done() == before + 1:
+                break
+        assert cpu.side_tasks_done() == before + 1

@@ -261,16 +261,87 @@ def test_channel_lanes_from_two_threads_at_once():
                 np.testing.assert_array_equal(a, b)
 
 
+def _wake_python_lanes(count):
+    """A parallel region of ``count`` calls: its lanes then poll for their next call (threads.LANE_SPIN)."""
+    from juicepy.backends.numpy import threads
+
+    threads.parallel([(lambda: None, ())] * count)
+
+
+@needs_kernels
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_channel_lanes_run_on_the_polling_python_lanes(monkeypatch, lanes):
+    """While threads.py's lanes poll, the kernels hand their other parts to them (_side_lanes.h)
+    instead of to workers of their own; the bits are the one-lane call's either way, and with the
+    lanes away (none polling) the call runs alone."""
+    from juicepy.backends.numpy import kernels, threads
+
+    cpu = kernels.load("_cpu_kernels", "c")
+    if threads._spin_while() is None or not hasattr(cpu, "side_tasks_done"):
+        pytest.skip("the C polling lanes are not built")
+    monkeypatch.setenv("JUICEPY_NUM_THREADS", str(lanes))
+    x, dy, gamma, beta = _inputs(np.float32, (8, 6, 16, 16), seed=9)
+    want = _kernel_calls(x, dy, gamma, beta, 1)
+    handed = 0
+    for _ in range(100):  # a lane polls again a moment after the region (sooner on a quiet machine)
+        _wake_python_lanes(lanes)
+        before = cpu.side_tasks_done()
+        got = _kernel_calls(x, dy, gamma, beta, lanes)
+        handed += cpu.side_tasks_done() > before
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+        if handed == 5:
+            break
+    assert handed == 5
+    monkeypatch.setattr(threads, "LANE_SPIN", 0.0)  # the lanes block at once after their next call
+    _wake_python_lanes(lanes)
+    import time
+
+    time.sleep(0.1)  # long enough for the lanes to leave their poll on a loaded machine
+    before = cpu.side_tasks_done()
+    for a, b in zip(_kernel_calls(x, dy, gamma, beta, lanes), want):
+        np.testing.assert_array_equal(a, b)
+    assert cpu.side_tasks_done() == before
+    _wake_python_lanes(lanes)  # back to polling with the default LANE_SPIN for later tests
+
+
+@needs_kernels
+def test_channel_lanes_from_two_threads_while_the_python_lanes_poll():
+    """Two threads' calls at once: each claims what polling lanes it can (none twice), the rest
+    of each runs on its own thread; every result is the one-lane call's."""
+    import threading
+
+    x, dy, gamma, beta = _inputs(np.float32, (8, 6, 16, 16), seed=10)
+    want = _kernel_calls(x, dy, gamma, beta, 1)
+    bad = []
+
+    def run():
+        for _ in range(40):
+            _wake_python_lanes(2)
+            if not all(np.array_equal(a, b) for a, b in zip(_kernel_calls(x, dy, gamma, beta, 2), want)):
+                bad.append(1)
+
+    workers = [threading.Thread(target=run) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert bad == []
+
+
 @needs_kernels
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
 def test_channel_lanes_in_a_forked_child():
-    """A forked child has none of the parent's pool threads: it starts its own"""
+    """A forked child has none of the parent's pool threads or Python lanes: it starts its own"""
     x, dy, gamma, beta = _inputs(np.float32, (4, 6, 8, 8), seed=6)
     want = _kernel_calls(x, dy, gamma, beta, 2)  # the parent's pool is started
+    _wake_python_lanes(2)  # and its Python lanes poll as it forks: the child has neither
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
         signal.alarm(30)
         ok = all(np.array_equal(a, b) for a, b in zip(_kernel_calls(x, dy, gamma, beta, 2), want))
+        _wake_python_lanes(2)  # the child's own lanes, polling, take the parts
+        ok = ok and all(np.array_equal(a, b) for a, b in zip(_kernel_calls(x, dy, gamma, beta, 2), want))
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -277,3 +277,14 @@ def test_dealt_forwards_give_the_bits_of_one_lane(monkeypatch, groups, kernel, c
             backend.conv2d(x, w, out, (1, 1), (pad, pad), (1, 1), groups)
         outs.append(out)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_spin_while_refuses_a_lane_out_of_range():
+    spin = threads._spin_while()
+    if spin is None:
+        pytest.skip("the C polling lanes are not built")
+    flags = np.zeros(4, np.int64)
+    for lane in (-1, 64):
+        with pytest.raises(ValueError, match="lane must be in"):
+            spin(flags, 0, 1, 0.0, None, -1, 0.0, lane)
+    assert spin(flags, 0, 1, 0.0, None, -1, 0.0, 3)  # a lane may poll: the flag differs at once
