@@ -9,9 +9,10 @@
  * deal_in_lanes(t, lo, hi, lanes, grain) in pieces of ``grain`` that each lane takes in turn, so a
  * worker that wakes late takes fewer (pieces that write disjoint outputs only). The parts go to
  * threads.py's lanes where they poll for their next Python call (_side_lanes.h: ``side_lanes``,
- * set by the module's use_side_lanes); only in a process where those lanes never ran does the
- * module start workers of its own (``pool``; its PyInit registers lane_pool_after_fork with
- * pthread_atfork), and where they ran but none polls now, the call runs alone. */
+ * set by the module's use_side_lanes); where none polls (they never ran, or blocked after a
+ * while without calls) the module's own workers take them (``pool``; its PyInit registers
+ * lane_pool_after_fork with pthread_atfork): running such a call alone left a training loop's
+ * first products of each step on one thread (the MLP step 1.8x slower, docs/numpy.md). */
 #ifndef JUICEPY_LANE_POOL_H
 #define JUICEPY_LANE_POOL_H
 
@@ -84,8 +85,7 @@ static void run_side_part(void *arg, int lane)
 }
 
 /* The call on this thread and up to lanes - 1 polling side lanes (fixed parts, or dealt pieces
- * of ``grain``): 1 where it ran so, 0 where side lanes never ran (the caller uses its own
- * pool), -1 where they did but none polls now (the caller runs alone). */
+ * of ``grain``): 1 where it ran so, 0 where none polls (the caller uses its own pool). */
 static int side_call(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes, Py_ssize_t grain)
 {
     const int count = side_lanes ? __atomic_load_n(&side_lanes->count, __ATOMIC_ACQUIRE) : 0;
@@ -97,7 +97,7 @@ static int side_call(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes
         if (__atomic_compare_exchange_n(&side_lanes->lane[k].state, &polling, 2, 0, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
             ks[claimed++] = k;
     }
-    if (!claimed) return -1;
+    if (!claimed) return 0;
     Py_ssize_t next = c0;
     SidePart parts[SIDE_LANES_MAX];
     long long posted[SIDE_LANES_MAX];
@@ -109,8 +109,9 @@ static int side_call(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes
         posted[j] = __atomic_add_fetch(&l->posted, 1, __ATOMIC_RELEASE);
     }
     run_side_part(&parts[0], 0);
+    /* done may be past posted already: once done, the lane can be claimed by the next caller */
     for (int j = 0; j < claimed; j++)
-        for (unsigned long i = 0; __atomic_load_n(&side_lanes->lane[ks[j]].done, __ATOMIC_ACQUIRE) != posted[j]; i++) {
+        for (unsigned long i = 0; __atomic_load_n(&side_lanes->lane[ks[j]].done, __ATOMIC_ACQUIRE) < posted[j]; i++) {
             cpu_pause();
             if ((i & 15) == 15) sched_yield();
         }
@@ -189,9 +190,8 @@ static inline void run_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1
 {
     if (lanes > c1 - c0) lanes = (int)(c1 - c0);
     if (lanes > MAX_LANES) lanes = MAX_LANES;
-    const int side = lanes > 1 ? side_call(t, c0, c1, lanes, 0) : -1;
-    if (side > 0) return;
-    if (side < 0 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+    if (lanes > 1 && side_call(t, c0, c1, lanes, 0)) return;
+    if (lanes <= 1 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
         t->run(t, c0, c1);
         return;
     }
@@ -221,9 +221,9 @@ static inline void deal_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c
 {
     if (lanes > MAX_LANES) lanes = MAX_LANES;
     if (grain < 1) grain = 1;
-    const int side = lanes > 1 && c1 - c0 > grain ? side_call(t, c0, c1, lanes, grain) : -1;
-    if (side > 0) return;
-    if (side < 0 || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
+    const int split = lanes > 1 && c1 - c0 > grain;
+    if (split && side_call(t, c0, c1, lanes, grain)) return;
+    if (!split || __atomic_exchange_n(&pool.busy, 1, __ATOMIC_ACQUIRE)) {
         t->run(t, c0, c1);
         return;
     }

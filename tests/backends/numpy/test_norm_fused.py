@@ -273,7 +273,7 @@ def _wake_python_lanes(count):
 def test_channel_lanes_run_on_the_polling_python_lanes(monkeypatch, lanes):
     """While threads.py's lanes poll, the kernels hand their other parts to them (_side_lanes.h)
     instead of to workers of their own; the bits are the one-lane call's either way, and with the
-    lanes away (none polling) the call runs alone."""
+    lanes away (none polling) the module's own workers take the parts."""
     from juicepy.backends.numpy import kernels, threads
 
     cpu = kernels.load("_cpu_kernels", "c")
