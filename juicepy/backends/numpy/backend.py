@@ -188,9 +188,10 @@ class NumpyBackend(Backend):
         _run_gemm_pieces(pieces, lambda lo, hi, lane: rows(m * lo // pieces, m * hi // pieces))
 
     def _gemm_on_entry(self, a, b, out, alpha, beta, m, n, k):
-        """gemm through the C entry (blas.py). A product past LANE_GEMM_MIN splits over the C
-        entry's own lanes, each on a single-threaded BLAS: OpenBLAS's threads would spin on after
-        it and take a core from the next ops' lanes (docs/numpy.md, session 40). It splits by
+        """gemm through the C entry (blas.py). A product past LANE_GEMM_MIN splits inside the C
+        call over the lanes (_lane_pool.h), each on a single-threaded BLAS: OpenBLAS's threads
+        would spin on after it and take a core from the next ops' lanes (docs/numpy.md, session
+        40). It splits by
         columns of b where a has few rows or b has many more columns (each lane then packs all
         of a, the smaller operand), else by rows (each lane packs all of b); inside a lane it runs
         on this thread alone (the other lanes have the cores). A product whose layout BLAS

@@ -76,7 +76,7 @@ def describe(info: dict) -> list[str]:
             lines.append(f"BLAS: {lib['internal_api']} {lib['version'] or ''}, {lib['architecture'] or '?'} kernels, "
                          f"{lib['num_threads']} threads".replace(" ,", ","))
     if "gemm_entry" in info:
-        lines.append("GEMM: " + ("NumPy's OpenBLAS called from C, mid-sized and larger products split over C lanes"
+        lines.append("GEMM: " + ("NumPy's OpenBLAS called from C, mid-sized and larger products split over the lanes"
                                  if info["gemm_entry"] else "np.matmul"))
     env = ", ".join(f"{k}={v}" for k, v in info["openblas_env"].items())
     lines.append(f"OpenBLAS variables: {env or 'none set'}")
