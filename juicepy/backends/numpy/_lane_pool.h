@@ -48,15 +48,23 @@ static void run_lane(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes
     if (lo < hi) t->run(t, lo, hi);
 }
 
-/* Takes the dealt call's pieces until none is left: ``next`` counts on past c1, so a worker that
- * comes in after the caller returned takes nothing and never reads the finished call's task */
-static void take_pieces(void)
+/* Takes a dealt call's pieces of ``grain`` below c1 until none is left: *next counts on past c1,
+ * so a thread that comes in after the caller returned takes nothing and never reads its task */
+static void take_pieces(const LANE_TASK *t, Py_ssize_t *next, Py_ssize_t grain, Py_ssize_t c1)
 {
     for (;;) {
-        const Py_ssize_t lo = __atomic_fetch_add(&pool.next, pool.grain, __ATOMIC_SEQ_CST);
-        if (lo >= pool.c1) return;
-        pool.task->run(pool.task, lo, lo + pool.grain < pool.c1 ? lo + pool.grain : pool.c1);
+        const Py_ssize_t lo = __atomic_fetch_add(next, grain, __ATOMIC_SEQ_CST);
+        if (lo >= c1) return;
+        t->run(t, lo, lo + grain < c1 ? lo + grain : c1);
     }
+}
+
+/* One poll of a caller waiting for its lanes: a pause, and the core to any other runnable thread
+ * every 16 */
+static inline void poll_pause(unsigned long i)
+{
+    cpu_pause();
+    if ((i & 15) == 15) sched_yield();
 }
 
 /* threads.py's lanes (None until use_side_lanes) and one lane's part of a call handed to them */
@@ -73,15 +81,10 @@ static void run_side_part(void *arg, int lane)
 {
     const SidePart *p = arg;
     (void)lane;
-    if (!p->grain) {
+    if (p->grain)
+        take_pieces(p->task, p->next, p->grain, p->c1);
+    else
         run_lane(p->task, p->c0, p->c1, p->lanes, p->part);
-        return;
-    }
-    for (;;) {
-        const Py_ssize_t lo = __atomic_fetch_add(p->next, p->grain, __ATOMIC_SEQ_CST);
-        if (lo >= p->c1) return;
-        p->task->run(p->task, lo, lo + p->grain < p->c1 ? lo + p->grain : p->c1);
-    }
 }
 
 /* The call on this thread and up to lanes - 1 polling side lanes (fixed parts, or dealt pieces
@@ -111,10 +114,8 @@ static int side_call(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1, int lanes
     run_side_part(&parts[0], 0);
     /* done may be past posted already: once done, the lane can be claimed by the next caller */
     for (int j = 0; j < claimed; j++)
-        for (unsigned long i = 0; __atomic_load_n(&side_lanes->lane[ks[j]].done, __ATOMIC_ACQUIRE) < posted[j]; i++) {
-            cpu_pause();
-            if ((i & 15) == 15) sched_yield();
-        }
+        for (unsigned long i = 0; __atomic_load_n(&side_lanes->lane[ks[j]].done, __ATOMIC_ACQUIRE) < posted[j]; i++)
+            poll_pause(i);
     return 1;
 }
 
@@ -134,7 +135,7 @@ static void *worker_main(void *arg)
         seen = __atomic_load_n(&pool.posted, __ATOMIC_SEQ_CST);
         if (lane < pool.lanes && pool.grain) {
             __atomic_add_fetch(&pool.inside, 1, __ATOMIC_SEQ_CST);
-            take_pieces();
+            take_pieces(pool.task, &pool.next, pool.grain, pool.c1);
             __atomic_sub_fetch(&pool.inside, 1, __ATOMIC_SEQ_CST);
         } else if (lane < pool.lanes) {
             run_lane(pool.task, pool.c0, pool.c1, pool.lanes, lane);
@@ -202,10 +203,7 @@ static inline void run_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c1
     if (ready && lanes > 1) {
         post(t, c0, c1, lanes, 0);
         run_lane(t, c0, c1, lanes, 0);
-        for (unsigned long i = 0; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE); i++) {
-            cpu_pause();
-            if ((i & 15) == 15) sched_yield();
-        }
+        for (unsigned long i = 0; __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE); i++) poll_pause(i);
     } else {
         if (pool.workers && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0) post(t, c0, c1, 0, 0);
         t->run(t, c0, c1);
@@ -230,11 +228,8 @@ static inline void deal_in_lanes(const LANE_TASK *t, Py_ssize_t c0, Py_ssize_t c
     start_workers(lanes - 1);
     if (pool.workers && __atomic_load_n(&pool.pending, __ATOMIC_ACQUIRE) == 0) {
         post(t, c0, c1, lanes, grain);
-        take_pieces();
-        for (unsigned long i = 0; __atomic_load_n(&pool.inside, __ATOMIC_SEQ_CST); i++) {
-            cpu_pause();
-            if ((i & 15) == 15) sched_yield();
-        }
+        take_pieces(t, &pool.next, grain, c1);
+        for (unsigned long i = 0; __atomic_load_n(&pool.inside, __ATOMIC_SEQ_CST); i++) poll_pause(i);
     } else {
         t->run(t, c0, c1);
     }
