@@ -2412,6 +2412,9 @@ static I s2_row(I p, I q, I seg, I c)
 /* Eight lanes of T: s2_columns' and s2_output's blocks of 8 tiles (one AVX2 register of floats). */
 typedef float s2_f32 __attribute__((vector_size(32)));
 typedef double s2_f64 __attribute__((vector_size(64)));
+/* Four lanes: s2_output's rows of 4 tiles. */
+typedef float s2_f32x4 __attribute__((vector_size(16)));
+typedef double s2_f64x4 __attribute__((vector_size(32)));
 
 /* One patch row z (padded row, its columns 4tx + 0..4 for tile tx) along the columns: F(2, 2)'s
  * BT over columns 0, 2, 4 into d0, d1, d2 and, where ``odd`` is set, columns 1 and 3 as they are.
@@ -2502,20 +2505,62 @@ static I s2_output_rows(I tw) { return 4 * tw; }
             }                                                                                  \
     }
 
-/* out[n, a] = AT m[.][a][tile] A for samples [n0, n1), outputs past Ho x Wo dropped; a row of
- * tiles' four output phases go through ``y`` (s2_output_rows, the caller's scratch). */
-#define DEFINE_S2_OUTPUT(NAME, ATTR, T, V)                                                        \
+/* AT m A for ``count`` tiles from e[pos*ks + tx], vectors of V's lanes: y0/y1 the even/odd
+ * outputs of the tiles' top row, y2/y3 of their bottom row; the same adds in the same order as
+ * the scalar tail of s2_output, so the same bits. */
+#define S2_OUTPUT_TILES(V, e, ks, tx, y0, y1, y2, y3)                                           \
+    V y0, y1, y2, y3;                                                                          \
+    {                                                                                          \
+        V m_[9];                                                                               \
+        for (int k_ = 0; k_ < 9; k_++) memcpy(&m_[k_], (e) + k_ * (ks) + (tx), sizeof(V));     \
+        const V s00 = m_[0] + m_[1], s01 = m_[1] + m_[2], s10 = m_[3] + m_[4];                 \
+        const V s11 = m_[4] + m_[5], s20 = m_[6] + m_[7], s21 = m_[7] + m_[8];                 \
+        y0 = s00 + s10; y1 = s01 + s11; y2 = s10 + s20; y3 = s11 + s21;                        \
+    }
+
+/* out[n, a] = AT m[.][a][tile] A for samples [n0, n1), outputs past Ho x Wo dropped: a row of
+ * tiles runs in vectors of 8 tiles (V), then of 4 (V4), whose even and odd outputs interleave
+ * into 16 (8) outputs of each of its two output rows, then the rest one tile at a time through
+ * ``y`` (s2_output_rows, the caller's scratch). Vectors of 4 too: the ResNet's 8x8 outputs have
+ * rows of 4 tiles. */
+#define DEFINE_S2_OUTPUT(NAME, ATTR, T, V, V4)                                                    \
     ATTR static void NAME(const T *restrict m, T *restrict out, T *restrict y, const Geometry *g, \
                           I o, I n0, I n1, I th, I tw, I ks)                                   \
     {                                                                                          \
-        const I tiles = th * tw, np = (n1 - n0) * tiles;                                       \
+        const I tiles = th * tw, np = (n1 - n0) * tiles, wo = g->wo;                           \
         for (I n = n0; n < n1; n++)                                                            \
             for (I a = 0; a < o; a++) {                                                        \
-                T *plane = out + (n * o + a) * g->ho * g->wo;                                  \
+                T *plane = out + (n * o + a) * g->ho * wo;                                     \
                 const T *src = m + a * np + (n - n0) * tiles;                                  \
-                for (I ty = 0; ty < th; ty++) {                                                \
+                for (I ty = 0; ty < th; ty++) {                                                        \
                     const T *e = src + ty * tw;                                                \
-                    for (I tx = 0; tx < tw; tx++) {                                            \
+                    T *top = plane + 2 * ty * wo, *bottom = top + wo;                          \
+                    const int two = 2 * ty + 1 < g->ho;                                        \
+                    I tx = 0;                                                                  \
+                    for (; 2 * (tx + 8) <= wo; tx += 8) {                                      \
+                        S2_OUTPUT_TILES(V, e, ks, tx, y0, y1, y2, y3)                          \
+                        const V a0 = __builtin_shufflevector(y0, y1, 0, 8, 1, 9, 2, 10, 3, 11); \
+                        const V a1 = __builtin_shufflevector(y0, y1, 4, 12, 5, 13, 6, 14, 7, 15); \
+                        memcpy(top + 2 * tx, &a0, sizeof(V)); memcpy(top + 2 * tx + 8, &a1, sizeof(V)); \
+                        if (two) {                                                             \
+                            const V b0 = __builtin_shufflevector(y2, y3, 0, 8, 1, 9, 2, 10, 3, 11); \
+                            const V b1 = __builtin_shufflevector(y2, y3, 4, 12, 5, 13, 6, 14, 7, 15); \
+                            memcpy(bottom + 2 * tx, &b0, sizeof(V)); memcpy(bottom + 2 * tx + 8, &b1, sizeof(V)); \
+                        }                                                                      \
+                    }                                                                          \
+                    for (; 2 * (tx + 4) <= wo; tx += 4) {                                      \
+                        S2_OUTPUT_TILES(V4, e, ks, tx, y0, y1, y2, y3)                         \
+                        const V4 a0 = __builtin_shufflevector(y0, y1, 0, 4, 1, 5);             \
+                        const V4 a1 = __builtin_shufflevector(y0, y1, 2, 6, 3, 7);             \
+                        memcpy(top + 2 * tx, &a0, sizeof(V4)); memcpy(top + 2 * tx + 4, &a1, sizeof(V4)); \
+                        if (two) {                                                             \
+                            const V4 b0 = __builtin_shufflevector(y2, y3, 0, 4, 1, 5);         \
+                            const V4 b1 = __builtin_shufflevector(y2, y3, 2, 6, 3, 7);         \
+                            memcpy(bottom + 2 * tx, &b0, sizeof(V4)); memcpy(bottom + 2 * tx + 4, &b1, sizeof(V4)); \
+                        }                                                                      \
+                    }                                                                          \
+                    const I rest = tx;                                                         \
+                    for (; tx < tw; tx++) {                                                    \
                         T s[3][2];                                                             \
                         for (int p = 0; p < 3; p++) {                                          \
                             const T m0 = e[(p * 3) * ks + tx], m1 = e[(p * 3 + 1) * ks + tx];  \
@@ -2527,18 +2572,10 @@ static I s2_output_rows(I tw) { return 4 * tw; }
                             y[(2 + j) * tw + tx] = s[1][j] + s[2][j];                          \
                         }                                                                      \
                     }                                                                          \
-                    for (int i = 0; i < 2 && 2 * ty + i < g->ho; i++) {                        \
-                        T *row = plane + (2 * ty + i) * g->wo;                                 \
+                    for (int i = 0; i < 1 + two; i++) {                                        \
+                        T *row = i ? bottom : top;                                             \
                         const T *even = y + 2 * i * tw, *odd = even + tw;                      \
-                        I q = 0;                                                               \
-                        for (; q + 16 <= g->wo; q += 16) { /* the even and odd columns interleaved */ \
-                            V e, f;                                                            \
-                            memcpy(&e, even + q / 2, sizeof(V)); memcpy(&f, odd + q / 2, sizeof(V)); \
-                            const V lo = __builtin_shufflevector(e, f, 0, 8, 1, 9, 2, 10, 3, 11); \
-                            const V hi = __builtin_shufflevector(e, f, 4, 12, 5, 13, 6, 14, 7, 15); \
-                            memcpy(row + q, &lo, sizeof(V)); memcpy(row + q + 8, &hi, sizeof(V)); \
-                        }                                                                      \
-                        for (; q < g->wo; q++) row[q] = (q % 2 ? odd : even)[q / 2];           \
+                        for (I q = 2 * rest; q < wo; q++) row[q] = (q % 2 ? odd : even)[q / 2]; \
                     }                                                                          \
                 }                                                                              \
             }                                                                                  \
@@ -2618,10 +2655,10 @@ DEFINE_S2_INPUT(s2_input_f32_256, ISA_256, float, s2_columns_f32_256)
 DEFINE_S2_INPUT(s2_input_f64_256, ISA_256, double, s2_columns_f64_256)
 DEFINE_S2_INPUT(s2_input_f32_128, ISA_128, float, s2_columns_f32_128)
 DEFINE_S2_INPUT(s2_input_f64_128, ISA_128, double, s2_columns_f64_128)
-DEFINE_S2_OUTPUT(s2_output_f32_256, ISA_256, float, s2_f32)
-DEFINE_S2_OUTPUT(s2_output_f64_256, ISA_256, double, s2_f64)
-DEFINE_S2_OUTPUT(s2_output_f32_128, ISA_128, float, s2_f32)
-DEFINE_S2_OUTPUT(s2_output_f64_128, ISA_128, double, s2_f64)
+DEFINE_S2_OUTPUT(s2_output_f32_256, ISA_256, float, s2_f32, s2_f32x4)
+DEFINE_S2_OUTPUT(s2_output_f64_256, ISA_256, double, s2_f64, s2_f64x4)
+DEFINE_S2_OUTPUT(s2_output_f32_128, ISA_128, float, s2_f32, s2_f32x4)
+DEFINE_S2_OUTPUT(s2_output_f64_128, ISA_128, double, s2_f64, s2_f64x4)
 #define S2_CALL(NAME, ...) (isa >= 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 
 #if WINO_PLANE8

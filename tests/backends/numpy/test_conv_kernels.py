@@ -1294,12 +1294,14 @@ def _s2_input_reference(x, geometry, n0, n1, th, tw, ks):
 @needs_kernels
 @pytest.mark.parametrize("shape", [(3, 4, 32, 32, 1, 1, 1, 3), (2, 3, 16, 16, 1, 1, 0, 2), (2, 2, 32, 32, 0, 0, 0, 2),
                                    (2, 2, 64, 64, 1, 1, 1, 2), (1, 3, 17, 19, 1, 2, 0, 1), (2, 2, 16, 32, 1, 1, 0, 2),
-                                   (1, 2, 7, 6, 0, 1, 0, 1)],
-                         ids=["32x32", "16x16", "32x32-unpadded", "64x64", "odd", "16x32", "small"])
+                                   (1, 2, 7, 6, 0, 1, 0, 1), (2, 2, 45, 48, 1, 1, 1, 2),
+                                   (1, 2, 13, 16, 1, 1, 0, 1)],
+                         ids=["32x32", "16x16", "32x32-unpadded", "64x64", "odd", "16x32", "small", "23x24", "7x8"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_stride_2_phase_transforms_match_the_reference_bit_for_bit(shape, dtype):
-    """s2_input and s2_output (their shuffle builds for square planes padded by 1 in float32 on
-    AVX-512: inputs of 16x16 and 32x32, outputs of 16x16 and 32x32; else the row passes) against
+    """s2_input (its shuffle builds for square planes padded by 1 in float32 on AVX-512: inputs
+    of 16x16 and 32x32; else the row passes) and s2_output (rows of tiles in vectors of 8 and 4
+    tiles, the rest one by one: outputs 8, 16, 24 and 32 wide, odd sizes) against
     the transforms written in NumPy in the same order of operations, bit for bit, for samples
     [n0, n1) of a batch; the slices' gaps and other samples' planes left untouched."""
     n, c, h, w_, ph, pw, n0, n1 = shape
