@@ -158,6 +158,84 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     return PyBool_FromLong(ran);
 }
 
+/* The most positions gemm_positions takes (F(4x4, 5x5) has 64) */
+#define MAX_POSITIONS 64
+
+/* gemm_positions(u, v, m, depths, n_out, n_in, p, vs, ms): for each position pos of depths,
+ * m[pos, :n_out*p] as (n_out, p) = u[pos, :, :depths[pos]*n_in] @ v[pos, :depths[pos]*n_in*p] as
+ * (depths[pos]*n_in, p): the GEMMs of one chunk of _tile_run (spatial.py), u (positions, n_out,
+ * width) and v, m (positions, vs / ms) C-contiguous, on this thread's BLAS with the GIL released
+ * once and counted, where one np.matmul per position released it uncounted each time and the
+ * lanes queued for it between them. False, with nothing written, where it cannot: no BLAS
+ * registered, other dtypes, layouts or sizes, m overlapping u or v; the caller then runs
+ * np.matmul. */
+static PyObject *py_gemm_positions(PyObject *self, PyObject *args)
+{
+    PyObject *uo, *vo, *mo, *depths_o;
+    Py_ssize_t n_out, n_in, p, vs, ms;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnn", &uo, &vo, &mo, &depths_o, &n_out, &n_in, &p, &vs, &ms)) return NULL;
+    Py_ssize_t depth[MAX_POSITIONS], positions = PySequence_Check(depths_o) ? PySequence_Size(depths_o) : -1;
+    if (positions < 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "gemm_positions: depths must be a sequence of ints");
+        return NULL;
+    }
+    int fits = positions > 0 && positions <= MAX_POSITIONS && n_out > 0 && n_in > 0 && p > 0;
+    for (Py_ssize_t i = 0; fits && i < positions; i++) {
+        PyObject *item = PySequence_GetItem(depths_o, i);
+        if (!item) return NULL;
+        depth[i] = PyLong_AsSsize_t(item);
+        Py_DECREF(item);
+        if (depth[i] == -1 && PyErr_Occurred()) return NULL;
+        fits = depth[i] > 0;
+    }
+    if (!fits) Py_RETURN_FALSE;
+    Py_buffer u, v, m;
+    if (PyObject_GetBuffer(uo, &u, PyBUF_STRIDES | PyBUF_FORMAT) < 0) return NULL;
+    if (PyObject_GetBuffer(vo, &v, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(&u);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(mo, &m, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&u);
+        PyBuffer_Release(&v);
+        return NULL;
+    }
+    int ran = 0;
+    char fmt = u.format ? u.format[0] : 0;
+    int kind = (fmt == 'f' && sgemm) || (fmt == 'd' && dgemm);
+    kind = kind && v.format && m.format && v.format[0] == fmt && m.format[0] == fmt && u.itemsize == v.itemsize &&
+           u.itemsize == m.itemsize && u.ndim == 3 && v.ndim == 2 && m.ndim == 2 && PyBuffer_IsContiguous(&u, 'C') &&
+           PyBuffer_IsContiguous(&v, 'C') && PyBuffer_IsContiguous(&m, 'C');
+    const char *ub = u.buf, *vb = v.buf, *mb = m.buf;
+    int apart = (mb + m.len <= ub || ub + u.len <= mb) && (mb + m.len <= vb || vb + v.len <= mb);
+    if (kind && apart && u.shape[0] == positions && v.shape[0] == positions && m.shape[0] == positions &&
+        u.shape[1] == n_out && v.shape[1] == vs && m.shape[1] == ms && n_out * p <= ms) {
+        const Py_ssize_t width = u.shape[2];
+        int sizes = 1;
+        for (Py_ssize_t i = 0; i < positions; i++)
+            sizes = sizes && depth[i] <= width / n_in && depth[i] * n_in * p <= vs;
+        if (sizes) {
+            RELEASE_GIL
+            for (Py_ssize_t i = 0; i < positions; i++) {
+                const int64_t k = depth[i] * n_in;
+                if (fmt == 'f')
+                    sgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n_out, p, k, 1.0f, (const float *)u.buf + i * n_out * width,
+                          width, (const float *)v.buf + i * vs, p, 0.0f, (float *)m.buf + i * ms, p);
+                else
+                    dgemm(ROW_MAJOR, NO_TRANS, NO_TRANS, n_out, p, k, 1.0, (const double *)u.buf + i * n_out * width,
+                          width, (const double *)v.buf + i * vs, p, 0.0, (double *)m.buf + i * ms, p);
+            }
+            REACQUIRE_GIL
+            ran = 1;
+        }
+    }
+    PyBuffer_Release(&u);
+    PyBuffer_Release(&v);
+    PyBuffer_Release(&m);
+    return PyBool_FromLong(ran);
+}
+
 static PyMethodDef methods[] = {
     COUNT_GIL_RELEASES_METHOD,
     USE_SIDE_LANES_METHOD,
@@ -167,6 +245,11 @@ static PyMethodDef methods[] = {
      "gemm(a, b, out, alpha, beta, lanes=1, by_columns=False, grain=0): out = alpha a @ b + beta out on the "
      "registered BLAS, GIL released and counted, split over C lanes in pieces of grain x 16 rows (or columns); "
      "False (nothing written) where the dtypes, layouts or overlap do not fit, or no BLAS is set"},
+    {"gemm_positions", py_gemm_positions, METH_VARARGS,
+     "gemm_positions(u, v, m, depths, n_out, n_in, p, vs, ms): per position i, m[i, :n_out*p] (n_out x p) = "
+     "u[i, :, :depths[i]*n_in] @ v[i, :depths[i]*n_in*p] (depths[i]*n_in x p) on the registered BLAS, GIL released "
+     "once and counted; False (nothing written) where the dtypes, layouts, sizes or overlap do not fit, or no BLAS is "
+     "set"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -47,10 +47,9 @@ def find_cblas() -> tuple[int, int] | None:
     return None
 
 
-def gemm_entry(kernels: str | None = None):
-    """_blas_kernels.gemm(a, b, out, alpha, beta) -> bool with NumPy's BLAS registered, or None
-    where the extension is not built or not wanted (``kernels``, kernels.load) or no ILP64
-    OpenBLAS is loaded."""
+def _registered(kernels: str | None):
+    """_blas_kernels with NumPy's BLAS registered, or None where the extension is not built or
+    not wanted (``kernels``, kernels.load) or no ILP64 OpenBLAS is loaded."""
     module = _kernels.load("_blas_kernels", kernels)
     if module is None:
         return None
@@ -58,4 +57,19 @@ def gemm_entry(kernels: str | None = None):
         _found["cblas"] = find_cblas()
         if _found["cblas"] is not None:
             module.set_gemm(*_found["cblas"])
-    return module.gemm if _found["cblas"] is not None else None
+    return module if _found["cblas"] is not None else None
+
+
+def gemm_entry(kernels: str | None = None):
+    """_blas_kernels.gemm(a, b, out, alpha, beta) -> bool with NumPy's BLAS registered, or None
+    (_registered)."""
+    module = _registered(kernels)
+    return None if module is None else module.gemm
+
+
+def positions_entry(kernels: str | None = None):
+    """_blas_kernels.gemm_positions(u, v, m, depths, n_out, n_in, p, vs, ms) -> bool (the GEMMs
+    of one chunk of spatial._tile_run in one call) with NumPy's BLAS registered, or None
+    (_registered)."""
+    module = _registered(kernels)
+    return None if module is None else module.gemm_positions

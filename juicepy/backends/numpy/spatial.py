@@ -1129,6 +1129,9 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
     blocked = _tile_gemm(backend, t.depths, n_in)
+    # the positions' GEMMs in one C call (one counted GIL release) where BLAS is registered: an
+    # np.matmul per position had the lanes queueing for the GIL between them (docs/numpy.md)
+    on_entry = backend.blas_positions
 
     # the slices of v and m lie a cache line more than their size apart: whole multiples
     # of 4 KiB would put their rows in the same L1 sets
@@ -1146,13 +1149,15 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
                 backend.conv_kernels.tile_gemm(u, v, m, positions, n_out, n_in, p, vs, ms)
             elif blocked:
                 backend.conv_kernels.s2_gemm(u, v, m, n_out, n_in, p, vs, ms)
-            elif uniform:
-                np.matmul(u, _view(v[:, :width * p], (positions, width, p)),
-                          out=_view(m[:, :n_out * p], (positions, n_out, p)))
-            else:
-                for pos, depth in enumerate(t.depths):
-                    kk = depth * n_in
-                    np.matmul(u[pos, :, :kk], _view(v[pos, :kk * p], (kk, p)), out=_view(m[pos, :n_out * p], (n_out, p)))
+            elif on_entry is None or not on_entry(u, v, m, t.depths, n_out, n_in, p, vs, ms):
+                if uniform:
+                    np.matmul(u, _view(v[:, :width * p], (positions, width, p)),
+                              out=_view(m[:, :n_out * p], (positions, n_out, p)))
+                else:
+                    for pos, depth in enumerate(t.depths):
+                        kk = depth * n_in
+                        np.matmul(u[pos, :, :kk], _view(v[pos, :kk * p], (kk, p)),
+                                  out=_view(m[pos, :n_out * p], (n_out, p)))
             t.output(m, n0, n1, ms, rows)
             _finish(backend, dst, epi, n0 * n_out, n1 * n_out)
 

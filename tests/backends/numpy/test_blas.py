@@ -1,6 +1,6 @@
-"""The NumPy backend's GEMM entry (blas.py, _blas_kernels.c): NumPy's own BLAS called from C,
-every layout it takes against a float64 product, every one it refuses left untouched, the split
-over its C lanes, and the gemm op's use of it."""
+"""The NumPy backend's GEMM entries (blas.py, _blas_kernels.c): NumPy's own BLAS called from C,
+every layout they take against a float64 product, every one they refuse left untouched, the split
+over the C lanes, and the gemm op's use of them (the conv's in test_conv_kernels.py)."""
 
 import os
 import signal
@@ -12,6 +12,7 @@ import juicepy as jp
 from juicepy.backends.numpy import backend as numpy_backend, blas, kernels, threads
 
 ENTRY = blas.gemm_entry("c")
+POSITIONS = blas.positions_entry("c")
 needs_entry = pytest.mark.skipif(ENTRY is None, reason="_blas_kernels is not built or no ILP64 OpenBLAS is loaded")
 
 
@@ -36,8 +37,10 @@ def test_the_entry_is_found_where_numpy_ships_an_ilp64_openblas():
     if ilp64 and kernels.load("_blas_kernels", "c") is not None:
         assert ENTRY is not None
         assert jp.backend("numpy").blas_gemm is ENTRY
-    assert blas.gemm_entry("numpy") is None
+        assert jp.backend("numpy").blas_positions is POSITIONS is not None
+    assert blas.gemm_entry("numpy") is None and blas.positions_entry("numpy") is None
     assert numpy_backend.NumpyBackend(kernels="numpy").blas_gemm is None
+    assert numpy_backend.NumpyBackend(kernels="numpy").blas_positions is None
 
 
 @needs_entry
@@ -92,6 +95,70 @@ def test_entry_refuses_what_blas_cannot_take_and_writes_nothing():
     assert ENTRY(a.reshape(-1), b, out, 1.0, 0.0) is False  # not 2-d: refused, not misread
     with pytest.raises(TypeError):
         ENTRY(a, b, out, 1.0)
+
+
+def _positions_operands(rng, dtype, depths, n_out, n_in, p, gap=16):
+    """u (positions, n_out, width), v and m (positions, vs / ms) as _tile_run lays them out, m
+    filled with NaN."""
+    width = max(depths) * n_in
+    vs, ms = width * p + gap, n_out * p + gap
+    u = rng.standard_normal((len(depths), n_out, width)).astype(dtype)
+    v = rng.standard_normal((len(depths), vs)).astype(dtype)
+    return u, v, np.full((len(depths), ms), np.nan, dtype), vs, ms
+
+
+@needs_entry
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("depths", [(1,) * 16, (4, 2, 4, 2, 1, 2, 4, 2, 4), (3,)], ids=["uniform", "phases", "one"])
+def test_positions_entry_runs_each_position_against_a_float64_product(dtype, depths):
+    """Position i: m[i, :n_out*p] = u[i, :, :depths[i]*n_in] @ v[i, :depths[i]*n_in*p], each
+    slice's rows as (rows, p); the columns of u past a position's depth, the rest of v and the
+    gaps of m neither read nor written (NaN there stays NaN, and would spread if read)."""
+    rng = np.random.default_rng(11)
+    n_out, n_in, p = 7, 5, 13
+    u, v, m, vs, ms = _positions_operands(rng, dtype, depths, n_out, n_in, p)
+    for i, depth in enumerate(depths):
+        u[i, :, depth * n_in:] = np.nan
+        v[i, depth * n_in * p:] = np.nan
+    assert POSITIONS(u, v, m, depths, n_out, n_in, p, vs, ms) is True
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for i, depth in enumerate(depths):
+        k = depth * n_in
+        want = u[i, :, :k].astype(np.float64) @ v[i, :k * p].reshape(k, p)
+        np.testing.assert_allclose(m[i, :n_out * p].reshape(n_out, p), want, rtol=tol, atol=tol * 10)
+        assert np.isnan(m[i, n_out * p:]).all()
+
+
+@needs_entry
+def test_positions_entry_refuses_what_it_cannot_take_and_writes_nothing():
+    """False, m untouched, for: other or mixed dtypes, operands not C-contiguous, a depth past
+    u's width or past v's slices, products past m's slices, shapes that disagree with the
+    counts, a depth of 0, more than 64 positions, m overlapping v; depths that are not a
+    sequence of ints raise."""
+    rng = np.random.default_rng(12)
+    depths, n_out, n_in, p = (2, 1, 2), 4, 3, 5
+    u, v, m, vs, ms = _positions_operands(rng, np.float32, depths, n_out, n_in, p)
+    args = dict(u=u, v=v, m=m, depths=depths, n_out=n_out, n_in=n_in, p=p, vs=vs, ms=ms)
+    many = (1,) * 65
+    shared = v.ravel().copy()
+    refused = [
+        dict(u=u.astype(np.float64)), dict(v=v.astype(np.float64), m=m.astype(np.float64)),
+        dict(u=u.astype(np.float16), v=v.astype(np.float16), m=m.astype(np.float16)),
+        dict(u=np.asfortranarray(u)), dict(depths=(3, 1, 2)), dict(n_in=n_in + 1),
+        dict(p=p + 4), dict(n_out=n_out + 1), dict(vs=vs + 1), dict(depths=(2, 1)), dict(depths=(2, 0, 2)),
+        dict(u=np.zeros((65, n_out, 2 * n_in), np.float32), v=np.zeros((65, vs), np.float32),
+             m=np.full((65, ms), np.nan, np.float32), depths=many),
+        dict(v=shared.reshape(3, vs), m=shared[:3 * ms].reshape(3, ms)),  # m inside v
+    ]
+    for change in refused:
+        call = {**args, **change}
+        before = call["m"].copy()
+        assert POSITIONS(*call.values()) is False, change.keys()
+        np.testing.assert_array_equal(call["m"], before)
+    with pytest.raises(TypeError, match="depths"):
+        POSITIONS(*{**args, "depths": 3}.values())
+    with pytest.raises(TypeError):
+        POSITIONS(*{**args, "depths": (2, "1", 2)}.values())
 
 
 @needs_entry

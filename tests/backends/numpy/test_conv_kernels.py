@@ -696,6 +696,61 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10 * np.abs(reference[1]).max())
 
 
+@needs_kernels
+@pytest.mark.parametrize("kernel, stride, depths", [
+    (3, 1, numpy_spatial.WINOGRAD_DEPTHS), (5, 1, (1,) * 36),
+    (3, 2, numpy_spatial.S2_DEPTHS)], ids=["F(2x2,3x3)", "F(2x2,5x5)", "stride-2-phases"])
+@pytest.mark.parametrize("entry", [True, False], ids=["positions-entry", "matmul"])
+def test_tile_run_gemms_on_blas_match_the_fallback(kernel, stride, depths, entry, monkeypatch):
+    """_tile_run's GEMMs where tile_gemm does not run (the AVX2 rule, shallow layers on
+    AVX-512): every position of a chunk in one gemm_positions call where the BLAS entry is
+    registered (the stride-2 phases' depths differ by position), else np.matmul; either way the
+    pure-NumPy fallback's results in float64 to rounding, forward (Winograd, the stride-2
+    phases) and input gradient (Winograd, the stride-2 phases' F(2x2, 2x2) on dx), alone and
+    accumulating."""
+    backend = jp.backend("numpy")
+    if entry and backend.blas_positions is None:
+        pytest.skip("_blas_kernels is not built or no ILP64 OpenBLAS is loaded")
+    n, c, h, w_, o = 2, 6, 9, 11, 5
+    rng = np.random.default_rng(34)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, kernel, kernel))
+    monkeypatch.setattr(kernels, "isa", 2)  # the rules of every path here; the C kernels are the CPU's
+    monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 << 30)  # never tile_gemm / s2_gemm
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1 << 30)
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
+    monkeypatch.setattr(numpy_spatial, "WG_TILES", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_TILES", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_TILES", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1})
+    monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", {1: 1, 2: 1})
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_INPUTS", 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
+    calls = []
+    if entry:
+        original = backend.blas_positions
+        monkeypatch.setattr(backend, "blas_positions", lambda *a: (calls.append(tuple(a[3])), original(*a))[1])
+    else:
+        monkeypatch.setattr(backend, "blas_positions", None)
+    geometry = (stride, kernel // 2, 1, 1)
+    ws = Workspace()
+    fast = _all_three(x, w, 7, geometry, ws=ws)
+    summed = _all_three(x, w, 7, geometry, accumulate_into=(np.ones_like(x), np.ones_like(w)), ws=ws)
+    if entry:  # every chunk of the forward and of the input gradient, all its positions at once
+        assert set(calls) == {tuple(depths)} | ({numpy_spatial.S2_DATA_DEPTHS} if stride == 2 else set())
+        assert len(calls) == 4 * n
+    monkeypatch.setattr(backend, "conv_kernels", None)
+    reference = _all_three(x, w, 7, geometry)
+    for got, want in zip(fast, reference):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10 * np.abs(want).max())
+    np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10 * np.abs(reference[1]).max())
+
+
 def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
