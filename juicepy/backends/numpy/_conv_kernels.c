@@ -928,6 +928,42 @@ static int direct_512_8x2(const Geometry *g)
                  res ? res + n * o * hw : NULL);                                                  \
     }
 
+/* A 1x1 conv with strides or padding (ungrouped) as pointwise_conv on each sample's pixels under
+ * the kernel, gathered (zeros in the padding) into a C x Ho*Wo scratch that stays in L1 or L2
+ * for the GEMM: no im2col pass over the batch, the epilogue in registers. Returns -1 when the
+ * scratch cannot be allocated. */
+#define DEFINE_POINTWISE_STRIDED(NAME, GEMM, ATTR, T)                                              \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out, const Geometry *g, \
+                         I o, I n0, I n1, int flip, int accumulate, const T *restrict scale,       \
+                         const T *restrict shift, int relu, const T *restrict res)                \
+    {                                                                                              \
+        const I c = g->c, hw = g->ho * g->wo, wj = flip ? 1 : c, wk = flip ? o : 1;               \
+        T *buf = malloc((size_t)(c * hw) * sizeof(T));                                            \
+        if (!buf) return -1;                                                                      \
+        for (I n = n0; n < n1; n++) {                                                             \
+            for (I ch = 0; ch < c; ch++) {                                                        \
+                const T *plane = x + (n * c + ch) * g->h * g->w;                                  \
+                T *dst = buf + ch * hw;                                                           \
+                for (I i = 0; i < g->ho; i++, dst += g->wo) {                                     \
+                    const I r = i * g->sh - g->ph;                                                \
+                    if (r < 0 || r >= g->h) {                                                     \
+                        memset(dst, 0, (size_t)g->wo * sizeof(T));                                \
+                        continue;                                                                 \
+                    }                                                                             \
+                    const T *row = plane + r * g->w;                                              \
+                    for (I j = 0; j < g->wo; j++) {                                               \
+                        const I q = j * g->sw - g->pw;                                            \
+                        dst[j] = q >= 0 && q < g->w ? row[q] : (T)0;                              \
+                    }                                                                             \
+                }                                                                                 \
+            }                                                                                     \
+            GEMM(buf, w, out + n * o * hw, c, o, hw, wj, wk, accumulate, scale, shift, relu,      \
+                 res ? res + n * o * hw : NULL);                                                  \
+        }                                                                                         \
+        free(buf);                                                                                \
+        return 0;                                                                                 \
+    }
+
 /* The GEMMs of a tiled (Winograd) conv, m[k] = u[k] v[k] for each of ``positions`` positions k:
  * u's slices (O, uc) us items apart, of which position k multiplies its first depth[k] columns
  * (all C of them where ``depth`` is NULL: (O, C)) with v's slice (depth[k], P), into m's (O, P);
@@ -965,6 +1001,7 @@ static const I S2_DEPTH[9] = {4, 2, 4, 2, 1, 2, 4, 2, 4};
 #define DEFINE_PW_ISA(SUFFIX, ATTR, T, V, OB, NV)                                                  \
     DEFINE_PW_GEMM(pw_gemm_##SUFFIX, ATTR, T, V, OB, NV)                                          \
     DEFINE_POINTWISE_CONV(pointwise_conv_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)                     \
+    DEFINE_POINTWISE_STRIDED(pointwise_strided_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)               \
     DEFINE_TILE_GEMM(tile_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)                               \
     DEFINE_S2_FILTER_GEMM(s2_filter_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)
 
@@ -979,6 +1016,12 @@ DEFINE_PW_ISA(f64_128, ISA_128, double, vf64x2, 4, 2)
 static int pointwise(const Geometry *g, I groups)
 {
     return groups == 1 && g->kh == 1 && g->kw == 1 && g->sh == 1 && g->sw == 1 && g->ph == 0 && g->pw == 0;
+}
+
+/* Whether direct_conv runs this geometry on pointwise_strided: 1x1, strided, ungrouped. */
+static int pointwise_gathered(const Geometry *g, I groups)
+{
+    return groups == 1 && g->kh == 1 && g->kw == 1 && (g->sh > 1 || g->sw > 1);
 }
 
 /* The direct kernel's weight gradient: dw[o, c, tap] (+)= sum over samples [n0, n1) and output
@@ -4159,7 +4202,12 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
         else
             ISA_CALL(pointwise_conv_f64, x.buf, w.buf, out.buf, g.c, o, g.h * g.w, n0, n1, flip, accumulate, scale,
                      shift, relu, res);
-    } else if (x.itemsize == 4 && direct_half(&g))
+    } else if (pointwise_gathered(&g, groups))
+        failed = x.itemsize == 4 ? ISA_CALL(pointwise_strided_f32, x.buf, w.buf, out.buf, &g, o, n0, n1, flip, accumulate,
+                                            scale, shift, relu, res)
+                                 : ISA_CALL(pointwise_strided_f64, x.buf, w.buf, out.buf, &g, o, n0, n1, flip, accumulate,
+                                            scale, shift, relu, res);
+    else if (x.itemsize == 4 && direct_half(&g))
         failed = DIRECT_F32_CALL(direct_conv_f32_512h, direct_conv_epi_f32_512h);
     else if (x.itemsize == 4 && direct_512_8x2(&g))
         failed = DIRECT_F32_CALL(direct_conv_f32_512_8x2, direct_conv_epi_f32_512_8x2);

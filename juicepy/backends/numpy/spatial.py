@@ -584,12 +584,17 @@ def _direct_forward_applies(backend, plan) -> bool:
     """Stride 1 with AVX2 or AVX-512 (a pointwise conv only where _pointwise_direct says); strided
     kxk (k > 1) convs of at most DIRECT_STRIDED_MAX_CHANNELS input channels per group (on
     AVX-512 float32, output rows of at most 8 run the kernel's 8-lane build, _conv_kernels.c's
-    direct_half)."""
+    direct_half); strided 1x1 ones where _pointwise_direct says (_conv_kernels.c's
+    pointwise_strided: each sample's pixels gathered, then the pointwise blocks, where im2col's
+    pass over the batch and a BLAS call per sample cost the ResNet's 32->64 shortcut twice the
+    time, docs/numpy.md)."""
     if backend.conv_kernels.isa < 1 or min(plan.padding) < 0:
         return False
     if tuple(plan.stride) == (1, 1):
         return not _pointwise(plan) or _pointwise_direct(backend, plan, plan.o)
-    return plan.kh * plan.kw > 1 and plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
+    if plan.kh * plan.kw == 1:
+        return _pointwise_direct(backend, plan, plan.o)
+    return plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
 
 
 #: output channels (of the forward, or input channels of the input gradient) up to which an

@@ -222,6 +222,83 @@ def test_pointwise_kernel_matches_a_float64_reference(case, dtype):
     check(grad[:1], dx[:1], np.abs(dx).max())
 
 
+# (batch, C, H, W, out, (sh, sw), (ph, pw)): pixels past the blocks' whole vectors, rows that
+# fall in the padding, uneven strides
+STRIDED_POINTWISE_CASES = [(2, 32, 16, 16, 64, (2, 2), (0, 0)),  # the ResNet's 32->64 shortcut, 8x8 outputs
+                           (3, 5, 13, 11, 9, (2, 3), (1, 0)),
+                           (2, 3, 7, 9, 13, (3, 2), (2, 1))]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED_POINTWISE_CASES, ids=[str(c) for c in STRIDED_POINTWISE_CASES])
+def test_strided_pointwise_kernel_matches_a_float64_reference(case, dtype):
+    """direct_conv on strided 1x1 geometries (pointwise_strided: each sample's pixels under the
+    kernel gathered, zeros in the padding, then the pointwise blocks): the forward with each
+    epilogue, accumulating over samples [1, n), and with the channels swapped (flip), against
+    sums written out here; samples outside [n0, n1) untouched."""
+    n, c, h, w_, o, (sh, sw), (ph, pw) = case
+    ho, wo = (h + 2 * ph - 1) // sh + 1, (w_ + 2 * pw - 1) // sw + 1
+    rng = np.random.default_rng(32)
+    x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 1, 1))
+    scale, shift, residual = rng.standard_normal(o), rng.standard_normal(o), rng.standard_normal((n, o, ho, wo))
+    picked = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))[:, :, ::sh, ::sw][:, :, :ho, :wo]
+    y = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], picked)
+    geometry = (c, h, w_, 1, 1, sh, sw, ph, pw, 1, 1, ho, wo)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    f = lambda a: a.astype(dtype)  # noqa: E731
+
+    def check(got, want, bound):
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * bound)
+
+    scaled = y * scale[:, None, None] + shift[:, None, None]
+    epilogues = [((), y), ((f(scale), f(shift), True, f(residual)), np.maximum(scaled + residual, 0)),
+                 ((None, f(shift)), y + shift[:, None, None])]
+    for extra, want in epilogues:
+        out = np.full(y.shape, np.nan, dtype)
+        kernels.direct_conv(f(x), f(w), out, geometry, 1, o, n, 0, n, False, False, *extra)
+        check(out, want, np.abs(y).max() * 4)
+    kernels.direct_conv(f(x), f(w), out, geometry, 1, o, n, 1, n, False, True)
+    check(out[1:], want[1:] + y[1:], np.abs(y).max() * 4)
+    check(out[:1], want[:1], np.abs(y).max() * 4)
+    swapped = rng.standard_normal((c, o, 1, 1))  # flip: w read as (C, O), the input gradient's layout
+    out = np.full(y.shape, np.nan, dtype)
+    kernels.direct_conv(f(x), f(swapped), out, geometry, 1, o, n, 0, n, True, False)
+    check(out, np.einsum("co,nchw->nohw", swapped[:, :, 0, 0], picked), np.abs(y).max() * 4)
+
+
+@needs_kernels
+def test_strided_pointwise_forwards_run_direct_on_avx512_up_to_128_outputs(monkeypatch):
+    """Ungrouped strided 1x1 forwards (the ResNet's shortcuts) of up to POINTWISE_DIRECT_MAX_OUT
+    output planes go to direct_conv (pointwise_strided) on AVX-512, others keep im2col + GEMM;
+    either way, padded or not, the result is the fallback's."""
+    backend = jp.backend("numpy")
+
+    def plan(c, o, groups=1):
+        return numpy_spatial._ConvPlan((2, c, 16, 16), (o, c // groups, 1, 1), (8, 8), (2, 2), (0, 0), (1, 1), groups)
+
+    applies, limit = numpy_spatial._direct_forward_applies, numpy_spatial.POINTWISE_DIRECT_MAX_OUT
+    monkeypatch.setattr(kernels, "isa", 2)
+    assert applies(backend, plan(256, limit)) and not applies(backend, plan(16, limit + 1))
+    assert not applies(backend, plan(16, 16, groups=2))
+    for isa in (1, 0):
+        monkeypatch.setattr(kernels, "isa", isa)
+        assert not applies(backend, plan(16, 16))
+    rng = np.random.default_rng(16)
+    x, w = rng.standard_normal((3, 6, 13, 10)), rng.standard_normal((8, 6, 1, 1))
+    picked = []
+    original = numpy_spatial._direct_forward
+    monkeypatch.setattr(numpy_spatial, "_direct_forward", lambda *a, **k: (picked.append(1), original(*a, **k))[1])
+    for padding in (0, 1):
+        results = []
+        for isa in (2, 1):
+            monkeypatch.setattr(kernels, "isa", isa)
+            results.append(_all_three(x, w, 17, (2, padding, 1, 1), ws=Workspace()))
+        with monkeypatch.context() as fallback:
+            _assert_like_the_fallback(fallback, results, x, w, 17, (2, padding, 1, 1))
+    assert len(picked) == 2  # the AVX-512 rule's forward, padded or not
+
+
 # (batch, C, H, W, out, (kh, kw), padding, dilation, groups)
 # (blocks of taps: AVX2 3 to a block, AVX-512 5)
 FILTER_CASES = [((3, 32, 16, 16, 32, (5, 5), 2, 1, 1)),  # 8 blocks of 3 taps and one of 1; 5 of 5
@@ -344,8 +421,9 @@ def test_stride_2_col2im_adds_each_column_back_in_tap_order(width, dtype):
 
 @needs_kernels
 def test_strided_convs_run_direct_only_where_measured(monkeypatch):
-    """Strided kxk convs of few input channels per group on AVX2 and AVX-512; wider ones and 1x1
-    ones keep im2col + GEMM; a strided conv run either way gives the fallback's result."""
+    """Strided kxk convs of few input channels per group on AVX2 and AVX-512; wider ones keep
+    im2col + GEMM, as do 1x1 ones on AVX2 (on AVX-512 those run on the pointwise kernel, below);
+    a strided conv run either way gives the fallback's result."""
     backend = jp.backend("numpy")
 
     def plan(c, k, s, groups=1):
@@ -356,9 +434,10 @@ def test_strided_convs_run_direct_only_where_measured(monkeypatch):
     for isa in (1, 2):
         monkeypatch.setattr(kernels, "isa", isa)
         assert applies(backend, plan(32, 3, 2)) and applies(backend, plan(128, 3, 2, groups=4))
-        assert not applies(backend, plan(64, 3, 2)) and not applies(backend, plan(16, 1, 2))
+        assert not applies(backend, plan(64, 3, 2))
         assert applies(backend, plan(64, 3, 1))
-    assert applies(backend, plan(16, 1, 1)) and not applies(backend, plan(16, 1, 2))
+        assert applies(backend, plan(16, 1, 2)) == (isa == 2)
+    assert applies(backend, plan(16, 1, 1))
     monkeypatch.setattr(kernels, "isa", 0)
     assert not applies(backend, plan(16, 3, 2))
     monkeypatch.setattr(kernels, "isa", 1)
