@@ -964,6 +964,38 @@ static int direct_512_8x2(const Geometry *g)
         return 0;                                                                                 \
     }
 
+/* The input gradient of a strided 1x1 conv (ungrouped): per sample, W^T dy on the pointwise
+ * blocks into a C x Ho*Wo scratch, then each value added to the one dx pixel under it; dx's
+ * other pixels zero (or as they were, with ``accumulate``). One pass where im2col + GEMM's
+ * col2im zeroed and added back the whole batch. Returns -1 when the scratch cannot be
+ * allocated. */
+#define DEFINE_POINTWISE_SCATTER(NAME, GEMM, ATTR, T)                                              \
+    ATTR static int NAME(const T *restrict dy, const T *restrict w, T *restrict dx, const Geometry *g, \
+                         I o, I n0, I n1, int accumulate)                                          \
+    {                                                                                              \
+        const I c = g->c, hw = g->ho * g->wo, plane = g->h * g->w;                                \
+        T *buf = malloc((size_t)(c * hw) * sizeof(T));                                            \
+        if (!buf) return -1;                                                                      \
+        for (I n = n0; n < n1; n++) {                                                             \
+            GEMM(dy + n * o * hw, w, buf, o, c, hw, 1, c, 0, NULL, NULL, 0, NULL);                \
+            for (I ch = 0; ch < c; ch++) {                                                        \
+                T *dst = dx + (n * c + ch) * plane;                                               \
+                const T *src = buf + ch * hw;                                                     \
+                if (!accumulate) memset(dst, 0, (size_t)plane * sizeof(T));                       \
+                for (I i = 0; i < g->ho; i++) {                                                   \
+                    const I r = i * g->sh - g->ph;                                                \
+                    if (r < 0 || r >= g->h) continue;                                             \
+                    for (I j = 0; j < g->wo; j++) {                                               \
+                        const I q = j * g->sw - g->pw;                                            \
+                        if (q >= 0 && q < g->w) dst[r * g->w + q] += src[i * g->wo + j];          \
+                    }                                                                             \
+                }                                                                                 \
+            }                                                                                     \
+        }                                                                                         \
+        free(buf);                                                                                \
+        return 0;                                                                                 \
+    }
+
 /* The GEMMs of a tiled (Winograd) conv, m[k] = u[k] v[k] for each of ``positions`` positions k:
  * u's slices (O, uc) us items apart, of which position k multiplies its first depth[k] columns
  * (all C of them where ``depth`` is NULL: (O, C)) with v's slice (depth[k], P), into m's (O, P);
@@ -1002,6 +1034,7 @@ static const I S2_DEPTH[9] = {4, 2, 4, 2, 1, 2, 4, 2, 4};
     DEFINE_PW_GEMM(pw_gemm_##SUFFIX, ATTR, T, V, OB, NV)                                          \
     DEFINE_POINTWISE_CONV(pointwise_conv_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)                     \
     DEFINE_POINTWISE_STRIDED(pointwise_strided_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)               \
+    DEFINE_POINTWISE_SCATTER(pointwise_scatter_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)               \
     DEFINE_TILE_GEMM(tile_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)                               \
     DEFINE_S2_FILTER_GEMM(s2_filter_gemm_##SUFFIX, pw_gemm_##SUFFIX, ATTR, T)
 
@@ -4234,6 +4267,36 @@ static PyObject *py_direct_conv(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* pointwise_scatter(dy, w, dx, geometry, O, N, n0, n1, accumulate): samples [n0, n1) of the input
+ * gradient of a strided 1x1 conv (geometry: the forward's) */
+static PyObject *py_pointwise_scatter(PyObject *self, PyObject *args)
+{
+    PyObject *yo, *wo, *xo, *go;
+    Geometry g;
+    I o, n, n0, n1;
+    int accumulate;
+    if (!PyArg_ParseTuple(args, "OOOOnnnnp", &yo, &wo, &xo, &go, &o, &n, &n0, &n1, &accumulate)) return NULL;
+    if (!parse_geometry(go, &g) || check_direct(&g, "pointwise_scatter") < 0 ||
+        check_range(n0, n1, n, "samples") < 0)
+        return NULL;
+    if (g.kh != 1 || g.kw != 1 || o < 1) {
+        PyErr_Format(PyExc_ValueError, "pointwise_scatter: needs a 1x1 kernel and O >= 1, got %zdx%zd and O = %zd",
+                     g.kh, g.kw, o);
+        return NULL;
+    }
+    Py_buffer dy, w, dx;
+    if (get_three(yo, &dy, 0, n * o * g.ho * g.wo, "dy", wo, &w, 0, o * g.c, "w", xo, &dx, 1, n * g.c * g.h * g.w, "dx") < 0)
+        return NULL;
+    int failed;
+    RELEASE_GIL
+    failed = dy.itemsize == 4 ? ISA_CALL(pointwise_scatter_f32, dy.buf, w.buf, dx.buf, &g, o, n0, n1, accumulate)
+                              : ISA_CALL(pointwise_scatter_f64, dy.buf, w.buf, dx.buf, &g, o, n0, n1, accumulate);
+    REACQUIRE_GIL
+    release_three(&dy, &w, &dx);
+    if (failed) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* Whether [a, a + na) and [b, b + nb) bytes share any. */
 static int overlap(const void *a, I na, const void *b, I nb)
 {
@@ -4444,6 +4507,10 @@ static PyMethodDef methods[] = {
      "relu=False, residual=None): samples [n0, n1) of a grouped conv (any stride, padding >= 0) computed "
      "directly (flip: the input gradient of a stride-1 conv, x = dy); out = conv * scale[o] + shift[o] "
      "+ residual, then max(out, 0) where relu (the forward's epilogue)"},
+    {"pointwise_scatter", py_pointwise_scatter, METH_VARARGS,
+     "pointwise_scatter(dy, w, dx, geometry, O, N, n0, n1, accumulate): samples [n0, n1) of the input gradient "
+     "of a strided 1x1 ungrouped conv (geometry: the forward's): dx (+)= W^T dy at the pixels under the kernel, "
+     "zero elsewhere unless accumulate"},
     {"im2col", py_im2col, METH_VARARGS,
      "im2col(x, cols, geometry, N, n0, n1, r0, r1, sample_stride, row_stride): the windows of "
      "samples [n0, n1) and output rows [r0, r1) of NCHW x as columns (zeros in the padding)"},

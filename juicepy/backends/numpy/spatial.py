@@ -525,6 +525,11 @@ def _direct(backend, stride, padding) -> bool:
     return backend.conv_kernels.isa >= 1 and tuple(stride) == (1, 1) and min(padding) >= 0
 
 
+def _strided_pointwise(plan) -> bool:
+    """An ungrouped 1x1 conv with a stride past 1 (the ResNet's shortcuts)."""
+    return (plan.kh, plan.kw, plan.groups) == (1, 1, 1) and tuple(plan.stride) != (1, 1)
+
+
 def _pointwise(plan) -> bool:
     """A 1x1, stride-1, unpadded conv: its columns are the input itself."""
     return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
@@ -593,7 +598,7 @@ def _direct_forward_applies(backend, plan) -> bool:
     if tuple(plan.stride) == (1, 1):
         return not _pointwise(plan) or _pointwise_direct(backend, plan, plan.o)
     if plan.kh * plan.kw == 1:
-        return _pointwise_direct(backend, plan, plan.o)
+        return _strided_pointwise(plan) and _pointwise_direct(backend, plan, plan.o)
     return plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
 
 
@@ -918,6 +923,8 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs = [_gemm_backward_data]
     if _s2_data(backend, plan):
         runs.append(_s2_backward_data)
+    elif _strided_pointwise(plan) and _pointwise_direct(backend, plan, plan.c):
+        runs.append(_pointwise_scatter_backward_data)
     elif _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) \
             and (not _pointwise(plan) or _pointwise_direct(backend, plan, plan.c)):
         runs.append(_direct_backward_data)
@@ -987,6 +994,15 @@ def _direct_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     _run_lanes(plan.n, dx[0].size * plan.o // plan.groups * plan.kh * plan.kw,
                lambda lo, hi, k: backend.conv_kernels.direct_conv(dy, w, dx, flipped, plan.groups, plan.c, plan.n,
                                                                    lo, hi, True, accumulate))
+
+
+def _pointwise_scatter_backward_data(backend, dy, w, plan, dx, accumulate, ws):
+    """dx (+)= the input gradient of a strided 1x1 conv on the pointwise blocks, each sample's
+    W^T dy added to the dx pixels under the kernel (_conv_kernels.c's pointwise_scatter)."""
+    geometry = _geometry(dx.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, dy.shape[2:])
+    _run_lanes(plan.n, dx[0].size * plan.o,
+               lambda lo, hi, k: backend.conv_kernels.pointwise_scatter(dy, w, dx, geometry, plan.o, plan.n, lo, hi,
+                                                                       accumulate))
 
 
 def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):

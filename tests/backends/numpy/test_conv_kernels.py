@@ -268,10 +268,42 @@ def test_strided_pointwise_kernel_matches_a_float64_reference(case, dtype):
 
 
 @needs_kernels
-def test_strided_pointwise_forwards_run_direct_on_avx512_up_to_128_outputs(monkeypatch):
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED_POINTWISE_CASES, ids=[str(c) for c in STRIDED_POINTWISE_CASES])
+def test_pointwise_scatter_matches_a_float64_reference(case, dtype):
+    """pointwise_scatter, the strided 1x1 input gradient: W^T dy at the dx pixels under the
+    kernel and zeros elsewhere (padding: dy pixels over it add nothing), or added to dx as it
+    was (accumulate) for samples [1, n), samples outside the range untouched; a kernel that is
+    not 1x1 refused."""
+    n, c, h, w_, o, (sh, sw), (ph, pw) = case
+    ho, wo = (h + 2 * ph - 1) // sh + 1, (w_ + 2 * pw - 1) // sw + 1
+    rng = np.random.default_rng(35)
+    dy, w = rng.standard_normal((n, o, ho, wo)), rng.standard_normal((o, c, 1, 1))
+    padded = np.zeros((n, c, h + 2 * ph + sh * wo, w_ + 2 * pw + sw * wo))
+    padded[:, :, ::sh, ::sw][:, :, :ho, :wo] = np.einsum("oc,nohw->nchw", w[:, :, 0, 0], dy)
+    want = padded[:, :, ph:ph + h, pw:pw + w_]
+    geometry = (c, h, w_, 1, 1, sh, sw, ph, pw, 1, 1, ho, wo)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    bound = np.abs(want).max()
+    dx = np.full((n, c, h, w_), np.nan, dtype)
+    kernels.pointwise_scatter(dy.astype(dtype), w.astype(dtype), dx, geometry, o, n, 0, n, False)
+    np.testing.assert_allclose(dx, want, rtol=tol, atol=tol * bound)
+    before = rng.standard_normal(dx.shape).astype(dtype)
+    dx = before.copy()
+    kernels.pointwise_scatter(dy.astype(dtype), w.astype(dtype), dx, geometry, o, n, 1, n, True)
+    np.testing.assert_allclose(dx[1:], before[1:] + want[1:], rtol=tol, atol=tol * bound)
+    np.testing.assert_array_equal(dx[:1], before[:1])
+    with pytest.raises(ValueError, match="pointwise_scatter: needs a 1x1 kernel"):
+        kernels.pointwise_scatter(dy.astype(dtype), w.astype(dtype), dx, (c, h, w_, 1, 3, sh, sw, ph, pw + 1, 1, 1, ho, wo),
+                                  o, n, 0, n, False)
+
+
+@needs_kernels
+def test_strided_pointwise_convs_run_on_the_pointwise_blocks_on_avx512_up_to_128_outputs(monkeypatch):
     """Ungrouped strided 1x1 forwards (the ResNet's shortcuts) of up to POINTWISE_DIRECT_MAX_OUT
-    output planes go to direct_conv (pointwise_strided) on AVX-512, others keep im2col + GEMM;
-    either way, padded or not, the result is the fallback's."""
+    output planes go to direct_conv (pointwise_strided), their input gradients of up to as many
+    input planes to pointwise_scatter, on AVX-512; others, and AVX2, keep im2col + GEMM (and
+    col2im); either way, padded or not, forward, input and weight gradients are the fallback's."""
     backend = jp.backend("numpy")
 
     def plan(c, o, groups=1):
@@ -287,8 +319,10 @@ def test_strided_pointwise_forwards_run_direct_on_avx512_up_to_128_outputs(monke
     rng = np.random.default_rng(16)
     x, w = rng.standard_normal((3, 6, 13, 10)), rng.standard_normal((8, 6, 1, 1))
     picked = []
-    original = numpy_spatial._direct_forward
-    monkeypatch.setattr(numpy_spatial, "_direct_forward", lambda *a, **k: (picked.append(1), original(*a, **k))[1])
+    for name in ("_direct_forward", "_pointwise_scatter_backward_data"):
+        original = getattr(numpy_spatial, name)
+        monkeypatch.setattr(numpy_spatial, name, lambda *a, _run=original, _name=name, **k: (picked.append(_name),
+                                                                                             _run(*a, **k))[1])
     for padding in (0, 1):
         results = []
         for isa in (2, 1):
@@ -296,7 +330,8 @@ def test_strided_pointwise_forwards_run_direct_on_avx512_up_to_128_outputs(monke
             results.append(_all_three(x, w, 17, (2, padding, 1, 1), ws=Workspace()))
         with monkeypatch.context() as fallback:
             _assert_like_the_fallback(fallback, results, x, w, 17, (2, padding, 1, 1))
-    assert len(picked) == 2  # the AVX-512 rule's forward, padded or not
+    # the AVX-512 rule's forward and input gradient, padded or not
+    assert sorted(picked) == ["_direct_forward"] * 2 + ["_pointwise_scatter_backward_data"] * 2
 
 
 # (batch, C, H, W, out, (kh, kw), padding, dilation, groups)
