@@ -530,6 +530,16 @@ def _strided_pointwise(plan) -> bool:
     return (plan.kh, plan.kw, plan.groups) == (1, 1, 1) and tuple(plan.stride) != (1, 1)
 
 
+def _strided_pointwise_direct(backend, plan, outputs) -> bool:
+    """Whether a strided 1x1 conv's forward (``outputs`` output planes) or input gradient
+    (``outputs`` input planes) runs on the pointwise blocks (pointwise_strided,
+    pointwise_scatter): ungrouped, up to POINTWISE_DIRECT_MAX_OUT, with AVX2 or AVX-512. On
+    AVX2 too, unlike the stride-1 pointwise conv: its GEMM path pays an im2col pass and a BLAS
+    call per sample on planes a quarter the size (the ResNet's 32->64 shortcut forward 0.70 of
+    its time on AVX2, docs/numpy.md)."""
+    return backend.conv_kernels.isa >= 1 and _strided_pointwise(plan) and outputs <= POINTWISE_DIRECT_MAX_OUT
+
+
 def _pointwise(plan) -> bool:
     """A 1x1, stride-1, unpadded conv: its columns are the input itself."""
     return (plan.kh, plan.kw, plan.stride, plan.padding) == (1, 1, (1, 1), (0, 0))
@@ -589,16 +599,16 @@ def _direct_forward_applies(backend, plan) -> bool:
     """Stride 1 with AVX2 or AVX-512 (a pointwise conv only where _pointwise_direct says); strided
     kxk (k > 1) convs of at most DIRECT_STRIDED_MAX_CHANNELS input channels per group (on
     AVX-512 float32, output rows of at most 8 run the kernel's 8-lane build, _conv_kernels.c's
-    direct_half); strided 1x1 ones where _pointwise_direct says (_conv_kernels.c's
+    direct_half); strided 1x1 ones where _strided_pointwise_direct says (_conv_kernels.c's
     pointwise_strided: each sample's pixels gathered, then the pointwise blocks, where im2col's
     pass over the batch and a BLAS call per sample cost the ResNet's 32->64 shortcut twice the
-    time, docs/numpy.md)."""
+    time on AVX-512, docs/numpy.md)."""
     if backend.conv_kernels.isa < 1 or min(plan.padding) < 0:
         return False
     if tuple(plan.stride) == (1, 1):
         return not _pointwise(plan) or _pointwise_direct(backend, plan, plan.o)
     if plan.kh * plan.kw == 1:
-        return _strided_pointwise(plan) and _pointwise_direct(backend, plan, plan.o)
+        return _strided_pointwise_direct(backend, plan, plan.o)
     return plan.cg <= DIRECT_STRIDED_MAX_CHANNELS
 
 
@@ -923,7 +933,7 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
     runs = [_gemm_backward_data]
     if _s2_data(backend, plan):
         runs.append(_s2_backward_data)
-    elif _strided_pointwise(plan) and _pointwise_direct(backend, plan, plan.c):
+    elif _strided_pointwise_direct(backend, plan, plan.c):
         runs.append(_pointwise_scatter_backward_data)
     elif _direct(backend, stride, _grid_padding(w.shape[2:], padding, dilation)) \
             and (not _pointwise(plan) or _pointwise_direct(backend, plan, plan.c)):

@@ -299,23 +299,24 @@ def test_pointwise_scatter_matches_a_float64_reference(case, dtype):
 
 
 @needs_kernels
-def test_strided_pointwise_convs_run_on_the_pointwise_blocks_on_avx512_up_to_128_outputs(monkeypatch):
+def test_strided_pointwise_convs_run_on_the_pointwise_blocks_up_to_128_outputs(monkeypatch):
     """Ungrouped strided 1x1 forwards (the ResNet's shortcuts) of up to POINTWISE_DIRECT_MAX_OUT
     output planes go to direct_conv (pointwise_strided), their input gradients of up to as many
-    input planes to pointwise_scatter, on AVX-512; others, and AVX2, keep im2col + GEMM (and
-    col2im); either way, padded or not, forward, input and weight gradients are the fallback's."""
+    input planes to pointwise_scatter, on AVX-512 and AVX2; others, and the baseline build, keep
+    im2col + GEMM (and col2im); either way, padded or not, forward, input and weight gradients
+    are the fallback's."""
     backend = jp.backend("numpy")
 
     def plan(c, o, groups=1):
         return numpy_spatial._ConvPlan((2, c, 16, 16), (o, c // groups, 1, 1), (8, 8), (2, 2), (0, 0), (1, 1), groups)
 
     applies, limit = numpy_spatial._direct_forward_applies, numpy_spatial.POINTWISE_DIRECT_MAX_OUT
-    monkeypatch.setattr(kernels, "isa", 2)
-    assert applies(backend, plan(256, limit)) and not applies(backend, plan(16, limit + 1))
-    assert not applies(backend, plan(16, 16, groups=2))
-    for isa in (1, 0):
+    for isa in (2, 1):
         monkeypatch.setattr(kernels, "isa", isa)
-        assert not applies(backend, plan(16, 16))
+        assert applies(backend, plan(256, limit)) and not applies(backend, plan(16, limit + 1))
+        assert not applies(backend, plan(16, 16, groups=2))
+    monkeypatch.setattr(kernels, "isa", 0)
+    assert not applies(backend, plan(16, 16))
     rng = np.random.default_rng(16)
     x, w = rng.standard_normal((3, 6, 13, 10)), rng.standard_normal((8, 6, 1, 1))
     picked = []
@@ -325,13 +326,13 @@ def test_strided_pointwise_convs_run_on_the_pointwise_blocks_on_avx512_up_to_128
                                                                                              _run(*a, **k))[1])
     for padding in (0, 1):
         results = []
-        for isa in (2, 1):
+        for isa in (2, 1, 0):
             monkeypatch.setattr(kernels, "isa", isa)
             results.append(_all_three(x, w, 17, (2, padding, 1, 1), ws=Workspace()))
         with monkeypatch.context() as fallback:
             _assert_like_the_fallback(fallback, results, x, w, 17, (2, padding, 1, 1))
-    # the AVX-512 rule's forward and input gradient, padded or not
-    assert sorted(picked) == ["_direct_forward"] * 2 + ["_pointwise_scatter_backward_data"] * 2
+    # the AVX-512 and AVX2 rules' forwards and input gradients, padded or not
+    assert sorted(picked) == ["_direct_forward"] * 4 + ["_pointwise_scatter_backward_data"] * 4
 
 
 # (batch, C, H, W, out, (kh, kw), padding, dilation, groups)
@@ -457,8 +458,8 @@ def test_stride_2_col2im_adds_each_column_back_in_tap_order(width, dtype):
 @needs_kernels
 def test_strided_convs_run_direct_only_where_measured(monkeypatch):
     """Strided kxk convs of few input channels per group on AVX2 and AVX-512; wider ones keep
-    im2col + GEMM, as do 1x1 ones on AVX2 (on AVX-512 those run on the pointwise kernel, below);
-    a strided conv run either way gives the fallback's result."""
+    im2col + GEMM (1x1 ones run on the pointwise kernel, below); a strided conv run either way
+    gives the fallback's result."""
     backend = jp.backend("numpy")
 
     def plan(c, k, s, groups=1):
@@ -471,7 +472,7 @@ def test_strided_convs_run_direct_only_where_measured(monkeypatch):
         assert applies(backend, plan(32, 3, 2)) and applies(backend, plan(128, 3, 2, groups=4))
         assert not applies(backend, plan(64, 3, 2))
         assert applies(backend, plan(64, 3, 1))
-        assert applies(backend, plan(16, 1, 2)) == (isa == 2)
+        assert applies(backend, plan(16, 1, 2))
     assert applies(backend, plan(16, 1, 1))
     monkeypatch.setattr(kernels, "isa", 0)
     assert not applies(backend, plan(16, 3, 2))
