@@ -1,6 +1,7 @@
 """Single conv layers, forward + backward (input and weight gradients) and forward only, juicepy
 on every backend vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin, a
-strided one, pointwise 1x1, 5x5, dilated and grouped. The paired tests time each workload with
+strided one, pointwise 1x1, 5x5, dilated and grouped, and the zoo ResNet's 32->64 downsampling
+layer and its 1x1 strided shortcut (16x16 inputs). The paired tests time each workload with
 its reference's calls interleaved (PyTorch for the NumPy backend, the NumPy backend for others).
 
     pytest bench/test_bench_conv.py --benchmark-json=conv.json && python bench/report.py conv.json
@@ -24,6 +25,8 @@ CASES = {
     "5x5 32->32 32x32 b32": (32, 32, dict(out_channels=32, kernel_size=5, padding=2)),
     "dilated 3x3 d2 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=2, dilation=2)),
     "grouped 3x3 g4 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1, groups=4)),
+    "resnet strided 3x3 s2 32->64 16x16 b32": (32, 16, dict(out_channels=64, kernel_size=3, stride=2, padding=1)),
+    "resnet shortcut 1x1 s2 32->64 16x16 b32": (32, 16, dict(out_channels=64, kernel_size=1, stride=2)),
 }
 
 
