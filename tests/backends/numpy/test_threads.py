@@ -249,7 +249,9 @@ def test_dealt_pieces_run_once_each_and_a_held_lane_takes_fewer(hand_off):
     assert threads.deal(20, 3, work, 2) == 2
     assert sorted((lo, hi) for lo, hi, _ in taken) == [(lo, min(lo + 3, 20)) for lo in range(0, 20, 3)]
     by_lane = [sum(1 for *_, lane in taken if lane == k) for k in range(2)]
-    assert by_lane[1] > by_lane[0] >= 1
+    # the held lane may take none at all: the other can take every piece before this thread
+    # gets the GIL back from it (seen on the pool's threads with the two vCPUs placed far apart)
+    assert by_lane[1] > by_lane[0]
     taken.clear()
     assert threads.deal(2, 3, work, 2) == 1  # one piece: no hand-off
     assert taken == [(0, 2, 0)]
