@@ -101,6 +101,30 @@ static void span(const Py_buffer *b, char **lo, char **hi)
     *hi = *lo + (b->shape[0] - 1) * b->strides[0] + (b->shape[1] - 1) * b->strides[1] + b->itemsize;
 }
 
+/* The three operands' buffers (strided views, formats; the third writable), or -1 with an
+ * error set and none held */
+static int get_operands(PyObject *ao, PyObject *bo, PyObject *co, Py_buffer *a, Py_buffer *b, Py_buffer *c)
+{
+    if (PyObject_GetBuffer(ao, a, PyBUF_STRIDES | PyBUF_FORMAT) < 0) return -1;
+    if (PyObject_GetBuffer(bo, b, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
+        PyBuffer_Release(a);
+        return -1;
+    }
+    if (PyObject_GetBuffer(co, c, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(a);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static void release_operands(Py_buffer *a, Py_buffer *b, Py_buffer *c)
+{
+    PyBuffer_Release(a);
+    PyBuffer_Release(b);
+    PyBuffer_Release(c);
+}
+
 /* gemm(a, b, out, alpha, beta, lanes=1, by_columns=False, grain=0): out = alpha a @ b + beta out
  * for 2-d float32 or float64 views (each with one unit stride, out's along its rows), on the
  * registered BLAS. With lanes > 1, split into pieces of ``grain`` units (UNIT rows of out, or
@@ -116,16 +140,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     Py_ssize_t grain = 0;
     if (!PyArg_ParseTuple(args, "OOOdd|ipn", &ao, &bo, &co, &alpha, &beta, &lanes, &by_columns, &grain)) return NULL;
     Py_buffer a, b, c;
-    if (PyObject_GetBuffer(ao, &a, PyBUF_STRIDES | PyBUF_FORMAT) < 0) return NULL;
-    if (PyObject_GetBuffer(bo, &b, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyBuffer_Release(&a);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(co, &c, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&a);
-        PyBuffer_Release(&b);
-        return NULL;
-    }
+    if (get_operands(ao, bo, co, &a, &b, &c) < 0) return NULL;
     int ran = 0;
     char fmt = a.format ? a.format[0] : 0;
     int same = a.ndim == 2 && b.ndim == 2 && c.ndim == 2 && a.itemsize == b.itemsize && a.itemsize == c.itemsize &&
@@ -152,9 +167,7 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
             ran = 1;
         }
     }
-    PyBuffer_Release(&a);
-    PyBuffer_Release(&b);
-    PyBuffer_Release(&c);
+    release_operands(&a, &b, &c);
     return PyBool_FromLong(ran);
 }
 
@@ -191,16 +204,7 @@ static PyObject *py_gemm_positions(PyObject *self, PyObject *args)
     }
     if (!fits) Py_RETURN_FALSE;
     Py_buffer u, v, m;
-    if (PyObject_GetBuffer(uo, &u, PyBUF_STRIDES | PyBUF_FORMAT) < 0) return NULL;
-    if (PyObject_GetBuffer(vo, &v, PyBUF_STRIDES | PyBUF_FORMAT) < 0) {
-        PyBuffer_Release(&u);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(mo, &m, PyBUF_STRIDES | PyBUF_FORMAT | PyBUF_WRITABLE) < 0) {
-        PyBuffer_Release(&u);
-        PyBuffer_Release(&v);
-        return NULL;
-    }
+    if (get_operands(uo, vo, mo, &u, &v, &m) < 0) return NULL;
     int ran = 0;
     char fmt = u.format ? u.format[0] : 0;
     int kind = (fmt == 'f' && sgemm) || (fmt == 'd' && dgemm);
@@ -230,9 +234,7 @@ static PyObject *py_gemm_positions(PyObject *self, PyObject *args)
             ran = 1;
         }
     }
-    PyBuffer_Release(&u);
-    PyBuffer_Release(&v);
-    PyBuffer_Release(&m);
+    release_operands(&u, &v, &m);
     return PyBool_FromLong(ran);
 }
 

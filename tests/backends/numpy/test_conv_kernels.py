@@ -186,19 +186,12 @@ POINTWISE_CASES = [(1, 3, 5, 7, 13),      # batch 1, 35 pixels: part vectors, ch
                    (2, 600, 10, 10, 9)]   # 600 input rows: pixel bands narrower than the plane
 
 
-@needs_kernels
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", POINTWISE_CASES, ids=[str(c) for c in POINTWISE_CASES])
-def test_pointwise_kernel_matches_a_float64_reference(case, dtype):
-    """direct_conv on 1x1 geometries (its pointwise_conv): the forward with each epilogue, the
-    input gradient (flip), and both accumulating over samples [1, n), against sums written out here."""
-    n, c, h, w_, o = case
-    rng = np.random.default_rng(31)
-    x, w, dy = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 1, 1)), rng.standard_normal((n, o, h, w_))
-    scale, shift, residual = rng.standard_normal(o), rng.standard_normal(o), rng.standard_normal((n, o, h, w_))
-    y = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x)
-    dx = np.einsum("oc,nohw->nchw", w[:, :, 0, 0], dy)
-    geometry, flipped = (c, h, w_, 1, 1, 1, 1, 0, 0, 1, 1, h, w_), (o, h, w_, 1, 1, 1, 1, 0, 0, 1, 1, h, w_)
+def _check_pointwise_forwards(x, w, y, geometry, dtype, rng):
+    """direct_conv's 1x1 forward (x, w (O, C, 1, 1), geometry) against y (float64, x through w)
+    with each epilogue, then accumulating over samples [1, n) with sample 0 untouched; returns
+    the check it used (tolerances of dtype)."""
+    n, o = y.shape[:2]
+    scale, shift, residual = rng.standard_normal(o), rng.standard_normal(o), rng.standard_normal(y.shape)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     f = lambda a: a.astype(dtype)  # noqa: E731
 
@@ -214,6 +207,24 @@ def test_pointwise_kernel_matches_a_float64_reference(case, dtype):
         check(out, want, np.abs(y).max() * 4)
     kernels.direct_conv(f(x), f(w), out, geometry, 1, o, n, 1, n, False, True)
     check(out[1:], want[1:] + y[1:], np.abs(y).max() * 4)
+    check(out[:1], want[:1], np.abs(y).max() * 4)
+    return check
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=[str(c) for c in POINTWISE_CASES])
+def test_pointwise_kernel_matches_a_float64_reference(case, dtype):
+    """direct_conv on 1x1 geometries (its pointwise_conv): the forward with each epilogue, the
+    input gradient (flip), and both accumulating over samples [1, n), against sums written out here."""
+    n, c, h, w_, o = case
+    rng = np.random.default_rng(31)
+    x, w, dy = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 1, 1)), rng.standard_normal((n, o, h, w_))
+    y = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], x)
+    dx = np.einsum("oc,nohw->nchw", w[:, :, 0, 0], dy)
+    geometry, flipped = (c, h, w_, 1, 1, 1, 1, 0, 0, 1, 1, h, w_), (o, h, w_, 1, 1, 1, 1, 0, 0, 1, 1, h, w_)
+    check = _check_pointwise_forwards(x, w, y, geometry, dtype, rng)
+    f = lambda a: a.astype(dtype)  # noqa: E731
     grad = np.full(x.shape, np.nan, dtype)
     kernels.direct_conv(f(dy), f(w), grad, flipped, 1, c, n, 0, n, True, False)
     check(grad, dx, np.abs(dx).max())
@@ -241,26 +252,11 @@ def test_strided_pointwise_kernel_matches_a_float64_reference(case, dtype):
     ho, wo = (h + 2 * ph - 1) // sh + 1, (w_ + 2 * pw - 1) // sw + 1
     rng = np.random.default_rng(32)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 1, 1))
-    scale, shift, residual = rng.standard_normal(o), rng.standard_normal(o), rng.standard_normal((n, o, ho, wo))
     picked = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))[:, :, ::sh, ::sw][:, :, :ho, :wo]
     y = np.einsum("oc,nchw->nohw", w[:, :, 0, 0], picked)
     geometry = (c, h, w_, 1, 1, sh, sw, ph, pw, 1, 1, ho, wo)
-    tol = 1e-5 if dtype == np.float32 else 1e-12
+    check = _check_pointwise_forwards(x, w, y, geometry, dtype, rng)
     f = lambda a: a.astype(dtype)  # noqa: E731
-
-    def check(got, want, bound):
-        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * bound)
-
-    scaled = y * scale[:, None, None] + shift[:, None, None]
-    epilogues = [((), y), ((f(scale), f(shift), True, f(residual)), np.maximum(scaled + residual, 0)),
-                 ((None, f(shift)), y + shift[:, None, None])]
-    for extra, want in epilogues:
-        out = np.full(y.shape, np.nan, dtype)
-        kernels.direct_conv(f(x), f(w), out, geometry, 1, o, n, 0, n, False, False, *extra)
-        check(out, want, np.abs(y).max() * 4)
-    kernels.direct_conv(f(x), f(w), out, geometry, 1, o, n, 1, n, False, True)
-    check(out[1:], want[1:] + y[1:], np.abs(y).max() * 4)
-    check(out[:1], want[:1], np.abs(y).max() * 4)
     swapped = rng.standard_normal((c, o, 1, 1))  # flip: w read as (C, O), the input gradient's layout
     out = np.full(y.shape, np.nan, dtype)
     kernels.direct_conv(f(x), f(swapped), out, geometry, 1, o, n, 0, n, True, False)
