@@ -928,7 +928,7 @@ static int direct_512_8x2(const Geometry *g)
                  res ? res + n * o * hw : NULL);                                                  \
     }
 
-/* A 1x1 conv with strides or padding (ungrouped) as pointwise_conv on each sample's pixels under
+/* A strided 1x1 conv (ungrouped, any padding) as pointwise_conv on each sample's pixels under
  * the kernel, gathered (zeros in the padding) into a C x Ho*Wo scratch that stays in L1 or L2
  * for the GEMM: no im2col pass over the batch, the epilogue in registers. Returns -1 when the
  * scratch cannot be allocated. */
@@ -2581,9 +2581,9 @@ static I s2_output_rows(I tw) { return 4 * tw; }
             }                                                                                  \
     }
 
-/* AT m A for ``count`` tiles from e[pos*ks + tx], vectors of V's lanes: y0/y1 the even/odd
- * outputs of the tiles' top row, y2/y3 of their bottom row; the same adds in the same order as
- * the scalar tail of s2_output, so the same bits. */
+/* AT m A for as many tiles as V has lanes, from e[pos*ks + tx]: y0/y1 the even/odd outputs of
+ * the tiles' top row, y2/y3 of their bottom row; the same adds in the same order as the scalar
+ * tail of s2_output, so the same bits. */
 #define S2_OUTPUT_TILES(V, e, ks, tx, y0, y1, y2, y3)                                           \
     V y0, y1, y2, y3;                                                                          \
     {                                                                                          \
@@ -2608,7 +2608,7 @@ static I s2_output_rows(I tw) { return 4 * tw; }
             for (I a = 0; a < o; a++) {                                                        \
                 T *plane = out + (n * o + a) * g->ho * wo;                                     \
                 const T *src = m + a * np + (n - n0) * tiles;                                  \
-                for (I ty = 0; ty < th; ty++) {                                                        \
+                for (I ty = 0; ty < th; ty++) {                                                \
                     const T *e = src + ty * tw;                                                \
                     T *top = plane + 2 * ty * wo, *bottom = top + wo;                          \
                     const int two = 2 * ty + 1 < g->ho;                                        \
