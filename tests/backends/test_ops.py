@@ -629,6 +629,10 @@ CONV_CASES = [
     # 32 channels, 3x3 stride 2, an odd plane: the phase Winograd forward and weight gradient
     # where a backend picks them
     ((2, 32, 17, 16), (32, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    # strided 1x1 (a ResNet shortcut; padded, uneven strides): NumPy's gathered pointwise kernel
+    # and its scatter input gradient where it picks them
+    ((2, 32, 16, 16), (64, 1, 1), (2, 2), (0, 0), (1, 1), 1),
+    ((2, 5, 9, 8), (7, 1, 1), (2, 3), (1, 1), (1, 1), 1),
 ]
 
 
