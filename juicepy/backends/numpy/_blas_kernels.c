@@ -1,4 +1,5 @@
-/* The NumPy backend's GEMM entry for its lanes: one call of the BLAS that NumPy loaded (its ILP64
+/* The NumPy backend's GEMM entries for its lanes (gemm: the gemm op's product; gemm_positions: a
+ * tiled conv chunk's products): calls of the BLAS that NumPy loaded (its ILP64
  * CBLAS sgemm/dgemm, whose addresses blas.py finds and registers), with the GIL released and the
  * release counted (_gil_hint.h). np.matmul releases the GIL too, but uncounted, so a lane handed
  * a GEMM piece polled the whole hand-over window before it took the GIL (docs/numpy.md, session
@@ -256,7 +257,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_blas_kernels",
-                                    "The NumPy backend's GEMM entry: NumPy's BLAS with counted GIL releases.", -1,
+                                    "The NumPy backend's GEMM entries: NumPy's BLAS with counted GIL releases.", -1,
                                     methods};
 
 PyMODINIT_FUNC PyInit__blas_kernels(void)
