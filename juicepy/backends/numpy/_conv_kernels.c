@@ -3253,6 +3253,91 @@ ISA_512 static void s2d_output_wide_f32_512(const float *restrict m, float *rest
             }
         }
 }
+
+/* 8x8 dy planes (dx 16x16, padding 1: the ResNet's 32 -> 64 layer's input gradient): a plane's
+ * 16 blocks (4 rows of 4) are one vector, gathered from dy's four row pairs by shuffles: rows
+ * 2ty + i of the blocks' row ty for i = 0, 1, 2 as pairs of vectors (ty 0, 1 and 2, 3; row 8 is
+ * zeros), then the columns 2tx + j of each. Same sums in the same order as s2d_input_f32 and
+ * s2d_output_f32, so the same bits. */
+static int s2d_plane8(const Geometry *g, I th, I tw)
+{
+    return g->h == 8 && g->w == 8 && g->ph == 1 && g->pw == 1 && g->ho == 16 && g->wo == 16 && th == 4 && tw == 4;
+}
+
+/* rows (of 8) A and B of a vector pair (0-3: its four rows of 8) as one vector */
+#define S2D8_ROWS(A, l) ((l) < 8 ? 8 * (A) + (l) : 8 * (A) + 8 + (l))
+/* lane 4ty + tx: column 2tx + J of row slot ty of a pair of vectors holding 4 rows of 8 (column
+ * 8, past the plane, clamped here and zeroed by S2D8_LAST) */
+#define S2D8_COL(J, l) (8 * ((l) / 4) + (2 * ((l) % 4) + (J) > 7 ? 7 : 2 * ((l) % 4) + (J)))
+#define S2D8_LAST(A, l) ((l) % 4 == 3 ? 0 : -1)
+/* dx row 4ty + i's 16 values (block tx's pixel jj at 4tx + jj) from the pair X = q0, q1 and Y =
+ * q2, q3 of the blocks' rows ty = 2h + TYL (X, Y: lanes 0-7 of q0 (q2) then of q1 (q3), or 8-15) */
+#define S2D8_WEAVE(TYL, e) ((e) % 4 / 2 * 16 + (e) % 2 * 8 + 4 * (TYL) + (e) / 4)
+
+/* v as s2d_input_f32 for s2d_plane8's geometries. */
+ISA_512 static void s2d_input8_f32_512(const float *restrict dy, float *restrict v, I o, I n0, I n1, I ks)
+{
+    const I np = (n1 - n0) * 16;
+    const vf32x16 zero = {0};
+    const vi32x16 last = W16_LANES(S2D8_LAST, 0);
+    for (I n = n0; n < n1; n++)
+        for (I ch = 0; ch < o; ch++) {
+            const float *plane = dy + (n * o + ch) * 64;
+            float *base = v + ch * np + (n - n0) * 16;
+            const vf32x16 d0 = LOADV(vf32x16, plane), d1 = LOADV(vf32x16, plane + 16);
+            const vf32x16 d2 = LOADV(vf32x16, plane + 32), d3 = LOADV(vf32x16, plane + 48);
+            /* r[i][h]: rows 2ty + i of block rows ty = 2h, 2h + 1 */
+            const vf32x16 r[3][2] = {
+                {__builtin_shuffle(d0, d1, W16_LANES(S2D8_ROWS, 0)), __builtin_shuffle(d2, d3, W16_LANES(S2D8_ROWS, 0))},
+                {__builtin_shuffle(d0, d1, W16_LANES(S2D8_ROWS, 1)), __builtin_shuffle(d2, d3, W16_LANES(S2D8_ROWS, 1))},
+                {__builtin_shuffle(d1, d2, W16_LANES(S2D8_ROWS, 0)), __builtin_shuffle(d3, zero, W16_LANES(S2D8_ROWS, 0))}};
+            for (int i = 0; i < 5; i++) {
+                vf32x16 k[2];
+                for (int h = 0; h < 2; h++) {
+                    /* rows t0, r1, t2 (the transform along the columns) and r0, r1 (padding odd) */
+                    const vf32x16 k5[5] = {r[0][h] - r[1][h], r[1][h], r[2][h] - r[1][h], r[0][h], r[1][h]};
+                    k[h] = k5[i];
+                }
+                const vf32x16 a = __builtin_shuffle(k[0], k[1], W16_LANES(S2D8_COL, 0));
+                const vf32x16 e = __builtin_shuffle(k[0], k[1], W16_LANES(S2D8_COL, 1));
+                const vf32x16 c = (vf32x16)((vi32x16)__builtin_shuffle(k[0], k[1], W16_LANES(S2D8_COL, 2)) & last);
+                const vf32x16 d[5] = {a - e, e, c - e, a, e};
+                for (int j = 0; j < 5; j++) memcpy(base + (i * 5 + j) * ks, &d[j], sizeof d[j]);
+            }
+        }
+}
+
+/* dx (+)= the products of m as s2d_output_f32 for s2d_plane8's geometries. */
+ISA_512 static void s2d_output8_f32_512(const float *restrict m, float *restrict dx, I c, I n0, I n1, I ks,
+                                        int accumulate)
+{
+    const I np = (n1 - n0) * 16;
+    for (I n = n0; n < n1; n++)
+        for (I a = 0; a < c; a++) {
+            float *plane = dx + (n * c + a) * 256;
+            const float *src = m + a * np + (n - n0) * 16;
+            vf32x16 s[4][5];
+            for (int j = 0; j < 5; j++) {
+                vf32x16 col[5];
+                for (int i = 0; i < 5; i++) col[i] = LOADV(vf32x16, src + (i * 5 + j) * ks);
+                s[0][j] = col[3], s[1][j] = col[0] + col[1], s[2][j] = col[4], s[3][j] = col[1] + col[2];
+            }
+            for (int i = 0; i < 4; i++) {
+                const vf32x16 q0 = s[i][3], q1 = s[i][0] + s[i][1], q2 = s[i][4], q3 = s[i][1] + s[i][2];
+                for (int h = 0; h < 2; h++) {
+                    const vf32x16 x = __builtin_shuffle(q0, q1, W16_LANES(S2D8_ROWS, h));
+                    const vf32x16 y = __builtin_shuffle(q2, q3, W16_LANES(S2D8_ROWS, h));
+                    for (int tyl = 0; tyl < 2; tyl++) {
+                        vf32x16 row = tyl ? __builtin_shuffle(x, y, W16_LANES(S2D8_WEAVE, 1))
+                                          : __builtin_shuffle(x, y, W16_LANES(S2D8_WEAVE, 0));
+                        float *p = plane + (4 * (2 * h + tyl) + i) * 16;
+                        if (accumulate) row = LOADV(vf32x16, p) + row;
+                        memcpy(p, &row, sizeof row);
+                    }
+                }
+            }
+        }
+}
 #endif
 
 /* ------------------------------------------------------------------ Python glue */
@@ -3654,6 +3739,10 @@ static int s2d_input_f32_call(const TileCall *t)
         s2d_input_wide_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks, t->g.h);
         return 0;
     }
+    if (isa == 2 && s2d_plane8(&t->g, t->th, t->tw)) {
+        s2d_input8_f32_512(t->a.buf, t->b.buf, t->g.c, t->n0, t->n1, t->ks);
+        return 0;
+    }
 #endif
     S2_CALL(s2d_input_f32, t->a.buf, t->b.buf, t->rows.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks);
     return 0;
@@ -3668,6 +3757,10 @@ static int s2d_output_f32_call(const TileCall *t)
 #if WINO_PLANE8
     if (isa == 2 && s2d_plane_wide(&t->g, t->th, t->tw)) {
         s2d_output_wide_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate, t->g.h);
+        return 0;
+    }
+    if (isa == 2 && s2d_plane8(&t->g, t->th, t->tw)) {
+        s2d_output8_f32_512(t->b.buf, t->a.buf, t->o, t->n0, t->n1, t->ks, t->accumulate);
         return 0;
     }
 #endif
@@ -4360,6 +4453,102 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
 static PyObject *py_tile_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 0); }
 static PyObject *py_s2_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 1); }
 
+/* s2_conv's buffers: x, u, v, m, out, rows, then the epilogue's scale, shift, residual (absent: NULL obj) */
+enum { S2C_X, S2C_U, S2C_V, S2C_M, S2C_OUT, S2C_ROWS, S2C_SCALE, S2C_SHIFT, S2C_RES, S2C_COUNT };
+
+/* (x, u, v, m, out, rows, geometry, O, N, n0, n1, th, tw, vs, ms, scale, shift, relu, residual):
+ * samples [n0, n1) of the 3x3 stride-2 forward as one chunk of _tile_run: s2_input into v's
+ * slices (vs apart), the nine GEMMs with the taps u (s2_weights') on tile_gemm's register blocks
+ * into m's (ms apart), s2_output into out, then the epilogue on the chunk's planes, all in one
+ * GIL release: per call a lane otherwise took the GIL back four times, waiting for the other
+ * lane's Python between its kernels (docs/numpy.md, session 42). */
+static PyObject *py_s2_conv(PyObject *self, PyObject *args)
+{
+    PyObject *obj[S2C_COUNT], *go;
+    TileCall t;
+    I n, ms;
+    int relu;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnnnnnnnOOpO", &obj[S2C_X], &obj[S2C_U], &obj[S2C_V], &obj[S2C_M],
+                          &obj[S2C_OUT], &obj[S2C_ROWS], &go, &t.o, &n, &t.n0, &t.n1, &t.th, &t.tw, &t.ks, &ms,
+                          &obj[S2C_SCALE], &obj[S2C_SHIFT], &relu, &obj[S2C_RES]))
+        return NULL;
+    if (!parse_geometry(go, &t.g) || check_s2(&t.g, t.th, t.tw) < 0 || check_range(t.n0, t.n1, n, "samples") < 0)
+        return NULL;
+    if (t.o < 1) {
+        PyErr_Format(PyExc_ValueError, "s2_conv: O: expected a positive channel count, got %zd", t.o);
+        return NULL;
+    }
+    const I c = t.g.c, p = (t.n1 - t.n0) * t.th * t.tw, plane = t.g.ho * t.g.wo;
+    if (t.ks < 4 * c * p || ms < t.o * p) {
+        PyErr_Format(PyExc_ValueError, "s2_conv: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
+                     "got %zd and %zd)", 4 * c * p, t.o * p, t.ks, ms);
+        return NULL;
+    }
+    static const char *names[S2C_COUNT] = {"x", "u", "v", "m", "out", "rows", "scale", "shift", "residual"};
+    static const int written[S2C_COUNT] = {0, 0, 1, 1, 1, 1, 0, 0, 0};
+    const I counts[S2C_COUNT] = {n * c * t.g.h * t.g.w, 9 * t.o * 4 * c, 8 * t.ks + 4 * c * p, 8 * ms + t.o * p,
+                                 n * t.o * plane, s2_input_rows(t.tw), t.o, t.o, n * t.o * plane};
+    Py_buffer view[S2C_COUNT];
+    void *data[S2C_COUNT];
+    int got = 0, failed = 0;
+    for (; got < S2C_COUNT && !failed; got++) {
+        if (got >= S2C_SCALE)
+            failed = get_optional(obj[got], &view[got], view[S2C_X].format, counts[got], names[got], &data[got]) < 0;
+        else {
+            failed = get_buffer(obj[got], &view[got], written[got], got ? view[S2C_X].format : NULL, counts[got],
+                                names[got]) < 0;
+            data[got] = failed ? NULL : view[got].buf;
+        }
+    }
+    if (failed) got--; /* the one that failed holds no view */
+    /* a written buffer apart from every other: each is read after another is written */
+    for (int i = 0; i < got && !failed; i++)
+        for (int j = i + 1; j < got && !failed; j++)
+            if ((written[i] || written[j]) && data[i] && data[j] &&
+                overlap(data[i], view[i].len, data[j], view[j].len)) {
+                PyErr_Format(PyExc_ValueError, "s2_conv: %s and %s: expected buffers apart", names[i], names[j]);
+                failed = 1;
+            }
+    if (!failed) {
+        const int wide = view[S2C_X].itemsize == 4 ? 0 : 1;
+        I depth[9];
+        for (int k = 0; k < 9; k++) depth[k] = S2_DEPTH[k] * c;
+        t.has_rows = 1;
+        t.flip = t.accumulate = 0;
+        t.rows = view[S2C_ROWS];
+        RELEASE_GIL
+        t.a = view[S2C_X];
+        t.b = view[S2C_V];
+        failed = S2.input_kernels[wide](&t);
+        if (!failed) {
+            if (wide)
+                ISA_CALL(tile_gemm_f64, data[S2C_U], data[S2C_V], data[S2C_M], 9, t.o, c, p, t.o * 4 * c, t.ks, ms,
+                         depth, 4 * c, 0);
+            else
+                ISA_CALL(tile_gemm_f32, data[S2C_U], data[S2C_V], data[S2C_M], 9, t.o, c, p, t.o * 4 * c, t.ks, ms,
+                         depth, 4 * c, 0);
+            t.a = view[S2C_OUT];
+            t.b = view[S2C_M];
+            t.ks = ms;
+            failed = S2.output_kernels[wide](&t);
+        }
+        const void *scale = data[S2C_SCALE], *shift = data[S2C_SHIFT], *res = data[S2C_RES];
+        if (!failed && (scale || shift || res || relu)) {
+            if (wide)
+                epilogue_f64(data[S2C_OUT], scale, shift, res, t.o, plane, t.n0 * t.o, t.n1 * t.o, 0, plane, relu);
+            else
+                epilogue_f32(data[S2C_OUT], scale, shift, res, t.o, plane, t.n0 * t.o, t.n1 * t.o, 0, plane, relu);
+        }
+        REACQUIRE_GIL
+        if (failed) PyErr_NoMemory();
+    }
+    for (int i = 0; i < got; i++)
+        if (i >= S2C_SCALE) release_optional(&view[i]);
+        else PyBuffer_Release(&view[i]);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_s2_filter_gemm(PyObject *self, PyObject *args)
 {
     PyObject *uo, *vo, *mo;
@@ -4493,6 +4682,10 @@ static PyMethodDef methods[] = {
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the weight "
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},
+    {"s2_conv", py_s2_conv, METH_VARARGS,
+     "s2_conv(x, u, v, m, out, rows, geometry, O, N, n0, n1, th, tw, vs, ms, scale, shift, relu, residual): "
+     "samples [n0, n1) of the 3x3 stride-2 forward (s2_input, s2_gemm, s2_output, epilogue) in one call; "
+     "u from s2_weights, v and m the chunk's scratch slices vs and ms apart, rows s2_input's scratch"},
     {"s2_gemm", py_s2_gemm, METH_VARARGS,
      "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},
     {"s2_filter_gemm", py_s2_filter_gemm, METH_VARARGS,

@@ -685,11 +685,14 @@ def _s2_forward(backend, x, w, plan, ws, out, epi=None):
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     th, tw = (plan.ho + 1) // 2, (plan.wo + 1) // 2
     kernels, n, o = backend.conv_kernels, plan.n, plan.o
+    epilogue = (None, None, False, None) if epi is None else (epi.scale, epi.shift, epi.relu, epi.residual)
     _tile_run(backend, _TileTransforms(
         "s2", S2_DEPTHS, S2_TILES, th * tw, 7 * (4 * tw + 4),
         lambda u: kernels.s2_weights(w, u, o, plan.c),
         lambda v, n0, n1, vs, rows: kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows),
-        lambda m, n0, n1, ms, rows: kernels.s2_output(m, out, geometry, o, n, n0, n1, th, tw, ms, rows)),
+        lambda m, n0, n1, ms, rows: kernels.s2_output(m, out, geometry, o, n, n0, n1, th, tw, ms, rows),
+        chunk=lambda u, v, m, rows, n0, n1, vs, ms: kernels.s2_conv(
+            x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *epilogue)),
         x, out, plan.c, o, ws, epi)
 
 
@@ -951,11 +954,15 @@ def _c_conv_backward_data(backend, dy, w, dx, stride, padding, dilation, groups,
 #: than S2_DATA_SMALL_PLANE_MIN_INPUTS input channels. Measured with cold caches (as inside a
 #: network): from 16 -> 32 to 64 -> 128 on 16x16 and larger dy planes it won or tied; on 8x8 dy
 #: planes it lost with 32 -> 32 and the ResNet's 32 -> 64 to im2col + GEMM, tied with 64 -> 128,
-#: won with 128 -> 256 (docs/numpy.md, sessions 33 and 39)
+#: won with 128 -> 256 (docs/numpy.md, sessions 33 and 39). 8x8 dy planes of a 16x16 dx padded by 1
+#: (S2_DATA_PLANE8) run s2d's shuffle kernels, one vector a plane, and take it from those channel
+#: counts: 16 -> 32, 32 -> 32, 32 -> 64 and 64 -> 128 won (docs/numpy.md, session 42)
 S2_DATA_MIN_CHANNELS = 32
 S2_DATA_MIN_INPUTS = 16
 S2_DATA_MIN_PLANE = 256
 S2_DATA_SMALL_PLANE_MIN_INPUTS = 128
+#: (dx's H, W, padding) of _conv_kernels.c's s2d_plane8
+S2_DATA_PLANE8 = (16, 16, (1, 1))
 #: the instruction sets (``isa``) it runs on: AVX-512, where its GEMMs run on tile_gemm; the AVX2
 #: build (np.matmul) won some shapes and lost others (docs/numpy.md)
 S2_DATA_ISAS = (2,)
@@ -969,11 +976,12 @@ def _s2_data(backend, plan) -> bool:
     """Whether a 3x3 stride-2 input gradient runs as F(2x2, 2x2) on dx's phases
     (_s2_backward_data): undilated, ungrouped, padding >= 0, S2_DATA_MIN_CHANNELS output and
     S2_DATA_MIN_INPUTS input channels, a dy plane of S2_DATA_MIN_PLANE (any with
-    S2_DATA_SMALL_PLANE_MIN_INPUTS input channels), on S2_DATA_ISAS."""
+    S2_DATA_SMALL_PLANE_MIN_INPUTS input channels, or S2_DATA_PLANE8's), on S2_DATA_ISAS."""
     return backend.conv_kernels.isa in S2_DATA_ISAS and (plan.kh, plan.kw, plan.groups) == (3, 3, 1) \
         and tuple(plan.stride) == (2, 2) and tuple(plan.dilation) == (1, 1) and min(plan.padding) >= 0 \
         and plan.o >= S2_DATA_MIN_CHANNELS and plan.c >= S2_DATA_MIN_INPUTS \
-        and (plan.ho * plan.wo >= S2_DATA_MIN_PLANE or plan.c >= S2_DATA_SMALL_PLANE_MIN_INPUTS)
+        and (plan.ho * plan.wo >= S2_DATA_MIN_PLANE or plan.c >= S2_DATA_SMALL_PLANE_MIN_INPUTS
+             or (plan.h, plan.w, tuple(plan.padding)) == S2_DATA_PLANE8)
 
 
 def _s2_backward_data(backend, dy, w, plan, dx, accumulate, ws):
@@ -1101,7 +1109,9 @@ class _TileTransforms(NamedTuple):
     input(v, n0, n1, vs, rows) and output(m, n0, n1, ms, rows) transform samples [n0, n1) into
     and out of the slices of v and m, vs and ms items apart; ``columns``: where given, the row
     length of a slice for p tiles (the GEMMs then run on that many columns, the transforms writing
-    zeros past p)."""
+    zeros past p); ``chunk``: where given, chunk(u, v, m, rows, n0, n1, vs, ms) runs a chunk's
+    input transform, GEMMs (on the register blocks), output transform and epilogue in one call,
+    where the GEMMs run on them (_tile_gemm)."""
     name: str
     depths: tuple
     chunk_tiles: int
@@ -1111,6 +1121,7 @@ class _TileTransforms(NamedTuple):
     input: object
     output: object
     columns: object = None
+    chunk: object = None
 
 
 def _sample_chunks(n, tiles, chunk_tiles):
@@ -1174,6 +1185,9 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
         m = scratch(ws, backend, f"conv_{t.name}_m/{k}", (positions, ms), src.dtype)
         rows = scratch(ws, backend, f"conv_{t.name}_rows/{k}", (t.rows,), src.dtype) if t.rows else None
         for n0, n1 in chunks[lo:hi]:
+            if blocked and t.chunk is not None:
+                t.chunk(u, v, m, rows, n0, n1, vs, ms)
+                continue
             p = columns((n1 - n0) * tiles)
             t.input(v, n0, n1, vs, rows)
             if blocked and uniform:

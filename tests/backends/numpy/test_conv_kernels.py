@@ -1391,7 +1391,8 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     within 2e-5 of the largest output (its transforms only add, so about the direct kernel's
     error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue. Rows of 8+
     tiles (16+ outputs) run the transforms' vector blocks, with the tiles past them one by one.
-    Its GEMMs on np.matmul (AVX2's rule) or on s2_gemm (AVX-512's), a lone chunk too."""
+    Its GEMMs on np.matmul (AVX2's rule) or a chunk at a time on s2_conv (AVX-512's), a lone
+    chunk too."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(21)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3)) / np.sqrt(c * 9)
@@ -1400,8 +1401,8 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
     monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1)
     blocked = []
-    s2_gemm = kernels.s2_gemm
-    monkeypatch.setattr(kernels, "s2_gemm", lambda *a: (blocked.append(1), s2_gemm(*a))[1])
+    s2_conv = kernels.s2_conv
+    monkeypatch.setattr(kernels, "s2_conv", lambda *a: (blocked.append(1), s2_conv(*a))[1])
     monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", {1: 1, 2: 1})
     monkeypatch.setattr(numpy_spatial, "S2_TILES", 8)  # chunks of one or two samples
     picked = []
@@ -1494,6 +1495,75 @@ def test_stride_2_phase_transforms_match_the_reference_bit_for_bit(shape, dtype)
     want[n0:n1] = y[:, :, :ho, :wo]
     kernels.s2_output(m, out, geometry, o, n, n0, n1, th, tw, m.shape[1], rows)
     np.testing.assert_array_equal(out, want)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("isa", [1, 2], ids=["avx2", "avx512"])
+@pytest.mark.parametrize("epilogue", ["none", "bias-relu", "norm-residual"])
+def test_s2_conv_is_its_four_kernels_in_one_call(epilogue, isa, dtype, monkeypatch):
+    """s2_conv (a chunk of the 3x3 stride-2 forward in one call) writes the same bits as
+    s2_input, s2_gemm, s2_output and the epilogue called one after another, for samples [n0, n1)
+    of a batch, and leaves the other samples' planes as they were; a refused call (bad sizes,
+    buffers that share memory) names the argument and writes nothing."""
+    if isa > kernels.isa:
+        pytest.skip(f"this CPU runs isa {kernels.isa}, not {isa}")
+    monkeypatch.setattr(kernels, "isa", isa)
+    n, c, h, w_, o, n0, n1 = 5, 6, 16, 13, 7, 1, 4
+    ho, wo = (h + 2 - 3) // 2 + 1, (w_ + 2 - 3) // 2 + 1
+    geometry = (c, h, w_, 3, 3, 2, 2, 1, 1, 1, 1, ho, wo)
+    th, tw = (ho + 1) // 2, (wo + 1) // 2
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+    w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
+    u = np.zeros((9, o, 4 * c), dtype)
+    kernels.s2_weights(w, u, o, c)
+    vectors = {"none": (None, None, False, None),
+               "bias-relu": (None, rng.standard_normal(o).astype(dtype), True, None),
+               "norm-residual": (rng.standard_normal(o).astype(dtype), rng.standard_normal(o).astype(dtype), True,
+                                 rng.standard_normal((n, o, ho, wo)).astype(dtype))}[epilogue]
+    p = (n1 - n0) * th * tw
+    vs, ms = 4 * c * p + 5, o * p + 3
+    v, m, rows = np.zeros((9, vs), dtype), np.zeros((9, ms), dtype), np.zeros(7 * (4 * tw + 4), dtype)
+    want = rng.standard_normal((n, o, ho, wo)).astype(dtype)
+    out = want.copy()
+    kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows)
+    kernels.s2_gemm(u, v, m, o, c, p, vs, ms)
+    kernels.s2_output(m, want, geometry, o, n, n0, n1, th, tw, ms, rows)
+    scale, shift, relu, residual = vectors
+    if epilogue != "none":
+        kernels.epilogue(want, scale, shift, n, o, ho * wo, n0 * o, n1 * o, 0, ho * wo, relu, residual)
+    v2, m2 = np.zeros_like(v), np.zeros_like(m)
+    kernels.s2_conv(x, u, v2, m2, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
+    np.testing.assert_array_equal(out, want)
+
+    before = out.copy()
+    with pytest.raises(ValueError, match="s2_conv: v and m: expected buffers apart"):
+        kernels.s2_conv(x, u, v, v, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
+    with pytest.raises(ValueError, match="s2_conv: v and rows: expected buffers apart"):
+        kernels.s2_conv(x, u, v, m, out, v.reshape(-1)[-rows.size:], geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
+    with pytest.raises(ValueError, match="s2_conv: x and out: expected buffers apart"):
+        kernels.s2_conv(x, u, v, m, x.reshape(-1)[:out.size].reshape(out.shape), rows, geometry, o, n, n0, n1, th, tw,
+                        vs, ms, *vectors)
+    if residual is not None:
+        with pytest.raises(ValueError, match="s2_conv: out and residual: expected buffers apart"):
+            kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, scale, shift, relu, out)
+    with pytest.raises(ValueError, match=r"s2_conv: vs, ms: slices of v and m overlap \(need at least"):
+        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, o * p - 1, *vectors)
+    with pytest.raises(ValueError, match="s2_conv: O: expected a positive channel count, got 0"):
+        kernels.s2_conv(x, u, v, m, out, rows, geometry, 0, n, n0, n1, th, tw, vs, ms, *vectors)
+    with pytest.raises(ValueError, match="rows: expected at least"):
+        kernels.s2_conv(x, u, v, m, out, rows[:-1], geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
+    with pytest.raises(ValueError, match="u: expected at least"):
+        kernels.s2_conv(x, u[:8], v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
+    with pytest.raises(ValueError, match="shift: expected at least"):
+        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, None, np.zeros(o - 1, dtype),
+                        False, None)
+    with pytest.raises(ValueError, match="samples: range"):
+        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n + 1, th, tw, vs, ms, *vectors)
+    with pytest.raises(ValueError, match="s2 kernels"):
+        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw + 1, vs, ms, *vectors)
+    np.testing.assert_array_equal(out, before)
 
 
 @needs_kernels
@@ -1921,9 +1991,9 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
 def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypatch):
     """F(2x2, 2x2) on dx's phases: 3x3, stride 2, no dilation or groups, S2_DATA_MIN_CHANNELS
     output and S2_DATA_MIN_INPUTS input channels, from a 16x16 dy plane (any with
-    S2_DATA_SMALL_PLANE_MIN_INPUTS input channels), AVX-512 only (measured with cold caches:
-    docs/numpy.md); the ResNet's 16 -> 32 layer (dy 16x16) takes it, its 32 -> 64 one (dy 8x8)
-    keeps im2col + GEMM."""
+    S2_DATA_SMALL_PLANE_MIN_INPUTS input channels, or 8x8 from a 16x16 dx padded by 1: the
+    shuffle kernels' plane), AVX-512 only (measured with cold caches: docs/numpy.md); the ResNet's
+    16 -> 32 layer (dy 16x16) and its 32 -> 64 one (dy 8x8) take it."""
     backend = jp.backend("numpy")
 
     def plan(c, o, k=3, s=2, dilation=1, groups=1, padding=1, side=16):
@@ -1934,7 +2004,9 @@ def test_stride_2_input_gradient_only_for_wide_undilated_3x3_on_avx512(monkeypat
     applies = numpy_spatial._s2_data
     assert applies(backend, plan(64, 128)) and applies(backend, plan(32, 64)) and applies(backend, plan(64, 64, padding=0))
     assert applies(backend, plan(16, 32)) and applies(backend, plan(32, 32)) and applies(backend, plan(128, 256, side=8))
-    assert not applies(backend, plan(32, 64, side=8)) and not applies(backend, plan(64, 128, side=8))
+    assert applies(backend, plan(32, 64, side=8)) and applies(backend, plan(64, 128, side=8))
+    assert not applies(backend, plan(32, 64, side=8, padding=0)) and not applies(backend, plan(32, 64, side=4))
+    assert not applies(backend, plan(64, 128, side=8, padding=2)) and not applies(backend, plan(8, 64, side=8))
     assert not applies(backend, plan(8, 32)) and not applies(backend, plan(64, 16))
     assert not applies(backend, plan(64, 128, k=5))
     assert not applies(backend, plan(64, 128, s=1)) and not applies(backend, plan(64, 128, dilation=2))
