@@ -4451,51 +4451,142 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
 }
 
 static PyObject *py_tile_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 0); }
-static PyObject *py_s2_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 1); }
 
-/* s2_conv's buffers: x, u, v, m, out, rows, then the epilogue's scale, shift, residual (absent: NULL obj) */
-enum { S2C_X, S2C_U, S2C_V, S2C_M, S2C_OUT, S2C_ROWS, S2C_SCALE, S2C_SHIFT, S2C_RES, S2C_COUNT };
+/* ------------------------------------------------ a tiled conv in one call: tile_conv
+ * The taps transform, then per chunk of samples the input transform, the GEMMs on tile_gemm's
+ * register blocks, the output transform and the epilogue, the chunks dealt to this thread and
+ * the lanes (_lane_pool.h) inside one GIL release. Run from Python, a chunk's four kernels were
+ * four calls, and the lanes handed over through the GIL between them: the ResNet's 3x3 stride-2
+ * 32 -> 64 forward spent 43 of its 218 us outside the kernels (docs/numpy.md, session 42). */
 
-/* (x, u, v, m, out, rows, geometry, O, N, n0, n1, th, tw, vs, ms, scale, shift, relu, residual):
- * samples [n0, n1) of the 3x3 stride-2 forward as one chunk of _tile_run: s2_input into v's
- * slices (vs apart), the nine GEMMs with the taps u (s2_weights') on tile_gemm's register blocks
- * into m's (ms apart), s2_output into out, then the epilogue on the chunk's planes, all in one
- * GIL release: per call a lane otherwise took the GIL back four times, waiting for the other
- * lane's Python between its kernels (docs/numpy.md, session 42). */
-static PyObject *py_s2_conv(PyObject *self, PyObject *args)
+typedef struct TileTask {
+    void (*run)(const struct TileTask *, I lo, I hi);
+    const TileFamily *f;
+    int wide;                         /* float64 */
+    TileCall in, out;                 /* the transforms' arguments but for the samples and scratch */
+    const void *u;
+    char *v, *m, *rows;               /* the lanes' scratch: ``slots`` slots of vbytes, mbytes, rbytes */
+    I vbytes, mbytes, rbytes, slots;
+    int *taken;                       /* slot k in use */
+    const I *depth;
+    I n, per, positions, n_out, n_in, uc, plane;
+    const void *scale, *shift, *res;
+    int relu, failed;
+} TileTask;
+
+#define LANE_TASK TileTask
+#include "_lane_pool.h"
+
+/* chunks [lo, hi) of t->per samples, each on a scratch slot no other lane holds */
+static void tile_chunks(const TileTask *t, I lo, I hi)
 {
-    PyObject *obj[S2C_COUNT], *go;
-    TileCall t;
-    I n, ms;
-    int relu;
-    if (!PyArg_ParseTuple(args, "OOOOOOOnnnnnnnnOOpO", &obj[S2C_X], &obj[S2C_U], &obj[S2C_V], &obj[S2C_M],
-                          &obj[S2C_OUT], &obj[S2C_ROWS], &go, &t.o, &n, &t.n0, &t.n1, &t.th, &t.tw, &t.ks, &ms,
-                          &obj[S2C_SCALE], &obj[S2C_SHIFT], &relu, &obj[S2C_RES]))
+    I slot = 0;
+    while (__atomic_exchange_n(&t->taken[slot], 1, __ATOMIC_ACQUIRE)) slot = (slot + 1) % t->slots;
+    TileCall in = t->in, out = t->out;
+    in.b.buf = out.b.buf = NULL;
+    char *v = t->v + slot * t->vbytes, *m = t->m + slot * t->mbytes;
+    in.b.buf = v;
+    out.b.buf = m;
+    in.rows.buf = out.rows.buf = t->rows ? t->rows + slot * t->rbytes : NULL;
+    int failed = 0;
+    for (I k = lo; k < hi && !failed; k++) {
+        const I n0 = k * t->per, n1 = n0 + t->per < t->n ? n0 + t->per : t->n, tiles = (n1 - n0) * in.th * in.tw;
+        const I p = t->f->columns ? t->f->columns(tiles) : tiles;
+        in.n0 = out.n0 = n0;
+        in.n1 = out.n1 = n1;
+        failed = t->f->input_kernels[t->wide](&in);
+        if (failed) break;
+        if (t->wide)
+            ISA_CALL(tile_gemm_f64, t->u, (const double *)v, (double *)m, t->positions, t->n_out, t->n_in, p,
+                     t->n_out * t->uc, in.ks, out.ks, t->depth, t->uc, 0);
+        else
+            ISA_CALL(tile_gemm_f32, t->u, (const float *)v, (float *)m, t->positions, t->n_out, t->n_in, p,
+                     t->n_out * t->uc, in.ks, out.ks, t->depth, t->uc, 0);
+        failed = t->f->output_kernels[t->wide](&out);
+        if (!failed && (t->scale || t->shift || t->res || t->relu)) {
+            if (t->wide)
+                epilogue_f64(out.a.buf, t->scale, t->shift, t->res, t->n_out, t->plane, n0 * t->n_out,
+                             n1 * t->n_out, 0, t->plane, t->relu);
+            else
+                epilogue_f32(out.a.buf, t->scale, t->shift, t->res, t->n_out, t->plane, n0 * t->n_out,
+                             n1 * t->n_out, 0, t->plane, t->relu);
+        }
+    }
+    if (failed) __atomic_store_n(&((TileTask *)t)->failed, 1, __ATOMIC_RELAXED);
+    __atomic_store_n(&t->taken[slot], 0, __ATOMIC_RELEASE);
+}
+
+/* tile_conv's buffers */
+enum { TC_W, TC_SRC, TC_DST, TC_U, TC_V, TC_M, TC_ROWS, TC_SCALE, TC_SHIFT, TC_RES, TC_COUNT };
+
+/* (family, w, src, dst, u, v, m, rows, geometry, n_out, n_in, N, per, th, tw, vs, ms, flip, accumulate,
+ *  lanes, scale, shift, relu, residual): see the method table */
+static PyObject *py_tile_conv(PyObject *self, PyObject *args)
+{
+    PyObject *obj[TC_COUNT], *go;
+    const char *name;
+    TileTask t = {.run = tile_chunks};
+    I vs, ms, lanes;
+    int flip, accumulate, relu;
+    if (!PyArg_ParseTuple(args, "sOOOOOOOOnnnnnnnnppnOOpO", &name, &obj[TC_W], &obj[TC_SRC], &obj[TC_DST], &obj[TC_U],
+                          &obj[TC_V], &obj[TC_M], &obj[TC_ROWS], &go, &t.n_out, &t.n_in, &t.n, &t.per, &t.in.th,
+                          &t.in.tw, &vs, &ms, &flip, &accumulate, &lanes, &obj[TC_SCALE], &obj[TC_SHIFT], &relu,
+                          &obj[TC_RES]))
         return NULL;
-    if (!parse_geometry(go, &t.g) || check_s2(&t.g, t.th, t.tw) < 0 || check_range(t.n0, t.n1, n, "samples") < 0)
-        return NULL;
-    if (t.o < 1) {
-        PyErr_Format(PyExc_ValueError, "s2_conv: O: expected a positive channel count, got %zd", t.o);
+    const TileFamily *f = strcmp(name, "wino") == 0 ? &WINOGRAD : strcmp(name, "s2") == 0 ? &S2
+                          : strcmp(name, "s2d") == 0 ? &S2D : NULL;
+    if (!f) {
+        PyErr_Format(PyExc_ValueError, "tile_conv: family: expected 'wino', 's2' or 's2d', got '%s'", name);
         return NULL;
     }
-    const I c = t.g.c, p = (t.n1 - t.n0) * t.th * t.tw, plane = t.g.ho * t.g.wo;
-    if (t.ks < 4 * c * p || ms < t.o * p) {
-        PyErr_Format(PyExc_ValueError, "s2_conv: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
-                     "got %zd and %zd)", 4 * c * p, t.o * p, t.ks, ms);
+    Geometry *g = &t.in.g;
+    if (!parse_geometry(go, g) || f->check(g, t.in.th, t.in.tw) < 0) return NULL;
+    if (t.n_out < 1 || t.n_in < 1 || t.n < 1 || t.per < 1 || lanes < 1) {
+        PyErr_Format(PyExc_ValueError, "tile_conv: n_out, n_in, N, per, lanes must be positive, got %zd, %zd, %zd, "
+                     "%zd, %zd", t.n_out, t.n_in, t.n, t.per, lanes);
         return NULL;
     }
-    static const char *names[S2C_COUNT] = {"x", "u", "v", "m", "out", "rows", "scale", "shift", "residual"};
-    static const int written[S2C_COUNT] = {0, 0, 1, 1, 1, 1, 0, 0, 0};
-    const I counts[S2C_COUNT] = {n * c * t.g.h * t.g.w, 9 * t.o * 4 * c, 8 * t.ks + 4 * c * p, 8 * ms + t.o * p,
-                                 n * t.o * plane, s2_input_rows(t.tw), t.o, t.o, n * t.o * plane};
-    Py_buffer view[S2C_COUNT];
-    void *data[S2C_COUNT];
+    if (g->c != t.n_in) {
+        PyErr_Format(PyExc_ValueError, "tile_conv: n_in: expected the geometry's %zd channels, got %zd", g->c, t.n_in);
+        return NULL;
+    }
+    if ((flip && !f->flips) || (accumulate && !f->accumulates)) {
+        PyErr_Format(PyExc_ValueError, "tile_conv: %s: flip and accumulate are the input gradient's", name);
+        return NULL;
+    }
+    if (accumulate && (obj[TC_SCALE] != Py_None || obj[TC_SHIFT] != Py_None || relu || obj[TC_RES] != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "tile_conv: an epilogue (scale, shift, relu, residual) needs accumulate off");
+        return NULL;
+    }
+    t.uc = f->depth * t.n_in;
+    t.positions = f->slices;
+    const I tiles = t.in.th * t.in.tw, most = t.per < t.n ? t.per : t.n;
+    const I p = f->columns ? f->columns(most * tiles) : most * tiles;
+    if (vs < t.uc * p || ms < t.n_out * p) {
+        PyErr_Format(PyExc_ValueError, "tile_conv: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
+                     "got %zd and %zd)", t.uc * p, t.n_out * p, vs, ms);
+        return NULL;
+    }
+    const I rlen = f->input_rows ? f->input_rows(t.in.tw) : 0, olen = f->output_rows ? f->output_rows(t.in.tw) : 0;
+    const I rows = rlen > olen ? rlen : olen, chunks = (t.n + t.per - 1) / t.per;
+    if (lanes > chunks) lanes = chunks;
+    if (lanes > MAX_LANES) lanes = MAX_LANES;
+    /* the taps' kernel takes w's (first, second) channel counts: the input gradient's w is the forward's */
+    const I na = f == &S2D ? t.n_in : t.n_out, nb = f == &S2D ? t.n_out : t.n_in;
+    t.plane = g->ho * g->wo;
+    static const char *names[TC_COUNT] = {"w", "src", "dst", "u", "v", "m", "rows", "scale", "shift", "residual"};
+    static const int written[TC_COUNT] = {0, 0, 1, 1, 1, 1, 1, 0, 0, 0};
+    const I counts[TC_COUNT] = {na * nb * 9, t.n * t.n_in * g->h * g->w, t.n * t.n_out * t.plane,
+                                t.positions * t.n_out * t.uc, lanes * t.positions * vs, lanes * t.positions * ms,
+                                lanes * rows, t.n_out, t.n_out, t.n * t.n_out * t.plane};
+    Py_buffer view[TC_COUNT];
+    void *data[TC_COUNT];
     int got = 0, failed = 0;
-    for (; got < S2C_COUNT && !failed; got++) {
-        if (got >= S2C_SCALE)
-            failed = get_optional(obj[got], &view[got], view[S2C_X].format, counts[got], names[got], &data[got]) < 0;
+    for (; got < TC_COUNT && !failed; got++) {
+        if (got >= TC_SCALE || (got == TC_ROWS && !rows)) /* no rows for a family without: None */
+            failed = get_optional(obj[got], &view[got], view[TC_W].format, counts[got], names[got], &data[got]) < 0;
         else {
-            failed = get_buffer(obj[got], &view[got], written[got], got ? view[S2C_X].format : NULL, counts[got],
+            failed = get_buffer(obj[got], &view[got], written[got], got ? view[TC_W].format : NULL, counts[got],
                                 names[got]) < 0;
             data[got] = failed ? NULL : view[got].buf;
         }
@@ -4506,48 +4597,57 @@ static PyObject *py_s2_conv(PyObject *self, PyObject *args)
         for (int j = i + 1; j < got && !failed; j++)
             if ((written[i] || written[j]) && data[i] && data[j] &&
                 overlap(data[i], view[i].len, data[j], view[j].len)) {
-                PyErr_Format(PyExc_ValueError, "s2_conv: %s and %s: expected buffers apart", names[i], names[j]);
+                PyErr_Format(PyExc_ValueError, "tile_conv: %s and %s: expected buffers apart", names[i], names[j]);
                 failed = 1;
             }
     if (!failed) {
-        const int wide = view[S2C_X].itemsize == 4 ? 0 : 1;
+        int taken[MAX_LANES] = {0};
         I depth[9];
-        for (int k = 0; k < 9; k++) depth[k] = S2_DEPTH[k] * c;
-        t.has_rows = 1;
-        t.flip = t.accumulate = 0;
-        t.rows = view[S2C_ROWS];
+        for (int k = 0; f == &S2 && k < 9; k++) depth[k] = S2_DEPTH[k] * t.n_in;
+        t.f = f;
+        t.wide = view[TC_W].itemsize == 8;
+        t.depth = f == &S2 ? depth : NULL;
+        t.u = data[TC_U];
+        t.v = data[TC_V];
+        t.m = data[TC_M];
+        t.rows = rows ? data[TC_ROWS] : NULL;
+        t.vbytes = t.positions * vs * view[TC_W].itemsize;
+        t.mbytes = t.positions * ms * view[TC_W].itemsize;
+        t.rbytes = rows * view[TC_W].itemsize;
+        t.slots = lanes;
+        t.taken = taken;
+        t.scale = data[TC_SCALE];
+        t.shift = data[TC_SHIFT];
+        t.res = data[TC_RES];
+        t.relu = relu;
+        t.in.ks = vs;
+        t.in.a.buf = data[TC_SRC];
+        t.in.flip = flip;
+        t.in.accumulate = accumulate;
+        t.in.has_rows = rows > 0;
+        t.out = t.in;
+        t.out.ks = ms;
+        t.out.o = t.n_out;
+        t.out.a.buf = data[TC_DST];
+        TileCall taps = {.na = na, .nb = nb, .flip = flip};
+        taps.a.buf = data[TC_W];
+        taps.b.buf = data[TC_U];
         RELEASE_GIL
-        t.a = view[S2C_X];
-        t.b = view[S2C_V];
-        failed = S2.input_kernels[wide](&t);
+        failed = f->weights_kernels[t.wide](&taps);
         if (!failed) {
-            if (wide)
-                ISA_CALL(tile_gemm_f64, data[S2C_U], data[S2C_V], data[S2C_M], 9, t.o, c, p, t.o * 4 * c, t.ks, ms,
-                         depth, 4 * c, 0);
-            else
-                ISA_CALL(tile_gemm_f32, data[S2C_U], data[S2C_V], data[S2C_M], 9, t.o, c, p, t.o * 4 * c, t.ks, ms,
-                         depth, 4 * c, 0);
-            t.a = view[S2C_OUT];
-            t.b = view[S2C_M];
-            t.ks = ms;
-            failed = S2.output_kernels[wide](&t);
-        }
-        const void *scale = data[S2C_SCALE], *shift = data[S2C_SHIFT], *res = data[S2C_RES];
-        if (!failed && (scale || shift || res || relu)) {
-            if (wide)
-                epilogue_f64(data[S2C_OUT], scale, shift, res, t.o, plane, t.n0 * t.o, t.n1 * t.o, 0, plane, relu);
-            else
-                epilogue_f32(data[S2C_OUT], scale, shift, res, t.o, plane, t.n0 * t.o, t.n1 * t.o, 0, plane, relu);
+            deal_in_lanes(&t, 0, chunks, (int)lanes, 1);
+            failed = t.failed;
         }
         REACQUIRE_GIL
         if (failed) PyErr_NoMemory();
     }
     for (int i = 0; i < got; i++)
-        if (i >= S2C_SCALE) release_optional(&view[i]);
+        if (i >= TC_SCALE || (i == TC_ROWS && !rows)) release_optional(&view[i]);
         else PyBuffer_Release(&view[i]);
     if (failed) return NULL;
     Py_RETURN_NONE;
 }
+static PyObject *py_s2_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 1); }
 
 static PyObject *py_s2_filter_gemm(PyObject *self, PyObject *args)
 {
@@ -4682,10 +4782,14 @@ static PyMethodDef methods[] = {
     {"direct_grid_filter", py_direct_grid_filter, METH_VARARGS,
      "direct_grid_filter(x, dy, dw, geometry, groups, O, N, n0, n1, accumulate): the weight "
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},
-    {"s2_conv", py_s2_conv, METH_VARARGS,
-     "s2_conv(x, u, v, m, out, rows, geometry, O, N, n0, n1, th, tw, vs, ms, scale, shift, relu, residual): "
-     "samples [n0, n1) of the 3x3 stride-2 forward (s2_input, s2_gemm, s2_output, epilogue) in one call; "
-     "u from s2_weights, v and m the chunk's scratch slices vs and ms apart, rows s2_input's scratch"},
+    {"tile_conv", py_tile_conv, METH_VARARGS,
+     "tile_conv(family, w, src, dst, u, v, m, rows, geometry, n_out, n_in, N, per, th, tw, vs, ms, flip, "
+     "accumulate, lanes, scale, shift, relu, residual): dst (+)= the tiled conv of family 'wino' "
+     "(F(2x2, 3x3)), 's2' (the 3x3 stride-2 forward) or 's2d' (its input gradient) in one call: u = the "
+     "taps of w, then chunks of ``per`` samples dealt over ``lanes`` threads, each on its own slot of v, m "
+     "and rows (lanes slots: positions x vs, positions x ms, the family's rows), the epilogue on each chunk "
+     "(the forward's: accumulate off)"},
+    USE_SIDE_LANES_METHOD,
     {"s2_gemm", py_s2_gemm, METH_VARARGS,
      "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},
     {"s2_filter_gemm", py_s2_filter_gemm, METH_VARARGS,
@@ -4822,6 +4926,8 @@ static void cpu_kind(char vendor[13], unsigned *family)
 
 PyMODINIT_FUNC PyInit__conv_kernels(void)
 {
+    static int registered = 0;
+    if (!registered && pthread_atfork(NULL, NULL, lane_pool_after_fork) == 0) registered = 1;
     PyObject *m = PyModule_Create(&module);
     if (!m) return NULL;
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)

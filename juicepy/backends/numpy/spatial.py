@@ -29,6 +29,7 @@ from .threads import deal as _deal
 from .threads import deal_gemm_pieces as _deal_gemm_pieces
 from .threads import gemm_lanes as _gemm_lanes
 from .threads import gemm_threads as _gemm_threads
+from .threads import in_lane as _in_lane
 from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
@@ -685,14 +686,13 @@ def _s2_forward(backend, x, w, plan, ws, out, epi=None):
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     th, tw = (plan.ho + 1) // 2, (plan.wo + 1) // 2
     kernels, n, o = backend.conv_kernels, plan.n, plan.o
-    epilogue = (None, None, False, None) if epi is None else (epi.scale, epi.shift, epi.relu, epi.residual)
     _tile_run(backend, _TileTransforms(
         "s2", S2_DEPTHS, S2_TILES, th * tw, 7 * (4 * tw + 4),
         lambda u: kernels.s2_weights(w, u, o, plan.c),
         lambda v, n0, n1, vs, rows: kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows),
         lambda m, n0, n1, ms, rows: kernels.s2_output(m, out, geometry, o, n, n0, n1, th, tw, ms, rows),
-        chunk=lambda u, v, m, rows, n0, n1, vs, ms: kernels.s2_conv(
-            x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *epilogue)),
+        whole=lambda u, v, m, rows, per, vs, ms, lanes, e: kernels.tile_conv(
+            "s2", w, x, out, u, v, m, rows, geometry, o, plan.c, n, per, th, tw, vs, ms, False, False, lanes, *e)),
         x, out, plan.c, o, ws, epi)
 
 
@@ -997,7 +997,9 @@ def _s2_backward_data(backend, dy, w, plan, dx, accumulate, ws):
         lambda u: kernels.s2d_weights(w, u, plan.o, c),
         lambda v, n0, n1, vs, rows: kernels.s2d_input(dy, v, geometry, n, n0, n1, th, tw, vs, rows),
         lambda m, n0, n1, ms, rows: kernels.s2d_output(m, dx, geometry, c, n, n0, n1, th, tw, ms, accumulate, rows),
-        _s2_data_columns), dy, dx, plan.o, c, ws)
+        _s2_data_columns, whole=lambda u, v, m, rows, per, vs, ms, lanes, e: kernels.tile_conv(
+            "s2d", w, dy, dx, u, v, m, rows, geometry, c, plan.o, n, per, th, tw, vs, ms, False, accumulate, lanes, *e)),
+        dy, dx, plan.o, c, ws)
 
 
 def _s2_data_columns(p):
@@ -1109,9 +1111,11 @@ class _TileTransforms(NamedTuple):
     input(v, n0, n1, vs, rows) and output(m, n0, n1, ms, rows) transform samples [n0, n1) into
     and out of the slices of v and m, vs and ms items apart; ``columns``: where given, the row
     length of a slice for p tiles (the GEMMs then run on that many columns, the transforms writing
-    zeros past p); ``chunk``: where given, chunk(u, v, m, rows, n0, n1, vs, ms) runs a chunk's
-    input transform, GEMMs (on the register blocks), output transform and epilogue in one call,
-    where the GEMMs run on them (_tile_gemm)."""
+    zeros past p); ``whole``: where given, whole(u, v, m, rows, per, vs, ms, lanes, epilogue)
+    runs all of it in one C call (_conv_kernels.c's tile_conv: the taps into u, then the chunks of
+    ``per`` samples dealt over ``lanes`` threads, each on its own slot of v, m and rows, with the
+    epilogue (scale, shift, relu, residual)), where the GEMMs run on the register blocks
+    (_tile_gemm)."""
     name: str
     depths: tuple
     chunk_tiles: int
@@ -1121,7 +1125,7 @@ class _TileTransforms(NamedTuple):
     input: object
     output: object
     columns: object = None
-    chunk: object = None
+    whole: object = None
 
 
 def _sample_chunks(n, tiles, chunk_tiles):
@@ -1166,28 +1170,33 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     n, positions, tiles = src.shape[0], len(t.depths), t.tiles
     width = max(t.depths) * n_in
     u = scratch(ws, backend, f"conv_{t.name}_u", (positions, n_out, width), src.dtype)
-    t.weights(u)
     per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
     blocked = _tile_gemm(backend, t.depths, n_in)
-    # the positions' GEMMs in one C call (one counted GIL release) where BLAS is registered: an
-    # np.matmul per position had the lanes queueing for the GIL between them (docs/numpy.md)
-    on_entry = backend.blas_positions
-
     # the slices of v and m lie a cache line more than their size apart: whole multiples
     # of 4 KiB would put their rows in the same L1 sets
     columns = t.columns or (lambda p: p)
     vs, ms = width * columns(per * tiles) + 16, n_out * columns(per * tiles) + 16
+    if blocked and t.whole is not None:
+        lanes = 1 if _in_lane() else min(_num_threads(), len(chunks))
+        v = scratch(ws, backend, f"conv_{t.name}_v", (lanes, positions, vs), src.dtype)
+        m = scratch(ws, backend, f"conv_{t.name}_m", (lanes, positions, ms), src.dtype)
+        rows = scratch(ws, backend, f"conv_{t.name}_rows", (lanes, t.rows), src.dtype) if t.rows else None
+        t.whole(u, v, m, rows, per, vs, ms, lanes, (None, None, False, None) if epi is None else
+                (epi.scale, epi.shift, epi.relu, epi.residual))
+        return
+    t.weights(u)
+    # the positions' GEMMs in one C call (one counted GIL release) where BLAS is registered: an
+    # np.matmul per position had the lanes queueing for the GIL between them (docs/numpy.md)
+    on_entry = backend.blas_positions
+
 
     def lane(lo, hi, k):
         v = scratch(ws, backend, f"conv_{t.name}_v/{k}", (positions, vs), src.dtype)
         m = scratch(ws, backend, f"conv_{t.name}_m/{k}", (positions, ms), src.dtype)
         rows = scratch(ws, backend, f"conv_{t.name}_rows/{k}", (t.rows,), src.dtype) if t.rows else None
         for n0, n1 in chunks[lo:hi]:
-            if blocked and t.chunk is not None:
-                t.chunk(u, v, m, rows, n0, n1, vs, ms)
-                continue
             p = columns((n1 - n0) * tiles)
             t.input(v, n0, n1, vs, rows)
             if blocked and uniform:
@@ -1222,7 +1231,10 @@ def _winograd_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate,
         "wino", WINOGRAD_DEPTHS, WINOGRAD_TILES, th * tw, 0,
         lambda u: kernels.winograd_weights(w, u, n_out, n_in, flip),
         lambda v, n0, n1, vs, rows: kernels.winograd_input(src, v, geometry, n, n0, n1, th, tw, vs),
-        lambda m, n0, n1, ms, rows: kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate)),
+        lambda m, n0, n1, ms, rows: kernels.winograd_output(m, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate),
+        whole=lambda u, v, m, rows, per, vs, ms, lanes, e: kernels.tile_conv(
+            "wino", w, src, dst, u, v, m, rows, geometry, n_out, n_in, n, per, th, tw, vs, ms, flip, accumulate, lanes,
+            *e)),
         src, dst, n_in, n_out, ws, epi)
 
 

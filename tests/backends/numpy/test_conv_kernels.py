@@ -794,6 +794,8 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     calls = []
     original = kernels.tile_gemm
     monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (calls.append(a[3]), original(*a))[1])
+    whole = kernels.tile_conv  # F(2x2, 3x3) runs whole in one call
+    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (calls.append({"wino": 16}[a[0]]), whole(*a))[1])
     monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
     geometry = (1, kernel // 2, 1, 1)
     ws = Workspace()
@@ -1391,7 +1393,7 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     within 2e-5 of the largest output (its transforms only add, so about the direct kernel's
     error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue. Rows of 8+
     tiles (16+ outputs) run the transforms' vector blocks, with the tiles past them one by one.
-    Its GEMMs on np.matmul (AVX2's rule) or a chunk at a time on s2_conv (AVX-512's), a lone
+    Its GEMMs on np.matmul (AVX2's rule) or all of it in one tile_conv call (AVX-512's), a lone
     chunk too."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(21)
@@ -1401,8 +1403,8 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
     monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1)
     blocked = []
-    s2_conv = kernels.s2_conv
-    monkeypatch.setattr(kernels, "s2_conv", lambda *a: (blocked.append(1), s2_conv(*a))[1])
+    tile_conv = kernels.tile_conv
+    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (blocked.append(a[0]), tile_conv(*a))[1])
     monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", {1: 1, 2: 1})
     monkeypatch.setattr(numpy_spatial, "S2_TILES", 8)  # chunks of one or two samples
     picked = []
@@ -1499,71 +1501,119 @@ def test_stride_2_phase_transforms_match_the_reference_bit_for_bit(shape, dtype)
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("isa", [1, 2], ids=["avx2", "avx512"])
-@pytest.mark.parametrize("epilogue", ["none", "bias-relu", "norm-residual"])
-def test_s2_conv_is_its_four_kernels_in_one_call(epilogue, isa, dtype, monkeypatch):
-    """s2_conv (a chunk of the 3x3 stride-2 forward in one call) writes the same bits as
-    s2_input, s2_gemm, s2_output and the epilogue called one after another, for samples [n0, n1)
-    of a batch, and leaves the other samples' planes as they were; a refused call (bad sizes,
-    buffers that share memory) names the argument and writes nothing."""
-    if isa > kernels.isa:
-        pytest.skip(f"this CPU runs isa {kernels.isa}, not {isa}")
-    monkeypatch.setattr(kernels, "isa", isa)
-    n, c, h, w_, o, n0, n1 = 5, 6, 16, 13, 7, 1, 4
-    ho, wo = (h + 2 - 3) // 2 + 1, (w_ + 2 - 3) // 2 + 1
-    geometry = (c, h, w_, 3, 3, 2, 2, 1, 1, 1, 1, ho, wo)
-    th, tw = (ho + 1) // 2, (wo + 1) // 2
+@pytest.mark.parametrize("lanes", [1, 2])
+@pytest.mark.parametrize("case", ["s2-forward", "s2-bias-relu", "s2-norm-residual", "wino-forward", "wino-input-gradient",
+                                  "s2d-input-gradient"])
+def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkeypatch):
+    """tile_conv (a tiled conv whole in one C call, its chunks dealt over the lanes inside it)
+    writes the same bits as _tile_run's chunks of kernel calls (the taps, then per chunk the input
+    transform, tile_gemm or s2_gemm, the output transform and the epilogue), for each family it
+    runs, set and accumulated, over chunks of one or two samples (a last one short) on one or two
+    lanes."""
+    family = case.split("-")[0]
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: lanes)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: lanes)
+    for rule in ("TILE_GEMM_MIN_DEPTH", "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH"):
+        monkeypatch.setattr(numpy_spatial, rule, 1)
+    monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", {1: 1, 2: 1})
+    monkeypatch.setattr(numpy_spatial, "S2_TILES", 30)  # 16 tiles a sample: one a chunk
+    for rule in ("S2_DATA_MIN_PLANE", "S2_DATA_MIN_CHANNELS", "S2_DATA_MIN_INPUTS"):
+        monkeypatch.setattr(numpy_spatial, rule, 1)
+    monkeypatch.setattr(numpy_spatial, "S2_DATA_TILES", 40)  # 16 blocks a sample: two a chunk
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 70)  # 64 tiles a sample: one a chunk
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
     rng = np.random.default_rng(8)
-    x = rng.standard_normal((n, c, h, w_)).astype(dtype)
+    n, c, o = 5, 6, 7
+    stride = 1 if family == "wino" else 2
+    x = rng.standard_normal((n, c, 16, 16)).astype(dtype)
     w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
-    u = np.zeros((9, o, 4 * c), dtype)
-    kernels.s2_weights(w, u, o, c)
-    vectors = {"none": (None, None, False, None),
-               "bias-relu": (None, rng.standard_normal(o).astype(dtype), True, None),
-               "norm-residual": (rng.standard_normal(o).astype(dtype), rng.standard_normal(o).astype(dtype), True,
-                                 rng.standard_normal((n, o, ho, wo)).astype(dtype))}[epilogue]
-    p = (n1 - n0) * th * tw
-    vs, ms = 4 * c * p + 5, o * p + 3
-    v, m, rows = np.zeros((9, vs), dtype), np.zeros((9, ms), dtype), np.zeros(7 * (4 * tw + 4), dtype)
-    want = rng.standard_normal((n, o, ho, wo)).astype(dtype)
-    out = want.copy()
-    kernels.s2_input(x, v, geometry, n, n0, n1, th, tw, vs, rows)
-    kernels.s2_gemm(u, v, m, o, c, p, vs, ms)
-    kernels.s2_output(m, want, geometry, o, n, n0, n1, th, tw, ms, rows)
-    scale, shift, relu, residual = vectors
-    if epilogue != "none":
-        kernels.epilogue(want, scale, shift, n, o, ho * wo, n0 * o, n1 * o, 0, ho * wo, relu, residual)
-    v2, m2 = np.zeros_like(v), np.zeros_like(m)
-    kernels.s2_conv(x, u, v2, m2, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
-    np.testing.assert_array_equal(out, want)
+    side = 16 // stride
+    dy = rng.standard_normal((n, o, side, side)).astype(dtype)
+    epilogue = {}
+    if case == "s2-bias-relu":
+        epilogue = dict(bias=rng.standard_normal(o).astype(dtype), relu=True)
+    elif case == "s2-norm-residual":
+        epilogue = dict(bias=rng.standard_normal(o).astype(dtype), relu=True,
+                        residual=rng.standard_normal((n, o, side, side)).astype(dtype))
+    b = jp.backend("numpy")
 
-    before = out.copy()
-    with pytest.raises(ValueError, match="s2_conv: v and m: expected buffers apart"):
-        kernels.s2_conv(x, u, v, v, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
-    with pytest.raises(ValueError, match="s2_conv: v and rows: expected buffers apart"):
-        kernels.s2_conv(x, u, v, m, out, v.reshape(-1)[-rows.size:], geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
-    with pytest.raises(ValueError, match="s2_conv: x and out: expected buffers apart"):
-        kernels.s2_conv(x, u, v, m, x.reshape(-1)[:out.size].reshape(out.shape), rows, geometry, o, n, n0, n1, th, tw,
-                        vs, ms, *vectors)
-    if residual is not None:
-        with pytest.raises(ValueError, match="s2_conv: out and residual: expected buffers apart"):
-            kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, scale, shift, relu, out)
-    with pytest.raises(ValueError, match=r"s2_conv: vs, ms: slices of v and m overlap \(need at least"):
-        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, o * p - 1, *vectors)
-    with pytest.raises(ValueError, match="s2_conv: O: expected a positive channel count, got 0"):
-        kernels.s2_conv(x, u, v, m, out, rows, geometry, 0, n, n0, n1, th, tw, vs, ms, *vectors)
-    with pytest.raises(ValueError, match="rows: expected at least"):
-        kernels.s2_conv(x, u, v, m, out, rows[:-1], geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
-    with pytest.raises(ValueError, match="u: expected at least"):
-        kernels.s2_conv(x, u[:8], v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, *vectors)
-    with pytest.raises(ValueError, match="shift: expected at least"):
-        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw, vs, ms, None, np.zeros(o - 1, dtype),
-                        False, None)
-    with pytest.raises(ValueError, match="samples: range"):
-        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n + 1, th, tw, vs, ms, *vectors)
-    with pytest.raises(ValueError, match="s2 kernels"):
-        kernels.s2_conv(x, u, v, m, out, rows, geometry, o, n, n0, n1, th, tw + 1, vs, ms, *vectors)
-    np.testing.assert_array_equal(out, before)
+    def run():
+        if case.endswith("input-gradient"):
+            results = []
+            for accumulate in (False, True):
+                dx = np.ones((n, c, 16, 16), dtype)
+                b.conv2d_backward_data(dy, w, dx, (stride, stride), (1, 1), (1, 1), 1, accumulate=accumulate,
+                                       ws=Workspace())
+                results.append(dx)
+            return results
+        out = np.full((n, o, side, side), np.nan, dtype)
+        b.conv2d(x, w, out, (stride, stride), (1, 1), (1, 1), 1, ws=Workspace(), **epilogue)
+        return [out]
+
+    whole = []
+    tile_conv = kernels.tile_conv
+    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (whole.append(a[0]), tile_conv(*a))[1])
+    got = run()
+    assert whole and set(whole) == {family}
+    transforms = numpy_spatial._TileTransforms
+    monkeypatch.setattr(numpy_spatial, "_TileTransforms", lambda *a, **k: transforms(*a, **{**k, "whole": None}))
+    whole.clear()
+    want = run()
+    assert not whole
+    for g, w_ in zip(got, want):
+        np.testing.assert_array_equal(g, w_)
+
+
+@needs_kernels
+def test_tile_conv_refuses_what_it_does_not_compute():
+    """A refused tile_conv names the argument and writes nothing: sizes, buffers that share
+    memory, an epilogue with accumulate, an unknown family."""
+    n, c, h, o = 3, 4, 8, 5
+    geometry = (c, h, h, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4)
+    th = tw = 2
+    x, w = np.ones((n, c, h, h), np.float32), np.ones((o, c, 3, 3), np.float32)
+    out = np.full((n, o, 4, 4), 7, np.float32)
+    p = th * tw
+    vs, ms = 4 * c * p, o * p
+    u, v, m = np.zeros((9, o, 4 * c), np.float32), np.zeros((2, 9, vs), np.float32), np.zeros((2, 9, ms), np.float32)
+    rows = np.zeros((2, 7 * (4 * tw + 4)), np.float32)
+    args = ["s2", w, x, out, u, v, m, rows, geometry, o, c, n, 1, th, tw, vs, ms, False, False, 2, None, None, False,
+            None]
+
+    def refused(match, error=ValueError, **change):
+        names = ["family", "w", "src", "dst", "u", "v", "m", "rows", "geometry", "n_out", "n_in", "N", "per", "th",
+                 "tw", "vs", "ms", "flip", "accumulate", "lanes", "scale", "shift", "relu", "residual"]
+        call = list(args)
+        for name, value in change.items():
+            call[names.index(name)] = value
+        with pytest.raises(error, match=match):
+            kernels.tile_conv(*call)
+        assert (out == 7).all()
+
+    refused("tile_conv: family: expected 'wino', 's2' or 's2d', got 'f23'", family="f23")
+    refused("s2 kernels", tw=3)
+    refused(r"tile_conv: n_out, n_in, N, per, lanes must be positive, got 5, 4, 3, 0, 2", per=0)
+    refused("tile_conv: n_in: expected the geometry's 4 channels, got 3", n_in=3)
+    refused("tile_conv: s2: flip and accumulate are the input gradient's", accumulate=True)
+    refused(r"tile_conv: vs, ms: slices of v and m overlap \(need at least 64 and 20, got 64 and 19\)", ms=ms - 1)
+    refused("tile_conv: v and m: expected buffers apart", m=v)
+    refused("tile_conv: src and dst: expected buffers apart", dst=x.reshape(-1)[:out.size].reshape(out.shape))
+    refused("tile_conv: dst and residual: expected buffers apart", residual=out)
+    refused("rows: expected at least 168 items", rows=rows.reshape(-1)[:-1])
+    refused("v: expected at least", v=v[:1])
+    refused("shift: expected at least 5 items", shift=np.zeros(o - 1, np.float32))
+    refused("u: expected at least 720 items of format 'f', got 720 of 'd'", u=u.astype(np.float64))
+    kernels.tile_conv(*args)
+    assert not (out == 7).any()
+    wino = ["wino", w, x, np.zeros((n, o, h, h), np.float32), np.zeros((16, o, c), np.float32),
+            np.zeros((2, 16, c * 16)), np.zeros((2, 16, o * 16)), None, (c, h, h, 3, 3, 1, 1, 1, 1, 1, 1, h, h),
+            o, c, n, 1, 4, 4, c * 16, o * 16, False, True, 2, None, None, True, None]
+    with pytest.raises(ValueError, match=r"tile_conv: an epilogue \(scale, shift, relu, residual\) needs accumulate off"):
+        kernels.tile_conv(*wino)
 
 
 @needs_kernels
@@ -1956,7 +2006,7 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
     set and accumulated; blocks past the plane's edges dropped, dy's values outside it read as
     zeros, both phase orders (even and odd padding), rows of 8+ blocks on the transform's vector
     runs with the rest one by one; chunks of one or two samples, GEMMs on tile_gemm (columns
-    rounded up to whole vectors) or np.matmul."""
+    rounded up to whole vectors, all of it in one tile_conv call) or np.matmul."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(29)
     ho, wo = _out_len(h, 3, 2, p, 1), _out_len(w_, 3, 2, p, 1)
@@ -1970,8 +2020,8 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
     monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
     blocked, picked = [], []
-    tile_gemm, original = kernels.tile_gemm, numpy_spatial._s2_backward_data
-    monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (blocked.append(1), tile_gemm(*a))[1])
+    tile_conv, original = kernels.tile_conv, numpy_spatial._s2_backward_data
+    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (blocked.append(a[0]), tile_conv(*a))[1])
     monkeypatch.setattr(numpy_spatial, "_s2_backward_data", lambda *a, **k: (picked.append(1), original(*a, **k))[1])
     b = jp.backend("numpy")
     base = rng.standard_normal((n, c, h, w_))
