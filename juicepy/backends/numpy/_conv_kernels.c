@@ -2454,33 +2454,45 @@ static I s2_row(I p, I q, I seg, I c)
         }
 
 /* u[p*3 + q][o][krow] (row stride 4C, K(p, q) rows used) of w (O, C, 3, 3), in double. */
-#define DEFINE_S2_WEIGHTS(NAME, T)                                                             \
-    static void NAME(const T *restrict w, T *restrict u, I o, I c)                             \
+/* runs of S2_WEIGHTS_RUN input channels at a time: each of u's rows is written in runs and the
+ * sums vectorise (one channel pair at a time took 16 us for the ResNet's 32 -> 64 layer, the
+ * forward's serial part); the same sums in double as one at a time, so the same bits */
+#define S2_WEIGHTS_RUN 16
+#define DEFINE_S2_WEIGHTS(NAME, ATTR, T)                                                       \
+    ATTR static void NAME(const T *restrict w, T *restrict u, I o, I c)                        \
     {                                                                                          \
         const I kr = 4 * c;                                                                    \
+        I at[9][4];                                                                            \
+        for (I p = 0; p < 3; p++)                                                              \
+            for (I q = 0; q < 3; q++)                                                          \
+                for (I seg = 0; seg < 4; seg++) at[p * 3 + q][seg] = s2_row(p, q, seg, c);     \
         for (I a = 0; a < o; a++)                                                              \
-            for (I b = 0; b < c; b++) {                                                        \
-                const T *k = w + (a * c + b) * 9;                                              \
-                double g[3][3], e[3][3], v01[3], v10[3];                                       \
-                for (int i = 0; i < 3; i++)                                                    \
-                    for (int j = 0; j < 3; j++) g[i][j] = (double)k[i * 3 + j];                \
+            for (I b0 = 0; b0 < c; b0 += S2_WEIGHTS_RUN) {                                     \
+                const I nb = c - b0 < S2_WEIGHTS_RUN ? c - b0 : S2_WEIGHTS_RUN;                \
+                double g[9][S2_WEIGHTS_RUN] = {{0}}, e[3][3][S2_WEIGHTS_RUN];                  \
+                double v01[3][S2_WEIGHTS_RUN], v10[3][S2_WEIGHTS_RUN];                         \
+                for (I l = 0; l < nb; l++)                                                     \
+                    for (int t = 0; t < 9; t++) g[t][l] = (double)w[(a * c + b0 + l) * 9 + t]; \
                 /* G (2x2 taps) G^T, rows then columns */                                      \
-                for (int j = 0; j < 3; j += 2) {                                               \
-                    e[0][j] = g[0][j]; e[1][j] = g[0][j] + g[2][j]; e[2][j] = g[2][j];         \
+                for (int l = 0; l < S2_WEIGHTS_RUN; l++) {                                     \
+                    for (int j = 0; j < 3; j += 2) {                                           \
+                        e[0][j][l] = g[j][l]; e[1][j][l] = g[j][l] + g[6 + j][l]; e[2][j][l] = g[6 + j][l]; \
+                    }                                                                          \
+                    for (int i = 0; i < 3; i++) e[i][1][l] = e[i][0][l] + e[i][2][l];          \
+                    v01[0][l] = g[1][l]; v01[1][l] = g[1][l] + g[7][l]; v01[2][l] = g[7][l];   \
+                    v10[0][l] = g[3][l]; v10[1][l] = g[3][l] + g[5][l]; v10[2][l] = g[5][l];   \
                 }                                                                              \
-                for (int i = 0; i < 3; i++) {                                                  \
-                    const double l = e[i][0], r = e[i][2];                                     \
-                    e[i][0] = l; e[i][1] = l + r; e[i][2] = r;                                 \
-                }                                                                              \
-                v01[0] = g[0][1]; v01[1] = g[0][1] + g[2][1]; v01[2] = g[2][1];                \
-                v10[0] = g[1][0]; v10[1] = g[1][0] + g[1][2]; v10[2] = g[1][2];                \
                 for (I p = 0; p < 3; p++)                                                      \
                     for (I q = 0; q < 3; q++) {                                                \
-                        T *row = u + ((p * 3 + q) * o + a) * kr + b;                           \
-                        row[s2_row(p, q, 0, c)] = (T)e[p][q];                                  \
-                        if (q % 2 == 0) row[s2_row(p, q, 1, c)] = (T)v01[p];                   \
-                        if (p % 2 == 0) row[s2_row(p, q, 2, c)] = (T)v10[q];                   \
-                        if (p % 2 == 0 && q % 2 == 0) row[s2_row(p, q, 3, c)] = (T)g[1][1];    \
+                        T *row = u + ((p * 3 + q) * o + a) * kr + b0;                          \
+                        const I *off = at[p * 3 + q];                                          \
+                        for (I l = 0; l < nb; l++) row[off[0] + l] = (T)e[p][q][l];            \
+                        if (q % 2 == 0)                                                        \
+                            for (I l = 0; l < nb; l++) row[off[1] + l] = (T)v01[p][l];         \
+                        if (p % 2 == 0)                                                        \
+                            for (I l = 0; l < nb; l++) row[off[2] + l] = (T)v10[q][l];         \
+                        if (p % 2 == 0 && q % 2 == 0)                                          \
+                            for (I l = 0; l < nb; l++) row[off[3] + l] = (T)g[4][l];           \
                     }                                                                          \
             }                                                                                  \
     }
@@ -2717,12 +2729,14 @@ static I s2_output_rows(I tw) { return 4 * tw; }
                 }                                                                              \
     }
 
-DEFINE_S2_WEIGHTS(s2_weights_f32, float)
+DEFINE_S2_WEIGHTS(s2_weights_f32_256, ISA_256, float)
+DEFINE_S2_WEIGHTS(s2_weights_f32_128, ISA_128, float)
 DEFINE_S2_GRAD(s2_grad_f32, float)
 DEFINE_S2_GRAD(s2_grad_f64, double)
 DEFINE_S2_GRAD_T(s2_grad_t_f32, float)
 DEFINE_S2_GRAD_T(s2_grad_t_f64, double)
-DEFINE_S2_WEIGHTS(s2_weights_f64, double)
+DEFINE_S2_WEIGHTS(s2_weights_f64_256, ISA_256, double)
+DEFINE_S2_WEIGHTS(s2_weights_f64_128, ISA_128, double)
 DEFINE_S2_COLUMNS(s2_columns_f32_256, ISA_256, float, s2_f32)
 DEFINE_S2_COLUMNS(s2_columns_f64_256, ISA_256, double, s2_f64)
 DEFINE_S2_COLUMNS(s2_columns_f32_128, ISA_128, float, s2_f32)
@@ -3649,12 +3663,12 @@ static int winograd_grad_f64_call(const TileCall *t)
 }
 static int s2_weights_f32_call(const TileCall *t)
 {
-    s2_weights_f32(t->a.buf, t->b.buf, t->na, t->nb);
+    S2_CALL(s2_weights_f32, t->a.buf, t->b.buf, t->na, t->nb);
     return 0;
 }
 static int s2_weights_f64_call(const TileCall *t)
 {
-    s2_weights_f64(t->a.buf, t->b.buf, t->na, t->nb);
+    S2_CALL(s2_weights_f64, t->a.buf, t->b.buf, t->na, t->nb);
     return 0;
 }
 static int s2_grad_f32_call(const TileCall *t)
@@ -4453,18 +4467,23 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
 static PyObject *py_tile_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 0); }
 
 /* ------------------------------------------------ a tiled conv in one call: tile_conv
- * The taps transform, then per chunk of samples the input transform, the GEMMs on tile_gemm's
- * register blocks, the output transform and the epilogue, the chunks dealt to this thread and
- * the lanes (_lane_pool.h) inside one GIL release. Run from Python, a chunk's four kernels were
- * four calls, and the lanes handed over through the GIL between them: the ResNet's 3x3 stride-2
- * 32 -> 64 forward spent 43 of its 218 us outside the kernels (docs/numpy.md, session 42). */
+ * Per chunk of samples the input transform, the GEMMs on tile_gemm's register blocks, the output
+ * transform and the epilogue, the chunks dealt to this thread and the lanes (_lane_pool.h) inside
+ * one GIL release. Run from Python, a chunk's four kernels were four calls, and the lanes handed
+ * over through the GIL between them: the ResNet's 3x3 stride-2 32 -> 64 forward spent 43 of its
+ * 218 us outside the kernels. Each lane transforms the taps into its own slot before its first
+ * chunk: where the two vCPUs sat on cores far apart, reading the caller's copy from the other
+ * core cost that forward 0.25 ms against 0.22 (docs/numpy.md, session 42). */
 
 typedef struct TileTask {
     void (*run)(const struct TileTask *, I lo, I hi);
     const TileFamily *f;
     int wide;                         /* float64 */
     TileCall in, out;                 /* the transforms' arguments but for the samples and scratch */
-    const void *u;
+    char *u;                          /* the taps: a copy per slot (ubytes apart) */
+    I ubytes;
+    TileCall taps;                    /* the taps' kernel arguments but for u */
+    int *tapped;                      /* slot k's copy of the taps is written */
     char *v, *m, *rows;               /* the lanes' scratch: ``slots`` slots of vbytes, mbytes, rbytes */
     I vbytes, mbytes, rbytes, slots;
     int *taken;                       /* slot k in use */
@@ -4477,11 +4496,27 @@ typedef struct TileTask {
 #define LANE_TASK TileTask
 #include "_lane_pool.h"
 
+/* the scratch slot this thread took last: a lane that keeps its slot from call to call finds its
+ * scratch in its own core's cache, where the other core's last use would have to move it over */
+static __thread I tile_slot;
+
 /* chunks [lo, hi) of t->per samples, each on a scratch slot no other lane holds */
 static void tile_chunks(const TileTask *t, I lo, I hi)
 {
-    I slot = 0;
+    I slot = tile_slot < t->slots ? tile_slot : 0;
     while (__atomic_exchange_n(&t->taken[slot], 1, __ATOMIC_ACQUIRE)) slot = (slot + 1) % t->slots;
+    tile_slot = slot;
+    char *u = t->u + slot * t->ubytes;
+    if (!t->tapped[slot]) {
+        TileCall taps = t->taps;
+        taps.b.buf = u;
+        if (t->f->weights_kernels[t->wide](&taps)) {
+            __atomic_store_n(&((TileTask *)t)->failed, 1, __ATOMIC_RELAXED);
+            __atomic_store_n(&t->taken[slot], 0, __ATOMIC_RELEASE);
+            return;
+        }
+        t->tapped[slot] = 1;
+    }
     TileCall in = t->in, out = t->out;
     in.b.buf = out.b.buf = NULL;
     char *v = t->v + slot * t->vbytes, *m = t->m + slot * t->mbytes;
@@ -4497,10 +4532,10 @@ static void tile_chunks(const TileTask *t, I lo, I hi)
         failed = t->f->input_kernels[t->wide](&in);
         if (failed) break;
         if (t->wide)
-            ISA_CALL(tile_gemm_f64, t->u, (const double *)v, (double *)m, t->positions, t->n_out, t->n_in, p,
+            ISA_CALL(tile_gemm_f64, (const double *)u, (const double *)v, (double *)m, t->positions, t->n_out, t->n_in, p,
                      t->n_out * t->uc, in.ks, out.ks, t->depth, t->uc, 0);
         else
-            ISA_CALL(tile_gemm_f32, t->u, (const float *)v, (float *)m, t->positions, t->n_out, t->n_in, p,
+            ISA_CALL(tile_gemm_f32, (const float *)u, (const float *)v, (float *)m, t->positions, t->n_out, t->n_in, p,
                      t->n_out * t->uc, in.ks, out.ks, t->depth, t->uc, 0);
         failed = t->f->output_kernels[t->wide](&out);
         if (!failed && (t->scale || t->shift || t->res || t->relu)) {
@@ -4577,7 +4612,7 @@ static PyObject *py_tile_conv(PyObject *self, PyObject *args)
     static const char *names[TC_COUNT] = {"w", "src", "dst", "u", "v", "m", "rows", "scale", "shift", "residual"};
     static const int written[TC_COUNT] = {0, 0, 1, 1, 1, 1, 1, 0, 0, 0};
     const I counts[TC_COUNT] = {na * nb * 9, t.n * t.n_in * g->h * g->w, t.n * t.n_out * t.plane,
-                                t.positions * t.n_out * t.uc, lanes * t.positions * vs, lanes * t.positions * ms,
+                                lanes * t.positions * t.n_out * t.uc, lanes * t.positions * vs, lanes * t.positions * ms,
                                 lanes * rows, t.n_out, t.n_out, t.n * t.n_out * t.plane};
     Py_buffer view[TC_COUNT];
     void *data[TC_COUNT];
@@ -4601,13 +4636,15 @@ static PyObject *py_tile_conv(PyObject *self, PyObject *args)
                 failed = 1;
             }
     if (!failed) {
-        int taken[MAX_LANES] = {0};
+        int taken[MAX_LANES] = {0}, tapped[MAX_LANES] = {0};
         I depth[9];
         for (int k = 0; f == &S2 && k < 9; k++) depth[k] = S2_DEPTH[k] * t.n_in;
         t.f = f;
         t.wide = view[TC_W].itemsize == 8;
         t.depth = f == &S2 ? depth : NULL;
         t.u = data[TC_U];
+        t.ubytes = t.positions * t.n_out * t.uc * view[TC_W].itemsize;
+        t.tapped = tapped;
         t.v = data[TC_V];
         t.m = data[TC_M];
         t.rows = rows ? data[TC_ROWS] : NULL;
@@ -4629,15 +4666,11 @@ static PyObject *py_tile_conv(PyObject *self, PyObject *args)
         t.out.ks = ms;
         t.out.o = t.n_out;
         t.out.a.buf = data[TC_DST];
-        TileCall taps = {.na = na, .nb = nb, .flip = flip};
-        taps.a.buf = data[TC_W];
-        taps.b.buf = data[TC_U];
+        t.taps = (TileCall){.na = na, .nb = nb, .flip = flip};
+        t.taps.a.buf = data[TC_W];
         RELEASE_GIL
-        failed = f->weights_kernels[t.wide](&taps);
-        if (!failed) {
-            deal_in_lanes(&t, 0, chunks, (int)lanes, 1);
-            failed = t.failed;
-        }
+        deal_in_lanes(&t, 0, chunks, (int)lanes, 1);
+        failed = t.failed;
         REACQUIRE_GIL
         if (failed) PyErr_NoMemory();
     }
@@ -4785,10 +4818,10 @@ static PyMethodDef methods[] = {
     {"tile_conv", py_tile_conv, METH_VARARGS,
      "tile_conv(family, w, src, dst, u, v, m, rows, geometry, n_out, n_in, N, per, th, tw, vs, ms, flip, "
      "accumulate, lanes, scale, shift, relu, residual): dst (+)= the tiled conv of family 'wino' "
-     "(F(2x2, 3x3)), 's2' (the 3x3 stride-2 forward) or 's2d' (its input gradient) in one call: u = the "
-     "taps of w, then chunks of ``per`` samples dealt over ``lanes`` threads, each on its own slot of v, m "
-     "and rows (lanes slots: positions x vs, positions x ms, the family's rows), the epilogue on each chunk "
-     "(the forward's: accumulate off)"},
+     "(F(2x2, 3x3)), 's2' (the 3x3 stride-2 forward) or 's2d' (its input gradient) in one call: chunks of "
+     "``per`` samples dealt over ``lanes`` threads, each on its own slot of u, v, m and rows (lanes slots: "
+     "the taps of w (positions x n_out x depth n_in), positions x vs, positions x ms, the family's rows), "
+     "the epilogue on each chunk (the forward's: accumulate off)"},
     USE_SIDE_LANES_METHOD,
     {"s2_gemm", py_s2_gemm, METH_VARARGS,
      "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},

@@ -1112,9 +1112,9 @@ class _TileTransforms(NamedTuple):
     and out of the slices of v and m, vs and ms items apart; ``columns``: where given, the row
     length of a slice for p tiles (the GEMMs then run on that many columns, the transforms writing
     zeros past p); ``whole``: where given, whole(u, v, m, rows, per, vs, ms, lanes, epilogue)
-    runs all of it in one C call (_conv_kernels.c's tile_conv: the taps into u, then the chunks of
-    ``per`` samples dealt over ``lanes`` threads, each on its own slot of v, m and rows, with the
-    epilogue (scale, shift, relu, residual)), where the GEMMs run on the register blocks
+    runs all of it in one C call (_conv_kernels.c's tile_conv: the chunks of ``per`` samples dealt
+    over ``lanes`` threads, each on its own slot of u (its own copy of the taps), v, m and rows,
+    with the epilogue (scale, shift, relu, residual)), where the GEMMs run on the register blocks
     (_tile_gemm)."""
     name: str
     depths: tuple
@@ -1169,7 +1169,6 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     ``t.name``: the taps conv_{name}_u, each lane's conv_{name}_v/m (and _rows)/{lane}."""
     n, positions, tiles = src.shape[0], len(t.depths), t.tiles
     width = max(t.depths) * n_in
-    u = scratch(ws, backend, f"conv_{t.name}_u", (positions, n_out, width), src.dtype)
     per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
@@ -1183,9 +1182,11 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
         v = scratch(ws, backend, f"conv_{t.name}_v", (lanes, positions, vs), src.dtype)
         m = scratch(ws, backend, f"conv_{t.name}_m", (lanes, positions, ms), src.dtype)
         rows = scratch(ws, backend, f"conv_{t.name}_rows", (lanes, t.rows), src.dtype) if t.rows else None
+        u = scratch(ws, backend, f"conv_{t.name}_lane_u", (lanes, positions, n_out, width), src.dtype)
         t.whole(u, v, m, rows, per, vs, ms, lanes, (None, None, False, None) if epi is None else
                 (epi.scale, epi.shift, epi.relu, epi.residual))
         return
+    u = scratch(ws, backend, f"conv_{t.name}_u", (positions, n_out, width), src.dtype)
     t.weights(u)
     # the positions' GEMMs in one C call (one counted GIL release) where BLAS is registered: an
     # np.matmul per position had the lanes queueing for the GIL between them (docs/numpy.md)

@@ -1579,7 +1579,7 @@ def test_tile_conv_refuses_what_it_does_not_compute():
     out = np.full((n, o, 4, 4), 7, np.float32)
     p = th * tw
     vs, ms = 4 * c * p, o * p
-    u, v, m = np.zeros((9, o, 4 * c), np.float32), np.zeros((2, 9, vs), np.float32), np.zeros((2, 9, ms), np.float32)
+    u, v, m = np.zeros((2, 9, o, 4 * c), np.float32), np.zeros((2, 9, vs), np.float32), np.zeros((2, 9, ms), np.float32)
     rows = np.zeros((2, 7 * (4 * tw + 4)), np.float32)
     args = ["s2", w, x, out, u, v, m, rows, geometry, o, c, n, 1, th, tw, vs, ms, False, False, 2, None, None, False,
             None]
@@ -1606,10 +1606,11 @@ def test_tile_conv_refuses_what_it_does_not_compute():
     refused("rows: expected at least 168 items", rows=rows.reshape(-1)[:-1])
     refused("v: expected at least", v=v[:1])
     refused("shift: expected at least 5 items", shift=np.zeros(o - 1, np.float32))
-    refused("u: expected at least 720 items of format 'f', got 720 of 'd'", u=u.astype(np.float64))
+    refused("u: expected at least 1440 items of format 'f', got 1440 of 'd'", u=u.astype(np.float64))
+    refused("u: expected at least 1440 items", u=u[:1])
     kernels.tile_conv(*args)
     assert not (out == 7).any()
-    wino = ["wino", w, x, np.zeros((n, o, h, h), np.float32), np.zeros((16, o, c), np.float32),
+    wino = ["wino", w, x, np.zeros((n, o, h, h), np.float32), np.zeros((2, 16, o, c), np.float32),
             np.zeros((2, 16, c * 16)), np.zeros((2, 16, o * 16)), None, (c, h, h, 3, 3, 1, 1, 1, 1, 1, 1, h, h),
             o, c, n, 1, 4, 4, c * 16, o * 16, False, True, 2, None, None, True, None]
     with pytest.raises(ValueError, match=r"tile_conv: an epilogue \(scale, shift, relu, residual\) needs accumulate off"):
@@ -2389,3 +2390,33 @@ def test_5x5_winograd_weight_gradient_training_step_allocates_no_backend_buffers
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 64})
     _steady_steps_allocate_nothing(monkeypatch, "_wg_backward_filter", [L.Conv2d(8, 3, padding=1), L.ReLU(),
                                    L.Conv2d(8, 5, padding=2)], (4, 8, 8), (8, 8, 8), isa=2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c", [1, 16, 21], ids=["one-channel", "one-run", "run-and-rest"])
+def test_s2_weights_match_the_reference_bit_for_bit(c, dtype):
+    """s2_weights (F(2x2, 2x2)'s taps of each phase, in double, runs of input channels at a
+    time) against the sums written in NumPy in the same order: position (p, q)'s rows are
+    [phase 00 | 01 where q is even | 10 where p is even | 11 where both] x C, the columns past a
+    position's depth left as they were."""
+    o = 3
+    w = np.random.default_rng(4).standard_normal((o, c, 3, 3)).astype(dtype)
+    g = w.astype(np.float64).reshape(o, c, 9)
+    e = [[None] * 3 for _ in range(3)]
+    for j in (0, 2):
+        e[0][j], e[1][j], e[2][j] = g[..., j], g[..., j] + g[..., 6 + j], g[..., 6 + j]
+    for i in range(3):
+        e[i][1] = e[i][0] + e[i][2]
+    v01 = [g[..., 1], g[..., 1] + g[..., 7], g[..., 7]]
+    v10 = [g[..., 3], g[..., 3] + g[..., 5], g[..., 5]]
+    want = np.full((9, o, 4 * c), np.nan, dtype)
+    for p in range(3):
+        for q in range(3):
+            parts = [e[p][q]] + ([v01[p]] if q % 2 == 0 else []) + ([v10[q]] if p % 2 == 0 else []) \
+                + ([g[..., 4]] if p % 2 == 0 and q % 2 == 0 else [])
+            for k, part in enumerate(parts):
+                want[p * 3 + q, :, k * c:(k + 1) * c] = part.astype(dtype)
+    u = np.full((9, o, 4 * c), np.nan, dtype)
+    kernels.s2_weights(w, u, o, c)
+    np.testing.assert_array_equal(u, want)
