@@ -652,15 +652,21 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
 
 
 #: fewest input channels of a 3x3 stride-2 forward run by _s2_forward, by ``isa``: on AVX-512
-#: from 32 (the ResNet's 32 -> 64 layer, against the direct kernel; 24 and 16 lost), on AVX2 from
-#: 40, past the direct kernel's DIRECT_STRIDED_MAX_CHANNELS (against the GEMM; with 32 it tied
-#: the direct kernel); narrower ones keep the direct kernel or GEMM (docs/numpy.md, session 39)
-S2_MIN_CHANNELS = {1: 40, 2: 32}
+#: from 32 (the ResNet's 32 -> 64 layer, against the direct kernel; 24 and 16 lost), on AVX2
+#: from 32 too since it runs whole on tile_conv (S2_TILE_GEMM_MIN_DEPTH: the 32 -> 64 forward took 0.74
+#: of the direct kernel's time; with np.matmul's GEMMs it had tied it); narrower ones keep the
+#: direct kernel or GEMM (docs/numpy.md, sessions 39 and 42)
+S2_MIN_CHANNELS = {1: 32, 2: 32}
 
 
-#: the instruction sets (``isa``) _s2_forward runs on: AVX2 (its GEMMs on np.matmul) and AVX-512
-#: (on s2_gemm's register blocks, one call per chunk), where each was measured to win (docs/numpy.md)
+#: the instruction sets (``isa``) _s2_forward runs on, where it was measured to win: AVX2 and
+#: AVX-512 (docs/numpy.md)
 S2_ISAS = (1, 2)
+#: fewest input channels from which _s2_forward's GEMMs run on the register blocks (the whole
+#: conv in one tile_conv call) on AVX2 (``isa`` 1): its 4 x 3 blocks in one call took 0.74
+#: (32 -> 64) and 0.96 (64 -> 128) of the forward's time with np.matmul per chunk, the ResNet
+#: and CIFAR steps level (docs/numpy.md, session 42); on AVX-512 _tile_gemm's rule holds
+S2_TILE_GEMM_MIN_DEPTH = {1: 32}
 
 
 def _s2(backend, plan) -> bool:
@@ -1152,14 +1158,18 @@ def _tile_gemm(backend, depths, n_in) -> bool:
     position of depth n_in (``depths`` all 1), or the phase Winograd's S2_DEPTHS (on s2_gemm), at
     least TILE_GEMM_MIN_DEPTH of them (DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH where
     _direct_favoured), on AVX-512 (``isa`` 2), where the register blocks were measured to win (on
-    AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv); only where BLAS's threads can be
+    AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on
+    them from S2_TILE_GEMM_MIN_DEPTH there, whole in one call); only where BLAS's threads can be
     limited (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
     np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
     the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""
-    lanes = _num_threads()
+    isa, s2 = backend.conv_kernels.isa, tuple(depths) == S2_DEPTHS
+    if _gemm_lanes() != _num_threads():
+        return False
+    if s2 and isa in S2_TILE_GEMM_MIN_DEPTH:
+        return n_in >= S2_TILE_GEMM_MIN_DEPTH[isa]
     deep = DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH if _direct_favoured(backend) else TILE_GEMM_MIN_DEPTH
-    return backend.conv_kernels.isa == 2 and (set(depths) == {1} or tuple(depths) == S2_DEPTHS) \
-        and n_in >= deep and _gemm_lanes() == lanes
+    return isa == 2 and (set(depths) == {1} or s2) and n_in >= deep
 
 
 def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):

@@ -1361,8 +1361,9 @@ def test_winograd_5x5_training_step_allocates_no_backend_buffers(monkeypatch):
 @needs_kernels
 def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
     """F(2x2, 2x2) on the phases: 3x3, stride 2, no dilation or groups, S2_MIN_CHANNELS[isa] input
-    channels, AVX2 (from 40: 32 tied the direct kernel) and AVX-512 (from 32: the ResNet's 32 -> 64
-    layer), not the baseline build; narrower strided convs keep the direct kernel."""
+    channels, AVX2 and AVX-512 from 32 (the ResNet's 32 -> 64 layer), not the baseline build;
+    narrower strided convs keep the direct kernel. On AVX2 its GEMMs run on the register blocks
+    (whole on tile_conv) from S2_TILE_GEMM_MIN_DEPTH input channels."""
     backend = jp.backend("numpy")
 
     def plan(c, k=3, s=2, dilation=1, groups=1):
@@ -1371,8 +1372,13 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
 
     monkeypatch.setattr(kernels, "isa", 1)
     applies = numpy_spatial._s2
-    assert applies(backend, plan(64)) and applies(backend, plan(128)) and applies(backend, plan(40))
-    assert not applies(backend, plan(32)) and not applies(backend, plan(64, k=5))
+    assert applies(backend, plan(64)) and applies(backend, plan(128)) and applies(backend, plan(32))
+    assert not applies(backend, plan(24)) and not applies(backend, plan(64, k=5))
+    lanes = numpy_spatial._gemm_lanes() == numpy_spatial._num_threads()
+    for c in (32, 64):
+        assert numpy_spatial._tile_gemm(backend, numpy_spatial.S2_DEPTHS, c) == lanes
+    assert not numpy_spatial._tile_gemm(backend, numpy_spatial.S2_DEPTHS, 24)
+    assert not numpy_spatial._tile_gemm(backend, numpy_spatial.WINOGRAD_DEPTHS, 64)
     assert not applies(backend, plan(64, s=1)) and not applies(backend, plan(64, dilation=2))
     assert not applies(backend, plan(64, groups=2))
     monkeypatch.setattr(kernels, "isa", 2)
@@ -1387,21 +1393,23 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
                                    (1, 2, 3, 3, 2, 1), (1, 3, 9, 32, 2, 1), (2, 2, 6, 71, 3, 0)],
                          ids=["even", "odd-sizes", "no-padding", "padding-2", "one-output", "8-tile-block",
                               "blocks-and-rest"])
-@pytest.mark.parametrize("isa", [1, 2], ids=["matmul", "s2_gemm"])
-def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
+@pytest.mark.parametrize("isa, gemm", [(1, "matmul"), (1, "tile_conv"), (2, "matmul"), (2, "tile_conv")],
+                         ids=["avx2-matmul", "avx2-tile_conv", "avx512-matmul", "avx512-tile_conv"])
+def test_stride_2_phase_winograd_matches_the_reference(shape, isa, gemm, monkeypatch):
     """The 3x3 stride-2 forward as F(2x2, 2x2) on its phases: in float64 to rounding, in float32
     within 2e-5 of the largest output (its transforms only add, so about the direct kernel's
     error); tiles past the plane's edges are dropped; bias and ReLU in its epilogue. Rows of 8+
     tiles (16+ outputs) run the transforms' vector blocks, with the tiles past them one by one.
-    Its GEMMs on np.matmul (AVX2's rule) or all of it in one tile_conv call (AVX-512's), a lone
-    chunk too."""
+    Its GEMMs on np.matmul per chunk or all of it in one tile_conv call, a lone chunk too."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(21)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3)) / np.sqrt(c * 9)
     bias = rng.standard_normal(o)
     monkeypatch.setattr(kernels, "isa", isa)
-    monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
-    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1)
+    depth = 1 if gemm == "tile_conv" else 1 << 30
+    monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", depth)
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", depth)
+    monkeypatch.setattr(numpy_spatial, "S2_TILE_GEMM_MIN_DEPTH", {1: depth})
     blocked = []
     tile_conv = kernels.tile_conv
     monkeypatch.setattr(kernels, "tile_conv", lambda *a: (blocked.append(a[0]), tile_conv(*a))[1])
@@ -1422,7 +1430,7 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, monkeypatch):
     results = {dtype: (forward(dtype), forward(dtype, relu=True)) for dtype in (np.float64, np.float32)}
     assert len(picked) == 4
     lanes = numpy_spatial._num_threads()
-    assert bool(blocked) == (isa == 2 and numpy_spatial._gemm_lanes() == lanes)
+    assert bool(blocked) == (gemm == "tile_conv" and numpy_spatial._gemm_lanes() == lanes)
     monkeypatch.setattr(b, "conv_kernels", None)
     reference = forward(np.float64), forward(np.float64, relu=True)
     for exact, single, want in zip(results[np.float64], results[np.float32], reference):
