@@ -1359,10 +1359,33 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
         vstore8(v3, 0, (zs) + (r * 5 + 3) * VW); \
         vstore8(v4, 0, (zs) + (r * 5 + 4) * VW); \
     } }
+// S2_RUN_GATHER for a run of 4 tiles (columns left + 1 to left + 16 inside the plane's rows) into
+// lanes 0-3: one float16 load a patch row. Rows of 4 tiles are the ResNet's 16x16 inputs (its
+// 32 -> 64 layer), whose patches all went through the scalar S2_GATHER, its transform then
+// taking most of the kernel's time (docs/opencl.md, session 42).
+#define S2_RUN4_GATHER(zs, src, top, left) { \
+    for (int r = 0; r < 5; ++r) { \
+        const int h_ = (top) + r; \
+        float4 v0 = (float4)(0.0f), v1 = v0, v2 = v0, v3 = v0, v4 = v0; \
+        if (h_ >= 0 && h_ < H) { \
+            __global const float *s_ = (src) + (size_t)h_ * W + (left) + 1; \
+            const float16 a = vload16(0, s_); \
+            v1 = (float4)(a.s0, a.s4, a.s8, a.sc); \
+            v2 = (float4)(a.s1, a.s5, a.s9, a.sd); \
+            v3 = (float4)(a.s2, a.s6, a.sa, a.se); \
+            v4 = (float4)(a.s3, a.s7, a.sb, a.sf); \
+            v0 = (float4)((left) >= 0 ? s_[-1] : 0.0f, v4.s012); \
+        } \
+        vstore4(v0, 0, (zs) + (r * 5) * VW); \
+        vstore4(v1, 0, (zs) + (r * 5 + 1) * VW); \
+        vstore4(v2, 0, (zs) + (r * 5 + 2) * VW); \
+        vstore4(v3, 0, (zs) + (r * 5 + 3) * VW); \
+        vstore4(v4, 0, (zs) + (r * 5 + 4) * VW); \
+    } }
 // the patches of tiles h0 .. h0 + VW - 1 (arrays img, top, left; PLANE(j): tile j's input
 // plane) into their lanes of zs: runs of 8 tiles (h0 + 0, h0 + 8) by S2_RUN_GATHER where they
 // are one image's and one row of tiles' consecutive tiles with every patch column but the
-// first inside the rows, other tiles one by one
+// first inside the rows, else runs of 4 so (S2_RUN4_GATHER), other tiles one by one
 #if VW % 8 != 0
 #error "S2_GATHER_TILES takes a vector's tiles in runs of 8: VW must be a multiple of 8"
 #endif
@@ -1373,7 +1396,16 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
             && left[j0] >= -1 && left[j0] + 33 <= W) { \
             S2_RUN_GATHER((zs) + l0, PLANE(j0), top[j0], left[j0]) \
         } else { \
-            for (int l = l0; l < l0 + 8; ++l) S2_GATHER(zs, l, img[(h0) + l], PLANE((h0) + l), top[(h0) + l], left[(h0) + l]) \
+            for (int l4 = l0; l4 < l0 + 8; l4 += 4) { \
+                const int j4 = (h0) + l4; \
+                if (img[j4] >= 0 && img[j4 + 3] == img[j4] && top[j4 + 3] == top[j4] && left[j4 + 3] == left[j4] + 12 \
+                    && left[j4] >= -1 && left[j4] + 17 <= W) { \
+                    S2_RUN4_GATHER((zs) + l4, PLANE(j4), top[j4], left[j4]) \
+                } else { \
+                    for (int l = l4; l < l4 + 4; ++l) \
+                        S2_GATHER(zs, l, img[(h0) + l], PLANE((h0) + l), top[(h0) + l], left[(h0) + l]) \
+                } \
+            } \
         } \
     }
 // the 25 segments of the 9 positions from the patches zv[r * 5 + q] (VW tiles a vector) into
@@ -1963,6 +1995,7 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
             for (int h0 = 0; h0 < NR; h0 += VW) {
                 floatv zv[9];   // zv[r * 3 + q]: lane l holds value (r, q) of block h0 + l's patch
                 float *zs = (float *)zv;
+                int img4[VW / 4] = {0};   // lanes 4k .. 4k + 3 gathered as a run of 4
                 for (int l0 = 0; l0 < VW; l0 += 8) {   // 8 blocks at a time: a vector's half on 16 lanes
                     const int j0 = h0 + l0;
                     if (run8[j0 / 8]) {
@@ -1984,7 +2017,33 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                         }
                         continue;
                     }
+                    for (int l4 = l0; l4 < l0 + 8; l4 += 4) {
+                        // runs of 4 blocks so, their patch rows 9 values of dy (one float8 and one
+                        // more): rows of 4 blocks are the ResNet's 8x8 dy planes (its 32 -> 64
+                        // layer), whose lanes all went one by one (docs/opencl.md, session 42)
+                        const int j4 = h0 + l4;
+                        if (!(img[j4] >= 0 && img[j4 + 3] == img[j4] && top[j4 + 3] == top[j4]
+                              && left[j4 + 3] == left[j4] + 6 && left[j4] >= 0 && left[j4] + 8 <= Wo))
+                            continue;
+                        __global const float *s_ = dy + dy_off + ((size_t)img[j4] * K + k0 + c) * plane + left[j4];
+                        const int last = left[j4] + 8 < Wo;
+                        for (int r = 0; r < 3; ++r) {
+                            const int h_ = top[j4] + r;
+                            float4 z0 = (float4)(0.0f), z1 = z0, z2 = z0;
+                            if (h_ >= 0 && h_ < Ho) {
+                                const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo);
+                                z0 = u0.s0246;
+                                z1 = u0.s1357;
+                                z2 = (float4)(u0.s246, last ? s_[(size_t)h_ * Wo + 8] : 0.0f);
+                            }
+                            vstore4(z0, 0, zs + (r * 3) * VW + l4);
+                            vstore4(z1, 0, zs + (r * 3 + 1) * VW + l4);
+                            vstore4(z2, 0, zs + (r * 3 + 2) * VW + l4);
+                        }
+                        img4[l4 / 4] = 1;
+                    }
                     for (int l = l0; l < l0 + 8; ++l) {
+                        if (img4[l / 4]) continue;
                         const int n = img[h0 + l], r0 = top[h0 + l], q0 = left[h0 + l];
                         __global const float *s_ = dy + dy_off + ((size_t)n * K + k0 + c) * plane;
                         if (n >= 0 && r0 >= 0 && q0 >= 0 && r0 + 3 <= Ho && q0 + 3 <= Wo) {   // inside dy

@@ -248,6 +248,12 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     ((2, 3, 30, 64), 5, 1),
     ((1, 4, 33, 33), 6, 0),
     ((1, 2, 36, 65), 3, 0),
+    # rows of 4 tiles gathered as runs of 4 (S2_RUN4_GATHER, the ResNet's 16x16 inputs): padding 1
+    # (the first column padding, the first row of patches above the input), padding 0 (the first
+    # column read, the last the row's last), rows of 5 tiles (runs of 4 crossing a row: one by one)
+    ((3, 6, 16, 16), 10, 1),
+    ((2, 4, 17, 17), 6, 0),
+    ((2, 5, 16, 18), 7, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
@@ -546,6 +552,11 @@ def s2_input_gradient_ref(dy, w, x_shape, padding):
     ((3, 6, 8, 34), 5, 1),
     # rows of 12 blocks: a 16-lane vector's first 8 blocks a run, its other 8 crossing a row
     ((1, 3, 8, 48), 4, 1),
+    # rows of 4 blocks read as runs of 4 (the ResNet's 8x8 dy planes): the last column past dy
+    # (padding 1) and inside it (padding 2); rows of 5 blocks (runs of 4 crossing a row)
+    ((2, 6, 16, 16), 10, 1),
+    ((2, 4, 16, 16), 5, 2),
+    ((1, 3, 16, 20), 4, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
