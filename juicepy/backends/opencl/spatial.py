@@ -404,7 +404,7 @@ class SpatialOps(abc.ABC):
             self.queue, (*blocks, splits), (1, 1, 1), c, o, tiles, t_chunk,
             th, tw, *self._ref(x), h, wd, ph, pw, *self._ref(dy), ho, wo, part.base_data)
         self._kernel("gemm.cl", "s2_filter_taps")(
-            self.queue, (round_up(o, 16), round_up(c, 8)), (16, 8), c, o, splits, part.base_data, *self._ref(dw), int(bool(accumulate)))
+            self.queue, (-(-o // 16), c), (1, 1), c, o, splits, part.base_data, *self._ref(dw), int(bool(accumulate)))
 
     def _use_winograd_filter(self, geo, groups) -> bool:
         """Whether a weight gradient runs as Winograd F(3x3, 2x2) (_winograd_filter): 3x3, stride

@@ -343,9 +343,11 @@ def s2_weight_gradient_ref(x, dy, padding):
     ((3, 8, 13, 10), 130, 1),
     ((1, 40, 17, 18), 9, 2),
     ((2, 5, 32, 31), 16, 1),
-    # x's patches gathered as rows of vectors for runs of 8 tiles (as the forward's cases)
+    # x's patches gathered as rows of vectors for runs of 8 tiles (as the forward's cases), and
+    # of 4 (16x16 inputs); the taps' output channels as two whole vectors of 16 (the ResNet's 32)
     ((2, 3, 30, 64), 7, 1),
     ((1, 4, 33, 33), 6, 0),
+    ((2, 6, 16, 16), 32, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
