@@ -354,12 +354,19 @@ class SpatialOps(abc.ABC):
     def _s2_packed_weights(self, kernel, w, depth, rows, positions, name, ws):
         """The phase Winograd's transformed weights (conv.cl's ``kernel``) in the packed GEMM's
         panels: ``positions`` matrices of ``rows`` (rounded up to whole panels) x ``depth``, in
-        the workspace buffer ``name``; returns it and the panels' height MR."""
+        the workspace buffer ``name``; returns it and the panels' height MR. The forward's
+        (s2_weights) takes a work-item per panel of MR rows (at most 16, a float16's lanes)."""
         mr = self._gemm_tiles["MR"]
         panels = -(-rows // mr)
         u = scratch(ws, self, name, (positions * panels * mr * depth,), np.float32)
-        self._kernel("conv.cl", kernel)(
-            self.queue, (round_up(depth, 64), panels * mr), (64, 1), depth, *self._ref(w), rows, mr, u.base_data, 0)
+        if kernel == "s2_weights":
+            if mr > 16:
+                raise ValueError(f"opencl backend: s2_weights takes panels of at most 16 rows, the GEMM's MR is {mr}")
+            self._kernel("conv.cl", kernel)(
+                self.queue, (depth, panels), (1, 1), depth, *self._ref(w), rows, mr, u.base_data, 0)
+        else:
+            self._kernel("conv.cl", kernel)(
+                self.queue, (round_up(depth, 64), panels * mr), (64, 1), depth, *self._ref(w), rows, mr, u.base_data, 0)
         return u, mr
 
     def _s2_forward(self, x, w, y, geo, ws, bias=None, relu=False):
