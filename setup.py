@@ -35,8 +35,8 @@ setup(
         kernels("_blas_kernels", LANES, ["-std=c99", "-pthread"]),
         kernels("_pool_kernels", ["_gil_hint.h"], ["-std=c99"]),
         kernels("_norm_kernels", LANES, ["-std=c99", "-pthread"]),
-        # gnu99: GCC vector extensions and statement expressions
-        kernels("_conv_kernels", COMMON, ["-std=gnu99"]),
+        # gnu99: GCC vector extensions and statement expressions; -pthread: tile_conv's lanes
+        kernels("_conv_kernels", LANES, ["-std=gnu99", "-pthread"]),
         # gnu99: GCC vector extensions; FMA contraction in the clones that have FMA
         kernels("_rnn_kernels", COMMON, ["-std=gnu99", "-fno-math-errno", "-ffp-contract=fast", "-pthread"]),
     ]

@@ -4518,7 +4518,6 @@ static void tile_chunks(const TileTask *t, I lo, I hi)
         t->tapped[slot] = 1;
     }
     TileCall in = t->in, out = t->out;
-    in.b.buf = out.b.buf = NULL;
     char *v = t->v + slot * t->vbytes, *m = t->m + slot * t->mbytes;
     in.b.buf = v;
     out.b.buf = m;

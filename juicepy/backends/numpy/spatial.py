@@ -653,9 +653,9 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
 
 #: fewest input channels of a 3x3 stride-2 forward run by _s2_forward, by ``isa``: on AVX-512
 #: from 32 (the ResNet's 32 -> 64 layer, against the direct kernel; 24 and 16 lost), on AVX2
-#: from 32 too since it runs whole on tile_conv (S2_TILE_GEMM_MIN_DEPTH: the 32 -> 64 forward took 0.74
-#: of the direct kernel's time; with np.matmul's GEMMs it had tied it); narrower ones keep the
-#: direct kernel or GEMM (docs/numpy.md, sessions 39 and 42)
+#: from 32 too since it runs whole on tile_conv (S2_TILE_GEMM_MIN_DEPTH: the 32 -> 64 forward
+#: took 0.74 of the direct kernel's time; with np.matmul's GEMMs it had tied it); narrower ones
+#: keep the direct kernel or GEMM (docs/numpy.md, sessions 39 and 42)
 S2_MIN_CHANNELS = {1: 32, 2: 32}
 
 
@@ -1176,7 +1176,9 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     """dst (+)= a conv of src as the GEMMs between transforms ``t`` (_TileTransforms): per chunk
     of samples, one lane transforms the input tiles, runs the GEMMs with the transformed taps on
     its own core, and transforms the products back into dst. Its scratch is named after
-    ``t.name``: the taps conv_{name}_u, each lane's conv_{name}_v/m (and _rows)/{lane}."""
+    ``t.name``: the taps conv_{name}_u, each lane's conv_{name}_v/m (and _rows)/{lane}; where it
+    runs whole in one call (``t.whole``), the lanes' slots conv_{name}_lane_u and conv_{name}_v/m
+    (and _rows)."""
     n, positions, tiles = src.shape[0], len(t.depths), t.tiles
     width = max(t.depths) * n_in
     per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
@@ -1201,7 +1203,6 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     # the positions' GEMMs in one C call (one counted GIL release) where BLAS is registered: an
     # np.matmul per position had the lanes queueing for the GIL between them (docs/numpy.md)
     on_entry = backend.blas_positions
-
 
     def lane(lo, hi, k):
         v = scratch(ws, backend, f"conv_{t.name}_v/{k}", (positions, vs), src.dtype)
