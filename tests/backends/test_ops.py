@@ -629,6 +629,9 @@ CONV_CASES = [
     # 32 channels, 3x3 stride 2, an odd plane: the phase Winograd forward and weight gradient
     # where a backend picks them
     ((2, 32, 17, 16), (32, 3, 3), (2, 2), (1, 1), (1, 1), 1),
+    # the ResNet's 32 -> 64 stride-2 layer: NumPy's phase Winograd forward in one tile_conv call,
+    # its input gradient on 8x8 dy planes (s2d's shuffle kernels) where it picks them
+    ((2, 32, 16, 16), (64, 3, 3), (2, 2), (1, 1), (1, 1), 1),
     # strided 1x1 (a ResNet shortcut; padded, uneven strides): NumPy's gathered pointwise kernel
     # and its scatter input gradient where it picks them
     ((2, 32, 16, 16), (64, 1, 1), (2, 2), (0, 0), (1, 1), 1),
