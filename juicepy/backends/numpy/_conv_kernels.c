@@ -3305,16 +3305,19 @@ ISA_512 static void s2d_input8_f32_512(const float *restrict dy, float *restrict
                 {__builtin_shuffle(d0, d1, W16_LANES(S2D8_ROWS, 0)), __builtin_shuffle(d2, d3, W16_LANES(S2D8_ROWS, 0))},
                 {__builtin_shuffle(d0, d1, W16_LANES(S2D8_ROWS, 1)), __builtin_shuffle(d2, d3, W16_LANES(S2D8_ROWS, 1))},
                 {__builtin_shuffle(d1, d2, W16_LANES(S2D8_ROWS, 0)), __builtin_shuffle(d3, zero, W16_LANES(S2D8_ROWS, 0))}};
+            /* k[i][h]: rows t0, r1, t2 (the transform along the columns) and r0, r1 (padding odd) */
+            vf32x16 k[5][2];
+            for (int h = 0; h < 2; h++) {
+                k[0][h] = r[0][h] - r[1][h];
+                k[1][h] = r[1][h];
+                k[2][h] = r[2][h] - r[1][h];
+                k[3][h] = r[0][h];
+                k[4][h] = r[1][h];
+            }
             for (int i = 0; i < 5; i++) {
-                vf32x16 k[2];
-                for (int h = 0; h < 2; h++) {
-                    /* rows t0, r1, t2 (the transform along the columns) and r0, r1 (padding odd) */
-                    const vf32x16 k5[5] = {r[0][h] - r[1][h], r[1][h], r[2][h] - r[1][h], r[0][h], r[1][h]};
-                    k[h] = k5[i];
-                }
-                const vf32x16 a = __builtin_shuffle(k[0], k[1], W16_LANES(S2D8_COL, 0));
-                const vf32x16 e = __builtin_shuffle(k[0], k[1], W16_LANES(S2D8_COL, 1));
-                const vf32x16 c = (vf32x16)((vi32x16)__builtin_shuffle(k[0], k[1], W16_LANES(S2D8_COL, 2)) & last);
+                const vf32x16 a = __builtin_shuffle(k[i][0], k[i][1], W16_LANES(S2D8_COL, 0));
+                const vf32x16 e = __builtin_shuffle(k[i][0], k[i][1], W16_LANES(S2D8_COL, 1));
+                const vf32x16 c = (vf32x16)((vi32x16)__builtin_shuffle(k[i][0], k[i][1], W16_LANES(S2D8_COL, 2)) & last);
                 const vf32x16 d[5] = {a - e, e, c - e, a, e};
                 for (int j = 0; j < 5; j++) memcpy(base + (i * 5 + j) * ks, &d[j], sizeof d[j]);
             }
