@@ -1,5 +1,5 @@
-"""The NumPy backend's CPU-kind rules (spatial.DIRECT_FAVOURED_CPUS) measured on this machine, in
-one process, alternating: (1) per layer, the direct kernel against Winograd (F(2x2, 3x3), or
+"""The NumPy backend's CPU-kind rules (spatial.FULL_WIDTH_CPUS and DIRECT_FAVOURED_CPUS) measured on
+this machine, in one process, alternating: (1) per layer, the direct kernel against Winograd (F(2x2, 3x3), or
 F(2x2, 5x5) for 5x5) for the forward and the input gradient, batch 32, Winograd with its GEMMs
 as the rules place them and forced onto np.matmul (BLAS); (2) whole workloads with the rules on
 (this CPU's kind as listed) and off (the rules of every other kind), and with F(2x2, 3x3) from
@@ -74,17 +74,17 @@ def layers(backend, rounds):
 def on_blas(run):
     """run with _tile_run's GEMMs on np.matmul whatever the rules say."""
     def timed():
-        saved = S.TILE_GEMM_MIN_DEPTH, S.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH
-        S.TILE_GEMM_MIN_DEPTH = S.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH = 1 << 30
+        saved = S.TILE_GEMM_MIN_DEPTH, S.FULL_WIDTH_TILE_GEMM_MIN_DEPTH
+        S.TILE_GEMM_MIN_DEPTH = S.FULL_WIDTH_TILE_GEMM_MIN_DEPTH = 1 << 30
         try:
             run()
         finally:
-            S.TILE_GEMM_MIN_DEPTH, S.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH = saved
+            S.TILE_GEMM_MIN_DEPTH, S.FULL_WIDTH_TILE_GEMM_MIN_DEPTH = saved
     return timed
 
 
 def workloads(backend, rounds):
-    listed = set(S.DIRECT_FAVOURED_CPUS)
+    listed = {rule: set(getattr(S, rule)) for rule in ("FULL_WIDTH_CPUS", "DIRECT_FAVOURED_CPUS")}
     runs = {}
     for model in cnn.MODELS:
         runs[f"{model} adam step"] = cnn.juicepy_step(backend, model)
@@ -95,14 +95,16 @@ def workloads(backend, rounds):
     for name, run in runs.items():
         def rules(on, run=run):
             def timed():
-                S.DIRECT_FAVOURED_CPUS.clear()
-                if on:
-                    S.DIRECT_FAVOURED_CPUS.update(listed)
+                for rule, kinds in listed.items():
+                    getattr(S, rule).clear()
+                    if on:
+                        getattr(S, rule).update(kinds)
                 run()
             return timed
         m = alternate({"off": rules(False), "on": rules(True)}, rounds)
         print(f"  {name:45s} {m['off']:8.3f} {m['on']:8.3f} {m['on'] / m['off']:6.3f}", flush=True)
-    S.DIRECT_FAVOURED_CPUS.update(listed)
+    for rule, kinds in listed.items():
+        getattr(S, rule).update(kinds)
     if not S._direct_favoured(backend):
         return
     kept = S.DIRECT_FAVOURED_WINOGRAD_MIN_IN

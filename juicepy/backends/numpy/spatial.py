@@ -1072,17 +1072,24 @@ def _col2im_phases(backend, plan, dtype, lane, ws):
 #: and the direct kernel wins (measured on Zen 4 with the AVX-512 and the AVX2 build;
 #: docs/numpy.md)
 WINOGRAD_MIN_CHANNELS = 32
-#: CPU kinds, (vendor, display family), whose direct kernel's AVX-512 build beats Winograd on
-#: more layers than elsewhere: AMD Zen 5 (family 0x1A), whose AVX-512 units run at full width,
-#: which speeds the FMA-bound direct kernel more than the transforms. There (with AVX-512 only:
-#: held to AVX2 it ranks them as Zen 4 does) Winograd's GEMMs run on tile_gemm from
-#: DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH channels; F(2x2, 3x3) needs
-#: DIRECT_FAVOURED_WINOGRAD_MIN_IN channels summed over (with 32 it won alone but not in the
-#: CNN and ResNet), F(2x2, 5x5) runs only where its GEMMs do run on tile_gemm (_tile_gemm;
-#: on BLAS the direct kernel won) (docs/numpy.md, sessions 33 and 35)
+#: CPU kinds, (vendor, display family), whose AVX-512 units run at full width: AMD Zen 5 (family
+#: 0x1A) and Intel's AVX-512 Xeons (family 6; measured on a Sapphire-Rapids-class part, two
+#: 512-bit FMA ports a core). There, with the AVX-512 build only, the register blocks win earlier:
+#: Winograd's and the phase Winograd's GEMMs run on tile_gemm from FULL_WIDTH_TILE_GEMM_MIN_DEPTH
+#: channels (_tile_gemm), F(2x2, 5x5) runs only where its GEMMs do (on BLAS the direct kernel won
+#: on Zen 5) and its weight gradient as F(5x5, 2x2) (_wg_filter) (docs/numpy.md, sessions 33,
+#: 35 and 43: on the Intel part the ResNet step took 0.87 and the CIFAR CNN's 0.94-0.96 of the
+#: time without these rules, the ResNet's 32 -> 64 stride-2 forward 0.28-0.74)
+FULL_WIDTH_CPUS = {("AuthenticAMD", 0x1A), ("GenuineIntel", 6)}
+FULL_WIDTH_TILE_GEMM_MIN_DEPTH = 32
+#: of FULL_WIDTH_CPUS, the kinds whose direct kernel beats Winograd on more layers than
+#: elsewhere: AMD Zen 5, where full width speeds the FMA-bound direct kernel more than the
+#: transforms, so that F(2x2, 3x3) needs DIRECT_FAVOURED_WINOGRAD_MIN_IN channels summed over
+#: (with 32 it won alone but not in the CNN and ResNet; docs/numpy.md, session 35). Not the
+#: Intel part: there F(2x2, 3x3) from 32 channels took 0.87-0.96 of the ResNet's and CIFAR CNN's
+#: step and forward time against 64 (session 43)
 DIRECT_FAVOURED_CPUS = {("AuthenticAMD", 0x1A)}
 DIRECT_FAVOURED_WINOGRAD_MIN_IN = 64
-DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH = 32
 WINOGRAD_MIN_PLANE = 64
 #: the smallest output plane for the larger tiles (_wg)
 WG_MIN_PLANE = 256
@@ -1091,10 +1098,17 @@ WG_MIN_PLANE = 256
 WINOGRAD_TILES = 256
 
 
-def _direct_favoured(backend) -> bool:
-    """Whether the C kernels run AVX-512 on a CPU kind of DIRECT_FAVOURED_CPUS."""
+def _full_width(backend) -> bool:
+    """Whether the C kernels run AVX-512 on a CPU kind of FULL_WIDTH_CPUS."""
     kernels = backend.conv_kernels
-    return kernels.isa == 2 and (kernels.cpu_vendor, kernels.cpu_family) in DIRECT_FAVOURED_CPUS
+    return kernels.isa == 2 and (kernels.cpu_vendor, kernels.cpu_family) in FULL_WIDTH_CPUS
+
+
+def _direct_favoured(backend) -> bool:
+    """Whether the C kernels run AVX-512 on a CPU kind of both FULL_WIDTH_CPUS and
+    DIRECT_FAVOURED_CPUS."""
+    kernels = backend.conv_kernels
+    return _full_width(backend) and (kernels.cpu_vendor, kernels.cpu_family) in DIRECT_FAVOURED_CPUS
 
 
 def _winograd(backend, plan, n_in, n_out, out_hw) -> bool:
@@ -1149,16 +1163,15 @@ def _winograd_tiles(geometry):
 
 #: fewest input channels (the GEMM depth) from which _tile_run's GEMMs run on the pointwise
 #: kernel's blocks (tile_gemm) instead of np.matmul, on AVX-512: measured to win with 64 and 128,
-#: lost with 32 on Zen 4 (docs/numpy.md); DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH on Zen 5
+#: lost with 32 on Zen 4 (docs/numpy.md); FULL_WIDTH_TILE_GEMM_MIN_DEPTH on FULL_WIDTH_CPUS
 TILE_GEMM_MIN_DEPTH = 64
 
 
 def _tile_gemm(backend, depths, n_in) -> bool:
     """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
     position of depth n_in (``depths`` all 1), or the phase Winograd's S2_DEPTHS (on s2_gemm), at
-    least TILE_GEMM_MIN_DEPTH of them (DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH where
-    _direct_favoured), on AVX-512 (``isa`` 2), where the register blocks were measured to win (on
-    AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on
+    least TILE_GEMM_MIN_DEPTH of them (FULL_WIDTH_TILE_GEMM_MIN_DEPTH where _full_width), on
+    AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on
     them from S2_TILE_GEMM_MIN_DEPTH there, whole in one call); only where BLAS's threads can be
     limited (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
     np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
@@ -1168,7 +1181,7 @@ def _tile_gemm(backend, depths, n_in) -> bool:
         return False
     if s2 and isa in S2_TILE_GEMM_MIN_DEPTH:
         return n_in >= S2_TILE_GEMM_MIN_DEPTH[isa]
-    deep = DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH if _direct_favoured(backend) else TILE_GEMM_MIN_DEPTH
+    deep = FULL_WIDTH_TILE_GEMM_MIN_DEPTH if _full_width(backend) else TILE_GEMM_MIN_DEPTH
     return isa == 2 and (set(depths) == {1} or s2) and n_in >= deep
 
 
@@ -1358,10 +1371,10 @@ def _wg_filter(backend, w_shape, dilation, groups, out_hw) -> bool:
     called where the direct kernel applies: stride 1, padding >= 0): 5x5 taps, undilated,
     ungrouped, WG_MIN_CHANNELS[5] each side, an output plane of WG_MIN_PLANE (WG_FILTER_MIN_PLANE
     with fewer than WG_FILTER_WIDE channels on a side), and only where
-    _direct_favoured (AMD Zen 5 with the AVX-512 build: its GEMMs on tile_gemm), the one CPU kind
-    where it was measured against the direct kernel (docs/numpy.md, session 34); other kinds
-    keep the direct kernel."""
-    return _direct_favoured(backend) and tuple(w_shape[2:]) == (5, 5) and groups == 1 \
+    _full_width (AMD Zen 5 and Intel's AVX-512 Xeons with the AVX-512 build: its GEMMs on
+    tile_gemm), the CPU kinds where it was measured against the direct kernel (docs/numpy.md,
+    sessions 34 and 43); other kinds keep the direct kernel."""
+    return _full_width(backend) and tuple(w_shape[2:]) == (5, 5) and groups == 1 \
         and tuple(dilation) == (1, 1) and min(w_shape[:2]) >= WG_MIN_CHANNELS[5] \
         and out_hw[0] * out_hw[1] >= (WG_MIN_PLANE if min(w_shape[:2]) >= WG_FILTER_WIDE else WG_FILTER_MIN_PLANE)
 
@@ -1471,13 +1484,13 @@ def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
     """Whether Winograd F(m x m, r x r) (WG_TILE) computes this stride-1 conv (called where the
     direct kernel applies): a square kernel in WG_TILE, undilated, ungrouped,
     WG_MIN_CHANNELS each side, on AVX2 or AVX-512 (``isa`` >= 1), where it was measured
-    (docs/numpy.md); where _direct_favoured, only with its GEMMs on tile_gemm (_tile_gemm).
+    (docs/numpy.md); where _full_width, only with its GEMMs on tile_gemm (_tile_gemm).
     Where it applies it goes before F(2x2, 3x3) (_winograd), which keeps the dilated 3x3 convs."""
     if not (backend.conv_kernels.isa >= 1 and plan.kh == plan.kw and plan.kh in WG_TILE and plan.groups == 1
             and tuple(plan.dilation) == (1, 1) and min(n_in, n_out) >= WG_MIN_CHANNELS[plan.kh]
             and out_hw[0] * out_hw[1] >= WG_MIN_PLANE):
         return False
-    if _direct_favoured(backend):
+    if _full_width(backend):
         return _tile_gemm(backend, (1,), n_in)
     return True
 

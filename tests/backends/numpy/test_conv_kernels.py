@@ -737,8 +737,8 @@ def test_tile_gemm_refuses_what_it_does_not_compute():
 @needs_kernels
 def test_tile_gemm_only_on_avx512_for_deep_uniform_products_where_blas_threads_can_be_limited(monkeypatch):
     """_tile_run's GEMMs run on tile_gemm (F(2x2, 2x2)'s mixed depths on s2_gemm) on AVX-512 with
-    TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won on Zen 4; on Zen 5 from
-    DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH), never for other mixed depths, on AVX2 or the baseline,
+    TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won on Zen 4; on Zen 5 and Intel's AVX-512
+    Xeons from FULL_WIDTH_TILE_GEMM_MIN_DEPTH), never for other mixed depths, on AVX2 or the baseline,
     or where BLAS threads cannot be limited (np.matmul then runs on all of them)."""
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
@@ -754,10 +754,14 @@ def test_tile_gemm_only_on_avx512_for_deep_uniform_products_where_blas_threads_c
     assert applies(backend, numpy_spatial.S2_DEPTHS, deep)
     assert not applies(backend, numpy_spatial.S2_DEPTHS, 32)
     assert not applies(backend, (1, 2) * 8, deep)
-    monkeypatch.setattr(kernels, "cpu_family", 0x1A)  # Zen 5
-    zen5 = numpy_spatial.DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH
-    assert zen5 < deep and applies(backend, wino, zen5) and applies(backend, (1,) * 36, zen5)
-    assert not applies(backend, wino, zen5 - 1)
+    full = numpy_spatial.FULL_WIDTH_TILE_GEMM_MIN_DEPTH
+    for vendor, family in [("AuthenticAMD", 0x1A), ("GenuineIntel", 6)]:  # Zen 5, Intel's AVX-512 Xeons
+        monkeypatch.setattr(kernels, "cpu_vendor", vendor)
+        monkeypatch.setattr(kernels, "cpu_family", family)
+        assert full < deep and applies(backend, wino, full) and applies(backend, (1,) * 36, full)
+        assert applies(backend, numpy_spatial.S2_DEPTHS, full)  # the ResNet's 32 -> 64 stride-2 forward
+        assert not applies(backend, wino, full - 1)
+    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x19)
     for isa in (0, 1):
         monkeypatch.setattr(kernels, "isa", isa)
@@ -781,7 +785,7 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, kernel, kernel))
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1)
-    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1)
+    monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_TILE_GEMM_MIN_DEPTH", 1)
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 1)  # batch 1: one chunk
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
@@ -829,7 +833,8 @@ def test_tile_run_gemms_on_blas_match_the_fallback(kernel, stride, depths, entry
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, kernel, kernel))
     monkeypatch.setattr(kernels, "isa", 2)  # the rules of every path here; the C kernels are the CPU's
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 << 30)  # never tile_gemm / s2_gemm
-    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1 << 30)
+    monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_TILE_GEMM_MIN_DEPTH", 1 << 30)
+    monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_CPUS", set())
     monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 1)  # a chunk per sample, dealt to the lanes
     monkeypatch.setattr(numpy_spatial, "WG_TILES", 1)
@@ -926,6 +931,11 @@ def test_zen5_runs_f2x2_3x3_only_on_64_channels_summed_over_with_avx512(monkeypa
                                   (64, 16, 16, False)]:
         plan = numpy_spatial._ConvPlan((8, n_in, hw, hw), (n_out, n_in, 3, 3), (hw, hw), (1, 1), (1, 1), (1, 1), 1)
         assert numpy_spatial._winograd(backend, plan, n_in, n_out, (hw, hw)) == wins
+    # Intel's AVX-512 Xeons, full width too, take F(2x2, 3x3) from 32 channels (session 43)
+    monkeypatch.setattr(kernels, "cpu_vendor", "GenuineIntel")
+    monkeypatch.setattr(kernels, "cpu_family", 6)
+    plan = numpy_spatial._ConvPlan((8, 32, 16, 16), (64, 32, 3, 3), (16, 16), (1, 1), (1, 1), (1, 1), 1)
+    assert numpy_spatial._winograd(backend, plan, 32, 64, (16, 16))
 
 
 @needs_kernels
@@ -991,6 +1001,8 @@ def test_winograd_mxm_only_for_undilated_ungrouped_wide_layers(monkeypatch):
     assert not applies(backend, plan(32, 32, 32, k=3), 32, 32, (32, 32))
     assert not applies(backend, plan(64, 64, 32, k=3, dilation=2), 64, 64, (32, 32))
     monkeypatch.setattr(kernels, "isa", 2)  # AVX-512 too (measured on Zen 4 and Sapphire Rapids)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)  # Intel's on tile_gemm, which needs
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)  # BLAS's threads limited
     for kind in [("AuthenticAMD", 0x19), ("GenuineIntel", 6)]:
         monkeypatch.setattr(kernels, "cpu_vendor", kind[0])
         monkeypatch.setattr(kernels, "cpu_family", kind[1])
@@ -1000,15 +1012,16 @@ def test_winograd_mxm_only_for_undilated_ungrouped_wide_layers(monkeypatch):
 
 
 @needs_kernels
-def test_zen5_runs_5x5_layers_as_f2x2_5x5_with_avx512_only_on_tile_gemm(monkeypatch):
-    """AMD Zen 5 (family 0x1A): the direct kernel's AVX-512 build beat F(2x2, 5x5) with its GEMMs
-    on BLAS and lost to it with them on tile_gemm (docs/numpy.md): a batch of one sample (one
-    chunk, two lanes) takes F(2x2, 5x5) too, its GEMMs on tile_gemm, but where BLAS's threads
-    cannot be limited it runs direct; its AVX2 build runs F(2x2, 5x5) as elsewhere; 3x3 layers
-    keep F(2x2, 3x3)."""
+@pytest.mark.parametrize("kind", [("AuthenticAMD", 0x1A), ("GenuineIntel", 6)], ids=["zen5", "intel"])
+def test_full_width_kinds_run_5x5_layers_as_f2x2_5x5_with_avx512_only_on_tile_gemm(monkeypatch, kind):
+    """AMD Zen 5 (family 0x1A) and Intel's AVX-512 Xeons (FULL_WIDTH_CPUS): the direct kernel's
+    AVX-512 build beat F(2x2, 5x5) with its GEMMs on BLAS and lost to it with them on tile_gemm
+    on Zen 5 (docs/numpy.md): a batch of one sample (one chunk, two lanes) takes F(2x2, 5x5) too,
+    its GEMMs on tile_gemm, but where BLAS's threads cannot be limited it runs direct; its AVX2
+    build runs F(2x2, 5x5) as elsewhere; 3x3 layers keep F(2x2, 3x3)."""
     backend = jp.backend("numpy")
-    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
-    monkeypatch.setattr(kernels, "cpu_family", 0x1A)
+    monkeypatch.setattr(kernels, "cpu_vendor", kind[0])
+    monkeypatch.setattr(kernels, "cpu_family", kind[1])
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
     picked = []
@@ -1408,7 +1421,7 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, gemm, monkeyp
     monkeypatch.setattr(kernels, "isa", isa)
     depth = 1 if gemm == "tile_conv" else 1 << 30
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", depth)
-    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", depth)
+    monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_TILE_GEMM_MIN_DEPTH", depth)
     monkeypatch.setattr(numpy_spatial, "S2_TILE_GEMM_MIN_DEPTH", {1: depth})
     blocked = []
     tile_conv = kernels.tile_conv
@@ -1521,7 +1534,7 @@ def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkey
     family = case.split("-")[0]
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: lanes)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: lanes)
-    for rule in ("TILE_GEMM_MIN_DEPTH", "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH"):
+    for rule in ("TILE_GEMM_MIN_DEPTH", "FULL_WIDTH_TILE_GEMM_MIN_DEPTH"):
         monkeypatch.setattr(numpy_spatial, rule, 1)
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", {1: 1, 2: 1})
@@ -1532,6 +1545,7 @@ def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkey
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 70)  # 64 tiles a sample: one a chunk
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_CPUS", set())
     monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())
     monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
     rng = np.random.default_rng(8)
@@ -2027,7 +2041,7 @@ def test_stride_2_input_gradient_matches_the_reference(shape, gemm, monkeypatch)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "S2_DATA_TILES", -(-h // 4) * -(-w_ // 4) * 2 - 1)  # one sample a chunk
     monkeypatch.setattr(numpy_spatial, "TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
-    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
+    monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_TILE_GEMM_MIN_DEPTH", 1 if gemm == "tile_gemm" else 1 << 30)
     blocked, picked = [], []
     tile_conv, original = kernels.tile_conv, numpy_spatial._s2_backward_data
     monkeypatch.setattr(kernels, "tile_conv", lambda *a: (blocked.append(a[0]), tile_conv(*a))[1])
@@ -2365,12 +2379,15 @@ def test_5x5_weight_gradient_as_winograd_matches_a_float64_reference(shape, dtyp
 
 
 @needs_kernels
-def test_5x5_weight_gradient_as_winograd_only_on_zen5_avx512(monkeypatch):
-    """F(5x5, 2x2) for the weight gradient only where _direct_favoured (AMD Zen 5, AVX-512; the one
-    kind measured): 5x5, undilated, ungrouped, 32 channels each side on 32x32 output planes, 64 on
-    16x16 ones (32 on 16x16 lost to the direct kernel); held to AVX2 and on other kinds the
-    direct kernel as before."""
+@pytest.mark.parametrize("kind", [("AuthenticAMD", 0x1A), ("GenuineIntel", 6)], ids=["zen5", "intel"])
+def test_5x5_weight_gradient_as_winograd_only_on_full_width_kinds_with_avx512(monkeypatch, kind):
+    """F(5x5, 2x2) for the weight gradient only where _full_width (AMD Zen 5 and Intel's AVX-512
+    Xeons with the AVX-512 build, the kinds measured): 5x5, undilated, ungrouped, 32 channels each
+    side on 32x32 output planes, 64 on 16x16 ones (32 on 16x16 lost to the direct kernel on Zen 5);
+    held to AVX2 and on other kinds the direct kernel as before."""
     _zen5_avx512(monkeypatch)
+    monkeypatch.setattr(kernels, "cpu_vendor", kind[0])
+    monkeypatch.setattr(kernels, "cpu_family", kind[1])
     backend = jp.backend("numpy")
     applies = numpy_spatial._wg_filter
     assert applies(backend, (32, 32, 5, 5), (1, 1), 1, (32, 32))
@@ -2385,6 +2402,7 @@ def test_5x5_weight_gradient_as_winograd_only_on_zen5_avx512(monkeypatch):
     monkeypatch.setattr(kernels, "isa", 1)
     assert not applies(backend, (32, 32, 5, 5), (1, 1), 1, (32, 32))
     monkeypatch.setattr(kernels, "isa", 2)
+    monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x19)
     assert not applies(backend, (32, 32, 5, 5), (1, 1), 1, (32, 32))
 
