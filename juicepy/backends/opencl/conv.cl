@@ -446,7 +446,7 @@ void name(__global const float *restrict x, const int x_off, const int C, const 
                 __global const float *xr = xc + h * Wd; \
                 _Pragma("unroll") for (int kx = 0; kx < K; ++kx) { \
                     const float16 wv = vload16(0, wc + (ky * K + kx) * O); \
-                    _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] = fma((float16)(xr[j + kx]), wv, a[j]); \
+                    _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] += (float16)(xr[j + kx]) * wv; \
                 } \
                 continue; \
             } \
@@ -457,7 +457,7 @@ void name(__global const float *restrict x, const int x_off, const int C, const 
             } \
             _Pragma("unroll") for (int kx = 0; kx < K; ++kx) { \
                 const float16 wv = vload16(0, wc + (ky * K + kx) * O); \
-                _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] = fma((float16)(xr[j + kx]), wv, a[j]); \
+                _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] += (float16)(xr[j + kx]) * wv; \
             } \
         } \
     } \
