@@ -146,8 +146,9 @@ CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 OLANES_BUILDS = ((10, 5), (10, 3))
 # ...where the device's PoCL is at least this one: PyPI's PoCL 3.0 (LLVM 14) keeps the kernel's
 # accumulators in memory, a load and a store around each multiply-add, and the direct kernel
-# won there (LeNet forward 1.30 against 1.46 ms; PoCL 3.1 0.26 against 0.38 ms for the layer on
-# the same Intel Xeon; docs/opencl.md, session 43); other platforms are not PoCL
+# won there (LeNet forward and step 0.96 of the time; Debian's PoCL 3.1 on the same Intel Xeon
+# ran the layer in 0.26 ms against the direct kernel's 0.38; docs/opencl.md, session 43); other
+# platforms are not PoCL
 OLANES_MIN_POCL = (3, 1)
 
 
