@@ -5,7 +5,6 @@ GPU, else the first device of any kind, skipping devices whose compiler cannot b
 from __future__ import annotations
 
 import os
-import re
 
 from ..base import BackendUnavailable
 
@@ -76,10 +75,3 @@ def pick_device(cl, spec: str | None = None, check=None):
             return d
         refused.append(f"{pi}:{di} {d.platform.name} / {d.name}: {reason}")
     raise BackendUnavailable(f"opencl backend: no usable device ({'; '.join(refused)}); {COMPILER_HINT}")
-
-
-def pocl_version(device) -> tuple[int, int] | None:
-    """(major, minor) of the PoCL that drives ``device`` (from its platform's version, "OpenCL 3.0
-    PoCL 3.1+debian ..."), or None where the platform is not PoCL."""
-    match = re.search(r"PoCL (\d+)\.(\d+)", device.platform.version)
-    return (int(match.group(1)), int(match.group(2))) if match else None

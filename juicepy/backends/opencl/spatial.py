@@ -10,7 +10,6 @@ import numpy as np
 
 from ..base import (channels_inner, check_argmax, check_batch_norm_sums, check_conv_epilogue, check_conv_shapes,
                     check_per_channel, check_pool_shapes, conv_epilogue, scratch)
-from .device import pocl_version
 from .gemm import even_tile
 from .layout import round_up
 
@@ -144,12 +143,6 @@ CONV_ALGORITHMS = ("auto", "direct", "implicit", "gemm", "winograd")
 # GEMM devices a direct forward pass of such rows, stride 1, one group and outputs in runs of 16
 # takes them (LeNet's 6 -> 16 layer; docs/opencl.md, session 33, branch ocl-fwd)
 OLANES_BUILDS = ((10, 5), (10, 3))
-# ...where the device's PoCL is at least this one: PyPI's PoCL 3.0 (LLVM 14) keeps the kernel's
-# accumulators in memory, a load and a store around each multiply-add, and the direct kernel
-# won there (LeNet forward and step 0.96 of the time; Debian's PoCL 3.1 on the same Intel Xeon
-# ran the layer in 0.26 ms against the direct kernel's 0.38; docs/opencl.md, session 43); other
-# platforms are not PoCL
-OLANES_MIN_POCL = (3, 1)
 
 
 def direct_outputs(outputs: int, lanes: int, kernel: int = 0, vectors: int = 0) -> int:
@@ -550,10 +543,8 @@ class SpatialOps(abc.ABC):
         if self._olanes is not None:
             return self._olanes and (geo[8], geo[5]) in OLANES_BUILDS
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
-        pocl = pocl_version(self.device)
         return (self.gemm_variant == "packed" and self._gemm_tiles["VW"] == 16 and groups == 1 and o % 16 == 0
-                and kh == kw and (wo, kh) in OLANES_BUILDS and sh == sw == dh == dw == 1
-                and (pocl is None or pocl >= OLANES_MIN_POCL))
+                and kh == kw and (wo, kh) in OLANES_BUILDS and sh == sw == dh == dw == 1)
 
     def _olanes_forward(self, x, w, y, geo, ws, bias, epilogue):
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo

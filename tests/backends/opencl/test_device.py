@@ -184,15 +184,3 @@ def test_each_real_device_either_builds_kernels_or_is_refused_by_name(device):
         assert reason.startswith("error")
         with pytest.raises(BackendUnavailable, match=f"{device.name!r} cannot build kernels: .*{dev.COMPILER_HINT[:20]}"):
             OpenCLBackend(device)
-
-
-@pytest.mark.parametrize("version, want", [
-    ("OpenCL 3.0 PoCL 3.0-rc2  Linux, Release, RELOC, LLVM 14.0.6, SLEEF, DISTRO, POCL_DEBUG", (3, 0)),
-    ("OpenCL 3.0 PoCL 3.1+debian  Linux, None+Asserts, RELOC, SPIR, LLVM 15.0.6, SLEEF", (3, 1)),
-    ("OpenCL 3.0 PoCL 12.10 Linux", (12, 10)),
-    ("OpenCL 3.0 CUDA 12.4.131", None)])
-def test_pocl_version_reads_the_platform_version(version, want):
-    """The PoCL major and minor release from the device's platform version string (the pip
-    wheel's and Debian's as they print them), None for other platforms."""
-    device = types.SimpleNamespace(platform=types.SimpleNamespace(version=version))
-    assert dev.pocl_version(device) == want
