@@ -16,11 +16,30 @@
 // accumulators + 2 B vectors + 1 broadcast: 15 of AVX2's 16 ymm registers; a float16 on AVX2
 // is two ymm registers, so the 12 x 32 kernel would spill half its accumulators).
 // (Wide vector builtins such as vload16/fma are out-of-line calls in PoCL, hence plain
-// vector pointers and a * b + c, which contracts to FMA.)
+// vector pointers and a * b + c, which contracts to FMA; the ReLUs as vector conditionals, not
+// select.)
 
 #ifndef VW
 #define VW 16
 #endif
+// vector loads and stores at any float offset, by address space (G global, L local, P
+// private), instead of vloadN/vstoreN: PyPI's PoCL 3.0 leaves those as calls where its LLVM
+// names the CPU apart from its kernel library's variant (an AVX-512 Xeon under KVM read as
+// rocketlake), and each call spills the vector registers live across it (docs/opencl.md,
+// session 43)
+typedef float4 float4_any __attribute__((aligned(4)));
+typedef float8 float8_any __attribute__((aligned(4)));
+typedef float16 float16_any __attribute__((aligned(4)));
+#define LOADV(N, S, i, p) (*(S const float##N##_any *)((p) + N * (i)))
+#define STOREV(N, S, v, i, p) (*(S float##N##_any *)((p) + N * (i)) = (v))
+#define LOAD4G(i, p) LOADV(4, __global, i, p)
+#define LOAD8G(i, p) LOADV(8, __global, i, p)
+#define LOAD16G(i, p) LOADV(16, __global, i, p)
+#define LOAD8L(i, p) LOADV(8, __local, i, p)
+#define STORE4G(v, i, p) STOREV(4, __global, v, i, p)
+#define STORE8G(v, i, p) STOREV(8, __global, v, i, p)
+#define STORE4P(v, i, p) STOREV(4, __private, v, i, p)
+#define STORE8P(v, i, p) STOREV(8, __private, v, i, p)
 #ifndef BM
 #define BM 96
 #endif
@@ -522,8 +541,8 @@ typedef floatv floatv_ua __attribute__((aligned(4)));
     if (epi) { \
         if (epi & 1) { __global const floatv_ua *q_ = (__global const floatv_ua *)(res + r_off + at_); \
                        v0_ += q_[0]; v1_ += q_[1]; } \
-        if (epi & 2) { v0_ = select(v0_, (floatv)(0.0f), v0_ < (floatv)(0.0f)); \
-                       v1_ = select(v1_, (floatv)(0.0f), v1_ < (floatv)(0.0f)); } \
+        if (epi & 2) { v0_ = v0_ < (floatv)(0.0f) ? (floatv)(0.0f) : v0_; \
+                       v1_ = v1_ < (floatv)(0.0f) ? (floatv)(0.0f) : v1_; } \
     } else if (beta != 0.0f) { v0_ += beta * d_[0]; v1_ += beta * d_[1]; } \
     d_[0] = v0_; d_[1] = v1_; }
 #define MICRO_TILES_TO_Y(a_base, a_step, b_base, b_step, a_panels, b_panels, kc) { \
@@ -1066,7 +1085,7 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 inline float wino_relu1(const float v, const int relu) { return relu && v < 0.0f ? 0.0f : v; }
 inline float8 wino_relu8(const float8 v, const int relu)
 {
-    return relu ? select(v, (float8)(0.0f), v < (float8)(0.0f)) : v;
+    return relu ? (v < (float8)(0.0f) ? (float8)(0.0f) : v) : v;
 }
 // row i of output channel o's 2x2 outputs of tile j, its sums transformed back into v0 v1,
 // stored (or added, when acc) plus bo (conv2d's bias, folded in: no add_bias pass)
@@ -1096,13 +1115,13 @@ inline float8 wino_relu8(const float8 v, const int relu)
 // and odd floats (dw 1) or pairs of floats (dw 2) of the 16 from row + q dw. float8 halves: a
 // float16 is split across calls without AVX-512 (programs.py)
 #define WINOGRAD_PAIR(row, q, t0_, t1_) { \
-        const float8 lo = vload8(0, (row) + (q) * dw), hi = vload8(0, (row) + (q) * dw + 8); \
+        const float8 lo = LOAD8G(0, (row) + (q) * dw), hi = LOAD8G(0, (row) + (q) * dw + 8); \
         if (dw == 1) { t0_ = (float8)(lo.even, hi.even); t1_ = (float8)(lo.odd, hi.odd); } \
         else { t0_ = (float8)(lo.s01, lo.s45, hi.s01, hi.s45); t1_ = (float8)(lo.s23, lo.s67, hi.s23, hi.s67); } }
 // taps q and q + 1 (q even) of two runs of 4 undilated tiles from rows ra and rb (each run's first
 // patch row): the even and odd floats of the 8 from each row + q
 #define WINOGRAD_PAIR4(ra, rb, q, t0_, t1_) { \
-        const float8 a_ = vload8(0, (ra) + (q)), b_ = vload8(0, (rb) + (q)); \
+        const float8 a_ = LOAD8G(0, (ra) + (q)), b_ = LOAD8G(0, (rb) + (q)); \
         t0_ = (float8)(a_.even, b_.even); t1_ = (float8)(a_.odd, b_.odd); }
 // a run's outputs in output row yr from its first tile's column: per tile v0 there and v1 dw
 // further, i.e. 16 floats with v0's and v1's lanes interleaved one by one (dw 1) or in pairs (dw 2)
@@ -1115,13 +1134,13 @@ inline float8 wino_relu8(const float8 v, const int relu)
             lo = (float8)(v0.s01, v1.s01, v0.s23, v1.s23); \
             hi = (float8)(v0.s45, v1.s45, v0.s67, v1.s67); \
         } \
-        vstore8(acc ? vload8(0, yr) + lo : lo, 0, yr); \
-        vstore8(acc ? vload8(1, yr) + hi : hi, 1, yr); }
+        STORE8G(acc ? LOAD8G(0, yr) + lo : lo, 0, yr); \
+        STORE8G(acc ? LOAD8G(1, yr) + hi : hi, 1, yr); }
 // a run of 4 undilated tiles' outputs in output row yr from its first tile's column: v0's and v1's
 // lanes interleaved
 #define WINOGRAD_STORE4(yr, v0, v1) { \
         const float8 s_ = (float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3); \
-        vstore8(acc ? vload8(0, yr) + s_ : s_, 0, yr); }
+        STORE8G(acc ? LOAD8G(0, yr) + s_ : s_, 0, yr); }
 // the separable transforms' passes: B^T d column q, then (B^T d) B row r; A^T m row i
 #define COL_IN(r) d[r][q]
 #define COL_OUT(r) e[r][q]
@@ -1346,18 +1365,18 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
         float8 v0 = (float8)(0.0f), v1 = v0, v2 = v0, v3 = v0, v4 = v0; \
         if (h_ >= 0 && h_ < H) { \
             __global const float *s_ = (src) + (size_t)h_ * W + (left) + 1; \
-            const float16 a = vload16(0, s_), b = vload16(1, s_); \
+            const float16 a = LOAD16G(0, s_), b = LOAD16G(1, s_); \
             v1 = (float8)(a.s0, a.s4, a.s8, a.sc, b.s0, b.s4, b.s8, b.sc); \
             v2 = (float8)(a.s1, a.s5, a.s9, a.sd, b.s1, b.s5, b.s9, b.sd); \
             v3 = (float8)(a.s2, a.s6, a.sa, a.se, b.s2, b.s6, b.sa, b.se); \
             v4 = (float8)(a.s3, a.s7, a.sb, a.sf, b.s3, b.s7, b.sb, b.sf); \
             v0 = (float8)((left) >= 0 ? s_[-1] : 0.0f, v4.s012, v4.s3456); \
         } \
-        vstore8(v0, 0, (zs) + (r * 5) * VW); \
-        vstore8(v1, 0, (zs) + (r * 5 + 1) * VW); \
-        vstore8(v2, 0, (zs) + (r * 5 + 2) * VW); \
-        vstore8(v3, 0, (zs) + (r * 5 + 3) * VW); \
-        vstore8(v4, 0, (zs) + (r * 5 + 4) * VW); \
+        STORE8P(v0, 0, (zs) + (r * 5) * VW); \
+        STORE8P(v1, 0, (zs) + (r * 5 + 1) * VW); \
+        STORE8P(v2, 0, (zs) + (r * 5 + 2) * VW); \
+        STORE8P(v3, 0, (zs) + (r * 5 + 3) * VW); \
+        STORE8P(v4, 0, (zs) + (r * 5 + 4) * VW); \
     } }
 // S2_RUN_GATHER for a run of 4 tiles (columns left + 1 to left + 16 inside the plane's rows) into
 // lanes 0-3: one float16 load a patch row. Rows of 4 tiles are the ResNet's 16x16 inputs (its
@@ -1369,18 +1388,18 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
         float4 v0 = (float4)(0.0f), v1 = v0, v2 = v0, v3 = v0, v4 = v0; \
         if (h_ >= 0 && h_ < H) { \
             __global const float *s_ = (src) + (size_t)h_ * W + (left) + 1; \
-            const float16 a = vload16(0, s_); \
+            const float16 a = LOAD16G(0, s_); \
             v1 = (float4)(a.s0, a.s4, a.s8, a.sc); \
             v2 = (float4)(a.s1, a.s5, a.s9, a.sd); \
             v3 = (float4)(a.s2, a.s6, a.sa, a.se); \
             v4 = (float4)(a.s3, a.s7, a.sb, a.sf); \
             v0 = (float4)((left) >= 0 ? s_[-1] : 0.0f, v4.s012); \
         } \
-        vstore4(v0, 0, (zs) + (r * 5) * VW); \
-        vstore4(v1, 0, (zs) + (r * 5 + 1) * VW); \
-        vstore4(v2, 0, (zs) + (r * 5 + 2) * VW); \
-        vstore4(v3, 0, (zs) + (r * 5 + 3) * VW); \
-        vstore4(v4, 0, (zs) + (r * 5 + 4) * VW); \
+        STORE4P(v0, 0, (zs) + (r * 5) * VW); \
+        STORE4P(v1, 0, (zs) + (r * 5 + 1) * VW); \
+        STORE4P(v2, 0, (zs) + (r * 5 + 2) * VW); \
+        STORE4P(v3, 0, (zs) + (r * 5 + 3) * VW); \
+        STORE4P(v4, 0, (zs) + (r * 5 + 4) * VW); \
     } }
 // the patches of tiles h0 .. h0 + VW - 1 (arrays img, top, left; PLANE(j): tile j's input
 // plane) into their lanes of zs: runs of 8 tiles (h0 + 0, h0 + 8) by S2_RUN_GATHER where they
@@ -1517,8 +1536,8 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
             __local const float *src = mt + o * NR + j0;
             float8 s[3][2];
             for (int p = 0; p < 3; ++p) {
-                const float8 m0 = vload8(0, src + (3 * p) * S2_MXI), m1 = vload8(0, src + (3 * p + 1) * S2_MXI);
-                const float8 m2 = vload8(0, src + (3 * p + 2) * S2_MXI);
+                const float8 m0 = LOAD8L(0, src + (3 * p) * S2_MXI), m1 = LOAD8L(0, src + (3 * p + 1) * S2_MXI);
+                const float8 m2 = LOAD8L(0, src + (3 * p + 2) * S2_MXI);
                 s[p][0] = m0 + m1;
                 s[p][1] = m1 + m2;
             }
@@ -1530,7 +1549,7 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
                     __global float *dst = Y + y_off + ((size_t)img[j0 + h] * M + row0 + o) * Ho * Wo + out_at[j0 + h];
                     for (int i = 0; i < 2; ++i) {
                         const float4 v0 = h ? y[i][0].hi : y[i][0].lo, v1 = h ? y[i][1].hi : y[i][1].lo;
-                        vstore8((float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3), 0, dst + i * Wo);
+                        STORE8G((float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3), 0, dst + i * Wo);
                     }
                 }
                 continue;
@@ -1539,8 +1558,8 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
                 __global float *dst = Y + y_off + ((size_t)img[j0] * M + row0 + o) * Ho * Wo + out_at[j0];
                 for (int i = 0; i < 2; ++i) {
                     const float8 v0 = y[i][0], v1 = y[i][1];
-                    vstore8((float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3), 0, dst + i * Wo);
-                    vstore8((float8)(v0.s4, v1.s4, v0.s5, v1.s5, v0.s6, v1.s6, v0.s7, v1.s7), 1, dst + i * Wo);
+                    STORE8G((float8)(v0.s0, v1.s0, v0.s1, v1.s1, v0.s2, v1.s2, v0.s3, v1.s3), 0, dst + i * Wo);
+                    STORE8G((float8)(v0.s4, v1.s4, v0.s5, v1.s5, v0.s6, v1.s6, v0.s7, v1.s7), 1, dst + i * Wo);
                 }
                 continue;
             }
@@ -1733,7 +1752,7 @@ __kernel void s2_filter_taps(const int C, const int O, const int Z, __global con
             for (int k = 0; k < 4; ++k) {
                 __global const float *r = p + ((size_t)z * 25 + S2_TAP_ROWS[t][k]) * row;
                 if (n == 16) {
-                    s += vload16(0, r);
+                    s += LOAD16G(0, r);
                 } else {
                     float16 v = (float16)(0.0f);
                     float *vs = (float *)&v;
@@ -2019,15 +2038,15 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                             const int h_ = top[j0] + r;
                             float8 z0 = (float8)(0.0f), z1 = z0, z2 = z0;
                             if (h_ >= 0 && h_ < Ho) {
-                                const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo), u1 = vload8(1, s_ + (size_t)h_ * Wo);
+                                const float8 u0 = LOAD8G(0, s_ + (size_t)h_ * Wo), u1 = LOAD8G(1, s_ + (size_t)h_ * Wo);
                                 const float e16 = last ? s_[(size_t)h_ * Wo + 16] : 0.0f;
                                 z0 = (float8)(u0.s0246, u1.s0246);
                                 z1 = (float8)(u0.s1357, u1.s1357);
                                 z2 = (float8)(u0.s246, u1.s0246, e16);
                             }
-                            vstore8(z0, 0, zs + (r * 3) * VW + l0);
-                            vstore8(z1, 0, zs + (r * 3 + 1) * VW + l0);
-                            vstore8(z2, 0, zs + (r * 3 + 2) * VW + l0);
+                            STORE8P(z0, 0, (zs) + (r * 3) * VW + l0);
+                            STORE8P(z1, 0, (zs) + (r * 3 + 1) * VW + l0);
+                            STORE8P(z2, 0, (zs) + (r * 3 + 2) * VW + l0);
                         }
                         continue;
                     }
@@ -2045,14 +2064,14 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                             const int h_ = top[j4] + r;
                             float4 z0 = (float4)(0.0f), z1 = z0, z2 = z0;
                             if (h_ >= 0 && h_ < Ho) {
-                                const float8 u0 = vload8(0, s_ + (size_t)h_ * Wo);
+                                const float8 u0 = LOAD8G(0, s_ + (size_t)h_ * Wo);
                                 z0 = u0.s0246;
                                 z1 = u0.s1357;
                                 z2 = (float4)(u0.s246, last ? s_[(size_t)h_ * Wo + 8] : 0.0f);
                             }
-                            vstore4(z0, 0, zs + (r * 3) * VW + l4);
-                            vstore4(z1, 0, zs + (r * 3 + 1) * VW + l4);
-                            vstore4(z2, 0, zs + (r * 3 + 2) * VW + l4);
+                            STORE4P(z0, 0, (zs) + (r * 3) * VW + l4);
+                            STORE4P(z1, 0, (zs) + (r * 3 + 1) * VW + l4);
+                            STORE4P(z2, 0, (zs) + (r * 3 + 2) * VW + l4);
                         }
                         img4[l4 / 4] = 1;
                     }
@@ -2113,7 +2132,7 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
             float8 s[5][4], y[4][4], o[4];
             for (int a = 0; a < 5; ++a) {
                 float8 v[5];
-                for (int b = 0; b < 5; ++b) v[b] = vload8(0, src + (a * 5 + b) * S2D_MXI);
+                for (int b = 0; b < 5; ++b) v[b] = LOAD8L(0, src + (a * 5 + b) * S2D_MXI);
                 S2D_OUT(o, v[0], v[1], v[2], v[3], v[4], odd_x)
                 for (int j = 0; j < 4; ++j) s[a][j] = o[j];
             }
@@ -2127,8 +2146,8 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
 #define S2D_MIX(a, b) (float8)(y[i][0].a, y[i][1].a, y[i][2].a, y[i][3].a, y[i][0].b, y[i][1].b, y[i][2].b, y[i][3].b)
                     float8 v0 = S2D_MIX(s0, s1), v1 = S2D_MIX(s2, s3), v2 = S2D_MIX(s4, s5), v3 = S2D_MIX(s6, s7);
 #undef S2D_MIX
-                    if (acc) { v0 += vload8(0, d); v1 += vload8(1, d); v2 += vload8(2, d); v3 += vload8(3, d); }
-                    vstore8(v0, 0, d); vstore8(v1, 1, d); vstore8(v2, 2, d); vstore8(v3, 3, d);
+                    if (acc) { v0 += LOAD8G(0, d); v1 += LOAD8G(1, d); v2 += LOAD8G(2, d); v3 += LOAD8G(3, d); }
+                    STORE8G(v0, 0, d); STORE8G(v1, 1, d); STORE8G(v2, 2, d); STORE8G(v3, 3, d);
                 }
                 continue;
             }
@@ -2142,8 +2161,8 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                     for (int i = 0; i < 4; ++i) {
                         float4 v = (float4)(ys[(i * 4) * 8 + l], ys[(i * 4 + 1) * 8 + l], ys[(i * 4 + 2) * 8 + l],
                                             ys[(i * 4 + 3) * 8 + l]);
-                        if (acc) v += vload4(0, d + i * W);
-                        vstore4(v, 0, d + i * W);
+                        if (acc) v += LOAD4G(0, d + i * W);
+                        STORE4G(v, 0, d + i * W);
                     }
                     continue;
                 }
