@@ -97,6 +97,16 @@ typedef VTYPE(VEC) floatv;
 #endif
 // a vector type aligned like a float: one unaligned vector load or store
 typedef floatv floatv_u __attribute__((aligned(4)));
+// the same for fixed widths, in place of vloadn/vstoren: PyPI's PoCL 3.0 leaves those (and
+// select, isgreater, isnan) as calls where its LLVM names the CPU apart from its kernel
+// library's variant (an AVX-512 Xeon under KVM read as rocketlake), each call spilling the
+// vector registers live across it (docs/opencl.md, session 43)
+typedef float4 float4_u __attribute__((aligned(4)));
+typedef float8 float8_u __attribute__((aligned(4)));
+typedef float16 float16_u __attribute__((aligned(4)));
+typedef int4 int4_u __attribute__((aligned(4)));
+typedef int8 int8_u __attribute__((aligned(4)));
+typedef int16 int16_u __attribute__((aligned(4)));
 #define LOAD_UNIT(p) (*(__global const floatv_u *)(p))
 
 // Zero-padded planes: dst[plane][r][q] = src[plane][r - top][q - left] inside src, else 0
@@ -257,7 +267,7 @@ inline void store_tail(__global float *p, const floatv v, const int live)
 inline floatv conv_epilogue(floatv s, __global const float *r, const int live, const int epi)
 {
     if (epi & EPI_RESIDUAL) s += live >= VEC ? LOAD_UNIT(r) : tail_of(r, live);
-    if (epi & EPI_RELU) s = select(s, (floatv)(0.0f), s < (floatv)(0.0f));
+    if (epi & EPI_RELU) s = s < (floatv)(0.0f) ? (floatv)(0.0f) : s;   /* not select: a call in PoCL 3.0 */
     return s;
 }
 
@@ -437,7 +447,7 @@ void name(__global const float *restrict x, const int x_off, const int C, const 
 { \
     const int id = get_global_id(0), blocks = O / 16; \
     const int oy = id % Ho, rest = id / Ho, ob = rest % blocks, n = rest / blocks, o0 = ob * 16; \
-    const float16 b = has_bias ? vload16(0, bias + b_off + o0) : (float16)(0.0f); \
+    const float16 b = has_bias ? *(__global const float16_u *)(bias + b_off + o0) : (float16)(0.0f); \
     float16 a[W]; \
     _Pragma("unroll") for (int j = 0; j < W; ++j) a[j] = b; \
     for (int c = 0; c < C; ++c) { \
@@ -470,7 +480,7 @@ void name(__global const float *restrict x, const int x_off, const int C, const 
         float16 s = a[j]; \
         if (epi & EPI_RESIDUAL) \
             for (int l = 0; l < 16; ++l) s[l] += res[r_off + at + l * plane + j]; \
-        if (epi & EPI_RELU) s = select(s, (float16)(0.0f), s < (float16)(0.0f)); \
+        if (epi & EPI_RELU) s = s < (float16)(0.0f) ? (float16)(0.0f) : s; \
         for (int l = 0; l < 16; ++l) y[y_off + at + l * plane + j] = s[l]; \
     } \
 }
@@ -747,8 +757,9 @@ void max_pool_2x2_rows(const int rows, __global const float *x, const int x_off,
 // takes the scalar path. Where a row is narrower than a vector both the one-output-per-work-item
 // kernel (lane positions gathered) and the loop along the row (its vectorised body never runs)
 // spent 2.4-2.8 ns an output. Launched as (N * C * Ho / rows) with rows a multiple of Ho.
-#define POOL_TAKE(m, at, v, idx) { const intPV take_ = isgreater(v, m) | isnan(v); \
-    m = select(m, v, take_); at = select(at, idx, take_); }
+// (comparisons and vector conditionals, not isgreater/isnan/select: calls in PoCL 3.0, above)
+#define POOL_TAKE(m, at, v, idx) { const intPV take_ = (v > m) | (v != v); \
+    m = take_ ? v : m; at = take_ ? idx : at; }
 #define POOL_VEC_KERNEL(NAME, PV, LOAD_ROW, LANES2) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void NAME(const int rows, __global const float *x, const int x_off, const int Ho, const int Wo, \
@@ -770,8 +781,8 @@ void NAME(const int rows, __global const float *x, const int x_off, const int Ho
         POOL_TAKE(m, at, v1, top + 1) \
         POOL_TAKE(m, at, v2, top + W) \
         POOL_TAKE(m, at, v3, top + W + 1) \
-        vstore##PV(m, 0, out + o_off + (size_t)r * Wo); \
-        vstore##PV(at, 0, argmax + a_off + (size_t)r * Wo); \
+        *(__global float##PV##_u *)(out + o_off + (size_t)r * Wo) = m; \
+        *(__global int##PV##_u *)(argmax + a_off + (size_t)r * Wo) = at; \
         oh = oh + 1 == Ho ? 0 : oh + 1; \
     } \
     const int r = r0 + rows - 1; \
@@ -782,9 +793,10 @@ void NAME(const int rows, __global const float *x, const int x_off, const int Ho
         argmax[a_off + (size_t)r * Wo + ow] = w; \
     } \
 }
-#define POOL_ROW4(p, e, o) { const float8 t_ = vload8(0, p); e = t_.even; o = t_.odd; }
-#define POOL_ROW8(p, e, o) { const float16 t_ = vload16(0, p); e = t_.even; o = t_.odd; }
-#define POOL_ROW16(p, e, o) { const float16 a_ = vload16(0, p), b_ = vload16(0, (p) + 16); \
+#define POOL_ROW4(p, e, o) { const float8 t_ = *(__global const float8_u *)(p); e = t_.even; o = t_.odd; }
+#define POOL_ROW8(p, e, o) { const float16 t_ = *(__global const float16_u *)(p); e = t_.even; o = t_.odd; }
+#define POOL_ROW16(p, e, o) { const float16 a_ = *(__global const float16_u *)(p), \
+                                            b_ = *(__global const float16_u *)((p) + 16); \
     e = (float16)(a_.even, b_.even); o = (float16)(a_.odd, b_.odd); }
 POOL_VEC_KERNEL(max_pool_2x2_v4, 4, POOL_ROW4, (int4)(0, 2, 4, 6))
 POOL_VEC_KERNEL(max_pool_2x2_v8, 8, POOL_ROW8, (int8)(0, 2, 4, 6, 8, 10, 12, 14))
@@ -1024,7 +1036,7 @@ __kernel void s2_weights(const int K, __global const float *restrict w, const in
     const float16 v01[3] = {g[1], g[1] + g[7], g[7]}, v10[3] = {g[3], g[3] + g[5], g[5]};
 #define S2W_STORE(v, at) { \
         __global float *r_ = row + (at) * at_step; \
-        if (mr == 12) { vstore8((v).lo, 0, r_); vstore4((v).s89ab, 0, r_ + 8); } \
+        if (mr == 12) { *(__global float8_u *)r_ = (v).lo; *(__global float4_u *)(r_ + 8) = (v).s89ab; } \
         else { const float *vs_ = (const float *)&(v); for (int l = 0; l < mr; ++l) r_[l] = vs_[l]; } }
     for (int p = 0; p < 3; ++p)
         for (int q = 0; q < 3; ++q) {

@@ -232,10 +232,13 @@ __kernel void sgd_step(const int n, __global float *param, const int p_off,
 
 #define LD1(a, off) (a)[(off) + i]
 #define ST1(value, a, off) (a)[(off) + i] = (value)
-#define LD16(a, off) vload16(i, (a) + (off))
-#define ST16(value, a, off) vstore16((value), i, (a) + (off))
+// float16 loads and stores at any float offset, in place of vload16/vstore16 (calls in PoCL 3.0
+// where its LLVM names the CPU apart from its kernel library's variant: docs/opencl.md, session 43)
+typedef float16 float16_u __attribute__((aligned(4)));
+#define LD16(a, off) (*(__global const float16_u *)((a) + (off) + 16 * i))
+#define ST16(value, a, off) (*(__global float16_u *)((a) + (off) + 16 * i) = (value))
 // NaN in v stays, as MAX_NAN
-#define MAX_NAN16(v, x) select((v), (x), isless((v), (x)))
+#define MAX_NAN16(v, x) ((v) < (x) ? (x) : (v))
 
 __kernel void adam_step(ADAM_ARGS)
 {

@@ -68,8 +68,9 @@ inline float plane_dot_xhat(__global const float *g, __global const float *p, co
 // the same sums of dy taken back through the ReLU whose output is r (relu_bwd's dy * 0 where
 // r <= 0, so a non-finite dy there stays NaN as in the unfused ops)
 #define RELU_DY(g, r, i) ((r)[i] > 0.0f ? (g)[i] : (g)[i] * 0.0f)
-// the same through L: select's third operand is -1 (take the second) where r > 0
-#define RELU_DY_AT(L, g, r, i) select(L(g, i) * 0.0f, L(g, i), L(r, i) > 0.0f)
+// the same through L, scalar or vector (a conditional, not select: a call in PyPI's PoCL 3.0
+// where its LLVM names the CPU apart from its kernel library's variant; docs/opencl.md, session 43)
+#define RELU_DY_AT(L, g, r, i) (L(r, i) > 0.0f ? L(g, i) : L(g, i) * 0.0f)
 inline float plane_sum_relu(__global const float *p, __global const float *r, const int n)
 {
 #define TERM_XR(L, i) RELU_DY_AT(L, p, r, i)
