@@ -59,7 +59,10 @@ class CudaBackend(SpatialOps, Backend):
         self.device.use()
         self.sm_count = int(self.device.attributes["MultiProcessorCount"])
         self._kernels: dict = {}
-        self._lock = threading.Lock()
+        # one lock for building a dtype's kernel set, another for all_finite's flag: with one,
+        # all_finite (holding it) deadlocked on the first launch of a dtype not built yet
+        self._kernels_lock = threading.Lock()
+        self._flag_lock = threading.Lock()
         try:
             self._kernel_set(np.float32).compile()
             self._zero_shift = cupy.zeros((1,), np.int64)
@@ -77,7 +80,7 @@ class CudaBackend(SpatialOps, Backend):
         key = np.dtype(dtype)
         ks = self._kernels.get(key)
         if ks is None:
-            with self._lock:
+            with self._kernels_lock:
                 ks = self._kernels.get(key)
                 if ks is None:
                     ks = self._kernels[key] = KernelSet(self._cp, key)
@@ -247,7 +250,7 @@ class CudaBackend(SpatialOps, Backend):
     def all_finite(self, x):
         if x.size == 0:
             return True
-        with self._lock:
+        with self._flag_lock:
             flag = self._finite_flag
             flag.fill(1)
             self._launch(x.dtype, "check_finite", x.size, (x, flag, np.int64(x.size)))

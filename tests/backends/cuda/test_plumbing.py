@@ -6,6 +6,8 @@ through a column-major cuBLAS emulation and are compared with NumPy. On a GPU ma
 tests/backends/test_ops.py checks the results of the kernels themselves.
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -53,6 +55,18 @@ def test_gemm_on_row_blocks_and_shape_errors(standin, rng):
     assert not backend.to_host(out)[[0, 1, 4, 5]].any()
     with pytest.raises(ValueError, match="gemm"):
         backend.gemm(w, w, out)
+
+
+def test_all_finite_as_a_dtypes_first_launch_builds_its_kernels(standin):
+    """all_finite on float64 before any other float64 op (its kernel set not built yet) returns:
+    it held the lock that building a kernel set takes, and deadlocked there."""
+    backend, _ = standin
+    x = backend.zeros((3,), np.float64)
+    result = []
+    worker = threading.Thread(target=lambda: result.append(backend.all_finite(x)), daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive() and result == [True]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
