@@ -27,11 +27,11 @@
 // names the CPU apart from its kernel library's variant (an AVX-512 Xeon under KVM read as
 // rocketlake), and each call spills the vector registers live across it (docs/opencl.md,
 // session 43)
-typedef float4 float4_any __attribute__((aligned(4)));
-typedef float8 float8_any __attribute__((aligned(4)));
-typedef float16 float16_any __attribute__((aligned(4)));
-#define LOADV(N, S, i, p) (*(S const float##N##_any *)((p) + N * (i)))
-#define STOREV(N, S, v, i, p) (*(S float##N##_any *)((p) + N * (i)) = (v))
+typedef float4 float4_u __attribute__((aligned(4)));
+typedef float8 float8_u __attribute__((aligned(4)));
+typedef float16 float16_u __attribute__((aligned(4)));
+#define LOADV(N, S, i, p) (*(S const float##N##_u *)((p) + N * (i)))
+#define STOREV(N, S, v, i, p) (*(S float##N##_u *)((p) + N * (i)) = (v))
 #define LOAD4G(i, p) LOADV(4, __global, i, p)
 #define LOAD8G(i, p) LOADV(8, __global, i, p)
 #define LOAD16G(i, p) LOADV(16, __global, i, p)
@@ -415,8 +415,6 @@ inline int last_inside(const int off, const int s, const int size, const int out
 #define GATHER_STRIDE2 0
 #endif
 #if GATHER_STRIDE2
-typedef float8 float8_u __attribute__((aligned(4)));
-typedef float16 float16_u __attribute__((aligned(4)));
 #define GATHER_STRIDE2_VECTORS \
     if (sw == 2) { \
         const int reach = h + 1 < Hr ? 2 * Wr : Wr;   /* the 16 may run into the plane's next row */ \
