@@ -1078,16 +1078,14 @@ WINOGRAD_MIN_CHANNELS = 32
 #: Winograd's and the phase Winograd's GEMMs run on tile_gemm from FULL_WIDTH_TILE_GEMM_MIN_DEPTH
 #: channels (_tile_gemm), F(2x2, 5x5) runs only where its GEMMs do (on BLAS the direct kernel won
 #: on Zen 5) and its weight gradient as F(5x5, 2x2) (_wg_filter) (docs/numpy.md, sessions 33,
-#: 35 and 43: on the Intel part the ResNet step took 0.87 and the CIFAR CNN's 0.94-0.96 of the
-#: time without these rules, the ResNet's 32 -> 64 stride-2 forward 0.28-0.74)
+#: 35 and 43)
 FULL_WIDTH_CPUS = {("AuthenticAMD", 0x1A), ("GenuineIntel", 6)}
 FULL_WIDTH_TILE_GEMM_MIN_DEPTH = 32
 #: of FULL_WIDTH_CPUS, the kinds whose direct kernel beats Winograd on more layers than
 #: elsewhere: AMD Zen 5, where full width speeds the FMA-bound direct kernel more than the
 #: transforms, so that F(2x2, 3x3) needs DIRECT_FAVOURED_WINOGRAD_MIN_IN channels summed over
 #: (with 32 it won alone but not in the CNN and ResNet; docs/numpy.md, session 35). Not the
-#: Intel part: there F(2x2, 3x3) from 32 channels took 0.87-0.96 of the ResNet's and CIFAR CNN's
-#: step and forward time against 64 (session 43)
+#: Intel part, where F(2x2, 3x3) from 32 channels won in both (session 43)
 DIRECT_FAVOURED_CPUS = {("AuthenticAMD", 0x1A)}
 DIRECT_FAVOURED_WINOGRAD_MIN_IN = 64
 WINOGRAD_MIN_PLANE = 64
@@ -1171,8 +1169,8 @@ def _tile_gemm(backend, depths, n_in) -> bool:
     """Whether _tile_run's GEMMs run on tile_gemm (one call per chunk, all positions): every
     position of depth n_in (``depths`` all 1), or the phase Winograd's S2_DEPTHS (on s2_gemm), at
     least TILE_GEMM_MIN_DEPTH of them (FULL_WIDTH_TILE_GEMM_MIN_DEPTH where _full_width), on
-    AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3 blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on
-    them from S2_TILE_GEMM_MIN_DEPTH there, whole in one call); only where BLAS's threads can be
+    AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3
+    blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on them from S2_TILE_GEMM_MIN_DEPTH there, whole in one call); only where BLAS's threads can be
     limited (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
     np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
     the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""

@@ -424,11 +424,9 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // input value broadcast against a float16 of the 16 channels' tap (the weights laid out
 // [c][ky][kx][o] by conv_olanes_weights); no lane lies past the row. Stride 1, no dilation,
 // one group, K x K taps; launched as (N * O / 16 * Ho): one row per work-item measured faster
-// than whole planes. No builtin in the loop (the taps an aligned float16 load: wt starts on
-// the device's base address alignment, 128 bytes at least, and O and o0 are multiples of 16;
-// the products added): PyPI's PoCL 3.0 left vload16 and fma as calls where LLVM 14 names the CPU apart from
-// its kernel library's variant (an AVX-512 Xeon under KVM read as rocketlake), and every call
-// spilled the accumulators: the layer 1.28 -> 0.18 ms there (docs/opencl.md, session 43).
+// than whole planes. No builtin in the loop (PoCL 3.0's calls, below): the taps an aligned
+// float16 load (wt starts on the device's base address alignment, 128 bytes at least, and O and
+// o0 are multiples of 16), the products added.
 __kernel void conv_olanes_weights(const int taps, const int O, __global const float *restrict w, const int w_off,
                                   __global float *restrict wt)
 {
