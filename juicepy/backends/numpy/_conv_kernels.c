@@ -604,6 +604,19 @@ static Phases make_phases(const Geometry *g, I lanes)
     return p;
 }
 
+/* the largest phase offset of a tap (phase_offsets) */
+static I phase_last(const Geometry *g, const Phases *s)
+{
+    I m = 0;
+    for (I i = 0; i < g->kh; i++)
+        for (I j = 0; j < g->kw; j++) {
+            const I a = i * g->dh, b = j * g->dw;
+            const I o = ((a % g->sh) * g->sw + b % g->sw) * s->phase + a / g->sh * s->wq + b / g->sw;
+            if (o > m) m = o;
+        }
+    return m;
+}
+
 static void phase_offsets(const Geometry *g, const Phases *s, I *offset)
 {
     for (I i = 0; i < g->kh; i++)
@@ -1111,23 +1124,23 @@ static int pointwise_gathered(const Geometry *g, I groups)
 /* room for the sums of the largest block (8 x 3) */
 #define FILTER_MAX_SUMS 32
 
+/* sums[r * NT + u] = the dot product of the vecs vectors of dy plane r (eplane apart from e0)
+ * with those of the input from src + off[u] */
 #define DEFINE_FILTER_BLOCK(NAME, ATTR, T, V, FO, NT, SUMS)                                    \
     ATTR static inline void NAME(const T *restrict src, const T *restrict e0, I eplane, const I *off, \
-                                 I rows, I vecs, I wp, I ew, T *restrict sums)                \
+                                 I vecs, T *restrict sums)                                    \
     {                                                                                          \
         const I lanes = VLANES(V, T);                                                         \
         V a[FO * NT];                                                                         \
         for (int k = 0; k < FO * NT; k++) a[k] = (V){0};                                      \
-        const T *xr = src, *er = e0;                                                          \
-        for (I row = 0; row < rows; row++, xr += wp, er += ew)                                \
-            for (I b = 0; b < vecs * lanes; b += lanes) {                                     \
-                V xv[NT];                                                                     \
-                for (int u = 0; u < NT; u++) xv[u] = LOADV(V, xr + b + off[u]);               \
-                for (int r = 0; r < FO; r++) {                                                \
-                    const V ev = LOADV(V, er + r * eplane + b);                               \
-                    for (int u = 0; u < NT; u++) a[r * NT + u] += ev * xv[u];                 \
-                }                                                                             \
+        for (I b = 0; b < vecs * lanes; b += lanes) {                                         \
+            V xv[NT];                                                                         \
+            for (int u = 0; u < NT; u++) xv[u] = LOADV(V, src + b + off[u]);                  \
+            for (int r = 0; r < FO; r++) {                                                    \
+                const V ev = LOADV(V, e0 + r * eplane + b);                                   \
+                for (int u = 0; u < NT; u++) a[r * NT + u] += ev * xv[u];                     \
             }                                                                                 \
+        }                                                                                     \
         SUMS(T, V, a, FO * NT, sums)                                                          \
     }
 
@@ -1151,7 +1164,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
                 const I o0 = ob + FO <= o ? ob : o - FO;                                          \
                 for (I cb = 0; cb < c; cb += FT) {                                                \
                     for (int u = 0; u < FT; u++) off[u] = (cb + u < c ? cb + u : c - 1) * hw;      \
-                    BLOCK(xn, dn + o0 * hw, hw, off, 1, vecs, 0, 0, sums);                        \
+                    BLOCK(xn, dn + o0 * hw, hw, off, vecs, sums);                        \
                     for (I r = ob - o0; r < FO; r++)                                              \
                         for (I u = 0; u < FT && cb + u < c; u++) {                                \
                             const T *dr = dn + (o0 + r) * hw, *xr = xn + off[u];                  \
@@ -1186,12 +1199,16 @@ static int pointwise_gathered(const Geometry *g, I groups)
         const int strided = g->sh > 1 || g->sw > 1;                                           \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
         const I oblocks = (og + FO - 1) / FO, pairs = cg * taps, whole = taps / FT * FT;      \
-        const I vecs = (g->wo + lanes - 1) / lanes, ew = vecs * lanes, eplane = g->ho * ew + lanes; \
-        /* a row's last vector reads up to ew - 1 columns plus the largest tap offset (on phases \
-           at most lanes - 2 past the last phase: make_phases' slack) */                    \
-        const I reach = (g->ho - 1) * s.wp + ew + (g->kh - 1) * g->dh * s.wp + (g->kw - 1) * g->dw; \
+        /* dy's rows are copied wp apart, as the input's rows (or phase rows) are: every tap \
+           then runs as one flat loop over the plane, not a loop per row (whose setup cost    \
+           more than the gap columns' sums: docs/numpy.md); dy is zero in the gaps */        \
+        const I wp = strided ? ph.wq : s.wp;                                                  \
+        const I vecs = (g->ho * wp + lanes - 1) / lanes, eplane = vecs * lanes + lanes;       \
+        /* the last vector reads up to the largest tap offset past the flat plane */         \
+        const I last = strided ? phase_last(g, &ph) : (g->kh - 1) * g->dh * s.wp + (g->kw - 1) * g->dw; \
+        const I reach = last + vecs * lanes;                                                  \
         if (s.buffer < reach) s.buffer = reach;                                               \
-        const I plane = strided ? ph.channel : s.buffer, wp = strided ? ph.wq : s.wp;         \
+        const I plane = strided ? (ph.channel > reach ? ph.channel : reach) : s.buffer;       \
         /* dy's vectors on whole cache lines: a line-split load costs two */                  \
         const I xsize = (cg * plane + 63) / 64 * 64;                                          \
         void *mem = NULL;                                                                     \
@@ -1229,7 +1246,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
                 }                                                                             \
                 for (I j = 0; j < og; j++)                                                    \
                     for (I r = 0; r < g->ho; r++)                                             \
-                        memcpy(grad + j * eplane + r * ew,                                    \
+                        memcpy(grad + j * eplane + r * wp,                                    \
                                dy + ((n * o + gr * og + j) * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
                 /* a block's FO dy planes stay in L1 while every input channel passes by */  \
                 for (I ob = 0; ob < oblocks; ob++)                                            \
@@ -1237,11 +1254,11 @@ static int pointwise_gathered(const Geometry *g, I groups)
                         const I nt = pairs - p < FT ? pairs - p : FT;                         \
                         const T *e0 = grad + ob * FO * eplane;                                \
                         switch (nt) {                                                         \
-                        case 5: NAME##_t5(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
-                        case 4: NAME##_t4(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
-                        case 3: NAME##_t3(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
-                        case 2: NAME##_t2(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); break; \
-                        default: NAME##_t1(buf, e0, eplane, at + p, g->ho, vecs, wp, ew, sums); \
+                        case 5: NAME##_t5(buf, e0, eplane, at + p, vecs, sums); break; \
+                        case 4: NAME##_t4(buf, e0, eplane, at + p, vecs, sums); break; \
+                        case 3: NAME##_t3(buf, e0, eplane, at + p, vecs, sums); break; \
+                        case 2: NAME##_t2(buf, e0, eplane, at + p, vecs, sums); break; \
+                        default: NAME##_t1(buf, e0, eplane, at + p, vecs, sums); \
                         }                                                                     \
                         for (I r = 0; r < FO && ob * FO + r < og; r++)                        \
                             for (I u = 0; u < nt; u++)                                        \
