@@ -95,18 +95,9 @@ typedef VTYPE(VEC) floatv;
 #else
 #error "VEC must be 8 or 16"
 #endif
-// a vector type aligned like a float: one unaligned vector load or store
+// a vector type aligned like a float: one unaligned vector load or store (as vectors.cl's
+// fixed widths)
 typedef floatv floatv_u __attribute__((aligned(4)));
-// the same for fixed widths, in place of vloadn/vstoren: PyPI's PoCL 3.0 leaves those (and
-// select, isgreater, isnan) as calls where its LLVM names the CPU apart from its kernel
-// library's variant (an AVX-512 Xeon under KVM read as rocketlake), each call spilling the
-// vector registers live across it (docs/opencl.md, session 43)
-typedef float4 float4_u __attribute__((aligned(4)));
-typedef float8 float8_u __attribute__((aligned(4)));
-typedef float16 float16_u __attribute__((aligned(4)));
-typedef int4 int4_u __attribute__((aligned(4)));
-typedef int8 int8_u __attribute__((aligned(4)));
-typedef int16 int16_u __attribute__((aligned(4)));
 #define LOAD_UNIT(p) (*(__global const floatv_u *)(p))
 
 // Zero-padded planes: dst[plane][r][q] = src[plane][r - top][q - left] inside src, else 0

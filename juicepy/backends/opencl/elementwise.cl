@@ -232,9 +232,7 @@ __kernel void sgd_step(const int n, __global float *param, const int p_off,
 
 #define LD1(a, off) (a)[(off) + i]
 #define ST1(value, a, off) (a)[(off) + i] = (value)
-// float16 loads and stores at any float offset, in place of vload16/vstore16 (calls in PoCL 3.0
-// where its LLVM names the CPU apart from its kernel library's variant: docs/opencl.md, session 43)
-typedef float16 float16_u __attribute__((aligned(4)));
+// float16 loads and stores at any float offset (vectors.cl's float16_u)
 #define LD16(a, off) (*(__global const float16_u *)((a) + (off) + 16 * i))
 #define ST16(value, a, off) (*(__global float16_u *)((a) + (off) + 16 * i) = (value))
 // NaN in v stays, as MAX_NAN

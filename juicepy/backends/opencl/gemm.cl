@@ -22,14 +22,8 @@
 #ifndef VW
 #define VW 16
 #endif
-// vector loads and stores at any float offset, by address space (G global, L local, P
-// private), instead of vloadN/vstoreN: PyPI's PoCL 3.0 leaves those as calls where its LLVM
-// names the CPU apart from its kernel library's variant (an AVX-512 Xeon under KVM read as
-// rocketlake), and each call spills the vector registers live across it (docs/opencl.md,
-// session 43)
-typedef float4 float4_u __attribute__((aligned(4)));
-typedef float8 float8_u __attribute__((aligned(4)));
-typedef float16 float16_u __attribute__((aligned(4)));
+// vector loads and stores at any float offset (vectors.cl's unaligned types), by address space
+// (G global, L local, P private)
 #define LOADV(N, S, i, p) (*(S const float##N##_u *)((p) + N * (i)))
 #define STOREV(N, S, v, i, p) (*(S float##N##_u *)((p) + N * (i)) = (v))
 #define LOAD4G(i, p) LOADV(4, __global, i, p)
@@ -38,8 +32,14 @@ typedef float16 float16_u __attribute__((aligned(4)));
 #define LOAD8L(i, p) LOADV(8, __local, i, p)
 #define STORE4G(v, i, p) STOREV(4, __global, v, i, p)
 #define STORE8G(v, i, p) STOREV(8, __global, v, i, p)
-#define STORE4P(v, i, p) STOREV(4, __private, v, i, p)
-#define STORE8P(v, i, p) STOREV(8, __private, v, i, p)
+// row r of a run of gathered patches (columns q = 0 .. C - 1, each one vector of N runs' lanes:
+// vq) into zs[(r * C + q) * VW]
+#define STORE_PATCH(N, zs, C, r, q, v) STOREV(N, __private, v, 0, (zs) + ((r) * (C) + (q)) * VW)
+#define STORE_PATCH_ROW3(N, zs, r, v0, v1, v2) { \
+    STORE_PATCH(N, zs, 3, r, 0, v0); STORE_PATCH(N, zs, 3, r, 1, v1); STORE_PATCH(N, zs, 3, r, 2, v2); }
+#define STORE_PATCH_ROW5(N, zs, r, v0, v1, v2, v3, v4) { \
+    STORE_PATCH(N, zs, 5, r, 0, v0); STORE_PATCH(N, zs, 5, r, 1, v1); STORE_PATCH(N, zs, 5, r, 2, v2); \
+    STORE_PATCH(N, zs, 5, r, 3, v3); STORE_PATCH(N, zs, 5, r, 4, v4); }
 #ifndef BM
 #define BM 96
 #endif
@@ -106,6 +106,8 @@ typedef float8 floatv;
 #else
 #error "VW must be 8 or 16"
 #endif
+// unaligned vectors (rows of A and B read in place start anywhere; conv_gemm's stores to Y)
+typedef floatv floatv_u __attribute__((aligned(4)));
 #define NR (2 * VW)
 
 // WIDE_REGS: the micro-kernels' FMAs go through MADV, a function taking vector arguments: clang
@@ -529,15 +531,14 @@ inline int last_inside(const int off, const int s, const int size, const int out
 // conv_gemm's micro-kernel over a tile of one K slice with its sums stored straight into the
 // NCHW output Y (to_y): per row, + bias, then beta * Y, or conv2d's epilogue (as the store
 // after the tile does); rows past M are not stored. Each NR-column panel lies in one image.
-typedef floatv floatv_ua __attribute__((aligned(4)));
 #define Y_ROW(r) if (i * MR + (r) < rows_) { \
     const int o_ = row0 + i * MR + (r); \
     const float b_ = has_bias ? bias[b_off + o_] : 0.0f; \
     const size_t at_ = ((size_t)img_ * O + o_) * pixels + pix_; \
-    __global floatv_ua *d_ = (__global floatv_ua *)(Y + y_off + at_); \
+    __global floatv_u *d_ = (__global floatv_u *)(Y + y_off + at_); \
     floatv v0_ = alpha * c##r##_0 + b_, v1_ = alpha * c##r##_1 + b_; \
     if (epi) { \
-        if (epi & 1) { __global const floatv_ua *q_ = (__global const floatv_ua *)(res + r_off + at_); \
+        if (epi & 1) { __global const floatv_u *q_ = (__global const floatv_u *)(res + r_off + at_); \
                        v0_ += q_[0]; v1_ += q_[1]; } \
         if (epi & 2) { v0_ = v0_ < (floatv)(0.0f) ? (floatv)(0.0f) : v0_; \
                        v1_ = v1_ < (floatv)(0.0f) ? (floatv)(0.0f) : v1_; } \
@@ -795,8 +796,6 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     const int k_begin = tile_z * k_chunk; \
     const int k_end = min(K, k_begin + k_chunk);
 
-// unaligned vectors (rows of A and B read in place start anywhere)
-typedef floatv floatv_u __attribute__((aligned(4)));
 // gemm_nt reads rows in place (NT_DIRECT) in K slices of NT_BK
 #ifndef NT_DIRECT
 #define NT_DIRECT 1
@@ -1370,11 +1369,7 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
             v4 = (float8)(a.s3, a.s7, a.sb, a.sf, b.s3, b.s7, b.sb, b.sf); \
             v0 = (float8)((left) >= 0 ? s_[-1] : 0.0f, v4.s012, v4.s3456); \
         } \
-        STORE8P(v0, 0, (zs) + (r * 5) * VW); \
-        STORE8P(v1, 0, (zs) + (r * 5 + 1) * VW); \
-        STORE8P(v2, 0, (zs) + (r * 5 + 2) * VW); \
-        STORE8P(v3, 0, (zs) + (r * 5 + 3) * VW); \
-        STORE8P(v4, 0, (zs) + (r * 5 + 4) * VW); \
+        STORE_PATCH_ROW5(8, zs, r, v0, v1, v2, v3, v4) \
     } }
 // S2_RUN_GATHER for a run of 4 tiles (columns left + 1 to left + 16 inside the plane's rows) into
 // lanes 0-3: one float16 load a patch row. Rows of 4 tiles are the ResNet's 16x16 inputs (its
@@ -1393,11 +1388,7 @@ __constant int s2_first[10] = {0, 4, 6, 10, 12, 13, 15, 19, 21, 25};
             v4 = (float4)(a.s3, a.s7, a.sb, a.sf); \
             v0 = (float4)((left) >= 0 ? s_[-1] : 0.0f, v4.s012); \
         } \
-        STORE4P(v0, 0, (zs) + (r * 5) * VW); \
-        STORE4P(v1, 0, (zs) + (r * 5 + 1) * VW); \
-        STORE4P(v2, 0, (zs) + (r * 5 + 2) * VW); \
-        STORE4P(v3, 0, (zs) + (r * 5 + 3) * VW); \
-        STORE4P(v4, 0, (zs) + (r * 5 + 4) * VW); \
+        STORE_PATCH_ROW5(4, zs, r, v0, v1, v2, v3, v4) \
     } }
 // the patches of tiles h0 .. h0 + VW - 1 (arrays img, top, left; PLANE(j): tile j's input
 // plane) into their lanes of zs: runs of 8 tiles (h0 + 0, h0 + 8) by S2_RUN_GATHER where they
@@ -2042,9 +2033,7 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                                 z1 = (float8)(u0.s1357, u1.s1357);
                                 z2 = (float8)(u0.s246, u1.s0246, e16);
                             }
-                            STORE8P(z0, 0, (zs) + (r * 3) * VW + l0);
-                            STORE8P(z1, 0, (zs) + (r * 3 + 1) * VW + l0);
-                            STORE8P(z2, 0, (zs) + (r * 3 + 2) * VW + l0);
+                            STORE_PATCH_ROW3(8, zs + l0, r, z0, z1, z2)
                         }
                         continue;
                     }
@@ -2067,9 +2056,7 @@ void s2_winograd_data(const int M, const int K, const int T, const int tile_m, c
                                 z1 = u0.s1357;
                                 z2 = (float4)(u0.s246, last ? s_[(size_t)h_ * Wo + 8] : 0.0f);
                             }
-                            STORE4P(z0, 0, (zs) + (r * 3) * VW + l4);
-                            STORE4P(z1, 0, (zs) + (r * 3 + 1) * VW + l4);
-                            STORE4P(z2, 0, (zs) + (r * 3 + 2) * VW + l4);
+                            STORE_PATCH_ROW3(4, zs + l4, r, z0, z1, z2)
                         }
                         img4[l4 / 4] = 1;
                     }

@@ -15,7 +15,6 @@
 #define VEC_SUMS 0
 #endif
 #if VEC_SUMS
-typedef float8 float8_u __attribute__((aligned(4)));
 #define AT_V(p, i) (*(__global const float8_u *)((p) + (i)))
 #define EIGHT_WAY_SUM(n, TERM)                                                              \
     float8 a = (float8)(0.0f);                                                              \

@@ -117,6 +117,15 @@ def source(filename: str) -> str:
     return resources.files(__package__).joinpath(filename).read_text()
 
 
+_VECTOR_TYPES = "vectors.cl"
+
+
+def program_text(filename: str) -> str:
+    """``filename``'s source behind vectors.cl's types (shared by every program); #line keeps
+    the compiler's messages on the file's own line numbers."""
+    return f"{source(_VECTOR_TYPES)}\n#line 1 \"{filename}\"\n{source(filename)}"
+
+
 class _Launcher:
     """A kernel whose argument setting and enqueue happen under one lock: a pyopencl Kernel
     keeps its arguments between calls, so two threads launching it at once could mix them."""
@@ -151,7 +160,7 @@ class ProgramCache:
         options = ["-cl-kernel-arg-info"]
         options += [f"-D{k}={v}" for k, v in self._defines.get(filename, {}).items()]
         try:
-            return self._cl.Program(self._context, source(filename.split(":")[0])).build(
+            return self._cl.Program(self._context, program_text(filename.split(":")[0])).build(
                 options=options, devices=[self._device])
         except self._cl.RuntimeError as exc:
             raise RuntimeError(f"opencl backend: building {filename} for {self._device.name} failed:\n{exc}") from exc

@@ -196,7 +196,6 @@ __kernel void gru_cell_bwd(const int hid, __global const float *gates, const int
 // pre-activation gradient product ever goes to memory. One work-item per work-group (as
 // gemm_packed): a register-blocked micro-kernel, the units of a block in float8 vectors.
 // Rows past the last are read as the last row (valid memory) and never stored.
-typedef float8 float8_u __attribute__((aligned(4)));
 #define LD8(p) (*(__global const float8_u *)(p))
 #define ST8(p, v) (*(__global float8_u *)(p) = (v))
 

@@ -127,7 +127,6 @@ __kernel void plane_sums(const int channels, __global const float *dy, const int
 // running sums (64 floats a step: four independent chains of vector adds), then across them and
 // their lanes. (plane_sums runs a plane's eight sums as one chain of 8-float adds, one add
 // waiting for the last.) Other sums than plane_sums': same floats, another order.
-typedef float16 float16_ua __attribute__((aligned(4)));
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void plane_sums_v(const int planes, const int per_item, __global const float *dy, const int dy_off,
                   const int inner, __global float *partial, const int p_off)
@@ -138,12 +137,12 @@ void plane_sums_v(const int planes, const int per_item, __global const float *dy
         float16 a0 = (float16)(0.0f), a1 = a0, a2 = a0, a3 = a0;
         int s = 0;
         for (; s + 64 <= inner; s += 64) {
-            a0 += *(__global const float16_ua *)(src + s);
-            a1 += *(__global const float16_ua *)(src + s + 16);
-            a2 += *(__global const float16_ua *)(src + s + 32);
-            a3 += *(__global const float16_ua *)(src + s + 48);
+            a0 += *(__global const float16_u *)(src + s);
+            a1 += *(__global const float16_u *)(src + s + 16);
+            a2 += *(__global const float16_u *)(src + s + 32);
+            a3 += *(__global const float16_u *)(src + s + 48);
         }
-        for (; s + 16 <= inner; s += 16) a0 += *(__global const float16_ua *)(src + s);
+        for (; s + 16 <= inner; s += 16) a0 += *(__global const float16_u *)(src + s);
         const float16 t16 = (a0 + a1) + (a2 + a3);
         const float8 t8 = t16.lo + t16.hi;
         const float4 t4 = t8.lo + t8.hi;

@@ -12,8 +12,16 @@ def test_kernels_are_built_once_and_cached(ocl):
 
 
 def test_every_kernel_file_ships_with_the_package():
-    for name in ("elementwise.cl", "rows.cl", "gemm.cl", "conv.cl", "norm.cl"):
+    for name in ("elementwise.cl", "rows.cl", "gemm.cl", "conv.cl", "norm.cl", "recurrent.cl"):
         assert "__kernel" in programs.source(name)
+    assert "typedef float8 float8_u" in programs.source("vectors.cl")
+
+
+def test_every_program_is_built_behind_the_shared_vector_types():
+    text = programs.program_text("norm.cl")
+    assert text.startswith(programs.source("vectors.cl"))
+    assert text.endswith(programs.source("norm.cl"))
+    assert '#line 1 "norm.cl"' in text
 
 
 def test_a_variant_is_the_same_source_built_with_its_own_defines(ocl, monkeypatch):
@@ -23,15 +31,16 @@ def test_a_variant_is_the_same_source_built_with_its_own_defines(ocl, monkeypatc
     cache = programs.ProgramCache(ocl._cl, ocl.context, ocl.device,
                                   {"conv.cl": {"VEC": ocl._conv_vec}, "conv.cl:narrow": {"VEC": 8}})
     wide, narrow = cache.kernel("conv.cl", "conv_direct_fwd"), cache.kernel("conv.cl:narrow", "conv_direct_fwd")
-    assert built == ["conv.cl", "conv.cl"] and wide is not narrow
+    assert [name for name in built if name != "vectors.cl"] == ["conv.cl", "conv.cl"] and wide is not narrow
     assert cache.kernel("conv.cl:narrow", "conv_direct_fwd") is narrow
 
 
 def test_a_build_failure_names_the_file_and_device(ocl, monkeypatch):
     cache = programs.ProgramCache(ocl._cl, ocl.context, ocl.device, {})
-    monkeypatch.setattr(programs, "source", lambda name: "__kernel void broken( { }")
-    with pytest.raises(RuntimeError, match=r"building broken\.cl for .*failed"):
+    monkeypatch.setattr(programs, "source", lambda name: "" if name == "vectors.cl" else "\n__kernel void broken( { }")
+    with pytest.raises(RuntimeError, match=r"building broken\.cl for .*failed") as failure:
         cache.kernel("broken.cl", "broken")
+    assert "broken.cl:2:" in str(failure.value)  # the file's own line, not the program's
 
 
 def test_a_missing_kernel_names_the_file_the_kernel_and_the_device(ocl):
