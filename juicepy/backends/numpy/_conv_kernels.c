@@ -445,7 +445,8 @@ static void tap_offsets(const Geometry *g, const Grid *s, I *offset)
 }
 
 /* Copies a plane's rows into their places in a grid buffer whose padding is already zero (the
- * depthwise kernels zero it once per call: they write nothing else of it) */
+ * depthwise kernels and the direct weight gradient zero it once per call: they write nothing
+ * else of it) */
 #define DEFINE_PLANE_ROWS(NAME, T)                                                             \
     static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Grid *s) \
     {                                                                                          \
@@ -455,17 +456,6 @@ static void tap_offsets(const Geometry *g, const Grid *s, I *offset)
 
 DEFINE_PLANE_ROWS(plane_rows_f32, float)
 DEFINE_PLANE_ROWS(plane_rows_f64, double)
-
-/* The zero-padded plane in a grid buffer whose other values may be anything */
-#define DEFINE_PAD_PLANE(NAME, ROWS, T)                                                        \
-    static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Grid *s) \
-    {                                                                                          \
-        memset(buf, 0, (size_t)s->buffer * sizeof(T));                                        \
-        ROWS(plane, buf, g, s);                                                               \
-    }
-
-DEFINE_PAD_PLANE(pad_plane_f32, plane_rows_f32, float)
-DEFINE_PAD_PLANE(pad_plane_f64, plane_rows_f64, double)
 
 /* out[p] (+)= the taps (reversed when ``flip``) over padded x[p], planes [p0, p1), stride 1,
  * then (not accumulating) the epilogue (EPI: scale, shift, res, relu as epilogue_f32) on each
@@ -1177,7 +1167,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
         }                                                                                         \
     }
 
-#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, PAD, PHASES, T, V, FO, FT, SUMS)                \
+#define DEFINE_DIRECT_GRID_FILTER(NAME, ATTR, ROWS, PHASES, T, V, FO, FT, SUMS)                \
     DEFINE_FILTER_BLOCK(NAME##_t1, ATTR, T, V, FO, 1, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t2, ATTR, T, V, FO, 2, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t3, ATTR, T, V, FO, 3, SUMS)                                   \
@@ -1220,12 +1210,14 @@ static int pointwise_gathered(const Geometry *g, I groups)
         }                                                                                     \
         T *grad = buf + xsize;                                                                \
         T sums[FILTER_MAX_SUMS];                                                              \
-        if (strided) {                                                                        \
+        if (strided)                                                                          \
             phase_offsets(g, &ph, offset);                                                    \
-            /* the slack past the phases is read (times dy's zero columns): zeros, not NaN bits */ \
-            memset(buf, 0, (size_t)xsize * sizeof(T));                                        \
-        } else                                                                                \
+        else                                                                                  \
             tap_offsets(g, &s, offset);                                                       \
+        /* the padding, the gap columns and the slack past the planes are zero once: each     \
+           sample writes the same places of them (the phases and the rows), nothing else (the  \
+           slack is read times dy's zero columns: zeros, not NaN bits) */                     \
+        memset(buf, 0, (size_t)xsize * sizeof(T));                                            \
         /* the (input channel, tap) pairs in block order: each channel's whole blocks of FT     \
            taps, then the remaining taps of every channel, FT pairs (channels) to a block */   \
         I *at = offset + taps, *into = at + pairs, k = 0;                                      \
@@ -1242,7 +1234,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
                     if (strided)                                                              \
                         PHASES(xc, buf + c * plane, g, &ph);                                  \
                     else                                                                      \
-                        PAD(xc, buf + c * plane, g, &s);                                      \
+                        ROWS(xc, buf + c * plane, g, &s);                                     \
                 }                                                                             \
                 for (I j = 0; j < og; j++)                                                    \
                     for (I r = 0; r < g->ho; r++)                                             \
@@ -1269,12 +1261,12 @@ static int pointwise_gathered(const Geometry *g, I groups)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, pad_plane_f32, pad_phases_f32, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, pad_plane_f64, pad_phases_f64, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, pad_plane_f32, pad_phases_f32, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, pad_plane_f64, pad_phases_f64, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, pad_plane_f32, pad_phases_f32, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, pad_plane_f64, pad_phases_f64, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, plane_rows_f32, pad_phases_f32, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, plane_rows_f64, pad_phases_f64, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, plane_rows_f32, pad_phases_f32, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, plane_rows_f64, pad_phases_f64, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, plane_rows_f32, pad_phases_f32, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, plane_rows_f64, pad_phases_f64, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
 
 /* Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (any dilation d): each tile of 2x2
  * outputs, d apart, is A^T [(G g G^T) . (B^T x B)] A of the 4x4 inputs under it, so the 36
