@@ -519,7 +519,37 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, epilogue_
 /* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
  * padded x[s, c], channels [c0, c1), stride 1. Each tap sums into four vectors per sample,
  * folded into one row of partial sums, summed once per channel: a fixed order. */
+/* acc[u * lanes ...] += the lane sums of dy's plane (``span`` values) times the input from
+ * src + off[u], for NT taps in one pass: one load of dy feeds NT multiply-adds (a pass per tap
+ * loaded two vectors for each) */
+#define DW_FILTER_TAPS 9
+#define DEFINE_DW_FILTER_PASS(NAME, ATTR, T, V, NT)                                               \
+    ATTR static inline void NAME(const T *restrict src, const T *restrict dy, const I *off, I span, \
+                                 T *restrict acc)                                             \
+    {                                                                                          \
+        const I lanes = VLANES(V, T);                                                         \
+        V a[NT];                                                                              \
+        for (int u = 0; u < NT; u++) a[u] = (V){0};                                           \
+        for (I b = 0; b < span; b += lanes) {                                                 \
+            const V e = LOADV(V, dy + b);                                                     \
+            for (int u = 0; u < NT; u++) a[u] += LOADV(V, src + off[u] + b) * e;              \
+        }                                                                                     \
+        for (int u = 0; u < NT; u++) {                                                        \
+            const V sum = LOADV(V, acc + u * lanes) + a[u];                                   \
+            memcpy(acc + u * lanes, &sum, sizeof sum);                                        \
+        }                                                                                     \
+    }
+
 #define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, PAD, T, V)                                          \
+    DEFINE_DW_FILTER_PASS(NAME##_p1, ATTR, T, V, 1)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p2, ATTR, T, V, 2)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p3, ATTR, T, V, 3)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p4, ATTR, T, V, 4)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p5, ATTR, T, V, 5)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p6, ATTR, T, V, 6)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p7, ATTR, T, V, 7)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p8, ATTR, T, V, 8)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p9, ATTR, T, V, 9)                                            \
     ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
                                   const Geometry *g, I n, I c0, I c1, int accumulate)         \
     {                                                                                          \
@@ -542,18 +572,19 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, epilogue_
                 PAD(x + p * g->h * g->w, buf, g, &s);                                         \
                 for (I r = 0; r < g->ho; r++)                                                 \
                     memcpy(grad + r * s.wp, dy + (p * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
-                for (I t = 0; t < taps; t++) {                                                \
-                    V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                 \
-                    const T *src = buf + offset[t];                                           \
-                    for (I b = 0; b < s.span; b += block) {                                   \
-                        a0 += LOADV(V, src + b) * LOADV(V, grad + b);                         \
-                        a1 += LOADV(V, src + b + lanes) * LOADV(V, grad + b + lanes);         \
-                        a2 += LOADV(V, src + b + 2 * lanes) * LOADV(V, grad + b + 2 * lanes); \
-                        a3 += LOADV(V, src + b + 3 * lanes) * LOADV(V, grad + b + 3 * lanes); \
-                    }                                                                         \
-                    V sum = (a0 + a1) + (a2 + a3);                                            \
+                for (I t = 0; t < taps; t += DW_FILTER_TAPS) {                                \
                     T *a = acc + t * lanes;                                                   \
-                    for (I u = 0; u < lanes; u++) a[u] += sum[u];                             \
+                    switch (taps - t < DW_FILTER_TAPS ? taps - t : DW_FILTER_TAPS) {          \
+                    case 9: NAME##_p9(buf, grad, offset + t, s.span, a); break;               \
+                    case 8: NAME##_p8(buf, grad, offset + t, s.span, a); break;               \
+                    case 7: NAME##_p7(buf, grad, offset + t, s.span, a); break;               \
+                    case 6: NAME##_p6(buf, grad, offset + t, s.span, a); break;               \
+                    case 5: NAME##_p5(buf, grad, offset + t, s.span, a); break;               \
+                    case 4: NAME##_p4(buf, grad, offset + t, s.span, a); break;               \
+                    case 3: NAME##_p3(buf, grad, offset + t, s.span, a); break;               \
+                    case 2: NAME##_p2(buf, grad, offset + t, s.span, a); break;               \
+                    default: NAME##_p1(buf, grad, offset + t, s.span, a);                     \
+                    }                                                                         \
                 }                                                                             \
             }                                                                                 \
             for (I t = 0; t < taps; t++) {                                                    \

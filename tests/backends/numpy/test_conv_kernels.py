@@ -1264,6 +1264,42 @@ def test_depthwise_grid_with_each_epilogue_matches_a_float64_reference(case, dty
         kernels.depthwise_grid(f(x), f(w), start, geometry, n, 0, n * c, False, False, None, f(shift[:-1]))
 
 
+# (batch, C, H, W, (kh, kw), padding, dilation): the weight gradient sums DW_FILTER_TAPS (9) taps a
+# pass over dy's plane, the rest in a shorter pass
+DEPTHWISE_FILTER_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # one whole pass
+                          (2, 4, 10, 11, (5, 2), (2, 1), (1, 1)),  # 10 taps: a pass of 9 and one of 1
+                          (1, 3, 13, 12, (7, 7), (3, 3), (1, 1)),  # 49 taps: five passes of 9, one of 4
+                          (2, 2, 11, 6, (5, 3), (2, 0), (1, 2)),   # 15: 9 and 6, dilated, unpadded side
+                          (3, 2, 16, 16, (1, 3), (0, 1), (1, 1))]  # 3 taps: one short pass
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_FILTER_CASES, ids=[str(c) for c in DEPTHWISE_FILTER_CASES])
+def test_depthwise_grid_filter_matches_a_float64_reference(case, dtype):
+    """depthwise_grid_filter over a range of channels against sums written out here, for tap counts
+    that end on every kind of pass; channels outside the range untouched, then accumulating."""
+    n, c, h, w_, (kh, kw), (ph, pw), (dh, dw) = case
+    ho, wo = h + 2 * ph - (kh - 1) * dh, w_ + 2 * pw - (kw - 1) * dw
+    rng = np.random.default_rng(43)
+    x, dy = rng.standard_normal((n, c, h, w_)), rng.standard_normal((n, c, ho, wo))
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    want = np.zeros((c, 1, kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            want[:, 0, i, j] = np.einsum("nchw,nchw->c", dy, xp[:, :, i * dh:i * dh + ho, j * dw:j * dw + wo])
+    geometry = (c, h, w_, kh, kw, 1, 1, ph, pw, dh, dw, ho, wo)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    dw_ = np.full(want.shape, np.nan, dtype)
+    kernels.depthwise_grid_filter(x.astype(dtype), dy.astype(dtype), dw_, geometry, n, 1, c, False)
+    np.testing.assert_allclose(dw_[1:], want[1:], rtol=tol, atol=tol * np.abs(want).max())
+    assert np.isnan(dw_[0]).all()
+    dw_[0] = 0
+    kernels.depthwise_grid_filter(x.astype(dtype), dy.astype(dtype), dw_, geometry, n, 0, c, True)
+    np.testing.assert_allclose(dw_, want + np.concatenate([0 * want[:1], want[1:]]), rtol=tol,
+                               atol=2 * tol * np.abs(want).max())
+
+
 @needs_kernels
 def test_kernels_refuse_buffers_that_do_not_fit():
     x = np.zeros((2, 3, 5, 5), np.float32)
