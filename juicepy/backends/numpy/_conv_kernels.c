@@ -516,9 +516,6 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_rows_f64, epilogue_
 DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_rows_f32, epilogue_f32, float, vf32x4)
 DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, epilogue_f64, double, vf64x2)
 
-/* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
- * padded x[s, c], channels [c0, c1), stride 1. Each tap sums into four vectors per sample,
- * folded into one row of partial sums, summed once per channel: a fixed order. */
 /* acc[u * lanes ...] += the lane sums of dy's plane (``span`` values) times the input from
  * src + off[u], for NT taps in one pass: one load of dy feeds NT multiply-adds (a pass per tap
  * loaded two vectors for each) */
@@ -540,6 +537,10 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, epilogue_
         }                                                                                     \
     }
 
+/* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
+ * padded x[s, c], channels [c0, c1), stride 1. The taps go DW_FILTER_TAPS to a pass over each
+ * sample's plane, each into one vector of sums added to its row of partial sums, summed once
+ * per channel: a fixed order. */
 #define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, PAD, T, V)                                          \
     DEFINE_DW_FILTER_PASS(NAME##_p1, ATTR, T, V, 1)                                            \
     DEFINE_DW_FILTER_PASS(NAME##_p2, ATTR, T, V, 2)                                            \
@@ -625,26 +626,27 @@ static Phases make_phases(const Geometry *g, I lanes)
     return p;
 }
 
-/* the largest phase offset of a tap (phase_offsets) */
-static I phase_last(const Geometry *g, const Phases *s)
+/* where tap (i, j) reads in a channel's phase planes, from an output's place in its phase */
+static I phase_offset(const Geometry *g, const Phases *s, I i, I j)
 {
-    I m = 0;
-    for (I i = 0; i < g->kh; i++)
-        for (I j = 0; j < g->kw; j++) {
-            const I a = i * g->dh, b = j * g->dw;
-            const I o = ((a % g->sh) * g->sw + b % g->sw) * s->phase + a / g->sh * s->wq + b / g->sw;
-            if (o > m) m = o;
-        }
-    return m;
+    const I a = i * g->dh, b = j * g->dw;
+    return ((a % g->sh) * g->sw + b % g->sw) * s->phase + a / g->sh * s->wq + b / g->sw;
 }
 
 static void phase_offsets(const Geometry *g, const Phases *s, I *offset)
 {
     for (I i = 0; i < g->kh; i++)
-        for (I j = 0; j < g->kw; j++) {
-            const I a = i * g->dh, b = j * g->dw;
-            offset[i * g->kw + j] = ((a % g->sh) * g->sw + b % g->sw) * s->phase + a / g->sh * s->wq + b / g->sw;
-        }
+        for (I j = 0; j < g->kw; j++) offset[i * g->kw + j] = phase_offset(g, s, i, j);
+}
+
+/* the largest of the taps' phase offsets */
+static I phase_last(const Geometry *g, const Phases *s)
+{
+    I last = 0;
+    for (I i = 0; i < g->kh; i++)
+        for (I j = 0; j < g->kw; j++)
+            if (phase_offset(g, s, i, j) > last) last = phase_offset(g, s, i, j);
+    return last;
 }
 
 #define DEFINE_PAD_PHASES(NAME, T, ROW)                                                           \
