@@ -1170,8 +1170,9 @@ def _tile_gemm(backend, depths, n_in) -> bool:
     position of depth n_in (``depths`` all 1), or the phase Winograd's S2_DEPTHS (on s2_gemm), at
     least TILE_GEMM_MIN_DEPTH of them (FULL_WIDTH_TILE_GEMM_MIN_DEPTH where _full_width), on
     AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3
-    blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on them from S2_TILE_GEMM_MIN_DEPTH there, whole in one call); only where BLAS's threads can be
-    limited (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
+    blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on them from
+    S2_TILE_GEMM_MIN_DEPTH there, whole in one call); only where BLAS's threads can be limited
+    (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
     np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
     the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""
     isa, s2 = backend.conv_kernels.isa, tuple(depths) == S2_DEPTHS
