@@ -416,6 +416,11 @@ inline int last_inside(const int off, const int s, const int size, const int out
 #ifndef GATHER_STRIDE2
 #define GATHER_STRIDE2 0
 #endif
+// conv_gemm copies the runs of a 1x1 convolution without padding from places worked out once
+// (0: through GATHER_RUN, as any other)
+#ifndef SUBSAMPLE_STAGE
+#define SUBSAMPLE_STAGE 1
+#endif
 #if GATHER_STRIDE2
 #define GATHER_STRIDE2_VECTORS \
     if (sw == 2) { \
@@ -544,24 +549,27 @@ inline int last_inside(const int off, const int s, const int size, const int out
                        v1_ = v1_ < (floatv)(0.0f) ? (floatv)(0.0f) : v1_; } \
     } else if (beta != 0.0f) { v0_ += beta * d_[0]; v1_ += beta * d_[1]; } \
     d_[0] = v0_; d_[1] = v1_; }
-#define MICRO_TILES_TO_Y(a_base, a_step, b_base, b_step, a_panels, b_panels, kc) { \
+// A's row r of a panel a_rstride floats from row 0 and each k a_kstep floats on, as MICRO_TILES_AK
+#define MICRO_TILES_TO_Y(a_base, a_step, a_rstride, a_kstep, b_base, b_step, a_panels, b_panels, kc) { \
     const int rows_ = min(tile_m, M - row0); \
     for (int i = 0; i < (a_panels); ++i) { \
-        const int a_rs = 1; \
+        const int a_rs = (a_rstride); \
         for (int j = 0; j < (b_panels); ++j) { \
             const int col_ = col0 + j * NR, img_ = col_ / pixels, pix_ = col_ - img_ * pixels; \
             ROWS(ACC_ROW) \
             ROWS(ZERO_ROW) \
             __global const float *ap = (a_base) + i * (a_step); \
             __local const floatv *bp = (__local const floatv *)(b_base) + j * (b_step); \
-            MICRO_K_LOOP(kc, MR) \
+            MICRO_K_LOOP(kc, (a_kstep)) \
             ROWS(Y_ROW) \
         } \
     } }
 
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
 // X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
-// packed weights (M = outputs of the group, K = channels x taps). It is gemm_packed with the
+// packed weights (M = outputs of the group, K = channels x taps), or with a_ld > 0 the weights
+// themselves, row o a_ld floats from row o - 1 (DIRECT_PACKED builds, every panel's rows < M: no
+// packing launch, whose driver overhead was a third of a small layer's forward). It is gemm_packed with the
 // column matrix never written: B's panels are gathered from X while they are staged (a panel's
 // 32 columns are runs of consecutive pixels of output rows), and C is stored straight into
 // the NCHW output, plus bias[b_off + row] where has_bias, then conv2d's epilogue (forward passes,
@@ -571,7 +579,7 @@ inline int last_inside(const int off, const int s, const int size, const int out
 #if BUILD_PACKED
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_gemm(const int M, const int N, const int K, const int tile_m, const int tile_n,
-               __global const float *Ap, const int ap_off,
+               __global const float *Ap, const int ap_off, const int a_ld,
                __global const float *X, const int x_off, __global float *Y, const int y_off,
                const int C, const int H, const int W, const int O, const int Ho, const int Wo,
                const int kh, const int kw, const int sh, const int sw, const int ph, const int pw,
@@ -585,7 +593,7 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     PACKED_TILE_SETUP
     FLAT_ROWS
     const int pixels = Ho * Wo, taps = kh * kw;
-    Ap += ap_off + (size_t)(row0 / MR) * K * MR;
+    Ap += ap_off + (a_ld ? (size_t)row0 * a_ld : (size_t)(row0 / MR) * K * MR);
     // one K slice, dense NCHW stores and panels that never straddle two images: the
     // micro-kernel's sums go from its registers straight into Y (MICRO_TILES_TO_Y), not
     // through the tile in local memory and a second pass that copies it out
@@ -613,6 +621,21 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     const int pointwise = POINTWISE_STAGE && kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 &&
                           Ho == H && Wo == W &&
                           col0 + tile_n <= N && (col0 + tile_n - 1) / pixels == img0 && tile_n % NR == 0;
+    // any other 1x1 convolution without padding whose outputs all read a pixel (strided, or
+    // tiles across images; not a strided input gradient's phase larger than dy): every run lies
+    // inside its input row whatever k is, so k's runs are copied from the same places one
+    // plane on, the bounds and addresses worked out once (GATHER_RUN's per run and k were most
+    // of the ResNet shortcut's 1x1 stride-2 forward); run_vecs: the run's whole 8-float vectors
+    // (stride 2: the even lanes of 16 floats, which must stay inside the plane)
+    const int unpadded_1x1 = SUBSAMPLE_STAGE && !pointwise && kh == 1 && kw == 1 && ph == 0 && pw == 0 &&
+                             (Ho - 1) * sh < H && (Wo - 1) * sw < W;
+    __global const float *run_src[BN];
+    int run_vecs[BN];
+    for (int r = 0; r < (unpadded_1x1 ? runs : 0); ++r) {
+        run_src[r] = X + x_off + (size_t)run_img[r] * C * H * W + (size_t)run_h[r] * Wr + run_w[r];
+        const int reach = run_h[r] + 1 < Hr ? 2 * Wr : Wr;
+        run_vecs[r] = sw == 1 ? run_len[r] / 8 : sw == 2 ? min(run_len[r], (reach - run_w[r]) / 2) / 8 : 0;
+    }
     for (int k0 = 0; k0 < K; k0 += BK) {
         const int kc = min(BK, K - k0);
 #if !DIRECT_PACKED
@@ -626,8 +649,27 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
                     for (int q = 0; q < NR; ++q) dst[q] = src[j * NR + q];
                 }
         }
+        for (int k = 0; k < (unpadded_1x1 ? kc : 0); ++k) {
+            for (int r = 0; r < runs; ++r) {
+                __global const float *src = run_src[r] + (size_t)(k0 + k) * H * W;
+                __local float *dst = b_pack + run_at[r] + k * NR;
+                const int vecs = run_vecs[r];
+                int q = 0;
+                if (sw == 2)
+                    for (; q < 8 * vecs; q += 8)
+                        *(__local float8_u *)(dst + q) = (*(__global const float16_u *)(src + 2 * q)).even;
+                else
+                    for (; q < 8 * vecs; q += 8)
+                        *(__local float8_u *)(dst + q) = *(__global const float8_u *)(src + q);
+                for (; q < run_len[r]; ++q) dst[q] = src[q * sw];
+            }
+            for (int j = 0; j < b_panels; ++j) {
+                __local float *dst = b_pack + j * (BK * NR) + k * NR;
+                for (int q = fill_from[j]; q < NR; ++q) dst[q] = 0.0f;
+            }
+        }
         int ci = k0 / taps, ki = (k0 - ci * taps) / kw, kj = k0 - ci * taps - ki * kw;
-        for (int k = 0; k < (pointwise ? 0 : kc); ++k) {
+        for (int k = 0; k < (pointwise || unpadded_1x1 ? 0 : kc); ++k) {
             for (int r = 0; r < runs; ++r)
                 GATHER_RUN(b_pack + run_at[r] + k * NR, run_len[r], run_h[r] + ki * dh, run_w[r] + kj * dw,
                            X + x_off + ((size_t)run_img[r] * C + ci) * H * W)
@@ -641,8 +683,13 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
             }
         }
 #if DIRECT_PACKED   // the packed weights are read where they are, like gemm_packed's panels
-        if (to_y)
-            MICRO_TILES_TO_Y(Ap + (size_t)k0 * MR, (size_t)K * MR, b_store, BK * NR / VW, a_panels, b_panels, kc)
+        if (to_y && a_ld)
+            MICRO_TILES_TO_Y(Ap + k0, (size_t)MR * a_ld, a_ld, 1, b_store, BK * NR / VW, a_panels, b_panels, kc)
+        else if (to_y)
+            MICRO_TILES_TO_Y(Ap + (size_t)k0 * MR, (size_t)K * MR, 1, MR, b_store, BK * NR / VW, a_panels, b_panels, kc)
+        else if (a_ld)
+            MICRO_TILES_AK(__global, Ap + k0, (size_t)MR * a_ld, a_ld, 1, __local, b_store, BK * NR / VW, c_store,
+                           a_panels, b_panels, kc, k0 == 0)
         else
             MICRO_TILES(__global, Ap + (size_t)k0 * MR, (size_t)K * MR, __local, b_store, BK * NR / VW, c_store,
                         a_panels, b_panels, kc, k0 == 0)

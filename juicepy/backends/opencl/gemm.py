@@ -68,6 +68,7 @@ class GemmOps(abc.ABC):
     direct_staging = True
     pointwise_filter = True
     _whole_rows = True   # conv_gemm's one row of tiles where WHOLE_ROWS_MAX says (off: A/B runs)
+    _weights_in_place = True   # conv_gemm reads the forward's weights unpacked where it can (off: A/B runs)
 
     def gemm(self, a, b, out, trans_a=False, trans_b=False, alpha=1.0, beta=0.0, ws=None):
         m, n, k = check_gemm("opencl", a, b, out, trans_a, trans_b)
@@ -164,9 +165,14 @@ class GemmOps(abc.ABC):
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
             a_panels = -(-m // mr)
-            ap = ws.get(self, "gemm_pack_a", (a_panels * mr * k,), F32)
             grid = (round_up(k, PACK_WG), a_panels)
-            if phase is not None:
+            # the forward's weights are read in place where the panels hold no row past m
+            in_place = (phase is None and not flipped and m % mr == 0 and self._weights_in_place
+                        and tiles.get("STAGE_B_ROWS") and tiles.get("DIRECT_PACKED"))
+            ap = None if in_place else ws.get(self, "gemm_pack_a", (a_panels * mr * k,), F32)
+            if in_place:
+                a_src = (w, w_off, k)
+            elif phase is not None:
                 self._kernel(program, "pack_a_phase")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, phase[0],
                                                       phase[1], kh, kw, *phase[2:], ap.base_data, 0)
             elif flipped:
@@ -175,10 +181,12 @@ class GemmOps(abc.ABC):
             else:
                 self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off,
                                                 k, 0, ap.base_data, 0)
+            if not in_place:
+                a_src = (ap.base_data, 0, 0)
             tile_m = round_up(m, mr) if whole else even_tile(m, tiles["BM"], mr)
             self._kernel(program, "conv_gemm")(
                 self.queue, (-(-cols // tile_n), -(-m // tile_m)), (1, 1), m, cols, k, tile_m, tile_n,
-                ap.base_data, 0, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
+                *a_src, x, x_off, y, y_off, c, h, wd, o, ho, wo, kh, kw,
                 *conv_args, 1.0, float(beta), *(bias + (1,) if bias is not None else (self._flag.base_data, 0, 0)),
                 *(epilogue if epilogue is not None else (self._flag.base_data, 0, 0)),
                 *(y_strides or (0, 0, 0)))

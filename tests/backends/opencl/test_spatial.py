@@ -1505,3 +1505,48 @@ def test_16_lane_gemm_takes_the_phase_winograd_for_narrow_strided_forwards(lanes
              norm=ConvNorm(*(b.from_host(a) for a in (gamma, beta, mean, var)), 1e-5), relu=True)
     assert taken
     np.testing.assert_allclose(b.to_host(y), y_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W), O, stride, whether the weights are read in place: 1x1 convolutions without padding (conv_gemm copies each k's runs
+    # from places worked out once, SUBSAMPLE_STAGE): the ResNet shortcut's stride 2 on even
+    # planes (runs of 8, one vector each); odd planes of 33 columns (runs of 17 split across
+    # panels: two vectors from mid-row starts, the last column scalar, loads running into the
+    # next row but not past the plane); stride 3 along rows (scalar copies); stride 1 with
+    # tiles across images (whole vectors of flat planes); K = 300, past one slice of BK = 256
+    # (the weights read in place slice by slice); outputs no multiple of the panels (packed)
+    ((2, 5, 16, 16), 16, (2, 2), True),
+    ((2, 3, 9, 33), 24, (2, 2), True),
+    ((3, 4, 7, 10), 16, (1, 3), True),
+    ((2, 6, 5, 21), 8, (1, 1), True),
+    ((2, 300, 6, 10), 8, (2, 2), True),
+    ((2, 5, 8, 8), 10, (2, 2), False),
+], ids=["shortcut", "odd-planes", "stride-1x3", "across-images", "k300", "o10-packed"])
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_implicit_gemm_1x1_without_padding(lanes_backend, rng, case, lanes):
+    """The implicit GEMM's forward of 1x1 unpadded convolutions against a float64 reference,
+    with the weights read in place (no pack_a launch) where every panel's rows are outputs,
+    bit for bit the result of packing them first."""
+    xs, o, stride, rows_fit = case
+    n, c, h, wd = xs
+    x = rng.standard_normal(xs).astype(np.float32)
+    w = (rng.standard_normal((o, c, 1, 1)) / np.sqrt(c)).astype(np.float32)
+    ref = conv_ref(x, w, stride, (0, 0), (1, 1), 1)
+    results = []
+    for in_place in (True, False):
+        be = lanes_backend(lanes, conv_algorithm="implicit")
+        be._weights_in_place = in_place
+        launched = []
+        real = be._kernel
+
+        def spy(filename, name, real=real, launched=launched):
+            launched.append(name)
+            return real(filename, name)
+
+        be._kernel = spy
+        y = be.empty(ref.shape)
+        be.conv2d(be.from_host(x), be.from_host(w), y, stride, (0, 0), (1, 1), 1, Workspace())
+        results.append(be.to_host(y))
+        np.testing.assert_allclose(results[-1], ref, rtol=1e-4, atol=1e-4)
+        assert launched == (["conv_gemm"] if in_place and rows_fit else ["pack_a", "conv_gemm"])
+    np.testing.assert_array_equal(results[0], results[1])
