@@ -6,8 +6,12 @@ ResNet b32, as bench/test_bench_lenet.py and test_bench_cnn.py build them; `lene
         in one process, backends given as variants built side by side (`cur`: the defaults;
         `name=0|1[+name=0|1]`: the backend attribute `_name` set to False / True, such as the
         A/B switches `_pool_vec`, `_olanes`, `_winograd_relu`,
-        `_direct8`, `_s2_narrow`, `_wino_halves`; `numpy`: the NumPy backend),
-        timed in alternating rounds of 4 forwards; prints each variant's median ms.
+        `_direct8`, `_s2_narrow`, `_wino_halves`, `_weights_in_place`; an upper-case NAME=VALUE:
+        that define for gemm.cl's builds, such as SUBSAMPLE_STAGE=0; `numpy`: the NumPy backend),
+        timed in alternating rounds of 4 forwards; prints each variant's median ms. Besides the
+        networks, `conv:KEY` and `convfb:KEY` run bench/test_bench_conv.py's layers (forward, and
+        forward + backward; KEY: the case's first word, `resnet-strided` and `resnet-shortcut`
+        for the ResNet's two).
     python bench/ab_opencl_forward.py kernels lenet [name=0|1 ...]
         the per-kernel event profile: each kernel's (name and global size) time from pyopencl's
         profiling events, summed per forward, medians of 9 forwards, in launch order.
@@ -24,6 +28,7 @@ import time
 sys.path.insert(0, "bench")
 
 import test_bench_cnn as cnn  # noqa: E402
+import test_bench_conv as conv  # noqa: E402
 import test_bench_lenet as lenet  # noqa: E402
 
 WORK = {"lenet": lenet.juicepy_forward,
@@ -33,6 +38,11 @@ WORK = {"lenet": lenet.juicepy_forward,
         "lenet-step": lenet.juicepy_step,
         "cifar-step": lambda b: cnn.juicepy_step(b, "cifar cnn 3x(conv-bn-relu-pool)"),
         "resnet-step": lambda b: cnn.juicepy_step(b, "resnet 16-32-64")}
+for _case in conv.CASES:
+    _words = _case.split(" ")
+    _key = _words[0] + ("-" + _words[1] if _words[0] == "resnet" else "")
+    WORK["conv:" + _key] = lambda b, _c=_case: conv.juicepy_forward(b, _c)
+    WORK["convfb:" + _key] = lambda b, _c=_case: conv.juicepy_fwd_bwd(b, _c)
 
 
 def make(spec, queue_profiling=False):
@@ -44,6 +54,10 @@ def make(spec, queue_profiling=False):
     for switch in spec.split("+"):
         if switch != "cur":
             name, value = switch.split("=")
+            if name.isupper():   # a define of gemm.cl's builds, set before any is built
+                for build in ("gemm.cl", "gemm.cl:mr_alt"):
+                    b._programs._defines.setdefault(build, {})[name] = value
+                continue
             if value not in ("0", "1"):
                 raise SystemExit(f"variant {switch!r}: the value must be 0 or 1")
             setattr(b, "_" + name, value == "1")
