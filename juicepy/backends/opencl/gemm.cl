@@ -568,8 +568,8 @@ inline int last_inside(const int off, const int s, const int size, const int out
 // Implicit-GEMM convolution of one group: Y[n, o, oh, ow] = alpha * sum_k A[o, k] *
 // X[n, (c, ki, kj) = k, oh * sh - ph + ki * dh, ow * sw - pw + kj * dw] + beta * Y, with A the
 // packed weights (M = outputs of the group, K = channels x taps), or with a_ld > 0 the weights
-// themselves, row o a_ld floats from row o - 1 (DIRECT_PACKED builds, every panel's rows < M: no
-// packing launch, whose driver overhead was a third of a small layer's forward). It is gemm_packed with the
+// themselves, row o a_ld floats from row o - 1 (DIRECT_PACKED builds where every panel's rows are
+// below M: a small layer's forward then needs no packing launch, docs/opencl.md session 45). It is gemm_packed with the
 // column matrix never written: B's panels are gathered from X while they are staged (a panel's
 // 32 columns are runs of consecutive pixels of output rows), and C is stored straight into
 // the NCHW output, plus bias[b_off + row] where has_bias, then conv2d's epilogue (forward passes,
@@ -624,9 +624,9 @@ void conv_gemm(const int M, const int N, const int K, const int tile_m, const in
     // any other 1x1 convolution without padding whose outputs all read a pixel (strided, or
     // tiles across images; not a strided input gradient's phase larger than dy): every run lies
     // inside its input row whatever k is, so k's runs are copied from the same places one
-    // plane on, the bounds and addresses worked out once (GATHER_RUN's per run and k were most
-    // of the ResNet shortcut's 1x1 stride-2 forward); run_vecs: the run's whole 8-float vectors
-    // (stride 2: the even lanes of 16 floats, which must stay inside the plane)
+    // plane on, the bounds and addresses worked out once, not by GATHER_RUN per run and k (the
+    // ResNet's strided 1x1 shortcut: docs/opencl.md session 45); run_vecs: the run's whole
+    // 8-float vectors (stride 2: the even lanes of 16 floats, which must stay inside the plane)
     const int unpadded_1x1 = SUBSAMPLE_STAGE && !pointwise && kh == 1 && kw == 1 && ph == 0 && pw == 0 &&
                              (Ho - 1) * sh < H && (Wo - 1) * sw < W;
     __global const float *run_src[BN];

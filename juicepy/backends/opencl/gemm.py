@@ -132,7 +132,8 @@ class GemmOps(abc.ABC):
                    beta, ws=None, bias=None, epilogue=None, phase=None, y_strides=None):
         """One group of a convolution as an implicit GEMM (conv_gemm in gemm.cl) on raw buffers: the weights
         (from element ``w_off`` of ``w``; ``flipped``: transposed and flipped, for an input
-        gradient) are packed, the input's pixels are gathered as the tiles are staged, and the
+        gradient) are packed (read in place by a forward whose panels they fill), the input's
+        pixels are gathered as the tiles are staged, and the
         (m, N * pixels) result is stored into NCHW ``y`` from element ``y_off``, plus ``bias``
         (buffer, offset: the group's first) where given, then conv2d's ``epilogue`` (residual
         buffer, its offset at the group's first channel, EPI_* bits of conv.cl) where given.
@@ -165,23 +166,23 @@ class GemmOps(abc.ABC):
         with self._gemm_lock:
             ws = ws if ws is not None else self._gemm_ws
             a_panels = -(-m // mr)
-            grid = (round_up(k, PACK_WG), a_panels)
-            # the forward's weights are read in place where the panels hold no row past m
-            in_place = (phase is None and not flipped and m % mr == 0 and self._weights_in_place
-                        and tiles.get("STAGE_B_ROWS") and tiles.get("DIRECT_PACKED"))
-            ap = None if in_place else ws.get(self, "gemm_pack_a", (a_panels * mr * k,), F32)
-            if in_place:
+            # (buffer, offset, row stride) of the weights for conv_gemm: the forward's own rows
+            # where the panels hold no row past m (no packing launch), else packed panels (ld 0)
+            if (phase is None and not flipped and m % mr == 0 and self._weights_in_place
+                    and tiles.get("STAGE_B_ROWS") and tiles.get("DIRECT_PACKED")):
                 a_src = (w, w_off, k)
-            elif phase is not None:
-                self._kernel(program, "pack_a_phase")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, phase[0],
-                                                      phase[1], kh, kw, *phase[2:], ap.base_data, 0)
-            elif flipped:
-                self._kernel(program, "pack_a_flipped")(self.queue, grid, (PACK_WG, 1), m, k, w,
-                                                        w_off, kh * kw, ap.base_data, 0)
             else:
-                self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off,
-                                                k, 0, ap.base_data, 0)
-            if not in_place:
+                ap = ws.get(self, "gemm_pack_a", (a_panels * mr * k,), F32)
+                grid = (round_up(k, PACK_WG), a_panels)
+                if phase is not None:
+                    self._kernel(program, "pack_a_phase")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off, phase[0],
+                                                          phase[1], kh, kw, *phase[2:], ap.base_data, 0)
+                elif flipped:
+                    self._kernel(program, "pack_a_flipped")(self.queue, grid, (PACK_WG, 1), m, k, w,
+                                                            w_off, kh * kw, ap.base_data, 0)
+                else:
+                    self._kernel(program, "pack_a")(self.queue, grid, (PACK_WG, 1), m, k, w, w_off,
+                                                    k, 0, ap.base_data, 0)
                 a_src = (ap.base_data, 0, 0)
             tile_m = round_up(m, mr) if whole else even_tile(m, tiles["BM"], mr)
             self._kernel(program, "conv_gemm")(
