@@ -1510,10 +1510,11 @@ def test_16_lane_gemm_takes_the_phase_winograd_for_narrow_strided_forwards(lanes
 @pytest.mark.parametrize("case", [
     # (N, C, H, W), O, stride, whether the weights are read in place: 1x1 convolutions without
     # padding (conv_gemm copies each k's runs from places worked out once, SUBSAMPLE_STAGE):
-    # the ResNet shortcut's stride 2 on even planes (runs of 8, one vector each); odd planes of 33 columns (runs of 17 split across
-    # panels: two vectors from mid-row starts, the last column scalar, loads running into the
-    # next row but not past the plane); stride 3 along rows (scalar copies); stride 1 with
-    # tiles across images (whole vectors of flat planes); K = 300, past one slice of BK = 256
+    # the ResNet shortcut's stride 2 on even planes (runs of 8, one vector each); odd planes of
+    # 33 columns (runs of 17 split across panels: two vectors from mid-row starts, the last
+    # column scalar, loads running into the next row but not past the plane); stride 3 along
+    # rows (scalar copies); stride 1 with tiles across images (whole vectors of flat planes);
+    # K = 300, past one slice of BK = 256
     # (the weights read in place slice by slice); outputs no multiple of the panels (packed)
     ((2, 5, 16, 16), 16, (2, 2), True),
     ((2, 3, 9, 33), 24, (2, 2), True),
