@@ -131,11 +131,14 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self._gemm_ticket = self.zeros((1,), np.uint32)
         self._gemm_ticket_next = 0
         self._gemm_workers = max(1, int(self.device.max_compute_units))
+        # vectors.cl's PREFETCH_* hints: the prefetch instructions on CPU drivers
+        hints = {"CPU_PREFETCH": 1} if self.is_cpu else {}
         self._programs = ProgramCache(cl, self.context, self.device,
-                                      {"gemm.cl": {**self._gemm_tiles, **left_out},
+                                      {"gemm.cl": {**self._gemm_tiles, **left_out, **hints},
                                        "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]],
-                                                          **left_out},
-                                       "conv.cl": {"VEC": self._conv_vec}, "conv.cl:vec16": {"VEC": 16},
+                                                          **left_out, **hints},
+                                       "conv.cl": {"VEC": self._conv_vec, **hints},
+                                       "conv.cl:vec16": {"VEC": 16, **hints},
                                        # norm.cl's per-channel sums in float8 vectors on CPU drivers
                                        "norm.cl": {"VEC_SUMS": 1} if self.is_cpu else {}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer

@@ -312,6 +312,12 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
 // padded planes never go through global memory (pad_planes wrote and the kernel above read a
 // padded copy of the whole input: a third of a depthwise layer's forward pass), and where
 // per > 1 a group's planes are copied once for all its outputs.
+// the copy prefetches the input LOCAL_COPY_AHEAD floats on (two 32x32 planes: the next
+// work-items' planes, a page or more away, where the hardware prefetchers stop; a prefetch past
+// the input's end does not fault), measured in docs/opencl.md, session 46
+#ifndef LOCAL_COPY_AHEAD
+#define LOCAL_COPY_AHEAD 2048
+#endif
 #define LOCAL_LOAD_UNIT(p) (*(__local const floatv_u *)(p))
 #define DIRECT_KERNEL_LOCAL(name, OUTS, U, K) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
@@ -339,6 +345,7 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
                     continue; \
                 } \
                 __global const float *from = src + (size_t)h * W - left; \
+                PREFETCH_SPAN(PREFETCH_READ, src + (size_t)h * W + LOCAL_COPY_AHEAD, W) \
                 for (int q = 0; q < lo; ++q) row[q] = 0.0f; \
                 for (int q = lo; q < hi; ++q) row[q] = from[q]; \
                 for (int q = hi; q < Wp; ++q) row[q] = 0.0f; \

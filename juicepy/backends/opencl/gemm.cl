@@ -1193,12 +1193,33 @@ inline float8 wino_relu8(const float8 v, const int relu)
 // channel slice [k0, k0 + kc) of the input into V: each tile's N x N patch through B^T (BT),
 // runs of 8 tiles a float8 (WINOGRAD_PAIR), other tiles one by one (zeros past the last tile);
 // position (N r + q) of V's panels STRIDE floats apart
+// the input channel WINOGRAD_AHEAD_IN ahead is prefetched (its planes lie a plane apart, further
+// than the hardware prefetchers look), and the output channel WINOGRAD_AHEAD_OUT ahead of the
+// stores: measured in docs/opencl.md, session 46
+#define WINOGRAD_AHEAD_IN 8
+#define WINOGRAD_AHEAD_OUT 4
+// the rows of the N x N patches of the work-group's tiles in the channel at xf, as
+// WINOGRAD_INPUT reads them (a run of 8: 16 floats from (N - 2) dw; of two runs of 4: 8 from
+// N - 2; a tile alone: its N taps)
+#define WINOGRAD_PREFETCH_INPUT(N, xf) \
+    for (int j0 = 0; j0 < NR; j0 += 8) \
+        for (int r = 0; r < (N); ++r) { \
+            const size_t rr = (size_t)r * dh * Wp; \
+            if (run8[j0 / 8] == 1) PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j0] + rr, ((N) - 2) * dw + 16) \
+            else if (run8[j0 / 8] == 2) { \
+                PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j0] + rr, (N) + 6) \
+                PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j0 + 4] + rr, (N) + 6) \
+            } else \
+                for (int j = j0; j < j0 + 8; ++j) \
+                    if (at[j] >= 0) PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j] + rr, ((N) - 1) * dw + 1) \
+        }
 #define WINOGRAD_V8(q) *(__local float8 *)(dst + (n_ * r + (q)) * vstride_)
 #define WINOGRAD_V1(q) dst[(n_ * r + (q)) * vstride_ + j - j0]
 #define WINOGRAD_INPUT(N, STRIDE, BT) { \
     const int n_ = (N), vstride_ = (STRIDE); \
     for (int c = 0; c < kc; ++c) { \
         __global const float *xc = xp + (size_t)(k0 + c) * plane; \
+        if (k0 + c + WINOGRAD_AHEAD_IN < K) WINOGRAD_PREFETCH_INPUT(N, xc + (size_t)WINOGRAD_AHEAD_IN * plane) \
         for (int j0 = 0; j0 < NR; j0 += 8) { \
             __local float *dst = vt + c * NR + j0; \
             if (run8[j0 / 8]) { \
@@ -1239,10 +1260,24 @@ inline float8 wino_relu8(const float8 v, const int relu)
         r[1][q] = A1(WINOGRAD_M8); \
     }
 #define WINOGRAD_M1(x) src[(n_ * (x) + q) * stride_]
+// the output rows WINOGRAD_OUTPUT stores for the work-group's output row o_ (2 rows of 16 floats
+// a run of 8, of 8 floats a run of 4, of 2 outputs dw apart a tile alone)
+#define WINOGRAD_PREFETCH_OUTPUT(o_) \
+    for (int j0 = 0; j0 < NR; j0 += 8) \
+        for (int j = j0; j < j0 + 8; j += run8[j0 / 8] == 1 ? 8 : run8[j0 / 8] == 2 ? 4 : 1) { \
+            if (at[j] < 0) continue; \
+            __global float *yf = Y + y_off + ((size_t)img[j] * M + row0 + (o_)) * Ho * Wo + out_col[j]; \
+            for (int i = 0; i < 2; ++i) { \
+                const int row = out_row[j] + i * dh; \
+                if (row >= Ho) continue; \
+                PREFETCH_SPAN(PREFETCH_WRITE, yf + (size_t)row * Wo, run8[j0 / 8] == 1 ? 16 : run8[j0 / 8] == 2 ? 8 : dw + 1) \
+            } \
+        }
 #define WINOGRAD_OUTPUT(N, STRIDE, A0, A1) { \
     const int rows = min(tile_m, M - row0), n_ = (N), stride_ = (STRIDE); \
     for (int o = 0; o < rows; ++o) { \
         const float bo = has_bias ? bias[b_off + row0 + o] : 0.0f; \
+        if (o + WINOGRAD_AHEAD_OUT < rows) WINOGRAD_PREFETCH_OUTPUT(o + WINOGRAD_AHEAD_OUT) \
         for (int j0 = 0; j0 < NR; j0 += 8) { \
             if (run8[j0 / 8] == 1 && out_col[j0] + 16 <= Wo) { \
                 __local const float *src = mt + o * NR + j0; \

@@ -10,3 +10,19 @@ typedef float16 float16_u __attribute__((aligned(4)));
 typedef int4 int4_u __attribute__((aligned(4)));
 typedef int8 int8_u __attribute__((aligned(4)));
 typedef int16 int16_u __attribute__((aligned(4)));
+// Hints that the cache lines at global float pointer p (PREFETCH_READ, PREFETCH_WRITE), or those
+// spanning n floats from p (PREFETCH_SPAN), are wanted soon, for kernels whose reads jump from
+// plane to plane faster than the hardware prefetchers follow. On CPU drivers (CPU_PREFETCH,
+// programs.py) they are the compiler's prefetch instructions, through an integer because
+// __builtin_prefetch takes a private pointer (one address space there; OpenCL's own prefetch()
+// does nothing on PoCL); elsewhere nothing.
+#if CPU_PREFETCH
+#define PREFETCH_READ(p) __builtin_prefetch((const void *)(size_t)(p), 0)
+#define PREFETCH_WRITE(p) __builtin_prefetch((const void *)(size_t)(p), 1)
+#else
+#define PREFETCH_READ(p)
+#define PREFETCH_WRITE(p)
+#endif
+#define PREFETCH_SPAN(HINT, p, n) { \
+        for (int pf_ = 0; pf_ < (n); pf_ += 16) HINT((p) + pf_); \
+        HINT((p) + (n) - 1); }

@@ -682,6 +682,63 @@ def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes):
         np.testing.assert_array_equal(a, a_tiles)
 
 
+# the prefetch hints' paths: Winograd's runs of 8 tiles (3x3, dilation 2, 5x5), runs of 4, tiles
+# alone (rows of 5 tiles) and runs past the last tile; the local-memory direct kernel (depthwise,
+# a grouped layer, 8 outputs a work-item)
+PREFETCH_CASES = [
+    ("winograd", (2, 70, 9, 37), (12, 3, 3), 1, 1, 1),
+    ("winograd", (1, 6, 9, 22), (9, 3, 3), 2, 2, 1),
+    ("winograd", (2, 4, 11, 20), (7, 5, 5), 2, 1, 1),
+    ("winograd", (3, 9, 8, 8), (10, 3, 3), 1, 1, 1),
+    ("winograd", (3, 4, 7, 9), (5, 3, 3), 1, 1, 1),
+    ("direct", (2, 16, 17, 33), (16, 3, 3), 1, 1, 16),
+    ("direct", (2, 8, 12, 20), (16, 3, 3), 1, 1, 2),
+    ("direct", (3, 4, 9, 40), (16, 3, 3), 1, 1, 1),
+]
+
+
+def test_prefetch_hints_only_on_cpu_drivers(ocl):
+    """vectors.cl's PREFETCH_* hints are the prefetch instructions on CPU drivers only (a GPU's
+    compiler gets empty macros)."""
+    hints = {"CPU_PREFETCH": 1} if ocl.is_cpu else {}
+    for build in ("gemm.cl", "gemm.cl:mr_alt", "conv.cl", "conv.cl:vec16"):
+        assert {k: v for k, v in ocl._programs._defines[build].items() if k == "CPU_PREFETCH"} == hints
+
+
+@pytest.mark.parametrize("case", PREFETCH_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-d{c[4]}-g{c[5]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_prefetch_hints_change_no_result(lanes_backend, rng, case, lanes):
+    """winograd_conv / winograd5_conv and the local-memory direct kernels built with and without
+    the prefetch hints: the forward pass (bias and ReLU) and the input gradient added to dx equal
+    bit for bit, and match float64."""
+    algorithm, xs, (o, kh, kw), p, d, groups = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1] // groups, kh, kw)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    args = ((1, 1), (p, p), (d, d), groups)
+    y_ref = conv_ref(x, wt, (1, 1), (p, p), (d, d), groups) + bias[:, None, None]
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx0 = rng.standard_normal(xs).astype(np.float32)
+    dx_ref = conv_grads_ref(x, wt, dy, (1, 1), (p, p), (d, d), groups)[0] + dx0
+    results = []
+    for hints in (1, 0):
+        b = lanes_backend(lanes, conv_algorithm=algorithm)
+        for build in ("gemm.cl", "gemm.cl:mr_alt", "conv.cl", "conv.cl:vec16"):
+            b._programs._defines[build]["CPU_PREFETCH"] = hints
+        geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, *args, "conv2d")
+        assert (b._forward_algorithm(geo, groups) == "winograd") == (algorithm == "winograd")
+        ws, dev_w = Workspace(), b.from_host(wt)
+        y, dx = b.empty(y_ref.shape), b.from_host(dx0)
+        b.conv2d(b.from_host(x), dev_w, y, *args, ws, bias=b.from_host(bias), relu=True)
+        b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
+        results.append((b.to_host(y), b.to_host(dx)))
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(kh * kw * max(xs[1], o)))
+    np.testing.assert_allclose(results[0][0], np.maximum(y_ref, 0), **tol)
+    np.testing.assert_allclose(results[0][1], dx_ref, **tol)
+    for with_hints, without in zip(results[0], results[1]):
+        np.testing.assert_array_equal(with_hints, without)
+
+
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
     """"auto" takes F(2x2, 5x5) for both ops of stride-1 5x5 layers of 32 input and output
     channels and 256 output pixels on 8-lane devices; narrower, smaller, dilated, grouped or
