@@ -1073,8 +1073,10 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 
 // Winograd F(2x2, 3x3) convolution in one pass (the scheme: above winograd_weights in conv.cl):
 // work-group (p, r) takes NR consecutive tiles (p) and the tile_m output channels from row
-// r * tile_m. Per slice of WK input channels it transforms their 4x4 patches of the padded
-// input xp (K channels of Hp x Wp per image) into local panels V[16][WK][NR], runs the
+// r * tile_m. Per slice of WK input channels it transforms their 4x4 patches of the input xp
+// (from xp_off: K channels of Hp x Wp per image, padded by ph and pw: the patches start ph rows
+// and pw columns before the outputs, zeros outside; a padded copy's are 0) into local panels
+// V[16][WK][NR], runs the
 // micro-kernel of each tap position xi on U[xi] (the packed transformed weights,
 // [16][M/MR][K][MR]) and V[xi] into local sums M[16][tile_m][NR], and finally transforms M's
 // tiles back into the NCHW output (added to it when acc). Nothing but y is written to global
@@ -1090,23 +1092,26 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 #define WLOAD_ROW(r) c##r##_0 = ct[(r) * 2]; c##r##_1 = ct[(r) * 2 + 1];
 #define WSTORE_ROW(r) ct[(r) * 2] = c##r##_0; ct[(r) * 2 + 1] = c##r##_1;
 // shared by winograd_conv and winograd5_conv: work-group (p, r)'s first tile t0 and output row
-// row0, and per tile where its patch starts in channel 0 of its image of xp (-1: past the last
-// tile), its image and its first output row and column
+// row0, and per tile its image (-1: past the last tile), its first output row and column, its
+// patch's first row and column in xp's planes (top, left: negative in the padding) and where
+// that lies from channel 0 of its image
 #define WINOGRAD_TILES \
     const int t0 = get_group_id(0) * NR, row0 = get_group_id(1) * tile_m; \
     const int a_panels = min(tile_m, M - row0 + MR - 1) / MR; \
     const int panels = (M + MR - 1) / MR; \
     const size_t plane = (size_t)Hp * Wp; \
     long at[NR]; \
-    int out_row[NR], out_col[NR], img[NR]; \
+    int out_row[NR], out_col[NR], img[NR], top[NR], left[NR]; \
     for (int j = 0; j < NR; ++j) { \
         const int t = t0 + j; \
-        if (t >= T) { at[j] = -1; continue; } \
+        if (t >= T) { img[j] = -1; at[j] = top[j] = left[j] = 0; continue; } \
         const int n = t / (th * tw), rest = t - n * th * tw, a = rest / tw, b = rest - a * tw; \
         out_row[j] = a % dh + 2 * dh * (a / dh); \
         out_col[j] = b % dw + 2 * dw * (b / dw); \
         img[j] = n; \
-        at[j] = ((long)n * K * Hp + out_row[j]) * Wp + out_col[j]; \
+        top[j] = out_row[j] - ph; \
+        left[j] = out_col[j] - pw; \
+        at[j] = xp_off + ((long)n * K * Hp + top[j]) * Wp + left[j]; \
     }
 // the micro-kernel of each of the `positions` transformed tap positions xi on U[xi] (the
 // tile's panels from row0, channels k0 on) and V[xi] (panels vxi floats apart) into the
@@ -1145,15 +1150,24 @@ inline float8 wino_relu8(const float8 v, const int relu)
 // patches' values at one tap lie in 16 floats of the input row, 8 tiles a vector (run8 1).
 // Where `halves`, undilated columns of rows of 4 tiles (8-wide outputs: no run of 8 fits a row of
 // tiles) give run8 2: 8 tiles as two runs of 4, each run's values at one tap in 8 floats of its row
-#define WINOGRAD_HALF(j_) (at[j_] >= 0 && at[(j_) + 3] >= 0 && img[j_] == img[(j_) + 3] \
+#define WINOGRAD_HALF(j_) (img[j_] >= 0 && img[(j_) + 3] >= 0 && img[j_] == img[(j_) + 3] \
                            && out_row[j_] == out_row[(j_) + 3] && out_col[(j_) + 3] == out_col[j_] + 6)
+// Runs whose patches reach into the padding (the input read in place, ph or pw > 0) are runs of 8
+// only in F(2x2, 3x3) undilated (edge8: WINOGRAD_EDGE_ROWS), their columns from left + 1 to
+// left + 16 inside the row; every other tile reaching into it goes alone, bounds checked
 #define WINOGRAD_RUNS \
-    int run8[NR / 8]; \
+    int run8[NR / 8], edge8[NR / 8]; \
     for (int j0 = 0; j0 < NR; j0 += 8) { \
-        run8[j0 / 8] = (dw == 1 || (dw == 2 && out_col[j0] % 4 == 0)) && at[j0] >= 0 && at[j0 + 7] >= 0 \
+        run8[j0 / 8] = (dw == 1 || (dw == 2 && out_col[j0] % 4 == 0)) && img[j0] >= 0 && img[j0 + 7] >= 0 \
                        && img[j0] == img[j0 + 7] && out_row[j0] == out_row[j0 + 7] \
                        && out_col[j0 + 7] == out_col[j0] + 15 - dw; \
-        if (!run8[j0 / 8] && halves && dw == 1 && WINOGRAD_HALF(j0) && WINOGRAD_HALF(j0 + 4)) run8[j0 / 8] = 2; \
+        const int span = (WINOGRAD_N - 2) * dw + 16; \
+        edge8[j0 / 8] = run8[j0 / 8] && !(top[j0] >= 0 && top[j0] + (WINOGRAD_N - 1) * dh < Hp \
+                                           && left[j0] >= 0 && left[j0] + span <= Wp); \
+        if (edge8[j0 / 8] && !(WINOGRAD_N == 4 && dw == 1 && left[j0] + 1 >= 0 && left[j0] + 17 <= Wp)) \
+            run8[j0 / 8] = edge8[j0 / 8] = 0; \
+        if (!run8[j0 / 8] && halves && dw == 1 && !(ph | pw) && WINOGRAD_HALF(j0) && WINOGRAD_HALF(j0 + 4)) \
+            run8[j0 / 8] = 2; \
     }
 // taps q and q + 1 (q even) of a run's 8 tiles from `row` (the first tile's patch row): the even
 // and odd floats (dw 1) or pairs of floats (dw 2) of the 16 from row + q dw. float8 halves: a
@@ -1204,15 +1218,32 @@ inline float8 wino_relu8(const float8 v, const int relu)
 #define WINOGRAD_PREFETCH_INPUT(N, xf) \
     for (int j0 = 0; j0 < NR; j0 += 8) \
         for (int r = 0; r < (N); ++r) { \
-            const size_t rr = (size_t)r * dh * Wp; \
+            const long rr = (long)r * dh * Wp; \
             if (run8[j0 / 8] == 1) PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j0] + rr, ((N) - 2) * dw + 16) \
             else if (run8[j0 / 8] == 2) { \
                 PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j0] + rr, (N) + 6) \
                 PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j0 + 4] + rr, (N) + 6) \
             } else \
                 for (int j = j0; j < j0 + 8; ++j) \
-                    if (at[j] >= 0) PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j] + rr, ((N) - 1) * dw + 1) \
+                    if (img[j] >= 0) PREFETCH_SPAN(PREFETCH_READ, (xf) + at[j] + rr, ((N) - 1) * dw + 1) \
         }
+// the 4 taps of a run of 8 undilated F(2x2, 3x3) tiles from `row` (the first tile's patch row h,
+// from column left) into d_[0..3] where the run reaches into the padding: zeros where h lies
+// outside the planes, else columns left + 1 to left + 16 as two float8 loads (inside the row;
+// their even floats are tap 1, their odd ones tap 2) and columns left and left + 17 alone,
+// zero outside the row (tap 0: column left, then tap 2's first 7; tap 3: tap 1's last 7, then
+// column left + 17)
+#define WINOGRAD_EDGE_ROW(row, h, left_, d_) \
+    if ((h) < 0 || (h) >= Hp) { \
+        d_[0] = d_[1] = d_[2] = d_[3] = (float8)(0.0f); \
+    } else { \
+        const float8 lo = LOAD8G(0, (row) + 1), hi = LOAD8G(0, (row) + 9); \
+        d_[1] = (float8)(lo.even, hi.even); \
+        d_[2] = (float8)(lo.odd, hi.odd); \
+        const float first = (left_) >= 0 ? (row)[0] : 0.0f, last = (left_) + 17 < Wp ? (row)[17] : 0.0f; \
+        d_[0] = (float8)(first, d_[2].s0123, d_[2].s456); \
+        d_[3] = (float8)(d_[1].s1234, d_[1].s567, last); \
+    }
 #define WINOGRAD_V8(q) *(__local float8 *)(dst + (n_ * r + (q)) * vstride_)
 #define WINOGRAD_V1(q) dst[(n_ * r + (q)) * vstride_ + j - j0]
 #define WINOGRAD_INPUT(N, STRIDE, BT) { \
@@ -1226,8 +1257,10 @@ inline float8 wino_relu8(const float8 v, const int relu)
                 __global const float *s = xc + at[j0], *sb = xc + at[j0 + 4]; \
                 float8 d[N][N], e[N][N]; \
                 for (int r = 0; r < (N); ++r) { \
-                    __global const float *row = s + (size_t)r * dh * Wp, *rowb = sb + (size_t)r * dh * Wp; \
-                    if (run8[j0 / 8] == 2) { \
+                    __global const float *row = s + (long)r * dh * Wp, *rowb = sb + (long)r * dh * Wp; \
+                    if (edge8[j0 / 8]) { \
+                        WINOGRAD_EDGE_ROW(row, top[j0] + r * dh, left[j0], d[r]) \
+                    } else if (run8[j0 / 8] == 2) { \
                         for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR4(row, rowb, q, d[r][q], d[r][q + 1]) \
                     } else { \
                         for (int q = 0; q < (N); q += 2) WINOGRAD_PAIR(row, q, d[r][q], d[r][q + 1]) \
@@ -1238,11 +1271,14 @@ inline float8 wino_relu8(const float8 v, const int relu)
                 continue; \
             } \
             for (int j = j0; j < j0 + 8; ++j) { \
-                const int live = at[j] >= 0; \
+                const int live = img[j] >= 0; \
                 __global const float *s = xc + (live ? at[j] : 0); \
                 float d[N][N], e[N][N]; \
                 for (int r = 0; r < (N); ++r) \
-                    for (int q = 0; q < (N); ++q) d[r][q] = live ? s[(size_t)r * dh * Wp + q * dw] : 0.0f; \
+                    for (int q = 0; q < (N); ++q) { \
+                        const int h_ = top[j] + r * dh, w_ = left[j] + q * dw; \
+                        d[r][q] = live && h_ >= 0 && h_ < Hp && w_ >= 0 && w_ < Wp ? s[(long)r * dh * Wp + q * dw] : 0.0f; \
+                    } \
                 for (int q = 0; q < (N); ++q) BT(float, COL_IN, COL_OUT) \
                 for (int r = 0; r < (N); ++r) BT(float, ROW_IN, WINOGRAD_V1) \
             } \
@@ -1265,7 +1301,7 @@ inline float8 wino_relu8(const float8 v, const int relu)
 #define WINOGRAD_PREFETCH_OUTPUT(o_) \
     for (int j0 = 0; j0 < NR; j0 += 8) \
         for (int j = j0; j < j0 + 8; j += run8[j0 / 8] == 1 ? 8 : run8[j0 / 8] == 2 ? 4 : 1) { \
-            if (at[j] < 0) continue; \
+            if (img[j] < 0) continue; \
             __global float *yf = Y + y_off + ((size_t)img[j] * M + row0 + (o_)) * Ho * Wo + out_col[j]; \
             for (int i = 0; i < 2; ++i) { \
                 const int row = out_row[j] + i * dh; \
@@ -1305,7 +1341,7 @@ inline float8 wino_relu8(const float8 v, const int relu)
                 continue; \
             } \
             for (int j = j0; j < j0 + 8; ++j) { \
-                if (at[j] < 0) continue; \
+                if (img[j] < 0) continue; \
                 __local const float *src = mt + o * NR + j; \
                 float r[2][N]; \
                 for (int q = 0; q < (N); ++q) { \
@@ -1321,11 +1357,12 @@ inline float8 wino_relu8(const float8 v, const int relu)
 // A^T m: rows m0 + m1 + m2 and m1 - m2 - m3
 #define AT3_0(m) (m(0) + m(1) + m(2))
 #define AT3_1(m) (m(1) - m(2) - m(3))
+#define WINOGRAD_N 4
 #if BUILD_WINOGRAD3
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
-                   __global const float *restrict U, __global const float *restrict xp, const int Hp,
-                   const int Wp, const int dh, const int dw,
+                   __global const float *restrict U, __global const float *restrict xp, const int xp_off,
+                   const int Hp, const int Wp, const int ph, const int pw, const int dh, const int dw,
                    __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
                    __global const float *bias, const int b_off, const int has_bias, const int relu,
                    const int halves)
@@ -1357,11 +1394,13 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
         const T s_ = d(3) - d(1), t_ = 0.5f * (d(4) - d(2)); \
         o(0) = 0.8f * d(0) - d(2) + 0.2f * d(4); o(1) = p_ + q_; o(2) = q_ - p_; \
         o(3) = s_ + t_; o(4) = t_ - s_; o(5) = 0.8f * d(1) - d(3) + 0.2f * d(5); }
+#undef WINOGRAD_N
+#define WINOGRAD_N 6
 #if BUILD_WINOGRAD5
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd5_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
-                    __global const float *restrict U, __global const float *restrict xp, const int Hp,
-                    const int Wp, const int dh, const int dw,
+                    __global const float *restrict U, __global const float *restrict xp, const int xp_off,
+                    const int Hp, const int Wp, const int ph, const int pw, const int dh, const int dw,
                     __global float *restrict Y, const int y_off, const int Ho, const int Wo, const int acc,
                     __global const float *bias, const int b_off, const int has_bias, const int relu,
                     const int halves)
@@ -1383,6 +1422,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
     WINOGRAD_OUTPUT(6, MXI5, AT0, AT1)
 }
 #endif
+#undef WINOGRAD_N
 #undef COL_IN
 #undef COL_OUT
 #undef ROW_IN

@@ -278,6 +278,7 @@ class SpatialOps(abc.ABC):
     conv_algorithm = "auto"
     _winograd_relu = True   # the forward's ReLU in (phase) Winograd's stores (off: A/B runs)
     _wino_halves = True   # Winograd's transforms (forward, s2 stores, winograd_filter) on runs of 4 tiles in rows of 4 (off: A/B runs)
+    _wino_in_place = True   # winograd_conv reading its input in place where _winograd_in_place allows (off: A/B runs)
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
@@ -323,14 +324,26 @@ class SpatialOps(abc.ABC):
         u = scratch(ws, self, "conv_wino_u", ((k + 1) ** 2 * panels * mr * c,), np.float32)
         self._kernel("conv.cl", f"{name}_weights")(
             self.queue, (round_up(c, 64), panels * mr), (64, 1), c, *self._ref(w), o, int(flip), mr, u.base_data, 0)
-        hp, wp = dh * (2 * qh + k - 1), dw * (2 * qw + k - 1)   # the last tiles' whole patches
-        xp = self._padded(src, ph, pw, hp, wp, 0, ws)
+        if self._winograd_in_place(geo):
+            planes = (*self._ref(src), h, wd, ph, pw)
+        else:
+            hp, wp = dh * (2 * qh + k - 1), dw * (2 * qw + k - 1)   # the last tiles' whole patches
+            planes = (self._padded(src, ph, pw, hp, wp, 0, ws).base_data, 0, hp, wp, 0, 0)
         tile_m = even_tile(o, self._gemm_tiles["BM"], mr)
         nr = 2 * self._gemm_tiles["VW"]
         self._kernel("gemm.cl", f"{name}_conv")(
             self.queue, (-(-tiles // nr), -(-o // tile_m)), (1, 1), o, c, tiles, tile_m, th, tw, u.base_data,
-            xp.base_data, hp, wp, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias),
+            *planes, dh, dw, *self._ref(dst), ho, wo, int(bool(accumulate)), *self._optional(bias),
             int(bool(relu) and not accumulate), int(self._wino_halves))
+
+    def _winograd_in_place(self, geo) -> bool:
+        """Whether winograd_conv reads its patches from the input itself (zeros outside it), not
+        from a padded copy (pad_planes): F(2x2, 3x3) undilated whose rows of tiles are whole runs
+        of 8 (outputs a multiple of 16 wide) padded by at most one column, so that each run's
+        columns but its first and last lie inside the input's rows (gemm.cl's WINOGRAD_EDGE_ROW)."""
+        _, _, _, wd, _, k, _, _, wo, _, _, ph, pw, dh, dw = geo
+        return (self._wino_in_place is not False and k == 3 and (dh, dw) == (1, 1) and wo % 16 == 0
+                and 0 <= ph and 0 <= pw <= 1 and wo - pw + 1 <= wd)
 
     def _use_s2(self, geo, groups, op) -> bool:
         """Whether a forward pass (``op`` "forward"), weight gradient ("filter") or input gradient

@@ -682,6 +682,80 @@ def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes):
         np.testing.assert_array_equal(a, a_tiles)
 
 
+# F(2x2, 3x3) reading its input in place (outputs a multiple of 16 wide): runs at both edges
+# of 32-wide rows and top and bottom rows of tiles in the padding, an odd height (the last row of
+# tiles half past it), two channel slices (70) and two work-groups' rows (100 outputs), no padding
+# at all (18 -> 16 wide), padding of rows only or of columns only, two rows of padding (a row of
+# tiles' patch rows wholly outside), and a last work-group with tiles past the last (16 a
+# group on 16 lanes, 2 x 8 per image)
+IN_PLACE_CASES = [
+    ((2, 5, 6, 32), 7, (1, 1)),
+    ((2, 70, 5, 16), 100, (1, 1)),
+    ((1, 4, 18, 18), 6, (0, 0)),
+    ((2, 3, 7, 34), 5, (1, 0)),
+    ((2, 3, 9, 32), 4, (0, 1)),
+    ((1, 3, 3, 48), 5, (2, 1)),
+    ((3, 4, 4, 16), 3, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", IN_PLACE_CASES, ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_winograd_reads_its_input_in_place(lanes_backend, rng, monkeypatch, case, lanes):
+    """winograd_conv on outputs a multiple of 16 wide reads the input itself (no padded copy:
+    its runs at the padded edges load the inside and zero the rest): the forward pass with its
+    bias and ReLU, the same added to y, and the input gradient (dy padded by one, where dx is a
+    multiple of 16 wide) against float64, and bit for bit against the padded copy's path."""
+    b = lanes_backend(lanes, conv_algorithm="winograd")
+    xs, o, (ph, pw) = case
+    x = rng.standard_normal(xs).astype(np.float32)
+    wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    args = ((1, 1), (ph, pw), (1, 1), 1)
+    conv = conv_ref(x, wt, (1, 1), (ph, pw), (1, 1), 1) + bias[:, None, None]
+    y0, dy = (rng.standard_normal(conv.shape).astype(np.float32) for _ in range(2))
+    dx0 = rng.standard_normal(xs).astype(np.float32)
+    dx_ref = conv_grads_ref(x, wt, dy, (1, 1), (ph, pw), (1, 1), 1)[0] + dx0
+    geo = b._conv_geometry(x.shape, wt.shape, conv.shape, *args, "conv2d")
+    assert b._forward_algorithm(geo, 1) == "winograd" and b._winograd_in_place(geo)
+    padded = []
+    real_padded = type(b)._padded
+    monkeypatch.setattr(type(b), "_padded", lambda self, *a: padded.append(a[1:5]) or real_padded(self, *a))
+    data_in_place = xs[3] % 16 == 0 and 0 <= 2 - pw <= 1 and 2 - ph >= 0   # dy padded by 2 - p
+    results = {}
+    for in_place in (True, False):
+        b._wino_in_place = in_place
+        padded.clear()
+        ws, dev_w, dev_b, dev_x = Workspace(), b.from_host(wt), b.from_host(bias), b.from_host(x)
+        y, y_acc, dx = b.empty(conv.shape), b.from_host(y0), b.from_host(dx0)
+        b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
+        b._winograd(dev_x, dev_w, y_acc, geo, False, True, ws, dev_b)
+        b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
+        results[in_place] = [b.to_host(a) for a in (y, y_acc, dx)]
+        assert len(padded) == (3 if not in_place else 0 if data_in_place else 1)
+    y, y_acc, dx = results[True]
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(9 * max(xs[1], o)))
+    np.testing.assert_allclose(y, np.maximum(conv, 0), **tol)
+    np.testing.assert_allclose(y_acc, conv + y0, **tol)
+    np.testing.assert_allclose(dx, dx_ref, **tol)
+    for a, a_copy in zip(results[True], results[False]):
+        np.testing.assert_array_equal(a, a_copy)
+
+
+def test_winograd_in_place_rule(ocl):
+    """Only undilated 3x3 layers whose outputs are a multiple of 16 wide, padded by at most one
+    column, read their input in place."""
+    geo = lambda xs, o, k, p, d: ocl._conv_geometry(xs, (o, xs[1], k, k), (xs[0], o, xs[2] + 2 * p[0] - d * (k - 1),
+                                                    xs[3] + 2 * p[1] - d * (k - 1)), (1, 1), p, (d, d), 1, "conv2d")
+    assert ocl._winograd_in_place(geo((2, 64, 32, 32), 64, 3, (1, 1), 1))
+    assert ocl._winograd_in_place(geo((2, 64, 8, 16), 64, 3, (3, 1), 1))
+    assert not ocl._winograd_in_place(geo((2, 64, 32, 32), 64, 3, (2, 2), 2))    # dilated
+    assert not ocl._winograd_in_place(geo((2, 64, 32, 32), 64, 5, (2, 2), 1))    # 5x5
+    assert not ocl._winograd_in_place(geo((2, 64, 30, 30), 64, 3, (2, 2), 1))    # two columns of padding
+    assert not ocl._winograd_in_place(geo((2, 64, 24, 24), 64, 3, (1, 1), 1))    # 24 wide: runs of 4
+    assert not ocl._winograd_in_place(geo((2, 64, 8, 8), 64, 3, (1, 1), 1))
+
+
 # the prefetch hints' paths: Winograd's runs of 8 tiles (3x3, dilation 2, 5x5), runs of 4, tiles
 # alone (rows of 5 tiles) and runs past the last tile; the local-memory direct kernel (depthwise,
 # a grouped layer, 8 outputs a work-item)
