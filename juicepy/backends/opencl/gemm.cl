@@ -1075,10 +1075,10 @@ void gemm_tiled_gpu(const int M, const int N, const int K,
 // work-group (p, r) takes NR consecutive tiles (p) and the tile_m output channels from row
 // r * tile_m. Per slice of WK input channels it transforms their 4x4 patches of the input xp
 // (from xp_off: K channels of Hp x Wp per image, padded by ph and pw: the patches start ph rows
-// and pw columns before the outputs, zeros outside; a padded copy's are 0) into local panels
-// V[16][WK][NR], runs the
-// micro-kernel of each tap position xi on U[xi] (the packed transformed weights,
-// [16][M/MR][K][MR]) and V[xi] into local sums M[16][tile_m][NR], and finally transforms M's
+// and pw columns before the outputs, zeros outside; a padded copy's padding is 0) into local
+// panels V[16][WK][NR], runs the micro-kernel of each tap position xi on U[xi] (the packed
+// transformed weights, [16][M/MR][K][MR]) and V[xi] into local sums M[16][tile_m][NR], and
+// finally transforms M's
 // tiles back into the NCHW output (added to it when acc). Nothing but y is written to global
 // memory: as a transform, 16 GEMMs and a transform back through global buffers the
 // transformed tiles went through DRAM (docs/opencl.md). WK: channels per slice.
@@ -1153,7 +1153,7 @@ inline float8 wino_relu8(const float8 v, const int relu)
 #define WINOGRAD_HALF(j_) (img[j_] >= 0 && img[(j_) + 3] >= 0 && img[j_] == img[(j_) + 3] \
                            && out_row[j_] == out_row[(j_) + 3] && out_col[(j_) + 3] == out_col[j_] + 6)
 // Runs whose patches reach into the padding (the input read in place, ph or pw > 0) are runs of 8
-// only in F(2x2, 3x3) undilated (edge8: WINOGRAD_EDGE_ROWS), their columns from left + 1 to
+// only in F(2x2, 3x3) undilated (edge8: WINOGRAD_EDGE_ROW), their columns from left + 1 to
 // left + 16 inside the row; every other tile reaching into it goes alone, bounds checked
 #define WINOGRAD_RUNS \
     int run8[NR / 8], edge8[NR / 8]; \
@@ -1204,9 +1204,6 @@ inline float8 wino_relu8(const float8 v, const int relu)
 #define COL_OUT(r) e[r][q]
 #define ROW_IN(q) e[r][q]
 #define RQ(q) r[i][q]
-// channel slice [k0, k0 + kc) of the input into V: each tile's N x N patch through B^T (BT),
-// runs of 8 tiles a float8 (WINOGRAD_PAIR), other tiles one by one (zeros past the last tile);
-// position (N r + q) of V's panels STRIDE floats apart
 // the input channel WINOGRAD_AHEAD_IN ahead is prefetched (its planes lie a plane apart, further
 // than the hardware prefetchers look), and the output channel WINOGRAD_AHEAD_OUT ahead of the
 // stores: measured in docs/opencl.md, session 46
@@ -1244,6 +1241,9 @@ inline float8 wino_relu8(const float8 v, const int relu)
         d_[0] = (float8)(first, d_[2].s0123, d_[2].s456); \
         d_[3] = (float8)(d_[1].s1234, d_[1].s567, last); \
     }
+// channel slice [k0, k0 + kc) of the input into V: each tile's N x N patch through B^T (BT),
+// runs of 8 tiles a float8 (WINOGRAD_PAIR), other tiles one by one (zeros past the last tile);
+// position (N r + q) of V's panels STRIDE floats apart
 #define WINOGRAD_V8(q) *(__local float8 *)(dst + (n_ * r + (q)) * vstride_)
 #define WINOGRAD_V1(q) dst[(n_ * r + (q)) * vstride_ + j - j0]
 #define WINOGRAD_INPUT(N, STRIDE, BT) { \
