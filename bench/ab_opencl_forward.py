@@ -6,8 +6,9 @@ ResNet b32, as bench/test_bench_lenet.py and test_bench_cnn.py build them; `lene
         in one process, backends given as variants built side by side (`cur`: the defaults;
         `name=0|1[+name=0|1]`: the backend attribute `_name` set to False / True, such as the
         A/B switches `_pool_vec`, `_olanes`, `_winograd_relu`,
-        `_direct8`, `_s2_narrow`, `_wino_halves`, `_weights_in_place`; an upper-case NAME=VALUE:
-        that define for gemm.cl's and conv.cl's builds, such as SUBSAMPLE_STAGE=0 or CPU_PREFETCH=0; `numpy`: the NumPy backend),
+        `_direct8`, `_s2_narrow`, `_wino_halves`, `_weights_in_place`, `_wino_in_place`; an
+        upper-case NAME=VALUE: that define for gemm.cl's and conv.cl's builds, such as
+        SUBSAMPLE_STAGE=0 or CPU_PREFETCH=0; `numpy`: the NumPy backend),
         timed in alternating rounds of 4 forwards; prints each variant's median ms. Besides the
         networks, `conv:KEY` and `convfb:KEY` run bench/test_bench_conv.py's layers (forward, and
         forward + backward; KEY: the case's first word, `resnet-strided` and `resnet-shortcut`

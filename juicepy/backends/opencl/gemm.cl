@@ -1277,7 +1277,8 @@ inline float8 wino_relu8(const float8 v, const int relu)
                 for (int r = 0; r < (N); ++r) \
                     for (int q = 0; q < (N); ++q) { \
                         const int h_ = top[j] + r * dh, w_ = left[j] + q * dw; \
-                        d[r][q] = live && h_ >= 0 && h_ < Hp && w_ >= 0 && w_ < Wp ? s[(long)r * dh * Wp + q * dw] : 0.0f; \
+                        d[r][q] = live && h_ >= 0 && h_ < Hp && w_ >= 0 && w_ < Wp \
+                                  ? s[(long)r * dh * Wp + q * dw] : 0.0f; \
                     } \
                 for (int q = 0; q < (N); ++q) BT(float, COL_IN, COL_OUT) \
                 for (int r = 0; r < (N); ++r) BT(float, ROW_IN, WINOGRAD_V1) \
@@ -1306,7 +1307,8 @@ inline float8 wino_relu8(const float8 v, const int relu)
             for (int i = 0; i < 2; ++i) { \
                 const int row = out_row[j] + i * dh; \
                 if (row >= Ho) continue; \
-                PREFETCH_SPAN(PREFETCH_WRITE, yf + (size_t)row * Wo, run8[j0 / 8] == 1 ? 16 : run8[j0 / 8] == 2 ? 8 : dw + 1) \
+                PREFETCH_SPAN(PREFETCH_WRITE, yf + (size_t)row * Wo, \
+                              run8[j0 / 8] == 1 ? 16 : run8[j0 / 8] == 2 ? 8 : dw + 1) \
             } \
         }
 #define WINOGRAD_OUTPUT(N, STRIDE, A0, A1) { \

@@ -343,7 +343,7 @@ class SpatialOps(abc.ABC):
         columns but its first and last lie inside the input's rows (gemm.cl's WINOGRAD_EDGE_ROW)."""
         _, _, _, wd, _, k, _, _, wo, _, _, ph, pw, dh, dw = geo
         return (self._wino_in_place is not False and k == 3 and (dh, dw) == (1, 1) and wo % 16 == 0
-                and 0 <= ph and 0 <= pw <= 1 and wo - pw + 1 <= wd)
+                and 0 <= pw <= 1 and wo - pw + 1 <= wd)
 
     def _use_s2(self, geo, groups, op) -> bool:
         """Whether a forward pass (``op`` "forward"), weight gradient ("filter") or input gradient

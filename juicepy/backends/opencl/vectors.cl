@@ -13,7 +13,7 @@ typedef int16 int16_u __attribute__((aligned(4)));
 // Hints that the cache lines at global float pointer p (PREFETCH_READ, PREFETCH_WRITE), or those
 // spanning n floats from p (PREFETCH_SPAN), are wanted soon, for kernels whose reads jump from
 // plane to plane faster than the hardware prefetchers follow. On CPU drivers (CPU_PREFETCH,
-// programs.py) they are the compiler's prefetch instructions, through an integer because
+// backend.py) they are the compiler's prefetch instructions, through an integer because
 // __builtin_prefetch takes a private pointer (one address space there; OpenCL's own prefetch()
 // does nothing on PoCL); elsewhere nothing.
 #if CPU_PREFETCH

@@ -644,6 +644,17 @@ WINOGRAD_HALF_CASES = [
 ]
 
 
+def winograd_three_ways(b, x, wt, bias, y0, dy, dx0, args, geo):
+    """[y, y_acc, dx] on the host: conv2d with bias and ReLU into y, the Winograd forward with
+    the bias added to y0, and the input gradient of dy added to dx0."""
+    ws, dev_w, dev_b, dev_x = Workspace(), b.from_host(wt), b.from_host(bias), b.from_host(x)
+    y, y_acc, dx = b.empty(y0.shape), b.from_host(y0), b.from_host(dx0)
+    b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
+    b._winograd(dev_x, dev_w, y_acc, geo, False, True, ws, dev_b)
+    b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
+    return [b.to_host(a) for a in (y, y_acc, dx)]
+
+
 @pytest.mark.parametrize("case", WINOGRAD_HALF_CASES, ids=lambda c: f"k{c[0]}-{c[1]}-o{c[2]}-p{c[3]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes):
@@ -667,12 +678,7 @@ def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes):
     results = {}
     for halves in (True, False):
         b._wino_halves = halves
-        ws, dev_w, dev_b, dev_x = Workspace(), b.from_host(wt), b.from_host(bias), b.from_host(x)
-        y, y_acc, dx = b.empty(conv.shape), b.from_host(y0), b.from_host(dx0)
-        b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
-        b._winograd(dev_x, dev_w, y_acc, geo, False, True, ws, dev_b)
-        b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
-        results[halves] = [b.to_host(a) for a in (y, y_acc, dx)]
+        results[halves] = winograd_three_ways(b, x, wt, bias, y0, dy, dx0, args, geo)
     y, y_acc, dx = results[True]
     tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(k * k * max(xs[1], o)))
     np.testing.assert_allclose(y, np.maximum(conv, 0), **tol)
@@ -726,12 +732,7 @@ def test_winograd_reads_its_input_in_place(lanes_backend, rng, monkeypatch, case
     for in_place in (True, False):
         b._wino_in_place = in_place
         padded.clear()
-        ws, dev_w, dev_b, dev_x = Workspace(), b.from_host(wt), b.from_host(bias), b.from_host(x)
-        y, y_acc, dx = b.empty(conv.shape), b.from_host(y0), b.from_host(dx0)
-        b.conv2d(dev_x, dev_w, y, *args, ws, bias=dev_b, relu=True)
-        b._winograd(dev_x, dev_w, y_acc, geo, False, True, ws, dev_b)
-        b.conv2d_backward_data(b.from_host(dy), dev_w, dx, *args, True, ws)
-        results[in_place] = [b.to_host(a) for a in (y, y_acc, dx)]
+        results[in_place] = winograd_three_ways(b, x, wt, bias, y0, dy, dx0, args, geo)
         assert len(padded) == (3 if not in_place else 0 if data_in_place else 1)
     y, y_acc, dx = results[True]
     tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(9 * max(xs[1], o)))
