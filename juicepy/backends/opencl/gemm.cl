@@ -1154,17 +1154,18 @@ inline float8 wino_relu8(const float8 v, const int relu)
                            && out_row[j_] == out_row[(j_) + 3] && out_col[(j_) + 3] == out_col[j_] + 6)
 // Runs whose patches reach into the padding (the input read in place, ph or pw > 0) are runs of 8
 // only in F(2x2, 3x3) undilated (edge8: WINOGRAD_EDGE_ROW), their columns from left + 1 to
-// left + 16 inside the row; every other tile reaching into it goes alone, bounds checked
-#define WINOGRAD_RUNS \
+// left + 16 inside the row; every other tile reaching into it goes alone, bounds checked (N x N
+// patches)
+#define WINOGRAD_RUNS(N) \
     int run8[NR / 8], edge8[NR / 8]; \
     for (int j0 = 0; j0 < NR; j0 += 8) { \
         run8[j0 / 8] = (dw == 1 || (dw == 2 && out_col[j0] % 4 == 0)) && img[j0] >= 0 && img[j0 + 7] >= 0 \
                        && img[j0] == img[j0 + 7] && out_row[j0] == out_row[j0 + 7] \
                        && out_col[j0 + 7] == out_col[j0] + 15 - dw; \
-        const int span = (WINOGRAD_N - 2) * dw + 16; \
-        edge8[j0 / 8] = run8[j0 / 8] && !(top[j0] >= 0 && top[j0] + (WINOGRAD_N - 1) * dh < Hp \
+        const int span = ((N) - 2) * dw + 16; \
+        edge8[j0 / 8] = run8[j0 / 8] && !(top[j0] >= 0 && top[j0] + ((N) - 1) * dh < Hp \
                                            && left[j0] >= 0 && left[j0] + span <= Wp); \
-        if (edge8[j0 / 8] && !(WINOGRAD_N == 4 && dw == 1 && left[j0] + 1 >= 0 && left[j0] + 17 <= Wp)) \
+        if (edge8[j0 / 8] && !((N) == 4 && dw == 1 && left[j0] + 1 >= 0 && left[j0] + 17 <= Wp)) \
             run8[j0 / 8] = edge8[j0 / 8] = 0; \
         if (!run8[j0 / 8] && halves && dw == 1 && !(ph | pw) && WINOGRAD_HALF(j0) && WINOGRAD_HALF(j0 + 4)) \
             run8[j0 / 8] = 2; \
@@ -1359,7 +1360,6 @@ inline float8 wino_relu8(const float8 v, const int relu)
 // A^T m: rows m0 + m1 + m2 and m1 - m2 - m3
 #define AT3_0(m) (m(0) + m(1) + m(2))
 #define AT3_1(m) (m(1) - m(2) - m(3))
-#define WINOGRAD_N 4
 #if BUILD_WINOGRAD3
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
@@ -1374,7 +1374,7 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
     __local float *vt = (__local float *)v_store;
     __local float *mt = (__local float *)m_store;
     WINOGRAD_TILES
-    WINOGRAD_RUNS
+    WINOGRAD_RUNS(4)
     for (int k0 = 0; k0 < K; k0 += WK) {
         const int kc = min(WK, K - k0);
         WINOGRAD_INPUT(4, VXI, WG3_BT)
@@ -1396,8 +1396,6 @@ void winograd_conv(const int M, const int K, const int T, const int tile_m, cons
         const T s_ = d(3) - d(1), t_ = 0.5f * (d(4) - d(2)); \
         o(0) = 0.8f * d(0) - d(2) + 0.2f * d(4); o(1) = p_ + q_; o(2) = q_ - p_; \
         o(3) = s_ + t_; o(4) = t_ - s_; o(5) = 0.8f * d(1) - d(3) + 0.2f * d(5); }
-#undef WINOGRAD_N
-#define WINOGRAD_N 6
 #if BUILD_WINOGRAD5
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void winograd5_conv(const int M, const int K, const int T, const int tile_m, const int th, const int tw,
@@ -1412,7 +1410,7 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
     __local float *vt = (__local float *)v_store;
     __local float *mt = (__local float *)m_store;
     WINOGRAD_TILES
-    WINOGRAD_RUNS
+    WINOGRAD_RUNS(6)
     for (int k0 = 0; k0 < K; k0 += WK) {
         const int kc = min(WK, K - k0);
         WINOGRAD_INPUT(6, VXI5, WG5_BT)
@@ -1424,7 +1422,6 @@ void winograd5_conv(const int M, const int K, const int T, const int tile_m, con
     WINOGRAD_OUTPUT(6, MXI5, AT0, AT1)
 }
 #endif
-#undef WINOGRAD_N
 #undef COL_IN
 #undef COL_OUT
 #undef ROW_IN
