@@ -823,7 +823,7 @@ def _s2_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
     th, tw = (dy.shape[2] + 1) // 2, (dy.shape[3] + 1) // 2
     tiles = th * tw
-    per, chunks = _sample_chunks(n, tiles, S2_FILTER_TILES)
+    per, chunks = _sample_chunks(n, tiles, S2_FILTER_TILES, _gemm_lanes())
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = 4 * c * per * tiles + 16, o * per * tiles + 16
     starts = tuple(c * sum(S2_DEPTHS[:pos]) for pos in range(10))  # each position's rows in a lane's sum
@@ -1146,10 +1146,11 @@ class _TileTransforms(NamedTuple):
     whole: object = None
 
 
-def _sample_chunks(n, tiles, chunk_tiles):
+def _sample_chunks(n, tiles, chunk_tiles, lanes=1):
     """(samples per chunk, [(n0, n1), ...]): chunks of about ``chunk_tiles`` tiles of ``tiles``
-    per sample, at least one sample each."""
-    per = max(1, min(n, chunk_tiles // tiles))
+    per sample, at least one sample each, and at least ``lanes`` chunks where there are as many
+    samples."""
+    per = max(1, min(n, chunk_tiles // tiles, -(-n // lanes)))
     return per, [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
 
 
@@ -1193,7 +1194,7 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     (and _rows)."""
     n, positions, tiles = src.shape[0], len(t.depths), t.tiles
     width = max(t.depths) * n_in
-    per, chunks = _sample_chunks(n, tiles, t.chunk_tiles)
+    per, chunks = _sample_chunks(n, tiles, t.chunk_tiles, 1 if _in_lane() else _gemm_lanes())
     # one batched product where every position multiplies all of its slice
     uniform = len(set(t.depths)) == 1
     blocked = _tile_gemm(backend, t.depths, n_in)
@@ -1322,7 +1323,7 @@ def _winograd_backward_filter(backend, x, dy, w_shape, stride, padding, dilation
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
     th, tw = _winograd_tiles(geometry)
     tiles = th * tw
-    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_BYTES // (16 * (c + o) * x.itemsize))
+    per, chunks = _sample_chunks(n, tiles, WINOGRAD_FILTER_BYTES // (16 * (c + o) * x.itemsize), _gemm_lanes())
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = c * per * tiles + 16, o * per * tiles + 16
     totals = {}
@@ -1392,7 +1393,7 @@ def _wg_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
     mats = _wg_matrices(m, r, WG_FILTER_POINTS)
     th, tw = -(-dy.shape[2] // m), -(-dy.shape[3] // m)
     tiles = th * tw
-    per, chunks = _sample_chunks(n, tiles, WG_FILTER_TILES)
+    per, chunks = _sample_chunks(n, tiles, WG_FILTER_TILES, _gemm_lanes())
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = c * per * tiles + 16, o * per * tiles + 16
     totals = {}

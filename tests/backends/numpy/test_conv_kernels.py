@@ -869,6 +869,56 @@ def test_tile_run_gemms_on_blas_match_the_fallback(kernel, stride, depths, entry
     np.testing.assert_allclose(summed[1], reference[1] + 1, rtol=1e-10, atol=1e-10 * np.abs(reference[1]).max())
 
 
+def test_sample_chunks_give_each_lane_a_chunk():
+    """Chunks of about chunk_tiles tiles, at least one sample each, and at least one per lane
+    where there are as many samples (a batch of 8 on 8x8 planes, 128 tiles, no longer runs
+    on one core)."""
+    chunks = numpy_spatial._sample_chunks
+    assert chunks(8, 16, 256) == (8, [(0, 8)])
+    assert chunks(8, 16, 256, 2) == (4, [(0, 4), (4, 8)])
+    assert chunks(3, 16, 256, 2) == (2, [(0, 2), (2, 3)])
+    assert chunks(1, 16, 256, 2) == (1, [(0, 1)])
+    assert chunks(64, 16, 256, 2) == (16, [(0, 16), (16, 32), (32, 48), (48, 64)])  # the size rules
+    assert chunks(3, 300, 256, 2) == (1, [(0, 1), (1, 2), (2, 3)])
+
+
+@needs_kernels
+@pytest.mark.parametrize("blocks", [False, True], ids=["blas", "register-blocks"])
+def test_small_batch_tiled_convs_reach_every_lane(blocks, monkeypatch):
+    """A batch whose tiles fit one chunk (4 samples of 8x8 outputs): Winograd's forward and input
+    gradient, the stride-2 phases' forward, and the Winograd and phase weight gradients cut it
+    into a chunk per lane (2 here), on BLAS and on the register blocks, the fallback's results
+    in float64 to rounding."""
+    rng = np.random.default_rng(47)
+    monkeypatch.setattr(kernels, "isa", 2)
+    for name, value in [("_gemm_lanes", lambda: 2), ("_num_threads", lambda: 2), ("WINOGRAD_MIN_CHANNELS", 1),
+                        ("WINOGRAD_MIN_PLANE", 1), ("WINOGRAD_FILTER_MIN_CHANNELS", 1),
+                        ("S2_MIN_CHANNELS", {1: 1, 2: 1}), ("S2_FILTER_MIN_CHANNELS", {1: 1, 2: 1}),
+                        ("DIRECT_FAVOURED_CPUS", set()), ("_algorithm", lambda op, count, *rest: count - 1),
+                        ("TILE_GEMM_MIN_DEPTH", 1 if blocks else 1 << 30),
+                        ("FULL_WIDTH_TILE_GEMM_MIN_DEPTH", 1 if blocks else 1 << 30),
+                        ("S2_TILE_GEMM_MIN_DEPTH", {2: 1} if blocks else {}),
+                        ("WINOGRAD_FILTER_TILE_GEMM_ISAS", (2,) if blocks else ()),
+                        ("S2_FILTER_TILE_GEMM_ISAS", (2,) if blocks else ())]:
+        monkeypatch.setattr(numpy_spatial, name, value)
+    pieces = []
+    for name in ("_deal_gemm_pieces", "_run_gemm_pieces"):
+        original = getattr(numpy_spatial, name)
+        monkeypatch.setattr(numpy_spatial, name, lambda count, work, run=original: (pieces.append(count),
+                                                                                     run(count, work))[1])
+    whole = kernels.tile_conv
+    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (pieces.append(a[19]), whole(*a))[1])
+    for stride, side in [(1, 8), (2, 16)]:
+        x, w = rng.standard_normal((4, 6, side, side)), rng.standard_normal((5, 6, 3, 3))
+        del pieces[:]
+        results = _all_three(x, w, 5, (stride, 1, 1, 1), ws=Workspace())
+        # stride 2's input gradient runs on its own phases (_s2_data's rule), not a tiled run
+        print(stride, pieces)
+        assert pieces[:2] == [2, 2] and pieces[-1] == 2, (stride, pieces)
+        _assert_like_the_fallback(monkeypatch, [results], x, w, 5, (stride, 1, 1, 1))
+        monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", kernels)  # the fallback ran last
+
+
 def test_the_algorithm_is_fixed_by_the_geometry():
     """Never timed: two runs of one network (a resumed one, another process) take the same path."""
     choose = numpy_spatial._algorithm
