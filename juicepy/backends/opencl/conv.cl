@@ -744,7 +744,7 @@ void max_pool_2x2_rows(const int rows, __global const float *x, const int x_off,
     }
 }
 
-// The same for rows of 3 to 16 outputs on 16-lane CPU devices, a row in one vector of PV lanes
+// The same for rows of 3 to 16 outputs on CPU devices, a row in one vector of PV lanes
 // (PV = 4, 8 or 16, the smallest that holds Wo): each input row of the window loaded as 2 PV
 // consecutive floats and split into its even and odd columns, the four taps then compared lane by
 // lane in max_2x2's order. Row loads run past the row's end into the rows after it (never past

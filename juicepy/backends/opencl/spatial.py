@@ -132,8 +132,8 @@ POOL_FLAT_MAX = 1 << 24
 # planes of output rows each work-item of max_pool_2x2_rows takes (where they divide the planes):
 # 4 measured faster than 1 and as fast as 16 on the CIFAR CNN's poolings
 POOL_ROWS_PLANES = 4
-# output widths of 2x2 poolings that max_pool_2x2_v4 / _v8 / _v16 take on 16-lane CPU devices
-# (docs/opencl.md, session 34, branch ocl-fwd2)
+# output widths of 2x2 poolings that max_pool_2x2_v4 / _v8 / _v16 take on CPU devices, 8-lane
+# (AVX2) ones too (docs/opencl.md, session 34, branch ocl-fwd2; session 47)
 POOL_VEC_WIDTHS = range(3, 17)
 # ...each work-item taking whole planes, up to this many output rows (16 planes at most): the
 # last row of each work-item's run is stored output by output
@@ -927,9 +927,9 @@ class SpatialOps(abc.ABC):
 
     def _pool_lanes(self, wo: int) -> int:
         """The lanes of the max_pool_2x2_v* build for 2x2 pooling rows of ``wo`` outputs, or 0:
-        on 16-lane CPU devices, rows of 3 to 16 outputs (POOL_VEC_WIDTHS), each in the smallest
-        vector that holds it."""
-        if not (self._pool_vec if self._pool_vec is not None else self.is_cpu and self._gemm_tiles.get("VW") == 16):
+        on CPU devices, rows of 3 to 16 outputs (POOL_VEC_WIDTHS), each in the smallest vector
+        that holds it."""
+        if not (self._pool_vec if self._pool_vec is not None else self.is_cpu):
             return 0
         return next((lanes for lanes in (4, 8, 16) if lanes // 2 < wo <= lanes), 0) if wo in POOL_VEC_WIDTHS else 0
 

@@ -1390,14 +1390,17 @@ def test_max_pool_2x2_narrow_rows_ties_nan_and_infinities(ocl, rng, shape, vecto
 
 
 def test_max_pool_2x2_vector_rule(lanes_backend):
-    """16-lane CPU devices take the vector builds for rows of 3 to 16 outputs, the smallest
-    vector holding the row; 8-lane devices keep their kernels."""
-    b16 = lanes_backend(16, conv_vector_width=8)
-    if not b16.is_cpu:
-        pytest.skip("the vector pooling builds are chosen on CPU devices only")
-    assert [b16._pool_lanes(wo) for wo in (1, 2, 3, 4, 5, 8, 9, 14, 16, 17, 32)] == [0, 0, 4, 4, 8, 8, 16, 16, 16, 0, 0]
+    """CPU devices, 16-lane and 8-lane (AVX2) alike, take the vector builds for rows of 3 to 16
+    outputs, the smallest vector holding the row; other rows keep their kernels."""
     b8 = lanes_backend(8)
+    if not b8.is_cpu:
+        pytest.skip("the vector pooling builds are chosen on CPU devices only")
+    want = [0, 0, 4, 4, 8, 8, 16, 16, 16, 0, 0]
+    assert [b8._pool_lanes(wo) for wo in (1, 2, 3, 4, 5, 8, 9, 14, 16, 17, 32)] == want
+    b8._pool_vec = False  # the A/B switch
     assert all(b8._pool_lanes(wo) == 0 for wo in range(1, 40))
+    b16 = lanes_backend(16, conv_vector_width=8)
+    assert [b16._pool_lanes(wo) for wo in (1, 2, 3, 4, 5, 8, 9, 14, 16, 17, 32)] == want
 
 
 def test_vector_sums_of_batch_norm_on_cpu_drivers_only(ocl):
