@@ -47,17 +47,18 @@ def torch_adam_step(torch, model, x, y, lr=1e-3):
 PAIRED_PREFIX = "paired: "
 
 
-def paired_summary(subject_times, reference_times) -> dict:
-    """The extra_info of a paired benchmark from its self-timed rounds (seconds, round i of each
-    side taken back to back): both medians, their ratio, and the median of the per-round ratios
-    (each round's two calls share whatever slow spell the machine had then)."""
-    if len(subject_times) != len(reference_times) or not subject_times:
-        raise ValueError(f"paired rounds: expected as many subject as reference times (at least one), "
-                         f"got {len(subject_times)} and {len(reference_times)}")
+def paired_summary(subject_times, reference_times, repeats=1) -> dict:
+    """The extra_info of a paired benchmark from its self-timed calls (seconds, ``repeats`` a
+    side a round; call i of each side taken in the same round): both medians, their ratio, and
+    the median of the per-call ratios (each round's calls share whatever slow spell the machine
+    had then)."""
+    if len(subject_times) != len(reference_times) or not subject_times or len(subject_times) % repeats:
+        raise ValueError(f"paired rounds: expected as many subject as reference times, a multiple of "
+                         f"repeats={repeats} (at least one), got {len(subject_times)} and {len(reference_times)}")
     subject, reference = statistics.median(subject_times), statistics.median(reference_times)
     return {"subject_median": subject, "reference_median": reference, "ratio": subject / reference,
             "pair_ratio": statistics.median(s / r for s, r in zip(subject_times, reference_times)),
-            "rounds": len(subject_times)}
+            "rounds": len(subject_times) // repeats, "repeats": repeats}
 
 
 #: seconds each side runs untimed before its timed call in a paired round: the other side's idle
@@ -65,21 +66,29 @@ def paired_summary(subject_times, reference_times) -> dict:
 #: workers, the NumPy backend's lanes) and, on two cores, a call that starts inside that window
 #: runs on half the machine (docs/architecture.md, "Measuring speed")
 SETTLE = 0.12
+#: seconds of timed calls each side makes a round at least (as many back-to-back calls as that
+#: takes, at most MAX_REPEATS, each its own sample): a layer's forward of 0.1-0.2 ms on PoCL
+#: comes in two modes (one of its threads waking late), and the median of one call a round over
+#: 5-7 rounds swung from run to run with the few samples' modes (docs/architecture.md)
+MIN_TIMED = 5e-3
+MAX_REPEATS = 64
 
 
 def run_paired(benchmark, subject, reference, reference_name, *, max_time, min_rounds,
-               settle=SETTLE, clock=time.perf_counter):
+               settle=SETTLE, clock=time.perf_counter, min_timed=MIN_TIMED):
     """Benchmark ``subject`` with every timed round preceded, in pedantic's setup (outside
     pytest-benchmark's timing), by one timed call of ``reference``, so that the two sides take
     turns in this process and the ratio stored in ``benchmark.extra_info`` does not depend on the
     machine's speed minutes apart. Before each side's timed call it runs untimed for ``settle``
     seconds (at least one call), so that the other side's spinning threads have gone quiet.
-    Both sides time themselves with ``clock``.
+    Both sides time themselves with ``clock``, each call its own sample: a round times ``repeats``
+    calls of each side back to back, enough for the faster side to spend ``min_timed`` (at most
+    MAX_REPEATS; the subject's last call is the one pytest-benchmark times).
 
-    One pair of calls runs first: it sizes the rounds to spend about ``3 * max_time`` in all (two
-    unpaired tests spend ``2 * max_time``, without the settling), at least ``min_rounds``. Under
-    --benchmark-disable each side runs once and no timings are stored. Returns the extra_info
-    entries written (None when disabled)."""
+    One pair of calls runs first: it sizes the repeats and the rounds, to spend about
+    ``3 * max_time`` in all (two unpaired tests spend ``2 * max_time``, without the settling), at
+    least ``min_rounds``. Under --benchmark-disable each side runs once and no timings are
+    stored. Returns the extra_info entries written (None when disabled)."""
     subject_times, reference_times = [], []
 
     def timed(fn, times):
@@ -103,16 +112,22 @@ def run_paired(benchmark, subject, reference, reference_name, *, max_time, min_r
     timed(reference, reference_times)
     timed(subject, subject_times)
     t_subject, t_reference = subject_times.pop(), reference_times.pop()
-    per_round = max(t_subject, settle) + max(t_reference, settle) + t_subject + t_reference
+    fastest = min(t_subject, t_reference)
+    repeats = min(MAX_REPEATS, math.ceil(min_timed / fastest)) if fastest > 0 else MAX_REPEATS
+    repeats = max(1, repeats)
+    per_round = max(t_subject, settle) + max(t_reference, settle) + repeats * (t_subject + t_reference)
     rounds = max(min_rounds, math.ceil(3 * max_time / per_round) if per_round > 0 else min_rounds)
 
     def setup():
         settled(reference)
-        timed(reference, reference_times)
+        for _ in range(repeats):
+            timed(reference, reference_times)
         settled(subject)
+        for _ in range(repeats - 1):
+            timed(subject, subject_times)
 
     benchmark.pedantic(lambda: timed(subject, subject_times), setup=setup, rounds=rounds)
-    summary = paired_summary(subject_times, reference_times)
+    summary = paired_summary(subject_times, reference_times, repeats)
     benchmark.extra_info.update(summary)
     return summary
 

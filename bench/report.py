@@ -97,12 +97,14 @@ def print_paired(groups: dict) -> None:
     rows = paired_ratios(groups)
     if not rows:
         return
-    print("\npaired ratios (reference called before every timed round, same process)")
+    print("\npaired ratios (reference called before every timed round, same process; rounds x calls a round)")
     print(f"  {'workload':<52} {'backend':<8} {'reference':<9} {'ratio':>6} {'of pairs':>8}"
           f" {'median ms':>10} {'ref ms':>9} {'rounds':>6}")
     for workload, label, reference, info in rows:
+        repeats = info.get("repeats", 1)  # runs before the repeats were recorded timed one call a round
+        rounds = f"{info['rounds']}" + (f"x{repeats}" if repeats > 1 else "")
         print(f"  {workload:<52} {label:<8} {reference:<9} {info['ratio']:6.2f} {info['pair_ratio']:8.2f}"
-              f" {info['subject_median'] * 1e3:10.3f} {info['reference_median'] * 1e3:9.3f} {info['rounds']:6d}")
+              f" {info['subject_median'] * 1e3:10.3f} {info['reference_median'] * 1e3:9.3f} {rounds:>6}")
 
 
 def vs_torch(groups: dict) -> list[tuple[str, str, float]]:

@@ -15,13 +15,15 @@ def _bench(name, group, median, backend=None, **params):
             "stats": {"median": median}, "extra_info": {}}
 
 
-def _paired(group, backend, reference, subject_ms, reference_ms):
+def _paired(group, backend, reference, subject_ms, reference_ms, repeats=None):
     """A paired benchmark as benchutil.run_paired records it; its group also holds another
     backend's entry with the same params, which the unpaired ratios must not pick up."""
     bench = _bench("test_step_paired", "paired: " + group, subject_ms / 1e3, backend)
     bench["extra_info"] = {"reference": reference, "subject_median": subject_ms / 1e3,
                            "reference_median": reference_ms / 1e3, "ratio": subject_ms / reference_ms,
                            "pair_ratio": 0.9, "rounds": 12}
+    if repeats is not None:  # recorded since session 47
+        bench["extra_info"]["repeats"] = repeats
     return bench
 
 
@@ -36,7 +38,7 @@ RESULTS = {"benchmarks": [
     _bench("test_serve", "serve", 0.3, "numpy", mode="unbatched"),
     _bench("test_serve", "serve", 0.25, "opencl", mode="batched"),
     _paired("mlp step", "numpy", "torch", 3.0, 4.0),
-    _paired("mlp step", "opencl", "numpy", 3.3, 3.0),
+    _paired("mlp step", "opencl", "numpy", 3.3, 3.0, repeats=5),
 ]}
 
 
@@ -62,6 +64,7 @@ def test_paired_ratios_in_their_own_table(tmp_path, capsys):
     assert report.main([str(path)]) == 0
     paired = capsys.readouterr().out.split("paired ratios")[1].splitlines()
     assert paired[2].split()[-7:] == ["numpy", "torch", "0.75", "0.90", "3.000", "4.000", "12"]
+    assert paired[3].split()[-1] == "12x5"  # 12 rounds of 5 timed calls a side
 
 
 def test_chart_and_table(tmp_path, capsys, assert_png):
