@@ -77,7 +77,7 @@ MAX_REPEATS = 64
 def run_paired(benchmark, subject, reference, reference_name, *, max_time, min_rounds,
                settle=SETTLE, clock=time.perf_counter, min_timed=MIN_TIMED):
     """Benchmark ``subject`` with every timed round preceded, in pedantic's setup (outside
-    pytest-benchmark's timing), by one timed call of ``reference``, so that the two sides take
+    pytest-benchmark's timing), by timed calls of ``reference``, so that the two sides take
     turns in this process and the ratio stored in ``benchmark.extra_info`` does not depend on the
     machine's speed minutes apart. Before each side's timed call it runs untimed for ``settle``
     seconds (at least one call), so that the other side's spinning threads have gone quiet.
@@ -113,8 +113,7 @@ def run_paired(benchmark, subject, reference, reference_name, *, max_time, min_r
     timed(subject, subject_times)
     t_subject, t_reference = subject_times.pop(), reference_times.pop()
     fastest = min(t_subject, t_reference)
-    repeats = min(MAX_REPEATS, math.ceil(min_timed / fastest)) if fastest > 0 else MAX_REPEATS
-    repeats = max(1, repeats)
+    repeats = max(1, min(MAX_REPEATS, math.ceil(min_timed / fastest))) if fastest > 0 else MAX_REPEATS
     per_round = max(t_subject, settle) + max(t_reference, settle) + repeats * (t_subject + t_reference)
     rounds = max(min_rounds, math.ceil(3 * max_time / per_round) if per_round > 0 else min_rounds)
 
