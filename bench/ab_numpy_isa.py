@@ -6,9 +6,12 @@ the backend picks them under that ISA, and each algorithm that applies run direc
 
 To compare ISAs on one machine, alternate processes:
     for r in 1 2 3; do for i in avx512 avx2; do JUICEPY_CPU_ISA=$i python bench/ab_numpy_isa.py > $i-$r.json; done; done
+Arguments, both optional: the batch (default 32) and the cases to run, as comma-separated name
+prefixes (default all), e.g. `python bench/ab_numpy_isa.py 8 "cnn,res"`.
 """
 import json
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -18,7 +21,8 @@ from juicepy.backends.base import Workspace, conv_output_size
 from juicepy.backends.numpy import spatial as S
 
 be = get_backend("numpy")
-B = 32
+B = int(sys.argv[1]) if len(sys.argv) > 1 else 32
+PREFIXES = sys.argv[2].split(",") if len(sys.argv) > 2 else [""]
 # name -> (C, H=W, O, k, stride, padding, dilation, groups)
 CASES = {"3x3": (64, 32, 64, 3, 1, 1, 1, 1), "depthwise": (64, 32, 64, 3, 1, 1, 1, 64),
          "strided": (64, 32, 128, 3, 2, 1, 1, 1), "1x1": (64, 32, 128, 1, 1, 0, 1, 1),
@@ -44,6 +48,8 @@ def med(fn, n=9):
 rng = np.random.default_rng(0)
 res = {"isa": be.conv_kernels.isa}
 for name, (c, h, o, k, s, p, d, g) in CASES.items():
+    if not any(name.startswith(prefix) for prefix in PREFIXES):
+        continue
     ho = conv_output_size(h, k, s, p, d)
     x = rng.standard_normal((B, c, h, h), dtype=np.float32)
     w = rng.standard_normal((o, c // g, k, k), dtype=np.float32)
