@@ -139,6 +139,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                                                           **left_out, **hints},
                                        "conv.cl": {"VEC": self._conv_vec, **hints},
                                        "conv.cl:vec16": {"VEC": 16, **hints},
+                                       "elementwise.cl": {"ADAM_VEC16": 1} if self._adam_lanes == 16 else {},
                                        # norm.cl's per-channel sums in float8 vectors on CPU drivers
                                        "norm.cl": {"VEC_SUMS": 1} if self.is_cpu else {}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer

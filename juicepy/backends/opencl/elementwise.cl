@@ -232,17 +232,22 @@ __kernel void sgd_step(const int n, __global float *param, const int p_off,
 
 #define LD1(a, off) (a)[(off) + i]
 #define ST1(value, a, off) (a)[(off) + i] = (value)
-// float16 loads and stores at any float offset (vectors.cl's float16_u)
-#define LD16(a, off) (*(__global const float16_u *)((a) + (off) + 16 * i))
-#define ST16(value, a, off) (*(__global float16_u *)((a) + (off) + 16 * i) = (value))
-// NaN in v stays, as MAX_NAN
-#define MAX_NAN16(v, x) ((v) < (x) ? (x) : (v))
 
 __kernel void adam_step(ADAM_ARGS)
 {
     GID_CHECK(n)
     ADAM_UPDATE(float, LD1, ST1, MAX_NAN, SQRT)
 }
+
+#if ADAM_VEC16
+// Built only where the backend runs it (ADAM_VEC16: 16-lane CPU devices whose compiler targets
+// AVX-512): elsewhere clang passes float16 to sqrt split in two (its ABI warning), and PoCL 3.0
+// on Zen 4 then brings the whole program back from its kernel cache without kernels.
+// float16 loads and stores at any float offset (vectors.cl's float16_u)
+#define LD16(a, off) (*(__global const float16_u *)((a) + (off) + 16 * i))
+#define ST16(value, a, off) (*(__global float16_u *)((a) + (off) + 16 * i) = (value))
+// NaN in v stays, as MAX_NAN
+#define MAX_NAN16(v, x) ((v) < (x) ? (x) : (v))
 
 // adam_step on 16 consecutive elements per work-item, in float16 vectors (n: the runs of 16):
 // PoCL 3.1 (LLVM 15, AVX-512) ran adam_step's work-item loop at about 1 element per ns, this
@@ -255,6 +260,7 @@ __kernel void adam_step16(ADAM_ARGS)
     if (i >= n) return;
     ADAM_UPDATE(float16, LD16, ST16, MAX_NAN16, sqrt)
 }
+#endif
 
 // --------------------------------------------------------------------- channels
 // dst[:, offset:offset+C_src] (+)= src, shapes (rows, C, inner)

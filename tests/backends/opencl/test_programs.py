@@ -112,6 +112,30 @@ def test_sixteen_lanes_are_refused_where_the_compiler_targets_no_avx512(ocl, mon
         OpenCLBackend(ocl.device, vector_width=16)
 
 
+def _default_builds(ocl):
+    import os
+
+    from juicepy.backends.opencl import programs as module
+    here = os.path.dirname(module.__file__)
+    files = {f for f in os.listdir(here) if f.endswith(".cl") and f != module._VECTOR_TYPES}
+    return sorted(files | set(ocl._programs._defines))
+
+
+def test_every_build_keeps_its_kernels_when_built_again(ocl):
+    """Each program as the backend builds it (every file, every variant), built twice: the second
+    build comes from the drivers' caches (pyopencl's and PoCL's), where PoCL 3.0 on Zen 4 returned
+    elementwise.cl without kernels once it passed float16 across a call (adam_step16)."""
+    import warnings
+
+    for name in _default_builds(ocl):
+        counts = []
+        for _ in range(2):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ocl._cl.CompilerWarning)
+                counts.append(len([k for k in ocl._programs._build(name).kernel_names.split(";") if k]))
+        assert counts[0] > 0 and counts[1] == counts[0], f"{name}: kernels {counts} ({ocl.device.name})"
+
+
 def test_scalar_arguments_take_python_numbers(ocl):
     x = ocl.from_host(np.array([-1.0, 2.0], np.float32))
     out = ocl.empty((2,))
