@@ -1,6 +1,7 @@
 """The OpenCL backend's inference forwards of the paired bench (LeNet-5 b64, the CIFAR CNN and
 ResNet b32, as bench/test_bench_lenet.py and test_bench_cnn.py build them; `lenet-step`,
-`cifar-step`, `resnet-step`: their training steps), two ways:
+`cifar-step`, `resnet-step`: their training steps; `mlp-step`: the MLP 784-512-512-10 b128 Adam
+step of bench/test_bench_mlp.py), two ways:
 
     python bench/ab_opencl_forward.py ab lenet,cifar cur,pool_vec=0 [ROUNDS]
         in one process, backends given as variants built side by side (`cur`: the defaults;
@@ -31,6 +32,7 @@ sys.path.insert(0, "bench")
 import test_bench_cnn as cnn  # noqa: E402
 import test_bench_conv as conv  # noqa: E402
 import test_bench_lenet as lenet  # noqa: E402
+import test_bench_mlp as mlp  # noqa: E402
 
 WORK = {"lenet": lenet.juicepy_forward,
         "cifar": lambda b: cnn.juicepy_forward(b, "cifar cnn 3x(conv-bn-relu-pool)"),
@@ -38,7 +40,9 @@ WORK = {"lenet": lenet.juicepy_forward,
         # the training steps (forward, backward and Adam) of the same networks
         "lenet-step": lenet.juicepy_step,
         "cifar-step": lambda b: cnn.juicepy_step(b, "cifar cnn 3x(conv-bn-relu-pool)"),
-        "resnet-step": lambda b: cnn.juicepy_step(b, "resnet 16-32-64")}
+        "resnet-step": lambda b: cnn.juicepy_step(b, "resnet 16-32-64"),
+        # the MLP 784-512-512-10 b128 Adam step of bench/test_bench_mlp.py
+        "mlp-step": mlp.juicepy_small_step}
 for _case in conv.CASES:
     _words = _case.split(" ")
     _key = _words[0] + ("-" + _words[1] if _words[0] == "resnet" else "")

@@ -105,8 +105,8 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             raise ValueError(f"conv_vector_width=16 on {self.device.name!r}: its compiler targets no AVX-512 "
                              f"({self.device.version}); use 8")
         self._conv_vec = conv_vector_width
-        # Adam in float16 vectors (adam_step16) on 16-lane CPU devices, where it was measured
-        self._adam_lanes = 16 if self.is_cpu and vector_width == 16 else 1
+        # Adam in vectors of the GEMM's lanes (adam_step_vec) on CPU devices, where it was measured
+        self._adam_lanes = vector_width if self.is_cpu else 1
         # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs; a
         # CPU runtime whose local memory cannot hold the big tiles gets the cooperative GEMM
         packed_fits = fitting_families(CPU_GEMM[vector_width], self.limits)["packed"]
@@ -139,7 +139,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
                                                           **left_out, **hints},
                                        "conv.cl": {"VEC": self._conv_vec, **hints},
                                        "conv.cl:vec16": {"VEC": 16, **hints},
-                                       "elementwise.cl": {"ADAM_VEC16": 1} if self._adam_lanes == 16 else {},
+                                       "elementwise.cl": {"ADAM_VEC": self._adam_lanes} if self._adam_lanes > 1 else {},
                                        # norm.cl's per-channel sums in float8 vectors on CPU drivers
                                        "norm.cl": {"VEC_SUMS": 1} if self.is_cpu else {}})
         self._flag = self.empty((1,), np.int32)  # all_finite's answer
@@ -454,7 +454,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         vectors = param.size // lanes if lanes > 1 else 0
         if vectors:   # whole vectors, then the last elements one per work-item
             refs = [r for a in arrays for r in self._ref(a)]
-            self._kernel("elementwise.cl", "adam_step16")(
+            self._kernel("elementwise.cl", "adam_step_vec")(
                 self.queue, (_round_up(vectors, 16),), (16,), vectors, *refs[:10], *factors)
         tail = param.size - vectors * lanes
         if tail:

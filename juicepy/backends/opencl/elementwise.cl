@@ -202,7 +202,7 @@ __kernel void sgd_step(const int n, __global float *param, const int p_off,
 }
 
 // torch.optim.Adam / AdamW (decoupled), optionally AMSGrad: the arguments and the update of one
-// element (T float) or of 16 (T float16), through LD(array, offset) / ST(value, array, offset)
+// element (T float) or of a vector (T float8 or float16), through LD(array, offset) / ST(value, array, offset)
 #define ADAM_ARGS const int n, __global float *param, const int p_off, \
                   __global const float *grad, const int g_off, \
                   __global float *exp_avg, const int m_off, __global float *exp_avg_sq, const int v_off, \
@@ -239,26 +239,33 @@ __kernel void adam_step(ADAM_ARGS)
     ADAM_UPDATE(float, LD1, ST1, MAX_NAN, SQRT)
 }
 
-#if ADAM_VEC16
-// Built only where the backend runs it (ADAM_VEC16: 16-lane CPU devices whose compiler targets
-// AVX-512): elsewhere clang passes float16 to sqrt split in two (its ABI warning), and PoCL 3.0
-// on Zen 4 then brings the whole program back from its kernel cache without kernels.
-// float16 loads and stores at any float offset (vectors.cl's float16_u)
-#define LD16(a, off) (*(__global const float16_u *)((a) + (off) + 16 * i))
-#define ST16(value, a, off) (*(__global float16_u *)((a) + (off) + 16 * i) = (value))
+#if ADAM_VEC == 8 || ADAM_VEC == 16
+// adam_step on ADAM_VEC (8 or 16) consecutive elements per work-item, in float vectors (n: the
+// runs of ADAM_VEC): PoCL 3.1 (LLVM 15, AVX-512) ran adam_step's work-item loop at about 1
+// element per ns, this kernel's 16-lane build about 7 times faster (docs/opencl.md, session 33).
+// The caller runs adam_step over the last n % ADAM_VEC elements. sqrt and the division of float
+// vectors are IEEE-rounded on x86 (vsqrtps, vdivps), as NumPy's. Built only where the backend
+// runs it, at the lanes its compiler keeps in one register: float16 on a compiler without AVX-512
+// is passed to sqrt split in two (clang's ABI warning), and PoCL 3.0 on Zen 4 then brought the
+// whole program back from its kernel cache without kernels.
+#if ADAM_VEC == 16
+#define ADAM_T float16
+#define ADAM_TU float16_u
+#else
+#define ADAM_T float8
+#define ADAM_TU float8_u
+#endif
+// vector loads and stores at any float offset (vectors.cl's unaligned types)
+#define LDV(a, off) (*(__global const ADAM_TU *)((a) + (off) + ADAM_VEC * i))
+#define STV(value, a, off) (*(__global ADAM_TU *)((a) + (off) + ADAM_VEC * i) = (value))
 // NaN in v stays, as MAX_NAN
-#define MAX_NAN16(v, x) ((v) < (x) ? (x) : (v))
+#define MAX_NANV(v, x) ((v) < (x) ? (x) : (v))
 
-// adam_step on 16 consecutive elements per work-item, in float16 vectors (n: the runs of 16):
-// PoCL 3.1 (LLVM 15, AVX-512) ran adam_step's work-item loop at about 1 element per ns, this
-// kernel about 7 times faster (docs/opencl.md, session 33). The caller runs adam_step over the
-// last n % 16 elements. sqrt and the division of float16 vectors are IEEE-rounded on x86
-// (vsqrtps, vdivps), as NumPy's.
-__kernel void adam_step16(ADAM_ARGS)
+__kernel void adam_step_vec(ADAM_ARGS)
 {
     const int i = get_global_id(0);
     if (i >= n) return;
-    ADAM_UPDATE(float16, LD16, ST16, MAX_NAN16, sqrt)
+    ADAM_UPDATE(ADAM_T, LDV, STV, MAX_NANV, sqrt)
 }
 #endif
 

@@ -17,15 +17,16 @@ def test_float64_host_data_is_stored_as_float32(ocl):
     np.testing.assert_array_equal(ocl.to_host(dev), [1.5, -2.0])
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("decoupled,weight_decay,amsgrad", [(False, 0.0, False), (False, 1e-2, False),
                                                             (True, 1e-2, True)], ids=["adam", "adam_l2", "adamw_amsgrad"])
-def test_vector_adam_matches_the_reference(ocl, lanes_backend, rng, decoupled, weight_decay, amsgrad):
-    """adam_step16 (16-lane CPU devices: whole vectors, then adam_step on the last elements)
-    against a float64 NumPy Adam, and bit for bit against adam_step alone; views at odd offsets,
-    NaN gradients stay NaN."""
+def test_vector_adam_matches_the_reference(ocl, lanes_backend, rng, lanes, decoupled, weight_decay, amsgrad):
+    """adam_step_vec (CPU devices, in vectors of 8 or 16 lanes: whole vectors, then adam_step on
+    the last elements) against a float64 NumPy Adam, and bit for bit against adam_step alone;
+    views at odd offsets, NaN gradients stay NaN."""
     import math
-    ocl = lanes_backend(16)
-    if ocl._adam_lanes != 16:
+    ocl = lanes_backend(lanes)
+    if ocl._adam_lanes != lanes:
         pytest.skip(f"{ocl.device.name} is no CPU device: Adam runs one element per work-item there")
     n, off = 16 * 37 + 5, 3
     p0 = rng.standard_normal(n)
@@ -33,19 +34,19 @@ def test_vector_adam_matches_the_reference(ocl, lanes_backend, rng, decoupled, w
     grads[2][[0, 40, n - 1]] = np.nan
     hp = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=weight_decay, decoupled=decoupled)
     results = {}
-    for lanes in (16, 1):
+    for adam_lanes in (lanes, 1):
         flat = ocl.zeros((5 * (n + off),))
         p, g, m, v, x = (ocl.flat_view(flat, off + i * (n + off), (n,)) for i in range(5))
         ocl.write(p, p0.astype(np.float32))
-        saved, ocl._adam_lanes = ocl._adam_lanes, lanes
+        saved, ocl._adam_lanes = ocl._adam_lanes, adam_lanes
         try:
             for step, gh in enumerate(grads, start=1):
                 ocl.write(g, gh.astype(np.float32))
                 ocl.adam_update(p, g, m, v, step=step, max_exp_avg_sq=x if amsgrad else None, **hp)
         finally:
             ocl._adam_lanes = saved
-        results[lanes] = [ocl.to_host(a) for a in (p, m, v, x)]
-    for a, b in zip(results[16], results[1]):
+        results[adam_lanes] = [ocl.to_host(a) for a in (p, m, v, x)]
+    for a, b in zip(results[lanes], results[1]):
         np.testing.assert_array_equal(a, b)
     pr, mr, vr, xr = p0.copy(), np.zeros(n), np.zeros(n), np.zeros(n)
     for step, gh in enumerate(grads, start=1):
@@ -57,20 +58,21 @@ def test_vector_adam_matches_the_reference(ocl, lanes_backend, rng, decoupled, w
         xr = np.where(np.isnan(vr), vr, np.maximum(xr, vr)) if amsgrad else xr
         denom = np.sqrt(xr if amsgrad else vr) / math.sqrt(1 - hp["beta2"] ** step) + hp["eps"]
         pr = pr - hp["lr"] / (1 - hp["beta1"] ** step) * mr / denom
-    np.testing.assert_allclose(results[16][0], pr, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(results[16][1], mr, rtol=1e-4, atol=1e-6)
-    assert np.isnan(results[16][0][[0, 40, n - 1]]).all()
+    np.testing.assert_allclose(results[lanes][0], pr, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(results[lanes][1], mr, rtol=1e-4, atol=1e-6)
+    assert np.isnan(results[lanes][0][[0, 40, n - 1]]).all()
 
 
 def test_vector_adam_is_built_only_where_it_runs(ocl, lanes_backend):
-    """adam_step16 is in elementwise.cl's build exactly where the backend runs it: a float16
-    crossing a call on a compiler without AVX-512 (PoCL 3.0 on Zen 4) cost the whole program its
-    kernels once it came from the kernel cache."""
+    """adam_step_vec is in elementwise.cl's build exactly where the backend runs it, at its lanes:
+    a float16 crossing a call on a compiler without AVX-512 (PoCL 3.0 on Zen 4) cost the whole
+    program its kernels once it came from the kernel cache."""
     for backend in (ocl, lanes_backend(8)):
         names = backend._programs._build("elementwise.cl").kernel_names.split(";")
         assert "adam_step" in names
-        assert ("adam_step16" in names) == (backend._adam_lanes == 16)
-    assert lanes_backend(8)._adam_lanes == 1
+        assert ("adam_step_vec" in names) == (backend._adam_lanes > 1)
+        assert backend._adam_lanes == (backend._gemm_tiles["VW"] if backend.is_cpu else 1)
+    assert lanes_backend(8)._adam_lanes == (8 if ocl.is_cpu else 1)
 
 
 @pytest.mark.parametrize("shape", [(32, 128, 32, 32), (3, 7, 10, 10), (2, 3, 8, 7)])
