@@ -663,10 +663,12 @@ S2_MIN_CHANNELS = {1: 32, 2: 32}
 #: AVX-512 (docs/numpy.md)
 S2_ISAS = (1, 2)
 #: fewest input channels from which _s2_forward's GEMMs run on the register blocks (the whole
-#: conv in one tile_conv call) on AVX2 (``isa`` 1): its 4 x 3 blocks in one call took 0.74
+#: conv in one tile_conv call), by ``isa``: on AVX2 its 4 x 3 blocks in one call took 0.74
 #: (32 -> 64) and 0.96 (64 -> 128) of the forward's time with np.matmul per chunk, the ResNet
-#: and CIFAR steps level (docs/numpy.md, session 42); on AVX-512 _tile_gemm's rule holds
-S2_TILE_GEMM_MIN_DEPTH = {1: 32}
+#: and CIFAR steps level (docs/numpy.md, session 42); on AVX-512 from 32 on every CPU kind, Zen 4
+#: too (there _tile_gemm's TILE_GEMM_MIN_DEPTH had left the ResNet's 32 -> 64 layer on BLAS per
+#: chunk: b32 0.41 -> 0.34 ms, b8 0.33 -> 0.15, PyTorch 0.40 and 0.20; docs/numpy.md, session 48)
+S2_TILE_GEMM_MIN_DEPTH = {1: 32, 2: 32}
 
 
 def _s2(backend, plan) -> bool:
@@ -1171,8 +1173,8 @@ def _tile_gemm(backend, depths, n_in) -> bool:
     position of depth n_in (``depths`` all 1), or the phase Winograd's S2_DEPTHS (on s2_gemm), at
     least TILE_GEMM_MIN_DEPTH of them (FULL_WIDTH_TILE_GEMM_MIN_DEPTH where _full_width), on
     AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3
-    blocks lost to BLAS in the 1x1 conv; the phase Winograd's forward runs on them from
-    S2_TILE_GEMM_MIN_DEPTH there, whole in one call); only where BLAS's threads can be limited
+    blocks lost to BLAS in the 1x1 conv); the phase Winograd's forward runs on them, whole in
+    one call, from S2_TILE_GEMM_MIN_DEPTH[isa] on AVX2 and AVX-512; only where BLAS's threads can be limited
     (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
     np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
     the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""

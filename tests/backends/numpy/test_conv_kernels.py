@@ -738,8 +738,9 @@ def test_tile_gemm_refuses_what_it_does_not_compute():
 def test_tile_gemm_only_on_avx512_for_deep_uniform_products_where_blas_threads_can_be_limited(monkeypatch):
     """_tile_run's GEMMs run on tile_gemm (F(2x2, 2x2)'s mixed depths on s2_gemm) on AVX-512 with
     TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won on Zen 4; on Zen 5 and Intel's AVX-512
-    Xeons from FULL_WIDTH_TILE_GEMM_MIN_DEPTH), never for other mixed depths, on AVX2 or the baseline,
-    or where BLAS threads cannot be limited (np.matmul then runs on all of them)."""
+    Xeons from FULL_WIDTH_TILE_GEMM_MIN_DEPTH), F(2x2, 2x2)'s from S2_TILE_GEMM_MIN_DEPTH on every
+    kind (the ResNet's 32 -> 64 stride-2 forward, Zen 4 too), never for other mixed depths, on the
+    baseline, or where BLAS threads cannot be limited (np.matmul then runs on all of them)."""
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x19)  # Zen 4
@@ -752,7 +753,8 @@ def test_tile_gemm_only_on_avx512_for_deep_uniform_products_where_blas_threads_c
     assert applies(backend, wino, deep) and applies(backend, (1,) * 36, 2 * deep)
     assert not applies(backend, (1,) * 36, 32)
     assert applies(backend, numpy_spatial.S2_DEPTHS, deep)
-    assert not applies(backend, numpy_spatial.S2_DEPTHS, 32)
+    assert applies(backend, numpy_spatial.S2_DEPTHS, 32)  # the ResNet's 32 -> 64 stride-2 forward
+    assert not applies(backend, numpy_spatial.S2_DEPTHS, 31)
     assert not applies(backend, (1, 2) * 8, deep)
     full = numpy_spatial.FULL_WIDTH_TILE_GEMM_MIN_DEPTH
     for vendor, family in [("AuthenticAMD", 0x1A), ("GenuineIntel", 6)]:  # Zen 5, Intel's AVX-512 Xeons
@@ -1624,6 +1626,7 @@ def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkey
         monkeypatch.setattr(numpy_spatial, rule, 1)
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "S2_MIN_CHANNELS", {1: 1, 2: 1})
+    monkeypatch.setattr(numpy_spatial, "S2_TILE_GEMM_MIN_DEPTH", {1: 1, 2: 1})
     monkeypatch.setattr(numpy_spatial, "S2_TILES", 30)  # 16 tiles a sample: one a chunk
     for rule in ("S2_DATA_MIN_PLANE", "S2_DATA_MIN_CHANNELS", "S2_DATA_MIN_INPUTS"):
         monkeypatch.setattr(numpy_spatial, rule, 1)
