@@ -305,13 +305,14 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
     } \
 }
 
-// The same from the unpadded input x: each work-item first copies its group's cg input planes
-// into zero-padded (Hp, Wp) planes in local memory (xl: cg * Hp * Wp floats and room for the
-// loads past a row's end), then computes `per` runs of OUTS consecutive output planes of that
-// group (launched as (N * O / (OUTS * per)); OUTS * per divides the outputs per group). The
-// padded planes never go through global memory (pad_planes wrote and the kernel above read a
-// padded copy of the whole input: a third of a depthwise layer's forward pass), and where
-// per > 1 a group's planes are copied once for all its outputs.
+// The same from the unpadded input x: each work-item computes `per` runs of OUTS consecutive
+// output planes (launched as (N * O / (OUTS * per))), copying each group's cg input planes into
+// zero-padded (Hp, Wp) planes in local memory (xl: cg * Hp * Wp floats and room for the loads
+// past a row's end) as it reaches the group: once for all its runs where OUTS * per divides the
+// outputs per group, once per run where a group is one run (depthwise: several groups a
+// work-item, spatial.py's DIRECT_LOCAL_GROUP_RUNS). The padded planes never go through global
+// memory (pad_planes wrote and the kernel above read a padded copy of the whole input: a third
+// of a depthwise layer's forward pass).
 // the copy prefetches the input LOCAL_COPY_AHEAD floats on (two 32x32 planes: the next
 // work-items' planes, a page or more away, where the hardware prefetchers stop; a prefetch past
 // the input's end does not fault), measured in docs/opencl.md, session 46
@@ -332,29 +333,28 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
           __global const float *restrict res, const int r_off, const int epi) \
 { \
     const int first0 = get_global_id(0) * OUTS * per; \
-    { \
-        const int n = first0 / O, g = (first0 - n * O) / og; \
-        const int lo = min(max(left, 0), Wp), hi = max(lo, min(Wp, W + left)); \
-        for (int ci = 0; ci < cg; ++ci) { \
-            __global const float *src = x + x_off + (size_t)(n * C + g * cg + ci) * H * W; \
-            for (int r = 0; r < Hp; ++r) { \
-                __local float *row = xl + ((size_t)ci * Hp + r) * Wp; \
-                const int h = r - top; \
-                if (h < 0 || h >= H) { \
-                    for (int q = 0; q < Wp; ++q) row[q] = 0.0f; \
-                    continue; \
-                } \
-                __global const float *from = src + (size_t)h * W - left; \
-                PREFETCH_SPAN(PREFETCH_READ, src + (size_t)h * W + LOCAL_COPY_AHEAD, W) \
-                for (int q = 0; q < lo; ++q) row[q] = 0.0f; \
-                for (int q = lo; q < hi; ++q) row[q] = from[q]; \
-                for (int q = hi; q < Wp; ++q) row[q] = 0.0f; \
-            } \
-        } \
-    } \
     for (int run = 0; run < per; ++run) { \
         const int first = first0 + run * OUTS; \
         DIRECT_SETUP(OUTS) \
+        if (run == 0 || ol == 0) { /* a group's planes, copied once for its runs */ \
+            const int lo = min(max(left, 0), Wp), hi = max(lo, min(Wp, W + left)); \
+            for (int ci = 0; ci < cg; ++ci) { \
+                __global const float *src = x + x_off + (size_t)(n * C + g * cg + ci) * H * W; \
+                for (int r = 0; r < Hp; ++r) { \
+                    __local float *row = xl + ((size_t)ci * Hp + r) * Wp; \
+                    const int h = r - top; \
+                    if (h < 0 || h >= H) { \
+                        for (int q = 0; q < Wp; ++q) row[q] = 0.0f; \
+                        continue; \
+                    } \
+                    __global const float *from = src + (size_t)h * W - left; \
+                    PREFETCH_SPAN(PREFETCH_READ, src + (size_t)h * W + LOCAL_COPY_AHEAD, W) \
+                    for (int q = 0; q < lo; ++q) row[q] = 0.0f; \
+                    for (int q = lo; q < hi; ++q) row[q] = from[q]; \
+                    for (int q = hi; q < Wp; ++q) row[q] = 0.0f; \
+                } \
+            } \
+        } \
         __local const float *x0 = xl; \
         if (sw == 1) { \
             if (U == 3) { DIRECT_FLAT(__local, LOCAL_LOAD_UNIT, OUTS, K) } else { DIRECT_ROWS(__local, LOCAL_LOAD_UNIT, OUTS, U, K) } \

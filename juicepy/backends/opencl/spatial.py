@@ -112,6 +112,11 @@ DIRECT_LOCAL_MAX_BYTES = 1 << 17
 # ...and each work-item computes all its group's outputs from them unless that gives fewer
 # work-items than this
 DIRECT_LOCAL_MIN_ITEMS = 64
+# ...and where a group is one run of outputs (depthwise), this many groups a work-item, each
+# group's planes copied in turn: PoCL runs each one-work-item group with its own overhead, and
+# the bench's depthwise forward (2048 planes) took 0.80 ms at 8 against 0.86-0.89 at 1 on Zen 4
+# (PoCL 3.0; 3.1: 0.71 against 0.79; docs/opencl.md, session 48)
+DIRECT_LOCAL_GROUP_RUNS = 8
 # square kernel sizes with builds of the direct forward kernel whose tap loops have fixed trip
 # counts (conv_direct_fwd*_k3 / _k5 in conv.cl): the compiler unrolls them, so no loop control
 # or index arithmetic sits between the multiply-adds of a row of taps
@@ -544,6 +549,10 @@ class SpatialOps(abc.ABC):
             per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
             while per % 2 == 0 and n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS:
                 per //= 2   # ...unless that leaves too few work-items
+            if (o // groups) // outs == 1:   # a group is one run (depthwise): several groups
+                per = DIRECT_LOCAL_GROUP_RUNS
+                while per > 1 and ((n * o // outs) % per or n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS):
+                    per //= 2
             self._kernel(program, name + "_local" + suffix)(
                 self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
                 self._cl.LocalMemory(local), per, *args)

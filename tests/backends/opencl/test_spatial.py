@@ -814,6 +814,49 @@ def test_prefetch_hints_change_no_result(lanes_backend, rng, case, lanes):
         np.testing.assert_array_equal(with_hints, without)
 
 
+@pytest.mark.parametrize("shape,per", [((16, 32, 12, 12), 8), ((3, 46, 9, 13), 2), ((2, 8, 10, 10), 1)],
+                         ids=["eight-a-work-item", "two-where-four-do-not-divide", "one"])
+def test_depthwise_direct_kernel_takes_several_groups_per_work_item(ocl, monkeypatch, rng, shape, per):
+    """The local-memory direct kernel (conv_direct_fwd*_local*) runs DIRECT_LOCAL_GROUP_RUNS
+    groups a work-item where a group is one run of outputs (depthwise), each group's padded
+    planes copied in turn, fewer where the work-items would drop below DIRECT_LOCAL_MIN_ITEMS or
+    not divide: forward (bias, ReLU) and input gradient bit for bit as one group a work-item,
+    against float64."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    n, c, h, w = shape
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    args = ((1, 1), (1, 1), (1, 1), c)
+    launches = []
+    kernel = ocl._kernel
+
+    def recorded(program, name):
+        launch = kernel(program, name)
+        return lambda queue, size, *rest: (launches.append((name, size[0])), launch(queue, size, *rest))[1]
+
+    monkeypatch.setattr(ocl, "_kernel", recorded)
+    results = []
+    for runs in (ocl_spatial.DIRECT_LOCAL_GROUP_RUNS, 1):
+        monkeypatch.setattr(ocl_spatial, "DIRECT_LOCAL_GROUP_RUNS", runs)
+        launches.clear()
+        ws, dev_w = Workspace(), ocl.from_host(wt)
+        y, dx = ocl.empty(shape), ocl.from_host(np.zeros(shape, np.float32))
+        ocl.conv2d(ocl.from_host(x), dev_w, y, *args, ws, bias=ocl.from_host(bias), relu=True)
+        ocl.conv2d_backward_data(ocl.from_host(dy), dev_w, dx, *args, True, ws)
+        results.append((ocl.to_host(y), ocl.to_host(dx)))
+        local = [size for name, size in launches if name.startswith("conv_direct_fwd") and "_local" in name]
+        assert local == [n * c // (per if runs > 1 else 1)] * 2, launches
+    y_ref = conv_ref(x, wt, *args) + bias[:, None, None]
+    dx_ref = conv_grads_ref(x, wt, dy, *args)[0]
+    np.testing.assert_allclose(results[0][0], np.maximum(y_ref, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][1], dx_ref, rtol=1e-4, atol=1e-4)
+    for several, one in zip(results[0], results[1]):
+        np.testing.assert_array_equal(several, one)
+
+
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
     """"auto" takes F(2x2, 5x5) for both ops of stride-1 5x5 layers of 32 input and output
     channels and 256 output pixels on 8-lane devices; narrower, smaller, dilated, grouped or
