@@ -5,8 +5,9 @@ step of bench/test_bench_mlp.py), two ways:
 
     python bench/ab_opencl_forward.py ab lenet,cifar cur,pool_vec=0 [ROUNDS]
         in one process, backends given as variants built side by side (`cur`: the defaults;
-        `name=0|1[+name=0|1]`: the backend attribute `_name` set to False / True, such as the
-        A/B switches `_pool_vec`, `_olanes`, `_winograd_relu`,
+        `name=0|1[+name=0|1]`: the backend attribute `_name` set to False / True (a larger
+        number: that count, as `group_runs=8`), such as the A/B switches `_pool_vec`, `_olanes`,
+        `_winograd_relu`, `_group_runs`,
         `_direct8`, `_s2_narrow`, `_wino_halves`, `_weights_in_place`, `_wino_in_place`; an
         upper-case NAME=VALUE: that define for gemm.cl's and conv.cl's builds, such as
         SUBSAMPLE_STAGE=0 or CPU_PREFETCH=0; `numpy`: the NumPy backend),
@@ -63,9 +64,9 @@ def make(spec, queue_profiling=False):
                 for build in ("gemm.cl", "gemm.cl:mr_alt", "conv.cl", "conv.cl:vec16"):
                     b._programs._defines.setdefault(build, {})[name] = value
                 continue
-            if value not in ("0", "1"):
-                raise SystemExit(f"variant {switch!r}: the value must be 0 or 1")
-            setattr(b, "_" + name, value == "1")
+            if not value.isdigit():
+                raise SystemExit(f"variant {switch!r}: the value must be 0 or 1, or a count")
+            setattr(b, "_" + name, value == "1" if value in ("0", "1") else int(value))
     if queue_profiling:
         import pyopencl as cl
         b.queue.finish()
