@@ -112,8 +112,8 @@ DIRECT_LOCAL_MAX_BYTES = 1 << 17
 # ...and each work-item computes all its group's outputs from them unless that gives fewer
 # work-items than this
 DIRECT_LOCAL_MIN_ITEMS = 64
-# ...and where a group is one run of outputs (depthwise), this many groups a work-item, each
-# group's planes copied in turn: PoCL runs each one-work-item group with its own overhead, and
+# ...and where a group is one run of outputs (depthwise), this many groups a work-item (a power
+# of two), each group's planes copied in turn: PoCL runs each one-work-item group with its own overhead, and
 # the bench's depthwise forward (2048 planes) took 0.83 ms at 8 against 0.91 at 1 on Zen 4
 # (PoCL 3.0; 3.1: 0.92 against 0.99; docs/opencl.md, session 48)
 DIRECT_LOCAL_GROUP_RUNS = 8
@@ -287,7 +287,7 @@ class SpatialOps(abc.ABC):
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
-    _group_runs = None  # a count: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
+    _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
 
@@ -547,13 +547,13 @@ class SpatialOps(abc.ABC):
                 int(flip), int(accumulate), *self._optional(bias), *self._epilogue_args(epilogue))
         local = (c // groups * hp * wp + lanes_past + wp) * 4
         if local <= self._local_planes_bytes():
-            per = (o // groups) // outs   # runs of outs outputs per work-item: a whole group...
-            while per % 2 == 0 and n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS:
-                per //= 2   # ...unless that leaves too few work-items
-            if (o // groups) // outs == 1:   # a group is one run (depthwise): several groups
+            # runs of outs outputs per work-item: a whole group, or where a group is one run
+            # (depthwise) DIRECT_LOCAL_GROUP_RUNS groups...
+            per = (o // groups) // outs
+            if per == 1:
                 per = DIRECT_LOCAL_GROUP_RUNS if self._group_runs is None else int(self._group_runs)
-                while per > 1 and ((n * o // outs) % per or n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS):
-                    per //= 2
+            while per % 2 == 0 and ((n * o // outs) % per or n * o // (outs * per) < DIRECT_LOCAL_MIN_ITEMS):
+                per //= 2   # ...unless that leaves too few work-items or does not divide them
             self._kernel(program, name + "_local" + suffix)(
                 self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
                 self._cl.LocalMemory(local), per, *args)
