@@ -1219,10 +1219,18 @@ def _tile_run(backend, t, src, dst, n_in, n_out, ws, epi=None):
     # np.matmul per position had the lanes queueing for the GIL between them (docs/numpy.md)
     on_entry = backend.blas_positions
 
+    def lane_scratch(k):
+        return (scratch(ws, backend, f"conv_{t.name}_v/{k}", (positions, vs), src.dtype),
+                scratch(ws, backend, f"conv_{t.name}_m/{k}", (positions, ms), src.dtype),
+                scratch(ws, backend, f"conv_{t.name}_rows/{k}", (t.rows,), src.dtype) if t.rows else None)
+
+    # every lane's scratch before the chunks are dealt: a lane that takes no chunk in one step
+    # (it started late) may take one in the next, and a steady step must not allocate then
+    for k in range(max(1, min(_gemm_lanes(), len(chunks)))):
+        lane_scratch(k)
+
     def lane(lo, hi, k):
-        v = scratch(ws, backend, f"conv_{t.name}_v/{k}", (positions, vs), src.dtype)
-        m = scratch(ws, backend, f"conv_{t.name}_m/{k}", (positions, ms), src.dtype)
-        rows = scratch(ws, backend, f"conv_{t.name}_rows/{k}", (t.rows,), src.dtype) if t.rows else None
+        v, m, rows = lane_scratch(k)
         for n0, n1 in chunks[lo:hi]:
             p = columns((n1 - n0) * tiles)
             t.input(v, n0, n1, vs, rows)

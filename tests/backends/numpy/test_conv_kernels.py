@@ -1432,6 +1432,32 @@ def _steady_steps_allocate_nothing(monkeypatch, path, layers, in_shape, out_shap
 
 
 @needs_kernels
+def test_tiled_convs_allocate_nothing_when_a_late_lane_first_takes_a_chunk(monkeypatch):
+    """_tile_run deals its chunks to the lanes as they ask; a lane that took none in the first
+    steps (it started late) and takes one in a later step finds its scratch made already: the
+    warm-up steps run every chunk on lane 0, the steady ones deal them over two lanes."""
+    from juicepy import layers as L
+
+    dealt = []
+
+    def deal(count, work):
+        dealt.append(count)
+        if len(dealt) <= 6:   # the two warm-up steps' three tiled convs (two forwards, an input gradient)
+            work(0, count, 0)
+            return 1
+        for k in range(count):
+            work(k, k + 1, k % 2)
+        return 2
+
+    monkeypatch.setattr(numpy_spatial, "_deal_gemm_pieces", deal)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
+    _steady_steps_allocate_nothing(monkeypatch, "_winograd_forward", [L.Conv2d(32, 3, padding=1), L.ReLU(),
+                                   L.Conv2d(32, 3, padding=1)], (32, 8, 8), (32, 8, 8))
+    assert dealt == [2] * 15   # 3 convs a step, 2 chunks each (a sample a lane)
+
+
+@needs_kernels
 def test_winograd_weight_gradient_training_step_allocates_no_backend_buffers(monkeypatch):
     from juicepy import layers as L
 
