@@ -201,6 +201,72 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         } \
     }
 
+// One output plane (OUTS 1: depthwise layers, the input gradient's too) two rows at a time: U
+// vectors of each row, 2 x U independent chains of FMAs (with one row, U = 4's four chains
+// waited out the FMA's latency at every tap). Where the stride equals the dilation, row oh + 1's
+// kernel row ki reads row oh's ki + 1: each input vector is loaded once for both (K + 1 rows of
+// loads, not 2 K). The sums run the same taps in the same order as DIRECT_ROWS (the same bits).
+// A plane's odd last row is computed with its twin reading the same input, and stored once.
+#define DIRECT_PAIR_FMA(LOAD, u) { \
+    s##u##0 += LOAD(xv + u * VEC * sw) * w0; q##u += LOAD(xv + pair + u * VEC * sw) * w0; }
+#define DIRECT_SHARED_FMA(LOAD, u, A, B) { \
+    const floatv v = LOAD(xv + u * VEC * sw); \
+    if (A) s##u##0 += v * wa; \
+    if (B) q##u += v * wb; }
+// input row i's taps: kernel row i of the pair's first row where A, i - 1 of its second where B
+// (the first and last input rows feed one of the two). One loop over the rows: peeling its
+// first and last rows out cost LLVM 14 (PyPI's PoCL 3.0) 13 % of the bench's depthwise forward,
+// while only LLVM 15 on AVX2 gained from it (docs/opencl.md, session 49)
+#define DIRECT_SHARED_ROW(XAS, LOAD, U, i, A, B) { \
+    XAS const float *xr = xc + (size_t)(i) * dh * Wp; \
+    __global const float *wra = wp + (i) * kw * wstep, *wrb = wra - kw * wstep; \
+    for (int kj = 0; kj < kc; ++kj) { \
+        const int t = kj * wstep; \
+        XAS const float *xv = xr + kj * dw; \
+        const float wa = A ? wra[t] : 0.0f, wb = B ? wrb[t] : 0.0f; \
+        DIRECT_SHARED_FMA(LOAD, 0, A, B) \
+        if (U >= 2) DIRECT_SHARED_FMA(LOAD, 1, A, B) \
+        if (U == 4) { DIRECT_SHARED_FMA(LOAD, 2, A, B) DIRECT_SHARED_FMA(LOAD, 3, A, B) } \
+    } }
+#define DIRECT_ROW_PAIRS(XAS, LOAD, U, K) \
+    for (int oh = 0; oh < Ho; oh += 2) { \
+        const size_t pair = oh + 1 < Ho ? (size_t)sh * Wp : 0; \
+        for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
+            DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) DIRECT_SUMS(3) \
+            floatv q0 = (floatv)(b0), q1 = (floatv)(b0), q2 = (floatv)(b0), q3 = (floatv)(b0); \
+            if (pair && sh == dh) { \
+                const int kk = K ? K : kh, kc = K ? K : kw; \
+                for (int ci = 0; ci < cg; ++ci) { \
+                    XAS const float *xc = x0 + (size_t)ci * Hp * Wp + (size_t)oh * sh * Wp + ow0 * sw; \
+                    __global const float *wp = w0p + ci * w_ci; \
+                    for (int i = 0; i <= kk; ++i) DIRECT_SHARED_ROW(XAS, LOAD, U, i, i < kk, i > 0) \
+                } \
+            } else { \
+                DIRECT_TAPS_BEGIN(XAS, K, (size_t)oh * sh * Wp + ow0 * sw) \
+                    const float w0 = wr[t]; \
+                    DIRECT_PAIR_FMA(LOAD, 0) \
+                    if (U >= 2) DIRECT_PAIR_FMA(LOAD, 1) \
+                    if (U == 4) { DIRECT_PAIR_FMA(LOAD, 2) DIRECT_PAIR_FMA(LOAD, 3) } \
+                DIRECT_TAPS_END \
+            } \
+            __global float *yr = yp + (size_t)oh * Wo + ow0; \
+            DIRECT_STORES(0, 1) \
+            if (U >= 2) DIRECT_STORES(1, 1) \
+            if (U == 4) { DIRECT_STORES(2, 1) DIRECT_STORES(3, 1) } \
+            if (pair) { \
+                __global float *yq = yr + Wo; \
+                DIRECT_STORE(q0, yq, ow0) \
+                if (U >= 2) DIRECT_STORE(q1, yq + VEC, ow0 + VEC) \
+                if (U == 4) { DIRECT_STORE(q2, yq + 2 * VEC, ow0 + 2 * VEC) DIRECT_STORE(q3, yq + 3 * VEC, ow0 + 3 * VEC) } \
+            } \
+        } \
+    }
+// a direct kernel's loops: DIRECT_FLAT's blocks (U = 3), row pairs (R = 2, OUTS 1) or rows
+#define DIRECT_BODY(XAS, LOAD, OUTS, U, K, R) \
+    if (U == 3) { DIRECT_FLAT(XAS, LOAD, OUTS, K) } \
+    else if (R == 2) { DIRECT_ROW_PAIRS(XAS, LOAD, U, K) } \
+    else { DIRECT_ROWS(XAS, LOAD, OUTS, U, K) }
+
 // The same with OUTS output planes times 3 vectors taken from the plane's vectors in row-major
 // order (a block may span rows): 12 independent accumulators with 4 outputs, where 8 (U = 2)
 // still waited on the FMA's latency, with no row length that 3 must divide. Vectors past the
@@ -284,7 +350,7 @@ inline floatv conv_epilogue(floatv s, __global const float *r, const int live, c
                 b3 = has_bias && OUTS >= 4 ? bias[b_off + o + 3] : 0.0f, b4 = has_bias && OUTS >= 6 ? bias[b_off + o + 4] : 0.0f, \
                 b5 = has_bias && OUTS >= 6 ? bias[b_off + o + 5] : 0.0f, b6 = has_bias && OUTS == 8 ? bias[b_off + o + 6] : 0.0f, \
                 b7 = has_bias && OUTS == 8 ? bias[b_off + o + 7] : 0.0f;
-#define DIRECT_KERNEL(name, OUTS, U, K) \
+#define DIRECT_KERNEL_R(name, OUTS, U, K, R) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict xp, __global const float *restrict w, const int w_off, \
           __global float *restrict y, const int y_off, \
@@ -299,9 +365,9 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
     __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp; \
     /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
     if (sw == 1) { \
-        if (U == 3) { DIRECT_FLAT(__global, LOAD_UNIT, OUTS, K) } else { DIRECT_ROWS(__global, LOAD_UNIT, OUTS, U, K) } \
+        DIRECT_BODY(__global, LOAD_UNIT, OUTS, U, K, R) \
     } else { \
-        if (U == 3) { DIRECT_FLAT(__global, LOAD_STRIDED, OUTS, K) } else { DIRECT_ROWS(__global, LOAD_STRIDED, OUTS, U, K) } \
+        DIRECT_BODY(__global, LOAD_STRIDED, OUTS, U, K, R) \
     } \
 }
 
@@ -320,7 +386,7 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
 #define LOCAL_COPY_AHEAD 2048
 #endif
 #define LOCAL_LOAD_UNIT(p) (*(__local const floatv_u *)(p))
-#define DIRECT_KERNEL_LOCAL(name, OUTS, U, K) \
+#define DIRECT_KERNEL_LOCAL_R(name, OUTS, U, K, R) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict x, const int x_off, const int H, const int W, \
           const int top, const int left, __local float *restrict xl, const int per, \
@@ -357,14 +423,34 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
         } \
         __local const float *x0 = xl; \
         if (sw == 1) { \
-            if (U == 3) { DIRECT_FLAT(__local, LOCAL_LOAD_UNIT, OUTS, K) } else { DIRECT_ROWS(__local, LOCAL_LOAD_UNIT, OUTS, U, K) } \
+            DIRECT_BODY(__local, LOCAL_LOAD_UNIT, OUTS, U, K, R) \
         } else { \
-            if (U == 3) { DIRECT_FLAT(__local, LOAD_STRIDED, OUTS, K) } else { DIRECT_ROWS(__local, LOAD_STRIDED, OUTS, U, K) } \
+            DIRECT_BODY(__local, LOAD_STRIDED, OUTS, U, K, R) \
         } \
     } \
 }
 
 #define LOAD_STRIDED(p) LANES_AT(p, sw)
+#define DIRECT_KERNEL(name, OUTS, U, K) DIRECT_KERNEL_R(name, OUTS, U, K, 1)
+#define DIRECT_KERNEL_LOCAL(name, OUTS, U, K) DIRECT_KERNEL_LOCAL_R(name, OUTS, U, K, 1)
+DIRECT_KERNEL_R(conv_direct_fwd_r2, 1, 1, 0, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_r2_k3, 1, 1, 3, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_r2_k5, 1, 1, 5, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_u2_r2, 1, 2, 0, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_u2_r2_k3, 1, 2, 3, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_u2_r2_k5, 1, 2, 5, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_u4_r2, 1, 4, 0, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_u4_r2_k3, 1, 4, 3, 2)
+DIRECT_KERNEL_R(conv_direct_fwd_u4_r2_k5, 1, 4, 5, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_r2, 1, 1, 0, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_r2_k3, 1, 1, 3, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_r2_k5, 1, 1, 5, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_u2_r2, 1, 2, 0, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_u2_r2_k3, 1, 2, 3, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_u2_r2_k5, 1, 2, 5, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_u4_r2, 1, 4, 0, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_u4_r2_k3, 1, 4, 3, 2)
+DIRECT_KERNEL_LOCAL_R(conv_direct_fwd_local_u4_r2_k5, 1, 4, 5, 2)
 DIRECT_KERNEL(conv_direct_fwd, 1, 1, 0)
 DIRECT_KERNEL(conv_direct_fwd_u2, 1, 2, 0)
 DIRECT_KERNEL(conv_direct_fwd_u4, 1, 4, 0)

@@ -287,6 +287,7 @@ class SpatialOps(abc.ABC):
     _olanes = None   # forces conv_olanes_* on or off where a build fits (A/B runs)
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
+    _row_pairs = None   # False: one-output direct forward kernels one row at a time (A/B runs)
     _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
@@ -542,7 +543,9 @@ class SpatialOps(abc.ABC):
         unroll = direct_unroll(outs, vectors, lanes)
         lanes_past = unroll * lanes * sw + kw * dw
         name = "conv_direct_fwd" + ("" if outs == 1 else str(outs))
-        suffix = ("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else "")
+        pairs = outs == 1 and unroll != 3 and ho > 1 and self._row_pairs is not False
+        suffix = (("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + ("_r2" if pairs else "")
+                  + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else ""))
         args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
                 int(flip), int(accumulate), *self._optional(bias), *self._epilogue_args(epilogue))
         local = (c // groups * hp * wp + lanes_past + wp) * 4

@@ -857,6 +857,51 @@ def test_depthwise_direct_kernel_takes_several_groups_per_work_item(ocl, monkeyp
         np.testing.assert_array_equal(several, one)
 
 
+@pytest.mark.parametrize("shape,k,stride,dilation", [
+    ((4, 6, 32, 32), (3, 3), 1, 1), ((3, 5, 13, 16), (3, 3), 1, 1), ((2, 4, 9, 9), (5, 5), 1, 1),
+    ((2, 6, 15, 21), (3, 3), 2, 1), ((2, 4, 14, 12), (3, 3), 1, 2), ((2, 3, 11, 10), (3, 5), 1, 1)],
+    ids=["four-vectors", "odd-rows-two-vectors", "5x5-one-vector", "strided", "dilated", "3x5"])
+@pytest.mark.parametrize("in_local", [True, False], ids=["local", "padded-copy"])
+def test_depthwise_direct_kernel_runs_rows_in_pairs(ocl, monkeypatch, rng, shape, k, stride, dilation, in_local):
+    """One-output direct kernels (depthwise layers, forward and input gradient) compute two
+    output rows a work-item at a time (conv_direct_fwd*_r2*: each input vector loaded once for
+    both where the stride equals the dilation), a plane's odd last row stored once: forward
+    (bias, ReLU) and accumulated input gradient bit for bit as one row at a time, against
+    float64, with the local-memory kernel and the padded copy."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    n, c, h, w = shape
+    padding = (dilation * (k[0] // 2), dilation * (k[1] // 2))
+    args = ((stride, stride), padding, (dilation, dilation), c)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1) + k).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    y_ref = conv_ref(x, wt, *args) + bias[:, None, None]
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx0 = rng.standard_normal(shape).astype(np.float32)
+    if not in_local:
+        monkeypatch.setattr(ocl_spatial, "DIRECT_LOCAL_MAX_BYTES", 0)
+    launches = []
+    kernel = ocl._kernel
+    monkeypatch.setattr(ocl, "_kernel", lambda program, name: (launches.append(name), kernel(program, name))[1])
+    results = []
+    for pairs in (None, False):
+        monkeypatch.setattr(ocl, "_row_pairs", pairs)
+        launches.clear()
+        ws, dev_w = Workspace(), ocl.from_host(wt)
+        y, dx = ocl.empty(y_ref.shape), ocl.from_host(dx0)
+        ocl.conv2d(ocl.from_host(x), dev_w, y, *args, ws, bias=ocl.from_host(bias), relu=True)
+        ocl.conv2d_backward_data(ocl.from_host(dy), dev_w, dx, *args, True, ws)
+        results.append((ocl.to_host(y), ocl.to_host(dx)))
+        direct = [name for name in launches if name.startswith("conv_direct_fwd")]
+        assert len(direct) == (2 if stride == 1 else 1), launches   # the strided input gradient is another kernel
+        assert all(("_r2" in name) == (pairs is None) and ("_local" in name) == in_local for name in direct), direct
+    np.testing.assert_allclose(results[0][0], np.maximum(y_ref, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][1], dx0 + conv_grads_ref(x, wt, dy, *args)[0], rtol=1e-4, atol=1e-4)
+    for paired, one in zip(results[0], results[1]):
+        np.testing.assert_array_equal(paired, one)
+
+
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
     """"auto" takes F(2x2, 5x5) for both ops of stride-1 5x5 layers of 32 input and output
     channels and 256 output pixels on 8-lane devices; narrower, smaller, dilated, grouped or
