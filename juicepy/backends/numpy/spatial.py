@@ -766,20 +766,23 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
 
 
 #: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter, by ``isa``:
-#: measured to win at 64 with np.matmul's GEMMs (AVX2; the ResNet's 16- and 32-channel strided
-#: layers keep the direct kernel or GEMM), at 16 with tile_gemm's (AVX-512), where fewer than
-#: S2_FILTER_NARROW_INPUTS input channels take it up to a dy plane (Ho*Wo) of
-#: S2_FILTER_NARROW_MAX_PLANE: with 16 channels the direct kernel won on 24x24 and 32x32 dy
-#: planes, lost on 16x16 and 8x8 ones (the ResNet's 16 -> 32 layer; docs/numpy.md, session 39)
-S2_FILTER_MIN_CHANNELS = {1: 64, 2: 16}
+#: 32 on AVX2 (its GEMMs on tile_gemm: the ResNet's 32 -> 64 layer 0.65 -> 0.48 ms at batch 32 on
+#: Zen 4 held to AVX2, every batch from 8 to 64 and 48 -> 96 and 32 -> 32 layers won; with 16 the
+#: direct kernel won at batch 8; with np.matmul's GEMMs it had won only from 64; docs/numpy.md,
+#: session 49), 16 on AVX-512, where fewer than S2_FILTER_NARROW_INPUTS input channels take it up
+#: to a dy plane (Ho*Wo) of S2_FILTER_NARROW_MAX_PLANE: with 16 channels the direct kernel won on
+#: 24x24 and 32x32 dy planes, lost on 16x16 and 8x8 ones (the ResNet's 16 -> 32 layer;
+#: docs/numpy.md, session 39)
+S2_FILTER_MIN_CHANNELS = {1: 32, 2: 16}
 S2_FILTER_NARROW_INPUTS = 32
 S2_FILTER_NARROW_MAX_PLANE = 256
 #: the instruction sets (``isa``) it runs on: measured on Zen 4 with both builds (the AVX2 one
 #: with OpenBLAS held to Haswell; docs/numpy.md)
 S2_FILTER_ISAS = (1, 2)
 #: the instruction sets on which _s2_backward_filter's GEMMs run on tile_gemm (register blocks,
-#: adding into the lane's sums) instead of np.matmul: AVX-512, measured (docs/numpy.md)
-S2_FILTER_TILE_GEMM_ISAS = (2,)
+#: adding into the lane's sums) instead of np.matmul: AVX-512 (session 33) and AVX2 (the bench's
+#: 64 -> 128 layer 5.29 -> 5.10 ms on Zen 4 held to AVX2, session 49; docs/numpy.md)
+S2_FILTER_TILE_GEMM_ISAS = (1, 2)
 #: tiles (2x2 outputs) per chunk of samples of _s2_backward_filter (at least one sample): 4
 #: samples of the bench's 16x16 outputs (measured against 1, 2 and 8; more left L2), so the
 #: ResNet's 8x8 ones come 16 to a chunk, one per lane, not 4 chunks of tiny GEMMs (docs/numpy.md)

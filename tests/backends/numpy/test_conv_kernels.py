@@ -1987,20 +1987,26 @@ def test_winograd_transforms_refuse_arguments_that_do_not_fit():
                                    (1, 2, 3, 3, 2, 1), (3, 3, 9, 32, 2, 1)],
                          ids=["even", "batch-1-odd-sizes", "no-padding", "padding-2", "one-output", "wide-rows"])
 @pytest.mark.parametrize("tiles", [1, numpy_spatial.S2_FILTER_TILES], ids=["a-sample-a-chunk", "default-chunks"])
-@pytest.mark.parametrize("isa", [2, 1], ids=["tile-gemm", "matmul"])
-def test_stride_2_phase_weight_gradient_matches_the_reference(shape, tiles, isa, monkeypatch):
+@pytest.mark.parametrize("isa,blocks", [(2, True), (1, True), (1, False)], ids=["tile-gemm", "avx2-tile-gemm", "matmul"])
+def test_stride_2_phase_weight_gradient_matches_the_reference(shape, tiles, isa, blocks, monkeypatch):
     """The 3x3 stride-2 weight gradient as the adjoint of F(2x2, 2x2) on the phases: in float64 to
     rounding, in float32 within 2e-6 of the largest tap (its transforms only add), alone and
-    accumulating, over one or many chunks per lane, its GEMMs on tile_gemm (AVX-512) or np.matmul;
-    dy's tiles past odd planes read as zeros."""
+    accumulating, over one or many chunks per lane, its GEMMs on tile_gemm (AVX-512 and AVX2
+    builds) or np.matmul; dy's tiles past odd planes read as zeros."""
     n, c, h, w_, o, p = shape
     rng = np.random.default_rng(23)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((o, c, 3, 3))
     monkeypatch.setattr(kernels, "isa", isa)
+    monkeypatch.setattr(numpy_spatial, "S2_FILTER_TILE_GEMM_ISAS", (isa,) if blocks else ())
+    gemms = []
+    for name in ("s2_filter_gemm", "s2_grad"):
+        original = getattr(kernels, name)
+        monkeypatch.setattr(kernels, name, lambda *a, _name=name, _run=original: (gemms.append(_name), _run(*a))[1])
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_MIN_CHANNELS", {1: 1, 2: 1})
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_NARROW_INPUTS", 1)
     monkeypatch.setattr(numpy_spatial, "S2_FILTER_TILES", tiles)
     _weight_gradient_path_matches_the_fallback(monkeypatch, "_s2_backward_filter", x, w, (2, p, 1, 1))
+    assert gemms and set(gemms) == {"s2_filter_gemm" if blocks else "s2_grad"}
 
 
 @needs_kernels
@@ -2008,8 +2014,9 @@ def test_stride_2_phase_weight_gradient_only_for_wide_undilated_3x3_on_avx2_and_
     """Measured on Zen 4 with 64 input channels (the bench's 64->128 layer), with the AVX-512 and
     the AVX2 build, and on Zen 5 with 32 and 16 on AVX-512 (GEMMs on tile_gemm): the ResNet's 32-
     and 16-channel strided layers run it there (16 channels up to a 16x16 output plane: the direct
-    kernel won larger ones), the 32-channel one on AVX2 keeps the direct kernel, the baseline
-    build the GEMM. w shapes (O, C, 3, 3), output planes (Ho, Wo)."""
+    kernel won larger ones); on AVX2 (tile_gemm too, Zen 4 held to AVX2) from 32 channels, the
+    16-channel one keeps the direct kernel; the baseline build the GEMM. w shapes (O, C, 3, 3),
+    output planes (Ho, Wo)."""
     applies = numpy_spatial._s2_filter
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "isa", 2)
@@ -2025,7 +2032,8 @@ def test_stride_2_phase_weight_gradient_only_for_wide_undilated_3x3_on_avx2_and_
     assert not applies(backend, (128, 64, 3, 3), (3, 3), pad, one, 1, plane)
     monkeypatch.setattr(kernels, "isa", 1)
     assert applies(backend, (128, 64, 3, 3), s2, pad, one, 1, plane)
-    assert not applies(backend, (64, 32, 3, 3), s2, pad, one, 1, plane)
+    assert applies(backend, (64, 32, 3, 3), s2, pad, one, 1, plane) and applies(backend, (64, 32, 3, 3), s2, pad, one, 1, (8, 8))
+    assert not applies(backend, (32, 16, 3, 3), s2, pad, one, 1, plane)
     monkeypatch.setattr(kernels, "isa", 0)
     assert not applies(backend, (128, 64, 3, 3), s2, pad, one, 1, plane)
 
