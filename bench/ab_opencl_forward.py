@@ -13,8 +13,8 @@ step of bench/test_bench_mlp.py), two ways:
         SUBSAMPLE_STAGE=0 or CPU_PREFETCH=0; `numpy`: the NumPy backend),
         timed in alternating rounds of 4 forwards; prints each variant's median ms. Besides the
         networks, `conv:KEY` and `convfb:KEY` run bench/test_bench_conv.py's layers (forward, and
-        forward + backward; KEY: the case's first word, `resnet-strided` and `resnet-shortcut`
-        for the ResNet's two).
+        forward + backward; KEY: the case's first word, and its second where that is a word:
+        `depthwise-strided`, `resnet-strided`, `resnet-shortcut`).
     python bench/ab_opencl_forward.py kernels lenet [name=0|1 ...]
         the per-kernel event profile: each kernel's (name and global size) time from pyopencl's
         profiling events, summed per forward, medians of 9 forwards, in launch order.
@@ -46,7 +46,7 @@ WORK = {"lenet": lenet.juicepy_forward,
         "mlp-step": mlp.juicepy_small_step}
 for _case in conv.CASES:
     _words = _case.split(" ")
-    _key = _words[0] + ("-" + _words[1] if _words[0] == "resnet" else "")
+    _key = _words[0] + ("-" + _words[1] if _words[1].isalpha() else "")
     WORK["conv:" + _key] = lambda b, _c=_case: conv.juicepy_forward(b, _c)
     WORK["convfb:" + _key] = lambda b, _c=_case: conv.juicepy_fwd_bwd(b, _c)
 

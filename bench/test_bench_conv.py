@@ -1,6 +1,7 @@
 """Single conv layers, forward + backward (input and weight gradients) and forward only, juicepy
-on every backend vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin, a
-strided one, pointwise 1x1, 5x5, dilated and grouped, and the zoo ResNet's 32->64 downsampling
+on every backend vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin and
+that twin at stride 2 (a MobileNet block's downsampling), a strided one, pointwise 1x1, 5x5,
+dilated and grouped, and the zoo ResNet's 32->64 downsampling
 layer and its 1x1 strided shortcut (16x16 inputs). The paired tests time each workload with
 its reference's calls interleaved (PyTorch for the NumPy backend, the NumPy backend for others).
 
@@ -20,6 +21,8 @@ BATCH = 32
 CASES = {
     "3x3 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1)),
     "depthwise 3x3 64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1, groups=64)),
+    "depthwise strided 3x3 s2 64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, stride=2, padding=1,
+                                                          groups=64)),
     "strided 3x3 s2 64->128 32x32 b32": (64, 32, dict(out_channels=128, kernel_size=3, stride=2, padding=1)),
     "1x1 64->128 32x32 b32": (64, 32, dict(out_channels=128, kernel_size=1)),
     "5x5 32->32 32x32 b32": (32, 32, dict(out_channels=32, kernel_size=5, padding=2)),

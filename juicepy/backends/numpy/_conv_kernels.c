@@ -281,37 +281,6 @@ DEFINE_EPILOGUE(epilogue_f64, double)
 DEFINE_BIAS_GRAD(bias_grad_f32, float)
 DEFINE_BIAS_GRAD(bias_grad_f64, double)
 
-/* Depthwise (one input channel per output channel), any stride, planes p = n*C + c in
- * [p0, p1): out[p] = sum over taps of w[c, i, j] * x[p] at the tap's strided positions. */
-#define DEFINE_DEPTHWISE_FORWARD(NAME, T)                                                      \
-    VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict w, T *restrict out, \
-                                   const Geometry *g, I p0, I p1)                             \
-    {                                                                                          \
-        for (I p = p0; p < p1; p++) {                                                         \
-            const T *plane = x + p * g->h * g->w;                                             \
-            const T *taps = w + (p % g->c) * g->kh * g->kw;                                   \
-            for (I r = 0; r < g->ho; r++) {                                                   \
-                T *o = out + (p * g->ho + r) * g->wo;                                         \
-                memset(o, 0, (size_t)g->wo * sizeof(T));                                      \
-                for (I i = 0; i < g->kh; i++) {                                               \
-                    const I row = r * g->sh + i * g->dh - g->ph;                              \
-                    if (row < 0 || row >= g->h) continue;                                     \
-                    const T *src = plane + row * g->w;                                        \
-                    for (I j = 0; j < g->kw; j++) {                                           \
-                        const I offset = j * g->dw - g->pw;                                   \
-                        const T tap = taps[i * g->kw + j];                                    \
-                        I lo, hi;                                                             \
-                        valid_columns(offset, g->sw, g->w, g->wo, &lo, &hi);                  \
-                        for (I q = lo; q < hi; q++) o[q] += tap * src[q * g->sw + offset];    \
-                    }                                                                         \
-                }                                                                             \
-            }                                                                                 \
-        }                                                                                     \
-    }
-
-DEFINE_DEPTHWISE_FORWARD(depthwise_forward_f32, float)
-DEFINE_DEPTHWISE_FORWARD(depthwise_forward_f64, double)
-
 /* dx[p] (+)= each tap times dy[p], added back where the tap read, any stride, planes [p0, p1). */
 #define DEFINE_DEPTHWISE_BACKWARD_DATA(NAME, T)                                                \
     VECTOR_CLONES static void NAME(const T *restrict dy, const T *restrict w, T *restrict dx, \
@@ -341,48 +310,6 @@ DEFINE_DEPTHWISE_FORWARD(depthwise_forward_f64, double)
 
 DEFINE_DEPTHWISE_BACKWARD_DATA(depthwise_backward_data_f32, float)
 DEFINE_DEPTHWISE_BACKWARD_DATA(depthwise_backward_data_f64, double)
-
-/* dw[c] (+)= sum over samples and output pixels of x window * dy, any stride, channels
- * [c0, c1). Each tap keeps a row of partial sums (lane q of the output row) so the inner loop
- * vectorises without reassociating; the rows are summed once per channel. ``partial`` holds
- * kh*kw*Wo values. */
-#define DEFINE_DEPTHWISE_BACKWARD_FILTER(NAME, T)                                              \
-    VECTOR_CLONES static void NAME(const T *restrict x, const T *restrict dy, T *restrict dw, \
-                                   T *restrict partial, const Geometry *g, I n, I c0, I c1,   \
-                                   int accumulate)                                            \
-    {                                                                                          \
-        const I taps = g->kh * g->kw;                                                         \
-        for (I c = c0; c < c1; c++) {                                                         \
-            memset(partial, 0, (size_t)(taps * g->wo) * sizeof(T));                           \
-            for (I s = 0; s < n; s++) {                                                       \
-                const I p = s * g->c + c;                                                     \
-                const T *plane = x + p * g->h * g->w;                                         \
-                for (I r = 0; r < g->ho; r++) {                                               \
-                    const T *e = dy + (p * g->ho + r) * g->wo;                                \
-                    for (I i = 0; i < g->kh; i++) {                                           \
-                        const I row = r * g->sh + i * g->dh - g->ph;                          \
-                        if (row < 0 || row >= g->h) continue;                                 \
-                        const T *src = plane + row * g->w;                                    \
-                        for (I j = 0; j < g->kw; j++) {                                       \
-                            const I offset = j * g->dw - g->pw;                               \
-                            T *acc = partial + (i * g->kw + j) * g->wo;                       \
-                            I lo, hi;                                                         \
-                            valid_columns(offset, g->sw, g->w, g->wo, &lo, &hi);              \
-                            for (I q = lo; q < hi; q++) acc[q] += src[q * g->sw + offset] * e[q]; \
-                        }                                                                     \
-                    }                                                                         \
-                }                                                                             \
-            }                                                                                 \
-            for (I t = 0; t < taps; t++) {                                                    \
-                T sum = 0;                                                                    \
-                for (I q = 0; q < g->wo; q++) sum += partial[t * g->wo + q];                  \
-                dw[c * taps + t] = accumulate ? dw[c * taps + t] + sum : sum;                 \
-            }                                                                                 \
-        }                                                                                     \
-    }
-
-DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f32, float)
-DEFINE_DEPTHWISE_BACKWARD_FILTER(depthwise_backward_filter_f64, double)
 
 /* Stride 1 depthwise on a padded grid: each plane is copied, zero-padded, into a (Hp x Wp)
  * buffer, and the output is computed at every column of that width (Ho x Wp, the last Wp - Wo
@@ -457,159 +384,10 @@ static void tap_offsets(const Geometry *g, const Grid *s, I *offset)
 DEFINE_PLANE_ROWS(plane_rows_f32, float)
 DEFINE_PLANE_ROWS(plane_rows_f64, double)
 
-/* out[p] (+)= the taps (reversed when ``flip``) over padded x[p], planes [p0, p1), stride 1,
- * then (not accumulating) the epilogue (EPI: scale, shift, res, relu as epilogue_f32) on each
- * plane as it is stored, while it is in L1. Returns -1 when its scratch cannot be allocated. */
-#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, PAD, EPI, T, V)                                            \
-    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,  \
-                                  const Geometry *g, I p0, I p1, int flip, int accumulate,    \
-                                  const T *scale, const T *shift, const T *res, int relu)     \
-    {                                                                                          \
-        const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
-        const Grid s = make_grid(g, block);                                                   \
-        const I taps = g->kh * g->kw, plane = g->ho * g->wo;                                  \
-        const int epilogue = !accumulate && (scale || shift || res || relu);                  \
-        T *buf = malloc((size_t)(s.buffer + s.span) * sizeof(T));                             \
-        I *offset = malloc((size_t)taps * sizeof(I));                                         \
-        if (!buf || !offset) {                                                                \
-            free(buf); free(offset);                                                          \
-            return -1;                                                                        \
-        }                                                                                     \
-        T *grid = buf + s.buffer;                                                             \
-        memset(buf, 0, (size_t)s.buffer * sizeof(T));                                         \
-        tap_offsets(g, &s, offset);                                                           \
-        for (I p = p0; p < p1; p++) {                                                         \
-            const T *k = w + (p % g->c) * taps;                                               \
-            PAD(x + p * g->h * g->w, buf, g, &s);                                             \
-            for (I b = 0; b < s.span; b += block) {                                           \
-                V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
-                for (I t = 0; t < taps; t++) {                                                \
-                    const T tap = k[flip ? taps - 1 - t : t];                                 \
-                    const T *src = buf + b + offset[t];                                       \
-                    a0 += tap * LOADV(V, src);                                                \
-                    a1 += tap * LOADV(V, src + lanes);                                        \
-                    a2 += tap * LOADV(V, src + 2 * lanes);                                    \
-                    a3 += tap * LOADV(V, src + 3 * lanes);                                    \
-                }                                                                             \
-                memcpy(grid + b, &a0, sizeof a0);                                             \
-                memcpy(grid + b + lanes, &a1, sizeof a1);                                     \
-                memcpy(grid + b + 2 * lanes, &a2, sizeof a2);                                 \
-                memcpy(grid + b + 3 * lanes, &a3, sizeof a3);                                 \
-            }                                                                                 \
-            T *o = out + p * g->ho * g->wo;                                                   \
-            for (I r = 0; r < g->ho; r++) {                                                   \
-                if (accumulate)                                                               \
-                    for (I q = 0; q < g->wo; q++) o[r * g->wo + q] += grid[r * s.wp + q];     \
-                else                                                                          \
-                    memcpy(o + r * g->wo, grid + r * s.wp, (size_t)g->wo * sizeof(T));        \
-            }                                                                                 \
-            if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
-        }                                                                                     \
-        free(buf); free(offset);                                                              \
-        return 0;                                                                             \
-    }
-
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, plane_rows_f32, epilogue_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, plane_rows_f64, epilogue_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, plane_rows_f32, epilogue_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_rows_f64, epilogue_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_rows_f32, epilogue_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, epilogue_f64, double, vf64x2)
-
-/* acc[u * lanes ...] += the lane sums of dy's plane (``span`` values) times the input from
- * src + off[u], for NT taps in one pass: one load of dy feeds NT multiply-adds (a pass per tap
- * loaded two vectors for each) */
-#define DW_FILTER_TAPS 9
-#define DEFINE_DW_FILTER_PASS(NAME, ATTR, T, V, NT)                                               \
-    ATTR static inline void NAME(const T *restrict src, const T *restrict dy, const I *off, I span, \
-                                 T *restrict acc)                                             \
-    {                                                                                          \
-        const I lanes = VLANES(V, T);                                                         \
-        V a[NT];                                                                              \
-        for (int u = 0; u < NT; u++) a[u] = (V){0};                                           \
-        for (I b = 0; b < span; b += lanes) {                                                 \
-            const V e = LOADV(V, dy + b);                                                     \
-            for (int u = 0; u < NT; u++) a[u] += LOADV(V, src + off[u] + b) * e;              \
-        }                                                                                     \
-        for (int u = 0; u < NT; u++) {                                                        \
-            const V sum = LOADV(V, acc + u * lanes) + a[u];                                   \
-            memcpy(acc + u * lanes, &sum, sizeof sum);                                        \
-        }                                                                                     \
-    }
-
-/* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
- * padded x[s, c], channels [c0, c1), stride 1. The taps go DW_FILTER_TAPS to a pass over each
- * sample's plane, each into one vector of sums added to its row of partial sums, summed once
- * per channel: a fixed order. */
-#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, PAD, T, V)                                          \
-    DEFINE_DW_FILTER_PASS(NAME##_p1, ATTR, T, V, 1)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p2, ATTR, T, V, 2)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p3, ATTR, T, V, 3)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p4, ATTR, T, V, 4)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p5, ATTR, T, V, 5)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p6, ATTR, T, V, 6)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p7, ATTR, T, V, 7)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p8, ATTR, T, V, 8)                                            \
-    DEFINE_DW_FILTER_PASS(NAME##_p9, ATTR, T, V, 9)                                            \
-    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
-                                  const Geometry *g, I n, I c0, I c1, int accumulate)         \
-    {                                                                                          \
-        const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
-        const Grid s = make_grid(g, block);                                                   \
-        const I taps = g->kh * g->kw;                                                         \
-        T *buf = malloc((size_t)(s.buffer + s.span + taps * lanes) * sizeof(T));              \
-        I *offset = malloc((size_t)taps * sizeof(I));                                         \
-        if (!buf || !offset) {                                                                \
-            free(buf); free(offset);                                                          \
-            return -1;                                                                        \
-        }                                                                                     \
-        T *grad = buf + s.buffer, *acc = grad + s.span;                                       \
-        tap_offsets(g, &s, offset);                                                           \
-        memset(buf, 0, (size_t)(s.buffer + s.span) * sizeof(T));                              \
-        for (I c = c0; c < c1; c++) {                                                         \
-            memset(acc, 0, (size_t)(taps * lanes) * sizeof(T));                               \
-            for (I smp = 0; smp < n; smp++) {                                                 \
-                const I p = smp * g->c + c;                                                   \
-                PAD(x + p * g->h * g->w, buf, g, &s);                                         \
-                for (I r = 0; r < g->ho; r++)                                                 \
-                    memcpy(grad + r * s.wp, dy + (p * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
-                for (I t = 0; t < taps; t += DW_FILTER_TAPS) {                                \
-                    T *a = acc + t * lanes;                                                   \
-                    switch (taps - t < DW_FILTER_TAPS ? taps - t : DW_FILTER_TAPS) {          \
-                    case 9: NAME##_p9(buf, grad, offset + t, s.span, a); break;               \
-                    case 8: NAME##_p8(buf, grad, offset + t, s.span, a); break;               \
-                    case 7: NAME##_p7(buf, grad, offset + t, s.span, a); break;               \
-                    case 6: NAME##_p6(buf, grad, offset + t, s.span, a); break;               \
-                    case 5: NAME##_p5(buf, grad, offset + t, s.span, a); break;               \
-                    case 4: NAME##_p4(buf, grad, offset + t, s.span, a); break;               \
-                    case 3: NAME##_p3(buf, grad, offset + t, s.span, a); break;               \
-                    case 2: NAME##_p2(buf, grad, offset + t, s.span, a); break;               \
-                    default: NAME##_p1(buf, grad, offset + t, s.span, a);                     \
-                    }                                                                         \
-                }                                                                             \
-            }                                                                                 \
-            for (I t = 0; t < taps; t++) {                                                    \
-                T sum = 0;                                                                    \
-                for (I u = 0; u < lanes; u++) sum += acc[t * lanes + u];                      \
-                dw[c * taps + t] = accumulate ? dw[c * taps + t] + sum : sum;                 \
-            }                                                                                 \
-        }                                                                                     \
-        free(buf); free(offset);                                                              \
-        return 0;                                                                             \
-    }
-
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, plane_rows_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, plane_rows_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, plane_rows_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, plane_rows_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, plane_rows_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_rows_f64, double, vf64x2)
-
-/* Direct convolution of any stride, for every group. Phase planes: the padded input plane is
- * split into sh x sw phases, phase (a, b) holding its rows a, a + sh, ... and columns
- * b, b + sw, ..., so tap (i, j) of output (r, q) reads phase ((i*dh) % sh, (j*dw) % sw) at
- * (r + i*dh / sh, q + j*dw / sw): every tap reads whole vectors of consecutive outputs, with
- * no column matrix (stride 1: one phase, the zero-padded plane). */
+/* Phase planes (the depthwise grids' strided planes and the direct convolution's): the padded
+ * input plane split into sh x sw phases, phase (a, b) holding its rows a, a + sh, ... and
+ * columns b, b + sw, ..., so that tap (i, j) of output (r, q) reads phase ((i*dh) % sh,
+ * (j*dw) % sw) at (r + i*dh / sh, q + j*dw / sw). */
 typedef struct {
     I hq, wq, phase, channel; /* rows and row length of a phase, values per phase, per channel */
 } Phases;
@@ -668,6 +446,265 @@ static I phase_last(const Geometry *g, const Phases *s)
 
 DEFINE_PAD_PHASES(pad_phases_f32, float, strided_row_f32)
 DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
+
+/* dx[p] (+)= the strided depthwise input gradient of planes [p0, p1) (padding >= 0): each
+ * tap in turn adds its weight times dy's rows, whole rows of consecutive values, into the
+ * padded plane's phase planes (make_phases) where its outputs read (depthwise_backward_data
+ * scatters one value at a time into strided places), then the phases are laid back into dx's
+ * rows (the padded plane's rows and columns no output read are zero). Returns -1 when its
+ * scratch cannot be allocated. */
+#define DEFINE_DEPTHWISE_PHASE_DATA(NAME, T)                                                   \
+    VECTOR_CLONES static int NAME(const T *restrict dy, const T *restrict w, T *restrict dx,  \
+                                  const Geometry *g, I p0, I p1, int accumulate)              \
+    {                                                                                          \
+        const Phases s = make_phases(g, 1);                                                   \
+        const I taps = g->kh * g->kw, size = g->sh * g->sw * s.phase;                         \
+        T *buf = malloc((size_t)size * sizeof(T));                                            \
+        /* per tap its offset; per dx row where its values start in buf (-1: a row no output \
+           read); per column phase b its first dx column, first value and count (no division \
+           per value or row) */                                                               \
+        I *offset = malloc((size_t)(taps + g->h + 3 * g->sw) * sizeof(I));                   \
+        if (!buf || !offset) {                                                                \
+            free(buf); free(offset);                                                          \
+            return -1;                                                                        \
+        }                                                                                     \
+        I *row_at = offset + taps, *col0 = row_at + g->h, *first = col0 + g->sw, *count = first + g->sw; \
+        phase_offsets(g, &s, offset);                                                         \
+        for (I row = 0; row < g->h; row++) {                                                  \
+            const I at = row + g->ph, pr = at / g->sh;                                        \
+            row_at[row] = pr < s.hq ? (at % g->sh) * g->sw * s.phase + pr * s.wq : -1;        \
+        }                                                                                     \
+        for (I b = 0; b < g->sw; b++) {                                                       \
+            col0[b] = ((b - g->pw) % g->sw + g->sw) % g->sw;                                  \
+            const I pc = (col0[b] + g->pw) / g->sw;                                           \
+            const I n = col0[b] < g->w ? (g->w - col0[b] + g->sw - 1) / g->sw : 0;          \
+            first[b] = b * s.phase + pc;                                                      \
+            count[b] = n < s.wq - pc ? n : s.wq - pc;                                         \
+        }                                                                                     \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T *k = w + (p % g->c) * taps;                                               \
+            memset(buf, 0, (size_t)size * sizeof(T));                                         \
+            /* tap by tap: a tap's rows are disjoint, so no add waits on the overlapping store \
+               of the tap before (row by row, taps one column apart did) */                  \
+            for (I t = 0; t < taps; t++) {                                                    \
+                const T tap = k[t];                                                           \
+                for (I r = 0; r < g->ho; r++) {                                               \
+                    const T *e = dy + (p * g->ho + r) * g->wo;                                \
+                    T *restrict d = buf + offset[t] + r * s.wq;                               \
+                    for (I q = 0; q < g->wo; q++) d[q] += tap * e[q];                         \
+                }                                                                             \
+            }                                                                                 \
+            T *plane = dx + p * g->h * g->w;                                                  \
+            for (I row = 0; row < g->h; row++) {                                              \
+                T *o = plane + row * g->w;                                                    \
+                if (!accumulate) memset(o, 0, (size_t)g->w * sizeof(T));                      \
+                if (row_at[row] < 0) continue;                                                \
+                for (I b = 0; b < g->sw; b++) {                                               \
+                    const T *from = buf + row_at[row] + first[b];                             \
+                    T *to = o + col0[b];                                                      \
+                    for (I u = 0; u < count[b]; u++) to[u * g->sw] += from[u];                \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+        free(buf); free(offset);                                                              \
+        return 0;                                                                             \
+    }
+
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32, float)
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64, double)
+
+/* Where a depthwise grid kernel lays out a plane: the padded plane's rows wp apart (stride 1,
+ * make_grid), or, strided, its phase planes (make_phases), each tap reading whole rows of one
+ * phase as a stride-1 tap reads the padded rows; the outputs on Ho rows of wp values. ``span``:
+ * the grid's values in whole blocks; ``buffer``: the plane's values, reaching the largest tap
+ * offset past the span. */
+typedef struct {
+    Grid s;
+    Phases ph;
+    int strided;
+    I wp, span, buffer;
+} PlaneGrid;
+
+static PlaneGrid make_plane_grid(const Geometry *g, I lanes, I block)
+{
+    PlaneGrid r;
+    r.s = make_grid(g, block);
+    r.ph = make_phases(g, lanes);
+    r.strided = g->sh > 1 || g->sw > 1;
+    r.wp = r.strided ? r.ph.wq : r.s.wp;
+    r.span = r.strided ? (g->ho * r.wp + block - 1) / block * block : r.s.span;
+    if (r.strided) {
+        const I reach = phase_last(g, &r.ph) + r.span;
+        r.buffer = r.ph.channel > reach ? r.ph.channel : reach;
+    } else
+        r.buffer = r.s.buffer;
+    return r;
+}
+
+/* out[p] (+)= the taps (reversed when ``flip``, stride 1 only) over padded x[p], planes
+ * [p0, p1), any stride (a strided plane as its phases: PlaneGrid), then (not accumulating) the
+ * epilogue (EPI: scale, shift, res, relu as epilogue_f32) on each plane as it is stored, while
+ * it is in L1. Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, PAD, PHASES, EPI, T, V)                                   \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
+                         const Geometry *g, I p0, I p1, int flip, int accumulate,             \
+                         const T *scale, const T *shift, const T *res, int relu)              \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
+        const PlaneGrid s = make_plane_grid(g, lanes, block);                                 \
+        const I taps = g->kh * g->kw, plane = g->ho * g->wo;                                  \
+        const int epilogue = !accumulate && (scale || shift || res || relu);                  \
+        T *buf = malloc((size_t)(s.buffer + s.span) * sizeof(T));                             \
+        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        if (!buf || !offset) {                                                                \
+            free(buf); free(offset);                                                          \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grid = buf + s.buffer;                                                             \
+        memset(buf, 0, (size_t)s.buffer * sizeof(T));                                         \
+        if (s.strided)                                                                        \
+            phase_offsets(g, &s.ph, offset);                                                  \
+        else                                                                                  \
+            tap_offsets(g, &s.s, offset);                                                     \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T *k = w + (p % g->c) * taps;                                               \
+            if (s.strided)                                                                    \
+                PHASES(x + p * g->h * g->w, buf, g, &s.ph);                                   \
+            else                                                                              \
+                PAD(x + p * g->h * g->w, buf, g, &s.s);                                       \
+            for (I b = 0; b < s.span; b += block) {                                           \
+                V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
+                for (I t = 0; t < taps; t++) {                                                \
+                    const T tap = k[flip ? taps - 1 - t : t];                                 \
+                    const T *src = buf + b + offset[t];                                       \
+                    a0 += tap * LOADV(V, src);                                                \
+                    a1 += tap * LOADV(V, src + lanes);                                        \
+                    a2 += tap * LOADV(V, src + 2 * lanes);                                    \
+                    a3 += tap * LOADV(V, src + 3 * lanes);                                    \
+                }                                                                             \
+                memcpy(grid + b, &a0, sizeof a0);                                             \
+                memcpy(grid + b + lanes, &a1, sizeof a1);                                     \
+                memcpy(grid + b + 2 * lanes, &a2, sizeof a2);                                 \
+                memcpy(grid + b + 3 * lanes, &a3, sizeof a3);                                 \
+            }                                                                                 \
+            T *o = out + p * g->ho * g->wo;                                                   \
+            for (I r = 0; r < g->ho; r++) {                                                   \
+                if (accumulate)                                                               \
+                    for (I q = 0; q < g->wo; q++) o[r * g->wo + q] += grid[r * s.wp + q];     \
+                else                                                                          \
+                    memcpy(o + r * g->wo, grid + r * s.wp, (size_t)g->wo * sizeof(T));        \
+            }                                                                                 \
+            if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
+        }                                                                                     \
+        free(buf); free(offset);                                                              \
+        return 0;                                                                             \
+    }
+
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, plane_rows_f32, pad_phases_f32, epilogue_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, plane_rows_f64, pad_phases_f64, epilogue_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, plane_rows_f32, pad_phases_f32, epilogue_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_rows_f64, pad_phases_f64, epilogue_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_rows_f32, pad_phases_f32, epilogue_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, pad_phases_f64, epilogue_f64, double, vf64x2)
+
+/* acc[u * lanes ...] += the lane sums of dy's plane (``span`` values) times the input from
+ * src + off[u], for NT taps in one pass: one load of dy feeds NT multiply-adds (a pass per tap
+ * loaded two vectors for each) */
+#define DW_FILTER_TAPS 9
+#define DEFINE_DW_FILTER_PASS(NAME, ATTR, T, V, NT)                                               \
+    ATTR static inline void NAME(const T *restrict src, const T *restrict dy, const I *off, I span, \
+                                 T *restrict acc)                                             \
+    {                                                                                          \
+        const I lanes = VLANES(V, T);                                                         \
+        V a[NT];                                                                              \
+        for (int u = 0; u < NT; u++) a[u] = (V){0};                                           \
+        for (I b = 0; b < span; b += lanes) {                                                 \
+            const V e = LOADV(V, dy + b);                                                     \
+            for (int u = 0; u < NT; u++) a[u] += LOADV(V, src + off[u] + b) * e;              \
+        }                                                                                     \
+        for (int u = 0; u < NT; u++) {                                                        \
+            const V sum = LOADV(V, acc + u * lanes) + a[u];                                   \
+            memcpy(acc + u * lanes, &sum, sizeof sum);                                        \
+        }                                                                                     \
+    }
+
+/* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
+ * padded x[s, c], channels [c0, c1), any stride (PlaneGrid). The taps go DW_FILTER_TAPS to a
+ * pass over each sample's plane, each into one vector of sums added to its row of partial
+ * sums, summed once per channel: a fixed order. */
+#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, PAD, PHASES, T, V)                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p1, ATTR, T, V, 1)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p2, ATTR, T, V, 2)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p3, ATTR, T, V, 3)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p4, ATTR, T, V, 4)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p5, ATTR, T, V, 5)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p6, ATTR, T, V, 6)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p7, ATTR, T, V, 7)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p8, ATTR, T, V, 8)                                            \
+    DEFINE_DW_FILTER_PASS(NAME##_p9, ATTR, T, V, 9)                                            \
+    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,  \
+                                  const Geometry *g, I n, I c0, I c1, int accumulate)         \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
+        const PlaneGrid s = make_plane_grid(g, lanes, block);                                 \
+        const I taps = g->kh * g->kw;                                                         \
+        T *buf = malloc((size_t)(s.buffer + s.span + taps * lanes) * sizeof(T));              \
+        I *offset = malloc((size_t)taps * sizeof(I));                                         \
+        if (!buf || !offset) {                                                                \
+            free(buf); free(offset);                                                          \
+            return -1;                                                                        \
+        }                                                                                     \
+        T *grad = buf + s.buffer, *acc = grad + s.span;                                       \
+        if (s.strided)                                                                        \
+            phase_offsets(g, &s.ph, offset);                                                  \
+        else                                                                                  \
+            tap_offsets(g, &s.s, offset);                                                     \
+        memset(buf, 0, (size_t)(s.buffer + s.span) * sizeof(T));                              \
+        for (I c = c0; c < c1; c++) {                                                         \
+            memset(acc, 0, (size_t)(taps * lanes) * sizeof(T));                               \
+            for (I smp = 0; smp < n; smp++) {                                                 \
+                const I p = smp * g->c + c;                                                   \
+                if (s.strided)                                                                \
+                    PHASES(x + p * g->h * g->w, buf, g, &s.ph);                               \
+                else                                                                          \
+                    PAD(x + p * g->h * g->w, buf, g, &s.s);                                   \
+                for (I r = 0; r < g->ho; r++)                                                 \
+                    memcpy(grad + r * s.wp, dy + (p * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
+                for (I t = 0; t < taps; t += DW_FILTER_TAPS) {                                \
+                    T *a = acc + t * lanes;                                                   \
+                    switch (taps - t < DW_FILTER_TAPS ? taps - t : DW_FILTER_TAPS) {          \
+                    case 9: NAME##_p9(buf, grad, offset + t, s.span, a); break;               \
+                    case 8: NAME##_p8(buf, grad, offset + t, s.span, a); break;               \
+                    case 7: NAME##_p7(buf, grad, offset + t, s.span, a); break;               \
+                    case 6: NAME##_p6(buf, grad, offset + t, s.span, a); break;               \
+                    case 5: NAME##_p5(buf, grad, offset + t, s.span, a); break;               \
+                    case 4: NAME##_p4(buf, grad, offset + t, s.span, a); break;               \
+                    case 3: NAME##_p3(buf, grad, offset + t, s.span, a); break;               \
+                    case 2: NAME##_p2(buf, grad, offset + t, s.span, a); break;               \
+                    default: NAME##_p1(buf, grad, offset + t, s.span, a);                     \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+            for (I t = 0; t < taps; t++) {                                                    \
+                T sum = 0;                                                                    \
+                for (I u = 0; u < lanes; u++) sum += acc[t * lanes + u];                      \
+                dw[c * taps + t] = accumulate ? dw[c * taps + t] + sum : sum;                 \
+            }                                                                                 \
+        }                                                                                     \
+        free(buf); free(offset);                                                              \
+        return 0;                                                                             \
+    }
+
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, plane_rows_f32, pad_phases_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, plane_rows_f64, pad_phases_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, plane_rows_f32, pad_phases_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, plane_rows_f64, pad_phases_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, plane_rows_f32, pad_phases_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_rows_f64, pad_phases_f64, double, vf64x2)
+
+/* Direct convolution of any stride, for every group, on phase planes (make_phases): every tap
+ * reads whole vectors of consecutive outputs, with no column matrix (stride 1: one phase, the
+ * zero-padded plane). */
 
 /* The Cg input channels of a sample's group are laid out as phase planes, and each block of OB
  * output channels x NV vectors of outputs sums over input channels and taps in registers (one
@@ -4152,27 +4189,6 @@ static PyObject *py_wg_grad(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_depthwise_forward(PyObject *self, PyObject *args)
-{
-    PyObject *xo, *wo, *oo, *go;
-    Geometry g;
-    I n, p0, p1;
-    if (!PyArg_ParseTuple(args, "OOOOnnn", &xo, &wo, &oo, &go, &n, &p0, &p1)) return NULL;
-    if (!parse_geometry(go, &g) || check_range(p0, p1, n * g.c, "planes") < 0) return NULL;
-    Py_buffer x, w, out;
-    if (get_three(xo, &x, 0, n * g.c * g.h * g.w, "x", wo, &w, 0, g.c * g.kh * g.kw, "w",
-                  oo, &out, 1, n * g.c * g.ho * g.wo, "out") < 0)
-        return NULL;
-    RELEASE_GIL
-    if (x.itemsize == 4)
-        depthwise_forward_f32(x.buf, w.buf, out.buf, &g, p0, p1);
-    else
-        depthwise_forward_f64(x.buf, w.buf, out.buf, &g, p0, p1);
-    REACQUIRE_GIL
-    release_three(&x, &w, &out);
-    Py_RETURN_NONE;
-}
-
 static PyObject *py_depthwise_backward_data(PyObject *self, PyObject *args)
 {
     PyObject *dyo, *wo, *dxo, *go;
@@ -4195,31 +4211,30 @@ static PyObject *py_depthwise_backward_data(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *py_depthwise_backward_filter(PyObject *self, PyObject *args)
+static int check_direct(const Geometry *g, const char *name);
+
+static PyObject *py_depthwise_phase_data(PyObject *self, PyObject *args)
 {
-    PyObject *xo, *dyo, *dwo, *po, *go;
+    PyObject *dyo, *wo, *dxo, *go;
     Geometry g;
-    I n, c0, c1;
-    int accumulate;
-    if (!PyArg_ParseTuple(args, "OOOOOnnnp", &xo, &dyo, &dwo, &po, &go, &n, &c0, &c1, &accumulate))
+    I n, p0, p1;
+    int accumulate, failed;
+    if (!PyArg_ParseTuple(args, "OOOOnnnp", &dyo, &wo, &dxo, &go, &n, &p0, &p1, &accumulate)) return NULL;
+    if (!parse_geometry(go, &g) || check_direct(&g, "depthwise_phase_data") < 0 ||
+        check_range(p0, p1, n * g.c, "planes") < 0)
         return NULL;
-    if (!parse_geometry(go, &g) || check_range(c0, c1, g.c, "channels") < 0) return NULL;
-    Py_buffer x, dy, dw, partial;
-    if (get_three(dwo, &dw, 1, g.c * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
+    Py_buffer dy, w, dx;
+    if (get_three(dxo, &dx, 1, n * g.c * g.h * g.w, "dx", wo, &w, 0, g.c * g.kh * g.kw, "w",
                   dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
         return NULL;
-    if (get_buffer(po, &partial, 1, dw.format, g.kh * g.kw * g.wo, "partial") < 0) {
-        release_three(&dw, &x, &dy);
-        return NULL;
-    }
     RELEASE_GIL
-    if (dw.itemsize == 4)
-        depthwise_backward_filter_f32(x.buf, dy.buf, dw.buf, partial.buf, &g, n, c0, c1, accumulate);
+    if (dx.itemsize == 4)
+        failed = depthwise_phase_data_f32(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
     else
-        depthwise_backward_filter_f64(x.buf, dy.buf, dw.buf, partial.buf, &g, n, c0, c1, accumulate);
+        failed = depthwise_phase_data_f64(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
     REACQUIRE_GIL
-    release_three(&dw, &x, &dy);
-    PyBuffer_Release(&partial);
+    release_three(&dx, &w, &dy);
+    if (failed) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
 
@@ -4239,12 +4254,13 @@ static void release_optional(Py_buffer *view)
     if (view->obj) PyBuffer_Release(view);
 }
 
-static int check_grid(const Geometry *g)
+static int check_grid(const Geometry *g, int flip)
 {
-    if (g->sh != 1 || g->sw != 1 || g->ph < 0 || g->pw < 0 ||
-        g->ho != g->h + 2 * g->ph - (g->kh - 1) * g->dh || g->wo != g->w + 2 * g->pw - (g->kw - 1) * g->dw) {
-        PyErr_SetString(PyExc_ValueError, "depthwise grid kernels: need stride 1, padding >= 0 "
-                        "and the Ho, Wo of that geometry");
+    if (g->sh < 1 || g->sw < 1 || (flip && (g->sh != 1 || g->sw != 1)) || g->ph < 0 || g->pw < 0 ||
+        g->dh < 1 || g->dw < 1 || g->ho != (g->h + 2 * g->ph - (g->kh - 1) * g->dh - 1) / g->sh + 1 ||
+        g->wo != (g->w + 2 * g->pw - (g->kw - 1) * g->dw - 1) / g->sw + 1 || g->ho < 1 || g->wo < 1) {
+        PyErr_SetString(PyExc_ValueError, "depthwise grid kernels: need padding >= 0, the Ho, Wo of that "
+                        "geometry, and stride 1 to flip the taps");
         return -1;
     }
     return 0;
@@ -4259,7 +4275,7 @@ static PyObject *py_depthwise_grid(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OOOOnnnpp|OOpO", &xo, &wo, &oo, &go, &n, &p0, &p1, &flip, &accumulate,
                           &so, &ho, &relu, &ro))
         return NULL;
-    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(p0, p1, n * g.c, "planes") < 0)
+    if (!parse_geometry(go, &g) || check_grid(&g, flip) < 0 || check_range(p0, p1, n * g.c, "planes") < 0)
         return NULL;
     if (accumulate && (so != Py_None || ho != Py_None || relu || ro != Py_None)) {
         PyErr_SetString(PyExc_ValueError,
@@ -4304,7 +4320,7 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
     I n, c0, c1;
     int accumulate, failed;
     if (!PyArg_ParseTuple(args, "OOOOnnnp", &xo, &dyo, &dwo, &go, &n, &c0, &c1, &accumulate)) return NULL;
-    if (!parse_geometry(go, &g) || check_grid(&g) < 0 || check_range(c0, c1, g.c, "channels") < 0)
+    if (!parse_geometry(go, &g) || check_grid(&g, 0) < 0 || check_range(c0, c1, g.c, "channels") < 0)
         return NULL;
     Py_buffer x, dy, dw;
     if (get_three(dwo, &dw, 1, g.c * g.kh * g.kw, "dw", xo, &x, 0, n * g.c * g.h * g.w, "x",
@@ -4928,19 +4944,18 @@ static PyMethodDef methods[] = {
     {"bias_grad", py_bias_grad, METH_VARARGS,
      "bias_grad(dy, dbias, N, C, inner, c0, c1, accumulate): dbias[c] (+)= the sum of dy's "
      "channel c, channels [c0, c1)"},
-    {"depthwise_forward", py_depthwise_forward, METH_VARARGS,
-     "depthwise_forward(x, w, out, geometry, N, p0, p1): planes [p0, p1) of a depthwise conv"},
     {"depthwise_backward_data", py_depthwise_backward_data, METH_VARARGS,
      "depthwise_backward_data(dy, w, dx, geometry, N, p0, p1, accumulate)"},
-    {"depthwise_backward_filter", py_depthwise_backward_filter, METH_VARARGS,
-     "depthwise_backward_filter(x, dy, dw, partial, geometry, N, c0, c1, accumulate)"},
+    {"depthwise_phase_data", py_depthwise_phase_data, METH_VARARGS,
+     "depthwise_phase_data(dy, w, dx, geometry, N, p0, p1, accumulate): planes [p0, p1) of a strided "
+     "depthwise input gradient on the phase planes (padding >= 0)"},
     {"depthwise_grid", py_depthwise_grid, METH_VARARGS,
      "depthwise_grid(x, w, out, geometry, N, p0, p1, flip, accumulate, scale=None, shift=None, relu=False, "
-     "residual=None): planes [p0, p1) of a stride-1 depthwise conv (flip: taps reversed, the input gradient "
-     "as a conv of dy), each plane then given the epilogue (as epilogue's) as it is stored"},
+     "residual=None): planes [p0, p1) of a depthwise conv of any stride (flip, stride 1 only: taps reversed, "
+     "the input gradient as a conv of dy), each plane then given the epilogue (as epilogue's) as it is stored"},
     {"depthwise_grid_filter", py_depthwise_grid_filter, METH_VARARGS,
-     "depthwise_grid_filter(x, dy, dw, geometry, N, c0, c1, accumulate): stride-1 depthwise "
-     "weight gradient of channels [c0, c1)"},
+     "depthwise_grid_filter(x, dy, dw, geometry, N, c0, c1, accumulate): the depthwise weight gradient of "
+     "channels [c0, c1), any stride"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1543,20 +1543,15 @@ def _grid_padding(kernel, padding, dilation):
 
 
 def _c_depthwise_forward(backend, x, w, out, stride, padding, dilation, epi=None):
+    """Any stride on the grid kernel (strided: each plane's phases, so that every tap reads whole
+    vectors of consecutive inputs, not every sw-th; docs/numpy.md, session 49)."""
     n, c = x.shape[:2]
     geometry = _geometry(x.shape[1:], w.shape[2:], stride, padding, dilation, out.shape[2:])
     work = out[0, 0].size * w.shape[2] * w.shape[3]
-    if tuple(stride) == (1, 1):
-        # each plane takes its epilogue as it is stored (in L1), not in a pass over the lane's planes
-        fused = () if epi is None else (epi.scale, epi.shift, epi.relu, epi.residual)
-
-        def lane(lo, hi, k):
-            backend.conv_kernels.depthwise_grid(x, w, out, geometry, n, lo, hi, False, False, *fused)
-    else:
-        def lane(lo, hi, k):
-            backend.conv_kernels.depthwise_forward(x, w, out, geometry, n, lo, hi)
-            _finish(backend, out, epi, lo, hi)
-    _run_lanes(n * c, work, lane)
+    # each plane takes its epilogue as it is stored (in L1), not in a pass over the lane's planes
+    fused = () if epi is None else (epi.scale, epi.shift, epi.relu, epi.residual)
+    _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid(
+        x, w, out, geometry, n, lo, hi, False, False, *fused))
 
 
 def _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, accumulate):
@@ -1568,26 +1563,21 @@ def _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, ac
         _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid(
             dy, w, dx, geometry, n, lo, hi, True, accumulate))
     else:
+        # strided: on the phase planes, a tap's whole rows at a time (the element loop of
+        # depthwise_backward_data is left for stride-1 layers padded past k - 1)
         geometry = _geometry(dx.shape[1:], w.shape[2:], stride, padding, dilation, dy.shape[2:])
-        _run_lanes(n * c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_backward_data(
-            dy, w, dx, geometry, n, lo, hi, accumulate))
+        kernel = backend.conv_kernels.depthwise_phase_data if tuple(stride) != (1, 1) and min(padding) >= 0 \
+            else backend.conv_kernels.depthwise_backward_data
+        _run_lanes(n * c, work, lambda lo, hi, k: kernel(dy, w, dx, geometry, n, lo, hi, accumulate))
 
 
 def _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws):
+    """Any stride on the grid kernel (strided: the input's phase planes, as the forward's)."""
     n, c = x.shape[:2]
     geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
     work = n * dy[0, 0].size * dw.shape[2] * dw.shape[3]
-    if tuple(stride) == (1, 1):
-        _run_lanes(c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid_filter(
-            x, dy, dw, geometry, n, lo, hi, accumulate))
-        return
-    taps = dw.shape[2] * dw.shape[3]
-
-    def lane(lo, hi, k):
-        partial = scratch(ws, backend, f"conv_dw_partial/{k}", (taps * dy.shape[3],), dw.dtype)
-        backend.conv_kernels.depthwise_backward_filter(x, dy, dw, partial, geometry, n, lo, hi, accumulate)
-
-    _run_lanes(c, work, lane)
+    _run_lanes(c, work, lambda lo, hi, k: backend.conv_kernels.depthwise_grid_filter(
+        x, dy, dw, geometry, n, lo, hi, accumulate))
 
 
 # ---------------------------------------------------------------- pooling

@@ -1252,46 +1252,44 @@ def test_two_contexts_compute_the_same_bits(monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
-@needs_kernels
-def test_grid_and_strided_depthwise_kernels_agree():
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((2, 3, 9, 7))
-    w = rng.standard_normal((3, 1, 3, 3))
-    geometry = (3, 9, 7, 3, 3, 1, 1, 1, 1, 1, 1, 9, 7)
-    grid, strided = np.empty((2, 3, 9, 7)), np.empty((2, 3, 9, 7))
-    kernels.depthwise_grid(x, w, grid, geometry, 2, 0, 6, False, False)
-    kernels.depthwise_forward(x, w, strided, geometry, 2, 0, 6)
-    np.testing.assert_allclose(grid, strided, rtol=1e-12, atol=1e-12)
-    dy = rng.standard_normal(grid.shape)
-    dw_grid, dw_strided = np.empty(w.shape), np.empty(w.shape)
-    kernels.depthwise_grid_filter(x, dy, dw_grid, geometry, 2, 0, 3, False)
-    kernels.depthwise_backward_filter(x, dy, dw_strided, np.empty(3 * 3 * 7), geometry, 2, 0, 3, False)
-    np.testing.assert_allclose(dw_grid, dw_strided, rtol=1e-12, atol=1e-12)
-
-
 # (batch, C, H, W, (kh, kw), padding, dilation)
 DEPTHWISE_GRID_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # odd planes: rows end inside a vector
                         (3, 4, 16, 16, (3, 3), (1, 1), (1, 1)),  # whole-vector rows
                         (2, 2, 11, 6, (5, 3), (2, 0), (1, 2)),   # unpadded side, dilated, tall kernel
                         (1, 5, 5, 5, (3, 3), (2, 3), (1, 1))]    # padding past the kernel: border outputs
+#: strides of the grid kernels' tests: stride 1 on the padded plane, the others on its phases
+DEPTHWISE_GRID_STRIDES = [(1, 1), (2, 2), (2, 1), (3, 2)]
+
+
+def _depthwise_windows(xp, i, j, dilation, stride, out_hw):
+    """The padded input's values tap (i, j) reads for every output, (N, C, Ho, Wo)."""
+    (dh, dw), (sh, sw), (ho, wo) = dilation, stride, out_hw
+    return xp[:, :, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
+
+
+def _depthwise_out_hw(h, w_, kernel, padding, dilation, stride):
+    return tuple((size + 2 * p - (k - 1) * d - 1) // s + 1
+                 for size, k, p, d, s in zip((h, w_), kernel, padding, dilation, stride))
 
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", DEPTHWISE_GRID_STRIDES, ids=[str(s) for s in DEPTHWISE_GRID_STRIDES])
 @pytest.mark.parametrize("case", DEPTHWISE_GRID_CASES, ids=[str(c) for c in DEPTHWISE_GRID_CASES])
-def test_depthwise_grid_with_each_epilogue_matches_a_float64_reference(case, dtype):
-    """depthwise_grid over a sub-range of planes (its padded buffer reused from plane to plane),
-    plain, accumulating, and with each epilogue applied as the planes are stored, against a
-    depthwise conv written out here; planes outside the range are left untouched."""
+def test_depthwise_grid_with_each_epilogue_matches_a_float64_reference(case, stride, dtype):
+    """depthwise_grid over a sub-range of planes (its padded buffer, or strided its phase planes,
+    reused from plane to plane), plain, accumulating, and with each epilogue applied as the planes
+    are stored, against a depthwise conv written out here; planes outside the range are left
+    untouched."""
     n, c, h, w_, (kh, kw), (ph, pw), (dh, dw) = case
-    ho, wo = h + 2 * ph - (kh - 1) * dh, w_ + 2 * pw - (kw - 1) * dw
+    ho, wo = _depthwise_out_hw(h, w_, (kh, kw), (ph, pw), (dh, dw), stride)
     rng = np.random.default_rng(41)
     x, w = rng.standard_normal((n, c, h, w_)), rng.standard_normal((c, 1, kh, kw))
     scale, shift, residual = rng.standard_normal(c), rng.standard_normal(c), rng.standard_normal((n, c, ho, wo))
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    y = sum(w[None, :, 0, i, j, None, None] * xp[:, :, i * dh:i * dh + ho, j * dw:j * dw + wo]
+    y = sum(w[None, :, 0, i, j, None, None] * _depthwise_windows(xp, i, j, (dh, dw), stride, (ho, wo))
             for i in range(kh) for j in range(kw))
-    geometry = (c, h, w_, kh, kw, 1, 1, ph, pw, dh, dw, ho, wo)
+    geometry = (c, h, w_, kh, kw, *stride, ph, pw, dh, dw, ho, wo)
     p0, p1 = 1, n * c - 1  # planes [1, N*C - 1): the first and last must stay as they were
     tol = 1e-5 if dtype == np.float32 else 1e-12
     f = lambda a: a.astype(dtype)  # noqa: E731
@@ -1327,20 +1325,22 @@ DEPTHWISE_FILTER_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # one whole p
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", DEPTHWISE_GRID_STRIDES, ids=[str(s) for s in DEPTHWISE_GRID_STRIDES])
 @pytest.mark.parametrize("case", DEPTHWISE_FILTER_CASES, ids=[str(c) for c in DEPTHWISE_FILTER_CASES])
-def test_depthwise_grid_filter_matches_a_float64_reference(case, dtype):
+def test_depthwise_grid_filter_matches_a_float64_reference(case, stride, dtype):
     """depthwise_grid_filter over a range of channels against sums written out here, for tap counts
-    that end on every kind of pass; channels outside the range untouched, then accumulating."""
+    that end on every kind of pass, at stride 1 and strided (the input's phase planes); channels
+    outside the range untouched, then accumulating."""
     n, c, h, w_, (kh, kw), (ph, pw), (dh, dw) = case
-    ho, wo = h + 2 * ph - (kh - 1) * dh, w_ + 2 * pw - (kw - 1) * dw
+    ho, wo = _depthwise_out_hw(h, w_, (kh, kw), (ph, pw), (dh, dw), stride)
     rng = np.random.default_rng(43)
     x, dy = rng.standard_normal((n, c, h, w_)), rng.standard_normal((n, c, ho, wo))
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     want = np.zeros((c, 1, kh, kw))
     for i in range(kh):
         for j in range(kw):
-            want[:, 0, i, j] = np.einsum("nchw,nchw->c", dy, xp[:, :, i * dh:i * dh + ho, j * dw:j * dw + wo])
-    geometry = (c, h, w_, kh, kw, 1, 1, ph, pw, dh, dw, ho, wo)
+            want[:, 0, i, j] = np.einsum("nchw,nchw->c", dy, _depthwise_windows(xp, i, j, (dh, dw), stride, (ho, wo)))
+    geometry = (c, h, w_, kh, kw, *stride, ph, pw, dh, dw, ho, wo)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     dw_ = np.full(want.shape, np.nan, dtype)
     kernels.depthwise_grid_filter(x.astype(dtype), dy.astype(dtype), dw_, geometry, n, 1, c, False)
@@ -1365,13 +1365,50 @@ def test_kernels_refuse_buffers_that_do_not_fit():
     with pytest.raises(ValueError, match="direct_grid_filter: need padding >= 0 and the Ho, Wo"):  # s2: Ho 3
         kernels.direct_grid_filter(x, np.zeros((2, 4, 5, 5), np.float32), np.zeros((4, 3, 3, 3), np.float32),
                                    (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 5, 5), 1, 4, 2, 0, 2, False)
-    with pytest.raises(ValueError, match="need stride 1"):
+    with pytest.raises(ValueError, match="stride 1 to flip the taps"):
         kernels.depthwise_grid(x, np.zeros((3, 1, 3, 3), np.float32), np.zeros((2, 3, 3, 3), np.float32),
-                               (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 3, 3), 2, 0, 6, False, False)
+                               (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 3, 3), 2, 0, 6, True, False)
+    with pytest.raises(ValueError, match="the Ho, Wo of that geometry"):  # stride 2 gives 3x3, not 5x5
+        kernels.depthwise_grid(x, np.zeros((3, 1, 3, 3), np.float32), np.zeros((2, 3, 5, 5), np.float32),
+                               (3, 5, 5, 3, 3, 2, 2, 1, 1, 1, 1, 5, 5), 2, 0, 6, False, False)
+    with pytest.raises(ValueError, match="depthwise_phase_data: need padding >= 0"):
+        kernels.depthwise_phase_data(np.zeros((2, 3, 3, 3), np.float32), np.zeros((3, 1, 3, 3), np.float32), x,
+                                     (3, 5, 5, 3, 3, 2, 2, -1, 1, 1, 1, 2, 3), 2, 0, 6, False)
     with pytest.raises(TypeError, match="x: expected a contiguous buffer"):
-        kernels.depthwise_forward(np.zeros((2, 3, 5, 10), np.float32)[..., ::2], np.zeros((3, 1, 3, 3), np.float32),
-                                  np.zeros((2, 3, 5, 5), np.float32), geometry, 2, 0, 6)
+        kernels.depthwise_grid(np.zeros((2, 3, 5, 10), np.float32)[..., ::2], np.zeros((3, 1, 3, 3), np.float32),
+                               np.zeros((2, 3, 5, 5), np.float32), geometry, 2, 0, 6, False, False)
 
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("stride", DEPTHWISE_GRID_STRIDES[1:], ids=[str(s) for s in DEPTHWISE_GRID_STRIDES[1:]])
+@pytest.mark.parametrize("case", DEPTHWISE_FILTER_CASES, ids=[str(c) for c in DEPTHWISE_FILTER_CASES])
+def test_depthwise_phase_data_matches_a_float64_reference(case, stride, dtype):
+    """depthwise_phase_data (the strided input gradient on the phase planes) over a sub-range of
+    planes against each tap's weight times dy added back where the tap read, written out here:
+    rows and columns no output reads get zeros (or keep dx, accumulating); planes outside the
+    range untouched."""
+    n, c, h, w_, (kh, kw), (ph, pw), (dh, dw) = case
+    ho, wo = _depthwise_out_hw(h, w_, (kh, kw), (ph, pw), (dh, dw), stride)
+    rng = np.random.default_rng(47)
+    w, dy, start = rng.standard_normal((c, 1, kh, kw)), rng.standard_normal((n, c, ho, wo)), rng.standard_normal((n, c, h, w_))
+    dxp = np.zeros((n, c, h + 2 * ph, w_ + 2 * pw))
+    for i in range(kh):
+        for j in range(kw):
+            _depthwise_windows(dxp, i, j, (dh, dw), stride, (ho, wo))[...] += w[None, :, 0, i, j, None, None] * dy
+    want = dxp[:, :, ph:ph + h, pw:pw + w_]
+    geometry = (c, h, w_, kh, kw, *stride, ph, pw, dh, dw, ho, wo)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    p0, p1 = 1, n * c - 1
+    f = lambda a: a.astype(dtype)  # noqa: E731
+    for accumulate, base in ((False, np.zeros_like(want)), (True, start)):
+        dx = f(start).copy()
+        kernels.depthwise_phase_data(f(dy), f(w), dx, geometry, n, p0, p1, accumulate)
+        got, ref, kept = dx.reshape(n * c, h, w_), (base + want).reshape(n * c, h, w_), f(start).reshape(n * c, h, w_)
+        np.testing.assert_allclose(got[p0:p1], ref[p0:p1], rtol=tol, atol=tol * 4 * np.abs(ref).max())
+        np.testing.assert_array_equal(got[:p0], kept[:p0])
+        np.testing.assert_array_equal(got[p1:], kept[p1:])
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
