@@ -541,11 +541,32 @@ static PlaneGrid make_plane_grid(const Geometry *g, I lanes, I block)
     return r;
 }
 
+static void plane_grid_offsets(const Geometry *g, const PlaneGrid *s, I *offset)
+{
+    if (s->strided)
+        phase_offsets(g, &s->ph, offset);
+    else
+        tap_offsets(g, &s->s, offset);
+}
+
+/* a plane into its place in a PlaneGrid's buffer (whose padding is zero) */
+#define DEFINE_PLANE_GRID_COPY(NAME, T, ROWS, PHASES)                                          \
+    static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const PlaneGrid *s) \
+    {                                                                                          \
+        if (s->strided)                                                                       \
+            PHASES(plane, buf, g, &s->ph);                                                    \
+        else                                                                                  \
+            ROWS(plane, buf, g, &s->s);                                                       \
+    }
+
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f32, float, plane_rows_f32, pad_phases_f32)
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64, double, plane_rows_f64, pad_phases_f64)
+
 /* out[p] (+)= the taps (reversed when ``flip``, stride 1 only) over padded x[p], planes
  * [p0, p1), any stride (a strided plane as its phases: PlaneGrid), then (not accumulating) the
  * epilogue (EPI: scale, shift, res, relu as epilogue_f32) on each plane as it is stored, while
  * it is in L1. Returns -1 when its scratch cannot be allocated. */
-#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, PAD, PHASES, EPI, T, V)                                   \
+#define DEFINE_DEPTHWISE_GRID(NAME, ATTR, COPY, EPI, T, V)                                   \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I p0, I p1, int flip, int accumulate,             \
                          const T *scale, const T *shift, const T *res, int relu)              \
@@ -562,16 +583,10 @@ static PlaneGrid make_plane_grid(const Geometry *g, I lanes, I block)
         }                                                                                     \
         T *grid = buf + s.buffer;                                                             \
         memset(buf, 0, (size_t)s.buffer * sizeof(T));                                         \
-        if (s.strided)                                                                        \
-            phase_offsets(g, &s.ph, offset);                                                  \
-        else                                                                                  \
-            tap_offsets(g, &s.s, offset);                                                     \
+        plane_grid_offsets(g, &s, offset);                                                    \
         for (I p = p0; p < p1; p++) {                                                         \
             const T *k = w + (p % g->c) * taps;                                               \
-            if (s.strided)                                                                    \
-                PHASES(x + p * g->h * g->w, buf, g, &s.ph);                                   \
-            else                                                                              \
-                PAD(x + p * g->h * g->w, buf, g, &s.s);                                       \
+            COPY(x + p * g->h * g->w, buf, g, &s);                                            \
             for (I b = 0; b < s.span; b += block) {                                           \
                 V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};                                     \
                 for (I t = 0; t < taps; t++) {                                                \
@@ -600,12 +615,12 @@ static PlaneGrid make_plane_grid(const Geometry *g, I lanes, I block)
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, plane_rows_f32, pad_phases_f32, epilogue_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, plane_rows_f64, pad_phases_f64, epilogue_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, plane_rows_f32, pad_phases_f32, epilogue_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_rows_f64, pad_phases_f64, epilogue_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_rows_f32, pad_phases_f32, epilogue_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, pad_phases_f64, epilogue_f64, double, vf64x2)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, plane_grid_copy_f32, epilogue_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, plane_grid_copy_f64, epilogue_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, plane_grid_copy_f32, epilogue_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_grid_copy_f64, epilogue_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_grid_copy_f32, epilogue_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64, epilogue_f64, double, vf64x2)
 
 /* acc[u * lanes ...] += the lane sums of dy's plane (``span`` values) times the input from
  * src + off[u], for NT taps in one pass: one load of dy feeds NT multiply-adds (a pass per tap
@@ -632,7 +647,7 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, pad_phase
  * padded x[s, c], channels [c0, c1), any stride (PlaneGrid). The taps go DW_FILTER_TAPS to a
  * pass over each sample's plane, each into one vector of sums added to its row of partial
  * sums, summed once per channel: a fixed order. */
-#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, PAD, PHASES, T, V)                            \
+#define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, COPY, T, V)                            \
     DEFINE_DW_FILTER_PASS(NAME##_p1, ATTR, T, V, 1)                                            \
     DEFINE_DW_FILTER_PASS(NAME##_p2, ATTR, T, V, 2)                                            \
     DEFINE_DW_FILTER_PASS(NAME##_p3, ATTR, T, V, 3)                                            \
@@ -655,19 +670,13 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, pad_phase
             return -1;                                                                        \
         }                                                                                     \
         T *grad = buf + s.buffer, *acc = grad + s.span;                                       \
-        if (s.strided)                                                                        \
-            phase_offsets(g, &s.ph, offset);                                                  \
-        else                                                                                  \
-            tap_offsets(g, &s.s, offset);                                                     \
+        plane_grid_offsets(g, &s, offset);                                                    \
         memset(buf, 0, (size_t)(s.buffer + s.span) * sizeof(T));                              \
         for (I c = c0; c < c1; c++) {                                                         \
             memset(acc, 0, (size_t)(taps * lanes) * sizeof(T));                               \
             for (I smp = 0; smp < n; smp++) {                                                 \
                 const I p = smp * g->c + c;                                                   \
-                if (s.strided)                                                                \
-                    PHASES(x + p * g->h * g->w, buf, g, &s.ph);                               \
-                else                                                                          \
-                    PAD(x + p * g->h * g->w, buf, g, &s.s);                                   \
+                COPY(x + p * g->h * g->w, buf, g, &s);                                        \
                 for (I r = 0; r < g->ho; r++)                                                 \
                     memcpy(grad + r * s.wp, dy + (p * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
                 for (I t = 0; t < taps; t += DW_FILTER_TAPS) {                                \
@@ -695,12 +704,12 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_rows_f64, pad_phase
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, plane_rows_f32, pad_phases_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, plane_rows_f64, pad_phases_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, plane_rows_f32, pad_phases_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, plane_rows_f64, pad_phases_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, plane_rows_f32, pad_phases_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_rows_f64, pad_phases_f64, double, vf64x2)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, plane_grid_copy_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, plane_grid_copy_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, plane_grid_copy_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, plane_grid_copy_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, plane_grid_copy_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_grid_copy_f64, double, vf64x2)
 
 /* Direct convolution of any stride, for every group, on phase planes (make_phases): every tap
  * reads whole vectors of consecutive outputs, with no column matrix (stride 1: one phase, the
