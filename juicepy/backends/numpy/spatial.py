@@ -330,7 +330,7 @@ def conv2d_backward_data(backend, dy, w, dx, stride, padding, dilation, groups, 
 def conv2d_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws):
     if _c_conv(backend, x, dy, dw):
         if _is_depthwise(x, dw, groups):
-            _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws)
+            _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate)
         else:
             _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
         return
@@ -1571,7 +1571,7 @@ def _c_depthwise_backward_data(backend, dy, w, dx, stride, padding, dilation, ac
         _run_lanes(n * c, work, lambda lo, hi, k: kernel(dy, w, dx, geometry, n, lo, hi, accumulate))
 
 
-def _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate, ws):
+def _c_depthwise_backward_filter(backend, x, dy, dw, stride, padding, dilation, accumulate):
     """Any stride on the grid kernel (strided: the input's phase planes, as the forward's)."""
     n, c = x.shape[:2]
     geometry = _geometry(x.shape[1:], dw.shape[2:], stride, padding, dilation, dy.shape[2:])
