@@ -10,6 +10,14 @@ inline int last_inside(const int off, const int s, const int size, const int out
     return size - off <= 0 ? 0 : min(outputs, (size - off + s - 1) / s);
 }
 
+// Phase planes (pad_phases): a channel's zero-padded input laid out as sh x sw planes of Hq x Wq,
+// phase (a, b) holding the padded rows a, a + sh, ... and columns b, b + sw, ..., so that a tap
+// of a strided convolution reads consecutive inputs for consecutive outputs. The padded input's
+// row r, column q lies PHASE_AT(r, q) on from its channel's first phase; the offset is the sum
+// of its row's and its column's parts (PHASE_AT(r, 0) + PHASE_AT(0, q)). Stride 1: one phase,
+// the zero-padded plane (pad_planes).
+#define PHASE_AT(r, q) ((size_t)(((r) % sh) * sw + (q) % sw) * Hq * Wq + (size_t)((r) / sh) * Wq + (q) / sw)
+
 // One work-item per (output row oh, col row (c, ki, kj), image n) copies a row of Wo values:
 // the inner loop runs along contiguous memory, which CPU drivers vectorise (a loop inside a
 // kernel keeps them from vectorising across work-items). Launched as (Ho rounded up, C*kh*kw, N).
@@ -165,34 +173,64 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
 #define DIRECT_SUMS(u) floatv s##u##0 = (floatv)(b0), s##u##1 = (floatv)(b1), s##u##2 = (floatv)(b2), \
     s##u##3 = (floatv)(b3), s##u##4 = (floatv)(b4), s##u##5 = (floatv)(b5), s##u##6 = (floatv)(b6), \
     s##u##7 = (floatv)(b7);
+// The direct kernels' input layouts (L below: the prefix of a family of macros): PLAIN, the
+// zero-padded planes of Hp x Wp, a strided kernel's outputs reading every sw-th input (LOAD
+// gathers them); PHASE, the phase planes (PHASE_AT; Hp x Wp each phase), consecutive outputs
+// reading consecutive inputs, with each kernel row's and column's offset from the work-item's
+// tables prow and pcol (no division in the loops). L##_PLANE: a channel's floats; L##_OUT(oh,
+// ow): where output (oh, ow)'s first tap reads; L##_ROW(ki), L##_COL(kj): a tap's offset from there;
+// L##_CS: the step per output along a row; L##_RS: per output row; L##_SHARED: whether row
+// oh + 1's kernel row ki reads row oh's ki + 1 (DIRECT_ROW_PAIRS).
+#define PLAIN_PLANE ((size_t)Hp * Wp)
+#define PLAIN_OUT(oh, ow) ((size_t)(oh) * sh * Wp + (size_t)(ow) * sw)
+#define PLAIN_ROW(ki) ((size_t)(ki) * dh * Wp)
+#define PLAIN_COL(kj) ((kj) * dw)
+#define PLAIN_CS sw
+#define PLAIN_RS ((size_t)sh * Wp)
+#define PLAIN_SHARED (sh == dh)
+#define PHASE_PLANE ((size_t)sh * sw * Hp * Wp)
+#define PHASE_OUT(oh, ow) ((size_t)(oh) * Wp + (ow))
+#define PHASE_ROW(ki) prow[ki]
+#define PHASE_COL(kj) pcol[kj]
+#define PHASE_CS 1
+#define PHASE_RS ((size_t)Wp)
+#define PHASE_SHARED 0
+// the largest kernel side the PHASE layout's offset tables take (spatial.py's
+// DIRECT_PHASE_MAX_KERNEL)
+#define DIRECT_PHASE_MAX_KERNEL 16
+#define DIRECT_PHASE_TABLES \
+    size_t prow[DIRECT_PHASE_MAX_KERNEL], pcol[DIRECT_PHASE_MAX_KERNEL]; \
+    { const int Hq = Hp, Wq = Wp; \
+      for (int i = 0; i < min(kh, DIRECT_PHASE_MAX_KERNEL); ++i) prow[i] = PHASE_AT(i * dh, 0); \
+      for (int j = 0; j < min(kw, DIRECT_PHASE_MAX_KERNEL); ++j) pcol[j] = PHASE_AT(0, j * dw); }
 // Opens the loops over a work-item's taps (input channel ci, kernel row ki, column kj) with
 // xv at the tap's first input of the block (XC: the block's offset in a channel plane), wr at
 // the kernel row's weights and t at the column's; DIRECT_TAPS_END closes them. Shared by the
 // row-block and the flat-block kernels so both walk the taps in the same order.
-#define DIRECT_TAPS_BEGIN(XAS, K, XC) \
+#define DIRECT_TAPS_BEGIN(L, XAS, K, XC) \
     for (int ci = 0; ci < cg; ++ci) { \
-        XAS const float *xc = x0 + (size_t)ci * Hp * Wp + (XC); \
+        XAS const float *xc = x0 + (size_t)ci * L##_PLANE + (XC); \
         __global const float *wp = w0p + ci * w_ci; \
         for (int ki = 0; ki < (K ? K : kh); ++ki) { \
-            XAS const float *xr = xc + (size_t)ki * dh * Wp; \
+            XAS const float *xr = xc + L##_ROW(ki); \
             __global const float *wr = wp + ki * kw * wstep; \
             for (int kj = 0; kj < (K ? K : kw); ++kj) { \
                 const int t = kj * wstep; \
-                XAS const float *xv = xr + kj * dw;
+                XAS const float *xv = xr + L##_COL(kj);
 #define DIRECT_TAPS_END } } }
-#define DIRECT_ROWS(XAS, LOAD, OUTS, U, K) \
+#define DIRECT_ROWS(L, XAS, LOAD, OUTS, U, K) \
     for (int oh = 0; oh < Ho; ++oh) { \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
             DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) DIRECT_SUMS(3) \
-            DIRECT_TAPS_BEGIN(XAS, K, (size_t)oh * sh * Wp + ow0 * sw) \
+            DIRECT_TAPS_BEGIN(L, XAS, K, L##_OUT(oh, ow0)) \
                 const float w0 = wr[t]; \
                 const float w1 = OUTS >= 4 ? wr[w_o + t] : 0.0f, w2 = OUTS >= 4 ? wr[2 * w_o + t] : 0.0f, \
                             w3 = OUTS >= 4 ? wr[3 * w_o + t] : 0.0f, w4 = OUTS >= 6 ? wr[4 * w_o + t] : 0.0f, \
                             w5 = OUTS >= 6 ? wr[5 * w_o + t] : 0.0f, w6 = OUTS == 8 ? wr[6 * w_o + t] : 0.0f, \
                             w7 = OUTS == 8 ? wr[7 * w_o + t] : 0.0f; \
                 DIRECT_FMA(s, LOAD(xv), 0, OUTS) \
-                if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * sw), 1, OUTS) \
-                if (U == 4) { DIRECT_FMA(s, LOAD(xv + 2 * VEC * sw), 2, OUTS) DIRECT_FMA(s, LOAD(xv + 3 * VEC * sw), 3, OUTS) } \
+                if (U >= 2) DIRECT_FMA(s, LOAD(xv + VEC * L##_CS), 1, OUTS) \
+                if (U == 4) { DIRECT_FMA(s, LOAD(xv + 2 * VEC * L##_CS), 2, OUTS) DIRECT_FMA(s, LOAD(xv + 3 * VEC * L##_CS), 3, OUTS) } \
             DIRECT_TAPS_END \
             __global float *yr = yp + (size_t)oh * Wo + ow0; \
             DIRECT_STORES(0, OUTS) \
@@ -207,8 +245,8 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
 // kernel row ki reads row oh's ki + 1: each input vector is loaded once for both (K + 1 rows of
 // loads, not 2 K). The sums run the same taps in the same order as DIRECT_ROWS (the same bits).
 // A plane's odd last row is computed with its twin reading the same input, and stored once.
-#define DIRECT_PAIR_FMA(LOAD, u) { \
-    s##u##0 += LOAD(xv + u * VEC * sw) * w0; q##u += LOAD(xv + pair + u * VEC * sw) * w0; }
+#define DIRECT_PAIR_FMA(L, LOAD, u) { \
+    s##u##0 += LOAD(xv + u * VEC * L##_CS) * w0; q##u += LOAD(xv + pair + u * VEC * L##_CS) * w0; }
 #define DIRECT_SHARED_FMA(LOAD, u, A, B) { \
     const floatv v = LOAD(xv + u * VEC * sw); \
     if (A) s##u##0 += v * wa; \
@@ -228,25 +266,25 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         if (U >= 2) DIRECT_SHARED_FMA(LOAD, 1, A, B) \
         if (U == 4) { DIRECT_SHARED_FMA(LOAD, 2, A, B) DIRECT_SHARED_FMA(LOAD, 3, A, B) } \
     } }
-#define DIRECT_ROW_PAIRS(XAS, LOAD, U, K) \
+#define DIRECT_ROW_PAIRS(L, XAS, LOAD, U, K) \
     for (int oh = 0; oh < Ho; oh += 2) { \
-        const size_t pair = oh + 1 < Ho ? (size_t)sh * Wp : 0; \
+        const size_t pair = oh + 1 < Ho ? L##_RS : 0; \
         for (int ow0 = 0; ow0 < Wo; ow0 += U * VEC) { \
             DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) DIRECT_SUMS(3) \
             floatv q0 = (floatv)(b0), q1 = (floatv)(b0), q2 = (floatv)(b0), q3 = (floatv)(b0); \
-            if (pair && sh == dh) { \
+            if (pair && L##_SHARED) {   /* PLAIN only */ \
                 const int kk = K ? K : kh, kc = K ? K : kw; \
                 for (int ci = 0; ci < cg; ++ci) { \
-                    XAS const float *xc = x0 + (size_t)ci * Hp * Wp + (size_t)oh * sh * Wp + ow0 * sw; \
+                    XAS const float *xc = x0 + (size_t)ci * PLAIN_PLANE + PLAIN_OUT(oh, ow0); \
                     __global const float *wp = w0p + ci * w_ci; \
                     for (int i = 0; i <= kk; ++i) DIRECT_SHARED_ROW(XAS, LOAD, U, i, i < kk, i > 0) \
                 } \
             } else { \
-                DIRECT_TAPS_BEGIN(XAS, K, (size_t)oh * sh * Wp + ow0 * sw) \
+                DIRECT_TAPS_BEGIN(L, XAS, K, L##_OUT(oh, ow0)) \
                     const float w0 = wr[t]; \
-                    DIRECT_PAIR_FMA(LOAD, 0) \
-                    if (U >= 2) DIRECT_PAIR_FMA(LOAD, 1) \
-                    if (U == 4) { DIRECT_PAIR_FMA(LOAD, 2) DIRECT_PAIR_FMA(LOAD, 3) } \
+                    DIRECT_PAIR_FMA(L, LOAD, 0) \
+                    if (U >= 2) DIRECT_PAIR_FMA(L, LOAD, 1) \
+                    if (U == 4) { DIRECT_PAIR_FMA(L, LOAD, 2) DIRECT_PAIR_FMA(L, LOAD, 3) } \
                 DIRECT_TAPS_END \
             } \
             __global float *yr = yp + (size_t)oh * Wo + ow0; \
@@ -262,18 +300,18 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
         } \
     }
 // a direct kernel's loops: DIRECT_FLAT's blocks (U = 3), row pairs (R = 2, OUTS 1) or rows
-#define DIRECT_BODY(XAS, LOAD, OUTS, U, K, R) \
-    if (U == 3) { DIRECT_FLAT(XAS, LOAD, OUTS, K) } \
-    else if (R == 2) { DIRECT_ROW_PAIRS(XAS, LOAD, U, K) } \
-    else { DIRECT_ROWS(XAS, LOAD, OUTS, U, K) }
+#define DIRECT_BODY(L, XAS, LOAD, OUTS, U, K, R) \
+    if (U == 3) { DIRECT_FLAT(L, XAS, LOAD, OUTS, K) } \
+    else if (R == 2) { DIRECT_ROW_PAIRS(L, XAS, LOAD, U, K) } \
+    else { DIRECT_ROWS(L, XAS, LOAD, OUTS, U, K) }
 
 // The same with OUTS output planes times 3 vectors taken from the plane's vectors in row-major
 // order (a block may span rows): 12 independent accumulators with 4 outputs, where 8 (U = 2)
 // still waited on the FMA's latency, with no row length that 3 must divide. Vectors past the
 // plane's last repeat it (their loads stay inside the planes; their sums are not stored).
-#define DIRECT_FLAT_POS(u) \
+#define DIRECT_FLAT_POS(L, u) \
     const int vi##u = min(v0 + u, vectors - 1), r##u = vi##u / per_row, c##u = (vi##u - r##u * per_row) * VEC; \
-    const size_t xo##u = (size_t)r##u * sh * Wp + (size_t)c##u * sw;
+    const size_t xo##u = L##_OUT(r##u, c##u);
 #define DIRECT_FLAT_STORE(u, OUTS) if (v0 + u < vectors) { \
     __global float *yu = yp + (size_t)r##u * Wo + c##u; \
     DIRECT_STORE(s##u##0, yu, c##u) \
@@ -290,12 +328,12 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
 // weight and the 12 sums fill AVX2's 16 registers (all weights first would spill)
 #define DIRECT_FLAT_FMA(r, at) { const floatv wv = (floatv)(wr[(at) + t]); \
     s0##r += x0v * wv; s1##r += x1v * wv; s2##r += x2v * wv; }
-#define DIRECT_FLAT(XAS, LOAD, OUTS, K) \
+#define DIRECT_FLAT(L, XAS, LOAD, OUTS, K) \
     const int per_row = (Wo + VEC - 1) / VEC, vectors = Ho * per_row; \
     for (int v0 = 0; v0 < vectors; v0 += 3) { \
-        DIRECT_FLAT_POS(0) DIRECT_FLAT_POS(1) DIRECT_FLAT_POS(2) \
+        DIRECT_FLAT_POS(L, 0) DIRECT_FLAT_POS(L, 1) DIRECT_FLAT_POS(L, 2) \
         DIRECT_SUMS(0) DIRECT_SUMS(1) DIRECT_SUMS(2) \
-        DIRECT_TAPS_BEGIN(XAS, K, 0) \
+        DIRECT_TAPS_BEGIN(L, XAS, K, 0) \
             const floatv x0v = LOAD(xv + xo0), x1v = LOAD(xv + xo1), x2v = LOAD(xv + xo2); \
             DIRECT_FLAT_FMA(0, 0) \
             if (OUTS >= 4) { DIRECT_FLAT_FMA(1, w_o) DIRECT_FLAT_FMA(2, 2 * w_o) DIRECT_FLAT_FMA(3, 3 * w_o) } \
@@ -365,16 +403,17 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
     __global const float *x0 = xp + (size_t)(n * C + g * cg) * Hp * Wp; \
     /* the loops are written out twice so that the common stride 1 loads whole vectors */ \
     if (sw == 1) { \
-        DIRECT_BODY(__global, LOAD_UNIT, OUTS, U, K, R) \
+        DIRECT_BODY(PLAIN, __global, LOAD_UNIT, OUTS, U, K, R) \
     } else { \
-        DIRECT_BODY(__global, LOAD_STRIDED, OUTS, U, K, R) \
+        DIRECT_BODY(PLAIN, __global, LOAD_STRIDED, OUTS, U, K, R) \
     } \
 }
 
 // The same from the unpadded input x: each work-item computes `per` runs of OUTS consecutive
 // output planes (launched as (N * O / (OUTS * per))), copying each group's cg input planes into
-// zero-padded (Hp, Wp) planes in local memory (xl: cg * Hp * Wp floats and room for the loads
-// past a row's end) as it reaches the group: once for all its runs where OUTS * per divides the
+// zero-padded (Hp, Wp) planes in local memory (strided: into phase planes of Hp x Wp each,
+// PHASE_AT, so that every load is a whole vector; xl: cg planes or phase planes and room for
+// the loads past a row's end) as it reaches the group: once for all its runs where OUTS * per divides the
 // outputs per group, once per run where a group is one run (depthwise: several groups a
 // work-item, spatial.py's DIRECT_LOCAL_GROUP_RUNS). The padded planes never go through global
 // memory (pad_planes wrote and the kernel above read a padded copy of the whole input: a third
@@ -386,6 +425,70 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
 #define LOCAL_COPY_AHEAD 2048
 #endif
 #define LOCAL_LOAD_UNIT(p) (*(__local const floatv_u *)(p))
+// One channel's phase planes (PHASE_AT; sh x sw planes of Hq x Wq at dst) from its unpadded
+// H x W plane src padded by `top` rows and `left` columns: phase (a, b)'s row r, column q holds
+// src[r sh + a - top][q sw + b - left] inside the plane, else 0. Stride 2 along rows copies both
+// column phases of an input row in one pass over it (a vector of input pairs a step; each phase
+// on its own read every other input: gathers). Built for global and local destinations.
+#define PHASE_PLANES_FN(name, AS) \
+inline void name(AS float *restrict dst, __global const float *restrict src, const int H, const int W, \
+                 const int sh, const int sw, const int top, const int left, const int Hq, const int Wq) \
+{ \
+    const size_t phase = (size_t)Hq * Wq; \
+    /* stride 2 along rows: the columns [lo, hi) both phases read inside the row, those */ \
+    /* [lo0, hi0) and [lo1, hi1) each does (ternaries: min and max are calls in PoCL 3.0) */ \
+    const int f0 = left > 0 ? (left + 1) / 2 : 0, f1 = left > 1 ? left / 2 : 0; \
+    const int lo0 = f0 < Wq ? f0 : Wq, lo1 = f1 < Wq ? f1 : Wq; \
+    const int e0 = W + left <= 0 ? 0 : (W + left + 1) / 2, e1 = W + left - 1 <= 0 ? 0 : (W + left) / 2; \
+    const int hi0 = e0 < lo0 ? lo0 : e0 < Wq ? e0 : Wq, hi1 = e1 < lo1 ? lo1 : e1 < Wq ? e1 : Wq; \
+    const int lo = lo0 > lo1 ? lo0 : lo1, hi = hi0 < hi1 ? (hi0 < lo ? lo : hi0) : (hi1 < lo ? lo : hi1); \
+    for (int a = 0; a < sh; ++a) \
+        for (int r = 0; r < Hq; ++r) { \
+            AS float *to = dst + (size_t)a * sw * phase + (size_t)r * Wq; \
+            const int h = r * sh + a - top; \
+            if (h < 0 || h >= H) { \
+                for (int b = 0; b < sw; ++b) \
+                    for (int q = 0; q < Wq; ++q) to[b * phase + q] = 0.0f; \
+                continue; \
+            } \
+            __global const float *row = src + (size_t)h * W; \
+            PREFETCH_SPAN(PREFETCH_READ, row + LOCAL_COPY_AHEAD, W) \
+            if (sw == 2) { \
+                AS float *t1 = to + phase; \
+                __global const float *from = row - left; \
+                for (int q = 0; q < lo; ++q) { \
+                    to[q] = q >= lo0 && q < hi0 ? from[2 * q] : 0.0f; \
+                    t1[q] = q >= lo1 && q < hi1 ? from[2 * q + 1] : 0.0f; \
+                } \
+                /* even and odd lanes of two vectors (shuffles), the last step overlapping the one */ \
+                /* before it (short rows: a scalar tail of up to VEC - 1 took half the time) */ \
+                if (hi - lo >= VEC) \
+                    for (int q0 = lo; q0 < hi; q0 += VEC) { \
+                        const int q = q0 + VEC <= hi ? q0 : hi - VEC; \
+                        const floatv u = LOAD_UNIT(from + 2 * q), v = LOAD_UNIT(from + 2 * q + VEC); \
+                        *(AS floatv_u *)(to + q) = (floatv)(u.even, v.even); \
+                        *(AS floatv_u *)(t1 + q) = (floatv)(u.odd, v.odd); \
+                    } \
+                else \
+                    for (int q = lo; q < hi; ++q) { to[q] = from[2 * q]; t1[q] = from[2 * q + 1]; } \
+                for (int q = hi; q < Wq; ++q) { \
+                    to[q] = q >= lo0 && q < hi0 ? from[2 * q] : 0.0f; \
+                    t1[q] = q >= lo1 && q < hi1 ? from[2 * q + 1] : 0.0f; \
+                } \
+                continue; \
+            } \
+            for (int b = 0; b < sw; ++b) { \
+                AS float *tb = to + b * phase; \
+                const int off = b - left; \
+                const int l = min(first_inside(off, sw), Wq), e = max(l, last_inside(off, sw, W, Wq)); \
+                for (int q = 0; q < l; ++q) tb[q] = 0.0f; \
+                for (int q = l; q < e; ++q) tb[q] = row[q * sw + off]; \
+                for (int q = e; q < Wq; ++q) tb[q] = 0.0f; \
+            } \
+        } \
+}
+PHASE_PLANES_FN(phase_planes_global, __global)
+PHASE_PLANES_FN(phase_planes_local, __local)
 #define DIRECT_KERNEL_LOCAL_R(name, OUTS, U, K, R) \
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) \
 void name(__global const float *restrict x, const int x_off, const int H, const int W, \
@@ -398,11 +501,16 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
           __global const float *restrict bias, const int b_off, const int has_bias, \
           __global const float *restrict res, const int r_off, const int epi) \
 { \
-    const int first0 = get_global_id(0) * OUTS * per; \
+    const int first0 = get_global_id(0) * OUTS * per, plain = sh == 1 && sw == 1; \
+    DIRECT_PHASE_TABLES \
     for (int run = 0; run < per; ++run) { \
         const int first = first0 + run * OUTS; \
         DIRECT_SETUP(OUTS) \
-        if (run == 0 || ol == 0) { /* a group's planes, copied once for its runs */ \
+        if ((run == 0 || ol == 0) && !plain) { /* a group's planes, copied once for its runs */ \
+            for (int ci = 0; ci < cg; ++ci) \
+                phase_planes_local(xl + ci * PHASE_PLANE, x + x_off + (size_t)(n * C + g * cg + ci) * H * W, \
+                                   H, W, sh, sw, top, left, Hp, Wp); \
+        } else if (run == 0 || ol == 0) { \
             const int lo = min(max(left, 0), Wp), hi = max(lo, min(Wp, W + left)); \
             for (int ci = 0; ci < cg; ++ci) { \
                 __global const float *src = x + x_off + (size_t)(n * C + g * cg + ci) * H * W; \
@@ -422,10 +530,10 @@ void name(__global const float *restrict x, const int x_off, const int H, const 
             } \
         } \
         __local const float *x0 = xl; \
-        if (sw == 1) { \
-            DIRECT_BODY(__local, LOCAL_LOAD_UNIT, OUTS, U, K, R) \
+        if (plain) { \
+            DIRECT_BODY(PLAIN, __local, LOCAL_LOAD_UNIT, OUTS, U, K, R) \
         } else { \
-            DIRECT_BODY(__local, LOAD_STRIDED, OUTS, U, K, R) \
+            DIRECT_BODY(PHASE, __local, LOCAL_LOAD_UNIT, OUTS, U, K, R) \
         } \
     } \
 }
@@ -604,13 +712,123 @@ __kernel void conv_direct_bwd_data(const int H, __global const float *restrict d
     }
 }
 
+// Input gradient of a strided convolution with few outputs per group (the direct kernels'
+// transposed convolution) by dx's stride phases, as the NumPy backend's depthwise_phase_data:
+// dx's pixels (Y sh + ry, X sw + rx) of row phase ry and column phase rx receive exactly the
+// taps (ki, kj) with ty = ry + ph - ki dh and tx = rx + pw - kj dw divisible by the stride, from
+// dy's pixels (Y + ty / sh, X + tx / sw): per phase a stride-1 correlation of dy, whole vectors
+// of consecutive dy (conv_direct_bwd_data above reads and adds dx lane by lane). Each work-item
+// takes `per` planes (n, c) in turn: copies the og dy planes of c's group zero-padded into local
+// memory (dyl: og planes of Hl x Wl, dy's first pixel at row `top`, column `left`), sums each
+// phase into local phase planes (dxl: sh x sw planes of Hq x Wq, Wq whole vectors; a phase no
+// tap reaches sums to zeros), then lays the phases out into dx's rows (stride 2 along rows: the
+// two column phases' vectors interleaved by shuffles; else lane by lane). Launched as
+// (N * C / per); og * kh * kw <= PHASE_DATA_MAX_TAPS (spatial.py's).
+#define PHASE_DATA_MAX_TAPS 64
+#if VEC == 16
+#define INTERLEAVE_LO(u, v) (floatv)((u).s0, (v).s0, (u).s1, (v).s1, (u).s2, (v).s2, (u).s3, (v).s3, \
+    (u).s4, (v).s4, (u).s5, (v).s5, (u).s6, (v).s6, (u).s7, (v).s7)
+#define INTERLEAVE_HI(u, v) (floatv)((u).s8, (v).s8, (u).s9, (v).s9, (u).sa, (v).sa, (u).sb, (v).sb, \
+    (u).sc, (v).sc, (u).sd, (v).sd, (u).se, (v).se, (u).sf, (v).sf)
+#else
+#define INTERLEAVE_LO(u, v) (floatv)((u).s0, (v).s0, (u).s1, (v).s1, (u).s2, (v).s2, (u).s3, (v).s3)
+#define INTERLEAVE_HI(u, v) (floatv)((u).s4, (v).s4, (u).s5, (v).s5, (u).s6, (v).s6, (u).s7, (v).s7)
+#endif
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_phase_bwd_data(__global const float *restrict dy, const int dy_off,
+                         __global const float *restrict w, const int w_off,
+                         __global float *restrict dx, const int dx_off,
+                         const int C, const int H, const int W, const int O, const int Ho, const int Wo,
+                         const int cg, const int og, const int kh, const int kw,
+                         const int sh, const int sw, const int ph, const int pw,
+                         const int dh, const int dw, const int acc, const int per,
+                         __local float *restrict dyl, const int Hl, const int Wl, const int top, const int left,
+                         __local float *restrict dxl, const int Hq, const int Wq)
+{
+    const int first = get_global_id(0) * per;
+    const size_t phase = (size_t)Hq * Wq;
+    for (int run = 0; run < per; ++run) {
+        const int nc = first + run, n = nc / C, c = nc - n * C, g = c / cg, ci = c - g * cg;
+        for (int oi = 0; oi < og; ++oi) {
+            __global const float *src = dy + dy_off + ((size_t)n * O + g * og + oi) * Ho * Wo;
+            __local float *to = dyl + (size_t)oi * Hl * Wl;
+            for (int r = 0; r < Hl; ++r, to += Wl) {
+                const int oh = r - top;
+                if (oh < 0 || oh >= Ho) {
+                    for (int q = 0; q < Wl; ++q) to[q] = 0.0f;
+                    continue;
+                }
+                __global const float *from = src + (size_t)oh * Wo - left;
+                for (int q = 0; q < left; ++q) to[q] = 0.0f;
+                for (int q = left; q < left + Wo; ++q) to[q] = from[q];
+                for (int q = left + Wo; q < Wl; ++q) to[q] = 0.0f;
+            }
+        }
+        for (int ry = 0; ry < sh; ++ry)
+            for (int rx = 0; rx < sw; ++rx) {
+                int at[PHASE_DATA_MAX_TAPS];   // where each of the phase's taps reads dyl (Y = X = 0)
+                float wt[PHASE_DATA_MAX_TAPS];
+                int taps = 0;
+                for (int oi = 0; oi < og; ++oi)
+                    for (int ki = 0; ki < kh; ++ki) {
+                        const int ty = ry + ph - ki * dh;
+                        if (ty % sh) continue;
+                        for (int kj = 0; kj < kw; ++kj) {
+                            const int tx = rx + pw - kj * dw;
+                            if (tx % sw) continue;
+                            at[taps] = (oi * Hl + ty / sh + top) * Wl + tx / sw + left;
+                            wt[taps++] = w[w_off + ((size_t)(g * og + oi) * cg + ci) * kh * kw + ki * kw + kj];
+                        }
+                    }
+                __local float *out = dxl + (ry * sw + rx) * phase;
+                for (int Y = 0; Y < Hq; ++Y)
+                    for (int X = 0; X < Wq; X += VEC) {
+                        __local const float *src = dyl + Y * Wl + X;
+                        floatv s = (floatv)(0.0f);
+                        for (int t = 0; t < taps; ++t) s += LOCAL_LOAD_UNIT(src + at[t]) * wt[t];
+                        *(__local floatv_u *)(out + Y * Wq + X) = s;
+                    }
+            }
+        __global float *dxp = dx + dx_off + (size_t)nc * H * W;
+        for (int h = 0; h < H; ++h) {
+            const int ry = h % sh, Y = h / sh;
+            __global float *dxr = dxp + (size_t)h * W;
+            __local const float *p0 = dxl + ry * sw * phase + Y * Wq;
+            if (sw == 2) {
+                __local const float *p1 = p0 + phase;
+                for (int X = 0; 2 * X < W; X += VEC) {
+                    const floatv u = LOCAL_LOAD_UNIT(p0 + X), v = LOCAL_LOAD_UNIT(p1 + X);
+                    floatv lo = INTERLEAVE_LO(u, v), hi = INTERLEAVE_HI(u, v);
+                    __global float *to = dxr + 2 * X;
+                    if (2 * X + 2 * VEC <= W) {
+                        if (acc) { lo += LOAD_UNIT(to); hi += LOAD_UNIT(to + VEC); }
+                        *(__global floatv_u *)to = lo;
+                        *(__global floatv_u *)(to + VEC) = hi;
+                    } else {
+                        for (int j = 0; 2 * X + j < W; ++j) {
+                            const float e = (j & 1 ? p1 : p0)[X + j / 2];
+                            to[j] = acc ? to[j] + e : e;
+                        }
+                    }
+                }
+            } else {
+                for (int x = 0; x < W; ++x) {
+                    const float e = p0[(x % sw) * phase + x / sw];
+                    dxr[x] = acc ? dxr[x] + e : e;
+                }
+            }
+        }
+    }
+}
+
 // Weight gradient in two passes. Pass 1: work-item (tap, o * cg + ci, chunk) sums
 // dy[n, o] * (the padded x[n, c] shifted by the tap) over the images n = chunk, chunk + chunks,
-// ... into part[chunk][o * cg + ci][tap], VEC outputs of a row at a time.
+// ... into part[chunk][o * cg + ci][tap], VEC outputs of a row at a time. x as phase planes
+// (PHASE_AT; strided: pad_phases, else pad_planes), so every load is of consecutive inputs.
 __kernel void conv_direct_bwd_filter(const int taps, __global const float *restrict xp,
                                      __global const float *restrict dy, const int dy_off,
                                      __global float *restrict part, const int p_off,
-                                     const int N, const int C, const int Hp, const int Wp, const int O,
+                                     const int N, const int C, const int Hq, const int Wq, const int O,
                                      const int Ho, const int Wo, const int cg, const int og,
                                      const int kh, const int kw, const int sh, const int sw,
                                      const int dh, const int dw)
@@ -623,19 +841,19 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
     const int whole = Wo / VEC * VEC;
     floatv s = (floatv)(0.0f), s2 = s;
     for (int n = chunk; n < N; n += chunks) {
-        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp + kj * dw;
+        __global const float *xc = xp + (size_t)(n * C + c) * sh * sw * Hq * Wq + PHASE_AT(ki * dh, kj * dw);
         __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo;
         for (int oh = 0; oh < Ho; ++oh) {
-            __global const float *xr = xc + (size_t)oh * sh * Wp;
+            __global const float *xr = xc + (size_t)oh * Wq;
             __global const float *dyr = dyp + (size_t)oh * Wo;
             int ow = 0;
             for (; ow + 2 * VEC <= whole; ow += 2 * VEC) {   // two chains of FMAs: half the latency waited
-                s += LOAD_UNIT(dyr + ow) * (sw == 1 ? LOAD_UNIT(xr + ow) : LANES_AT(xr + ow * sw, sw));
-                s2 += LOAD_UNIT(dyr + ow + VEC) * (sw == 1 ? LOAD_UNIT(xr + ow + VEC) : LANES_AT(xr + (ow + VEC) * sw, sw));
+                s += LOAD_UNIT(dyr + ow) * LOAD_UNIT(xr + ow);
+                s2 += LOAD_UNIT(dyr + ow + VEC) * LOAD_UNIT(xr + ow + VEC);
             }
-            if (ow < whole) s += LOAD_UNIT(dyr + ow) * (sw == 1 ? LOAD_UNIT(xr + ow) : LANES_AT(xr + ow * sw, sw));
+            if (ow < whole) s += LOAD_UNIT(dyr + ow) * LOAD_UNIT(xr + ow);
             if (whole < Wo) {   // the row's last lanes: read what is there, count only the live ones
-                floatv d = (floatv)(0.0f), v = (sw == 1 ? LOAD_UNIT(xr + whole) : LANES_AT(xr + whole * sw, sw));
+                floatv d = (floatv)(0.0f), v = LOAD_UNIT(xr + whole);
                 for (int j = 0; j < Wo - whole; ++j) d[j] = dyr[whole + j];
                 for (int j = Wo - whole; j < VEC; ++j) v[j] = 0.0f;
                 s += d * v;
@@ -648,13 +866,14 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
     part[p_off + ((size_t)chunk * get_global_size(1) + oc) * taps + tap] = total;
 }
 
-// Pass 1 for stride 1 and a row of KW taps known when compiled: work-item (ki, o * cg + ci,
-// chunk) sums the whole row of taps ki at once, so each loaded dy vector feeds KW accumulators
-// (the kernel above reloads dy for every tap), two vectors of a row at a time: 2 * KW
-// independent chains of FMAs. Rows of whole pairs of vectors only (Wo a multiple of 2 * VEC).
-// Writes part as the kernel above does.
+// Pass 1 for a row of KW taps known when compiled: work-item (ki, o * cg + ci, chunk) sums the
+// whole row of taps ki at once, so each loaded dy vector feeds KW accumulators (the kernel
+// above reloads dy for every tap), two vectors of a row at a time: 2 * KW independent chains of
+// FMAs. Rows of whole pairs of vectors only (Wo a multiple of 2 * VEC). x as phase planes, as
+// above (tap j's column part of the offset in co<j>); writes part as the kernel above does.
+#define FR_COL(j) const size_t co##j = PHASE_AT(0, (j) * dw);
 #define FR_ACC(j) floatv a##j = (floatv)(0.0f), b##j = a##j;
-#define FR_FMA(j) a##j += d0 * LOAD_UNIT(xr + ow + j * dw); b##j += d1 * LOAD_UNIT(xr + ow + VEC + j * dw);
+#define FR_FMA(j) a##j += d0 * LOAD_UNIT(xr + ow + co##j); b##j += d1 * LOAD_UNIT(xr + ow + VEC + co##j);
 #define FR_STORE(j) { const floatv v = a##j + b##j; float total = 0.0f; \
     for (int q = 0; q < VEC; ++q) total += v[q]; \
     dst[j] = total; }
@@ -662,9 +881,9 @@ __kernel void conv_direct_bwd_filter(const int taps, __global const float *restr
 #define FILTER_KERNEL_PARAMS __global const float *restrict xp, \
     __global const float *restrict dy, const int dy_off, \
     __global float *restrict part, const int p_off, \
-    const int N, const int C, const int Hp, const int Wp, const int O, \
+    const int N, const int C, const int Hq, const int Wq, const int O, \
     const int Ho, const int Wo, const int cg, const int og, const int kh, const int dh, \
-    const int dw
+    const int dw, const int sh, const int sw
 #define TAPS_3(X) X(0) X(1) X(2)
 #define TAPS_5(X) X(0) X(1) X(2) X(3) X(4)
 #define FILTER_ROW_KERNEL(name, KW) \
@@ -674,12 +893,12 @@ void name(FILTER_KERNEL_PARAMS) \
     const int ki = get_global_id(0), oc = get_global_id(1), chunk = get_global_id(2); \
     const int chunks = get_global_size(2); \
     const int o = oc / cg, ci = oc - o * cg, c = (o / og) * cg + ci; \
-    TAPS_##KW(FR_ACC) \
+    TAPS_##KW(FR_ACC) TAPS_##KW(FR_COL) \
     for (int n = chunk; n < N; n += chunks) { \
-        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp; \
+        __global const float *xc = xp + (size_t)(n * C + c) * sh * sw * Hq * Wq + PHASE_AT(ki * dh, 0); \
         __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo; \
         for (int oh = 0; oh < Ho; ++oh) { \
-            __global const float *xr = xc + (size_t)oh * Wp; \
+            __global const float *xr = xc + (size_t)oh * Wq; \
             __global const float *dyr = dyp + (size_t)oh * Wo; \
             for (int ow = 0; ow < Wo; ow += 2 * VEC) { \
                 const floatv d0 = LOAD_UNIT(dyr + ow), d1 = LOAD_UNIT(dyr + ow + VEC); \
@@ -704,7 +923,7 @@ FILTER_ROW_KERNEL(conv_direct_bwd_filter_k5, 5)
 #define OUTS_2(X) X(0) X(1)
 #define OUTS_4(X) X(0) X(1) X(2) X(3)
 #define OUTS_8(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#define FO_X(j) const floatv x##j = LOAD_UNIT(xr + ow + j * dw);
+#define FO_X(j) const floatv x##j = LOAD_UNIT(xr + ow + co##j);
 #define FO_ACC1(u, j) floatv a##u##_##j = (floatv)(0.0f);
 #define FO_FMA1(u, j) a##u##_##j += d##u * x##j;
 #define FO_STORE1(u, j) { const floatv v = a##u##_##j; float total = 0.0f; \
@@ -724,12 +943,12 @@ void name(FILTER_KERNEL_PARAMS) \
     const int ki = get_global_id(0), q = get_global_id(1), chunk = get_global_id(2); \
     const int chunks = get_global_size(2), pixels = Ho * Wo; \
     const int o0 = q / cg * OUTS, ci = q - q / cg * cg, c = (o0 / og) * cg + ci; \
-    OUTS_##OUTS(FO_ACC_##KW) \
+    OUTS_##OUTS(FO_ACC_##KW) TAPS_##KW(FR_COL) \
     for (int n = chunk; n < N; n += chunks) { \
-        __global const float *xc = xp + ((size_t)(n * C + c) * Hp + ki * dh) * Wp; \
+        __global const float *xc = xp + (size_t)(n * C + c) * sh * sw * Hq * Wq + PHASE_AT(ki * dh, 0); \
         __global const float *dyp = dy + dy_off + ((size_t)n * O + o0) * pixels; \
         for (int oh = 0; oh < Ho; ++oh) { \
-            __global const float *xr = xc + (size_t)oh * Wp; \
+            __global const float *xr = xc + (size_t)oh * Wq; \
             __global const float *dyr = dyp + (size_t)oh * Wo; \
             for (int ow = 0; ow < Wo; ow += VEC) { \
                 TAPS_##KW(FO_X) \
@@ -1168,23 +1387,8 @@ void pad_phases(const int H, const int W, __global const float *restrict src, co
                 __global float *restrict dst)
 {
     const int plane = get_global_id(0);
-    __global const float *from = src + s_off + (size_t)plane * H * W;
-    __global float *to = dst + (size_t)plane * sh * sw * Hq * Wq;
-    for (int a = 0; a < sh; ++a)
-        for (int b = 0; b < sw; ++b) {
-            const int off = b - pw, lo = min(first_inside(off, sw), Wq), hi = max(lo, last_inside(off, sw, W, Wq));
-            for (int r = 0; r < Hq; ++r, to += Wq) {
-                const int h = r * sh + a - ph;
-                if (h < 0 || h >= H) {
-                    for (int q = 0; q < Wq; ++q) to[q] = 0.0f;
-                    continue;
-                }
-                __global const float *row = from + (size_t)h * W + off;
-                for (int q = 0; q < lo; ++q) to[q] = 0.0f;
-                for (int q = lo; q < hi; ++q) to[q] = row[q * sw];
-                for (int q = hi; q < Wq; ++q) to[q] = 0.0f;
-            }
-        }
+    phase_planes_global(dst + (size_t)plane * sh * sw * Hq * Wq, src + s_off + (size_t)plane * H * W, H, W, sh, sw,
+                        ph, pw, Hq, Wq);
 }
 
 // taps of the phased kernel's offset table (private memory)

@@ -132,6 +132,13 @@ PHASED_MAX_TAPS = 64
 # ...with at most this many runs of 4 outputs per work-item, over chunks of this many input
 # channels
 PHASED_MAX_RUNS, PHASED_CHANNELS = 4, 16
+# taps (outputs per group x kernel taps) up to which a strided input gradient on the direct
+# path runs by dx's phases in local memory (PHASE_DATA_MAX_TAPS in conv.cl: its tap table)
+PHASE_DATA_MAX_TAPS = 64
+# the largest kernel side whose strided direct forward pass stages the phase planes in local
+# memory (DIRECT_PHASE_MAX_KERNEL in conv.cl: the size of its offset tables); larger ones
+# gather from a padded copy
+DIRECT_PHASE_MAX_KERNEL = 16
 # outputs below which max_pool_2x2 runs (its float division is exact below 2^24)
 POOL_FLAT_MAX = 1 << 24
 # planes of output rows each work-item of max_pool_2x2_rows takes (where they divide the planes):
@@ -288,6 +295,7 @@ class SpatialOps(abc.ABC):
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
     _row_pairs = None   # False: one-output direct forward kernels one row at a time (A/B runs)
+    _data_phases = None   # False: strided direct input gradients on conv_direct_bwd_data (A/B runs)
     _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
@@ -500,7 +508,9 @@ class SpatialOps(abc.ABC):
             if c == o == groups:   # depthwise
                 return True
             most = DIRECT_FILTER_MAX_OUTPUTS_ONE_VECTOR if geo[8] == self._conv_vec else DIRECT_FILTER_MAX_OUTPUTS_8_LANES
-            return self._conv_vec == 8 and self._filter_by_rows(geo, groups) and outputs <= most
+            # (strided ones not measured against the GEMM: they keep it)
+            return (self._conv_vec == 8 and geo[9] == geo[10] == 1 and self._filter_by_rows(geo, groups)
+                    and outputs <= most)
         if outputs < DIRECT_MIN_GEMM_ROWS:
             return True
         if inner <= DIRECT_MAX_INNER and not (self._conv_vec == 8 and (geo[9], geo[10]) != (1, 1)):
@@ -510,15 +520,29 @@ class SpatialOps(abc.ABC):
         return outputs <= DIRECT_MAX_OUTPUTS and c // groups <= DIRECT_MAX_CHANNELS_FEW_OUTPUTS
 
     def _filter_by_rows(self, geo, groups) -> bool:
-        """Whether conv_direct_bwd_filter_k* computes this weight gradient: stride 1, a kernel
-        width it was built for, and rows of whole pairs of vectors, or of whole vectors where a
+        """Whether conv_direct_bwd_filter_k* computes this weight gradient: a kernel width it
+        was built for (strided ones read the phase planes), and rows of whole pairs of vectors, or of whole vectors where a
         work-item takes several outputs (the _o* builds step one vector at a time; no kernel
         handles a row's last lanes: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
-        kw, wo, sh, sw = geo[6], geo[8], geo[9], geo[10]
-        if sh != 1 or sw != 1 or kw not in FILTER_ROW_TAPS:
+        kw, wo = geo[6], geo[8]
+        if kw not in FILTER_ROW_TAPS:
             return False
         vectors = 2 if filter_outputs(geo[4] // groups, kw, self._conv_vec) == 1 else 1
         return wo % (vectors * self._conv_vec) == 0
+
+    def _phase_planes(self, src, geo, lanes_past, ws):
+        """(buffer, hq, wq): src's planes zero-padded by the geometry's padding and laid out as
+        stride phases of hq x wq (pad_phases; PHASE_AT in conv.cl), with room after the last for
+        ``lanes_past`` floats of vector loads; stride 1 gives the padded planes (pad_planes)."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+        if sh == sw == 1:
+            return self._padded(src, ph, pw, hq, wq, lanes_past, ws), hq, wq
+        planes = src.shape[0] * src.shape[1]
+        out = scratch(ws, self, "conv_phases", (planes * sh * sw * hq * wq + lanes_past + wq,), np.float32)
+        self._kernel("conv.cl", "pad_phases")(self.queue, (planes,), (1,), src.shape[2], src.shape[3], *self._ref(src),
+                                              sh, sw, ph, pw, hq, wq, out.base_data)
+        return out, hq, wq
 
     def _padded(self, src, top, left, hp, wp, lanes_past, ws):
         """src's (N, C) planes copied into zero-padded (hp, wp) planes (negative top/left crop),
@@ -546,9 +570,16 @@ class SpatialOps(abc.ABC):
         pairs = outs == 1 and unroll != 3 and ho > 1 and self._row_pairs is not False
         suffix = (("" if unroll == 1 else f"_f3" if unroll == 3 else f"_u{unroll}") + ("_r2" if pairs else "")
                   + (f"_k{kh}" if kh == kw and kh in DIRECT_FIXED_TAPS else ""))
-        args = (*self._ref(w), *self._ref(y), c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw,
-                int(flip), int(accumulate), *self._optional(bias), *self._epilogue_args(epilogue))
-        local = (c // groups * hp * wp + lanes_past + wp) * 4
+        rest = (*self._ref(w), *self._ref(y), c)
+        rest_geo = (o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, int(flip), int(accumulate),
+                    *self._optional(bias), *self._epilogue_args(epilogue))
+        if (sh, sw) != (1, 1) and max(kh, kw) <= DIRECT_PHASE_MAX_KERNEL:
+            # strided: the local planes as phase planes (whole-vector loads)
+            hl, wl = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+            local = (c // groups * sh * sw * hl * wl + unroll * lanes + kw * dw + wl) * 4
+        else:
+            hl, wl = hp, wp
+            local = (c // groups * hp * wp + lanes_past + wp) * 4
         if local <= self._local_planes_bytes():
             # runs of outs outputs per work-item: a whole group, or where a group is one run
             # (depthwise) DIRECT_LOCAL_GROUP_RUNS groups...
@@ -559,10 +590,11 @@ class SpatialOps(abc.ABC):
                 per //= 2   # ...unless that leaves too few work-items or does not divide them
             self._kernel(program, name + "_local" + suffix)(
                 self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
-                self._cl.LocalMemory(local), per, *args)
+                self._cl.LocalMemory(local), per, *rest, hl, wl, *rest_geo)
             return
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
-        self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *args)
+        self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *rest, hp, wp,
+                                             *rest_geo)
 
     def _use_olanes(self, geo, groups) -> bool:
         """Whether conv_olanes_* (output channels in the lanes) computes this direct forward pass."""
@@ -613,11 +645,7 @@ class SpatialOps(abc.ABC):
         """y = bias + the strided convolution ``geo`` of x, by the direct kernel on x laid out
         as phase planes (pad_phases in conv.cl)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
-        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
-        planes = n * c
-        xq = scratch(ws, self, "conv_phases", (planes * sh * sw * hq * wq + self._conv_vec + wq,), np.float32)
-        self._kernel("conv.cl", "pad_phases")(self.queue, (planes,), (1,), h, wd, *self._ref(x), sh, sw, ph, pw,
-                                              hq, wq, xq.base_data)
+        xq, hq, wq = self._phase_planes(x, geo, self._conv_vec, ws)
         per = (o // groups) // 4   # runs of 4 outputs per work-item: a whole group...
         while per % 2 == 0 and (per > PHASED_MAX_RUNS or n * o // (4 * per) < DIRECT_LOCAL_MIN_ITEMS):
             per //= 2   # ...unless that leaves too few work-items
@@ -785,7 +813,7 @@ class SpatialOps(abc.ABC):
             if sh == sw == 1:   # the forward convolution of dy with the flipped weights
                 flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
                 self._direct_forward(dy, w, dx, flipped, groups, True, accumulate, ws)
-            else:
+            elif not self._phase_data(dy, w, dx, geo, groups, accumulate):
                 self._launch_rows("conv.cl", "conv_direct_bwd_data", h, (n * c,), *self._ref(dy), *self._ref(w),
                                   *self._ref(dx), c, wd, o, ho, wo, c // groups, o // groups, kh, kw,
                                   sh, sw, ph, pw, dh, dw, int(accumulate))
@@ -805,6 +833,29 @@ class SpatialOps(abc.ABC):
                        (cb[0], cb[1] + g * kg * cols), cols, 1.0, 0.0, ws)
         self._launch_rows("conv.cl", "col2im", h, (n * c,), *self._ref(dcol), n, c, wd, ho, wo,
                           kh, kw, sh, sw, ph, pw, dh, dw, *self._ref(dx), int(accumulate))
+
+    def _phase_data(self, dy, w, dx, geo, groups, accumulate) -> bool:
+        """dx (+)= the input gradient of the strided convolution ``geo`` by dx's stride phases
+        in local memory (conv_phase_bwd_data), each work-item DIRECT_LOCAL_GROUP_RUNS planes;
+        False (nothing launched) where its taps or planes do not fit."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        og, cg, lanes = o // groups, c // groups, self._conv_vec
+        if og * kh * kw > PHASE_DATA_MAX_TAPS or self._data_phases is False:
+            return False
+        hq, wq = -(-h // sh), -(-(-(-wd // sw)) // lanes) * lanes
+        top, left = max(0, -(-((kh - 1) * dh - ph) // sh)), max(0, -(-((kw - 1) * dw - pw) // sw))
+        hl, wl = top + max(ho, hq + (sh - 1 + ph) // sh), left + max(wo, wq + (sw - 1 + pw) // sw)
+        dyl, dxl = og * hl * wl * 4, sh * sw * hq * wq * 4
+        if dyl + dxl > self._local_planes_bytes():
+            return False
+        per = DIRECT_LOCAL_GROUP_RUNS
+        while per > 1 and ((n * c) % per or n * c // per < DIRECT_LOCAL_MIN_ITEMS):
+            per //= 2
+        self._kernel("conv.cl", "conv_phase_bwd_data")(
+            self.queue, (n * c // per,), (1,), *self._ref(dy), *self._ref(w), *self._ref(dx), c, h, wd, o, ho, wo,
+            cg, og, kh, kw, sh, sw, ph, pw, dh, dw, int(bool(accumulate)), per, self._cl.LocalMemory(dyl), hl, wl,
+            top, left, self._cl.LocalMemory(dxl), hq, wq)
+        return True
 
     def _phased_backward_data(self, dy, w, dx, geo, groups, accumulate, ws):
         """dx (+)= the input gradient of the strided convolution ``geo``, one stride phase at a
@@ -887,17 +938,16 @@ class SpatialOps(abc.ABC):
         items = kh * weights // outs if by_rows else taps * weights
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
-        hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dwl + 1)
         if by_rows:
-            xp = self._padded(x, ph, pw, hp, wp, 0, ws)   # reads stay inside the rows
+            xq, hq, wq = self._phase_planes(x, geo, 0, ws)   # reads stay inside the rows
             self._kernel(program, f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
-                self.queue, (kh, weights // outs, chunks), (1, 1, 1), xp.base_data, *self._ref(dy),
-                *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, dh, dwl)
+                self.queue, (kh, weights // outs, chunks), (1, 1, 1), xq.base_data, *self._ref(dy),
+                *self._ref(part), n, c, hq, wq, o, ho, wo, c // groups, o // groups, kh, dh, dwl, sh, sw)
         else:
-            xp = self._padded(x, ph, pw, hp, wp, self._conv_vec * sw + kw * dwl, ws)
+            xq, hq, wq = self._phase_planes(x, geo, self._conv_vec, ws)
             self._kernel("conv.cl", "conv_direct_bwd_filter")(
-                self.queue, (taps, weights, chunks), (1, 1, 1), taps, xp.base_data, *self._ref(dy),
-                *self._ref(part), n, c, hp, wp, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
+                self.queue, (taps, weights, chunks), (1, 1, 1), taps, xq.base_data, *self._ref(dy),
+                *self._ref(part), n, c, hq, wq, o, ho, wo, c // groups, o // groups, kh, kw, sh, sw, dh, dwl)
         self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
                           *self._ref(dw), int(accumulate))
 

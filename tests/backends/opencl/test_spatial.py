@@ -902,6 +902,75 @@ def test_depthwise_direct_kernel_runs_rows_in_pairs(ocl, monkeypatch, rng, shape
         np.testing.assert_array_equal(paired, one)
 
 
+@pytest.mark.parametrize("stride,padding,width", [
+    ((2, 2), (1, 1), 37), ((2, 2), (0, 3), 40), ((2, 2), (2, 2), 7), ((2, 3), (1, 2), 29), ((3, 1), (1, 0), 20)],
+    ids=["s2-odd", "s2-left3", "s2-narrow", "s2x3", "s3x1"])
+def test_phase_planes_lay_out_the_padded_input_by_stride_phase(ocl, rng, stride, padding, width):
+    """pad_phases (phase_planes in conv.cl): phase (a, b) of each plane holds the zero-padded
+    input's rows a, a + sh, ... and columns b, b + sw, ... (zeros past it), stride 2 along rows
+    through the interleaved vector copy (rows of both phases, odd and even left paddings, rows
+    shorter than a vector), other strides lane by lane."""
+    (sh, sw), (ph, pw), kh, kw = stride, padding, 3, 3
+    x = rng.standard_normal((2, 3, 9, width)).astype(np.float32)
+    ho, wo = (9 + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+    geo = (2, 3, 9, width, 3, kh, kw, ho, wo, sh, sw, ph, pw, 1, 1)
+    out, hq, wq = ocl._phase_planes(ocl.from_host(x), geo, 0, None)
+    got = ocl.to_host(out)[:6 * sh * sw * hq * wq].reshape(2, 3, sh, sw, hq, wq)
+    xp = np.zeros((2, 3, hq * sh + sh, wq * sw + sw), np.float32)
+    xp[:, :, ph:ph + 9, pw:pw + width] = x
+    for a in range(sh):
+        for b in range(sw):
+            np.testing.assert_array_equal(got[:, :, a, b], xp[:, :, a::sh, b::sw][:, :, :hq, :wq])
+
+
+@pytest.mark.parametrize("shape,groups,o,k,stride,padding,dilation", [
+    ((2, 8, 31, 33), 8, 8, (3, 3), (2, 2), (1, 1), (1, 1)),     # depthwise: rows ending mid-vector
+    ((2, 4, 16, 64), 4, 4, (3, 3), (2, 2), (1, 1), (1, 1)),     # whole vectors, both lane counts
+    ((1, 6, 12, 23), 3, 6, (3, 5), (2, 3), (2, 1), (1, 2)),     # grouped (2 outputs a group), dilated
+    ((2, 3, 10, 19), 3, 3, (3, 3), (3, 2), (3, 0), (1, 1)),     # padded past the kernel, unpadded columns
+    ((1, 4, 9, 21), 4, 8, (1, 1), (2, 2), (0, 0), (1, 1)),      # 1x1: phases no tap reaches stay zero
+], ids=["depthwise-s2", "whole-vectors", "grouped-s2x3-dilated", "s3x2-past-kernel", "1x1-s2"])
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_strided_direct_passes_read_phase_planes(lanes_backend, monkeypatch, rng, shape, groups, o, k, stride,
+                                                 padding, dilation, lanes):
+    """Strided direct passes read the input laid out by stride phase: the local-memory forward
+    kernel copies its planes into phases, the weight gradient reads pad_phases' planes, and the
+    input gradient runs by dx's phases (conv_phase_bwd_data) — forward (bias, ReLU), accumulated
+    input gradient and weight gradient against float64, the input gradient also against the
+    lane-by-lane kernel it replaces (conv_direct_bwd_data)."""
+    b = lanes_backend(lanes)
+    b.conv_algorithm = "direct"
+    n, c, h, w = shape
+    args = (stride, padding, dilation, groups)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((o, c // groups) + k).astype(np.float32)
+    bias = rng.standard_normal(o).astype(np.float32)
+    y_ref = conv_ref(x, wt, *args) + bias[:, None, None]
+    dy = rng.standard_normal(y_ref.shape).astype(np.float32)
+    dx0, dw0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(wt.shape).astype(np.float32)
+    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
+    launches = []
+    kernel = b._kernel
+    monkeypatch.setattr(b, "_kernel", lambda program, name: (launches.append(name), kernel(program, name))[1])
+    ws, dev_x, dev_w, dev_dy = Workspace(), b.from_host(x), b.from_host(wt), b.from_host(dy)
+    y, dx, dw = b.empty(y_ref.shape), b.from_host(dx0), b.from_host(dw0)
+    b.conv2d(dev_x, dev_w, y, *args, ws, bias=b.from_host(bias), relu=True)
+    b.conv2d_backward_data(dev_dy, dev_w, dx, *args, True, ws)
+    b.conv2d_backward_filter(dev_x, dev_dy, dw, *args, True, ws)
+    assert any(name.startswith("conv_direct_fwd") and "_local" in name for name in launches), launches
+    assert "conv_phase_bwd_data" in launches and "conv_direct_bwd_data" not in launches, launches
+    assert "pad_phases" in launches, launches
+    np.testing.assert_allclose(b.to_host(y), np.maximum(y_ref, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.to_host(dx), dx0 + dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b.to_host(dw), dw0 + dw_ref, rtol=1e-4, atol=1e-3)
+    monkeypatch.setattr(b, "_data_phases", False)
+    launches.clear()
+    lane_by_lane = b.from_host(dx0)
+    b.conv2d_backward_data(dev_dy, dev_w, lane_by_lane, *args, True, ws)
+    assert "conv_direct_bwd_data" in launches, launches
+    np.testing.assert_allclose(b.to_host(dx), b.to_host(lane_by_lane), rtol=1e-5, atol=1e-5)
+
+
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
     """"auto" takes F(2x2, 5x5) for both ops of stride-1 5x5 layers of 32 input and output
     channels and 256 output pixels on 8-lane devices; narrower, smaller, dilated, grouped or
