@@ -482,7 +482,10 @@ inline void name(AS float *restrict dst, __global const float *restrict src, con
                 const int off = b - left; \
                 const int l = min(first_inside(off, sw), Wq), e = max(l, last_inside(off, sw, W, Wq)); \
                 for (int q = 0; q < l; ++q) tb[q] = 0.0f; \
-                for (int q = l; q < e; ++q) tb[q] = row[q * sw + off]; \
+                if (sw == 1) /* stride 1 along rows (the padded plane): a vectorised copy */ \
+                    for (int q = l; q < e; ++q) tb[q] = row[q + off]; \
+                else \
+                    for (int q = l; q < e; ++q) tb[q] = row[q * sw + off]; \
                 for (int q = e; q < Wq; ++q) tb[q] = 0.0f; \
             } \
         } \
@@ -965,6 +968,49 @@ FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k5_o2, 5, 2)
 // 24 and 20 accumulators: for AVX-512's 32 registers (16-lane builds, FILTER_ROW_OUTS_16_LANES)
 FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k3_o8, 3, 8)
 FILTER_OUTS_KERNEL(conv_direct_bwd_filter_k5_o4, 5, 4)
+
+// Pass 1 for 3x3 taps and one output per work-item (depthwise layers) from the unpadded x:
+// work-item (o * cg + ci, chunk) copies each of its images' input plane into local memory, as
+// phase planes where strided (PHASE_AT; phase_planes_local), and sums all nine taps over the
+// plane at once, one vector of a row a step: nine independent chains of FMAs, and no padded
+// copy of x through global memory (pad_phases wrote and the kernels above read one: as long as
+// the rest of a strided depthwise layer's weight gradient). Rows of whole vectors (Wo a
+// multiple of VEC); xl: Hq x Wq phase planes and room for the loads past a row's end. Writes
+// part as the kernels above do.
+#define TAPS_3X3(X) X(0, 0) X(0, 1) X(0, 2) X(1, 0) X(1, 1) X(1, 2) X(2, 0) X(2, 1) X(2, 2)
+#define FL_ACC(i, j) floatv a##i##j = (floatv)(0.0f);
+#define FL_FMA(i, j) a##i##j += d * LOCAL_LOAD_UNIT(xr + prow[i] + pcol[j]);
+#define FL_STORE(i, j) { float total = 0.0f; \
+    for (int q = 0; q < VEC; ++q) total += a##i##j[q]; \
+    dst[(i) * 3 + (j)] = total; }
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_direct_bwd_filter_local_k3(__global const float *restrict x, const int x_off, const int H, const int W,
+                                     const int top, const int left, __local float *restrict xl,
+                                     __global const float *restrict dy, const int dy_off,
+                                     __global float *restrict part, const int p_off,
+                                     const int N, const int C, const int Hp, const int Wp, const int O,
+                                     const int Ho, const int Wo, const int cg, const int og,
+                                     const int sh, const int sw, const int dh, const int dw)
+{
+    const int oc = get_global_id(0), chunk = get_global_id(1), chunks = get_global_size(1);
+    const int o = oc / cg, ci = oc - o * cg, c = (o / og) * cg + ci, kh = 3, kw = 3;
+    DIRECT_PHASE_TABLES
+    TAPS_3X3(FL_ACC)
+    for (int n = chunk; n < N; n += chunks) {
+        phase_planes_local(xl, x + x_off + (size_t)(n * C + c) * H * W, H, W, sh, sw, top, left, Hp, Wp);
+        __global const float *dyp = dy + dy_off + ((size_t)n * O + o) * Ho * Wo;
+        for (int oh = 0; oh < Ho; ++oh) {
+            __global const float *dyr = dyp + (size_t)oh * Wo;
+            for (int ow = 0; ow < Wo; ow += VEC) {
+                __local const float *xr = xl + (size_t)oh * Wp + ow;
+                const floatv d = LOAD_UNIT(dyr + ow);
+                TAPS_3X3(FL_FMA)
+            }
+        }
+    }
+    __global float *dst = part + p_off + ((size_t)chunk * get_global_size(0) + oc) * 9;
+    TAPS_3X3(FL_STORE)
+}
 
 // Pass 2: dw[i] (+)= sum over the chunks of part[chunk][i]; one work-item per weight.
 __kernel void conv_direct_filter_sum(const int total, const int chunks,

@@ -295,6 +295,7 @@ class SpatialOps(abc.ABC):
     _pool_vec = None  # forces max_pool_2x2_v* on or off where a build fits (A/B runs)
     _direct8 = None   # False: no 8-output direct forward builds (DIRECT_OUTS_8_TAPS; A/B runs)
     _row_pairs = None   # False: one-output direct forward kernels one row at a time (A/B runs)
+    _filter_local = None   # False: no conv_direct_bwd_filter_local_k3 (A/B runs)
     _data_phases = None   # False: strided direct input gradients on conv_direct_bwd_data (A/B runs)
     _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
@@ -928,6 +929,20 @@ class SpatialOps(abc.ABC):
             return 16, outs
         return self._conv_vec, filter_outputs(outputs, kw, self._conv_vec) if by_rows else 1
 
+    def _filter_local_bytes(self, geo, outs) -> int:
+        """The local memory of conv_direct_bwd_filter_local_k3 (strided 3x3 taps, one output
+        per work-item, rows of whole vectors) for this weight gradient, or 0 where it does not
+        compute it (or its phase planes do not fit). Stride 1 keeps the padded copy and the
+        row-of-taps kernel: the bench's depthwise 3x3 layer measured mixed there (PoCL 3.0,
+        8 lanes: 6 % faster local; PoCL 3.1, 16 lanes: 5 % slower; docs/opencl.md, session 50)."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        wanted = (sh, sw) != (1, 1) if self._filter_local is None else self._filter_local
+        if not wanted or (kh, kw) != (3, 3) or outs != 1 or wo % self._conv_vec:
+            return 0
+        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+        local = (sh * sw * hq * wq + self._conv_vec + wq) * 4
+        return local if local <= self._local_planes_bytes() else 0
+
     def _direct_filter(self, x, dy, dw, geo, groups, accumulate, ws):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
@@ -935,10 +950,16 @@ class SpatialOps(abc.ABC):
         by_rows = self._filter_by_rows(geo, groups)   # a work-item per row of taps
         lanes, outs = self._direct_filter_build(geo, groups, by_rows)
         program = self._conv_program(lanes)
-        items = kh * weights // outs if by_rows else taps * weights
+        local = self._filter_local_bytes(geo, outs)   # a work-item per output (all its taps)
+        items = weights if local else kh * weights // outs if by_rows else taps * weights
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
-        if by_rows:
+        if local:
+            hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dwl // sw
+            self._kernel("conv.cl", "conv_direct_bwd_filter_local_k3")(
+                self.queue, (weights, chunks), (1, 1), *self._ref(x), h, wd, ph, pw, self._cl.LocalMemory(local),
+                *self._ref(dy), *self._ref(part), n, c, hq, wq, o, ho, wo, c // groups, o // groups, sh, sw, dh, dwl)
+        elif by_rows:
             xq, hq, wq = self._phase_planes(x, geo, 0, ws)   # reads stay inside the rows
             self._kernel(program, f"conv_direct_bwd_filter_k{kw}" + (f"_o{outs}" if outs > 1 else ""))(
                 self.queue, (kh, weights // outs, chunks), (1, 1, 1), xq.base_data, *self._ref(dy),

@@ -923,21 +923,25 @@ def test_phase_planes_lay_out_the_padded_input_by_stride_phase(ocl, rng, stride,
             np.testing.assert_array_equal(got[:, :, a, b], xp[:, :, a::sh, b::sw][:, :, :hq, :wq])
 
 
-@pytest.mark.parametrize("shape,groups,o,k,stride,padding,dilation", [
-    ((2, 8, 31, 33), 8, 8, (3, 3), (2, 2), (1, 1), (1, 1)),     # depthwise: rows ending mid-vector
-    ((2, 4, 16, 64), 4, 4, (3, 3), (2, 2), (1, 1), (1, 1)),     # whole vectors, both lane counts
-    ((1, 6, 12, 23), 3, 6, (3, 5), (2, 3), (2, 1), (1, 2)),     # grouped (2 outputs a group), dilated
-    ((2, 3, 10, 19), 3, 3, (3, 3), (3, 2), (3, 0), (1, 1)),     # padded past the kernel, unpadded columns
-    ((1, 4, 9, 21), 4, 8, (1, 1), (2, 2), (0, 0), (1, 1)),      # 1x1: phases no tap reaches stay zero
-], ids=["depthwise-s2", "whole-vectors", "grouped-s2x3-dilated", "s3x2-past-kernel", "1x1-s2"])
+@pytest.mark.parametrize("shape,groups,o,k,stride,padding,dilation,local_filter", [
+    ((2, 8, 31, 33), 8, 8, (3, 3), (2, 2), (1, 1), (1, 1), False),    # depthwise: rows ending mid-vector
+    ((2, 4, 16, 64), 4, 4, (3, 3), (2, 2), (1, 1), (1, 1), True),     # whole vectors, both lane counts
+    ((2, 4, 12, 67), 4, 4, (3, 3), (2, 2), (1, 0), (1, 2), True),     # ...dilated, unpadded columns
+    ((1, 6, 12, 23), 3, 6, (3, 5), (2, 3), (2, 1), (1, 2), False),    # grouped (2 outputs a group), dilated
+    ((2, 3, 10, 19), 3, 3, (3, 3), (3, 2), (3, 0), (1, 1), False),    # padded past the kernel, unpadded columns
+    ((1, 4, 9, 21), 4, 8, (1, 1), (2, 2), (0, 0), (1, 1), False),     # 1x1: phases no tap reaches stay zero
+], ids=["depthwise-s2", "whole-vectors", "whole-vectors-dilated", "grouped-s2x3-dilated", "s3x2-past-kernel",
+        "1x1-s2"])
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_strided_direct_passes_read_phase_planes(lanes_backend, monkeypatch, rng, shape, groups, o, k, stride,
-                                                 padding, dilation, lanes):
+                                                 padding, dilation, local_filter, lanes):
     """Strided direct passes read the input laid out by stride phase: the local-memory forward
-    kernel copies its planes into phases, the weight gradient reads pad_phases' planes, and the
-    input gradient runs by dx's phases (conv_phase_bwd_data) — forward (bias, ReLU), accumulated
-    input gradient and weight gradient against float64, the input gradient also against the
-    lane-by-lane kernel it replaces (conv_direct_bwd_data)."""
+    kernel copies its planes into phases, the weight gradient reads pad_phases' planes (3x3
+    depthwise rows of whole vectors: copies them into local memory itself,
+    conv_direct_bwd_filter_local_k3), and the input gradient runs by dx's phases
+    (conv_phase_bwd_data) — forward (bias, ReLU), accumulated input gradient and weight gradient
+    against float64, the input gradient also against the lane-by-lane kernel it replaces
+    (conv_direct_bwd_data), the local weight gradient against the one on pad_phases."""
     b = lanes_backend(lanes)
     b.conv_algorithm = "direct"
     n, c, h, w = shape
@@ -959,16 +963,20 @@ def test_strided_direct_passes_read_phase_planes(lanes_backend, monkeypatch, rng
     b.conv2d_backward_filter(dev_x, dev_dy, dw, *args, True, ws)
     assert any(name.startswith("conv_direct_fwd") and "_local" in name for name in launches), launches
     assert "conv_phase_bwd_data" in launches and "conv_direct_bwd_data" not in launches, launches
-    assert "pad_phases" in launches, launches
+    assert ("conv_direct_bwd_filter_local_k3" in launches) == local_filter, launches
+    assert ("pad_phases" in launches) != local_filter, launches
     np.testing.assert_allclose(b.to_host(y), np.maximum(y_ref, 0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b.to_host(dx), dx0 + dx_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b.to_host(dw), dw0 + dw_ref, rtol=1e-4, atol=1e-3)
     monkeypatch.setattr(b, "_data_phases", False)
+    monkeypatch.setattr(b, "_filter_local", False)
     launches.clear()
-    lane_by_lane = b.from_host(dx0)
+    lane_by_lane, on_copy = b.from_host(dx0), b.from_host(dw0)
     b.conv2d_backward_data(dev_dy, dev_w, lane_by_lane, *args, True, ws)
-    assert "conv_direct_bwd_data" in launches, launches
+    b.conv2d_backward_filter(dev_x, dev_dy, on_copy, *args, True, ws)
+    assert "conv_direct_bwd_data" in launches and "pad_phases" in launches, launches
     np.testing.assert_allclose(b.to_host(dx), b.to_host(lane_by_lane), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(b.to_host(dw), b.to_host(on_copy), rtol=1e-5, atol=1e-4)
 
 
 def test_winograd_5x5_only_for_wide_undilated_ungrouped_layers(ocl):
