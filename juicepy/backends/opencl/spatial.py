@@ -18,7 +18,8 @@ from .layout import round_up
 # convolution): its inner dimension (channels per group x taps) at most this long (stride 1
 # only on 8-lane devices: the ResNet's 1x1 stride-2 projections, 16->32 and 32->64, ran 1.4-3x
 # faster as the implicit GEMM in the forward pass and 4-5x faster as its phases in the input
-# gradient than on the direct kernels, whose strided input gradient is scalar)...
+# gradient than on the direct kernels, whose strided passes then gathered lane by lane; not
+# measured since they read phase planes, session 50)...
 DIRECT_MAX_INNER = 32
 # ...or fewer outputs per group than the GEMM micro-kernel's rows (LeNet's 16 -> 6 input
 # gradient: the rest of each 12-row panel would be padding)...
