@@ -13,9 +13,9 @@ inline int last_inside(const int off, const int s, const int size, const int out
 // Phase planes (pad_phases): a channel's zero-padded input laid out as sh x sw planes of Hq x Wq,
 // phase (a, b) holding the padded rows a, a + sh, ... and columns b, b + sw, ..., so that a tap
 // of a strided convolution reads consecutive inputs for consecutive outputs. The padded input's
-// row r, column q lies PHASE_AT(r, q) on from its channel's first phase; the offset is the sum
-// of its row's and its column's parts (PHASE_AT(r, 0) + PHASE_AT(0, q)). Stride 1: one phase,
-// the zero-padded plane (pad_planes).
+// row r, column q lies PHASE_AT(r, q) floats after its channel's first phase, the sum of a row's
+// and a column's part (PHASE_AT(r, 0) + PHASE_AT(0, q)). Stride 1: one phase, the zero-padded
+// plane (pad_planes).
 #define PHASE_AT(r, q) ((size_t)(((r) % sh) * sw + (q) % sw) * Hq * Wq + (size_t)((r) / sh) * Wq + (q) / sw)
 
 // One work-item per (output row oh, col row (c, ki, kj), image n) copies a row of Wo values:
@@ -177,10 +177,10 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
 // zero-padded planes of Hp x Wp, a strided kernel's outputs reading every sw-th input (LOAD
 // gathers them); PHASE, the phase planes (PHASE_AT; Hp x Wp each phase), consecutive outputs
 // reading consecutive inputs, with each kernel row's and column's offset from the work-item's
-// tables prow and pcol (no division in the loops). L##_PLANE: a channel's floats; L##_OUT(oh,
-// ow): where output (oh, ow)'s first tap reads; L##_ROW(ki), L##_COL(kj): a tap's offset from there;
-// L##_CS: the step per output along a row; L##_RS: per output row; L##_SHARED: whether row
-// oh + 1's kernel row ki reads row oh's ki + 1 (DIRECT_ROW_PAIRS).
+// tables prow and pcol (no division in the loops). L##_PLANE: a channel's floats;
+// L##_OUT(oh, ow): where output (oh, ow)'s first tap reads; L##_ROW(ki), L##_COL(kj): a tap's
+// offset from there; L##_CS: the step per output along a row; L##_RS: per output row;
+// L##_SHARED: whether row oh + 1's kernel row ki reads row oh's ki + 1 (DIRECT_ROW_PAIRS).
 #define PLAIN_PLANE ((size_t)Hp * Wp)
 #define PLAIN_OUT(oh, ow) ((size_t)(oh) * sh * Wp + (size_t)(ow) * sw)
 #define PLAIN_ROW(ki) ((size_t)(ki) * dh * Wp)
@@ -413,9 +413,9 @@ void name(__global const float *restrict xp, __global const float *restrict w, c
 // output planes (launched as (N * O / (OUTS * per))), copying each group's cg input planes into
 // zero-padded (Hp, Wp) planes in local memory (strided: into phase planes of Hp x Wp each,
 // PHASE_AT, so that every load is a whole vector; xl: cg planes or phase planes and room for
-// the loads past a row's end) as it reaches the group: once for all its runs where OUTS * per divides the
-// outputs per group, once per run where a group is one run (depthwise: several groups a
-// work-item, spatial.py's DIRECT_LOCAL_GROUP_RUNS). The padded planes never go through global
+// the loads past a row's end) as it reaches the group: once for all its runs where OUTS * per
+// divides the outputs per group, once per run where a group is one run (depthwise: several
+// groups a work-item, spatial.py's DIRECT_LOCAL_GROUP_RUNS). The padded planes never go through global
 // memory (pad_planes wrote and the kernel above read a padded copy of the whole input: a third
 // of a depthwise layer's forward pass).
 // the copy prefetches the input LOCAL_COPY_AHEAD floats on (two 32x32 planes: the next
@@ -752,6 +752,8 @@ void conv_phase_bwd_data(__global const float *restrict dy, const int dy_off,
     const size_t phase = (size_t)Hq * Wq;
     for (int run = 0; run < per; ++run) {
         const int nc = first + run, n = nc / C, c = nc - n * C, g = c / cg, ci = c - g * cg;
+        /* zero-padded as the local forward kernel's plain copy (phase_planes_local at stride 1 */
+        /* took this kernel from 0.93 to 1.9 ms on the bench's 16-wide rows: its per-row bounds) */
         for (int oi = 0; oi < og; ++oi) {
             __global const float *src = dy + dy_off + ((size_t)n * O + g * og + oi) * Ho * Wo;
             __local float *to = dyl + (size_t)oi * Hl * Wl;

@@ -223,6 +223,13 @@ def phase_taps(k: int, s: int, p: int, d: int, r: int):
     return taps[-1], step, len(taps), -((r + p - taps[-1] * d) // s), d // math.gcd(s, d)
 
 
+def phase_plane_shape(geo) -> tuple[int, int]:
+    """(rows, row length) of each stride phase plane a convolution's taps read (PHASE_AT in
+    conv.cl): the output's, plus the kernel's reach past it in that phase."""
+    kh, kw, ho, wo, sh, sw, dh, dw = geo[5], geo[6], geo[7], geo[8], geo[9], geo[10], geo[13], geo[14]
+    return ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+
+
 def pair(v) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         a, b = v
@@ -523,9 +530,10 @@ class SpatialOps(abc.ABC):
 
     def _filter_by_rows(self, geo, groups) -> bool:
         """Whether conv_direct_bwd_filter_k* computes this weight gradient: a kernel width it
-        was built for (strided ones read the phase planes), and rows of whole pairs of vectors, or of whole vectors where a
-        work-item takes several outputs (the _o* builds step one vector at a time; no kernel
-        handles a row's last lanes: LeNet's 10-wide rows ran 10x slower than the GEMM)."""
+        was built for (strided ones read the phase planes), and rows of whole pairs of vectors,
+        or of whole vectors where a work-item takes several outputs (the _o* builds step one
+        vector at a time; no kernel handles a row's last lanes: LeNet's 10-wide rows ran 10x
+        slower than the GEMM)."""
         kw, wo = geo[6], geo[8]
         if kw not in FILTER_ROW_TAPS:
             return False
@@ -536,8 +544,8 @@ class SpatialOps(abc.ABC):
         """(buffer, hq, wq): src's planes zero-padded by the geometry's padding and laid out as
         stride phases of hq x wq (pad_phases; PHASE_AT in conv.cl), with room after the last for
         ``lanes_past`` floats of vector loads; stride 1 gives the padded planes (pad_planes)."""
-        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
-        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+        sh, sw, ph, pw = geo[9:13]
+        hq, wq = phase_plane_shape(geo)
         if sh == sw == 1:
             return self._padded(src, ph, pw, hq, wq, lanes_past, ws), hq, wq
         planes = src.shape[0] * src.shape[1]
@@ -577,7 +585,7 @@ class SpatialOps(abc.ABC):
                     *self._optional(bias), *self._epilogue_args(epilogue))
         if (sh, sw) != (1, 1) and max(kh, kw) <= DIRECT_PHASE_MAX_KERNEL:
             # strided: the local planes as phase planes (whole-vector loads)
-            hl, wl = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+            hl, wl = phase_plane_shape(geo)
             local = (c // groups * sh * sw * hl * wl + unroll * lanes + kw * dw + wl) * 4
         else:
             hl, wl = hp, wp
@@ -844,7 +852,7 @@ class SpatialOps(abc.ABC):
         og, cg, lanes = o // groups, c // groups, self._conv_vec
         if og * kh * kw > PHASE_DATA_MAX_TAPS or self._data_phases is False:
             return False
-        hq, wq = -(-h // sh), -(-(-(-wd // sw)) // lanes) * lanes
+        hq, wq = -(-h // sh), round_up(-(-wd // sw), lanes)   # dx's phases, rows of whole vectors
         top, left = max(0, -(-((kh - 1) * dh - ph) // sh)), max(0, -(-((kw - 1) * dw - pw) // sw))
         hl, wl = top + max(ho, hq + (sh - 1 + ph) // sh), left + max(wo, wq + (sw - 1 + pw) // sw)
         dyl, dxl = og * hl * wl * 4, sh * sw * hq * wq * 4
@@ -936,11 +944,11 @@ class SpatialOps(abc.ABC):
         compute it (or its phase planes do not fit). Stride 1 keeps the padded copy and the
         row-of-taps kernel: the bench's depthwise 3x3 layer measured mixed there (PoCL 3.0,
         8 lanes: 6 % faster local; PoCL 3.1, 16 lanes: 5 % slower; docs/opencl.md, session 50)."""
-        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        kh, kw, wo, sh, sw = geo[5], geo[6], geo[8], geo[9], geo[10]
         wanted = (sh, sw) != (1, 1) if self._filter_local is None else self._filter_local
         if not wanted or (kh, kw) != (3, 3) or outs != 1 or wo % self._conv_vec:
             return 0
-        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+        hq, wq = phase_plane_shape(geo)
         local = (sh * sw * hq * wq + self._conv_vec + wq) * 4
         return local if local <= self._local_planes_bytes() else 0
 
@@ -956,7 +964,7 @@ class SpatialOps(abc.ABC):
         chunks = max(1, min(n, (DIRECT_FILTER_ITEMS if outs == 1 else DIRECT_FILTER_ITEMS_OUTS) // items))
         part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
         if local:
-            hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dwl // sw
+            hq, wq = phase_plane_shape(geo)
             self._kernel("conv.cl", "conv_direct_bwd_filter_local_k3")(
                 self.queue, (weights, chunks), (1, 1), *self._ref(x), h, wd, ph, pw, self._cl.LocalMemory(local),
                 *self._ref(dy), *self._ref(part), n, c, hq, wq, o, ho, wo, c // groups, o // groups, sh, sw, dh, dwl)

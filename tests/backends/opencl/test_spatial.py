@@ -924,19 +924,21 @@ def test_phase_planes_lay_out_the_padded_input_by_stride_phase(ocl, rng, stride,
 
 
 @pytest.mark.parametrize("shape,groups,o,k,stride,padding,dilation,local_filter", [
-    ((2, 8, 31, 33), 8, 8, (3, 3), (2, 2), (1, 1), (1, 1), False),    # depthwise: rows ending mid-vector
-    ((2, 4, 16, 64), 4, 4, (3, 3), (2, 2), (1, 1), (1, 1), True),     # whole vectors, both lane counts
-    ((2, 4, 12, 67), 4, 4, (3, 3), (2, 2), (1, 0), (1, 2), True),     # ...dilated, unpadded columns
-    ((1, 6, 12, 23), 3, 6, (3, 5), (2, 3), (2, 1), (1, 2), False),    # grouped (2 outputs a group), dilated
-    ((2, 3, 10, 19), 3, 3, (3, 3), (3, 2), (3, 0), (1, 1), False),    # padded past the kernel, unpadded columns
-    ((1, 4, 9, 21), 4, 8, (1, 1), (2, 2), (0, 0), (1, 1), False),     # 1x1: phases no tap reaches stay zero
-], ids=["depthwise-s2", "whole-vectors", "whole-vectors-dilated", "grouped-s2x3-dilated", "s3x2-past-kernel",
-        "1x1-s2"])
+    ((2, 8, 31, 33), 8, 8, (3, 3), (2, 2), (1, 1), (1, 1), ()),           # depthwise: rows ending mid-vector
+    ((2, 4, 16, 64), 4, 4, (3, 3), (2, 2), (1, 1), (1, 1), (8, 16)),      # whole vectors, both lane counts
+    ((2, 4, 12, 67), 4, 4, (3, 3), (2, 2), (1, 0), (1, 2), (8, 16)),      # ...dilated, unpadded columns
+    ((1, 6, 12, 23), 3, 6, (3, 5), (2, 3), (2, 1), (1, 2), ()),           # grouped (2 outputs a group), dilated
+    ((2, 4, 9, 32), 2, 8, (3, 3), (2, 2), (1, 1), (1, 1), (16,)),         # 4 outputs a group: 4 a work-item (8 lanes)
+    ((2, 3, 10, 19), 3, 3, (3, 3), (3, 2), (3, 0), (1, 1), ()),           # padded past the kernel, unpadded columns
+    ((1, 4, 9, 21), 4, 8, (1, 1), (2, 2), (0, 0), (1, 1), ()),            # 1x1: phases no tap reaches stay zero
+], ids=["depthwise-s2", "whole-vectors", "whole-vectors-dilated", "grouped-s2x3-dilated", "grouped-4-outputs",
+        "s3x2-past-kernel", "1x1-s2"])
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_strided_direct_passes_read_phase_planes(lanes_backend, monkeypatch, rng, shape, groups, o, k, stride,
                                                  padding, dilation, local_filter, lanes):
     """Strided direct passes read the input laid out by stride phase: the local-memory forward
-    kernel copies its planes into phases, the weight gradient reads pad_phases' planes (3x3
+    kernel copies its planes into phases, the weight gradient reads pad_phases' planes (the
+    row-of-taps kernels too, one output or four a work-item; 3x3
     depthwise rows of whole vectors: copies them into local memory itself,
     conv_direct_bwd_filter_local_k3), and the input gradient runs by dx's phases
     (conv_phase_bwd_data) — forward (bias, ReLU), accumulated input gradient and weight gradient
@@ -961,10 +963,13 @@ def test_strided_direct_passes_read_phase_planes(lanes_backend, monkeypatch, rng
     b.conv2d(dev_x, dev_w, y, *args, ws, bias=b.from_host(bias), relu=True)
     b.conv2d_backward_data(dev_dy, dev_w, dx, *args, True, ws)
     b.conv2d_backward_filter(dev_x, dev_dy, dw, *args, True, ws)
-    assert any(name.startswith("conv_direct_fwd") and "_local" in name for name in launches), launches
+    # the local kernel's phases, or (4 outputs a group on 8 lanes) conv_direct_fwd4_phased's
+    assert any(name.startswith("conv_direct_fwd") and ("_local" in name or "_phased" in name)
+               for name in launches), launches
     assert "conv_phase_bwd_data" in launches and "conv_direct_bwd_data" not in launches, launches
-    assert ("conv_direct_bwd_filter_local_k3" in launches) == local_filter, launches
-    assert ("pad_phases" in launches) != local_filter, launches
+    local = lanes in local_filter   # the lanes where the local weight gradient takes the layer
+    assert ("conv_direct_bwd_filter_local_k3" in launches) == local, launches
+    assert ("pad_phases" in launches) != local, launches
     np.testing.assert_allclose(b.to_host(y), np.maximum(y_ref, 0), rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b.to_host(dx), dx0 + dx_ref, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(b.to_host(dw), dw0 + dw_ref, rtol=1e-4, atol=1e-3)
