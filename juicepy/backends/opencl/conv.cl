@@ -752,8 +752,8 @@ void conv_phase_bwd_data(__global const float *restrict dy, const int dy_off,
     const size_t phase = (size_t)Hq * Wq;
     for (int run = 0; run < per; ++run) {
         const int nc = first + run, n = nc / C, c = nc - n * C, g = c / cg, ci = c - g * cg;
-        /* zero-padded as the local forward kernel's plain copy (phase_planes_local at stride 1 */
-        /* took this kernel from 0.93 to 1.9 ms on the bench's 16-wide rows: its per-row bounds) */
+        /* zero-padded as the local forward kernel's plain copy: phase_planes_local at stride 1 */
+        /* measured twice as slow here, its per-row bounds on short rows (docs/opencl.md) */
         for (int oi = 0; oi < og; ++oi) {
             __global const float *src = dy + dy_off + ((size_t)n * O + g * og + oi) * Ho * Wo;
             __local float *to = dyl + (size_t)oi * Hl * Wl;

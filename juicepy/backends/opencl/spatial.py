@@ -942,8 +942,8 @@ class SpatialOps(abc.ABC):
         """The local memory of conv_direct_bwd_filter_local_k3 (strided 3x3 taps, one output
         per work-item, rows of whole vectors) for this weight gradient, or 0 where it does not
         compute it (or its phase planes do not fit). Stride 1 keeps the padded copy and the
-        row-of-taps kernel: the bench's depthwise 3x3 layer measured mixed there (PoCL 3.0,
-        8 lanes: 6 % faster local; PoCL 3.1, 16 lanes: 5 % slower; docs/opencl.md, session 50)."""
+        row-of-taps kernel: the bench's depthwise 3x3 layer measured mixed there, faster on
+        PoCL 3.0's 8 lanes and slower on PoCL 3.1's 16 (docs/opencl.md, session 50)."""
         kh, kw, wo, sh, sw = geo[5], geo[6], geo[8], geo[9], geo[10]
         wanted = (sh, sw) != (1, 1) if self._filter_local is None else self._filter_local
         if not wanted or (kh, kw) != (3, 3) or outs != 1 or wo % self._conv_vec:
