@@ -427,26 +427,6 @@ static I phase_last(const Geometry *g, const Phases *s)
     return last;
 }
 
-#define DEFINE_PAD_PHASES(NAME, T, ROW)                                                           \
-    static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const Phases *s) \
-    {                                                                                          \
-        for (I a = 0; a < g->sh; a++)                                                         \
-            for (I b = 0; b < g->sw; b++) {                                                   \
-                T *phase = buf + (a * g->sw + b) * s->phase;                                  \
-                const I offset = b - g->pw;                                                   \
-                I lo, hi;                                                                     \
-                valid_columns(offset, g->sw, g->w, s->wq, &lo, &hi);                          \
-                for (I r = 0; r < s->hq; r++) {                                               \
-                    T *d = phase + r * s->wq;                                                 \
-                    const I row = r * g->sh + a - g->ph;                                      \
-                    ROW(d, plane, row, g, s->wq, lo, hi, offset);                             \
-                }                                                                             \
-            }                                                                                 \
-    }
-
-DEFINE_PAD_PHASES(pad_phases_f32, float, strided_row_f32)
-DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
-
 /* dx[p] (+)= the strided depthwise input gradient of planes [p0, p1) (padding >= 0): each
  * tap in turn adds its weight times dy's rows, whole rows of consecutive values, into the
  * padded plane's phase planes (make_phases) where its outputs read (depthwise_backward_data
@@ -513,6 +493,62 @@ DEFINE_PAD_PHASES(pad_phases_f64, double, strided_row_f64)
 DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32, float)
 DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64, double)
 
+/* The stride-2 shuffle of DEFINE_STRIDED_ROW at a kernel's vector width: the even elements of
+ * the first vector, then the odd ones of the second (which starts one element early). */
+typedef int vi32x16 __attribute__((vector_size(64)));
+typedef int vi32x4_evens __attribute__((vector_size(16)));
+typedef long long vi64x2_evens __attribute__((vector_size(16)));
+typedef long long vi64x4_evens __attribute__((vector_size(32)));
+typedef long long vi64x8_evens __attribute__((vector_size(64)));
+#define EVENS_vf32x16 ((vi32x16){0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31})
+#define EVENS_vf32x8 ((vi32x8){0, 2, 4, 6, 9, 11, 13, 15})
+#define EVENS_vf32x4 ((vi32x4_evens){0, 2, 5, 7})
+#define EVENS_vf64x8 ((vi64x8_evens){0, 2, 4, 6, 9, 11, 13, 15})
+#define EVENS_vf64x4 ((vi64x4_evens){0, 2, 5, 7})
+#define EVENS_vf64x2 ((vi64x2_evens){0, 3})
+
+/* A plane into its phase planes (make_phases) in a buffer whose padding is already zero (the
+ * kernels on phase planes zero theirs once a call; each plane writes the same places of it, and
+ * only those), stride-2 rows a vector of V at a time: two loads and one shuffle. */
+#define DEFINE_PHASE_ROWS(NAME, ATTR, T, V)                                                    \
+    ATTR static inline void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, \
+                                 const Phases *s)                                             \
+    {                                                                                          \
+        const I lanes = VLANES(V, T);                                                         \
+        for (I a = 0; a < g->sh; a++) {                                                       \
+            I r0, r1; /* the phase rows that read a row of the plane */                       \
+            valid_columns(a - g->ph, g->sh, g->h, s->hq, &r0, &r1);                           \
+            for (I b = 0; b < g->sw; b++) {                                                   \
+                const I offset = b - g->pw;                                                   \
+                I lo, hi;                                                                     \
+                valid_columns(offset, g->sw, g->w, s->wq, &lo, &hi);                          \
+                T *phase = buf + (a * g->sw + b) * s->phase;                                  \
+                for (I r = r0; r < r1; r++) {                                                 \
+                    const T *src = plane + (r * g->sh + a - g->ph) * g->w + offset;           \
+                    T *d = phase + r * s->wq;                                                 \
+                    I q = lo;                                                                 \
+                    if (g->sw == 1) {                                                         \
+                        memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));              \
+                        q = hi;                                                               \
+                    } else if (g->sw == 2)                                                    \
+                        for (; q + lanes <= hi; q += lanes) {                                 \
+                            const V e = __builtin_shuffle(LOADV(V, src + 2 * q),              \
+                                                          LOADV(V, src + 2 * q + lanes - 1), EVENS_##V); \
+                            memcpy(d + q, &e, sizeof e);                                      \
+                        }                                                                     \
+                    for (; q < hi; q++) d[q] = src[q * g->sw];                                \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+DEFINE_PHASE_ROWS(phase_rows_f32_512, ISA_512, float, vf32x16)
+DEFINE_PHASE_ROWS(phase_rows_f64_512, ISA_512, double, vf64x8)
+DEFINE_PHASE_ROWS(phase_rows_f32_256, ISA_256, float, vf32x8)
+DEFINE_PHASE_ROWS(phase_rows_f64_256, ISA_256, double, vf64x4)
+DEFINE_PHASE_ROWS(phase_rows_f32_128, ISA_128, float, vf32x4)
+DEFINE_PHASE_ROWS(phase_rows_f64_128, ISA_128, double, vf64x2)
+
 /* Where a depthwise grid kernel lays out a plane: the padded plane's rows wp apart (stride 1,
  * make_grid), or, strided, its phase planes (make_phases), each tap reading whole rows of one
  * phase as a stride-1 tap reads the padded rows; the outputs on Ho rows of wp values. ``span``:
@@ -550,8 +586,9 @@ static void plane_grid_offsets(const Geometry *g, const PlaneGrid *s, I *offset)
 }
 
 /* a plane into its place in a PlaneGrid's buffer (whose padding is zero) */
-#define DEFINE_PLANE_GRID_COPY(NAME, T, ROWS, PHASES)                                          \
-    static void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, const PlaneGrid *s) \
+#define DEFINE_PLANE_GRID_COPY(NAME, ATTR, T, ROWS, PHASES)                                    \
+    ATTR static inline void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, \
+                                 const PlaneGrid *s)                                          \
     {                                                                                          \
         if (s->strided)                                                                       \
             PHASES(plane, buf, g, &s->ph);                                                    \
@@ -559,8 +596,12 @@ static void plane_grid_offsets(const Geometry *g, const PlaneGrid *s, I *offset)
             ROWS(plane, buf, g, &s->s);                                                       \
     }
 
-DEFINE_PLANE_GRID_COPY(plane_grid_copy_f32, float, plane_rows_f32, pad_phases_f32)
-DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64, double, plane_rows_f64, pad_phases_f64)
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f32_512, ISA_512, float, plane_rows_f32, phase_rows_f32_512)
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_512, ISA_512, double, plane_rows_f64, phase_rows_f64_512)
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f32_256, ISA_256, float, plane_rows_f32, phase_rows_f32_256)
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_256, ISA_256, double, plane_rows_f64, phase_rows_f64_256)
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f32_128, ISA_128, float, plane_rows_f32, phase_rows_f32_128)
+DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_128, ISA_128, double, plane_rows_f64, phase_rows_f64_128)
 
 /* out[p] (+)= the taps (reversed when ``flip``, stride 1 only) over padded x[p], planes
  * [p0, p1), any stride (a strided plane as its phases: PlaneGrid), then (not accumulating) the
@@ -615,12 +656,12 @@ DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64, double, plane_rows_f64, pad_phases_f
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, plane_grid_copy_f32, epilogue_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, plane_grid_copy_f64, epilogue_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, plane_grid_copy_f32, epilogue_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_grid_copy_f64, epilogue_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_grid_copy_f32, epilogue_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64, epilogue_f64, double, vf64x2)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_512, ISA_512, plane_grid_copy_f32_512, epilogue_f32, float, vf32x16)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_512, ISA_512, plane_grid_copy_f64_512, epilogue_f64, double, vf64x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_256, ISA_256, plane_grid_copy_f32_256, epilogue_f32, float, vf32x8)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_256, ISA_256, plane_grid_copy_f64_256, epilogue_f64, double, vf64x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f32_128, ISA_128, plane_grid_copy_f32_128, epilogue_f32, float, vf32x4)
+DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, epilogue_f64, double, vf64x2)
 
 /* acc[u * lanes ...] += the lane sums of dy's plane (``span`` values) times the input from
  * src + off[u], for NT taps in one pass: one load of dy feeds NT multiply-adds (a pass per tap
@@ -704,12 +745,12 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64, epil
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, plane_grid_copy_f32, float, vf32x16)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, plane_grid_copy_f64, double, vf64x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, plane_grid_copy_f32, float, vf32x8)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, plane_grid_copy_f64, double, vf64x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, plane_grid_copy_f32, float, vf32x4)
-DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_grid_copy_f64, double, vf64x2)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_512, ISA_512, plane_grid_copy_f32_512, float, vf32x16)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_512, ISA_512, plane_grid_copy_f64_512, double, vf64x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_256, ISA_256, plane_grid_copy_f32_256, float, vf32x8)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_256, ISA_256, plane_grid_copy_f64_256, double, vf64x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f32_128, ISA_128, plane_grid_copy_f32_128, float, vf32x4)
+DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_grid_copy_f64_128, double, vf64x2)
 
 /* Direct convolution of any stride, for every group, on phase planes (make_phases): every tap
  * reads whole vectors of consecutive outputs, with no column matrix (stride 1: one phase, the
@@ -866,12 +907,12 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_grid_
 /* Built with (EPI 1) and without (EPI 0) the epilogue: the code it adds to the store path
  * slowed the calls that have none (training, the input gradient) measurably (docs/numpy.md). */
 #define DEFINE_DIRECT_CONV_ISAS(NAME, EPI)                                                       \
-    DEFINE_DIRECT_CONV(NAME##_f32_512, ISA_512, pad_phases_f32, float, vf32x16, 8, 3, EPI)        \
-    DEFINE_DIRECT_CONV(NAME##_f64_512, ISA_512, pad_phases_f64, double, vf64x8, 8, 3, EPI)        \
-    DEFINE_DIRECT_CONV(NAME##_f32_256, ISA_256, pad_phases_f32, float, vf32x8, 4, 3, EPI)         \
-    DEFINE_DIRECT_CONV(NAME##_f64_256, ISA_256, pad_phases_f64, double, vf64x4, 4, 3, EPI)        \
-    DEFINE_DIRECT_CONV(NAME##_f32_128, ISA_128, pad_phases_f32, float, vf32x4, 4, 2, EPI)         \
-    DEFINE_DIRECT_CONV(NAME##_f64_128, ISA_128, pad_phases_f64, double, vf64x2, 4, 2, EPI)
+    DEFINE_DIRECT_CONV(NAME##_f32_512, ISA_512, phase_rows_f32_512, float, vf32x16, 8, 3, EPI)        \
+    DEFINE_DIRECT_CONV(NAME##_f64_512, ISA_512, phase_rows_f64_512, double, vf64x8, 8, 3, EPI)        \
+    DEFINE_DIRECT_CONV(NAME##_f32_256, ISA_256, phase_rows_f32_256, float, vf32x8, 4, 3, EPI)         \
+    DEFINE_DIRECT_CONV(NAME##_f64_256, ISA_256, phase_rows_f64_256, double, vf64x4, 4, 3, EPI)        \
+    DEFINE_DIRECT_CONV(NAME##_f32_128, ISA_128, phase_rows_f32_128, float, vf32x4, 4, 2, EPI)         \
+    DEFINE_DIRECT_CONV(NAME##_f64_128, ISA_128, phase_rows_f64_128, double, vf64x2, 4, 2, EPI)
 
 DEFINE_DIRECT_CONV_ISAS(direct_conv, 0)
 DEFINE_DIRECT_CONV_ISAS(direct_conv_epi, 1)
@@ -879,8 +920,8 @@ DEFINE_DIRECT_CONV_ISAS(direct_conv_epi, 1)
 /* AVX2 float32 with blocks of 6 output channels x 2 vectors (12 sums too): where a plane's
  * vectors do not fill blocks of 3 (an 8x8 plane is 8 vectors, three blocks of 3: one sum in
  * nine spent past the plane), blocks of 2 waste less (six channels in a block of 64: 3 %). */
-DEFINE_DIRECT_CONV(direct_conv_f32_256_6x2, ISA_256, pad_phases_f32, float, vf32x8, 6, 2, 0)
-DEFINE_DIRECT_CONV(direct_conv_epi_f32_256_6x2, ISA_256, pad_phases_f32, float, vf32x8, 6, 2, 1)
+DEFINE_DIRECT_CONV(direct_conv_f32_256_6x2, ISA_256, phase_rows_f32_256, float, vf32x8, 6, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_256_6x2, ISA_256, phase_rows_f32_256, float, vf32x8, 6, 2, 1)
 
 /* Whether the 6 x 2 blocks compute fewer sums than the 4 x 3 ones for this AVX2 float32 stride-1
  * conv (``og`` output channels per group); strided ones keep 4 x 3 (their kernel is tuned apart). */
@@ -895,13 +936,13 @@ static int direct_6x2(const Geometry *g, I og)
  * 8x8 planes of its 3x3 stride-2 32->64 conv): the 16-lane build spends half of every sum past
  * the row; 8-lane vectors in AVX-512's 32 registers run blocks of 4 channels x 4 vectors
  * instead (6 x 4 and 8 x 2 measured slower on 8x8 planes; docs/numpy.md). */
-DEFINE_DIRECT_CONV(direct_conv_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 4, 4, 0)
-DEFINE_DIRECT_CONV(direct_conv_epi_f32_512h, ISA_512VL, pad_phases_f32, float, vf32x8, 4, 4, 1)
+DEFINE_DIRECT_CONV(direct_conv_f32_512h, ISA_512VL, phase_rows_f32_512, float, vf32x8, 4, 4, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512h, ISA_512VL, phase_rows_f32_512, float, vf32x8, 4, 4, 1)
 /* AVX-512 float32 strided convs with blocks of 8 channels x 2 vectors where a plane's vectors
  * do not fill blocks of 3 (a 16x16 plane is 16 vectors: six blocks of 3 spend one sum in nine
  * past the plane, eight blocks of 2 none) */
-DEFINE_DIRECT_CONV(direct_conv_f32_512_8x2, ISA_512, pad_phases_f32, float, vf32x16, 8, 2, 0)
-DEFINE_DIRECT_CONV(direct_conv_epi_f32_512_8x2, ISA_512, pad_phases_f32, float, vf32x16, 8, 2, 1)
+DEFINE_DIRECT_CONV(direct_conv_f32_512_8x2, ISA_512, phase_rows_f32_512, float, vf32x16, 8, 2, 0)
+DEFINE_DIRECT_CONV(direct_conv_epi_f32_512_8x2, ISA_512, phase_rows_f32_512, float, vf32x16, 8, 2, 1)
 
 /* Whether this AVX-512 float32 conv runs on the 8-lane build above: strided, rows of at most 8. */
 static int direct_half(const Geometry *g)
@@ -1340,12 +1381,12 @@ static int pointwise_gathered(const Geometry *g, I groups)
         return 0;                                                                             \
     }
 
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, plane_rows_f32, pad_phases_f32, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, plane_rows_f64, pad_phases_f64, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, plane_rows_f32, pad_phases_f32, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, plane_rows_f64, pad_phases_f64, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, plane_rows_f32, pad_phases_f32, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, plane_rows_f64, pad_phases_f64, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, plane_rows_f32, phase_rows_f32_512, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, plane_rows_f64, phase_rows_f64_512, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, plane_rows_f32, phase_rows_f32_256, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, plane_rows_f64, phase_rows_f64_256, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, plane_rows_f32, phase_rows_f32_128, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, plane_rows_f64, phase_rows_f64_128, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
 
 /* Winograd F(2x2, 3x3) for stride-1 3x3 convolutions (any dilation d): each tile of 2x2
  * outputs, d apart, is A^T [(G g G^T) . (B^T x B)] A of the 4x4 inputs under it, so the 36
@@ -1660,7 +1701,6 @@ static int wino_plane8(const Geometry *g, I th, I tw)
            && g->dw == 1 && th == 4 && tw == 4;
 }
 
-typedef int vi32x16 __attribute__((vector_size(64)));
 /* rows A and B (0-3) of the 4 rows of 8 in a vector pair, as one vector */
 #define W8_ROWS(A, B) ((vi32x16){8 * (A), 8 * (A) + 1, 8 * (A) + 2, 8 * (A) + 3, 8 * (A) + 4, 8 * (A) + 5,     \
                                  8 * (A) + 6, 8 * (A) + 7, 8 * (B), 8 * (B) + 1, 8 * (B) + 2, 8 * (B) + 3,  \
