@@ -907,11 +907,11 @@ DEFINE_DEPTHWISE_GRID_FILTER(depthwise_grid_filter_f64_128, ISA_128, plane_grid_
 /* Built with (EPI 1) and without (EPI 0) the epilogue: the code it adds to the store path
  * slowed the calls that have none (training, the input gradient) measurably (docs/numpy.md). */
 #define DEFINE_DIRECT_CONV_ISAS(NAME, EPI)                                                       \
-    DEFINE_DIRECT_CONV(NAME##_f32_512, ISA_512, phase_rows_f32_512, float, vf32x16, 8, 3, EPI)        \
-    DEFINE_DIRECT_CONV(NAME##_f64_512, ISA_512, phase_rows_f64_512, double, vf64x8, 8, 3, EPI)        \
-    DEFINE_DIRECT_CONV(NAME##_f32_256, ISA_256, phase_rows_f32_256, float, vf32x8, 4, 3, EPI)         \
-    DEFINE_DIRECT_CONV(NAME##_f64_256, ISA_256, phase_rows_f64_256, double, vf64x4, 4, 3, EPI)        \
-    DEFINE_DIRECT_CONV(NAME##_f32_128, ISA_128, phase_rows_f32_128, float, vf32x4, 4, 2, EPI)         \
+    DEFINE_DIRECT_CONV(NAME##_f32_512, ISA_512, phase_rows_f32_512, float, vf32x16, 8, 3, EPI)   \
+    DEFINE_DIRECT_CONV(NAME##_f64_512, ISA_512, phase_rows_f64_512, double, vf64x8, 8, 3, EPI)   \
+    DEFINE_DIRECT_CONV(NAME##_f32_256, ISA_256, phase_rows_f32_256, float, vf32x8, 4, 3, EPI)    \
+    DEFINE_DIRECT_CONV(NAME##_f64_256, ISA_256, phase_rows_f64_256, double, vf64x4, 4, 3, EPI)   \
+    DEFINE_DIRECT_CONV(NAME##_f32_128, ISA_128, phase_rows_f32_128, float, vf32x4, 4, 2, EPI)    \
     DEFINE_DIRECT_CONV(NAME##_f64_128, ISA_128, phase_rows_f64_128, double, vf64x2, 4, 2, EPI)
 
 DEFINE_DIRECT_CONV_ISAS(direct_conv, 0)
