@@ -28,20 +28,34 @@ static void valid_columns(I offset, I sw, I w, I wo, I *lo, I *hi)
     *hi = b;
 }
 
-/* n outputs from input row `row` of a plane: d[q] = plane[row, q*sw + offset] for q in [lo, hi)
- * (valid_columns), 0 outside and for a row outside [0, h). im2col and the phase planes both
- * copy rows this way. Stride 2 takes a 16-byte vector of outputs from two loads and one
- * shuffle (the even elements of the first, the odd ones of the second, which starts one
- * element early so that no load reads past the row's last valid input) instead of an element
- * loop (docs/numpy.md). */
-typedef float row_f32 __attribute__((vector_size(16)));
-typedef double row_f64 __attribute__((vector_size(16)));
-typedef int row_f32_mask __attribute__((vector_size(16)));
-typedef long long row_f64_mask __attribute__((vector_size(16)));
-#define ROW_EVENS_f32 ((row_f32_mask){0, 2, 5, 7})
-#define ROW_EVENS_f64 ((row_f64_mask){0, 3})
+/* The stride-2 shuffle of a vector of V: the even elements of the first vector, then the odd
+ * ones of the second (which starts one element early) */
+typedef int vi32x16 __attribute__((vector_size(64)));
+typedef int vi32x4_evens __attribute__((vector_size(16)));
+typedef long long vi64x2_evens __attribute__((vector_size(16)));
+typedef long long vi64x4_evens __attribute__((vector_size(32)));
+typedef long long vi64x8_evens __attribute__((vector_size(64)));
+#define EVENS_vf32x16 ((vi32x16){0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31})
+#define EVENS_vf32x8 ((vi32x8){0, 2, 4, 6, 9, 11, 13, 15})
+#define EVENS_vf32x4 ((vi32x4_evens){0, 2, 5, 7})
+#define EVENS_vf64x8 ((vi64x8_evens){0, 2, 4, 6, 9, 11, 13, 15})
+#define EVENS_vf64x4 ((vi64x4_evens){0, 2, 5, 7})
+#define EVENS_vf64x2 ((vi64x2_evens){0, 3})
 
-#define DEFINE_STRIDED_ROW(NAME, T, V, EVENS)                                                  \
+/* d[q] = src[2q] for q from ``q`` on, a vector of V at a time while whole vectors fit below
+ * ``hi``: two loads and one shuffle each, neither reading past src[2(hi - 1)] (instead of an
+ * element loop, docs/numpy.md); leaves ``q`` at the first value not copied. */
+#define EVERY_OTHER(V, T, d, src, q, hi)                                                       \
+    for (const I lanes_ = (I)(sizeof(V) / sizeof(T)); (q) + lanes_ <= (hi); (q) += lanes_) {    \
+        const V e_ = __builtin_shuffle(LOADV(V, (src) + 2 * (q)), LOADV(V, (src) + 2 * (q) + lanes_ - 1), \
+                                       EVENS_##V);                                            \
+        memcpy((d) + (q), &e_, sizeof e_);                                                    \
+    }
+
+/* n outputs from input row `row` of a plane: d[q] = plane[row, q*sw + offset] for q in [lo, hi)
+ * (valid_columns), 0 outside and for a row outside [0, h) (im2col's rows). Stride 2 a 16-byte
+ * vector at a time (EVERY_OTHER). */
+#define DEFINE_STRIDED_ROW(NAME, T, V)                                                         \
     static inline void NAME(T *restrict d, const T *restrict plane, I row, const Geometry *g, I n, \
                             I lo, I hi, I offset)                                              \
     {                                                                                          \
@@ -55,23 +69,17 @@ typedef long long row_f64_mask __attribute__((vector_size(16)));
         if (sw == 1)                                                                          \
             memcpy(d + lo, src + lo + offset, (size_t)(hi - lo) * sizeof(T));                 \
         else if (sw == 2) {                                                                   \
-            const I lanes = (I)(sizeof(V) / sizeof(T));                                       \
+            const T *from = src + offset;                                                     \
             I q = lo;                                                                         \
-            for (; q + lanes <= hi; q += lanes) {                                             \
-                V a, b;                                                                       \
-                memcpy(&a, src + 2 * q + offset, sizeof(V));                                  \
-                memcpy(&b, src + 2 * q + offset + lanes - 1, sizeof(V));                      \
-                V e = __builtin_shuffle(a, b, EVENS);                                         \
-                memcpy(d + q, &e, sizeof(V));                                                 \
-            }                                                                                 \
-            for (; q < hi; q++) d[q] = src[2 * q + offset];                                   \
+            EVERY_OTHER(V, T, d, from, q, hi)                                                 \
+            for (; q < hi; q++) d[q] = from[2 * q];                                           \
         } else                                                                                \
             for (I q = lo; q < hi; q++) d[q] = src[q * sw + offset];                          \
         for (I q = hi; q < n; q++) d[q] = 0;                                                  \
     }
 
-DEFINE_STRIDED_ROW(strided_row_f32, float, row_f32, ROW_EVENS_f32)
-DEFINE_STRIDED_ROW(strided_row_f64, double, row_f64, ROW_EVENS_f64)
+DEFINE_STRIDED_ROW(strided_row_f32, float, vf32x4)
+DEFINE_STRIDED_ROW(strided_row_f64, double, vf64x2)
 
 /* cols[(n - n0)*sn + ((c*kh + i)*kw + j)*sk + (ho - r0)*Wo + q] = x[n, c, ho*sh + i*dh - ph,
  * q*sw + j*dw - pw] (0 in the padding), for samples [n0, n1) and output rows [r0, r1). */
@@ -493,28 +501,13 @@ static I phase_last(const Geometry *g, const Phases *s)
 DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32, float)
 DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64, double)
 
-/* The stride-2 shuffle of DEFINE_STRIDED_ROW at a kernel's vector width: the even elements of
- * the first vector, then the odd ones of the second (which starts one element early). */
-typedef int vi32x16 __attribute__((vector_size(64)));
-typedef int vi32x4_evens __attribute__((vector_size(16)));
-typedef long long vi64x2_evens __attribute__((vector_size(16)));
-typedef long long vi64x4_evens __attribute__((vector_size(32)));
-typedef long long vi64x8_evens __attribute__((vector_size(64)));
-#define EVENS_vf32x16 ((vi32x16){0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31})
-#define EVENS_vf32x8 ((vi32x8){0, 2, 4, 6, 9, 11, 13, 15})
-#define EVENS_vf32x4 ((vi32x4_evens){0, 2, 5, 7})
-#define EVENS_vf64x8 ((vi64x8_evens){0, 2, 4, 6, 9, 11, 13, 15})
-#define EVENS_vf64x4 ((vi64x4_evens){0, 2, 5, 7})
-#define EVENS_vf64x2 ((vi64x2_evens){0, 3})
-
 /* A plane into its phase planes (make_phases) in a buffer whose padding is already zero (the
  * kernels on phase planes zero theirs once a call; each plane writes the same places of it, and
- * only those), stride-2 rows a vector of V at a time: two loads and one shuffle. */
+ * only those), stride-2 rows a vector of V at a time (EVERY_OTHER). */
 #define DEFINE_PHASE_ROWS(NAME, ATTR, T, V)                                                    \
     ATTR static inline void NAME(const T *restrict plane, T *restrict buf, const Geometry *g, \
                                  const Phases *s)                                             \
     {                                                                                          \
-        const I lanes = VLANES(V, T);                                                         \
         for (I a = 0; a < g->sh; a++) {                                                       \
             I r0, r1; /* the phase rows that read a row of the plane */                       \
             valid_columns(a - g->ph, g->sh, g->h, s->hq, &r0, &r1);                           \
@@ -531,11 +524,7 @@ typedef long long vi64x8_evens __attribute__((vector_size(64)));
                         memcpy(d + lo, src + lo, (size_t)(hi - lo) * sizeof(T));              \
                         q = hi;                                                               \
                     } else if (g->sw == 2)                                                    \
-                        for (; q + lanes <= hi; q += lanes) {                                 \
-                            const V e = __builtin_shuffle(LOADV(V, src + 2 * q),              \
-                                                          LOADV(V, src + 2 * q + lanes - 1), EVENS_##V); \
-                            memcpy(d + q, &e, sizeof e);                                      \
-                        }                                                                     \
+                        EVERY_OTHER(V, T, d, src, q, hi)                                      \
                     for (; q < hi; q++) d[q] = src[q * g->sw];                                \
                 }                                                                             \
             }                                                                                 \
