@@ -253,6 +253,12 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
     def synchronize(self):
         self.queue.finish()
 
+    def release(self):
+        """Let go of the buffers the kernels' last arguments hold (programs.py's launchers keep
+        them to launch again without setting them; arrays still referenced stay)."""
+        self.synchronize()
+        self._programs.forget_arguments()
+
     # ------------------------------------------------------------ arithmetic
     def add(self, a, b, out, relu=False):
         self._same("add", a, b, out)

@@ -128,17 +128,32 @@ def program_text(filename: str) -> str:
 
 class _Launcher:
     """A kernel whose argument setting and enqueue happen under one lock: a pyopencl Kernel
-    keeps its arguments between calls, so two threads launching it at once could mix them."""
+    keeps its arguments between calls, so two threads launching it at once could mix them.
+    A launch with the same arguments as this kernel's last one only enqueues it (a Context's
+    buffers and sizes are the same every step, and setting a kernel's thirty-odd arguments
+    again took longer than the enqueue: docs/opencl.md, session 51). The last arguments are held
+    until the next launch with others or ``forget_arguments``, which keeps their buffers alive,
+    so that a handle compared equal is always the same buffer."""
 
-    __slots__ = ("kernel", "_lock")
+    __slots__ = ("kernel", "_lock", "_enqueue", "_args")
 
-    def __init__(self, kernel, lock):
+    def __init__(self, kernel, lock, enqueue):
         self.kernel = kernel
         self._lock = lock
+        self._enqueue = enqueue
+        self._args = None
 
     def __call__(self, queue, global_size, local_size, *args):
         with self._lock:
-            return self.kernel(queue, global_size, local_size, *args)
+            if args != self._args:
+                self._args = None  # set_args may fail part way
+                self.kernel.set_args(*args)
+                self._args = args
+            return self._enqueue(queue, self.kernel, global_size, local_size)
+
+    def forget_arguments(self) -> None:
+        with self._lock:
+            self._args = None
 
 
 class ProgramCache:
@@ -182,8 +197,15 @@ class ProgramCache:
                                    f"{len(names)} kernels. Build log (first 2000 characters):\n{log[:2000]}")
             kernel = self._cl.Kernel(program, name)
             kernel.set_scalar_arg_dtypes([self._scalar_type(kernel, i) for i in range(kernel.num_args)])
-            k = self._kernels[key] = _Launcher(kernel, self._launch_lock)
+            k = self._kernels[key] = _Launcher(kernel, self._launch_lock, self._cl.enqueue_nd_range_kernel)
             return k
+
+    def forget_arguments(self) -> None:
+        """Let go of every kernel's last arguments (and so of their buffers)."""
+        with self._lock:
+            launchers = list(self._kernels.values())
+        for launcher in launchers:
+            launcher.forget_arguments()
 
     def _scalar_type(self, kernel, index):
         type_name = kernel.get_arg_info(index, self._cl.kernel_arg_info.TYPE_NAME).strip()

@@ -1,5 +1,7 @@
 """Program building and caching (juicepy/backends/opencl/programs.py)."""
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -48,6 +50,69 @@ def test_a_missing_kernel_names_the_file_the_kernel_and_the_device(ocl):
     with pytest.raises(RuntimeError, match=r"elementwise\.cl built for .* has no kernel 'no_such_kernel'; it has \d+ kernels"):
         cache.kernel("elementwise.cl", "no_such_kernel")
     assert cache.kernel("elementwise.cl", "relu_fwd") is not None  # the program itself stays usable
+
+
+class _RecordingKernel:
+    """What a launcher touches of a pyopencl Kernel: set_args, here recorded (or refused)."""
+
+    def __init__(self):
+        self.set, self.refuse = [], False
+
+    def set_args(self, *args):
+        if self.refuse:
+            raise TypeError("refused")
+        self.set.append(args)
+
+
+def test_a_launch_sets_the_arguments_only_where_they_differ_from_the_last_ones():
+    kernel, enqueued = _RecordingKernel(), []
+    launch = programs._Launcher(kernel, threading.Lock(), lambda *a: enqueued.append(a) or len(enqueued))
+    a, b = object(), object()
+    assert launch("q", (4,), (1,), a, 3) == 1
+    launch("q", (8,), (1,), a, 3)      # same arguments, other sizes: only enqueued
+    launch("q", (4,), (1,), a, 4)      # a scalar changed
+    launch("q", (4,), (1,), b, 4)      # a buffer changed
+    launch("q", (4,), (1,), a, 4)      # back to the first buffer
+    assert kernel.set == [(a, 3), (a, 4), (b, 4), (a, 4)]
+    assert [e[2] for e in enqueued] == [(4,), (8,), (4,), (4,), (4,)] and all(e[1] is kernel for e in enqueued)
+    launch.forget_arguments()
+    launch("q", (4,), (1,), a, 4)
+    assert kernel.set[-1] == (a, 4) and len(kernel.set) == 5
+    kernel.refuse = True               # a failed set leaves nothing taken as set
+    with pytest.raises(TypeError):
+        launch("q", (4,), (1,), a, 5)
+    kernel.refuse = False
+    launch("q", (4,), (1,), a, 4)
+    assert len(kernel.set) == 6 and len(enqueued) == 7
+
+
+def _depthwise_reference(x, w):
+    """3x3 depthwise, stride 1, padding 1, in float64."""
+    xp = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    h, wd = x.shape[2:]
+    return sum(w[None, :, 0, i, j, None, None] * xp[:, :, i:i + h, j:j + wd] for i in range(3) for j in range(3))
+
+
+def test_kernels_launched_again_on_other_buffers_and_back_compute_on_each(ocl, rng):
+    """Real launches: the same kernels on two sets of arrays in turn, one of them taking local
+    memory (a new LocalMemory each call), each result against NumPy; release() lets go of every
+    kernel's last arguments."""
+    sets = []
+    for _ in range(2):
+        x, y = rng.standard_normal((2, 3, 9, 9)).astype(np.float32), rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+        w = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+        sets.append(((x, y, w), [ocl.from_host(v) for v in (x, y, w)], ocl.empty((2, 3, 9, 9)), ocl.empty((2, 3, 9, 9))))
+    for _ in range(2):
+        for _, (x, y, w), total, conv in sets:
+            ocl.add(x, y, total)
+            ocl.conv2d(x, w, conv, (1, 1), (1, 1), (1, 1), 3)
+    ocl.synchronize()
+    assert any("_local" in name for _, name in ocl._programs._kernels)  # the depthwise forward in local memory
+    for (x, y, w), _, total, conv in sets:
+        np.testing.assert_array_equal(ocl.to_host(total), x + y)
+        np.testing.assert_allclose(ocl.to_host(conv), _depthwise_reference(x, w), rtol=1e-5, atol=1e-5)
+    ocl.release()
+    assert all(k._args is None for k in ocl._programs._kernels.values())
 
 
 class _FakeCL:
