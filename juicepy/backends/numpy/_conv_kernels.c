@@ -31,16 +31,30 @@ static void valid_columns(I offset, I sw, I w, I wo, I *lo, I *hi)
 /* The stride-2 shuffle of a vector of V: the even elements of the first vector, then the odd
  * ones of the second (which starts one element early) */
 typedef int vi32x16 __attribute__((vector_size(64)));
-typedef int vi32x4_evens __attribute__((vector_size(16)));
-typedef long long vi64x2_evens __attribute__((vector_size(16)));
-typedef long long vi64x4_evens __attribute__((vector_size(32)));
-typedef long long vi64x8_evens __attribute__((vector_size(64)));
+typedef int vi32x4_mask __attribute__((vector_size(16)));
+typedef long long vi64x2_mask __attribute__((vector_size(16)));
+typedef long long vi64x4_mask __attribute__((vector_size(32)));
+typedef long long vi64x8_mask __attribute__((vector_size(64)));
 #define EVENS_vf32x16 ((vi32x16){0, 2, 4, 6, 8, 10, 12, 14, 17, 19, 21, 23, 25, 27, 29, 31})
 #define EVENS_vf32x8 ((vi32x8){0, 2, 4, 6, 9, 11, 13, 15})
-#define EVENS_vf32x4 ((vi32x4_evens){0, 2, 5, 7})
-#define EVENS_vf64x8 ((vi64x8_evens){0, 2, 4, 6, 9, 11, 13, 15})
-#define EVENS_vf64x4 ((vi64x4_evens){0, 2, 5, 7})
-#define EVENS_vf64x2 ((vi64x2_evens){0, 3})
+#define EVENS_vf32x4 ((vi32x4_mask){0, 2, 5, 7})
+#define EVENS_vf64x8 ((vi64x8_mask){0, 2, 4, 6, 9, 11, 13, 15})
+#define EVENS_vf64x4 ((vi64x4_mask){0, 2, 5, 7})
+#define EVENS_vf64x2 ((vi64x2_mask){0, 3})
+/* and the inverse: two vectors' first halves (LO) or second halves (HI) lane by lane, e[0], o[0],
+ * e[1], o[1], ... */
+#define INTERLEAVE_LO_vf32x16 ((vi32x16){0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23})
+#define INTERLEAVE_HI_vf32x16 ((vi32x16){8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31})
+#define INTERLEAVE_LO_vf32x8 ((vi32x8){0, 8, 1, 9, 2, 10, 3, 11})
+#define INTERLEAVE_HI_vf32x8 ((vi32x8){4, 12, 5, 13, 6, 14, 7, 15})
+#define INTERLEAVE_LO_vf32x4 ((vi32x4_mask){0, 4, 1, 5})
+#define INTERLEAVE_HI_vf32x4 ((vi32x4_mask){2, 6, 3, 7})
+#define INTERLEAVE_LO_vf64x8 ((vi64x8_mask){0, 8, 1, 9, 2, 10, 3, 11})
+#define INTERLEAVE_HI_vf64x8 ((vi64x8_mask){4, 12, 5, 13, 6, 14, 7, 15})
+#define INTERLEAVE_LO_vf64x4 ((vi64x4_mask){0, 4, 1, 5})
+#define INTERLEAVE_HI_vf64x4 ((vi64x4_mask){2, 6, 3, 7})
+#define INTERLEAVE_LO_vf64x2 ((vi64x2_mask){0, 2})
+#define INTERLEAVE_HI_vf64x2 ((vi64x2_mask){1, 3})
 
 /* d[q] = src[2q] for q from ``q`` on, a vector of V at a time while whole vectors fit below
  * ``hi``: two loads and one shuffle each, neither reading past src[2(hi - 1)] (instead of an
@@ -50,6 +64,21 @@ typedef long long vi64x8_evens __attribute__((vector_size(64)));
         const V e_ = __builtin_shuffle(LOADV(V, (src) + 2 * (q)), LOADV(V, (src) + 2 * (q) + lanes_ - 1), \
                                        EVENS_##V);                                            \
         memcpy((d) + (q), &e_, sizeof e_);                                                    \
+    }
+
+/* EVERY_OTHER's inverse: d[2u] (+)= e[u] and d[2u + 1] (+)= o[u] for u from ``u`` on, two
+ * vectors of V at a time while whole vectors fit below ``n`` (two shuffles, no strided store
+ * per value); leaves ``u`` at the first pair not written. */
+#define INTERLEAVE(V, T, d, e, o, u, n, accumulate)                                            \
+    for (const I lanes_ = (I)(sizeof(V) / sizeof(T)); (u) + lanes_ <= (n); (u) += lanes_) {     \
+        const V e_ = LOADV(V, (e) + (u)), o_ = LOADV(V, (o) + (u));                            \
+        V lo_ = __builtin_shuffle(e_, o_, INTERLEAVE_LO_##V), hi_ = __builtin_shuffle(e_, o_, INTERLEAVE_HI_##V); \
+        if (accumulate) {                                                                     \
+            lo_ += LOADV(V, (d) + 2 * (u));                                                   \
+            hi_ += LOADV(V, (d) + 2 * (u) + lanes_);                                          \
+        }                                                                                     \
+        memcpy((d) + 2 * (u), &lo_, sizeof lo_);                                              \
+        memcpy((d) + 2 * (u) + lanes_, &hi_, sizeof hi_);                                     \
     }
 
 /* n outputs from input row `row` of a plane: d[q] = plane[row, q*sw + offset] for q in [lo, hi)
@@ -439,11 +468,12 @@ static I phase_last(const Geometry *g, const Phases *s)
  * tap in turn adds its weight times dy's rows, whole rows of consecutive values, into the
  * padded plane's phase planes (make_phases) where its outputs read (depthwise_backward_data
  * scatters one value at a time into strided places), then the phases are laid back into dx's
- * rows (the padded plane's rows and columns no output read are zero). Returns -1 when its
- * scratch cannot be allocated. */
-#define DEFINE_DEPTHWISE_PHASE_DATA(NAME, T)                                                   \
-    VECTOR_CLONES static int NAME(const T *restrict dy, const T *restrict w, T *restrict dx,  \
-                                  const Geometry *g, I p0, I p1, int accumulate)              \
+ * rows (the padded plane's rows and columns no output read are zero): stride 2 along rows
+ * two phases' rows at a time as whole vectors of V (INTERLEAVE; a strided store per value took
+ * most of the time, docs/numpy.md). Returns -1 when its scratch cannot be allocated. */
+#define DEFINE_DEPTHWISE_PHASE_DATA(NAME, ATTR, T, V)                                          \
+    ATTR static int NAME(const T *restrict dy, const T *restrict w, T *restrict dx,           \
+                         const Geometry *g, I p0, I p1, int accumulate)                       \
     {                                                                                          \
         const Phases s = make_phases(g, 1);                                                   \
         const I taps = g->kh * g->kw, size = g->sh * g->sw * s.phase;                         \
@@ -469,6 +499,10 @@ static I phase_last(const Geometry *g, const Phases *s)
             first[b] = b * s.phase + pc;                                                      \
             count[b] = n < s.wq - pc ? n : s.wq - pc;                                         \
         }                                                                                     \
+        /* stride 2 along rows: the column phase of dx's even columns, that of its odd ones, \
+           and how many pairs of them both phases hold */                                     \
+        const I even = g->sw == 2 && col0[1] == 0, odd = 1 - even;                            \
+        const I pairs = g->sw != 2 ? 0 : count[even] < count[odd] ? count[even] : count[odd]; \
         for (I p = p0; p < p1; p++) {                                                         \
             const T *k = w + (p % g->c) * taps;                                               \
             memset(buf, 0, (size_t)size * sizeof(T));                                         \
@@ -485,12 +519,19 @@ static I phase_last(const Geometry *g, const Phases *s)
             T *plane = dx + p * g->h * g->w;                                                  \
             for (I row = 0; row < g->h; row++) {                                              \
                 T *o = plane + row * g->w;                                                    \
-                if (!accumulate) memset(o, 0, (size_t)g->w * sizeof(T));                      \
+                I done = 0; /* dx columns [0, done) are written */                            \
+                if (row_at[row] >= 0 && pairs > 0) {                                          \
+                    const T *from = buf + row_at[row];                                        \
+                    I u = 0;                                                                  \
+                    INTERLEAVE(V, T, o, from + first[even], from + first[odd], u, pairs, accumulate) \
+                    done = 2 * u;                                                             \
+                }                                                                             \
+                if (!accumulate) memset(o + done, 0, (size_t)(g->w - done) * sizeof(T));      \
                 if (row_at[row] < 0) continue;                                                \
                 for (I b = 0; b < g->sw; b++) {                                               \
                     const T *from = buf + row_at[row] + first[b];                             \
                     T *to = o + col0[b];                                                      \
-                    for (I u = 0; u < count[b]; u++) to[u * g->sw] += from[u];                \
+                    for (I u = done / g->sw; u < count[b]; u++) to[u * g->sw] += from[u];     \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \
@@ -498,8 +539,12 @@ static I phase_last(const Geometry *g, const Phases *s)
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32, float)
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64, double)
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32_512, ISA_512, float, vf32x16)
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64_512, ISA_512, double, vf64x8)
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32_256, ISA_256, float, vf32x8)
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64_256, ISA_256, double, vf64x4)
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32_128, ISA_128, float, vf32x4)
+DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64_128, ISA_128, double, vf64x2)
 
 /* A plane into its phase planes (make_phases) in a buffer whose padding is already zero (the
  * kernels on phase planes zero theirs once a call; each plane writes the same places of it, and
@@ -4267,9 +4312,9 @@ static PyObject *py_depthwise_phase_data(PyObject *self, PyObject *args)
         return NULL;
     RELEASE_GIL
     if (dx.itemsize == 4)
-        failed = depthwise_phase_data_f32(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
+        failed = ISA_CALL(depthwise_phase_data_f32, dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
     else
-        failed = depthwise_phase_data_f64(dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
+        failed = ISA_CALL(depthwise_phase_data_f64, dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
     REACQUIRE_GIL
     release_three(&dx, &w, &dy);
     if (failed) return PyErr_NoMemory();

@@ -1257,7 +1257,7 @@ DEPTHWISE_GRID_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # odd planes: r
                         (3, 4, 16, 16, (3, 3), (1, 1), (1, 1)),  # whole-vector rows
                         (2, 2, 11, 6, (5, 3), (2, 0), (1, 2)),   # unpadded side, dilated, tall kernel
                         (1, 5, 5, 5, (3, 3), (2, 3), (1, 1)),    # padding past the kernel: border outputs
-                        (1, 2, 5, 43, (3, 3), (1, 1), (1, 1))]   # strided rows of whole vectors and a tail
+                        (2, 2, 5, 43, (3, 3), (1, 1), (1, 1))]   # strided rows of whole vectors and a tail
 #: strides of the grid kernels' tests: stride 1 on the padded plane, the others on its phases
 DEPTHWISE_GRID_STRIDES = [(1, 1), (2, 2), (2, 1), (3, 2)]
 
@@ -1322,7 +1322,7 @@ DEPTHWISE_FILTER_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # one whole p
                           (1, 3, 13, 12, (7, 7), (3, 3), (1, 1)),  # 49 taps: five passes of 9, one of 4
                           (2, 2, 11, 6, (5, 3), (2, 0), (1, 2)),   # 15: 9 and 6, dilated, unpadded side
                           (3, 2, 16, 16, (1, 3), (0, 1), (1, 1)),  # 3 taps: one short pass
-                          (1, 2, 5, 43, (3, 3), (1, 1), (1, 1))]   # strided rows of whole vectors and a tail
+                          (2, 2, 5, 43, (3, 3), (1, 1), (1, 1))]   # strided rows of whole vectors and a tail
 
 
 @needs_kernels
@@ -2394,7 +2394,7 @@ ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
               "or stride_2_phase_weight_gradient_matches or s2_grad_t_matches or s2_gemm_matches "
               "or stride_2_input_gradient_matches or depthwise_grid_with_each_epilogue or depthwise_grid_filter "
-              "or s2_filter_gemm_matches")
+              "or s2_filter_gemm_matches or depthwise_phase_data")
 
 
 def _with_isa(value, *args):
