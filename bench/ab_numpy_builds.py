@@ -7,8 +7,8 @@ Build each variant, copy its .so aside, then:
 
 Transforms: wg_input of the conv bench's 5x5 layer (32 -> 32, 32x32, batch 32), winograd_input of
 its 3x3 layer (64 -> 64, 32x32), the strided layer's (3x3 stride 2, 64 -> 128) s2_input,
-s2_output, s2d_input, s2d_output and s2_grad_t, and the dilated layer's (d2) winograd_input and
-winograd_output."""
+s2_output, s2d_input, s2d_output and s2_grad_t, the dilated layer's (d2) winograd_input and
+winograd_output, and the strided depthwise layer's (3x3 stride 2, 64 channels) depthwise_phase_data."""
 import importlib.util
 import statistics
 import sys
@@ -93,6 +93,17 @@ def transforms(batch=32):
             m.winograd_output(mdil, ydil, gdil, 64, batch, n, n + 1, 16, 16, ks3, False)
         out[:] = ydil.ravel()
 
+    # the strided depthwise layer (3x3, stride 2, 64 channels): its input gradient, a sample a call
+    wdw = rng.standard_normal((64, 1, 3, 3), dtype=np.float32)
+    dydw = rng.standard_normal((batch, 64, 16, 16), dtype=np.float32)
+    gdw = (64, 32, 32, 3, 3, 2, 2, 1, 1, 1, 1, 16, 16)
+    dxdw = np.zeros((batch, 64, 32, 32), np.float32)
+
+    def depthwise_phase_data(m, out):
+        for n in range(batch):
+            m.depthwise_phase_data(dydw, wdw, dxdw, gdw, batch, n * 64, (n + 1) * 64, False)
+        out[:] = dxdw.ravel()
+
     return {"wg_input 5x5 32->32": (wg_input, np.zeros(36 * ks5, np.float32)),
             "winograd_input 3x3 64->64": (winograd_input, np.zeros(16 * ks3, np.float32)),
             "s2_input 3x3 s2 64->128": (s2_input, np.zeros(9 * ks2, np.float32)),
@@ -101,7 +112,8 @@ def transforms(batch=32):
             "s2d_output 3x3 s2 64->128": (s2d_output, np.zeros(dx2.size, np.float32)),
             "s2_grad_t 3x3 s2 64->128": (s2_grad_t, np.zeros(9 * 4 * ms2, np.float32)),
             "winograd_input 3x3 d2 64->64": (winograd_input_d2, np.zeros(16 * ks3, np.float32)),
-            "winograd_output 3x3 d2 64->64": (winograd_output_d2, np.zeros(ydil.size, np.float32))}
+            "winograd_output 3x3 d2 64->64": (winograd_output_d2, np.zeros(ydil.size, np.float32)),
+            "depthwise_phase_data 3x3 s2 64": (depthwise_phase_data, np.zeros(dxdw.size, np.float32))}
 
 
 def main(argv) -> int:
