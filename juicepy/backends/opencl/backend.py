@@ -105,6 +105,7 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
             raise ValueError(f"conv_vector_width=16 on {self.device.name!r}: its compiler targets no AVX-512 "
                              f"({self.device.version}); use 8")
         self._conv_vec = conv_vector_width
+        self._local_memory_args = {}   # __local arguments by size (SpatialOps._local_memory)
         # Adam in vectors of the GEMM's lanes (adam_step_vec) on CPU devices, where it was measured
         self._adam_lanes = vector_width if self.is_cpu else 1
         # the packed kernels' tiles live in local memory: big on CPU drivers, small on GPUs; a

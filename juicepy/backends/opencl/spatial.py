@@ -118,6 +118,8 @@ DIRECT_LOCAL_MIN_ITEMS = 64
 # the bench's depthwise forward (2048 planes) took 0.83 ms at 8 against 0.91 at 1 on Zen 4
 # (PoCL 3.0; 3.1: 0.92 against 0.99; docs/opencl.md, session 48)
 DIRECT_LOCAL_GROUP_RUNS = 8
+#: __local argument sizes SpatialOps._local_memory keeps objects for at a time
+LOCAL_MEMORY_SIZES = 32
 # square kernel sizes with builds of the direct forward kernel whose tap loops have fixed trip
 # counts (conv_direct_fwd*_k3 / _k5 in conv.cl): the compiler unrolls them, so no loop control
 # or index arithmetic sits between the multiply-adds of a row of taps
@@ -600,7 +602,7 @@ class SpatialOps(abc.ABC):
                 per //= 2   # ...unless that leaves too few work-items or does not divide them
             self._kernel(program, name + "_local" + suffix)(
                 self.queue, (n * o // (outs * per),), (1,), *self._ref(x), h, wd, ph, pw,
-                self._cl.LocalMemory(local), per, *rest, hl, wl, *rest_geo)
+                self._local_memory(local), per, *rest, hl, wl, *rest_geo)
             return
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
         self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *rest, hp, wp,
@@ -663,6 +665,20 @@ class SpatialOps(abc.ABC):
             self.queue, (n * o // (4 * per),), (1,), xq.base_data, *self._ref(w), *self._ref(y), c, hq, wq, o, ho,
             wo, c // groups, o // groups, kh, kw, sh, sw, dh, dw, per, min(c // groups, PHASED_CHANNELS),
             *self._optional(bias), *self._epilogue_args(epilogue))
+
+    def _local_memory(self, nbytes: int):
+        """A kernel's __local argument of ``nbytes``: the same object for the same size, so that a
+        Context's launches with it compare equal to their last ones and set no arguments
+        (programs._Launcher; a new LocalMemory each call set all thirty-odd every time). A
+        handful of sizes at a time: emptied past LOCAL_MEMORY_SIZES, so any sequence of shapes
+        keeps it bounded."""
+        kept = self._local_memory_args
+        arg = kept.get(nbytes)
+        if arg is None:
+            if len(kept) >= LOCAL_MEMORY_SIZES:
+                kept.clear()
+            arg = kept[nbytes] = self._cl.LocalMemory(nbytes)
+        return arg
 
     def _local_planes_bytes(self) -> int:
         """The most local memory the direct forward kernel stages padded planes in: its own
@@ -863,8 +879,8 @@ class SpatialOps(abc.ABC):
             per //= 2
         self._kernel("conv.cl", "conv_phase_bwd_data")(
             self.queue, (n * c // per,), (1,), *self._ref(dy), *self._ref(w), *self._ref(dx), c, h, wd, o, ho, wo,
-            cg, og, kh, kw, sh, sw, ph, pw, dh, dw, int(bool(accumulate)), per, self._cl.LocalMemory(dyl), hl, wl,
-            top, left, self._cl.LocalMemory(dxl), hq, wq)
+            cg, og, kh, kw, sh, sw, ph, pw, dh, dw, int(bool(accumulate)), per, self._local_memory(dyl), hl, wl,
+            top, left, self._local_memory(dxl), hq, wq)
         return True
 
     def _phased_backward_data(self, dy, w, dx, geo, groups, accumulate, ws):
@@ -966,7 +982,7 @@ class SpatialOps(abc.ABC):
         if local:
             hq, wq = phase_plane_shape(geo)
             self._kernel("conv.cl", "conv_direct_bwd_filter_local_k3")(
-                self.queue, (weights, chunks), (1, 1), *self._ref(x), h, wd, ph, pw, self._cl.LocalMemory(local),
+                self.queue, (weights, chunks), (1, 1), *self._ref(x), h, wd, ph, pw, self._local_memory(local),
                 *self._ref(dy), *self._ref(part), n, c, hq, wq, o, ho, wo, c // groups, o // groups, sh, sw, dh, dwl)
         elif by_rows:
             xq, hq, wq = self._phase_planes(x, geo, 0, ws)   # reads stay inside the rows
