@@ -1227,7 +1227,9 @@ static int pointwise_gathered(const Geometry *g, I groups)
  * dy planes, whose sums are dropped. The FO dy planes of a block stay in L1 while the input
  * channels pass by: they lie a cache line more than a whole number of 4 KiB apart (a 32x32
  * plane is 4 KiB, and FO planes plus x in the same L1 sets overflow its ways) and start on
- * cache lines. AVX-512 blocks 4 x 5 (8 x 3 filled all of L1 with dy; docs/numpy.md). */
+ * cache lines. AVX-512 blocks 4 x 5 (8 x 3 filled all of L1 with dy; docs/numpy.md); AVX2's
+ * float build 3 x 3 (4 x 3, which fills all 16 registers with its sums, inputs and dy vector,
+ * took 10-20 % longer on the bench's grouped and 5x5 layers: docs/numpy.md, session 52). */
 
 /* sums[k] = the lanes of a[k] added in order */
 #define FILTER_SUMS_SCALAR(T, V, a, K, sums)                                                   \
@@ -1417,7 +1419,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
 
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_512, ISA_512, plane_rows_f32, phase_rows_f32_512, float, vf32x16, 4, 5, FILTER_SUMS_F32X16)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_512, ISA_512, plane_rows_f64, phase_rows_f64_512, double, vf64x8, 8, 3, FILTER_SUMS_SCALAR)
-DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, plane_rows_f32, phase_rows_f32_256, float, vf32x8, 4, 3, FILTER_SUMS_F32X8)
+DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_256, ISA_256, plane_rows_f32, phase_rows_f32_256, float, vf32x8, 3, 3, FILTER_SUMS_F32X8)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_256, ISA_256, plane_rows_f64, phase_rows_f64_256, double, vf64x4, 4, 3, FILTER_SUMS_SCALAR)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f32_128, ISA_128, plane_rows_f32, phase_rows_f32_128, float, vf32x4, 4, 2, FILTER_SUMS_SCALAR)
 DEFINE_DIRECT_GRID_FILTER(direct_grid_filter_f64_128, ISA_128, plane_rows_f64, phase_rows_f64_128, double, vf64x2, 4, 2, FILTER_SUMS_SCALAR)
