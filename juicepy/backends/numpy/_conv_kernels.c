@@ -378,6 +378,15 @@ static int avx512vl = 0;
 #define ISA_CALL_AT(LEVEL, NAME, ...) \
     ((LEVEL) == 2 ? NAME##_512(__VA_ARGS__) : (LEVEL) == 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 #define VLANES(V, T) ((I)(sizeof(V) / sizeof(T)))
+/* DEFINE(NAME_<type>_<ISA>, ISA_<ISA>, T, V) for float and double at each instruction set's vector
+ * width, for the kernels built from just those (the others take blocking sizes too) */
+#define EACH_ISA_AND_TYPE(DEFINE, NAME)                                                        \
+    DEFINE(NAME##_f32_512, ISA_512, float, vf32x16)                                            \
+    DEFINE(NAME##_f64_512, ISA_512, double, vf64x8)                                            \
+    DEFINE(NAME##_f32_256, ISA_256, float, vf32x8)                                             \
+    DEFINE(NAME##_f64_256, ISA_256, double, vf64x4)                                            \
+    DEFINE(NAME##_f32_128, ISA_128, float, vf32x4)                                             \
+    DEFINE(NAME##_f64_128, ISA_128, double, vf64x2)
 #define BLOCK(V, T) (4 * VLANES(V, T))
 
 typedef struct {
@@ -539,12 +548,7 @@ static I phase_last(const Geometry *g, const Phases *s)
         return 0;                                                                             \
     }
 
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32_512, ISA_512, float, vf32x16)
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64_512, ISA_512, double, vf64x8)
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32_256, ISA_256, float, vf32x8)
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64_256, ISA_256, double, vf64x4)
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f32_128, ISA_128, float, vf32x4)
-DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64_128, ISA_128, double, vf64x2)
+EACH_ISA_AND_TYPE(DEFINE_DEPTHWISE_PHASE_DATA, depthwise_phase_data)
 
 /* A plane into its phase planes (make_phases) in a buffer whose padding is already zero (the
  * kernels on phase planes zero theirs once a call; each plane writes the same places of it, and
@@ -576,12 +580,7 @@ DEFINE_DEPTHWISE_PHASE_DATA(depthwise_phase_data_f64_128, ISA_128, double, vf64x
         }                                                                                     \
     }
 
-DEFINE_PHASE_ROWS(phase_rows_f32_512, ISA_512, float, vf32x16)
-DEFINE_PHASE_ROWS(phase_rows_f64_512, ISA_512, double, vf64x8)
-DEFINE_PHASE_ROWS(phase_rows_f32_256, ISA_256, float, vf32x8)
-DEFINE_PHASE_ROWS(phase_rows_f64_256, ISA_256, double, vf64x4)
-DEFINE_PHASE_ROWS(phase_rows_f32_128, ISA_128, float, vf32x4)
-DEFINE_PHASE_ROWS(phase_rows_f64_128, ISA_128, double, vf64x2)
+EACH_ISA_AND_TYPE(DEFINE_PHASE_ROWS, phase_rows)
 
 /* Where a depthwise grid kernel lays out a plane: the padded plane's rows wp apart (stride 1,
  * make_grid), or, strided, its phase planes (make_phases), each tap reading whole rows of one
