@@ -378,8 +378,9 @@ static int avx512vl = 0;
 #define ISA_CALL_AT(LEVEL, NAME, ...) \
     ((LEVEL) == 2 ? NAME##_512(__VA_ARGS__) : (LEVEL) == 1 ? NAME##_256(__VA_ARGS__) : NAME##_128(__VA_ARGS__))
 #define VLANES(V, T) ((I)(sizeof(V) / sizeof(T)))
-/* DEFINE(NAME_<type>_<ISA>, ISA_<ISA>, T, V) for float and double at each instruction set's vector
- * width, for the kernels built from just those (the others take blocking sizes too) */
+/* DEFINE (a kernel's macro) for each instruction set and dtype, NAME_f32_512 .. NAME_f64_128:
+ * DEFINE(NAME_<type>_<ISA>, ISA_<ISA>, T, V) at that instruction set's vector width, for the
+ * kernels built from just those (the others take blocking sizes too) */
 #define EACH_ISA_AND_TYPE(DEFINE, NAME)                                                        \
     DEFINE(NAME##_f32_512, ISA_512, float, vf32x16)                                            \
     DEFINE(NAME##_f64_512, ISA_512, double, vf64x8)                                            \
@@ -1712,17 +1713,8 @@ DEFINE_WINOGRAD_WEIGHTS(winograd_weights_f64, double)
         return 0;                                                                             \
     }
 
-/* DEFINE (a kernel's macro) for each instruction set and dtype: NAME_f32_512 .. NAME_f64_128 */
-#define DEFINE_WINOGRAD_ISAS(DEFINE, NAME)                                                     \
-    DEFINE(NAME##_f32_512, ISA_512, float, vf32x16)                                            \
-    DEFINE(NAME##_f64_512, ISA_512, double, vf64x8)                                            \
-    DEFINE(NAME##_f32_256, ISA_256, float, vf32x8)                                             \
-    DEFINE(NAME##_f64_256, ISA_256, double, vf64x4)                                            \
-    DEFINE(NAME##_f32_128, ISA_128, float, vf32x4)                                             \
-    DEFINE(NAME##_f64_128, ISA_128, double, vf64x2)
-
-DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_INPUT, winograd_input)
-DEFINE_WINOGRAD_ISAS(DEFINE_WINOGRAD_OUTPUT, winograd_output)
+EACH_ISA_AND_TYPE(DEFINE_WINOGRAD_INPUT, winograd_input)
+EACH_ISA_AND_TYPE(DEFINE_WINOGRAD_OUTPUT, winograd_output)
 
 /* 8x8 planes padded by 1 into 8x8 outputs, undilated (the last stage of the CIFAR CNN and the
  * ResNet), float32 on AVX-512: a plane's 16 tiles are one 16-float vector (lane ty*4 + tx), so
