@@ -21,8 +21,9 @@ step of bench/test_bench_mlp.py), two ways:
 
 Run from the repository root (it imports the bench modules); under the cpu lock where the
 machine is shared. On PoCL, POCL_AFFINITY=1 (worker threads pinned) keeps a one-kernel loop from
-switching between two speeds for hundreds of calls at a time (docs/opencl.md, session 52). Event times include the driver's per-command overhead, so their total is
-above the forward's wall time; compare kernels, not totals, with it.
+switching between two speeds for hundreds of calls at a time (docs/opencl.md, session 52).
+Event times include the driver's per-command overhead, so their total is above the forward's
+wall time; compare kernels, not totals, with it.
 """
 import collections
 import statistics
