@@ -613,6 +613,58 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd4_local_f3_k5, 4, 3, 5)
 DIRECT_KERNEL(conv_direct_fwd8_u2_k3, 8, 2, 3)
 DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 
+// Depthwise 3x3, stride 2, padding 1, on planes of exactly 2 Ho x 2 Wo (the downsampling layers of
+// MobileNet-style networks; no padding row or column past the end is read), Wo whole vectors:
+// each work-item takes `per` consecutive planes and, per VEC outputs of a row, splits each of the
+// two new input rows into the three vectors its taps read (columns 2 ow - 1, 2 ow and 2 ow + 1:
+// the odd lanes shifted in by one, the even ones, the odd ones) in registers, carrying the lower
+// row's to the next output row as its upper one. No phase planes are copied into local memory
+// (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums run the
+// same taps in the same order as that kernel (the same bits).
+#if VEC == 16
+#define AFTER_LANE(p, v) (floatv)((p), (v).s012, (v).s3456, (v).s789a, (v).sbcde)
+#else
+#define AFTER_LANE(p, v) (floatv)((p), (v).s012, (v).s3456)
+#endif
+#define DW_S2_ROW(name, row) \
+    const floatv name##u = LOAD_UNIT(row), name##v = LOAD_UNIT((row) + VEC); \
+    const floatv name##1 = (floatv)(name##u.even, name##v.even), name##2 = (floatv)(name##u.odd, name##v.odd); \
+    const floatv name##0 = AFTER_LANE(ow0 ? (row)[-1] : 0.0f, name##2);
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
+                          __global const float *restrict w, const int w_off,
+                          __global float *restrict y, const int y_off, const int C, const int Ho, const int Wo,
+                          const int per, __global const float *restrict bias, const int b_off, const int has_bias,
+                          __global const float *restrict res, const int r_off, const int epi)
+{
+    const int acc = 0, W = 2 * Wo;
+    const int first = get_global_id(0) * per;
+    for (int plane = first; plane < first + per; ++plane) {
+        const int c = plane % C;
+        __global const float *wc = w + w_off + (size_t)c * 9;
+        const float w00 = wc[0], w01 = wc[1], w02 = wc[2], w10 = wc[3], w11 = wc[4], w12 = wc[5],
+                    w20 = wc[6], w21 = wc[7], w22 = wc[8];
+        const float b = has_bias ? bias[b_off + c] : 0.0f;
+        __global const float *xc = x + x_off + (size_t)plane * 4 * Ho * Wo;
+        __global float *yc = y + y_off + (size_t)plane * Ho * Wo;
+        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
+            floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */
+            for (int oh = 0; oh < Ho; ++oh) {
+                __global const float *r = xc + (size_t)2 * oh * W + 2 * ow0;
+                DW_S2_ROW(m, r)
+                DW_S2_ROW(d, r + W)
+                floatv s = (floatv)(b);
+                s += t0 * w00; s += t1 * w01; s += t2 * w02;
+                s += m0 * w10; s += m1 * w11; s += m2 * w12;
+                s += d0 * w20; s += d1 * w21; s += d2 * w22;
+                __global float *yr = yc + (size_t)oh * Wo + ow0;
+                DIRECT_STORE(s, yr, ow0)
+                t0 = d0; t1 = d1; t2 = d2;
+            }
+        }
+    }
+}
+
 // Narrow output rows (fewer outputs than two vectors, not whole vectors: LeNet's 10-wide) with
 // the output channels in the lanes instead: each work-item computes one output row of W (the
 // build's width) outputs for 16 consecutive output channels, W float16 accumulators, every

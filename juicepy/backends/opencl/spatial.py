@@ -309,6 +309,7 @@ class SpatialOps(abc.ABC):
     _data_phases = None   # False: strided direct input gradients on conv_direct_bwd_data (A/B runs)
     _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
+    _depthwise_s2 = None  # False: no conv_depthwise_s2_k3 (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
 
     def _use_implicit(self) -> bool:
@@ -574,6 +575,9 @@ class SpatialOps(abc.ABC):
         hp, wp = max(h + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1), max(wd + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
         lanes = self._direct_forward_lanes(geo, groups)
         program = self._conv_program(lanes)
+        if not flip and not accumulate and self._use_depthwise_s2(geo, groups, lanes):
+            self._depthwise_s2_forward(program, x, w, y, geo, bias, epilogue)
+            return
         vectors = -(-wo // lanes)
         outs = direct_outputs(o // groups, lanes, kh if kh == kw and self._direct8 is not False else 0, vectors)
         unroll = direct_unroll(outs, vectors, lanes)
@@ -607,6 +611,25 @@ class SpatialOps(abc.ABC):
         xp = self._padded(x, ph, pw, hp, wp, lanes_past, ws)
         self._kernel(program, name + suffix)(self.queue, (n * o // outs,), (1,), xp.base_data, *rest, hp, wp,
                                              *rest_geo)
+
+    def _use_depthwise_s2(self, geo, groups, lanes) -> bool:
+        """Whether conv_depthwise_s2_k3 computes this forward pass: depthwise, 3x3, stride 2,
+        padding 1, no dilation, on planes of exactly 2 Ho x 2 Wo, and rows of whole vectors of
+        the build's ``lanes``."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        return (self._depthwise_s2 is not False and c == o == groups and (kh, kw, sh, sw, ph, pw, dh, dw)
+                == (3, 3, 2, 2, 1, 1, 1, 1) and (h, wd) == (2 * ho, 2 * wo) and wo % lanes == 0)
+
+    def _depthwise_s2_forward(self, program, x, w, y, geo, bias, epilogue):
+        """y = bias + the depthwise 3x3 stride-2 convolution ``geo`` of x (conv_depthwise_s2_k3):
+        DIRECT_LOCAL_GROUP_RUNS planes a work-item, as the direct kernel's depthwise runs."""
+        planes = geo[0] * geo[1]
+        per = DIRECT_LOCAL_GROUP_RUNS if self._group_runs is None else int(self._group_runs)
+        while per > 1 and (planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
+            per //= 2
+        self._kernel(program, "conv_depthwise_s2_k3")(
+            self.queue, (planes // per,), (1,), *self._ref(x), *self._ref(w), *self._ref(y), geo[1], geo[7], geo[8],
+            per, *self._optional(bias), *self._epilogue_args(epilogue))
 
     def _use_olanes(self, geo, groups) -> bool:
         """Whether conv_olanes_* (output channels in the lanes) computes this direct forward pass."""

@@ -902,6 +902,75 @@ def test_depthwise_direct_kernel_runs_rows_in_pairs(ocl, monkeypatch, rng, shape
         np.testing.assert_array_equal(paired, one)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32)],
+                         ids=["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-planes-a-work-item"])
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("parts", ["none", "bias+relu", "bias+residual+relu"])
+def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend, monkeypatch, rng, shape, lanes,
+                                                                  parts):
+    """Depthwise 3x3 forwards of stride 2 and padding 1 on 2 Ho x 2 Wo planes with rows of whole
+    vectors run on conv_depthwise_s2_k3 (no phase planes in local memory; DIRECT_LOCAL_GROUP_RUNS
+    planes a work-item where that leaves DIRECT_LOCAL_MIN_ITEMS): against float64 with the
+    epilogue, and bit for bit as the local-memory direct kernel (the same taps in the same
+    order). Rows that are not whole vectors of the build keep that kernel."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    b = lanes_backend(lanes)
+    n, c, h, w = shape
+    args = ((2, 2), (1, 1), (1, 1), c)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    y_ref = conv_ref(x, wt, *args)
+    kwargs = {}
+    if parts != "none":
+        bias = rng.standard_normal(c).astype(np.float32)
+        kwargs, y_ref = dict(bias=b.from_host(bias), relu=True), y_ref + bias[:, None, None]
+    if parts == "bias+residual+relu":
+        res = rng.standard_normal(y_ref.shape).astype(np.float32)
+        kwargs["residual"], y_ref = b.from_host(res), y_ref + res
+    if parts != "none":
+        y_ref = np.maximum(y_ref, 0)
+    launches = []
+    kernel = b._kernel
+    monkeypatch.setattr(b, "_kernel", lambda program, name: (
+        lambda queue, size, *rest: (launches.append((name, size[0])), kernel(program, name)(queue, size, *rest))[1]))
+    results = []
+    for own in (None, False):
+        monkeypatch.setattr(b, "_depthwise_s2", own)
+        launches.clear()
+        y = b.empty(y_ref.shape)
+        b.conv2d(b.from_host(x), b.from_host(wt), y, *args, Workspace(), **kwargs)
+        results.append(b.to_host(y))
+        names = [name for name, _ in launches]
+        if own is None and (w // 2) % lanes == 0:
+            per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
+            assert launches == [("conv_depthwise_s2_k3", n * c // per)], launches
+        else:
+            assert "conv_depthwise_s2_k3" not in names and any("_local" in name for name in names), launches
+    np.testing.assert_allclose(results[0], y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_depthwise_stride_2_kernel_rule(ocl):
+    """conv_depthwise_s2_k3 takes only depthwise (one channel a group, one output a channel) 3x3
+    stride-2 padding-1 undilated layers on inputs of exactly twice the output, rows of whole
+    vectors of the build's lanes; the A/B switch turns it off."""
+    def geo(n=2, c=8, h=32, w=32, o=8, k=3, s=2, p=1, d=1):
+        ho, wo = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
+        return (n, c, h, w, o, k, k, ho, wo, s, s, p, p, d, d)
+
+    assert ocl._use_depthwise_s2(geo(), 8, 8) and ocl._use_depthwise_s2(geo(), 8, 16)
+    assert ocl._use_depthwise_s2(geo(w=16), 8, 8) and not ocl._use_depthwise_s2(geo(w=16), 8, 16)
+    for other, groups in ((geo(o=16), 8), (geo(), 4), (geo(k=5, p=2), 8), (geo(s=1), 8), (geo(p=0), 8),
+                          (geo(d=2, p=2), 8), (geo(h=31), 8), (geo(w=30), 8)):
+        assert not ocl._use_depthwise_s2(other, groups, 8), other
+    ocl._depthwise_s2 = False
+    try:
+        assert not ocl._use_depthwise_s2(geo(), 8, 8)
+    finally:
+        ocl._depthwise_s2 = None
+
+
 @pytest.mark.parametrize("stride,padding,width", [
     ((2, 2), (1, 1), 37), ((2, 2), (0, 3), 40), ((2, 2), (2, 2), 7), ((2, 3), (1, 2), 29), ((3, 1), (1, 0), 20)],
     ids=["s2-odd", "s2-left3", "s2-narrow", "s2x3", "s3x1"])
@@ -943,9 +1012,11 @@ def test_strided_direct_passes_read_phase_planes(lanes_backend, monkeypatch, rng
     conv_direct_bwd_filter_local_k3), and the input gradient runs by dx's phases
     (conv_phase_bwd_data) — forward (bias, ReLU), accumulated input gradient and weight gradient
     against float64, the input gradient also against the lane-by-lane kernel it replaces
-    (conv_direct_bwd_data), the local weight gradient against the one on pad_phases."""
+    (conv_direct_bwd_data), the local weight gradient against the one on pad_phases. (The
+    depthwise 3x3 stride-2 forwards conv_depthwise_s2_k3 takes are turned off here: its own test.)"""
     b = lanes_backend(lanes)
     b.conv_algorithm = "direct"
+    monkeypatch.setattr(b, "_depthwise_s2", False)
     n, c, h, w = shape
     args = (stride, padding, dilation, groups)
     x = rng.standard_normal(shape).astype(np.float32)
