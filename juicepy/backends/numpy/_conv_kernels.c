@@ -1231,6 +1231,14 @@ static int pointwise_gathered(const Geometry *g, I groups)
  * float build 3 x 3 (4 x 3, which fills all 16 registers with its sums, inputs and dy vector,
  * took 10-20 % longer on the bench's grouped and 5x5 layers: docs/numpy.md, session 52). */
 
+/* Keeps vector v in a register: GCC folded one of the AVX2 float block's three input loads into
+ * each of the three FMAs using it (8 loads a step instead of 6, the loop bound by its loads;
+ * docs/numpy.md, session 53). Only the 256-bit builds take it: AVX-512's block was no faster. */
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+#else
+#define IN_REGISTER(v) ((void)0)
+#endif
 /* sums[k] = the lanes of a[k] added in order */
 #define FILTER_SUMS_SCALAR(T, V, a, K, sums)                                                   \
     for (int k_ = 0; k_ < (K); k_++) {                                                         \
@@ -1281,7 +1289,10 @@ static int pointwise_gathered(const Geometry *g, I groups)
         for (int k = 0; k < FO * NT; k++) a[k] = (V){0};                                      \
         for (I b = 0; b < vecs * lanes; b += lanes) {                                         \
             V xv[NT];                                                                         \
-            for (int u = 0; u < NT; u++) xv[u] = LOADV(V, src + b + off[u]);                  \
+            for (int u = 0; u < NT; u++) {                                                    \
+                xv[u] = LOADV(V, src + b + off[u]);                                           \
+                if (sizeof(V) == 32) IN_REGISTER(xv[u]);                                      \
+            }                                                                                 \
             for (int r = 0; r < FO; r++) {                                                    \
                 const V ev = LOADV(V, e0 + r * eplane + b);                                   \
                 for (int u = 0; u < NT; u++) a[r * NT + u] += ev * xv[u];                     \
