@@ -620,7 +620,8 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // the odd lanes shifted in by one, the even ones, the odd ones) in registers, carrying the lower
 // row's to the next output row as its upper one. No phase planes are copied into local memory
 // (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums run the
-// same taps in the same order as that kernel (the same bits).
+// same taps in the same order as that kernel (the same bits). The layer's input and weight
+// gradients below (conv_depthwise_s2_k3_data, _filter) work from rows in registers too.
 #if VEC == 16
 #define AFTER_LANE(p, v) (floatv)((p), (v).s012, (v).s3456, (v).s789a, (v).sbcde)
 #else
@@ -663,6 +664,102 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
             }
         }
     }
+}
+
+// Its input gradient, from dy's rows in registers: dx's even and odd rows and columns (the four
+// stride phases) each take the taps that reach them (one, two, two and four), from dy row m and
+// m + 1 and those rows shifted by a lane (dy[m][n + 1]: BEFORE_LANE), interleaved into two
+// vectors of each of dx rows 2 m and 2 m + 1 (stored, or added to dx where acc). Every dx value
+// is written once: no zeroing pass, no phase planes in local memory (conv_phase_bwd_data).
+// (INTERLEAVE_LO/_HI: the lanes of a and b alternating, from their low and their high halves;
+// conv_phase_bwd_data below lays its phases out with them too)
+#if VEC == 16
+#define BEFORE_LANE(v, p) (floatv)((v).s1234, (v).s5678, (v).s9abc, (v).sdef, (p))
+#define INTERLEAVE_LO(a, b) (floatv)((a).s0, (b).s0, (a).s1, (b).s1, (a).s2, (b).s2, (a).s3, (b).s3, \
+    (a).s4, (b).s4, (a).s5, (b).s5, (a).s6, (b).s6, (a).s7, (b).s7)
+#define INTERLEAVE_HI(a, b) (floatv)((a).s8, (b).s8, (a).s9, (b).s9, (a).sa, (b).sa, (a).sb, (b).sb, \
+    (a).sc, (b).sc, (a).sd, (b).sd, (a).se, (b).se, (a).sf, (b).sf)
+#else
+#define BEFORE_LANE(v, p) (floatv)((v).s1234, (v).s567, (p))
+#define INTERLEAVE_LO(a, b) (floatv)((a).s0, (b).s0, (a).s1, (b).s1, (a).s2, (b).s2, (a).s3, (b).s3)
+#define INTERLEAVE_HI(a, b) (floatv)((a).s4, (b).s4, (a).s5, (b).s5, (a).s6, (b).s6, (a).s7, (b).s7)
+#endif
+#define DW_S2_STORE(p, v) { floatv v_ = (v); \
+    if (acc) v_ += *(__global floatv_u *)(p); \
+    *(__global floatv_u *)(p) = v_; }
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_off,
+                               __global const float *restrict w, const int w_off,
+                               __global float *restrict dx, const int dx_off, const int C, const int Ho,
+                               const int Wo, const int per, const int acc)
+{
+    const int W = 2 * Wo;
+    const int first = get_global_id(0) * per;
+    for (int plane = first; plane < first + per; ++plane) {
+        __global const float *wc = w + w_off + (size_t)(plane % C) * 9;
+        const float w00 = wc[0], w01 = wc[1], w02 = wc[2], w10 = wc[3], w11 = wc[4], w12 = wc[5],
+                    w20 = wc[6], w21 = wc[7], w22 = wc[8];
+        __global const float *dyc = dy + dy_off + (size_t)plane * Ho * Wo;
+        __global float *dxc = dx + dx_off + (size_t)plane * 4 * Ho * Wo;
+        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
+            const int more = ow0 + VEC < Wo;   /* a dy value right of the vector */
+            floatv d = LOAD_UNIT(dyc + ow0);
+            floatv ds = BEFORE_LANE(d, more ? dyc[ow0 + VEC] : 0.0f);
+            for (int m = 0; m < Ho; ++m) {
+                floatv e = (floatv)(0.0f), es = (floatv)(0.0f);   /* dy row m + 1 (none past the last) */
+                if (m + 1 < Ho) {
+                    __global const float *r = dyc + (size_t)(m + 1) * Wo + ow0;
+                    e = LOAD_UNIT(r);
+                    es = BEFORE_LANE(e, more ? r[VEC] : 0.0f);
+                }
+                const floatv ee = d * w11, eo = ds * w10 + d * w12, oe = e * w01 + d * w21,
+                             oo = es * w00 + e * w02 + ds * w20 + d * w22;
+                __global float *x0 = dxc + (size_t)2 * m * W + 2 * ow0, *x1 = x0 + W;
+                DW_S2_STORE(x0, INTERLEAVE_LO(ee, eo))
+                DW_S2_STORE(x0 + VEC, INTERLEAVE_HI(ee, eo))
+                DW_S2_STORE(x1, INTERLEAVE_LO(oe, oo))
+                DW_S2_STORE(x1 + VEC, INTERLEAVE_HI(oe, oo))
+                d = e; ds = es;
+            }
+        }
+    }
+}
+
+// Its weight gradient, pass 1 (conv_direct_filter_sum adds the chunks): work-item (c, chunk)
+// sums its images' dy times the input rows split in registers as the forward splits them, nine
+// vectors of sums, one per tap; writes part as conv_direct_bwd_filter_local_k3.
+#define DW_S2_TAP_SUMS(X) X(00, t0) X(01, t1) X(02, t2) X(10, m0) X(11, m1) X(12, m2) X(20, d0) X(21, d1) X(22, d2)
+#define DW_S2_ACC(t, v) floatv a##t = (floatv)(0.0f);
+#define DW_S2_FMA(t, v) a##t += e * v;
+#define DW_S2_SUM(t, v) { float total = 0.0f; \
+    for (int q = 0; q < VEC; ++q) total += a##t[q]; \
+    *dst++ = total; }
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_off,
+                                 __global const float *restrict dy, const int dy_off,
+                                 __global float *restrict part, const int p_off, const int N, const int Ho,
+                                 const int Wo)
+{
+    const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
+    const int W = 2 * Wo;
+    DW_S2_TAP_SUMS(DW_S2_ACC)
+    for (int n = chunk; n < N; n += chunks) {
+        __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
+        __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Ho * Wo;
+        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
+            floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */
+            for (int oh = 0; oh < Ho; ++oh) {
+                __global const float *r = xc + (size_t)2 * oh * W + 2 * ow0;
+                DW_S2_ROW(m, r)
+                DW_S2_ROW(d, r + W)
+                const floatv e = LOAD_UNIT(dyc + (size_t)oh * Wo + ow0);
+                DW_S2_TAP_SUMS(DW_S2_FMA)
+                t0 = d0; t1 = d1; t2 = d2;
+            }
+        }
+    }
+    __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
+    DW_S2_TAP_SUMS(DW_S2_SUM)
 }
 
 // Narrow output rows (fewer outputs than two vectors, not whole vectors: LeNet's 10-wide) with
@@ -780,15 +877,6 @@ __kernel void conv_direct_bwd_data(const int H, __global const float *restrict d
 // two column phases' vectors interleaved by shuffles; else lane by lane). Launched as
 // (N * C / per); og * kh * kw <= PHASE_DATA_MAX_TAPS (spatial.py's).
 #define PHASE_DATA_MAX_TAPS 64
-#if VEC == 16
-#define INTERLEAVE_LO(u, v) (floatv)((u).s0, (v).s0, (u).s1, (v).s1, (u).s2, (v).s2, (u).s3, (v).s3, \
-    (u).s4, (v).s4, (u).s5, (v).s5, (u).s6, (v).s6, (u).s7, (v).s7)
-#define INTERLEAVE_HI(u, v) (floatv)((u).s8, (v).s8, (u).s9, (v).s9, (u).sa, (v).sa, (u).sb, (v).sb, \
-    (u).sc, (v).sc, (u).sd, (v).sd, (u).se, (v).se, (u).sf, (v).sf)
-#else
-#define INTERLEAVE_LO(u, v) (floatv)((u).s0, (v).s0, (u).s1, (v).s1, (u).s2, (v).s2, (u).s3, (v).s3)
-#define INTERLEAVE_HI(u, v) (floatv)((u).s4, (v).s4, (u).s5, (v).s5, (u).s6, (v).s6, (u).s7, (v).s7)
-#endif
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_phase_bwd_data(__global const float *restrict dy, const int dy_off,
                          __global const float *restrict w, const int w_off,

@@ -309,7 +309,7 @@ class SpatialOps(abc.ABC):
     _data_phases = None   # False: strided direct input gradients on conv_direct_bwd_data (A/B runs)
     _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
-    _depthwise_s2 = None  # False: no conv_depthwise_s2_k3 (A/B runs)
+    _depthwise_s2 = None  # False: no conv_depthwise_s2_k3* kernels (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
 
     def _use_implicit(self) -> bool:
@@ -613,23 +613,30 @@ class SpatialOps(abc.ABC):
                                              *rest_geo)
 
     def _use_depthwise_s2(self, geo, groups, lanes) -> bool:
-        """Whether conv_depthwise_s2_k3 computes this forward pass: depthwise, 3x3, stride 2,
+        """Whether conv_depthwise_s2_k3 (and its _data and _filter kernels) computes this
+        convolution's forward pass (input gradient, weight gradient): depthwise, 3x3, stride 2,
         padding 1, no dilation, on planes of exactly 2 Ho x 2 Wo, and rows of whole vectors of
         the build's ``lanes``."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         return (self._depthwise_s2 is not False and c == o == groups and (kh, kw, sh, sw, ph, pw, dh, dw)
                 == (3, 3, 2, 2, 1, 1, 1, 1) and (h, wd) == (2 * ho, 2 * wo) and wo % lanes == 0)
 
-    def _depthwise_s2_forward(self, program, x, w, y, geo, bias, epilogue):
-        """y = bias + the depthwise 3x3 stride-2 convolution ``geo`` of x (conv_depthwise_s2_k3):
-        DIRECT_LOCAL_GROUP_RUNS planes a work-item, as the direct kernel's depthwise runs."""
-        planes = geo[0] * geo[1]
+    def _depthwise_s2_items(self, planes):
+        """(global size, local size, planes per work-item) of conv_depthwise_s2_k3 and its input
+        gradient over ``planes`` planes: DIRECT_LOCAL_GROUP_RUNS a work-item, as the direct
+        kernel's depthwise runs, fewer where that leaves under DIRECT_LOCAL_MIN_ITEMS work-items
+        or does not divide the planes."""
         per = DIRECT_LOCAL_GROUP_RUNS if self._group_runs is None else int(self._group_runs)
         while per > 1 and (planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
             per //= 2
+        return (planes // per,), (1,), per
+
+    def _depthwise_s2_forward(self, program, x, w, y, geo, bias, epilogue):
+        """y = bias + the depthwise 3x3 stride-2 convolution ``geo`` of x (conv_depthwise_s2_k3)."""
+        size, local, per = self._depthwise_s2_items(geo[0] * geo[1])
         self._kernel(program, "conv_depthwise_s2_k3")(
-            self.queue, (planes // per,), (1,), *self._ref(x), *self._ref(w), *self._ref(y), geo[1], geo[7], geo[8],
-            per, *self._optional(bias), *self._epilogue_args(epilogue))
+            self.queue, size, local, *self._ref(x), *self._ref(w), *self._ref(y), geo[1], geo[7], geo[8], per,
+            *self._optional(bias), *self._epilogue_args(epilogue))
 
     def _use_olanes(self, geo, groups) -> bool:
         """Whether conv_olanes_* (output channels in the lanes) computes this direct forward pass."""
@@ -859,6 +866,13 @@ class SpatialOps(abc.ABC):
                                 args, float(bool(accumulate)), ws)
             return
         if self._use_direct(geo, groups, "data"):
+            lanes = self._direct_forward_lanes(geo, groups)
+            if self._use_depthwise_s2(geo, groups, lanes):
+                size, local, per = self._depthwise_s2_items(n * c)
+                self._kernel(self._conv_program(lanes), "conv_depthwise_s2_k3_data")(
+                    self.queue, size, local, *self._ref(dy), *self._ref(w), *self._ref(dx), c, ho, wo, per,
+                    int(bool(accumulate)))
+                return
             if sh == sw == 1:   # the forward convolution of dy with the flipped weights
                 flipped = (n, o, ho, wo, c, kh, kw, h, wd, 1, 1, (kh - 1) * dh - ph, (kw - 1) * dw - pw, dh, dw)
                 self._direct_forward(dy, w, dx, flipped, groups, True, accumulate, ws)
@@ -995,6 +1009,15 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
+        lanes = self._direct_forward_lanes(geo, groups)
+        if self._use_depthwise_s2(geo, groups, lanes):
+            chunks = max(1, min(n, DIRECT_FILTER_ITEMS // c))
+            part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
+            self._kernel(self._conv_program(lanes), "conv_depthwise_s2_k3_filter")(
+                self.queue, (c, chunks), (1, 1), *self._ref(x), *self._ref(dy), *self._ref(part), n, ho, wo)
+            self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
+                              *self._ref(dw), int(accumulate))
+            return
         by_rows = self._filter_by_rows(geo, groups)   # a work-item per row of taps
         lanes, outs = self._direct_filter_build(geo, groups, by_rows)
         program = self._conv_program(lanes)

@@ -951,8 +951,59 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
     np.testing.assert_array_equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32)],
+                         ids=["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-planes-a-work-item"])
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monkeypatch, rng, shape, lanes, accumulate):
+    """The same layers' input gradient (conv_depthwise_s2_k3_data: dx's four stride phases from
+    dy's rows and their one-lane shifts, interleaved into dx's rows) and weight gradient
+    (conv_depthwise_s2_k3_filter: dy against the input rows split as the forward splits them,
+    chunks summed by conv_direct_filter_sum), stored or added, against float64 and against the
+    local-memory phase kernels they replace; rows that are not whole vectors of the build keep those."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    b = lanes_backend(lanes)
+    n, c, h, w = shape
+    args = ((2, 2), (1, 1), (1, 1), c)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((n, c, h // 2, w // 2)).astype(np.float32)
+    dx0, dw0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(wt.shape).astype(np.float32)
+    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
+    if accumulate:
+        dx_ref, dw_ref = dx_ref + dx0, dw_ref + dw0
+    launches = []
+    kernel = b._kernel
+    monkeypatch.setattr(b, "_kernel", lambda program, name: (
+        lambda queue, size, *rest: (launches.append((name, size)), kernel(program, name)(queue, size, *rest))[1]))
+    results = []
+    for own in (None, False):
+        monkeypatch.setattr(b, "_depthwise_s2", own)
+        launches.clear()
+        ws, dev_dy = Workspace(), b.from_host(dy)
+        dx, dw = b.from_host(dx0), b.from_host(dw0)
+        b.conv2d_backward_data(dev_dy, b.from_host(wt), dx, *args, accumulate, ws)
+        b.conv2d_backward_filter(b.from_host(x), dev_dy, dw, *args, accumulate, ws)
+        results.append((b.to_host(dx), b.to_host(dw)))
+        names = [name for name, _ in launches]
+        if own is None and (w // 2) % lanes == 0:
+            per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
+            chunks = min(n, ocl_spatial.DIRECT_FILTER_ITEMS // c)
+            assert names == ["conv_depthwise_s2_k3_data", "conv_depthwise_s2_k3_filter", "conv_direct_filter_sum"], \
+                launches
+            assert launches[0][1] == (n * c // per,) and launches[1][1] == (c, chunks), launches
+        else:
+            assert not any(name.startswith("conv_depthwise_s2") for name in names), launches
+            assert "conv_phase_bwd_data" in names, launches
+    np.testing.assert_allclose(results[0][0], dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][1], dw_ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-4)
+
+
 def test_depthwise_stride_2_kernel_rule(ocl):
-    """conv_depthwise_s2_k3 takes only depthwise (one channel a group, one output a channel) 3x3
+    """conv_depthwise_s2_k3* take only depthwise (one channel a group, one output a channel) 3x3
     stride-2 padding-1 undilated layers on inputs of exactly twice the output, rows of whole
     vectors of the build's lanes; the A/B switch turns it off."""
     def geo(n=2, c=8, h=32, w=32, o=8, k=3, s=2, p=1, d=1):
