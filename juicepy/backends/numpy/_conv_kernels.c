@@ -55,6 +55,33 @@ typedef long long vi64x8_mask __attribute__((vector_size(64)));
 #define INTERLEAVE_HI_vf64x4 ((vi64x4_mask){2, 6, 3, 7})
 #define INTERLEAVE_LO_vf64x2 ((vi64x2_mask){0, 2})
 #define INTERLEAVE_HI_vf64x2 ((vi64x2_mask){1, 3})
+/* the even and the odd elements of two consecutive vectors (a row of 2 x lanes values); the
+ * first lane of a then b's lanes but its last (SHIFT_IN: b one lane later, a's value in front);
+ * a's lanes but its first, then b's first (SHIFT_OUT: a one lane earlier, b's value behind) */
+#define EVEN_LANES_vf32x16 ((vi32x16){0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30})
+#define ODD_LANES_vf32x16 ((vi32x16){1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31})
+#define SHIFT_IN_vf32x16 ((vi32x16){0, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30})
+#define SHIFT_OUT_vf32x16 ((vi32x16){1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
+#define EVEN_LANES_vf32x8 ((vi32x8){0, 2, 4, 6, 8, 10, 12, 14})
+#define ODD_LANES_vf32x8 ((vi32x8){1, 3, 5, 7, 9, 11, 13, 15})
+#define SHIFT_IN_vf32x8 ((vi32x8){0, 8, 9, 10, 11, 12, 13, 14})
+#define SHIFT_OUT_vf32x8 ((vi32x8){1, 2, 3, 4, 5, 6, 7, 8})
+#define EVEN_LANES_vf32x4 ((vi32x4_mask){0, 2, 4, 6})
+#define ODD_LANES_vf32x4 ((vi32x4_mask){1, 3, 5, 7})
+#define SHIFT_IN_vf32x4 ((vi32x4_mask){0, 4, 5, 6})
+#define SHIFT_OUT_vf32x4 ((vi32x4_mask){1, 2, 3, 4})
+#define EVEN_LANES_vf64x8 ((vi64x8_mask){0, 2, 4, 6, 8, 10, 12, 14})
+#define ODD_LANES_vf64x8 ((vi64x8_mask){1, 3, 5, 7, 9, 11, 13, 15})
+#define SHIFT_IN_vf64x8 ((vi64x8_mask){0, 8, 9, 10, 11, 12, 13, 14})
+#define SHIFT_OUT_vf64x8 ((vi64x8_mask){1, 2, 3, 4, 5, 6, 7, 8})
+#define EVEN_LANES_vf64x4 ((vi64x4_mask){0, 2, 4, 6})
+#define ODD_LANES_vf64x4 ((vi64x4_mask){1, 3, 5, 7})
+#define SHIFT_IN_vf64x4 ((vi64x4_mask){0, 4, 5, 6})
+#define SHIFT_OUT_vf64x4 ((vi64x4_mask){1, 2, 3, 4})
+#define EVEN_LANES_vf64x2 ((vi64x2_mask){0, 2})
+#define ODD_LANES_vf64x2 ((vi64x2_mask){1, 3})
+#define SHIFT_IN_vf64x2 ((vi64x2_mask){0, 2})
+#define SHIFT_OUT_vf64x2 ((vi64x2_mask){1, 2})
 
 /* d[q] = src[2q] for q from ``q`` on, a vector of V at a time while whole vectors fit below
  * ``hi``: two loads and one shuffle each, neither reading past src[2(hi - 1)] (instead of an
@@ -474,6 +501,148 @@ static I phase_last(const Geometry *g, const Phases *s)
     return last;
 }
 
+/* Depthwise 3x3, stride 2, padding 1, no dilation, on planes of exactly 2 Ho x 2 Wo (the
+ * downsampling layers of MobileNet-style networks: no padding row or column past the end is
+ * read). Its forward pass, input gradient and weight gradient work from input (or dy) rows in
+ * registers, a vector of V outputs at a time, with no phase planes: each input row's values at
+ * columns 2q - 1, 2q and 2q + 1 of a vector of outputs q are its odd values shifted in by a lane,
+ * its even values and its odd values (S2_ROW: two loads, three shuffles), the row 2r + 1 carried
+ * to output row r + 1 as its upper one. Columns past the last whole vector (Wo % lanes) go one
+ * value at a time. The depthwise kernels below build them (NAME_s2) and call them where
+ * depthwise_s2_k3 holds. */
+static inline int depthwise_s2_k3(const Geometry *g)
+{
+    return g->kh == 3 && g->kw == 3 && g->sh == 2 && g->sw == 2 && g->ph == 1 && g->pw == 1 && g->dh == 1 &&
+           g->dw == 1 && g->h == 2 * g->ho && g->w == 2 * g->wo;
+}
+
+#define S2_ROW(V, T, row, q0, a0, a1, a2)                                                       \
+    const V a1##u_ = LOADV(V, row), a1##v_ = LOADV(V, (row) + VLANES(V, T));                    \
+    const V a1 = __builtin_shuffle(a1##u_, a1##v_, EVEN_LANES_##V);                             \
+    const V a2 = __builtin_shuffle(a1##u_, a1##v_, ODD_LANES_##V);                              \
+    const V a0 = __builtin_shuffle((V){(q0) ? (row)[-1] : 0}, a2, SHIFT_IN_##V);
+
+/* the input value (row, col) of plane x (w wide) inside the plane, else 0 (the padding) */
+#define S2_AT(x, w, row, col) ((row) >= 0 && (col) >= 0 ? (x)[(row) * (w) + (col)] : 0)
+
+/* out = the plane's outputs from x's plane (k: its nine taps), the taps in the order of
+ * depthwise_grid's sums (the same bits) */
+#define DEFINE_DEPTHWISE_S2(NAME, ATTR, T, V)                                                  \
+    ATTR static inline void NAME(const T *restrict x, const T *restrict k, T *restrict out,   \
+                                 I ho, I wo)                                                  \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
+        const T k00 = k[0], k01 = k[1], k02 = k[2], k10 = k[3], k11 = k[4], k12 = k[5],       \
+                k20 = k[6], k21 = k[7], k22 = k[8];                                           \
+        for (I q0 = 0; q0 < whole; q0 += lanes) {                                             \
+            V t0 = {0}, t1 = {0}, t2 = {0}; /* the padding row above the first */             \
+            for (I r = 0; r < ho; r++) {                                                      \
+                const T *row = x + 2 * r * w + 2 * q0;                                        \
+                S2_ROW(V, T, row, q0, m0, m1, m2)                                             \
+                S2_ROW(V, T, row + w, q0, d0, d1, d2)                                         \
+                V a = {0};                                                                    \
+                a += k00 * t0; a += k01 * t1; a += k02 * t2;                                  \
+                a += k10 * m0; a += k11 * m1; a += k12 * m2;                                  \
+                a += k20 * d0; a += k21 * d1; a += k22 * d2;                                  \
+                memcpy(out + r * wo + q0, &a, sizeof a);                                      \
+                t0 = d0; t1 = d1; t2 = d2;                                                    \
+            }                                                                                 \
+        }                                                                                     \
+        for (I r = 0; r < ho; r++)                                                            \
+            for (I q = whole; q < wo; q++) {                                                  \
+                T a = 0;                                                                      \
+                for (I i = 0; i < 3; i++)                                                     \
+                    for (I j = 0; j < 3; j++) a += k[i * 3 + j] * S2_AT(x, w, 2 * r + i - 1, 2 * q + j - 1); \
+                out[r * wo + q] = a;                                                          \
+            }                                                                                 \
+    }
+
+/* dx (+)= the plane's input gradient from dy's plane: dx's even and odd rows and columns (its
+ * four stride phases) take the taps that reach them (one, two, two and four) from dy rows m and
+ * m + 1 and those rows one lane on (SHIFT_OUT), interleaved into dx rows 2m and 2m + 1; every
+ * dx value written once (no zeroing pass), each phase's taps in depthwise_phase_data's order */
+#define S2_STORE_PAIR(V, T, d, e, o, accumulate)                                               \
+    {                                                                                          \
+        V lo_ = __builtin_shuffle(e, o, INTERLEAVE_LO_##V), hi_ = __builtin_shuffle(e, o, INTERLEAVE_HI_##V); \
+        if (accumulate) {                                                                     \
+            lo_ += LOADV(V, d);                                                               \
+            hi_ += LOADV(V, (d) + VLANES(V, T));                                              \
+        }                                                                                     \
+        memcpy(d, &lo_, sizeof lo_);                                                          \
+        memcpy((d) + VLANES(V, T), &hi_, sizeof hi_);                                         \
+    }
+#define S2_ADD(d, v, accumulate) ((d) = (accumulate) ? (d) + (v) : (v))
+#define DEFINE_DEPTHWISE_S2_DATA(NAME, ATTR, T, V)                                             \
+    ATTR static inline void NAME(const T *restrict dy, const T *restrict k, T *restrict dx,   \
+                                 I ho, I wo, int accumulate)                                  \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
+        const T k00 = k[0], k01 = k[1], k02 = k[2], k10 = k[3], k11 = k[4], k12 = k[5],       \
+                k20 = k[6], k21 = k[7], k22 = k[8];                                           \
+        for (I q0 = 0; q0 < whole; q0 += lanes) {                                             \
+            const int more = q0 + lanes < wo; /* a dy value right of the vector */           \
+            V d = LOADV(V, dy + q0);                                                          \
+            V ds = __builtin_shuffle(d, (V){more ? dy[q0 + lanes] : 0}, SHIFT_OUT_##V);       \
+            for (I m = 0; m < ho; m++) {                                                      \
+                V e = {0}, es = {0}; /* dy row m + 1, none past the last */                  \
+                if (m + 1 < ho) {                                                             \
+                    const T *r = dy + (m + 1) * wo + q0;                                      \
+                    e = LOADV(V, r);                                                          \
+                    es = __builtin_shuffle(e, (V){more ? r[lanes] : 0}, SHIFT_OUT_##V);       \
+                }                                                                             \
+                const V ee = k11 * d, eo = k10 * ds + k12 * d, oe = k01 * e + k21 * d,        \
+                        oo = k00 * es + k02 * e + k20 * ds + k22 * d;                         \
+                T *x0 = dx + 2 * m * w + 2 * q0;                                              \
+                S2_STORE_PAIR(V, T, x0, ee, eo, accumulate)                                   \
+                S2_STORE_PAIR(V, T, x0 + w, oe, oo, accumulate)                               \
+                d = e; ds = es;                                                               \
+            }                                                                                 \
+        }                                                                                     \
+        for (I m = 0; m < ho; m++)                                                            \
+            for (I q = whole; q < wo; q++) {                                                  \
+                const int down = m + 1 < ho, right = q + 1 < wo;                              \
+                const T d = dy[m * wo + q], ds = right ? dy[m * wo + q + 1] : 0;              \
+                const T e = down ? dy[(m + 1) * wo + q] : 0, es = down && right ? dy[(m + 1) * wo + q + 1] : 0; \
+                T *x0 = dx + 2 * m * w + 2 * q;                                               \
+                S2_ADD(x0[0], k11 * d, accumulate);                                           \
+                S2_ADD(x0[1], k10 * ds + k12 * d, accumulate);                                \
+                S2_ADD(x0[w], k01 * e + k21 * d, accumulate);                                 \
+                S2_ADD(x0[w + 1], k00 * es + k02 * e + k20 * ds + k22 * d, accumulate);       \
+            }                                                                                 \
+    }
+
+/* sums[t] += tap t's weight gradient over one sample's planes x and dy: dy against the input
+ * rows split as the forward splits them, a vector of sums a tap (lane sums added at the end by
+ * the caller's order: the vectors' lanes, then the scalar columns) */
+#define S2_TAPS(X) X(0, t0) X(1, t1) X(2, t2) X(3, m0) X(4, m1) X(5, m2) X(6, d0) X(7, d1) X(8, d2)
+#define S2_FMA(t, v) a##t += e * (v);
+#define S2_LOAD_SUMS(t, v) __typeof__(sums[0]) a##t = sums[t];
+#define S2_STORE_SUMS(t, v) sums[t] = a##t;
+#define DEFINE_DEPTHWISE_S2_FILTER(NAME, ATTR, T, V)                                           \
+    ATTR static inline void NAME(const T *restrict x, const T *restrict dy, V *restrict sums, \
+                                 T *restrict tail, I ho, I wo)                                \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
+        S2_TAPS(S2_LOAD_SUMS) /* in registers across the plane */                             \
+        for (I q0 = 0; q0 < whole; q0 += lanes) {                                             \
+            V t0 = {0}, t1 = {0}, t2 = {0};                                                   \
+            for (I r = 0; r < ho; r++) {                                                      \
+                const T *row = x + 2 * r * w + 2 * q0;                                        \
+                S2_ROW(V, T, row, q0, m0, m1, m2)                                             \
+                S2_ROW(V, T, row + w, q0, d0, d1, d2)                                         \
+                const V e = LOADV(V, dy + r * wo + q0);                                       \
+                S2_TAPS(S2_FMA)                                                               \
+                t0 = d0; t1 = d1; t2 = d2;                                                    \
+            }                                                                                 \
+        }                                                                                     \
+        S2_TAPS(S2_STORE_SUMS)                                                                \
+        for (I r = 0; r < ho; r++)                                                            \
+            for (I q = whole; q < wo; q++)                                                    \
+                for (I i = 0; i < 3; i++)                                                     \
+                    for (I j = 0; j < 3; j++)                                                 \
+                        tail[i * 3 + j] += dy[r * wo + q] * S2_AT(x, w, 2 * r + i - 1, 2 * q + j - 1); \
+    }
+
 /* dx[p] (+)= the strided depthwise input gradient of planes [p0, p1) (padding >= 0): each
  * tap in turn adds its weight times dy's rows, whole rows of consecutive values, into the
  * padded plane's phase planes (make_phases) where its outputs read (depthwise_backward_data
@@ -482,9 +651,16 @@ static I phase_last(const Geometry *g, const Phases *s)
  * two phases' rows at a time as whole vectors of V (INTERLEAVE; a strided store per value took
  * most of the time, docs/numpy.md). Returns -1 when its scratch cannot be allocated. */
 #define DEFINE_DEPTHWISE_PHASE_DATA(NAME, ATTR, T, V)                                          \
+    DEFINE_DEPTHWISE_S2_DATA(NAME##_s2, ATTR, T, V)                                            \
     ATTR static int NAME(const T *restrict dy, const T *restrict w, T *restrict dx,           \
                          const Geometry *g, I p0, I p1, int accumulate)                       \
     {                                                                                          \
+        if (depthwise_s2_k3(g)) {                                                             \
+            for (I p = p0; p < p1; p++)                                                       \
+                NAME##_s2(dy + p * g->ho * g->wo, w + (p % g->c) * 9, dx + p * g->h * g->w, g->ho, g->wo, \
+                          accumulate);                                                        \
+            return 0;                                                                         \
+        }                                                                                     \
         const Phases s = make_phases(g, 1);                                                   \
         const I taps = g->kh * g->kw, size = g->sh * g->sw * s.phase;                         \
         T *buf = malloc((size_t)size * sizeof(T));                                            \
@@ -642,14 +818,22 @@ DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_128, ISA_128, double, plane_rows_f64,
  * epilogue (EPI: scale, shift, res, relu as epilogue_f32) on each plane as it is stored, while
  * it is in L1. Returns -1 when its scratch cannot be allocated. */
 #define DEFINE_DEPTHWISE_GRID(NAME, ATTR, COPY, EPI, T, V)                                   \
+    DEFINE_DEPTHWISE_S2(NAME##_s2, ATTR, T, V)                                                 \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I p0, I p1, int flip, int accumulate,             \
                          const T *scale, const T *shift, const T *res, int relu)              \
     {                                                                                          \
         const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
-        const PlaneGrid s = make_plane_grid(g, lanes, block);                                 \
         const I taps = g->kh * g->kw, plane = g->ho * g->wo;                                  \
         const int epilogue = !accumulate && (scale || shift || res || relu);                  \
+        if (!flip && !accumulate && depthwise_s2_k3(g)) {                                     \
+            for (I p = p0; p < p1; p++) {                                                     \
+                NAME##_s2(x + p * g->h * g->w, w + (p % g->c) * taps, out + p * plane, g->ho, g->wo); \
+                if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
+            }                                                                                 \
+            return 0;                                                                         \
+        }                                                                                     \
+        const PlaneGrid s = make_plane_grid(g, lanes, block);                                 \
         T *buf = malloc((size_t)(s.buffer + s.span) * sizeof(T));                             \
         I *offset = malloc((size_t)taps * sizeof(I));                                         \
         if (!buf || !offset) {                                                                \
@@ -723,6 +907,7 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
  * pass over each sample's plane, each into one vector of sums added to its row of partial
  * sums, summed once per channel: a fixed order. */
 #define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, COPY, T, V)                            \
+    DEFINE_DEPTHWISE_S2_FILTER(NAME##_s2, ATTR, T, V)                                          \
     DEFINE_DW_FILTER_PASS(NAME##_p1, ATTR, T, V, 1)                                            \
     DEFINE_DW_FILTER_PASS(NAME##_p2, ATTR, T, V, 2)                                            \
     DEFINE_DW_FILTER_PASS(NAME##_p3, ATTR, T, V, 3)                                            \
@@ -736,6 +921,24 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
                                   const Geometry *g, I n, I c0, I c1, int accumulate)         \
     {                                                                                          \
         const I lanes = VLANES(V, T), block = BLOCK(V, T);                                    \
+        if (depthwise_s2_k3(g)) {                                                             \
+            for (I c = c0; c < c1; c++) {                                                     \
+                V a[9];                                                                       \
+                T tail[9] = {0};                                                              \
+                for (int t = 0; t < 9; t++) a[t] = (V){0};                                    \
+                for (I smp = 0; smp < n; smp++) {                                             \
+                    const I p = smp * g->c + c;                                               \
+                    NAME##_s2(x + p * g->h * g->w, dy + p * g->ho * g->wo, a, tail, g->ho, g->wo); \
+                }                                                                             \
+                for (int t = 0; t < 9; t++) {                                                 \
+                    T sum = 0;                                                                \
+                    for (I u = 0; u < lanes; u++) sum += a[t][u];                             \
+                    sum += tail[t];                                                           \
+                    dw[c * 9 + t] = accumulate ? dw[c * 9 + t] + sum : sum;                   \
+                }                                                                             \
+            }                                                                                 \
+            return 0;                                                                         \
+        }                                                                                     \
         const PlaneGrid s = make_plane_grid(g, lanes, block);                                 \
         const I taps = g->kh * g->kw;                                                         \
         T *buf = malloc((size_t)(s.buffer + s.span + taps * lanes) * sizeof(T));              \

@@ -1257,7 +1257,10 @@ DEPTHWISE_GRID_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # odd planes: r
                         (3, 4, 16, 16, (3, 3), (1, 1), (1, 1)),  # whole-vector rows
                         (2, 2, 11, 6, (5, 3), (2, 0), (1, 2)),   # unpadded side, dilated, tall kernel
                         (1, 5, 5, 5, (3, 3), (2, 3), (1, 1)),    # padding past the kernel: border outputs
-                        (2, 2, 5, 43, (3, 3), (1, 1), (1, 1))]   # strided rows of whole vectors and a tail
+                        (2, 2, 5, 43, (3, 3), (1, 1), (1, 1)),   # strided rows of whole vectors and a tail
+                        # stride 2 on 2 Ho x 2 Wo (rows in registers, _s2): whole vectors and a tail
+                        # of each lane count (Wo 37), all tail (Wo 3)
+                        (2, 3, 10, 74, (3, 3), (1, 1), (1, 1)), (2, 2, 4, 6, (3, 3), (1, 1), (1, 1))]
 #: strides of the grid kernels' tests: stride 1 on the padded plane, the others on its phases
 DEPTHWISE_GRID_STRIDES = [(1, 1), (2, 2), (2, 1), (3, 2)]
 
@@ -1322,7 +1325,11 @@ DEPTHWISE_FILTER_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # one whole p
                           (1, 3, 13, 12, (7, 7), (3, 3), (1, 1)),  # 49 taps: five passes of 9, one of 4
                           (2, 2, 11, 6, (5, 3), (2, 0), (1, 2)),   # 15: 9 and 6, dilated, unpadded side
                           (3, 2, 16, 16, (1, 3), (0, 1), (1, 1)),  # 3 taps: one short pass
-                          (2, 2, 5, 43, (3, 3), (1, 1), (1, 1))]   # strided rows of whole vectors and a tail
+                          (2, 2, 5, 43, (3, 3), (1, 1), (1, 1)),   # strided rows of whole vectors and a tail
+                          # stride 2 on 2 Ho x 2 Wo (rows in registers, _s2): vectors and a tail of each
+                          # lane count, only whole 16-lane vectors, all tail
+                          (2, 3, 10, 74, (3, 3), (1, 1), (1, 1)), (3, 2, 16, 32, (3, 3), (1, 1), (1, 1)),
+                          (2, 2, 4, 6, (3, 3), (1, 1), (1, 1))]
 
 
 @needs_kernels
