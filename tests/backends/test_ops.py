@@ -616,6 +616,10 @@ CONV_CASES = [
     ((3, 6, 7, 7), (6, 3, 3), (1, 1), (1, 1), (1, 1), 6),  # depthwise
     ((2, 6, 9, 8), (6, 3, 3), (2, 2), (1, 1), (1, 1), 6),  # depthwise, strided (NumPy: on phase planes)
     ((2, 4, 11, 10), (4, 3, 3), (2, 3), (2, 0), (2, 1), 4),  # depthwise, strided, dilated, one side unpadded
+    # depthwise 3x3 stride 2 on 2 Ho x 2 Wo planes: rows in registers where a backend has such kernels
+    # (rows of whole vectors; NumPy also a tail of each lane count)
+    ((2, 6, 8, 32), (6, 3, 3), (2, 2), (1, 1), (1, 1), 6),
+    ((2, 6, 8, 42), (6, 3, 3), (2, 2), (1, 1), (1, 1), 6),
     ((2, 2, 6, 5), (3, 1, 1), (1, 2), (0, 0), (1, 1), 1),  # 1x1
     ((1, 3, 11, 10), (5, 5, 4), (3, 2), (2, 1), (1, 2), 1),
     ((2, 8, 6, 6), (16, 3, 3), (1, 1), (1, 1), (1, 1), 1),  # depth 72: NumPy's batch-innermost layout
