@@ -622,11 +622,16 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums run the
 // same taps in the same order as that kernel (the same bits). The layer's input and weight
 // gradients below (conv_depthwise_s2_k3_data, _filter) work from rows in registers too.
+// (AFTER_LANE(p, v): p, then v's lanes but its last. Spelled as a shuffle of two vectors, p's
+// splat and v, not as p followed by v's swizzled parts, which PoCL 3.0's LLVM built from
+// half-vector loads and inserts: docs/opencl.md, session 53.)
 #if VEC == 16
-#define AFTER_LANE(p, v) (floatv)((p), (v).s012, (v).s3456, (v).s789a, (v).sbcde)
+#define AFTER_LANES(P, v) (floatv)((P).sf, (v).s0, (v).s1, (v).s2, (v).s3, (v).s4, (v).s5, (v).s6, (v).s7, (v).s8, \
+    (v).s9, (v).sa, (v).sb, (v).sc, (v).sd, (v).se)
 #else
-#define AFTER_LANE(p, v) (floatv)((p), (v).s012, (v).s3456)
+#define AFTER_LANES(P, v) (floatv)((P).s7, (v).s0, (v).s1, (v).s2, (v).s3, (v).s4, (v).s5, (v).s6)
 #endif
+#define AFTER_LANE(p, v) AFTER_LANES((floatv)(p), v)
 #define DW_S2_ROW(name, row) \
     const floatv name##u = LOAD_UNIT(row), name##v = LOAD_UNIT((row) + VEC); \
     const floatv name##1 = (floatv)(name##u.even, name##v.even), name##2 = (floatv)(name##u.odd, name##v.odd); \
