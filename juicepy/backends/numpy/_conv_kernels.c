@@ -522,6 +522,17 @@ static inline int depthwise_s2_k3(const Geometry *g)
     const V a2 = __builtin_shuffle(a1##u_, a1##v_, ODD_LANES_##V);                              \
     const V a0 = __builtin_shuffle((V){(q0) ? (row)[-1] : 0}, a2, SHIFT_IN_##V);
 
+/* open and close the loops over a plane's whole vectors of outputs (q0) and its output rows (r),
+ * with the two new input rows of row r split (m*, d*) and the one above in t*, carried from d* */
+#define S2_ROWS_BEGIN(V, T, x)                                                                 \
+    for (I q0 = 0; q0 < whole; q0 += lanes) {                                                 \
+        V t0 = {0}, t1 = {0}, t2 = {0}; /* the padding row above the first */                 \
+        for (I r = 0; r < ho; r++) {                                                          \
+            const T *row = (x) + 2 * r * w + 2 * q0;                                          \
+            S2_ROW(V, T, row, q0, m0, m1, m2)                                                 \
+            S2_ROW(V, T, row + w, q0, d0, d1, d2)
+#define S2_ROWS_END t0 = d0; t1 = d1; t2 = d2; } }
+
 /* the input value (row, col) of plane x (w wide) inside the plane, else 0 (the padding) */
 #define S2_AT(x, w, row, col) ((row) >= 0 && (col) >= 0 ? (x)[(row) * (w) + (col)] : 0)
 
@@ -534,20 +545,13 @@ static inline int depthwise_s2_k3(const Geometry *g)
         const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
         const T k00 = k[0], k01 = k[1], k02 = k[2], k10 = k[3], k11 = k[4], k12 = k[5],       \
                 k20 = k[6], k21 = k[7], k22 = k[8];                                           \
-        for (I q0 = 0; q0 < whole; q0 += lanes) {                                             \
-            V t0 = {0}, t1 = {0}, t2 = {0}; /* the padding row above the first */             \
-            for (I r = 0; r < ho; r++) {                                                      \
-                const T *row = x + 2 * r * w + 2 * q0;                                        \
-                S2_ROW(V, T, row, q0, m0, m1, m2)                                             \
-                S2_ROW(V, T, row + w, q0, d0, d1, d2)                                         \
-                V a = {0};                                                                    \
-                a += k00 * t0; a += k01 * t1; a += k02 * t2;                                  \
-                a += k10 * m0; a += k11 * m1; a += k12 * m2;                                  \
-                a += k20 * d0; a += k21 * d1; a += k22 * d2;                                  \
-                memcpy(out + r * wo + q0, &a, sizeof a);                                      \
-                t0 = d0; t1 = d1; t2 = d2;                                                    \
-            }                                                                                 \
-        }                                                                                     \
+        S2_ROWS_BEGIN(V, T, x)                                                                \
+            V a = {0};                                                                        \
+            a += k00 * t0; a += k01 * t1; a += k02 * t2;                                      \
+            a += k10 * m0; a += k11 * m1; a += k12 * m2;                                      \
+            a += k20 * d0; a += k21 * d1; a += k22 * d2;                                      \
+            memcpy(out + r * wo + q0, &a, sizeof a);                                          \
+        S2_ROWS_END                                                                           \
         for (I r = 0; r < ho; r++)                                                            \
             for (I q = whole; q < wo; q++) {                                                  \
                 T a = 0;                                                                      \
@@ -624,17 +628,10 @@ static inline int depthwise_s2_k3(const Geometry *g)
     {                                                                                          \
         const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
         S2_TAPS(S2_LOAD_SUMS) /* in registers across the plane */                             \
-        for (I q0 = 0; q0 < whole; q0 += lanes) {                                             \
-            V t0 = {0}, t1 = {0}, t2 = {0};                                                   \
-            for (I r = 0; r < ho; r++) {                                                      \
-                const T *row = x + 2 * r * w + 2 * q0;                                        \
-                S2_ROW(V, T, row, q0, m0, m1, m2)                                             \
-                S2_ROW(V, T, row + w, q0, d0, d1, d2)                                         \
-                const V e = LOADV(V, dy + r * wo + q0);                                       \
-                S2_TAPS(S2_FMA)                                                               \
-                t0 = d0; t1 = d1; t2 = d2;                                                    \
-            }                                                                                 \
-        }                                                                                     \
+        S2_ROWS_BEGIN(V, T, x)                                                                \
+            const V e = LOADV(V, dy + r * wo + q0);                                           \
+            S2_TAPS(S2_FMA)                                                                   \
+        S2_ROWS_END                                                                           \
         S2_TAPS(S2_STORE_SUMS)                                                                \
         for (I r = 0; r < ho; r++)                                                            \
             for (I q = whole; q < wo; q++)                                                    \

@@ -636,6 +636,16 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
     const floatv name##u = LOAD_UNIT(row), name##v = LOAD_UNIT((row) + VEC); \
     const floatv name##1 = (floatv)(name##u.even, name##v.even), name##2 = (floatv)(name##u.odd, name##v.odd); \
     const floatv name##0 = AFTER_LANE(ow0 ? (row)[-1] : 0.0f, name##2);
+// Open and close the loops over a plane's vectors of outputs (ow0) and its output rows (oh) with
+// the two new input rows of row oh split (m*, d*) and the one above in t*, carried from d*
+#define DW_S2_ROWS_BEGIN(xc) \
+    for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
+        floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */ \
+        for (int oh = 0; oh < Ho; ++oh) { \
+            __global const float *r = (xc) + (size_t)2 * oh * W + 2 * ow0; \
+            DW_S2_ROW(m, r) \
+            DW_S2_ROW(d, r + W)
+#define DW_S2_ROWS_END t0 = d0; t1 = d1; t2 = d2; } }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
                           __global const float *restrict w, const int w_off,
@@ -653,21 +663,14 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
         const float b = has_bias ? bias[b_off + c] : 0.0f;
         __global const float *xc = x + x_off + (size_t)plane * 4 * Ho * Wo;
         __global float *yc = y + y_off + (size_t)plane * Ho * Wo;
-        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
-            floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */
-            for (int oh = 0; oh < Ho; ++oh) {
-                __global const float *r = xc + (size_t)2 * oh * W + 2 * ow0;
-                DW_S2_ROW(m, r)
-                DW_S2_ROW(d, r + W)
-                floatv s = (floatv)(b);
-                s += t0 * w00; s += t1 * w01; s += t2 * w02;
-                s += m0 * w10; s += m1 * w11; s += m2 * w12;
-                s += d0 * w20; s += d1 * w21; s += d2 * w22;
-                __global float *yr = yc + (size_t)oh * Wo + ow0;
-                DIRECT_STORE(s, yr, ow0)
-                t0 = d0; t1 = d1; t2 = d2;
-            }
-        }
+        DW_S2_ROWS_BEGIN(xc)
+            floatv s = (floatv)(b);
+            s += t0 * w00; s += t1 * w01; s += t2 * w02;
+            s += m0 * w10; s += m1 * w11; s += m2 * w12;
+            s += d0 * w20; s += d1 * w21; s += d2 * w22;
+            __global float *yr = yc + (size_t)oh * Wo + ow0;
+            DIRECT_STORE(s, yr, ow0)
+        DW_S2_ROWS_END
     }
 }
 
@@ -751,17 +754,10 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
     for (int n = chunk; n < N; n += chunks) {
         __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
         __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Ho * Wo;
-        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
-            floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */
-            for (int oh = 0; oh < Ho; ++oh) {
-                __global const float *r = xc + (size_t)2 * oh * W + 2 * ow0;
-                DW_S2_ROW(m, r)
-                DW_S2_ROW(d, r + W)
-                const floatv e = LOAD_UNIT(dyc + (size_t)oh * Wo + ow0);
-                DW_S2_TAP_SUMS(DW_S2_FMA)
-                t0 = d0; t1 = d1; t2 = d2;
-            }
-        }
+        DW_S2_ROWS_BEGIN(xc)
+            const floatv e = LOAD_UNIT(dyc + (size_t)oh * Wo + ow0);
+            DW_S2_TAP_SUMS(DW_S2_FMA)
+        DW_S2_ROWS_END
     }
     __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
     DW_S2_TAP_SUMS(DW_S2_SUM)
