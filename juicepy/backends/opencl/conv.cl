@@ -620,8 +620,9 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // the odd lanes shifted in by one, the even ones, the odd ones) in registers, carrying the lower
 // row's to the next output row as its upper one. No phase planes are copied into local memory
 // (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums run the
-// same taps in the same order as that kernel (the same bits). The layer's input and weight
-// gradients below (conv_depthwise_s2_k3_data, _filter) work from rows in registers too.
+// same taps in the same order as that kernel (the same bits). The layer's input gradient below
+// (conv_depthwise_s2_k3_data) and its weight gradient (conv_depthwise_s2_k3_filter, beside the
+// other 3x3 weight gradients) work from rows in registers too.
 // (AFTER_LANE(p, v): p, then v's lanes but its last. Spelled as a shuffle of two vectors, p's
 // splat and v, not as p followed by v's swizzled parts, which PoCL 3.0's LLVM built from
 // half-vector loads and inserts: docs/opencl.md, session 53.)
@@ -731,36 +732,6 @@ void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_o
             }
         }
     }
-}
-
-// Its weight gradient, pass 1 (conv_direct_filter_sum adds the chunks): work-item (c, chunk)
-// sums its images' dy times the input rows split in registers as the forward splits them, nine
-// vectors of sums, one per tap; writes part as conv_direct_bwd_filter_local_k3.
-#define DW_S2_TAP_SUMS(X) X(00, t0) X(01, t1) X(02, t2) X(10, m0) X(11, m1) X(12, m2) X(20, d0) X(21, d1) X(22, d2)
-#define DW_S2_ACC(t, v) floatv a##t = (floatv)(0.0f);
-#define DW_S2_FMA(t, v) a##t += e * v;
-#define DW_S2_SUM(t, v) { float total = 0.0f; \
-    for (int q = 0; q < VEC; ++q) total += a##t[q]; \
-    *dst++ = total; }
-__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_off,
-                                 __global const float *restrict dy, const int dy_off,
-                                 __global float *restrict part, const int p_off, const int N, const int Ho,
-                                 const int Wo)
-{
-    const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
-    const int W = 2 * Wo;
-    DW_S2_TAP_SUMS(DW_S2_ACC)
-    for (int n = chunk; n < N; n += chunks) {
-        __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
-        __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Ho * Wo;
-        DW_S2_ROWS_BEGIN(xc)
-            const floatv e = LOAD_UNIT(dyc + (size_t)oh * Wo + ow0);
-            DW_S2_TAP_SUMS(DW_S2_FMA)
-        DW_S2_ROWS_END
-    }
-    __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
-    DW_S2_TAP_SUMS(DW_S2_SUM)
 }
 
 // Narrow output rows (fewer outputs than two vectors, not whole vectors: LeNet's 10-wide) with
@@ -1152,6 +1123,32 @@ void conv_direct_bwd_filter_local_k3(__global const float *restrict x, const int
         }
     }
     __global float *dst = part + p_off + ((size_t)chunk * get_global_size(0) + oc) * 9;
+    TAPS_3X3(FL_STORE)
+}
+
+// The same for depthwise 3x3 stride-2 layers on 2 Ho x 2 Wo planes from rows in registers
+// (conv_depthwise_s2_k3): work-item (c, chunk) sums its images' dy times the input rows split as
+// that forward splits them, nine vectors of sums, one per tap; writes part as the kernel above.
+#define DW_S2_TAP_SUMS(X) X(00, t0) X(01, t1) X(02, t2) X(10, m0) X(11, m1) X(12, m2) X(20, d0) X(21, d1) X(22, d2)
+#define DW_S2_FMA(t, v) a##t += e * v;
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_off,
+                                 __global const float *restrict dy, const int dy_off,
+                                 __global float *restrict part, const int p_off, const int N, const int Ho,
+                                 const int Wo)
+{
+    const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
+    const int W = 2 * Wo;
+    TAPS_3X3(FL_ACC)
+    for (int n = chunk; n < N; n += chunks) {
+        __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
+        __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Ho * Wo;
+        DW_S2_ROWS_BEGIN(xc)
+            const floatv e = LOAD_UNIT(dyc + (size_t)oh * Wo + ow0);
+            DW_S2_TAP_SUMS(DW_S2_FMA)
+        DW_S2_ROWS_END
+    }
+    __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
     TAPS_3X3(FL_STORE)
 }
 

@@ -622,20 +622,20 @@ class SpatialOps(abc.ABC):
                 == (3, 3, 2, 2, 1, 1, 1, 1) and (h, wd) == (2 * ho, 2 * wo) and wo % lanes == 0)
 
     def _depthwise_s2_items(self, planes):
-        """(global size, local size, planes per work-item) of conv_depthwise_s2_k3 and its input
-        gradient over ``planes`` planes: DIRECT_LOCAL_GROUP_RUNS a work-item, as the direct
+        """(global size, planes per work-item) of conv_depthwise_s2_k3 and its input gradient
+        over ``planes`` planes: DIRECT_LOCAL_GROUP_RUNS a work-item, as the direct
         kernel's depthwise runs, fewer where that leaves under DIRECT_LOCAL_MIN_ITEMS work-items
         or does not divide the planes."""
         per = DIRECT_LOCAL_GROUP_RUNS if self._group_runs is None else int(self._group_runs)
         while per > 1 and (planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
             per //= 2
-        return (planes // per,), (1,), per
+        return (planes // per,), per
 
     def _depthwise_s2_forward(self, program, x, w, y, geo, bias, epilogue):
         """y = bias + the depthwise 3x3 stride-2 convolution ``geo`` of x (conv_depthwise_s2_k3)."""
-        size, local, per = self._depthwise_s2_items(geo[0] * geo[1])
+        size, per = self._depthwise_s2_items(geo[0] * geo[1])
         self._kernel(program, "conv_depthwise_s2_k3")(
-            self.queue, size, local, *self._ref(x), *self._ref(w), *self._ref(y), geo[1], geo[7], geo[8], per,
+            self.queue, size, (1,), *self._ref(x), *self._ref(w), *self._ref(y), geo[1], geo[7], geo[8], per,
             *self._optional(bias), *self._epilogue_args(epilogue))
 
     def _use_olanes(self, geo, groups) -> bool:
@@ -868,9 +868,9 @@ class SpatialOps(abc.ABC):
         if self._use_direct(geo, groups, "data"):
             lanes = self._direct_forward_lanes(geo, groups)
             if self._use_depthwise_s2(geo, groups, lanes):
-                size, local, per = self._depthwise_s2_items(n * c)
+                size, per = self._depthwise_s2_items(n * c)
                 self._kernel(self._conv_program(lanes), "conv_depthwise_s2_k3_data")(
-                    self.queue, size, local, *self._ref(dy), *self._ref(w), *self._ref(dx), c, ho, wo, per,
+                    self.queue, size, (1,), *self._ref(dy), *self._ref(w), *self._ref(dx), c, ho, wo, per,
                     int(bool(accumulate)))
                 return
             if sh == sw == 1:   # the forward convolution of dy with the flipped weights
