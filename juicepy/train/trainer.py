@@ -186,12 +186,21 @@ class Trainer:
                 eager = loss is None
                 if eager:
                     ctx.forward()
-                    loss = replicas.mean(self._loss_and_output_grad(backend, st, replicas.grad_scale))
+                    count = self._loss_to_device(backend, st, replicas.grad_scale)
+                    # Alone, the backward pass is queued before the loss is read back, so that an
+                    # asynchronous backend runs it while the host waits; it changes no state the
+                    # refusal below would have to undo. In a data-parallel job the ranks agree on
+                    # the loss first: a refused step must not have started the gradients' reduction.
+                    backward_first = not replicas.active
+                    if backward_first:
+                        ctx.backward()
+                    loss = replicas.mean(float(backend.to_host(st.loss_sum)[0]) / count)
                     if self.check_finite and not math.isfinite(loss):
                         self._refuse(loss, st)
-                    if st.reduction is not None:
-                        st.reduction.arm()
-                    ctx.backward()
+                    if not backward_first:
+                        if st.reduction is not None:
+                            st.reduction.arm()
+                        ctx.backward()
                     replicas.update(backend, self.optimizer, opt, ctx.segments, st.reduction)
             except BaseException:
                 if st.reduction is not None:
@@ -388,10 +397,6 @@ class Trainer:
         ctx = st.context
         ctx.begin_backward()
         return self._summed_loss(backend, ctx, st.targets, st.losses, st.loss_sum, ctx.loss_grad(), grad_scale)
-
-    def _loss_and_output_grad(self, backend, st: TrainState, grad_scale: float = 1.0) -> float:
-        count = self._loss_to_device(backend, st, grad_scale)
-        return float(backend.to_host(st.loss_sum)[0]) / count
 
     def _replayed_step(self, backend, st: TrainState) -> float | None:
         """The step as a replayed graph; None where it must run op by op (first step, failed capture).

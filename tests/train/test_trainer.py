@@ -99,6 +99,31 @@ def test_non_finite_loss_leaves_state_unchanged(numpy_backend, rng):
     _assert_unchanged(before, _snapshot(trainer, numpy_backend))
 
 
+def test_the_backward_pass_is_queued_before_the_loss_is_read_back(numpy_backend, rng, monkeypatch):
+    """In one process the step reads its loss once, after queueing the backward pass (an
+    asynchronous backend runs it while the host waits), and updates the weights after that."""
+    trainer = _trainer()
+    x, y = _batch(rng)
+    trainer.train_minibatch(numpy_backend, x, y)
+    st = trainer.state(numpy_backend)
+    order = []
+    context_type = type(st.context)
+    backward, to_host, step = context_type.backward, numpy_backend.to_host, trainer.optimizer.step
+
+    def recorded(name, fn):
+        def call(*args, **kwargs):
+            order.append(name)
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(context_type, "backward", recorded("backward", backward))
+    monkeypatch.setattr(numpy_backend, "to_host",
+                        lambda a: recorded("loss" if a is st.loss_sum else "other", to_host)(a))
+    monkeypatch.setattr(trainer.optimizer, "step", recorded("update", step))
+    trainer.train_minibatch(numpy_backend, x, y)
+    assert [name for name in order if name != "other"] == ["backward", "loss", "update"]
+
+
 def test_seeded_runs_are_reproducible_with_dropout(numpy_backend, rng):
     x, y = _batch(rng)
     runs = []
