@@ -810,12 +810,86 @@ DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_256, ISA_256, double, plane_rows_f64,
 DEFINE_PLANE_GRID_COPY(plane_grid_copy_f32_128, ISA_128, float, plane_rows_f32, phase_rows_f32_128)
 DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_128, ISA_128, double, plane_rows_f64, phase_rows_f64_128)
 
+/* Depthwise 3x3, stride 1, padding 1, undilated ("same": Ho = H, Wo = W; MobileNet's stride-1
+ * layers): each plane as a 1-D convolution of the flat plane, out[i] = the taps times
+ * x[i + (ky - 1) W + kx - 1], vectors of consecutive outputs across row ends. The plane is copied
+ * whole between zeros that cover the rows above and below; the left (right) taps' values whose
+ * column falls outside the lane's row (they would come from the row before or after) are masked
+ * to zero, as the grid kernel's padding reads them. No padded grid: its gap column and whole
+ * blocks of four vectors cost 44 % of the work on an 8x8 plane at 16 lanes, and copying it in
+ * and out took a memcpy a row. The taps are summed in the grid kernel's order (the same bits;
+ * docs/numpy.md, session 54). */
+static inline int depthwise_flat(const Geometry *g)
+{
+    return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 && g->dh == 1 &&
+           g->dw == 1;
+}
+
+/* a += the nine taps kt over the flat plane at x (rows W apart), the left and right columns'
+ * values masked to zero where they lie outside the lane's row (the grid kernel's tap order) */
+#define FLAT_MASKED(M, V, src, m) ((V)((M)LOADV(V, src) & (m)))
+#define FLAT_K3(M, T, V, a, x, left, right, W)                                                 \
+    {                                                                                          \
+        const M l_ = LOADV(M, left), r_ = LOADV(M, right);                                    \
+        for (I i = 0; i < 3; i++) {                                                           \
+            const T *row_ = (x) + (i - 1) * (W);                                              \
+            a += kt[3 * i] * FLAT_MASKED(M, V, row_ - 1, l_);                                 \
+            a += kt[3 * i + 1] * LOADV(V, row_);                                              \
+            a += kt[3 * i + 2] * FLAT_MASKED(M, V, row_ + 1, r_);                             \
+        }                                                                                     \
+    }
+/* o[b ...] (+)= a, the lanes inside the plane */
+#define FLAT_STORE(T, V, o, b, a, plane, accumulate)                                           \
+    if ((b) + VLANES(V, T) <= (plane)) {                                                      \
+        if (accumulate) a += LOADV(V, (o) + (b));                                             \
+        memcpy((o) + (b), &a, sizeof a);                                                      \
+    } else                                                                                    \
+        for (I i = 0; (b) + i < (plane); i++) (o)[(b) + i] = (accumulate) ? (o)[(b) + i] + a[i] : a[i];
+#define DEFINE_DEPTHWISE_FLAT(NAME, ATTR, EPI, T, V)                                           \
+    typedef int NAME##_mask __attribute__((vector_size(sizeof(V))));                          \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
+                         const Geometry *g, I p0, I p1, int flip, int accumulate,             \
+                         const T *scale, const T *shift, const T *res, int relu)              \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), W = g->w, plane = g->h * W;                             \
+        const I whole = (plane + 2 * lanes - 1) / (2 * lanes) * (2 * lanes), margin = W + 1;  \
+        const int epilogue = !accumulate && (scale || shift || res || relu);                  \
+        /* buf: a row and a value of zeros, the plane, zeros to the last pair of vectors' end  \
+         * and a row more; left, right: all ones where the column left (right) of the lane's \
+         * lies inside its row */                                                            \
+        T *buf = calloc((size_t)(2 * margin + whole + 2 * whole), sizeof(T));                 \
+        if (!buf) return -1;                                                                  \
+        T *left = buf + 2 * margin + whole, *right = left + whole;                            \
+        for (I i = 0; i < whole; i++) {                                                       \
+            if (i % W != 0) memset(left + i, 0xff, sizeof(T));                                \
+            if (i % W != W - 1) memset(right + i, 0xff, sizeof(T));                           \
+        }                                                                                     \
+        for (I p = p0; p < p1; p++) {                                                         \
+            const T *k = w + (p % g->c) * 9;                                                  \
+            T kt[9];                                                                          \
+            for (I t = 0; t < 9; t++) kt[t] = k[flip ? 8 - t : t];                            \
+            T *o = out + p * plane;                                                           \
+            memcpy(buf + margin, x + p * plane, (size_t)plane * sizeof(T));                   \
+            for (I b = 0; b < plane; b += 2 * lanes) {                                        \
+                V a0 = {0}, a1 = {0};                                                         \
+                FLAT_K3(NAME##_mask, T, V, a0, buf + margin + b, left + b, right + b, W)         \
+                FLAT_K3(NAME##_mask, T, V, a1, buf + margin + b + lanes, left + b + lanes, right + b + lanes, W) \
+                FLAT_STORE(T, V, o, b, a0, plane, accumulate)                                    \
+                FLAT_STORE(T, V, o, b + lanes, a1, plane, accumulate)                            \
+            }                                                                                 \
+            if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
+        }                                                                                     \
+        free(buf);                                                                            \
+        return 0;                                                                             \
+    }
+
 /* out[p] (+)= the taps (reversed when ``flip``, stride 1 only) over padded x[p], planes
  * [p0, p1), any stride (a strided plane as its phases: PlaneGrid), then (not accumulating) the
  * epilogue (EPI: scale, shift, res, relu as epilogue_f32) on each plane as it is stored, while
  * it is in L1. Returns -1 when its scratch cannot be allocated. */
 #define DEFINE_DEPTHWISE_GRID(NAME, ATTR, COPY, EPI, T, V)                                   \
     DEFINE_DEPTHWISE_S2(NAME##_s2, ATTR, T, V)                                                 \
+    DEFINE_DEPTHWISE_FLAT(NAME##_flat, ATTR, EPI, T, V)                                        \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I p0, I p1, int flip, int accumulate,             \
                          const T *scale, const T *shift, const T *res, int relu)              \
@@ -830,6 +904,8 @@ DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_128, ISA_128, double, plane_rows_f64,
             }                                                                                 \
             return 0;                                                                         \
         }                                                                                     \
+        if (depthwise_flat(g))                                                                \
+            return NAME##_flat(x, w, out, g, p0, p1, flip, accumulate, scale, shift, res, relu); \
         const PlaneGrid s = make_plane_grid(g, lanes, block);                                 \
         T *buf = malloc((size_t)(s.buffer + s.span) * sizeof(T));                             \
         I *offset = malloc((size_t)taps * sizeof(I));                                         \
@@ -899,12 +975,62 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
         }                                                                                     \
     }
 
+/* The weight gradient of depthwise_flat's layers: dw[c] (+)= sum over samples of dy times the
+ * flat plane's nine shifted (and masked) values, a vector of sums per tap, dy's last values
+ * past the plane zero; each channel's sums in a fixed order */
+#define DEFINE_DEPTHWISE_FLAT_FILTER(NAME, ATTR, T, V)                                         \
+    typedef int NAME##_mask __attribute__((vector_size(sizeof(V))));                          \
+    ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,           \
+                         const Geometry *g, I n, I c0, I c1, int accumulate)                  \
+    {                                                                                          \
+        const I lanes = VLANES(V, T), W = g->w, plane = g->h * W;                             \
+        const I whole = (plane + lanes - 1) / lanes * lanes, margin = W + 1;                  \
+        T *buf = calloc((size_t)(2 * margin + whole + 3 * whole), sizeof(T));                 \
+        if (!buf) return -1;                                                                  \
+        T *left = buf + 2 * margin + whole, *right = left + whole, *last = right + whole;     \
+        for (I i = 0; i < whole; i++) {                                                       \
+            if (i % W != 0) memset(left + i, 0xff, sizeof(T));                                \
+            if (i % W != W - 1) memset(right + i, 0xff, sizeof(T));                           \
+        }                                                                                     \
+        for (I c = c0; c < c1; c++) {                                                         \
+            V a[9];                                                                           \
+            for (int t = 0; t < 9; t++) a[t] = (V){0};                                        \
+            for (I smp = 0; smp < n; smp++) {                                                 \
+                const I p = smp * g->c + c;                                                   \
+                const T *e_at = dy + p * plane;                                               \
+                memcpy(buf + margin, x + p * plane, (size_t)plane * sizeof(T));               \
+                for (I b = 0; b < plane; b += lanes) {                                        \
+                    if (b + lanes > plane) { /* dy's last values, zero past the plane */      \
+                        memcpy(last, e_at + b, (size_t)(plane - b) * sizeof(T));              \
+                        e_at = last - b;                                                      \
+                    }                                                                         \
+                    const V e = LOADV(V, e_at + b);                                           \
+                    const NAME##_mask l_ = LOADV(NAME##_mask, left + b), r_ = LOADV(NAME##_mask, right + b); \
+                    for (I i = 0; i < 3; i++) {                                               \
+                        const T *row = buf + margin + b + (i - 1) * W;                        \
+                        a[3 * i] += e * FLAT_MASKED(NAME##_mask, V, row - 1, l_);             \
+                        a[3 * i + 1] += e * LOADV(V, row);                                    \
+                        a[3 * i + 2] += e * FLAT_MASKED(NAME##_mask, V, row + 1, r_);         \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+            for (int t = 0; t < 9; t++) {                                                     \
+                T sum = 0;                                                                    \
+                for (I u = 0; u < lanes; u++) sum += a[t][u];                                 \
+                dw[c * 9 + t] = accumulate ? dw[c * 9 + t] + sum : sum;                       \
+            }                                                                                 \
+        }                                                                                     \
+        free(buf);                                                                            \
+        return 0;                                                                             \
+    }
+
 /* dw[c] (+)= sum over samples of dy[s, c] (on the grid, zero past Wo) times the shifted
  * padded x[s, c], channels [c0, c1), any stride (PlaneGrid). The taps go DW_FILTER_TAPS to a
  * pass over each sample's plane, each into one vector of sums added to its row of partial
  * sums, summed once per channel: a fixed order. */
 #define DEFINE_DEPTHWISE_GRID_FILTER(NAME, ATTR, COPY, T, V)                            \
     DEFINE_DEPTHWISE_S2_FILTER(NAME##_s2, ATTR, T, V)                                          \
+    DEFINE_DEPTHWISE_FLAT_FILTER(NAME##_flat, ATTR, T, V)                                      \
     DEFINE_DW_FILTER_PASS(NAME##_p1, ATTR, T, V, 1)                                            \
     DEFINE_DW_FILTER_PASS(NAME##_p2, ATTR, T, V, 2)                                            \
     DEFINE_DW_FILTER_PASS(NAME##_p3, ATTR, T, V, 3)                                            \
@@ -936,6 +1062,7 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
             }                                                                                 \
             return 0;                                                                         \
         }                                                                                     \
+        if (depthwise_flat(g)) return NAME##_flat(x, dy, dw, g, n, c0, c1, accumulate);      \
         const PlaneGrid s = make_plane_grid(g, lanes, block);                                 \
         const I taps = g->kh * g->kw;                                                         \
         T *buf = malloc((size_t)(s.buffer + s.span + taps * lanes) * sizeof(T));              \

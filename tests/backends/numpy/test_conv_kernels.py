@@ -1260,7 +1260,11 @@ DEPTHWISE_GRID_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # odd planes: r
                         (2, 2, 5, 43, (3, 3), (1, 1), (1, 1)),   # strided rows of whole vectors and a tail
                         # stride 2 on 2 Ho x 2 Wo (rows in registers, _s2): whole vectors and a tail
                         # of each lane count (Wo 37), all tail (Wo 3)
-                        (2, 3, 10, 74, (3, 3), (1, 1), (1, 1)), (2, 2, 4, 6, (3, 3), (1, 1), (1, 1))]
+                        (2, 3, 10, 74, (3, 3), (1, 1), (1, 1)), (2, 2, 4, 6, (3, 3), (1, 1), (1, 1)),
+                        # stride 1, 3x3 "same" on small planes (flat, _flat): 7x7 (a pair of 16-lane
+                        # vectors and a tail), 8x8 (whole pairs at 16 lanes), one row, one column
+                        (2, 3, 7, 7, (3, 3), (1, 1), (1, 1)), (2, 2, 8, 8, (3, 3), (1, 1), (1, 1)),
+                        (2, 2, 1, 9, (3, 3), (1, 1), (1, 1)), (2, 2, 6, 1, (3, 3), (1, 1), (1, 1))]
 #: strides of the grid kernels' tests: stride 1 on the padded plane, the others on its phases
 DEPTHWISE_GRID_STRIDES = [(1, 1), (2, 2), (2, 1), (3, 2)]
 
@@ -1318,6 +1322,42 @@ def test_depthwise_grid_with_each_epilogue_matches_a_float64_reference(case, str
         kernels.depthwise_grid(f(x), f(w), start, geometry, n, 0, n * c, False, False, None, f(shift[:-1]))
 
 
+#: the cases whose stride-1 input gradient is a padded forward pass (padding at most (k - 1) d)
+DEPTHWISE_FLIPPABLE = [case for case in DEPTHWISE_GRID_CASES
+                       if all(p <= (k - 1) * d for k, p, d in zip(case[4], case[5], case[6]))]
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", DEPTHWISE_FLIPPABLE, ids=[str(c) for c in DEPTHWISE_FLIPPABLE])
+def test_depthwise_grid_with_flipped_taps_matches_a_float64_reference(case, dtype):
+    """depthwise_grid as the stride-1 input gradient: dy's plane against the taps reversed,
+    padded (k - 1) d - p, stored over a sub-range of planes and accumulating, against the input
+    gradient written out here as each output's taps scattered back."""
+    n, c, h, w_, (kh, kw), (ph, pw), (dh, dw) = case
+    fh, fw = (kh - 1) * dh - ph, (kw - 1) * dw - pw
+    ho, wo = _depthwise_out_hw(h, w_, (kh, kw), (ph, pw), (dh, dw), (1, 1))
+    rng = np.random.default_rng(47)
+    dy, w = rng.standard_normal((n, c, ho, wo)), rng.standard_normal((c, 1, kh, kw))
+    dxp = np.zeros((n, c, h + 2 * ph, w_ + 2 * pw))
+    for i in range(kh):
+        for j in range(kw):
+            _depthwise_windows(dxp, i, j, (dh, dw), (1, 1), (ho, wo))[...] += w[None, :, 0, i, j, None, None] * dy
+    want = dxp[:, :, ph:ph + h, pw:pw + w_]
+    geometry = (c, ho, wo, kh, kw, 1, 1, fh, fw, dh, dw, h, w_)
+    p0, p1 = 1, n * c - 1
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    out = np.full(want.shape, np.nan, dtype)
+    kernels.depthwise_grid(dy.astype(dtype), w.astype(dtype), out, geometry, n, p0, p1, True, False)
+    got, ref = out.reshape(n * c, h, w_), want.reshape(n * c, h, w_)
+    np.testing.assert_allclose(got[p0:p1], ref[p0:p1], rtol=tol, atol=tol * 4 * np.abs(want).max())
+    assert np.isnan(got[:p0]).all() and np.isnan(got[p1:]).all()
+    start = rng.standard_normal(want.shape)
+    out = start.astype(dtype)
+    kernels.depthwise_grid(dy.astype(dtype), w.astype(dtype), out, geometry, n, 0, n * c, True, True)
+    np.testing.assert_allclose(out, start + want, rtol=tol, atol=tol * 4 * np.abs(want).max())
+
+
 # (batch, C, H, W, (kh, kw), padding, dilation): the weight gradient sums DW_FILTER_TAPS (9) taps a
 # pass over dy's plane, the rest in a shorter pass
 DEPTHWISE_FILTER_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # one whole pass
@@ -1329,7 +1369,10 @@ DEPTHWISE_FILTER_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # one whole p
                           # stride 2 on 2 Ho x 2 Wo (rows in registers, _s2): vectors and a tail of each
                           # lane count, only whole 16-lane vectors, all tail
                           (2, 3, 10, 74, (3, 3), (1, 1), (1, 1)), (3, 2, 16, 32, (3, 3), (1, 1), (1, 1)),
-                          (2, 2, 4, 6, (3, 3), (1, 1), (1, 1))]
+                          (2, 2, 4, 6, (3, 3), (1, 1), (1, 1)),
+                          # stride 1, 3x3 "same" on small planes (flat, _flat), as the forward's cases
+                          (2, 3, 7, 7, (3, 3), (1, 1), (1, 1)), (3, 2, 8, 8, (3, 3), (1, 1), (1, 1)),
+                          (2, 2, 1, 9, (3, 3), (1, 1), (1, 1)), (2, 2, 6, 1, (3, 3), (1, 1), (1, 1))]
 
 
 @needs_kernels
@@ -2401,7 +2444,7 @@ ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
               "or stride_2_phase_weight_gradient_matches or s2_grad_t_matches or s2_gemm_matches "
               "or stride_2_input_gradient_matches or depthwise_grid_with_each_epilogue or depthwise_grid_filter "
-              "or s2_filter_gemm_matches or depthwise_phase_data")
+              "or s2_filter_gemm_matches or depthwise_phase_data or depthwise_grid_with_flipped_taps")
 
 
 def _with_isa(value, *args):
