@@ -516,6 +516,18 @@ static inline int depthwise_s2_k3(const Geometry *g)
            g->dw == 1 && g->h == 2 * g->ho && g->w == 2 * g->wo;
 }
 
+/* The instruction set whose vectors a depthwise call takes: the process's, or, where the _s2
+ * kernels run it (``s2``) and its output rows are narrower than that set's vectors, the widest
+ * whose vectors fit in a row (the columns past the last whole vector go one at a time: Wo 8 at
+ * 16 lanes ran every column so) */
+static int depthwise_level(const Geometry *g, int s2, I itemsize)
+{
+    int level = isa;
+    if (s2 && depthwise_s2_k3(g))
+        while (level > 0 && g->wo < (16 << level) / itemsize) level--;
+    return level;
+}
+
 #define S2_ROW(V, T, row, q0, a0, a1, a2)                                                       \
     const V a1##u_ = LOADV(V, row), a1##v_ = LOADV(V, (row) + VLANES(V, T));                    \
     const V a1 = __builtin_shuffle(a1##u_, a1##v_, EVEN_LANES_##V);                             \
@@ -4642,10 +4654,11 @@ static PyObject *py_depthwise_phase_data(PyObject *self, PyObject *args)
                   dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
         return NULL;
     RELEASE_GIL
+    const int level = depthwise_level(&g, 1, dx.itemsize);
     if (dx.itemsize == 4)
-        failed = ISA_CALL(depthwise_phase_data_f32, dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
+        failed = ISA_CALL_AT(level, depthwise_phase_data_f32, dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
     else
-        failed = ISA_CALL(depthwise_phase_data_f64, dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
+        failed = ISA_CALL_AT(level, depthwise_phase_data_f64, dy.buf, w.buf, dx.buf, &g, p0, p1, accumulate);
     REACQUIRE_GIL
     release_three(&dx, &w, &dy);
     if (failed) return PyErr_NoMemory();
@@ -4712,12 +4725,13 @@ static PyObject *py_depthwise_grid(PyObject *self, PyObject *args)
         return NULL;
     }
     RELEASE_GIL
+    const int level = depthwise_level(&g, !flip && !accumulate, x.itemsize);
     if (x.itemsize == 4)
-        failed = ISA_CALL(depthwise_grid_f32, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate, scale, shift,
-                          res, relu);
+        failed = ISA_CALL_AT(level, depthwise_grid_f32, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate,
+                             scale, shift, res, relu);
     else
-        failed = ISA_CALL(depthwise_grid_f64, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate, scale, shift,
-                          res, relu);
+        failed = ISA_CALL_AT(level, depthwise_grid_f64, x.buf, w.buf, out.buf, &g, p0, p1, flip, accumulate,
+                             scale, shift, res, relu);
     REACQUIRE_GIL
     release_optional(&sv);
     release_optional(&hv);
@@ -4741,10 +4755,11 @@ static PyObject *py_depthwise_grid_filter(PyObject *self, PyObject *args)
                   dyo, &dy, 0, n * g.c * g.ho * g.wo, "dy") < 0)
         return NULL;
     RELEASE_GIL
+    const int level = depthwise_level(&g, 1, dw.itemsize);
     if (dw.itemsize == 4)
-        failed = ISA_CALL(depthwise_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+        failed = ISA_CALL_AT(level, depthwise_grid_filter_f32, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
     else
-        failed = ISA_CALL(depthwise_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
+        failed = ISA_CALL_AT(level, depthwise_grid_filter_f64, x.buf, dy.buf, dw.buf, &g, n, c0, c1, accumulate);
     REACQUIRE_GIL
     release_three(&dw, &x, &dy);
     if (failed) return PyErr_NoMemory();

@@ -1261,6 +1261,8 @@ DEPTHWISE_GRID_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # odd planes: r
                         # stride 2 on 2 Ho x 2 Wo (rows in registers, _s2): whole vectors and a tail
                         # of each lane count (Wo 37), all tail (Wo 3)
                         (2, 3, 10, 74, (3, 3), (1, 1), (1, 1)), (2, 2, 4, 6, (3, 3), (1, 1), (1, 1)),
+                        # rows narrower than the ISA's vectors (a narrower ISA's _s2): Wo 12, Wo 5
+                        (2, 3, 8, 24, (3, 3), (1, 1), (1, 1)), (2, 2, 6, 10, (3, 3), (1, 1), (1, 1)),
                         # stride 1, 3x3 "same" on small planes (flat, _flat): 7x7 (a pair of 16-lane
                         # vectors and a tail), 8x8 (whole pairs at 16 lanes), one row, one column
                         (2, 3, 7, 7, (3, 3), (1, 1), (1, 1)), (2, 2, 8, 8, (3, 3), (1, 1), (1, 1)),
@@ -1370,6 +1372,8 @@ DEPTHWISE_FILTER_CASES = [(2, 3, 9, 7, (3, 3), (1, 1), (1, 1)),    # one whole p
                           # lane count, only whole 16-lane vectors, all tail
                           (2, 3, 10, 74, (3, 3), (1, 1), (1, 1)), (3, 2, 16, 32, (3, 3), (1, 1), (1, 1)),
                           (2, 2, 4, 6, (3, 3), (1, 1), (1, 1)),
+                          # rows narrower than the ISA's vectors (a narrower ISA's _s2): Wo 12, Wo 5
+                          (2, 3, 8, 24, (3, 3), (1, 1), (1, 1)), (2, 2, 6, 10, (3, 3), (1, 1), (1, 1)),
                           # stride 1, 3x3 "same" on small planes (flat, _flat), as the forward's cases
                           (2, 3, 7, 7, (3, 3), (1, 1), (1, 1)), (3, 2, 8, 8, (3, 3), (1, 1), (1, 1)),
                           (2, 2, 1, 9, (3, 3), (1, 1), (1, 1)), (2, 2, 6, 1, (3, 3), (1, 1), (1, 1))]
