@@ -675,6 +675,75 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
     }
 }
 
+// Depthwise 3x3, stride 1, padding 1, undilated ("same": Ho = H, Wo = W; MobileNet's stride-1
+// layers): each plane as a 1-D convolution of its flat values, vectors of VEC consecutive
+// outputs across row ends, the plane copied into local memory between zeros that cover the rows
+// above and below; the left and right taps' values are zero where their column falls outside the
+// lane's row (col: each lane's column, kept by subtracting W, no division). The row-by-row
+// kernels took a partial vector for every row of a 7x7 plane (7 vectors of 8 for 49 outputs,
+// here 7) and a padded copy of every plane (docs/opencl.md, session 54). The NumPy backend's
+// depthwise_grid_flat; `flip`: the taps reversed (the input gradient), `acc`: added to y. The
+// store treats the plane as one row.
+#if VEC == 16
+#define LANE_IDS (intv)(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#else
+#define LANE_IDS (intv)(0, 1, 2, 3, 4, 5, 6, 7)
+#endif
+#define ITYPE_(n) int##n
+#define ITYPE(n) ITYPE_(n)
+typedef ITYPE(VEC) intv;
+// each lane's column back inside [0, W) (at most VEC / W + 1 subtractions)
+#define PLANE_COLUMNS(col) for (int k_ = 0; k_ < reps; ++k_) col -= (col >= (intv)(W)) & (intv)(W);
+// the values left and right of the lanes' at r, zero outside their rows
+#define PLANE_LEFT(r) (left ? LOCAL_LOAD_UNIT((r) - 1) : (floatv)(0.0f))
+#define PLANE_RIGHT(r) (right ? LOCAL_LOAD_UNIT((r) + 1) : (floatv)(0.0f))
+// the zeros around a plane's copy in xl: a margin before it, then from its end to its last
+// vector's end and a margin more
+#define PLANE_ZEROS(xl) \
+    for (int i = 0; i < margin; ++i) xl[i] = 0.0f; \
+    for (int i = margin + Wo; i < 2 * margin + whole; ++i) xl[i] = 0.0f;
+#define PLANE_TAPS(i) \
+    s += PLANE_LEFT(r) * k##i##0; \
+    s += LOCAL_LOAD_UNIT(r) * k##i##1; \
+    s += PLANE_RIGHT(r) * k##i##2; \
+    r += W;
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
+                             __global const float *restrict w, const int w_off,
+                             __global float *restrict y, const int y_off, const int C, const int H, const int W,
+                             const int per, const int flip, const int acc, __local float *restrict xl,
+                             __global const float *restrict bias, const int b_off, const int has_bias,
+                             __global const float *restrict res, const int r_off, const int epi)
+{
+    const int Wo = H * W, margin = W + 1, reps = VEC / W + 1;
+    const int whole = (Wo + VEC - 1) / VEC * VEC;
+    PLANE_ZEROS(xl)
+    const int first = get_global_id(0) * per;
+    for (int plane = first; plane < first + per; ++plane) {
+        const int c = plane % C;
+        __global const float *wc = w + w_off + (size_t)c * 9;
+        const float k00 = wc[flip ? 8 : 0], k01 = wc[flip ? 7 : 1], k02 = wc[flip ? 6 : 2],
+                    k10 = wc[flip ? 5 : 3], k11 = wc[4], k12 = wc[flip ? 3 : 5],
+                    k20 = wc[flip ? 2 : 6], k21 = wc[flip ? 1 : 7], k22 = wc[flip ? 0 : 8];
+        const float b = has_bias ? bias[b_off + c] : 0.0f;
+        __global const float *xc = x + x_off + (size_t)plane * Wo;
+        for (int i = 0; i < Wo; ++i) xl[margin + i] = xc[i];
+        __global float *yc = y + y_off + (size_t)plane * Wo;
+        intv col = LANE_IDS;
+        PLANE_COLUMNS(col)
+        for (int b0 = 0; b0 < Wo; b0 += VEC) {
+            const intv left = col != (intv)(0), right = col != (intv)(W - 1);
+            __local const float *r = xl + margin + b0 - W;
+            floatv s = (floatv)(b);
+            PLANE_TAPS(0) PLANE_TAPS(1) PLANE_TAPS(2)
+            __global float *yr = yc + b0;
+            DIRECT_STORE(s, yr, b0)
+            col += (intv)(VEC);
+            PLANE_COLUMNS(col)
+        }
+    }
+}
+
 // Its input gradient, from dy's rows in registers: dx's even and odd rows and columns (the four
 // stride phases) each take the taps that reach them (one, two, two and four), from dy row m and
 // m + 1 and those rows shifted by a lane (dy[m][n + 1]: BEFORE_LANE), interleaved into two
@@ -1147,6 +1216,41 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
             const floatv e = LOAD_UNIT(dyc + (size_t)oh * Wo + ow0);
             DW_S2_TAP_SUMS(DW_S2_FMA)
         DW_S2_ROWS_END
+    }
+    __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
+    TAPS_3X3(FL_STORE)
+}
+
+// The weight gradient of conv_depthwise_k3_plane's layers: work-item (c, chunk) sums its images'
+// dy times the plane's nine shifted (masked) values in local memory, nine vectors of sums;
+// writes part as the kernels above.
+#define PLANE_TAP_SUMS(i) \
+    a##i##0 += e * PLANE_LEFT(r); a##i##1 += e * LOCAL_LOAD_UNIT(r); a##i##2 += e * PLANE_RIGHT(r); r += W;
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void conv_depthwise_k3_plane_filter(__global const float *restrict x, const int x_off,
+                                    __global const float *restrict dy, const int dy_off,
+                                    __global float *restrict part, const int p_off, const int N, const int H,
+                                    const int W, __local float *restrict xl)
+{
+    const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
+    const int Wo = H * W, margin = W + 1, reps = VEC / W + 1;
+    const int whole = (Wo + VEC - 1) / VEC * VEC;
+    PLANE_ZEROS(xl)
+    TAPS_3X3(FL_ACC)
+    for (int n = chunk; n < N; n += chunks) {
+        __global const float *xc = x + x_off + ((size_t)n * C + c) * Wo;
+        __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Wo;
+        for (int i = 0; i < Wo; ++i) xl[margin + i] = xc[i];
+        intv col = LANE_IDS;
+        PLANE_COLUMNS(col)
+        for (int b0 = 0; b0 < Wo; b0 += VEC) {
+            const intv left = col != (intv)(0), right = col != (intv)(W - 1);
+            const floatv e = Wo - b0 >= VEC ? LOAD_UNIT(dyc + b0) : tail_of(dyc + b0, Wo - b0);
+            __local const float *r = xl + margin + b0 - W;
+            PLANE_TAP_SUMS(0) PLANE_TAP_SUMS(1) PLANE_TAP_SUMS(2)
+            col += (intv)(VEC);
+            PLANE_COLUMNS(col)
+        }
     }
     __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
     TAPS_3X3(FL_STORE)

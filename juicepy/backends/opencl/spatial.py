@@ -310,6 +310,7 @@ class SpatialOps(abc.ABC):
     _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _depthwise_s2 = None  # False: no conv_depthwise_s2_k3* kernels (A/B runs)
+    _depthwise_plane = None  # False: no conv_depthwise_k3_plane* kernels (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
 
     def _use_implicit(self) -> bool:
@@ -578,6 +579,13 @@ class SpatialOps(abc.ABC):
         if not flip and not accumulate and self._use_depthwise_s2(geo, groups, lanes):
             self._depthwise_s2_forward(program, x, w, y, geo, bias, epilogue)
             return
+        if self._use_depthwise_plane(geo, groups, lanes):
+            size, per = self._depthwise_s2_items(n * c)
+            self._kernel(program, "conv_depthwise_k3_plane")(
+                self.queue, size, (1,), *self._ref(x), *self._ref(w), *self._ref(y), c, h, wd, per, int(flip),
+                int(accumulate), self._local_memory(self._depthwise_plane_bytes(h, wd, lanes)),
+                *self._optional(bias), *self._epilogue_args(epilogue))
+            return
         vectors = -(-wo // lanes)
         outs = direct_outputs(o // groups, lanes, kh if kh == kw and self._direct8 is not False else 0, vectors)
         unroll = direct_unroll(outs, vectors, lanes)
@@ -620,6 +628,20 @@ class SpatialOps(abc.ABC):
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         return (self._depthwise_s2 is not False and c == o == groups and (kh, kw, sh, sw, ph, pw, dh, dw)
                 == (3, 3, 2, 2, 1, 1, 1, 1) and (h, wd) == (2 * ho, 2 * wo) and wo % lanes == 0)
+
+    def _use_depthwise_plane(self, geo, groups, lanes) -> bool:
+        """Whether conv_depthwise_k3_plane (and its _filter kernel) computes this stride-1 pass
+        (forward, the input gradient as the flipped forward, the weight gradient): depthwise,
+        3x3, padding 1, no dilation, a plane that fits in local memory."""
+        n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
+        return (self._depthwise_plane is not False and c == o == groups and (h, wd) == (ho, wo)
+                and (kh, kw, sh, sw, ph, pw, dh, dw) == (3, 3, 1, 1, 1, 1, 1, 1)
+                and self._depthwise_plane_bytes(h, wd, lanes) <= self._local_planes_bytes())
+
+    @staticmethod
+    def _depthwise_plane_bytes(h, wd, lanes) -> int:
+        """conv_depthwise_k3_plane's local memory: a plane between its zeros (PLANE_ZEROS)."""
+        return (2 * (wd + 1) + -(-h * wd // lanes) * lanes) * 4
 
     def _depthwise_s2_items(self, planes):
         """(global size, planes per work-item) of conv_depthwise_s2_k3 and its input gradient
@@ -1015,6 +1037,15 @@ class SpatialOps(abc.ABC):
             part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
             self._kernel(self._conv_program(lanes), "conv_depthwise_s2_k3_filter")(
                 self.queue, (c, chunks), (1, 1), *self._ref(x), *self._ref(dy), *self._ref(part), n, ho, wo)
+            self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
+                              *self._ref(dw), int(accumulate))
+            return
+        if self._use_depthwise_plane(geo, groups, lanes):
+            chunks = max(1, min(n, DIRECT_FILTER_ITEMS // c))
+            part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
+            self._kernel(self._conv_program(lanes), "conv_depthwise_k3_plane_filter")(
+                self.queue, (c, chunks), (1, 1), *self._ref(x), *self._ref(dy), *self._ref(part), n, h, wd,
+                self._local_memory(self._depthwise_plane_bytes(h, wd, lanes)))
             self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
                               *self._ref(dw), int(accumulate))
             return

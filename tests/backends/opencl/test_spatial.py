@@ -821,9 +821,10 @@ def test_depthwise_direct_kernel_takes_several_groups_per_work_item(ocl, monkeyp
     groups a work-item where a group is one run of outputs (depthwise), each group's padded
     planes copied in turn, fewer where the work-items would drop below DIRECT_LOCAL_MIN_ITEMS or
     not divide: forward (bias, ReLU) and input gradient bit for bit as one group a work-item,
-    against float64."""
+    against float64. (conv_depthwise_k3_plane, which takes these 3x3 layers, is off.)"""
     from juicepy.backends.opencl import spatial as ocl_spatial
 
+    monkeypatch.setattr(ocl, "_depthwise_plane", False)
     n, c, h, w = shape
     x = rng.standard_normal(shape).astype(np.float32)
     wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
@@ -867,9 +868,11 @@ def test_depthwise_direct_kernel_runs_rows_in_pairs(ocl, monkeypatch, rng, shape
     output rows a work-item at a time (conv_direct_fwd*_r2*: each input vector loaded once for
     both where the stride equals the dilation), a plane's odd last row stored once: forward
     (bias, ReLU) and accumulated input gradient bit for bit as one row at a time, against
-    float64, with the local-memory kernel and the padded copy."""
+    float64, with the local-memory kernel and the padded copy. (conv_depthwise_k3_plane, which
+    takes the 3x3 "same" layers, is off.)"""
     from juicepy.backends.opencl import spatial as ocl_spatial
 
+    monkeypatch.setattr(ocl, "_depthwise_plane", False)
     n, c, h, w = shape
     padding = (dilation * (k[0] // 2), dilation * (k[1] // 2))
     args = ((stride, stride), padding, (dilation, dilation), c)
@@ -900,6 +903,121 @@ def test_depthwise_direct_kernel_runs_rows_in_pairs(ocl, monkeypatch, rng, shape
     np.testing.assert_allclose(results[0][1], dx0 + conv_grads_ref(x, wt, dy, *args)[0], rtol=1e-4, atol=1e-4)
     for paired, one in zip(results[0], results[1]):
         np.testing.assert_array_equal(paired, one)
+
+
+PLANE_SHAPES = [(2, 5, 7, 7), (2, 3, 8, 8), (2, 4, 14, 14), (16, 32, 8, 8), (2, 3, 1, 9), (2, 2, 6, 1),
+                (1, 2, 32, 32)]
+PLANE_IDS = ["7x7", "8x8", "14x14", "eight-planes-a-work-item", "one-row", "one-column", "32x32"]
+
+
+@pytest.mark.parametrize("shape", PLANE_SHAPES, ids=PLANE_IDS)
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("parts", ["none", "bias+relu", "bias+residual+relu"])
+def test_depthwise_3x3_same_layers_run_on_flat_planes(lanes_backend, monkeypatch, rng, shape, lanes, parts):
+    """Depthwise 3x3 stride-1 padding-1 forwards run on conv_depthwise_k3_plane (each plane one
+    row of vectors across row ends, its edge columns masked; DIRECT_LOCAL_GROUP_RUNS planes a
+    work-item where that leaves DIRECT_LOCAL_MIN_ITEMS): against float64 with the epilogue and
+    against the local-memory direct kernels it replaces."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    b = lanes_backend(lanes)
+    n, c, h, w = shape
+    args = ((1, 1), (1, 1), (1, 1), c)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    y_ref = conv_ref(x, wt, *args)
+    kwargs = {}
+    if parts != "none":
+        bias = rng.standard_normal(c).astype(np.float32)
+        kwargs, y_ref = dict(bias=b.from_host(bias), relu=True), y_ref + bias[:, None, None]
+    if parts == "bias+residual+relu":
+        res = rng.standard_normal(y_ref.shape).astype(np.float32)
+        kwargs["residual"], y_ref = b.from_host(res), y_ref + res
+    if parts != "none":
+        y_ref = np.maximum(y_ref, 0)
+    launches = []
+    kernel = b._kernel
+    monkeypatch.setattr(b, "_kernel", lambda program, name: (
+        lambda queue, size, *rest: (launches.append((name, size[0])), kernel(program, name)(queue, size, *rest))[1]))
+    results = []
+    for own in (None, False):
+        monkeypatch.setattr(b, "_depthwise_plane", own)
+        launches.clear()
+        y = b.empty(y_ref.shape)
+        b.conv2d(b.from_host(x), b.from_host(wt), y, *args, Workspace(), **kwargs)
+        results.append(b.to_host(y))
+        if own is None:
+            per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
+            assert launches == [("conv_depthwise_k3_plane", n * c // per)], launches
+        else:
+            assert not any(name.startswith("conv_depthwise_k3_plane") for name, _ in launches), launches
+    np.testing.assert_allclose(results[0], y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", PLANE_SHAPES, ids=PLANE_IDS)
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_depthwise_3x3_same_gradients_on_flat_planes(lanes_backend, monkeypatch, rng, shape, lanes, accumulate):
+    """The same layers' input gradient (conv_depthwise_k3_plane with the taps reversed) and
+    weight gradient (conv_depthwise_k3_plane_filter: dy against the plane's masked shifts, chunks
+    summed by conv_direct_filter_sum), stored or added, against float64 and the kernels they
+    replace."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    b = lanes_backend(lanes)
+    n, c, h, w = shape
+    args = ((1, 1), (1, 1), (1, 1), c)
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    dx0, dw0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(wt.shape).astype(np.float32)
+    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
+    if accumulate:
+        dx_ref, dw_ref = dx_ref + dx0, dw_ref + dw0
+    launches = []
+    kernel = b._kernel
+    monkeypatch.setattr(b, "_kernel", lambda program, name: (
+        lambda queue, size, *rest: (launches.append((name, size)), kernel(program, name)(queue, size, *rest))[1]))
+    results = []
+    for own in (None, False):
+        monkeypatch.setattr(b, "_depthwise_plane", own)
+        launches.clear()
+        ws, dev_dy = Workspace(), b.from_host(dy)
+        dx, dw = b.from_host(dx0), b.from_host(dw0)
+        b.conv2d_backward_data(dev_dy, b.from_host(wt), dx, *args, accumulate, ws)
+        b.conv2d_backward_filter(b.from_host(x), dev_dy, dw, *args, accumulate, ws)
+        results.append((b.to_host(dx), b.to_host(dw)))
+        names = [name for name, _ in launches]
+        if own is None:
+            chunks = min(n, ocl_spatial.DIRECT_FILTER_ITEMS // c)
+            assert names == ["conv_depthwise_k3_plane", "conv_depthwise_k3_plane_filter", "conv_direct_filter_sum"], \
+                launches
+            assert launches[1][1] == (c, chunks), launches
+        else:
+            assert not any(name.startswith("conv_depthwise_k3_plane") for name in names), launches
+    np.testing.assert_allclose(results[0][0], dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][1], dw_ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-4)
+
+
+def test_depthwise_3x3_same_plane_kernel_rule(ocl):
+    """conv_depthwise_k3_plane* take only depthwise 3x3 stride-1 padding-1 undilated layers whose
+    padded plane fits in local memory; the A/B switch turns them off."""
+    def geo(n=2, c=8, h=14, w=14, o=8, k=3, s=1, p=1, d=1):
+        ho, wo = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
+        return (n, c, h, w, o, k, k, ho, wo, s, s, p, p, d, d)
+
+    assert ocl._use_depthwise_plane(geo(), 8, 8) and ocl._use_depthwise_plane(geo(h=7, w=5), 8, 16)
+    for other, groups in ((geo(o=16), 8), (geo(), 4), (geo(k=5, p=2), 8), (geo(s=2), 8), (geo(p=0), 8),
+                          (geo(d=2, p=2), 8), (geo(h=4096, w=4096), 8)):
+        assert not ocl._use_depthwise_plane(other, groups, 8), other
+    ocl._depthwise_plane = False
+    try:
+        assert not ocl._use_depthwise_plane(geo(), 8, 8)
+    finally:
+        ocl._depthwise_plane = None
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32)],
