@@ -829,8 +829,9 @@ DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_128, ISA_128, double, plane_rows_f64,
  * column falls outside the lane's row (they would come from the row before or after) are masked
  * to zero, as the grid kernel's padding reads them. No padded grid: its gap column and whole
  * blocks of four vectors cost 44 % of the work on an 8x8 plane at 16 lanes, and copying it in
- * and out took a memcpy a row. The taps are summed in the grid kernel's order (the same bits;
- * docs/numpy.md, session 54). */
+ * and out took a memcpy a row. Outputs past the last vector with more than a quarter of its
+ * lanes in the plane go one at a time (a 7x7 plane at 16 lanes: three vectors and one output).
+ * The taps are summed in the grid kernel's order (the same bits; docs/numpy.md, session 54). */
 static inline int depthwise_flat(const Geometry *g)
 {
     return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 && g->dh == 1 &&
@@ -850,6 +851,10 @@ static inline int depthwise_flat(const Geometry *g)
             a += kt[3 * i + 2] * FLAT_MASKED(M, V, row_ + 1, r_);                             \
         }                                                                                     \
     }
+/* a + k v rounded as the vectors' a += k * v is: fused where the build has FMA (256 and 512 bits) */
+#define FLAT_MADD(T, V, k, v, a)                                                               \
+    (sizeof(V) == 16 ? (a) + (k) * (v)                                                        \
+                     : sizeof(T) == 4 ? __builtin_fmaf((k), (v), (a)) : __builtin_fma((k), (v), (a)))
 /* o[b ...] (+)= a, the lanes inside the plane */
 #define FLAT_STORE(T, V, o, b, a, plane, accumulate)                                           \
     if ((b) + VLANES(V, T) <= (plane)) {                                                      \
@@ -882,12 +887,30 @@ static inline int depthwise_flat(const Geometry *g)
             for (I t = 0; t < 9; t++) kt[t] = k[flip ? 8 - t : t];                            \
             T *o = out + p * plane;                                                           \
             memcpy(buf + margin, x + p * plane, (size_t)plane * sizeof(T));                   \
-            for (I b = 0; b < plane; b += 2 * lanes) {                                        \
+            I b = 0;                                                                          \
+            for (; b + 2 * lanes <= plane; b += 2 * lanes) {                                  \
                 V a0 = {0}, a1 = {0};                                                         \
-                FLAT_K3(NAME##_mask, T, V, a0, buf + margin + b, left + b, right + b, W)         \
+                FLAT_K3(NAME##_mask, T, V, a0, buf + margin + b, left + b, right + b, W)      \
                 FLAT_K3(NAME##_mask, T, V, a1, buf + margin + b + lanes, left + b + lanes, right + b + lanes, W) \
-                FLAT_STORE(T, V, o, b, a0, plane, accumulate)                                    \
-                FLAT_STORE(T, V, o, b + lanes, a1, plane, accumulate)                            \
+                FLAT_STORE(T, V, o, b, a0, plane, accumulate)                                 \
+                FLAT_STORE(T, V, o, b + lanes, a1, plane, accumulate)                         \
+            }                                                                                 \
+            /* a last vector with more than a quarter of its lanes inside the plane */       \
+            for (; 4 * (plane - b) > lanes; b += lanes) {                                    \
+                V a = {0};                                                                    \
+                FLAT_K3(NAME##_mask, T, V, a, buf + margin + b, left + b, right + b, W)       \
+                FLAT_STORE(T, V, o, b, a, plane, accumulate)                                  \
+            }                                                                                 \
+            for (; b < plane; b++) { /* the rest one at a time, the taps in the same order */ \
+                const T *at = buf + margin + b - W;                                           \
+                const int l = b % W != 0, r = b % W != W - 1;                                 \
+                T a = 0;                                                                      \
+                for (I i = 0; i < 3; i++, at += W) {                                          \
+                    a = FLAT_MADD(T, V, kt[3 * i], l ? at[-1] : 0, a);                        \
+                    a = FLAT_MADD(T, V, kt[3 * i + 1], at[0], a);                             \
+                    a = FLAT_MADD(T, V, kt[3 * i + 2], r ? at[1] : 0, a);                     \
+                }                                                                             \
+                o[b] = accumulate ? o[b] + a : a;                                             \
             }                                                                                 \
             if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
         }                                                                                     \
