@@ -516,18 +516,6 @@ static inline int depthwise_s2_k3(const Geometry *g)
            g->dw == 1 && g->h == 2 * g->ho && g->w == 2 * g->wo;
 }
 
-/* The instruction set whose vectors a depthwise call takes: the process's, or, where the _s2
- * kernels run it (``s2``) and its output rows are narrower than that set's vectors, the widest
- * whose vectors fit in a row (the columns past the last whole vector go one at a time: Wo 8 at
- * 16 lanes ran every column so) */
-static int depthwise_level(const Geometry *g, int s2, I itemsize)
-{
-    int level = isa;
-    if (s2 && depthwise_s2_k3(g))
-        while (level > 0 && g->wo < (16 << level) / itemsize) level--;
-    return level;
-}
-
 #define S2_ROW(V, T, row, q0, a0, a1, a2)                                                       \
     const V a1##u_ = LOADV(V, row), a1##v_ = LOADV(V, (row) + VLANES(V, T));                    \
     const V a1 = __builtin_shuffle(a1##u_, a1##v_, EVEN_LANES_##V);                             \
@@ -836,6 +824,21 @@ static inline int depthwise_flat(const Geometry *g)
 {
     return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 && g->dh == 1 &&
            g->dw == 1;
+}
+
+/* The instruction set whose vectors a depthwise call takes: the process's, or, where the _s2
+ * kernels run it (``s2``) and its output rows are narrower than that set's vectors, the widest
+ * whose vectors fit in a row (the columns past the last whole vector go one at a time: Wo 8 at
+ * 16 lanes ran every column so); the flat kernels at most 256 bits (on the Zen 4 machine the
+ * AVX2 build ran every plane size 10-30 % faster, its tap loads off by a value splitting fewer
+ * cache lines; not measured on an Intel AVX-512 CPU: docs/numpy.md, session 54) */
+static int depthwise_level(const Geometry *g, int s2, I itemsize)
+{
+    int level = isa;
+    if (s2 && depthwise_s2_k3(g))
+        while (level > 0 && g->wo < (16 << level) / itemsize) level--;
+    if (level == 2 && depthwise_flat(g)) level = 1;
+    return level;
 }
 
 /* a += the nine taps kt over the flat plane at x (rows W apart), the left and right columns'
