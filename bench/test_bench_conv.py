@@ -1,8 +1,9 @@
 """Single conv layers, forward + backward (input and weight gradients) and forward only, juicepy
 on every backend vs PyTorch CPU eager: 3x3 64->64 on 32x32 (batch 32), its depthwise twin and
 that twin at stride 2 (a MobileNet block's downsampling), a strided one, pointwise 1x1, 5x5,
-dilated and grouped, and the zoo ResNet's 32->64 downsampling
-layer and its 1x1 strided shortcut (16x16 inputs). The paired tests time each workload with
+dilated and grouped, the zoo ResNet's 32->64 downsampling
+layer and its 1x1 strided shortcut (16x16 inputs), and MobileNetV2's last depthwise layers (7x7
+planes, and the stride-2 one from 14x14). The paired tests time each workload with
 its reference's calls interleaved (PyTorch for the NumPy backend, the NumPy backend for others).
 
     pytest bench/test_bench_conv.py --benchmark-json=conv.json && python bench/report.py conv.json
@@ -30,6 +31,10 @@ CASES = {
     "grouped 3x3 g4 64->64 32x32 b32": (64, 32, dict(out_channels=64, kernel_size=3, padding=1, groups=4)),
     "resnet strided 3x3 s2 32->64 16x16 b32": (32, 16, dict(out_channels=64, kernel_size=3, stride=2, padding=1)),
     "resnet shortcut 1x1 s2 32->64 16x16 b32": (32, 16, dict(out_channels=64, kernel_size=1, stride=2)),
+    # MobileNetV2's (224x224 input) last depthwise layers: small planes, rows narrower than a vector
+    "depthwise last 3x3 960 7x7 b32": (960, 7, dict(out_channels=960, kernel_size=3, padding=1, groups=960)),
+    "depthwise downsampling 3x3 s2 576 14x14 b32": (576, 14, dict(out_channels=576, kernel_size=3, stride=2,
+                                                                  padding=1, groups=576)),
 }
 
 
