@@ -905,6 +905,83 @@ def test_depthwise_direct_kernel_runs_rows_in_pairs(ocl, monkeypatch, rng, shape
         np.testing.assert_array_equal(paired, one)
 
 
+def _depthwise_epilogue_case(b, rng, shape, args, parts):
+    """(x, weights, conv2d's epilogue keywords on ``b``, the float64 result) of a depthwise 3x3
+    layer with ``parts`` ("none", "bias+relu" or "bias+residual+relu")."""
+    c = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    y_ref = conv_ref(x, wt, *args)
+    kwargs = {}
+    if parts != "none":
+        bias = rng.standard_normal(c).astype(np.float32)
+        kwargs, y_ref = dict(bias=b.from_host(bias), relu=True), y_ref + bias[:, None, None]
+    if parts == "bias+residual+relu":
+        res = rng.standard_normal(y_ref.shape).astype(np.float32)
+        kwargs["residual"], y_ref = b.from_host(res), y_ref + res
+    if parts != "none":
+        y_ref = np.maximum(y_ref, 0)
+    return x, wt, kwargs, y_ref
+
+
+def _recorded_launches(b, monkeypatch, size_of):
+    """A list that ``b``'s kernel launches append (name, size_of(global size)) to."""
+    launches = []
+    kernel = b._kernel
+    monkeypatch.setattr(b, "_kernel", lambda program, name: (
+        lambda queue, size, *rest: (launches.append((name, size_of(size))), kernel(program, name)(queue, size, *rest))[1]))
+    return launches
+
+
+def _depthwise_forwards(b, monkeypatch, rng, shape, args, parts, switch):
+    """A depthwise 3x3 layer's forward with ``parts`` of the epilogue on ``b``, with the A/B
+    attribute ``switch`` left on (None) and turned off (False): (y, the launches) each way, and
+    the float64 result."""
+    x, wt, kwargs, y_ref = _depthwise_epilogue_case(b, rng, shape, args, parts)
+    launches = _recorded_launches(b, monkeypatch, lambda size: size[0])
+    results = []
+    for own in (None, False):
+        monkeypatch.setattr(b, switch, own)
+        launches.clear()
+        y = b.empty(y_ref.shape)
+        b.conv2d(b.from_host(x), b.from_host(wt), y, *args, Workspace(), **kwargs)
+        results.append((b.to_host(y), list(launches)))
+    return results[0], results[1], y_ref
+
+
+def _depthwise_gradients(b, monkeypatch, rng, shape, args, dy_shape, switch, accumulate):
+    """A depthwise 3x3 layer's input and weight gradients on ``b``, stored or added to random
+    starts, with the A/B attribute ``switch`` left on (None) and turned off (False): a list of
+    (dx, dw, the launches) each way, and the float64 dx and dw."""
+    c = shape[1]
+    x = rng.standard_normal(shape).astype(np.float32)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal(dy_shape).astype(np.float32)
+    dx0, dw0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(wt.shape).astype(np.float32)
+    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
+    if accumulate:
+        dx_ref, dw_ref = dx_ref + dx0, dw_ref + dw0
+    launches = _recorded_launches(b, monkeypatch, lambda size: size)
+    results = []
+    for own in (None, False):
+        monkeypatch.setattr(b, switch, own)
+        launches.clear()
+        ws, dev_dy = Workspace(), b.from_host(dy)
+        dx, dw = b.from_host(dx0), b.from_host(dw0)
+        b.conv2d_backward_data(dev_dy, b.from_host(wt), dx, *args, accumulate, ws)
+        b.conv2d_backward_filter(b.from_host(x), dev_dy, dw, *args, accumulate, ws)
+        results.append((b.to_host(dx), b.to_host(dw), list(launches)))
+    return results, dx_ref, dw_ref
+
+
+def _assert_gradients(results, dx_ref, dw_ref):
+    """Both ways' gradients against float64 and against each other."""
+    np.testing.assert_allclose(results[0][0], dx_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][1], dw_ref, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-4)
+
+
 PLANE_SHAPES = [(2, 5, 7, 7), (2, 3, 8, 8), (2, 4, 14, 14), (16, 32, 8, 8), (2, 3, 1, 9), (2, 2, 6, 1),
                 (1, 2, 32, 32)]
 PLANE_IDS = ["7x7", "8x8", "14x14", "eight-planes-a-work-item", "one-row", "one-column", "32x32"]
@@ -922,37 +999,13 @@ def test_depthwise_3x3_same_layers_run_on_flat_planes(lanes_backend, monkeypatch
 
     b = lanes_backend(lanes)
     n, c, h, w = shape
-    args = ((1, 1), (1, 1), (1, 1), c)
-    x = rng.standard_normal(shape).astype(np.float32)
-    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
-    y_ref = conv_ref(x, wt, *args)
-    kwargs = {}
-    if parts != "none":
-        bias = rng.standard_normal(c).astype(np.float32)
-        kwargs, y_ref = dict(bias=b.from_host(bias), relu=True), y_ref + bias[:, None, None]
-    if parts == "bias+residual+relu":
-        res = rng.standard_normal(y_ref.shape).astype(np.float32)
-        kwargs["residual"], y_ref = b.from_host(res), y_ref + res
-    if parts != "none":
-        y_ref = np.maximum(y_ref, 0)
-    launches = []
-    kernel = b._kernel
-    monkeypatch.setattr(b, "_kernel", lambda program, name: (
-        lambda queue, size, *rest: (launches.append((name, size[0])), kernel(program, name)(queue, size, *rest))[1]))
-    results = []
-    for own in (None, False):
-        monkeypatch.setattr(b, "_depthwise_plane", own)
-        launches.clear()
-        y = b.empty(y_ref.shape)
-        b.conv2d(b.from_host(x), b.from_host(wt), y, *args, Workspace(), **kwargs)
-        results.append(b.to_host(y))
-        if own is None:
-            per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
-            assert launches == [("conv_depthwise_k3_plane", n * c // per)], launches
-        else:
-            assert not any(name.startswith("conv_depthwise_k3_plane") for name, _ in launches), launches
-    np.testing.assert_allclose(results[0], y_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-5)
+    (y, launches), (y_old, old_launches), y_ref = _depthwise_forwards(
+        b, monkeypatch, rng, shape, ((1, 1), (1, 1), (1, 1), c), parts, "_depthwise_plane")
+    per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
+    assert launches == [("conv_depthwise_k3_plane", n * c // per)], launches
+    assert not any(name.startswith("conv_depthwise_k3_plane") for name, _ in old_launches), old_launches
+    np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(y, y_old, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", PLANE_SHAPES, ids=PLANE_IDS)
@@ -967,39 +1020,15 @@ def test_depthwise_3x3_same_gradients_on_flat_planes(lanes_backend, monkeypatch,
 
     b = lanes_backend(lanes)
     n, c, h, w = shape
-    args = ((1, 1), (1, 1), (1, 1), c)
-    x = rng.standard_normal(shape).astype(np.float32)
-    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
-    dy = rng.standard_normal(shape).astype(np.float32)
-    dx0, dw0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(wt.shape).astype(np.float32)
-    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
-    if accumulate:
-        dx_ref, dw_ref = dx_ref + dx0, dw_ref + dw0
-    launches = []
-    kernel = b._kernel
-    monkeypatch.setattr(b, "_kernel", lambda program, name: (
-        lambda queue, size, *rest: (launches.append((name, size)), kernel(program, name)(queue, size, *rest))[1]))
-    results = []
-    for own in (None, False):
-        monkeypatch.setattr(b, "_depthwise_plane", own)
-        launches.clear()
-        ws, dev_dy = Workspace(), b.from_host(dy)
-        dx, dw = b.from_host(dx0), b.from_host(dw0)
-        b.conv2d_backward_data(dev_dy, b.from_host(wt), dx, *args, accumulate, ws)
-        b.conv2d_backward_filter(b.from_host(x), dev_dy, dw, *args, accumulate, ws)
-        results.append((b.to_host(dx), b.to_host(dw)))
-        names = [name for name, _ in launches]
-        if own is None:
-            chunks = min(n, ocl_spatial.DIRECT_FILTER_ITEMS // c)
-            assert names == ["conv_depthwise_k3_plane", "conv_depthwise_k3_plane_filter", "conv_direct_filter_sum"], \
-                launches
-            assert launches[1][1] == (c, chunks), launches
-        else:
-            assert not any(name.startswith("conv_depthwise_k3_plane") for name in names), launches
-    np.testing.assert_allclose(results[0][0], dx_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(results[0][1], dw_ref, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-4)
+    results, dx_ref, dw_ref = _depthwise_gradients(b, monkeypatch, rng, shape, ((1, 1), (1, 1), (1, 1), c), shape,
+                                                   "_depthwise_plane", accumulate)
+    launches = results[0][2]
+    chunks = min(n, ocl_spatial.DIRECT_FILTER_ITEMS // c)
+    assert [name for name, _ in launches] == ["conv_depthwise_k3_plane", "conv_depthwise_k3_plane_filter",
+                                              "conv_direct_filter_sum"], launches
+    assert launches[1][1] == (c, chunks), launches
+    assert not any(name.startswith("conv_depthwise_k3_plane") for name, _ in results[1][2]), results[1][2]
+    _assert_gradients(results, dx_ref, dw_ref)
 
 
 def test_depthwise_3x3_same_plane_kernel_rule(ocl):
@@ -1009,15 +1038,24 @@ def test_depthwise_3x3_same_plane_kernel_rule(ocl):
         ho, wo = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
         return (n, c, h, w, o, k, k, ho, wo, s, s, p, p, d, d)
 
-    assert ocl._use_depthwise_plane(geo(), 8, 8) and ocl._use_depthwise_plane(geo(h=7, w=5), 8, 16)
-    for other, groups in ((geo(o=16), 8), (geo(), 4), (geo(k=5, p=2), 8), (geo(s=2), 8), (geo(p=0), 8),
-                          (geo(d=2, p=2), 8), (geo(h=4096, w=4096), 8)):
-        assert not ocl._use_depthwise_plane(other, groups, 8), other
-    ocl._depthwise_plane = False
+    _assert_depthwise_rule(ocl, "_depthwise_plane", [(geo(), 8, 8), (geo(h=7, w=5), 8, 16)],
+                           [(geo(o=16), 8, 8), (geo(), 4, 8), (geo(k=5, p=2), 8, 8), (geo(s=2), 8, 8),
+                            (geo(p=0), 8, 8), (geo(d=2, p=2), 8, 8), (geo(h=4096, w=4096), 8, 8)])
+
+
+def _assert_depthwise_rule(ocl, switch, taken, refused):
+    """The kernel rule behind A/B attribute ``switch`` (_use + its name) takes each of ``taken``
+    and none of ``refused`` ((geometry, groups, lanes) each), and none with the switch off."""
+    use = getattr(ocl, "_use" + switch)
+    for case in taken:
+        assert use(*case), case
+    for case in refused:
+        assert not use(*case), case
+    setattr(ocl, switch, False)
     try:
-        assert not ocl._use_depthwise_plane(geo(), 8, 8)
+        assert not any(use(*case) for case in taken)
     finally:
-        ocl._depthwise_plane = None
+        setattr(ocl, switch, None)
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32)],
@@ -1035,38 +1073,16 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
 
     b = lanes_backend(lanes)
     n, c, h, w = shape
-    args = ((2, 2), (1, 1), (1, 1), c)
-    x = rng.standard_normal(shape).astype(np.float32)
-    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
-    y_ref = conv_ref(x, wt, *args)
-    kwargs = {}
-    if parts != "none":
-        bias = rng.standard_normal(c).astype(np.float32)
-        kwargs, y_ref = dict(bias=b.from_host(bias), relu=True), y_ref + bias[:, None, None]
-    if parts == "bias+residual+relu":
-        res = rng.standard_normal(y_ref.shape).astype(np.float32)
-        kwargs["residual"], y_ref = b.from_host(res), y_ref + res
-    if parts != "none":
-        y_ref = np.maximum(y_ref, 0)
-    launches = []
-    kernel = b._kernel
-    monkeypatch.setattr(b, "_kernel", lambda program, name: (
-        lambda queue, size, *rest: (launches.append((name, size[0])), kernel(program, name)(queue, size, *rest))[1]))
-    results = []
-    for own in (None, False):
-        monkeypatch.setattr(b, "_depthwise_s2", own)
-        launches.clear()
-        y = b.empty(y_ref.shape)
-        b.conv2d(b.from_host(x), b.from_host(wt), y, *args, Workspace(), **kwargs)
-        results.append(b.to_host(y))
+    results = _depthwise_forwards(b, monkeypatch, rng, shape, ((2, 2), (1, 1), (1, 1), c), parts, "_depthwise_s2")
+    for own, (_, launches) in zip((None, False), results[:2]):
         names = [name for name, _ in launches]
         if own is None and (w // 2) % lanes == 0:
             per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
             assert launches == [("conv_depthwise_s2_k3", n * c // per)], launches
         else:
             assert "conv_depthwise_s2_k3" not in names and any("_local" in name for name in names), launches
-    np.testing.assert_allclose(results[0], y_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_array_equal(results[0], results[1])
+    np.testing.assert_allclose(results[0][0], results[2], rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(results[0][0], results[1][0])
 
 
 @pytest.mark.parametrize("shape", [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32)],
@@ -1083,27 +1099,9 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
 
     b = lanes_backend(lanes)
     n, c, h, w = shape
-    args = ((2, 2), (1, 1), (1, 1), c)
-    x = rng.standard_normal(shape).astype(np.float32)
-    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
-    dy = rng.standard_normal((n, c, h // 2, w // 2)).astype(np.float32)
-    dx0, dw0 = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(wt.shape).astype(np.float32)
-    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
-    if accumulate:
-        dx_ref, dw_ref = dx_ref + dx0, dw_ref + dw0
-    launches = []
-    kernel = b._kernel
-    monkeypatch.setattr(b, "_kernel", lambda program, name: (
-        lambda queue, size, *rest: (launches.append((name, size)), kernel(program, name)(queue, size, *rest))[1]))
-    results = []
-    for own in (None, False):
-        monkeypatch.setattr(b, "_depthwise_s2", own)
-        launches.clear()
-        ws, dev_dy = Workspace(), b.from_host(dy)
-        dx, dw = b.from_host(dx0), b.from_host(dw0)
-        b.conv2d_backward_data(dev_dy, b.from_host(wt), dx, *args, accumulate, ws)
-        b.conv2d_backward_filter(b.from_host(x), dev_dy, dw, *args, accumulate, ws)
-        results.append((b.to_host(dx), b.to_host(dw)))
+    results, dx_ref, dw_ref = _depthwise_gradients(b, monkeypatch, rng, shape, ((2, 2), (1, 1), (1, 1), c),
+                                                   (n, c, h // 2, w // 2), "_depthwise_s2", accumulate)
+    for own, (_, _, launches) in zip((None, False), results):
         names = [name for name, _ in launches]
         if own is None and (w // 2) % lanes == 0:
             per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
@@ -1114,10 +1112,7 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
         else:
             assert not any(name.startswith("conv_depthwise_s2") for name in names), launches
             assert "conv_phase_bwd_data" in names, launches
-    np.testing.assert_allclose(results[0][0], dx_ref, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(results[0][1], dw_ref, rtol=1e-4, atol=1e-3)
-    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-5, atol=1e-4)
+    _assert_gradients(results, dx_ref, dw_ref)
 
 
 def test_depthwise_stride_2_kernel_rule(ocl):
@@ -1128,16 +1123,10 @@ def test_depthwise_stride_2_kernel_rule(ocl):
         ho, wo = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
         return (n, c, h, w, o, k, k, ho, wo, s, s, p, p, d, d)
 
-    assert ocl._use_depthwise_s2(geo(), 8, 8) and ocl._use_depthwise_s2(geo(), 8, 16)
-    assert ocl._use_depthwise_s2(geo(w=16), 8, 8) and not ocl._use_depthwise_s2(geo(w=16), 8, 16)
-    for other, groups in ((geo(o=16), 8), (geo(), 4), (geo(k=5, p=2), 8), (geo(s=1), 8), (geo(p=0), 8),
-                          (geo(d=2, p=2), 8), (geo(h=31), 8), (geo(w=30), 8)):
-        assert not ocl._use_depthwise_s2(other, groups, 8), other
-    ocl._depthwise_s2 = False
-    try:
-        assert not ocl._use_depthwise_s2(geo(), 8, 8)
-    finally:
-        ocl._depthwise_s2 = None
+    _assert_depthwise_rule(ocl, "_depthwise_s2", [(geo(), 8, 8), (geo(), 8, 16), (geo(w=16), 8, 8)],
+                           [(geo(w=16), 8, 16), (geo(o=16), 8, 8), (geo(), 4, 8), (geo(k=5, p=2), 8, 8),
+                            (geo(s=1), 8, 8), (geo(p=0), 8, 8), (geo(d=2, p=2), 8, 8), (geo(h=31), 8, 8),
+                            (geo(w=30), 8, 8)])
 
 
 @pytest.mark.parametrize("stride,padding,width", [
