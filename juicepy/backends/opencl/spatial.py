@@ -580,7 +580,7 @@ class SpatialOps(abc.ABC):
             self._depthwise_s2_forward(program, x, w, y, geo, bias, epilogue)
             return
         if self._use_depthwise_plane(geo, groups, lanes):
-            size, per = self._depthwise_s2_items(n * c)
+            size, per = self._depthwise_items(n * c)
             self._kernel(program, "conv_depthwise_k3_plane")(
                 self.queue, size, (1,), *self._ref(x), *self._ref(w), *self._ref(y), c, h, wd, per, int(flip),
                 int(accumulate), self._local_memory(self._depthwise_plane_bytes(h, wd, lanes)),
@@ -643,11 +643,11 @@ class SpatialOps(abc.ABC):
         """conv_depthwise_k3_plane's local memory: a plane between its zeros (PLANE_ZEROS)."""
         return (2 * (wd + 1) + -(-h * wd // lanes) * lanes) * 4
 
-    def _depthwise_s2_items(self, planes):
-        """(global size, planes per work-item) of conv_depthwise_s2_k3 and its input gradient
-        over ``planes`` planes: DIRECT_LOCAL_GROUP_RUNS a work-item, as the direct
-        kernel's depthwise runs, fewer where that leaves under DIRECT_LOCAL_MIN_ITEMS work-items
-        or does not divide the planes."""
+    def _depthwise_items(self, planes):
+        """(global size, planes per work-item) of conv_depthwise_s2_k3, its input gradient and
+        conv_depthwise_k3_plane over ``planes`` planes: DIRECT_LOCAL_GROUP_RUNS a work-item, as
+        the direct kernel's depthwise runs, fewer where that leaves under DIRECT_LOCAL_MIN_ITEMS
+        work-items or does not divide the planes."""
         per = DIRECT_LOCAL_GROUP_RUNS if self._group_runs is None else int(self._group_runs)
         while per > 1 and (planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
             per //= 2
@@ -655,7 +655,7 @@ class SpatialOps(abc.ABC):
 
     def _depthwise_s2_forward(self, program, x, w, y, geo, bias, epilogue):
         """y = bias + the depthwise 3x3 stride-2 convolution ``geo`` of x (conv_depthwise_s2_k3)."""
-        size, per = self._depthwise_s2_items(geo[0] * geo[1])
+        size, per = self._depthwise_items(geo[0] * geo[1])
         self._kernel(program, "conv_depthwise_s2_k3")(
             self.queue, size, (1,), *self._ref(x), *self._ref(w), *self._ref(y), geo[1], geo[7], geo[8], per,
             *self._optional(bias), *self._epilogue_args(epilogue))
@@ -890,7 +890,7 @@ class SpatialOps(abc.ABC):
         if self._use_direct(geo, groups, "data"):
             lanes = self._direct_forward_lanes(geo, groups)
             if self._use_depthwise_s2(geo, groups, lanes):
-                size, per = self._depthwise_s2_items(n * c)
+                size, per = self._depthwise_items(n * c)
                 self._kernel(self._conv_program(lanes), "conv_depthwise_s2_k3_data")(
                     self.queue, size, (1,), *self._ref(dy), *self._ref(w), *self._ref(dx), c, ho, wo, per,
                     int(bool(accumulate)))
@@ -1032,20 +1032,15 @@ class SpatialOps(abc.ABC):
         sh, sw, ph, pw, dh, dwl = geo[9:]
         taps, weights = kh * kw, dw.size // (kh * kw)   # weights: O * channels per group
         lanes = self._direct_forward_lanes(geo, groups)
-        if self._use_depthwise_s2(geo, groups, lanes):
+        plane = self._use_depthwise_plane(geo, groups, lanes)
+        if plane or self._use_depthwise_s2(geo, groups, lanes):
+            # a work-item per (channel, chunk of images), the chunks' sums added by conv_direct_filter_sum
             chunks = max(1, min(n, DIRECT_FILTER_ITEMS // c))
             part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
-            self._kernel(self._conv_program(lanes), "conv_depthwise_s2_k3_filter")(
-                self.queue, (c, chunks), (1, 1), *self._ref(x), *self._ref(dy), *self._ref(part), n, ho, wo)
-            self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
-                              *self._ref(dw), int(accumulate))
-            return
-        if self._use_depthwise_plane(geo, groups, lanes):
-            chunks = max(1, min(n, DIRECT_FILTER_ITEMS // c))
-            part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
-            self._kernel(self._conv_program(lanes), "conv_depthwise_k3_plane_filter")(
-                self.queue, (c, chunks), (1, 1), *self._ref(x), *self._ref(dy), *self._ref(part), n, h, wd,
-                self._local_memory(self._depthwise_plane_bytes(h, wd, lanes)))
+            name, sizes = (("conv_depthwise_k3_plane_filter", (h, wd, self._local_memory(
+                self._depthwise_plane_bytes(h, wd, lanes)))) if plane else ("conv_depthwise_s2_k3_filter", (ho, wo)))
+            self._kernel(self._conv_program(lanes), name)(
+                self.queue, (c, chunks), (1, 1), *self._ref(x), *self._ref(dy), *self._ref(part), n, *sizes)
             self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),
                               *self._ref(dw), int(accumulate))
             return
