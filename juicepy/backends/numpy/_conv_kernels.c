@@ -841,6 +841,16 @@ static int depthwise_level(const Geometry *g, int s2, I itemsize)
     return level;
 }
 
+/* left[i] (right[i]), ``whole`` values of ``size`` bytes: all ones where the value left (right)
+ * of position i of a flat plane of rows W wide lies in i's row, else zero (calloc'd) */
+static void flat_row_masks(void *left, void *right, I whole, I W, size_t size)
+{
+    for (I i = 0; i < whole; i++) {
+        if (i % W != 0) memset((char *)left + i * size, 0xff, size);
+        if (i % W != W - 1) memset((char *)right + i * size, 0xff, size);
+    }
+}
+
 /* a += the nine taps kt over the flat plane at x (rows W apart), the left and right columns'
  * values masked to zero where they lie outside the lane's row (the grid kernel's tap order) */
 #define FLAT_MASKED(M, V, src, m) ((V)((M)LOADV(V, src) & (m)))
@@ -880,10 +890,7 @@ static int depthwise_level(const Geometry *g, int s2, I itemsize)
         T *buf = calloc((size_t)(2 * margin + whole + 2 * whole), sizeof(T));                 \
         if (!buf) return -1;                                                                  \
         T *left = buf + 2 * margin + whole, *right = left + whole;                            \
-        for (I i = 0; i < whole; i++) {                                                       \
-            if (i % W != 0) memset(left + i, 0xff, sizeof(T));                                \
-            if (i % W != W - 1) memset(right + i, 0xff, sizeof(T));                           \
-        }                                                                                     \
+        flat_row_masks(left, right, whole, W, sizeof(T));                                     \
         for (I p = p0; p < p1; p++) {                                                         \
             const T *k = w + (p % g->c) * 9;                                                  \
             T kt[9];                                                                          \
@@ -1026,10 +1033,7 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
         T *buf = calloc((size_t)(2 * margin + whole + 3 * whole), sizeof(T));                 \
         if (!buf) return -1;                                                                  \
         T *left = buf + 2 * margin + whole, *right = left + whole, *last = right + whole;     \
-        for (I i = 0; i < whole; i++) {                                                       \
-            if (i % W != 0) memset(left + i, 0xff, sizeof(T));                                \
-            if (i % W != W - 1) memset(right + i, 0xff, sizeof(T));                           \
-        }                                                                                     \
+        flat_row_masks(left, right, whole, W, sizeof(T));                                     \
         for (I c = c0; c < c1; c++) {                                                         \
             V a[9];                                                                           \
             for (int t = 0; t < 9; t++) a[t] = (V){0};                                        \

@@ -697,11 +697,22 @@ typedef ITYPE(VEC) intv;
 // the values left and right of the lanes' at r, zero outside their rows
 #define PLANE_LEFT(r) (left ? LOCAL_LOAD_UNIT((r) - 1) : (floatv)(0.0f))
 #define PLANE_RIGHT(r) (right ? LOCAL_LOAD_UNIT((r) + 1) : (floatv)(0.0f))
-// the zeros around a plane's copy in xl: a margin before it, then from its end to its last
-// vector's end and a margin more
-#define PLANE_ZEROS(xl) \
+// a plane's sizes (Wo: its values, the store's row) and the zeros around its copy in xl: a
+// margin before it, then from its end to its last vector's end and a margin more
+#define PLANE_SETUP(xl) \
+    const int Wo = H * W, margin = W + 1, reps = VEC / W + 1, whole = (Wo + VEC - 1) / VEC * VEC; \
     for (int i = 0; i < margin; ++i) xl[i] = 0.0f; \
     for (int i = margin + Wo; i < 2 * margin + whole; ++i) xl[i] = 0.0f;
+// Open and close the loop over the plane at xc (copied into xl) a vector of outputs b0 at a
+// time, with r at the row above them and left/right: which lanes' neighbours lie in their row
+#define PLANE_VECTORS_BEGIN(xl, xc) \
+    for (int i = 0; i < Wo; ++i) xl[margin + i] = (xc)[i]; \
+    intv col = LANE_IDS; \
+    PLANE_COLUMNS(col) \
+    for (int b0 = 0; b0 < Wo; b0 += VEC) { \
+        const intv left = col != (intv)(0), right = col != (intv)(W - 1); \
+        __local const float *r = xl + margin + b0 - W;
+#define PLANE_VECTORS_END col += (intv)(VEC); PLANE_COLUMNS(col) }
 #define PLANE_TAPS(i) \
     s += PLANE_LEFT(r) * k##i##0; \
     s += LOCAL_LOAD_UNIT(r) * k##i##1; \
@@ -715,9 +726,7 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
                              __global const float *restrict bias, const int b_off, const int has_bias,
                              __global const float *restrict res, const int r_off, const int epi)
 {
-    const int Wo = H * W, margin = W + 1, reps = VEC / W + 1;
-    const int whole = (Wo + VEC - 1) / VEC * VEC;
-    PLANE_ZEROS(xl)
+    PLANE_SETUP(xl)
     const int first = get_global_id(0) * per;
     for (int plane = first; plane < first + per; ++plane) {
         const int c = plane % C;
@@ -726,21 +735,13 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
                     k10 = wc[flip ? 5 : 3], k11 = wc[4], k12 = wc[flip ? 3 : 5],
                     k20 = wc[flip ? 2 : 6], k21 = wc[flip ? 1 : 7], k22 = wc[flip ? 0 : 8];
         const float b = has_bias ? bias[b_off + c] : 0.0f;
-        __global const float *xc = x + x_off + (size_t)plane * Wo;
-        for (int i = 0; i < Wo; ++i) xl[margin + i] = xc[i];
         __global float *yc = y + y_off + (size_t)plane * Wo;
-        intv col = LANE_IDS;
-        PLANE_COLUMNS(col)
-        for (int b0 = 0; b0 < Wo; b0 += VEC) {
-            const intv left = col != (intv)(0), right = col != (intv)(W - 1);
-            __local const float *r = xl + margin + b0 - W;
+        PLANE_VECTORS_BEGIN(xl, x + x_off + (size_t)plane * Wo)
             floatv s = (floatv)(b);
             PLANE_TAPS(0) PLANE_TAPS(1) PLANE_TAPS(2)
             __global float *yr = yc + b0;
             DIRECT_STORE(s, yr, b0)
-            col += (intv)(VEC);
-            PLANE_COLUMNS(col)
-        }
+        PLANE_VECTORS_END
     }
 }
 
@@ -1233,24 +1234,14 @@ void conv_depthwise_k3_plane_filter(__global const float *restrict x, const int 
                                     const int W, __local float *restrict xl)
 {
     const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
-    const int Wo = H * W, margin = W + 1, reps = VEC / W + 1;
-    const int whole = (Wo + VEC - 1) / VEC * VEC;
-    PLANE_ZEROS(xl)
+    PLANE_SETUP(xl)
     TAPS_3X3(FL_ACC)
     for (int n = chunk; n < N; n += chunks) {
-        __global const float *xc = x + x_off + ((size_t)n * C + c) * Wo;
         __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Wo;
-        for (int i = 0; i < Wo; ++i) xl[margin + i] = xc[i];
-        intv col = LANE_IDS;
-        PLANE_COLUMNS(col)
-        for (int b0 = 0; b0 < Wo; b0 += VEC) {
-            const intv left = col != (intv)(0), right = col != (intv)(W - 1);
+        PLANE_VECTORS_BEGIN(xl, x + x_off + ((size_t)n * C + c) * Wo)
             const floatv e = Wo - b0 >= VEC ? LOAD_UNIT(dyc + b0) : tail_of(dyc + b0, Wo - b0);
-            __local const float *r = xl + margin + b0 - W;
             PLANE_TAP_SUMS(0) PLANE_TAP_SUMS(1) PLANE_TAP_SUMS(2)
-            col += (intv)(VEC);
-            PLANE_COLUMNS(col)
-        }
+        PLANE_VECTORS_END
     }
     __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
     TAPS_3X3(FL_STORE)

@@ -640,7 +640,7 @@ class SpatialOps(abc.ABC):
 
     @staticmethod
     def _depthwise_plane_bytes(h, wd, lanes) -> int:
-        """conv_depthwise_k3_plane's local memory: a plane between its zeros (PLANE_ZEROS)."""
+        """conv_depthwise_k3_plane's local memory: a plane between its zeros (PLANE_SETUP)."""
         return (2 * (wd + 1) + -(-h * wd // lanes) * lanes) * 4
 
     def _depthwise_items(self, planes):
