@@ -614,15 +614,18 @@ DIRECT_KERNEL(conv_direct_fwd8_u2_k3, 8, 2, 3)
 DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 
 // Depthwise 3x3, stride 2, padding 1, on planes of exactly 2 Ho x 2 Wo (the downsampling layers of
-// MobileNet-style networks; no padding row or column past the end is read), Wo whole vectors:
-// each work-item takes `per` consecutive planes and, per VEC outputs of a row, splits each of the
+// MobileNet-style networks; no padding row or column past the end is read): each work-item
+// takes `per` consecutive planes and, per VEC outputs of a row, splits each of the
 // two new input rows into the three vectors its taps read (columns 2 ow - 1, 2 ow and 2 ow + 1:
 // the odd lanes shifted in by one, the even ones, the odd ones) in registers, carrying the lower
 // row's to the next output row as its upper one. No phase planes are copied into local memory
 // (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums run the
 // same taps in the same order as that kernel (the same bits). The layer's input gradient below
 // (conv_depthwise_s2_k3_data) and its weight gradient (conv_depthwise_s2_k3_filter, beside the
-// other 3x3 weight gradients) work from rows in registers too.
+// other 3x3 weight gradients) work from rows in registers too. A row's last vector may be partial
+// (Wo 7, 14: MobileNet's late layers): its loads stop at the row's end (zeros past it: the input
+// gradient's last dy value has no right neighbour, the weight gradient's lanes past the row add
+// nothing) and its stores at the row's end.
 // (AFTER_LANE(p, v): p, then v's lanes but its last. Spelled as a shuffle of two vectors, p's
 // splat and v, not as p followed by v's swizzled parts, which PoCL 3.0's LLVM built from
 // half-vector loads and inserts: docs/opencl.md, session 53.)
@@ -633,14 +636,18 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 #define AFTER_LANES(P, v) (floatv)((P).s7, (v).s0, (v).s1, (v).s2, (v).s3, (v).s4, (v).s5, (v).s6)
 #endif
 #define AFTER_LANE(p, v) AFTER_LANES((floatv)(p), v)
+// the n values at p in a vector, zeros after them (n < VEC: the end of a row)
+#define DW_S2_LOAD(p, n) ((n) >= VEC ? LOAD_UNIT(p) : tail_of(p, n))
 #define DW_S2_ROW(name, row) \
-    const floatv name##u = LOAD_UNIT(row), name##v = LOAD_UNIT((row) + VEC); \
+    const floatv name##u = DW_S2_LOAD(row, vals), name##v = DW_S2_LOAD((row) + VEC, vals - VEC); \
     const floatv name##1 = (floatv)(name##u.even, name##v.even), name##2 = (floatv)(name##u.odd, name##v.odd); \
     const floatv name##0 = AFTER_LANE(ow0 ? (row)[-1] : 0.0f, name##2);
-// Open and close the loops over a plane's vectors of outputs (ow0) and its output rows (oh) with
-// the two new input rows of row oh split (m*, d*) and the one above in t*, carried from d*
+// Open and close the loops over a plane's vectors of outputs (ow0; live of them in the row, vals
+// input values) and its output rows (oh) with the two new input rows of row oh split (m*, d*) and
+// the one above in t*, carried from d*
 #define DW_S2_ROWS_BEGIN(xc) \
     for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
+        const int live = Wo - ow0, vals = 2 * live; \
         floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */ \
         for (int oh = 0; oh < Ho; ++oh) { \
             __global const float *r = (xc) + (size_t)2 * oh * W + 2 * ow0; \
@@ -763,9 +770,15 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
 #define INTERLEAVE_LO(a, b) (floatv)((a).s0, (b).s0, (a).s1, (b).s1, (a).s2, (b).s2, (a).s3, (b).s3)
 #define INTERLEAVE_HI(a, b) (floatv)((a).s4, (b).s4, (a).s5, (b).s5, (a).s6, (b).s6, (a).s7, (b).s7)
 #endif
-#define DW_S2_STORE(p, v) { floatv v_ = (v); \
-    if (acc) v_ += *(__global floatv_u *)(p); \
-    *(__global floatv_u *)(p) = v_; }
+// v's first n values stored at p (added where acc)
+#define DW_S2_STORE(p, v, n) { floatv v_ = (v); \
+    if ((n) >= VEC) { \
+        if (acc) v_ += *(__global floatv_u *)(p); \
+        *(__global floatv_u *)(p) = v_; \
+    } else if ((n) > 0) { \
+        if (acc) v_ += tail_of(p, n); \
+        store_tail(p, v_, n); \
+    } }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_off,
                                __global const float *restrict w, const int w_off,
@@ -781,23 +794,23 @@ void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_o
         __global const float *dyc = dy + dy_off + (size_t)plane * Ho * Wo;
         __global float *dxc = dx + dx_off + (size_t)plane * 4 * Ho * Wo;
         for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
-            const int more = ow0 + VEC < Wo;   /* a dy value right of the vector */
-            floatv d = LOAD_UNIT(dyc + ow0);
+            const int live = Wo - ow0, vals = 2 * live, more = live > VEC;   /* a dy value right of the vector */
+            floatv d = DW_S2_LOAD(dyc + ow0, live);
             floatv ds = BEFORE_LANE(d, more ? dyc[ow0 + VEC] : 0.0f);
             for (int m = 0; m < Ho; ++m) {
                 floatv e = (floatv)(0.0f), es = (floatv)(0.0f);   /* dy row m + 1 (none past the last) */
                 if (m + 1 < Ho) {
                     __global const float *r = dyc + (size_t)(m + 1) * Wo + ow0;
-                    e = LOAD_UNIT(r);
+                    e = DW_S2_LOAD(r, live);
                     es = BEFORE_LANE(e, more ? r[VEC] : 0.0f);
                 }
                 const floatv ee = d * w11, eo = ds * w10 + d * w12, oe = e * w01 + d * w21,
                              oo = es * w00 + e * w02 + ds * w20 + d * w22;
                 __global float *x0 = dxc + (size_t)2 * m * W + 2 * ow0, *x1 = x0 + W;
-                DW_S2_STORE(x0, INTERLEAVE_LO(ee, eo))
-                DW_S2_STORE(x0 + VEC, INTERLEAVE_HI(ee, eo))
-                DW_S2_STORE(x1, INTERLEAVE_LO(oe, oo))
-                DW_S2_STORE(x1 + VEC, INTERLEAVE_HI(oe, oo))
+                DW_S2_STORE(x0, INTERLEAVE_LO(ee, eo), vals)
+                DW_S2_STORE(x0 + VEC, INTERLEAVE_HI(ee, eo), vals - VEC)
+                DW_S2_STORE(x1, INTERLEAVE_LO(oe, oo), vals)
+                DW_S2_STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC)
                 d = e; ds = es;
             }
         }
@@ -1214,7 +1227,7 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
         __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
         __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Ho * Wo;
         DW_S2_ROWS_BEGIN(xc)
-            const floatv e = LOAD_UNIT(dyc + (size_t)oh * Wo + ow0);
+            const floatv e = DW_S2_LOAD(dyc + (size_t)oh * Wo + ow0, live);
             DW_S2_TAP_SUMS(DW_S2_FMA)
         DW_S2_ROWS_END
     }

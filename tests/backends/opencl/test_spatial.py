@@ -1058,8 +1058,15 @@ def _assert_depthwise_rule(ocl, switch, taken, refused):
         setattr(ocl, switch, None)
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32)],
-                         ids=["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-planes-a-work-item"])
+# planes of 2 Ho x 2 Wo; rows of whole vectors and (from "rows-of-7") rows whose last vector is
+# partial at 8 or 16 lanes (MobileNet's 7 and 14, one output, a vector and a half of 8)
+S2_SHAPES = [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32), (2, 3, 14, 14), (2, 4, 28, 28),
+             (3, 2, 6, 2), (2, 3, 10, 24)]
+S2_IDS = ["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-planes-a-work-item", "rows-of-7",
+          "rows-of-14", "rows-of-1", "rows-of-12"]
+
+
+@pytest.mark.parametrize("shape", S2_SHAPES, ids=S2_IDS)
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("parts", ["none", "bias+relu", "bias+residual+relu"])
 def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend, monkeypatch, rng, shape, lanes,
@@ -1068,7 +1075,7 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
     vectors run on conv_depthwise_s2_k3 (no phase planes in local memory; DIRECT_LOCAL_GROUP_RUNS
     planes a work-item where that leaves DIRECT_LOCAL_MIN_ITEMS): against float64 with the
     epilogue, and bit for bit as the local-memory direct kernel (the same taps in the same
-    order). Rows that are not whole vectors of the build keep that kernel."""
+    order), rows whose last vector is partial included."""
     from juicepy.backends.opencl import spatial as ocl_spatial
 
     b = lanes_backend(lanes)
@@ -1076,7 +1083,7 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
     results = _depthwise_forwards(b, monkeypatch, rng, shape, ((2, 2), (1, 1), (1, 1), c), parts, "_depthwise_s2")
     for own, (_, launches) in zip((None, False), results[:2]):
         names = [name for name, _ in launches]
-        if own is None and (w // 2) % lanes == 0:
+        if own is None:
             per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
             assert launches == [("conv_depthwise_s2_k3", n * c // per)], launches
         else:
@@ -1085,8 +1092,7 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
     np.testing.assert_array_equal(results[0][0], results[1][0])
 
 
-@pytest.mark.parametrize("shape", [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32)],
-                         ids=["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-planes-a-work-item"])
+@pytest.mark.parametrize("shape", S2_SHAPES, ids=S2_IDS)
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monkeypatch, rng, shape, lanes, accumulate):
@@ -1094,7 +1100,8 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
     dy's rows and their one-lane shifts, interleaved into dx's rows) and weight gradient
     (conv_depthwise_s2_k3_filter: dy against the input rows split as the forward splits them,
     chunks summed by conv_direct_filter_sum), stored or added, against float64 and against the
-    local-memory phase kernels they replace; rows that are not whole vectors of the build keep those."""
+    local-memory phase kernels they replace (a partial last vector of a row: no dy value to its
+    right, nothing stored or added past the row, nothing summed past it)."""
     from juicepy.backends.opencl import spatial as ocl_spatial
 
     b = lanes_backend(lanes)
@@ -1103,7 +1110,7 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
                                                    (n, c, h // 2, w // 2), "_depthwise_s2", accumulate)
     for own, (_, _, launches) in zip((None, False), results):
         names = [name for name, _ in launches]
-        if own is None and (w // 2) % lanes == 0:
+        if own is None:
             per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
             chunks = min(n, ocl_spatial.DIRECT_FILTER_ITEMS // c)
             assert names == ["conv_depthwise_s2_k3_data", "conv_depthwise_s2_k3_filter", "conv_direct_filter_sum"], \
@@ -1117,16 +1124,16 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
 
 def test_depthwise_stride_2_kernel_rule(ocl):
     """conv_depthwise_s2_k3* take only depthwise (one channel a group, one output a channel) 3x3
-    stride-2 padding-1 undilated layers on inputs of exactly twice the output, rows of whole
-    vectors of the build's lanes; the A/B switch turns it off."""
+    stride-2 padding-1 undilated layers on inputs of exactly twice the output, whatever the
+    rows' width; the A/B switch turns it off."""
     def geo(n=2, c=8, h=32, w=32, o=8, k=3, s=2, p=1, d=1):
         ho, wo = out_size(h, k, s, p, d), out_size(w, k, s, p, d)
         return (n, c, h, w, o, k, k, ho, wo, s, s, p, p, d, d)
 
-    _assert_depthwise_rule(ocl, "_depthwise_s2", [(geo(), 8, 8), (geo(), 8, 16), (geo(w=16), 8, 8)],
-                           [(geo(w=16), 8, 16), (geo(o=16), 8, 8), (geo(), 4, 8), (geo(k=5, p=2), 8, 8),
-                            (geo(s=1), 8, 8), (geo(p=0), 8, 8), (geo(d=2, p=2), 8, 8), (geo(h=31), 8, 8),
-                            (geo(w=30), 8, 8)])
+    _assert_depthwise_rule(ocl, "_depthwise_s2", [(geo(), 8, 8), (geo(), 8, 16), (geo(w=16), 8, 8),
+                                                  (geo(w=16), 8, 16), (geo(w=14), 8, 8), (geo(w=2), 8, 16)],
+                           [(geo(o=16), 8, 8), (geo(), 4, 8), (geo(k=5, p=2), 8, 8), (geo(s=1), 8, 8),
+                            (geo(p=0), 8, 8), (geo(d=2, p=2), 8, 8), (geo(h=31), 8, 8), (geo(w=31), 8, 8)])
 
 
 @pytest.mark.parametrize("stride,padding,width", [
