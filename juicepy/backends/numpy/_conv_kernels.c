@@ -868,64 +868,113 @@ static void flat_row_masks(void *left, void *right, I whole, I W, size_t size)
 #define FLAT_MADD(T, V, k, v, a)                                                               \
     (sizeof(V) == 16 ? (a) + (k) * (v)                                                        \
                      : sizeof(T) == 4 ? __builtin_fmaf((k), (v), (a)) : __builtin_fma((k), (v), (a)))
-/* o[b ...] (+)= a, the lanes inside the plane */
-#define FLAT_STORE(T, V, o, b, a, plane, accumulate)                                           \
+/* the epilogue (epilogue_f32's formula, as it rounds there) on the value v at plane position i,
+ * on a vector of them (M: V's mask type), where the plane's FLAT_EPILOGUE_SETUP set ``epilogue``:
+ * in registers before the store, not in a call and a pass over the stored plane */
+#define FLAT_EPILOGUE_SETUP(T, p)                                                              \
+    const T e_scale = scale ? scale[(p) % g->c] : (T)1, e_shift = shift ? shift[(p) % g->c] : (T)0; \
+    const T *e_res = res ? res + (p) * plane : NULL, e_start = epilogue == 2 ? e_shift : (T)0;
+/* the sums' start: the bias where it is the whole epilogue (epilogue 2), else zero */
+#define FLAT_START(V) ((V){0} + e_start)
+#define FLAT_EPILOGUE(T, v, i)                                                                 \
+    if (epilogue == 1) {                                                                           \
+        v = v * e_scale + e_shift;                                                            \
+        if (e_res) v += e_res[i];                                                             \
+        if (relu) v = v < 0 ? (T)0 : v;                                                       \
+    }
+#define FLAT_EPILOGUE_VECTOR(M, V, a, i)                                                       \
+    if (epilogue == 1) {                                                                           \
+        a = a * e_scale + e_shift;                                                            \
+        if (e_res) a += LOADV(V, e_res + (i));                                                \
+        if (relu) a = (V)((M)a & ~(M)(a < 0));                                                \
+    }
+/* o[b ...] (+)= a, the lanes inside the plane, through the epilogue */
+#define FLAT_STORE(M, T, V, o, b, a, plane, accumulate)                                        \
     if ((b) + VLANES(V, T) <= (plane)) {                                                      \
         if (accumulate) a += LOADV(V, (o) + (b));                                             \
+        FLAT_EPILOGUE_VECTOR(M, V, a, b)                                                      \
         memcpy((o) + (b), &a, sizeof a);                                                      \
-    } else                                                                                    \
-        for (I i = 0; (b) + i < (plane); i++) (o)[(b) + i] = (accumulate) ? (o)[(b) + i] + a[i] : a[i];
-#define DEFINE_DEPTHWISE_FLAT(NAME, ATTR, EPI, T, V)                                           \
+    } else { /* through a copy: a indexed would live in memory on every path */              \
+        T t_[VLANES(V, T)];                                                                   \
+        memcpy(t_, &a, sizeof a);                                                             \
+        for (I i = 0; (b) + i < (plane); i++) {                                               \
+            T v_ = (accumulate) ? (o)[(b) + i] + t_[i] : t_[i];                               \
+            FLAT_EPILOGUE(T, v_, (b) + i)                                                     \
+            (o)[(b) + i] = v_;                                                                \
+        }                                                                                     \
+    }
+#define DEFINE_DEPTHWISE_FLAT(NAME, ATTR, T, V)                                                \
     typedef int NAME##_mask __attribute__((vector_size(sizeof(V))));                          \
-    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
-                         const Geometry *g, I p0, I p1, int flip, int accumulate,             \
-                         const T *scale, const T *shift, const T *res, int relu)              \
+    ATTR static inline __attribute__((always_inline)) int NAME##_body(                       \
+        const T *restrict x, const T *restrict w, T *restrict out, const Geometry *g, I p0,   \
+        I p1, int flip, const int accumulate, const int epilogue, const T *scale,             \
+        const T *shift, const T *res, int relu)                                               \
     {                                                                                          \
         const I lanes = VLANES(V, T), W = g->w, plane = g->h * W;                             \
         const I whole = (plane + 2 * lanes - 1) / (2 * lanes) * (2 * lanes), margin = W + 1;  \
-        const int epilogue = !accumulate && (scale || shift || res || relu);                  \
-        /* buf: a row and a value of zeros, the plane, zeros to the last pair of vectors' end  \
-         * and a row more; left, right: all ones where the column left (right) of the lane's \
-         * lies inside its row */                                                            \
-        T *buf = calloc((size_t)(2 * margin + whole + 2 * whole), sizeof(T));                 \
+        /* two plane buffers (the next plane is copied into one while the other's is read,   \
+         * so that no load waits on the copy's stores), each a row and a value of zeros, the  \
+         * plane, zeros to the last pair of vectors' end and a row more; left, right: all ones \
+         * where the column left (right) of the lane's lies inside its row */                \
+        const I span = 2 * margin + whole;                                                    \
+        T *buf = calloc((size_t)(2 * span + 2 * whole), sizeof(T));                           \
         if (!buf) return -1;                                                                  \
-        T *left = buf + 2 * margin + whole, *right = left + whole;                            \
+        T *left = buf + 2 * span, *right = left + whole;                                      \
         flat_row_masks(left, right, whole, W, sizeof(T));                                     \
+        if (p0 < p1) memcpy(buf + margin, x + p0 * plane, (size_t)plane * sizeof(T));         \
         for (I p = p0; p < p1; p++) {                                                         \
+            const T *cur = buf + ((p - p0) & 1) * span;                                       \
+            if (p + 1 < p1)                                                                   \
+                memcpy(buf + ((p + 1 - p0) & 1) * span + margin, x + (p + 1) * plane,         \
+                       (size_t)plane * sizeof(T));                                            \
             const T *k = w + (p % g->c) * 9;                                                  \
             T kt[9];                                                                          \
             for (I t = 0; t < 9; t++) kt[t] = k[flip ? 8 - t : t];                            \
             T *o = out + p * plane;                                                           \
-            memcpy(buf + margin, x + p * plane, (size_t)plane * sizeof(T));                   \
+            FLAT_EPILOGUE_SETUP(T, p)                                                          \
             I b = 0;                                                                          \
             for (; b + 2 * lanes <= plane; b += 2 * lanes) {                                  \
-                V a0 = {0}, a1 = {0};                                                         \
-                FLAT_K3(NAME##_mask, T, V, a0, buf + margin + b, left + b, right + b, W)      \
-                FLAT_K3(NAME##_mask, T, V, a1, buf + margin + b + lanes, left + b + lanes, right + b + lanes, W) \
-                FLAT_STORE(T, V, o, b, a0, plane, accumulate)                                 \
-                FLAT_STORE(T, V, o, b + lanes, a1, plane, accumulate)                         \
+                V a0 = FLAT_START(V), a1 = a0;                                                \
+                FLAT_K3(NAME##_mask, T, V, a0, cur + margin + b, left + b, right + b, W)      \
+                FLAT_K3(NAME##_mask, T, V, a1, cur + margin + b + lanes, left + b + lanes, right + b + lanes, W) \
+                FLAT_STORE(NAME##_mask, T, V, o, b, a0, plane, accumulate)                    \
+                FLAT_STORE(NAME##_mask, T, V, o, b + lanes, a1, plane, accumulate)            \
             }                                                                                 \
             /* a last vector with more than a quarter of its lanes inside the plane */       \
             for (; 4 * (plane - b) > lanes; b += lanes) {                                    \
-                V a = {0};                                                                    \
-                FLAT_K3(NAME##_mask, T, V, a, buf + margin + b, left + b, right + b, W)       \
-                FLAT_STORE(T, V, o, b, a, plane, accumulate)                                  \
+                V a = FLAT_START(V);                                                          \
+                FLAT_K3(NAME##_mask, T, V, a, cur + margin + b, left + b, right + b, W)       \
+                FLAT_STORE(NAME##_mask, T, V, o, b, a, plane, accumulate)                     \
             }                                                                                 \
             for (; b < plane; b++) { /* the rest one at a time, the taps in the same order */ \
-                const T *at = buf + margin + b - W;                                           \
+                const T *at = cur + margin + b - W;                                           \
                 const int l = b % W != 0, r = b % W != W - 1;                                 \
-                T a = 0;                                                                      \
+                T a = e_start;                                                                \
                 for (I i = 0; i < 3; i++, at += W) {                                          \
                     a = FLAT_MADD(T, V, kt[3 * i], l ? at[-1] : 0, a);                        \
                     a = FLAT_MADD(T, V, kt[3 * i + 1], at[0], a);                             \
                     a = FLAT_MADD(T, V, kt[3 * i + 2], r ? at[1] : 0, a);                     \
                 }                                                                             \
-                o[b] = accumulate ? o[b] + a : a;                                             \
+                if (accumulate) a += o[b];                                                    \
+                FLAT_EPILOGUE(T, a, b)                                                        \
+                o[b] = a;                                                                     \
             }                                                                                 \
-            if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
         }                                                                                     \
         free(buf);                                                                            \
         return 0;                                                                             \
+    }                                                                                          \
+    /* the body built three times, for each store: plain, added, through the epilogue */     \
+    ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
+                         const Geometry *g, I p0, I p1, int flip, int accumulate,             \
+                         const T *scale, const T *shift, const T *res, int relu)              \
+    {                                                                                          \
+        if (accumulate)                                                                       \
+            return NAME##_body(x, w, out, g, p0, p1, flip, 1, 0, scale, shift, res, relu);    \
+        if (shift && !scale && !res && !relu)                                                 \
+            return NAME##_body(x, w, out, g, p0, p1, flip, 0, 2, scale, shift, res, relu);    \
+        if (scale || shift || res || relu)                                                    \
+            return NAME##_body(x, w, out, g, p0, p1, flip, 0, 1, scale, shift, res, relu);    \
+        return NAME##_body(x, w, out, g, p0, p1, flip, 0, 0, scale, shift, res, relu);        \
     }
 
 /* out[p] (+)= the taps (reversed when ``flip``, stride 1 only) over padded x[p], planes
@@ -934,7 +983,7 @@ static void flat_row_masks(void *left, void *right, I whole, I W, size_t size)
  * it is in L1. Returns -1 when its scratch cannot be allocated. */
 #define DEFINE_DEPTHWISE_GRID(NAME, ATTR, COPY, EPI, T, V)                                   \
     DEFINE_DEPTHWISE_S2(NAME##_s2, ATTR, T, V)                                                 \
-    DEFINE_DEPTHWISE_FLAT(NAME##_flat, ATTR, EPI, T, V)                                        \
+    DEFINE_DEPTHWISE_FLAT(NAME##_flat, ATTR, T, V)                                        \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I p0, I p1, int flip, int accumulate,             \
                          const T *scale, const T *shift, const T *res, int relu)              \
@@ -1030,17 +1079,24 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
     {                                                                                          \
         const I lanes = VLANES(V, T), W = g->w, plane = g->h * W;                             \
         const I whole = (plane + lanes - 1) / lanes * lanes, margin = W + 1;                  \
-        T *buf = calloc((size_t)(2 * margin + whole + 3 * whole), sizeof(T));                 \
+        /* two plane buffers, the next plane copied into one while the other is read (as the \
+         * forward's), planes in the order (channel, sample) */                              \
+        const I span = 2 * margin + whole, count = (c1 - c0) * n;                             \
+        T *buf = calloc((size_t)(2 * span + 3 * whole), sizeof(T));                           \
         if (!buf) return -1;                                                                  \
-        T *left = buf + 2 * margin + whole, *right = left + whole, *last = right + whole;     \
+        T *left = buf + 2 * span, *right = left + whole, *last = right + whole;               \
         flat_row_masks(left, right, whole, W, sizeof(T));                                     \
+        if (count > 0) memcpy(buf + margin, x + c0 * plane, (size_t)plane * sizeof(T));       \
         for (I c = c0; c < c1; c++) {                                                         \
             V a[9];                                                                           \
             for (int t = 0; t < 9; t++) a[t] = (V){0};                                        \
             for (I smp = 0; smp < n; smp++) {                                                 \
-                const I p = smp * g->c + c;                                                   \
-                const T *e_at = dy + p * plane;                                               \
-                memcpy(buf + margin, x + p * plane, (size_t)plane * sizeof(T));               \
+                const I p = smp * g->c + c, q = (c - c0) * n + smp;                           \
+                const T *e_at = dy + p * plane, *cur = buf + (q & 1) * span;                  \
+                if (q + 1 < count)                                                            \
+                    memcpy(buf + ((q + 1) & 1) * span + margin,                               \
+                           x + ((q + 1) % n * g->c + c0 + (q + 1) / n) * plane,               \
+                           (size_t)plane * sizeof(T));                                        \
                 for (I b = 0; b < plane; b += lanes) {                                        \
                     if (b + lanes > plane) { /* dy's last values, zero past the plane */      \
                         memcpy(last, e_at + b, (size_t)(plane - b) * sizeof(T));              \
@@ -1049,7 +1105,7 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
                     const V e = LOADV(V, e_at + b);                                           \
                     const NAME##_mask l_ = LOADV(NAME##_mask, left + b), r_ = LOADV(NAME##_mask, right + b); \
                     for (I i = 0; i < 3; i++) {                                               \
-                        const T *row = buf + margin + b + (i - 1) * W;                        \
+                        const T *row = cur + margin + b + (i - 1) * W;                        \
                         a[3 * i] += e * FLAT_MASKED(NAME##_mask, V, row - 1, l_);             \
                         a[3 * i + 1] += e * LOADV(V, row);                                    \
                         a[3 * i + 2] += e * FLAT_MASKED(NAME##_mask, V, row + 1, r_);         \
