@@ -1072,6 +1072,13 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
 /* The weight gradient of depthwise_flat's layers: dw[c] (+)= sum over samples of dy times the
  * flat plane's nine shifted (and masked) values, a vector of sums per tap, dy's last values
  * past the plane zero; each channel's sums in a fixed order */
+/* planes the weight gradient's flat kernel fetches ahead of the one it reads */
+#define FLAT_AHEAD 4
+static inline void prefetch_bytes(const void *p, size_t bytes)
+{
+    for (size_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i);
+    __builtin_prefetch((const char *)p + bytes - 1);
+}
 #define DEFINE_DEPTHWISE_FLAT_FILTER(NAME, ATTR, T, V)                                         \
     typedef int NAME##_mask __attribute__((vector_size(sizeof(V))));                          \
     ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,           \
@@ -1097,6 +1104,12 @@ DEFINE_DEPTHWISE_GRID(depthwise_grid_f64_128, ISA_128, plane_grid_copy_f64_128, 
                     memcpy(buf + ((q + 1) & 1) * span + margin,                               \
                            x + ((q + 1) % n * g->c + c0 + (q + 1) / n) * plane,               \
                            (size_t)plane * sizeof(T));                                        \
+                if (q + FLAT_AHEAD < count) { /* a sample's planes lie C planes apart: no      \
+                                              * hardware prefetcher follows them */          \
+                    const I ahead = (q + FLAT_AHEAD) % n * g->c + c0 + (q + FLAT_AHEAD) / n;  \
+                    prefetch_bytes(x + ahead * plane, plane * sizeof(T));                     \
+                    prefetch_bytes(dy + ahead * plane, plane * sizeof(T));                    \
+                }                                                                             \
                 for (I b = 0; b < plane; b += lanes) {                                        \
                     if (b + lanes > plane) { /* dy's last values, zero past the plane */      \
                         memcpy(last, e_at + b, (size_t)(plane - b) * sizeof(T));              \
