@@ -868,22 +868,26 @@ static void flat_row_masks(void *left, void *right, I whole, I W, size_t size)
 #define FLAT_MADD(T, V, k, v, a)                                                               \
     (sizeof(V) == 16 ? (a) + (k) * (v)                                                        \
                      : sizeof(T) == 4 ? __builtin_fmaf((k), (v), (a)) : __builtin_fma((k), (v), (a)))
+/* how the flat forward finishes its sums: stored as they are; through the epilogue in
+ * registers before the store; started from the bias, where the bias is the whole epilogue */
+enum { FLAT_PLAIN, FLAT_EPILOGUE_STORES, FLAT_BIAS_START };
 /* the epilogue (epilogue_f32's formula, as it rounds there) on the value v at plane position i,
- * on a vector of them (M: V's mask type), where the plane's FLAT_EPILOGUE_SETUP set ``epilogue``:
- * in registers before the store, not in a call and a pass over the stored plane */
+ * on a vector of them (M: V's mask type), where ``epilogue`` is FLAT_EPILOGUE_STORES: in
+ * registers before the store, not in a call and a pass over the stored plane */
 #define FLAT_EPILOGUE_SETUP(T, p)                                                              \
     const T e_scale = scale ? scale[(p) % g->c] : (T)1, e_shift = shift ? shift[(p) % g->c] : (T)0; \
-    const T *e_res = res ? res + (p) * plane : NULL, e_start = epilogue == 2 ? e_shift : (T)0;
-/* the sums' start: the bias where it is the whole epilogue (epilogue 2), else zero */
+    const T *e_res = res ? res + (p) * plane : NULL;                                          \
+    const T e_start = epilogue == FLAT_BIAS_START ? e_shift : (T)0;
+/* the sums' start: the bias (FLAT_BIAS_START), else zero */
 #define FLAT_START(V) ((V){0} + e_start)
 #define FLAT_EPILOGUE(T, v, i)                                                                 \
-    if (epilogue == 1) {                                                                           \
+    if (epilogue == FLAT_EPILOGUE_STORES) {                                                   \
         v = v * e_scale + e_shift;                                                            \
         if (e_res) v += e_res[i];                                                             \
         if (relu) v = v < 0 ? (T)0 : v;                                                       \
     }
 #define FLAT_EPILOGUE_VECTOR(M, V, a, i)                                                       \
-    if (epilogue == 1) {                                                                           \
+    if (epilogue == FLAT_EPILOGUE_STORES) {                                                   \
         a = a * e_scale + e_shift;                                                            \
         if (e_res) a += LOADV(V, e_res + (i));                                                \
         if (relu) a = (V)((M)a & ~(M)(a < 0));                                                \
@@ -963,18 +967,22 @@ static void flat_row_masks(void *left, void *right, I whole, I W, size_t size)
         free(buf);                                                                            \
         return 0;                                                                             \
     }                                                                                          \
-    /* the body built three times, for each store: plain, added, through the epilogue */     \
+    /* the body built once for each way its sums end: stored, added, started from the bias, \
+     * through the epilogue */                                                               \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I p0, I p1, int flip, int accumulate,             \
                          const T *scale, const T *shift, const T *res, int relu)              \
     {                                                                                          \
         if (accumulate)                                                                       \
-            return NAME##_body(x, w, out, g, p0, p1, flip, 1, 0, scale, shift, res, relu);    \
+            return NAME##_body(x, w, out, g, p0, p1, flip, 1, FLAT_PLAIN,                     \
+                               scale, shift, res, relu);                                      \
         if (shift && !scale && !res && !relu)                                                 \
-            return NAME##_body(x, w, out, g, p0, p1, flip, 0, 2, scale, shift, res, relu);    \
+            return NAME##_body(x, w, out, g, p0, p1, flip, 0, FLAT_BIAS_START,                \
+                               scale, shift, res, relu);                                      \
         if (scale || shift || res || relu)                                                    \
-            return NAME##_body(x, w, out, g, p0, p1, flip, 0, 1, scale, shift, res, relu);    \
-        return NAME##_body(x, w, out, g, p0, p1, flip, 0, 0, scale, shift, res, relu);        \
+            return NAME##_body(x, w, out, g, p0, p1, flip, 0, FLAT_EPILOGUE_STORES,           \
+                               scale, shift, res, relu);                                      \
+        return NAME##_body(x, w, out, g, p0, p1, flip, 0, FLAT_PLAIN, scale, shift, res, relu); \
     }
 
 /* out[p] (+)= the taps (reversed when ``flip``, stride 1 only) over padded x[p], planes
@@ -983,7 +991,7 @@ static void flat_row_masks(void *left, void *right, I whole, I W, size_t size)
  * it is in L1. Returns -1 when its scratch cannot be allocated. */
 #define DEFINE_DEPTHWISE_GRID(NAME, ATTR, COPY, EPI, T, V)                                   \
     DEFINE_DEPTHWISE_S2(NAME##_s2, ATTR, T, V)                                                 \
-    DEFINE_DEPTHWISE_FLAT(NAME##_flat, ATTR, T, V)                                        \
+    DEFINE_DEPTHWISE_FLAT(NAME##_flat, ATTR, T, V)                                             \
     ATTR static int NAME(const T *restrict x, const T *restrict w, T *restrict out,           \
                          const Geometry *g, I p0, I p1, int flip, int accumulate,             \
                          const T *scale, const T *shift, const T *res, int relu)              \

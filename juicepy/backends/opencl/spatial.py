@@ -623,7 +623,8 @@ class SpatialOps(abc.ABC):
     def _use_depthwise_s2(self, geo, groups, lanes) -> bool:
         """Whether conv_depthwise_s2_k3 (and its _data and _filter kernels) computes this
         convolution's forward pass (input gradient, weight gradient): depthwise, 3x3, stride 2,
-        padding 1, no dilation, on planes of exactly 2 Ho x 2 Wo."""
+        padding 1, no dilation, on planes of exactly 2 Ho x 2 Wo, at any ``lanes`` (a row's last
+        vector may be partial)."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         return (self._depthwise_s2 is not False and c == o == groups and (kh, kw, sh, sw, ph, pw, dh, dw)
                 == (3, 3, 2, 2, 1, 1, 1, 1) and (h, wd) == (2 * ho, 2 * wo))
