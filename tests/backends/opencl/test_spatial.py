@@ -1071,8 +1071,8 @@ S2_IDS = ["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-pl
 @pytest.mark.parametrize("parts", ["none", "bias+relu", "bias+residual+relu"])
 def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend, monkeypatch, rng, shape, lanes,
                                                                   parts):
-    """Depthwise 3x3 forwards of stride 2 and padding 1 on 2 Ho x 2 Wo planes with rows of whole
-    vectors run on conv_depthwise_s2_k3 (no phase planes in local memory; DIRECT_LOCAL_GROUP_RUNS
+    """Depthwise 3x3 forwards of stride 2 and padding 1 on 2 Ho x 2 Wo planes run on
+    conv_depthwise_s2_k3 (no phase planes in local memory; DIRECT_LOCAL_GROUP_RUNS
     planes a work-item where that leaves DIRECT_LOCAL_MIN_ITEMS): against float64 with the
     epilogue, and bit for bit as the local-memory direct kernel (the same taps in the same
     order), rows whose last vector is partial included."""
