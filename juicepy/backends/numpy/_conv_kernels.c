@@ -819,7 +819,8 @@ DEFINE_PLANE_GRID_COPY(plane_grid_copy_f64_128, ISA_128, double, plane_rows_f64,
  * blocks of four vectors cost 44 % of the work on an 8x8 plane at 16 lanes, and copying it in
  * and out took a memcpy a row. Outputs past the last vector with more than a quarter of its
  * lanes in the plane go one at a time (a 7x7 plane at 16 lanes: three vectors and one output).
- * The taps are summed in the grid kernel's order (the same bits; docs/numpy.md, session 54). */
+ * The taps are summed in the grid kernel's order (the same bits without an epilogue; a bias alone
+ * starts the sums, FLAT_BIAS_START: docs/numpy.md, sessions 54 and 55). */
 static inline int depthwise_flat(const Geometry *g)
 {
     return g->kh == 3 && g->kw == 3 && g->sh == 1 && g->sw == 1 && g->ph == 1 && g->pw == 1 && g->dh == 1 &&
