@@ -636,24 +636,39 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 #define AFTER_LANES(P, v) (floatv)((P).s7, (v).s0, (v).s1, (v).s2, (v).s3, (v).s4, (v).s5, (v).s6)
 #endif
 #define AFTER_LANE(p, v) AFTER_LANES((floatv)(p), v)
-// the n values at p in a vector, zeros after them (n < VEC: the end of a row)
+// the n values at p in a vector, zeros after them (n < VEC: the end of a row); DW_S2_WHOLE: n >= VEC
 #define DW_S2_LOAD(p, n) ((n) >= VEC ? LOAD_UNIT(p) : tail_of(p, n))
-#define DW_S2_ROW(name, row) \
-    const floatv name##u = DW_S2_LOAD(row, vals), name##v = DW_S2_LOAD((row) + VEC, vals - VEC); \
+#define DW_S2_WHOLE(p, n) LOAD_UNIT(p)
+#define DW_S2_ROW(name, row, LOAD) \
+    const floatv name##u = LOAD(row, vals), name##v = LOAD((row) + VEC, vals - VEC); \
     const floatv name##1 = (floatv)(name##u.even, name##v.even), name##2 = (floatv)(name##u.odd, name##v.odd); \
     const floatv name##0 = AFTER_LANE(ow0 ? (row)[-1] : 0.0f, name##2);
-// Open and close the loops over a plane's vectors of outputs (ow0; live of them in the row, vals
-// input values) and its output rows (oh) with the two new input rows of row oh split (m*, d*) and
-// the one above in t*, carried from d*
-#define DW_S2_ROWS_BEGIN(xc) \
-    for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
-        const int live = Wo - ow0, vals = 2 * live; \
+// The loops over a plane's vectors of outputs (ow0; live of them in the row, vals input values)
+// and its output rows (oh) with the two new input rows of row oh split (m*, d*) and the one above
+// in t*, carried from d*; BODY(LOAD) uses them. The rows of a whole vector are a loop of their own
+// (loads without a test of the row's end: a loop with the tests ran no faster than its branches).
+#define DW_S2_ROWS(xc, LOAD, BODY) { \
         floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */ \
         for (int oh = 0; oh < Ho; ++oh) { \
             __global const float *r = (xc) + (size_t)2 * oh * W + 2 * ow0; \
-            DW_S2_ROW(m, r) \
-            DW_S2_ROW(d, r + W)
-#define DW_S2_ROWS_END t0 = d0; t1 = d1; t2 = d2; } }
+            DW_S2_ROW(m, r, LOAD) \
+            DW_S2_ROW(d, r + W, LOAD) \
+            BODY(LOAD) \
+            t0 = d0; t1 = d1; t2 = d2; \
+        } }
+#define DW_S2_PLANE(xc, BODY) \
+    for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
+        const int live = Wo - ow0, vals = 2 * live; \
+        if (live >= VEC) DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) \
+        else DW_S2_ROWS(xc, DW_S2_LOAD, BODY) \
+    }
+#define DW_S2_OUTPUTS(LOAD) { \
+            floatv s = (floatv)(b); \
+            s += t0 * w00; s += t1 * w01; s += t2 * w02; \
+            s += m0 * w10; s += m1 * w11; s += m2 * w12; \
+            s += d0 * w20; s += d1 * w21; s += d2 * w22; \
+            __global float *yr = yc + (size_t)oh * Wo + ow0; \
+            DIRECT_STORE(s, yr, ow0) }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
                           __global const float *restrict w, const int w_off,
@@ -671,14 +686,7 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
         const float b = has_bias ? bias[b_off + c] : 0.0f;
         __global const float *xc = x + x_off + (size_t)plane * 4 * Ho * Wo;
         __global float *yc = y + y_off + (size_t)plane * Ho * Wo;
-        DW_S2_ROWS_BEGIN(xc)
-            floatv s = (floatv)(b);
-            s += t0 * w00; s += t1 * w01; s += t2 * w02;
-            s += m0 * w10; s += m1 * w11; s += m2 * w12;
-            s += d0 * w20; s += d1 * w21; s += d2 * w22;
-            __global float *yr = yc + (size_t)oh * Wo + ow0;
-            DIRECT_STORE(s, yr, ow0)
-        DW_S2_ROWS_END
+        DW_S2_PLANE(xc, DW_S2_OUTPUTS)
     }
 }
 
@@ -779,6 +787,30 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
         if (acc) v_ += tail_of(p, n); \
         store_tail(p, v_, n); \
     } }
+#define DW_S2_STORE_WHOLE(p, v, n) { floatv v_ = (v); \
+    if (acc) v_ += *(__global floatv_u *)(p); \
+    *(__global floatv_u *)(p) = v_; }
+// dx rows 2m and 2m + 1 of the vector at ow0 from dy rows m and m + 1, for every m (LOAD and
+// STORE: DW_S2_WHOLE and DW_S2_STORE_WHOLE where the vector lies wholly in the row, a loop of its own)
+#define DW_S2_DATA_ROWS(LOAD, STORE) { \
+            floatv d = LOAD(dyc + ow0, live); \
+            floatv ds = BEFORE_LANE(d, more ? dyc[ow0 + VEC] : 0.0f); \
+            for (int m = 0; m < Ho; ++m) { \
+                floatv e = (floatv)(0.0f), es = (floatv)(0.0f);   /* dy row m + 1 (none past the last) */ \
+                if (m + 1 < Ho) { \
+                    __global const float *r = dyc + (size_t)(m + 1) * Wo + ow0; \
+                    e = LOAD(r, live); \
+                    es = BEFORE_LANE(e, more ? r[VEC] : 0.0f); \
+                } \
+                const floatv ee = d * w11, eo = ds * w10 + d * w12, oe = e * w01 + d * w21, \
+                             oo = es * w00 + e * w02 + ds * w20 + d * w22; \
+                __global float *x0 = dxc + (size_t)2 * m * W + 2 * ow0, *x1 = x0 + W; \
+                STORE(x0, INTERLEAVE_LO(ee, eo), vals) \
+                STORE(x0 + VEC, INTERLEAVE_HI(ee, eo), vals - VEC) \
+                STORE(x1, INTERLEAVE_LO(oe, oo), vals) \
+                STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC) \
+                d = e; ds = es; \
+            } }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_off,
                                __global const float *restrict w, const int w_off,
@@ -795,24 +827,8 @@ void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_o
         __global float *dxc = dx + dx_off + (size_t)plane * 4 * Ho * Wo;
         for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
             const int live = Wo - ow0, vals = 2 * live, more = live > VEC;   /* a dy value right of the vector */
-            floatv d = DW_S2_LOAD(dyc + ow0, live);
-            floatv ds = BEFORE_LANE(d, more ? dyc[ow0 + VEC] : 0.0f);
-            for (int m = 0; m < Ho; ++m) {
-                floatv e = (floatv)(0.0f), es = (floatv)(0.0f);   /* dy row m + 1 (none past the last) */
-                if (m + 1 < Ho) {
-                    __global const float *r = dyc + (size_t)(m + 1) * Wo + ow0;
-                    e = DW_S2_LOAD(r, live);
-                    es = BEFORE_LANE(e, more ? r[VEC] : 0.0f);
-                }
-                const floatv ee = d * w11, eo = ds * w10 + d * w12, oe = e * w01 + d * w21,
-                             oo = es * w00 + e * w02 + ds * w20 + d * w22;
-                __global float *x0 = dxc + (size_t)2 * m * W + 2 * ow0, *x1 = x0 + W;
-                DW_S2_STORE(x0, INTERLEAVE_LO(ee, eo), vals)
-                DW_S2_STORE(x0 + VEC, INTERLEAVE_HI(ee, eo), vals - VEC)
-                DW_S2_STORE(x1, INTERLEAVE_LO(oe, oo), vals)
-                DW_S2_STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC)
-                d = e; ds = es;
-            }
+            if (live >= VEC) DW_S2_DATA_ROWS(DW_S2_WHOLE, DW_S2_STORE_WHOLE)
+            else DW_S2_DATA_ROWS(DW_S2_LOAD, DW_S2_STORE)
         }
     }
 }
@@ -1214,6 +1230,9 @@ void conv_direct_bwd_filter_local_k3(__global const float *restrict x, const int
 // that forward splits them, nine vectors of sums, one per tap; writes part as the kernel above.
 #define DW_S2_TAP_SUMS(X) X(00, t0) X(01, t1) X(02, t2) X(10, m0) X(11, m1) X(12, m2) X(20, d0) X(21, d1) X(22, d2)
 #define DW_S2_FMA(t, v) a##t += e * v;
+#define DW_S2_TAP_PRODUCTS(LOAD) { \
+            const floatv e = LOAD(dyc + (size_t)oh * Wo + ow0, live); \
+            DW_S2_TAP_SUMS(DW_S2_FMA) }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_off,
                                  __global const float *restrict dy, const int dy_off,
@@ -1226,10 +1245,7 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
     for (int n = chunk; n < N; n += chunks) {
         __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
         __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Ho * Wo;
-        DW_S2_ROWS_BEGIN(xc)
-            const floatv e = DW_S2_LOAD(dyc + (size_t)oh * Wo + ow0, live);
-            DW_S2_TAP_SUMS(DW_S2_FMA)
-        DW_S2_ROWS_END
+        DW_S2_PLANE(xc, DW_S2_TAP_PRODUCTS)
     }
     __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
     TAPS_3X3(FL_STORE)
