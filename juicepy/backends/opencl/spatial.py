@@ -56,6 +56,11 @@ DIRECT_FILTER_ITEMS = 32768
 # and 4096 there (the 4-group 64->64 and 5x5 32->32 layers; 32768 made the second pass's sum
 # over the chunks cost as much as a tenth of the first)
 DIRECT_FILTER_ITEMS_OUTS = 8192
+# ...except the depthwise weight gradients from whole planes (conv_depthwise_k3_plane_filter,
+# conv_depthwise_s2_k3_filter), whose work-items sum at least this many outputs' products: a
+# work-item on one 7x7 plane spent more on its setup and its nine sums than on the plane
+# (MobileNetV2's 960x7x7 and 576x14x14 stride-2 layers, docs/opencl.md, session 56)
+DEPTHWISE_FILTER_ITEM_OUTPUTS = 256
 # Winograd F(2x2, 3x3) (winograd_weights in conv.cl, winograd_conv in gemm.cl) for stride-1, ungrouped
 # 3x3 forward passes and input gradients with at least WINOGRAD_MIN_CHANNELS[3] input and output
 # channels and planes (output planes for a forward pass, input planes for an input gradient) of at
@@ -312,6 +317,7 @@ class SpatialOps(abc.ABC):
     _depthwise_s2 = None  # False: no conv_depthwise_s2_k3* kernels (A/B runs)
     _depthwise_plane = None  # False: no conv_depthwise_k3_plane* kernels (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
+    _filter_item_outputs = None  # DEPTHWISE_FILTER_ITEM_OUTPUTS for this backend (A/B runs)
 
     def _use_implicit(self) -> bool:
         if not self.kernel_fits["packed"]:
@@ -1027,6 +1033,14 @@ class SpatialOps(abc.ABC):
         local = (sh * sw * hq * wq + self._conv_vec + wq) * 4
         return local if local <= self._local_planes_bytes() else 0
 
+    def _depthwise_filter_chunks(self, n, c, plane_outputs) -> int:
+        """The chunks the n images are split into for the depthwise weight gradients (a
+        work-item per channel and chunk): whole planes of at least DEPTHWISE_FILTER_ITEM_OUTPUTS
+        outputs a work-item, at most DIRECT_FILTER_ITEMS work-items."""
+        least = DEPTHWISE_FILTER_ITEM_OUTPUTS if self._filter_item_outputs is None else int(self._filter_item_outputs)
+        planes = max(1, -(-least // plane_outputs))
+        return max(1, min(n // planes, DIRECT_FILTER_ITEMS // c))
+
     def _direct_filter(self, x, dy, dw, geo, groups, accumulate, ws):
         n, c, h, wd, o, kh, kw, ho, wo = geo[:9]
         sh, sw, ph, pw, dh, dwl = geo[9:]
@@ -1035,7 +1049,7 @@ class SpatialOps(abc.ABC):
         plane = self._use_depthwise_plane(geo, groups, lanes)
         if plane or self._use_depthwise_s2(geo, groups, lanes):
             # a work-item per (channel, chunk of images), the chunks' sums added by conv_direct_filter_sum
-            chunks = max(1, min(n, DIRECT_FILTER_ITEMS // c))
+            chunks = self._depthwise_filter_chunks(n, c, ho * wo)
             part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
             name, sizes = (("conv_depthwise_k3_plane_filter", (h, wd, self._local_memory(
                 self._depthwise_plane_bytes(h, wd, lanes)))) if plane else ("conv_depthwise_s2_k3_filter", (ho, wo)))

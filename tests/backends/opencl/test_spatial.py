@@ -3,6 +3,8 @@ tests/backends/test_ops.py): each convolution algorithm forced (direct, implicit
 + GEMM), no allocation in steady state, optional batch-norm parameters, torch parity of a
 whole conv stack, and convolution through the GPU GEMM variant."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -1008,6 +1010,33 @@ def test_depthwise_3x3_same_layers_run_on_flat_planes(lanes_backend, monkeypatch
     np.testing.assert_allclose(y, y_old, rtol=1e-5, atol=1e-5)
 
 
+def _depthwise_filter_chunks(n, c, plane_outputs):
+    """The depthwise weight gradients' image chunks: each work-item takes whole planes of at
+    least DEPTHWISE_FILTER_ITEM_OUTPUTS outputs, at most DIRECT_FILTER_ITEMS work-items."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    planes = math.ceil(ocl_spatial.DEPTHWISE_FILTER_ITEM_OUTPUTS / plane_outputs)
+    return max(1, min(n // planes, ocl_spatial.DIRECT_FILTER_ITEMS // c))
+
+
+def test_depthwise_filter_chunks_give_work_items_whole_planes(ocl, monkeypatch):
+    """The depthwise weight gradients split the images so that a work-item sums at least
+    DEPTHWISE_FILTER_ITEM_OUTPUTS outputs (several small planes), never more chunks than images
+    or DIRECT_FILTER_ITEMS work-items; the A/B switch sets the least outputs."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    assert ocl_spatial.DEPTHWISE_FILTER_ITEM_OUTPUTS == 256
+    assert ocl._depthwise_filter_chunks(32, 960, 49) == 5      # MobileNetV2's 960x7x7: 6 planes a work-item
+    assert ocl._depthwise_filter_chunks(32, 576, 49) == 5      # its stride-2 layer from 14x14
+    assert ocl._depthwise_filter_chunks(32, 64, 256) == 32     # 16x16 planes: one a work-item
+    assert ocl._depthwise_filter_chunks(32, 64, 1024) == 32
+    assert ocl._depthwise_filter_chunks(3, 8, 49) == 1         # fewer images than a work-item's planes
+    assert ocl._depthwise_filter_chunks(1, 4, 1) == 1
+    assert ocl._depthwise_filter_chunks(64, 4096, 1024) == 8   # DIRECT_FILTER_ITEMS // c
+    monkeypatch.setattr(ocl, "_filter_item_outputs", 1)
+    assert ocl._depthwise_filter_chunks(32, 960, 49) == 32
+
+
 @pytest.mark.parametrize("shape", PLANE_SHAPES, ids=PLANE_IDS)
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
@@ -1023,7 +1052,7 @@ def test_depthwise_3x3_same_gradients_on_flat_planes(lanes_backend, monkeypatch,
     results, dx_ref, dw_ref = _depthwise_gradients(b, monkeypatch, rng, shape, ((1, 1), (1, 1), (1, 1), c), shape,
                                                    "_depthwise_plane", accumulate)
     launches = results[0][2]
-    chunks = min(n, ocl_spatial.DIRECT_FILTER_ITEMS // c)
+    chunks = _depthwise_filter_chunks(n, c, h * w)
     assert [name for name, _ in launches] == ["conv_depthwise_k3_plane", "conv_depthwise_k3_plane_filter",
                                               "conv_direct_filter_sum"], launches
     assert launches[1][1] == (c, chunks), launches
@@ -1112,7 +1141,7 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
         names = [name for name, _ in launches]
         if own is None:
             per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
-            chunks = min(n, ocl_spatial.DIRECT_FILTER_ITEMS // c)
+            chunks = _depthwise_filter_chunks(n, c, h // 2 * (w // 2))
             assert names == ["conv_depthwise_s2_k3_data", "conv_depthwise_s2_k3_filter", "conv_direct_filter_sum"], \
                 launches
             assert launches[0][1] == (n * c // per,) and launches[1][1] == (c, chunks), launches
