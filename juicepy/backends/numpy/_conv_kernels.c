@@ -417,6 +417,87 @@ static int avx512vl = 0;
     DEFINE(NAME##_f64_128, ISA_128, double, vf64x2)
 #define BLOCK(V, T) (4 * VLANES(V, T))
 
+/* The first n values at p in a vector of V, zeros after them (LOAD_FIRST), and v's first n lanes
+ * stored at p (STORE_FIRST), 0 < n < the vector's lanes (a row's partial last vector): nothing
+ * read or written past them. Masked loads and stores on AVX-512 and AVX2, value by value on the
+ * baseline build. */
+#define LOAD_FIRST(V, p, n) load_first_##V((p), (n))
+#define STORE_FIRST(V, p, v, n) store_first_##V((p), (v), (n))
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#include <immintrin.h>
+ISA_512 static inline vf32x16 load_first_vf32x16(const float *p, I n)
+{
+    return (vf32x16)_mm512_maskz_loadu_ps((__mmask16)((1u << n) - 1), p);
+}
+ISA_512 static inline void store_first_vf32x16(float *p, vf32x16 v, I n)
+{
+    _mm512_mask_storeu_ps(p, (__mmask16)((1u << n) - 1), (__m512)v);
+}
+ISA_512 static inline vf64x8 load_first_vf64x8(const double *p, I n)
+{
+    return (vf64x8)_mm512_maskz_loadu_pd((__mmask8)((1u << n) - 1), p);
+}
+ISA_512 static inline void store_first_vf64x8(double *p, vf64x8 v, I n)
+{
+    _mm512_mask_storeu_pd(p, (__mmask8)((1u << n) - 1), (__m512d)v);
+}
+/* all ones in the lanes below n */
+#define FIRST_LANES_32X8(n) ((__m256i)((vi32x8){0, 1, 2, 3, 4, 5, 6, 7} < (vi32x8){0} + (int)(n)))
+#define FIRST_LANES_64X4(n) ((__m256i)((vi64x4_mask){0, 1, 2, 3} < (vi64x4_mask){0} + (long long)(n)))
+ISA_256 static inline vf32x8 load_first_vf32x8(const float *p, I n)
+{
+    return (vf32x8)_mm256_maskload_ps(p, FIRST_LANES_32X8(n));
+}
+ISA_256 static inline void store_first_vf32x8(float *p, vf32x8 v, I n)
+{
+    _mm256_maskstore_ps(p, FIRST_LANES_32X8(n), (__m256)v);
+}
+ISA_256 static inline vf64x4 load_first_vf64x4(const double *p, I n)
+{
+    return (vf64x4)_mm256_maskload_pd(p, FIRST_LANES_64X4(n));
+}
+ISA_256 static inline void store_first_vf64x4(double *p, vf64x4 v, I n)
+{
+    _mm256_maskstore_pd(p, FIRST_LANES_64X4(n), (__m256d)v);
+}
+#else
+#define DEFINE_FIRST_VALUES(V, T)                                                              \
+    static inline V load_first_##V(const T *p, I n)                                            \
+    {                                                                                          \
+        V v = {0};                                                                             \
+        for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) v[j] = p[j];                                                 \
+        return v;                                                                              \
+    }                                                                                          \
+    static inline void store_first_##V(T *p, V v, I n)                                         \
+    {                                                                                          \
+        for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) p[j] = v[j];                                                 \
+    }
+DEFINE_FIRST_VALUES(vf32x16, float)
+DEFINE_FIRST_VALUES(vf64x8, double)
+DEFINE_FIRST_VALUES(vf32x8, float)
+DEFINE_FIRST_VALUES(vf64x4, double)
+#endif
+static inline vf32x4 load_first_vf32x4(const float *p, I n)
+{
+    vf32x4 v = {0};
+    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) v[j] = p[j];
+    return v;
+}
+static inline void store_first_vf32x4(float *p, vf32x4 v, I n)
+{
+    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) p[j] = v[j];
+}
+static inline vf64x2 load_first_vf64x2(const double *p, I n)
+{
+    vf64x2 v = {0};
+    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) v[j] = p[j];
+    return v;
+}
+static inline void store_first_vf64x2(double *p, vf64x2 v, I n)
+{
+    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) p[j] = v[j];
+}
+
 typedef struct {
     I hp, wp, grid, span, buffer;
 } Grid;
@@ -507,8 +588,9 @@ static I phase_last(const Geometry *g, const Phases *s)
  * registers, a vector of V outputs at a time, with no phase planes: each input row's values at
  * columns 2q - 1, 2q and 2q + 1 of a vector of outputs q are its odd values shifted in by a lane,
  * its even values and its odd values (S2_ROW: two loads, three shuffles), the row 2r + 1 carried
- * to output row r + 1 as its upper one. Columns past the last whole vector (Wo % lanes) go one
- * value at a time. The depthwise kernels below build them (NAME_s2) and call them where
+ * to output row r + 1 as its upper one. A row's last vector may be partial (Wo % lanes: Wo 7 and
+ * 14 in MobileNetV2): its loads stop at the row's end with zeros after (LOAD_FIRST), its stores
+ * there (STORE_FIRST). The depthwise kernels below build them (NAME_s2) and call them where
  * depthwise_s2_k3 holds. */
 static inline int depthwise_s2_k3(const Geometry *g)
 {
@@ -516,128 +598,154 @@ static inline int depthwise_s2_k3(const Geometry *g)
            g->dw == 1 && g->h == 2 * g->ho && g->w == 2 * g->wo;
 }
 
-#define S2_ROW(V, T, row, q0, a0, a1, a2)                                                       \
-    const V a1##u_ = LOADV(V, row), a1##v_ = LOADV(V, (row) + VLANES(V, T));                    \
+/* the n values at p in a vector (whole where n >= the lanes), zeros after them; and v's first
+ * n lanes (all where n >= the lanes) stored at p, added to what is there when accumulating */
+#define S2_LOAD(V, T, p, n) ((n) >= VLANES(V, T) ? LOADV(V, p) : (n) > 0 ? LOAD_FIRST(V, p, n) : (V){0})
+#define S2_STORE(V, T, p, v, n, accumulate)                                                    \
+    {                                                                                          \
+        V s_ = (v);                                                                            \
+        if ((n) >= VLANES(V, T)) {                                                             \
+            if (accumulate) s_ += LOADV(V, p);                                                 \
+            memcpy((p), &s_, sizeof s_);                                                       \
+        } else if ((n) > 0) {                                                                  \
+            if (accumulate) s_ += LOAD_FIRST(V, p, n);                                         \
+            STORE_FIRST(V, p, s_, n);                                                          \
+        }                                                                                      \
+    }
+/* the row's vals values from 2 q0 on split into the three vectors of taps a0 (columns 2q - 1),
+ * a1 (2q) and a2 (2q + 1) */
+#define S2_ROW(V, T, row, q0, vals, a0, a1, a2)                                                 \
+    const V a1##u_ = S2_LOAD(V, T, row, vals), a1##v_ = S2_LOAD(V, T, (row) + VLANES(V, T), (vals) - VLANES(V, T)); \
     const V a1 = __builtin_shuffle(a1##u_, a1##v_, EVEN_LANES_##V);                             \
     const V a2 = __builtin_shuffle(a1##u_, a1##v_, ODD_LANES_##V);                              \
     const V a0 = __builtin_shuffle((V){(q0) ? (row)[-1] : 0}, a2, SHIFT_IN_##V);
 
-/* open and close the loops over a plane's whole vectors of outputs (q0) and its output rows (r),
- * with the two new input rows of row r split (m*, d*) and the one above in t*, carried from d* */
-#define S2_ROWS_BEGIN(V, T, x)                                                                 \
-    for (I q0 = 0; q0 < whole; q0 += lanes) {                                                 \
+/* The loop over a plane's output rows r for the vector of outputs from column Q0 (LIVE of them
+ * in the row) with the two new input rows of row r split (m*, d*) and the one above in t*,
+ * carried from d*; BODY(V, T, q0, live) uses them. S2_PLANE runs it for every vector of a row:
+ * the partial last one, then the whole ones (LIVE the lanes, a constant: loads and stores
+ * without a test). */
+#define S2_ROWS(V, T, x, Q0, LIVE, BODY)                                                       \
+    {                                                                                          \
+        const I q0 = (Q0), live = (LIVE);                                                     \
         V t0 = {0}, t1 = {0}, t2 = {0}; /* the padding row above the first */                 \
         for (I r = 0; r < ho; r++) {                                                          \
             const T *row = (x) + 2 * r * w + 2 * q0;                                          \
-            S2_ROW(V, T, row, q0, m0, m1, m2)                                                 \
-            S2_ROW(V, T, row + w, q0, d0, d1, d2)
-#define S2_ROWS_END t0 = d0; t1 = d1; t2 = d2; } }
+            /* whole loads past a row's end where allowed (below), not on the plane's last row */ \
+            const I vals = live < lanes_ && over && r + 1 < ho ? 2 * lanes_ : 2 * live;       \
+            S2_ROW(V, T, row, q0, vals, m0, m1, m2)                                           \
+            S2_ROW(V, T, row + w, q0, vals, d0, d1, d2)                                       \
+            BODY(V, T, q0, live)                                                              \
+            t0 = d0; t1 = d1; t2 = d2;                                                        \
+        }                                                                                     \
+    }
+/* The partial last vector runs first. Where ``over`` (a kernel's choice), its loads and stores
+ * before the plane's last row are whole vectors running past the row's end into the next row:
+ * the lanes past the end hold values of no output, and what they store there is stored over
+ * later, by the whole vectors' passes (whole_ > 0) or by the next row's own partial vector
+ * (whole_ == 0 and 2 Wo >= lanes: no further than that vector's live lanes). Masked stores
+ * are slow on AMD's cores (docs/numpy.md, session 56). */
+#define S2_PLANE(V, T, x, BODY)                                                                \
+    {                                                                                          \
+        const I lanes_ = VLANES(V, T), whole_ = wo / lanes_ * lanes_;                         \
+        const int over = over_rows && (whole_ > 0 || 2 * wo >= lanes_);                      \
+        if (whole_ < wo) S2_ROWS(V, T, x, whole_, wo - whole_, BODY)                          \
+        for (I qv_ = 0; qv_ < whole_; qv_ += lanes_) S2_ROWS(V, T, x, qv_, lanes_, BODY)      \
+    }
 
-/* the input value (row, col) of plane x (w wide) inside the plane, else 0 (the padding) */
-#define S2_AT(x, w, row, col) ((row) >= 0 && (col) >= 0 ? (x)[(row) * (w) + (col)] : 0)
-
-/* out = the plane's outputs from x's plane (k: its nine taps), the taps in the order of
- * depthwise_grid's sums (the same bits) */
+/* out = start + the plane's outputs from x's plane (k: its nine taps), the three rows of taps
+ * summed apart and then added (a chain of nine FMAs a vector waited on the FMA's latency: the
+ * 7x7-output layer's rows are too few to overlap) */
+#define S2_OUTPUTS(V, T, q0, live)                                                             \
+    {                                                                                          \
+        V a = (V){0} + start, b = k10 * m0, c = k20 * d0;                                     \
+        a += k00 * t0; b += k11 * m1; c += k21 * d1;                                          \
+        a += k01 * t1; b += k12 * m2; c += k22 * d2;                                          \
+        a += k02 * t2; a += b + c;                                                            \
+        S2_STORE(V, T, out + r * wo + (q0), a, live < lanes_ && over && r + 1 < ho ? lanes_ : live, 0) \
+    }
 #define DEFINE_DEPTHWISE_S2(NAME, ATTR, T, V)                                                  \
     ATTR static inline void NAME(const T *restrict x, const T *restrict k, T *restrict out,   \
-                                 I ho, I wo)                                                  \
+                                 I ho, I wo, T start)                                         \
     {                                                                                          \
-        const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
+        const I w = 2 * wo;                                                                   \
+        const int over_rows = 1;                                                              \
         const T k00 = k[0], k01 = k[1], k02 = k[2], k10 = k[3], k11 = k[4], k12 = k[5],       \
                 k20 = k[6], k21 = k[7], k22 = k[8];                                           \
-        S2_ROWS_BEGIN(V, T, x)                                                                \
-            V a = {0};                                                                        \
-            a += k00 * t0; a += k01 * t1; a += k02 * t2;                                      \
-            a += k10 * m0; a += k11 * m1; a += k12 * m2;                                      \
-            a += k20 * d0; a += k21 * d1; a += k22 * d2;                                      \
-            memcpy(out + r * wo + q0, &a, sizeof a);                                          \
-        S2_ROWS_END                                                                           \
-        for (I r = 0; r < ho; r++)                                                            \
-            for (I q = whole; q < wo; q++) {                                                  \
-                T a = 0;                                                                      \
-                for (I i = 0; i < 3; i++)                                                     \
-                    for (I j = 0; j < 3; j++) a += k[i * 3 + j] * S2_AT(x, w, 2 * r + i - 1, 2 * q + j - 1); \
-                out[r * wo + q] = a;                                                          \
-            }                                                                                 \
+        S2_PLANE(V, T, x, S2_OUTPUTS)                                                         \
     }
 
 /* dx (+)= the plane's input gradient from dy's plane: dx's even and odd rows and columns (its
  * four stride phases) take the taps that reach them (one, two, two and four) from dy rows m and
  * m + 1 and those rows one lane on (SHIFT_OUT), interleaved into dx rows 2m and 2m + 1; every
- * dx value written once (no zeroing pass), each phase's taps in depthwise_phase_data's order */
-#define S2_STORE_PAIR(V, T, d, e, o, accumulate)                                               \
+ * dx value written once (no zeroing pass), each phase's taps in depthwise_phase_data's order.
+ * S2_DATA_ROWS: the vector of dy values from column Q0, LIVE of them in the row (the lanes, a
+ * constant, for the whole vectors; fewer for the partial last one, which has no dy value to its
+ * right and stores 2 LIVE dx values a row). */
+#define S2_STORE_PAIR(V, T, d, e, o, vals, accumulate)                                         \
     {                                                                                          \
-        V lo_ = __builtin_shuffle(e, o, INTERLEAVE_LO_##V), hi_ = __builtin_shuffle(e, o, INTERLEAVE_HI_##V); \
-        if (accumulate) {                                                                     \
-            lo_ += LOADV(V, d);                                                               \
-            hi_ += LOADV(V, (d) + VLANES(V, T));                                              \
-        }                                                                                     \
-        memcpy(d, &lo_, sizeof lo_);                                                          \
-        memcpy((d) + VLANES(V, T), &hi_, sizeof hi_);                                         \
+        const V lo_ = __builtin_shuffle(e, o, INTERLEAVE_LO_##V), hi_ = __builtin_shuffle(e, o, INTERLEAVE_HI_##V); \
+        S2_STORE(V, T, d, lo_, vals, accumulate)                                              \
+        S2_STORE(V, T, (d) + VLANES(V, T), hi_, (vals) - VLANES(V, T), accumulate)            \
     }
-#define S2_ADD(d, v, accumulate) ((d) = (accumulate) ? (d) + (v) : (v))
+#define S2_DATA_ROWS(V, T, Q0, LIVE)                                                           \
+    {                                                                                          \
+        const I q0 = (Q0), live = (LIVE);                                                     \
+        const int more = q0 + lanes < wo; /* a dy value right of the vector */               \
+        /* a partial vector's stores past the row's end, as S2_PLANE's (not where they add to \
+         * dx, not on dx's last row; its loads stop at the row's end: the last value's right \
+         * neighbour is zero) */                                                              \
+        const int over_store = live < lanes && over && !accumulate;                           \
+        V d = S2_LOAD(V, T, dy + q0, live);                                                   \
+        V ds = __builtin_shuffle(d, (V){more ? dy[q0 + lanes] : 0}, SHIFT_OUT_##V);           \
+        for (I m = 0; m < ho; m++) {                                                          \
+            V e = {0}, es = {0}; /* dy row m + 1, none past the last */                      \
+            if (m + 1 < ho) {                                                                 \
+                const T *r = dy + (m + 1) * wo + q0;                                          \
+                e = S2_LOAD(V, T, r, live);                                                   \
+                es = __builtin_shuffle(e, (V){more ? r[lanes] : 0}, SHIFT_OUT_##V);           \
+            }                                                                                 \
+            const V ee = k11 * d, eo = k10 * ds + k12 * d, oe = k01 * e + k21 * d,            \
+                    oo = k00 * es + k02 * e + k20 * ds + k22 * d;                             \
+            T *x0 = dx + 2 * m * w + 2 * q0;                                                  \
+            S2_STORE_PAIR(V, T, x0, ee, eo, over_store ? 2 * lanes : 2 * live, accumulate)    \
+            S2_STORE_PAIR(V, T, x0 + w, oe, oo, over_store && m + 1 < ho ? 2 * lanes : 2 * live, accumulate) \
+            d = e; ds = es;                                                                   \
+        }                                                                                     \
+    }
 #define DEFINE_DEPTHWISE_S2_DATA(NAME, ATTR, T, V)                                             \
     ATTR static inline void NAME(const T *restrict dy, const T *restrict k, T *restrict dx,   \
                                  I ho, I wo, int accumulate)                                  \
     {                                                                                          \
         const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
+        const int over = whole > 0 || 2 * wo >= lanes;                                        \
         const T k00 = k[0], k01 = k[1], k02 = k[2], k10 = k[3], k11 = k[4], k12 = k[5],       \
                 k20 = k[6], k21 = k[7], k22 = k[8];                                           \
-        for (I q0 = 0; q0 < whole; q0 += lanes) {                                             \
-            const int more = q0 + lanes < wo; /* a dy value right of the vector */           \
-            V d = LOADV(V, dy + q0);                                                          \
-            V ds = __builtin_shuffle(d, (V){more ? dy[q0 + lanes] : 0}, SHIFT_OUT_##V);       \
-            for (I m = 0; m < ho; m++) {                                                      \
-                V e = {0}, es = {0}; /* dy row m + 1, none past the last */                  \
-                if (m + 1 < ho) {                                                             \
-                    const T *r = dy + (m + 1) * wo + q0;                                      \
-                    e = LOADV(V, r);                                                          \
-                    es = __builtin_shuffle(e, (V){more ? r[lanes] : 0}, SHIFT_OUT_##V);       \
-                }                                                                             \
-                const V ee = k11 * d, eo = k10 * ds + k12 * d, oe = k01 * e + k21 * d,        \
-                        oo = k00 * es + k02 * e + k20 * ds + k22 * d;                         \
-                T *x0 = dx + 2 * m * w + 2 * q0;                                              \
-                S2_STORE_PAIR(V, T, x0, ee, eo, accumulate)                                   \
-                S2_STORE_PAIR(V, T, x0 + w, oe, oo, accumulate)                               \
-                d = e; ds = es;                                                               \
-            }                                                                                 \
-        }                                                                                     \
-        for (I m = 0; m < ho; m++)                                                            \
-            for (I q = whole; q < wo; q++) {                                                  \
-                const int down = m + 1 < ho, right = q + 1 < wo;                              \
-                const T d = dy[m * wo + q], ds = right ? dy[m * wo + q + 1] : 0;              \
-                const T e = down ? dy[(m + 1) * wo + q] : 0, es = down && right ? dy[(m + 1) * wo + q + 1] : 0; \
-                T *x0 = dx + 2 * m * w + 2 * q;                                               \
-                S2_ADD(x0[0], k11 * d, accumulate);                                           \
-                S2_ADD(x0[1], k10 * ds + k12 * d, accumulate);                                \
-                S2_ADD(x0[w], k01 * e + k21 * d, accumulate);                                 \
-                S2_ADD(x0[w + 1], k00 * es + k02 * e + k20 * ds + k22 * d, accumulate);       \
-            }                                                                                 \
+        if (whole < wo) S2_DATA_ROWS(V, T, whole, wo - whole) /* first: as S2_PLANE's */     \
+        for (I qv = 0; qv < whole; qv += lanes) S2_DATA_ROWS(V, T, qv, lanes)                 \
     }
 
 /* sums[t] += tap t's weight gradient over one sample's planes x and dy: dy against the input
- * rows split as the forward splits them, a vector of sums a tap (lane sums added at the end by
- * the caller's order: the vectors' lanes, then the scalar columns) */
+ * rows split as the forward splits them, a vector of sums a tap (the lanes of a partial last
+ * vector past the row add nothing: zeros; the caller adds the lanes at the end) */
 #define S2_TAPS(X) X(0, t0) X(1, t1) X(2, t2) X(3, m0) X(4, m1) X(5, m2) X(6, d0) X(7, d1) X(8, d2)
 #define S2_FMA(t, v) a##t += e * (v);
 #define S2_LOAD_SUMS(t, v) __typeof__(sums[0]) a##t = sums[t];
 #define S2_STORE_SUMS(t, v) sums[t] = a##t;
+#define S2_TAP_PRODUCTS(V, T, q0, live)                                                        \
+    {                                                                                          \
+        const V e = S2_LOAD(V, T, dy + r * wo + (q0), live);                                   \
+        S2_TAPS(S2_FMA)                                                                       \
+    }
 #define DEFINE_DEPTHWISE_S2_FILTER(NAME, ATTR, T, V)                                           \
     ATTR static inline void NAME(const T *restrict x, const T *restrict dy, V *restrict sums, \
-                                 T *restrict tail, I ho, I wo)                                \
+                                 I ho, I wo)                                                  \
     {                                                                                          \
-        const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
+        const I w = 2 * wo;                                                                   \
+        const int over_rows = 0; /* the lanes past a row's end must add nothing */           \
         S2_TAPS(S2_LOAD_SUMS) /* in registers across the plane */                             \
-        S2_ROWS_BEGIN(V, T, x)                                                                \
-            const V e = LOADV(V, dy + r * wo + q0);                                           \
-            S2_TAPS(S2_FMA)                                                                   \
-        S2_ROWS_END                                                                           \
+        S2_PLANE(V, T, x, S2_TAP_PRODUCTS)                                                    \
         S2_TAPS(S2_STORE_SUMS)                                                                \
-        for (I r = 0; r < ho; r++)                                                            \
-            for (I q = whole; q < wo; q++)                                                    \
-                for (I i = 0; i < 3; i++)                                                     \
-                    for (I j = 0; j < 3; j++)                                                 \
-                        tail[i * 3 + j] += dy[r * wo + q] * S2_AT(x, w, 2 * r + i - 1, 2 * q + j - 1); \
     }
 
 /* dx[p] (+)= the strided depthwise input gradient of planes [p0, p1) (padding >= 0): each
@@ -828,16 +936,16 @@ static inline int depthwise_flat(const Geometry *g)
 }
 
 /* The instruction set whose vectors a depthwise call takes: the process's, or, where the _s2
- * kernels run it (``s2``) and its output rows are narrower than that set's vectors, the widest
- * whose vectors fit in a row (the columns past the last whole vector go one at a time: Wo 8 at
- * 16 lanes ran every column so); the flat kernels at most 256 bits (on the Zen 4 machine the
+ * kernels run it (``s2``), the narrowest AVX set whose vector still holds a whole output row
+ * where the row is no wider than that (Wo 7 on AVX2's 8 lanes: one partial vector a row, not
+ * AVX-512's 16 mostly empty; Wo 8 one whole vector); the flat kernels at most 256 bits (on the Zen 4 machine the
  * AVX2 build ran every plane size 10-30 % faster, its tap loads off by a value splitting fewer
  * cache lines; not measured on an Intel AVX-512 CPU: docs/numpy.md, session 54) */
 static int depthwise_level(const Geometry *g, int s2, I itemsize)
 {
     int level = isa;
     if (s2 && depthwise_s2_k3(g))
-        while (level > 0 && g->wo < (16 << level) / itemsize) level--;
+        while (level > 1 && g->wo <= (16 << (level - 1)) / itemsize) level--;
     if (level == 2 && depthwise_flat(g)) level = 1;
     return level;
 }
@@ -1001,9 +1109,12 @@ enum { FLAT_PLAIN, FLAT_EPILOGUE_STORES, FLAT_BIAS_START };
         const I taps = g->kh * g->kw, plane = g->ho * g->wo;                                  \
         const int epilogue = !accumulate && (scale || shift || res || relu);                  \
         if (!flip && !accumulate && depthwise_s2_k3(g)) {                                     \
+            /* a bias alone starts the sums; any other epilogue runs on each plane once stored */ \
+            const int bias_start = shift && !scale && !res && !relu;          \
             for (I p = p0; p < p1; p++) {                                                     \
-                NAME##_s2(x + p * g->h * g->w, w + (p % g->c) * taps, out + p * plane, g->ho, g->wo); \
-                if (epilogue) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
+                NAME##_s2(x + p * g->h * g->w, w + (p % g->c) * taps, out + p * plane, g->ho, g->wo, \
+                          bias_start ? shift[p % g->c] : 0);                                  \
+                if (epilogue && !bias_start) EPI(out, scale, shift, res, g->c, plane, p, p + 1, 0, plane, relu); \
             }                                                                                 \
             return 0;                                                                         \
         }                                                                                     \
@@ -1167,16 +1278,19 @@ static inline void prefetch_bytes(const void *p, size_t bytes)
         if (depthwise_s2_k3(g)) {                                                             \
             for (I c = c0; c < c1; c++) {                                                     \
                 V a[9];                                                                       \
-                T tail[9] = {0};                                                              \
                 for (int t = 0; t < 9; t++) a[t] = (V){0};                                    \
                 for (I smp = 0; smp < n; smp++) {                                             \
                     const I p = smp * g->c + c;                                               \
-                    NAME##_s2(x + p * g->h * g->w, dy + p * g->ho * g->wo, a, tail, g->ho, g->wo); \
+                    if (smp + FLAT_AHEAD < n) { /* as the flat kernel's: planes C apart */    \
+                        const I ahead = p + FLAT_AHEAD * g->c;                                \
+                        prefetch_bytes(x + ahead * g->h * g->w, (size_t)(g->h * g->w) * sizeof(T)); \
+                        prefetch_bytes(dy + ahead * g->ho * g->wo, (size_t)(g->ho * g->wo) * sizeof(T)); \
+                    }                                                                         \
+                    NAME##_s2(x + p * g->h * g->w, dy + p * g->ho * g->wo, a, g->ho, g->wo);  \
                 }                                                                             \
                 for (int t = 0; t < 9; t++) {                                                 \
                     T sum = 0;                                                                \
                     for (I u = 0; u < lanes; u++) sum += a[t][u];                             \
-                    sum += tail[t];                                                           \
                     dw[c * 9 + t] = accumulate ? dw[c * 9 + t] + sum : sum;                   \
                 }                                                                             \
             }                                                                                 \
