@@ -619,13 +619,14 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // two new input rows into the three vectors its taps read (columns 2 ow - 1, 2 ow and 2 ow + 1:
 // the odd lanes shifted in by one, the even ones, the odd ones) in registers, carrying the lower
 // row's to the next output row as its upper one. No phase planes are copied into local memory
-// (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums run the
-// same taps in the same order as that kernel (the same bits). The layer's input gradient below
+// (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums add the
+// three rows of taps apart (DW_S2_SUMS: rounding differs from that kernel's one chain). The layer's input gradient below
 // (conv_depthwise_s2_k3_data) and its weight gradient (conv_depthwise_s2_k3_filter, beside the
 // other 3x3 weight gradients) work from rows in registers too. A row's last vector may be partial
 // (Wo 7, 14: MobileNet's late layers): its loads stop at the row's end (zeros past it: the input
 // gradient's last dy value has no right neighbour, the weight gradient's lanes past the row add
-// nothing) and its stores at the row's end.
+// nothing) and its stores at the row's end, but for the forward's before a plane's last row
+// (DW_S2_PLANE_OVER).
 // (AFTER_LANE(p, v): p, then v's lanes but its last. Spelled as a shuffle of two vectors, p's
 // splat and v, not as p followed by v's swizzled parts, which PoCL 3.0's LLVM built from
 // half-vector loads and inserts: docs/opencl.md, session 53.)
@@ -650,6 +651,7 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 #define DW_S2_ROWS(xc, LOAD, BODY) { \
         floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */ \
         for (int oh = 0; oh < Ho; ++oh) { \
+            const int over_row = over && oh + 1 < Ho; \
             __global const float *r = (xc) + (size_t)2 * oh * W + 2 * ow0; \
             DW_S2_ROW(m, r, LOAD) \
             DW_S2_ROW(d, r + W, LOAD) \
@@ -662,13 +664,31 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
         if (live >= VEC) DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) \
         else DW_S2_ROWS(xc, DW_S2_LOAD, BODY) \
     }
+// The forward's: the partial last vector first, its loads and stores before the plane's last
+// row whole vectors past the row's end where `over` (DW_S2_OVER: the lanes past the end hold
+// values of no output, and what they store in the next row is stored over later, by the whole
+// vectors after (Wo >= VEC) or by the next row's own partial vector (2 Wo >= VEC), as the NumPy
+// backend's S2_PLANE does; a value-by-value tail_of a row cost more than the row's sums)
+#define DW_S2_OVER(p, n) (over_row ? LOAD_UNIT(p) : DW_S2_LOAD(p, n))
+#define DW_S2_PLANE_OVER(xc, BODY) \
+    for (int ow0 = (Wo - 1) / VEC * VEC; ow0 >= 0; ow0 -= VEC) { \
+        const int live = Wo - ow0, vals = 2 * live; \
+        if (live >= VEC) DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) \
+        else DW_S2_ROWS(xc, DW_S2_OVER, BODY) \
+    }
+// the nine taps as three sums, one a row of taps, then added (one chain of nine FMAs waited on
+// the FMA's latency where a plane has few rows: 7x7 outputs)
+#define DW_S2_SUMS floatv s = (floatv)(b), s1 = m0 * w10, s2 = d0 * w20; \
+            s += t0 * w00; s1 += m1 * w11; s2 += d1 * w21; \
+            s += t1 * w01; s1 += m2 * w12; s2 += d2 * w22; \
+            s += t2 * w02; s += s1 + s2;
 #define DW_S2_OUTPUTS(LOAD) { \
-            floatv s = (floatv)(b); \
-            s += t0 * w00; s += t1 * w01; s += t2 * w02; \
-            s += m0 * w10; s += m1 * w11; s += m2 * w12; \
-            s += d0 * w20; s += d1 * w21; s += d2 * w22; \
+            DW_S2_SUMS \
             __global float *yr = yc + (size_t)oh * Wo + ow0; \
-            DIRECT_STORE(s, yr, ow0) }
+            if (over_row) { \
+                if (epi) s = conv_epilogue(s, res + r_off + (yr - (y + y_off)), VEC, epi); \
+                *(__global floatv_u *)(yr) = s; \
+            } else DIRECT_STORE(s, yr, ow0) }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
                           __global const float *restrict w, const int w_off,
@@ -676,7 +696,7 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
                           const int per, __global const float *restrict bias, const int b_off, const int has_bias,
                           __global const float *restrict res, const int r_off, const int epi)
 {
-    const int acc = 0, W = 2 * Wo;
+    const int acc = 0, W = 2 * Wo, over = Wo >= VEC || 2 * Wo >= VEC;
     const int first = get_global_id(0) * per;
     for (int plane = first; plane < first + per; ++plane) {
         const int c = plane % C;
@@ -686,7 +706,7 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
         const float b = has_bias ? bias[b_off + c] : 0.0f;
         __global const float *xc = x + x_off + (size_t)plane * 4 * Ho * Wo;
         __global float *yc = y + y_off + (size_t)plane * Ho * Wo;
-        DW_S2_PLANE(xc, DW_S2_OUTPUTS)
+        DW_S2_PLANE_OVER(xc, DW_S2_OUTPUTS)
     }
 }
 
@@ -1240,7 +1260,7 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
                                  const int Wo)
 {
     const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
-    const int W = 2 * Wo;
+    const int W = 2 * Wo, over = 0;   /* the lanes past a row's end must add nothing */
     TAPS_3X3(FL_ACC)
     for (int n = chunk; n < N; n += chunks) {
         __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
