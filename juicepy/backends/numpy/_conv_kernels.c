@@ -460,43 +460,28 @@ ISA_256 static inline void store_first_vf64x4(double *p, vf64x4 v, I n)
 {
     _mm256_maskstore_pd(p, FIRST_LANES_64X4(n), (__m256d)v);
 }
-#else
+#endif
+/* the baseline build's (and, on other compilers, every vector's): value by value, at most the
+ * vector's lanes */
 #define DEFINE_FIRST_VALUES(V, T)                                                              \
     static inline V load_first_##V(const T *p, I n)                                            \
     {                                                                                          \
         V v = {0};                                                                             \
-        for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) v[j] = p[j];                                                 \
+        for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) v[j] = p[j];              \
         return v;                                                                              \
     }                                                                                          \
     static inline void store_first_##V(T *p, V v, I n)                                         \
     {                                                                                          \
-        for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) p[j] = v[j];                                                 \
+        for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) p[j] = v[j];              \
     }
+#if !(defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__))
 DEFINE_FIRST_VALUES(vf32x16, float)
 DEFINE_FIRST_VALUES(vf64x8, double)
 DEFINE_FIRST_VALUES(vf32x8, float)
 DEFINE_FIRST_VALUES(vf64x4, double)
 #endif
-static inline vf32x4 load_first_vf32x4(const float *p, I n)
-{
-    vf32x4 v = {0};
-    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) v[j] = p[j];
-    return v;
-}
-static inline void store_first_vf32x4(float *p, vf32x4 v, I n)
-{
-    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) p[j] = v[j];
-}
-static inline vf64x2 load_first_vf64x2(const double *p, I n)
-{
-    vf64x2 v = {0};
-    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) v[j] = p[j];
-    return v;
-}
-static inline void store_first_vf64x2(double *p, vf64x2 v, I n)
-{
-    for (I j = 0; j < n && j < (I)(sizeof v / sizeof v[0]); j++) p[j] = v[j];
-}
+DEFINE_FIRST_VALUES(vf32x4, float)
+DEFINE_FIRST_VALUES(vf64x2, double)
 
 typedef struct {
     I hp, wp, grid, span, buffer;
