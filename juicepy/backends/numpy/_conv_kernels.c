@@ -624,16 +624,16 @@ static inline int depthwise_s2_k3(const Geometry *g)
             t0 = d0; t1 = d1; t2 = d2;                                                        \
         }                                                                                     \
     }
-/* The partial last vector runs first. Where ``over`` (a kernel's choice), its loads and stores
- * before the plane's last row are whole vectors running past the row's end into the next row:
- * the lanes past the end hold values of no output, and what they store there is stored over
- * later, by the whole vectors' passes (whole_ > 0) or by the next row's own partial vector
- * (whole_ == 0 and 2 Wo >= lanes: no further than that vector's live lanes). Masked stores
+/* The partial last vector runs first. Where ``over`` (a kernel's choice, and 2 Wo >= lanes), its
+ * loads and stores before the plane's last row are whole vectors running past the row's end into
+ * the next row: the lanes past the end hold values of no output, and what they store there is
+ * stored over later, by the whole vectors' passes (whole_ > 0) or by the next row's own partial
+ * vector (no further than its live lanes). Masked stores
  * are slow on AMD's cores (docs/numpy.md, session 56). */
 #define S2_PLANE(V, T, x, BODY)                                                                \
     {                                                                                          \
         const I lanes_ = VLANES(V, T), whole_ = wo / lanes_ * lanes_;                         \
-        const int over = over_rows && (whole_ > 0 || 2 * wo >= lanes_);                      \
+        const int over = over_rows && 2 * wo >= lanes_;                                       \
         if (whole_ < wo) S2_ROWS(V, T, x, whole_, wo - whole_, BODY)                          \
         for (I qv_ = 0; qv_ < whole_; qv_ += lanes_) S2_ROWS(V, T, x, qv_, lanes_, BODY)      \
     }
@@ -703,7 +703,7 @@ static inline int depthwise_s2_k3(const Geometry *g)
                                  I ho, I wo, int accumulate)                                  \
     {                                                                                          \
         const I lanes = VLANES(V, T), w = 2 * wo, whole = wo / lanes * lanes;                 \
-        const int over = whole > 0 || 2 * wo >= lanes;                                        \
+        const int over = 2 * wo >= lanes;                                                     \
         const T k00 = k[0], k01 = k[1], k02 = k[2], k10 = k[3], k11 = k[4], k12 = k[5],       \
                 k20 = k[6], k21 = k[7], k22 = k[8];                                           \
         if (whole < wo) S2_DATA_ROWS(V, T, whole, wo - whole) /* first: as S2_PLANE's */     \

@@ -620,9 +620,10 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // the odd lanes shifted in by one, the even ones, the odd ones) in registers, carrying the lower
 // row's to the next output row as its upper one. No phase planes are copied into local memory
 // (that copy was half of conv_direct_fwd_local_r2_k3's time on this layer); the sums add the
-// three rows of taps apart (DW_S2_SUMS: rounding differs from that kernel's one chain). The layer's input gradient below
-// (conv_depthwise_s2_k3_data) and its weight gradient (conv_depthwise_s2_k3_filter, beside the
-// other 3x3 weight gradients) work from rows in registers too. A row's last vector may be partial
+// three rows of taps apart (DW_S2_SUMS: rounded unlike that kernel's one chain). The layer's
+// input gradient below (conv_depthwise_s2_k3_data) and its weight gradient
+// (conv_depthwise_s2_k3_filter, beside the other 3x3 weight gradients) work from rows in
+// registers too. A row's last vector may be partial
 // (Wo 7, 14: MobileNet's late layers): its loads stop at the row's end (zeros past it: the input
 // gradient's last dy value has no right neighbour, the weight gradient's lanes past the row add
 // nothing) and its stores at the row's end, but for the forward's before a plane's last row
@@ -647,7 +648,7 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // The loops over a plane's vectors of outputs (ow0; live of them in the row, vals input values)
 // and its output rows (oh) with the two new input rows of row oh split (m*, d*) and the one above
 // in t*, carried from d*; BODY(LOAD) uses them. The rows of a whole vector are a loop of their own
-// (loads without a test of the row's end: a loop with the tests ran no faster than its branches).
+// (loads and stores without the tests of the row's end, which PoCL 3.0's LLVM left in the loop).
 #define DW_S2_ROWS(xc, LOAD, BODY) { \
         floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */ \
         for (int oh = 0; oh < Ho; ++oh) { \
@@ -665,10 +666,10 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
         else DW_S2_ROWS(xc, DW_S2_LOAD, BODY) \
     }
 // The forward's: the partial last vector first, its loads and stores before the plane's last
-// row whole vectors past the row's end where `over` (DW_S2_OVER: the lanes past the end hold
-// values of no output, and what they store in the next row is stored over later, by the whole
-// vectors after (Wo >= VEC) or by the next row's own partial vector (2 Wo >= VEC), as the NumPy
-// backend's S2_PLANE does; a value-by-value tail_of a row cost more than the row's sums)
+// row whole vectors past the row's end where `over` (2 Wo >= VEC; DW_S2_OVER): the lanes past
+// the end hold values of no output, and what they store in the next row is stored over later,
+// by the whole vectors after (Wo >= VEC) or by the next row's own partial vector, as the NumPy
+// backend's S2_PLANE does (tail_of and store_tail go value by value).
 #define DW_S2_OVER(p, n) (over_row ? LOAD_UNIT(p) : DW_S2_LOAD(p, n))
 #define DW_S2_PLANE_OVER(xc, BODY) \
     for (int ow0 = (Wo - 1) / VEC * VEC; ow0 >= 0; ow0 -= VEC) { \
@@ -696,7 +697,7 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
                           const int per, __global const float *restrict bias, const int b_off, const int has_bias,
                           __global const float *restrict res, const int r_off, const int epi)
 {
-    const int acc = 0, W = 2 * Wo, over = Wo >= VEC || 2 * Wo >= VEC;
+    const int acc = 0, W = 2 * Wo, over = 2 * Wo >= VEC;
     const int first = get_global_id(0) * per;
     for (int plane = first; plane < first + per; ++plane) {
         const int c = plane % C;
