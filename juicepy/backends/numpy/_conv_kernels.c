@@ -923,9 +923,9 @@ static inline int depthwise_flat(const Geometry *g)
 /* The instruction set whose vectors a depthwise call takes: the process's, or, where the _s2
  * kernels run it (``s2``), the narrowest AVX set whose vector still holds a whole output row
  * where the row is no wider than that (Wo 7 on AVX2's 8 lanes: one partial vector a row, not
- * AVX-512's 16 mostly empty; Wo 8 one whole vector); the flat kernels at most 256 bits (on the Zen 4 machine the
- * AVX2 build ran every plane size 10-30 % faster, its tap loads off by a value splitting fewer
- * cache lines; not measured on an Intel AVX-512 CPU: docs/numpy.md, session 54) */
+ * AVX-512's 16 mostly empty; Wo 8 one whole vector); the flat kernels at most 256 bits (on the
+ * Zen 4 machine the AVX2 build ran every plane size 10-30 % faster, its tap loads off by a value
+ * splitting fewer cache lines; not measured on an Intel AVX-512 CPU: docs/numpy.md, session 54) */
 static int depthwise_level(const Geometry *g, int s2, I itemsize)
 {
     int level = isa;
@@ -962,6 +962,11 @@ static void flat_row_masks(void *left, void *right, I whole, I W, size_t size)
 #define FLAT_MADD(T, V, k, v, a)                                                               \
     (sizeof(V) == 16 ? (a) + (k) * (v)                                                        \
                      : sizeof(T) == 4 ? __builtin_fmaf((k), (v), (a)) : __builtin_fma((k), (v), (a)))
+/* whether the epilogue is a bias alone (conv2d's usual one), which the sums can start from */
+static inline int bias_alone(const void *scale, const void *shift, const void *res, int relu)
+{
+    return shift && !scale && !res && !relu;
+}
 /* how the flat forward finishes its sums: stored as they are; through the epilogue in
  * registers before the store; started from the bias, where the bias is the whole epilogue */
 enum { FLAT_PLAIN, FLAT_EPILOGUE_STORES, FLAT_BIAS_START };
@@ -1070,7 +1075,7 @@ enum { FLAT_PLAIN, FLAT_EPILOGUE_STORES, FLAT_BIAS_START };
         if (accumulate)                                                                       \
             return NAME##_body(x, w, out, g, p0, p1, flip, 1, FLAT_PLAIN,                     \
                                scale, shift, res, relu);                                      \
-        if (shift && !scale && !res && !relu)                                                 \
+        if (bias_alone(scale, shift, res, relu))                                              \
             return NAME##_body(x, w, out, g, p0, p1, flip, 0, FLAT_BIAS_START,                \
                                scale, shift, res, relu);                                      \
         if (scale || shift || res || relu)                                                    \
@@ -1095,7 +1100,7 @@ enum { FLAT_PLAIN, FLAT_EPILOGUE_STORES, FLAT_BIAS_START };
         const int epilogue = !accumulate && (scale || shift || res || relu);                  \
         if (!flip && !accumulate && depthwise_s2_k3(g)) {                                     \
             /* a bias alone starts the sums; any other epilogue runs on each plane once stored */ \
-            const int bias_start = shift && !scale && !res && !relu;          \
+            const int bias_start = bias_alone(scale, shift, res, relu);                       \
             for (I p = p0; p < p1; p++) {                                                     \
                 NAME##_s2(x + p * g->h * g->w, w + (p % g->c) * taps, out + p * plane, g->ho, g->wo, \
                           bias_start ? shift[p % g->c] : 0);                                  \

@@ -799,18 +799,16 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
 #define INTERLEAVE_LO(a, b) (floatv)((a).s0, (b).s0, (a).s1, (b).s1, (a).s2, (b).s2, (a).s3, (b).s3)
 #define INTERLEAVE_HI(a, b) (floatv)((a).s4, (b).s4, (a).s5, (b).s5, (a).s6, (b).s6, (a).s7, (b).s7)
 #endif
-// v's first n values stored at p (added where acc)
-#define DW_S2_STORE(p, v, n) { floatv v_ = (v); \
-    if ((n) >= VEC) { \
-        if (acc) v_ += *(__global floatv_u *)(p); \
-        *(__global floatv_u *)(p) = v_; \
-    } else if ((n) > 0) { \
-        if (acc) v_ += tail_of(p, n); \
-        store_tail(p, v_, n); \
-    } }
+// v's first n values stored at p (added where acc); DW_S2_STORE_WHOLE: n >= VEC
 #define DW_S2_STORE_WHOLE(p, v, n) { floatv v_ = (v); \
     if (acc) v_ += *(__global floatv_u *)(p); \
     *(__global floatv_u *)(p) = v_; }
+#define DW_S2_STORE(p, v, n) { \
+    if ((n) >= VEC) DW_S2_STORE_WHOLE(p, v, n) \
+    else if ((n) > 0) { floatv v_ = (v); \
+        if (acc) v_ += tail_of(p, n); \
+        store_tail(p, v_, n); \
+    } }
 // dx rows 2m and 2m + 1 of the vector at ow0 from dy rows m and m + 1, for every m (LOAD and
 // STORE: DW_S2_WHOLE and DW_S2_STORE_WHOLE where the vector lies wholly in the row, a loop of its own)
 #define DW_S2_DATA_ROWS(LOAD, STORE) { \
