@@ -3126,6 +3126,9 @@ DEFINE_WG_ALL(4, 3)
 DEFINE_WG_GRAD(wg_grad_2_5_f32, float, vf32x8, 2, 5)
 DEFINE_WG_GRAD(wg_grad_2_5_f64, double, vf64x4, 2, 5)
 
+/* float64 values of F(2x2, 5x5)'s matrices AT | G | BT (2 x 6, 6 x 5, 6 x 6) */
+#define WG_2_5_MATS (2 * 6 + 6 * 5 + 6 * 6)
+
 /* The (M, R) pairs built above; 0 where (m, r) is not one of them. */
 static int wg_supported(I m, I r) { return (m == 2 && r == 5) || (m == 4 && (r == 5 || r == 3)); }
 
@@ -4288,6 +4291,7 @@ typedef struct {
     I na, nb, o, n0, n1, th, tw, ks;
     int flip, accumulate, has_rows;
     Py_buffer a, b, rows;
+    const double *mats; /* the wg family's transform matrices (spatial._wg_matrices), else NULL */
 } TileCall;
 
 /* A kernel on a call's checked arguments, run without the GIL; nonzero: out of memory. */
@@ -4554,6 +4558,40 @@ static const TileFamily S2D = {
     "s2d_weights", "s2d_input", "s2d_output", check_s2d, 25, 1, 0, 1, 0, s2d_rows, s2d_rows, s2d_columns,
     {s2d_weights_f32_call, s2d_weights_f64_call}, {s2d_input_f32_call, s2d_input_f64_call},
     {s2d_output_f32_call, s2d_output_f64_call}};
+
+/* F(2x2, 5x5) (wg_*, tile_conv's 'wg'): 36 positions of depth C, its matrices in the call */
+static int wg_weights_f32_call(const TileCall *t)
+{
+    return ISA_CALL(wg_weights_2_5_f32, t->a.buf, t->b.buf, t->na, t->nb, t->flip, t->mats);
+}
+static int wg_weights_f64_call(const TileCall *t)
+{
+    return ISA_CALL(wg_weights_2_5_f64, t->a.buf, t->b.buf, t->na, t->nb, t->flip, t->mats);
+}
+static int wg_input_f32_call(const TileCall *t)
+{
+    return ISA_CALL(wg_input_2_5_f32, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks, t->mats);
+}
+static int wg_input_f64_call(const TileCall *t)
+{
+    return ISA_CALL(wg_input_2_5_f64, t->a.buf, t->b.buf, &t->g, t->n0, t->n1, t->th, t->tw, t->ks, t->mats);
+}
+static int wg_output_f32_call(const TileCall *t)
+{
+    return ISA_CALL(wg_output_2_5_f32, t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks,
+                    t->accumulate, t->mats);
+}
+static int wg_output_f64_call(const TileCall *t)
+{
+    return ISA_CALL(wg_output_2_5_f64, t->b.buf, t->a.buf, &t->g, t->o, t->n0, t->n1, t->th, t->tw, t->ks,
+                    t->accumulate, t->mats);
+}
+static int check_wg(const Geometry *g, I th, I tw, I m, I nmats);
+static int check_wg_2_5(const Geometry *g, I th, I tw) { return check_wg(g, th, tw, 2, WG_2_5_MATS); }
+static const TileFamily WG = {
+    "wg_weights", "wg_input", "wg_output", check_wg_2_5, 36, 1, 1, 1, 0, NULL, NULL, NULL,
+    {wg_weights_f32_call, wg_weights_f64_call}, {wg_input_f32_call, wg_input_f64_call},
+    {wg_output_f32_call, wg_output_f64_call}};
 
 /* (w, u, A, B[, flip]): u[slices][A][depth * B] of w (A, B, 3, 3) (flip: (B, A, 3, 3)). */
 static int tile_weights_args(PyObject *args, const TileFamily *f, TileCall *t)
@@ -5193,6 +5231,7 @@ typedef struct TileTask {
     I n, per, positions, n_out, n_in, uc, plane;
     const void *scale, *shift, *res;
     int relu, failed;
+    char *parts;                      /* wg_filter: each slot's products of a chunk (ubytes apart) */
 } TileTask;
 
 #define LANE_TASK TileTask
@@ -5256,23 +5295,28 @@ static void tile_chunks(const TileTask *t, I lo, I hi)
 enum { TC_W, TC_SRC, TC_DST, TC_U, TC_V, TC_M, TC_ROWS, TC_SCALE, TC_SHIFT, TC_RES, TC_COUNT };
 
 /* (family, w, src, dst, u, v, m, rows, geometry, n_out, n_in, N, per, th, tw, vs, ms, flip, accumulate,
- *  lanes, scale, shift, relu, residual): see the method table */
+ *  lanes, scale, shift, relu, residual[, mats]): see the method table */
 static PyObject *py_tile_conv(PyObject *self, PyObject *args)
 {
-    PyObject *obj[TC_COUNT], *go;
+    PyObject *obj[TC_COUNT], *go, *mo = Py_None;
     const char *name;
     TileTask t = {.run = tile_chunks};
     I vs, ms, lanes;
     int flip, accumulate, relu;
-    if (!PyArg_ParseTuple(args, "sOOOOOOOOnnnnnnnnppnOOpO", &name, &obj[TC_W], &obj[TC_SRC], &obj[TC_DST], &obj[TC_U],
-                          &obj[TC_V], &obj[TC_M], &obj[TC_ROWS], &go, &t.n_out, &t.n_in, &t.n, &t.per, &t.in.th,
-                          &t.in.tw, &vs, &ms, &flip, &accumulate, &lanes, &obj[TC_SCALE], &obj[TC_SHIFT], &relu,
-                          &obj[TC_RES]))
+    if (!PyArg_ParseTuple(args, "sOOOOOOOOnnnnnnnnppnOOpO|O", &name, &obj[TC_W], &obj[TC_SRC], &obj[TC_DST],
+                          &obj[TC_U], &obj[TC_V], &obj[TC_M], &obj[TC_ROWS], &go, &t.n_out, &t.n_in, &t.n, &t.per,
+                          &t.in.th, &t.in.tw, &vs, &ms, &flip, &accumulate, &lanes, &obj[TC_SCALE], &obj[TC_SHIFT],
+                          &relu, &obj[TC_RES], &mo))
         return NULL;
     const TileFamily *f = strcmp(name, "wino") == 0 ? &WINOGRAD : strcmp(name, "s2") == 0 ? &S2
-                          : strcmp(name, "s2d") == 0 ? &S2D : NULL;
+                          : strcmp(name, "s2d") == 0 ? &S2D : strcmp(name, "wg") == 0 ? &WG : NULL;
     if (!f) {
-        PyErr_Format(PyExc_ValueError, "tile_conv: family: expected 'wino', 's2' or 's2d', got '%s'", name);
+        PyErr_Format(PyExc_ValueError, "tile_conv: family: expected 'wino', 's2', 's2d' or 'wg', got '%s'", name);
+        return NULL;
+    }
+    if ((f == &WG) != (mo != Py_None)) {
+        PyErr_Format(PyExc_ValueError, "tile_conv: mats: expected F(2x2, 5x5)'s matrices for 'wg' and none for "
+                     "the other families, got %s for '%s'", mo == Py_None ? "none" : "some", name);
         return NULL;
     }
     Geometry *g = &t.in.g;
@@ -5312,10 +5356,11 @@ static PyObject *py_tile_conv(PyObject *self, PyObject *args)
     t.plane = g->ho * g->wo;
     static const char *names[TC_COUNT] = {"w", "src", "dst", "u", "v", "m", "rows", "scale", "shift", "residual"};
     static const int written[TC_COUNT] = {0, 0, 1, 1, 1, 1, 1, 0, 0, 0};
-    const I counts[TC_COUNT] = {na * nb * 9, t.n * t.n_in * g->h * g->w, t.n * t.n_out * t.plane,
+    const I counts[TC_COUNT] = {na * nb * g->kh * g->kw, t.n * t.n_in * g->h * g->w, t.n * t.n_out * t.plane,
                                 lanes * t.positions * t.n_out * t.uc, lanes * t.positions * vs, lanes * t.positions * ms,
                                 lanes * rows, t.n_out, t.n_out, t.n * t.n_out * t.plane};
-    Py_buffer view[TC_COUNT];
+    Py_buffer view[TC_COUNT], mats = {.obj = NULL};
+    if (f == &WG && get_buffer(mo, &mats, 0, "d", WG_2_5_MATS, "mats") < 0) return NULL;
     void *data[TC_COUNT];
     int got = 0, failed = 0;
     for (; got < TC_COUNT && !failed; got++) {
@@ -5363,11 +5408,12 @@ static PyObject *py_tile_conv(PyObject *self, PyObject *args)
         t.in.flip = flip;
         t.in.accumulate = accumulate;
         t.in.has_rows = rows > 0;
+        t.in.mats = mats.obj ? mats.buf : NULL;
         t.out = t.in;
         t.out.ks = ms;
         t.out.o = t.n_out;
         t.out.a.buf = data[TC_DST];
-        t.taps = (TileCall){.na = na, .nb = nb, .flip = flip};
+        t.taps = (TileCall){.na = na, .nb = nb, .flip = flip, .mats = t.in.mats};
         t.taps.a.buf = data[TC_W];
         RELEASE_GIL
         deal_in_lanes(&t, 0, chunks, (int)lanes, 1);
@@ -5378,9 +5424,136 @@ static PyObject *py_tile_conv(PyObject *self, PyObject *args)
     for (int i = 0; i < got; i++)
         if (i >= TC_SCALE || (i == TC_ROWS && !rows)) release_optional(&view[i]);
         else PyBuffer_Release(&view[i]);
+    release_optional(&mats);
     if (failed) return NULL;
     Py_RETURN_NONE;
 }
+/* ------------------------------------------------ F(2x2, 5x5)'s weight gradient in one call: wg_filter
+ * spatial._wg_backward_filter's lanes inside one GIL release: run from Python, each chunk's input
+ * tiles, dy's tiles, 36 GEMMs and the sum were four calls, the lanes handing over through the GIL
+ * between them (as tile_conv's families before it). Slots [lo, hi): slot k sums the chunks of the
+ * k-th of ``slots`` contiguous parts (threads.run_gemm_pieces's split), each chunk's products
+ * apart and then added in chunk order, whichever thread takes the slot (deal_in_lanes: a worker
+ * that wakes late leaves its slot to the caller): the same bits for a given slot count. */
+static void wg_filter_parts(const TileTask *t, I lo, I hi)
+{
+    const I chunks = (t->n + t->per - 1) / t->per, slots = t->slots, tiles = t->in.th * t->in.tw;
+    for (I k = lo; k < hi; k++) {
+        const I c0 = chunks * k / slots, c1 = chunks * (k + 1) / slots;
+        TileCall in = t->in;
+        char *v = t->v + k * t->vbytes, *m = t->m + k * t->mbytes, *sum = t->u + k * t->ubytes,
+             *part = t->parts + k * t->ubytes;
+        in.b.buf = v;
+        for (I c = c0; c < c1; c++) {
+            const I n0 = c * t->per, n1 = n0 + t->per < t->n ? n0 + t->per : t->n, p = (n1 - n0) * tiles;
+            in.n0 = n0;
+            in.n1 = n1;
+            char *dst = c > c0 ? part : sum;
+            int failed = t->f->input_kernels[t->wide](&in);
+            if (!failed && t->wide) {
+                failed = wg_grad_2_5_f64(t->out.a.buf, (double *)m, &in.g, t->n_out, n0, n1, in.th, in.tw,
+                                         t->out.ks, in.mats);
+                if (!failed)
+                    ISA_CALL(tile_gemm_f64, (const double *)v, (const double *)m, (double *)dst, 36, t->n_in, p,
+                             t->n_out, in.ks, t->out.ks, t->n_in * t->n_out, NULL, p, 0);
+            } else if (!failed) {
+                failed = wg_grad_2_5_f32(t->out.a.buf, (float *)m, &in.g, t->n_out, n0, n1, in.th, in.tw,
+                                         t->out.ks, in.mats);
+                if (!failed)
+                    ISA_CALL(tile_gemm_f32, (const float *)v, (const float *)m, (float *)dst, 36, t->n_in, p,
+                             t->n_out, in.ks, t->out.ks, t->n_in * t->n_out, NULL, p, 0);
+            }
+            if (failed) {
+                __atomic_store_n(&((TileTask *)t)->failed, 1, __ATOMIC_RELAXED);
+                return;
+            }
+            if (c == c0) continue;
+            const I count = 36 * t->n_in * t->n_out;
+            if (t->wide)
+                for (I i = 0; i < count; i++) ((double *)sum)[i] += ((const double *)part)[i];
+            else
+                for (I i = 0; i < count; i++) ((float *)sum)[i] += ((const float *)part)[i];
+        }
+    }
+}
+
+/* wg_filter's buffers */
+enum { WF_X, WF_DY, WF_SUMS, WF_PARTS, WF_V, WF_M, WF_COUNT };
+
+/* (x, dy, sums, parts, v, m, geometry, O, N, per, th, tw, vs, ms, slots, mats): see the method table */
+static PyObject *py_wg_filter(PyObject *self, PyObject *args)
+{
+    PyObject *obj[WF_COUNT], *go, *mo;
+    TileTask t = {.run = wg_filter_parts, .f = &WG};
+    I o, vs, ms, slots;
+    if (!PyArg_ParseTuple(args, "OOOOOOOnnnnnnnnO", &obj[WF_X], &obj[WF_DY], &obj[WF_SUMS], &obj[WF_PARTS],
+                          &obj[WF_V], &obj[WF_M], &go, &o, &t.n, &t.per, &t.in.th, &t.in.tw, &vs, &ms, &slots, &mo))
+        return NULL;
+    Geometry *g = &t.in.g;
+    if (!parse_geometry(go, g) || check_wg_2_5(g, t.in.th, t.in.tw) < 0) return NULL;
+    if (o < 1 || t.n < 1 || t.per < 1 || slots < 1 || slots > MAX_LANES) {
+        PyErr_Format(PyExc_ValueError, "wg_filter: O, N, per must be positive and slots in [1, %d], got %zd, %zd, "
+                     "%zd, %zd", MAX_LANES, o, t.n, t.per, slots);
+        return NULL;
+    }
+    const I chunks = (t.n + t.per - 1) / t.per, most = (t.per < t.n ? t.per : t.n) * t.in.th * t.in.tw;
+    if (slots > chunks) {
+        PyErr_Format(PyExc_ValueError, "wg_filter: slots: expected at most the %zd chunks, got %zd", chunks, slots);
+        return NULL;
+    }
+    if (vs < g->c * most || ms < o * most) {
+        PyErr_Format(PyExc_ValueError, "wg_filter: vs, ms: slices of v and m overlap (need at least %zd and %zd, "
+                     "got %zd and %zd)", g->c * most, o * most, vs, ms);
+        return NULL;
+    }
+    Py_buffer mats;
+    if (get_buffer(mo, &mats, 0, "d", WG_2_5_MATS, "mats") < 0) return NULL;
+    static const char *names[WF_COUNT] = {"x", "dy", "sums", "parts", "v", "m"};
+    static const int written[WF_COUNT] = {0, 0, 1, 1, 1, 1};
+    const I counts[WF_COUNT] = {t.n * g->c * g->h * g->w, t.n * o * g->ho * g->wo, slots * 36 * g->c * o,
+                                slots * 36 * g->c * o, slots * 36 * vs, slots * 36 * ms};
+    Py_buffer view[WF_COUNT];
+    int got = 0, failed = 0;
+    for (; got < WF_COUNT && !failed; got++)
+        failed = get_buffer(obj[got], &view[got], written[got], got ? view[WF_X].format : NULL, counts[got],
+                            names[got]) < 0;
+    if (failed) got--; /* the one that failed holds no view */
+    for (int i = 0; i < got && !failed; i++)
+        for (int j = i + 1; j < got && !failed; j++)
+            if ((written[i] || written[j]) && overlap(view[i].buf, view[i].len, view[j].buf, view[j].len)) {
+                PyErr_Format(PyExc_ValueError, "wg_filter: %s and %s: expected buffers apart", names[i], names[j]);
+                failed = 1;
+            }
+    if (!failed) {
+        const I item = view[WF_X].itemsize;
+        t.wide = item == 8;
+        t.n_in = g->c;
+        t.n_out = o;
+        t.slots = slots;
+        t.u = view[WF_SUMS].buf;
+        t.parts = view[WF_PARTS].buf;
+        t.ubytes = 36 * g->c * o * item;
+        t.v = view[WF_V].buf;
+        t.m = view[WF_M].buf;
+        t.vbytes = 36 * vs * item;
+        t.mbytes = 36 * ms * item;
+        t.in.a.buf = view[WF_X].buf;
+        t.in.ks = vs;
+        t.in.mats = mats.buf;
+        t.out.a.buf = view[WF_DY].buf;
+        t.out.ks = ms;
+        RELEASE_GIL
+        deal_in_lanes(&t, 0, slots, (int)slots, 1);
+        failed = t.failed;
+        REACQUIRE_GIL
+        if (failed) PyErr_NoMemory();
+    }
+    for (int i = 0; i < got; i++) PyBuffer_Release(&view[i]);
+    PyBuffer_Release(&mats);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_s2_gemm(PyObject *self, PyObject *args) { return tile_gemm_call(args, 1); }
 
 static PyObject *py_s2_filter_gemm(PyObject *self, PyObject *args)
@@ -5518,11 +5691,18 @@ static PyMethodDef methods[] = {
      "gradient of samples [n0, n1), computed directly (strided ones on the input's phase planes)"},
     {"tile_conv", py_tile_conv, METH_VARARGS,
      "tile_conv(family, w, src, dst, u, v, m, rows, geometry, n_out, n_in, N, per, th, tw, vs, ms, flip, "
-     "accumulate, lanes, scale, shift, relu, residual): dst (+)= the tiled conv of family 'wino' "
-     "(F(2x2, 3x3)), 's2' (the 3x3 stride-2 forward) or 's2d' (its input gradient) in one call: chunks of "
+     "accumulate, lanes, scale, shift, relu, residual[, mats]): dst (+)= the tiled conv of family 'wino' "
+     "(F(2x2, 3x3)), 's2' (the 3x3 stride-2 forward), 's2d' (its input gradient) or 'wg' (F(2x2, 5x5), with "
+     "its float64 matrices mats, spatial._wg_matrices(2, 5)) in one call: chunks of "
      "``per`` samples dealt over ``lanes`` threads, each on its own slot of u, v, m and rows (lanes slots: "
      "the taps of w (positions x n_out x depth n_in), positions x vs, positions x ms, the family's rows), "
      "the epilogue on each chunk (the forward's: accumulate off)"},
+    {"wg_filter", py_wg_filter, METH_VARARGS,
+     "wg_filter(x, dy, sums, parts, v, m, geometry, O, N, per, th, tw, vs, ms, slots, mats): the weight gradient "
+     "of F(2x2, 5x5) (spatial._wg_backward_filter) but for its taps transform, in one call: chunks of ``per`` "
+     "samples in ``slots`` contiguous parts dealt over the lanes, part k's chunks' 36 GEMMs of the input tiles (wg_input, "
+     "slices vs apart in v[k]) by dy's (wg_grad, ms apart in m[k]) summed into sums[k] (36, C, O) (each chunk's "
+     "products in parts[k], then added); mats: spatial._wg_matrices(2, 5, WG_FILTER_POINTS)"},
     USE_SIDE_LANES_METHOD,
     {"s2_gemm", py_s2_gemm, METH_VARARGS,
      "s2_gemm(u, v, m, O, C, P, vs, ms): m[k] = u[k][:, :K(k)] @ v[k], the 9 GEMMs of the 3x3 stride-2 phase Winograd"},

@@ -1177,7 +1177,8 @@ def _tile_gemm(backend, depths, n_in) -> bool:
     least TILE_GEMM_MIN_DEPTH of them (FULL_WIDTH_TILE_GEMM_MIN_DEPTH where _full_width), on
     AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3
     blocks lost to BLAS in the 1x1 conv); the phase Winograd's forward runs on them, whole in
-    one call, from S2_TILE_GEMM_MIN_DEPTH[isa] on AVX2 and AVX-512; only where BLAS's threads can be limited
+    one call, from S2_TILE_GEMM_MIN_DEPTH[isa] on AVX2 and AVX-512, and F(2x2, 5x5) (WG_DEPTHS), whole
+    in one call too, from WG_AVX2_TILE_GEMM_MIN_DEPTH on AVX2; only where BLAS's threads can be limited
     (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
     np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
     the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""
@@ -1186,6 +1187,8 @@ def _tile_gemm(backend, depths, n_in) -> bool:
         return False
     if s2 and isa in S2_TILE_GEMM_MIN_DEPTH:
         return n_in >= S2_TILE_GEMM_MIN_DEPTH[isa]
+    if isa == 1 and tuple(depths) == WG_DEPTHS:
+        return n_in >= WG_AVX2_TILE_GEMM_MIN_DEPTH
     deep = FULL_WIDTH_TILE_GEMM_MIN_DEPTH if _full_width(backend) else TILE_GEMM_MIN_DEPTH
     return isa == 2 and (set(depths) == {1} or s2) and n_in >= deep
 
@@ -1397,8 +1400,8 @@ def _wg_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
     _wg_forward's F(2x2, 5x5): per chunk of samples, the forward's input tiles (wg_input) and
     dy's tiles (wg_grad, the adjoint of wg_output, tile-major), 36 GEMMs (C, tiles) x (tiles, O)
     on tile_gemm adding into the lane's sums (9 multiply-adds per output pixel, input and output
-    channel instead of 25), the lanes' sums added in lane order (a fixed summation order for a
-    given lane count), then the taps G^T (.) G."""
+    channel instead of 25), all of it in one C call (wg_filter), the lanes' sums added in lane
+    order (a fixed summation order for a given lane count), then the taps G^T (.) G."""
     geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     n, c, o, kernels = x.shape[0], x.shape[1], w_shape[0], backend.conv_kernels
     m, r = WG_TILE[5], 5
@@ -1409,27 +1412,19 @@ def _wg_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, grou
     per, chunks = _sample_chunks(n, tiles, WG_FILTER_TILES, _gemm_lanes())
     # a cache line more than the slices' size apart (see _tile_run)
     vs, ms = c * per * tiles + 16, o * per * tiles + 16
-    totals = {}
-
-    def lane(lo, hi, kk):
-        totals[kk] = total = scratch(ws, backend, f"conv_wg_wgrad_sum/{kk}", (k * k, c, o), dw.dtype)
-        part = scratch(ws, backend, f"conv_wg_wgrad_part/{kk}", (k * k, c, o), dw.dtype)
-        v = scratch(ws, backend, f"conv_wg_wgrad_v/{kk}", (k * k, vs), x.dtype)
-        mm = scratch(ws, backend, f"conv_wg_wgrad_m/{kk}", (k * k, ms), dy.dtype)
-        for index, (n0, n1) in enumerate(chunks[lo:hi]):
-            p = (n1 - n0) * tiles
-            kernels.wg_input(x, v, geometry, n, n0, n1, th, tw, vs, m, mats)
-            kernels.wg_grad(mm, dy, geometry, o, n, n0, n1, th, tw, ms, m, mats)
-            # each chunk's products summed apart, then added: tile_gemm's accumulate would run
-            # one float32 sum along all of a lane's tiles (4x the float32 error, docs/numpy.md)
-            kernels.tile_gemm(v, mm, part if index else total, k * k, c, p, o, ms, c * o, False, vs)
-            if index:
-                total += part
-
-    lanes = _run_gemm_pieces(len(chunks), lane)
-    total = totals[0]
+    # a contiguous part of the chunks a lane (threads.run_gemm_pieces's split), each lane's
+    # sums in its own slot, added in slot order: a fixed summation order for a given lane count
+    lanes = 1 if _in_lane() else min(_gemm_lanes(), len(chunks))
+    sums = scratch(ws, backend, "conv_wg_wgrad_sums", (lanes, k * k, c, o), dw.dtype)
+    parts = scratch(ws, backend, "conv_wg_wgrad_parts", (lanes, k * k, c, o), dw.dtype)
+    v = scratch(ws, backend, "conv_wg_wgrad_v", (lanes, k * k, vs), x.dtype)
+    mm = scratch(ws, backend, "conv_wg_wgrad_m", (lanes, k * k, ms), dy.dtype)
+    # each chunk's products summed apart, then added: tile_gemm's accumulate would run one
+    # float32 sum along all of a lane's tiles (4x the float32 error, docs/numpy.md)
+    kernels.wg_filter(x, dy, sums, parts, v, mm, geometry, o, n, per, th, tw, vs, ms, lanes, mats)
+    total = sums[0]
     for kk in range(1, lanes):
-        total += totals[kk]
+        total += sums[kk]
     # G^T (.) G over both tap axes in float64 (a few hundred thousand multiply-adds; G's entries
     # and the sums' cancellation make float32 lose bits here): (k, k*C*O) -> (r, k, C*O) -> (r, r, C*O)
     gt = _wg_g_transposed(m, r)
@@ -1510,22 +1505,34 @@ def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
 
 #: tiles per chunk of samples of _wg_run (at least one sample; 64-256 measured the same)
 WG_TILES = 128
+#: F(2x2, 5x5)'s GEMM positions (6 x 6; F(4x4, 3x3) would have as many, but WG_TILE runs only it)
+WG_DEPTHS = (1,) * 36
+#: fewest input channels from which F(2x2, 5x5) runs whole on tile_conv on AVX2, its GEMMs on the
+#: 4 x 3 register blocks: faster than np.matmul chunk by chunk from Python, whose lanes handed
+#: over through the GIL three times a chunk (measured under the AVX2 hold, docs/numpy.md, session 57)
+WG_AVX2_TILE_GEMM_MIN_DEPTH = 32
 
 
 def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, epi=None):
     """dst (+)= the stride-1 rxr conv of src (``geometry``) with w, as Winograd F(m x m, r x r):
-    like _winograd_run, with n*n GEMMs (n = m + r - 1)."""
+    like _winograd_run, with n*n GEMMs (n = m + r - 1), F(2x2, 5x5) whole on tile_conv."""
     n, kernels = src.shape[0], backend.conv_kernels
     r, (ho, wo) = geometry[3], geometry[11:13]
     m = WG_TILE[r]
     mats = _wg_matrices(m, r)
     th, tw = -(-ho // m), -(-wo // m)
+    # F(2x2, 5x5) whole in one call (tile_conv's 'wg') where its GEMMs run on tile_gemm: from
+    # Python, each chunk's three calls handed the lanes over through the GIL (docs/numpy.md)
+    whole = None if (m, r) != (2, 5) else (
+        lambda u, v, p, rows, per, vs, ms, lanes, e: kernels.tile_conv(
+            "wg", w, src, dst, u, v, p, rows, geometry, n_out, n_in, n, per, th, tw, vs, ms, flip, accumulate, lanes,
+            *e, mats))
     _tile_run(backend, _TileTransforms(
         "wg", (1,) * (m + r - 1) ** 2, WG_TILES, th * tw, 0,
         lambda u: kernels.wg_weights(w, u, n_out, n_in, flip, m, r, mats),
         lambda v, n0, n1, vs, rows: kernels.wg_input(src, v, geometry, n, n0, n1, th, tw, vs, m, mats),
         lambda p, n0, n1, ms, rows: kernels.wg_output(p, dst, geometry, n_out, n, n0, n1, th, tw, ms, accumulate,
-                                                      m, mats)),
+                                                      m, mats), whole=whole),
         src, dst, n_in, n_out, ws, epi)
 
 

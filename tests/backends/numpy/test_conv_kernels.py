@@ -800,8 +800,8 @@ def test_winograd_on_tile_gemm_matches_the_fallback(kernel, shape, monkeypatch):
     calls = []
     original = kernels.tile_gemm
     monkeypatch.setattr(kernels, "tile_gemm", lambda *a: (calls.append(a[3]), original(*a))[1])
-    whole = kernels.tile_conv  # F(2x2, 3x3) runs whole in one call
-    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (calls.append({"wino": 16}[a[0]]), whole(*a))[1])
+    whole = kernels.tile_conv  # F(2x2, 3x3) and F(2x2, 5x5) run whole in one call
+    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (calls.append({"wino": 16, "wg": 36}[a[0]]), whole(*a))[1])
     monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
     geometry = (1, kernel // 2, 1, 1)
     ws = Workspace()
@@ -1658,6 +1658,33 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, gemm, monkeyp
         assert np.abs(single - want).max() <= 2e-5 * np.abs(want).max()
 
 
+@needs_kernels
+@pytest.mark.parametrize("c", [3, 4], ids=["below-the-depth", "from-the-depth"])
+def test_f2x2_5x5_runs_whole_on_avx2_from_its_depth(c, monkeypatch):
+    """On AVX2 F(2x2, 5x5) runs whole on tile_conv (its GEMMs on the 4 x 3 blocks) from
+    WG_AVX2_TILE_GEMM_MIN_DEPTH input channels, below it chunk by chunk on np.matmul; forward and
+    input gradient either way the pure-NumPy fallback's in float64 to rounding."""
+    monkeypatch.setattr(kernels, "isa", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_AVX2_TILE_GEMM_MIN_DEPTH", 4)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1 << 30})
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_CPUS", set())
+    monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
+    whole = []
+    tile_conv = kernels.tile_conv
+    monkeypatch.setattr(kernels, "tile_conv", lambda *a: (whole.append(a[0]), tile_conv(*a))[1])
+    rng = np.random.default_rng(45)
+    x, w = rng.standard_normal((3, c, 9, 11)), rng.standard_normal((c, c, 5, 5))
+    got = _all_three(x, w, c, (1, 2, 1, 1), ws=Workspace())
+    assert whole == (["wg", "wg"] if c >= 4 else [])
+    monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
+    want = _all_three(x, w, c, (1, 2, 1, 1))
+    for g, w_ in zip(got[:2], want[:2]):
+        np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-10 * np.abs(w_).max())
+
+
 def _s2_input_reference(x, geometry, n0, n1, th, tw, ks):
     """v (9, ks) of s2_input for samples [n0, n1), NaN past each position's K(p, q) x tiles: per
     tile the 5x5 patch of the padded plane at (4ty, 4tx), BT (rows d0 - d1, d1, d2 - d1) along
@@ -1731,7 +1758,7 @@ def test_stride_2_phase_transforms_match_the_reference_bit_for_bit(shape, dtype)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("lanes", [1, 2])
 @pytest.mark.parametrize("case", ["s2-forward", "s2-bias-relu", "s2-norm-residual", "wino-forward", "wino-input-gradient",
-                                  "s2d-input-gradient"])
+                                  "s2d-input-gradient", "wg-forward", "wg-bias-relu", "wg-input-gradient"])
 def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkeypatch):
     """tile_conv (a tiled conv whole in one C call, its chunks dealt over the lanes inside it)
     writes the same bits as _tile_run's chunks of kernel calls (the taps, then per chunk the input
@@ -1753,18 +1780,23 @@ def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkey
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_TILES", 70)  # 64 tiles a sample: one a chunk
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
     monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1 << 30})
+    monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WG_TILES", 70)  # 64 tiles a sample: one a chunk
     monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_CPUS", set())
     monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())
     monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
     rng = np.random.default_rng(8)
     n, c, o = 5, 6, 7
-    stride = 1 if family == "wino" else 2
+    stride = 1 if family in ("wino", "wg") else 2
+    k = 5 if family == "wg" else 3
+    pad = (k - 1) // 2
     x = rng.standard_normal((n, c, 16, 16)).astype(dtype)
-    w = (rng.standard_normal((o, c, 3, 3)) / np.sqrt(9 * c)).astype(dtype)
+    w = (rng.standard_normal((o, c, k, k)) / np.sqrt(k * k * c)).astype(dtype)
     side = 16 // stride
     dy = rng.standard_normal((n, o, side, side)).astype(dtype)
     epilogue = {}
-    if case == "s2-bias-relu":
+    if case.endswith("bias-relu"):
         epilogue = dict(bias=rng.standard_normal(o).astype(dtype), relu=True)
     elif case == "s2-norm-residual":
         epilogue = dict(bias=rng.standard_normal(o).astype(dtype), relu=True,
@@ -1776,12 +1808,12 @@ def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkey
             results = []
             for accumulate in (False, True):
                 dx = np.ones((n, c, 16, 16), dtype)
-                b.conv2d_backward_data(dy, w, dx, (stride, stride), (1, 1), (1, 1), 1, accumulate=accumulate,
+                b.conv2d_backward_data(dy, w, dx, (stride, stride), (pad, pad), (1, 1), 1, accumulate=accumulate,
                                        ws=Workspace())
                 results.append(dx)
             return results
         out = np.full((n, o, side, side), np.nan, dtype)
-        b.conv2d(x, w, out, (stride, stride), (1, 1), (1, 1), 1, ws=Workspace(), **epilogue)
+        b.conv2d(x, w, out, (stride, stride), (pad, pad), (1, 1), 1, ws=Workspace(), **epilogue)
         return [out]
 
     whole = []
@@ -1801,7 +1833,8 @@ def test_tile_conv_is_the_chunked_kernels_in_one_call(case, lanes, dtype, monkey
 @needs_kernels
 def test_tile_conv_refuses_what_it_does_not_compute():
     """A refused tile_conv names the argument and writes nothing: sizes, buffers that share
-    memory, an epilogue with accumulate, an unknown family."""
+    memory, an epilogue with accumulate, an unknown family, F(2x2, 5x5)'s matrices missing, short,
+    of another dtype or given to another family, a geometry not F(2x2, 5x5)'s."""
     n, c, h, o = 3, 4, 8, 5
     geometry = (c, h, h, 3, 3, 2, 2, 1, 1, 1, 1, 4, 4)
     th = tw = 2
@@ -1824,7 +1857,7 @@ def test_tile_conv_refuses_what_it_does_not_compute():
             kernels.tile_conv(*call)
         assert (out == 7).all()
 
-    refused("tile_conv: family: expected 'wino', 's2' or 's2d', got 'f23'", family="f23")
+    refused("tile_conv: family: expected 'wino', 's2', 's2d' or 'wg', got 'f23'", family="f23")
     refused("s2 kernels", tw=3)
     refused(r"tile_conv: n_out, n_in, N, per, lanes must be positive, got 5, 4, 3, 0, 2", per=0)
     refused("tile_conv: n_in: expected the geometry's 4 channels, got 3", n_in=3)
@@ -1845,6 +1878,26 @@ def test_tile_conv_refuses_what_it_does_not_compute():
             o, c, n, 1, 4, 4, c * 16, o * 16, False, True, 2, None, None, True, None]
     with pytest.raises(ValueError, match=r"tile_conv: an epilogue \(scale, shift, relu, residual\) needs accumulate off"):
         kernels.tile_conv(*wino)
+    # F(2x2, 5x5) takes its matrices; the other families none
+    dst = np.full((n, o, h, h), 7, np.float32)
+    mats = numpy_spatial._wg_matrices(2, 5)
+    wg = ["wg", np.ones((o, c, 5, 5), np.float32), x, dst, np.zeros((2, 36, o, c), np.float32),
+          np.zeros((2, 36, c * 16), np.float32), np.zeros((2, 36, o * 16), np.float32), None,
+          (c, h, h, 5, 5, 1, 1, 2, 2, 1, 1, h, h), o, c, n, 1, 4, 4, c * 16, o * 16, False, False, 2, None, None,
+          False, None]
+    for call, match in ((wg, "tile_conv: mats: expected F\\(2x2, 5x5\\)'s matrices for 'wg' and none for the other "
+                             "families, got none for 'wg'"),
+                        (args + [mats], "got some for 's2'"),
+                        (wg + [mats[:-1]], "mats: expected at least 78 items of format 'd', got 77"),
+                        (wg + [mats.astype(np.float32)], "mats: expected at least 78 items of format 'd'"),
+                        (wg[:8] + [(c, h, h, 3, 3, 1, 1, 1, 1, 1, 1, h, h)] + wg[9:] + [mats], "wg kernels")):
+        with pytest.raises(ValueError, match=match):
+            kernels.tile_conv(*call)
+        assert (dst == 7).all()
+    kernels.tile_conv(*wg, mats)
+    want = np.empty_like(dst)
+    jp.backend("numpy").conv2d(x, np.ones((o, c, 5, 5), np.float32), want, (1, 1), (2, 2), (1, 1), 1)
+    np.testing.assert_allclose(dst, want, rtol=1e-5, atol=1e-4)
 
 
 @needs_kernels
@@ -2448,7 +2501,8 @@ ISA_CHECKS = ("isa_follows or float32_c_kernels or each_algorithm or mxm_matches
               "or winograd_transforms_match or tile_gemm_matches or winograd_on_tile_gemm "
               "or stride_2_phase_weight_gradient_matches or s2_grad_t_matches or s2_gemm_matches "
               "or stride_2_input_gradient_matches or depthwise_grid_with_each_epilogue or depthwise_grid_filter "
-              "or s2_filter_gemm_matches or depthwise_phase_data or depthwise_grid_with_flipped_taps")
+              "or s2_filter_gemm_matches or depthwise_phase_data or depthwise_grid_with_flipped_taps "
+              "or wg_filter_is_the_chunked or tile_conv_is_the_chunked or runs_whole_on_avx2")
 
 
 def _with_isa(value, *args):
@@ -2525,6 +2579,79 @@ def test_wg_grad_matches_a_float64_reference(shape, dtype):
         kernels.wg_grad(m, dy.astype(dtype), geometry, o, n, n0, n1, th, tw + 1, ks, 2, mats)
     with pytest.raises(ValueError, match="wg_grad: only F\\(2x2, 5x5\\)"):
         kernels.wg_grad(m, dy.astype(dtype), geometry, o, n, n0, n1, (ho + 3) // 4, (wo + 3) // 4, ks, 4, mats)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("n, per, slots", [(5, 1, 2), (7, 2, 3), (3, 1, 1), (4, 3, 2)],
+                         ids=["two-slots", "three-slots-a-short-chunk", "one-slot", "a-short-last-part"])
+def test_wg_filter_is_the_chunked_kernels_in_one_call(n, per, slots, dtype):
+    """wg_filter (F(2x2, 5x5)'s weight gradient but for its taps transform, whole in one call)
+    writes the bits of its kernels called chunk by chunk: slot k's part of the chunks (the
+    contiguous split of threads.run_gemm_pieces), each chunk's input tiles (wg_input), dy's tiles
+    (wg_grad) and 36 GEMMs (tile_gemm), the first chunk's products in the slot's sums and each
+    later one's added; the gaps after the slices of v and m left as they were."""
+    c, o, h, w_ = 6, 9, 9, 7
+    geometry = (c, h, w_, 5, 5, 1, 1, 2, 2, 1, 1, h, w_)
+    th, tw = (h + 1) // 2, (w_ + 1) // 2
+    mats = numpy_spatial._wg_matrices(2, 5, numpy_spatial.WG_FILTER_POINTS)
+    rng = np.random.default_rng(44)
+    x, dy = rng.standard_normal((n, c, h, w_)).astype(dtype), rng.standard_normal((n, o, h, w_)).astype(dtype)
+    p = per * th * tw
+    vs, ms = c * p + 5, o * p + 3
+    sums, parts = np.full((slots, 36, c, o), np.nan, dtype), np.full((slots, 36, c, o), np.nan, dtype)
+    v, m = np.full((slots, 36, vs), np.nan, dtype), np.full((slots, 36, ms), np.nan, dtype)
+    kernels.wg_filter(x, dy, sums, parts, v, m, geometry, o, n, per, th, tw, vs, ms, slots, mats)
+    chunks = [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+    for k in range(slots):
+        want, part = np.empty((36, c, o), dtype), np.empty((36, c, o), dtype)
+        vk, mk = np.full((36, vs), np.nan, dtype), np.full((36, ms), np.nan, dtype)
+        for index, (n0, n1) in enumerate(chunks[len(chunks) * k // slots:len(chunks) * (k + 1) // slots]):
+            kernels.wg_input(x, vk, geometry, n, n0, n1, th, tw, vs, 2, mats)
+            kernels.wg_grad(mk, dy, geometry, o, n, n0, n1, th, tw, ms, 2, mats)
+            kernels.tile_gemm(vk, mk, part if index else want, 36, c, (n1 - n0) * th * tw, o, ms, c * o, False, vs)
+            if index:
+                want += part
+        np.testing.assert_array_equal(sums[k], want)
+        assert np.isnan(v[k][:, c * p:]).all() and np.isnan(m[k][:, o * p:]).all()
+
+
+@needs_kernels
+def test_wg_filter_refuses_what_it_does_not_compute():
+    """A refused wg_filter names the argument and writes nothing: counts, slices that overlap,
+    too many slots, buffers too small, of another dtype or sharing memory, the matrices, a
+    geometry not F(2x2, 5x5)'s."""
+    n, c, o, h = 3, 4, 5, 6
+    geometry = (c, h, h, 5, 5, 1, 1, 2, 2, 1, 1, h, h)
+    th = tw = 3
+    mats = numpy_spatial._wg_matrices(2, 5, numpy_spatial.WG_FILTER_POINTS)
+    x, dy = np.ones((n, c, h, h), np.float32), np.ones((n, o, h, h), np.float32)
+    sums, parts = np.full((2, 36, c, o), 7, np.float32), np.full((2, 36, c, o), 7, np.float32)
+    v, m = np.zeros((2, 36, c * 9), np.float32), np.zeros((2, 36, o * 9), np.float32)
+    names = ["x", "dy", "sums", "parts", "v", "m", "geometry", "O", "N", "per", "th", "tw", "vs", "ms", "slots",
+             "mats"]
+    args = [x, dy, sums, parts, v, m, geometry, o, n, 1, th, tw, c * 9, o * 9, 2, mats]
+
+    def refused(match, **change):
+        call = [change.get(name, value) for name, value in zip(names, args)]
+        with pytest.raises(ValueError, match=match):
+            kernels.wg_filter(*call)
+        assert (sums == 7).all() and (parts == 7).all()
+
+    refused("wg kernels", tw=4)
+    refused("wg kernels", geometry=(c, h, h, 3, 3, 1, 1, 1, 1, 1, 1, h, h))
+    refused(r"wg_filter: O, N, per must be positive and slots in \[1, 64\], got 5, 3, 0, 2", per=0)
+    refused(r"wg_filter: slots: expected at most the 3 chunks, got 4", slots=4)
+    refused(r"wg_filter: vs, ms: slices of v and m overlap \(need at least 36 and 45, got 36 and 44\)",
+            ms=o * 9 - 1)
+    refused("sums: expected at least 1440 items", sums=sums[:1])
+    refused("m: expected at least 3240 items", m=m.reshape(-1)[:-1])
+    refused("dy: expected at least 540 items of format 'f', got 540 of 'd'", dy=dy.astype(np.float64))
+    refused("mats: expected at least 78 items of format 'd', got 77", mats=mats[:-1])
+    refused("wg_filter: sums and parts: expected buffers apart", parts=sums)
+    refused("wg_filter: x and v: expected buffers apart", x=v.reshape(-1)[:x.size].reshape(x.shape))
+    kernels.wg_filter(*args)
+    assert not (sums == 7).any()
 
 
 @needs_kernels
