@@ -50,11 +50,12 @@ def layers(backend, rounds):
           f"isa {backend.conv_kernels.isa}; per layer, ms: direct, Winograd, Winograd / direct, "
           f"Winograd with its GEMMs on np.matmul")
     for name, (c, o, hw, k) in LAYERS.items():
-        x = rng.standard_normal((B, c, hw, hw), dtype=np.float32)
-        w = rng.standard_normal((o, c, k, k), dtype=np.float32)
-        out = np.empty((B, o, hw, hw), np.float32)
-        dy = rng.standard_normal(out.shape, dtype=np.float32)
-        dx = np.empty_like(x)
+        # the backend's own arrays (64-byte aligned, as a Context's; see ab_numpy_isa.py)
+        x = backend.from_host(rng.standard_normal((B, c, hw, hw), dtype=np.float32))
+        w = backend.from_host(rng.standard_normal((o, c, k, k), dtype=np.float32))
+        out = backend.empty((B, o, hw, hw), np.float32)
+        dy = backend.from_host(rng.standard_normal(out.shape, dtype=np.float32))
+        dx = backend.empty(x.shape, np.float32)
         plan = S._ConvPlan(x.shape, w.shape, (hw, hw), (1, 1), (k // 2, k // 2), (1, 1), 1)
         ws = Workspace()
         wino_fwd, wino_data = (S._wg_forward, S._wg_backward_data) if k == 5 else \

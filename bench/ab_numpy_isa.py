@@ -51,11 +51,13 @@ for name, (c, h, o, k, s, p, d, g) in CASES.items():
     if not any(name.startswith(prefix) for prefix in PREFIXES):
         continue
     ho = conv_output_size(h, k, s, p, d)
-    x = rng.standard_normal((B, c, h, h), dtype=np.float32)
-    w = rng.standard_normal((o, c // g, k, k), dtype=np.float32)
-    out = np.empty((B, o, ho, ho), np.float32)
-    dy = rng.standard_normal(out.shape, dtype=np.float32)
-    dx, dw = np.empty_like(x), np.empty_like(w)
+    # the backend's own arrays (64-byte aligned, as a Context's): NumPy's are 16-byte aligned,
+    # which split the kernels' vector loads over cache lines (docs/numpy.md, session 57)
+    x = be.from_host(rng.standard_normal((B, c, h, h), dtype=np.float32))
+    w = be.from_host(rng.standard_normal((o, c // g, k, k), dtype=np.float32))
+    out = be.empty((B, o, ho, ho), np.float32)
+    dy = be.from_host(rng.standard_normal(out.shape, dtype=np.float32))
+    dx, dw = be.empty(x.shape, np.float32), be.empty(w.shape, np.float32)
     geo = ((s, s), (p, p), (d, d), g)
     ws = Workspace()
     res[f"{name}/fwd"] = med(lambda: be.conv2d(x, w, out, *geo, ws=ws))

@@ -1169,6 +1169,11 @@ def _winograd_tiles(geometry):
 #: kernel's blocks (tile_gemm) instead of np.matmul, on AVX-512: measured to win with 64 and 128,
 #: lost with 32 on Zen 4 (docs/numpy.md); FULL_WIDTH_TILE_GEMM_MIN_DEPTH on FULL_WIDTH_CPUS
 TILE_GEMM_MIN_DEPTH = 64
+#: fewest input channels from which Winograd F(2x2, 3x3) and F(2x2, 5x5) run whole on tile_conv
+#: on AVX2, their GEMMs on its 4 x 3 register blocks: faster than np.matmul chunk by chunk from
+#: Python, whose lanes handed over through the GIL three times a chunk (measured under the AVX2
+#: hold from 32 to 256 channels, docs/numpy.md, session 57)
+AVX2_TILE_GEMM_MIN_DEPTH = 32
 
 
 def _tile_gemm(backend, depths, n_in) -> bool:
@@ -1177,8 +1182,9 @@ def _tile_gemm(backend, depths, n_in) -> bool:
     least TILE_GEMM_MIN_DEPTH of them (FULL_WIDTH_TILE_GEMM_MIN_DEPTH where _full_width), on
     AVX-512 (``isa`` 2), where the register blocks were measured to win (on AVX2 their 4 x 3
     blocks lost to BLAS in the 1x1 conv); the phase Winograd's forward runs on them, whole in
-    one call, from S2_TILE_GEMM_MIN_DEPTH[isa] on AVX2 and AVX-512, and F(2x2, 5x5) (WG_DEPTHS), whole
-    in one call too, from WG_AVX2_TILE_GEMM_MIN_DEPTH on AVX2; only where BLAS's threads can be limited
+    one call, from S2_TILE_GEMM_MIN_DEPTH[isa] on AVX2 and AVX-512, and F(2x2, 3x3) and F(2x2, 5x5)
+    (WINOGRAD_DEPTHS, WG_DEPTHS), whole in one call too, from AVX2_TILE_GEMM_MIN_DEPTH on AVX2;
+    only where BLAS's threads can be limited
     (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
     np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
     the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""
@@ -1187,8 +1193,8 @@ def _tile_gemm(backend, depths, n_in) -> bool:
         return False
     if s2 and isa in S2_TILE_GEMM_MIN_DEPTH:
         return n_in >= S2_TILE_GEMM_MIN_DEPTH[isa]
-    if isa == 1 and tuple(depths) == WG_DEPTHS:
-        return n_in >= WG_AVX2_TILE_GEMM_MIN_DEPTH
+    if isa == 1 and tuple(depths) in (WINOGRAD_DEPTHS, WG_DEPTHS):
+        return n_in >= AVX2_TILE_GEMM_MIN_DEPTH
     deep = FULL_WIDTH_TILE_GEMM_MIN_DEPTH if _full_width(backend) else TILE_GEMM_MIN_DEPTH
     return isa == 2 and (set(depths) == {1} or s2) and n_in >= deep
 
@@ -1507,10 +1513,6 @@ def _wg(backend, plan, n_in, n_out, out_hw) -> bool:
 WG_TILES = 128
 #: F(2x2, 5x5)'s GEMM positions (6 x 6; F(4x4, 3x3) would have as many, but WG_TILE runs only it)
 WG_DEPTHS = (1,) * 36
-#: fewest input channels from which F(2x2, 5x5) runs whole on tile_conv on AVX2, its GEMMs on the
-#: 4 x 3 register blocks: faster than np.matmul chunk by chunk from Python, whose lanes handed
-#: over through the GIL three times a chunk (measured under the AVX2 hold, docs/numpy.md, session 57)
-WG_AVX2_TILE_GEMM_MIN_DEPTH = 32
 
 
 def _wg_run(backend, src, w, dst, geometry, n_in, n_out, flip, accumulate, ws, epi=None):

@@ -735,12 +735,13 @@ def test_tile_gemm_refuses_what_it_does_not_compute():
 
 
 @needs_kernels
-def test_tile_gemm_only_on_avx512_for_deep_uniform_products_where_blas_threads_can_be_limited(monkeypatch):
+def test_tile_gemm_for_deep_uniform_products_by_isa_where_blas_threads_can_be_limited(monkeypatch):
     """_tile_run's GEMMs run on tile_gemm (F(2x2, 2x2)'s mixed depths on s2_gemm) on AVX-512 with
     TILE_GEMM_MIN_DEPTH input channels (with 32 BLAS won on Zen 4; on Zen 5 and Intel's AVX-512
     Xeons from FULL_WIDTH_TILE_GEMM_MIN_DEPTH), F(2x2, 2x2)'s from S2_TILE_GEMM_MIN_DEPTH on every
-    kind (the ResNet's 32 -> 64 stride-2 forward, Zen 4 too), never for other mixed depths, on the
-    baseline, or where BLAS threads cannot be limited (np.matmul then runs on all of them)."""
+    kind (the ResNet's 32 -> 64 stride-2 forward, Zen 4 too), on AVX2 the Winograd convs' from
+    AVX2_TILE_GEMM_MIN_DEPTH, never for other mixed depths, on the baseline, or where BLAS threads
+    cannot be limited (np.matmul then runs on all of them)."""
     backend = jp.backend("numpy")
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x19)  # Zen 4
@@ -765,9 +766,14 @@ def test_tile_gemm_only_on_avx512_for_deep_uniform_products_where_blas_threads_c
         assert not applies(backend, wino, full - 1)
     monkeypatch.setattr(kernels, "cpu_vendor", "AuthenticAMD")
     monkeypatch.setattr(kernels, "cpu_family", 0x19)
-    for isa in (0, 1):
-        monkeypatch.setattr(kernels, "isa", isa)
-        assert not applies(backend, wino, deep)
+    monkeypatch.setattr(kernels, "isa", 0)
+    assert not applies(backend, wino, deep)
+    # AVX2: the Winograd convs (whole on tile_conv) from AVX2_TILE_GEMM_MIN_DEPTH, nothing else
+    monkeypatch.setattr(kernels, "isa", 1)
+    avx2 = numpy_spatial.AVX2_TILE_GEMM_MIN_DEPTH
+    assert applies(backend, wino, avx2) and applies(backend, numpy_spatial.WG_DEPTHS, avx2)
+    assert not applies(backend, wino, avx2 - 1) and not applies(backend, numpy_spatial.WG_DEPTHS, avx2 - 1)
+    assert not applies(backend, (1,) * 9, 2 * deep) and not applies(backend, (1, 2) * 8, 2 * deep)
     monkeypatch.setattr(kernels, "isa", 2)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 1)
     assert not applies(backend, wino, deep)
@@ -1545,6 +1551,7 @@ def test_tiled_convs_allocate_nothing_when_a_late_lane_first_takes_a_chunk(monke
     monkeypatch.setattr(numpy_spatial, "_deal_gemm_pieces", deal)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
+    monkeypatch.setattr(numpy_spatial, "AVX2_TILE_GEMM_MIN_DEPTH", 1 << 30)  # chunks from Python, not tile_conv
     _steady_steps_allocate_nothing(monkeypatch, "_winograd_forward", [L.Conv2d(32, 3, padding=1), L.ReLU(),
                                    L.Conv2d(32, 3, padding=1)], (32, 8, 8), (32, 8, 8))
     assert dealt == [2] * 15   # 3 convs a step, 2 chunks each (a sample a lane)
@@ -1598,7 +1605,7 @@ def test_stride_2_phase_winograd_only_for_wide_undilated_3x3(monkeypatch):
     for c in (32, 64):
         assert numpy_spatial._tile_gemm(backend, numpy_spatial.S2_DEPTHS, c) == lanes
     assert not numpy_spatial._tile_gemm(backend, numpy_spatial.S2_DEPTHS, 24)
-    assert not numpy_spatial._tile_gemm(backend, numpy_spatial.WINOGRAD_DEPTHS, 64)
+    assert numpy_spatial._tile_gemm(backend, numpy_spatial.WINOGRAD_DEPTHS, 64) == lanes  # whole, as the phases
     assert not applies(backend, plan(64, s=1)) and not applies(backend, plan(64, dilation=2))
     assert not applies(backend, plan(64, groups=2))
     monkeypatch.setattr(kernels, "isa", 2)
@@ -1659,16 +1666,21 @@ def test_stride_2_phase_winograd_matches_the_reference(shape, isa, gemm, monkeyp
 
 
 @needs_kernels
+@pytest.mark.parametrize("kernel, family", [(3, "wino"), (5, "wg")], ids=["F(2x2,3x3)", "F(2x2,5x5)"])
 @pytest.mark.parametrize("c", [3, 4], ids=["below-the-depth", "from-the-depth"])
-def test_f2x2_5x5_runs_whole_on_avx2_from_its_depth(c, monkeypatch):
-    """On AVX2 F(2x2, 5x5) runs whole on tile_conv (its GEMMs on the 4 x 3 blocks) from
-    WG_AVX2_TILE_GEMM_MIN_DEPTH input channels, below it chunk by chunk on np.matmul; forward and
-    input gradient either way the pure-NumPy fallback's in float64 to rounding."""
+def test_winograd_runs_whole_on_avx2_from_its_depth(kernel, family, c, monkeypatch):
+    """On AVX2 Winograd F(2x2, 3x3) and F(2x2, 5x5) run whole on tile_conv (their GEMMs on the
+    4 x 3 blocks) from AVX2_TILE_GEMM_MIN_DEPTH input channels, below it chunk by chunk on
+    np.matmul; forward and input gradient either way the pure-NumPy fallback's in float64 to
+    rounding."""
     monkeypatch.setattr(kernels, "isa", 1)
-    monkeypatch.setattr(numpy_spatial, "WG_AVX2_TILE_GEMM_MIN_DEPTH", 4)
+    monkeypatch.setattr(numpy_spatial, "AVX2_TILE_GEMM_MIN_DEPTH", 4)
     monkeypatch.setattr(numpy_spatial, "WG_MIN_CHANNELS", {5: 1, 3: 1 << 30})
     monkeypatch.setattr(numpy_spatial, "WG_MIN_PLANE", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(numpy_spatial, "WINOGRAD_MIN_PLANE", 1)
     monkeypatch.setattr(numpy_spatial, "FULL_WIDTH_CPUS", set())
+    monkeypatch.setattr(numpy_spatial, "DIRECT_FAVOURED_CPUS", set())
     monkeypatch.setattr(numpy_spatial, "_num_threads", lambda: 2)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: 2)
     monkeypatch.setattr(numpy_spatial, "_algorithm", lambda op, count, *rest: count - 1)
@@ -1676,11 +1688,11 @@ def test_f2x2_5x5_runs_whole_on_avx2_from_its_depth(c, monkeypatch):
     tile_conv = kernels.tile_conv
     monkeypatch.setattr(kernels, "tile_conv", lambda *a: (whole.append(a[0]), tile_conv(*a))[1])
     rng = np.random.default_rng(45)
-    x, w = rng.standard_normal((3, c, 9, 11)), rng.standard_normal((c, c, 5, 5))
-    got = _all_three(x, w, c, (1, 2, 1, 1), ws=Workspace())
-    assert whole == (["wg", "wg"] if c >= 4 else [])
+    x, w = rng.standard_normal((3, c, 9, 11)), rng.standard_normal((c, c, kernel, kernel))
+    got = _all_three(x, w, c, (1, kernel // 2, 1, 1), ws=Workspace())
+    assert whole == ([family, family] if c >= 4 else [])
     monkeypatch.setattr(jp.backend("numpy"), "conv_kernels", None)
-    want = _all_three(x, w, c, (1, 2, 1, 1))
+    want = _all_three(x, w, c, (1, kernel // 2, 1, 1))
     for g, w_ in zip(got[:2], want[:2]):
         np.testing.assert_allclose(g, w_, rtol=1e-10, atol=1e-10 * np.abs(w_).max())
 
