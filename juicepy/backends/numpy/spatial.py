@@ -1319,8 +1319,9 @@ WINOGRAD_FILTER_MIN_CHANNELS = 32
 WINOGRAD_FILTER_ISAS = (1, 2)
 #: the instruction sets on which its GEMMs run on tile_gemm (adding into the lane's sums) instead
 #: of np.matmul, as _s2_backward_filter's (S2_FILTER_TILE_GEMM_ISAS): AVX-512, measured on Zen 5
-#: under both OpenBLAS kernel families (docs/numpy.md, session 36)
-WINOGRAD_FILTER_TILE_GEMM_ISAS = (2,)
+#: under both OpenBLAS kernel families (docs/numpy.md, session 36), and AVX2, measured on the Intel
+#: Xeon held to AVX2 on the CIFAR CNN's, the ResNet's and the bench's 3x3 layers (session 57)
+WINOGRAD_FILTER_TILE_GEMM_ISAS = (1, 2)
 #: the largest dilation of the Winograd weight gradient by ``isa``: with its GEMMs on np.matmul
 #: the dilated one tied with the direct kernel (Zen 4), on tile_gemm dilation 2 won (Zen 5)
 WINOGRAD_FILTER_MAX_DILATION = {1: 1, 2: 2}
