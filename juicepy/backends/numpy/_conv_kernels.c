@@ -5151,6 +5151,16 @@ static int overlap(const void *a, I na, const void *b, I nb)
     return pa < pb + nb && pb < pa + na;
 }
 
+/* tile_gemm_f64 where ``wide`` (float64), else tile_gemm_f32, on the callers' untyped buffers */
+static void tile_gemm_of(int wide, const void *u, const void *v, void *m, I positions, I o, I c, I p, I us, I vs,
+                         I ms, const I *depth, I uc, int accumulate)
+{
+    if (wide)
+        ISA_CALL(tile_gemm_f64, u, v, m, positions, o, c, p, us, vs, ms, depth, uc, accumulate);
+    else
+        ISA_CALL(tile_gemm_f32, u, v, m, positions, o, c, p, us, vs, ms, depth, uc, accumulate);
+}
+
 /* (u, v, m, positions, O, C, P, vs, ms, accumulate=False, us=O*C): m[k] (+)= u[k] v[k] for k <
  * positions, u's slices (O, C) us items apart, v's (C, P) and m's (O, P) vs and ms apart
  * (_tile_run's GEMMs; the 5x5 weight gradient's with u its input tiles, whose slices lie a
@@ -5195,10 +5205,7 @@ static PyObject *tile_gemm_call(PyObject *args, int s2)
     }
     const I *depths = s2 ? depth : NULL;
     RELEASE_GIL
-    if (u.itemsize == 4)
-        ISA_CALL(tile_gemm_f32, u.buf, v.buf, m.buf, positions, o, c, p, us, vs, ms, depths, uc, accumulate);
-    else
-        ISA_CALL(tile_gemm_f64, u.buf, v.buf, m.buf, positions, o, c, p, us, vs, ms, depths, uc, accumulate);
+    tile_gemm_of(u.itemsize == 8, u.buf, v.buf, m.buf, positions, o, c, p, us, vs, ms, depths, uc, accumulate);
     REACQUIRE_GIL
     release_three(&u, &v, &m);
     Py_RETURN_NONE;
@@ -5271,12 +5278,8 @@ static void tile_chunks(const TileTask *t, I lo, I hi)
         in.n1 = out.n1 = n1;
         failed = t->f->input_kernels[t->wide](&in);
         if (failed) break;
-        if (t->wide)
-            ISA_CALL(tile_gemm_f64, (const double *)u, (const double *)v, (double *)m, t->positions, t->n_out, t->n_in, p,
-                     t->n_out * t->uc, in.ks, out.ks, t->depth, t->uc, 0);
-        else
-            ISA_CALL(tile_gemm_f32, (const float *)u, (const float *)v, (float *)m, t->positions, t->n_out, t->n_in, p,
-                     t->n_out * t->uc, in.ks, out.ks, t->depth, t->uc, 0);
+        tile_gemm_of(t->wide, u, v, m, t->positions, t->n_out, t->n_in, p, t->n_out * t->uc, in.ks, out.ks, t->depth,
+                     t->uc, 0);
         failed = t->f->output_kernels[t->wide](&out);
         if (!failed && (t->scale || t->shift || t->res || t->relu)) {
             if (t->wide)
@@ -5450,19 +5453,14 @@ static void wg_filter_parts(const TileTask *t, I lo, I hi)
             in.n1 = n1;
             char *dst = c > c0 ? part : sum;
             int failed = t->f->input_kernels[t->wide](&in);
-            if (!failed && t->wide) {
-                failed = wg_grad_2_5_f64(t->out.a.buf, (double *)m, &in.g, t->n_out, n0, n1, in.th, in.tw,
-                                         t->out.ks, in.mats);
-                if (!failed)
-                    ISA_CALL(tile_gemm_f64, (const double *)v, (const double *)m, (double *)dst, 36, t->n_in, p,
-                             t->n_out, in.ks, t->out.ks, t->n_in * t->n_out, NULL, p, 0);
-            } else if (!failed) {
-                failed = wg_grad_2_5_f32(t->out.a.buf, (float *)m, &in.g, t->n_out, n0, n1, in.th, in.tw,
-                                         t->out.ks, in.mats);
-                if (!failed)
-                    ISA_CALL(tile_gemm_f32, (const float *)v, (const float *)m, (float *)dst, 36, t->n_in, p,
-                             t->n_out, in.ks, t->out.ks, t->n_in * t->n_out, NULL, p, 0);
-            }
+            if (!failed)
+                failed = t->wide ? wg_grad_2_5_f64(t->out.a.buf, (double *)m, &in.g, t->n_out, n0, n1, in.th, in.tw,
+                                                   t->out.ks, in.mats)
+                                 : wg_grad_2_5_f32(t->out.a.buf, (float *)m, &in.g, t->n_out, n0, n1, in.th, in.tw,
+                                                   t->out.ks, in.mats);
+            if (!failed)
+                tile_gemm_of(t->wide, v, m, dst, 36, t->n_in, p, t->n_out, in.ks, t->out.ks, t->n_in * t->n_out, NULL,
+                             p, 0);
             if (failed) {
                 __atomic_store_n(&((TileTask *)t)->failed, 1, __ATOMIC_RELAXED);
                 return;
