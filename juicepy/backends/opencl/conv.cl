@@ -626,8 +626,10 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // registers too. A row's last vector may be partial
 // (Wo 7, 14: MobileNet's late layers): its loads stop at the row's end (zeros past it: the input
 // gradient's last dy value has no right neighbour, the weight gradient's lanes past the row add
-// nothing) and its stores at the row's end, but for the forward's before a plane's last row
-// (DW_S2_PLANE_OVER).
+// nothing) and its stores at the row's end, but before a plane's last row, where its whole
+// vectors stay in the plane: there the forward's loads and stores run past the row's end
+// (DW_S2_PLANE_OVER), and so do the input gradient's stores, the gradients' loads with the lanes
+// past it zeroed (DW_S2_MASKS).
 // (AFTER_LANE(p, v): p, then v's lanes but its last. Spelled as a shuffle of two vectors, p's
 // splat and v, not as p followed by v's swizzled parts, which PoCL 3.0's LLVM built from
 // half-vector loads and inserts: docs/opencl.md, session 53.)
@@ -659,12 +661,6 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
             BODY(LOAD) \
             t0 = d0; t1 = d1; t2 = d2; \
         } }
-#define DW_S2_PLANE(xc, BODY) \
-    for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
-        const int live = Wo - ow0, vals = 2 * live; \
-        if (live >= VEC) DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) \
-        else DW_S2_ROWS(xc, DW_S2_LOAD, BODY) \
-    }
 // The forward's: the partial last vector first, its loads and stores before the plane's last
 // row whole vectors past the row's end where `over` (2 Wo >= VEC; DW_S2_OVER): the lanes past
 // the end hold values of no output, and what they store in the next row is stored over later,
@@ -809,27 +805,51 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
         if (acc) v_ += tail_of(p, n); \
         store_tail(p, v_, n); \
     } }
+// A row's partial last vector: where its whole vectors stay inside the plane (DW_S2_MASKS; the
+// input gradient's and weight gradient's ``over``: its dy row's vector ends before the plane's
+// last row, and so do the two of each x row it meets, which reach half as far again), its loads
+// in every row but the plane's last are whole vectors with the lanes past the row zeroed
+// (DW_S2_MASKED: a blend, where tail_of goes value by value): dy's, so that no value right of
+// the row reaches the input gradient's last column, and x's, so that an infinity in the next row
+// adds no NaN to the weight gradient.
+#ifndef DW_S2_MASKS
+#define DW_S2_MASKS 1
+#endif
+#define DW_S2_MASKED(p, n) select((floatv)(0.0f), LOAD_UNIT(p), LANE_IDS < (intv)(n))
 // dx rows 2m and 2m + 1 of the vector at ow0 from dy rows m and m + 1, for every m (LOAD and
-// STORE: DW_S2_WHOLE and DW_S2_STORE_WHOLE where the vector lies wholly in the row, a loop of its own)
+// STORE: DW_S2_DATA_WHOLE and DW_S2_STORE_WHOLE where the vector lies wholly in the row, a loop
+// of its own; LOAD(p, n, row): dy row `row`'s n values at p; STORE(p, v, n, inside): v's first
+// n at p, where `inside`, a store of the partial vector past the row's end may land in the next
+// row of the plane)
 #define DW_S2_DATA_ROWS(LOAD, STORE) { \
-            floatv d = LOAD(dyc + ow0, live); \
+            floatv d = LOAD(dyc + ow0, live, 0); \
             floatv ds = BEFORE_LANE(d, more ? dyc[ow0 + VEC] : 0.0f); \
             for (int m = 0; m < Ho; ++m) { \
                 floatv e = (floatv)(0.0f), es = (floatv)(0.0f);   /* dy row m + 1 (none past the last) */ \
                 if (m + 1 < Ho) { \
                     __global const float *r = dyc + (size_t)(m + 1) * Wo + ow0; \
-                    e = LOAD(r, live); \
+                    e = LOAD(r, live, m + 1); \
                     es = BEFORE_LANE(e, more ? r[VEC] : 0.0f); \
                 } \
                 const floatv ee = d * w11, eo = ds * w10 + d * w12, oe = e * w01 + d * w21, \
                              oo = es * w00 + e * w02 + ds * w20 + d * w22; \
                 __global float *x0 = dxc + (size_t)2 * m * W + 2 * ow0, *x1 = x0 + W; \
-                STORE(x0, INTERLEAVE_LO(ee, eo), vals) \
-                STORE(x0 + VEC, INTERLEAVE_HI(ee, eo), vals - VEC) \
-                STORE(x1, INTERLEAVE_LO(oe, oo), vals) \
-                STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC) \
+                STORE(x0, INTERLEAVE_LO(ee, eo), vals, 1) \
+                STORE(x0 + VEC, INTERLEAVE_HI(ee, eo), vals - VEC, 1) \
+                STORE(x1, INTERLEAVE_LO(oe, oo), vals, 1) \
+                STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC, m + 1 < Ho) \
                 d = e; ds = es; \
             } }
+#define DW_S2_DATA_WHOLE(p, n, row) LOAD_UNIT(p)
+#define DW_S2_DATA_LOAD(p, n, row) (over && (row) + 1 < Ho ? DW_S2_MASKED(p, n) : tail_of(p, n))
+#define DW_S2_DATA_STORE_WHOLE(p, v, n, inside) DW_S2_STORE_WHOLE(p, v, n)
+// a partial vector's store past the row's end, where over and not adding to dx, as the forward's:
+// the next row's values it writes are stored over later, by this vector's next store (of the same
+// row pair, or of the next m) or by the whole vectors of the row after it (the vectors of a plane
+// run from the last)
+#define DW_S2_DATA_STORE(p, v, n, inside) \
+    if (over && !acc && (inside) && (n) > 0) *(__global floatv_u *)(p) = (v); \
+    else DW_S2_STORE(p, v, n)
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_off,
                                __global const float *restrict w, const int w_off,
@@ -844,10 +864,11 @@ void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_o
                     w20 = wc[6], w21 = wc[7], w22 = wc[8];
         __global const float *dyc = dy + dy_off + (size_t)plane * Ho * Wo;
         __global float *dxc = dx + dx_off + (size_t)plane * 4 * Ho * Wo;
-        for (int ow0 = 0; ow0 < Wo; ow0 += VEC) {
+        for (int ow0 = (Wo - 1) / VEC * VEC; ow0 >= 0; ow0 -= VEC) {
             const int live = Wo - ow0, vals = 2 * live, more = live > VEC;   /* a dy value right of the vector */
-            if (live >= VEC) DW_S2_DATA_ROWS(DW_S2_WHOLE, DW_S2_STORE_WHOLE)
-            else DW_S2_DATA_ROWS(DW_S2_LOAD, DW_S2_STORE)
+            const int over = DW_S2_MASKS && ow0 + VEC <= 2 * Wo;
+            if (live >= VEC) DW_S2_DATA_ROWS(DW_S2_DATA_WHOLE, DW_S2_DATA_STORE_WHOLE)
+            else DW_S2_DATA_ROWS(DW_S2_DATA_LOAD, DW_S2_DATA_STORE)
         }
     }
 }
@@ -1252,6 +1273,14 @@ void conv_direct_bwd_filter_local_k3(__global const float *restrict x, const int
 #define DW_S2_TAP_PRODUCTS(LOAD) { \
             const floatv e = LOAD(dyc + (size_t)oh * Wo + ow0, live); \
             DW_S2_TAP_SUMS(DW_S2_FMA) }
+// a plane's vectors, the partial one's loads whole and masked in the rows where that is `over`
+#define DW_S2_MASKED_ROW(p, n) (over_row ? DW_S2_MASKED(p, n) : DW_S2_LOAD(p, n))
+#define DW_S2_PLANE(xc, BODY) \
+    for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
+        const int live = Wo - ow0, vals = 2 * live; \
+        if (live >= VEC) { const int over = 0; DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) } \
+        else { const int over = DW_S2_MASKS && ow0 + VEC <= 2 * Wo; DW_S2_ROWS(xc, DW_S2_MASKED_ROW, BODY) } \
+    }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_off,
                                  __global const float *restrict dy, const int dy_off,
@@ -1259,7 +1288,7 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
                                  const int Wo)
 {
     const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
-    const int W = 2 * Wo, over = 0;   /* the lanes past a row's end must add nothing */
+    const int W = 2 * Wo;
     TAPS_3X3(FL_ACC)
     for (int n = chunk; n < N; n += chunks) {
         __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;

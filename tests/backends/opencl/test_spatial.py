@@ -1174,6 +1174,53 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
     _assert_gradients(results, dx_ref, dw_ref)
 
 
+@pytest.mark.parametrize("shape", [(2, 3, 14, 14), (1, 2, 28, 28), (2, 2, 10, 24), (3, 1, 4, 2)],
+                         ids=["rows-of-7", "rows-of-14", "rows-of-12", "rows-of-1"])
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_depthwise_stride_2_input_gradient_writes_nothing_past_its_planes(lanes_backend, shape, lanes, accumulate):
+    """conv_depthwise_s2_k3_data's partial vectors store past a row's end (where not adding)
+    only where a later store writes over it: the values after dx (the same buffer) are left as
+    they were, and dx is the float64 one, stored or added."""
+    b = lanes_backend(lanes)
+    n, c, h, w = shape
+    rng = np.random.default_rng(6)
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((n, c, h // 2, w // 2)).astype(np.float32)
+    dx0 = rng.standard_normal(shape).astype(np.float32)
+    size = dx0.size
+    flat = b.from_host(np.concatenate([dx0.ravel(), np.full(64, 7.0, dtype=np.float32)]))
+    dx = b.flat_view(flat, 0, shape)
+    b.conv2d_backward_data(b.from_host(dy), b.from_host(wt), dx, (2, 2), (1, 1), (1, 1), c, accumulate, Workspace())
+    got = b.to_host(flat)
+    np.testing.assert_array_equal(got[size:], 7.0)
+    dx_ref = conv_grads_ref(np.zeros(shape, np.float32), wt, dy, (2, 2), (1, 1), (1, 1), c)[0]
+    np.testing.assert_allclose(got[:size].reshape(shape), dx_ref + dx0 if accumulate else dx_ref,
+                               rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_depthwise_stride_2_weight_gradient_adds_nothing_from_past_a_row(lanes_backend, lanes):
+    """conv_depthwise_s2_k3_filter's whole-vector loads of a partial vector (7-wide dy rows at 8
+    lanes) zero x's values past the row, not only dy's: an infinity at the start of an input row
+    reaches only the taps that read it (infinite there as in float64), not, times dy's zeros, the
+    taps whose lanes run past the row before it (NaN)."""
+    b = lanes_backend(lanes)
+    n, c, h, w = 2, 3, 14, 14
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x[0, 1, 1, 0] = np.inf
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((n, c, h // 2, w // 2)).astype(np.float32)
+    dw = b.from_host(np.zeros_like(wt))
+    b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, (2, 2), (1, 1), (1, 1), c, False, Workspace())
+    got, ref = b.to_host(dw), conv_grads_ref(x, wt, dy, (2, 2), (1, 1), (1, 1), c)[1]
+    assert not np.isnan(ref).any() and np.isinf(ref).any()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(got[np.isinf(ref)], ref[np.isinf(ref)])
+    np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-4, atol=1e-3)
+
+
 def test_depthwise_stride_2_kernel_rule(ocl):
     """conv_depthwise_s2_k3* take only depthwise (one channel a group, one output a channel) 3x3
     stride-2 padding-1 undilated layers on inputs of exactly twice the output, whatever the
