@@ -638,11 +638,16 @@ class SpatialOps(abc.ABC):
     def _use_depthwise_plane(self, geo, groups, lanes) -> bool:
         """Whether conv_depthwise_k3_plane (and its _filter kernel) computes this stride-1 pass
         (forward, the input gradient as the flipped forward, the weight gradient): depthwise,
-        3x3, padding 1, no dilation, a plane that fits in local memory."""
+        3x3, padding 1, no dilation (_depthwise_plane_layer), a plane that fits in local memory."""
+        return self._depthwise_plane_layer(geo, groups) \
+            and self._depthwise_plane_bytes(geo[2], geo[3], lanes) <= self._local_planes_bytes()
+
+    def _depthwise_plane_layer(self, geo, groups) -> bool:
+        """A depthwise 3x3 "same" layer (stride 1, padding 1, undilated) for the plane kernels,
+        unless their A/B switch is off."""
         n, c, h, wd, o, kh, kw, ho, wo, sh, sw, ph, pw, dh, dw = geo
         return (self._depthwise_plane is not False and c == o == groups and (h, wd) == (ho, wo)
-                and (kh, kw, sh, sw, ph, pw, dh, dw) == (3, 3, 1, 1, 1, 1, 1, 1)
-                and self._depthwise_plane_bytes(h, wd, lanes) <= self._local_planes_bytes())
+                and (kh, kw, sh, sw, ph, pw, dh, dw) == (3, 3, 1, 1, 1, 1, 1, 1))
 
     @staticmethod
     def _depthwise_plane_bytes(h, wd, lanes) -> int:
@@ -688,9 +693,12 @@ class SpatialOps(abc.ABC):
         conv.cl build): a 16-lane GEMM's 16 where output rows are whole 16-lane vectors (on
         PoCL 3.1 / Zen 5 the 4-group 64->64 layer and the ResNet's 16-channel layers ran faster
         so), else the convolutions' own lanes (LeNet's 28- and 10-wide rows were slower at 16;
-        docs/opencl.md, session 33)."""
+        docs/opencl.md, session 33); the depthwise plane kernels' layers at the convolutions'
+        own lanes whatever their rows (a plane is one row there: at 16 lanes the 64x32x32
+        layer's forward took 1.2x the 8-lane time on PoCL 3.0 and 3.1 with AVX-512, the 960x7x7
+        one's 1.2-1.3x; docs/opencl.md, session 58)."""
         wide = self._gemm_float_lanes()
-        return wide if geo[8] % wide == 0 else self._conv_vec
+        return wide if geo[8] % wide == 0 and not self._depthwise_plane_layer(geo, groups) else self._conv_vec
 
     def _gemm_float_lanes(self) -> int:
         """The packed GEMM's float lanes (16 on AVX-512 devices), else the convolutions' own."""

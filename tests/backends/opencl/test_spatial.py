@@ -1430,6 +1430,10 @@ def test_16_lane_gemm_runs_direct_forwards_of_whole_16_lane_rows_at_16_lanes(lan
     assert b._direct_forward_lanes((2, 8, 32, 32, 8, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 4) == 16
     assert b._direct_forward_lanes((2, 1, 28, 28, 6, 5, 5, 28, 28, 1, 1, 2, 2, 1, 1), 1) == 8
     assert lanes_backend(8)._direct_forward_lanes((2, 8, 32, 32, 8, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1), 4) == 8
+    # depthwise "same" layers run on the plane kernels at the convolutions' own lanes, whole rows or not
+    depthwise = (2, 8, 32, 32, 8, 3, 3, 32, 32, 1, 1, 1, 1, 1, 1)
+    assert b._depthwise_plane_layer(depthwise, 8) and b._direct_forward_lanes(depthwise, 8) == 8
+    assert lanes_backend(16)._direct_forward_lanes(depthwise, 8) == 16
     for xs, o, groups in (((2, 16, 5, 32), 16, 4), ((2, 8, 6, 18), 8, 2)):
         x = rng.standard_normal(xs).astype(np.float32)
         wt = rng.standard_normal((o, xs[1] // groups, 3, 3)).astype(np.float32)
