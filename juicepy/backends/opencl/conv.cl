@@ -654,7 +654,7 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 #define DW_S2_ROWS(xc, LOAD, BODY) { \
         floatv t0 = (floatv)(0.0f), t1 = (floatv)(0.0f), t2 = (floatv)(0.0f);   /* the padding row */ \
         for (int oh = 0; oh < Ho; ++oh) { \
-            const int over_row = over && oh + 1 < Ho; \
+            const int over_row = over && (oh + 1 < Ho || over_last); \
             __global const float *r = (xc) + (size_t)2 * oh * W + 2 * ow0; \
             DW_S2_ROW(m, r, LOAD) \
             DW_S2_ROW(d, r + W, LOAD) \
@@ -665,7 +665,12 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // row whole vectors past the row's end where `over` (2 Wo >= VEC; DW_S2_OVER): the lanes past
 // the end hold values of no output, and what they store in the next row is stored over later,
 // by the whole vectors after (Wo >= VEC) or by the next row's own partial vector, as the NumPy
-// backend's S2_PLANE does (tail_of and store_tail go value by value).
+// backend's S2_PLANE does (tail_of and store_tail go value by value). In a plane's last row too
+// where the work-item's next plane follows (over_last, DW_S2_OVER_LAST): its loads then stay in
+// x, and what it stores past the plane lands in that plane's first row, stored over when it runs.
+#ifndef DW_S2_OVER_LAST
+#define DW_S2_OVER_LAST 1
+#endif
 #define DW_S2_OVER(p, n) (over_row ? LOAD_UNIT(p) : DW_S2_LOAD(p, n))
 #define DW_S2_PLANE_OVER(xc, BODY) \
     for (int ow0 = (Wo - 1) / VEC * VEC; ow0 >= 0; ow0 -= VEC) { \
@@ -696,7 +701,7 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
     const int acc = 0, W = 2 * Wo, over = 2 * Wo >= VEC;
     const int first = get_global_id(0) * per;
     for (int plane = first; plane < first + per; ++plane) {
-        const int c = plane % C;
+        const int c = plane % C, over_last = DW_S2_OVER_LAST && plane + 1 < first + per;
         __global const float *wc = w + w_off + (size_t)c * 9;
         const float w00 = wc[0], w01 = wc[1], w02 = wc[2], w10 = wc[3], w11 = wc[4], w12 = wc[5],
                     w20 = wc[6], w21 = wc[7], w22 = wc[8];
@@ -1278,8 +1283,9 @@ void conv_direct_bwd_filter_local_k3(__global const float *restrict x, const int
 #define DW_S2_PLANE(xc, BODY) \
     for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
         const int live = Wo - ow0, vals = 2 * live; \
-        if (live >= VEC) { const int over = 0; DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) } \
-        else { const int over = DW_S2_MASKS && ow0 + VEC <= 2 * Wo; DW_S2_ROWS(xc, DW_S2_MASKED_ROW, BODY) } \
+        if (live >= VEC) { const int over = 0, over_last = 0; DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) } \
+        else { const int over = DW_S2_MASKS && ow0 + VEC <= 2 * Wo, over_last = 0; \
+               DW_S2_ROWS(xc, DW_S2_MASKED_ROW, BODY) } \
     }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_off,

@@ -1090,9 +1090,9 @@ def _assert_depthwise_rule(ocl, switch, taken, refused):
 # planes of 2 Ho x 2 Wo; rows of whole vectors and (from "rows-of-7") rows whose last vector is
 # partial at 8 or 16 lanes (MobileNet's 7 and 14, one output, a vector and a half of 8)
 S2_SHAPES = [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32), (2, 3, 14, 14), (2, 4, 28, 28),
-             (3, 2, 6, 2), (2, 3, 10, 24)]
+             (3, 2, 6, 2), (2, 3, 10, 24), (16, 32, 14, 14)]
 S2_IDS = ["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-planes-a-work-item", "rows-of-7",
-          "rows-of-14", "rows-of-1", "rows-of-12"]
+          "rows-of-14", "rows-of-1", "rows-of-12", "rows-of-7-eight-planes-a-work-item"]
 
 
 @pytest.mark.parametrize("shape", S2_SHAPES, ids=S2_IDS)
@@ -1122,12 +1122,13 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 14, 14), (1, 2, 6, 28), (3, 1, 4, 2)], ids=["rows-of-7", "rows-of-14",
-                                                                                 "rows-of-1"])
+@pytest.mark.parametrize("shape", [(2, 3, 14, 14), (1, 2, 6, 28), (3, 1, 4, 2), (16, 32, 14, 14)],
+                         ids=["rows-of-7", "rows-of-14", "rows-of-1", "rows-of-7-eight-planes-a-work-item"])
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_depthwise_stride_2_forward_writes_nothing_past_its_planes(lanes_backend, shape, lanes):
     """The stride-2 forward's partial vectors store past a row's end only where a later store
-    writes over it: the values after the output (the same buffer) are left as they were."""
+    writes over it (past a plane's last row only into the work-item's next plane): the values
+    after the output (the same buffer) are left as they were."""
     b = lanes_backend(lanes)
     n, c, h, w = shape
     rng = np.random.default_rng(5)
