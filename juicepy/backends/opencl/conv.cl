@@ -813,7 +813,8 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
 // A row's partial last vector: where its whole vectors stay inside the plane (DW_S2_MASKS; the
 // input gradient's and weight gradient's ``over``: its dy row's vector ends before the plane's
 // last row, and so do the two of each x row it meets, which reach half as far again), its loads
-// in every row but the plane's last are whole vectors with the lanes past the row zeroed
+// in every row but the plane's last (in that one too where another plane follows: over_last,
+// DW_S2_OVER_LAST) are whole vectors with the lanes past the row zeroed
 // (DW_S2_MASKED: a blend, where tail_of goes value by value): dy's, so that no value right of
 // the row reaches the input gradient's last column, and x's, so that an infinity in the next row
 // adds no NaN to the weight gradient.
@@ -842,16 +843,16 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
                 STORE(x0, INTERLEAVE_LO(ee, eo), vals, 1) \
                 STORE(x0 + VEC, INTERLEAVE_HI(ee, eo), vals - VEC, 1) \
                 STORE(x1, INTERLEAVE_LO(oe, oo), vals, 1) \
-                STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC, m + 1 < Ho) \
+                STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC, m + 1 < Ho || over_last) \
                 d = e; ds = es; \
             } }
 #define DW_S2_DATA_WHOLE(p, n, row) LOAD_UNIT(p)
-#define DW_S2_DATA_LOAD(p, n, row) (over && (row) + 1 < Ho ? DW_S2_MASKED(p, n) : tail_of(p, n))
+#define DW_S2_DATA_LOAD(p, n, row) (over && ((row) + 1 < Ho || over_last) ? DW_S2_MASKED(p, n) : tail_of(p, n))
 #define DW_S2_DATA_STORE_WHOLE(p, v, n, inside) DW_S2_STORE_WHOLE(p, v, n)
 // a partial vector's store past the row's end, where over and not adding to dx, as the forward's:
 // the next row's values it writes are stored over later, by this vector's next store (of the same
 // row pair, or of the next m) or by the whole vectors of the row after it (the vectors of a plane
-// run from the last)
+// run from the last); past the plane's last row only into the work-item's next plane (over_last)
 #define DW_S2_DATA_STORE(p, v, n, inside) \
     if (over && !acc && (inside) && (n) > 0) *(__global floatv_u *)(p) = (v); \
     else DW_S2_STORE(p, v, n)
@@ -864,6 +865,7 @@ void conv_depthwise_s2_k3_data(__global const float *restrict dy, const int dy_o
     const int W = 2 * Wo;
     const int first = get_global_id(0) * per;
     for (int plane = first; plane < first + per; ++plane) {
+        const int over_last = DW_S2_OVER_LAST && plane + 1 < first + per;
         __global const float *wc = w + w_off + (size_t)(plane % C) * 9;
         const float w00 = wc[0], w01 = wc[1], w02 = wc[2], w10 = wc[3], w11 = wc[4], w12 = wc[5],
                     w20 = wc[6], w21 = wc[7], w22 = wc[8];
@@ -1284,7 +1286,7 @@ void conv_direct_bwd_filter_local_k3(__global const float *restrict x, const int
     for (int ow0 = 0; ow0 < Wo; ow0 += VEC) { \
         const int live = Wo - ow0, vals = 2 * live; \
         if (live >= VEC) { const int over = 0, over_last = 0; DW_S2_ROWS(xc, DW_S2_WHOLE, BODY) } \
-        else { const int over = DW_S2_MASKS && ow0 + VEC <= 2 * Wo, over_last = 0; \
+        else { const int over = DW_S2_MASKS && ow0 + VEC <= 2 * Wo, over_last = DW_S2_OVER_LAST && not_last; \
                DW_S2_ROWS(xc, DW_S2_MASKED_ROW, BODY) } \
     }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
@@ -1299,6 +1301,7 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
     for (int n = chunk; n < N; n += chunks) {
         __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;
         __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Ho * Wo;
+        const int not_last = n + 1 < N || c + 1 < C;   /* another plane follows in x and dy */
         DW_S2_PLANE(xc, DW_S2_TAP_PRODUCTS)
     }
     __global float *dst = part + p_off + ((size_t)chunk * C + c) * 9;
