@@ -31,6 +31,13 @@ typedef struct Task {
     const char *a, *b;
     char *c;
     Py_ssize_t item;
+    /* gemm_batch's: items between the products' b and c (residual's as c's), the column pieces
+     * a product is cut into and their width, and the epilogue's operands; gemm_sum's: the
+     * products and the parts they are summed in (pieces) */
+    int64_t batch_b, batch_c, pieces, cols;
+    const char *shift, *res;
+    int relu;
+    int64_t count;
 } Task;
 
 #define LANE_TASK Task
@@ -133,6 +140,77 @@ static void release_operands(Py_buffer *a, Py_buffer *b, Py_buffer *c)
  * (_lane_pool.h; the caller has set BLAS to one thread). False, with nothing written, where it
  * cannot: no BLAS registered, other dtypes or layouts, an empty product, or out overlapping a
  * or b; the caller then runs np.matmul. */
+/* fill_*: c's rows x cols (rows t->ldc apart) = shift[row] (+ res at the same offsets) where
+ * either is given, else nothing; returns whether c holds the sums' start (res alone being c:
+ * nothing to write). relu_*: c's values below 0 set to 0. */
+#define DEFINE_EPILOGUE(SUFFIX, T)                                                                 \
+    static int fill_##SUFFIX(const Task *t, T *c, const T *res, int64_t rows, int64_t cols)          \
+    {                                                                                              \
+        const T *shift = (const T *)t->shift;                                                      \
+        if (!shift && !res) return 0;                                                              \
+        if (!shift && res == c) return 1;   /* adding to c as it is */                             \
+        for (int64_t i = 0; i < rows; i++) {                                                       \
+            T *row = c + i * t->ldc;                                                               \
+            const T s = shift ? shift[i] : (T)0;                                                   \
+            if (res)                                                                               \
+                for (int64_t j = 0; j < cols; j++) row[j] = s + res[i * t->ldc + j];               \
+            else                                                                                   \
+                for (int64_t j = 0; j < cols; j++) row[j] = s;                                     \
+        }                                                                                          \
+        return 1;                                                                                  \
+    }                                                                                              \
+    static void relu_##SUFFIX(const Task *t, T *c, int64_t rows, int64_t cols)                      \
+    {                                                                                              \
+        for (int64_t i = 0; i < rows; i++) {                                                       \
+            T *row = c + i * t->ldc;                                                               \
+            for (int64_t j = 0; j < cols; j++) row[j] = row[j] < 0 ? (T)0 : row[j];                \
+        }                                                                                          \
+    }
+DEFINE_EPILOGUE(f32, float)
+DEFINE_EPILOGUE(f64, double)
+
+/* gemm_batch's units [lo, hi): product i = unit / pieces, its columns [first, first + cols) */
+static void run_batch(const Task *t, Py_ssize_t lo, Py_ssize_t hi)
+{
+    for (Py_ssize_t u = lo; u < hi; u++) {
+        const int64_t i = u / t->pieces, first = (u % t->pieces) * t->cols;
+        const int64_t n = (first + t->cols < t->n ? first + t->cols : t->n) - first;
+        if (n <= 0) continue;
+        const int64_t at_c = (i * t->batch_c + first) * t->item;
+        const char *b = t->b + (i * t->batch_b + first) * t->item, *res = t->res ? t->res + at_c : NULL;
+        char *c = t->c + at_c;
+        if (t->fmt == 'f') {
+            const int filled = fill_f32(t, (float *)c, (const float *)res, t->m, n);
+            sgemm(ROW_MAJOR, t->ta, NO_TRANS, t->m, n, t->k, 1.0f, (const float *)t->a, t->lda, (const float *)b,
+                  t->ldb, filled ? 1.0f : 0.0f, (float *)c, t->ldc);
+            if (t->relu) relu_f32(t, (float *)c, t->m, n);
+        } else {
+            const int filled = fill_f64(t, (double *)c, (const double *)res, t->m, n);
+            dgemm(ROW_MAJOR, t->ta, NO_TRANS, t->m, n, t->k, 1.0, (const double *)t->a, t->lda, (const double *)b,
+                  t->ldb, filled ? 1.0 : 0.0, (double *)c, t->ldc);
+            if (t->relu) relu_f64(t, (double *)c, t->m, n);
+        }
+    }
+}
+
+/* gemm_sum's parts [lo, hi): part k = the sum over its products i of a[i] @ b[i]^T */
+static void run_sum(const Task *t, Py_ssize_t lo, Py_ssize_t hi)
+{
+    for (Py_ssize_t k = lo; k < hi; k++) {
+        const int64_t first = t->count * k / t->pieces, last = t->count * (k + 1) / t->pieces;
+        char *c = t->c + k * t->m * t->n * t->item;
+        for (int64_t i = first; i < last; i++) {
+            const char *a = t->a + i * t->m * t->k * t->item, *b = t->b + i * t->n * t->k * t->item;
+            if (t->fmt == 'f')
+                sgemm(ROW_MAJOR, NO_TRANS, TRANS, t->m, t->n, t->k, 1.0f, (const float *)a, t->k, (const float *)b,
+                      t->k, i > first ? 1.0f : 0.0f, (float *)c, t->n);
+            else
+                dgemm(ROW_MAJOR, NO_TRANS, TRANS, t->m, t->n, t->k, 1.0, (const double *)a, t->k, (const double *)b,
+                      t->k, i > first ? 1.0 : 0.0, (double *)c, t->n);
+        }
+    }
+}
+
 static PyObject *py_gemm(PyObject *self, PyObject *args)
 {
     PyObject *ao, *bo, *co;
@@ -170,6 +248,116 @@ static PyObject *py_gemm(PyObject *self, PyObject *args)
     }
     release_operands(&a, &b, &c);
     return PyBool_FromLong(ran);
+}
+
+/* An optional operand of gemm_batch (None: absent): a C-contiguous buffer of ``fmt`` and
+ * ``count`` items, or -1 with an error set; 0 with view->buf NULL for None. */
+static int optional_operand(PyObject *o, Py_buffer *view, char fmt, Py_ssize_t item, Py_ssize_t count, int *fits)
+{
+    view->buf = NULL;
+    view->obj = NULL;
+    if (o == Py_None) return 0;
+    if (PyObject_GetBuffer(o, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) return -1;
+    *fits = *fits && view->format && view->format[0] == fmt && view->itemsize == item && view->len == count * item;
+    return 0;
+}
+
+/* gemm_batch(a, b, c, shift, residual, relu, lanes): for every i, c[i] = a @ b[i] + shift (one
+ * value a row, broadcast; None: none) + residual[i] (None: none), then max(., 0) where relu: a
+ * 1x1 conv's forward (a: the weights, b[i] and c[i]: a sample's input and output planes). a
+ * (M, K) with one unit stride (either: transposed reads), b (B, K, N) and c, residual (B, M, N)
+ * C-contiguous, shift (M,). The sums start from shift + residual written into c (BLAS's beta
+ * = 1), where a pass after the product read and wrote c again; with neither, beta = 0 as
+ * gemm's. The products (cut into column pieces of whole UNITs where there are fewer than
+ * ``lanes``) are dealt over this module's C lanes (the caller has set BLAS to one thread). False,
+ * with nothing written, where it cannot: no BLAS registered, other dtypes, layouts or sizes, c
+ * overlapping a, b or residual (but residual is c itself); the caller then runs its own. */
+static PyObject *py_gemm_batch(PyObject *self, PyObject *args)
+{
+    PyObject *ao, *bo, *co, *shift_o, *res_o;
+    int relu, lanes;
+    if (!PyArg_ParseTuple(args, "OOOOOpi", &ao, &bo, &co, &shift_o, &res_o, &relu, &lanes)) return NULL;
+    Py_buffer a, b, c, shift, res;
+    if (get_operands(ao, bo, co, &a, &b, &c) < 0) return NULL;
+    char fmt = a.format ? a.format[0] : 0;
+    int fits = (fmt == 'f' && sgemm) || (fmt == 'd' && dgemm);
+    fits = fits && b.format && c.format && b.format[0] == fmt && c.format[0] == fmt && a.itemsize == b.itemsize &&
+           a.itemsize == c.itemsize && a.ndim == 2 && b.ndim == 3 && c.ndim == 3 && PyBuffer_IsContiguous(&b, 'C') &&
+           PyBuffer_IsContiguous(&c, 'C');
+    fits = fits && b.shape[0] == c.shape[0] && a.shape[0] == c.shape[1] && a.shape[1] == b.shape[1] &&
+           b.shape[2] == c.shape[2] && c.shape[0] > 0 && c.shape[1] > 0 && c.shape[2] > 0 && a.shape[1] > 0;
+    Py_ssize_t lda = 0;
+    const int ta = fits ? operand_layout(&a, &lda) : 0;
+    if (optional_operand(shift_o, &shift, fmt, a.itemsize, fits ? c.shape[1] : 0, &fits) < 0) {
+        release_operands(&a, &b, &c);
+        return NULL;
+    }
+    if (optional_operand(res_o, &res, fmt, a.itemsize, fits ? c.shape[0] * c.shape[1] * c.shape[2] : 0, &fits) < 0) {
+        PyBuffer_Release(&shift);
+        release_operands(&a, &b, &c);
+        return NULL;
+    }
+    int ran = 0;
+    if (fits && ta) {
+        char *alo, *ahi, *clo = c.buf, *chi = (char *)c.buf + c.len, *blo = b.buf, *bhi = (char *)b.buf + b.len;
+        span(&a, &alo, &ahi);
+        const char *rlo = res.buf, *rhi = res.buf ? (const char *)res.buf + res.len : NULL;
+        int apart = (chi <= alo || ahi <= clo) && (chi <= blo || bhi <= clo) &&
+                    (!res.buf || rlo == clo || chi <= rlo || rhi <= clo);
+        if (apart) {
+            const int64_t count = c.shape[0], cols = c.shape[2];
+            if (lanes < 1) lanes = 1;
+            const int64_t pieces = count >= lanes ? 1 : (lanes + count - 1) / count;
+            const int64_t width = ((cols + pieces - 1) / pieces + UNIT - 1) / UNIT * UNIT;
+            Task t = {.run = run_batch, .fmt = fmt, .ta = ta, .m = c.shape[1], .n = cols, .k = a.shape[1],
+                      .lda = lda, .ldb = cols, .ldc = cols, .a = a.buf, .b = b.buf, .c = c.buf, .item = a.itemsize,
+                      .batch_b = b.shape[1] * cols, .batch_c = c.shape[1] * cols, .pieces = pieces, .cols = width,
+                      .shift = shift.buf, .res = res.buf, .relu = relu};
+            RELEASE_GIL
+            deal_in_lanes(&t, 0, count * pieces, lanes, 1);
+            REACQUIRE_GIL
+            ran = 1;
+        }
+    }
+    PyBuffer_Release(&shift);
+    PyBuffer_Release(&res);
+    release_operands(&a, &b, &c);
+    return PyBool_FromLong(ran);
+}
+
+/* gemm_sum(a, b, parts, lanes): the B products a[i] @ b[i]^T (a (B, M, K), b (B, N, K), both
+ * C-contiguous) summed in P = parts.shape[0] parts (P, M, N), part k summing products
+ * [B k / P, B (k + 1) / P) in order (BLAS's beta = 1 from the second on), the parts dealt over
+ * this module's C lanes (the caller has set BLAS to one thread): a 1x1 conv's weight gradient
+ * (a: the samples' inputs, b: their output gradients), where the caller adds the parts in order,
+ * so that its bits depend on P only. False, with nothing written, where it cannot: no BLAS
+ * registered, other dtypes, layouts or sizes, more parts than products, parts overlapping a or b. */
+static PyObject *py_gemm_sum(PyObject *self, PyObject *args)
+{
+    PyObject *ao, *bo, *co;
+    int lanes;
+    if (!PyArg_ParseTuple(args, "OOOi", &ao, &bo, &co, &lanes)) return NULL;
+    Py_buffer a, b, c;
+    if (get_operands(ao, bo, co, &a, &b, &c) < 0) return NULL;
+    char fmt = a.format ? a.format[0] : 0;
+    int fits = (fmt == 'f' && sgemm) || (fmt == 'd' && dgemm);
+    fits = fits && b.format && c.format && b.format[0] == fmt && c.format[0] == fmt && a.itemsize == b.itemsize &&
+           a.itemsize == c.itemsize && a.ndim == 3 && b.ndim == 3 && c.ndim == 3 && PyBuffer_IsContiguous(&a, 'C') &&
+           PyBuffer_IsContiguous(&b, 'C') && PyBuffer_IsContiguous(&c, 'C');
+    fits = fits && a.shape[0] == b.shape[0] && a.shape[2] == b.shape[2] && c.shape[1] == a.shape[1] &&
+           c.shape[2] == b.shape[1] && c.shape[0] > 0 && c.shape[0] <= a.shape[0] && a.shape[1] > 0 &&
+           b.shape[1] > 0 && a.shape[2] > 0;
+    const char *clo = c.buf, *chi = (const char *)c.buf + c.len, *alo = a.buf, *blo = b.buf;
+    fits = fits && (chi <= alo || alo + a.len <= clo) && (chi <= blo || blo + b.len <= clo);
+    if (fits) {
+        Task t = {.run = run_sum, .fmt = fmt, .m = a.shape[1], .n = b.shape[1], .k = a.shape[2], .a = a.buf,
+                  .b = b.buf, .c = c.buf, .item = a.itemsize, .pieces = c.shape[0], .count = a.shape[0]};
+        RELEASE_GIL
+        deal_in_lanes(&t, 0, c.shape[0], lanes < 1 ? 1 : lanes, 1);
+        REACQUIRE_GIL
+    }
+    release_operands(&a, &b, &c);
+    return PyBool_FromLong(fits);
 }
 
 /* The most positions gemm_positions takes (F(4x4, 5x5) has 64) */
@@ -248,6 +436,14 @@ static PyMethodDef methods[] = {
      "gemm(a, b, out, alpha, beta, lanes=1, by_columns=False, grain=0): out = alpha a @ b + beta out on the "
      "registered BLAS, GIL released and counted, split over C lanes in pieces of grain x 16 rows (or columns); "
      "False (nothing written) where the dtypes, layouts or overlap do not fit, or no BLAS is set"},
+    {"gemm_batch", py_gemm_batch, METH_VARARGS,
+     "gemm_batch(a, b, c, shift, residual, relu, lanes): c[i] = a @ b[i] (+ shift per row) (+ residual[i]), then "
+     "max(., 0) where relu, for every i, the sums from shift + residual written into c, over C lanes; False (nothing "
+     "written) where the dtypes, layouts, sizes or overlap do not fit, or no BLAS is set"},
+    {"gemm_sum", py_gemm_sum, METH_VARARGS,
+     "gemm_sum(a, b, parts, lanes): parts[k] = the sum of a[i] @ b[i]^T over the k-th of parts.shape[0] equal "
+     "runs of i, over C lanes; False (nothing written) where the dtypes, layouts, sizes or overlap do not fit, or "
+     "no BLAS is set"},
     {"gemm_positions", py_gemm_positions, METH_VARARGS,
      "gemm_positions(u, v, m, depths, n_out, n_in, p, vs, ms): per position i, m[i, :n_out*p] (n_out x p) = "
      "u[i, :, :depths[i]*n_in] @ v[i, :depths[i]*n_in*p] (depths[i]*n_in x p) on the registered BLAS, GIL released "

@@ -12,7 +12,8 @@ from ..base import (Backend, check_argmax, check_cell, check_embedding, check_no
                     check_input_sequence_backward, check_view, host_all_finite)
 from ..base import scratch as _scratch
 from . import kernels as _kernels, recurrent, spatial
-from .blas import gemm_entry as _gemm_entry, positions_entry as _positions_entry
+from .blas import batch_entry as _batch_entry, gemm_entry as _gemm_entry, positions_entry as _positions_entry
+from .blas import sum_entry as _sum_entry
 from .threads import (CHUNK, SMALL_GEMM, chunked as _chunked, gemm_lanes as _gemm_lanes, gemm_threads as _gemm_threads,
                       in_lane as _in_lane, run_gemm_pieces as _run_gemm_pieces, run_lanes as _run_lanes,
                       single_threaded_blas as _single_threaded_blas, split as _split)
@@ -95,6 +96,8 @@ class NumpyBackend(Backend):
         self.rnn_kernels = _kernels.load("_rnn_kernels", self.kernels)
         self.blas_gemm = _gemm_entry(self.kernels)  # None: np.matmul
         self.blas_positions = _positions_entry(self.kernels)  # None: np.matmul
+        self.blas_batch = _batch_entry(self.kernels)  # None: np.matmul
+        self.blas_sum = _sum_entry(self.kernels)  # None: np.matmul
 
     def __repr__(self) -> str:
         loaded = (self.cpu_kernels, self.pool_kernels, self.conv_kernels, self.norm_kernels, self.rnn_kernels)

@@ -67,6 +67,21 @@ def gemm_entry(kernels: str | None = None):
     return None if module is None else module.gemm
 
 
+def batch_entry(kernels: str | None = None):
+    """_blas_kernels.gemm_batch(a, b, c, shift, residual, relu, lanes) -> bool (a 1x1 conv's
+    per-sample products and its epilogue in one call) with NumPy's BLAS registered, or None
+    (_registered)."""
+    module = _registered(kernels)
+    return None if module is None else module.gemm_batch
+
+
+def sum_entry(kernels: str | None = None):
+    """_blas_kernels.gemm_sum(a, b, parts, lanes) -> bool (a 1x1 conv's weight gradient: the
+    samples' products summed in parts) with NumPy's BLAS registered, or None (_registered)."""
+    module = _registered(kernels)
+    return None if module is None else module.gemm_sum
+
+
 def positions_entry(kernels: str | None = None):
     """_blas_kernels.gemm_positions(u, v, m, depths, n_out, n_in, p, vs, ms) -> bool (the GEMMs
     of one chunk of spatial._tile_run in one call) with NumPy's BLAS registered, or None

@@ -33,6 +33,7 @@ from .threads import in_lane as _in_lane
 from .threads import num_threads as _num_threads
 from .threads import run_gemm_pieces as _run_gemm_pieces
 from .threads import run_lanes as _run_lanes
+from .threads import single_threaded_blas as _single_threaded_blas
 
 
 def _copy_free_reshape_supported() -> bool:
@@ -704,7 +705,31 @@ def _s2_forward(backend, x, w, plan, ws, out, epi=None):
         x, out, plan.c, o, ws, epi)
 
 
+def _batched_pointwise(backend, w, src, dst, plan, transpose=False, shift=None, residual=None, relu=False) -> bool:
+    """An ungrouped pointwise conv's forward (dst = w src per sample, then + shift, + residual,
+    ReLU) or, ``transpose``, input gradient (dst = w^T src, + residual: dst itself where it adds
+    to dx) as BLAS's product per sample in one C call (_blas_kernels.gemm_batch over the
+    lanes), the sums starting from shift + residual written into dst: no pass of an epilogue
+    over dst after the product, and no product per chunk handed over from Python (measured
+    against those chunks in docs/numpy.md, session 58). False where it does not run (no BLAS
+    entry, grouped): the caller's chunks then do."""
+    if backend.blas_batch is None or plan.groups != 1:
+        return False
+    n = plan.n
+    a = _view(w, (plan.o, plan.depth))
+    lanes = 1 if _in_lane() else _gemm_lanes()
+    with _single_threaded_blas():
+        return backend.blas_batch(a.T if transpose else a, _view(src, (n, src.shape[1], -1)),
+                                  _view(dst, (n, dst.shape[1], -1)), shift,
+                                  None if residual is None else _view(residual, (n, dst.shape[1], -1)), relu, lanes)
+
+
 def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
+    if _pointwise(plan) and epi is None and _batched_pointwise(backend, w, x, out, plan):
+        return
+    if _pointwise(plan) and epi is not None and epi.scale is None and _batched_pointwise(
+            backend, w, x, out, plan, shift=epi.shift, residual=epi.residual, relu=epi.relu):
+        return
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     weight = plan.weight(w)
     chunks = _chunks(plan, _gemm_lanes())
@@ -893,8 +918,35 @@ def _direct_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, 
 FILTER_SIDE_BY_SIDE_MAX_PLANE = 64
 
 
+#: parts per lane of an ungrouped pointwise weight gradient on the sum entry (_batched_pointwise_filter)
+POINTWISE_SUM_PARTS = 2
+
+
+def _batched_pointwise_filter(backend, x, dy, plan, dw, accumulate, ws) -> bool:
+    """An ungrouped pointwise conv's weight gradient as BLAS's products of the samples summed
+    in parts in one C call (_blas_kernels.gemm_sum, the parts dealt over the lanes: POINTWISE_SUM_PARTS
+    a lane, at most a sample each), x[n] @ dy[n]^T as the chunks' orientation, then the parts
+    added in order and stored transposed: one call instead of a product, a sum over the chunk's
+    samples and an add per chunk from Python (docs/numpy.md, session 58). Its bits depend on the
+    lane count only, as the chunks' did. False where it does not run (no BLAS entry, grouped)."""
+    if backend.blas_sum is None or plan.groups != 1:
+        return False
+    lanes = 1 if _in_lane() else _gemm_lanes()
+    count = min(plan.n, POINTWISE_SUM_PARTS * lanes)
+    parts = scratch(ws, backend, "conv_dw_parts", (count, plan.c, plan.o), dw.dtype)
+    with _single_threaded_blas():
+        if not backend.blas_sum(_view(x, (plan.n, plan.c, -1)), _view(dy, (plan.n, plan.o, -1)), parts, lanes):
+            return False
+    for k in range(1, count):
+        parts[0] += parts[k]
+    backend.store(parts[0].T, _view(dw, (plan.o, plan.c)), accumulate)
+    return True
+
+
 def _gemm_backward_filter(backend, x, dy, w_shape, stride, padding, dilation, groups, dw, accumulate, ws):
     plan = _ConvPlan(x.shape, w_shape, dy.shape[2:], stride, padding, dilation, groups)
+    if _pointwise(plan) and _batched_pointwise_filter(backend, x, dy, plan, dw, accumulate, ws):
+        return
     geometry = _geometry(x.shape[1:], w_shape[2:], stride, padding, dilation, dy.shape[2:])
     og = plan.o // groups
     chunks = _chunks(plan, _gemm_lanes())
@@ -1038,6 +1090,9 @@ def _pointwise_scatter_backward_data(backend, dy, w, plan, dx, accumulate, ws):
 
 def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
     geometry = _geometry(dx.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, dy.shape[2:])
+    if _pointwise(plan) and _batched_pointwise(backend, w, dy, dx, plan, transpose=True,
+                                               residual=dx if accumulate else None):
+        return
     groups = plan.groups
     weight_t = plan.weight(w).transpose(0, 2, 1)
     chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)

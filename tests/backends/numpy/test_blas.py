@@ -13,6 +13,8 @@ from juicepy.backends.numpy import backend as numpy_backend, blas, kernels, thre
 
 ENTRY = blas.gemm_entry("c")
 POSITIONS = blas.positions_entry("c")
+BATCH = blas.batch_entry("c")
+SUM = blas.sum_entry("c")
 needs_entry = pytest.mark.skipif(ENTRY is None, reason="_blas_kernels is not built or no ILP64 OpenBLAS is loaded")
 
 
@@ -38,9 +40,14 @@ def test_the_entry_is_found_where_numpy_ships_an_ilp64_openblas():
         assert ENTRY is not None
         assert jp.backend("numpy").blas_gemm is ENTRY
         assert jp.backend("numpy").blas_positions is POSITIONS is not None
+        assert jp.backend("numpy").blas_batch is BATCH is not None
+        assert jp.backend("numpy").blas_sum is SUM is not None
     assert blas.gemm_entry("numpy") is None and blas.positions_entry("numpy") is None
+    assert blas.batch_entry("numpy") is None and blas.sum_entry("numpy") is None
     assert numpy_backend.NumpyBackend(kernels="numpy").blas_gemm is None
     assert numpy_backend.NumpyBackend(kernels="numpy").blas_positions is None
+    assert numpy_backend.NumpyBackend(kernels="numpy").blas_batch is None
+    assert numpy_backend.NumpyBackend(kernels="numpy").blas_sum is None
 
 
 @needs_entry
@@ -159,6 +166,126 @@ def test_positions_entry_refuses_what_it_cannot_take_and_writes_nothing():
         POSITIONS(*{**args, "depths": 3}.values())
     with pytest.raises(TypeError):
         POSITIONS(*{**args, "depths": (2, "1", 2)}.values())
+
+
+def _batch_want(a, b, shift, residual, relu):
+    """float64 a @ b[i] + shift (a column) + residual[i], ReLU'd where asked."""
+    want = np.einsum("mk,bkn->bmn", a.astype(np.float64), b.astype(np.float64))
+    if shift is not None:
+        want += shift.astype(np.float64)[:, None]
+    if residual is not None:
+        want += residual
+    return np.maximum(want, 0) if relu else want
+
+
+@needs_entry
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("epilogue", ["none", "shift", "shift+residual+relu", "residual", "relu", "into-itself"])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("count,lanes", [(5, 2), (1, 2), (3, 8), (4, 1)])
+def test_batch_entry_runs_each_product_with_its_epilogue(dtype, epilogue, trans_a, count, lanes):
+    """c[i] = a @ b[i] (+ shift per row) (+ residual[i]) (ReLU) for every i, a read transposed
+    too, against float64; products split into column pieces where there are fewer than lanes
+    (37 columns: a partial last piece); a residual that is c itself adds to c. NaN in c is not
+    read where nothing is added to it (beta = 0)."""
+    rng = np.random.default_rng(13)
+    m, k, n = 7, 9, 37
+    a = rng.standard_normal((k, m)).astype(dtype).T if trans_a else rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((count, k, n)).astype(dtype)
+    shift = rng.standard_normal(m).astype(dtype) if "shift" in epilogue else None
+    c = np.full((count, m, n), np.nan, dtype)
+    residual = rng.standard_normal((count, m, n)).astype(dtype) if "residual" in epilogue else None
+    if epilogue == "into-itself":
+        c[:] = rng.standard_normal(c.shape)
+        residual = c
+    want = _batch_want(a, b, shift, None if residual is None else residual.copy(), "relu" in epilogue)
+    assert BATCH(a, b, c, shift, residual, "relu" in epilogue, lanes) is True
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, want, rtol=tol, atol=tol * 10)
+
+
+@needs_entry
+def test_batch_entry_starts_its_sums_from_the_epilogue_as_the_product_and_a_pass_after_it():
+    """The sums start from the shift written into c (BLAS's beta = 1): the same bits as the
+    product and then the shift added, where the product is one block of K."""
+    rng = np.random.default_rng(14)
+    a, b = rng.standard_normal((16, 24)).astype(np.float32), rng.standard_normal((3, 24, 40)).astype(np.float32)
+    shift = rng.standard_normal(16).astype(np.float32)
+    c = np.empty((3, 16, 40), np.float32)
+    assert BATCH(a, b, c, shift, None, False, 2) is True
+    np.testing.assert_array_equal(c, np.matmul(a, b) + shift[:, None])
+
+
+@needs_entry
+def test_batch_entry_refuses_what_it_cannot_take_and_writes_nothing():
+    """False, c untouched, for: other or mixed dtypes, b or c not C-contiguous, a without a unit
+    stride, shapes that disagree, a shift or residual of another size or dtype, an empty
+    product, c overlapping a, b or (not being it) the residual."""
+    rng = np.random.default_rng(15)
+    a, b = rng.standard_normal((4, 6)).astype(np.float32), rng.standard_normal((2, 6, 5)).astype(np.float32)
+    c, shift = np.zeros((2, 4, 5), np.float32), np.zeros(4, np.float32)
+    args = dict(a=a, b=b, c=c, shift=shift, residual=None, relu=False, lanes=2)
+    wide = np.zeros((2, 4, 10), np.float32)
+    shared = np.zeros(200, np.float32)
+    refused = [
+        dict(a=a.astype(np.float64)), dict(c=c.astype(np.float64)), dict(shift=shift.astype(np.float64)),
+        dict(b=np.ascontiguousarray(b.transpose(0, 2, 1)).transpose(0, 2, 1)), dict(c=wide[:, :, :5]),
+        dict(a=rng.standard_normal((8, 12)).astype(np.float32)[::2, ::2]), dict(a=a[:3]), dict(b=b[:, :5]),
+        dict(shift=np.zeros(5, np.float32)), dict(residual=np.zeros((2, 4, 6), np.float32)),
+        dict(a=a[:, :0], b=b[:, :0]), dict(b=shared[:60].reshape(2, 6, 5), c=shared[40:80].reshape(2, 4, 5)),
+        dict(residual=shared[:40].reshape(2, 4, 5), c=shared[1:41].reshape(2, 4, 5)),
+    ]
+    for change in refused:
+        call = {**args, **change}
+        before = call["c"].copy()
+        assert BATCH(*call.values()) is False, change.keys()
+        np.testing.assert_array_equal(call["c"], before)
+
+
+@needs_entry
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("count,parts,lanes", [(5, 1, 2), (5, 2, 2), (7, 3, 2), (4, 4, 8), (3, 2, 1)])
+def test_sum_entry_sums_each_part_of_the_products_in_order(dtype, count, parts, lanes):
+    """parts[k] = the sum of a[i] @ b[i]^T over the k-th of ``parts`` equal runs of i (ranges
+    count k / parts to count (k + 1) / parts), each run in order: the same bits as those
+    products added one by one on one BLAS thread, and against float64. NaN in parts is not read."""
+    rng = np.random.default_rng(17)
+    m, n, k = 6, 11, 29
+    a, b = rng.standard_normal((count, m, k)).astype(dtype), rng.standard_normal((count, n, k)).astype(dtype)
+    out = np.full((parts, m, n), np.nan, dtype)
+    with threads.single_threaded_blas():
+        assert SUM(a, b, out, lanes) is True
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for part in range(parts):
+        run = range(count * part // parts, count * (part + 1) // parts)
+        want = sum(a[i].astype(np.float64) @ b[i].T.astype(np.float64) for i in run)
+        np.testing.assert_allclose(out[part], want, rtol=tol, atol=tol * 10)
+        one_by_one = np.zeros((m, n), dtype)
+        for i in run:
+            with threads.single_threaded_blas():
+                assert ENTRY(a[i], b[i].T, one_by_one, 1.0, 1.0 if i > run[0] else 0.0)
+        np.testing.assert_array_equal(out[part], one_by_one)
+
+
+@needs_entry
+def test_sum_entry_refuses_what_it_cannot_take_and_writes_nothing():
+    """False, parts untouched, for: other or mixed dtypes, operands not C-contiguous, shapes that
+    disagree, no parts or more parts than products, parts overlapping a or b."""
+    rng = np.random.default_rng(18)
+    a, b = rng.standard_normal((3, 4, 6)).astype(np.float32), rng.standard_normal((3, 5, 6)).astype(np.float32)
+    parts = np.zeros((2, 4, 5), np.float32)
+    shared = np.zeros(200, np.float32)
+    refused = [
+        dict(a=a.astype(np.float64)), dict(parts=parts.astype(np.float64)), dict(b=b.astype(np.float16)),
+        dict(a=np.asfortranarray(a)), dict(b=b[:, :, :5]), dict(b=b[:2]), dict(parts=np.zeros((2, 5, 4), np.float32)),
+        dict(parts=np.zeros((0, 4, 5), np.float32)), dict(parts=np.zeros((4, 4, 5), np.float32)),
+        dict(a=shared[:72].reshape(3, 4, 6), parts=shared[50:90].reshape(2, 4, 5)),
+    ]
+    for change in refused:
+        call = {**dict(a=a, b=b, parts=parts, lanes=2), **change}
+        before = call["parts"].copy()
+        assert SUM(*call.values()) is False, change.keys()
+        np.testing.assert_array_equal(call["parts"], before)
 
 
 @needs_entry

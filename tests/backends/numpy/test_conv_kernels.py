@@ -565,6 +565,105 @@ def test_pointwise_convs_run_direct_only_on_avx512_up_to_128_outputs(monkeypatch
 
 
 @needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("isa,o", [(1, 12), (0, 12), (2, numpy_spatial.POINTWISE_DIRECT_MAX_OUT + 4)])
+@pytest.mark.parametrize("epilogue", ["none", "bias", "bias+relu", "bias+residual+relu", "residual", "norm+relu"])
+def test_pointwise_gemm_convs_run_on_the_batch_entry_with_their_epilogue(monkeypatch, epilogue, isa, o, dtype):
+    """Where an ungrouped pointwise conv keeps the GEMM (AVX2, the baseline build, AVX-512 past
+    POINTWISE_DIRECT_MAX_OUT outputs), its forward runs as one call of the batch entry
+    (_blas_kernels.gemm_batch) with its bias, residual and ReLU, a folded batch norm's scale on
+    the chunks; its input gradient, stored and added, on that entry too. Against float64; the
+    bias alone the same bits as the chunks' product and pass."""
+    from juicepy.backends.base import ConvNorm
+
+    backend = jp.backend("numpy")
+    if backend.blas_batch is None:
+        pytest.skip("no batch entry: _blas_kernels is not built or no ILP64 OpenBLAS is loaded")
+    calls = []
+    entry = backend.blas_batch
+    monkeypatch.setattr(backend, "blas_batch", lambda *a: (calls.append(a[2].shape), entry(*a))[1])
+    monkeypatch.setattr(kernels, "isa", isa)
+    rng = np.random.default_rng(16)
+    n, c, h, w_ = 3, 10, 6, 7
+    x, w = rng.standard_normal((n, c, h, w_)).astype(dtype), rng.standard_normal((o, c, 1, 1)).astype(dtype)
+    y = np.einsum("nchw,oc->nohw", x.astype(np.float64), w[:, :, 0, 0].astype(np.float64))
+    parts, want = {}, y
+    if "bias" in epilogue:
+        parts["bias"] = rng.standard_normal(o).astype(dtype)
+        want = want + parts["bias"][:, None, None]
+    if "norm" in epilogue:
+        gamma, beta, mean, var = (rng.standard_normal(o).astype(dtype), rng.standard_normal(o).astype(dtype),
+                                  rng.standard_normal(o).astype(dtype), rng.uniform(0.5, 2, o).astype(dtype))
+        parts["norm"] = ConvNorm(gamma, beta, mean, var, 1e-5)
+        want = (want - mean[:, None, None]) / np.sqrt(var.astype(np.float64) + 1e-5)[:, None, None] \
+            * gamma[:, None, None] + beta[:, None, None]
+    if "residual" in epilogue:
+        parts["residual"] = rng.standard_normal(y.shape).astype(dtype)
+        want = want + parts["residual"]
+    if "relu" in epilogue:
+        parts["relu"] = True
+        want = np.maximum(want, 0)
+    out = np.full(y.shape, np.nan, dtype)
+    backend.conv2d(x, w, out, (1, 1), (0, 0), (1, 1), 1, ws=Workspace(), **parts)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * np.abs(want).max())
+    assert calls == ([] if "norm" in epilogue else [(n, o, h * w_)])
+    if epilogue == "bias":
+        chunks = np.full(y.shape, np.nan, dtype)
+        monkeypatch.setattr(numpy_spatial, "_batched_pointwise", lambda *a, **k: False)
+        backend.conv2d(x, w, chunks, (1, 1), (0, 0), (1, 1), 1, ws=Workspace(), bias=parts["bias"])
+        np.testing.assert_array_equal(out, chunks)
+    if epilogue != "none":
+        return
+    dy = rng.standard_normal(y.shape).astype(dtype)
+    dx_want = np.einsum("nohw,oc->nchw", dy.astype(np.float64), w[:, :, 0, 0].astype(np.float64))
+    calls.clear()
+    for accumulate in (False, True):
+        start = rng.standard_normal(x.shape).astype(dtype) if accumulate else np.full(x.shape, np.nan, dtype)
+        dx = start.copy()
+        backend.conv2d_backward_data(dy, w, dx, (1, 1), (0, 0), (1, 1), 1, accumulate, Workspace())
+        expected = dx_want + start if accumulate else dx_want
+        np.testing.assert_allclose(dx, expected, rtol=tol, atol=tol * np.abs(expected).max())
+    direct = isa == 2 and c <= numpy_spatial.POINTWISE_DIRECT_MAX_OUT   # its input gradient: c output planes
+    assert calls == ([] if direct else [(n, c, h * w_)] * 2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("isa,hw", [(1, 6), (0, 6), (2, 5)])
+@pytest.mark.parametrize("n,lanes", [(3, 2), (1, 2), (5, 1)])
+def test_pointwise_gemm_weight_gradients_run_on_the_sum_entry(monkeypatch, isa, hw, n, lanes, dtype):
+    """Where an ungrouped pointwise conv's weight gradient keeps the GEMM (AVX2, the baseline
+    build, AVX-512 below POINTWISE_FILTER_MIN_PLANE), it runs as one call of the sum entry
+    (_blas_kernels.gemm_sum: POINTWISE_SUM_PARTS parts a lane, at most a sample each), stored and
+    added; a grouped one keeps the chunks. Against float64."""
+    backend = jp.backend("numpy")
+    if backend.blas_sum is None:
+        pytest.skip("no sum entry: _blas_kernels is not built or no ILP64 OpenBLAS is loaded")
+    calls = []
+    entry = backend.blas_sum
+    monkeypatch.setattr(backend, "blas_sum", lambda *a: (calls.append(a[2].shape), entry(*a))[1])
+    monkeypatch.setattr(kernels, "isa", isa)
+    monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: lanes)
+    rng = np.random.default_rng(19)
+    c, o = 6, 8
+    x, dy = rng.standard_normal((n, c, hw, hw)).astype(dtype), rng.standard_normal((n, o, hw, hw)).astype(dtype)
+    want = np.einsum("nchw,nohw->oc", x.astype(np.float64), dy.astype(np.float64))[:, :, None, None]
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    for accumulate in (False, True):
+        start = rng.standard_normal((o, c, 1, 1)).astype(dtype) if accumulate else np.full((o, c, 1, 1), np.nan, dtype)
+        dw = start.copy()
+        backend.conv2d_backward_filter(x, dy, dw, (1, 1), (0, 0), (1, 1), 1, accumulate, Workspace())
+        expected = want + start if accumulate else want
+        np.testing.assert_allclose(dw, expected, rtol=tol, atol=tol * np.abs(expected).max())
+    assert calls == [(min(n, numpy_spatial.POINTWISE_SUM_PARTS * lanes), c, o)] * 2
+    calls.clear()
+    grouped = np.zeros((o, c // 2, 1, 1), dtype)
+    backend.conv2d_backward_filter(x, dy, grouped, (1, 1), (0, 0), (1, 1), 2, False, Workspace())
+    assert calls == []
+
+
+@needs_kernels
 def test_pointwise_weight_gradients_run_direct_on_avx512_from_the_plane_rule(monkeypatch):
     """Ungrouped 1x1 stride-1 unpadded weight gradients run on the direct kernel (its in-place
     pointwise blocks) on AVX-512 from POINTWISE_FILTER_MIN_PLANE output pixels, else the GEMM (on
