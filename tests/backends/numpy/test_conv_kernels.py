@@ -564,6 +564,18 @@ def test_pointwise_convs_run_direct_only_on_avx512_up_to_128_outputs(monkeypatch
     _assert_like_the_fallback(monkeypatch, results, x, w, 15, (1, 0, 1, 1))
 
 
+def _spied_blas_entry(monkeypatch, name):
+    """The NumPy backend with its BLAS entry ``name`` (blas_batch, blas_sum) wrapped to record the
+    shape of each call's third operand, and that record; skips where the entry is missing."""
+    backend = jp.backend("numpy")
+    entry = getattr(backend, name)
+    if entry is None:
+        pytest.skip(f"no {name}: _blas_kernels is not built or no ILP64 OpenBLAS is loaded")
+    calls = []
+    monkeypatch.setattr(backend, name, lambda *a: (calls.append(a[2].shape), entry(*a))[1])
+    return backend, calls
+
+
 @needs_kernels
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("isa,o", [(1, 12), (0, 12), (2, numpy_spatial.POINTWISE_DIRECT_MAX_OUT + 4)])
@@ -576,12 +588,7 @@ def test_pointwise_gemm_convs_run_on_the_batch_entry_with_their_epilogue(monkeyp
     bias alone the same bits as the chunks' product and pass."""
     from juicepy.backends.base import ConvNorm
 
-    backend = jp.backend("numpy")
-    if backend.blas_batch is None:
-        pytest.skip("no batch entry: _blas_kernels is not built or no ILP64 OpenBLAS is loaded")
-    calls = []
-    entry = backend.blas_batch
-    monkeypatch.setattr(backend, "blas_batch", lambda *a: (calls.append(a[2].shape), entry(*a))[1])
+    backend, calls = _spied_blas_entry(monkeypatch, "blas_batch")
     monkeypatch.setattr(kernels, "isa", isa)
     rng = np.random.default_rng(16)
     n, c, h, w_ = 3, 10, 6, 7
@@ -637,12 +644,7 @@ def test_pointwise_gemm_weight_gradients_run_on_the_sum_entry(monkeypatch, isa, 
     build, AVX-512 below POINTWISE_FILTER_MIN_PLANE), it runs as one call of the sum entry
     (_blas_kernels.gemm_sum: POINTWISE_SUM_PARTS parts a lane, at most a sample each), stored and
     added; a grouped one keeps the chunks. Against float64."""
-    backend = jp.backend("numpy")
-    if backend.blas_sum is None:
-        pytest.skip("no sum entry: _blas_kernels is not built or no ILP64 OpenBLAS is loaded")
-    calls = []
-    entry = backend.blas_sum
-    monkeypatch.setattr(backend, "blas_sum", lambda *a: (calls.append(a[2].shape), entry(*a))[1])
+    backend, calls = _spied_blas_entry(monkeypatch, "blas_sum")
     monkeypatch.setattr(kernels, "isa", isa)
     monkeypatch.setattr(numpy_spatial, "_gemm_lanes", lambda: lanes)
     rng = np.random.default_rng(19)
