@@ -133,13 +133,6 @@ static void release_operands(Py_buffer *a, Py_buffer *b, Py_buffer *c)
     PyBuffer_Release(c);
 }
 
-/* gemm(a, b, out, alpha, beta, lanes=1, by_columns=False, grain=0): out = alpha a @ b + beta out
- * for 2-d float32 or float64 views (each with one unit stride, out's along its rows), on the
- * registered BLAS. With lanes > 1, split into pieces of ``grain`` units (UNIT rows of out, or
- * UNIT columns with by_columns; 0: one piece per lane) dealt over this module's C lanes
- * (_lane_pool.h; the caller has set BLAS to one thread). False, with nothing written, where it
- * cannot: no BLAS registered, other dtypes or layouts, an empty product, or out overlapping a
- * or b; the caller then runs np.matmul. */
 /* fill_*: c's rows x cols (rows t->ldc apart) = shift[row] (+ res at the same offsets) where
  * either is given, else nothing; returns whether c holds the sums' start (res alone being c:
  * nothing to write). relu_*: c's values below 0 set to 0. */
@@ -211,6 +204,13 @@ static void run_sum(const Task *t, Py_ssize_t lo, Py_ssize_t hi)
     }
 }
 
+/* gemm(a, b, out, alpha, beta, lanes=1, by_columns=False, grain=0): out = alpha a @ b + beta out
+ * for 2-d float32 or float64 views (each with one unit stride, out's along its rows), on the
+ * registered BLAS. With lanes > 1, split into pieces of ``grain`` units (UNIT rows of out, or
+ * UNIT columns with by_columns; 0: one piece per lane) dealt over this module's C lanes
+ * (_lane_pool.h; the caller has set BLAS to one thread). False, with nothing written, where it
+ * cannot: no BLAS registered, other dtypes or layouts, an empty product, or out overlapping a
+ * or b; the caller then runs np.matmul. */
 static PyObject *py_gemm(PyObject *self, PyObject *args)
 {
     PyObject *ao, *bo, *co;

@@ -705,16 +705,18 @@ def _s2_forward(backend, x, w, plan, ws, out, epi=None):
         x, out, plan.c, o, ws, epi)
 
 
-def _batched_pointwise(backend, w, src, dst, plan, transpose=False, shift=None, residual=None, relu=False) -> bool:
-    """An ungrouped pointwise conv's forward (dst = w src per sample, then + shift, + residual,
-    ReLU) or, ``transpose``, input gradient (dst = w^T src, + residual: dst itself where it adds
-    to dx) as BLAS's product per sample in one C call (_blas_kernels.gemm_batch over the
-    lanes), the sums starting from shift + residual written into dst: no pass of an epilogue
-    over dst after the product, and no product per chunk handed over from Python (measured
-    against those chunks in docs/numpy.md, session 58). False where it does not run (no BLAS
-    entry, grouped): the caller's chunks then do."""
-    if backend.blas_batch is None or plan.groups != 1:
+def _batched_pointwise(backend, w, src, dst, plan, epi=None, transpose=False) -> bool:
+    """An ungrouped pointwise conv's forward (dst = w src per sample, then ``epi``'s shift,
+    residual and ReLU) or, ``transpose``, input gradient (dst = w^T src, then ``epi``'s
+    residual: dx itself where it adds to dx) as BLAS's product per sample in one C call
+    (_blas_kernels.gemm_batch over the lanes), the sums starting from shift + residual written
+    into dst: no pass of an epilogue over dst after the product, and no product per chunk
+    handed over from Python (measured against those chunks in docs/numpy.md, session 58).
+    False where it does not run (no BLAS entry, grouped, a folded batch norm's scale): the
+    caller's chunks then do."""
+    if backend.blas_batch is None or plan.groups != 1 or (epi is not None and epi.scale is not None):
         return False
+    shift, relu, residual = (None, False, None) if epi is None else (epi.shift, epi.relu, epi.residual)
     n = plan.n
     a = _view(w, (plan.o, plan.depth))
     lanes = 1 if _in_lane() else _gemm_lanes()
@@ -725,10 +727,7 @@ def _batched_pointwise(backend, w, src, dst, plan, transpose=False, shift=None, 
 
 
 def _gemm_forward(backend, x, w, plan, ws, out, epi=None):
-    if _pointwise(plan) and epi is None and _batched_pointwise(backend, w, x, out, plan):
-        return
-    if _pointwise(plan) and epi is not None and epi.scale is None and _batched_pointwise(
-            backend, w, x, out, plan, shift=epi.shift, residual=epi.residual, relu=epi.relu):
+    if _pointwise(plan) and _batched_pointwise(backend, w, x, out, plan, epi):
         return
     geometry = _geometry(x.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, out.shape[2:])
     weight = plan.weight(w)
@@ -1089,10 +1088,10 @@ def _pointwise_scatter_backward_data(backend, dy, w, plan, dx, accumulate, ws):
 
 
 def _gemm_backward_data(backend, dy, w, plan, dx, accumulate, ws):
-    geometry = _geometry(dx.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, dy.shape[2:])
-    if _pointwise(plan) and _batched_pointwise(backend, w, dy, dx, plan, transpose=True,
-                                               residual=dx if accumulate else None):
+    if _pointwise(plan) and _batched_pointwise(backend, w, dy, dx, plan, _Epilogue(None, None, False, dx)
+                                               if accumulate else None, transpose=True):
         return
+    geometry = _geometry(dx.shape[1:], w.shape[2:], plan.stride, plan.padding, plan.dilation, dy.shape[2:])
     groups = plan.groups
     weight_t = plan.weight(w).transpose(0, 2, 1)
     chunks = _chunks(plan, _gemm_lanes(), whole_samples=True)
