@@ -694,9 +694,8 @@ class SpatialOps(abc.ABC):
         PoCL 3.1 / Zen 5 the 4-group 64->64 layer and the ResNet's 16-channel layers ran faster
         so), else the convolutions' own lanes (LeNet's 28- and 10-wide rows were slower at 16;
         docs/opencl.md, session 33); the depthwise plane kernels' layers at the convolutions'
-        own lanes whatever their rows (a plane is one row there: at 16 lanes the 64x32x32
-        layer's forward took 1.2x the 8-lane time on PoCL 3.0 and 3.1 with AVX-512, the 960x7x7
-        one's 1.2-1.3x; docs/opencl.md, session 58)."""
+        own lanes whatever their rows (a plane is one row there; 16 lanes measured slower on
+        both PoCLs with AVX-512, docs/opencl.md, session 58)."""
         wide = self._gemm_float_lanes()
         return wide if geo[8] % wide == 0 and not self._depthwise_plane_layer(geo, groups) else self._conv_vec
 
