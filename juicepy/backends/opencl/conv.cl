@@ -632,12 +632,15 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // past it zeroed (DW_S2_MASKS).
 // (AFTER_LANE(p, v): p, then v's lanes but its last. Spelled as a shuffle of two vectors, p's
 // splat and v, not as p followed by v's swizzled parts, which PoCL 3.0's LLVM built from
-// half-vector loads and inserts: docs/opencl.md, session 53.)
+// half-vector loads and inserts: docs/opencl.md, session 53. BEFORE_LANE(v, p): v's lanes but
+// its first, then p.)
 #if VEC == 16
 #define AFTER_LANES(P, v) (floatv)((P).sf, (v).s0, (v).s1, (v).s2, (v).s3, (v).s4, (v).s5, (v).s6, (v).s7, (v).s8, \
     (v).s9, (v).sa, (v).sb, (v).sc, (v).sd, (v).se)
+#define BEFORE_LANE(v, p) (floatv)((v).s1234, (v).s5678, (v).s9abc, (v).sdef, (p))
 #else
 #define AFTER_LANES(P, v) (floatv)((P).s7, (v).s0, (v).s1, (v).s2, (v).s3, (v).s4, (v).s5, (v).s6)
+#define BEFORE_LANE(v, p) (floatv)((v).s1234, (v).s567, (p))
 #endif
 #define AFTER_LANE(p, v) AFTER_LANES((floatv)(p), v)
 // the n values at p in a vector, zeros after them (n < VEC: the end of a row); DW_S2_WHOLE: n >= VEC
@@ -691,6 +694,36 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
                 if (epi) s = conv_epilogue(s, res + r_off + (yr - (y + y_off)), VEC, epi); \
                 *(__global floatv_u *)(yr) = s; \
             } else DIRECT_STORE(s, yr, ow0) }
+// Rows of whole vectors (Wo a multiple of VEC; DW_S2_FULL): no split of the input rows into even
+// and odd columns, whose shuffles outweighed the products on 8-lane devices. Each input row's
+// three taps run at every column of two vectors of it (fa, fb: columns c0 .. c0 + 2 VEC), from
+// loads one column left and right, and the outputs are the even columns of the sums, one
+// shuffle: twice the products, measured faster on 8 lanes and no slower on 16 (docs/opencl.md,
+// session 59). The right tap's last lane (an odd column, dropped) reads the value past the row,
+// the next row's first, but past x's end (its last plane's last row) is shifted in instead.
+#ifndef DW_S2_FULL
+#define DW_S2_FULL 1
+#endif
+#define DW_S2_FULL_ROW(fa, fb, row, k0, k1, k2, inside) { \
+    __global const float *p_ = (row) + c0; \
+    const floatv a_ = LOAD_UNIT(p_), b_ = LOAD_UNIT(p_ + VEC); \
+    const floatv al_ = c0 ? LOAD_UNIT(p_ - 1) : AFTER_LANE(0.0f, a_), bl_ = LOAD_UNIT(p_ + VEC - 1); \
+    const floatv ar_ = LOAD_UNIT(p_ + 1), br_ = (inside) ? LOAD_UNIT(p_ + VEC + 1) : BEFORE_LANE(b_, 0.0f); \
+    fa += al_ * k0; fb += bl_ * k0; fa += a_ * k1; fb += b_ * k1; fa += ar_ * k2; fb += br_ * k2; }
+#define DW_S2_FULL_PLANE(xc) \
+    for (int oh = 0; oh < Ho; ++oh) { \
+        __global const float *rm = (xc) + (size_t)2 * oh * W;   /* row 2 oh; the taps' rows: 2 oh - 1 .. + 1 */ \
+        for (int c0 = 0; c0 < W; c0 += 2 * VEC) { \
+            floatv fa = (floatv)(b), fb = fa, ga = (floatv)(0.0f), gb = ga; \
+            if (oh) DW_S2_FULL_ROW(fa, fb, rm - W, w00, w01, w02, 1) \
+            DW_S2_FULL_ROW(ga, gb, rm, w10, w11, w12, 1) \
+            DW_S2_FULL_ROW(fa, fb, rm + W, w20, w21, w22, not_last || oh + 1 < Ho || c0 + 2 * VEC < W) \
+            fa += ga; fb += gb; \
+            floatv s = (floatv)(fa.even, fb.even); \
+            __global float *yr = yc + (size_t)oh * Wo + c0 / 2; \
+            if (epi) s = conv_epilogue(s, res + r_off + (yr - (y + y_off)), VEC, epi); \
+            *(__global floatv_u *)(yr) = s; \
+        } }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
                           __global const float *restrict w, const int w_off,
@@ -698,7 +731,7 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
                           const int per, __global const float *restrict bias, const int b_off, const int has_bias,
                           __global const float *restrict res, const int r_off, const int epi)
 {
-    const int acc = 0, W = 2 * Wo, over = 2 * Wo >= VEC;
+    const int acc = 0, W = 2 * Wo, over = 2 * Wo >= VEC, planes = get_global_size(0) * per;
     const int first = get_global_id(0) * per;
     for (int plane = first; plane < first + per; ++plane) {
         const int c = plane % C, over_last = DW_S2_OVER_LAST && plane + 1 < first + per;
@@ -708,7 +741,9 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
         const float b = has_bias ? bias[b_off + c] : 0.0f;
         __global const float *xc = x + x_off + (size_t)plane * 4 * Ho * Wo;
         __global float *yc = y + y_off + (size_t)plane * Ho * Wo;
-        DW_S2_PLANE_OVER(xc, DW_S2_OUTPUTS)
+        const int not_last = plane + 1 < planes;   /* another plane follows in x */
+        if (DW_S2_FULL && Wo % VEC == 0) DW_S2_FULL_PLANE(xc)
+        else DW_S2_PLANE_OVER(xc, DW_S2_OUTPUTS)
     }
 }
 
@@ -790,13 +825,11 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
 // (INTERLEAVE_LO/_HI: the lanes of a and b alternating, from their low and their high halves;
 // conv_phase_bwd_data below lays its phases out with them too)
 #if VEC == 16
-#define BEFORE_LANE(v, p) (floatv)((v).s1234, (v).s5678, (v).s9abc, (v).sdef, (p))
 #define INTERLEAVE_LO(a, b) (floatv)((a).s0, (b).s0, (a).s1, (b).s1, (a).s2, (b).s2, (a).s3, (b).s3, \
     (a).s4, (b).s4, (a).s5, (b).s5, (a).s6, (b).s6, (a).s7, (b).s7)
 #define INTERLEAVE_HI(a, b) (floatv)((a).s8, (b).s8, (a).s9, (b).s9, (a).sa, (b).sa, (a).sb, (b).sb, \
     (a).sc, (b).sc, (a).sd, (b).sd, (a).se, (b).se, (a).sf, (b).sf)
 #else
-#define BEFORE_LANE(v, p) (floatv)((v).s1234, (v).s567, (p))
 #define INTERLEAVE_LO(a, b) (floatv)((a).s0, (b).s0, (a).s1, (b).s1, (a).s2, (b).s2, (a).s3, (b).s3)
 #define INTERLEAVE_HI(a, b) (floatv)((a).s4, (b).s4, (a).s5, (b).s5, (a).s6, (b).s6, (a).s7, (b).s7)
 #endif

@@ -1202,6 +1202,29 @@ def test_depthwise_stride_2_input_gradient_writes_nothing_past_its_planes(lanes_
 
 
 @pytest.mark.parametrize("lanes", [8, 16])
+def test_depthwise_stride_2_forward_whole_rows_keep_infinities_in_their_taps(lanes_backend, lanes):
+    """On rows of whole vectors the stride-2 forward computes every column's taps and keeps the
+    even ones (DW_S2_FULL): the right tap's last lane reads the first value of the next row (and,
+    at 8 lanes, of the row's next two vectors), dropped with its column. Infinities there reach
+    only the outputs whose taps read them, as in float64, and none becomes a NaN."""
+    b = lanes_backend(lanes)
+    n, c, h, w = 2, 3, 32, 32
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x[0, 1, 2, 0] = np.inf      # a row's first value: past the row above's end
+    x[1, 2, 5, 16] = -np.inf    # past the first 16 columns of its row
+    x[1, 0, 31, 0] = np.inf     # the last row's first value
+    wt = rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    y = b.empty((n, c, h // 2, w // 2))
+    b.conv2d(b.from_host(x), b.from_host(wt), y, (2, 2), (1, 1), (1, 1), c, Workspace())
+    got, ref = b.to_host(y), conv_ref(x, wt, (2, 2), (1, 1), (1, 1), c)
+    assert not np.isnan(ref).any() and np.isinf(ref).sum() == 1 + 2 + 1   # the outputs whose taps read them
+    np.testing.assert_array_equal(np.isnan(got), False)
+    np.testing.assert_array_equal(got[np.isinf(ref)], ref[np.isinf(ref)])
+    np.testing.assert_allclose(got[np.isfinite(ref)], ref[np.isfinite(ref)], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
 def test_depthwise_stride_2_weight_gradient_adds_nothing_from_past_a_row(lanes_backend, lanes):
     """conv_depthwise_s2_k3_filter's whole-vector loads of a partial vector (7-wide dy rows at 8
     lanes) zero x's values past the row, not only dy's: an infinity at the start of an input row
