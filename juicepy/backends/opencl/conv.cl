@@ -694,15 +694,20 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
                 if (epi) s = conv_epilogue(s, res + r_off + (yr - (y + y_off)), VEC, epi); \
                 *(__global floatv_u *)(yr) = s; \
             } else DIRECT_STORE(s, yr, ow0) }
-// Rows of whole vectors (Wo a multiple of VEC; DW_S2_FULL): no split of the input rows into even
-// and odd columns, whose shuffles outweighed the products on 8-lane devices. Each input row's
+// 8-lane builds, rows of whole vectors (Wo a multiple of VEC; DW_S2_FULL): no split of the input
+// rows into even and odd columns, whose shuffles outweighed the products there. Each input row's
 // three taps run at every column of two vectors of it (fa, fb: columns c0 .. c0 + 2 VEC), from
 // loads one column left and right, and the outputs are the even columns of the sums, one
-// shuffle: twice the products, measured faster on 8 lanes and no slower on 16 (docs/opencl.md,
-// session 59). The right tap's last lane (an odd column, dropped) reads the value past the row,
-// the next row's first, but past x's end (its last plane's last row) is shifted in instead.
+// shuffle: twice the products, measured faster at 8 lanes, not at 16 (docs/opencl.md, session
+// 59). The right tap's last lane (an odd column, dropped) reads the value past the row, the next
+// row's first, but past x's end (its last plane's last row) is shifted in instead.
 #ifndef DW_S2_FULL
 #define DW_S2_FULL 1
+#endif
+#if DW_S2_FULL && VEC == 8
+#define DW_S2_FULL_ROWS 1
+#else
+#define DW_S2_FULL_ROWS 0
 #endif
 #define DW_S2_FULL_ROW(fa, fb, row, k0, k1, k2, inside) { \
     __global const float *p_ = (row) + c0; \
@@ -710,7 +715,7 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
     const floatv al_ = c0 ? LOAD_UNIT(p_ - 1) : AFTER_LANE(0.0f, a_), bl_ = LOAD_UNIT(p_ + VEC - 1); \
     const floatv ar_ = LOAD_UNIT(p_ + 1), br_ = (inside) ? LOAD_UNIT(p_ + VEC + 1) : BEFORE_LANE(b_, 0.0f); \
     fa += al_ * k0; fb += bl_ * k0; fa += a_ * k1; fb += b_ * k1; fa += ar_ * k2; fb += br_ * k2; }
-#define DW_S2_FULL_PLANE(xc) \
+#define DW_S2_FULL_PLANE(xc, EPI) \
     for (int oh = 0; oh < Ho; ++oh) { \
         __global const float *rm = (xc) + (size_t)2 * oh * W;   /* row 2 oh; the taps' rows: 2 oh - 1 .. + 1 */ \
         for (int c0 = 0; c0 < W; c0 += 2 * VEC) { \
@@ -721,7 +726,7 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
             fa += ga; fb += gb; \
             floatv s = (floatv)(fa.even, fb.even); \
             __global float *yr = yc + (size_t)oh * Wo + c0 / 2; \
-            if (epi) s = conv_epilogue(s, res + r_off + (yr - (y + y_off)), VEC, epi); \
+            if (EPI) s = conv_epilogue(s, res + r_off + (yr - (y + y_off)), VEC, EPI); \
             *(__global floatv_u *)(yr) = s; \
         } }
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
@@ -742,8 +747,9 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
         __global const float *xc = x + x_off + (size_t)plane * 4 * Ho * Wo;
         __global float *yc = y + y_off + (size_t)plane * Ho * Wo;
         const int not_last = plane + 1 < planes;   /* another plane follows in x */
-        if (DW_S2_FULL && Wo % VEC == 0) DW_S2_FULL_PLANE(xc)
-        else DW_S2_PLANE_OVER(xc, DW_S2_OUTPUTS)
+        if (DW_S2_FULL_ROWS && Wo % VEC == 0) {
+            if (epi) DW_S2_FULL_PLANE(xc, epi) else DW_S2_FULL_PLANE(xc, 0)   /* no test of epi a vector */
+        } else DW_S2_PLANE_OVER(xc, DW_S2_OUTPUTS)
     }
 }
 
