@@ -775,21 +775,30 @@ typedef ITYPE(VEC) intv;
 // the values left and right of the lanes' at r, zero outside their rows
 #define PLANE_LEFT(r) (left ? LOCAL_LOAD_UNIT((r) - 1) : (floatv)(0.0f))
 #define PLANE_RIGHT(r) (right ? LOCAL_LOAD_UNIT((r) + 1) : (floatv)(0.0f))
-// a plane's sizes (Wo: its values, the store's row) and the zeros around its copy in xl: a
-// margin before it, then from its end to its last vector's end and a margin more
+// a plane's sizes (Wo: its values, the store's row) and the zeros around each of its copies in
+// xl (span floats apart; 1 + ahead copies): a margin before it, then from its end to its last
+// vector's end and a margin more
 #define PLANE_SETUP(xl) \
     const int Wo = H * W, margin = W + 1, reps = VEC / W + 1, whole = (Wo + VEC - 1) / VEC * VEC; \
-    for (int i = 0; i < margin; ++i) xl[i] = 0.0f; \
-    for (int i = margin + Wo; i < 2 * margin + whole; ++i) xl[i] = 0.0f;
-// Open and close the loop over the plane at xc (copied into xl) a vector of outputs b0 at a
-// time, with r at the row above them and left/right: which lanes' neighbours lie in their row
-#define PLANE_VECTORS_BEGIN(xl, xc) \
-    for (int i = 0; i < Wo; ++i) xl[margin + i] = (xc)[i]; \
+    const int span = 2 * margin + whole; \
+    for (int k_ = 0; k_ <= ahead; ++k_) { \
+        for (int i = 0; i < margin; ++i) xl[k_ * span + i] = 0.0f; \
+        for (int i = margin + Wo; i < span; ++i) xl[k_ * span + i] = 0.0f; }
+// The plane at xc into copy k of xl, value by value. With `ahead` (room for two copies), the
+// work-item's next plane (next, or NULL) goes into the other copy before this one is computed:
+// computed right after its own copy, a plane measured slower (docs/opencl.md, session 59).
+#define PLANE_COPY(xl, k, xc) for (int i = 0; i < Wo; ++i) (xl)[(k) * span + margin + i] = (xc)[i];
+#define PLANE_COPIES(xl, k, first, xc, next) \
+    if ((first) || !ahead) PLANE_COPY(xl, k, xc) \
+    if (ahead && (next)) PLANE_COPY(xl, (k) ^ 1, next)
+// Open and close the loop over the plane in copy k of xl a vector of outputs b0 at a time, with
+// r at the row above them and left/right: which lanes' neighbours lie in their row
+#define PLANE_VECTORS_BEGIN(xl, k) \
     intv col = LANE_IDS; \
     PLANE_COLUMNS(col) \
     for (int b0 = 0; b0 < Wo; b0 += VEC) { \
         const intv left = col != (intv)(0), right = col != (intv)(W - 1); \
-        __local const float *r = xl + margin + b0 - W;
+        __local const float *r = (xl) + (k) * span + margin + b0 - W;
 #define PLANE_VECTORS_END col += (intv)(VEC); PLANE_COLUMNS(col) }
 #define PLANE_TAPS(i) \
     s += PLANE_LEFT(r) * k##i##0; \
@@ -800,7 +809,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
                              __global const float *restrict w, const int w_off,
                              __global float *restrict y, const int y_off, const int C, const int H, const int W,
-                             const int per, const int flip, const int acc, __local float *restrict xl,
+                             const int per, const int flip, const int acc, __local float *restrict xl, const int ahead,
                              __global const float *restrict bias, const int b_off, const int has_bias,
                              __global const float *restrict res, const int r_off, const int epi)
 {
@@ -814,7 +823,11 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
                     k20 = wc[flip ? 2 : 6], k21 = wc[flip ? 1 : 7], k22 = wc[flip ? 0 : 8];
         const float b = has_bias ? bias[b_off + c] : 0.0f;
         __global float *yc = y + y_off + (size_t)plane * Wo;
-        PLANE_VECTORS_BEGIN(xl, x + x_off + (size_t)plane * Wo)
+        __global const float *xc = x + x_off + (size_t)plane * Wo;
+        __global const float *next = plane + 1 < first + per ? xc + Wo : 0;
+        const int k = ahead & (plane - first);
+        PLANE_COPIES(xl, k, plane == first, xc, next)
+        PLANE_VECTORS_BEGIN(xl, k)
             floatv s = (floatv)(b);
             PLANE_TAPS(0) PLANE_TAPS(1) PLANE_TAPS(2)
             __global float *yr = yc + b0;
@@ -1356,14 +1369,18 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void conv_depthwise_k3_plane_filter(__global const float *restrict x, const int x_off,
                                     __global const float *restrict dy, const int dy_off,
                                     __global float *restrict part, const int p_off, const int N, const int H,
-                                    const int W, __local float *restrict xl)
+                                    const int W, __local float *restrict xl, const int ahead)
 {
     const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
     PLANE_SETUP(xl)
     TAPS_3X3(FL_ACC)
     for (int n = chunk; n < N; n += chunks) {
         __global const float *dyc = dy + dy_off + ((size_t)n * C + c) * Wo;
-        PLANE_VECTORS_BEGIN(xl, x + x_off + ((size_t)n * C + c) * Wo)
+        __global const float *xc = x + x_off + ((size_t)n * C + c) * Wo;
+        __global const float *next = n + chunks < N ? xc + (size_t)chunks * C * Wo : 0;
+        const int k = ahead & ((n - chunk) / chunks);
+        PLANE_COPIES(xl, k, n == chunk, xc, next)
+        PLANE_VECTORS_BEGIN(xl, k)
             const floatv e = Wo - b0 >= VEC ? LOAD_UNIT(dyc + b0) : tail_of(dyc + b0, Wo - b0);
             PLANE_TAP_SUMS(0) PLANE_TAP_SUMS(1) PLANE_TAP_SUMS(2)
         PLANE_VECTORS_END

@@ -316,6 +316,7 @@ class SpatialOps(abc.ABC):
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _depthwise_s2 = None  # False: no conv_depthwise_s2_k3* kernels (A/B runs)
     _depthwise_plane = None  # False: no conv_depthwise_k3_plane* kernels (A/B runs)
+    _plane_ahead = None      # False: their planes copied one at a time, not ahead (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
     _filter_item_outputs = None  # DEPTHWISE_FILTER_ITEM_OUTPUTS for this backend (A/B runs)
 
@@ -589,7 +590,7 @@ class SpatialOps(abc.ABC):
             size, per = self._depthwise_items(n * c)
             self._kernel(program, "conv_depthwise_k3_plane")(
                 self.queue, size, (1,), *self._ref(x), *self._ref(w), *self._ref(y), c, h, wd, per, int(flip),
-                int(accumulate), self._local_memory(self._depthwise_plane_bytes(h, wd, lanes)),
+                int(accumulate), *self._depthwise_plane_copies(h, wd, lanes),
                 *self._optional(bias), *self._epilogue_args(epilogue))
             return
         vectors = -(-wo // lanes)
@@ -651,8 +652,15 @@ class SpatialOps(abc.ABC):
 
     @staticmethod
     def _depthwise_plane_bytes(h, wd, lanes) -> int:
-        """conv_depthwise_k3_plane's local memory: a plane between its zeros (PLANE_SETUP)."""
+        """conv_depthwise_k3_plane's local memory for one copy: a plane between its zeros (PLANE_SETUP)."""
         return (2 * (wd + 1) + -(-h * wd // lanes) * lanes) * 4
+
+    def _depthwise_plane_copies(self, h, wd, lanes) -> tuple:
+        """The plane kernels' (local memory, ahead) arguments: room for two copies, each plane
+        copied while the one before it is computed (PLANE_COPIES), where two fit; else one."""
+        one = self._depthwise_plane_bytes(h, wd, lanes)
+        ahead = self._plane_ahead is not False and 2 * one <= self._local_planes_bytes()
+        return self._local_memory((1 + ahead) * one), int(ahead)
 
     def _depthwise_items(self, planes):
         """(global size, planes per work-item) of conv_depthwise_s2_k3, its input gradient and
@@ -1058,8 +1066,8 @@ class SpatialOps(abc.ABC):
             # a work-item per (channel, chunk of images), the chunks' sums added by conv_direct_filter_sum
             chunks = self._depthwise_filter_chunks(n, c, ho * wo)
             part = scratch(ws, self, "conv_filter_part", (chunks * dw.size,), np.float32)
-            name, sizes = (("conv_depthwise_k3_plane_filter", (h, wd, self._local_memory(
-                self._depthwise_plane_bytes(h, wd, lanes)))) if plane else ("conv_depthwise_s2_k3_filter", (ho, wo)))
+            name, sizes = (("conv_depthwise_k3_plane_filter", (h, wd, *self._depthwise_plane_copies(h, wd, lanes)))
+                           if plane else ("conv_depthwise_s2_k3_filter", (ho, wo)))
             self._kernel(self._conv_program(lanes), name)(
                 self.queue, (c, chunks), (1, 1), *self._ref(x), *self._ref(dy), *self._ref(part), n, *sizes)
             self._launch_flat("conv.cl", "conv_direct_filter_sum", dw.size, chunks, *self._ref(part),

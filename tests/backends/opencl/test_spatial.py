@@ -1060,6 +1060,54 @@ def test_depthwise_3x3_same_gradients_on_flat_planes(lanes_backend, monkeypatch,
     _assert_gradients(results, dx_ref, dw_ref)
 
 
+@pytest.mark.parametrize("shape", [(16, 32, 8, 8), (12, 3, 7, 7), (2, 3, 14, 14)],
+                         ids=["eight-planes-a-work-item", "several-images-a-weight-gradient-item", "14x14"])
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_depthwise_3x3_same_plane_kernels_copy_each_plane_ahead_where_two_fit(lanes_backend, monkeypatch, shape,
+                                                                            lanes):
+    """The plane kernels copy each plane into local memory while the one before it is computed
+    (`ahead`, two copies' room) where two copies fit, one at a time where only one does: the same
+    bits either way (forward with its epilogue, input and weight gradients, stored and added),
+    and float64's."""
+    b = lanes_backend(lanes)
+    n, c, h, w = shape
+    rng = np.random.default_rng(9)
+    args = ((1, 1), (1, 1), (1, 1), c)
+    x, wt = rng.standard_normal(shape).astype(np.float32), rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    dy, bias = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(c).astype(np.float32)
+    start = rng.standard_normal(shape).astype(np.float32)
+    kernel, aheads = b._kernel, []
+
+    def recorded(program, name):
+        def launch(queue, size, local, *rest):
+            if name.startswith("conv_depthwise_k3_plane"):
+                aheads.append(next(rest[i + 1] for i, arg in enumerate(rest) if isinstance(arg, b._cl.LocalMemory)))
+            return kernel(program, name)(queue, size, local, *rest)
+        return launch
+
+    monkeypatch.setattr(b, "_kernel", recorded)
+    one_copy = b._depthwise_plane_bytes(h, w, lanes)
+    results = []
+    for room, ahead in ((None, 1), (one_copy, 0)):
+        if room is not None:
+            monkeypatch.setattr(b, "_local_planes_bytes", lambda: room)
+        aheads.clear()
+        ws = Workspace()
+        y, dx, dw = b.empty(shape), b.from_host(start), b.from_host(np.zeros_like(wt))
+        b.conv2d(b.from_host(x), b.from_host(wt), y, *args, ws, bias=b.from_host(bias), relu=True)
+        b.conv2d_backward_data(b.from_host(dy), b.from_host(wt), dx, *args, True, ws)
+        b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, *args, False, ws)
+        assert aheads == [ahead] * 3, aheads
+        results.append([b.to_host(a) for a in (y, dx, dw)])
+    for got, other in zip(*results):
+        np.testing.assert_array_equal(got, other)
+    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
+    y_ref = np.maximum(conv_ref(x, wt, *args) + bias[:, None, None], 0)
+    np.testing.assert_allclose(results[0][0], y_ref, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][1], dx_ref + start, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][2], dw_ref, rtol=1e-4, atol=1e-3)
+
+
 def test_depthwise_3x3_same_plane_kernel_rule(ocl):
     """conv_depthwise_k3_plane* take only depthwise 3x3 stride-1 padding-1 undilated layers whose
     padded plane fits in local memory; the A/B switch turns them off."""
