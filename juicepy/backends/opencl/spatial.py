@@ -123,6 +123,11 @@ DIRECT_LOCAL_MIN_ITEMS = 64
 # the bench's depthwise forward (2048 planes) took 0.83 ms at 8 against 0.91 at 1 on Zen 4
 # (PoCL 3.0; 3.1: 0.92 against 0.99; docs/opencl.md, session 48)
 DIRECT_LOCAL_GROUP_RUNS = 8
+# The depthwise kernels that take whole planes from global memory (conv_depthwise_s2_k3*,
+# conv_depthwise_k3_plane): this many planes a work-item (a power of two), fewer where that leaves
+# under DIRECT_LOCAL_MIN_ITEMS work-items. A launch of fewer work-groups cost PoCL less (the
+# 960x7x7 forward's kernel: 3840 work-items 0.76 ms, 960 0.72; docs/opencl.md, session 59)
+DEPTHWISE_ITEM_PLANES = 32
 #: __local argument sizes SpatialOps._local_memory keeps objects for at a time
 LOCAL_MEMORY_SIZES = 32
 # square kernel sizes with builds of the direct forward kernel whose tap loops have fixed trip
@@ -312,7 +317,7 @@ class SpatialOps(abc.ABC):
     _row_pairs = None   # False: one-output direct forward kernels one row at a time (A/B runs)
     _filter_local = None   # False: no conv_direct_bwd_filter_local_k3 (A/B runs)
     _data_phases = None   # False: strided direct input gradients on conv_direct_bwd_data (A/B runs)
-    _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS for this backend (A/B runs)
+    _group_runs = None  # a power of two: DIRECT_LOCAL_GROUP_RUNS, DEPTHWISE_ITEM_PLANES for this backend (A/B runs)
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _depthwise_s2 = None  # False: no conv_depthwise_s2_k3* kernels (A/B runs)
     _depthwise_plane = None  # False: no conv_depthwise_k3_plane* kernels (A/B runs)
@@ -664,10 +669,9 @@ class SpatialOps(abc.ABC):
 
     def _depthwise_items(self, planes):
         """(global size, planes per work-item) of conv_depthwise_s2_k3, its input gradient and
-        conv_depthwise_k3_plane over ``planes`` planes: DIRECT_LOCAL_GROUP_RUNS a work-item, as
-        the direct kernel's depthwise runs, fewer where that leaves under DIRECT_LOCAL_MIN_ITEMS
-        work-items or does not divide the planes."""
-        per = DIRECT_LOCAL_GROUP_RUNS if self._group_runs is None else int(self._group_runs)
+        conv_depthwise_k3_plane over ``planes`` planes: DEPTHWISE_ITEM_PLANES a work-item, fewer
+        where that leaves under DIRECT_LOCAL_MIN_ITEMS work-items or does not divide the planes."""
+        per = DEPTHWISE_ITEM_PLANES if self._group_runs is None else int(self._group_runs)
         while per > 1 and (planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
             per //= 2
         return (planes // per,), per

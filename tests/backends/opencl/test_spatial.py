@@ -994,7 +994,7 @@ PLANE_IDS = ["7x7", "8x8", "14x14", "eight-planes-a-work-item", "one-row", "one-
 @pytest.mark.parametrize("parts", ["none", "bias+relu", "bias+residual+relu"])
 def test_depthwise_3x3_same_layers_run_on_flat_planes(lanes_backend, monkeypatch, rng, shape, lanes, parts):
     """Depthwise 3x3 stride-1 padding-1 forwards run on conv_depthwise_k3_plane (each plane one
-    row of vectors across row ends, its edge columns masked; DIRECT_LOCAL_GROUP_RUNS planes a
+    row of vectors across row ends, its edge columns masked; DEPTHWISE_ITEM_PLANES planes a
     work-item where that leaves DIRECT_LOCAL_MIN_ITEMS): against float64 with the epilogue and
     against the local-memory direct kernels it replaces."""
     from juicepy.backends.opencl import spatial as ocl_spatial
@@ -1003,7 +1003,7 @@ def test_depthwise_3x3_same_layers_run_on_flat_planes(lanes_backend, monkeypatch
     n, c, h, w = shape
     (y, launches), (y_old, old_launches), y_ref = _depthwise_forwards(
         b, monkeypatch, rng, shape, ((1, 1), (1, 1), (1, 1), c), parts, "_depthwise_plane")
-    per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
+    per = b._depthwise_items(n * c)[1]
     assert launches == [("conv_depthwise_k3_plane", n * c // per)], launches
     assert not any(name.startswith("conv_depthwise_k3_plane") for name, _ in old_launches), old_launches
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
@@ -1017,6 +1017,24 @@ def _depthwise_filter_chunks(n, c, plane_outputs):
 
     planes = math.ceil(ocl_spatial.DEPTHWISE_FILTER_ITEM_OUTPUTS / plane_outputs)
     return max(1, min(n // planes, ocl_spatial.DIRECT_FILTER_ITEMS // c))
+
+
+def test_depthwise_kernels_take_32_planes_a_work_item_and_keep_64_work_items(ocl, monkeypatch):
+    """conv_depthwise_s2_k3*, conv_depthwise_k3_plane: DEPTHWISE_ITEM_PLANES planes a work-item,
+    halved while that leaves fewer than DIRECT_LOCAL_MIN_ITEMS work-items or does not divide the
+    planes; the A/B switch sets the planes."""
+    from juicepy.backends.opencl import spatial as ocl_spatial
+
+    assert (ocl_spatial.DEPTHWISE_ITEM_PLANES, ocl_spatial.DIRECT_LOCAL_MIN_ITEMS) == (32, 64)
+    assert ocl._depthwise_items(32 * 960) == ((960,), 32)     # MobileNetV2's 960x7x7, batch 32
+    assert ocl._depthwise_items(32 * 64) == ((64,), 32)       # the bench's 64-channel layers
+    assert ocl._depthwise_items(16 * 32) == ((64,), 8)        # 64 work-items kept
+    assert ocl._depthwise_items(96) == ((96,), 1)             # fewer than 128 planes: one a work-item
+    assert ocl._depthwise_items(15 * 64) == ((120,), 8)       # 16 would leave 60 work-items
+    assert ocl._depthwise_items(105 * 32) == ((105,), 32)
+    assert ocl._depthwise_items(1001) == ((1001,), 1)         # odd: no power of two divides it
+    monkeypatch.setattr(ocl, "_group_runs", 8)
+    assert ocl._depthwise_items(32 * 960) == ((3840,), 8)
 
 
 def test_depthwise_filter_chunks_give_work_items_whole_planes(ocl, monkeypatch):
@@ -1060,8 +1078,9 @@ def test_depthwise_3x3_same_gradients_on_flat_planes(lanes_backend, monkeypatch,
     _assert_gradients(results, dx_ref, dw_ref)
 
 
-@pytest.mark.parametrize("shape", [(16, 32, 8, 8), (12, 3, 7, 7), (2, 3, 14, 14)],
-                         ids=["eight-planes-a-work-item", "several-images-a-weight-gradient-item", "14x14"])
+@pytest.mark.parametrize("shape", [(16, 32, 8, 8), (64, 32, 4, 4), (12, 3, 7, 7), (2, 3, 14, 14)],
+                         ids=["eight-planes-a-work-item", "32-planes-a-work-item",
+                              "several-images-a-weight-gradient-item", "14x14"])
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_depthwise_3x3_same_plane_kernels_copy_each_plane_ahead_where_two_fit(lanes_backend, monkeypatch, shape,
                                                                             lanes):
@@ -1138,9 +1157,10 @@ def _assert_depthwise_rule(ocl, switch, taken, refused):
 # planes of 2 Ho x 2 Wo; rows of whole vectors and (from "rows-of-7") rows whose last vector is
 # partial at 8 or 16 lanes (MobileNet's 7 and 14, one output, a vector and a half of 8)
 S2_SHAPES = [(2, 5, 32, 32), (3, 4, 16, 64), (2, 3, 8, 16), (16, 32, 8, 32), (2, 3, 14, 14), (2, 4, 28, 28),
-             (3, 2, 6, 2), (2, 3, 10, 24), (16, 32, 14, 14)]
+             (3, 2, 6, 2), (2, 3, 10, 24), (16, 32, 14, 14), (64, 32, 4, 16)]
 S2_IDS = ["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-planes-a-work-item", "rows-of-7",
-          "rows-of-14", "rows-of-1", "rows-of-12", "rows-of-7-eight-planes-a-work-item"]
+          "rows-of-14", "rows-of-1", "rows-of-12", "rows-of-7-eight-planes-a-work-item",
+          "8-lane-rows-32-planes-a-work-item"]
 
 
 @pytest.mark.parametrize("shape", S2_SHAPES, ids=S2_IDS)
@@ -1149,7 +1169,7 @@ S2_IDS = ["one-16-lane-row", "rows-of-several-vectors", "8-lane-rows", "eight-pl
 def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend, monkeypatch, rng, shape, lanes,
                                                                   parts):
     """Depthwise 3x3 forwards of stride 2 and padding 1 on 2 Ho x 2 Wo planes run on
-    conv_depthwise_s2_k3 (no phase planes in local memory; DIRECT_LOCAL_GROUP_RUNS
+    conv_depthwise_s2_k3 (no phase planes in local memory; DEPTHWISE_ITEM_PLANES
     planes a work-item where that leaves DIRECT_LOCAL_MIN_ITEMS): against float64 with the
     epilogue, and the local-memory direct kernel (the taps summed a row of taps apart: to
     rounding), rows whose last vector is partial included (loads and stores past the row's end
@@ -1162,7 +1182,7 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
     for own, (_, launches) in zip((None, False), results[:2]):
         names = [name for name, _ in launches]
         if own is None:
-            per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
+            per = b._depthwise_items(n * c)[1]
             assert launches == [("conv_depthwise_s2_k3", n * c // per)], launches
         else:
             assert "conv_depthwise_s2_k3" not in names and any("_local" in name for name in names), launches
@@ -1212,7 +1232,7 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
     for own, (_, _, launches) in zip((None, False), results):
         names = [name for name, _ in launches]
         if own is None:
-            per = ocl_spatial.DIRECT_LOCAL_GROUP_RUNS if n * c >= 64 * ocl_spatial.DIRECT_LOCAL_GROUP_RUNS else 1
+            per = b._depthwise_items(n * c)[1]
             chunks = _depthwise_filter_chunks(n, c, h // 2 * (w // 2))
             assert names == ["conv_depthwise_s2_k3_data", "conv_depthwise_s2_k3_filter", "conv_direct_filter_sum"], \
                 launches
