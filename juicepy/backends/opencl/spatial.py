@@ -124,10 +124,13 @@ DIRECT_LOCAL_MIN_ITEMS = 64
 # (PoCL 3.0; 3.1: 0.92 against 0.99; docs/opencl.md, session 48)
 DIRECT_LOCAL_GROUP_RUNS = 8
 # The depthwise kernels that take whole planes from global memory (conv_depthwise_s2_k3*,
-# conv_depthwise_k3_plane): this many planes a work-item (a power of two), fewer where that leaves
-# under DIRECT_LOCAL_MIN_ITEMS work-items. A launch of fewer work-groups cost PoCL less (the
-# 960x7x7 forward's kernel: 3840 work-items 0.76 ms, 960 0.72; docs/opencl.md, session 59)
+# conv_depthwise_k3_plane): at most this many planes a work-item (a power of two) of at most
+# DEPTHWISE_ITEM_VALUES input values in all (one plane at least), fewer where that leaves under
+# DIRECT_LOCAL_MIN_ITEMS work-items. Small planes' launches of fewer work-groups cost PoCL less
+# (the 960x7x7 forward's kernel: 3840 work-items 0.76 ms, 960 0.72); 32x32 planes kept their 8
+# (docs/opencl.md, session 59)
 DEPTHWISE_ITEM_PLANES = 32
+DEPTHWISE_ITEM_VALUES = 8192
 #: __local argument sizes SpatialOps._local_memory keeps objects for at a time
 LOCAL_MEMORY_SIZES = 32
 # square kernel sizes with builds of the direct forward kernel whose tap loops have fixed trip
@@ -592,7 +595,7 @@ class SpatialOps(abc.ABC):
             self._depthwise_s2_forward(program, x, w, y, geo, bias, epilogue)
             return
         if self._use_depthwise_plane(geo, groups, lanes):
-            size, per = self._depthwise_items(n * c)
+            size, per = self._depthwise_items(n * c, h * wd)
             self._kernel(program, "conv_depthwise_k3_plane")(
                 self.queue, size, (1,), *self._ref(x), *self._ref(w), *self._ref(y), c, h, wd, per, int(flip),
                 int(accumulate), *self._depthwise_plane_copies(h, wd, lanes),
@@ -667,18 +670,20 @@ class SpatialOps(abc.ABC):
         ahead = self._plane_ahead is not False and 2 * one <= self._local_planes_bytes()
         return self._local_memory((1 + ahead) * one), int(ahead)
 
-    def _depthwise_items(self, planes):
+    def _depthwise_items(self, planes, plane_values):
         """(global size, planes per work-item) of conv_depthwise_s2_k3, its input gradient and
-        conv_depthwise_k3_plane over ``planes`` planes: DEPTHWISE_ITEM_PLANES a work-item, fewer
-        where that leaves under DIRECT_LOCAL_MIN_ITEMS work-items or does not divide the planes."""
+        conv_depthwise_k3_plane over ``planes`` planes of ``plane_values`` input values each:
+        DEPTHWISE_ITEM_PLANES a work-item, fewer where that takes over DEPTHWISE_ITEM_VALUES values,
+        leaves under DIRECT_LOCAL_MIN_ITEMS work-items or does not divide the planes."""
         per = DEPTHWISE_ITEM_PLANES if self._group_runs is None else int(self._group_runs)
-        while per > 1 and (planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
+        while per > 1 and (per * plane_values > DEPTHWISE_ITEM_VALUES and self._group_runs is None
+                           or planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
             per //= 2
         return (planes // per,), per
 
     def _depthwise_s2_forward(self, program, x, w, y, geo, bias, epilogue):
         """y = bias + the depthwise 3x3 stride-2 convolution ``geo`` of x (conv_depthwise_s2_k3)."""
-        size, per = self._depthwise_items(geo[0] * geo[1])
+        size, per = self._depthwise_items(geo[0] * geo[1], geo[2] * geo[3])
         self._kernel(program, "conv_depthwise_s2_k3")(
             self.queue, size, (1,), *self._ref(x), *self._ref(w), *self._ref(y), geo[1], geo[7], geo[8], per,
             *self._optional(bias), *self._epilogue_args(epilogue))
@@ -915,7 +920,7 @@ class SpatialOps(abc.ABC):
         if self._use_direct(geo, groups, "data"):
             lanes = self._direct_forward_lanes(geo, groups)
             if self._use_depthwise_s2(geo, groups, lanes):
-                size, per = self._depthwise_items(n * c)
+                size, per = self._depthwise_items(n * c, h * wd)
                 self._kernel(self._conv_program(lanes), "conv_depthwise_s2_k3_data")(
                     self.queue, size, (1,), *self._ref(dy), *self._ref(w), *self._ref(dx), c, ho, wo, per,
                     int(bool(accumulate)))

@@ -1003,7 +1003,7 @@ def test_depthwise_3x3_same_layers_run_on_flat_planes(lanes_backend, monkeypatch
     n, c, h, w = shape
     (y, launches), (y_old, old_launches), y_ref = _depthwise_forwards(
         b, monkeypatch, rng, shape, ((1, 1), (1, 1), (1, 1), c), parts, "_depthwise_plane")
-    per = b._depthwise_items(n * c)[1]
+    per = b._depthwise_items(n * c, h * w)[1]
     assert launches == [("conv_depthwise_k3_plane", n * c // per)], launches
     assert not any(name.startswith("conv_depthwise_k3_plane") for name, _ in old_launches), old_launches
     np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-4)
@@ -1019,22 +1019,29 @@ def _depthwise_filter_chunks(n, c, plane_outputs):
     return max(1, min(n // planes, ocl_spatial.DIRECT_FILTER_ITEMS // c))
 
 
-def test_depthwise_kernels_take_32_planes_a_work_item_and_keep_64_work_items(ocl, monkeypatch):
+def test_depthwise_kernels_take_up_to_32_small_planes_a_work_item_and_keep_64_work_items(ocl, monkeypatch):
     """conv_depthwise_s2_k3*, conv_depthwise_k3_plane: DEPTHWISE_ITEM_PLANES planes a work-item,
-    halved while that leaves fewer than DIRECT_LOCAL_MIN_ITEMS work-items or does not divide the
-    planes; the A/B switch sets the planes."""
+    halved while that takes over DEPTHWISE_ITEM_VALUES input values (one plane at least), leaves
+    fewer than DIRECT_LOCAL_MIN_ITEMS work-items or does not divide the planes; the A/B switch sets
+    the planes (the work-items' count still kept)."""
     from juicepy.backends.opencl import spatial as ocl_spatial
 
-    assert (ocl_spatial.DEPTHWISE_ITEM_PLANES, ocl_spatial.DIRECT_LOCAL_MIN_ITEMS) == (32, 64)
-    assert ocl._depthwise_items(32 * 960) == ((960,), 32)     # MobileNetV2's 960x7x7, batch 32
-    assert ocl._depthwise_items(32 * 64) == ((64,), 32)       # the bench's 64-channel layers
-    assert ocl._depthwise_items(16 * 32) == ((64,), 8)        # 64 work-items kept
-    assert ocl._depthwise_items(96) == ((96,), 1)             # fewer than 128 planes: one a work-item
-    assert ocl._depthwise_items(15 * 64) == ((120,), 8)       # 16 would leave 60 work-items
-    assert ocl._depthwise_items(105 * 32) == ((105,), 32)
-    assert ocl._depthwise_items(1001) == ((1001,), 1)         # odd: no power of two divides it
-    monkeypatch.setattr(ocl, "_group_runs", 8)
-    assert ocl._depthwise_items(32 * 960) == ((3840,), 8)
+    assert (ocl_spatial.DEPTHWISE_ITEM_PLANES, ocl_spatial.DEPTHWISE_ITEM_VALUES,
+            ocl_spatial.DIRECT_LOCAL_MIN_ITEMS) == (32, 8192, 64)
+    assert ocl._depthwise_items(32 * 960, 49) == ((960,), 32)      # MobileNetV2's 960x7x7, batch 32
+    assert ocl._depthwise_items(32 * 576, 196) == ((576,), 32)     # its 14x14 layers
+    assert ocl._depthwise_items(32 * 192, 784) == ((768,), 8)      # 28x28: 16 planes would take 12544 values
+    assert ocl._depthwise_items(32 * 64, 1024) == ((256,), 8)      # the bench's 64-channel 32x32 layers
+    assert ocl._depthwise_items(32 * 64, 64 * 64) == ((1024,), 2)
+    assert ocl._depthwise_items(8, 200 * 200) == ((8,), 1)         # one plane over the values
+    assert ocl._depthwise_items(16 * 32, 49) == ((64,), 8)         # 64 work-items kept
+    assert ocl._depthwise_items(96, 49) == ((96,), 1)              # fewer than 128 planes: one a work-item
+    assert ocl._depthwise_items(15 * 64, 49) == ((120,), 8)        # 16 would leave 60 work-items
+    assert ocl._depthwise_items(1001, 49) == ((1001,), 1)          # odd: no power of two divides it
+    monkeypatch.setattr(ocl, "_group_runs", 16)
+    assert ocl._depthwise_items(32 * 960, 49) == ((1920,), 16)
+    assert ocl._depthwise_items(32 * 64, 1024) == ((128,), 16)
+    assert ocl._depthwise_items(16 * 32, 49) == ((64,), 8)
 
 
 def test_depthwise_filter_chunks_give_work_items_whole_planes(ocl, monkeypatch):
@@ -1182,7 +1189,7 @@ def test_depthwise_stride_2_kernel_splits_input_rows_in_registers(lanes_backend,
     for own, (_, launches) in zip((None, False), results[:2]):
         names = [name for name, _ in launches]
         if own is None:
-            per = b._depthwise_items(n * c)[1]
+            per = b._depthwise_items(n * c, h * w)[1]
             assert launches == [("conv_depthwise_s2_k3", n * c // per)], launches
         else:
             assert "conv_depthwise_s2_k3" not in names and any("_local" in name for name in names), launches
@@ -1232,7 +1239,7 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
     for own, (_, _, launches) in zip((None, False), results):
         names = [name for name, _ in launches]
         if own is None:
-            per = b._depthwise_items(n * c)[1]
+            per = b._depthwise_items(n * c, h * w)[1]
             chunks = _depthwise_filter_chunks(n, c, h // 2 * (w // 2))
             assert names == ["conv_depthwise_s2_k3_data", "conv_depthwise_s2_k3_filter", "conv_direct_filter_sum"], \
                 launches
