@@ -131,6 +131,9 @@ DIRECT_LOCAL_GROUP_RUNS = 8
 # (docs/opencl.md, session 59)
 DEPTHWISE_ITEM_PLANES = 32
 DEPTHWISE_ITEM_VALUES = 8192
+# The plane kernels copy a work-item's next plane ahead (PLANE_COPIES) on planes of at most this
+# many values: 7x7 and 14x14 planes measured faster so, 32x32 ones not (docs/opencl.md, session 59)
+PLANE_AHEAD_MAX_VALUES = 512
 #: __local argument sizes SpatialOps._local_memory keeps objects for at a time
 LOCAL_MEMORY_SIZES = 32
 # square kernel sizes with builds of the direct forward kernel whose tap loops have fixed trip
@@ -324,7 +327,7 @@ class SpatialOps(abc.ABC):
     _s2_narrow = None  # False: no S2_FORWARD_MIN_CHANNELS_16_LANES (A/B runs)
     _depthwise_s2 = None  # False: no conv_depthwise_s2_k3* kernels (A/B runs)
     _depthwise_plane = None  # False: no conv_depthwise_k3_plane* kernels (A/B runs)
-    _plane_ahead = None      # False: their planes copied one at a time, not ahead (A/B runs)
+    _plane_ahead = None      # False / True: their planes copied ahead nowhere / wherever two fit (A/B runs)
     _wino_filter = None  # forces winograd_filter on or off where it applies and fits (A/B runs)
     _filter_item_outputs = None  # DEPTHWISE_FILTER_ITEM_OUTPUTS for this backend (A/B runs)
 
@@ -665,9 +668,11 @@ class SpatialOps(abc.ABC):
 
     def _depthwise_plane_copies(self, h, wd, lanes) -> tuple:
         """The plane kernels' (local memory, ahead) arguments: room for two copies, each plane
-        copied while the one before it is computed (PLANE_COPIES), where two fit; else one."""
+        copied while the one before it is computed (PLANE_COPIES), on planes of at most
+        PLANE_AHEAD_MAX_VALUES values (any with the A/B switch on) where two fit; else one."""
         one = self._depthwise_plane_bytes(h, wd, lanes)
-        ahead = self._plane_ahead is not False and 2 * one <= self._local_planes_bytes()
+        small = h * wd <= PLANE_AHEAD_MAX_VALUES if self._plane_ahead is None else self._plane_ahead
+        ahead = small and 2 * one <= self._local_planes_bytes()
         return self._local_memory((1 + ahead) * one), int(ahead)
 
     def _depthwise_items(self, planes, plane_values):

@@ -1092,9 +1092,9 @@ def test_depthwise_3x3_same_gradients_on_flat_planes(lanes_backend, monkeypatch,
 def test_depthwise_3x3_same_plane_kernels_copy_each_plane_ahead_where_two_fit(lanes_backend, monkeypatch, shape,
                                                                             lanes):
     """The plane kernels copy each plane into local memory while the one before it is computed
-    (`ahead`, two copies' room) where two copies fit, one at a time where only one does: the same
-    bits either way (forward with its epilogue, input and weight gradients, stored and added),
-    and float64's."""
+    (`ahead`, two copies' room) where two copies fit (planes of at most PLANE_AHEAD_MAX_VALUES),
+    one at a time where only one does: the same bits either way (forward with its epilogue, input
+    and weight gradients, stored and added), and float64's; 32x32 planes one at a time."""
     b = lanes_backend(lanes)
     n, c, h, w = shape
     rng = np.random.default_rng(9)
@@ -1127,6 +1127,10 @@ def test_depthwise_3x3_same_plane_kernels_copy_each_plane_ahead_where_two_fit(la
         results.append([b.to_host(a) for a in (y, dx, dw)])
     for got, other in zip(*results):
         np.testing.assert_array_equal(got, other)
+    monkeypatch.undo()
+    assert b._depthwise_plane_copies(32, 32, lanes)[1] == 0 and b._depthwise_plane_copies(h, w, lanes)[1] == 1
+    monkeypatch.setattr(b, "_plane_ahead", True)
+    assert b._depthwise_plane_copies(32, 32, lanes)[1] == 1
     dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
     y_ref = np.maximum(conv_ref(x, wt, *args) + bias[:, None, None], 0)
     np.testing.assert_allclose(results[0][0], y_ref, rtol=1e-4, atol=1e-4)
