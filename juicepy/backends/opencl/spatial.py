@@ -126,9 +126,8 @@ DIRECT_LOCAL_GROUP_RUNS = 8
 # The depthwise kernels that take whole planes from global memory (conv_depthwise_s2_k3*,
 # conv_depthwise_k3_plane): at most this many planes a work-item (a power of two) of at most
 # DEPTHWISE_ITEM_VALUES input values in all (one plane at least), fewer where that leaves under
-# DIRECT_LOCAL_MIN_ITEMS work-items. Small planes' launches of fewer work-groups cost PoCL less
-# (the 960x7x7 forward's kernel: 3840 work-items 0.76 ms, 960 0.72); 32x32 planes kept their 8
-# (docs/opencl.md, session 59)
+# DIRECT_LOCAL_MIN_ITEMS work-items: small planes' launches of fewer work-groups measured faster on
+# PoCL, 32x32 planes' not (they keep 8; docs/opencl.md, session 59)
 DEPTHWISE_ITEM_PLANES = 32
 DEPTHWISE_ITEM_VALUES = 8192
 # The plane kernels copy a work-item's next plane ahead (PLANE_COPIES) on planes of at most this
@@ -681,7 +680,7 @@ class SpatialOps(abc.ABC):
         DEPTHWISE_ITEM_PLANES a work-item, fewer where that takes over DEPTHWISE_ITEM_VALUES values,
         leaves under DIRECT_LOCAL_MIN_ITEMS work-items or does not divide the planes."""
         per = DEPTHWISE_ITEM_PLANES if self._group_runs is None else int(self._group_runs)
-        while per > 1 and (per * plane_values > DEPTHWISE_ITEM_VALUES and self._group_runs is None
+        while per > 1 and ((per * plane_values > DEPTHWISE_ITEM_VALUES and self._group_runs is None)
                            or planes % per or planes // per < DIRECT_LOCAL_MIN_ITEMS):
             per //= 2
         return (planes // per,), per
