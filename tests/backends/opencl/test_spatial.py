@@ -1282,10 +1282,11 @@ def test_depthwise_stride_2_input_gradient_writes_nothing_past_its_planes(lanes_
 
 @pytest.mark.parametrize("lanes", [8, 16])
 def test_depthwise_stride_2_forward_whole_rows_keep_infinities_in_their_taps(lanes_backend, lanes):
-    """On rows of whole vectors the stride-2 forward computes every column's taps and keeps the
-    even ones (DW_S2_FULL): the right tap's last lane reads the first value of the next row (and,
-    at 8 lanes, of the row's next two vectors), dropped with its column. Infinities there reach
-    only the outputs whose taps read them, as in float64, and none becomes a NaN."""
+    """On rows of whole vectors the 8-lane stride-2 forward computes every column's taps and
+    keeps the even ones (DW_S2_FULL_ROWS; 16 lanes split the rows): the right tap's last lane reads
+    the first value of the next row (and of the row's next two vectors), dropped with its column.
+    Infinities there reach only the outputs whose taps read them, as in float64, and none becomes
+    a NaN."""
     b = lanes_backend(lanes)
     n, c, h, w = 2, 3, 32, 32
     rng = np.random.default_rng(8)
