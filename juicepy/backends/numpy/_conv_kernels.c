@@ -2683,7 +2683,7 @@ static int winograd_isa(I tw, I lanes)
 /* m[k][p][a] = (A dy A^T)[k] of the 2x2 outputs (d apart) of every tile p of samples [n0, n1),
  * those past Ho x Wo read as zeros: the adjoint of winograd_output, tile-major (the output
  * channels innermost) so that the GEMMs read both operands along their rows, which OpenBLAS
- * runs 1.5-2x faster here than two operands along the reduction (docs/numpy.md). A row of
+ * runs faster here than two operands along the reduction (docs/numpy.md). A row of
  * tiles first copies its two rows of every channel into ``stage`` with the channels innermost,
  * so that a tile's values of V's lanes of channels are one vector load and its 16 outputs 16
  * vector stores along m's rows (a channel at a time, they were 16 scalar stores a row apart).
@@ -3175,8 +3175,8 @@ static I s2_row(I p, I q, I seg, I c)
 
 /* u[p*3 + q][o][krow] (row stride 4C, K(p, q) rows used) of w (O, C, 3, 3), in double. */
 /* runs of S2_WEIGHTS_RUN input channels at a time: each of u's rows is written in runs and the
- * sums vectorise (one channel pair at a time took 16 us for the ResNet's 32 -> 64 layer, the
- * forward's serial part); the same sums in double as one at a time, so the same bits */
+ * sums vectorise (one channel pair at a time is the forward's serial part, which showed in the
+ * ResNet's 32 -> 64 layer); the same sums in double as one at a time, so the same bits */
 #define S2_WEIGHTS_RUN 16
 #define DEFINE_S2_WEIGHTS(NAME, ATTR, T)                                                       \
     ATTR static void NAME(const T *restrict w, T *restrict u, I o, I c)                        \
@@ -5217,10 +5217,10 @@ static PyObject *py_tile_gemm(PyObject *self, PyObject *args) { return tile_gemm
  * Per chunk of samples the input transform, the GEMMs on tile_gemm's register blocks, the output
  * transform and the epilogue, the chunks dealt to this thread and the lanes (_lane_pool.h) inside
  * one GIL release. Run from Python, a chunk's four kernels were four calls, and the lanes handed
- * over through the GIL between them: the ResNet's 3x3 stride-2 32 -> 64 forward spent 43 of its
- * 218 us outside the kernels. Each lane transforms the taps into its own slot before its first
- * chunk: where the two vCPUs sat on cores far apart, reading the caller's copy from the other
- * core cost that forward 0.25 ms against 0.22 (docs/numpy.md, session 42). */
+ * over through the GIL between them: a fifth of the ResNet's 3x3 stride-2 32 -> 64 forward went
+ * outside the kernels. Each lane transforms the taps into its own slot before its first chunk:
+ * where the two vCPUs sat on cores far apart, reading the caller's copy from the other core
+ * slowed that forward (docs/numpy.md, session 42). */
 
 typedef struct TileTask {
     void (*run)(const struct TileTask *, I lo, I hi);

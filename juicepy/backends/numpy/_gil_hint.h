@@ -3,8 +3,8 @@
 
 /* The GIL hand-over hint. A lane thread of threads.py that is handed a call sees it while it
  * polls (GIL released), but the dispatching thread still holds the GIL for its own call's Python;
- * taking it then sleeps the lane on the GIL's condition variable, and a sleeping thread took
- * 25-30 us to wake on the project's VM. So every kernel counts its GIL releases in a shared int64
+ * taking it then sleeps the lane on the GIL's condition variable, and a sleeping thread is slow
+ * to wake on the project's VMs (docs/numpy.md). So every kernel counts its GIL releases in a shared int64
  * (count_gil_releases registers it: kernels.py's GIL_RELEASES), and a lane waits for that count
  * to move before it takes the GIL: it then finds the GIL free. Only a hint: NumPy's own
  * releases are not counted, and the lane takes the GIL the usual way after a bounded poll. */

@@ -32,8 +32,8 @@ typedef int vi32x8 __attribute__((vector_size(32)));
 #define LOADV(V, P) ({ V v_; memcpy(&v_, (P), sizeof v_); v_; })
 
 /* Polls while the int64 *word still equals value, for at most ``seconds``; 1 once it changed.
- * Threads that hand work over poll rather than block: a thread blocked in the kernel took
- * 50-120 us to wake on the project's VM, a polling one a few. sched_yield every 16 polls gives
+ * Threads that hand work over poll rather than block: a thread blocked in the kernel wakes far
+ * later than a polling one on the project's VMs (docs/numpy.md). sched_yield every 16 polls gives
  * the core to any other runnable thread (an OpenBLAS worker, another process). */
 static inline void cpu_pause(void)
 {

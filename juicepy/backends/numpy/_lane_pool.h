@@ -1,7 +1,7 @@
 /* The C lanes of a kernel module: a call split over threads inside the C call, with the GIL
  * released throughout. threads.py's lanes hand work over through the GIL, and a thread waiting
- * for the GIL blocks in the kernel (50-120 us to wake on the project's VM), about as long as a
- * whole batch-norm pass on the ResNet's shapes or half a mid-sized GEMM.
+ * for the GIL blocks in the kernel, and on the project's VMs such a thread's wake-up took about as
+ * long as a whole batch-norm pass on the ResNet's shapes (docs/numpy.md).
  *
  * Include after defining LANE_TASK, a struct type with a member
  *     void (*run)(const LANE_TASK *, Py_ssize_t lo, Py_ssize_t hi);
@@ -12,7 +12,7 @@
  * set by the module's use_side_lanes); where none polls (they never ran, or blocked after a
  * while without calls) the module's own workers take them (``pool``; its PyInit registers
  * lane_pool_after_fork with pthread_atfork): running such a call alone left a training loop's
- * first products of each step on one thread (the MLP step 1.8x slower, docs/numpy.md). */
+ * first products of each step on one thread (the MLP step measured so, docs/numpy.md). */
 #ifndef JUICEPY_LANE_POOL_H
 #define JUICEPY_LANE_POOL_H
 

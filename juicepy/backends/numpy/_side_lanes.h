@@ -2,8 +2,8 @@
  * with the GIL released (_cpu_kernels.spin_while); while it does, a C kernel of another module
  * can hand it part of a call to run right there. Without this, such kernels kept their own
  * worker threads (_lane_pool.h), which polled beside the lanes: on two cores a polling worker
- * took the core a lane's work needed, and a ResNet step lost 1.5-2 ms to its regions' late
- * starts in about half the processes (docs/numpy.md, session 40).
+ * took the core a lane's work needed, and a ResNet step lost time to its regions' late starts
+ * in about half the processes (docs/numpy.md, session 40).
  *
  * _cpu_kernels.c owns the one SideLanes of the process and hands its address to the other
  * modules (kernels.py: use_side_lanes). A lane's ``state``: 0 away (running Python or blocked), 1

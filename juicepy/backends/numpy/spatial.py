@@ -664,11 +664,10 @@ S2_MIN_CHANNELS = {1: 32, 2: 32}
 #: AVX-512 (docs/numpy.md)
 S2_ISAS = (1, 2)
 #: fewest input channels from which _s2_forward's GEMMs run on the register blocks (the whole
-#: conv in one tile_conv call), by ``isa``: on AVX2 its 4 x 3 blocks in one call took 0.74
-#: (32 -> 64) and 0.96 (64 -> 128) of the forward's time with np.matmul per chunk, the ResNet
-#: and CIFAR steps level (docs/numpy.md, session 42); on AVX-512 from 32 on every CPU kind, Zen 4
-#: too (there _tile_gemm's TILE_GEMM_MIN_DEPTH had left the ResNet's 32 -> 64 layer on BLAS per
-#: chunk: b32 0.41 -> 0.34 ms, b8 0.33 -> 0.15, PyTorch 0.40 and 0.20; docs/numpy.md, session 48)
+#: conv in one tile_conv call), by ``isa``: on AVX2 its 4 x 3 blocks in one call measured faster
+#: than np.matmul per chunk on the 32 -> 64 and 64 -> 128 layers (docs/numpy.md, session 42); on
+#: AVX-512 from 32 on every CPU kind, Zen 4 too, where _tile_gemm's TILE_GEMM_MIN_DEPTH had left
+#: the ResNet's 32 -> 64 layer on BLAS per chunk, slower at batch 32 and 8 (docs/numpy.md, session 48)
 S2_TILE_GEMM_MIN_DEPTH = {1: 32, 2: 32}
 
 
@@ -790,8 +789,8 @@ def _c_conv_backward_filter(backend, x, dy, dw, stride, padding, dilation, group
 
 
 #: fewest input channels of a 3x3 stride-2 weight gradient run by _s2_backward_filter, by ``isa``:
-#: 32 on AVX2 (its GEMMs on tile_gemm: the ResNet's 32 -> 64 layer 0.65 -> 0.48 ms at batch 32 on
-#: Zen 4 held to AVX2, every batch from 8 to 64 and 48 -> 96 and 32 -> 32 layers won; with 16 the
+#: 32 on AVX2 (its GEMMs on tile_gemm: the ResNet's 32 -> 64 layer, every batch from 8 to 64, and
+#: the 48 -> 96 and 32 -> 32 layers won on Zen 4 held to AVX2; with 16 the
 #: direct kernel won at batch 8; with np.matmul's GEMMs it had won only from 64; docs/numpy.md,
 #: session 49), 16 on AVX-512, where fewer than S2_FILTER_NARROW_INPUTS input channels take it up
 #: to a dy plane (Ho*Wo) of S2_FILTER_NARROW_MAX_PLANE: with 16 channels the direct kernel won on
@@ -805,7 +804,7 @@ S2_FILTER_NARROW_MAX_PLANE = 256
 S2_FILTER_ISAS = (1, 2)
 #: the instruction sets on which _s2_backward_filter's GEMMs run on tile_gemm (register blocks,
 #: adding into the lane's sums) instead of np.matmul: AVX-512 (session 33) and AVX2 (the bench's
-#: 64 -> 128 layer 5.29 -> 5.10 ms on Zen 4 held to AVX2, session 49; docs/numpy.md)
+#: 64 -> 128 layer measured faster on Zen 4 held to AVX2, session 49; docs/numpy.md)
 S2_FILTER_TILE_GEMM_ISAS = (1, 2)
 #: tiles (2x2 outputs) per chunk of samples of _s2_backward_filter (at least one sample): 4
 #: samples of the bench's 16x16 outputs (measured against 1, 2 and 8; more left L2), so the
@@ -1362,7 +1361,7 @@ def _winograd_backward_data(backend, dy, w, plan, dx, accumulate, ws):
 
 #: bytes of a chunk's transformed input and dy tiles (v and m: 16 x (C + O) values a tile) in the
 #: Winograd weight gradient, at least one sample: a core's L2, so the GEMMs read them from there
-#: (a fixed 256 tiles, 3 MB at 64->128 on 8x8 planes, ran 1.5-1.9x slower than 64; docs/numpy.md)
+#: (a fixed 256 tiles, 3 MB at 64->128 on 8x8 planes, ran slower than 64; docs/numpy.md)
 WINOGRAD_FILTER_BYTES = L2_BYTES
 #: fewest input and output channels of the Winograd weight gradient: with 16 (and 3 in) the
 #: direct kernel wins (docs/numpy.md)

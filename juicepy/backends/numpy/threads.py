@@ -42,8 +42,8 @@ def pool() -> ThreadPoolExecutor:
 
 
 #: seconds a lane thread keeps polling for its next call before it blocks: the gaps between a
-#: training step's parallel regions are mostly shorter, and a blocked thread took 50-120 us to
-#: wake on the project's VM (docs/numpy.md)
+#: training step's parallel regions are mostly shorter than a blocked thread's wake-up on the
+#: project's VMs (docs/numpy.md)
 LANE_SPIN = 2e-3
 #: seconds the dispatching thread polls for its lanes to finish before it blocks
 WAIT_SPIN = 20e-3
@@ -287,7 +287,7 @@ def single_threaded_blas():
 #: multiply-adds (m*n*k) up to which a GEMM op runs on one BLAS thread: such a product gains
 #: little from a second thread, and OpenBLAS's idle threads then spin for a while after it,
 #: holding the core that the next ops' lanes need (a CIFAR CNN step: the direct conv kernels,
-#: pooling and batch norm all ran 1.3-1.5x slower behind one small Linear layer; docs/numpy.md)
+#: pooling and batch norm all ran slower behind one small Linear layer; docs/numpy.md)
 SMALL_GEMM = 1 << 22
 
 
@@ -317,8 +317,8 @@ def _run_alone(count: int, available: int, work) -> int:
     ``available``, gemm_lanes()); with fewer pieces than lanes, on one BLAS thread: its pieces are
     cut to stay in cache, so its products are small, and a multi-threaded BLAS call leaves
     OpenBLAS's worker spinning on the other core for a long while after it (its thread timeout),
-    where the next ops' lanes then get a fraction of it: a ResNet step at batch 8 ran 2-9x slower
-    (docs/numpy.md, session 39). Returns 1, the lane count."""
+    where the next ops' lanes then get a fraction of it (a ResNet step at batch 8 measured so:
+    docs/numpy.md, session 39). Returns 1, the lane count."""
     with single_threaded_blas() if count < available else nullcontext():
         work(0, count, 0)
     return 1

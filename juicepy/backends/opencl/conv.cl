@@ -1408,7 +1408,7 @@ __kernel void conv_direct_filter_sum(const int total, const int chunks,
 // 2 row + 1. Launched flat over total = N * C * Ho * Wo (< 2^24: the row and plane are found
 // by float division, corrected to exact, since vectorised integer division is per lane).
 // Launched per output row instead, every group of Wo < its size ran masked, and 14-wide rows
-// took 0.6-0.8 ms for LeNet's first pooling.
+// made LeNet's first pooling slow (docs/opencl.md).
 inline int exact_quotient(const int i, const int d, const float inv)
 {
     int q = (int)((float)i * inv);
@@ -1734,7 +1734,7 @@ __kernel void winograd5_weights(const int K, __global const float *restrict w, c
 // U[pos][m / mr][at * K + k][m % mr] for w[m, k], the packed GEMM's panel order (rows past M
 // zero). One work-item per (k, panel of mr rows, mr <= 16), its mr rows as the lanes of float16
 // vectors, each row of U stored as whole vectors: one work-item per (k, m) stored every value
-// alone, and PoCL ran them lane by lane (0.04 ms for the ResNet's 32 -> 64 layer); launched as
+// alone, and PoCL ran them lane by lane, a cost that showed in the ResNet's 32 -> 64 layer; launched as
 // (K, M rounded up to mr, divided by mr).
 __kernel void s2_weights(const int K, __global const float *restrict w, const int w_off,
                          const int M, const int mr, __global float *restrict u, const int u_off)

@@ -225,7 +225,7 @@ __kernel void pack_b(const int N, const int K, __global const float *B, const in
     }
 
 // Copy the a_panels packed MR-row panels of A for K range [k0, k0 + kc) into local memory.
-// (Macros, not functions: PoCL compiled the micro-kernel behind a function ~30% slower.)
+// (Macros, not functions: PoCL compiled the micro-kernel behind a function slower.)
 #define STAGE_A(a_pack, Ap, K, k0, kc, a_panels) \
     for (int i = 0; i < (a_panels); ++i) { \
         __global const float *src = (Ap) + ((size_t)i * (K) + (k0)) * MR; \
@@ -1696,7 +1696,7 @@ void s2_winograd_conv(const int M, const int K, const int T, const int tile_m, c
 // gathers and transforms x's tiles (each patch once for all 25 segments) into local rows
 // xa[row][S2F_TS] and dy's into local panels db[pos][o / NR][S2F_TS][NR], then runs the
 // micro-kernel of each position on them into local sums (one launch: the generic GEMM ran
-// these long-K thin products at 54-147 GFLOP/s, docs/opencl.md).
+// these long-K thin products far below its usual rate, docs/opencl.md).
 // P[z][the positions' segments][C][O]: range z's sums.
 #ifndef S2F_TS
 #define S2F_TS 32
@@ -1844,8 +1844,8 @@ void s2_winograd_filter(const int C, const int O, const int T, const int t_chunk
 // {0, 2} (i = 1), likewise q, summed over the z ranges: the rows of P's 25 (s2_first[pos] + that
 // segment) in S2_TAP_ROWS, in the order (p, q) = (a, a), (a, b), (b, a), (b, b). One work-item
 // per 16 output channels from 16 * get_global_id(0) and input channel c, as float16 rows of P
-// (contiguous along o): one work-item per (o, c) with the rows worked out in loops took 0.17 ms
-// for the ResNet's 32 -> 64 layer on PoCL, run lane by lane.
+// (contiguous along o): one work-item per (o, c) with the rows worked out in loops ran lane by
+// lane on PoCL, a cost that showed in the ResNet's 32 -> 64 layer.
 __constant int S2_TAP_ROWS[9][4] = {{0, 4, 10, 12}, {1, 7, 11, 14}, {4, 6, 12, 13}, {2, 5, 17, 20}, {3, 9, 18, 24},
                                     {5, 8, 20, 23}, {10, 12, 15, 19}, {11, 14, 16, 22}, {12, 13, 19, 21}};
 __kernel void s2_filter_taps(const int C, const int O, const int Z, __global const float *restrict P,

@@ -16,10 +16,10 @@ from .layout import round_up
 # Direct kernels (conv_direct_* in conv.cl) instead of a GEMM when a group's GEMM would be thin,
 # for a forward pass (the input gradient counts as the forward pass of the transposed
 # convolution): its inner dimension (channels per group x taps) at most this long (stride 1
-# only on 8-lane devices: the ResNet's 1x1 stride-2 projections, 16->32 and 32->64, ran 1.4-3x
-# faster as the implicit GEMM in the forward pass and 4-5x faster as its phases in the input
-# gradient than on the direct kernels, whose strided passes then gathered lane by lane; not
-# measured since they read phase planes, session 50)...
+# only on 8-lane devices: the ResNet's 1x1 stride-2 projections, 16->32 and 32->64, ran faster
+# as the implicit GEMM in the forward pass and as its phases in the input gradient than on the
+# direct kernels, whose strided passes then gathered lane by lane; not measured since they read
+# phase planes, session 50; docs/opencl.md)...
 DIRECT_MAX_INNER = 32
 # ...or fewer outputs per group than the GEMM micro-kernel's rows (LeNet's 16 -> 6 input
 # gradient: the rest of each 12-row panel would be padding)...
@@ -44,13 +44,13 @@ FILTER_ROW_TAPS = (3, 5)
 DIRECT_FILTER_MAX_OUTPUTS_8_LANES = 64
 # ...or, for rows of one vector (8x8 planes, which conv_direct_bwd_filter_k3_o4 takes: several
 # outputs per work-item), this many: the ResNet's and the CIFAR CNN's 64->64, 64->128 and
-# 128->128 8x8 layers measured 1.5-2.4x faster there than as the implicit A @ B^T, whose
+# 128->128 8x8 layers measured faster there than as the implicit A @ B^T, whose
 # gathers cut every 8-pixel row at the padding (docs/opencl.md)
 DIRECT_FILTER_MAX_OUTPUTS_ONE_VECTOR = 128
 # work-items the direct weight gradient aims at (images are split into chunks to reach it):
-# 32768 measured faster than 1024 and 8192 on AVX2 for the 4-group 64->64 layer (9.1 -> 7.4 ms:
-# a work-item then sums a few images, whose planes are still in cache for the next row of taps),
-# 5x5 32->32 (17.3 -> 16.5) and depthwise 3x3 64 (1.1 -> 1.0)
+# 32768 measured faster than 1024 and 8192 on AVX2 for the 4-group 64->64 layer (a work-item
+# then sums a few images, whose planes are still in cache for the next row of taps), 5x5 32->32
+# and depthwise 3x3 64 (docs/opencl.md)
 DIRECT_FILTER_ITEMS = 32768
 # ...and with several outputs per work-item (FILTER_ROW_OUTS): 8192 measured faster than 32768
 # and 4096 there (the 4-group 64->64 and 5x5 32->32 layers; 32768 made the second pass's sum
@@ -119,9 +119,9 @@ DIRECT_LOCAL_MAX_BYTES = 1 << 17
 # work-items than this
 DIRECT_LOCAL_MIN_ITEMS = 64
 # ...and where a group is one run of outputs (depthwise), this many groups a work-item (a power
-# of two), each group's planes copied in turn: PoCL runs each one-work-item group with its own overhead, and
-# the bench's depthwise forward (2048 planes) took 0.83 ms at 8 against 0.91 at 1 on Zen 4
-# (PoCL 3.0; 3.1: 0.92 against 0.99; docs/opencl.md, session 48)
+# of two), each group's planes copied in turn: PoCL runs each one-work-item group with its own
+# overhead, and the bench's depthwise forward (2048 planes) measured faster at 8 than at 1 on
+# Zen 4 (PoCL 3.0 and 3.1; docs/opencl.md, session 48)
 DIRECT_LOCAL_GROUP_RUNS = 8
 # The depthwise kernels that take whole planes from global memory (conv_depthwise_s2_k3*,
 # conv_depthwise_k3_plane): at most this many planes a work-item (a power of two) of at most
@@ -199,8 +199,8 @@ FILTER_ROW_OUTS = {3: 4, 5: 2}
 
 # ...and on 16-lane (AVX-512) GEMM devices, whose convolutions run at 8 lanes (CONV_LANES), rows
 # of whole 16-lane vectors take the 16-lane build with this many (OUTS x KW float16 accumulators
-# of AVX-512's 32 registers): on PoCL 3.1 / Zen 5, 5x5 32->32 fwd+bwd 13.5 -> 10.5 ms, 3x3 64->64
-# and its dilated twin about 8 % faster (docs/opencl.md, session 33)
+# of AVX-512's 32 registers): on PoCL 3.1 / Zen 5 the 5x5 32->32, 3x3 64->64 and dilated 3x3
+# layers' forward + backward measured faster so (docs/opencl.md, session 33)
 FILTER_ROW_OUTS_16_LANES = {3: 8, 5: 4}
 
 
