@@ -1828,6 +1828,10 @@ static int pointwise_gathered(const Geometry *g, I groups)
 #endif
 /* room for the sums of the largest block (8 x 3) */
 #define FILTER_MAX_SUMS 32
+/* taps a block of the last og % FO outputs takes, by its rows (the whole blocks' FO rows would
+ * sum dy's zeros): eight sums a block, about the whole blocks' independent FMA chains */
+#define FILTER_REST_TAPS_1 8
+#define FILTER_REST_TAPS_2 4
 
 /* sums[r * NT + u] = the dot product of the vecs vectors of dy plane r (eplane apart from e0)
  * with those of the input from src + off[u] */
@@ -1842,7 +1846,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
             V xv[NT];                                                                         \
             for (int u = 0; u < NT; u++) {                                                    \
                 xv[u] = LOADV(V, src + b + off[u]);                                           \
-                if (sizeof(V) == 32) IN_REGISTER(xv[u]);                                      \
+                if (sizeof(V) == 32 && FO * NT + NT < 16) IN_REGISTER(xv[u]);                 \
             }                                                                                 \
             for (int r = 0; r < FO; r++) {                                                    \
                 const V ev = LOADV(V, e0 + r * eplane + b);                                   \
@@ -1891,6 +1895,8 @@ static int pointwise_gathered(const Geometry *g, I groups)
     DEFINE_FILTER_BLOCK(NAME##_t3, ATTR, T, V, FO, 3, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t4, ATTR, T, V, FO, 4, SUMS)                                   \
     DEFINE_FILTER_BLOCK(NAME##_t5, ATTR, T, V, FO, 5, SUMS)                                   \
+    DEFINE_FILTER_BLOCK(NAME##_r1, ATTR, T, V, 1, FILTER_REST_TAPS_1, SUMS)                   \
+    DEFINE_FILTER_BLOCK(NAME##_r2, ATTR, T, V, 2, FILTER_REST_TAPS_2, SUMS)                   \
     DEFINE_PW_FILTER(NAME##_pw, NAME##_t##FT, ATTR, T, V, FO, FT)                             \
     ATTR static int NAME(const T *restrict x, const T *restrict dy, T *restrict dw,           \
                          const Geometry *g, I groups, I o, I n0, I n1, int accumulate)        \
@@ -1906,7 +1912,8 @@ static int pointwise_gathered(const Geometry *g, I groups)
         const Phases ph = make_phases(g, lanes);                                              \
         const int strided = g->sh > 1 || g->sw > 1;                                           \
         const I taps = g->kh * g->kw, cg = g->c / groups, og = o / groups;                    \
-        const I oblocks = (og + FO - 1) / FO, pairs = cg * taps, whole = taps / FT * FT;      \
+        const I pairs = cg * taps, whole = taps / FT * FT;                                    \
+        const I full = og / FO; /* whole blocks of FO outputs; the rest on NAME##_r2, _r1 */   \
         /* dy's rows are copied wp apart, as the input's rows (or phase rows) are: every tap \
            then runs as one flat loop over the plane, not a loop per row (whose setup cost    \
            more than the gap columns' sums: docs/numpy.md); dy is zero in the gaps */        \
@@ -1920,14 +1927,14 @@ static int pointwise_gathered(const Geometry *g, I groups)
         /* dy's vectors on whole cache lines: a line-split load costs two */                  \
         const I xsize = (cg * plane + 63) / 64 * 64;                                          \
         void *mem = NULL;                                                                     \
-        T *buf = posix_memalign(&mem, 64, (size_t)(xsize + oblocks * FO * eplane) * sizeof(T)) ? NULL : mem; \
-        I *offset = malloc((size_t)(taps + 2 * pairs) * sizeof(I));                           \
+        T *buf = posix_memalign(&mem, 64, (size_t)(xsize + og * eplane) * sizeof(T)) ? NULL : mem; \
+        I *offset = malloc((size_t)(taps + 2 * pairs + FILTER_REST_TAPS_1) * sizeof(I));      \
         if (!buf || !offset) {                                                                \
             free(buf); free(offset);                                                          \
             return -1;                                                                        \
         }                                                                                     \
         T *grad = buf + xsize;                                                                \
-        T sums[FILTER_MAX_SUMS];                                                              \
+        T sums[FILTER_MAX_SUMS] = {0};                                                        \
         if (strided)                                                                          \
             phase_offsets(g, &ph, offset);                                                    \
         else                                                                                  \
@@ -1938,12 +1945,14 @@ static int pointwise_gathered(const Geometry *g, I groups)
         memset(buf, 0, (size_t)xsize * sizeof(T));                                            \
         /* the (input channel, tap) pairs in block order: each channel's whole blocks of FT     \
            taps, then the remaining taps of every channel, FT pairs (channels) to a block */   \
-        I *at = offset + taps, *into = at + pairs, k = 0;                                      \
+        I *at = offset + taps, *into = at + pairs + FILTER_REST_TAPS_1, k = 0;                 \
         for (I c = 0; c < cg; c++)                                                            \
             for (I t = 0; t < whole; t++, k++) at[k] = c * plane + offset[t], into[k] = c * taps + t; \
         for (I c = 0; c < cg; c++)                                                            \
             for (I t = whole; t < taps; t++, k++) at[k] = c * plane + offset[t], into[k] = c * taps + t; \
-        memset(grad, 0, (size_t)(oblocks * FO * eplane) * sizeof(T));                         \
+        /* the rest's blocks past the last pair read the first pair's inputs, their sums dropped */ \
+        for (; k < pairs + FILTER_REST_TAPS_1; k++) at[k] = at[0];                            \
+        memset(grad, 0, (size_t)(og * eplane) * sizeof(T));                                   \
         if (!accumulate) memset(dw, 0, (size_t)(o * cg * taps) * sizeof(T));                  \
         for (I n = n0; n < n1; n++)                                                           \
             for (I gr = 0; gr < groups; gr++) {                                               \
@@ -1959,7 +1968,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
                         memcpy(grad + j * eplane + r * wp,                                    \
                                dy + ((n * o + gr * og + j) * g->ho + r) * g->wo, (size_t)g->wo * sizeof(T)); \
                 /* a block's FO dy planes stay in L1 while every input channel passes by */  \
-                for (I ob = 0; ob < oblocks; ob++)                                            \
+                for (I ob = 0; ob < full; ob++)                                               \
                     for (I p = 0; p < pairs; p += FT) {                                       \
                         const I nt = pairs - p < FT ? pairs - p : FT;                         \
                         const T *e0 = grad + ob * FO * eplane;                                \
@@ -1970,10 +1979,26 @@ static int pointwise_gathered(const Geometry *g, I groups)
                         case 2: NAME##_t2(buf, e0, eplane, at + p, vecs, sums); break; \
                         default: NAME##_t1(buf, e0, eplane, at + p, vecs, sums); \
                         }                                                                     \
-                        for (I r = 0; r < FO && ob * FO + r < og; r++)                        \
+                        for (I r = 0; r < FO; r++)                                            \
                             for (I u = 0; u < nt; u++)                                        \
                                 dw[(gr * og + ob * FO + r) * pairs + into[p + u]] += sums[r * nt + u]; \
                     }                                                                         \
+                /* the last og % FO outputs: blocks of two or one, not FO with dy's zeros */   \
+                for (I r0 = full * FO; r0 < og;) {                                            \
+                    const I rows = og - r0 >= 2 ? 2 : 1;                                      \
+                    const I bt = rows == 2 ? FILTER_REST_TAPS_2 : FILTER_REST_TAPS_1;         \
+                    for (I p = 0; p < pairs; p += bt) {                                       \
+                        const I nt = pairs - p < bt ? pairs - p : bt;                         \
+                        if (rows == 2)                                                        \
+                            NAME##_r2(buf, grad + r0 * eplane, eplane, at + p, vecs, sums);   \
+                        else                                                                  \
+                            NAME##_r1(buf, grad + r0 * eplane, eplane, at + p, vecs, sums);   \
+                        for (I r = 0; r < rows; r++)                                          \
+                            for (I u = 0; u < nt; u++)                                        \
+                                dw[(gr * og + r0 + r) * pairs + into[p + u]] += sums[r * bt + u]; \
+                    }                                                                         \
+                    r0 += rows;                                                               \
+                }                                                                             \
             }                                                                                 \
         free(buf); free(offset);                                                              \
         return 0;                                                                             \

@@ -336,7 +336,7 @@ def test_strided_pointwise_convs_run_on_the_pointwise_blocks_up_to_128_outputs(m
 FILTER_CASES = [((3, 32, 16, 16, 32, (5, 5), 2, 1, 1)),  # 8 blocks of 3 taps and one of 1; 5 of 5
                 ((2, 1, 11, 10, 5, (3, 3), 1, 1, 1)),    # one channel: blocks of 5 and 4 taps
                 ((2, 4, 9, 9, 5, (3, 3), 1, 1, 1)),      # the leftover taps of 4 channels: 5, 5, 5, 1
-                ((2, 5, 13, 11, 7, (3, 3), 1, 1, 1)),    # rows end inside a vector; a part block of outputs
+                ((2, 5, 13, 11, 7, (3, 3), 1, 1, 1)),    # rows end inside a vector; outputs past the whole blocks
                 ((2, 3, 9, 30, 6, (3, 3), 1, 1, 1)),     # whole-vector rows wider than the grid's rows
                 ((2, 4, 10, 9, 6, (1, 5), 2, 1, 2)),     # grouped, a block of 2 taps, padding past the kernel
                 ((2, 6, 12, 12, 9, (4, 2), 2, 2, 1)),    # dilated, 8 taps
