@@ -924,7 +924,7 @@ static inline int depthwise_flat(const Geometry *g)
  * kernels run it (``s2``), the narrowest AVX set whose vector still holds a whole output row
  * where the row is no wider than that (Wo 7 on AVX2's 8 lanes: one partial vector a row, not
  * AVX-512's 16 mostly empty; Wo 8 one whole vector); the flat kernels at most 256 bits (on the
- * Zen 4 machine the AVX2 build ran every plane size 10-30 % faster, its tap loads off by a value
+ * Zen 4 machine the AVX2 build ran every plane size faster, its tap loads off by a value
  * splitting fewer cache lines; not measured on an Intel AVX-512 CPU: docs/numpy.md, session 54) */
 static int depthwise_level(const Geometry *g, int s2, I itemsize)
 {
@@ -1549,7 +1549,7 @@ static int direct_512_8x2(const Geometry *g)
  * registers over all K input channels, broadcasting the weights straight from w, and the epilogue
  * runs on the finished sums before their one store: no copy of the input, no packing, no zeroing
  * or epilogue pass over the output (OpenBLAS's sgemm on these thin K = 64 products, plus the
- * epilogue pass, took 1.7x as long on Zen 4: docs/numpy.md). Pixels run in bands whose K input
+ * epilogue pass, took longer on Zen 4: docs/numpy.md). Pixels run in bands whose K input
  * rows fit in half of L2, so each block of output channels rereads them from there. */
 #define PW_BAND_BYTES (1 << 18)
 #define DEFINE_PW_BLOCK(NAME, ATTR, T, V, OB, NV)                                                  \
@@ -1780,7 +1780,7 @@ static int pointwise_gathered(const Geometry *g, I groups)
  * plane is 4 KiB, and FO planes plus x in the same L1 sets overflow its ways) and start on
  * cache lines. AVX-512 blocks 4 x 5 (8 x 3 filled all of L1 with dy; docs/numpy.md); AVX2's
  * float build 3 x 3 (4 x 3, which fills all 16 registers with its sums, inputs and dy vector,
- * took 10-20 % longer on the bench's grouped and 5x5 layers: docs/numpy.md, session 52). */
+ * took longer on the bench's grouped and 5x5 layers: docs/numpy.md, session 52). */
 
 /* Keeps vector v in a register: GCC folded one of the AVX2 float block's three input loads into
  * each of the three FMAs using it (8 loads a step instead of 6, the loop bound by its loads;

@@ -537,8 +537,8 @@ def _strided_pointwise_direct(backend, plan, outputs) -> bool:
     (``outputs`` input planes) runs on the pointwise blocks (pointwise_strided,
     pointwise_scatter): ungrouped, up to POINTWISE_DIRECT_MAX_OUT, with AVX2 or AVX-512. On
     AVX2 too, unlike the stride-1 pointwise conv: its GEMM path pays an im2col pass and a BLAS
-    call per sample on planes a quarter the size (the ResNet's 32->64 shortcut forward 0.70 of
-    its time on AVX2, docs/numpy.md)."""
+    call per sample on planes a quarter the size (the ResNet's 32->64 shortcut forward measured
+    faster so on AVX2, docs/numpy.md)."""
     return backend.conv_kernels.isa >= 1 and _strided_pointwise(plan) and outputs <= POINTWISE_DIRECT_MAX_OUT
 
 
@@ -655,7 +655,7 @@ def _direct_forward(backend, x, w, plan, ws, out, epi=None):
 #: fewest input channels of a 3x3 stride-2 forward run by _s2_forward, by ``isa``: on AVX-512
 #: from 32 (the ResNet's 32 -> 64 layer, against the direct kernel; 24 and 16 lost), on AVX2
 #: from 32 too since it runs whole on tile_conv (S2_TILE_GEMM_MIN_DEPTH: the 32 -> 64 forward
-#: took 0.74 of the direct kernel's time; with np.matmul's GEMMs it had tied it); narrower ones
+#: beat the direct kernel; with np.matmul's GEMMs it had tied it); narrower ones
 #: keep the direct kernel or GEMM (docs/numpy.md, sessions 39 and 42)
 S2_MIN_CHANNELS = {1: 32, 2: 32}
 
@@ -755,7 +755,7 @@ def _direct_filter(backend, stride, padding) -> bool:
 #: kernel (its in-place blocks, _conv_kernels.c's DEFINE_PW_FILTER) from an output plane (Ho*Wo)
 #: of POINTWISE_FILTER_MIN_PLANE: AVX-512, where it beat OpenBLAS's GEMM with its Haswell and
 #: its SkylakeX kernels on 16x16 and 32x32 planes and lost on 8x8 ones; on AVX2 the bench layer's
-#: step gained 1 % against the first and lost 6 % against the second (docs/numpy.md)
+#: step about tied the first and lost against the second (docs/numpy.md)
 POINTWISE_FILTER_ISAS = (2,)
 POINTWISE_FILTER_MIN_PLANE = 256
 
@@ -1239,8 +1239,8 @@ def _tile_gemm(backend, depths, n_in) -> bool:
     (WINOGRAD_DEPTHS, WG_DEPTHS), whole in one call too, from AVX2_TILE_GEMM_MIN_DEPTH on AVX2;
     only where BLAS's threads can be limited
     (each lane's np.matmul, and a lone chunk's, runs on one BLAS thread: threads.py), else
-    np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran 0.6-0.9x
-    the time of its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""
+    np.matmul runs on all of them. A lone chunk (a batch of one or two) on tile_gemm ran faster
+    than its np.matmul on one BLAS thread (docs/numpy.md, session 39)."""
     isa, s2 = backend.conv_kernels.isa, tuple(depths) == S2_DEPTHS
     if _gemm_lanes() != _num_threads():
         return False

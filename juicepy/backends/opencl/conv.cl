@@ -253,7 +253,7 @@ void pad_planes(const int Hp, __global const float *restrict src, const int s_of
     if (B) q##u += v * wb; }
 // input row i's taps: kernel row i of the pair's first row where A, i - 1 of its second where B
 // (the first and last input rows feed one of the two). One loop over the rows: peeling its
-// first and last rows out cost LLVM 14 (PyPI's PoCL 3.0) 13 % of the bench's depthwise forward,
+// first and last rows out slowed the bench's depthwise forward on LLVM 14 (PyPI's PoCL 3.0),
 // while only LLVM 15 on AVX2 gained from it (docs/opencl.md, session 49)
 #define DIRECT_SHARED_ROW(XAS, LOAD, U, i, A, B) { \
     XAS const float *xr = xc + (size_t)(i) * dh * Wp; \

@@ -553,7 +553,7 @@ class SpatialOps(abc.ABC):
         """Whether conv_direct_bwd_filter_k* computes this weight gradient: a kernel width it
         was built for (strided ones read the phase planes), and rows of whole pairs of vectors,
         or of whole vectors where a work-item takes several outputs (the _o* builds step one
-        vector at a time; no kernel handles a row's last lanes: LeNet's 10-wide rows ran 10x
+        vector at a time; no kernel handles a row's last lanes: LeNet's 10-wide rows ran far
         slower than the GEMM)."""
         kw, wo = geo[6], geo[8]
         if kw not in FILTER_ROW_TAPS:
