@@ -1774,8 +1774,9 @@ static int pointwise_gathered(const Geometry *g, I groups)
  * (input channel, tap) pairs are FT taps of one channel, or the remaining taps % FT of FT
  * channels (5x5 with FT 3: 8 blocks of 3 taps per channel, then the 25th tap of 3 channels at
  * a time), so no sums are spent on padding taps, and the remaining taps still load as few
- * vectors per multiply-add as the others; output channels are padded to whole blocks with zero
- * dy planes, whose sums are dropped. The FO dy planes of a block stay in L1 while the input
+ * vectors per multiply-add as the others; a group's og % FO output channels past its whole
+ * blocks run blocks of 2 or 1 outputs (NAME_r2, NAME_r1) over FILTER_REST_TAPS_2 or _1 pairs,
+ * not a whole block with zero dy planes. The FO dy planes of a block stay in L1 while the input
  * channels pass by: they lie a cache line more than a whole number of 4 KiB apart (a 32x32
  * plane is 4 KiB, and FO planes plus x in the same L1 sets overflow its ways) and start on
  * cache lines. AVX-512 blocks 4 x 5 (8 x 3 filled all of L1 with dy; docs/numpy.md); AVX2's
