@@ -134,12 +134,16 @@ class OpenCLBackend(GemmOps, SpatialOps, RecurrentOps, Backend):
         self._gemm_workers = max(1, int(self.device.max_compute_units))
         # vectors.cl's PREFETCH_* hints: the prefetch instructions on CPU drivers
         hints = {"CPU_PREFETCH": 1} if self.is_cpu else {}
+        # ...and the depthwise kernels' hints of the next plane (conv.cl's DW_PREFETCH) where the
+        # compiler targets AVX2
+        avx2 = self.is_cpu and compiled_float_lanes(cl, self.context, self.device) == 8
+        dw_hints = {"DW_PREFETCH": 1} if avx2 else {}
         self._programs = ProgramCache(cl, self.context, self.device,
                                       {"gemm.cl": {**self._gemm_tiles, **left_out, **hints},
                                        "gemm.cl:mr_alt": {**self._gemm_tiles, "MR": ALT_MR[self._gemm_tiles["MR"]],
                                                           **left_out, **hints},
-                                       "conv.cl": {"VEC": self._conv_vec, **hints},
-                                       "conv.cl:vec16": {"VEC": 16, **hints},
+                                       "conv.cl": {"VEC": self._conv_vec, **hints, **dw_hints},
+                                       "conv.cl:vec16": {"VEC": 16, **hints, **dw_hints},
                                        "elementwise.cl": {"ADAM_VEC": self._adam_lanes} if self._adam_lanes > 1 else {},
                                        # norm.cl's per-channel sums in float8 vectors on CPU drivers
                                        "norm.cl": {"VEC_SUMS": 1} if self.is_cpu else {}})

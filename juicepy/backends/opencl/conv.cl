@@ -634,6 +634,15 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
 // splat and v, not as p followed by v's swizzled parts, which PoCL 3.0's LLVM built from
 // half-vector loads and inserts: docs/opencl.md, session 53. BEFORE_LANE(v, p): v's lanes but
 // its first, then p.)
+// DW_PREFETCH (backend.py: CPU drivers whose compiler targets AVX2): each step of the stride-2
+// depthwise forward hints the same lines of the work-item's next plane, x_next floats on (0: no
+// hints), and the plane kernels hint the whole next plane after copying one (PLANE_COPIES). A
+// 32x32 plane is one 4 KiB page, which the hardware prefetchers do not cross, and the AVX2 code's
+// loads of each new plane's rows waited on memory; the AVX-512 code gained nothing, the stride-2
+// weight gradient's hints of its next image's planes lost (docs/opencl.md, session 60).
+#ifndef DW_PREFETCH
+#define DW_PREFETCH 0
+#endif
 #if VEC == 16
 #define AFTER_LANES(P, v) (floatv)((P).sf, (v).s0, (v).s1, (v).s2, (v).s3, (v).s4, (v).s5, (v).s6, (v).s7, (v).s8, \
     (v).s9, (v).sa, (v).sb, (v).sc, (v).sd, (v).se)
@@ -659,6 +668,7 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
         for (int oh = 0; oh < Ho; ++oh) { \
             const int over_row = over && (oh + 1 < Ho || over_last); \
             __global const float *r = (xc) + (size_t)2 * oh * W + 2 * ow0; \
+            if (DW_PREFETCH && x_next) { PREFETCH_READ(r + x_next); PREFETCH_READ(r + W + x_next); } \
             DW_S2_ROW(m, r, LOAD) \
             DW_S2_ROW(d, r + W, LOAD) \
             BODY(LOAD) \
@@ -719,6 +729,7 @@ DIRECT_KERNEL_LOCAL(conv_direct_fwd8_local_u2_k3, 8, 2, 3)
     for (int oh = 0; oh < Ho; ++oh) { \
         __global const float *rm = (xc) + (size_t)2 * oh * W;   /* row 2 oh; the taps' rows: 2 oh - 1 .. + 1 */ \
         for (int c0 = 0; c0 < W; c0 += 2 * VEC) { \
+            if (DW_PREFETCH) { PREFETCH_READ(rm + x_next + c0); PREFETCH_READ(rm + W + x_next + c0); } \
             floatv fa = (floatv)(b), fb = fa, ga = (floatv)(0.0f), gb = ga; \
             if (oh) DW_S2_FULL_ROW(fa, fb, rm - W, w00, w01, w02, 1) \
             DW_S2_FULL_ROW(ga, gb, rm, w10, w11, w12, 1) \
@@ -738,6 +749,7 @@ void conv_depthwise_s2_k3(__global const float *restrict x, const int x_off,
 {
     const int acc = 0, W = 2 * Wo, over = 2 * Wo >= VEC, planes = get_global_size(0) * per;
     const int first = get_global_id(0) * per;
+    const size_t x_next = (size_t)4 * Ho * Wo;   /* the next plane (DW_PREFETCH) */
     for (int plane = first; plane < first + per; ++plane) {
         const int c = plane % C, over_last = DW_S2_OVER_LAST && plane + 1 < first + per;
         __global const float *wc = w + w_off + (size_t)c * 9;
@@ -790,7 +802,8 @@ typedef ITYPE(VEC) intv;
 #define PLANE_COPY(xl, k, xc) for (int i = 0; i < Wo; ++i) (xl)[(k) * span + margin + i] = (xc)[i];
 #define PLANE_COPIES(xl, k, first, xc, next) \
     if ((first) || !ahead) PLANE_COPY(xl, k, xc) \
-    if (ahead && (next)) PLANE_COPY(xl, (k) ^ 1, next)
+    if (ahead && (next)) PLANE_COPY(xl, (k) ^ 1, next) \
+    if (DW_PREFETCH && !ahead && (next)) PREFETCH_SPAN(PREFETCH_READ, next, Wo)
 // Open and close the loop over the plane in copy k of xl a vector of outputs b0 at a time, with
 // r at the row above them and left/right: which lanes' neighbours lie in their row
 #define PLANE_VECTORS_BEGIN(xl, k) \
@@ -1349,6 +1362,7 @@ void conv_depthwise_s2_k3_filter(__global const float *restrict x, const int x_o
 {
     const int c = get_global_id(0), C = get_global_size(0), chunk = get_global_id(1), chunks = get_global_size(1);
     const int W = 2 * Wo;
+    const size_t x_next = 0;   /* no hints (DW_PREFETCH): the next image's planes measured slower */
     TAPS_3X3(FL_ACC)
     for (int n = chunk; n < N; n += chunks) {
         __global const float *xc = x + x_off + ((size_t)n * C + c) * 4 * Ho * Wo;

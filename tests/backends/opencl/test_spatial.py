@@ -1138,6 +1138,54 @@ def test_depthwise_3x3_same_plane_kernels_copy_each_plane_ahead_where_two_fit(la
     np.testing.assert_allclose(results[0][2], dw_ref, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("shape,stride", [((4, 16, 32, 32), 2), ((3, 8, 14, 14), 2), ((2, 8, 32, 32), 1),
+                                          ((5, 6, 7, 7), 1)],
+                         ids=["s2-whole-rows", "s2-rows-ending-inside-a-vector", "32x32-planes", "7x7-planes"])
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_depthwise_next_plane_hints_change_no_result(lanes_backend, shape, stride, lanes):
+    """The depthwise kernels built with and without DW_PREFETCH (the stride-2 forward's hints of
+    the next plane's rows, the plane kernels' of the next plane after a copy; on past the last
+    plane too): forward with bias and ReLU, input gradient added to dx and weight gradient equal
+    bit for bit, and match float64."""
+    n, c, h, w = shape
+    rng = np.random.default_rng(12)
+    args = ((stride, stride), (1, 1), (1, 1), c)
+    x, wt = rng.standard_normal(shape).astype(np.float32), rng.standard_normal((c, 1, 3, 3)).astype(np.float32)
+    bias = rng.standard_normal(c).astype(np.float32)
+    y_ref = conv_ref(x, wt, *args) + bias[:, None, None]
+    dy, start = rng.standard_normal(y_ref.shape).astype(np.float32), rng.standard_normal(shape).astype(np.float32)
+    results = []
+    for hints in (1, 0):
+        b = lanes_backend(lanes)
+        for build in ("conv.cl", "conv.cl:vec16"):
+            b._programs._defines[build]["DW_PREFETCH"] = hints
+        ws = Workspace()
+        y, dx, dw = b.empty(y_ref.shape), b.from_host(start), b.from_host(np.zeros_like(wt))
+        b.conv2d(b.from_host(x), b.from_host(wt), y, *args, ws, bias=b.from_host(bias), relu=True)
+        b.conv2d_backward_data(b.from_host(dy), b.from_host(wt), dx, *args, True, ws)
+        b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, *args, False, ws)
+        results.append([b.to_host(a) for a in (y, dx, dw)])
+    for with_hints, without in zip(*results):
+        np.testing.assert_array_equal(with_hints, without)
+    dx_ref, dw_ref = conv_grads_ref(x, wt, dy, *args)
+    np.testing.assert_allclose(results[0][0], np.maximum(y_ref, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][1], dx_ref + start, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(results[0][2], dw_ref, rtol=1e-4, atol=1e-3)
+
+
+def test_depthwise_next_plane_hints_where_the_compiler_targets_avx2(ocl, monkeypatch):
+    """DW_PREFETCH goes into the convolution builds of CPU devices whose compiler targets AVX2
+    (compiled_float_lanes 8), not where it targets AVX-512 (no gain measured there)."""
+    from juicepy.backends.opencl import OpenCLBackend, backend as ocl_backend
+    if not ocl.is_cpu:
+        pytest.skip(f"{ocl.device.name} is not a CPU device: no prefetch hints")
+    for lanes, hinted in ((8, 1), (16, None)):
+        monkeypatch.setattr(ocl_backend, "compiled_float_lanes", lambda *a, _n=lanes: _n)
+        b = OpenCLBackend(ocl.device, vector_width=8)
+        for build in ("conv.cl", "conv.cl:vec16"):
+            assert b._programs._defines[build].get("DW_PREFETCH") == hinted, (lanes, build)
+
+
 def test_depthwise_3x3_same_plane_kernel_rule(ocl):
     """conv_depthwise_k3_plane* take only depthwise 3x3 stride-1 padding-1 undilated layers whose
     padded plane fits in local memory; the A/B switch turns them off."""
