@@ -18,6 +18,12 @@ step of bench/test_bench_mlp.py), two ways:
     python bench/ab_opencl_forward.py kernels lenet [name=0|1 ...]
         the per-kernel event profile: each kernel's (name and global size) time from pyopencl's
         profiling events, summed per forward, medians of 9 forwards, in launch order.
+    python bench/ab_opencl_forward.py kernel conv:depthwise-strided conv_depthwise_s2_k3 \
+            cur,DW_PREFETCH=0 [BLOCKS]
+        one kernel alone, with the sizes and arguments of its last launch in the work's pass
+        (a kernel keeps its arguments between launches), per variant: 40 launches back to back ("queued"), then 40 each waited for ("single"), in
+        BLOCKS blocks (30) with the variants' order shuffled per block; prints each variant's
+        median ms a launch and its ratio to the first variant's.
 
 Run from the repository root (it imports the bench modules); under the cpu lock where the
 machine is shared. On PoCL, POCL_AFFINITY=1 (worker threads pinned) keeps a one-kernel loop from
@@ -26,6 +32,7 @@ Event times include the driver's per-command overhead, so their total is above t
 wall time; compare kernels, not totals, with it.
 """
 import collections
+import random
 import statistics
 import sys
 import time
@@ -123,10 +130,53 @@ def kernels(work, switches):
         print(f"  {ms:7.3f}  {name}")
 
 
+def kernel_alone(work, name, specs, blocks):
+    from juicepy.backends.opencl import programs
+    launch, last = programs._Launcher.__call__, {}
+
+    def recorded(self, queue, global_size, local_size, *args):
+        if self.kernel.function_name == name:
+            last[id(self)] = (self, tuple(global_size), tuple(local_size))
+        return launch(self, queue, global_size, local_size, *args)
+
+    programs._Launcher.__call__ = recorded
+    runs = {}
+    for spec in specs:
+        b, before = make(spec), set(last)
+        WORK[work](b)()
+        b.synchronize()
+        mine = [last[k] for k in last if k not in before]
+        if not mine:
+            raise SystemExit(f"{work} with {spec} launched no {name}")
+        runs[spec] = (b, *mine[0])
+    programs._Launcher.__call__ = launch
+    for mode, wait in (("queued", False), ("single", True)):
+        times = {s: [] for s in specs}
+        for _ in range(blocks):
+            for spec in random.sample(specs, len(specs)):
+                b, launcher, size, local = runs[spec]
+                for _ in range(10):
+                    launcher._enqueue(b.queue, launcher.kernel, size, local)
+                b.queue.finish()
+                start = time.perf_counter()
+                for _ in range(40):
+                    launcher._enqueue(b.queue, launcher.kernel, size, local)
+                    if wait:
+                        b.queue.finish()
+                b.queue.finish()
+                times[spec].append((time.perf_counter() - start) / 40)
+        ref = statistics.median(times[specs[0]])
+        print(f"{mode} {work} {name} " + "  ".join(
+            f"{s} {statistics.median(t) * 1e3:.4f} (x{statistics.median(t) / ref:.3f})" for s, t in times.items()),
+            flush=True)
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 4 and sys.argv[1] == "ab":
         ab(sys.argv[2].split(","), sys.argv[3].split(","), int(sys.argv[4]) if len(sys.argv) > 4 else 9)
     elif len(sys.argv) >= 3 and sys.argv[1] == "kernels":
         kernels(sys.argv[2], sys.argv[3:])
+    elif len(sys.argv) >= 5 and sys.argv[1] == "kernel":
+        kernel_alone(sys.argv[2], sys.argv[3], sys.argv[4].split(","), int(sys.argv[5]) if len(sys.argv) > 5 else 30)
     else:
         raise SystemExit(__doc__)
