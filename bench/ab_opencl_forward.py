@@ -21,9 +21,10 @@ step of bench/test_bench_mlp.py), two ways:
     python bench/ab_opencl_forward.py kernel conv:depthwise-strided conv_depthwise_s2_k3 \
             cur,DW_PREFETCH=0 [BLOCKS]
         one kernel alone, with the sizes and arguments of its last launch in the work's pass
-        (a kernel keeps its arguments between launches), per variant: 40 launches back to back ("queued"), then 40 each waited for ("single"), in
-        BLOCKS blocks (30) with the variants' order shuffled per block; prints each variant's
-        median ms a launch and its ratio to the first variant's.
+        (a kernel keeps its arguments between launches), per variant: 40 launches back to back
+        ("queued"), then 40 each waited for ("single"), in BLOCKS blocks (30) with the variants'
+        order shuffled per block; prints each variant's median ms a launch and its ratio to the
+        first variant's.
 
 Run from the repository root (it imports the bench modules); under the cpu lock where the
 machine is shared. On PoCL, POCL_AFFINITY=1 (worker threads pinned) keeps a one-kernel loop from
@@ -141,15 +142,17 @@ def kernel_alone(work, name, specs, blocks):
 
     programs._Launcher.__call__ = recorded
     runs = {}
-    for spec in specs:
-        b, before = make(spec), set(last)
-        WORK[work](b)()
-        b.synchronize()
-        mine = [last[k] for k in last if k not in before]
-        if not mine:
-            raise SystemExit(f"{work} with {spec} launched no {name}")
-        runs[spec] = (b, *mine[0])
-    programs._Launcher.__call__ = launch
+    try:
+        for spec in specs:
+            b, before = make(spec), set(last)
+            WORK[work](b)()
+            b.synchronize()
+            mine = [last[k] for k in last if k not in before]
+            if not mine:
+                raise SystemExit(f"{work} with {spec} launched no {name}")
+            runs[spec] = (b, *mine[0])
+    finally:
+        programs._Launcher.__call__ = launch
     for mode, wait in (("queued", False), ("single", True)):
         times = {s: [] for s in specs}
         for _ in range(blocks):
