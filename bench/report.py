@@ -4,6 +4,13 @@ with GFLOP/s where a benchmark recorded its flops in extra_info, then the paired
 to the NumPy backend, per workload (needs the plot extra: pip install 'juicepy[plot]').
 
     python bench/report.py results.json [--chart speed.png]
+    python bench/report.py run1.json run2.json run3.json --goals
+
+``--goals`` reads one or more runs of the paired benchmarks and sets each paired ratio ("of
+pairs") against issue #13's speed goal for its workload and backend, run by run and as the median
+of the runs; it exits 1 when a row's median is over its goal. Ratios move between runs of the same
+code (docs/architecture.md, "Measuring speed"), hence several runs, one at a time on an idle
+machine.
 
 The unpaired ratios (and the chart) divide medians of two tests that ran minutes apart, so a slow
 spell of the machine during one of them moves the ratio. The paired benchmarks (groups named
@@ -21,6 +28,28 @@ from collections import defaultdict
 
 from benchutil import PAIRED_PREFIX
 from juicepy.backends.numpy.runtime import describe
+
+
+# Issue #13's goals for the paired ratios, by workload prefix, backend and reference: the conv
+# sweep and the zoo's ResNet at or below PyTorch, LeNet-5 and the CIFAR-shaped CNNs at or below
+# 0.8 of it; OpenCL's LeNet, conv sweep and MLP step within 1.5 of the NumPy backend.
+SPEED_GOALS = (
+    ("conv ", "numpy", "torch", 1.0),
+    ("resnet ", "numpy", "torch", 1.0),
+    ("lenet-5 ", "numpy", "torch", 0.8),
+    ("cifar cnn ", "numpy", "torch", 0.8),
+    ("conv ", "opencl", "numpy", 1.5),
+    ("lenet-5 ", "opencl", "numpy", 1.5),
+    ("mlp ", "opencl", "numpy", 1.5),
+)
+
+
+def speed_goal(workload: str, backend: str, reference: str) -> float | None:
+    """The goal for a paired row's ratio, or None for a row the goals do not name."""
+    for prefix, goal_backend, goal_reference, goal in SPEED_GOALS:
+        if workload.startswith(prefix) and backend == goal_backend and reference == goal_reference:
+            return goal
+    return None
 
 
 def runtime_line(data: dict) -> str | None:
@@ -107,6 +136,45 @@ def print_paired(groups: dict) -> None:
               f" {info['subject_median'] * 1e3:10.3f} {info['reference_median'] * 1e3:9.3f} {rounds:>6}")
 
 
+def goal_rows(runs: list[dict]) -> list[dict]:
+    """One row per paired (workload, backend, reference) in any run: its goal (None where none is
+    set), its ratio of pairs in each run (None where that run lacks it), their median, and whether
+    the median and every run are within the goal."""
+    ratios: dict = {}
+    for i, groups in enumerate(runs):
+        for workload, label, reference, info in paired_ratios(groups):
+            ratios.setdefault((workload, label, reference), [None] * len(runs))[i] = info["pair_ratio"]
+    rows = []
+    for (workload, label, reference), per_run in ratios.items():
+        measured = sorted(r for r in per_run if r is not None)
+        middle = len(measured) // 2
+        median = measured[middle] if len(measured) % 2 else (measured[middle - 1] + measured[middle]) / 2
+        goal = speed_goal(workload, label.split(",")[0], reference)
+        rows.append({"workload": workload, "backend": label, "reference": reference, "goal": goal,
+                     "runs": per_run, "median": median,
+                     "median_within": goal is None or median <= goal,
+                     "runs_within": goal is None or all(r <= goal for r in measured)})
+    return rows
+
+
+def print_goals(rows: list[dict], names: list[str]) -> None:
+    print(f"against issue #13's speed goals: ratio of pairs by run ({', '.join(names)}) and their median")
+    print(f"  {'workload':<56} {'backend':<8} {'reference':<9} {'goal':>5}  {'runs':<{6 * len(names)}}"
+          f" {'median':>6}")
+    for row in rows:
+        goal = f"{row['goal']:5.2f}" if row["goal"] is not None else "    -"
+        runs = "".join(f"{r:6.2f}" if r is not None else "     -" for r in row["runs"])
+        mark = "" if row["goal"] is None else ("  within" if row["runs_within"] else
+                                                 "  within by median" if row["median_within"] else "  OVER")
+        print(f"  {row['workload']:<56} {row['backend']:<8} {row['reference']:<9} {goal}  {runs}"
+              f" {row['median']:6.2f}{mark}")
+    with_goal = [row for row in rows if row["goal"] is not None]
+    over = [row for row in with_goal if not row["median_within"]]
+    some_runs = [row for row in with_goal if row["median_within"] and not row["runs_within"]]
+    print(f"\n{len(with_goal)} rows with a goal: {len(with_goal) - len(over)} within by their median "
+          f"({len(some_runs)} of them over in some run), {len(over)} over")
+
+
 def vs_torch(groups: dict) -> list[tuple[str, str, float]]:
     """(workload, juicepy entry, its median / PyTorch's) for groups with a PyTorch entry."""
     rows = []
@@ -183,10 +251,25 @@ def draw_chart(groups: dict, path: str) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results", nargs="?", default="results.json", help="pytest-benchmark JSON file")
+    parser.add_argument("results", nargs="*", default=["results.json"],
+                        help="pytest-benchmark JSON file (several with --goals: one per run)")
     parser.add_argument("--chart", metavar="PNG", help="also draw the ratios to this PNG")
+    parser.add_argument("--goals", action="store_true",
+                        help="set the paired ratios of each run against issue #13's goals; exit 1 if a median is over")
     args = parser.parse_args(argv)
-    with open(args.results) as f:
+    if args.goals:
+        if args.chart:
+            parser.error("--chart draws one run: give it without --goals")
+        runs = [load_groups(path) for path in args.results]
+        rows = goal_rows(runs)
+        if not rows:
+            parser.error(f"no paired benchmark with timings in {', '.join(args.results)} "
+                         "(run pytest bench -k paired without --benchmark-disable)")
+        print_goals(rows, args.results)
+        return 0 if all(row["median_within"] for row in rows) else 1
+    if len(args.results) > 1:
+        parser.error(f"one results file at a time, {len(args.results)} given (several are read with --goals)")
+    with open(args.results[0]) as f:
         data = json.load(f)
     groups = groups_of(data)
     if args.chart:  # fail before printing when the plot extra is missing
