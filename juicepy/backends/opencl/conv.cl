@@ -907,7 +907,7 @@ void conv_depthwise_k3_plane(__global const float *restrict x, const int x_off,
                 __global float *x0 = dxc + (size_t)2 * m * W + 2 * ow0, *x1 = x0 + W; \
                 STORE(x0, INTERLEAVE_LO(ee, eo), vals, 1) \
                 STORE(x0 + VEC, INTERLEAVE_HI(ee, eo), vals - VEC, 1) \
-                STORE(x1, INTERLEAVE_LO(oe, oo), vals, 1) \
+                STORE(x1, INTERLEAVE_LO(oe, oo), vals, m + 1 < Ho || over_last) \
                 STORE(x1 + VEC, INTERLEAVE_HI(oe, oo), vals - VEC, m + 1 < Ho || over_last) \
                 d = e; ds = es; \
             } }

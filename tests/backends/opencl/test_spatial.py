@@ -1302,15 +1302,19 @@ def test_depthwise_stride_2_gradients_from_rows_in_registers(lanes_backend, monk
     _assert_gradients(results, dx_ref, dw_ref)
 
 
-@pytest.mark.parametrize("shape", [(2, 3, 14, 14), (1, 2, 28, 28), (2, 2, 10, 24), (3, 1, 4, 2), (16, 32, 14, 14)],
-                         ids=["rows-of-7", "rows-of-14", "rows-of-12", "rows-of-1", "rows-of-7-eight-planes-a-work-item"])
+@pytest.mark.parametrize("shape", [(2, 3, 14, 14), (1, 2, 28, 28), (2, 2, 10, 24), (3, 1, 4, 2), (16, 32, 14, 14),
+                                   (2, 3, 20, 20), (2, 2, 8, 36), (16, 32, 10, 20)],
+                         ids=["rows-of-7", "rows-of-14", "rows-of-12", "rows-of-1", "rows-of-7-eight-planes-a-work-item",
+                              "rows-of-10", "rows-of-18", "rows-of-10-eight-planes-a-work-item"])
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_depthwise_stride_2_input_gradient_writes_nothing_past_its_planes(lanes_backend, shape, lanes, accumulate):
     """conv_depthwise_s2_k3_data's partial vectors store past a row's end (where not adding)
     only where a later store writes over it (past a plane's last row only into the work-item's
     next plane): the values after dx (the same buffer) are left as they were, and dx is the
-    float64 one, stored or added."""
+    float64 one, stored or added. Rows of 10 (at 8 lanes) and 18 (at 8 and 16) end in a vector
+    of under half the lanes, whose first store of each odd dx row is already partial: it ran past
+    the plane's last row into the next work-item's plane, or past dx."""
     b = lanes_backend(lanes)
     n, c, h, w = shape
     rng = np.random.default_rng(6)
