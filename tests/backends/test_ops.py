@@ -671,6 +671,86 @@ def test_conv2d_and_its_gradients(ops_backend, dtype, rng, case, accumulate):
     placed.check_sentinels()
 
 
+def random_conv_geometry(rng):
+    """One convolution drawn the way layers come (session 61's random runs): depthwise 3x3 at
+    stride 1 or 2 on planes of any width (MobileNet's and odd ones), wide 3x3 and 5x5 layers
+    (Winograd's sizes), grouped, dilated, pointwise (strided too) and small arbitrary ones; the
+    output at least one pixel. (input shape, (O, kh, kw), stride, padding, dilation, groups)."""
+    while True:
+        kind = rng.choice(["any", "depthwise", "depthwise-s2", "wide-3x3", "wide-5x5", "wide-s2", "grouped",
+                           "pointwise"])
+        n, groups, stride, dilation, padding = int(rng.integers(1, 4)), 1, (1, 1), (1, 1), None
+        h, w = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        if kind == "any":
+            c, o, kh, kw = (int(v) for v in rng.integers(1, [20, 20, 6, 6]))
+            stride, dilation = tuple(int(v) for v in rng.integers(1, 4, 2)), tuple(int(v) for v in rng.integers(1, 3, 2))
+        elif kind.startswith("depthwise"):
+            c = o = groups = int(rng.choice([1, 3, 8, 16, 24, 64]))
+            kh = kw = 3
+            stride = (2, 2) if kind == "depthwise-s2" else (1, 1)
+            h = int(rng.choice([7, 14, 16, 18, 20, 28, 32, 36])) if rng.random() < 0.6 else h
+            w = h if rng.random() < 0.7 else w
+        elif kind.startswith("wide"):
+            c, o = (int(v) for v in rng.integers(24, 72, 2))
+            kh = kw = 5 if kind == "wide-5x5" else 3
+            stride = (2, 2) if kind == "wide-s2" else (1, 1)
+            dilation = (2, 2) if kind == "wide-3x3" and rng.random() < 0.3 else (1, 1)
+            n, h, w = int(rng.integers(1, 3)), int(rng.integers(8, 36)), int(rng.integers(8, 36))
+        elif kind == "grouped":
+            groups = int(rng.choice([2, 3, 4]))
+            c, o = (groups * int(v) for v in rng.integers(1, 16, 2))
+            kh = kw = 3
+        else:
+            c, o, kh, kw = int(rng.integers(1, 130)), int(rng.integers(1, 130)), 1, 1
+            stride = (2, 2) if rng.random() < 0.4 else (1, 1)
+            padding = (0, 0)
+        if padding is None:
+            padding = ((kh // 2) * dilation[0], (kw // 2) * dilation[1]) if rng.random() < 0.6 else \
+                (int(rng.integers(0, kh + 1)), int(rng.integers(0, kw + 1)))
+        if min(_out(h, kh, stride[0], padding[0], dilation[0]), _out(w, kw, stride[1], padding[1], dilation[1])) >= 1:
+            return (n, c, h, w), (o, kh, kw), stride, padding, dilation, groups
+
+
+@pytest.mark.parametrize("seed", range(48))
+def test_conv2d_on_random_geometries(ops_backend, seed):
+    """Forward (with a random epilogue), weight and input gradient (stored or added) of drawn
+    geometries, float32, the operands views in one buffer: each value within 1e-4 of the sum of
+    its terms' magnitudes of the float64 loops, nothing written outside the operands. The OpenCL
+    stride-2 depthwise input gradient ran past dx on rows of 10 and 18 outputs (session 61)."""
+    rng = np.random.default_rng(1000 + seed)
+    xs, (o, kh, kw), stride, padding, dilation, groups = random_conv_geometry(rng)
+    x, w = rng.standard_normal(xs), rng.standard_normal((o, xs[1] // groups, kh, kw))
+    args = (stride, padding, dilation, groups)
+    y_ref = conv_reference(x, w, *args)
+    y_bound = conv_reference(np.abs(x), np.abs(w), *args)
+    dy, dx0, dw0 = rng.standard_normal(y_ref.shape), rng.standard_normal(x.shape), rng.standard_normal(w.shape)
+    bias, residual = rng.standard_normal(o), rng.standard_normal(y_ref.shape)
+    parts, accumulate = rng.choice(["", "bias", "bias+relu", "bias+residual+relu"]), bool(rng.random() < 0.4)
+    if "bias" in parts:
+        y_ref, y_bound = y_ref + bias.reshape(1, o, 1, 1), y_bound + np.abs(bias).reshape(1, o, 1, 1)
+    if "residual" in parts:
+        y_ref, y_bound = y_ref + residual, y_bound + np.abs(residual)
+    if "relu" in parts:
+        y_ref = np.maximum(y_ref, 0.0)
+    dx_ref, dw_ref = conv_grads_reference(x, w, dy, *args)
+    dx_bound, dw_bound = conv_grads_reference(np.abs(x), np.abs(w), np.abs(dy), *args)
+    if accumulate:
+        dx_ref, dw_ref = dx_ref + dx0, dw_ref + dw0
+        dx_bound, dw_bound = dx_bound + np.abs(dx0), dw_bound + np.abs(dw0)
+    placed = Placed(ops_backend, [x, w, np.full(y_ref.shape, 3.0), dy, dx0, dw0, bias, residual], np.float32, "view")
+    dev_x, dev_w, y, dev_dy, dx, dw, dev_bias, dev_residual = placed.devs
+    ws = Workspace()
+    ops_backend.conv2d(dev_x, dev_w, y, *args, ws=ws, bias=dev_bias if "bias" in parts else None,
+                       relu="relu" in parts, residual=dev_residual if "residual" in parts else None)
+    ops_backend.conv2d_backward_filter(dev_x, dev_dy, dw, *args, accumulate, ws=ws)
+    ops_backend.conv2d_backward_data(dev_dy, dev_w, dx, *args, accumulate, ws=ws)
+    for what, i, want, bound in (("forward", 2, y_ref, y_bound), ("dx", 4, dx_ref, dx_bound), ("dw", 5, dw_ref, dw_bound)):
+        err = np.abs(placed.host(i) - want)
+        assert (err <= 1e-4 * (bound + 1e-3 * bound.max())).all(), \
+            f"{what} of {xs} {w.shape} {args} {parts!r} accumulate={accumulate}: off by up to {err.max():.3g}"
+    placed.check_sentinels()
+
+
 EPILOGUE_CASES = CONV_CASES + [((2, 8, 5, 6), (6, 1, 1), (1, 1), (0, 0), (1, 1), 1),  # pointwise: a plain GEMM
                                # strided 16x16 planes: NumPy's AVX-512 direct kernel in blocks of 8 x 2 vectors
                                ((1, 5, 32, 32), (9, 3, 3), (2, 2), (1, 1), (1, 1), 1)]
