@@ -119,6 +119,38 @@ def test_matches_torch_outputs_and_every_gradient(backend, kind, seed):
         np.testing.assert_allclose(p_grads[f"0.{name}"], p.grad.numpy(), err_msg=name, **tol)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_torch_at_drawn_sizes_in_float32(backend, seed):
+    """Sizes drawn up to 140 hidden units and 80 features (the kernels' vector and panel tails,
+    fused and unfused paths), stacked, bidirectional or without bias, float32 on every backend:
+    outputs and every gradient within 1e-3 of each tensor's largest value of torch's float64.
+    (tanh and sigmoid only: a ReLU's kink would move one gradient between the precisions.)"""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(100 + seed)
+    kind = ("RNN", "LSTM", "GRU")[seed % 3]
+    feat, hid = int(rng.integers(1, 80)), int(rng.integers(1, 140))
+    hid = 16 * (hid // 16 + 1) if seed % 4 == 0 else hid   # multiples of 16: OpenCL's fused step kernels
+    seq, batch, layers = int(rng.integers(1, 12)), int(rng.integers(1, 10)), int(rng.integers(1, 3))
+    bidir, bias = bool(rng.random() < 0.4), bool(rng.random() < 0.8)
+    torch.manual_seed(seed)
+    tmod = getattr(torch.nn, kind)(feat, hid, num_layers=layers, bidirectional=bidir, bias=bias,
+                                   batch_first=True).double()
+    net = jp.Network(L.Sequential(_layer(kind, hid, num_layers=layers, bidirectional=bidir, bias=bias)), (seq, feat),
+                     dtype=np.float32)
+    net.set_weights({f"0.{k}": v.numpy().astype(np.float32) for k, v in tmod.state_dict().items()}, strict=True)
+    x, dy = rng.standard_normal((batch, seq, feat)), rng.standard_normal((batch, seq, hid * (2 if bidir else 1)))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt, _ = tmod(xt)
+    yt.backward(torch.from_numpy(dy))
+    outs, in_grads, p_grads = forward_backward(net, backend, [x.astype(np.float32)], [dy.astype(np.float32)])
+    pairs = [("output", outs[0], yt.detach().numpy()), ("input gradient", in_grads[0], xt.grad.numpy())]
+    pairs += [(name, p_grads[f"0.{name}"], p.grad.numpy()) for name, p in tmod.named_parameters()]
+    for what, got, want in pairs:
+        err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)   # W_hh's is zero over one step
+        assert err < 1e-3, f"{kind} {feat}->{hid} seq {seq} batch {batch} layers {layers} bidirectional {bidir} " \
+                           f"bias {bias}: {what} off by {err:.2g} of its largest value"
+
+
 @pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
 def test_five_adam_steps_follow_torch(backend, kind):
     torch, tmod, net, x, dtype = _torch_pair(kind, 3, backend.name)
