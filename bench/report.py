@@ -23,6 +23,7 @@ round-by-round ratios, with both medians.
 
 import argparse
 import json
+import statistics
 import sys
 from collections import defaultdict
 
@@ -146,9 +147,8 @@ def goal_rows(runs: list[dict]) -> list[dict]:
             ratios.setdefault((workload, label, reference), [None] * len(runs))[i] = info["pair_ratio"]
     rows = []
     for (workload, label, reference), per_run in ratios.items():
-        measured = sorted(r for r in per_run if r is not None)
-        middle = len(measured) // 2
-        median = measured[middle] if len(measured) % 2 else (measured[middle - 1] + measured[middle]) / 2
+        measured = [r for r in per_run if r is not None]
+        median = statistics.median(measured)
         goal = speed_goal(workload, label.split(",")[0], reference)
         rows.append({"workload": workload, "backend": label, "reference": reference, "goal": goal,
                      "runs": per_run, "median": median,
