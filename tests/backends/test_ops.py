@@ -690,6 +690,8 @@ def random_conv_geometry(rng):
             stride = (2, 2) if kind == "depthwise-s2" else (1, 1)
             h = int(rng.choice([7, 14, 16, 18, 20, 28, 32, 36])) if rng.random() < 0.6 else h
             w = h if rng.random() < 0.7 else w
+            if kind == "depthwise-s2" and rng.random() < 0.8:   # MobileNet's: padding 1 on even planes
+                h, w, padding = h + h % 2, w + w % 2, (1, 1)
         elif kind.startswith("wide"):
             c, o = (int(v) for v in rng.integers(24, 72, 2))
             kh = kw = 5 if kind == "wide-5x5" else 3
@@ -716,7 +718,8 @@ def test_conv2d_on_random_geometries(ops_backend, seed):
     """Forward (with a random epilogue), weight and input gradient (stored or added) of drawn
     geometries, float32, the operands views in one buffer: each value within 1e-4 of the sum of
     its terms' magnitudes of the float64 loops, nothing written outside the operands. The OpenCL
-    stride-2 depthwise input gradient ran past dx on rows of 10 and 18 outputs (session 61)."""
+    stride-2 depthwise input gradient ran past dx on rows of 10 and 18 outputs (session 61): with
+    that bug back, the draw of seed 44 (34x34 planes, rows of 17) fails."""
     rng = np.random.default_rng(1000 + seed)
     xs, (o, kh, kw), stride, padding, dilation, groups = random_conv_geometry(rng)
     x, w = rng.standard_normal(xs), rng.standard_normal((o, xs[1] // groups, kh, kw))
