@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import arguments
 from .. import init as initializers
 from ..errors import IndicesError, ShapeError
 from ..net.params import LearnableParams
@@ -22,19 +23,15 @@ class Embedding(Layer):
     def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None,
                  weight_init="normal"):
         super().__init__()
-        self.num_embeddings = int(num_embeddings)
-        self.embedding_dim = int(embedding_dim)
-        if self.num_embeddings < 1 or self.embedding_dim < 1:
-            raise ValueError(f"Embedding: num_embeddings and embedding_dim must be >= 1, got "
-                             f"{num_embeddings}, {embedding_dim}")
+        self.num_embeddings = arguments.integer("Embedding", "num_embeddings", num_embeddings, 1)
+        self.embedding_dim = arguments.integer("Embedding", "embedding_dim", embedding_dim, 1)
         if padding_idx is not None:
-            padding_idx = int(padding_idx)
-            if not -self.num_embeddings <= padding_idx < self.num_embeddings:
-                raise ValueError(f"Embedding: padding_idx must be within num_embeddings ({self.num_embeddings}), "
-                                 f"got {padding_idx}")
-            padding_idx %= self.num_embeddings  # torch counts a negative one from the end
+            # torch counts a negative one from the end
+            padding_idx = arguments.integer("Embedding", "padding_idx (within num_embeddings)", padding_idx,
+                                            -self.num_embeddings, self.num_embeddings - 1) % self.num_embeddings
         self.padding_idx = padding_idx
-        self.weight_init = weight_init
+        self.weight_init = weight_init if isinstance(weight_init, str) and weight_init == "normal" else \
+            arguments.initializer("Embedding", "weight_init ('normal', torch's)", weight_init)
         self.weight: LearnableParams | None = None
 
     def infer_shape(self, unit_shape, path):

@@ -19,6 +19,7 @@ writes h[t]. Initial states are zero.
 
 from __future__ import annotations
 
+from .. import arguments
 from .. import init as initializers
 from ..backends.base import scratch
 from ..backends.rng import stream_key
@@ -40,16 +41,12 @@ class _Recurrent(Layer):
                  bidirectional: bool = False, dropout: float = 0.0, input_size: int | None = None):
         super().__init__()
         name = type(self).__name__
-        if int(hidden_size) < 1 or int(num_layers) < 1:
-            raise ValueError(f"{name}: hidden_size and num_layers must be >= 1, got {hidden_size}, {num_layers}")
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"{name}: dropout must be in [0, 1), got {dropout}")
-        self.hidden_size = int(hidden_size)
-        self.num_layers = int(num_layers)
-        self.bias = bool(bias)
-        self.bidirectional = bool(bidirectional)
-        self.dropout = float(dropout)
-        self.input_size = input_size
+        self.hidden_size = arguments.integer(name, "hidden_size", hidden_size, 1)
+        self.num_layers = arguments.integer(name, "num_layers", num_layers, 1)
+        self.bias = arguments.flag(name, "bias", bias)
+        self.bidirectional = arguments.flag(name, "bidirectional", bidirectional)
+        self.dropout = arguments.number(name, "dropout", dropout, low=0.0, high=1.0, high_open=True)
+        self.input_size = arguments.optional_integer(name, "input_size", input_size, 1)
         self.directions = 2 if self.bidirectional else 1
         self._params: dict[str, LearnableParams] = {}
         self.seq_len = None

@@ -73,6 +73,28 @@ def test_integer_input_must_feed_an_embedding_and_an_embedding_needs_one():
         L.Embedding(5, 2, padding_idx=5)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_embeddings=2.5, embedding_dim=3), r"Embedding: num_embeddings must be an integer >= 1, got float 2.5"),
+    (dict(num_embeddings=float("inf"), embedding_dim=3), "num_embeddings must be an integer"),
+    (dict(num_embeddings=5, embedding_dim=0), r"embedding_dim must be an integer >= 1, got 0"),
+    (dict(num_embeddings=5, embedding_dim=True), r"embedding_dim must be an integer >= 1, got bool"),
+    (dict(num_embeddings=5, embedding_dim=2, padding_idx=-6), r"padding_idx \(within num_embeddings\) must be "
+                                                               r"an integer >= -5 and <= 4, got -6"),
+    (dict(num_embeddings=5, embedding_dim=2, padding_idx=1.0), "padding_idx .* must be an integer"),
+    (dict(num_embeddings=5, embedding_dim=2, weight_init="nope"), r"weight_init \('normal', torch's\) must be"),
+    (dict(num_embeddings=5, embedding_dim=2, weight_init=np.zeros(2)), "weight_init .* got ndarray"),
+])
+def test_bad_arguments_are_refused_by_name(kwargs, match):
+    # a config read from a file reaches here too: a float such as 2.5 or inf is refused, not truncated
+    with pytest.raises(ValueError, match=match):
+        L.Embedding(**kwargs)
+
+
+def test_a_negative_padding_index_counts_from_the_end_as_in_torch():
+    assert L.Embedding(5, 2, padding_idx=-5).padding_idx == 0
+    assert L.Embedding(5, 2, padding_idx=-1).padding_idx == 4
+
+
 def test_functional_input_dtype_and_save_load_and_predictor(tmp_path, backend, rng):
     tokens = jp.Input((6,), dtype=np.int64)
     h = L.LastStep()(L.LSTM(5)(L.Embedding(10, 3)(tokens)))

@@ -82,6 +82,24 @@ def test_bad_shapes_and_arguments_are_clear_errors():
         jp.Network(L.LastStep(), (5,))
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(hidden_size=1.5), r"^LSTM: hidden_size must be an integer >= 1, got float 1.5"),
+    (dict(hidden_size=float("inf")), r"^LSTM: hidden_size must be an integer >= 1, got float inf"),
+    (dict(hidden_size=0), r"^LSTM: hidden_size must be an integer >= 1, got 0"),
+    (dict(hidden_size=4, num_layers=2.0), r"^LSTM: num_layers must be an integer >= 1, got float 2.0"),
+    (dict(hidden_size=4, bias="no"), r"^LSTM: bias must be True or False, got str 'no'"),
+    (dict(hidden_size=4, bidirectional=1), r"^LSTM: bidirectional must be True or False, got int 1"),
+    (dict(hidden_size=4, dropout=float("nan")), r"^LSTM: dropout must be a finite number in \[0, 1\)"),
+    (dict(hidden_size=4, dropout="0.1"), r"^LSTM: dropout must be a number"),
+    (dict(hidden_size=4, input_size=0), r"^LSTM: input_size must be an integer >= 1, got 0"),
+])
+def test_bad_arguments_are_refused_by_name_not_truncated(kwargs, match):
+    # a config read from a file reaches here too: hidden_size 1.5 once built a 1-unit layer and inf
+    # raised an OverflowError out of build_network
+    with pytest.raises(ValueError, match=match):
+        L.LSTM(**kwargs)
+
+
 # ------------------------------------------------------------------ torch parity
 def _torch_pair(kind, seed, backend_name):
     torch = pytest.importorskip("torch")
