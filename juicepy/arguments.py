@@ -95,8 +95,8 @@ def instance(owner: str, name: str, value, cls: type, expected: str):
     return value
 
 
-def pair(owner: str, name: str, value, minimum: int) -> tuple[int, int]:
-    """An integer or a pair of integers (each >= minimum) as a pair."""
+def pair(owner: str, name: str, value, minimum: int, maximum: int | None = None) -> tuple[int, int]:
+    """An integer or a pair of integers (each within [minimum, maximum]) as a pair."""
     if is_integer(value):
         values = (value, value)
     elif isinstance(value, (tuple, list)) and len(value) == 2 and all(is_integer(v) for v in value):
@@ -106,6 +106,8 @@ def pair(owner: str, name: str, value, minimum: int) -> tuple[int, int]:
                             f"got {describe(value)}")
     if min(values) < minimum:
         raise ArgumentError(f"{_name(owner, name)} must be >= {minimum}, got {value!r}")
+    if maximum is not None and max(values) > maximum:
+        raise ArgumentError(f"{_name(owner, name)} must be <= {maximum}, got {value!r}")
     return int(values[0]), int(values[1])
 
 

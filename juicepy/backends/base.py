@@ -208,6 +208,11 @@ def check_nonlinearity(backend_name: str, nonlinearity: str) -> None:
                          f"got {nonlinearity!r}")
 
 
+#: the largest value of a convolution's or a pooling window's geometry (sizes, strides, padding,
+#: dilations, padded extents): kernels compute positions in 32-bit integers
+GEOMETRY_MAX = 2**31 - 1
+
+
 def conv_output_size(size: int, kernel: int, stride: int, pad: int, dilation: int = 1) -> int:
     """Output length along one axis of a convolution or pooling window (floor mode, as PyTorch)."""
     return (size + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
@@ -227,9 +232,9 @@ def check_gemm(backend_name: str, a, b, out, trans_a: bool, trans_b: bool) -> tu
 
 
 def check_conv_shapes(backend_name: str, op: str, x_shape, w_shape, y_shape, stride, padding, dilation,
-                      groups) -> None:
+                      groups) -> tuple[tuple[int, int], tuple[int, int]]:
     """Raise ValueError unless input (N, C, H, W), weight (O, C/groups, kh, kw) and output
-    (N, O, Ho, Wo) fit the geometry."""
+    (N, O, Ho, Wo) fit the geometry; returns the (stride, dilation) for the kernels."""
     if len(x_shape) != 4 or len(w_shape) != 4 or len(y_shape) != 4:
         raise ValueError(f"{backend_name} backend {op}: 4-D input, weight and output expected, got "
                          f"{tuple(x_shape)}, {tuple(w_shape)}, {tuple(y_shape)}")
@@ -241,6 +246,26 @@ def check_conv_shapes(backend_name: str, op: str, x_shape, w_shape, y_shape, str
         raise ValueError(f"{backend_name} backend {op}: input {tuple(x_shape)}, weight {tuple(w_shape)}, "
                          f"groups {groups}, stride {tuple(stride)}, padding {tuple(padding)}, dilation "
                          f"{tuple(dilation)} give output {expected}, got {tuple(y_shape)}")
+    _check_geometry_range(backend_name, op, (h, w), (kh, kw), stride, padding, dilation)
+    return kernel_geometry((h, w), (kh, kw), stride, padding, dilation)
+
+
+def _check_geometry_range(backend_name, op, hw, kernel, stride, padding, dilation) -> None:
+    padded = [s + 2 * p for s, p in zip(hw, padding)]
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    if max(*padded, *span, *stride) > GEOMETRY_MAX:
+        raise ValueError(f"{backend_name} backend {op}: padded input {tuple(padded)}, window span {tuple(span)} "
+                         f"and stride {tuple(stride)} must each be <= {GEOMETRY_MAX} (32-bit kernel geometry)")
+
+
+def kernel_geometry(hw, kernel, stride, padding, dilation) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(stride, dilation) as the kernels take them: a stride past the padded plane (one output
+    position) cut to the plane's extent and a one-tap axis's dilation as 1, which changes no
+    result; the kernels size their scratch by them, so a stride of 2**31 on a 4x4 plane must not
+    reach them."""
+    stride = tuple(min(int(s), size + 2 * p) for s, size, p in zip(stride, hw, padding))
+    dilation = tuple(1 if k == 1 else int(d) for k, d in zip(kernel, dilation))
+    return stride, dilation
 
 
 class ConvNorm(NamedTuple):
@@ -283,8 +308,9 @@ def conv_epilogue(backend: "Backend", out, bias, norm, relu: bool, ws, residual=
         backend.add(out, residual, out, relu=late_relu)
 
 
-def check_pool_shapes(backend_name: str, op: str, x_shape, y_shape, kernel, stride, padding) -> None:
-    """Raise ValueError unless output (N, C, Ho, Wo) is what pooling (N, C, H, W) gives."""
+def check_pool_shapes(backend_name: str, op: str, x_shape, y_shape, kernel, stride, padding) -> tuple[int, int]:
+    """Raise ValueError unless output (N, C, Ho, Wo) is what pooling (N, C, H, W) gives; returns
+    the stride for the kernels."""
     if len(x_shape) != 4 or len(y_shape) != 4:
         raise ValueError(f"{backend_name} backend {op}: 4-D input and output expected, got "
                          f"{tuple(x_shape)}, {tuple(y_shape)}")
@@ -294,6 +320,8 @@ def check_pool_shapes(backend_name: str, op: str, x_shape, y_shape, kernel, stri
     if tuple(y_shape) != expected:
         raise ValueError(f"{backend_name} backend {op}: input {tuple(x_shape)}, kernel {tuple(kernel)}, stride "
                          f"{tuple(stride)}, padding {tuple(padding)} give {expected}, got {tuple(y_shape)}")
+    _check_geometry_range(backend_name, op, (h, w), kernel, stride, padding, (1, 1))
+    return kernel_geometry((h, w), kernel, stride, padding, (1, 1))[0]
 
 
 def check_argmax(backend_name: str, op: str, argmax, shape) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .. import arguments
 from .. import init as initializers
-from ..backends.base import conv_output_size
+from ..backends.base import GEOMETRY_MAX, conv_output_size
 from ..errors import ArgumentError, ShapeError
 from ..net.params import LearnableParams
 from .activation import ReLU
@@ -26,9 +26,9 @@ class Conv2d(Layer):
         super().__init__()
         name = type(self).__name__
         self.out_channels = arguments.integer(name, "out_channels", out_channels, 1)
-        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1)
-        self.stride = arguments.pair(name, "stride", stride, 1)
-        self.dilation = arguments.pair(name, "dilation", dilation, 1)
+        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1, GEOMETRY_MAX)
+        self.stride = arguments.pair(name, "stride", stride, 1, GEOMETRY_MAX)
+        self.dilation = arguments.pair(name, "dilation", dilation, 1, GEOMETRY_MAX)
         self.groups = arguments.integer(name, "groups", groups, 1)
         self.use_bias = arguments.flag(name, "bias", bias)
         self.weight_init = arguments.initializer(name, "weight_init", weight_init)
@@ -49,7 +49,7 @@ class Conv2d(Layer):
         elif isinstance(padding, str):
             raise ArgumentError(f"{name}: padding must be an integer, a pair or 'same', got {padding!r}")
         else:
-            self.padding = arguments.pair(name, "padding", padding, 0)
+            self.padding = arguments.pair(name, "padding", padding, 0, GEOMETRY_MAX)
             self.padding_arg = int(padding) if arguments.is_integer(padding) else list(self.padding)
         self.weight: LearnableParams | None = None
         self.bias: LearnableParams | None = None
@@ -176,9 +176,9 @@ class Conv1d(Conv2d):
                  groups: int = 1, bias: bool = True, weight_init="torch", bias_init="torch",
                  in_channels: int | None = None):
         for what, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
-            arguments.integer("Conv1d", what, value, 1)
+            arguments.integer("Conv1d", what, value, 1, GEOMETRY_MAX)
         if not (isinstance(padding, str) and padding == "same"):
-            arguments.integer("Conv1d", "padding (an integer or 'same')", padding, 0)
+            arguments.integer("Conv1d", "padding (an integer or 'same')", padding, 0, GEOMETRY_MAX)
         pad2 = padding if padding == "same" else (0, padding)
         super().__init__(out_channels, (1, kernel_size), (1, stride), pad2, (1, dilation), groups, bias,
                          weight_init, bias_init, in_channels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import arguments
-from ..backends.base import conv_output_size
+from ..backends.base import GEOMETRY_MAX, conv_output_size
 from ..errors import ShapeError
 from .base import Layer
 
@@ -14,10 +14,10 @@ class _Pool2d(Layer):
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
         name = type(self).__name__
-        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1)
-        self.stride = self.kernel_size if stride is None else arguments.pair(name, "stride", stride, 1)
+        self.kernel_size = arguments.pair(name, "kernel_size", kernel_size, 1, GEOMETRY_MAX)
+        self.stride = self.kernel_size if stride is None else arguments.pair(name, "stride", stride, 1, GEOMETRY_MAX)
         self.stride_arg = stride
-        self.padding = arguments.pair(name, "padding", padding, 0)
+        self.padding = arguments.pair(name, "padding", padding, 0, GEOMETRY_MAX)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"{name}: padding {self.padding} must be at most half the kernel "
                              f"{self.kernel_size} (every window must touch the input)")

@@ -645,6 +645,10 @@ CONV_CASES = [
     # and its scatter input gradient where it picks them
     ((2, 32, 16, 16), (64, 1, 1), (2, 2), (0, 0), (1, 1), 1),
     ((2, 5, 9, 8), (7, 1, 1), (2, 3), (1, 1), (1, 1), 1),
+    # strides past the padded plane (one output along that axis) and a one-tap axis's dilation:
+    # nothing a backend sizes by them may grow with them (2**20 once ran NumPy out of memory)
+    ((2, 3, 5, 4), (4, 3, 3), (2**31 - 1, 1), (1, 1), (1, 2), 1),
+    ((2, 3, 5, 4), (4, 1, 3), (2**20, 2**20), (0, 1), (2**31 - 1, 1), 1),
 ]
 
 
@@ -819,6 +823,11 @@ def test_conv2d_refuses_a_wrong_geometry(ops_backend):
         b.conv2d_backward_data(b.zeros((2, 4, 6, 6)), w, b.zeros((2, 3, 8, 8)), (1, 1), (0, 0), (1, 1), 3)
     with bad_argument(b, "conv2d_backward_filter"):
         b.conv2d_backward_filter(x, b.zeros((2, 4, 5, 6)), w, (1, 1), (0, 0), (1, 1), 1)
+    # positions past 32 bits: the kernels compute them in 32-bit integers
+    with bad_argument(b, "conv2d"):
+        b.conv2d(x, b.zeros((4, 3, 1, 1)), b.zeros((2, 4, 1, 1)), (2**31, 1), (0, 0), (1, 1), 1)
+    with bad_argument(b, "conv2d_backward_data"):
+        b.conv2d_backward_data(b.zeros((2, 4, 3, 3)), w, x, (2**30, 2**30), (2**30, 2**30), (1, 1), 1)
 
 
 # ========================================================================== pooling
@@ -873,6 +882,7 @@ POOL_CASES = [
     ((1, 1, 2, 6), (2, 2), (2, 2), (0, 0)),    # 3 a row, one output row: the last-row path alone
     ((2, 2, 6, 18), (2, 2), (2, 2), (0, 0)),   # 9 a row: one 16-lane vector of 9 live lanes
     ((1, 3, 10, 24), (2, 2), (2, 2), (0, 0)),  # 12 a row, 3 planes
+    ((2, 3, 5, 4), (3, 2), (2**31 - 1, 2), (1, 0)),  # a stride past the padded plane: one output row
 ]
 
 
@@ -963,6 +973,8 @@ def test_pooling_refuses_bad_arguments(ops_backend):
         b.avg_pool2d(x, b.zeros((1, 2, 2, 2)), (2, 2), (2, 2), (0, 0))
     with bad_argument(b, "avg_pool2d_backward"):
         b.avg_pool2d_backward(b.zeros((1, 2, 2, 2)), x, (2, 2), (2, 2), (0, 0))
+    with bad_argument(b, "max_pool2d"):  # a stride past 32 bits
+        b.max_pool2d(x, b.zeros((1, 2, 1, 1)), b.zeros((1, 2, 1, 1), np.int32), (6, 6), (2**31, 2**31), (0, 0))
 
 
 # ======================================================================= batch norm

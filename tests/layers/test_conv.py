@@ -211,6 +211,9 @@ def test_conv2d_shape_errors_name_the_layer(layer, shape, needle):
     (dict(out_channels=4, kernel_size=0), "kernel_size must be >= 1"),
     (dict(out_channels=4, kernel_size=(3, 3, 3)), "pair of integers"),
     (dict(out_channels=4, kernel_size=3, padding=-1), "padding must be >= 0"),
+    # the kernels take geometry as 32-bit integers; a definition file once sent 2**63 to them
+    (dict(out_channels=4, kernel_size=1, stride=(1, 2**63)), "Conv2d: stride must be <= 2147483647, got (1, "),
+    (dict(out_channels=4, kernel_size=1, dilation=10**30), "Conv2d: dilation must be <= 2147483647"),
 ])
 def test_conv2d_bad_arguments(kwargs, needle):
     with pytest.raises(ValueError) as info:

@@ -181,6 +181,8 @@ def test_pool_bad_arguments():
         L.MaxPool2d(2, padding=2)
     with pytest.raises(ValueError, match="must be >= 1"):
         L.AvgPool2d(0)
+    with pytest.raises(ValueError, match=r"MaxPool2d: stride must be <= 2147483647, got 2147483648"):
+        L.MaxPool2d(2, stride=2**31)
 
 
 def test_pool_config_recreates_the_layer():

@@ -61,7 +61,8 @@ class SpatialOps(abc.ABC):
         conv_epilogue(self, out, bias, norm, relu, ws, residual)
 
     def _conv2d(self, x, w, out, stride, padding, dilation, groups, ws):
-        check_conv_shapes("cuda", "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
+        stride, dilation = check_conv_shapes("cuda", "conv2d", x.shape, w.shape, out.shape, stride, padding,
+                                             dilation, groups)
         o, cg, kh, kw = w.shape
         out_hw = out.shape[2:]
         col = self._im2col(x, (kh, kw), out_hw, stride, padding, dilation, ws, "conv_col")
@@ -76,8 +77,8 @@ class SpatialOps(abc.ABC):
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
-        check_conv_shapes("cuda", "conv2d_backward_data", dx.shape, w.shape, dy.shape, stride, padding, dilation,
-                          groups)
+        stride, dilation = check_conv_shapes("cuda", "conv2d_backward_data", dx.shape, w.shape, dy.shape, stride,
+                                             padding, dilation, groups)
         o, cg, kh, kw = w.shape
         out_hw = dy.shape[2:]
         dy_cm = self._to_channel_major(dy, ws, "conv_dy")
@@ -91,8 +92,8 @@ class SpatialOps(abc.ABC):
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
-        check_conv_shapes("cuda", "conv2d_backward_filter", x.shape, dw.shape, dy.shape, stride, padding,
-                          dilation, groups)
+        stride, dilation = check_conv_shapes("cuda", "conv2d_backward_filter", x.shape, dw.shape, dy.shape,
+                                             stride, padding, dilation, groups)
         o, cg, kh, kw = dw.shape
         col = self._im2col(x, (kh, kw), dy.shape[2:], stride, padding, dilation, ws, "conv_col")
         dy_cm = self._to_channel_major(dy, ws, "conv_dy")
@@ -110,25 +111,25 @@ class SpatialOps(abc.ABC):
                                            stride[0], stride[1], padding[0], padding[1]))
 
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
-        check_pool_shapes("cuda", "max_pool2d", x.shape, out.shape, kernel, stride, padding)
+        stride = check_pool_shapes("cuda", "max_pool2d", x.shape, out.shape, kernel, stride, padding)
         check_argmax("cuda", "max_pool2d", argmax, out.shape)
         geom = self._pool_geometry(x.shape, out.shape[2:], kernel, stride, padding)
         self._launch(x.dtype, "max_pool_forward", out.size, (x, out, argmax) + geom)
 
     def max_pool2d_backward(self, dy, argmax, dx, kernel, stride, padding, accumulate=False, ws=None):
-        check_pool_shapes("cuda", "max_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
+        stride = check_pool_shapes("cuda", "max_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         check_argmax("cuda", "max_pool2d_backward", argmax, dy.shape)
         geom = self._pool_geometry(dx.shape, dy.shape[2:], kernel, stride, padding)
         self._launch(dx.dtype, "max_pool_backward", dx.size, (dy, argmax, dx) + geom + (np.int32(accumulate),))
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
-        check_pool_shapes("cuda", "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
+        stride = check_pool_shapes("cuda", "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
         geom = self._pool_geometry(x.shape, out.shape[2:], kernel, stride, padding)
         self._launch(x.dtype, "avg_pool_forward", out.size, (x, out) + geom + (np.int32(count_include_pad),))
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
-        check_pool_shapes("cuda", "avg_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
+        stride = check_pool_shapes("cuda", "avg_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         geom = self._pool_geometry(dx.shape, dy.shape[2:], kernel, stride, padding)
         self._launch(dx.dtype, "avg_pool_backward", dx.size,
                      (dy, dx) + geom + (np.int32(count_include_pad), np.int32(accumulate)))

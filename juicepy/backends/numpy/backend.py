@@ -567,25 +567,26 @@ class NumpyBackend(Backend):
     # The kernels live in spatial.py; these methods only pass the workspace through.
     def conv2d(self, x, w, out, stride, padding, dilation, groups, ws=None, bias=None, norm=None, relu=False,
                residual=None):
-        check_conv_shapes(self.name, "conv2d", x.shape, w.shape, out.shape, stride, padding, dilation, groups)
+        stride, dilation = check_conv_shapes(self.name, "conv2d", x.shape, w.shape, out.shape, stride, padding,
+                                             dilation, groups)
         check_conv_epilogue(self.name, out, bias, norm, residual)
         spatial.conv2d(self, x, w, out, stride, padding, dilation, groups, ws, bias, norm, relu, residual)
 
     def conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups,
                              accumulate=False, ws=None):
-        check_conv_shapes(self.name, "conv2d_backward_data", dx.shape, w.shape, dy.shape, stride, padding,
-                          dilation, groups)
+        stride, dilation = check_conv_shapes(self.name, "conv2d_backward_data", dx.shape, w.shape, dy.shape,
+                                             stride, padding, dilation, groups)
         spatial.conv2d_backward_data(self, dy, w, dx, stride, padding, dilation, groups, accumulate, ws)
 
     def conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups,
                                accumulate=False, ws=None):
-        check_conv_shapes(self.name, "conv2d_backward_filter", x.shape, dw.shape, dy.shape, stride, padding,
-                          dilation, groups)
+        stride, dilation = check_conv_shapes(self.name, "conv2d_backward_filter", x.shape, dw.shape, dy.shape,
+                                             stride, padding, dilation, groups)
         spatial.conv2d_backward_filter(self, x, dy, dw, stride, padding, dilation, groups, accumulate, ws)
 
     # ---------------------------------------------------------------- pooling
     def max_pool2d(self, x, out, argmax, kernel, stride, padding, ws=None):
-        check_pool_shapes(self.name, "max_pool2d", x.shape, out.shape, kernel, stride, padding)
+        stride = check_pool_shapes(self.name, "max_pool2d", x.shape, out.shape, kernel, stride, padding)
         check_argmax(self.name, "max_pool2d", argmax, out.shape)
         spatial.max_pool2d(self, x, out, argmax, kernel, stride, padding, ws)
 
@@ -595,12 +596,12 @@ class NumpyBackend(Backend):
         spatial.max_pool2d_backward(self, dy, argmax, dx, accumulate, ws)
 
     def avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad=True, ws=None):
-        check_pool_shapes(self.name, "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
+        stride = check_pool_shapes(self.name, "avg_pool2d", x.shape, out.shape, kernel, stride, padding)
         spatial.avg_pool2d(self, x, out, kernel, stride, padding, count_include_pad, ws)
 
     def avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad=True,
                             accumulate=False, ws=None):
-        check_pool_shapes(self.name, "avg_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
+        stride = check_pool_shapes(self.name, "avg_pool2d_backward", dx.shape, dy.shape, kernel, stride, padding)
         spatial.avg_pool2d_backward(self, dy, dx, kernel, stride, padding, count_include_pad,
                                        accumulate, ws)
 

@@ -775,7 +775,8 @@ class SpatialOps(abc.ABC):
     @staticmethod
     def _conv_geometry(x_shape, w_shape, y_shape, stride, padding, dilation, groups, op):
         (sh, sw), (ph, pw), (dh, dw) = pair(stride), pair(padding), pair(dilation)
-        check_conv_shapes("opencl", op, x_shape, w_shape, y_shape, (sh, sw), (ph, pw), (dh, dw), groups)
+        (sh, sw), (dh, dw) = check_conv_shapes("opencl", op, x_shape, w_shape, y_shape, (sh, sw), (ph, pw),
+                                               (dh, dw), groups)
         n, c, h, w = x_shape
         o, _, kh, kw = w_shape
         ho, wo = y_shape[2:]
@@ -1115,7 +1116,7 @@ class SpatialOps(abc.ABC):
     @staticmethod
     def _pool_geometry(x_shape, y_shape, kernel, stride, padding, op):
         (kh, kw), (sh, sw), (ph, pw) = pair(kernel), pair(stride if stride is not None else kernel), pair(padding)
-        check_pool_shapes("opencl", op, x_shape, y_shape, (kh, kw), (sh, sw), (ph, pw))
+        sh, sw = check_pool_shapes("opencl", op, x_shape, y_shape, (kh, kw), (sh, sw), (ph, pw))
         h, w = x_shape[2:]
         ho, wo = y_shape[2:]
         return h, w, ho, wo, kh, kw, sh, sw, ph, pw
