@@ -134,3 +134,53 @@ def test_unreadable_or_malformed_definition_files_name_the_file(tmp_path):
         bad.write_bytes(text)
         with pytest.raises(DefinitionError, match=f"{bad}: .*{needle}"):
             load_definition(bad)
+
+
+def _leaf_paths(node, path=()):
+    """Paths of every value in a JSON document (containers too), root excluded."""
+    if path:
+        yield path
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        yield from _leaf_paths(value, path + (key,))
+
+
+EDITS = [0, -1, 2.5, float("inf"), float("nan"), 2**63, "x", None, True, [], {"$layer": 99}]
+EDITED = {
+    "conv": lambda: jp.Network(L.Sequential(L.Conv2d(4, 3, padding=1), L.BatchNorm2d(), L.Conv2d(5, 1), L.ReLU(),
+                                            L.MaxPool2d(2), L.AvgPool2d(2, stride=1), L.Dropout(0.2), L.Flatten(),
+                                            L.Linear(3)), (2, 6, 6)),
+    "sequence": lambda: jp.Network(L.Sequential(L.Embedding(7, 3, padding_idx=0), L.LSTM(4, bidirectional=True),
+                                                L.GRU(3), L.RNN(2, nonlinearity="relu"), L.LastStep(), L.Linear(2)),
+                                   (5,), input_dtype=np.int64),
+}
+
+
+@pytest.mark.parametrize("name", EDITED)
+def test_a_definition_edited_anywhere_builds_or_is_a_definition_error(name):
+    """Each value of the definition in turn replaced by each of EDITS (a hand-edited or damaged
+    file): build_network gives a DefinitionError or a network whose inference runs. An
+    LSTM's hidden_size of inf once raised OverflowError out of build_network, and a 1x1 Conv2d's
+    stride of 2**63 built and then raised OverflowError from inside the NumPy backend's kernel."""
+    doc = network_definition(EDITED[name]())
+    refused = built = 0
+    for path in _leaf_paths(doc):
+        for value in EDITS:
+            if value == 2**63 and (path[-1] == "num_layers" or path[0] == "input_shapes" and name == "sequence"):
+                # a valid network of 2**63 layers (built until memory runs out, as torch's would;
+                # load() bounds a checkpoint's by its file) or of 2**63 steps (no context fits)
+                continue
+            edited = json.loads(json.dumps(doc))
+            node = edited
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            try:
+                net = build_network(json.dumps(edited))
+            except DefinitionError:
+                refused += 1
+                continue
+            built += 1
+            x = [np.ones((2,) + s, d) for s, d in zip(net.input_shapes, net.input_dtypes)]
+            net.transform("numpy", x[0] if len(x) == 1 else x)
+    assert refused > 10 * built > 0
