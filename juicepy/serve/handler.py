@@ -59,7 +59,7 @@ class PredictionHandler(BaseHTTPRequestHandler):
                 if allowed is None:
                     raise BadRequest(404, f"no route {route!r}; routes: "
                                           + ", ".join(f"{m} {r}" for r, m in ROUTES.items()))
-                if self.command != allowed:
+                if self.command != allowed and not (self.command == "HEAD" and allowed == "GET"):
                     raise BadRequest(405, f"{route} takes {allowed}, not {self.command}", {"Allow": allowed})
                 if route == "/health":
                     self._send(200, json.dumps(app.health()).encode(), "application/json")
@@ -135,6 +135,10 @@ class PredictionHandler(BaseHTTPRequestHandler):
         return body
 
     def _send(self, status: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+        if not self._body_read and (self.command not in ("GET", "HEAD") or self._declares_body()):
+            # a body left unread (over the limit, refused early, sent with a GET) would be read as
+            # the next request on this connection
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         for name, value in (headers or {}).items():
@@ -143,11 +147,14 @@ class PredictionHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        self.wfile.write(body)
+        if self.command != "HEAD":  # its answer is the headers a GET would get
+            self.wfile.write(body)
+
+    def _declares_body(self) -> bool:
+        return "Transfer-Encoding" in self.headers or self.headers.get("Content-Length", "0").strip() != "0"
 
     def _send_error(self, status: int, message: str, headers: dict | None = None) -> None:
-        # a body left unread (over the limit, refused early) would be read as the next request
-        if status == 503 or (self.command != "GET" and not self._body_read):
+        if status == 503:
             self.close_connection = True
         self._send(status, error_body(status, message), "application/json", headers)
 

@@ -121,6 +121,25 @@ def test_bad_content_length_and_short_body(server, connect):
     assert connect(server).health()["status"] == "ok"
 
 
+@pytest.mark.parametrize("head", [b"GET /health", b"GET /predict", b"GET /nowhere", b"DELETE /health"])
+def test_a_body_the_server_does_not_read_is_never_taken_for_the_next_request(server, head):
+    """A GET's body (legal HTTP, never read here) once stayed on the connection and was parsed as
+    the next request: a request hidden in it ran (here a /swap). Now such a connection closes
+    after its one answer."""
+    hidden = b'POST /swap HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}'
+    reply = _raw(server, head + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(hidden) + hidden)
+    assert reply.count(b"HTTP/1.1 ") == 1 and b"Connection: close" in reply, reply
+    assert b'{"path": "ck.safetensors"}' not in reply
+
+
+def test_head_gets_the_headers_of_a_get_and_no_body(client):
+    status, response, data = client.request("HEAD", "/health")
+    assert status == 200 and data == b"" and int(response.getheader("Content-Length")) > 0
+    status, response, data = client.request("HEAD", "/predict")
+    assert status == 405 and data == b"" and response.getheader("Allow") == "POST"
+    assert client.health()["status"] == "ok"  # the connection is still in step
+
+
 def test_nan_passes_with_the_guard_off(checkpoint, connect, npy_bytes):
     with ModelServer(checkpoint[0], "numpy", port=0, check_finite=False) as server:
         client = connect(server)
