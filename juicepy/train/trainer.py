@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import arguments
 from ..backends import backend as get_backend
+from ..backends.base import host_all_finite
 from ..distributed import Communicator
 from ..errors import NonFiniteError, WeightsError
 from ..net.context import Context
@@ -151,6 +152,8 @@ class Trainer:
         on_device = backend.is_array(targets) and not isinstance(targets, np.ndarray)
         host = backend.to_host(targets) if on_device else np.asarray(targets)
         checked = self.loss.check_targets(host, self.network.output_shape, self.batch_size, self.network.dtype)
+        if self.check_finite and checked.dtype.kind == "f" and not host_all_finite(checked):
+            raise NonFiniteError("targets: contain NaN or Inf (the finite-input guard is on)")
         return targets if on_device and checked.dtype == targets.dtype else checked
 
     def train_minibatch(self, backend, inputs, targets):
@@ -171,48 +174,64 @@ class Trainer:
 
         xs, targets = replicas.checked(check, "training step")
         with self.network.lock:
+            # a first step made the state (or moved it here): a failed one leaves the trainer
+            # as it was, its state_dict included
+            before = self._active, self._pending_state, self._states.get(backend)
             st = self.state(backend)
-            ctx, opt = st.context, st.optimizer
-            ctx.check_lr_mults()
-            if not st.replicas_synced:
-                replicas.synchronize(backend, self.network, ctx, opt)
-                st.replicas_synced = True
-            self._load_batch(backend, ctx, st.targets, xs, targets)
-            ctx.save_state()
-            opt_step = opt.step
             try:
-                replay = graphs_wanted(self.graphs, backend) and not replicas.active
-                loss = self._replayed_step(backend, st) if replay else None
-                eager = loss is None
-                if eager:
-                    ctx.forward()
-                    count = self._loss_to_device(backend, st, replicas.grad_scale)
-                    # Alone, the backward pass is queued before the loss is read back, so that an
-                    # asynchronous backend runs it while the host waits; it changes no state the
-                    # refusal below would have to undo. In a data-parallel job the ranks agree on
-                    # the loss first: a refused step must not have started the gradients' reduction.
-                    backward_first = not replicas.active
-                    if backward_first:
-                        ctx.backward()
-                    loss = replicas.mean(float(backend.to_host(st.loss_sum)[0]) / count)
-                    if self.check_finite and not math.isfinite(loss):
-                        self._refuse(loss, st)
-                    if not backward_first:
-                        if st.reduction is not None:
-                            st.reduction.arm()
-                        ctx.backward()
-                    replicas.update(backend, self.optimizer, opt, ctx.segments, st.reduction)
+                return self._step(backend, st, xs, targets)
             except BaseException:
-                if st.reduction is not None:
-                    st.reduction.disarm()
-                ctx.restore_state()
-                opt.step = opt_step
+                self._active, self._pending_state = before[:2]
+                if before[2] is None:
+                    del self._states[backend]
+                else:
+                    self._states[backend] = before[2]
                 raise
-            st.warmed = st.warmed or eager
-            for seg in ctx.segments:
-                for p in seg.params:
-                    p.mark_written(backend)
-            return loss, ctx.output()
+
+    def _step(self, backend, st: TrainState, xs, targets):
+        """train_minibatch's step on ``st``: a failure restores the weights, buffers and counters."""
+        replicas = self._replicas
+        ctx, opt = st.context, st.optimizer
+        ctx.check_lr_mults()
+        if not st.replicas_synced:
+            replicas.synchronize(backend, self.network, ctx, opt)
+            st.replicas_synced = True
+        self._load_batch(backend, ctx, st.targets, xs, targets)
+        ctx.save_state()
+        opt_step = opt.step
+        try:
+            replay = graphs_wanted(self.graphs, backend) and not replicas.active
+            loss = self._replayed_step(backend, st) if replay else None
+            eager = loss is None
+            if eager:
+                ctx.forward()
+                count = self._loss_to_device(backend, st, replicas.grad_scale)
+                # Alone, the backward pass is queued before the loss is read back, so that an
+                # asynchronous backend runs it while the host waits; it changes no state the
+                # refusal below would have to undo. In a data-parallel job the ranks agree on
+                # the loss first: a refused step must not have started the gradients' reduction.
+                backward_first = not replicas.active
+                if backward_first:
+                    ctx.backward()
+                loss = replicas.mean(float(backend.to_host(st.loss_sum)[0]) / count)
+                if self.check_finite and not math.isfinite(loss):
+                    self._refuse(loss, st)
+                if not backward_first:
+                    if st.reduction is not None:
+                        st.reduction.arm()
+                    ctx.backward()
+                replicas.update(backend, self.optimizer, opt, ctx.segments, st.reduction)
+        except BaseException:
+            if st.reduction is not None:
+                st.reduction.disarm()
+            ctx.restore_state()
+            opt.step = opt_step
+            raise
+        st.warmed = st.warmed or eager
+        for seg in ctx.segments:
+            for p in seg.params:
+                p.mark_written(backend)
+        return loss, ctx.output()
 
     def evaluate_minibatch(self, backend, inputs, targets):
         """Loss of one batch in eval mode (no dropout, no update); returns (mean loss, outputs).

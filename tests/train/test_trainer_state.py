@@ -197,6 +197,47 @@ def test_step_failing_inside_the_forward_pass_changes_nothing(any_backend, graph
     assert trainer.train_minibatch(any_backend, x, y)[0] == reference.train_minibatch(any_backend, x, y)[0]
 
 
+@pytest.mark.parametrize("loaded", [False, True], ids=["fresh", "state-loaded"])
+def test_a_failed_first_step_leaves_the_trainer_as_it_was(any_backend, loaded):
+    """The first step makes the training state; when it fails, the trainer must still report
+    (state_dict) and later start from what it had: a fresh start, or the state loaded into it.
+    It once kept the made state, so state_dict reported zero moments for every param."""
+    failing = _FailsWhenArmed()
+    net = jp.Network(L.Sequential(L.Linear(16), L.BatchNorm1d(), L.Dropout(0.3), failing, L.Linear(3)),
+                     input_shape=(4,))
+    twin = _copy_of(net)
+    trainer = Trainer(net, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), batch_size=8)
+    reference = Trainer(twin, L.SoftmaxCrossEntropy(), Adam(lr=1e-2), batch_size=8)
+    if loaded:
+        donor = _trained(["numpy"], steps=3, make_net=lambda: _copy_of(net))
+        for t in (trainer, reference):
+            t.network.set_weights(donor.network.get_weights(), strict=True)
+            t.load_state_dict(donor.state_dict())
+    before = _everything(trainer, any_backend)
+    assert (before["step"] > 0) == loaded and bool(before["optimizer"]) == loaded
+    failing.armed = True
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_minibatch(any_backend, *_batch(5))
+    _assert_same(before, _everything(trainer, any_backend))
+    failing.armed = False
+    for x, y in _batches(2):
+        assert trainer.train_minibatch(any_backend, x, y)[0] == reference.train_minibatch(any_backend, x, y)[0]
+    _assert_same(_everything(reference, any_backend), _everything(trainer, any_backend))
+
+
+def test_non_finite_regression_targets_are_refused_before_the_step():
+    net = jp.Network(L.Sequential(L.Linear(2)), input_shape=(4,))
+    trainer = Trainer(net, L.MSE(), SGD(lr=0.1), batch_size=8)
+    x, _ = _batch()
+    y = np.zeros((8, 2), np.float32)
+    y[3, 1] = np.nan
+    with pytest.raises(NonFiniteError, match=r"^targets: contain NaN or Inf \(the finite-input guard is on\)"):
+        trainer.train_minibatch("numpy", x, y)
+    assert trainer.state_dict() == {"step": 0, "dropout_step": 0, "optimizer": {}}
+    off = Trainer(net, L.MSE(), SGD(lr=0.1), batch_size=8, check_finite=False)
+    assert np.isnan(off.train_minibatch("numpy", x, y)[0])  # the guard off: the caller's NaN goes through
+
+
 def _copy_of(net):
     copy = jp.Network(L.Sequential(L.Linear(16), L.BatchNorm1d(), L.Dropout(0.3), L.Identity(), L.Linear(3)),
                       input_shape=(4,))
