@@ -20,7 +20,7 @@ log = logging.getLogger("juicepy.serve")
 def file_signature(path) -> tuple | None:
     try:
         st = os.stat(path)
-    except FileNotFoundError:
+    except OSError:  # missing, or unreachable for now (a directory's permissions): nothing to load
         return None
     return (st.st_ino, st.st_mtime_ns, st.st_size)
 

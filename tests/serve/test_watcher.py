@@ -46,6 +46,28 @@ def test_a_failing_swap_is_counted_and_skipped_until_the_file_changes(tmp_path, 
         watcher.close()
 
 
+def test_a_path_that_cannot_be_looked_at_is_waited_for_and_the_watcher_lives_on(tmp_path, make_net):
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    path = blocker / "ck.safetensors"  # stat raises NotADirectoryError, not FileNotFoundError
+    swaps = Swaps()
+    watcher = CheckpointWatcher(path, swaps, interval_s=0.01)
+    try:
+        assert not watcher.poll() and watcher.failures == 0
+        watcher._stop.wait(0.1)  # the polling thread has met the path some ten times
+        assert watcher._thread.is_alive()
+        blocker.unlink()
+        blocker.mkdir()
+        jp.save(path, make_net(1))
+        for _ in range(500):  # the polling thread swaps it in
+            if swaps.paths:
+                break
+            watcher._stop.wait(0.01)
+        assert swaps.paths == [str(path)] and watcher.failures == 0
+    finally:
+        watcher.close()
+
+
 def test_interval_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="interval_s must be a finite number > 0"):
         CheckpointWatcher(tmp_path / "x", Swaps(), interval_s=0)
