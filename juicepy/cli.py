@@ -320,6 +320,7 @@ def train_job(args, comm) -> int:
     if args.resume:
         _check_resumed_network(args, network, model_name, train_set)
     else:
+        _check_model_reads(model_name, args.dataset, train_set.vocab)
         network = jp.Network(build_model(model_name, train_set.input_shape, train_set.outputs, vocab=train_set.vocab),
                              input_shape=train_set.input_shape, seed=args.seed,
                              input_dtype=train_set.x.dtype if train_set.x.dtype.kind in "iu" else None)
@@ -356,6 +357,21 @@ def train_job(args, comm) -> int:
     if args.save:
         say(f"saved checkpoint to {args.save}")
     return 0
+
+
+def _check_model_reads(model: str, dataset: str, vocab: int) -> None:
+    """Refuse a zoo model that reads float inputs on a token dataset by name: its first layer would
+    refuse the tokens naming neither."""
+    import inspect
+
+    from .models import MODELS
+
+    def reads_tokens(name: str) -> bool:
+        return "vocab" in inspect.signature(MODELS[name]).parameters
+    if vocab and not reads_tokens(model):
+        readers = ", ".join(sorted(name for name in MODELS if reads_tokens(name)))
+        raise ValueError(f"--model {model} reads float inputs; --dataset {dataset} holds integer tokens "
+                         f"(a vocabulary of {vocab}): use a model with an Embedding ({readers})")
 
 
 def _check_output_path(flag: str, path) -> None:
@@ -431,24 +447,32 @@ def cmd_predict(args) -> int:
         output = Path(args.output if args.output.endswith(".npy") else args.output + ".npy")  # as np.save names it
         _check_output_path("--output", output)
     network = jp.load(args.model).network
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{args.input}: cannot read a .npy array ({err})") from err
+    x = _read_array(args.input)
     if x.ndim == len(network.input_shape):  # one row without the batch axis
         x = x[None]
+    overflowed = np.empty(0, int)
     if network.input_dtypes[0].kind == "i":
         if x.dtype.kind not in "iu":
             raise ValueError(f"{args.input}: the network reads integer tokens, got {x.dtype} values")
     elif x.dtype != network.dtype and x.dtype.kind in "fiu":
-        x = x.astype(network.dtype)
+        with np.errstate(over="ignore"):  # reported below by row, not as NumPy's RuntimeWarning
+            cast = x.astype(network.dtype)
+        if x.dtype.kind == "f" and x.ndim > 1:
+            overflowed = _rows_where(np.isfinite(x) & ~np.isfinite(cast))
+        x = cast
+    if overflowed.size:
+        message = f"{args.input}: {_rows(overflowed)} values past {network.dtype}'s range (Inf in the network)"
+        if args.check_finite:
+            raise ValueError(f"{message}; --check-finite refuses such input")
+        print(f"juicepy: warning: {message}; their outputs are not meaningful (--check-finite refuses such "
+              f"input)", file=sys.stderr)
     bad = np.empty(0, int)
     if not args.check_finite and x.dtype.kind == "f" and x.ndim > 1:
-        bad = np.flatnonzero(~np.isfinite(x).reshape(len(x), -1).all(axis=1))
+        bad = np.setdiff1d(_rows_where(~np.isfinite(x)), overflowed)
         if bad.size:
-            shown = ", ".join(map(str, bad[:10])) + (f" and {bad.size - 10} more" if bad.size > 10 else "")
-            print(f"juicepy: warning: {args.input}: row{'s' if bad.size > 1 else ''} {shown} {'hold' if bad.size > 1 else 'holds'} NaN or Inf; "
+            print(f"juicepy: warning: {args.input}: {_rows(bad)} NaN or Inf; "
                   f"their outputs are not meaningful (--check-finite refuses such input)", file=sys.stderr)
+    bad = np.union1d(bad, overflowed)
     with np.errstate(all="ignore" if bad.size else "warn"):  # warned once above, not per NumPy op
         outputs = network.transform(backend, x, check_finite=args.check_finite)
     if output is not None:
@@ -461,6 +485,35 @@ def cmd_predict(args) -> int:
     else:
         print(f"outputs of shape {outputs.shape}; pass --output FILE.npy to keep them")
     return 0
+
+
+def _read_array(path: str):
+    """The one array a .npy file holds; any other file is a one-line error naming it."""
+    import numpy as np
+
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:  # EOFError: an empty file
+        raise ValueError(f"{path}: cannot read a .npy array ({err})") from err
+    if not isinstance(x, np.ndarray):  # np.load opens an .npz archive instead
+        names = ", ".join(x.files)
+        x.close()
+        raise ValueError(f"{path}: is an .npz archive (arrays {names or 'none'}); give one array "
+                         f"saved with np.save")
+    return x
+
+
+def _rows_where(mask):
+    """Indices of the rows (first axis) where ``mask`` holds anywhere."""
+    import numpy as np
+
+    return np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+
+
+def _rows(rows) -> str:
+    """'row 3 holds' or 'rows 1, 3 and 12 more hold', for a warning about input rows."""
+    shown = ", ".join(map(str, rows[:10])) + (f" and {rows.size - 10} more" if rows.size > 10 else "")
+    return f"rows {shown} hold" if rows.size > 1 else f"row {shown} holds"
 
 
 def cmd_profile(args) -> int:
@@ -477,6 +530,7 @@ def cmd_profile(args) -> int:
     if args.model in MODELS:
         shape, classes = DATASET_SHAPES[args.dataset]
         vocab = TOKEN_DATASETS.get(args.dataset, 0)
+        _check_model_reads(args.model, args.dataset, vocab)
         network = jp.Network(build_model(args.model, shape, classes, vocab=vocab), input_shape=shape, seed=args.seed,
                              input_dtype=np.int64 if vocab else None)
     elif Path(args.model).is_file():

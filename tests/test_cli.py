@@ -91,7 +91,8 @@ def test_train_embedding_gru_on_the_adding_problem_then_predict(tmp_path, capsys
 
 def test_embedding_gru_needs_a_token_dataset(capsys):
     assert main(["train", "--model", "embedding-gru", "--dataset", "digits", "--epochs", "1"]) == 1
-    assert "token sequences" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "token sequences" in err and "such as adding" in err
 
 
 def test_info_lists_every_backend_and_what_the_numpy_backend_runs_on(capsys, monkeypatch):

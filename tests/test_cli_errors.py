@@ -138,6 +138,47 @@ def test_predict_warns_on_non_finite_rows_and_can_refuse_them(trained, tmp_path,
     _one_error_line(capsys, "NaN or Inf", "finite-input guard")
 
 
+def test_predict_input_that_is_not_one_npy_array_is_one_line(trained, tmp_path, capsys):
+    """An empty file and an .npz archive (np.load opens one instead of reading an array) raised
+    EOFError and AttributeError out of the command."""
+    empty = tmp_path / "empty.npy"
+    empty.write_bytes(b"")
+    archive = tmp_path / "x.npz"
+    np.savez(archive, x=np.zeros((2, 1, 8, 8), np.float32), y=np.zeros(2))
+    assert main(["predict", "--model", str(trained), "--input", str(empty)]) == 1
+    _one_error_line(capsys, f"{empty}: cannot read a .npy array")
+    assert main(["predict", "--model", str(trained), "--input", str(archive)]) == 1
+    _one_error_line(capsys, f"{archive}: is an .npz archive (arrays x, y)", "np.save")
+
+
+def test_predict_names_rows_past_float32s_range_instead_of_numpys_cast_warning(trained, tmp_path, capsys):
+    """float64 rows beyond float32's range become Inf in the float32 network: named as such (not
+    as NaN or Inf, which the file does not hold), and refused by --check-finite."""
+    x = np.zeros((4, 1, 8, 8))
+    x[1, 0, 0, 0], x[2, 0, 3, 3], x[3, 0, 7, 7] = 1e300, np.nan, -1e39
+    path = tmp_path / "wide.npy"
+    np.save(path, x)
+    assert main(["predict", "--model", str(trained), "--input", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"juicepy: warning: {path}: rows 1, 3 hold values past float32's range (Inf in the network); their "
+        f"outputs are not meaningful (--check-finite refuses such input)",
+        f"juicepy: warning: {path}: row 2 holds NaN or Inf; their outputs are not meaningful (--check-finite "
+        f"refuses such input)"]
+    assert len(captured.out.strip().splitlines()) == 4
+    assert main(["predict", "--model", str(trained), "--input", str(path), "--check-finite"]) == 1
+    _one_error_line(capsys, "rows 1, 3 hold values past float32's range", "--check-finite refuses")
+
+
+@pytest.mark.parametrize("command", [["train", "--epochs", "1"], ["profile", "--steps", "1"]])
+@pytest.mark.parametrize("model", ["mlp", "lstm"])
+def test_a_float_model_on_a_token_dataset_is_refused_by_name(command, model, capsys):
+    """It failed in its first layer ("0: Linear takes float values ..."), naming neither."""
+    assert main(command + ["--model", model, "--dataset", "adding"]) == 1
+    _one_error_line(capsys, f"--model {model} reads float inputs", "--dataset adding holds integer tokens",
+                    "embedding-gru")
+
+
 @pytest.mark.parametrize("field, value, needle", [
     ("epoch", "x", "epoch must be an integer >= 0, got str 'x'"),
     ("epoch", -2, "epoch must be an integer >= 0, got -2"),

@@ -33,5 +33,5 @@ def embedding_gru(input_shape: tuple, classes: int, vocab: int = 0, dim: int = 1
     """Token sequences (seq_len,) of integers below ``vocab`` -> Embedding -> GRU -> last step -> Linear."""
     if len(input_shape) != 1 or vocab < 1:
         raise ValueError(f"embedding-gru reads token sequences (seq_len,) with a vocabulary; got input "
-                         f"{tuple(input_shape)}, vocab {vocab} (use a token dataset such as parity)")
+                         f"{tuple(input_shape)}, vocab {vocab} (use a token dataset such as adding)")
     return L.Sequential(L.Embedding(vocab, dim), L.GRU(hidden), L.LastStep(), L.Linear(classes))
