@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimizer (default adam)")
     train.add_argument("--momentum", type=_real(0.0), default=0.9, help="SGD momentum (default 0.9)")
     train.add_argument("--weight-decay", type=_real(0.0), default=0.0, help="weight decay (default 0)")
-    train.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and dropout (default 0)")
+    train.add_argument("--seed", type=_count(0), default=0, help="seed for init, shuffling and dropout (default 0)")
     train.add_argument("--save", default=None, metavar="PATH",
                        help="write a checkpoint (definition, weights, optimizer state, epoch) to PATH "
                             "after every epoch (safetensors, atomic: a failed save keeps the previous one)")
@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--batch-size", type=_count(1), default=64, help="rows per step (default 64)")
     prof.add_argument("--steps", type=_count(1), default=10, help="timed runs (default 10)")
     prof.add_argument("--warmup", type=_count(0), default=2, help="untimed runs first (default 2)")
-    prof.add_argument("--seed", type=int, default=0, help="seed for the weights and inputs (default 0)")
+    prof.add_argument("--seed", type=_count(0), default=0, help="seed for the weights and inputs (default 0)")
     prof.set_defaults(run=cmd_profile)
 
     info = commands.add_parser(
@@ -394,7 +394,7 @@ def _resume_settings(args, meta: dict) -> tuple[int, str]:
 
     where = f"{args.resume}: metadata"
     epoch = integer(where, "epoch", meta.get("epoch", 0), 0)
-    seed = integer(where, "seed", meta.get("seed", args.seed))
+    seed = integer(where, "seed", meta.get("seed", args.seed), 0)
     dataset = meta.get("dataset", args.dataset or "digits")
     if not isinstance(dataset, str) or dataset not in DATASETS:
         raise ArgumentError(f"{where}: dataset must be one of {', '.join(DATASETS)}, got {describe(dataset)}")

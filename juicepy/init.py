@@ -167,7 +167,7 @@ def apply(network, rules: dict, seed: int = 0) -> list[str]:
     from .errors import ArgumentError, WeightsError
     from .arguments import integer
 
-    seed = integer("init.apply", "seed", seed)
+    seed = integer("init.apply", "seed", seed, 0)
     if not isinstance(rules, dict):
         from .arguments import describe
 

@@ -113,6 +113,9 @@ def test_output_reports_the_file_it_wrote(trained, inputs, tmp_path, capsys, nam
     (["train", "--weight-decay", "-0.1"], "--weight-decay: must be a finite number >= 0"),
     (["profile", "--steps", "0"], "--steps: must be an integer >= 1, got 0"),
     (["profile", "--warmup", "-1"], "--warmup: must be an integer >= 0, got -1"),
+    # NumPy's "expected non-negative integer" came out of the run, naming no flag
+    (["train", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
+    (["profile", "--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
 ])
 def test_out_of_range_numbers_are_argument_errors(argv, needle, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -182,7 +185,8 @@ def test_a_float_model_on_a_token_dataset_is_refused_by_name(command, model, cap
 @pytest.mark.parametrize("field, value, needle", [
     ("epoch", "x", "epoch must be an integer >= 0, got str 'x'"),
     ("epoch", -2, "epoch must be an integer >= 0, got -2"),
-    ("seed", 1.5, "seed must be an integer, got float 1.5"),
+    ("seed", 1.5, "seed must be an integer >= 0, got float 1.5"),
+    ("seed", -4, "seed must be an integer >= 0, got -4"),
     ("dataset", "cifar", "dataset must be one of digits, mnist, fashion-mnist, mackey-glass, adding, got str 'cifar'"),
     ("dataset", 7, "dataset must be one of digits, mnist, fashion-mnist, mackey-glass, adding, got int 7"),
     ("model", ["mlp"], "model must be a model name, got list ['mlp']"),

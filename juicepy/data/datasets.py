@@ -53,6 +53,8 @@ class Dataset:
         of batches.
         """
         batch_size = arguments.integer(f"{self.name}.batches", "batch_size", batch_size, 1)
+        seed = arguments.integer(f"{self.name}.batches", "seed", seed, 0)
+        epoch = arguments.integer(f"{self.name}.batches", "epoch", epoch, 0)
         order = shard_order(len(self), rank, size, seed=seed, epoch=epoch, shuffle=shuffle)
         n = len(order)
         stop = n - n % batch_size if drop_last else n
@@ -63,7 +65,7 @@ class Dataset:
     def split(self, fraction: float, seed: int = 0) -> tuple["Dataset", "Dataset"]:
         """A seeded random split into (first, second) with ``fraction`` of the rows in first."""
         fraction = arguments.number(f"{self.name}.split", "fraction", fraction, 0.0, 1.0)
-        seed = arguments.integer(f"{self.name}.split", "seed", seed)
+        seed = arguments.integer(f"{self.name}.split", "seed", seed, 0)
         order = np.random.default_rng(seed).permutation(len(self))
         cut = int(round(len(self) * fraction))
         a, b = order[:cut], order[cut:]

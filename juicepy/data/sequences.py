@@ -7,6 +7,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .. import arguments
 from .datasets import Dataset
 
 
@@ -62,7 +63,10 @@ def load_adding(length: int = 10, train: int = 8192, test: int = 2048, seed: int
     """The adding problem as tokens: ``length`` digits, two of them marked (one in each half);
     the label is the sum of the two marked digits (19 classes). Token = digit + 10 * marked, so
     the vocabulary is 20. The answer needs the first marked digit kept until the second comes."""
-    rng = np.random.default_rng(seed)
+    length = arguments.integer("load_adding", "length", length, 2)  # one marked digit in each half
+    train = arguments.integer("load_adding", "train", train, 1)
+    test = arguments.integer("load_adding", "test", test, 1)
+    rng = np.random.default_rng(arguments.integer("load_adding", "seed", seed, 0))
     n = train + test
     digits = rng.integers(0, 10, (n, length))
     rows = np.arange(n)

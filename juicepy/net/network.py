@@ -92,7 +92,7 @@ class Network:
         if self.dtype not in DTYPES:
             raise DTypeError(f"network dtype must be one of {', '.join(d.name for d in DTYPES)} (the dtypes "
                              f"juicepy's backends compute in), got {self.dtype.name}")
-        self.seed = arguments.integer("Network", "seed", seed)
+        self.seed = arguments.integer("Network", "seed", seed, 0)
         graph = GraphBuilder(self.dtype, np.random.default_rng(self.seed))
         shapes = _as_shape_list(input_shape)
         self.inputs = [graph.junction(shape, "<input>", d)

@@ -47,3 +47,17 @@ def test_dataset_validation():
         next(Dataset(np.zeros((3, 1)), np.zeros(3, int)).batches(0))
     with pytest.raises(ValueError, match="unknown dataset 'cifar'"):
         load_dataset("cifar")
+
+
+@pytest.mark.parametrize("call, needle", [
+    (lambda d: next(d.batches(8, seed=-1)), "digits-train.batches: seed must be an integer >= 0, got -1"),
+    (lambda d: next(d.batches(8, epoch=-2)), "digits-train.batches: epoch must be an integer >= 0, got -2"),
+    (lambda d: next(d.batches(8, epoch=1.5)), "epoch must be an integer >= 0, got float 1.5"),
+    (lambda d: d.split(0.5, seed=-1), "digits-train.split: seed must be an integer >= 0, got -1"),
+])
+def test_seeds_and_epochs_are_checked_by_name(call, needle):
+    """NumPy's "expected non-negative integer" (or a TypeError) came out naming nothing."""
+    with pytest.raises(ValueError, match=needle.replace(".", r"\.")):
+        call(load_digits()[0])
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got -1"):
+        load_dataset("digits", seed=-1)

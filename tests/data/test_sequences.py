@@ -53,3 +53,14 @@ def test_adding_problem_tokens():
     assert train.vocab == 20 and train.classes == 19 and train.x.max() < 20
     again, _ = load_adding()
     np.testing.assert_array_equal(again.x, train.x)
+
+
+@pytest.mark.parametrize("options, needle", [
+    ({"seed": -1}, "load_adding: seed must be an integer >= 0, got -1"),
+    ({"length": 1}, "load_adding: length must be an integer >= 2, got 1"),
+    ({"train": 0}, "load_adding: train must be an integer >= 1, got 0"),
+    ({"test": 2.5}, "load_adding: test must be an integer >= 1, got float 2.5"),
+])
+def test_adding_options_are_checked_by_name(options, needle):
+    with pytest.raises(ValueError, match=needle):
+        load_adding(**options)

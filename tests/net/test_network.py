@@ -313,3 +313,11 @@ def test_padding_is_at_most_a_third_of_the_rows_computed(numpy_backend, rng):
         assert net.transform(numpy_backend, x[:n]).shape == (n, 3)
         computed = sum(counter.passes)
         assert n <= computed <= 4 / 3 * n and len(counter.passes) <= n.bit_length(), (n, counter.passes)
+
+
+def test_a_negative_seed_is_refused_by_name():
+    """NumPy's "expected non-negative integer" came out of the constructor naming nothing."""
+    with pytest.raises(ValueError, match="Network: seed must be an integer >= 0, got -1"):
+        jp.Network(L.Linear(3), (4,), seed=-1)
+    with pytest.raises(ValueError, match="init.apply: seed must be an integer >= 0, got -5"):
+        jp.init.apply(jp.Network(L.Linear(3), (4,)), {"*": "zeros"}, seed=-5)
