@@ -139,8 +139,9 @@ def fans(shape) -> tuple[int, int]:
 
 
 def _param_rng(seed: int, path: str) -> np.random.Generator:
-    # one stream per (seed, path): a param's values do not depend on which other params are set
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(path.encode())])
+    # one stream per (seed, path): a param's values do not depend on which other params are set;
+    # the whole seed, so that seeds 2**32 apart differ (below 2**32 the streams are unchanged)
+    return np.random.default_rng([seed, zlib.crc32(path.encode())])
 
 
 def _matches(pattern: str, path: str, trainable: bool = True) -> bool:

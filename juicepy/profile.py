@@ -31,6 +31,7 @@ def profile(network, backend, batch_size: int, steps: int = 10, warmup: int = 2,
     batch_size = arguments.integer("profile", "batch_size", batch_size, 1)
     steps = arguments.integer("profile", "steps", steps, 1)
     warmup = arguments.integer("profile", "warmup", warmup, 0)
+    seed = arguments.integer("profile", "seed", seed, 0)
     backend = get_backend(backend)
     ctx = network.context(backend, batch_size, training=True)
     rng = np.random.default_rng(seed)

@@ -104,3 +104,14 @@ def test_a_buffer_named_explicitly_is_set():
         ["bn.running_mean", "bn.running_var"]
     np.testing.assert_array_equal(net.get_weights()["bn.running_var"], 2.0)
     np.testing.assert_array_equal(net.get_weights()["bn.running_mean"], 1.0)
+
+
+def test_seeds_2_to_the_32_apart_give_different_values():
+    """The param streams took the seed's low 32 bits: seed 2**32 set the values of seed 0."""
+    a, b, c = _net(), _net(), _net()
+    jp.init.apply(a, {"*": "he_normal"}, seed=0)
+    jp.init.apply(b, {"*": "he_normal"}, seed=2 ** 32)
+    jp.init.apply(c, {"*": "he_normal"}, seed=0)
+    wa, wb, wc = (n.get_weights(["encoder.0.weight"])["encoder.0.weight"] for n in (a, b, c))
+    assert not np.array_equal(wa, wb)
+    np.testing.assert_array_equal(wa, wc)

@@ -35,6 +35,8 @@ def test_profile_refuses_zero_steps():
     net = jp.Network(L.Linear(2), (2,))
     with pytest.raises(ValueError, match="profile: steps must be an integer >= 1, got 0"):
         profile(net, "numpy", 2, steps=0)
+    with pytest.raises(ValueError, match="profile: seed must be an integer >= 0, got -1"):
+        profile(net, "numpy", 2, seed=-1)  # NumPy's "expected non-negative integer" before
 
 
 def test_profiling_leaves_the_network_as_it_was(backend):
