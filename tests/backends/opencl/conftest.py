@@ -22,6 +22,24 @@ def ocl():
 
 
 @pytest.fixture
+def require_kernels():
+    """``require(backend, *families)``: skip where the backend left these kernel families of
+    local_memory.OPTIONAL_FAMILIES out of its build because the device's local memory cannot hold
+    their tiles (PoCL on a CPU with 1 MiB of L2 a core offers 512 KiB); the backend then takes
+    their fallbacks, which the rule tests and test_local_memory.py check there."""
+    from juicepy.backends.opencl import local_memory as lm
+
+    def require(backend, *families):
+        missing = [f for f in families if not backend.kernel_fits[f]]
+        if missing:
+            need = lm.family_bytes(backend._gemm_tiles)
+            pytest.skip(f"{backend.device.name}: {backend.limits.local_mem_size} bytes of local memory; "
+                        + ", ".join(f"{f} needs {need[f]}" for f in missing)
+                        + " (the backend builds without it and takes its fallback)")
+    return require
+
+
+@pytest.fixture
 def npb():
     return jp.backend("numpy")
 

@@ -258,10 +258,11 @@ def test_conv_kernels_apply_the_epilogue(ocl, lanes_backend, rng, monkeypatch, c
     ((2, 5, 16, 18), 7, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
+def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case, lanes, require_kernels):
     """The 3x3 stride-2 forward pass as Winograd F(2x2, 2x2) on its phases (s2_winograd_conv),
     with its bias, against the float64 loops."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
+    require_kernels(b, "s2_conv")
     xs, o, p = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
@@ -287,7 +288,7 @@ def test_stride_2_phase_winograd_matches_the_reference(lanes_backend, rng, case,
     ((2, 20, 16, 16), 100, 1),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_stride_2_phase_winograd_relu_and_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+def test_stride_2_phase_winograd_relu_and_runs_of_four_tiles(lanes_backend, rng, case, lanes, require_kernels):
     """s2_winograd_conv takes conv2d's ReLU after its bias (and the inference batch norm folded
     into both) in its stores, and stores rows of 4 tiles in runs of 4 (`_wino_halves`): against
     the float64 loops, and bit for bit against the tile by tile stores and the ReLU as a pass of
@@ -295,6 +296,7 @@ def test_stride_2_phase_winograd_relu_and_runs_of_four_tiles(lanes_backend, rng,
     from juicepy.backends.base import ConvNorm
 
     b = lanes_backend(lanes, conv_algorithm="winograd")
+    require_kernels(b, "s2_conv")
     xs, o, p = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
@@ -353,10 +355,11 @@ def s2_weight_gradient_ref(x, dy, padding):
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_stride_2_phase_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, case, lanes, accumulate):
+def test_stride_2_phase_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, case, lanes, accumulate, require_kernels):
     """The 3x3 stride-2 weight gradient as the adjoint of the phase Winograd (s2_winograd_filter,
     s2_filter_taps), set and added to dw, against float64."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
+    require_kernels(b, "s2_filter")
     xs, o, p = case
     ho, wo = out_size(xs[2], 3, 2, p, 1), out_size(xs[3], 3, 2, p, 1)
     x = rng.standard_normal(xs).astype(np.float32)
@@ -402,12 +405,13 @@ def winograd_weight_gradient_ref(x, dy, padding, dilation=1):
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}-g{c[3]}-d{c[4]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, monkeypatch, case, lanes, accumulate):
+def test_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, monkeypatch, case, lanes, accumulate, require_kernels):
     """The stride-1 3x3 weight gradient as Winograd F(3x3, 2x2) (winograd_filter,
     winograd_filter_taps), set and added to dw, against float64."""
     from juicepy.backends.opencl import spatial
 
     b = lanes_backend(lanes, conv_algorithm="winograd")
+    require_kernels(b, "winograd3_filter")
     xs, o, p, groups, d = case
     monkeypatch.setattr(spatial, "S2_FILTER_MIN_GROUPS", groups)
     ho, wo = out_size(xs[2], 3, 1, p, d), out_size(xs[3], 3, 1, p, d)
@@ -439,10 +443,11 @@ def test_winograd_weight_gradient_matches_the_reference(lanes_backend, rng, monk
     ((2, 4, 10, 10), 6, 0),
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_winograd_weight_gradient_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+def test_winograd_weight_gradient_runs_of_four_tiles(lanes_backend, rng, case, lanes, require_kernels):
     """winograd_filter reads rows of 4 tiles' patches in runs of 4 (`_wino_halves`): dw set and
     added against float64, and bit for bit against the tile by tile gathers (the same sums)."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
+    require_kernels(b, "winograd3_filter")
     xs, o, p = case
     ho, wo = out_size(xs[2], 3, 1, p, 1), out_size(xs[3], 3, 1, p, 1)
     x = rng.standard_normal(xs).astype(np.float32)
@@ -482,8 +487,9 @@ def test_winograd_weight_gradient_rule(ocl, lanes_backend):
         return (32, c, size, size, o, k, k, ho, ho, s, s, d, d, d, d)
 
     for b in (OpenCLBackend(ocl.device, vector_width=8), lanes_backend(16, conv_vector_width=8)):
-        assert b._use_winograd_filter(geo(c_min, c_min), 1) and b._use_winograd_filter(geo(64, 64, 32), 1)
-        assert b._use_winograd_filter(geo(64, 64, 32, d=2), 1)
+        built = b.kernel_fits["winograd3_filter"]  # where it is not, the rule never takes it
+        assert b._use_winograd_filter(geo(c_min, c_min), 1) == built and b._use_winograd_filter(geo(64, 64, 32), 1) == built
+        assert b._use_winograd_filter(geo(64, 64, 32, d=2), 1) == built
         for other in (geo(c_min // 2, c_min), geo(c_min, c_min // 2), geo(c_min, c_min, side - 1), geo(64, 64, d=3),
                       geo(64, 64, k=5), geo(64, 64, s=2)):
             assert not b._use_winograd_filter(other, 1)
@@ -507,13 +513,14 @@ def test_winograd_weight_gradient_where_the_rule_takes_it(ocl, rng):
         dw = b.empty((32, c, 3, 3))
         b.conv2d_backward_filter(b.from_host(x), b.from_host(dy), dw, (1, 1), (1, 1), (1, 1), 1)
         np.testing.assert_allclose(b.to_host(dw), winograd_weight_gradient_ref(x, dy, 1), rtol=1e-4, atol=1e-3)
-    assert taken == [32]
+    assert taken == ([32] if b.kernel_fits["winograd3_filter"] else [])
 
 
-def test_winograd_weight_gradient_steady_state_allocates_nothing(ocl, rng):
+def test_winograd_weight_gradient_steady_state_allocates_nothing(ocl, rng, require_kernels):
     from juicepy.backends.opencl import OpenCLBackend
 
     b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    require_kernels(b, "winograd3_filter")
     x = b.from_host(rng.standard_normal((2, 4, 9, 9)).astype(np.float32))
     dy = b.from_host(rng.standard_normal((2, 5, 9, 9)).astype(np.float32))
     dw = b.empty((5, 4, 3, 3))
@@ -564,10 +571,11 @@ def s2_input_gradient_ref(dy, w, x_shape, padding):
 ], ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
 @pytest.mark.parametrize("accumulate", [False, True])
-def test_stride_2_phase_winograd_input_gradient_matches_the_reference(lanes_backend, rng, case, lanes, accumulate):
+def test_stride_2_phase_winograd_input_gradient_matches_the_reference(lanes_backend, rng, case, lanes, accumulate, require_kernels):
     """The 3x3 stride-2 input gradient as Winograd F(2x2, 2x2) on dx's phases (s2_data_weights,
     s2_winograd_data), set and added to dx, against float64."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
+    require_kernels(b, "s2_data")
     xs, o, p = case
     ho, wo = out_size(xs[2], 3, 2, p, 1), out_size(xs[3], 3, 2, p, 1)
     dy = rng.standard_normal((xs[0], o, ho, wo)).astype(np.float32)
@@ -602,11 +610,12 @@ WINOGRAD_CASES = [
 
 @pytest.mark.parametrize("case", WINOGRAD_CASES, ids=lambda c: f"k{c[0]}-{c[1]}-o{c[2]}-p{c[3]}-d{c[4]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_winograd_matches_the_reference(lanes_backend, rng, case, lanes):
+def test_winograd_matches_the_reference(lanes_backend, rng, case, lanes, require_kernels):
     """The stride-1 3x3 and 5x5 forward pass (with its bias) and input gradient (added to dx) as
     Winograd F(2x2, 3x3) and F(2x2, 5x5) (winograd_conv, winograd5_conv), against float64."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
     k, xs, o, p, d = case
+    require_kernels(b, "winograd3" if k == 3 else "winograd5")
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1], k, k)).astype(np.float32)
     bias = rng.standard_normal(o).astype(np.float32)
@@ -659,13 +668,14 @@ def winograd_three_ways(b, x, wt, bias, y0, dy, dx0, args, geo):
 
 @pytest.mark.parametrize("case", WINOGRAD_HALF_CASES, ids=lambda c: f"k{c[0]}-{c[1]}-o{c[2]}-p{c[3]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes):
+def test_winograd_runs_of_four_tiles(lanes_backend, rng, case, lanes, require_kernels):
     """winograd_conv / winograd5_conv on rows of 4 tiles take them in runs of 4 (vector loads
     and stores; `_wino_halves`): the forward pass with its bias and ReLU, the same added to y,
     and the input gradient added to dx, against float64, and bit for bit against the tile by
     tile path (the same sums)."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
     k, xs, o, p = case
+    require_kernels(b, "winograd3" if k == 3 else "winograd5")
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1], k, k)).astype(np.float32)
     bias = rng.standard_normal(o).astype(np.float32)
@@ -709,12 +719,13 @@ IN_PLACE_CASES = [
 
 @pytest.mark.parametrize("case", IN_PLACE_CASES, ids=lambda c: f"{c[0]}-o{c[1]}-p{c[2]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_winograd_reads_its_input_in_place(lanes_backend, rng, monkeypatch, case, lanes):
+def test_winograd_reads_its_input_in_place(lanes_backend, rng, monkeypatch, case, lanes, require_kernels):
     """winograd_conv on outputs a multiple of 16 wide reads the input itself (no padded copy:
     its runs at the padded edges load the inside and zero the rest): the forward pass with its
     bias and ReLU, the same added to y, and the input gradient (dy padded by one, where dx is a
     multiple of 16 wide) against float64, and bit for bit against the padded copy's path."""
     b = lanes_backend(lanes, conv_algorithm="winograd")
+    require_kernels(b, "winograd3")
     xs, o, (ph, pw) = case
     x = rng.standard_normal(xs).astype(np.float32)
     wt = rng.standard_normal((o, xs[1], 3, 3)).astype(np.float32)
@@ -784,7 +795,7 @@ def test_prefetch_hints_only_on_cpu_drivers(ocl):
 
 @pytest.mark.parametrize("case", PREFETCH_CASES, ids=lambda c: f"{c[0]}-{c[1]}-{c[2]}-d{c[4]}-g{c[5]}")
 @pytest.mark.parametrize("lanes", [8, 16])
-def test_prefetch_hints_change_no_result(lanes_backend, rng, case, lanes):
+def test_prefetch_hints_change_no_result(lanes_backend, rng, case, lanes, require_kernels):
     """winograd_conv / winograd5_conv and the local-memory direct kernels built with and without
     the prefetch hints: the forward pass (bias and ReLU) and the input gradient added to dx equal
     bit for bit, and match float64."""
@@ -800,6 +811,8 @@ def test_prefetch_hints_change_no_result(lanes_backend, rng, case, lanes):
     results = []
     for hints in (1, 0):
         b = lanes_backend(lanes, conv_algorithm=algorithm)
+        if algorithm == "winograd":
+            require_kernels(b, "winograd3" if kh == 3 else "winograd5")
         for build in ("gemm.cl", "gemm.cl:mr_alt", "conv.cl", "conv.cl:vec16"):
             b._programs._defines[build]["CPU_PREFETCH"] = hints
         geo = b._conv_geometry(x.shape, wt.shape, y_ref.shape, *args, "conv2d")
@@ -1566,9 +1579,11 @@ def test_16_lane_gemm_runs_the_convolutions_at_8_lanes(lanes_backend):
     assert CONV_LANES == {16: 8, 8: 8}
     b = lanes_backend(16, conv_vector_width=None)
     assert b._gemm_tiles["VW"] == 16 and b._conv_vec == 8
-    assert b._forward_algorithm((2, 32, 32, 32, 32, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1), 1) == "winograd"
-    assert b._forward_algorithm((2, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, 1, 1, 1), 1) == "winograd"
-    assert b._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) == "s2"
+    # each where its kernels fit the device's local memory at the 16-lane tiles
+    fits = b.kernel_fits
+    assert (b._forward_algorithm((2, 32, 32, 32, 32, 5, 5, 32, 32, 1, 1, 2, 2, 1, 1), 1) == "winograd") == fits["winograd5"]
+    assert (b._forward_algorithm((2, 64, 16, 16, 64, 3, 3, 16, 16, 1, 1, 1, 1, 1, 1), 1) == "winograd") == fits["winograd3"]
+    assert (b._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) == "s2") == fits["s2_conv"]
     assert lanes_backend(16)._conv_vec == 16
     with pytest.raises(ValueError, match="conv_vector_width must be 8 or 16, got 4"):
         OpenCLBackend(b.device, conv_vector_width=4)
@@ -1672,7 +1687,7 @@ def test_stride_2_phase_winograd_weight_gradient_where_the_forward_takes_it(ocl,
         dy = b.from_host(rng.standard_normal((1, 32, 4, 4)).astype(np.float32))
         b.conv2d_backward_filter(x, dy, b.empty((32, c, 3, 3)), (2, 2), (1, 1), (1, 1), 1)
         assert (b._forward_algorithm((1, c, 8, 8, 32, 3, 3, 4, 4, 2, 2, 1, 1, 1, 1), 1) == "s2") == (c == 32)
-    assert taken == [32]
+    assert taken == ([32] if b.kernel_fits["s2_filter"] else [])
 
 
 def test_stride_2_phase_winograd_input_gradient_where_the_forward_takes_it(ocl, rng):
@@ -1688,17 +1703,18 @@ def test_stride_2_phase_winograd_input_gradient_where_the_forward_takes_it(ocl, 
         w = b.from_host(rng.standard_normal((32, c, 3, 3)).astype(np.float32))
         dy = b.from_host(rng.standard_normal((1, 32, 4, 4)).astype(np.float32))
         b.conv2d_backward_data(dy, w, b.empty((1, c, 8, 8)), (2, 2), (1, 1), (1, 1), 1)
-    assert taken == [32]
+    assert taken == ([32] if b.kernel_fits["s2_data"] else [])
 
 
 def test_stride_2_phase_winograd_not_on_16_lanes(lanes_backend):
     assert lanes_backend(16)._forward_algorithm((2, 64, 32, 32, 128, 3, 3, 16, 16, 2, 2, 1, 1, 1, 1), 1) != "s2"
 
 
-def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng):
+def test_stride_2_phase_winograd_steady_state_allocates_nothing(ocl, rng, require_kernels):
     from juicepy.backends.opencl import OpenCLBackend
 
     b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    require_kernels(b, "s2_conv", "s2_filter", "s2_data")
     x = b.from_host(rng.standard_normal((2, 4, 9, 9)).astype(np.float32))
     w = b.from_host(rng.standard_normal((5, 4, 3, 3)).astype(np.float32))
     y = b.empty((2, 5, 5, 5))
@@ -1817,10 +1833,11 @@ def test_conv2d_steady_state_allocates_nothing(ocl, rng):
 
 
 @pytest.mark.parametrize("k", [3, 5])
-def test_winograd_steady_state_allocates_nothing(ocl, rng, k):
+def test_winograd_steady_state_allocates_nothing(ocl, rng, k, require_kernels):
     from juicepy.backends.opencl import OpenCLBackend
 
     b = OpenCLBackend(ocl.device, conv_algorithm="winograd")
+    require_kernels(b, "winograd3" if k == 3 else "winograd5")
     x = b.from_host(rng.standard_normal((2, 4, 8, 8)).astype(np.float32))
     w = b.from_host(rng.standard_normal((5, 4, k, k)).astype(np.float32))
     y, dx = b.empty((2, 5, 8, 8)), b.empty((2, 4, 8, 8))
