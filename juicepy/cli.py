@@ -472,8 +472,7 @@ def cmd_predict(args) -> int:
         if bad.size:
             print(f"juicepy: warning: {args.input}: {_rows(bad)} NaN or Inf; "
                   f"their outputs are not meaningful (--check-finite refuses such input)", file=sys.stderr)
-    bad = np.union1d(bad, overflowed)
-    with np.errstate(all="ignore" if bad.size else "warn"):  # warned once above, not per NumPy op
+    with np.errstate(all="ignore" if bad.size or overflowed.size else "warn"):  # warned once above, not per op
         outputs = network.transform(backend, x, check_finite=args.check_finite)
     if output is not None:
         with atomic_path(output) as tmp, open(tmp, "wb") as f:
